@@ -1,0 +1,1607 @@
+//! The partition log: an append-only sequence of record batches, kept in
+//! segment files named by their base offset, with group commit, recovery,
+//! poisoning and retention.
+//!
+//! ```text
+//!  <dir>/00000000000000000000.log   segment: batches back to back, preallocated
+//!  <dir>/00000000000000000000.idx   its sparse index (see `index`)
+//!  <dir>/00000000000000004711.log   next segment, base offset 4711
+//!  <dir>/00000000000000004711.idx
+//! ```
+//!
+//! **Writing.** An append encodes its batch straight into the active
+//! segment's in-memory tail buffer and takes offsets at once. The buffer holds
+//! the bytes from the last partial 4 KiB page on: O_DIRECT writes whole pages,
+//! so the partial page is rewritten, with what followed it, by the next flush.
+//!
+//! **Group commit.** At most one flush (write + fdatasync) runs at a time.
+//! Appends that arrive while it runs accumulate in the buffer; when it ends,
+//! one of their callers becomes the next leader and flushes all of them with
+//! one write and one fdatasync. With [`Durability::Always`] an append resolves
+//! only after the fdatasync that covers its batch returned `Ok`. No background
+//! task is needed, and a leader whose future is dropped hands leadership on.
+//!
+//! **Visibility.** Readers see only durable batches under `Always`, so an
+//! offset a reader saw can never be reused after a crash. Under `Interval`
+//! and `Never` they see every appended batch (the documented loss window).
+//!
+//! **Rolling.** When a batch does not fit in the active segment, the segment
+//! is sealed and a new one begins at the next offset. The flush that finishes
+//! a sealed segment truncates it to its data, writes its index whole, syncs
+//! both, and only then creates the next segment's file: every segment but the
+//! last on disk is complete.
+//!
+//! **Recovery.** On open, sealed segments are checked (index validated, the
+//! tail from the last index entry verified, exact end); the last segment is
+//! scanned from its last valid index entry and cut at the first short, zero,
+//! CRC-failing or out-of-sequence batch, then zero-filled again past that
+//! point so no stale batch can be resurrected by later appends.
+//!
+//! **Poisoning.** The first failed write or fdatasync poisons the log: every
+//! later append fails with [`AppendError::Poisoned`] until the log is opened
+//! again. An fdatasync is never retried, since after a failure the kernel may
+//! have dropped the dirty pages it could not write.
+
+pub mod batch;
+pub mod index;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::notify::Notify;
+use crate::storage::{IO_ALIGN_BYTES, Storage, StorageFile, align_down, align_up};
+use batch::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, BatchError, BatchHeader};
+use index::IndexEntry;
+
+/// Smallest segment size accepted.
+pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+/// Largest segment size accepted: index positions are `u32`.
+pub const SEGMENT_BYTES_MAX: u64 = (u32::MAX as u64) & !(IO_ALIGN_BYTES - 1);
+/// Bytes read at a time while scanning a segment in recovery.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(IO_ALIGN_BYTES));
+const _: () = assert!(SEGMENT_BYTES_MAX.is_multiple_of(IO_ALIGN_BYTES));
+const _: () = assert!((IO_ALIGN_BYTES as usize).is_multiple_of(index::INDEX_ENTRY_BYTES));
+
+/// When an append counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the fdatasync that covers it (the default). Nothing acknowledged
+    /// is lost in a crash.
+    Always,
+    /// At once; a flush with fdatasync runs when a caller of
+    /// [`Log::sync`] or [`Log::flush_if_due`] asks, at most this often, or
+    /// when `write_bytes_max` bytes are waiting. A crash loses up to the
+    /// interval's worth of acknowledged appends.
+    Interval(Duration),
+    /// At once; data is written when `write_bytes_max` bytes are waiting or on
+    /// [`Log::sync`], and fdatasynced only when a segment is sealed or on
+    /// `sync`. A crash may lose any acknowledged append not yet synced.
+    Never,
+}
+
+/// Which sealed segments to delete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete a sealed segment once its newest batch is older than this.
+    pub max_age_ms: Option<u64>,
+    /// Delete the oldest sealed segments while the log is larger than this.
+    pub max_bytes: Option<u64>,
+}
+
+/// How a log is laid out and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Size a segment is preallocated to and rolled at.
+    pub segment_bytes: u64,
+    /// An index entry is added every this many bytes of batches.
+    pub index_interval_bytes: u32,
+    /// When appends are acknowledged.
+    pub durability: Durability,
+    /// Which segments [`Log::apply_retention`] deletes.
+    pub retention: Retention,
+    /// Largest single write submitted to storage.
+    pub write_bytes_max: usize,
+    /// Appended but unwritten bytes above which appenders wait for a flush.
+    pub pending_bytes_max: usize,
+    /// Largest batch accepted, header included.
+    pub batch_bytes_max: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 << 20,
+            index_interval_bytes: 4096,
+            durability: Durability::Always,
+            retention: Retention::default(),
+            write_bytes_max: 1 << 20,
+            pending_bytes_max: 16 << 20,
+            batch_bytes_max: 4 << 20,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the relationships between the settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_bytes < SEGMENT_BYTES_MIN
+            || self.segment_bytes > SEGMENT_BYTES_MAX
+            || !self.segment_bytes.is_multiple_of(IO_ALIGN_BYTES)
+        {
+            return Err(format!(
+                "segment_bytes {} must be a multiple of {IO_ALIGN_BYTES} in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
+                self.segment_bytes
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err("index_interval_bytes must be positive".into());
+        }
+        if self.write_bytes_max == 0
+            || !(self.write_bytes_max as u64).is_multiple_of(IO_ALIGN_BYTES)
+        {
+            return Err(format!(
+                "write_bytes_max {} must be a positive multiple of {IO_ALIGN_BYTES}",
+                self.write_bytes_max
+            ));
+        }
+        if self.batch_bytes_max <= BATCH_HEADER_BYTES
+            || self.batch_bytes_max > BATCH_BYTES_MAX
+            || self.batch_bytes_max as u64 > self.segment_bytes
+        {
+            return Err(format!(
+                "batch_bytes_max {} must be above {BATCH_HEADER_BYTES} and at most {BATCH_BYTES_MAX} and segment_bytes",
+                self.batch_bytes_max
+            ));
+        }
+        if self.pending_bytes_max < self.batch_bytes_max {
+            return Err(format!(
+                "pending_bytes_max {} must be at least batch_bytes_max {}",
+                self.pending_bytes_max, self.batch_bytes_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The offsets an append was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Offset of the last record.
+    pub last_offset: u64,
+}
+
+/// Why a log could not be opened.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The configuration is inconsistent.
+    Config(String),
+    /// A storage operation failed.
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A sealed segment does not hold what it must. The data is left as it is
+    /// for an operator to inspect; Hadron never truncates a sealed segment.
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position of the problem.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Config(msg) => write!(f, "invalid log configuration: {msg}"),
+            OpenError::Io { op, path, source } => {
+                write!(f, "could not {op} {}: {source}", path.display())
+            }
+            OpenError::Corrupt {
+                path,
+                position,
+                reason,
+            } => write!(
+                f,
+                "sealed segment {} is corrupt at byte {position}: {reason}; \
+                 restore it from a replica or backup, or move it and every later segment aside",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Why an append failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// No records.
+    Empty,
+    /// More records than [`BATCH_RECORDS_MAX`].
+    TooManyRecords {
+        /// Records given.
+        count: usize,
+    },
+    /// The batch would exceed `batch_bytes_max`.
+    TooLarge {
+        /// Encoded size of the batch.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A write or fdatasync failed earlier; the log refuses writes until it is
+    /// opened again. The append may or may not be durable.
+    Poisoned(Rc<str>),
+}
+
+impl fmt::Display for AppendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppendError::Empty => write!(f, "a batch needs at least one record"),
+            AppendError::TooManyRecords { count } => {
+                write!(
+                    f,
+                    "{count} records in one batch; at most {BATCH_RECORDS_MAX}"
+                )
+            }
+            AppendError::TooLarge { bytes, max } => {
+                write!(f, "batch of {bytes} bytes exceeds batch_bytes_max {max}")
+            }
+            AppendError::Poisoned(why) => write!(
+                f,
+                "log refuses writes: {why}; restart to recover what is durable"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AppendError {}
+
+/// Why a read failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The offset was deleted by retention (or never existed): start at
+    /// `start` instead.
+    BeforeStart {
+        /// The offset asked for.
+        offset: u64,
+        /// The first offset the log holds.
+        start: u64,
+    },
+    /// The offset is beyond the next offset to be written.
+    BeyondEnd {
+        /// The offset asked for.
+        offset: u64,
+        /// The next offset the log will give.
+        next: u64,
+    },
+    /// Reading the segment failed.
+    Io(io::Error),
+    /// The segment does not hold a valid batch where its index says one is.
+    Corrupt {
+        /// The segment's base offset.
+        segment: u64,
+        /// Byte position of the problem.
+        position: u64,
+        /// What is wrong.
+        reason: BatchError,
+    },
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::BeforeStart { offset, start } => {
+                write!(f, "offset {offset} is before the log's start {start}")
+            }
+            ReadError::BeyondEnd { offset, next } => {
+                write!(
+                    f,
+                    "offset {offset} is beyond the log's end (next offset {next})"
+                )
+            }
+            ReadError::Io(e) => write!(f, "read failed: {e}"),
+            ReadError::Corrupt {
+                segment,
+                position,
+                reason,
+            } => write!(f, "segment {segment} corrupt at byte {position}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Whole batches read from a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBatches {
+    /// Whole batches back to back; iterate them with [`batch::Batches`]. The
+    /// first holds the offset asked for (and may begin before it). Empty when
+    /// there is nothing new.
+    pub bytes: Bytes,
+    /// The offset to read next.
+    pub next_offset: u64,
+}
+
+/// What retention deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Segments deleted.
+    pub segments: usize,
+    /// Bytes of batches deleted.
+    pub bytes: u64,
+}
+
+/// A summary of the log's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// First offset held.
+    pub start_offset: u64,
+    /// Next offset to be given.
+    pub next_offset: u64,
+    /// Offsets below this are durable.
+    pub durable_offset: u64,
+    /// Segments, the active one included.
+    pub segments: usize,
+    /// Bytes of batches held.
+    pub bytes: u64,
+}
+
+enum SegmentIndex<M> {
+    /// The active segment's index, written page by page.
+    Memory(Vec<u8>),
+    /// A sealed segment's index file, mapped; `len` bytes of it are valid.
+    Mapped { map: M, len: usize },
+    /// A sealed segment with a single batch has nothing to index.
+    Empty,
+}
+
+impl<M: std::ops::Deref<Target = [u8]>> SegmentIndex<M> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            SegmentIndex::Memory(v) => v,
+            SegmentIndex::Mapped { map, len } => &map[..*len],
+            SegmentIndex::Empty => &[],
+        }
+    }
+}
+
+struct Segment<S: Storage> {
+    base: u64,
+    log_path: PathBuf,
+    idx_path: PathBuf,
+    /// `None` until the flush that first writes the segment creates it.
+    file: Option<Rc<S::File>>,
+    /// The active segment's index file.
+    idx_file: Option<Rc<S::File>>,
+    /// Bytes of batches appended (the logical end).
+    end: u64,
+    /// The offset after the last batch appended.
+    next_offset: u64,
+    max_timestamp_ms: u64,
+    index: SegmentIndex<S::Map>,
+    /// Position of the last batch indexed (0 for none).
+    last_indexed_position: u64,
+    /// Bytes of the in-memory index already written to the index file.
+    index_written_bytes: usize,
+    /// File position of `buf[0]`; a multiple of the page size.
+    buf_position: u64,
+    /// The bytes `buf_position..end`, not all written yet.
+    buf: BytesMut,
+    /// Bytes of the file written.
+    written_end: u64,
+    /// Bytes of the file durable.
+    durable_end: u64,
+    /// No more appends go here.
+    sealed: bool,
+    /// Sealed, truncated, indexed and synced.
+    finalized: bool,
+}
+
+impl<S: Storage> Segment<S> {
+    fn new(dir: &Path, base: u64) -> Self {
+        Segment {
+            base,
+            log_path: dir.join(format!("{base:020}.log")),
+            idx_path: dir.join(format!("{base:020}.idx")),
+            file: None,
+            idx_file: None,
+            end: 0,
+            next_offset: base,
+            max_timestamp_ms: 0,
+            index: SegmentIndex::Memory(Vec::new()),
+            last_indexed_position: 0,
+            index_written_bytes: 0,
+            buf_position: 0,
+            buf: BytesMut::new(),
+            written_end: 0,
+            durable_end: 0,
+            sealed: false,
+            finalized: false,
+        }
+    }
+}
+
+struct State<S: Storage> {
+    segments: BTreeMap<u64, Segment<S>>,
+    start_offset: u64,
+    next_offset: u64,
+    /// Offsets below this are durable.
+    durable_next: u64,
+    /// Bytes appended but not yet written.
+    pending_bytes: usize,
+    /// Whether a flush is running.
+    flushing: bool,
+    poisoned: Option<Rc<str>>,
+    last_sync: Instant,
+}
+
+/// A partition log. Hold it in an `Rc` and call it from any task of its core.
+pub struct Log<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    state: RefCell<State<S>>,
+    /// Signalled whenever a flush ends.
+    flushed: Notify,
+}
+
+impl<S: Storage> fmt::Debug for Log<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OpenError + 'a {
+    move |source| OpenError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a scan of a segment found.
+struct Scan {
+    /// Where the valid batches end.
+    end: u64,
+    next_offset: u64,
+    max_timestamp_ms: u64,
+    /// Why the scan stopped before the limit, if it did.
+    stopped: Option<BatchError>,
+}
+
+/// Resets leadership if a leader's flush future is dropped midway.
+struct LeaderGuard<'a, S: Storage>(&'a Log<S>);
+
+impl<S: Storage> Drop for LeaderGuard<'_, S> {
+    fn drop(&mut self) {
+        self.0.state.borrow_mut().flushing = false;
+        self.0.flushed.notify_all();
+    }
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens (recovering) or creates the log in `dir`.
+    pub async fn open(storage: S, dir: &Path, config: LogConfig) -> Result<Log<S>, OpenError> {
+        config.validate().map_err(OpenError::Config)?;
+        storage
+            .create_dir_all(dir)
+            .await
+            .map_err(io_err("create directory", dir))?;
+        let names = storage
+            .list(dir)
+            .await
+            .map_err(io_err("list directory", dir))?;
+        let mut bases: Vec<u64> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log"))
+            .filter(|stem| stem.len() == 20)
+            .filter_map(|stem| stem.parse().ok())
+            .collect();
+        bases.sort_unstable();
+
+        let mut segments = BTreeMap::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let segment = match bases.get(i + 1) {
+                Some(&next_base) => {
+                    Self::recover_sealed(&storage, dir, base, next_base, &config).await?
+                }
+                None => Self::recover_active(&storage, dir, base, &config).await?,
+            };
+            segments.insert(base, segment);
+        }
+        if segments.is_empty() {
+            segments.insert(0, Segment::new(dir, 0));
+        }
+        let start_offset = bases.first().copied().unwrap_or(0);
+        let next_offset = segments
+            .values()
+            .next_back()
+            .map_or(0, |s: &Segment<S>| s.next_offset);
+        Ok(Log {
+            storage,
+            dir: dir.to_path_buf(),
+            config,
+            state: RefCell::new(State {
+                segments,
+                start_offset,
+                next_offset,
+                durable_next: next_offset,
+                pending_bytes: 0,
+                flushing: false,
+                poisoned: None,
+                last_sync: Instant::now(),
+            }),
+            flushed: Notify::default(),
+        })
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "recovery's scan threads the index under construction through"
+    )]
+    /// Scans batches of `file` from `position` (expected to hold offset
+    /// `offset`) up to `limit`, verifying each, adding index entries.
+    async fn scan(
+        file: &S::File,
+        mut position: u64,
+        mut offset: u64,
+        limit: u64,
+        base: u64,
+        index: &mut Vec<u8>,
+        last_indexed: &mut u64,
+        index_interval: u32,
+    ) -> io::Result<Scan> {
+        let mut max_timestamp_ms = 0;
+        let mut chunk = Bytes::new();
+        let mut chunk_position = position;
+        loop {
+            if position >= limit {
+                return Ok(Scan {
+                    end: position,
+                    next_offset: offset,
+                    max_timestamp_ms,
+                    stopped: None,
+                });
+            }
+            let at = (position - chunk_position) as usize;
+            let available = &chunk[at.min(chunk.len())..];
+            let need = match batch::parse_header(available) {
+                Ok(h) => h.batch_bytes(),
+                Err(BatchError::Incomplete { .. }) => BATCH_HEADER_BYTES,
+                Err(_) => 0,
+            };
+            if need > available.len() {
+                let want = SCAN_CHUNK_BYTES.max(need);
+                let len = (limit - position).min(want as u64) as usize;
+                let read = file.read_at(position, len).await?;
+                chunk = read;
+                chunk_position = position;
+                if chunk.len() < need.min(len) || need as u64 > limit - position {
+                    // The batch claims to run past the end of the data.
+                    let have = chunk.len();
+                    return Ok(Scan {
+                        end: position,
+                        next_offset: offset,
+                        max_timestamp_ms,
+                        stopped: Some(BatchError::Incomplete { need, have }),
+                    });
+                }
+                continue;
+            }
+            let header = match batch::verify(available) {
+                Ok(h) if h.base_offset == offset => h,
+                Ok(h) => {
+                    return Ok(Scan {
+                        end: position,
+                        next_offset: offset,
+                        max_timestamp_ms,
+                        stopped: Some(BatchError::BadMagic(h.base_offset as u32)),
+                    });
+                }
+                Err(e) => {
+                    return Ok(Scan {
+                        end: position,
+                        next_offset: offset,
+                        max_timestamp_ms,
+                        stopped: Some(e),
+                    });
+                }
+            };
+            if position > 0 && position - *last_indexed >= u64::from(index_interval) {
+                index::push(
+                    index,
+                    IndexEntry {
+                        relative_offset: (offset - base) as u32,
+                        position: position as u32,
+                    },
+                );
+                *last_indexed = position;
+            }
+            max_timestamp_ms = max_timestamp_ms.max(header.first_timestamp_ms);
+            position += header.batch_bytes() as u64;
+            offset = header.next_offset();
+        }
+    }
+
+    /// Reads and verifies the batch at `position`.
+    async fn batch_at(
+        file: &S::File,
+        position: u64,
+    ) -> io::Result<Result<BatchHeader, BatchError>> {
+        let head = file.read_at(position, BATCH_HEADER_BYTES).await?;
+        let header = match batch::parse_header(&head) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let whole = file.read_at(position, header.batch_bytes()).await?;
+        Ok(batch::verify(&whole))
+    }
+
+    async fn recover_sealed(
+        storage: &S,
+        dir: &Path,
+        base: u64,
+        next_base: u64,
+        config: &LogConfig,
+    ) -> Result<Segment<S>, OpenError> {
+        let mut seg = Segment::<S>::new(dir, base);
+        let file = storage
+            .open(&seg.log_path)
+            .await
+            .map_err(io_err("open segment", &seg.log_path))?;
+        let size = file
+            .size()
+            .await
+            .map_err(io_err("size segment", &seg.log_path))?;
+        let corrupt = |position: u64, reason: String| OpenError::Corrupt {
+            path: seg.log_path.clone(),
+            position,
+            reason,
+        };
+        let interval = u32::MAX; // index entries of a sealed segment come from its file
+        // Trust the mapped index when its last entry points at the right batch
+        // and the batches from there end exactly at the end of the file.
+        let map = match storage.map_readonly(&seg.idx_path).await {
+            Ok(map) => map,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("map index", &seg.idx_path)(e)),
+        };
+        if let Some(map) = map {
+            let valid = index::valid_prefix(&map, size) * index::INDEX_ENTRY_BYTES;
+            if let Some(last) = index::last(&map[..valid]) {
+                let offset = base + u64::from(last.relative_offset);
+                let header = Self::batch_at(&file, u64::from(last.position))
+                    .await
+                    .map_err(io_err("read segment", &seg.log_path))?;
+                if header.is_ok_and(|h| h.base_offset == offset) {
+                    let mut no_index = Vec::new();
+                    let mut last_indexed = u64::from(last.position);
+                    let scan = Self::scan(
+                        &file,
+                        u64::from(last.position),
+                        offset,
+                        size,
+                        base,
+                        &mut no_index,
+                        &mut last_indexed,
+                        interval,
+                    )
+                    .await
+                    .map_err(io_err("read segment", &seg.log_path))?;
+                    if scan.stopped.is_none() && scan.next_offset == next_base {
+                        seg.index = SegmentIndex::Mapped { map, len: valid };
+                        return Ok(Self::sealed_segment(seg, file, size, scan));
+                    }
+                }
+            }
+        }
+        // No usable index: scan the whole segment and write the index again.
+        let mut rebuilt = Vec::new();
+        let mut last_indexed = 0;
+        let scan = Self::scan(
+            &file,
+            0,
+            base,
+            size,
+            base,
+            &mut rebuilt,
+            &mut last_indexed,
+            config.index_interval_bytes,
+        )
+        .await
+        .map_err(io_err("read segment", &seg.log_path))?;
+        if let Some(reason) = scan.stopped {
+            return Err(corrupt(scan.end, reason.to_string()));
+        }
+        if scan.next_offset != next_base {
+            return Err(corrupt(
+                scan.end,
+                format!(
+                    "ends at offset {} but the next segment starts at {next_base}",
+                    scan.next_offset
+                ),
+            ));
+        }
+        let idx = storage
+            .create(&seg.idx_path)
+            .await
+            .map_err(io_err("create index", &seg.idx_path))?;
+        write_index_pages(&idx, &rebuilt, 0)
+            .await
+            .map_err(io_err("write index", &seg.idx_path))?;
+        idx.truncate(rebuilt.len() as u64)
+            .await
+            .map_err(io_err("truncate index", &seg.idx_path))?;
+        idx.fdatasync()
+            .await
+            .map_err(io_err("sync index", &seg.idx_path))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(io_err("sync directory", dir))?;
+        seg.index = match storage.map_readonly(&seg.idx_path).await {
+            Ok(Some(map)) => SegmentIndex::Mapped {
+                len: rebuilt.len(),
+                map,
+            },
+            Ok(None) => SegmentIndex::Empty,
+            Err(e) => return Err(io_err("map index", &seg.idx_path)(e)),
+        };
+        Ok(Self::sealed_segment(seg, file, size, scan))
+    }
+
+    fn sealed_segment(mut seg: Segment<S>, file: S::File, size: u64, scan: Scan) -> Segment<S> {
+        seg.file = Some(Rc::new(file));
+        seg.end = size;
+        seg.next_offset = scan.next_offset;
+        seg.max_timestamp_ms = scan.max_timestamp_ms;
+        // All of a sealed segment is read from its file.
+        seg.buf_position = size;
+        seg.written_end = size;
+        seg.durable_end = size;
+        seg.sealed = true;
+        seg.finalized = true;
+        seg
+    }
+
+    async fn recover_active(
+        storage: &S,
+        dir: &Path,
+        base: u64,
+        config: &LogConfig,
+    ) -> Result<Segment<S>, OpenError> {
+        let mut seg = Segment::<S>::new(dir, base);
+        let file = storage
+            .open(&seg.log_path)
+            .await
+            .map_err(io_err("open segment", &seg.log_path))?;
+        let size = file
+            .size()
+            .await
+            .map_err(io_err("size segment", &seg.log_path))?;
+        let old_index = match storage.open(&seg.idx_path).await {
+            Ok(idx) => {
+                let len = idx
+                    .size()
+                    .await
+                    .map_err(io_err("size index", &seg.idx_path))?;
+                idx.read_at(0, len as usize)
+                    .await
+                    .map_err(io_err("read index", &seg.idx_path))?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Bytes::new(),
+            Err(e) => return Err(io_err("open index", &seg.idx_path)(e)),
+        };
+        // Start from the last index entry that points at the batch it claims.
+        let mut entries = index::valid_prefix(&old_index, size);
+        let (mut position, mut offset) = (0, base);
+        while entries > 0 {
+            let e = index::get(&old_index, entries - 1);
+            let claimed = base + u64::from(e.relative_offset);
+            let header = Self::batch_at(&file, u64::from(e.position))
+                .await
+                .map_err(io_err("read segment", &seg.log_path))?;
+            if header.is_ok_and(|h| h.base_offset == claimed) {
+                (position, offset) = (u64::from(e.position), claimed);
+                break;
+            }
+            entries -= 1;
+        }
+        let mut idx = old_index[..entries * index::INDEX_ENTRY_BYTES].to_vec();
+        let mut last_indexed = position;
+        let scan = Self::scan(
+            &file,
+            position,
+            offset,
+            size,
+            base,
+            &mut idx,
+            &mut last_indexed,
+            config.index_interval_bytes,
+        )
+        .await
+        .map_err(io_err("read segment", &seg.log_path))?;
+
+        // Cut the garbage and zero-fill again, so that nothing after the end
+        // can ever pass for a batch; then rewrite the index to match.
+        let end = scan.end;
+        let cut = io_err("truncate segment", &seg.log_path);
+        file.truncate(end).await.map_err(cut)?;
+        file.preallocate(config.segment_bytes.max(align_up(end)))
+            .await
+            .map_err(io_err("preallocate segment", &seg.log_path))?;
+        file.fdatasync()
+            .await
+            .map_err(io_err("sync segment", &seg.log_path))?;
+        let idx_file = storage
+            .create(&seg.idx_path)
+            .await
+            .map_err(io_err("create index", &seg.idx_path))?;
+        write_index_pages(&idx_file, &idx, 0)
+            .await
+            .map_err(io_err("write index", &seg.idx_path))?;
+        idx_file
+            .fdatasync()
+            .await
+            .map_err(io_err("sync index", &seg.idx_path))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(io_err("sync directory", dir))?;
+
+        let buf_position = align_down(end);
+        let tail = file
+            .read_at(buf_position, (end - buf_position) as usize)
+            .await
+            .map_err(io_err("read segment", &seg.log_path))?;
+        assert_eq!(tail.len() as u64, end - buf_position);
+        seg.buf = BytesMut::from(&tail[..]);
+        seg.buf_position = buf_position;
+        seg.index_written_bytes = align_down(idx.len() as u64) as usize;
+        seg.index = SegmentIndex::Memory(idx);
+        seg.last_indexed_position = last_indexed;
+        seg.file = Some(Rc::new(file));
+        seg.idx_file = Some(Rc::new(idx_file));
+        seg.end = end;
+        seg.next_offset = scan.next_offset;
+        seg.max_timestamp_ms = scan.max_timestamp_ms;
+        seg.written_end = end;
+        seg.durable_end = end;
+        Ok(seg)
+    }
+
+    /// The directory the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// A summary of its state.
+    pub fn stats(&self) -> LogStats {
+        let st = self.state.borrow();
+        LogStats {
+            start_offset: st.start_offset,
+            next_offset: st.next_offset,
+            durable_offset: st.durable_next,
+            segments: st.segments.len(),
+            bytes: st.segments.values().map(|s| s.end).sum(),
+        }
+    }
+
+    /// The next offset readers can see: the durable end under
+    /// [`Durability::Always`], the appended end otherwise.
+    pub fn visible_offset(&self) -> u64 {
+        let st = self.state.borrow();
+        self.visible_next(&st)
+    }
+
+    fn visible_next(&self, st: &State<S>) -> u64 {
+        match self.config.durability {
+            Durability::Always => st.durable_next,
+            _ => st.next_offset,
+        }
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<Rc<str>> {
+        self.state.borrow().poisoned.clone()
+    }
+
+    /// Appends `records` as one batch stamped `timestamp_ms`, and resolves,
+    /// under [`Durability::Always`], once the batch is durable.
+    pub async fn append<R: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        timestamp_ms: u64,
+    ) -> Result<Appended, AppendError> {
+        if records.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        if records.len() > BATCH_RECORDS_MAX as usize {
+            return Err(AppendError::TooManyRecords {
+                count: records.len(),
+            });
+        }
+        let len = batch::encoded_len(records);
+        if len > self.config.batch_bytes_max {
+            return Err(AppendError::TooLarge {
+                bytes: len,
+                max: self.config.batch_bytes_max,
+            });
+        }
+        // Backpressure: wait while too much is waiting to be written.
+        loop {
+            {
+                let st = self.state.borrow();
+                if let Some(why) = &st.poisoned {
+                    return Err(AppendError::Poisoned(why.clone()));
+                }
+                if st.pending_bytes + len <= self.config.pending_bytes_max {
+                    break;
+                }
+            }
+            self.flush_round(false).await;
+        }
+        let appended = self.enqueue(records, len, timestamp_ms);
+        match self.config.durability {
+            Durability::Always => self.wait_durable(appended.last_offset + 1).await?,
+            Durability::Interval(_) | Durability::Never => {
+                let pending = self.state.borrow().pending_bytes;
+                if pending >= self.config.write_bytes_max {
+                    self.flush_round(false).await;
+                }
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Puts the batch into the active segment's buffer, rolling first if it
+    /// does not fit. Never awaits.
+    fn enqueue<R: AsRef<[u8]>>(&self, records: &[R], len: usize, timestamp_ms: u64) -> Appended {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let base_offset = st.next_offset;
+        let needs_roll = {
+            let active = st.segments.values().next_back();
+            active.is_some_and(|s| s.end > 0 && s.end + len as u64 > self.config.segment_bytes)
+        };
+        if needs_roll {
+            if let Some(active) = st.segments.values_mut().next_back() {
+                active.sealed = true;
+            }
+            st.segments
+                .insert(base_offset, Segment::new(&self.dir, base_offset));
+        }
+        let Some(seg) = st.segments.values_mut().next_back() else {
+            unreachable!("a log always has an active segment");
+        };
+        assert!(!seg.sealed && seg.next_offset == base_offset);
+        assert!(seg.end + len as u64 <= self.config.segment_bytes);
+        if seg.end > 0
+            && seg.end - seg.last_indexed_position >= u64::from(self.config.index_interval_bytes)
+            && let SegmentIndex::Memory(idx) = &mut seg.index
+        {
+            {
+                index::push(
+                    idx,
+                    IndexEntry {
+                        relative_offset: (base_offset - seg.base) as u32,
+                        position: seg.end as u32,
+                    },
+                );
+                seg.last_indexed_position = seg.end;
+            }
+        }
+        let before = seg.buf.len();
+        batch::encode_into(&mut seg.buf, base_offset, timestamp_ms, records);
+        assert_eq!(seg.buf.len() - before, len);
+        seg.end += len as u64;
+        assert_eq!(seg.buf_position + seg.buf.len() as u64, seg.end);
+        let count = records.len() as u64;
+        seg.next_offset += count;
+        seg.max_timestamp_ms = seg.max_timestamp_ms.max(timestamp_ms);
+        st.next_offset += count;
+        st.pending_bytes += len;
+        Appended {
+            base_offset,
+            last_offset: base_offset + count - 1,
+        }
+    }
+
+    /// Waits until every offset below `next` is durable.
+    async fn wait_durable(&self, next: u64) -> Result<(), AppendError> {
+        loop {
+            {
+                let st = self.state.borrow();
+                if st.durable_next >= next {
+                    return Ok(());
+                }
+                if let Some(why) = &st.poisoned {
+                    return Err(AppendError::Poisoned(why.clone()));
+                }
+            }
+            self.flush_round(true).await;
+        }
+    }
+
+    /// Writes and fdatasyncs everything appended so far.
+    pub async fn sync(&self) -> Result<(), AppendError> {
+        let next = self.state.borrow().next_offset;
+        self.wait_durable(next).await
+    }
+
+    /// Under [`Durability::Interval`], syncs when the interval has passed
+    /// since the last sync and something is waiting; a no-op otherwise. Meant
+    /// to be called from a timer.
+    pub async fn flush_if_due(&self) -> Result<(), AppendError> {
+        let due = {
+            let st = self.state.borrow();
+            match self.config.durability {
+                Durability::Interval(every) => {
+                    st.durable_next < st.next_offset && st.last_sync.elapsed() >= every
+                }
+                _ => false,
+            }
+        };
+        if due { self.sync().await } else { Ok(()) }
+    }
+
+    /// One round of group commit: lead a flush if none runs, else wait for
+    /// the running one to end.
+    async fn flush_round(&self, want_sync: bool) {
+        let generation = self.flushed.generation();
+        let lead = {
+            let mut st = self.state.borrow_mut();
+            if st.poisoned.is_some() {
+                return;
+            }
+            if st.flushing {
+                false
+            } else {
+                st.flushing = true;
+                true
+            }
+        };
+        if !lead {
+            self.flushed.changed_since(generation).await;
+            return;
+        }
+        let guard = LeaderGuard(self);
+        if let Err(why) = self.flush_all(want_sync).await {
+            let mut st = self.state.borrow_mut();
+            if st.poisoned.is_none() {
+                st.poisoned = Some(why.into());
+            }
+        }
+        drop(guard);
+    }
+
+    /// Flushes every segment that has work, oldest first. A sealed segment
+    /// is flushed until it is finalized before any later one is touched, so
+    /// that a segment file exists on disk only once all before it are
+    /// complete.
+    async fn flush_all(&self, want_sync: bool) -> Result<(), String> {
+        loop {
+            let (base, is_last) = {
+                let st = self.state.borrow();
+                let last = st.segments.keys().next_back().copied();
+                match st.segments.iter().find(|(_, s)| !s.finalized) {
+                    Some((&b, _)) => (b, Some(b) == last),
+                    None => return Ok(()),
+                }
+            };
+            self.flush_segment(base, want_sync).await?;
+            let sealed_and_unfinished = self
+                .state
+                .borrow()
+                .segments
+                .get(&base)
+                .is_some_and(|s| s.sealed && !s.finalized);
+            if is_last && !sealed_and_unfinished {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn flush_segment(&self, base: u64, want_sync: bool) -> Result<(), String> {
+        // Create the file on first use, durably, before any data goes in.
+        let needs_file = self
+            .state
+            .borrow()
+            .segments
+            .get(&base)
+            .is_some_and(|s| s.file.is_none());
+        if needs_file {
+            self.create_segment_files(base).await?;
+        }
+        let sync_due = match self.config.durability {
+            Durability::Always => true,
+            Durability::Interval(every) => self.state.borrow().last_sync.elapsed() >= every,
+            Durability::Never => false,
+        };
+
+        // Snapshot what to write.
+        let (file, idx_file, writes, end, next_offset, sealed, idx_pages) = {
+            let st = self.state.borrow();
+            let Some(seg) = st.segments.get(&base) else {
+                return Ok(());
+            };
+            let Some(file) = seg.file.clone() else {
+                return Err(format!("segment {} has no file", seg.log_path.display()));
+            };
+            let mut writes = Vec::new();
+            if seg.end > seg.written_end {
+                let mut at = 0usize;
+                let padded = align_up(seg.buf.len() as u64) as usize;
+                while at < padded {
+                    let len = (padded - at).min(self.config.write_bytes_max);
+                    let mut buf = file.alloc_buf(len);
+                    let dst = buf.as_mut();
+                    let data_end = (at + len).min(seg.buf.len());
+                    let data = &seg.buf[at..data_end];
+                    dst[..data.len()].copy_from_slice(data);
+                    dst[data.len()..].fill(0);
+                    writes.push((buf, seg.buf_position + at as u64));
+                    at += len;
+                }
+            }
+            // Whole new pages of the active segment's index.
+            let mut idx_pages = None;
+            if let (SegmentIndex::Memory(idx), Some(idx_file)) = (&seg.index, &seg.idx_file) {
+                let full = align_down(idx.len() as u64) as usize;
+                if full > seg.index_written_bytes {
+                    let mut buf = idx_file.alloc_buf(full - seg.index_written_bytes);
+                    buf.as_mut()
+                        .copy_from_slice(&idx[seg.index_written_bytes..full]);
+                    idx_pages = Some((buf, seg.index_written_bytes as u64, full));
+                }
+            }
+            (
+                file,
+                seg.idx_file.clone(),
+                writes,
+                seg.end,
+                seg.next_offset,
+                seg.sealed,
+                idx_pages,
+            )
+        };
+        let wrote = !writes.is_empty();
+        let path = self.segment_path(base);
+        let results = futures::future::join_all(
+            writes
+                .into_iter()
+                .map(|(buf, position)| file.write_at(buf, position)),
+        )
+        .await;
+        for r in results {
+            r.map_err(|e| format!("write to {} failed: {e}", path.display()))?;
+        }
+        if let (Some((buf, position, full)), Some(idx_file)) = (idx_pages, idx_file.as_ref()) {
+            // The index is a hint that recovery checks, so it is written but
+            // not synced here; a failure to write it still poisons the log,
+            // since it means the disk is failing.
+            idx_file
+                .write_at(buf, position)
+                .await
+                .map_err(|e| format!("index write for {} failed: {e}", path.display()))?;
+            if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
+                seg.index_written_bytes = seg.index_written_bytes.max(full);
+            }
+        }
+        let synced = sealed
+            || ((want_sync || sync_due)
+                && (wrote || next_offset > self.state.borrow().durable_next));
+        if synced {
+            file.fdatasync()
+                .await
+                .map_err(|e| format!("fdatasync of {} failed: {e}", path.display()))?;
+        }
+
+        // Commit what the snapshot covered.
+        let finalize = {
+            let mut guard = self.state.borrow_mut();
+            let st = &mut *guard;
+            let Some(seg) = st.segments.get_mut(&base) else {
+                return Ok(());
+            };
+            if end > seg.written_end {
+                st.pending_bytes -= (end - seg.written_end) as usize;
+                seg.written_end = end;
+                let keep_from = align_down(end);
+                let drop_bytes = (keep_from - seg.buf_position) as usize;
+                let _ = seg.buf.split_to(drop_bytes);
+                seg.buf_position = keep_from;
+            }
+            if synced {
+                seg.durable_end = seg.durable_end.max(end);
+                st.durable_next = st.durable_next.max(next_offset);
+                st.last_sync = Instant::now();
+            }
+            sealed && seg.durable_end == seg.end
+        };
+        if finalize {
+            self.finalize_segment(base).await?;
+        }
+        Ok(())
+    }
+
+    fn segment_path(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{base:020}.log"))
+    }
+
+    async fn create_segment_files(&self, base: u64) -> Result<(), String> {
+        let log_path = self.segment_path(base);
+        let idx_path = self.dir.join(format!("{base:020}.idx"));
+        let fail = |what: &str, path: &Path, e: io::Error| {
+            format!("{what} {} failed: {e}", path.display())
+        };
+        let file = self
+            .storage
+            .create(&log_path)
+            .await
+            .map_err(|e| fail("create", &log_path, e))?;
+        file.preallocate(self.config.segment_bytes)
+            .await
+            .map_err(|e| fail("preallocate", &log_path, e))?;
+        let idx = self
+            .storage
+            .create(&idx_path)
+            .await
+            .map_err(|e| fail("create", &idx_path, e))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| fail("sync of directory", &self.dir, e))?;
+        if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
+            seg.file = Some(Rc::new(file));
+            seg.idx_file = Some(Rc::new(idx));
+        }
+        Ok(())
+    }
+
+    /// Truncates a fully durable sealed segment to its data, writes its index
+    /// whole and syncs both; then maps the index.
+    async fn finalize_segment(&self, base: u64) -> Result<(), String> {
+        let (file, idx_file, end, idx, idx_path) = {
+            let st = self.state.borrow();
+            let Some(seg) = st.segments.get(&base) else {
+                return Ok(());
+            };
+            let (Some(file), Some(idx_file)) = (seg.file.clone(), seg.idx_file.clone()) else {
+                return Err(format!(
+                    "sealed segment {} has no files",
+                    seg.log_path.display()
+                ));
+            };
+            let idx = seg.index.bytes().to_vec();
+            (file, idx_file, seg.end, idx, seg.idx_path.clone())
+        };
+        let path = self.segment_path(base);
+        file.truncate(end)
+            .await
+            .map_err(|e| format!("truncate of {} failed: {e}", path.display()))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| format!("fdatasync of {} failed: {e}", path.display()))?;
+        write_index_pages(&*idx_file, &idx, 0)
+            .await
+            .map_err(|e| format!("write of {} failed: {e}", idx_path.display()))?;
+        idx_file
+            .truncate(idx.len() as u64)
+            .await
+            .map_err(|e| format!("truncate of {} failed: {e}", idx_path.display()))?;
+        idx_file
+            .fdatasync()
+            .await
+            .map_err(|e| format!("fdatasync of {} failed: {e}", idx_path.display()))?;
+        let index = match self.storage.map_readonly(&idx_path).await {
+            Ok(Some(map)) => SegmentIndex::Mapped {
+                len: idx.len(),
+                map,
+            },
+            Ok(None) => SegmentIndex::Empty,
+            Err(e) => return Err(format!("map of {} failed: {e}", idx_path.display())),
+        };
+        if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
+            seg.index = index;
+            seg.idx_file = None;
+            seg.buf = BytesMut::new();
+            // All of a sealed segment is read from its file from now on.
+            seg.buf_position = end;
+            seg.finalized = true;
+        }
+        Ok(())
+    }
+
+    /// Reads whole batches from `offset` on, about `bytes_max` of them (at
+    /// least one batch when there is one). The first batch returned holds
+    /// `offset` and may begin before it.
+    pub async fn read(&self, offset: u64, bytes_max: usize) -> Result<ReadBatches, ReadError> {
+        let (base, mut position, readable_end) = {
+            let st = self.state.borrow();
+            let visible = self.visible_next(&st);
+            if offset < st.start_offset {
+                return Err(ReadError::BeforeStart {
+                    offset,
+                    start: st.start_offset,
+                });
+            }
+            if offset > st.next_offset {
+                return Err(ReadError::BeyondEnd {
+                    offset,
+                    next: st.next_offset,
+                });
+            }
+            if offset >= visible {
+                return Ok(ReadBatches {
+                    bytes: Bytes::new(),
+                    next_offset: offset,
+                });
+            }
+            let Some((&base, seg)) = st.segments.range(..=offset).next_back() else {
+                return Err(ReadError::BeforeStart {
+                    offset,
+                    start: st.start_offset,
+                });
+            };
+            let readable_end = match self.config.durability {
+                Durability::Always => seg.durable_end,
+                _ => seg.end,
+            };
+            let position = index::lookup(seg.index.bytes(), (offset - base) as u32);
+            (base, position, readable_end)
+        };
+        let window = bytes_max.max(IO_ALIGN_BYTES as usize) as u64
+            + u64::from(self.config.index_interval_bytes);
+        let corrupt = |position: u64, reason: BatchError| ReadError::Corrupt {
+            segment: base,
+            position,
+            reason,
+        };
+
+        // Skip the batches before the one that holds `offset`.
+        let mut data = Bytes::new();
+        let mut data_position = position;
+        let mut fresh = false;
+        loop {
+            if position >= readable_end {
+                return Err(corrupt(
+                    position,
+                    BatchError::Incomplete {
+                        need: BATCH_HEADER_BYTES,
+                        have: 0,
+                    },
+                ));
+            }
+            let at = (position - data_position) as usize;
+            let available = data.get(at..).unwrap_or(&[]);
+            let need = match batch::parse_header(available) {
+                Ok(h) if h.batch_bytes() <= available.len() => {
+                    fresh = false;
+                    if h.next_offset() > offset {
+                        break;
+                    }
+                    position += h.batch_bytes() as u64;
+                    continue;
+                }
+                Ok(h) => h.batch_bytes() as u64,
+                Err(BatchError::Incomplete { .. }) => BATCH_HEADER_BYTES as u64,
+                Err(reason) => return Err(corrupt(position, reason)),
+            };
+            if fresh {
+                // Just read from here and still short: the data ends early.
+                return Err(corrupt(
+                    position,
+                    BatchError::Incomplete {
+                        need: need as usize,
+                        have: available.len(),
+                    },
+                ));
+            }
+            data = self
+                .read_segment(base, position, need.max(window), readable_end)
+                .await?;
+            data_position = position;
+            fresh = true;
+        }
+
+        // Take whole batches from there, about `bytes_max` of them.
+        let first = (position - data_position) as usize;
+        let mut at = first;
+        let mut next_offset = offset;
+        while at < data.len() {
+            match batch::verify(&data[at..]) {
+                Ok(h) => {
+                    if at > first && at + h.batch_bytes() - first > bytes_max {
+                        break;
+                    }
+                    at += h.batch_bytes();
+                    next_offset = h.next_offset();
+                    if at - first >= bytes_max {
+                        break;
+                    }
+                }
+                Err(BatchError::Incomplete { .. }) if at > first => break,
+                Err(reason) => return Err(corrupt(data_position + at as u64, reason)),
+            }
+        }
+        assert!(at > first && next_offset > offset);
+        Ok(ReadBatches {
+            bytes: data.slice(first..at),
+            next_offset,
+        })
+    }
+
+    /// Reads `len` bytes at `position` of segment `base` (fewer where
+    /// `readable_end` cuts them), from the tail buffer or the file.
+    async fn read_segment(
+        &self,
+        base: u64,
+        position: u64,
+        len: u64,
+        readable_end: u64,
+    ) -> Result<Bytes, ReadError> {
+        let end = readable_end.min(position + len);
+        let (file, buffer_position, from_buffer) = {
+            let st = self.state.borrow();
+            let Some(seg) = st.segments.get(&base) else {
+                let start = st.start_offset;
+                return Err(ReadError::BeforeStart {
+                    offset: base,
+                    start,
+                });
+            };
+            let from_buffer = if end > seg.buf_position {
+                let lo = position.max(seg.buf_position);
+                let a = (lo - seg.buf_position) as usize;
+                let b = (end - seg.buf_position) as usize;
+                Some(Bytes::copy_from_slice(&seg.buf[a..b]))
+            } else {
+                None
+            };
+            (seg.file.clone(), seg.buf_position, from_buffer)
+        };
+        self.read_range(file.as_deref(), position, end, buffer_position, from_buffer)
+            .await
+    }
+
+    /// Assembles bytes `position..end` from the file (below
+    /// `buffer_position`) and the buffer copy (from it on).
+    async fn read_range(
+        &self,
+        file: Option<&S::File>,
+        position: u64,
+        end: u64,
+        buffer_position: u64,
+        from_buffer: Option<Bytes>,
+    ) -> Result<Bytes, ReadError> {
+        let file_end = end.min(buffer_position);
+        let from_file = if position < file_end {
+            let Some(file) = file else {
+                return Err(ReadError::Io(io::Error::other("segment has no file yet")));
+            };
+            let got = file
+                .read_at(position, (file_end - position) as usize)
+                .await
+                .map_err(ReadError::Io)?;
+            if (got.len() as u64) < file_end - position {
+                return Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "short read at {position}: {} of {} bytes",
+                        got.len(),
+                        file_end - position
+                    ),
+                )));
+            }
+            Some(got)
+        } else {
+            None
+        };
+        Ok(match (from_file, from_buffer) {
+            (Some(f), None) => f,
+            (None, Some(b)) => b,
+            (None, None) => Bytes::new(),
+            (Some(f), Some(b)) => {
+                let mut joined = BytesMut::with_capacity(f.len() + b.len());
+                joined.extend_from_slice(&f);
+                joined.extend_from_slice(&b);
+                joined.freeze()
+            }
+        })
+    }
+
+    /// Deletes whole sealed segments, oldest first, that the retention
+    /// settings no longer keep (the active segment is never deleted).
+    pub async fn apply_retention(&self, now_ms: u64) -> io::Result<RetentionReport> {
+        let Retention {
+            max_age_ms,
+            max_bytes,
+        } = self.config.retention;
+        let victims: Vec<Segment<S>> = {
+            let mut st = self.state.borrow_mut();
+            let mut total: u64 = st.segments.values().map(|s| s.end).sum();
+            let last = st.segments.keys().next_back().copied();
+            let mut bases = Vec::new();
+            for (&base, seg) in st.segments.iter() {
+                if Some(base) == last || !seg.finalized {
+                    break;
+                }
+                let too_big = max_bytes.is_some_and(|max| total > max);
+                let too_old =
+                    max_age_ms.is_some_and(|age| seg.max_timestamp_ms.saturating_add(age) < now_ms);
+                if !(too_big || too_old) {
+                    break;
+                }
+                total -= seg.end;
+                bases.push(base);
+            }
+            let victims: Vec<_> = bases.iter().filter_map(|b| st.segments.remove(b)).collect();
+            if let Some(&first) = st.segments.keys().next() {
+                st.start_offset = first;
+            }
+            victims
+        };
+        let mut report = RetentionReport::default();
+        for seg in &victims {
+            self.storage.remove(&seg.log_path).await?;
+            match self.storage.remove(&seg.idx_path).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            report.segments += 1;
+            report.bytes += seg.end;
+        }
+        if report.segments > 0 {
+            self.storage.sync_dir(&self.dir).await?;
+        }
+        Ok(report)
+    }
+}
+
+/// Writes raw index bytes from byte `from` on (a page boundary), padding the
+/// last page with zeros.
+async fn write_index_pages<F: StorageFile>(file: &F, idx: &[u8], from: usize) -> io::Result<()> {
+    if idx.len() <= from {
+        return Ok(());
+    }
+    let padded = align_up((idx.len() - from) as u64) as usize;
+    let mut buf = file.alloc_buf(padded);
+    let dst = buf.as_mut();
+    dst[..idx.len() - from].copy_from_slice(&idx[from..]);
+    dst[idx.len() - from..].fill(0);
+    file.write_at(buf, from as u64).await
+}
