@@ -1,0 +1,1184 @@
+//! Typed messages: one plain struct per `Body` member, borrowing strings and
+//! byte vectors from the frame they were decoded from (or from the caller,
+//! when encoding), and the `Encoder` that turns a `Message` into a complete
+//! frame (length prefix + flatbuffer).
+//!
+//! Invariants:
+//! - `decode(encode(m)) == m` for every message (tested), because absent
+//!   optional strings, vectors and byte vectors read back as empty and the
+//!   encoder omits empty ones.
+//! - `Message::from_verified` is only ever given a verified `Frame`, so the
+//!   generated accessors it calls cannot read out of bounds.
+//! - Event byte vectors are opaque here; see `crate::event`.
+
+use core::fmt;
+
+use bytes::BufMut;
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+
+use crate::ErrorCode;
+use crate::frame::{DecodeError, LENGTH_PREFIX_BYTES, Limits};
+use crate::generated as fb;
+
+/// First message on a connection, client to server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Handshake<'a> {
+    pub version: u16,
+    pub token: &'a str,
+    pub client_name: &'a str,
+}
+
+/// The server's answer to `Handshake`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HandshakeOk<'a> {
+    pub version: u16,
+    /// At least 1 (checked by `decode`).
+    pub shards: u16,
+    /// Empty, or exactly `shards` ports indexed by shard id (checked by
+    /// `decode`).
+    pub shard_ports: Vec<u16>,
+    /// `crate::PLACEMENT_NAME`.
+    pub placement: &'a str,
+}
+
+/// Append events (each a finished `Event` flatbuffer) to a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Publish<'a> {
+    pub stream: &'a str,
+    pub partition: u32,
+    pub events: Vec<&'a [u8]>,
+}
+
+/// Where one published event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PublishResult {
+    pub offset: u64,
+    /// True when the event was already present; `offset` is the original's.
+    pub duplicate: bool,
+}
+
+/// The answer to `Publish`, sent once the events are durable.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PublishOk {
+    pub partition: u32,
+    pub first_offset: u64,
+    pub last_offset: u64,
+    /// One per published event, in order.
+    pub results: Vec<PublishResult>,
+}
+
+/// Read events from a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fetch<'a> {
+    pub stream: &'a str,
+    pub partition: u32,
+    pub offset: u64,
+    pub max_bytes: u32,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record<'a> {
+    pub offset: u64,
+    pub event: &'a [u8],
+}
+
+/// The answer to `Fetch`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FetchOk<'a> {
+    pub partition: u32,
+    pub next_offset: u64,
+    pub records: Vec<Record<'a>>,
+}
+
+/// Where a consumer group without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPoint {
+    #[default]
+    Beginning,
+    Latest,
+    Offset(u64),
+}
+
+/// Join a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Subscribe<'a> {
+    pub stream: &'a str,
+    pub group: &'a str,
+    pub durable: bool,
+    pub start: StartPoint,
+    pub max_in_flight: u32,
+}
+
+/// The answer to `Subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubscribeOk {
+    pub subscription_id: u64,
+    pub partitions: Vec<u32>,
+}
+
+/// Server push: one event for a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Delivery<'a> {
+    pub subscription_id: u64,
+    pub delivery_id: u64,
+    pub stream: &'a str,
+    pub partition: u32,
+    pub offset: u64,
+    pub attempt: u32,
+    pub event: &'a [u8],
+}
+
+/// Acknowledge subscription deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ack {
+    pub delivery_ids: Vec<u64>,
+}
+
+/// Reject a subscription delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Nack<'a> {
+    pub delivery_id: u64,
+    pub message: &'a str,
+}
+
+/// Apply YAML resources.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Apply<'a> {
+    pub yaml: &'a str,
+}
+
+/// The answer to `Apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApplyOk<'a> {
+    pub summary: Vec<&'a str>,
+}
+
+/// The answer to `Status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatusOk<'a> {
+    pub json: &'a str,
+}
+
+/// An `Error` body: a failed request, or a connection-level problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply<'a> {
+    pub code: ErrorCode,
+    pub message: &'a str,
+}
+
+/// Register as a handler of one pipeline stage.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PipelineSubscribe<'a> {
+    pub pipeline: &'a str,
+    pub stage: &'a str,
+    pub max_in_flight: u32,
+}
+
+/// The output event of one dependency stage.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StageInput<'a> {
+    pub stage: &'a str,
+    pub event: &'a [u8],
+}
+
+/// Server push: run one stage of one execution.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StageDelivery<'a> {
+    pub delivery_id: u64,
+    pub pipeline: &'a str,
+    pub stage: &'a str,
+    pub partition: u32,
+    pub offset: u64,
+    pub attempt: u32,
+    pub root: &'a [u8],
+    pub inputs: Vec<StageInput<'a>>,
+}
+
+/// A stage succeeded with `output`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StageAck<'a> {
+    pub delivery_id: u64,
+    pub output: &'a [u8],
+}
+
+/// A stage failed; it will be retried.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StageNack<'a> {
+    pub delivery_id: u64,
+    pub message: &'a str,
+}
+
+/// Every frame body.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    Handshake(Handshake<'a>),
+    HandshakeOk(HandshakeOk<'a>),
+    Publish(Publish<'a>),
+    PublishOk(PublishOk),
+    Fetch(Fetch<'a>),
+    FetchOk(FetchOk<'a>),
+    Subscribe(Subscribe<'a>),
+    SubscribeOk(SubscribeOk),
+    Delivery(Delivery<'a>),
+    Ack(Ack),
+    Nack(Nack<'a>),
+    AckOk,
+    Apply(Apply<'a>),
+    ApplyOk(ApplyOk<'a>),
+    Status,
+    StatusOk(StatusOk<'a>),
+    Error(ErrorReply<'a>),
+    PipelineSubscribe(PipelineSubscribe<'a>),
+    StageDelivery(StageDelivery<'a>),
+    StageAck(StageAck<'a>),
+    StageNack(StageNack<'a>),
+}
+
+impl Message<'_> {
+    /// The body's name as in the schema, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Handshake(_) => "Handshake",
+            Message::HandshakeOk(_) => "HandshakeOk",
+            Message::Publish(_) => "Publish",
+            Message::PublishOk(_) => "PublishOk",
+            Message::Fetch(_) => "Fetch",
+            Message::FetchOk(_) => "FetchOk",
+            Message::Subscribe(_) => "Subscribe",
+            Message::SubscribeOk(_) => "SubscribeOk",
+            Message::Delivery(_) => "Delivery",
+            Message::Ack(_) => "Ack",
+            Message::Nack(_) => "Nack",
+            Message::AckOk => "AckOk",
+            Message::Apply(_) => "Apply",
+            Message::ApplyOk(_) => "ApplyOk",
+            Message::Status => "Status",
+            Message::StatusOk(_) => "StatusOk",
+            Message::Error(_) => "Error",
+            Message::PipelineSubscribe(_) => "PipelineSubscribe",
+            Message::StageDelivery(_) => "StageDelivery",
+            Message::StageAck(_) => "StageAck",
+            Message::StageNack(_) => "StageNack",
+        }
+    }
+
+    /// Whether clients send this message (and servers receive it). A server
+    /// answers a server-to-client message from a client with
+    /// `ErrorCode::InvalidRequest`.
+    pub fn is_client_message(&self) -> bool {
+        matches!(
+            self,
+            Message::Handshake(_)
+                | Message::Publish(_)
+                | Message::Fetch(_)
+                | Message::Subscribe(_)
+                | Message::Ack(_)
+                | Message::Nack(_)
+                | Message::Apply(_)
+                | Message::Status
+                | Message::PipelineSubscribe(_)
+                | Message::StageAck(_)
+                | Message::StageNack(_)
+        )
+    }
+}
+
+impl<'a> Message<'a> {
+    /// Converts a verified frame's body. Only call this on a `Frame` that
+    /// came out of `verify_frame`/`root_with_opts`.
+    pub(crate) fn from_verified(frame: &fb::Frame<'a>) -> Result<Message<'a>, DecodeError> {
+        let request_id = frame.request_id();
+        let tag = frame.body_type();
+        let missing = DecodeError::MissingBody { request_id };
+        // The verifier guarantees body_type and body are both present or both
+        // absent; body_as_* returns None only if the body is absent.
+        let message = match tag {
+            fb::Body::NONE => return Err(missing),
+            fb::Body::Handshake => {
+                let b = frame.body_as_handshake().ok_or(missing)?;
+                Message::Handshake(Handshake {
+                    version: b.version(),
+                    token: b.token().unwrap_or_default(),
+                    client_name: b.client_name().unwrap_or_default(),
+                })
+            }
+            fb::Body::HandshakeOk => {
+                let b = frame.body_as_handshake_ok().ok_or(missing)?;
+                let shards = b.shards();
+                let shard_ports: Vec<u16> = b
+                    .shard_ports()
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default();
+                if shards == 0 {
+                    return Err(DecodeError::InvalidField {
+                        request_id,
+                        field: "HandshakeOk.shards",
+                        reason: "must be at least 1",
+                    });
+                }
+                if !shard_ports.is_empty() && shard_ports.len() != usize::from(shards) {
+                    return Err(DecodeError::InvalidField {
+                        request_id,
+                        field: "HandshakeOk.shard_ports",
+                        reason: "must be empty or hold one port per shard",
+                    });
+                }
+                Message::HandshakeOk(HandshakeOk {
+                    version: b.version(),
+                    shards,
+                    shard_ports,
+                    placement: b.placement().unwrap_or_default(),
+                })
+            }
+            fb::Body::Publish => {
+                let b = frame.body_as_publish().ok_or(missing)?;
+                Message::Publish(Publish {
+                    stream: b.stream(),
+                    partition: b.partition(),
+                    events: b
+                        .events()
+                        .map(|v| v.iter().map(|e| e.bytes().bytes()).collect())
+                        .unwrap_or_default(),
+                })
+            }
+            fb::Body::PublishOk => {
+                let b = frame.body_as_publish_ok().ok_or(missing)?;
+                Message::PublishOk(PublishOk {
+                    partition: b.partition(),
+                    first_offset: b.first_offset(),
+                    last_offset: b.last_offset(),
+                    results: b
+                        .results()
+                        .map(|v| {
+                            v.iter()
+                                .map(|r| PublishResult {
+                                    offset: r.offset(),
+                                    duplicate: r.duplicate(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+            fb::Body::Fetch => {
+                let b = frame.body_as_fetch().ok_or(missing)?;
+                Message::Fetch(Fetch {
+                    stream: b.stream(),
+                    partition: b.partition(),
+                    offset: b.offset(),
+                    max_bytes: b.max_bytes(),
+                })
+            }
+            fb::Body::FetchOk => {
+                let b = frame.body_as_fetch_ok().ok_or(missing)?;
+                Message::FetchOk(FetchOk {
+                    partition: b.partition(),
+                    next_offset: b.next_offset(),
+                    records: b
+                        .records()
+                        .map(|v| {
+                            v.iter()
+                                .map(|r| Record {
+                                    offset: r.offset(),
+                                    event: r.event().bytes(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+            fb::Body::Subscribe => {
+                let b = frame.body_as_subscribe().ok_or(missing)?;
+                let start = match b.start() {
+                    fb::StartPoint::Beginning => StartPoint::Beginning,
+                    fb::StartPoint::Latest => StartPoint::Latest,
+                    fb::StartPoint::Offset => StartPoint::Offset(b.start_offset()),
+                    _ => {
+                        return Err(DecodeError::InvalidField {
+                            request_id,
+                            field: "Subscribe.start",
+                            reason: "unknown start point",
+                        });
+                    }
+                };
+                Message::Subscribe(Subscribe {
+                    stream: b.stream(),
+                    group: b.group(),
+                    durable: b.durable(),
+                    start,
+                    max_in_flight: b.max_in_flight(),
+                })
+            }
+            fb::Body::SubscribeOk => {
+                let b = frame.body_as_subscribe_ok().ok_or(missing)?;
+                Message::SubscribeOk(SubscribeOk {
+                    subscription_id: b.subscription_id(),
+                    partitions: b
+                        .partitions()
+                        .map(|v| v.iter().collect())
+                        .unwrap_or_default(),
+                })
+            }
+            fb::Body::Delivery => {
+                let b = frame.body_as_delivery().ok_or(missing)?;
+                Message::Delivery(Delivery {
+                    subscription_id: b.subscription_id(),
+                    delivery_id: b.delivery_id(),
+                    stream: b.stream(),
+                    partition: b.partition(),
+                    offset: b.offset(),
+                    attempt: b.attempt(),
+                    event: b.event().bytes(),
+                })
+            }
+            fb::Body::Ack => {
+                let b = frame.body_as_ack().ok_or(missing)?;
+                Message::Ack(Ack {
+                    delivery_ids: b
+                        .delivery_ids()
+                        .map(|v| v.iter().collect())
+                        .unwrap_or_default(),
+                })
+            }
+            fb::Body::Nack => {
+                let b = frame.body_as_nack().ok_or(missing)?;
+                Message::Nack(Nack {
+                    delivery_id: b.delivery_id(),
+                    message: b.message().unwrap_or_default(),
+                })
+            }
+            fb::Body::AckOk => {
+                frame.body_as_ack_ok().ok_or(missing)?;
+                Message::AckOk
+            }
+            fb::Body::Apply => {
+                let b = frame.body_as_apply().ok_or(missing)?;
+                Message::Apply(Apply { yaml: b.yaml() })
+            }
+            fb::Body::ApplyOk => {
+                let b = frame.body_as_apply_ok().ok_or(missing)?;
+                Message::ApplyOk(ApplyOk {
+                    summary: b.summary().map(|v| v.iter().collect()).unwrap_or_default(),
+                })
+            }
+            fb::Body::Status => {
+                frame.body_as_status().ok_or(missing)?;
+                Message::Status
+            }
+            fb::Body::StatusOk => {
+                let b = frame.body_as_status_ok().ok_or(missing)?;
+                Message::StatusOk(StatusOk { json: b.json() })
+            }
+            fb::Body::Error => {
+                let b = frame.body_as_error().ok_or(missing)?;
+                Message::Error(ErrorReply {
+                    code: ErrorCode::from_u16(b.code()),
+                    message: b.message().unwrap_or_default(),
+                })
+            }
+            fb::Body::PipelineSubscribe => {
+                let b = frame.body_as_pipeline_subscribe().ok_or(missing)?;
+                Message::PipelineSubscribe(PipelineSubscribe {
+                    pipeline: b.pipeline(),
+                    stage: b.stage(),
+                    max_in_flight: b.max_in_flight(),
+                })
+            }
+            fb::Body::StageDelivery => {
+                let b = frame.body_as_stage_delivery().ok_or(missing)?;
+                Message::StageDelivery(StageDelivery {
+                    delivery_id: b.delivery_id(),
+                    pipeline: b.pipeline(),
+                    stage: b.stage(),
+                    partition: b.partition(),
+                    offset: b.offset(),
+                    attempt: b.attempt(),
+                    root: b.root().bytes(),
+                    inputs: b
+                        .inputs()
+                        .map(|v| {
+                            v.iter()
+                                .map(|i| StageInput {
+                                    stage: i.stage(),
+                                    event: i.event().bytes(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+            fb::Body::StageAck => {
+                let b = frame.body_as_stage_ack().ok_or(missing)?;
+                Message::StageAck(StageAck {
+                    delivery_id: b.delivery_id(),
+                    output: b.output().bytes(),
+                })
+            }
+            fb::Body::StageNack => {
+                let b = frame.body_as_stage_nack().ok_or(missing)?;
+                Message::StageNack(StageNack {
+                    delivery_id: b.delivery_id(),
+                    message: b.message().unwrap_or_default(),
+                })
+            }
+            other => {
+                return Err(DecodeError::UnknownBody {
+                    request_id,
+                    tag: other.0,
+                });
+            }
+        };
+        Ok(message)
+    }
+}
+
+/// Why a message could not be encoded.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The encoded body is `have` bytes, above the encoder's `max`. Split
+    /// the batch.
+    TooLarge { have: usize, max: usize },
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::TooLarge { have, max } => write!(
+                f,
+                "encoded frame of {have} bytes exceeds the limit of {max}; send fewer or smaller events"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Encodes messages into complete frames (4-byte little-endian length, then
+/// the flatbuffer), reusing one builder so steady-state encoding does not
+/// allocate inside flatbuffers.
+pub struct Encoder {
+    fbb: FlatBufferBuilder<'static>,
+    frame_bytes_max: usize,
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder::new(&Limits::DEFAULT)
+    }
+}
+
+impl Encoder {
+    /// An encoder that refuses frames above `limits.frame_bytes_max` (the
+    /// peer's limit: a larger frame would be rejected there).
+    pub fn new(limits: &Limits) -> Encoder {
+        Encoder {
+            fbb: FlatBufferBuilder::with_capacity(1024),
+            frame_bytes_max: limits.frame_bytes_max,
+        }
+    }
+
+    /// Appends one complete frame to `out` and returns its length in bytes,
+    /// prefix included. On error nothing is appended.
+    pub fn encode_into<B: BufMut>(
+        &mut self,
+        request_id: u64,
+        message: &Message<'_>,
+        out: &mut B,
+    ) -> Result<usize, EncodeError> {
+        self.fbb.reset();
+        let (body_type, body) = build_body(&mut self.fbb, message);
+        let frame = fb::Frame::create(
+            &mut self.fbb,
+            &fb::FrameArgs {
+                request_id,
+                body_type,
+                body: Some(body),
+            },
+        );
+        self.fbb.finish(frame, None);
+        let data = self.fbb.finished_data();
+        let len = data.len();
+        let prefix = match u32::try_from(len) {
+            Ok(n) if len <= self.frame_bytes_max => n,
+            _ => {
+                return Err(EncodeError::TooLarge {
+                    have: len,
+                    max: self.frame_bytes_max,
+                });
+            }
+        };
+        out.put_u32_le(prefix);
+        out.put_slice(data);
+        Ok(LENGTH_PREFIX_BYTES + len)
+    }
+
+    /// Encodes one complete frame into a new `Vec`.
+    pub fn encode(
+        &mut self,
+        request_id: u64,
+        message: &Message<'_>,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::new();
+        self.encode_into(request_id, message, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Encodes one complete frame with the default limits. Prefer a long-lived
+/// `Encoder` on hot paths.
+pub fn encode(request_id: u64, message: &Message<'_>) -> Result<Vec<u8>, EncodeError> {
+    Encoder::default().encode(request_id, message)
+}
+
+type Fbb = FlatBufferBuilder<'static>;
+type Union = WIPOffset<flatbuffers::UnionWIPOffset>;
+
+fn opt_str(fbb: &mut Fbb, s: &str) -> Option<WIPOffset<&'static str>> {
+    (!s.is_empty()).then(|| fbb.create_string(s))
+}
+
+fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
+    match message {
+        Message::Handshake(m) => {
+            let args = fb::HandshakeArgs {
+                version: m.version,
+                token: opt_str(fbb, m.token),
+                client_name: opt_str(fbb, m.client_name),
+            };
+            let t = fb::Handshake::create(fbb, &args);
+            (fb::Body::Handshake, t.as_union_value())
+        }
+        Message::HandshakeOk(m) => {
+            let args = fb::HandshakeOkArgs {
+                version: m.version,
+                shards: m.shards,
+                shard_ports: (!m.shard_ports.is_empty()).then(|| fbb.create_vector(&m.shard_ports)),
+                placement: opt_str(fbb, m.placement),
+            };
+            let t = fb::HandshakeOk::create(fbb, &args);
+            (fb::Body::HandshakeOk, t.as_union_value())
+        }
+        Message::Publish(m) => {
+            let mut events = Vec::with_capacity(m.events.len());
+            for event in &m.events {
+                let bytes = fbb.create_vector(event);
+                events.push(fb::EventBytes::create(
+                    fbb,
+                    &fb::EventBytesArgs { bytes: Some(bytes) },
+                ));
+            }
+            let args = fb::PublishArgs {
+                stream: Some(fbb.create_string(m.stream)),
+                partition: m.partition,
+                events: (!events.is_empty()).then(|| fbb.create_vector(&events)),
+            };
+            let t = fb::Publish::create(fbb, &args);
+            (fb::Body::Publish, t.as_union_value())
+        }
+        Message::PublishOk(m) => {
+            let results: Vec<fb::PublishResult> = m
+                .results
+                .iter()
+                .map(|r| fb::PublishResult::new(r.offset, r.duplicate))
+                .collect();
+            let args = fb::PublishOkArgs {
+                partition: m.partition,
+                first_offset: m.first_offset,
+                last_offset: m.last_offset,
+                results: (!results.is_empty()).then(|| fbb.create_vector(&results)),
+            };
+            let t = fb::PublishOk::create(fbb, &args);
+            (fb::Body::PublishOk, t.as_union_value())
+        }
+        Message::Fetch(m) => {
+            let args = fb::FetchArgs {
+                stream: Some(fbb.create_string(m.stream)),
+                partition: m.partition,
+                offset: m.offset,
+                max_bytes: m.max_bytes,
+            };
+            let t = fb::Fetch::create(fbb, &args);
+            (fb::Body::Fetch, t.as_union_value())
+        }
+        Message::FetchOk(m) => {
+            let mut records = Vec::with_capacity(m.records.len());
+            for record in &m.records {
+                let event = fbb.create_vector(record.event);
+                records.push(fb::Record::create(
+                    fbb,
+                    &fb::RecordArgs {
+                        offset: record.offset,
+                        event: Some(event),
+                    },
+                ));
+            }
+            let args = fb::FetchOkArgs {
+                partition: m.partition,
+                next_offset: m.next_offset,
+                records: (!records.is_empty()).then(|| fbb.create_vector(&records)),
+            };
+            let t = fb::FetchOk::create(fbb, &args);
+            (fb::Body::FetchOk, t.as_union_value())
+        }
+        Message::Subscribe(m) => {
+            let (start, start_offset) = match m.start {
+                StartPoint::Beginning => (fb::StartPoint::Beginning, 0),
+                StartPoint::Latest => (fb::StartPoint::Latest, 0),
+                StartPoint::Offset(offset) => (fb::StartPoint::Offset, offset),
+            };
+            let args = fb::SubscribeArgs {
+                stream: Some(fbb.create_string(m.stream)),
+                group: Some(fbb.create_string(m.group)),
+                durable: m.durable,
+                start,
+                start_offset,
+                max_in_flight: m.max_in_flight,
+            };
+            let t = fb::Subscribe::create(fbb, &args);
+            (fb::Body::Subscribe, t.as_union_value())
+        }
+        Message::SubscribeOk(m) => {
+            let args = fb::SubscribeOkArgs {
+                subscription_id: m.subscription_id,
+                partitions: (!m.partitions.is_empty()).then(|| fbb.create_vector(&m.partitions)),
+            };
+            let t = fb::SubscribeOk::create(fbb, &args);
+            (fb::Body::SubscribeOk, t.as_union_value())
+        }
+        Message::Delivery(m) => {
+            let args = fb::DeliveryArgs {
+                subscription_id: m.subscription_id,
+                delivery_id: m.delivery_id,
+                stream: Some(fbb.create_string(m.stream)),
+                partition: m.partition,
+                offset: m.offset,
+                attempt: m.attempt,
+                event: Some(fbb.create_vector(m.event)),
+            };
+            let t = fb::Delivery::create(fbb, &args);
+            (fb::Body::Delivery, t.as_union_value())
+        }
+        Message::Ack(m) => {
+            let args = fb::AckArgs {
+                delivery_ids: (!m.delivery_ids.is_empty())
+                    .then(|| fbb.create_vector(&m.delivery_ids)),
+            };
+            let t = fb::Ack::create(fbb, &args);
+            (fb::Body::Ack, t.as_union_value())
+        }
+        Message::Nack(m) => {
+            let args = fb::NackArgs {
+                delivery_id: m.delivery_id,
+                message: opt_str(fbb, m.message),
+            };
+            let t = fb::Nack::create(fbb, &args);
+            (fb::Body::Nack, t.as_union_value())
+        }
+        Message::AckOk => {
+            let t = fb::AckOk::create(fbb, &fb::AckOkArgs {});
+            (fb::Body::AckOk, t.as_union_value())
+        }
+        Message::Apply(m) => {
+            let args = fb::ApplyArgs {
+                yaml: Some(fbb.create_string(m.yaml)),
+            };
+            let t = fb::Apply::create(fbb, &args);
+            (fb::Body::Apply, t.as_union_value())
+        }
+        Message::ApplyOk(m) => {
+            let lines: Vec<_> = m.summary.iter().map(|s| fbb.create_string(s)).collect();
+            let args = fb::ApplyOkArgs {
+                summary: (!lines.is_empty()).then(|| fbb.create_vector(&lines)),
+            };
+            let t = fb::ApplyOk::create(fbb, &args);
+            (fb::Body::ApplyOk, t.as_union_value())
+        }
+        Message::Status => {
+            let t = fb::Status::create(fbb, &fb::StatusArgs {});
+            (fb::Body::Status, t.as_union_value())
+        }
+        Message::StatusOk(m) => {
+            let args = fb::StatusOkArgs {
+                json: Some(fbb.create_string(m.json)),
+            };
+            let t = fb::StatusOk::create(fbb, &args);
+            (fb::Body::StatusOk, t.as_union_value())
+        }
+        Message::Error(m) => {
+            let args = fb::ErrorArgs {
+                code: m.code.as_u16(),
+                message: opt_str(fbb, m.message),
+            };
+            let t = fb::Error::create(fbb, &args);
+            (fb::Body::Error, t.as_union_value())
+        }
+        Message::PipelineSubscribe(m) => {
+            let args = fb::PipelineSubscribeArgs {
+                pipeline: Some(fbb.create_string(m.pipeline)),
+                stage: Some(fbb.create_string(m.stage)),
+                max_in_flight: m.max_in_flight,
+            };
+            let t = fb::PipelineSubscribe::create(fbb, &args);
+            (fb::Body::PipelineSubscribe, t.as_union_value())
+        }
+        Message::StageDelivery(m) => {
+            let mut inputs = Vec::with_capacity(m.inputs.len());
+            for input in &m.inputs {
+                let stage = fbb.create_string(input.stage);
+                let event = fbb.create_vector(input.event);
+                inputs.push(fb::StageInput::create(
+                    fbb,
+                    &fb::StageInputArgs {
+                        stage: Some(stage),
+                        event: Some(event),
+                    },
+                ));
+            }
+            let args = fb::StageDeliveryArgs {
+                delivery_id: m.delivery_id,
+                pipeline: Some(fbb.create_string(m.pipeline)),
+                stage: Some(fbb.create_string(m.stage)),
+                partition: m.partition,
+                offset: m.offset,
+                attempt: m.attempt,
+                root: Some(fbb.create_vector(m.root)),
+                inputs: (!inputs.is_empty()).then(|| fbb.create_vector(&inputs)),
+            };
+            let t = fb::StageDelivery::create(fbb, &args);
+            (fb::Body::StageDelivery, t.as_union_value())
+        }
+        Message::StageAck(m) => {
+            let args = fb::StageAckArgs {
+                delivery_id: m.delivery_id,
+                output: Some(fbb.create_vector(m.output)),
+            };
+            let t = fb::StageAck::create(fbb, &args);
+            (fb::Body::StageAck, t.as_union_value())
+        }
+        Message::StageNack(m) => {
+            let args = fb::StageNackArgs {
+                delivery_id: m.delivery_id,
+                message: opt_str(fbb, m.message),
+            };
+            let t = fb::StageNack::create(fbb, &args);
+            (fb::Body::StageNack, t.as_union_value())
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{EventRef, decode, encode_event};
+
+    /// One message of every body type, with every field set to a distinctive
+    /// value. `event` is a finished Event flatbuffer.
+    pub(crate) fn sample_messages(event: &[u8]) -> Vec<Message<'_>> {
+        vec![
+            Message::Handshake(Handshake {
+                version: crate::PROTOCOL_VERSION,
+                token: "secret",
+                client_name: "example-cloud-app",
+            }),
+            Message::HandshakeOk(HandshakeOk {
+                version: 1,
+                shards: 3,
+                shard_ports: vec![7001, 7002, 7003],
+                placement: crate::PLACEMENT_NAME,
+            }),
+            Message::Publish(Publish {
+                stream: "events",
+                partition: 7,
+                events: vec![event, event, b"\x01\x02"],
+            }),
+            Message::PublishOk(PublishOk {
+                partition: 7,
+                first_offset: 100,
+                last_offset: 101,
+                results: vec![
+                    PublishResult {
+                        offset: 100,
+                        duplicate: false,
+                    },
+                    PublishResult {
+                        offset: 42,
+                        duplicate: true,
+                    },
+                    PublishResult {
+                        offset: 101,
+                        duplicate: false,
+                    },
+                ],
+            }),
+            Message::Fetch(Fetch {
+                stream: "events",
+                partition: 2,
+                offset: u64::MAX - 1,
+                max_bytes: 1 << 20,
+            }),
+            Message::FetchOk(FetchOk {
+                partition: 2,
+                next_offset: 12,
+                records: vec![
+                    Record { offset: 10, event },
+                    Record {
+                        offset: 11,
+                        event: b"",
+                    },
+                ],
+            }),
+            Message::Subscribe(Subscribe {
+                stream: "events",
+                group: "billing",
+                durable: true,
+                start: StartPoint::Offset(55),
+                max_in_flight: 64,
+            }),
+            Message::SubscribeOk(SubscribeOk {
+                subscription_id: 9,
+                partitions: vec![0, 3, 5],
+            }),
+            Message::Delivery(Delivery {
+                subscription_id: 9,
+                delivery_id: 1234,
+                stream: "events",
+                partition: 3,
+                offset: 77,
+                attempt: 2,
+                event,
+            }),
+            Message::Ack(Ack {
+                delivery_ids: vec![1, 2, u64::MAX],
+            }),
+            Message::Nack(Nack {
+                delivery_id: 1234,
+                message: "database unavailable",
+            }),
+            Message::AckOk,
+            Message::Apply(Apply {
+                yaml: "kind: Stream\nmetadata: { name: events }\n",
+            }),
+            Message::ApplyOk(ApplyOk {
+                summary: vec![
+                    "stream/events unchanged",
+                    "pipeline/service-creation created",
+                ],
+            }),
+            Message::Status,
+            Message::StatusOk(StatusOk {
+                json: "{\"shards\":3}",
+            }),
+            Message::Error(ErrorReply {
+                code: ErrorCode::UnknownStream,
+                message: "no stream named \"evnts\"",
+            }),
+            Message::PipelineSubscribe(PipelineSubscribe {
+                pipeline: "service-creation",
+                stage: "deploy-service",
+                max_in_flight: 8,
+            }),
+            Message::StageDelivery(StageDelivery {
+                delivery_id: 5,
+                pipeline: "service-creation",
+                stage: "sync",
+                partition: 1,
+                offset: 900,
+                attempt: 1,
+                root: event,
+                inputs: vec![
+                    StageInput {
+                        stage: "deploy-service",
+                        event,
+                    },
+                    StageInput {
+                        stage: "setup-billing",
+                        event,
+                    },
+                ],
+            }),
+            Message::StageAck(StageAck {
+                delivery_id: 5,
+                output: event,
+            }),
+            Message::StageNack(StageNack {
+                delivery_id: 5,
+                message: "quota exceeded",
+            }),
+        ]
+    }
+
+    pub(crate) fn sample_event() -> Vec<u8> {
+        encode_event(&EventRef {
+            id: "evt-1",
+            source: "example-cloud-app",
+            specversion: "1.0",
+            ty: "service.created",
+            subject: Some("svc-42"),
+            time_ms: Some(1_700_000_000_000),
+            datacontenttype: Some("application/json"),
+            attributes: vec![("tenant", "acme")],
+            data: b"{\"name\":\"db\"}",
+        })
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let event = sample_event();
+        let samples = sample_messages(&event);
+        let mut names: Vec<&str> = samples.iter().map(Message::name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 21, "one sample per Body member");
+
+        let mut encoder = Encoder::default();
+        for (i, message) in samples.iter().enumerate() {
+            let request_id = 1000 + i as u64;
+            let frame = encoder.encode(request_id, message).unwrap();
+            let total = crate::check(&frame, &Limits::DEFAULT).unwrap();
+            assert_eq!(total, Some(frame.len()), "{}", message.name());
+            let decoded = decode(&frame[4..], &Limits::DEFAULT).unwrap();
+            assert_eq!(decoded.request_id, request_id);
+            assert_eq!(&decoded.message, message);
+        }
+    }
+
+    #[test]
+    fn default_and_empty_fields_round_trip() {
+        let messages = [
+            Message::Handshake(Handshake::default()),
+            Message::HandshakeOk(HandshakeOk {
+                shards: 1,
+                ..HandshakeOk::default()
+            }),
+            Message::Publish(Publish::default()),
+            Message::PublishOk(PublishOk::default()),
+            Message::Fetch(Fetch::default()),
+            Message::FetchOk(FetchOk::default()),
+            Message::Subscribe(Subscribe::default()),
+            Message::Subscribe(Subscribe {
+                start: StartPoint::Latest,
+                ..Subscribe::default()
+            }),
+            Message::SubscribeOk(SubscribeOk::default()),
+            Message::Delivery(Delivery::default()),
+            Message::Ack(Ack::default()),
+            Message::Nack(Nack::default()),
+            Message::Apply(Apply::default()),
+            Message::ApplyOk(ApplyOk::default()),
+            Message::StatusOk(StatusOk::default()),
+            Message::Error(ErrorReply {
+                code: ErrorCode::Unknown(4242),
+                message: "",
+            }),
+            Message::PipelineSubscribe(PipelineSubscribe::default()),
+            Message::StageDelivery(StageDelivery::default()),
+            Message::StageAck(StageAck::default()),
+            Message::StageNack(StageNack::default()),
+        ];
+        for message in &messages {
+            let frame = encode(0, message).unwrap();
+            let decoded = decode(&frame[4..], &Limits::DEFAULT).unwrap();
+            assert_eq!(decoded.request_id, 0);
+            assert_eq!(&decoded.message, message);
+        }
+    }
+
+    #[test]
+    fn encode_into_bytes_mut_appends_frames_back_to_back() {
+        let mut out = bytes::BytesMut::new();
+        let mut encoder = Encoder::default();
+        let a = encoder.encode_into(1, &Message::Status, &mut out).unwrap();
+        let b = encoder.encode_into(2, &Message::AckOk, &mut out).unwrap();
+        assert_eq!(out.len(), a + b);
+
+        let (body, used) = crate::split_frame(&out, &Limits::DEFAULT).unwrap().unwrap();
+        assert_eq!(used, a);
+        let first = decode(body, &Limits::DEFAULT).unwrap();
+        assert_eq!((first.request_id, first.message), (1, Message::Status));
+        let (body, used) = crate::split_frame(&out[a..], &Limits::DEFAULT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, b);
+        let second = decode(body, &Limits::DEFAULT).unwrap();
+        assert_eq!((second.request_id, second.message), (2, Message::AckOk));
+    }
+
+    #[test]
+    fn encoder_refuses_frames_above_its_limit() {
+        let limits = Limits {
+            frame_bytes_max: 64,
+            ..Limits::DEFAULT
+        };
+        let mut encoder = Encoder::new(&limits);
+        let big = vec![7u8; 100];
+        let message = Message::Publish(Publish {
+            stream: "events",
+            partition: 0,
+            events: vec![&big],
+        });
+        let mut out = Vec::new();
+        let err = encoder.encode_into(1, &message, &mut out).unwrap_err();
+        assert!(
+            matches!(err, EncodeError::TooLarge { max: 64, .. }),
+            "{err}"
+        );
+        assert!(out.is_empty(), "nothing appended on error");
+        // The encoder is still usable afterwards.
+        assert!(encoder.encode_into(2, &Message::Status, &mut out).is_ok());
+    }
+
+    #[test]
+    fn handshake_ok_with_zero_shards_or_wrong_port_count_is_rejected() {
+        for (shards, ports) in [(0u16, vec![]), (2, vec![7001])] {
+            let frame = encode(
+                3,
+                &Message::HandshakeOk(HandshakeOk {
+                    version: 1,
+                    shards,
+                    shard_ports: ports,
+                    placement: crate::PLACEMENT_NAME,
+                }),
+            )
+            .unwrap();
+            let err = decode(&frame[4..], &Limits::DEFAULT).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::InvalidField { request_id: 3, .. }),
+                "{err}"
+            );
+            assert_eq!(err.code(), ErrorCode::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn body_tags_are_stable() {
+        // docs/protocol.md section 3 lists these; they never change.
+        let event = sample_event();
+        for (tag, message) in (1u8..).zip(sample_messages(&event)) {
+            let frame = encode(1, &message).unwrap();
+            let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
+            assert_eq!(root.body_type(), fb::Body(tag), "{}", message.name());
+        }
+        assert_eq!(fb::Body::ENUM_MAX, 21);
+    }
+
+    #[test]
+    fn client_and_server_messages_are_classified() {
+        let event = sample_event();
+        let clients = sample_messages(&event)
+            .iter()
+            .filter(|m| m.is_client_message())
+            .count();
+        assert_eq!(clients, 11);
+    }
+}
