@@ -1,4 +1,68 @@
-//! The Hadron client. Publishing, subscribing and pipeline stage handlers
-//! arrive with the streams and pipelines work (issues 3 and 4).
+//! The Hadron client: publish events, subscribe to streams, and run
+//! pipeline stage handlers, over Hadron's binary protocol
+//! (docs/protocol.md), on tokio.
+//!
+//! ```no_run
+//! # async fn deploy_handler(input: hadron::StageInput) -> Result<hadron::NewEvent, std::io::Error> {
+//! #     Ok(hadron::NewEvent::new("service.deployed", input.root.data))
+//! # }
+//! # async fn billing_handler(input: hadron::StageInput) -> Result<hadron::NewEvent, std::io::Error> {
+//! #     Ok(hadron::NewEvent::new("service.billed", input.root.data))
+//! # }
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), hadron::Error> {
+//! // Event producer which publishes events to stream `events`.
+//! let client = hadron::Client::new("http://events.default:7000", Default::default())?;
+//! let publisher = client.publisher("example-cloud-app").await?;
+//!
+//! // Publish a new event based on some application logic.
+//! let event = hadron::NewEvent {
+//!     ty: "service.created".into(),
+//!     subject: Some("svc-42".into()),
+//!     data: br#"{"plan":"small"}"#.to_vec(),
+//!     ..Default::default()
+//! };
+//! publisher.publish(event).await?;
+//!
+//! // Process Pipeline stage `deploy-service` (starts at once; awaiting
+//! // the result reports whether the server accepted it).
+//! client.pipeline("service-creation", "deploy-service", deploy_handler);
+//! client.pipeline("service-creation", "setup-billing", billing_handler).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - `Client::new` parses the address (`http://host:port`, `host:port`,
+//!   `host`; port 7000 by default) and does no I/O. Connections open on
+//!   first use, reopen after failures, and carry many requests at once.
+//!   With `ClientOptions::shard_aware` (the default), requests for a
+//!   partition go straight to the shard that owns it.
+//! - `Publisher` fills in missing event ids (unique, generated) and sources
+//!   (the publisher's name), picks the partition by the subject's hash (or
+//!   the hash of source and id), and retries retryable failures with the
+//!   same id on the same partition: the server's idempotent publishing
+//!   makes that exactly-once.
+//! - `Client::subscribe` and `Client::pipeline` run handlers in background
+//!   tasks that acknowledge successes, nack errors (with the error's text),
+//!   and reconnect and register again after disconnects.
+//! - Every failure is an `Error`; `Error::is_retryable` says whether trying
+//!   again may help.
 
-pub use hadron_wire::FRAME_BYTES_MAX;
+mod client;
+mod conn;
+mod endpoint;
+mod error;
+mod event;
+mod publish;
+mod subscribe;
+
+pub use client::{Client, ClientOptions, Fetched};
+pub use conn::ServerInfo;
+pub use endpoint::DEFAULT_PORT;
+pub use error::Error;
+pub use event::{Event, NewEvent};
+pub use hadron_wire::{ErrorCode, FRAME_BYTES_MAX};
+pub use publish::{DEFAULT_STREAM, Published, Publisher};
+pub use subscribe::{
+    Delivery, PipelineHandle, PipelineStart, StageInput, StartPoint, SubscribeOptions, Subscription,
+};

@@ -1,0 +1,485 @@
+//! `Client`: options, lazily opened connections, shard-aware routing, and
+//! the plain request/answer calls (status, apply, fetch, stream metadata).
+//!
+//! Connections: one main connection to the address given to `Client::new`,
+//! opened on first use and reopened when it dies. When the handshake
+//! reports shard ports (and `ClientOptions::shard_aware` is on), requests
+//! for a partition go to a connection to the owning shard's port on the
+//! same host, opened lazily; if that connection cannot be opened the
+//! request goes to the main connection, which accepts any request.
+//! Subscriptions and pipeline handlers open their own connections (see
+//! `subscribe.rs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hadron_wire::{ErrorCode, FRAME_BYTES_MAX, Limits, Message, shard_of};
+
+use crate::conn::{Conn, Reply, ServerInfo};
+use crate::endpoint::Endpoint;
+use crate::{Error, Event};
+
+/// How the client connects and retries. All fields have defaults
+/// (`ClientOptions::default()`); override the ones you need:
+///
+/// ```
+/// use std::time::Duration;
+/// let options = hadron::ClientOptions {
+///     name: "example-cloud-app".into(),
+///     request_timeout: Duration::from_secs(10),
+///     ..Default::default()
+/// };
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The application's name, sent in the handshake for the server's logs
+    /// and status.
+    pub name: String,
+    /// The credential sent in the handshake; `None` for servers without
+    /// authentication.
+    pub token: Option<String>,
+    /// How long opening a TCP connection may take.
+    pub connect_timeout: Duration,
+    /// How long the client waits for the answer to one request (including
+    /// the handshake) before failing it with `Error::Timeout`.
+    pub request_timeout: Duration,
+    /// First pause before reconnecting or retrying; doubles each time.
+    pub backoff_initial: Duration,
+    /// Longest pause between reconnects or retries.
+    pub backoff_max: Duration,
+    /// Most requests outstanding on one connection; more wait for a slot.
+    pub max_in_flight_requests: usize,
+    /// Send each partition's requests straight to the shard that owns it,
+    /// when the server offers shard ports.
+    pub shard_aware: bool,
+    /// Most attempts for one publish (the first included) when failures
+    /// are retryable.
+    pub publish_attempts_max: u32,
+    /// Largest frame the client sends or accepts (the server's
+    /// `frame_bytes_max`).
+    pub frame_bytes_max: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            name: "hadron-client".to_owned(),
+            token: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            max_in_flight_requests: 1024,
+            shard_aware: true,
+            publish_attempts_max: 8,
+            frame_bytes_max: FRAME_BYTES_MAX,
+        }
+    }
+}
+
+impl ClientOptions {
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            frame_bytes_max: self.frame_bytes_max.min(FRAME_BYTES_MAX),
+            ..Limits::DEFAULT
+        }
+    }
+
+    /// The pause before attempt `failures + 1`: `backoff_initial * 2^(failures-1)`,
+    /// at most `backoff_max`.
+    pub(crate) fn backoff(&self, failures: u32) -> Duration {
+        let shift = failures.saturating_sub(1).min(20);
+        self.backoff_initial
+            .saturating_mul(1 << shift)
+            .min(self.backoff_max)
+    }
+}
+
+/// A lazily opened, reopened-on-failure connection to one address.
+#[derive(Debug)]
+struct Slot {
+    endpoint: Endpoint,
+    state: tokio::sync::Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    conn: Option<Arc<Conn>>,
+    failures: u32,
+    /// After a failed connect: no new attempt before this instant; callers
+    /// get `last_error` instead (their own retry loops pause).
+    retry_at: Option<Instant>,
+    last_error: Option<LastError>,
+}
+
+/// Enough of a failed connect to report it again during the backoff
+/// window, keeping its retryability (`Error` is not `Clone`).
+#[derive(Debug, Clone)]
+enum LastError {
+    Io(std::io::ErrorKind, String),
+    Server(ErrorCode, String),
+}
+
+impl Slot {
+    fn new(endpoint: Endpoint) -> Slot {
+        Slot {
+            endpoint,
+            state: tokio::sync::Mutex::new(SlotState::default()),
+        }
+    }
+
+    async fn get(&self, options: &ClientOptions) -> Result<Arc<Conn>, Error> {
+        let mut state = self.state.lock().await;
+        if let Some(conn) = &state.conn
+            && conn.is_alive()
+        {
+            return Ok(Arc::clone(conn));
+        }
+        state.conn = None;
+        if let Some(at) = state.retry_at
+            && Instant::now() < at
+        {
+            let (kind, message) = match state.last_error.clone() {
+                Some(LastError::Server(code, message)) => {
+                    return Err(Error::Server { code, message });
+                }
+                Some(LastError::Io(kind, message)) => (kind, message),
+                None => (std::io::ErrorKind::Other, "recently failed".to_owned()),
+            };
+            return Err(Error::Connect {
+                addr: self.endpoint.to_string(),
+                source: std::io::Error::new(kind, format!("{message} (backing off)")),
+            });
+        }
+        match Conn::open(&self.endpoint, options, None).await {
+            Ok(conn) => {
+                state.failures = 0;
+                state.retry_at = None;
+                state.last_error = None;
+                state.conn = Some(Arc::clone(&conn));
+                Ok(conn)
+            }
+            Err(e) => {
+                state.failures = state.failures.saturating_add(1);
+                state.retry_at = Some(Instant::now() + options.backoff(state.failures));
+                state.last_error = Some(match &e {
+                    Error::Connect { source, .. } => {
+                        LastError::Io(source.kind(), source.to_string())
+                    }
+                    Error::Server { code, message } => LastError::Server(*code, message.clone()),
+                    other => LastError::Io(std::io::ErrorKind::Other, other.to_string()),
+                });
+                tracing::debug!(addr = %self.endpoint, error = %e, "connect failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) options: ClientOptions,
+    main: Slot,
+    /// Connections to shard ports, by port.
+    shards: Mutex<HashMap<u16, Arc<Slot>>>,
+    /// Partition counts by stream name, from `Status`.
+    partitions: Mutex<HashMap<String, u32>>,
+    /// Makes generated event ids unique across clients and processes.
+    id_prefix: String,
+    id_counter: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A Hadron client. Cheap to clone: clones share connections and caches.
+///
+/// Creating a client does no I/O; the first request connects. Every
+/// request is pipelined on its connection, so one client serves many
+/// concurrent tasks.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), hadron::Error> {
+/// let client = hadron::Client::new("http://events.default:7000", Default::default())?;
+/// let publisher = client.publisher("example-cloud-app").await?;
+/// let published = publisher
+///     .publish(hadron::NewEvent::new("service.created", b"{}".to_vec()))
+///     .await?;
+/// println!("stored at {}/{}", published.partition, published.offset);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The answer to `Client::fetch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The partition read.
+    pub partition: u32,
+    /// The offset to fetch next.
+    pub next_offset: u64,
+    /// `(offset, event)` pairs in offset order.
+    pub records: Vec<(u64, Event)>,
+}
+
+impl Client {
+    /// A client for the server at `url`: `http://host:port`, `host:port` or
+    /// `host` (the scheme is optional and ignored, the port defaults to
+    /// 7000, the host is resolved when connecting). Does no I/O.
+    pub fn new(url: &str, options: ClientOptions) -> Result<Client, Error> {
+        let endpoint = Endpoint::parse(url)?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id_prefix = format!("{nanos:x}-{:x}", std::process::id());
+        Ok(Client {
+            inner: Arc::new(Inner {
+                main: Slot::new(endpoint.clone()),
+                endpoint,
+                options,
+                shards: Mutex::new(HashMap::new()),
+                partitions: Mutex::new(HashMap::new()),
+                id_prefix,
+                id_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The options the client was created with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// Connects if needed and returns what the server said in its
+    /// handshake.
+    pub async fn server_info(&self) -> Result<ServerInfo, Error> {
+        Ok(self.main().await?.info.clone())
+    }
+
+    /// The server's status document (JSON; its shape is documented with the
+    /// server).
+    pub async fn status(&self) -> Result<String, Error> {
+        match self
+            .main()
+            .await?
+            .request("status", &Message::Status)
+            .await?
+        {
+            Reply::StatusOk(json) => Ok(json),
+            other => Err(unexpected("StatusOk", &other)),
+        }
+    }
+
+    /// Applies YAML resource definitions (`kind: Stream`, `kind: Pipeline`)
+    /// and returns the server's one-line summary per resource.
+    pub async fn apply(&self, yaml: &str) -> Result<Vec<String>, Error> {
+        let message = Message::Apply(hadron_wire::Apply { yaml });
+        match self.main().await?.request("apply", &message).await? {
+            Reply::ApplyOk(summary) => {
+                self.forget_partitions();
+                Ok(summary)
+            }
+            other => Err(unexpected("ApplyOk", &other)),
+        }
+    }
+
+    /// Reads events of `stream`/`partition` from `offset`, at most about
+    /// `max_bytes` of them (at least one when one exists).
+    pub async fn fetch(
+        &self,
+        stream: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<Fetched, Error> {
+        let message = Message::Fetch(hadron_wire::Fetch {
+            stream,
+            partition,
+            offset,
+            max_bytes,
+        });
+        let conn = self.conn_for(stream, partition).await?;
+        match conn.request("fetch", &message).await? {
+            Reply::FetchOk {
+                partition,
+                next_offset,
+                records,
+            } => {
+                let limits = self.inner.options.limits();
+                let records = records
+                    .iter()
+                    .map(|(offset, bytes)| Ok((*offset, Event::decode_with(bytes, &limits)?)))
+                    .collect::<Result<Vec<_>, Error>>()?;
+                Ok(Fetched {
+                    partition,
+                    next_offset,
+                    records,
+                })
+            }
+            other => Err(unexpected("FetchOk", &other)),
+        }
+    }
+
+    /// The number of partitions of `stream`, from the server's status
+    /// (cached; refreshed after `UnknownPartition`/`UnknownStream` errors).
+    pub async fn partitions(&self, stream: &str) -> Result<u32, Error> {
+        if let Some(n) = lock(&self.inner.partitions).get(stream) {
+            return Ok(*n);
+        }
+        let json = self.status().await?;
+        let counts = parse_partition_counts(&json)?;
+        let mut cache = lock(&self.inner.partitions);
+        cache.extend(counts);
+        cache.get(stream).copied().ok_or_else(|| Error::Server {
+            code: ErrorCode::UnknownStream,
+            message: format!("stream {stream:?} is not in the server's status"),
+        })
+    }
+
+    pub(crate) fn forget_partitions(&self) {
+        lock(&self.inner.partitions).clear();
+    }
+
+    /// A unique event id: `{name}-{client start, ns, hex}-{pid, hex}-{n}`.
+    pub(crate) fn generate_id(&self, name: &str) -> String {
+        let n = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{name}-{}-{n}", self.inner.id_prefix)
+    }
+
+    /// The main connection, opened if needed.
+    pub(crate) async fn main(&self) -> Result<Arc<Conn>, Error> {
+        self.inner.main.get(&self.inner.options).await
+    }
+
+    /// The connection for requests about `stream`/`partition`: the owning
+    /// shard's when known and reachable, else the main one.
+    pub(crate) async fn conn_for(&self, stream: &str, partition: u32) -> Result<Arc<Conn>, Error> {
+        let main = self.main().await?;
+        if !self.inner.options.shard_aware || !main.info.shard_aware() {
+            return Ok(main);
+        }
+        let shard = shard_of(stream, partition, main.info.shards);
+        let Some(&port) = main.info.shard_ports.get(usize::from(shard)) else {
+            return Ok(main);
+        };
+        if port == main.endpoint.port {
+            return Ok(main);
+        }
+        let slot = Arc::clone(
+            lock(&self.inner.shards)
+                .entry(port)
+                .or_insert_with(|| Arc::new(Slot::new(self.inner.endpoint.with_port(port)))),
+        );
+        match slot.get(&self.inner.options).await {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                tracing::debug!(port, error = %e, "shard port unreachable; using the main connection");
+                Ok(main)
+            }
+        }
+    }
+}
+
+pub(crate) fn unexpected(expected: &str, got: &Reply) -> Error {
+    Error::Protocol(format!("expected {expected}, got {got:?}"))
+}
+
+/// Reads partition counts from the status JSON. Assumed shape (the server
+/// documents the real one): `{"streams": [{"name": "events", "partitions":
+/// [...] }]}` where `partitions` is an array with one entry per partition
+/// or a number; a `partition_count` number is accepted too.
+pub(crate) fn parse_partition_counts(json: &str) -> Result<Vec<(String, u32)>, Error> {
+    let doc: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| Error::Protocol(format!("status is not JSON: {e}")))?;
+    let streams = doc
+        .get("streams")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| Error::Protocol("status JSON has no \"streams\" array".into()))?;
+    let mut counts = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let Some(name) = stream.get("name").and_then(|n| n.as_str()) else {
+            continue;
+        };
+        let count = match stream.get("partitions") {
+            Some(serde_json::Value::Array(list)) => Some(list.len() as u64),
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            _ => stream.get("partition_count").and_then(|n| n.as_u64()),
+        };
+        if let Some(count) = count.and_then(|c| u32::try_from(c).ok())
+            && count > 0
+        {
+            counts.push((name.to_owned(), count));
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_counts_from_status() {
+        let json = r#"{"shards":2,"streams":[
+            {"name":"events","partitions":[{"partition":0},{"partition":1},{"partition":2}]},
+            {"name":"orders","partitions":4},
+            {"name":"audit","partition_count":2},
+            {"name":"empty","partitions":[]},
+            {"nameless":true}
+        ]}"#;
+        let counts = parse_partition_counts(json).unwrap();
+        assert_eq!(
+            counts,
+            vec![
+                ("events".to_owned(), 3),
+                ("orders".to_owned(), 4),
+                ("audit".to_owned(), 2)
+            ]
+        );
+        assert!(matches!(
+            parse_partition_counts("{}"),
+            Err(Error::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_partition_counts("nope"),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let o = ClientOptions {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(700),
+            ..ClientOptions::default()
+        };
+        assert_eq!(o.backoff(0), Duration::from_millis(100));
+        assert_eq!(o.backoff(1), Duration::from_millis(100));
+        assert_eq!(o.backoff(2), Duration::from_millis(200));
+        assert_eq!(o.backoff(3), Duration::from_millis(400));
+        assert_eq!(o.backoff(4), Duration::from_millis(700));
+        assert_eq!(o.backoff(u32::MAX), Duration::from_millis(700));
+    }
+
+    #[test]
+    fn new_does_no_io_and_rejects_bad_urls() {
+        let client = Client::new("http://events.default:7000", ClientOptions::default()).unwrap();
+        assert_eq!(client.inner.endpoint.port, 7000);
+        assert!(matches!(
+            Client::new("host:notaport", ClientOptions::default()),
+            Err(Error::InvalidUrl { .. })
+        ));
+        let a = client.generate_id("app");
+        let b = client.clone().generate_id("app");
+        assert_ne!(a, b, "clones share the id counter");
+        assert!(a.starts_with("app-"));
+    }
+}

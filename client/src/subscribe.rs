@@ -1,0 +1,730 @@
+//! Subscriptions and pipeline stage handlers: long-running tasks that hold
+//! their own connection, register with `Subscribe` / `PipelineSubscribe`,
+//! run the application's handler for each push, and answer it with
+//! `Ack`/`Nack` or `StageAck`/`StageNack`.
+//!
+//! Each subscription or stage handler has a dedicated connection, so a
+//! disconnect affects only it: the runner reconnects with exponential
+//! backoff and registers again; the server redelivers whatever was not
+//! acknowledged. Handlers run concurrently, at most `max_in_flight` at a
+//! time (the server sends no more than that unacknowledged), each in its
+//! own task: a panicking handler is answered with a nack.
+//!
+//! Lifetime: the runner keeps going until `cancel`/`stop` is called or a
+//! non-retryable error ends it (for example the stream was deleted).
+//! Dropping a `Subscription` or `PipelineHandle` detaches it; the runner
+//! keeps running in the background.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hadron_wire::Message;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::client::unexpected;
+use crate::conn::{Conn, Push, Reply};
+use crate::{Client, Error, Event, NewEvent};
+
+/// Where a consumer group with no committed offset starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPoint {
+    /// The oldest retained event.
+    #[default]
+    Beginning,
+    /// Only events published after subscribing.
+    Latest,
+    /// The given offset (in every partition).
+    Offset(u64),
+}
+
+/// How to subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Persist the group's committed offsets on the server, so the group
+    /// resumes where it stopped.
+    pub durable: bool,
+    /// Where a group with no committed offset starts.
+    pub start: StartPoint,
+    /// Most deliveries handled at once (unacknowledged on the server).
+    pub max_in_flight: u32,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            durable: true,
+            start: StartPoint::Beginning,
+            max_in_flight: 16,
+        }
+    }
+}
+
+/// One event delivered to a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The stream.
+    pub stream: String,
+    /// The event's partition.
+    pub partition: u32,
+    /// The event's offset.
+    pub offset: u64,
+    /// 1 on first delivery, +1 on each redelivery.
+    pub attempt: u32,
+    /// The server's id for this delivery (acknowledged by the client).
+    pub delivery_id: u64,
+    /// The subscription the delivery belongs to.
+    pub subscription_id: u64,
+    /// The event.
+    pub event: Event,
+}
+
+/// What a pipeline stage handler gets: the execution's root event and the
+/// outputs of the stage's dependencies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageInput {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage being run.
+    pub stage: String,
+    /// The event that started the execution.
+    pub root: Event,
+    /// Output events of the stage's dependencies, by stage name.
+    pub inputs: BTreeMap<String, Event>,
+    /// Partition of the root event.
+    pub partition: u32,
+    /// Offset of the root event; `(partition, offset)` identifies the
+    /// execution.
+    pub offset: u64,
+    /// 1 on first delivery, +1 on each retry.
+    pub attempt: u32,
+    /// The server's id for this delivery.
+    pub delivery_id: u64,
+}
+
+impl StageInput {
+    /// The output of dependency `stage`, if it is one.
+    pub fn input(&self, stage: &str) -> Option<&Event> {
+        self.inputs.get(stage)
+    }
+}
+
+/// A running subscription. Dropping it detaches the runner (it keeps
+/// running); call `cancel` or `stop` to end it.
+#[derive(Debug)]
+pub struct Subscription {
+    cancel: watch::Sender<bool>,
+    task: JoinHandle<Result<(), Error>>,
+    subscription_id: u64,
+    partitions: Vec<u32>,
+}
+
+impl Subscription {
+    /// The id the server gave the (first) subscription.
+    pub fn id(&self) -> u64 {
+        self.subscription_id
+    }
+
+    /// Partitions first assigned to this member.
+    pub fn partitions(&self) -> &[u32] {
+        &self.partitions
+    }
+
+    /// Asks the runner to stop; handlers already running finish.
+    pub fn cancel(&self) {
+        let _ = self.cancel.send(true);
+    }
+
+    /// Waits until the runner ends: `Ok` after `cancel`, the error that
+    /// ended it otherwise.
+    pub async fn closed(self) -> Result<(), Error> {
+        join(self.task).await
+    }
+
+    /// `cancel`, then `closed`.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.cancel();
+        self.closed().await
+    }
+}
+
+/// A running pipeline stage handler. Dropping it detaches the runner (it
+/// keeps running); call `cancel` or `stop` to end it.
+#[derive(Debug)]
+pub struct PipelineHandle {
+    cancel: watch::Sender<bool>,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl PipelineHandle {
+    /// Asks the runner to stop; handlers already running finish.
+    pub fn cancel(&self) {
+        let _ = self.cancel.send(true);
+    }
+
+    /// Waits until the runner ends: `Ok` after `cancel`, the error that
+    /// ended it otherwise.
+    pub async fn closed(self) -> Result<(), Error> {
+        join(self.task).await
+    }
+
+    /// `cancel`, then `closed`.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.cancel();
+        self.closed().await
+    }
+}
+
+async fn join(task: JoinHandle<Result<(), Error>>) -> Result<(), Error> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(Error::Protocol("the runner task panicked".into())),
+        Err(_) => Err(Error::Closed),
+    }
+}
+
+/// The future `Client::pipeline` returns. The handler is registered and
+/// started when `pipeline` is called (inside a tokio runtime), whether or
+/// not this is awaited; awaiting it reports whether the server accepted
+/// the registration.
+pub struct PipelineStart {
+    inner: Pin<Box<dyn Future<Output = Result<PipelineHandle, Error>> + Send>>,
+}
+
+impl core::fmt::Debug for PipelineStart {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PipelineStart").finish_non_exhaustive()
+    }
+}
+
+impl Future for PipelineStart {
+    type Output = Result<PipelineHandle, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// What a runner registers with on each (re)connect.
+#[derive(Debug, Clone)]
+enum Registration {
+    Subscribe {
+        stream: String,
+        group: String,
+        options: SubscribeOptions,
+    },
+    Pipeline {
+        pipeline: String,
+        stage: String,
+        max_in_flight: u32,
+    },
+}
+
+impl Registration {
+    fn max_in_flight(&self) -> u32 {
+        match self {
+            Registration::Subscribe { options, .. } => options.max_in_flight,
+            Registration::Pipeline { max_in_flight, .. } => *max_in_flight,
+        }
+        .max(1)
+    }
+
+    /// Sends the registration; returns the subscription id and partitions
+    /// (pipelines have neither).
+    async fn send(&self, conn: &Conn) -> Result<(u64, Vec<u32>), Error> {
+        match self {
+            Registration::Subscribe {
+                stream,
+                group,
+                options,
+            } => {
+                let message = Message::Subscribe(hadron_wire::Subscribe {
+                    stream,
+                    group,
+                    durable: options.durable,
+                    start: match options.start {
+                        StartPoint::Beginning => hadron_wire::StartPoint::Beginning,
+                        StartPoint::Latest => hadron_wire::StartPoint::Latest,
+                        StartPoint::Offset(o) => hadron_wire::StartPoint::Offset(o),
+                    },
+                    max_in_flight: options.max_in_flight.max(1),
+                });
+                match conn.request("subscribe", &message).await? {
+                    Reply::SubscribeOk(ok) => Ok((ok.subscription_id, ok.partitions)),
+                    other => Err(unexpected("SubscribeOk", &other)),
+                }
+            }
+            Registration::Pipeline {
+                pipeline,
+                stage,
+                max_in_flight,
+            } => {
+                let message = Message::PipelineSubscribe(hadron_wire::PipelineSubscribe {
+                    pipeline,
+                    stage,
+                    max_in_flight: (*max_in_flight).max(1),
+                });
+                match conn.request("pipeline subscribe", &message).await? {
+                    Reply::AckOk => Ok((0, Vec::new())),
+                    other => Err(unexpected("AckOk", &other)),
+                }
+            }
+        }
+    }
+}
+
+/// Turns one push into the handler's answer; implemented for subscription
+/// and stage handlers.
+trait PushHandler: Send + Sync + 'static {
+    /// Runs the handler for `push` and returns the answer to send.
+    fn handle(self: Arc<Self>, push: Push) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send>>;
+
+    /// The answer when the handler task panicked.
+    fn panicked(&self, delivery_id: u64) -> Answer;
+}
+
+/// The client's answer to one push.
+#[derive(Debug)]
+enum Answer {
+    Ack(u64),
+    Nack(u64, String),
+    StageAck(u64, Vec<u8>),
+    StageNack(u64, String),
+}
+
+impl Answer {
+    async fn send(&self, conn: &Conn) -> Result<(), Error> {
+        let message = match self {
+            Answer::Ack(id) => Message::Ack(hadron_wire::Ack {
+                delivery_ids: vec![*id],
+            }),
+            Answer::Nack(id, message) => Message::Nack(hadron_wire::Nack {
+                delivery_id: *id,
+                message,
+            }),
+            Answer::StageAck(id, output) => Message::StageAck(hadron_wire::StageAck {
+                delivery_id: *id,
+                output,
+            }),
+            Answer::StageNack(id, message) => Message::StageNack(hadron_wire::StageNack {
+                delivery_id: *id,
+                message,
+            }),
+        };
+        match conn.request("ack", &message).await? {
+            Reply::AckOk => Ok(()),
+            other => Err(unexpected("AckOk", &other)),
+        }
+    }
+}
+
+struct DeliveryHandler<F> {
+    handler: F,
+    limits: hadron_wire::Limits,
+}
+
+impl<F, Fut, E> PushHandler for DeliveryHandler<F>
+where
+    F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Display + 'static,
+{
+    fn handle(self: Arc<Self>, push: Push) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send>> {
+        Box::pin(async move {
+            let Push::Delivery {
+                subscription_id,
+                delivery_id,
+                stream,
+                partition,
+                offset,
+                attempt,
+                event,
+            } = push
+            else {
+                tracing::warn!("stage delivery on a subscription connection; ignored");
+                return None;
+            };
+            let event = match Event::decode_with(&event, &self.limits) {
+                Ok(event) => event,
+                Err(e) => return Some(Answer::Nack(delivery_id, format!("client: {e}"))),
+            };
+            let delivery = Delivery {
+                stream,
+                partition,
+                offset,
+                attempt,
+                delivery_id,
+                subscription_id,
+                event,
+            };
+            // Display the error before the await point ends, so `E` need
+            // not be Send.
+            let result = (self.handler)(delivery).await.map_err(|e| e.to_string());
+            Some(match result {
+                Ok(()) => Answer::Ack(delivery_id),
+                Err(message) => Answer::Nack(delivery_id, message),
+            })
+        })
+    }
+
+    fn panicked(&self, delivery_id: u64) -> Answer {
+        Answer::Nack(delivery_id, "the handler panicked".into())
+    }
+}
+
+struct StageHandler<F> {
+    handler: F,
+    limits: hadron_wire::Limits,
+}
+
+impl<F, Fut, E> PushHandler for StageHandler<F>
+where
+    F: Fn(StageInput) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<NewEvent, E>> + Send + 'static,
+    E: Display + 'static,
+{
+    fn handle(self: Arc<Self>, push: Push) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send>> {
+        Box::pin(async move {
+            let Push::Stage {
+                delivery_id,
+                pipeline,
+                stage,
+                partition,
+                offset,
+                attempt,
+                root,
+                inputs,
+            } = push
+            else {
+                tracing::warn!("subscription delivery on a pipeline connection; ignored");
+                return None;
+            };
+            let decoded = (|| {
+                let root = Event::decode_with(&root, &self.limits)?;
+                let inputs = inputs
+                    .iter()
+                    .map(|(name, bytes)| {
+                        Ok((name.clone(), Event::decode_with(bytes, &self.limits)?))
+                    })
+                    .collect::<Result<BTreeMap<_, _>, Error>>()?;
+                Ok::<_, Error>((root, inputs))
+            })();
+            let (root, inputs) = match decoded {
+                Ok(v) => v,
+                Err(e) => return Some(Answer::StageNack(delivery_id, format!("client: {e}"))),
+            };
+            let input = StageInput {
+                pipeline: pipeline.clone(),
+                stage: stage.clone(),
+                root,
+                inputs,
+                partition,
+                offset,
+                attempt,
+                delivery_id,
+            };
+            let result = (self.handler)(input).await.map_err(|e| e.to_string());
+            Some(match result {
+                Ok(mut output) => {
+                    // Deterministic defaults: a retried stage produces the
+                    // same id, so its output is recognisably the same event.
+                    if output.id.is_empty() {
+                        output.id = format!("{pipeline}/{stage}/{partition}/{offset}");
+                    }
+                    if output.source.is_empty() {
+                        output.source = format!("{pipeline}/{stage}");
+                    }
+                    Answer::StageAck(delivery_id, output.encode())
+                }
+                Err(message) => Answer::StageNack(delivery_id, message),
+            })
+        })
+    }
+
+    fn panicked(&self, delivery_id: u64) -> Answer {
+        Answer::StageNack(delivery_id, "the stage handler panicked".into())
+    }
+}
+
+impl Client {
+    /// Subscribes to `stream` as a member of consumer `group` and runs
+    /// `handler` for each delivered event: `Ok(())` acknowledges it, `Err(e)`
+    /// nacks it with `e.to_string()` (the server redelivers it later).
+    ///
+    /// Returns once the server has accepted the subscription; from then on
+    /// the subscription runs in a background task, reconnecting and
+    /// resubscribing after disconnects, until cancelled. Up to
+    /// `options.max_in_flight` handlers run concurrently, so events of one
+    /// partition may be handled out of order unless `max_in_flight` is 1.
+    ///
+    /// ```no_run
+    /// # async fn example(client: hadron::Client) -> Result<(), hadron::Error> {
+    /// let subscription = client
+    ///     .subscribe("events", "billing", Default::default(), |d: hadron::Delivery| async move {
+    ///         println!("{} at {}/{}", d.event.ty, d.partition, d.offset);
+    ///         Ok::<(), std::io::Error>(())
+    ///     })
+    ///     .await?;
+    /// subscription.closed().await?; // runs until cancelled
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe<F, Fut, E>(
+        &self,
+        stream: &str,
+        group: &str,
+        options: SubscribeOptions,
+        handler: F,
+    ) -> Result<Subscription, Error>
+    where
+        F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display + 'static,
+    {
+        let registration = Registration::Subscribe {
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            options,
+        };
+        let handler = Arc::new(DeliveryHandler {
+            handler,
+            limits: self.options().limits(),
+        });
+        let (cancel, task, ready) = start(self.clone(), registration, handler);
+        let (subscription_id, partitions) = ready_or_task_error(ready, &cancel).await?;
+        Ok(Subscription {
+            cancel,
+            task,
+            subscription_id,
+            partitions,
+        })
+    }
+
+    /// Registers `handler` for `stage` of `pipeline` and runs it for each
+    /// stage delivery: `Ok(event)` completes the stage with that output
+    /// event (an empty id defaults to `pipeline/stage/partition/offset`, an
+    /// empty source to `pipeline/stage`), `Err(e)` fails this attempt with
+    /// `e.to_string()` (the server retries with backoff).
+    ///
+    /// The handler starts running as soon as this is called inside a tokio
+    /// runtime; awaiting the returned future waits until the server
+    /// accepted the registration and gives a handle to stop it. Handlers
+    /// run concurrently, at most 50 at a time (the default `maxParallel`).
+    ///
+    /// ```no_run
+    /// async fn deploy_handler(input: hadron::StageInput) -> Result<hadron::NewEvent, std::io::Error> {
+    ///     Ok(hadron::NewEvent::new("service.deployed", input.root.data.clone()))
+    /// }
+    ///
+    /// # async fn example(client: hadron::Client) -> Result<(), hadron::Error> {
+    /// client.pipeline("service-creation", "deploy-service", deploy_handler).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pipeline<F, Fut, E>(&self, pipeline: &str, stage: &str, handler: F) -> PipelineStart
+    where
+        F: Fn(StageInput) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<NewEvent, E>> + Send + 'static,
+        E: Display + 'static,
+    {
+        self.pipeline_with(pipeline, stage, PIPELINE_IN_FLIGHT_DEFAULT, handler)
+    }
+
+    /// `pipeline` with an explicit limit on concurrently running handlers.
+    pub fn pipeline_with<F, Fut, E>(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        max_in_flight: u32,
+        handler: F,
+    ) -> PipelineStart
+    where
+        F: Fn(StageInput) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<NewEvent, E>> + Send + 'static,
+        E: Display + 'static,
+    {
+        let registration = Registration::Pipeline {
+            pipeline: pipeline.to_owned(),
+            stage: stage.to_owned(),
+            max_in_flight,
+        };
+        let handler = Arc::new(StageHandler {
+            handler,
+            limits: self.options().limits(),
+        });
+        let client = self.clone();
+        let begin = move || {
+            let (cancel, task, ready) = start(client, registration, handler);
+            async move {
+                ready_or_task_error(ready, &cancel).await?;
+                Ok(PipelineHandle { cancel, task })
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Start now, so that the handler runs even if the caller never
+            // awaits the result.
+            let started = begin();
+            PipelineStart {
+                inner: Box::pin(started),
+            }
+        } else {
+            // Outside a runtime: start on first poll (which happens inside
+            // one, or never).
+            PipelineStart {
+                inner: Box::pin(async move {
+                    if tokio::runtime::Handle::try_current().is_err() {
+                        return Err(Error::NoRuntime);
+                    }
+                    begin().await
+                }),
+            }
+        }
+    }
+}
+
+/// Handlers run at once per stage handler, by default (the seed's
+/// `maxParallel`).
+const PIPELINE_IN_FLIGHT_DEFAULT: u32 = 50;
+
+type Ready = oneshot::Receiver<Result<(u64, Vec<u32>), Error>>;
+
+fn start<H: PushHandler>(
+    client: Client,
+    registration: Registration,
+    handler: Arc<H>,
+) -> (watch::Sender<bool>, JoinHandle<Result<(), Error>>, Ready) {
+    let (cancel, cancel_rx) = watch::channel(false);
+    let (ready_tx, ready) = oneshot::channel();
+    let task = tokio::spawn(run(client, registration, handler, cancel_rx, ready_tx));
+    (cancel, task, ready)
+}
+
+async fn ready_or_task_error(
+    ready: Ready,
+    cancel: &watch::Sender<bool>,
+) -> Result<(u64, Vec<u32>), Error> {
+    match ready.await {
+        Ok(result) => {
+            if result.is_err() {
+                let _ = cancel.send(true);
+            }
+            result
+        }
+        Err(_) => Err(Error::Closed),
+    }
+}
+
+/// Resolves when `cancel` becomes true; never if its sender is dropped
+/// (a dropped handle detaches the runner).
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The runner: connect, register, handle pushes; on disconnect, back off
+/// and do it again. The first registration's outcome goes to `ready`; if it
+/// fails the runner ends.
+async fn run<H: PushHandler>(
+    client: Client,
+    registration: Registration,
+    handler: Arc<H>,
+    mut cancel: watch::Receiver<bool>,
+    ready: oneshot::Sender<Result<(u64, Vec<u32>), Error>>,
+) -> Result<(), Error> {
+    let options = client.options().clone();
+    let in_flight_max = registration.max_in_flight();
+    // The server sends at most `max_in_flight` unacknowledged pushes; the
+    // slack absorbs redeliveries racing with acks.
+    let push_capacity = usize::try_from(in_flight_max)
+        .unwrap_or(usize::MAX)
+        .saturating_add(16);
+    let in_flight = Arc::new(Semaphore::new(usize::try_from(in_flight_max).unwrap_or(1)));
+    let mut ready = Some(ready);
+    let mut failures: u32 = 0;
+    loop {
+        let (push_tx, mut pushes) = mpsc::channel(push_capacity);
+        let attempt = async {
+            let conn = Conn::open(&client.inner.endpoint, &options, Some(push_tx)).await?;
+            let registered = registration.send(&conn).await?;
+            Ok::<_, Error>((conn, registered))
+        };
+        let outcome = tokio::select! {
+            () = cancelled(&mut cancel) => return Ok(()),
+            outcome = attempt => outcome,
+        };
+        let conn = match outcome {
+            Ok((conn, registered)) => {
+                failures = 0;
+                tracing::debug!(?registration, "registered");
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Ok(registered));
+                }
+                conn
+            }
+            Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e));
+                    return Err(Error::Closed);
+                }
+                if !e.is_retryable() {
+                    tracing::error!(?registration, error = %e, "registration refused; stopping");
+                    return Err(e);
+                }
+                failures = failures.saturating_add(1);
+                let pause = options.backoff(failures);
+                tracing::warn!(?registration, error = %e, ?pause, "reconnecting");
+                tokio::select! {
+                    () = cancelled(&mut cancel) => return Ok(()),
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        // Handle pushes until the connection ends (the push channel closes
+        // when its task ends) or the runner is cancelled.
+        loop {
+            let push = tokio::select! {
+                () = cancelled(&mut cancel) => return Ok(()),
+                push = pushes.recv() => push,
+            };
+            let Some(push) = push else {
+                break;
+            };
+            let permit = tokio::select! {
+                () = cancelled(&mut cancel) => return Ok(()),
+                permit = Arc::clone(&in_flight).acquire_owned() => permit.map_err(|_| Error::Closed)?,
+            };
+            let delivery_id = match &push {
+                Push::Delivery { delivery_id, .. } | Push::Stage { delivery_id, .. } => {
+                    *delivery_id
+                }
+            };
+            let handler = Arc::clone(&handler);
+            let conn = Arc::clone(&conn);
+            tokio::spawn(async move {
+                let answer = match tokio::spawn(Arc::clone(&handler).handle(push)).await {
+                    Ok(answer) => answer,
+                    Err(_) => Some(handler.panicked(delivery_id)),
+                };
+                if let Some(answer) = answer
+                    && let Err(e) = answer.send(&conn).await
+                {
+                    // The server redelivers what it did not see answered.
+                    tracing::warn!(delivery_id, error = %e, "could not answer a delivery");
+                }
+                drop(permit);
+            });
+        }
+        failures = failures.saturating_add(1);
+        let pause = options.backoff(failures);
+        tracing::warn!(?registration, ?pause, "connection lost; reconnecting");
+        tokio::select! {
+            () = cancelled(&mut cancel) => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}

@@ -1,0 +1,931 @@
+//! Drives the real client against a small in-test server that speaks the
+//! framed protocol through `hadron-wire`, and checks both what the server
+//! received and what the client returned.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions unwrap"
+)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use hadron_wire::{
+    ErrorCode, ErrorReply, FrameRef, HandshakeOk, Limits, Message, PLACEMENT_NAME, PublishOk,
+    PublishResult, StageDelivery, StageInput, StatusOk, SubscribeOk, decode, decode_event, encode,
+    fnv1a64, shard_of, split_frame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the mock does after a frame.
+enum Out {
+    Frame(Vec<u8>),
+    Close,
+}
+
+fn frame(request_id: u64, message: &Message<'_>) -> Out {
+    Out::Frame(encode(request_id, message).unwrap())
+}
+
+/// Per-connection state the behaviours may use.
+#[derive(Default)]
+struct ConnState {
+    /// Which listener accepted the connection (0 = main port).
+    listener: usize,
+    /// Requests held back to answer later (request id, offset to answer).
+    held: Vec<(u64, u32, u64)>,
+}
+
+/// A frame the mock received (handshakes included), with where it arrived.
+#[derive(Clone)]
+struct Seen {
+    listener: usize,
+    conn: usize,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn frame(&self) -> FrameRef<'_> {
+        decode(&self.body, &Limits::DEFAULT).unwrap()
+    }
+}
+
+type Behavior = Arc<dyn Fn(&mut ConnState, &FrameRef<'_>) -> Vec<Out> + Send + Sync>;
+
+struct Mock {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    shard_ports: Vec<u16>,
+}
+
+impl Mock {
+    /// Starts a mock with `shard_listeners` extra ports reported as shard
+    /// ports (0: none, the handshake reports no shard ports).
+    async fn start(shard_listeners: usize, behavior: Behavior) -> Mock {
+        let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut listeners = vec![main];
+        for _ in 0..shard_listeners {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let shard_ports = ports[1..].to_vec();
+        let url = format!("http://127.0.0.1:{}", ports[0]);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(AtomicUsize::new(0));
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let behavior = Arc::clone(&behavior);
+            let seen = Arc::clone(&seen);
+            let conns = Arc::clone(&conns);
+            let shard_ports = shard_ports.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (socket, _) = listener.accept().await.unwrap();
+                    let conn = conns.fetch_add(1, Ordering::SeqCst);
+                    let state = ConnState {
+                        listener: index,
+                        ..ConnState::default()
+                    };
+                    tokio::spawn(serve(
+                        socket,
+                        state,
+                        conn,
+                        Arc::clone(&behavior),
+                        Arc::clone(&seen),
+                        shard_ports.clone(),
+                    ));
+                }
+            });
+        }
+        Mock {
+            url,
+            seen,
+            shard_ports,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Received frames whose message `pick` accepts, mapped by it.
+    fn picked<T>(&self, pick: impl Fn(&Seen, &FrameRef<'_>) -> Option<T>) -> Vec<T> {
+        self.seen()
+            .iter()
+            .filter_map(|s| pick(s, &s.frame()))
+            .collect()
+    }
+
+    /// Waits until `pick` matches at least `n` received frames.
+    async fn wait_for<T>(
+        &self,
+        n: usize,
+        pick: impl Fn(&Seen, &FrameRef<'_>) -> Option<T>,
+    ) -> Vec<T> {
+        for _ in 0..500 {
+            let got = self.picked(&pick);
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the mock did not receive {n} matching frames in time");
+    }
+}
+
+async fn serve(
+    mut socket: tokio::net::TcpStream,
+    mut state: ConnState,
+    conn: usize,
+    behavior: Behavior,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    shard_ports: Vec<u16>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        while let Some((body, total)) = split_frame(&buf, &Limits::DEFAULT).unwrap() {
+            seen.lock().unwrap().push(Seen {
+                listener: state.listener,
+                conn,
+                body: body.to_vec(),
+            });
+            let f = decode(body, &Limits::DEFAULT).unwrap();
+            let outs = match &f.message {
+                Message::Handshake(h) => {
+                    assert_eq!(h.version, hadron_wire::PROTOCOL_VERSION);
+                    let shards = u16::try_from(shard_ports.len().max(1)).unwrap();
+                    vec![frame(
+                        f.request_id,
+                        &Message::HandshakeOk(HandshakeOk {
+                            version: 1,
+                            shards,
+                            shard_ports: shard_ports.clone(),
+                            placement: PLACEMENT_NAME,
+                        }),
+                    )]
+                }
+                _ => behavior(&mut state, &f),
+            };
+            buf.advance(total);
+            for out in outs {
+                match out {
+                    Out::Frame(bytes) => socket.write_all(&bytes).await.unwrap(),
+                    Out::Close => return,
+                }
+            }
+        }
+        match socket.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+const STATUS_JSON: &str = r#"{"shards":1,"streams":[{"name":"events","partitions":[{"partition":0},{"partition":1},{"partition":2},{"partition":3}]}]}"#;
+
+/// Answers Status with `STATUS_JSON` and Publish with offsets counted per
+/// partition across all connections; everything else with `InvalidRequest`.
+fn log_server() -> Behavior {
+    let next: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
+    Arc::new(move |_state, f| match &f.message {
+        Message::Status => vec![frame(
+            f.request_id,
+            &Message::StatusOk(StatusOk { json: STATUS_JSON }),
+        )],
+        Message::Publish(p) => {
+            let mut next = next.lock().unwrap();
+            let at = next.entry(p.partition).or_insert(0);
+            let first = *at;
+            let results = p
+                .events
+                .iter()
+                .map(|_| {
+                    *at += 1;
+                    PublishResult {
+                        offset: *at - 1,
+                        duplicate: false,
+                    }
+                })
+                .collect();
+            vec![frame(
+                f.request_id,
+                &Message::PublishOk(PublishOk {
+                    partition: p.partition,
+                    first_offset: first,
+                    last_offset: *at - 1,
+                    results,
+                }),
+            )]
+        }
+        other => vec![frame(
+            f.request_id,
+            &Message::Error(ErrorReply {
+                code: ErrorCode::InvalidRequest,
+                message: other.name(),
+            }),
+        )],
+    })
+}
+
+fn fast_options() -> hadron::ClientOptions {
+    hadron::ClientOptions {
+        name: "mock-test".into(),
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        request_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+/// Events carried by the Publish frames the mock received, with their
+/// partition.
+fn published_events(mock: &Mock) -> Vec<(u32, hadron::Event)> {
+    mock.picked(|_, f| match &f.message {
+        Message::Publish(p) => Some(
+            p.events
+                .iter()
+                .map(|e| (p.partition, hadron::Event::decode(e).unwrap()))
+                .collect::<Vec<_>>(),
+        ),
+        _ => None,
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+#[tokio::test]
+async fn publish_fills_ids_and_picks_partitions_by_key() {
+    let mock = Mock::start(0, log_server()).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let publisher = client.publisher("example-cloud-app").await.unwrap();
+    assert_eq!(publisher.stream_name(), "events");
+
+    let event = hadron::NewEvent {
+        ty: "service.created".into(),
+        subject: Some("svc-42".into()),
+        data: b"{\"plan\":\"small\"}".to_vec(),
+        ..Default::default()
+    };
+    let first = publisher.publish(event.clone()).await.unwrap();
+    let expected_partition = u32::try_from(fnv1a64(b"svc-42") % 4).unwrap();
+    assert_eq!(
+        first,
+        hadron::Published {
+            partition: expected_partition,
+            offset: 0,
+            duplicate: false
+        }
+    );
+    let second = publisher.publish(event).await.unwrap();
+    assert_eq!(
+        second.partition, expected_partition,
+        "same subject, same partition"
+    );
+    assert_eq!(second.offset, 1);
+
+    let explicit = publisher
+        .publish_to(
+            2,
+            hadron::NewEvent::new("t", b"x".to_vec()).with_id("fixed"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(explicit.partition, 2);
+
+    let events = published_events(&mock);
+    assert_eq!(events.len(), 3);
+    let (p, e) = &events[0];
+    assert_eq!(*p, expected_partition);
+    assert_eq!(
+        e.source, "example-cloud-app",
+        "the publisher name is the default source"
+    );
+    assert!(e.id.starts_with("example-cloud-app-"), "{}", e.id);
+    assert_eq!(e.ty, "service.created");
+    assert_eq!(e.specversion, "1.0");
+    assert_eq!(e.subject.as_deref(), Some("svc-42"));
+    assert_eq!(e.data, b"{\"plan\":\"small\"}");
+    assert_ne!(events[0].1.id, events[1].1.id, "generated ids are unique");
+    assert_eq!(events[2].1.id, "fixed");
+
+    // Status was asked once: the partition count is cached.
+    let statuses = mock.picked(|_, f| matches!(f.message, Message::Status).then_some(()));
+    assert_eq!(statuses.len(), 1);
+    // The handshake carried the client name.
+    let names = mock.picked(|_, f| match &f.message {
+        Message::Handshake(h) => Some(h.client_name.to_owned()),
+        _ => None,
+    });
+    assert_eq!(names, vec!["mock-test".to_owned()]);
+}
+
+#[tokio::test]
+async fn publish_batch_sends_one_frame_per_partition_in_order() {
+    let mock = Mock::start(0, log_server()).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let publisher = client.publisher("batcher").await.unwrap();
+    let events: Vec<hadron::NewEvent> = (0..20)
+        .map(|i| hadron::NewEvent::new("t", vec![i]).with_subject(format!("key-{}", i % 6)))
+        .collect();
+    let results = publisher.publish_batch(events.clone()).await.unwrap();
+    assert_eq!(results.len(), 20);
+    let partitions: HashSet<u32> = events.iter().map(|e| key_partition(e, 4)).collect();
+    let frames = mock.picked(|_, f| match &f.message {
+        Message::Publish(p) => Some(p.partition),
+        _ => None,
+    });
+    assert_eq!(frames.len(), partitions.len(), "one Publish per partition");
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    for (event, result) in events.iter().zip(&results) {
+        assert_eq!(result.partition, key_partition(event, 4));
+        // Within a partition, offsets follow the input order.
+        let want = next.entry(result.partition).or_insert(0);
+        assert_eq!(result.offset, *want);
+        *want += 1;
+    }
+    // The stored bytes are the input events, in order per partition.
+    let stored = published_events(&mock);
+    for (event, result) in events.iter().zip(&results) {
+        let in_partition: Vec<_> = stored
+            .iter()
+            .filter(|(p, _)| *p == result.partition)
+            .collect();
+        let offset = usize::try_from(result.offset).unwrap();
+        assert_eq!(in_partition[offset].1.data, event.data);
+    }
+}
+
+fn key_partition(event: &hadron::NewEvent, partitions: u64) -> u32 {
+    let subject = event.subject.as_deref().unwrap();
+    u32::try_from(fnv1a64(subject.as_bytes()) % partitions).unwrap()
+}
+
+#[tokio::test]
+async fn pipelined_publishes_are_matched_by_request_id_out_of_order() {
+    const N: usize = 32;
+    // Hold every publish until all N are in flight at once, then answer
+    // them in reverse order, each with an offset derived from its event.
+    let behavior: Behavior = Arc::new(|state, f| match &f.message {
+        Message::Publish(p) => {
+            let event = decode_event(p.events[0], &Limits::DEFAULT).unwrap();
+            let index: u64 = u64::from(event.data[0]);
+            state.held.push((f.request_id, p.partition, 1000 + index));
+            if state.held.len() < N {
+                return Vec::new();
+            }
+            state
+                .held
+                .drain(..)
+                .rev()
+                .map(|(id, partition, offset)| {
+                    frame(
+                        id,
+                        &Message::PublishOk(PublishOk {
+                            partition,
+                            first_offset: offset,
+                            last_offset: offset,
+                            results: vec![PublishResult {
+                                offset,
+                                duplicate: false,
+                            }],
+                        }),
+                    )
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    });
+    let mock = Mock::start(0, behavior).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let publisher = client.publisher("pipeliner").await.unwrap();
+    let sends = (0..N).map(|i| {
+        let publisher = publisher.clone();
+        async move {
+            let event = hadron::NewEvent::new("t", vec![u8::try_from(i).unwrap()]);
+            publisher.publish_to(1, event).await
+        }
+    });
+    let results = futures::future::join_all(sends).await;
+    for (i, result) in results.into_iter().enumerate() {
+        let published = result.unwrap();
+        assert_eq!(
+            published.offset,
+            1000 + i as u64,
+            "answer {i} matched by id"
+        );
+        assert_eq!(published.partition, 1);
+    }
+    let seen = mock.seen();
+    let ids: Vec<u64> = seen
+        .iter()
+        .filter(|s| matches!(s.frame().message, Message::Publish(_)))
+        .map(|s| s.frame().request_id)
+        .collect();
+    assert_eq!(ids.len(), N);
+    assert!(ids.iter().all(|id| *id != 0), "request ids are never 0");
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        N,
+        "ids are distinct"
+    );
+    assert!(
+        seen.iter().all(|s| s.conn == seen[0].conn),
+        "all on one connection"
+    );
+}
+
+#[tokio::test]
+async fn lost_answer_is_retried_with_the_same_id_on_the_same_partition() {
+    let publishes = Arc::new(AtomicUsize::new(0));
+    let inner = log_server();
+    let count = Arc::clone(&publishes);
+    let behavior: Behavior = Arc::new(move |state, f| {
+        if matches!(f.message, Message::Publish(_)) && count.fetch_add(1, Ordering::SeqCst) == 0 {
+            // The first publish "gets lost": the connection dies before the
+            // answer.
+            return vec![Out::Close];
+        }
+        inner(state, f)
+    });
+    let mock = Mock::start(0, behavior).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let publisher = client.publisher("retrier").await.unwrap();
+    let published = publisher
+        .publish(hadron::NewEvent::new("t", b"once".to_vec()))
+        .await
+        .unwrap();
+    let events = published_events(&mock);
+    assert_eq!(events.len(), 2, "sent twice");
+    assert_eq!(events[0], events[1], "same event (id, source, partition)");
+    assert_eq!(events[1].0, published.partition);
+    let conns: HashSet<usize> = mock
+        .seen()
+        .iter()
+        .filter(|s| matches!(s.frame().message, Message::Publish(_)))
+        .map(|s| s.conn)
+        .collect();
+    assert_eq!(conns.len(), 2, "the retry went over a new connection");
+}
+
+#[tokio::test]
+async fn server_errors_are_typed() {
+    let behavior: Behavior = Arc::new(|_state, f| match &f.message {
+        Message::Status => vec![frame(
+            f.request_id,
+            &Message::StatusOk(StatusOk { json: STATUS_JSON }),
+        )],
+        Message::Publish(_) => vec![frame(
+            f.request_id,
+            &Message::Error(ErrorReply {
+                code: ErrorCode::ReadOnly,
+                message: "partition 3 is read-only",
+            }),
+        )],
+        _ => Vec::new(),
+    });
+    let mock = Mock::start(0, behavior).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let publisher = client.publisher_for("missing", "p").await.unwrap();
+    let err = publisher
+        .publish(hadron::NewEvent::new("t", Vec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownStream), "{err}");
+    let err = publisher
+        .stream("events")
+        .publish_to(3, hadron::NewEvent::new("t", Vec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ReadOnly), "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("partition 3 is read-only"));
+}
+
+#[tokio::test]
+async fn connect_failure_is_a_retryable_error() {
+    // A port nobody listens on: bind, read the port, close.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let client = hadron::Client::new(&format!("127.0.0.1:{port}"), fast_options()).unwrap();
+    let err = client.publisher("p").await.unwrap_err();
+    assert!(matches!(err, hadron::Error::Connect { .. }), "{err}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn shard_aware_client_sends_each_partition_to_its_owner() {
+    let mock = Mock::start(2, log_server()).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let info = client.server_info().await.unwrap();
+    assert_eq!(info.shards, 2);
+    assert_eq!(info.shard_ports, mock.shard_ports);
+    let publisher = client.publisher("sharded").await.unwrap();
+    for partition in 0..4 {
+        publisher
+            .publish_to(partition, hadron::NewEvent::new("t", Vec::new()))
+            .await
+            .unwrap();
+    }
+    let arrivals = mock.picked(|s, f| match &f.message {
+        Message::Publish(p) => Some((p.partition, s.listener)),
+        _ => None,
+    });
+    assert_eq!(arrivals.len(), 4);
+    for (partition, listener) in arrivals {
+        let owner = usize::from(shard_of("events", partition, 2));
+        assert_eq!(
+            listener,
+            owner + 1,
+            "partition {partition} went to shard {owner}'s port"
+        );
+    }
+}
+
+fn delivery_event(ty: &str, data: &[u8]) -> Vec<u8> {
+    hadron_wire::Event {
+        id: format!("id-{ty}"),
+        source: "src".into(),
+        ty: ty.into(),
+        data: data.to_vec(),
+        ..hadron_wire::Event::default()
+    }
+    .encode()
+}
+
+/// Answers Subscribe with SubscribeOk and pushes `deliveries` (id, type);
+/// answers Ack/Nack/StageAck/StageNack with AckOk.
+fn subscription_server(deliveries: Vec<(u64, &'static str)>, close_first: bool) -> Behavior {
+    let subscribes = Arc::new(AtomicUsize::new(0));
+    Arc::new(move |_state, f| match &f.message {
+        Message::Subscribe(_) => {
+            let n = subscribes.fetch_add(1, Ordering::SeqCst);
+            let mut out = vec![frame(
+                f.request_id,
+                &Message::SubscribeOk(SubscribeOk {
+                    subscription_id: 77,
+                    partitions: vec![0, 1],
+                }),
+            )];
+            if close_first && n == 0 {
+                out.push(Out::Close);
+                return out;
+            }
+            for (id, ty) in &deliveries {
+                let event = delivery_event(ty, b"payload");
+                out.push(frame(
+                    0,
+                    &Message::Delivery(hadron_wire::Delivery {
+                        subscription_id: 77,
+                        delivery_id: *id,
+                        stream: "events",
+                        partition: 1,
+                        offset: 40 + *id,
+                        attempt: 2,
+                        event: &event,
+                    }),
+                ));
+            }
+            out
+        }
+        Message::Ack(_) | Message::Nack(_) | Message::StageAck(_) | Message::StageNack(_) => {
+            vec![frame(f.request_id, &Message::AckOk)]
+        }
+        _ => Vec::new(),
+    })
+}
+
+#[tokio::test]
+async fn subscription_acks_ok_and_nacks_errors() {
+    let mock = Mock::start(0, subscription_server(vec![(5, "ok"), (6, "fail")], false)).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = hadron::SubscribeOptions {
+        durable: false,
+        start: hadron::StartPoint::Offset(9),
+        max_in_flight: 4,
+    };
+    let subscription = client
+        .subscribe("events", "billing", options, move |d: hadron::Delivery| {
+            let tx = tx.clone();
+            async move {
+                let fail = d.event.ty == "fail";
+                tx.send(d).unwrap();
+                if fail { Err("boom: try later") } else { Ok(()) }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(subscription.id(), 77);
+    assert_eq!(subscription.partitions(), &[0, 1]);
+
+    let subscribe = mock
+        .wait_for(1, |_, f| match &f.message {
+            Message::Subscribe(s) => Some((
+                s.stream.to_owned(),
+                s.group.to_owned(),
+                s.durable,
+                s.start,
+                s.max_in_flight,
+            )),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        subscribe[0],
+        (
+            "events".to_owned(),
+            "billing".to_owned(),
+            false,
+            hadron_wire::StartPoint::Offset(9),
+            4
+        )
+    );
+
+    let acks = mock
+        .wait_for(1, |_, f| match &f.message {
+            Message::Ack(a) => Some(a.delivery_ids.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(acks, vec![vec![5]]);
+    let nacks = mock
+        .wait_for(1, |_, f| match &f.message {
+            Message::Nack(n) => Some((n.delivery_id, n.message.to_owned())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(nacks, vec![(6, "boom: try later".to_owned())]);
+
+    let mut got = [rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+    got.sort_by_key(|d| d.delivery_id);
+    assert_eq!(got[0].stream, "events");
+    assert_eq!(got[0].partition, 1);
+    assert_eq!(got[0].offset, 45);
+    assert_eq!(got[0].attempt, 2);
+    assert_eq!(got[0].subscription_id, 77);
+    assert_eq!(got[0].event.ty, "ok");
+    assert_eq!(got[0].event.id, "id-ok");
+    assert_eq!(got[0].event.data, b"payload");
+    assert_eq!(got[1].event.ty, "fail");
+
+    subscription.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn subscription_resubscribes_after_disconnect() {
+    let mock = Mock::start(0, subscription_server(vec![(1, "ok")], true)).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = client
+        .subscribe(
+            "events",
+            "g",
+            hadron::SubscribeOptions::default(),
+            move |d: hadron::Delivery| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(d.delivery_id).unwrap();
+                    Ok::<(), std::io::Error>(())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let id = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(id, 1);
+    let subscribes =
+        mock.picked(|s, f| matches!(f.message, Message::Subscribe(_)).then_some(s.conn));
+    assert_eq!(subscribes.len(), 2, "subscribed again after the disconnect");
+    assert_ne!(subscribes[0], subscribes[1], "on a new connection");
+    mock.wait_for(1, |_, f| matches!(f.message, Message::Ack(_)).then_some(()))
+        .await;
+    subscription.stop().await.unwrap();
+}
+
+/// Answers PipelineSubscribe with AckOk and pushes two stage deliveries:
+/// id 9 (root type "service.created", input from deploy-service) and id 10
+/// (root type "fail").
+fn pipeline_server() -> Behavior {
+    Arc::new(|_state, f| match &f.message {
+        Message::PipelineSubscribe(_) => {
+            let root = delivery_event("service.created", b"root-data");
+            let deployed = delivery_event("service.deployed", b"deployed-data");
+            let failing = delivery_event("fail", b"");
+            let mut out = vec![frame(f.request_id, &Message::AckOk)];
+            out.push(frame(
+                0,
+                &Message::StageDelivery(StageDelivery {
+                    delivery_id: 9,
+                    pipeline: "service-creation",
+                    stage: "setup-billing",
+                    partition: 3,
+                    offset: 42,
+                    attempt: 1,
+                    root: &root,
+                    inputs: vec![StageInput {
+                        stage: "deploy-service",
+                        event: &deployed,
+                    }],
+                }),
+            ));
+            out.push(frame(
+                0,
+                &Message::StageDelivery(StageDelivery {
+                    delivery_id: 10,
+                    pipeline: "service-creation",
+                    stage: "setup-billing",
+                    partition: 0,
+                    offset: 7,
+                    attempt: 3,
+                    root: &failing,
+                    inputs: Vec::new(),
+                }),
+            ));
+            out
+        }
+        Message::StageAck(_) | Message::StageNack(_) => {
+            vec![frame(f.request_id, &Message::AckOk)]
+        }
+        _ => Vec::new(),
+    })
+}
+
+#[derive(Debug)]
+struct BillingError(String);
+
+impl std::fmt::Display for BillingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "billing failed: {}", self.0)
+    }
+}
+
+async fn billing_handler(input: hadron::StageInput) -> Result<hadron::NewEvent, BillingError> {
+    if input.root.ty == "fail" {
+        return Err(BillingError(format!("attempt {}", input.attempt)));
+    }
+    let deployed = input
+        .input("deploy-service")
+        .ok_or_else(|| BillingError("no deploy-service input".into()))?;
+    let mut data = input.root.data.clone();
+    data.extend_from_slice(b"+");
+    data.extend_from_slice(&deployed.data);
+    Ok(hadron::NewEvent {
+        ty: "service.billed".into(),
+        subject: Some(format!("{}/{}", input.partition, input.offset)),
+        data,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn pipeline_stage_ack_carries_the_output_and_errors_nack() {
+    let mock = Mock::start(0, pipeline_server()).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+
+    // The seed's first form: not awaited, and still running.
+    client.pipeline("service-creation", "setup-billing", billing_handler);
+
+    let registered = mock
+        .wait_for(1, |_, f| match &f.message {
+            Message::PipelineSubscribe(p) => {
+                Some((p.pipeline.to_owned(), p.stage.to_owned(), p.max_in_flight))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        registered[0],
+        (
+            "service-creation".to_owned(),
+            "setup-billing".to_owned(),
+            50
+        )
+    );
+
+    let acks = mock
+        .wait_for(1, |_, f| match &f.message {
+            Message::StageAck(a) => Some((a.delivery_id, hadron::Event::decode(a.output).unwrap())),
+            _ => None,
+        })
+        .await;
+    let (delivery_id, output) = &acks[0];
+    assert_eq!(*delivery_id, 9);
+    assert_eq!(output.ty, "service.billed");
+    assert_eq!(output.data, b"root-data+deployed-data");
+    assert_eq!(output.subject.as_deref(), Some("3/42"));
+    assert_eq!(output.id, "service-creation/setup-billing/3/42");
+    assert_eq!(output.source, "service-creation/setup-billing");
+
+    let nacks = mock
+        .wait_for(1, |_, f| match &f.message {
+            Message::StageNack(n) => Some((n.delivery_id, n.message.to_owned())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(nacks, vec![(10, "billing failed: attempt 3".to_owned())]);
+
+    // The awaited form returns a handle that stops the handler.
+    let handle = client
+        .pipeline("service-creation", "setup-billing", billing_handler)
+        .await
+        .unwrap();
+    handle.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn pipeline_registration_errors_are_returned() {
+    let behavior: Behavior = Arc::new(|_state, f| {
+        vec![frame(
+            f.request_id,
+            &Message::Error(ErrorReply {
+                code: ErrorCode::UnknownPipeline,
+                message: "no pipeline nope",
+            }),
+        )]
+    });
+    let mock = Mock::start(0, behavior).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let err = client
+        .pipeline("nope", "stage", billing_handler)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownPipeline), "{err}");
+}
+
+#[tokio::test]
+async fn unanswered_publish_times_out_after_bounded_retries_with_one_id() {
+    let inner = log_server();
+    // Answers Status, never Publish.
+    let behavior: Behavior = Arc::new(move |state, f| match &f.message {
+        Message::Publish(_) => Vec::new(),
+        _ => inner(state, f),
+    });
+    let mock = Mock::start(0, behavior).await;
+    let options = hadron::ClientOptions {
+        request_timeout: Duration::from_millis(100),
+        publish_attempts_max: 3,
+        ..fast_options()
+    };
+    let client = hadron::Client::new(&mock.url, options).unwrap();
+    let publisher = client.publisher("slow").await.unwrap();
+    let err = publisher
+        .publish(hadron::NewEvent::new("t", Vec::new()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, hadron::Error::Timeout { .. }), "{err}");
+    let events = published_events(&mock);
+    assert_eq!(events.len(), 3, "three attempts");
+    assert!(
+        events.iter().all(|e| *e == events[0]),
+        "one id, one partition"
+    );
+}
+
+#[tokio::test]
+async fn rejected_handshake_is_not_retryable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            while split_frame(&buf, &Limits::DEFAULT).unwrap().is_none() {
+                if socket.read_buf(&mut buf).await.unwrap() == 0 {
+                    break;
+                }
+            }
+            let reply = encode(
+                1,
+                &Message::Error(ErrorReply {
+                    code: ErrorCode::Unauthorized,
+                    message: "bad token",
+                }),
+            )
+            .unwrap();
+            let _ = socket.write_all(&reply).await;
+        }
+    });
+    let options = hadron::ClientOptions {
+        token: Some("wrong".into()),
+        ..fast_options()
+    };
+    let client = hadron::Client::new(&format!("127.0.0.1:{port}"), options).unwrap();
+    for _ in 0..2 {
+        // The second call falls in the backoff window and must report the
+        // same, non-retryable error.
+        let err = client.publisher("p").await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        assert!(!err.is_retryable());
+    }
+}
