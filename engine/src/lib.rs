@@ -11,7 +11,7 @@
 //! there. It does not depend on tokio or on any other workspace crate.
 
 pub mod log;
-mod notify;
+pub mod notify;
 pub mod storage;
 
 pub use log::{

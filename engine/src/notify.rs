@@ -1,4 +1,5 @@
-//! A single-threaded "something changed" signal for tasks on one core.
+//! A single-threaded "something changed" signal for tasks on one core, used
+//! by the log for group commit and by the server for its dispatchers.
 //!
 //! A waiter takes the current generation, checks its condition, and if it
 //! must wait, awaits [`Notify::changed_since`] with that generation. Because a
@@ -12,19 +13,19 @@ use std::task::{Context, Poll, Waker};
 
 /// The signal.
 #[derive(Debug, Default)]
-pub(crate) struct Notify {
+pub struct Notify {
     generation: Cell<u64>,
     wakers: RefCell<Vec<Waker>>,
 }
 
 impl Notify {
     /// The current generation.
-    pub(crate) fn generation(&self) -> u64 {
+    pub fn generation(&self) -> u64 {
         self.generation.get()
     }
 
     /// Wakes every waiter.
-    pub(crate) fn notify_all(&self) {
+    pub fn notify_all(&self) {
         self.generation.set(self.generation.get() + 1);
         for waker in self.wakers.borrow_mut().drain(..) {
             waker.wake();
@@ -33,7 +34,7 @@ impl Notify {
 
     /// Resolves once [`notify_all`](Notify::notify_all) ran after `generation`
     /// was read.
-    pub(crate) fn changed_since(&self, generation: u64) -> Changed<'_> {
+    pub fn changed_since(&self, generation: u64) -> Changed<'_> {
         Changed {
             notify: self,
             generation,
@@ -43,7 +44,7 @@ impl Notify {
 
 /// The future of [`Notify::changed_since`].
 #[derive(Debug)]
-pub(crate) struct Changed<'a> {
+pub struct Changed<'a> {
     notify: &'a Notify,
     generation: u64,
 }

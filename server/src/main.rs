@@ -1,9 +1,287 @@
-//! The `hadron` binary. The server and the CLI arrive with the streams work
-//! (issue 3); for now it reports what it is and exits.
+//! The `hadron` binary: the server (`hadron server`) and the command-line
+//! client (`apply`, `publish`, `subscribe`, `status`).
 
-fn main() {
-    println!(
-        "hadron {}: the server lands with the streams work; see README.md",
-        env!("CARGO_PKG_VERSION")
+mod cli;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        unused_imports,
+        reason = "the pipeline parts of the config are used once pipelines run"
+    )
+)]
+mod config;
+mod shard;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use config::{Resource, ServerConfig, StreamSpec};
+use shard::{Settings, Topology};
+
+/// Default address of the client commands.
+const URL_DEFAULT: &str = "127.0.0.1:7000";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hadron",
+    version,
+    about = "Hadron: thread-per-core event streaming and workflow orchestration"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Server {
+        /// Configuration file (multi-document YAML: settings, Streams).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (default ./hadron-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Client address (default 127.0.0.1:7000).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Number of shards (default: one per CPU).
+        #[arg(long)]
+        shards: Option<u16>,
+        /// Milliseconds a consumer has to ack a delivery before it is
+        /// redelivered.
+        #[arg(long, default_value_t = 30_000)]
+        ack_timeout_ms: u64,
+    },
+    /// Create or change resources from a YAML file (`-` for stdin).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: String,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Publish one event; prints {"partition":P,"offset":N}.
+    Publish {
+        #[arg(long, default_value = "events")]
+        stream: String,
+        /// Event type.
+        #[arg(long = "type")]
+        ty: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        partition: Option<u32>,
+        /// The event data; read from stdin when absent.
+        data: Option<String>,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Consume a stream in a group; prints each event as a JSON line.
+    Subscribe {
+        #[arg(long, default_value = "events")]
+        stream: String,
+        #[arg(long)]
+        group: String,
+        /// beginning, latest or an offset.
+        #[arg(long, default_value = "beginning")]
+        start: String,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Do not persist the group's offsets.
+        #[arg(long)]
+        ephemeral: bool,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Shards, streams, partitions, offsets and group lags.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Server {
+            config,
+            data_dir,
+            listen,
+            shards,
+            ack_timeout_ms,
+        } => serve(config, data_dir, listen, shards, ack_timeout_ms),
+        Command::Apply { file, url } => block_on(cli::apply(&url, &file)),
+        Command::Publish {
+            stream,
+            ty,
+            id,
+            source,
+            subject,
+            partition,
+            data,
+            url,
+        } => block_on(cli::publish(
+            &url,
+            cli::PublishArgs {
+                stream,
+                ty,
+                id,
+                source,
+                subject,
+                partition,
+                data,
+            },
+        )),
+        Command::Subscribe {
+            stream,
+            group,
+            start,
+            count,
+            ephemeral,
+            url,
+        } => block_on(cli::subscribe(
+            &url, &stream, &group, &start, count, ephemeral,
+        )),
+        Command::Status { json, url } => block_on(cli::status(&url, json)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hadron: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?
+        .block_on(f)
+}
+
+fn serve(
+    config_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    shards: Option<u16>,
+    ack_timeout_ms: u64,
+) -> Result<(), String> {
+    let (mut config, declared) = match &config_file {
+        Some(path) => {
+            let yaml = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            config::parse_config_file(&yaml).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => (ServerConfig::default(), Vec::new()),
+    };
+    if let Some(d) = data_dir {
+        config.data_dir = d;
+    }
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    if let Some(s) = shards {
+        config.shards = s;
+    }
+    config
+        .validate()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+
+    // Resources applied before (persisted), then those the config file
+    // declares; a server with no stream gets `events`.
+    let mut topology = Topology::default();
+    let persisted = shard::load_resources(&config.data_dir)?;
+    for resource in persisted.into_iter().chain(declared) {
+        match resource {
+            Resource::Stream(spec) => {
+                if let Some(old) = topology.streams.get(&spec.name)
+                    && spec.partitions < old.partitions
+                {
+                    return Err(format!(
+                        "Stream {:?}: spec.partitions cannot shrink from {} to {}",
+                        spec.name, old.partitions, spec.partitions
+                    ));
+                }
+                topology.streams.insert(spec.name.clone(), spec);
+            }
+            Resource::Pipeline(spec) => {
+                return Err(format!(
+                    "Pipeline {:?}: pipelines are not supported by this server version yet",
+                    spec.name
+                ));
+            }
+        }
+    }
+    if topology.streams.is_empty() {
+        let spec = StreamSpec::with_defaults(config::stream::DEFAULT_STREAM_NAME);
+        topology.streams.insert(spec.name.clone(), spec);
+    }
+    shard::persist_resources(&config.data_dir, &topology.resources())?;
+
+    raise_memlock(3 * config.io_memory_bytes as u64 * u64::from(config.shards) + (16 << 20));
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    }
+    tracing::info!(
+        "hadron {} starting: {} shards, listening on {}, data in {}",
+        env!("CARGO_PKG_VERSION"),
+        config.shards,
+        config.listen,
+        config.data_dir.display()
     );
+    let settings = Settings {
+        config,
+        ack_timeout: Duration::from_millis(ack_timeout_ms.max(1)),
+        topology,
+    };
+    shard::run(settings, stop)?;
+    tracing::info!("hadron stopped");
+    Ok(())
+}
+
+/// Raises RLIMIT_MEMLOCK's soft limit towards `needed` bytes, as far as the
+/// hard limit allows: each shard pins 3 x io_memory. Root has CAP_IPC_LOCK
+/// and needs none of this; elsewhere glommio would fall back to unregistered
+/// buffers (slower) with only a log line.
+fn raise_memlock(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) else {
+        return;
+    };
+    if soft >= needed || nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let target = needed.min(hard);
+    match setrlimit(Resource::RLIMIT_MEMLOCK, target, hard) {
+        Ok(()) if target >= needed => {}
+        Ok(()) | Err(_) => tracing::warn!(
+            "RLIMIT_MEMLOCK is {soft} bytes (hard {hard}); the shards want {needed}. \
+             Run as root, or raise it (LimitMEMLOCK=infinity, ulimit -l)"
+        ),
+    }
 }

@@ -356,6 +356,20 @@ pub struct RetentionReport {
     pub bytes: u64,
 }
 
+/// One segment, as [`Log::segments`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Offset of its first record.
+    pub base_offset: u64,
+    /// The offset after its last record.
+    pub next_offset: u64,
+    /// Bytes of batches in it.
+    pub bytes: u64,
+    /// The largest batch timestamp in it (of the batches appended since the
+    /// log was opened, or found scanning its tail in recovery).
+    pub max_timestamp_ms: u64,
+}
+
 /// A summary of the log's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogStats {
@@ -918,6 +932,21 @@ impl<S: Storage> Log<S> {
             segments: st.segments.len(),
             bytes: st.segments.values().map(|s| s.end).sum(),
         }
+    }
+
+    /// Its segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .map(|s| SegmentInfo {
+                base_offset: s.base,
+                next_offset: s.next_offset,
+                bytes: s.end,
+                max_timestamp_ms: s.max_timestamp_ms,
+            })
+            .collect()
     }
 
     /// The next offset readers can see: the durable end under

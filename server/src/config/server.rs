@@ -1,0 +1,499 @@
+//! Server settings: the first document of a config file.
+//!
+//! Every field is optional; what is left out takes the default below.
+//!
+//! ```yaml
+//! kind: ServerConfig          # optional in the first document
+//! dataDir: ./hadron-data
+//! listen: 127.0.0.1:7000      # IP:port shared by all shards (SO_REUSEPORT)
+//! shards: 4                   # default: the number of CPUs
+//! shardPorts: true            # shard i also listens on listen port + 1 + i
+//! fsync: always               # always | interval | never
+//! fsyncIntervalMs: 100        # only with `fsync: interval`
+//! segmentBytes: 134217728     # 128 MiB
+//! ioMemoryBytes: 8388608      # glommio io_memory per shard, 8 MiB
+//! frameBytesMax: 16777216     # largest wire frame accepted
+//! dedupWindowMs: 120000       # default for streams
+//! retention: {}               # default for streams: keep forever
+//! ```
+//!
+//! Command-line flags override these after parsing; call
+//! [`ServerConfig::validate`] again after applying them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+use hadron_engine::storage::IO_ALIGN_BYTES;
+use serde::Deserialize;
+
+use super::API_VERSION;
+use super::error::{ConfigError, Problem, ResourceKind};
+use super::stream::{DEDUP_WINDOW_MS_MAX, RetentionSpec};
+
+/// Where data lives when the config does not say.
+pub const DATA_DIR_DEFAULT: &str = "./hadron-data";
+/// The client address when the config does not say.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7000);
+/// The most shards (executors) a server runs.
+pub const SHARDS_MAX: u16 = 256;
+/// Segment size when the config does not say.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 128 << 20;
+/// glommio `io_memory` per shard when the config does not say.
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 8 << 20;
+/// glommio refuses less.
+pub const IO_MEMORY_BYTES_MIN: usize = 64 << 10;
+/// Each shard pins three times this (one per ring), so keep it modest.
+pub const IO_MEMORY_BYTES_MAX: usize = 1 << 30;
+/// The smallest `frameBytesMax` accepted.
+pub const FRAME_BYTES_MIN: usize = 64 << 10;
+/// Idempotent-publish window when neither server nor stream says.
+pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 120_000;
+/// Flush interval for `fsync: interval` when `fsyncIntervalMs` is absent.
+pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 100;
+/// The longest `fsyncIntervalMs`: the loss window in a crash.
+pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
+
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(IO_ALIGN_BYTES));
+const _: () = assert!(IO_MEMORY_BYTES_DEFAULT >= IO_MEMORY_BYTES_MIN);
+const _: () = assert!(FRAME_BYTES_MIN <= hadron_wire::FRAME_BYTES_MAX);
+const _: () = assert!(DEDUP_WINDOW_MS_DEFAULT <= DEDUP_WINDOW_MS_MAX);
+
+/// When a publish is acknowledged relative to fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// After the fdatasync that covers it: nothing acknowledged is lost.
+    #[default]
+    Always,
+    /// At once, with an fdatasync at most this often: a crash loses up to
+    /// an interval of acknowledged events.
+    Interval { interval_ms: u64 },
+    /// At once, synced only when a segment is sealed: a crash may lose any
+    /// acknowledged event not yet synced.
+    Never,
+}
+
+impl FsyncPolicy {
+    /// The engine's form.
+    pub fn durability(self) -> hadron_engine::Durability {
+        match self {
+            FsyncPolicy::Always => hadron_engine::Durability::Always,
+            FsyncPolicy::Interval { interval_ms } => {
+                hadron_engine::Durability::Interval(std::time::Duration::from_millis(interval_ms))
+            }
+            FsyncPolicy::Never => hadron_engine::Durability::Never,
+        }
+    }
+}
+
+/// Server settings, defaults resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub shards: u16,
+    pub shard_ports: bool,
+    pub fsync: FsyncPolicy,
+    pub segment_bytes: u64,
+    pub io_memory_bytes: usize,
+    pub frame_bytes_max: usize,
+    /// Default for streams that do not set `dedupWindowMs`; 0 is off.
+    pub dedup_window_ms: u64,
+    /// Default for streams that do not set `retention`.
+    pub retention: RetentionSpec,
+}
+
+/// The number of CPUs this process may run on, within `1..=SHARDS_MAX`.
+pub fn shards_default() -> u16 {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    u16::try_from(cpus)
+        .unwrap_or(SHARDS_MAX)
+        .clamp(1, SHARDS_MAX)
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            listen: LISTEN_DEFAULT,
+            shards: shards_default(),
+            shard_ports: true,
+            fsync: FsyncPolicy::Always,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
+            frame_bytes_max: hadron_wire::FRAME_BYTES_MAX,
+            dedup_window_ms: DEDUP_WINDOW_MS_DEFAULT,
+            retention: RetentionSpec::default(),
+        }
+    }
+}
+
+fn out_of_range(path: &str, value: u64, min: u64, max: u64) -> ConfigError {
+    ConfigError::new(path, Problem::OutOfRange { value, min, max })
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl ServerConfig {
+    /// Every problem, in field order; empty when valid.
+    pub fn errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            errors.push(ConfigError::new(
+                "dataDir",
+                Problem::Invalid {
+                    reason: "must not be empty".into(),
+                },
+            ));
+        }
+        if !(1..=SHARDS_MAX).contains(&self.shards) {
+            errors.push(out_of_range(
+                "shards",
+                self.shards.into(),
+                1,
+                SHARDS_MAX.into(),
+            ));
+        }
+        if self.shard_ports {
+            let port = self.listen.port();
+            if port == 0 {
+                errors.push(ConfigError::new(
+                    "listen",
+                    Problem::Invalid {
+                        reason: "port 0 cannot be combined with `shardPorts: true`, since shard ports are derived from the listen port; pick a port or set `shardPorts: false`".into(),
+                    },
+                ));
+            } else if hadron_wire::shard_port(port, self.shards.saturating_sub(1)).is_none() {
+                errors.push(ConfigError::new(
+                    "listen",
+                    Problem::Invalid {
+                        reason: format!(
+                            "port {port} leaves no room for {} shard ports above it (listen port + 1 + shard id must be at most 65535)",
+                            self.shards
+                        ),
+                    },
+                ));
+            }
+        }
+        if let FsyncPolicy::Interval { interval_ms } = self.fsync
+            && !(1..=FSYNC_INTERVAL_MS_MAX).contains(&interval_ms)
+        {
+            errors.push(out_of_range(
+                "fsyncIntervalMs",
+                interval_ms,
+                1,
+                FSYNC_INTERVAL_MS_MAX,
+            ));
+        }
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            errors.push(out_of_range(
+                "segmentBytes",
+                self.segment_bytes,
+                SEGMENT_BYTES_MIN,
+                SEGMENT_BYTES_MAX,
+            ));
+        } else if !self.segment_bytes.is_multiple_of(IO_ALIGN_BYTES) {
+            errors.push(ConfigError::new(
+                "segmentBytes",
+                Problem::Invalid {
+                    reason: format!(
+                        "{} is not a multiple of {IO_ALIGN_BYTES} (segments are written with O_DIRECT)",
+                        self.segment_bytes
+                    ),
+                },
+            ));
+        }
+        if !(IO_MEMORY_BYTES_MIN..=IO_MEMORY_BYTES_MAX).contains(&self.io_memory_bytes) {
+            errors.push(out_of_range(
+                "ioMemoryBytes",
+                to_u64(self.io_memory_bytes),
+                to_u64(IO_MEMORY_BYTES_MIN),
+                to_u64(IO_MEMORY_BYTES_MAX),
+            ));
+        }
+        if !(FRAME_BYTES_MIN..=hadron_wire::FRAME_BYTES_MAX).contains(&self.frame_bytes_max) {
+            errors.push(out_of_range(
+                "frameBytesMax",
+                to_u64(self.frame_bytes_max),
+                to_u64(FRAME_BYTES_MIN),
+                to_u64(hadron_wire::FRAME_BYTES_MAX),
+            ));
+        }
+        if self.dedup_window_ms > DEDUP_WINDOW_MS_MAX {
+            errors.push(out_of_range(
+                "dedupWindowMs",
+                self.dedup_window_ms,
+                0,
+                DEDUP_WINDOW_MS_MAX,
+            ));
+        }
+        errors.extend(self.retention.errors("retention"));
+        errors
+            .into_iter()
+            .map(|e| e.in_resource(ResourceKind::ServerConfig, None))
+            .collect()
+    }
+
+    /// The first problem, if any.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.errors().into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// The port shard `shard_id` listens on, when `shardPorts` is on.
+    pub fn shard_port(&self, shard_id: u16) -> Option<u16> {
+        if self.shard_ports {
+            hadron_wire::shard_port(self.listen.port(), shard_id)
+        } else {
+            None
+        }
+    }
+}
+
+/// `fsync:` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum FsyncMode {
+    Always,
+    Interval,
+    Never,
+}
+
+/// The settings document as written: everything optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ServerConfigDoc {
+    api_version: Option<String>,
+    /// Checked by the caller, which dispatches on it.
+    #[expect(dead_code, reason = "present so that `kind: ServerConfig` is accepted")]
+    kind: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    shards: Option<u16>,
+    shard_ports: Option<bool>,
+    fsync: Option<FsyncMode>,
+    fsync_interval_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    io_memory_bytes: Option<usize>,
+    frame_bytes_max: Option<usize>,
+    dedup_window_ms: Option<u64>,
+    retention: Option<RetentionSpec>,
+}
+
+impl ServerConfigDoc {
+    /// Fills in defaults and validates.
+    pub(super) fn resolve(self) -> Result<ServerConfig, ConfigError> {
+        let context = |e: ConfigError| e.in_resource(ResourceKind::ServerConfig, None);
+        if let Some(version) = &self.api_version
+            && version != API_VERSION
+        {
+            return Err(context(ConfigError::new(
+                "apiVersion",
+                Problem::UnsupportedApiVersion {
+                    found: Some(version.clone()),
+                },
+            )));
+        }
+        let fsync = match (self.fsync, self.fsync_interval_ms) {
+            (None | Some(FsyncMode::Always), None) => FsyncPolicy::Always,
+            (Some(FsyncMode::Never), None) => FsyncPolicy::Never,
+            (Some(FsyncMode::Interval), interval) => FsyncPolicy::Interval {
+                interval_ms: interval.unwrap_or(FSYNC_INTERVAL_MS_DEFAULT),
+            },
+            (_, Some(_)) => {
+                return Err(context(ConfigError::new(
+                    "fsyncIntervalMs",
+                    Problem::Invalid {
+                        reason:
+                            "only used with `fsync: interval`; remove it or set `fsync: interval`"
+                                .into(),
+                    },
+                )));
+            }
+        };
+        let defaults = ServerConfig::default();
+        let config = ServerConfig {
+            data_dir: self.data_dir.unwrap_or(defaults.data_dir),
+            listen: self.listen.unwrap_or(defaults.listen),
+            shards: self.shards.unwrap_or(defaults.shards),
+            shard_ports: self.shard_ports.unwrap_or(defaults.shard_ports),
+            fsync,
+            segment_bytes: self.segment_bytes.unwrap_or(defaults.segment_bytes),
+            io_memory_bytes: self.io_memory_bytes.unwrap_or(defaults.io_memory_bytes),
+            frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
+            dedup_window_ms: self.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
+            retention: self.retention.unwrap_or(defaults.retention),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = ServerConfig::default();
+        assert_eq!(c.data_dir, PathBuf::from("./hadron-data"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert!(c.shards >= 1);
+        assert!(c.shard_ports);
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!(c.segment_bytes, 128 << 20);
+        assert_eq!(c.io_memory_bytes, 8 << 20);
+        assert_eq!(c.frame_bytes_max, hadron_wire::FRAME_BYTES_MAX);
+        assert_eq!(c.dedup_window_ms, 120_000);
+        assert_eq!(c.retention, RetentionSpec::default());
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(ServerConfigDoc::default().resolve(), Ok(c));
+    }
+
+    #[test]
+    fn shard_ports_follow_the_listen_port() {
+        let mut c = ServerConfig::default();
+        assert_eq!(c.shard_port(0), Some(7001));
+        assert_eq!(c.shard_port(3), Some(7004));
+        c.shard_ports = false;
+        assert_eq!(c.shard_port(0), None);
+    }
+
+    #[test]
+    fn fsync_modes() {
+        let doc = |fsync, interval| ServerConfigDoc {
+            fsync,
+            fsync_interval_ms: interval,
+            ..ServerConfigDoc::default()
+        };
+        assert_eq!(
+            doc(Some(FsyncMode::Interval), None)
+                .resolve()
+                .unwrap()
+                .fsync,
+            FsyncPolicy::Interval { interval_ms: 100 }
+        );
+        assert_eq!(
+            doc(Some(FsyncMode::Interval), Some(7))
+                .resolve()
+                .unwrap()
+                .fsync,
+            FsyncPolicy::Interval { interval_ms: 7 }
+        );
+        assert_eq!(
+            doc(Some(FsyncMode::Never), None).resolve().unwrap().fsync,
+            FsyncPolicy::Never
+        );
+        let e = doc(Some(FsyncMode::Always), Some(7)).resolve().unwrap_err();
+        assert_eq!(e.path, "fsyncIntervalMs");
+        let e = doc(None, Some(7)).resolve().unwrap_err();
+        assert_eq!(e.path, "fsyncIntervalMs");
+        let e = doc(Some(FsyncMode::Interval), Some(0))
+            .resolve()
+            .unwrap_err();
+        assert_eq!(e.path, "fsyncIntervalMs");
+        assert_eq!(
+            FsyncPolicy::Interval { interval_ms: 5 }.durability(),
+            hadron_engine::Durability::Interval(std::time::Duration::from_millis(5))
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_with_the_field_named() {
+        let base = ServerConfig::default();
+        let cases: Vec<(ServerConfig, &str)> = vec![
+            (
+                ServerConfig {
+                    shards: 0,
+                    ..base.clone()
+                },
+                "shards",
+            ),
+            (
+                ServerConfig {
+                    shards: SHARDS_MAX + 1,
+                    ..base.clone()
+                },
+                "shards",
+            ),
+            (
+                ServerConfig {
+                    segment_bytes: 4096,
+                    ..base.clone()
+                },
+                "segmentBytes",
+            ),
+            (
+                ServerConfig {
+                    segment_bytes: (1 << 20) + 1,
+                    ..base.clone()
+                },
+                "segmentBytes",
+            ),
+            (
+                ServerConfig {
+                    io_memory_bytes: 1024,
+                    ..base.clone()
+                },
+                "ioMemoryBytes",
+            ),
+            (
+                ServerConfig {
+                    frame_bytes_max: 100,
+                    ..base.clone()
+                },
+                "frameBytesMax",
+            ),
+            (
+                ServerConfig {
+                    dedup_window_ms: u64::MAX,
+                    ..base.clone()
+                },
+                "dedupWindowMs",
+            ),
+            (
+                ServerConfig {
+                    data_dir: PathBuf::new(),
+                    ..base.clone()
+                },
+                "dataDir",
+            ),
+            (
+                ServerConfig {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    ..base.clone()
+                },
+                "listen",
+            ),
+            (
+                ServerConfig {
+                    listen: "127.0.0.1:65535".parse().unwrap(),
+                    shards: 1,
+                    ..base.clone()
+                },
+                "listen",
+            ),
+        ];
+        for (config, path) in cases {
+            let e = config.validate().unwrap_err();
+            assert_eq!(e.path, path, "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("ServerConfig: {path}: ")),
+                "{e}"
+            );
+        }
+        let ephemeral = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shard_ports: false,
+            ..base
+        };
+        assert_eq!(ephemeral.validate(), Ok(()));
+    }
+}

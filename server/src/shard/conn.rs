@@ -1,0 +1,550 @@
+//! One client connection, on the shard that accepted it.
+//!
+//! The reader splits the byte stream into frames (`hadron_wire::split_frame`,
+//! bounded by `frame_bytes_max`), verifies and decodes each, turns it into an
+//! owned [`Op`] and serves it in its own task, so requests are pipelined and
+//! answered as they finish, possibly out of order. The writer drains one
+//! queue of encoded frames (answers and pushed deliveries) and writes them in
+//! as few syscalls as it can.
+//!
+//! Bad input never hurts anyone else: a frame over the limit or one that
+//! fails verification gets an `Error` frame and the connection is closed
+//! (framing is lost); a well-framed request that makes no sense gets an
+//! `Error` with its request id and the connection carries on.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use futures::channel::mpsc;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use hadron_engine::notify::Notify;
+use hadron_wire::{
+    ErrorCode, ErrorReply, FrameRef, Message, PLACEMENT_NAME, PROTOCOL_VERSION, StartPoint,
+};
+
+use super::group::MemberId;
+use super::partition::Failure;
+use super::{Reply, Request, Shard};
+
+/// Most requests served at once per connection; reading pauses beyond.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 4096;
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Bytes gathered into one socket write at most.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+/// Default `max_bytes` of a fetch that gives 0.
+const FETCH_BYTES_DEFAULT: u32 = 1 << 20;
+
+/// A decoded request, owning its data so it can be served in its own task.
+#[derive(Debug)]
+enum Op {
+    Publish {
+        stream: String,
+        partition: u32,
+        events: Vec<Vec<u8>>,
+    },
+    Fetch {
+        stream: String,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    },
+    Subscribe {
+        stream: String,
+        group: String,
+        durable: bool,
+        start: StartPoint,
+        max_in_flight: u32,
+    },
+    Ack(Vec<u64>),
+    Nack(u64, String),
+    Apply(String),
+    Status,
+    Refuse(ErrorCode, String),
+}
+
+impl Op {
+    fn from_message(message: &Message<'_>) -> Op {
+        match message {
+            Message::Publish(p) => Op::Publish {
+                stream: p.stream.to_string(),
+                partition: p.partition,
+                events: p.events.iter().map(|e| e.to_vec()).collect(),
+            },
+            Message::Fetch(f) => Op::Fetch {
+                stream: f.stream.to_string(),
+                partition: f.partition,
+                offset: f.offset,
+                max_bytes: if f.max_bytes == 0 {
+                    FETCH_BYTES_DEFAULT
+                } else {
+                    f.max_bytes
+                },
+            },
+            Message::Subscribe(s) => Op::Subscribe {
+                stream: s.stream.to_string(),
+                group: s.group.to_string(),
+                durable: s.durable,
+                start: s.start,
+                max_in_flight: s.max_in_flight,
+            },
+            Message::Ack(a) => Op::Ack(a.delivery_ids.clone()),
+            Message::Nack(n) => Op::Nack(n.delivery_id, n.message.to_string()),
+            Message::Apply(a) => Op::Apply(a.yaml.to_string()),
+            Message::Status => Op::Status,
+            Message::Handshake(_) => Op::Refuse(
+                ErrorCode::InvalidRequest,
+                "the handshake was already done on this connection".into(),
+            ),
+            Message::PipelineSubscribe(p) => Op::Refuse(
+                ErrorCode::UnknownPipeline,
+                format!(
+                    "no pipeline named {:?}: this server version does not run pipelines yet",
+                    p.pipeline
+                ),
+            ),
+            Message::StageAck(_) | Message::StageNack(_) => Op::Refuse(
+                ErrorCode::UnknownDelivery,
+                "no stage delivery is outstanding: this server version does not run pipelines yet"
+                    .into(),
+            ),
+            other => Op::Refuse(
+                ErrorCode::InvalidRequest,
+                format!("{} is a server-to-client message", other.name()),
+            ),
+        }
+    }
+}
+
+fn error_frame(request_id: u64, code: ErrorCode, message: &str) -> Vec<u8> {
+    let reply = Message::Error(ErrorReply { code, message });
+    hadron_wire::encode(request_id, &reply).unwrap_or_default()
+}
+
+/// Serves one connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let conn = shard.unique_id();
+    let (mut reader, mut writer) = stream.split();
+    let (tx, mut rx) = mpsc::unbounded::<Vec<u8>>();
+    shard.register_conn(conn, tx.clone());
+    let writer_task = glommio::spawn_local(async move {
+        let mut batch = Vec::with_capacity(64 << 10);
+        while let Some(frame) = rx.next().await {
+            batch.extend_from_slice(&frame);
+            while batch.len() < WRITE_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    _ => break,
+                }
+            }
+            if writer.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+        }
+        let _ = writer.flush().await;
+        let _ = writer.close().await;
+    });
+    let in_flight = Rc::new(Cell::new(0usize));
+    let settled = Rc::new(Notify::default());
+    read_loop(&shard, conn, &mut reader, &tx, &in_flight, &settled).await;
+    // Let the requests already being served answer before closing.
+    while in_flight.get() > 0 {
+        let generation = settled.generation();
+        if in_flight.get() == 0 {
+            break;
+        }
+        settled.changed_since(generation).await;
+    }
+    shard.unregister_conn(conn).await;
+    drop(tx);
+    writer_task.await;
+}
+
+async fn read_loop(
+    shard: &Rc<Shard>,
+    conn: u64,
+    reader: &mut futures::io::ReadHalf<TcpStream>,
+    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    in_flight: &Rc<Cell<usize>>,
+    settled: &Rc<Notify>,
+) {
+    let limits = shard.settings.limits();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut handshaken = false;
+    loop {
+        // Serve every whole frame buffered.
+        loop {
+            let (body_len, consumed) = match hadron_wire::split_frame(&buf, &limits) {
+                Ok(Some((body, consumed))) => (body.len(), consumed),
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.unbounded_send(error_frame(0, e.code(), &e.to_string()));
+                    return;
+                }
+            };
+            let frame = buf.split_to(consumed).freeze();
+            let body = &frame[consumed - body_len..];
+            let decoded = match hadron_wire::decode(body, &limits) {
+                Ok(f) => f,
+                Err(e) => {
+                    let id = e.request_id().unwrap_or(0);
+                    let _ = tx.unbounded_send(error_frame(id, e.code(), &e.to_string()));
+                    if e.code().closes_connection() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if !handshaken {
+                match handshake(shard, &decoded) {
+                    Ok(reply) => {
+                        let _ = tx.unbounded_send(reply);
+                        handshaken = true;
+                        continue;
+                    }
+                    Err((code, message)) => {
+                        let _ = tx.unbounded_send(error_frame(decoded.request_id, code, &message));
+                        return;
+                    }
+                }
+            }
+            let request_id = decoded.request_id;
+            let op = Op::from_message(&decoded.message);
+            in_flight.set(in_flight.get() + 1);
+            let (shard, tx, in_flight, settled) = (
+                shard.clone(),
+                tx.clone(),
+                in_flight.clone(),
+                settled.clone(),
+            );
+            glommio::spawn_local(async move {
+                let frame = serve_op(&shard, conn, request_id, op).await;
+                let _ = tx.unbounded_send(frame);
+                in_flight.set(in_flight.get() - 1);
+                settled.notify_all();
+            })
+            .detach();
+        }
+        // Backpressure: stop reading while too many requests are in flight.
+        while in_flight.get() >= REQUESTS_IN_FLIGHT_MAX {
+            let generation = settled.generation();
+            if in_flight.get() < REQUESTS_IN_FLIGHT_MAX {
+                break;
+            }
+            settled.changed_since(generation).await;
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Failure> {
+    let Message::Handshake(h) = &frame.message else {
+        return Err((
+            ErrorCode::HandshakeRequired,
+            format!(
+                "the first frame must be Handshake, not {}",
+                frame.message.name()
+            ),
+        ));
+    };
+    if h.version != PROTOCOL_VERSION {
+        return Err((
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                h.version
+            ),
+        ));
+    }
+    let config = &shard.settings.config;
+    let shard_ports: Vec<u16> = if config.shard_ports {
+        (0..shard.shards)
+            .filter_map(|i| config.listen.port().checked_add(1 + i))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let reply = Message::HandshakeOk(hadron_wire::HandshakeOk {
+        version: PROTOCOL_VERSION,
+        shards: shard.shards,
+        shard_ports,
+        placement: PLACEMENT_NAME,
+    });
+    hadron_wire::encode(frame.request_id, &reply).map_err(|e| {
+        (
+            ErrorCode::Internal,
+            format!("cannot encode HandshakeOk: {e}"),
+        )
+    })
+}
+
+async fn serve_op(shard: &Rc<Shard>, conn: u64, request_id: u64, op: Op) -> Vec<u8> {
+    match answer(shard, conn, op).await {
+        Ok(frame) => frame(request_id),
+        Err((code, message)) => error_frame(request_id, code, &message),
+    }
+}
+
+type Encode = Box<dyn FnOnce(u64) -> Vec<u8>>;
+
+fn encoded(message: Message<'_>, request_id: u64) -> Vec<u8> {
+    hadron_wire::encode(request_id, &message).unwrap_or_else(|e| {
+        error_frame(
+            request_id,
+            ErrorCode::Internal,
+            &format!("cannot encode the answer: {e}"),
+        )
+    })
+}
+
+fn unexpected(reply: Reply) -> Failure {
+    match reply {
+        Reply::Failed(code, message) => (code, message),
+        other => (
+            ErrorCode::Internal,
+            format!("unexpected internal reply {other:?}"),
+        ),
+    }
+}
+
+async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure> {
+    match op {
+        Op::Publish {
+            stream,
+            partition,
+            events,
+        } => {
+            shard.check_partition(&stream, partition)?;
+            let owner = shard.owner(&stream, partition);
+            match shard
+                .call(
+                    owner,
+                    Request::Publish {
+                        stream,
+                        partition,
+                        events,
+                    },
+                )
+                .await
+            {
+                Reply::Published(p) => Ok(Box::new(move |id| {
+                    let results = p
+                        .results
+                        .iter()
+                        .map(|&(offset, duplicate)| hadron_wire::PublishResult {
+                            offset,
+                            duplicate,
+                        })
+                        .collect();
+                    encoded(
+                        Message::PublishOk(hadron_wire::PublishOk {
+                            partition,
+                            first_offset: p.first_offset,
+                            last_offset: p.last_offset,
+                            results,
+                        }),
+                        id,
+                    )
+                })),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::Fetch {
+            stream,
+            partition,
+            offset,
+            max_bytes,
+        } => {
+            shard.check_partition(&stream, partition)?;
+            let owner = shard.owner(&stream, partition);
+            let req = Request::Fetch {
+                stream,
+                partition,
+                offset,
+                max_bytes,
+            };
+            match shard.call(owner, req).await {
+                Reply::Fetched(next_offset, records) => Ok(Box::new(move |id| {
+                    let records = records
+                        .iter()
+                        .map(|(offset, event)| hadron_wire::Record {
+                            offset: *offset,
+                            event,
+                        })
+                        .collect();
+                    encoded(
+                        Message::FetchOk(hadron_wire::FetchOk {
+                            partition,
+                            next_offset,
+                            records,
+                        }),
+                        id,
+                    )
+                })),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::Subscribe {
+            stream,
+            group,
+            durable,
+            start,
+            max_in_flight,
+        } => {
+            let partitions = {
+                let topology = shard.topology.borrow();
+                let Some(spec) = topology.streams.get(&stream) else {
+                    return Err((
+                        ErrorCode::UnknownStream,
+                        format!("no stream named {stream:?}"),
+                    ));
+                };
+                spec.partitions
+            };
+            if group.is_empty() || group.len() > super::partition::GROUP_NAME_BYTES_MAX {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "group names are 1 to {} bytes",
+                        super::partition::GROUP_NAME_BYTES_MAX
+                    ),
+                ));
+            }
+            let subscription = shard.unique_id();
+            let member = MemberId {
+                shard: shard.id,
+                conn,
+                subscription,
+            };
+            // A member's in-flight bound is spread over the partitions.
+            let per_partition = max_in_flight.max(1).div_ceil(partitions).max(1);
+            let attaches = (0..partitions).map(|partition| {
+                shard.call(
+                    shard.owner(&stream, partition),
+                    Request::Attach {
+                        stream: stream.clone(),
+                        partition,
+                        group: group.clone(),
+                        durable,
+                        start,
+                        max_in_flight: per_partition,
+                        member,
+                    },
+                )
+            });
+            for reply in futures::future::join_all(attaches).await {
+                if !matches!(reply, Reply::Done) {
+                    return Err(unexpected(reply));
+                }
+            }
+            Ok(Box::new(move |id| {
+                encoded(
+                    Message::SubscribeOk(hadron_wire::SubscribeOk {
+                        subscription_id: subscription,
+                        partitions: (0..partitions).collect(),
+                    }),
+                    id,
+                )
+            }))
+        }
+        Op::Ack(ids) => {
+            let mut by_owner: std::collections::BTreeMap<u16, Vec<u64>> = Default::default();
+            for id in ids {
+                by_owner.entry((id >> 48) as u16).or_default().push(id);
+            }
+            for (owner, ids) in by_owner {
+                if owner >= shard.shards {
+                    return Err((ErrorCode::UnknownDelivery, format!("no delivery {:?}", ids)));
+                }
+                let reply = shard
+                    .call(
+                        owner,
+                        Request::Ack {
+                            ids,
+                            shard: shard.id,
+                            conn,
+                        },
+                    )
+                    .await;
+                if !matches!(reply, Reply::Done) {
+                    return Err(unexpected(reply));
+                }
+            }
+            Ok(Box::new(|id| encoded(Message::AckOk, id)))
+        }
+        Op::Nack(delivery, message) => {
+            let owner = (delivery >> 48) as u16;
+            if owner >= shard.shards {
+                return Err((
+                    ErrorCode::UnknownDelivery,
+                    format!("no delivery {delivery}"),
+                ));
+            }
+            let reply = shard
+                .call(
+                    owner,
+                    Request::Nack {
+                        id: delivery,
+                        message,
+                        shard: shard.id,
+                        conn,
+                    },
+                )
+                .await;
+            match reply {
+                Reply::Done => Ok(Box::new(|id| encoded(Message::AckOk, id))),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::Apply(yaml) => match shard.call(0, Request::Apply { yaml }).await {
+            Reply::Applied(summary) => Ok(Box::new(move |id| {
+                let summary = summary.iter().map(String::as_str).collect();
+                encoded(Message::ApplyOk(hadron_wire::ApplyOk { summary }), id)
+            })),
+            other => Err(unexpected(other)),
+        },
+        Op::Status => {
+            let json = shard.status_json().await?;
+            Ok(Box::new(move |id| {
+                encoded(Message::StatusOk(hadron_wire::StatusOk { json: &json }), id)
+            }))
+        }
+        Op::Refuse(code, message) => Err((code, message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_to_client_messages_are_refused_with_a_reason() {
+        let op = Op::from_message(&Message::AckOk);
+        assert!(
+            matches!(op, Op::Refuse(ErrorCode::InvalidRequest, ref m) if m.contains("server-to-client"))
+        );
+        let op = Op::from_message(&Message::Fetch(hadron_wire::Fetch {
+            stream: "s",
+            partition: 1,
+            offset: 2,
+            max_bytes: 0,
+        }));
+        assert!(matches!(
+            op,
+            Op::Fetch {
+                max_bytes: FETCH_BYTES_DEFAULT,
+                offset: 2,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,454 @@
+//! A consumer group's state for one partition, on the partition's shard,
+//! and the task that dispatches its deliveries.
+//!
+//! Members of a group share the partition's events like a work queue: each
+//! event goes to one member with room (round robin), at most
+//! `max_in_flight` unacknowledged per member and partition. The group keeps
+//!
+//! - `cursor`: the next offset never delivered;
+//! - `in_flight`: delivered, not yet settled, with the member, attempt and
+//!   ack deadline;
+//! - `retry`: nacked, timed out or orphaned by a disconnect, with the time
+//!   they may go out again (exponential backoff after a nack).
+//!
+//! The committed offset, below which every event was acknowledged, is the
+//! smallest of `cursor` and the keys of `in_flight` and `retry`. Durable
+//! groups persist it (see `partition`), so a restarted server resumes there:
+//! delivery is at least once.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+
+use std::time::{Duration, Instant};
+
+use hadron_engine::notify::Notify;
+use hadron_wire::ErrorCode;
+
+use super::partition::{Failure, Partition};
+
+/// Identifies one subscription of one connection, wherever it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemberId {
+    /// Shard of the member's connection.
+    pub shard: u16,
+    /// Connection id on that shard.
+    pub conn: u64,
+    /// Subscription id on that connection.
+    pub subscription: u64,
+}
+
+/// First redelivery delay after a nack; doubles per attempt.
+const NACK_BACKOFF_INITIAL_MS: u64 = 100;
+/// Longest redelivery delay after a nack.
+const NACK_BACKOFF_MAX_MS: u64 = 10_000;
+/// How often the dispatcher looks at ack deadlines when nothing else wakes it.
+pub const TICK: Duration = Duration::from_millis(50);
+/// Bytes read from the log per dispatch round.
+const DISPATCH_READ_BYTES: u32 = 256 << 10;
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    delivery_id: u64,
+    member: MemberId,
+    attempt: u32,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// Attempts made so far.
+    attempts: u32,
+    not_before: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    id: MemberId,
+    max_in_flight: u32,
+    in_flight: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    cursor: u64,
+    in_flight: BTreeMap<u64, InFlight>,
+    retry: BTreeMap<u64, Retry>,
+    by_delivery: HashMap<u64, u64>,
+    members: Vec<Member>,
+    next_member: usize,
+    nacks: u64,
+    last_error: Option<String>,
+}
+
+impl State {
+    /// Index of the next member with room, round robin.
+    fn pick(&mut self) -> Option<usize> {
+        let n = self.members.len();
+        for k in 0..n {
+            let i = (self.next_member + k) % n;
+            if self.members[i].in_flight < self.members[i].max_in_flight {
+                self.next_member = (i + 1) % n;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn has_room(&self) -> bool {
+        self.members.iter().any(|m| m.in_flight < m.max_in_flight)
+    }
+
+    fn release(&mut self, member: MemberId) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == member) {
+            m.in_flight = m.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// A delivery ready to be pushed to a member's connection.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// To whom.
+    pub member: MemberId,
+    /// Delivery id.
+    pub delivery_id: u64,
+    /// Offset of the event.
+    pub offset: u64,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    /// The event's bytes.
+    pub event: Vec<u8>,
+}
+
+/// Status of a group on one partition.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupStatus {
+    /// Group name.
+    pub group: String,
+    /// Whether offsets are persisted.
+    pub durable: bool,
+    /// Every offset below this was acknowledged.
+    pub committed: u64,
+    /// Events after the committed offset.
+    pub lag: u64,
+    /// Members attached.
+    pub members: usize,
+    /// Deliveries awaiting an ack.
+    pub in_flight: usize,
+    /// Nacks received.
+    pub nacks: u64,
+    /// The message of the last nack.
+    pub last_error: Option<String>,
+}
+
+/// A group on one partition.
+#[derive(Debug)]
+pub struct GroupPartition {
+    /// Group name.
+    pub group: String,
+    /// Whether its committed offset is persisted.
+    pub durable: bool,
+    state: RefCell<State>,
+    /// Wakes the dispatcher.
+    pub wake: Notify,
+    /// Set when the group is removed; the dispatcher then ends.
+    pub closed: Cell<bool>,
+    ack_timeout: Duration,
+}
+
+impl GroupPartition {
+    /// A group starting at `cursor`.
+    pub fn new(group: &str, durable: bool, cursor: u64, ack_timeout: Duration) -> GroupPartition {
+        GroupPartition {
+            group: group.to_string(),
+            durable,
+            state: RefCell::new(State {
+                cursor,
+                ..State::default()
+            }),
+            wake: Notify::default(),
+            closed: Cell::new(false),
+            ack_timeout,
+        }
+    }
+
+    /// Every offset below this was acknowledged.
+    pub fn committed(&self) -> u64 {
+        let st = self.state.borrow();
+        let mut committed = st.cursor;
+        if let Some((&o, _)) = st.in_flight.iter().next() {
+            committed = committed.min(o);
+        }
+        if let Some((&o, _)) = st.retry.iter().next() {
+            committed = committed.min(o);
+        }
+        committed
+    }
+
+    /// Adds a member (or updates its limit).
+    pub fn attach(&self, id: MemberId, max_in_flight: u32) {
+        let mut st = self.state.borrow_mut();
+        match st.members.iter_mut().find(|m| m.id == id) {
+            Some(m) => m.max_in_flight = max_in_flight.max(1),
+            None => st.members.push(Member {
+                id,
+                max_in_flight: max_in_flight.max(1),
+                in_flight: 0,
+            }),
+        }
+        drop(st);
+        self.wake.notify_all();
+    }
+
+    /// Removes every member of connection `conn` on `shard`; their
+    /// unacknowledged deliveries go out again at once. Returns the delivery
+    /// ids that were outstanding, and whether members remain.
+    pub fn detach(&self, shard: u16, conn: u64) -> (Vec<u64>, bool) {
+        let mut st = self.state.borrow_mut();
+        st.members
+            .retain(|m| !(m.id.shard == shard && m.id.conn == conn));
+        let orphaned: Vec<(u64, InFlight)> = st
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.member.shard == shard && f.member.conn == conn)
+            .map(|(&o, &f)| (o, f))
+            .collect();
+        let now = Instant::now();
+        let mut ids = Vec::new();
+        for (offset, f) in orphaned {
+            st.in_flight.remove(&offset);
+            st.by_delivery.remove(&f.delivery_id);
+            st.retry.insert(
+                offset,
+                Retry {
+                    attempts: f.attempt,
+                    not_before: now,
+                },
+            );
+            ids.push(f.delivery_id);
+        }
+        let any = !st.members.is_empty();
+        drop(st);
+        self.wake.notify_all();
+        (ids, any)
+    }
+
+    /// Settles a delivery as processed.
+    pub fn ack(&self, delivery_id: u64, from: (u16, u64)) -> Result<(), Failure> {
+        let mut st = self.state.borrow_mut();
+        let offset = Self::owned(&st, delivery_id, from)?;
+        if let Some(f) = st.in_flight.remove(&offset) {
+            st.release(f.member);
+        }
+        st.by_delivery.remove(&delivery_id);
+        drop(st);
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    /// Settles a delivery as failed: it goes out again after a backoff.
+    pub fn nack(&self, delivery_id: u64, from: (u16, u64), message: &str) -> Result<(), Failure> {
+        let mut st = self.state.borrow_mut();
+        let offset = Self::owned(&st, delivery_id, from)?;
+        st.by_delivery.remove(&delivery_id);
+        if let Some(f) = st.in_flight.remove(&offset) {
+            st.release(f.member);
+            let backoff = NACK_BACKOFF_INITIAL_MS
+                .saturating_mul(1 << f.attempt.saturating_sub(1).min(16))
+                .min(NACK_BACKOFF_MAX_MS);
+            st.retry.insert(
+                offset,
+                Retry {
+                    attempts: f.attempt,
+                    not_before: Instant::now() + Duration::from_millis(backoff),
+                },
+            );
+        }
+        st.nacks += 1;
+        st.last_error = Some(message.to_string());
+        drop(st);
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    fn owned(st: &State, delivery_id: u64, from: (u16, u64)) -> Result<u64, Failure> {
+        let unknown = || {
+            (
+                ErrorCode::UnknownDelivery,
+                format!("delivery {delivery_id} is not outstanding on this connection"),
+            )
+        };
+        let offset = *st.by_delivery.get(&delivery_id).ok_or_else(unknown)?;
+        match st.in_flight.get(&offset) {
+            Some(f) if f.delivery_id == delivery_id && (f.member.shard, f.member.conn) == from => {
+                Ok(offset)
+            }
+            _ => Err(unknown()),
+        }
+    }
+
+    /// Status for `status`.
+    pub fn status(&self, visible: u64) -> GroupStatus {
+        let committed = self.committed();
+        let st = self.state.borrow();
+        GroupStatus {
+            group: self.group.clone(),
+            durable: self.durable,
+            committed,
+            lag: visible.saturating_sub(committed),
+            members: st.members.len(),
+            in_flight: st.in_flight.len(),
+            nacks: st.nacks,
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// One dispatch round: expire deadlines, then hand out due retries and
+    /// new events to members with room. `new_delivery_id` mints ids.
+    pub(super) async fn round(
+        &self,
+        partition: &Partition,
+        new_delivery_id: &dyn Fn() -> u64,
+    ) -> Result<Vec<Outgoing>, Failure> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        // Deadlines.
+        {
+            let mut st = self.state.borrow_mut();
+            let expired: Vec<(u64, InFlight)> = st
+                .in_flight
+                .iter()
+                .filter(|(_, f)| f.deadline <= now)
+                .map(|(&o, &f)| (o, f))
+                .collect();
+            for (offset, f) in expired {
+                st.in_flight.remove(&offset);
+                st.by_delivery.remove(&f.delivery_id);
+                st.release(f.member);
+                st.retry.insert(
+                    offset,
+                    Retry {
+                        attempts: f.attempt,
+                        not_before: now,
+                    },
+                );
+            }
+        }
+        // Due retries.
+        loop {
+            let due = {
+                let st = self.state.borrow();
+                st.retry
+                    .iter()
+                    .find(|(_, r)| r.not_before <= now)
+                    .map(|(&o, &r)| (o, r))
+            };
+            let Some((offset, retry)) = due else { break };
+            if !self.state.borrow().has_room() {
+                break;
+            }
+            let event = match partition.event_at(offset).await {
+                Ok(e) => e,
+                Err((ErrorCode::OffsetOutOfRange, _)) => {
+                    // Deleted by retention meanwhile: nothing to redeliver.
+                    self.state.borrow_mut().retry.remove(&offset);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut st = self.state.borrow_mut();
+            let Some(i) = st.pick() else { break };
+            st.retry.remove(&offset);
+            out.push(self.launch(
+                &mut st,
+                i,
+                offset,
+                retry.attempts + 1,
+                event,
+                new_delivery_id,
+            ));
+        }
+        // New events.
+        loop {
+            let cursor = {
+                let st = self.state.borrow();
+                if !st.has_room() {
+                    break;
+                }
+                st.cursor
+            };
+            let start = partition.log.stats().start_offset;
+            let cursor = if cursor < start {
+                self.state.borrow_mut().cursor = start;
+                start
+            } else {
+                cursor
+            };
+            if cursor >= partition.log.visible_offset() {
+                break;
+            }
+            let (_, records) = partition.fetch(cursor, DISPATCH_READ_BYTES).await?;
+            if records.is_empty() {
+                break;
+            }
+            let mut st = self.state.borrow_mut();
+            let mut launched = false;
+            for (offset, event) in records {
+                if offset < st.cursor {
+                    continue;
+                }
+                let Some(i) = st.pick() else { break };
+                st.cursor = offset + 1;
+                out.push(self.launch(&mut st, i, offset, 1, event, new_delivery_id));
+                launched = true;
+            }
+            if !launched {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn launch(
+        &self,
+        st: &mut State,
+        member: usize,
+        offset: u64,
+        attempt: u32,
+        event: Vec<u8>,
+        new_delivery_id: &dyn Fn() -> u64,
+    ) -> Outgoing {
+        let delivery_id = new_delivery_id();
+        let m = &mut st.members[member];
+        m.in_flight += 1;
+        let id = m.id;
+        st.in_flight.insert(
+            offset,
+            InFlight {
+                delivery_id,
+                member: id,
+                attempt,
+                deadline: Instant::now() + self.ack_timeout,
+            },
+        );
+        st.by_delivery.insert(delivery_id, offset);
+        Outgoing {
+            member: id,
+            delivery_id,
+            offset,
+            attempt,
+            event,
+        }
+    }
+
+    /// The earliest time something is due (an ack deadline or a retry).
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        let st = self.state.borrow();
+        let deadline = st.in_flight.values().map(|f| f.deadline).min();
+        let retry = st.retry.values().map(|r| r.not_before).min();
+        match (deadline, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

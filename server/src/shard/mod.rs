@@ -1,0 +1,985 @@
+//! The shard: one glommio executor pinned to one core, owning a fixed set
+//! of stream partitions and everything about them (logs, dedup windows,
+//! consumer groups). Nothing is shared between shards; they talk over a
+//! glommio channel mesh.
+//!
+//! - Placement is `hadron_wire::shard_of(stream, partition, shards)`; a
+//!   shard's id is its peer id in the mesh.
+//! - Every shard accepts on the client port (SO_REUSEPORT) and, when shard
+//!   ports are on, on `port + 1 + shard id`. A request for a partition owned
+//!   elsewhere is forwarded over the mesh ([`Request`]) and its [`Reply`]
+//!   comes back the same way; deliveries for a connection on another shard
+//!   travel as [`MeshMsg::Push`].
+//! - Shard 0 coordinates `apply`: it validates, persists the resources to
+//!   `<data dir>/resources.yaml`, then installs the new topology on every
+//!   shard.
+
+pub mod conn;
+pub mod group;
+pub mod partition;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::future::{Either, select};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use hadron_engine::storage::dma::DmaStorage;
+use hadron_engine::{LogConfig, Retention};
+use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
+
+use crate::config::{self, Resource, ServerConfig, StreamSpec};
+use group::{GroupPartition, GroupStatus, MemberId, Outgoing};
+use partition::{Failure, Partition, Published, now_ms};
+
+/// Capacity of each mesh channel, in messages.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(10);
+/// How often durable groups' offsets are committed.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// The file that keeps applied resources.
+pub const RESOURCES_FILE: &str = "resources.yaml";
+
+/// The streams (and, later, pipelines) the server serves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    /// Streams by name.
+    pub streams: BTreeMap<String, StreamSpec>,
+}
+
+impl Topology {
+    /// The resources, for persisting.
+    pub fn resources(&self) -> Vec<Resource> {
+        self.streams
+            .values()
+            .cloned()
+            .map(Resource::Stream)
+            .collect()
+    }
+}
+
+/// Everything a shard needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Server settings with defaults resolved.
+    pub config: ServerConfig,
+    /// Ack timeout for stream consumer groups.
+    pub ack_timeout: Duration,
+    /// The resources at start.
+    pub topology: Topology,
+}
+
+impl Settings {
+    fn limits(&self) -> Limits {
+        Limits {
+            frame_bytes_max: self.config.frame_bytes_max,
+            ..Limits::DEFAULT
+        }
+    }
+
+    fn log_config(&self, retention: Retention) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.config.segment_bytes,
+            durability: self.config.fsync.durability(),
+            retention,
+            ..LogConfig::default()
+        }
+    }
+}
+
+/// A request one shard serves for another (or for itself).
+#[derive(Debug)]
+pub enum Request {
+    /// Append events to a partition.
+    Publish {
+        stream: String,
+        partition: u32,
+        events: Vec<Vec<u8>>,
+    },
+    /// Read events of a partition.
+    Fetch {
+        stream: String,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    },
+    /// Add a member to a group on a partition.
+    Attach {
+        stream: String,
+        partition: u32,
+        group: String,
+        durable: bool,
+        start: StartPoint,
+        max_in_flight: u32,
+        member: MemberId,
+    },
+    /// Remove every member of a connection.
+    Detach { shard: u16, conn: u64 },
+    /// Settle deliveries as processed.
+    Ack {
+        ids: Vec<u64>,
+        shard: u16,
+        conn: u64,
+    },
+    /// Settle a delivery as failed.
+    Nack {
+        id: u64,
+        message: String,
+        shard: u16,
+        conn: u64,
+    },
+    /// This shard's partitions, for `status`.
+    Status,
+    /// Validate, persist and install resources (shard 0 only).
+    Apply { yaml: String },
+    /// Adopt a new topology, opening partitions this shard now owns.
+    Install { topology: Topology },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug)]
+pub enum Reply {
+    /// For `Publish`.
+    Published(Published),
+    /// For `Fetch`: next offset and events.
+    Fetched(u64, Vec<(u64, Vec<u8>)>),
+    /// For requests with nothing to say.
+    Done,
+    /// For `Status`.
+    Status(Vec<PartitionStatus>),
+    /// For `Apply`: one line per resource.
+    Applied(Vec<String>),
+    /// The request failed.
+    Failed(ErrorCode, String),
+}
+
+impl From<Failure> for Reply {
+    fn from((code, message): Failure) -> Reply {
+        Reply::Failed(code, message)
+    }
+}
+
+/// What travels over the mesh.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// A request, answered to its sender with `Reply { id }`.
+    Request { id: u64, req: Request },
+    /// The answer to request `id`.
+    Reply { id: u64, reply: Reply },
+    /// A frame to write to connection `conn` of the receiving shard.
+    Push { conn: u64, frame: Vec<u8> },
+}
+
+/// One partition's state, for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionStatus {
+    /// Stream.
+    #[serde(skip)]
+    pub stream: String,
+    /// Partition.
+    pub partition: u32,
+    /// Owner shard.
+    pub shard: u16,
+    /// First offset retained.
+    pub start_offset: u64,
+    /// Next offset to be written.
+    pub next_offset: u64,
+    /// Offsets below this are durable.
+    pub durable_offset: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Bytes of batches.
+    pub bytes: u64,
+    /// Why the partition refuses writes, if it does.
+    pub read_only: Option<String>,
+    /// Consumer groups.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// A shard.
+pub struct Shard {
+    /// This shard's id (its mesh peer id).
+    pub id: u16,
+    /// Number of shards.
+    pub shards: u16,
+    /// Start-up settings.
+    pub settings: Arc<Settings>,
+    storage: DmaStorage,
+    /// The current topology.
+    pub topology: RefCell<Topology>,
+    partitions: RefCell<BTreeMap<(String, u32), Rc<Partition>>>,
+    mesh: Senders<MeshMsg>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_id: Cell<u64>,
+    conns: RefCell<HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Set when the server is shutting down.
+    pub stopping: Cell<bool>,
+    /// Serializes `apply` on shard 0.
+    applying: Cell<bool>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("id", &self.id).finish()
+    }
+}
+
+/// Starts one executor per shard and runs until `stop` is set, then flushes
+/// and returns.
+pub fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let shards = settings.config.shards as usize;
+    let online = CpuSet::online().map_err(|e| format!("cannot read the online CPUs: {e}"))?;
+    let cpus: Vec<usize> = online.iter().map(|l| l.cpu).collect();
+    if cpus.is_empty() {
+        return Err("no online CPU found".into());
+    }
+    let sets: Vec<CpuSet> = (0..shards)
+        .map(|i| {
+            let cpu = cpus[i % cpus.len()];
+            online.clone().filter(move |l| l.cpu == cpu)
+        })
+        .collect();
+    let settings = Arc::new(settings);
+    let mesh: MeshBuilder<MeshMsg, Full> = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
+    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Custom(sets))
+        .name("hadron-shard")
+        .io_memory(settings.config.io_memory_bytes)
+        .on_all_shards(move || {
+            let settings = settings.clone();
+            let mesh = mesh.clone();
+            let stop = stop.clone();
+            async move { shard_main(settings, mesh, stop).await }
+        })
+        .map_err(|e| format!("cannot start the shard executors: {e}"))?;
+    let mut errors = Vec::new();
+    for result in handles.join_all() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("a shard panicked: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+async fn shard_main(
+    settings: Arc<Settings>,
+    mesh: MeshBuilder<MeshMsg, Full>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "cannot join the shard mesh".to_string())?;
+    let id = senders.peer_id() as u16;
+    let shards = settings.config.shards;
+    let storage = DmaStorage::new(&settings.config.data_dir)
+        .await
+        .map_err(|e| {
+            format!(
+                "shard {id}: cannot prepare {}: {e}",
+                settings.config.data_dir.display()
+            )
+        })?;
+    let shard = Rc::new(Shard {
+        id,
+        shards,
+        settings: settings.clone(),
+        storage,
+        topology: RefCell::new(Topology::default()),
+        partitions: RefCell::new(BTreeMap::new()),
+        mesh: senders,
+        pending: RefCell::new(HashMap::new()),
+        next_id: Cell::new(1),
+        conns: RefCell::new(HashMap::new()),
+        stopping: Cell::new(false),
+        applying: Cell::new(false),
+    });
+    shard.install(settings.topology.clone()).await?;
+    for (peer, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                shard.clone().on_mesh(peer as u16, msg);
+            }
+        })
+        .detach();
+    }
+    let listen = settings.config.listen;
+    let mut addrs = vec![listen];
+    if settings.config.shard_ports {
+        let port = listen
+            .port()
+            .checked_add(1 + id)
+            .ok_or_else(|| format!("shard {id}: port {} + 1 + {id} overflows", listen.port()))?;
+        addrs.push(SocketAddr::new(listen.ip(), port));
+    }
+    for addr in addrs {
+        let listener = glommio::net::TcpListener::bind(addr)
+            .map_err(|e| format!("shard {id}: cannot listen on {addr}: {e}"))?;
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        if shard.stopping.get() {
+                            continue;
+                        }
+                        glommio::spawn_local(conn::serve(shard.clone(), stream)).detach();
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = shard.id, "accept on {addr} failed: {e}");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+    shard.clone().spawn_housekeeping();
+    tracing::info!(shard = id, "shard ready on {listen}");
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    shard.stopping.set(true);
+    shard.flush_all().await;
+    tracing::info!(shard = id, "shard stopped");
+    Ok(())
+}
+
+impl Shard {
+    fn next_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// A fresh id, unique across shards: the shard id in the top 16 bits.
+    pub fn unique_id(&self) -> u64 {
+        (u64::from(self.id) << 48) | self.next_id()
+    }
+
+    /// The owner of a partition.
+    pub fn owner(&self, stream: &str, partition: u32) -> u16 {
+        shard_of(stream, partition, self.shards)
+    }
+
+    /// Checks that a stream and partition exist.
+    pub fn check_partition(&self, stream: &str, partition: u32) -> Result<(), Failure> {
+        let topology = self.topology.borrow();
+        let Some(spec) = topology.streams.get(stream) else {
+            return Err((
+                ErrorCode::UnknownStream,
+                format!("no stream named {stream:?}"),
+            ));
+        };
+        if partition >= spec.partitions {
+            return Err((
+                ErrorCode::UnknownPartition,
+                format!(
+                    "stream {stream:?} has partitions 0..{}; {partition} does not exist",
+                    spec.partitions
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serves `req` on shard `to`: here, or over the mesh.
+    pub async fn call(self: &Rc<Self>, to: u16, req: Request) -> Reply {
+        if to == self.id {
+            return self.clone().handle(req).await;
+        }
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let msg = MeshMsg::Request { id, req };
+        if self.mesh.send_to(to as usize, msg).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return Reply::Failed(ErrorCode::ShuttingDown, format!("shard {to} is gone"));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Reply::Failed(ErrorCode::Internal, format!("shard {to} dropped a request"))
+        })
+    }
+
+    fn on_mesh(self: Rc<Self>, from: u16, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Request { id, req, .. } => {
+                glommio::spawn_local(async move {
+                    let reply = self.clone().handle(req).await;
+                    let _ = self
+                        .mesh
+                        .send_to(from as usize, MeshMsg::Reply { id, reply })
+                        .await;
+                })
+                .detach();
+            }
+            MeshMsg::Reply { id, reply } => {
+                if let Some(tx) = self.pending.borrow_mut().remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            MeshMsg::Push { conn, frame } => self.push_local(conn, frame),
+        }
+    }
+
+    /// Writes a frame to a connection of this shard, if it is still open.
+    pub fn push_local(&self, conn: u64, frame: Vec<u8>) {
+        if let Some(tx) = self.conns.borrow().get(&conn) {
+            let _ = tx.unbounded_send(frame);
+        }
+    }
+
+    /// Registers a connection's outgoing queue.
+    pub fn register_conn(&self, conn: u64, tx: mpsc::UnboundedSender<Vec<u8>>) {
+        self.conns.borrow_mut().insert(conn, tx);
+    }
+
+    /// Forgets a connection and detaches its members everywhere.
+    pub async fn unregister_conn(self: &Rc<Self>, conn: u64) {
+        self.conns.borrow_mut().remove(&conn);
+        let calls = (0..self.shards).map(|to| {
+            self.call(
+                to,
+                Request::Detach {
+                    shard: self.id,
+                    conn,
+                },
+            )
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    fn partition(&self, stream: &str, partition: u32) -> Result<Rc<Partition>, Failure> {
+        self.partitions
+            .borrow()
+            .get(&(stream.to_string(), partition))
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    ErrorCode::UnknownPartition,
+                    format!(
+                        "partition {partition} of stream {stream:?} is not on shard {}",
+                        self.id
+                    ),
+                )
+            })
+    }
+
+    async fn handle(self: Rc<Self>, req: Request) -> Reply {
+        match req {
+            Request::Publish {
+                stream,
+                partition,
+                events,
+            } => {
+                if self.stopping.get() {
+                    return Reply::Failed(
+                        ErrorCode::ShuttingDown,
+                        "the server is shutting down".into(),
+                    );
+                }
+                match self.partition(&stream, partition) {
+                    Ok(p) => match p.publish(&events).await {
+                        Ok(published) => Reply::Published(published),
+                        Err(f) => f.into(),
+                    },
+                    Err(f) => f.into(),
+                }
+            }
+            Request::Fetch {
+                stream,
+                partition,
+                offset,
+                max_bytes,
+            } => match self.partition(&stream, partition) {
+                Ok(p) => match p.fetch(offset, max_bytes).await {
+                    Ok((next, records)) => Reply::Fetched(next, records),
+                    Err(f) => f.into(),
+                },
+                Err(f) => f.into(),
+            },
+            Request::Attach {
+                stream,
+                partition,
+                group,
+                durable,
+                start,
+                max_in_flight,
+                member,
+            } => match self.attach(
+                &stream,
+                partition,
+                &group,
+                durable,
+                start,
+                max_in_flight,
+                member,
+            ) {
+                Ok(()) => Reply::Done,
+                Err(f) => f.into(),
+            },
+            Request::Detach { shard, conn } => {
+                self.detach(shard, conn);
+                Reply::Done
+            }
+            Request::Ack { ids, shard, conn } => {
+                for id in ids {
+                    if let Err(f) = self.settle(id, |g| g.ack(id, (shard, conn))) {
+                        return f.into();
+                    }
+                }
+                Reply::Done
+            }
+            Request::Nack {
+                id,
+                message,
+                shard,
+                conn,
+            } => match self.settle(id, |g| g.nack(id, (shard, conn), &message)) {
+                Ok(()) => Reply::Done,
+                Err(f) => f.into(),
+            },
+            Request::Status => Reply::Status(self.status()),
+            Request::Apply { yaml } => self.apply(&yaml).await,
+            Request::Install { topology } => match self.install(topology).await {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Failed(ErrorCode::StorageError, e),
+            },
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "mirrors the Attach request")]
+    fn attach(
+        self: &Rc<Self>,
+        stream: &str,
+        partition: u32,
+        group: &str,
+        durable: bool,
+        start: StartPoint,
+        max_in_flight: u32,
+        member: MemberId,
+    ) -> Result<(), Failure> {
+        let p = self.partition(stream, partition)?;
+        let existing = p.groups.borrow().get(group).cloned();
+        let g = match existing {
+            Some(g) => g,
+            None => {
+                let stored = if durable {
+                    p.stored_offsets.borrow().get(group).copied()
+                } else {
+                    None
+                };
+                let stats = p.log.stats();
+                let cursor = stored.unwrap_or(match start {
+                    StartPoint::Beginning => stats.start_offset,
+                    StartPoint::Latest => p.log.visible_offset(),
+                    StartPoint::Offset(o) => o.clamp(stats.start_offset, stats.next_offset),
+                });
+                let g = Rc::new(GroupPartition::new(
+                    group,
+                    durable,
+                    cursor,
+                    self.settings.ack_timeout,
+                ));
+                p.groups.borrow_mut().insert(group.to_string(), g.clone());
+                glommio::spawn_local(self.clone().dispatch(Rc::downgrade(&g), Rc::downgrade(&p)))
+                    .detach();
+                g
+            }
+        };
+        g.attach(member, max_in_flight);
+        Ok(())
+    }
+
+    fn detach(&self, shard: u16, conn: u64) {
+        for p in self.partitions.borrow().values() {
+            let mut gone = Vec::new();
+            for (name, g) in p.groups.borrow().iter() {
+                let (_, any_left) = g.detach(shard, conn);
+                if !any_left && !g.durable {
+                    gone.push(name.clone());
+                }
+            }
+            let mut groups = p.groups.borrow_mut();
+            for name in gone {
+                if let Some(g) = groups.remove(&name) {
+                    g.closed.set(true);
+                    g.wake.notify_all();
+                }
+            }
+        }
+    }
+
+    /// Finds the group holding a delivery id and settles it there.
+    fn settle(
+        &self,
+        id: u64,
+        f: impl Fn(&GroupPartition) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        let mut last = Err((
+            ErrorCode::UnknownDelivery,
+            format!("delivery {id} is not outstanding"),
+        ));
+        for p in self.partitions.borrow().values() {
+            for g in p.groups.borrow().values() {
+                last = f(g);
+                if last.is_ok() {
+                    return last;
+                }
+            }
+        }
+        last
+    }
+
+    /// A group's dispatcher: hands out deliveries until the group closes.
+    async fn dispatch(self: Rc<Self>, group: Weak<GroupPartition>, partition: Weak<Partition>) {
+        loop {
+            let (Some(g), Some(p)) = (group.upgrade(), partition.upgrade()) else {
+                return;
+            };
+            if g.closed.get() || self.stopping.get() {
+                return;
+            }
+            let wake_gen = g.wake.generation();
+            let data_gen = p.appended.generation();
+            let this = self.clone();
+            match g.round(&p, &move || this.unique_id()).await {
+                Ok(out) if !out.is_empty() => {
+                    self.send_deliveries(&p, out).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err((_, message)) => {
+                    tracing::warn!(group = %g.group, stream = %p.stream, partition = p.partition, "dispatch failed: {message}");
+                }
+            }
+            let wait = g.next_due().map_or(group::TICK, |t| {
+                t.saturating_duration_since(std::time::Instant::now())
+                    .min(group::TICK)
+            });
+            let woken = select(
+                Box::pin(g.wake.changed_since(wake_gen)),
+                Box::pin(p.appended.changed_since(data_gen)),
+            );
+            let timer = glommio::timer::sleep(wait.max(Duration::from_millis(1)));
+            match select(Box::pin(woken), Box::pin(timer)).await {
+                Either::Left(_) | Either::Right(_) => {}
+            }
+        }
+    }
+
+    async fn send_deliveries(&self, p: &Partition, out: Vec<Outgoing>) {
+        for d in out {
+            let message = hadron_wire::Message::Delivery(hadron_wire::Delivery {
+                subscription_id: d.member.subscription,
+                delivery_id: d.delivery_id,
+                stream: &p.stream,
+                partition: p.partition,
+                offset: d.offset,
+                attempt: d.attempt,
+                event: &d.event,
+            });
+            let frame = match hadron_wire::encode(0, &message) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!("cannot encode a delivery: {e}");
+                    continue;
+                }
+            };
+            if d.member.shard == self.id {
+                self.push_local(d.member.conn, frame);
+            } else {
+                let msg = MeshMsg::Push {
+                    conn: d.member.conn,
+                    frame,
+                };
+                let _ = self.mesh.send_to(d.member.shard as usize, msg).await;
+            }
+        }
+    }
+
+    fn status(&self) -> Vec<PartitionStatus> {
+        self.partitions
+            .borrow()
+            .values()
+            .map(|p| {
+                let stats = p.log.stats();
+                let visible = p.log.visible_offset();
+                PartitionStatus {
+                    stream: p.stream.clone(),
+                    partition: p.partition,
+                    shard: self.id,
+                    start_offset: stats.start_offset,
+                    next_offset: stats.next_offset,
+                    durable_offset: stats.durable_offset,
+                    segments: stats.segments,
+                    bytes: stats.bytes,
+                    read_only: p.log.poisoned().map(|s| s.to_string()),
+                    groups: p
+                        .groups
+                        .borrow()
+                        .values()
+                        .map(|g| g.status(visible))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Gathers every shard's status into the `StatusOk` JSON document.
+    pub async fn status_json(self: &Rc<Self>) -> Result<String, Failure> {
+        let replies =
+            futures::future::join_all((0..self.shards).map(|to| self.call(to, Request::Status)))
+                .await;
+        let mut all = Vec::new();
+        for reply in replies {
+            match reply {
+                Reply::Status(parts) => all.extend(parts),
+                Reply::Failed(code, message) => return Err((code, message)),
+                other => {
+                    return Err((
+                        ErrorCode::Internal,
+                        format!("unexpected status reply {other:?}"),
+                    ));
+                }
+            }
+        }
+        let topology = self.topology.borrow().clone();
+        let streams: Vec<serde_json::Value> = topology
+            .streams
+            .values()
+            .map(|spec| {
+                let mut parts: Vec<&PartitionStatus> =
+                    all.iter().filter(|p| p.stream == spec.name).collect();
+                parts.sort_by_key(|p| p.partition);
+                serde_json::json!({
+                    "name": spec.name,
+                    "partition_count": spec.partitions,
+                    "partitions": parts,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "shards": self.shards,
+            "shard_ports": self.settings.config.shard_ports,
+            "fsync": format!("{:?}", self.settings.config.fsync),
+            "streams": streams,
+            "pipelines": [],
+        });
+        Ok(doc.to_string())
+    }
+
+    /// Opens the partitions of `topology` this shard owns and adopts it.
+    async fn install(self: &Rc<Self>, topology: Topology) -> Result<(), String> {
+        let config = &self.settings.config;
+        for spec in topology.streams.values() {
+            let stream_settings = spec.settings(config);
+            for partition in 0..spec.partitions {
+                if self.owner(&spec.name, partition) != self.id {
+                    continue;
+                }
+                let key = (spec.name.clone(), partition);
+                if self.partitions.borrow().contains_key(&key) {
+                    continue;
+                }
+                let p = Partition::open(
+                    &self.storage,
+                    &config.data_dir,
+                    &spec.name,
+                    partition,
+                    self.settings.log_config(stream_settings.retention),
+                    stream_settings.dedup_window_ms,
+                    self.settings.limits(),
+                )
+                .await?;
+                self.partitions.borrow_mut().insert(key, Rc::new(p));
+            }
+        }
+        *self.topology.borrow_mut() = topology;
+        Ok(())
+    }
+
+    /// Validates and applies resources (runs on shard 0).
+    async fn apply(self: &Rc<Self>, yaml: &str) -> Reply {
+        if self.applying.get() {
+            return Reply::Failed(
+                ErrorCode::InvalidRequest,
+                "another apply is in progress; retry".into(),
+            );
+        }
+        self.applying.set(true);
+        let reply = self.apply_inner(yaml).await;
+        self.applying.set(false);
+        reply
+    }
+
+    async fn apply_inner(self: &Rc<Self>, yaml: &str) -> Reply {
+        let resources = match config::parse_documents(yaml) {
+            Ok(r) => r,
+            Err(e) => return Reply::Failed(ErrorCode::InvalidConfig, e.to_string()),
+        };
+        let mut next = self.topology.borrow().clone();
+        let mut summary = Vec::new();
+        for resource in resources {
+            match resource {
+                Resource::Stream(spec) => match next.streams.get(&spec.name) {
+                    Some(old) if old == &spec => {
+                        summary.push(format!("stream/{} unchanged", spec.name))
+                    }
+                    Some(old) if spec.partitions < old.partitions => {
+                        return Reply::Failed(
+                            ErrorCode::InvalidConfig,
+                            format!(
+                                "Stream {:?}: spec.partitions cannot shrink from {} to {}",
+                                spec.name, old.partitions, spec.partitions
+                            ),
+                        );
+                    }
+                    Some(_) => {
+                        summary.push(format!(
+                            "stream/{} configured ({} partitions)",
+                            spec.name, spec.partitions
+                        ));
+                        next.streams.insert(spec.name.clone(), spec);
+                    }
+                    None => {
+                        summary.push(format!(
+                            "stream/{} created ({} partitions)",
+                            spec.name, spec.partitions
+                        ));
+                        next.streams.insert(spec.name.clone(), spec);
+                    }
+                },
+                Resource::Pipeline(spec) => {
+                    return Reply::Failed(
+                        ErrorCode::InvalidConfig,
+                        format!(
+                            "Pipeline {:?}: pipelines are not supported by this server version yet; nothing was applied",
+                            spec.name
+                        ),
+                    );
+                }
+            }
+        }
+        if next == *self.topology.borrow() {
+            return Reply::Applied(summary);
+        }
+        if let Err(e) = persist_resources(&self.settings.config.data_dir, &next.resources()) {
+            return Reply::Failed(ErrorCode::StorageError, e);
+        }
+        let installs = (0..self.shards).map(|to| {
+            self.call(
+                to,
+                Request::Install {
+                    topology: next.clone(),
+                },
+            )
+        });
+        for reply in futures::future::join_all(installs).await {
+            if let Reply::Failed(code, message) = reply {
+                return Reply::Failed(code, message);
+            }
+        }
+        Reply::Applied(summary)
+    }
+
+    fn spawn_housekeeping(self: Rc<Self>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(COMMIT_EVERY).await;
+                if shard.stopping.get() {
+                    return;
+                }
+                let parts: Vec<Rc<Partition>> =
+                    shard.partitions.borrow().values().cloned().collect();
+                for p in parts {
+                    if let Err(e) = p.commit_offsets().await {
+                        tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");
+                    }
+                    if let Err(e) = p.log.flush_if_due().await {
+                        tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");
+                    }
+                }
+            }
+        })
+        .detach();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(RETENTION_EVERY).await;
+                if self.stopping.get() {
+                    return;
+                }
+                let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+                for p in parts {
+                    match p.log.apply_retention(now_ms()).await {
+                        Ok(r) if r.segments > 0 => tracing::info!(
+                            stream = %p.stream,
+                            partition = p.partition,
+                            "retention deleted {} segments ({} bytes)",
+                            r.segments,
+                            r.bytes
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(stream = %p.stream, partition = p.partition, "retention failed: {e}"),
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Makes every log durable and commits group offsets (on shutdown).
+    async fn flush_all(&self) {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for p in parts {
+            if let Err(e) = p.log.sync().await {
+                tracing::warn!(stream = %p.stream, partition = p.partition, "final sync failed: {e}");
+            }
+            if let Err(e) = p.commit_offsets().await {
+                tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");
+            }
+        }
+    }
+}
+
+/// Writes the resources file atomically: a temporary file, fsync, rename,
+/// fsync of the directory. Runs on shard 0 during `apply` only.
+pub fn persist_resources(data_dir: &Path, resources: &[Resource]) -> Result<(), String> {
+    let yaml = config::to_yaml_documents(resources).map_err(|e| e.to_string())?;
+    let path = data_dir.join(RESOURCES_FILE);
+    let tmp = data_dir.join(format!("{RESOURCES_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(data_dir)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, yaml.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|e| format!("cannot persist resources to {}: {e}", path.display()))
+}
+
+/// Reads the persisted resources, if any.
+pub fn load_resources(data_dir: &Path) -> Result<Vec<Resource>, String> {
+    let path = data_dir.join(RESOURCES_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(yaml) => config::parse_documents(&yaml).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}

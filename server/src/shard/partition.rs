@@ -1,0 +1,537 @@
+//! One stream partition on the shard that owns it: its log, the
+//! idempotent-publish index, its consumer groups, and the log that keeps
+//! durable groups' committed offsets.
+//!
+//! Layout under the data dir:
+//!
+//! ```text
+//! streams/<stream>/<partition>/log/      the event log (engine segments)
+//! streams/<stream>/<partition>/groups/   snapshots of durable group offsets
+//! ```
+//!
+//! **Idempotent publish.** Every event carries `(source, id)`. For the
+//! stream's dedup window the partition remembers which offset each key got;
+//! an event whose key is already there is not appended again and its result
+//! names the original offset. A key is marked pending before its append is
+//! awaited, so two concurrent publishes of the same event cannot both append
+//! it. On open, the window is rebuilt by scanning the segments whose newest
+//! batch is inside it.
+//!
+//! **Group offsets.** Durable groups' committed offsets are written as one
+//! snapshot record of all of them (`u32 count`, then per group `u16 name
+//! length`, name, `u64 offset`, little-endian) to a small log of its own, at
+//! most every commit interval, with `always` durability. Only the last
+//! snapshot matters, so retention keeps that log tiny.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use hadron_engine::log::batch::Batches;
+use hadron_engine::notify::Notify;
+use hadron_engine::storage::dma::DmaStorage;
+use hadron_engine::{AppendError, Durability, Log, LogConfig, ReadError, Retention};
+use hadron_wire::{ErrorCode, Limits};
+
+use super::group::GroupPartition;
+
+/// Bytes of group-offset snapshots kept.
+const OFFSETS_RETENTION_BYTES: u64 = 256 << 10;
+/// Segment size of the group-offset log.
+const OFFSETS_SEGMENT_BYTES: u64 = 64 << 10;
+/// Largest group name stored in a snapshot.
+pub const GROUP_NAME_BYTES_MAX: usize = 255;
+
+/// An error to send back: a wire code and a message that says what is wrong.
+pub type Failure = (ErrorCode, String);
+
+/// What a publish did, per event and overall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// First newly appended offset (meaningless when all were duplicates).
+    pub first_offset: u64,
+    /// Last newly appended offset.
+    pub last_offset: u64,
+    /// Per event: its offset, and whether it was a duplicate.
+    pub results: Vec<(u64, bool)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DedupEntry {
+    Pending,
+    Done(u64),
+}
+
+#[derive(Debug, Default)]
+struct Dedup {
+    entries: HashMap<u64, (DedupEntry, u64)>,
+    /// Keys in insertion order with their time, for expiry.
+    order: VecDeque<(u64, u64)>,
+}
+
+impl Dedup {
+    fn expire(&mut self, before_ms: u64) {
+        while let Some(&(at, key)) = self.order.front() {
+            if at >= before_ms {
+                break;
+            }
+            self.order.pop_front();
+            if self.entries.get(&key).is_some_and(|(_, t)| *t == at) {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    fn insert_done(&mut self, key: u64, offset: u64, at_ms: u64) {
+        self.entries.insert(key, (DedupEntry::Done(offset), at_ms));
+        self.order.push_back((at_ms, key));
+    }
+}
+
+/// The dedup key of an event: a 64-bit SipHash (fixed keys, so stable across
+/// restarts) of its source and id.
+fn dedup_key(source: &str, id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    source.hash(&mut h);
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// A partition owned by this shard.
+pub struct Partition {
+    /// Stream name.
+    pub stream: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The event log.
+    pub log: Log<DmaStorage>,
+    /// Signalled after every append completes.
+    pub appended: Notify,
+    /// Consumer groups reading this partition.
+    pub groups: RefCell<BTreeMap<String, Rc<GroupPartition>>>,
+    dedup: RefCell<Dedup>,
+    dedup_window_ms: u64,
+    limits: Limits,
+    offsets: Log<DmaStorage>,
+    /// Committed offsets of durable groups found on open, for groups that
+    /// have not re-attached yet.
+    pub stored_offsets: RefCell<HashMap<String, u64>>,
+    last_snapshot: RefCell<Vec<(String, u64)>>,
+    committing: Cell<bool>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("stream", &self.stream)
+            .field("partition", &self.partition)
+            .finish()
+    }
+}
+
+/// Where a partition lives under the data dir.
+pub fn partition_dir(data_dir: &Path, stream: &str, partition: u32) -> PathBuf {
+    data_dir
+        .join("streams")
+        .join(stream)
+        .join(format!("{partition:05}"))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn read_failure(e: ReadError) -> Failure {
+    match e {
+        ReadError::BeforeStart { .. } | ReadError::BeyondEnd { .. } => {
+            (ErrorCode::OffsetOutOfRange, e.to_string())
+        }
+        _ => (ErrorCode::StorageError, e.to_string()),
+    }
+}
+
+impl Partition {
+    /// Opens (recovering) the partition's logs and rebuilds its dedup window.
+    pub async fn open(
+        storage: &DmaStorage,
+        data_dir: &Path,
+        stream: &str,
+        partition: u32,
+        log_config: LogConfig,
+        dedup_window_ms: u64,
+        limits: Limits,
+    ) -> Result<Partition, String> {
+        let dir = partition_dir(data_dir, stream, partition);
+        let log = Log::open(storage.clone(), &dir.join("log"), log_config)
+            .await
+            .map_err(|e| format!("stream {stream} partition {partition}: {e}"))?;
+        let offsets_config = LogConfig {
+            segment_bytes: OFFSETS_SEGMENT_BYTES,
+            durability: Durability::Always,
+            retention: Retention {
+                max_age_ms: None,
+                max_bytes: Some(OFFSETS_RETENTION_BYTES),
+            },
+            batch_bytes_max: 32 << 10,
+            pending_bytes_max: 64 << 10,
+            write_bytes_max: 64 << 10,
+            index_interval_bytes: 4096,
+        };
+        let offsets = Log::open(storage.clone(), &dir.join("groups"), offsets_config)
+            .await
+            .map_err(|e| format!("stream {stream} partition {partition} group offsets: {e}"))?;
+        let p = Partition {
+            stream: stream.to_string(),
+            partition,
+            log,
+            appended: Notify::default(),
+            groups: RefCell::new(BTreeMap::new()),
+            dedup: RefCell::new(Dedup::default()),
+            dedup_window_ms,
+            limits,
+            offsets,
+            stored_offsets: RefCell::new(HashMap::new()),
+            last_snapshot: RefCell::new(Vec::new()),
+            committing: Cell::new(false),
+        };
+        p.load_offsets().await?;
+        p.rebuild_dedup().await?;
+        Ok(p)
+    }
+
+    async fn rebuild_dedup(&self) -> Result<(), String> {
+        if self.dedup_window_ms == 0 {
+            return Ok(());
+        }
+        let since = now_ms().saturating_sub(self.dedup_window_ms);
+        let Some(first) = self
+            .log
+            .segments()
+            .iter()
+            .find(|s| s.max_timestamp_ms >= since)
+            .map(|s| s.base_offset)
+        else {
+            return Ok(());
+        };
+        let mut offset = first.max(self.log.stats().start_offset);
+        let end = self.log.visible_offset();
+        let mut dedup = Dedup::default();
+        while offset < end {
+            let read = self
+                .log
+                .read(offset, 1 << 20)
+                .await
+                .map_err(|e| format!("rebuilding dedup window: {e}"))?;
+            for batch in Batches::new(&read.bytes) {
+                let batch = batch.map_err(|e| format!("rebuilding dedup window: {e}"))?;
+                let at = batch.header.first_timestamp_ms;
+                for (o, record) in batch.records() {
+                    if o < offset || at < since {
+                        continue;
+                    }
+                    if let Ok(event) = hadron_wire::decode_event(record, &self.limits) {
+                        dedup.insert_done(dedup_key(event.source, event.id), o, at);
+                    }
+                }
+            }
+            offset = read.next_offset;
+        }
+        *self.dedup.borrow_mut() = dedup;
+        Ok(())
+    }
+
+    /// Appends the events not already present, each verified first; nothing
+    /// is written when any event is invalid.
+    pub async fn publish(&self, events: &[Vec<u8>]) -> Result<Published, Failure> {
+        if events.is_empty() {
+            return Err((ErrorCode::InvalidRequest, "publish with no events".into()));
+        }
+        let mut keys = Vec::with_capacity(events.len());
+        for (i, bytes) in events.iter().enumerate() {
+            let event = hadron_wire::decode_event(bytes, &self.limits).map_err(|e| {
+                (
+                    ErrorCode::InvalidEvent,
+                    format!("event {i} of the publish is invalid: {e}"),
+                )
+            })?;
+            keys.push(dedup_key(event.source, event.id));
+        }
+        let now = now_ms();
+        // Claim the keys, waiting out concurrent publishes of the same ones.
+        let (fresh, earlier) = loop {
+            let generation = self.appended.generation();
+            if let Some(claimed) = self.claim(&keys, now) {
+                break claimed;
+            }
+            self.appended.changed_since(generation).await;
+        };
+        let records: Vec<&[u8]> = fresh.iter().map(|&i| events[i].as_slice()).collect();
+        let appended = if records.is_empty() {
+            None
+        } else {
+            match self.log.append(&records, now).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let mut dedup = self.dedup.borrow_mut();
+                    for &i in &fresh {
+                        if matches!(dedup.entries.get(&keys[i]), Some((DedupEntry::Pending, _))) {
+                            dedup.entries.remove(&keys[i]);
+                        }
+                    }
+                    drop(dedup);
+                    self.appended.notify_all();
+                    let code = match e {
+                        AppendError::Poisoned(_) => ErrorCode::ReadOnly,
+                        AppendError::TooLarge { .. }
+                        | AppendError::TooManyRecords { .. }
+                        | AppendError::Empty => ErrorCode::InvalidRequest,
+                        _ => ErrorCode::StorageError,
+                    };
+                    return Err((code, format!("{}/{}: {e}", self.stream, self.partition)));
+                }
+            }
+        };
+        let mut offsets = vec![0u64; events.len()];
+        if let Some(a) = appended {
+            let mut dedup = self.dedup.borrow_mut();
+            for (n, &i) in fresh.iter().enumerate() {
+                let offset = a.base_offset + n as u64;
+                offsets[i] = offset;
+                if self.dedup_window_ms > 0 {
+                    dedup.insert_done(keys[i], offset, now);
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for (i, e) in earlier.iter().enumerate() {
+            results.push(match e {
+                None => (offsets[i], false),
+                Some(Ok(o)) => (*o, true),
+                Some(Err(j)) => (offsets[*j], true),
+            });
+        }
+        self.appended.notify_all();
+        let (first_offset, last_offset) =
+            appended.map_or((0, 0), |a| (a.base_offset, a.last_offset));
+        Ok(Published {
+            first_offset,
+            last_offset,
+            results,
+        })
+    }
+
+    /// Events from `offset` on, about `max_bytes` of them (at least one when
+    /// there is one), and the offset to read next.
+    pub async fn fetch(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<(u64, Vec<(u64, Vec<u8>)>), Failure> {
+        let read = self
+            .log
+            .read(offset, max_bytes as usize)
+            .await
+            .map_err(read_failure)?;
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = offset;
+        'batches: for batch in Batches::new(&read.bytes) {
+            let batch = batch.map_err(|e| (ErrorCode::StorageError, e.to_string()))?;
+            for (o, record) in batch.records() {
+                if o < offset {
+                    continue;
+                }
+                if !records.is_empty() && bytes + record.len() > max_bytes as usize {
+                    break 'batches;
+                }
+                bytes += record.len();
+                records.push((o, record.to_vec()));
+                next = o + 1;
+            }
+        }
+        if records.is_empty() {
+            next = read.next_offset.max(offset);
+        }
+        Ok((next, records))
+    }
+
+    /// Marks the keys of a publish as pending, unless one of them is pending
+    /// for another publish (then `None`: wait and retry). Returns the events
+    /// to append and, per event, `None` to append it, `Some(Ok(offset))` for
+    /// a duplicate of a stored event, `Some(Err(j))` for a duplicate of event
+    /// `j` of the same publish.
+    #[expect(clippy::type_complexity, reason = "a private two-part answer")]
+    fn claim(
+        &self,
+        keys: &[u64],
+        now: u64,
+    ) -> Option<(Vec<usize>, Vec<Option<Result<u64, usize>>>)> {
+        let mut dedup = self.dedup.borrow_mut();
+        dedup.expire(now.saturating_sub(self.dedup_window_ms));
+        if self.dedup_window_ms > 0
+            && keys
+                .iter()
+                .any(|k| matches!(dedup.entries.get(k), Some((DedupEntry::Pending, _))))
+        {
+            return None;
+        }
+        let mut earlier = Vec::with_capacity(keys.len());
+        let mut fresh = Vec::new();
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            if self.dedup_window_ms > 0 {
+                if let Some((DedupEntry::Done(o), _)) = dedup.entries.get(key) {
+                    earlier.push(Some(Ok(*o)));
+                    continue;
+                }
+                if let Some(&j) = seen.get(key) {
+                    earlier.push(Some(Err(j)));
+                    continue;
+                }
+                seen.insert(*key, i);
+                dedup.entries.insert(*key, (DedupEntry::Pending, now));
+            }
+            earlier.push(None);
+            fresh.push(i);
+        }
+        Some((fresh, earlier))
+    }
+
+    /// The event at `offset`.
+    pub async fn event_at(&self, offset: u64) -> Result<Vec<u8>, Failure> {
+        let (_, records) = self.fetch(offset, 1).await?;
+        match records.into_iter().next() {
+            Some((o, bytes)) if o == offset => Ok(bytes),
+            _ => Err((
+                ErrorCode::OffsetOutOfRange,
+                format!("no event at offset {offset}"),
+            )),
+        }
+    }
+
+    async fn load_offsets(&self) -> Result<(), String> {
+        let next = self.offsets.visible_offset();
+        if next == 0 {
+            return Ok(());
+        }
+        let read = self
+            .offsets
+            .read(next - 1, 1 << 16)
+            .await
+            .map_err(|e| format!("reading group offsets: {e}"))?;
+        let mut last = None;
+        for batch in Batches::new(&read.bytes) {
+            let batch = batch.map_err(|e| format!("reading group offsets: {e}"))?;
+            for (_, record) in batch.records() {
+                last = Some(record.to_vec());
+            }
+        }
+        if let Some(record) = last {
+            let map = decode_snapshot(&record)
+                .ok_or_else(|| "group offsets snapshot is malformed".to_string())?;
+            *self.last_snapshot.borrow_mut() = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            *self.stored_offsets.borrow_mut() = map;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the durable groups' committed offsets if any
+    /// changed since the last one.
+    pub async fn commit_offsets(&self) -> Result<(), String> {
+        if self.committing.get() {
+            return Ok(());
+        }
+        let mut snapshot: BTreeMap<String, u64> = self
+            .stored_offsets
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (name, group) in self.groups.borrow().iter() {
+            if group.durable {
+                snapshot.insert(name.clone(), group.committed());
+            }
+        }
+        let snapshot: Vec<(String, u64)> = snapshot.into_iter().collect();
+        if *self.last_snapshot.borrow() == snapshot {
+            return Ok(());
+        }
+        self.committing.set(true);
+        let record = encode_snapshot(&snapshot);
+        let result = self.offsets.append(&[record], now_ms()).await;
+        self.committing.set(false);
+        result.map_err(|e| format!("committing group offsets: {e}"))?;
+        *self.last_snapshot.borrow_mut() = snapshot;
+        let _ = self.offsets.apply_retention(now_ms()).await;
+        Ok(())
+    }
+}
+
+fn encode_snapshot(groups: &[(String, u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+    for (name, offset) in groups {
+        let name = &name.as_bytes()[..name.len().min(GROUP_NAME_BYTES_MAX)];
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&offset.to_le_bytes());
+    }
+    out
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Option<HashMap<String, u64>> {
+    let mut at = 0usize;
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+        let s = bytes.get(*at..*at + n)?;
+        *at += n;
+        Some(s)
+    };
+    let count = u32::from_le_bytes(take(&mut at, 4)?.try_into().ok()?);
+    let mut map = HashMap::new();
+    for _ in 0..count {
+        let len = u16::from_le_bytes(take(&mut at, 2)?.try_into().ok()?) as usize;
+        let name = std::str::from_utf8(take(&mut at, len)?).ok()?.to_string();
+        let offset = u64::from_le_bytes(take(&mut at, 8)?.try_into().ok()?);
+        map.insert(name, offset);
+    }
+    (at == bytes.len()).then_some(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip_and_reject_garbage() {
+        let groups = vec![("a".to_string(), 5), ("billing".to_string(), u64::MAX)];
+        let bytes = encode_snapshot(&groups);
+        let back = decode_snapshot(&bytes).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back["billing"], u64::MAX);
+        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_none());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_snapshot(&longer).is_none());
+    }
+
+    #[test]
+    fn dedup_expires_only_entries_that_were_not_refreshed() {
+        let mut d = Dedup::default();
+        d.insert_done(1, 10, 100);
+        d.insert_done(2, 11, 200);
+        d.insert_done(1, 12, 300); // key 1 seen again later
+        d.expire(250);
+        assert!(matches!(
+            d.entries.get(&1),
+            Some((DedupEntry::Done(12), 300))
+        ));
+        assert!(!d.entries.contains_key(&2));
+        assert_eq!(dedup_key("s", "a"), dedup_key("s", "a"));
+        assert_ne!(dedup_key("s", "a"), dedup_key("sa", ""));
+    }
+}
