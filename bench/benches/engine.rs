@@ -101,5 +101,41 @@ fn append_sim(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batch_encode_and_verify, index_lookup, append_sim);
+fn stage_completion(c: &mut Criterion) {
+    use hadron_engine::pipeline::{Dag, ExecutionIndex};
+    // The seed's DAG: deploy; billing, monitoring, notify; sync after all.
+    let dag = Dag::new(&[vec![], vec![0], vec![0], vec![0], vec![0, 1, 2, 3]]).unwrap();
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(5));
+    // `live` executions at once (50 is the seed's maxParallel); each
+    // iteration runs the oldest to the end (5 dispatches and 5 completions)
+    // and starts a new one.
+    for live in [50u64, 1_000] {
+        let mut idx = ExecutionIndex::new(dag.clone(), live as usize);
+        for root in 0..live {
+            idx.start(root, 0);
+        }
+        let mut next = live;
+        group.bench_function(format!("seed_dag_5_stage_completions_{live}_live"), |b| {
+            b.iter(|| {
+                let r = idx.low_watermark().unwrap();
+                for s in [0usize, 2, 1, 3, 4] {
+                    idx.dispatch(r, s);
+                    black_box(idx.complete(black_box(r), s));
+                }
+                idx.start(next, 0);
+                next += 1;
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    batch_encode_and_verify,
+    index_lookup,
+    append_sim,
+    stage_completion
+);
 criterion_main!(benches);

@@ -2,6 +2,8 @@
 //!
 //! - [`log`]: the partition log (segments, record batches, sparse index,
 //!   group commit, recovery, poisoning, retention).
+//! - [`pipeline`]: the per-core stage-completion bitmap index of pipeline
+//!   executions (pure, no I/O).
 //! - [`storage`]: the [`Storage`](storage::Storage) trait the log is generic
 //!   over, with the glommio `DmaFile` implementation (feature `glommio`) and a
 //!   simulated, fault-injecting one for tests.
@@ -12,6 +14,7 @@
 
 pub mod log;
 pub mod notify;
+pub mod pipeline;
 pub mod storage;
 
 pub use log::{
