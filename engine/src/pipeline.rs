@@ -467,7 +467,10 @@ mod tests {
         idx.complete(6, 0);
         assert_eq!(idx.low_watermark(), Some(5));
         assert_eq!(idx.unfinished(), 1);
-        assert!(idx.start(8, 0).is_some(), "room again though 5 is still running");
+        assert!(
+            idx.start(8, 0).is_some(),
+            "room again though 5 is still running"
+        );
         idx.complete(5, 0);
         assert_eq!(idx.low_watermark(), Some(8));
     }
@@ -562,8 +565,8 @@ mod tests {
                 ready[e] |= newly;
                 assert_eq!(finished, done[e].iter().all(|&d| d), "case {case}");
             }
-            for e in 0..roots.len() {
-                let mut ran = order[e].clone();
+            for ran in &order {
+                let mut ran = ran.clone();
                 ran.sort_unstable();
                 assert_eq!(
                     ran,
