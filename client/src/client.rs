@@ -281,12 +281,42 @@ impl Client {
     /// Applies YAML resource definitions (`kind: Stream`, `kind: Pipeline`)
     /// and returns the server's one-line summary per resource.
     pub async fn apply(&self, yaml: &str) -> Result<Vec<String>, Error> {
-        let message = Message::Apply(hadron_wire::Apply { yaml });
+        self.apply_with(yaml, false).await
+    }
+
+    /// Like [`apply`](Client::apply); with `force`, the server also accepts
+    /// changes that drop work, such as removing a pipeline stage that
+    /// unfinished executions still need.
+    pub async fn apply_with(&self, yaml: &str, force: bool) -> Result<Vec<String>, Error> {
+        let message = Message::Apply(hadron_wire::Apply { yaml, force });
         match self.main().await?.request("apply", &message).await? {
             Reply::ApplyOk(summary) => {
                 self.forget_partitions();
                 Ok(summary)
             }
+            other => Err(unexpected("ApplyOk", &other)),
+        }
+    }
+
+    /// Runs failed executions of `pipeline` again: the one whose root event
+    /// is at `execution` = (partition, offset), or every failed one. Returns
+    /// one line per execution retried.
+    pub async fn retry_pipeline(
+        &self,
+        pipeline: &str,
+        execution: Option<(u32, u64)>,
+    ) -> Result<Vec<String>, Error> {
+        let message = Message::PipelineRetry(hadron_wire::PipelineRetry {
+            pipeline,
+            execution,
+        });
+        match self
+            .main()
+            .await?
+            .request("pipeline retry", &message)
+            .await?
+        {
+            Reply::ApplyOk(summary) => Ok(summary),
             other => Err(unexpected("ApplyOk", &other)),
         }
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hadron::{Client, ClientOptions, NewEvent, StartPoint, SubscribeOptions};
 
 /// `hadron apply -f FILE`.
-pub async fn apply(url: &str, file: &str) -> Result<(), String> {
+pub async fn apply(url: &str, file: &str, force: bool) -> Result<(), String> {
     let yaml = if file == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -24,7 +24,7 @@ pub async fn apply(url: &str, file: &str) -> Result<(), String> {
     crate::config::parse_documents(&yaml).map_err(|e| format!("{file}: {e}"))?;
     let client = connect(url)?;
     let summary = client
-        .apply(&yaml)
+        .apply_with(&yaml, force)
         .await
         .map_err(|e| format!("{file}: {e}"))?;
     for line in summary {
@@ -209,6 +209,94 @@ pub async fn status(url: &str, json: bool) -> Result<(), String> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `hadron pipeline status NAME`.
+pub async fn pipeline_status(url: &str, name: &str, json: bool) -> Result<(), String> {
+    let client = connect(url)?;
+    let doc = client.status().await.map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_str(&doc).map_err(|e| format!("bad status JSON: {e}"))?;
+    let Some(p) = v["pipelines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+    else {
+        return Err(format!("no pipeline named {name:?}"));
+    };
+    if json {
+        println!("{p}");
+        return Ok(());
+    }
+    let e = &p["executions"];
+    println!(
+        "pipeline {name} (source {}): {} active, {} completed, {} failed",
+        p["source_stream"].as_str().unwrap_or("?"),
+        e["active"],
+        e["completed"],
+        e["failed"]
+    );
+    println!(
+        "  {:<24} {:>10} {:>9} {:>8} {:>7} {:>7}  last error",
+        "stage", "completed", "in flight", "waiting", "errors", "failed"
+    );
+    for s in p["stages"].as_array().into_iter().flatten() {
+        let n = |k: &str| s[k].as_u64().unwrap_or(0);
+        println!(
+            "  {:<24} {:>10} {:>9} {:>8} {:>7} {:>7}  {}",
+            s["name"].as_str().unwrap_or("?"),
+            n("completed"),
+            n("in_flight"),
+            n("waiting"),
+            n("errors"),
+            n("failed"),
+            s["last_error"].as_str().unwrap_or("")
+        );
+    }
+    for part in p["partitions"].as_array().into_iter().flatten() {
+        println!(
+            "  partition {}: cursor {}, {} unfinished",
+            part["partition"],
+            part["cursor"],
+            part["unfinished"].as_array().map_or(0, Vec::len)
+        );
+        for u in part["unfinished"].as_array().into_iter().flatten() {
+            println!(
+                "    offset {}: done {} in flight {}",
+                u["offset"], u["done"], u["in_flight"]
+            );
+        }
+        for f in part["failed_executions"].as_array().into_iter().flatten() {
+            println!(
+                "    offset {}: FAILED at {}: {}",
+                f["offset"],
+                f["stage"].as_str().unwrap_or("?"),
+                f["error"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `hadron pipeline retry NAME [--partition P --offset N]`.
+pub async fn pipeline_retry(
+    url: &str,
+    name: &str,
+    execution: Option<(u32, u64)>,
+) -> Result<(), String> {
+    let client = connect(url)?;
+    let lines = client
+        .retry_pipeline(name, execution)
+        .await
+        .map_err(|e| e.to_string())?;
+    if lines.is_empty() {
+        println!("pipeline/{name}: no failed executions");
+    }
+    for line in lines {
+        println!("{line}");
     }
     Ok(())
 }

@@ -63,8 +63,17 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "file")]
         file: String,
+        /// Also make changes that drop work (removing a pipeline stage that
+        /// unfinished executions still need).
+        #[arg(long)]
+        force: bool,
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
+    },
+    /// Pipeline commands.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCommand,
     },
     /// Publish one event; prints {"partition":P,"offset":N}.
     Publish {
@@ -113,6 +122,30 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum PipelineCommand {
+    /// Per partition the cursor and unfinished executions; per stage
+    /// completed, in flight, waiting, errors and failed.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Run failed executions again: one (--partition and --offset of its
+    /// root event) or all of the pipeline's.
+    Retry {
+        name: String,
+        #[arg(long, requires = "offset")]
+        partition: Option<u32>,
+        #[arg(long, requires = "partition")]
+        offset: Option<u64>,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -129,7 +162,19 @@ fn main() -> ExitCode {
             shards,
             ack_timeout_ms,
         } => serve(config, data_dir, listen, shards, ack_timeout_ms),
-        Command::Apply { file, url } => block_on(cli::apply(&url, &file)),
+        Command::Apply { file, force, url } => block_on(cli::apply(&url, &file, force)),
+        Command::Pipeline {
+            command: PipelineCommand::Status { name, json, url },
+        } => block_on(cli::pipeline_status(&url, &name, json)),
+        Command::Pipeline {
+            command:
+                PipelineCommand::Retry {
+                    name,
+                    partition,
+                    offset,
+                    url,
+                },
+        } => block_on(cli::pipeline_retry(&url, &name, partition.zip(offset))),
         Command::Publish {
             stream,
             ty,
@@ -214,30 +259,19 @@ fn serve(
     // declares; a server with no stream gets `events`.
     let mut topology = Topology::default();
     let persisted = shard::load_resources(&config.data_dir)?;
-    for resource in persisted.into_iter().chain(declared) {
-        match resource {
-            Resource::Stream(spec) => {
-                if let Some(old) = topology.streams.get(&spec.name)
-                    && spec.partitions < old.partitions
-                {
-                    return Err(format!(
-                        "Stream {:?}: spec.partitions cannot shrink from {} to {}",
-                        spec.name, old.partitions, spec.partitions
-                    ));
-                }
-                topology.streams.insert(spec.name.clone(), spec);
-            }
-            Resource::Pipeline(spec) => {
-                return Err(format!(
-                    "Pipeline {:?}: pipelines are not supported by this server version yet",
-                    spec.name
-                ));
-            }
-        }
+    let (streams, pipelines): (Vec<_>, Vec<_>) = persisted
+        .into_iter()
+        .chain(declared)
+        .partition(|r| matches!(r, Resource::Stream(_)));
+    let mut streams = streams;
+    if !streams.iter().any(|r| matches!(r, Resource::Stream(_))) {
+        // A server with no stream gets `events` (a pipeline may read it).
+        streams.push(Resource::Stream(StreamSpec::with_defaults(
+            config::stream::DEFAULT_STREAM_NAME,
+        )));
     }
-    if topology.streams.is_empty() {
-        let spec = StreamSpec::with_defaults(config::stream::DEFAULT_STREAM_NAME);
-        topology.streams.insert(spec.name.clone(), spec);
+    for resource in streams.into_iter().chain(pipelines) {
+        topology.put(resource).map_err(|(_, message)| message)?;
     }
     shard::persist_resources(&config.data_dir, &topology.resources())?;
 

@@ -33,9 +33,9 @@ pub use frame::{
 pub use generated as fb;
 pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
-    HandshakeOk, Message, Nack, PipelineSubscribe, Publish, PublishOk, PublishResult, Record,
-    StageAck, StageDelivery, StageInput, StageNack, StartPoint, StatusOk, Subscribe, SubscribeOk,
-    encode,
+    HandshakeOk, Message, Nack, PipelineRetry, PipelineSubscribe, Publish, PublishOk,
+    PublishResult, Record, StageAck, StageDelivery, StageInput, StageNack, StartPoint, StatusOk,
+    Subscribe, SubscribeOk, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -152,7 +152,7 @@ mod tests {
 
     fn random_message<'a>(rng: &mut Rng, pool: &'a Pool) -> Message<'a> {
         let n = rng.below(4);
-        match rng.below(21) {
+        match rng.below(22) {
             0 => Message::Handshake(Handshake {
                 version: rng.next_u64() as u16,
                 token: pool.s(rng),
@@ -236,7 +236,10 @@ mod tests {
                 message: pool.s(rng),
             }),
             11 => Message::AckOk,
-            12 => Message::Apply(Apply { yaml: pool.s(rng) }),
+            12 => Message::Apply(Apply {
+                yaml: pool.s(rng),
+                force: rng.below(2) == 0,
+            }),
             13 => Message::ApplyOk(ApplyOk {
                 summary: (0..n).map(|_| pool.s(rng)).collect(),
             }),
@@ -270,9 +273,13 @@ mod tests {
                 delivery_id: rng.next_u64(),
                 output: pool.b(rng),
             }),
-            _ => Message::StageNack(StageNack {
+            20 => Message::StageNack(StageNack {
                 delivery_id: rng.next_u64(),
                 message: pool.s(rng),
+            }),
+            _ => Message::PipelineRetry(PipelineRetry {
+                pipeline: pool.s(rng),
+                execution: (rng.below(2) == 0).then(|| (rng.next_u64() as u32, rng.next_u64())),
             }),
         }
     }

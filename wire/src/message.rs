@@ -146,6 +146,16 @@ pub struct Nack<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Apply<'a> {
     pub yaml: &'a str,
+    /// Allow removing pipeline stages that still have unfinished work.
+    pub force: bool,
+}
+
+/// Retry failed pipeline executions: one, or all of the pipeline's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PipelineRetry<'a> {
+    pub pipeline: &'a str,
+    /// `Some((partition, root offset))` for one execution; `None` for all.
+    pub execution: Option<(u32, u64)>,
 }
 
 /// The answer to `Apply`.
@@ -234,6 +244,7 @@ pub enum Message<'a> {
     StageDelivery(StageDelivery<'a>),
     StageAck(StageAck<'a>),
     StageNack(StageNack<'a>),
+    PipelineRetry(PipelineRetry<'a>),
 }
 
 impl Message<'_> {
@@ -261,6 +272,7 @@ impl Message<'_> {
             Message::StageDelivery(_) => "StageDelivery",
             Message::StageAck(_) => "StageAck",
             Message::StageNack(_) => "StageNack",
+            Message::PipelineRetry(_) => "PipelineRetry",
         }
     }
 
@@ -281,6 +293,7 @@ impl Message<'_> {
                 | Message::PipelineSubscribe(_)
                 | Message::StageAck(_)
                 | Message::StageNack(_)
+                | Message::PipelineRetry(_)
         )
     }
 }
@@ -455,7 +468,10 @@ impl<'a> Message<'a> {
             }
             fb::Body::Apply => {
                 let b = frame.body_as_apply().ok_or(missing)?;
-                Message::Apply(Apply { yaml: b.yaml() })
+                Message::Apply(Apply {
+                    yaml: b.yaml(),
+                    force: b.force(),
+                })
             }
             fb::Body::ApplyOk => {
                 let b = frame.body_as_apply_ok().ok_or(missing)?;
@@ -521,6 +537,13 @@ impl<'a> Message<'a> {
                 Message::StageNack(StageNack {
                     delivery_id: b.delivery_id(),
                     message: b.message().unwrap_or_default(),
+                })
+            }
+            fb::Body::PipelineRetry => {
+                let b = frame.body_as_pipeline_retry().ok_or(missing)?;
+                Message::PipelineRetry(PipelineRetry {
+                    pipeline: b.pipeline(),
+                    execution: b.one().then(|| (b.partition(), b.offset())),
                 })
             }
             other => {
@@ -792,6 +815,7 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
         Message::Apply(m) => {
             let args = fb::ApplyArgs {
                 yaml: Some(fbb.create_string(m.yaml)),
+                force: m.force,
             };
             let t = fb::Apply::create(fbb, &args);
             (fb::Body::Apply, t.as_union_value())
@@ -873,6 +897,17 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
             };
             let t = fb::StageNack::create(fbb, &args);
             (fb::Body::StageNack, t.as_union_value())
+        }
+        Message::PipelineRetry(m) => {
+            let (partition, offset) = m.execution.unwrap_or((0, 0));
+            let args = fb::PipelineRetryArgs {
+                pipeline: Some(fbb.create_string(m.pipeline)),
+                one: m.execution.is_some(),
+                partition,
+                offset,
+            };
+            let t = fb::PipelineRetry::create(fbb, &args);
+            (fb::Body::PipelineRetry, t.as_union_value())
         }
     }
 }
@@ -968,6 +1003,7 @@ pub(crate) mod tests {
             Message::AckOk,
             Message::Apply(Apply {
                 yaml: "kind: Stream\nmetadata: { name: events }\n",
+                force: true,
             }),
             Message::ApplyOk(ApplyOk {
                 summary: vec![
@@ -1015,6 +1051,10 @@ pub(crate) mod tests {
                 delivery_id: 5,
                 message: "quota exceeded",
             }),
+            Message::PipelineRetry(PipelineRetry {
+                pipeline: "service-creation",
+                execution: Some((3, 77)),
+            }),
         ]
     }
 
@@ -1039,7 +1079,7 @@ pub(crate) mod tests {
         let mut names: Vec<&str> = samples.iter().map(Message::name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 21, "one sample per Body member");
+        assert_eq!(names.len(), 22, "one sample per Body member");
 
         let mut encoder = Encoder::default();
         for (i, message) in samples.iter().enumerate() {
@@ -1169,7 +1209,7 @@ pub(crate) mod tests {
             let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
             assert_eq!(root.body_type(), fb::Body(tag), "{}", message.name());
         }
-        assert_eq!(fb::Body::ENUM_MAX, 21);
+        assert_eq!(fb::Body::ENUM_MAX, 22);
     }
 
     #[test]
@@ -1179,6 +1219,6 @@ pub(crate) mod tests {
             .iter()
             .filter(|m| m.is_client_message())
             .count();
-        assert_eq!(clients, 11);
+        assert_eq!(clients, 12);
     }
 }

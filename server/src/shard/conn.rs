@@ -61,8 +61,16 @@ enum Op {
     },
     Ack(Vec<u64>),
     Nack(u64, String),
-    Apply(String),
+    Apply(String, bool),
     Status,
+    PipelineSubscribe {
+        pipeline: String,
+        stage: String,
+        max_in_flight: u32,
+    },
+    StageAck(u64, Vec<u8>),
+    StageNack(u64, String),
+    PipelineRetry(String, Option<(u32, u64)>),
     Refuse(ErrorCode, String),
 }
 
@@ -93,24 +101,20 @@ impl Op {
             },
             Message::Ack(a) => Op::Ack(a.delivery_ids.clone()),
             Message::Nack(n) => Op::Nack(n.delivery_id, n.message.to_string()),
-            Message::Apply(a) => Op::Apply(a.yaml.to_string()),
+            Message::Apply(a) => Op::Apply(a.yaml.to_string(), a.force),
             Message::Status => Op::Status,
             Message::Handshake(_) => Op::Refuse(
                 ErrorCode::InvalidRequest,
                 "the handshake was already done on this connection".into(),
             ),
-            Message::PipelineSubscribe(p) => Op::Refuse(
-                ErrorCode::UnknownPipeline,
-                format!(
-                    "no pipeline named {:?}: this server version does not run pipelines yet",
-                    p.pipeline
-                ),
-            ),
-            Message::StageAck(_) | Message::StageNack(_) => Op::Refuse(
-                ErrorCode::UnknownDelivery,
-                "no stage delivery is outstanding: this server version does not run pipelines yet"
-                    .into(),
-            ),
+            Message::PipelineSubscribe(p) => Op::PipelineSubscribe {
+                pipeline: p.pipeline.to_string(),
+                stage: p.stage.to_string(),
+                max_in_flight: p.max_in_flight,
+            },
+            Message::StageAck(a) => Op::StageAck(a.delivery_id, a.output.to_vec()),
+            Message::StageNack(n) => Op::StageNack(n.delivery_id, n.message.to_string()),
+            Message::PipelineRetry(r) => Op::PipelineRetry(r.pipeline.to_string(), r.execution),
             other => Op::Refuse(
                 ErrorCode::InvalidRequest,
                 format!("{} is a server-to-client message", other.name()),
@@ -505,7 +509,137 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 other => Err(unexpected(other)),
             }
         }
-        Op::Apply(yaml) => match shard.call(0, Request::Apply { yaml }).await {
+        Op::PipelineSubscribe {
+            pipeline,
+            stage,
+            max_in_flight,
+        } => {
+            let (partitions, source) = {
+                let topology = shard.topology.borrow();
+                let Some(spec) = topology.pipelines.get(&pipeline) else {
+                    return Err((
+                        ErrorCode::UnknownPipeline,
+                        format!("no pipeline named {pipeline:?}"),
+                    ));
+                };
+                if !spec.stages.iter().any(|s| s.name == stage) {
+                    return Err((
+                        ErrorCode::UnknownStage,
+                        format!("pipeline {pipeline:?} has no stage {stage:?}"),
+                    ));
+                }
+                let partitions = topology
+                    .streams
+                    .get(&spec.source_stream)
+                    .map_or(0, |s| s.partitions);
+                (partitions, spec.source_stream.clone())
+            };
+            let member = MemberId {
+                shard: shard.id,
+                conn,
+                subscription: shard.unique_id(),
+            };
+            let per_partition = max_in_flight.max(1).div_ceil(partitions.max(1)).max(1);
+            let attaches = (0..partitions).map(|partition| {
+                shard.call(
+                    shard.owner(&source, partition),
+                    Request::StageAttach {
+                        pipeline: pipeline.clone(),
+                        partition,
+                        stage: stage.clone(),
+                        max_in_flight: per_partition,
+                        member,
+                    },
+                )
+            });
+            for reply in futures::future::join_all(attaches).await {
+                if !matches!(reply, Reply::Done) {
+                    return Err(unexpected(reply));
+                }
+            }
+            Ok(Box::new(|id| encoded(Message::AckOk, id)))
+        }
+        Op::StageAck(delivery, output) => {
+            let owner = (delivery >> 48) as u16;
+            if owner >= shard.shards {
+                return Err((
+                    ErrorCode::UnknownDelivery,
+                    format!("no stage delivery {delivery}"),
+                ));
+            }
+            let req = Request::StageAck {
+                id: delivery,
+                output,
+                shard: shard.id,
+                conn,
+            };
+            match shard.call(owner, req).await {
+                Reply::Done => Ok(Box::new(|id| encoded(Message::AckOk, id))),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::StageNack(delivery, message) => {
+            let owner = (delivery >> 48) as u16;
+            if owner >= shard.shards {
+                return Err((
+                    ErrorCode::UnknownDelivery,
+                    format!("no stage delivery {delivery}"),
+                ));
+            }
+            let req = Request::StageNack {
+                id: delivery,
+                message,
+                shard: shard.id,
+                conn,
+            };
+            match shard.call(owner, req).await {
+                Reply::Done => Ok(Box::new(|id| encoded(Message::AckOk, id))),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::PipelineRetry(pipeline, execution) => {
+            let source = {
+                let topology = shard.topology.borrow();
+                let Some(spec) = topology.pipelines.get(&pipeline) else {
+                    return Err((
+                        ErrorCode::UnknownPipeline,
+                        format!("no pipeline named {pipeline:?}"),
+                    ));
+                };
+                spec.source_stream.clone()
+            };
+            let targets: Vec<u16> = match execution {
+                Some((partition, _)) => {
+                    shard.check_partition(&source, partition)?;
+                    vec![shard.owner(&source, partition)]
+                }
+                None => (0..shard.shards).collect(),
+            };
+            let mut lines = Vec::new();
+            for to in targets {
+                let req = Request::PipelineRetry {
+                    pipeline: pipeline.clone(),
+                    execution,
+                };
+                match shard.call(to, req).await {
+                    Reply::Applied(l) => lines.extend(l),
+                    other => return Err(unexpected(other)),
+                }
+            }
+            if let (Some((p, o)), true) = (execution, lines.is_empty()) {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "pipeline {pipeline:?} has no failed execution at partition {p} offset {o}"
+                    ),
+                ));
+            }
+            Ok(Box::new(move |id| {
+                let summary = lines.iter().map(String::as_str).collect();
+                encoded(Message::ApplyOk(hadron_wire::ApplyOk { summary }), id)
+            }))
+        }
+        Op::Apply(yaml, force) => match shard.call(0, Request::Apply { yaml, force }).await {
             Reply::Applied(summary) => Ok(Box::new(move |id| {
                 let summary = summary.iter().map(String::as_str).collect();
                 encoded(Message::ApplyOk(hadron_wire::ApplyOk { summary }), id)

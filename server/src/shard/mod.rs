@@ -17,6 +17,7 @@
 pub mod conn;
 pub mod group;
 pub mod partition;
+pub mod pipeline;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -35,9 +36,10 @@ use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{LogConfig, Retention};
 use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
 
-use crate::config::{self, Resource, ServerConfig, StreamSpec};
+use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
 use group::{GroupPartition, GroupStatus, MemberId, Outgoing};
 use partition::{Failure, Partition, Published, now_ms};
+use pipeline::{PipelineRun, RunStatus};
 
 /// Capacity of each mesh channel, in messages.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -48,21 +50,69 @@ const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// The file that keeps applied resources.
 pub const RESOURCES_FILE: &str = "resources.yaml";
 
-/// The streams (and, later, pipelines) the server serves.
+/// The streams and pipelines the server serves.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Topology {
     /// Streams by name.
     pub streams: BTreeMap<String, StreamSpec>,
+    /// Pipelines by name.
+    pub pipelines: BTreeMap<String, PipelineSpec>,
 }
 
 impl Topology {
-    /// The resources, for persisting.
+    /// The resources, for persisting: streams first, so that pipelines'
+    /// source streams are known when they are read back.
     pub fn resources(&self) -> Vec<Resource> {
-        self.streams
-            .values()
-            .cloned()
-            .map(Resource::Stream)
-            .collect()
+        let streams = self.streams.values().cloned().map(Resource::Stream);
+        let pipelines = self.pipelines.values().cloned().map(Resource::Pipeline);
+        streams.chain(pipelines).collect()
+    }
+
+    /// Adds or replaces a resource, checking what can be checked without
+    /// runtime state. Returns a one-line summary.
+    pub fn put(&mut self, resource: Resource) -> Result<String, Failure> {
+        let invalid = |m: String| (ErrorCode::InvalidConfig, m);
+        match resource {
+            Resource::Stream(spec) => match self.streams.get(&spec.name) {
+                Some(old) if old == &spec => Ok(format!("stream/{} unchanged", spec.name)),
+                Some(old) if spec.partitions < old.partitions => Err(invalid(format!(
+                    "Stream {:?}: spec.partitions cannot shrink from {} to {}",
+                    spec.name, old.partitions, spec.partitions
+                ))),
+                old => {
+                    let verb = if old.is_some() {
+                        "configured"
+                    } else {
+                        "created"
+                    };
+                    let line = format!(
+                        "stream/{} {verb} ({} partitions)",
+                        spec.name, spec.partitions
+                    );
+                    self.streams.insert(spec.name.clone(), spec);
+                    Ok(line)
+                }
+            },
+            Resource::Pipeline(spec) => {
+                spec.plan(|s| self.streams.contains_key(s))
+                    .map_err(|e| invalid(e.to_string()))?;
+                let line = match self.pipelines.get(&spec.name) {
+                    Some(old) if old == &spec => format!("pipeline/{} unchanged", spec.name),
+                    Some(_) => format!(
+                        "pipeline/{} configured ({} stages)",
+                        spec.name,
+                        spec.stages.len()
+                    ),
+                    None => format!(
+                        "pipeline/{} created ({} stages)",
+                        spec.name,
+                        spec.stages.len()
+                    ),
+                };
+                self.pipelines.insert(spec.name.clone(), spec);
+                Ok(line)
+            }
+        }
     }
 }
 
@@ -136,10 +186,39 @@ pub enum Request {
         shard: u16,
         conn: u64,
     },
-    /// This shard's partitions, for `status`.
+    /// Add a stage handler to a pipeline on a partition.
+    StageAttach {
+        pipeline: String,
+        partition: u32,
+        stage: String,
+        max_in_flight: u32,
+        member: MemberId,
+    },
+    /// A stage succeeded with an output event.
+    StageAck {
+        id: u64,
+        output: Vec<u8>,
+        shard: u16,
+        conn: u64,
+    },
+    /// A stage failed.
+    StageNack {
+        id: u64,
+        message: String,
+        shard: u16,
+        conn: u64,
+    },
+    /// Run failed executions again: one (partition, root offset) or all.
+    PipelineRetry {
+        pipeline: String,
+        execution: Option<(u32, u64)>,
+    },
+    /// How many executions of a pipeline still need work on this shard.
+    PipelineBusy { pipeline: String },
+    /// This shard's partitions and pipeline runs, for `status`.
     Status,
     /// Validate, persist and install resources (shard 0 only).
-    Apply { yaml: String },
+    Apply { yaml: String, force: bool },
     /// Adopt a new topology, opening partitions this shard now owns.
     Install { topology: Topology },
 }
@@ -153,8 +232,10 @@ pub enum Reply {
     Fetched(u64, Vec<(u64, Vec<u8>)>),
     /// For requests with nothing to say.
     Done,
-    /// For `Status`.
-    Status(Vec<PartitionStatus>),
+    /// For `Status`: partitions, and pipeline runs by pipeline name.
+    Status(Vec<PartitionStatus>, Vec<(String, RunStatus)>),
+    /// A count (for `PipelineBusy`).
+    Count(usize),
     /// For `Apply`: one line per resource.
     Applied(Vec<String>),
     /// The request failed.
@@ -216,6 +297,7 @@ pub struct Shard {
     /// The current topology.
     pub topology: RefCell<Topology>,
     partitions: RefCell<BTreeMap<(String, u32), Rc<Partition>>>,
+    runs: RefCell<BTreeMap<(String, u32), Rc<PipelineRun>>>,
     mesh: Senders<MeshMsg>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: Cell<u64>,
@@ -300,6 +382,7 @@ async fn shard_main(
         storage,
         topology: RefCell::new(Topology::default()),
         partitions: RefCell::new(BTreeMap::new()),
+        runs: RefCell::new(BTreeMap::new()),
         mesh: senders,
         pending: RefCell::new(HashMap::new()),
         next_id: Cell::new(1),
@@ -553,8 +636,100 @@ impl Shard {
                 Ok(()) => Reply::Done,
                 Err(f) => f.into(),
             },
-            Request::Status => Reply::Status(self.status()),
-            Request::Apply { yaml } => self.apply(&yaml).await,
+            Request::StageAttach {
+                pipeline,
+                partition,
+                stage,
+                max_in_flight,
+                member,
+            } => {
+                let Some(run) = self
+                    .runs
+                    .borrow()
+                    .get(&(pipeline.clone(), partition))
+                    .cloned()
+                else {
+                    return Reply::Failed(
+                        ErrorCode::UnknownPipeline,
+                        format!("pipeline {pipeline:?} does not run on partition {partition} here"),
+                    );
+                };
+                let Some(s) = run.plan.stage_index(&stage) else {
+                    return Reply::Failed(
+                        ErrorCode::UnknownStage,
+                        format!("pipeline {pipeline:?} has no stage {stage:?}"),
+                    );
+                };
+                run.attach(member, s, max_in_flight);
+                Reply::Done
+            }
+            Request::StageAck {
+                id,
+                output,
+                shard,
+                conn,
+            } => match self.run_of(id) {
+                Some(run) => match run.ack(id, (shard, conn), &output).await {
+                    Ok(()) => Reply::Done,
+                    Err(f) => f.into(),
+                },
+                None => Reply::Failed(
+                    ErrorCode::UnknownDelivery,
+                    format!("stage delivery {id} is not outstanding"),
+                ),
+            },
+            Request::StageNack {
+                id,
+                message,
+                shard,
+                conn,
+            } => match self.run_of(id) {
+                Some(run) => match run.nack(id, (shard, conn), &message).await {
+                    Ok(()) => Reply::Done,
+                    Err(f) => f.into(),
+                },
+                None => Reply::Failed(
+                    ErrorCode::UnknownDelivery,
+                    format!("stage delivery {id} is not outstanding"),
+                ),
+            },
+            Request::PipelineRetry {
+                pipeline,
+                execution,
+            } => {
+                let runs: Vec<Rc<PipelineRun>> = self
+                    .runs
+                    .borrow()
+                    .iter()
+                    .filter(|((name, p), _)| {
+                        *name == pipeline && execution.is_none_or(|(ep, _)| ep == *p)
+                    })
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                let mut lines = Vec::new();
+                for run in runs {
+                    match run.retry(execution.map(|(_, o)| o)).await {
+                        Ok(roots) => lines.extend(roots.into_iter().map(|o| {
+                            format!(
+                                "pipeline/{pipeline} partition {} offset {o} retried",
+                                run.source.partition
+                            )
+                        })),
+                        Err(f) => return f.into(),
+                    }
+                }
+                Reply::Applied(lines)
+            }
+            Request::PipelineBusy { pipeline } => Reply::Count(
+                self.runs
+                    .borrow()
+                    .iter()
+                    .filter(|((name, _), _)| *name == pipeline)
+                    .map(|(_, r)| r.busy())
+                    .sum(),
+            ),
+            Request::Status => Reply::Status(self.status(), self.run_status()),
+            Request::Apply { yaml, force } => self.apply(&yaml, force).await,
             Request::Install { topology } => match self.install(topology).await {
                 Ok(()) => Reply::Done,
                 Err(e) => Reply::Failed(ErrorCode::StorageError, e),
@@ -605,7 +780,26 @@ impl Shard {
         Ok(())
     }
 
+    fn run_of(&self, delivery_id: u64) -> Option<Rc<PipelineRun>> {
+        self.runs
+            .borrow()
+            .values()
+            .find(|r| r.owns(delivery_id))
+            .cloned()
+    }
+
+    fn run_status(&self) -> Vec<(String, RunStatus)> {
+        self.runs
+            .borrow()
+            .iter()
+            .map(|((name, _), run)| (name.clone(), run.status()))
+            .collect()
+    }
+
     fn detach(&self, shard: u16, conn: u64) {
+        for run in self.runs.borrow().values() {
+            run.detach(shard, conn);
+        }
         for p in self.partitions.borrow().values() {
             let mut gone = Vec::new();
             for (name, g) in p.groups.borrow().iter() {
@@ -682,6 +876,60 @@ impl Shard {
         }
     }
 
+    /// A pipeline run's dispatcher: hands out stage deliveries until the
+    /// run closes.
+    async fn dispatch_pipeline(self: Rc<Self>, run: Weak<PipelineRun>) {
+        loop {
+            let Some(run) = run.upgrade() else { return };
+            if run.closed.get() || self.stopping.get() {
+                return;
+            }
+            let wake_gen = run.wake.generation();
+            let data_gen = run.source.appended.generation();
+            let this = self.clone();
+            match run.round(&move || this.unique_id()).await {
+                Ok(out) if !out.is_empty() => {
+                    for d in out {
+                        match run.delivery_frame(&d) {
+                            Ok(frame) => self.push(d.member, frame).await,
+                            Err(e) => tracing::error!("cannot encode a stage delivery: {e}"),
+                        }
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err((_, message)) => {
+                    tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "dispatch failed: {message}");
+                }
+            }
+            let wait = run.next_due().map_or(group::TICK, |t| {
+                t.saturating_duration_since(std::time::Instant::now())
+                    .min(group::TICK)
+            });
+            let woken = select(
+                Box::pin(run.wake.changed_since(wake_gen)),
+                Box::pin(run.source.appended.changed_since(data_gen)),
+            );
+            let timer = glommio::timer::sleep(wait.max(Duration::from_millis(1)));
+            match select(Box::pin(woken), Box::pin(timer)).await {
+                Either::Left(_) | Either::Right(_) => {}
+            }
+        }
+    }
+
+    /// Writes a frame to a member's connection, on whichever shard it is.
+    async fn push(&self, member: MemberId, frame: Vec<u8>) {
+        if member.shard == self.id {
+            self.push_local(member.conn, frame);
+        } else {
+            let msg = MeshMsg::Push {
+                conn: member.conn,
+                frame,
+            };
+            let _ = self.mesh.send_to(member.shard as usize, msg).await;
+        }
+    }
+
     async fn send_deliveries(&self, p: &Partition, out: Vec<Outgoing>) {
         for d in out {
             let message = hadron_wire::Message::Delivery(hadron_wire::Delivery {
@@ -700,15 +948,7 @@ impl Shard {
                     continue;
                 }
             };
-            if d.member.shard == self.id {
-                self.push_local(d.member.conn, frame);
-            } else {
-                let msg = MeshMsg::Push {
-                    conn: d.member.conn,
-                    frame,
-                };
-                let _ = self.mesh.send_to(d.member.shard as usize, msg).await;
-            }
+            self.push(d.member, frame).await;
         }
     }
 
@@ -746,9 +986,13 @@ impl Shard {
             futures::future::join_all((0..self.shards).map(|to| self.call(to, Request::Status)))
                 .await;
         let mut all = Vec::new();
+        let mut runs: Vec<(String, RunStatus)> = Vec::new();
         for reply in replies {
             match reply {
-                Reply::Status(parts) => all.extend(parts),
+                Reply::Status(parts, r) => {
+                    all.extend(parts);
+                    runs.extend(r);
+                }
                 Reply::Failed(code, message) => return Err((code, message)),
                 other => {
                     return Err((
@@ -773,12 +1017,17 @@ impl Shard {
                 })
             })
             .collect();
+        let pipelines: Vec<serde_json::Value> = topology
+            .pipelines
+            .values()
+            .map(|spec| pipeline_status(spec, &runs))
+            .collect();
         let doc = serde_json::json!({
             "shards": self.shards,
             "shard_ports": self.settings.config.shard_ports,
             "fsync": format!("{:?}", self.settings.config.fsync),
             "streams": streams,
-            "pipelines": [],
+            "pipelines": pipelines,
         });
         Ok(doc.to_string())
     }
@@ -809,12 +1058,67 @@ impl Shard {
                 self.partitions.borrow_mut().insert(key, Rc::new(p));
             }
         }
+        // Pipelines: keep runs whose plan is unchanged, replace the others
+        // (they rebuild from their outputs log), stop removed ones.
+        let mut wanted = BTreeMap::new();
+        for spec in topology.pipelines.values() {
+            let plan = spec
+                .plan(|s| topology.streams.contains_key(s))
+                .map_err(|e| e.to_string())?;
+            let Some(stream) = topology.streams.get(&plan.source_stream) else {
+                continue;
+            };
+            for partition in 0..stream.partitions {
+                if self.owner(&stream.name, partition) == self.id {
+                    wanted.insert((plan.name.clone(), partition), plan.clone());
+                }
+            }
+        }
+        let stale: Vec<(String, u32)> = self
+            .runs
+            .borrow()
+            .iter()
+            .filter(|(key, run)| wanted.get(*key) != Some(&run.plan))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            let removed = self.runs.borrow_mut().remove(&key);
+            if let Some(run) = removed {
+                run.closed.set(true);
+                run.wake.notify_all();
+                if let Err(e) = run.sync().await {
+                    tracing::warn!("closing pipeline {} partition {}: {e}", key.0, key.1);
+                }
+            }
+        }
+        for ((name, partition), plan) in wanted {
+            if self.runs.borrow().contains_key(&(name.clone(), partition)) {
+                continue;
+            }
+            let source = self
+                .partition(&plan.source_stream, partition)
+                .map_err(|(_, m)| m)?;
+            let run = PipelineRun::open(
+                &self.storage,
+                &config.data_dir,
+                plan,
+                source,
+                self.settings.log_config(Retention::default()),
+                self.settings.limits(),
+            )
+            .await?;
+            let run = Rc::new(run);
+            self.runs
+                .borrow_mut()
+                .insert((name, partition), run.clone());
+            glommio::spawn_local(self.clone().dispatch_pipeline(Rc::downgrade(&run))).detach();
+        }
         *self.topology.borrow_mut() = topology;
         Ok(())
     }
 
     /// Validates and applies resources (runs on shard 0).
-    async fn apply(self: &Rc<Self>, yaml: &str) -> Reply {
+    async fn apply(self: &Rc<Self>, yaml: &str, force: bool) -> Reply {
         if self.applying.get() {
             return Reply::Failed(
                 ErrorCode::InvalidRequest,
@@ -822,60 +1126,66 @@ impl Shard {
             );
         }
         self.applying.set(true);
-        let reply = self.apply_inner(yaml).await;
+        let reply = self.apply_inner(yaml, force).await;
         self.applying.set(false);
         reply
     }
 
-    async fn apply_inner(self: &Rc<Self>, yaml: &str) -> Reply {
+    async fn apply_inner(self: &Rc<Self>, yaml: &str, force: bool) -> Reply {
         let resources = match config::parse_documents(yaml) {
             Ok(r) => r,
             Err(e) => return Reply::Failed(ErrorCode::InvalidConfig, e.to_string()),
         };
-        let mut next = self.topology.borrow().clone();
+        let current = self.topology.borrow().clone();
+        let mut next = current.clone();
         let mut summary = Vec::new();
-        for resource in resources {
-            match resource {
-                Resource::Stream(spec) => match next.streams.get(&spec.name) {
-                    Some(old) if old == &spec => {
-                        summary.push(format!("stream/{} unchanged", spec.name))
-                    }
-                    Some(old) if spec.partitions < old.partitions => {
-                        return Reply::Failed(
-                            ErrorCode::InvalidConfig,
-                            format!(
-                                "Stream {:?}: spec.partitions cannot shrink from {} to {}",
-                                spec.name, old.partitions, spec.partitions
-                            ),
-                        );
-                    }
-                    Some(_) => {
-                        summary.push(format!(
-                            "stream/{} configured ({} partitions)",
-                            spec.name, spec.partitions
-                        ));
-                        next.streams.insert(spec.name.clone(), spec);
-                    }
-                    None => {
-                        summary.push(format!(
-                            "stream/{} created ({} partitions)",
-                            spec.name, spec.partitions
-                        ));
-                        next.streams.insert(spec.name.clone(), spec);
-                    }
-                },
-                Resource::Pipeline(spec) => {
-                    return Reply::Failed(
-                        ErrorCode::InvalidConfig,
-                        format!(
-                            "Pipeline {:?}: pipelines are not supported by this server version yet; nothing was applied",
-                            spec.name
-                        ),
-                    );
-                }
+        // Streams first, so a pipeline may name a stream of the same apply.
+        let (streams, pipelines): (Vec<_>, Vec<_>) = resources
+            .into_iter()
+            .partition(|r| matches!(r, Resource::Stream(_)));
+        for resource in streams.into_iter().chain(pipelines) {
+            match next.put(resource) {
+                Ok(line) => summary.push(line),
+                Err((code, message)) => return Reply::Failed(code, message),
             }
         }
-        if next == *self.topology.borrow() {
+        // Removing a stage drops its pending work: refuse unless forced.
+        for (name, spec) in &next.pipelines {
+            let Some(old) = current.pipelines.get(name) else {
+                continue;
+            };
+            let removed: Vec<&str> = old
+                .stages
+                .iter()
+                .map(|s| s.name.as_str())
+                .filter(|n| !spec.stages.iter().any(|s| s.name == *n))
+                .collect();
+            if removed.is_empty() || force {
+                continue;
+            }
+            let counts = (0..self.shards).map(|to| {
+                self.call(
+                    to,
+                    Request::PipelineBusy {
+                        pipeline: name.clone(),
+                    },
+                )
+            });
+            let busy: usize = futures::future::join_all(counts)
+                .await
+                .into_iter()
+                .map(|r| if let Reply::Count(n) = r { n } else { 0 })
+                .sum();
+            if busy > 0 {
+                return Reply::Failed(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "Pipeline {name:?}: removing stage(s) {removed:?} would drop the work of {busy} unfinished or failed executions; apply with --force to do it anyway"
+                    ),
+                );
+            }
+        }
+        if next == current {
             return Reply::Applied(summary);
         }
         if let Err(e) = persist_resources(&self.settings.config.data_dir, &next.resources()) {
@@ -945,6 +1255,12 @@ impl Shard {
 
     /// Makes every log durable and commits group offsets (on shutdown).
     async fn flush_all(&self) {
+        let runs: Vec<Rc<PipelineRun>> = self.runs.borrow().values().cloned().collect();
+        for run in runs {
+            if let Err(e) = run.sync().await {
+                tracing::warn!("final pipeline sync failed: {e}");
+            }
+        }
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         for p in parts {
             if let Err(e) = p.log.sync().await {
@@ -955,6 +1271,48 @@ impl Shard {
             }
         }
     }
+}
+
+/// A pipeline's entry in the status document: totals, per-stage counts
+/// summed over partitions, and each partition's detail.
+fn pipeline_status(spec: &PipelineSpec, runs: &[(String, RunStatus)]) -> serde_json::Value {
+    let mut parts: Vec<&RunStatus> = runs
+        .iter()
+        .filter(|(name, _)| *name == spec.name)
+        .map(|(_, r)| r)
+        .collect();
+    parts.sort_by_key(|r| r.partition);
+    let mut stages: Vec<pipeline::StageStatus> = spec
+        .stages
+        .iter()
+        .map(|s| pipeline::StageStatus {
+            name: s.name.clone(),
+            ..Default::default()
+        })
+        .collect();
+    for part in &parts {
+        for (total, s) in stages.iter_mut().zip(&part.stages) {
+            total.completed += s.completed;
+            total.in_flight += s.in_flight;
+            total.waiting += s.waiting;
+            total.errors += s.errors;
+            total.failed += s.failed;
+            if s.last_error.is_some() {
+                total.last_error = s.last_error.clone();
+            }
+        }
+    }
+    serde_json::json!({
+        "name": spec.name,
+        "source_stream": spec.source_stream,
+        "executions": {
+            "active": parts.iter().map(|r| r.active).sum::<usize>(),
+            "completed": parts.iter().map(|r| r.completed).sum::<u64>(),
+            "failed": parts.iter().map(|r| r.failed).sum::<usize>(),
+        },
+        "stages": stages,
+        "partitions": parts,
+    })
 }
 
 /// Writes the resources file atomically: a temporary file, fsync, rename,
