@@ -1,2 +1,881 @@
 //! Helpers for the end-to-end tests in `tests/tests/`, which start the real
-//! `hadron` binary. They arrive with the server (issue 3).
+//! `hadron` binary on loopback and drive it with the client, the CLI and raw
+//! protocol bytes.
+//!
+//! - [`hadron_bin`] finds the binary next to the test executable, building it
+//!   once per test process with the same cargo, profile and target dir.
+//! - [`Server`] owns one server process: a fresh data dir, a free loopback
+//!   port range, SIGTERM (then SIGKILL) on drop, restart on the same data.
+//! - [`RawConn`] speaks frames over a plain socket, for bad input and for
+//!   members that misbehave on purpose (never ack, vanish mid-delivery).
+//! - [`run_cli`] runs a CLI command with a deadline.
+//!
+//! Invariants: nothing here connects outside 127.0.0.0/8, and every wait is
+//! bounded (a deadline, a tokio timeout, or a killed child), so no test can
+//! hang.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed set-up step must fail the test at once, with its message"
+)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hadron::{Client, ClientOptions, Event};
+use hadron_wire::{ErrorCode, LENGTH_PREFIX_BYTES, Limits, Message};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a server may take to accept connections after being started.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts to start a server on a fresh port range when a start fails.
+const START_ATTEMPTS_MAX: u32 = 5;
+/// Default wait for one raw frame.
+pub const RAW_RECV_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ports are drawn from this range (below the usual ephemeral range).
+const PORT_LOW: u16 = 20_000;
+const PORT_HIGH: u16 = 32_000;
+
+/// The `hadron` binary, built (once per test process) if needed.
+///
+/// Test executables live in `<target>/<profile>/deps/`; the binary is
+/// `<target>/<profile>/hadron`. `cargo build` runs once per process so the
+/// binary is never stale, into `CARGO_TARGET_DIR` when set, else the target
+/// dir the test executable sits in. `HADRON_BIN` overrides all of this.
+/// (`CARGO_BIN_EXE_hadron` exists only for tests of the binary's own
+/// package, and a bin-only crate cannot be a dev-dependency.)
+pub fn hadron_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("HADRON_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable is in <target>/<profile>/deps");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_owned();
+        // A relative CARGO_TARGET_DIR was relative to wherever cargo was
+        // started, which this process cannot know: infer it instead.
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_absolute())
+            .or_else(|| profile_dir.parent().map(Path::to_path_buf))
+            .expect("a target dir");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is inside the workspace");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(workspace)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .args(["build", "-p", "hadron-server", "--bin", "hadron"]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        let status = build.status().expect("cannot run cargo build");
+        assert!(status.success(), "cargo build of the hadron binary failed");
+        let bin = target_dir.join(&profile).join("hadron");
+        assert!(bin.exists(), "{} missing after cargo build", bin.display());
+        bin
+    })
+}
+
+/// A pseudo-random number for port picking (no dependency needed).
+fn random_u64() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut z = nanos ^ (u64::from(std::process::id()) << 32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A base port `p` such that `p ..= p + 1 + shards` are all bindable on
+/// 127.0.0.1 right now. Ports handed out in this process do not repeat.
+fn free_port_range(shards: u16) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let width = shards + 2;
+    let span = PORT_HIGH - PORT_LOW;
+    let _ = NEXT.compare_exchange(
+        0,
+        PORT_LOW + (random_u64() % u64::from(span)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..200 {
+        let mut base = NEXT.fetch_add(width + 3, Ordering::SeqCst);
+        if base < PORT_LOW || base + width >= PORT_HIGH {
+            base = PORT_LOW + (random_u64() % u64::from(span - width)) as u16;
+            NEXT.store(base + width + 3, Ordering::SeqCst);
+        }
+        let all_free =
+            (base..=base + 1 + shards).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free loopback port range of {width} ports found");
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `--shards`.
+    pub shards: u16,
+    /// `--ack-timeout-ms`, when set.
+    pub ack_timeout_ms: Option<u64>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            shards: 1,
+            ack_timeout_ms: None,
+        }
+    }
+}
+
+/// One `hadron server` process with its own data dir and ports. Dropping it
+/// stops the process (SIGTERM, then SIGKILL).
+#[derive(Debug)]
+pub struct Server {
+    options: ServerOptions,
+    data: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Server {
+    /// Starts a server with the defaults (1 shard, stream `events`).
+    pub fn start() -> Server {
+        Server::start_with(ServerOptions::default())
+    }
+
+    /// Starts a server and waits until every port accepts connections.
+    pub fn start_with(options: ServerOptions) -> Server {
+        let mut server = Server {
+            data: tempfile::Builder::new()
+                .prefix("hadron-e2e-data")
+                .tempdir()
+                .unwrap(),
+            logs: tempfile::Builder::new()
+                .prefix("hadron-e2e-logs")
+                .tempdir()
+                .unwrap(),
+            port: free_port_range(options.shards),
+            options,
+            child: None,
+            starts: 0,
+        };
+        server.launch();
+        server
+    }
+
+    /// The client address, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The port of shard `shard`.
+    pub fn shard_port(&self, shard: u16) -> u16 {
+        self.port + 1 + shard
+    }
+
+    /// The number of shards.
+    pub fn shards(&self) -> u16 {
+        self.options.shards
+    }
+
+    /// The data directory (kept across restarts).
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// A client for this server with default options.
+    pub fn client(&self) -> Client {
+        self.client_with(ClientOptions::default())
+    }
+
+    /// A client for this server.
+    pub fn client_with(&self, options: ClientOptions) -> Client {
+        Client::new(&self.addr(), options).unwrap()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// The server's log (stderr) of every start so far.
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        for i in 1..=self.starts {
+            let path = self.logs.path().join(format!("server-{i}.log"));
+            all.push_str(&format!("--- start {i} ---\n"));
+            all.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        all
+    }
+
+    fn spawn(&mut self) -> Child {
+        self.starts += 1;
+        let log_path = self.logs.path().join(format!("server-{}.log", self.starts));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(hadron_bin());
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--listen")
+            .arg(self.addr())
+            .arg("--shards")
+            .arg(self.options.shards.to_string());
+        if let Some(ms) = self.options.ack_timeout_ms {
+            cmd.arg("--ack-timeout-ms").arg(ms.to_string());
+        }
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd.spawn().unwrap()
+    }
+
+    /// Starts the process on the current port range, moving to a fresh
+    /// range when the start fails (a port taken meanwhile by someone else).
+    fn launch(&mut self) {
+        assert!(self.child.is_none(), "the server is already running");
+        for attempt in 1..=START_ATTEMPTS_MAX {
+            let child = self.spawn();
+            self.child = Some(child);
+            if self.wait_ready() {
+                return;
+            }
+            self.kill_now();
+            if attempt < START_ATTEMPTS_MAX {
+                self.port = free_port_range(self.options.shards);
+            }
+        }
+        panic!(
+            "the server did not start in {START_ATTEMPTS_MAX} attempts; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits until the client port and every shard port accept a
+    /// connection; false when the process exits or the deadline passes.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let ports: Vec<u16> = std::iter::once(self.port)
+            .chain((0..self.options.shards).map(|s| self.shard_port(s)))
+            .collect();
+        let mut ready = 0;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return false;
+            }
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[ready]));
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                ready += 1;
+                if ready == ports.len() {
+                    // A port someone else holds would also accept: make
+                    // sure our process did not exit on a bind failure.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return self.is_running();
+                }
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after a timeout). Returns
+    /// the exit status; panics when the server had to be killed.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is not running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the server did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL: the process dies at once, without flushing anything.
+    pub fn kill_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Like [`Server::restart`], with another shard count.
+    pub fn restart_with_shards(&mut self, shards: u16) {
+        self.options.shards = shards;
+        self.restart();
+    }
+
+    /// Starts the server again on the same data dir (and the same ports
+    /// when they are still free). Clients must be created anew with
+    /// [`Server::addr`], which may have changed.
+    pub fn restart(&mut self) {
+        let free = (self.port..=self.port + 1 + self.options.shards)
+            .all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+        if !free {
+            self.port = free_port_range(self.options.shards);
+        }
+        self.launch();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("server log of the failed test:\n{}", self.log());
+        }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(raw) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// What a CLI command did.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Stdout lines parsed as JSON; panics (with the output) on a bad line.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}; whole output: {self:?}"))
+            })
+            .collect()
+    }
+}
+
+/// Runs `hadron ARGS...`, killing it after `timeout`.
+pub fn run_cli(args: &[&str], timeout: Duration) -> CliOutput {
+    let mut child = Command::new(hadron_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out_reader.join().unwrap_or_default();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!("hadron {args:?} ran past {timeout:?}; stdout:\n{stdout}\nstderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    CliOutput {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// The server's status document, parsed.
+pub async fn status(client: &Client) -> serde_json::Value {
+    let json = tokio::time::timeout(Duration::from_secs(10), client.status())
+        .await
+        .expect("status timed out")
+        .expect("status failed");
+    serde_json::from_str(&json).unwrap()
+}
+
+/// `next_offset` of every partition of `stream`, by partition.
+pub fn next_offsets(status: &serde_json::Value, stream: &str) -> BTreeMap<u32, u64> {
+    stream_partitions(status, stream)
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_u64().unwrap() as u32,
+                p["next_offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The `partitions` array of `stream` in a status document.
+pub fn stream_partitions<'a>(
+    status: &'a serde_json::Value,
+    stream: &str,
+) -> &'a Vec<serde_json::Value> {
+    status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stream)
+        .unwrap_or_else(|| panic!("no stream {stream:?} in status {status}"))["partitions"]
+        .as_array()
+        .unwrap()
+}
+
+/// The status entry of `group` on `partition` of `stream`, if it has one.
+pub fn group_status(
+    status: &serde_json::Value,
+    stream: &str,
+    partition: u32,
+    group: &str,
+) -> Option<serde_json::Value> {
+    stream_partitions(status, stream)
+        .iter()
+        .find(|p| p["partition"] == partition)?["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["group"] == group)
+        .cloned()
+}
+
+/// Every record of `stream`/`partition` from offset 0, fetched in pages.
+pub async fn fetch_all(client: &Client, stream: &str, partition: u32) -> Vec<(u64, Event)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for _ in 0..10_000 {
+        let page = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.fetch(stream, partition, offset, 64 << 10),
+        )
+        .await
+        .expect("fetch timed out")
+        .unwrap_or_else(|e| panic!("fetch {stream}/{partition}@{offset}: {e}"));
+        if page.records.is_empty() {
+            assert_eq!(page.next_offset, offset, "an empty page ends the partition");
+            return out;
+        }
+        assert!(page.next_offset > offset, "fetch made no progress");
+        offset = page.next_offset;
+        out.extend(page.records);
+    }
+    panic!("{stream}/{partition} did not end after 10000 pages");
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One received frame, owned: its request id and a decoded summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    HandshakeOk {
+        request_id: u64,
+        shards: u16,
+        shard_ports: Vec<u16>,
+    },
+    PublishOk {
+        request_id: u64,
+        offsets: Vec<(u64, bool)>,
+    },
+    SubscribeOk {
+        request_id: u64,
+        subscription_id: u64,
+    },
+    Delivery(Box<RawDelivery>),
+    AckOk {
+        request_id: u64,
+    },
+    StatusOk {
+        request_id: u64,
+        json: String,
+    },
+    Error {
+        request_id: u64,
+        code: ErrorCode,
+        message: String,
+    },
+    /// Any other body, by name.
+    Other {
+        request_id: u64,
+        name: &'static str,
+    },
+}
+
+/// A `Delivery` push, with its event decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDelivery {
+    pub subscription_id: u64,
+    pub delivery_id: u64,
+    pub partition: u32,
+    pub offset: u64,
+    pub attempt: u32,
+    pub event: Event,
+}
+
+/// A connection speaking raw frames, for bad input and misbehaving members.
+#[derive(Debug)]
+pub struct RawConn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    next_request_id: u64,
+}
+
+impl RawConn {
+    /// Opens a TCP connection to `127.0.0.1:port` (no handshake).
+    pub async fn connect(port: u16) -> RawConn {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+        RawConn {
+            stream,
+            buf: Vec::new(),
+            next_request_id: 1,
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn handshaken(port: u16) -> RawConn {
+        let mut conn = RawConn::connect(port).await;
+        let id = conn
+            .send(&Message::Handshake(hadron_wire::Handshake {
+                version: hadron_wire::PROTOCOL_VERSION,
+                token: "",
+                client_name: "e2e-raw",
+            }))
+            .await;
+        match conn.recv().await {
+            Some(Frame::HandshakeOk { request_id, .. }) if request_id == id => {}
+            other => panic!("expected HandshakeOk, got {other:?}"),
+        }
+        conn
+    }
+
+    /// Writes raw bytes.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(Duration::from_secs(5), self.stream.write_all(bytes))
+            .await
+            .expect("write timed out")
+            .expect("write failed");
+    }
+
+    /// Sends `message` with the next request id and returns that id.
+    pub async fn send(&mut self, message: &Message<'_>) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        self.send_with_id(id, message).await;
+        id
+    }
+
+    /// Sends `message` with request id `id`.
+    pub async fn send_with_id(&mut self, id: u64, message: &Message<'_>) {
+        let frame = hadron_wire::encode(id, message).unwrap();
+        self.send_bytes(&frame).await;
+    }
+
+    /// The next frame, or `None` when the server closed the connection.
+    /// Panics after [`RAW_RECV_TIMEOUT`].
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.recv_within(RAW_RECV_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("no frame within {RAW_RECV_TIMEOUT:?}"))
+    }
+
+    /// The next frame within `timeout`: `None` on timeout, `Some(None)` when
+    /// the server closed the connection.
+    pub async fn recv_within(&mut self, timeout: Duration) -> Option<Option<Frame>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(total) = hadron_wire::check(&self.buf, &Limits::DEFAULT).unwrap() {
+                let frame: Vec<u8> = self.buf.drain(..total).collect();
+                return Some(Some(summarize(&frame[LENGTH_PREFIX_BYTES..])));
+            }
+            self.buf.reserve(64 << 10);
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "connection closed inside a frame: {} bytes left",
+                        self.buf.len()
+                    );
+                    return Some(None);
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next frame that is not a delivery push (deliveries are kept for
+    /// [`RawConn::next_delivery`]).
+    pub async fn recv_reply(&mut self, pushed: &mut Vec<RawDelivery>) -> Option<Frame> {
+        loop {
+            match self.recv().await {
+                Some(Frame::Delivery(d)) => pushed.push(*d),
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends a request and waits for its answer, keeping deliveries that
+    /// arrive meanwhile in `pushed`.
+    pub async fn request(&mut self, message: &Message<'_>, pushed: &mut Vec<RawDelivery>) -> Frame {
+        let id = self.send(message).await;
+        let reply = self
+            .recv_reply(pushed)
+            .await
+            .unwrap_or_else(|| panic!("connection closed before the answer to {message:?}"));
+        assert_eq!(
+            request_id(&reply),
+            id,
+            "answer to another request: {reply:?}"
+        );
+        reply
+    }
+
+    /// Subscribes; returns the subscription id.
+    pub async fn subscribe(
+        &mut self,
+        stream: &str,
+        group: &str,
+        durable: bool,
+        max_in_flight: u32,
+    ) -> u64 {
+        let mut pushed = Vec::new();
+        let reply = self
+            .request(
+                &Message::Subscribe(hadron_wire::Subscribe {
+                    stream,
+                    group,
+                    durable,
+                    start: hadron_wire::StartPoint::Beginning,
+                    max_in_flight,
+                }),
+                &mut pushed,
+            )
+            .await;
+        assert!(
+            pushed.is_empty(),
+            "deliveries before SubscribeOk: {pushed:?}"
+        );
+        match reply {
+            Frame::SubscribeOk {
+                subscription_id, ..
+            } => subscription_id,
+            other => panic!("expected SubscribeOk, got {other:?}"),
+        }
+    }
+
+    /// The next delivery within `timeout`; `None` when none came.
+    pub async fn next_delivery(&mut self, timeout: Duration) -> Option<RawDelivery> {
+        match self.recv_within(timeout).await {
+            None => None,
+            Some(Some(Frame::Delivery(d))) => Some(*d),
+            Some(other) => panic!("expected a Delivery, got {other:?}"),
+        }
+    }
+
+    /// Acks `delivery_ids` and returns the answer (deliveries arriving
+    /// meanwhile go to `pushed`).
+    pub async fn ack(&mut self, delivery_ids: &[u64], pushed: &mut Vec<RawDelivery>) -> Frame {
+        self.request(
+            &Message::Ack(hadron_wire::Ack {
+                delivery_ids: delivery_ids.to_vec(),
+            }),
+            pushed,
+        )
+        .await
+    }
+
+    /// Closes the connection (both directions).
+    pub async fn close(mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// The request id of a frame (0 for pushes).
+pub fn request_id(frame: &Frame) -> u64 {
+    match frame {
+        Frame::HandshakeOk { request_id, .. }
+        | Frame::PublishOk { request_id, .. }
+        | Frame::SubscribeOk { request_id, .. }
+        | Frame::AckOk { request_id }
+        | Frame::StatusOk { request_id, .. }
+        | Frame::Error { request_id, .. }
+        | Frame::Other { request_id, .. } => *request_id,
+        Frame::Delivery(_) => 0,
+    }
+}
+
+/// Verifies and summarizes a frame body the server sent. A frame that fails
+/// verification fails the test: the server must only send valid frames.
+fn summarize(body: &[u8]) -> Frame {
+    let f = hadron_wire::decode(body, &Limits::DEFAULT)
+        .unwrap_or_else(|e| panic!("the server sent an invalid frame: {e}"));
+    let request_id = f.request_id;
+    match f.message {
+        Message::HandshakeOk(h) => Frame::HandshakeOk {
+            request_id,
+            shards: h.shards,
+            shard_ports: h.shard_ports,
+        },
+        Message::PublishOk(p) => Frame::PublishOk {
+            request_id,
+            offsets: p.results.iter().map(|r| (r.offset, r.duplicate)).collect(),
+        },
+        Message::SubscribeOk(s) => Frame::SubscribeOk {
+            request_id,
+            subscription_id: s.subscription_id,
+        },
+        Message::Delivery(d) => Frame::Delivery(Box::new(RawDelivery {
+            subscription_id: d.subscription_id,
+            delivery_id: d.delivery_id,
+            partition: d.partition,
+            offset: d.offset,
+            attempt: d.attempt,
+            event: Event::decode(d.event)
+                .unwrap_or_else(|e| panic!("the server delivered an invalid event: {e}")),
+        })),
+        Message::AckOk => Frame::AckOk { request_id },
+        Message::StatusOk(s) => Frame::StatusOk {
+            request_id,
+            json: s.json.to_owned(),
+        },
+        Message::Error(e) => Frame::Error {
+            request_id,
+            code: e.code,
+            message: e.message.to_owned(),
+        },
+        other => Frame::Other {
+            request_id,
+            name: other.name(),
+        },
+    }
+}
+
+/// A wire event with the given id, source and type, as publishers send it.
+pub fn event_bytes(id: &str, source: &str, ty: &str, data: &[u8]) -> Vec<u8> {
+    hadron_wire::encode_event(&hadron_wire::EventRef {
+        id,
+        source,
+        specversion: hadron_wire::SPECVERSION,
+        ty,
+        data,
+        ..hadron_wire::EventRef::default()
+    })
+}
+
+/// YAML for a `kind: Stream` with `partitions` partitions.
+pub fn stream_yaml(name: &str, partitions: u32) -> String {
+    format!(
+        "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata:\n  name: {name}\nspec:\n  partitions: {partitions}\n"
+    )
+}
+
+/// Applies a new stream through `client` and checks the summary.
+pub async fn create_stream(client: &Client, name: &str, partitions: u32) {
+    let summary = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.apply(&stream_yaml(name, partitions)),
+    )
+    .await
+    .expect("apply timed out")
+    .unwrap_or_else(|e| panic!("apply of stream {name}: {e}"));
+    assert_eq!(
+        summary,
+        vec![format!("stream/{name} created ({partitions} partitions)")]
+    );
+}

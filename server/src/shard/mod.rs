@@ -136,11 +136,18 @@ impl Settings {
     }
 
     fn log_config(&self, retention: Retention) -> LogConfig {
+        let defaults = LogConfig::default();
+        // A batch must fit in a segment; small segments take small batches.
+        let batch_bytes_max = defaults
+            .batch_bytes_max
+            .min(self.config.segment_bytes as usize);
         LogConfig {
             segment_bytes: self.config.segment_bytes,
             durability: self.config.fsync.durability(),
             retention,
-            ..LogConfig::default()
+            batch_bytes_max,
+            pending_bytes_max: defaults.pending_bytes_max.max(batch_bytes_max),
+            ..defaults
         }
     }
 }

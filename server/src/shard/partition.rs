@@ -29,7 +29,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use hadron_engine::log::batch::Batches;
+use hadron_engine::log::batch::{
+    BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, Batches, RECORD_PREFIX_BYTES,
+};
 use hadron_engine::notify::Notify;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{AppendError, Durability, Log, LogConfig, ReadError, Retention};
@@ -270,42 +272,70 @@ impl Partition {
             }
             self.appended.changed_since(generation).await;
         };
-        let records: Vec<&[u8]> = fresh.iter().map(|&i| events[i].as_slice()).collect();
-        let appended = if records.is_empty() {
-            None
-        } else {
-            match self.log.append(&records, now).await {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    let mut dedup = self.dedup.borrow_mut();
-                    for &i in &fresh {
-                        if matches!(dedup.entries.get(&keys[i]), Some((DedupEntry::Pending, _))) {
-                            dedup.entries.remove(&keys[i]);
-                        }
-                    }
-                    drop(dedup);
-                    self.appended.notify_all();
-                    let code = match e {
-                        AppendError::Poisoned(_) => ErrorCode::ReadOnly,
-                        AppendError::TooLarge { .. }
-                        | AppendError::TooManyRecords { .. }
-                        | AppendError::Empty => ErrorCode::InvalidRequest,
-                        _ => ErrorCode::StorageError,
-                    };
-                    return Err((code, format!("{}/{}: {e}", self.stream, self.partition)));
-                }
+        // One batch per chunk that fits the log's batch limits; the chunks
+        // are enqueued back to back and share the group commit.
+        let batch_max = self.log.config().batch_bytes_max;
+        let mut chunks: Vec<Vec<usize>> = Vec::new();
+        let mut bytes = BATCH_HEADER_BYTES;
+        for &i in &fresh {
+            let len = RECORD_PREFIX_BYTES + events[i].len();
+            let full = chunks
+                .last()
+                .is_none_or(|c| bytes + len > batch_max || c.len() >= BATCH_RECORDS_MAX as usize);
+            if full {
+                chunks.push(Vec::new());
+                bytes = BATCH_HEADER_BYTES;
             }
-        };
+            bytes += len;
+            if let Some(c) = chunks.last_mut() {
+                c.push(i);
+            }
+        }
+        let appends = chunks.iter().map(|chunk| {
+            let records: Vec<&[u8]> = chunk.iter().map(|&i| events[i].as_slice()).collect();
+            async move { self.log.append(&records, now).await }
+        });
+        let outcomes = futures::future::join_all(appends).await;
         let mut offsets = vec![0u64; events.len()];
-        if let Some(a) = appended {
+        let mut first_last: Option<(u64, u64)> = None;
+        let mut failure = None;
+        {
             let mut dedup = self.dedup.borrow_mut();
-            for (n, &i) in fresh.iter().enumerate() {
-                let offset = a.base_offset + n as u64;
-                offsets[i] = offset;
-                if self.dedup_window_ms > 0 {
-                    dedup.insert_done(keys[i], offset, now);
+            for (chunk, outcome) in chunks.iter().zip(outcomes) {
+                match outcome {
+                    Ok(a) => {
+                        for (n, &i) in chunk.iter().enumerate() {
+                            let offset = a.base_offset + n as u64;
+                            offsets[i] = offset;
+                            if self.dedup_window_ms > 0 {
+                                dedup.insert_done(keys[i], offset, now);
+                            }
+                        }
+                        let (lo, hi) = first_last.unwrap_or((a.base_offset, a.last_offset));
+                        first_last = Some((lo.min(a.base_offset), hi.max(a.last_offset)));
+                    }
+                    Err(e) => {
+                        for &i in chunk {
+                            if matches!(dedup.entries.get(&keys[i]), Some((DedupEntry::Pending, _)))
+                            {
+                                dedup.entries.remove(&keys[i]);
+                            }
+                        }
+                        failure.get_or_insert(e);
+                    }
                 }
             }
+        }
+        self.appended.notify_all();
+        if let Some(e) = failure {
+            let code = match e {
+                AppendError::Poisoned(_) => ErrorCode::ReadOnly,
+                AppendError::TooLarge { .. }
+                | AppendError::TooManyRecords { .. }
+                | AppendError::Empty => ErrorCode::InvalidRequest,
+                _ => ErrorCode::StorageError,
+            };
+            return Err((code, format!("{}/{}: {e}", self.stream, self.partition)));
         }
         let mut results = Vec::with_capacity(events.len());
         for (i, e) in earlier.iter().enumerate() {
@@ -315,9 +345,7 @@ impl Partition {
                 Some(Err(j)) => (offsets[*j], true),
             });
         }
-        self.appended.notify_all();
-        let (first_offset, last_offset) =
-            appended.map_or((0, 0), |a| (a.base_offset, a.last_offset));
+        let (first_offset, last_offset) = first_last.unwrap_or((0, 0));
         Ok(Published {
             first_offset,
             last_offset,

@@ -1,0 +1,236 @@
+//! The command-line client against a real server: `publish` prints where
+//! each event went, `subscribe --count` prints those events, `status --json`
+//! shows the offsets, and `apply -f` creates streams or names the field it
+//! rejects.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hadron_tests::{Server, run_cli};
+
+const CLI_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[test]
+fn publish_subscribe_status_and_apply_through_the_cli() {
+    let server = Server::start();
+    let url = server.addr();
+    let url = url.as_str();
+
+    // publish: one JSON line each, dense offsets per partition.
+    const EVENTS: usize = 6;
+    let mut sent: BTreeMap<(u64, u64), (String, String, String)> = BTreeMap::new();
+    let mut per_partition: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for i in 0..EVENTS {
+        let id = format!("cli-{i}");
+        let subject = format!("subject-{i}");
+        let data = format!("{{\"n\":{i}}}");
+        let out = run_cli(
+            &[
+                "publish",
+                "--url",
+                url,
+                "--stream",
+                "events",
+                "--type",
+                "cli.test",
+                "--id",
+                &id,
+                "--source",
+                "cli-e2e",
+                "--subject",
+                &subject,
+                &data,
+            ],
+            CLI_TIMEOUT,
+        );
+        assert!(out.status.success(), "publish failed: {out:?}");
+        let lines = out.json_lines();
+        assert_eq!(lines.len(), 1, "one line per publish: {out:?}");
+        let partition = lines[0]["partition"].as_u64().unwrap();
+        let offset = lines[0]["offset"].as_u64().unwrap();
+        assert!(partition < 4);
+        assert_eq!(lines[0].get("duplicate"), None, "a new event: {out:?}");
+        per_partition.entry(partition).or_default().push(offset);
+        sent.insert((partition, offset), (id, subject, data));
+    }
+    for (partition, offsets) in &per_partition {
+        let dense: Vec<u64> = (0..offsets.len() as u64).collect();
+        assert_eq!(offsets, &dense, "partition {partition}");
+    }
+
+    // The same id and source again is a duplicate at the first offset.
+    let out = run_cli(
+        &[
+            "publish",
+            "--url",
+            url,
+            "--type",
+            "cli.test",
+            "--id",
+            "cli-0",
+            "--source",
+            "cli-e2e",
+            "--subject",
+            "subject-0",
+            "other data",
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let line = &out.json_lines()[0];
+    let (&(p0, o0), _) = sent.iter().find(|(_, v)| v.0 == "cli-0").unwrap();
+    assert_eq!(line["duplicate"], true, "{out:?}");
+    assert_eq!(
+        (line["partition"].as_u64(), line["offset"].as_u64()),
+        (Some(p0), Some(o0))
+    );
+
+    // status --json: next offsets match what was published.
+    let out = run_cli(&["status", "--json", "--url", url], CLI_TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    let status = &out.json_lines()[0];
+    assert_eq!(status["shards"], 1);
+    let next = hadron_tests::next_offsets(status, "events");
+    for partition in 0..4u64 {
+        let count = per_partition.get(&partition).map_or(0, Vec::len) as u64;
+        assert_eq!(next[&(partition as u32)], count, "partition {partition}");
+    }
+
+    // subscribe --count N prints exactly the published events.
+    let count = EVENTS.to_string();
+    let out = run_cli(
+        &[
+            "subscribe",
+            "--url",
+            url,
+            "--stream",
+            "events",
+            "--group",
+            "cli-readers",
+            "--start",
+            "beginning",
+            "--count",
+            &count,
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(out.status.success(), "subscribe failed: {out:?}");
+    let lines = out.json_lines();
+    assert_eq!(lines.len(), EVENTS, "{out:?}");
+    let mut got = BTreeMap::new();
+    for l in &lines {
+        let key = (
+            l["partition"].as_u64().unwrap(),
+            l["offset"].as_u64().unwrap(),
+        );
+        assert_eq!(l["type"], "cli.test");
+        assert_eq!(l["source"], "cli-e2e");
+        assert_eq!(l["data_encoding"], "utf8");
+        let value = (
+            l["id"].as_str().unwrap().to_owned(),
+            l["subject"].as_str().unwrap().to_owned(),
+            l["data"].as_str().unwrap().to_owned(),
+        );
+        assert!(got.insert(key, value).is_none(), "printed twice: {l}");
+    }
+    assert_eq!(got, sent, "subscribe printed what publish stored");
+
+    // apply -f of a new stream: created, then usable.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orders.yaml");
+    std::fs::write(&file, hadron_tests::stream_yaml("orders", 2)).unwrap();
+    let file = file.to_str().unwrap();
+    let out = run_cli(&["apply", "-f", file, "--url", url], CLI_TIMEOUT);
+    assert!(out.status.success(), "apply failed: {out:?}");
+    assert_eq!(out.stdout.trim(), "stream/orders created (2 partitions)");
+    let out = run_cli(&["apply", "-f", file, "--url", url], CLI_TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "stream/orders unchanged");
+    for partition in 0..2 {
+        let p = partition.to_string();
+        let out = run_cli(
+            &[
+                "publish",
+                "--url",
+                url,
+                "--stream",
+                "orders",
+                "--type",
+                "order.created",
+                "--partition",
+                &p,
+                "--id",
+                "o-1",
+                "payload",
+            ],
+            CLI_TIMEOUT,
+        );
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            out.json_lines()[0],
+            serde_json::json!({"partition": partition, "offset": 0})
+        );
+    }
+    let out = run_cli(
+        &[
+            "publish",
+            "--url",
+            url,
+            "--stream",
+            "orders",
+            "--type",
+            "order.created",
+            "--partition",
+            "2",
+            "payload",
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(!out.status.success(), "partition 2 of 2 exists? {out:?}");
+    assert!(out.stderr.contains("UnknownPartition"), "{out:?}");
+    let out = run_cli(&["status", "--json", "--url", url], CLI_TIMEOUT);
+    let status = &out.json_lines()[0];
+    let orders = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "orders")
+        .unwrap();
+    assert_eq!(orders["partition_count"], 2);
+    let next = hadron_tests::next_offsets(status, "orders");
+    assert_eq!(next, BTreeMap::from([(0, 1), (1, 1)]));
+
+    // Invalid YAML: non-zero exit, the message names the field, nothing
+    // is created.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, hadron_tests::stream_yaml("broken", 0)).unwrap();
+    let out = run_cli(
+        &["apply", "-f", bad.to_str().unwrap(), "--url", url],
+        CLI_TIMEOUT,
+    );
+    assert!(!out.status.success(), "partitions: 0 was accepted: {out:?}");
+    assert!(out.stderr.contains("spec.partitions"), "{out:?}");
+    let unknown_field = dir.path().join("unknown.yaml");
+    std::fs::write(
+        &unknown_field,
+        "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata:\n  name: typo\nspec:\n  partitons: 3\n",
+    )
+    .unwrap();
+    let out = run_cli(
+        &["apply", "-f", unknown_field.to_str().unwrap(), "--url", url],
+        CLI_TIMEOUT,
+    );
+    assert!(
+        !out.status.success(),
+        "a misspelt field was accepted: {out:?}"
+    );
+    assert!(out.stderr.contains("partitons"), "{out:?}");
+    let out = run_cli(&["status", "--json", "--url", url], CLI_TIMEOUT);
+    let names: Vec<String> = out.json_lines()[0]["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["events", "orders"]);
+}

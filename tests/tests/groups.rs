@@ -1,0 +1,365 @@
+//! Consumer groups with more than one member: events are shared between
+//! members and settled once; a nack is redelivered after a backoff and
+//! shows in status; a delivery nobody acks in time, or whose member
+//! disconnects, goes to another member.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed subscription must fail the test at once"
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use hadron::{Client, Delivery, NewEvent, StartPoint, SubscribeOptions, Subscription};
+use hadron_tests::{
+    Frame, RawConn, RawDelivery, Server, ServerOptions, create_stream, eventually, group_status,
+    status,
+};
+use tokio::sync::mpsc;
+
+/// A server with two shards: members connect through the main port and
+/// land on either shard, so deliveries, acks and nacks also cross shards.
+fn two_shard_server(ack_timeout_ms: Option<u64>) -> Server {
+    Server::start_with(ServerOptions {
+        shards: 2,
+        ack_timeout_ms,
+    })
+}
+
+/// What a client member saw: one entry per handler call.
+#[derive(Debug, Clone)]
+struct Seen {
+    member: usize,
+    partition: u32,
+    offset: u64,
+    attempt: u32,
+    id: String,
+    at: Instant,
+}
+
+/// Subscribes a client member of `group` that reports every delivery on
+/// `tx` and acks it, except those `fail` says to nack.
+async fn member(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    index: usize,
+    tx: mpsc::UnboundedSender<Seen>,
+    fail: fn(&Delivery) -> bool,
+) -> Subscription {
+    client
+        .subscribe(
+            stream,
+            group,
+            SubscribeOptions {
+                durable: false,
+                start: StartPoint::Beginning,
+                max_in_flight: 8,
+            },
+            move |d: Delivery| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(Seen {
+                        member: index,
+                        partition: d.partition,
+                        offset: d.offset,
+                        attempt: d.attempt,
+                        id: d.event.id.clone(),
+                        at: Instant::now(),
+                    });
+                    if fail(&d) {
+                        Err(format!("handler failed on {}", d.event.id))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Receives from `rx` until `done` holds for everything received, for at
+/// most `timeout`.
+async fn collect_until(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    timeout: Duration,
+    done: impl Fn(&[Seen]) -> bool,
+) -> Vec<Seen> {
+    let mut all = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done(&all) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(seen)) => all.push(seen),
+            Ok(None) => panic!("the members stopped; got {all:?}"),
+            Err(_) => panic!("timed out after {timeout:?}; got {all:?}"),
+        }
+    }
+    all
+}
+
+/// Two members share a group: every event is delivered, each to one member
+/// only, both members get some, and the group's committed offsets reach
+/// the end of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_share_the_events_and_settle_each_once() {
+    let server = two_shard_server(None);
+    let (c1, c2) = (server.client(), server.client());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let m0 = member(&c1, "events", "workers", 0, tx.clone(), |_| false).await;
+    let m1 = member(&c2, "events", "workers", 1, tx, |_| false).await;
+
+    const EVENTS: usize = 40;
+    let publisher = c1.publisher("shared").await.unwrap();
+    let mut published = BTreeMap::new();
+    for i in 0..EVENTS {
+        let id = format!("job-{i}");
+        let p = publisher
+            .publish(NewEvent::new("job", id.clone().into_bytes()).with_id(&id))
+            .await
+            .unwrap();
+        published.insert((p.partition, p.offset), id);
+    }
+    let seen = collect_until(&mut rx, Duration::from_secs(10), |all| all.len() >= EVENTS).await;
+    // Anything more would be a second delivery.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = seen;
+    while let Ok(more) = rx.try_recv() {
+        seen.push(more);
+    }
+    let mut got = BTreeMap::new();
+    let mut per_member = [0usize; 2];
+    for s in &seen {
+        assert_eq!(s.attempt, 1, "no redelivery expected: {s:?}");
+        assert!(
+            got.insert((s.partition, s.offset), s.id.clone()).is_none(),
+            "{}/{} delivered twice",
+            s.partition,
+            s.offset
+        );
+        per_member[s.member] += 1;
+    }
+    assert_eq!(got, published, "every event delivered, once");
+    assert!(
+        per_member.iter().all(|&n| n > 0),
+        "both members got events: {per_member:?}"
+    );
+
+    let next = hadron_tests::next_offsets(&status(&c1).await, "events");
+    eventually(Duration::from_secs(5), "every event settled", || {
+        let c1 = c1.clone();
+        let next = next.clone();
+        async move {
+            let st = status(&c1).await;
+            next.iter()
+                .all(|(&p, &n)| {
+                    group_status(&st, "events", p, "workers").is_some_and(|g| {
+                        g["committed"] == n
+                            && g["lag"] == 0
+                            && g["in_flight"] == 0
+                            && g["members"] == 2
+                            && g["nacks"] == 0
+                    })
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    m0.stop().await.unwrap();
+    m1.stop().await.unwrap();
+}
+
+/// A nacked delivery comes back with attempt 2 after the backoff (100 ms
+/// for a first nack), and the group's status counts the nack and shows its
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_event_is_redelivered_after_a_backoff_and_shows_in_status() {
+    let server = two_shard_server(None);
+    let client = server.client();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let m0 = member(&client, "events", "flaky", 0, tx.clone(), |d| {
+        d.event.id == "poison" && d.attempt == 1
+    })
+    .await;
+    let m1 = member(&server.client(), "events", "flaky", 1, tx, |d| {
+        d.event.id == "poison" && d.attempt == 1
+    })
+    .await;
+
+    let publisher = client.publisher("nack").await.unwrap();
+    let mut ids = BTreeSet::new();
+    let mut poison_at = None;
+    for i in 0..6 {
+        let id = if i == 3 {
+            "poison".to_owned()
+        } else {
+            format!("ok-{i}")
+        };
+        let p = publisher
+            .publish(NewEvent::new("t", b"x".to_vec()).with_id(&id))
+            .await
+            .unwrap();
+        if id == "poison" {
+            poison_at = Some((p.partition, p.offset));
+        }
+        ids.insert(id);
+    }
+    let (partition, offset) = poison_at.unwrap();
+    let seen = collect_until(&mut rx, Duration::from_secs(10), |all| {
+        all.iter().any(|s| s.id == "poison" && s.attempt == 2)
+            && ids.iter().all(|id| all.iter().any(|s| &s.id == id))
+    })
+    .await;
+    let poison: Vec<&Seen> = seen.iter().filter(|s| s.id == "poison").collect();
+    assert_eq!(poison.len(), 2, "{poison:?}");
+    assert_eq!((poison[0].attempt, poison[1].attempt), (1, 2));
+    assert!(
+        poison
+            .iter()
+            .all(|s| (s.partition, s.offset) == (partition, offset))
+    );
+    let gap = poison[1].at - poison[0].at;
+    assert!(
+        gap >= Duration::from_millis(90),
+        "redelivered {gap:?} after the nack, before the 100 ms backoff"
+    );
+    for s in seen.iter().filter(|s| s.id != "poison") {
+        assert_eq!(s.attempt, 1, "{s:?}");
+    }
+
+    let g = eventually(Duration::from_secs(5), "the nack in status", || {
+        let client = client.clone();
+        async move {
+            let st = status(&client).await;
+            group_status(&st, "events", partition, "flaky")
+                .filter(|g| g["committed"].as_u64().is_some_and(|c| c > offset))
+        }
+    })
+    .await;
+    assert_eq!(g["nacks"], 1, "{g}");
+    assert_eq!(g["last_error"], "handler failed on poison", "{g}");
+    assert_eq!(g["in_flight"], 0, "{g}");
+    m0.stop().await.unwrap();
+    m1.stop().await.unwrap();
+}
+
+/// With a 500 ms ack timeout, a delivery the first member never acks goes
+/// to the second member as attempt 2; a late ack of the expired delivery is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_delivery_goes_to_another_member_after_the_ack_timeout() {
+    let server = two_shard_server(Some(500));
+    let client = server.client();
+    create_stream(&client, "single", 1).await;
+
+    // The raw member attaches first, so it gets the first delivery.
+    let mut silent = RawConn::handshaken(server.port()).await;
+    silent.subscribe("single", "timeouts", false, 1).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let helper = member(&client, "single", "timeouts", 1, tx, |_| false).await;
+
+    let p = client
+        .publisher("slow")
+        .await
+        .unwrap()
+        .stream("single")
+        .publish(NewEvent::new("t", b"x".to_vec()).with_id("stuck"))
+        .await
+        .unwrap();
+    let first: RawDelivery = silent
+        .next_delivery(Duration::from_secs(5))
+        .await
+        .expect("the silent member gets the first delivery");
+    let first_at = Instant::now();
+    assert_eq!(
+        (first.partition, first.offset, first.attempt),
+        (0, p.offset, 1)
+    );
+    assert_eq!(first.event.id, "stuck");
+
+    let seen = collect_until(&mut rx, Duration::from_secs(5), |all| !all.is_empty()).await;
+    let second = &seen[0];
+    assert_eq!(
+        (
+            second.partition,
+            second.offset,
+            second.attempt,
+            second.id.as_str()
+        ),
+        (0, p.offset, 2, "stuck"),
+        "redelivered to the other member"
+    );
+    let waited = second.at - first_at;
+    assert!(
+        waited >= Duration::from_millis(450),
+        "redelivered after {waited:?}, before the 500 ms ack timeout"
+    );
+    // The silent member gets nothing more, and its late ack is refused.
+    let mut pushed = Vec::new();
+    let reply = silent.ack(&[first.delivery_id], &mut pushed).await;
+    assert!(
+        matches!(
+            reply,
+            Frame::Error {
+                code: hadron::ErrorCode::UnknownDelivery,
+                ..
+            }
+        ),
+        "a late ack of an expired delivery: {reply:?}"
+    );
+    assert!(pushed.is_empty(), "{pushed:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(rx.try_recv().is_err(), "acked once, delivered once more");
+    helper.stop().await.unwrap();
+}
+
+/// A member that disconnects while holding a delivery: the event goes to
+/// the other member at once (well before the 30 s ack timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_of_a_disconnected_member_goes_to_another_member() {
+    let server = two_shard_server(None);
+    let client = server.client();
+    create_stream(&client, "single", 1).await;
+
+    let mut leaving = RawConn::handshaken(server.port()).await;
+    leaving.subscribe("single", "handover", true, 1).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stayer = member(&client, "single", "handover", 1, tx, |_| false).await;
+
+    let p = client
+        .publisher("handover")
+        .await
+        .unwrap()
+        .stream("single")
+        .publish(NewEvent::new("t", b"x".to_vec()).with_id("orphan"))
+        .await
+        .unwrap();
+    let held = leaving
+        .next_delivery(Duration::from_secs(5))
+        .await
+        .expect("the first member gets the delivery");
+    assert_eq!((held.offset, held.attempt), (p.offset, 1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err(), "not redelivered while held");
+    let closed_at = Instant::now();
+    leaving.close().await;
+
+    let seen = collect_until(&mut rx, Duration::from_secs(5), |all| !all.is_empty()).await;
+    assert_eq!(
+        (seen[0].offset, seen[0].attempt, seen[0].id.as_str()),
+        (p.offset, 2, "orphan")
+    );
+    assert!(seen[0].at - closed_at < Duration::from_secs(5));
+    let g = eventually(Duration::from_secs(5), "the handover settled", || {
+        let client = client.clone();
+        async move {
+            let st = status(&client).await;
+            group_status(&st, "single", 0, "handover").filter(|g| g["committed"] == p.offset + 1)
+        }
+    })
+    .await;
+    assert_eq!(g["members"], 1, "{g}");
+    assert_eq!(g["in_flight"], 0, "{g}");
+    stayer.stop().await.unwrap();
+}

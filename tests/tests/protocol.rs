@@ -1,0 +1,240 @@
+//! Bad input as raw bytes on TCP connections: each gets the documented
+//! `Error` frame (closing the connection where the protocol says so), and
+//! none of it disturbs the server or the data already stored.
+
+use std::time::Duration;
+
+use hadron::NewEvent;
+use hadron_tests::{Frame, RawConn, Server, event_bytes, fetch_all};
+use hadron_wire::{ErrorCode, FRAME_BYTES_MAX, Message};
+
+/// Reads the next frame: it must be an `Error` with `code` answering
+/// `request_id`. Returns its message.
+async fn expect_error(conn: &mut RawConn, request_id: u64, code: ErrorCode) -> String {
+    match conn.recv().await {
+        Some(Frame::Error {
+            request_id: id,
+            code: got,
+            message,
+        }) => {
+            assert_eq!(got, code, "error code (message: {message})");
+            assert_eq!(id, request_id, "request id of the {code} error");
+            assert!(!message.is_empty(), "{code} comes with a message");
+            message
+        }
+        other => panic!("expected Error {code}, got {other:?}"),
+    }
+}
+
+/// The server closed the connection (EOF, nothing more).
+async fn expect_closed(conn: &mut RawConn) {
+    match conn.recv_within(Duration::from_secs(5)).await {
+        Some(None) => {}
+        Some(Some(frame)) => panic!("expected the connection to close, got {frame:?}"),
+        None => panic!("the connection stayed open"),
+    }
+}
+
+/// The connection still answers requests.
+async fn expect_open(conn: &mut RawConn) {
+    let mut pushed = Vec::new();
+    let reply = conn.request(&Message::Status, &mut pushed).await;
+    assert!(matches!(reply, Frame::StatusOk { .. }), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_documented_errors_and_harms_nothing() {
+    let mut server = Server::start();
+    let port = server.port();
+    let client = server.client();
+    let publisher = client.publisher("before").await.unwrap();
+    let mut before = Vec::new();
+    for i in 0..4u32 {
+        let id = format!("keep-{i}");
+        let p = publisher
+            .publish_to(
+                i % 2,
+                NewEvent::new("t", id.clone().into_bytes()).with_id(&id),
+            )
+            .await
+            .unwrap();
+        before.push((p.partition, p.offset, id));
+    }
+
+    // A length prefix above frame_bytes_max: FrameTooLarge, then close.
+    let mut conn = RawConn::handshaken(port).await;
+    let too_large = u32::try_from(FRAME_BYTES_MAX + 1).unwrap();
+    conn.send_bytes(&too_large.to_le_bytes()).await;
+    expect_error(&mut conn, 0, ErrorCode::FrameTooLarge).await;
+    expect_closed(&mut conn).await;
+
+    // A zero length prefix, before the handshake: FrameTooLarge, close.
+    let mut conn = RawConn::connect(port).await;
+    conn.send_bytes(&0u32.to_le_bytes()).await;
+    expect_error(&mut conn, 0, ErrorCode::FrameTooLarge).await;
+    expect_closed(&mut conn).await;
+
+    // Well-framed garbage that fails verification: MalformedFrame, close.
+    let mut conn = RawConn::handshaken(port).await;
+    let mut garbage = vec![0u8; 64];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in &mut garbage {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    // The root offset points far outside the buffer: never valid.
+    garbage[..4].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+    let mut frame = (garbage.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&garbage);
+    conn.send_bytes(&frame).await;
+    expect_error(&mut conn, 0, ErrorCode::MalformedFrame).await;
+    expect_closed(&mut conn).await;
+
+    // A truncated frame, then the client goes away: the server carries on.
+    let mut conn = RawConn::handshaken(port).await;
+    let status = hadron_wire::encode(9, &Message::Status).unwrap();
+    conn.send_bytes(&status[..status.len() - 3]).await;
+    conn.close().await;
+    let mut conn = RawConn::connect(port).await;
+    conn.send_bytes(&100u32.to_le_bytes()).await;
+    conn.send_bytes(&[1, 2, 3]).await;
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+    expect_open(&mut RawConn::handshaken(port).await).await;
+
+    // A request before the handshake: HandshakeRequired, close.
+    let mut conn = RawConn::connect(port).await;
+    conn.send_with_id(7, &Message::Status).await;
+    expect_error(&mut conn, 7, ErrorCode::HandshakeRequired).await;
+    expect_closed(&mut conn).await;
+
+    // A protocol version the server does not speak: UnsupportedVersion,
+    // close.
+    let mut conn = RawConn::connect(port).await;
+    conn.send_with_id(
+        3,
+        &Message::Handshake(hadron_wire::Handshake {
+            version: hadron_wire::PROTOCOL_VERSION + 1,
+            token: "",
+            client_name: "from-the-future",
+        }),
+    )
+    .await;
+    expect_error(&mut conn, 3, ErrorCode::UnsupportedVersion).await;
+    expect_closed(&mut conn).await;
+
+    // Request-level errors answer the request and keep the connection.
+    let mut conn = RawConn::handshaken(port).await;
+    let event = event_bytes("nope-1", "raw", "t", b"never stored");
+    let id = conn
+        .send(&Message::Publish(hadron_wire::Publish {
+            stream: "no-such-stream",
+            partition: 0,
+            events: vec![&event],
+        }))
+        .await;
+    expect_error(&mut conn, id, ErrorCode::UnknownStream).await;
+    expect_open(&mut conn).await;
+    let id = conn
+        .send(&Message::Publish(hadron_wire::Publish {
+            stream: "events",
+            partition: 99,
+            events: vec![&event],
+        }))
+        .await;
+    expect_error(&mut conn, id, ErrorCode::UnknownPartition).await;
+    let id = conn
+        .send(&Message::Fetch(hadron_wire::Fetch {
+            stream: "events",
+            partition: 4,
+            offset: 0,
+            max_bytes: 0,
+        }))
+        .await;
+    expect_error(&mut conn, id, ErrorCode::UnknownPartition).await;
+    let id = conn
+        .send(&Message::Nack(hadron_wire::Nack {
+            delivery_id: 12_345,
+            message: "no such delivery",
+        }))
+        .await;
+    expect_error(&mut conn, id, ErrorCode::UnknownDelivery).await;
+    let id = conn
+        .send(&Message::Ack(hadron_wire::Ack {
+            delivery_ids: vec![12_345],
+        }))
+        .await;
+    expect_error(&mut conn, id, ErrorCode::UnknownDelivery).await;
+    // An event that is not an Event flatbuffer: InvalidEvent, nothing of
+    // the request written (the valid event beside it neither).
+    let id = conn
+        .send(&Message::Publish(hadron_wire::Publish {
+            stream: "events",
+            partition: 0,
+            events: vec![&event, b"not an event at all"],
+        }))
+        .await;
+    expect_error(&mut conn, id, ErrorCode::InvalidEvent).await;
+    // Fetch beyond the end: OffsetOutOfRange; at the end: nothing, same
+    // offset.
+    let id = conn
+        .send(&Message::Fetch(hadron_wire::Fetch {
+            stream: "events",
+            partition: 0,
+            offset: 100,
+            max_bytes: 0,
+        }))
+        .await;
+    expect_error(&mut conn, id, ErrorCode::OffsetOutOfRange).await;
+    // Subscriptions to nothing, or without a group name.
+    for (stream, group, code) in [
+        ("no-such-stream", "g", ErrorCode::UnknownStream),
+        ("events", "", ErrorCode::InvalidRequest),
+    ] {
+        let id = conn
+            .send(&Message::Subscribe(hadron_wire::Subscribe {
+                stream,
+                group,
+                durable: false,
+                start: hadron_wire::StartPoint::Beginning,
+                max_in_flight: 1,
+            }))
+            .await;
+        expect_error(&mut conn, id, code).await;
+    }
+    // A server-to-client body from a client: InvalidRequest.
+    let id = conn.send(&Message::AckOk).await;
+    expect_error(&mut conn, id, ErrorCode::InvalidRequest).await;
+    expect_open(&mut conn).await;
+    conn.close().await;
+
+    // After all of it: the server runs, old data is intact, and a normal
+    // publish succeeds at the next offset.
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+    let end = client.fetch("events", 0, 2, 0).await.unwrap();
+    assert_eq!((end.next_offset, end.records.len()), (2, 0), "at the end");
+    for partition in 0..2u32 {
+        let records = fetch_all(&client, "events", partition).await;
+        let got: Vec<(u32, u64, String)> = records
+            .iter()
+            .map(|(o, e)| (partition, *o, e.id.clone()))
+            .collect();
+        let want: Vec<(u32, u64, String)> = before
+            .iter()
+            .filter(|(p, _, _)| *p == partition)
+            .cloned()
+            .collect();
+        assert_eq!(
+            got, want,
+            "partition {partition} holds exactly the earlier events"
+        );
+    }
+    let p = publisher
+        .publish_to(0, NewEvent::new("t", b"after".to_vec()).with_id("after-1"))
+        .await
+        .unwrap();
+    assert_eq!((p.partition, p.offset, p.duplicate), (0, 2, false));
+}
