@@ -173,17 +173,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let publisher = client.publisher("example-cloud-app").await?;
     let start = Instant::now();
-    for i in 0..args.events {
-        let id = format!("{run_id}{i}");
-        lock(&seen).published_at.insert(id.clone(), Instant::now());
-        let event = NewEvent {
-            id,
-            ty: "service.created".into(),
-            subject: Some(format!("customer-{}", i % 17)),
-            data: format!(r#"{{"service":"postgres","size":"{}"}}"#, i % 3).into_bytes(),
-            ..NewEvent::default()
-        };
-        publisher.publish(event).await?;
+    // Publish in batches of 64, so that the pipeline, not one publisher's
+    // round trips, sets the pace.
+    let ids: Vec<u64> = (0..args.events).collect();
+    for chunk in ids.chunks(64) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let id = format!("{run_id}{i}");
+            lock(&seen).published_at.insert(id.clone(), Instant::now());
+            batch.push(NewEvent {
+                id,
+                ty: "service.created".into(),
+                subject: Some(format!("customer-{}", i % 17)),
+                data: format!(r#"{{"service":"postgres","size":"{}"}}"#, i % 3).into_bytes(),
+                ..NewEvent::default()
+            });
+        }
+        publisher.publish_batch(batch).await?;
     }
 
     let deadline = start + Duration::from_secs(args.timeout_secs);
