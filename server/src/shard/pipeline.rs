@@ -109,6 +109,8 @@ struct RunState {
     in_flight: HashMap<u64, Issued>,
     /// Every delivery id issued for a live execution (for late acks).
     issued: HashMap<u64, (u64, u8)>,
+    /// The same ids by root, to forget them when the execution finishes.
+    issued_by_root: HashMap<u64, Vec<u64>>,
     /// Stages whose output is being made durable.
     completing: HashSet<(u64, u8)>,
     /// Held stages and when they may go out again.
@@ -572,6 +574,7 @@ impl PipelineRun {
                     },
                 );
                 st.issued.insert(delivery_id, (root, s));
+                st.issued_by_root.entry(root).or_default().push(delivery_id);
                 out.push(StageOutgoing {
                     member,
                     delivery_id,
@@ -732,7 +735,9 @@ impl PipelineRun {
             st.completed += 1;
             st.outputs.remove(&root);
             st.roots.remove(&root);
-            st.issued.retain(|_, (r, _)| *r != root);
+            for id in st.issued_by_root.remove(&root).unwrap_or_default() {
+                st.issued.remove(&id);
+            }
             st.attempts.retain(|(r, _), _| *r != root);
         }
         drop(st);
