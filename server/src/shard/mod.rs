@@ -1088,9 +1088,13 @@ impl Shard {
             .filter(|(key, run)| wanted.get(*key) != Some(&run.plan))
             .map(|(key, _)| key.clone())
             .collect();
+        // Stage handlers stay attached across an update: the new run gets
+        // the old one's members whose stages still exist.
+        let mut carried: HashMap<(String, u32), Vec<(MemberId, String, u32)>> = HashMap::new();
         for key in stale {
             let removed = self.runs.borrow_mut().remove(&key);
             if let Some(run) = removed {
+                carried.insert(key.clone(), run.members());
                 run.closed.set(true);
                 run.wake.notify_all();
                 if let Err(e) = run.sync().await {
@@ -1115,6 +1119,14 @@ impl Shard {
             )
             .await?;
             let run = Rc::new(run);
+            for (member, stage, max_in_flight) in carried
+                .remove(&(name.clone(), partition))
+                .unwrap_or_default()
+            {
+                if let Some(s) = run.plan.stage_index(&stage) {
+                    run.attach(member, s, max_in_flight);
+                }
+            }
             self.runs
                 .borrow_mut()
                 .insert((name, partition), run.clone());

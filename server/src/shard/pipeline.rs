@@ -375,7 +375,6 @@ impl PipelineRun {
             }
             offset = read.next_offset;
         }
-        let completed = done_roots.values().filter(|&&d| d == all).count() as u64;
         let stats = self.source.log.stats();
         let start = match watermark {
             Some(w) => w,
@@ -394,6 +393,15 @@ impl PipelineRun {
             }
         };
         let mut st = self.state.borrow_mut();
+        // Finished: every stage done, or (for executions finished under an
+        // earlier definition with fewer stages) below the watermark and not
+        // failed.
+        let completed = done_roots
+            .iter()
+            .filter(|&(root, &done)| {
+                done == all || (*root < start && !st.failed.contains_key(root))
+            })
+            .count() as u64;
         st.cursor = start.max(stats.start_offset);
         st.watermark = start;
         st.completed = completed;
@@ -638,6 +646,23 @@ impl PipelineRun {
         }
         drop(st);
         self.wake.notify_all();
+    }
+
+    /// The stage members, by stage name, to carry over to a run that
+    /// replaces this one.
+    pub fn members(&self) -> Vec<(MemberId, String, u32)> {
+        self.state
+            .borrow()
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    self.plan.stages[m.stage as usize].name.clone(),
+                    m.max_in_flight,
+                )
+            })
+            .collect()
     }
 
     /// Removes a connection's members; their deliveries go out again at once.
