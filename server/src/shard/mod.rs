@@ -1090,7 +1090,7 @@ impl Shard {
             .collect();
         // Stage handlers stay attached across an update: the new run gets
         // the old one's members whose stages still exist.
-        let mut carried: HashMap<(String, u32), Vec<(MemberId, String, u32)>> = HashMap::new();
+        let mut carried: HashMap<(String, u32), Vec<pipeline::CarriedMember>> = HashMap::new();
         for key in stale {
             let removed = self.runs.borrow_mut().remove(&key);
             if let Some(run) = removed {

@@ -53,6 +53,10 @@ const SCAN_BYTES: u32 = 256 << 10;
 /// Longest error message kept per stage.
 const ERROR_BYTES_MAX: usize = 1024;
 
+/// A stage member carried to a replacing run: who, which stage (by name),
+/// and its in-flight bound.
+pub type CarriedMember = (MemberId, String, u32);
+
 /// A stage delivery ready to be pushed.
 #[derive(Debug)]
 pub struct StageOutgoing {
@@ -650,7 +654,7 @@ impl PipelineRun {
 
     /// The stage members, by stage name, to carry over to a run that
     /// replaces this one.
-    pub fn members(&self) -> Vec<(MemberId, String, u32)> {
+    pub fn members(&self) -> Vec<CarriedMember> {
         self.state
             .borrow()
             .members
