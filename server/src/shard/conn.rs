@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,7 +44,8 @@ enum Op {
     Publish {
         stream: String,
         partition: u32,
-        events: Vec<Vec<u8>>,
+        /// Slices of the received frame: no copy.
+        events: Vec<Bytes>,
     },
     Fetch {
         stream: String,
@@ -75,12 +76,14 @@ enum Op {
 }
 
 impl Op {
-    fn from_message(message: &Message<'_>) -> Op {
+    /// `frame` is the buffer `message` was decoded from; event bytes are
+    /// taken as slices of it.
+    fn from_message(message: &Message<'_>, frame: &Bytes) -> Op {
         match message {
             Message::Publish(p) => Op::Publish {
                 stream: p.stream.to_string(),
                 partition: p.partition,
-                events: p.events.iter().map(|e| e.to_vec()).collect(),
+                events: p.events.iter().map(|e| frame.slice_ref(e)).collect(),
             },
             Message::Fetch(f) => Op::Fetch {
                 stream: f.stream.to_string(),
@@ -219,7 +222,7 @@ async fn read_loop(
                 }
             }
             let request_id = decoded.request_id;
-            let op = Op::from_message(&decoded.message);
+            let op = Op::from_message(&decoded.message, &frame);
             in_flight.set(in_flight.get() + 1);
             let (shard, tx, in_flight, settled) = (
                 shard.clone(),
@@ -662,16 +665,19 @@ mod tests {
 
     #[test]
     fn server_to_client_messages_are_refused_with_a_reason() {
-        let op = Op::from_message(&Message::AckOk);
+        let op = Op::from_message(&Message::AckOk, &Bytes::new());
         assert!(
             matches!(op, Op::Refuse(ErrorCode::InvalidRequest, ref m) if m.contains("server-to-client"))
         );
-        let op = Op::from_message(&Message::Fetch(hadron_wire::Fetch {
-            stream: "s",
-            partition: 1,
-            offset: 2,
-            max_bytes: 0,
-        }));
+        let op = Op::from_message(
+            &Message::Fetch(hadron_wire::Fetch {
+                stream: "s",
+                partition: 1,
+                offset: 2,
+                max_bytes: 0,
+            }),
+            &Bytes::new(),
+        );
         assert!(matches!(
             op,
             Op::Fetch {

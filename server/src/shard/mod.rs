@@ -159,7 +159,7 @@ pub enum Request {
     Publish {
         stream: String,
         partition: u32,
-        events: Vec<Vec<u8>>,
+        events: Vec<bytes::Bytes>,
     },
     /// Read events of a partition.
     Fetch {

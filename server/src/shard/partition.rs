@@ -66,9 +66,30 @@ enum DedupEntry {
     Done(u64),
 }
 
+/// Hashes a key that is already a hash: the dedup keys are SipHash outputs,
+/// so hashing them again would only cost time.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 #[derive(Debug, Default)]
 struct Dedup {
-    entries: HashMap<u64, (DedupEntry, u64)>,
+    entries: KeyMap<(DedupEntry, u64)>,
     /// Keys in insertion order with their time, for expiry.
     order: VecDeque<(u64, u64)>,
 }
@@ -122,6 +143,8 @@ pub struct Partition {
     pub stored_offsets: RefCell<HashMap<String, u64>>,
     last_snapshot: RefCell<Vec<(String, u64)>>,
     committing: Cell<bool>,
+    /// Signalled when a commit ends.
+    committed: Notify,
 }
 
 impl std::fmt::Debug for Partition {
@@ -200,6 +223,7 @@ impl Partition {
             stored_offsets: RefCell::new(HashMap::new()),
             last_snapshot: RefCell::new(Vec::new()),
             committing: Cell::new(false),
+            committed: Notify::default(),
         };
         p.load_offsets().await?;
         p.rebuild_dedup().await?;
@@ -249,13 +273,13 @@ impl Partition {
 
     /// Appends the events not already present, each verified first; nothing
     /// is written when any event is invalid.
-    pub async fn publish(&self, events: &[Vec<u8>]) -> Result<Published, Failure> {
+    pub async fn publish<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Published, Failure> {
         if events.is_empty() {
             return Err((ErrorCode::InvalidRequest, "publish with no events".into()));
         }
         let mut keys = Vec::with_capacity(events.len());
         for (i, bytes) in events.iter().enumerate() {
-            let event = hadron_wire::decode_event(bytes, &self.limits).map_err(|e| {
+            let event = hadron_wire::decode_event(bytes.as_ref(), &self.limits).map_err(|e| {
                 (
                     ErrorCode::InvalidEvent,
                     format!("event {i} of the publish is invalid: {e}"),
@@ -278,7 +302,7 @@ impl Partition {
         let mut chunks: Vec<Vec<usize>> = Vec::new();
         let mut bytes = BATCH_HEADER_BYTES;
         for &i in &fresh {
-            let len = RECORD_PREFIX_BYTES + events[i].len();
+            let len = RECORD_PREFIX_BYTES + events[i].as_ref().len();
             let full = chunks
                 .last()
                 .is_none_or(|c| bytes + len > batch_max || c.len() >= BATCH_RECORDS_MAX as usize);
@@ -292,7 +316,7 @@ impl Partition {
             }
         }
         let appends = chunks.iter().map(|chunk| {
-            let records: Vec<&[u8]> = chunk.iter().map(|&i| events[i].as_slice()).collect();
+            let records: Vec<&[u8]> = chunk.iter().map(|&i| events[i].as_ref()).collect();
             async move { self.log.append(&records, now).await }
         });
         let outcomes = futures::future::join_all(appends).await;
@@ -410,7 +434,7 @@ impl Partition {
         }
         let mut earlier = Vec::with_capacity(keys.len());
         let mut fresh = Vec::new();
-        let mut seen: HashMap<u64, usize> = HashMap::new();
+        let mut seen: KeyMap<usize> = KeyMap::default();
         for (i, key) in keys.iter().enumerate() {
             if self.dedup_window_ms > 0 {
                 if let Some((DedupEntry::Done(o), _)) = dedup.entries.get(key) {
@@ -471,8 +495,15 @@ impl Partition {
     /// Writes a snapshot of the durable groups' committed offsets if any
     /// changed since the last one.
     pub async fn commit_offsets(&self) -> Result<(), String> {
-        if self.committing.get() {
-            return Ok(());
+        // One commit at a time; a caller that finds one running waits for it
+        // and then commits what changed since (the shutdown commit must not
+        // be skipped because a periodic one was under way).
+        while self.committing.get() {
+            let generation = self.committed.generation();
+            if !self.committing.get() {
+                break;
+            }
+            self.committed.changed_since(generation).await;
         }
         let mut snapshot: BTreeMap<String, u64> = self
             .stored_offsets
@@ -493,6 +524,7 @@ impl Partition {
         let record = encode_snapshot(&snapshot);
         let result = self.offsets.append(&[record], now_ms()).await;
         self.committing.set(false);
+        self.committed.notify_all();
         result.map_err(|e| format!("committing group offsets: {e}"))?;
         *self.last_snapshot.borrow_mut() = snapshot;
         let _ = self.offsets.apply_retention(now_ms()).await;
