@@ -91,11 +91,18 @@ start_hadron() {
         --listen "127.0.0.1:$PORT" --shards "$SHARDS" 2>"$WORK/hadron-$name.log" &
     SERVER_PID=$!
     wait_port "$PORT"
+    # Ready means every shard answers: status gathers from all of them.
+    for _ in $(seq 1 100); do
+        if "$HADRON" status --url "127.0.0.1:$PORT" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "compare: hadron did not become ready; see $WORK/hadron-$name.log" >&2
+    return 1
 }
 
 loadgen() {
     local out=$1; shift
-    "$LOADGEN" "$@" --json 2>/dev/null | tail -n 1 > "$RESULTS/$out.json"
+    "$LOADGEN" "$@" --json 2>"$WORK/loadgen-$out.log" | tail -n 1 > "$RESULTS/$out.json"
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], round(d['events_per_sec']), 'ev/s p99', d['latency_us']['p99'], 'us', file=sys.stderr)" "$RESULTS/$out.json" "$out"
 }
 
@@ -132,6 +139,21 @@ start_hadron pipeline always
 loadgen hadron-pipeline pipeline --url "127.0.0.1:$PORT" --connections 4 --in-flight 4 --batch 16 \
     --size 256 --duration "$DURATION" --durable true --consumers 2 --server-pid "$SERVER_PID"
 stop_server
+
+# --- scaling across shards ----------------------------------------------------
+SHARD_LIST=${SHARD_LIST:-"1 $(nproc)"}
+ALL_SHARDS=$SHARDS
+for n in $SHARD_LIST; do
+    SHARDS=$n
+    start_hadron "scale-$n-always" always
+    loadgen "scale-$n-durable" "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable true
+    stop_server
+    start_hadron "scale-$n-never" never
+    loadgen "scale-$n-nondurable" "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable false
+    stop_server
+done
+SHARDS=$ALL_SHARDS
+echo "$SHARD_LIST" > "$RESULTS/shard-list.txt"
 
 # --- NATS JetStream ---------------------------------------------------------
 run_nats() {
@@ -179,6 +201,16 @@ def row(name, d):
     l = d["latency_us"]
     return f"| {name} | {d['events_per_sec']:,.0f} | {mib(d['bytes_per_sec']):.1f} | {l['p50']/1000:.2f} | {l['p99']/1000:.2f} | {l['p999']/1000:.2f} | {l['max']/1000:.1f} |"
 ratio = lambda a, b: a / b if b else float("nan")
+def scaling_rows():
+    shards = open(os.path.join(res, "shard-list.txt")).read().split()
+    base = None
+    rows = []
+    for n in shards:
+        d, nd = load(f"scale-{n}-durable"), load(f"scale-{n}-nondurable")
+        if base is None:
+            base = (d["events_per_sec"], nd["events_per_sec"])
+        rows.append(f"| {n} | {d['events_per_sec']:,.0f} | {d['events_per_sec']/base[0]:.2f} | {nd['events_per_sec']:,.0f} | {nd['events_per_sec']/base[1]:.2f} |")
+    return rows
 lines = [
     "# Benchmarks",
     "",
@@ -242,6 +274,14 @@ lines += [
     f"The seed's five-stage DAG (loadgen `pipeline`, durable): **{hp.get('executions_per_sec', 0):,.0f} executions/s**, "
     f"{hp.get('stage_completions_per_sec', 0):,.0f} stage completions/s; publish-to-sync latency p50 {hp['latency_us']['p50']/1000:.1f} ms, "
     f"p99 {hp['latency_us']['p99']/1000:.1f} ms.",
+    "",
+    "## Scaling across shards",
+    "",
+    "Publish throughput by shard count, same load as above (the load generator shares the machine, so this shows contention as much as scaling).",
+    "",
+    "| shards | durable events/s | x 1 shard | non-durable events/s | x 1 shard |",
+    "|---|---|---|---|---|",
+] + scaling_rows() + [
     "",
     "## How to reproduce",
     "",
