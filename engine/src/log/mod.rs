@@ -679,14 +679,13 @@ impl<S: Storage> Log<S> {
         Ok(batch::verify(&whole))
     }
 
-    async fn recover_sealed(
+    /// Opens segment `base`'s file and reads its size.
+    async fn open_segment(
         storage: &S,
         dir: &Path,
         base: u64,
-        next_base: u64,
-        config: &LogConfig,
-    ) -> Result<Segment<S>, OpenError> {
-        let mut seg = Segment::<S>::new(dir, base);
+    ) -> Result<(Segment<S>, S::File, u64), OpenError> {
+        let seg = Segment::<S>::new(dir, base);
         let file = storage
             .open(&seg.log_path)
             .await
@@ -695,6 +694,17 @@ impl<S: Storage> Log<S> {
             .size()
             .await
             .map_err(io_err("size segment", &seg.log_path))?;
+        Ok((seg, file, size))
+    }
+
+    async fn recover_sealed(
+        storage: &S,
+        dir: &Path,
+        base: u64,
+        next_base: u64,
+        config: &LogConfig,
+    ) -> Result<Segment<S>, OpenError> {
+        let (mut seg, file, size) = Self::open_segment(storage, dir, base).await?;
         let corrupt = |position: u64, reason: String| OpenError::Corrupt {
             path: seg.log_path.clone(),
             position,
@@ -812,15 +822,7 @@ impl<S: Storage> Log<S> {
         base: u64,
         config: &LogConfig,
     ) -> Result<Segment<S>, OpenError> {
-        let mut seg = Segment::<S>::new(dir, base);
-        let file = storage
-            .open(&seg.log_path)
-            .await
-            .map_err(io_err("open segment", &seg.log_path))?;
-        let size = file
-            .size()
-            .await
-            .map_err(io_err("size segment", &seg.log_path))?;
+        let (mut seg, file, size) = Self::open_segment(storage, dir, base).await?;
         let old_index = match storage.open(&seg.idx_path).await {
             Ok(idx) => {
                 let len = idx

@@ -323,6 +323,28 @@ fn unexpected(reply: Reply) -> Failure {
     }
 }
 
+/// The shard that made a delivery: its id is in the top 16 bits.
+fn delivery_owner(shard: &Shard, delivery: u64) -> Result<u16, Failure> {
+    let owner = (delivery >> 48) as u16;
+    if owner >= shard.shards {
+        return Err((
+            ErrorCode::UnknownDelivery,
+            format!("no delivery {delivery}"),
+        ));
+    }
+    Ok(owner)
+}
+
+/// Sends a settlement (nack, stage ack, stage nack) to the shard that made
+/// the delivery; `AckOk` when it took it.
+async fn settle(shard: &Rc<Shard>, delivery: u64, req: Request) -> Result<Encode, Failure> {
+    let owner = delivery_owner(shard, delivery)?;
+    match shard.call(owner, req).await {
+        Reply::Done => Ok(Box::new(|id| encoded(Message::AckOk, id))),
+        other => Err(unexpected(other)),
+    }
+}
+
 async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure> {
     match op {
         Op::Publish {
@@ -466,12 +488,12 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
         Op::Ack(ids) => {
             let mut by_owner: std::collections::BTreeMap<u16, Vec<u64>> = Default::default();
             for id in ids {
-                by_owner.entry((id >> 48) as u16).or_default().push(id);
+                by_owner
+                    .entry(delivery_owner(shard, id)?)
+                    .or_default()
+                    .push(id);
             }
             for (owner, ids) in by_owner {
-                if owner >= shard.shards {
-                    return Err((ErrorCode::UnknownDelivery, format!("no delivery {:?}", ids)));
-                }
                 let reply = shard
                     .call(
                         owner,
@@ -489,28 +511,13 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             Ok(Box::new(|id| encoded(Message::AckOk, id)))
         }
         Op::Nack(delivery, message) => {
-            let owner = (delivery >> 48) as u16;
-            if owner >= shard.shards {
-                return Err((
-                    ErrorCode::UnknownDelivery,
-                    format!("no delivery {delivery}"),
-                ));
-            }
-            let reply = shard
-                .call(
-                    owner,
-                    Request::Nack {
-                        id: delivery,
-                        message,
-                        shard: shard.id,
-                        conn,
-                    },
-                )
-                .await;
-            match reply {
-                Reply::Done => Ok(Box::new(|id| encoded(Message::AckOk, id))),
-                other => Err(unexpected(other)),
-            }
+            let req = Request::Nack {
+                id: delivery,
+                message,
+                shard: shard.id,
+                conn,
+            };
+            settle(shard, delivery, req).await
         }
         Op::PipelineSubscribe {
             pipeline,
@@ -563,42 +570,22 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             Ok(Box::new(|id| encoded(Message::AckOk, id)))
         }
         Op::StageAck(delivery, output) => {
-            let owner = (delivery >> 48) as u16;
-            if owner >= shard.shards {
-                return Err((
-                    ErrorCode::UnknownDelivery,
-                    format!("no stage delivery {delivery}"),
-                ));
-            }
             let req = Request::StageAck {
                 id: delivery,
                 output,
                 shard: shard.id,
                 conn,
             };
-            match shard.call(owner, req).await {
-                Reply::Done => Ok(Box::new(|id| encoded(Message::AckOk, id))),
-                other => Err(unexpected(other)),
-            }
+            settle(shard, delivery, req).await
         }
         Op::StageNack(delivery, message) => {
-            let owner = (delivery >> 48) as u16;
-            if owner >= shard.shards {
-                return Err((
-                    ErrorCode::UnknownDelivery,
-                    format!("no stage delivery {delivery}"),
-                ));
-            }
             let req = Request::StageNack {
                 id: delivery,
                 message,
                 shard: shard.id,
                 conn,
             };
-            match shard.call(owner, req).await {
-                Reply::Done => Ok(Box::new(|id| encoded(Message::AckOk, id))),
-                other => Err(unexpected(other)),
-            }
+            settle(shard, delivery, req).await
         }
         Op::PipelineRetry(pipeline, execution) => {
             let source = {

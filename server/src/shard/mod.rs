@@ -255,6 +255,15 @@ impl From<Failure> for Reply {
     }
 }
 
+impl From<Result<(), Failure>> for Reply {
+    fn from(result: Result<(), Failure>) -> Reply {
+        match result {
+            Ok(()) => Reply::Done,
+            Err(f) => f.into(),
+        }
+    }
+}
+
 /// What travels over the mesh.
 #[derive(Debug)]
 pub enum MeshMsg {
@@ -676,14 +685,8 @@ impl Shard {
                 shard,
                 conn,
             } => match self.run_of(id) {
-                Some(run) => match run.ack(id, (shard, conn), &output).await {
-                    Ok(()) => Reply::Done,
-                    Err(f) => f.into(),
-                },
-                None => Reply::Failed(
-                    ErrorCode::UnknownDelivery,
-                    format!("stage delivery {id} is not outstanding"),
-                ),
+                Ok(run) => run.ack(id, (shard, conn), &output).await.into(),
+                Err(f) => f.into(),
             },
             Request::StageNack {
                 id,
@@ -691,14 +694,8 @@ impl Shard {
                 shard,
                 conn,
             } => match self.run_of(id) {
-                Some(run) => match run.nack(id, (shard, conn), &message).await {
-                    Ok(()) => Reply::Done,
-                    Err(f) => f.into(),
-                },
-                None => Reply::Failed(
-                    ErrorCode::UnknownDelivery,
-                    format!("stage delivery {id} is not outstanding"),
-                ),
+                Ok(run) => run.nack(id, (shard, conn), &message).await.into(),
+                Err(f) => f.into(),
             },
             Request::PipelineRetry {
                 pipeline,
@@ -787,12 +784,18 @@ impl Shard {
         Ok(())
     }
 
-    fn run_of(&self, delivery_id: u64) -> Option<Rc<PipelineRun>> {
+    fn run_of(&self, delivery_id: u64) -> Result<Rc<PipelineRun>, Failure> {
         self.runs
             .borrow()
             .values()
             .find(|r| r.owns(delivery_id))
             .cloned()
+            .ok_or_else(|| {
+                (
+                    ErrorCode::UnknownDelivery,
+                    format!("stage delivery {delivery_id} is not outstanding"),
+                )
+            })
     }
 
     fn run_status(&self) -> Vec<(String, RunStatus)> {
