@@ -254,6 +254,17 @@ fn serve(
         .map_err(|e| format!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    // Held until the process exits: two servers on one data dir would
+    // corrupt it.
+    let _lock = lock_data_dir(&config.data_dir)?;
+    check_port_free(config.listen)?;
+    if config.shard_ports {
+        for shard in 0..config.shards {
+            if let Some(port) = config.listen.port().checked_add(1 + shard) {
+                check_port_free(std::net::SocketAddr::new(config.listen.ip(), port))?;
+            }
+        }
+    }
 
     // Resources applied before (persisted), then those the config file
     // declares; a server with no stream gets `events`.
@@ -296,6 +307,38 @@ fn serve(
     shard::run(settings, stop)?;
     tracing::info!("hadron stopped");
     Ok(())
+}
+
+/// Takes an exclusive lock on `<data dir>/LOCK`, refusing to start when
+/// another process holds it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    nix::fcntl::flock(
+        file.as_raw_fd(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .map_err(|e| {
+        format!(
+            "{} is in use by another hadron server ({e}); stop it or choose another --data-dir",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// The shards bind with SO_REUSEPORT, which would let a second server share
+/// the port silently; a plain bind first fails if anything listens there.
+fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("cannot listen on {addr}: {e}; is another server running?"))
 }
 
 /// Raises RLIMIT_MEMLOCK's soft limit towards `needed` bytes, as far as the

@@ -234,3 +234,73 @@ fn publish_subscribe_status_and_apply_through_the_cli() {
         .collect();
     assert_eq!(names, ["events", "orders"]);
 }
+
+/// A second server can neither share a running server's data dir (it would
+/// corrupt it) nor its port (SO_REUSEPORT would otherwise let it in
+/// silently); both refusals say why, and the first server carries on.
+#[test]
+fn a_second_server_on_the_same_data_dir_or_port_is_refused() {
+    let server = Server::start();
+    let data_dir = server.data_dir().to_str().unwrap().to_string();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = free.local_addr().unwrap().port();
+    drop(free);
+
+    let same_dir = run_cli(
+        &[
+            "server",
+            "--data-dir",
+            &data_dir,
+            "--listen",
+            &format!("127.0.0.1:{other_port}"),
+            "--shards",
+            "1",
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(!same_dir.status.success());
+    assert!(
+        same_dir.stderr.contains("in use by another hadron server"),
+        "{}",
+        same_dir.stderr
+    );
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let same_port = run_cli(
+        &[
+            "server",
+            "--data-dir",
+            other_dir.path().to_str().unwrap(),
+            "--listen",
+            &server.addr(),
+            "--shards",
+            "1",
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(!same_port.status.success());
+    assert!(
+        same_port.stderr.contains("cannot listen on"),
+        "{}",
+        same_port.stderr
+    );
+    assert!(
+        !other_dir.path().join("streams").exists(),
+        "nothing was created"
+    );
+
+    // The first server is unharmed.
+    let out = run_cli(
+        &[
+            "publish",
+            "--url",
+            &server.addr(),
+            "--type",
+            "t",
+            "still here",
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.json_lines()[0]["offset"], 0);
+}
