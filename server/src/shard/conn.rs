@@ -323,6 +323,40 @@ fn unexpected(reply: Reply) -> Failure {
     }
 }
 
+/// A new member id for a subscription of connection `conn`.
+fn new_member(shard: &Shard, conn: u64) -> MemberId {
+    MemberId {
+        shard: shard.id,
+        conn,
+        subscription: shard.unique_id(),
+    }
+}
+
+/// Sends the attach request `attach(partition, per_partition_in_flight)` to
+/// the owner of every partition of `stream`; a member's in-flight bound is
+/// spread over the partitions.
+async fn attach_everywhere(
+    shard: &Rc<Shard>,
+    stream: &str,
+    partitions: u32,
+    max_in_flight: u32,
+    attach: impl Fn(u32, u32) -> Request,
+) -> Result<(), Failure> {
+    let per_partition = max_in_flight.max(1).div_ceil(partitions.max(1)).max(1);
+    let attaches = (0..partitions).map(|partition| {
+        shard.call(
+            shard.owner(stream, partition),
+            attach(partition, per_partition),
+        )
+    });
+    for reply in futures::future::join_all(attaches).await {
+        if !matches!(reply, Reply::Done) {
+            return Err(unexpected(reply));
+        }
+    }
+    Ok(())
+}
+
 /// The shard that made a delivery: its id is in the top 16 bits.
 fn delivery_owner(shard: &Shard, delivery: u64) -> Result<u16, Failure> {
     let owner = (delivery >> 48) as u16;
@@ -448,33 +482,24 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     ),
                 ));
             }
-            let subscription = shard.unique_id();
-            let member = MemberId {
-                shard: shard.id,
-                conn,
-                subscription,
-            };
-            // A member's in-flight bound is spread over the partitions.
-            let per_partition = max_in_flight.max(1).div_ceil(partitions).max(1);
-            let attaches = (0..partitions).map(|partition| {
-                shard.call(
-                    shard.owner(&stream, partition),
-                    Request::Attach {
-                        stream: stream.clone(),
-                        partition,
-                        group: group.clone(),
-                        durable,
-                        start,
-                        max_in_flight: per_partition,
-                        member,
-                    },
-                )
-            });
-            for reply in futures::future::join_all(attaches).await {
-                if !matches!(reply, Reply::Done) {
-                    return Err(unexpected(reply));
-                }
-            }
+            let member = new_member(shard, conn);
+            let subscription = member.subscription;
+            attach_everywhere(
+                shard,
+                &stream,
+                partitions,
+                max_in_flight,
+                |partition, per_partition| Request::Attach {
+                    stream: stream.clone(),
+                    partition,
+                    group: group.clone(),
+                    durable,
+                    start,
+                    max_in_flight: per_partition,
+                    member,
+                },
+            )
+            .await?;
             Ok(Box::new(move |id| {
                 encoded(
                     Message::SubscribeOk(hadron_wire::SubscribeOk {
@@ -544,29 +569,21 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     .map_or(0, |s| s.partitions);
                 (partitions, spec.source_stream.clone())
             };
-            let member = MemberId {
-                shard: shard.id,
-                conn,
-                subscription: shard.unique_id(),
-            };
-            let per_partition = max_in_flight.max(1).div_ceil(partitions.max(1)).max(1);
-            let attaches = (0..partitions).map(|partition| {
-                shard.call(
-                    shard.owner(&source, partition),
-                    Request::StageAttach {
-                        pipeline: pipeline.clone(),
-                        partition,
-                        stage: stage.clone(),
-                        max_in_flight: per_partition,
-                        member,
-                    },
-                )
-            });
-            for reply in futures::future::join_all(attaches).await {
-                if !matches!(reply, Reply::Done) {
-                    return Err(unexpected(reply));
-                }
-            }
+            let member = new_member(shard, conn);
+            attach_everywhere(
+                shard,
+                &source,
+                partitions,
+                max_in_flight,
+                |partition, per_partition| Request::StageAttach {
+                    pipeline: pipeline.clone(),
+                    partition,
+                    stage: stage.clone(),
+                    max_in_flight: per_partition,
+                    member,
+                },
+            )
+            .await?;
             Ok(Box::new(|id| encoded(Message::AckOk, id)))
         }
         Op::StageAck(delivery, output) => {
