@@ -60,12 +60,6 @@ pub struct Published {
     pub results: Vec<(u64, bool)>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum DedupEntry {
-    Pending,
-    Done(u64),
-}
-
 /// Hashes a key that is already a hash: the dedup keys are SipHash outputs,
 /// so hashing them again would only cost time.
 #[derive(Debug, Default)]
@@ -87,29 +81,99 @@ impl std::hash::Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
+/// The idempotent-publish window of one partition, compact: about 27 bytes
+/// per event in the window (a map entry of key and offset, and the key again
+/// in a ring indexed by offset), plus 16 bytes per appended batch.
+///
+/// Offsets in a partition are dense, so the ring holds the key of every
+/// offset from `ring_base` on; expiry walks the ring from the front, batch
+/// by batch, removing each key whose map entry still points at that offset
+/// (a later event with the same key keeps its own entry).
 #[derive(Debug, Default)]
 struct Dedup {
-    entries: KeyMap<(DedupEntry, u64)>,
-    /// Keys in insertion order with their time, for expiry.
-    order: VecDeque<(u64, u64)>,
+    /// Stored events: key -> offset.
+    done: KeyMap<u64>,
+    /// Keys claimed by publishes whose append is under way.
+    pending: KeyMap<()>,
+    /// Key of each offset from `ring_base` on (0 where unknown).
+    ring: VecDeque<u64>,
+    ring_base: u64,
+    /// Offsets below this have expired.
+    expired_to: u64,
+    /// (first offset, time) of each appended batch, by offset.
+    batches: VecDeque<(u64, u64)>,
 }
 
 impl Dedup {
+    /// The stored offset of `key`, if it is in the window.
+    fn stored(&self, key: u64) -> Option<u64> {
+        self.done.get(&key).copied()
+    }
+
+    fn is_pending(&self, key: u64) -> bool {
+        self.pending.contains_key(&key)
+    }
+
+    fn claim(&mut self, key: u64) {
+        self.pending.insert(key, ());
+    }
+
+    fn unclaim(&mut self, key: u64) {
+        self.pending.remove(&key);
+    }
+
+    /// Forgets the batches appended before `before_ms`.
     fn expire(&mut self, before_ms: u64) {
-        while let Some(&(at, key)) = self.order.front() {
+        while let Some(&(_, at)) = self.batches.front() {
             if at >= before_ms {
                 break;
             }
-            self.order.pop_front();
-            if self.entries.get(&key).is_some_and(|(_, t)| *t == at) {
-                self.entries.remove(&key);
+            self.batches.pop_front();
+            let end = self
+                .batches
+                .front()
+                .map_or(self.ring_base + self.ring.len() as u64, |&(offset, _)| {
+                    offset
+                });
+            while self.ring_base < end {
+                let Some(key) = self.ring.pop_front() else {
+                    break;
+                };
+                if self.done.get(&key) == Some(&self.ring_base) {
+                    self.done.remove(&key);
+                }
+                self.ring_base += 1;
             }
+            self.expired_to = self.ring_base;
         }
     }
 
-    fn insert_done(&mut self, key: u64, offset: u64, at_ms: u64) {
-        self.entries.insert(key, (DedupEntry::Done(offset), at_ms));
-        self.order.push_back((at_ms, key));
+    /// Records that `key` is stored at `offset` (a batch starting at
+    /// `batch_offset`, appended at `at_ms`).
+    fn insert_done(&mut self, key: u64, offset: u64, batch_offset: u64, at_ms: u64) {
+        self.pending.remove(&key);
+        if self.ring.is_empty() {
+            self.ring_base = self.ring_base.max(offset);
+        }
+        // Appends may complete out of order: grow the ring at the front too,
+        // but never below what expiry already passed.
+        while offset < self.ring_base && self.ring_base > self.expired_to {
+            self.ring.push_front(0);
+            self.ring_base -= 1;
+        }
+        if offset < self.ring_base {
+            return;
+        }
+        let at = (offset - self.ring_base) as usize;
+        if self.ring.len() <= at {
+            self.ring.resize(at + 1, 0);
+        }
+        self.ring[at] = key;
+        self.done.insert(key, offset);
+        if !self.batches.iter().rev().any(|&(o, _)| o == batch_offset) {
+            let i = self.batches.partition_point(|&(o, _)| o < batch_offset);
+            self.batches.insert(i, (batch_offset, at_ms));
+        }
     }
 }
 
@@ -261,7 +325,8 @@ impl Partition {
                         continue;
                     }
                     if let Ok(event) = hadron_wire::decode_event(record, &self.limits) {
-                        dedup.insert_done(dedup_key(event.source, event.id), o, at);
+                        let batch_offset = batch.header.base_offset;
+                        dedup.insert_done(dedup_key(event.source, event.id), o, batch_offset, at);
                     }
                 }
             }
@@ -332,7 +397,7 @@ impl Partition {
                             let offset = a.base_offset + n as u64;
                             offsets[i] = offset;
                             if self.dedup_window_ms > 0 {
-                                dedup.insert_done(keys[i], offset, now);
+                                dedup.insert_done(keys[i], offset, a.base_offset, now);
                             }
                         }
                         let (lo, hi) = first_last.unwrap_or((a.base_offset, a.last_offset));
@@ -340,10 +405,7 @@ impl Partition {
                     }
                     Err(e) => {
                         for &i in chunk {
-                            if matches!(dedup.entries.get(&keys[i]), Some((DedupEntry::Pending, _)))
-                            {
-                                dedup.entries.remove(&keys[i]);
-                            }
+                            dedup.unclaim(keys[i]);
                         }
                         failure.get_or_insert(e);
                     }
@@ -425,11 +487,7 @@ impl Partition {
     ) -> Option<(Vec<usize>, Vec<Option<Result<u64, usize>>>)> {
         let mut dedup = self.dedup.borrow_mut();
         dedup.expire(now.saturating_sub(self.dedup_window_ms));
-        if self.dedup_window_ms > 0
-            && keys
-                .iter()
-                .any(|k| matches!(dedup.entries.get(k), Some((DedupEntry::Pending, _))))
-        {
+        if self.dedup_window_ms > 0 && keys.iter().any(|&k| dedup.is_pending(k)) {
             return None;
         }
         let mut earlier = Vec::with_capacity(keys.len());
@@ -437,8 +495,8 @@ impl Partition {
         let mut seen: KeyMap<usize> = KeyMap::default();
         for (i, key) in keys.iter().enumerate() {
             if self.dedup_window_ms > 0 {
-                if let Some((DedupEntry::Done(o), _)) = dedup.entries.get(key) {
-                    earlier.push(Some(Ok(*o)));
+                if let Some(o) = dedup.stored(*key) {
+                    earlier.push(Some(Ok(o)));
                     continue;
                 }
                 if let Some(&j) = seen.get(key) {
@@ -446,7 +504,7 @@ impl Partition {
                     continue;
                 }
                 seen.insert(*key, i);
-                dedup.entries.insert(*key, (DedupEntry::Pending, now));
+                dedup.claim(*key);
             }
             earlier.push(None);
             fresh.push(i);
@@ -580,17 +638,41 @@ mod tests {
     }
 
     #[test]
-    fn dedup_expires_only_entries_that_were_not_refreshed() {
+    fn dedup_expires_whole_batches_and_keeps_refreshed_keys() {
         let mut d = Dedup::default();
-        d.insert_done(1, 10, 100);
-        d.insert_done(2, 11, 200);
-        d.insert_done(1, 12, 300); // key 1 seen again later
+        // Batch at offset 10 (time 100): keys 1, 2; batch at 12 (time 200):
+        // key 3; batch at 13 (time 300): key 1 again (after an expiry, a key
+        // may be stored anew).
+        d.insert_done(1, 10, 10, 100);
+        d.insert_done(2, 11, 10, 100);
+        d.insert_done(3, 12, 12, 200);
+        d.insert_done(1, 13, 13, 300);
+        assert_eq!(d.stored(1), Some(13));
+        d.expire(150);
+        assert_eq!(d.stored(1), Some(13), "the newer entry survives");
+        assert_eq!(d.stored(2), None);
+        assert_eq!(d.stored(3), Some(12));
+        assert_eq!(d.ring_base, 12);
         d.expire(250);
-        assert!(matches!(
-            d.entries.get(&1),
-            Some((DedupEntry::Done(12), 300))
-        ));
-        assert!(!d.entries.contains_key(&2));
+        assert_eq!(d.stored(3), None);
+        assert_eq!(d.ring_base, 13);
+        d.expire(1000);
+        assert_eq!(d.stored(1), None);
+        assert!(d.ring.is_empty() && d.done.is_empty() && d.batches.is_empty());
+        // Appends that complete out of order still land at their offsets.
+        d.insert_done(9, 21, 21, 1100);
+        d.insert_done(8, 20, 20, 1100);
+        assert_eq!((d.stored(8), d.stored(9)), (Some(20), Some(21)));
+        d.expire(1200);
+        assert!(d.done.is_empty());
+        // Claims are separate from stored keys.
+        d.claim(5);
+        assert!(d.is_pending(5) && d.stored(5).is_none());
+        d.insert_done(5, 30, 30, 2000);
+        assert!(!d.is_pending(5));
+        d.claim(6);
+        d.unclaim(6);
+        assert!(!d.is_pending(6));
         assert_eq!(dedup_key("s", "a"), dedup_key("s", "a"));
         assert_ne!(dedup_key("s", "a"), dedup_key("sa", ""));
     }
