@@ -334,11 +334,17 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
 }
 
 /// The shards bind with SO_REUSEPORT, which would let a second server share
-/// the port silently; a plain bind first fails if anything listens there.
+/// the port silently; so refuse to start when something already accepts
+/// connections there. (A plain test bind would also trip over connections
+/// of a previous run still in TIME_WAIT.)
 fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| format!("cannot listen on {addr}: {e}; is another server running?"))
+    let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+    match probe {
+        Ok(_) => Err(format!(
+            "cannot listen on {addr}: another server already accepts connections there"
+        )),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Raises RLIMIT_MEMLOCK's soft limit towards `needed` bytes, as far as the
