@@ -334,16 +334,26 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
 }
 
 /// The shards bind with SO_REUSEPORT, which would let a second server share
-/// the port silently; so refuse to start when something already accepts
-/// connections there. (A plain test bind would also trip over connections
-/// of a previous run still in TIME_WAIT.)
+/// the port silently; so refuse to start when something keeps accepting
+/// connections there. A server that just exited can still accept for a
+/// moment (the kernel tears its io_uring rings, which hold the listening
+/// socket, down asynchronously), so only one that still accepts after
+/// `PORT_PROBE_FOR` counts. (A plain test bind would also trip over that,
+/// and over connections still in TIME_WAIT.)
 fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
-    let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
-    match probe {
-        Ok(_) => Err(format!(
-            "cannot listen on {addr}: another server already accepts connections there"
-        )),
-        Err(_) => Ok(()),
+    const PORT_PROBE_FOR: Duration = Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + PORT_PROBE_FOR;
+    loop {
+        let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        if probe.is_err() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "cannot listen on {addr}: another server already accepts connections there"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
