@@ -245,9 +245,9 @@ lines = [
     "",
     "Latency is from send to ack; the half-rate run is fixed-rate and measured from each batch's scheduled send time (coordinated omission corrected).",
     "",
-    "Reading the fixed-rate p99: fio counts each fdatasync once, so a rare 100 ms stall of this virtio disk (see fio's max above) barely moves its p99, "
+    "Reading the fixed-rate p99: fio counts each fdatasync once, so a rare stall of this virtio disk (fio's max above; 104 ms in an earlier run) barely moves its p99, "
     "while in a fixed-rate run every event scheduled during the stall waits for it, and one such stall in a 10 s run at 100k events/s delays over 1% of them. "
-    "Runs with fdatasync off (`fsync: never`) and with the dedup window off show the same tail, so it follows the disk and the shared CPUs, not the publish path.",
+    "By hand, at the same fixed rate, `fsync: never` and `dedupWindowMs: 0` showed the same kind of tail, so it follows the disk and the shared CPUs, not the publish path.",
     "",
     "## Ratios and targets",
     "",
