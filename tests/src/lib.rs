@@ -879,3 +879,35 @@ pub async fn create_stream(client: &Client, name: &str, partitions: u32) {
         vec![format!("stream/{name} created ({partitions} partitions)")]
     );
 }
+
+/// What a test group member recorded of one delivery.
+pub type Received = (u32, u64, String);
+
+/// Subscribes `group` on `stream` with a handler that records each
+/// delivery's (partition, offset, event id) and acks it; returns the
+/// subscription and the shared record.
+pub async fn record_group(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    options: hadron::SubscribeOptions,
+) -> (
+    hadron::Subscription,
+    std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+) {
+    let received: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+    let sink = received.clone();
+    let subscription = client
+        .subscribe(stream, group, options, move |d: hadron::Delivery| {
+            let sink = sink.clone();
+            async move {
+                sink.lock()
+                    .unwrap()
+                    .push((d.partition, d.offset, d.event.id));
+                Ok::<(), String>(())
+            }
+        })
+        .await
+        .unwrap();
+    (subscription, received)
+}

@@ -12,8 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hadron::{ClientOptions, Delivery, NewEvent, SubscribeOptions};
-use hadron_tests::{Frame, RawConn, Server, eventually, fetch_all, group_status, status};
+use hadron::{ClientOptions, NewEvent, SubscribeOptions};
+use hadron_tests::{
+    Frame, RawConn, Server, eventually, fetch_all, group_status, record_group, status,
+};
 
 /// A durable group acknowledges part of the stream, the server stops with
 /// SIGTERM and restarts on the same data; the group resumes right after
@@ -82,25 +84,8 @@ async fn durable_group_resumes_after_its_acknowledged_offset_across_a_restart() 
     server.restart();
 
     let client = server.client();
-    let received: Arc<Mutex<Vec<(u32, u64, String)>>> = Arc::default();
-    let sink = received.clone();
-    let subscription = client
-        .subscribe(
-            "events",
-            "durable-g",
-            SubscribeOptions::default(),
-            move |d: Delivery| {
-                let sink = sink.clone();
-                async move {
-                    sink.lock()
-                        .unwrap()
-                        .push((d.partition, d.offset, d.event.id));
-                    Ok::<(), String>(())
-                }
-            },
-        )
-        .await
-        .unwrap();
+    let (subscription, received) =
+        record_group(&client, "events", "durable-g", SubscribeOptions::default()).await;
     let rest = EVENTS - ACKED;
     eventually(Duration::from_secs(10), "the rest delivered", || {
         let n = received.lock().unwrap().len();
@@ -298,23 +283,8 @@ async fn data_and_group_offsets_survive_a_change_of_the_shard_count() {
 /// offset is committed to its end, then stops it; returns the ids received
 /// (more than `count` arriving fails).
 async fn consume_all(client: &hadron::Client, count: usize) -> BTreeSet<String> {
-    let received: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = received.clone();
-    let subscription = client
-        .subscribe(
-            "events",
-            "g",
-            SubscribeOptions::default(),
-            move |d: Delivery| {
-                let sink = sink.clone();
-                async move {
-                    sink.lock().unwrap().push(d.event.id);
-                    Ok::<(), String>(())
-                }
-            },
-        )
-        .await
-        .unwrap();
+    let (subscription, received) =
+        record_group(client, "events", "g", SubscribeOptions::default()).await;
     eventually(Duration::from_secs(10), "the events delivered", || {
         let n = received.lock().unwrap().len();
         async move { (n >= count).then_some(()) }
@@ -334,7 +304,12 @@ async fn consume_all(client: &hadron::Client, count: usize) -> BTreeSet<String> 
     })
     .await;
     subscription.stop().await.unwrap();
-    let ids = received.lock().unwrap().clone();
+    let ids: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, id)| id.clone())
+        .collect();
     assert_eq!(ids.len(), count, "delivered: {ids:?}");
     ids.into_iter().collect()
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hadron::{ClientOptions, Delivery, NewEvent, StartPoint, SubscribeOptions};
 use hadron_tests::{
     Frame, RawConn, Server, ServerOptions, event_bytes, eventually, fetch_all, group_status,
-    next_offsets, status,
+    next_offsets, record_group, status,
 };
 use hadron_wire::Message;
 
@@ -348,25 +348,8 @@ async fn two_shards_serve_every_partition_on_every_path() {
     // A group member on one shard's connection receives the events of the
     // partitions both shards own.
     let total: usize = expected.values().map(Vec::len).sum();
-    let received: Arc<Mutex<Vec<(u32, u64, String)>>> = Arc::default();
-    let sink = received.clone();
-    let subscription = aware
-        .subscribe(
-            "events",
-            "cross-shard",
-            SubscribeOptions::default(),
-            move |d: Delivery| {
-                let sink = sink.clone();
-                async move {
-                    sink.lock()
-                        .unwrap()
-                        .push((d.partition, d.offset, d.event.id));
-                    Ok::<(), String>(())
-                }
-            },
-        )
-        .await
-        .unwrap();
+    let (subscription, received) =
+        record_group(&aware, "events", "cross-shard", SubscribeOptions::default()).await;
     eventually(Duration::from_secs(10), "every event delivered", || {
         let n = received.lock().unwrap().len();
         async move { (n >= total).then_some(()) }
