@@ -12,6 +12,7 @@ pub const CONNECTIONS_MAX: u32 = 1024;
 pub const BATCH_EVENTS_MAX: u32 = 65_536;
 pub const IN_FLIGHT_MAX: u32 = 4096;
 pub const CONSUMERS_MAX: u32 = 64;
+pub const THREADS_MAX: u32 = 256;
 /// Data bytes per event at most: a batch of one must fit a frame.
 pub const EVENT_BYTES_MAX: u32 = 8 << 20;
 /// e2e and pipeline carry the send time in the first 8 data bytes.
@@ -46,6 +47,12 @@ pub enum Scenario {
 
 impl Scenario {
     pub fn args(&self) -> &Args {
+        match self {
+            Scenario::Publish(a) | Scenario::E2e(a) | Scenario::Pipeline(a) => a,
+        }
+    }
+
+    pub fn args_mut(&mut self) -> &mut Args {
         match self {
             Scenario::Publish(a) | Scenario::E2e(a) | Scenario::Pipeline(a) => a,
         }
@@ -131,6 +138,22 @@ pub struct Args {
     /// under way (e2e, pipeline).
     #[arg(long, default_value_t = 30.0)]
     pub drain_timeout: f64,
+    /// Threads of loadgen's own runtime. Default: half the CPUs (at least
+    /// one), so that a server on the same machine keeps the other half.
+    #[arg(long)]
+    pub threads: Option<u32>,
+}
+
+impl Args {
+    /// The runtime's thread count: `--threads`, else half the CPUs.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1),
+        }
+    }
 }
 
 impl Scenario {
@@ -148,6 +171,9 @@ impl Scenario {
         range("batch", a.batch, BATCH_EVENTS_MAX)?;
         range("in-flight", a.in_flight, IN_FLIGHT_MAX)?;
         range("consumers", a.consumers, CONSUMERS_MAX)?;
+        if let Some(t) = a.threads {
+            range("threads", t, THREADS_MAX)?;
+        }
         if a.size > EVENT_BYTES_MAX {
             return Err(format!(
                 "--size must be at most {EVENT_BYTES_MAX} bytes, not {}",

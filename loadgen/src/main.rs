@@ -30,12 +30,16 @@ use clap::Parser;
 use args::{Cli, Target};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if let Err(e) = cli.scenario.validate() {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
     }
+    // Resolved here so that the report's parameters show the count used.
+    let threads = cli.scenario.args().threads();
+    cli.scenario.args_mut().threads = Some(threads as u32);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
     {

@@ -206,7 +206,7 @@ impl Report {
             (None, None) => "?".to_owned(),
         };
         line(format!(
-            "  {} connections x {} in flight x batch {}, {} B events{}, rate {rate}, {stop} after {} s warmup",
+            "  {} connections x {} in flight x batch {}, {} B events{}, rate {rate}, {stop} after {} s warmup, {} loadgen threads",
             p.connections,
             p.in_flight,
             p.batch,
@@ -214,6 +214,7 @@ impl Report {
             self.encoded_event_bytes
                 .map_or(String::new(), |b| format!(" ({b} B encoded)")),
             p.warmup,
+            p.threads.map_or("default".to_owned(), |t| t.to_string()),
         ));
         line(format!(
             "  {:<26} {} in {:.2} s",
@@ -263,6 +264,20 @@ impl Report {
                 mb(r.hwm_kb),
                 r.pid
             ));
+        }
+        if let Some(r) = &self.server_rss {
+            let per_event = |cores: f64| cores * 1e6 / self.events_per_sec.max(1e-9);
+            for (label, cores) in [
+                ("server CPU", r.server_cpu_cores),
+                ("loadgen CPU", r.loadgen_cpu_cores),
+            ] {
+                if let Some(c) = cores {
+                    line(format!(
+                        "  {label:<26} {c:.2} cores, {:.2} us per event (whole run)",
+                        per_event(c)
+                    ));
+                }
+            }
         }
         out
     }
@@ -318,6 +333,8 @@ mod tests {
             peak_kb: 3000,
             end_kb: 2000,
             hwm_kb: 3100,
+            server_cpu_cores: Some(0.9),
+            loadgen_cpu_cores: None,
         });
         let json = report.json().unwrap();
         assert!(!json.contains('\n'), "one line");
@@ -359,6 +376,13 @@ mod tests {
                 &serde_json::json!(2000),
                 &serde_json::json!(3100)
             )
+        );
+        assert_eq!(rss["server_cpu_cores"], 0.9);
+        assert!(rss["loadgen_cpu_cores"].is_null());
+        let table = report.table();
+        assert!(
+            table.contains("server CPU") && table.contains("90.00 us per event"),
+            "{table}"
         );
         for absent in ["executions_per_sec", "pipeline", "publish", "undelivered"] {
             assert!(v.get(absent).is_none(), "{absent} only for other scenarios");

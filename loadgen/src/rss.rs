@@ -1,10 +1,15 @@
 //! The server's memory, from `/proc/PID/status`: VmRSS at the start, its
 //! peak over 100 ms samples during the run, at the end, and the kernel's own
 //! high-water mark VmHWM (which also catches peaks between samples).
+//!
+//! And the CPU the server and loadgen itself used over the run, from
+//! `/proc/PID/stat` (user plus system time of every thread, io_uring's
+//! `iou-wrk` workers included; kernel workers outside the process are not):
+//! on a machine they share, this says which side a figure is bounded by.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -44,13 +49,60 @@ pub fn read(pid: u32) -> Result<Sample, String> {
     parse_status(&text).ok_or_else(|| format!("{path} has no VmRSS/VmHWM (a kernel thread?)"))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// User plus system CPU time of a process so far, in clock ticks, from a
+/// `/proc/PID/stat` text (fields 14 and 15; the command name, field 2, may
+/// hold spaces and parentheses, so fields are counted from its last `)`).
+pub fn parse_stat_ticks(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state); utime is field 14.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    parse_stat_ticks(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on
+/// every Linux architecture loadgen builds for).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU time of both processes at one moment.
+#[derive(Debug, Clone, Copy)]
+struct CpuMark {
+    at: Instant,
+    server: Option<u64>,
+    loadgen: Option<u64>,
+}
+
+impl CpuMark {
+    fn now(pid: u32) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            server: cpu_ticks(Some(pid)),
+            loadgen: cpu_ticks(None),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RssReport {
     pub pid: u32,
     pub start_kb: u64,
     pub peak_kb: u64,
     pub end_kb: u64,
     pub hwm_kb: u64,
+    /// The server's CPU use averaged over the whole run (warmup and drain
+    /// included): CPU seconds per second, so 1.0 is one core busy.
+    pub server_cpu_cores: Option<f64>,
+    /// The same for loadgen itself.
+    pub loadgen_cpu_cores: Option<f64>,
 }
 
 /// Samples a process every `SAMPLE_INTERVAL` until `finish`.
@@ -58,6 +110,7 @@ pub struct RssReport {
 pub struct Sampler {
     pid: u32,
     start: Sample,
+    cpu_start: CpuMark,
     stop: Arc<AtomicBool>,
     task: JoinHandle<u64>,
 }
@@ -67,6 +120,7 @@ impl Sampler {
     /// starts sampling.
     pub fn start(pid: u32) -> Result<Sampler, String> {
         let start = read(pid)?;
+        let cpu_start = CpuMark::now(pid);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let task = tokio::spawn(async move {
@@ -83,6 +137,7 @@ impl Sampler {
         Ok(Sampler {
             pid,
             start,
+            cpu_start,
             stop,
             task,
         })
@@ -93,7 +148,18 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         let peak = self.task.await.unwrap_or(self.start.rss_kb);
         let end = read(self.pid)?;
+        let cpu_end = CpuMark::now(self.pid);
+        let secs = cpu_end
+            .at
+            .saturating_duration_since(self.cpu_start.at)
+            .as_secs_f64()
+            .max(1e-3);
+        let cores = |a: Option<u64>, b: Option<u64>| {
+            Some(b?.saturating_sub(a?) as f64 / TICKS_PER_SEC / secs)
+        };
         Ok(RssReport {
+            server_cpu_cores: cores(self.cpu_start.server, cpu_end.server),
+            loadgen_cpu_cores: cores(self.cpu_start.loadgen, cpu_end.loadgen),
             pid: self.pid,
             start_kb: self.start.rss_kb,
             peak_kb: peak.max(end.rss_kb),
@@ -130,6 +196,15 @@ mod tests {
         assert_eq!(parse_status("VmRSS:\t1 MB\nVmHWM:\t1 kB\n"), None);
     }
 
+    #[test]
+    fn parses_cpu_ticks_past_odd_names() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    731 269 0 0 20 0 5 0 123 456 789";
+        assert_eq!(parse_stat_ticks(stat), Some(1000));
+        assert_eq!(parse_stat_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(parse_stat_ticks("no parenthesis"), None);
+    }
+
     #[tokio::test]
     async fn samples_this_process() {
         let s = Sampler::start(std::process::id()).unwrap();
@@ -138,6 +213,8 @@ mod tests {
         assert!(r.start_kb > 0 && r.end_kb > 0);
         assert!(r.peak_kb >= r.start_kb.max(r.end_kb));
         assert!(r.hwm_kb >= r.end_kb);
+        // Both sides are this process here.
+        assert!(r.server_cpu_cores.is_some() && r.loadgen_cpu_cores.is_some());
         assert!(read(u32::MAX).is_err());
     }
 }
