@@ -85,16 +85,18 @@ type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
 /// per event in the window (a map entry of key and offset, and the key again
 /// in a ring indexed by offset), plus 16 bytes per appended batch.
 ///
+/// One map holds both stored keys (key -> offset) and keys claimed by a
+/// publish whose append is under way (key -> `PENDING`), so that a publish
+/// costs one map operation per event to claim and one to record.
+///
 /// Offsets in a partition are dense, so the ring holds the key of every
 /// offset from `ring_base` on; expiry walks the ring from the front, batch
 /// by batch, removing each key whose map entry still points at that offset
 /// (a later event with the same key keeps its own entry).
 #[derive(Debug, Default)]
 struct Dedup {
-    /// Stored events: key -> offset.
-    done: KeyMap<u64>,
-    /// Keys claimed by publishes whose append is under way.
-    pending: KeyMap<()>,
+    /// key -> offset, or `PENDING`.
+    keys: KeyMap<u64>,
     /// Key of each offset from `ring_base` on (0 where unknown).
     ring: VecDeque<u64>,
     ring_base: u64,
@@ -104,26 +106,81 @@ struct Dedup {
     batches: VecDeque<(u64, u64)>,
 }
 
+/// The map value of a claimed key (no offset reaches it).
+const PENDING: u64 = u64::MAX;
+
+/// What `Dedup::claim_all` found for one event of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Fresh: claimed for this publish, to append.
+    Fresh,
+    /// Already stored at this offset.
+    Stored(u64),
+    /// The same key as event `j` of this publish.
+    SameAs(usize),
+}
+
 impl Dedup {
     /// The stored offset of `key`, if it is in the window.
+    #[cfg(test)]
     fn stored(&self, key: u64) -> Option<u64> {
-        self.done.get(&key).copied()
+        self.keys.get(&key).copied().filter(|&o| o != PENDING)
     }
 
+    #[cfg(test)]
     fn is_pending(&self, key: u64) -> bool {
-        self.pending.contains_key(&key)
+        self.keys.get(&key) == Some(&PENDING)
     }
 
+    /// Claims every key of a publish not already stored, in one pass. When a
+    /// key is pending for another publish, takes back this call's claims
+    /// and returns `false` (wait for that append, then try again).
+    fn claim_all(&mut self, keys: &[u64], out: &mut Vec<Claim>) -> bool {
+        use std::collections::hash_map::Entry;
+        out.clear();
+        for (i, &key) in keys.iter().enumerate() {
+            let claim = match self.keys.entry(key) {
+                Entry::Vacant(v) => {
+                    v.insert(PENDING);
+                    Claim::Fresh
+                }
+                Entry::Occupied(o) if *o.get() != PENDING => Claim::Stored(*o.get()),
+                // Pending: claimed earlier in this publish, or by another.
+                Entry::Occupied(_) => {
+                    match (0..i).find(|&j| keys[j] == key && out[j] == Claim::Fresh) {
+                        Some(j) => Claim::SameAs(j),
+                        None => {
+                            for (j, c) in out.iter().enumerate() {
+                                if *c == Claim::Fresh {
+                                    self.unclaim(keys[j]);
+                                }
+                            }
+                            out.clear();
+                            return false;
+                        }
+                    }
+                }
+            };
+            out.push(claim);
+        }
+        true
+    }
+
+    #[cfg(test)]
     fn claim(&mut self, key: u64) {
-        self.pending.insert(key, ());
+        self.keys.entry(key).or_insert(PENDING);
     }
 
+    /// Takes back a claim (the append failed).
     fn unclaim(&mut self, key: u64) {
-        self.pending.remove(&key);
+        if self.keys.get(&key) == Some(&PENDING) {
+            self.keys.remove(&key);
+        }
     }
 
     /// Forgets the batches appended before `before_ms`.
     fn expire(&mut self, before_ms: u64) {
+        use std::collections::hash_map::Entry;
         while let Some(&(_, at)) = self.batches.front() {
             if at >= before_ms {
                 break;
@@ -139,8 +196,10 @@ impl Dedup {
                 let Some(key) = self.ring.pop_front() else {
                     break;
                 };
-                if self.done.get(&key) == Some(&self.ring_base) {
-                    self.done.remove(&key);
+                if let Entry::Occupied(e) = self.keys.entry(key)
+                    && *e.get() == self.ring_base
+                {
+                    e.remove();
                 }
                 self.ring_base += 1;
             }
@@ -149,9 +208,8 @@ impl Dedup {
     }
 
     /// Records that `key` is stored at `offset` (a batch starting at
-    /// `batch_offset`, appended at `at_ms`).
+    /// `batch_offset`, appended at `at_ms`), replacing its claim.
     fn insert_done(&mut self, key: u64, offset: u64, batch_offset: u64, at_ms: u64) {
-        self.pending.remove(&key);
         if self.ring.is_empty() {
             self.ring_base = self.ring_base.max(offset);
         }
@@ -162,6 +220,7 @@ impl Dedup {
             self.ring_base -= 1;
         }
         if offset < self.ring_base {
+            self.unclaim(key);
             return;
         }
         let at = (offset - self.ring_base) as usize;
@@ -169,7 +228,7 @@ impl Dedup {
             self.ring.resize(at + 1, 0);
         }
         self.ring[at] = key;
-        self.done.insert(key, offset);
+        self.keys.insert(key, offset);
         if !self.batches.iter().rev().any(|&(o, _)| o == batch_offset) {
             let i = self.batches.partition_point(|&(o, _)| o < batch_offset);
             self.batches.insert(i, (batch_offset, at_ms));
@@ -344,13 +403,14 @@ impl Partition {
         }
         let mut keys = Vec::with_capacity(events.len());
         for (i, bytes) in events.iter().enumerate() {
-            let event = hadron_wire::decode_event(bytes.as_ref(), &self.limits).map_err(|e| {
+            // Verifies the whole event; only the key's fields are read.
+            let event = hadron_wire::verify_event(bytes.as_ref(), &self.limits).map_err(|e| {
                 (
                     ErrorCode::InvalidEvent,
                     format!("event {i} of the publish is invalid: {e}"),
                 )
             })?;
-            keys.push(dedup_key(event.source, event.id));
+            keys.push(dedup_key(event.source(), event.id()));
         }
         let now = now_ms();
         // Claim the keys, waiting out concurrent publishes of the same ones.
@@ -485,30 +545,28 @@ impl Partition {
         keys: &[u64],
         now: u64,
     ) -> Option<(Vec<usize>, Vec<Option<Result<u64, usize>>>)> {
+        if self.dedup_window_ms == 0 {
+            return Some(((0..keys.len()).collect(), vec![None; keys.len()]));
+        }
         let mut dedup = self.dedup.borrow_mut();
         dedup.expire(now.saturating_sub(self.dedup_window_ms));
-        if self.dedup_window_ms > 0 && keys.iter().any(|&k| dedup.is_pending(k)) {
+        let mut claims = Vec::with_capacity(keys.len());
+        if !dedup.claim_all(keys, &mut claims) {
             return None;
         }
-        let mut earlier = Vec::with_capacity(keys.len());
-        let mut fresh = Vec::new();
-        let mut seen: KeyMap<usize> = KeyMap::default();
-        for (i, key) in keys.iter().enumerate() {
-            if self.dedup_window_ms > 0 {
-                if let Some(o) = dedup.stored(*key) {
-                    earlier.push(Some(Ok(o)));
-                    continue;
+        let mut fresh = Vec::with_capacity(keys.len());
+        let earlier = claims
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match *c {
+                Claim::Fresh => {
+                    fresh.push(i);
+                    None
                 }
-                if let Some(&j) = seen.get(key) {
-                    earlier.push(Some(Err(j)));
-                    continue;
-                }
-                seen.insert(*key, i);
-                dedup.claim(*key);
-            }
-            earlier.push(None);
-            fresh.push(i);
-        }
+                Claim::Stored(o) => Some(Ok(o)),
+                Claim::SameAs(j) => Some(Err(j)),
+            })
+            .collect();
         Some((fresh, earlier))
     }
 
@@ -658,13 +716,13 @@ mod tests {
         assert_eq!(d.ring_base, 13);
         d.expire(1000);
         assert_eq!(d.stored(1), None);
-        assert!(d.ring.is_empty() && d.done.is_empty() && d.batches.is_empty());
+        assert!(d.ring.is_empty() && d.keys.is_empty() && d.batches.is_empty());
         // Appends that complete out of order still land at their offsets.
         d.insert_done(9, 21, 21, 1100);
         d.insert_done(8, 20, 20, 1100);
         assert_eq!((d.stored(8), d.stored(9)), (Some(20), Some(21)));
         d.expire(1200);
-        assert!(d.done.is_empty());
+        assert!(d.keys.is_empty());
         // Claims are separate from stored keys.
         d.claim(5);
         assert!(d.is_pending(5) && d.stored(5).is_none());
@@ -673,6 +731,28 @@ mod tests {
         d.claim(6);
         d.unclaim(6);
         assert!(!d.is_pending(6));
+        // One pass claims a publish: stored keys, repeats within it, and a
+        // key pending for another publish (which takes back every claim).
+        d.insert_done(40, 50, 50, 3000);
+        let mut out = Vec::new();
+        assert!(d.claim_all(&[41, 40, 41, 42], &mut out));
+        assert_eq!(
+            out,
+            [
+                Claim::Fresh,
+                Claim::Stored(50),
+                Claim::SameAs(0),
+                Claim::Fresh
+            ]
+        );
+        assert!(d.is_pending(41) && d.is_pending(42));
+        assert!(!d.claim_all(&[43, 42], &mut out));
+        assert!(out.is_empty() && !d.is_pending(43), "43's claim taken back");
+        assert!(d.is_pending(42), "the other publish keeps its claim");
+        d.insert_done(41, 51, 51, 3000);
+        d.unclaim(42);
+        assert!(d.claim_all(&[43, 42, 41], &mut out));
+        assert_eq!(out, [Claim::Fresh, Claim::Fresh, Claim::Stored(51)]);
         assert_eq!(dedup_key("s", "a"), dedup_key("s", "a"));
         assert_ne!(dedup_key("s", "a"), dedup_key("sa", ""));
     }
