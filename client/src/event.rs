@@ -3,8 +3,14 @@
 //! attributes of the wire's `Event` table (docs/protocol.md section 5) as
 //! owned values; conversion to and from the wire encoding lives here, and so
 //! does the key hash that picks a partition for an event.
+//!
+//! Encoding goes through one `EventEncoder` per thread (`with_event_encoder`),
+//! so steady-state encoding reuses its builder instead of allocating one per
+//! event.
 
-use hadron_wire::{EventRef, Limits, SPECVERSION, decode_event, encode_event};
+use std::cell::Cell;
+
+use hadron_wire::{EventEncoder, EventRef, Limits, SPECVERSION, decode_event};
 
 use crate::Error;
 
@@ -78,42 +84,115 @@ impl NewEvent {
         self
     }
 
-    /// The wire encoding. `id` and `source` must have been filled in.
+    /// The wire encoding of this event as it stands (for a stage's output,
+    /// whose id and source the caller filled in).
     pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        with_event_encoder(|encoder| self.encode_as(encoder, &self.id, &self.source, &mut out));
+        out
+    }
+
+    /// Appends the wire encoding of this event, sent with `id` and `source`
+    /// (the filled-in values, which may differ from the empty fields), to
+    /// `out` and returns its length. An empty `specversion` is written as
+    /// `"1.0"`.
+    pub(crate) fn encode_as(
+        &self,
+        encoder: &mut EventEncoder,
+        id: &str,
+        source: &str,
+        out: &mut Vec<u8>,
+    ) -> usize {
         let specversion = if self.specversion.is_empty() {
             SPECVERSION
         } else {
             &self.specversion
         };
-        encode_event(&EventRef {
-            id: &self.id,
-            source: &self.source,
+        let event = EventRef {
+            id,
+            source,
             specversion,
             ty: &self.ty,
             subject: self.subject.as_deref(),
             time_ms: self.time_ms,
             datacontenttype: self.datacontenttype.as_deref(),
-            attributes: self
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
+            // Passed to the encoder as an iterator instead: no borrowed copy
+            // of the attributes is collected per event.
+            attributes: Vec::new(),
             data: &self.data,
-        })
+        };
+        let attributes = self
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        encoder.encode_into(&event, attributes, out)
     }
 
-    /// The partition for this event among `partitions` (at least 1):
-    /// FNV-1a 64 of the subject when there is one, else of
-    /// `source ++ "\0" ++ id`, modulo `partitions`. `id` and `source` must
-    /// have been filled in, so a retry lands on the same partition.
-    pub(crate) fn partition_key(&self, partitions: u32) -> u32 {
-        let hash = match &self.subject {
-            Some(subject) => fnv1a64_parts(&[subject.as_bytes()]),
-            None => fnv1a64_parts(&[self.source.as_bytes(), b"\0", self.id.as_bytes()]),
-        };
-        // The remainder is below `partitions`, a u32.
-        u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
+    /// About how many bytes `encode_as` writes for this event, a little
+    /// more for all but events with many attributes: enough to size a
+    /// batch's buffer once. `id_len` and `source_len` are those of the
+    /// values it will be sent with.
+    pub(crate) fn encoded_bytes_hint(&self, id_len: usize, source_len: usize) -> usize {
+        /// Root offset, vtable, table, string and vector prefixes, NULs,
+        /// padding and `"1.0"`, generously.
+        const FIXED_BYTES: usize = 192;
+        /// An `Attribute` table, its vtable share, its slot in the vector
+        /// and its two strings' prefixes and padding.
+        const ATTRIBUTE_BYTES: usize = 48;
+        FIXED_BYTES
+            + id_len
+            + source_len
+            + self.specversion.len()
+            + self.ty.len()
+            + self.subject.as_ref().map_or(0, String::len)
+            + self.datacontenttype.as_ref().map_or(0, String::len)
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| ATTRIBUTE_BYTES + k.len() + v.len())
+                .sum::<usize>()
+            + self.data.len()
     }
+
+    /// The hash that picks this event's partition when it is sent with
+    /// `source` and `id` (the filled-in values): FNV-1a 64 of the subject
+    /// when there is one, else of `source ++ "\0" ++ id`. Those values are
+    /// fixed before the first attempt, so a retry lands on the same
+    /// partition.
+    pub(crate) fn key_hash(&self, source: &str, id: &str) -> u64 {
+        match &self.subject {
+            Some(subject) => fnv1a64_parts(&[subject.as_bytes()]),
+            None => fnv1a64_parts(&[source.as_bytes(), b"\0", id.as_bytes()]),
+        }
+    }
+}
+
+/// The partition among `partitions` (0 is treated as 1) for an event whose
+/// key hashes to `key_hash`: the hash modulo `partitions`.
+pub(crate) fn partition_of(key_hash: u64, partitions: u32) -> u32 {
+    // The remainder is below `partitions`, a u32.
+    u32::try_from(key_hash % u64::from(partitions.max(1))).unwrap_or(0)
+}
+
+thread_local! {
+    /// This thread's event encoder. Encoding never awaits, so a batch holds
+    /// it only while it encodes and publishers on different threads never
+    /// contend for one.
+    static EVENT_ENCODER: Cell<Option<EventEncoder>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's `EventEncoder`. The encoder is taken out of
+/// its slot rather than borrowed, so a nested call, or one during thread
+/// teardown, gets a fresh encoder instead of a panic.
+pub(crate) fn with_event_encoder<R>(f: impl FnOnce(&mut EventEncoder) -> R) -> R {
+    let mut encoder = EVENT_ENCODER
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let result = f(&mut encoder);
+    let _ = EVENT_ENCODER.try_with(|slot| slot.set(Some(encoder)));
+    result
 }
 
 /// FNV-1a 64 over the concatenation of `parts` (the same function as
@@ -220,6 +299,11 @@ mod tests {
         assert_eq!(fnv1a64_parts(&[b"foobar"]), 0x8594_4171_f739_67e8);
     }
 
+    /// The partition `event` goes to when sent with its own source and id.
+    fn partition_key(event: &NewEvent, partitions: u32) -> u32 {
+        partition_of(event.key_hash(&event.source, &event.id), partitions)
+    }
+
     #[test]
     fn partition_key_uses_subject_then_source_and_id() {
         let with_subject = NewEvent {
@@ -229,13 +313,13 @@ mod tests {
             ..NewEvent::default()
         };
         assert_eq!(
-            u64::from(with_subject.partition_key(7)),
+            u64::from(partition_key(&with_subject, 7)),
             fnv1a64(b"svc-42") % 7
         );
         // The subject alone decides: other ids land on the same partition.
         assert_eq!(
-            with_subject.clone().with_id("2").partition_key(7),
-            with_subject.partition_key(7)
+            partition_key(&with_subject.clone().with_id("2"), 7),
+            partition_key(&with_subject, 7)
         );
         let keyless = NewEvent {
             id: "1".into(),
@@ -243,11 +327,15 @@ mod tests {
             ..NewEvent::default()
         };
         assert_eq!(
-            u64::from(keyless.partition_key(5)),
+            u64::from(partition_key(&keyless, 5)),
             fnv1a64(b"app\x001") % 5
         );
-        assert_eq!(keyless.partition_key(1), 0);
-        assert_eq!(keyless.partition_key(0), 0, "0 partitions is treated as 1");
+        assert_eq!(partition_key(&keyless, 1), 0);
+        assert_eq!(
+            partition_key(&keyless, 0),
+            0,
+            "0 partitions is treated as 1"
+        );
     }
 
     #[test]

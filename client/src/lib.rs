@@ -48,6 +48,7 @@
 //! - Every failure is an `Error`; `Error::is_retryable` says whether trying
 //!   again may help.
 
+mod batch;
 mod client;
 mod conn;
 mod endpoint;
@@ -62,6 +63,8 @@ pub use endpoint::DEFAULT_PORT;
 pub use error::Error;
 pub use event::{Event, NewEvent};
 pub use hadron_wire::{ErrorCode, FRAME_BYTES_MAX};
+#[doc(hidden)]
+pub use publish::encode_publish_frames;
 pub use publish::{DEFAULT_STREAM, Published, Publisher};
 pub use subscribe::{
     Delivery, PipelineHandle, PipelineStart, StageInput, StartPoint, SubscribeOptions, Subscription,

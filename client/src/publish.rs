@@ -2,18 +2,18 @@
 //! partitions, groups a batch into one `Publish` frame per partition, and
 //! retries retryable failures.
 //!
-//! Exactly-once: an event's id and source are fixed before the first
-//! attempt and its partition is chosen once, so every retry sends the same
-//! `(source, id)` to the same partition and the server's idempotent
-//! publishing stores it once (a retry of a stored event comes back with
+//! Exactly-once: an event's id and source are fixed, and the event encoded,
+//! once before the first attempt (`EncodedBatch`), and its partition is
+//! chosen once, so every retry sends the same `(source, id)` in the same
+//! bytes to the same partition and the server's idempotent publishing
+//! stores it once (a retry of a stored event comes back with
 //! `duplicate: true` and the original offset). The only re-partitioning
 //! happens after `UnknownPartition`/`UnknownStream`, when nothing was
 //! written.
 
-use std::collections::BTreeMap;
+use hadron_wire::{Encoder, ErrorCode, Message, PublishOk};
 
-use hadron_wire::{ErrorCode, Message, PublishOk};
-
+use crate::batch::{EncodedBatch, Placed};
 use crate::client::unexpected;
 use crate::conn::Reply;
 use crate::{Client, Error, NewEvent};
@@ -82,12 +82,6 @@ impl Client {
     }
 }
 
-/// One event ready to send: id and source filled in, encoded.
-struct Prepared {
-    index: usize,
-    bytes: Vec<u8>,
-}
-
 impl Publisher {
     /// The same publisher, publishing to `stream` instead.
     pub fn stream(mut self, stream: &str) -> Publisher {
@@ -115,12 +109,13 @@ impl Publisher {
 
     /// Publishes one event to `partition`.
     pub async fn publish_to(&self, partition: u32, event: NewEvent) -> Result<Published, Error> {
-        let event = self.fill(event);
-        let prepared = vec![Prepared {
+        let batch = self.encode(core::slice::from_ref(&event));
+        drop(event);
+        let group = [Placed {
+            partition,
             index: 0,
-            bytes: event.encode(),
         }];
-        let mut all = self.send_group(partition, &prepared).await?;
+        let mut all = self.send_group(partition, &batch, &group).await?;
         all.pop()
             .ok_or_else(|| Error::Protocol("no result for a published event".into()))
     }
@@ -134,31 +129,28 @@ impl Publisher {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let events: Vec<NewEvent> = events.into_iter().map(|e| self.fill(e)).collect();
+        // Everything a retry resends is fixed here; the events themselves
+        // are no longer needed.
+        let batch = self.encode(&events);
+        drop(events);
         let mut refreshed = false;
         loop {
             let partitions = self.client.partitions(&self.stream).await?;
-            let mut groups: BTreeMap<u32, Vec<Prepared>> = BTreeMap::new();
-            for (index, event) in events.iter().enumerate() {
-                groups
-                    .entry(event.partition_key(partitions))
-                    .or_default()
-                    .push(Prepared {
-                        index,
-                        bytes: event.encode(),
-                    });
-            }
-            let sends = groups
-                .iter()
-                .map(|(partition, group)| self.send_group(*partition, group));
+            let placed = batch.placed(partitions);
+            let groups: Vec<&[Placed]> =
+                placed.chunk_by(|a, b| a.partition == b.partition).collect();
+            let sends = groups.iter().map(|group| {
+                let partition = group.first().map_or(0, |p| p.partition);
+                self.send_group(partition, &batch, group)
+            });
             let results = futures::future::join_all(sends).await;
-            let mut out = vec![None; events.len()];
+            let mut out = vec![None; batch.len()];
             let mut first_error = None;
-            for ((_, group), result) in groups.iter().zip(results) {
+            for (group, result) in groups.iter().zip(results) {
                 match result {
                     Ok(published) => {
-                        for (prepared, p) in group.iter().zip(published) {
-                            if let Some(slot) = out.get_mut(prepared.index) {
+                        for (placed, p) in group.iter().zip(published) {
+                            if let Some(slot) = out.get_mut(placed.index) {
                                 *slot = Some(p);
                             }
                         }
@@ -190,15 +182,13 @@ impl Publisher {
         }
     }
 
-    /// Fills in a missing id and source.
-    fn fill(&self, mut event: NewEvent) -> NewEvent {
-        if event.source.is_empty() {
-            event.source = self.name.clone();
-        }
-        if event.id.is_empty() {
-            event.id = self.client.generate_id(&self.name);
-        }
-        event
+    /// Encodes `events` with a missing id generated and a missing source
+    /// taken to be the publisher's name (encoded as such, not copied into
+    /// each event).
+    fn encode(&self, events: &[NewEvent]) -> EncodedBatch {
+        EncodedBatch::encode(events, &self.name, |id| {
+            self.client.write_id(&self.name, id);
+        })
     }
 
     /// Sends one partition's events, split into frames that fit, with
@@ -206,31 +196,18 @@ impl Publisher {
     async fn send_group(
         &self,
         partition: u32,
-        group: &[Prepared],
+        batch: &EncodedBatch,
+        group: &[Placed],
     ) -> Result<Vec<Published>, Error> {
-        let budget = self
-            .client
-            .options()
-            .limits()
-            .frame_bytes_max
-            .saturating_sub(FRAME_OVERHEAD_BYTES + self.stream.len())
-            .max(1);
-        let mut chunks: Vec<&[Prepared]> = Vec::new();
-        let mut start = 0;
-        let mut bytes = 0;
-        for (i, p) in group.iter().enumerate() {
-            let size = p.bytes.len() + EVENT_OVERHEAD_BYTES;
-            if i > start && bytes + size > budget {
-                chunks.push(&group[start..i]);
-                start = i;
-                bytes = 0;
-            }
-            bytes += size;
-        }
-        chunks.push(&group[start..]);
-        let results =
-            futures::future::join_all(chunks.iter().map(|c| self.send_with_retry(partition, c)))
-                .await;
+        let budget =
+            event_bytes_budget(self.client.options().limits().frame_bytes_max, &self.stream);
+        let chunks = split_frames(batch, group, budget);
+        let results = futures::future::join_all(
+            chunks
+                .iter()
+                .map(|c| self.send_with_retry(partition, batch, c)),
+        )
+        .await;
         let mut out = Vec::with_capacity(group.len());
         for result in results {
             out.extend(result?);
@@ -241,13 +218,14 @@ impl Publisher {
     async fn send_with_retry(
         &self,
         partition: u32,
-        chunk: &[Prepared],
+        batch: &EncodedBatch,
+        chunk: &[Placed],
     ) -> Result<Vec<Published>, Error> {
         let options = self.client.options();
         let attempts_max = options.publish_attempts_max.max(1);
         let mut attempt = 1;
         loop {
-            match self.send_once(partition, chunk).await {
+            match self.send_once(partition, batch, chunk).await {
                 Ok(published) => return Ok(published),
                 Err(e) if e.is_retryable() && attempt < attempts_max => {
                     let pause = options.backoff(attempt);
@@ -263,13 +241,14 @@ impl Publisher {
         }
     }
 
-    async fn send_once(&self, partition: u32, chunk: &[Prepared]) -> Result<Vec<Published>, Error> {
+    async fn send_once(
+        &self,
+        partition: u32,
+        batch: &EncodedBatch,
+        chunk: &[Placed],
+    ) -> Result<Vec<Published>, Error> {
         let conn = self.client.conn_for(&self.stream, partition).await?;
-        let message = Message::Publish(hadron_wire::Publish {
-            stream: &self.stream,
-            partition,
-            events: chunk.iter().map(|p| p.bytes.as_slice()).collect(),
-        });
+        let message = publish_message(&self.stream, partition, batch, chunk);
         let ok: PublishOk = match conn.request("publish", &message).await? {
             Reply::PublishOk(ok) => ok,
             other => return Err(unexpected("PublishOk", &other)),
@@ -291,5 +270,230 @@ impl Publisher {
                 duplicate: r.duplicate,
             })
             .collect())
+    }
+}
+
+/// Bytes of event encodings (plus `EVENT_OVERHEAD_BYTES` each) one
+/// `Publish` frame to `stream` may carry under `frame_bytes_max`.
+fn event_bytes_budget(frame_bytes_max: usize, stream: &str) -> usize {
+    frame_bytes_max
+        .saturating_sub(FRAME_OVERHEAD_BYTES + stream.len())
+        .max(1)
+}
+
+/// Splits one partition's events into runs that each fit in a frame: their
+/// encodings plus `EVENT_OVERHEAD_BYTES` each stay within `budget`, except
+/// that an event too large on its own goes alone (and the encoder refuses
+/// it if it exceeds the frame limit).
+fn split_frames<'g>(batch: &EncodedBatch, group: &'g [Placed], budget: usize) -> Vec<&'g [Placed]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, p) in group.iter().enumerate() {
+        let size = batch.event(p.index).len() + EVENT_OVERHEAD_BYTES;
+        if i > start && bytes + size > budget {
+            chunks.push(&group[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    chunks.push(&group[start..]);
+    chunks
+}
+
+/// The `Publish` message carrying `chunk`'s events to `partition`.
+fn publish_message<'a>(
+    stream: &'a str,
+    partition: u32,
+    batch: &'a EncodedBatch,
+    chunk: &[Placed],
+) -> Message<'a> {
+    Message::Publish(hadron_wire::Publish {
+        stream,
+        partition,
+        events: chunk.iter().map(|p| batch.event(p.index)).collect(),
+    })
+}
+
+/// The frames `Publisher::publish_batch` would send for `events` to a
+/// stream with `partitions` partitions, without a server: the same
+/// encoding, grouping, splitting and frame encoding (request id 1). A
+/// missing source becomes `source`, a missing id one that `next_id`
+/// appends to the empty buffer it is given. For benchmarks and tests; not
+/// part of the supported API.
+#[doc(hidden)]
+pub fn encode_publish_frames(
+    encoder: &mut Encoder,
+    stream: &str,
+    source: &str,
+    partitions: u32,
+    frame_bytes_max: usize,
+    events: Vec<NewEvent>,
+    next_id: impl FnMut(&mut String),
+) -> Result<Vec<Vec<u8>>, Error> {
+    let batch = EncodedBatch::encode(&events, source, next_id);
+    drop(events);
+    let budget = event_bytes_budget(frame_bytes_max, stream);
+    let placed = batch.placed(partitions);
+    let mut frames = Vec::new();
+    for group in placed.chunk_by(|a, b| a.partition == b.partition) {
+        for chunk in split_frames(&batch, group, budget) {
+            let partition = group.first().map_or(0, |p| p.partition);
+            let message = publish_message(stream, partition, &batch, chunk);
+            frames.push(encoder.encode(1, &message)?);
+        }
+    }
+    Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::partition_of;
+    use hadron_wire::{EventRef, LENGTH_PREFIX_BYTES, Limits, decode, decode_event};
+
+    /// Events with and without source, id, subject and attributes.
+    fn mixed_events() -> Vec<NewEvent> {
+        (0..24)
+            .map(|i| {
+                let mut e = NewEvent::new(format!("t.{i}"), vec![i as u8; 40 * (i % 4)]);
+                if i % 2 == 0 {
+                    e.id = format!("given-{i}");
+                }
+                if i % 3 == 0 {
+                    e.source = format!("src-{i}");
+                }
+                if i % 4 == 1 {
+                    e.subject = Some(format!("svc-{}", i % 3));
+                }
+                if i % 5 == 2 {
+                    e = e
+                        .with_attribute("tenant", format!("t{i}"))
+                        .with_attribute("x", "");
+                }
+                if i == 7 {
+                    e.specversion = "1.1".into();
+                    e.time_ms = Some(1_700_000_000_000);
+                    e.datacontenttype = Some("application/json".into());
+                }
+                e
+            })
+            .collect()
+    }
+
+    /// `event` as it should arrive: id and source filled in.
+    fn filled(event: &NewEvent, generated: &mut impl Iterator<Item = String>) -> NewEvent {
+        let mut e = event.clone();
+        if e.id.is_empty() {
+            e.id = generated.next().unwrap();
+        }
+        if e.source.is_empty() {
+            e.source = "app".into();
+        }
+        if e.specversion.is_empty() {
+            e.specversion = "1.0".into();
+        }
+        e
+    }
+
+    fn as_new_event(e: &EventRef<'_>) -> NewEvent {
+        NewEvent {
+            id: e.id.into(),
+            source: e.source.into(),
+            specversion: e.specversion.into(),
+            ty: e.ty.into(),
+            subject: e.subject.map(Into::into),
+            time_ms: e.time_ms,
+            datacontenttype: e.datacontenttype.map(Into::into),
+            attributes: e
+                .attributes
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            data: e.data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn batch_frames_carry_exactly_the_filled_in_events() {
+        let events = mixed_events();
+        let mut generated = (0..).map(|n| format!("gen-{n}"));
+        let expected: Vec<NewEvent> = events.iter().map(|e| filled(e, &mut generated)).collect();
+        let partitions = 3;
+        // Small frames, so that some partitions need several.
+        let frame_bytes_max = FRAME_OVERHEAD_BYTES + 600;
+        let mut n = 0;
+        let frames = encode_publish_frames(
+            &mut Encoder::default(),
+            "events",
+            "app",
+            partitions,
+            frame_bytes_max,
+            events,
+            |id| {
+                id.push_str(&format!("gen-{n}"));
+                n += 1;
+            },
+        )
+        .unwrap();
+
+        let mut received: Vec<(u32, NewEvent)> = Vec::new();
+        for frame in &frames {
+            let decoded = decode(&frame[LENGTH_PREFIX_BYTES..], &Limits::DEFAULT).unwrap();
+            let Message::Publish(publish) = decoded.message else {
+                panic!("not a Publish: {}", decoded.message.name());
+            };
+            assert_eq!(publish.stream, "events");
+            assert!(!publish.events.is_empty());
+            for bytes in publish.events {
+                let event = decode_event(bytes, &Limits::DEFAULT).unwrap();
+                received.push((publish.partition, as_new_event(&event)));
+            }
+        }
+        assert!(
+            frames.len() > partitions as usize,
+            "{} frames",
+            frames.len()
+        );
+        assert_eq!(received.len(), expected.len());
+        // Every event exactly once, in its key's partition; within a
+        // partition in input order.
+        let mut last_in_partition = [None; 3];
+        for (partition, event) in &received {
+            let index = expected.iter().position(|e| e == event).unwrap();
+            let want = partition_of(event.key_hash(&event.source, &event.id), partitions);
+            assert_eq!(*partition, want, "event {index}");
+            let last = &mut last_in_partition[*partition as usize];
+            assert!(*last < Some(index), "event {index} after {last:?}");
+            *last = Some(index);
+        }
+        for (index, e) in expected.iter().enumerate() {
+            let count = received.iter().filter(|(_, r)| r == e).count();
+            assert_eq!(count, 1, "event {index}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn split_frames_respects_the_budget() {
+        let events: Vec<NewEvent> = (0..10)
+            .map(|i| NewEvent::new("t", vec![0; 100]).with_id(format!("{i}")))
+            .collect();
+        let batch = EncodedBatch::encode(&events, "app", |_| unreachable!("ids are given"));
+        let group: Vec<Placed> = (0..10)
+            .map(|index| Placed {
+                partition: 0,
+                index,
+            })
+            .collect();
+        let size = batch.event(0).len() + EVENT_OVERHEAD_BYTES;
+        let chunks = split_frames(&batch, &group, 3 * size);
+        assert_eq!(
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [3, 3, 3, 1]
+        );
+        // An event larger than the budget goes alone.
+        let chunks = split_frames(&batch, &group[..2], 1);
+        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), [1, 1]);
     }
 }

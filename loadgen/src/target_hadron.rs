@@ -385,16 +385,7 @@ struct HadronSender {
 impl BatchSender for HadronSender {
     async fn send(&mut self, ticket: &Ticket, stamp_ns: u64) -> Result<Instant, Error> {
         let data = run::payload(&self.template, stamp_ns);
-        let subject = format!("lg-{}", ticket.index);
-        let events: Vec<NewEvent> = (0..ticket.events)
-            .map(|i| NewEvent {
-                id: format!("{}{}-{i}", self.id_prefix, ticket.index),
-                ty: self.ty.to_owned(),
-                subject: Some(subject.clone()),
-                data: data.clone(),
-                ..NewEvent::default()
-            })
-            .collect();
+        let events = batch_events(&self.id_prefix, ticket.index, self.ty, data, ticket.events);
         // Register before publishing: `sync` may run before the ack.
         let waits: Vec<(String, oneshot::Receiver<()>)> = match &self.wait_for {
             Some((sink, _)) => {
@@ -427,6 +418,78 @@ impl BatchSender for HadronSender {
             }
         }
         Ok(acked)
+    }
+}
+
+/// The `count` events of batch `index`: ids `{id_prefix}{index}-{i}` (unique
+/// in the run, as the server dedups by source and id), type `ty`, subject
+/// `lg-{index}` (one partition per batch) and `data`. The events are the
+/// public `NewEvent`s with owned fields, so each needs its own strings and
+/// payload; each of those is allocated once at its exact size, nothing is
+/// formatted per event, and the last event takes the subject and payload
+/// instead of a copy.
+fn batch_events(id_prefix: &str, index: u64, ty: &str, data: Vec<u8>, count: u32) -> Vec<NewEvent> {
+    let mut subject = format!("lg-{index}");
+    let mut data = data;
+    let mut id_head = String::with_capacity(id_prefix.len() + DECIMAL_U64_BYTES_MAX + 1);
+    id_head.push_str(id_prefix);
+    id_head.push_str(Decimal::new(index).as_str());
+    id_head.push('-');
+    let mut events = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let digits = Decimal::new(u64::from(i));
+        let digits = digits.as_str();
+        let mut id = String::with_capacity(id_head.len() + digits.len());
+        id.push_str(&id_head);
+        id.push_str(digits);
+        let last = i + 1 == count;
+        events.push(NewEvent {
+            id,
+            ty: ty.to_owned(),
+            subject: Some(take_or_clone(&mut subject, last)),
+            data: take_or_clone(&mut data, last),
+            ..NewEvent::default()
+        });
+    }
+    events
+}
+
+/// `value` itself when this is its `last` use, else a copy.
+fn take_or_clone<T: Clone + Default>(value: &mut T, last: bool) -> T {
+    if last {
+        std::mem::take(value)
+    } else {
+        value.clone()
+    }
+}
+
+/// Digits of `u64::MAX`.
+const DECIMAL_U64_BYTES_MAX: usize = 20;
+
+/// A number's decimal digits, written without the formatting machinery.
+struct Decimal {
+    digits: [u8; DECIMAL_U64_BYTES_MAX],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut n: u64) -> Decimal {
+        let mut digits = [0u8; DECIMAL_U64_BYTES_MAX];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Decimal { digits, start }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits were written.
+        core::str::from_utf8(&self.digits[self.start..]).unwrap_or_default()
     }
 }
 
@@ -570,6 +633,36 @@ mod tests {
             "    - name: sync\n      dependencies: [\"deploy-service\", \"setup-billing\", \"setup-monitoring\", \"notify-user\"]\n"
         ));
         assert!(yaml.contains("    - name: deploy-service\n    - name: setup-billing\n"));
+    }
+
+    #[test]
+    fn decimal_writes_what_display_writes() {
+        for n in [0, 7, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(Decimal::new(n).as_str(), n.to_string());
+        }
+    }
+
+    #[test]
+    fn batch_events_are_what_loadgen_always_sent() {
+        let data = run::payload(&run::template(64), 42);
+        for count in [1, 10, 1001] {
+            let events = batch_events("lg18a-", 7, EVENT_TYPE, data.clone(), count);
+            assert_eq!(events.len(), count as usize);
+            for (i, e) in events.iter().enumerate() {
+                let expected = NewEvent {
+                    id: format!("lg18a-7-{i}"),
+                    ty: EVENT_TYPE.to_owned(),
+                    subject: Some("lg-7".to_owned()),
+                    data: data.clone(),
+                    ..NewEvent::default()
+                };
+                assert_eq!(*e, expected);
+                assert_eq!(e.id.capacity(), e.id.len(), "no slack in {}", e.id);
+            }
+        }
+        let events = batch_events("p", u64::MAX, ROOT_TYPE, Vec::new(), 2);
+        assert_eq!(events[1].id, format!("p{}-1", u64::MAX));
+        assert_eq!(events[1].ty, ROOT_TYPE);
     }
 
     #[test]

@@ -9,9 +9,13 @@
 //!
 //! Invariants: `encode_event` always writes `specversion`, so
 //! `decode_event(encode_event(e)) == e` for every event; an absent
-//! `specversion` in a foreign buffer reads as `SPECVERSION`.
+//! `specversion` in a foreign buffer reads as `SPECVERSION`. Every encoder
+//! here (`encode_event`, `encode_event_with`, `EventEncoder`) writes the
+//! same bytes for the same event.
 
-use flatbuffers::FlatBufferBuilder;
+use core::fmt;
+
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use crate::frame::{DecodeError, Limits};
 use crate::generated as fb;
@@ -128,25 +132,95 @@ pub fn encode_event(event: &EventRef<'_>) -> Vec<u8> {
 /// Encodes `event` into `fbb` (which is reset first) and leaves the finished
 /// buffer in `fbb.finished_data()`: lets a publisher reuse one builder.
 pub fn encode_event_with(fbb: &mut FlatBufferBuilder<'_>, event: &EventRef<'_>) {
+    build_event(fbb, &mut Vec::new(), event, []);
+}
+
+/// The largest event after which an `EventEncoder` keeps its builder: past
+/// it the builder is dropped, so one huge event does not pin its memory for
+/// the encoder's lifetime. The builder grows by doubling, so a kept one
+/// holds at most about twice this.
+pub const EVENT_ENCODER_RETAIN_BYTES_MAX: usize = 1 << 20;
+
+/// The builder capacity a new `EventEncoder` starts with: a typical event
+/// (a few short strings and a small payload) fits without growing.
+const EVENT_ENCODER_INITIAL_BYTES: usize = 1024;
+
+const _: () = assert!(EVENT_ENCODER_INITIAL_BYTES <= EVENT_ENCODER_RETAIN_BYTES_MAX);
+
+/// Encodes events one after another into caller-owned buffers, reusing one
+/// builder and its scratch space, so that once warm, encoding an event
+/// allocates nothing (unless `out` must grow).
+pub struct EventEncoder {
+    fbb: FlatBufferBuilder<'static>,
+    /// The current event's `Attribute` tables, before they become a vector.
+    attributes: Vec<WIPOffset<fb::Attribute<'static>>>,
+}
+
+impl fmt::Debug for EventEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventEncoder").finish_non_exhaustive()
+    }
+}
+
+impl Default for EventEncoder {
+    fn default() -> Self {
+        EventEncoder::new()
+    }
+}
+
+impl EventEncoder {
+    /// An encoder with a small builder, which grows to the largest event
+    /// it encodes (see `EVENT_ENCODER_RETAIN_BYTES_MAX`).
+    pub fn new() -> EventEncoder {
+        EventEncoder {
+            fbb: FlatBufferBuilder::with_capacity(EVENT_ENCODER_INITIAL_BYTES),
+            attributes: Vec::new(),
+        }
+    }
+
+    /// Appends the encoding of `event` to `out` and returns its length. The
+    /// encoded attributes are `event.attributes` followed by
+    /// `more_attributes`, so a caller holding owned strings can pass them
+    /// without first collecting borrowed pairs into a `Vec`.
+    pub fn encode_into<'m>(
+        &mut self,
+        event: &EventRef<'_>,
+        more_attributes: impl IntoIterator<Item = (&'m str, &'m str)>,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        build_event(&mut self.fbb, &mut self.attributes, event, more_attributes);
+        let bytes = self.fbb.finished_data();
+        let len = bytes.len();
+        out.extend_from_slice(bytes);
+        if len > EVENT_ENCODER_RETAIN_BYTES_MAX {
+            *self = EventEncoder::new();
+        }
+        len
+    }
+}
+
+/// Builds `event` (its attributes followed by `more_attributes`) in `fbb`,
+/// which is reset first, and finishes it. `offsets` is scratch space.
+fn build_event<'fbb, 'm>(
+    fbb: &mut FlatBufferBuilder<'fbb>,
+    offsets: &mut Vec<WIPOffset<fb::Attribute<'fbb>>>,
+    event: &EventRef<'_>,
+    more_attributes: impl IntoIterator<Item = (&'m str, &'m str)>,
+) {
     fbb.reset();
+    offsets.clear();
     let specversion = if event.specversion.is_empty() {
         SPECVERSION
     } else {
         event.specversion
     };
-    let mut attributes = Vec::with_capacity(event.attributes.len());
-    for (key, value) in &event.attributes {
-        let key = fbb.create_string(key);
-        let value = fbb.create_string(value);
-        attributes.push(fb::Attribute::create(
-            fbb,
-            &fb::AttributeArgs {
-                key: Some(key),
-                value: Some(value),
-            },
-        ));
+    for &(key, value) in &event.attributes {
+        offsets.push(build_attribute(fbb, key, value));
     }
-    let attributes = (!attributes.is_empty()).then(|| fbb.create_vector(&attributes));
+    for (key, value) in more_attributes {
+        offsets.push(build_attribute(fbb, key, value));
+    }
+    let attributes = (!offsets.is_empty()).then(|| fbb.create_vector(offsets));
     let args = fb::EventArgs {
         id: Some(fbb.create_string(event.id)),
         source: Some(fbb.create_string(event.source)),
@@ -160,6 +234,22 @@ pub fn encode_event_with(fbb: &mut FlatBufferBuilder<'_>, event: &EventRef<'_>) 
     };
     let root = fb::Event::create(fbb, &args);
     fbb.finish(root, None);
+}
+
+fn build_attribute<'fbb>(
+    fbb: &mut FlatBufferBuilder<'fbb>,
+    key: &str,
+    value: &str,
+) -> WIPOffset<fb::Attribute<'fbb>> {
+    let key = fbb.create_string(key);
+    let value = fbb.create_string(value);
+    fb::Attribute::create(
+        fbb,
+        &fb::AttributeArgs {
+            key: Some(key),
+            value: Some(value),
+        },
+    )
 }
 
 fn event_capacity_hint(event: &EventRef<'_>) -> usize {
@@ -306,6 +396,47 @@ mod tests {
                 flatbuffers::InvalidFlatbuffer::TooManyTables
             ))
         ));
+    }
+
+    #[test]
+    fn event_encoder_writes_what_encode_event_writes() {
+        let full = full_event();
+        let minimal = Event {
+            id: "1".into(),
+            source: "s".into(),
+            ty: "t".into(),
+            ..Event::default()
+        };
+        let huge = Event {
+            data: vec![7; EVENT_ENCODER_RETAIN_BYTES_MAX + 1],
+            ..full_event()
+        };
+        let mut encoder = EventEncoder::new();
+        let mut out = b"head".to_vec();
+        let mut expected = out.clone();
+        // Reused across events, across a huge one (which drops the
+        // builder) and back.
+        for event in [&full, &minimal, &huge, &full, &minimal] {
+            let bytes = event.encode();
+            let len = encoder.encode_into(&event.as_event_ref(), [], &mut out);
+            assert_eq!(len, bytes.len());
+            expected.extend_from_slice(&bytes);
+            assert_eq!(out, expected);
+        }
+    }
+
+    #[test]
+    fn event_encoder_appends_more_attributes_after_the_events_own() {
+        let event = full_event();
+        let mut head = event.as_event_ref();
+        let tail = head.attributes.split_off(1);
+        let mut out = Vec::new();
+        EventEncoder::new().encode_into(&head, tail.iter().copied(), &mut out);
+        assert_eq!(out, event.encode());
+        assert_eq!(
+            decode_event(&out, &Limits::DEFAULT).unwrap().to_event(),
+            event
+        );
     }
 
     #[test]

@@ -619,6 +619,33 @@ impl Encoder {
         message: &Message<'_>,
         out: &mut B,
     ) -> Result<usize, EncodeError> {
+        let (prefix, data) = self.build(request_id, message)?;
+        out.put_u32_le(prefix);
+        out.put_slice(data);
+        Ok(LENGTH_PREFIX_BYTES + data.len())
+    }
+
+    /// Encodes one complete frame into a new `Vec` of exactly its size.
+    pub fn encode(
+        &mut self,
+        request_id: u64,
+        message: &Message<'_>,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let (prefix, data) = self.build(request_id, message)?;
+        let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + data.len());
+        out.extend_from_slice(&prefix.to_le_bytes());
+        out.extend_from_slice(data);
+        debug_assert_eq!(out.len(), out.capacity());
+        Ok(out)
+    }
+
+    /// Builds the frame in the builder and returns its length prefix and
+    /// its bytes (without the prefix), or why it cannot be sent.
+    fn build(
+        &mut self,
+        request_id: u64,
+        message: &Message<'_>,
+    ) -> Result<(u32, &[u8]), EncodeError> {
         self.fbb.reset();
         let (body_type, body) = build_body(&mut self.fbb, message);
         let frame = fb::Frame::create(
@@ -632,29 +659,13 @@ impl Encoder {
         self.fbb.finish(frame, None);
         let data = self.fbb.finished_data();
         let len = data.len();
-        let prefix = match u32::try_from(len) {
-            Ok(n) if len <= self.frame_bytes_max => n,
-            _ => {
-                return Err(EncodeError::TooLarge {
-                    have: len,
-                    max: self.frame_bytes_max,
-                });
-            }
-        };
-        out.put_u32_le(prefix);
-        out.put_slice(data);
-        Ok(LENGTH_PREFIX_BYTES + len)
-    }
-
-    /// Encodes one complete frame into a new `Vec`.
-    pub fn encode(
-        &mut self,
-        request_id: u64,
-        message: &Message<'_>,
-    ) -> Result<Vec<u8>, EncodeError> {
-        let mut out = Vec::new();
-        self.encode_into(request_id, message, &mut out)?;
-        Ok(out)
+        match u32::try_from(len) {
+            Ok(prefix) if len <= self.frame_bytes_max => Ok((prefix, data)),
+            _ => Err(EncodeError::TooLarge {
+                have: len,
+                max: self.frame_bytes_max,
+            }),
+        }
     }
 }
 
@@ -1152,6 +1163,21 @@ pub(crate) mod tests {
         assert_eq!(used, b);
         let second = decode(body, &Limits::DEFAULT).unwrap();
         assert_eq!((second.request_id, second.message), (2, Message::AckOk));
+    }
+
+    #[test]
+    fn encode_allocates_the_frame_exactly() {
+        let event = sample_event();
+        let mut encoder = Encoder::default();
+        for (i, message) in sample_messages(&event).iter().enumerate() {
+            let frame = encoder.encode(i as u64, message).unwrap();
+            assert_eq!(frame.capacity(), frame.len(), "{}", message.name());
+            let mut appended = b"x".to_vec();
+            encoder
+                .encode_into(i as u64, message, &mut appended)
+                .unwrap();
+            assert_eq!(appended[1..], frame[..], "{}", message.name());
+        }
     }
 
     #[test]
