@@ -14,12 +14,19 @@
 //! the bytes from the last partial 4 KiB page on: O_DIRECT writes whole pages,
 //! so the partial page is rewritten, with what followed it, by the next flush.
 //!
-//! **Group commit.** At most one flush (write + fdatasync) runs at a time.
-//! Appends that arrive while it runs accumulate in the buffer; when it ends,
-//! one of their callers becomes the next leader and flushes all of them with
-//! one write and one fdatasync. With [`Durability::Always`] an append resolves
-//! only after the fdatasync that covers its batch returned `Ok`. No background
-//! task is needed, and a leader whose future is dropped hands leadership on.
+//! **Group commit.** At most one flush round writes at a time. Appends that
+//! arrive while it runs accumulate in the buffer; when its writes end, one of
+//! their callers becomes the next leader and writes all of them at once. The
+//! round's fdatasync is issued after the leader's turn is handed over, so the
+//! next round's writes overlap it (two stages, write and sync, as in a
+//! pipeline). An fdatasync makes durable what was written when it was issued,
+//! so it marks durable the offsets its round wrote and no more; fdatasyncs
+//! may overlap, and durability only moves forward. With
+//! [`Durability::Always`] an append resolves only after an fdatasync issued
+//! after its batch was written returned `Ok`. No background task is needed,
+//! and a leader whose future is dropped hands leadership on. A sealed
+//! segment is synced and finalized within its round, so a later segment is
+//! never durable before an earlier one is complete.
 //!
 //! **Visibility.** Readers see only durable batches under `Always`, so an
 //! offset a reader saw can never be reused after a crash. Under `Interval`
@@ -383,6 +390,26 @@ pub struct LogStats {
     pub segments: usize,
     /// Bytes of batches held.
     pub bytes: u64,
+    /// What the group commit has done since the log was opened.
+    pub commits: CommitStats,
+}
+
+/// Group-commit counters since the log was opened: how much each flush
+/// carried and where its time went (wall-clock time awaiting the writes
+/// and the fdatasync, which on a shared core includes waiting to be run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitStats {
+    /// Flush rounds that wrote data.
+    pub writes: u64,
+    /// Data bytes those rounds wrote (whole pages, a rewritten tail page
+    /// counted again).
+    pub written_bytes: u64,
+    /// fdatasync calls.
+    pub syncs: u64,
+    /// Microseconds awaiting writes.
+    pub write_us: u64,
+    /// Microseconds awaiting fdatasync.
+    pub sync_us: u64,
 }
 
 enum SegmentIndex<M> {
@@ -466,12 +493,16 @@ struct State<S: Storage> {
     next_offset: u64,
     /// Offsets below this are durable.
     durable_next: u64,
+    /// Offsets below this are covered by an fdatasync that has been issued
+    /// (durable once it returns); at least `durable_next`.
+    syncing_next: u64,
     /// Bytes appended but not yet written.
     pending_bytes: usize,
     /// Whether a flush is running.
     flushing: bool,
     poisoned: Option<Rc<str>>,
     last_sync: Instant,
+    commits: CommitStats,
 }
 
 /// A partition log. Hold it in an `Rc` and call it from any task of its core.
@@ -493,6 +524,10 @@ impl<S: Storage> fmt::Debug for Log<S> {
     }
 }
 
+fn elapsed_us(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OpenError + 'a {
     move |source| OpenError::Io {
         op,
@@ -512,6 +547,32 @@ struct Scan {
 }
 
 /// Resets leadership if a leader's flush future is dropped midway.
+/// An fdatasync a flush round still has to issue for the active segment,
+/// and what it makes durable.
+struct PendingSync<S: Storage> {
+    file: Rc<S::File>,
+    path: PathBuf,
+    base: u64,
+    /// Segment bytes it covers.
+    end: u64,
+    /// Offsets below this become durable.
+    next_offset: u64,
+}
+
+/// If a round's fdatasync future is dropped before it returns, what it was
+/// to cover is no longer covered: appends waiting on it lead a new round.
+struct SyncGuard<'a, S: Storage>(&'a Log<S>);
+
+impl<S: Storage> Drop for SyncGuard<'_, S> {
+    fn drop(&mut self) {
+        {
+            let mut st = self.0.state.borrow_mut();
+            st.syncing_next = st.durable_next;
+        }
+        self.0.flushed.notify_all();
+    }
+}
+
 struct LeaderGuard<'a, S: Storage>(&'a Log<S>);
 
 impl<S: Storage> Drop for LeaderGuard<'_, S> {
@@ -568,10 +629,12 @@ impl<S: Storage> Log<S> {
                 start_offset,
                 next_offset,
                 durable_next: next_offset,
+                syncing_next: next_offset,
                 pending_bytes: 0,
                 flushing: false,
                 poisoned: None,
                 last_sync: Instant::now(),
+                commits: CommitStats::default(),
             }),
             flushed: Notify::default(),
         })
@@ -933,6 +996,7 @@ impl<S: Storage> Log<S> {
             durable_offset: st.durable_next,
             segments: st.segments.len(),
             bytes: st.segments.values().map(|s| s.end).sum(),
+            commits: st.commits,
         }
     }
 
@@ -1074,7 +1138,8 @@ impl<S: Storage> Log<S> {
     /// Waits until every offset below `next` is durable.
     async fn wait_durable(&self, next: u64) -> Result<(), AppendError> {
         loop {
-            {
+            let generation = self.flushed.generation();
+            let covered = {
                 let st = self.state.borrow();
                 if st.durable_next >= next {
                     return Ok(());
@@ -1082,8 +1147,14 @@ impl<S: Storage> Log<S> {
                 if let Some(why) = &st.poisoned {
                     return Err(AppendError::Poisoned(why.clone()));
                 }
+                st.syncing_next >= next
+            };
+            if covered {
+                // An fdatasync already issued covers it: wait for it.
+                self.flushed.changed_since(generation).await;
+            } else {
+                self.flush_round(true).await;
             }
-            self.flush_round(true).await;
         }
     }
 
@@ -1130,30 +1201,73 @@ impl<S: Storage> Log<S> {
             return;
         }
         let guard = LeaderGuard(self);
-        if let Err(why) = self.flush_all(want_sync).await {
+        let result = match self.flush_all(want_sync).await {
+            Ok(Some(sync)) => {
+                // Let the next round write while this fdatasync runs.
+                drop(guard);
+                self.finish_sync(sync).await
+            }
+            Ok(None) => {
+                drop(guard);
+                Ok(())
+            }
+            Err(why) => Err(why),
+        };
+        if let Err(why) = result {
             let mut st = self.state.borrow_mut();
             if st.poisoned.is_none() {
                 st.poisoned = Some(why.into());
             }
         }
-        drop(guard);
+        self.flushed.notify_all();
+    }
+
+    /// Awaits a round's fdatasync issued outside the leader's turn, then
+    /// marks what it covers durable.
+    async fn finish_sync(&self, sync: PendingSync<S>) -> Result<(), String> {
+        let sync_start = Instant::now();
+        let guard = SyncGuard(self);
+        let synced = sync.file.fdatasync().await;
+        std::mem::forget(guard);
+        synced.map_err(|e| format!("fdatasync of {} failed: {e}", sync.path.display()))?;
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        st.commits.syncs += 1;
+        st.commits.sync_us += elapsed_us(sync_start);
+        if st.poisoned.is_some() {
+            // An earlier round failed: nothing more becomes durable.
+            return Ok(());
+        }
+        if let Some(seg) = st.segments.get_mut(&sync.base) {
+            seg.durable_end = seg.durable_end.max(sync.end);
+        }
+        st.durable_next = st.durable_next.max(sync.next_offset);
+        st.last_sync = Instant::now();
+        Ok(())
     }
 
     /// Flushes every segment that has work, oldest first. A sealed segment
     /// is flushed until it is finalized before any later one is touched, so
     /// that a segment file exists on disk only once all before it are
     /// complete.
-    async fn flush_all(&self, want_sync: bool) -> Result<(), String> {
+    ///
+    /// Returns the fdatasync the last segment still needs when it is the
+    /// active one: the caller issues it after handing over the leader's
+    /// turn, so that the next round's writes overlap it.
+    async fn flush_all(&self, want_sync: bool) -> Result<Option<PendingSync<S>>, String> {
         loop {
             let (base, is_last) = {
                 let st = self.state.borrow();
                 let last = st.segments.keys().next_back().copied();
                 match st.segments.iter().find(|(_, s)| !s.finalized) {
                     Some((&b, _)) => (b, Some(b) == last),
-                    None => return Ok(()),
+                    None => return Ok(None),
                 }
             };
-            self.flush_segment(base, want_sync).await?;
+            let pending = self.flush_segment(base, want_sync).await?;
+            if pending.is_some() {
+                return Ok(pending);
+            }
             let sealed_and_unfinished = self
                 .state
                 .borrow()
@@ -1161,12 +1275,19 @@ impl<S: Storage> Log<S> {
                 .get(&base)
                 .is_some_and(|s| s.sealed && !s.finalized);
             if is_last && !sealed_and_unfinished {
-                return Ok(());
+                return Ok(None);
             }
         }
     }
 
-    async fn flush_segment(&self, base: u64, want_sync: bool) -> Result<(), String> {
+    /// Writes a segment's new data and index pages. A sealed segment is
+    /// synced and finalized here; the active one's fdatasync, when due, is
+    /// returned for the caller to issue once its turn as leader is over.
+    async fn flush_segment(
+        &self,
+        base: u64,
+        want_sync: bool,
+    ) -> Result<Option<PendingSync<S>>, String> {
         // Create the file on first use, durably, before any data goes in.
         let needs_file = self
             .state
@@ -1187,7 +1308,7 @@ impl<S: Storage> Log<S> {
         let (file, idx_file, writes, end, next_offset, sealed, idx_pages) = {
             let st = self.state.borrow();
             let Some(seg) = st.segments.get(&base) else {
-                return Ok(());
+                return Ok(None);
             };
             let Some(file) = seg.file.clone() else {
                 return Err(format!("segment {} has no file", seg.log_path.display()));
@@ -1230,7 +1351,9 @@ impl<S: Storage> Log<S> {
             )
         };
         let wrote = !writes.is_empty();
+        let write_bytes: usize = writes.iter().map(|(buf, _)| buf.as_ref().len()).sum();
         let path = self.segment_path(base);
+        let write_start = Instant::now();
         let results = futures::future::join_all(
             writes
                 .into_iter()
@@ -1239,6 +1362,12 @@ impl<S: Storage> Log<S> {
         .await;
         for r in results {
             r.map_err(|e| format!("write to {} failed: {e}", path.display()))?;
+        }
+        if wrote {
+            let mut st = self.state.borrow_mut();
+            st.commits.writes += 1;
+            st.commits.written_bytes += write_bytes as u64;
+            st.commits.write_us += elapsed_us(write_start);
         }
         if let (Some((buf, position, full)), Some(idx_file)) = (idx_pages, idx_file.as_ref()) {
             // The index is a hint that recovery checks, so it is written but
@@ -1254,11 +1383,18 @@ impl<S: Storage> Log<S> {
         }
         let synced = sealed
             || ((want_sync || sync_due)
-                && (wrote || next_offset > self.state.borrow().durable_next));
-        if synced {
+                && (wrote || next_offset > self.state.borrow().syncing_next));
+        // The active segment's fdatasync is left to the caller (see
+        // `flush_round`); a sealed one's is done here, before finalizing.
+        let deferred = synced && !sealed;
+        if synced && sealed {
+            let sync_start = Instant::now();
             file.fdatasync()
                 .await
                 .map_err(|e| format!("fdatasync of {} failed: {e}", path.display()))?;
+            let mut st = self.state.borrow_mut();
+            st.commits.syncs += 1;
+            st.commits.sync_us += elapsed_us(sync_start);
         }
 
         // Commit what the snapshot covered.
@@ -1266,7 +1402,7 @@ impl<S: Storage> Log<S> {
             let mut guard = self.state.borrow_mut();
             let st = &mut *guard;
             let Some(seg) = st.segments.get_mut(&base) else {
-                return Ok(());
+                return Ok(None);
             };
             if end > seg.written_end {
                 st.pending_bytes -= (end - seg.written_end) as usize;
@@ -1277,6 +1413,9 @@ impl<S: Storage> Log<S> {
                 seg.buf_position = keep_from;
             }
             if synced {
+                st.syncing_next = st.syncing_next.max(next_offset);
+            }
+            if synced && sealed {
                 seg.durable_end = seg.durable_end.max(end);
                 st.durable_next = st.durable_next.max(next_offset);
                 st.last_sync = Instant::now();
@@ -1286,7 +1425,13 @@ impl<S: Storage> Log<S> {
         if finalize {
             self.finalize_segment(base).await?;
         }
-        Ok(())
+        Ok(deferred.then(|| PendingSync {
+            file,
+            path,
+            base,
+            end,
+            next_offset,
+        }))
     }
 
     fn segment_path(&self, base: u64) -> PathBuf {

@@ -87,8 +87,15 @@ pub enum CrashMode {
 struct SimFile {
     written: Vec<u8>,
     durable: Vec<u8>,
-    /// Writes since the last fdatasync, in order: (position, bytes).
+    /// Writes not yet covered by an fdatasync, in order: (position, bytes).
     unsynced: Vec<(u64, Vec<u8>)>,
+    /// Writes ever removed from the front of `unsynced` (so that an
+    /// fdatasync can name, by count, the writes it covers).
+    unsynced_base: u64,
+    /// The newest fdatasync issued, and the newest applied: an older one
+    /// finishing later does not undo a newer one.
+    syncs_issued: u64,
+    syncs_applied: u64,
     /// Whether the file survives a crash (its creation was `sync_dir`ed).
     exists_durably: bool,
 }
@@ -202,6 +209,7 @@ impl SimStorage {
         fs.files.retain(|_, f| f.exists_durably);
         for file in fs.files.values_mut() {
             let mut image = std::mem::take(&mut file.durable);
+            file.unsynced_base += file.unsynced.len() as u64;
             for (pos, bytes) in std::mem::take(&mut file.unsynced) {
                 let keep = match mode {
                     CrashMode::DropUnsynced => 0,
@@ -275,8 +283,8 @@ impl SimStorage {
             SimFile {
                 written: bytes.to_vec(),
                 durable: bytes.to_vec(),
-                unsynced: Vec::new(),
                 exists_durably: true,
+                ..SimFile::default()
             },
         );
     }
@@ -408,6 +416,7 @@ impl Storage for SimStorage {
                 match fs.files.get_mut(path) {
                     Some(file) => {
                         file.written.clear();
+                        file.unsynced_base += file.unsynced.len() as u64;
                         file.unsynced.clear();
                     }
                     None => {
@@ -549,7 +558,24 @@ impl StorageFile for SimFileHandle {
             .await
     }
 
+    /// Makes durable what was written when it was called, as the kernel
+    /// does, and no more: writes that complete while it is under way stay
+    /// unsynced, so a log that acked them on this fdatasync's strength
+    /// would lose them in a crash.
     async fn fdatasync(&self) -> io::Result<()> {
+        let (seq, image, covered) = {
+            let mut fs = self.storage.fs.borrow_mut();
+            if fs.frozen {
+                return Err(crashed_error());
+            }
+            let file = self.file(&mut fs)?;
+            file.syncs_issued += 1;
+            (
+                file.syncs_issued,
+                file.written.clone(),
+                file.unsynced_base + file.unsynced.len() as u64,
+            )
+        };
         self.storage
             .op(|fs| {
                 let ppm = fs.faults.sync_fail_ppm;
@@ -557,8 +583,14 @@ impl StorageFile for SimFileHandle {
                     return Err(io::Error::other("simulated fdatasync failure (EIO)"));
                 }
                 let file = self.file(fs)?;
-                file.durable = file.written.clone();
-                file.unsynced.clear();
+                if seq > file.syncs_applied {
+                    file.syncs_applied = seq;
+                    file.durable = image;
+                    let n = covered.saturating_sub(file.unsynced_base) as usize;
+                    let n = n.min(file.unsynced.len());
+                    file.unsynced.drain(..n);
+                    file.unsynced_base += n as u64;
+                }
                 fs.stats.syncs += 1;
                 Ok(())
             })
@@ -623,6 +655,55 @@ mod tests {
         });
         sim.crash(CrashMode::DropUnsynced);
         assert_eq!(sim.written_bytes(&path).unwrap(), page(1));
+    }
+
+    #[test]
+    fn an_fdatasync_covers_only_writes_completed_before_it_was_issued() {
+        // Write page 1, issue an fdatasync, and let a write of page 2
+        // complete while it is under way: only page 1 is durable after it.
+        // Then an older fdatasync finishing after a newer one undoes nothing.
+        let mut overlapped = 0;
+        for seed in 0..32 {
+            let faults = SimFaults {
+                yields_max: 4,
+                ..SimFaults::default()
+            };
+            let sim = SimStorage::new(seed, faults);
+            let dir = Path::new("/d");
+            let path = dir.join("f");
+            let under_way = block_on(async {
+                let f = sim.create(&path).await.unwrap();
+                sim.sync_dir(dir).await.unwrap();
+                f.write_at(page(1), 0).await.unwrap();
+                let mut first = Box::pin(f.fdatasync());
+                if futures::poll!(first.as_mut()).is_ready() {
+                    return false;
+                }
+                f.write_at(page(2), 4096).await.unwrap();
+                first.await.unwrap();
+                assert_eq!(sim.durable_bytes(&path).unwrap(), page(1), "seed {seed}");
+                // An older fdatasync (covering pages 1-2) that ends after a
+                // newer one (covering page 3 too) leaves page 3 durable.
+                let mut older = Box::pin(f.fdatasync());
+                if futures::poll!(older.as_mut()).is_ready() {
+                    return false;
+                }
+                f.write_at(page(3), 8192).await.unwrap();
+                f.fdatasync().await.unwrap();
+                older.await.unwrap();
+                let mut all = page(1);
+                all.extend(page(2));
+                all.extend(page(3));
+                assert_eq!(sim.durable_bytes(&path).unwrap(), all, "seed {seed}");
+                true
+            });
+            if under_way {
+                overlapped += 1;
+                sim.crash(CrashMode::DropUnsynced);
+                assert_eq!(sim.written_bytes(&path).unwrap().len(), 3 * 4096);
+            }
+        }
+        assert!(overlapped > 0, "no seed left the fdatasync under way");
     }
 
     #[test]
