@@ -198,6 +198,17 @@ pub async fn status(url: &str, json: bool) -> Result<(), String> {
                 p["next_offset"],
                 p["durable_offset"]
             );
+            let c = &p["commits"];
+            if c["writes"].as_u64().unwrap_or(0) > 0 {
+                println!(
+                    "    commits: {} writes, {} fdatasyncs, {} bytes per fdatasync, mean write {} us, mean fdatasync {} us",
+                    c["writes"],
+                    c["syncs"],
+                    c["bytes_per_sync"],
+                    c["write_us_mean"],
+                    c["sync_us_mean"]
+                );
+            }
             for g in p["groups"].as_array().into_iter().flatten() {
                 println!(
                     "    group {} committed {} lag {} members {} in flight {}",

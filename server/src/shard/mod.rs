@@ -275,6 +275,34 @@ pub enum MeshMsg {
     Push { conn: u64, frame: Vec<u8> },
 }
 
+/// A log's group-commit counters as the status document shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CommitStatus {
+    /// Flush rounds that wrote data, and the bytes they wrote.
+    pub writes: u64,
+    pub written_bytes: u64,
+    /// fdatasync calls.
+    pub syncs: u64,
+    /// Mean bytes written per fdatasync (0 before the first).
+    pub bytes_per_sync: u64,
+    /// Mean microseconds awaiting a round's writes, and an fdatasync.
+    pub write_us_mean: u64,
+    pub sync_us_mean: u64,
+}
+
+impl From<hadron_engine::CommitStats> for CommitStatus {
+    fn from(c: hadron_engine::CommitStats) -> CommitStatus {
+        CommitStatus {
+            writes: c.writes,
+            written_bytes: c.written_bytes,
+            syncs: c.syncs,
+            bytes_per_sync: c.written_bytes.checked_div(c.syncs).unwrap_or(0),
+            write_us_mean: c.write_us.checked_div(c.writes).unwrap_or(0),
+            sync_us_mean: c.sync_us.checked_div(c.syncs).unwrap_or(0),
+        }
+    }
+}
+
 /// One partition's state, for `status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PartitionStatus {
@@ -297,6 +325,8 @@ pub struct PartitionStatus {
     pub bytes: u64,
     /// Why the partition refuses writes, if it does.
     pub read_only: Option<String>,
+    /// Group-commit counters of its log since the server started.
+    pub commits: CommitStatus,
     /// Consumer groups.
     pub groups: Vec<GroupStatus>,
 }
@@ -979,6 +1009,7 @@ impl Shard {
                     segments: stats.segments,
                     bytes: stats.bytes,
                     read_only: p.log.poisoned().map(|s| s.to_string()),
+                    commits: CommitStatus::from(stats.commits),
                     groups: p
                         .groups
                         .borrow()
