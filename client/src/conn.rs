@@ -4,17 +4,28 @@
 //! Requests are pipelined. Each gets the next request id (starting at 1,
 //! never 0) and a oneshot in the `pending` map; the reader completes the
 //! oneshot whose id the answer carries, in whatever order answers arrive.
-//! Pushes (request id 0: `Delivery`, `StageDelivery`) go to the
-//! connection's push sink, if it has one.
+//! Pushes (request id 0: `Delivery`, `StageDelivery`) are decoded into what
+//! their handlers receive and go to the connection's push sink, if it has
+//! one.
+//!
+//! Sending: a request encodes its frame straight into the connection's
+//! outbox (one buffer, under the lock that also guards the encoder) and
+//! wakes the writer only when the outbox was empty. The writer yields once
+//! before taking the outbox, so the frames of every task that was ready to
+//! run (for example many handlers answering their deliveries) leave in one
+//! write: one syscall for many acks instead of one each.
 //!
 //! Invariants:
 //! - Once a connection is dead (`State::dead` is set) no request is added
 //!   to `pending`, and every request that was pending has been failed with
 //!   `Error::ConnectionLost`, so no caller waits forever.
 //! - At most `max_in_flight` requests are outstanding (a semaphore permit
-//!   is held from before sending until the answer or the give-up).
+//!   is held from before sending until the answer or the give-up), so the
+//!   outbox holds at most that many frames.
+//! - The outbox holds whole frames only, in the order their requests were
+//!   queued; the writer writes all it takes before taking more.
 //! - The task ends, and the socket closes, when the last `Conn` handle is
-//!   dropped (its frame sender closes) or the socket fails.
+//!   dropped (after the writer wrote what was queued) or the socket fails.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,18 +35,20 @@ use bytes::{Buf, BytesMut};
 use hadron_wire::{
     Encoder, Limits, Message, PLACEMENT_NAME, PROTOCOL_VERSION, PublishOk, SubscribeOk, split_frame,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::endpoint::Endpoint;
+use crate::subscribe::{Delivery, StageInput};
 use crate::{ClientOptions, Error};
 
 /// Bytes read from the socket per `read_buf` call, at least.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Buffered bytes written per flush, at most.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Capacity an outbox buffer keeps after its frames were written; a larger
+/// one (left by a large publish) is given back to the allocator.
+const OUTBOX_RETAIN_BYTES_MAX: usize = 256 * 1024;
 
 /// What the server said about itself in `HandshakeOk`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,28 +93,35 @@ pub(crate) enum Reply {
     StatusOk(String),
 }
 
-/// A push from the server, copied out of its frame.
+/// A push from the server, decoded straight from its frame into what the
+/// handler receives (one copy of each field), or the nack message saying
+/// why its events did not decode.
+///
+/// The decoded value is boxed: a push is moved through a channel and into
+/// the task that handles it, and a small push keeps that task small enough
+/// for the allocator's fast path (a `StageInput` alone is about 300 bytes).
 #[derive(Debug)]
 pub(crate) enum Push {
     Delivery {
-        subscription_id: u64,
         delivery_id: u64,
-        stream: String,
-        partition: u32,
-        offset: u64,
-        attempt: u32,
-        event: Vec<u8>,
+        delivery: Result<Box<Delivery>, String>,
     },
     Stage {
         delivery_id: u64,
-        pipeline: String,
-        stage: String,
-        partition: u32,
-        offset: u64,
-        attempt: u32,
-        root: Vec<u8>,
-        inputs: Vec<(String, Vec<u8>)>,
+        input: Result<Box<StageInput>, String>,
     },
+}
+
+/// Bytes a `Push` may take (40 on 64-bit targets): see above.
+const PUSH_BYTES_MAX: usize = 64;
+const _: () = assert!(std::mem::size_of::<Push>() <= PUSH_BYTES_MAX);
+
+impl Push {
+    pub fn delivery_id(&self) -> u64 {
+        match self {
+            Push::Delivery { delivery_id, .. } | Push::Stage { delivery_id, .. } => *delivery_id,
+        }
+    }
 }
 
 type Waiter = oneshot::Sender<Result<Reply, Error>>;
@@ -113,16 +133,78 @@ struct State {
     dead: Option<String>,
 }
 
-#[derive(Default)]
+/// Frames waiting for the writer, and the encoder that writes them there.
+struct Outbox {
+    encoder: Encoder,
+    /// Whole frames, length prefixes included, in the order queued.
+    frames: Vec<u8>,
+    /// The last `Conn` handle is gone: once `frames` is written the writer
+    /// closes the socket.
+    closed: bool,
+}
+
 struct Shared {
     state: Mutex<State>,
+    outbox: Mutex<Outbox>,
+    /// Woken when `outbox.frames` stops being empty, or on close.
+    outbox_ready: Notify,
 }
 
 impl Shared {
+    /// A connection's shared state before its first request: the next
+    /// request id is 2 (the handshake was 1).
+    fn new(limits: &Limits) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                next_id: 2,
+                ..State::default()
+            }),
+            outbox: Mutex::new(Outbox {
+                encoder: Encoder::new(limits),
+                frames: Vec::new(),
+                closed: false,
+            }),
+            outbox_ready: Notify::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means another thread panicked while holding
         // it; the map itself is still consistent (every update is one call).
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // As for `lock`: a frame is appended by one call, which either
+        // wrote it whole or wrote nothing (the encoder fails before
+        // writing).
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Encodes `message` as request `request_id` at the end of the outbox
+    /// and wakes the writer if the outbox was empty (otherwise a wake-up is
+    /// already on its way).
+    fn queue(&self, request_id: u64, message: &Message<'_>) -> Result<(), Error> {
+        let was_empty = {
+            let mut outbox = self.outbox();
+            let Outbox {
+                encoder, frames, ..
+            } = &mut *outbox;
+            let was_empty = frames.is_empty();
+            encoder.encode_into(request_id, message, frames)?;
+            was_empty
+        };
+        if was_empty {
+            self.outbox_ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Tells the writer that nothing more will be queued: it writes what
+    /// is and closes the socket.
+    fn close(&self) {
+        self.outbox().closed = true;
+        self.outbox_ready.notify_one();
     }
 
     /// Marks the connection dead and fails every pending request.
@@ -140,16 +222,21 @@ impl Shared {
     }
 }
 
-/// Removes a request's waiter when its caller stops waiting (answer, error,
-/// timeout or the caller's future being dropped).
+/// Removes a request's waiter when its caller stops waiting (error,
+/// timeout or the caller's future being dropped). Disarmed once the waiter
+/// is known to be gone from `pending` (the reader or `fail_all` took it),
+/// which saves a lock per answered request.
 struct PendingGuard<'a> {
     shared: &'a Shared,
     id: u64,
+    armed: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.shared.lock().pending.remove(&self.id);
+        if self.armed {
+            self.shared.lock().pending.remove(&self.id);
+        }
     }
 }
 
@@ -157,13 +244,17 @@ impl Drop for PendingGuard<'_> {
 /// closes the connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    frames: mpsc::Sender<Vec<u8>>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     request_timeout: Duration,
-    encoder: Mutex<Encoder>,
     pub info: ServerInfo,
     pub endpoint: Endpoint,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 impl core::fmt::Debug for Shared {
@@ -266,19 +357,13 @@ impl Conn {
         tracing::debug!(%addr, shards = info.shards, ports = ?info.shard_ports, "connected");
 
         let in_flight_max = options.max_in_flight_requests.max(1);
-        let (frames, frames_rx) = mpsc::channel(in_flight_max);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                next_id: 2,
-                ..State::default()
-            }),
-        });
+        let shared = Arc::new(Shared::new(&limits));
         let (read, write) = stream.into_split();
         let task_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let result = tokio::select! {
                 r = read_loop(read, buf, &task_shared, push, limits) => r,
-                r = write_loop(write, frames_rx) => r,
+                r = write_loop(write, &task_shared) => r,
             };
             let reason = match result {
                 Ok(()) => "connection closed by the client".to_owned(),
@@ -288,11 +373,9 @@ impl Conn {
             task_shared.fail_all(&reason);
         });
         Ok(Arc::new(Conn {
-            frames,
             shared,
             permits: Arc::new(Semaphore::new(in_flight_max)),
             request_timeout: options.request_timeout,
-            encoder: Mutex::new(Encoder::new(&limits)),
             info,
             endpoint: endpoint.clone(),
         }))
@@ -300,7 +383,9 @@ impl Conn {
 
     /// Whether the connection can still carry requests.
     pub fn is_alive(&self) -> bool {
-        self.shared.lock().dead.is_none() && !self.frames.is_closed()
+        // The task marks the connection dead as it ends, whichever half
+        // ended it.
+        self.shared.lock().dead.is_none()
     }
 
     /// Sends `message` as a request and waits for its answer. A server
@@ -322,21 +407,19 @@ impl Conn {
             state.pending.insert(id, tx);
             id
         };
-        let _guard = PendingGuard {
+        let mut guard = PendingGuard {
             shared: &self.shared,
             id,
+            armed: true,
         };
-        let frame = self
-            .encoder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .encode(id, message)?;
-        if self.frames.send(frame).await.is_err() {
-            return Err(Error::lost("connection closed"));
-        }
+        self.shared.queue(id, message)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(Error::lost("connection closed")),
+            Ok(answered) => {
+                // The reader removed the waiter to answer it, or `fail_all`
+                // took it and dropped it.
+                guard.armed = false;
+                answered.unwrap_or_else(|_| Err(Error::lost("connection closed")))
+            }
             Err(_) => Err(Error::Timeout {
                 what,
                 after: self.request_timeout,
@@ -345,21 +428,37 @@ impl Conn {
     }
 }
 
-async fn write_loop(
-    write: OwnedWriteHalf,
-    mut frames: mpsc::Receiver<Vec<u8>>,
-) -> Result<(), Error> {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
-    while let Some(frame) = frames.recv().await {
-        out.write_all(&frame).await.map_err(Error::Io)?;
-        // Coalesce whatever else is queued into the same flush.
-        while let Ok(frame) = frames.try_recv() {
-            out.write_all(&frame).await.map_err(Error::Io)?;
+/// Writes what requests queue in the outbox until the last `Conn` handle is
+/// gone (then closes the write side) or the socket fails.
+async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, shared: &Shared) -> Result<(), Error> {
+    // The buffer being written; swapped with the outbox's, so neither
+    // side allocates in the steady state.
+    let mut batch = Vec::new();
+    loop {
+        shared.outbox_ready.notified().await;
+        // The wake-up came from the first frame queued; let the other
+        // tasks that are ready to run (handlers finishing at the same
+        // time) queue theirs, so that one write carries them all. The
+        // cost is the time those tasks run, once per write.
+        tokio::task::yield_now().await;
+        let closed = {
+            let mut outbox = shared.outbox();
+            std::mem::swap(&mut outbox.frames, &mut batch);
+            outbox.closed
+        };
+        if !batch.is_empty() {
+            write.write_all(&batch).await.map_err(Error::Io)?;
+            batch.clear();
+            if batch.capacity() > OUTBOX_RETAIN_BYTES_MAX {
+                batch = Vec::new();
+            }
         }
-        out.flush().await.map_err(Error::Io)?;
+        if closed {
+            // No handle is left to queue more, so this was the last batch.
+            let _ = write.shutdown().await;
+            return Ok(());
+        }
     }
-    let _ = out.shutdown().await;
-    Ok(())
 }
 
 async fn read_loop(
@@ -378,27 +477,16 @@ async fn read_loop(
             if request_id == 0 {
                 let pushed = match frame.message {
                     Message::Delivery(d) => Push::Delivery {
-                        subscription_id: d.subscription_id,
                         delivery_id: d.delivery_id,
-                        stream: d.stream.to_owned(),
-                        partition: d.partition,
-                        offset: d.offset,
-                        attempt: d.attempt,
-                        event: d.event.to_vec(),
+                        delivery: Delivery::from_wire(&d, &limits)
+                            .map(Box::new)
+                            .map_err(|e| format!("client: {e}")),
                     },
                     Message::StageDelivery(d) => Push::Stage {
                         delivery_id: d.delivery_id,
-                        pipeline: d.pipeline.to_owned(),
-                        stage: d.stage.to_owned(),
-                        partition: d.partition,
-                        offset: d.offset,
-                        attempt: d.attempt,
-                        root: d.root.to_vec(),
-                        inputs: d
-                            .inputs
-                            .iter()
-                            .map(|i| (i.stage.to_owned(), i.event.to_vec()))
-                            .collect(),
+                        input: StageInput::from_wire(&d, &limits)
+                            .map(Box::new)
+                            .map_err(|e| format!("client: {e}")),
                     },
                     Message::Error(e) => {
                         // Request id 0: the error concerns the whole
@@ -470,5 +558,152 @@ async fn read_loop(
         if read.read_buf(&mut buf).await.map_err(Error::Io)? == 0 {
             return Err(Error::lost("the server closed the connection"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A writer that records the bytes of each `poll_write` call and
+    /// accepts all of them.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        shut_down: Arc<Mutex<bool>>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.lock().unwrap().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            *self.shut_down.lock().unwrap() = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The request ids of the whole frames in `bytes`, which must hold
+    /// nothing else.
+    fn request_ids(mut bytes: &[u8]) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while let Some((body, total)) = split_frame(bytes, &Limits::DEFAULT).unwrap() {
+            ids.push(
+                hadron_wire::decode(body, &Limits::DEFAULT)
+                    .unwrap()
+                    .request_id,
+            );
+            bytes = &bytes[total..];
+        }
+        assert!(bytes.is_empty(), "{} bytes of a partial frame", bytes.len());
+        ids
+    }
+
+    /// A task queues a frame, waking the writer, and more tasks become
+    /// ready to run after the writer: the writer yields once before taking
+    /// the outbox, so their frames leave with the first in one write
+    /// (without the yield it would write the first frame alone). The
+    /// current-thread runtime makes the order of the tasks deterministic.
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_of_tasks_ready_together_leave_in_one_write_whole_and_in_order() {
+        const TASKS: u64 = 16;
+        let shared = Arc::new(Shared::new(&Limits::DEFAULT));
+        let out = Recorder::default();
+        let writer = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            let out = out.clone();
+            async move { write_loop(out, &shared).await }
+        });
+        // Let the writer start waiting.
+        tokio::task::yield_now().await;
+        assert!(out.writes.lock().unwrap().is_empty());
+
+        shared.queue(1, &Message::Status).unwrap();
+        let queued: Vec<_> = (2..=TASKS)
+            .map(|id| {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move { shared.queue(id, &Message::Status) })
+            })
+            .collect();
+        for q in queued {
+            q.await.unwrap().unwrap();
+        }
+        // Let the writer finish the write before closing.
+        while out.writes.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        shared.close();
+        writer.await.unwrap().unwrap();
+
+        let writes = out.writes.lock().unwrap().clone();
+        let ids: Vec<Vec<u64>> = writes.iter().map(|w| request_ids(w)).collect();
+        assert_eq!(
+            ids,
+            vec![(1..=TASKS).collect::<Vec<_>>()],
+            "one write, in order"
+        );
+        assert!(
+            *out.shut_down.lock().unwrap(),
+            "closed after the last frame"
+        );
+        assert!(shared.outbox().frames.is_empty());
+    }
+
+    /// Frames queued before the writer starts and while it runs are all
+    /// written, whole and in the order queued, before close shuts the
+    /// socket down.
+    #[tokio::test]
+    async fn frames_queued_before_close_are_all_written_in_order() {
+        let shared = Arc::new(Shared::new(&Limits::DEFAULT));
+        let out = Recorder::default();
+        for id in [7, 3, 9] {
+            shared.queue(id, &Message::Status).unwrap();
+        }
+        let writer = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            let out = out.clone();
+            async move { write_loop(out, &shared).await }
+        });
+        for id in [4, 8] {
+            shared.queue(id, &Message::Status).unwrap();
+        }
+        shared.close();
+        writer.await.unwrap().unwrap();
+        let writes = out.writes.lock().unwrap().clone();
+        let ids: Vec<u64> = writes.iter().flat_map(|w| request_ids(w)).collect();
+        assert_eq!(ids, vec![7, 3, 9, 4, 8]);
+        assert!(*out.shut_down.lock().unwrap());
+    }
+
+    #[test]
+    fn a_frame_the_encoder_refuses_leaves_the_outbox_unchanged() {
+        let limits = Limits {
+            frame_bytes_max: 64,
+            ..Limits::DEFAULT
+        };
+        let shared = Shared::new(&limits);
+        shared.queue(2, &Message::Status).unwrap();
+        let before = shared.outbox().frames.clone();
+        let yaml = "x".repeat(100);
+        let big = Message::Apply(hadron_wire::Apply {
+            yaml: &yaml,
+            force: false,
+        });
+        assert!(matches!(shared.queue(3, &big), Err(Error::Encode(_))));
+        assert_eq!(shared.outbox().frames, before);
+        assert_eq!(request_ids(&before), vec![2]);
     }
 }

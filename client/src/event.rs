@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 
-use hadron_wire::{EventEncoder, EventRef, Limits, SPECVERSION, decode_event};
+use hadron_wire::{EventEncoder, EventRef, Limits, SPECVERSION, verify_event};
 
 use crate::Error;
 
@@ -84,8 +84,9 @@ impl NewEvent {
         self
     }
 
-    /// The wire encoding of this event as it stands (for a stage's output,
-    /// whose id and source the caller filled in).
+    /// The wire encoding of this event as it stands, empty id and source
+    /// included (tests compare other encoders' output with it).
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         with_event_encoder(|encoder| self.encode_as(encoder, &self.id, &self.source, &mut out));
@@ -238,22 +239,29 @@ impl Event {
         Event::decode_with(bytes, &Limits::DEFAULT)
     }
 
+    /// `decode` with the connection's limits. Reads the verified table
+    /// directly, so each field is copied once and nothing else is
+    /// allocated; absent `specversion` reads as `"1.0"`, absent `data` as
+    /// empty (as `decode_event` reads them).
     pub(crate) fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Event, Error> {
-        let e = decode_event(bytes, limits)?;
+        let e = verify_event(bytes, limits)?;
         Ok(Event {
-            id: e.id.to_owned(),
-            source: e.source.to_owned(),
-            specversion: e.specversion.to_owned(),
-            ty: e.ty.to_owned(),
-            subject: e.subject.map(str::to_owned),
-            time_ms: e.time_ms,
-            datacontenttype: e.datacontenttype.map(str::to_owned),
+            id: e.id().to_owned(),
+            source: e.source().to_owned(),
+            specversion: e.specversion().unwrap_or(SPECVERSION).to_owned(),
+            ty: e.type_().to_owned(),
+            subject: e.subject().map(str::to_owned),
+            time_ms: e.time_ms(),
+            datacontenttype: e.datacontenttype().map(str::to_owned),
             attributes: e
-                .attributes
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            data: e.data.to_vec(),
+                .attributes()
+                .map(|list| {
+                    list.iter()
+                        .map(|a| (a.key().to_owned(), a.value().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            data: e.data().map_or_else(Vec::new, |d| d.bytes().to_vec()),
         })
     }
 
@@ -369,6 +377,59 @@ mod tests {
                 ..new
             }
         );
+    }
+
+    /// `decode_with` reads the verified table itself; it must read what
+    /// the wire crate's `decode_event` reads.
+    #[test]
+    fn decode_with_reads_what_decode_event_reads() {
+        let full = hadron_wire::Event {
+            id: "e-9".into(),
+            source: "app".into(),
+            specversion: "1.1".into(),
+            ty: "service.created".into(),
+            subject: Some("svc-1".into()),
+            time_ms: Some(-3),
+            datacontenttype: Some("text/plain".into()),
+            attributes: vec![("a".into(), "1".into()), ("b".into(), String::new())],
+            data: b"payload".to_vec(),
+        };
+        let minimal = hadron_wire::Event {
+            id: "e-10".into(),
+            source: "app".into(),
+            ty: "t".into(),
+            ..hadron_wire::Event::default()
+        };
+        for wire in [full, minimal] {
+            let bytes = wire.encode();
+            let expected = hadron_wire::decode_event(&bytes, &Limits::DEFAULT)
+                .unwrap()
+                .to_event();
+            let got = Event::decode_with(&bytes, &Limits::DEFAULT).unwrap();
+            assert_eq!(
+                got,
+                Event {
+                    id: expected.id,
+                    source: expected.source,
+                    specversion: expected.specversion,
+                    ty: expected.ty,
+                    subject: expected.subject,
+                    time_ms: expected.time_ms,
+                    datacontenttype: expected.datacontenttype,
+                    attributes: expected.attributes,
+                    data: expected.data,
+                }
+            );
+        }
+        let tight = Limits {
+            frame_bytes_max: 8,
+            ..Limits::DEFAULT
+        };
+        let bytes = NewEvent::new("t", b"data".to_vec()).encode();
+        assert!(matches!(
+            Event::decode_with(&bytes, &tight),
+            Err(Error::Decode(_))
+        ));
     }
 
     #[test]

@@ -8,7 +8,13 @@
 //! backoff and registers again; the server redelivers whatever was not
 //! acknowledged. Handlers run concurrently, at most `max_in_flight` at a
 //! time (the server sends no more than that unacknowledged), each in its
-//! own task: a panicking handler is answered with a nack.
+//! own task, which also sends the answer: a panicking handler is answered
+//! with a nack.
+//!
+//! The connection's reader decodes each push straight into the `Delivery`
+//! or `StageInput` its handler receives (`from_wire`), copying each field
+//! once; an event that fails verification is nacked without running the
+//! handler.
 //!
 //! Lifetime: the runner keeps going until `cancel`/`stop` is called or a
 //! non-retryable error ends it (for example the stream was deleted).
@@ -16,18 +22,21 @@
 //! keeps running in the background.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
+use std::fmt::{Display, Write as _};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use hadron_wire::Message;
+use futures::FutureExt as _;
+use hadron_wire::{Limits, Message};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::client::unexpected;
 use crate::conn::{Conn, Push, Reply};
+use crate::event::with_event_encoder;
 use crate::{Client, Error, Event, NewEvent};
 
 /// Where a consumer group with no committed offset starts reading.
@@ -106,10 +115,56 @@ pub struct StageInput {
     pub delivery_id: u64,
 }
 
+impl Delivery {
+    /// The handler's view of a `Delivery` push, its event verified against
+    /// `limits` and copied out of the frame.
+    pub(crate) fn from_wire(
+        d: &hadron_wire::Delivery<'_>,
+        limits: &Limits,
+    ) -> Result<Delivery, Error> {
+        Ok(Delivery {
+            stream: d.stream.to_owned(),
+            partition: d.partition,
+            offset: d.offset,
+            attempt: d.attempt,
+            delivery_id: d.delivery_id,
+            subscription_id: d.subscription_id,
+            event: Event::decode_with(d.event, limits)?,
+        })
+    }
+}
+
 impl StageInput {
     /// The output of dependency `stage`, if it is one.
     pub fn input(&self, stage: &str) -> Option<&Event> {
         self.inputs.get(stage)
+    }
+
+    /// The handler's view of a `StageDelivery` push, its root and input
+    /// events verified against `limits` and copied out of the frame. An
+    /// input named twice keeps the later event.
+    pub(crate) fn from_wire(
+        d: &hadron_wire::StageDelivery<'_>,
+        limits: &Limits,
+    ) -> Result<StageInput, Error> {
+        let root = Event::decode_with(d.root, limits)?;
+        let mut inputs = BTreeMap::new();
+        for input in &d.inputs {
+            inputs.insert(
+                input.stage.to_owned(),
+                Event::decode_with(input.event, limits)?,
+            );
+        }
+        Ok(StageInput {
+            pipeline: d.pipeline.to_owned(),
+            stage: d.stage.to_owned(),
+            root,
+            inputs,
+            partition: d.partition,
+            offset: d.offset,
+            attempt: d.attempt,
+            delivery_id: d.delivery_id,
+        })
     }
 }
 
@@ -281,7 +336,8 @@ impl Registration {
 /// and stage handlers.
 trait PushHandler: Send + Sync + 'static {
     /// Runs the handler for `push` and returns the answer to send.
-    fn handle(self: Arc<Self>, push: Push) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send>>;
+    fn handle(self: Arc<Self>, push: Push)
+    -> impl Future<Output = Option<Answer>> + Send + 'static;
 
     /// The answer when the handler task panicked.
     fn panicked(&self, delivery_id: u64) -> Answer;
@@ -324,7 +380,6 @@ impl Answer {
 
 struct DeliveryHandler<F> {
     handler: F,
-    limits: hadron_wire::Limits,
 }
 
 impl<F, Fut, E> PushHandler for DeliveryHandler<F>
@@ -333,41 +388,27 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display + 'static,
 {
-    fn handle(self: Arc<Self>, push: Push) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send>> {
-        Box::pin(async move {
-            let Push::Delivery {
-                subscription_id,
+    async fn handle(self: Arc<Self>, push: Push) -> Option<Answer> {
+        let (delivery_id, delivery) = match push {
+            Push::Delivery {
                 delivery_id,
-                stream,
-                partition,
-                offset,
-                attempt,
-                event,
-            } = push
-            else {
+                delivery: Ok(delivery),
+            } => (delivery_id, delivery),
+            Push::Delivery {
+                delivery_id,
+                delivery: Err(message),
+            } => return Some(Answer::Nack(delivery_id, message)),
+            Push::Stage { .. } => {
                 tracing::warn!("stage delivery on a subscription connection; ignored");
                 return None;
-            };
-            let event = match Event::decode_with(&event, &self.limits) {
-                Ok(event) => event,
-                Err(e) => return Some(Answer::Nack(delivery_id, format!("client: {e}"))),
-            };
-            let delivery = Delivery {
-                stream,
-                partition,
-                offset,
-                attempt,
-                delivery_id,
-                subscription_id,
-                event,
-            };
-            // Display the error before the await point ends, so `E` need
-            // not be Send.
-            let result = (self.handler)(delivery).await.map_err(|e| e.to_string());
-            Some(match result {
-                Ok(()) => Answer::Ack(delivery_id),
-                Err(message) => Answer::Nack(delivery_id, message),
-            })
+            }
+        };
+        // Display the error before the await point ends, so `E` need
+        // not be Send.
+        let result = (self.handler)(*delivery).await.map_err(|e| e.to_string());
+        Some(match result {
+            Ok(()) => Answer::Ack(delivery_id),
+            Err(message) => Answer::Nack(delivery_id, message),
         })
     }
 
@@ -378,7 +419,6 @@ where
 
 struct StageHandler<F> {
     handler: F,
-    limits: hadron_wire::Limits,
 }
 
 impl<F, Fut, E> PushHandler for StageHandler<F>
@@ -387,66 +427,79 @@ where
     Fut: Future<Output = Result<NewEvent, E>> + Send + 'static,
     E: Display + 'static,
 {
-    fn handle(self: Arc<Self>, push: Push) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send>> {
-        Box::pin(async move {
-            let Push::Stage {
+    async fn handle(self: Arc<Self>, push: Push) -> Option<Answer> {
+        let (delivery_id, input) = match push {
+            Push::Stage {
                 delivery_id,
-                pipeline,
-                stage,
-                partition,
-                offset,
-                attempt,
-                root,
-                inputs,
-            } = push
-            else {
+                input: Ok(input),
+            } => (delivery_id, input),
+            Push::Stage {
+                delivery_id,
+                input: Err(message),
+            } => return Some(Answer::StageNack(delivery_id, message)),
+            Push::Delivery { .. } => {
                 tracing::warn!("subscription delivery on a pipeline connection; ignored");
                 return None;
-            };
-            let decoded = (|| {
-                let root = Event::decode_with(&root, &self.limits)?;
-                let inputs = inputs
-                    .iter()
-                    .map(|(name, bytes)| {
-                        Ok((name.clone(), Event::decode_with(bytes, &self.limits)?))
-                    })
-                    .collect::<Result<BTreeMap<_, _>, Error>>()?;
-                Ok::<_, Error>((root, inputs))
-            })();
-            let (root, inputs) = match decoded {
-                Ok(v) => v,
-                Err(e) => return Some(Answer::StageNack(delivery_id, format!("client: {e}"))),
-            };
-            let input = StageInput {
-                pipeline: pipeline.clone(),
-                stage: stage.clone(),
-                root,
-                inputs,
-                partition,
-                offset,
-                attempt,
-                delivery_id,
-            };
-            let result = (self.handler)(input).await.map_err(|e| e.to_string());
-            Some(match result {
-                Ok(mut output) => {
-                    // Deterministic defaults: a retried stage produces the
-                    // same id, so its output is recognisably the same event.
-                    if output.id.is_empty() {
-                        output.id = format!("{pipeline}/{stage}/{partition}/{offset}");
-                    }
-                    if output.source.is_empty() {
-                        output.source = format!("{pipeline}/{stage}");
-                    }
-                    Answer::StageAck(delivery_id, output.encode())
-                }
-                Err(message) => Answer::StageNack(delivery_id, message),
-            })
+            }
+        };
+        // What the output's defaults are made of, taken before the
+        // handler owns the input.
+        let defaults = OutputDefaults::new(&input);
+        let result = (self.handler)(*input).await.map_err(|e| e.to_string());
+        Some(match result {
+            Ok(output) => Answer::StageAck(delivery_id, defaults.encode(&output)),
+            Err(message) => Answer::StageNack(delivery_id, message),
         })
     }
 
     fn panicked(&self, delivery_id: u64) -> Answer {
         Answer::StageNack(delivery_id, "the stage handler panicked".into())
+    }
+}
+
+/// A stage output's default id, `pipeline/stage/partition/offset`, and
+/// source, `pipeline/stage`: deterministic, so a retried stage produces
+/// the same id and its output is recognisably the same event. Both live in
+/// one string (the source is a prefix of the id), built once per delivery.
+struct OutputDefaults {
+    /// The default id.
+    id: String,
+    /// Bytes of `id` that are the default source.
+    source_len: usize,
+}
+
+impl OutputDefaults {
+    fn new(input: &StageInput) -> OutputDefaults {
+        /// `/`, a u32's and a u64's digits, `/`.
+        const POSITION_BYTES_MAX: usize = 1 + 10 + 1 + 20;
+        let mut id = String::with_capacity(
+            input.pipeline.len() + 1 + input.stage.len() + POSITION_BYTES_MAX,
+        );
+        id.push_str(&input.pipeline);
+        id.push('/');
+        id.push_str(&input.stage);
+        let source_len = id.len();
+        // Writing to a String cannot fail.
+        let _ = write!(id, "/{}/{}", input.partition, input.offset);
+        OutputDefaults { id, source_len }
+    }
+
+    /// The wire encoding of `output`, its empty id and source replaced by
+    /// the defaults (the handler's `NewEvent` is not changed).
+    fn encode(&self, output: &NewEvent) -> Vec<u8> {
+        let id = if output.id.is_empty() {
+            self.id.as_str()
+        } else {
+            output.id.as_str()
+        };
+        let source = if output.source.is_empty() {
+            &self.id[..self.source_len]
+        } else {
+            output.source.as_str()
+        };
+        let mut out = Vec::with_capacity(output.encoded_bytes_hint(id.len(), source.len()));
+        with_event_encoder(|encoder| output.encode_as(encoder, id, source, &mut out));
+        out
     }
 }
 
@@ -490,10 +543,7 @@ impl Client {
             group: group.to_owned(),
             options,
         };
-        let handler = Arc::new(DeliveryHandler {
-            handler,
-            limits: self.options().limits(),
-        });
+        let handler = Arc::new(DeliveryHandler { handler });
         let (cancel, task, ready) = start(self.clone(), registration, handler);
         let (subscription_id, partitions) = ready_or_task_error(ready, &cancel).await?;
         Ok(Subscription {
@@ -552,10 +602,7 @@ impl Client {
             stage: stage.to_owned(),
             max_in_flight,
         };
-        let handler = Arc::new(StageHandler {
-            handler,
-            limits: self.options().limits(),
-        });
+        let handler = Arc::new(StageHandler { handler });
         let client = self.clone();
         let begin = move || {
             let (cancel, task, ready) = start(client, registration, handler);
@@ -698,15 +745,19 @@ async fn run<H: PushHandler>(
                 () = cancelled(&mut cancel) => return Ok(()),
                 permit = Arc::clone(&in_flight).acquire_owned() => permit.map_err(|_| Error::Closed)?,
             };
-            let delivery_id = match &push {
-                Push::Delivery { delivery_id, .. } | Push::Stage { delivery_id, .. } => {
-                    *delivery_id
-                }
-            };
+            let delivery_id = push.delivery_id();
             let handler = Arc::clone(&handler);
             let conn = Arc::clone(&conn);
+            // One task per delivery runs the handler and sends its answer.
+            // A panic is caught here, as the task's boundary would catch
+            // it, and answered with a nack. The handler's future is made
+            // inside the task, so that it and the answer's future share
+            // the task's space instead of taking a slot each.
             tokio::spawn(async move {
-                let answer = match tokio::spawn(Arc::clone(&handler).handle(push)).await {
+                let handled = AssertUnwindSafe(Arc::clone(&handler).handle(push))
+                    .catch_unwind()
+                    .await;
+                let answer = match handled {
                     Ok(answer) => answer,
                     Err(_) => Some(handler.panicked(delivery_id)),
                 };

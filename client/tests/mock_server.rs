@@ -7,7 +7,7 @@
 )]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -928,4 +928,300 @@ async fn rejected_handshake_is_not_retryable() {
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
         assert!(!err.is_retryable());
     }
+}
+
+/// Deliveries the many-deliveries tests push in all.
+const MANY: u64 = 200;
+/// Deliveries the many-deliveries mocks keep unanswered, as a server
+/// keeps to a member's `max_in_flight`: more than the handlers' limit (8),
+/// so some wait for a free slot in the client. Each answer lets one more
+/// out.
+const MOCK_WINDOW: u64 = 24;
+/// The delivery id the many-deliveries tests give a push whose event is not
+/// a valid event buffer (pushed last).
+const MALFORMED_ID: u64 = MANY + 1;
+
+/// Pushes for delivery ids `from..to` (at most `MALFORMED_ID`), made by
+/// `push`.
+fn pushes(from: u64, to: u64, push: impl Fn(u64) -> Out) -> Vec<Out> {
+    (from..to.min(MALFORMED_ID + 1)).map(push).collect()
+}
+
+/// A `StageDelivery` push for id `id` in 1..=MANY (partition id % 4, offset
+/// 1000 + id, root data `root-{id}`, one input from deploy-service for even
+/// ids), or one whose root is not an event for `MALFORMED_ID`.
+fn many_stage_push(id: u64) -> Out {
+    if id == MALFORMED_ID {
+        return frame(
+            0,
+            &Message::StageDelivery(StageDelivery {
+                delivery_id: MALFORMED_ID,
+                pipeline: "service-creation",
+                stage: "setup-billing",
+                root: b"not an event buffer",
+                ..StageDelivery::default()
+            }),
+        );
+    }
+    let root = delivery_event("service.created", format!("root-{id}").as_bytes());
+    let deployed = delivery_event("service.deployed", b"deployed");
+    let inputs = if id.is_multiple_of(2) {
+        vec![StageInput {
+            stage: "deploy-service",
+            event: &deployed,
+        }]
+    } else {
+        Vec::new()
+    };
+    frame(
+        0,
+        &Message::StageDelivery(StageDelivery {
+            delivery_id: id,
+            pipeline: "service-creation",
+            stage: "setup-billing",
+            partition: u32::try_from(id % 4).unwrap(),
+            offset: 1000 + id,
+            attempt: 1,
+            root: &root,
+            inputs,
+        }),
+    )
+}
+
+/// Answers PipelineSubscribe with AckOk and pushes the first `MOCK_WINDOW`
+/// of `many_stage_push`; answers StageAck and StageNack with AckOk and
+/// the next push.
+fn many_stages_server() -> Behavior {
+    let next = Arc::new(AtomicU64::new(1));
+    Arc::new(move |_state, f| match &f.message {
+        Message::PipelineSubscribe(_) => {
+            let mut out = vec![frame(f.request_id, &Message::AckOk)];
+            let from = next.fetch_add(MOCK_WINDOW, Ordering::SeqCst);
+            out.extend(pushes(from, from + MOCK_WINDOW, many_stage_push));
+            out
+        }
+        Message::StageAck(_) | Message::StageNack(_) => {
+            let mut out = vec![frame(f.request_id, &Message::AckOk)];
+            let from = next.fetch_add(1, Ordering::SeqCst);
+            out.extend(pushes(from, from + 1, many_stage_push));
+            out
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// Many stage deliveries, up to `MOCK_WINDOW` unanswered at a time and
+/// handled at most 8 at a time on a two-thread runtime: every stage runs exactly once with its own input,
+/// every delivery is answered exactly once with its own output (default id
+/// and source included), and an undecodable delivery is nacked without
+/// running the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_stage_deliveries_each_run_once_and_are_each_answered_once() {
+    let mock = Mock::start(0, many_stages_server()).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let runs: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
+    let handler = {
+        let runs = Arc::clone(&runs);
+        move |input: hadron::StageInput| {
+            *runs.lock().unwrap().entry(input.delivery_id).or_default() += 1;
+            async move {
+                // Let other handlers and the connection run in between.
+                tokio::task::yield_now().await;
+                let mut data = input.root.data.clone();
+                if let Some(deployed) = input.input("deploy-service") {
+                    data.extend_from_slice(b"+");
+                    data.extend_from_slice(&deployed.data);
+                }
+                Ok::<_, std::io::Error>(hadron::NewEvent::new(
+                    format!("billed.{}", input.delivery_id),
+                    data,
+                ))
+            }
+        }
+    };
+    let handle = client
+        .pipeline_with("service-creation", "setup-billing", 8, handler)
+        .await
+        .unwrap();
+
+    let acks = mock
+        .wait_for(MANY as usize, |_, f| match &f.message {
+            Message::StageAck(a) => Some((a.delivery_id, hadron::Event::decode(a.output).unwrap())),
+            _ => None,
+        })
+        .await;
+    let nacks = mock
+        .wait_for(1, |_, f| match &f.message {
+            Message::StageNack(n) => Some((n.delivery_id, n.message.to_owned())),
+            _ => None,
+        })
+        .await;
+    // Nothing more arrives: no delivery is answered twice.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answers = mock.picked(|_, f| match &f.message {
+        Message::StageAck(a) => Some(a.delivery_id),
+        Message::StageNack(n) => Some(n.delivery_id),
+        _ => None,
+    });
+    assert_eq!(answers.len() as u64, MANY + 1, "one answer per delivery");
+    handle.stop().await.unwrap();
+
+    let mut acked = BTreeMap::new();
+    for (id, output) in acks {
+        assert!(
+            acked.insert(id, output).is_none(),
+            "delivery {id} acked twice"
+        );
+    }
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<_>>(),
+        (1..=MANY).collect::<Vec<_>>()
+    );
+    for (id, output) in &acked {
+        assert_eq!(output.ty, format!("billed.{id}"));
+        let mut data = format!("root-{id}").into_bytes();
+        if id.is_multiple_of(2) {
+            data.extend_from_slice(b"+deployed");
+        }
+        assert_eq!(output.data, data, "delivery {id}");
+        assert_eq!(
+            output.id,
+            format!("service-creation/setup-billing/{}/{}", id % 4, 1000 + id)
+        );
+        assert_eq!(output.source, "service-creation/setup-billing");
+    }
+    assert_eq!(nacks.len(), 1);
+    assert_eq!(nacks[0].0, MALFORMED_ID);
+    assert!(nacks[0].1.starts_with("client: "), "{}", nacks[0].1);
+
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.keys().copied().collect::<Vec<_>>(),
+        (1..=MANY).collect::<Vec<_>>()
+    );
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "every stage ran exactly once"
+    );
+}
+
+/// A `Delivery` push for id `id` in 1..=MANY (offset 100 + id, data
+/// `event-{id}`), or one whose event is not an event for `MALFORMED_ID`.
+fn many_delivery_push(id: u64) -> Out {
+    let event = if id == MALFORMED_ID {
+        b"not an event buffer".to_vec()
+    } else {
+        delivery_event("ok", format!("event-{id}").as_bytes())
+    };
+    frame(
+        0,
+        &Message::Delivery(hadron_wire::Delivery {
+            subscription_id: 5,
+            delivery_id: id,
+            stream: "events",
+            partition: 0,
+            offset: 100 + id,
+            attempt: 1,
+            event: &event,
+        }),
+    )
+}
+
+/// Answers Subscribe with SubscribeOk and pushes the first `MOCK_WINDOW` of
+/// `many_delivery_push`; answers Ack and Nack with AckOk and the next
+/// push.
+fn many_deliveries_server() -> Behavior {
+    let next = Arc::new(AtomicU64::new(1));
+    Arc::new(move |_state, f| match &f.message {
+        Message::Subscribe(_) => {
+            let mut out = vec![frame(
+                f.request_id,
+                &Message::SubscribeOk(SubscribeOk {
+                    subscription_id: 5,
+                    partitions: vec![0],
+                }),
+            )];
+            let from = next.fetch_add(MOCK_WINDOW, Ordering::SeqCst);
+            out.extend(pushes(from, from + MOCK_WINDOW, many_delivery_push));
+            out
+        }
+        Message::Ack(_) | Message::Nack(_) => {
+            let mut out = vec![frame(f.request_id, &Message::AckOk)];
+            let from = next.fetch_add(1, Ordering::SeqCst);
+            out.extend(pushes(from, from + 1, many_delivery_push));
+            out
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// The subscription side of the same: every event is handled exactly once
+/// and acked exactly once; an undecodable one is nacked unhandled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_deliveries_each_run_once_and_are_each_acked_once() {
+    let mock = Mock::start(0, many_deliveries_server()).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    let runs: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
+    let options = hadron::SubscribeOptions {
+        durable: false,
+        start: hadron::StartPoint::Latest,
+        max_in_flight: 8,
+    };
+    let subscription = client
+        .subscribe("events", "g", options, {
+            let runs = Arc::clone(&runs);
+            move |d: hadron::Delivery| {
+                let expected = format!("event-{}", d.delivery_id);
+                assert_eq!(d.event.data, expected.as_bytes());
+                assert_eq!(d.offset, 100 + d.delivery_id);
+                *runs.lock().unwrap().entry(d.delivery_id).or_default() += 1;
+                async {
+                    tokio::task::yield_now().await;
+                    Ok::<(), std::io::Error>(())
+                }
+            }
+        })
+        .await
+        .unwrap();
+
+    mock.wait_for(MANY as usize, |_, f| match &f.message {
+        Message::Ack(a) => Some(a.delivery_ids.clone()),
+        _ => None,
+    })
+    .await;
+    let nacks = mock
+        .wait_for(1, |_, f| match &f.message {
+            Message::Nack(n) => Some((n.delivery_id, n.message.to_owned())),
+            _ => None,
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    subscription.stop().await.unwrap();
+
+    let mut acked: Vec<u64> = mock
+        .picked(|_, f| match &f.message {
+            Message::Ack(a) => Some(a.delivery_ids.clone()),
+            _ => None,
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+    acked.sort_unstable();
+    assert_eq!(
+        acked,
+        (1..=MANY).collect::<Vec<_>>(),
+        "each acked exactly once"
+    );
+    assert_eq!(nacks.len(), 1);
+    assert_eq!(nacks[0].0, MALFORMED_ID);
+    assert!(nacks[0].1.starts_with("client: "), "{}", nacks[0].1);
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.keys().copied().collect::<Vec<_>>(),
+        (1..=MANY).collect::<Vec<_>>()
+    );
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "every event handled exactly once"
+    );
 }

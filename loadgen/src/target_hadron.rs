@@ -139,11 +139,12 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
                 let client = Client::new(&args.url, options(&format!("loadgen-stages-{c}"), args))?;
                 for (stage, _) in STAGES {
                     let sink = Arc::clone(&sink);
+                    // Formatted once per stage, not per run of the stage.
+                    let output_type = format!("{stage}.done");
                     let handler = move |input: StageInput| {
                         sink.stage_done(stage, &input);
-                        async move {
-                            Ok::<_, Infallible>(NewEvent::new(format!("{stage}.done"), Vec::new()))
-                        }
+                        let output = NewEvent::new(output_type.clone(), Vec::new());
+                        async move { Ok::<_, Infallible>(output) }
                     };
                     let handle = client
                         .pipeline_with(&name, stage, STAGE_IN_FLIGHT, handler)
