@@ -478,10 +478,10 @@ impl PipelineRun {
                 if st.finished.remove(&offset) {
                     continue;
                 }
-                let Ok(decoded) = hadron_wire::decode_event(&event, &self.limits) else {
+                let Ok(decoded) = hadron_wire::verify_event(&event, &self.limits) else {
                     continue;
                 };
-                if !self.plan.triggers.matches(decoded.ty) || st.failed.contains_key(&offset) {
+                if !self.plan.triggers.matches(decoded.type_()) || st.failed.contains_key(&offset) {
                     continue;
                 }
                 let done = Self::done_mask(&st, offset);
@@ -698,7 +698,7 @@ impl PipelineRun {
         from: (u16, u64),
         output: &[u8],
     ) -> Result<(), Failure> {
-        hadron_wire::decode_event(output, &self.limits).map_err(|e| {
+        hadron_wire::verify_event(output, &self.limits).map_err(|e| {
             (
                 ErrorCode::InvalidEvent,
                 format!("the stage output is not a valid event: {e}"),
