@@ -363,3 +363,76 @@ async fn a_delivery_of_a_disconnected_member_goes_to_another_member() {
     assert_eq!(g["in_flight"], 0, "{g}");
     stayer.stop().await.unwrap();
 }
+
+/// An `Ack` of several deliveries settles each on its own: unknown ids
+/// (one naming no shard, one stale) are named in the `UnknownDelivery`
+/// answer, and the known ones are acked all the same, so they are not
+/// redelivered after the ack timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_with_unknown_ids_still_acks_the_others() {
+    let server = two_shard_server(Some(500));
+    let client = server.client();
+    create_stream(&client, "single", 1).await;
+    let mut raw = RawConn::handshaken(server.port()).await;
+    raw.subscribe("single", "batch-ack", false, 2).await;
+    let publisher = client.publisher("acks").await.unwrap().stream("single");
+    for id in ["a", "b"] {
+        publisher
+            .publish(NewEvent::new("t", b"x".to_vec()).with_id(id))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            raw.next_delivery(Duration::from_secs(5))
+                .await
+                .expect("both events are delivered"),
+        );
+    }
+    let ids: Vec<&str> = got.iter().map(|d| d.event.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    let no_shard = u64::MAX;
+    let stale = got[0].delivery_id + 1_000;
+    let mut pushed = Vec::new();
+    let reply = raw
+        .ack(
+            &[no_shard, got[0].delivery_id, stale, got[1].delivery_id],
+            &mut pushed,
+        )
+        .await;
+    match &reply {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(*code, hadron::ErrorCode::UnknownDelivery);
+            assert!(
+                message.contains(&no_shard.to_string()) && message.contains(&stale.to_string()),
+                "{message}"
+            );
+            assert!(
+                !message.contains(&got[0].delivery_id.to_string()),
+                "{message}"
+            );
+        }
+        other => panic!("expected UnknownDelivery, got {other:?}"),
+    }
+    assert!(pushed.is_empty(), "{pushed:?}");
+    // Past the 500 ms ack timeout nothing comes back: both were acked.
+    assert!(
+        raw.next_delivery(Duration::from_millis(1_200))
+            .await
+            .is_none(),
+        "an acked delivery was redelivered"
+    );
+    // And acking them again is refused: they are settled.
+    let again = raw.ack(&[got[1].delivery_id], &mut pushed).await;
+    assert!(
+        matches!(
+            again,
+            Frame::Error {
+                code: hadron::ErrorCode::UnknownDelivery,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+}

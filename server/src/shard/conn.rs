@@ -358,6 +358,23 @@ async fn attach_everywhere(
 }
 
 /// The shard that made a delivery: its id is in the top 16 bits.
+/// Names the deliveries an `Ack` could not settle (at most a few, then a
+/// count).
+fn refused_message(refused: &[u64]) -> String {
+    const NAMED_MAX: usize = 8;
+    let named: Vec<String> = refused.iter().take(NAMED_MAX).map(u64::to_string).collect();
+    let more = refused.len().saturating_sub(NAMED_MAX);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "deliveries {}{tail} are not outstanding on this connection; the other ids were acked",
+        named.join(", ")
+    )
+}
+
 fn delivery_owner(shard: &Shard, delivery: u64) -> Result<u16, Failure> {
     let owner = (delivery >> 48) as u16;
     if owner >= shard.shards {
@@ -511,12 +528,15 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             }))
         }
         Op::Ack(ids) => {
+            // Each id is acked on its own; the answer names those that
+            // were not outstanding, after the others were acked.
+            let mut refused = Vec::new();
             let mut by_owner: std::collections::BTreeMap<u16, Vec<u64>> = Default::default();
             for id in ids {
-                by_owner
-                    .entry(delivery_owner(shard, id)?)
-                    .or_default()
-                    .push(id);
+                match delivery_owner(shard, id) {
+                    Ok(owner) => by_owner.entry(owner).or_default().push(id),
+                    Err(_) => refused.push(id),
+                }
             }
             for (owner, ids) in by_owner {
                 let reply = shard
@@ -529,11 +549,17 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                         },
                     )
                     .await;
-                if !matches!(reply, Reply::Done) {
-                    return Err(unexpected(reply));
+                match reply {
+                    Reply::Done => {}
+                    Reply::Refused(ids) => refused.extend(ids),
+                    other => return Err(unexpected(other)),
                 }
             }
-            Ok(Box::new(|id| encoded(Message::AckOk, id)))
+            if refused.is_empty() {
+                Ok(Box::new(|id| encoded(Message::AckOk, id)))
+            } else {
+                Err((ErrorCode::UnknownDelivery, refused_message(&refused)))
+            }
         }
         Op::Nack(delivery, message) => {
             let req = Request::Nack {

@@ -245,6 +245,9 @@ pub enum Reply {
     Count(usize),
     /// For `Apply`: one line per resource.
     Applied(Vec<String>),
+    /// For `Ack`: the ids that were not outstanding (the others were
+    /// acked).
+    Refused(Vec<u64>),
     /// The request failed.
     Failed(ErrorCode, String),
 }
@@ -666,12 +669,19 @@ impl Shard {
                 Reply::Done
             }
             Request::Ack { ids, shard, conn } => {
+                // Every id is settled on its own: one stale id must not
+                // leave the others to be redelivered.
+                let mut refused = Vec::new();
                 for id in ids {
-                    if let Err(f) = self.settle(id, |g| g.ack(id, (shard, conn))) {
-                        return f.into();
+                    if self.settle(id, |g| g.ack(id, (shard, conn))).is_err() {
+                        refused.push(id);
                     }
                 }
-                Reply::Done
+                if refused.is_empty() {
+                    Reply::Done
+                } else {
+                    Reply::Refused(refused)
+                }
             }
             Request::Nack {
                 id,
