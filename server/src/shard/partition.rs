@@ -12,10 +12,15 @@
 //! **Idempotent publish.** Every event carries `(source, id)`. For the
 //! stream's dedup window the partition remembers which offset each key got;
 //! an event whose key is already there is not appended again and its result
-//! names the original offset. A key is marked pending before its append is
-//! awaited, so two concurrent publishes of the same event cannot both append
-//! it. On open, the window is rebuilt by scanning the segments whose newest
-//! batch is inside it.
+//! names the original offset. The key is a 64-bit hash, so a match is
+//! confirmed against the stored event's `(source, id)` before the event is
+//! called a duplicate (at 500,000 publishes a second and a 2-minute window,
+//! 60 million keys, an unconfirmed match would drop a distinct event about
+//! once a week); an event whose key merely collides is appended, untracked
+//! by the window. A key is marked pending before its append is awaited, so
+//! two concurrent publishes of the same event cannot both append it. On
+//! open, the window is rebuilt by scanning the segments whose newest batch
+//! is inside it.
 //!
 //! **Group offsets.** Durable groups' committed offsets are written as one
 //! snapshot record of all of them (`u32 count`, then per group `u16 name
@@ -259,6 +264,9 @@ pub struct Partition {
     pub groups: RefCell<BTreeMap<String, Rc<GroupPartition>>>,
     dedup: RefCell<Dedup>,
     dedup_window_ms: u64,
+    /// The dedup key function: `dedup_key`, or a weak one in tests that
+    /// need collisions.
+    key_of: fn(&str, &str) -> u64,
     limits: Limits,
     offsets: Log<DmaStorage>,
     /// Committed offsets of durable groups found on open, for groups that
@@ -341,6 +349,7 @@ impl Partition {
             groups: RefCell::new(BTreeMap::new()),
             dedup: RefCell::new(Dedup::default()),
             dedup_window_ms,
+            key_of: dedup_key,
             limits,
             offsets,
             stored_offsets: RefCell::new(HashMap::new()),
@@ -385,7 +394,12 @@ impl Partition {
                     }
                     if let Ok(event) = hadron_wire::decode_event(record, &self.limits) {
                         let batch_offset = batch.header.base_offset;
-                        dedup.insert_done(dedup_key(event.source, event.id), o, batch_offset, at);
+                        dedup.insert_done(
+                            (self.key_of)(event.source, event.id),
+                            o,
+                            batch_offset,
+                            at,
+                        );
                     }
                 }
             }
@@ -402,6 +416,7 @@ impl Partition {
             return Err((ErrorCode::InvalidRequest, "publish with no events".into()));
         }
         let mut keys = Vec::with_capacity(events.len());
+        let mut names = Vec::with_capacity(events.len());
         for (i, bytes) in events.iter().enumerate() {
             // Verifies the whole event; only the key's fields are read.
             let event = hadron_wire::verify_event(bytes.as_ref(), &self.limits).map_err(|e| {
@@ -410,17 +425,53 @@ impl Partition {
                     format!("event {i} of the publish is invalid: {e}"),
                 )
             })?;
-            keys.push(dedup_key(event.source(), event.id()));
+            keys.push((self.key_of)(event.source(), event.id()));
+            names.push((event.source(), event.id()));
         }
         let now = now_ms();
         // Claim the keys, waiting out concurrent publishes of the same ones.
-        let (fresh, earlier) = loop {
+        let (mut fresh, mut earlier) = loop {
             let generation = self.appended.generation();
             if let Some(claimed) = self.claim(&keys, now) {
                 break claimed;
             }
             self.appended.changed_since(generation).await;
         };
+        // A key is a 64-bit hash: confirm every match against the (source,
+        // id) it stands for before calling an event a duplicate. An event
+        // whose key merely collides is appended, untracked by the window
+        // (its key stands for the other event).
+        let mut untracked = Vec::new();
+        for i in 0..events.len() {
+            let same = match earlier[i] {
+                None => continue,
+                Some(Err(j)) => names[j] == names[i],
+                Some(Ok(offset)) => match self.names_at(offset).await {
+                    Ok(stored) => stored.0 == names[i].0 && stored.1 == names[i].1,
+                    // Gone to retention, or unreadable: trust the key, as
+                    // the window did before it could confirm.
+                    Err((_, why)) => {
+                        tracing::warn!(stream = %self.stream, partition = self.partition, offset, "cannot confirm a duplicate: {why}");
+                        true
+                    }
+                },
+            };
+            if !same {
+                // The same event twice in this publish, both colliding, is
+                // still stored once.
+                earlier[i] = match untracked.iter().find(|&&j| names[j] == names[i]) {
+                    Some(&j) => Some(Err(j)),
+                    None => {
+                        untracked.push(i);
+                        None
+                    }
+                };
+            }
+        }
+        if !untracked.is_empty() {
+            fresh.extend(&untracked);
+            fresh.sort_unstable();
+        }
         // One batch per chunk that fits the log's batch limits; the chunks
         // are enqueued back to back and share the group commit.
         let batch_max = self.log.config().batch_bytes_max;
@@ -456,7 +507,7 @@ impl Partition {
                         for (n, &i) in chunk.iter().enumerate() {
                             let offset = a.base_offset + n as u64;
                             offsets[i] = offset;
-                            if self.dedup_window_ms > 0 {
+                            if self.dedup_window_ms > 0 && !untracked.contains(&i) {
                                 dedup.insert_done(keys[i], offset, a.base_offset, now);
                             }
                         }
@@ -465,7 +516,9 @@ impl Partition {
                     }
                     Err(e) => {
                         for &i in chunk {
-                            dedup.unclaim(keys[i]);
+                            if !untracked.contains(&i) {
+                                dedup.unclaim(keys[i]);
+                            }
                         }
                         failure.get_or_insert(e);
                     }
@@ -568,6 +621,21 @@ impl Partition {
             })
             .collect();
         Some((fresh, earlier))
+    }
+
+    /// The (source, id) of the event at `offset`.
+    async fn names_at(&self, offset: u64) -> Result<(String, String), Failure> {
+        let bytes = self.event_at(offset).await?;
+        let event = hadron_wire::verify_event(&bytes, &self.limits).map_err(|e| {
+            (
+                ErrorCode::StorageError,
+                format!(
+                    "{}/{}: the stored event at offset {offset} does not verify: {e}",
+                    self.stream, self.partition
+                ),
+            )
+        })?;
+        Ok((event.source().to_owned(), event.id().to_owned()))
     }
 
     /// The event at `offset`.
@@ -681,6 +749,64 @@ fn decode_snapshot(bytes: &[u8]) -> Option<HashMap<String, u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every key collides: a match must be confirmed against the stored
+    /// event's (source, id), so only real duplicates are reported as such.
+    #[test]
+    fn a_key_collision_is_not_taken_for_a_duplicate() {
+        let dir = std::env::temp_dir().join(format!("hadron-collide-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.clone();
+        let ids = glommio::LocalExecutorBuilder::default()
+            .io_memory(2 << 20)
+            .spawn(move || async move {
+                let storage = DmaStorage::new(&root).await.unwrap();
+                let config = LogConfig {
+                    durability: Durability::Always,
+                    ..LogConfig::default()
+                };
+                let mut p =
+                    Partition::open(&storage, &root, "s", 0, config, 60_000, Limits::DEFAULT)
+                        .await
+                        .unwrap();
+                p.key_of = |_, _| 42;
+                let ev = |id: &str| {
+                    hadron_wire::encode_event(&hadron_wire::EventRef {
+                        id,
+                        source: "app",
+                        ty: "t",
+                        ..hadron_wire::EventRef::default()
+                    })
+                };
+                let results = |published: Published| published.results;
+                assert_eq!(results(p.publish(&[ev("a")]).await.unwrap()), [(0, false)]);
+                // Same key as a, another event: stored.
+                assert_eq!(results(p.publish(&[ev("b")]).await.unwrap()), [(1, false)]);
+                // a again: a real duplicate.
+                assert_eq!(results(p.publish(&[ev("a")]).await.unwrap()), [(0, true)]);
+                // Within one publish: c and d collide with a and with each
+                // other; the second c is a duplicate of the first.
+                assert_eq!(
+                    results(p.publish(&[ev("c"), ev("d"), ev("c")]).await.unwrap()),
+                    [(2, false), (3, false), (2, true)]
+                );
+                let (_, records) = p.fetch(0, 1 << 20).await.unwrap();
+                records
+                    .iter()
+                    .map(|(o, bytes)| {
+                        let e = hadron_wire::decode_event(bytes, &Limits::DEFAULT).unwrap();
+                        (*o, e.id.to_owned())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let ids: Vec<(u64, &str)> = ids.iter().map(|(o, id)| (*o, id.as_str())).collect();
+        assert_eq!(ids, [(0, "a"), (1, "b"), (2, "c"), (3, "d")]);
+    }
 
     #[test]
     fn snapshots_round_trip_and_reject_garbage() {
