@@ -1384,21 +1384,8 @@ impl<S: Storage> Log<S> {
         let synced = sealed
             || ((want_sync || sync_due)
                 && (wrote || next_offset > self.state.borrow().syncing_next));
-        // The active segment's fdatasync is left to the caller (see
-        // `flush_round`); a sealed one's is done here, before finalizing.
-        let deferred = synced && !sealed;
-        if synced && sealed {
-            let sync_start = Instant::now();
-            file.fdatasync()
-                .await
-                .map_err(|e| format!("fdatasync of {} failed: {e}", path.display()))?;
-            let mut st = self.state.borrow_mut();
-            st.commits.syncs += 1;
-            st.commits.sync_us += elapsed_us(sync_start);
-        }
-
         // Commit what the snapshot covered.
-        let finalize = {
+        {
             let mut guard = self.state.borrow_mut();
             let st = &mut *guard;
             let Some(seg) = st.segments.get_mut(&base) else {
@@ -1415,23 +1402,33 @@ impl<S: Storage> Log<S> {
             if synced {
                 st.syncing_next = st.syncing_next.max(next_offset);
             }
-            if synced && sealed {
-                seg.durable_end = seg.durable_end.max(end);
-                st.durable_next = st.durable_next.max(next_offset);
-                st.last_sync = Instant::now();
-            }
-            sealed && seg.durable_end == seg.end
-        };
-        if finalize {
-            self.finalize_segment(base).await?;
         }
-        Ok(deferred.then(|| PendingSync {
+        let sync = synced.then(|| PendingSync {
             file,
             path,
             base,
             end,
             next_offset,
-        }))
+        });
+        if !sealed {
+            // The active segment's fdatasync is left to the caller (see
+            // `flush_round`).
+            return Ok(sync);
+        }
+        // A sealed one is synced and finalized here.
+        if let Some(sync) = sync {
+            self.finish_sync(sync).await?;
+        }
+        let finalize = self
+            .state
+            .borrow()
+            .segments
+            .get(&base)
+            .is_some_and(|seg| seg.durable_end == seg.end);
+        if finalize {
+            self.finalize_segment(base).await?;
+        }
+        Ok(None)
     }
 
     fn segment_path(&self, base: u64) -> PathBuf {
