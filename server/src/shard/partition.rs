@@ -416,7 +416,6 @@ impl Partition {
             return Err((ErrorCode::InvalidRequest, "publish with no events".into()));
         }
         let mut keys = Vec::with_capacity(events.len());
-        let mut names = Vec::with_capacity(events.len());
         for (i, bytes) in events.iter().enumerate() {
             // Verifies the whole event; only the key's fields are read.
             let event = hadron_wire::verify_event(bytes.as_ref(), &self.limits).map_err(|e| {
@@ -426,7 +425,6 @@ impl Partition {
                 )
             })?;
             keys.push((self.key_of)(event.source(), event.id()));
-            names.push((event.source(), event.id()));
         }
         let now = now_ms();
         // Claim the keys, waiting out concurrent publishes of the same ones.
@@ -440,14 +438,20 @@ impl Partition {
         // A key is a 64-bit hash: confirm every match against the (source,
         // id) it stands for before calling an event a duplicate. An event
         // whose key merely collides is appended, untracked by the window
-        // (its key stands for the other event).
+        // (its key stands for the other event). Only a hit reads (source,
+        // id) again, from the events verified above.
+        let names = |i: usize| {
+            hadron_wire::verify_event(events[i].as_ref(), &self.limits)
+                .map(|e| (e.source(), e.id()))
+                .unwrap_or_default()
+        };
         let mut untracked = Vec::new();
-        for i in 0..events.len() {
-            let same = match earlier[i] {
+        for (i, claim) in earlier.iter_mut().enumerate() {
+            let same = match *claim {
                 None => continue,
-                Some(Err(j)) => names[j] == names[i],
+                Some(Err(j)) => names(j) == names(i),
                 Some(Ok(offset)) => match self.names_at(offset).await {
-                    Ok(stored) => stored.0 == names[i].0 && stored.1 == names[i].1,
+                    Ok(stored) => (stored.0.as_str(), stored.1.as_str()) == names(i),
                     // Gone to retention, or unreadable: trust the key, as
                     // the window did before it could confirm.
                     Err((_, why)) => {
@@ -459,7 +463,7 @@ impl Partition {
             if !same {
                 // The same event twice in this publish, both colliding, is
                 // still stored once.
-                earlier[i] = match untracked.iter().find(|&&j| names[j] == names[i]) {
+                *claim = match untracked.iter().find(|&&j| names(j) == names(i)) {
                     Some(&j) => Some(Err(j)),
                     None => {
                         untracked.push(i);
