@@ -977,8 +977,8 @@ impl PipelineRun {
         }
     }
 
-    /// Builds the frame of a stage delivery.
-    pub fn delivery_frame(&self, d: &StageOutgoing) -> Result<Vec<u8>, String> {
+    /// The message of a stage delivery.
+    pub fn delivery_message<'a>(&'a self, d: &'a StageOutgoing) -> hadron_wire::Message<'a> {
         let inputs = d
             .inputs
             .iter()
@@ -987,7 +987,7 @@ impl PipelineRun {
                 event: event.as_slice(),
             })
             .collect();
-        let message = hadron_wire::Message::StageDelivery(hadron_wire::StageDelivery {
+        hadron_wire::Message::StageDelivery(hadron_wire::StageDelivery {
             delivery_id: d.delivery_id,
             pipeline: &self.plan.name,
             stage: &d.stage,
@@ -996,8 +996,7 @@ impl PipelineRun {
             attempt: d.attempt,
             root: d.root_event.as_slice(),
             inputs,
-        });
-        hadron_wire::encode(0, &message).map_err(|e| e.to_string())
+        })
     }
 }
 
