@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use hadron::{Client, ClientOptions, Event, NewEvent, PipelineHandle, StageInput};
 use hadron_tests::{
-    CliOutput, Frame, RawConn, Server, create_stream, eventually, next_offsets, run_cli, status,
+    CliOutput, Frame, RawConn, RawStageDelivery, Server, create_stream, event_bytes, eventually,
+    next_offsets, run_cli, status,
 };
 use hadron_wire::Message;
 
@@ -688,12 +689,9 @@ async fn raw_stage_member(server: &Server, pipeline: &str, stage: &str) -> RawCo
 }
 
 /// Waits for one stage delivery on a raw member.
-async fn raw_stage_delivery(member: &mut RawConn) {
+async fn raw_stage_delivery(member: &mut RawConn) -> RawStageDelivery {
     match member.recv_within(Duration::from_secs(10)).await {
-        Some(Some(Frame::Other {
-            name: "StageDelivery",
-            ..
-        })) => {}
+        Some(Some(Frame::StageDelivery(d))) => *d,
         other => panic!("expected a StageDelivery, got {other:?}"),
     }
 }
@@ -799,6 +797,175 @@ spec:
     let doc = until_executions(&client, "rebuild", (0, 1, 0)).await;
     assert_stage(&doc, "boot", [1, 0, 0, 0, 0]);
     assert_stage(&doc, "configure", [1, 0, 0, 0, 0]);
+}
+
+/// Stage acks sent together in one `StageAcks` frame are each settled on
+/// their own. The valid ones complete their stages, durably before the
+/// answer: after a `kill -9` right after it and a restart they are not
+/// delivered again, and the dependent stage gets exactly those outputs
+/// back from the outputs log. A repeated ack is ignored; an unknown
+/// delivery and an invalid output are refused, by id, in one `Error`, and
+/// the stage of the invalid one goes out again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_acks_in_one_frame_are_settled_each_and_durable_before_the_answer() {
+    let mut server = Server::start();
+    let client = server.client();
+    let yaml = r#"
+apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata:
+  name: provision
+spec:
+  sourceStream: events
+  triggers: [vm.requested]
+  ackTimeoutMs: 30000
+  stages:
+    - name: boot
+    - name: configure
+      dependencies: [boot]
+"#;
+    apply(&client, yaml).await;
+    let mut raw = raw_stage_member(&server, "provision", "boot").await;
+    let roots = ["vm-1", "vm-2", "vm-3"];
+    publish(
+        &client,
+        "events",
+        roots
+            .iter()
+            .map(|id| root_event(id, "vm.requested", id, "{}"))
+            .collect(),
+    )
+    .await;
+    let mut delivered = BTreeMap::new();
+    for _ in 0..roots.len() {
+        let d = raw_stage_delivery(&mut raw).await;
+        assert_eq!(d.stage, "boot");
+        assert!(d.inputs.is_empty(), "boot has no dependencies: {d:?}");
+        delivered.insert(d.root.id.clone(), d.delivery_id);
+    }
+    let id_of = |root: &str| delivered[root];
+    let output = |root: &str| {
+        event_bytes(
+            &format!("{root}/booted"),
+            "raw-boot",
+            "boot.done",
+            format!("{root} is up").as_bytes(),
+        )
+    };
+    let (up1, up2) = (output("vm-1"), output("vm-2"));
+    let unknown = id_of("vm-3") + 1_000_000;
+    let acks = Message::StageAcks(hadron_wire::StageAcks {
+        acks: vec![
+            hadron_wire::StageAck {
+                delivery_id: id_of("vm-1"),
+                output: &up1,
+            },
+            hadron_wire::StageAck {
+                delivery_id: unknown,
+                output: &up2,
+            },
+            hadron_wire::StageAck {
+                delivery_id: id_of("vm-2"),
+                output: &up2,
+            },
+            hadron_wire::StageAck {
+                delivery_id: id_of("vm-1"),
+                output: &up1,
+            },
+            hadron_wire::StageAck {
+                delivery_id: id_of("vm-3"),
+                output: b"not an event",
+            },
+        ],
+    });
+    let mut pushed = Vec::new();
+    match raw.request(&acks, &mut pushed).await {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(
+                code,
+                hadron_wire::ErrorCode::UnknownDelivery,
+                "the first refusal's code: {message}"
+            );
+            assert!(
+                message.starts_with(&format!("stage acks {unknown} (")),
+                "{message}"
+            );
+            assert!(
+                message.contains(&format!(
+                    ", {} (the stage output is not a valid event",
+                    id_of("vm-3")
+                )),
+                "{message}"
+            );
+            for taken in ["vm-1", "vm-2"] {
+                assert!(
+                    !message.contains(&format!("{} (", id_of(taken))),
+                    "{taken} was taken: {message}"
+                );
+            }
+        }
+        other => panic!("expected an Error naming the refused acks, got {other:?}"),
+    }
+    assert!(pushed.is_empty(), "{pushed:?}");
+
+    // The answer came after the fdatasync: a kill now loses nothing.
+    server.kill_now();
+    server.restart();
+    let client = server.client();
+    let mut raw = raw_stage_member(&server, "provision", "boot").await;
+    let again = raw_stage_delivery(&mut raw).await;
+    assert_eq!(
+        again.root.id, "vm-3",
+        "only the refused boot goes out again"
+    );
+    match raw.recv_within(Duration::from_millis(500)).await {
+        None => {}
+        other => panic!("boot of a taken ack went out again: {other:?}"),
+    }
+    let rec = Arc::new(Recorder::default());
+    let _configure = attach(
+        &client,
+        "provision",
+        "configure",
+        4,
+        recording(&rec, succeed),
+    )
+    .await;
+    until_recorded(&rec, "configure ran for vm-1 and vm-2", |r| {
+        ["vm-1", "vm-2"]
+            .iter()
+            .all(|id| r.succeeded("configure").contains(*id))
+    })
+    .await;
+    for (root, sent) in [("vm-1", &up1), ("vm-2", &up2)] {
+        let runs = rec.runs(root, "configure");
+        assert_eq!(runs.len(), 1, "configure of {root} ran once: {runs:?}");
+        let boot = &runs[0].inputs["boot"];
+        assert_eq!(boot, &Event::decode(sent).unwrap(), "{root}'s boot output");
+    }
+    assert!(
+        rec.runs("vm-3", "configure").is_empty(),
+        "vm-3 is not booted"
+    );
+
+    let up3 = output("vm-3");
+    let reply = raw
+        .request(
+            &Message::StageAck(hadron_wire::StageAck {
+                delivery_id: again.delivery_id,
+                output: &up3,
+            }),
+            &mut pushed,
+        )
+        .await;
+    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
+    until_recorded(&rec, "configure ran for vm-3", |r| {
+        r.succeeded("configure").contains("vm-3")
+    })
+    .await;
+    let doc = until_executions(&client, "provision", (0, 3, 0)).await;
+    assert_stage(&doc, "boot", [3, 0, 0, 0, 0]);
+    assert_stage(&doc, "configure", [3, 0, 0, 0, 0]);
 }
 
 // ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ use hadron_wire::{ErrorCode, FrameRef, Message, PLACEMENT_NAME, PROTOCOL_VERSION
 use super::group::MemberId;
 use super::outbox::{self, Outbox};
 use super::partition::Failure;
+use super::pipeline::StageAckOf;
 use super::{Reply, Request, Shard};
 
 /// Most requests served at once per connection; reading pauses beyond.
@@ -64,7 +65,8 @@ enum Op {
         stage: String,
         max_in_flight: u32,
     },
-    StageAck(u64, Vec<u8>),
+    /// (delivery id, output): slices of the received frame.
+    StageAcks(Vec<StageAckOf>),
     StageNack(u64, String),
     PipelineRetry(String, Option<(u32, u64)>),
     Refuse(ErrorCode, String),
@@ -110,7 +112,13 @@ impl Op {
                 stage: p.stage.to_string(),
                 max_in_flight: p.max_in_flight,
             },
-            Message::StageAck(a) => Op::StageAck(a.delivery_id, a.output.to_vec()),
+            Message::StageAck(a) => Op::StageAcks(vec![(a.delivery_id, frame.slice_ref(a.output))]),
+            Message::StageAcks(a) => Op::StageAcks(
+                a.acks
+                    .iter()
+                    .map(|a| (a.delivery_id, frame.slice_ref(a.output)))
+                    .collect(),
+            ),
             Message::StageNack(n) => Op::StageNack(n.delivery_id, n.message.to_string()),
             Message::PipelineRetry(r) => Op::PipelineRetry(r.pipeline.to_string(), r.execution),
             other => Op::Refuse(
@@ -355,6 +363,34 @@ fn refused_message(refused: &[u64]) -> String {
     )
 }
 
+/// The failure of a `StageAcks` some of whose acks were not taken: the
+/// first one's code, and which ones failed and why (at most a few, then a
+/// count).
+fn unsettled_failure(unsettled: &[(u64, Failure)]) -> Failure {
+    const NAMED_MAX: usize = 4;
+    let code = unsettled
+        .first()
+        .map_or(ErrorCode::Internal, |(_, (code, _))| *code);
+    let named: Vec<String> = unsettled
+        .iter()
+        .take(NAMED_MAX)
+        .map(|(id, (_, message))| format!("{id} ({message})"))
+        .collect();
+    let more = unsettled.len().saturating_sub(NAMED_MAX);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    (
+        code,
+        format!(
+            "stage acks {}{tail} were not taken; the other acks were",
+            named.join(", ")
+        ),
+    )
+}
+
 fn delivery_owner(shard: &Shard, delivery: u64) -> Result<u16, Failure> {
     let owner = (delivery >> 48) as u16;
     if owner >= shard.shards {
@@ -592,14 +628,42 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             .await?;
             Ok(ack_ok())
         }
-        Op::StageAck(delivery, output) => {
-            let req = Request::StageAck {
-                id: delivery,
-                output,
-                shard: shard.id,
-                conn,
-            };
-            settle(shard, delivery, req).await
+        Op::StageAcks(acks) => {
+            // Each ack is settled on its own, by the shard that made its
+            // delivery; one request per shard.
+            let single = acks.len() == 1;
+            let mut unsettled = Vec::new();
+            let mut by_owner: std::collections::BTreeMap<u16, Vec<StageAckOf>> = Default::default();
+            for (id, output) in acks {
+                match delivery_owner(shard, id) {
+                    Ok(owner) => by_owner.entry(owner).or_default().push((id, output)),
+                    Err(f) => unsettled.push((id, f)),
+                }
+            }
+            let calls = by_owner.into_iter().map(|(owner, acks)| {
+                shard.call(
+                    owner,
+                    Request::StageAcks {
+                        acks,
+                        shard: shard.id,
+                        conn,
+                    },
+                )
+            });
+            for reply in futures::future::join_all(calls).await {
+                match reply {
+                    Reply::Unsettled(failures) => unsettled.extend(failures),
+                    other => return Err(unexpected(other)),
+                }
+            }
+            if unsettled.is_empty() {
+                Ok(ack_ok())
+            } else if single {
+                // A lone `StageAck` gets its own failure as it is.
+                Err(unsettled.swap_remove(0).1)
+            } else {
+                Err(unsettled_failure(&unsettled))
+            }
         }
         Op::StageNack(delivery, message) => {
             let req = Request::StageNack {

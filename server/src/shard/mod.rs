@@ -41,7 +41,7 @@ use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
 use group::{GroupPartition, GroupStatus, MemberId, Outgoing};
 use outbox::Outbox;
 use partition::{Failure, Partition, Published, now_ms};
-use pipeline::{PipelineRun, RunStatus};
+use pipeline::{PipelineRun, RunStatus, StageAckOf};
 
 /// Capacity of each mesh channel, in messages.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -203,10 +203,10 @@ pub enum Request {
         max_in_flight: u32,
         member: MemberId,
     },
-    /// A stage succeeded with an output event.
-    StageAck {
-        id: u64,
-        output: Vec<u8>,
+    /// Stages succeeded, each with an output event: (delivery id,
+    /// output), settled each on its own.
+    StageAcks {
+        acks: Vec<StageAckOf>,
         shard: u16,
         conn: u64,
     },
@@ -250,6 +250,9 @@ pub enum Reply {
     /// For `Ack`: the ids that were not outstanding (the others were
     /// acked).
     Refused(Vec<u64>),
+    /// For `StageAcks`: the acks that were not taken, and why (the others
+    /// were).
+    Unsettled(Vec<(u64, Failure)>),
     /// The request failed.
     Failed(ErrorCode, String),
 }
@@ -718,15 +721,27 @@ impl Shard {
                 run.attach(member, s, max_in_flight);
                 Reply::Done
             }
-            Request::StageAck {
-                id,
-                output,
-                shard,
-                conn,
-            } => match self.run_of(id) {
-                Ok(run) => run.ack(id, (shard, conn), &output).await.into(),
-                Err(f) => f.into(),
-            },
+            Request::StageAcks { acks, shard, conn } => {
+                // The acks of one run are made durable together: one append.
+                let mut by_run: Vec<(Rc<PipelineRun>, Vec<StageAckOf>)> = Vec::new();
+                let mut unsettled = Vec::new();
+                for (id, output) in acks {
+                    match self.run_of(id) {
+                        Ok(run) => match by_run.iter_mut().find(|(r, _)| Rc::ptr_eq(r, &run)) {
+                            Some((_, acks)) => acks.push((id, output)),
+                            None => by_run.push((run, vec![(id, output)])),
+                        },
+                        Err(f) => unsettled.push((id, f)),
+                    }
+                }
+                let settles = by_run
+                    .iter()
+                    .map(|(run, acks)| run.ack_many(acks, (shard, conn)));
+                for failures in futures::future::join_all(settles).await {
+                    unsettled.extend(failures);
+                }
+                Reply::Unsettled(unsettled)
+            }
             Request::StageNack {
                 id,
                 message,

@@ -33,7 +33,10 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use hadron_engine::log::batch::Batches;
+use bytes::Bytes;
+use hadron_engine::log::batch::{
+    BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, Batches, RECORD_PREFIX_BYTES,
+};
 use hadron_engine::notify::Notify;
 use hadron_engine::pipeline::{Completion, Dag, ExecutionIndex};
 use hadron_engine::storage::dma::DmaStorage;
@@ -56,6 +59,10 @@ const ERROR_BYTES_MAX: usize = 1024;
 /// A stage member carried to a replacing run: who, which stage (by name),
 /// and its in-flight bound.
 pub type CarriedMember = (MemberId, String, u32);
+
+/// One stage ack: the delivery id and the output event (a slice of the
+/// frame it came in).
+pub type StageAckOf = (u64, Bytes);
 
 /// A stage delivery ready to be pushed.
 #[derive(Debug)]
@@ -691,87 +698,145 @@ impl PipelineRun {
         self.wake.notify_all();
     }
 
-    /// A stage's handler succeeded with `output`.
-    pub async fn ack(
+    /// Stage handlers succeeded: `acks` holds (delivery id, output event).
+    /// Each ack is settled on its own, as if it came alone; the outputs of
+    /// those taken are appended in as few batches as the log allows and
+    /// are made durable together before any of their stages counts as done.
+    /// Returns the acks that were not taken, and why. A duplicate or late
+    /// ack of a completed stage is taken and ignored.
+    pub async fn ack_many(&self, acks: &[StageAckOf], from: (u16, u64)) -> Vec<(u64, Failure)> {
+        let mut unsettled = Vec::new();
+        // (index into `acks`, root, stage) of the acks to make durable.
+        let mut taken: Vec<(usize, u64, u8)> = Vec::with_capacity(acks.len());
+        for (i, (delivery_id, output)) in acks.iter().enumerate() {
+            match self.take_ack(*delivery_id, from, output) {
+                Ok(Some((root, stage))) => taken.push((i, root, stage)),
+                Ok(None) => {}
+                Err(failure) => unsettled.push((*delivery_id, failure)),
+            }
+        }
+        if taken.is_empty() {
+            return unsettled;
+        }
+        let records: Vec<Vec<u8>> = taken
+            .iter()
+            .map(|&(i, root, stage)| {
+                let name = &self.plan.stages[stage as usize].name;
+                encode_named(KIND_OUTPUT, root, name, &acks[i].1)
+            })
+            .collect();
+        // One batch per chunk that fits the log's limits; the chunks are
+        // enqueued back to back and share the group commit.
+        let batch_max = self.outputs.config().batch_bytes_max;
+        let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut bytes = BATCH_HEADER_BYTES;
+        for (i, record) in records.iter().enumerate() {
+            let len = RECORD_PREFIX_BYTES + record.len();
+            match chunks.last_mut() {
+                Some(c) if bytes + len <= batch_max && c.len() < BATCH_RECORDS_MAX as usize => {
+                    c.end = i + 1;
+                    bytes += len;
+                }
+                _ => {
+                    chunks.push(i..i + 1);
+                    bytes = BATCH_HEADER_BYTES + len;
+                }
+            }
+        }
+        let now = now_ms();
+        let appends = chunks
+            .iter()
+            .map(|c| self.outputs.append(&records[c.clone()], now));
+        let appended = futures::future::join_all(appends).await;
+        let mut st = self.state.borrow_mut();
+        let mut index = self.index.borrow_mut();
+        for (chunk, result) in chunks.into_iter().zip(appended) {
+            for &(i, root, stage) in &taken[chunk] {
+                st.completing.remove(&(root, stage));
+                if let Err(e) = &result {
+                    index.release(root, stage as usize);
+                    unsettled.push((acks[i].0, append_failure(&self.plan.name, e.clone())));
+                    continue;
+                }
+                st.stats[stage as usize].completed += 1;
+                st.attempts.remove(&(root, stage));
+                match index.complete(root, stage as usize) {
+                    Completion::Done { finished: true, .. } => {
+                        st.completed += 1;
+                        st.outputs.remove(&root);
+                        st.roots.remove(&root);
+                        for id in st.issued_by_root.remove(&root).unwrap_or_default() {
+                            st.issued.remove(&id);
+                        }
+                        st.attempts.retain(|(r, _), _| *r != root);
+                    }
+                    // Dependents may need the output.
+                    _ => {
+                        st.outputs
+                            .entry(root)
+                            .or_default()
+                            .insert(stage, Rc::new(acks[i].1.to_vec()));
+                    }
+                }
+            }
+        }
+        drop(index);
+        drop(st);
+        self.wake.notify_all();
+        unsettled
+    }
+
+    /// The checks of one ack before its output is appended: a valid event,
+    /// a delivery this run made to this connection. `Some((root, stage))`
+    /// when the output is to be made durable (the stage is then held);
+    /// `None` for a duplicate or late ack of a completed stage.
+    fn take_ack(
         &self,
         delivery_id: u64,
         from: (u16, u64),
         output: &[u8],
-    ) -> Result<(), Failure> {
+    ) -> Result<Option<(u64, u8)>, Failure> {
         hadron_wire::verify_event(output, &self.limits).map_err(|e| {
             (
                 ErrorCode::InvalidEvent,
                 format!("the stage output is not a valid event: {e}"),
             )
         })?;
-        let (root, stage) = {
-            let mut st = self.state.borrow_mut();
-            let Some(&(root, stage)) = st.issued.get(&delivery_id) else {
+        let mut st = self.state.borrow_mut();
+        let Some(&(root, stage)) = st.issued.get(&delivery_id) else {
+            return Err((
+                ErrorCode::UnknownDelivery,
+                format!("stage delivery {delivery_id} is not outstanding"),
+            ));
+        };
+        if let Some(f) = st.in_flight.get(&delivery_id).copied() {
+            if (f.member.shard, f.member.conn) != from {
                 return Err((
                     ErrorCode::UnknownDelivery,
-                    format!("stage delivery {delivery_id} is not outstanding"),
+                    format!("stage delivery {delivery_id} was not made to this connection"),
                 ));
-            };
-            if let Some(f) = st.in_flight.get(&delivery_id).copied() {
-                if (f.member.shard, f.member.conn) != from {
-                    return Err((
-                        ErrorCode::UnknownDelivery,
-                        format!("stage delivery {delivery_id} was not made to this connection"),
-                    ));
-                }
-                st.in_flight.remove(&delivery_id);
-                Self::release_member(&mut st, f.member);
             }
-            let failed = st.failed.contains_key(&root);
-            let done = failed
-                && st
-                    .outputs
-                    .get(&root)
-                    .is_some_and(|m| m.contains_key(&stage))
-                || (!failed
-                    && self
-                        .index
-                        .borrow()
-                        .get(root)
-                        .is_none_or(|e| e.done & (1 << stage) != 0));
-            if done || !st.completing.insert((root, stage)) {
-                // A duplicate or late ack of a completed stage: ignored.
-                return Ok(());
-            }
-            self.index.borrow_mut().hold(root, stage as usize);
-            (root, stage)
-        };
-        let name = &self.plan.stages[stage as usize].name;
-        let record = encode_named(KIND_OUTPUT, root, name, output);
-        let appended = self.outputs.append(&[record], now_ms()).await;
-        let mut st = self.state.borrow_mut();
-        st.completing.remove(&(root, stage));
-        if let Err(e) = appended {
-            self.index.borrow_mut().release(root, stage as usize);
-            drop(st);
-            self.wake.notify_all();
-            return Err(append_failure(&self.plan.name, e));
+            st.in_flight.remove(&delivery_id);
+            Self::release_member(&mut st, f.member);
         }
-        st.outputs
-            .entry(root)
-            .or_default()
-            .insert(stage, Rc::new(output.to_vec()));
-        st.stats[stage as usize].completed += 1;
-        st.attempts.remove(&(root, stage));
-        if let Completion::Done { finished: true, .. } =
-            self.index.borrow_mut().complete(root, stage as usize)
-        {
-            st.completed += 1;
-            st.outputs.remove(&root);
-            st.roots.remove(&root);
-            for id in st.issued_by_root.remove(&root).unwrap_or_default() {
-                st.issued.remove(&id);
-            }
-            st.attempts.retain(|(r, _), _| *r != root);
+        let failed = st.failed.contains_key(&root);
+        let done = failed
+            && st
+                .outputs
+                .get(&root)
+                .is_some_and(|m| m.contains_key(&stage))
+            || (!failed
+                && self
+                    .index
+                    .borrow()
+                    .get(root)
+                    .is_none_or(|e| e.done & (1 << stage) != 0));
+        if done || !st.completing.insert((root, stage)) {
+            // A duplicate or late ack of a completed stage: ignored.
+            return Ok(None);
         }
-        drop(st);
-        self.wake.notify_all();
-        Ok(())
+        self.index.borrow_mut().hold(root, stage as usize);
+        Ok(Some((root, stage)))
     }
 
     /// A stage's handler failed.
