@@ -799,6 +799,112 @@ spec:
     assert_stage(&doc, "configure", [1, 0, 0, 0, 0]);
 }
 
+/// A delivery not acked within the stage's ack timeout counts as a failed
+/// attempt and goes out again after it, while deliveries acked in time,
+/// and those issued later with later deadlines, do not: a raw member takes
+/// two boots, acks one at once and holds the other; only the held one
+/// comes back (attempt 2, after the timeout), and a third root published
+/// meanwhile is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_delivery_goes_out_again_after_the_ack_timeout_and_only_it() {
+    const TIMEOUT_MS: u64 = 400;
+    let server = Server::start();
+    let client = server.client();
+    let yaml = format!(
+        r#"
+apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata:
+  name: provision
+spec:
+  sourceStream: events
+  triggers: [vm.requested]
+  ackTimeoutMs: {TIMEOUT_MS}
+  retry: {{ initialDelayMs: 1, maxDelayMs: 1, maxAttempts: 5 }}
+  stages:
+    - name: boot
+"#
+    );
+    apply(&client, &yaml).await;
+    let mut raw = raw_stage_member(&server, "provision", "boot").await;
+    publish(
+        &client,
+        "events",
+        ["vm-1", "vm-2"]
+            .iter()
+            .map(|id| root_event(id, "vm.requested", id, "{}"))
+            .collect(),
+    )
+    .await;
+    let first = raw_stage_delivery(&mut raw).await;
+    let second = raw_stage_delivery(&mut raw).await;
+    let delivered_at = Instant::now();
+    let (acked, held) = if first.root.id == "vm-1" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!((acked.attempt, held.attempt), (1, 1));
+    let up = event_bytes("vm-1/booted", "raw-boot", "boot.done", b"up");
+    let mut pushed = Vec::new();
+    let reply = raw
+        .request(
+            &Message::StageAck(hadron_wire::StageAck {
+                delivery_id: acked.delivery_id,
+                output: &up,
+            }),
+            &mut pushed,
+        )
+        .await;
+    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
+    // A later delivery, with a later deadline, acked before it passes.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_MS / 4)).await;
+    publish(
+        &client,
+        "events",
+        vec![root_event("vm-3", "vm.requested", "vm-3", "{}")],
+    )
+    .await;
+    let third = raw_stage_delivery(&mut raw).await;
+    assert_eq!((third.root.id.as_str(), third.attempt), ("vm-3", 1));
+    let reply = raw
+        .request(
+            &Message::StageAck(hadron_wire::StageAck {
+                delivery_id: third.delivery_id,
+                output: &up,
+            }),
+            &mut pushed,
+        )
+        .await;
+    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
+
+    let again = raw_stage_delivery(&mut raw).await;
+    assert_eq!(again.root.id, held.root.id, "the held boot comes back");
+    assert_eq!(again.attempt, 2);
+    assert_ne!(again.delivery_id, held.delivery_id);
+    assert!(
+        delivered_at.elapsed() >= Duration::from_millis(TIMEOUT_MS),
+        "redelivered after {:?}, before the {TIMEOUT_MS} ms ack timeout",
+        delivered_at.elapsed()
+    );
+    match raw.recv_within(Duration::from_millis(2 * TIMEOUT_MS)).await {
+        Some(Some(Frame::StageDelivery(d))) => {
+            assert_eq!(d.root.id, held.root.id, "only the unacked boot: {d:?}");
+        }
+        None => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    let doc = pipeline_doc(&client, "provision").await.unwrap();
+    let boot = stage_doc(&doc, "boot");
+    assert_eq!(boot["completed"], 2, "{doc}");
+    assert!(boot["errors"].as_u64().unwrap() >= 1, "{doc}");
+    let last_error = boot["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains(&format!("no ack within the ack timeout of {TIMEOUT_MS} ms")),
+        "{doc}"
+    );
+}
+
 /// Stage acks sent together in one `StageAcks` frame are each settled on
 /// their own. The valid ones complete their stages, durably before the
 /// answer: after a `kill -9` right after it and a restart they are not

@@ -726,11 +726,14 @@ impl Shard {
                 let mut by_run: Vec<(Rc<PipelineRun>, Vec<StageAckOf>)> = Vec::new();
                 let mut unsettled = Vec::new();
                 for (id, output) in acks {
+                    // The runs already found first: a burst of acks
+                    // usually comes from few runs.
+                    if let Some((_, acks)) = by_run.iter_mut().find(|(r, _)| r.owns(id)) {
+                        acks.push((id, output));
+                        continue;
+                    }
                     match self.run_of(id) {
-                        Ok(run) => match by_run.iter_mut().find(|(r, _)| Rc::ptr_eq(r, &run)) {
-                            Some((_, acks)) => acks.push((id, output)),
-                            None => by_run.push((run, vec![(id, output)])),
-                        },
+                        Ok(run) => by_run.push((run, vec![(id, output)])),
                         Err(f) => unsettled.push((id, f)),
                     }
                 }

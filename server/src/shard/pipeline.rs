@@ -64,16 +64,18 @@ pub type CarriedMember = (MemberId, String, u32);
 /// frame it came in).
 pub type StageAckOf = (u64, Bytes);
 
-/// A stage delivery ready to be pushed.
+/// A stage delivery ready to be pushed. Stages are indices into the
+/// plan's stages (named when the delivery is encoded).
 #[derive(Debug)]
 pub struct StageOutgoing {
     pub member: MemberId,
     pub delivery_id: u64,
-    pub stage: String,
+    pub stage: u8,
     pub root: u64,
     pub attempt: u32,
     pub root_event: Rc<Vec<u8>>,
-    pub inputs: Vec<(String, Rc<Vec<u8>>)>,
+    /// The outputs of the stage's dependencies, by dependency.
+    pub inputs: Vec<(u8, Rc<Vec<u8>>)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +120,10 @@ struct RunState {
     roots: HashMap<u64, Rc<Vec<u8>>>,
     /// Deliveries not yet settled, by id.
     in_flight: HashMap<u64, Issued>,
+    /// At most the earliest deadline in `in_flight`; `None` only when
+    /// `in_flight` is empty. A settled delivery leaves it as it is (still a
+    /// lower bound): the next expiry check recomputes it.
+    deadline_min: Option<Instant>,
     /// Every delivery id issued for a live execution (for late acks).
     issued: HashMap<u64, (u64, u8)>,
     /// The same ids by root, to forget them when the execution finishes.
@@ -509,14 +515,7 @@ impl PipelineRun {
         new_delivery_id: &dyn Fn() -> u64,
     ) -> Result<Vec<StageOutgoing>, Failure> {
         let now = Instant::now();
-        let expired: Vec<u64> = self
-            .state
-            .borrow()
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
+        let expired = self.expired(now);
         for id in expired {
             let timeout = self
                 .plan
@@ -551,12 +550,14 @@ impl PipelineRun {
         let mut out = Vec::new();
         let mut st = self.state.borrow_mut();
         let mut index = self.index.borrow_mut();
-        let dag = index.dag().clone();
-        let ready: Vec<(u64, u64)> = index
-            .executions()
-            .map(|e| (e.root, dag.ready(e.done, e.done | e.in_flight | e.held)))
-            .filter(|&(_, r)| r != 0)
-            .collect();
+        let ready: Vec<(u64, u64)> = {
+            let dag = index.dag();
+            index
+                .executions()
+                .map(|e| (e.root, dag.ready(e.done, e.done | e.in_flight | e.held)))
+                .filter(|&(_, r)| r != 0)
+                .collect()
+        };
         for (root, mut stages) in ready {
             while stages != 0 {
                 let s = stages.trailing_zeros() as u8;
@@ -571,33 +572,39 @@ impl PipelineRun {
                     continue;
                 };
                 let planned = &self.plan.stages[s as usize];
-                let inputs = planned
-                    .dependencies
-                    .iter()
-                    .filter_map(|&d| {
-                        let event = st.outputs.get(&root)?.get(&d)?.clone();
-                        Some((self.plan.stages[d as usize].name.clone(), event))
-                    })
-                    .collect();
+                let inputs = match st.outputs.get(&root) {
+                    Some(outputs) => planned
+                        .dependencies
+                        .iter()
+                        .filter_map(|&d| Some((d, outputs.get(&d)?.clone())))
+                        .collect(),
+                    None => Vec::new(),
+                };
                 let attempt = st.attempts.get(&(root, s)).copied().unwrap_or(0) + 1;
                 let delivery_id = new_delivery_id();
                 let member = st.members[m].id;
                 st.members[m].in_flight += 1;
+                let deadline = now + Duration::from_millis(planned.ack_timeout_ms.max(1));
                 st.in_flight.insert(
                     delivery_id,
                     Issued {
                         root,
                         stage: s,
                         member,
-                        deadline: now + Duration::from_millis(planned.ack_timeout_ms.max(1)),
+                        deadline,
                     },
                 );
+                st.deadline_min = Some(st.deadline_min.map_or(deadline, |d| d.min(deadline)));
                 st.issued.insert(delivery_id, (root, s));
-                st.issued_by_root.entry(root).or_default().push(delivery_id);
+                let stages = self.plan.stages.len();
+                st.issued_by_root
+                    .entry(root)
+                    .or_insert_with(|| Vec::with_capacity(stages))
+                    .push(delivery_id);
                 out.push(StageOutgoing {
                     member,
                     delivery_id,
-                    stage: planned.name.clone(),
+                    stage: s,
                     root,
                     attempt,
                     root_event,
@@ -627,10 +634,32 @@ impl PipelineRun {
         }
     }
 
-    /// The earliest time something is due.
+    /// The in-flight deliveries whose ack deadline passed by `now`. Scans
+    /// them only when the earliest deadline may have passed, and then
+    /// makes `deadline_min` exact again.
+    fn expired(&self, now: Instant) -> Vec<u64> {
+        let mut st = self.state.borrow_mut();
+        if st.deadline_min.is_none_or(|d| d > now) {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut min: Option<Instant> = None;
+        for (&id, f) in &st.in_flight {
+            if f.deadline <= now {
+                expired.push(id);
+            } else {
+                min = Some(min.map_or(f.deadline, |m| m.min(f.deadline)));
+            }
+        }
+        st.deadline_min = min;
+        expired
+    }
+
+    /// The earliest time something is due (possibly a little early: an
+    /// ack deadline of a delivery settled since).
     pub fn next_due(&self) -> Option<Instant> {
         let st = self.state.borrow();
-        let a = st.in_flight.values().map(|f| f.deadline).min();
+        let a = st.deadline_min;
         let b = st.retry_at.iter().map(|r| r.0).min();
         match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1048,14 +1077,14 @@ impl PipelineRun {
             .inputs
             .iter()
             .map(|(stage, event)| hadron_wire::StageInput {
-                stage,
+                stage: &self.plan.stages[*stage as usize].name,
                 event: event.as_slice(),
             })
             .collect();
         hadron_wire::Message::StageDelivery(hadron_wire::StageDelivery {
             delivery_id: d.delivery_id,
             pipeline: &self.plan.name,
-            stage: &d.stage,
+            stage: &self.plan.stages[d.stage as usize].name,
             partition: self.source.partition,
             offset: d.root,
             attempt: d.attempt,
