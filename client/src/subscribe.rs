@@ -408,7 +408,13 @@ impl Answers {
     /// waits for the answers. Failures are logged: the server redelivers
     /// what it did not take.
     async fn send_queued(&self, conn: &Conn) {
-        let answers = std::mem::take(&mut *self.lock());
+        let answers = {
+            // The next burst is likely the size of this one: give the queue
+            // that capacity at once instead of growing it answer by answer.
+            let mut queue = self.lock();
+            let capacity = queue.len();
+            std::mem::replace(&mut *queue, Vec::with_capacity(capacity))
+        };
         let mut acks = Vec::new();
         let mut stage_acks = Vec::new();
         let mut others = Vec::new();
