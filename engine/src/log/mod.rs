@@ -40,7 +40,7 @@
 //!
 //! **Recovery.** On open, sealed segments are checked (index validated, the
 //! tail from the last index entry verified, exact end); the last segment is
-//! scanned from its last valid index entry and cut at the first short, zero,
+//! scanned whole, its index rebuilt, and cut at the first short, zero,
 //! CRC-failing or out-of-sequence batch, then zero-filled again past that
 //! point so no stale batch can be resurrected by later appends.
 //!
@@ -886,35 +886,13 @@ impl<S: Storage> Log<S> {
         config: &LogConfig,
     ) -> Result<Segment<S>, OpenError> {
         let (mut seg, file, size) = Self::open_segment(storage, dir, base).await?;
-        let old_index = match storage.open(&seg.idx_path).await {
-            Ok(idx) => {
-                let len = idx
-                    .size()
-                    .await
-                    .map_err(io_err("size index", &seg.idx_path))?;
-                idx.read_at(0, len as usize)
-                    .await
-                    .map_err(io_err("read index", &seg.idx_path))?
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Bytes::new(),
-            Err(e) => return Err(io_err("open index", &seg.idx_path)(e)),
-        };
-        // Start from the last index entry that points at the batch it claims.
-        let mut entries = index::valid_prefix(&old_index, size);
-        let (mut position, mut offset) = (0, base);
-        while entries > 0 {
-            let e = index::get(&old_index, entries - 1);
-            let claimed = base + u64::from(e.relative_offset);
-            let header = Self::batch_at(&file, u64::from(e.position))
-                .await
-                .map_err(io_err("read segment", &seg.log_path))?;
-            if header.is_ok_and(|h| h.base_offset == claimed) {
-                (position, offset) = (u64::from(e.position), claimed);
-                break;
-            }
-            entries -= 1;
-        }
-        let mut idx = old_index[..entries * index::INDEX_ENTRY_BYTES].to_vec();
+        // Scan the whole segment and index it afresh. Its index file is not
+        // trusted: the active segment's index pages are written without an
+        // fdatasync, so a torn page can hold entries that still increase but
+        // point between batches, and only the last one could be checked
+        // cheaply. Reading one segment per log at open is the price.
+        let (position, offset) = (0, base);
+        let mut idx = Vec::new();
         let mut last_indexed = position;
         let scan = Self::scan(
             &file,
