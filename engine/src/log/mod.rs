@@ -44,6 +44,19 @@
 //! CRC-failing or out-of-sequence batch, then zero-filled again past that
 //! point so no stale batch can be resurrected by later appends.
 //!
+//! **Recycling.** Retention renames the file of a segment it retires to
+//! `<base>.free` (up to [`RECYCLED_SEGMENTS_MAX`] per log) instead of
+//! deleting it, and the next segment begins in such a file. Overwriting
+//! blocks the file system already holds is much cheaper than filling
+//! preallocated ones: no extent changes at each write, so the write is not
+//! deferred to a kernel worker and the fdatasync flushes data only (on the
+//! virtio disk measured for this, 4 files written 80 KiB + fdatasync at a
+//! time did 1.45 x the bandwidth). A roll applies the size limit first, so a
+//! log at its limit reuses its oldest segment's file. The old batches left
+//! in a recycled file all hold offsets below the segment's base, so a scan
+//! in recovery stops at the first of them as out of sequence, exactly as it
+//! stops at zeros. A file some reader still holds is deleted, never reused.
+//!
 //! **Poisoning.** The first failed write or fdatasync poisons the log: every
 //! later append fails with [`AppendError::Poisoned`] until the log is opened
 //! again. An fdatasync is never retried, since after a failure the kernel may
@@ -74,6 +87,12 @@ use index::IndexEntry;
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 /// Largest segment size accepted: index positions are `u32`.
 pub const SEGMENT_BYTES_MAX: u64 = (u32::MAX as u64) & !(IO_ALIGN_BYTES - 1);
+/// Retired segment files a log keeps to begin new segments in (see the
+/// module header, "Recycling"). Each costs a segment's disk space beyond
+/// what retention keeps.
+pub const RECYCLED_SEGMENTS_MAX: usize = 2;
+/// Suffix of a retired segment file kept for reuse.
+const FREE_SUFFIX: &str = ".free";
 /// Bytes read at a time while scanning a segment in recovery.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
@@ -361,6 +380,8 @@ pub struct RetentionReport {
     pub segments: usize,
     /// Bytes of batches deleted.
     pub bytes: u64,
+    /// How many of the deleted segments' files were kept for reuse.
+    pub recycled: usize,
 }
 
 /// One segment, as [`Log::segments`] reports it.
@@ -410,6 +431,8 @@ pub struct CommitStats {
     pub write_us: u64,
     /// Microseconds awaiting fdatasync.
     pub sync_us: u64,
+    /// Segments begun in a recycled file rather than a new one.
+    pub segments_recycled: u64,
 }
 
 enum SegmentIndex<M> {
@@ -503,6 +526,10 @@ struct State<S: Storage> {
     poisoned: Option<Rc<str>>,
     last_sync: Instant,
     commits: CommitStats,
+    /// Retired segment files ready for reuse (`<base>.free`).
+    free: Vec<PathBuf>,
+    /// Retired files being renamed into `free` right now.
+    free_incoming: usize,
 }
 
 /// A partition log. Hold it in an `Rc` and call it from any task of its core.
@@ -601,6 +628,28 @@ impl<S: Storage> Log<S> {
             .filter_map(|stem| stem.parse().ok())
             .collect();
         bases.sort_unstable();
+        let mut free: Vec<PathBuf> = names
+            .iter()
+            .filter(|n| {
+                n.strip_suffix(FREE_SUFFIX).is_some_and(|stem| {
+                    stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())
+                })
+            })
+            .map(|n| dir.join(n))
+            .collect();
+        free.sort_unstable();
+        if free.len() > RECYCLED_SEGMENTS_MAX {
+            for path in free.drain(RECYCLED_SEGMENTS_MAX..) {
+                storage
+                    .remove(&path)
+                    .await
+                    .map_err(io_err("remove recycled segment", &path))?;
+            }
+            storage
+                .sync_dir(dir)
+                .await
+                .map_err(io_err("sync directory", dir))?;
+        }
 
         let mut segments = BTreeMap::new();
         for (i, &base) in bases.iter().enumerate() {
@@ -635,6 +684,8 @@ impl<S: Storage> Log<S> {
                 poisoned: None,
                 last_sync: Instant::now(),
                 commits: CommitStats::default(),
+                free,
+                free_incoming: 0,
             }),
             flushed: Notify::default(),
         })
@@ -1419,14 +1470,35 @@ impl<S: Storage> Log<S> {
         let fail = |what: &str, path: &Path, e: io::Error| {
             format!("{what} {} failed: {e}", path.display())
         };
-        let file = self
-            .storage
-            .create(&log_path)
-            .await
-            .map_err(|e| fail("create", &log_path, e))?;
-        file.preallocate(self.config.segment_bytes)
-            .await
-            .map_err(|e| fail("preallocate", &log_path, e))?;
+        // A log at its size limit retires its oldest segment now, so that
+        // the new one can begin in that file. Retention failures are not the
+        // writer's: the periodic retention reports them.
+        if self.config.retention.max_bytes.is_some() {
+            let _ = self.retire(None).await;
+        }
+        let free = self.state.borrow_mut().free.pop();
+        let recycled = match free {
+            Some(free) => self.reuse_file(&free, &log_path).await.ok(),
+            None => None,
+        };
+        let file = match recycled {
+            Some(file) => {
+                self.state.borrow_mut().commits.segments_recycled += 1;
+                file
+            }
+            None => {
+                // Whatever a failed reuse left at `log_path` is truncated.
+                let file = self
+                    .storage
+                    .create(&log_path)
+                    .await
+                    .map_err(|e| fail("create", &log_path, e))?;
+                file.preallocate(self.config.segment_bytes)
+                    .await
+                    .map_err(|e| fail("preallocate", &log_path, e))?;
+                file
+            }
+        };
         let idx = self
             .storage
             .create(&idx_path)
@@ -1441,6 +1513,20 @@ impl<S: Storage> Log<S> {
             seg.idx_file = Some(Rc::new(idx));
         }
         Ok(())
+    }
+
+    /// Renames the retired file `free` to `log_path` and sizes it for a
+    /// segment. Its old contents stay: recovery tells them apart by their
+    /// offsets (see the module header). The caller's `sync_dir` makes the
+    /// rename durable before anything is written.
+    async fn reuse_file(&self, free: &Path, log_path: &Path) -> io::Result<S::File> {
+        self.storage.rename(free, log_path).await?;
+        let file = self.storage.open(log_path).await?;
+        if file.size().await? > self.config.segment_bytes {
+            file.truncate(self.config.segment_bytes).await?;
+        }
+        file.preallocate(self.config.segment_bytes).await?;
+        Ok(file)
     }
 
     /// Truncates a fully durable sealed segment to its data, writes its index
@@ -1696,14 +1782,23 @@ impl<S: Storage> Log<S> {
     }
 
     /// Deletes whole sealed segments, oldest first, that the retention
-    /// settings no longer keep (the active segment is never deleted).
+    /// settings no longer keep (the active segment is never deleted). Up to
+    /// [`RECYCLED_SEGMENTS_MAX`] of their files are kept for new segments.
     pub async fn apply_retention(&self, now_ms: u64) -> io::Result<RetentionReport> {
+        self.retire(Some(now_ms)).await
+    }
+
+    /// [`apply_retention`](Log::apply_retention); with `now_ms` `None`, the
+    /// size limit only.
+    async fn retire(&self, now_ms: Option<u64>) -> io::Result<RetentionReport> {
         let Retention {
             max_age_ms,
             max_bytes,
         } = self.config.retention;
-        let victims: Vec<Segment<S>> = {
-            let mut st = self.state.borrow_mut();
+        // (log path, index path, bytes, whether its file is reused)
+        let victims: Vec<(PathBuf, PathBuf, u64, bool)> = {
+            let mut guard = self.state.borrow_mut();
+            let st = &mut *guard;
             let mut total: u64 = st.segments.values().map(|s| s.end).sum();
             let last = st.segments.keys().next_back().copied();
             let mut bases = Vec::new();
@@ -1712,34 +1807,91 @@ impl<S: Storage> Log<S> {
                     break;
                 }
                 let too_big = max_bytes.is_some_and(|max| total > max);
-                let too_old =
-                    max_age_ms.is_some_and(|age| seg.max_timestamp_ms.saturating_add(age) < now_ms);
+                let too_old = match (max_age_ms, now_ms) {
+                    (Some(age), Some(now)) => seg.max_timestamp_ms.saturating_add(age) < now,
+                    _ => false,
+                };
                 if !(too_big || too_old) {
                     break;
                 }
                 total -= seg.end;
                 bases.push(base);
             }
-            let victims: Vec<_> = bases.iter().filter_map(|b| st.segments.remove(b)).collect();
+            let mut victims = Vec::with_capacity(bases.len());
+            for base in bases {
+                let Some(seg) = st.segments.remove(&base) else {
+                    continue;
+                };
+                // A reader that still holds the file would read the new
+                // segment's bytes in place of the old ones: delete it then.
+                let unshared = seg.file.as_ref().is_none_or(|f| Rc::strong_count(f) == 1);
+                let reuse = unshared && st.free.len() + st.free_incoming < RECYCLED_SEGMENTS_MAX;
+                if reuse {
+                    st.free_incoming += 1;
+                }
+                victims.push((seg.log_path, seg.idx_path, seg.end, reuse));
+                // `seg` drops here, closing its file and unmapping its index.
+            }
             if let Some(&first) = st.segments.keys().next() {
                 st.start_offset = first;
             }
             victims
         };
         let mut report = RetentionReport::default();
-        for seg in &victims {
-            self.storage.remove(&seg.log_path).await?;
-            match self.storage.remove(&seg.idx_path).await {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+        let mut failed = None;
+        for (log_path, idx_path, bytes, reuse) in victims {
+            if failed.is_some() {
+                if reuse {
+                    self.state.borrow_mut().free_incoming -= 1;
+                }
+                continue;
             }
-            report.segments += 1;
-            report.bytes += seg.end;
+            let result = self.retire_files(&log_path, &idx_path, reuse).await;
+            if reuse {
+                self.state.borrow_mut().free_incoming -= 1;
+            }
+            match result {
+                Ok(recycled) => {
+                    report.segments += 1;
+                    report.bytes += bytes;
+                    if let Some(free) = recycled {
+                        report.recycled += 1;
+                        self.state.borrow_mut().free.push(free);
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
         }
         if report.segments > 0 {
             self.storage.sync_dir(&self.dir).await?;
         }
-        Ok(report)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Removes a retired segment's index, and its file or, when `reuse`,
+    /// renames the file for reuse (falling back to removing it). Returns the
+    /// reusable file's path.
+    async fn retire_files(
+        &self,
+        log_path: &Path,
+        idx_path: &Path,
+        reuse: bool,
+    ) -> io::Result<Option<PathBuf>> {
+        match self.storage.remove(idx_path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if reuse {
+            let free = log_path.with_extension(&FREE_SUFFIX[1..]);
+            if self.storage.rename(log_path, &free).await.is_ok() {
+                return Ok(Some(free));
+            }
+        }
+        self.storage.remove(log_path).await?;
+        Ok(None)
     }
 }
 
