@@ -316,6 +316,7 @@ pub async fn pipeline_retry(
 fn connect(url: &str) -> Result<Client, String> {
     let options = ClientOptions {
         name: "hadron-cli".into(),
+        token: std::env::var(crate::config::server::TOKEN_ENV).ok(),
         ..ClientOptions::default()
     };
     Client::new(url, options).map_err(|e| e.to_string())
