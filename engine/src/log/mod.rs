@@ -51,8 +51,9 @@
 //! preallocated ones: no extent changes at each write, so the write is not
 //! deferred to a kernel worker and the fdatasync flushes data only (on the
 //! virtio disk measured for this, 4 files written 80 KiB + fdatasync at a
-//! time did 1.45 x the bandwidth). A roll applies the size limit first, so a
-//! log at its limit reuses its oldest segment's file. The old batches left
+//! time did 1.45 x the bandwidth). A roll applies retention first (ages
+//! measured to the newest batch), so a log at its limits reuses its oldest
+//! segment's file. The old batches left
 //! in a recycled file all hold offsets below the segment's base, so a scan
 //! in recovery stops at the first of them as out of sequence, exactly as it
 //! stops at zeros. A file some reader still holds is deleted, never reused.
@@ -1470,11 +1471,17 @@ impl<S: Storage> Log<S> {
         let fail = |what: &str, path: &Path, e: io::Error| {
             format!("{what} {} failed: {e}", path.display())
         };
-        // A log at its size limit retires its oldest segment now, so that
-        // the new one can begin in that file. Retention failures are not the
-        // writer's: the periodic retention reports them.
-        if self.config.retention.max_bytes.is_some() {
-            let _ = self.retire(None).await;
+        // Retention runs now, so that the new segment can begin in the file
+        // of one it retires. Ages count to the newest batch appended (the
+        // caller's clock, a little behind its now). Retention failures are
+        // not the writer's: the periodic retention reports them.
+        let retention = self.config.retention;
+        if retention.max_bytes.is_some() || retention.max_age_ms.is_some() {
+            let newest = {
+                let st = self.state.borrow();
+                st.segments.values().map(|s| s.max_timestamp_ms).max()
+            };
+            let _ = self.retire(newest.unwrap_or(0)).await;
         }
         let free = self.state.borrow_mut().free.pop();
         let recycled = match free {
@@ -1785,12 +1792,11 @@ impl<S: Storage> Log<S> {
     /// settings no longer keep (the active segment is never deleted). Up to
     /// [`RECYCLED_SEGMENTS_MAX`] of their files are kept for new segments.
     pub async fn apply_retention(&self, now_ms: u64) -> io::Result<RetentionReport> {
-        self.retire(Some(now_ms)).await
+        self.retire(now_ms).await
     }
 
-    /// [`apply_retention`](Log::apply_retention); with `now_ms` `None`, the
-    /// size limit only.
-    async fn retire(&self, now_ms: Option<u64>) -> io::Result<RetentionReport> {
+    /// [`apply_retention`](Log::apply_retention).
+    async fn retire(&self, now_ms: u64) -> io::Result<RetentionReport> {
         let Retention {
             max_age_ms,
             max_bytes,
@@ -1807,10 +1813,8 @@ impl<S: Storage> Log<S> {
                     break;
                 }
                 let too_big = max_bytes.is_some_and(|max| total > max);
-                let too_old = match (max_age_ms, now_ms) {
-                    (Some(age), Some(now)) => seg.max_timestamp_ms.saturating_add(age) < now,
-                    _ => false,
-                };
+                let too_old =
+                    max_age_ms.is_some_and(|age| seg.max_timestamp_ms.saturating_add(age) < now_ms);
                 if !(too_big || too_old) {
                     break;
                 }

@@ -406,6 +406,40 @@ fn retention_recycles_segment_files_and_their_old_batches_never_come_back() {
 }
 
 #[test]
+fn an_age_limit_recycles_at_each_roll_too() {
+    // Timestamps advance 10 ms per append and batches older than 500 ms
+    // (to the newest batch) go: a roll retires them and reuses their file
+    // without waiting for a periodic retention.
+    let sim = SimStorage::new(64, SimFaults::default());
+    let mut config = small_config();
+    config.retention.max_age_ms = Some(500);
+    let log = open(&sim, config);
+    let mut expected = Vec::new();
+    for i in 0..400u64 {
+        let r = record(i, 900);
+        append(&log, std::slice::from_ref(&r), 10 * i);
+        expected.push((i, r));
+    }
+    let stats = log.stats();
+    assert!(stats.commits.segments_recycled >= 3, "{stats:?}");
+    assert!(stats.start_offset > 0);
+    // Every segment but the active one holds a batch no older than the
+    // limit when the last roll happened.
+    let segments = log.segments();
+    let newest = segments.iter().map(|s| s.max_timestamp_ms).max().unwrap();
+    let rolled_at = segments[segments.len() - 2].max_timestamp_ms;
+    for s in &segments[..segments.len() - 1] {
+        assert!(
+            s.max_timestamp_ms + 500 >= rolled_at,
+            "{s:?} kept past its age"
+        );
+    }
+    assert!(newest >= rolled_at);
+    let start = stats.start_offset as usize;
+    assert_eq!(read_all(&log), expected[start..]);
+}
+
+#[test]
 fn a_log_keeps_at_most_the_recycling_limit_of_free_files() {
     let sim = SimStorage::new(62, SimFaults::default());
     let config = small_config();
