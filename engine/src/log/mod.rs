@@ -1485,7 +1485,14 @@ impl<S: Storage> Log<S> {
         }
         let free = self.state.borrow_mut().free.pop();
         let recycled = match free {
-            Some(free) => self.reuse_file(&free, &log_path).await.ok(),
+            Some(free) => match self.storage.rename(&free, &log_path).await {
+                Ok(()) => self.size_recycled(&log_path).await.ok(),
+                Err(_) => {
+                    // Still there under its own name: keep it for later.
+                    self.state.borrow_mut().free.push(free);
+                    None
+                }
+            },
             None => None,
         };
         let file = match recycled {
@@ -1522,12 +1529,11 @@ impl<S: Storage> Log<S> {
         Ok(())
     }
 
-    /// Renames the retired file `free` to `log_path` and sizes it for a
+    /// Opens a retired file just renamed to `log_path` and sizes it for a
     /// segment. Its old contents stay: recovery tells them apart by their
     /// offsets (see the module header). The caller's `sync_dir` makes the
     /// rename durable before anything is written.
-    async fn reuse_file(&self, free: &Path, log_path: &Path) -> io::Result<S::File> {
-        self.storage.rename(free, log_path).await?;
+    async fn size_recycled(&self, log_path: &Path) -> io::Result<S::File> {
         let file = self.storage.open(log_path).await?;
         if file.size().await? > self.config.segment_bytes {
             file.truncate(self.config.segment_bytes).await?;
