@@ -242,10 +242,24 @@ pub(crate) fn verify(buf: &[u8], options: &VerifierOptions) -> Result<usize, Rej
     let result = v.event();
     // The apparent size is compared lazily (see the module header): once
     // over the limit, the generic verifier would have stopped there.
-    if v.apparent_bytes > options.max_apparent_size {
+    if v.apparent_bytes > options.max_apparent_size as u64 {
         return Err(Reject::ApparentSizeTooLarge);
     }
     result
+}
+
+/// `position + offset`, for a `position` inside the buffer (plus at most a
+/// vtable slot or a header) and an `offset` read from a `u32` or a vector
+/// length in bytes: exact where `usize` has 64 bits, since the sum stays
+/// below 2^35, and saturating (as the generic verifier's arithmetic is)
+/// where it is narrower, so an overflowing sum is out of bounds either way.
+#[inline(always)]
+fn offset_by(position: usize, offset: usize) -> usize {
+    if usize::BITS >= 64 {
+        position + offset
+    } else {
+        position.saturating_add(offset)
+    }
 }
 
 /// One verification's state.
@@ -253,8 +267,10 @@ struct Verifier<'b, 'o> {
     buf: &'b [u8],
     options: &'o VerifierOptions,
     /// Bytes visited so far, counted as the generic verifier counts them:
-    /// shared sub-objects count once per visit.
-    apparent_bytes: usize,
+    /// shared sub-objects count once per visit. It cannot overflow: each
+    /// of at most `len / 4` tables adds less than `2 * len + 2^17`, and
+    /// `len <= EVENT_BYTES_MAX`, so it stays below 2^63.
+    apparent_bytes: u64,
     /// Tables visited so far.
     tables: usize,
 }
@@ -279,7 +295,7 @@ impl<'b> Verifier<'b, '_> {
         if let Some(at) = self.field(root, vtable, fb::Event::VT_DATA) {
             let vector = self.follow(at)?;
             let len = self.uoffset(vector)?;
-            self.span(vector.saturating_add(UOFFSET_BYTES), len)?;
+            self.span(vector + UOFFSET_BYTES, len)?;
         }
         Ok(root)
     }
@@ -289,14 +305,14 @@ impl<'b> Verifier<'b, '_> {
         let vector = self.follow(at)?;
         let len = self.uoffset(vector)?;
         // `vector` is 4-aligned, so its elements are too.
-        let start = vector.saturating_add(UOFFSET_BYTES);
+        let start = vector + UOFFSET_BYTES;
         let elements = self.span(start, len.saturating_mul(UOFFSET_BYTES))?;
         for (i, element) in elements.chunks_exact(UOFFSET_BYTES).enumerate() {
-            self.apparent_bytes = self.apparent_bytes.saturating_add(UOFFSET_BYTES);
+            self.apparent_bytes += UOFFSET_BYTES as u64;
             let mut offset = [0; UOFFSET_BYTES];
             offset.copy_from_slice(element);
             let position = start + i * UOFFSET_BYTES;
-            let table = position.saturating_add(u32::from_le_bytes(offset) as usize);
+            let table = offset_by(position, u32::from_le_bytes(offset) as usize);
             self.attribute(table)?;
         }
         Ok(())
@@ -330,7 +346,7 @@ impl<'b> Verifier<'b, '_> {
         };
         self.aligned::<u16>(vtable)?;
         let vtable_bytes = u16::from_le_bytes(self.fixed::<VOFFSET_BYTES>(vtable)?) as usize;
-        self.aligned::<u16>(vtable.saturating_add(vtable_bytes))?;
+        self.aligned::<u16>(vtable + vtable_bytes)?;
         let slots = self.span(vtable, vtable_bytes)?;
         self.tables += 1;
         if self.tables > self.options.max_tables {
@@ -350,10 +366,10 @@ impl<'b> Verifier<'b, '_> {
         // wholly inside the vtable or wholly past it (absent).
         let slot = slot as usize;
         let bytes = vtable.get(slot..)?.first_chunk::<VOFFSET_BYTES>()?;
-        self.apparent_bytes = self.apparent_bytes.saturating_add(VOFFSET_BYTES);
+        self.apparent_bytes += VOFFSET_BYTES as u64;
         match u16::from_le_bytes(*bytes) {
             0 => None,
-            offset => Some(table.saturating_add(offset as usize)),
+            offset => Some(table + offset as usize),
         }
     }
 
@@ -375,10 +391,11 @@ impl<'b> Verifier<'b, '_> {
     }
 
     /// Checks the string whose uoffset is at `at`.
+    #[inline(always)]
     fn string(&mut self, at: usize) -> Result<(), Reject> {
         let string = self.follow(at)?;
         let len = self.uoffset(string)?;
-        let start = string.saturating_add(UOFFSET_BYTES);
+        let start = string + UOFFSET_BYTES;
         let bytes = self.span(start, len)?;
         let end = start + len;
         if !bytes.is_ascii()
@@ -395,7 +412,7 @@ impl<'b> Verifier<'b, '_> {
     /// Reads the uoffset at `at` and returns the position it leads to.
     #[inline(always)]
     fn follow(&mut self, at: usize) -> Result<usize, Reject> {
-        Ok(at.saturating_add(self.uoffset(at)?))
+        Ok(offset_by(at, self.uoffset(at)?))
     }
 
     /// Reads the `u32` (an offset or a length) at `at`.
@@ -421,13 +438,17 @@ impl<'b> Verifier<'b, '_> {
     /// with its limit later: see `verify`).
     #[inline(always)]
     fn fixed<const N: usize>(&mut self, at: usize) -> Result<[u8; N], Reject> {
-        let Some(bytes) = self.buf.get(at..).and_then(<[u8]>::first_chunk::<N>) else {
+        let bytes = at
+            .checked_add(N)
+            .and_then(|end| self.buf.get(at..end))
+            .and_then(|bytes| bytes.first_chunk::<N>());
+        let Some(bytes) = bytes else {
             return Err(Reject::OutOfBounds {
                 start: at,
                 end: at.saturating_add(N),
             });
         };
-        self.apparent_bytes = self.apparent_bytes.saturating_add(N);
+        self.apparent_bytes += N as u64;
         Ok(*bytes)
     }
 
@@ -436,12 +457,17 @@ impl<'b> Verifier<'b, '_> {
     /// whose shared parts add up past it.
     #[inline(always)]
     fn span(&mut self, start: usize, len: usize) -> Result<&'b [u8], Reject> {
-        let end = start.saturating_add(len);
-        let Some(bytes) = self.buf.get(start..end) else {
-            return Err(Reject::OutOfBounds { start, end });
+        let bytes = start
+            .checked_add(len)
+            .and_then(|end| self.buf.get(start..end));
+        let Some(bytes) = bytes else {
+            return Err(Reject::OutOfBounds {
+                start,
+                end: start.saturating_add(len),
+            });
         };
-        self.apparent_bytes = self.apparent_bytes.saturating_add(len);
-        if self.apparent_bytes > self.options.max_apparent_size {
+        self.apparent_bytes += len as u64;
+        if self.apparent_bytes > self.options.max_apparent_size as u64 {
             return Err(Reject::ApparentSizeTooLarge);
         }
         Ok(bytes)
@@ -1436,5 +1462,33 @@ mod tests {
         }
         assert_eq!(disagreements, Vec::<String>::new(), "{tally:?}");
         assert!(tally.both_reject > tally.both_accept, "{tally:?}");
+    }
+
+    /// The apparent-size limit must stop the work, not only the verdict:
+    /// 16,384 references to one attribute whose key and value are one
+    /// 64 KiB string would have the verifier scan 2 GiB of UTF-8 if it
+    /// compared the count only at the end. It may overshoot the limit by
+    /// at most one span (at most the buffer) and a few fixed reads.
+    #[test]
+    fn apparent_size_limit_bounds_the_work() {
+        let buf = shared_event(16_384, 64 << 10, false);
+        let limits = Limits {
+            frame_bytes_max: buf.len(),
+            ..Limits::DEFAULT
+        };
+        let options = limits.verifier_options();
+        let mut v = Verifier {
+            buf: &buf,
+            options: &options,
+            apparent_bytes: 0,
+            tables: 0,
+        };
+        assert_eq!(v.event(), Err(Reject::ApparentSizeTooLarge));
+        let overshoot = v.apparent_bytes - options.max_apparent_size as u64;
+        assert!(overshoot <= buf.len() as u64, "{overshoot}");
+        assert_eq!(
+            generic(&buf, &options).map(fields),
+            Err(InvalidFlatbuffer::ApparentSizeTooLarge)
+        );
     }
 }
