@@ -64,6 +64,8 @@
 //! truncation, offsets pointed elsewhere, lengths enlarged), under varied
 //! limits, must get the same verdict and the same first failure from both
 //! verifiers, and every accessor must read the same values through both.
+//! The `verify_event` target in `wire/fuzz` does the same for arbitrary
+//! bytes. Neither runs on a 32-bit target, where `offset_by` saturates.
 
 use core::any::type_name;
 use core::str::Utf8Error;
