@@ -531,6 +531,9 @@ struct State<S: Storage> {
     free: Vec<PathBuf>,
     /// Retired files being renamed into `free` right now.
     free_incoming: usize,
+    /// Records below this offset are no longer wanted (see
+    /// [`Log::delete_before`]).
+    delete_below: u64,
 }
 
 /// A partition log. Hold it in an `Rc` and call it from any task of its core.
@@ -687,6 +690,7 @@ impl<S: Storage> Log<S> {
                 commits: CommitStats::default(),
                 free,
                 free_incoming: 0,
+                delete_below: 0,
             }),
             flushed: Notify::default(),
         })
@@ -1476,7 +1480,8 @@ impl<S: Storage> Log<S> {
         // caller's clock, a little behind its now). Retention failures are
         // not the writer's: the periodic retention reports them.
         let retention = self.config.retention;
-        if retention.max_bytes.is_some() || retention.max_age_ms.is_some() {
+        let unwanted = self.state.borrow().delete_below > 0;
+        if retention.max_bytes.is_some() || retention.max_age_ms.is_some() || unwanted {
             let newest = {
                 let st = self.state.borrow();
                 st.segments.values().map(|s| s.max_timestamp_ms).max()
@@ -1801,7 +1806,23 @@ impl<S: Storage> Log<S> {
         self.retire(now_ms).await
     }
 
-    /// [`apply_retention`](Log::apply_retention).
+    /// Declares the records below `offset` unwanted: every sealed segment
+    /// that holds only such records is deleted now (its file recycled, as
+    /// by retention), and later ones as they are sealed. The log's start
+    /// moves to the first segment kept, so reads below it fail with
+    /// [`ReadError::BeforeStart`]. For logs that carry their own state
+    /// forward (a checkpoint) rather than keep data for a time or size.
+    /// The mark is not persisted: after a reopen the caller says it again.
+    pub async fn delete_before(&self, offset: u64) -> io::Result<RetentionReport> {
+        {
+            let mut st = self.state.borrow_mut();
+            st.delete_below = st.delete_below.max(offset);
+        }
+        self.retire(0).await
+    }
+
+    /// [`apply_retention`](Log::apply_retention), and what
+    /// [`delete_before`](Log::delete_before) asked for.
     async fn retire(&self, now_ms: u64) -> io::Result<RetentionReport> {
         let Retention {
             max_age_ms,
@@ -1821,7 +1842,8 @@ impl<S: Storage> Log<S> {
                 let too_big = max_bytes.is_some_and(|max| total > max);
                 let too_old =
                     max_age_ms.is_some_and(|age| seg.max_timestamp_ms.saturating_add(age) < now_ms);
-                if !(too_big || too_old) {
+                let unwanted = seg.next_offset <= st.delete_below;
+                if !(too_big || too_old || unwanted) {
                     break;
                 }
                 total -= seg.end;

@@ -440,6 +440,52 @@ fn an_age_limit_recycles_at_each_roll_too() {
 }
 
 #[test]
+fn delete_before_drops_whole_segments_below_the_mark_now_and_at_later_rolls() {
+    let sim = SimStorage::new(65, SimFaults::default());
+    let config = small_config();
+    let log = open(&sim, config);
+    let mut expected = Vec::new();
+    for i in 0..200u64 {
+        let r = record(i, 900);
+        append(&log, std::slice::from_ref(&r), i);
+        expected.push((i, r));
+    }
+    let segments = log.segments();
+    assert!(segments.len() >= 3);
+    // A mark inside the second segment deletes only the first.
+    let mark = segments[1].base_offset + 1;
+    let report = block_on(log.delete_before(mark)).unwrap();
+    assert_eq!((report.segments, report.recycled), (1, 1));
+    let start = log.stats().start_offset;
+    assert_eq!(start, segments[1].base_offset);
+    assert!(matches!(
+        block_on(log.read(start - 1, 100)),
+        Err(ReadError::BeforeStart { .. })
+    ));
+    assert_eq!(read_all(&log), expected[start as usize..]);
+    // A mark past the end keeps the active segment and deletes the others
+    // as they are sealed.
+    let report = block_on(log.delete_before(u64::MAX)).unwrap();
+    assert_eq!(report.segments, segments.len() - 2);
+    assert_eq!(log.stats().segments, 1);
+    for i in 200..400u64 {
+        let r = record(i, 900);
+        append(&log, std::slice::from_ref(&r), i);
+        expected.push((i, r));
+    }
+    let stats = log.stats();
+    assert!(stats.segments <= 2, "{stats:?}");
+    assert!(stats.commits.segments_recycled >= 2, "{stats:?}");
+    let start = stats.start_offset as usize;
+    assert_eq!(read_all(&log), expected[start..]);
+    // What was deleted stays deleted after a crash.
+    sim.crash(CrashMode::DropUnsynced);
+    let log = open(&sim, config);
+    assert_eq!(log.stats().start_offset as usize, start);
+    assert_eq!(read_all(&log), expected[start..]);
+}
+
+#[test]
 fn a_log_keeps_at_most_the_recycling_limit_of_free_files() {
     let sim = SimStorage::new(62, SimFaults::default());
     let config = small_config();
