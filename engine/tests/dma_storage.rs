@@ -13,6 +13,7 @@ use std::rc::Rc;
 
 use futures::future::join_all;
 use glommio::LocalExecutorBuilder;
+use hadron_engine::log::RECYCLED_SEGMENTS_MAX;
 use hadron_engine::log::batch::Batches;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{Durability, Log, LogConfig, Retention};
@@ -118,14 +119,43 @@ fn appends_roll_reopen_and_read_back_on_real_files() {
             },
             ..config()
         };
-        let log = Log::open(storage, &dir, retained).await.expect("reopen");
+        let log = Log::open(storage.clone(), &dir, retained)
+            .await
+            .expect("reopen");
         let report = log.apply_retention(0).await.expect("retention");
         assert!(report.segments > 0);
         assert_eq!(log.stats().segments, 1);
-        let left = std::fs::read_dir(&dir).expect("list").count();
-        assert_eq!(left, 2, "one .log and one .idx remain");
+        // Up to RECYCLED_SEGMENTS_MAX retired files are kept for reuse.
+        let kept = report.segments.min(RECYCLED_SEGMENTS_MAX);
+        assert_eq!(report.recycled, kept);
+        let names = |ext: &str| {
+            std::fs::read_dir(&dir)
+                .expect("list")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+                .count()
+        };
+        assert_eq!((names("log"), names("idx"), names("free")), (1, 1, kept));
         let tail = read_all(&log).await;
         assert_eq!(tail.last().expect("tail"), &(512, b"after reopen".to_vec()));
+
+        // The next segments begin in those files, over their old batches;
+        // what reads back, before and after a reopen, is only the new ones.
+        let mut expected = tail;
+        let mut i = 513;
+        while log.stats().commits.segments_recycled < 2 {
+            assert!(i < 5_000, "no roll into a recycled file: {:?}", log.stats());
+            let a = log.append(&[record(i)], i).await.expect("append");
+            assert_eq!(a.base_offset, i);
+            expected.push((i, record(i)));
+            i += 1;
+        }
+        let start = log.stats().start_offset;
+        expected.retain(|(o, _)| *o >= start);
+        assert_eq!(read_all(&log).await, expected);
+        drop(log);
+        let log = Log::open(storage, &dir, retained).await.expect("reopen");
+        assert_eq!(read_all(&log).await, expected);
     });
 }
 

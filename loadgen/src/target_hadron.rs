@@ -271,6 +271,8 @@ fn options(name: &str, args: &Args) -> ClientOptions {
         max_in_flight_requests: ClientOptions::default()
             .max_in_flight_requests
             .max(args.in_flight as usize),
+        // As the `hadron` CLI does: the server's handshake token, if any.
+        token: std::env::var("HADRON_TOKEN").ok(),
         ..ClientOptions::default()
     }
 }

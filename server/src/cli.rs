@@ -201,12 +201,13 @@ pub async fn status(url: &str, json: bool) -> Result<(), String> {
             let c = &p["commits"];
             if c["writes"].as_u64().unwrap_or(0) > 0 {
                 println!(
-                    "    commits: {} writes, {} fdatasyncs, {} bytes per fdatasync, mean write {} us, mean fdatasync {} us",
+                    "    commits: {} writes, {} fdatasyncs, {} bytes per fdatasync, mean write {} us, mean fdatasync {} us, {} segments recycled",
                     c["writes"],
                     c["syncs"],
                     c["bytes_per_sync"],
                     c["write_us_mean"],
-                    c["sync_us_mean"]
+                    c["sync_us_mean"],
+                    c["segments_recycled"]
                 );
             }
             for g in p["groups"].as_array().into_iter().flatten() {
@@ -315,6 +316,7 @@ pub async fn pipeline_retry(
 fn connect(url: &str) -> Result<Client, String> {
     let options = ClientOptions {
         name: "hadron-cli".into(),
+        token: std::env::var(crate::config::server::TOKEN_ENV).ok(),
         ..ClientOptions::default()
     };
     Client::new(url, options).map_err(|e| e.to_string())

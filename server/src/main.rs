@@ -256,6 +256,11 @@ fn serve(
     if let Some(s) = shards {
         config.shards = s;
     }
+    if config.token.is_none()
+        && let Ok(secret) = std::env::var(config::server::TOKEN_ENV)
+    {
+        config.token = Some(config::server::Token::new(secret));
+    }
     config
         .validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;

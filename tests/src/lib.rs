@@ -149,6 +149,9 @@ pub struct ServerOptions {
     pub shards: u16,
     /// `--ack-timeout-ms`, when set.
     pub ack_timeout_ms: Option<u64>,
+    /// The handshake token the server requires (passed as `HADRON_TOKEN`);
+    /// [`Server::client`] presents it.
+    pub token: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -156,6 +159,7 @@ impl Default for ServerOptions {
         ServerOptions {
             shards: 1,
             ack_timeout_ms: None,
+            token: None,
         }
     }
 }
@@ -223,9 +227,13 @@ impl Server {
         self.data.path()
     }
 
-    /// A client for this server with default options.
+    /// A client for this server with default options (and the server's
+    /// token, if it has one).
     pub fn client(&self) -> Client {
-        self.client_with(ClientOptions::default())
+        self.client_with(ClientOptions {
+            token: self.options.token.clone(),
+            ..ClientOptions::default()
+        })
     }
 
     /// A client for this server.
@@ -267,6 +275,10 @@ impl Server {
         if let Some(ms) = self.options.ack_timeout_ms {
             cmd.arg("--ack-timeout-ms").arg(ms.to_string());
         }
+        match &self.options.token {
+            Some(token) => cmd.env("HADRON_TOKEN", token),
+            None => cmd.env_remove("HADRON_TOKEN"),
+        };
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -418,7 +430,17 @@ impl CliOutput {
 
 /// Runs `hadron ARGS...`, killing it after `timeout`.
 pub fn run_cli(args: &[&str], timeout: Duration) -> CliOutput {
-    let mut child = Command::new(hadron_bin())
+    run_cli_with_token(args, None, timeout)
+}
+
+/// [`run_cli`] with `HADRON_TOKEN` set to `token` (unset for `None`).
+pub fn run_cli_with_token(args: &[&str], token: Option<&str>, timeout: Duration) -> CliOutput {
+    let mut command = Command::new(hadron_bin());
+    match token {
+        Some(token) => command.env("HADRON_TOKEN", token),
+        None => command.env_remove("HADRON_TOKEN"),
+    };
+    let mut child = command
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -24,6 +24,7 @@ fn two_shard_server(ack_timeout_ms: Option<u64>) -> Server {
     Server::start_with(ServerOptions {
         shards: 2,
         ack_timeout_ms,
+        ..ServerOptions::default()
     })
 }
 

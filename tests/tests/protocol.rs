@@ -238,3 +238,109 @@ async fn bad_input_gets_the_documented_errors_and_harms_nothing() {
         .unwrap();
     assert_eq!((p.partition, p.offset, p.duplicate), (0, 2, false));
 }
+
+/// Handshake with `token` on `port`: the reply frame.
+async fn handshake_with(port: u16, token: &str) -> (RawConn, Option<Frame>) {
+    let mut conn = RawConn::connect(port).await;
+    conn.send_with_id(
+        9,
+        &Message::Handshake(hadron_wire::Handshake {
+            version: hadron_wire::PROTOCOL_VERSION,
+            token,
+            client_name: "token-test",
+        }),
+    )
+    .await;
+    let reply = conn.recv().await;
+    (conn, reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_token_admits_only_clients_that_present_it() {
+    const SECRET: &str = "e2e-s3cret-token";
+    let server = Server::start_with(hadron_tests::ServerOptions {
+        shards: 2,
+        token: Some(SECRET.into()),
+        ..hadron_tests::ServerOptions::default()
+    });
+
+    // Missing or wrong, on the shared port and on a shard port:
+    // Unauthorized, naming which, then the connection closes.
+    for port in [server.port(), server.shard_port(1)] {
+        for (token, says) in [("", "missing"), ("e2e-s3cret-tokem", "wrong")] {
+            let (mut conn, reply) = handshake_with(port, token).await;
+            match reply {
+                Some(Frame::Error {
+                    request_id: 9,
+                    code: ErrorCode::Unauthorized,
+                    message,
+                }) => assert!(message.contains(says), "{message}"),
+                other => panic!("expected Unauthorized for {token:?}, got {other:?}"),
+            }
+            expect_closed(&mut conn).await;
+        }
+        let (_conn, reply) = handshake_with(port, SECRET).await;
+        assert!(
+            matches!(reply, Some(Frame::HandshakeOk { request_id: 9, .. })),
+            "{reply:?}"
+        );
+    }
+
+    // The client library: with the token it publishes and reads back; a
+    // client without it gets an error that points at the token.
+    let client = server.client();
+    let publisher = client.publisher("events").await.unwrap();
+    let p = publisher
+        .publish_to(1, NewEvent::new("t", b"admitted".to_vec()).with_id("tok-1"))
+        .await
+        .unwrap();
+    let stored = fetch_all(&client, "events", 1).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (stored[0].0, stored[0].1.data.as_slice()),
+        (p.offset, &b"admitted"[..])
+    );
+    let stranger = server.client_with(hadron::ClientOptions::default());
+    let refused = match stranger.publisher("events").await {
+        Ok(publisher) => publisher
+            .publish_to(0, NewEvent::new("t", b"refused".to_vec()).with_id("tok-2"))
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("token"), "{refused}");
+    assert_eq!(fetch_all(&client, "events", 0).await.len(), 0);
+
+    // The CLI reads HADRON_TOKEN.
+    let url = server.addr();
+    let out = hadron_tests::run_cli_with_token(
+        &["status", "--json", "--url", &url],
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("token"), "{out:?}");
+    let out = hadron_tests::run_cli_with_token(
+        &["status", "--json", "--url", &url],
+        Some(SECRET),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    // The secret never reaches the log.
+    assert!(!server.log().contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_token_admits_any_handshake() {
+    let server = Server::start();
+    for token in ["", "anything"] {
+        let (_conn, reply) = handshake_with(server.port(), token).await;
+        assert!(
+            matches!(reply, Some(Frame::HandshakeOk { request_id: 9, .. })),
+            "{token:?}: {reply:?}"
+        );
+    }
+}

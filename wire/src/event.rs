@@ -20,6 +20,8 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use crate::frame::{DecodeError, Limits};
 use crate::generated as fb;
 
+mod verify;
+
 /// The CloudEvents spec version written when none is given.
 pub const SPECVERSION: &str = "1.0";
 
@@ -289,15 +291,34 @@ pub fn decode_event<'a>(bytes: &'a [u8], limits: &Limits) -> Result<EventRef<'a>
 
 /// Verifies `bytes` as an `Event` flatbuffer and returns the generated
 /// table, for zero-allocation access.
+///
+/// The check is `verify`'s specialised verifier, which accepts exactly what
+/// flatbuffers' generic verifier accepts under `limits.verifier_options()`
+/// (and nothing over `verify::EVENT_BYTES_MAX` bytes). A rejected buffer is
+/// verified again by the generic verifier, only to report its error: that
+/// error names the field and the vector element at fault, which the
+/// specialised verifier's small error does not carry. Rejection is the rare
+/// path, and costs at most one more generic verification.
 pub fn verify_event<'a>(bytes: &'a [u8], limits: &Limits) -> Result<fb::Event<'a>, DecodeError> {
-    if bytes.len() > limits.frame_bytes_max {
+    let max = limits.frame_bytes_max.min(verify::EVENT_BYTES_MAX);
+    if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             have: bytes.len(),
-            max: limits.frame_bytes_max,
+            max,
         });
     }
     let options = limits.verifier_options();
-    flatbuffers::root_with_opts::<fb::Event>(&options, bytes).map_err(DecodeError::Malformed)
+    verify::event(bytes, &options).map_err(|reject| {
+        DecodeError::Malformed(
+            match flatbuffers::root_with_opts::<fb::Event>(&options, bytes) {
+                Err(traced) => traced,
+                // Unreachable while the two verifiers agree (the tests in
+                // `verify` check that they do); the specialised verdict
+                // stands either way.
+                Ok(_) => reject.into(),
+            },
+        )
+    })
 }
 
 #[cfg(test)]
@@ -436,6 +457,44 @@ mod tests {
         assert_eq!(
             decode_event(&out, &Limits::DEFAULT).unwrap().to_event(),
             event
+        );
+    }
+
+    #[test]
+    fn verify_event_errors_name_the_field() {
+        let mut bytes = full_event().encode();
+        let at = bytes
+            .windows(b"example-cloud-app".len())
+            .position(|w| w == b"example-cloud-app")
+            .unwrap();
+        bytes[at] = 0xff;
+        let err = verify_event(&bytes, &Limits::DEFAULT).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Malformed(flatbuffers::InvalidFlatbuffer::Utf8Error { .. })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`source`"), "{err}");
+    }
+
+    #[test]
+    fn verify_event_works_with_unbounded_limits() {
+        let bytes = full_event().encode();
+        let huge = Limits {
+            frame_bytes_max: usize::MAX,
+            ..Limits::DEFAULT
+        };
+        assert_eq!(verify_event(&bytes, &huge).unwrap().id(), "evt-7");
+        assert_eq!(
+            verify_event(&bytes[..3], &huge).map(|_| ()),
+            Err(DecodeError::Malformed(
+                flatbuffers::InvalidFlatbuffer::RangeOutOfBounds {
+                    range: 0..4,
+                    error_trace: Default::default(),
+                }
+            ))
         );
     }
 

@@ -68,10 +68,10 @@ mod tests {
 
     /// splitmix64: a tiny, well-mixed PRNG so the random tests need no
     /// dependency and replay exactly from a printed seed.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
-        fn next_u64(&mut self) -> u64 {
+        pub(crate) fn next_u64(&mut self) -> u64 {
             self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = self.0;
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -79,25 +79,25 @@ mod tests {
             z ^ (z >> 31)
         }
 
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.next_u64() % n.max(1) as u64) as usize
         }
 
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
+        pub(crate) fn bytes(&mut self, len: usize) -> Vec<u8> {
             (0..len).map(|_| self.next_u64() as u8).collect()
         }
 
-        fn bytes_upto(&mut self, max: usize) -> Vec<u8> {
+        pub(crate) fn bytes_upto(&mut self, max: usize) -> Vec<u8> {
             let len = self.below(max);
             self.bytes(len)
         }
 
-        fn string_upto(&mut self, max: usize) -> String {
+        pub(crate) fn string_upto(&mut self, max: usize) -> String {
             let len = self.below(max);
             self.string(len)
         }
 
-        fn string(&mut self, len: usize) -> String {
+        pub(crate) fn string(&mut self, len: usize) -> String {
             const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789.-_/ ";
             let mut s: String = (0..len)
                 .map(|_| char::from(ALPHABET[self.below(ALPHABET.len())]))
@@ -341,7 +341,7 @@ mod tests {
 
     /// Runs `case` for `cases` seeds derived from one base seed, reporting the
     /// failing case's seed so it replays with HADRON_WIRE_SEED.
-    fn run_cases(name: &str, cases: u64, case: impl Fn(&mut Rng)) {
+    pub(crate) fn run_cases(name: &str, cases: u64, mut case: impl FnMut(&mut Rng)) {
         let base = seed();
         println!("{name}: base seed {base} (replay with HADRON_WIRE_SEED={base})");
         for i in 0..cases {

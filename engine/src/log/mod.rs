@@ -40,9 +40,23 @@
 //!
 //! **Recovery.** On open, sealed segments are checked (index validated, the
 //! tail from the last index entry verified, exact end); the last segment is
-//! scanned from its last valid index entry and cut at the first short, zero,
+//! scanned whole, its index rebuilt, and cut at the first short, zero,
 //! CRC-failing or out-of-sequence batch, then zero-filled again past that
 //! point so no stale batch can be resurrected by later appends.
+//!
+//! **Recycling.** Retention renames the file of a segment it retires to
+//! `<base>.free` (up to [`RECYCLED_SEGMENTS_MAX`] per log) instead of
+//! deleting it, and the next segment begins in such a file. Overwriting
+//! blocks the file system already holds is much cheaper than filling
+//! preallocated ones: no extent changes at each write, so the write is not
+//! deferred to a kernel worker and the fdatasync flushes data only (on the
+//! virtio disk measured for this, 4 files written 80 KiB + fdatasync at a
+//! time did 1.45 x the bandwidth). A roll applies retention first (ages
+//! measured to the newest batch), so a log at its limits reuses its oldest
+//! segment's file. The old batches left
+//! in a recycled file all hold offsets below the segment's base, so a scan
+//! in recovery stops at the first of them as out of sequence, exactly as it
+//! stops at zeros. A file some reader still holds is deleted, never reused.
 //!
 //! **Poisoning.** The first failed write or fdatasync poisons the log: every
 //! later append fails with [`AppendError::Poisoned`] until the log is opened
@@ -74,6 +88,12 @@ use index::IndexEntry;
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 /// Largest segment size accepted: index positions are `u32`.
 pub const SEGMENT_BYTES_MAX: u64 = (u32::MAX as u64) & !(IO_ALIGN_BYTES - 1);
+/// Retired segment files a log keeps to begin new segments in (see the
+/// module header, "Recycling"). Each costs a segment's disk space beyond
+/// what retention keeps.
+pub const RECYCLED_SEGMENTS_MAX: usize = 2;
+/// Suffix of a retired segment file kept for reuse.
+const FREE_SUFFIX: &str = ".free";
 /// Bytes read at a time while scanning a segment in recovery.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
@@ -361,6 +381,8 @@ pub struct RetentionReport {
     pub segments: usize,
     /// Bytes of batches deleted.
     pub bytes: u64,
+    /// How many of the deleted segments' files were kept for reuse.
+    pub recycled: usize,
 }
 
 /// One segment, as [`Log::segments`] reports it.
@@ -410,6 +432,8 @@ pub struct CommitStats {
     pub write_us: u64,
     /// Microseconds awaiting fdatasync.
     pub sync_us: u64,
+    /// Segments begun in a recycled file rather than a new one.
+    pub segments_recycled: u64,
 }
 
 enum SegmentIndex<M> {
@@ -503,6 +527,13 @@ struct State<S: Storage> {
     poisoned: Option<Rc<str>>,
     last_sync: Instant,
     commits: CommitStats,
+    /// Retired segment files ready for reuse (`<base>.free`).
+    free: Vec<PathBuf>,
+    /// Retired files being renamed into `free` right now.
+    free_incoming: usize,
+    /// Records below this offset are no longer wanted (see
+    /// [`Log::delete_before`]).
+    delete_below: u64,
 }
 
 /// A partition log. Hold it in an `Rc` and call it from any task of its core.
@@ -601,6 +632,28 @@ impl<S: Storage> Log<S> {
             .filter_map(|stem| stem.parse().ok())
             .collect();
         bases.sort_unstable();
+        let mut free: Vec<PathBuf> = names
+            .iter()
+            .filter(|n| {
+                n.strip_suffix(FREE_SUFFIX).is_some_and(|stem| {
+                    stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())
+                })
+            })
+            .map(|n| dir.join(n))
+            .collect();
+        free.sort_unstable();
+        if free.len() > RECYCLED_SEGMENTS_MAX {
+            for path in free.drain(RECYCLED_SEGMENTS_MAX..) {
+                storage
+                    .remove(&path)
+                    .await
+                    .map_err(io_err("remove recycled segment", &path))?;
+            }
+            storage
+                .sync_dir(dir)
+                .await
+                .map_err(io_err("sync directory", dir))?;
+        }
 
         let mut segments = BTreeMap::new();
         for (i, &base) in bases.iter().enumerate() {
@@ -635,6 +688,9 @@ impl<S: Storage> Log<S> {
                 poisoned: None,
                 last_sync: Instant::now(),
                 commits: CommitStats::default(),
+                free,
+                free_incoming: 0,
+                delete_below: 0,
             }),
             flushed: Notify::default(),
         })
@@ -886,35 +942,13 @@ impl<S: Storage> Log<S> {
         config: &LogConfig,
     ) -> Result<Segment<S>, OpenError> {
         let (mut seg, file, size) = Self::open_segment(storage, dir, base).await?;
-        let old_index = match storage.open(&seg.idx_path).await {
-            Ok(idx) => {
-                let len = idx
-                    .size()
-                    .await
-                    .map_err(io_err("size index", &seg.idx_path))?;
-                idx.read_at(0, len as usize)
-                    .await
-                    .map_err(io_err("read index", &seg.idx_path))?
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Bytes::new(),
-            Err(e) => return Err(io_err("open index", &seg.idx_path)(e)),
-        };
-        // Start from the last index entry that points at the batch it claims.
-        let mut entries = index::valid_prefix(&old_index, size);
-        let (mut position, mut offset) = (0, base);
-        while entries > 0 {
-            let e = index::get(&old_index, entries - 1);
-            let claimed = base + u64::from(e.relative_offset);
-            let header = Self::batch_at(&file, u64::from(e.position))
-                .await
-                .map_err(io_err("read segment", &seg.log_path))?;
-            if header.is_ok_and(|h| h.base_offset == claimed) {
-                (position, offset) = (u64::from(e.position), claimed);
-                break;
-            }
-            entries -= 1;
-        }
-        let mut idx = old_index[..entries * index::INDEX_ENTRY_BYTES].to_vec();
+        // Scan the whole segment and index it afresh. Its index file is not
+        // trusted: the active segment's index pages are written without an
+        // fdatasync, so a torn page can hold entries that still increase but
+        // point between batches, and only the last one could be checked
+        // cheaply. Reading one segment per log at open is the price.
+        let (position, offset) = (0, base);
+        let mut idx = Vec::new();
         let mut last_indexed = position;
         let scan = Self::scan(
             &file,
@@ -1441,14 +1475,49 @@ impl<S: Storage> Log<S> {
         let fail = |what: &str, path: &Path, e: io::Error| {
             format!("{what} {} failed: {e}", path.display())
         };
-        let file = self
-            .storage
-            .create(&log_path)
-            .await
-            .map_err(|e| fail("create", &log_path, e))?;
-        file.preallocate(self.config.segment_bytes)
-            .await
-            .map_err(|e| fail("preallocate", &log_path, e))?;
+        // Retention runs now, so that the new segment can begin in the file
+        // of one it retires. Ages count to the newest batch appended (the
+        // caller's clock, a little behind its now). Retention failures are
+        // not the writer's: the periodic retention reports them.
+        let retention = self.config.retention;
+        let unwanted = self.state.borrow().delete_below > 0;
+        if retention.max_bytes.is_some() || retention.max_age_ms.is_some() || unwanted {
+            let newest = {
+                let st = self.state.borrow();
+                st.segments.values().map(|s| s.max_timestamp_ms).max()
+            };
+            let _ = self.retire(newest.unwrap_or(0)).await;
+        }
+        let free = self.state.borrow_mut().free.pop();
+        let recycled = match free {
+            Some(free) => match self.storage.rename(&free, &log_path).await {
+                Ok(()) => self.size_recycled(&log_path).await.ok(),
+                Err(_) => {
+                    // Still there under its own name: keep it for later.
+                    self.state.borrow_mut().free.push(free);
+                    None
+                }
+            },
+            None => None,
+        };
+        let file = match recycled {
+            Some(file) => {
+                self.state.borrow_mut().commits.segments_recycled += 1;
+                file
+            }
+            None => {
+                // Whatever a failed reuse left at `log_path` is truncated.
+                let file = self
+                    .storage
+                    .create(&log_path)
+                    .await
+                    .map_err(|e| fail("create", &log_path, e))?;
+                file.preallocate(self.config.segment_bytes)
+                    .await
+                    .map_err(|e| fail("preallocate", &log_path, e))?;
+                file
+            }
+        };
         let idx = self
             .storage
             .create(&idx_path)
@@ -1463,6 +1532,19 @@ impl<S: Storage> Log<S> {
             seg.idx_file = Some(Rc::new(idx));
         }
         Ok(())
+    }
+
+    /// Opens a retired file just renamed to `log_path` and sizes it for a
+    /// segment. Its old contents stay: recovery tells them apart by their
+    /// offsets (see the module header). The caller's `sync_dir` makes the
+    /// rename durable before anything is written.
+    async fn size_recycled(&self, log_path: &Path) -> io::Result<S::File> {
+        let file = self.storage.open(log_path).await?;
+        if file.size().await? > self.config.segment_bytes {
+            file.truncate(self.config.segment_bytes).await?;
+        }
+        file.preallocate(self.config.segment_bytes).await?;
+        Ok(file)
     }
 
     /// Truncates a fully durable sealed segment to its data, writes its index
@@ -1718,14 +1800,38 @@ impl<S: Storage> Log<S> {
     }
 
     /// Deletes whole sealed segments, oldest first, that the retention
-    /// settings no longer keep (the active segment is never deleted).
+    /// settings no longer keep (the active segment is never deleted). Up to
+    /// [`RECYCLED_SEGMENTS_MAX`] of their files are kept for new segments.
     pub async fn apply_retention(&self, now_ms: u64) -> io::Result<RetentionReport> {
+        self.retire(now_ms).await
+    }
+
+    /// Declares the records below `offset` unwanted: every sealed segment
+    /// that holds only such records is deleted now (its file recycled, as
+    /// by retention), and later ones as they are sealed. The log's start
+    /// moves to the first segment kept, so reads below it fail with
+    /// [`ReadError::BeforeStart`]. For logs that carry their own state
+    /// forward (a checkpoint) rather than keep data for a time or size.
+    /// The mark is not persisted: after a reopen the caller says it again.
+    pub async fn delete_before(&self, offset: u64) -> io::Result<RetentionReport> {
+        {
+            let mut st = self.state.borrow_mut();
+            st.delete_below = st.delete_below.max(offset);
+        }
+        self.retire(0).await
+    }
+
+    /// [`apply_retention`](Log::apply_retention), and what
+    /// [`delete_before`](Log::delete_before) asked for.
+    async fn retire(&self, now_ms: u64) -> io::Result<RetentionReport> {
         let Retention {
             max_age_ms,
             max_bytes,
         } = self.config.retention;
-        let victims: Vec<Segment<S>> = {
-            let mut st = self.state.borrow_mut();
+        // (log path, index path, bytes, whether its file is reused)
+        let victims: Vec<(PathBuf, PathBuf, u64, bool)> = {
+            let mut guard = self.state.borrow_mut();
+            let st = &mut *guard;
             let mut total: u64 = st.segments.values().map(|s| s.end).sum();
             let last = st.segments.keys().next_back().copied();
             let mut bases = Vec::new();
@@ -1736,32 +1842,88 @@ impl<S: Storage> Log<S> {
                 let too_big = max_bytes.is_some_and(|max| total > max);
                 let too_old =
                     max_age_ms.is_some_and(|age| seg.max_timestamp_ms.saturating_add(age) < now_ms);
-                if !(too_big || too_old) {
+                let unwanted = seg.next_offset <= st.delete_below;
+                if !(too_big || too_old || unwanted) {
                     break;
                 }
                 total -= seg.end;
                 bases.push(base);
             }
-            let victims: Vec<_> = bases.iter().filter_map(|b| st.segments.remove(b)).collect();
+            let mut victims = Vec::with_capacity(bases.len());
+            for base in bases {
+                let Some(seg) = st.segments.remove(&base) else {
+                    continue;
+                };
+                // A reader that still holds the file would read the new
+                // segment's bytes in place of the old ones: delete it then.
+                let unshared = seg.file.as_ref().is_none_or(|f| Rc::strong_count(f) == 1);
+                let reuse = unshared && st.free.len() + st.free_incoming < RECYCLED_SEGMENTS_MAX;
+                if reuse {
+                    st.free_incoming += 1;
+                }
+                victims.push((seg.log_path, seg.idx_path, seg.end, reuse));
+                // `seg` drops here, closing its file and unmapping its index.
+            }
             if let Some(&first) = st.segments.keys().next() {
                 st.start_offset = first;
             }
             victims
         };
         let mut report = RetentionReport::default();
-        for seg in &victims {
-            self.storage.remove(&seg.log_path).await?;
-            match self.storage.remove(&seg.idx_path).await {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+        let mut failed = None;
+        for (log_path, idx_path, bytes, reuse) in victims {
+            if failed.is_some() {
+                if reuse {
+                    self.state.borrow_mut().free_incoming -= 1;
+                }
+                continue;
             }
-            report.segments += 1;
-            report.bytes += seg.end;
+            let result = self.retire_files(&log_path, &idx_path, reuse).await;
+            if reuse {
+                self.state.borrow_mut().free_incoming -= 1;
+            }
+            match result {
+                Ok(recycled) => {
+                    report.segments += 1;
+                    report.bytes += bytes;
+                    if let Some(free) = recycled {
+                        report.recycled += 1;
+                        self.state.borrow_mut().free.push(free);
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
         }
         if report.segments > 0 {
             self.storage.sync_dir(&self.dir).await?;
         }
-        Ok(report)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Removes a retired segment's index, and its file or, when `reuse`,
+    /// renames the file for reuse (falling back to removing it). Returns the
+    /// reusable file's path.
+    async fn retire_files(
+        &self,
+        log_path: &Path,
+        idx_path: &Path,
+        reuse: bool,
+    ) -> io::Result<Option<PathBuf>> {
+        match self.storage.remove(idx_path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if reuse {
+            let free = log_path.with_extension(&FREE_SUFFIX[1..]);
+            if self.storage.rename(log_path, &free).await.is_ok() {
+                return Ok(Some(free));
+            }
+        }
+        self.storage.remove(log_path).await?;
+        Ok(None)
     }
 }
 

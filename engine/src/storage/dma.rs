@@ -13,7 +13,7 @@
 //! anything else, which makes glommio pick the right ring. Call it once per
 //! executor, before any other `DmaFile` on that device is opened.
 //!
-//! Directory listing, creation and memory maps use `std` (blocking) calls:
+//! Directory listing, creation, renames and memory maps use `std` (blocking) calls:
 //! they happen when a log opens, rolls or deletes a segment, never per append.
 
 use std::io;
@@ -130,6 +130,17 @@ impl Storage for DmaStorage {
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
         glommio::io::remove(path).await.map_err(io::Error::from)
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        // rename(2) would silently replace `to`; the log never means that.
+        if std::fs::exists(to)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("rename target {} exists", to.display()),
+            ));
+        }
+        std::fs::rename(from, to)
     }
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {

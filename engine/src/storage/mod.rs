@@ -18,8 +18,8 @@
 //!   else so that a misaligned write is caught in tests, not in production).
 //! - A write that returned `Ok` is visible to reads at once, and durable only
 //!   after a later `fdatasync` of the same file returned `Ok`.
-//! - A file that was created or removed is certain to stay so across a crash
-//!   only after `sync_dir` of its directory returned `Ok`.
+//! - A file that was created, removed or renamed is certain to stay so across
+//!   a crash only after `sync_dir` of its directory returned `Ok`.
 //!
 //! The traits use `async fn` without `Send` bounds on purpose: Hadron is
 //! thread-per-core, and a storage future never leaves the core that made it.
@@ -66,6 +66,10 @@ pub trait Storage {
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Removes `path`.
     async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames `from` to `to` within one directory; `to` must not exist.
+    /// Durable, like a creation, only after `sync_dir`. Handles open on
+    /// `from` must be dropped first (the simulation enforces it).
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Creates `dir` and its parents if they do not exist.
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The names of the files in `dir`, in no particular order.

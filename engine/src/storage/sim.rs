@@ -5,7 +5,10 @@
 //! made since the last `fdatasync` are remembered in order, so that a crash
 //! can decide for each of them, from the seed, whether it reached the disk
 //! whole, not at all, as a torn prefix, or as a torn prefix with a flipped
-//! bit. File creations and removals become durable only with `sync_dir`.
+//! bit. File creations, removals and renames become durable only with
+//! `sync_dir`; a crash before it undoes a rename, bringing `from` back with
+//! the contents it had when it was renamed (the log syncs the directory
+//! right after a rename, before it writes the file).
 //!
 //! Faults are driven by one seeded generator, so a failing test is replayed
 //! by its seed. Each operation may also return `Pending` a few times before it
@@ -83,7 +86,7 @@ pub enum CrashMode {
     Torn,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct SimFile {
     written: Vec<u8>,
     durable: Vec<u8>,
@@ -457,6 +460,28 @@ impl Storage for SimStorage {
         self.op(|fs| {
             let file = fs.files.remove(path).ok_or_else(|| not_found(path))?;
             fs.removed.insert(path.to_path_buf(), file);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.op(|fs| {
+            if fs.files.contains_key(to) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("simulated storage: {} exists", to.display()),
+                ));
+            }
+            let mut file = fs.files.remove(from).ok_or_else(|| not_found(from))?;
+            if file.exists_durably {
+                fs.removed.insert(from.to_path_buf(), file.clone());
+            }
+            file.exists_durably = false;
+            // Whatever `to` was removed as is gone for good once it is
+            // replaced, as with a creation.
+            fs.removed.remove(to);
+            fs.files.insert(to.to_path_buf(), file);
             Ok(())
         })
         .await

@@ -15,6 +15,8 @@
 //! frameBytesMax: 16777216     # largest wire frame accepted
 //! dedupWindowMs: 120000       # default for streams
 //! retention: {}               # default for streams: keep forever
+//! token: s3cret               # clients must present it in their handshake;
+//!                             # default: $HADRON_TOKEN, else none (any client)
 //! ```
 //!
 //! Command-line flags override these after parsing; call
@@ -49,6 +51,11 @@ pub const IO_MEMORY_BYTES_MAX: usize = 1 << 30;
 pub const FRAME_BYTES_MIN: usize = 64 << 10;
 /// Idempotent-publish window when neither server nor stream says.
 pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 120_000;
+/// The longest handshake token accepted in the config.
+pub const TOKEN_BYTES_MAX: usize = 4096;
+/// The environment variable the server, the CLI and loadgen read the
+/// handshake token from when nothing else sets it.
+pub const TOKEN_ENV: &str = "HADRON_TOKEN";
 /// Flush interval for `fsync: interval` when `fsyncIntervalMs` is absent.
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 100;
 /// The longest `fsyncIntervalMs`: the loss window in a crash.
@@ -103,6 +110,37 @@ pub struct ServerConfig {
     pub dedup_window_ms: u64,
     /// Default for streams that do not set `retention`.
     pub retention: RetentionSpec,
+    /// The token every client's handshake must carry; `None` accepts any.
+    pub token: Option<Token>,
+}
+
+/// A handshake token: a shared secret, never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Token {
+        Token(secret.into())
+    }
+
+    /// Whether `presented` is this token, in time that depends only on the
+    /// lengths, not on where the first difference is.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        let mut diff = u8::from(a.len() != b.len());
+        for (i, x) in a.iter().enumerate() {
+            diff |= x ^ b.get(i).copied().unwrap_or(!x);
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 /// The number of CPUs this process may run on, within `1..=SHARDS_MAX`.
@@ -126,6 +164,7 @@ impl Default for ServerConfig {
             frame_bytes_max: hadron_wire::FRAME_BYTES_MAX,
             dedup_window_ms: DEDUP_WINDOW_MS_DEFAULT,
             retention: RetentionSpec::default(),
+            token: None,
         }
     }
 }
@@ -232,6 +271,19 @@ impl ServerConfig {
             ));
         }
         errors.extend(self.retention.errors("retention"));
+        if let Some(Token(secret)) = &self.token
+            && (secret.is_empty() || secret.len() > TOKEN_BYTES_MAX)
+        {
+            errors.push(ConfigError::new(
+                "token",
+                Problem::Invalid {
+                    reason: format!(
+                        "must be 1 to {TOKEN_BYTES_MAX} bytes (it has {}); leave it out to accept any client",
+                        secret.len()
+                    ),
+                },
+            ));
+        }
         errors
             .into_iter()
             .map(|e| e.in_resource(ResourceKind::ServerConfig, None))
@@ -284,6 +336,7 @@ pub(super) struct ServerConfigDoc {
     frame_bytes_max: Option<usize>,
     dedup_window_ms: Option<u64>,
     retention: Option<RetentionSpec>,
+    token: Option<Token>,
 }
 
 impl ServerConfigDoc {
@@ -329,6 +382,7 @@ impl ServerConfigDoc {
             frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
             dedup_window_ms: self.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
             retention: self.retention.unwrap_or(defaults.retention),
+            token: self.token,
         };
         config.validate()?;
         Ok(config)
@@ -354,6 +408,31 @@ mod tests {
         assert_eq!(c.retention, RetentionSpec::default());
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(ServerConfigDoc::default().resolve(), Ok(c));
+    }
+
+    #[test]
+    fn a_token_is_checked_whole_and_never_printed() {
+        let token = Token::new("s3cret");
+        assert!(token.matches("s3cret"));
+        for wrong in ["", "s3cre", "s3cret!", "S3cret", "s3creu", "x"] {
+            assert!(!token.matches(wrong), "{wrong:?} matched");
+        }
+        let c = ServerConfig {
+            token: Some(token),
+            ..ServerConfig::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let empty = ServerConfig {
+            token: Some(Token::new("")),
+            ..ServerConfig::default()
+        };
+        assert_eq!(empty.validate().unwrap_err().path, "token");
+        let long = ServerConfig {
+            token: Some(Token::new("x".repeat(TOKEN_BYTES_MAX + 1))),
+            ..ServerConfig::default()
+        };
+        assert_eq!(long.validate().unwrap_err().path, "token");
     }
 
     #[test]

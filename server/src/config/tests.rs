@@ -575,6 +575,7 @@ ioMemoryBytes: 4194304
 frameBytesMax: 1048576
 dedupWindowMs: 5000
 retention: {{ maxAgeMs: 86400000 }}
+token: from-the-file
 ---
 {STREAM_DOC}---
 {}",
@@ -597,6 +598,7 @@ retention: {{ maxAgeMs: 86400000 }}
                 max_age_ms: Some(86_400_000),
                 max_bytes: None
             },
+            token: Some(crate::config::server::Token::new("from-the-file")),
         }
     );
     assert_eq!(resources.len(), 2, "no default stream when one is declared");

@@ -272,6 +272,22 @@ fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Failure> {
         ));
     }
     let config = &shard.settings.config;
+    if let Some(token) = &config.token
+        && !token.matches(h.token)
+    {
+        return Err((
+            ErrorCode::Unauthorized,
+            format!(
+                "the handshake token of client {:?} is {}; this server requires its configured token",
+                h.client_name,
+                if h.token.is_empty() {
+                    "missing"
+                } else {
+                    "wrong"
+                }
+            ),
+        ));
+    }
     let shard_ports: Vec<u16> = if config.shard_ports {
         (0..shard.shards)
             .filter_map(|i| config.listen.port().checked_add(1 + i))

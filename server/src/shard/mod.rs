@@ -296,6 +296,9 @@ pub struct CommitStatus {
     /// Mean microseconds awaiting a round's writes, and an fdatasync.
     pub write_us_mean: u64,
     pub sync_us_mean: u64,
+    /// Segments begun in a file retention retired (see the engine's
+    /// "Recycling").
+    pub segments_recycled: u64,
 }
 
 impl From<hadron_engine::CommitStats> for CommitStatus {
@@ -307,6 +310,7 @@ impl From<hadron_engine::CommitStats> for CommitStatus {
             bytes_per_sync: c.written_bytes.checked_div(c.syncs).unwrap_or(0),
             write_us_mean: c.write_us.checked_div(c.writes).unwrap_or(0),
             sync_us_mean: c.sync_us.checked_div(c.syncs).unwrap_or(0),
+            segments_recycled: c.segments_recycled,
         }
     }
 }
@@ -1322,9 +1326,10 @@ impl Shard {
                         Ok(r) if r.segments > 0 => tracing::info!(
                             stream = %p.stream,
                             partition = p.partition,
-                            "retention deleted {} segments ({} bytes)",
+                            "retention deleted {} segments ({} bytes; {} files kept for reuse)",
                             r.segments,
-                            r.bytes
+                            r.bytes,
+                            r.recycled
                         ),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(stream = %p.stream, partition = p.partition, "retention failed: {e}"),

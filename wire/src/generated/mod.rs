@@ -7,10 +7,12 @@
 //! The generated accessors use `unsafe` internally (unchecked reads at
 //! offsets) and `unwrap()` on required fields. That is acceptable here, and
 //! only here, because it is flatc's output, and because this crate hands out
-//! generated tables only after `flatbuffers::root_with_opts` has run the
-//! verifier over the whole buffer: every offset, length, UTF-8 string and
-//! required field an accessor reaches has then been checked. No code in this
-//! crate calls the `*_unchecked` roots or `follow` on unverified bytes.
+//! generated tables only after a verifier has run over the whole buffer:
+//! `flatbuffers::root_with_opts` for frames, and for events the specialised
+//! verifier in `event/verify.rs`, which runs the same checks. Every offset,
+//! length, UTF-8 string and required field an accessor reaches has then been
+//! checked. The one `*_unchecked` root in this crate is in `event/verify.rs`,
+//! after that verifier; no code calls `follow` on unverified bytes.
 
 #[allow(
     unsafe_code,
