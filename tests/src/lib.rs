@@ -152,6 +152,9 @@ pub struct ServerOptions {
     /// The handshake token the server requires (passed as `HADRON_TOKEN`);
     /// [`Server::client`] presents it.
     pub token: Option<String>,
+    /// A config file's text (`--config`), when set: a `ServerConfig`
+    /// document, for settings without a flag (say `segmentBytes`).
+    pub config: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -160,6 +163,7 @@ impl Default for ServerOptions {
             shards: 1,
             ack_timeout_ms: None,
             token: None,
+            config: None,
         }
     }
 }
@@ -274,6 +278,11 @@ impl Server {
             .arg(self.options.shards.to_string());
         if let Some(ms) = self.options.ack_timeout_ms {
             cmd.arg("--ack-timeout-ms").arg(ms.to_string());
+        }
+        if let Some(config) = &self.options.config {
+            let path = self.logs.path().join("config.yaml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
         }
         match &self.options.token {
             Some(token) => cmd.env("HADRON_TOKEN", token),

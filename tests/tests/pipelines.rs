@@ -1898,3 +1898,280 @@ async fn handlers_attached_before_an_update_keep_receiving_after_it() {
         "welcome of user-0 did not run again"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Checkpoints of the outputs log
+// ---------------------------------------------------------------------------
+
+/// The outputs log's segment size in the checkpoint test (the smallest the
+/// server takes); the run checkpoints once the log grew by one.
+const CKPT_SEGMENT_BYTES: u64 = 64 << 10;
+
+const CHECKPOINTED: &str = r#"
+apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata:
+  name: checkpointed
+spec:
+  sourceStream: ckpt
+  triggers: [job.queued]
+  startPoint:
+    location: beginning
+  maxParallel: 50
+  retry: { initialDelayMs: 1, maxDelayMs: 1, maxAttempts: 1 }
+  stages:
+    - name: build
+    - name: test
+      dependencies: [build]
+    - name: ship
+      dependencies: [build, test]
+"#;
+
+/// (.log files, their bytes) of the pipeline's outputs log on partition 0.
+fn outputs_log_size(server: &Server) -> (usize, u64) {
+    let dir = server.data_dir().join("pipelines/checkpointed/00000");
+    let mut files = 0;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            files += 1;
+            bytes += entry.metadata().unwrap().len();
+        }
+    }
+    (files, bytes)
+}
+
+async fn attach_checkpointed(
+    client: &Client,
+    rec: &Arc<Recorder>,
+    gate: &Arc<AtomicBool>,
+) -> Vec<PipelineHandle> {
+    let mut handles = Vec::new();
+    for stage in ["build", "test", "ship"] {
+        let gate = Arc::clone(gate);
+        let behave = move |input: StageInput| {
+            let gate = Arc::clone(&gate);
+            async move {
+                if input.stage == "test" && input.root.id.starts_with("bad-") {
+                    return Err("tests fail".to_owned());
+                }
+                if input.stage == "ship" && input.root.id.starts_with("held-") {
+                    let deadline = Instant::now() + WAIT;
+                    while !gate.load(Ordering::SeqCst) {
+                        if Instant::now() > deadline {
+                            return Err("the gate never opened".to_owned());
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Ok(())
+            }
+        };
+        handles.push(attach(client, "checkpointed", stage, 256, recording(rec, behave)).await);
+    }
+    handles
+}
+
+/// What a restart must keep of a pipeline's status: the totals, each
+/// stage's completed and failed counts, and the failed executions.
+fn kept_status(doc: &serde_json::Value) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::json!([s["name"], s["completed"], s["failed"]]))
+        .collect();
+    let failed: BTreeSet<String> = doc["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["failed_executions"].as_array().unwrap().iter())
+        .map(|f| format!("{}:{}:{}", f["offset"], f["stage"], f["error"]))
+        .collect();
+    serde_json::json!({
+        "executions": doc["executions"],
+        "stages": stages,
+        "failed": failed,
+    })
+}
+
+/// A pipeline on a server with 64 KiB segments runs 20 executions held in
+/// their last stage (published first, so they hold the watermark back), 5
+/// whose middle stage fails, and 1500 that complete, with outputs of about
+/// 300 bytes: some 1.5 MB of outputs, 23 segments without checkpoints. The
+/// outputs log stays within 4 segments. Then the server is killed with
+/// SIGKILL and restarted: status shows the same totals, stage counts and
+/// failed executions as before; no completed stage runs again (every stage
+/// of every completed execution ran exactly once); the held executions
+/// finish, their last stage receiving the outputs of both stages it
+/// depends on, which were written before the checkpoints that carried them;
+/// the failed ones stay failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_bound_the_outputs_log_and_a_sigkill_restart_keeps_the_run() {
+    let mut server = Server::start_with(hadron_tests::ServerOptions {
+        config: Some(format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: ServerConfig\nsegmentBytes: {CKPT_SEGMENT_BYTES}\n"
+        )),
+        ..hadron_tests::ServerOptions::default()
+    });
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(250),
+        ..ClientOptions::default()
+    };
+    let client = server.client_with(options.clone());
+    create_stream(&client, "ckpt", 1).await;
+    apply(&client, CHECKPOINTED).await;
+    let rec = Arc::new(Recorder::default());
+    let gate = Arc::new(AtomicBool::new(false));
+    let mut handles = attach_checkpointed(&client, &rec, &gate).await;
+
+    const HELD: usize = 20;
+    const BAD: usize = 5;
+    const FREE: usize = 1500;
+    // Root ids of 280 bytes: each output names its root.
+    let id = |kind: &str, i: usize| format!("{kind}-{i:04}-{}", "x".repeat(270));
+    let mut ids: Vec<String> = (0..HELD).map(|i| id("held", i)).collect();
+    ids.extend((0..BAD).map(|i| id("bad", i)));
+    ids.extend((0..FREE).map(|i| id("free", i)));
+    for chunk in ids.chunks(100) {
+        let events = chunk
+            .iter()
+            .map(|id| root_event(id, "job.queued", "repo", "{}"))
+            .collect();
+        publish(&client, "ckpt", events).await;
+    }
+
+    let completed = FREE as u64;
+    let before = until_executions(
+        &client,
+        "checkpointed",
+        (HELD as u64, completed, BAD as u64),
+    )
+    .await;
+    until_recorded(&rec, "every held execution waits in ship", |r| {
+        r.started("ship")
+            .iter()
+            .filter(|id| id.starts_with("held-"))
+            .count()
+            == HELD
+    })
+    .await;
+    let (files, bytes) = outputs_log_size(&server);
+    eprintln!(
+        "outputs log after {} executions: {files} segment files, {bytes} bytes",
+        HELD + BAD + FREE
+    );
+    assert!(
+        files <= 4,
+        "the outputs log kept {files} segments ({bytes} bytes) of {CKPT_SEGMENT_BYTES} bytes"
+    );
+    let kept = kept_status(&before);
+
+    server.kill_now();
+    let seq_at_kill = rec.next_seq.load(Ordering::SeqCst);
+    let addr = server.addr();
+    let started = Instant::now();
+    server.restart();
+    eprintln!("restart took {:?}", started.elapsed());
+    let client = if server.addr() == addr {
+        client
+    } else {
+        for h in handles.drain(..) {
+            h.cancel();
+        }
+        let client = server.client_with(options);
+        handles = attach_checkpointed(&client, &rec, &gate).await;
+        client
+    };
+    let after = until_executions(
+        &client,
+        "checkpointed",
+        (HELD as u64, completed, BAD as u64),
+    )
+    .await;
+    assert_eq!(kept_status(&after), kept, "status after the restart");
+    let cli_doc = cli_pipeline_status(&server, "checkpointed").await;
+    assert_eq!(kept_status(&cli_doc), kept, "CLI status after the restart");
+
+    gate.store(true, Ordering::SeqCst);
+    let done = until_executions(
+        &client,
+        "checkpointed",
+        (0, (FREE + HELD) as u64, BAD as u64),
+    )
+    .await;
+    let total = (FREE + HELD) as u64;
+    assert_stage(&done, "build", [total + BAD as u64, 0, 0, 0, 0]);
+    // Errors are counted since the start; the failures are remembered.
+    assert_stage(&done, "test", [total, 0, 0, 0, BAD as u64]);
+    assert_stage(&done, "ship", [total, 0, 0, 0, 0]);
+
+    let runs = rec.snapshot();
+    for root in &ids {
+        let ok = |stage: &str| -> Vec<Run> {
+            runs.get(&(root.clone(), stage.to_owned()))
+                .map(|r| {
+                    r.iter()
+                        .filter(|r| r.finished.is_some_and(|(_, ok)| ok))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if root.starts_with("bad-") {
+            assert_eq!(ok("build").len(), 1, "build of {root}");
+            assert!(
+                ok("test").is_empty() && ok("ship").is_empty(),
+                "{root} stays failed"
+            );
+            continue;
+        }
+        for stage in ["build", "test"] {
+            assert_eq!(
+                ok(stage).len(),
+                1,
+                "{stage} of {root} completed exactly once"
+            );
+        }
+        for stage in ["build", "test"] {
+            let all = &runs[&(root.clone(), stage.to_owned())];
+            assert!(
+                all.iter().all(|r| r.seq < seq_at_kill),
+                "{stage} of {root} ran after the kill: {all:?}"
+            );
+        }
+        let want = BTreeMap::from([
+            ("build".to_owned(), format!("{root}/build")),
+            ("test".to_owned(), format!("{root}/test")),
+        ]);
+        for ship in &runs[&(root.clone(), "ship".to_owned())] {
+            let inputs: BTreeMap<String, String> = ship
+                .inputs
+                .iter()
+                .map(|(stage, e)| (stage.clone(), String::from_utf8_lossy(&e.data).into_owned()))
+                .collect();
+            assert_eq!(inputs, want, "the inputs ship of {root} received");
+        }
+        let ships = ok("ship");
+        if root.starts_with("held-") {
+            assert!(
+                ships.iter().any(|r| r.seq >= seq_at_kill),
+                "ship of {root} completed after the kill"
+            );
+        } else {
+            assert_eq!(ships.len(), 1, "ship of {root} completed exactly once");
+        }
+    }
+    let (files, bytes) = outputs_log_size(&server);
+    assert!(
+        files <= 4,
+        "after the restart: {files} segments, {bytes} bytes"
+    );
+    for h in handles {
+        h.cancel();
+    }
+}

@@ -955,6 +955,15 @@ impl Shard {
             if run.closed.get() || self.stopping.get() {
                 return;
             }
+            if run.claim_checkpoint() {
+                let run = run.clone();
+                glommio::spawn_local(async move {
+                    if let Err(e) = run.checkpoint().await {
+                        tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "checkpoint failed: {e}");
+                    }
+                })
+                .detach();
+            }
             let wake_gen = run.wake.generation();
             let data_gen = run.source.appended.generation();
             let this = self.clone();
