@@ -2175,3 +2175,186 @@ async fn checkpoints_bound_the_outputs_log_and_a_sigkill_restart_keeps_the_run()
         h.cancel();
     }
 }
+
+/// A failed execution retried long after the watermark passed it, and
+/// still running when checkpoints delete the records of its failure and
+/// retry, survives a SIGKILL: after the restart it runs on from where it
+/// was (its last stage gets both outputs it needs) and completes, while
+/// the 1600 executions that completed around it do not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_execution_below_the_watermark_survives_checkpoints_and_sigkill() {
+    let mut server = Server::start_with(hadron_tests::ServerOptions {
+        config: Some(format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: ServerConfig\nsegmentBytes: {CKPT_SEGMENT_BYTES}\n"
+        )),
+        ..hadron_tests::ServerOptions::default()
+    });
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(250),
+        ..ClientOptions::default()
+    };
+    let client = server.client_with(options.clone());
+    create_stream(&client, "ckpt", 1).await;
+    apply(&client, CHECKPOINTED).await;
+    let rec = Arc::new(Recorder::default());
+    let fixed = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(AtomicBool::new(false));
+    let attach_all = |client: Client| {
+        let (rec, fixed, gate) = (Arc::clone(&rec), Arc::clone(&fixed), Arc::clone(&gate));
+        async move {
+            let mut handles = Vec::new();
+            for stage in ["build", "test", "ship"] {
+                let (fixed, gate) = (Arc::clone(&fixed), Arc::clone(&gate));
+                let behave = move |input: StageInput| {
+                    let (fixed, gate) = (Arc::clone(&fixed), Arc::clone(&gate));
+                    async move {
+                        let bad = input.root.id.starts_with("bad-");
+                        if bad && input.stage == "test" && !fixed.load(Ordering::SeqCst) {
+                            return Err("tests fail".to_owned());
+                        }
+                        if bad && input.stage == "ship" {
+                            let deadline = Instant::now() + WAIT;
+                            while !gate.load(Ordering::SeqCst) {
+                                if Instant::now() > deadline {
+                                    return Err("the gate never opened".to_owned());
+                                }
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                        Ok(())
+                    }
+                };
+                handles.push(
+                    attach(&client, "checkpointed", stage, 256, recording(&rec, behave)).await,
+                );
+            }
+            handles
+        }
+    };
+    let mut handles = attach_all(client.clone()).await;
+
+    const FREE: usize = 800;
+    let id = |kind: &str, i: usize| format!("{kind}-{i:04}-{}", "x".repeat(270));
+    let publish_ids = |ids: Vec<String>| {
+        let client = client.clone();
+        async move {
+            let mut at = BTreeMap::new();
+            for chunk in ids.chunks(100) {
+                let events = chunk
+                    .iter()
+                    .map(|id| root_event(id, "job.queued", "repo", "{}"))
+                    .collect();
+                at.extend(publish(&client, "ckpt", events).await);
+            }
+            at
+        }
+    };
+    let bad = id("bad", 0);
+    let bad_at = publish_ids(vec![bad.clone()]).await[&bad];
+    let mut ids: Vec<String> = (0..FREE).map(|i| id("free", i)).collect();
+    publish_ids(ids.clone()).await;
+    until_executions(&client, "checkpointed", (0, FREE as u64, 1)).await;
+
+    // Fixed, retried, and held in its last stage while 800 more complete
+    // (checkpoints meanwhile delete the records of its failure and retry).
+    fixed.store(true, Ordering::SeqCst);
+    let retried = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.retry_pipeline("checkpointed", Some(bad_at)),
+    )
+    .await
+    .expect("retry timed out")
+    .unwrap();
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    let more: Vec<String> = (FREE..2 * FREE).map(|i| id("free", i)).collect();
+    publish_ids(more.clone()).await;
+    ids.extend(more);
+    let completed = 2 * FREE as u64;
+    let before = until_executions(&client, "checkpointed", (1, completed, 0)).await;
+    until_recorded(&rec, "the retried execution waits in ship", |r| {
+        !r.runs(&bad, "ship").is_empty()
+    })
+    .await;
+    let (files, bytes) = outputs_log_size(&server);
+    assert!(
+        files <= 4,
+        "the outputs log kept {files} segments ({bytes} bytes)"
+    );
+    let kept = kept_status(&before);
+
+    server.kill_now();
+    let seq_at_kill = rec.next_seq.load(Ordering::SeqCst);
+    let addr = server.addr();
+    server.restart();
+    let client = if server.addr() == addr {
+        client
+    } else {
+        for h in handles.drain(..) {
+            h.cancel();
+        }
+        let client = server.client_with(options);
+        handles = attach_all(client.clone()).await;
+        client
+    };
+    let after = until_executions(&client, "checkpointed", (1, completed, 0)).await;
+    assert_eq!(kept_status(&after), kept, "status after the restart");
+
+    gate.store(true, Ordering::SeqCst);
+    let done = until_executions(&client, "checkpointed", (0, completed + 1, 0)).await;
+    assert_stage(&done, "ship", [completed + 1, 0, 0, 0, 0]);
+    let runs = rec.snapshot();
+    let ok = |root: &str, stage: &str| -> Vec<Run> {
+        runs.get(&(root.to_owned(), stage.to_owned()))
+            .map(|r| {
+                r.iter()
+                    .filter(|r| r.finished.is_some_and(|(_, ok)| ok))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for root in &ids {
+        for stage in ["build", "test", "ship"] {
+            let mine = ok(root, stage);
+            assert_eq!(mine.len(), 1, "{stage} of {root} completed exactly once");
+            assert!(
+                mine[0].seq < seq_at_kill,
+                "{stage} of {root} ran after the kill"
+            );
+        }
+    }
+    for stage in ["build", "test"] {
+        let mine = ok(&bad, stage);
+        assert_eq!(mine.len(), 1, "{stage} of the retried execution: {mine:?}");
+        assert!(
+            mine[0].seq < seq_at_kill,
+            "{stage} of the retried one reran"
+        );
+    }
+    let ships = &runs[&(bad.clone(), "ship".to_owned())];
+    assert!(
+        ok(&bad, "ship").iter().any(|r| r.seq >= seq_at_kill),
+        "the retried execution's ship completed after the restart: {ships:?}"
+    );
+    for ship in ships {
+        let inputs: BTreeMap<String, String> = ship
+            .inputs
+            .iter()
+            .map(|(stage, e)| (stage.clone(), String::from_utf8_lossy(&e.data).into_owned()))
+            .collect();
+        let want = BTreeMap::from([
+            ("build".to_owned(), format!("{bad}/build")),
+            ("test".to_owned(), format!("{bad}/test")),
+        ]);
+        assert_eq!(
+            inputs, want,
+            "the inputs ship of the retried execution received"
+        );
+    }
+    for h in handles {
+        h.cancel();
+    }
+}
