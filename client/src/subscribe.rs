@@ -8,8 +8,9 @@
 //! backoff and registers again; the server redelivers whatever was not
 //! acknowledged. Handlers run concurrently, at most `max_in_flight` at a
 //! time (the server sends no more than that unacknowledged), each in its
-//! own task, which also sends the answer: a panicking handler is answered
-//! with a nack.
+//! own task, which also queues the answer: a panicking handler is answered
+//! with a nack. Answers queued together leave together (`Answers`): stage
+//! acks as one `StageAcks`, subscription acks as one `Ack`.
 //!
 //! The connection's reader decodes each push straight into the `Delivery`
 //! or `StageInput` its handler receives (`from_wire`), copying each field
@@ -26,11 +27,12 @@ use std::fmt::{Display, Write as _};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use futures::FutureExt as _;
-use hadron_wire::{Limits, Message};
+use hadron_wire::{ErrorCode, Limits, Message};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -352,29 +354,189 @@ enum Answer {
     StageNack(u64, String),
 }
 
-impl Answer {
-    async fn send(&self, conn: &Conn) -> Result<(), Error> {
-        let message = match self {
-            Answer::Ack(id) => Message::Ack(hadron_wire::Ack {
-                delivery_ids: vec![*id],
-            }),
-            Answer::Nack(id, message) => Message::Nack(hadron_wire::Nack {
-                delivery_id: *id,
-                message,
-            }),
-            Answer::StageAck(id, output) => Message::StageAck(hadron_wire::StageAck {
+/// Most answers in one `Ack` or `StageAcks` frame.
+const ANSWERS_PER_FRAME_MAX: usize = 1024;
+/// What a `StageAck` inside `StageAcks` takes besides its output, at most:
+/// its table, vtable, vector prefix and padding, and its slot in the
+/// vector.
+const STAGE_ACK_OVERHEAD_BYTES: usize = 64;
+/// What a frame takes besides its answers, at most.
+const FRAME_OVERHEAD_BYTES: usize = 256;
+
+/// The answers of one connection's handlers on their way to the server.
+///
+/// Handlers that finish together answer together: the handler task that
+/// queues an answer into an empty queue yields once, so that the other
+/// tasks ready to run queue theirs, then sends everything queued, stage
+/// acks in one `StageAcks` frame and subscription acks in one `Ack` frame
+/// (`send_queued`). The server makes the outputs of one frame durable in
+/// one append and answers once. Every queued answer is sent by exactly one
+/// task: the one that found the queue empty, which takes it all.
+struct Answers {
+    queue: Mutex<Vec<Answer>>,
+    /// Largest frame the server accepts (the client's limit).
+    frame_bytes_max: usize,
+    /// Set when the server refused a `StageAcks` as unknown (it predates
+    /// it): stage acks then go one per frame.
+    stage_acks_refused: AtomicBool,
+}
+
+impl Answers {
+    fn new(frame_bytes_max: usize) -> Answers {
+        Answers {
+            queue: Mutex::new(Vec::new()),
+            frame_bytes_max,
+            stage_acks_refused: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Answer>> {
+        // A poisoned lock only means another thread panicked while holding
+        // it; every update of the queue is one call.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `answer`; `true` when the queue was empty, which makes the
+    /// caller the one to send it (`send_queued`).
+    fn push(&self, answer: Answer) -> bool {
+        let mut queue = self.lock();
+        queue.push(answer);
+        queue.len() == 1
+    }
+
+    /// Sends everything queued, in as few frames as the limits allow, and
+    /// waits for the answers. Failures are logged: the server redelivers
+    /// what it did not take.
+    async fn send_queued(&self, conn: &Conn) {
+        let answers = {
+            // The next burst is likely the size of this one: give the queue
+            // that capacity at once instead of growing it answer by answer.
+            let mut queue = self.lock();
+            let capacity = queue.len();
+            std::mem::replace(&mut *queue, Vec::with_capacity(capacity))
+        };
+        let mut acks = Vec::new();
+        let mut stage_acks = Vec::new();
+        let mut others = Vec::new();
+        for answer in answers {
+            match answer {
+                Answer::Ack(id) => acks.push(id),
+                Answer::StageAck(id, output) => stage_acks.push((id, output)),
+                other => others.push(other),
+            }
+        }
+        let mut sends: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = Vec::new();
+        for ids in acks.chunks(ANSWERS_PER_FRAME_MAX) {
+            sends.push(Box::pin(async move {
+                let message = Message::Ack(hadron_wire::Ack {
+                    delivery_ids: ids.to_vec(),
+                });
+                if let Err(e) = ack_request(conn, &message).await {
+                    tracing::warn!(deliveries = ids.len(), first = ids[0], error = %e, "could not acknowledge deliveries");
+                }
+            }));
+        }
+        for chunk in self.stage_ack_chunks(&stage_acks) {
+            sends.push(Box::pin(self.send_stage_acks(conn, chunk)));
+        }
+        for answer in &others {
+            sends.push(Box::pin(async move {
+                let (id, message) = match answer {
+                    Answer::Nack(id, message) => (
+                        *id,
+                        Message::Nack(hadron_wire::Nack {
+                            delivery_id: *id,
+                            message,
+                        }),
+                    ),
+                    Answer::StageNack(id, message) => (
+                        *id,
+                        Message::StageNack(hadron_wire::StageNack {
+                            delivery_id: *id,
+                            message,
+                        }),
+                    ),
+                    Answer::Ack(id) | Answer::StageAck(id, _) => {
+                        tracing::error!(delivery_id = id, "an ack among the nacks; not sent");
+                        return;
+                    }
+                };
+                if let Err(e) = ack_request(conn, &message).await {
+                    tracing::warn!(delivery_id = id, error = %e, "could not answer a delivery");
+                }
+            }));
+        }
+        futures::future::join_all(sends).await;
+    }
+
+    /// Splits `stage_acks` into runs that each fit one frame.
+    fn stage_ack_chunks<'a>(&self, stage_acks: &'a [(u64, Vec<u8>)]) -> Vec<&'a [(u64, Vec<u8>)]> {
+        let bytes_max = self.frame_bytes_max.saturating_sub(FRAME_OVERHEAD_BYTES);
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, (_, output)) in stage_acks.iter().enumerate() {
+            let len = STAGE_ACK_OVERHEAD_BYTES + output.len();
+            if i > start && (i - start >= ANSWERS_PER_FRAME_MAX || bytes + len > bytes_max) {
+                chunks.push(&stage_acks[start..i]);
+                start = i;
+                bytes = 0;
+            }
+            bytes += len;
+        }
+        if start < stage_acks.len() {
+            chunks.push(&stage_acks[start..]);
+        }
+        chunks
+    }
+
+    /// Sends `chunk` as one `StageAcks`, or as one `StageAck` each when it
+    /// holds one or the server does not know `StageAcks`.
+    async fn send_stage_acks(&self, conn: &Conn, chunk: &[(u64, Vec<u8>)]) {
+        if chunk.len() > 1 && !self.stage_acks_refused.load(Ordering::Relaxed) {
+            let message = Message::StageAcks(hadron_wire::StageAcks {
+                acks: chunk
+                    .iter()
+                    .map(|(id, output)| hadron_wire::StageAck {
+                        delivery_id: *id,
+                        output,
+                    })
+                    .collect(),
+            });
+            match ack_request(conn, &message).await {
+                Ok(()) => return,
+                // An older server: it does not know the body.
+                Err(Error::Server {
+                    code: ErrorCode::InvalidRequest,
+                    ..
+                }) => {
+                    tracing::debug!("the server refused StageAcks; sending stage acks one by one");
+                    self.stage_acks_refused.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(acks = chunk.len(), first = chunk[0].0, error = %e, "could not acknowledge stage deliveries");
+                    return;
+                }
+            }
+        }
+        let singles = chunk.iter().map(|(id, output)| async move {
+            let message = Message::StageAck(hadron_wire::StageAck {
                 delivery_id: *id,
                 output,
-            }),
-            Answer::StageNack(id, message) => Message::StageNack(hadron_wire::StageNack {
-                delivery_id: *id,
-                message,
-            }),
-        };
-        match conn.request("ack", &message).await? {
-            Reply::AckOk => Ok(()),
-            other => Err(unexpected("AckOk", &other)),
-        }
+            });
+            if let Err(e) = ack_request(conn, &message).await {
+                tracing::warn!(delivery_id = id, error = %e, "could not answer a delivery");
+            }
+        });
+        futures::future::join_all(singles).await;
+    }
+}
+
+/// Sends an answer request; `AckOk` is success.
+async fn ack_request(conn: &Conn, message: &Message<'_>) -> Result<(), Error> {
+    match conn.request("ack", message).await? {
+        Reply::AckOk => Ok(()),
+        other => Err(unexpected("AckOk", &other)),
     }
 }
 
@@ -733,6 +895,7 @@ async fn run<H: PushHandler>(
         };
         // Handle pushes until the connection ends (the push channel closes
         // when its task ends) or the runner is cancelled.
+        let answers = Arc::new(Answers::new(options.limits().frame_bytes_max));
         loop {
             let push = tokio::select! {
                 () = cancelled(&mut cancel) => return Ok(()),
@@ -748,7 +911,8 @@ async fn run<H: PushHandler>(
             let delivery_id = push.delivery_id();
             let handler = Arc::clone(&handler);
             let conn = Arc::clone(&conn);
-            // One task per delivery runs the handler and sends its answer.
+            let answers = Arc::clone(&answers);
+            // One task per delivery runs the handler and queues its answer.
             // A panic is caught here, as the task's boundary would catch
             // it, and answered with a nack. The handler's future is made
             // inside the task, so that it and the answer's future share
@@ -761,13 +925,15 @@ async fn run<H: PushHandler>(
                     Ok(answer) => answer,
                     Err(_) => Some(handler.panicked(delivery_id)),
                 };
-                if let Some(answer) = answer
-                    && let Err(e) = answer.send(&conn).await
-                {
-                    // The server redelivers what it did not see answered.
-                    tracing::warn!(delivery_id, error = %e, "could not answer a delivery");
-                }
                 drop(permit);
+                if let Some(answer) = answer
+                    && answers.push(answer)
+                {
+                    // Let the handlers that finished with this one queue
+                    // their answers, then send them all.
+                    tokio::task::yield_now().await;
+                    answers.send_queued(&conn).await;
+                }
             });
         }
         failures = failures.saturating_add(1);

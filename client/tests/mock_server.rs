@@ -989,9 +989,11 @@ fn many_stage_push(id: u64) -> Out {
 }
 
 /// Answers PipelineSubscribe with AckOk and pushes the first `MOCK_WINDOW`
-/// of `many_stage_push`; answers StageAck and StageNack with AckOk and
-/// the next push.
-fn many_stages_server() -> Behavior {
+/// of `many_stage_push`; answers StageAck, StageAcks and StageNack with
+/// AckOk and one more push per delivery answered, or, when
+/// `refuse_batches`, StageAcks with `InvalidRequest` as a server that
+/// predates it does.
+fn many_stages_server(refuse_batches: bool) -> Behavior {
     let next = Arc::new(AtomicU64::new(1));
     Arc::new(move |_state, f| match &f.message {
         Message::PipelineSubscribe(_) => {
@@ -1000,24 +1002,99 @@ fn many_stages_server() -> Behavior {
             out.extend(pushes(from, from + MOCK_WINDOW, many_stage_push));
             out
         }
-        Message::StageAck(_) | Message::StageNack(_) => {
+        Message::StageAck(_) | Message::StageNack(_) | Message::StageAcks(_) => {
+            if refuse_batches && matches!(f.message, Message::StageAcks(_)) {
+                // A server that predates `StageAcks`.
+                return vec![frame(
+                    f.request_id,
+                    &Message::Error(ErrorReply {
+                        code: ErrorCode::InvalidRequest,
+                        message: "frame has unknown body type 23",
+                    }),
+                )];
+            }
+            let answered = match &f.message {
+                Message::StageAcks(a) => a.acks.len() as u64,
+                _ => 1,
+            };
             let mut out = vec![frame(f.request_id, &Message::AckOk)];
-            let from = next.fetch_add(1, Ordering::SeqCst);
-            out.extend(pushes(from, from + 1, many_stage_push));
+            let from = next.fetch_add(answered, Ordering::SeqCst);
+            out.extend(pushes(from, from + answered, many_stage_push));
             out
         }
         _ => Vec::new(),
     })
 }
 
+/// The stage acks in a received frame, whether it is a `StageAck` or a
+/// `StageAcks`: (delivery id, output event).
+fn stage_acks_of(f: &FrameRef<'_>) -> Option<Vec<(u64, hadron::Event)>> {
+    match &f.message {
+        Message::StageAck(a) => Some(vec![(
+            a.delivery_id,
+            hadron::Event::decode(a.output).unwrap(),
+        )]),
+        Message::StageAcks(a) => Some(
+            a.acks
+                .iter()
+                .map(|a| (a.delivery_id, hadron::Event::decode(a.output).unwrap()))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 /// Many stage deliveries, up to `MOCK_WINDOW` unanswered at a time and
-/// handled at most 8 at a time on a two-thread runtime: every stage runs exactly once with its own input,
-/// every delivery is answered exactly once with its own output (default id
-/// and source included), and an undecodable delivery is nacked without
-/// running the handler.
+/// handled at most 8 at a time on a two-thread runtime: every stage runs
+/// exactly once with its own input, every delivery is answered exactly once
+/// with its own output (default id and source included), and an
+/// undecodable delivery is nacked without running the handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_stage_deliveries_each_run_once_and_are_each_answered_once() {
-    let mock = Mock::start(0, many_stages_server()).await;
+    many_stage_deliveries(false).await;
+}
+
+/// Handlers that finish together answer together: on a current-thread
+/// runtime the deliveries of one burst are handled before the first
+/// answer leaves, so their acks share `StageAcks` frames, and every
+/// delivery is still answered exactly once.
+#[tokio::test(flavor = "current_thread")]
+async fn stage_acks_of_handlers_that_finish_together_share_a_frame() {
+    let (frames, refused) = many_stage_deliveries(false).await;
+    assert_eq!(refused, 0);
+    let acks: usize = frames.iter().map(|(_, n)| n).sum();
+    assert_eq!(acks as u64, MANY);
+    assert!(
+        frames.len() < acks / 2,
+        "{} frames carried {acks} acks",
+        frames.len()
+    );
+    assert!(frames.iter().any(|&(single, n)| !single && n > 1));
+}
+
+/// The same against a server that does not know `StageAcks` (it answers
+/// `InvalidRequest`): the client sends the refused acks again one per
+/// `StageAck`, sends no more `StageAcks` after the first refusals, and
+/// still answers each delivery exactly once.
+#[tokio::test(flavor = "current_thread")]
+async fn stage_acks_go_one_by_one_to_a_server_without_stage_acks() {
+    let (frames, refused) = many_stage_deliveries(true).await;
+    assert!(refused >= 1, "the batching path was tried");
+    // Batching would have taken dozens of frames (the test above).
+    assert!(
+        refused <= 4,
+        "{refused} StageAcks sent to a server that refuses them"
+    );
+    assert!(frames.iter().all(|&(single, n)| single && n == 1));
+}
+
+/// Runs the many-stage-deliveries scenario against `many_stages_server`
+/// and checks that every delivery ran once and was answered once with
+/// its own output. Returns, per ack frame the mock took, whether it was a
+/// lone `StageAck` and how many acks it carried, and how many `StageAcks`
+/// it refused.
+async fn many_stage_deliveries(refuse_batches: bool) -> (Vec<(bool, usize)>, usize) {
+    let mock = Mock::start(0, many_stages_server(refuse_batches)).await;
     let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
     let runs: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
     let handler = {
@@ -1044,12 +1121,20 @@ async fn many_stage_deliveries_each_run_once_and_are_each_answered_once() {
         .await
         .unwrap();
 
-    let acks = mock
-        .wait_for(MANY as usize, |_, f| match &f.message {
-            Message::StageAck(a) => Some((a.delivery_id, hadron::Event::decode(a.output).unwrap())),
-            _ => None,
-        })
-        .await;
+    // Frames an old server refused do not count: it took none of their
+    // acks.
+    let taken = |f: &FrameRef<'_>| -> Option<Vec<(u64, hadron::Event)>> {
+        if refuse_batches && matches!(f.message, Message::StageAcks(_)) {
+            return None;
+        }
+        stage_acks_of(f)
+    };
+    let mut tries = 0;
+    while mock.picked(|_, f| taken(f)).concat().len() < MANY as usize {
+        tries += 1;
+        assert!(tries < 500, "the mock did not receive {MANY} acks in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let nacks = mock
         .wait_for(1, |_, f| match &f.message {
             Message::StageNack(n) => Some((n.delivery_id, n.message.to_owned())),
@@ -1058,13 +1143,20 @@ async fn many_stage_deliveries_each_run_once_and_are_each_answered_once() {
         .await;
     // Nothing more arrives: no delivery is answered twice.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let answers = mock.picked(|_, f| match &f.message {
-        Message::StageAck(a) => Some(a.delivery_id),
-        Message::StageNack(n) => Some(n.delivery_id),
-        _ => None,
+    let frames = mock.picked(|_, f| {
+        let acks = taken(f)?;
+        Some((matches!(f.message, Message::StageAck(_)), acks))
     });
-    assert_eq!(answers.len() as u64, MANY + 1, "one answer per delivery");
+    let refused = if refuse_batches {
+        mock.picked(|_, f| matches!(f.message, Message::StageAcks(_)).then_some(()))
+            .len()
+    } else {
+        0
+    };
     handle.stop().await.unwrap();
+    let acks: Vec<(u64, hadron::Event)> = frames.iter().flat_map(|(_, a)| a.clone()).collect();
+    let answered: Vec<(bool, usize)> = frames.iter().map(|(s, a)| (*s, a.len())).collect();
+    assert_eq!(acks.len() as u64, MANY, "one ack per delivery");
 
     let mut acked = BTreeMap::new();
     for (id, output) in acks {
@@ -1090,7 +1182,7 @@ async fn many_stage_deliveries_each_run_once_and_are_each_answered_once() {
         );
         assert_eq!(output.source, "service-creation/setup-billing");
     }
-    assert_eq!(nacks.len(), 1);
+    assert_eq!(nacks.len(), 1, "one nack");
     assert_eq!(nacks[0].0, MALFORMED_ID);
     assert!(nacks[0].1.starts_with("client: "), "{}", nacks[0].1);
 
@@ -1103,6 +1195,7 @@ async fn many_stage_deliveries_each_run_once_and_are_each_answered_once() {
         runs.values().all(|&n| n == 1),
         "every stage ran exactly once"
     );
+    (answered, refused)
 }
 
 /// A `Delivery` push for id `id` in 1..=MANY (offset 100 + id, data
@@ -1128,8 +1221,8 @@ fn many_delivery_push(id: u64) -> Out {
 }
 
 /// Answers Subscribe with SubscribeOk and pushes the first `MOCK_WINDOW` of
-/// `many_delivery_push`; answers Ack and Nack with AckOk and the next
-/// push.
+/// `many_delivery_push`; answers Ack and Nack with AckOk and one more
+/// push per delivery answered.
 fn many_deliveries_server() -> Behavior {
     let next = Arc::new(AtomicU64::new(1));
     Arc::new(move |_state, f| match &f.message {
@@ -1146,9 +1239,13 @@ fn many_deliveries_server() -> Behavior {
             out
         }
         Message::Ack(_) | Message::Nack(_) => {
+            let answered = match &f.message {
+                Message::Ack(a) => a.delivery_ids.len() as u64,
+                _ => 1,
+            };
             let mut out = vec![frame(f.request_id, &Message::AckOk)];
-            let from = next.fetch_add(1, Ordering::SeqCst);
-            out.extend(pushes(from, from + 1, many_delivery_push));
+            let from = next.fetch_add(answered, Ordering::SeqCst);
+            out.extend(pushes(from, from + answered, many_delivery_push));
             out
         }
         _ => Vec::new(),
@@ -1184,11 +1281,20 @@ async fn many_deliveries_each_run_once_and_are_each_acked_once() {
         .await
         .unwrap();
 
-    mock.wait_for(MANY as usize, |_, f| match &f.message {
-        Message::Ack(a) => Some(a.delivery_ids.clone()),
-        _ => None,
-    })
-    .await;
+    let mut tries = 0;
+    while mock
+        .picked(|_, f| match &f.message {
+            Message::Ack(a) => Some(a.delivery_ids.clone()),
+            _ => None,
+        })
+        .concat()
+        .len()
+        < MANY as usize
+    {
+        tries += 1;
+        assert!(tries < 500, "the mock did not receive {MANY} acks in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let nacks = mock
         .wait_for(1, |_, f| match &f.message {
             Message::Nack(n) => Some((n.delivery_id, n.message.to_owned())),

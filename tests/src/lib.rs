@@ -152,6 +152,9 @@ pub struct ServerOptions {
     /// The handshake token the server requires (passed as `HADRON_TOKEN`);
     /// [`Server::client`] presents it.
     pub token: Option<String>,
+    /// A config file's text (`--config`), when set: a `ServerConfig`
+    /// document, for settings without a flag (say `segmentBytes`).
+    pub config: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -160,6 +163,7 @@ impl Default for ServerOptions {
             shards: 1,
             ack_timeout_ms: None,
             token: None,
+            config: None,
         }
     }
 }
@@ -274,6 +278,11 @@ impl Server {
             .arg(self.options.shards.to_string());
         if let Some(ms) = self.options.ack_timeout_ms {
             cmd.arg("--ack-timeout-ms").arg(ms.to_string());
+        }
+        if let Some(config) = &self.options.config {
+            let path = self.logs.path().join("config.yaml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
         }
         match &self.options.token {
             Some(token) => cmd.env("HADRON_TOKEN", token),
@@ -593,6 +602,7 @@ pub enum Frame {
         subscription_id: u64,
     },
     Delivery(Box<RawDelivery>),
+    StageDelivery(Box<RawStageDelivery>),
     AckOk {
         request_id: u64,
     },
@@ -621,6 +631,19 @@ pub struct RawDelivery {
     pub offset: u64,
     pub attempt: u32,
     pub event: Event,
+}
+
+/// A `StageDelivery` push, with its events decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawStageDelivery {
+    pub delivery_id: u64,
+    pub stage: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub attempt: u32,
+    pub root: Event,
+    /// Outputs of the stage's dependencies, by stage name.
+    pub inputs: BTreeMap<String, Event>,
 }
 
 /// A connection speaking raw frames, for bad input and misbehaving members.
@@ -818,7 +841,7 @@ pub fn request_id(frame: &Frame) -> u64 {
         | Frame::StatusOk { request_id, .. }
         | Frame::Error { request_id, .. }
         | Frame::Other { request_id, .. } => *request_id,
-        Frame::Delivery(_) => 0,
+        Frame::Delivery(_) | Frame::StageDelivery(_) => 0,
     }
 }
 
@@ -850,6 +873,25 @@ fn summarize(body: &[u8]) -> Frame {
             attempt: d.attempt,
             event: Event::decode(d.event)
                 .unwrap_or_else(|e| panic!("the server delivered an invalid event: {e}")),
+        })),
+        Message::StageDelivery(d) => Frame::StageDelivery(Box::new(RawStageDelivery {
+            delivery_id: d.delivery_id,
+            stage: d.stage.to_owned(),
+            partition: d.partition,
+            offset: d.offset,
+            attempt: d.attempt,
+            root: Event::decode(d.root)
+                .unwrap_or_else(|e| panic!("the server delivered an invalid root event: {e}")),
+            inputs: d
+                .inputs
+                .iter()
+                .map(|i| {
+                    let event = Event::decode(i.event).unwrap_or_else(|e| {
+                        panic!("the server delivered an invalid input event: {e}")
+                    });
+                    (i.stage.to_owned(), event)
+                })
+                .collect(),
         })),
         Message::AckOk => Frame::AckOk { request_id },
         Message::StatusOk(s) => Frame::StatusOk {

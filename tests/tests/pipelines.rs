@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use hadron::{Client, ClientOptions, Event, NewEvent, PipelineHandle, StageInput};
 use hadron_tests::{
-    CliOutput, Frame, RawConn, Server, create_stream, eventually, next_offsets, run_cli, status,
+    CliOutput, Frame, RawConn, RawStageDelivery, Server, create_stream, event_bytes, eventually,
+    next_offsets, run_cli, status,
 };
 use hadron_wire::Message;
 
@@ -688,12 +689,9 @@ async fn raw_stage_member(server: &Server, pipeline: &str, stage: &str) -> RawCo
 }
 
 /// Waits for one stage delivery on a raw member.
-async fn raw_stage_delivery(member: &mut RawConn) {
+async fn raw_stage_delivery(member: &mut RawConn) -> RawStageDelivery {
     match member.recv_within(Duration::from_secs(10)).await {
-        Some(Some(Frame::Other {
-            name: "StageDelivery",
-            ..
-        })) => {}
+        Some(Some(Frame::StageDelivery(d))) => *d,
         other => panic!("expected a StageDelivery, got {other:?}"),
     }
 }
@@ -799,6 +797,281 @@ spec:
     let doc = until_executions(&client, "rebuild", (0, 1, 0)).await;
     assert_stage(&doc, "boot", [1, 0, 0, 0, 0]);
     assert_stage(&doc, "configure", [1, 0, 0, 0, 0]);
+}
+
+/// A delivery not acked within the stage's ack timeout counts as a failed
+/// attempt and goes out again after it, while deliveries acked in time,
+/// and those issued later with later deadlines, do not: a raw member takes
+/// two boots, acks one at once and holds the other; only the held one
+/// comes back (attempt 2, after the timeout), and a third root published
+/// meanwhile is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_delivery_goes_out_again_after_the_ack_timeout_and_only_it() {
+    const TIMEOUT_MS: u64 = 400;
+    let server = Server::start();
+    let client = server.client();
+    let yaml = format!(
+        r#"
+apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata:
+  name: provision
+spec:
+  sourceStream: events
+  triggers: [vm.requested]
+  ackTimeoutMs: {TIMEOUT_MS}
+  retry: {{ initialDelayMs: 1, maxDelayMs: 1, maxAttempts: 5 }}
+  stages:
+    - name: boot
+"#
+    );
+    apply(&client, &yaml).await;
+    let mut raw = raw_stage_member(&server, "provision", "boot").await;
+    publish(
+        &client,
+        "events",
+        ["vm-1", "vm-2"]
+            .iter()
+            .map(|id| root_event(id, "vm.requested", id, "{}"))
+            .collect(),
+    )
+    .await;
+    let first = raw_stage_delivery(&mut raw).await;
+    let second = raw_stage_delivery(&mut raw).await;
+    let delivered_at = Instant::now();
+    let (acked, held) = if first.root.id == "vm-1" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!((acked.attempt, held.attempt), (1, 1));
+    let up = event_bytes("vm-1/booted", "raw-boot", "boot.done", b"up");
+    let mut pushed = Vec::new();
+    let reply = raw
+        .request(
+            &Message::StageAck(hadron_wire::StageAck {
+                delivery_id: acked.delivery_id,
+                output: &up,
+            }),
+            &mut pushed,
+        )
+        .await;
+    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
+    // A later delivery, with a later deadline, acked before it passes.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_MS / 4)).await;
+    publish(
+        &client,
+        "events",
+        vec![root_event("vm-3", "vm.requested", "vm-3", "{}")],
+    )
+    .await;
+    let third = raw_stage_delivery(&mut raw).await;
+    assert_eq!((third.root.id.as_str(), third.attempt), ("vm-3", 1));
+    let reply = raw
+        .request(
+            &Message::StageAck(hadron_wire::StageAck {
+                delivery_id: third.delivery_id,
+                output: &up,
+            }),
+            &mut pushed,
+        )
+        .await;
+    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
+
+    let again = raw_stage_delivery(&mut raw).await;
+    assert_eq!(again.root.id, held.root.id, "the held boot comes back");
+    assert_eq!(again.attempt, 2);
+    assert_ne!(again.delivery_id, held.delivery_id);
+    assert!(
+        delivered_at.elapsed() >= Duration::from_millis(TIMEOUT_MS),
+        "redelivered after {:?}, before the {TIMEOUT_MS} ms ack timeout",
+        delivered_at.elapsed()
+    );
+    match raw.recv_within(Duration::from_millis(2 * TIMEOUT_MS)).await {
+        Some(Some(Frame::StageDelivery(d))) => {
+            assert_eq!(d.root.id, held.root.id, "only the unacked boot: {d:?}");
+        }
+        None => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    let doc = pipeline_doc(&client, "provision").await.unwrap();
+    let boot = stage_doc(&doc, "boot");
+    assert_eq!(boot["completed"], 2, "{doc}");
+    assert!(boot["errors"].as_u64().unwrap() >= 1, "{doc}");
+    let last_error = boot["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains(&format!("no ack within the ack timeout of {TIMEOUT_MS} ms")),
+        "{doc}"
+    );
+}
+
+/// Stage acks sent together in one `StageAcks` frame are each settled on
+/// their own. The valid ones complete their stages, durably before the
+/// answer: after a `kill -9` right after it and a restart they are not
+/// delivered again, and the dependent stage gets exactly those outputs
+/// back from the outputs log. A repeated ack is ignored; an unknown
+/// delivery and an invalid output are refused, by id, in one `Error`, and
+/// the stage of the invalid one goes out again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_acks_in_one_frame_are_settled_each_and_durable_before_the_answer() {
+    let mut server = Server::start();
+    let client = server.client();
+    let yaml = r#"
+apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata:
+  name: provision
+spec:
+  sourceStream: events
+  triggers: [vm.requested]
+  ackTimeoutMs: 30000
+  stages:
+    - name: boot
+    - name: configure
+      dependencies: [boot]
+"#;
+    apply(&client, yaml).await;
+    let mut raw = raw_stage_member(&server, "provision", "boot").await;
+    let roots = ["vm-1", "vm-2", "vm-3"];
+    publish(
+        &client,
+        "events",
+        roots
+            .iter()
+            .map(|id| root_event(id, "vm.requested", id, "{}"))
+            .collect(),
+    )
+    .await;
+    let mut delivered = BTreeMap::new();
+    for _ in 0..roots.len() {
+        let d = raw_stage_delivery(&mut raw).await;
+        assert_eq!(d.stage, "boot");
+        assert!(d.inputs.is_empty(), "boot has no dependencies: {d:?}");
+        delivered.insert(d.root.id.clone(), d.delivery_id);
+    }
+    let id_of = |root: &str| delivered[root];
+    let output = |root: &str| {
+        event_bytes(
+            &format!("{root}/booted"),
+            "raw-boot",
+            "boot.done",
+            format!("{root} is up").as_bytes(),
+        )
+    };
+    let (up1, up2) = (output("vm-1"), output("vm-2"));
+    let unknown = id_of("vm-3") + 1_000_000;
+    let acks = Message::StageAcks(hadron_wire::StageAcks {
+        acks: vec![
+            hadron_wire::StageAck {
+                delivery_id: id_of("vm-1"),
+                output: &up1,
+            },
+            hadron_wire::StageAck {
+                delivery_id: unknown,
+                output: &up2,
+            },
+            hadron_wire::StageAck {
+                delivery_id: id_of("vm-2"),
+                output: &up2,
+            },
+            hadron_wire::StageAck {
+                delivery_id: id_of("vm-1"),
+                output: &up1,
+            },
+            hadron_wire::StageAck {
+                delivery_id: id_of("vm-3"),
+                output: b"not an event",
+            },
+        ],
+    });
+    let mut pushed = Vec::new();
+    match raw.request(&acks, &mut pushed).await {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(
+                code,
+                hadron_wire::ErrorCode::UnknownDelivery,
+                "the first refusal's code: {message}"
+            );
+            assert!(
+                message.starts_with(&format!("stage acks {unknown} (")),
+                "{message}"
+            );
+            assert!(
+                message.contains(&format!(
+                    ", {} (the stage output is not a valid event",
+                    id_of("vm-3")
+                )),
+                "{message}"
+            );
+            for taken in ["vm-1", "vm-2"] {
+                assert!(
+                    !message.contains(&format!("{} (", id_of(taken))),
+                    "{taken} was taken: {message}"
+                );
+            }
+        }
+        other => panic!("expected an Error naming the refused acks, got {other:?}"),
+    }
+    assert!(pushed.is_empty(), "{pushed:?}");
+
+    // The answer came after the fdatasync: a kill now loses nothing.
+    server.kill_now();
+    server.restart();
+    let client = server.client();
+    let mut raw = raw_stage_member(&server, "provision", "boot").await;
+    let again = raw_stage_delivery(&mut raw).await;
+    assert_eq!(
+        again.root.id, "vm-3",
+        "only the refused boot goes out again"
+    );
+    match raw.recv_within(Duration::from_millis(500)).await {
+        None => {}
+        other => panic!("boot of a taken ack went out again: {other:?}"),
+    }
+    let rec = Arc::new(Recorder::default());
+    let _configure = attach(
+        &client,
+        "provision",
+        "configure",
+        4,
+        recording(&rec, succeed),
+    )
+    .await;
+    until_recorded(&rec, "configure ran for vm-1 and vm-2", |r| {
+        ["vm-1", "vm-2"]
+            .iter()
+            .all(|id| r.succeeded("configure").contains(*id))
+    })
+    .await;
+    for (root, sent) in [("vm-1", &up1), ("vm-2", &up2)] {
+        let runs = rec.runs(root, "configure");
+        assert_eq!(runs.len(), 1, "configure of {root} ran once: {runs:?}");
+        let boot = &runs[0].inputs["boot"];
+        assert_eq!(boot, &Event::decode(sent).unwrap(), "{root}'s boot output");
+    }
+    assert!(
+        rec.runs("vm-3", "configure").is_empty(),
+        "vm-3 is not booted"
+    );
+
+    let up3 = output("vm-3");
+    let reply = raw
+        .request(
+            &Message::StageAck(hadron_wire::StageAck {
+                delivery_id: again.delivery_id,
+                output: &up3,
+            }),
+            &mut pushed,
+        )
+        .await;
+    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
+    until_recorded(&rec, "configure ran for vm-3", |r| {
+        r.succeeded("configure").contains("vm-3")
+    })
+    .await;
+    let doc = until_executions(&client, "provision", (0, 3, 0)).await;
+    assert_stage(&doc, "boot", [3, 0, 0, 0, 0]);
+    assert_stage(&doc, "configure", [3, 0, 0, 0, 0]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1624,4 +1897,464 @@ async fn handlers_attached_before_an_update_keep_receiving_after_it() {
         1,
         "welcome of user-0 did not run again"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoints of the outputs log
+// ---------------------------------------------------------------------------
+
+/// The outputs log's segment size in the checkpoint test (the smallest the
+/// server takes); the run checkpoints once the log grew by one.
+const CKPT_SEGMENT_BYTES: u64 = 64 << 10;
+
+const CHECKPOINTED: &str = r#"
+apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata:
+  name: checkpointed
+spec:
+  sourceStream: ckpt
+  triggers: [job.queued]
+  startPoint:
+    location: beginning
+  maxParallel: 50
+  retry: { initialDelayMs: 1, maxDelayMs: 1, maxAttempts: 1 }
+  stages:
+    - name: build
+    - name: test
+      dependencies: [build]
+    - name: ship
+      dependencies: [build, test]
+"#;
+
+/// (.log files, their bytes) of the pipeline's outputs log on partition 0.
+fn outputs_log_size(server: &Server) -> (usize, u64) {
+    let dir = server.data_dir().join("pipelines/checkpointed/00000");
+    let mut files = 0;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            files += 1;
+            bytes += entry.metadata().unwrap().len();
+        }
+    }
+    (files, bytes)
+}
+
+async fn attach_checkpointed(
+    client: &Client,
+    rec: &Arc<Recorder>,
+    gate: &Arc<AtomicBool>,
+) -> Vec<PipelineHandle> {
+    let mut handles = Vec::new();
+    for stage in ["build", "test", "ship"] {
+        let gate = Arc::clone(gate);
+        let behave = move |input: StageInput| {
+            let gate = Arc::clone(&gate);
+            async move {
+                if input.stage == "test" && input.root.id.starts_with("bad-") {
+                    return Err("tests fail".to_owned());
+                }
+                if input.stage == "ship" && input.root.id.starts_with("held-") {
+                    let deadline = Instant::now() + WAIT;
+                    while !gate.load(Ordering::SeqCst) {
+                        if Instant::now() > deadline {
+                            return Err("the gate never opened".to_owned());
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Ok(())
+            }
+        };
+        handles.push(attach(client, "checkpointed", stage, 256, recording(rec, behave)).await);
+    }
+    handles
+}
+
+/// What a restart must keep of a pipeline's status: the totals, each
+/// stage's completed and failed counts, and the failed executions.
+fn kept_status(doc: &serde_json::Value) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::json!([s["name"], s["completed"], s["failed"]]))
+        .collect();
+    let failed: BTreeSet<String> = doc["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["failed_executions"].as_array().unwrap().iter())
+        .map(|f| format!("{}:{}:{}", f["offset"], f["stage"], f["error"]))
+        .collect();
+    serde_json::json!({
+        "executions": doc["executions"],
+        "stages": stages,
+        "failed": failed,
+    })
+}
+
+/// A pipeline on a server with 64 KiB segments runs 20 executions held in
+/// their last stage (published first, so they hold the watermark back), 5
+/// whose middle stage fails, and 1500 that complete, with outputs of about
+/// 300 bytes: some 1.5 MB of outputs, 23 segments without checkpoints. The
+/// outputs log stays within 4 segments. Then the server is killed with
+/// SIGKILL and restarted: status shows the same totals, stage counts and
+/// failed executions as before; no completed stage runs again (every stage
+/// of every completed execution ran exactly once); the held executions
+/// finish, their last stage receiving the outputs of both stages it
+/// depends on, which were written before the checkpoints that carried them;
+/// the failed ones stay failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_bound_the_outputs_log_and_a_sigkill_restart_keeps_the_run() {
+    let mut server = Server::start_with(hadron_tests::ServerOptions {
+        config: Some(format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: ServerConfig\nsegmentBytes: {CKPT_SEGMENT_BYTES}\n"
+        )),
+        ..hadron_tests::ServerOptions::default()
+    });
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(250),
+        ..ClientOptions::default()
+    };
+    let client = server.client_with(options.clone());
+    create_stream(&client, "ckpt", 1).await;
+    apply(&client, CHECKPOINTED).await;
+    let rec = Arc::new(Recorder::default());
+    let gate = Arc::new(AtomicBool::new(false));
+    let mut handles = attach_checkpointed(&client, &rec, &gate).await;
+
+    const HELD: usize = 20;
+    const BAD: usize = 5;
+    const FREE: usize = 1500;
+    // Root ids of 280 bytes: each output names its root.
+    let id = |kind: &str, i: usize| format!("{kind}-{i:04}-{}", "x".repeat(270));
+    let mut ids: Vec<String> = (0..HELD).map(|i| id("held", i)).collect();
+    ids.extend((0..BAD).map(|i| id("bad", i)));
+    ids.extend((0..FREE).map(|i| id("free", i)));
+    for chunk in ids.chunks(100) {
+        let events = chunk
+            .iter()
+            .map(|id| root_event(id, "job.queued", "repo", "{}"))
+            .collect();
+        publish(&client, "ckpt", events).await;
+    }
+
+    let completed = FREE as u64;
+    let before = until_executions(
+        &client,
+        "checkpointed",
+        (HELD as u64, completed, BAD as u64),
+    )
+    .await;
+    until_recorded(&rec, "every held execution waits in ship", |r| {
+        r.started("ship")
+            .iter()
+            .filter(|id| id.starts_with("held-"))
+            .count()
+            == HELD
+    })
+    .await;
+    let (files, bytes) = outputs_log_size(&server);
+    eprintln!(
+        "outputs log after {} executions: {files} segment files, {bytes} bytes",
+        HELD + BAD + FREE
+    );
+    assert!(
+        files <= 4,
+        "the outputs log kept {files} segments ({bytes} bytes) of {CKPT_SEGMENT_BYTES} bytes"
+    );
+    let kept = kept_status(&before);
+
+    server.kill_now();
+    let seq_at_kill = rec.next_seq.load(Ordering::SeqCst);
+    let addr = server.addr();
+    let started = Instant::now();
+    server.restart();
+    eprintln!("restart took {:?}", started.elapsed());
+    let client = if server.addr() == addr {
+        client
+    } else {
+        for h in handles.drain(..) {
+            h.cancel();
+        }
+        let client = server.client_with(options);
+        handles = attach_checkpointed(&client, &rec, &gate).await;
+        client
+    };
+    let after = until_executions(
+        &client,
+        "checkpointed",
+        (HELD as u64, completed, BAD as u64),
+    )
+    .await;
+    assert_eq!(kept_status(&after), kept, "status after the restart");
+    let cli_doc = cli_pipeline_status(&server, "checkpointed").await;
+    assert_eq!(kept_status(&cli_doc), kept, "CLI status after the restart");
+
+    gate.store(true, Ordering::SeqCst);
+    let done = until_executions(
+        &client,
+        "checkpointed",
+        (0, (FREE + HELD) as u64, BAD as u64),
+    )
+    .await;
+    let total = (FREE + HELD) as u64;
+    assert_stage(&done, "build", [total + BAD as u64, 0, 0, 0, 0]);
+    // Errors are counted since the start; the failures are remembered.
+    assert_stage(&done, "test", [total, 0, 0, 0, BAD as u64]);
+    assert_stage(&done, "ship", [total, 0, 0, 0, 0]);
+
+    let runs = rec.snapshot();
+    for root in &ids {
+        let ok = |stage: &str| -> Vec<Run> {
+            runs.get(&(root.clone(), stage.to_owned()))
+                .map(|r| {
+                    r.iter()
+                        .filter(|r| r.finished.is_some_and(|(_, ok)| ok))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if root.starts_with("bad-") {
+            assert_eq!(ok("build").len(), 1, "build of {root}");
+            assert!(
+                ok("test").is_empty() && ok("ship").is_empty(),
+                "{root} stays failed"
+            );
+            continue;
+        }
+        for stage in ["build", "test"] {
+            assert_eq!(
+                ok(stage).len(),
+                1,
+                "{stage} of {root} completed exactly once"
+            );
+        }
+        for stage in ["build", "test"] {
+            let all = &runs[&(root.clone(), stage.to_owned())];
+            assert!(
+                all.iter().all(|r| r.seq < seq_at_kill),
+                "{stage} of {root} ran after the kill: {all:?}"
+            );
+        }
+        let want = BTreeMap::from([
+            ("build".to_owned(), format!("{root}/build")),
+            ("test".to_owned(), format!("{root}/test")),
+        ]);
+        for ship in &runs[&(root.clone(), "ship".to_owned())] {
+            let inputs: BTreeMap<String, String> = ship
+                .inputs
+                .iter()
+                .map(|(stage, e)| (stage.clone(), String::from_utf8_lossy(&e.data).into_owned()))
+                .collect();
+            assert_eq!(inputs, want, "the inputs ship of {root} received");
+        }
+        let ships = ok("ship");
+        if root.starts_with("held-") {
+            assert!(
+                ships.iter().any(|r| r.seq >= seq_at_kill),
+                "ship of {root} completed after the kill"
+            );
+        } else {
+            assert_eq!(ships.len(), 1, "ship of {root} completed exactly once");
+        }
+    }
+    let (files, bytes) = outputs_log_size(&server);
+    assert!(
+        files <= 4,
+        "after the restart: {files} segments, {bytes} bytes"
+    );
+    for h in handles {
+        h.cancel();
+    }
+}
+
+/// A failed execution retried long after the watermark passed it, and
+/// still running when checkpoints delete the records of its failure and
+/// retry, survives a SIGKILL: after the restart it runs on from where it
+/// was (its last stage gets both outputs it needs) and completes, while
+/// the 1600 executions that completed around it do not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_execution_below_the_watermark_survives_checkpoints_and_sigkill() {
+    let mut server = Server::start_with(hadron_tests::ServerOptions {
+        config: Some(format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: ServerConfig\nsegmentBytes: {CKPT_SEGMENT_BYTES}\n"
+        )),
+        ..hadron_tests::ServerOptions::default()
+    });
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(250),
+        ..ClientOptions::default()
+    };
+    let client = server.client_with(options.clone());
+    create_stream(&client, "ckpt", 1).await;
+    apply(&client, CHECKPOINTED).await;
+    let rec = Arc::new(Recorder::default());
+    let fixed = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(AtomicBool::new(false));
+    let attach_all = |client: Client| {
+        let (rec, fixed, gate) = (Arc::clone(&rec), Arc::clone(&fixed), Arc::clone(&gate));
+        async move {
+            let mut handles = Vec::new();
+            for stage in ["build", "test", "ship"] {
+                let (fixed, gate) = (Arc::clone(&fixed), Arc::clone(&gate));
+                let behave = move |input: StageInput| {
+                    let (fixed, gate) = (Arc::clone(&fixed), Arc::clone(&gate));
+                    async move {
+                        let bad = input.root.id.starts_with("bad-");
+                        if bad && input.stage == "test" && !fixed.load(Ordering::SeqCst) {
+                            return Err("tests fail".to_owned());
+                        }
+                        if bad && input.stage == "ship" {
+                            let deadline = Instant::now() + WAIT;
+                            while !gate.load(Ordering::SeqCst) {
+                                if Instant::now() > deadline {
+                                    return Err("the gate never opened".to_owned());
+                                }
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                        Ok(())
+                    }
+                };
+                handles.push(
+                    attach(&client, "checkpointed", stage, 256, recording(&rec, behave)).await,
+                );
+            }
+            handles
+        }
+    };
+    let mut handles = attach_all(client.clone()).await;
+
+    const FREE: usize = 800;
+    let id = |kind: &str, i: usize| format!("{kind}-{i:04}-{}", "x".repeat(270));
+    let publish_ids = |ids: Vec<String>| {
+        let client = client.clone();
+        async move {
+            let mut at = BTreeMap::new();
+            for chunk in ids.chunks(100) {
+                let events = chunk
+                    .iter()
+                    .map(|id| root_event(id, "job.queued", "repo", "{}"))
+                    .collect();
+                at.extend(publish(&client, "ckpt", events).await);
+            }
+            at
+        }
+    };
+    let bad = id("bad", 0);
+    let bad_at = publish_ids(vec![bad.clone()]).await[&bad];
+    let mut ids: Vec<String> = (0..FREE).map(|i| id("free", i)).collect();
+    publish_ids(ids.clone()).await;
+    until_executions(&client, "checkpointed", (0, FREE as u64, 1)).await;
+
+    // Fixed, retried, and held in its last stage while 800 more complete
+    // (checkpoints meanwhile delete the records of its failure and retry).
+    fixed.store(true, Ordering::SeqCst);
+    let retried = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.retry_pipeline("checkpointed", Some(bad_at)),
+    )
+    .await
+    .expect("retry timed out")
+    .unwrap();
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    let more: Vec<String> = (FREE..2 * FREE).map(|i| id("free", i)).collect();
+    publish_ids(more.clone()).await;
+    ids.extend(more);
+    let completed = 2 * FREE as u64;
+    let before = until_executions(&client, "checkpointed", (1, completed, 0)).await;
+    until_recorded(&rec, "the retried execution waits in ship", |r| {
+        !r.runs(&bad, "ship").is_empty()
+    })
+    .await;
+    let (files, bytes) = outputs_log_size(&server);
+    assert!(
+        files <= 4,
+        "the outputs log kept {files} segments ({bytes} bytes)"
+    );
+    let kept = kept_status(&before);
+
+    server.kill_now();
+    let seq_at_kill = rec.next_seq.load(Ordering::SeqCst);
+    let addr = server.addr();
+    server.restart();
+    let client = if server.addr() == addr {
+        client
+    } else {
+        for h in handles.drain(..) {
+            h.cancel();
+        }
+        let client = server.client_with(options);
+        handles = attach_all(client.clone()).await;
+        client
+    };
+    let after = until_executions(&client, "checkpointed", (1, completed, 0)).await;
+    assert_eq!(kept_status(&after), kept, "status after the restart");
+
+    gate.store(true, Ordering::SeqCst);
+    let done = until_executions(&client, "checkpointed", (0, completed + 1, 0)).await;
+    assert_stage(&done, "ship", [completed + 1, 0, 0, 0, 0]);
+    let runs = rec.snapshot();
+    let ok = |root: &str, stage: &str| -> Vec<Run> {
+        runs.get(&(root.to_owned(), stage.to_owned()))
+            .map(|r| {
+                r.iter()
+                    .filter(|r| r.finished.is_some_and(|(_, ok)| ok))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for root in &ids {
+        for stage in ["build", "test", "ship"] {
+            let mine = ok(root, stage);
+            assert_eq!(mine.len(), 1, "{stage} of {root} completed exactly once");
+            assert!(
+                mine[0].seq < seq_at_kill,
+                "{stage} of {root} ran after the kill"
+            );
+        }
+    }
+    for stage in ["build", "test"] {
+        let mine = ok(&bad, stage);
+        assert_eq!(mine.len(), 1, "{stage} of the retried execution: {mine:?}");
+        assert!(
+            mine[0].seq < seq_at_kill,
+            "{stage} of the retried one reran"
+        );
+    }
+    let ships = &runs[&(bad.clone(), "ship".to_owned())];
+    assert!(
+        ok(&bad, "ship").iter().any(|r| r.seq >= seq_at_kill),
+        "the retried execution's ship completed after the restart: {ships:?}"
+    );
+    for ship in ships {
+        let inputs: BTreeMap<String, String> = ship
+            .inputs
+            .iter()
+            .map(|(stage, e)| (stage.clone(), String::from_utf8_lossy(&e.data).into_owned()))
+            .collect();
+        let want = BTreeMap::from([
+            ("build".to_owned(), format!("{bad}/build")),
+            ("test".to_owned(), format!("{bad}/test")),
+        ]);
+        assert_eq!(
+            inputs, want,
+            "the inputs ship of the retried execution received"
+        );
+    }
+    for h in handles {
+        h.cancel();
+    }
 }

@@ -35,8 +35,8 @@ pub use generated as fb;
 pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
     HandshakeOk, Message, Nack, PipelineRetry, PipelineSubscribe, Publish, PublishOk,
-    PublishResult, Record, StageAck, StageDelivery, StageInput, StageNack, StartPoint, StatusOk,
-    Subscribe, SubscribeOk, encode,
+    PublishResult, Record, StageAck, StageAcks, StageDelivery, StageInput, StageNack, StartPoint,
+    StatusOk, Subscribe, SubscribeOk, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -153,7 +153,7 @@ mod tests {
 
     fn random_message<'a>(rng: &mut Rng, pool: &'a Pool) -> Message<'a> {
         let n = rng.below(4);
-        match rng.below(22) {
+        match rng.below(23) {
             0 => Message::Handshake(Handshake {
                 version: rng.next_u64() as u16,
                 token: pool.s(rng),
@@ -278,9 +278,17 @@ mod tests {
                 delivery_id: rng.next_u64(),
                 message: pool.s(rng),
             }),
-            _ => Message::PipelineRetry(PipelineRetry {
+            21 => Message::PipelineRetry(PipelineRetry {
                 pipeline: pool.s(rng),
                 execution: (rng.below(2) == 0).then(|| (rng.next_u64() as u32, rng.next_u64())),
+            }),
+            _ => Message::StageAcks(StageAcks {
+                acks: (0..n)
+                    .map(|_| StageAck {
+                        delivery_id: rng.next_u64(),
+                        output: pool.b(rng),
+                    })
+                    .collect(),
             }),
         }
     }
@@ -315,6 +323,7 @@ mod tests {
                 all
             }
             Message::StageAck(m) => vec![m.output],
+            Message::StageAcks(m) => m.acks.iter().map(|a| a.output).collect(),
             _ => Vec::new(),
         }
     }

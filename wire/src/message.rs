@@ -219,6 +219,12 @@ pub struct StageNack<'a> {
     pub message: &'a str,
 }
 
+/// Several stage acks in one request, each settled as if sent alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StageAcks<'a> {
+    pub acks: Vec<StageAck<'a>>,
+}
+
 /// Every frame body.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +251,7 @@ pub enum Message<'a> {
     StageAck(StageAck<'a>),
     StageNack(StageNack<'a>),
     PipelineRetry(PipelineRetry<'a>),
+    StageAcks(StageAcks<'a>),
 }
 
 impl Message<'_> {
@@ -273,6 +280,7 @@ impl Message<'_> {
             Message::StageAck(_) => "StageAck",
             Message::StageNack(_) => "StageNack",
             Message::PipelineRetry(_) => "PipelineRetry",
+            Message::StageAcks(_) => "StageAcks",
         }
     }
 
@@ -294,6 +302,7 @@ impl Message<'_> {
                 | Message::StageAck(_)
                 | Message::StageNack(_)
                 | Message::PipelineRetry(_)
+                | Message::StageAcks(_)
         )
     }
 }
@@ -544,6 +553,22 @@ impl<'a> Message<'a> {
                 Message::PipelineRetry(PipelineRetry {
                     pipeline: b.pipeline(),
                     execution: b.one().then(|| (b.partition(), b.offset())),
+                })
+            }
+            fb::Body::StageAcks => {
+                let b = frame.body_as_stage_acks().ok_or(missing)?;
+                Message::StageAcks(StageAcks {
+                    acks: b
+                        .acks()
+                        .map(|v| {
+                            v.iter()
+                                .map(|a| StageAck {
+                                    delivery_id: a.delivery_id(),
+                                    output: a.output().bytes(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
             }
             other => {
@@ -920,6 +945,24 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
             let t = fb::PipelineRetry::create(fbb, &args);
             (fb::Body::PipelineRetry, t.as_union_value())
         }
+        Message::StageAcks(m) => {
+            let acks: Vec<_> = m
+                .acks
+                .iter()
+                .map(|a| {
+                    let args = fb::StageAckArgs {
+                        delivery_id: a.delivery_id,
+                        output: Some(fbb.create_vector(a.output)),
+                    };
+                    fb::StageAck::create(fbb, &args)
+                })
+                .collect();
+            let args = fb::StageAcksArgs {
+                acks: (!acks.is_empty()).then(|| fbb.create_vector(&acks)),
+            };
+            let t = fb::StageAcks::create(fbb, &args);
+            (fb::Body::StageAcks, t.as_union_value())
+        }
     }
 }
 
@@ -1066,6 +1109,22 @@ pub(crate) mod tests {
                 pipeline: "service-creation",
                 execution: Some((3, 77)),
             }),
+            Message::StageAcks(StageAcks {
+                acks: vec![
+                    StageAck {
+                        delivery_id: 5,
+                        output: event,
+                    },
+                    StageAck {
+                        delivery_id: u64::MAX,
+                        output: b"",
+                    },
+                    StageAck {
+                        delivery_id: 7,
+                        output: event,
+                    },
+                ],
+            }),
         ]
     }
 
@@ -1090,7 +1149,7 @@ pub(crate) mod tests {
         let mut names: Vec<&str> = samples.iter().map(Message::name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 22, "one sample per Body member");
+        assert_eq!(names.len(), 23, "one sample per Body member");
 
         let mut encoder = Encoder::default();
         for (i, message) in samples.iter().enumerate() {
@@ -1136,6 +1195,7 @@ pub(crate) mod tests {
             Message::StageDelivery(StageDelivery::default()),
             Message::StageAck(StageAck::default()),
             Message::StageNack(StageNack::default()),
+            Message::StageAcks(StageAcks::default()),
         ];
         for message in &messages {
             let frame = encode(0, message).unwrap();
@@ -1235,7 +1295,7 @@ pub(crate) mod tests {
             let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
             assert_eq!(root.body_type(), fb::Body(tag), "{}", message.name());
         }
-        assert_eq!(fb::Body::ENUM_MAX, 22);
+        assert_eq!(fb::Body::ENUM_MAX, 23);
     }
 
     #[test]
@@ -1245,6 +1305,6 @@ pub(crate) mod tests {
             .iter()
             .filter(|m| m.is_client_message())
             .count();
-        assert_eq!(clients, 12);
+        assert_eq!(clients, 13);
     }
 }

@@ -3,9 +3,9 @@
 //! The reader splits the byte stream into frames (`hadron_wire::split_frame`,
 //! bounded by `frame_bytes_max`), verifies and decodes each, turns it into an
 //! owned [`Op`] and serves it in its own task, so requests are pipelined and
-//! answered as they finish, possibly out of order. The writer drains one
-//! queue of encoded frames (answers and pushed deliveries) and writes them in
-//! as few syscalls as it can.
+//! answered as they finish, possibly out of order. Answers and pushed
+//! deliveries are encoded straight into the connection's [`Outbox`]; the
+//! writer takes everything queued there in one piece per write.
 //!
 //! Bad input never hurts anyone else: a frame over the limit or one that
 //! fails verification gets an `Error` frame and the connection is closed
@@ -16,25 +16,21 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use futures::channel::mpsc;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hadron_engine::notify::Notify;
-use hadron_wire::{
-    ErrorCode, ErrorReply, FrameRef, Message, PLACEMENT_NAME, PROTOCOL_VERSION, StartPoint,
-};
+use hadron_wire::{ErrorCode, FrameRef, Message, PLACEMENT_NAME, PROTOCOL_VERSION, StartPoint};
 
 use super::group::MemberId;
+use super::outbox::{self, Outbox};
 use super::partition::Failure;
+use super::pipeline::StageAckOf;
 use super::{Reply, Request, Shard};
 
 /// Most requests served at once per connection; reading pauses beyond.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 4096;
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
-/// Bytes gathered into one socket write at most.
-const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Default `max_bytes` of a fetch that gives 0.
 const FETCH_BYTES_DEFAULT: u32 = 1 << 20;
 
@@ -69,7 +65,8 @@ enum Op {
         stage: String,
         max_in_flight: u32,
     },
-    StageAck(u64, Vec<u8>),
+    /// (delivery id, output): slices of the received frame.
+    StageAcks(Vec<StageAckOf>),
     StageNack(u64, String),
     PipelineRetry(String, Option<(u32, u64)>),
     Refuse(ErrorCode, String),
@@ -115,7 +112,13 @@ impl Op {
                 stage: p.stage.to_string(),
                 max_in_flight: p.max_in_flight,
             },
-            Message::StageAck(a) => Op::StageAck(a.delivery_id, a.output.to_vec()),
+            Message::StageAck(a) => Op::StageAcks(vec![(a.delivery_id, frame.slice_ref(a.output))]),
+            Message::StageAcks(a) => Op::StageAcks(
+                a.acks
+                    .iter()
+                    .map(|a| (a.delivery_id, frame.slice_ref(a.output)))
+                    .collect(),
+            ),
             Message::StageNack(n) => Op::StageNack(n.delivery_id, n.message.to_string()),
             Message::PipelineRetry(r) => Op::PipelineRetry(r.pipeline.to_string(), r.execution),
             other => Op::Refuse(
@@ -126,39 +129,33 @@ impl Op {
     }
 }
 
-fn error_frame(request_id: u64, code: ErrorCode, message: &str) -> Vec<u8> {
-    let reply = Message::Error(ErrorReply { code, message });
-    hadron_wire::encode(request_id, &reply).unwrap_or_default()
-}
-
 /// Serves one connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let conn = shard.unique_id();
     let (mut reader, mut writer) = stream.split();
-    let (tx, mut rx) = mpsc::unbounded::<Vec<u8>>();
-    shard.register_conn(conn, tx.clone());
+    let outbox = Rc::new(Outbox::default());
+    shard.register_conn(conn, outbox.clone());
+    let writer_outbox = outbox.clone();
     let writer_task = glommio::spawn_local(async move {
+        let outbox = writer_outbox;
         let mut batch = Vec::with_capacity(64 << 10);
-        while let Some(frame) = rx.next().await {
-            batch.extend_from_slice(&frame);
-            while batch.len() < WRITE_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    _ => break,
-                }
-            }
+        while outbox.take(&mut batch).await {
             if writer.write_all(&batch).await.is_err() {
+                outbox.kill();
                 return;
             }
             batch.clear();
+            if batch.capacity() > outbox::RETAIN_BYTES_MAX {
+                batch = Vec::new();
+            }
         }
         let _ = writer.flush().await;
         let _ = writer.close().await;
     });
     let in_flight = Rc::new(Cell::new(0usize));
     let settled = Rc::new(Notify::default());
-    read_loop(&shard, conn, &mut reader, &tx, &in_flight, &settled).await;
+    read_loop(&shard, conn, &mut reader, &outbox, &in_flight, &settled).await;
     // Let the requests already being served answer before closing.
     while in_flight.get() > 0 {
         let generation = settled.generation();
@@ -168,7 +165,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         settled.changed_since(generation).await;
     }
     shard.unregister_conn(conn).await;
-    drop(tx);
+    outbox.close();
     writer_task.await;
 }
 
@@ -176,7 +173,7 @@ async fn read_loop(
     shard: &Rc<Shard>,
     conn: u64,
     reader: &mut futures::io::ReadHalf<TcpStream>,
-    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    outbox: &Rc<Outbox>,
     in_flight: &Rc<Cell<usize>>,
     settled: &Rc<Notify>,
 ) {
@@ -191,7 +188,7 @@ async fn read_loop(
                 Ok(Some((body, consumed))) => (body.len(), consumed),
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.unbounded_send(error_frame(0, e.code(), &e.to_string()));
+                    outbox.error(0, e.code(), &e.to_string());
                     return;
                 }
             };
@@ -201,7 +198,7 @@ async fn read_loop(
                 Ok(f) => f,
                 Err(e) => {
                     let id = e.request_id().unwrap_or(0);
-                    let _ = tx.unbounded_send(error_frame(id, e.code(), &e.to_string()));
+                    outbox.error(id, e.code(), &e.to_string());
                     if e.code().closes_connection() {
                         return;
                     }
@@ -211,12 +208,12 @@ async fn read_loop(
             if !handshaken {
                 match handshake(shard, &decoded) {
                     Ok(reply) => {
-                        let _ = tx.unbounded_send(reply);
+                        outbox.send_frame(&reply);
                         handshaken = true;
                         continue;
                     }
                     Err((code, message)) => {
-                        let _ = tx.unbounded_send(error_frame(decoded.request_id, code, &message));
+                        outbox.error(decoded.request_id, code, &message);
                         return;
                     }
                 }
@@ -224,15 +221,17 @@ async fn read_loop(
             let request_id = decoded.request_id;
             let op = Op::from_message(&decoded.message, &frame);
             in_flight.set(in_flight.get() + 1);
-            let (shard, tx, in_flight, settled) = (
+            let (shard, outbox, in_flight, settled) = (
                 shard.clone(),
-                tx.clone(),
+                outbox.clone(),
                 in_flight.clone(),
                 settled.clone(),
             );
             glommio::spawn_local(async move {
-                let frame = serve_op(&shard, conn, request_id, op).await;
-                let _ = tx.unbounded_send(frame);
+                match answer(&shard, conn, op).await {
+                    Ok(answer) => answer(request_id, &outbox),
+                    Err((code, message)) => outbox.error(request_id, code, &message),
+                }
                 in_flight.set(in_flight.get() - 1);
                 settled.notify_all();
             })
@@ -302,7 +301,7 @@ fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Failure> {
         shard_ports,
         placement: PLACEMENT_NAME,
     });
-    hadron_wire::encode(frame.request_id, &reply).map_err(|e| {
+    outbox::encode(frame.request_id, &reply).map_err(|e| {
         (
             ErrorCode::Internal,
             format!("cannot encode HandshakeOk: {e}"),
@@ -310,23 +309,12 @@ fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Failure> {
     })
 }
 
-async fn serve_op(shard: &Rc<Shard>, conn: u64, request_id: u64, op: Op) -> Vec<u8> {
-    match answer(shard, conn, op).await {
-        Ok(frame) => frame(request_id),
-        Err((code, message)) => error_frame(request_id, code, &message),
-    }
-}
+/// Writes a successful answer, given its request id, into the outbox.
+type Encode = Box<dyn FnOnce(u64, &Outbox)>;
 
-type Encode = Box<dyn FnOnce(u64) -> Vec<u8>>;
-
-fn encoded(message: Message<'_>, request_id: u64) -> Vec<u8> {
-    hadron_wire::encode(request_id, &message).unwrap_or_else(|e| {
-        error_frame(
-            request_id,
-            ErrorCode::Internal,
-            &format!("cannot encode the answer: {e}"),
-        )
-    })
+/// The answer `AckOk`.
+fn ack_ok() -> Encode {
+    Box::new(|id, outbox| outbox.send(id, &Message::AckOk))
 }
 
 fn unexpected(reply: Reply) -> Failure {
@@ -391,6 +379,34 @@ fn refused_message(refused: &[u64]) -> String {
     )
 }
 
+/// The failure of a `StageAcks` some of whose acks were not taken: the
+/// first one's code, and which ones failed and why (at most a few, then a
+/// count).
+fn unsettled_failure(unsettled: &[(u64, Failure)]) -> Failure {
+    const NAMED_MAX: usize = 4;
+    let code = unsettled
+        .first()
+        .map_or(ErrorCode::Internal, |(_, (code, _))| *code);
+    let named: Vec<String> = unsettled
+        .iter()
+        .take(NAMED_MAX)
+        .map(|(id, (_, message))| format!("{id} ({message})"))
+        .collect();
+    let more = unsettled.len().saturating_sub(NAMED_MAX);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    (
+        code,
+        format!(
+            "stage acks {}{tail} were not taken; the other acks were",
+            named.join(", ")
+        ),
+    )
+}
+
 fn delivery_owner(shard: &Shard, delivery: u64) -> Result<u16, Failure> {
     let owner = (delivery >> 48) as u16;
     if owner >= shard.shards {
@@ -407,7 +423,7 @@ fn delivery_owner(shard: &Shard, delivery: u64) -> Result<u16, Failure> {
 async fn settle(shard: &Rc<Shard>, delivery: u64, req: Request) -> Result<Encode, Failure> {
     let owner = delivery_owner(shard, delivery)?;
     match shard.call(owner, req).await {
-        Reply::Done => Ok(Box::new(|id| encoded(Message::AckOk, id))),
+        Reply::Done => Ok(ack_ok()),
         other => Err(unexpected(other)),
     }
 }
@@ -432,7 +448,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 )
                 .await
             {
-                Reply::Published(p) => Ok(Box::new(move |id| {
+                Reply::Published(p) => Ok(Box::new(move |id, outbox: &Outbox| {
                     let results = p
                         .results
                         .iter()
@@ -441,14 +457,14 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                             duplicate,
                         })
                         .collect();
-                    encoded(
-                        Message::PublishOk(hadron_wire::PublishOk {
+                    outbox.send(
+                        id,
+                        &Message::PublishOk(hadron_wire::PublishOk {
                             partition,
                             first_offset: p.first_offset,
                             last_offset: p.last_offset,
                             results,
                         }),
-                        id,
                     )
                 })),
                 other => Err(unexpected(other)),
@@ -469,7 +485,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 max_bytes,
             };
             match shard.call(owner, req).await {
-                Reply::Fetched(next_offset, records) => Ok(Box::new(move |id| {
+                Reply::Fetched(next_offset, records) => Ok(Box::new(move |id, outbox: &Outbox| {
                     let records = records
                         .iter()
                         .map(|(offset, event)| hadron_wire::Record {
@@ -477,13 +493,13 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                             event,
                         })
                         .collect();
-                    encoded(
-                        Message::FetchOk(hadron_wire::FetchOk {
+                    outbox.send(
+                        id,
+                        &Message::FetchOk(hadron_wire::FetchOk {
                             partition,
                             next_offset,
                             records,
                         }),
-                        id,
                     )
                 })),
                 other => Err(unexpected(other)),
@@ -533,13 +549,13 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 },
             )
             .await?;
-            Ok(Box::new(move |id| {
-                encoded(
-                    Message::SubscribeOk(hadron_wire::SubscribeOk {
+            Ok(Box::new(move |id, outbox: &Outbox| {
+                outbox.send(
+                    id,
+                    &Message::SubscribeOk(hadron_wire::SubscribeOk {
                         subscription_id: subscription,
                         partitions: (0..partitions).collect(),
                     }),
-                    id,
                 )
             }))
         }
@@ -572,7 +588,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 }
             }
             if refused.is_empty() {
-                Ok(Box::new(|id| encoded(Message::AckOk, id)))
+                Ok(ack_ok())
             } else {
                 Err((ErrorCode::UnknownDelivery, refused_message(&refused)))
             }
@@ -626,16 +642,44 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 },
             )
             .await?;
-            Ok(Box::new(|id| encoded(Message::AckOk, id)))
+            Ok(ack_ok())
         }
-        Op::StageAck(delivery, output) => {
-            let req = Request::StageAck {
-                id: delivery,
-                output,
-                shard: shard.id,
-                conn,
-            };
-            settle(shard, delivery, req).await
+        Op::StageAcks(acks) => {
+            // Each ack is settled on its own, by the shard that made its
+            // delivery; one request per shard.
+            let single = acks.len() == 1;
+            let mut unsettled = Vec::new();
+            let mut by_owner: std::collections::BTreeMap<u16, Vec<StageAckOf>> = Default::default();
+            for (id, output) in acks {
+                match delivery_owner(shard, id) {
+                    Ok(owner) => by_owner.entry(owner).or_default().push((id, output)),
+                    Err(f) => unsettled.push((id, f)),
+                }
+            }
+            let calls = by_owner.into_iter().map(|(owner, acks)| {
+                shard.call(
+                    owner,
+                    Request::StageAcks {
+                        acks,
+                        shard: shard.id,
+                        conn,
+                    },
+                )
+            });
+            for reply in futures::future::join_all(calls).await {
+                match reply {
+                    Reply::Unsettled(failures) => unsettled.extend(failures),
+                    other => return Err(unexpected(other)),
+                }
+            }
+            if unsettled.is_empty() {
+                Ok(ack_ok())
+            } else if single {
+                // A lone `StageAck` gets its own failure as it is.
+                Err(unsettled.swap_remove(0).1)
+            } else {
+                Err(unsettled_failure(&unsettled))
+            }
         }
         Op::StageNack(delivery, message) => {
             let req = Request::StageNack {
@@ -683,22 +727,25 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     ),
                 ));
             }
-            Ok(Box::new(move |id| {
+            Ok(Box::new(move |id, outbox: &Outbox| {
                 let summary = lines.iter().map(String::as_str).collect();
-                encoded(Message::ApplyOk(hadron_wire::ApplyOk { summary }), id)
+                outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
             }))
         }
         Op::Apply(yaml, force) => match shard.call(0, Request::Apply { yaml, force }).await {
-            Reply::Applied(summary) => Ok(Box::new(move |id| {
+            Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
                 let summary = summary.iter().map(String::as_str).collect();
-                encoded(Message::ApplyOk(hadron_wire::ApplyOk { summary }), id)
+                outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
             })),
             other => Err(unexpected(other)),
         },
         Op::Status => {
             let json = shard.status_json().await?;
-            Ok(Box::new(move |id| {
-                encoded(Message::StatusOk(hadron_wire::StatusOk { json: &json }), id)
+            Ok(Box::new(move |id, outbox: &Outbox| {
+                outbox.send(
+                    id,
+                    &Message::StatusOk(hadron_wire::StatusOk { json: &json }),
+                )
             }))
         }
         Op::Refuse(code, message) => Err((code, message)),

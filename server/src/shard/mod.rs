@@ -16,6 +16,7 @@
 
 pub mod conn;
 pub mod group;
+pub mod outbox;
 pub mod partition;
 pub mod pipeline;
 
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::channel::{mpsc, oneshot};
+use futures::channel::oneshot;
 use futures::future::{Either, select};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
@@ -38,8 +39,9 @@ use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
 
 use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
 use group::{GroupPartition, GroupStatus, MemberId, Outgoing};
+use outbox::Outbox;
 use partition::{Failure, Partition, Published, now_ms};
-use pipeline::{PipelineRun, RunStatus};
+use pipeline::{PipelineRun, RunStatus, StageAckOf};
 
 /// Capacity of each mesh channel, in messages.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -201,10 +203,10 @@ pub enum Request {
         max_in_flight: u32,
         member: MemberId,
     },
-    /// A stage succeeded with an output event.
-    StageAck {
-        id: u64,
-        output: Vec<u8>,
+    /// Stages succeeded, each with an output event: (delivery id,
+    /// output), settled each on its own.
+    StageAcks {
+        acks: Vec<StageAckOf>,
         shard: u16,
         conn: u64,
     },
@@ -248,6 +250,9 @@ pub enum Reply {
     /// For `Ack`: the ids that were not outstanding (the others were
     /// acked).
     Refused(Vec<u64>),
+    /// For `StageAcks`: the acks that were not taken, and why (the others
+    /// were).
+    Unsettled(Vec<(u64, Failure)>),
     /// The request failed.
     Failed(ErrorCode, String),
 }
@@ -354,7 +359,7 @@ pub struct Shard {
     mesh: Senders<MeshMsg>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: Cell<u64>,
-    conns: RefCell<HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>>,
+    conns: RefCell<HashMap<u64, Rc<Outbox>>>,
     /// Set when the server is shutting down.
     pub stopping: Cell<bool>,
     /// Serializes `apply` on shard 0.
@@ -568,20 +573,17 @@ impl Shard {
                     let _ = tx.send(reply);
                 }
             }
-            MeshMsg::Push { conn, frame } => self.push_local(conn, frame),
+            MeshMsg::Push { conn, frame } => {
+                if let Some(outbox) = self.conns.borrow().get(&conn) {
+                    outbox.send_frame(&frame);
+                }
+            }
         }
     }
 
-    /// Writes a frame to a connection of this shard, if it is still open.
-    pub fn push_local(&self, conn: u64, frame: Vec<u8>) {
-        if let Some(tx) = self.conns.borrow().get(&conn) {
-            let _ = tx.unbounded_send(frame);
-        }
-    }
-
-    /// Registers a connection's outgoing queue.
-    pub fn register_conn(&self, conn: u64, tx: mpsc::UnboundedSender<Vec<u8>>) {
-        self.conns.borrow_mut().insert(conn, tx);
+    /// Registers a connection's outbox.
+    pub fn register_conn(&self, conn: u64, outbox: Rc<Outbox>) {
+        self.conns.borrow_mut().insert(conn, outbox);
     }
 
     /// Forgets a connection and detaches its members everywhere.
@@ -723,15 +725,30 @@ impl Shard {
                 run.attach(member, s, max_in_flight);
                 Reply::Done
             }
-            Request::StageAck {
-                id,
-                output,
-                shard,
-                conn,
-            } => match self.run_of(id) {
-                Ok(run) => run.ack(id, (shard, conn), &output).await.into(),
-                Err(f) => f.into(),
-            },
+            Request::StageAcks { acks, shard, conn } => {
+                // The acks of one run are made durable together: one append.
+                let mut by_run: Vec<(Rc<PipelineRun>, Vec<StageAckOf>)> = Vec::new();
+                let mut unsettled = Vec::new();
+                for (id, output) in acks {
+                    // The runs already found first: a burst of acks
+                    // usually comes from few runs.
+                    if let Some((_, acks)) = by_run.iter_mut().find(|(r, _)| r.owns(id)) {
+                        acks.push((id, output));
+                        continue;
+                    }
+                    match self.run_of(id) {
+                        Ok(run) => by_run.push((run, vec![(id, output)])),
+                        Err(f) => unsettled.push((id, f)),
+                    }
+                }
+                let settles = by_run
+                    .iter()
+                    .map(|(run, acks)| run.ack_many(acks, (shard, conn)));
+                for failures in futures::future::join_all(settles).await {
+                    unsettled.extend(failures);
+                }
+                Reply::Unsettled(unsettled)
+            }
             Request::StageNack {
                 id,
                 message,
@@ -938,16 +955,22 @@ impl Shard {
             if run.closed.get() || self.stopping.get() {
                 return;
             }
+            if run.claim_checkpoint() {
+                let run = run.clone();
+                glommio::spawn_local(async move {
+                    if let Err(e) = run.checkpoint().await {
+                        tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "checkpoint failed: {e}");
+                    }
+                })
+                .detach();
+            }
             let wake_gen = run.wake.generation();
             let data_gen = run.source.appended.generation();
             let this = self.clone();
             match run.round(&move || this.unique_id()).await {
                 Ok(out) if !out.is_empty() => {
                     for d in out {
-                        match run.delivery_frame(&d) {
-                            Ok(frame) => self.push(d.member, frame).await,
-                            Err(e) => tracing::error!("cannot encode a stage delivery: {e}"),
-                        }
+                        self.push(d.member, &run.delivery_message(&d)).await;
                     }
                     continue;
                 }
@@ -971,17 +994,29 @@ impl Shard {
         }
     }
 
-    /// Writes a frame to a member's connection, on whichever shard it is.
-    async fn push(&self, member: MemberId, frame: Vec<u8>) {
+    /// Sends a push to a member's connection, on whichever shard it is: a
+    /// local connection gets it encoded straight into its outbox.
+    async fn push(&self, member: MemberId, message: &hadron_wire::Message<'_>) {
         if member.shard == self.id {
-            self.push_local(member.conn, frame);
-        } else {
-            let msg = MeshMsg::Push {
-                conn: member.conn,
-                frame,
-            };
-            let _ = self.mesh.send_to(member.shard as usize, msg).await;
+            if let Some(outbox) = self.conns.borrow().get(&member.conn)
+                && let Err(e) = outbox.try_send(0, message)
+            {
+                tracing::error!("cannot encode a {}: {e}", message.name());
+            }
+            return;
         }
+        let frame = match outbox::encode(0, message) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::error!("cannot encode a {}: {e}", message.name());
+                return;
+            }
+        };
+        let msg = MeshMsg::Push {
+            conn: member.conn,
+            frame,
+        };
+        let _ = self.mesh.send_to(member.shard as usize, msg).await;
     }
 
     async fn send_deliveries(&self, p: &Partition, out: Vec<Outgoing>) {
@@ -995,14 +1030,7 @@ impl Shard {
                 attempt: d.attempt,
                 event: &d.event,
             });
-            let frame = match hadron_wire::encode(0, &message) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!("cannot encode a delivery: {e}");
-                    continue;
-                }
-            };
-            self.push(d.member, frame).await;
+            self.push(d.member, &message).await;
         }
     }
 

@@ -1,7 +1,7 @@
 // Written by wire/regen.sh together with hadron_generated.rs; do not edit.
 
 /// FNV-1a 64 of `wire/schema/hadron.fbs` when the generated code was produced.
-pub const SCHEMA_FNV1A64: u64 = 0x235e313477a08ae3;
+pub const SCHEMA_FNV1A64: u64 = 0x1e7bb3142d210e42;
 
 /// SHA-256 of `wire/schema/hadron.fbs` when the generated code was produced.
-pub const SCHEMA_SHA256: &str = "bbdf28750e6293f9a8e33c09dfad5a555a6c5ba9564f351d4608d26917782007";
+pub const SCHEMA_SHA256: &str = "5501062fae0ac0f4d757e30202975ef371e1fc6785b85c3d0ae8d55b79120118";

@@ -1,0 +1,243 @@
+//! A connection's outgoing bytes: whole frames (answers and pushed
+//! deliveries) encoded straight into one buffer that the connection's
+//! writer takes in one piece.
+//!
+//! Encoding goes through one `hadron_wire::Encoder` per shard thread
+//! ([`with_encoder`]), whose builder keeps its capacity, so a steady stream
+//! of frames costs no allocation: neither a builder nor a `Vec` per frame
+//! nor a channel node. The writer swaps its (written, cleared) buffer with
+//! the outbox's, so neither side allocates in the steady state either.
+//!
+//! Invariants:
+//! - `frames` holds whole frames only, in the order they were queued: a
+//!   frame the encoder refuses leaves it unchanged.
+//! - Once the writer gave up (`dead`), frames are dropped, not kept: nobody
+//!   would write them.
+//! - After `close`, the writer writes what is queued and ends.
+
+use std::cell::{Cell, RefCell};
+
+use hadron_engine::notify::Notify;
+use hadron_wire::{EncodeError, Encoder, ErrorCode, ErrorReply, Message};
+
+/// Capacity a writer's buffer keeps after it was written; a larger one
+/// (left by a large fetch answer) goes back to the allocator.
+pub const RETAIN_BYTES_MAX: usize = 256 << 10;
+
+thread_local! {
+    /// This shard's frame encoder. Encoding never awaits, so it is held
+    /// only while one frame is built.
+    static ENCODER: Cell<Option<Encoder>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's `Encoder`. The encoder is taken out of its
+/// slot rather than borrowed, so a nested call gets a fresh encoder
+/// instead of a panic.
+pub fn with_encoder<R>(f: impl FnOnce(&mut Encoder) -> R) -> R {
+    let mut encoder = ENCODER
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let result = f(&mut encoder);
+    let _ = ENCODER.try_with(|slot| slot.set(Some(encoder)));
+    result
+}
+
+/// Encodes `message` as a new frame of exactly its size (for frames that
+/// cross to another shard).
+pub fn encode(request_id: u64, message: &Message<'_>) -> Result<Vec<u8>, EncodeError> {
+    with_encoder(|encoder| encoder.encode(request_id, message))
+}
+
+/// The frames waiting for one connection's writer.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    frames: RefCell<Vec<u8>>,
+    /// Notified when `frames` stops being empty, and on close.
+    ready: Notify,
+    closed: Cell<bool>,
+    dead: Cell<bool>,
+}
+
+impl Outbox {
+    /// Queues `message` as a frame with `request_id`. A message the
+    /// encoder refuses (too large) is answered with an `Internal` error
+    /// frame for the same request id instead, so a request is never left
+    /// without an answer.
+    pub fn send(&self, request_id: u64, message: &Message<'_>) {
+        if let Err(e) = self.try_send(request_id, message) {
+            self.error(
+                request_id,
+                ErrorCode::Internal,
+                &format!("cannot encode the answer: {e}"),
+            );
+        }
+    }
+
+    /// Queues `message` as a frame with `request_id`, or says why it
+    /// cannot be encoded (nothing is queued then).
+    pub fn try_send(&self, request_id: u64, message: &Message<'_>) -> Result<(), EncodeError> {
+        if self.dead.get() {
+            return Ok(());
+        }
+        let was_empty = {
+            let mut frames = self.frames.borrow_mut();
+            let was_empty = frames.is_empty();
+            with_encoder(|encoder| encoder.encode_into(request_id, message, &mut *frames))?;
+            was_empty
+        };
+        if was_empty {
+            self.ready.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Queues an `Error` frame.
+    pub fn error(&self, request_id: u64, code: ErrorCode, message: &str) {
+        let reply = Message::Error(ErrorReply { code, message });
+        // An error message that does not fit a frame is cut rather than
+        // lost.
+        if self.try_send(request_id, &reply).is_err() {
+            let reply = Message::Error(ErrorReply {
+                code,
+                message: &message[..message.floor_char_boundary(1024)],
+            });
+            let _ = self.try_send(request_id, &reply);
+        }
+    }
+
+    /// Queues a frame encoded elsewhere (on another shard).
+    pub fn send_frame(&self, frame: &[u8]) {
+        if self.dead.get() {
+            return;
+        }
+        let was_empty = {
+            let mut frames = self.frames.borrow_mut();
+            let was_empty = frames.is_empty();
+            frames.extend_from_slice(frame);
+            was_empty
+        };
+        if was_empty {
+            self.ready.notify_all();
+        }
+    }
+
+    /// No more frames will be queued: the writer ends after writing what
+    /// is.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.ready.notify_all();
+    }
+
+    /// Waits until there is something to write, then swaps it into
+    /// `batch` (which must be empty). `false` when the outbox is closed and
+    /// everything queued was taken.
+    pub async fn take(&self, batch: &mut Vec<u8>) -> bool {
+        debug_assert!(batch.is_empty());
+        loop {
+            let generation = self.ready.generation();
+            {
+                let mut frames = self.frames.borrow_mut();
+                if !frames.is_empty() {
+                    std::mem::swap(&mut *frames, batch);
+                    return true;
+                }
+            }
+            if self.closed.get() {
+                return false;
+            }
+            self.ready.changed_since(generation).await;
+        }
+    }
+
+    /// The writer failed: drop what is queued and whatever comes later.
+    pub fn kill(&self) {
+        self.dead.set(true);
+        *self.frames.borrow_mut() = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hadron_wire::{Limits, split_frame};
+
+    /// The request ids of the whole frames in `bytes`, which must hold
+    /// nothing else.
+    fn request_ids(mut bytes: &[u8]) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while let Some((body, total)) = split_frame(bytes, &Limits::DEFAULT).unwrap() {
+            ids.push(
+                hadron_wire::decode(body, &Limits::DEFAULT)
+                    .unwrap()
+                    .request_id,
+            );
+            bytes = &bytes[total..];
+        }
+        assert!(bytes.is_empty(), "{} bytes of a partial frame", bytes.len());
+        ids
+    }
+
+    #[test]
+    fn frames_leave_whole_in_order_and_the_buffers_are_swapped() {
+        let outbox = Outbox::default();
+        outbox.send(3, &Message::AckOk);
+        outbox.send_frame(&encode(9, &Message::Status).unwrap());
+        outbox.error(4, ErrorCode::UnknownDelivery, "no delivery 5");
+        let mut batch = Vec::new();
+        assert!(futures::executor::block_on(outbox.take(&mut batch)));
+        assert_eq!(request_ids(&batch), vec![3, 9, 4]);
+        let mut rest = &batch[..];
+        let mut messages = Vec::new();
+        while let Some((body, total)) = split_frame(rest, &Limits::DEFAULT).unwrap() {
+            messages.push(
+                hadron_wire::decode(body, &Limits::DEFAULT)
+                    .unwrap()
+                    .message
+                    .name(),
+            );
+            rest = &rest[total..];
+        }
+        assert_eq!(messages, vec!["AckOk", "Status", "Error"]);
+        assert!(outbox.frames.borrow().is_empty());
+
+        batch.clear();
+        outbox.send(5, &Message::AckOk);
+        outbox.close();
+        assert!(futures::executor::block_on(outbox.take(&mut batch)));
+        assert_eq!(request_ids(&batch), vec![5]);
+        batch.clear();
+        assert!(
+            !futures::executor::block_on(outbox.take(&mut batch)),
+            "closed and empty"
+        );
+    }
+
+    #[test]
+    fn a_dead_outbox_keeps_nothing() {
+        let outbox = Outbox::default();
+        outbox.send(1, &Message::AckOk);
+        outbox.kill();
+        outbox.send(2, &Message::AckOk);
+        outbox.send_frame(&encode(3, &Message::AckOk).unwrap());
+        assert!(outbox.frames.borrow().is_empty());
+    }
+
+    #[test]
+    fn an_answer_too_large_becomes_an_error_for_the_same_request() {
+        let outbox = Outbox::default();
+        let json = "x".repeat(Limits::DEFAULT.frame_bytes_max + 1);
+        outbox.send(7, &Message::StatusOk(hadron_wire::StatusOk { json: &json }));
+        let frames = outbox.frames.borrow();
+        let (body, total) = split_frame(&frames, &Limits::DEFAULT).unwrap().unwrap();
+        assert_eq!(total, frames.len());
+        let frame = hadron_wire::decode(body, &Limits::DEFAULT).unwrap();
+        assert_eq!(frame.request_id, 7);
+        let Message::Error(e) = frame.message else {
+            panic!("{}", frame.message.name())
+        };
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(e.message.contains("cannot encode"), "{}", e.message);
+    }
+}
