@@ -43,6 +43,7 @@ fn carried_events<'a>(message: &Message<'a>) -> Vec<&'a [u8]> {
             all
         }
         Message::StageAck(m) => vec![m.output],
+        Message::StageAcks(m) => m.acks.iter().map(|a| a.output).collect(),
         _ => Vec::new(),
     }
 }
