@@ -2000,20 +2000,11 @@ fn kept_status(doc: &serde_json::Value) -> serde_json::Value {
     })
 }
 
-/// A pipeline on a server with 64 KiB segments runs 20 executions held in
-/// their last stage (published first, so they hold the watermark back), 5
-/// whose middle stage fails, and 1500 that complete, with outputs of about
-/// 300 bytes: some 1.5 MB of outputs, 23 segments without checkpoints. The
-/// outputs log stays within 4 segments. Then the server is killed with
-/// SIGKILL and restarted: status shows the same totals, stage counts and
-/// failed executions as before; no completed stage runs again (every stage
-/// of every completed execution ran exactly once); the held executions
-/// finish, their last stage receiving the outputs of both stages it
-/// depends on, which were written before the checkpoints that carried them;
-/// the failed ones stay failed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkpoints_bound_the_outputs_log_and_a_sigkill_restart_keeps_the_run() {
-    let mut server = Server::start_with(hadron_tests::ServerOptions {
+/// A server whose segments are small enough for checkpoints to come
+/// often, a client that reconnects quickly across its restarts, the
+/// one-partition stream `ckpt` and the `CHECKPOINTED` pipeline on it.
+async fn checkpointed_server() -> (Server, ClientOptions, Client) {
+    let server = Server::start_with(hadron_tests::ServerOptions {
         config: Some(format!(
             "apiVersion: hadron.rs/v1beta1\nkind: ServerConfig\nsegmentBytes: {CKPT_SEGMENT_BYTES}\n"
         )),
@@ -2029,6 +2020,23 @@ async fn checkpoints_bound_the_outputs_log_and_a_sigkill_restart_keeps_the_run()
     let client = server.client_with(options.clone());
     create_stream(&client, "ckpt", 1).await;
     apply(&client, CHECKPOINTED).await;
+    (server, options, client)
+}
+
+/// A pipeline on a server with 64 KiB segments runs 20 executions held in
+/// their last stage (published first, so they hold the watermark back), 5
+/// whose middle stage fails, and 1500 that complete, with outputs of about
+/// 300 bytes: some 1.5 MB of outputs, 23 segments without checkpoints. The
+/// outputs log stays within 4 segments. Then the server is killed with
+/// SIGKILL and restarted: status shows the same totals, stage counts and
+/// failed executions as before; no completed stage runs again (every stage
+/// of every completed execution ran exactly once); the held executions
+/// finish, their last stage receiving the outputs of both stages it
+/// depends on, which were written before the checkpoints that carried them;
+/// the failed ones stay failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_bound_the_outputs_log_and_a_sigkill_restart_keeps_the_run() {
+    let (mut server, options, client) = checkpointed_server().await;
     let rec = Arc::new(Recorder::default());
     let gate = Arc::new(AtomicBool::new(false));
     let mut handles = attach_checkpointed(&client, &rec, &gate).await;
@@ -2187,22 +2195,7 @@ async fn checkpoints_bound_the_outputs_log_and_a_sigkill_restart_keeps_the_run()
 /// the 1600 executions that completed around it do not run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_execution_below_the_watermark_survives_checkpoints_and_sigkill() {
-    let mut server = Server::start_with(hadron_tests::ServerOptions {
-        config: Some(format!(
-            "apiVersion: hadron.rs/v1beta1\nkind: ServerConfig\nsegmentBytes: {CKPT_SEGMENT_BYTES}\n"
-        )),
-        ..hadron_tests::ServerOptions::default()
-    });
-    let options = ClientOptions {
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(5),
-        backoff_initial: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(250),
-        ..ClientOptions::default()
-    };
-    let client = server.client_with(options.clone());
-    create_stream(&client, "ckpt", 1).await;
-    apply(&client, CHECKPOINTED).await;
+    let (mut server, options, client) = checkpointed_server().await;
     let rec = Arc::new(Recorder::default());
     let fixed = Arc::new(AtomicBool::new(false));
     let gate = Arc::new(AtomicBool::new(false));
