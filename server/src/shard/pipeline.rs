@@ -249,6 +249,8 @@ pub struct PipelineRun {
     pub closed: Cell<bool>,
     /// A checkpoint is being written.
     checkpointing: Cell<bool>,
+    /// Signalled when a checkpoint ends (or its future is dropped).
+    checkpoint_ended: Notify,
     /// The outputs log's bytes when the last checkpoint ended.
     checkpoint_bytes: Cell<u64>,
 }
@@ -778,6 +780,7 @@ impl PipelineRun {
             wake: Notify::default(),
             closed: Cell::new(false),
             checkpointing: Cell::new(false),
+            checkpoint_ended: Notify::default(),
             checkpoint_bytes: Cell::new(0),
         };
         run.recover().await?;
@@ -922,9 +925,18 @@ impl PipelineRun {
     /// Writes a checkpoint (after [`PipelineRun::claim_checkpoint`]) and
     /// deletes what it carries forward. See the module header.
     pub async fn checkpoint(&self) -> Result<(), String> {
+        // Ends the claim even if this future is dropped midway, so that
+        // `sync` never waits for a checkpoint nobody is writing.
+        struct Claim<'a>(&'a PipelineRun);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                self.0.checkpointing.set(false);
+                self.0.checkpoint_ended.notify_all();
+            }
+        }
+        let _claim = Claim(self);
         let result = self.write_checkpoint().await;
         self.checkpoint_bytes.set(self.outputs.stats().bytes);
-        self.checkpointing.set(false);
         result
     }
 
@@ -1535,8 +1547,12 @@ impl PipelineRun {
     /// replaced: a checkpoint being written finishes first, so that the
     /// replacing run reads it whole).
     pub async fn sync(&self) -> Result<(), String> {
-        while self.checkpointing.get() {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+        loop {
+            let generation = self.checkpoint_ended.generation();
+            if !self.checkpointing.get() {
+                break;
+            }
+            self.checkpoint_ended.changed_since(generation).await;
         }
         self.commit_watermark().await?;
         self.outputs.sync().await.map_err(|e| e.to_string())
