@@ -517,6 +517,16 @@ impl Replay {
         self.checkpoint.as_ref().map(|(at, _)| *at)
     }
 
+    fn insert_failed(&mut self, root: u64, stage: &str, error: &str) {
+        self.failed.insert(
+            root,
+            FailedExecution {
+                stage: stage.to_string(),
+                error: error.to_string(),
+            },
+        );
+    }
+
     fn insert_output(&mut self, root: u64, stage: u8, event: &[u8]) {
         let done = self.done.entry(root).or_default();
         *done |= 1 << stage;
@@ -547,13 +557,7 @@ impl Replay {
                 }
             }
             Some(OutputRecord::CarriedFailed { root, stage, error }) => {
-                self.failed.insert(
-                    root,
-                    FailedExecution {
-                        stage: stage.to_string(),
-                        error: error.to_string(),
-                    },
-                );
+                self.insert_failed(root, stage, error);
             }
             Some(_) => {}
             None => return Err(format!("outputs record {offset} is malformed")),
@@ -579,13 +583,7 @@ impl Replay {
             Some(OutputRecord::Watermark(w)) => self.watermark = Some(w),
             Some(OutputRecord::Failed { root, stage, error }) => {
                 self.retried.remove(&root);
-                self.failed.insert(
-                    root,
-                    FailedExecution {
-                        stage: stage.to_string(),
-                        error: error.to_string(),
-                    },
-                );
+                self.insert_failed(root, stage, error);
             }
             Some(OutputRecord::Retried(root)) => {
                 self.failed.remove(&root);
