@@ -266,6 +266,11 @@ fn serve(
         .map_err(|e| format!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    // Absolute from here on: paths in logs and errors say where, and the
+    // default `./hadron-data` must not depend on glommio resolving
+    // relative paths (its directory open does not).
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", config.data_dir.display()))?;
     // Held until the process exits: two servers on one data dir would
     // corrupt it.
     let _lock = lock_data_dir(&config.data_dir)?;

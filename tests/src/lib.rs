@@ -155,6 +155,10 @@ pub struct ServerOptions {
     /// A config file's text (`--config`), when set: a `ServerConfig`
     /// document, for settings without a flag (say `segmentBytes`).
     pub config: Option<String>,
+    /// Start without `--data-dir`, in the temporary directory, so that the
+    /// default `./hadron-data` (a relative path) is used, as the README's
+    /// first command does.
+    pub default_data_dir: bool,
 }
 
 impl Default for ServerOptions {
@@ -164,6 +168,7 @@ impl Default for ServerOptions {
             ack_timeout_ms: None,
             token: None,
             config: None,
+            default_data_dir: false,
         }
     }
 }
@@ -227,8 +232,12 @@ impl Server {
     }
 
     /// The data directory (kept across restarts).
-    pub fn data_dir(&self) -> &Path {
-        self.data.path()
+    pub fn data_dir(&self) -> PathBuf {
+        if self.options.default_data_dir {
+            self.data.path().join("hadron-data")
+        } else {
+            self.data.path().to_path_buf()
+        }
     }
 
     /// A client for this server with default options (and the server's
@@ -269,10 +278,13 @@ impl Server {
         let log_path = self.logs.path().join(format!("server-{}.log", self.starts));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(hadron_bin());
-        cmd.arg("server")
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .arg("--listen")
+        cmd.arg("server");
+        if self.options.default_data_dir {
+            cmd.current_dir(self.data.path());
+        } else {
+            cmd.arg("--data-dir").arg(self.data.path());
+        }
+        cmd.arg("--listen")
             .arg(self.addr())
             .arg("--shards")
             .arg(self.options.shards.to_string());

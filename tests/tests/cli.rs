@@ -304,3 +304,43 @@ fn a_second_server_on_the_same_data_dir_or_port_is_refused() {
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(out.json_lines()[0]["offset"], 0);
 }
+
+/// The README's first command, `hadron server` with no flags, keeps its data
+/// in `./hadron-data`, a relative path: every partition takes a durable
+/// publish (which creates and syncs segment files under that path) and
+/// keeps it across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_relative_data_dir_takes_writes_and_keeps_them() {
+    let mut server = Server::start_with(hadron_tests::ServerOptions {
+        shards: 2,
+        default_data_dir: true,
+        ..hadron_tests::ServerOptions::default()
+    });
+    let client = server.client();
+    let publisher = client.publisher("events").await.unwrap();
+    let partitions = hadron_tests::stream_partitions(&hadron_tests::status(&client).await, "events")
+        .len() as u32;
+    assert!(partitions >= 2);
+    for p in 0..partitions {
+        let id = format!("rel-{p}");
+        let ack = publisher
+            .publish_to(
+                p,
+                hadron::NewEvent::new("t", id.clone().into_bytes()).with_id(&id),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("partition {p}: {e}\n{}", server.log()));
+        assert_eq!((ack.partition, ack.offset), (p, 0));
+    }
+    assert!(server.data_dir().join("streams").join("events").is_dir());
+    drop(publisher);
+    drop(client);
+    assert!(server.stop().success(), "{}", server.log());
+    server.restart();
+    let client = server.client();
+    for p in 0..partitions {
+        let stored = hadron_tests::fetch_all(&client, "events", p).await;
+        assert_eq!(stored.len(), 1, "partition {p}");
+        assert_eq!(stored[0].1.data, format!("rel-{p}").into_bytes());
+    }
+}

@@ -161,6 +161,14 @@ impl Storage for DmaStorage {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        // glommio 0.9's directory open fails with EBADF on a relative path.
+        let absolute;
+        let dir = if dir.is_relative() {
+            absolute = std::env::current_dir()?.join(dir);
+            absolute.as_path()
+        } else {
+            dir
+        };
         let directory = glommio::io::Directory::open(dir)
             .await
             .map_err(io::Error::from)?;
