@@ -36,6 +36,18 @@ use hadron_wire::Message;
 
 /// Longest wait for a pipeline to reach an expected state.
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `gate` opens; an error (a failed attempt) after [`WAIT`].
+async fn wait_for_gate(gate: &AtomicBool) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT;
+    while !gate.load(Ordering::SeqCst) {
+        if Instant::now() > deadline {
+            return Err("the gate never opened".to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
 /// Longest a CLI command may run.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a single client request (apply, registration, publish) may take.
@@ -1097,13 +1109,7 @@ async fn attach_seed_handlers(
             async move {
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 if input.stage == "notify-user" && input.root.id.starts_with("held-") {
-                    let deadline = Instant::now() + WAIT;
-                    while !gate.load(Ordering::SeqCst) {
-                        if Instant::now() > deadline {
-                            return Err("the gate never opened".to_owned());
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    wait_for_gate(&gate).await?;
                 }
                 Ok(())
             }
@@ -1961,13 +1967,7 @@ async fn attach_checkpointed(
                     return Err("tests fail".to_owned());
                 }
                 if input.stage == "ship" && input.root.id.starts_with("held-") {
-                    let deadline = Instant::now() + WAIT;
-                    while !gate.load(Ordering::SeqCst) {
-                        if Instant::now() > deadline {
-                            return Err("the gate never opened".to_owned());
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    wait_for_gate(&gate).await?;
                 }
                 Ok(())
             }
@@ -2213,13 +2213,7 @@ async fn a_retried_execution_below_the_watermark_survives_checkpoints_and_sigkil
                             return Err("tests fail".to_owned());
                         }
                         if bad && input.stage == "ship" {
-                            let deadline = Instant::now() + WAIT;
-                            while !gate.load(Ordering::SeqCst) {
-                                if Instant::now() > deadline {
-                                    return Err("the gate never opened".to_owned());
-                                }
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                            }
+                            wait_for_gate(&gate).await?;
                         }
                         Ok(())
                     }
