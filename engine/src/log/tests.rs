@@ -77,6 +77,18 @@ fn append(log: &SimLog, records: &[Vec<u8>], ts: u64) -> Appended {
     block_on(log.append(records, ts)).unwrap()
 }
 
+/// Appends `record(i, len)` alone for each `i` in `range`, with timestamp
+/// `i`, checking each offset; returns what was appended, by offset.
+fn append_numbered(log: &SimLog, range: std::ops::Range<u64>, len: usize) -> Vec<(u64, Vec<u8>)> {
+    range
+        .map(|i| {
+            let r = record(i, len);
+            assert_eq!(append(log, std::slice::from_ref(&r), i).base_offset, i);
+            (i, r)
+        })
+        .collect()
+}
+
 #[test]
 fn appends_read_back_byte_for_byte_with_sequential_offsets() {
     let sim = SimStorage::new(1, SimFaults::default());
@@ -252,12 +264,7 @@ fn segments_roll_seal_and_read_across() {
     let sim = SimStorage::new(5, SimFaults::default());
     let config = small_config();
     let log = open(&sim, config);
-    let mut expected = Vec::new();
-    for i in 0..200u64 {
-        let r = record(i, 900);
-        append(&log, std::slice::from_ref(&r), i);
-        expected.push((i, r));
-    }
+    let expected = append_numbered(&log, 0..200, 900);
     let stats = log.stats();
     assert!(stats.segments >= 3, "{stats:?}");
     assert_eq!(read_all(&log), expected);
@@ -444,12 +451,7 @@ fn delete_before_drops_whole_segments_below_the_mark_now_and_at_later_rolls() {
     let sim = SimStorage::new(65, SimFaults::default());
     let config = small_config();
     let log = open(&sim, config);
-    let mut expected = Vec::new();
-    for i in 0..200u64 {
-        let r = record(i, 900);
-        append(&log, std::slice::from_ref(&r), i);
-        expected.push((i, r));
-    }
+    let mut expected = append_numbered(&log, 0..200, 900);
     let segments = log.segments();
     assert!(segments.len() >= 3);
     // A mark inside the second segment deletes only the first.
@@ -516,12 +518,7 @@ fn a_segment_a_reader_still_holds_is_deleted_not_recycled() {
     let sim = SimStorage::new(63, faults);
     let config = small_config();
     let log = open(&sim, config);
-    let mut expected = Vec::new();
-    for i in 0..200u64 {
-        let r = record(i, 900);
-        append(&log, std::slice::from_ref(&r), i);
-        expected.push((i, r));
-    }
+    let expected = append_numbered(&log, 0..200, 900);
     let oldest = log.segments()[0];
     let mut retained = config;
     retained.retention.max_bytes = Some(log.stats().bytes - oldest.bytes);
@@ -810,11 +807,7 @@ fn recovery_ignores_an_active_index_entry_torn_to_point_between_batches() {
     let sim = SimStorage::new(20, SimFaults::default());
     let config = small_config();
     let log = open(&sim, config);
-    let mut expected = Vec::new();
-    for i in 0..60u64 {
-        append(&log, &[record(i, 150)], i);
-        expected.push((i, record(i, 150)));
-    }
+    let expected = append_numbered(&log, 0..60, 150);
     assert_eq!(log.stats().segments, 1);
     drop(log);
     let bytes = sim.durable_bytes(&seg_path(0)).unwrap();
@@ -857,11 +850,7 @@ fn recovery_rebuilds_a_missing_or_stale_index() {
     let sim = SimStorage::new(19, SimFaults::default());
     let config = small_config();
     let log = open(&sim, config);
-    let mut expected = Vec::new();
-    for i in 0..150u64 {
-        append(&log, &[record(i, 700)], i);
-        expected.push((i, record(i, 700)));
-    }
+    let expected = append_numbered(&log, 0..150, 700);
     assert!(log.stats().segments >= 2);
     drop(log);
     let good_sealed_idx = sim.durable_bytes(&idx_path(0)).unwrap();
