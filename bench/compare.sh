@@ -199,9 +199,11 @@ best_of hadron-never start_hadron never never -- \
 best_of hadron-never-100 start_hadron never never -- \
     "${PUBLISH[@]}" --url "127.0.0.1:$PORT" --size 100 --durable false
 
+# The targets' depth and event size: CONNS x INFLIGHT x BATCH root events
+# (1 KiB) awaiting their `sync` stage; two stage-handler clients.
 best_of hadron-pipeline start_hadron pipeline always -- \
-    pipeline --url "127.0.0.1:$PORT" --connections 4 --in-flight 4 --batch 16 \
-    --size 256 --duration "$DURATION" --durable true --consumers 2
+    pipeline --url "127.0.0.1:$PORT" --connections "$CONNS" --in-flight "$INFLIGHT" --batch "$BATCH" \
+    --size "$SIZE" --duration "$DURATION" --durable true --consumers 2
 
 # --- deeper pipelines: DEEP x the in-flight depth -------------------------------
 # The targets fix the depth (CONNS x INFLIGHT x BATCH events in flight); at a
@@ -491,7 +493,9 @@ lines += [
 ] + bounds_lines() + [
     "## Pipeline",
     "",
-    f"The seed's five-stage DAG (loadgen `pipeline`, durable): **{hp.get('executions_per_sec', 0):,.0f} executions/s**, "
+    f"The seed's five-stage DAG (loadgen `pipeline`, durable; {hp['params']['connections']} connections x {hp['params']['in_flight']} in flight x batch {hp['params']['batch']} "
+    f"= {hp['params']['connections'] * hp['params']['in_flight'] * hp['params']['batch']} executions under way, {hp['params']['size']} B root events, two stage-handler clients): "
+    f"**{hp.get('executions_per_sec', 0):,.0f} executions/s**, "
     f"{hp.get('stage_completions_per_sec', 0):,.0f} stage completions/s; publish-to-sync latency p50 {hp['latency_us']['p50']/1000:.1f} ms, "
     f"p99 {hp['latency_us']['p99']/1000:.1f} ms.",
     "",
