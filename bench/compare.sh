@@ -162,6 +162,12 @@ fio --name="seq-256k-overwrite" --filename="$WORK/fio.bin" --size=2G --bs=256k -
     --output-format=json > "$RESULTS/fio-256k-overwrite.json"
 rm -f "$WORK/fio.bin"
 "$ROOT/target/release/engine-vs-raw" --dir "$WORK" --seconds 5 2>/dev/null | tail -n 1 > "$RESULTS/engine-vs-raw.json"
+# The engine alone at the targets' depth (CONNS x INFLIGHT appenders of BATCH
+# events of SIZE bytes), in one process with no network: what the publish
+# rows would reach if the protocol, the server's request work and the load
+# generator cost nothing.
+"$ROOT/target/release/engine-vs-raw" --dir "$WORK" --seconds 5 --appenders "$((CONNS * INFLIGHT))" \
+    --records "$BATCH" --record-bytes "$SIZE" 2>/dev/null | tail -n 1 > "$RESULTS/engine-vs-raw-depth.json"
 
 # --- Hadron -----------------------------------------------------------------
 start_hadron idle always
@@ -280,6 +286,7 @@ def fio(n):
 mib = lambda b: b / 1048576
 fio256, fio4, fio256o = fio("fio-256k"), fio("fio-4k"), fio("fio-256k-overwrite")
 ev = load("engine-vs-raw")
+evd = load("engine-vs-raw-depth")
 hd, hh, hn, h100, hp, hs = (load(n) for n in ["hadron-durable", "hadron-durable-half", "hadron-never", "hadron-never-100", "hadron-pipeline", "hadron-durable-steady"])
 na, nd = load("nats-always"), load("nats-default")
 idle = load("hadron-idle")["idle_rss_kb"]
@@ -318,6 +325,10 @@ def bounds_lines():
         f"= {depth / (hd['latency_us']['mean'] / 1e6):,.0f} events/s (measured {hd['events_per_sec']:,.0f}), while the two processes used "
         f"{(s or 0) + (g or 0):.2f} of {ncpu} CPUs. Each round awaits a write and then an fdatasync (means above); with more in flight the same server and disk "
         "go further (the deeper run above).")
+    out.append(
+        f"- **What the network path costs at that depth**: the engine alone, in one process at the same depth, appends {evd['engine_records_per_sec']:,.0f} events/s "
+        f"({evd['engine_bytes_per_sec'] / fio256[0]:.2f} x fio) at a p50 of {evd['p50_us']/1000:.2f} ms; through the protocol, the server's request work and the load generator "
+        f"on the same {ncpu} CPUs the p50 is {hd['latency_us']['p50']/1000:.2f} ms and the rate {hd['events_per_sec'] / evd['engine_records_per_sec']:.2f} x the engine's.")
     out.append(
         f"- **p99 at half peak**: every durable ack waits for at least one write and one fdatasync of its round, so even the median "
         f"({hh['latency_us']['p50']/1000:.2f} ms here) sits above 1.5 x fio's fdatasync p99 ({1.5 * fio256[2] / 1000:.2f} ms), which times the fdatasync alone; "
@@ -388,7 +399,10 @@ def commit_lines(name="hadron-durable", label="the best durable run", extra_secs
         "",
         f"Group commit in {label} ({len(parts)} partitions, server status after the run): "
         f"{syncs:,} fdatasyncs, about {syncs / secs:,.0f} per second over the run, {written / syncs / 1024:,.0f} KiB written per fdatasync; "
-        f"mean time awaiting a round's writes {mean('write_us_mean') / 1000:.2f} ms and an fdatasync {mean('sync_us_mean') / 1000:.2f} ms.",
+        f"mean time awaiting a round's writes {mean('write_us_mean') / 1000:.2f} ms and an fdatasync {mean('sync_us_mean') / 1000:.2f} ms; "
+        f"a publish waited {mean('durable_wait_us_mean') / 1000:.2f} ms on average in the log (from its enqueue to its fdatasync's end) "
+        f"of the {run['latency_us']['mean'] / 1000:.2f} ms mean the load generator saw: the rest is the request's way in and the ack's way out, "
+        "queued behind the other connections' batches on the shard's core.",
     ]
 threads = open(os.path.join(res, "threads-list.txt")).read().split()
 shards = open(os.path.join(res, "shards.txt")).read().strip()
@@ -434,6 +448,10 @@ lines = [
     "",
     f"engine-vs-raw (the storage engine alone, 64 appenders x 16 x 1 KiB, `always`): engine {mib(ev['engine_bytes_per_sec']):.1f} MiB/s "
     f"vs raw writer {mib(ev['raw_bytes_per_sec']):.1f} MiB/s: ratio **{ev['ratio']:.2f}**; append p50 {ev['p50_us']/1000:.2f} ms, p99 {ev['p99_us']/1000:.2f} ms.",
+    "",
+    f"The engine alone at the targets' depth ({evd['appenders']} appenders x {evd['records_per_batch']} x {evd['record_bytes']} B, one log, no network): "
+    f"{evd['engine_records_per_sec']:,.0f} events/s, {mib(evd['engine_bytes_per_sec']):.1f} MiB/s = **{evd['engine_bytes_per_sec'] / fio256[0]:.2f} x fio** 256 KiB; "
+    f"append p50 {evd['p50_us']/1000:.2f} ms, p99 {evd['p99_us']/1000:.2f} ms.",
     "",
     "## Publish",
     "",

@@ -434,6 +434,11 @@ pub struct CommitStats {
     pub sync_us: u64,
     /// Segments begun in a recycled file rather than a new one.
     pub segments_recycled: u64,
+    /// Appends that waited to be durable (`always`), and the microseconds
+    /// they waited in all: queueing behind the round under way, their own
+    /// round's write, and its fdatasync.
+    pub durable_waits: u64,
+    pub durable_wait_us: u64,
 }
 
 enum SegmentIndex<M> {
@@ -1105,7 +1110,13 @@ impl<S: Storage> Log<S> {
         }
         let appended = self.enqueue(records, len, timestamp_ms);
         match self.config.durability {
-            Durability::Always => self.wait_durable(appended.last_offset + 1).await?,
+            Durability::Always => {
+                let wait_start = Instant::now();
+                self.wait_durable(appended.last_offset + 1).await?;
+                let mut st = self.state.borrow_mut();
+                st.commits.durable_waits += 1;
+                st.commits.durable_wait_us += elapsed_us(wait_start);
+            }
             Durability::Interval(_) | Durability::Never => {
                 let pending = self.state.borrow().pending_bytes;
                 if pending >= self.config.write_bytes_max {

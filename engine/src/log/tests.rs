@@ -248,6 +248,11 @@ fn concurrent_appends_share_fdatasyncs_and_all_are_durable_when_acked() {
         syncs < 64 / 2,
         "group commit should batch fdatasyncs: {syncs} for 64 appends"
     );
+    // Each append's wait for durability is counted once; the log's own
+    // fdatasyncs are the ones the storage saw.
+    let commits = log.stats().commits;
+    assert_eq!(commits.durable_waits, 64);
+    assert_eq!(commits.syncs, syncs);
     // Everything acknowledged survives a crash that drops unsynced writes.
     sim.crash(CrashMode::DropUnsynced);
     let log = open(&sim, small_config());
@@ -637,6 +642,11 @@ fn relaxed_durability_acks_at_once_and_sync_makes_it_durable() {
             "{durability:?}: acked without fdatasync"
         );
         assert_eq!(log.visible_offset(), 1, "visible at once");
+        assert_eq!(
+            log.stats().commits.durable_waits,
+            0,
+            "{durability:?}: no append waited"
+        );
         assert_eq!(read_all(&log), vec![(0, b"a".to_vec())]);
         block_on(log.flush_if_due()).unwrap();
         assert_eq!(sim.stats().syncs, 0, "{durability:?}: interval not due");

@@ -299,6 +299,9 @@ pub struct CommitStatus {
     /// Segments begun in a file retention retired (see the engine's
     /// "Recycling").
     pub segments_recycled: u64,
+    /// Mean microseconds a durable append waited from its enqueue to its
+    /// fdatasync's end (the log's share of a publish's latency).
+    pub durable_wait_us_mean: u64,
 }
 
 impl From<hadron_engine::CommitStats> for CommitStatus {
@@ -311,6 +314,7 @@ impl From<hadron_engine::CommitStats> for CommitStatus {
             write_us_mean: c.write_us.checked_div(c.writes).unwrap_or(0),
             sync_us_mean: c.sync_us.checked_div(c.syncs).unwrap_or(0),
             segments_recycled: c.segments_recycled,
+            durable_wait_us_mean: c.durable_wait_us.checked_div(c.durable_waits).unwrap_or(0),
         }
     }
 }
