@@ -234,8 +234,14 @@ impl Dedup {
         }
         self.ring[at] = key;
         self.keys.insert(key, offset);
-        if !self.batches.iter().rev().any(|&(o, _)| o == batch_offset) {
-            let i = self.batches.partition_point(|&(o, _)| o < batch_offset);
+        // The batch is nearly always the newest; otherwise find its place
+        // in the list (sorted by offset) by bisection. A scan here cost
+        // every new batch a walk over all the batches in the window.
+        if self.batches.back().is_none_or(|&(o, _)| o != batch_offset)
+            && let Err(i) = self
+                .batches
+                .binary_search_by_key(&batch_offset, |&(o, _)| o)
+        {
             self.batches.insert(i, (batch_offset, at_ms));
         }
     }
