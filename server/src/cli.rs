@@ -198,6 +198,13 @@ pub async fn status(url: &str, json: bool) -> Result<(), String> {
                 p["next_offset"],
                 p["durable_offset"]
             );
+            if let Some(age) = p["dedup_oldest_ms"].as_u64() {
+                println!(
+                    "    dedup window: {} keys, the oldest {:.1} s old",
+                    p["dedup_keys"],
+                    age as f64 / 1000.0
+                );
+            }
             let c = &p["commits"];
             if c["writes"].as_u64().unwrap_or(0) > 0 {
                 println!(

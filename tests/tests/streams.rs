@@ -238,6 +238,97 @@ async fn publishing_the_same_source_and_id_twice_stores_it_once() {
     assert_eq!(next[&2], 4);
 }
 
+/// Publishes `ids` (source `cap`) to partition 1 in one frame and returns
+/// each event's (offset, duplicate).
+async fn publish_ids(raw: &mut RawConn, ids: &[String]) -> Vec<(u64, bool)> {
+    let bytes: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| event_bytes(id, "cap", "t", id.as_bytes()))
+        .collect();
+    let reply = raw
+        .request(
+            &Message::Publish(hadron_wire::Publish {
+                stream: "events",
+                partition: 1,
+                events: bytes.iter().map(Vec::as_slice).collect(),
+            }),
+            &mut Vec::new(),
+        )
+        .await;
+    let Frame::PublishOk { offsets, .. } = reply else {
+        panic!("expected PublishOk, got {reply:?}");
+    };
+    offsets
+}
+
+/// Partition 1's dedup window as status shows it: (keys, oldest age).
+async fn dedup_window(client: &hadron::Client) -> (u64, Option<u64>) {
+    let doc = status(client).await;
+    let p = doc["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == "events")
+        .flat_map(|s| s["partitions"].as_array().into_iter().flatten())
+        .find(|p| p["partition"] == 1)
+        .unwrap_or_else(|| panic!("no partition 1 in {doc}"))
+        .clone();
+    (
+        p["dedup_keys"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no dedup_keys in {p}")),
+        p["dedup_oldest_ms"].as_u64(),
+    )
+}
+
+/// `dedupKeysMax` bounds a partition's dedup window: past it the oldest
+/// batches leave first, however recent, so a retry of one of them is stored
+/// again while the newest are still recognised; status shows the keys held;
+/// and the bound holds when the window is rebuilt on restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_window_holds_at_most_dedup_keys_max_keys() {
+    let mut server = Server::start_with(ServerOptions {
+        config: Some("dedupKeysMax: 100\n".into()),
+        ..ServerOptions::default()
+    });
+    let client = server.client();
+    let ids = |range: std::ops::Range<u32>| range.map(|i| format!("k{i}")).collect::<Vec<_>>();
+    let mut raw = RawConn::handshaken(server.port()).await;
+    // Six publishes of 50: offsets 0..300, each batch fresh.
+    for b in 0..6 {
+        let got = publish_ids(&mut raw, &ids(b * 50..b * 50 + 50)).await;
+        let want: Vec<(u64, bool)> = (u64::from(b) * 50..u64::from(b) * 50 + 50)
+            .map(|o| (o, false))
+            .collect();
+        assert_eq!(got, want, "publish {b}");
+    }
+    let (keys, oldest) = dedup_window(&client).await;
+    assert_eq!(keys, 100, "the last two batches, k200..k299");
+    assert!(oldest.is_some());
+    // The newest are duplicates; k0 left the window, so it is stored again,
+    // and its batch pushes k200..k249 out.
+    assert_eq!(publish_ids(&mut raw, &ids(299..300)).await, [(299, true)]);
+    assert_eq!(publish_ids(&mut raw, &ids(0..1)).await, [(300, false)]);
+    assert_eq!(publish_ids(&mut raw, &ids(250..251)).await, [(250, true)]);
+    assert_eq!(dedup_window(&client).await.0, 51, "k250..k299 and k0");
+
+    raw.close().await;
+    drop(client);
+    let exit = server.stop();
+    assert!(exit.success(), "{exit:?}");
+    server.restart();
+    let client = server.client();
+    let mut raw = RawConn::handshaken(server.port()).await;
+    // Rebuilt from the log under the same bound: the last 100 offsets at
+    // most, in whole batches (k250..k299 at 250.., k0 at 300).
+    assert_eq!(dedup_window(&client).await.0, 51);
+    assert_eq!(publish_ids(&mut raw, &ids(260..261)).await, [(260, true)]);
+    assert_eq!(publish_ids(&mut raw, &ids(0..1)).await, [(300, true)]);
+    assert_eq!(publish_ids(&mut raw, &ids(249..250)).await, [(301, false)]);
+    let next = next_offsets(&status(&client).await, "events");
+    assert_eq!(next[&1], 302);
+}
+
 /// With two shards, every partition can be written and read through the
 /// main port (requests for the other shard's partitions are forwarded),
 /// through a shard-aware client (straight to the owner's port) and through

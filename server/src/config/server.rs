@@ -14,6 +14,7 @@
 //! ioMemoryBytes: 8388608      # glommio io_memory per shard, 8 MiB
 //! frameBytesMax: 16777216     # largest wire frame accepted
 //! dedupWindowMs: 120000       # default for streams
+//! dedupKeysMax: 2097152       # default for streams: keys per partition
 //! retention: {}               # default for streams: keep forever
 //! token: s3cret               # clients must present it in their handshake;
 //!                             # default: $HADRON_TOKEN, else none (any client)
@@ -31,7 +32,7 @@ use serde::Deserialize;
 
 use super::API_VERSION;
 use super::error::{ConfigError, Problem, ResourceKind};
-use super::stream::{DEDUP_WINDOW_MS_MAX, RetentionSpec};
+use super::stream::{DEDUP_KEYS_MAX_MAX, DEDUP_WINDOW_MS_MAX, RetentionSpec};
 
 /// Where data lives when the config does not say.
 pub const DATA_DIR_DEFAULT: &str = "./hadron-data";
@@ -51,6 +52,9 @@ pub const IO_MEMORY_BYTES_MAX: usize = 1 << 30;
 pub const FRAME_BYTES_MIN: usize = 64 << 10;
 /// Idempotent-publish window when neither server nor stream says.
 pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 120_000;
+/// Keys a partition's dedup window holds at most when neither server nor
+/// stream says: about 80 MiB per partition at the most.
+pub const DEDUP_KEYS_MAX_DEFAULT: u64 = 2 << 20;
 /// The longest handshake token accepted in the config.
 pub const TOKEN_BYTES_MAX: usize = 4096;
 /// The environment variable the server, the CLI and loadgen read the
@@ -108,6 +112,8 @@ pub struct ServerConfig {
     pub frame_bytes_max: usize,
     /// Default for streams that do not set `dedupWindowMs`; 0 is off.
     pub dedup_window_ms: u64,
+    /// Default for streams that do not set `dedupKeysMax`.
+    pub dedup_keys_max: u64,
     /// Default for streams that do not set `retention`.
     pub retention: RetentionSpec,
     /// The token every client's handshake must carry; `None` accepts any.
@@ -163,6 +169,7 @@ impl Default for ServerConfig {
             io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
             frame_bytes_max: hadron_wire::FRAME_BYTES_MAX,
             dedup_window_ms: DEDUP_WINDOW_MS_DEFAULT,
+            dedup_keys_max: DEDUP_KEYS_MAX_DEFAULT,
             retention: RetentionSpec::default(),
             token: None,
         }
@@ -270,6 +277,14 @@ impl ServerConfig {
                 DEDUP_WINDOW_MS_MAX,
             ));
         }
+        if !(1..=DEDUP_KEYS_MAX_MAX).contains(&self.dedup_keys_max) {
+            errors.push(out_of_range(
+                "dedupKeysMax",
+                self.dedup_keys_max,
+                1,
+                DEDUP_KEYS_MAX_MAX,
+            ));
+        }
         errors.extend(self.retention.errors("retention"));
         if let Some(Token(secret)) = &self.token
             && (secret.is_empty() || secret.len() > TOKEN_BYTES_MAX)
@@ -335,6 +350,7 @@ pub(super) struct ServerConfigDoc {
     io_memory_bytes: Option<usize>,
     frame_bytes_max: Option<usize>,
     dedup_window_ms: Option<u64>,
+    dedup_keys_max: Option<u64>,
     retention: Option<RetentionSpec>,
     token: Option<Token>,
 }
@@ -381,6 +397,7 @@ impl ServerConfigDoc {
             io_memory_bytes: self.io_memory_bytes.unwrap_or(defaults.io_memory_bytes),
             frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
             dedup_window_ms: self.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
+            dedup_keys_max: self.dedup_keys_max.unwrap_or(defaults.dedup_keys_max),
             retention: self.retention.unwrap_or(defaults.retention),
             token: self.token,
         };
@@ -535,6 +552,13 @@ mod tests {
                     ..base.clone()
                 },
                 "dedupWindowMs",
+            ),
+            (
+                ServerConfig {
+                    dedup_keys_max: 0,
+                    ..base.clone()
+                },
+                "dedupKeysMax",
             ),
             (
                 ServerConfig {

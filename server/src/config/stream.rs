@@ -10,7 +10,15 @@
 //!     maxAgeMs: 604800000      # delete sealed segments older than 7 days
 //!     maxBytes: 10737418240    # per partition
 //!   dedupWindowMs: 120000      # default: the server's `dedupWindowMs`; 0 = off
+//!   dedupKeysMax: 2097152      # default: the server's `dedupKeysMax`
 //! ```
+//!
+//! The dedup window remembers the `(source, id)` of each event published in
+//! the last `dedupWindowMs`, but at most `dedupKeysMax` of them per
+//! partition (about 40 bytes each): past that, the oldest batches leave the
+//! window first, so at high publish rates the window is shorter than
+//! `dedupWindowMs`. Status shows each partition's keys and the age of the
+//! oldest one.
 //!
 //! The partition count defaults to a fixed number rather than to the shard
 //! count, because a stream's partitions cannot change after events are
@@ -35,6 +43,8 @@ pub const PARTITIONS_DEFAULT: u32 = 4;
 pub const PARTITIONS_MAX: u32 = 1024;
 /// The longest dedup window: the window's memory grows with it.
 pub const DEDUP_WINDOW_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// The most keys a partition's dedup window may be allowed to hold.
+pub const DEDUP_KEYS_MAX_MAX: u64 = 1 << 32;
 
 fn partitions_default() -> u32 {
     PARTITIONS_DEFAULT
@@ -59,6 +69,10 @@ pub struct StreamSpec {
     /// deduplication off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_window_ms: Option<u64>,
+    /// The most keys the window holds per partition; `None` takes the
+    /// server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_keys_max: Option<u64>,
 }
 
 /// Which sealed segments of a partition may be deleted. Both limits are
@@ -108,6 +122,8 @@ pub struct StreamSettings {
     pub retention: hadron_engine::Retention,
     /// 0 when deduplication is off.
     pub dedup_window_ms: u64,
+    /// The most keys a partition's window holds.
+    pub dedup_keys_max: u64,
 }
 
 impl StreamSpec {
@@ -118,6 +134,7 @@ impl StreamSpec {
             partitions: PARTITIONS_DEFAULT,
             retention: None,
             dedup_window_ms: None,
+            dedup_keys_max: None,
         }
     }
 
@@ -158,6 +175,18 @@ impl StreamSpec {
                 },
             ));
         }
+        if let Some(keys) = self.dedup_keys_max
+            && !(1..=DEDUP_KEYS_MAX_MAX).contains(&keys)
+        {
+            errors.push(ConfigError::new(
+                "spec.dedupKeysMax",
+                Problem::OutOfRange {
+                    value: keys,
+                    min: 1,
+                    max: DEDUP_KEYS_MAX_MAX,
+                },
+            ));
+        }
         errors
             .into_iter()
             .map(|e| e.in_resource(ResourceKind::Stream, Some(&self.name)))
@@ -179,6 +208,7 @@ impl StreamSpec {
             partitions: self.partitions,
             retention: self.retention.unwrap_or(server.retention).to_engine(),
             dedup_window_ms: self.dedup_window_ms.unwrap_or(server.dedup_window_ms),
+            dedup_keys_max: self.dedup_keys_max.unwrap_or(server.dedup_keys_max),
         }
     }
 }
@@ -196,6 +226,7 @@ mod tests {
         let settings = s.settings(&server);
         assert_eq!(settings.partitions, 4);
         assert_eq!(settings.dedup_window_ms, 120_000);
+        assert_eq!(settings.dedup_keys_max, 2 << 20);
         assert_eq!(settings.retention, hadron_engine::Retention::default());
     }
 
@@ -215,10 +246,12 @@ mod tests {
             max_bytes: None,
         });
         s.dedup_window_ms = Some(0);
+        s.dedup_keys_max = Some(1000);
         let settings = s.settings(&server);
         assert_eq!(settings.retention.max_age_ms, Some(5));
         assert_eq!(settings.retention.max_bytes, None);
         assert_eq!(settings.dedup_window_ms, 0);
+        assert_eq!(settings.dedup_keys_max, 1000);
     }
 
     #[test]
@@ -242,6 +275,11 @@ mod tests {
         s.dedup_window_ms = Some(DEDUP_WINDOW_MS_MAX + 1);
         assert_eq!(s.validate().unwrap_err().path, "spec.dedupWindowMs");
         s.dedup_window_ms = None;
+        for keys in [0, DEDUP_KEYS_MAX_MAX + 1] {
+            s.dedup_keys_max = Some(keys);
+            assert_eq!(s.validate().unwrap_err().path, "spec.dedupKeysMax");
+        }
+        s.dedup_keys_max = None;
         s.name = "Bad_Name".into();
         let e = s.validate().unwrap_err();
         assert_eq!(e.path, "metadata.name");

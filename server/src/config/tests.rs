@@ -574,6 +574,7 @@ segmentBytes: 1048576
 ioMemoryBytes: 4194304
 frameBytesMax: 1048576
 dedupWindowMs: 5000
+dedupKeysMax: 4096
 retention: {{ maxAgeMs: 86400000 }}
 token: from-the-file
 ---
@@ -594,6 +595,7 @@ token: from-the-file
             io_memory_bytes: 4 << 20,
             frame_bytes_max: 1 << 20,
             dedup_window_ms: 5000,
+            dedup_keys_max: 4096,
             retention: RetentionSpec {
                 max_age_ms: Some(86_400_000),
                 max_bytes: None
@@ -712,6 +714,7 @@ fn rich_resources() -> Vec<Resource> {
             max_bytes: Some(1 << 30),
         }),
         dedup_window_ms: Some(1000),
+        dedup_keys_max: Some(500_000),
     };
     vec![
         Resource::Stream(stream),

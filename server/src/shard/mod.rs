@@ -343,6 +343,10 @@ pub struct PartitionStatus {
     pub read_only: Option<String>,
     /// Group-commit counters of its log since the server started.
     pub commits: CommitStatus,
+    /// Keys in the dedup window, and the age of its oldest batch: shorter
+    /// than the stream's `dedupWindowMs` when `dedupKeysMax` binds.
+    pub dedup_keys: u64,
+    pub dedup_oldest_ms: Option<u64>,
     /// Consumer groups.
     pub groups: Vec<GroupStatus>,
 }
@@ -1039,12 +1043,14 @@ impl Shard {
     }
 
     fn status(&self) -> Vec<PartitionStatus> {
+        let now = now_ms();
         self.partitions
             .borrow()
             .values()
             .map(|p| {
                 let stats = p.log.stats();
                 let visible = p.log.visible_offset();
+                let (dedup_keys, dedup_oldest_ms) = p.dedup_window(now);
                 PartitionStatus {
                     stream: p.stream.clone(),
                     partition: p.partition,
@@ -1056,6 +1062,8 @@ impl Shard {
                     bytes: stats.bytes,
                     read_only: p.log.poisoned().map(|s| s.to_string()),
                     commits: CommitStatus::from(stats.commits),
+                    dedup_keys,
+                    dedup_oldest_ms,
                     groups: p
                         .groups
                         .borrow()
@@ -1138,7 +1146,10 @@ impl Shard {
                     &spec.name,
                     partition,
                     self.settings.log_config(stream_settings.retention),
-                    stream_settings.dedup_window_ms,
+                    partition::DedupLimits {
+                        window_ms: stream_settings.dedup_window_ms,
+                        keys_max: stream_settings.dedup_keys_max,
+                    },
                     self.settings.limits(),
                 )
                 .await?;

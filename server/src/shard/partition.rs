@@ -183,11 +183,12 @@ impl Dedup {
         }
     }
 
-    /// Forgets the batches appended before `before_ms`.
-    fn expire(&mut self, before_ms: u64) {
+    /// Forgets the batches appended before `before_ms`, and then the
+    /// oldest ones while the window spans more than `keys_max` offsets.
+    fn expire(&mut self, before_ms: u64, keys_max: u64) {
         use std::collections::hash_map::Entry;
         while let Some(&(_, at)) = self.batches.front() {
-            if at >= before_ms {
+            if at >= before_ms && self.ring.len() as u64 <= keys_max {
                 break;
             }
             self.batches.pop_front();
@@ -210,6 +211,16 @@ impl Dedup {
             }
             self.expired_to = self.ring_base;
         }
+    }
+
+    /// Keys in the window (offsets it spans, claims not counted).
+    fn len(&self) -> u64 {
+        self.ring.len() as u64
+    }
+
+    /// When the oldest batch still in the window was appended.
+    fn oldest_ms(&self) -> Option<u64> {
+        self.batches.front().map(|&(_, at)| at)
     }
 
     /// Records that `key` is stored at `offset` (a batch starting at
@@ -247,6 +258,16 @@ impl Dedup {
     }
 }
 
+/// How much a partition's dedup window remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupLimits {
+    /// How long a key stays in the window; 0 turns deduplication off.
+    pub window_ms: u64,
+    /// The most keys the window holds; past it, the oldest batches leave
+    /// first, however recent.
+    pub keys_max: u64,
+}
+
 /// The dedup key of an event: a 64-bit SipHash (fixed keys, so stable across
 /// restarts) of its source and id.
 fn dedup_key(source: &str, id: &str) -> u64 {
@@ -269,7 +290,7 @@ pub struct Partition {
     /// Consumer groups reading this partition.
     pub groups: RefCell<BTreeMap<String, Rc<GroupPartition>>>,
     dedup: RefCell<Dedup>,
-    dedup_window_ms: u64,
+    dedup_limits: DedupLimits,
     /// The dedup key function: `dedup_key`, or a weak one in tests that
     /// need collisions.
     key_of: fn(&str, &str) -> u64,
@@ -325,7 +346,7 @@ impl Partition {
         stream: &str,
         partition: u32,
         log_config: LogConfig,
-        dedup_window_ms: u64,
+        dedup_limits: DedupLimits,
         limits: Limits,
     ) -> Result<Partition, String> {
         let dir = partition_dir(data_dir, stream, partition);
@@ -354,7 +375,7 @@ impl Partition {
             appended: Notify::default(),
             groups: RefCell::new(BTreeMap::new()),
             dedup: RefCell::new(Dedup::default()),
-            dedup_window_ms,
+            dedup_limits,
             key_of: dedup_key,
             limits,
             offsets,
@@ -369,10 +390,10 @@ impl Partition {
     }
 
     async fn rebuild_dedup(&self) -> Result<(), String> {
-        if self.dedup_window_ms == 0 {
+        if self.dedup_limits.window_ms == 0 {
             return Ok(());
         }
-        let since = now_ms().saturating_sub(self.dedup_window_ms);
+        let since = now_ms().saturating_sub(self.dedup_limits.window_ms);
         let Some(first) = self
             .log
             .segments()
@@ -410,6 +431,8 @@ impl Partition {
                 }
             }
             offset = read.next_offset;
+            // Hold the cap while rebuilding, not only once done.
+            dedup.expire(since, self.dedup_limits.keys_max);
         }
         *self.dedup.borrow_mut() = dedup;
         Ok(())
@@ -517,7 +540,7 @@ impl Partition {
                         for (n, &i) in chunk.iter().enumerate() {
                             let offset = a.base_offset + n as u64;
                             offsets[i] = offset;
-                            if self.dedup_window_ms > 0 && !untracked.contains(&i) {
+                            if self.dedup_limits.window_ms > 0 && !untracked.contains(&i) {
                                 dedup.insert_done(keys[i], offset, a.base_offset, now);
                             }
                         }
@@ -608,11 +631,16 @@ impl Partition {
         keys: &[u64],
         now: u64,
     ) -> Option<(Vec<usize>, Vec<Option<Result<u64, usize>>>)> {
-        if self.dedup_window_ms == 0 {
+        if self.dedup_limits.window_ms == 0 {
             return Some(((0..keys.len()).collect(), vec![None; keys.len()]));
         }
         let mut dedup = self.dedup.borrow_mut();
-        dedup.expire(now.saturating_sub(self.dedup_window_ms));
+        // Room for this publish's keys, so that the window holds at most
+        // `keys_max` once they are in (unless one publish alone is larger).
+        dedup.expire(
+            now.saturating_sub(self.dedup_limits.window_ms),
+            self.dedup_limits.keys_max.saturating_sub(keys.len() as u64),
+        );
         let mut claims = Vec::with_capacity(keys.len());
         if !dedup.claim_all(keys, &mut claims) {
             return None;
@@ -646,6 +674,16 @@ impl Partition {
             )
         })?;
         Ok((event.source().to_owned(), event.id().to_owned()))
+    }
+
+    /// The keys in the dedup window, and how long ago its oldest batch was
+    /// appended (`None` when empty).
+    pub fn dedup_window(&self, now_ms: u64) -> (u64, Option<u64>) {
+        let dedup = self.dedup.borrow();
+        (
+            dedup.len(),
+            dedup.oldest_ms().map(|at| now_ms.saturating_sub(at)),
+        )
     }
 
     /// The event at `offset`.
@@ -776,10 +814,20 @@ mod tests {
                     durability: Durability::Always,
                     ..LogConfig::default()
                 };
-                let mut p =
-                    Partition::open(&storage, &root, "s", 0, config, 60_000, Limits::DEFAULT)
-                        .await
-                        .unwrap();
+                let mut p = Partition::open(
+                    &storage,
+                    &root,
+                    "s",
+                    0,
+                    config,
+                    DedupLimits {
+                        window_ms: 60_000,
+                        keys_max: 1 << 20,
+                    },
+                    Limits::DEFAULT,
+                )
+                .await
+                .unwrap();
                 p.key_of = |_, _| 42;
                 let ev = |id: &str| {
                     hadron_wire::encode_event(&hadron_wire::EventRef {
@@ -842,23 +890,47 @@ mod tests {
         d.insert_done(3, 12, 12, 200);
         d.insert_done(1, 13, 13, 300);
         assert_eq!(d.stored(1), Some(13));
-        d.expire(150);
+        d.expire(150, u64::MAX);
         assert_eq!(d.stored(1), Some(13), "the newer entry survives");
         assert_eq!(d.stored(2), None);
         assert_eq!(d.stored(3), Some(12));
         assert_eq!(d.ring_base, 12);
-        d.expire(250);
+        d.expire(250, u64::MAX);
         assert_eq!(d.stored(3), None);
         assert_eq!(d.ring_base, 13);
-        d.expire(1000);
+        d.expire(1000, u64::MAX);
         assert_eq!(d.stored(1), None);
         assert!(d.ring.is_empty() && d.keys.is_empty() && d.batches.is_empty());
         // Appends that complete out of order still land at their offsets.
         d.insert_done(9, 21, 21, 1100);
         d.insert_done(8, 20, 20, 1100);
         assert_eq!((d.stored(8), d.stored(9)), (Some(20), Some(21)));
-        d.expire(1200);
+        d.expire(1200, u64::MAX);
         assert!(d.keys.is_empty());
+        // A count cap expires whole batches, oldest first, however recent,
+        // and leaves a key refreshed by a later batch in place.
+        let mut c = Dedup::default();
+        for (key, offset, batch) in [(1, 0, 0), (2, 1, 0), (3, 2, 2), (4, 3, 2), (1, 4, 4)] {
+            c.insert_done(key, offset, batch, 10);
+        }
+        assert_eq!(c.len(), 5);
+        c.expire(0, 4);
+        assert_eq!(
+            (c.len(), c.oldest_ms()),
+            (3, Some(10)),
+            "the first batch left"
+        );
+        assert_eq!(
+            (c.stored(1), c.stored(2), c.stored(3)),
+            (Some(4), None, Some(2))
+        );
+        c.expire(0, 2);
+        assert_eq!(
+            (c.len(), c.stored(3), c.stored(4), c.stored(1)),
+            (1, None, None, Some(4))
+        );
+        c.expire(0, 0);
+        assert!(c.keys.is_empty() && c.ring.is_empty() && c.oldest_ms().is_none());
         // Claims are separate from stored keys.
         d.claim(5);
         assert!(d.is_pending(5) && d.stored(5).is_none());
