@@ -305,12 +305,18 @@ async fn the_dedup_window_holds_at_most_dedup_keys_max_keys() {
     let (keys, oldest) = dedup_window(&client).await;
     assert_eq!(keys, 100, "the last two batches, k200..k299");
     assert!(oldest.is_some());
-    // The newest are duplicates; k0 left the window, so it is stored again,
-    // and its batch pushes k200..k249 out.
+    // The oldest and the newest in the window are still duplicates, even
+    // with the window full.
+    assert_eq!(publish_ids(&mut raw, &ids(200..201)).await, [(200, true)]);
     assert_eq!(publish_ids(&mut raw, &ids(299..300)).await, [(299, true)]);
+    assert_eq!(dedup_window(&client).await.0, 100);
+    // k0 left the window, so it is stored again, and its batch pushes
+    // k200..k249 out.
     assert_eq!(publish_ids(&mut raw, &ids(0..1)).await, [(300, false)]);
-    assert_eq!(publish_ids(&mut raw, &ids(250..251)).await, [(250, true)]);
     assert_eq!(dedup_window(&client).await.0, 51, "k250..k299 and k0");
+    assert_eq!(publish_ids(&mut raw, &ids(250..251)).await, [(250, true)]);
+    assert_eq!(publish_ids(&mut raw, &ids(249..250)).await, [(301, false)]);
+    assert_eq!(dedup_window(&client).await.0, 52);
 
     raw.close().await;
     drop(client);
@@ -319,14 +325,15 @@ async fn the_dedup_window_holds_at_most_dedup_keys_max_keys() {
     server.restart();
     let client = server.client();
     let mut raw = RawConn::handshaken(server.port()).await;
-    // Rebuilt from the log under the same bound: the last 100 offsets at
-    // most, in whole batches (k250..k299 at 250.., k0 at 300).
-    assert_eq!(dedup_window(&client).await.0, 51);
+    // Rebuilt from the log under the same bound, in whole batches: the
+    // same 52 offsets (k250..k299, k0, k249).
+    assert_eq!(dedup_window(&client).await.0, 52);
     assert_eq!(publish_ids(&mut raw, &ids(260..261)).await, [(260, true)]);
     assert_eq!(publish_ids(&mut raw, &ids(0..1)).await, [(300, true)]);
-    assert_eq!(publish_ids(&mut raw, &ids(249..250)).await, [(301, false)]);
+    assert_eq!(publish_ids(&mut raw, &ids(249..250)).await, [(301, true)]);
+    assert_eq!(publish_ids(&mut raw, &ids(200..201)).await, [(302, false)]);
     let next = next_offsets(&status(&client).await, "events");
-    assert_eq!(next[&1], 302);
+    assert_eq!(next[&1], 303);
 }
 
 /// With two shards, every partition can be written and read through the

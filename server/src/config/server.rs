@@ -53,7 +53,7 @@ pub const FRAME_BYTES_MIN: usize = 64 << 10;
 /// Idempotent-publish window when neither server nor stream says.
 pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 120_000;
 /// Keys a partition's dedup window holds at most when neither server nor
-/// stream says: about 80 MiB per partition at the most.
+/// stream says: about 110 MiB per partition at the most.
 pub const DEDUP_KEYS_MAX_DEFAULT: u64 = 2 << 20;
 /// The longest handshake token accepted in the config.
 pub const TOKEN_BYTES_MAX: usize = 4096;

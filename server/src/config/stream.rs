@@ -15,10 +15,10 @@
 //!
 //! The dedup window remembers the `(source, id)` of each event published in
 //! the last `dedupWindowMs`, but at most `dedupKeysMax` of them per
-//! partition (about 40 bytes each): past that, the oldest batches leave the
-//! window first, so at high publish rates the window is shorter than
-//! `dedupWindowMs`. Status shows each partition's keys and the age of the
-//! oldest one.
+//! partition (up to about 55 bytes each): past that, the oldest batches
+//! leave the window first, so at high publish rates the window is shorter
+//! than `dedupWindowMs`. Status shows each partition's keys and the age of
+//! the oldest one.
 //!
 //! The partition count defaults to a fixed number rather than to the shard
 //! count, because a stream's partitions cannot change after events are

@@ -343,8 +343,9 @@ pub struct PartitionStatus {
     pub read_only: Option<String>,
     /// Group-commit counters of its log since the server started.
     pub commits: CommitStatus,
-    /// Keys in the dedup window, and the age of its oldest batch: shorter
-    /// than the stream's `dedupWindowMs` when `dedupKeysMax` binds.
+    /// Offsets the dedup window spans (its keys, and the slots of appends
+    /// still under way), and the age of its oldest batch: shorter than the
+    /// stream's `dedupWindowMs` when `dedupKeysMax` binds.
     pub dedup_keys: u64,
     pub dedup_oldest_ms: Option<u64>,
     /// Consumer groups.

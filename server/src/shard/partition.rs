@@ -98,17 +98,23 @@ type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
 /// offset from `ring_base` on; expiry walks the ring from the front, batch
 /// by batch, removing each key whose map entry still points at that offset
 /// (a later event with the same key keeps its own entry).
-#[derive(Debug, Default)]
+///
+/// Appends may complete out of order: a gap between recorded batches is an
+/// append still under way (its ring slots wait, zeroed). Expiry never
+/// passes such a gap, so those keys are recorded when it completes, even
+/// when the batches around it are due to leave.
+#[derive(Debug)]
 struct Dedup {
     /// key -> offset, or `PENDING`.
     keys: KeyMap<u64>,
-    /// Key of each offset from `ring_base` on (0 where unknown).
+    /// Key of each offset from `ring_base` on (0 where unknown: an event
+    /// not tracked, or an append still under way).
     ring: VecDeque<u64>,
+    /// The first offset in the window: every offset below it has expired.
     ring_base: u64,
-    /// Offsets below this have expired.
-    expired_to: u64,
-    /// (first offset, time) of each appended batch, by offset.
-    batches: VecDeque<(u64, u64)>,
+    /// (first offset, events, time) of each batch appended since
+    /// `ring_base`, sorted by offset.
+    batches: VecDeque<(u64, u64, u64)>,
 }
 
 /// The map value of a claimed key (no offset reaches it).
@@ -126,6 +132,16 @@ enum Claim {
 }
 
 impl Dedup {
+    /// An empty window whose next batch starts at `offset`.
+    fn starting_at(offset: u64) -> Dedup {
+        Dedup {
+            keys: KeyMap::default(),
+            ring: VecDeque::new(),
+            ring_base: offset,
+            batches: VecDeque::new(),
+        }
+    }
+
     /// The stored offset of `key`, if it is in the window.
     #[cfg(test)]
     fn stored(&self, key: u64) -> Option<u64> {
@@ -184,24 +200,20 @@ impl Dedup {
     }
 
     /// Forgets the batches appended before `before_ms`, and then the
-    /// oldest ones while the window spans more than `keys_max` offsets.
+    /// oldest ones while the window spans more than `keys_max` offsets,
+    /// stopping at an append still under way.
     fn expire(&mut self, before_ms: u64, keys_max: u64) {
         use std::collections::hash_map::Entry;
-        while let Some(&(_, at)) = self.batches.front() {
-            if at >= before_ms && self.ring.len() as u64 <= keys_max {
+        while let Some(&(first, count, at)) = self.batches.front() {
+            if at >= before_ms && self.len() <= keys_max {
+                break;
+            }
+            if first > self.ring_base {
                 break;
             }
             self.batches.pop_front();
-            let end = self
-                .batches
-                .front()
-                .map_or(self.ring_base + self.ring.len() as u64, |&(offset, _)| {
-                    offset
-                });
-            while self.ring_base < end {
-                let Some(key) = self.ring.pop_front() else {
-                    break;
-                };
+            while self.ring_base < first + count {
+                let key = self.ring.pop_front().unwrap_or(0);
                 if let Entry::Occupied(e) = self.keys.entry(key)
                     && *e.get() == self.ring_base
                 {
@@ -209,7 +221,6 @@ impl Dedup {
                 }
                 self.ring_base += 1;
             }
-            self.expired_to = self.ring_base;
         }
     }
 
@@ -220,22 +231,16 @@ impl Dedup {
 
     /// When the oldest batch still in the window was appended.
     fn oldest_ms(&self) -> Option<u64> {
-        self.batches.front().map(|&(_, at)| at)
+        self.batches.front().map(|&(_, _, at)| at)
     }
 
-    /// Records that `key` is stored at `offset` (a batch starting at
-    /// `batch_offset`, appended at `at_ms`), replacing its claim.
-    fn insert_done(&mut self, key: u64, offset: u64, batch_offset: u64, at_ms: u64) {
-        if self.ring.is_empty() {
-            self.ring_base = self.ring_base.max(offset);
-        }
-        // Appends may complete out of order: grow the ring at the front too,
-        // but never below what expiry already passed.
-        while offset < self.ring_base && self.ring_base > self.expired_to {
-            self.ring.push_front(0);
-            self.ring_base -= 1;
-        }
+    /// Records that `key` is stored at `offset`, replacing its claim. The
+    /// batch it is in is recorded after its events, by `insert_batch`.
+    fn insert_done(&mut self, key: u64, offset: u64) {
         if offset < self.ring_base {
+            // Already out of the window (cannot happen while expiry stops
+            // at appends under way; kept so the map never holds a key the
+            // ring does not).
             self.unclaim(key);
             return;
         }
@@ -245,15 +250,28 @@ impl Dedup {
         }
         self.ring[at] = key;
         self.keys.insert(key, offset);
+    }
+
+    /// Records a batch of `count` events from `first`, appended at `at_ms`
+    /// (once its events are in, tracked or not).
+    fn insert_batch(&mut self, first: u64, count: u64, at_ms: u64) {
+        // The part below the window's start, if any, has expired.
+        let skip = self.ring_base.saturating_sub(first);
+        let (first, count) = (first + skip, count.saturating_sub(skip));
+        if count == 0 {
+            return;
+        }
+        if self.ring.len() < (first + count - self.ring_base) as usize {
+            self.ring
+                .resize((first + count - self.ring_base) as usize, 0);
+        }
         // The batch is nearly always the newest; otherwise find its place
         // in the list (sorted by offset) by bisection. A scan here cost
         // every new batch a walk over all the batches in the window.
-        if self.batches.back().is_none_or(|&(o, _)| o != batch_offset)
-            && let Err(i) = self
-                .batches
-                .binary_search_by_key(&batch_offset, |&(o, _)| o)
-        {
-            self.batches.insert(i, (batch_offset, at_ms));
+        if self.batches.back().is_none_or(|&(o, _, _)| o < first) {
+            self.batches.push_back((first, count, at_ms));
+        } else if let Err(i) = self.batches.binary_search_by_key(&first, |&(o, _, _)| o) {
+            self.batches.insert(i, (first, count, at_ms));
         }
     }
 }
@@ -374,7 +392,7 @@ impl Partition {
             log,
             appended: Notify::default(),
             groups: RefCell::new(BTreeMap::new()),
-            dedup: RefCell::new(Dedup::default()),
+            dedup: RefCell::new(Dedup::starting_at(0)),
             dedup_limits,
             key_of: dedup_key,
             limits,
@@ -394,6 +412,7 @@ impl Partition {
             return Ok(());
         }
         let since = now_ms().saturating_sub(self.dedup_limits.window_ms);
+        let end = self.log.visible_offset();
         let Some(first) = self
             .log
             .segments()
@@ -401,11 +420,11 @@ impl Partition {
             .find(|s| s.max_timestamp_ms >= since)
             .map(|s| s.base_offset)
         else {
+            *self.dedup.borrow_mut() = Dedup::starting_at(end);
             return Ok(());
         };
         let mut offset = first.max(self.log.stats().start_offset);
-        let end = self.log.visible_offset();
-        let mut dedup = Dedup::default();
+        let mut dedup = Dedup::starting_at(offset);
         while offset < end {
             let read = self
                 .log
@@ -420,15 +439,16 @@ impl Partition {
                         continue;
                     }
                     if let Ok(event) = hadron_wire::decode_event(record, &self.limits) {
-                        let batch_offset = batch.header.base_offset;
-                        dedup.insert_done(
-                            (self.key_of)(event.source, event.id),
-                            o,
-                            batch_offset,
-                            at,
-                        );
+                        dedup.insert_done((self.key_of)(event.source, event.id), o);
                     }
                 }
+                // Every batch, old ones too, so that expiry walks them in
+                // order (the old ones leave at once).
+                dedup.insert_batch(
+                    batch.header.base_offset,
+                    u64::from(batch.header.record_count),
+                    at,
+                );
             }
             offset = read.next_offset;
             // Hold the cap while rebuilding, not only once done.
@@ -537,12 +557,16 @@ impl Partition {
             for (chunk, outcome) in chunks.iter().zip(outcomes) {
                 match outcome {
                     Ok(a) => {
+                        let tracking = self.dedup_limits.window_ms > 0;
                         for (n, &i) in chunk.iter().enumerate() {
                             let offset = a.base_offset + n as u64;
                             offsets[i] = offset;
-                            if self.dedup_limits.window_ms > 0 && !untracked.contains(&i) {
-                                dedup.insert_done(keys[i], offset, a.base_offset, now);
+                            if tracking && !untracked.contains(&i) {
+                                dedup.insert_done(keys[i], offset);
                             }
+                        }
+                        if tracking {
+                            dedup.insert_batch(a.base_offset, chunk.len() as u64, now);
                         }
                         let (lo, hi) = first_last.unwrap_or((a.base_offset, a.last_offset));
                         first_last = Some((lo.min(a.base_offset), hi.max(a.last_offset)));
@@ -556,6 +580,15 @@ impl Partition {
                         failure.get_or_insert(e);
                     }
                 }
+            }
+            if self.dedup_limits.window_ms > 0 {
+                // Back within the cap now that this publish's keys are in
+                // (the claim made no room ahead, so that a retry of the
+                // oldest keys was still recognised).
+                dedup.expire(
+                    now.saturating_sub(self.dedup_limits.window_ms),
+                    self.dedup_limits.keys_max,
+                );
             }
         }
         self.appended.notify_all();
@@ -635,11 +668,9 @@ impl Partition {
             return Some(((0..keys.len()).collect(), vec![None; keys.len()]));
         }
         let mut dedup = self.dedup.borrow_mut();
-        // Room for this publish's keys, so that the window holds at most
-        // `keys_max` once they are in (unless one publish alone is larger).
         dedup.expire(
             now.saturating_sub(self.dedup_limits.window_ms),
-            self.dedup_limits.keys_max.saturating_sub(keys.len() as u64),
+            self.dedup_limits.keys_max,
         );
         let mut claims = Vec::with_capacity(keys.len());
         if !dedup.claim_all(keys, &mut claims) {
@@ -879,16 +910,24 @@ mod tests {
         assert!(decode_snapshot(&longer).is_none());
     }
 
+    /// Records a done batch: its keys at offsets from `first`, then the
+    /// batch itself.
+    fn done(d: &mut Dedup, first: u64, keys: &[u64], at: u64) {
+        for (i, &k) in keys.iter().enumerate() {
+            d.insert_done(k, first + i as u64);
+        }
+        d.insert_batch(first, keys.len() as u64, at);
+    }
+
     #[test]
     fn dedup_expires_whole_batches_and_keeps_refreshed_keys() {
-        let mut d = Dedup::default();
+        let mut d = Dedup::starting_at(10);
         // Batch at offset 10 (time 100): keys 1, 2; batch at 12 (time 200):
         // key 3; batch at 13 (time 300): key 1 again (after an expiry, a key
         // may be stored anew).
-        d.insert_done(1, 10, 10, 100);
-        d.insert_done(2, 11, 10, 100);
-        d.insert_done(3, 12, 12, 200);
-        d.insert_done(1, 13, 13, 300);
+        done(&mut d, 10, &[1, 2], 100);
+        done(&mut d, 12, &[3], 200);
+        done(&mut d, 13, &[1], 300);
         assert_eq!(d.stored(1), Some(13));
         d.expire(150, u64::MAX);
         assert_eq!(d.stored(1), Some(13), "the newer entry survives");
@@ -902,17 +941,51 @@ mod tests {
         assert_eq!(d.stored(1), None);
         assert!(d.ring.is_empty() && d.keys.is_empty() && d.batches.is_empty());
         // Appends that complete out of order still land at their offsets.
-        d.insert_done(9, 21, 21, 1100);
-        d.insert_done(8, 20, 20, 1100);
-        assert_eq!((d.stored(8), d.stored(9)), (Some(20), Some(21)));
+        done(&mut d, 15, &[9], 1100);
+        done(&mut d, 14, &[8], 1100);
+        assert_eq!((d.stored(8), d.stored(9)), (Some(14), Some(15)));
         d.expire(1200, u64::MAX);
         assert!(d.keys.is_empty());
+        // Claims are separate from stored keys.
+        d.claim(5);
+        assert!(d.is_pending(5) && d.stored(5).is_none());
+        done(&mut d, 16, &[5], 2000);
+        assert!(!d.is_pending(5));
+        d.claim(6);
+        d.unclaim(6);
+        assert!(!d.is_pending(6));
+        // One pass claims a publish: stored keys, repeats within it, and a
+        // key pending for another publish (which takes back every claim).
+        done(&mut d, 17, &[40], 3000);
+        let mut out = Vec::new();
+        assert!(d.claim_all(&[41, 40, 41, 42], &mut out));
+        assert_eq!(
+            out,
+            [
+                Claim::Fresh,
+                Claim::Stored(17),
+                Claim::SameAs(0),
+                Claim::Fresh
+            ]
+        );
+        assert!(d.is_pending(41) && d.is_pending(42));
+        assert!(!d.claim_all(&[43, 42], &mut out));
+        assert!(out.is_empty() && !d.is_pending(43), "43's claim taken back");
+        assert!(d.is_pending(42), "the other publish keeps its claim");
+        done(&mut d, 18, &[41], 3000);
+        d.unclaim(42);
+        assert!(d.claim_all(&[43, 42, 41], &mut out));
+        assert_eq!(out, [Claim::Fresh, Claim::Fresh, Claim::Stored(18)]);
+    }
+
+    #[test]
+    fn dedup_count_cap_expires_oldest_batches_but_never_an_append_under_way() {
         // A count cap expires whole batches, oldest first, however recent,
         // and leaves a key refreshed by a later batch in place.
-        let mut c = Dedup::default();
-        for (key, offset, batch) in [(1, 0, 0), (2, 1, 0), (3, 2, 2), (4, 3, 2), (1, 4, 4)] {
-            c.insert_done(key, offset, batch, 10);
-        }
+        let mut c = Dedup::starting_at(0);
+        done(&mut c, 0, &[1, 2], 10);
+        done(&mut c, 2, &[3, 4], 10);
+        done(&mut c, 4, &[1], 10);
         assert_eq!(c.len(), 5);
         c.expire(0, 4);
         assert_eq!(
@@ -931,36 +1004,38 @@ mod tests {
         );
         c.expire(0, 0);
         assert!(c.keys.is_empty() && c.ring.is_empty() && c.oldest_ms().is_none());
-        // Claims are separate from stored keys.
-        d.claim(5);
-        assert!(d.is_pending(5) && d.stored(5).is_none());
-        d.insert_done(5, 30, 30, 2000);
-        assert!(!d.is_pending(5));
-        d.claim(6);
-        d.unclaim(6);
-        assert!(!d.is_pending(6));
-        // One pass claims a publish: stored keys, repeats within it, and a
-        // key pending for another publish (which takes back every claim).
-        d.insert_done(40, 50, 50, 3000);
-        let mut out = Vec::new();
-        assert!(d.claim_all(&[41, 40, 41, 42], &mut out));
+        assert_eq!(c.ring_base, 5);
+
+        // Z (10..12) done, A (12..17) still appending, B (17..18) done: the
+        // cap and the clock may take Z, but not pass A, nor B behind it.
+        let mut d = Dedup::starting_at(10);
+        done(&mut d, 10, &[100, 101], 1);
+        d.claim(200);
+        done(&mut d, 17, &[300], 1);
+        d.expire(u64::MAX, 0);
+        assert_eq!((d.ring_base, d.stored(300)), (12, Some(17)), "stopped at A");
+        // A completes: its keys land and count, and then all may go.
+        done(&mut d, 12, &[200, 201, 202, 203, 204], 1);
         assert_eq!(
-            out,
-            [
-                Claim::Fresh,
-                Claim::Stored(50),
-                Claim::SameAs(0),
-                Claim::Fresh
-            ]
+            (d.stored(200), d.stored(204), d.len()),
+            (Some(12), Some(16), 6)
         );
-        assert!(d.is_pending(41) && d.is_pending(42));
-        assert!(!d.claim_all(&[43, 42], &mut out));
-        assert!(out.is_empty() && !d.is_pending(43), "43's claim taken back");
-        assert!(d.is_pending(42), "the other publish keeps its claim");
-        d.insert_done(41, 51, 51, 3000);
-        d.unclaim(42);
-        assert!(d.claim_all(&[43, 42, 41], &mut out));
-        assert_eq!(out, [Claim::Fresh, Claim::Fresh, Claim::Stored(51)]);
+        d.expire(0, 1);
+        assert_eq!((d.stored(200), d.stored(300), d.len()), (None, Some(17), 1));
+
+        // A batch recorded before the window's start keeps only its part
+        // inside it (rebuilding from a log whose start is mid-batch).
+        let mut r = Dedup::starting_at(20);
+        r.insert_done(7, 21);
+        r.insert_batch(18, 4, 5);
+        assert_eq!((r.len(), r.batches.front().copied()), (2, Some((20, 2, 5))));
+        r.expire(6, u64::MAX);
+        assert!(r.keys.is_empty() && r.ring.is_empty());
+        assert_eq!(r.ring_base, 22);
+    }
+
+    #[test]
+    fn dedup_keys_are_stable_and_distinct() {
         assert_eq!(dedup_key("s", "a"), dedup_key("s", "a"));
         assert_ne!(dedup_key("s", "a"), dedup_key("sa", ""));
     }
