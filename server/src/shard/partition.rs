@@ -1034,6 +1034,118 @@ mod tests {
         assert_eq!(r.ring_base, 22);
     }
 
+    /// Random appends completing out of order, with expiry by time and by a
+    /// small cap, checked against a model after every step: every key whose
+    /// newest completed store is still in the window is found there, no
+    /// other key is, the map and ring agree, and expiry stops only where it
+    /// must (a cap or a clock it could not meet is blocked by an append
+    /// under way).
+    #[test]
+    fn dedup_window_matches_a_model_under_out_of_order_appends_and_expiry() {
+        for seed in 1..=40u64 {
+            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let mut d = Dedup::starting_at(0);
+            let mut next_offset = 0u64;
+            let mut now = 0u64;
+            // Appends under way: (first offset, keys).
+            let mut in_flight: Vec<(u64, Vec<u64>)> = Vec::new();
+            // Newest completed offset of each key.
+            let mut newest: HashMap<u64, u64> = HashMap::new();
+            let mut next_key = 1u64;
+            for step in 0..400 {
+                match next(3) {
+                    0 if in_flight.len() < 4 => {
+                        let n = 1 + next(4);
+                        let busy: Vec<u64> =
+                            in_flight.iter().flat_map(|(_, k)| k.clone()).collect();
+                        let keys: Vec<u64> = (0..n)
+                            .map(|_| {
+                                // Now and then a key stored before (not one
+                                // under way: claims keep those apart).
+                                let old = 1 + next(next_key);
+                                if next(4) == 0 && old < next_key && !busy.contains(&old) {
+                                    old
+                                } else {
+                                    next_key += 1;
+                                    next_key - 1
+                                }
+                            })
+                            .collect();
+                        let mut unique = keys.clone();
+                        unique.sort_unstable();
+                        unique.dedup();
+                        if unique.len() != keys.len() {
+                            continue;
+                        }
+                        in_flight.push((next_offset, keys));
+                        next_offset += n;
+                    }
+                    1 if !in_flight.is_empty() => {
+                        let (first, keys) = in_flight.remove(next(in_flight.len() as u64) as usize);
+                        assert!(
+                            first >= d.ring_base,
+                            "seed {seed} step {step}: expiry passed an append under way"
+                        );
+                        now += next(3);
+                        for (i, &k) in keys.iter().enumerate() {
+                            d.insert_done(k, first + i as u64);
+                            newest.insert(k, first + i as u64);
+                        }
+                        d.insert_batch(first, keys.len() as u64, now);
+                    }
+                    _ => {
+                        now += next(3);
+                        let before = now.saturating_sub(next(12));
+                        let cap = next(12);
+                        d.expire(before, cap);
+                        if let Some(&(first, _, at)) = d.batches.front()
+                            && (at < before || d.len() > cap)
+                        {
+                            assert!(
+                                first > d.ring_base,
+                                "seed {seed} step {step}: expiry stopped without a gap"
+                            );
+                        }
+                    }
+                }
+                // The map and the ring agree.
+                for (&k, &o) in &d.keys {
+                    assert!(
+                        o >= d.ring_base,
+                        "seed {seed} step {step}: key {k} below the window"
+                    );
+                    assert_eq!(
+                        d.ring[(o - d.ring_base) as usize],
+                        k,
+                        "seed {seed} step {step}"
+                    );
+                }
+                // Batches are sorted, apart, and inside the window.
+                let mut end = d.ring_base;
+                for &(first, count, _) in &d.batches {
+                    assert!(
+                        first >= end && count > 0,
+                        "seed {seed} step {step}: {:?}",
+                        d.batches
+                    );
+                    end = first + count;
+                }
+                // Every key is found at its newest offset while that offset
+                // is in the window, and not at all once it left.
+                for (&k, &o) in &newest {
+                    let want = (o >= d.ring_base).then_some(o);
+                    assert_eq!(d.stored(k), want, "seed {seed} step {step}: key {k}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn dedup_keys_are_stable_and_distinct() {
         assert_eq!(dedup_key("s", "a"), dedup_key("s", "a"));
