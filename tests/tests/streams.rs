@@ -10,7 +10,7 @@ use std::time::Duration;
 use hadron::{ClientOptions, Delivery, NewEvent, StartPoint, SubscribeOptions};
 use hadron_tests::{
     Frame, RawConn, Server, ServerOptions, event_bytes, eventually, fetch_all, group_status,
-    next_offsets, record_group, status,
+    next_offsets, record_group, status, stream_partitions,
 };
 use hadron_wire::Message;
 
@@ -264,15 +264,10 @@ async fn publish_ids(raw: &mut RawConn, ids: &[String]) -> Vec<(u64, bool)> {
 /// Partition 1's dedup window as status shows it: (keys, oldest age).
 async fn dedup_window(client: &hadron::Client) -> (u64, Option<u64>) {
     let doc = status(client).await;
-    let p = doc["streams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"] == "events")
-        .flat_map(|s| s["partitions"].as_array().into_iter().flatten())
+    let p = stream_partitions(&doc, "events")
+        .iter()
         .find(|p| p["partition"] == 1)
-        .unwrap_or_else(|| panic!("no partition 1 in {doc}"))
-        .clone();
+        .unwrap_or_else(|| panic!("no partition 1 in {doc}"));
     (
         p["dedup_keys"]
             .as_u64()
