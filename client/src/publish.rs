@@ -133,6 +133,25 @@ impl Publisher {
         // are no longer needed.
         let batch = self.encode(&events);
         drop(events);
+        self.publish_encoded(&batch).await
+    }
+
+    /// Publishes `events` as [`Publisher::publish_batch`] does, borrowing
+    /// them: a caller that sends many batches can keep one `Vec` of events
+    /// and overwrite their fields in place, instead of allocating every
+    /// event's strings and payload for each batch. An event without an id
+    /// gets a new generated one on each call, as with `publish_batch`.
+    pub async fn publish_slice(&self, events: &[NewEvent]) -> Result<Vec<Published>, Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = self.encode(events);
+        self.publish_encoded(&batch).await
+    }
+
+    /// Sends an encoded batch, one group per partition; see
+    /// [`Publisher::publish_batch`].
+    async fn publish_encoded(&self, batch: &EncodedBatch) -> Result<Vec<Published>, Error> {
         let mut refreshed = false;
         loop {
             let partitions = self.client.partitions(&self.stream).await?;
@@ -141,7 +160,7 @@ impl Publisher {
                 placed.chunk_by(|a, b| a.partition == b.partition).collect();
             let sends = groups.iter().map(|group| {
                 let partition = group.first().map_or(0, |p| p.partition);
-                self.send_group(partition, &batch, group)
+                self.send_group(partition, batch, group)
             });
             let results = futures::future::join_all(sends).await;
             let mut out = vec![None; batch.len()];

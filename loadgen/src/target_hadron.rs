@@ -167,6 +167,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
                 id_prefix: sink.run_prefix.clone(),
                 ty,
                 template: run::template(args.size),
+                events: Vec::new(),
                 wait_for: closed_loop.then(|| {
                     (
                         Arc::clone(&sink),
@@ -380,6 +381,8 @@ struct HadronSender {
     id_prefix: String,
     ty: &'static str,
     template: Vec<u8>,
+    /// The last batch's events, overwritten in place by the next.
+    events: Vec<NewEvent>,
     /// Closed-loop pipeline: wait (at most this long) for the batch's
     /// executions to reach `sync`.
     wait_for: Option<(Arc<Sink>, Duration)>,
@@ -388,7 +391,15 @@ struct HadronSender {
 impl BatchSender for HadronSender {
     async fn send(&mut self, ticket: &Ticket, stamp_ns: u64) -> Result<Instant, Error> {
         let data = run::payload(&self.template, stamp_ns);
-        let events = batch_events(&self.id_prefix, ticket.index, self.ty, data, ticket.events);
+        fill_batch(
+            &mut self.events,
+            &self.id_prefix,
+            ticket.index,
+            self.ty,
+            &data,
+            ticket.events,
+        );
+        let events = &self.events;
         // Register before publishing: `sync` may run before the ack.
         let waits: Vec<(String, oneshot::Receiver<()>)> = match &self.wait_for {
             Some((sink, _)) => {
@@ -404,7 +415,7 @@ impl BatchSender for HadronSender {
             }
             None => Vec::new(),
         };
-        self.publisher.publish_batch(events).await?;
+        self.publisher.publish_slice(events).await?;
         let acked = Instant::now();
         if let Some((_, timeout)) = &self.wait_for {
             for (id, rx) in waits {
@@ -424,45 +435,44 @@ impl BatchSender for HadronSender {
     }
 }
 
-/// The `count` events of batch `index`: ids `{id_prefix}{index}-{i}` (unique
-/// in the run, as the server dedups by source and id), type `ty`, subject
-/// `lg-{index}` (one partition per batch) and `data`. The events are the
-/// public `NewEvent`s with owned fields, so each needs its own strings and
-/// payload; each of those is allocated once at its exact size, nothing is
-/// formatted per event, and the last event takes the subject and payload
-/// instead of a copy.
-fn batch_events(id_prefix: &str, index: u64, ty: &str, data: Vec<u8>, count: u32) -> Vec<NewEvent> {
-    let mut subject = format!("lg-{index}");
-    let mut data = data;
-    let mut id_head = String::with_capacity(id_prefix.len() + DECIMAL_U64_BYTES_MAX + 1);
-    id_head.push_str(id_prefix);
-    id_head.push_str(Decimal::new(index).as_str());
-    id_head.push('-');
-    let mut events = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        let digits = Decimal::new(u64::from(i));
-        let digits = digits.as_str();
-        let mut id = String::with_capacity(id_head.len() + digits.len());
-        id.push_str(&id_head);
-        id.push_str(digits);
-        let last = i + 1 == count;
-        events.push(NewEvent {
-            id,
-            ty: ty.to_owned(),
-            subject: Some(take_or_clone(&mut subject, last)),
-            data: take_or_clone(&mut data, last),
-            ..NewEvent::default()
-        });
+/// Makes `events` the `count` events of batch `index`: ids
+/// `{id_prefix}{index}-{i}` (unique in the run, as the server dedups by
+/// source and id), type `ty`, subject `lg-{index}` (one partition per
+/// batch) and `data`. The previous batch's events are overwritten in place,
+/// so once the vector has grown to the batch size a batch allocates
+/// nothing: loadgen shares the CPUs with the server it measures.
+fn fill_batch(
+    events: &mut Vec<NewEvent>,
+    id_prefix: &str,
+    index: u64,
+    ty: &str,
+    data: &[u8],
+    count: u32,
+) {
+    let count = count as usize;
+    events.truncate(count);
+    while events.len() < count {
+        events.push(NewEvent::default());
     }
-    events
-}
-
-/// `value` itself when this is its `last` use, else a copy.
-fn take_or_clone<T: Clone + Default>(value: &mut T, last: bool) -> T {
-    if last {
-        std::mem::take(value)
-    } else {
-        value.clone()
+    let index = Decimal::new(index);
+    let index = index.as_str();
+    for (i, event) in events.iter_mut().enumerate() {
+        let digits = Decimal::new(i as u64);
+        event.id.clear();
+        event.id.push_str(id_prefix);
+        event.id.push_str(index);
+        event.id.push('-');
+        event.id.push_str(digits.as_str());
+        if event.ty != ty {
+            event.ty.clear();
+            event.ty.push_str(ty);
+        }
+        let subject = event.subject.get_or_insert_with(String::new);
+        subject.clear();
+        subject.push_str("lg-");
+        subject.push_str(index);
+        event.data.clear();
+        event.data.extend_from_slice(data);
     }
 }
 
@@ -646,26 +656,29 @@ mod tests {
     }
 
     #[test]
-    fn batch_events_are_what_loadgen_always_sent() {
+    fn fill_batch_writes_what_loadgen_always_sent() {
         let data = run::payload(&run::template(64), 42);
-        for count in [1, 10, 1001] {
-            let events = batch_events("lg18a-", 7, EVENT_TYPE, data.clone(), count);
+        let mut events = Vec::new();
+        // Growing, shrinking and growing again: each batch is exactly its
+        // own events, whatever the vector held before.
+        for (index, count) in [(7u64, 1u32), (8, 1001), (9, 10), (u64::MAX, 64)] {
+            fill_batch(&mut events, "lg18a-", index, EVENT_TYPE, &data, count);
             assert_eq!(events.len(), count as usize);
             for (i, e) in events.iter().enumerate() {
                 let expected = NewEvent {
-                    id: format!("lg18a-7-{i}"),
+                    id: format!("lg18a-{index}-{i}"),
                     ty: EVENT_TYPE.to_owned(),
-                    subject: Some("lg-7".to_owned()),
+                    subject: Some(format!("lg-{index}")),
                     data: data.clone(),
                     ..NewEvent::default()
                 };
                 assert_eq!(*e, expected);
-                assert_eq!(e.id.capacity(), e.id.len(), "no slack in {}", e.id);
             }
         }
-        let events = batch_events("p", u64::MAX, ROOT_TYPE, Vec::new(), 2);
-        assert_eq!(events[1].id, format!("p{}-1", u64::MAX));
+        fill_batch(&mut events, "p", 3, ROOT_TYPE, &[], 2);
+        assert_eq!(events[1].id, "p3-1");
         assert_eq!(events[1].ty, ROOT_TYPE);
+        assert!(events[1].data.is_empty());
     }
 
     #[test]

@@ -238,6 +238,64 @@ async fn publishing_the_same_source_and_id_twice_stores_it_once() {
     assert_eq!(next[&2], 4);
 }
 
+/// `publish_slice` borrows the events: one `Vec` reused with its ids
+/// overwritten in place publishes new events each time, the same slice
+/// again is all duplicates at the first offsets, and an event without an id
+/// gets a fresh generated id on every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_slice_publishes_borrowed_events_reused_in_place() {
+    let server = Server::start();
+    let client = server.client();
+    let publisher = client.publisher("slice-app").await.unwrap();
+    let mut events: Vec<NewEvent> = (0..3)
+        .map(|i| NewEvent {
+            id: format!("a-{i}"),
+            subject: Some("one-partition".into()),
+            ..NewEvent::new("slice.test", vec![b'a'; 8])
+        })
+        .collect();
+    let first = publisher.publish_slice(&events).await.unwrap();
+    let offsets = |published: &[hadron::Published]| -> Vec<(u64, bool)> {
+        published.iter().map(|p| (p.offset, p.duplicate)).collect()
+    };
+    assert_eq!(offsets(&first), [(0, false), (1, false), (2, false)]);
+    let partition = first[0].partition;
+    assert!(first.iter().all(|p| p.partition == partition));
+
+    let again = publisher.publish_slice(&events).await.unwrap();
+    assert_eq!(offsets(&again), [(0, true), (1, true), (2, true)]);
+
+    for (i, e) in events.iter_mut().enumerate() {
+        e.id.clear();
+        e.id.push_str(&format!("b-{i}"));
+        e.data.fill(b'b');
+    }
+    events[2].id.clear(); // generated, anew on each call
+    let second = publisher.publish_slice(&events).await.unwrap();
+    assert_eq!(offsets(&second), [(3, false), (4, false), (5, false)]);
+    let third = publisher.publish_slice(&events).await.unwrap();
+    assert_eq!(offsets(&third), [(3, true), (4, true), (6, false)]);
+
+    let records = fetch_all(&client, "events", partition).await;
+    let stored: Vec<(u64, String, u8)> = records
+        .iter()
+        .map(|(o, e)| (*o, e.id.clone(), e.data[0]))
+        .collect();
+    assert_eq!(stored.len(), 7);
+    assert_eq!(
+        stored[..5],
+        [
+            (0, "a-0".to_owned(), b'a'),
+            (1, "a-1".to_owned(), b'a'),
+            (2, "a-2".to_owned(), b'a'),
+            (3, "b-0".to_owned(), b'b'),
+            (4, "b-1".to_owned(), b'b'),
+        ]
+    );
+    assert_ne!(stored[5].1, stored[6].1, "a new id on each call");
+    assert!(stored[5].1.starts_with("slice-app") && stored[6].1.starts_with("slice-app"));
+}
+
 /// Publishes `ids` (source `cap`) to partition 1 in one frame and returns
 /// each event's (offset, duplicate).
 async fn publish_ids(raw: &mut RawConn, ids: &[String]) -> Vec<(u64, bool)> {
