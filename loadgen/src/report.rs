@@ -98,8 +98,9 @@ pub struct Report {
     pub latency_us: LatencyUs,
     /// What latency runs to: `ack`, `delivery` or `sync`.
     pub latency_to: &'static str,
-    /// What latency runs from: `send` (unbounded) or `schedule` (the
-    /// intended send time under --rate, correcting coordinated omission).
+    /// What latency runs from: `send` (unbounded) or `schedule` (under
+    /// --rate: the intended send time for a batch its worker could only
+    /// claim late, correcting coordinated omission; else the send).
     pub latency_from: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish: Option<PublishSide>,

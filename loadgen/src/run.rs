@@ -73,11 +73,15 @@ pub trait BatchSender: Send + 'static {
 /// measured ones. A failed send halts every worker.
 pub async fn worker<S: BatchSender>(shared: Arc<Shared>, mut sender: S) -> Result<Recorder, Error> {
     let mut recorder = Recorder::new()?;
-    while let Some(ticket) = shared.tickets.claim(Instant::now()) {
+    loop {
+        let claimed = Instant::now();
+        let Some(ticket) = shared.tickets.claim(claimed) else {
+            break;
+        };
         if let Some(due) = ticket.due {
             tokio::time::sleep_until(due.into()).await;
         }
-        let sent = ticket.due.unwrap_or_else(Instant::now);
+        let sent = latency_start(ticket.due, claimed, Instant::now());
         let acked = match sender.send(&ticket, shared.stamp(sent)).await {
             Ok(at) => at,
             Err(e) => {
@@ -93,6 +97,25 @@ pub async fn worker<S: BatchSender>(shared: Arc<Shared>, mut sender: S) -> Resul
         }
     }
     Ok(recorder)
+}
+
+/// When a batch's latency starts, for a batch `due` then (under a rate),
+/// claimed by its worker at `claimed` and released by the timer at `woke`.
+///
+/// - A worker that claimed its batch late (`claimed >= due`) was held up by
+///   the answer to its previous batch: latency runs from `due`, so a stall
+///   counts for every batch it delays (coordinated omission corrected).
+/// - A worker that claimed it early sat idle until the timer let it go:
+///   latency runs from `woke`. Tokio's timer rounds a deadline up to its next
+///   millisecond tick, so `woke` is up to about 1 ms past `due`; that slack
+///   is the load generator's, and counting it made a 0.2 ms answer read as
+///   up to 1.2 ms at any fixed rate.
+/// - Without a rate the batch goes at once: from `woke`.
+pub fn latency_start(due: Option<Instant>, claimed: Instant, woke: Instant) -> Instant {
+    match due {
+        Some(due) if claimed >= due => due,
+        _ => woke,
+    }
 }
 
 /// Runs the workers to the end and merges what they measured; the first
@@ -221,6 +244,21 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_starts_at_the_due_time_only_for_a_late_claim() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        // Claimed on time, released 700 us late by the timer: the timer's
+        // slack is not the server's.
+        assert_eq!(latency_start(Some(at(1000)), at(0), at(1700)), at(1700));
+        // Claimed after its due time (the previous batch was slow): the
+        // lateness counts.
+        assert_eq!(latency_start(Some(at(1000)), at(5000), at(5001)), at(1000));
+        assert_eq!(latency_start(Some(at(1000)), at(1000), at(1001)), at(1000));
+        // No rate: from the send.
+        assert_eq!(latency_start(None, at(0), at(3)), at(3));
+    }
 
     #[test]
     fn payload_carries_the_stamp() {

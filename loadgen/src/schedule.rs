@@ -3,10 +3,13 @@
 //! Workers (connections x in-flight) claim batch tickets from one shared
 //! counter. With a target rate, ticket `g` is due at
 //! `start + g * batch / rate` whoever claims it, so the offered load is
-//! fixed by the schedule, not by how fast the server answers; latency is
+//! fixed by the schedule, not by how fast the server answers. A ticket
+//! claimed after its due time (its worker was waiting for an answer) is
 //! measured from that intended send time (completion - due), which
 //! corrects coordinated omission: a stalled server makes every later batch
-//! late, and the lateness is counted. Without a rate, a ticket is sent when
+//! late, and the lateness is counted. A ticket claimed before it is due is
+//! measured from when the timer released it, which is up to a millisecond
+//! past due (`run::latency_start`). Without a rate, a ticket is sent when
 //! claimed and latency is measured from the actual send.
 //!
 //! A ticket whose send time falls in the warmup is sent but not measured.
