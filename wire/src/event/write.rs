@@ -5,6 +5,13 @@
 //! searches its earlier vtables for a duplicate of each new one and is then
 //! copied out; the publish path paid for all of that on every event.
 //!
+//! How it writes, cheaply: the head (root, vtables, Event table, at most
+//! `HEAD_BYTES_MAX` bytes at positions known once the event is sized) is
+//! assembled on the stack and appended in one copy; the strings and
+//! attributes after it are written into bytes zeroed in one go, so their
+//! padding costs nothing; the data is appended last. `benches/encode_event`
+//! measures it against the builder.
+//!
 //! The buffer it writes (all integers little-endian; positions are from
 //! the event's first byte, the alignment reference of a flatbuffer, so an
 //! event appended at any position of a batch buffer, or copied elsewhere,
@@ -94,6 +101,31 @@ const EVENT_UOFFSET_FIELDS: usize = EVENT_SLOTS - 1;
 /// The largest Event table: soffset, time_ms and every uoffset field.
 const EVENT_TABLE_BYTES_MAX: usize =
     SOFFSET_BYTES + TIME_MS_BYTES + EVENT_UOFFSET_FIELDS * UOFFSET_BYTES;
+
+/// The Event's uoffset fields' slots: all but `time_ms`, in order.
+const EVENT_UOFFSET_SLOTS: [flatbuffers::VOffsetT; EVENT_UOFFSET_FIELDS] = [
+    fb::Event::VT_ID,
+    fb::Event::VT_SOURCE,
+    fb::Event::VT_SPECVERSION,
+    fb::Event::VT_TYPE_,
+    fb::Event::VT_SUBJECT,
+    fb::Event::VT_DATACONTENTTYPE,
+    fb::Event::VT_ATTRIBUTES,
+    fb::Event::VT_DATA,
+];
+/// The most zero bytes between the Event vtable and its table: the vtable
+/// ends at an even position, rounding that up to 4 adds at most 2, and
+/// moving on to 4 past a multiple of 8 (so that time_ms, after the
+/// soffset, is 8-aligned) adds 4 more.
+const TABLE_PADDING_BYTES_MAX: usize = 6;
+/// The largest head: the root, the Event vtable with every slot, the
+/// padding, the Event table and the Attribute vtable.
+const HEAD_BYTES_MAX: usize = UOFFSET_BYTES
+    + VTABLE_HEADER_BYTES
+    + EVENT_SLOTS * VOFFSET_BYTES
+    + TABLE_PADDING_BYTES_MAX
+    + EVENT_TABLE_BYTES_MAX
+    + ATTRIBUTE_VTABLE_BYTES;
 
 /// The Attribute vtable: its header, then `key` and `value` at 4 and 8.
 const ATTRIBUTE_VTABLE_BYTES: usize = VTABLE_HEADER_BYTES + 2 * VOFFSET_BYTES;
@@ -196,37 +228,43 @@ where
         0
     };
 
-    // The Event's uoffset fields in slot order, each with the bytes of its
-    // object (`None`: absent). Objects follow the vtables in this order.
-    let objects: [(flatbuffers::VOffsetT, Option<usize>); EVENT_UOFFSET_FIELDS] = [
-        (fb::Event::VT_ID, Some(string_bytes(event.id))),
-        (fb::Event::VT_SOURCE, Some(string_bytes(event.source))),
-        (fb::Event::VT_SPECVERSION, Some(string_bytes(specversion))),
-        (fb::Event::VT_TYPE_, Some(string_bytes(event.ty))),
-        (fb::Event::VT_SUBJECT, event.subject.map(string_bytes)),
-        (
-            fb::Event::VT_DATACONTENTTYPE,
-            event.datacontenttype.map(string_bytes),
-        ),
-        (
-            fb::Event::VT_ATTRIBUTES,
-            has_attributes.then_some(attributes_bytes),
-        ),
-        (fb::Event::VT_DATA, has_data.then_some(data_bytes)),
+    // The Event's uoffset fields in slot order, with the bytes of the
+    // object each leads to, 0 when absent (no present object is empty).
+    // The objects follow the vtables in this order.
+    let objects: [usize; EVENT_UOFFSET_FIELDS] = [
+        string_bytes(event.id),
+        string_bytes(event.source),
+        string_bytes(specversion),
+        string_bytes(event.ty),
+        event.subject.map_or(0, string_bytes),
+        event.datacontenttype.map_or(0, string_bytes),
+        attributes_bytes,
+        data_bytes,
     ];
 
-    // The Event table's fields and the vtable slots that find them.
-    let mut slots = [0u16; EVENT_SLOTS];
-    let mut last_slot = fb::Event::VT_TYPE_;
+    // The root, the Event vtable, the Event table and the Attribute vtable
+    // (the head) are assembled on the stack first: their positions are
+    // small and known, so this is cheap straight-line code. The vtable's
+    // slots go in as the table's fields are placed.
+    let mut head = [0u8; HEAD_BYTES_MAX];
     let mut table_bytes = SOFFSET_BYTES;
+    let mut last_slot = fb::Event::VT_TYPE_;
     if event.time_ms.is_some() {
-        slots[slot_index(fb::Event::VT_TIME_MS)] = voffset(table_bytes);
-        last_slot = last_slot.max(fb::Event::VT_TIME_MS);
+        put(
+            &mut head,
+            EVENT_VTABLE_AT + usize::from(fb::Event::VT_TIME_MS),
+            &voffset(table_bytes).to_le_bytes(),
+        );
+        last_slot = fb::Event::VT_TIME_MS;
         table_bytes += TIME_MS_BYTES;
     }
-    for &(slot, bytes) in &objects {
-        if bytes.is_some() {
-            slots[slot_index(slot)] = voffset(table_bytes);
+    for (&slot, &bytes) in EVENT_UOFFSET_SLOTS.iter().zip(&objects) {
+        if bytes != 0 {
+            put(
+                &mut head,
+                EVENT_VTABLE_AT + usize::from(slot),
+                &voffset(table_bytes).to_le_bytes(),
+            );
             last_slot = last_slot.max(slot);
             table_bytes += UOFFSET_BYTES;
         }
@@ -236,8 +274,8 @@ where
     if event.time_ms.is_some() && !(table + SOFFSET_BYTES).is_multiple_of(TIME_MS_BYTES) {
         table += 4;
     }
-    let objects_at = table
-        + table_bytes
+    let attribute_vtable = table + table_bytes;
+    let objects_at = attribute_vtable
         + if has_attributes {
             ATTRIBUTE_VTABLE_BYTES
         } else {
@@ -245,99 +283,158 @@ where
         };
     let end = objects
         .iter()
-        .filter_map(|&(_, bytes)| bytes)
-        .fold(objects_at, usize::saturating_add);
+        .fold(objects_at, |end, &bytes| end.saturating_add(bytes));
+    let data_at = end - data_bytes;
     let total = end.saturating_add(3) & !3;
     assert!(
         total <= EVENT_BYTES_MAX,
         "an event of {total} bytes or more is over flatbuffers' limit of {EVENT_BYTES_MAX}"
     );
-    debug_assert!(table_bytes <= EVENT_TABLE_BYTES_MAX);
+    assert!(objects_at <= HEAD_BYTES_MAX);
 
-    let start = out.len();
-    out.reserve(total);
-    let at = |out: &Vec<u8>| out.len() - start;
-
-    // The root, the vtables and the Event table.
-    push_u32(out, u32_of(table));
-    push_u16(out, voffset(vtable_bytes));
-    push_u16(out, voffset(table_bytes));
-    for &slot in &slots[..(vtable_bytes - VTABLE_HEADER_BYTES) / VOFFSET_BYTES] {
-        push_u16(out, slot);
-    }
-    out.resize(start + table, 0);
-    push_i32(out, i32_of(table - EVENT_VTABLE_AT));
+    put(&mut head, 0, &u32_of(table).to_le_bytes());
+    put(
+        &mut head,
+        EVENT_VTABLE_AT,
+        &voffset(vtable_bytes).to_le_bytes(),
+    );
+    put(
+        &mut head,
+        EVENT_VTABLE_AT + VOFFSET_BYTES,
+        &voffset(table_bytes).to_le_bytes(),
+    );
+    put(
+        &mut head,
+        table,
+        &i32_of(table - EVENT_VTABLE_AT).to_le_bytes(),
+    );
+    let mut field = table + SOFFSET_BYTES;
     if let Some(time_ms) = event.time_ms {
-        out.extend_from_slice(&time_ms.to_le_bytes());
+        put(&mut head, field, &time_ms.to_le_bytes());
+        field += TIME_MS_BYTES;
     }
     let mut object = objects_at;
-    for &(_, bytes) in &objects {
-        if let Some(bytes) = bytes {
-            push_u32(out, u32_of(object - at(out)));
+    for &bytes in &objects {
+        if bytes != 0 {
+            put(&mut head, field, &u32_of(object - field).to_le_bytes());
+            field += UOFFSET_BYTES;
             object += bytes;
         }
     }
-    let attribute_vtable = at(out);
     if has_attributes {
-        out.extend_from_slice(&ATTRIBUTE_VTABLE);
+        put(&mut head, attribute_vtable, &ATTRIBUTE_VTABLE);
     }
-    assert_eq!(at(out), objects_at);
 
-    // The objects, in the order of their fields.
+    // The head, then everything before the data vector written into zeroed
+    // bytes (padding is left as it is), then the data appended.
+    let start = out.len();
+    out.reserve(total);
+    out.extend_from_slice(&head[..objects_at]);
+    out.resize(start + data_at, 0);
+    let mut w = Cursor {
+        buf: &mut out[start..],
+        at: objects_at,
+    };
     for string in [event.id, event.source, specversion, event.ty] {
-        push_string(out, string);
+        w.put_string(string);
     }
-    for string in [event.subject, event.datacontenttype].into_iter().flatten() {
-        push_string(out, string);
+    if let Some(subject) = event.subject {
+        w.put_string(subject);
+    }
+    if let Some(datacontenttype) = event.datacontenttype {
+        w.put_string(datacontenttype);
     }
     if has_attributes {
-        let vector = at(out);
-        push_u32(out, u32_of(attributes));
-        // The elements are filled in as the tables are written, so that a
-        // table's position is where it was written, not where the sizing
-        // pass expected it.
-        let elements = out.len();
-        out.resize(elements + attributes * UOFFSET_BYTES, 0);
+        w.put_u32(u32_of(attributes));
+        let elements = w.at;
+        w.at += attributes * UOFFSET_BYTES;
+        // Each element is written with its table, from where the table
+        // was written, not where the sizing pass expected it.
         let mut written = 0;
-        let mut write_attribute = |out: &mut Vec<u8>, key: &str, value: &str| {
+        let mut write_attribute = |w: &mut Cursor<'_>, key: &str, value: &str| {
             assert!(
                 written < attributes,
                 "more_attributes yielded more attributes the second time"
             );
             let element = elements + written * UOFFSET_BYTES;
-            let table = at(out);
-            let offset = table - (vector + UOFFSET_BYTES + written * UOFFSET_BYTES);
-            out[element..element + UOFFSET_BYTES].copy_from_slice(&u32_of(offset).to_le_bytes());
-            push_i32(out, i32_of(table - attribute_vtable));
+            w.put_u32_at(element, u32_of(w.at - element));
+            w.put_i32(i32_of(w.at - attribute_vtable));
             // The key string follows the table, the value string the key.
-            push_u32(out, u32_of(ATTRIBUTE_TABLE_BYTES - ATTRIBUTE_KEY_FIELD));
-            push_u32(
-                out,
-                u32_of(ATTRIBUTE_TABLE_BYTES - ATTRIBUTE_VALUE_FIELD + string_bytes(key)),
-            );
-            push_string(out, key);
-            push_string(out, value);
+            w.put_u32(u32_of(ATTRIBUTE_TABLE_BYTES - ATTRIBUTE_KEY_FIELD));
+            w.put_u32(u32_of(
+                ATTRIBUTE_TABLE_BYTES - ATTRIBUTE_VALUE_FIELD + string_bytes(key),
+            ));
+            w.put_string(key);
+            w.put_string(value);
             written += 1;
         };
         for &(key, value) in &event.attributes {
-            write_attribute(out, key, value);
+            write_attribute(&mut w, key, value);
         }
         for (key, value) in more_attributes {
-            write_attribute(out, key, value);
+            write_attribute(&mut w, key, value);
         }
         assert_eq!(
-            (written, at(out)),
-            (attributes, vector + attributes_bytes),
+            (written, w.at),
+            (attributes, data_at),
             "more_attributes yielded other attributes the second time"
         );
     }
+    assert_eq!(w.at, data_at);
     if has_data {
-        push_u32(out, u32_of(event.data.len()));
+        out.extend_from_slice(&u32_of(event.data.len()).to_le_bytes());
         out.extend_from_slice(event.data);
     }
-    assert_eq!(at(out), end);
     out.resize(start + total, 0);
     total
+}
+
+/// Writes `bytes` into `head` at `at`.
+#[inline(always)]
+fn put(head: &mut [u8; HEAD_BYTES_MAX], at: usize, bytes: &[u8]) {
+    head[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+/// Writes front to back into zeroed bytes: what it skips stays 0. Writing
+/// past the end panics (it cannot happen: the writer sized the bytes).
+struct Cursor<'b> {
+    buf: &'b mut [u8],
+    /// The next position to write.
+    at: usize,
+}
+
+impl Cursor<'_> {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+
+    #[inline(always)]
+    fn put_u32(&mut self, value: u32) {
+        self.put(&value.to_le_bytes());
+    }
+
+    #[inline(always)]
+    fn put_i32(&mut self, value: i32) {
+        self.put(&value.to_le_bytes());
+    }
+
+    /// Writes `value` at `at`, behind the cursor.
+    #[inline(always)]
+    fn put_u32_at(&mut self, at: usize, value: u32) {
+        self.buf[at..at + UOFFSET_BYTES].copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// Writes a string: its length, its bytes, and (skipped, so 0) its
+    /// terminator and padding.
+    #[inline(always)]
+    fn put_string(&mut self, s: &str) {
+        let end = self.at + string_bytes(s);
+        self.put_u32(u32_of(s.len()));
+        self.put(s.as_bytes());
+        self.at = end;
+    }
 }
 
 /// The bytes a string takes: its length, its bytes, a 0 terminator, and
@@ -346,35 +443,6 @@ where
 #[inline(always)]
 fn string_bytes(s: &str) -> usize {
     s.len().saturating_add(UOFFSET_BYTES + 4) & !3
-}
-
-#[inline(always)]
-fn push_string(out: &mut Vec<u8>, s: &str) {
-    push_u32(out, u32_of(s.len()));
-    out.extend_from_slice(s.as_bytes());
-    let zeros = string_bytes(s) - UOFFSET_BYTES - s.len();
-    out.extend_from_slice(&[0; 4][..zeros]);
-}
-
-#[inline(always)]
-fn push_u16(out: &mut Vec<u8>, value: u16) {
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
-#[inline(always)]
-fn push_u32(out: &mut Vec<u8>, value: u32) {
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
-#[inline(always)]
-fn push_i32(out: &mut Vec<u8>, value: i32) {
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
-/// The index in the Event vtable's slots of the field at `slot`.
-#[inline(always)]
-fn slot_index(slot: flatbuffers::VOffsetT) -> usize {
-    (usize::from(slot) - VTABLE_HEADER_BYTES) / VOFFSET_BYTES
 }
 
 /// A position within the Event table or a vtable length: at most
