@@ -5,8 +5,8 @@
 //! does the key hash that picks a partition for an event.
 //!
 //! Encoding goes through one `EventEncoder` per thread (`with_event_encoder`),
-//! so steady-state encoding reuses its builder instead of allocating one per
-//! event.
+//! which appends each event straight to the caller's buffer, so steady-state
+//! encoding allocates nothing per event.
 
 use std::cell::Cell;
 

@@ -7,20 +7,23 @@
 //! verifier does not look inside those bytes; `decode_event` verifies them
 //! with the same kind of limits as a frame before any field is read.
 //!
+//! Encoding goes through one hand-written writer (`write`, whose module
+//! header has the byte layout), not flatbuffers' builder: it appends the
+//! event to the caller's buffer in one pass. Decoding goes through a
+//! verifier written for this one table (`verify`). Any valid `Event` buffer
+//! decodes, whoever wrote it.
+//!
 //! Invariants: `encode_event` always writes `specversion`, so
 //! `decode_event(encode_event(e)) == e` for every event; an absent
 //! `specversion` in a foreign buffer reads as `SPECVERSION`. Every encoder
 //! here (`encode_event`, `encode_event_with`, `EventEncoder`) writes the
 //! same bytes for the same event.
 
-use core::fmt;
-
-use flatbuffers::{FlatBufferBuilder, WIPOffset};
-
 use crate::frame::{DecodeError, Limits};
 use crate::generated as fb;
 
 mod verify;
+mod write;
 
 /// The CloudEvents spec version written when none is given.
 pub const SPECVERSION: &str = "1.0";
@@ -126,146 +129,47 @@ impl EventRef<'_> {
 
 /// Encodes `event` as a finished `Event` flatbuffer.
 pub fn encode_event(event: &EventRef<'_>) -> Vec<u8> {
-    let mut fbb = FlatBufferBuilder::with_capacity(event_capacity_hint(event));
-    encode_event_with(&mut fbb, event);
-    fbb.finished_data().to_vec()
+    let mut out = Vec::new();
+    write::event(&mut out, event, core::iter::empty());
+    out
 }
 
-/// Encodes `event` into `fbb` (which is reset first) and leaves the finished
-/// buffer in `fbb.finished_data()`: lets a publisher reuse one builder.
-pub fn encode_event_with(fbb: &mut FlatBufferBuilder<'_>, event: &EventRef<'_>) {
-    build_event(fbb, &mut Vec::new(), event, []);
+/// Encodes `event` into `out`, which is cleared first, and returns its
+/// length: lets a publisher reuse one buffer.
+pub fn encode_event_with(out: &mut Vec<u8>, event: &EventRef<'_>) -> usize {
+    out.clear();
+    write::event(out, event, core::iter::empty())
 }
 
-/// The largest event after which an `EventEncoder` keeps its builder: past
-/// it the builder is dropped, so one huge event does not pin its memory for
-/// the encoder's lifetime. The builder grows by doubling, so a kept one
-/// holds at most about twice this.
-pub const EVENT_ENCODER_RETAIN_BYTES_MAX: usize = 1 << 20;
-
-/// The builder capacity a new `EventEncoder` starts with: a typical event
-/// (a few short strings and a small payload) fits without growing.
-const EVENT_ENCODER_INITIAL_BYTES: usize = 1024;
-
-const _: () = assert!(EVENT_ENCODER_INITIAL_BYTES <= EVENT_ENCODER_RETAIN_BYTES_MAX);
-
-/// Encodes events one after another into caller-owned buffers, reusing one
-/// builder and its scratch space, so that once warm, encoding an event
-/// allocates nothing (unless `out` must grow).
+/// Encodes events one after another into caller-owned buffers. It keeps no
+/// state (the writer needs no builder or scratch space), so encoding an
+/// event allocates nothing unless `out` must grow; it remains a type so
+/// that callers holding one need not change.
+#[derive(Debug, Default)]
 pub struct EventEncoder {
-    fbb: FlatBufferBuilder<'static>,
-    /// The current event's `Attribute` tables, before they become a vector.
-    attributes: Vec<WIPOffset<fb::Attribute<'static>>>,
-}
-
-impl fmt::Debug for EventEncoder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventEncoder").finish_non_exhaustive()
-    }
-}
-
-impl Default for EventEncoder {
-    fn default() -> Self {
-        EventEncoder::new()
-    }
+    _private: (),
 }
 
 impl EventEncoder {
-    /// An encoder with a small builder, which grows to the largest event
-    /// it encodes (see `EVENT_ENCODER_RETAIN_BYTES_MAX`).
-    pub fn new() -> EventEncoder {
-        EventEncoder {
-            fbb: FlatBufferBuilder::with_capacity(EVENT_ENCODER_INITIAL_BYTES),
-            attributes: Vec::new(),
-        }
+    /// An encoder.
+    pub const fn new() -> EventEncoder {
+        EventEncoder { _private: () }
     }
 
     /// Appends the encoding of `event` to `out` and returns its length. The
     /// encoded attributes are `event.attributes` followed by
     /// `more_attributes`, so a caller holding owned strings can pass them
-    /// without first collecting borrowed pairs into a `Vec`.
+    /// without first collecting borrowed pairs into a `Vec`. The iterator
+    /// is cloned and run twice (once to size the event, once to write it)
+    /// and must yield the same attributes both times.
     pub fn encode_into<'m>(
         &mut self,
         event: &EventRef<'_>,
-        more_attributes: impl IntoIterator<Item = (&'m str, &'m str)>,
+        more_attributes: impl IntoIterator<Item = (&'m str, &'m str), IntoIter: Clone>,
         out: &mut Vec<u8>,
     ) -> usize {
-        build_event(&mut self.fbb, &mut self.attributes, event, more_attributes);
-        let bytes = self.fbb.finished_data();
-        let len = bytes.len();
-        out.extend_from_slice(bytes);
-        if len > EVENT_ENCODER_RETAIN_BYTES_MAX {
-            *self = EventEncoder::new();
-        }
-        len
+        write::event(out, event, more_attributes.into_iter())
     }
-}
-
-/// Builds `event` (its attributes followed by `more_attributes`) in `fbb`,
-/// which is reset first, and finishes it. `offsets` is scratch space.
-fn build_event<'fbb, 'm>(
-    fbb: &mut FlatBufferBuilder<'fbb>,
-    offsets: &mut Vec<WIPOffset<fb::Attribute<'fbb>>>,
-    event: &EventRef<'_>,
-    more_attributes: impl IntoIterator<Item = (&'m str, &'m str)>,
-) {
-    fbb.reset();
-    offsets.clear();
-    let specversion = if event.specversion.is_empty() {
-        SPECVERSION
-    } else {
-        event.specversion
-    };
-    for &(key, value) in &event.attributes {
-        offsets.push(build_attribute(fbb, key, value));
-    }
-    for (key, value) in more_attributes {
-        offsets.push(build_attribute(fbb, key, value));
-    }
-    let attributes = (!offsets.is_empty()).then(|| fbb.create_vector(offsets));
-    let args = fb::EventArgs {
-        id: Some(fbb.create_string(event.id)),
-        source: Some(fbb.create_string(event.source)),
-        specversion: Some(fbb.create_string(specversion)),
-        type_: Some(fbb.create_string(event.ty)),
-        subject: event.subject.map(|s| fbb.create_string(s)),
-        time_ms: event.time_ms,
-        datacontenttype: event.datacontenttype.map(|s| fbb.create_string(s)),
-        attributes,
-        data: (!event.data.is_empty()).then(|| fbb.create_vector(event.data)),
-    };
-    let root = fb::Event::create(fbb, &args);
-    fbb.finish(root, None);
-}
-
-fn build_attribute<'fbb>(
-    fbb: &mut FlatBufferBuilder<'fbb>,
-    key: &str,
-    value: &str,
-) -> WIPOffset<fb::Attribute<'fbb>> {
-    let key = fbb.create_string(key);
-    let value = fbb.create_string(value);
-    fb::Attribute::create(
-        fbb,
-        &fb::AttributeArgs {
-            key: Some(key),
-            value: Some(value),
-        },
-    )
-}
-
-fn event_capacity_hint(event: &EventRef<'_>) -> usize {
-    let strings = event.id.len()
-        + event.source.len()
-        + event.ty.len()
-        + event.subject.map_or(0, str::len)
-        + event.datacontenttype.map_or(0, str::len)
-        + event
-            .attributes
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 32)
-            .sum::<usize>();
-    strings + event.data.len() + 128
 }
 
 /// Verifies `bytes` as an `Event` flatbuffer within `limits` and returns a
@@ -321,9 +225,88 @@ pub fn verify_event<'a>(bytes: &'a [u8], limits: &Limits) -> Result<fb::Event<'a
     })
 }
 
+/// The builder-made encoding this module wrote before `write`: the
+/// reference the tests hold the writer to. The two lay an event out
+/// differently, so they are compared by what the bytes decode to.
+#[cfg(test)]
+pub(crate) mod reference {
+    use flatbuffers::{FlatBufferBuilder, WIPOffset};
+
+    use super::{EventRef, SPECVERSION};
+    use crate::generated as fb;
+
+    /// `event` (its attributes followed by `more_attributes`) as the builder
+    /// writes it.
+    pub(crate) fn encode<'m>(
+        event: &EventRef<'_>,
+        more_attributes: impl IntoIterator<Item = (&'m str, &'m str)>,
+    ) -> Vec<u8> {
+        let mut fbb = FlatBufferBuilder::new();
+        build_event(&mut fbb, &mut Vec::new(), event, more_attributes);
+        fbb.finished_data().to_vec()
+    }
+
+    /// Builds `event` (its attributes followed by `more_attributes`) in
+    /// `fbb`, which is reset first, and finishes it. `offsets` is scratch
+    /// space.
+    fn build_event<'fbb, 'm>(
+        fbb: &mut FlatBufferBuilder<'fbb>,
+        offsets: &mut Vec<WIPOffset<fb::Attribute<'fbb>>>,
+        event: &EventRef<'_>,
+        more_attributes: impl IntoIterator<Item = (&'m str, &'m str)>,
+    ) {
+        fbb.reset();
+        offsets.clear();
+        let specversion = if event.specversion.is_empty() {
+            SPECVERSION
+        } else {
+            event.specversion
+        };
+        for &(key, value) in &event.attributes {
+            offsets.push(build_attribute(fbb, key, value));
+        }
+        for (key, value) in more_attributes {
+            offsets.push(build_attribute(fbb, key, value));
+        }
+        let attributes = (!offsets.is_empty()).then(|| fbb.create_vector(offsets));
+        let args = fb::EventArgs {
+            id: Some(fbb.create_string(event.id)),
+            source: Some(fbb.create_string(event.source)),
+            specversion: Some(fbb.create_string(specversion)),
+            type_: Some(fbb.create_string(event.ty)),
+            subject: event.subject.map(|s| fbb.create_string(s)),
+            time_ms: event.time_ms,
+            datacontenttype: event.datacontenttype.map(|s| fbb.create_string(s)),
+            attributes,
+            data: (!event.data.is_empty()).then(|| fbb.create_vector(event.data)),
+        };
+        let root = fb::Event::create(fbb, &args);
+        fbb.finish(root, None);
+    }
+
+    fn build_attribute<'fbb>(
+        fbb: &mut FlatBufferBuilder<'fbb>,
+        key: &str,
+        value: &str,
+    ) -> WIPOffset<fb::Attribute<'fbb>> {
+        let key = fbb.create_string(key);
+        let value = fbb.create_string(value);
+        fb::Attribute::create(
+            fbb,
+            &fb::AttributeArgs {
+                key: Some(key),
+                value: Some(value),
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use flatbuffers::FlatBufferBuilder;
+
     use super::*;
+    use crate::tests::{Rng, run_cases};
 
     fn full_event() -> Event {
         Event {
@@ -429,14 +412,13 @@ mod tests {
             ..Event::default()
         };
         let huge = Event {
-            data: vec![7; EVENT_ENCODER_RETAIN_BYTES_MAX + 1],
+            data: vec![7; (1 << 20) + 1],
             ..full_event()
         };
         let mut encoder = EventEncoder::new();
         let mut out = b"head".to_vec();
         let mut expected = out.clone();
-        // Reused across events, across a huge one (which drops the
-        // builder) and back.
+        // Reused across events, across a huge one and back.
         for event in [&full, &minimal, &huge, &full, &minimal] {
             let bytes = event.encode();
             let len = encoder.encode_into(&event.as_event_ref(), [], &mut out);
@@ -508,5 +490,321 @@ mod tests {
         ] {
             assert!(decode_event(bytes, &Limits::DEFAULT).is_err());
         }
+    }
+
+    // ------------------------------------------- the writer and the builder
+
+    /// Everything the generated accessors read from an `Event`, absent
+    /// fields as `None`: two buffers agree on it when they hold the same
+    /// fields with the same values, however they are laid out.
+    #[derive(Debug, PartialEq)]
+    struct Fields<'a> {
+        id: &'a str,
+        source: &'a str,
+        specversion: Option<&'a str>,
+        ty: &'a str,
+        subject: Option<&'a str>,
+        time_ms: Option<i64>,
+        datacontenttype: Option<&'a str>,
+        attributes: Option<Vec<(&'a str, &'a str)>>,
+        data: Option<&'a [u8]>,
+    }
+
+    fn fields(event: fb::Event<'_>) -> Fields<'_> {
+        Fields {
+            id: event.id(),
+            source: event.source(),
+            specversion: event.specversion(),
+            ty: event.type_(),
+            subject: event.subject(),
+            time_ms: event.time_ms(),
+            datacontenttype: event.datacontenttype(),
+            attributes: event
+                .attributes()
+                .map(|list| list.iter().map(|a| (a.key(), a.value())).collect()),
+            data: event.data().map(|d| d.bytes()),
+        }
+    }
+
+    /// Checks `bytes`, as the writer wrote `event` followed by `more`,
+    /// against the builder's encoding of the same: both verifiers accept it
+    /// (the generic one under the crate's options and under its defaults),
+    /// every accessor reads what it reads from the builder's bytes, and it
+    /// decodes to `event` with `more` appended and `specversion` filled in.
+    fn check_against_reference(bytes: &[u8], event: &EventRef<'_>, more: &[(&str, &str)]) {
+        let reference = reference::encode(event, more.iter().copied());
+        let options = Limits::DEFAULT.verifier_options();
+        let theirs = flatbuffers::root_with_opts::<fb::Event>(&options, &reference).unwrap();
+        let generic = flatbuffers::root_with_opts::<fb::Event>(&options, bytes).unwrap();
+        let generic_default = flatbuffers::root::<fb::Event>(bytes).unwrap();
+        let specialised = verify::event(bytes, &options).unwrap();
+        assert_eq!(fields(generic), fields(theirs));
+        assert_eq!(fields(generic_default), fields(theirs));
+        assert_eq!(fields(specialised), fields(theirs));
+
+        let mut expected = event.clone();
+        expected.attributes.extend_from_slice(more);
+        if expected.specversion.is_empty() {
+            expected.specversion = SPECVERSION;
+        }
+        let decoded = decode_event(bytes, &Limits::DEFAULT).unwrap();
+        assert_eq!(decoded, expected);
+        assert_eq!(decoded, decode_event(&reference, &Limits::DEFAULT).unwrap());
+
+        // The same tables as the builder writes, so the same table limit.
+        let tables = 1 + expected.attributes.len();
+        for buf in [bytes, &reference] {
+            let exact = Limits {
+                tables_max: tables,
+                ..Limits::DEFAULT
+            };
+            let under = Limits {
+                tables_max: tables - 1,
+                ..Limits::DEFAULT
+            };
+            assert!(verify_event(buf, &exact).is_ok());
+            assert!(matches!(
+                verify_event(buf, &under),
+                Err(DecodeError::Malformed(
+                    flatbuffers::InvalidFlatbuffer::TooManyTables
+                ))
+            ));
+        }
+    }
+
+    /// A string of up to `max` characters (0 an eighth of the time), some
+    /// of them 2, 3 and 4 bytes of UTF-8, and now and then a NUL.
+    fn random_string(rng: &mut Rng, max: usize) -> String {
+        const CHARS: [char; 12] = [
+            'a', 'z', '0', '.', '-', ' ', 'é', 'ß', '日', '€', '🦀', '\0',
+        ];
+        if rng.below(8) == 0 {
+            return String::new();
+        }
+        let len = rng.below(max + 1);
+        let ascii = rng.below(2) == 0;
+        (0..len)
+            .map(|_| {
+                if ascii {
+                    char::from(b'a' + rng.below(26) as u8)
+                } else {
+                    CHARS[rng.below(CHARS.len())]
+                }
+            })
+            .collect()
+    }
+
+    fn random_time_ms(rng: &mut Rng) -> Option<i64> {
+        match rng.below(6) {
+            0 => None,
+            1 => Some(i64::MIN),
+            2 => Some(i64::MAX),
+            3 => Some(-(rng.below(1 << 40) as i64)),
+            4 => Some(rng.below(1 << 42) as i64),
+            _ => Some(rng.next_u64() as i64),
+        }
+    }
+
+    /// A random event, and attributes to pass after its own: strings of
+    /// up to 0, 8 or 300 characters, optional fields present or absent.
+    fn random_event(rng: &mut Rng) -> (Event, Vec<(String, String)>) {
+        let max = [0, 8, 300][rng.below(3)];
+        let attribute = |rng: &mut Rng| (random_string(rng, max), random_string(rng, max));
+        let event = Event {
+            id: random_string(rng, max),
+            source: random_string(rng, max),
+            specversion: match rng.below(3) {
+                0 => String::new(),
+                1 => SPECVERSION.to_owned(),
+                _ => random_string(rng, max),
+            },
+            ty: random_string(rng, max),
+            subject: (rng.below(2) == 0).then(|| random_string(rng, max)),
+            time_ms: random_time_ms(rng),
+            datacontenttype: (rng.below(2) == 0).then(|| random_string(rng, max)),
+            attributes: (0..rng.below(6)).map(|_| attribute(rng)).collect(),
+            data: match rng.below(4) {
+                0 => Vec::new(),
+                _ => rng.bytes_upto(2001),
+            },
+        };
+        let more = (0..rng.below(4)).map(|_| attribute(rng)).collect();
+        (event, more)
+    }
+
+    /// Random events, each appended by an `EventEncoder` at a random
+    /// position (0 to 7 bytes of junk before it, so at every alignment):
+    /// the event's own bytes must be a valid `Event` buffer that reads as
+    /// the builder's encoding of it reads, and every encoder must write
+    /// those same bytes.
+    #[test]
+    fn writer_agrees_with_the_builder_on_random_events() {
+        let mut encoder = EventEncoder::new();
+        let mut growth = 0usize;
+        run_cases(
+            "writer_agrees_with_the_builder_on_random_events",
+            4000,
+            |rng| {
+                let (event, more) = random_event(rng);
+                let more: Vec<(&str, &str)> =
+                    more.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let event = event.as_event_ref();
+
+                let junk_bytes = rng.below(8);
+                let junk = rng.bytes(junk_bytes);
+                let mut out = junk.clone();
+                let len = encoder.encode_into(&event, more.iter().copied(), &mut out);
+                assert_eq!(&out[..junk.len()], &junk[..], "the junk before it is kept");
+                assert_eq!(out.len(), junk.len() + len);
+                assert!(len.is_multiple_of(4), "{len}");
+                let bytes = &out[junk.len()..];
+                check_against_reference(bytes, &event, &more);
+
+                let mut all = event.clone();
+                all.attributes.extend_from_slice(&more);
+                assert_eq!(encode_event(&all), bytes);
+                let reused_bytes = rng.below(64);
+                let mut reused = rng.bytes(reused_bytes);
+                assert_eq!(encode_event_with(&mut reused, &all), len);
+                assert_eq!(reused, bytes);
+
+                let reference = reference::encode(&event, more.iter().copied());
+                growth = growth.max(len.saturating_sub(reference.len()));
+            },
+        );
+        // Trimmed vtables and one shared Attribute vtable keep the writer's
+        // events about as small as the builder's: the two differ in their
+        // padding only.
+        println!("largest growth over the builder: {growth} bytes");
+        assert!(growth <= 8, "{growth}");
+    }
+
+    /// Every combination of present and absent optional fields, and of
+    /// attributes given in the event, after it or both: the writer writes
+    /// each present field and no absent one.
+    #[test]
+    fn writer_writes_each_field_and_only_present_ones() {
+        let data = [1, 2, 3, 0, 255];
+        let own = [("tenant", "acme"), ("", "")];
+        let more = [("region", "eu-west-1")];
+        for combination in 0..1 << 7 {
+            let has = |bit: u32| combination & (1 << bit) != 0;
+            let event = EventRef {
+                id: "evt-7",
+                source: "source",
+                specversion: if has(0) { "" } else { "2.0-é" },
+                ty: "type",
+                subject: has(1).then_some("subject"),
+                time_ms: has(2).then_some(-1),
+                datacontenttype: has(3).then_some("text/plain"),
+                attributes: if has(4) { own.to_vec() } else { Vec::new() },
+                data: if has(5) { &data } else { &[] },
+            };
+            let more: &[(&str, &str)] = if has(6) { &more } else { &[] };
+            let mut out = Vec::new();
+            EventEncoder::new().encode_into(&event, more.iter().copied(), &mut out);
+            check_against_reference(&out, &event, more);
+            let decoded = flatbuffers::root::<fb::Event>(&out).unwrap();
+            assert_eq!(decoded.subject().is_some(), has(1));
+            assert_eq!(decoded.time_ms().is_some(), has(2));
+            assert_eq!(decoded.datacontenttype().is_some(), has(3));
+            assert_eq!(decoded.attributes().is_some(), has(4) || has(6));
+            assert_eq!(decoded.data().is_some(), has(5));
+            assert!(decoded.specversion().is_some());
+        }
+    }
+
+    /// The layout the `write` module header draws, for one full event.
+    #[test]
+    fn writer_lays_the_event_out_as_documented() {
+        let event = full_event();
+        let bytes = event.encode();
+        let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let table = u32_at(0);
+        // Every field present: nine slots, the table right after the
+        // vtable, time_ms 8-aligned just after the soffset.
+        assert_eq!(u16_at(4), 4 + 2 * 9);
+        assert_eq!(table, 28);
+        assert_eq!(u32_at(table), table - 4);
+        assert_eq!(u16_at(4 + usize::from(fb::Event::VT_TIME_MS)), 4);
+        assert_eq!((table + 4) % 8, 0);
+        let table_bytes = u16_at(6);
+        assert_eq!(table_bytes, 4 + 8 + 8 * 4);
+        // The Attribute vtable follows the table; the id string follows it.
+        assert_eq!(
+            &bytes[table + table_bytes..table + table_bytes + 8],
+            &[8, 0, 12, 0, 4, 0, 8, 0]
+        );
+        let id_field = table + u16_at(4 + usize::from(fb::Event::VT_ID));
+        assert_eq!(id_field + u32_at(id_field), table + table_bytes + 8);
+        // The data vector is last, then padding to 4.
+        let data_field = table + u16_at(4 + usize::from(fb::Event::VT_DATA));
+        let data = data_field + u32_at(data_field);
+        assert_eq!(
+            &bytes[data + 4..data + 4 + event.data.len()],
+            &event.data[..]
+        );
+        assert_eq!(
+            bytes.len(),
+            (data + 4 + event.data.len()).next_multiple_of(4)
+        );
+    }
+
+    /// A `more_attributes` iterator that yields other attributes the
+    /// second time it runs (more, fewer, or as many of other sizes) cannot
+    /// make the writer emit a broken buffer: it panics.
+    #[test]
+    fn writer_refuses_attributes_that_change_between_passes() {
+        use std::cell::Cell;
+
+        /// Yields `passes[run]` on its `run`th run; clones share the count.
+        #[derive(Clone)]
+        struct Shifty<'c> {
+            passes: &'c [&'c [(&'c str, &'c str)]],
+            runs: &'c Cell<usize>,
+            pass: Option<core::slice::Iter<'c, (&'c str, &'c str)>>,
+        }
+        impl<'c> Iterator for Shifty<'c> {
+            type Item = (&'c str, &'c str);
+            fn next(&mut self) -> Option<Self::Item> {
+                let pass = self.pass.get_or_insert_with(|| {
+                    let run = self.runs.get();
+                    self.runs.set(run + 1);
+                    self.passes[run].iter()
+                });
+                pass.next().copied()
+            }
+        }
+
+        let event = full_event();
+        let one: &[(&str, &str)] = &[("key", "value")];
+        let two: &[(&str, &str)] = &[("key", "value"), ("key", "value")];
+        let longer: &[(&str, &str)] = &[("a longer key", "value")];
+        for passes in [[one, two], [two, one], [one, longer]] {
+            let runs = Cell::new(0);
+            let shifty = Shifty {
+                passes: &passes,
+                runs: &runs,
+                pass: None,
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut out = Vec::new();
+                EventEncoder::new().encode_into(&event.as_event_ref(), shifty, &mut out)
+            }));
+            assert!(result.is_err(), "{passes:?}");
+            assert_eq!(runs.get(), 2);
+        }
+        // The same attributes on both runs are fine.
+        let runs = Cell::new(0);
+        let passes = [two, two];
+        let steady = Shifty {
+            passes: &passes,
+            runs: &runs,
+            pass: None,
+        };
+        let mut out = Vec::new();
+        EventEncoder::new().encode_into(&event.as_event_ref(), steady, &mut out);
+        check_against_reference(&out, &event.as_event_ref(), two);
     }
 }

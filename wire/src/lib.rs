@@ -8,8 +8,8 @@
 //! flatbuffer against `Limits` before reading any field and yields a typed
 //! `Message`. Senders build frames with an `Encoder`. Events travel as their
 //! own finished `Event` flatbuffers inside frames (`encode_event`, or an
-//! `EventEncoder` that reuses its builder; `decode_event`), so the server
-//! stores and forwards exactly the bytes a publisher sent.
+//! `EventEncoder` that appends to a caller's buffer; `decode_event`), so the
+//! server stores and forwards exactly the bytes a publisher sent.
 //!
 //! This crate does no I/O and depends on no runtime; the server (glommio)
 //! and the client (tokio) both build on it. Nothing in it panics on input
@@ -24,8 +24,8 @@ mod placement;
 
 pub use error::ErrorCode;
 pub use event::{
-    EVENT_ENCODER_RETAIN_BYTES_MAX, Event, EventEncoder, EventRef, SPECVERSION, decode_event,
-    encode_event, encode_event_with, verify_event,
+    Event, EventEncoder, EventRef, SPECVERSION, decode_event, encode_event, encode_event_with,
+    verify_event,
 };
 pub use frame::{
     DEPTH_MAX_DEFAULT, DecodeError, FrameError, FrameRef, LENGTH_PREFIX_BYTES, Limits,

@@ -59,8 +59,9 @@
 //! `EVENT_BYTES_MAX` bytes, flatbuffers' own size limit, which no builder
 //! exceeds and which keeps the accessors' signed position arithmetic exact.
 //!
-//! The tests below check the invariant differentially: builder-made events
-//! of many shapes, mutated thousands of times (bit flips, byte overwrites,
+//! The tests below check the invariant differentially: events of many
+//! shapes, as flatbuffers' builder lays them out and as `encode_event`
+//! does, mutated thousands of times (bit flips, byte overwrites,
 //! truncation, offsets pointed elsewhere, lengths enlarged), under varied
 //! limits, must get the same verdict and the same first failure from both
 //! verifiers, and every accessor must read the same values through both.
@@ -483,7 +484,7 @@ mod tests {
     use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
     use super::*;
-    use crate::event::{Event, EventRef, decode_event, verify_event};
+    use crate::event::{Event, EventRef, decode_event, encode_event, verify_event};
     use crate::frame::{DecodeError, Limits};
     use crate::tests::{Rng, run_cases};
 
@@ -534,9 +535,15 @@ mod tests {
 
     // ------------------------------------------------------ valid events
 
-    fn loadgen_event(data_bytes: usize) -> Vec<u8> {
+    /// The builder's encoding of `event`, as this crate wrote events
+    /// before its own writer (and as other languages' clients write them).
+    fn built(event: &EventRef<'_>) -> Vec<u8> {
+        crate::event::reference::encode(event, [])
+    }
+
+    fn loadgen_event(encode: fn(&EventRef<'_>) -> Vec<u8>, data_bytes: usize) -> Vec<u8> {
         let data: Vec<u8> = (0..data_bytes).map(|i| b'a' + (i % 26) as u8).collect();
-        crate::encode_event(&EventRef {
+        encode(&EventRef {
             id: "lg7f3a--100000-0",
             source: "loadgen-0",
             specversion: crate::SPECVERSION,
@@ -548,7 +555,7 @@ mod tests {
     }
 
     /// An `Event` built with the generated builder directly, for shapes
-    /// `encode_event` never writes: no `specversion`, empty vectors,
+    /// neither `encode_event` nor `built` writes: no `specversion`, empty vectors,
     /// strings and tables shared between fields.
     fn shared_event(copies: usize, key_bytes: usize, empty_vectors: bool) -> Vec<u8> {
         let mut fbb = FlatBufferBuilder::new();
@@ -585,7 +592,8 @@ mod tests {
         fbb.finished_data().to_vec()
     }
 
-    /// Valid events of every shape the differential test starts from.
+    /// Valid events of every shape the differential test starts from: as
+    /// the builder lays them out, then (`_written`) as `encode_event` does.
     fn samples() -> Vec<(&'static str, Vec<u8>)> {
         let minimal = Event {
             id: "1".into(),
@@ -632,15 +640,22 @@ mod tests {
             ..full.clone()
         };
         vec![
-            ("minimal", minimal.encode()),
-            ("full", full.encode()),
-            ("loadgen_100", loadgen_event(100)),
-            ("loadgen_1k", loadgen_event(1024)),
-            ("many_attributes", many_attributes.encode()),
-            ("unicode", unicode.encode()),
-            ("large_data", large_data.encode()),
+            ("minimal", built(&minimal.as_event_ref())),
+            ("full", built(&full.as_event_ref())),
+            ("loadgen_100", loadgen_event(built, 100)),
+            ("loadgen_1k", loadgen_event(built, 1024)),
+            ("many_attributes", built(&many_attributes.as_event_ref())),
+            ("unicode", built(&unicode.as_event_ref())),
+            ("large_data", built(&large_data.as_event_ref())),
             ("shared", shared_event(8, 5, false)),
             ("empty_vectors", shared_event(0, 0, true)),
+            ("minimal_written", minimal.encode()),
+            ("full_written", full.encode()),
+            ("loadgen_100_written", loadgen_event(encode_event, 100)),
+            ("loadgen_1k_written", loadgen_event(encode_event, 1024)),
+            ("many_attributes_written", many_attributes.encode()),
+            ("unicode_written", unicode.encode()),
+            ("large_data_written", large_data.encode()),
         ]
     }
 
@@ -1140,14 +1155,14 @@ mod tests {
     // ------------------------------------------------------ named cases
 
     #[test]
-    fn builder_made_events_are_accepted() {
+    fn encoded_events_are_accepted() {
         for (name, buf) in samples() {
             let options = Limits::DEFAULT.verifier_options();
             let theirs = generic(&buf, &options).unwrap();
             let ours = event(&buf, &options).unwrap_or_else(|e| panic!("{name}: {e:?}"));
             assert_eq!(fields(ours), fields(theirs), "{name}");
         }
-        run_cases("builder_made_events_are_accepted", 2000, |rng| {
+        run_cases("encoded_events_are_accepted", 2000, |rng| {
             let event = Event {
                 id: rng.string_upto(16),
                 source: rng.string_upto(16),
@@ -1161,10 +1176,47 @@ mod tests {
                 data: rng.bytes_upto(300),
                 ..Event::default()
             };
-            let buf = event.encode();
-            let decoded = decode_event(&buf, &Limits::DEFAULT).unwrap();
-            assert_eq!(decoded.to_event(), event);
+            let built = built(&event.as_event_ref());
+            let written = event.encode();
+            for buf in [&built, &written] {
+                let decoded = decode_event(buf, &Limits::DEFAULT).unwrap();
+                assert_eq!(decoded.to_event(), event);
+            }
+            assert_eq!(work(&written), work(&built));
         });
+    }
+
+    /// What verifying a valid `buf` counts against the limits: its
+    /// apparent size and its tables.
+    fn work(buf: &[u8]) -> (u64, usize) {
+        let options = Limits::DEFAULT.verifier_options();
+        let mut v = Verifier {
+            buf,
+            options: &options,
+            apparent_bytes: 0,
+            tables: 0,
+        };
+        v.event().unwrap();
+        (v.apparent_bytes, v.tables)
+    }
+
+    /// `encode_event` lays an event out differently from the builder, but
+    /// the verifiers do the same work on it (the same vtables, strings,
+    /// vectors and tables), so an event within the limits one way is
+    /// within them the other way.
+    #[test]
+    fn written_events_count_as_built_ones() {
+        let samples = samples();
+        let mut pairs = 0;
+        for (name, written) in &samples {
+            let Some(built_name) = name.strip_suffix("_written") else {
+                continue;
+            };
+            let (_, built) = samples.iter().find(|(n, _)| *n == built_name).unwrap();
+            assert_eq!(work(written), work(built), "{name}");
+            pairs += 1;
+        }
+        assert_eq!(pairs, 7);
     }
 
     /// `buf` with the `u32` at `at` replaced.
