@@ -69,7 +69,7 @@ pub mod index;
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -108,13 +108,17 @@ pub enum Durability {
     /// is lost in a crash.
     Always,
     /// At once; a flush with fdatasync runs when a caller of
-    /// [`Log::sync`] or [`Log::flush_if_due`] asks, at most this often, or
-    /// when `write_bytes_max` bytes are waiting. A crash loses up to the
-    /// interval's worth of acknowledged appends.
+    /// [`Log::sync`] or [`Log::flush_if_due`] asks, at most this often.
+    /// Data is written as under `Never`. A crash loses up to the interval's
+    /// worth of acknowledged appends.
     Interval(Duration),
-    /// At once; data is written when `write_bytes_max` bytes are waiting or on
-    /// [`Log::sync`], and fdatasynced only when a segment is sealed or on
-    /// `sync`. A crash may lose any acknowledged append not yet synced.
+    /// At once; data is written once `write_bytes_max` bytes wait (by the
+    /// append that finds them waiting and no write running, or, after
+    /// [`Log::set_write_behind`], by the owner's [`Log::write_pending`]),
+    /// when `pending_bytes_max` bytes wait (the appender then waits for the
+    /// write), or on [`Log::sync`]; it is fdatasynced only when a segment is
+    /// sealed or on `sync`. A crash may lose any acknowledged append not
+    /// yet synced.
     Never,
 }
 
@@ -549,6 +553,8 @@ pub struct Log<S: Storage> {
     state: RefCell<State<S>>,
     /// Signalled whenever a flush ends.
     flushed: Notify,
+    /// The owner runs the writes of relaxed appends (`set_write_behind`).
+    write_behind: Cell<bool>,
 }
 
 impl<S: Storage> fmt::Debug for Log<S> {
@@ -682,6 +688,7 @@ impl<S: Storage> Log<S> {
             storage,
             dir: dir.to_path_buf(),
             config,
+            write_behind: Cell::new(false),
             state: RefCell::new(State {
                 segments,
                 start_offset,
@@ -1117,14 +1124,45 @@ impl<S: Storage> Log<S> {
                 st.commits.durable_waits += 1;
                 st.commits.durable_wait_us += elapsed_us(wait_start);
             }
+            // Acknowledged without waiting for a write another append
+            // runs (every append once waited for it), and, with write
+            // behind, without running one: the owner does, off this path.
             Durability::Interval(_) | Durability::Never => {
-                let pending = self.state.borrow().pending_bytes;
-                if pending >= self.config.write_bytes_max {
+                if !self.write_behind.get() && self.write_due() {
                     self.flush_round(false).await;
                 }
             }
         }
         Ok(appended)
+    }
+
+    /// Under [`Durability::Interval`] or [`Durability::Never`], has the
+    /// owner run the writes: an append then never waits for the disk (but
+    /// at `pending_bytes_max`), and the owner runs [`Log::write_pending`] in
+    /// a task of its own whenever [`Log::write_due`] says so. Without it,
+    /// the append that finds a write due runs it and waits for it.
+    pub fn set_write_behind(&self, on: bool) {
+        self.write_behind.set(on);
+    }
+
+    /// Under [`Durability::Interval`] or [`Durability::Never`], whether at
+    /// least `write_bytes_max` bytes wait to be written and no flush runs.
+    /// Always `false` under [`Durability::Always`], whose appends write and
+    /// sync themselves.
+    pub fn write_due(&self) -> bool {
+        if self.config.durability == Durability::Always {
+            return false;
+        }
+        let st = self.state.borrow();
+        st.poisoned.is_none() && !st.flushing && st.pending_bytes >= self.config.write_bytes_max
+    }
+
+    /// Writes what waits to be written (one flush round, fdatasynced only
+    /// where a sealed segment needs it or an interval is due). A failure
+    /// poisons the log, as any failed write does, and later appends report
+    /// it.
+    pub async fn write_pending(&self) {
+        self.flush_round(false).await;
     }
 
     /// Puts the batch into the active segment's buffer, rolling first if it

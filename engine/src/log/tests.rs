@@ -672,6 +672,91 @@ fn relaxed_durability_acks_at_once_and_sync_makes_it_durable() {
     assert_eq!(log.stats().durable_offset, 1);
 }
 
+/// Under relaxed durability an append never waits for the disk: the write
+/// is the owner's, when `write_due` says so; only `pending_bytes_max`
+/// makes an appender wait, for a write of its own.
+#[test]
+fn relaxed_appends_leave_the_write_to_the_owner() {
+    for durability in [
+        Durability::Never,
+        Durability::Interval(Duration::from_secs(3600)),
+    ] {
+        let sim = SimStorage::new(12, SimFaults::default());
+        let config = LogConfig {
+            durability,
+            ..small_config()
+        };
+        let log = open(&sim, config);
+        log.set_write_behind(true);
+        let writes = sim.stats().writes;
+        let mut offset = 0u64;
+        // Up to write_bytes_max waiting: nothing written, nothing due.
+        while !log.write_due() {
+            append(&log, &[record(offset, 1000)], 0);
+            offset += 1;
+            assert!(offset < 100, "{durability:?}: never due");
+        }
+        assert!(log.stats().bytes >= config.write_bytes_max as u64);
+        assert_eq!(sim.stats().writes, writes, "{durability:?}: appends wrote");
+        // Still acknowledged at once while due, without a write.
+        append(&log, &[record(offset, 1000)], 0);
+        offset += 1;
+        assert_eq!(sim.stats().writes, writes);
+        assert!(log.write_due());
+        block_on(log.write_pending());
+        assert!(
+            sim.stats().writes > writes,
+            "{durability:?}: write_pending wrote"
+        );
+        assert!(!log.write_due(), "{durability:?}: nothing left due");
+        assert_eq!(sim.stats().syncs, 0, "{durability:?}: no fdatasync");
+        // Nobody runs the writes: the appender that reaches
+        // pending_bytes_max writes, and nothing is lost.
+        let before = sim.stats().writes;
+        let held = log.stats().bytes;
+        while sim.stats().writes == before {
+            append(&log, &[record(offset, 1000)], 0);
+            offset += 1;
+            let added = log.stats().bytes - held;
+            assert!(
+                added <= (config.pending_bytes_max + config.batch_bytes_max) as u64,
+                "{durability:?}: {added} bytes appended and still no write"
+            );
+        }
+        let all = read_all(&log);
+        assert_eq!(all.len() as u64, offset);
+        for (o, bytes) in &all {
+            assert_eq!(*bytes, record(*o, 1000), "{durability:?}: offset {o}");
+        }
+        block_on(log.sync()).unwrap();
+        sim.crash(CrashMode::DropUnsynced);
+        let log = open(&sim, config);
+        assert_eq!(
+            read_all(&log).len() as u64,
+            offset,
+            "{durability:?}: synced"
+        );
+        // Without write behind, the append that finds a write due runs it.
+        let writes = sim.stats().writes;
+        let mut n = 0u64;
+        while sim.stats().writes == writes {
+            append(&log, &[record(offset + n, 1000)], 0);
+            n += 1;
+            assert!(n < 100, "{durability:?}: no append wrote");
+        }
+        assert!(!log.write_due());
+        assert!(n * 1000 <= (config.write_bytes_max + 2000) as u64);
+    }
+    // Under Always nothing is ever due: appends write and sync themselves.
+    let sim = SimStorage::new(13, SimFaults::default());
+    let log = open(&sim, small_config());
+    for offset in 0..40 {
+        append(&log, &[record(offset, 1000)], 0);
+        assert!(!log.write_due());
+    }
+    assert_eq!(log.stats().durable_offset, 40);
+}
+
 #[test]
 fn always_hides_batches_until_they_are_durable() {
     let sim = SimStorage::new(

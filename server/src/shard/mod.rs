@@ -640,10 +640,21 @@ impl Shard {
                     );
                 }
                 match self.partition(&stream, partition) {
-                    Ok(p) => match p.publish(&events).await {
-                        Ok(published) => Reply::Published(published),
-                        Err(f) => f.into(),
-                    },
+                    Ok(p) => {
+                        let reply = match p.publish(&events).await {
+                            Ok(published) => Reply::Published(published),
+                            Err(f) => f.into(),
+                        };
+                        // Under relaxed durability the partition's log writes
+                        // behind the acks (see `Partition::open`): start the
+                        // write this publish made due, in a task of its own.
+                        if p.log.write_due() {
+                            let p = p.clone();
+                            glommio::spawn_local(async move { p.log.write_pending().await })
+                                .detach();
+                        }
+                        reply
+                    }
                     Err(f) => f.into(),
                 }
             }

@@ -560,6 +560,10 @@ impl Partition {
         let log = Log::open(storage.clone(), &dir.join("log"), log_config)
             .await
             .map_err(|e| format!("stream {stream} partition {partition}: {e}"))?;
+        // Under `fsync: never` or an interval, a publish is acknowledged
+        // without waiting for any write: the shard starts each write in a
+        // task of its own when one is due (see `Shard::handle`).
+        log.set_write_behind(true);
         let offsets_config = LogConfig {
             segment_bytes: OFFSETS_SEGMENT_BYTES,
             durability: Durability::Always,
