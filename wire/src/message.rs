@@ -20,6 +20,8 @@ use crate::ErrorCode;
 use crate::frame::{DecodeError, LENGTH_PREFIX_BYTES, Limits};
 use crate::generated as fb;
 
+mod write_publish;
+
 /// First message on a connection, client to server.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Handshake<'a> {
@@ -644,6 +646,11 @@ impl Encoder {
         message: &Message<'_>,
         out: &mut B,
     ) -> Result<usize, EncodeError> {
+        if let Message::Publish(publish) = message {
+            let bytes = self.check(write_publish::frame_bytes(publish))?;
+            write_publish::write(out, request_id, publish, bytes);
+            return Ok(LENGTH_PREFIX_BYTES + bytes);
+        }
         let (prefix, data) = self.build(request_id, message)?;
         out.put_u32_le(prefix);
         out.put_slice(data);
@@ -656,12 +663,31 @@ impl Encoder {
         request_id: u64,
         message: &Message<'_>,
     ) -> Result<Vec<u8>, EncodeError> {
+        if let Message::Publish(publish) = message {
+            let bytes = self.check(write_publish::frame_bytes(publish))?;
+            let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + bytes);
+            write_publish::write(&mut out, request_id, publish, bytes);
+            debug_assert_eq!(out.len(), out.capacity());
+            return Ok(out);
+        }
         let (prefix, data) = self.build(request_id, message)?;
         let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + data.len());
         out.extend_from_slice(&prefix.to_le_bytes());
         out.extend_from_slice(data);
         debug_assert_eq!(out.len(), out.capacity());
         Ok(out)
+    }
+
+    /// `bytes`, a frame's flatbuffer size, if this encoder may send it.
+    fn check(&self, bytes: usize) -> Result<usize, EncodeError> {
+        let max = self
+            .frame_bytes_max
+            .min(write_publish::FLATBUFFER_BYTES_MAX);
+        if bytes <= max {
+            Ok(bytes)
+        } else {
+            Err(EncodeError::TooLarge { have: bytes, max })
+        }
     }
 
     /// Builds the frame in the builder and returns its length prefix and
