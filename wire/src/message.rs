@@ -640,6 +640,17 @@ impl Encoder {
 
     /// Appends one complete frame to `out` and returns its length in bytes,
     /// prefix included. On error nothing is appended.
+    ///
+    /// `frame_bytes_max` applies to the flatbuffer actually written, which
+    /// is what the peer's `check` reads from the prefix. A `Publish` is
+    /// written by `write_publish`, not the builder, and its size differs
+    /// from the builder's by padding and by the defaults the builder left
+    /// out: from 12 bytes smaller to 28 bytes larger (tested), and for a
+    /// publish as a client sends it (a request id other than 0, at least
+    /// one event) from 12 bytes smaller to the same size. So every
+    /// `Publish` the builder's frame fitted still fits, and one whose
+    /// builder frame was at most 12 bytes over the limit may now fit, as
+    /// a frame within the limit.
     pub fn encode_into<B: BufMut>(
         &mut self,
         request_id: u64,

@@ -344,3 +344,240 @@ fn u32_of(n: usize) -> u32 {
 fn i32_of(n: usize) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| unreachable!("{n} is past any frame"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{LENGTH_PREFIX_BYTES, Limits, decode, split_frame};
+    use crate::message::{EncodeError, Encoder, Message};
+    use crate::tests::{Rng, run_cases};
+
+    /// What a frame's flatbuffer reads as through the generated accessors:
+    /// request_id, body type, stream, partition and the events' bytes.
+    type Read<'a> = (u64, fb::Body, &'a str, u32, Vec<&'a [u8]>);
+
+    fn read(frame: fb::Frame<'_>) -> Read<'_> {
+        let publish = frame.body_as_publish().unwrap();
+        let events = publish
+            .events()
+            .map(|v| v.iter().map(|e| e.bytes().bytes()).collect())
+            .unwrap_or_default();
+        (
+            frame.request_id(),
+            frame.body_type(),
+            publish.stream(),
+            publish.partition(),
+            events,
+        )
+    }
+
+    /// The builder's flatbuffer (prefix excluded) for the same frame.
+    fn built(request_id: u64, message: &Message<'_>) -> Vec<u8> {
+        let mut encoder = Encoder::new(&Limits {
+            frame_bytes_max: usize::MAX,
+            ..Limits::DEFAULT
+        });
+        let (prefix, data) = encoder.build(request_id, message).unwrap();
+        assert_eq!(prefix as usize, data.len());
+        data.to_vec()
+    }
+
+    /// Checks `body`, the flatbuffer the writer wrote for `request_id` and
+    /// `message`, against the builder's: both verifiers accept it and it
+    /// reads and decodes as the builder's frame does. Returns the writer's
+    /// size minus the builder's.
+    fn check_against_builder(body: &[u8], request_id: u64, message: &Message<'_>) -> isize {
+        let reference = built(request_id, message);
+        let limits = Limits::DEFAULT;
+        let decoded = decode(body, &limits).unwrap();
+        let theirs = decode(&reference, &limits).unwrap();
+        assert_eq!(decoded, theirs);
+        assert_eq!(decoded.request_id, request_id);
+        assert_eq!(&decoded.message, message);
+
+        let options = limits.verifier_options();
+        let reference = flatbuffers::root_with_opts::<fb::Frame>(&options, &reference).unwrap();
+        let generic = flatbuffers::root_with_opts::<fb::Frame>(&options, body).unwrap();
+        let generic_default = flatbuffers::root::<fb::Frame>(body).unwrap();
+        assert_eq!(read(generic), read(reference));
+        assert_eq!(read(generic_default), read(reference));
+        body.len() as isize - built(request_id, message).len() as isize
+    }
+
+    /// A stream name of 0, a few or a few hundred characters, some of
+    /// them 2, 3 and 4 bytes of UTF-8.
+    fn random_stream(rng: &mut Rng) -> String {
+        const CHARS: [char; 8] = ['a', 'z', '-', '.', 'é', 'ß', '日', '🦀'];
+        let longest = [1, 9, 301][rng.below(3)];
+        let len = rng.below(longest);
+        let ascii = rng.below(2) == 0;
+        (0..len)
+            .map(|_| {
+                if ascii {
+                    char::from(b'a' + rng.below(26) as u8)
+                } else {
+                    CHARS[rng.below(CHARS.len())]
+                }
+            })
+            .collect()
+    }
+
+    /// 0 to 199 events of 0 to 2999 bytes, many of them empty or small.
+    fn random_events(rng: &mut Rng) -> Vec<Vec<u8>> {
+        let count = match rng.below(4) {
+            0 => rng.below(3),
+            1 => rng.below(16),
+            _ => rng.below(200),
+        };
+        let largest = [1, 5, 300, 3000][rng.below(4)];
+        (0..count).map(|_| rng.bytes_upto(largest)).collect()
+    }
+
+    fn edge_or_random(rng: &mut Rng, edges: &[u64]) -> u64 {
+        if rng.below(2) == 0 {
+            edges[rng.below(edges.len())]
+        } else {
+            rng.next_u64()
+        }
+    }
+
+    /// Random Publish messages, each appended by an `Encoder` to a buffer
+    /// that already holds 0 to 7 junk bytes (so the frame starts at every
+    /// alignment of the buffer's address), as a `Vec` or a `BytesMut`:
+    /// the frame must split, decode and verify as the builder's frame of
+    /// the same message does, `encode` must write the same bytes, and the
+    /// two sizes must stay as close as `Encoder::encode_into` says.
+    #[test]
+    fn writer_agrees_with_the_builder_on_random_publishes() {
+        let mut encoder = Encoder::default();
+        let (mut smallest, mut largest) = (isize::MAX, isize::MIN);
+        run_cases(
+            "writer_agrees_with_the_builder_on_random_publishes",
+            600,
+            |rng| {
+                let stream = random_stream(rng);
+                let events = random_events(rng);
+                let message = Message::Publish(Publish {
+                    stream: &stream,
+                    partition: edge_or_random(rng, &[0, 1, u64::from(u32::MAX)]) as u32,
+                    events: events.iter().map(Vec::as_slice).collect(),
+                });
+                let request_id = edge_or_random(rng, &[0, 1, u64::MAX]);
+
+                let junk_bytes = rng.below(8);
+                let junk = rng.bytes(junk_bytes);
+                let out = if rng.below(2) == 0 {
+                    let mut out = junk.clone();
+                    let len = encoder.encode_into(request_id, &message, &mut out).unwrap();
+                    assert_eq!(out.len(), junk.len() + len);
+                    out
+                } else {
+                    let mut out = bytes::BytesMut::from(&junk[..]);
+                    let len = encoder.encode_into(request_id, &message, &mut out).unwrap();
+                    assert_eq!(out.len(), junk.len() + len);
+                    out.to_vec()
+                };
+                assert_eq!(&out[..junk.len()], &junk[..], "the junk before it is kept");
+                let (body, used) = split_frame(&out[junk.len()..], &Limits::DEFAULT)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(used, out.len() - junk.len());
+                assert!(body.len().is_multiple_of(4));
+                let Message::Publish(publish) = &message else {
+                    unreachable!()
+                };
+                assert_eq!(body.len(), frame_bytes(publish));
+                let growth = check_against_builder(body, request_id, &message);
+                assert!((-12..=28).contains(&growth), "{growth}");
+                if request_id != 0 && !publish.events.is_empty() {
+                    // A client's publish: never larger than the builder's.
+                    assert!((-12..=0).contains(&growth), "{growth}");
+                }
+                smallest = smallest.min(growth);
+                largest = largest.max(growth);
+
+                assert_eq!(
+                    encoder.encode(request_id, &message).unwrap(),
+                    &out[junk.len()..]
+                );
+            },
+        );
+        println!("writer's size minus the builder's: {smallest} to {largest} bytes");
+    }
+
+    /// The frame limit applies to the bytes written: a frame of exactly
+    /// `frame_bytes_max` bytes goes out, one a byte over is refused with
+    /// nothing appended; and where the writer's size equals the builder's,
+    /// the two agree at the boundary.
+    #[test]
+    fn the_frame_limit_applies_at_exactly_the_written_size() {
+        let big = vec![0xabu8; 1000];
+        let odd = vec![0xcdu8; 333];
+        let cases: [(u64, Publish<'_>); 4] = [
+            (
+                7,
+                Publish {
+                    stream: "events",
+                    partition: 3,
+                    events: vec![&big, &odd, &big],
+                },
+            ),
+            (
+                u64::MAX,
+                Publish {
+                    stream: "é",
+                    partition: u32::MAX,
+                    events: vec![&odd; 64],
+                },
+            ),
+            (0, Publish::default()),
+            (
+                1,
+                Publish {
+                    stream: "s",
+                    partition: 0,
+                    events: vec![&[]],
+                },
+            ),
+        ];
+        for (request_id, publish) in cases {
+            let written = frame_bytes(&publish);
+            let message = Message::Publish(publish);
+            let builder = built(request_id, &message).len();
+            for max in [written - 1, written, builder - 1, builder] {
+                let mut encoder = Encoder::new(&Limits {
+                    frame_bytes_max: max,
+                    ..Limits::DEFAULT
+                });
+                let mut out = b"junk".to_vec();
+                let result = encoder.encode_into(request_id, &message, &mut out);
+                if written <= max {
+                    assert_eq!(result, Ok(LENGTH_PREFIX_BYTES + written));
+                    assert_eq!(out.len(), 4 + LENGTH_PREFIX_BYTES + written);
+                } else {
+                    assert_eq!(
+                        result,
+                        Err(EncodeError::TooLarge {
+                            have: written,
+                            max
+                        })
+                    );
+                    assert_eq!(out, b"junk", "nothing appended on error");
+                    assert_eq!(
+                        encoder.encode(request_id, &message),
+                        Err(EncodeError::TooLarge {
+                            have: written,
+                            max
+                        })
+                    );
+                }
+                // The builder's verdict, as the encoder gave it before.
+                let builder_accepts = encoder.build(request_id, &message).is_ok();
+                assert_eq!(builder_accepts, builder <= max);
+                if written == builder {
+                    assert_eq!(result.is_ok(), builder_accepts, "max {max}");
+                }
+            }
+        }
+    }
+}
