@@ -555,20 +555,11 @@ mod tests {
                     assert_eq!(result, Ok(LENGTH_PREFIX_BYTES + written));
                     assert_eq!(out.len(), 4 + LENGTH_PREFIX_BYTES + written);
                 } else {
-                    assert_eq!(
-                        result,
-                        Err(EncodeError::TooLarge {
-                            have: written,
-                            max
-                        })
-                    );
+                    assert_eq!(result, Err(EncodeError::TooLarge { have: written, max }));
                     assert_eq!(out, b"junk", "nothing appended on error");
                     assert_eq!(
                         encoder.encode(request_id, &message),
-                        Err(EncodeError::TooLarge {
-                            have: written,
-                            max
-                        })
+                        Err(EncodeError::TooLarge { have: written, max })
                     );
                 }
                 // The builder's verdict, as the encoder gave it before.
@@ -579,5 +570,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The layout the module header draws, for one frame: the head's
+    /// fields where the diagram puts them, and every EventBytes table
+    /// pointing at the one shared, trimmed EventBytes vtable (the
+    /// differential tests alone would accept a table that borrows the
+    /// Publish vtable, whose first slot happens to match).
+    #[test]
+    fn writer_lays_the_frame_out_as_documented() {
+        let (a, b) = (vec![1u8; 5], vec![2u8; 8]);
+        let publish = Publish {
+            stream: "ab",
+            partition: 9,
+            events: vec![&a, &[], &b],
+        };
+        let frame = Encoder::default()
+            .encode(0x0102_0304_0506_0708, &Message::Publish(publish.clone()))
+            .unwrap();
+        let body = &frame[LENGTH_PREFIX_BYTES..];
+        let u16_at = |at: usize| usize::from(u16::from_le_bytes([body[at], body[at + 1]]));
+        let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+
+        assert_eq!(u32_at(0), 16, "root");
+        assert_eq!(&body[4..16], &[10, 0, 20, 0, 8, 0, 16, 0, 4, 0, 0, 0]);
+        assert_eq!(u32_at(16), 12, "Frame soffset");
+        assert_eq!(16 + 4 + u32_at(20), 52, "body");
+        assert_eq!(&body[24..32], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&body[32..36], &[fb::Body::Publish.0, 0, 0, 0]);
+        assert_eq!(&body[36..46], &[10, 0, 16, 0, 4, 0, 8, 0, 12, 0]);
+        assert_eq!(&body[46..52], &[6, 0, 8, 0, 4, 0], "EventBytes vtable");
+        assert_eq!(u32_at(52), 16, "Publish soffset");
+        let stream = 56 + u32_at(56);
+        assert_eq!(stream, 72 + 4 * 3);
+        assert_eq!(&body[stream..stream + 8], b"\x02\0\0\0ab\0\0");
+        assert_eq!(u32_at(60), 9, "partition");
+        assert_eq!(64 + u32_at(64), 68, "events");
+        assert_eq!(u32_at(68), 3);
+        let mut expected_table = stream + 8;
+        for (i, event) in publish.events.iter().enumerate() {
+            let element = 72 + 4 * i;
+            let table = element + u32_at(element);
+            assert_eq!(table, expected_table, "event {i} follows the one before");
+            assert_eq!(table - u32_at(table), 46, "event {i}'s vtable");
+            assert_eq!(u32_at(table + 4), 4, "event {i}'s vector follows it");
+            assert_eq!(u32_at(table + 8), event.len());
+            assert_eq!(&body[table + 12..table + 12 + event.len()], *event);
+            expected_table = table + (12 + event.len()).next_multiple_of(4);
+        }
+        assert_eq!(body.len(), expected_table);
+        assert_eq!(body.len(), frame_bytes(&publish));
     }
 }
