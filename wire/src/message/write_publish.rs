@@ -589,7 +589,6 @@ mod tests {
             .encode(0x0102_0304_0506_0708, &Message::Publish(publish.clone()))
             .unwrap();
         let body = &frame[LENGTH_PREFIX_BYTES..];
-        let u16_at = |at: usize| usize::from(u16::from_le_bytes([body[at], body[at + 1]]));
         let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().unwrap()) as usize;
 
         assert_eq!(u32_at(0), 16, "root");
