@@ -6,7 +6,8 @@
 //! Invariants:
 //! - `decode(encode(m)) == m` for every message (tested), because absent
 //!   optional strings, vectors and byte vectors read back as empty and the
-//!   encoder omits empty ones.
+//!   builder omits empty ones (the `Publish` writer, `write_publish`,
+//!   writes an empty events vector, which reads back as empty too).
 //! - `Message::from_verified` is only ever given a verified `Frame`, so the
 //!   generated accessors it calls cannot read out of bounds.
 //! - Event byte vectors are opaque here; see `crate::event`.
