@@ -22,7 +22,7 @@
 use crate::frame::{DecodeError, Limits};
 use crate::generated as fb;
 
-mod verify;
+pub(crate) mod verify;
 mod write;
 
 /// The CloudEvents spec version written when none is given.

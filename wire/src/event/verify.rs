@@ -236,19 +236,9 @@ pub(crate) fn verify(buf: &[u8], options: &VerifierOptions) -> Result<usize, Rej
     if buf.len() > EVENT_BYTES_MAX {
         return Err(Reject::TooLarge { len: buf.len() });
     }
-    let mut v = Verifier {
-        buf,
-        options,
-        apparent_bytes: 0,
-        tables: 0,
-    };
+    let mut v = Verifier::new(buf, options);
     let result = v.event();
-    // The apparent size is compared lazily (see the module header): once
-    // over the limit, the generic verifier would have stopped there.
-    if v.apparent_bytes > options.max_apparent_size as u64 {
-        return Err(Reject::ApparentSizeTooLarge);
-    }
-    result
+    v.settle(result)
 }
 
 /// `position + offset`, for a `position` inside the buffer (plus at most a
@@ -265,8 +255,11 @@ fn offset_by(position: usize, offset: usize) -> usize {
     }
 }
 
-/// One verification's state.
-struct Verifier<'b, 'o> {
+/// One verification's state, and the checks every table, field, string
+/// and vector gets, each exactly as the generic verifier runs it. Shared
+/// with `frame::verify`, which checks `Frame`s with a `Publish` body the
+/// same way.
+pub(crate) struct Verifier<'b, 'o> {
     buf: &'b [u8],
     options: &'o VerifierOptions,
     /// Bytes visited so far, counted as the generic verifier counts them:
@@ -276,6 +269,42 @@ struct Verifier<'b, 'o> {
     apparent_bytes: u64,
     /// Tables visited so far.
     tables: usize,
+}
+
+impl<'b, 'o> Verifier<'b, 'o> {
+    /// A verifier at the start of `buf`, which must be at most
+    /// `EVENT_BYTES_MAX` bytes (callers check, and reject or fall back).
+    pub(crate) fn new(buf: &'b [u8], options: &'o VerifierOptions) -> Verifier<'b, 'o> {
+        debug_assert!(buf.len() <= EVENT_BYTES_MAX);
+        Verifier {
+            buf,
+            options,
+            apparent_bytes: 0,
+            tables: 0,
+        }
+    }
+
+    /// `result`, unless the apparent size is over its limit, which is
+    /// compared lazily (see the module header): once over the limit, the
+    /// generic verifier would have stopped there, whatever came later.
+    pub(crate) fn settle<T>(&self, result: Result<T, Reject>) -> Result<T, Reject> {
+        if self.apparent_bytes > self.options.max_apparent_size as u64 {
+            return Err(Reject::ApparentSizeTooLarge);
+        }
+        result
+    }
+
+    /// Bytes visited so far (see `apparent_bytes`).
+    #[cfg(test)]
+    pub(crate) fn apparent_bytes(&self) -> u64 {
+        self.apparent_bytes
+    }
+
+    /// Tables visited so far.
+    #[cfg(test)]
+    pub(crate) fn tables(&self) -> usize {
+        self.tables
+    }
 }
 
 impl<'b> Verifier<'b, '_> {
@@ -296,15 +325,25 @@ impl<'b> Verifier<'b, '_> {
             self.attributes(at)?;
         }
         if let Some(at) = self.field(root, vtable, fb::Event::VT_DATA) {
-            let vector = self.follow(at)?;
-            let len = self.uoffset(vector)?;
-            self.span(vector + UOFFSET_BYTES, len)?;
+            self.bytes(at)?;
         }
         Ok(root)
     }
 
     /// The `[Attribute]` vector whose uoffset is at `at`.
     fn attributes(&mut self, at: usize) -> Result<(), Reject> {
+        self.tables_vector(at, Self::attribute)
+    }
+
+    /// Checks the vector of tables whose uoffset is at `at`: its length and
+    /// range, then each element's uoffset, and `table` on the table each
+    /// leads to, in order.
+    #[inline(always)]
+    pub(crate) fn tables_vector(
+        &mut self,
+        at: usize,
+        mut table: impl FnMut(&mut Self, usize) -> Result<(), Reject>,
+    ) -> Result<(), Reject> {
         let vector = self.follow(at)?;
         let len = self.uoffset(vector)?;
         // `vector` is 4-aligned, so its elements are too.
@@ -315,10 +354,21 @@ impl<'b> Verifier<'b, '_> {
             let mut offset = [0; UOFFSET_BYTES];
             offset.copy_from_slice(element);
             let position = start + i * UOFFSET_BYTES;
-            let table = offset_by(position, u32::from_le_bytes(offset) as usize);
-            self.attribute(table)?;
+            table(
+                self,
+                offset_by(position, u32::from_le_bytes(offset) as usize),
+            )?;
         }
         Ok(())
+    }
+
+    /// Checks the `[ubyte]` vector whose uoffset is at `at` and returns its
+    /// bytes.
+    #[inline(always)]
+    pub(crate) fn bytes(&mut self, at: usize) -> Result<&'b [u8], Reject> {
+        let vector = self.follow(at)?;
+        let len = self.uoffset(vector)?;
+        self.span(vector + UOFFSET_BYTES, len)
     }
 
     fn attribute(&mut self, table: usize) -> Result<(), Reject> {
@@ -329,7 +379,7 @@ impl<'b> Verifier<'b, '_> {
 
     /// Checks the table at `table` (its soffset and vtable), counts it, and
     /// returns its vtable's bytes.
-    fn table(&mut self, table: usize, depth: usize) -> Result<&'b [u8], Reject> {
+    pub(crate) fn table(&mut self, table: usize, depth: usize) -> Result<&'b [u8], Reject> {
         self.aligned::<i32>(table)?;
         let soffset = i32::from_le_bytes(self.fixed::<SOFFSET_BYTES>(table)?);
         // A positive soffset points backwards.
@@ -364,7 +414,12 @@ impl<'b> Verifier<'b, '_> {
     /// The position of the field in `slot` of the table at `table`, or
     /// `None` when the field is absent.
     #[inline(always)]
-    fn field(&mut self, table: usize, vtable: &[u8], slot: flatbuffers::VOffsetT) -> Option<usize> {
+    pub(crate) fn field(
+        &mut self,
+        table: usize,
+        vtable: &[u8],
+        slot: flatbuffers::VOffsetT,
+    ) -> Option<usize> {
         // Slots and `vtable.len()` are both even, so a slot either lies
         // wholly inside the vtable or wholly past it (absent).
         let slot = slot as usize;
@@ -379,7 +434,7 @@ impl<'b> Verifier<'b, '_> {
     /// Checks the string field in `slot`, which must be present when
     /// `required` names it.
     #[inline(always)]
-    fn string_field(
+    pub(crate) fn string_field(
         &mut self,
         table: usize,
         vtable: &[u8],
@@ -395,7 +450,7 @@ impl<'b> Verifier<'b, '_> {
 
     /// Checks the string whose uoffset is at `at`.
     #[inline(always)]
-    fn string(&mut self, at: usize) -> Result<(), Reject> {
+    pub(crate) fn string(&mut self, at: usize) -> Result<(), Reject> {
         let string = self.follow(at)?;
         let len = self.uoffset(string)?;
         let start = string + UOFFSET_BYTES;
@@ -414,19 +469,19 @@ impl<'b> Verifier<'b, '_> {
 
     /// Reads the uoffset at `at` and returns the position it leads to.
     #[inline(always)]
-    fn follow(&mut self, at: usize) -> Result<usize, Reject> {
+    pub(crate) fn follow(&mut self, at: usize) -> Result<usize, Reject> {
         Ok(offset_by(at, self.uoffset(at)?))
     }
 
     /// Reads the `u32` (an offset or a length) at `at`.
     #[inline(always)]
-    fn uoffset(&mut self, at: usize) -> Result<usize, Reject> {
+    pub(crate) fn uoffset(&mut self, at: usize) -> Result<usize, Reject> {
         self.aligned::<u32>(at)?;
         Ok(u32::from_le_bytes(self.fixed::<UOFFSET_BYTES>(at)?) as usize)
     }
 
     #[inline(always)]
-    fn aligned<T>(&self, at: usize) -> Result<(), Reject> {
+    pub(crate) fn aligned<T>(&self, at: usize) -> Result<(), Reject> {
         if at.is_multiple_of(align_of::<T>()) {
             Ok(())
         } else {
@@ -440,7 +495,7 @@ impl<'b> Verifier<'b, '_> {
     /// The `N` bytes at `at`, counted towards the apparent size (compared
     /// with its limit later: see `verify`).
     #[inline(always)]
-    fn fixed<const N: usize>(&mut self, at: usize) -> Result<[u8; N], Reject> {
+    pub(crate) fn fixed<const N: usize>(&mut self, at: usize) -> Result<[u8; N], Reject> {
         let bytes = at
             .checked_add(N)
             .and_then(|end| self.buf.get(at..end))
@@ -459,7 +514,7 @@ impl<'b> Verifier<'b, '_> {
     /// compared with its limit, so that no more work is done on a buffer
     /// whose shared parts add up past it.
     #[inline(always)]
-    fn span(&mut self, start: usize, len: usize) -> Result<&'b [u8], Reject> {
+    pub(crate) fn span(&mut self, start: usize, len: usize) -> Result<&'b [u8], Reject> {
         let bytes = start
             .checked_add(len)
             .and_then(|end| self.buf.get(start..end));
