@@ -72,11 +72,17 @@ HADRON="$ROOT/target/release/hadron"
 LOADGEN="$ROOT/target/release/loadgen"
 
 SERVER_PID=""
+# Stops the server started last and deletes its data: the runs together
+# write tens of GiB, more than a small disk holds at once.
 stop_server() {
     if [ -n "$SERVER_PID" ]; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
         SERVER_PID=""
+    fi
+    if [ -n "${SERVER_DATA:-}" ]; then
+        rm -rf "$SERVER_DATA"
+        SERVER_DATA=""
     fi
 }
 trap stop_server EXIT
@@ -97,6 +103,7 @@ start_hadron() {
     local data="$WORK/hadron-$name"
     rm -rf "$data"
     mkdir -p "$data"
+    SERVER_DATA=$data
     printf 'fsync: %s\n%s\n' "$fsync" "$extra" > "$WORK/hadron-$name.yaml"
     "$HADRON" server --config "$WORK/hadron-$name.yaml" --data-dir "$data" \
         --listen "127.0.0.1:$PORT" --shards "$SHARDS" 2>"$WORK/hadron-$name.log" &
@@ -276,6 +283,7 @@ start_nats() {
     local store="$WORK/nats-$name"
     rm -rf "$store"
     mkdir -p "$store"
+    SERVER_DATA=$store
     {
         echo "listen: 127.0.0.1:$NATS_PORT"
         echo "jetstream {"
