@@ -83,6 +83,11 @@ stop_server() {
     if [ -n "${SERVER_DATA:-}" ]; then
         rm -rf "$SERVER_DATA"
         SERVER_DATA=""
+        # Deleting gigabytes on a file system mounted with `discard` sends
+        # the device discards it may still be working through: let them
+        # settle before the next run measures the disk.
+        sync
+        sleep 3
     fi
 }
 trap stop_server EXIT
@@ -179,6 +184,10 @@ rm -f "$WORK/fio.bin"
     --records "$BATCH" --record-bytes "$SIZE" 2>/dev/null | tail -n 1 > "$RESULTS/engine-vs-raw-depth.json"
 
 # --- Hadron -----------------------------------------------------------------
+# fio and engine-vs-raw wrote and deleted gigabytes: let the device's
+# discards settle (see stop_server) before the first Hadron run.
+sync
+sleep 10
 start_hadron idle always
 sleep 2
 IDLE_KB=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
