@@ -21,6 +21,8 @@ mod frame;
 pub mod generated;
 mod message;
 mod placement;
+#[cfg(test)]
+mod verify_mutations;
 
 pub use error::ErrorCode;
 pub use event::{
