@@ -515,8 +515,8 @@ lines = [
     row("NATS JetStream, default (no fsync per message)", nd),
     "",
     "Latency is from send to ack. The half-rate runs are fixed-rate: a batch its connection could only send late (still waiting for its previous ack) "
-    "is measured from its scheduled send time (coordinated omission corrected); one sent on time is measured from its send, since tokio's timer "
-    "releases a batch up to 1 ms after it is due and that slack is the load generator's. "
+    "is measured from its scheduled send time (coordinated omission corrected); one sent on time is measured from its send, but from no later than "
+    "1 ms past its scheduled time: tokio's timer releases a batch up to 1 ms (its tick) after it is due, and that slack is the load generator's. "
     "CPU is user plus system time of each process (its io_uring workers included, kernel threads outside it not), averaged over the whole run; "
     "per event is that divided by the run's rate.",
     "",

@@ -1157,12 +1157,16 @@ impl<S: Storage> Log<S> {
         st.poisoned.is_none() && !st.flushing && st.pending_bytes >= self.config.write_bytes_max
     }
 
-    /// Writes what waits to be written (one flush round, fdatasynced only
-    /// where a sealed segment needs it or an interval is due). A failure
-    /// poisons the log, as any failed write does, and later appends report
-    /// it.
+    /// Writes what waits to be written, in flush rounds (fdatasynced only
+    /// where a sealed segment needs it or an interval is due), for as long
+    /// as [`Log::write_due`] says a write is due: returns at once when none
+    /// is (another flush runs, or too little waits), and writes again what
+    /// came in during its own round. A failure poisons the log, as any
+    /// failed write does, and later appends report it.
     pub async fn write_pending(&self) {
-        self.flush_round(false).await;
+        while self.write_due() {
+            self.flush_round(false).await;
+        }
     }
 
     /// Puts the batch into the active segment's buffer, rolling first if it

@@ -709,6 +709,13 @@ fn relaxed_appends_leave_the_write_to_the_owner() {
             "{durability:?}: write_pending wrote"
         );
         assert!(!log.write_due(), "{durability:?}: nothing left due");
+        let w = sim.stats().writes;
+        block_on(log.write_pending());
+        assert_eq!(
+            sim.stats().writes,
+            w,
+            "{durability:?}: nothing due, no write"
+        );
         assert_eq!(sim.stats().syncs, 0, "{durability:?}: no fdatasync");
         // Nobody runs the writes: the appender that reaches
         // pending_bytes_max writes, and nothing is lost.

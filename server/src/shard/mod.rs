@@ -1346,6 +1346,10 @@ impl Shard {
                     if let Err(e) = p.log.flush_if_due().await {
                         tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");
                     }
+                    // A write that fell due while another flush ran (one a
+                    // full buffer or a sync started) and that no publish
+                    // has started since.
+                    p.log.write_pending().await;
                 }
             }
         })
