@@ -209,3 +209,96 @@ fn the_probe_file_is_non_empty_and_reads_work_after_it() {
         );
     });
 }
+
+/// The `open(2)` flags of every descriptor this process holds on `path`,
+/// from `/proc/self/fdinfo`.
+fn open_flags_of(path: &Path) -> Vec<u32> {
+    let mut flags = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .flatten()
+    {
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(path) {
+            continue;
+        }
+        let info = std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(entry.file_name()))
+            .expect("fdinfo");
+        let octal = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .expect("a flags line")
+            .trim();
+        flags.push(u32::from_str_radix(octal, 8).expect("octal flags"));
+    }
+    flags
+}
+
+#[test]
+fn an_always_log_writes_its_segment_through_and_a_relaxed_one_does_not() {
+    const O_DSYNC: u32 = 0o10000;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_path_buf();
+    on_executor(move || async move {
+        let storage = DmaStorage::new(&root).await.expect("probe");
+        for (name, durability, through) in [
+            ("always", Durability::Always, true),
+            ("never", Durability::Never, false),
+        ] {
+            let dir = root.join(name);
+            let log = Log::open(
+                storage.clone(),
+                &dir,
+                LogConfig {
+                    durability,
+                    ..config()
+                },
+            )
+            .await
+            .expect("open");
+            log.append(&[record(1)], 1).await.expect("append");
+            log.sync().await.expect("sync");
+            let segment = dir.join(format!("{:020}.log", 0));
+            let flags = open_flags_of(&segment);
+            assert_eq!(flags.len(), 1, "{name}: one descriptor on the segment");
+            assert_eq!(
+                flags[0] & O_DSYNC != 0,
+                through,
+                "{name}: flags {:o}",
+                flags[0]
+            );
+            // The index beside it is a hint, written without syncing.
+            let index = dir.join(format!("{:020}.idx", 0));
+            assert!(open_flags_of(&index).iter().all(|f| f & O_DSYNC == 0));
+            assert_eq!(read_all(&log).await, vec![(0, record(1))], "{name}");
+            drop(log);
+            // Reopened (the active segment is recovered), still so.
+            let log = Log::open(
+                storage.clone(),
+                &dir,
+                LogConfig {
+                    durability,
+                    ..config()
+                },
+            )
+            .await
+            .expect("reopen");
+            log.append(&[record(2)], 2)
+                .await
+                .expect("append after reopen");
+            log.sync().await.expect("sync");
+            let flags = open_flags_of(&segment);
+            assert_eq!(flags.len(), 1, "{name}: one descriptor after reopening");
+            assert_eq!(
+                flags[0] & O_DSYNC != 0,
+                through,
+                "{name}: flags {:o}",
+                flags[0]
+            );
+            assert_eq!(
+                read_all(&log).await,
+                vec![(0, record(1)), (1, record(2))],
+                "{name}"
+            );
+        }
+    });
+}

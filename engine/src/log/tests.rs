@@ -215,7 +215,7 @@ fn limits_are_enforced_with_clear_errors() {
 }
 
 #[test]
-fn concurrent_appends_share_fdatasyncs_and_all_are_durable_when_acked() {
+fn concurrent_appends_share_write_through_rounds_and_all_are_durable_when_acked() {
     let sim = SimStorage::new(
         4,
         SimFaults {
@@ -237,22 +237,30 @@ fn concurrent_appends_share_fdatasyncs_and_all_are_durable_when_acked() {
             .iter()
             .map(|r| log.append(std::slice::from_ref(r), 7)),
     ));
-    let syncs = sim.stats().syncs - before.syncs;
+    let after = sim.stats();
+    let (writes, syncs) = (after.writes - before.writes, after.syncs - before.syncs);
     let mut offsets: Vec<u64> = results
         .iter()
         .map(|r| r.as_ref().unwrap().base_offset)
         .collect();
     offsets.sort_unstable();
     assert_eq!(offsets, (0..64).collect::<Vec<_>>());
+    // `always` opens the segment write-through: each write is durable as it
+    // returns, so no fdatasync is issued, and a round writes many appends.
+    assert_eq!(syncs, 0, "write-through needs no fdatasync");
     assert!(
-        syncs < 64 / 2,
-        "group commit should batch fdatasyncs: {syncs} for 64 appends"
+        writes < 64 / 2,
+        "group commit should batch writes: {writes} for 64 appends"
     );
-    // Each append's wait for durability is counted once; the log's own
-    // fdatasyncs are the ones the storage saw.
+    // Each append's wait for durability is counted once; every data write
+    // the storage saw was one of the log's rounds, or an index page.
     let commits = log.stats().commits;
     assert_eq!(commits.durable_waits, 64);
-    assert_eq!(commits.syncs, syncs);
+    assert_eq!(commits.syncs, 0);
+    assert!(
+        commits.writes > 0 && commits.writes <= writes,
+        "{commits:?}"
+    );
     // Everything acknowledged survives a crash that drops unsynced writes.
     sim.crash(CrashMode::DropUnsynced);
     let log = open(&sim, small_config());
@@ -597,6 +605,44 @@ fn a_failed_write_poisons_until_reopened() {
 
 #[test]
 fn a_failed_fdatasync_poisons_and_is_never_retried() {
+    // Under `interval` the log syncs with fdatasync.
+    let sim = SimStorage::new(8, SimFaults::default());
+    let config = LogConfig {
+        durability: Durability::Interval(Duration::from_secs(3600)),
+        ..small_config()
+    };
+    let log = open(&sim, config);
+    append(&log, &[b"kept".to_vec()], 0);
+    block_on(log.sync()).unwrap();
+    append(&log, &[b"maybe".to_vec()], 0);
+    sim.set_faults(SimFaults {
+        sync_fail_ppm: 1_000_000,
+        ..SimFaults::default()
+    });
+    let syncs = sim.stats().syncs;
+    let err = block_on(log.sync()).unwrap_err();
+    assert!(
+        matches!(&err, AppendError::Poisoned(why) if why.contains("fdatasync")),
+        "{err}"
+    );
+    sim.set_faults(SimFaults::default());
+    assert!(block_on(log.sync()).is_err());
+    assert!(block_on(log.append(&[b"later".to_vec()], 0)).is_err());
+    assert_eq!(
+        sim.stats().syncs,
+        syncs,
+        "no fdatasync after the failed one (which the stats do not count)"
+    );
+    // The batch never synced is lost in a crash; the synced one stays.
+    sim.crash(CrashMode::DropUnsynced);
+    let log = open(&sim, config);
+    assert_eq!(read_all(&log), vec![(0, b"kept".to_vec())]);
+}
+
+#[test]
+fn a_failed_write_through_poisons_and_is_never_retried() {
+    // Under `always` the segment is write-through: the sync that fails is
+    // the write's own.
     let sim = SimStorage::new(8, SimFaults::default());
     let log = open(&sim, small_config());
     append(&log, &[b"kept".to_vec()], 0);
@@ -604,19 +650,17 @@ fn a_failed_fdatasync_poisons_and_is_never_retried() {
         sync_fail_ppm: 1_000_000,
         ..SimFaults::default()
     });
-    let syncs = sim.stats().syncs;
+    let writes = sim.stats().writes;
     let err = block_on(log.append(&[b"maybe".to_vec()], 0)).unwrap_err();
     assert!(
-        matches!(&err, AppendError::Poisoned(why) if why.contains("fdatasync")),
+        matches!(&err, AppendError::Poisoned(why) if why.contains("O_DSYNC")),
         "{err}"
     );
     sim.set_faults(SimFaults::default());
     assert!(block_on(log.sync()).is_err());
-    assert_eq!(
-        sim.stats().syncs,
-        syncs,
-        "no fdatasync after the failed one"
-    );
+    assert!(block_on(log.append(&[b"later".to_vec()], 0)).is_err());
+    assert_eq!(sim.stats().writes, writes, "no write after the failed one");
+    assert_eq!(sim.stats().syncs, 0, "write-through: no fdatasync at all");
     // The unacknowledged batch is lost in a crash; the acknowledged one stays.
     sim.crash(CrashMode::DropUnsynced);
     let log = open(&sim, small_config());

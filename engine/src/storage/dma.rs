@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
-use super::{IO_ALIGN_BYTES, Storage, StorageFile};
+use super::{IO_ALIGN_BYTES, Storage, StorageFile, Writes};
 
 /// The name of the probe file [`DmaStorage::new`] keeps in the data directory.
 pub const PROBE_FILE_NAME: &str = ".dma-probe";
@@ -102,26 +102,36 @@ impl std::ops::Deref for DmaMap {
     }
 }
 
+/// The `open(2)` flags, beyond glommio's own, for `writes`.
+fn open_flags(writes: Writes) -> libc::c_int {
+    match writes {
+        Writes::Buffered => 0,
+        Writes::Through => libc::O_DSYNC,
+    }
+}
+
 impl Storage for DmaStorage {
     type File = DmaStorageFile;
     type Map = DmaMap;
 
-    async fn create(&self, path: &Path) -> io::Result<DmaStorageFile> {
+    async fn create_with(&self, path: &Path, writes: Writes) -> io::Result<DmaStorageFile> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .read(true)
             .write(true)
+            .custom_flags(open_flags(writes))
             .dma_open(path)
             .await
             .map_err(io::Error::from)?;
         Ok(DmaStorageFile { file })
     }
 
-    async fn open(&self, path: &Path) -> io::Result<DmaStorageFile> {
+    async fn open_with(&self, path: &Path, writes: Writes) -> io::Result<DmaStorageFile> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(open_flags(writes))
             .dma_open(path)
             .await
             .map_err(io::Error::from)?;

@@ -17,7 +17,8 @@
 //!   of [`IO_ALIGN_BYTES`] (O_DIRECT's rule; the simulation refuses anything
 //!   else so that a misaligned write is caught in tests, not in production).
 //! - A write that returned `Ok` is visible to reads at once, and durable only
-//!   after a later `fdatasync` of the same file returned `Ok`.
+//!   after a later `fdatasync` of the same file returned `Ok`, or at once
+//!   when the handle was opened [`Writes::Through`].
 //! - A file that was created, removed or renamed is certain to stay so across
 //!   a crash only after `sync_dir` of its directory returned `Ok`.
 //!
@@ -33,6 +34,21 @@ use bytes::Bytes;
 #[cfg(feature = "glommio")]
 pub mod dma;
 pub mod sim;
+
+/// How the writes made through a file handle become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// Durable once a later `fdatasync` of the file returns.
+    Buffered,
+    /// Durable when `write_at` returns: the file is opened `O_DSYNC`, so the
+    /// kernel completes each write only once its bytes, and the metadata
+    /// needed to read them back (an unwritten extent made written, a new
+    /// size), are on stable storage. Each write then costs the device a
+    /// flush (or is a FUA write), as a write followed by `fdatasync` does,
+    /// but in one request: nothing waits between the write's end and the
+    /// flush's start.
+    Through,
+}
 
 /// Alignment of every write position and length, in bytes. 4 KiB covers the
 /// logical block size of every disk Hadron targets (512 B and 4 KiB).
@@ -60,10 +76,19 @@ pub trait Storage {
     type Map: Deref<Target = [u8]>;
 
     /// Creates `path` empty (truncating it if it exists) for reading and
-    /// writing.
-    async fn create(&self, path: &Path) -> io::Result<Self::File>;
-    /// Opens the existing file `path` for reading and writing.
-    async fn open(&self, path: &Path) -> io::Result<Self::File>;
+    /// writing, its writes made durable as `writes` says.
+    async fn create_with(&self, path: &Path, writes: Writes) -> io::Result<Self::File>;
+    /// Opens the existing file `path` for reading and writing, its writes
+    /// made durable as `writes` says.
+    async fn open_with(&self, path: &Path, writes: Writes) -> io::Result<Self::File>;
+    /// [`create_with`](Storage::create_with) [`Writes::Buffered`].
+    async fn create(&self, path: &Path) -> io::Result<Self::File> {
+        self.create_with(path, Writes::Buffered).await
+    }
+    /// [`open_with`](Storage::open_with) [`Writes::Buffered`].
+    async fn open(&self, path: &Path) -> io::Result<Self::File> {
+        self.open_with(path, Writes::Buffered).await
+    }
     /// Removes `path`.
     async fn remove(&self, path: &Path) -> io::Result<()>;
     /// Renames `from` to `to` within one directory; `to` must not exist.

@@ -14,6 +14,14 @@
 //! by its seed. Each operation may also return `Pending` a few times before it
 //! completes, which interleaves concurrent callers differently per seed.
 //!
+//! A handle opened [`Writes::Through`] (`O_DSYNC`) makes each successful
+//! write durable as it returns, modelled as the write followed at once by an
+//! `fdatasync` of the file. That is stronger than `O_DSYNC`, which promises
+//! only the write's own bytes; the log writes a write-through file only
+//! through write-through handles, so it never relies on the difference. A
+//! write-through write that fails stays unsynced, to be lost or torn by a
+//! crash like any other.
+//!
 //! The simulation is stricter than Linux where strictness finds bugs: writes
 //! must be aligned to [`IO_ALIGN_BYTES`], and a handle opened before a crash
 //! fails every later operation.
@@ -30,7 +38,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::{IO_ALIGN_BYTES, Storage, StorageFile};
+use super::{IO_ALIGN_BYTES, Storage, StorageFile, Writes};
 
 /// A small, fast, seedable generator (SplitMix64). Good enough to drive
 /// faults and workloads; not for anything cryptographic.
@@ -383,6 +391,7 @@ pub struct SimFileHandle {
     storage: SimStorage,
     path: PathBuf,
     generation: u64,
+    writes: Writes,
 }
 
 impl SimFileHandle {
@@ -413,7 +422,7 @@ impl Storage for SimStorage {
     type File = SimFileHandle;
     type Map = SimMap;
 
-    async fn create(&self, path: &Path) -> io::Result<SimFileHandle> {
+    async fn create_with(&self, path: &Path, writes: Writes) -> io::Result<SimFileHandle> {
         let generation = self
             .op(|fs| {
                 match fs.files.get_mut(path) {
@@ -436,10 +445,11 @@ impl Storage for SimStorage {
             storage: self.clone(),
             path: path.to_path_buf(),
             generation,
+            writes,
         })
     }
 
-    async fn open(&self, path: &Path) -> io::Result<SimFileHandle> {
+    async fn open_with(&self, path: &Path, writes: Writes) -> io::Result<SimFileHandle> {
         let generation = self
             .op(|fs| {
                 if fs.files.contains_key(path) {
@@ -453,6 +463,7 @@ impl Storage for SimStorage {
             storage: self.clone(),
             path: path.to_path_buf(),
             generation,
+            writes,
         })
     }
 
@@ -559,15 +570,33 @@ impl StorageFile for SimFileHandle {
                 } else {
                     buf.len()
                 };
+                // A write-through write also fails where its sync would.
+                let sync_fail = !fail && self.writes == Writes::Through && {
+                    let ppm = fs.faults.sync_fail_ppm;
+                    fs.rng.chance_ppm(ppm)
+                };
                 let file = self.file(fs)?;
                 write_into(&mut file.written, pos, &buf[..keep]);
                 file.unsynced.push((pos, buf[..keep].to_vec()));
                 if fail {
-                    Err(io::Error::other("simulated write failure (EIO)"))
-                } else {
-                    fs.stats.writes += 1;
-                    Ok(())
+                    return Err(io::Error::other("simulated write failure (EIO)"));
                 }
+                if sync_fail {
+                    return Err(io::Error::other(
+                        "simulated O_DSYNC write failure (EIO): written, not durable",
+                    ));
+                }
+                if self.writes == Writes::Through {
+                    // As an fdatasync issued and applied now: an older one
+                    // still under way must not undo it.
+                    file.syncs_issued += 1;
+                    file.syncs_applied = file.syncs_issued;
+                    file.durable = file.written.clone();
+                    file.unsynced_base += file.unsynced.len() as u64;
+                    file.unsynced.clear();
+                }
+                fs.stats.writes += 1;
+                Ok(())
             })
             .await
     }
@@ -729,6 +758,84 @@ mod tests {
             }
         }
         assert!(overlapped > 0, "no seed left the fdatasync under way");
+    }
+
+    #[test]
+    fn write_through_writes_are_durable_as_they_return() {
+        let mut overlapped = 0;
+        for mode in [CrashMode::DropUnsynced, CrashMode::Torn] {
+            for seed in 0..16 {
+                let faults = SimFaults {
+                    yields_max: 4,
+                    ..SimFaults::default()
+                };
+                let sim = SimStorage::new(seed, faults);
+                let dir = Path::new("/d");
+                let (through, buffered) = (dir.join("t"), dir.join("b"));
+                block_on(async {
+                    let t = sim.create_with(&through, Writes::Through).await.unwrap();
+                    let b = sim.create(&buffered).await.unwrap();
+                    sim.sync_dir(dir).await.unwrap();
+                    // An fdatasync under way, older than a write-through
+                    // write, must not undo it when it ends.
+                    t.write_at(page(1), 0).await.unwrap();
+                    let mut older = Box::pin(t.fdatasync());
+                    let first = futures::poll!(older.as_mut());
+                    t.write_at(page(2), 4096).await.unwrap();
+                    match first {
+                        Poll::Pending => {
+                            overlapped += 1;
+                            older.await.unwrap();
+                        }
+                        Poll::Ready(synced) => {
+                            synced.unwrap();
+                            drop(older);
+                        }
+                    }
+                    let mut both = page(1);
+                    both.extend(page(2));
+                    assert_eq!(sim.durable_bytes(&through).unwrap(), both, "seed {seed}");
+                    b.write_at(page(3), 0).await.unwrap();
+                    // Reopened write-through, still so.
+                    drop(t);
+                    let t = sim.open_with(&through, Writes::Through).await.unwrap();
+                    t.write_at(page(4), 8192).await.unwrap();
+                });
+                let mut all = page(1);
+                all.extend(page(2));
+                all.extend(page(4));
+                assert_eq!(sim.durable_bytes(&through).unwrap(), all, "seed {seed}");
+                sim.crash(mode);
+                assert_eq!(sim.written_bytes(&through).unwrap(), all, "seed {seed}");
+                if mode == CrashMode::DropUnsynced {
+                    assert!(sim.written_bytes(&buffered).unwrap().is_empty());
+                }
+            }
+        }
+        assert!(overlapped > 0, "no seed left the older fdatasync under way");
+    }
+
+    #[test]
+    fn a_failed_write_through_write_is_not_durable() {
+        let sim = SimStorage::new(3, SimFaults::default());
+        let dir = Path::new("/d");
+        let path = dir.join("f");
+        block_on(async {
+            let f = sim.create_with(&path, Writes::Through).await.unwrap();
+            sim.sync_dir(dir).await.unwrap();
+            f.write_at(page(1), 0).await.unwrap();
+            sim.set_faults(SimFaults {
+                sync_fail_ppm: 1_000_000,
+                ..SimFaults::default()
+            });
+            let err = f.write_at(page(2), 4096).await.unwrap_err();
+            assert!(err.to_string().contains("O_DSYNC"), "{err}");
+            // Written (reads see it), not durable.
+            assert_eq!(f.read_at(4096, 1).await.unwrap()[..], [2]);
+        });
+        assert_eq!(sim.durable_bytes(&path).unwrap(), page(1));
+        sim.crash(CrashMode::DropUnsynced);
+        assert_eq!(sim.written_bytes(&path).unwrap(), page(1));
     }
 
     #[test]

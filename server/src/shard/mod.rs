@@ -286,9 +286,12 @@ pub enum MeshMsg {
 /// A log's group-commit counters as the status document shows them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CommitStatus {
-    /// Flush rounds that wrote data, and the bytes they wrote.
+    /// Flush rounds that wrote data, the bytes they wrote, and their mean.
+    /// Under `fsync: always` each round's write is write-through (`O_DSYNC`):
+    /// durable when it returns, with no fdatasync.
     pub writes: u64,
     pub written_bytes: u64,
+    pub bytes_per_write: u64,
     /// fdatasync calls.
     pub syncs: u64,
     /// Mean bytes written per fdatasync (0 before the first).
@@ -299,8 +302,8 @@ pub struct CommitStatus {
     /// Segments begun in a file retention retired (see the engine's
     /// "Recycling").
     pub segments_recycled: u64,
-    /// Mean microseconds a durable append waited from its enqueue to its
-    /// fdatasync's end (the log's share of a publish's latency).
+    /// Mean microseconds a durable append waited from its enqueue until it
+    /// was durable (the log's share of a publish's latency).
     pub durable_wait_us_mean: u64,
 }
 
@@ -309,6 +312,7 @@ impl From<hadron_engine::CommitStats> for CommitStatus {
         CommitStatus {
             writes: c.writes,
             written_bytes: c.written_bytes,
+            bytes_per_write: c.written_bytes.checked_div(c.writes).unwrap_or(0),
             syncs: c.syncs,
             bytes_per_sync: c.written_bytes.checked_div(c.syncs).unwrap_or(0),
             write_us_mean: c.write_us.checked_div(c.writes).unwrap_or(0),
