@@ -588,6 +588,8 @@ lines += [
     "bench/compare.sh   # defaults: DURATION=10 CONNS=8 BATCH=64 INFLIGHT=1 SIZE=1024 DEEP=4,",
     "                   # KEEP_BYTES=268435456 STEADY_WARM=15,",
     "                   # SHARDS=nproc-nproc/2, LG_THREADS=\"nproc/2 nproc\"",
+    "bench/trace-rounds.sh [PARTITIONS] [FSYNC]   # a durable round's write and the wait",
+    "                   # before the next, from io_uring tracepoints (needs perf)",
     "```",
 ]
 with open(out, "w") as f:

@@ -245,60 +245,36 @@ fn an_always_log_writes_its_segment_through_and_a_relaxed_one_does_not() {
             ("never", Durability::Never, false),
         ] {
             let dir = root.join(name);
-            let log = Log::open(
-                storage.clone(),
-                &dir,
-                LogConfig {
-                    durability,
-                    ..config()
-                },
-            )
-            .await
-            .expect("open");
-            log.append(&[record(1)], 1).await.expect("append");
-            log.sync().await.expect("sync");
             let segment = dir.join(format!("{:020}.log", 0));
-            let flags = open_flags_of(&segment);
-            assert_eq!(flags.len(), 1, "{name}: one descriptor on the segment");
-            assert_eq!(
-                flags[0] & O_DSYNC != 0,
-                through,
-                "{name}: flags {:o}",
-                flags[0]
-            );
-            // The index beside it is a hint, written without syncing.
             let index = dir.join(format!("{:020}.idx", 0));
-            assert!(open_flags_of(&index).iter().all(|f| f & O_DSYNC == 0));
-            assert_eq!(read_all(&log).await, vec![(0, record(1))], "{name}");
-            drop(log);
-            // Reopened (the active segment is recovered), still so.
-            let log = Log::open(
-                storage.clone(),
-                &dir,
-                LogConfig {
-                    durability,
-                    ..config()
-                },
-            )
-            .await
-            .expect("reopen");
-            log.append(&[record(2)], 2)
+            let mut expected = Vec::new();
+            // Created, then reopened (the active segment is recovered).
+            for offset in 0..2u64 {
+                let log = Log::open(
+                    storage.clone(),
+                    &dir,
+                    LogConfig {
+                        durability,
+                        ..config()
+                    },
+                )
                 .await
-                .expect("append after reopen");
-            log.sync().await.expect("sync");
-            let flags = open_flags_of(&segment);
-            assert_eq!(flags.len(), 1, "{name}: one descriptor after reopening");
-            assert_eq!(
-                flags[0] & O_DSYNC != 0,
-                through,
-                "{name}: flags {:o}",
-                flags[0]
-            );
-            assert_eq!(
-                read_all(&log).await,
-                vec![(0, record(1)), (1, record(2))],
-                "{name}"
-            );
+                .expect("open");
+                log.append(&[record(offset)], offset).await.expect("append");
+                log.sync().await.expect("sync");
+                expected.push((offset, record(offset)));
+                let flags = open_flags_of(&segment);
+                assert_eq!(flags.len(), 1, "{name}: one descriptor on the segment");
+                assert_eq!(
+                    flags[0] & O_DSYNC != 0,
+                    through,
+                    "{name}, open {offset}: flags {:o}",
+                    flags[0]
+                );
+                // The index beside it is a hint, written without syncing.
+                assert!(open_flags_of(&index).iter().all(|f| f & O_DSYNC == 0));
+                assert_eq!(read_all(&log).await, expected, "{name}");
+            }
         }
     });
 }
