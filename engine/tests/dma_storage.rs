@@ -235,7 +235,7 @@ fn open_flags_of(path: &Path) -> Vec<u32> {
 
 #[test]
 fn an_always_log_writes_its_segment_through_and_a_relaxed_one_does_not() {
-    const O_DSYNC: u32 = 0o10000;
+    const O_DSYNC: u32 = libc::O_DSYNC as u32;
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().to_path_buf();
     on_executor(move || async move {

@@ -208,10 +208,11 @@ pub async fn status(url: &str, json: bool) -> Result<(), String> {
             let c = &p["commits"];
             if c["writes"].as_u64().unwrap_or(0) > 0 {
                 println!(
-                    "    commits: {} writes, {} bytes per write, {} fdatasyncs, mean write {} us, mean fdatasync {} us, mean durable wait {} us, {} segments recycled",
+                    "    commits: {} writes, {} bytes per write, {} fdatasyncs, {} bytes per fdatasync, mean write {} us, mean fdatasync {} us, mean durable wait {} us, {} segments recycled",
                     c["writes"],
                     c["bytes_per_write"],
                     c["syncs"],
+                    c["bytes_per_sync"],
                     c["write_us_mean"],
                     c["sync_us_mean"],
                     c["durable_wait_us_mean"],

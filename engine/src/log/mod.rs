@@ -31,7 +31,8 @@
 //! two and no wait between them: the fdatasync was issued only on the
 //! executor's next pass after the write completed, behind whatever requests
 //! that pass processed (147 us median, 189 us mean, measured with io_uring
-//! tracepoints at 512 x 1 KiB events in flight; see docs/benchmarks.md).
+//! tracepoints at 512 x 1 KiB events in flight; `bench/trace-rounds.sh 4
+//! interval` shows the same wait before the next write).
 //! The next round's write starts when this one's returns, so rounds no
 //! longer overlap a write with an fdatasync; measured on the virtio disk,
 //! durable publish throughput still rose about 1.15x and server CPU per
@@ -117,8 +118,9 @@ const _: () = assert!((IO_ALIGN_BYTES as usize).is_multiple_of(index::INDEX_ENTR
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// After the fdatasync that covers it (the default). Nothing acknowledged
-    /// is lost in a crash.
+    /// Once durable (the default): its segment file is write-through
+    /// (`O_DSYNC`), and the append resolves after the write that holds it
+    /// returned. Nothing acknowledged is lost in a crash.
     Always,
     /// At once; a flush with fdatasync runs when a caller of
     /// [`Log::sync`] or [`Log::flush_if_due`] asks, at most this often.
@@ -452,8 +454,8 @@ pub struct CommitStats {
     /// Segments begun in a recycled file rather than a new one.
     pub segments_recycled: u64,
     /// Appends that waited to be durable (`always`), and the microseconds
-    /// they waited in all: queueing behind the round under way, their own
-    /// round's write, and its fdatasync.
+    /// they waited in all: queueing behind the round under way, and their
+    /// own round's write-through write.
     pub durable_waits: u64,
     pub durable_wait_us: u64,
 }
@@ -865,7 +867,7 @@ impl<S: Storage> Log<S> {
         next_base: u64,
         config: &LogConfig,
     ) -> Result<Segment<S>, OpenError> {
-        // Sealed: never written again (a truncation here is fdatasynced).
+        // Sealed: never written again.
         let (mut seg, file, size) =
             Self::open_segment(storage, dir, base, Writes::Buffered).await?;
         let corrupt = |position: u64, reason: String| OpenError::Corrupt {
@@ -1278,7 +1280,8 @@ impl<S: Storage> Log<S> {
         }
     }
 
-    /// Writes and fdatasyncs everything appended so far.
+    /// Makes everything appended so far durable: writes it, and, unless the
+    /// segment is write-through, fdatasyncs it.
     pub async fn sync(&self) -> Result<(), AppendError> {
         let next = self.state.borrow().next_offset;
         self.wait_durable(next).await

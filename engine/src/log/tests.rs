@@ -528,7 +528,7 @@ fn a_segment_a_reader_still_holds_is_deleted_not_recycled() {
         yields_max: 3,
         ..SimFaults::default()
     };
-    let sim = SimStorage::new(63, faults);
+    let sim = SimStorage::new(64, faults);
     let config = small_config();
     let log = open(&sim, config);
     let expected = append_numbered(&log, 0..200, 900);
@@ -1070,7 +1070,11 @@ fn a_corrupt_sealed_segment_refuses_to_open_and_names_the_file() {
 /// simulated disk; after every crash the log is reopened and what reads back
 /// must be a prefix, byte for byte, of what was appended, holding every
 /// append that was acknowledged as durable.
-fn crash_life(seed: u64, cycles: usize, retention: Retention) -> u64 {
+/// One seeded life of a log that crashes again and again, checked against a
+/// model. Under [`Durability::Always`] an append's `Ok` is its ack; under
+/// `Interval` (an hour, so only `sync` and sealed segments sync) a `sync`
+/// that returned `Ok` acks every offset taken before it was called.
+fn crash_life(seed: u64, cycles: usize, retention: Retention, durability: Durability) -> u64 {
     let mut rng = SimRng::new(seed ^ 0xC0FF_EE00);
     let quiet = SimFaults {
         yields_max: 2,
@@ -1080,8 +1084,10 @@ fn crash_life(seed: u64, cycles: usize, retention: Retention) -> u64 {
     let config = LogConfig {
         index_interval_bytes: 256,
         retention,
+        durability,
         ..small_config()
     };
+    let always = durability == Durability::Always;
     let mut recycled = 0;
     // Every record that was given an offset, in offset order.
     let mut model: Vec<Vec<u8>> = Vec::new();
@@ -1161,12 +1167,17 @@ fn crash_life(seed: u64, cycles: usize, retention: Retention) -> u64 {
                 }
                 if let Ok(a) = r {
                     assert_eq!(a.base_offset, at, "cycle {cycle}: offsets in call order");
-                    acked = acked.max(a.last_offset + 1);
+                    if always {
+                        acked = acked.max(a.last_offset + 1);
+                    }
                 }
                 model.extend(b.iter().cloned());
                 at += b.len() as u64;
             }
             assert_eq!(at, taken, "cycle {cycle}: offsets taken by whole batches");
+            if !always && rng.below(2) == 0 && block_on(log.sync()).is_ok() {
+                acked = acked.max(taken);
+            }
             if log.poisoned().is_some() || sim.is_frozen() {
                 break;
             }
@@ -1200,7 +1211,9 @@ fn crash_consistency_against_a_model_over_many_seeded_lives() {
         Err(_) => (0..250).collect(),
     };
     for seed in seeds {
-        let outcome = std::panic::catch_unwind(|| crash_life(seed, 16, Retention::default()));
+        let outcome = std::panic::catch_unwind(|| {
+            crash_life(seed, 16, Retention::default(), Durability::Always)
+        });
         if outcome.is_err() {
             panic!(
                 "crash consistency failed for seed {seed}; replay with HADRON_CRASH_SEED={seed}"
@@ -1224,7 +1237,7 @@ fn crash_consistency_holds_while_retention_recycles_segment_files() {
     };
     let mut recycled = 0;
     for seed in seeds.iter().copied() {
-        match std::panic::catch_unwind(|| crash_life(seed, 24, retention)) {
+        match std::panic::catch_unwind(|| crash_life(seed, 24, retention, Durability::Always)) {
             Ok(n) => recycled += n,
             Err(_) => panic!(
                 "crash consistency with recycling failed for seed {seed}; replay with HADRON_CRASH_SEED={seed}"
@@ -1240,11 +1253,89 @@ fn crash_consistency_holds_while_retention_recycles_segment_files() {
 }
 
 #[test]
+fn crash_consistency_of_fdatasync_rounds_over_many_seeded_lives() {
+    // `always` writes through and needs no fdatasync; `interval` still syncs
+    // with pipelined fdatasyncs (`sync`, sealed segments): the same lives,
+    // with a sync's `Ok` as the ack.
+    let seeds: Vec<u64> = match std::env::var("HADRON_CRASH_SEED") {
+        Ok(s) => vec![s.parse().expect("HADRON_CRASH_SEED must be a number")],
+        Err(_) => (2_000..2_200).collect(),
+    };
+    let interval = Durability::Interval(Duration::from_secs(3600));
+    for seed in seeds {
+        let outcome =
+            std::panic::catch_unwind(|| crash_life(seed, 16, Retention::default(), interval));
+        if outcome.is_err() {
+            panic!(
+                "crash consistency (interval) failed for seed {seed}; replay with HADRON_CRASH_SEED={seed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sync_dropped_at_any_point_leaves_the_log_able_to_commit() {
+    // Under `interval`: two syncs share a round; drop the first one's
+    // future after each possible number of polls (as the leader writing,
+    // awaiting the round's fdatasync, or waiting): the other must still
+    // resolve, and what it covers be durable.
+    let faults = SimFaults {
+        yields_max: 3,
+        ..SimFaults::default()
+    };
+    let config = LogConfig {
+        durability: Durability::Interval(Duration::from_secs(3600)),
+        ..small_config()
+    };
+    let mut waker_cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for polls in 0..24 {
+        let sim = SimStorage::new(polls, faults);
+        let log = open(&sim, config);
+        append(&log, &[record(0, 300)], 1);
+        let mut first = Box::pin(log.sync());
+        let _ = first.as_mut().poll(&mut waker_cx);
+        append(&log, &[record(1, 300)], 1);
+        let mut second = Box::pin(log.sync());
+        let mut outcome = None;
+        for _ in 0..polls {
+            if first.as_mut().poll(&mut waker_cx).is_ready() {
+                break;
+            }
+            if let std::task::Poll::Ready(r) = second.as_mut().poll(&mut waker_cx) {
+                outcome = Some(r);
+                break;
+            }
+        }
+        drop(first);
+        if outcome.is_none() {
+            outcome = (0..10_000).find_map(|_| match second.as_mut().poll(&mut waker_cx) {
+                std::task::Poll::Ready(r) => Some(r),
+                std::task::Poll::Pending => None,
+            });
+        }
+        outcome
+            .unwrap_or_else(|| panic!("polls {polls}: the second sync never resolved"))
+            .unwrap();
+        assert_eq!(log.stats().durable_offset, 2, "polls {polls}");
+        drop(second);
+        drop(log);
+        sim.crash(CrashMode::DropUnsynced);
+        let log = open(&sim, config);
+        assert_eq!(
+            read_all(&log),
+            vec![(0, record(0, 300)), (1, record(1, 300))],
+            "polls {polls}"
+        );
+    }
+}
+
+#[test]
 fn an_append_dropped_at_any_point_leaves_the_log_able_to_commit() {
     // Two appends share a round; drop the first one's future after each
-    // possible number of polls: as the leader writing, as the one awaiting
-    // the round's fdatasync, or as a waiter. The other must still resolve
-    // (not wait forever on an fdatasync nobody awaits), and be durable.
+    // possible number of polls: as the leader writing (a write-through
+    // write), or as a waiter. The other must still resolve (not wait
+    // forever on a write nobody awaits), and be durable.
+
     let faults = SimFaults {
         yields_max: 3,
         ..SimFaults::default()

@@ -15,12 +15,12 @@
 //! completes, which interleaves concurrent callers differently per seed.
 //!
 //! A handle opened [`Writes::Through`] (`O_DSYNC`) makes each successful
-//! write durable as it returns, modelled as the write followed at once by an
-//! `fdatasync` of the file. That is stronger than `O_DSYNC`, which promises
-//! only the write's own bytes; the log writes a write-through file only
-//! through write-through handles, so it never relies on the difference. A
-//! write-through write that fails stays unsynced, to be lost or torn by a
-//! crash like any other.
+//! write durable as it returns, and nothing else: the write's own bytes,
+//! and the file's length (`O_DSYNC` syncs the size with the data). It takes
+//! two steps, each a point where a crash can fall: the write lands
+//! (unsynced, so a crash now may tear it or lose it), then it is made
+//! durable. A write-through write that fails stays unsynced, to be lost or
+//! torn by a crash like any other.
 //!
 //! The simulation is stricter than Linux where strictness finds bugs: writes
 //! must be aligned to [`IO_ALIGN_BYTES`], and a handle opened before a crash
@@ -98,8 +98,8 @@ pub enum CrashMode {
 struct SimFile {
     written: Vec<u8>,
     durable: Vec<u8>,
-    /// Writes not yet covered by an fdatasync, in order: (position, bytes).
-    unsynced: Vec<(u64, Vec<u8>)>,
+    /// Writes not yet covered by an fdatasync, in order.
+    unsynced: Vec<Unsynced>,
     /// Writes ever removed from the front of `unsynced` (so that an
     /// fdatasync can name, by count, the writes it covers).
     unsynced_base: u64,
@@ -109,6 +109,17 @@ struct SimFile {
     syncs_applied: u64,
     /// Whether the file survives a crash (its creation was `sync_dir`ed).
     exists_durably: bool,
+}
+
+/// A write not yet covered by an fdatasync.
+#[derive(Debug, Clone)]
+struct Unsynced {
+    pos: u64,
+    bytes: Vec<u8>,
+    /// Made durable by itself (a write-through write that returned): it is
+    /// in `durable`, and a crash keeps it whole, over the older writes
+    /// before it. It stays in the list only to keep that order.
+    durable: bool,
 }
 
 #[derive(Debug)]
@@ -221,7 +232,16 @@ impl SimStorage {
         for file in fs.files.values_mut() {
             let mut image = std::mem::take(&mut file.durable);
             file.unsynced_base += file.unsynced.len() as u64;
-            for (pos, bytes) in std::mem::take(&mut file.unsynced) {
+            for Unsynced {
+                pos,
+                bytes,
+                durable,
+            } in std::mem::take(&mut file.unsynced)
+            {
+                if durable {
+                    write_into(&mut image, pos, &bytes);
+                    continue;
+                }
                 let keep = match mode {
                     CrashMode::DropUnsynced => 0,
                     CrashMode::Torn => match fs.rng.below(4) {
@@ -395,6 +415,40 @@ pub struct SimFileHandle {
 }
 
 impl SimFileHandle {
+    /// The second step of a write-through write: makes write `at` (its
+    /// number in the file's `unsynced` sequence) durable, with the file's
+    /// length, unless a crash comes first.
+    async fn make_durable(&self, at: u64) -> io::Result<()> {
+        self.storage
+            .op(|fs| {
+                let ppm = fs.faults.sync_fail_ppm;
+                if fs.rng.chance_ppm(ppm) {
+                    return Err(io::Error::other(
+                        "simulated O_DSYNC write failure (EIO): written, not durable",
+                    ));
+                }
+                fs.stats.writes += 1;
+                let file = self.file(fs)?;
+                file.durable.resize(file.written.len(), 0);
+                let index = at.checked_sub(file.unsynced_base);
+                // Not in the list: an fdatasync made it durable already.
+                if let Some(w) = index.and_then(|i| file.unsynced.get_mut(i as usize)) {
+                    write_into(&mut file.durable, w.pos, &w.bytes);
+                    w.durable = true;
+                }
+                if file.unsynced.iter().all(|w| w.durable) {
+                    // Nothing older waits to be synced: forget them, and
+                    // let no fdatasync still under way (which covers only
+                    // these) replace `durable` with an older image.
+                    file.unsynced_base += file.unsynced.len() as u64;
+                    file.unsynced.clear();
+                    file.syncs_applied = file.syncs_issued;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     fn file<'a>(&self, fs: &'a mut SimFs) -> io::Result<&'a mut SimFile> {
         if fs.generation != self.generation {
             return Err(io::Error::other(
@@ -548,7 +602,9 @@ impl StorageFile for SimFileHandle {
     }
 
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
-        self.storage
+        let through = self.writes == Writes::Through;
+        let written = self
+            .storage
             .op(|fs| {
                 if !pos.is_multiple_of(IO_ALIGN_BYTES)
                     || !(buf.len() as u64).is_multiple_of(IO_ALIGN_BYTES)
@@ -570,35 +626,27 @@ impl StorageFile for SimFileHandle {
                 } else {
                     buf.len()
                 };
-                // A write-through write also fails where its sync would.
-                let sync_fail = !fail && self.writes == Writes::Through && {
-                    let ppm = fs.faults.sync_fail_ppm;
-                    fs.rng.chance_ppm(ppm)
-                };
                 let file = self.file(fs)?;
                 write_into(&mut file.written, pos, &buf[..keep]);
-                file.unsynced.push((pos, buf[..keep].to_vec()));
+                file.unsynced.push(Unsynced {
+                    pos,
+                    bytes: buf[..keep].to_vec(),
+                    durable: false,
+                });
                 if fail {
                     return Err(io::Error::other("simulated write failure (EIO)"));
                 }
-                if sync_fail {
-                    return Err(io::Error::other(
-                        "simulated O_DSYNC write failure (EIO): written, not durable",
-                    ));
+                let at = file.unsynced_base + file.unsynced.len() as u64 - 1;
+                if !through {
+                    fs.stats.writes += 1;
                 }
-                if self.writes == Writes::Through {
-                    // As an fdatasync issued and applied now: an older one
-                    // still under way must not undo it.
-                    file.syncs_issued += 1;
-                    file.syncs_applied = file.syncs_issued;
-                    file.durable = file.written.clone();
-                    file.unsynced_base += file.unsynced.len() as u64;
-                    file.unsynced.clear();
-                }
-                fs.stats.writes += 1;
-                Ok(())
+                Ok(at)
             })
-            .await
+            .await?;
+        if through {
+            self.make_durable(written).await?;
+        }
+        Ok(())
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
@@ -644,6 +692,11 @@ impl StorageFile for SimFileHandle {
                     let n = n.min(file.unsynced.len());
                     file.unsynced.drain(..n);
                     file.unsynced_base += n as u64;
+                    // Write-through writes that returned after this
+                    // fdatasync was issued stay durable.
+                    for w in file.unsynced.iter().filter(|w| w.durable) {
+                        write_into(&mut file.durable, w.pos, &w.bytes);
+                    }
                 }
                 fs.stats.syncs += 1;
                 Ok(())
@@ -669,9 +722,9 @@ impl StorageFile for SimFileHandle {
                 let file = self.file(fs)?;
                 file.written.resize(len as usize, 0);
                 // A write past the new end must not come back in a crash.
-                for (pos, bytes) in file.unsynced.iter_mut() {
-                    let keep = len.saturating_sub(*pos).min(bytes.len() as u64) as usize;
-                    bytes.truncate(keep);
+                for w in file.unsynced.iter_mut() {
+                    let keep = len.saturating_sub(w.pos).min(w.bytes.len() as u64) as usize;
+                    w.bytes.truncate(keep);
                 }
                 Ok(())
             })
@@ -813,6 +866,64 @@ mod tests {
             }
         }
         assert!(overlapped > 0, "no seed left the older fdatasync under way");
+    }
+
+    #[test]
+    fn a_crash_inside_a_write_through_write_may_tear_it() {
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let sim = SimStorage::new(seed, SimFaults::default());
+            let dir = Path::new("/d");
+            let path = dir.join("f");
+            block_on(async {
+                let f = sim.create_with(&path, Writes::Through).await.unwrap();
+                sim.sync_dir(dir).await.unwrap();
+                f.write_at(page(1), 0).await.unwrap();
+                // The crash falls after the write lands, before it is durable.
+                sim.crash_after_ops(2);
+                assert!(f.write_at(page(2), 4096).await.is_err());
+            });
+            sim.restart(CrashMode::Torn);
+            let after = sim.written_bytes(&path).unwrap();
+            assert_eq!(
+                after[..4096],
+                page(1)[..],
+                "seed {seed}: the durable write stays"
+            );
+            let second = &after[4096.min(after.len())..];
+            outcomes.insert(match second.iter().filter(|&&b| b == 2).count() {
+                0 => "lost",
+                4096 => "whole",
+                _ => "torn",
+            });
+        }
+        assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    }
+
+    #[test]
+    fn a_write_through_write_makes_durable_its_own_bytes_only() {
+        let sim = SimStorage::new(5, SimFaults::default());
+        let dir = Path::new("/d");
+        let path = dir.join("f");
+        block_on(async {
+            let f = sim.create_with(&path, Writes::Through).await.unwrap();
+            sim.sync_dir(dir).await.unwrap();
+            f.write_at(page(1), 0).await.unwrap();
+            sim.set_faults(SimFaults {
+                write_fail_ppm: 1_000_000,
+                ..SimFaults::default()
+            });
+            assert!(f.write_at(page(2), 4096).await.is_err());
+            sim.set_faults(SimFaults::default());
+            f.write_at(page(3), 8192).await.unwrap();
+        });
+        // The failed write's bytes are not durable; the length is.
+        let mut expected = page(1);
+        expected.extend(vec![0; 4096]);
+        expected.extend(page(3));
+        assert_eq!(sim.durable_bytes(&path).unwrap(), expected);
+        sim.crash(CrashMode::DropUnsynced);
+        assert_eq!(sim.written_bytes(&path).unwrap(), expected);
     }
 
     #[test]

@@ -75,7 +75,9 @@ const _: () = assert!(DEDUP_WINDOW_MS_DEFAULT <= DEDUP_WINDOW_MS_MAX);
 /// When a publish is acknowledged relative to fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
-    /// After the fdatasync that covers it: nothing acknowledged is lost.
+    /// Once durable: segment files are write-through (`O_DSYNC`), and a
+    /// publish is answered after the write that holds it returned. Nothing
+    /// acknowledged is lost.
     #[default]
     Always,
     /// At once, with an fdatasync at most this often: a crash loses up to

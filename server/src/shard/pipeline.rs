@@ -17,7 +17,7 @@
 //!  7 | root u64 | name_len u16 | stage name | error text     a carried failure
 //! ```
 //!
-//! A stage's output is appended, and fdatasynced by group commit, before the
+//! A stage's output is appended, and made durable by group commit, before the
 //! stage is marked done and its dependents are dispatched, so a completed
 //! stage never runs again: on start, the outputs log says which stages of
 //! which roots are done, and the source is rescanned from the last
