@@ -1273,6 +1273,32 @@ fn crash_consistency_of_fdatasync_rounds_over_many_seeded_lives() {
     }
 }
 
+/// Polls `first` and `second` in turn, `polls` times at most, then drops
+/// `first` (wherever it stands) and polls `second` until it resolves: what
+/// it returned, or `None` if it still waits after 10,000 polls (the
+/// simulator's operations wake themselves, so bounded polling ends unless
+/// it waits on something that will never happen).
+fn drop_first_after<A: Future, B: Future>(
+    mut first: std::pin::Pin<Box<A>>,
+    mut second: std::pin::Pin<Box<B>>,
+    polls: u64,
+) -> Option<B::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..polls {
+        if first.as_mut().poll(&mut cx).is_ready() {
+            break;
+        }
+        if let std::task::Poll::Ready(r) = second.as_mut().poll(&mut cx) {
+            return Some(r);
+        }
+    }
+    drop(first);
+    (0..10_000).find_map(|_| match second.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => None,
+    })
+}
+
 #[test]
 fn a_sync_dropped_at_any_point_leaves_the_log_able_to_commit() {
     // Under `interval`: two syncs share a round; drop the first one's
@@ -1287,37 +1313,18 @@ fn a_sync_dropped_at_any_point_leaves_the_log_able_to_commit() {
         durability: Durability::Interval(Duration::from_secs(3600)),
         ..small_config()
     };
-    let mut waker_cx = std::task::Context::from_waker(std::task::Waker::noop());
     for polls in 0..24 {
         let sim = SimStorage::new(polls, faults);
         let log = open(&sim, config);
         append(&log, &[record(0, 300)], 1);
-        let mut first = Box::pin(log.sync());
-        let _ = first.as_mut().poll(&mut waker_cx);
         append(&log, &[record(1, 300)], 1);
-        let mut second = Box::pin(log.sync());
-        let mut outcome = None;
-        for _ in 0..polls {
-            if first.as_mut().poll(&mut waker_cx).is_ready() {
-                break;
-            }
-            if let std::task::Poll::Ready(r) = second.as_mut().poll(&mut waker_cx) {
-                outcome = Some(r);
-                break;
-            }
-        }
-        drop(first);
-        if outcome.is_none() {
-            outcome = (0..10_000).find_map(|_| match second.as_mut().poll(&mut waker_cx) {
-                std::task::Poll::Ready(r) => Some(r),
-                std::task::Poll::Pending => None,
-            });
-        }
-        outcome
+        // Both cover both records: the second waits on the first's round.
+        let first = Box::pin(log.sync());
+        let second = Box::pin(log.sync());
+        drop_first_after(first, second, polls)
             .unwrap_or_else(|| panic!("polls {polls}: the second sync never resolved"))
             .unwrap();
         assert_eq!(log.stats().durable_offset, 2, "polls {polls}");
-        drop(second);
         drop(log);
         sim.crash(CrashMode::DropUnsynced);
         let log = open(&sim, config);
@@ -1335,45 +1342,23 @@ fn an_append_dropped_at_any_point_leaves_the_log_able_to_commit() {
     // possible number of polls: as the leader writing (a write-through
     // write), or as a waiter. The other must still resolve (not wait
     // forever on a write nobody awaits), and be durable.
-
     let faults = SimFaults {
         yields_max: 3,
         ..SimFaults::default()
     };
-    let mut waker_cx = std::task::Context::from_waker(std::task::Waker::noop());
     for polls in 0..24 {
         let sim = SimStorage::new(polls, faults);
         let log = open(&sim, small_config());
         let (a, b) = ([record(0, 300)], [record(1, 300)]);
-        let mut first = Box::pin(log.append(&a, 1));
-        let mut second = Box::pin(log.append(&b, 1));
-        let mut outcome = None;
-        for _ in 0..polls {
-            if first.as_mut().poll(&mut waker_cx).is_ready() {
-                break;
-            }
-            if let std::task::Poll::Ready(r) = second.as_mut().poll(&mut waker_cx) {
-                outcome = Some(r);
-                break;
-            }
-        }
-        drop(first);
-        // The simulator's operations wake themselves: bounded polling ends
-        // unless the append waits on something that will never happen.
-        if outcome.is_none() {
-            outcome = (0..10_000).find_map(|_| match second.as_mut().poll(&mut waker_cx) {
-                std::task::Poll::Ready(r) => Some(r),
-                std::task::Poll::Pending => None,
-            });
-        }
-        let appended = outcome
+        let first = Box::pin(log.append(&a, 1));
+        let second = Box::pin(log.append(&b, 1));
+        let appended = drop_first_after(first, second, polls)
             .unwrap_or_else(|| panic!("polls {polls}: the second append never resolved"))
             .unwrap();
         assert!(
             log.stats().durable_offset > appended.last_offset,
             "polls {polls}"
         );
-        drop(second);
         let records = read_all(&log);
         assert!(records.iter().any(|(_, r)| *r == b[0]), "polls {polls}");
     }
