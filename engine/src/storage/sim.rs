@@ -901,52 +901,44 @@ mod tests {
     }
 
     #[test]
-    fn a_write_through_write_makes_durable_its_own_bytes_only() {
-        let sim = SimStorage::new(5, SimFaults::default());
-        let dir = Path::new("/d");
-        let path = dir.join("f");
-        block_on(async {
-            let f = sim.create_with(&path, Writes::Through).await.unwrap();
-            sim.sync_dir(dir).await.unwrap();
-            f.write_at(page(1), 0).await.unwrap();
-            sim.set_faults(SimFaults {
-                write_fail_ppm: 1_000_000,
-                ..SimFaults::default()
+    fn a_failed_write_through_write_is_not_durable_and_a_later_one_is() {
+        // The write itself fails (a torn prefix may land), or it lands and
+        // its sync fails: either way its bytes are not durable, and the next
+        // write-through write makes durable its own bytes and the length only.
+        let write_fails = SimFaults {
+            write_fail_ppm: 1_000_000,
+            ..SimFaults::default()
+        };
+        let sync_fails = SimFaults {
+            sync_fail_ppm: 1_000_000,
+            ..SimFaults::default()
+        };
+        for (faults, says) in [(write_fails, "write failure"), (sync_fails, "O_DSYNC")] {
+            let sim = SimStorage::new(5, SimFaults::default());
+            let dir = Path::new("/d");
+            let path = dir.join("f");
+            block_on(async {
+                let f = sim.create_with(&path, Writes::Through).await.unwrap();
+                sim.sync_dir(dir).await.unwrap();
+                f.write_at(page(1), 0).await.unwrap();
+                sim.set_faults(faults);
+                let err = f.write_at(page(2), 4096).await.unwrap_err();
+                assert!(err.to_string().contains(says), "{err}");
+                if says == "O_DSYNC" {
+                    // Written (reads see it), not durable.
+                    assert_eq!(f.read_at(4096, 1).await.unwrap()[..], [2]);
+                    assert_eq!(sim.durable_bytes(&path).unwrap(), page(1));
+                }
+                sim.set_faults(SimFaults::default());
+                f.write_at(page(3), 8192).await.unwrap();
             });
-            assert!(f.write_at(page(2), 4096).await.is_err());
-            sim.set_faults(SimFaults::default());
-            f.write_at(page(3), 8192).await.unwrap();
-        });
-        // The failed write's bytes are not durable; the length is.
-        let mut expected = page(1);
-        expected.extend(vec![0; 4096]);
-        expected.extend(page(3));
-        assert_eq!(sim.durable_bytes(&path).unwrap(), expected);
-        sim.crash(CrashMode::DropUnsynced);
-        assert_eq!(sim.written_bytes(&path).unwrap(), expected);
-    }
-
-    #[test]
-    fn a_failed_write_through_write_is_not_durable() {
-        let sim = SimStorage::new(3, SimFaults::default());
-        let dir = Path::new("/d");
-        let path = dir.join("f");
-        block_on(async {
-            let f = sim.create_with(&path, Writes::Through).await.unwrap();
-            sim.sync_dir(dir).await.unwrap();
-            f.write_at(page(1), 0).await.unwrap();
-            sim.set_faults(SimFaults {
-                sync_fail_ppm: 1_000_000,
-                ..SimFaults::default()
-            });
-            let err = f.write_at(page(2), 4096).await.unwrap_err();
-            assert!(err.to_string().contains("O_DSYNC"), "{err}");
-            // Written (reads see it), not durable.
-            assert_eq!(f.read_at(4096, 1).await.unwrap()[..], [2]);
-        });
-        assert_eq!(sim.durable_bytes(&path).unwrap(), page(1));
-        sim.crash(CrashMode::DropUnsynced);
-        assert_eq!(sim.written_bytes(&path).unwrap(), page(1));
+            let mut expected = page(1);
+            expected.extend(vec![0; 4096]);
+            expected.extend(page(3));
+            assert_eq!(sim.durable_bytes(&path).unwrap(), expected, "{says}");
+            sim.crash(CrashMode::DropUnsynced);
+            assert_eq!(sim.written_bytes(&path).unwrap(), expected, "{says}");
+        }
     }
 
     #[test]
