@@ -66,11 +66,27 @@ pub enum ErrorCode {
     /// An event inside a `Publish` or `StageAck` is not a valid `Event`
     /// flatbuffer or lacks a required attribute. Nothing was written.
     InvalidEvent = 19,
+    /// A request exceeds a configured limit (ids per ack, subscriptions per
+    /// connection, streams, partitions, pipelines, stages, groups, YAML
+    /// bytes, aliases or nesting). The message names the setting and its
+    /// value. Nothing was changed.
+    LimitExceeded = 20,
+    /// The server holds `connectionsMax` connections already. Sent once,
+    /// before any handshake; the connection is closed.
+    TooManyConnections = 21,
+    /// The connection did not complete its handshake within
+    /// `handshakeTimeoutMs`, or sent nothing for `idleTimeoutMs`. The
+    /// connection is closed.
+    Timeout = 22,
+    /// The partition's stored data is damaged (a batch that fails its
+    /// checks with valid batches after it). The partition serves reads up
+    /// to the damage and refuses writes until `hadron repair`.
+    Damaged = 23,
 }
 
 impl ErrorCode {
     /// Every known code, in numeric order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::FrameTooLarge,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -90,6 +106,10 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::HandshakeRequired,
         ErrorCode::InvalidEvent,
+        ErrorCode::LimitExceeded,
+        ErrorCode::TooManyConnections,
+        ErrorCode::Timeout,
+        ErrorCode::Damaged,
     ];
 
     /// The number sent on the wire.
@@ -115,6 +135,10 @@ impl ErrorCode {
             ErrorCode::Internal => 17,
             ErrorCode::HandshakeRequired => 18,
             ErrorCode::InvalidEvent => 19,
+            ErrorCode::LimitExceeded => 20,
+            ErrorCode::TooManyConnections => 21,
+            ErrorCode::Timeout => 22,
+            ErrorCode::Damaged => 23,
         }
     }
 
@@ -140,6 +164,10 @@ impl ErrorCode {
             17 => ErrorCode::Internal,
             18 => ErrorCode::HandshakeRequired,
             19 => ErrorCode::InvalidEvent,
+            20 => ErrorCode::LimitExceeded,
+            21 => ErrorCode::TooManyConnections,
+            22 => ErrorCode::Timeout,
+            23 => ErrorCode::Damaged,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -153,6 +181,8 @@ impl ErrorCode {
                 | ErrorCode::UnsupportedVersion
                 | ErrorCode::Unauthorized
                 | ErrorCode::HandshakeRequired
+                | ErrorCode::TooManyConnections
+                | ErrorCode::Timeout
         )
     }
 
@@ -179,6 +209,10 @@ impl ErrorCode {
             ErrorCode::Internal => "Internal",
             ErrorCode::HandshakeRequired => "HandshakeRequired",
             ErrorCode::InvalidEvent => "InvalidEvent",
+            ErrorCode::LimitExceeded => "LimitExceeded",
+            ErrorCode::TooManyConnections => "TooManyConnections",
+            ErrorCode::Timeout => "Timeout",
+            ErrorCode::Damaged => "Damaged",
         }
     }
 }
@@ -208,7 +242,7 @@ mod tests {
     #[test]
     fn numbers_are_stable_and_round_trip() {
         // The numbers are the protocol: this table must only ever grow.
-        let expected: [(ErrorCode, u16); 19] = [
+        let expected: [(ErrorCode, u16); 23] = [
             (ErrorCode::FrameTooLarge, 1),
             (ErrorCode::MalformedFrame, 2),
             (ErrorCode::UnsupportedVersion, 3),
@@ -228,6 +262,10 @@ mod tests {
             (ErrorCode::Internal, 17),
             (ErrorCode::HandshakeRequired, 18),
             (ErrorCode::InvalidEvent, 19),
+            (ErrorCode::LimitExceeded, 20),
+            (ErrorCode::TooManyConnections, 21),
+            (ErrorCode::Timeout, 22),
+            (ErrorCode::Damaged, 23),
         ];
         for (code, n) in expected {
             assert_eq!(code.as_u16(), n, "{code}");
@@ -241,7 +279,7 @@ mod tests {
     #[test]
     fn unknown_numbers_do_not_panic() {
         assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
-        assert_eq!(ErrorCode::from_u16(20), ErrorCode::Unknown(20));
+        assert_eq!(ErrorCode::from_u16(24), ErrorCode::Unknown(24));
         assert_eq!(ErrorCode::from_u16(u16::MAX).as_u16(), u16::MAX);
         assert_eq!(ErrorCode::Unknown(999).to_string(), "Unknown (999)");
     }
