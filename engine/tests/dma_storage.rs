@@ -278,3 +278,52 @@ fn an_always_log_writes_its_segment_through_and_a_relaxed_one_does_not() {
         }
     });
 }
+
+/// Every shard of a server prepares its storage on the same data dir at
+/// the same moment. The probe file must never be seen short by one of them
+/// (its executor would then pick the poll ring and fail every read with
+/// EOPNOTSUPP), so each of several executors, started together on a fresh
+/// dir again and again, must read back what it wrote.
+#[test]
+fn concurrent_probes_on_a_fresh_dir_never_break_reads() {
+    const EXECUTORS: usize = 4;
+    const ROUNDS: usize = 40;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for round in 0..ROUNDS {
+        let root = tmp.path().join(format!("round-{round}"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(EXECUTORS));
+        let handles: Vec<_> = (0..EXECUTORS)
+            .map(|shard| {
+                let root = root.clone();
+                let barrier = barrier.clone();
+                LocalExecutorBuilder::default()
+                    .io_memory(1 << 20)
+                    .spawn(move || async move {
+                        barrier.wait();
+                        let storage = DmaStorage::new(&root).await.expect("probe");
+                        let dir = root.join(format!("shard-{shard}"));
+                        let log = Log::open(storage, &dir, config()).await.expect("open");
+                        log.append(&[record(shard as u64)], 0).await.expect("append");
+                        assert_eq!(
+                            read_all(&log).await,
+                            vec![(0, record(shard as u64))],
+                            "round {round}, shard {shard}"
+                        );
+                    })
+                    .expect("spawn executor")
+            })
+            .collect();
+        for handle in handles {
+            handle.join().expect("an executor failed");
+        }
+        let probe = root.join(hadron_engine::storage::dma::PROBE_FILE_NAME);
+        assert_eq!(std::fs::metadata(&probe).expect("probe").len(), 4096);
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".dma-probe.tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary probe files left: {leftovers:?}");
+    }
+}

@@ -42,8 +42,7 @@ impl DmaStorage {
         let probe = root.join(PROBE_FILE_NAME);
         let probe_len = std::fs::metadata(&probe).map(|m| m.len()).unwrap_or(0);
         if probe_len < IO_ALIGN_BYTES {
-            std::fs::write(&probe, vec![0x48u8; IO_ALIGN_BYTES as usize])?;
-            std::fs::File::open(&probe)?.sync_all()?;
+            write_probe(&probe)?;
         }
         let file = DmaFile::open(&probe).await.map_err(io::Error::from)?;
         let read = file.read_at(0, IO_ALIGN_BYTES as usize).await;
@@ -66,6 +65,25 @@ impl DmaStorage {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// Writes the probe file so that no reader can ever open it short: the
+/// bytes go to a file of this thread's own and are renamed over the probe
+/// path, which holds either nothing, an older whole probe or this one. (All
+/// shards prepare their storage at once; a plain `fs::write` truncated the
+/// probe while another shard was reading it, and that shard's glommio
+/// executor then chose the poll ring and failed every read with
+/// EOPNOTSUPP.)
+fn write_probe(probe: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let thread = format!("{:?}", std::thread::current().id());
+    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+    let tmp = probe.with_extension(format!("tmp-{}-{thread}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&[0x48u8; IO_ALIGN_BYTES as usize])?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, probe)
 }
 
 /// A glommio `DmaFile`.
