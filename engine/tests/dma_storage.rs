@@ -303,7 +303,9 @@ fn concurrent_probes_on_a_fresh_dir_never_break_reads() {
                         let storage = DmaStorage::new(&root).await.expect("probe");
                         let dir = root.join(format!("shard-{shard}"));
                         let log = Log::open(storage, &dir, config()).await.expect("open");
-                        log.append(&[record(shard as u64)], 0).await.expect("append");
+                        log.append(&[record(shard as u64)], 0)
+                            .await
+                            .expect("append");
                         assert_eq!(
                             read_all(&log).await,
                             vec![(0, record(shard as u64))],
@@ -324,6 +326,9 @@ fn concurrent_probes_on_a_fresh_dir_never_break_reads() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(".dma-probe.tmp"))
             .collect();
-        assert!(leftovers.is_empty(), "temporary probe files left: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "temporary probe files left: {leftovers:?}"
+        );
     }
 }

@@ -11,6 +11,7 @@ mod cli;
     )
 )]
 mod config;
+mod failpoint;
 mod shard;
 
 /// mimalloc instead of the system allocator: a shard allocates and frees
@@ -65,6 +66,10 @@ enum Command {
         /// redelivered.
         #[arg(long, default_value_t = 30_000)]
         ack_timeout_ms: u64,
+        /// Serve clients beyond loopback with no token (anyone who can
+        /// reach the port may then read, publish and apply).
+        #[arg(long)]
+        insecure_no_token: bool,
     },
     /// Create or change resources from a YAML file (`-` for stdin).
     Apply {
@@ -161,6 +166,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if matches!(cli.command, Command::Server { .. }) {
+        stop_on_panic();
+    }
     let result = match cli.command {
         Command::Server {
             config,
@@ -168,7 +176,15 @@ fn main() -> ExitCode {
             listen,
             shards,
             ack_timeout_ms,
-        } => serve(config, data_dir, listen, shards, ack_timeout_ms),
+            insecure_no_token,
+        } => serve(
+            config,
+            data_dir,
+            listen,
+            shards,
+            ack_timeout_ms,
+            insecure_no_token,
+        ),
         Command::Apply { file, force, url } => block_on(cli::apply(&url, &file, force)),
         Command::Pipeline {
             command: PipelineCommand::Status { name, json, url },
@@ -224,6 +240,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Makes a panic anywhere in the server end the process: one dead shard
+/// would otherwise leave the others serving while every request for its
+/// partitions fails, which no supervisor notices. The panic is logged, then
+/// the process aborts (non-zero exit, so systemd's `Restart=on-failure`
+/// restarts it).
+fn stop_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            "panic on thread {}: {info}; stopping the server",
+            thread.name().unwrap_or("unnamed")
+        );
+        default_hook(info);
+        std::process::abort();
+    }));
+}
+
 fn block_on(f: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -238,6 +272,7 @@ fn serve(
     listen: Option<std::net::SocketAddr>,
     shards: Option<u16>,
     ack_timeout_ms: u64,
+    insecure_no_token: bool,
 ) -> Result<(), String> {
     let (mut config, declared) = match &config_file {
         Some(path) => {
@@ -256,6 +291,7 @@ fn serve(
     if let Some(s) = shards {
         config.shards = s;
     }
+    config.insecure_no_token |= insecure_no_token;
     if config.token.is_none()
         && let Ok(secret) = std::env::var(config::server::TOKEN_ENV)
     {
@@ -263,6 +299,7 @@ fn serve(
     }
     config
         .validate()
+        .and_then(|()| config.check_exposure())
         .map_err(|e| format!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
@@ -308,6 +345,12 @@ fn serve(
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    }
+    if config.insecure_no_token && config.token.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} with no token (insecureNoToken): anyone who reaches this port may publish, read and apply",
+            config.listen
+        );
     }
     tracing::info!(
         "hadron {} starting: {} shards, listening on {}, data in {}",

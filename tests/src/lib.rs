@@ -159,6 +159,13 @@ pub struct ServerOptions {
     /// default `./hadron-data` (a relative path) is used, as the README's
     /// first command does.
     pub default_data_dir: bool,
+    /// Listen on 0.0.0.0 (all addresses) instead of 127.0.0.1; tests still
+    /// connect through 127.0.0.1.
+    pub listen_any: bool,
+    /// More arguments for `hadron server`.
+    pub args: Vec<String>,
+    /// More environment variables for the server (say `HADRON_FAILPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
@@ -169,6 +176,9 @@ impl Default for ServerOptions {
             token: None,
             config: None,
             default_data_dir: false,
+            listen_any: false,
+            args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -209,6 +219,54 @@ impl Server {
         };
         server.launch();
         server
+    }
+
+    /// Starts a server that is expected to fail: waits (up to `timeout`) for
+    /// the process to exit and returns its status and log. Panics when it
+    /// is still running at the deadline.
+    pub fn start_expecting_exit(options: ServerOptions, timeout: Duration) -> (ExitStatus, String) {
+        let mut server = Server {
+            data: tempfile::Builder::new()
+                .prefix("hadron-e2e-data")
+                .tempdir()
+                .unwrap(),
+            logs: tempfile::Builder::new()
+                .prefix("hadron-e2e-logs")
+                .tempdir()
+                .unwrap(),
+            port: free_port_range(options.shards),
+            options,
+            child: None,
+            starts: 0,
+        };
+        let child = server.spawn();
+        server.child = Some(child);
+        match server.wait_exit(timeout) {
+            Some(status) => (status, server.log()),
+            None => panic!(
+                "the server still runs {timeout:?} after its start; log:\n{}",
+                server.log()
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The client address, `127.0.0.1:PORT`.
@@ -284,8 +342,13 @@ impl Server {
         } else {
             cmd.arg("--data-dir").arg(self.data.path());
         }
+        let listen = if self.options.listen_any {
+            format!("0.0.0.0:{}", self.port)
+        } else {
+            self.addr()
+        };
         cmd.arg("--listen")
-            .arg(self.addr())
+            .arg(listen)
             .arg("--shards")
             .arg(self.options.shards.to_string());
         if let Some(ms) = self.options.ack_timeout_ms {
@@ -300,6 +363,10 @@ impl Server {
             Some(token) => cmd.env("HADRON_TOKEN", token),
             None => cmd.env_remove("HADRON_TOKEN"),
         };
+        cmd.args(&self.options.args);
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -18,6 +18,17 @@
 //! retention: {}               # default for streams: keep forever
 //! token: s3cret               # clients must present it in their handshake;
 //!                             # default: $HADRON_TOKEN, else none (any client)
+//! insecureNoToken: false      # allow a non-loopback `listen` with no token
+//! shardStartTimeoutMs: 60000  # every shard must be serving by then, or the
+//!                             # server exits non-zero
+//! connectionsMax: 1024        # per shard; more are refused (TooManyConnections)
+//! handshakeTimeoutMs: 10000   # a connection must complete its handshake by then
+//! idleTimeoutMs: 600000       # close a connection with no subscription and no
+//!                             # request that sent nothing this long (0: never)
+//! handshakeFrameBytesMax: 65536  # largest frame before the handshake
+//! outboxBytesMax: 33554432    # per connection: answers queued or being written
+//!                             # plus Fetch answers reserved; reading stops above
+//! requestsInFlightMax: 1024   # per connection: requests served at once
 //! ```
 //!
 //! Command-line flags override these after parsing; call
@@ -60,6 +71,26 @@ pub const TOKEN_BYTES_MAX: usize = 4096;
 /// The environment variable the server, the CLI and loadgen read the
 /// handshake token from when nothing else sets it.
 pub const TOKEN_ENV: &str = "HADRON_TOKEN";
+/// How long every shard has to start serving before the server gives up.
+pub const SHARD_START_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Connections one shard holds at most (each costs up to its outbox and
+/// one frame of read buffer).
+pub const CONNECTIONS_MAX_DEFAULT: u32 = 1024;
+/// Time a connection has to complete its handshake.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// A connection with nothing to do that sent nothing this long is closed.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 600_000;
+/// The largest frame accepted before the handshake: a handshake is a
+/// version, a token of at most `TOKEN_BYTES_MAX` and a client name.
+pub const HANDSHAKE_FRAME_BYTES_MAX_DEFAULT: usize = 64 << 10;
+/// The smallest `handshakeFrameBytesMax`: a token of `TOKEN_BYTES_MAX`
+/// must fit.
+pub const HANDSHAKE_FRAME_BYTES_MIN: usize = 8 << 10;
+/// Per connection: bytes of answers queued, being written, or reserved
+/// for Fetch answers, above which the server stops reading its requests.
+pub const OUTBOX_BYTES_MAX_DEFAULT: usize = 32 << 20;
+/// Requests one connection may have in flight.
+pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: u32 = 1024;
 /// Flush interval for `fsync: interval` when `fsyncIntervalMs` is absent.
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 100;
 /// The longest `fsyncIntervalMs`: the loss window in a crash.
@@ -120,6 +151,22 @@ pub struct ServerConfig {
     pub retention: RetentionSpec,
     /// The token every client's handshake must carry; `None` accepts any.
     pub token: Option<Token>,
+    /// Listening beyond loopback with no token is refused unless this is set.
+    pub insecure_no_token: bool,
+    /// Every shard must be serving within this, or the server exits.
+    pub shard_start_timeout_ms: u64,
+    /// Connections per shard.
+    pub connections_max: u32,
+    /// Time a connection has to complete its handshake.
+    pub handshake_timeout_ms: u64,
+    /// Idle connections are closed after this; 0 never.
+    pub idle_timeout_ms: u64,
+    /// Largest frame before the handshake.
+    pub handshake_frame_bytes_max: usize,
+    /// Per connection: answer bytes queued, being written or reserved.
+    pub outbox_bytes_max: usize,
+    /// Requests per connection served at once.
+    pub requests_in_flight_max: u32,
 }
 
 /// A handshake token: a shared secret, never printed.
@@ -174,6 +221,14 @@ impl Default for ServerConfig {
             dedup_keys_max: DEDUP_KEYS_MAX_DEFAULT,
             retention: RetentionSpec::default(),
             token: None,
+            insecure_no_token: false,
+            shard_start_timeout_ms: SHARD_START_TIMEOUT_MS_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            handshake_frame_bytes_max: HANDSHAKE_FRAME_BYTES_MAX_DEFAULT,
+            outbox_bytes_max: OUTBOX_BYTES_MAX_DEFAULT,
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
         }
     }
 }
@@ -301,10 +356,95 @@ impl ServerConfig {
                 },
             ));
         }
+        errors.extend(self.limit_errors());
         errors
             .into_iter()
             .map(|e| e.in_resource(ResourceKind::ServerConfig, None))
             .collect()
+    }
+
+    /// Problems with the connection limits and start-up settings.
+    fn limit_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if !(1..=3_600_000).contains(&self.shard_start_timeout_ms) {
+            errors.push(out_of_range(
+                "shardStartTimeoutMs",
+                self.shard_start_timeout_ms,
+                1,
+                3_600_000,
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.connections_max) {
+            errors.push(out_of_range(
+                "connectionsMax",
+                self.connections_max.into(),
+                1,
+                1_000_000,
+            ));
+        }
+        if !(1..=3_600_000).contains(&self.handshake_timeout_ms) {
+            errors.push(out_of_range(
+                "handshakeTimeoutMs",
+                self.handshake_timeout_ms,
+                1,
+                3_600_000,
+            ));
+        }
+        if self.idle_timeout_ms > 86_400_000 {
+            errors.push(out_of_range(
+                "idleTimeoutMs",
+                self.idle_timeout_ms,
+                0,
+                86_400_000,
+            ));
+        }
+        if !(HANDSHAKE_FRAME_BYTES_MIN..=self.frame_bytes_max)
+            .contains(&self.handshake_frame_bytes_max)
+        {
+            errors.push(out_of_range(
+                "handshakeFrameBytesMax",
+                to_u64(self.handshake_frame_bytes_max),
+                to_u64(HANDSHAKE_FRAME_BYTES_MIN),
+                to_u64(self.frame_bytes_max),
+            ));
+        }
+        // One answer of the largest frame must always fit.
+        if !(self.frame_bytes_max..=1 << 32).contains(&self.outbox_bytes_max) {
+            errors.push(out_of_range(
+                "outboxBytesMax",
+                to_u64(self.outbox_bytes_max),
+                to_u64(self.frame_bytes_max),
+                1 << 32,
+            ));
+        }
+        if !(1..=65_536).contains(&self.requests_in_flight_max) {
+            errors.push(out_of_range(
+                "requestsInFlightMax",
+                self.requests_in_flight_max.into(),
+                1,
+                65_536,
+            ));
+        }
+        errors
+    }
+
+    /// Refuses to serve anyone who can reach a non-loopback address without
+    /// a token, unless `insecureNoToken` says so. Checked once the token
+    /// from the environment is known, so not part of [`Self::validate`].
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.token.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_token {
+            return Err(ConfigError::new(
+                "token",
+                Problem::Invalid {
+                    reason: format!(
+                        "listening on {} (beyond loopback) with no token would serve anyone; set `token:` (or HADRON_TOKEN), or say `insecureNoToken: true` (flag --insecure-no-token) to allow it",
+                        self.listen
+                    ),
+                },
+            )
+            .in_resource(ResourceKind::ServerConfig, None));
+        }
+        Ok(())
     }
 
     /// The first problem, if any.
@@ -355,6 +495,14 @@ pub(super) struct ServerConfigDoc {
     dedup_keys_max: Option<u64>,
     retention: Option<RetentionSpec>,
     token: Option<Token>,
+    insecure_no_token: Option<bool>,
+    shard_start_timeout_ms: Option<u64>,
+    connections_max: Option<u32>,
+    handshake_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    handshake_frame_bytes_max: Option<usize>,
+    outbox_bytes_max: Option<usize>,
+    requests_in_flight_max: Option<u32>,
 }
 
 impl ServerConfigDoc {
@@ -402,6 +550,22 @@ impl ServerConfigDoc {
             dedup_keys_max: self.dedup_keys_max.unwrap_or(defaults.dedup_keys_max),
             retention: self.retention.unwrap_or(defaults.retention),
             token: self.token,
+            insecure_no_token: self.insecure_no_token.unwrap_or(defaults.insecure_no_token),
+            shard_start_timeout_ms: self
+                .shard_start_timeout_ms
+                .unwrap_or(defaults.shard_start_timeout_ms),
+            connections_max: self.connections_max.unwrap_or(defaults.connections_max),
+            handshake_timeout_ms: self
+                .handshake_timeout_ms
+                .unwrap_or(defaults.handshake_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
+            handshake_frame_bytes_max: self
+                .handshake_frame_bytes_max
+                .unwrap_or(defaults.handshake_frame_bytes_max),
+            outbox_bytes_max: self.outbox_bytes_max.unwrap_or(defaults.outbox_bytes_max),
+            requests_in_flight_max: self
+                .requests_in_flight_max
+                .unwrap_or(defaults.requests_in_flight_max),
         };
         config.validate()?;
         Ok(config)

@@ -577,6 +577,13 @@ dedupWindowMs: 5000
 dedupKeysMax: 4096
 retention: {{ maxAgeMs: 86400000 }}
 token: from-the-file
+shardStartTimeoutMs: 5000
+connectionsMax: 77
+handshakeTimeoutMs: 2500
+idleTimeoutMs: 0
+handshakeFrameBytesMax: 16384
+outboxBytesMax: 2097152
+requestsInFlightMax: 9
 ---
 {STREAM_DOC}---
 {}",
@@ -601,6 +608,14 @@ token: from-the-file
                 max_bytes: None
             },
             token: Some(crate::config::server::Token::new("from-the-file")),
+            insecure_no_token: false,
+            shard_start_timeout_ms: 5000,
+            connections_max: 77,
+            handshake_timeout_ms: 2500,
+            idle_timeout_ms: 0,
+            handshake_frame_bytes_max: 16 << 10,
+            outbox_bytes_max: 2 << 20,
+            requests_in_flight_max: 9,
         }
     );
     assert_eq!(resources.len(), 2, "no default stream when one is declared");
@@ -766,4 +781,36 @@ fn defaults_resolved_at_parse_are_written_explicitly() {
     let text = to_yaml(&Resource::Pipeline(p)).unwrap();
     assert!(text.contains("maxParallel: 50"), "{text}");
     assert!(text.contains("location: beginning"), "{text}");
+}
+
+#[test]
+fn connection_limits_are_checked_against_each_other() {
+    let outbox =
+        parse_config_file("frameBytesMax: 1048576\noutboxBytesMax: 1048575\n").unwrap_err();
+    assert!(
+        outbox.to_string().contains("outboxBytesMax"),
+        "an outbox smaller than one frame: {outbox}"
+    );
+    let handshake = parse_config_file("handshakeFrameBytesMax: 4096\n").unwrap_err();
+    assert!(
+        handshake.to_string().contains("handshakeFrameBytesMax"),
+        "{handshake}"
+    );
+    let zero = parse_config_file("requestsInFlightMax: 0\n").unwrap_err();
+    assert!(zero.to_string().contains("requestsInFlightMax"), "{zero}");
+    parse_config_file("outboxBytesMax: 16777216\nhandshakeFrameBytesMax: 8192\n").unwrap();
+}
+
+#[test]
+fn a_non_loopback_listen_needs_a_token_or_an_explicit_insecure_setting() {
+    let exposure = |yaml: &str| parse_config_file(yaml).unwrap().0.check_exposure();
+    let refused = exposure("listen: 0.0.0.0:7000\n").unwrap_err();
+    assert!(
+        refused.to_string().contains("insecureNoToken"),
+        "the error says how to allow it: {refused}"
+    );
+    exposure("listen: 0.0.0.0:7000\ninsecureNoToken: true\n").unwrap();
+    exposure("listen: 0.0.0.0:7000\ntoken: t0k3n\n").unwrap();
+    exposure("listen: 127.0.0.2:7000\n").unwrap();
+    exposure("listen: '[::1]:7000'\n").unwrap();
 }
