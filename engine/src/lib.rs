@@ -19,5 +19,5 @@ pub mod storage;
 
 pub use log::{
     AppendError, Appended, CommitStats, Durability, Log, LogConfig, LogStats, OpenError,
-    ReadBatches, ReadError, Retention, RetentionReport,
+    ReadBatches, ReadError, ReadRecords, Retention, RetentionReport,
 };

@@ -394,6 +394,17 @@ pub struct ReadBatches {
     pub next_offset: u64,
 }
 
+/// Records read from a log by [`Log::read_records`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecords {
+    /// `(offset, record)` in offset order from the offset asked for; each
+    /// record is a slice of the bytes read (no copy). Empty when there is
+    /// nothing new.
+    pub records: Vec<(u64, Bytes)>,
+    /// The offset to read next.
+    pub next_offset: u64,
+}
+
 /// What retention deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -1752,10 +1763,14 @@ impl<S: Storage> Log<S> {
             reason,
         };
 
-        // Skip the batches before the one that holds `offset`.
+        // Skip the batches before the one that holds `offset`. A batch is
+        // read whole whatever its size: when the window ends inside it, it
+        // is read again by its length. Only a read that asked for all of a
+        // batch and still came back short means the data really ends there.
         let mut data = Bytes::new();
         let mut data_position = position;
         let mut fresh = false;
+        let mut asked = 0u64;
         loop {
             if position >= readable_end {
                 return Err(corrupt(
@@ -1781,8 +1796,9 @@ impl<S: Storage> Log<S> {
                 Err(BatchError::Incomplete { .. }) => BATCH_HEADER_BYTES as u64,
                 Err(reason) => return Err(corrupt(position, reason)),
             };
-            if fresh {
-                // Just read from here and still short: the data ends early.
+            if fresh && need <= asked {
+                // Just asked for all of it from here and still short: the
+                // data ends early.
                 return Err(corrupt(
                     position,
                     BatchError::Incomplete {
@@ -1791,8 +1807,9 @@ impl<S: Storage> Log<S> {
                     },
                 ));
             }
+            asked = need.max(window);
             data = self
-                .read_segment(base, position, need.max(window), readable_end)
+                .read_segment(base, position, asked, readable_end)
                 .await?;
             data_position = position;
             fresh = true;
@@ -1821,6 +1838,48 @@ impl<S: Storage> Log<S> {
         assert!(at > first && next_offset > offset);
         Ok(ReadBatches {
             bytes: data.slice(first..at),
+            next_offset,
+        })
+    }
+
+    /// Reads records from `offset` on: at least one when the log holds one
+    /// there, then more while their bytes stay within `bytes_max`. Every
+    /// reader above the engine (fetch, consumer groups, pipelines, the
+    /// duplicate check) reads through this, so the batch format stays
+    /// inside the engine and a record of any size comes back whole.
+    pub async fn read_records(
+        &self,
+        offset: u64,
+        bytes_max: usize,
+    ) -> Result<ReadRecords, ReadError> {
+        let read = self.read(offset, bytes_max).await?;
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut position = 0u64;
+        'batches: for batch in batch::Batches::new(&read.bytes) {
+            let batch = batch.map_err(|reason| ReadError::Corrupt {
+                segment: offset,
+                position,
+                reason,
+            })?;
+            position += batch.header.batch_bytes() as u64;
+            for (o, record) in batch.records() {
+                if o < offset {
+                    continue;
+                }
+                if !records.is_empty() && bytes + record.len() > bytes_max {
+                    break 'batches;
+                }
+                bytes += record.len();
+                records.push((o, read.bytes.slice_ref(record)));
+            }
+        }
+        let next_offset = match records.last() {
+            Some(&(last, _)) => last + 1,
+            None => read.next_offset.max(offset),
+        };
+        Ok(ReadRecords {
+            records,
             next_offset,
         })
     }

@@ -34,6 +34,14 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Default `max_bytes` of a fetch that gives 0.
 const FETCH_BYTES_DEFAULT: u32 = 1 << 20;
 
+/// The most event bytes one Fetch answer carries (a larger `max_bytes` is
+/// clamped to it): half a frame, so that the answer's per-record framing
+/// always fits too. A single record is returned whole whatever its size;
+/// records are bounded by the batch limit, far below a frame.
+pub fn fetch_bytes_max(config: &crate::config::ServerConfig) -> u32 {
+    u32::try_from(config.frame_bytes_max / 2).unwrap_or(u32::MAX)
+}
+
 /// A decoded request, owning its data so it can be served in its own task.
 #[derive(Debug)]
 enum Op {
@@ -482,7 +490,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 stream,
                 partition,
                 offset,
-                max_bytes,
+                max_bytes: max_bytes.min(fetch_bytes_max(&shard.settings.config)),
             };
             match shard.call(owner, req).await {
                 Reply::Fetched(next_offset, records) => Ok(Box::new(move |id, outbox: &Outbox| {

@@ -812,7 +812,7 @@ impl Partition {
     }
 
     /// Events from `offset` on, about `max_bytes` of them (at least one when
-    /// there is one), and the offset to read next.
+    /// there is one, whatever its size), and the offset to read next.
     pub async fn fetch(
         &self,
         offset: u64,
@@ -820,30 +820,15 @@ impl Partition {
     ) -> Result<(u64, Vec<(u64, Vec<u8>)>), Failure> {
         let read = self
             .log
-            .read(offset, max_bytes as usize)
+            .read_records(offset, max_bytes as usize)
             .await
             .map_err(read_failure)?;
-        let mut records = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = offset;
-        'batches: for batch in Batches::new(&read.bytes) {
-            let batch = batch.map_err(|e| (ErrorCode::StorageError, e.to_string()))?;
-            for (o, record) in batch.records() {
-                if o < offset {
-                    continue;
-                }
-                if !records.is_empty() && bytes + record.len() > max_bytes as usize {
-                    break 'batches;
-                }
-                bytes += record.len();
-                records.push((o, record.to_vec()));
-                next = o + 1;
-            }
-        }
-        if records.is_empty() {
-            next = read.next_offset.max(offset);
-        }
-        Ok((next, records))
+        let records = read
+            .records
+            .into_iter()
+            .map(|(o, record)| (o, record.to_vec()))
+            .collect();
+        Ok((read.next_offset, records))
     }
 
     /// Marks the keys of a publish as pending, unless one of them is pending
