@@ -363,6 +363,7 @@ fn serve(
         config,
         ack_timeout: Duration::from_millis(ack_timeout_ms.max(1)),
         topology,
+        open_connections: Arc::default(),
     };
     shard::run(settings, stop)?;
     tracing::info!("hadron stopped");

@@ -1054,3 +1054,18 @@ pub async fn record_group(
         .unwrap();
     (subscription, received)
 }
+
+/// A process's resident memory now and at its peak (`VmRSS`, `VmHWM` from
+/// `/proc/<pid>/status`), in KiB.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

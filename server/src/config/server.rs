@@ -21,7 +21,7 @@
 //! insecureNoToken: false      # allow a non-loopback `listen` with no token
 //! shardStartTimeoutMs: 60000  # every shard must be serving by then, or the
 //!                             # server exits non-zero
-//! connectionsMax: 1024        # per shard; more are refused (TooManyConnections)
+//! connectionsMax: 1024        # on all shards; more are refused (TooManyConnections)
 //! handshakeTimeoutMs: 10000   # a connection must complete its handshake by then
 //! idleTimeoutMs: 600000       # close a connection with no subscription and no
 //!                             # request that sent nothing this long (0: never)
@@ -73,8 +73,8 @@ pub const TOKEN_BYTES_MAX: usize = 4096;
 pub const TOKEN_ENV: &str = "HADRON_TOKEN";
 /// How long every shard has to start serving before the server gives up.
 pub const SHARD_START_TIMEOUT_MS_DEFAULT: u64 = 60_000;
-/// Connections one shard holds at most (each costs up to its outbox and
-/// one frame of read buffer).
+/// Client connections the server holds at most, on all shards (each costs
+/// up to its outbox and one frame of read buffer).
 pub const CONNECTIONS_MAX_DEFAULT: u32 = 1024;
 /// Time a connection has to complete its handshake.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
@@ -155,7 +155,7 @@ pub struct ServerConfig {
     pub insecure_no_token: bool,
     /// Every shard must be serving within this, or the server exits.
     pub shard_start_timeout_ms: u64,
-    /// Connections per shard.
+    /// Client connections, on all shards.
     pub connections_max: u32,
     /// Time a connection has to complete its handshake.
     pub handshake_timeout_ms: u64,

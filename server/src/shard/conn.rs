@@ -14,8 +14,11 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::future::{AbortHandle, Abortable, select};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hadron_engine::notify::Notify;
@@ -27,8 +30,10 @@ use super::partition::Failure;
 use super::pipeline::StageAckOf;
 use super::{Reply, Request, Shard};
 
-/// Most requests served at once per connection; reading pauses beyond.
-pub const REQUESTS_IN_FLIGHT_MAX: usize = 4096;
+/// How long a refused connection's error frame may take to leave.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The idle watchdog sleeps at least this long between checks.
+const IDLE_CHECK_MIN: Duration = Duration::from_millis(100);
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Default `max_bytes` of a fetch that gives 0.
@@ -137,9 +142,43 @@ impl Op {
     }
 }
 
+/// What the reader, the request tasks and the watchdog of one connection
+/// share.
+#[derive(Debug)]
+struct ConnState {
+    /// Requests being served (answer not yet queued).
+    serving: Cell<usize>,
+    /// Answer bytes reserved by Fetches being served.
+    reserved: Cell<u64>,
+    handshaken: Cell<bool>,
+    /// Whether the connection ever subscribed (it then waits for pushes,
+    /// which is not idleness).
+    subscribed: Cell<bool>,
+    /// When the last bytes arrived.
+    last_read: Cell<Instant>,
+    /// Notified when a request settles (its answer was queued).
+    settled: Notify,
+}
+
+/// Closes the connection count's slot when the connection ends.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves one connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let settings = shard.settings.clone();
+    let open = &settings.open_connections;
+    let _slot = Slot(open);
+    if open.fetch_add(1, Ordering::Relaxed) >= settings.config.connections_max as usize {
+        refuse(stream, settings.config.connections_max).await;
+        return;
+    }
     let conn = shard.unique_id();
     let (mut reader, mut writer) = stream.split();
     let outbox = Rc::new(Outbox::default());
@@ -153,6 +192,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 outbox.kill();
                 return;
             }
+            outbox.wrote(batch.len());
             batch.clear();
             if batch.capacity() > outbox::RETAIN_BYTES_MAX {
                 batch = Vec::new();
@@ -161,20 +201,105 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = writer.flush().await;
         let _ = writer.close().await;
     });
-    let in_flight = Rc::new(Cell::new(0usize));
-    let settled = Rc::new(Notify::default());
-    read_loop(&shard, conn, &mut reader, &outbox, &in_flight, &settled).await;
+    let state = Rc::new(ConnState {
+        serving: Cell::new(0),
+        reserved: Cell::new(0),
+        handshaken: Cell::new(false),
+        subscribed: Cell::new(false),
+        last_read: Cell::new(Instant::now()),
+        settled: Notify::default(),
+    });
+    let (abort, registration) = AbortHandle::new_pair();
+    let watchdog = glommio::spawn_local(watchdog(
+        shard.clone(),
+        state.clone(),
+        outbox.clone(),
+        abort,
+    ));
+    let _ = Abortable::new(
+        read_loop(&shard, conn, &mut reader, &outbox, &state),
+        registration,
+    )
+    .await;
+    // Dropping the watchdog's task cancels it.
+    drop(watchdog);
     // Let the requests already being served answer before closing.
-    while in_flight.get() > 0 {
-        let generation = settled.generation();
-        if in_flight.get() == 0 {
+    while state.serving.get() > 0 {
+        let generation = state.settled.generation();
+        if state.serving.get() == 0 {
             break;
         }
-        settled.changed_since(generation).await;
+        state.settled.changed_since(generation).await;
     }
     shard.unregister_conn(conn).await;
     outbox.close();
     writer_task.await;
+}
+
+/// Answers a connection over `connectionsMax` with one `TooManyConnections`
+/// error frame (given at most a second to leave) and closes it.
+async fn refuse(stream: TcpStream, connections_max: u32) {
+    let (_, mut writer) = stream.split();
+    let message = format!(
+        "the server holds connectionsMax = {connections_max} connections; retry later or raise connectionsMax"
+    );
+    let reply = Message::Error(hadron_wire::ErrorReply {
+        code: ErrorCode::TooManyConnections,
+        message: &message,
+    });
+    if let Ok(frame) = outbox::encode(0, &reply) {
+        let write = Box::pin(writer.write_all(&frame));
+        let _ = select(write, Box::pin(glommio::timer::sleep(REFUSE_WRITE_TIMEOUT))).await;
+    }
+    let _ = writer.close().await;
+}
+
+/// Closes a connection that did not complete its handshake within
+/// `handshakeTimeoutMs`, or that, with no request in flight and no
+/// subscription, sent nothing for `idleTimeoutMs`: it answers `Timeout`
+/// and stops the reader.
+async fn watchdog(shard: Rc<Shard>, state: Rc<ConnState>, outbox: Rc<Outbox>, abort: AbortHandle) {
+    let config = &shard.settings.config;
+    let accepted = Instant::now();
+    let handshake_deadline = accepted + Duration::from_millis(config.handshake_timeout_ms);
+    while !state.handshaken.get() && Instant::now() < handshake_deadline {
+        let left = handshake_deadline.saturating_duration_since(Instant::now());
+        glommio::timer::sleep(left.min(IDLE_CHECK_MIN)).await;
+    }
+    if !state.handshaken.get() {
+        outbox.error(
+            0,
+            ErrorCode::Timeout,
+            &format!(
+                "no handshake within handshakeTimeoutMs = {} ms",
+                config.handshake_timeout_ms
+            ),
+        );
+        abort.abort();
+        return;
+    }
+    if config.idle_timeout_ms == 0 {
+        return;
+    }
+    let idle_max = Duration::from_millis(config.idle_timeout_ms);
+    loop {
+        let idle_for = state.last_read.get().elapsed();
+        let busy =
+            state.subscribed.get() || state.serving.get() > 0 || outbox.unwritten_answers() > 0;
+        if !busy && idle_for >= idle_max {
+            outbox.error(
+                0,
+                ErrorCode::Timeout,
+                &format!(
+                    "nothing received for idleTimeoutMs = {} ms with no request in flight and no subscription",
+                    config.idle_timeout_ms
+                ),
+            );
+            abort.abort();
+            return;
+        }
+        glommio::timer::sleep(idle_max.saturating_sub(idle_for).max(IDLE_CHECK_MIN)).await;
+    }
 }
 
 async fn read_loop(
@@ -182,17 +307,30 @@ async fn read_loop(
     conn: u64,
     reader: &mut futures::io::ReadHalf<TcpStream>,
     outbox: &Rc<Outbox>,
-    in_flight: &Rc<Cell<usize>>,
-    settled: &Rc<Notify>,
+    state: &Rc<ConnState>,
 ) {
+    let config = &shard.settings.config;
     let limits = shard.settings.limits();
+    // Until the handshake, only small frames: a stranger must not make the
+    // server buffer a whole frame's worth.
+    let handshake_limits = hadron_wire::Limits {
+        frame_bytes_max: config.handshake_frame_bytes_max,
+        ..limits
+    };
+    let fetch_max = fetch_bytes_max(config);
+    let requests_max = config.requests_in_flight_max as usize;
+    let outbox_max = config.outbox_bytes_max as u64;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    let mut handshaken = false;
     loop {
         // Serve every whole frame buffered.
         loop {
-            let (body_len, consumed) = match hadron_wire::split_frame(&buf, &limits) {
+            let frame_limits = if state.handshaken.get() {
+                &limits
+            } else {
+                &handshake_limits
+            };
+            let (body_len, consumed) = match hadron_wire::split_frame(&buf, frame_limits) {
                 Ok(Some((body, consumed))) => (body.len(), consumed),
                 Ok(None) => break,
                 Err(e) => {
@@ -213,11 +351,11 @@ async fn read_loop(
                     continue;
                 }
             };
-            if !handshaken {
+            if !state.handshaken.get() {
                 match handshake(shard, &decoded) {
                     Ok(reply) => {
                         outbox.send_frame(&reply);
-                        handshaken = true;
+                        state.handshaken.set(true);
                         continue;
                     }
                     Err((code, message)) => {
@@ -228,34 +366,56 @@ async fn read_loop(
             }
             let request_id = decoded.request_id;
             let op = Op::from_message(&decoded.message, &frame);
-            in_flight.set(in_flight.get() + 1);
-            let (shard, outbox, in_flight, settled) = (
-                shard.clone(),
-                outbox.clone(),
-                in_flight.clone(),
-                settled.clone(),
-            );
+            if matches!(op, Op::Subscribe { .. } | Op::PipelineSubscribe { .. }) {
+                state.subscribed.set(true);
+            }
+            // Admission: the connection's budget must allow the request;
+            // it is released when the answer is written.
+            let cost = match &op {
+                Op::Fetch { max_bytes, .. } => u64::from((*max_bytes).min(fetch_max)),
+                _ => 0,
+            };
+            while state.serving.get() + outbox.unwritten_answers() >= requests_max
+                || (state.reserved.get() > 0 || outbox.pending_bytes() > 0)
+                    && state.reserved.get() + outbox.pending_bytes() + cost > outbox_max
+            {
+                let settled = state.settled.generation();
+                let written = outbox.written_generation();
+                select(
+                    state.settled.changed_since(settled),
+                    Box::pin(outbox.written_since(written)),
+                )
+                .await;
+            }
+            state.serving.set(state.serving.get() + 1);
+            state.reserved.set(state.reserved.get() + cost);
+            let (shard, outbox, state) = (shard.clone(), outbox.clone(), state.clone());
             glommio::spawn_local(async move {
                 match answer(&shard, conn, op).await {
                     Ok(answer) => answer(request_id, &outbox),
                     Err((code, message)) => outbox.error(request_id, code, &message),
                 }
-                in_flight.set(in_flight.get() - 1);
-                settled.notify_all();
+                outbox.answered();
+                state.reserved.set(state.reserved.get() - cost);
+                state.serving.set(state.serving.get() - 1);
+                state.settled.notify_all();
             })
             .detach();
         }
-        // Backpressure: stop reading while too many requests are in flight.
-        while in_flight.get() >= REQUESTS_IN_FLIGHT_MAX {
-            let generation = settled.generation();
-            if in_flight.get() < REQUESTS_IN_FLIGHT_MAX {
+        // A full outbox also holds back reading (pushed deliveries count).
+        while outbox.pending_bytes() > outbox_max {
+            let written = outbox.written_generation();
+            if outbox.pending_bytes() <= outbox_max {
                 break;
             }
-            settled.changed_since(generation).await;
+            outbox.written_since(written).await;
         }
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                state.last_read.set(Instant::now());
+                buf.extend_from_slice(&chunk[..n]);
+            }
         }
     }
 }

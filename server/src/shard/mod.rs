@@ -128,6 +128,8 @@ pub struct Settings {
     pub ack_timeout: Duration,
     /// The resources at start.
     pub topology: Topology,
+    /// Client connections open on all shards, against `connectionsMax`.
+    pub open_connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Settings {

@@ -14,8 +14,13 @@
 //! - Once the writer gave up (`dead`), frames are dropped, not kept: nobody
 //!   would write them.
 //! - After `close`, the writer writes what is queued and ends.
+//! - `queued_total - written_total` is what the connection costs in answer
+//!   bytes: queued, or taken by the writer and not yet written. The reader
+//!   stops reading requests while it is above `outboxBytesMax`, and a
+//!   request counts as in flight until `written_total` passed its answer.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 
 use hadron_engine::notify::Notify;
 use hadron_wire::{EncodeError, Encoder, ErrorCode, ErrorReply, Message};
@@ -58,6 +63,15 @@ pub struct Outbox {
     ready: Notify,
     closed: Cell<bool>,
     dead: Cell<bool>,
+    /// Bytes ever queued.
+    queued_total: Cell<u64>,
+    /// Bytes ever written (or dropped once dead).
+    written_total: Cell<u64>,
+    /// Notified when `written_total` moves.
+    written: Notify,
+    /// Where each answered request's answer ends, in queue order; a mark
+    /// leaves once written. At most `requestsInFlightMax` long.
+    answer_marks: RefCell<VecDeque<u64>>,
 }
 
 impl Outbox {
@@ -84,7 +98,9 @@ impl Outbox {
         let was_empty = {
             let mut frames = self.frames.borrow_mut();
             let was_empty = frames.is_empty();
+            let before = frames.len();
             with_encoder(|encoder| encoder.encode_into(request_id, message, &mut *frames))?;
+            self.queued(frames.len() - before);
             was_empty
         };
         if was_empty {
@@ -116,11 +132,60 @@ impl Outbox {
             let mut frames = self.frames.borrow_mut();
             let was_empty = frames.is_empty();
             frames.extend_from_slice(frame);
+            self.queued(frame.len());
             was_empty
         };
         if was_empty {
             self.ready.notify_all();
         }
+    }
+
+    fn queued(&self, bytes: usize) {
+        self.queued_total
+            .set(self.queued_total.get() + bytes as u64);
+    }
+
+    /// Answer bytes queued or being written.
+    pub fn pending_bytes(&self) -> u64 {
+        self.queued_total.get() - self.written_total.get()
+    }
+
+    /// The writer wrote `bytes` it took.
+    pub fn wrote(&self, bytes: usize) {
+        let written = self.written_total.get() + bytes as u64;
+        self.written_total.set(written);
+        let mut marks = self.answer_marks.borrow_mut();
+        while marks.front().is_some_and(|&mark| mark <= written) {
+            marks.pop_front();
+        }
+        drop(marks);
+        self.written.notify_all();
+    }
+
+    /// An answer to a request was just queued: the request stays in flight
+    /// (see [`Outbox::unwritten_answers`]) until the writer wrote it.
+    pub fn answered(&self) {
+        if !self.dead.get() {
+            self.answer_marks
+                .borrow_mut()
+                .push_back(self.queued_total.get());
+        }
+    }
+
+    /// Answers queued or being written, not yet written.
+    pub fn unwritten_answers(&self) -> usize {
+        self.answer_marks.borrow().len()
+    }
+
+    /// The generation of the written notification, for
+    /// [`Outbox::written_since`].
+    pub fn written_generation(&self) -> u64 {
+        self.written.generation()
+    }
+
+    /// Waits until something was written since `generation`.
+    pub async fn written_since(&self, generation: u64) {
+        self.written.changed_since(generation).await;
     }
 
     /// No more frames will be queued: the writer ends after writing what
@@ -155,6 +220,10 @@ impl Outbox {
     pub fn kill(&self) {
         self.dead.set(true);
         *self.frames.borrow_mut() = Vec::new();
+        // Nothing will be written: nobody waits for it.
+        self.written_total.set(self.queued_total.get());
+        self.answer_marks.borrow_mut().clear();
+        self.written.notify_all();
     }
 }
 

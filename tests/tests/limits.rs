@@ -1,0 +1,243 @@
+//! Connection limits, each at its boundary: connections in all, the
+//! handshake and idle timeouts, the frame limit before the handshake, and a
+//! connection's outbox budget (a client that pipelines large Fetches and
+//! never reads costs only its own budget). Each case checks the answer and
+//! that the server still serves another client afterwards.
+
+use std::time::Duration;
+
+use hadron::NewEvent;
+use hadron_tests::{Frame, RawConn, Server, ServerOptions, eventually, memory_kib};
+use hadron_wire::{ErrorCode, Message};
+
+fn server_with(config: &str) -> Server {
+    Server::start_with(ServerOptions {
+        config: Some(config.into()),
+        ..ServerOptions::default()
+    })
+}
+
+/// Another client can publish and read back: the server serves others.
+async fn serves_another_client(server: &Server, id: &str) {
+    let client = server.client();
+    let publisher = client
+        .publisher("bystander")
+        .await
+        .unwrap_or_else(|e| panic!("{id}: publisher: {e}"));
+    let event = NewEvent {
+        id: id.into(),
+        ty: "still.serving".into(),
+        data: id.as_bytes().to_vec(),
+        ..NewEvent::default()
+    };
+    let published = publisher
+        .publish_to(0, event)
+        .await
+        .unwrap_or_else(|e| panic!("{id}: publish: {e}"));
+    let page = client
+        .fetch("events", 0, published.offset, 1 << 10)
+        .await
+        .unwrap_or_else(|e| panic!("{id}: fetch: {e}"));
+    assert_eq!(page.records[0].1.id, id);
+}
+
+async fn expect_error_then_close(conn: &mut RawConn, code: ErrorCode, needle: &str) {
+    match conn.recv_within(Duration::from_secs(20)).await {
+        Some(Some(Frame::Error {
+            code: got, message, ..
+        })) => {
+            assert_eq!(got, code, "{message}");
+            assert!(message.contains(needle), "{message}");
+        }
+        other => panic!("expected {code} error, got {other:?}"),
+    }
+    assert!(
+        matches!(conn.recv_within(Duration::from_secs(20)).await, Some(None)),
+        "the connection is closed after {code}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_connections_max_are_refused_with_too_many_connections() {
+    let server = server_with("connectionsMax: 3\n");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(RawConn::handshaken(server.port()).await);
+    }
+    let mut fourth = RawConn::connect(server.port()).await;
+    expect_error_then_close(
+        &mut fourth,
+        ErrorCode::TooManyConnections,
+        "connectionsMax = 3",
+    )
+    .await;
+    // Once one leaves, a new connection is served (the slot frees when
+    // the server sees the close).
+    held.pop().unwrap().close().await;
+    eventually(Duration::from_secs(20), "a slot frees up", || async {
+        let mut conn = RawConn::connect(server.port()).await;
+        let id = conn
+            .send(&Message::Handshake(hadron_wire::Handshake {
+                version: hadron_wire::PROTOCOL_VERSION,
+                token: "",
+                client_name: "late",
+            }))
+            .await;
+        match conn.recv().await {
+            Some(Frame::HandshakeOk { request_id, .. }) if request_id == id => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    drop(held);
+    eventually(
+        Duration::from_secs(20),
+        "the server serves again",
+        || async {
+            let client = server.client();
+            client.fetch("events", 0, 0, 1).await.ok().map(|_| ())
+        },
+    )
+    .await;
+    serves_another_client(&server, "after-connections").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_not_completed_within_the_timeout_is_closed() {
+    let server = server_with("handshakeTimeoutMs: 300\n");
+    // One byte of a length prefix, then nothing (a handshake at one byte a
+    // second would never finish either).
+    let mut slow = RawConn::connect(server.port()).await;
+    slow.send_bytes(&[16]).await;
+    expect_error_then_close(&mut slow, ErrorCode::Timeout, "handshakeTimeoutMs = 300").await;
+    // A handshaken connection is not affected by the handshake timeout.
+    let mut prompt = RawConn::handshaken(server.port()).await;
+    let id = prompt.send(&Message::Status).await;
+    match prompt.recv().await {
+        Some(Frame::StatusOk { request_id, .. }) => assert_eq!(request_id, id),
+        other => panic!("expected StatusOk, got {other:?}"),
+    }
+    serves_another_client(&server, "after-handshake-timeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_but_a_subscribed_one_is_not() {
+    let server = server_with("idleTimeoutMs: 400\n");
+    let mut subscribed = RawConn::handshaken(server.port()).await;
+    let subscription = subscribed
+        .subscribe("events", "idle-check", false, 10)
+        .await;
+    let mut idle = RawConn::handshaken(server.port()).await;
+    expect_error_then_close(&mut idle, ErrorCode::Timeout, "idleTimeoutMs = 400").await;
+    // The subscribed connection outlived it and still gets deliveries.
+    serves_another_client(&server, "after-idle").await;
+    let delivery = subscribed
+        .next_delivery(Duration::from_secs(20))
+        .await
+        .expect("a delivery on the subscribed connection");
+    assert_eq!(delivery.subscription_id, subscription);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_handshake_limit_before_the_handshake_is_refused() {
+    let server = server_with("handshakeFrameBytesMax: 8192\n");
+    // At the limit: a frame of 8192 bytes is read (and fails as garbage).
+    let mut at_limit = RawConn::connect(server.port()).await;
+    let mut frame = 8192u32.to_le_bytes().to_vec();
+    frame.extend(std::iter::repeat_n(0xabu8, 8192));
+    at_limit.send_bytes(&frame).await;
+    expect_error_then_close(&mut at_limit, ErrorCode::MalformedFrame, "").await;
+    // One over: refused from its length alone, before any body arrives.
+    let mut over = RawConn::connect(server.port()).await;
+    over.send_bytes(&8193u32.to_le_bytes()).await;
+    expect_error_then_close(&mut over, ErrorCode::FrameTooLarge, "8193").await;
+    // After the handshake the full frame limit applies.
+    let mut after = RawConn::handshaken(server.port()).await;
+    let big_yaml = format!("# {}\n", "x".repeat(20_000));
+    let id = after
+        .send(&Message::Apply(hadron_wire::Apply {
+            yaml: &big_yaml,
+            force: false,
+        }))
+        .await;
+    match after.recv().await {
+        Some(Frame::Other { request_id, name }) => {
+            assert_eq!((request_id, name), (id, "ApplyOk"))
+        }
+        Some(Frame::Error {
+            request_id,
+            code,
+            message,
+        }) => {
+            assert_eq!(request_id, id);
+            assert_ne!(code, ErrorCode::FrameTooLarge, "{message}");
+        }
+        other => panic!("expected an answer to Apply, got {other:?}"),
+    }
+    serves_another_client(&server, "after-frame-limit").await;
+}
+
+/// A client pipelines many large Fetches and reads nothing. The server
+/// stops reading that connection once its outbox budget is used (answers
+/// queued or being written, plus the answers reserved by Fetches being
+/// served), so its memory stays bounded; every other client is served; and
+/// when the client finally reads, every answer is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_costs_only_its_outbox_budget() {
+    const FETCHES: usize = 1_000;
+    let server = server_with("frameBytesMax: 262144\noutboxBytesMax: 524288\n");
+    let pid = server.pid().unwrap();
+    let client = server.client();
+    let publisher = client.publisher("filler").await.unwrap();
+    // 4 MiB in partition 0: every Fetch answer is half a frame (128 KiB).
+    for i in 0..16 {
+        let batch = (0..4)
+            .map(|j| NewEvent {
+                id: format!("fill-{i}-{j}"),
+                ty: "fill".into(),
+                subject: Some("fill".into()),
+                data: vec![j as u8; 60 << 10],
+                ..NewEvent::default()
+            })
+            .collect();
+        publisher.publish_batch(batch).await.unwrap();
+    }
+    let (_, hwm_before) = memory_kib(pid);
+
+    let mut greedy = RawConn::handshaken(server.port()).await;
+    let mut frames = Vec::new();
+    for _ in 0..FETCHES {
+        let fetch = Message::Fetch(hadron_wire::Fetch {
+            stream: "events",
+            partition: 0,
+            offset: 0,
+            max_bytes: u32::MAX,
+        });
+        frames.extend(hadron_wire::encode(0, &fetch).unwrap());
+    }
+    // About 100 KB of requests: they fit the socket buffers at once.
+    greedy.send_bytes(&frames).await;
+    // Meanwhile everyone else is served.
+    for i in 0..20 {
+        serves_another_client(&server, &format!("during-{i}")).await;
+    }
+    // Read every answer: all of them arrive...
+    let mut answers = 0;
+    while answers < FETCHES {
+        match greedy.recv_within(Duration::from_secs(30)).await {
+            Some(Some(Frame::Other {
+                name: "FetchOk", ..
+            })) => answers += 1,
+            other => panic!("answer {answers}: expected FetchOk, got {other:?}"),
+        }
+    }
+    let (_, hwm_after) = memory_kib(pid);
+    let grew_mib = hwm_after.saturating_sub(hwm_before) / 1024;
+    eprintln!("peak RSS grew {grew_mib} MiB ({hwm_before} -> {hwm_after} KiB)");
+    // ...and the peak grew by the budget and buffers, not by 1,000 answers
+    // of 128 KiB.
+    assert!(
+        grew_mib < 48,
+        "peak RSS grew {grew_mib} MiB ({hwm_before} -> {hwm_after} KiB)"
+    );
+}
