@@ -241,3 +241,44 @@ async fn a_client_that_never_reads_costs_only_its_outbox_budget() {
         "peak RSS grew {grew_mib} MiB ({hwm_before} -> {hwm_after} KiB)"
     );
 }
+
+/// A subscription's `max_in_flight` above `deliveriesInFlightMax` is
+/// lowered to it: with 5 events waiting and a member asking for 1,000, the
+/// server holds 2 deliveries out, and the next one comes after an ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_is_lowered_to_deliveries_in_flight_max() {
+    let server = server_with("deliveriesInFlightMax: 2\n");
+    let client = server.client();
+    hadron_tests::create_stream(&client, "narrow", 1).await;
+    let publisher = client.publisher_for("narrow", "filler").await.unwrap();
+    for i in 0..5 {
+        publisher
+            .publish(NewEvent::new("t", vec![i]).with_id(format!("n{i}")))
+            .await
+            .unwrap();
+    }
+    let mut member = RawConn::handshaken(server.port()).await;
+    member
+        .subscribe("narrow", "narrow-group", false, 1000)
+        .await;
+    let first = member.next_delivery(Duration::from_secs(20)).await.unwrap();
+    let second = member.next_delivery(Duration::from_secs(20)).await.unwrap();
+    let status = hadron_tests::status(&client).await;
+    let group = hadron_tests::group_status(&status, "narrow", 0, "narrow-group").unwrap();
+    assert_eq!(group["in_flight"], 2, "{group}");
+    assert!(
+        member.recv_within(Duration::ZERO).await.is_none(),
+        "a third delivery before any ack"
+    );
+    let mut pushed = Vec::new();
+    member.ack(&[first.delivery_id], &mut pushed).await;
+    let third = match pushed.pop() {
+        Some(d) => d,
+        None => member.next_delivery(Duration::from_secs(20)).await.unwrap(),
+    };
+    assert_eq!(
+        (first.offset, second.offset, third.offset),
+        (0, 1, 2),
+        "in order, one more per ack"
+    );
+}

@@ -344,3 +344,62 @@ async fn a_server_without_a_token_admits_any_handshake() {
         );
     }
 }
+
+/// A frame whose `request_id` is 0 (reserved for the server's own frames)
+/// is refused with InvalidRequest; after the handshake the connection
+/// stays open, before it the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_of_zero_is_refused() {
+    let server = Server::start();
+    let mut conn = RawConn::handshaken(server.port()).await;
+    conn.send_with_id(0, &Message::Status).await;
+    let message = expect_error(&mut conn, 0, ErrorCode::InvalidRequest).await;
+    assert!(message.contains("request_id 0"), "{message}");
+    expect_open(&mut conn).await;
+
+    let mut fresh = RawConn::connect(server.port()).await;
+    fresh
+        .send_with_id(
+            0,
+            &Message::Handshake(hadron_wire::Handshake {
+                version: hadron_wire::PROTOCOL_VERSION,
+                token: "",
+                client_name: "zero",
+            }),
+        )
+        .await;
+    expect_error(&mut fresh, 0, ErrorCode::InvalidRequest).await;
+    expect_closed(&mut fresh).await;
+}
+
+/// A frame with body tag 0 (no body) is answered InvalidRequest for its
+/// request id; the connection stays open after the handshake and is
+/// closed before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_with_no_body_is_refused() {
+    let server = Server::start();
+    let no_body = |request_id: u64| {
+        let mut builder = flatbuffers::FlatBufferBuilder::new();
+        let frame = hadron_wire::fb::Frame::create(
+            &mut builder,
+            &hadron_wire::fb::FrameArgs {
+                request_id,
+                ..Default::default()
+            },
+        );
+        builder.finish(frame, None);
+        let body = builder.finished_data();
+        let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    };
+    let mut conn = RawConn::handshaken(server.port()).await;
+    conn.send_bytes(&no_body(41)).await;
+    expect_error(&mut conn, 41, ErrorCode::InvalidRequest).await;
+    expect_open(&mut conn).await;
+
+    let mut fresh = RawConn::connect(server.port()).await;
+    fresh.send_bytes(&no_body(42)).await;
+    expect_error(&mut fresh, 42, ErrorCode::InvalidRequest).await;
+    expect_closed(&mut fresh).await;
+}

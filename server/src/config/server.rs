@@ -29,6 +29,8 @@
 //! outboxBytesMax: 33554432    # per connection: answers queued or being written
 //!                             # plus Fetch answers reserved; reading stops above
 //! requestsInFlightMax: 1024   # per connection: requests served at once
+//! deliveriesInFlightMax: 1024 # per subscription: a larger max_in_flight is
+//!                             # lowered to this (0 reads as 1)
 //! ```
 //!
 //! Command-line flags override these after parsing; call
@@ -91,6 +93,9 @@ pub const HANDSHAKE_FRAME_BYTES_MIN: usize = 8 << 10;
 pub const OUTBOX_BYTES_MAX_DEFAULT: usize = 32 << 20;
 /// Requests one connection may have in flight.
 pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: u32 = 1024;
+/// Unacknowledged deliveries one subscription may hold: with events of up
+/// to a batch (4 MiB), what a subscription can pin is bounded by this.
+pub const DELIVERIES_IN_FLIGHT_MAX_DEFAULT: u32 = 1024;
 /// Flush interval for `fsync: interval` when `fsyncIntervalMs` is absent.
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 100;
 /// The longest `fsyncIntervalMs`: the loss window in a crash.
@@ -167,6 +172,8 @@ pub struct ServerConfig {
     pub outbox_bytes_max: usize,
     /// Requests per connection served at once.
     pub requests_in_flight_max: u32,
+    /// Unacknowledged deliveries per subscription, at most.
+    pub deliveries_in_flight_max: u32,
 }
 
 /// A handshake token: a shared secret, never printed.
@@ -229,6 +236,7 @@ impl Default for ServerConfig {
             handshake_frame_bytes_max: HANDSHAKE_FRAME_BYTES_MAX_DEFAULT,
             outbox_bytes_max: OUTBOX_BYTES_MAX_DEFAULT,
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+            deliveries_in_flight_max: DELIVERIES_IN_FLIGHT_MAX_DEFAULT,
         }
     }
 }
@@ -417,6 +425,14 @@ impl ServerConfig {
                 1 << 32,
             ));
         }
+        if !(1..=1_000_000).contains(&self.deliveries_in_flight_max) {
+            errors.push(out_of_range(
+                "deliveriesInFlightMax",
+                self.deliveries_in_flight_max.into(),
+                1,
+                1_000_000,
+            ));
+        }
         if !(1..=65_536).contains(&self.requests_in_flight_max) {
             errors.push(out_of_range(
                 "requestsInFlightMax",
@@ -503,6 +519,7 @@ pub(super) struct ServerConfigDoc {
     handshake_frame_bytes_max: Option<usize>,
     outbox_bytes_max: Option<usize>,
     requests_in_flight_max: Option<u32>,
+    deliveries_in_flight_max: Option<u32>,
 }
 
 impl ServerConfigDoc {
@@ -566,6 +583,9 @@ impl ServerConfigDoc {
             requests_in_flight_max: self
                 .requests_in_flight_max
                 .unwrap_or(defaults.requests_in_flight_max),
+            deliveries_in_flight_max: self
+                .deliveries_in_flight_max
+                .unwrap_or(defaults.deliveries_in_flight_max),
         };
         config.validate()?;
         Ok(config)

@@ -584,6 +584,7 @@ idleTimeoutMs: 0
 handshakeFrameBytesMax: 16384
 outboxBytesMax: 2097152
 requestsInFlightMax: 9
+deliveriesInFlightMax: 33
 ---
 {STREAM_DOC}---
 {}",
@@ -616,6 +617,7 @@ requestsInFlightMax: 9
             handshake_frame_bytes_max: 16 << 10,
             outbox_bytes_max: 2 << 20,
             requests_in_flight_max: 9,
+            deliveries_in_flight_max: 33,
         }
     );
     assert_eq!(resources.len(), 2, "no default stream when one is declared");

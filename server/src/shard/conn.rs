@@ -86,6 +86,16 @@ enum Op {
 }
 
 impl Op {
+    /// A subscription's `max_in_flight` is read as at least 1 and at most
+    /// `deliveriesInFlightMax` (a larger one is lowered, not refused).
+    fn clamp_in_flight(&mut self, deliveries_in_flight_max: u32) {
+        if let Op::Subscribe { max_in_flight, .. } | Op::PipelineSubscribe { max_in_flight, .. } =
+            self
+        {
+            *max_in_flight = (*max_in_flight).clamp(1, deliveries_in_flight_max.max(1));
+        }
+    }
+
     /// `frame` is the buffer `message` was decoded from; event bytes are
     /// taken as slices of it.
     fn from_message(message: &Message<'_>, frame: &Bytes) -> Op {
@@ -345,12 +355,27 @@ async fn read_loop(
                 Err(e) => {
                     let id = e.request_id().unwrap_or(0);
                     outbox.error(id, e.code(), &e.to_string());
-                    if e.code().closes_connection() {
+                    // Before the handshake nothing but a handshake is read.
+                    if e.code().closes_connection() || !state.handshaken.get() {
                         return;
                     }
                     continue;
                 }
             };
+            if decoded.request_id == 0 {
+                outbox.error(
+                    0,
+                    ErrorCode::InvalidRequest,
+                    &format!(
+                        "{} with request_id 0: 0 is reserved for frames the server sends on its own; number requests from 1",
+                        decoded.message.name()
+                    ),
+                );
+                if !state.handshaken.get() {
+                    return;
+                }
+                continue;
+            }
             if !state.handshaken.get() {
                 match handshake(shard, &decoded) {
                     Ok(reply) => {
@@ -365,7 +390,8 @@ async fn read_loop(
                 }
             }
             let request_id = decoded.request_id;
-            let op = Op::from_message(&decoded.message, &frame);
+            let mut op = Op::from_message(&decoded.message, &frame);
+            op.clamp_in_flight(config.deliveries_in_flight_max);
             if matches!(op, Op::Subscribe { .. } | Op::PipelineSubscribe { .. }) {
                 state.subscribed.set(true);
             }
