@@ -2349,3 +2349,85 @@ async fn a_retried_execution_below_the_watermark_survives_checkpoints_and_sigkil
         h.cancel();
     }
 }
+
+/// One connection may hold several stage subscriptions (and a group
+/// subscription beside them): the root stage's delivery and, after its ack,
+/// the dependent stage's delivery with the root's output both arrive on
+/// the same connection, each naming its stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_serves_several_stage_subscriptions() {
+    let server = Server::start();
+    let client = server.client();
+    apply(
+        &client,
+        r#"
+apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata:
+  name: two-on-one
+spec:
+  sourceStream: events
+  triggers: [pair.requested]
+  stages:
+    - name: first
+    - name: second
+      dependencies: [first]
+"#,
+    )
+    .await;
+    let mut member = raw_stage_member(&server, "two-on-one", "first").await;
+    let mut pushed = Vec::new();
+    let reply = member
+        .request(
+            &Message::PipelineSubscribe(hadron_wire::PipelineSubscribe {
+                pipeline: "two-on-one",
+                stage: "second",
+                max_in_flight: 4,
+            }),
+            &mut pushed,
+        )
+        .await;
+    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
+    let group = member.subscribe("events", "beside-stages", false, 4).await;
+    publish(
+        &client,
+        "events",
+        vec![root_event("pair-1", "pair.requested", "pair-1", "{}")],
+    )
+    .await;
+    // The group's delivery and the first stage's arrive, in either order.
+    let mut first = None;
+    let mut delivered = None;
+    while first.is_none() || delivered.is_none() {
+        match member.recv_within(Duration::from_secs(10)).await {
+            Some(Some(Frame::StageDelivery(d))) => first = Some(*d),
+            Some(Some(Frame::Delivery(d))) => delivered = Some(*d),
+            other => panic!("expected deliveries, got {other:?}"),
+        }
+    }
+    let first = first.unwrap();
+    assert_eq!(first.stage, "first");
+    assert_eq!(delivered.unwrap().subscription_id, group);
+    let output = event_bytes("out-1", "test", "pair.first.done", b"first-output");
+    let id = member
+        .send(&Message::StageAck(hadron_wire::StageAck {
+            delivery_id: first.delivery_id,
+            output: &output,
+        }))
+        .await;
+    let mut second = None;
+    while second.is_none() {
+        match member.recv_within(Duration::from_secs(10)).await {
+            Some(Some(Frame::AckOk { request_id })) => assert_eq!(request_id, id),
+            Some(Some(Frame::StageDelivery(d))) => second = Some(*d),
+            other => panic!("expected the second stage, got {other:?}"),
+        }
+    }
+    let second = second.unwrap();
+    assert_eq!(second.stage, "second");
+    assert_eq!(
+        (second.partition, second.offset),
+        (first.partition, first.offset)
+    );
+    assert_eq!(second.inputs["first"].data, b"first-output".to_vec());
+}
