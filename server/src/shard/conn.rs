@@ -361,6 +361,47 @@ async fn attach_everywhere(
     Ok(())
 }
 
+/// Takes one of connection `conn`'s `subscriptionsPerConnectionMax`
+/// subscriptions (stream or pipeline), before the subscription is attached
+/// anywhere; [`release_subscription`] gives it back when that fails. The
+/// count is kept until the connection closes (there is no unsubscribe).
+fn reserve_subscription(shard: &Shard, conn: u64) -> Result<(), Failure> {
+    let max = shard.settings.config.subscriptions_per_connection_max;
+    let mut counts = shard.subscriptions.borrow_mut();
+    let count = counts.entry(conn).or_insert(0);
+    if *count >= max {
+        return Err((
+            ErrorCode::LimitExceeded,
+            format!(
+                "this connection holds {count} subscriptions, the most subscriptionsPerConnectionMax ({max}) allows; subscribe on another connection"
+            ),
+        ));
+    }
+    *count += 1;
+    Ok(())
+}
+
+fn release_subscription(shard: &Shard, conn: u64) {
+    if let Some(count) = shard.subscriptions.borrow_mut().get_mut(&conn) {
+        *count = count.saturating_sub(1);
+    }
+}
+
+/// Refuses an Ack (or StageAcks) of more than `ackIdsMax` ids, before any
+/// is settled.
+fn check_ack_ids(shard: &Shard, ids: usize) -> Result<(), Failure> {
+    let max = shard.settings.config.ack_ids_max;
+    if ids > max as usize {
+        return Err((
+            ErrorCode::LimitExceeded,
+            format!(
+                "an ack of {ids} delivery ids exceeds ackIdsMax ({max}); nothing was acked: split it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The shard that made a delivery: its id is in the top 16 bits.
 /// Names the deliveries an `Ack` could not settle (at most a few, then a
 /// count).
@@ -531,9 +572,10 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     ),
                 ));
             }
+            reserve_subscription(shard, conn)?;
             let member = new_member(shard, conn);
             let subscription = member.subscription;
-            attach_everywhere(
+            let attached = attach_everywhere(
                 shard,
                 &stream,
                 partitions,
@@ -548,7 +590,17 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     member,
                 },
             )
-            .await?;
+            .await;
+            if let Err(failure) = attached {
+                // Refused on some partition (say at `groupsMax`): take the
+                // member back from those that took it, so that nothing is
+                // delivered to a subscription the client never got.
+                let detaches =
+                    (0..shard.shards).map(|to| shard.call(to, Request::DetachMember { member }));
+                futures::future::join_all(detaches).await;
+                release_subscription(shard, conn);
+                return Err(failure);
+            }
             Ok(Box::new(move |id, outbox: &Outbox| {
                 outbox.send(
                     id,
@@ -560,6 +612,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             }))
         }
         Op::Ack(ids) => {
+            check_ack_ids(shard, ids.len())?;
             // Each id is acked on its own; the answer names those that
             // were not outstanding, after the others were acked.
             let mut refused = Vec::new();
@@ -627,6 +680,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     .map_or(0, |s| s.partitions);
                 (partitions, spec.source_stream.clone())
             };
+            reserve_subscription(shard, conn)?;
             let member = new_member(shard, conn);
             attach_everywhere(
                 shard,
@@ -641,10 +695,12 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     member,
                 },
             )
-            .await?;
+            .await
+            .inspect_err(|_| release_subscription(shard, conn))?;
             Ok(ack_ok())
         }
         Op::StageAcks(acks) => {
+            check_ack_ids(shard, acks.len())?;
             // Each ack is settled on its own, by the shard that made its
             // delivery; one request per shard.
             let single = acks.len() == 1;

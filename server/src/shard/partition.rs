@@ -23,10 +23,29 @@
 //! is inside it.
 //!
 //! **Group offsets.** Durable groups' committed offsets are written as one
-//! snapshot record of all of them (`u32 count`, then per group `u16 name
-//! length`, name, `u64 offset`, little-endian) to a small log of its own, at
-//! most every commit interval, with `always` durability. Only the last
-//! snapshot matters, so retention keeps that log tiny.
+//! snapshot record of all of them, alone in one batch, to a small log of
+//! its own, at most every commit interval (when an offset moved), with
+//! `always` durability:
+//!
+//! ```text
+//! +-----------+------------------------------------------------+
+//! | count u32 | count x ( name_len u16 | name | offset u64 )   |
+//! +-----------+------------------------------------------------+
+//! ```
+//!
+//! (little-endian; names are 1 to `GROUP_NAME_BYTES_MAX` bytes of UTF-8).
+//! A snapshot is one batch, so the batch's CRC makes it all or nothing: a
+//! crash while one is written leaves a torn tail that recovery cuts, and
+//! the previous snapshot is the last one again; a committed offset never
+//! goes back. The log's `batch_bytes_max` and segment size are sized from
+//! `groupsMax` ([`offsets_batch_bytes_max`]), and a partition admits no
+//! group past `groupsMax` ([`Partition::admit_group`]), so the largest
+//! snapshot (every group, every name at its longest) always fits. (A fixed
+//! 32 KiB batch limit made every commit of a partition fail from about 300
+//! long-named groups on, and a restart redelivered what had been acked.)
+//! Load reads the newest segment whole, which holds the last batch whatever
+//! its size. Only the last snapshot matters, so retention keeps two
+//! segments' worth besides the active one (never deleted).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -34,21 +53,44 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use hadron_engine::log::batch::{
-    BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, Batches, RECORD_PREFIX_BYTES,
+    BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, Batches, RECORD_PREFIX_BYTES,
 };
+use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use hadron_engine::notify::Notify;
+use hadron_engine::storage::IO_ALIGN_BYTES;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{AppendError, Durability, Log, LogConfig, ReadError, Retention};
 use hadron_wire::{ErrorCode, Limits};
 
 use super::group::GroupPartition;
 
-/// Bytes of group-offset snapshots kept.
-const OFFSETS_RETENTION_BYTES: u64 = 256 << 10;
-/// Segment size of the group-offset log.
-const OFFSETS_SEGMENT_BYTES: u64 = 64 << 10;
 /// Largest group name stored in a snapshot.
 pub const GROUP_NAME_BYTES_MAX: usize = 255;
+/// Bytes of one group in a snapshot at the most: name length, name, offset.
+const SNAPSHOT_ENTRY_BYTES_MAX: usize = 2 + GROUP_NAME_BYTES_MAX + 8;
+
+/// The largest offsets-snapshot batch of a partition that holds at most
+/// `groups_max` groups: header, record prefix, count, and every entry at
+/// its longest.
+pub const fn offsets_batch_bytes_max(groups_max: u32) -> usize {
+    BATCH_HEADER_BYTES + RECORD_PREFIX_BYTES + 4 + groups_max as usize * SNAPSHOT_ENTRY_BYTES_MAX
+}
+
+/// Segment size of the group-offset log: the largest snapshot fits one.
+const fn offsets_segment_bytes(groups_max: u32) -> u64 {
+    let batch = offsets_batch_bytes_max(groups_max) as u64;
+    let aligned = batch.div_ceil(IO_ALIGN_BYTES) * IO_ALIGN_BYTES;
+    if aligned < SEGMENT_BYTES_MIN {
+        SEGMENT_BYTES_MIN
+    } else {
+        aligned
+    }
+}
+
+const _: () =
+    assert!(offsets_batch_bytes_max(crate::config::server::GROUPS_MAX_MAX) <= BATCH_BYTES_MAX);
+const _: () =
+    assert!(offsets_segment_bytes(crate::config::server::GROUPS_MAX_MAX) <= SEGMENT_BYTES_MAX);
 
 /// An error to send back: a wire code and a message that says what is wrong.
 pub type Failure = (ErrorCode, String);
@@ -506,7 +548,10 @@ pub struct Partition {
     /// Committed offsets of durable groups found on open, for groups that
     /// have not re-attached yet.
     pub stored_offsets: RefCell<HashMap<String, u64>>,
-    last_snapshot: RefCell<Vec<(String, u64)>>,
+    /// The offsets of the last snapshot written (or loaded).
+    last_snapshot: RefCell<BTreeMap<String, u64>>,
+    /// The largest snapshot the offsets log takes.
+    offsets_batch_bytes_max: usize,
     committing: Cell<bool>,
     /// Signalled when a commit ends.
     committed: Notify,
@@ -546,7 +591,9 @@ fn read_failure(e: ReadError) -> Failure {
 }
 
 impl Partition {
-    /// Opens (recovering) the partition's logs and rebuilds its dedup window.
+    /// Opens (recovering) the partition's logs and rebuilds its dedup
+    /// window; its offsets log takes snapshots of up to `groups_max` groups.
+    #[expect(clippy::too_many_arguments, reason = "each is a separate setting")]
     pub async fn open(
         storage: &DmaStorage,
         data_dir: &Path,
@@ -555,6 +602,7 @@ impl Partition {
         log_config: LogConfig,
         dedup_limits: DedupLimits,
         limits: Limits,
+        groups_max: u32,
     ) -> Result<Partition, String> {
         let dir = partition_dir(data_dir, stream, partition);
         let log = Log::open(storage.clone(), &dir.join("log"), log_config)
@@ -564,15 +612,17 @@ impl Partition {
         // without waiting for any write: the shard starts each write in a
         // task of its own when one is due (see `Shard::handle`).
         log.set_write_behind(true);
+        let offsets_batch_bytes_max = offsets_batch_bytes_max(groups_max);
+        let offsets_segment_bytes = offsets_segment_bytes(groups_max);
         let offsets_config = LogConfig {
-            segment_bytes: OFFSETS_SEGMENT_BYTES,
+            segment_bytes: offsets_segment_bytes,
             durability: Durability::Always,
             retention: Retention {
                 max_age_ms: None,
-                max_bytes: Some(OFFSETS_RETENTION_BYTES),
+                max_bytes: Some(2 * offsets_segment_bytes),
             },
-            batch_bytes_max: 32 << 10,
-            pending_bytes_max: 64 << 10,
+            batch_bytes_max: offsets_batch_bytes_max,
+            pending_bytes_max: offsets_batch_bytes_max.max(64 << 10),
             write_bytes_max: 64 << 10,
             index_interval_bytes: 4096,
         };
@@ -591,7 +641,8 @@ impl Partition {
             limits,
             offsets,
             stored_offsets: RefCell::new(HashMap::new()),
-            last_snapshot: RefCell::new(Vec::new()),
+            last_snapshot: RefCell::new(BTreeMap::new()),
+            offsets_batch_bytes_max,
             committing: Cell::new(false),
             committed: Notify::default(),
         };
@@ -922,28 +973,90 @@ impl Partition {
         }
     }
 
+    /// Loads the last offsets snapshot: the last batch of the offsets log,
+    /// read with the newest segment's size as the window so that the whole
+    /// batch comes back whatever its size.
     async fn load_offsets(&self) -> Result<(), String> {
         let next = self.offsets.visible_offset();
         if next == 0 {
             return Ok(());
         }
+        let window = self
+            .offsets
+            .segments()
+            .iter()
+            .rev()
+            .find(|s| s.base_offset < next)
+            .map_or(0, |s| s.bytes);
+        let window = usize::try_from(window)
+            .map_err(|_| format!("group offsets segment of {window} bytes"))?;
         let read = self
             .offsets
-            .read(next - 1, 1 << 16)
+            .read(next - 1, window)
             .await
             .map_err(|e| format!("reading group offsets: {e}"))?;
         let mut last = None;
         for batch in Batches::new(&read.bytes) {
             let batch = batch.map_err(|e| format!("reading group offsets: {e}"))?;
-            for (_, record) in batch.records() {
-                last = Some(record.to_vec());
+            for (o, record) in batch.records() {
+                if o == next - 1 {
+                    last = Some(record.to_vec());
+                }
             }
         }
-        if let Some(record) = last {
-            let map = decode_snapshot(&record)
-                .ok_or_else(|| "group offsets snapshot is malformed".to_string())?;
-            *self.last_snapshot.borrow_mut() = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            *self.stored_offsets.borrow_mut() = map;
+        let Some(record) = last else {
+            return Err(format!(
+                "reading group offsets: the snapshot at offset {} was not read back",
+                next - 1
+            ));
+        };
+        let map = decode_snapshot(&record).ok_or_else(|| {
+            format!(
+                "group offsets snapshot at offset {} is malformed ({} bytes)",
+                next - 1,
+                record.len()
+            )
+        })?;
+        let batch_bytes = BATCH_HEADER_BYTES + RECORD_PREFIX_BYTES + record.len();
+        if batch_bytes > self.offsets_batch_bytes_max {
+            // Written under a larger `groupsMax`: the next commit would be
+            // refused, and every offset after it lost.
+            return Err(format!(
+                "the group offsets snapshot holds {} groups ({batch_bytes} bytes), more than groupsMax allows ({} bytes); raise groupsMax to at least {}",
+                map.len(),
+                self.offsets_batch_bytes_max,
+                map.len()
+            ));
+        }
+        *self.last_snapshot.borrow_mut() = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        *self.stored_offsets.borrow_mut() = map;
+        Ok(())
+    }
+
+    /// Groups this partition counts against `groupsMax`: those attached and
+    /// the durable ones known from disk that have not re-attached.
+    pub fn groups_count(&self) -> usize {
+        let live = self.groups.borrow();
+        let stored = self.stored_offsets.borrow();
+        live.len() + stored.keys().filter(|k| !live.contains_key(*k)).count()
+    }
+
+    /// Whether a group named `name` that is not attached here may be
+    /// created: a durable group known from disk always may (it is counted
+    /// already); another only while fewer than `groups_max` are counted.
+    pub fn admit_group(&self, name: &str, groups_max: u32) -> Result<(), Failure> {
+        if self.stored_offsets.borrow().contains_key(name) {
+            return Ok(());
+        }
+        let count = self.groups_count();
+        if count >= groups_max as usize {
+            return Err((
+                ErrorCode::LimitExceeded,
+                format!(
+                    "partition {} of stream {:?} holds {count} consumer groups, the most groupsMax ({groups_max}) allows; group {name:?} was not created",
+                    self.partition, self.stream
+                ),
+            ));
         }
         Ok(())
     }
@@ -961,6 +1074,18 @@ impl Partition {
             }
             self.committed.changed_since(generation).await;
         }
+        // Most rounds nothing moved: find that out without copying names.
+        let changed = {
+            let last = self.last_snapshot.borrow();
+            self.groups
+                .borrow()
+                .iter()
+                .filter(|(_, g)| g.durable)
+                .any(|(name, g)| last.get(name) != Some(&g.committed()))
+        };
+        if !changed {
+            return Ok(());
+        }
         let mut snapshot: BTreeMap<String, u64> = self
             .stored_offsets
             .borrow()
@@ -972,12 +1097,8 @@ impl Partition {
                 snapshot.insert(name.clone(), group.committed());
             }
         }
-        let snapshot: Vec<(String, u64)> = snapshot.into_iter().collect();
-        if *self.last_snapshot.borrow() == snapshot {
-            return Ok(());
-        }
         self.committing.set(true);
-        let record = encode_snapshot(&snapshot);
+        let record = encode_snapshot(snapshot.iter().map(|(k, v)| (k.as_str(), *v)));
         let result = self.offsets.append(&[record], now_ms()).await;
         self.committing.set(false);
         self.committed.notify_all();
@@ -988,13 +1109,20 @@ impl Partition {
     }
 }
 
-fn encode_snapshot(groups: &[(String, u64)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+/// The snapshot record of `groups` (names already checked to be 1 to
+/// `GROUP_NAME_BYTES_MAX` bytes by Subscribe).
+fn encode_snapshot<'a>(groups: impl ExactSizeIterator<Item = (&'a str, u64)>) -> Vec<u8> {
+    let count = groups.len();
+    let mut out = Vec::with_capacity(4 + count * SNAPSHOT_ENTRY_BYTES_MAX);
+    out.extend_from_slice(&(count as u32).to_le_bytes());
     for (name, offset) in groups {
-        let name = &name.as_bytes()[..name.len().min(GROUP_NAME_BYTES_MAX)];
+        assert!(
+            name.len() <= GROUP_NAME_BYTES_MAX,
+            "group name of {} bytes",
+            name.len()
+        );
         out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(name);
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
     }
     out
@@ -1049,6 +1177,7 @@ mod tests {
                         keys_max: 1 << 20,
                     },
                     Limits::DEFAULT,
+                    crate::config::server::GROUPS_MAX_DEFAULT,
                 )
                 .await
                 .unwrap();
@@ -1092,8 +1221,8 @@ mod tests {
 
     #[test]
     fn snapshots_round_trip_and_reject_garbage() {
-        let groups = vec![("a".to_string(), 5), ("billing".to_string(), u64::MAX)];
-        let bytes = encode_snapshot(&groups);
+        let groups = [("a", 5), ("billing", u64::MAX)];
+        let bytes = encode_snapshot(groups.into_iter());
         let back = decode_snapshot(&bytes).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back["billing"], u64::MAX);
