@@ -387,10 +387,9 @@ fn release_subscription(shard: &Shard, conn: u64) {
     }
 }
 
-/// Refuses an Ack (or StageAcks) of more than `ackIdsMax` ids, before any
-/// is settled.
-fn check_ack_ids(shard: &Shard, ids: usize) -> Result<(), Failure> {
-    let max = shard.settings.config.ack_ids_max;
+/// Refuses an Ack (or StageAcks) of more than `ackIdsMax` (`max`) ids,
+/// before any is settled.
+fn check_ack_ids(ids: usize, max: u32) -> Result<(), Failure> {
     if ids > max as usize {
         return Err((
             ErrorCode::LimitExceeded,
@@ -612,7 +611,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             }))
         }
         Op::Ack(ids) => {
-            check_ack_ids(shard, ids.len())?;
+            check_ack_ids(ids.len(), shard.settings.config.ack_ids_max)?;
             // Each id is acked on its own; the answer names those that
             // were not outstanding, after the others were acked.
             let mut refused = Vec::new();
@@ -700,7 +699,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             Ok(ack_ok())
         }
         Op::StageAcks(acks) => {
-            check_ack_ids(shard, acks.len())?;
+            check_ack_ids(acks.len(), shard.settings.config.ack_ids_max)?;
             // Each ack is settled on its own, by the shard that made its
             // delivery; one request per shard.
             let single = acks.len() == 1;
@@ -835,5 +834,18 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn an_ack_of_more_than_ack_ids_max_ids_is_refused_naming_the_setting() {
+        assert_eq!(check_ack_ids(0, 3), Ok(()));
+        assert_eq!(check_ack_ids(3, 3), Ok(()));
+        let (code, message) = check_ack_ids(4, 3).unwrap_err();
+        assert_eq!(code, ErrorCode::LimitExceeded);
+        assert!(
+            message.contains("4 delivery ids exceeds ackIdsMax (3)"),
+            "{message}"
+        );
+        assert!(message.contains("nothing was acked"), "{message}");
     }
 }

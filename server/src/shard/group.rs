@@ -562,3 +562,179 @@ impl Drop for GroupPartition {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(conn: u64) -> MemberId {
+        MemberId {
+            shard: 0,
+            conn,
+            subscription: conn,
+        }
+    }
+
+    /// Hands out `n` deliveries of `g` to its member `at` (an index into
+    /// its members) from offset `first`, with ids from `next_id`, as a
+    /// dispatch round does with new events.
+    fn launch_n(
+        g: &GroupPartition,
+        at: usize,
+        first: u64,
+        n: u64,
+        next_id: &Cell<u64>,
+    ) -> Vec<u64> {
+        let mint = || {
+            next_id.set(next_id.get() + 1);
+            next_id.get()
+        };
+        let mut st = g.state.borrow_mut();
+        st.cursor = st.cursor.max(first + n);
+        (first..first + n)
+            .map(|o| g.launch(&mut st, at, o, 1, Vec::new(), &mint).delivery_id)
+            .collect()
+    }
+
+    /// An Ack of `ackIdsMax` ids spread over many groups: each id is found
+    /// in its group through the shard's index (one lookup, however many
+    /// groups), settled once, and leaves the index; ids from another
+    /// connection, unknown or already settled ids are refused and change
+    /// nothing.
+    #[test]
+    fn acks_find_their_group_through_the_delivery_index() {
+        const GROUPS: u64 = 256;
+        let ids_max = u64::from(crate::config::server::ACK_IDS_MAX_DEFAULT);
+        let per_group = ids_max / GROUPS;
+        let index = Rc::new(Deliveries::default());
+        let next_id = Cell::new(0);
+        let groups: Vec<Rc<GroupPartition>> = (0..GROUPS)
+            .map(|i| {
+                let g = GroupPartition::new(
+                    &format!("g{i}"),
+                    true,
+                    0,
+                    Duration::from_secs(60),
+                    index.clone(),
+                );
+                g.attach(member(1), u32::MAX);
+                g
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            for id in launch_n(g, 0, 0, per_group, &next_id) {
+                ids.push((i, id));
+            }
+        }
+        assert_eq!(ids.len() as u64, ids_max);
+        assert_eq!(index.len() as u64, ids_max);
+        // From another connection: refused, still outstanding.
+        let (i, id) = ids[7];
+        let found = index.group_of(id).unwrap();
+        assert_eq!(found.group, groups[i].group);
+        let (code, _) = found.ack(id, (0, 2)).unwrap_err();
+        assert_eq!(code, ErrorCode::UnknownDelivery);
+        assert_eq!(index.len() as u64, ids_max);
+        // The whole Ack, as the shard settles it.
+        let started = Instant::now();
+        for &(i, id) in &ids {
+            let g = index.group_of(id).unwrap();
+            assert!(Rc::ptr_eq(&g, &groups[i]));
+            g.ack(id, (0, 1)).unwrap();
+        }
+        eprintln!(
+            "settled {} ids over {GROUPS} groups in {:?}",
+            ids.len(),
+            started.elapsed()
+        );
+        assert_eq!(index.len(), 0);
+        for g in &groups {
+            assert_eq!(g.committed(), per_group, "{}", g.group);
+        }
+        // Settled, or never made: not found.
+        assert!(index.group_of(ids[0].1).is_none());
+        assert!(index.group_of(u64::MAX).is_none());
+    }
+
+    /// Deliveries leave the index whichever way they stop being
+    /// outstanding: a nack, a disconnect, a removed member, a dropped group.
+    #[test]
+    fn deliveries_leave_the_index_however_they_end() {
+        let index = Rc::new(Deliveries::default());
+        let next_id = Cell::new(0);
+        let g = GroupPartition::new("g", true, 0, Duration::from_secs(60), index.clone());
+        g.attach(member(1), 100);
+        g.attach(member(2), 100);
+        let first = launch_n(&g, 0, 0, 3, &next_id);
+        let second = launch_n(&g, 1, 3, 2, &next_id);
+        assert_eq!(index.len(), 5);
+        g.nack(first[0], (0, 1), "failed").unwrap();
+        assert!(index.group_of(first[0]).is_none());
+        let (orphaned, left) = g.detach(0, 2);
+        assert_eq!((orphaned.len(), left), (2, true));
+        assert!(second.iter().all(|&id| index.group_of(id).is_none()));
+        assert_eq!(index.len(), 2);
+        assert_eq!(g.committed(), 0, "nacked and orphaned go out again");
+        let (orphaned, left) = g.detach_member(member(1));
+        assert_eq!((orphaned.len(), left), (2, false));
+        assert_eq!(index.len(), 0);
+        g.attach(member(3), 100);
+        launch_n(&g, 0, 5, 4, &next_id);
+        assert_eq!(index.len(), 4);
+        drop(g);
+        assert_eq!(index.len(), 0, "a dropped group takes its deliveries out");
+    }
+
+    /// A group without members waits for nothing but its wake (no timer,
+    /// no appends); with every member full, for the next ack deadline
+    /// only, even when a retry is due; with room, for appends and the
+    /// earliest deadline or retry.
+    #[test]
+    fn an_idle_group_waits_only_for_what_it_could_act_on() {
+        let index = Rc::new(Deliveries::default());
+        let next_id = Cell::new(0);
+        let g = GroupPartition::new("g", true, 0, Duration::from_secs(30), index);
+        let nothing = IdleWait {
+            appends: false,
+            until: None,
+        };
+        assert_eq!(g.idle_wait(), nothing);
+        g.attach(member(1), 2);
+        assert_eq!(
+            g.idle_wait(),
+            IdleWait {
+                appends: true,
+                until: None
+            }
+        );
+        let ids = launch_n(&g, 0, 0, 2, &next_id);
+        let deadline = g.state.borrow().in_flight[&0].deadline;
+        assert_eq!(
+            g.idle_wait(),
+            IdleWait {
+                appends: false,
+                until: Some(deadline)
+            },
+            "full: appends cannot be served"
+        );
+        // A retry due now, with no room: still only the deadline.
+        g.state.borrow_mut().retry.insert(
+            9,
+            Retry {
+                attempts: 1,
+                not_before: Instant::now(),
+            },
+        );
+        assert_eq!(g.idle_wait().until, Some(deadline));
+        g.ack(ids[0], (0, 1)).unwrap();
+        let with_room = g.idle_wait();
+        assert!(with_room.appends);
+        assert!(
+            with_room.until.is_some_and(|t| t < deadline),
+            "the retry is due first"
+        );
+        g.detach(0, 1);
+        assert_eq!(g.idle_wait(), nothing, "no members: no timer at all");
+    }
+}

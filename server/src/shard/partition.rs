@@ -1232,6 +1232,198 @@ mod tests {
         assert!(decode_snapshot(&longer).is_none());
     }
 
+    /// `groups` names of `GROUP_NAME_BYTES_MAX` bytes, distinct.
+    fn longest_names(groups: u32) -> Vec<String> {
+        (0..groups)
+            .map(|i| {
+                let name = format!("{i:05}-{}", "g".repeat(GROUP_NAME_BYTES_MAX));
+                name[..GROUP_NAME_BYTES_MAX].to_string()
+            })
+            .collect()
+    }
+
+    /// Runs `body` on a fresh partition directory in a glommio executor.
+    fn with_partition_dir<T: Send + 'static>(
+        name: &str,
+        body: impl FnOnce(PathBuf) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+        + Send
+        + 'static,
+    ) -> T {
+        let dir = std::env::temp_dir().join(format!("hadron-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.clone();
+        let out = glommio::LocalExecutorBuilder::default()
+            .io_memory(8 << 20)
+            .spawn(move || body(root))
+            .unwrap()
+            .join()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    async fn open_partition(root: &Path, groups_max: u32) -> Result<Partition, String> {
+        let storage = DmaStorage::new(root).await.unwrap();
+        Partition::open(
+            &storage,
+            root,
+            "s",
+            0,
+            LogConfig {
+                segment_bytes: 1 << 20,
+                batch_bytes_max: 1 << 20,
+                ..LogConfig::default()
+            },
+            DedupLimits {
+                window_ms: 0,
+                keys_max: 1,
+            },
+            Limits::DEFAULT,
+            groups_max,
+        )
+        .await
+    }
+
+    /// Installs a durable group per name whose committed offset is
+    /// `offset(i)`, replacing any group of that name.
+    fn set_groups(p: &Partition, names: &[String], offset: impl Fn(usize) -> u64) {
+        let deliveries = Rc::new(super::super::group::Deliveries::default());
+        let mut groups = p.groups.borrow_mut();
+        for (i, name) in names.iter().enumerate() {
+            let g = GroupPartition::new(
+                name,
+                true,
+                offset(i),
+                std::time::Duration::from_secs(1),
+                deliveries.clone(),
+            );
+            groups.insert(name.clone(), g);
+        }
+    }
+
+    /// The largest snapshot: `groupsMax` (the default) groups, each name
+    /// at its longest, far past the 32 KiB batch the offsets log once took.
+    /// Commits succeed, and after a reopen every group has exactly the
+    /// offset of the last commit; the partition is then full.
+    #[test]
+    fn offsets_snapshot_of_groups_max_longest_names_survives_reopen() {
+        let groups_max = crate::config::server::GROUPS_MAX_DEFAULT;
+        let names = longest_names(groups_max);
+        let expected: HashMap<String, u64> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), 1_000 + i as u64 * 7))
+            .collect();
+        let loaded = with_partition_dir("snapshot-max", move |root| {
+            Box::pin(async move {
+                let p = open_partition(&root, groups_max).await.unwrap();
+                // Several commits, so that snapshots roll over segments and
+                // retention runs; the last one counts.
+                for round in 0..4u64 {
+                    set_groups(&p, &names, |i| round * 100 + i as u64 * 7);
+                    p.commit_offsets().await.unwrap();
+                }
+                set_groups(&p, &names, |i| 1_000 + i as u64 * 7);
+                p.commit_offsets().await.unwrap();
+                assert!(
+                    encode_snapshot(
+                        p.last_snapshot
+                            .borrow()
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), *v))
+                    )
+                    .len()
+                        > 256 << 10
+                );
+                drop(p);
+                let p = open_partition(&root, groups_max).await.unwrap();
+                assert_eq!(p.groups_count(), groups_max as usize);
+                // Full: a new group is refused naming the setting, a known
+                // durable group re-attaches.
+                let (code, message) = p.admit_group("one-more", groups_max).unwrap_err();
+                assert_eq!(code, ErrorCode::LimitExceeded);
+                assert!(message.contains("groupsMax (1024)"), "{message}");
+                let known = p.stored_offsets.borrow().keys().next().cloned().unwrap();
+                assert_eq!(p.admit_group(&known, groups_max), Ok(()));
+                let loaded = p.stored_offsets.borrow().clone();
+                loaded
+            })
+        });
+        assert_eq!(loaded.len(), expected.len());
+        assert!(loaded == expected, "offsets differ after reopen");
+    }
+
+    /// A snapshot torn by a crash (its batch half zeroed on disk) is cut by
+    /// recovery, and the one before it is loaded: no committed offset goes
+    /// back further than the last complete snapshot.
+    #[test]
+    fn a_torn_offsets_snapshot_leaves_the_previous_one() {
+        let groups_max = 600;
+        let names = longest_names(groups_max);
+        let (before, after) = with_partition_dir("snapshot-torn", move |root| {
+            Box::pin(async move {
+                let p = open_partition(&root, groups_max).await.unwrap();
+                set_groups(&p, &names, |i| 10 + i as u64);
+                p.commit_offsets().await.unwrap();
+                let first: HashMap<String, u64> = p
+                    .last_snapshot
+                    .borrow()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                set_groups(&p, &names, |i| 40 + i as u64);
+                p.commit_offsets().await.unwrap();
+                let last = p.offsets.segments().last().unwrap().base_offset;
+                drop(p);
+                // Zero the middle of the last snapshot's batch.
+                let path = partition_dir(&root, "s", 0)
+                    .join("groups")
+                    .join(format!("{last:020}.log"));
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[4096..8192].fill(0);
+                std::fs::write(&path, &bytes).unwrap();
+                let p = open_partition(&root, groups_max).await.unwrap();
+                (first, p.stored_offsets.borrow().clone())
+            })
+        });
+        assert_eq!(before.len(), 600);
+        assert!(
+            after == before,
+            "the torn snapshot did not leave the previous one"
+        );
+    }
+
+    #[test]
+    fn groups_max_admits_up_to_the_limit_and_counts_stored_groups() {
+        with_partition_dir("admit", |root| {
+            Box::pin(async move {
+                let p = open_partition(&root, 3).await.unwrap();
+                let names = longest_names(3);
+                set_groups(&p, &names[..2], |i| i as u64);
+                assert_eq!(p.admit_group(&names[2], 3), Ok(()));
+                set_groups(&p, &names[2..], |_| 0);
+                let (code, message) = p.admit_group("d", 3).unwrap_err();
+                assert_eq!(code, ErrorCode::LimitExceeded);
+                assert!(message.contains("groupsMax (3)"), "{message}");
+                p.commit_offsets().await.unwrap();
+                drop(p);
+                // After a reopen the durable groups count though none has
+                // re-attached; each of them may, a new one may not.
+                let p = open_partition(&root, 3).await.unwrap();
+                assert_eq!(p.groups_count(), 3);
+                assert_eq!(p.admit_group(&names[1], 3), Ok(()));
+                assert!(p.admit_group("d", 3).is_err());
+                // A snapshot written under a larger groupsMax, which the
+                // offsets log would no longer take, is refused at open with
+                // what to do, not loaded and then never committed again.
+                drop(p);
+                let err = open_partition(&root, 2).await.unwrap_err();
+                assert!(err.contains("raise groupsMax to at least 3"), "{err}");
+            })
+        });
+    }
+
     /// Records a done batch: its keys at offsets from `first`, then the
     /// batch itself.
     fn done(d: &mut Dedup, first: u64, keys: &[u64], at: u64) {
