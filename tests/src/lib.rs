@@ -254,6 +254,11 @@ impl Server {
         Client::new(&self.addr(), options).unwrap()
     }
 
+    /// The process id, while it runs (for reading `/proc/<pid>/...`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
