@@ -87,7 +87,11 @@ async fn try_subscribe(conn: &mut RawConn, stream: &str, group: &str, max_in_fli
 }
 
 /// Receives deliveries until `n` have come (those in `pushed` first).
-async fn deliveries(conn: &mut RawConn, mut pushed: Vec<RawDelivery>, n: usize) -> Vec<RawDelivery> {
+async fn deliveries(
+    conn: &mut RawConn,
+    mut pushed: Vec<RawDelivery>,
+    n: usize,
+) -> Vec<RawDelivery> {
     while pushed.len() < n {
         let d = conn
             .next_delivery(Duration::from_secs(10))
@@ -117,7 +121,10 @@ async fn ack_first(port: u16, stream: &str, i: u32) {
     let mut conn = RawConn::handshaken(port).await;
     let n = acked(i);
     let reply = try_subscribe(&mut conn, stream, &long_name(i), n as u32).await;
-    assert!(matches!(reply, Frame::SubscribeOk { .. }), "group {i}: {reply:?}");
+    assert!(
+        matches!(reply, Frame::SubscribeOk { .. }),
+        "group {i}: {reply:?}"
+    );
     let got = deliveries(&mut conn, Vec::new(), n as usize).await;
     let mut offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
     offsets.sort_unstable();
@@ -144,7 +151,10 @@ async fn resumes_at(port: u16, stream: &str, i: u32) -> u64 {
             &mut pushed,
         )
         .await;
-    assert!(matches!(reply, Frame::SubscribeOk { .. }), "group {i}: {reply:?}");
+    assert!(
+        matches!(reply, Frame::SubscribeOk { .. }),
+        "group {i}: {reply:?}"
+    );
     let first = deliveries(&mut conn, pushed, 1).await;
     conn.close().await;
     first[0].offset
@@ -227,7 +237,10 @@ async fn an_ack_of_more_than_ack_ids_max_ids_is_refused_and_acks_nothing() {
     expect_error(
         &reply,
         ErrorCode::LimitExceeded,
-        &format!("{} delivery ids exceeds ackIdsMax ({ACK_IDS_MAX})", ACK_IDS_MAX + 1),
+        &format!(
+            "{} delivery ids exceeds ackIdsMax ({ACK_IDS_MAX})",
+            ACK_IDS_MAX + 1
+        ),
     );
     let reply = conn.ack(&[real], &mut pushed).await;
     assert!(
@@ -240,7 +253,11 @@ async fn an_ack_of_more_than_ack_ids_max_ids_is_refused_and_acks_nothing() {
         .chain(unknown(ACK_IDS_MAX - 1))
         .collect();
     let reply = conn.ack(&at_max, &mut pushed).await;
-    expect_error(&reply, ErrorCode::UnknownDelivery, "the other ids were acked");
+    expect_error(
+        &reply,
+        ErrorCode::UnknownDelivery,
+        "the other ids were acked",
+    );
     let reply = conn.ack(&[other], &mut pushed).await;
     expect_error(&reply, ErrorCode::UnknownDelivery, "not outstanding");
     // The connection goes on: the next deliveries come, from offset 2 (the
@@ -327,8 +344,8 @@ async fn durable_groups_without_members_cost_no_cpu() {
                 .iter()
                 .flat_map(|p| p["groups"].as_array().unwrap())
                 .collect();
-            let settled = groups.len() == 4 * GROUPS as usize
-                && groups.iter().all(|g| g["members"] == 0);
+            let settled =
+                groups.len() == 4 * GROUPS as usize && groups.iter().all(|g| g["members"] == 0);
             settled.then_some(())
         }
     })

@@ -1346,8 +1346,7 @@ mod tests {
                 assert!(message.contains("groupsMax (1024)"), "{message}");
                 let known = p.stored_offsets.borrow().keys().next().cloned().unwrap();
                 assert_eq!(p.admit_group(&known, groups_max), Ok(()));
-                let loaded = p.stored_offsets.borrow().clone();
-                loaded
+                p.stored_offsets.borrow().clone()
             })
         });
         assert_eq!(loaded.len(), expected.len());
