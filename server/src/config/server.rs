@@ -15,6 +15,10 @@
 //! frameBytesMax: 16777216     # largest wire frame accepted
 //! dedupWindowMs: 120000       # default for streams
 //! dedupKeysMax: 2097152       # default for streams: keys per partition
+//! groupsMax: 1024             # consumer groups per partition (durable ones
+//!                             # count until the server forgets them: never)
+//! ackIdsMax: 65536            # delivery ids in one Ack
+//! subscriptionsPerConnectionMax: 256  # Subscribe + PipelineSubscribe
 //! retention: {}               # default for streams: keep forever
 //! token: s3cret               # clients must present it in their handshake;
 //!                             # default: $HADRON_TOKEN, else none (any client)
@@ -68,6 +72,26 @@ pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 120_000;
 /// Keys a partition's dedup window holds at most when neither server nor
 /// stream says: about 110 MiB per partition at the most.
 pub const DEDUP_KEYS_MAX_DEFAULT: u64 = 2 << 20;
+/// Consumer groups a partition holds when the config does not say. Each
+/// costs little while idle (a sleeping task and a few hundred bytes), and
+/// its durable offset is in every offsets snapshot of the partition: at the
+/// most 1,024 groups with 255-byte names, a 265 KiB snapshot written (with
+/// an fdatasync) at most every 200 ms while offsets move.
+pub const GROUPS_MAX_DEFAULT: u32 = 1024;
+/// The largest `groupsMax`: its snapshot (4.2 MiB) stays well inside the
+/// engine's batch limit, and rewriting it every 200 ms stays affordable.
+pub const GROUPS_MAX_MAX: u32 = 16_384;
+/// Delivery ids one Ack may carry when the config does not say: 512 KiB of
+/// ids, settled in a few milliseconds (one index lookup each).
+pub const ACK_IDS_MAX_DEFAULT: u32 = 65_536;
+/// The largest `ackIdsMax`: an Ack of this many ids holds its shard for
+/// about a quarter of a second.
+pub const ACK_IDS_MAX_MAX: u32 = 1 << 20;
+/// Subscriptions (stream and pipeline) one connection may hold when the
+/// config does not say. Each adds a member on every partition it covers.
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX_DEFAULT: u32 = 256;
+/// The largest `subscriptionsPerConnectionMax`.
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX_MAX: u32 = 65_536;
 /// The longest handshake token accepted in the config.
 pub const TOKEN_BYTES_MAX: usize = 4096;
 /// The environment variable the server, the CLI and loadgen read the
@@ -107,6 +131,10 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(IO_ALIGN_BYTES));
 const _: () = assert!(IO_MEMORY_BYTES_DEFAULT >= IO_MEMORY_BYTES_MIN);
 const _: () = assert!(FRAME_BYTES_MIN <= hadron_wire::FRAME_BYTES_MAX);
 const _: () = assert!(DEDUP_WINDOW_MS_DEFAULT <= DEDUP_WINDOW_MS_MAX);
+const _: () = assert!(GROUPS_MAX_DEFAULT <= GROUPS_MAX_MAX);
+const _: () = assert!(ACK_IDS_MAX_DEFAULT <= ACK_IDS_MAX_MAX);
+const _: () =
+    assert!(SUBSCRIPTIONS_PER_CONNECTION_MAX_DEFAULT <= SUBSCRIPTIONS_PER_CONNECTION_MAX_MAX);
 
 /// When a publish is acknowledged relative to fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,6 +180,12 @@ pub struct ServerConfig {
     pub dedup_window_ms: u64,
     /// Default for streams that do not set `dedupKeysMax`.
     pub dedup_keys_max: u64,
+    /// Consumer groups per partition (`groupsMax`).
+    pub groups_max: u32,
+    /// Delivery ids per Ack (`ackIdsMax`).
+    pub ack_ids_max: u32,
+    /// Subscriptions per connection (`subscriptionsPerConnectionMax`).
+    pub subscriptions_per_connection_max: u32,
     /// Default for streams that do not set `retention`.
     pub retention: RetentionSpec,
     /// The token every client's handshake must carry; `None` accepts any.
@@ -226,6 +260,9 @@ impl Default for ServerConfig {
             frame_bytes_max: hadron_wire::FRAME_BYTES_MAX,
             dedup_window_ms: DEDUP_WINDOW_MS_DEFAULT,
             dedup_keys_max: DEDUP_KEYS_MAX_DEFAULT,
+            groups_max: GROUPS_MAX_DEFAULT,
+            ack_ids_max: ACK_IDS_MAX_DEFAULT,
+            subscriptions_per_connection_max: SUBSCRIPTIONS_PER_CONNECTION_MAX_DEFAULT,
             retention: RetentionSpec::default(),
             token: None,
             insecure_no_token: false,
@@ -349,6 +386,19 @@ impl ServerConfig {
                 1,
                 DEDUP_KEYS_MAX_MAX,
             ));
+        }
+        for (path, value, max) in [
+            ("groupsMax", self.groups_max, GROUPS_MAX_MAX),
+            ("ackIdsMax", self.ack_ids_max, ACK_IDS_MAX_MAX),
+            (
+                "subscriptionsPerConnectionMax",
+                self.subscriptions_per_connection_max,
+                SUBSCRIPTIONS_PER_CONNECTION_MAX_MAX,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                errors.push(out_of_range(path, value.into(), 1, max.into()));
+            }
         }
         errors.extend(self.retention.errors("retention"));
         if let Some(Token(secret)) = &self.token
@@ -509,6 +559,9 @@ pub(super) struct ServerConfigDoc {
     frame_bytes_max: Option<usize>,
     dedup_window_ms: Option<u64>,
     dedup_keys_max: Option<u64>,
+    groups_max: Option<u32>,
+    ack_ids_max: Option<u32>,
+    subscriptions_per_connection_max: Option<u32>,
     retention: Option<RetentionSpec>,
     token: Option<Token>,
     insecure_no_token: Option<bool>,
@@ -565,6 +618,11 @@ impl ServerConfigDoc {
             frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
             dedup_window_ms: self.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
             dedup_keys_max: self.dedup_keys_max.unwrap_or(defaults.dedup_keys_max),
+            groups_max: self.groups_max.unwrap_or(defaults.groups_max),
+            ack_ids_max: self.ack_ids_max.unwrap_or(defaults.ack_ids_max),
+            subscriptions_per_connection_max: self
+                .subscriptions_per_connection_max
+                .unwrap_or(defaults.subscriptions_per_connection_max),
             retention: self.retention.unwrap_or(defaults.retention),
             token: self.token,
             insecure_no_token: self.insecure_no_token.unwrap_or(defaults.insecure_no_token),
@@ -608,6 +666,14 @@ mod tests {
         assert_eq!(c.io_memory_bytes, 8 << 20);
         assert_eq!(c.frame_bytes_max, hadron_wire::FRAME_BYTES_MAX);
         assert_eq!(c.dedup_window_ms, 120_000);
+        assert_eq!(
+            (
+                c.groups_max,
+                c.ack_ids_max,
+                c.subscriptions_per_connection_max
+            ),
+            (1024, 65_536, 256)
+        );
         assert_eq!(c.retention, RetentionSpec::default());
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(ServerConfigDoc::default().resolve(), Ok(c));
@@ -745,6 +811,34 @@ mod tests {
                     ..base.clone()
                 },
                 "dedupKeysMax",
+            ),
+            (
+                ServerConfig {
+                    groups_max: 0,
+                    ..base.clone()
+                },
+                "groupsMax",
+            ),
+            (
+                ServerConfig {
+                    groups_max: GROUPS_MAX_MAX + 1,
+                    ..base.clone()
+                },
+                "groupsMax",
+            ),
+            (
+                ServerConfig {
+                    ack_ids_max: ACK_IDS_MAX_MAX + 1,
+                    ..base.clone()
+                },
+                "ackIdsMax",
+            ),
+            (
+                ServerConfig {
+                    subscriptions_per_connection_max: 0,
+                    ..base.clone()
+                },
+                "subscriptionsPerConnectionMax",
             ),
             (
                 ServerConfig {

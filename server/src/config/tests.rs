@@ -575,6 +575,9 @@ ioMemoryBytes: 4194304
 frameBytesMax: 1048576
 dedupWindowMs: 5000
 dedupKeysMax: 4096
+groupsMax: 300
+ackIdsMax: 100
+subscriptionsPerConnectionMax: 7
 retention: {{ maxAgeMs: 86400000 }}
 token: from-the-file
 shardStartTimeoutMs: 5000
@@ -604,6 +607,9 @@ deliveriesInFlightMax: 33
             frame_bytes_max: 1 << 20,
             dedup_window_ms: 5000,
             dedup_keys_max: 4096,
+            groups_max: 300,
+            ack_ids_max: 100,
+            subscriptions_per_connection_max: 7,
             retention: RetentionSpec {
                 max_age_ms: Some(86_400_000),
                 max_bytes: None

@@ -555,6 +555,46 @@ async fn attach_everywhere(
     Ok(())
 }
 
+/// Takes one of connection `conn`'s `subscriptionsPerConnectionMax`
+/// subscriptions (stream or pipeline), before the subscription is attached
+/// anywhere; [`release_subscription`] gives it back when that fails. The
+/// count is kept until the connection closes (there is no unsubscribe).
+fn reserve_subscription(shard: &Shard, conn: u64) -> Result<(), Failure> {
+    let max = shard.settings.config.subscriptions_per_connection_max;
+    let mut counts = shard.subscriptions.borrow_mut();
+    let count = counts.entry(conn).or_insert(0);
+    if *count >= max {
+        return Err((
+            ErrorCode::LimitExceeded,
+            format!(
+                "this connection holds {count} subscriptions, the most subscriptionsPerConnectionMax ({max}) allows; subscribe on another connection"
+            ),
+        ));
+    }
+    *count += 1;
+    Ok(())
+}
+
+fn release_subscription(shard: &Shard, conn: u64) {
+    if let Some(count) = shard.subscriptions.borrow_mut().get_mut(&conn) {
+        *count = count.saturating_sub(1);
+    }
+}
+
+/// Refuses an Ack (or StageAcks) of more than `ackIdsMax` (`max`) ids,
+/// before any is settled.
+fn check_ack_ids(ids: usize, max: u32) -> Result<(), Failure> {
+    if ids > max as usize {
+        return Err((
+            ErrorCode::LimitExceeded,
+            format!(
+                "an ack of {ids} delivery ids exceeds ackIdsMax ({max}); nothing was acked: split it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The shard that made a delivery: its id is in the top 16 bits.
 /// Names the deliveries an `Ack` could not settle (at most a few, then a
 /// count).
@@ -725,9 +765,10 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     ),
                 ));
             }
+            reserve_subscription(shard, conn)?;
             let member = new_member(shard, conn);
             let subscription = member.subscription;
-            attach_everywhere(
+            let attached = attach_everywhere(
                 shard,
                 &stream,
                 partitions,
@@ -742,7 +783,17 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     member,
                 },
             )
-            .await?;
+            .await;
+            if let Err(failure) = attached {
+                // Refused on some partition (say at `groupsMax`): take the
+                // member back from those that took it, so that nothing is
+                // delivered to a subscription the client never got.
+                let detaches =
+                    (0..shard.shards).map(|to| shard.call(to, Request::DetachMember { member }));
+                futures::future::join_all(detaches).await;
+                release_subscription(shard, conn);
+                return Err(failure);
+            }
             Ok(Box::new(move |id, outbox: &Outbox| {
                 outbox.send(
                     id,
@@ -754,6 +805,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             }))
         }
         Op::Ack(ids) => {
+            check_ack_ids(ids.len(), shard.settings.config.ack_ids_max)?;
             // Each id is acked on its own; the answer names those that
             // were not outstanding, after the others were acked.
             let mut refused = Vec::new();
@@ -821,6 +873,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     .map_or(0, |s| s.partitions);
                 (partitions, spec.source_stream.clone())
             };
+            reserve_subscription(shard, conn)?;
             let member = new_member(shard, conn);
             attach_everywhere(
                 shard,
@@ -835,10 +888,12 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                     member,
                 },
             )
-            .await?;
+            .await
+            .inspect_err(|_| release_subscription(shard, conn))?;
             Ok(ack_ok())
         }
         Op::StageAcks(acks) => {
+            check_ack_ids(acks.len(), shard.settings.config.ack_ids_max)?;
             // Each ack is settled on its own, by the shard that made its
             // delivery; one request per shard.
             let single = acks.len() == 1;
@@ -973,5 +1028,18 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn an_ack_of_more_than_ack_ids_max_ids_is_refused_naming_the_setting() {
+        assert_eq!(check_ack_ids(0, 3), Ok(()));
+        assert_eq!(check_ack_ids(3, 3), Ok(()));
+        let (code, message) = check_ack_ids(4, 3).unwrap_err();
+        assert_eq!(code, ErrorCode::LimitExceeded);
+        assert!(
+            message.contains("4 delivery ids exceeds ackIdsMax (3)"),
+            "{message}"
+        );
+        assert!(message.contains("nothing was acked"), "{message}");
     }
 }

@@ -39,7 +39,7 @@ use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
 
 use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
 use crate::failpoint;
-use group::{GroupPartition, GroupStatus, MemberId, Outgoing};
+use group::{Deliveries, GroupPartition, GroupStatus, MemberId, Outgoing};
 use outbox::Outbox;
 use partition::{Failure, Partition, Published, now_ms};
 use pipeline::{PipelineRun, RunStatus, StageAckOf};
@@ -185,6 +185,8 @@ pub enum Request {
     },
     /// Remove every member of a connection.
     Detach { shard: u16, conn: u64 },
+    /// Remove one member (a subscription that failed to attach everywhere).
+    DetachMember { member: MemberId },
     /// Settle deliveries as processed.
     Ack {
         ids: Vec<u64>,
@@ -376,6 +378,11 @@ pub struct Shard {
     pending: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: Cell<u64>,
     conns: RefCell<HashMap<u64, Rc<Outbox>>>,
+    /// Subscriptions each connection of this shard holds (see
+    /// `conn::reserve_subscription`).
+    pub(crate) subscriptions: RefCell<HashMap<u64, u32>>,
+    /// Which group holds each outstanding delivery made here.
+    deliveries: Rc<Deliveries>,
     /// Set when the server is shutting down.
     pub stopping: Cell<bool>,
     /// Serializes `apply` on shard 0.
@@ -539,6 +546,8 @@ async fn shard_main(
         pending: RefCell::new(HashMap::new()),
         next_id: Cell::new(1),
         conns: RefCell::new(HashMap::new()),
+        subscriptions: RefCell::new(HashMap::new()),
+        deliveries: Rc::new(Deliveries::default()),
         stopping: Cell::new(false),
         applying: Cell::new(false),
     });
@@ -691,6 +700,7 @@ impl Shard {
     /// Forgets a connection and detaches its members everywhere.
     pub async fn unregister_conn(self: &Rc<Self>, conn: u64) {
         self.conns.borrow_mut().remove(&conn);
+        self.subscriptions.borrow_mut().remove(&conn);
         let calls = (0..self.shards).map(|to| {
             self.call(
                 to,
@@ -785,6 +795,10 @@ impl Shard {
             },
             Request::Detach { shard, conn } => {
                 self.detach(shard, conn);
+                Reply::Done
+            }
+            Request::DetachMember { member } => {
+                self.detach_groups(|g| g.detach_member(member).1);
                 Reply::Done
             }
             Request::Ack { ids, shard, conn } => {
@@ -931,6 +945,7 @@ impl Shard {
         let g = match existing {
             Some(g) => g,
             None => {
+                p.admit_group(group, self.settings.config.groups_max)?;
                 let stored = if durable {
                     p.stored_offsets.borrow().get(group).copied()
                 } else {
@@ -942,12 +957,13 @@ impl Shard {
                     StartPoint::Latest => p.log.visible_offset(),
                     StartPoint::Offset(o) => o.clamp(stats.start_offset, stats.next_offset),
                 });
-                let g = Rc::new(GroupPartition::new(
+                let g = GroupPartition::new(
                     group,
                     durable,
                     cursor,
                     self.settings.ack_timeout,
-                ));
+                    self.deliveries.clone(),
+                );
                 p.groups.borrow_mut().insert(group.to_string(), g.clone());
                 glommio::spawn_local(self.clone().dispatch(Rc::downgrade(&g), Rc::downgrade(&p)))
                     .detach();
@@ -984,10 +1000,16 @@ impl Shard {
         for run in self.runs.borrow().values() {
             run.detach(shard, conn);
         }
+        self.detach_groups(|g| g.detach(shard, conn).1);
+    }
+
+    /// Detaches members from every group with `detach` (which says whether
+    /// members remain), and removes the non-durable groups left empty.
+    fn detach_groups(&self, detach: impl Fn(&GroupPartition) -> bool) {
         for p in self.partitions.borrow().values() {
             let mut gone = Vec::new();
             for (name, g) in p.groups.borrow().iter() {
-                let (_, any_left) = g.detach(shard, conn);
+                let any_left = detach(g);
                 if !any_left && !g.durable {
                     gone.push(name.clone());
                 }
@@ -1002,25 +1024,19 @@ impl Shard {
         }
     }
 
-    /// Finds the group holding a delivery id and settles it there.
+    /// Settles a delivery id in the group holding it (one index lookup).
     fn settle(
         &self,
         id: u64,
         f: impl Fn(&GroupPartition) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
-        let mut last = Err((
-            ErrorCode::UnknownDelivery,
-            format!("delivery {id} is not outstanding"),
-        ));
-        for p in self.partitions.borrow().values() {
-            for g in p.groups.borrow().values() {
-                last = f(g);
-                if last.is_ok() {
-                    return last;
-                }
-            }
+        match self.deliveries.group_of(id) {
+            Some(g) => f(&g),
+            None => Err((
+                ErrorCode::UnknownDelivery,
+                format!("delivery {id} is not outstanding"),
+            )),
         }
-        last
     }
 
     /// A group's dispatcher: hands out deliveries until the group closes.
@@ -1035,6 +1051,8 @@ impl Shard {
             let wake_gen = g.wake.generation();
             let data_gen = p.appended.generation();
             let this = self.clone();
+            // After a failure, wait a tick before trying again.
+            let mut wait_min = Duration::from_millis(1);
             match g.round(&p, &move || this.unique_id()).await {
                 Ok(out) if !out.is_empty() => {
                     self.send_deliveries(&p, out).await;
@@ -1043,18 +1061,34 @@ impl Shard {
                 Ok(_) => {}
                 Err((_, message)) => {
                     tracing::warn!(group = %g.group, stream = %p.stream, partition = p.partition, "dispatch failed: {message}");
+                    wait_min = group::TICK;
                 }
             }
-            let wait = g.next_due().map_or(group::TICK, |t| {
-                t.saturating_duration_since(std::time::Instant::now())
-                    .min(group::TICK)
-            });
-            let woken = select(
-                Box::pin(g.wake.changed_since(wake_gen)),
-                Box::pin(p.appended.changed_since(data_gen)),
-            );
-            let timer = glommio::timer::sleep(wait.max(Duration::from_millis(1)));
-            match select(Box::pin(woken), Box::pin(timer)).await {
+            // Sleep until something this group could act on happens (see
+            // `GroupPartition::idle_wait`): no timer and no append wakes a
+            // group without members.
+            let idle = g.idle_wait();
+            let appended = async {
+                if idle.appends {
+                    p.appended.changed_since(data_gen).await;
+                } else {
+                    futures::future::pending::<()>().await;
+                }
+            };
+            let due = async {
+                match idle.until {
+                    Some(t) => {
+                        let wait = t.saturating_duration_since(std::time::Instant::now());
+                        glommio::timer::sleep(wait.max(wait_min)).await;
+                    }
+                    None if wait_min > Duration::from_millis(1) => {
+                        glommio::timer::sleep(wait_min).await;
+                    }
+                    None => futures::future::pending::<()>().await,
+                }
+            };
+            let woken = select(Box::pin(g.wake.changed_since(wake_gen)), Box::pin(appended));
+            match select(Box::pin(woken), Box::pin(due)).await {
                 Either::Left(_) | Either::Right(_) => {}
             }
         }
@@ -1256,6 +1290,7 @@ impl Shard {
                         keys_max: stream_settings.dedup_keys_max,
                     },
                     self.settings.limits(),
+                    config.groups_max,
                 )
                 .await?;
                 self.partitions.borrow_mut().insert(key, Rc::new(p));

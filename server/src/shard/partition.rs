@@ -23,10 +23,29 @@
 //! is inside it.
 //!
 //! **Group offsets.** Durable groups' committed offsets are written as one
-//! snapshot record of all of them (`u32 count`, then per group `u16 name
-//! length`, name, `u64 offset`, little-endian) to a small log of its own, at
-//! most every commit interval, with `always` durability. Only the last
-//! snapshot matters, so retention keeps that log tiny.
+//! snapshot record of all of them, alone in one batch, to a small log of
+//! its own, at most every commit interval (when an offset moved), with
+//! `always` durability:
+//!
+//! ```text
+//! +-----------+------------------------------------------------+
+//! | count u32 | count x ( name_len u16 | name | offset u64 )   |
+//! +-----------+------------------------------------------------+
+//! ```
+//!
+//! (little-endian; names are 1 to `GROUP_NAME_BYTES_MAX` bytes of UTF-8).
+//! A snapshot is one batch, so the batch's CRC makes it all or nothing: a
+//! crash while one is written leaves a torn tail that recovery cuts, and
+//! the previous snapshot is the last one again; a committed offset never
+//! goes back. The log's `batch_bytes_max` and segment size are sized from
+//! `groupsMax` ([`offsets_batch_bytes_max`]), and a partition admits no
+//! group past `groupsMax` ([`Partition::admit_group`]), so the largest
+//! snapshot (every group, every name at its longest) always fits. (A fixed
+//! 32 KiB batch limit made every commit of a partition fail from about 300
+//! long-named groups on, and a restart redelivered what had been acked.)
+//! Load reads the newest segment whole, which holds the last batch whatever
+//! its size. Only the last snapshot matters, so retention keeps two
+//! segments' worth besides the active one (never deleted).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -34,21 +53,44 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use hadron_engine::log::batch::{
-    BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, Batches, RECORD_PREFIX_BYTES,
+    BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, Batches, RECORD_PREFIX_BYTES,
 };
+use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use hadron_engine::notify::Notify;
+use hadron_engine::storage::IO_ALIGN_BYTES;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{AppendError, Durability, Log, LogConfig, ReadError, Retention};
 use hadron_wire::{ErrorCode, Limits};
 
 use super::group::GroupPartition;
 
-/// Bytes of group-offset snapshots kept.
-const OFFSETS_RETENTION_BYTES: u64 = 256 << 10;
-/// Segment size of the group-offset log.
-const OFFSETS_SEGMENT_BYTES: u64 = 64 << 10;
 /// Largest group name stored in a snapshot.
 pub const GROUP_NAME_BYTES_MAX: usize = 255;
+/// Bytes of one group in a snapshot at the most: name length, name, offset.
+const SNAPSHOT_ENTRY_BYTES_MAX: usize = 2 + GROUP_NAME_BYTES_MAX + 8;
+
+/// The largest offsets-snapshot batch of a partition that holds at most
+/// `groups_max` groups: header, record prefix, count, and every entry at
+/// its longest.
+pub const fn offsets_batch_bytes_max(groups_max: u32) -> usize {
+    BATCH_HEADER_BYTES + RECORD_PREFIX_BYTES + 4 + groups_max as usize * SNAPSHOT_ENTRY_BYTES_MAX
+}
+
+/// Segment size of the group-offset log: the largest snapshot fits one.
+const fn offsets_segment_bytes(groups_max: u32) -> u64 {
+    let batch = offsets_batch_bytes_max(groups_max) as u64;
+    let aligned = batch.div_ceil(IO_ALIGN_BYTES) * IO_ALIGN_BYTES;
+    if aligned < SEGMENT_BYTES_MIN {
+        SEGMENT_BYTES_MIN
+    } else {
+        aligned
+    }
+}
+
+const _: () =
+    assert!(offsets_batch_bytes_max(crate::config::server::GROUPS_MAX_MAX) <= BATCH_BYTES_MAX);
+const _: () =
+    assert!(offsets_segment_bytes(crate::config::server::GROUPS_MAX_MAX) <= SEGMENT_BYTES_MAX);
 
 /// An error to send back: a wire code and a message that says what is wrong.
 pub type Failure = (ErrorCode, String);
@@ -506,7 +548,10 @@ pub struct Partition {
     /// Committed offsets of durable groups found on open, for groups that
     /// have not re-attached yet.
     pub stored_offsets: RefCell<HashMap<String, u64>>,
-    last_snapshot: RefCell<Vec<(String, u64)>>,
+    /// The offsets of the last snapshot written (or loaded).
+    last_snapshot: RefCell<BTreeMap<String, u64>>,
+    /// The largest snapshot the offsets log takes.
+    offsets_batch_bytes_max: usize,
     committing: Cell<bool>,
     /// Signalled when a commit ends.
     committed: Notify,
@@ -546,7 +591,9 @@ fn read_failure(e: ReadError) -> Failure {
 }
 
 impl Partition {
-    /// Opens (recovering) the partition's logs and rebuilds its dedup window.
+    /// Opens (recovering) the partition's logs and rebuilds its dedup
+    /// window; its offsets log takes snapshots of up to `groups_max` groups.
+    #[expect(clippy::too_many_arguments, reason = "each is a separate setting")]
     pub async fn open(
         storage: &DmaStorage,
         data_dir: &Path,
@@ -555,6 +602,7 @@ impl Partition {
         log_config: LogConfig,
         dedup_limits: DedupLimits,
         limits: Limits,
+        groups_max: u32,
     ) -> Result<Partition, String> {
         let dir = partition_dir(data_dir, stream, partition);
         let log = Log::open(storage.clone(), &dir.join("log"), log_config)
@@ -564,15 +612,17 @@ impl Partition {
         // without waiting for any write: the shard starts each write in a
         // task of its own when one is due (see `Shard::handle`).
         log.set_write_behind(true);
+        let offsets_batch_bytes_max = offsets_batch_bytes_max(groups_max);
+        let offsets_segment_bytes = offsets_segment_bytes(groups_max);
         let offsets_config = LogConfig {
-            segment_bytes: OFFSETS_SEGMENT_BYTES,
+            segment_bytes: offsets_segment_bytes,
             durability: Durability::Always,
             retention: Retention {
                 max_age_ms: None,
-                max_bytes: Some(OFFSETS_RETENTION_BYTES),
+                max_bytes: Some(2 * offsets_segment_bytes),
             },
-            batch_bytes_max: 32 << 10,
-            pending_bytes_max: 64 << 10,
+            batch_bytes_max: offsets_batch_bytes_max,
+            pending_bytes_max: offsets_batch_bytes_max.max(64 << 10),
             write_bytes_max: 64 << 10,
             index_interval_bytes: 4096,
         };
@@ -591,7 +641,8 @@ impl Partition {
             limits,
             offsets,
             stored_offsets: RefCell::new(HashMap::new()),
-            last_snapshot: RefCell::new(Vec::new()),
+            last_snapshot: RefCell::new(BTreeMap::new()),
+            offsets_batch_bytes_max,
             committing: Cell::new(false),
             committed: Notify::default(),
         };
@@ -907,28 +958,90 @@ impl Partition {
         }
     }
 
+    /// Loads the last offsets snapshot: the last batch of the offsets log,
+    /// read with the newest segment's size as the window so that the whole
+    /// batch comes back whatever its size.
     async fn load_offsets(&self) -> Result<(), String> {
         let next = self.offsets.visible_offset();
         if next == 0 {
             return Ok(());
         }
+        let window = self
+            .offsets
+            .segments()
+            .iter()
+            .rev()
+            .find(|s| s.base_offset < next)
+            .map_or(0, |s| s.bytes);
+        let window = usize::try_from(window)
+            .map_err(|_| format!("group offsets segment of {window} bytes"))?;
         let read = self
             .offsets
-            .read(next - 1, 1 << 16)
+            .read(next - 1, window)
             .await
             .map_err(|e| format!("reading group offsets: {e}"))?;
         let mut last = None;
         for batch in Batches::new(&read.bytes) {
             let batch = batch.map_err(|e| format!("reading group offsets: {e}"))?;
-            for (_, record) in batch.records() {
-                last = Some(record.to_vec());
+            for (o, record) in batch.records() {
+                if o == next - 1 {
+                    last = Some(record.to_vec());
+                }
             }
         }
-        if let Some(record) = last {
-            let map = decode_snapshot(&record)
-                .ok_or_else(|| "group offsets snapshot is malformed".to_string())?;
-            *self.last_snapshot.borrow_mut() = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            *self.stored_offsets.borrow_mut() = map;
+        let Some(record) = last else {
+            return Err(format!(
+                "reading group offsets: the snapshot at offset {} was not read back",
+                next - 1
+            ));
+        };
+        let map = decode_snapshot(&record).ok_or_else(|| {
+            format!(
+                "group offsets snapshot at offset {} is malformed ({} bytes)",
+                next - 1,
+                record.len()
+            )
+        })?;
+        let batch_bytes = BATCH_HEADER_BYTES + RECORD_PREFIX_BYTES + record.len();
+        if batch_bytes > self.offsets_batch_bytes_max {
+            // Written under a larger `groupsMax`: the next commit would be
+            // refused, and every offset after it lost.
+            return Err(format!(
+                "the group offsets snapshot holds {} groups ({batch_bytes} bytes), more than groupsMax allows ({} bytes); raise groupsMax to at least {}",
+                map.len(),
+                self.offsets_batch_bytes_max,
+                map.len()
+            ));
+        }
+        *self.last_snapshot.borrow_mut() = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        *self.stored_offsets.borrow_mut() = map;
+        Ok(())
+    }
+
+    /// Groups this partition counts against `groupsMax`: those attached and
+    /// the durable ones known from disk that have not re-attached.
+    pub fn groups_count(&self) -> usize {
+        let live = self.groups.borrow();
+        let stored = self.stored_offsets.borrow();
+        live.len() + stored.keys().filter(|k| !live.contains_key(*k)).count()
+    }
+
+    /// Whether a group named `name` that is not attached here may be
+    /// created: a durable group known from disk always may (it is counted
+    /// already); another only while fewer than `groups_max` are counted.
+    pub fn admit_group(&self, name: &str, groups_max: u32) -> Result<(), Failure> {
+        if self.stored_offsets.borrow().contains_key(name) {
+            return Ok(());
+        }
+        let count = self.groups_count();
+        if count >= groups_max as usize {
+            return Err((
+                ErrorCode::LimitExceeded,
+                format!(
+                    "partition {} of stream {:?} holds {count} consumer groups, the most groupsMax ({groups_max}) allows; group {name:?} was not created",
+                    self.partition, self.stream
+                ),
+            ));
         }
         Ok(())
     }
@@ -946,6 +1059,18 @@ impl Partition {
             }
             self.committed.changed_since(generation).await;
         }
+        // Most rounds nothing moved: find that out without copying names.
+        let changed = {
+            let last = self.last_snapshot.borrow();
+            self.groups
+                .borrow()
+                .iter()
+                .filter(|(_, g)| g.durable)
+                .any(|(name, g)| last.get(name) != Some(&g.committed()))
+        };
+        if !changed {
+            return Ok(());
+        }
         let mut snapshot: BTreeMap<String, u64> = self
             .stored_offsets
             .borrow()
@@ -957,12 +1082,8 @@ impl Partition {
                 snapshot.insert(name.clone(), group.committed());
             }
         }
-        let snapshot: Vec<(String, u64)> = snapshot.into_iter().collect();
-        if *self.last_snapshot.borrow() == snapshot {
-            return Ok(());
-        }
         self.committing.set(true);
-        let record = encode_snapshot(&snapshot);
+        let record = encode_snapshot(snapshot.iter().map(|(k, v)| (k.as_str(), *v)));
         let result = self.offsets.append(&[record], now_ms()).await;
         self.committing.set(false);
         self.committed.notify_all();
@@ -973,13 +1094,20 @@ impl Partition {
     }
 }
 
-fn encode_snapshot(groups: &[(String, u64)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+/// The snapshot record of `groups` (names already checked to be 1 to
+/// `GROUP_NAME_BYTES_MAX` bytes by Subscribe).
+fn encode_snapshot<'a>(groups: impl ExactSizeIterator<Item = (&'a str, u64)>) -> Vec<u8> {
+    let count = groups.len();
+    let mut out = Vec::with_capacity(4 + count * SNAPSHOT_ENTRY_BYTES_MAX);
+    out.extend_from_slice(&(count as u32).to_le_bytes());
     for (name, offset) in groups {
-        let name = &name.as_bytes()[..name.len().min(GROUP_NAME_BYTES_MAX)];
+        assert!(
+            name.len() <= GROUP_NAME_BYTES_MAX,
+            "group name of {} bytes",
+            name.len()
+        );
         out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(name);
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
     }
     out
@@ -1034,6 +1162,7 @@ mod tests {
                         keys_max: 1 << 20,
                     },
                     Limits::DEFAULT,
+                    crate::config::server::GROUPS_MAX_DEFAULT,
                 )
                 .await
                 .unwrap();
@@ -1077,8 +1206,8 @@ mod tests {
 
     #[test]
     fn snapshots_round_trip_and_reject_garbage() {
-        let groups = vec![("a".to_string(), 5), ("billing".to_string(), u64::MAX)];
-        let bytes = encode_snapshot(&groups);
+        let groups = [("a", 5), ("billing", u64::MAX)];
+        let bytes = encode_snapshot(groups.into_iter());
         let back = decode_snapshot(&bytes).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back["billing"], u64::MAX);
@@ -1086,6 +1215,197 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode_snapshot(&longer).is_none());
+    }
+
+    /// `groups` names of `GROUP_NAME_BYTES_MAX` bytes, distinct.
+    fn longest_names(groups: u32) -> Vec<String> {
+        (0..groups)
+            .map(|i| {
+                let name = format!("{i:05}-{}", "g".repeat(GROUP_NAME_BYTES_MAX));
+                name[..GROUP_NAME_BYTES_MAX].to_string()
+            })
+            .collect()
+    }
+
+    /// Runs `body` on a fresh partition directory in a glommio executor.
+    fn with_partition_dir<T: Send + 'static>(
+        name: &str,
+        body: impl FnOnce(PathBuf) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+        + Send
+        + 'static,
+    ) -> T {
+        let dir = std::env::temp_dir().join(format!("hadron-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.clone();
+        let out = glommio::LocalExecutorBuilder::default()
+            .io_memory(8 << 20)
+            .spawn(move || body(root))
+            .unwrap()
+            .join()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    async fn open_partition(root: &Path, groups_max: u32) -> Result<Partition, String> {
+        let storage = DmaStorage::new(root).await.unwrap();
+        Partition::open(
+            &storage,
+            root,
+            "s",
+            0,
+            LogConfig {
+                segment_bytes: 1 << 20,
+                batch_bytes_max: 1 << 20,
+                ..LogConfig::default()
+            },
+            DedupLimits {
+                window_ms: 0,
+                keys_max: 1,
+            },
+            Limits::DEFAULT,
+            groups_max,
+        )
+        .await
+    }
+
+    /// Installs a durable group per name whose committed offset is
+    /// `offset(i)`, replacing any group of that name.
+    fn set_groups(p: &Partition, names: &[String], offset: impl Fn(usize) -> u64) {
+        let deliveries = Rc::new(super::super::group::Deliveries::default());
+        let mut groups = p.groups.borrow_mut();
+        for (i, name) in names.iter().enumerate() {
+            let g = GroupPartition::new(
+                name,
+                true,
+                offset(i),
+                std::time::Duration::from_secs(1),
+                deliveries.clone(),
+            );
+            groups.insert(name.clone(), g);
+        }
+    }
+
+    /// The largest snapshot: `groupsMax` (the default) groups, each name
+    /// at its longest, far past the 32 KiB batch the offsets log once took.
+    /// Commits succeed, and after a reopen every group has exactly the
+    /// offset of the last commit; the partition is then full.
+    #[test]
+    fn offsets_snapshot_of_groups_max_longest_names_survives_reopen() {
+        let groups_max = crate::config::server::GROUPS_MAX_DEFAULT;
+        let names = longest_names(groups_max);
+        let expected: HashMap<String, u64> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), 1_000 + i as u64 * 7))
+            .collect();
+        let loaded = with_partition_dir("snapshot-max", move |root| {
+            Box::pin(async move {
+                let p = open_partition(&root, groups_max).await.unwrap();
+                // Several commits, so that snapshots roll over segments and
+                // retention runs; the last one counts.
+                for round in 0..4u64 {
+                    set_groups(&p, &names, |i| round * 100 + i as u64 * 7);
+                    p.commit_offsets().await.unwrap();
+                }
+                set_groups(&p, &names, |i| 1_000 + i as u64 * 7);
+                p.commit_offsets().await.unwrap();
+                assert!(
+                    encode_snapshot(
+                        p.last_snapshot
+                            .borrow()
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), *v))
+                    )
+                    .len()
+                        > 256 << 10
+                );
+                drop(p);
+                let p = open_partition(&root, groups_max).await.unwrap();
+                assert_eq!(p.groups_count(), groups_max as usize);
+                // Full: a new group is refused naming the setting, a known
+                // durable group re-attaches.
+                let (code, message) = p.admit_group("one-more", groups_max).unwrap_err();
+                assert_eq!(code, ErrorCode::LimitExceeded);
+                assert!(message.contains("groupsMax (1024)"), "{message}");
+                let known = p.stored_offsets.borrow().keys().next().cloned().unwrap();
+                assert_eq!(p.admit_group(&known, groups_max), Ok(()));
+                p.stored_offsets.borrow().clone()
+            })
+        });
+        assert_eq!(loaded.len(), expected.len());
+        assert!(loaded == expected, "offsets differ after reopen");
+    }
+
+    /// A snapshot torn by a crash (its batch half zeroed on disk) is cut by
+    /// recovery, and the one before it is loaded: no committed offset goes
+    /// back further than the last complete snapshot.
+    #[test]
+    fn a_torn_offsets_snapshot_leaves_the_previous_one() {
+        let groups_max = 600;
+        let names = longest_names(groups_max);
+        let (before, after) = with_partition_dir("snapshot-torn", move |root| {
+            Box::pin(async move {
+                let p = open_partition(&root, groups_max).await.unwrap();
+                set_groups(&p, &names, |i| 10 + i as u64);
+                p.commit_offsets().await.unwrap();
+                let first: HashMap<String, u64> = p
+                    .last_snapshot
+                    .borrow()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                set_groups(&p, &names, |i| 40 + i as u64);
+                p.commit_offsets().await.unwrap();
+                let last = p.offsets.segments().last().unwrap().base_offset;
+                drop(p);
+                // Zero the middle of the last snapshot's batch.
+                let path = partition_dir(&root, "s", 0)
+                    .join("groups")
+                    .join(format!("{last:020}.log"));
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[4096..8192].fill(0);
+                std::fs::write(&path, &bytes).unwrap();
+                let p = open_partition(&root, groups_max).await.unwrap();
+                (first, p.stored_offsets.borrow().clone())
+            })
+        });
+        assert_eq!(before.len(), 600);
+        assert!(
+            after == before,
+            "the torn snapshot did not leave the previous one"
+        );
+    }
+
+    #[test]
+    fn groups_max_admits_up_to_the_limit_and_counts_stored_groups() {
+        with_partition_dir("admit", |root| {
+            Box::pin(async move {
+                let p = open_partition(&root, 3).await.unwrap();
+                let names = longest_names(3);
+                set_groups(&p, &names[..2], |i| i as u64);
+                assert_eq!(p.admit_group(&names[2], 3), Ok(()));
+                set_groups(&p, &names[2..], |_| 0);
+                let (code, message) = p.admit_group("d", 3).unwrap_err();
+                assert_eq!(code, ErrorCode::LimitExceeded);
+                assert!(message.contains("groupsMax (3)"), "{message}");
+                p.commit_offsets().await.unwrap();
+                drop(p);
+                // After a reopen the durable groups count though none has
+                // re-attached; each of them may, a new one may not.
+                let p = open_partition(&root, 3).await.unwrap();
+                assert_eq!(p.groups_count(), 3);
+                assert_eq!(p.admit_group(&names[1], 3), Ok(()));
+                assert!(p.admit_group("d", 3).is_err());
+                // A snapshot written under a larger groupsMax, which the
+                // offsets log would no longer take, is refused at open with
+                // what to do, not loaded and then never committed again.
+                drop(p);
+                let err = open_partition(&root, 2).await.unwrap_err();
+                assert!(err.contains("raise groupsMax to at least 3"), "{err}");
+            })
+        });
     }
 
     /// Records a done batch: its keys at offsets from `first`, then the
