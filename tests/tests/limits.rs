@@ -206,14 +206,14 @@ async fn a_client_that_never_reads_costs_only_its_outbox_budget() {
 
     let mut greedy = RawConn::handshaken(server.port()).await;
     let mut frames = Vec::new();
-    for _ in 0..FETCHES {
+    for request_id in 1..=FETCHES as u64 {
         let fetch = Message::Fetch(hadron_wire::Fetch {
             stream: "events",
             partition: 0,
             offset: 0,
             max_bytes: u32::MAX,
         });
-        frames.extend(hadron_wire::encode(0, &fetch).unwrap());
+        frames.extend(hadron_wire::encode(request_id, &fetch).unwrap());
     }
     // About 100 KB of requests: they fit the socket buffers at once.
     greedy.send_bytes(&frames).await;
