@@ -18,6 +18,6 @@ pub mod pipeline;
 pub mod storage;
 
 pub use log::{
-    AppendError, Appended, CommitStats, Durability, Log, LogConfig, LogStats, OpenError,
-    ReadBatches, ReadError, Retention, RetentionReport,
+    AppendError, Appended, CommitStats, Damage, Durability, Log, LogConfig, LogStats, OpenError,
+    ReadBatches, ReadError, Recovery, RepairReport, Retention, RetentionReport, TailCut,
 };
