@@ -1004,8 +1004,9 @@ impl<S: Storage> Log<S> {
     ) -> Result<Segment<S>, OpenError> {
         // Where the segment must end: at the next one's base, or where a
         // repair skipped from to it.
-        let ends_right =
-            |next: u64| next == next_base || meta.as_ref().is_some_and(|m| m.skips(next, next_base));
+        let ends_right = |next: u64| {
+            next == next_base || meta.as_ref().is_some_and(|m| m.skips(next, next_base))
+        };
         // Sealed: never written again.
         let (mut seg, file, size) =
             Self::open_segment(storage, dir, base, Writes::Buffered).await?;
@@ -1889,8 +1890,10 @@ impl<S: Storage> Log<S> {
 
     /// Reads whole batches from `offset` on, about `bytes_max` of them (at
     /// least one batch when there is one). The first batch returned holds
-    /// `offset` and may begin before it.
+    /// `offset` and may begin before it; for an offset in a range repair
+    /// skipped, it is the first batch after that range.
     pub async fn read(&self, offset: u64, bytes_max: usize) -> Result<ReadBatches, ReadError> {
+        let offset = self.past_repaired_gap(offset);
         let (base, mut position, readable_end) = {
             let st = self.state.borrow();
             let visible = self.visible_next(&st);

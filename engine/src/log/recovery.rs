@@ -192,9 +192,7 @@ fn find_magic(bytes: &[u8]) -> Option<usize> {
 /// zero padding at its end; otherwise any extent.
 pub(super) fn tear_bytes_max(config: &LogConfig) -> u64 {
     match config.durability {
-        super::Durability::Always => {
-            align_up(config.pending_bytes_max as u64) + 2 * IO_ALIGN_BYTES
-        }
+        super::Durability::Always => align_up(config.pending_bytes_max as u64) + 2 * IO_ALIGN_BYTES,
         _ => u64::MAX,
     }
 }
@@ -264,6 +262,21 @@ impl<S: Storage> Log<S> {
             }
         })
         .await
+    }
+
+    /// The offset a read of `offset` starts from: itself, or, inside a range
+    /// repair skipped (after a sealed segment's end, before the next one's
+    /// base), the base of the segment after the range.
+    pub(super) fn past_repaired_gap(&self, offset: u64) -> u64 {
+        let st = self.state.borrow();
+        match st.segments.range(..=offset).next_back() {
+            Some((_, seg)) if seg.sealed && offset >= seg.next_offset => st
+                .segments
+                .range(offset + 1..)
+                .next()
+                .map_or(offset, |(&base, _)| base),
+            _ => offset,
+        }
     }
 
     /// Writes `log.meta` changed by `change`, one write at a time.
@@ -471,7 +484,6 @@ impl<S: Storage> Log<S> {
         }
         Ok(s)
     }
-
 }
 
 impl<S: Storage + Clone> Log<S> {
@@ -523,7 +535,12 @@ impl<S: Storage + Clone> Log<S> {
                 .list(dir)
                 .await
                 .map_err(io_err("list directory", dir))?;
-            let stem = format!("{}.cut-{b}", path.file_name().and_then(|n| n.to_str()).unwrap_or("segment"));
+            let stem = format!(
+                "{}.cut-{b}",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("segment")
+            );
             let mut name = stem.clone();
             let mut k = 1;
             while names.contains(&name) {
@@ -644,7 +661,6 @@ impl<S: Storage + Clone> Log<S> {
             next_offset: log.stats().next_offset,
         }))
     }
-
 }
 
 impl<S: Storage> Log<S> {

@@ -1130,7 +1130,11 @@ fn numbered(range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
 fn expect_damaged(log: &SimLog, position: u64, offset: u64) {
     let damage = log.damage().expect("damage reported");
     assert_eq!(damage.path, seg_path(0));
-    assert_eq!((damage.position, damage.offset), (position, offset), "{damage}");
+    assert_eq!(
+        (damage.position, damage.offset),
+        (position, offset),
+        "{damage}"
+    );
     assert_eq!(log.stats().next_offset, offset);
     assert_eq!(read_until(log, offset), numbered(0..offset));
     let err = block_on(log.append(&[b"x".to_vec()], 0)).unwrap_err();
@@ -1149,7 +1153,10 @@ fn a_torn_tail_is_cut_and_reported() {
     // A clean reopen reports nothing.
     let clean = SimStorage::new(30, SimFaults::default());
     log_of(&clean, small_config(), 20, false);
-    assert_eq!(open(&clean, small_config()).recovery(), &Recovery::default());
+    assert_eq!(
+        open(&clean, small_config()).recovery(),
+        &Recovery::default()
+    );
     // The last batch torn, as a crash leaves it (no open since it was
     // written recorded it durable).
     let sim = SimStorage::new(30, SimFaults::default());
@@ -1163,7 +1170,10 @@ fn a_torn_tail_is_cut_and_reported() {
     assert_eq!((cut.position, cut.offset), (last, 19));
     assert_eq!(cut.bytes, (BATCH_HEADER_BYTES + 4 + 150) as u64, "{cut}");
     assert!(cut.reason.contains("crc"), "{cut}");
-    assert!(cut.to_string().contains(&format!("at byte {last}")), "{cut}");
+    assert!(
+        cut.to_string().contains(&format!("at byte {last}")),
+        "{cut}"
+    );
     assert_eq!(append(&log, &[b"next".to_vec()], 0).base_offset, 19);
 }
 
@@ -1200,7 +1210,10 @@ fn a_flipped_byte_with_valid_batches_beyond_one_write_round_is_damage() {
     let log = open(&sim, round_config());
     expect_damaged(&log, positions[10], 10);
     assert!(
-        log.damage().unwrap().reason.contains("follows with offsets in sequence"),
+        log.damage()
+            .unwrap()
+            .reason
+            .contains("follows with offsets in sequence"),
         "{}",
         log.damage().unwrap()
     );
@@ -1277,9 +1290,17 @@ fn repair_keeps_the_cut_bytes_and_new_appends_get_offsets_above_the_cut_ones() {
     assert!(sim.paths().contains(&seg_path(60)));
     drop(log);
     let log = open(&sim, small_config());
-    let read = block_on(log.read(60, 100)).unwrap();
-    let batch = Batches::new(&read.bytes).next().unwrap().unwrap();
-    assert_eq!(batch.records().next().unwrap(), (60, &b"after"[..]));
+    // A read in the skipped range goes on after it.
+    for from in [10, 35, 59, 60] {
+        let read = block_on(log.read(from, 100)).unwrap();
+        let batch = Batches::new(&read.bytes).next().unwrap().unwrap();
+        assert_eq!(
+            batch.records().next().unwrap(),
+            (60, &b"after"[..]),
+            "from {from}"
+        );
+        assert_eq!(read.next_offset, 61);
+    }
     assert_eq!(log.stats().next_offset, 61);
     drop(log);
     // Nothing left to repair; the cut file stays.
@@ -1421,7 +1442,11 @@ fn crash_life_with(seed: u64, cycles: usize, config: LogConfig) -> u64 {
         let log = block_on(Log::open(sim.clone(), &dir(), config))
             .unwrap_or_else(|e| panic!("cycle {cycle}: open failed: {e}"));
         // What a crash leaves is a torn tail, never damage.
-        assert_eq!(log.damage(), None, "cycle {cycle}: a crash taken for damage");
+        assert_eq!(
+            log.damage(),
+            None,
+            "cycle {cycle}: a crash taken for damage"
+        );
         // Retention may have dropped a prefix; what is left must be the
         // model from the log's start on.
         let start = log.stats().start_offset;
