@@ -57,7 +57,11 @@
 //! tail from the last index entry verified, exact end); the last segment is
 //! scanned whole, its index rebuilt, and cut at the first short, zero,
 //! CRC-failing or out-of-sequence batch, then zero-filled again past that
-//! point so no stale batch can be resurrected by later appends.
+//! point so no stale batch can be resurrected by later appends. That cut is
+//! made only for a torn tail; damage (below the durable watermark in
+//! `log.meta`, or followed by valid batches beyond one write round's reach)
+//! leaves the log read-only until [`Log::repair`] (see `recovery`). Missing
+//! segment files are found from `log.meta` (see `meta`).
 //!
 //! **Recycling.** Retention renames the file of a segment it retires to
 //! `<base>.free` (up to [`RECYCLED_SEGMENTS_MAX`] per log) instead of

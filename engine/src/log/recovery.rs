@@ -407,7 +407,7 @@ impl<S: Storage> Log<S> {
                 let in_sequence = h.base_offset >= n
                     && h.base_offset <= n + (p - b) / RECORD_PREFIX_BYTES as u64 + 1;
                 let beyond = evidence_from.is_some_and(|e| p >= e);
-                if !in_sequence && !(region_open || beyond) {
+                if !(in_sequence || region_open || beyond) {
                     continue;
                 }
                 if Self::batch_at(file, p).await?.ok() != Some(h) {
