@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod storage;
 
 pub use log::{
-    AppendError, Appended, CommitStats, Durability, Log, LogConfig, LogStats, OpenError,
-    ReadBatches, ReadError, ReadRecords, Retention, RetentionReport,
+    AppendError, Appended, CommitStats, Damage, Durability, Log, LogConfig, LogStats, OpenError,
+    ReadBatches, ReadError, ReadRecords, Recovery, RepairReport, Retention, RetentionReport,
+    TailCut,
 };

@@ -12,6 +12,7 @@ mod cli;
 )]
 mod config;
 mod failpoint;
+mod repair;
 mod shard;
 
 /// mimalloc instead of the system allocator: a shard allocates and frees
@@ -125,6 +126,15 @@ enum Command {
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
+    /// Cut damage out of the logs of a data directory, with the server
+    /// stopped: the cut bytes are kept beside each segment
+    /// (`<segment>.log.cut-<byte>`) and the log continues above every
+    /// offset seen in them.
+    Repair {
+        /// Data directory (default ./hadron-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Shards, streams, partitions, offsets and group lags.
     Status {
         #[arg(long)]
@@ -230,6 +240,9 @@ fn main() -> ExitCode {
             &url, &stream, &group, &start, count, ephemeral,
         )),
         Command::Status { json, url } => block_on(cli::status(&url, json)),
+        Command::Repair { data_dir } => repair::run(
+            &data_dir.unwrap_or_else(|| PathBuf::from(config::server::DATA_DIR_DEFAULT)),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,7 +57,11 @@
 //! tail from the last index entry verified, exact end); the last segment is
 //! scanned whole, its index rebuilt, and cut at the first short, zero,
 //! CRC-failing or out-of-sequence batch, then zero-filled again past that
-//! point so no stale batch can be resurrected by later appends.
+//! point so no stale batch can be resurrected by later appends. That cut is
+//! made only for a torn tail; damage (below the durable watermark in
+//! `log.meta`, or followed by valid batches beyond one write round's reach)
+//! leaves the log read-only until [`Log::repair`] (see `recovery`). Missing
+//! segment files are found from `log.meta` (see `meta`).
 //!
 //! **Recycling.** Retention renames the file of a segment it retires to
 //! `<base>.free` (up to [`RECYCLED_SEGMENTS_MAX`] per log) instead of
@@ -80,6 +84,10 @@
 
 pub mod batch;
 pub mod index;
+pub mod meta;
+mod recovery;
+
+pub use recovery::{Damage, Recovery, RepairReport, TailCut};
 
 #[cfg(test)]
 mod tests;
@@ -256,6 +264,14 @@ pub enum OpenError {
         /// What is wrong.
         reason: String,
     },
+    /// A segment file the log needs is not there (see [`meta`]): the log
+    /// would otherwise begin later, end earlier or skip offsets silently.
+    Missing {
+        /// The file that is missing.
+        path: PathBuf,
+        /// Which offsets it held and how that is known.
+        reason: String,
+    },
 }
 
 impl fmt::Display for OpenError {
@@ -273,6 +289,11 @@ impl fmt::Display for OpenError {
                 f,
                 "sealed segment {} is corrupt at byte {position}: {reason}; \
                  restore it from a replica or backup, or move it and every later segment aside",
+                path.display()
+            ),
+            OpenError::Missing { path, reason } => write!(
+                f,
+                "segment {} is missing: {reason}; restore it from a backup",
                 path.display()
             ),
         }
@@ -302,6 +323,9 @@ pub enum AppendError {
     /// A write or fdatasync failed earlier; the log refuses writes until it is
     /// opened again. The append may or may not be durable.
     Poisoned(Rc<str>),
+    /// Recovery found damage in the active segment (see [`Damage`]): the log
+    /// serves reads up to it and refuses writes until it is repaired.
+    Damaged(Rc<str>),
 }
 
 impl fmt::Display for AppendError {
@@ -321,6 +345,7 @@ impl fmt::Display for AppendError {
                 f,
                 "log refuses writes: {why}; restart to recover what is durable"
             ),
+            AppendError::Damaged(why) => write!(f, "log is read-only: {why}"),
         }
     }
 }
@@ -517,6 +542,8 @@ struct Segment<S: Storage> {
     written_end: u64,
     /// Bytes of the file durable.
     durable_end: u64,
+    /// The offset after the batches below `durable_end`.
+    durable_next: u64,
     /// No more appends go here.
     sealed: bool,
     /// Sealed, truncated, indexed and synced.
@@ -544,6 +571,7 @@ impl<S: Storage> Segment<S> {
             buf: BytesMut::new(),
             written_end: 0,
             durable_end: 0,
+            durable_next: base,
             sealed: false,
             finalized: false,
             writes: Writes::Buffered,
@@ -586,6 +614,12 @@ pub struct Log<S: Storage> {
     flushed: Notify,
     /// The owner runs the writes of relaxed appends (`set_write_behind`).
     write_behind: Cell<bool>,
+    /// What recovery found at open; with damage, the log is read-only.
+    recovery: Recovery,
+    /// `log.meta`, and whether a write of it is under way.
+    meta: RefCell<recovery::MetaState<S::File>>,
+    /// Signalled when a write of `log.meta` ends.
+    meta_idle: Notify,
 }
 
 impl<S: Storage> fmt::Debug for Log<S> {
@@ -708,13 +742,28 @@ impl<S: Storage> Log<S> {
                 .map_err(io_err("sync directory", dir))?;
         }
 
+        let meta_path = meta::meta_path(dir);
+        let meta_before = meta::read(&storage, dir)
+            .await
+            .map_err(io_err("read metadata", &meta_path))?;
+        if let Some(m) = &meta_before {
+            Self::check_present(dir, &bases, m)?;
+        }
+
         let mut segments = BTreeMap::new();
+        let mut tail = recovery::Tail::Clean;
         for (i, &base) in bases.iter().enumerate() {
             let segment = match bases.get(i + 1) {
                 Some(&next_base) => {
-                    Self::recover_sealed(&storage, dir, base, next_base, &config).await?
+                    Self::recover_sealed(&storage, dir, base, next_base, &config, &meta_before)
+                        .await?
                 }
-                None => Self::recover_active(&storage, dir, base, &config).await?,
+                None => {
+                    let (segment, found) =
+                        Self::recover_active(&storage, dir, base, &config, &meta_before).await?;
+                    tail = found;
+                    segment
+                }
             };
             segments.insert(base, segment);
         }
@@ -726,11 +775,46 @@ impl<S: Storage> Log<S> {
             .values()
             .next_back()
             .map_or(0, |s: &Segment<S>| s.next_offset);
-        Ok(Log {
+        let mut recovery = Recovery::default();
+        match tail {
+            recovery::Tail::Clean => {}
+            recovery::Tail::Torn(cut) => recovery.cut = Some(cut),
+            recovery::Tail::Damaged(damage) => recovery.damage = Some(damage),
+        }
+        if let Some(m) = &meta_before
+            && recovery.damage.is_none()
+            && next_offset < m.next_floor
+            && let Some(last) = segments.values().next_back()
+        {
+            // A repair recorded its floor and was stopped before it began
+            // the segment that starts there.
+            recovery.damage = Some(Damage {
+                path: last.log_path.clone(),
+                position: last.end,
+                offset: next_offset,
+                reason: format!(
+                    "offsets up to {} may have been given before (a repair was interrupted)",
+                    m.next_floor
+                ),
+            });
+        }
+        let active = segments
+            .values()
+            .next_back()
+            .filter(|s| s.file.is_some())
+            .map(|s| (s.base, s.end, s.next_offset));
+        let log = Log {
             storage,
             dir: dir.to_path_buf(),
             config,
             write_behind: Cell::new(false),
+            recovery,
+            meta: RefCell::new(recovery::MetaState {
+                file: None,
+                current: meta_before.unwrap_or_default(),
+                busy: false,
+            }),
+            meta_idle: Notify::default(),
             state: RefCell::new(State {
                 segments,
                 start_offset,
@@ -747,7 +831,60 @@ impl<S: Storage> Log<S> {
                 delete_below: 0,
             }),
             flushed: Notify::default(),
-        })
+        };
+        if log.recovery.damage.is_none() {
+            // What recovery kept is durable now (it was synced): record it,
+            // with the start and this life's tear bound.
+            let tear = recovery::tear_bytes_max(&log.config);
+            log.update_meta(|m| {
+                m.start_offset = start_offset;
+                m.gaps.retain(|&(_, to)| to > start_offset);
+                m.tear_bytes_max = tear;
+                if let Some((base, end, next)) = active {
+                    m.active_base = Some(base);
+                    m.durable_position = end;
+                    m.durable_next = next;
+                }
+            })
+            .await
+            .map_err(io_err("write metadata", &meta_path))?;
+        }
+        Ok(log)
+    }
+
+    /// Checks that the segment files `log.meta` says exist are there.
+    fn check_present(dir: &Path, bases: &[u64], m: &meta::LogMeta) -> Result<(), OpenError> {
+        let missing = |base: u64, reason: String| OpenError::Missing {
+            path: dir.join(format!("{base:020}.log")),
+            reason,
+        };
+        match (bases.first(), bases.last(), m.active_base) {
+            (None, _, Some(active)) => Err(missing(
+                active,
+                format!(
+                    "{} records segments from offset {} to the one beginning at {active}, \
+                     and no segment file is there",
+                    meta::META_FILE,
+                    m.start_offset
+                ),
+            )),
+            (Some(&first), _, _) if first > m.start_offset => Err(missing(
+                m.start_offset,
+                format!(
+                    "the log starts at offset {} ({}), but its first segment file begins at {first}",
+                    m.start_offset,
+                    meta::META_FILE
+                ),
+            )),
+            (_, Some(&last), Some(active)) if last < active => Err(missing(
+                active,
+                format!(
+                    "{} records a segment beginning at offset {active}; the last file begins at {last}",
+                    meta::META_FILE
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     #[expect(
@@ -878,7 +1015,13 @@ impl<S: Storage> Log<S> {
         base: u64,
         next_base: u64,
         config: &LogConfig,
+        meta: &Option<meta::LogMeta>,
     ) -> Result<Segment<S>, OpenError> {
+        // Where the segment must end: at the next one's base, or where a
+        // repair skipped from to it.
+        let ends_right = |next: u64| {
+            next == next_base || meta.as_ref().is_some_and(|m| m.skips(next, next_base))
+        };
         // Sealed: never written again.
         let (mut seg, file, size) =
             Self::open_segment(storage, dir, base, Writes::Buffered).await?;
@@ -917,7 +1060,7 @@ impl<S: Storage> Log<S> {
                     )
                     .await
                     .map_err(io_err("read segment", &seg.log_path))?;
-                    if scan.stopped.is_none() && scan.next_offset == next_base {
+                    if scan.stopped.is_none() && ends_right(scan.next_offset) {
                         seg.index = SegmentIndex::Mapped { map, len: valid };
                         return Ok(Self::sealed_segment(seg, file, size, scan));
                     }
@@ -942,7 +1085,18 @@ impl<S: Storage> Log<S> {
         if let Some(reason) = scan.stopped {
             return Err(corrupt(scan.end, reason.to_string()));
         }
-        if scan.next_offset != next_base {
+        if scan.next_offset < next_base && !ends_right(scan.next_offset) {
+            // Whole up to its last byte, and the next file begins later.
+            return Err(OpenError::Missing {
+                path: dir.join(format!("{:020}.log", scan.next_offset)),
+                reason: format!(
+                    "{} ends at offset {} and the next segment file begins at {next_base}",
+                    seg.log_path.display(),
+                    scan.next_offset
+                ),
+            });
+        }
+        if !ends_right(scan.next_offset) {
             return Err(corrupt(
                 scan.end,
                 format!(
@@ -988,6 +1142,7 @@ impl<S: Storage> Log<S> {
         seg.buf_position = size;
         seg.written_end = size;
         seg.durable_end = size;
+        seg.durable_next = scan.next_offset;
         seg.sealed = true;
         seg.finalized = true;
         seg
@@ -998,7 +1153,8 @@ impl<S: Storage> Log<S> {
         dir: &Path,
         base: u64,
         config: &LogConfig,
-    ) -> Result<Segment<S>, OpenError> {
+        meta: &Option<meta::LogMeta>,
+    ) -> Result<(Segment<S>, recovery::Tail), OpenError> {
         let (mut seg, file, size) =
             Self::open_segment(storage, dir, base, segment_writes(config.durability)).await?;
         // Scan the whole segment and index it afresh. Its index file is not
@@ -1022,32 +1178,49 @@ impl<S: Storage> Log<S> {
         .await
         .map_err(io_err("read segment", &seg.log_path))?;
 
-        // Cut the garbage and zero-fill again, so that nothing after the end
-        // can ever pass for a batch; then rewrite the index to match.
+        let found = Self::classify_tail(
+            &file,
+            &seg.log_path,
+            base,
+            size,
+            &scan,
+            meta.as_ref(),
+            config,
+        )
+        .await
+        .map_err(io_err("read segment", &seg.log_path))?;
         let end = scan.end;
-        let cut = io_err("truncate segment", &seg.log_path);
-        file.truncate(end).await.map_err(cut)?;
-        file.preallocate(config.segment_bytes.max(align_up(end)))
-            .await
-            .map_err(io_err("preallocate segment", &seg.log_path))?;
-        file.fdatasync()
-            .await
-            .map_err(io_err("sync segment", &seg.log_path))?;
-        let idx_file = storage
-            .create(&seg.idx_path)
-            .await
-            .map_err(io_err("create index", &seg.idx_path))?;
-        write_index_pages(&idx_file, &idx, 0)
-            .await
-            .map_err(io_err("write index", &seg.idx_path))?;
-        idx_file
-            .fdatasync()
-            .await
-            .map_err(io_err("sync index", &seg.idx_path))?;
-        storage
-            .sync_dir(dir)
-            .await
-            .map_err(io_err("sync directory", dir))?;
+        let idx_file = if matches!(found, recovery::Tail::Damaged(_)) {
+            // Read-only until repaired: nothing on disk changes.
+            None
+        } else {
+            // Cut the garbage and zero-fill again, so that nothing after the
+            // end can ever pass for a batch; then rewrite the index to match.
+            let cut = io_err("truncate segment", &seg.log_path);
+            file.truncate(end).await.map_err(cut)?;
+            file.preallocate(config.segment_bytes.max(align_up(end)))
+                .await
+                .map_err(io_err("preallocate segment", &seg.log_path))?;
+            file.fdatasync()
+                .await
+                .map_err(io_err("sync segment", &seg.log_path))?;
+            let idx_file = storage
+                .create(&seg.idx_path)
+                .await
+                .map_err(io_err("create index", &seg.idx_path))?;
+            write_index_pages(&idx_file, &idx, 0)
+                .await
+                .map_err(io_err("write index", &seg.idx_path))?;
+            idx_file
+                .fdatasync()
+                .await
+                .map_err(io_err("sync index", &seg.idx_path))?;
+            storage
+                .sync_dir(dir)
+                .await
+                .map_err(io_err("sync directory", dir))?;
+            Some(Rc::new(idx_file))
+        };
 
         let buf_position = align_down(end);
         let tail = file
@@ -1061,13 +1234,14 @@ impl<S: Storage> Log<S> {
         seg.index = SegmentIndex::Memory(idx);
         seg.last_indexed_position = last_indexed;
         seg.file = Some(Rc::new(file));
-        seg.idx_file = Some(Rc::new(idx_file));
+        seg.idx_file = idx_file;
         seg.end = end;
         seg.next_offset = scan.next_offset;
         seg.max_timestamp_ms = scan.max_timestamp_ms;
         seg.written_end = end;
         seg.durable_end = end;
-        Ok(seg)
+        seg.durable_next = scan.next_offset;
+        Ok((seg, found))
     }
 
     /// The directory the log lives in.
@@ -1148,6 +1322,9 @@ impl<S: Storage> Log<S> {
                 bytes: len,
                 max: self.config.batch_bytes_max,
             });
+        }
+        if let Some(damage) = &self.recovery.damage {
+            return Err(AppendError::Damaged(damage.to_string().into()));
         }
         // Backpressure: wait while too much is waiting to be written.
         loop {
@@ -1378,6 +1555,7 @@ impl<S: Storage> Log<S> {
         }
         if let Some(seg) = st.segments.get_mut(&sync.base) {
             seg.durable_end = seg.durable_end.max(sync.end);
+            seg.durable_next = seg.durable_next.max(sync.next_offset);
         }
         st.durable_next = st.durable_next.max(sync.next_offset);
         st.last_sync = Instant::now();
@@ -1638,6 +1816,14 @@ impl<S: Storage> Log<S> {
             seg.idx_file = Some(Rc::new(idx));
             seg.writes = self.segment_writes();
         }
+        // Now that the file exists durably, a later open must find it.
+        self.update_meta(|m| {
+            m.active_base = Some(base);
+            m.durable_position = 0;
+            m.durable_next = base;
+        })
+        .await
+        .map_err(|e| fail("write of", &meta::meta_path(&self.dir), e))?;
         Ok(())
     }
 
@@ -1719,8 +1905,10 @@ impl<S: Storage> Log<S> {
 
     /// Reads whole batches from `offset` on, about `bytes_max` of them (at
     /// least one batch when there is one). The first batch returned holds
-    /// `offset` and may begin before it.
+    /// `offset` and may begin before it; for an offset in a range repair
+    /// skipped, it is the first batch after that range.
     pub async fn read(&self, offset: u64, bytes_max: usize) -> Result<ReadBatches, ReadError> {
+        let offset = self.past_repaired_gap(offset);
         let (base, mut position, readable_end) = {
             let st = self.state.borrow();
             let visible = self.visible_next(&st);
@@ -1988,6 +2176,10 @@ impl<S: Storage> Log<S> {
     /// [`apply_retention`](Log::apply_retention), and what
     /// [`delete_before`](Log::delete_before) asked for.
     async fn retire(&self, now_ms: u64) -> io::Result<RetentionReport> {
+        if self.recovery.damage.is_some() {
+            // A damaged log changes nothing on disk until it is repaired.
+            return Ok(RetentionReport::default());
+        }
         let Retention {
             max_age_ms,
             max_bytes,
@@ -2035,6 +2227,20 @@ impl<S: Storage> Log<S> {
         };
         let mut report = RetentionReport::default();
         let mut failed = None;
+        if !victims.is_empty() {
+            // The new start is durable before any file goes, so that a
+            // missing first segment is never taken for one retention deleted.
+            let start = self.state.borrow().start_offset;
+            if let Err(e) = self
+                .update_meta(|m| {
+                    m.start_offset = m.start_offset.max(start);
+                    m.gaps.retain(|&(_, to)| to > start);
+                })
+                .await
+            {
+                failed = Some(e);
+            }
+        }
         for (log_path, idx_path, bytes, reuse) in victims {
             if failed.is_some() {
                 if reuse {

@@ -1490,6 +1490,11 @@ impl Shard {
                 }
                 let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
                 for p in parts {
+                    // Record how far the log is durable, so that damage
+                    // below it is told from a torn tail after a crash.
+                    if let Err(e) = p.log.checkpoint().await {
+                        tracing::warn!(stream = %p.stream, partition = p.partition, "checkpoint failed: {e}");
+                    }
                     match p.log.apply_retention(now_ms()).await {
                         Ok(r) if r.segments > 0 => tracing::info!(
                             stream = %p.stream,
@@ -1520,6 +1525,8 @@ impl Shard {
         for p in parts {
             if let Err(e) = p.log.sync().await {
                 tracing::warn!(stream = %p.stream, partition = p.partition, "final sync failed: {e}");
+            } else if let Err(e) = p.log.checkpoint().await {
+                tracing::warn!(stream = %p.stream, partition = p.partition, "final checkpoint failed: {e}");
             }
             if let Err(e) = p.commit_offsets().await {
                 tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");

@@ -574,6 +574,18 @@ pub fn partition_dir(data_dir: &Path, stream: &str, partition: u32) -> PathBuf {
         .join(format!("{partition:05}"))
 }
 
+/// Logs what recovery found when `log` (named `what`) was opened: a torn
+/// tail it cut (a warning), or damage that keeps it read-only (an error).
+pub fn report_recovery(what: &str, log: &Log<DmaStorage>) {
+    let recovery = log.recovery();
+    if let Some(cut) = &recovery.cut {
+        tracing::warn!("{what}: {cut}");
+    }
+    if let Some(damage) = &recovery.damage {
+        tracing::error!("{what}: {damage}");
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -608,6 +620,7 @@ impl Partition {
         let log = Log::open(storage.clone(), &dir.join("log"), log_config)
             .await
             .map_err(|e| format!("stream {stream} partition {partition}: {e}"))?;
+        report_recovery(&format!("stream {stream} partition {partition}"), &log);
         // Under `fsync: never` or an interval, a publish is acknowledged
         // without waiting for any write: the shard starts each write in a
         // task of its own when one is due (see `Shard::handle`).
@@ -629,6 +642,10 @@ impl Partition {
         let offsets = Log::open(storage.clone(), &dir.join("groups"), offsets_config)
             .await
             .map_err(|e| format!("stream {stream} partition {partition} group offsets: {e}"))?;
+        report_recovery(
+            &format!("stream {stream} partition {partition} group offsets"),
+            &offsets,
+        );
         let p = Partition {
             stream: stream.to_string(),
             partition,
@@ -839,6 +856,7 @@ impl Partition {
         if let Some(e) = failure {
             let code = match e {
                 AppendError::Poisoned(_) => ErrorCode::ReadOnly,
+                AppendError::Damaged(_) => ErrorCode::Damaged,
                 AppendError::TooLarge { .. }
                 | AppendError::TooManyRecords { .. }
                 | AppendError::Empty => ErrorCode::InvalidRequest,

@@ -728,6 +728,7 @@ fn batch_ranges(records: &[Vec<u8>], batch_bytes_max: usize) -> Vec<std::ops::Ra
 fn append_failure(name: &str, e: AppendError) -> Failure {
     let code = match e {
         AppendError::Poisoned(_) => ErrorCode::ReadOnly,
+        AppendError::Damaged(_) => ErrorCode::Damaged,
         _ => ErrorCode::StorageError,
     };
     (code, format!("pipeline {name}: {e}"))
@@ -751,6 +752,10 @@ impl PipelineRun {
         let outputs = Log::open(storage.clone(), &dir, log_config)
             .await
             .map_err(|e| format!("pipeline {} partition {}: {e}", plan.name, source.partition))?;
+        super::partition::report_recovery(
+            &format!("pipeline {} partition {}", plan.name, source.partition),
+            &outputs,
+        );
         let deps: Vec<Vec<usize>> = plan
             .stages
             .iter()
