@@ -354,6 +354,7 @@ fn serve(
     shard::persist_resources(&config.data_dir, &topology.resources())?;
 
     raise_memlock(3 * config.io_memory_bytes as u64 * u64::from(config.shards) + (16 << 20));
+    raise_nofile(u64::from(config.connections_max) + FILES_HEADROOM);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())
@@ -428,6 +429,30 @@ fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Descriptors beyond the client connections: segment, index and meta
+/// files of every log, listeners, the io_uring rings.
+const FILES_HEADROOM: u64 = 4096;
+
+/// Raises RLIMIT_NOFILE's soft limit towards `needed` descriptors (as far
+/// as the hard limit allows), so that `connectionsMax`, not the process's
+/// file limit, is what refuses connections.
+fn raise_nofile(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= needed {
+        return;
+    }
+    let target = needed.min(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() || target < needed {
+        tracing::warn!(
+            "RLIMIT_NOFILE is {soft} (hard {hard}); connectionsMax and the logs want {needed}: \
+             raise it (LimitNOFILE=, ulimit -n) or lower connectionsMax"
+        );
     }
 }
 
