@@ -1,5 +1,5 @@
 //! `Client`: options, lazily opened connections, shard-aware routing, and
-//! the plain request/answer calls (status, apply, fetch, stream metadata).
+//! the plain request/answer calls (status, apply, fetch, metadata).
 //!
 //! Connections: one main connection to the address given to `Client::new`,
 //! opened on first use and reopened when it dies. When the handshake
@@ -20,7 +20,7 @@ use hadron_wire::{ErrorCode, FRAME_BYTES_MAX, Limits, Message, shard_of};
 
 use crate::conn::{Conn, Reply, ServerInfo};
 use crate::endpoint::Endpoint;
-use crate::{Error, Event};
+use crate::{Error, Event, Metadata};
 
 /// How the client connects and retries. All fields have defaults
 /// (`ClientOptions::default()`); override the ones you need:
@@ -187,7 +187,8 @@ pub(crate) struct Inner {
     main: Slot,
     /// Connections to shard ports, by port.
     shards: Mutex<HashMap<u16, Arc<Slot>>>,
-    /// Partition counts by stream name, from `Status`.
+    /// Partition counts by stream name, from `Metadata` (or `Status`, from
+    /// a server older than `Metadata`).
     partitions: Mutex<HashMap<String, u32>>,
     /// Makes generated event ids unique across clients and processes.
     id_prefix: String,
@@ -279,6 +280,28 @@ impl Client {
         }
     }
 
+    /// The server's streams (each partition with the shard that owns it),
+    /// its pipelines, and its shard ports and placement function.
+    pub async fn metadata(&self) -> Result<Metadata, Error> {
+        self.metadata_for(&[]).await
+    }
+
+    /// Like [`metadata`](Client::metadata), for the streams named only
+    /// (and the pipelines reading from them); streams the server does not
+    /// have are left out of the answer. An empty list asks for everything.
+    ///
+    /// A server older than the `Metadata` request answers
+    /// `Error::Server` with `ErrorCode::InvalidRequest`.
+    pub async fn metadata_for(&self, streams: &[&str]) -> Result<Metadata, Error> {
+        let message = Message::Metadata(hadron_wire::Metadata {
+            streams: streams.to_vec(),
+        });
+        match self.main().await?.request("metadata", &message).await? {
+            Reply::MetadataOk(metadata) => Ok(metadata),
+            other => Err(unexpected("MetadataOk", &other)),
+        }
+    }
+
     /// Applies YAML resource definitions (`kind: Stream`, `kind: Pipeline`)
     /// and returns the server's one-line summary per resource.
     pub async fn apply(&self, yaml: &str) -> Result<Vec<String>, Error> {
@@ -359,19 +382,33 @@ impl Client {
         }
     }
 
-    /// The number of partitions of `stream`, from the server's status
-    /// (cached; refreshed after `UnknownPartition`/`UnknownStream` errors).
+    /// The number of partitions of `stream`, from the server's metadata
+    /// (cached for every stream; refreshed after
+    /// `UnknownPartition`/`UnknownStream` errors). A server older than the
+    /// `Metadata` request answers it `InvalidRequest`; the counts then come
+    /// from its status document.
     pub async fn partitions(&self, stream: &str) -> Result<u32, Error> {
         if let Some(n) = lock(&self.inner.partitions).get(stream) {
             return Ok(*n);
         }
-        let json = self.status().await?;
-        let counts = parse_partition_counts(&json)?;
+        let counts = match self.metadata().await {
+            Ok(metadata) => metadata
+                .streams
+                .iter()
+                .map(|s| (s.name.clone(), s.partition_count()))
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+            Err(Error::Server {
+                code: ErrorCode::InvalidRequest,
+                ..
+            }) => parse_partition_counts(&self.status().await?)?,
+            Err(e) => return Err(e),
+        };
         let mut cache = lock(&self.inner.partitions);
         cache.extend(counts);
         cache.get(stream).copied().ok_or_else(|| Error::Server {
             code: ErrorCode::UnknownStream,
-            message: format!("stream {stream:?} is not in the server's status"),
+            message: format!("the server has no stream {stream:?}"),
         })
     }
 

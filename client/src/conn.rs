@@ -91,6 +91,7 @@ pub(crate) enum Reply {
     AckOk,
     ApplyOk(Vec<String>),
     StatusOk(String),
+    MetadataOk(crate::Metadata),
 }
 
 /// A push from the server, decoded straight from its frame into what the
@@ -531,6 +532,7 @@ async fn read_loop(
                     ok.summary.iter().map(|s| (*s).to_owned()).collect(),
                 )),
                 Message::StatusOk(ok) => Ok(Reply::StatusOk(ok.json.to_owned())),
+                Message::MetadataOk(ok) => Ok(Reply::MetadataOk(crate::Metadata::from_wire(&ok))),
                 Message::Error(e) => Err(Error::server(e.code, e.message)),
                 other => Err(Error::Protocol(format!(
                     "unexpected {} as an answer",

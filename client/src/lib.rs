@@ -54,6 +54,7 @@ mod conn;
 mod endpoint;
 mod error;
 mod event;
+mod metadata;
 mod publish;
 mod subscribe;
 
@@ -63,6 +64,7 @@ pub use endpoint::DEFAULT_PORT;
 pub use error::Error;
 pub use event::{Event, NewEvent};
 pub use hadron_wire::{ErrorCode, FRAME_BYTES_MAX};
+pub use metadata::{Metadata, PartitionInfo, PipelineInfo, StreamInfo};
 #[doc(hidden)]
 pub use publish::encode_publish_frames;
 pub use publish::{DEFAULT_STREAM, Published, Publisher};

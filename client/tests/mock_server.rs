@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use hadron_wire::{
-    ErrorCode, ErrorReply, FrameRef, HandshakeOk, Limits, Message, PLACEMENT_NAME, PublishOk,
-    PublishResult, StageDelivery, StageInput, StatusOk, SubscribeOk, decode, decode_event, encode,
-    fnv1a64, shard_of, split_frame,
+    ErrorCode, ErrorReply, FrameRef, HandshakeOk, Limits, Message, MetadataOk, PLACEMENT_NAME,
+    PartitionInfo, PipelineInfo, PublishOk, PublishResult, StageDelivery, StageInput, StatusOk,
+    StreamInfo, SubscribeOk, decode, decode_event, encode, fnv1a64, shard_of, split_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -473,13 +473,102 @@ async fn lost_answer_is_retried_with_the_same_id_on_the_same_partition() {
     assert_eq!(conns.len(), 2, "the retry went over a new connection");
 }
 
+/// A `MetadataOk` of one shard with stream `events` (4 partitions) and
+/// stream `orders` (3), and pipeline `fulfil` on `orders`.
+fn metadata_ok() -> Message<'static> {
+    let partitions = |n: u32| {
+        (0..n)
+            .map(|partition| PartitionInfo {
+                partition,
+                shard: 0,
+            })
+            .collect()
+    };
+    Message::MetadataOk(MetadataOk {
+        shards: 1,
+        shard_ports: Vec::new(),
+        placement: PLACEMENT_NAME,
+        streams: vec![
+            StreamInfo {
+                name: "events",
+                partitions: partitions(4),
+            },
+            StreamInfo {
+                name: "orders",
+                partitions: partitions(3),
+            },
+        ],
+        pipelines: vec![PipelineInfo {
+            name: "fulfil",
+            source_stream: "orders",
+            stages: vec!["reserve", "ship"],
+        }],
+    })
+}
+
+/// The client learns partition counts from `Metadata`: once for every
+/// stream, without asking for the status document.
+#[tokio::test]
+async fn partition_counts_come_from_metadata() {
+    let behavior: Behavior = Arc::new(|_state, f| match &f.message {
+        Message::Metadata(_) => vec![frame(f.request_id, &metadata_ok())],
+        other => vec![frame(
+            f.request_id,
+            &Message::Error(ErrorReply {
+                code: ErrorCode::InvalidRequest,
+                message: other.name(),
+            }),
+        )],
+    });
+    let mock = Mock::start(0, behavior).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    assert_eq!(client.partitions("orders").await.unwrap(), 3);
+    assert_eq!(client.partitions("events").await.unwrap(), 4);
+    let err = client.partitions("missing").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownStream), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    let metadata = client.metadata().await.unwrap();
+    assert_eq!(metadata.shards, 1);
+    assert_eq!(metadata.placement, PLACEMENT_NAME);
+    let orders = metadata.stream("orders").unwrap();
+    assert_eq!(orders.partition_count(), 3);
+    assert!(orders.partitions.iter().all(|p| p.shard == 0));
+    let fulfil = metadata.pipeline("fulfil").unwrap();
+    assert_eq!(fulfil.source_stream, "orders");
+    assert_eq!(fulfil.stages, vec!["reserve".to_owned(), "ship".to_owned()]);
+
+    let asked = mock.picked(|_, f| match &f.message {
+        Message::Metadata(m) => Some(m.streams.len()),
+        _ => None,
+    });
+    // One for the cached counts, one for the unknown stream, one for
+    // `metadata()`; each asks for every stream.
+    assert_eq!(asked, vec![0, 0, 0]);
+    let statuses = mock.picked(|_, f| matches!(f.message, Message::Status).then_some(()));
+    assert!(statuses.is_empty(), "the status document was not needed");
+}
+
+/// A server older than `Metadata` answers it `InvalidRequest`; the client
+/// then reads the partition counts from the status document.
+#[tokio::test]
+async fn partition_counts_fall_back_to_status_on_a_server_without_metadata() {
+    let mock = Mock::start(0, log_server()).await;
+    let client = hadron::Client::new(&mock.url, fast_options()).unwrap();
+    assert_eq!(client.partitions("events").await.unwrap(), 4);
+    let err = client.metadata().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+    let order = mock.picked(|_, f| match &f.message {
+        Message::Metadata(_) | Message::Status => Some(f.message.name()),
+        _ => None,
+    });
+    assert_eq!(order, vec!["Metadata", "Status", "Metadata"]);
+}
+
 #[tokio::test]
 async fn server_errors_are_typed() {
     let behavior: Behavior = Arc::new(|_state, f| match &f.message {
-        Message::Status => vec![frame(
-            f.request_id,
-            &Message::StatusOk(StatusOk { json: STATUS_JSON }),
-        )],
+        Message::Metadata(_) => vec![frame(f.request_id, &metadata_ok())],
         Message::Publish(_) => vec![frame(
             f.request_id,
             &Message::Error(ErrorReply {

@@ -403,3 +403,122 @@ async fn a_frame_with_no_body_is_refused() {
     expect_error(&mut fresh, 42, ErrorCode::InvalidRequest).await;
     expect_closed(&mut fresh).await;
 }
+
+// ------------------------------------------------------------- Metadata
+
+const FULFIL_PIPELINE: &str = "apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata: { name: fulfil }
+spec:
+  sourceStream: orders
+  stages:
+    - name: reserve
+    - name: ship
+      dependencies: [reserve]
+";
+
+/// `Metadata` lists every stream with each partition's owner (the shard
+/// `shard_of` names, and the one Status reports), the handshake's shard
+/// ports and placement, and the pipelines with their stages; every shard
+/// answers the same; a stream filter narrows streams and pipelines; and
+/// the client's partition counts come from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_lists_streams_partition_owners_and_pipelines() {
+    let server = Server::start_with(hadron_tests::ServerOptions {
+        shards: 2,
+        ..Default::default()
+    });
+    let client = server.client();
+    hadron_tests::create_stream(&client, "orders", 3).await;
+    client.apply(FULFIL_PIPELINE).await.unwrap();
+
+    let metadata = client.metadata().await.unwrap();
+    let (_conn, handshake) = handshake_with(server.port(), "").await;
+    let Some(Frame::HandshakeOk {
+        shards,
+        shard_ports,
+        ..
+    }) = handshake
+    else {
+        panic!("expected HandshakeOk, got {handshake:?}");
+    };
+    assert_eq!((metadata.shards, shards), (2, 2));
+    assert_eq!(
+        shard_ports,
+        vec![server.shard_port(0), server.shard_port(1)]
+    );
+    assert_eq!(metadata.shard_ports, shard_ports);
+    assert_eq!(metadata.placement, hadron_wire::PLACEMENT_NAME);
+
+    let status = hadron_tests::status(&client).await;
+    let names: Vec<&str> = metadata.streams.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["events", "orders"]);
+    for stream in &metadata.streams {
+        let in_status = hadron_tests::stream_partitions(&status, &stream.name);
+        assert_eq!(stream.partitions.len(), in_status.len(), "{}", stream.name);
+        for (i, p) in stream.partitions.iter().enumerate() {
+            assert_eq!(p.partition as usize, i, "{}", stream.name);
+            assert_eq!(
+                p.shard,
+                hadron_wire::shard_of(&stream.name, p.partition, 2),
+                "{}/{}",
+                stream.name,
+                p.partition
+            );
+            assert_eq!(
+                in_status[i]["shard"].as_u64(),
+                Some(u64::from(p.shard)),
+                "{}/{}: the owner Status reports",
+                stream.name,
+                p.partition
+            );
+        }
+    }
+    assert_eq!(metadata.stream("orders").unwrap().partition_count(), 3);
+    let owners: std::collections::BTreeSet<u16> = metadata
+        .stream("orders")
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.shard)
+        .collect();
+    assert_eq!(owners.len(), 2, "orders spans both shards: {owners:?}");
+    assert_eq!(metadata.pipelines.len(), 1);
+    let fulfil = metadata.pipeline("fulfil").unwrap();
+    assert_eq!(fulfil.source_stream, "orders");
+    assert_eq!(fulfil.stages, vec!["reserve".to_owned(), "ship".to_owned()]);
+
+    // Every shard answers the same, on its own port (its own handshake).
+    for shard in 0..2 {
+        let url = format!("127.0.0.1:{}", server.shard_port(shard));
+        let direct = hadron::Client::new(&url, hadron::ClientOptions::default()).unwrap();
+        assert_eq!(direct.metadata().await.unwrap(), metadata, "shard {shard}");
+    }
+
+    // A filter: only the streams named (unknown names left out) and the
+    // pipelines reading from them.
+    let orders = client.metadata_for(&["orders", "no-such"]).await.unwrap();
+    assert_eq!(
+        orders.streams,
+        vec![metadata.stream("orders").unwrap().clone()]
+    );
+    assert_eq!(orders.pipelines, metadata.pipelines);
+    let events = client.metadata_for(&["events"]).await.unwrap();
+    assert_eq!(
+        events.streams,
+        vec![metadata.stream("events").unwrap().clone()]
+    );
+    assert!(events.pipelines.is_empty(), "{:?}", events.pipelines);
+
+    // The client's partition counts agree, and publishing routes by them.
+    assert_eq!(client.partitions("orders").await.unwrap(), 3);
+    let publisher = client
+        .publisher_for("orders", "metadata-e2e")
+        .await
+        .unwrap();
+    let p = publisher
+        .publish_to(2, NewEvent::new("t", b"x".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!((p.partition, p.offset), (2, 0));
+}

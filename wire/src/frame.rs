@@ -37,21 +37,22 @@ mod verify;
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
 /// The default limit on table nesting. The deepest legal frame is
-/// Frame > StageDelivery > StageInput (3); the slack allows for later
-/// additions without a config change.
+/// Frame > MetadataOk > StreamInfo > PartitionInfo (4); the slack allows
+/// for later additions without a config change.
 pub const DEPTH_MAX_DEFAULT: usize = 8;
 
 /// The default limit on tables in one frame. Every repeated table in a legal
-/// frame (`EventBytes`, `Record`, `StageInput`) costs at least 16 bytes: its
-/// vtable offset, one required field offset, its slot in the parent vector
-/// and the 4-byte length of what that field points at. So a legal frame of
-/// `FRAME_BYTES_MAX` bytes never holds more tables than this; the limit
-/// exists to stop shared-subtable "zip bombs". Raise it with
+/// frame costs at least 8 bytes: its vtable offset and its slot in the
+/// parent vector (a `PartitionInfo` with both fields at their defaults; the
+/// tables with a required field, `EventBytes`, `Record`, `StageInput`,
+/// `StageAck`, `StreamInfo`, `PipelineInfo`, cost at least 16). So a legal
+/// frame of `FRAME_BYTES_MAX` bytes never holds more tables than this; the
+/// limit exists to stop shared-subtable "zip bombs". Raise it with
 /// `frame_bytes_max`.
-pub const TABLES_MAX_DEFAULT: usize = 1 << 20;
+pub const TABLES_MAX_DEFAULT: usize = 1 << 21;
 
 /// The smallest number of bytes a repeated table occupies (see above).
-const TABLE_BYTES_MIN: usize = 16;
+const TABLE_BYTES_MIN: usize = 8;
 
 const _: () = assert!(crate::FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(crate::FRAME_BYTES_MAX / TABLE_BYTES_MIN <= TABLES_MAX_DEFAULT);
@@ -446,6 +447,96 @@ mod tests {
             ..Limits::DEFAULT
         };
         assert!(decode(&frame[4..], &enough).is_ok());
+    }
+
+    /// The deepest legal frame, Frame > MetadataOk > StreamInfo >
+    /// PartitionInfo, needs depth 4 and decodes under the default limit.
+    #[test]
+    fn metadata_ok_is_the_deepest_frame_and_fits_the_default_depth() {
+        let frame = frame_of(&Message::MetadataOk(crate::MetadataOk {
+            shards: 1,
+            streams: vec![crate::StreamInfo {
+                name: "events",
+                partitions: vec![crate::PartitionInfo {
+                    partition: 0,
+                    shard: 0,
+                }],
+            }],
+            ..crate::MetadataOk::default()
+        }));
+        let shallow = Limits {
+            depth_max: 3,
+            ..Limits::DEFAULT
+        };
+        assert_eq!(
+            decode(&frame[4..], &shallow).unwrap_err(),
+            DecodeError::Malformed(InvalidFlatbuffer::DepthLimitReached)
+        );
+        let enough = Limits {
+            depth_max: 4,
+            ..Limits::DEFAULT
+        };
+        assert!(decode(&frame[4..], &enough).is_ok());
+        assert!(decode(&frame[4..], &Limits::DEFAULT).is_ok());
+    }
+
+    /// The cheapest repeated table, a `PartitionInfo` with both fields at
+    /// their defaults, costs `TABLE_BYTES_MIN` bytes in a frame the
+    /// verifier accepts, so `TABLES_MAX_DEFAULT` admits every frame of
+    /// `FRAME_BYTES_MAX` bytes that does not share subtables.
+    #[test]
+    fn the_cheapest_repeated_table_costs_table_bytes_min() {
+        let count = 10_000;
+        let mut fbb = FlatBufferBuilder::new();
+        let partitions: Vec<_> = (0..count)
+            .map(|_| fb::PartitionInfo::create(&mut fbb, &fb::PartitionInfoArgs::default()))
+            .collect();
+        let partitions = fbb.create_vector(&partitions);
+        let name = fbb.create_string("s");
+        let stream = fb::StreamInfo::create(
+            &mut fbb,
+            &fb::StreamInfoArgs {
+                name: Some(name),
+                partitions: Some(partitions),
+            },
+        );
+        let streams = fbb.create_vector(&[stream]);
+        let body = fb::MetadataOk::create(
+            &mut fbb,
+            &fb::MetadataOkArgs {
+                shards: 1,
+                streams: Some(streams),
+                ..fb::MetadataOkArgs::default()
+            },
+        );
+        let frame = fb::Frame::create(
+            &mut fbb,
+            &fb::FrameArgs {
+                request_id: 1,
+                body_type: fb::Body::MetadataOk,
+                body: Some(body.as_union_value()),
+            },
+        );
+        fbb.finish(frame, None);
+        let buf = fbb.finished_data();
+        // Frame, MetadataOk, StreamInfo and the partitions.
+        let tables = count + 3;
+        let exact = Limits {
+            tables_max: tables,
+            ..Limits::DEFAULT
+        };
+        assert!(verify_frame(buf, &exact).is_ok());
+        let fewer = Limits {
+            tables_max: tables - 1,
+            ..Limits::DEFAULT
+        };
+        assert!(verify_frame(buf, &fewer).is_err());
+        assert!(buf.len() / count >= TABLE_BYTES_MIN, "{} bytes", buf.len());
+        assert!(
+            buf.len() / count < 2 * TABLE_BYTES_MIN,
+            "{} bytes",
+            buf.len()
+        );
     }
 
     #[test]

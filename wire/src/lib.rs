@@ -36,9 +36,10 @@ pub use frame::{
 pub use generated as fb;
 pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
-    HandshakeOk, Message, Nack, PipelineRetry, PipelineSubscribe, Publish, PublishOk,
-    PublishResult, Record, StageAck, StageAcks, StageDelivery, StageInput, StageNack, StartPoint,
-    StatusOk, Subscribe, SubscribeOk, encode,
+    HandshakeOk, Message, Metadata, MetadataOk, Nack, PartitionInfo, PipelineInfo, PipelineRetry,
+    PipelineSubscribe, Publish, PublishOk, PublishResult, Record, StageAck, StageAcks,
+    StageDelivery, StageInput, StageNack, StartPoint, StatusOk, StreamInfo, Subscribe, SubscribeOk,
+    encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -155,7 +156,7 @@ mod tests {
 
     fn random_message<'a>(rng: &mut Rng, pool: &'a Pool) -> Message<'a> {
         let n = rng.below(4);
-        match rng.below(23) {
+        match rng.below(25) {
             0 => Message::Handshake(Handshake {
                 version: rng.next_u64() as u16,
                 token: pool.s(rng),
@@ -284,7 +285,7 @@ mod tests {
                 pipeline: pool.s(rng),
                 execution: (rng.below(2) == 0).then(|| (rng.next_u64() as u32, rng.next_u64())),
             }),
-            _ => Message::StageAcks(StageAcks {
+            22 => Message::StageAcks(StageAcks {
                 acks: (0..n)
                     .map(|_| StageAck {
                         delivery_id: rng.next_u64(),
@@ -292,6 +293,42 @@ mod tests {
                     })
                     .collect(),
             }),
+            23 => Message::Metadata(Metadata {
+                streams: (0..n).map(|_| pool.s(rng)).collect(),
+            }),
+            _ => {
+                // Valid as `decode` checks it: owners below `shards`,
+                // partitions listed in order.
+                let shards = 1 + rng.below(8) as u16;
+                let ports = if rng.below(2) == 0 {
+                    Vec::new()
+                } else {
+                    (0..shards).map(|i| 7001 + i).collect()
+                };
+                Message::MetadataOk(MetadataOk {
+                    shards,
+                    shard_ports: ports,
+                    placement: pool.s(rng),
+                    streams: (0..n)
+                        .map(|_| StreamInfo {
+                            name: pool.s(rng),
+                            partitions: (0..rng.below(5) as u32)
+                                .map(|partition| PartitionInfo {
+                                    partition,
+                                    shard: rng.below(usize::from(shards)) as u16,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                    pipelines: (0..rng.below(3))
+                        .map(|_| PipelineInfo {
+                            name: pool.s(rng),
+                            source_stream: pool.s(rng),
+                            stages: (0..rng.below(4)).map(|_| pool.s(rng)).collect(),
+                        })
+                        .collect(),
+                })
+            }
         }
     }
 

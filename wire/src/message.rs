@@ -228,6 +228,53 @@ pub struct StageAcks<'a> {
     pub acks: Vec<StageAck<'a>>,
 }
 
+/// Ask for the server's streams (with each partition's owning shard) and
+/// pipelines. Empty `streams`: all of them; otherwise only the streams
+/// named and the pipelines reading from them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metadata<'a> {
+    pub streams: Vec<&'a str>,
+}
+
+/// One partition and the shard that owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    /// Below `MetadataOk::shards` (checked by `decode`).
+    pub shard: u16,
+}
+
+/// One stream and its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamInfo<'a> {
+    pub name: &'a str,
+    /// Every partition in order: `partitions[i].partition == i` (checked by
+    /// `decode`), so the partition count is the length.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// One pipeline: its source stream and its stages in declared order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PipelineInfo<'a> {
+    pub name: &'a str,
+    pub source_stream: &'a str,
+    pub stages: Vec<&'a str>,
+}
+
+/// The answer to `Metadata`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetadataOk<'a> {
+    /// At least 1 (checked by `decode`).
+    pub shards: u16,
+    /// Empty, or exactly `shards` ports indexed by shard id (checked by
+    /// `decode`).
+    pub shard_ports: Vec<u16>,
+    /// `crate::PLACEMENT_NAME`.
+    pub placement: &'a str,
+    pub streams: Vec<StreamInfo<'a>>,
+    pub pipelines: Vec<PipelineInfo<'a>>,
+}
+
 /// Every frame body.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,6 +302,8 @@ pub enum Message<'a> {
     StageNack(StageNack<'a>),
     PipelineRetry(PipelineRetry<'a>),
     StageAcks(StageAcks<'a>),
+    Metadata(Metadata<'a>),
+    MetadataOk(MetadataOk<'a>),
 }
 
 impl Message<'_> {
@@ -284,6 +333,8 @@ impl Message<'_> {
             Message::StageNack(_) => "StageNack",
             Message::PipelineRetry(_) => "PipelineRetry",
             Message::StageAcks(_) => "StageAcks",
+            Message::Metadata(_) => "Metadata",
+            Message::MetadataOk(_) => "MetadataOk",
         }
     }
 
@@ -306,6 +357,7 @@ impl Message<'_> {
                 | Message::StageNack(_)
                 | Message::PipelineRetry(_)
                 | Message::StageAcks(_)
+                | Message::Metadata(_)
         )
     }
 }
@@ -336,20 +388,12 @@ impl<'a> Message<'a> {
                     .shard_ports()
                     .map(|v| v.iter().collect())
                     .unwrap_or_default();
-                if shards == 0 {
-                    return Err(DecodeError::InvalidField {
-                        request_id,
-                        field: "HandshakeOk.shards",
-                        reason: "must be at least 1",
-                    });
-                }
-                if !shard_ports.is_empty() && shard_ports.len() != usize::from(shards) {
-                    return Err(DecodeError::InvalidField {
-                        request_id,
-                        field: "HandshakeOk.shard_ports",
-                        reason: "must be empty or hold one port per shard",
-                    });
-                }
+                check_shards(
+                    request_id,
+                    shards,
+                    &shard_ports,
+                    ["HandshakeOk.shards", "HandshakeOk.shard_ports"],
+                )?;
                 Message::HandshakeOk(HandshakeOk {
                     version: b.version(),
                     shards,
@@ -574,6 +618,16 @@ impl<'a> Message<'a> {
                         .unwrap_or_default(),
                 })
             }
+            fb::Body::Metadata => {
+                let b = frame.body_as_metadata().ok_or(missing)?;
+                Message::Metadata(Metadata {
+                    streams: b.streams().map(|v| v.iter().collect()).unwrap_or_default(),
+                })
+            }
+            fb::Body::MetadataOk => {
+                let b = frame.body_as_metadata_ok().ok_or(missing)?;
+                metadata_ok(request_id, &b)?
+            }
             other => {
                 return Err(DecodeError::UnknownBody {
                     request_id,
@@ -583,6 +637,94 @@ impl<'a> Message<'a> {
         };
         Ok(message)
     }
+}
+
+/// Checks a server's shard count and shard ports (`HandshakeOk`,
+/// `MetadataOk`): at least one shard, and no ports or one per shard.
+/// `fields` names the two fields for the error.
+fn check_shards(
+    request_id: u64,
+    shards: u16,
+    shard_ports: &[u16],
+    fields: [&'static str; 2],
+) -> Result<(), DecodeError> {
+    if shards == 0 {
+        return Err(DecodeError::InvalidField {
+            request_id,
+            field: fields[0],
+            reason: "must be at least 1",
+        });
+    }
+    if !shard_ports.is_empty() && shard_ports.len() != usize::from(shards) {
+        return Err(DecodeError::InvalidField {
+            request_id,
+            field: fields[1],
+            reason: "must be empty or hold one port per shard",
+        });
+    }
+    Ok(())
+}
+
+/// Converts a verified `MetadataOk`, checking what a client routes by:
+/// the shard count and ports as in `HandshakeOk`, every partition listed
+/// in order, and every owner below the shard count.
+fn metadata_ok<'a>(request_id: u64, b: &fb::MetadataOk<'a>) -> Result<Message<'a>, DecodeError> {
+    let shards = b.shards();
+    let shard_ports: Vec<u16> = b
+        .shard_ports()
+        .map(|v| v.iter().collect())
+        .unwrap_or_default();
+    check_shards(
+        request_id,
+        shards,
+        &shard_ports,
+        ["MetadataOk.shards", "MetadataOk.shard_ports"],
+    )?;
+    let mut streams = Vec::new();
+    for s in b.streams().into_iter().flatten() {
+        let mut partitions = Vec::new();
+        for (i, p) in s.partitions().into_iter().flatten().enumerate() {
+            if usize::try_from(p.partition()).ok() != Some(i) {
+                return Err(DecodeError::InvalidField {
+                    request_id,
+                    field: "StreamInfo.partitions",
+                    reason: "must list partitions 0, 1, 2, ... in order",
+                });
+            }
+            if p.shard() >= shards {
+                return Err(DecodeError::InvalidField {
+                    request_id,
+                    field: "PartitionInfo.shard",
+                    reason: "must be below MetadataOk.shards",
+                });
+            }
+            partitions.push(PartitionInfo {
+                partition: p.partition(),
+                shard: p.shard(),
+            });
+        }
+        streams.push(StreamInfo {
+            name: s.name(),
+            partitions,
+        });
+    }
+    let pipelines = b
+        .pipelines()
+        .into_iter()
+        .flatten()
+        .map(|p| PipelineInfo {
+            name: p.name(),
+            source_stream: p.source_stream(),
+            stages: p.stages().map(|v| v.iter().collect()).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Message::MetadataOk(MetadataOk {
+        shards,
+        shard_ports,
+        placement: b.placement().unwrap_or_default(),
+        streams,
+        pipelines,
+    }))
 }
 
 /// Why a message could not be encoded.
@@ -1001,6 +1143,61 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
             let t = fb::StageAcks::create(fbb, &args);
             (fb::Body::StageAcks, t.as_union_value())
         }
+        Message::Metadata(m) => {
+            let streams: Vec<_> = m.streams.iter().map(|s| fbb.create_string(s)).collect();
+            let args = fb::MetadataArgs {
+                streams: (!streams.is_empty()).then(|| fbb.create_vector(&streams)),
+            };
+            let t = fb::Metadata::create(fbb, &args);
+            (fb::Body::Metadata, t.as_union_value())
+        }
+        Message::MetadataOk(m) => {
+            let streams: Vec<_> = m
+                .streams
+                .iter()
+                .map(|s| {
+                    let partitions: Vec<_> = s
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let args = fb::PartitionInfoArgs {
+                                partition: p.partition,
+                                shard: p.shard,
+                            };
+                            fb::PartitionInfo::create(fbb, &args)
+                        })
+                        .collect();
+                    let args = fb::StreamInfoArgs {
+                        name: Some(fbb.create_string(s.name)),
+                        partitions: (!partitions.is_empty())
+                            .then(|| fbb.create_vector(&partitions)),
+                    };
+                    fb::StreamInfo::create(fbb, &args)
+                })
+                .collect();
+            let pipelines: Vec<_> = m
+                .pipelines
+                .iter()
+                .map(|p| {
+                    let stages: Vec<_> = p.stages.iter().map(|s| fbb.create_string(s)).collect();
+                    let args = fb::PipelineInfoArgs {
+                        name: Some(fbb.create_string(p.name)),
+                        source_stream: Some(fbb.create_string(p.source_stream)),
+                        stages: (!stages.is_empty()).then(|| fbb.create_vector(&stages)),
+                    };
+                    fb::PipelineInfo::create(fbb, &args)
+                })
+                .collect();
+            let args = fb::MetadataOkArgs {
+                shards: m.shards,
+                shard_ports: (!m.shard_ports.is_empty()).then(|| fbb.create_vector(&m.shard_ports)),
+                placement: opt_str(fbb, m.placement),
+                streams: (!streams.is_empty()).then(|| fbb.create_vector(&streams)),
+                pipelines: (!pipelines.is_empty()).then(|| fbb.create_vector(&pipelines)),
+            };
+            let t = fb::MetadataOk::create(fbb, &args);
+            (fb::Body::MetadataOk, t.as_union_value())
+        }
     }
 }
 
@@ -1163,7 +1360,44 @@ pub(crate) mod tests {
                     },
                 ],
             }),
+            Message::Metadata(Metadata {
+                streams: vec!["events", "orders"],
+            }),
+            sample_metadata_ok(),
         ]
+    }
+
+    /// A `MetadataOk` of two shards: two streams (one of three
+    /// partitions, placed as `shard_of` places them) and a pipeline.
+    pub(crate) fn sample_metadata_ok() -> Message<'static> {
+        let partitions = |stream: &str, n: u32| -> Vec<PartitionInfo> {
+            (0..n)
+                .map(|partition| PartitionInfo {
+                    partition,
+                    shard: crate::shard_of(stream, partition, 2),
+                })
+                .collect()
+        };
+        Message::MetadataOk(MetadataOk {
+            shards: 2,
+            shard_ports: vec![7001, 7002],
+            placement: crate::PLACEMENT_NAME,
+            streams: vec![
+                StreamInfo {
+                    name: "events",
+                    partitions: partitions("events", 1),
+                },
+                StreamInfo {
+                    name: "orders",
+                    partitions: partitions("orders", 3),
+                },
+            ],
+            pipelines: vec![PipelineInfo {
+                name: "service-creation",
+                source_stream: "events",
+                stages: vec!["deploy-service", "setup-billing", "sync"],
+            }],
+        })
     }
 
     pub(crate) fn sample_event() -> Vec<u8> {
@@ -1187,7 +1421,7 @@ pub(crate) mod tests {
         let mut names: Vec<&str> = samples.iter().map(Message::name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 23, "one sample per Body member");
+        assert_eq!(names.len(), 25, "one sample per Body member");
 
         let mut encoder = Encoder::default();
         for (i, message) in samples.iter().enumerate() {
@@ -1234,6 +1468,20 @@ pub(crate) mod tests {
             Message::StageAck(StageAck::default()),
             Message::StageNack(StageNack::default()),
             Message::StageAcks(StageAcks::default()),
+            Message::Metadata(Metadata::default()),
+            Message::MetadataOk(MetadataOk {
+                shards: 1,
+                ..MetadataOk::default()
+            }),
+            Message::MetadataOk(MetadataOk {
+                shards: 1,
+                streams: vec![StreamInfo {
+                    name: "empty",
+                    partitions: vec![PartitionInfo::default()],
+                }],
+                pipelines: vec![PipelineInfo::default()],
+                ..MetadataOk::default()
+            }),
         ];
         for message in &messages {
             let frame = encode(0, message).unwrap();
@@ -1333,7 +1581,7 @@ pub(crate) mod tests {
             let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
             assert_eq!(root.body_type(), fb::Body(tag), "{}", message.name());
         }
-        assert_eq!(fb::Body::ENUM_MAX, 23);
+        assert_eq!(fb::Body::ENUM_MAX, 25);
     }
 
     #[test]
@@ -1343,6 +1591,46 @@ pub(crate) mod tests {
             .iter()
             .filter(|m| m.is_client_message())
             .count();
-        assert_eq!(clients, 13);
+        assert_eq!(clients, 14);
+    }
+
+    /// A `MetadataOk` a client could not route by is refused, naming the
+    /// field: no shards, a port count that is not the shard count, an owner
+    /// beyond the shards, a partition list with a gap or out of order.
+    #[test]
+    fn metadata_ok_that_cannot_be_routed_by_is_rejected() {
+        let Message::MetadataOk(good) = sample_metadata_ok() else {
+            unreachable!()
+        };
+        let mut no_shards = good.clone();
+        no_shards.shards = 0;
+        no_shards.streams.clear();
+        let mut ports = good.clone();
+        ports.shard_ports.pop();
+        let mut owner = good.clone();
+        owner.streams[1].partitions[2].shard = 2;
+        let mut gap = good.clone();
+        gap.streams[1].partitions.remove(1);
+        let mut order = good.clone();
+        order.streams[1].partitions.swap(0, 1);
+        let cases = [
+            (no_shards, "MetadataOk.shards"),
+            (ports, "MetadataOk.shard_ports"),
+            (owner, "PartitionInfo.shard"),
+            (gap, "StreamInfo.partitions"),
+            (order, "StreamInfo.partitions"),
+        ];
+        for (bad, field) in cases {
+            let frame = encode(9, &Message::MetadataOk(bad)).unwrap();
+            let err = decode(&frame[4..], &Limits::DEFAULT).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::InvalidField { request_id: 9, field: f, .. } if f == field),
+                "{field}: {err}"
+            );
+            assert_eq!(err.code(), ErrorCode::InvalidRequest);
+        }
+        let frame = encode(9, &Message::MetadataOk(good.clone())).unwrap();
+        let decoded = decode(&frame[4..], &Limits::DEFAULT).unwrap();
+        assert_eq!(decoded.message, Message::MetadataOk(good));
     }
 }

@@ -82,6 +82,8 @@ enum Op {
     StageAcks(Vec<StageAckOf>),
     StageNack(u64, String),
     PipelineRetry(String, Option<(u32, u64)>),
+    /// The streams asked for; empty for all.
+    Metadata(Vec<String>),
     Refuse(ErrorCode, String),
 }
 
@@ -144,6 +146,7 @@ impl Op {
             ),
             Message::StageNack(n) => Op::StageNack(n.delivery_id, n.message.to_string()),
             Message::PipelineRetry(r) => Op::PipelineRetry(r.pipeline.to_string(), r.execution),
+            Message::Metadata(m) => Op::Metadata(m.streams.iter().map(|s| s.to_string()).collect()),
             other => Op::Refuse(
                 ErrorCode::InvalidRequest,
                 format!("{} is a server-to-client message", other.name()),
@@ -482,17 +485,10 @@ fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Failure> {
             ),
         ));
     }
-    let shard_ports: Vec<u16> = if config.shard_ports {
-        (0..shard.shards)
-            .filter_map(|i| config.listen.port().checked_add(1 + i))
-            .collect()
-    } else {
-        Vec::new()
-    };
     let reply = Message::HandshakeOk(hadron_wire::HandshakeOk {
         version: PROTOCOL_VERSION,
         shards: shard.shards,
-        shard_ports,
+        shard_ports: shard_ports(shard),
         placement: PLACEMENT_NAME,
     });
     outbox::encode(frame.request_id, &reply).map_err(|e| {
@@ -501,6 +497,19 @@ fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Failure> {
             format!("cannot encode HandshakeOk: {e}"),
         )
     })
+}
+
+/// Each shard's own port, indexed by shard id (`HandshakeOk`, `MetadataOk`);
+/// empty when the server offers none.
+fn shard_ports(shard: &Shard) -> Vec<u16> {
+    let config = &shard.settings.config;
+    if config.shard_ports {
+        (0..shard.shards)
+            .filter_map(|i| config.listen.port().checked_add(1 + i))
+            .collect()
+    } else {
+        Vec::new()
+    }
 }
 
 /// Writes a successful answer, given its request id, into the outbox.
@@ -997,8 +1006,75 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 )
             }))
         }
+        Op::Metadata(names) => Ok(metadata(shard, &names)),
         Op::Refuse(code, message) => Err((code, message)),
     }
+}
+
+/// The answer to `Metadata` for the streams `names` (all when empty) and
+/// the pipelines reading from them, from this shard's copy of the
+/// topology; owners by `shard_of`, as requests are routed. An answer too
+/// large for one frame is refused with `LimitExceeded`.
+fn metadata(shard: &Shard, names: &[String]) -> Encode {
+    let wanted: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    let (streams, pipelines) = {
+        let topology = shard.topology.borrow();
+        let streams: Vec<(String, u32)> = topology
+            .streams
+            .iter()
+            .filter(|(name, _)| wanted.is_empty() || wanted.contains(name.as_str()))
+            .map(|(name, s)| (name.clone(), s.partitions))
+            .collect();
+        let pipelines: Vec<(String, String, Vec<String>)> = topology
+            .pipelines
+            .iter()
+            .filter(|(_, p)| wanted.is_empty() || wanted.contains(p.source_stream.as_str()))
+            .map(|(name, p)| {
+                let stages = p.stages.iter().map(|s| s.name.clone()).collect();
+                (name.clone(), p.source_stream.clone(), stages)
+            })
+            .collect();
+        (streams, pipelines)
+    };
+    let (shards, shard_ports) = (shard.shards, shard_ports(shard));
+    Box::new(move |id, outbox: &Outbox| {
+        let streams = streams
+            .iter()
+            .map(|(name, partitions)| hadron_wire::StreamInfo {
+                name,
+                partitions: (0..*partitions)
+                    .map(|partition| hadron_wire::PartitionInfo {
+                        partition,
+                        shard: hadron_wire::shard_of(name, partition, shards),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let pipelines = pipelines
+            .iter()
+            .map(|(name, source_stream, stages)| hadron_wire::PipelineInfo {
+                name,
+                source_stream,
+                stages: stages.iter().map(String::as_str).collect(),
+            })
+            .collect();
+        let answer = Message::MetadataOk(hadron_wire::MetadataOk {
+            shards,
+            shard_ports,
+            placement: PLACEMENT_NAME,
+            streams,
+            pipelines,
+        });
+        if let Err(e) = outbox.try_send(id, &answer) {
+            outbox.error(
+                id,
+                ErrorCode::LimitExceeded,
+                &format!(
+                    "the Metadata answer does not fit in one frame (frameBytesMax): {e}; name fewer streams"
+                ),
+            );
+        }
+    })
 }
 
 #[cfg(test)]

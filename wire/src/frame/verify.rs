@@ -997,7 +997,7 @@ mod tests {
         let root = u32_at(&full, 0);
         let tag = field_at(&full, root, fb::Frame::VT_BODY_TYPE);
         let mut cases = Vec::new();
-        for body in [0, 1, 2, 4, 5, 12, 23, 24, 200, 255] {
+        for body in [0, 1, 2, 4, 5, 12, 23, 24, 25, 26, 200, 255] {
             let mut buf = full.clone();
             buf[tag] = body;
             cases.push(buf);
