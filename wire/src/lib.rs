@@ -18,6 +18,7 @@
 mod error;
 mod event;
 mod frame;
+pub mod fuzz_checks;
 pub mod generated;
 mod message;
 mod placement;
