@@ -333,6 +333,32 @@ fn messages<'a>(full: &'a [u8], minimal: &'a [u8]) -> Vec<Message<'a>> {
                 },
             ],
         }),
+        Message::Metadata(hadron_wire::Metadata {
+            streams: vec!["events", "orders"],
+        }),
+        Message::MetadataOk(hadron_wire::MetadataOk {
+            shards: 2,
+            shard_ports: vec![7001, 7002],
+            placement: PLACEMENT_NAME,
+            streams: vec![hadron_wire::StreamInfo {
+                name: "events",
+                partitions: vec![
+                    hadron_wire::PartitionInfo {
+                        partition: 0,
+                        shard: 1,
+                    },
+                    hadron_wire::PartitionInfo {
+                        partition: 1,
+                        shard: 0,
+                    },
+                ],
+            }],
+            pipelines: vec![hadron_wire::PipelineInfo {
+                name: "service-creation",
+                source_stream: "events",
+                stages: vec!["deploy-service", "setup-billing"],
+            }],
+        }),
         Message::Publish(Publish::default()),
         Message::FetchOk(FetchOk::default()),
         Message::StageDelivery(StageDelivery::default()),
