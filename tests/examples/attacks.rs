@@ -107,7 +107,13 @@ async fn main() {
     let before = fill(&server).await;
     let conn = greedy_fetches(&server, 2_000, 16 << 20, Duration::from_secs(3)).await;
     let served = bystander_served(&server).await;
-    report("2,000 x 16 MiB Fetches, socket never read", &server, before, served, "");
+    report(
+        "2,000 x 16 MiB Fetches, socket never read",
+        &server,
+        before,
+        served,
+        "",
+    );
     drop(conn);
 
     // 2. One Fetch with max_bytes of 4 GiB (was: a whole segment).
@@ -124,13 +130,18 @@ async fn main() {
         .await;
     let got = conn.recv().await;
     let served = bystander_served(&server).await;
-    let answered = matches!(got, Some(Frame::Other { request_id, name: "FetchOk" }) if request_id == id);
+    let answered =
+        matches!(got, Some(Frame::Other { request_id, name: "FetchOk" }) if request_id == id);
     report(
         "Fetch max_bytes 4 GiB",
         &server,
         before,
         served,
-        if answered { "(answered)" } else { "(NOT answered)" },
+        if answered {
+            "(answered)"
+        } else {
+            "(NOT answered)"
+        },
     );
 
     // 3. 64 unauthenticated connections, each sending a 16 MiB frame's

@@ -282,3 +282,36 @@ async fn max_in_flight_is_lowered_to_deliveries_in_flight_max() {
         "in order, one more per ack"
     );
 }
+
+/// Strangers (no handshake) cost at most `handshakeFrameBytesMax` of read
+/// buffer each: 64 of them declaring 16 MiB frames are refused from the
+/// prefix alone, and 64 holding partial frames at the limit leave the
+/// server's peak RSS within a few MiB of where it was (64 x 16 MiB partial
+/// frames once cost 1.1 GB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_holding_partial_frames_cost_at_most_the_handshake_frame_limit() {
+    const STRANGERS: usize = 64;
+    let server = Server::start();
+    let pid = server.pid().unwrap();
+    let (_, hwm_before) = memory_kib(pid);
+    let mut held = Vec::new();
+    for _ in 0..STRANGERS {
+        let mut big = RawConn::connect(server.port()).await;
+        big.send_bytes(&(16u32 << 20).to_le_bytes()).await;
+        expect_error_then_close(&mut big, ErrorCode::FrameTooLarge, "").await;
+        let mut partial = RawConn::connect(server.port()).await;
+        let mut bytes = (64u32 << 10).to_le_bytes().to_vec();
+        bytes.extend(std::iter::repeat_n(0x5au8, (64 << 10) - 1));
+        partial.send_bytes(&bytes).await;
+        held.push(partial);
+    }
+    // The server has read what it was sent once it answers a later client.
+    serves_another_client(&server, "after-strangers").await;
+    let (_, hwm_after) = memory_kib(pid);
+    let grew_mib = hwm_after.saturating_sub(hwm_before) / 1024;
+    assert!(
+        grew_mib < 24,
+        "peak RSS grew {grew_mib} MiB ({hwm_before} -> {hwm_after} KiB) for {STRANGERS} strangers"
+    );
+    drop(held);
+}
