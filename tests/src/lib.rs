@@ -201,9 +201,9 @@ impl Server {
         Server::start_with(ServerOptions::default())
     }
 
-    /// Starts a server and waits until every port accepts connections.
-    pub fn start_with(options: ServerOptions) -> Server {
-        let mut server = Server {
+    /// A fresh data dir, log dir and port range; no process yet.
+    fn unstarted(options: ServerOptions) -> Server {
+        Server {
             data: tempfile::Builder::new()
                 .prefix("hadron-e2e-data")
                 .tempdir()
@@ -216,7 +216,12 @@ impl Server {
             options,
             child: None,
             starts: 0,
-        };
+        }
+    }
+
+    /// Starts a server and waits until every port accepts connections.
+    pub fn start_with(options: ServerOptions) -> Server {
+        let mut server = Server::unstarted(options);
         server.launch();
         server
     }
@@ -225,20 +230,7 @@ impl Server {
     /// the process to exit and returns its status and log. Panics when it
     /// is still running at the deadline.
     pub fn start_expecting_exit(options: ServerOptions, timeout: Duration) -> (ExitStatus, String) {
-        let mut server = Server {
-            data: tempfile::Builder::new()
-                .prefix("hadron-e2e-data")
-                .tempdir()
-                .unwrap(),
-            logs: tempfile::Builder::new()
-                .prefix("hadron-e2e-logs")
-                .tempdir()
-                .unwrap(),
-            port: free_port_range(options.shards),
-            options,
-            child: None,
-            starts: 0,
-        };
+        let mut server = Server::unstarted(options);
         let child = server.spawn();
         server.child = Some(child);
         match server.wait_exit(timeout) {

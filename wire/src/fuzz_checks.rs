@@ -50,7 +50,7 @@ pub fn decode_frame(data: &[u8]) {
 
 /// The `Event` buffers a message carries, for `decode_frame` to decode too.
 /// Messages that carry none (and any added later) fall to the `_` arm.
-fn carried_events<'a>(message: &Message<'a>) -> Vec<&'a [u8]> {
+pub(crate) fn carried_events<'a>(message: &Message<'a>) -> Vec<&'a [u8]> {
     match message {
         Message::Publish(m) => m.events.clone(),
         Message::FetchOk(m) => m.records.iter().map(|r| r.event).collect(),

@@ -339,7 +339,7 @@ mod tests {
         if let Ok(Some(total)) = check(buf, limits)
             && let Ok(frame) = decode(&buf[LENGTH_PREFIX_BYTES..total], limits)
         {
-            for event in events_of(&frame.message) {
+            for event in crate::fuzz_checks::carried_events(&frame.message) {
                 let _ = decode_event(event, limits);
             }
             // Whatever decoded must re-encode and decode to itself.
@@ -350,22 +350,6 @@ mod tests {
         // Decoding the raw bytes as a body must not panic either.
         let _ = decode(buf, limits);
         let _ = decode_event(buf, limits);
-    }
-
-    fn events_of<'a>(message: &Message<'a>) -> Vec<&'a [u8]> {
-        match message {
-            Message::Publish(m) => m.events.clone(),
-            Message::FetchOk(m) => m.records.iter().map(|r| r.event).collect(),
-            Message::Delivery(m) => vec![m.event],
-            Message::StageDelivery(m) => {
-                let mut all = vec![m.root];
-                all.extend(m.inputs.iter().map(|i| i.event));
-                all
-            }
-            Message::StageAck(m) => vec![m.output],
-            Message::StageAcks(m) => m.acks.iter().map(|a| a.output).collect(),
-            _ => Vec::new(),
-        }
     }
 
     fn seed() -> u64 {
@@ -409,7 +393,7 @@ mod tests {
             let decoded = decode(&frame[LENGTH_PREFIX_BYTES..], &Limits::DEFAULT).unwrap();
             assert_eq!(decoded.request_id, request_id);
             assert_eq!(decoded.message, message);
-            for event in events_of(&decoded.message) {
+            for event in crate::fuzz_checks::carried_events(&decoded.message) {
                 // Events that were encoded as events decode; random blobs may not.
                 if let Some(blob) = pool.blobs.iter().find(|b| b.as_slice() == event)
                     && let Ok(e) = decode_event(blob, &Limits::DEFAULT)
