@@ -188,6 +188,7 @@ async fn applied_resources_win_over_the_config_file_and_apply_without_a_restart(
 
     // The restart keeps what was applied: it starts (with 8 partitions, which
     // the config file's 4 would have refused), and retention still holds.
+    assert!(server.stop().success());
     server.restart();
     let client = server.client();
     let doc = status(&client).await;
@@ -214,6 +215,7 @@ async fn applied_resources_win_over_the_config_file_and_apply_without_a_restart(
     let path = server.data_dir().join("resources.yaml");
     let before = std::fs::metadata(&path).unwrap();
     std::fs::create_dir(server.data_dir().join("resources.yaml.tmp")).unwrap();
+    assert!(server.stop().success());
     server.restart();
     let after = std::fs::metadata(&path).unwrap();
     assert_eq!(
