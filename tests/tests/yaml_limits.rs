@@ -6,6 +6,12 @@
 //! grown partition count), apply without a restart, and a start that
 //! changes nothing writes nothing.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "end-to-end tests: a failed request must fail the test at once"
+)]
+
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -14,9 +20,9 @@ use hadron_tests::{Server, ServerOptions, fetch_all, status, stream_partitions};
 use hadron_wire::ErrorCode;
 
 /// The server's peak RSS may not pass this while it refuses the bombs.
-/// Idle, a one-shard server's peak is well under it; before the bounds,
+/// A one-shard server peaked at 28 MiB through this test; before the bounds,
 /// the alias bomb alone took it past 1 GB.
-const RSS_BYTES_MAX: u64 = 256 << 20;
+const RSS_BYTES_MAX: u64 = 128 << 20;
 /// An answer to a refused apply must come this quickly (a debug build on a
 /// loaded machine; the parse of the largest allowed YAML takes far less).
 const ANSWER_TIME_MAX: Duration = Duration::from_secs(5);

@@ -613,12 +613,13 @@ impl Shape {
             )),
             b'\'' => Ok(single_quoted_end(b, i + 1)),
             b'"' => Ok(double_quoted_end(b, i + 1)),
-            b'!' => Ok(i + b[i..]
-                .iter()
-                .take_while(|&&c| {
-                    !is_break(Some(&c)) && !(flow && matches!(c, b',' | b'[' | b']' | b'{' | b'}'))
-                })
-                .count()),
+            // A tag: up to whitespace, or a flow indicator inside brackets.
+            b'!' => {
+                let ends_tag = |c: u8| {
+                    is_break(Some(&c)) || (flow && matches!(c, b',' | b'[' | b']' | b'{' | b'}'))
+                };
+                Ok(i + b[i..].iter().take_while(|&&c| !ends_tag(c)).count())
+            }
             b'|' | b'>' if !flow => {
                 self.block_scalar_indent = Some(self.indent);
                 Ok(line_end(b, i))
