@@ -36,6 +36,11 @@
 //! [`nodes_max`] of the input's length: whatever an alias the scan missed
 //! expands to, reading stays linear in the input. Callers bound the input's
 //! length (`applyBytesMax`) and parse it off the shard's thread.
+//!
+//! The largest allowed apply, 1 MiB of streams and pipelines (5,916
+//! resources), reads in 0.96 s in a debug build
+//! (`the_largest_allowed_apply_parses_quickly`); serde_yaml's two readings
+//! of it take 70-90 ms optimised. The scan is a small share of either.
 
 use std::cell::Cell;
 use std::fmt;
