@@ -333,24 +333,53 @@ fn serve(
         }
     }
 
-    // Resources applied before (persisted), then those the config file
-    // declares; a server with no stream gets `events`.
-    let mut topology = Topology::default();
+    // The resources applied to this data dir win: the config file's
+    // resources (and the default `events` stream) only seed a new data dir.
+    // Re-declaring them at every start reverted applied changes (retention)
+    // and refused to start after an applied partition count.
     let persisted = shard::load_resources(&config.data_dir)?;
-    let (streams, pipelines): (Vec<_>, Vec<_>) = persisted
+    let seeding = persisted.is_none();
+    let resources = match persisted {
+        Some(applied) => {
+            let differ: Vec<String> = declared
+                .iter()
+                .filter(|r| !applied.contains(r))
+                .map(|r| format!("{}/{}", r.kind().as_str().to_lowercase(), r.name()))
+                .collect();
+            if !differ.is_empty() {
+                tracing::info!(
+                    "the config file's resources ({}) differ from those applied to {}; the applied ones are kept (the config file's only seed a new data dir; change resources with `hadron apply`)",
+                    differ.join(", "),
+                    config.data_dir.display()
+                );
+            }
+            applied
+        }
+        None => declared,
+    };
+    let (mut streams, pipelines): (Vec<_>, Vec<_>) = resources
         .into_iter()
-        .chain(declared)
         .partition(|r| matches!(r, Resource::Stream(_)));
-    let mut streams = streams;
-    if !streams.iter().any(|r| matches!(r, Resource::Stream(_))) {
+    if streams.is_empty() {
         // A server with no stream gets `events` (a pipeline may read it).
         streams.push(Resource::Stream(StreamSpec::with_defaults(
             config::stream::DEFAULT_STREAM_NAME,
         )));
     }
+    let mut topology = Topology::default();
     for resource in streams.into_iter().chain(pipelines) {
         topology.put(resource).map_err(|(_, message)| message)?;
     }
+    // The config file is held to the same limits as an apply; what a data
+    // dir already holds is kept even if a limit was lowered since.
+    if let Err(message) = config.check_resource_counts(Default::default(), topology.counts()) {
+        if seeding {
+            return Err(format!("the config file's resources: {message}"));
+        }
+        tracing::warn!("the resources applied to this data dir exceed a limit: {message}");
+    }
+    // Written only when it changes, so a start that changes nothing needs
+    // no disk space.
     shard::persist_resources(&config.data_dir, &topology.resources())?;
 
     raise_memlock(3 * config.io_memory_bytes as u64 * u64::from(config.shards) + (16 << 20));

@@ -620,6 +620,8 @@ pub struct Log<S: Storage> {
     meta: RefCell<recovery::MetaState<S::File>>,
     /// Signalled when a write of `log.meta` ends.
     meta_idle: Notify,
+    /// `config.retention` until `set_retention` changes it.
+    retention: Cell<Retention>,
 }
 
 impl<S: Storage> fmt::Debug for Log<S> {
@@ -815,6 +817,7 @@ impl<S: Storage> Log<S> {
                 busy: false,
             }),
             meta_idle: Notify::default(),
+            retention: Cell::new(config.retention),
             state: RefCell::new(State {
                 segments,
                 start_offset,
@@ -1249,9 +1252,20 @@ impl<S: Storage> Log<S> {
         &self.dir
     }
 
-    /// The configuration it was opened with.
+    /// The configuration it was opened with (see [`Log::retention`]).
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// Which segments retention deletes now.
+    pub fn retention(&self) -> Retention {
+        self.retention.get()
+    }
+
+    /// Changes which segments retention deletes, from the next retention
+    /// pass or roll on (a stream's retention applied while it runs).
+    pub fn set_retention(&self, retention: Retention) {
+        self.retention.set(retention);
     }
 
     /// A summary of its state.
@@ -1763,7 +1777,7 @@ impl<S: Storage> Log<S> {
         // of one it retires. Ages count to the newest batch appended (the
         // caller's clock, a little behind its now). Retention failures are
         // not the writer's: the periodic retention reports them.
-        let retention = self.config.retention;
+        let retention = self.retention.get();
         let unwanted = self.state.borrow().delete_below > 0;
         if retention.max_bytes.is_some() || retention.max_age_ms.is_some() || unwanted {
             let newest = {
@@ -2183,7 +2197,7 @@ impl<S: Storage> Log<S> {
         let Retention {
             max_age_ms,
             max_bytes,
-        } = self.config.retention;
+        } = self.retention.get();
         // (log path, index path, bytes, whether its file is reused)
         let victims: Vec<(PathBuf, PathBuf, u64, bool)> = {
             let mut guard = self.state.borrow_mut();

@@ -361,6 +361,34 @@ fn retention_deletes_whole_sealed_segments_by_bytes_and_by_age() {
     assert_eq!(log.stats().segments, 1);
 }
 
+#[test]
+fn retention_set_on_an_open_log_applies_from_the_next_pass() {
+    let sim = SimStorage::new(7, SimFaults::default());
+    let config = small_config();
+    let log = open(&sim, config);
+    for i in 0..300u64 {
+        append(&log, &[record(i, 900)], 1_000 + i);
+    }
+    let before = log.stats();
+    assert!(before.segments >= 4);
+    assert_eq!(
+        block_on(log.apply_retention(0)).unwrap(),
+        RetentionReport::default(),
+        "no retention configured"
+    );
+    let retention = Retention {
+        max_age_ms: None,
+        max_bytes: Some(2 * config.segment_bytes),
+    };
+    log.set_retention(retention);
+    assert_eq!(log.retention(), retention);
+    assert!(block_on(log.apply_retention(0)).unwrap().segments > 0);
+    let after = log.stats();
+    assert!(after.bytes <= 2 * config.segment_bytes, "{after:?}");
+    assert!(after.start_offset > 0);
+    assert_eq!(after.next_offset, before.next_offset);
+}
+
 fn free_files(sim: &SimStorage) -> Vec<PathBuf> {
     sim.paths()
         .into_iter()

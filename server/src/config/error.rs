@@ -109,6 +109,9 @@ pub enum Problem {
     },
     /// More trigger patterns than allowed.
     TooManyTriggers { count: usize, max: usize },
+    /// YAML this server does not read: anchors and aliases, or nesting
+    /// deeper than any resource needs (see `yaml.rs`).
+    YamlRefused { reason: String },
 }
 
 impl fmt::Display for Problem {
@@ -173,6 +176,7 @@ impl fmt::Display for Problem {
             Problem::TooManyTriggers { count, max } => {
                 write!(f, "{count} triggers; a pipeline may have at most {max}")
             }
+            Problem::YamlRefused { reason } => f.write_str(reason),
         }
     }
 }

@@ -35,7 +35,28 @@
 //! requestsInFlightMax: 1024   # per connection: requests served at once
 //! deliveriesInFlightMax: 1024 # per subscription: a larger max_in_flight is
 //!                             # lowered to this (0 reads as 1)
+//! applyBytesMax: 1048576      # largest `hadron apply` YAML, 1 MiB
+//! streamsMax: 256             # streams the server may hold
+//! partitionsMax: 1024         # stream partitions in all; also pipeline runs
+//!                             # (a pipeline runs once per source partition)
+//! pipelinesMax: 64            # pipelines the server may hold
 //! ```
+//!
+//! The last four bound what one `hadron apply` can make the server do; an
+//! apply over one is answered `LimitExceeded` with the setting and its value
+//! and changes nothing. Their defaults suit a 2-core, 24 GiB machine: 1 MiB
+//! of YAML parses in well under a second; each partition and each pipeline
+//! run opens its own log (a preallocated `segmentBytes` file, and memory
+//! for its buffers and dedup window), so partitions are the costly count
+//! (idle, 1,024 partitions took a one-shard server from 24 to 42 MiB of
+//! RSS; a full dedup window costs up to 110 MiB per partition). A
+//! server already past a limit (the limit was lowered) keeps what it has; an
+//! apply is refused only when it would grow a count past its limit. The
+//! YAML itself, this config file's too, is bounded in `yaml.rs` (no anchors
+//! or aliases, brackets at most 32 deep), and a stream has at most 1,024
+//! partitions and a pipeline 64 stages whatever these say. The config
+//! file's resources are held to the same counts on a data dir's first
+//! start; later starts keep the applied resources (see `main.rs`).
 //!
 //! Command-line flags override these after parsing; call
 //! [`ServerConfig::validate`] again after applying them.
@@ -120,6 +141,18 @@ pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: u32 = 1024;
 /// Unacknowledged deliveries one subscription may hold: with events of up
 /// to a batch (4 MiB), what a subscription can pin is bounded by this.
 pub const DELIVERIES_IN_FLIGHT_MAX_DEFAULT: u32 = 1024;
+/// `applyBytesMax` when the config does not say.
+pub const APPLY_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// The smallest `applyBytesMax`: room for a few resources.
+pub const APPLY_BYTES_MAX_MIN: usize = 4 << 10;
+/// `streamsMax` when the config does not say.
+pub const STREAMS_MAX_DEFAULT: u32 = 256;
+/// `partitionsMax` when the config does not say.
+pub const PARTITIONS_MAX_DEFAULT: u32 = 1024;
+/// `pipelinesMax` when the config does not say.
+pub const PIPELINES_MAX_DEFAULT: u32 = 64;
+/// The largest value `streamsMax`, `partitionsMax` and `pipelinesMax` take.
+pub const RESOURCES_MAX_MAX: u32 = 1 << 20;
 /// Flush interval for `fsync: interval` when `fsyncIntervalMs` is absent.
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 100;
 /// The longest `fsyncIntervalMs`: the loss window in a crash.
@@ -135,6 +168,9 @@ const _: () = assert!(GROUPS_MAX_DEFAULT <= GROUPS_MAX_MAX);
 const _: () = assert!(ACK_IDS_MAX_DEFAULT <= ACK_IDS_MAX_MAX);
 const _: () =
     assert!(SUBSCRIPTIONS_PER_CONNECTION_MAX_DEFAULT <= SUBSCRIPTIONS_PER_CONNECTION_MAX_MAX);
+const _: () = assert!(APPLY_BYTES_MAX_MIN <= APPLY_BYTES_MAX_DEFAULT);
+const _: () = assert!(APPLY_BYTES_MAX_DEFAULT <= hadron_wire::FRAME_BYTES_MAX);
+const _: () = assert!(PARTITIONS_MAX_DEFAULT >= super::stream::PARTITIONS_DEFAULT);
 
 /// When a publish is acknowledged relative to fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -208,6 +244,14 @@ pub struct ServerConfig {
     pub requests_in_flight_max: u32,
     /// Unacknowledged deliveries per subscription, at most.
     pub deliveries_in_flight_max: u32,
+    /// The largest YAML `hadron apply` may send.
+    pub apply_bytes_max: usize,
+    /// The most streams.
+    pub streams_max: u32,
+    /// The most stream partitions in all, and the most pipeline runs.
+    pub partitions_max: u32,
+    /// The most pipelines.
+    pub pipelines_max: u32,
 }
 
 /// A handshake token: a shared secret, never printed.
@@ -274,6 +318,10 @@ impl Default for ServerConfig {
             outbox_bytes_max: OUTBOX_BYTES_MAX_DEFAULT,
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
             deliveries_in_flight_max: DELIVERIES_IN_FLIGHT_MAX_DEFAULT,
+            apply_bytes_max: APPLY_BYTES_MAX_DEFAULT,
+            streams_max: STREAMS_MAX_DEFAULT,
+            partitions_max: PARTITIONS_MAX_DEFAULT,
+            pipelines_max: PIPELINES_MAX_DEFAULT,
         }
     }
 }
@@ -401,6 +449,28 @@ impl ServerConfig {
             }
         }
         errors.extend(self.retention.errors("retention"));
+        if !(APPLY_BYTES_MAX_MIN..=hadron_wire::FRAME_BYTES_MAX).contains(&self.apply_bytes_max) {
+            errors.push(out_of_range(
+                "applyBytesMax",
+                to_u64(self.apply_bytes_max),
+                to_u64(APPLY_BYTES_MAX_MIN),
+                to_u64(hadron_wire::FRAME_BYTES_MAX),
+            ));
+        }
+        for (path, value) in [
+            ("streamsMax", self.streams_max),
+            ("partitionsMax", self.partitions_max),
+            ("pipelinesMax", self.pipelines_max),
+        ] {
+            if !(1..=RESOURCES_MAX_MAX).contains(&value) {
+                errors.push(out_of_range(
+                    path,
+                    value.into(),
+                    1,
+                    RESOURCES_MAX_MAX.into(),
+                ));
+            }
+        }
         if let Some(Token(secret)) = &self.token
             && (secret.is_empty() || secret.len() > TOKEN_BYTES_MAX)
         {
@@ -521,6 +591,67 @@ impl ServerConfig {
         }
     }
 
+    /// Refuses an apply's YAML longer than `applyBytesMax`; the message
+    /// names the setting and its value.
+    pub fn check_apply_bytes(&self, bytes: usize) -> Result<(), String> {
+        if bytes <= self.apply_bytes_max {
+            return Ok(());
+        }
+        Err(format!(
+            "the apply is {bytes} bytes of YAML; applyBytesMax is {}: split it into several applies, or raise applyBytesMax in the server's config",
+            self.apply_bytes_max
+        ))
+    }
+
+    /// Refuses resources that would grow a count past its limit (`before`
+    /// is what the server holds, `after` what it would hold). A count
+    /// already past its limit may stay or shrink. The message names the
+    /// setting and its value.
+    pub fn check_resource_counts(
+        &self,
+        before: ResourceCounts,
+        after: ResourceCounts,
+    ) -> Result<(), String> {
+        let checks = [
+            (
+                "streamsMax",
+                self.streams_max,
+                before.streams,
+                after.streams,
+                "streams",
+            ),
+            (
+                "partitionsMax",
+                self.partitions_max,
+                before.partitions,
+                after.partitions,
+                "stream partitions in all",
+            ),
+            (
+                "pipelinesMax",
+                self.pipelines_max,
+                before.pipelines,
+                after.pipelines,
+                "pipelines",
+            ),
+            (
+                "partitionsMax",
+                self.partitions_max,
+                before.pipeline_runs,
+                after.pipeline_runs,
+                "pipeline runs in all (one per pipeline and source partition)",
+            ),
+        ];
+        for (setting, max, before, after, what) in checks {
+            if after > u64::from(max) && after > before {
+                return Err(format!(
+                    "the server would hold {after} {what}; {setting} is {max}: remove some, or raise {setting} in the server's config"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The port shard `shard_id` listens on, when `shardPorts` is on.
     pub fn shard_port(&self, shard_id: u16) -> Option<u16> {
         if self.shard_ports {
@@ -529,6 +660,17 @@ impl ServerConfig {
             None
         }
     }
+}
+
+/// What a set of resources costs, for [`ServerConfig::check_resource_counts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceCounts {
+    pub streams: u64,
+    /// Partitions of all streams.
+    pub partitions: u64,
+    pub pipelines: u64,
+    /// Per pipeline, the partitions of its source stream.
+    pub pipeline_runs: u64,
 }
 
 /// `fsync:` values.
@@ -573,6 +715,10 @@ pub(super) struct ServerConfigDoc {
     outbox_bytes_max: Option<usize>,
     requests_in_flight_max: Option<u32>,
     deliveries_in_flight_max: Option<u32>,
+    apply_bytes_max: Option<usize>,
+    streams_max: Option<u32>,
+    partitions_max: Option<u32>,
+    pipelines_max: Option<u32>,
 }
 
 impl ServerConfigDoc {
@@ -644,6 +790,10 @@ impl ServerConfigDoc {
             deliveries_in_flight_max: self
                 .deliveries_in_flight_max
                 .unwrap_or(defaults.deliveries_in_flight_max),
+            apply_bytes_max: self.apply_bytes_max.unwrap_or(defaults.apply_bytes_max),
+            streams_max: self.streams_max.unwrap_or(defaults.streams_max),
+            partitions_max: self.partitions_max.unwrap_or(defaults.partitions_max),
+            pipelines_max: self.pipelines_max.unwrap_or(defaults.pipelines_max),
         };
         config.validate()?;
         Ok(config)

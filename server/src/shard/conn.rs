@@ -990,13 +990,21 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
                 outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
             }))
         }
-        Op::Apply(yaml, force) => match shard.call(0, Request::Apply { yaml, force }).await {
-            Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
-                let summary = summary.iter().map(String::as_str).collect();
-                outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
-            })),
-            other => Err(unexpected(other)),
-        },
+        Op::Apply(yaml, force) => {
+            // Refused here, where it enters, before it crosses the mesh.
+            shard
+                .settings
+                .config
+                .check_apply_bytes(yaml.len())
+                .map_err(|m| (ErrorCode::LimitExceeded, m))?;
+            match shard.call(0, Request::Apply { yaml, force }).await {
+                Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
+                    let summary = summary.iter().map(String::as_str).collect();
+                    outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
+                })),
+                other => Err(unexpected(other)),
+            }
+        }
         Op::Status => {
             let json = shard.status_json().await?;
             Ok(Box::new(move |id, outbox: &Outbox| {

@@ -10,9 +10,12 @@
 //!   elsewhere is forwarded over the mesh ([`Request`]) and its [`Reply`]
 //!   comes back the same way; deliveries for a connection on another shard
 //!   travel as [`MeshMsg::Push`].
-//! - Shard 0 coordinates `apply`: it validates, persists the resources to
-//!   `<data dir>/resources.yaml`, then installs the new topology on every
-//!   shard.
+//! - Shard 0 coordinates `apply`: it parses the YAML on a blocking thread
+//!   (bounded by `applyBytesMax` and `config/yaml.rs`), checks the
+//!   resource limits, persists the resources to `<data dir>/resources.yaml`
+//!   (only when they changed), then installs the new topology on every
+//!   shard, which opens new partitions and gives existing ones their new
+//!   retention and dedup limits at once.
 
 pub mod conn;
 pub mod group;
@@ -37,6 +40,7 @@ use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{LogConfig, Retention};
 use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
 
+use crate::config::server::ResourceCounts;
 use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
 use crate::failpoint;
 use group::{Deliveries, GroupPartition, GroupStatus, MemberId, Outgoing};
@@ -69,6 +73,25 @@ impl Topology {
         let streams = self.streams.values().cloned().map(Resource::Stream);
         let pipelines = self.pipelines.values().cloned().map(Resource::Pipeline);
         streams.chain(pipelines).collect()
+    }
+
+    /// What these resources cost, for the server's limits.
+    pub fn counts(&self) -> ResourceCounts {
+        let partitions_of = |stream: &str| {
+            self.streams
+                .get(stream)
+                .map_or(0, |s| u64::from(s.partitions))
+        };
+        ResourceCounts {
+            streams: self.streams.len() as u64,
+            partitions: self.streams.values().map(|s| u64::from(s.partitions)).sum(),
+            pipelines: self.pipelines.len() as u64,
+            pipeline_runs: self
+                .pipelines
+                .values()
+                .map(|p| partitions_of(&p.source_stream))
+                .sum(),
+        }
     }
 
     /// Adds or replaces a resource, checking what can be checked without
@@ -921,7 +944,7 @@ impl Shard {
                     .sum(),
             ),
             Request::Status => Reply::Status(self.status(), self.run_status()),
-            Request::Apply { yaml, force } => self.apply(&yaml, force).await,
+            Request::Apply { yaml, force } => self.apply(yaml, force).await,
             Request::Install { topology } => match self.install(topology).await {
                 Ok(()) => Reply::Done,
                 Err(e) => Reply::Failed(ErrorCode::StorageError, e),
@@ -1276,7 +1299,18 @@ impl Shard {
                     continue;
                 }
                 let key = (spec.name.clone(), partition);
-                if self.partitions.borrow().contains_key(&key) {
+                let open = self.partitions.borrow().get(&key).cloned();
+                if let Some(p) = open {
+                    // An applied change to the stream: at once (turning
+                    // dedup on or off waits for a start; the apply says so).
+                    p.set_dedup_limits(partition::DedupLimits {
+                        window_ms: stream_settings.dedup_window_ms,
+                        keys_max: stream_settings.dedup_keys_max,
+                    });
+                    if p.log.retention() != stream_settings.retention {
+                        p.log.set_retention(stream_settings.retention);
+                        retain(&p).await;
+                    }
                     continue;
                 }
                 let p = Partition::open(
@@ -1368,7 +1402,7 @@ impl Shard {
     }
 
     /// Validates and applies resources (runs on shard 0).
-    async fn apply(self: &Rc<Self>, yaml: &str, force: bool) -> Reply {
+    async fn apply(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
         if self.applying.get() {
             return Reply::Failed(
                 ErrorCode::InvalidRequest,
@@ -1381,8 +1415,15 @@ impl Shard {
         reply
     }
 
-    async fn apply_inner(self: &Rc<Self>, yaml: &str, force: bool) -> Reply {
-        let resources = match config::parse_documents(yaml) {
+    async fn apply_inner(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
+        // The connection refused more than `applyBytesMax`, and the YAML
+        // reader bounds nesting and refuses aliases, so parsing is cheap;
+        // still, it runs off the shard's thread so that no document can
+        // stall the shard's connections and partitions meanwhile.
+        let parsed = glommio::executor()
+            .spawn_blocking(move || config::parse_documents(&yaml))
+            .await;
+        let resources = match parsed {
             Ok(r) => r,
             Err(e) => return Reply::Failed(ErrorCode::InvalidConfig, e.to_string()),
         };
@@ -1397,6 +1438,31 @@ impl Shard {
             match next.put(resource) {
                 Ok(line) => summary.push(line),
                 Err((code, message)) => return Reply::Failed(code, message),
+            }
+        }
+        if let Err(message) = self
+            .settings
+            .config
+            .check_resource_counts(current.counts(), next.counts())
+        {
+            return Reply::Failed(ErrorCode::LimitExceeded, message);
+        }
+        // Retention and dedup limits of existing streams change at once,
+        // except turning dedup on or off (see `Partition::set_dedup_limits`).
+        let config = &self.settings.config;
+        for (name, spec) in &next.streams {
+            let Some(old) = current.streams.get(name) else {
+                continue;
+            };
+            let (was, now) = (
+                old.settings(config).dedup_window_ms,
+                spec.settings(config).dedup_window_ms,
+            );
+            if (was == 0) != (now == 0) {
+                summary.push(format!(
+                    "stream/{name}: dedupWindowMs {was} -> {now} turns deduplication {} at the next server start; its other settings apply now",
+                    if now == 0 { "off" } else { "on" }
+                ));
             }
         }
         // Removing a stage drops its pending work: refuse unless forced.
@@ -1488,25 +1554,15 @@ impl Shard {
                 if self.stopping.get() {
                     return;
                 }
-                let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+                let parts: Vec<Rc<Partition>> =
+                    self.partitions.borrow().values().cloned().collect();
                 for p in parts {
                     // Record how far the log is durable, so that damage
                     // below it is told from a torn tail after a crash.
                     if let Err(e) = p.log.checkpoint().await {
                         tracing::warn!(stream = %p.stream, partition = p.partition, "checkpoint failed: {e}");
                     }
-                    match p.log.apply_retention(now_ms()).await {
-                        Ok(r) if r.segments > 0 => tracing::info!(
-                            stream = %p.stream,
-                            partition = p.partition,
-                            "retention deleted {} segments ({} bytes; {} files kept for reuse)",
-                            r.segments,
-                            r.bytes,
-                            r.recycled
-                        ),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(stream = %p.stream, partition = p.partition, "retention failed: {e}"),
-                    }
+                    retain(&p).await;
                 }
             }
         })
@@ -1531,6 +1587,24 @@ impl Shard {
             if let Err(e) = p.commit_offsets().await {
                 tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");
             }
+        }
+    }
+}
+
+/// Runs retention on a partition's log, logging what it deleted.
+async fn retain(p: &Partition) {
+    match p.log.apply_retention(now_ms()).await {
+        Ok(r) if r.segments > 0 => tracing::info!(
+            stream = %p.stream,
+            partition = p.partition,
+            "retention deleted {} segments ({} bytes; {} files kept for reuse)",
+            r.segments,
+            r.bytes,
+            r.recycled
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(stream = %p.stream, partition = p.partition, "retention failed: {e}")
         }
     }
 }
@@ -1577,29 +1651,85 @@ fn pipeline_status(spec: &PipelineSpec, runs: &[(String, RunStatus)]) -> serde_j
     })
 }
 
-/// Writes the resources file atomically: a temporary file, fsync, rename,
-/// fsync of the directory. Runs on shard 0 during `apply` only.
-pub fn persist_resources(data_dir: &Path, resources: &[Resource]) -> Result<(), String> {
+/// Writes the resources file when its content changes (see
+/// [`write_if_changed`]). Returns whether it wrote.
+pub fn persist_resources(data_dir: &Path, resources: &[Resource]) -> Result<bool, String> {
     let yaml = config::to_yaml_documents(resources).map_err(|e| e.to_string())?;
-    let path = data_dir.join(RESOURCES_FILE);
-    let tmp = data_dir.join(format!("{RESOURCES_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(data_dir)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, yaml.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(data_dir)?.sync_all()
-    };
-    write().map_err(|e| format!("cannot persist resources to {}: {e}", path.display()))
+    write_if_changed(data_dir, RESOURCES_FILE, yaml.as_bytes())
 }
 
-/// Reads the persisted resources, if any.
-pub fn load_resources(data_dir: &Path) -> Result<Vec<Resource>, String> {
+/// Writes `<dir>/<name>` atomically (a temporary file, fsync, rename, fsync
+/// of the directory), unless it already holds exactly `content`: then
+/// nothing is written, so a start that changes nothing needs no disk space
+/// and no write permission. Returns whether it wrote.
+pub fn write_if_changed(dir: &Path, name: &str, content: &[u8]) -> Result<bool, String> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(old) if old == content => return Ok(false),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let tmp = dir.join(format!("{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, content)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(true)
+}
+
+/// Reads the persisted resources; `None` when the data dir has none yet
+/// (a first start).
+pub fn load_resources(data_dir: &Path) -> Result<Option<Vec<Resource>>, String> {
     let path = data_dir.join(RESOURCES_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(yaml) => config::parse_documents(&yaml).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(yaml) => config::parse_documents(&yaml)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn resources_file_is_written_only_when_its_content_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESOURCES_FILE);
+        let events = [Resource::Stream(StreamSpec::with_defaults("events"))];
+        assert_eq!(persist_resources(dir.path(), &events), Ok(true));
+        let first = std::fs::metadata(&path).unwrap();
+        // A write now would fail: the temporary file's name is taken by a
+        // directory (as a full disk or a read-only file would make it fail).
+        std::fs::create_dir(dir.path().join(format!("{RESOURCES_FILE}.tmp"))).unwrap();
+        assert_eq!(persist_resources(dir.path(), &events), Ok(false));
+        let second = std::fs::metadata(&path).unwrap();
+        assert_eq!(first.ino(), second.ino());
+        assert_eq!(first.mtime_nsec(), second.mtime_nsec());
+        assert_eq!(load_resources(dir.path()), Ok(Some(events.to_vec())));
+        // A change must be written, and the failure is reported.
+        let orders = [Resource::Stream(StreamSpec::with_defaults("orders"))];
+        let e = persist_resources(dir.path(), &orders).unwrap_err();
+        assert!(e.starts_with("cannot write "), "{e}");
+        std::fs::remove_dir(dir.path().join(format!("{RESOURCES_FILE}.tmp"))).unwrap();
+        assert_eq!(persist_resources(dir.path(), &orders), Ok(true));
+        assert_eq!(load_resources(dir.path()), Ok(Some(orders.to_vec())));
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), first.ino());
+    }
+
+    #[test]
+    fn a_data_dir_without_resources_file_is_a_first_start() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_resources(dir.path()), Ok(None));
     }
 }

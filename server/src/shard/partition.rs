@@ -539,7 +539,8 @@ pub struct Partition {
     /// Consumer groups reading this partition.
     pub groups: RefCell<BTreeMap<String, Rc<GroupPartition>>>,
     dedup: RefCell<Dedup>,
-    dedup_limits: DedupLimits,
+    /// Changed by an apply (`set_dedup_limits`).
+    dedup_limits: Cell<DedupLimits>,
     /// The dedup key function: `dedup_key`, or a weak one in tests that
     /// need collisions.
     key_of: fn(&str, &str) -> u64,
@@ -653,7 +654,7 @@ impl Partition {
             appended: Notify::default(),
             groups: RefCell::new(BTreeMap::new()),
             dedup: RefCell::new(Dedup::starting_at(0)),
-            dedup_limits,
+            dedup_limits: Cell::new(dedup_limits),
             key_of: dedup_key,
             limits,
             offsets,
@@ -668,11 +669,24 @@ impl Partition {
         Ok(p)
     }
 
+    /// Adopts an applied stream's dedup limits at once, unless they turn
+    /// deduplication on or off (`dedupWindowMs` from or to 0): that needs
+    /// the window rebuilt from the log, which happens at the next start.
+    /// Returns whether the limits were adopted.
+    pub fn set_dedup_limits(&self, limits: DedupLimits) -> bool {
+        let old = self.dedup_limits.get();
+        if (old.window_ms == 0) != (limits.window_ms == 0) {
+            return false;
+        }
+        self.dedup_limits.set(limits);
+        true
+    }
+
     async fn rebuild_dedup(&self) -> Result<(), String> {
-        if self.dedup_limits.window_ms == 0 {
+        if self.dedup_limits.get().window_ms == 0 {
             return Ok(());
         }
-        let since = now_ms().saturating_sub(self.dedup_limits.window_ms);
+        let since = now_ms().saturating_sub(self.dedup_limits.get().window_ms);
         let end = self.log.visible_offset();
         let Some(first) = self
             .log
@@ -713,7 +727,7 @@ impl Partition {
             }
             offset = read.next_offset;
             // Hold the cap while rebuilding, not only once done.
-            dedup.expire(since, self.dedup_limits.keys_max);
+            dedup.expire(since, self.dedup_limits.get().keys_max);
         }
         *self.dedup.borrow_mut() = dedup;
         Ok(())
@@ -818,7 +832,7 @@ impl Partition {
             for (chunk, outcome) in chunks.iter().zip(outcomes) {
                 match outcome {
                     Ok(a) => {
-                        let tracking = self.dedup_limits.window_ms > 0;
+                        let tracking = self.dedup_limits.get().window_ms > 0;
                         for (n, &i) in chunk.iter().enumerate() {
                             let offset = a.base_offset + n as u64;
                             offsets[i] = offset;
@@ -842,13 +856,13 @@ impl Partition {
                     }
                 }
             }
-            if self.dedup_limits.window_ms > 0 {
+            if self.dedup_limits.get().window_ms > 0 {
                 // Back within the cap now that this publish's keys are in
                 // (the claim made no room ahead, so that a retry of the
                 // oldest keys was still recognised).
                 dedup.expire(
-                    now.saturating_sub(self.dedup_limits.window_ms),
-                    self.dedup_limits.keys_max,
+                    now.saturating_sub(self.dedup_limits.get().window_ms),
+                    self.dedup_limits.get().keys_max,
                 );
             }
         }
@@ -911,13 +925,13 @@ impl Partition {
         keys: &[u64],
         now: u64,
     ) -> Option<(Vec<usize>, Vec<Option<Result<u64, usize>>>)> {
-        if self.dedup_limits.window_ms == 0 {
+        if self.dedup_limits.get().window_ms == 0 {
             return Some(((0..keys.len()).collect(), vec![None; keys.len()]));
         }
         let mut dedup = self.dedup.borrow_mut();
         dedup.expire(
-            now.saturating_sub(self.dedup_limits.window_ms),
-            self.dedup_limits.keys_max,
+            now.saturating_sub(self.dedup_limits.get().window_ms),
+            self.dedup_limits.get().keys_max,
         );
         let mut claims = Vec::with_capacity(keys.len());
         if !dedup.claim_all(keys, &mut claims) {
