@@ -304,18 +304,9 @@ impl Server {
         Client::new(&self.addr(), options).unwrap()
     }
 
-    /// The server process's id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// The server's peak resident memory (`VmHWM` in `/proc/<pid>/status`)
-    /// in bytes, while it runs.
+    /// The server's peak resident memory (`VmHWM`) in bytes, while it runs.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        Some(memory_kib(self.pid()?).1 * 1024)
     }
 
     /// Whether the process is still running.
