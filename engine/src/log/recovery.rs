@@ -51,7 +51,8 @@ use std::rc::Rc;
 
 use super::batch::{self, BATCH_HEADER_BYTES, RECORD_PREFIX_BYTES};
 use super::meta::{self, LogMeta, REPAIR_GAPS_MAX};
-use super::{Log, LogConfig, OpenError, SCAN_CHUNK_BYTES, Scan, io_err, write_index_pages};
+use super::segment::write_index_pages;
+use super::{Log, LogConfig, OpenError, SCAN_CHUNK_BYTES, Scan, io_err};
 use crate::storage::{IO_ALIGN_BYTES, Storage, StorageFile, align_up};
 
 /// A torn tail recovery cut from the active segment.
