@@ -203,7 +203,8 @@ impl<S: Storage> Log<S> {
     }
 
     /// How segment files are opened for writing: write-through under
-    /// [`Durability::Always`] (see the module header), buffered otherwise.
+    /// [`Durability::Always`] (see "Group commit" in `append`), buffered
+    /// otherwise.
     fn segment_writes(&self) -> Writes {
         segment_writes(self.config.durability)
     }
