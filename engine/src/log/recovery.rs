@@ -51,8 +51,9 @@ use std::rc::Rc;
 
 use super::batch::{self, BATCH_HEADER_BYTES, RECORD_PREFIX_BYTES};
 use super::meta::{self, LogMeta, REPAIR_GAPS_MAX};
+use super::open::Scan;
 use super::segment::write_index_pages;
-use super::{Log, LogConfig, OpenError, SCAN_CHUNK_BYTES, Scan, io_err};
+use super::{Log, LogConfig, OpenError, SCAN_CHUNK_BYTES, io_err};
 use crate::storage::{IO_ALIGN_BYTES, Storage, StorageFile, align_up};
 
 /// A torn tail recovery cut from the active segment.

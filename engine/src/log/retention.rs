@@ -29,8 +29,9 @@ impl<S: Storage> Log<S> {
     /// that holds only such records is deleted now (its file recycled, as
     /// by retention), and later ones as they are sealed. The log's start
     /// moves to the first segment kept, so reads below it fail with
-    /// [`ReadError::BeforeStart`]. For logs that carry their own state
-    /// forward (a checkpoint) rather than keep data for a time or size.
+    /// [`ReadError::BeforeStart`](super::ReadError::BeforeStart). For logs
+    /// that carry their own state forward (a checkpoint) rather than keep
+    /// data for a time or size.
     /// The mark is not persisted: after a reopen the caller says it again.
     pub async fn delete_before(&self, offset: u64) -> io::Result<RetentionReport> {
         {

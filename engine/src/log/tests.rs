@@ -10,6 +10,7 @@ use futures::executor::block_on;
 use futures::future::join_all;
 
 use super::batch::{BATCH_HEADER_BYTES, Batches};
+use super::index::IndexEntry;
 use super::*;
 use crate::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 
