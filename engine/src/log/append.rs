@@ -40,7 +40,7 @@
 //! again. An fdatasync is never retried, since after a failure the kernel may
 //! have dropped the dirty pages it could not write.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -62,6 +62,27 @@ struct PendingSync<S: Storage> {
     next_offset: u64,
     /// The file is write-through: its writes, already returned, made
     /// durable what this covers, and no fdatasync is issued.
+    written_through: bool,
+}
+
+/// A write buffer of a segment file.
+type FileBuf<S> = <<S as Storage>::File as StorageFile>::Buf;
+
+/// What a flush round writes of one segment, snapshotted from its state so
+/// that appends can go on while the writes run.
+struct FlushWork<S: Storage> {
+    file: Rc<S::File>,
+    idx_file: Option<Rc<S::File>>,
+    /// Whole pages of data and the file positions they go to.
+    writes: Vec<(FileBuf<S>, u64)>,
+    /// The segment's end the writes reach.
+    end: u64,
+    /// The offset after the batches they hold.
+    next_offset: u64,
+    sealed: bool,
+    /// Whole new index pages: the buffer, its position, and the index bytes
+    /// written once it is.
+    idx_pages: Option<(FileBuf<S>, u64, usize)>,
     written_through: bool,
 }
 
@@ -409,72 +430,22 @@ impl<S: Storage> Log<S> {
             Durability::Never => false,
         };
 
-        // Snapshot what to write.
-        let (file, idx_file, writes, end, next_offset, sealed, idx_pages, written_through) = {
-            let st = self.state.borrow();
-            let Some(seg) = st.segments.get(&base) else {
-                return Ok(None);
-            };
-            let Some(file) = seg.file.clone() else {
-                return Err(format!("segment {} has no file", seg.log_path.display()));
-            };
-            let mut writes = Vec::new();
-            if seg.end > seg.written_end {
-                let mut at = 0usize;
-                let padded = align_up(seg.buf.len() as u64) as usize;
-                while at < padded {
-                    let len = (padded - at).min(self.config.write_bytes_max);
-                    let mut buf = file.alloc_buf(len);
-                    let dst = buf.as_mut();
-                    let data_end = (at + len).min(seg.buf.len());
-                    let data = &seg.buf[at..data_end];
-                    dst[..data.len()].copy_from_slice(data);
-                    dst[data.len()..].fill(0);
-                    writes.push((buf, seg.buf_position + at as u64));
-                    at += len;
-                }
-            }
-            // Whole new pages of the active segment's index.
-            let mut idx_pages = None;
-            if let (SegmentIndex::Memory(idx), Some(idx_file)) = (&seg.index, &seg.idx_file) {
-                let full = align_down(idx.len() as u64) as usize;
-                if full > seg.index_written_bytes {
-                    let mut buf = idx_file.alloc_buf(full - seg.index_written_bytes);
-                    buf.as_mut()
-                        .copy_from_slice(&idx[seg.index_written_bytes..full]);
-                    idx_pages = Some((buf, seg.index_written_bytes as u64, full));
-                }
-            }
-            (
-                file,
-                seg.idx_file.clone(),
-                writes,
-                seg.end,
-                seg.next_offset,
-                seg.sealed,
-                idx_pages,
-                seg.writes == Writes::Through,
-            )
+        let Some(work) = self.flush_work(base)? else {
+            return Ok(None);
         };
+        let FlushWork {
+            file,
+            idx_file,
+            writes,
+            end,
+            next_offset,
+            sealed,
+            idx_pages,
+            written_through,
+        } = work;
         let wrote = !writes.is_empty();
-        let write_bytes: usize = writes.iter().map(|(buf, _)| buf.as_ref().len()).sum();
         let path = self.segment_path(base);
-        let write_start = Instant::now();
-        let results = futures::future::join_all(
-            writes
-                .into_iter()
-                .map(|(buf, position)| file.write_at(buf, position)),
-        )
-        .await;
-        for r in results {
-            r.map_err(|e| format!("write to {} failed: {e}", path.display()))?;
-        }
-        if wrote {
-            let mut st = self.state.borrow_mut();
-            st.commits.writes += 1;
-            st.commits.written_bytes += write_bytes as u64;
-            st.commits.write_us += elapsed_us(write_start);
-        }
+        self.write_pages(&file, writes, &path).await?;
         if let (Some((buf, position, full)), Some(idx_file)) = (idx_pages, idx_file.as_ref()) {
             // The index is a hint that recovery checks, so it is written but
             // not synced here; a failure to write it still poisons the log,
@@ -490,24 +461,8 @@ impl<S: Storage> Log<S> {
         let synced = sealed
             || ((want_sync || sync_due)
                 && (wrote || next_offset > self.state.borrow().syncing_next));
-        // Commit what the snapshot covered.
-        {
-            let mut guard = self.state.borrow_mut();
-            let st = &mut *guard;
-            let Some(seg) = st.segments.get_mut(&base) else {
-                return Ok(None);
-            };
-            if end > seg.written_end {
-                st.pending_bytes -= (end - seg.written_end) as usize;
-                seg.written_end = end;
-                let keep_from = align_down(end);
-                let drop_bytes = (keep_from - seg.buf_position) as usize;
-                let _ = seg.buf.split_to(drop_bytes);
-                seg.buf_position = keep_from;
-            }
-            if synced {
-                st.syncing_next = st.syncing_next.max(next_offset);
-            }
+        if !self.commit_written(base, end, next_offset, synced) {
+            return Ok(None);
         }
         let sync = synced.then(|| PendingSync {
             file,
@@ -536,5 +491,108 @@ impl<S: Storage> Log<S> {
             self.finalize_segment(base).await?;
         }
         Ok(None)
+    }
+
+    /// Snapshots what segment `base` has to write: its unwritten tail, in
+    /// buffers of at most `write_bytes_max`, and the whole new pages of its
+    /// index. `None` when the segment is gone.
+    fn flush_work(&self, base: u64) -> Result<Option<FlushWork<S>>, String> {
+        let st = self.state.borrow();
+        let Some(seg) = st.segments.get(&base) else {
+            return Ok(None);
+        };
+        let Some(file) = seg.file.clone() else {
+            return Err(format!("segment {} has no file", seg.log_path.display()));
+        };
+        let mut writes = Vec::new();
+        if seg.end > seg.written_end {
+            let mut at = 0usize;
+            let padded = align_up(seg.buf.len() as u64) as usize;
+            while at < padded {
+                let len = (padded - at).min(self.config.write_bytes_max);
+                let mut buf = file.alloc_buf(len);
+                let dst = buf.as_mut();
+                let data_end = (at + len).min(seg.buf.len());
+                let data = &seg.buf[at..data_end];
+                dst[..data.len()].copy_from_slice(data);
+                dst[data.len()..].fill(0);
+                writes.push((buf, seg.buf_position + at as u64));
+                at += len;
+            }
+        }
+        // Whole new pages of the active segment's index.
+        let mut idx_pages = None;
+        if let (SegmentIndex::Memory(idx), Some(idx_file)) = (&seg.index, &seg.idx_file) {
+            let full = align_down(idx.len() as u64) as usize;
+            if full > seg.index_written_bytes {
+                let mut buf = idx_file.alloc_buf(full - seg.index_written_bytes);
+                buf.as_mut()
+                    .copy_from_slice(&idx[seg.index_written_bytes..full]);
+                idx_pages = Some((buf, seg.index_written_bytes as u64, full));
+            }
+        }
+        Ok(Some(FlushWork {
+            file,
+            idx_file: seg.idx_file.clone(),
+            writes,
+            end: seg.end,
+            next_offset: seg.next_offset,
+            sealed: seg.sealed,
+            idx_pages,
+            written_through: seg.writes == Writes::Through,
+        }))
+    }
+
+    /// Submits a round's data writes together and counts them in the
+    /// commit stats.
+    async fn write_pages(
+        &self,
+        file: &S::File,
+        writes: Vec<(FileBuf<S>, u64)>,
+        path: &Path,
+    ) -> Result<(), String> {
+        let wrote = !writes.is_empty();
+        let write_bytes: usize = writes.iter().map(|(buf, _)| buf.as_ref().len()).sum();
+        let write_start = Instant::now();
+        let results = futures::future::join_all(
+            writes
+                .into_iter()
+                .map(|(buf, position)| file.write_at(buf, position)),
+        )
+        .await;
+        for r in results {
+            r.map_err(|e| format!("write to {} failed: {e}", path.display()))?;
+        }
+        if wrote {
+            let mut st = self.state.borrow_mut();
+            st.commits.writes += 1;
+            st.commits.written_bytes += write_bytes as u64;
+            st.commits.write_us += elapsed_us(write_start);
+        }
+        Ok(())
+    }
+
+    /// Commits what a round's snapshot covered once its writes returned:
+    /// the segment's bytes up to `end` are written (the tail buffer keeps
+    /// only the last partial page), and, when `synced`, an fdatasync covers
+    /// the offsets below `next_offset`. `false` when the segment is gone.
+    fn commit_written(&self, base: u64, end: u64, next_offset: u64, synced: bool) -> bool {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let Some(seg) = st.segments.get_mut(&base) else {
+            return false;
+        };
+        if end > seg.written_end {
+            st.pending_bytes -= (end - seg.written_end) as usize;
+            seg.written_end = end;
+            let keep_from = align_down(end);
+            let drop_bytes = (keep_from - seg.buf_position) as usize;
+            let _ = seg.buf.split_to(drop_bytes);
+            seg.buf_position = keep_from;
+        }
+        if synced {
+            st.syncing_next = st.syncing_next.max(next_offset);
+        }
+        true
     }
 }
