@@ -25,52 +25,70 @@ impl<S: Storage> Log<S> {
     /// skipped, it is the first batch after that range.
     pub async fn read(&self, offset: u64, bytes_max: usize) -> Result<ReadBatches, ReadError> {
         let offset = self.past_repaired_gap(offset);
-        let (base, mut position, readable_end) = {
-            let st = self.state.borrow();
-            let visible = self.visible_next(&st);
-            if offset < st.start_offset {
-                return Err(ReadError::BeforeStart {
-                    offset,
-                    start: st.start_offset,
-                });
-            }
-            if offset > st.next_offset {
-                return Err(ReadError::BeyondEnd {
-                    offset,
-                    next: st.next_offset,
-                });
-            }
-            if offset >= visible {
-                return Ok(ReadBatches {
-                    bytes: Bytes::new(),
-                    next_offset: offset,
-                });
-            }
-            let Some((&base, seg)) = st.segments.range(..=offset).next_back() else {
-                return Err(ReadError::BeforeStart {
-                    offset,
-                    start: st.start_offset,
-                });
-            };
-            let readable_end = match self.config.durability {
-                Durability::Always => seg.durable_end,
-                _ => seg.end,
-            };
-            let position = index::lookup(seg.index.bytes(), (offset - base) as u32);
-            (base, position, readable_end)
+        let Some((base, position, readable_end)) = self.read_start(offset)? else {
+            return Ok(ReadBatches {
+                bytes: Bytes::new(),
+                next_offset: offset,
+            });
         };
         let window = bytes_max.max(IO_ALIGN_BYTES as usize) as u64
             + u64::from(self.config.index_interval_bytes);
-        let corrupt = |position: u64, reason: BatchError| ReadError::Corrupt {
-            segment: base,
-            position,
-            reason,
-        };
+        let (data, data_position, position) = self
+            .find_batch(base, position, offset, readable_end, window)
+            .await?;
+        take_batches(&data, base, data_position, position, offset, bytes_max)
+    }
 
-        // Skip the batches before the one that holds `offset`. A batch is
-        // read whole whatever its size: when the window ends inside it, it
-        // is read again by its length. Only a read that asked for all of a
-        // batch and still came back short means the data really ends there.
+    /// Where a read of `offset` begins: the segment's base, the position
+    /// its index gives, and how far the segment may be read. `None` when
+    /// `offset` is not visible yet.
+    fn read_start(&self, offset: u64) -> Result<Option<(u64, u64, u64)>, ReadError> {
+        let st = self.state.borrow();
+        let visible = self.visible_next(&st);
+        if offset < st.start_offset {
+            return Err(ReadError::BeforeStart {
+                offset,
+                start: st.start_offset,
+            });
+        }
+        if offset > st.next_offset {
+            return Err(ReadError::BeyondEnd {
+                offset,
+                next: st.next_offset,
+            });
+        }
+        if offset >= visible {
+            return Ok(None);
+        }
+        let Some((&base, seg)) = st.segments.range(..=offset).next_back() else {
+            return Err(ReadError::BeforeStart {
+                offset,
+                start: st.start_offset,
+            });
+        };
+        let readable_end = match self.config.durability {
+            Durability::Always => seg.durable_end,
+            _ => seg.end,
+        };
+        let position = index::lookup(seg.index.bytes(), (offset - base) as u32);
+        Ok(Some((base, position, readable_end)))
+    }
+
+    /// Skips, from `position` of segment `base`, the batches before the one
+    /// that holds `offset`; returns the bytes read (from `data_position`)
+    /// and where that batch begins, whole in them.
+    ///
+    /// A batch is read whole whatever its size: when the window ends inside
+    /// it, it is read again by its length. Only a read that asked for all of
+    /// a batch and still came back short means the data really ends there.
+    async fn find_batch(
+        &self,
+        base: u64,
+        mut position: u64,
+        offset: u64,
+        readable_end: u64,
+        window: u64,
+    ) -> Result<(Bytes, u64, u64), ReadError> {
         let mut data = Bytes::new();
         let mut data_position = position;
         let mut fresh = false;
@@ -78,6 +96,7 @@ impl<S: Storage> Log<S> {
         loop {
             if position >= readable_end {
                 return Err(corrupt(
+                    base,
                     position,
                     BatchError::Incomplete {
                         need: BATCH_HEADER_BYTES,
@@ -91,19 +110,20 @@ impl<S: Storage> Log<S> {
                 Ok(h) if h.batch_bytes() <= available.len() => {
                     fresh = false;
                     if h.next_offset() > offset {
-                        break;
+                        return Ok((data, data_position, position));
                     }
                     position += h.batch_bytes() as u64;
                     continue;
                 }
                 Ok(h) => h.batch_bytes() as u64,
                 Err(BatchError::Incomplete { .. }) => BATCH_HEADER_BYTES as u64,
-                Err(reason) => return Err(corrupt(position, reason)),
+                Err(reason) => return Err(corrupt(base, position, reason)),
             };
             if fresh && need <= asked {
                 // Just asked for all of it from here and still short: the
                 // data ends early.
                 return Err(corrupt(
+                    base,
                     position,
                     BatchError::Incomplete {
                         need: need as usize,
@@ -118,32 +138,6 @@ impl<S: Storage> Log<S> {
             data_position = position;
             fresh = true;
         }
-
-        // Take whole batches from there, about `bytes_max` of them.
-        let first = (position - data_position) as usize;
-        let mut at = first;
-        let mut next_offset = offset;
-        while at < data.len() {
-            match batch::verify(&data[at..]) {
-                Ok(h) => {
-                    if at > first && at + h.batch_bytes() - first > bytes_max {
-                        break;
-                    }
-                    at += h.batch_bytes();
-                    next_offset = h.next_offset();
-                    if at - first >= bytes_max {
-                        break;
-                    }
-                }
-                Err(BatchError::Incomplete { .. }) if at > first => break,
-                Err(reason) => return Err(corrupt(data_position + at as u64, reason)),
-            }
-        }
-        assert!(at > first && next_offset > offset);
-        Ok(ReadBatches {
-            bytes: data.slice(first..at),
-            next_offset,
-        })
     }
 
     /// Reads records from `offset` on: at least one when the log holds one
@@ -266,4 +260,50 @@ impl<S: Storage> Log<S> {
             }
         })
     }
+}
+
+/// A batch of segment `segment` at byte `position` is not valid.
+fn corrupt(segment: u64, position: u64, reason: BatchError) -> ReadError {
+    ReadError::Corrupt {
+        segment,
+        position,
+        reason,
+    }
+}
+
+/// Takes whole batches of `data` (read from `data_position` of segment
+/// `base`) from `position` on, about `bytes_max` of them: at least the
+/// first, which holds `offset`.
+fn take_batches(
+    data: &Bytes,
+    base: u64,
+    data_position: u64,
+    position: u64,
+    offset: u64,
+    bytes_max: usize,
+) -> Result<ReadBatches, ReadError> {
+    let first = (position - data_position) as usize;
+    let mut at = first;
+    let mut next_offset = offset;
+    while at < data.len() {
+        match batch::verify(&data[at..]) {
+            Ok(h) => {
+                if at > first && at + h.batch_bytes() - first > bytes_max {
+                    break;
+                }
+                at += h.batch_bytes();
+                next_offset = h.next_offset();
+                if at - first >= bytes_max {
+                    break;
+                }
+            }
+            Err(BatchError::Incomplete { .. }) if at > first => break,
+            Err(reason) => return Err(corrupt(base, data_position + at as u64, reason)),
+        }
+    }
+    assert!(at > first && next_offset > offset);
+    Ok(ReadBatches {
+        bytes: data.slice(first..at),
+        next_offset,
+    })
 }
