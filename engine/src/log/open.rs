@@ -40,6 +40,41 @@ pub(super) struct Scan {
     pub(super) stopped: Option<BatchError>,
 }
 
+/// What recovery found: the active segment's tail, and damage where a
+/// repair recorded a floor above the log's end and was stopped before it
+/// began the segment that starts there.
+fn recovery_report<S: Storage>(
+    tail: recovery::Tail,
+    meta_before: Option<&meta::LogMeta>,
+    segments: &BTreeMap<u64, Segment<S>>,
+    next_offset: u64,
+) -> Recovery {
+    let mut recovery = Recovery::default();
+    match tail {
+        recovery::Tail::Clean => {}
+        recovery::Tail::Torn(cut) => recovery.cut = Some(cut),
+        recovery::Tail::Damaged(damage) => recovery.damage = Some(damage),
+    }
+    if let Some(m) = meta_before
+        && recovery.damage.is_none()
+        && next_offset < m.next_floor
+        && let Some(last) = segments.values().next_back()
+    {
+        // A repair recorded its floor and was stopped before it began
+        // the segment that starts there.
+        recovery.damage = Some(Damage {
+            path: last.log_path.clone(),
+            position: last.end,
+            offset: next_offset,
+            reason: format!(
+                "offsets up to {} may have been given before (a repair was interrupted)",
+                m.next_floor
+            ),
+        });
+    }
+    recovery
+}
+
 impl<S: Storage> Log<S> {
     /// Opens (recovering) or creates the log in `dir`.
     pub async fn open(storage: S, dir: &Path, config: LogConfig) -> Result<Log<S>, OpenError> {
@@ -48,39 +83,7 @@ impl<S: Storage> Log<S> {
             .create_dir_all(dir)
             .await
             .map_err(io_err("create directory", dir))?;
-        let names = storage
-            .list(dir)
-            .await
-            .map_err(io_err("list directory", dir))?;
-        let mut bases: Vec<u64> = names
-            .iter()
-            .filter_map(|n| n.strip_suffix(".log"))
-            .filter(|stem| stem.len() == 20)
-            .filter_map(|stem| stem.parse().ok())
-            .collect();
-        bases.sort_unstable();
-        let mut free: Vec<PathBuf> = names
-            .iter()
-            .filter(|n| {
-                n.strip_suffix(FREE_SUFFIX).is_some_and(|stem| {
-                    stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())
-                })
-            })
-            .map(|n| dir.join(n))
-            .collect();
-        free.sort_unstable();
-        if free.len() > RECYCLED_SEGMENTS_MAX {
-            for path in free.drain(RECYCLED_SEGMENTS_MAX..) {
-                storage
-                    .remove(&path)
-                    .await
-                    .map_err(io_err("remove recycled segment", &path))?;
-            }
-            storage
-                .sync_dir(dir)
-                .await
-                .map_err(io_err("sync directory", dir))?;
-        }
+        let (bases, free) = Self::list_files(&storage, dir).await?;
 
         let meta_path = meta::meta_path(dir);
         let meta_before = meta::read(&storage, dir)
@@ -90,54 +93,14 @@ impl<S: Storage> Log<S> {
             Self::check_present(dir, &bases, m)?;
         }
 
-        let mut segments = BTreeMap::new();
-        let mut tail = recovery::Tail::Clean;
-        for (i, &base) in bases.iter().enumerate() {
-            let segment = match bases.get(i + 1) {
-                Some(&next_base) => {
-                    Self::recover_sealed(&storage, dir, base, next_base, &config, &meta_before)
-                        .await?
-                }
-                None => {
-                    let (segment, found) =
-                        Self::recover_active(&storage, dir, base, &config, &meta_before).await?;
-                    tail = found;
-                    segment
-                }
-            };
-            segments.insert(base, segment);
-        }
-        if segments.is_empty() {
-            segments.insert(0, Segment::new(dir, 0));
-        }
+        let (segments, tail) =
+            Self::recover_segments(&storage, dir, &bases, &config, &meta_before).await?;
         let start_offset = bases.first().copied().unwrap_or(0);
         let next_offset = segments
             .values()
             .next_back()
             .map_or(0, |s: &Segment<S>| s.next_offset);
-        let mut recovery = Recovery::default();
-        match tail {
-            recovery::Tail::Clean => {}
-            recovery::Tail::Torn(cut) => recovery.cut = Some(cut),
-            recovery::Tail::Damaged(damage) => recovery.damage = Some(damage),
-        }
-        if let Some(m) = &meta_before
-            && recovery.damage.is_none()
-            && next_offset < m.next_floor
-            && let Some(last) = segments.values().next_back()
-        {
-            // A repair recorded its floor and was stopped before it began
-            // the segment that starts there.
-            recovery.damage = Some(Damage {
-                path: last.log_path.clone(),
-                position: last.end,
-                offset: next_offset,
-                reason: format!(
-                    "offsets up to {} may have been given before (a repair was interrupted)",
-                    m.next_floor
-                ),
-            });
-        }
+        let recovery = recovery_report(tail, meta_before.as_ref(), &segments, next_offset);
         let active = segments
             .values()
             .next_back()
@@ -190,6 +153,78 @@ impl<S: Storage> Log<S> {
             .map_err(io_err("write metadata", &meta_path))?;
         }
         Ok(log)
+    }
+
+    /// Lists the bases of the segment files in `dir`, in order, and the
+    /// retired files kept for reuse, removing those beyond
+    /// [`RECYCLED_SEGMENTS_MAX`].
+    async fn list_files(storage: &S, dir: &Path) -> Result<(Vec<u64>, Vec<PathBuf>), OpenError> {
+        let names = storage
+            .list(dir)
+            .await
+            .map_err(io_err("list directory", dir))?;
+        let mut bases: Vec<u64> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log"))
+            .filter(|stem| stem.len() == 20)
+            .filter_map(|stem| stem.parse().ok())
+            .collect();
+        bases.sort_unstable();
+        let mut free: Vec<PathBuf> = names
+            .iter()
+            .filter(|n| {
+                n.strip_suffix(FREE_SUFFIX).is_some_and(|stem| {
+                    stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())
+                })
+            })
+            .map(|n| dir.join(n))
+            .collect();
+        free.sort_unstable();
+        if free.len() > RECYCLED_SEGMENTS_MAX {
+            for path in free.drain(RECYCLED_SEGMENTS_MAX..) {
+                storage
+                    .remove(&path)
+                    .await
+                    .map_err(io_err("remove recycled segment", &path))?;
+            }
+            storage
+                .sync_dir(dir)
+                .await
+                .map_err(io_err("sync directory", dir))?;
+        }
+        Ok((bases, free))
+    }
+
+    /// Recovers every segment in `bases`: each but the last as sealed, the
+    /// last as the active one, whose tail it reports. An empty log gets an
+    /// active segment at offset 0.
+    async fn recover_segments(
+        storage: &S,
+        dir: &Path,
+        bases: &[u64],
+        config: &LogConfig,
+        meta_before: &Option<meta::LogMeta>,
+    ) -> Result<(BTreeMap<u64, Segment<S>>, recovery::Tail), OpenError> {
+        let mut segments = BTreeMap::new();
+        let mut tail = recovery::Tail::Clean;
+        for (i, &base) in bases.iter().enumerate() {
+            let segment = match bases.get(i + 1) {
+                Some(&next_base) => {
+                    Self::recover_sealed(storage, dir, base, next_base, config, meta_before).await?
+                }
+                None => {
+                    let (segment, found) =
+                        Self::recover_active(storage, dir, base, config, meta_before).await?;
+                    tail = found;
+                    segment
+                }
+            };
+            segments.insert(base, segment);
+        }
+        if segments.is_empty() {
+            segments.insert(0, Segment::new(dir, 0));
+        }
+        Ok((segments, tail))
     }
 
     /// Checks that the segment files `log.meta` says exist are there.
@@ -370,42 +405,11 @@ impl<S: Storage> Log<S> {
             position,
             reason,
         };
-        let interval = u32::MAX; // index entries of a sealed segment come from its file
-        // Trust the mapped index when its last entry points at the right batch
-        // and the batches from there end exactly at the end of the file.
-        let map = match storage.map_readonly(&seg.idx_path).await {
-            Ok(map) => map,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_err("map index", &seg.idx_path)(e)),
-        };
-        if let Some(map) = map {
-            let valid = index::valid_prefix(&map, size) * index::INDEX_ENTRY_BYTES;
-            if let Some(last) = index::last(&map[..valid]) {
-                let offset = base + u64::from(last.relative_offset);
-                let header = Self::batch_at(&file, u64::from(last.position))
-                    .await
-                    .map_err(io_err("read segment", &seg.log_path))?;
-                if header.is_ok_and(|h| h.base_offset == offset) {
-                    let mut no_index = Vec::new();
-                    let mut last_indexed = u64::from(last.position);
-                    let scan = Self::scan(
-                        &file,
-                        u64::from(last.position),
-                        offset,
-                        size,
-                        base,
-                        &mut no_index,
-                        &mut last_indexed,
-                        interval,
-                    )
-                    .await
-                    .map_err(io_err("read segment", &seg.log_path))?;
-                    if scan.stopped.is_none() && ends_right(scan.next_offset) {
-                        seg.index = SegmentIndex::Mapped { map, len: valid };
-                        return Ok(Self::sealed_segment(seg, file, size, scan));
-                    }
-                }
-            }
+        if let Some((index, scan)) =
+            Self::mapped_index(storage, &seg, &file, size, &ends_right).await?
+        {
+            seg.index = index;
+            return Ok(Self::sealed_segment(seg, file, size, scan));
         }
         // No usable index: scan the whole segment and write the index again.
         let mut rebuilt = Vec::new();
@@ -445,32 +449,95 @@ impl<S: Storage> Log<S> {
                 ),
             ));
         }
+        seg.index = Self::rewrite_index(storage, dir, &seg.idx_path, &rebuilt).await?;
+        Ok(Self::sealed_segment(seg, file, size, scan))
+    }
+
+    /// The sealed segment's index file, mapped, when it can be trusted:
+    /// its last valid entry points at the right batch and the batches from
+    /// there end exactly at the end of the file, at an offset `ends_right`
+    /// accepts. Returns the index and the scan of those last batches.
+    async fn mapped_index(
+        storage: &S,
+        seg: &Segment<S>,
+        file: &S::File,
+        size: u64,
+        ends_right: &impl Fn(u64) -> bool,
+    ) -> Result<Option<(SegmentIndex<S::Map>, Scan)>, OpenError> {
+        let interval = u32::MAX; // index entries of a sealed segment come from its file
+        let map = match storage.map_readonly(&seg.idx_path).await {
+            Ok(map) => map,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("map index", &seg.idx_path)(e)),
+        };
+        let Some(map) = map else {
+            return Ok(None);
+        };
+        let valid = index::valid_prefix(&map, size) * index::INDEX_ENTRY_BYTES;
+        let Some(last) = index::last(&map[..valid]) else {
+            return Ok(None);
+        };
+        let offset = seg.base + u64::from(last.relative_offset);
+        let header = Self::batch_at(file, u64::from(last.position))
+            .await
+            .map_err(io_err("read segment", &seg.log_path))?;
+        if !header.is_ok_and(|h| h.base_offset == offset) {
+            return Ok(None);
+        }
+        let mut no_index = Vec::new();
+        let mut last_indexed = u64::from(last.position);
+        let scan = Self::scan(
+            file,
+            u64::from(last.position),
+            offset,
+            size,
+            seg.base,
+            &mut no_index,
+            &mut last_indexed,
+            interval,
+        )
+        .await
+        .map_err(io_err("read segment", &seg.log_path))?;
+        if scan.stopped.is_none() && ends_right(scan.next_offset) {
+            Ok(Some((SegmentIndex::Mapped { map, len: valid }, scan)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Writes a sealed segment's rebuilt index file whole, syncs it and
+    /// its directory, and maps it.
+    async fn rewrite_index(
+        storage: &S,
+        dir: &Path,
+        idx_path: &Path,
+        rebuilt: &[u8],
+    ) -> Result<SegmentIndex<S::Map>, OpenError> {
         let idx = storage
-            .create(&seg.idx_path)
+            .create(idx_path)
             .await
-            .map_err(io_err("create index", &seg.idx_path))?;
-        write_index_pages(&idx, &rebuilt, 0)
+            .map_err(io_err("create index", idx_path))?;
+        write_index_pages(&idx, rebuilt, 0)
             .await
-            .map_err(io_err("write index", &seg.idx_path))?;
+            .map_err(io_err("write index", idx_path))?;
         idx.truncate(rebuilt.len() as u64)
             .await
-            .map_err(io_err("truncate index", &seg.idx_path))?;
+            .map_err(io_err("truncate index", idx_path))?;
         idx.fdatasync()
             .await
-            .map_err(io_err("sync index", &seg.idx_path))?;
+            .map_err(io_err("sync index", idx_path))?;
         storage
             .sync_dir(dir)
             .await
             .map_err(io_err("sync directory", dir))?;
-        seg.index = match storage.map_readonly(&seg.idx_path).await {
-            Ok(Some(map)) => SegmentIndex::Mapped {
+        match storage.map_readonly(idx_path).await {
+            Ok(Some(map)) => Ok(SegmentIndex::Mapped {
                 len: rebuilt.len(),
                 map,
-            },
-            Ok(None) => SegmentIndex::Empty,
-            Err(e) => return Err(io_err("map index", &seg.idx_path)(e)),
-        };
-        Ok(Self::sealed_segment(seg, file, size, scan))
+            }),
+            Ok(None) => Ok(SegmentIndex::Empty),
+            Err(e) => Err(io_err("map index", idx_path)(e)),
+        }
     }
 
     fn sealed_segment(mut seg: Segment<S>, file: S::File, size: u64, scan: Scan) -> Segment<S> {
