@@ -51,7 +51,9 @@ use std::rc::Rc;
 
 use super::batch::{self, BATCH_HEADER_BYTES, RECORD_PREFIX_BYTES};
 use super::meta::{self, LogMeta, REPAIR_GAPS_MAX};
-use super::{Log, LogConfig, OpenError, SCAN_CHUNK_BYTES, Scan, io_err, write_index_pages};
+use super::open::Scan;
+use super::segment::write_index_pages;
+use super::{Log, LogConfig, OpenError, SCAN_CHUNK_BYTES, io_err};
 use crate::storage::{IO_ALIGN_BYTES, Storage, StorageFile, align_up};
 
 /// A torn tail recovery cut from the active segment.
@@ -180,6 +182,38 @@ struct Survey {
     /// before the first zero page or older life's batch, or the end of the
     /// last in-sequence batch found, whichever is further.
     data_end: u64,
+}
+
+impl Survey {
+    /// Nothing found yet after the bad point `b`.
+    fn at_bad_point(b: u64) -> Survey {
+        Survey {
+            evidence: None,
+            later_next: None,
+            data_end: b,
+        }
+    }
+
+    /// Moves `data_end` over the nonzero bytes of `chunk` (read at `pos`)
+    /// from the bad point `b` up to `limit`, page by page; returns `false`
+    /// at the first whole zero page (or a zero end of the file), where the
+    /// written data has ended.
+    fn extend_written(&mut self, chunk: &[u8], pos: u64, b: u64, limit: u64, size: u64) -> bool {
+        let mut lo = pos.max(b);
+        while lo < limit {
+            let hi = (lo + IO_ALIGN_BYTES).min(limit);
+            match chunk[(lo - pos) as usize..(hi - pos) as usize]
+                .iter()
+                .rposition(|&x| x != 0)
+            {
+                Some(i) => self.data_end = self.data_end.max(lo + i as u64 + 1),
+                None if hi - lo == IO_ALIGN_BYTES || hi >= size => return false,
+                None => {}
+            }
+            lo = hi;
+        }
+        true
+    }
 }
 
 fn find_magic(bytes: &[u8]) -> Option<usize> {
@@ -371,11 +405,7 @@ impl<S: Storage> Log<S> {
         evidence_from: Option<u64>,
         full: bool,
     ) -> io::Result<Survey> {
-        let mut s = Survey {
-            evidence: None,
-            later_next: None,
-            data_end: b,
-        };
+        let mut s = Survey::at_bad_point(b);
         let mut region_open = true;
         let mut next_candidate = b;
         let mut pos = b;
@@ -442,25 +472,7 @@ impl<S: Storage> Log<S> {
                 // Nonzero bytes up to the first whole zero page (or the
                 // older life's batch) are written data.
                 let limit = stale_at.unwrap_or(chunk_end).min(chunk_end);
-                let mut lo = pos.max(b);
-                while lo < limit {
-                    let hi = (lo + IO_ALIGN_BYTES).min(limit);
-                    match chunk[(lo - pos) as usize..(hi - pos) as usize]
-                        .iter()
-                        .rposition(|&x| x != 0)
-                    {
-                        Some(i) => s.data_end = s.data_end.max(lo + i as u64 + 1),
-                        None if hi - lo == IO_ALIGN_BYTES || hi >= size => {
-                            region_open = false;
-                            break;
-                        }
-                        None => {}
-                    }
-                    lo = hi;
-                }
-                if stale_at.is_some() {
-                    region_open = false;
-                }
+                region_open = s.extend_written(&chunk, pos, b, limit, size) && stale_at.is_none();
             }
             if !full && !region_open {
                 let Some(e) = evidence_from else {
@@ -518,42 +530,12 @@ impl<S: Storage + Clone> Log<S> {
         let survey = Self::survey(&file, size, b, n, None, true)
             .await
             .map_err(io_err("read segment", &path))?;
-        let watermark = if meta.active_base == Some(base) {
-            meta.durable_next
-        } else {
-            0
-        };
-        let floor = n
-            .max(survey.later_next.unwrap_or(0))
-            .max(watermark)
-            .max(meta.next_floor);
+        let floor = repair_floor(&meta, base, n, &survey);
 
         // Keep the cut bytes first, durably, under a name not yet taken.
         let cut_bytes = survey.data_end.saturating_sub(b);
         let cut_file = if cut_bytes > 0 {
-            let names = storage
-                .list(dir)
-                .await
-                .map_err(io_err("list directory", dir))?;
-            let stem = format!(
-                "{}.cut-{b}",
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("segment")
-            );
-            let mut name = stem.clone();
-            let mut k = 1;
-            while names.contains(&name) {
-                k += 1;
-                name = format!("{stem}.{k}");
-            }
-            let cut_path = dir.join(name);
-            Self::copy_out(&storage, &file, b, cut_bytes, &cut_path).await?;
-            storage
-                .sync_dir(dir)
-                .await
-                .map_err(io_err("sync directory", dir))?;
-            Some(cut_path)
+            Some(Self::keep_cut(&storage, dir, &path, &file, b, cut_bytes).await?)
         } else {
             None
         };
@@ -561,18 +543,7 @@ impl<S: Storage + Clone> Log<S> {
         // Then the floor (and the range skipped), before anything is cut.
         let mut meta = meta;
         let mut meta_file = None;
-        let meta_path = meta::meta_path(dir);
-        meta.next_floor = meta.next_floor.max(floor);
-        if floor > n && !meta.skips(n, floor) {
-            meta.gaps.retain(|&(_, to)| to > meta.start_offset);
-            if meta.gaps.len() >= REPAIR_GAPS_MAX {
-                return Err(OpenError::Config(format!(
-                    "{} holds {REPAIR_GAPS_MAX} repaired ranges already; no more repairs",
-                    meta_path.display()
-                )));
-            }
-            meta.gaps.push((n, floor));
-        }
+        record_floor(&mut meta, n, floor, dir)?;
         Self::write_meta(&storage, dir, &mut meta_file, &mut meta).await?;
 
         // Cut the segment at the damage.
@@ -584,51 +555,17 @@ impl<S: Storage + Clone> Log<S> {
             file.fdatasync()
                 .await
                 .map_err(io_err("sync segment", &path))?;
-            let mut idx = Vec::new();
-            let mut last_indexed = 0;
-            let scan = Self::scan(
+            Self::index_sealed(
+                &storage,
                 &file,
-                0,
+                &path,
                 base,
                 b,
-                base,
-                &mut idx,
-                &mut last_indexed,
+                n,
                 config.index_interval_bytes,
             )
-            .await
-            .map_err(io_err("read segment", &path))?;
-            assert!(scan.stopped.is_none() && scan.next_offset == n);
-            let idx_path = path.with_extension("idx");
-            let idx_file = storage
-                .create(&idx_path)
-                .await
-                .map_err(io_err("create index", &idx_path))?;
-            write_index_pages(&idx_file, &idx, 0)
-                .await
-                .map_err(io_err("write index", &idx_path))?;
-            idx_file
-                .truncate(idx.len() as u64)
-                .await
-                .map_err(io_err("truncate index", &idx_path))?;
-            idx_file
-                .fdatasync()
-                .await
-                .map_err(io_err("sync index", &idx_path))?;
-            let next = dir.join(format!("{floor:020}.log"));
-            storage
-                .create(&next)
-                .await
-                .map_err(io_err("create segment", &next))?;
-            let next_idx = dir.join(format!("{floor:020}.idx"));
-            storage
-                .create(&next_idx)
-                .await
-                .map_err(io_err("create index", &next_idx))?;
-            storage
-                .sync_dir(dir)
-                .await
-                .map_err(io_err("sync directory", dir))?;
+            .await?;
+            Self::create_empty_segment(&storage, dir, floor).await?;
             meta.active_base = Some(floor);
             meta.durable_position = 0;
             meta.durable_next = floor;
@@ -664,6 +601,106 @@ impl<S: Storage + Clone> Log<S> {
 }
 
 impl<S: Storage> Log<S> {
+    /// Copies the `len` bytes cut at `b` from the segment at `path` to a
+    /// new file beside it, `<segment>.cut-<b>` (with a number added if that
+    /// is taken), durably; returns its path.
+    async fn keep_cut(
+        storage: &S,
+        dir: &Path,
+        path: &Path,
+        file: &S::File,
+        b: u64,
+        len: u64,
+    ) -> Result<PathBuf, OpenError> {
+        let names = storage
+            .list(dir)
+            .await
+            .map_err(io_err("list directory", dir))?;
+        let stem = format!(
+            "{}.cut-{b}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("segment")
+        );
+        let mut name = stem.clone();
+        let mut k = 1;
+        while names.contains(&name) {
+            k += 1;
+            name = format!("{stem}.{k}");
+        }
+        let cut_path = dir.join(name);
+        Self::copy_out(storage, file, b, len, &cut_path).await?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(io_err("sync directory", dir))?;
+        Ok(cut_path)
+    }
+
+    /// Writes the whole index of the segment at `path`, just cut to `end`
+    /// bytes holding offsets `base..next`, for it to stay sealed.
+    async fn index_sealed(
+        storage: &S,
+        file: &S::File,
+        path: &Path,
+        base: u64,
+        end: u64,
+        next: u64,
+        index_interval_bytes: u32,
+    ) -> Result<(), OpenError> {
+        let mut idx = Vec::new();
+        let mut last_indexed = 0;
+        let scan = Self::scan(
+            file,
+            0,
+            base,
+            end,
+            base,
+            &mut idx,
+            &mut last_indexed,
+            index_interval_bytes,
+        )
+        .await
+        .map_err(io_err("read segment", path))?;
+        assert!(scan.stopped.is_none() && scan.next_offset == next);
+        let idx_path = path.with_extension("idx");
+        let idx_file = storage
+            .create(&idx_path)
+            .await
+            .map_err(io_err("create index", &idx_path))?;
+        write_index_pages(&idx_file, &idx, 0)
+            .await
+            .map_err(io_err("write index", &idx_path))?;
+        idx_file
+            .truncate(idx.len() as u64)
+            .await
+            .map_err(io_err("truncate index", &idx_path))?;
+        idx_file
+            .fdatasync()
+            .await
+            .map_err(io_err("sync index", &idx_path))?;
+        Ok(())
+    }
+
+    /// Creates the empty files of a segment beginning at `base`, durably.
+    async fn create_empty_segment(storage: &S, dir: &Path, base: u64) -> Result<(), OpenError> {
+        let next = dir.join(format!("{base:020}.log"));
+        storage
+            .create(&next)
+            .await
+            .map_err(io_err("create segment", &next))?;
+        let next_idx = dir.join(format!("{base:020}.idx"));
+        storage
+            .create(&next_idx)
+            .await
+            .map_err(io_err("create index", &next_idx))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(io_err("sync directory", dir))?;
+        Ok(())
+    }
+
     /// Writes the next version of `meta` (bumping its sequence number).
     async fn write_meta(
         storage: &S,
@@ -713,4 +750,35 @@ impl<S: Storage> Log<S> {
         out.fdatasync().await.map_err(io_err("sync", to))?;
         Ok(())
     }
+}
+
+/// The offset appends continue from after repairing damage at offset `n`
+/// of the segment `base`: above every offset seen after the damage, the
+/// watermark recorded durable for this segment, and any earlier floor.
+fn repair_floor(meta: &LogMeta, base: u64, n: u64, survey: &Survey) -> u64 {
+    let watermark = if meta.active_base == Some(base) {
+        meta.durable_next
+    } else {
+        0
+    };
+    n.max(survey.later_next.unwrap_or(0))
+        .max(watermark)
+        .max(meta.next_floor)
+}
+
+/// Raises `meta`'s floor to `floor` and, when repair skips offsets
+/// `n..floor`, records that range (up to [`REPAIR_GAPS_MAX`] of them).
+fn record_floor(meta: &mut LogMeta, n: u64, floor: u64, dir: &Path) -> Result<(), OpenError> {
+    meta.next_floor = meta.next_floor.max(floor);
+    if floor > n && !meta.skips(n, floor) {
+        meta.gaps.retain(|&(_, to)| to > meta.start_offset);
+        if meta.gaps.len() >= REPAIR_GAPS_MAX {
+            return Err(OpenError::Config(format!(
+                "{} holds {REPAIR_GAPS_MAX} repaired ranges already; no more repairs",
+                meta::meta_path(dir).display()
+            )));
+        }
+        meta.gaps.push((n, floor));
+    }
+    Ok(())
 }

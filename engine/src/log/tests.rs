@@ -10,6 +10,7 @@ use futures::executor::block_on;
 use futures::future::join_all;
 
 use super::batch::{BATCH_HEADER_BYTES, Batches};
+use super::index::IndexEntry;
 use super::*;
 use crate::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 
@@ -1444,6 +1445,55 @@ fn crash_life(seed: u64, cycles: usize, retention: Retention, durability: Durabi
     crash_life_with(seed, cycles, config)
 }
 
+/// Checks a log reopened after a crash against the model: no damage, and
+/// from the log's start (retention may have dropped a prefix) the model's
+/// records byte for byte, holding every acknowledged one. Returns the end.
+fn check_reopened(log: &SimLog, model: &[Vec<u8>], acked: u64, cycle: usize) -> u64 {
+    // What a crash leaves is a torn tail, never damage.
+    assert_eq!(
+        log.damage(),
+        None,
+        "cycle {cycle}: a crash taken for damage"
+    );
+    // Retention may have dropped a prefix; what is left must be the
+    // model from the log's start on.
+    let start = log.stats().start_offset;
+    let back = read_all(log);
+    let end = start + back.len() as u64;
+    assert!(
+        end <= model.len() as u64,
+        "cycle {cycle}: more back than appended"
+    );
+    for (i, (o, r)) in back.iter().enumerate() {
+        let want = start + i as u64;
+        assert_eq!(*o, want, "cycle {cycle}: offsets are dense");
+        assert_eq!(
+            r, &model[want as usize],
+            "cycle {cycle}: offset {want} differs"
+        );
+    }
+    assert!(
+        end >= acked,
+        "cycle {cycle}: records up to {end} back, {acked} acknowledged"
+    );
+    assert_eq!(log.stats().next_offset, end);
+    end
+}
+
+/// 1 to 8 batches of 1 to 4 random records of up to 900 bytes.
+fn random_batches(rng: &mut SimRng) -> Vec<Vec<Vec<u8>>> {
+    (0..rng.below(8) + 1)
+        .map(|_| {
+            (0..rng.below(4) + 1)
+                .map(|_| {
+                    let len = rng.below(900) as usize;
+                    (0..len).map(|_| rng.next_u64() as u8).collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// [`crash_life`] with any configuration.
 fn crash_life_with(seed: u64, cycles: usize, config: LogConfig) -> u64 {
     let durability = config.durability;
@@ -1469,34 +1519,7 @@ fn crash_life_with(seed: u64, cycles: usize, config: LogConfig) -> u64 {
         }
         let log = block_on(Log::open(sim.clone(), &dir(), config))
             .unwrap_or_else(|e| panic!("cycle {cycle}: open failed: {e}"));
-        // What a crash leaves is a torn tail, never damage.
-        assert_eq!(
-            log.damage(),
-            None,
-            "cycle {cycle}: a crash taken for damage"
-        );
-        // Retention may have dropped a prefix; what is left must be the
-        // model from the log's start on.
-        let start = log.stats().start_offset;
-        let back = read_all(&log);
-        let end = start + back.len() as u64;
-        assert!(
-            end <= model.len() as u64,
-            "cycle {cycle}: more back than appended"
-        );
-        for (i, (o, r)) in back.iter().enumerate() {
-            let want = start + i as u64;
-            assert_eq!(*o, want, "cycle {cycle}: offsets are dense");
-            assert_eq!(
-                r, &model[want as usize],
-                "cycle {cycle}: offset {want} differs"
-            );
-        }
-        assert!(
-            end >= acked,
-            "cycle {cycle}: records up to {end} back, {acked} acknowledged"
-        );
-        assert_eq!(log.stats().next_offset, end);
+        let end = check_reopened(&log, &model, acked, cycle);
         model.truncate(end as usize);
         acked = end;
 
@@ -1511,16 +1534,7 @@ fn crash_life_with(seed: u64, cycles: usize, config: LogConfig) -> u64 {
             });
         }
         for _ in 0..rng.below(6) + 1 {
-            let batches: Vec<Vec<Vec<u8>>> = (0..rng.below(8) + 1)
-                .map(|_| {
-                    (0..rng.below(4) + 1)
-                        .map(|_| {
-                            let len = rng.below(900) as usize;
-                            (0..len).map(|_| rng.next_u64() as u8).collect()
-                        })
-                        .collect()
-                })
-                .collect();
+            let batches = random_batches(&mut rng);
             let first = log.stats().next_offset;
             let results = block_on(join_all(
                 batches.iter().map(|b| log.append(b, cycle as u64)),
