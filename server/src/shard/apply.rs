@@ -1,0 +1,240 @@
+//! `Apply` on shard 0 (parse on a blocking thread, check limits, persist)
+//! and installing a topology on every shard.
+
+use super::*;
+
+impl Shard {
+    /// Opens the partitions of `topology` this shard owns and adopts it.
+    pub(super) async fn install(self: &Rc<Self>, topology: Topology) -> Result<(), String> {
+        let config = &self.settings.config;
+        for spec in topology.streams.values() {
+            let stream_settings = spec.settings(config);
+            for partition in 0..spec.partitions {
+                if self.owner(&spec.name, partition) != self.id {
+                    continue;
+                }
+                let key = (spec.name.clone(), partition);
+                let open = self.partitions.borrow().get(&key).cloned();
+                if let Some(p) = open {
+                    // An applied change to the stream: at once (turning
+                    // dedup on or off waits for a start; the apply says so).
+                    p.set_dedup_limits(partition::DedupLimits {
+                        window_ms: stream_settings.dedup_window_ms,
+                        keys_max: stream_settings.dedup_keys_max,
+                    });
+                    if p.log.retention() != stream_settings.retention {
+                        p.log.set_retention(stream_settings.retention);
+                        housekeeping::retain(&p).await;
+                    }
+                    continue;
+                }
+                let p = Partition::open(
+                    &self.storage,
+                    &config.data_dir,
+                    &spec.name,
+                    partition,
+                    self.settings.log_config(stream_settings.retention),
+                    partition::DedupLimits {
+                        window_ms: stream_settings.dedup_window_ms,
+                        keys_max: stream_settings.dedup_keys_max,
+                    },
+                    self.settings.limits(),
+                    config.groups_max,
+                )
+                .await?;
+                self.partitions.borrow_mut().insert(key, Rc::new(p));
+            }
+        }
+        // Pipelines: keep runs whose plan is unchanged, replace the others
+        // (they rebuild from their outputs log), stop removed ones.
+        let mut wanted = BTreeMap::new();
+        for spec in topology.pipelines.values() {
+            let plan = spec
+                .plan(|s| topology.streams.contains_key(s))
+                .map_err(|e| e.to_string())?;
+            let Some(stream) = topology.streams.get(&plan.source_stream) else {
+                continue;
+            };
+            for partition in 0..stream.partitions {
+                if self.owner(&stream.name, partition) == self.id {
+                    wanted.insert((plan.name.clone(), partition), plan.clone());
+                }
+            }
+        }
+        let stale: Vec<(String, u32)> = self
+            .runs
+            .borrow()
+            .iter()
+            .filter(|(key, run)| wanted.get(*key) != Some(&run.plan))
+            .map(|(key, _)| key.clone())
+            .collect();
+        // Stage handlers stay attached across an update: the new run gets
+        // the old one's members whose stages still exist.
+        let mut carried: HashMap<(String, u32), Vec<pipeline::CarriedMember>> = HashMap::new();
+        for key in stale {
+            let removed = self.runs.borrow_mut().remove(&key);
+            if let Some(run) = removed {
+                carried.insert(key.clone(), run.members());
+                run.closed.set(true);
+                run.wake.notify_all();
+                if let Err(e) = run.sync().await {
+                    tracing::warn!("closing pipeline {} partition {}: {e}", key.0, key.1);
+                }
+            }
+        }
+        for ((name, partition), plan) in wanted {
+            if self.runs.borrow().contains_key(&(name.clone(), partition)) {
+                continue;
+            }
+            let source = self
+                .partition(&plan.source_stream, partition)
+                .map_err(|(_, m)| m)?;
+            let run = PipelineRun::open(
+                &self.storage,
+                &config.data_dir,
+                plan,
+                source,
+                self.settings.log_config(Retention::default()),
+                self.settings.limits(),
+            )
+            .await?;
+            let run = Rc::new(run);
+            for (member, stage, max_in_flight) in carried
+                .remove(&(name.clone(), partition))
+                .unwrap_or_default()
+            {
+                if let Some(s) = run.plan.stage_index(&stage) {
+                    run.attach(member, s, max_in_flight);
+                }
+            }
+            self.runs
+                .borrow_mut()
+                .insert((name, partition), run.clone());
+            glommio::spawn_local(self.clone().dispatch_pipeline(Rc::downgrade(&run))).detach();
+        }
+        *self.topology.borrow_mut() = topology;
+        Ok(())
+    }
+
+    /// Validates and applies resources (runs on shard 0).
+    pub(super) async fn apply(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
+        if self.applying.get() {
+            return Reply::Failed(
+                ErrorCode::InvalidRequest,
+                "another apply is in progress; retry".into(),
+            );
+        }
+        self.applying.set(true);
+        let reply = self.apply_inner(yaml, force).await;
+        self.applying.set(false);
+        reply
+    }
+
+    pub(super) async fn apply_inner(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
+        // The connection refused more than `applyBytesMax`, and the YAML
+        // reader bounds nesting and refuses aliases, so parsing is cheap;
+        // still, it runs off the shard's thread so that no document can
+        // stall the shard's connections and partitions meanwhile.
+        let parsed = glommio::executor()
+            .spawn_blocking(move || config::parse_documents(&yaml))
+            .await;
+        let resources = match parsed {
+            Ok(r) => r,
+            Err(e) => return Reply::Failed(ErrorCode::InvalidConfig, e.to_string()),
+        };
+        let current = self.topology.borrow().clone();
+        let mut next = current.clone();
+        let mut summary = Vec::new();
+        // Streams first, so a pipeline may name a stream of the same apply.
+        let (streams, pipelines): (Vec<_>, Vec<_>) = resources
+            .into_iter()
+            .partition(|r| matches!(r, Resource::Stream(_)));
+        for resource in streams.into_iter().chain(pipelines) {
+            match next.put(resource) {
+                Ok(line) => summary.push(line),
+                Err((code, message)) => return Reply::Failed(code, message),
+            }
+        }
+        if let Err(message) = self
+            .settings
+            .config
+            .check_resource_counts(current.counts(), next.counts())
+        {
+            return Reply::Failed(ErrorCode::LimitExceeded, message);
+        }
+        // Retention and dedup limits of existing streams change at once,
+        // except turning dedup on or off (see `Partition::set_dedup_limits`).
+        let config = &self.settings.config;
+        for (name, spec) in &next.streams {
+            let Some(old) = current.streams.get(name) else {
+                continue;
+            };
+            let (was, now) = (
+                old.settings(config).dedup_window_ms,
+                spec.settings(config).dedup_window_ms,
+            );
+            if (was == 0) != (now == 0) {
+                summary.push(format!(
+                    "stream/{name}: dedupWindowMs {was} -> {now} turns deduplication {} at the next server start; its other settings apply now",
+                    if now == 0 { "off" } else { "on" }
+                ));
+            }
+        }
+        // Removing a stage drops its pending work: refuse unless forced.
+        for (name, spec) in &next.pipelines {
+            let Some(old) = current.pipelines.get(name) else {
+                continue;
+            };
+            let removed: Vec<&str> = old
+                .stages
+                .iter()
+                .map(|s| s.name.as_str())
+                .filter(|n| !spec.stages.iter().any(|s| s.name == *n))
+                .collect();
+            if removed.is_empty() || force {
+                continue;
+            }
+            let counts = (0..self.shards).map(|to| {
+                self.call(
+                    to,
+                    Request::PipelineBusy {
+                        pipeline: name.clone(),
+                    },
+                )
+            });
+            let busy: usize = futures::future::join_all(counts)
+                .await
+                .into_iter()
+                .map(|r| if let Reply::Count(n) = r { n } else { 0 })
+                .sum();
+            if busy > 0 {
+                return Reply::Failed(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "Pipeline {name:?}: removing stage(s) {removed:?} would drop the work of {busy} unfinished or failed executions; apply with --force to do it anyway"
+                    ),
+                );
+            }
+        }
+        if next == current {
+            return Reply::Applied(summary);
+        }
+        if let Err(e) = persist_resources(&self.settings.config.data_dir, &next.resources()) {
+            return Reply::Failed(ErrorCode::StorageError, e);
+        }
+        let installs = (0..self.shards).map(|to| {
+            self.call(
+                to,
+                Request::Install {
+                    topology: next.clone(),
+                },
+            )
+        });
+        for reply in futures::future::join_all(installs).await {
+            if let Reply::Failed(code, message) = reply {
+                return Reply::Failed(code, message);
+            }
+        }
+        Reply::Applied(summary)
+    }
+}

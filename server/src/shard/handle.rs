@@ -1,0 +1,309 @@
+//! Serving a [`Request`] on the shard that owns its partition: streams
+//! (publish, fetch), consumer groups, pipelines, and the shard-wide
+//! requests (apply, status).
+
+use super::*;
+
+impl Shard {
+    pub(super) async fn handle(self: Rc<Self>, req: Request) -> Reply {
+        match req {
+            Request::Publish {
+                stream,
+                partition,
+                events,
+            } => {
+                if self.stopping.get() {
+                    return Reply::Failed(
+                        ErrorCode::ShuttingDown,
+                        "the server is shutting down".into(),
+                    );
+                }
+                match self.partition(&stream, partition) {
+                    Ok(p) => {
+                        let reply = match p.publish(&events).await {
+                            Ok(published) => Reply::Published(published),
+                            Err(f) => f.into(),
+                        };
+                        // Under relaxed durability the partition's log writes
+                        // behind the acks (see `Partition::open`): start the
+                        // write this publish made due, in a task of its own.
+                        if p.log.write_due() {
+                            let p = p.clone();
+                            glommio::spawn_local(async move { p.log.write_pending().await })
+                                .detach();
+                        }
+                        reply
+                    }
+                    Err(f) => f.into(),
+                }
+            }
+            Request::Fetch {
+                stream,
+                partition,
+                offset,
+                max_bytes,
+            } => match self.partition(&stream, partition) {
+                Ok(p) => match p.fetch(offset, max_bytes).await {
+                    Ok((next, records)) => Reply::Fetched(next, records),
+                    Err(f) => f.into(),
+                },
+                Err(f) => f.into(),
+            },
+            Request::Attach {
+                stream,
+                partition,
+                group,
+                durable,
+                start,
+                max_in_flight,
+                member,
+            } => match self.attach(
+                &stream,
+                partition,
+                &group,
+                durable,
+                start,
+                max_in_flight,
+                member,
+            ) {
+                Ok(()) => Reply::Done,
+                Err(f) => f.into(),
+            },
+            Request::Detach { shard, conn } => {
+                self.detach(shard, conn);
+                Reply::Done
+            }
+            Request::DetachMember { member } => {
+                self.detach_groups(|g| g.detach_member(member).1);
+                Reply::Done
+            }
+            Request::Ack { ids, shard, conn } => {
+                // Every id is settled on its own: one stale id must not
+                // leave the others to be redelivered.
+                let mut refused = Vec::new();
+                for id in ids {
+                    if self.settle(id, |g| g.ack(id, (shard, conn))).is_err() {
+                        refused.push(id);
+                    }
+                }
+                if refused.is_empty() {
+                    Reply::Done
+                } else {
+                    Reply::Refused(refused)
+                }
+            }
+            Request::Nack {
+                id,
+                message,
+                shard,
+                conn,
+            } => match self.settle(id, |g| g.nack(id, (shard, conn), &message)) {
+                Ok(()) => Reply::Done,
+                Err(f) => f.into(),
+            },
+            Request::StageAttach {
+                pipeline,
+                partition,
+                stage,
+                max_in_flight,
+                member,
+            } => {
+                let Some(run) = self
+                    .runs
+                    .borrow()
+                    .get(&(pipeline.clone(), partition))
+                    .cloned()
+                else {
+                    return Reply::Failed(
+                        ErrorCode::UnknownPipeline,
+                        format!("pipeline {pipeline:?} does not run on partition {partition} here"),
+                    );
+                };
+                let Some(s) = run.plan.stage_index(&stage) else {
+                    return Reply::Failed(
+                        ErrorCode::UnknownStage,
+                        format!("pipeline {pipeline:?} has no stage {stage:?}"),
+                    );
+                };
+                run.attach(member, s, max_in_flight);
+                Reply::Done
+            }
+            Request::StageAcks { acks, shard, conn } => {
+                // The acks of one run are made durable together: one append.
+                let mut by_run: Vec<(Rc<PipelineRun>, Vec<StageAckOf>)> = Vec::new();
+                let mut unsettled = Vec::new();
+                for (id, output) in acks {
+                    // The runs already found first: a burst of acks
+                    // usually comes from few runs.
+                    if let Some((_, acks)) = by_run.iter_mut().find(|(r, _)| r.owns(id)) {
+                        acks.push((id, output));
+                        continue;
+                    }
+                    match self.run_of(id) {
+                        Ok(run) => by_run.push((run, vec![(id, output)])),
+                        Err(f) => unsettled.push((id, f)),
+                    }
+                }
+                let settles = by_run
+                    .iter()
+                    .map(|(run, acks)| run.ack_many(acks, (shard, conn)));
+                for failures in futures::future::join_all(settles).await {
+                    unsettled.extend(failures);
+                }
+                Reply::Unsettled(unsettled)
+            }
+            Request::StageNack {
+                id,
+                message,
+                shard,
+                conn,
+            } => match self.run_of(id) {
+                Ok(run) => run.nack(id, (shard, conn), &message).await.into(),
+                Err(f) => f.into(),
+            },
+            Request::PipelineRetry {
+                pipeline,
+                execution,
+            } => {
+                let runs: Vec<Rc<PipelineRun>> = self
+                    .runs
+                    .borrow()
+                    .iter()
+                    .filter(|((name, p), _)| {
+                        *name == pipeline && execution.is_none_or(|(ep, _)| ep == *p)
+                    })
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                let mut lines = Vec::new();
+                for run in runs {
+                    match run.retry(execution.map(|(_, o)| o)).await {
+                        Ok(roots) => lines.extend(roots.into_iter().map(|o| {
+                            format!(
+                                "pipeline/{pipeline} partition {} offset {o} retried",
+                                run.source.partition
+                            )
+                        })),
+                        Err(f) => return f.into(),
+                    }
+                }
+                Reply::Applied(lines)
+            }
+            Request::PipelineBusy { pipeline } => Reply::Count(
+                self.runs
+                    .borrow()
+                    .iter()
+                    .filter(|((name, _), _)| *name == pipeline)
+                    .map(|(_, r)| r.busy())
+                    .sum(),
+            ),
+            Request::Status => Reply::Status(self.status(), self.run_status()),
+            Request::Apply { yaml, force } => self.apply(yaml, force).await,
+            Request::Install { topology } => match self.install(topology).await {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Failed(ErrorCode::StorageError, e),
+            },
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "mirrors the Attach request")]
+    pub(super) fn attach(
+        self: &Rc<Self>,
+        stream: &str,
+        partition: u32,
+        group: &str,
+        durable: bool,
+        start: StartPoint,
+        max_in_flight: u32,
+        member: MemberId,
+    ) -> Result<(), Failure> {
+        let p = self.partition(stream, partition)?;
+        let existing = p.groups.borrow().get(group).cloned();
+        let g = match existing {
+            Some(g) => g,
+            None => {
+                p.admit_group(group, self.settings.config.groups_max)?;
+                let stored = if durable {
+                    p.stored_offsets.borrow().get(group).copied()
+                } else {
+                    None
+                };
+                let stats = p.log.stats();
+                let cursor = stored.unwrap_or(match start {
+                    StartPoint::Beginning => stats.start_offset,
+                    StartPoint::Latest => p.log.visible_offset(),
+                    StartPoint::Offset(o) => o.clamp(stats.start_offset, stats.next_offset),
+                });
+                let g = GroupPartition::new(
+                    group,
+                    durable,
+                    cursor,
+                    self.settings.ack_timeout,
+                    self.deliveries.clone(),
+                );
+                p.groups.borrow_mut().insert(group.to_string(), g.clone());
+                glommio::spawn_local(self.clone().dispatch(Rc::downgrade(&g), Rc::downgrade(&p)))
+                    .detach();
+                g
+            }
+        };
+        g.attach(member, max_in_flight);
+        Ok(())
+    }
+
+    pub(super) fn run_of(&self, delivery_id: u64) -> Result<Rc<PipelineRun>, Failure> {
+        self.runs
+            .borrow()
+            .values()
+            .find(|r| r.owns(delivery_id))
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    ErrorCode::UnknownDelivery,
+                    format!("stage delivery {delivery_id} is not outstanding"),
+                )
+            })
+    }
+
+    pub(super) fn detach(&self, shard: u16, conn: u64) {
+        for run in self.runs.borrow().values() {
+            run.detach(shard, conn);
+        }
+        self.detach_groups(|g| g.detach(shard, conn).1);
+    }
+
+    /// Detaches members from every group with `detach` (which says whether
+    /// members remain), and removes the non-durable groups left empty.
+    pub(super) fn detach_groups(&self, detach: impl Fn(&GroupPartition) -> bool) {
+        for p in self.partitions.borrow().values() {
+            let mut gone = Vec::new();
+            for (name, g) in p.groups.borrow().iter() {
+                let any_left = detach(g);
+                if !any_left && !g.durable {
+                    gone.push(name.clone());
+                }
+            }
+            let mut groups = p.groups.borrow_mut();
+            for name in gone {
+                if let Some(g) = groups.remove(&name) {
+                    g.closed.set(true);
+                    g.wake.notify_all();
+                }
+            }
+        }
+    }
+
+    /// Settles a delivery id in the group holding it (one index lookup).
+    pub(super) fn settle(
+        &self,
+        id: u64,
+        f: impl Fn(&GroupPartition) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        match self.deliveries.group_of(id) {
+            Some(g) => f(&g),
+            None => Err((
+                ErrorCode::UnknownDelivery,
+                format!("delivery {id} is not outstanding"),
+            )),
+        }
+    }
+}

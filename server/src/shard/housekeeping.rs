@@ -1,0 +1,91 @@
+//! Periodic work of a shard (group offset commits, due writes, checkpoints,
+//! retention) and the final flush on shutdown.
+
+use super::*;
+
+/// Runs retention on a partition's log, logging what it deleted.
+pub(super) async fn retain(p: &Partition) {
+    match p.log.apply_retention(now_ms()).await {
+        Ok(r) if r.segments > 0 => tracing::info!(
+            stream = %p.stream,
+            partition = p.partition,
+            "retention deleted {} segments ({} bytes; {} files kept for reuse)",
+            r.segments,
+            r.bytes,
+            r.recycled
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(stream = %p.stream, partition = p.partition, "retention failed: {e}")
+        }
+    }
+}
+
+impl Shard {
+    pub(super) fn spawn_housekeeping(self: Rc<Self>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(COMMIT_EVERY).await;
+                if shard.stopping.get() {
+                    return;
+                }
+                let parts: Vec<Rc<Partition>> =
+                    shard.partitions.borrow().values().cloned().collect();
+                for p in parts {
+                    if let Err(e) = p.commit_offsets().await {
+                        tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");
+                    }
+                    if let Err(e) = p.log.flush_if_due().await {
+                        tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");
+                    }
+                    // A write that fell due while another flush ran (one a
+                    // full buffer or a sync started) and that no publish
+                    // has started since.
+                    p.log.write_pending().await;
+                }
+            }
+        })
+        .detach();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(RETENTION_EVERY).await;
+                if self.stopping.get() {
+                    return;
+                }
+                let parts: Vec<Rc<Partition>> =
+                    self.partitions.borrow().values().cloned().collect();
+                for p in parts {
+                    // Record how far the log is durable, so that damage
+                    // below it is told from a torn tail after a crash.
+                    if let Err(e) = p.log.checkpoint().await {
+                        tracing::warn!(stream = %p.stream, partition = p.partition, "checkpoint failed: {e}");
+                    }
+                    retain(&p).await;
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Makes every log durable and commits group offsets (on shutdown).
+    pub(super) async fn flush_all(&self) {
+        let runs: Vec<Rc<PipelineRun>> = self.runs.borrow().values().cloned().collect();
+        for run in runs {
+            if let Err(e) = run.sync().await {
+                tracing::warn!("final pipeline sync failed: {e}");
+            }
+        }
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for p in parts {
+            if let Err(e) = p.log.sync().await {
+                tracing::warn!(stream = %p.stream, partition = p.partition, "final sync failed: {e}");
+            } else if let Err(e) = p.log.checkpoint().await {
+                tracing::warn!(stream = %p.stream, partition = p.partition, "final checkpoint failed: {e}");
+            }
+            if let Err(e) = p.commit_offsets().await {
+                tracing::warn!(stream = %p.stream, partition = p.partition, "{e}");
+            }
+        }
+    }
+}
