@@ -5,38 +5,14 @@
 use super::*;
 
 impl Shard {
+    /// Serves `req`, one request family per method below.
     pub(super) async fn handle(self: Rc<Self>, req: Request) -> Reply {
         match req {
             Request::Publish {
                 stream,
                 partition,
                 events,
-            } => {
-                if self.stopping.get() {
-                    return Reply::Failed(
-                        ErrorCode::ShuttingDown,
-                        "the server is shutting down".into(),
-                    );
-                }
-                match self.partition(&stream, partition) {
-                    Ok(p) => {
-                        let reply = match p.publish(&events).await {
-                            Ok(published) => Reply::Published(published),
-                            Err(f) => f.into(),
-                        };
-                        // Under relaxed durability the partition's log writes
-                        // behind the acks (see `Partition::open`): start the
-                        // write this publish made due, in a task of its own.
-                        if p.log.write_due() {
-                            let p = p.clone();
-                            glommio::spawn_local(async move { p.log.write_pending().await })
-                                .detach();
-                        }
-                        reply
-                    }
-                    Err(f) => f.into(),
-                }
-            }
+            } => self.publish(&stream, partition, &events).await,
             Request::Fetch {
                 stream,
                 partition,
@@ -57,18 +33,17 @@ impl Shard {
                 start,
                 max_in_flight,
                 member,
-            } => match self.attach(
-                &stream,
-                partition,
-                &group,
-                durable,
-                start,
-                max_in_flight,
-                member,
-            ) {
-                Ok(()) => Reply::Done,
-                Err(f) => f.into(),
-            },
+            } => self
+                .attach(
+                    &stream,
+                    partition,
+                    &group,
+                    durable,
+                    start,
+                    max_in_flight,
+                    member,
+                )
+                .into(),
             Request::Detach { shard, conn } => {
                 self.detach(shard, conn);
                 Reply::Done
@@ -77,81 +52,25 @@ impl Shard {
                 self.detach_groups(|g| g.detach_member(member).1);
                 Reply::Done
             }
-            Request::Ack { ids, shard, conn } => {
-                // Every id is settled on its own: one stale id must not
-                // leave the others to be redelivered.
-                let mut refused = Vec::new();
-                for id in ids {
-                    if self.settle(id, |g| g.ack(id, (shard, conn))).is_err() {
-                        refused.push(id);
-                    }
-                }
-                if refused.is_empty() {
-                    Reply::Done
-                } else {
-                    Reply::Refused(refused)
-                }
-            }
+            Request::Ack { ids, shard, conn } => self.ack(ids, shard, conn),
             Request::Nack {
                 id,
                 message,
                 shard,
                 conn,
-            } => match self.settle(id, |g| g.nack(id, (shard, conn), &message)) {
-                Ok(()) => Reply::Done,
-                Err(f) => f.into(),
-            },
+            } => self
+                .settle(id, |g| g.nack(id, (shard, conn), &message))
+                .into(),
             Request::StageAttach {
                 pipeline,
                 partition,
                 stage,
                 max_in_flight,
                 member,
-            } => {
-                let Some(run) = self
-                    .runs
-                    .borrow()
-                    .get(&(pipeline.clone(), partition))
-                    .cloned()
-                else {
-                    return Reply::Failed(
-                        ErrorCode::UnknownPipeline,
-                        format!("pipeline {pipeline:?} does not run on partition {partition} here"),
-                    );
-                };
-                let Some(s) = run.plan.stage_index(&stage) else {
-                    return Reply::Failed(
-                        ErrorCode::UnknownStage,
-                        format!("pipeline {pipeline:?} has no stage {stage:?}"),
-                    );
-                };
-                run.attach(member, s, max_in_flight);
-                Reply::Done
-            }
-            Request::StageAcks { acks, shard, conn } => {
-                // The acks of one run are made durable together: one append.
-                let mut by_run: Vec<(Rc<PipelineRun>, Vec<StageAckOf>)> = Vec::new();
-                let mut unsettled = Vec::new();
-                for (id, output) in acks {
-                    // The runs already found first: a burst of acks
-                    // usually comes from few runs.
-                    if let Some((_, acks)) = by_run.iter_mut().find(|(r, _)| r.owns(id)) {
-                        acks.push((id, output));
-                        continue;
-                    }
-                    match self.run_of(id) {
-                        Ok(run) => by_run.push((run, vec![(id, output)])),
-                        Err(f) => unsettled.push((id, f)),
-                    }
-                }
-                let settles = by_run
-                    .iter()
-                    .map(|(run, acks)| run.ack_many(acks, (shard, conn)));
-                for failures in futures::future::join_all(settles).await {
-                    unsettled.extend(failures);
-                }
-                Reply::Unsettled(unsettled)
-            }
+            } => self
+                .stage_attach(&pipeline, partition, &stage, max_in_flight, member)
+                .into(),
+            Request::StageAcks { acks, shard, conn } => self.stage_acks(acks, shard, conn).await,
             Request::StageNack {
                 id,
                 message,
@@ -164,30 +83,7 @@ impl Shard {
             Request::PipelineRetry {
                 pipeline,
                 execution,
-            } => {
-                let runs: Vec<Rc<PipelineRun>> = self
-                    .runs
-                    .borrow()
-                    .iter()
-                    .filter(|((name, p), _)| {
-                        *name == pipeline && execution.is_none_or(|(ep, _)| ep == *p)
-                    })
-                    .map(|(_, r)| r.clone())
-                    .collect();
-                let mut lines = Vec::new();
-                for run in runs {
-                    match run.retry(execution.map(|(_, o)| o)).await {
-                        Ok(roots) => lines.extend(roots.into_iter().map(|o| {
-                            format!(
-                                "pipeline/{pipeline} partition {} offset {o} retried",
-                                run.source.partition
-                            )
-                        })),
-                        Err(f) => return f.into(),
-                    }
-                }
-                Reply::Applied(lines)
-            }
+            } => self.pipeline_retry(&pipeline, execution).await,
             Request::PipelineBusy { pipeline } => Reply::Count(
                 self.runs
                     .borrow()
@@ -203,6 +99,128 @@ impl Shard {
                 Err(e) => Reply::Failed(ErrorCode::StorageError, e),
             },
         }
+    }
+
+    /// Streams: appends `events` to the partition.
+    async fn publish(&self, stream: &str, partition: u32, events: &[bytes::Bytes]) -> Reply {
+        if self.stopping.get() {
+            return Reply::Failed(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down".into(),
+            );
+        }
+        let p = match self.partition(stream, partition) {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        let reply = match p.publish(events).await {
+            Ok(published) => Reply::Published(published),
+            Err(f) => f.into(),
+        };
+        // Under relaxed durability the partition's log writes behind the
+        // acks (see `Partition::open`): start the write this publish made
+        // due, in a task of its own.
+        if p.log.write_due() {
+            let p = p.clone();
+            glommio::spawn_local(async move { p.log.write_pending().await }).detach();
+        }
+        reply
+    }
+
+    /// Groups: acks each id on its own, so one stale id does not leave the
+    /// others to be redelivered.
+    fn ack(&self, ids: Vec<u64>, shard: u16, conn: u64) -> Reply {
+        let mut refused = Vec::new();
+        for id in ids {
+            if self.settle(id, |g| g.ack(id, (shard, conn))).is_err() {
+                refused.push(id);
+            }
+        }
+        if refused.is_empty() {
+            Reply::Done
+        } else {
+            Reply::Refused(refused)
+        }
+    }
+
+    /// Pipelines: a stage member joins the run of `pipeline` on `partition`.
+    fn stage_attach(
+        &self,
+        pipeline: &str,
+        partition: u32,
+        stage: &str,
+        max_in_flight: u32,
+        member: MemberId,
+    ) -> Result<(), Failure> {
+        let run = self
+            .runs
+            .borrow()
+            .get(&(pipeline.to_owned(), partition))
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    ErrorCode::UnknownPipeline,
+                    format!("pipeline {pipeline:?} does not run on partition {partition} here"),
+                )
+            })?;
+        let s = run.plan.stage_index(stage).ok_or_else(|| {
+            (
+                ErrorCode::UnknownStage,
+                format!("pipeline {pipeline:?} has no stage {stage:?}"),
+            )
+        })?;
+        run.attach(member, s, max_in_flight);
+        Ok(())
+    }
+
+    /// Pipelines: settles stage acks; the acks of one run are made durable
+    /// together, in one append.
+    async fn stage_acks(&self, acks: Vec<StageAckOf>, shard: u16, conn: u64) -> Reply {
+        let mut by_run: Vec<(Rc<PipelineRun>, Vec<StageAckOf>)> = Vec::new();
+        let mut unsettled = Vec::new();
+        for (id, output) in acks {
+            // The runs already found first: a burst of acks usually comes
+            // from few runs.
+            if let Some((_, acks)) = by_run.iter_mut().find(|(r, _)| r.owns(id)) {
+                acks.push((id, output));
+                continue;
+            }
+            match self.run_of(id) {
+                Ok(run) => by_run.push((run, vec![(id, output)])),
+                Err(f) => unsettled.push((id, f)),
+            }
+        }
+        let settles = by_run
+            .iter()
+            .map(|(run, acks)| run.ack_many(acks, (shard, conn)));
+        for failures in futures::future::join_all(settles).await {
+            unsettled.extend(failures);
+        }
+        Reply::Unsettled(unsettled)
+    }
+
+    /// Pipelines: runs failed executions of `pipeline` here again.
+    async fn pipeline_retry(&self, pipeline: &str, execution: Option<(u32, u64)>) -> Reply {
+        let runs: Vec<Rc<PipelineRun>> = self
+            .runs
+            .borrow()
+            .iter()
+            .filter(|((name, p), _)| name == pipeline && execution.is_none_or(|(ep, _)| ep == *p))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let mut lines = Vec::new();
+        for run in runs {
+            match run.retry(execution.map(|(_, o)| o)).await {
+                Ok(roots) => lines.extend(roots.into_iter().map(|o| {
+                    format!(
+                        "pipeline/{pipeline} partition {} offset {o} retried",
+                        run.source.partition
+                    )
+                })),
+                Err(f) => return f.into(),
+            }
+        }
+        Reply::Applied(lines)
     }
 
     #[expect(clippy::too_many_arguments, reason = "mirrors the Attach request")]
