@@ -4,8 +4,18 @@
 use super::*;
 
 impl Shard {
-    /// Opens the partitions of `topology` this shard owns and adopts it.
+    /// Opens the partitions and pipeline runs of `topology` this shard
+    /// owns, closes the runs it no longer has, and adopts it.
     pub(super) async fn install(self: &Rc<Self>, topology: Topology) -> Result<(), String> {
+        self.install_streams(&topology).await?;
+        self.install_pipelines(&topology).await?;
+        *self.topology.borrow_mut() = topology;
+        Ok(())
+    }
+
+    /// Opens the partitions of `topology` this shard owns; gives those
+    /// already open their stream's current settings.
+    async fn install_streams(self: &Rc<Self>, topology: &Topology) -> Result<(), String> {
         let config = &self.settings.config;
         for spec in topology.streams.values() {
             let stream_settings = spec.settings(config);
@@ -45,8 +55,13 @@ impl Shard {
                 self.partitions.borrow_mut().insert(key, Rc::new(p));
             }
         }
-        // Pipelines: keep runs whose plan is unchanged, replace the others
-        // (they rebuild from their outputs log), stop removed ones.
+        Ok(())
+    }
+
+    /// Pipelines: keeps runs whose plan is unchanged, replaces the others
+    /// (they rebuild from their outputs log), stops removed ones.
+    async fn install_pipelines(self: &Rc<Self>, topology: &Topology) -> Result<(), String> {
+        let config = &self.settings.config;
         let mut wanted = BTreeMap::new();
         for spec in topology.pipelines.values() {
             let plan = spec
@@ -112,7 +127,6 @@ impl Shard {
                 .insert((name, partition), run.clone());
             glommio::spawn_local(self.clone().dispatch_pipeline(Rc::downgrade(&run))).detach();
         }
-        *self.topology.borrow_mut() = topology;
         Ok(())
     }
 
@@ -162,9 +176,38 @@ impl Shard {
         {
             return Reply::Failed(ErrorCode::LimitExceeded, message);
         }
-        // Retention and dedup limits of existing streams change at once,
-        // except turning dedup on or off (see `Partition::set_dedup_limits`).
+        summary.extend(self.dedup_switches(&current, &next));
+        if let Err(failure) = self.check_stage_removals(&current, &next, force).await {
+            return failure.into();
+        }
+        if next == current {
+            return Reply::Applied(summary);
+        }
+        if let Err(e) = persist_resources(&self.settings.config.data_dir, &next.resources()) {
+            return Reply::Failed(ErrorCode::StorageError, e);
+        }
+        let installs = (0..self.shards).map(|to| {
+            self.call(
+                to,
+                Request::Install {
+                    topology: next.clone(),
+                },
+            )
+        });
+        for reply in futures::future::join_all(installs).await {
+            if let Reply::Failed(code, message) = reply {
+                return Reply::Failed(code, message);
+            }
+        }
+        Reply::Applied(summary)
+    }
+
+    /// Retention and dedup limits of existing streams change at once,
+    /// except turning dedup on or off (see `Partition::set_dedup_limits`):
+    /// a summary line for each stream where that waits for a start.
+    fn dedup_switches(&self, current: &Topology, next: &Topology) -> Vec<String> {
         let config = &self.settings.config;
+        let mut lines = Vec::new();
         for (name, spec) in &next.streams {
             let Some(old) = current.streams.get(name) else {
                 continue;
@@ -174,13 +217,22 @@ impl Shard {
                 spec.settings(config).dedup_window_ms,
             );
             if (was == 0) != (now == 0) {
-                summary.push(format!(
+                lines.push(format!(
                     "stream/{name}: dedupWindowMs {was} -> {now} turns deduplication {} at the next server start; its other settings apply now",
                     if now == 0 { "off" } else { "on" }
                 ));
             }
         }
-        // Removing a stage drops its pending work: refuse unless forced.
+        lines
+    }
+
+    /// Removing a stage drops its pending work: refused unless forced.
+    async fn check_stage_removals(
+        self: &Rc<Self>,
+        current: &Topology,
+        next: &Topology,
+        force: bool,
+    ) -> Result<(), Failure> {
         for (name, spec) in &next.pipelines {
             let Some(old) = current.pipelines.get(name) else {
                 continue;
@@ -208,33 +260,14 @@ impl Shard {
                 .map(|r| if let Reply::Count(n) = r { n } else { 0 })
                 .sum();
             if busy > 0 {
-                return Reply::Failed(
+                return Err((
                     ErrorCode::InvalidConfig,
                     format!(
                         "Pipeline {name:?}: removing stage(s) {removed:?} would drop the work of {busy} unfinished or failed executions; apply with --force to do it anyway"
                     ),
-                );
+                ));
             }
         }
-        if next == current {
-            return Reply::Applied(summary);
-        }
-        if let Err(e) = persist_resources(&self.settings.config.data_dir, &next.resources()) {
-            return Reply::Failed(ErrorCode::StorageError, e);
-        }
-        let installs = (0..self.shards).map(|to| {
-            self.call(
-                to,
-                Request::Install {
-                    topology: next.clone(),
-                },
-            )
-        });
-        for reply in futures::future::join_all(installs).await {
-            if let Reply::Failed(code, message) = reply {
-                return Reply::Failed(code, message);
-            }
-        }
-        Reply::Applied(summary)
+        Ok(())
     }
 }
