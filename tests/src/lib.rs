@@ -395,32 +395,34 @@ impl Server {
         );
     }
 
-    /// Waits until the client port and every shard port accept a
-    /// connection; false when the process exits or the deadline passes.
+    /// Waits until this start's log says every shard is ready (each
+    /// reports only once it listens on its ports, so a port that accepts
+    /// because someone else holds it is never taken for ours), then checks
+    /// that the client port and every shard port accept a connection;
+    /// false when the process exits or the deadline passes.
     fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + START_TIMEOUT;
-        let ports: Vec<u16> = std::iter::once(self.port)
-            .chain((0..self.options.shards).map(|s| self.shard_port(s)))
-            .collect();
-        let mut ready = 0;
-        while Instant::now() < deadline {
+        let log_path = self.logs.path().join(format!("server-{}.log", self.starts));
+        let ready_line = format!("all {} shards ready", self.options.shards);
+        loop {
             if !self.is_running() {
                 return false;
             }
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[ready]));
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                ready += 1;
-                if ready == ports.len() {
-                    // A port someone else holds would also accept: make
-                    // sure our process did not exit on a bind failure.
-                    std::thread::sleep(Duration::from_millis(50));
-                    return self.is_running();
-                }
-                continue;
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains(&ready_line) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        false
+        std::iter::once(self.port)
+            .chain((0..self.options.shards).map(|s| self.shard_port(s)))
+            .all(|port| {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
     }
 
     /// SIGTERM, then waits for the exit (SIGKILL after a timeout). Returns
