@@ -58,6 +58,9 @@ type Behavior = Arc<dyn Fn(&mut ConnState, &FrameRef<'_>) -> Vec<Out> + Send + S
 struct Mock {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections whose `serve` ended (the client closed them, or the
+    /// behaviour did), by number.
+    ended: Arc<Mutex<HashSet<usize>>>,
     shard_ports: Vec<u16>,
 }
 
@@ -77,10 +80,12 @@ impl Mock {
         let shard_ports = ports[1..].to_vec();
         let url = format!("http://127.0.0.1:{}", ports[0]);
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let ended: Arc<Mutex<HashSet<usize>>> = Arc::default();
         let conns = Arc::new(AtomicUsize::new(0));
         for (index, listener) in listeners.into_iter().enumerate() {
             let behavior = Arc::clone(&behavior);
             let seen = Arc::clone(&seen);
+            let ended = Arc::clone(&ended);
             let conns = Arc::clone(&conns);
             let shard_ports = shard_ports.clone();
             tokio::spawn(async move {
@@ -91,20 +96,26 @@ impl Mock {
                         listener: index,
                         ..ConnState::default()
                     };
-                    tokio::spawn(serve(
+                    let serving = serve(
                         socket,
                         state,
                         conn,
                         Arc::clone(&behavior),
                         Arc::clone(&seen),
                         shard_ports.clone(),
-                    ));
+                    );
+                    let ended = Arc::clone(&ended);
+                    tokio::spawn(async move {
+                        serving.await;
+                        ended.lock().unwrap().insert(conn);
+                    });
                 }
             });
         }
         Mock {
             url,
             seen,
+            ended,
             shard_ports,
         }
     }
@@ -135,6 +146,27 @@ impl Mock {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the mock did not receive {n} matching frames in time");
+    }
+
+    /// Waits until every connection that carried a frame `pick` accepts
+    /// has ended. The client closes a connection's write side only after
+    /// its last queued frame, so from then on `seen` holds every frame it
+    /// sent on them: the barrier for "nothing more arrives".
+    async fn wait_ended(&self, pick: impl Fn(&FrameRef<'_>) -> bool) {
+        let conns: HashSet<usize> = self
+            .seen()
+            .iter()
+            .filter(|s| pick(&s.frame()))
+            .map(|s| s.conn)
+            .collect();
+        assert!(!conns.is_empty(), "no connection carried such a frame");
+        for _ in 0..500 {
+            if conns.is_subset(&self.ended.lock().unwrap()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the client did not close connections {conns:?} in time");
     }
 }
 
@@ -1224,14 +1256,18 @@ async fn many_stage_deliveries(refuse_batches: bool) -> (Vec<(bool, usize)>, usi
         assert!(tries < 500, "the mock did not receive {MANY} acks in time");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let nacks = mock
-        .wait_for(1, |_, f| match &f.message {
-            Message::StageNack(n) => Some((n.delivery_id, n.message.to_owned())),
-            _ => None,
-        })
-        .await;
-    // Nothing more arrives: no delivery is answered twice.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stage_nack = |_: &Seen, f: &FrameRef<'_>| match &f.message {
+        Message::StageNack(n) => Some((n.delivery_id, n.message.to_owned())),
+        _ => None,
+    };
+    mock.wait_for(1, stage_nack).await;
+    // Nothing more arrives: no delivery is answered twice. Stopping the
+    // handler lets the handlers still running answer; the connection
+    // closes after the last answer is written, and once the mock has seen
+    // it end, it has every answer the client will ever send.
+    handle.stop().await.unwrap();
+    mock.wait_ended(|f| stage_acks_of(f).is_some()).await;
+    let nacks = mock.picked(stage_nack);
     let frames = mock.picked(|_, f| {
         let acks = taken(f)?;
         Some((matches!(f.message, Message::StageAck(_)), acks))
@@ -1242,7 +1278,6 @@ async fn many_stage_deliveries(refuse_batches: bool) -> (Vec<(bool, usize)>, usi
     } else {
         0
     };
-    handle.stop().await.unwrap();
     let acks: Vec<(u64, hadron::Event)> = frames.iter().flat_map(|(_, a)| a.clone()).collect();
     let answered: Vec<(bool, usize)> = frames.iter().map(|(s, a)| (*s, a.len())).collect();
     assert_eq!(acks.len() as u64, MANY, "one ack per delivery");
@@ -1384,14 +1419,18 @@ async fn many_deliveries_each_run_once_and_are_each_acked_once() {
         assert!(tries < 500, "the mock did not receive {MANY} acks in time");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let nacks = mock
-        .wait_for(1, |_, f| match &f.message {
-            Message::Nack(n) => Some((n.delivery_id, n.message.to_owned())),
-            _ => None,
-        })
-        .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let nack = |_: &Seen, f: &FrameRef<'_>| match &f.message {
+        Message::Nack(n) => Some((n.delivery_id, n.message.to_owned())),
+        _ => None,
+    };
+    mock.wait_for(1, nack).await;
+    // Nothing more arrives: stopping lets the running handlers answer, and
+    // the connection closes after the last answer is written; once the
+    // mock has seen it end, it has every answer the client will send.
     subscription.stop().await.unwrap();
+    mock.wait_ended(|f| matches!(f.message, Message::Ack(_)))
+        .await;
+    let nacks = mock.picked(nack);
 
     let mut acked: Vec<u64> = mock
         .picked(|_, f| match &f.message {

@@ -392,32 +392,34 @@ impl Server {
         );
     }
 
-    /// Waits until the client port and every shard port accept a
-    /// connection; false when the process exits or the deadline passes.
+    /// Waits until this start's log says every shard is ready (each
+    /// reports only once it listens on its ports, so a port that accepts
+    /// because someone else holds it is never taken for ours), then checks
+    /// that the client port and every shard port accept a connection;
+    /// false when the process exits or the deadline passes.
     fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + START_TIMEOUT;
-        let ports: Vec<u16> = std::iter::once(self.port)
-            .chain((0..self.options.shards).map(|s| self.shard_port(s)))
-            .collect();
-        let mut ready = 0;
-        while Instant::now() < deadline {
+        let log_path = self.logs.path().join(format!("server-{}.log", self.starts));
+        let ready_line = format!("all {} shards ready", self.options.shards);
+        loop {
             if !self.is_running() {
                 return false;
             }
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[ready]));
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                ready += 1;
-                if ready == ports.len() {
-                    // A port someone else holds would also accept: make
-                    // sure our process did not exit on a bind failure.
-                    std::thread::sleep(Duration::from_millis(50));
-                    return self.is_running();
-                }
-                continue;
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains(&ready_line) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        false
+        std::iter::once(self.port)
+            .chain((0..self.options.shards).map(|s| self.shard_port(s)))
+            .all(|port| {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
     }
 
     /// SIGTERM, then waits for the exit (SIGKILL after a timeout). Returns
@@ -1065,4 +1067,53 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
             .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Waits until `group` has settled every event of `stream` (on every
+/// partition the committed offset is the partition's next offset, and
+/// nothing is in flight), for at most `timeout`; returns that status.
+///
+/// This is the barrier that "nothing more arrives" at a group's members
+/// (no duplicate, no redelivery): a delivery is in flight from the moment
+/// the server hands it out until its ack arrives, and a member records a
+/// delivery before it acks it. Once everything is committed and nothing
+/// is in flight, every delivery the server made for the group has been
+/// recorded, and no other can follow without a new event or a delivery
+/// in flight to time out, be nacked or be orphaned.
+pub async fn until_group_settled(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    let what = format!("group {group} to settle every event of {stream}");
+    eventually(timeout, &what, || async move {
+        let st = status(client).await;
+        let settled = stream_partitions(&st, stream).iter().all(|p| {
+            let partition = p["partition"].as_u64().unwrap() as u32;
+            group_status(&st, stream, partition, group).is_some_and(|g| {
+                g["committed"] == p["next_offset"] && g["lag"] == 0 && g["in_flight"] == 0
+            })
+        });
+        settled.then_some(st)
+    })
+    .await
+}
+
+impl RawConn {
+    /// Closes the write side, so the server reads EOF after everything
+    /// sent, and waits (up to `timeout`) until the server closes the
+    /// connection in turn: the proof that it has read all of it. Panics
+    /// when a frame arrives instead or the connection stays open.
+    pub async fn finish(mut self, timeout: Duration) {
+        tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown())
+            .await
+            .expect("shutdown timed out")
+            .expect("shutdown failed");
+        match self.recv_within(timeout).await {
+            Some(None) => {}
+            Some(Some(frame)) => panic!("expected the server to close, got {frame:?}"),
+            None => panic!("the server kept the connection open for {timeout:?} after EOF"),
+        }
+    }
 }

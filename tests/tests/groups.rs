@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hadron::{Client, Delivery, NewEvent, StartPoint, SubscribeOptions, Subscription};
 use hadron_tests::{
     Frame, RawConn, RawDelivery, Server, ServerOptions, create_stream, eventually, group_status,
-    status,
+    status, until_group_settled,
 };
 use tokio::sync::mpsc;
 
@@ -49,6 +49,19 @@ async fn member(
     tx: mpsc::UnboundedSender<Seen>,
     fail: fn(&Delivery) -> bool,
 ) -> Subscription {
+    member_with_room(client, stream, group, index, tx, fail, 8).await
+}
+
+/// [`member`] with room for `max_in_flight` unacknowledged deliveries.
+async fn member_with_room(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    index: usize,
+    tx: mpsc::UnboundedSender<Seen>,
+    fail: fn(&Delivery) -> bool,
+    max_in_flight: u32,
+) -> Subscription {
     client
         .subscribe(
             stream,
@@ -56,7 +69,7 @@ async fn member(
             SubscribeOptions {
                 durable: false,
                 start: StartPoint::Beginning,
-                max_in_flight: 8,
+                max_in_flight,
             },
             move |d: Delivery| {
                 let tx = tx.clone();
@@ -123,8 +136,11 @@ async fn two_members_share_the_events_and_settle_each_once() {
         published.insert((p.partition, p.offset), id);
     }
     let seen = collect_until(&mut rx, Duration::from_secs(10), |all| all.len() >= EVENTS).await;
-    // Anything more would be a second delivery.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Anything more would be a second delivery. Once the group has
+    // committed every partition to its end with nothing in flight, every
+    // delivery the server made was reported (members report before they
+    // ack), so what the channel holds then is all there will be.
+    until_group_settled(&c1, "events", "workers", Duration::from_secs(10)).await;
     let mut seen = seen;
     while let Ok(more) = rx.try_recv() {
         seen.push(more);
@@ -310,9 +326,52 @@ async fn an_unacked_delivery_goes_to_another_member_after_the_ack_timeout() {
         "a late ack of an expired delivery: {reply:?}"
     );
     assert!(pushed.is_empty(), "{pushed:?}");
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(rx.try_recv().is_err(), "acked once, delivered once more");
+
+    // Nothing more comes to either member: the helper's ack settled the
+    // event, and no deadline of it fires later. The barrier is a later ack
+    // timeout: with the helper gone (its stop sends the answers of the
+    // handlers that ran), a marker goes to the silent member, which holds
+    // it until the server takes it back at its deadline, later than every
+    // deadline of the event. A round expires deadlines before it hands out
+    // retries, in offset order, so a redelivery of the event would reach
+    // the silent member before the marker's second attempt.
     helper.stop().await.unwrap();
+    eventually(Duration::from_secs(5), "the helper left", || {
+        let client = client.clone();
+        async move {
+            let st = status(&client).await;
+            group_status(&st, "single", 0, "timeouts").filter(|g| g["members"] == 1)
+        }
+    })
+    .await;
+    let marker = client
+        .publisher("slow")
+        .await
+        .unwrap()
+        .stream("single")
+        .publish(NewEvent::new("t", b"m".to_vec()).with_id("marker"))
+        .await
+        .unwrap();
+    for attempt in [1, 2] {
+        let d = silent
+            .next_delivery(Duration::from_secs(5))
+            .await
+            .expect("the marker reaches the silent member");
+        assert_eq!(
+            (d.offset, d.attempt, d.event.id.as_str()),
+            (marker.offset, attempt, "marker"),
+            "only the marker, held past its ack timeout, comes to the silent member"
+        );
+    }
+    let g = group_status(&status(&client).await, "single", 0, "timeouts").unwrap();
+    assert_eq!(
+        g["committed"],
+        p.offset + 1,
+        "the event was acked once: {g}"
+    );
+    assert_eq!(g["in_flight"], 1, "only the marker is in flight: {g}");
+    let more: Vec<Seen> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert!(more.is_empty(), "acked once, delivered once more: {more:?}");
 }
 
 /// A member that disconnects while holding a delivery: the event goes to
@@ -326,7 +385,8 @@ async fn a_delivery_of_a_disconnected_member_goes_to_another_member() {
     let mut leaving = RawConn::handshaken(server.port()).await;
     leaving.subscribe("single", "handover", true, 1).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stayer = member(&client, "single", "handover", 1, tx, |_| false).await;
+    // Room for one delivery at a time: see the barrier below.
+    let stayer = member_with_room(&client, "single", "handover", 1, tx, |_| false, 1).await;
 
     let p = client
         .publisher("handover")
@@ -341,8 +401,26 @@ async fn a_delivery_of_a_disconnected_member_goes_to_another_member() {
         .await
         .expect("the first member gets the delivery");
     assert_eq!((held.offset, held.attempt), (p.offset, 1));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(rx.try_recv().is_err(), "not redelivered while held");
+    // Not redelivered while held. The barrier is two markers, each
+    // published once the stayer (room for one) reported the one before: a
+    // round hands out due retries before new events, so had the server
+    // taken the held event back (when the stayer joined, or while handing
+    // out the first marker) it would have gone to the stayer before the
+    // second marker.
+    let markers = client.publisher("handover").await.unwrap().stream("single");
+    for (n, id) in ["marker-1", "marker-2"].into_iter().enumerate() {
+        let marker = markers
+            .publish(NewEvent::new("t", b"m".to_vec()).with_id(id))
+            .await
+            .unwrap();
+        let seen = collect_until(&mut rx, Duration::from_secs(5), |all| !all.is_empty()).await;
+        assert_eq!(
+            (seen[0].offset, seen[0].attempt, seen[0].id.as_str()),
+            (p.offset + 1 + n as u64, 1, id),
+            "not redelivered while held: {seen:?}"
+        );
+        assert_eq!(marker.offset, p.offset + 1 + n as u64);
+    }
     let closed_at = Instant::now();
     leaving.close().await;
 
@@ -356,7 +434,7 @@ async fn a_delivery_of_a_disconnected_member_goes_to_another_member() {
         let client = client.clone();
         async move {
             let st = status(&client).await;
-            group_status(&st, "single", 0, "handover").filter(|g| g["committed"] == p.offset + 1)
+            group_status(&st, "single", 0, "handover").filter(|g| g["committed"] == p.offset + 3)
         }
     })
     .await;
@@ -417,13 +495,27 @@ async fn an_ack_with_unknown_ids_still_acks_the_others() {
         other => panic!("expected UnknownDelivery, got {other:?}"),
     }
     assert!(pushed.is_empty(), "{pushed:?}");
-    // Past the 500 ms ack timeout nothing comes back: both were acked.
-    assert!(
-        raw.next_delivery(Duration::from_millis(1_200))
+    // Past the 500 ms ack timeout nothing comes back: both were acked. The
+    // barrier is a later ack timeout: a marker handed out after them, held
+    // until the server takes it back at its deadline. A round expires
+    // deadlines before it hands out retries, in offset order, and the
+    // member had room, so a redelivery of `a` or `b` would arrive before
+    // the marker's second attempt.
+    let marker = publisher
+        .publish(NewEvent::new("t", b"m".to_vec()).with_id("marker"))
+        .await
+        .unwrap();
+    for attempt in [1, 2] {
+        let d = raw
+            .next_delivery(Duration::from_secs(5))
             .await
-            .is_none(),
-        "an acked delivery was redelivered"
-    );
+            .expect("the marker is delivered");
+        assert_eq!(
+            (d.offset, d.attempt, d.event.id.as_str()),
+            (marker.offset, attempt, "marker"),
+            "an acked delivery was redelivered"
+        );
+    }
     // And acking them again is refused: they are settled.
     let again = raw.ack(&[got[1].delivery_id], &mut pushed).await;
     assert!(

@@ -308,6 +308,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// The share of one core the process used over `window`.
 async fn cpu_share(pid: u32, window: Duration) -> f64 {
     let before = cpu_seconds(pid);
+    // The measurement window itself, not a wait for the server.
     tokio::time::sleep(window).await;
     (cpu_seconds(pid) - before) / window.as_secs_f64()
 }

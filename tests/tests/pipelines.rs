@@ -20,7 +20,7 @@
     reason = "test helpers: a failed set-up step must fail the test at once, with its message"
 )]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -681,6 +681,16 @@ spec:
 
 /// Registers a raw stage member; returns the connection.
 async fn raw_stage_member(server: &Server, pipeline: &str, stage: &str) -> RawConn {
+    raw_stage_member_with_room(server, pipeline, stage, 4).await
+}
+
+/// [`raw_stage_member`] with room for `max_in_flight` deliveries.
+async fn raw_stage_member_with_room(
+    server: &Server,
+    pipeline: &str,
+    stage: &str,
+    max_in_flight: u32,
+) -> RawConn {
     let mut member = RawConn::handshaken(server.port()).await;
     let mut pushed = Vec::new();
     let reply = member
@@ -688,7 +698,7 @@ async fn raw_stage_member(server: &Server, pipeline: &str, stage: &str) -> RawCo
             &Message::PipelineSubscribe(hadron_wire::PipelineSubscribe {
                 pipeline,
                 stage,
-                max_in_flight: 4,
+                max_in_flight,
             }),
             &mut pushed,
         )
@@ -698,6 +708,30 @@ async fn raw_stage_member(server: &Server, pipeline: &str, stage: &str) -> RawCo
         "PipelineSubscribe: {reply:?}"
     );
     member
+}
+
+/// Acks stage delivery `delivery_id` with `output` on a raw member and
+/// waits for the `AckOk`, keeping the stage deliveries that arrive
+/// meanwhile in `queued`, in order.
+async fn raw_stage_ack(
+    member: &mut RawConn,
+    delivery_id: u64,
+    output: &[u8],
+    queued: &mut VecDeque<RawStageDelivery>,
+) {
+    let id = member
+        .send(&Message::StageAck(hadron_wire::StageAck {
+            delivery_id,
+            output,
+        }))
+        .await;
+    loop {
+        match member.recv().await {
+            Some(Frame::StageDelivery(d)) => queued.push_back(*d),
+            Some(Frame::AckOk { request_id }) if request_id == id => return,
+            other => panic!("expected AckOk for stage ack {id}, got {other:?}"),
+        }
+    }
 }
 
 /// Waits for one stage delivery on a raw member.
@@ -739,10 +773,11 @@ spec:
     apply(&client, &yaml("provision", "vm.requested")).await;
     apply(&client, &yaml("rebuild", "vm.rebuilt")).await;
 
-    // The real handler is attached while the raw member holds the delivery.
+    // The real handler is attached while the raw member holds the delivery
+    // (with room for that one only: see the barrier below).
     let rec = Arc::new(Recorder::default());
-    let mut raw = raw_stage_member(&server, "provision", "boot").await;
-    publish(
+    let mut raw = raw_stage_member_with_room(&server, "provision", "boot", 1).await;
+    let at = publish(
         &client,
         "events",
         vec![root_event("vm-1", "vm.requested", "vm-1", "{}")],
@@ -758,7 +793,24 @@ spec:
         recording(&rec, succeed),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The barrier: a marker execution on vm-1's partition, published after
+    // the handlers attached, runs through both stages in the client. A
+    // round hands ready stages out oldest execution first, so had the
+    // server given vm-1's boot to the new handler, it would have sent it
+    // before the marker's boot (the full raw member can take neither), on
+    // the same connection, and the handler would have started it before
+    // the marker's configure came back a round trip later.
+    let marker = publish(
+        &client,
+        "events",
+        vec![root_event("vm-1-marker", "vm.requested", "vm-1", "{}")],
+    )
+    .await;
+    assert_eq!(marker["vm-1-marker"].0, at["vm-1"].0, "one partition");
+    until_recorded(&rec, "configure succeeded for the marker", |r| {
+        r.succeeded("configure").contains("vm-1-marker")
+    })
+    .await;
     assert!(
         rec.runs("vm-1", "boot").is_empty(),
         "boot went to a second handler while the first still held it"
@@ -776,9 +828,10 @@ spec:
         "boot went out again on the disconnect, not after the 30 s ack timeout"
     );
     assert_eq!(rec.runs("vm-1", "configure").len(), 1, "configure ran once");
-    let doc = until_executions(&client, "provision", (0, 1, 0)).await;
-    assert_stage(&doc, "boot", [1, 0, 0, 0, 0]);
-    assert_stage(&doc, "configure", [1, 0, 0, 0, 0]);
+    // vm-1 and the marker.
+    let doc = until_executions(&client, "provision", (0, 2, 0)).await;
+    assert_stage(&doc, "boot", [2, 0, 0, 0, 0]);
+    assert_stage(&doc, "configure", [2, 0, 0, 0, 0]);
 
     // The real handler attaches only after the raw member vanished.
     let rec = Arc::new(Recorder::default());
@@ -791,7 +844,17 @@ spec:
     .await;
     raw_stage_delivery(&mut raw).await;
     raw.close().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server has taken the delivery back: boot is no longer in flight
+    // but waits for a handler.
+    eventually(WAIT, "the raw member's boot taken back", || {
+        let client = client.clone();
+        async move {
+            let doc = pipeline_doc(&client, "rebuild").await?;
+            let boot = stage_doc(&doc, "boot");
+            (boot["in_flight"] == 0 && boot["waiting"] == 1).then_some(())
+        }
+    })
+    .await;
     let attached_at = Instant::now();
     let _boot = attach(&client, "rebuild", "boot", 4, recording(&rec, succeed)).await;
     let _configure = attach(&client, "rebuild", "configure", 4, recording(&rec, succeed)).await;
@@ -815,8 +878,9 @@ spec:
 /// attempt and goes out again after it, while deliveries acked in time,
 /// and those issued later with later deadlines, do not: a raw member takes
 /// two boots, acks one at once and holds the other; only the held one
-/// comes back (attempt 2, after the timeout), and a third root published
-/// meanwhile is delivered once.
+/// comes back (attempt 2, after the timeout, and again after each timeout),
+/// and a third root published meanwhile is delivered once. The roots share
+/// a partition, so their deadlines are kept by one run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacked_delivery_goes_out_again_after_the_ack_timeout_and_only_it() {
     const TIMEOUT_MS: u64 = 400;
@@ -832,7 +896,7 @@ spec:
   sourceStream: events
   triggers: [vm.requested]
   ackTimeoutMs: {TIMEOUT_MS}
-  retry: {{ initialDelayMs: 1, maxDelayMs: 1, maxAttempts: 5 }}
+  retry: {{ initialDelayMs: 1, maxDelayMs: 1, maxAttempts: 10 }}
   stages:
     - name: boot
 "#
@@ -849,7 +913,7 @@ spec:
         "events",
         ["vm-1", "vm-2"]
             .iter()
-            .map(|id| root_event(id, "vm.requested", id, "{}"))
+            .map(|id| root_event(id, "vm.requested", "rack-1", "{}"))
             .collect(),
     )
     .await;
@@ -862,53 +926,61 @@ spec:
     };
     assert_eq!((acked.attempt, held.attempt), (1, 1));
     let up = event_bytes("vm-1/booted", "raw-boot", "boot.done", b"up");
-    let mut pushed = Vec::new();
-    let reply = raw
-        .request(
-            &Message::StageAck(hadron_wire::StageAck {
-                delivery_id: acked.delivery_id,
-                output: &up,
-            }),
-            &mut pushed,
-        )
-        .await;
-    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
-    // A later delivery, with a later deadline, acked before it passes.
+    // Deliveries that arrive while an ack awaits its answer, in order.
+    let mut queued = VecDeque::new();
+    raw_stage_ack(&mut raw, acked.delivery_id, &up, &mut queued).await;
+    // A later delivery, with a later deadline, acked before it passes. (The
+    // pause is part of the scenario, not a wait for the server: it puts
+    // vm-3's deadline a quarter of the timeout after the first two.)
     tokio::time::sleep(Duration::from_millis(TIMEOUT_MS / 4)).await;
     publish(
         &client,
         "events",
-        vec![root_event("vm-3", "vm.requested", "vm-3", "{}")],
+        vec![root_event("vm-3", "vm.requested", "rack-1", "{}")],
     )
     .await;
-    let third = raw_stage_delivery(&mut raw).await;
-    assert_eq!((third.root.id.as_str(), third.attempt), ("vm-3", 1));
-    let reply = raw
-        .request(
-            &Message::StageAck(hadron_wire::StageAck {
-                delivery_id: third.delivery_id,
-                output: &up,
-            }),
-            &mut pushed,
-        )
-        .await;
-    assert!(matches!(reply, Frame::AckOk { .. }), "{reply:?}");
 
-    let again = raw_stage_delivery(&mut raw).await;
-    assert_eq!(again.root.id, held.root.id, "the held boot comes back");
-    assert_eq!(again.attempt, 2);
-    assert_ne!(again.delivery_id, held.delivery_id);
-    assert!(
-        published_at.elapsed() >= Duration::from_millis(TIMEOUT_MS),
-        "redelivered {:?} after the publish, before the {TIMEOUT_MS} ms ack timeout",
-        published_at.elapsed()
-    );
-    match raw.recv_within(Duration::from_millis(2 * TIMEOUT_MS)).await {
-        Some(Some(Frame::StageDelivery(d))) => {
-            assert_eq!(d.root.id, held.root.id, "only the unacked boot: {d:?}");
+    // From here the raw member acks vm-3 and holds every boot of the held
+    // root, which comes back once per ack timeout (on a loaded machine its
+    // second attempt may even come before vm-3). Nothing else may come.
+    // The barrier for "nothing else": one connection gets deliveries in
+    // the order the server sent them, so the first held boot to arrive
+    // after vm-3's was handed out after it, with a later deadline than
+    // vm-1's and vm-3's. A round expires every passed deadline and a
+    // failed attempt waits the same 1 ms backoff whoever it is, so a
+    // redelivery of vm-1 or vm-3 would go out no later than the next held
+    // boot (after it, in the same round, if its root is later), and so
+    // before the one after that: three held boots after vm-3's.
+    let mut third: Option<RawStageDelivery> = None;
+    let mut held_again: Vec<RawStageDelivery> = Vec::new();
+    let mut held_after_third = 0;
+    while held_after_third < 3 {
+        let d = match queued.pop_front() {
+            Some(d) => d,
+            None => raw_stage_delivery(&mut raw).await,
+        };
+        if d.root.id == "vm-3" {
+            assert!(third.is_none(), "vm-3 went out again: {d:?}");
+            assert_eq!(d.attempt, 1, "{d:?}");
+            raw_stage_ack(&mut raw, d.delivery_id, &up, &mut queued).await;
+            third = Some(d);
+            continue;
         }
-        None => {}
-        other => panic!("unexpected {other:?}"),
+        assert_eq!(
+            d.root.id, held.root.id,
+            "only the unacked boot comes back: {d:?}"
+        );
+        assert_eq!(d.attempt, 2 + held_again.len() as u32, "{d:?}");
+        if held_again.is_empty() {
+            assert_ne!(d.delivery_id, held.delivery_id);
+            assert!(
+                published_at.elapsed() >= Duration::from_millis(TIMEOUT_MS),
+                "redelivered {:?} after the publish, before the {TIMEOUT_MS} ms ack timeout",
+                published_at.elapsed()
+            );
+        }
+        held_again.push(d);
+        held_after_third += usize::from(third.is_some());
     }
     let doc = pipeline_doc(&client, "provision").await.unwrap();
     let boot = stage_doc(&doc, "boot");
@@ -1040,7 +1112,12 @@ spec:
         again.root.id, "vm-3",
         "only the refused boot goes out again"
     );
-    match raw.recv_within(Duration::from_millis(500)).await {
+    // And no other: by the restarted server's own account (read back from
+    // its outputs log) the other boots are done, none waits to go out, and
+    // only vm-3's is in flight, which a boot sent before it would be too.
+    let doc = pipeline_doc(&client, "provision").await.unwrap();
+    assert_stage(&doc, "boot", [2, 1, 0, 0, 0]);
+    match raw.recv_within(Duration::ZERO).await {
         None => {}
         other => panic!("boot of a taken ack went out again: {other:?}"),
     }
@@ -1107,6 +1184,8 @@ async fn attach_seed_handlers(
         let behave = move |input: StageInput| {
             let gate = Arc::clone(&gate);
             async move {
+                // A little work (not a wait for the server), so executions
+                // overlap when the server is killed.
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 if input.stage == "notify-user" && input.root.id.starts_with("held-") {
                     wait_for_gate(&gate).await?;
@@ -1341,10 +1420,12 @@ spec:
     let fixed = Arc::new(AtomicBool::new(false));
     let charge = {
         let fixed = Arc::clone(&fixed);
-        move |_: StageInput| {
+        move |input: StageInput| {
             let ok = fixed.load(Ordering::SeqCst);
             async move {
-                if ok {
+                if input.root.id.starts_with("marker-") && input.attempt < 3 {
+                    Err("a marker waits out two backoffs".to_owned())
+                } else if ok {
                     Ok(())
                 } else {
                     Err("card declined by issuer".to_owned())
@@ -1409,12 +1490,47 @@ spec:
     let positions: BTreeSet<(u64, u64)> = at.values().map(|&(p, o)| (u64::from(p), o)).collect();
     assert_eq!(failed, positions, "failed_executions name both executions");
 
-    // Fixed, but a failed execution waits for `pipeline retry`.
+    // Fixed, but a failed execution waits for `pipeline retry`. The
+    // barrier: a marker execution on each of their partitions whose charge
+    // fails twice, so that its third attempt is released at least 150 ms
+    // (50 + 100) after the marker was published: later than any backoff
+    // (100 ms at most) a failed execution could still have had pending.
+    // A round releases every due retry before it hands stages out, oldest
+    // execution first, so a charge of inv-0 or inv-1 would have gone to
+    // the handler before the marker's third, on the same connection, and
+    // started before the marker's receipt came back a round trip later.
     fixed.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let markers = publish(
+        &client,
+        "events",
+        vec![
+            root_event("marker-0", "invoice.due", "acct-0", "{}"),
+            root_event("marker-1", "invoice.due", "acct-1", "{}"),
+        ],
+    )
+    .await;
+    for i in 0..2 {
+        let (marker, inv) = (format!("marker-{i}"), format!("inv-{i}"));
+        assert_eq!(markers[&marker].0, at[&inv].0, "{marker} beside {inv}");
+    }
+    until_recorded(&rec, "receipts of both markers", |r| {
+        let receipts = r.succeeded("receipt");
+        receipts.contains("marker-0") && receipts.contains("marker-1")
+    })
+    .await;
+    for i in 0..2 {
+        let attempts: Vec<u32> = rec
+            .runs(&format!("marker-{i}"), "charge")
+            .iter()
+            .map(|r| r.attempt)
+            .collect();
+        assert_eq!(attempts, vec![1, 2, 3], "charge of marker-{i}");
+    }
     for id in ["inv-0", "inv-1"] {
         assert_eq!(rec.runs(id, "charge").len(), 3, "{id} stays failed");
     }
+    // The two markers completed; the two failed executions stay failed.
+    until_executions(&client, "invoicing", (0, 2, 2)).await;
 
     // One execution by partition and offset.
     let (p0, o0) = at["inv-0"];
@@ -1442,7 +1558,7 @@ spec:
         r.succeeded("receipt").contains("inv-0")
     })
     .await;
-    let doc = until_executions(&client, "invoicing", (0, 1, 1)).await;
+    let doc = until_executions(&client, "invoicing", (0, 3, 1)).await;
     let charge0: Vec<u32> = rec
         .runs("inv-0", "charge")
         .iter()
@@ -1458,7 +1574,8 @@ spec:
         3,
         "inv-1 was not retried"
     );
-    assert_stage(&doc, "charge", [1, 0, 0, 6, 1]);
+    // Counting the markers' two completions and four errors.
+    assert_stage(&doc, "charge", [3, 0, 0, 10, 1]);
     let still_failed: Vec<(u64, u64)> = doc["partitions"]
         .as_array()
         .unwrap()
@@ -1509,7 +1626,7 @@ spec:
         r.succeeded("receipt").contains("inv-1")
     })
     .await;
-    let doc = until_executions(&client, "invoicing", (0, 2, 0)).await;
+    let doc = until_executions(&client, "invoicing", (0, 4, 0)).await;
     for id in ["inv-0", "inv-1"] {
         for stage in ["reserve", "audit", "receipt"] {
             assert_eq!(rec.runs(id, stage).len(), 1, "{stage} of {id} ran once");
@@ -1519,7 +1636,7 @@ spec:
     }
     for stage in ["reserve", "audit", "charge", "receipt"] {
         let s = stage_doc(&doc, stage);
-        assert_eq!(s["completed"], 2, "{stage}: {doc}");
+        assert_eq!(s["completed"], 4, "{stage} (markers too): {doc}");
         assert_eq!(s["failed"], 0, "{stage}: {doc}");
     }
 }
@@ -1562,6 +1679,8 @@ spec:
             async move {
                 let now = active.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now, Ordering::SeqCst);
+                // The handler's work (not a wait for the server): it keeps
+                // executions in progress long enough to overlap.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 active.fetch_sub(1, Ordering::SeqCst);
                 Ok(())
@@ -1800,7 +1919,7 @@ async fn apply_rejects_invalid_pipelines_and_guards_stage_removal() {
     );
     let rec = Arc::new(Recorder::default());
     let _extract = attach(&client, "shrink", "extract", 4, recording(&rec, succeed)).await;
-    publish(
+    let at = publish(
         &client,
         "events",
         vec![root_event("etl-0", "etl.run", "etl", "{}")],
@@ -1842,7 +1961,21 @@ async fn apply_rejects_invalid_pipelines_and_guards_stage_removal() {
     let doc = until_executions(&client, "shrink", (0, 1, 0)).await;
     assert_eq!(doc["stages"].as_array().unwrap().len(), 1, "{doc}");
     assert_stage(&doc, "extract", [1, 0, 0, 0, 0]);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The barrier for "extract did not run again": a marker execution on
+    // the same partition, published after the update, completes. A round
+    // hands stages out oldest execution first, so an extract of etl-0
+    // would have gone to the handler before the marker's, on the same
+    // connection, and started before the marker's ack reached the server
+    // and a status round trip showed it (or counted a third extract).
+    let marker = publish(
+        &client,
+        "events",
+        vec![root_event("etl-marker", "etl.run", "etl", "{}")],
+    )
+    .await;
+    assert_eq!(marker["etl-marker"].0, at["etl-0"].0, "one partition");
+    let doc = until_executions(&client, "shrink", (0, 2, 0)).await;
+    assert_stage(&doc, "extract", [2, 0, 0, 0, 0]);
     assert_eq!(
         rec.runs("etl-0", "extract").len(),
         1,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use hadron::{ClientOptions, NewEvent, SubscribeOptions};
 use hadron_tests::{
     Frame, RawConn, Server, eventually, fetch_all, group_status, record_group, status,
+    until_group_settled,
 };
 
 /// A durable group acknowledges part of the stream, the server stops with
@@ -65,17 +66,28 @@ async fn durable_group_resumes_after_its_acknowledged_offset_across_a_restart() 
         assert_eq!(*o, *n, "acks of partition {p} form a prefix");
         *n += 1;
     }
-    // Offsets commit every 200 ms.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let st = status(&client).await;
-    for partition in 0..4u32 {
-        let g = group_status(&st, "events", partition, "durable-g").expect("group in status");
-        assert_eq!(
-            g["committed"].as_u64().unwrap(),
-            per_partition.get(&partition).copied().unwrap_or(0),
-            "committed offset of partition {partition}: {g}"
-        );
-    }
+    // Every AckOk came back, so the group's committed offsets are exactly
+    // the acknowledged prefixes: wait until status shows them (they are
+    // persisted every 200 ms, and by the SIGTERM below in any case). A
+    // committed offset beyond a prefix never matches and fails the wait.
+    let want: BTreeMap<u32, u64> = (0..4u32)
+        .map(|p| (p, per_partition.get(&p).copied().unwrap_or(0)))
+        .collect();
+    let what = format!("the acked prefixes {want:?} committed");
+    eventually(Duration::from_secs(10), &what, || {
+        let client = client.clone();
+        let want = want.clone();
+        async move {
+            let st = status(&client).await;
+            want.iter()
+                .all(|(&p, &o)| {
+                    group_status(&st, "events", p, "durable-g")
+                        .is_some_and(|g| g["committed"].as_u64() == Some(o))
+                })
+                .then_some(())
+        }
+    })
+    .await;
     member.close().await;
     drop(client);
 
@@ -92,7 +104,9 @@ async fn durable_group_resumes_after_its_acknowledged_offset_across_a_restart() 
         async move { (n >= rest).then_some(()) }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing more arrives: with every partition committed to its end and
+    // nothing in flight, every delivery since the restart was recorded.
+    until_group_settled(&client, "events", "durable-g", Duration::from_secs(10)).await;
     subscription.stop().await.unwrap();
     let got = received.lock().unwrap().clone();
     let got_keys: BTreeSet<(u32, u64)> = got.iter().map(|(p, o, _)| (*p, *o)).collect();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hadron::{ClientOptions, Delivery, NewEvent, StartPoint, SubscribeOptions};
 use hadron_tests::{
     Frame, RawConn, Server, ServerOptions, event_bytes, eventually, fetch_all, group_status,
-    next_offsets, record_group, status, stream_partitions,
+    next_offsets, record_group, status, stream_partitions, until_group_settled,
 };
 use hadron_wire::Message;
 
@@ -111,8 +111,10 @@ async fn published_events_come_back_once_each_through_a_group() {
         async move { (n >= EVENTS).then_some(()) }
     })
     .await;
-    // Nothing more arrives: no duplicates.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing more arrives: once the group has committed every partition
+    // to its end with nothing in flight, every delivery the server made was
+    // recorded (the handler records before it acks) and none can follow.
+    until_group_settled(&client, "events", "readers", Duration::from_secs(10)).await;
     subscription.stop().await.unwrap();
     let received = received.lock().unwrap().clone();
     assert_eq!(received.len(), EVENTS, "each event once");
