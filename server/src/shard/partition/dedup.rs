@@ -553,6 +553,30 @@ mod tests {
         assert_eq!(r.ring_base, 22);
     }
 
+    /// The window's invariants after a step (`at` names it): the map and
+    /// the ring agree, the batches are sorted and inside the window, and
+    /// every key of the model is found exactly while its newest offset is
+    /// in the window.
+    fn assert_window_matches(d: &Dedup, newest: &HashMap<u64, u64>, at: &str) {
+        // The map and the ring agree.
+        for (k, o) in d.keys.iter() {
+            assert!(o >= d.ring_base, "{at}: key {k} below the window");
+            assert_eq!(d.ring.get((o - d.ring_base) as usize), Some(k), "{at}");
+        }
+        // Batches are sorted, apart, and inside the window.
+        let mut end = d.ring_base;
+        for &(first, count, _) in &d.batches {
+            assert!(first >= end && count > 0, "{at}: {:?}", d.batches);
+            end = first + count;
+        }
+        // Every key is found at its newest offset while that offset
+        // is in the window, and not at all once it left.
+        for (&k, &o) in newest {
+            let want = (o >= d.ring_base).then_some(o);
+            assert_eq!(d.stored(k), want, "{at}: key {k}");
+        }
+    }
+
     /// Random appends completing out of order, with expiry by time and by a
     /// small cap, checked against a model after every step: every key whose
     /// newest completed store is still in the window is found there, no
@@ -636,34 +660,7 @@ mod tests {
                         }
                     }
                 }
-                // The map and the ring agree.
-                for (k, o) in d.keys.iter() {
-                    assert!(
-                        o >= d.ring_base,
-                        "seed {seed} step {step}: key {k} below the window"
-                    );
-                    assert_eq!(
-                        d.ring.get((o - d.ring_base) as usize),
-                        Some(k),
-                        "seed {seed} step {step}"
-                    );
-                }
-                // Batches are sorted, apart, and inside the window.
-                let mut end = d.ring_base;
-                for &(first, count, _) in &d.batches {
-                    assert!(
-                        first >= end && count > 0,
-                        "seed {seed} step {step}: {:?}",
-                        d.batches
-                    );
-                    end = first + count;
-                }
-                // Every key is found at its newest offset while that offset
-                // is in the window, and not at all once it left.
-                for (&k, &o) in &newest {
-                    let want = (o >= d.ring_base).then_some(o);
-                    assert_eq!(d.stored(k), want, "seed {seed} step {step}: key {k}");
-                }
+                assert_window_matches(&d, &newest, &format!("seed {seed} step {step}"));
             }
         }
     }

@@ -39,7 +39,7 @@ use hadron_engine::log::batch::{
 };
 use hadron_engine::notify::Notify;
 use hadron_engine::storage::dma::DmaStorage;
-use hadron_engine::{AppendError, Log, LogConfig, ReadError};
+use hadron_engine::{AppendError, Appended, Log, LogConfig, ReadError};
 use hadron_wire::{ErrorCode, Limits};
 
 use super::group::GroupPartition;
@@ -61,6 +61,15 @@ pub struct Published {
     pub last_offset: u64,
     /// Per event: its offset, and whether it was a duplicate.
     pub results: Vec<(u64, bool)>,
+}
+
+/// What the appends of a publish did: each event's offset (0 for those not
+/// appended), the first and last offsets appended, and the first failure.
+#[derive(Debug)]
+struct RecordedAppends {
+    offsets: Vec<u64>,
+    first_last: Option<(u64, u64)>,
+    failure: Option<AppendError>,
 }
 
 /// A partition owned by this shard.
@@ -264,6 +273,59 @@ impl Partition {
         if events.is_empty() {
             return Err((ErrorCode::InvalidRequest, "publish with no events".into()));
         }
+        let keys = self.keys_of(events)?;
+        let now = now_ms();
+        // Claim the keys, waiting out concurrent publishes of the same ones.
+        let (mut fresh, mut earlier) = loop {
+            let generation = self.appended.generation();
+            if let Some(claimed) = self.claim(&keys, now) {
+                break claimed;
+            }
+            self.appended.changed_since(generation).await;
+        };
+        let untracked = self.confirm_duplicates(events, &mut earlier).await;
+        if !untracked.is_empty() {
+            fresh.extend(&untracked);
+            fresh.sort_unstable();
+        }
+        let chunks = self.batch_chunks(events, &fresh);
+        let appends = chunks.iter().map(|chunk| {
+            let records: Vec<&[u8]> = chunk.iter().map(|&i| events[i].as_ref()).collect();
+            async move { self.log.append(&records, now).await }
+        });
+        let outcomes = futures::future::join_all(appends).await;
+        let recorded = self.record_appends(&chunks, outcomes, &keys, &untracked, events.len(), now);
+        self.appended.notify_all();
+        if let Some(e) = recorded.failure {
+            let code = match e {
+                AppendError::Poisoned(_) => ErrorCode::ReadOnly,
+                AppendError::Damaged(_) => ErrorCode::Damaged,
+                AppendError::TooLarge { .. }
+                | AppendError::TooManyRecords { .. }
+                | AppendError::Empty => ErrorCode::InvalidRequest,
+                _ => ErrorCode::StorageError,
+            };
+            return Err((code, format!("{}/{}: {e}", self.stream, self.partition)));
+        }
+        let offsets = recorded.offsets;
+        let mut results = Vec::with_capacity(events.len());
+        for (i, e) in earlier.iter().enumerate() {
+            results.push(match e {
+                None => (offsets[i], false),
+                Some(Ok(o)) => (*o, true),
+                Some(Err(j)) => (offsets[*j], true),
+            });
+        }
+        let (first_offset, last_offset) = recorded.first_last.unwrap_or((0, 0));
+        Ok(Published {
+            first_offset,
+            last_offset,
+            results,
+        })
+    }
+
+    /// The dedup key of each event of a publish.
+    fn keys_of<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Vec<u64>, Failure> {
         let mut keys = Vec::with_capacity(events.len());
         for (i, bytes) in events.iter().enumerate() {
             // Verifies the whole event; only the key's fields are read.
@@ -275,15 +337,18 @@ impl Partition {
             })?;
             keys.push((self.key_of)(event.source(), event.id()));
         }
-        let now = now_ms();
-        // Claim the keys, waiting out concurrent publishes of the same ones.
-        let (mut fresh, mut earlier) = loop {
-            let generation = self.appended.generation();
-            if let Some(claimed) = self.claim(&keys, now) {
-                break claimed;
-            }
-            self.appended.changed_since(generation).await;
-        };
+        Ok(keys)
+    }
+
+    /// Confirms each duplicate `claim` found against the (source, id) it
+    /// stands for, turning the ones whose key merely collides back into
+    /// events to append. Returns those events, which the window does not
+    /// track.
+    async fn confirm_duplicates<E: AsRef<[u8]>>(
+        &self,
+        events: &[E],
+        earlier: &mut [Option<Result<u64, usize>>],
+    ) -> Vec<usize> {
         // A key is a 64-bit hash: confirm every match against the (source,
         // id) it stands for before calling an event a duplicate. An event
         // whose key merely collides is appended, untracked by the window
@@ -321,16 +386,17 @@ impl Partition {
                 };
             }
         }
-        if !untracked.is_empty() {
-            fresh.extend(&untracked);
-            fresh.sort_unstable();
-        }
-        // One batch per chunk that fits the log's batch limits; the chunks
-        // are enqueued back to back and share the group commit.
+        untracked
+    }
+
+    /// The events to append (`fresh`, indices into `events`) in chunks of
+    /// one batch each that fit the log's batch limits; the chunks are
+    /// enqueued back to back and share the group commit.
+    fn batch_chunks<E: AsRef<[u8]>>(&self, events: &[E], fresh: &[usize]) -> Vec<Vec<usize>> {
         let batch_max = self.log.config().batch_bytes_max;
         let mut chunks: Vec<Vec<usize>> = Vec::new();
         let mut bytes = BATCH_HEADER_BYTES;
-        for &i in &fresh {
+        for &i in fresh {
             let len = RECORD_PREFIX_BYTES + events[i].as_ref().len();
             let full = chunks
                 .last()
@@ -344,79 +410,66 @@ impl Partition {
                 c.push(i);
             }
         }
-        let appends = chunks.iter().map(|chunk| {
-            let records: Vec<&[u8]> = chunk.iter().map(|&i| events[i].as_ref()).collect();
-            async move { self.log.append(&records, now).await }
-        });
-        let outcomes = futures::future::join_all(appends).await;
-        let mut offsets = vec![0u64; events.len()];
+        chunks
+    }
+
+    /// Records in the dedup window what each chunk's append did: the keys
+    /// of a stored chunk at their offsets, the claims of a failed one taken
+    /// back; then expires the window back within its cap.
+    fn record_appends(
+        &self,
+        chunks: &[Vec<usize>],
+        outcomes: Vec<Result<Appended, AppendError>>,
+        keys: &[u64],
+        untracked: &[usize],
+        events: usize,
+        now: u64,
+    ) -> RecordedAppends {
+        let mut offsets = vec![0u64; events];
         let mut first_last: Option<(u64, u64)> = None;
         let mut failure = None;
-        {
-            let mut dedup = self.dedup.borrow_mut();
-            for (chunk, outcome) in chunks.iter().zip(outcomes) {
-                match outcome {
-                    Ok(a) => {
-                        let tracking = self.dedup_limits.get().window_ms > 0;
-                        for (n, &i) in chunk.iter().enumerate() {
-                            let offset = a.base_offset + n as u64;
-                            offsets[i] = offset;
-                            if tracking && !untracked.contains(&i) {
-                                dedup.insert_done(keys[i], offset);
-                            }
+        let mut dedup = self.dedup.borrow_mut();
+        for (chunk, outcome) in chunks.iter().zip(outcomes) {
+            match outcome {
+                Ok(a) => {
+                    let tracking = self.dedup_limits.get().window_ms > 0;
+                    for (n, &i) in chunk.iter().enumerate() {
+                        let offset = a.base_offset + n as u64;
+                        offsets[i] = offset;
+                        if tracking && !untracked.contains(&i) {
+                            dedup.insert_done(keys[i], offset);
                         }
-                        if tracking {
-                            dedup.insert_batch(a.base_offset, chunk.len() as u64, now);
-                        }
-                        let (lo, hi) = first_last.unwrap_or((a.base_offset, a.last_offset));
-                        first_last = Some((lo.min(a.base_offset), hi.max(a.last_offset)));
                     }
-                    Err(e) => {
-                        for &i in chunk {
-                            if !untracked.contains(&i) {
-                                dedup.unclaim(keys[i]);
-                            }
-                        }
-                        failure.get_or_insert(e);
+                    if tracking {
+                        dedup.insert_batch(a.base_offset, chunk.len() as u64, now);
                     }
+                    let (lo, hi) = first_last.unwrap_or((a.base_offset, a.last_offset));
+                    first_last = Some((lo.min(a.base_offset), hi.max(a.last_offset)));
+                }
+                Err(e) => {
+                    for &i in chunk {
+                        if !untracked.contains(&i) {
+                            dedup.unclaim(keys[i]);
+                        }
+                    }
+                    failure.get_or_insert(e);
                 }
             }
-            if self.dedup_limits.get().window_ms > 0 {
-                // Back within the cap now that this publish's keys are in
-                // (the claim made no room ahead, so that a retry of the
-                // oldest keys was still recognised).
-                dedup.expire(
-                    now.saturating_sub(self.dedup_limits.get().window_ms),
-                    self.dedup_limits.get().keys_max,
-                );
-            }
         }
-        self.appended.notify_all();
-        if let Some(e) = failure {
-            let code = match e {
-                AppendError::Poisoned(_) => ErrorCode::ReadOnly,
-                AppendError::Damaged(_) => ErrorCode::Damaged,
-                AppendError::TooLarge { .. }
-                | AppendError::TooManyRecords { .. }
-                | AppendError::Empty => ErrorCode::InvalidRequest,
-                _ => ErrorCode::StorageError,
-            };
-            return Err((code, format!("{}/{}: {e}", self.stream, self.partition)));
+        if self.dedup_limits.get().window_ms > 0 {
+            // Back within the cap now that this publish's keys are in
+            // (the claim made no room ahead, so that a retry of the
+            // oldest keys was still recognised).
+            dedup.expire(
+                now.saturating_sub(self.dedup_limits.get().window_ms),
+                self.dedup_limits.get().keys_max,
+            );
         }
-        let mut results = Vec::with_capacity(events.len());
-        for (i, e) in earlier.iter().enumerate() {
-            results.push(match e {
-                None => (offsets[i], false),
-                Some(Ok(o)) => (*o, true),
-                Some(Err(j)) => (offsets[*j], true),
-            });
+        RecordedAppends {
+            offsets,
+            first_last,
+            failure,
         }
-        let (first_offset, last_offset) = first_last.unwrap_or((0, 0));
-        Ok(Published {
-            first_offset,
-            last_offset,
-            results,
-        })
     }
 
     /// Events from `offset` on, about `max_bytes` of them (at least one when
