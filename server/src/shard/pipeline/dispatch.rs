@@ -85,6 +85,15 @@ impl PipelineRun {
         new_delivery_id: &dyn Fn() -> u64,
     ) -> Result<Vec<StageOutgoing>, Failure> {
         let now = Instant::now();
+        self.expire_acks(now).await?;
+        self.release_retries(now);
+        self.fill().await?;
+        Ok(self.issue_ready(now, new_delivery_id))
+    }
+
+    /// Counts a failed attempt for every delivery whose ack deadline passed
+    /// by `now`.
+    async fn expire_acks(&self, now: Instant) -> Result<(), Failure> {
         let expired = self.expired(now);
         for id in expired {
             let timeout = self
@@ -104,19 +113,26 @@ impl PipelineRun {
             )
             .await?;
         }
-        {
-            let mut st = self.state.borrow_mut();
-            let mut index = self.index.borrow_mut();
-            st.retry_at.retain(|&(at, root, stage)| {
-                if at <= now {
-                    index.release(root, stage as usize);
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        self.fill().await?;
+        Ok(())
+    }
+
+    /// Releases the held stages whose backoff ended by `now`.
+    fn release_retries(&self, now: Instant) {
+        let mut st = self.state.borrow_mut();
+        let mut index = self.index.borrow_mut();
+        st.retry_at.retain(|&(at, root, stage)| {
+            if at <= now {
+                index.release(root, stage as usize);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Hands every ready stage of the live executions to a member of its
+    /// stage with room, and returns the deliveries to push.
+    fn issue_ready(&self, now: Instant, new_delivery_id: &dyn Fn() -> u64) -> Vec<StageOutgoing> {
         let mut out = Vec::new();
         let mut st = self.state.borrow_mut();
         let mut index = self.index.borrow_mut();
@@ -141,36 +157,8 @@ impl PipelineRun {
                 let Some(root_event) = st.roots.get(&root).cloned() else {
                     continue;
                 };
-                let planned = &self.plan.stages[s as usize];
-                let inputs = match st.outputs.get(&root) {
-                    Some(outputs) => planned
-                        .dependencies
-                        .iter()
-                        .filter_map(|&d| Some((d, outputs.get(&d)?.clone())))
-                        .collect(),
-                    None => Vec::new(),
-                };
-                let attempt = st.attempts.get(&(root, s)).copied().unwrap_or(0) + 1;
                 let delivery_id = new_delivery_id();
-                let member = st.members[m].id;
-                st.members[m].in_flight += 1;
-                let deadline = now + Duration::from_millis(planned.ack_timeout_ms.max(1));
-                st.in_flight.insert(
-                    delivery_id,
-                    Issued {
-                        root,
-                        stage: s,
-                        member,
-                        deadline,
-                    },
-                );
-                st.deadline_min = Some(st.deadline_min.map_or(deadline, |d| d.min(deadline)));
-                st.issued.insert(delivery_id, (root, s));
-                let stages = self.plan.stages.len();
-                st.issued_by_root
-                    .entry(root)
-                    .or_insert_with(|| Vec::with_capacity(stages))
-                    .push(delivery_id);
+                let (member, attempt, inputs) = self.issue(&mut st, m, root, s, delivery_id, now);
                 out.push(StageOutgoing {
                     member,
                     delivery_id,
@@ -182,7 +170,52 @@ impl PipelineRun {
                 });
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// Records delivery `delivery_id` of stage `s` of `root` to member
+    /// `m`, due by its ack deadline; returns the member, the attempt and
+    /// the outputs of the stage's dependencies.
+    #[expect(clippy::type_complexity, reason = "a private three-part answer")]
+    fn issue(
+        &self,
+        st: &mut RunState,
+        m: usize,
+        root: u64,
+        s: u8,
+        delivery_id: u64,
+        now: Instant,
+    ) -> (MemberId, u32, Vec<(u8, Rc<Vec<u8>>)>) {
+        let planned = &self.plan.stages[s as usize];
+        let inputs = match st.outputs.get(&root) {
+            Some(outputs) => planned
+                .dependencies
+                .iter()
+                .filter_map(|&d| Some((d, outputs.get(&d)?.clone())))
+                .collect(),
+            None => Vec::new(),
+        };
+        let attempt = st.attempts.get(&(root, s)).copied().unwrap_or(0) + 1;
+        let member = st.members[m].id;
+        st.members[m].in_flight += 1;
+        let deadline = now + Duration::from_millis(planned.ack_timeout_ms.max(1));
+        st.in_flight.insert(
+            delivery_id,
+            Issued {
+                root,
+                stage: s,
+                member,
+                deadline,
+            },
+        );
+        st.deadline_min = Some(st.deadline_min.map_or(deadline, |d| d.min(deadline)));
+        st.issued.insert(delivery_id, (root, s));
+        let stages = self.plan.stages.len();
+        st.issued_by_root
+            .entry(root)
+            .or_insert_with(|| Vec::with_capacity(stages))
+            .push(delivery_id);
+        (member, attempt, inputs)
     }
 
     fn pick(st: &mut RunState, stage: u8) -> Option<usize> {
