@@ -1,0 +1,231 @@
+//! One pipeline on one source partition, on the shard that owns the
+//! partition: the trigger scanner, the execution index, stage deliveries,
+//! acks with outputs, nacks, ack timeouts, retries and failures.
+//!
+//! **The outputs log** (`pipelines/<name>/<partition>/`, an engine log with
+//! the server's fsync policy) is the run's memory; its records are in
+//! [`codec`].
+//!
+//! A stage's output is appended, and made durable by group commit, before the
+//! stage is marked done and its dependents are dispatched, so a completed
+//! stage never runs again: on start, the outputs log says which stages of
+//! which roots are done, and the source is rescanned from the last
+//! watermark (the oldest unfinished execution, persisted every commit
+//! interval). Stages are recorded by name, so adding or reordering stages
+//! keeps what was done.
+//!
+//! The run is split by what it does: [`replay`] rebuilds it from the
+//! outputs log on open, [`checkpoint`] folds that log so it stays small,
+//! [`dispatch`] starts executions and hands ready stages to members,
+//! [`settle`] takes stage acks and nacks (and ack timeouts), and
+//! [`status`] reports it.
+
+mod checkpoint;
+mod codec;
+mod dispatch;
+mod replay;
+mod settle;
+mod status;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hadron_engine::notify::Notify;
+use hadron_engine::pipeline::{Dag, ExecutionIndex};
+use hadron_engine::storage::dma::DmaStorage;
+use hadron_engine::{Log, LogConfig};
+use hadron_wire::Limits;
+
+use super::group::MemberId;
+use super::partition::Partition;
+use crate::config::PipelinePlan;
+
+pub use status::{RunStatus, StageStatus};
+
+/// A stage member carried to a replacing run: who, which stage (by name),
+/// and its in-flight bound.
+pub type CarriedMember = (MemberId, String, u32);
+
+/// One stage ack: the delivery id and the output event (a slice of the
+/// frame it came in).
+pub type StageAckOf = (u64, Bytes);
+
+/// A stage delivery ready to be pushed. Stages are indices into the
+/// plan's stages (named when the delivery is encoded).
+#[derive(Debug)]
+pub struct StageOutgoing {
+    pub member: MemberId,
+    pub delivery_id: u64,
+    pub stage: u8,
+    pub root: u64,
+    pub attempt: u32,
+    pub root_event: Rc<Vec<u8>>,
+    /// The outputs of the stage's dependencies, by dependency.
+    pub inputs: Vec<(u8, Rc<Vec<u8>>)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Issued {
+    root: u64,
+    stage: u8,
+    member: MemberId,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StageMember {
+    id: MemberId,
+    stage: u8,
+    max_in_flight: u32,
+    in_flight: u32,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StageStats {
+    pub name: String,
+    pub completed: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FailedExecution {
+    stage: String,
+    error: String,
+}
+
+#[derive(Debug, Default)]
+struct RunState {
+    /// Next source offset to look at for triggers.
+    cursor: u64,
+    /// Outputs of live and failed executions: root -> (stage -> event).
+    outputs: HashMap<u64, BTreeMap<u8, Rc<Vec<u8>>>>,
+    /// Root events of live executions.
+    roots: HashMap<u64, Rc<Vec<u8>>>,
+    /// Deliveries not yet settled, by id.
+    in_flight: HashMap<u64, Issued>,
+    /// At most the earliest deadline in `in_flight`; `None` only when
+    /// `in_flight` is empty. A settled delivery leaves it as it is (still a
+    /// lower bound): the next expiry check recomputes it.
+    deadline_min: Option<Instant>,
+    /// Every delivery id issued for a live execution (for late acks).
+    issued: HashMap<u64, (u64, u8)>,
+    /// The same ids by root, to forget them when the execution finishes.
+    issued_by_root: HashMap<u64, Vec<u64>>,
+    /// Stages whose output is being made durable.
+    completing: HashSet<(u64, u8)>,
+    /// Held stages and when they may go out again.
+    retry_at: Vec<(Instant, u64, u8)>,
+    /// Failed attempts per stage of live executions.
+    attempts: HashMap<(u64, u8), u32>,
+    members: Vec<StageMember>,
+    next_member: usize,
+    stats: Vec<StageStats>,
+    completed: u64,
+    failed: BTreeMap<u64, FailedExecution>,
+    /// Failed executions asked to run again, waiting for room.
+    retry_queue: Vec<u64>,
+    /// Executions asked to run again that have not finished or failed
+    /// since (queued or live). The watermark passes over them.
+    retried: HashSet<u64>,
+    /// Roots at or after the watermark whose executions finished before a
+    /// restart: the rescan must not start them again.
+    finished: HashSet<u64>,
+    watermark: u64,
+}
+
+/// A pipeline on one partition.
+pub struct PipelineRun {
+    pub plan: PipelinePlan,
+    pub source: Rc<Partition>,
+    index: RefCell<ExecutionIndex>,
+    outputs: Log<DmaStorage>,
+    state: RefCell<RunState>,
+    limits: Limits,
+    /// Wakes the dispatcher.
+    pub wake: Notify,
+    /// Set when the run is replaced or removed.
+    pub closed: Cell<bool>,
+    /// A checkpoint is being written.
+    checkpointing: Cell<bool>,
+    /// Signalled when a checkpoint ends (or its future is dropped).
+    checkpoint_ended: Notify,
+    /// The outputs log's bytes when the last checkpoint ended.
+    checkpoint_bytes: Cell<u64>,
+}
+
+impl std::fmt::Debug for PipelineRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineRun")
+            .field("pipeline", &self.plan.name)
+            .field("partition", &self.source.partition)
+            .finish()
+    }
+}
+
+impl PipelineRun {
+    /// Opens the run: reads the outputs log, then rescans the source from
+    /// the watermark (or the start point) to rebuild the index.
+    pub async fn open(
+        storage: &DmaStorage,
+        data_dir: &Path,
+        plan: PipelinePlan,
+        source: Rc<Partition>,
+        log_config: LogConfig,
+        limits: Limits,
+    ) -> Result<PipelineRun, String> {
+        let dir = data_dir
+            .join("pipelines")
+            .join(&plan.name)
+            .join(format!("{:05}", source.partition));
+        let outputs = Log::open(storage.clone(), &dir, log_config)
+            .await
+            .map_err(|e| format!("pipeline {} partition {}: {e}", plan.name, source.partition))?;
+        super::partition::report_recovery(
+            &format!("pipeline {} partition {}", plan.name, source.partition),
+            &outputs,
+        );
+        let deps: Vec<Vec<usize>> = plan
+            .stages
+            .iter()
+            .map(|s| s.dependencies.iter().map(|&d| d as usize).collect())
+            .collect();
+        let dag = Dag::new(&deps).map_err(|e| format!("pipeline {}: {e}", plan.name))?;
+        let stats = plan
+            .stages
+            .iter()
+            .map(|s| StageStats {
+                name: s.name.clone(),
+                ..StageStats::default()
+            })
+            .collect();
+        let run = PipelineRun {
+            index: RefCell::new(ExecutionIndex::new(dag, plan.max_parallel.max(1) as usize)),
+            plan,
+            source,
+            outputs,
+            state: RefCell::new(RunState {
+                stats,
+                ..RunState::default()
+            }),
+            limits,
+            wake: Notify::default(),
+            closed: Cell::new(false),
+            checkpointing: Cell::new(false),
+            checkpoint_ended: Notify::default(),
+            checkpoint_bytes: Cell::new(0),
+        };
+        run.recover().await?;
+        Ok(run)
+    }
+
+    fn stage_index(&self, name: &str) -> Option<u8> {
+        self.plan.stage_index(name)
+    }
+}
