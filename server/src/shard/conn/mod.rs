@@ -11,6 +11,10 @@
 //! fails verification gets an `Error` frame and the connection is closed
 //! (framing is lost); a well-framed request that makes no sense gets an
 //! `Error` with its request id and the connection carries on.
+//!
+//! Each request family is answered by its own module: `streams` (publish,
+//! fetch, metadata), `groups` (subscribe, ack, nack), `pipelines` (stage
+//! subscriptions, acks, nacks, retries) and `admin` (apply, status).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -29,6 +33,12 @@ use super::outbox::{self, Outbox};
 use super::partition::Failure;
 use super::pipeline::StageAckOf;
 use super::{Reply, Request, Shard};
+use crate::config::ServerConfig;
+
+mod admin;
+mod groups;
+mod pipelines;
+mod streams;
 
 /// How long a refused connection's error frame may take to leave.
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -315,6 +325,14 @@ async fn watchdog(shard: Rc<Shard>, state: Rc<ConnState>, outbox: Rc<Outbox>, ab
     }
 }
 
+/// What the reader does after a frame.
+enum Next {
+    /// Go on with the next frame.
+    Continue,
+    /// Stop reading: the connection closes.
+    Close,
+}
+
 async fn read_loop(
     shard: &Rc<Shard>,
     conn: u64,
@@ -330,8 +348,6 @@ async fn read_loop(
         frame_bytes_max: config.handshake_frame_bytes_max,
         ..limits
     };
-    let fetch_max = fetch_bytes_max(config);
-    let requests_max = config.requests_in_flight_max as usize;
     let outbox_max = config.outbox_bytes_max as u64;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
@@ -343,8 +359,8 @@ async fn read_loop(
             } else {
                 &handshake_limits
             };
-            let (body_len, consumed) = match hadron_wire::split_frame(&buf, frame_limits) {
-                Ok(Some((body, consumed))) => (body.len(), consumed),
+            let consumed = match hadron_wire::split_frame(&buf, frame_limits) {
+                Ok(Some((_, consumed))) => consumed,
                 Ok(None) => break,
                 Err(e) => {
                     outbox.error(0, e.code(), &e.to_string());
@@ -352,84 +368,9 @@ async fn read_loop(
                 }
             };
             let frame = buf.split_to(consumed).freeze();
-            let body = &frame[consumed - body_len..];
-            let decoded = match hadron_wire::decode(body, &limits) {
-                Ok(f) => f,
-                Err(e) => {
-                    let id = e.request_id().unwrap_or(0);
-                    outbox.error(id, e.code(), &e.to_string());
-                    // Before the handshake nothing but a handshake is read.
-                    if e.code().closes_connection() || !state.handshaken.get() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if decoded.request_id == 0 {
-                outbox.error(
-                    0,
-                    ErrorCode::InvalidRequest,
-                    &format!(
-                        "{} with request_id 0: 0 is reserved for frames the server sends on its own; number requests from 1",
-                        decoded.message.name()
-                    ),
-                );
-                if !state.handshaken.get() {
-                    return;
-                }
-                continue;
+            if let Next::Close = serve_frame(shard, conn, outbox, state, frame).await {
+                return;
             }
-            if !state.handshaken.get() {
-                match handshake(shard, &decoded) {
-                    Ok(reply) => {
-                        outbox.send_frame(&reply);
-                        state.handshaken.set(true);
-                        continue;
-                    }
-                    Err((code, message)) => {
-                        outbox.error(decoded.request_id, code, &message);
-                        return;
-                    }
-                }
-            }
-            let request_id = decoded.request_id;
-            let mut op = Op::from_message(&decoded.message, &frame);
-            op.clamp_in_flight(config.deliveries_in_flight_max);
-            if matches!(op, Op::Subscribe { .. } | Op::PipelineSubscribe { .. }) {
-                state.subscribed.set(true);
-            }
-            // Admission: the connection's budget must allow the request;
-            // it is released when the answer is written.
-            let cost = match &op {
-                Op::Fetch { max_bytes, .. } => u64::from((*max_bytes).min(fetch_max)),
-                _ => 0,
-            };
-            while state.serving.get() + outbox.unwritten_answers() >= requests_max
-                || (state.reserved.get() > 0 || outbox.pending_bytes() > 0)
-                    && state.reserved.get() + outbox.pending_bytes() + cost > outbox_max
-            {
-                let settled = state.settled.generation();
-                let written = outbox.written_generation();
-                select(
-                    state.settled.changed_since(settled),
-                    Box::pin(outbox.written_since(written)),
-                )
-                .await;
-            }
-            state.serving.set(state.serving.get() + 1);
-            state.reserved.set(state.reserved.get() + cost);
-            let (shard, outbox, state) = (shard.clone(), outbox.clone(), state.clone());
-            glommio::spawn_local(async move {
-                match answer(&shard, conn, op).await {
-                    Ok(answer) => answer(request_id, &outbox),
-                    Err((code, message)) => outbox.error(request_id, code, &message),
-                }
-                outbox.answered();
-                state.reserved.set(state.reserved.get() - cost);
-                state.serving.set(state.serving.get() - 1);
-                state.settled.notify_all();
-            })
-            .detach();
         }
         // A full outbox also holds back reading (pushed deliveries count).
         while outbox.pending_bytes() > outbox_max {
@@ -446,6 +387,111 @@ async fn read_loop(
                 buf.extend_from_slice(&chunk[..n]);
             }
         }
+    }
+}
+
+/// Decodes one whole frame (length prefix included) and serves it: the
+/// handshake, or a request admitted under the connection's budget and
+/// answered in a task of its own.
+async fn serve_frame(
+    shard: &Rc<Shard>,
+    conn: u64,
+    outbox: &Rc<Outbox>,
+    state: &Rc<ConnState>,
+    frame: Bytes,
+) -> Next {
+    let config = &shard.settings.config;
+    let limits = shard.settings.limits();
+    let body = &frame[hadron_wire::LENGTH_PREFIX_BYTES..];
+    let decoded = match hadron_wire::decode(body, &limits) {
+        Ok(f) => f,
+        Err(e) => {
+            let id = e.request_id().unwrap_or(0);
+            outbox.error(id, e.code(), &e.to_string());
+            // Before the handshake nothing but a handshake is read.
+            return if e.code().closes_connection() || !state.handshaken.get() {
+                Next::Close
+            } else {
+                Next::Continue
+            };
+        }
+    };
+    if decoded.request_id == 0 {
+        outbox.error(
+            0,
+            ErrorCode::InvalidRequest,
+            &format!(
+                "{} with request_id 0: 0 is reserved for frames the server sends on its own; number requests from 1",
+                decoded.message.name()
+            ),
+        );
+        return if state.handshaken.get() {
+            Next::Continue
+        } else {
+            Next::Close
+        };
+    }
+    if !state.handshaken.get() {
+        return match handshake(shard, &decoded) {
+            Ok(reply) => {
+                outbox.send_frame(&reply);
+                state.handshaken.set(true);
+                Next::Continue
+            }
+            Err((code, message)) => {
+                outbox.error(decoded.request_id, code, &message);
+                Next::Close
+            }
+        };
+    }
+    let request_id = decoded.request_id;
+    let mut op = Op::from_message(&decoded.message, &frame);
+    op.clamp_in_flight(config.deliveries_in_flight_max);
+    if matches!(op, Op::Subscribe { .. } | Op::PipelineSubscribe { .. }) {
+        state.subscribed.set(true);
+    }
+    // Admission: the connection's budget must allow the request; it is
+    // released when the answer is written.
+    let cost = match &op {
+        Op::Fetch { max_bytes, .. } => u64::from((*max_bytes).min(fetch_bytes_max(config))),
+        _ => 0,
+    };
+    admit(config, outbox, state, cost).await;
+    state.serving.set(state.serving.get() + 1);
+    state.reserved.set(state.reserved.get() + cost);
+    let (shard, outbox, state) = (shard.clone(), outbox.clone(), state.clone());
+    glommio::spawn_local(async move {
+        match answer(&shard, conn, op).await {
+            Ok(answer) => answer(request_id, &outbox),
+            Err((code, message)) => outbox.error(request_id, code, &message),
+        }
+        outbox.answered();
+        state.reserved.set(state.reserved.get() - cost);
+        state.serving.set(state.serving.get() - 1);
+        state.settled.notify_all();
+    })
+    .detach();
+    Next::Continue
+}
+
+/// Waits until the connection's budget allows a request that reserves
+/// `cost` answer bytes: fewer than `requestsInFlightMax` requests served
+/// or unwritten, and the answers queued, being written or reserved within
+/// `outboxBytesMax` (a request always goes through when nothing is).
+async fn admit(config: &ServerConfig, outbox: &Outbox, state: &ConnState, cost: u64) {
+    let requests_max = config.requests_in_flight_max as usize;
+    let outbox_max = config.outbox_bytes_max as u64;
+    while state.serving.get() + outbox.unwritten_answers() >= requests_max
+        || (state.reserved.get() > 0 || outbox.pending_bytes() > 0)
+            && state.reserved.get() + outbox.pending_bytes() + cost > outbox_max
+    {
+        let settled = state.settled.generation();
+        let written = outbox.written_generation();
+        select(
+            state.settled.changed_since(settled),
+            Box::pin(outbox.written_since(written)),
+        )
+        .await;
     }
 }
 
@@ -677,412 +723,39 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
             stream,
             partition,
             events,
-        } => {
-            shard.check_partition(&stream, partition)?;
-            let owner = shard.owner(&stream, partition);
-            match shard
-                .call(
-                    owner,
-                    Request::Publish {
-                        stream,
-                        partition,
-                        events,
-                    },
-                )
-                .await
-            {
-                Reply::Published(p) => Ok(Box::new(move |id, outbox: &Outbox| {
-                    let results = p
-                        .results
-                        .iter()
-                        .map(|&(offset, duplicate)| hadron_wire::PublishResult {
-                            offset,
-                            duplicate,
-                        })
-                        .collect();
-                    outbox.send(
-                        id,
-                        &Message::PublishOk(hadron_wire::PublishOk {
-                            partition,
-                            first_offset: p.first_offset,
-                            last_offset: p.last_offset,
-                            results,
-                        }),
-                    )
-                })),
-                other => Err(unexpected(other)),
-            }
-        }
+        } => streams::publish(shard, stream, partition, events).await,
         Op::Fetch {
             stream,
             partition,
             offset,
             max_bytes,
-        } => {
-            shard.check_partition(&stream, partition)?;
-            let owner = shard.owner(&stream, partition);
-            let req = Request::Fetch {
-                stream,
-                partition,
-                offset,
-                max_bytes: max_bytes.min(fetch_bytes_max(&shard.settings.config)),
-            };
-            match shard.call(owner, req).await {
-                Reply::Fetched(next_offset, records) => Ok(Box::new(move |id, outbox: &Outbox| {
-                    let records = records
-                        .iter()
-                        .map(|(offset, event)| hadron_wire::Record {
-                            offset: *offset,
-                            event,
-                        })
-                        .collect();
-                    outbox.send(
-                        id,
-                        &Message::FetchOk(hadron_wire::FetchOk {
-                            partition,
-                            next_offset,
-                            records,
-                        }),
-                    )
-                })),
-                other => Err(unexpected(other)),
-            }
-        }
+        } => streams::fetch(shard, stream, partition, offset, max_bytes).await,
+        Op::Metadata(names) => Ok(streams::metadata(shard, &names)),
         Op::Subscribe {
             stream,
             group,
             durable,
             start,
             max_in_flight,
-        } => {
-            let partitions = {
-                let topology = shard.topology.borrow();
-                let Some(spec) = topology.streams.get(&stream) else {
-                    return Err((
-                        ErrorCode::UnknownStream,
-                        format!("no stream named {stream:?}"),
-                    ));
-                };
-                spec.partitions
-            };
-            if group.is_empty() || group.len() > super::partition::GROUP_NAME_BYTES_MAX {
-                return Err((
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "group names are 1 to {} bytes",
-                        super::partition::GROUP_NAME_BYTES_MAX
-                    ),
-                ));
-            }
-            reserve_subscription(shard, conn)?;
-            let member = new_member(shard, conn);
-            let subscription = member.subscription;
-            let attached = attach_everywhere(
-                shard,
-                &stream,
-                partitions,
-                max_in_flight,
-                |partition, per_partition| Request::Attach {
-                    stream: stream.clone(),
-                    partition,
-                    group: group.clone(),
-                    durable,
-                    start,
-                    max_in_flight: per_partition,
-                    member,
-                },
-            )
-            .await;
-            if let Err(failure) = attached {
-                // Refused on some partition (say at `groupsMax`): take the
-                // member back from those that took it, so that nothing is
-                // delivered to a subscription the client never got.
-                let detaches =
-                    (0..shard.shards).map(|to| shard.call(to, Request::DetachMember { member }));
-                futures::future::join_all(detaches).await;
-                release_subscription(shard, conn);
-                return Err(failure);
-            }
-            Ok(Box::new(move |id, outbox: &Outbox| {
-                outbox.send(
-                    id,
-                    &Message::SubscribeOk(hadron_wire::SubscribeOk {
-                        subscription_id: subscription,
-                        partitions: (0..partitions).collect(),
-                    }),
-                )
-            }))
-        }
-        Op::Ack(ids) => {
-            check_ack_ids(ids.len(), shard.settings.config.ack_ids_max)?;
-            // Each id is acked on its own; the answer names those that
-            // were not outstanding, after the others were acked.
-            let mut refused = Vec::new();
-            let mut by_owner: std::collections::BTreeMap<u16, Vec<u64>> = Default::default();
-            for id in ids {
-                match delivery_owner(shard, id) {
-                    Ok(owner) => by_owner.entry(owner).or_default().push(id),
-                    Err(_) => refused.push(id),
-                }
-            }
-            for (owner, ids) in by_owner {
-                let reply = shard
-                    .call(
-                        owner,
-                        Request::Ack {
-                            ids,
-                            shard: shard.id,
-                            conn,
-                        },
-                    )
-                    .await;
-                match reply {
-                    Reply::Done => {}
-                    Reply::Refused(ids) => refused.extend(ids),
-                    other => return Err(unexpected(other)),
-                }
-            }
-            if refused.is_empty() {
-                Ok(ack_ok())
-            } else {
-                Err((ErrorCode::UnknownDelivery, refused_message(&refused)))
-            }
-        }
-        Op::Nack(delivery, message) => {
-            let req = Request::Nack {
-                id: delivery,
-                message,
-                shard: shard.id,
-                conn,
-            };
-            settle(shard, delivery, req).await
-        }
+        } => groups::subscribe(shard, conn, stream, group, durable, start, max_in_flight).await,
+        Op::Ack(ids) => groups::ack(shard, conn, ids).await,
+        Op::Nack(delivery, message) => groups::nack(shard, conn, delivery, message).await,
         Op::PipelineSubscribe {
             pipeline,
             stage,
             max_in_flight,
-        } => {
-            let (partitions, source) = {
-                let topology = shard.topology.borrow();
-                let Some(spec) = topology.pipelines.get(&pipeline) else {
-                    return Err((
-                        ErrorCode::UnknownPipeline,
-                        format!("no pipeline named {pipeline:?}"),
-                    ));
-                };
-                if !spec.stages.iter().any(|s| s.name == stage) {
-                    return Err((
-                        ErrorCode::UnknownStage,
-                        format!("pipeline {pipeline:?} has no stage {stage:?}"),
-                    ));
-                }
-                let partitions = topology
-                    .streams
-                    .get(&spec.source_stream)
-                    .map_or(0, |s| s.partitions);
-                (partitions, spec.source_stream.clone())
-            };
-            reserve_subscription(shard, conn)?;
-            let member = new_member(shard, conn);
-            attach_everywhere(
-                shard,
-                &source,
-                partitions,
-                max_in_flight,
-                |partition, per_partition| Request::StageAttach {
-                    pipeline: pipeline.clone(),
-                    partition,
-                    stage: stage.clone(),
-                    max_in_flight: per_partition,
-                    member,
-                },
-            )
-            .await
-            .inspect_err(|_| release_subscription(shard, conn))?;
-            Ok(ack_ok())
-        }
-        Op::StageAcks(acks) => {
-            check_ack_ids(acks.len(), shard.settings.config.ack_ids_max)?;
-            // Each ack is settled on its own, by the shard that made its
-            // delivery; one request per shard.
-            let single = acks.len() == 1;
-            let mut unsettled = Vec::new();
-            let mut by_owner: std::collections::BTreeMap<u16, Vec<StageAckOf>> = Default::default();
-            for (id, output) in acks {
-                match delivery_owner(shard, id) {
-                    Ok(owner) => by_owner.entry(owner).or_default().push((id, output)),
-                    Err(f) => unsettled.push((id, f)),
-                }
-            }
-            let calls = by_owner.into_iter().map(|(owner, acks)| {
-                shard.call(
-                    owner,
-                    Request::StageAcks {
-                        acks,
-                        shard: shard.id,
-                        conn,
-                    },
-                )
-            });
-            for reply in futures::future::join_all(calls).await {
-                match reply {
-                    Reply::Unsettled(failures) => unsettled.extend(failures),
-                    other => return Err(unexpected(other)),
-                }
-            }
-            if unsettled.is_empty() {
-                Ok(ack_ok())
-            } else if single {
-                // A lone `StageAck` gets its own failure as it is.
-                Err(unsettled.swap_remove(0).1)
-            } else {
-                Err(unsettled_failure(&unsettled))
-            }
-        }
+        } => pipelines::subscribe(shard, conn, pipeline, stage, max_in_flight).await,
+        Op::StageAcks(acks) => pipelines::stage_acks(shard, conn, acks).await,
         Op::StageNack(delivery, message) => {
-            let req = Request::StageNack {
-                id: delivery,
-                message,
-                shard: shard.id,
-                conn,
-            };
-            settle(shard, delivery, req).await
+            pipelines::stage_nack(shard, conn, delivery, message).await
         }
         Op::PipelineRetry(pipeline, execution) => {
-            let source = {
-                let topology = shard.topology.borrow();
-                let Some(spec) = topology.pipelines.get(&pipeline) else {
-                    return Err((
-                        ErrorCode::UnknownPipeline,
-                        format!("no pipeline named {pipeline:?}"),
-                    ));
-                };
-                spec.source_stream.clone()
-            };
-            let targets: Vec<u16> = match execution {
-                Some((partition, _)) => {
-                    shard.check_partition(&source, partition)?;
-                    vec![shard.owner(&source, partition)]
-                }
-                None => (0..shard.shards).collect(),
-            };
-            let mut lines = Vec::new();
-            for to in targets {
-                let req = Request::PipelineRetry {
-                    pipeline: pipeline.clone(),
-                    execution,
-                };
-                match shard.call(to, req).await {
-                    Reply::Applied(l) => lines.extend(l),
-                    other => return Err(unexpected(other)),
-                }
-            }
-            if let (Some((p, o)), true) = (execution, lines.is_empty()) {
-                return Err((
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "pipeline {pipeline:?} has no failed execution at partition {p} offset {o}"
-                    ),
-                ));
-            }
-            Ok(Box::new(move |id, outbox: &Outbox| {
-                let summary = lines.iter().map(String::as_str).collect();
-                outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
-            }))
+            pipelines::retry(shard, pipeline, execution).await
         }
-        Op::Apply(yaml, force) => {
-            // Refused here, where it enters, before it crosses the mesh.
-            shard
-                .settings
-                .config
-                .check_apply_bytes(yaml.len())
-                .map_err(|m| (ErrorCode::LimitExceeded, m))?;
-            match shard.call(0, Request::Apply { yaml, force }).await {
-                Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
-                    let summary = summary.iter().map(String::as_str).collect();
-                    outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
-                })),
-                other => Err(unexpected(other)),
-            }
-        }
-        Op::Status => {
-            let json = shard.status_json().await?;
-            Ok(Box::new(move |id, outbox: &Outbox| {
-                outbox.send(
-                    id,
-                    &Message::StatusOk(hadron_wire::StatusOk { json: &json }),
-                )
-            }))
-        }
-        Op::Metadata(names) => Ok(metadata(shard, &names)),
+        Op::Apply(yaml, force) => admin::apply(shard, yaml, force).await,
+        Op::Status => admin::status(shard).await,
         Op::Refuse(code, message) => Err((code, message)),
     }
-}
-
-/// The answer to `Metadata` for the streams `names` (all when empty) and
-/// the pipelines reading from them, from this shard's copy of the
-/// topology; owners by `shard_of`, as requests are routed. An answer too
-/// large for one frame is refused with `LimitExceeded`.
-fn metadata(shard: &Shard, names: &[String]) -> Encode {
-    let wanted: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    let (streams, pipelines) = {
-        let topology = shard.topology.borrow();
-        let streams: Vec<(String, u32)> = topology
-            .streams
-            .iter()
-            .filter(|(name, _)| wanted.is_empty() || wanted.contains(name.as_str()))
-            .map(|(name, s)| (name.clone(), s.partitions))
-            .collect();
-        let pipelines: Vec<(String, String, Vec<String>)> = topology
-            .pipelines
-            .iter()
-            .filter(|(_, p)| wanted.is_empty() || wanted.contains(p.source_stream.as_str()))
-            .map(|(name, p)| {
-                let stages = p.stages.iter().map(|s| s.name.clone()).collect();
-                (name.clone(), p.source_stream.clone(), stages)
-            })
-            .collect();
-        (streams, pipelines)
-    };
-    let (shards, shard_ports) = (shard.shards, shard_ports(shard));
-    Box::new(move |id, outbox: &Outbox| {
-        let streams = streams
-            .iter()
-            .map(|(name, partitions)| hadron_wire::StreamInfo {
-                name,
-                partitions: (0..*partitions)
-                    .map(|partition| hadron_wire::PartitionInfo {
-                        partition,
-                        shard: hadron_wire::shard_of(name, partition, shards),
-                    })
-                    .collect(),
-            })
-            .collect();
-        let pipelines = pipelines
-            .iter()
-            .map(|(name, source_stream, stages)| hadron_wire::PipelineInfo {
-                name,
-                source_stream,
-                stages: stages.iter().map(String::as_str).collect(),
-            })
-            .collect();
-        let answer = Message::MetadataOk(hadron_wire::MetadataOk {
-            shards,
-            shard_ports,
-            placement: PLACEMENT_NAME,
-            streams,
-            pipelines,
-        });
-        if let Err(e) = outbox.try_send(id, &answer) {
-            outbox.error(
-                id,
-                ErrorCode::LimitExceeded,
-                &format!(
-                    "the Metadata answer does not fit in one frame (frameBytesMax): {e}; name fewer streams"
-                ),
-            );
-        }
-    })
 }
 
 #[cfg(test)]

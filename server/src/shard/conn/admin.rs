@@ -1,0 +1,31 @@
+//! Shard-wide requests from a connection: apply and status.
+
+use super::*;
+
+/// Applies resources (on shard 0); `applyBytesMax` is checked here, where the request enters.
+pub(super) async fn apply(shard: &Rc<Shard>, yaml: String, force: bool) -> Result<Encode, Failure> {
+    // Refused here, where it enters, before it crosses the mesh.
+    shard
+        .settings
+        .config
+        .check_apply_bytes(yaml.len())
+        .map_err(|m| (ErrorCode::LimitExceeded, m))?;
+    match shard.call(0, Request::Apply { yaml, force }).await {
+        Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
+            let summary = summary.iter().map(String::as_str).collect();
+            outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The status document of every shard.
+pub(super) async fn status(shard: &Rc<Shard>) -> Result<Encode, Failure> {
+    let json = shard.status_json().await?;
+    Ok(Box::new(move |id, outbox: &Outbox| {
+        outbox.send(
+            id,
+            &Message::StatusOk(hadron_wire::StatusOk { json: &json }),
+        )
+    }))
+}
