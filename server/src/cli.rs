@@ -1,6 +1,7 @@
 //! The client-side commands of the `hadron` binary: `apply`, `publish`,
-//! `subscribe`, `status`. They use the `hadron` client crate, like any
-//! application would.
+//! `subscribe`, `status`, `pipeline`. They use the `hadron` client crate,
+//! like any application would. A module of the binary, not of the
+//! `hadron_server` library: nothing in the library uses the client.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub async fn apply(url: &str, file: &str, force: bool) -> Result<(), String> {
     };
     // Check locally first, for an error that names the document and field
     // without a round trip.
-    crate::config::parse_documents(&yaml).map_err(|e| format!("{file}: {e}"))?;
+    hadron_server::check_resources_yaml(&yaml).map_err(|e| format!("{file}: {e}"))?;
     let client = connect(url)?;
     let summary = client
         .apply_with(&yaml, force)
@@ -325,7 +326,7 @@ pub async fn pipeline_retry(
 fn connect(url: &str) -> Result<Client, String> {
     let options = ClientOptions {
         name: "hadron-cli".into(),
-        token: std::env::var(crate::config::server::TOKEN_ENV).ok(),
+        token: std::env::var(hadron_server::TOKEN_ENV).ok(),
         ..ClientOptions::default()
     };
     Client::new(url, options).map_err(|e| e.to_string())

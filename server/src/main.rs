@@ -1,19 +1,9 @@
-//! The `hadron` binary: the server (`hadron server`) and the command-line
-//! client (`apply`, `publish`, `subscribe`, `status`).
+//! The `hadron` binary: the server (`hadron server`, `hadron repair`, both
+//! in the `hadron_server` library) and the command-line client (`apply`,
+//! `publish`, `subscribe`, `status`, `pipeline`, in [`cli`]). This file
+//! only parses the command line and calls one of them.
 
 mod cli;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        unused_imports,
-        reason = "the pipeline parts of the config are used once pipelines run"
-    )
-)]
-mod config;
-mod failpoint;
-mod repair;
-mod shard;
 
 /// mimalloc instead of the system allocator: a shard allocates and frees
 /// small blocks (frames, records, per-delivery state) at a high rate, and
@@ -24,14 +14,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-
-use config::{Resource, ServerConfig, StreamSpec};
-use shard::{Settings, Topology};
+use hadron_server::{ACK_TIMEOUT_MS_DEFAULT, ServerArgs};
 
 /// Default address of the client commands.
 const URL_DEFAULT: &str = "127.0.0.1:7000";
@@ -65,7 +50,7 @@ enum Command {
         shards: Option<u16>,
         /// Milliseconds a consumer has to ack a delivery before it is
         /// redelivered.
-        #[arg(long, default_value_t = 30_000)]
+        #[arg(long, default_value_t = ACK_TIMEOUT_MS_DEFAULT)]
         ack_timeout_ms: u64,
         /// Serve clients beyond loopback with no token (anyone who can
         /// reach the port may then read, publish and apply).
@@ -187,14 +172,14 @@ fn main() -> ExitCode {
             shards,
             ack_timeout_ms,
             insecure_no_token,
-        } => serve(
+        } => hadron_server::serve(ServerArgs {
             config,
             data_dir,
             listen,
             shards,
             ack_timeout_ms,
             insecure_no_token,
-        ),
+        }),
         Command::Apply { file, force, url } => block_on(cli::apply(&url, &file, force)),
         Command::Pipeline {
             command: PipelineCommand::Status { name, json, url },
@@ -240,8 +225,8 @@ fn main() -> ExitCode {
             &url, &stream, &group, &start, count, ephemeral,
         )),
         Command::Status { json, url } => block_on(cli::status(&url, json)),
-        Command::Repair { data_dir } => repair::run(
-            &data_dir.unwrap_or_else(|| PathBuf::from(config::server::DATA_DIR_DEFAULT)),
+        Command::Repair { data_dir } => hadron_server::repair::run(
+            &data_dir.unwrap_or_else(|| PathBuf::from(hadron_server::DATA_DIR_DEFAULT)),
         ),
     };
     match result {
@@ -277,232 +262,4 @@ fn block_on(f: impl std::future::Future<Output = Result<(), String>>) -> Result<
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?
         .block_on(f)
-}
-
-fn serve(
-    config_file: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    listen: Option<std::net::SocketAddr>,
-    shards: Option<u16>,
-    ack_timeout_ms: u64,
-    insecure_no_token: bool,
-) -> Result<(), String> {
-    let (mut config, declared) = match &config_file {
-        Some(path) => {
-            let yaml = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            config::parse_config_file(&yaml).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => (ServerConfig::default(), Vec::new()),
-    };
-    if let Some(d) = data_dir {
-        config.data_dir = d;
-    }
-    if let Some(l) = listen {
-        config.listen = l;
-    }
-    if let Some(s) = shards {
-        config.shards = s;
-    }
-    config.insecure_no_token |= insecure_no_token;
-    if config.token.is_none()
-        && let Ok(secret) = std::env::var(config::server::TOKEN_ENV)
-    {
-        config.token = Some(config::server::Token::new(secret));
-    }
-    config
-        .validate()
-        .and_then(|()| config.check_exposure())
-        .map_err(|e| format!("invalid configuration: {e}"))?;
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-    // Absolute from here on: paths in logs and errors say where, and the
-    // default `./hadron-data` must not depend on glommio resolving
-    // relative paths (its directory open does not).
-    config.data_dir = std::fs::canonicalize(&config.data_dir)
-        .map_err(|e| format!("cannot resolve {}: {e}", config.data_dir.display()))?;
-    // Held until the process exits: two servers on one data dir would
-    // corrupt it.
-    let _lock = lock_data_dir(&config.data_dir)?;
-    check_port_free(config.listen)?;
-    if config.shard_ports {
-        for shard in 0..config.shards {
-            if let Some(port) = config.listen.port().checked_add(1 + shard) {
-                check_port_free(std::net::SocketAddr::new(config.listen.ip(), port))?;
-            }
-        }
-    }
-
-    // The resources applied to this data dir win: the config file's
-    // resources (and the default `events` stream) only seed a new data dir.
-    // Re-declaring them at every start reverted applied changes (retention)
-    // and refused to start after an applied partition count.
-    let persisted = shard::load_resources(&config.data_dir)?;
-    let seeding = persisted.is_none();
-    let resources = match persisted {
-        Some(applied) => {
-            let differ: Vec<String> = declared
-                .iter()
-                .filter(|r| !applied.contains(r))
-                .map(|r| format!("{}/{}", r.kind().as_str().to_lowercase(), r.name()))
-                .collect();
-            if !differ.is_empty() {
-                tracing::info!(
-                    "the config file's resources ({}) differ from those applied to {}; the applied ones are kept (the config file's only seed a new data dir; change resources with `hadron apply`)",
-                    differ.join(", "),
-                    config.data_dir.display()
-                );
-            }
-            applied
-        }
-        None => declared,
-    };
-    let (mut streams, pipelines): (Vec<_>, Vec<_>) = resources
-        .into_iter()
-        .partition(|r| matches!(r, Resource::Stream(_)));
-    if streams.is_empty() {
-        // A server with no stream gets `events` (a pipeline may read it).
-        streams.push(Resource::Stream(StreamSpec::with_defaults(
-            config::stream::DEFAULT_STREAM_NAME,
-        )));
-    }
-    let mut topology = Topology::default();
-    for resource in streams.into_iter().chain(pipelines) {
-        topology.put(resource).map_err(|(_, message)| message)?;
-    }
-    // The config file is held to the same limits as an apply; what a data
-    // dir already holds is kept even if a limit was lowered since.
-    if let Err(message) = config.check_resource_counts(Default::default(), topology.counts()) {
-        if seeding {
-            return Err(format!("the config file's resources: {message}"));
-        }
-        tracing::warn!("the resources applied to this data dir exceed a limit: {message}");
-    }
-    // Written only when it changes, so a start that changes nothing needs
-    // no disk space.
-    shard::persist_resources(&config.data_dir, &topology.resources())?;
-
-    raise_memlock(3 * config.io_memory_bytes as u64 * u64::from(config.shards) + (16 << 20));
-    raise_nofile(u64::from(config.connections_max) + FILES_HEADROOM);
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
-    }
-    if config.insecure_no_token && config.token.is_none() && !config.listen.ip().is_loopback() {
-        tracing::warn!(
-            "listening on {} with no token (insecureNoToken): anyone who reaches this port may publish, read and apply",
-            config.listen
-        );
-    }
-    tracing::info!(
-        "hadron {} starting: {} shards, listening on {}, data in {}",
-        env!("CARGO_PKG_VERSION"),
-        config.shards,
-        config.listen,
-        config.data_dir.display()
-    );
-    let settings = Settings {
-        config,
-        ack_timeout: Duration::from_millis(ack_timeout_ms.max(1)),
-        topology,
-        open_connections: Arc::default(),
-    };
-    shard::run(settings, stop)?;
-    tracing::info!("hadron stopped");
-    Ok(())
-}
-
-/// Takes an exclusive lock on `<data dir>/LOCK`, refusing to start when
-/// another process holds it.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    nix::fcntl::flock(
-        file.as_raw_fd(),
-        nix::fcntl::FlockArg::LockExclusiveNonblock,
-    )
-    .map_err(|e| {
-        format!(
-            "{} is in use by another hadron server ({e}); stop it or choose another --data-dir",
-            dir.display()
-        )
-    })?;
-    Ok(file)
-}
-
-/// The shards bind with SO_REUSEPORT, which would let a second server share
-/// the port silently; so refuse to start when something keeps accepting
-/// connections there. A server that just exited can still accept for a
-/// moment (the kernel tears its io_uring rings, which hold the listening
-/// socket, down asynchronously), so only one that still accepts after
-/// `PORT_PROBE_FOR` counts. (A plain test bind would also trip over that,
-/// and over connections still in TIME_WAIT.)
-fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
-    const PORT_PROBE_FOR: Duration = Duration::from_secs(3);
-    let deadline = std::time::Instant::now() + PORT_PROBE_FOR;
-    loop {
-        let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
-        if probe.is_err() {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(format!(
-                "cannot listen on {addr}: another server already accepts connections there"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Descriptors beyond the client connections: segment, index and meta
-/// files of every log, listeners, the io_uring rings.
-const FILES_HEADROOM: u64 = 4096;
-
-/// Raises RLIMIT_NOFILE's soft limit towards `needed` descriptors (as far
-/// as the hard limit allows), so that `connectionsMax`, not the process's
-/// file limit, is what refuses connections.
-fn raise_nofile(needed: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    if soft >= needed {
-        return;
-    }
-    let target = needed.min(hard);
-    if setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() || target < needed {
-        tracing::warn!(
-            "RLIMIT_NOFILE is {soft} (hard {hard}); connectionsMax and the logs want {needed}: \
-             raise it (LimitNOFILE=, ulimit -n) or lower connectionsMax"
-        );
-    }
-}
-
-/// Raises RLIMIT_MEMLOCK's soft limit towards `needed` bytes, as far as the
-/// hard limit allows: each shard pins 3 x io_memory. Root has CAP_IPC_LOCK
-/// and needs none of this; elsewhere glommio would fall back to unregistered
-/// buffers (slower) with only a log line.
-fn raise_memlock(needed: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) else {
-        return;
-    };
-    if soft >= needed || nix::unistd::Uid::effective().is_root() {
-        return;
-    }
-    let target = needed.min(hard);
-    match setrlimit(Resource::RLIMIT_MEMLOCK, target, hard) {
-        Ok(()) if target >= needed => {}
-        Ok(()) | Err(_) => tracing::warn!(
-            "RLIMIT_MEMLOCK is {soft} bytes (hard {hard}); the shards want {needed}. \
-             Run as root, or raise it (LimitMEMLOCK=infinity, ulimit -l)"
-        ),
-    }
 }

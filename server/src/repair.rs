@@ -23,7 +23,7 @@ pub fn run(data_dir: &Path) -> Result<(), String> {
     if !data_dir.is_dir() {
         return Err(format!("{} is not a directory", data_dir.display()));
     }
-    let _lock = crate::lock_data_dir(data_dir)?;
+    let _lock = crate::serve::lock_data_dir(data_dir)?;
     let mut dirs = Vec::new();
     find_log_dirs(data_dir, 0, &mut dirs)?;
     dirs.sort();

@@ -3,8 +3,13 @@
 //! whether it still served another client afterwards.
 //!
 //! ```sh
+//! cargo build --release -p hadron-server
 //! cargo run --release -p hadron-tests --example attacks
 //! ```
+//!
+//! It starts the `hadron` binary of its own profile
+//! (`target/release/hadron`, built by the first command), or the one
+//! `HADRON_BIN` names (see `hadron_tests::hadron_bin`).
 //!
 //! Each line: the attack, the server's peak RSS before it (after start and
 //! set-up) and after it, and whether a bystander's publish and fetch still

@@ -2,8 +2,9 @@
 //! `hadron` binary on loopback and drive it with the client, the CLI and raw
 //! protocol bytes.
 //!
-//! - [`hadron_bin`] finds the binary next to the test executable, building it
-//!   once per test process with the same cargo, profile and target dir.
+//! - [`hadron_bin`] finds the binary: the one Cargo built for the test
+//!   (the files in `tests/tests/` are integration tests of `hadron-server`,
+//!   see server/Cargo.toml), or `HADRON_BIN`.
 //! - [`Server`] owns one server process: a fresh data dir, a free loopback
 //!   port range, SIGTERM (then SIGKILL) on drop, restart on the same data.
 //! - [`RawConn`] speaks frames over a plain socket, for bad input and for
@@ -19,6 +20,9 @@
     clippy::expect_used,
     reason = "test helpers: a failed set-up step must fail the test at once, with its message"
 )]
+
+#[cfg(test)]
+mod e2e_targets;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -47,59 +51,44 @@ pub const RAW_RECV_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_LOW: u16 = 20_000;
 const PORT_HIGH: u16 = 32_000;
 
-/// The `hadron` binary, built (once per test process) if needed.
+/// The environment variable that names the `hadron` binary to test,
+/// overriding the one Cargo built.
+pub const BIN_ENV: &str = "HADRON_BIN";
+
+/// The `hadron` binary the tests start, in this order:
 ///
-/// Test executables live in `<target>/<profile>/deps/`; the binary is
-/// `<target>/<profile>/hadron`. `cargo build` runs once per process so the
-/// binary is never stale, into `CARGO_TARGET_DIR` when set, else the target
-/// dir the test executable sits in. `HADRON_BIN` overrides all of this.
-/// (`CARGO_BIN_EXE_hadron` exists only for tests of the binary's own
-/// package, and a bin-only crate cannot be a dev-dependency.)
+/// 1. `HADRON_BIN` ([`BIN_ENV`]), when set.
+/// 2. `CARGO_BIN_EXE_hadron`, which Cargo sets when it runs an integration
+///    test of `hadron-server`. The files in `tests/tests/` are declared as
+///    such in server/Cargo.toml (`[[test]]`, with their path here), so
+///    `cargo test` builds the binary before them and it is never stale.
+///    (Cargo sets the variable at run time since 1.94, below this
+///    workspace's `rust-version`; before, only `env!` saw it.)
+/// 3. `hadron` in the profile directory above the running executable
+///    (`<target>/<profile>/deps/<test>` run by hand,
+///    `<target>/<profile>/examples/<example>`), as the last
+///    `cargo build -p hadron-server` of that profile left it.
 pub fn hadron_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("HADRON_BIN") {
+        if let Some(bin) = std::env::var_os(BIN_ENV) {
             return PathBuf::from(bin);
         }
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let profile_dir = exe
+        if let Some(bin) = std::env::var_os("CARGO_BIN_EXE_hadron") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("the running executable's path");
+        let bin = exe
             .parent()
             .and_then(Path::parent)
-            .expect("the test executable is in <target>/<profile>/deps");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        // A relative CARGO_TARGET_DIR was relative to wherever cargo was
-        // started, which this process cannot know: infer it instead.
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .filter(|d| d.is_absolute())
-            .or_else(|| profile_dir.parent().map(Path::to_path_buf))
-            .expect("a target dir");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ is inside the workspace");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .current_dir(workspace)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args(["build", "-p", "hadron-server", "--bin", "hadron"]);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        let status = build.status().expect("cannot run cargo build");
-        assert!(status.success(), "cargo build of the hadron binary failed");
-        let bin = target_dir.join(&profile).join("hadron");
-        assert!(bin.exists(), "{} missing after cargo build", bin.display());
+            .expect("the executable is in <target>/<profile>/<deps or examples>")
+            .join("hadron");
+        assert!(
+            bin.exists(),
+            "no hadron binary at {}: build it (cargo build -p hadron-server, with the same \
+             profile) or set {BIN_ENV}",
+            bin.display()
+        );
         bin
     })
 }

@@ -1,0 +1,285 @@
+//! Starting the server: the configuration (file, flags, `HADRON_TOKEN`)
+//! is resolved and validated, the data directory is created and locked,
+//! the ports are checked, the resources are loaded (or seeded from the
+//! config file), the process limits are raised, and the shards run until
+//! SIGTERM or SIGINT.
+//!
+//! Invariants: one server per data directory (an exclusive `flock` on
+//! `<data dir>/LOCK`, held until the process exits; `hadron repair` takes
+//! the same lock), and no second server accepting on the same port
+//! ([`check_port_free`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::config::{self, Resource, ServerConfig, StreamSpec};
+use crate::shard::{self, Settings, Topology};
+
+/// How long a consumer has to ack a delivery unless `--ack-timeout-ms`
+/// says otherwise.
+pub const ACK_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// What `hadron server` was asked for on its command line; each `Some`
+/// overrides the config file's setting.
+#[derive(Debug, Clone)]
+pub struct ServerArgs {
+    /// The config file (multi-document YAML: settings, then resources).
+    pub config: Option<PathBuf>,
+    /// The data directory (default `./hadron-data`).
+    pub data_dir: Option<PathBuf>,
+    /// The client address (default `127.0.0.1:7000`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// The number of shards (default: one per CPU).
+    pub shards: Option<u16>,
+    /// Milliseconds a consumer has to ack a delivery before it is
+    /// redelivered (at least 1).
+    pub ack_timeout_ms: u64,
+    /// Serve clients beyond loopback with no token.
+    pub insecure_no_token: bool,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        ServerArgs {
+            config: None,
+            data_dir: None,
+            listen: None,
+            shards: None,
+            ack_timeout_ms: ACK_TIMEOUT_MS_DEFAULT,
+            insecure_no_token: false,
+        }
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT; an error says what kept it
+/// from starting, or which shard failed.
+pub fn serve(args: ServerArgs) -> Result<(), String> {
+    let ServerArgs {
+        config: config_file,
+        data_dir,
+        listen,
+        shards,
+        ack_timeout_ms,
+        insecure_no_token,
+    } = args;
+    let (mut config, declared) = match &config_file {
+        Some(path) => {
+            let yaml = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            config::parse_config_file(&yaml).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => (ServerConfig::default(), Vec::new()),
+    };
+    if let Some(d) = data_dir {
+        config.data_dir = d;
+    }
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    if let Some(s) = shards {
+        config.shards = s;
+    }
+    config.insecure_no_token |= insecure_no_token;
+    if config.token.is_none()
+        && let Ok(secret) = std::env::var(config::server::TOKEN_ENV)
+    {
+        config.token = Some(config::server::Token::new(secret));
+    }
+    config
+        .validate()
+        .and_then(|()| config.check_exposure())
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    // Absolute from here on: paths in logs and errors say where, and the
+    // default `./hadron-data` must not depend on glommio resolving
+    // relative paths (its directory open does not).
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", config.data_dir.display()))?;
+    // Held until the process exits: two servers on one data dir would
+    // corrupt it.
+    let _lock = lock_data_dir(&config.data_dir)?;
+    check_port_free(config.listen)?;
+    if config.shard_ports {
+        for shard in 0..config.shards {
+            if let Some(port) = config.listen.port().checked_add(1 + shard) {
+                check_port_free(std::net::SocketAddr::new(config.listen.ip(), port))?;
+            }
+        }
+    }
+
+    // The resources applied to this data dir win: the config file's
+    // resources (and the default `events` stream) only seed a new data dir.
+    // Re-declaring them at every start reverted applied changes (retention)
+    // and refused to start after an applied partition count.
+    let persisted = shard::load_resources(&config.data_dir)?;
+    let seeding = persisted.is_none();
+    let resources = match persisted {
+        Some(applied) => {
+            let differ: Vec<String> = declared
+                .iter()
+                .filter(|r| !applied.contains(r))
+                .map(|r| format!("{}/{}", r.kind().as_str().to_lowercase(), r.name()))
+                .collect();
+            if !differ.is_empty() {
+                tracing::info!(
+                    "the config file's resources ({}) differ from those applied to {}; the applied ones are kept (the config file's only seed a new data dir; change resources with `hadron apply`)",
+                    differ.join(", "),
+                    config.data_dir.display()
+                );
+            }
+            applied
+        }
+        None => declared,
+    };
+    let (mut streams, pipelines): (Vec<_>, Vec<_>) = resources
+        .into_iter()
+        .partition(|r| matches!(r, Resource::Stream(_)));
+    if streams.is_empty() {
+        // A server with no stream gets `events` (a pipeline may read it).
+        streams.push(Resource::Stream(StreamSpec::with_defaults(
+            config::stream::DEFAULT_STREAM_NAME,
+        )));
+    }
+    let mut topology = Topology::default();
+    for resource in streams.into_iter().chain(pipelines) {
+        topology.put(resource).map_err(|(_, message)| message)?;
+    }
+    // The config file is held to the same limits as an apply; what a data
+    // dir already holds is kept even if a limit was lowered since.
+    if let Err(message) = config.check_resource_counts(Default::default(), topology.counts()) {
+        if seeding {
+            return Err(format!("the config file's resources: {message}"));
+        }
+        tracing::warn!("the resources applied to this data dir exceed a limit: {message}");
+    }
+    // Written only when it changes, so a start that changes nothing needs
+    // no disk space.
+    shard::persist_resources(&config.data_dir, &topology.resources())?;
+
+    raise_memlock(3 * config.io_memory_bytes as u64 * u64::from(config.shards) + (16 << 20));
+    raise_nofile(u64::from(config.connections_max) + FILES_HEADROOM);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    }
+    if config.insecure_no_token && config.token.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} with no token (insecureNoToken): anyone who reaches this port may publish, read and apply",
+            config.listen
+        );
+    }
+    tracing::info!(
+        "hadron {} starting: {} shards, listening on {}, data in {}",
+        env!("CARGO_PKG_VERSION"),
+        config.shards,
+        config.listen,
+        config.data_dir.display()
+    );
+    let settings = Settings {
+        config,
+        ack_timeout: Duration::from_millis(ack_timeout_ms.max(1)),
+        topology,
+        open_connections: Arc::default(),
+    };
+    shard::run(settings, stop)?;
+    tracing::info!("hadron stopped");
+    Ok(())
+}
+
+/// Takes an exclusive lock on `<data dir>/LOCK`, refusing to start when
+/// another process holds it.
+pub(crate) fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    nix::fcntl::flock(
+        file.as_raw_fd(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .map_err(|e| {
+        format!(
+            "{} is in use by another hadron server ({e}); stop it or choose another --data-dir",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// The shards bind with SO_REUSEPORT, which would let a second server share
+/// the port silently; so refuse to start when something keeps accepting
+/// connections there. A server that just exited can still accept for a
+/// moment (the kernel tears its io_uring rings, which hold the listening
+/// socket, down asynchronously), so only one that still accepts after
+/// `PORT_PROBE_FOR` counts. (A plain test bind would also trip over that,
+/// and over connections still in TIME_WAIT.)
+fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
+    const PORT_PROBE_FOR: Duration = Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + PORT_PROBE_FOR;
+    loop {
+        let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        if probe.is_err() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "cannot listen on {addr}: another server already accepts connections there"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Descriptors beyond the client connections: segment, index and meta
+/// files of every log, listeners, the io_uring rings.
+const FILES_HEADROOM: u64 = 4096;
+
+/// Raises RLIMIT_NOFILE's soft limit towards `needed` descriptors (as far
+/// as the hard limit allows), so that `connectionsMax`, not the process's
+/// file limit, is what refuses connections.
+fn raise_nofile(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= needed {
+        return;
+    }
+    let target = needed.min(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() || target < needed {
+        tracing::warn!(
+            "RLIMIT_NOFILE is {soft} (hard {hard}); connectionsMax and the logs want {needed}: \
+             raise it (LimitNOFILE=, ulimit -n) or lower connectionsMax"
+        );
+    }
+}
+
+/// Raises RLIMIT_MEMLOCK's soft limit towards `needed` bytes, as far as the
+/// hard limit allows: each shard pins 3 x io_memory. Root has CAP_IPC_LOCK
+/// and needs none of this; elsewhere glommio would fall back to unregistered
+/// buffers (slower) with only a log line.
+fn raise_memlock(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) else {
+        return;
+    };
+    if soft >= needed || nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let target = needed.min(hard);
+    match setrlimit(Resource::RLIMIT_MEMLOCK, target, hard) {
+        Ok(()) if target >= needed => {}
+        Ok(()) | Err(_) => tracing::warn!(
+            "RLIMIT_MEMLOCK is {soft} bytes (hard {hard}); the shards want {needed}. \
+             Run as root, or raise it (LimitMEMLOCK=infinity, ulimit -l)"
+        ),
+    }
+}
