@@ -232,6 +232,59 @@ async fn main() {
         served,
         &format!("(answered {code} in {} ms)", took.as_millis()),
     );
+
+    // 6. YAML bombs (were: 1 GB from 15 KB of aliases; a shard stalled 36 s
+    // on 100,000 `[`; 20,000 streams from one Apply).
+    let server = start("");
+    let before = memory_kib(server.pid().unwrap()).1;
+    let mut aliases = String::from("a: &a [");
+    aliases.push_str(&vec!["xxxxxxxx"; 1000].join(","));
+    for (name, of) in [("b", "a"), ("c", "b"), ("d", "c")] {
+        aliases.push_str(&format!("]\n{name}: &{name} ["));
+        aliases.push_str(&vec![format!("*{of}"); 1000].join(","));
+    }
+    aliases.push_str("]\n");
+    let mut streams = String::new();
+    for i in 0..20_000 {
+        streams.push_str(&format!(
+            "---\napiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: s{i} }}\nspec: {{ partitions: 1 }}\n"
+        ));
+    }
+    let mut notes = Vec::new();
+    for (what, yaml) in [
+        ("aliases", aliases),
+        ("100k [", "[".repeat(100_000)),
+        ("100k {a:", "{a: ".repeat(100_000)),
+        ("20k streams", streams),
+    ] {
+        let (answer, ms) = apply(&server, &yaml).await;
+        notes.push(format!("{what}: {answer} in {ms} ms"));
+    }
+    let served = bystander_served(&server).await;
+    report(
+        "YAML bombs",
+        &server,
+        before,
+        served,
+        &format!("({})", notes.join("; ")),
+    );
+}
+
+/// Sends `yaml` as one Apply; returns the answer's name and how long it took.
+async fn apply(server: &Server, yaml: &str) -> (String, u128) {
+    let mut conn = RawConn::handshaken(server.port()).await;
+    let started = Instant::now();
+    let id = conn
+        .send(&Message::Apply(hadron_wire::Apply { yaml, force: false }))
+        .await;
+    let answer = match conn.recv().await {
+        Some(Frame::Error {
+            request_id, code, ..
+        }) if request_id == id => code.name().to_owned(),
+        Some(Frame::Other { request_id, name }) if request_id == id => name.to_owned(),
+        other => format!("{other:?}"),
+    };
+    (answer, started.elapsed().as_millis())
 }
 
 /// Raises this process's open-file limit so it can hold many sockets.
