@@ -315,3 +315,69 @@ async fn strangers_holding_partial_frames_cost_at_most_the_handshake_frame_limit
     );
     drop(held);
 }
+
+/// A subscriber that does not read its socket receives no more deliveries
+/// once its outbox is full: 600 events of 60 KiB (36 MB) leave the
+/// server's peak RSS near where it was, and once the subscriber reads and
+/// acks, every event reaches it (the held-back deliveries go out again
+/// after their ack timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_stops_receiving_until_it_drains() {
+    const EVENTS: u64 = 600;
+    let server = Server::start_with(ServerOptions {
+        config: Some("frameBytesMax: 262144\noutboxBytesMax: 524288\n".into()),
+        ack_timeout_ms: Some(300),
+        ..ServerOptions::default()
+    });
+    let pid = server.pid().unwrap();
+    let client = server.client();
+    hadron_tests::create_stream(&client, "wide", 1).await;
+    let mut slow = RawConn::handshaken(server.port()).await;
+    slow.subscribe("wide", "slow-readers", false, 1000).await;
+    let (_, hwm_before) = memory_kib(pid);
+    let publisher = client.publisher_for("wide", "filler").await.unwrap();
+    for i in 0..EVENTS / 4 {
+        let batch = (0..4)
+            .map(|j| NewEvent {
+                id: format!("w-{i}-{j}"),
+                ty: "wide".into(),
+                data: vec![j as u8; 60 << 10],
+                ..NewEvent::default()
+            })
+            .collect();
+        publisher.publish_batch(batch).await.unwrap();
+    }
+    // Everything is published and the dispatcher has had its turns: the
+    // bystander's requests pass through the same shard.
+    serves_another_client(&server, "after-wide").await;
+    let (_, hwm_held) = memory_kib(pid);
+    let grew_mib = hwm_held.saturating_sub(hwm_before) / 1024;
+    eprintln!("peak RSS grew {grew_mib} MiB while the subscriber did not read");
+    assert!(
+        grew_mib < 24,
+        "peak RSS grew {grew_mib} MiB ({hwm_before} -> {hwm_held} KiB) while the subscriber did not read"
+    );
+    // Now it reads and acks: every event arrives, at least once.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (seen.len() as u64) < EVENTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {EVENTS} events arrived",
+            seen.len()
+        );
+        let Some(delivery) = slow.next_delivery(Duration::from_secs(10)).await else {
+            continue;
+        };
+        seen.insert(delivery.offset);
+        let mut pushed = Vec::new();
+        slow.ack(&[delivery.delivery_id], &mut pushed).await;
+        for d in pushed {
+            seen.insert(d.offset);
+            let mut more = Vec::new();
+            slow.ack(&[d.delivery_id], &mut more).await;
+            seen.extend(more.iter().map(|d| d.offset));
+        }
+    }
+    assert_eq!(seen.len() as u64, EVENTS);
+}

@@ -157,6 +157,7 @@ pub(super) async fn shard_main(
         conns: RefCell::new(HashMap::new()),
         subscriptions: RefCell::new(HashMap::new()),
         deliveries: Rc::new(Deliveries::default()),
+        dropped_deliveries: Cell::new(0),
         stopping: Cell::new(false),
         applying: Cell::new(false),
     });

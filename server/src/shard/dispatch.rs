@@ -115,7 +115,7 @@ impl Shard {
     /// local connection gets it encoded straight into its outbox.
     pub(super) async fn push(&self, member: MemberId, message: &hadron_wire::Message<'_>) {
         if member.shard == self.id {
-            if let Some(outbox) = self.conns.borrow().get(&member.conn)
+            if let Some(outbox) = self.congestion_checked(member.conn)
                 && let Err(e) = outbox.try_send(0, message)
             {
                 tracing::error!("cannot encode a {}: {e}", message.name());
@@ -134,6 +134,29 @@ impl Shard {
             frame,
         };
         let _ = self.mesh.send_to(member.shard as usize, msg).await;
+    }
+
+    /// The outbox of connection `conn` of this shard, unless its answers
+    /// and deliveries not yet written are above `outboxBytesMax`: a
+    /// connection that does not read receives no more deliveries until it
+    /// drains. A delivery pushed to a full outbox is dropped; it stays in
+    /// flight with its member and goes out again after its ack timeout
+    /// (counted as a redelivery), so a slow reader costs only its own
+    /// budget, never the server's memory.
+    pub(super) fn congestion_checked(&self, conn: u64) -> Option<Rc<Outbox>> {
+        let outbox = self.conns.borrow().get(&conn).cloned()?;
+        if outbox.pending_bytes() > self.settings.config.outbox_bytes_max as u64 {
+            let dropped = self.dropped_deliveries.get() + 1;
+            self.dropped_deliveries.set(dropped);
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    shard = self.id,
+                    "{dropped} deliveries held back so far: a connection does not read and its outbox is above outboxBytesMax; they go out again after their ack timeout"
+                );
+            }
+            return None;
+        }
+        Some(outbox)
     }
 
     pub(super) async fn send_deliveries(&self, p: &Partition, out: Vec<Outgoing>) {

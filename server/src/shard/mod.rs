@@ -136,6 +136,9 @@ pub struct Shard {
     pub(crate) subscriptions: RefCell<HashMap<u64, u32>>,
     /// Which group holds each outstanding delivery made here.
     deliveries: Rc<Deliveries>,
+    /// Deliveries dropped because their connection's outbox was full (see
+    /// `congestion_checked`).
+    dropped_deliveries: Cell<u64>,
     /// Set when the server is shutting down.
     pub stopping: Cell<bool>,
     /// Serializes `apply` on shard 0.
@@ -222,7 +225,7 @@ impl Shard {
                 }
             }
             MeshMsg::Push { conn, frame } => {
-                if let Some(outbox) = self.conns.borrow().get(&conn) {
+                if let Some(outbox) = self.congestion_checked(conn) {
                     outbox.send_frame(&frame);
                 }
             }
