@@ -56,15 +56,55 @@ impl Default for ServerArgs {
 /// Runs the server until SIGTERM or SIGINT; an error says what kept it
 /// from starting, or which shard failed.
 pub fn serve(args: ServerArgs) -> Result<(), String> {
+    let (mut config, declared) = resolve_config(&args)?;
+    // Held until the process exits: two servers on one data dir would
+    // corrupt it.
+    let _lock = claim_data_dir(&mut config)?;
+    let topology = load_topology(&config, declared)?;
+
+    raise_memlock(3 * config.io_memory_bytes as u64 * u64::from(config.shards) + (16 << 20));
+    raise_nofile(u64::from(config.connections_max) + FILES_HEADROOM);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    }
+    if config.insecure_no_token && config.token.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} with no token (insecureNoToken): anyone who reaches this port may publish, read and apply",
+            config.listen
+        );
+    }
+    tracing::info!(
+        "hadron {} starting: {} shards, listening on {}, data in {}",
+        env!("CARGO_PKG_VERSION"),
+        config.shards,
+        config.listen,
+        config.data_dir.display()
+    );
+    let settings = Settings {
+        config,
+        ack_timeout: Duration::from_millis(args.ack_timeout_ms.max(1)),
+        topology,
+        open_connections: Arc::default(),
+    };
+    shard::run(settings, stop)?;
+    tracing::info!("hadron stopped");
+    Ok(())
+}
+
+/// The config file's settings with the command line's and `HADRON_TOKEN`
+/// over them, validated, and the resources the file declares.
+fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), String> {
     let ServerArgs {
         config: config_file,
         data_dir,
         listen,
         shards,
-        ack_timeout_ms,
+        ack_timeout_ms: _,
         insecure_no_token,
     } = args;
-    let (mut config, declared) = match &config_file {
+    let (mut config, declared) = match config_file {
         Some(path) => {
             let yaml = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -73,15 +113,15 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         None => (ServerConfig::default(), Vec::new()),
     };
     if let Some(d) = data_dir {
-        config.data_dir = d;
+        config.data_dir = d.clone();
     }
     if let Some(l) = listen {
-        config.listen = l;
+        config.listen = *l;
     }
     if let Some(s) = shards {
-        config.shards = s;
+        config.shards = *s;
     }
-    config.insecure_no_token |= insecure_no_token;
+    config.insecure_no_token |= *insecure_no_token;
     if config.token.is_none()
         && let Ok(secret) = std::env::var(config::server::TOKEN_ENV)
     {
@@ -91,6 +131,13 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         .validate()
         .and_then(|()| config.check_exposure())
         .map_err(|e| format!("invalid configuration: {e}"))?;
+    Ok((config, declared))
+}
+
+/// Creates the data directory, makes `config.data_dir` absolute, locks it
+/// and checks that the ports are free. The lock is held as long as the
+/// returned file is open.
+fn claim_data_dir(config: &mut ServerConfig) -> Result<std::fs::File, String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
     // Absolute from here on: paths in logs and errors say where, and the
@@ -98,9 +145,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
     // relative paths (its directory open does not).
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("cannot resolve {}: {e}", config.data_dir.display()))?;
-    // Held until the process exits: two servers on one data dir would
-    // corrupt it.
-    let _lock = lock_data_dir(&config.data_dir)?;
+    let lock = lock_data_dir(&config.data_dir)?;
     check_port_free(config.listen)?;
     if config.shard_ports {
         for shard in 0..config.shards {
@@ -109,7 +154,12 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
             }
         }
     }
+    Ok(lock)
+}
 
+/// The resources this server starts with (those applied to the data dir,
+/// else the config file's), held to the resource limits and persisted.
+fn load_topology(config: &ServerConfig, declared: Vec<Resource>) -> Result<Topology, String> {
     // The resources applied to this data dir win: the config file's
     // resources (and the default `events` stream) only seed a new data dir.
     // Re-declaring them at every start reverted applied changes (retention)
@@ -158,36 +208,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
     // Written only when it changes, so a start that changes nothing needs
     // no disk space.
     shard::persist_resources(&config.data_dir, &topology.resources())?;
-
-    raise_memlock(3 * config.io_memory_bytes as u64 * u64::from(config.shards) + (16 << 20));
-    raise_nofile(u64::from(config.connections_max) + FILES_HEADROOM);
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
-    }
-    if config.insecure_no_token && config.token.is_none() && !config.listen.ip().is_loopback() {
-        tracing::warn!(
-            "listening on {} with no token (insecureNoToken): anyone who reaches this port may publish, read and apply",
-            config.listen
-        );
-    }
-    tracing::info!(
-        "hadron {} starting: {} shards, listening on {}, data in {}",
-        env!("CARGO_PKG_VERSION"),
-        config.shards,
-        config.listen,
-        config.data_dir.display()
-    );
-    let settings = Settings {
-        config,
-        ack_timeout: Duration::from_millis(ack_timeout_ms.max(1)),
-        topology,
-        open_connections: Arc::default(),
-    };
-    shard::run(settings, stop)?;
-    tracing::info!("hadron stopped");
-    Ok(())
+    Ok(topology)
 }
 
 /// Takes an exclusive lock on `<data dir>/LOCK`, refusing to start when

@@ -42,9 +42,13 @@
 //! - `name`: naming rules.
 //! - `server`, `stream`, `pipeline`, `trigger`: the types, their defaults
 //!   and validation; `pipeline` also builds the engine's [`PipelinePlan`].
+//!   The larger two keep their checks beside them: `server/validate.rs`,
+//!   `pipeline/plan.rs`.
 //! - `document`: the resource envelope, [`parse_documents`] and
 //!   [`parse_config_file`].
 //! - `yaml`: the only file that uses the YAML library.
+//! - `tests/`: whole-module tests by topic (pipelines, documents, settings,
+//!   bounds), sharing the seed's documents in `tests/mod.rs`.
 
 pub mod document;
 pub mod error;

@@ -44,6 +44,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::ops::ControlFlow;
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -527,66 +528,84 @@ impl Shape {
     /// one begins, or the offending byte offset and why.
     fn step(&mut self, b: &[u8], mut i: usize) -> Result<usize, (usize, String)> {
         if i == 0 || b[i - 1] == b'\n' {
-            let indent = b[i..].iter().take_while(|&&c| c == b' ').count();
-            let rest = &b[i + indent..];
-            let blank = matches!(rest.first(), None | Some(b'\n' | b'\r' | b'#'));
-            // Past the newline: a line start must always move on.
-            let next_line = (line_end(b, i) + 1).min(b.len());
-            if let Some(scalar_indent) = self.block_scalar_indent {
-                if blank || indent > scalar_indent {
-                    return Ok(next_line);
-                }
-                self.block_scalar_indent = None;
+            match self.line_start(b, i) {
+                ControlFlow::Break(next) => return Ok(next),
+                ControlFlow::Continue(first) => i = first,
             }
-            if blank {
-                return Ok(next_line);
-            }
-            self.indent = indent;
-            if indent == 0
-                && (rest.starts_with(b"---") || rest.starts_with(b"..."))
-                && is_break(rest.get(3))
-            {
-                if rest[0] == b'-' {
-                    self.markers += 1;
-                }
-                self.depth = 0;
-                self.plain = false;
-                return Ok(i + 3);
-            }
-            if indent == 0 && rest.first() == Some(&b'%') {
-                return Ok(next_line);
-            }
-            if self.markers == 0 {
-                self.content_before_marker = true;
-            }
-            // A plain scalar goes on across lines inside brackets, and in
-            // block context onto lines indented more than where it began.
-            if self.plain && self.depth == 0 && indent <= self.plain_indent {
-                self.plain = false;
-            }
-            i += indent;
         }
-        let c = b[i];
-        let next = b.get(i + 1);
-        let flow = self.depth > 0;
-        if c == b'#' && i > 0 && matches!(b[i - 1], b' ' | b'\t') {
+        if b[i] == b'#' && i > 0 && matches!(b[i - 1], b' ' | b'\t') {
             self.plain = false;
             return Ok(line_end(b, i));
         }
         if self.plain {
-            let ends = match c {
-                b':' => {
-                    is_break(next)
-                        || (flow && matches!(next, Some(b',' | b'[' | b']' | b'{' | b'}')))
-                }
-                b',' | b'[' | b']' | b'{' | b'}' => flow,
-                _ => false,
-            };
-            if !ends {
+            if !self.ends_plain(b, i) {
                 return Ok(i + 1);
             }
             self.plain = false;
         }
+        self.token(b, i)
+    }
+
+    /// At the start of the line at `i`: skips it whole (blank, a comment,
+    /// a directive, or inside a block scalar) or its document marker, with
+    /// `Break` and where to go on; else `Continue` with its first
+    /// non-space byte.
+    fn line_start(&mut self, b: &[u8], i: usize) -> ControlFlow<usize, usize> {
+        let indent = b[i..].iter().take_while(|&&c| c == b' ').count();
+        let rest = &b[i + indent..];
+        let blank = matches!(rest.first(), None | Some(b'\n' | b'\r' | b'#'));
+        // Past the newline: a line start must always move on.
+        let next_line = (line_end(b, i) + 1).min(b.len());
+        if let Some(scalar_indent) = self.block_scalar_indent {
+            if blank || indent > scalar_indent {
+                return ControlFlow::Break(next_line);
+            }
+            self.block_scalar_indent = None;
+        }
+        if blank {
+            return ControlFlow::Break(next_line);
+        }
+        self.indent = indent;
+        if indent == 0
+            && (rest.starts_with(b"---") || rest.starts_with(b"..."))
+            && is_break(rest.get(3))
+        {
+            if rest[0] == b'-' {
+                self.markers += 1;
+            }
+            self.depth = 0;
+            self.plain = false;
+            return ControlFlow::Break(i + 3);
+        }
+        if indent == 0 && rest.first() == Some(&b'%') {
+            return ControlFlow::Break(next_line);
+        }
+        if self.markers == 0 {
+            self.content_before_marker = true;
+        }
+        // A plain scalar goes on across lines inside brackets, and in
+        // block context onto lines indented more than where it began.
+        if self.plain && self.depth == 0 && indent <= self.plain_indent {
+            self.plain = false;
+        }
+        ControlFlow::Continue(i + indent)
+    }
+
+    /// Whether the byte at `i` ends the plain scalar being read.
+    fn ends_plain(&self, b: &[u8], i: usize) -> bool {
+        let (c, next, flow) = (b[i], b.get(i + 1), self.depth > 0);
+        match c {
+            b':' => {
+                is_break(next) || (flow && matches!(next, Some(b',' | b'[' | b']' | b'{' | b'}')))
+            }
+            b',' | b'[' | b']' | b'{' | b'}' => flow,
+            _ => false,
+        }
+    }
+
+    /// Consumes the token that starts at `i`, outside any plain scalar.
+    fn token(&mut self, b: &[u8], i: usize) -> Result<usize, (usize, String)> {
+        let (c, next, flow) = (b[i], b.get(i + 1), self.depth > 0);
         match c {
             b' ' | b'\t' | b'\r' | b'\n' | b',' => Ok(i + 1),
             b'[' | b'{' => {

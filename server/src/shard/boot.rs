@@ -171,9 +171,33 @@ pub(super) async fn shard_main(
         })
         .detach();
     }
-    let listen = settings.config.listen;
+    let listen = spawn_listeners(&shard)?;
+    shard.clone().spawn_housekeeping();
+    tracing::info!(shard = id, "shard ready on {listen}");
+    let _ = events.send(ShardEvent::Ready(id));
+    if failpoint::armed("shard-panic", id) {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            panic!("failpoint shard-panic on shard {id}");
+        })
+        .detach();
+    }
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    shard.stopping.set(true);
+    shard.flush_all().await;
+    tracing::info!(shard = id, "shard stopped");
+    Ok(())
+}
+
+/// Binds the shared listen address and, with `shardPorts`, this shard's
+/// own port, and accepts connections on each until the process ends
+/// (refusing them once the shard is stopping). Returns the listen address.
+fn spawn_listeners(shard: &Rc<Shard>) -> Result<SocketAddr, String> {
+    let (id, listen) = (shard.id, shard.settings.config.listen);
     let mut addrs = vec![listen];
-    if settings.config.shard_ports {
+    if shard.settings.config.shard_ports {
         let port = listen
             .port()
             .checked_add(1 + id)
@@ -202,21 +226,5 @@ pub(super) async fn shard_main(
         })
         .detach();
     }
-    shard.clone().spawn_housekeeping();
-    tracing::info!(shard = id, "shard ready on {listen}");
-    let _ = events.send(ShardEvent::Ready(id));
-    if failpoint::armed("shard-panic", id) {
-        glommio::spawn_local(async move {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
-            panic!("failpoint shard-panic on shard {id}");
-        })
-        .detach();
-    }
-    while !stop.load(Ordering::Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
-    shard.stopping.set(true);
-    shard.flush_all().await;
-    tracing::info!(shard = id, "shard stopped");
-    Ok(())
+    Ok(listen)
 }

@@ -1,0 +1,374 @@
+//! Validation of [`ServerConfig`]: the range of every setting, in field
+//! order, and the checks made later against a running server (exposure
+//! without a token, an apply's size and the resource counts it leads to).
+//!
+//! Every message names the setting (its YAML key) and, for a limit, its
+//! value, so that a user can find what to change.
+
+use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+use hadron_engine::storage::IO_ALIGN_BYTES;
+
+use super::*;
+use crate::config::error::{ConfigError, Problem, ResourceKind};
+use crate::config::stream::{DEDUP_KEYS_MAX_MAX, DEDUP_WINDOW_MS_MAX};
+
+fn out_of_range(path: &str, value: u64, min: u64, max: u64) -> ConfigError {
+    ConfigError::new(path, Problem::OutOfRange { value, min, max })
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl ServerConfig {
+    /// Every problem, in field order; empty when valid.
+    pub fn errors(&self) -> Vec<ConfigError> {
+        let mut errors = self.placement_errors();
+        errors.extend(self.storage_errors());
+        errors.extend(self.stream_default_errors());
+        errors.extend(self.apply_limit_errors());
+        errors.extend(self.token_errors());
+        errors.extend(self.connection_errors());
+        errors
+            .into_iter()
+            .map(|e| e.in_resource(ResourceKind::ServerConfig, None))
+            .collect()
+    }
+
+    /// Problems with where the server keeps data and listens.
+    fn placement_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            errors.push(ConfigError::new(
+                "dataDir",
+                Problem::Invalid {
+                    reason: "must not be empty".into(),
+                },
+            ));
+        }
+        if !(1..=SHARDS_MAX).contains(&self.shards) {
+            errors.push(out_of_range(
+                "shards",
+                self.shards.into(),
+                1,
+                SHARDS_MAX.into(),
+            ));
+        }
+        if self.shard_ports {
+            let port = self.listen.port();
+            if port == 0 {
+                errors.push(ConfigError::new(
+                    "listen",
+                    Problem::Invalid {
+                        reason: "port 0 cannot be combined with `shardPorts: true`, since shard ports are derived from the listen port; pick a port or set `shardPorts: false`".into(),
+                    },
+                ));
+            } else if hadron_wire::shard_port(port, self.shards.saturating_sub(1)).is_none() {
+                errors.push(ConfigError::new(
+                    "listen",
+                    Problem::Invalid {
+                        reason: format!(
+                            "port {port} leaves no room for {} shard ports above it (listen port + 1 + shard id must be at most 65535)",
+                            self.shards
+                        ),
+                    },
+                ));
+            }
+        }
+        errors
+    }
+
+    /// Problems with how segments are written and frames read.
+    fn storage_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if let FsyncPolicy::Interval { interval_ms } = self.fsync
+            && !(1..=FSYNC_INTERVAL_MS_MAX).contains(&interval_ms)
+        {
+            errors.push(out_of_range(
+                "fsyncIntervalMs",
+                interval_ms,
+                1,
+                FSYNC_INTERVAL_MS_MAX,
+            ));
+        }
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            errors.push(out_of_range(
+                "segmentBytes",
+                self.segment_bytes,
+                SEGMENT_BYTES_MIN,
+                SEGMENT_BYTES_MAX,
+            ));
+        } else if !self.segment_bytes.is_multiple_of(IO_ALIGN_BYTES) {
+            errors.push(ConfigError::new(
+                "segmentBytes",
+                Problem::Invalid {
+                    reason: format!(
+                        "{} is not a multiple of {IO_ALIGN_BYTES} (segments are written with O_DIRECT)",
+                        self.segment_bytes
+                    ),
+                },
+            ));
+        }
+        if !(IO_MEMORY_BYTES_MIN..=IO_MEMORY_BYTES_MAX).contains(&self.io_memory_bytes) {
+            errors.push(out_of_range(
+                "ioMemoryBytes",
+                to_u64(self.io_memory_bytes),
+                to_u64(IO_MEMORY_BYTES_MIN),
+                to_u64(IO_MEMORY_BYTES_MAX),
+            ));
+        }
+        if !(FRAME_BYTES_MIN..=hadron_wire::FRAME_BYTES_MAX).contains(&self.frame_bytes_max) {
+            errors.push(out_of_range(
+                "frameBytesMax",
+                to_u64(self.frame_bytes_max),
+                to_u64(FRAME_BYTES_MIN),
+                to_u64(hadron_wire::FRAME_BYTES_MAX),
+            ));
+        }
+        errors
+    }
+
+    /// Problems with the defaults streams take and the bounds on their readers.
+    fn stream_default_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.dedup_window_ms > DEDUP_WINDOW_MS_MAX {
+            errors.push(out_of_range(
+                "dedupWindowMs",
+                self.dedup_window_ms,
+                0,
+                DEDUP_WINDOW_MS_MAX,
+            ));
+        }
+        if !(1..=DEDUP_KEYS_MAX_MAX).contains(&self.dedup_keys_max) {
+            errors.push(out_of_range(
+                "dedupKeysMax",
+                self.dedup_keys_max,
+                1,
+                DEDUP_KEYS_MAX_MAX,
+            ));
+        }
+        for (path, value, max) in [
+            ("groupsMax", self.groups_max, GROUPS_MAX_MAX),
+            ("ackIdsMax", self.ack_ids_max, ACK_IDS_MAX_MAX),
+            (
+                "subscriptionsPerConnectionMax",
+                self.subscriptions_per_connection_max,
+                SUBSCRIPTIONS_PER_CONNECTION_MAX_MAX,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                errors.push(out_of_range(path, value.into(), 1, max.into()));
+            }
+        }
+        errors.extend(self.retention.errors("retention"));
+        errors
+    }
+
+    /// Problems with what one `hadron apply` may make the server hold.
+    fn apply_limit_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if !(APPLY_BYTES_MAX_MIN..=hadron_wire::FRAME_BYTES_MAX).contains(&self.apply_bytes_max) {
+            errors.push(out_of_range(
+                "applyBytesMax",
+                to_u64(self.apply_bytes_max),
+                to_u64(APPLY_BYTES_MAX_MIN),
+                to_u64(hadron_wire::FRAME_BYTES_MAX),
+            ));
+        }
+        for (path, value) in [
+            ("streamsMax", self.streams_max),
+            ("partitionsMax", self.partitions_max),
+            ("pipelinesMax", self.pipelines_max),
+        ] {
+            if !(1..=RESOURCES_MAX_MAX).contains(&value) {
+                errors.push(out_of_range(
+                    path,
+                    value.into(),
+                    1,
+                    RESOURCES_MAX_MAX.into(),
+                ));
+            }
+        }
+        errors
+    }
+
+    /// Problems with the handshake token.
+    fn token_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if let Some(Token(secret)) = &self.token
+            && (secret.is_empty() || secret.len() > TOKEN_BYTES_MAX)
+        {
+            errors.push(ConfigError::new(
+                "token",
+                Problem::Invalid {
+                    reason: format!(
+                        "must be 1 to {TOKEN_BYTES_MAX} bytes (it has {}); leave it out to accept any client",
+                        secret.len()
+                    ),
+                },
+            ));
+        }
+        errors
+    }
+
+    /// Problems with the connection limits and start-up settings.
+    fn connection_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if !(1..=3_600_000).contains(&self.shard_start_timeout_ms) {
+            errors.push(out_of_range(
+                "shardStartTimeoutMs",
+                self.shard_start_timeout_ms,
+                1,
+                3_600_000,
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.connections_max) {
+            errors.push(out_of_range(
+                "connectionsMax",
+                self.connections_max.into(),
+                1,
+                1_000_000,
+            ));
+        }
+        if !(1..=3_600_000).contains(&self.handshake_timeout_ms) {
+            errors.push(out_of_range(
+                "handshakeTimeoutMs",
+                self.handshake_timeout_ms,
+                1,
+                3_600_000,
+            ));
+        }
+        if self.idle_timeout_ms > 86_400_000 {
+            errors.push(out_of_range(
+                "idleTimeoutMs",
+                self.idle_timeout_ms,
+                0,
+                86_400_000,
+            ));
+        }
+        if !(HANDSHAKE_FRAME_BYTES_MIN..=self.frame_bytes_max)
+            .contains(&self.handshake_frame_bytes_max)
+        {
+            errors.push(out_of_range(
+                "handshakeFrameBytesMax",
+                to_u64(self.handshake_frame_bytes_max),
+                to_u64(HANDSHAKE_FRAME_BYTES_MIN),
+                to_u64(self.frame_bytes_max),
+            ));
+        }
+        // One answer of the largest frame must always fit.
+        if !(self.frame_bytes_max..=1 << 32).contains(&self.outbox_bytes_max) {
+            errors.push(out_of_range(
+                "outboxBytesMax",
+                to_u64(self.outbox_bytes_max),
+                to_u64(self.frame_bytes_max),
+                1 << 32,
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.deliveries_in_flight_max) {
+            errors.push(out_of_range(
+                "deliveriesInFlightMax",
+                self.deliveries_in_flight_max.into(),
+                1,
+                1_000_000,
+            ));
+        }
+        if !(1..=65_536).contains(&self.requests_in_flight_max) {
+            errors.push(out_of_range(
+                "requestsInFlightMax",
+                self.requests_in_flight_max.into(),
+                1,
+                65_536,
+            ));
+        }
+        errors
+    }
+
+    /// Refuses to serve anyone who can reach a non-loopback address without
+    /// a token, unless `insecureNoToken` says so. Checked once the token
+    /// from the environment is known, so not part of [`Self::validate`].
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.token.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_token {
+            return Err(ConfigError::new(
+                "token",
+                Problem::Invalid {
+                    reason: format!(
+                        "listening on {} (beyond loopback) with no token would serve anyone; set `token:` (or HADRON_TOKEN), or say `insecureNoToken: true` (flag --insecure-no-token) to allow it",
+                        self.listen
+                    ),
+                },
+            )
+            .in_resource(ResourceKind::ServerConfig, None));
+        }
+        Ok(())
+    }
+
+    /// The first problem, if any.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.errors().into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses an apply's YAML longer than `applyBytesMax`; the message
+    /// names the setting and its value.
+    pub fn check_apply_bytes(&self, bytes: usize) -> Result<(), String> {
+        if bytes <= self.apply_bytes_max {
+            return Ok(());
+        }
+        Err(format!(
+            "the apply is {bytes} bytes of YAML; applyBytesMax is {}: split it into several applies, or raise applyBytesMax in the server's config",
+            self.apply_bytes_max
+        ))
+    }
+
+    /// Refuses resources that would grow a count past its limit (`before`
+    /// is what the server holds, `after` what it would hold). A count
+    /// already past its limit may stay or shrink. The message names the
+    /// setting and its value.
+    pub fn check_resource_counts(
+        &self,
+        before: ResourceCounts,
+        after: ResourceCounts,
+    ) -> Result<(), String> {
+        let checks = [
+            (
+                "streamsMax",
+                self.streams_max,
+                before.streams,
+                after.streams,
+                "streams",
+            ),
+            (
+                "partitionsMax",
+                self.partitions_max,
+                before.partitions,
+                after.partitions,
+                "stream partitions in all",
+            ),
+            (
+                "pipelinesMax",
+                self.pipelines_max,
+                before.pipelines,
+                after.pipelines,
+                "pipelines",
+            ),
+            (
+                "partitionsMax",
+                self.partitions_max,
+                before.pipeline_runs,
+                after.pipeline_runs,
+                "pipeline runs in all (one per pipeline and source partition)",
+            ),
+        ];
+        for (setting, max, before, after, what) in checks {
+            if after > u64::from(max) && after > before {
+                return Err(format!(
+                    "the server would hold {after} {what}; {setting} is {max}: remove some, or raise {setting} in the server's config"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
