@@ -65,19 +65,7 @@ fn report(attack: &str, server: &Server, before_kib: u64, served: bool, note: &s
 
 /// 4 MiB of events in partition 0, then the peak RSS.
 async fn fill(server: &Server) -> u64 {
-    let publisher = server.client().publisher("filler").await.unwrap();
-    for i in 0..16 {
-        let batch = (0..4)
-            .map(|j| NewEvent {
-                id: format!("fill-{i}-{j}"),
-                ty: "fill".into(),
-                subject: Some("fill".into()),
-                data: vec![j as u8; 64 << 10],
-                ..NewEvent::default()
-            })
-            .collect();
-        publisher.publish_batch(batch).await.unwrap();
-    }
+    hadron_tests::fill_partition(&server.client(), "events", 0, "fill", 64, 64 << 10).await;
     memory_kib(server.pid().unwrap()).1
 }
 

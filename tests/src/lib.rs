@@ -1106,3 +1106,33 @@ impl RawConn {
         }
     }
 }
+
+/// Publishes `events` events of `bytes` bytes each (ids `{prefix}-N`, type
+/// `fill`) to `partition` of `stream`, in batches of four; for tests and
+/// measurements that need data to read.
+pub async fn fill_partition(
+    client: &Client,
+    stream: &str,
+    partition: u32,
+    prefix: &str,
+    events: usize,
+    bytes: usize,
+) {
+    let publisher = client.publisher_for(stream, "filler").await.unwrap();
+    let all: Vec<hadron::NewEvent> = (0..events)
+        .map(|i| hadron::NewEvent {
+            id: format!("{prefix}-{i}"),
+            ty: "fill".into(),
+            data: vec![i as u8; bytes],
+            ..hadron::NewEvent::default()
+        })
+        .collect();
+    for batch in all.chunks(4) {
+        for event in batch {
+            publisher
+                .publish_to(partition, event.clone())
+                .await
+                .unwrap_or_else(|e| panic!("filling {stream}/{partition}: {e}"));
+        }
+    }
+}

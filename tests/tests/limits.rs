@@ -188,20 +188,8 @@ async fn a_client_that_never_reads_costs_only_its_outbox_budget() {
     let server = server_with("frameBytesMax: 262144\noutboxBytesMax: 524288\n");
     let pid = server.pid().unwrap();
     let client = server.client();
-    let publisher = client.publisher("filler").await.unwrap();
     // 4 MiB in partition 0: every Fetch answer is half a frame (128 KiB).
-    for i in 0..16 {
-        let batch = (0..4)
-            .map(|j| NewEvent {
-                id: format!("fill-{i}-{j}"),
-                ty: "fill".into(),
-                subject: Some("fill".into()),
-                data: vec![j as u8; 60 << 10],
-                ..NewEvent::default()
-            })
-            .collect();
-        publisher.publish_batch(batch).await.unwrap();
-    }
+    hadron_tests::fill_partition(&client, "events", 0, "fill", 64, 60 << 10).await;
     let (_, hwm_before) = memory_kib(pid);
 
     let mut greedy = RawConn::handshaken(server.port()).await;
@@ -335,18 +323,7 @@ async fn a_subscriber_that_does_not_read_stops_receiving_until_it_drains() {
     let mut slow = RawConn::handshaken(server.port()).await;
     slow.subscribe("wide", "slow-readers", false, 1000).await;
     let (_, hwm_before) = memory_kib(pid);
-    let publisher = client.publisher_for("wide", "filler").await.unwrap();
-    for i in 0..EVENTS / 4 {
-        let batch = (0..4)
-            .map(|j| NewEvent {
-                id: format!("w-{i}-{j}"),
-                ty: "wide".into(),
-                data: vec![j as u8; 60 << 10],
-                ..NewEvent::default()
-            })
-            .collect();
-        publisher.publish_batch(batch).await.unwrap();
-    }
+    hadron_tests::fill_partition(&client, "wide", 0, "w", EVENTS as usize, 60 << 10).await;
     // Everything is published and the dispatcher has had its turns: the
     // bystander's requests pass through the same shard.
     serves_another_client(&server, "after-wide").await;

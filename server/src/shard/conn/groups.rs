@@ -114,11 +114,23 @@ pub(super) async fn nack(
     delivery: u64,
     message: String,
 ) -> Result<Encode, Failure> {
-    let req = Request::Nack {
-        id: delivery,
+    let req = |id, message, shard, conn| Request::Nack {
+        id,
         message,
-        shard: shard.id,
+        shard,
         conn,
     };
-    settle(shard, delivery, req).await
+    settle_nack(shard, conn, delivery, message, req).await
+}
+
+/// Sends the nack `request` builds (a group's or a stage's) to the shard
+/// that made `delivery`.
+pub(super) async fn settle_nack(
+    shard: &Rc<Shard>,
+    conn: u64,
+    delivery: u64,
+    message: String,
+    request: impl FnOnce(u64, String, u16, u64) -> Request,
+) -> Result<Encode, Failure> {
+    settle(shard, delivery, request(delivery, message, shard.id, conn)).await
 }

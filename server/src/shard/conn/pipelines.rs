@@ -102,13 +102,13 @@ pub(super) async fn stage_nack(
     delivery: u64,
     message: String,
 ) -> Result<Encode, Failure> {
-    let req = Request::StageNack {
-        id: delivery,
+    let req = |id, message, shard, conn| Request::StageNack {
+        id,
         message,
-        shard: shard.id,
+        shard,
         conn,
     };
-    settle(shard, delivery, req).await
+    groups::settle_nack(shard, conn, delivery, message, req).await
 }
 
 /// Runs failed executions again: one, or every one of the pipeline's.
