@@ -34,6 +34,8 @@
 
 mod dedup;
 mod offsets;
+#[cfg(test)]
+mod sim_tests;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
