@@ -33,8 +33,9 @@ pub trait Clock: Clone + 'static {
 }
 
 /// The real clock. Every `SystemClock` of the process shares one start, so
-/// a deadline taken from one is comparable with the time of another.
-#[derive(Debug, Clone, Copy, Default)]
+/// a deadline taken from one is comparable with the time of another. (Not
+/// `Copy`, so that code written for it reads as code for any clock.)
+#[derive(Debug, Clone, Default)]
 pub struct SystemClock;
 
 /// The process-wide start of [`SystemClock::now`].
@@ -55,9 +56,7 @@ impl Clock for SystemClock {
     }
 
     fn sleep(&self, wait: Duration) -> impl Future<Output = ()> + 'static {
-        async move {
-            glommio::timer::sleep(wait).await;
-        }
+        glommio::timer::sleep(wait)
     }
 }
 

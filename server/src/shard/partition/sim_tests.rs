@@ -240,7 +240,7 @@ const QUIET: SimFaults = SimFaults {
 impl Sim {
     fn new(seed: u64) -> Sim {
         Sim {
-            rng: SimRng::new(seed ^ 0x5EED_0F_9A27),
+            rng: SimRng::new(seed ^ 0x005E_ED0F_9A27),
             storage: SimStorage::new(seed, QUIET),
             clock: SimClock::new(EPOCH_MS),
             model: Model::default(),
