@@ -40,6 +40,7 @@ impl Shard {
                 }
                 let p = Partition::open(
                     &self.storage,
+                    SystemClock,
                     &config.data_dir,
                     &spec.name,
                     partition,

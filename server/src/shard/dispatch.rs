@@ -48,11 +48,11 @@ impl Shard {
             let due = async {
                 match idle.until {
                     Some(t) => {
-                        let wait = t.saturating_duration_since(std::time::Instant::now());
-                        glommio::timer::sleep(wait.max(wait_min)).await;
+                        let wait = t.saturating_sub(g.clock().now());
+                        g.clock().sleep(wait.max(wait_min)).await;
                     }
                     None if wait_min > Duration::from_millis(1) => {
-                        glommio::timer::sleep(wait_min).await;
+                        g.clock().sleep(wait_min).await;
                     }
                     None => futures::future::pending::<()>().await,
                 }

@@ -30,15 +30,22 @@
 //! all full waits for a settlement or the next ack deadline; only a group
 //! with room listens for appends and retry times. (Waking every 50 ms, 5,000
 //! member-less durable groups kept a shard at 80% CPU.)
+//!
+//! **Time.** Deadlines and retry times are monotonic times of the group's
+//! [`Clock`] (the partition's), never read from anywhere else, so that
+//! `partition::sim_tests` drives ack timeouts by advancing a simulated
+//! clock.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hadron_engine::notify::Notify;
+use hadron_engine::storage::Storage;
 use hadron_wire::ErrorCode;
 
+use super::clock::{Clock, SystemClock};
 use super::partition::{Failure, Partition};
 
 /// Identifies one subscription of one connection, wherever it lives.
@@ -67,14 +74,16 @@ struct InFlight {
     delivery_id: u64,
     member: MemberId,
     attempt: u32,
-    deadline: Instant,
+    /// On the group's clock.
+    deadline: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Retry {
     /// Attempts made so far.
     attempts: u32,
-    not_before: Instant,
+    /// On the group's clock.
+    not_before: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,14 +132,22 @@ impl State {
 
 /// The shard's outstanding group deliveries: delivery id -> the group that
 /// holds it. Entries are weak, so the index never keeps a group alive.
-#[derive(Debug, Default)]
-pub struct Deliveries {
-    by_id: RefCell<HashMap<u64, Weak<GroupPartition>>>,
+#[derive(Debug)]
+pub struct Deliveries<C: Clock = SystemClock> {
+    by_id: RefCell<HashMap<u64, Weak<GroupPartition<C>>>>,
 }
 
-impl Deliveries {
+impl<C: Clock> Default for Deliveries<C> {
+    fn default() -> Self {
+        Deliveries {
+            by_id: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+impl<C: Clock> Deliveries<C> {
     /// The group holding delivery `id`, if it is outstanding.
-    pub fn group_of(&self, id: u64) -> Option<Rc<GroupPartition>> {
+    pub fn group_of(&self, id: u64) -> Option<Rc<GroupPartition<C>>> {
         self.by_id.borrow().get(&id).and_then(Weak::upgrade)
     }
 
@@ -140,7 +157,7 @@ impl Deliveries {
         self.by_id.borrow().len()
     }
 
-    fn insert(&self, id: u64, group: Weak<GroupPartition>) {
+    fn insert(&self, id: u64, group: Weak<GroupPartition<C>>) {
         self.by_id.borrow_mut().insert(id, group);
     }
 
@@ -154,8 +171,9 @@ impl Deliveries {
 pub struct IdleWait {
     /// Whether an append could give it work (some member has room).
     pub appends: bool,
-    /// When a deadline or retry falls due, if any can matter.
-    pub until: Option<Instant>,
+    /// When a deadline or retry falls due, if any can matter (a monotonic
+    /// time of the group's clock).
+    pub until: Option<Duration>,
 }
 
 /// A delivery ready to be pushed to a member's connection.
@@ -194,9 +212,9 @@ pub struct GroupStatus {
     pub last_error: Option<String>,
 }
 
-/// A group on one partition.
+/// A group on one partition, on the partition's clock `C`.
 #[derive(Debug)]
-pub struct GroupPartition {
+pub struct GroupPartition<C: Clock = SystemClock> {
     /// Group name.
     pub group: String,
     /// Whether its committed offset is persisted.
@@ -208,21 +226,24 @@ pub struct GroupPartition {
     pub closed: Cell<bool>,
     ack_timeout: Duration,
     /// The shard's delivery index, which this group keeps up to date.
-    deliveries: Rc<Deliveries>,
+    deliveries: Rc<Deliveries<C>>,
     /// This group, for its entries in `deliveries`.
-    me: Weak<GroupPartition>,
+    me: Weak<GroupPartition<C>>,
+    /// Where deadlines and retry times are read.
+    clock: C,
 }
 
-impl GroupPartition {
+impl<C: Clock> GroupPartition<C> {
     /// A group starting at `cursor`, whose deliveries are indexed in
-    /// `deliveries`.
+    /// `deliveries`, timed by `clock`.
     pub fn new(
         group: &str,
         durable: bool,
         cursor: u64,
         ack_timeout: Duration,
-        deliveries: Rc<Deliveries>,
-    ) -> Rc<GroupPartition> {
+        deliveries: Rc<Deliveries<C>>,
+        clock: C,
+    ) -> Rc<GroupPartition<C>> {
         Rc::new_cyclic(|me| GroupPartition {
             group: group.to_string(),
             durable,
@@ -235,7 +256,13 @@ impl GroupPartition {
             ack_timeout,
             deliveries,
             me: me.clone(),
+            clock,
         })
+    }
+
+    /// The clock its deadlines are read on.
+    pub fn clock(&self) -> &C {
+        &self.clock
     }
 
     /// Every offset below this was acknowledged.
@@ -288,7 +315,7 @@ impl GroupPartition {
             .filter(|(_, f)| gone(&f.member))
             .map(|(&o, &f)| (o, f))
             .collect();
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut ids = Vec::new();
         for (offset, f) in orphaned {
             st.in_flight.remove(&offset);
@@ -338,7 +365,7 @@ impl GroupPartition {
                 offset,
                 Retry {
                     attempts: f.attempt,
-                    not_before: Instant::now() + Duration::from_millis(backoff),
+                    not_before: self.clock.now() + Duration::from_millis(backoff),
                 },
             );
         }
@@ -383,12 +410,12 @@ impl GroupPartition {
 
     /// One dispatch round: expire deadlines, then hand out due retries and
     /// new events to members with room. `new_delivery_id` mints ids.
-    pub(super) async fn round(
+    pub(super) async fn round<S: Storage>(
         &self,
-        partition: &Partition,
+        partition: &Partition<S, C>,
         new_delivery_id: &dyn Fn() -> u64,
     ) -> Result<Vec<Outgoing>, Failure> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut out = Vec::new();
         // Deadlines.
         {
@@ -507,7 +534,7 @@ impl GroupPartition {
                 delivery_id,
                 member: id,
                 attempt,
-                deadline: Instant::now() + self.ack_timeout,
+                deadline: self.clock.now() + self.ack_timeout,
             },
         );
         st.by_delivery.insert(delivery_id, offset);
@@ -554,7 +581,7 @@ impl GroupPartition {
     }
 }
 
-impl Drop for GroupPartition {
+impl<C: Clock> Drop for GroupPartition<C> {
     /// Takes the group's outstanding deliveries out of the shard's index.
     fn drop(&mut self) {
         for id in self.state.get_mut().by_delivery.keys() {
@@ -565,7 +592,10 @@ impl Drop for GroupPartition {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+    use crate::shard::clock::sim::SimClock;
 
     fn member(conn: u64) -> MemberId {
         MemberId {
@@ -578,8 +608,8 @@ mod tests {
     /// Hands out `n` deliveries of `g` to its member `at` (an index into
     /// its members) from offset `first`, with ids from `next_id`, as a
     /// dispatch round does with new events.
-    fn launch_n(
-        g: &GroupPartition,
+    fn launch_n<C: Clock>(
+        g: &GroupPartition<C>,
         at: usize,
         first: u64,
         n: u64,
@@ -608,7 +638,7 @@ mod tests {
         let per_group = ids_max / GROUPS;
         let index = Rc::new(Deliveries::default());
         let next_id = Cell::new(0);
-        let groups: Vec<Rc<GroupPartition>> = (0..GROUPS)
+        let groups: Vec<Rc<GroupPartition<SimClock>>> = (0..GROUPS)
             .map(|i| {
                 let g = GroupPartition::new(
                     &format!("g{i}"),
@@ -616,6 +646,7 @@ mod tests {
                     0,
                     Duration::from_secs(60),
                     index.clone(),
+                    SimClock::new(0),
                 );
                 g.attach(member(1), u32::MAX);
                 g
@@ -663,7 +694,14 @@ mod tests {
     fn deliveries_leave_the_index_however_they_end() {
         let index = Rc::new(Deliveries::default());
         let next_id = Cell::new(0);
-        let g = GroupPartition::new("g", true, 0, Duration::from_secs(60), index.clone());
+        let g = GroupPartition::new(
+            "g",
+            true,
+            0,
+            Duration::from_secs(60),
+            index.clone(),
+            SimClock::new(0),
+        );
         g.attach(member(1), 100);
         g.attach(member(2), 100);
         let first = launch_n(&g, 0, 0, 3, &next_id);
@@ -694,7 +732,8 @@ mod tests {
     fn an_idle_group_waits_only_for_what_it_could_act_on() {
         let index = Rc::new(Deliveries::default());
         let next_id = Cell::new(0);
-        let g = GroupPartition::new("g", true, 0, Duration::from_secs(30), index);
+        let clock = SimClock::new(0);
+        let g = GroupPartition::new("g", true, 0, Duration::from_secs(30), index, clock.clone());
         let nothing = IdleWait {
             appends: false,
             until: None,
@@ -723,7 +762,7 @@ mod tests {
             9,
             Retry {
                 attempts: 1,
-                not_before: Instant::now(),
+                not_before: clock.now(),
             },
         );
         assert_eq!(g.idle_wait().until, Some(deadline));

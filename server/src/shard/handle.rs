@@ -257,6 +257,7 @@ impl Shard {
                     cursor,
                     self.settings.ack_timeout,
                     self.deliveries.clone(),
+                    p.clock().clone(),
                 );
                 p.groups.borrow_mut().insert(group.to_string(), g.clone());
                 glommio::spawn_local(self.clone().dispatch(Rc::downgrade(&g), Rc::downgrade(&p)))

@@ -5,7 +5,7 @@ use super::*;
 
 /// Runs retention on a partition's log, logging what it deleted.
 pub(super) async fn retain(p: &Partition) {
-    match p.log.apply_retention(now_ms()).await {
+    match p.log.apply_retention(p.clock().now_ms()).await {
         Ok(r) if r.segments > 0 => tracing::info!(
             stream = %p.stream,
             partition = p.partition,

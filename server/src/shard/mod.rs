@@ -27,6 +27,7 @@
 
 mod apply;
 mod boot;
+pub mod clock;
 pub mod conn;
 mod dispatch;
 pub mod group;
@@ -64,6 +65,7 @@ use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
 use crate::config::server::ResourceCounts;
 use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
 use crate::failpoint;
+use clock::{Clock, SystemClock};
 use group::{Deliveries, GroupPartition, GroupStatus, MemberId, Outgoing};
 use outbox::Outbox;
 use partition::{Failure, Partition, Published, now_ms};

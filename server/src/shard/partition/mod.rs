@@ -25,9 +25,17 @@
 //! The dedup window's data structures live in [`dedup`]; the snapshot of
 //! durable groups' committed offsets, its codec, load and commit, in
 //! [`offsets`].
+//!
+//! **Seams.** A partition is generic over its [`Storage`] and its
+//! [`Clock`], and reads the time only through the clock (batch timestamps,
+//! the dedup window's age), so that `sim_tests` runs it, crashes and all,
+//! on the simulated storage and clock. The shard uses the defaults,
+//! `DmaStorage` and `SystemClock`.
 
 mod dedup;
 mod offsets;
+#[cfg(test)]
+mod sim_tests;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -38,10 +46,12 @@ use hadron_engine::log::batch::{
     BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, Batches, RECORD_PREFIX_BYTES,
 };
 use hadron_engine::notify::Notify;
+use hadron_engine::storage::Storage;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{AppendError, Appended, Log, LogConfig, ReadError};
 use hadron_wire::{ErrorCode, Limits};
 
+use super::clock::{Clock, SystemClock};
 use super::group::GroupPartition;
 
 pub use dedup::DedupLimits;
@@ -72,18 +82,19 @@ struct RecordedAppends {
     failure: Option<AppendError>,
 }
 
-/// A partition owned by this shard.
-pub struct Partition {
+/// A partition owned by this shard, on storage `S`, reading the time from
+/// `C`.
+pub struct Partition<S: Storage = DmaStorage, C: Clock = SystemClock> {
     /// Stream name.
     pub stream: String,
     /// Partition index.
     pub partition: u32,
     /// The event log.
-    pub log: Log<DmaStorage>,
+    pub log: Log<S>,
     /// Signalled after every append completes.
     pub appended: Notify,
     /// Consumer groups reading this partition.
-    pub groups: RefCell<BTreeMap<String, Rc<GroupPartition>>>,
+    pub groups: RefCell<BTreeMap<String, Rc<GroupPartition<C>>>>,
     dedup: RefCell<Dedup>,
     /// Changed by an apply (`set_dedup_limits`).
     dedup_limits: Cell<DedupLimits>,
@@ -91,7 +102,7 @@ pub struct Partition {
     /// need collisions.
     key_of: fn(&str, &str) -> u64,
     limits: Limits,
-    offsets: Log<DmaStorage>,
+    offsets: Log<S>,
     /// Committed offsets of durable groups found on open, for groups that
     /// have not re-attached yet.
     pub stored_offsets: RefCell<HashMap<String, u64>>,
@@ -102,9 +113,11 @@ pub struct Partition {
     committing: Cell<bool>,
     /// Signalled when a commit ends.
     committed: Notify,
+    /// Where every time the partition reads comes from.
+    clock: C,
 }
 
-impl std::fmt::Debug for Partition {
+impl<S: Storage, C: Clock> std::fmt::Debug for Partition<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Partition")
             .field("stream", &self.stream)
@@ -123,7 +136,7 @@ pub fn partition_dir(data_dir: &Path, stream: &str, partition: u32) -> PathBuf {
 
 /// Logs what recovery found when `log` (named `what`) was opened: a torn
 /// tail it cut (a warning), or damage that keeps it read-only (an error).
-pub fn report_recovery(what: &str, log: &Log<DmaStorage>) {
+pub fn report_recovery<S: Storage>(what: &str, log: &Log<S>) {
     let recovery = log.recovery();
     if let Some(cut) = &recovery.cut {
         tracing::warn!("{what}: {cut}");
@@ -133,11 +146,10 @@ pub fn report_recovery(what: &str, log: &Log<DmaStorage>) {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, from the [`SystemClock`], for the
+/// shard code that does not take a clock yet.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemClock.now_ms()
 }
 
 fn read_failure(e: ReadError) -> Failure {
@@ -149,12 +161,13 @@ fn read_failure(e: ReadError) -> Failure {
     }
 }
 
-impl Partition {
+impl<S: Storage + Clone, C: Clock> Partition<S, C> {
     /// Opens (recovering) the partition's logs and rebuilds its dedup
     /// window; its offsets log takes snapshots of up to `groups_max` groups.
     #[expect(clippy::too_many_arguments, reason = "each is a separate setting")]
     pub async fn open(
-        storage: &DmaStorage,
+        storage: &S,
+        clock: C,
         data_dir: &Path,
         stream: &str,
         partition: u32,
@@ -162,7 +175,7 @@ impl Partition {
         dedup_limits: DedupLimits,
         limits: Limits,
         groups_max: u32,
-    ) -> Result<Partition, String> {
+    ) -> Result<Partition<S, C>, String> {
         let dir = partition_dir(data_dir, stream, partition);
         let log = Log::open(storage.clone(), &dir.join("log"), log_config)
             .await
@@ -197,10 +210,18 @@ impl Partition {
             offsets_batch_bytes_max,
             committing: Cell::new(false),
             committed: Notify::default(),
+            clock,
         };
         p.load_offsets().await?;
         p.rebuild_dedup().await?;
         Ok(p)
+    }
+}
+
+impl<S: Storage, C: Clock> Partition<S, C> {
+    /// The clock the partition reads the time from (its groups share it).
+    pub fn clock(&self) -> &C {
+        &self.clock
     }
 
     /// Adopts an applied stream's dedup limits at once, unless they turn
@@ -220,7 +241,10 @@ impl Partition {
         if self.dedup_limits.get().window_ms == 0 {
             return Ok(());
         }
-        let since = now_ms().saturating_sub(self.dedup_limits.get().window_ms);
+        let since = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.dedup_limits.get().window_ms);
         let end = self.log.visible_offset();
         let Some(first) = self
             .log
@@ -274,7 +298,7 @@ impl Partition {
             return Err((ErrorCode::InvalidRequest, "publish with no events".into()));
         }
         let keys = self.keys_of(events)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // Claim the keys, waiting out concurrent publishes of the same ones.
         let (mut fresh, mut earlier) = loop {
             let generation = self.appended.generation();
@@ -593,6 +617,7 @@ mod tests {
                 };
                 let mut p = Partition::open(
                     &storage,
+                    SystemClock,
                     &root,
                     "s",
                     0,

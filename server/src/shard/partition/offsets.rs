@@ -33,11 +33,12 @@ use hadron_engine::log::batch::{
     BATCH_BYTES_MAX, BATCH_HEADER_BYTES, Batches, RECORD_PREFIX_BYTES,
 };
 use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
-use hadron_engine::storage::IO_ALIGN_BYTES;
+use hadron_engine::storage::{IO_ALIGN_BYTES, Storage};
 use hadron_engine::{Durability, LogConfig, Retention};
 use hadron_wire::ErrorCode;
 
-use super::{Failure, Partition, now_ms};
+use super::{Failure, Partition};
+use crate::shard::clock::Clock;
 
 /// Largest group name stored in a snapshot.
 pub const GROUP_NAME_BYTES_MAX: usize = 255;
@@ -87,7 +88,7 @@ pub(super) fn log_config(groups_max: u32) -> LogConfig {
     }
 }
 
-impl Partition {
+impl<S: Storage, C: Clock> Partition<S, C> {
     /// Loads the last offsets snapshot: the last batch of the offsets log,
     /// read with the newest segment's size as the window so that the whole
     /// batch comes back whatever its size.
@@ -214,12 +215,12 @@ impl Partition {
         }
         self.committing.set(true);
         let record = encode_snapshot(snapshot.iter().map(|(k, v)| (k.as_str(), *v)));
-        let result = self.offsets.append(&[record], now_ms()).await;
+        let result = self.offsets.append(&[record], self.clock.now_ms()).await;
         self.committing.set(false);
         self.committed.notify_all();
         result.map_err(|e| format!("committing group offsets: {e}"))?;
         *self.last_snapshot.borrow_mut() = snapshot;
-        let _ = self.offsets.apply_retention(now_ms()).await;
+        let _ = self.offsets.apply_retention(self.clock.now_ms()).await;
         Ok(())
     }
 }
@@ -321,6 +322,7 @@ mod tests {
         let storage = DmaStorage::new(root).await.unwrap();
         Partition::open(
             &storage,
+            crate::shard::clock::SystemClock,
             root,
             "s",
             0,
@@ -351,6 +353,7 @@ mod tests {
                 offset(i),
                 std::time::Duration::from_secs(1),
                 deliveries.clone(),
+                crate::shard::clock::SystemClock,
             );
             groups.insert(name.clone(), g);
         }
