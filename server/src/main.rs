@@ -172,14 +172,20 @@ fn main() -> ExitCode {
             shards,
             ack_timeout_ms,
             insecure_no_token,
-        } => hadron_server::serve(ServerArgs {
-            config,
-            data_dir,
-            listen,
-            shards,
-            ack_timeout_ms,
-            insecure_no_token,
-        }),
+        } => {
+            let served = hadron_server::serve(ServerArgs {
+                config,
+                data_dir,
+                listen,
+                shards,
+                ack_timeout_ms,
+                insecure_no_token,
+            });
+            if served.is_ok() {
+                exit_now_without_teardown();
+            }
+            served
+        }
         Command::Apply { file, force, url } => block_on(cli::apply(&url, &file, force)),
         Command::Pipeline {
             command: PipelineCommand::Status { name, json, url },
@@ -254,6 +260,28 @@ fn stop_on_panic() {
         default_hook(info);
         std::process::abort();
     }));
+}
+
+/// Ends a server that stopped cleanly (every log synced, offsets
+/// committed, connections answered) with exit status 0 at once, without
+/// the process teardown (`atexit` handlers, the allocator's and thread
+/// locals' destructors): glommio's helper threads may still be running
+/// then, and about one clean stop in ten under load ended in SIGSEGV
+/// during that teardown, after "hadron stopped", which a supervisor takes
+/// for a crash.
+#[expect(
+    unsafe_code,
+    reason = "libc::_exit is the only way to skip the exit-time teardown"
+)]
+fn exit_now_without_teardown() -> ! {
+    use std::io::Write;
+    let _ = std::io::stderr().flush();
+    let _ = std::io::stdout().flush();
+    // SAFETY: `_exit` only ends the process: no memory is touched, and
+    // nothing of this process runs after it, so no invariant can be
+    // observed broken. Everything the server must make durable was synced
+    // before `serve` returned.
+    unsafe { libc::_exit(0) }
 }
 
 fn block_on(f: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {

@@ -335,7 +335,8 @@ async fn the_default_relative_data_dir_takes_writes_and_keeps_them() {
     assert!(server.data_dir().join("streams").join("events").is_dir());
     drop(publisher);
     drop(client);
-    assert!(server.stop().success(), "{}", server.log());
+    let status = server.stop();
+    assert!(status.success(), "{status:?}\n{}", server.log());
     server.restart();
     let client = server.client();
     for p in 0..partitions {
