@@ -417,30 +417,47 @@ impl<C: Clock> GroupPartition<C> {
     ) -> Result<Vec<Outgoing>, Failure> {
         let now = self.clock.now();
         let mut out = Vec::new();
-        // Deadlines.
-        {
-            let mut st = self.state.borrow_mut();
-            let expired: Vec<(u64, InFlight)> = st
-                .in_flight
-                .iter()
-                .filter(|(_, f)| f.deadline <= now)
-                .map(|(&o, &f)| (o, f))
-                .collect();
-            for (offset, f) in expired {
-                st.in_flight.remove(&offset);
-                st.by_delivery.remove(&f.delivery_id);
-                self.deliveries.remove(f.delivery_id);
-                st.release(f.member);
-                st.retry.insert(
-                    offset,
-                    Retry {
-                        attempts: f.attempt,
-                        not_before: now,
-                    },
-                );
-            }
+        self.expire_deadlines(now);
+        self.launch_due_retries(partition, now, new_delivery_id, &mut out)
+            .await?;
+        self.launch_new_events(partition, new_delivery_id, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// Deliveries past their ack deadline leave their member and are
+    /// retried at once.
+    fn expire_deadlines(&self, now: Duration) {
+        let mut st = self.state.borrow_mut();
+        let expired: Vec<(u64, InFlight)> = st
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(&o, &f)| (o, f))
+            .collect();
+        for (offset, f) in expired {
+            st.in_flight.remove(&offset);
+            st.by_delivery.remove(&f.delivery_id);
+            self.deliveries.remove(f.delivery_id);
+            st.release(f.member);
+            st.retry.insert(
+                offset,
+                Retry {
+                    attempts: f.attempt,
+                    not_before: now,
+                },
+            );
         }
-        // Due retries.
+    }
+
+    /// Retries that are due go out first, while members have room.
+    async fn launch_due_retries<S: Storage>(
+        &self,
+        partition: &Partition<S, C>,
+        now: Duration,
+        new_delivery_id: &dyn Fn() -> u64,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), Failure> {
         loop {
             let due = {
                 let st = self.state.borrow();
@@ -463,6 +480,10 @@ impl<C: Clock> GroupPartition<C> {
                 Err(e) => return Err(e),
             };
             let mut st = self.state.borrow_mut();
+            // Another round may have launched it while the read waited.
+            if !st.retry.contains_key(&offset) {
+                continue;
+            }
             let Some(i) = st.pick() else { break };
             st.retry.remove(&offset);
             out.push(self.launch(
@@ -474,7 +495,16 @@ impl<C: Clock> GroupPartition<C> {
                 new_delivery_id,
             ));
         }
-        // New events.
+        Ok(())
+    }
+
+    /// New events from the cursor on, while members have room.
+    async fn launch_new_events<S: Storage>(
+        &self,
+        partition: &Partition<S, C>,
+        new_delivery_id: &dyn Fn() -> u64,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), Failure> {
         loop {
             let cursor = {
                 let st = self.state.borrow();
@@ -512,7 +542,7 @@ impl<C: Clock> GroupPartition<C> {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn launch(
