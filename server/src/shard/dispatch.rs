@@ -97,8 +97,7 @@ impl Shard {
                 }
             }
             let wait = run.next_due().map_or(group::TICK, |t| {
-                t.saturating_duration_since(std::time::Instant::now())
-                    .min(group::TICK)
+                t.saturating_sub(run.source.clock().now()).min(group::TICK)
             });
             let woken = select(
                 Box::pin(run.wake.changed_since(wake_gen)),

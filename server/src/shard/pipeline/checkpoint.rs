@@ -28,7 +28,7 @@ use super::codec::{
     batch_ranges, encode_checkpoint, encode_named, encode_offset,
 };
 use super::replay::Settled;
-use crate::shard::partition::now_ms;
+use crate::shard::clock::Clock;
 
 /// A checkpoint of `settled` (the log below `state_at`, settled at
 /// `watermark`): its record, and the carried records that go before it.
@@ -139,7 +139,7 @@ impl PipelineRun {
             );
             return Ok(());
         }
-        let now = now_ms();
+        let now = self.source.clock().now_ms();
         for range in batch_ranges(&carried, batch_max) {
             self.outputs
                 .append(&carried[range], now)
@@ -182,7 +182,10 @@ impl PipelineRun {
             return Ok(());
         }
         self.outputs
-            .append(&[encode_offset(KIND_WATERMARK, wm)], now_ms())
+            .append(
+                &[encode_offset(KIND_WATERMARK, wm)],
+                self.source.clock().now_ms(),
+            )
             .await
             .map_err(|e| format!("pipeline {}: {e}", self.plan.name))?;
         self.state.borrow_mut().watermark = wm;

@@ -4,7 +4,9 @@
 //! and detached.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::shard::clock::Clock;
 
 use super::{CarriedMember, Issued, PipelineRun, RunState, StageMember, StageOutgoing};
 use crate::shard::group::MemberId;
@@ -84,7 +86,7 @@ impl PipelineRun {
         &self,
         new_delivery_id: &dyn Fn() -> u64,
     ) -> Result<Vec<StageOutgoing>, Failure> {
-        let now = Instant::now();
+        let now = self.source.clock().now();
         self.expire_acks(now).await?;
         self.release_retries(now);
         self.fill().await?;
@@ -93,7 +95,7 @@ impl PipelineRun {
 
     /// Counts a failed attempt for every delivery whose ack deadline passed
     /// by `now`.
-    async fn expire_acks(&self, now: Instant) -> Result<(), Failure> {
+    async fn expire_acks(&self, now: Duration) -> Result<(), Failure> {
         let expired = self.expired(now);
         for id in expired {
             let timeout = self
@@ -117,7 +119,7 @@ impl PipelineRun {
     }
 
     /// Releases the held stages whose backoff ended by `now`.
-    fn release_retries(&self, now: Instant) {
+    fn release_retries(&self, now: Duration) {
         let mut st = self.state.borrow_mut();
         let mut index = self.index.borrow_mut();
         st.retry_at.retain(|&(at, root, stage)| {
@@ -132,7 +134,7 @@ impl PipelineRun {
 
     /// Hands every ready stage of the live executions to a member of its
     /// stage with room, and returns the deliveries to push.
-    fn issue_ready(&self, now: Instant, new_delivery_id: &dyn Fn() -> u64) -> Vec<StageOutgoing> {
+    fn issue_ready(&self, now: Duration, new_delivery_id: &dyn Fn() -> u64) -> Vec<StageOutgoing> {
         let mut out = Vec::new();
         let mut st = self.state.borrow_mut();
         let mut index = self.index.borrow_mut();
@@ -184,7 +186,7 @@ impl PipelineRun {
         root: u64,
         s: u8,
         delivery_id: u64,
-        now: Instant,
+        now: Duration,
     ) -> (MemberId, u32, Vec<(u8, Rc<Vec<u8>>)>) {
         let planned = &self.plan.stages[s as usize];
         let inputs = match st.outputs.get(&root) {
@@ -240,13 +242,13 @@ impl PipelineRun {
     /// The in-flight deliveries whose ack deadline passed by `now`. Scans
     /// them only when the earliest deadline may have passed, and then
     /// makes `deadline_min` exact again.
-    fn expired(&self, now: Instant) -> Vec<u64> {
+    fn expired(&self, now: Duration) -> Vec<u64> {
         let mut st = self.state.borrow_mut();
         if st.deadline_min.is_none_or(|d| d > now) {
             return Vec::new();
         }
         let mut expired = Vec::new();
-        let mut min: Option<Instant> = None;
+        let mut min: Option<Duration> = None;
         for (&id, f) in &st.in_flight {
             if f.deadline <= now {
                 expired.push(id);
@@ -260,7 +262,7 @@ impl PipelineRun {
 
     /// The earliest time something is due (possibly a little early: an
     /// ack deadline of a delivery settled since).
-    pub fn next_due(&self) -> Option<Instant> {
+    pub fn next_due(&self) -> Option<Duration> {
         let st = self.state.borrow();
         let a = st.deadline_min;
         let b = st.retry_at.iter().map(|r| r.0).min();

@@ -31,7 +31,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hadron_engine::notify::Notify;
@@ -73,7 +73,7 @@ struct Issued {
     root: u64,
     stage: u8,
     member: MemberId,
-    deadline: Instant,
+    deadline: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +113,7 @@ struct RunState {
     /// At most the earliest deadline in `in_flight`; `None` only when
     /// `in_flight` is empty. A settled delivery leaves it as it is (still a
     /// lower bound): the next expiry check recomputes it.
-    deadline_min: Option<Instant>,
+    deadline_min: Option<Duration>,
     /// Every delivery id issued for a live execution (for late acks).
     issued: HashMap<u64, (u64, u8)>,
     /// The same ids by root, to forget them when the execution finishes.
@@ -121,7 +121,7 @@ struct RunState {
     /// Stages whose output is being made durable.
     completing: HashSet<(u64, u8)>,
     /// Held stages and when they may go out again.
-    retry_at: Vec<(Instant, u64, u8)>,
+    retry_at: Vec<(Duration, u64, u8)>,
     /// Failed attempts per stage of live executions.
     attempts: HashMap<(u64, u8), u32>,
     members: Vec<StageMember>,

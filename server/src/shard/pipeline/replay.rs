@@ -23,7 +23,7 @@ use super::codec::{
     Checkpoint, KIND_CHECKPOINT, KIND_WATERMARK, OutputRecord, decode_record, encode_offset,
 };
 use super::{FailedExecution, PipelineRun};
-use crate::shard::partition::now_ms;
+use crate::shard::clock::Clock;
 
 /// Bytes of the outputs log read per step of recovery.
 const RECOVERY_READ_BYTES: usize = 1 << 20;
@@ -333,7 +333,10 @@ impl PipelineRun {
                 };
                 // Remember where a new pipeline started, durably.
                 self.outputs
-                    .append(&[encode_offset(KIND_WATERMARK, start)], now_ms())
+                    .append(
+                        &[encode_offset(KIND_WATERMARK, start)],
+                        self.source.clock().now_ms(),
+                    )
                     .await
                     .map_err(|e| format!("pipeline {name}: {e}"))?;
                 start

@@ -9,7 +9,9 @@
 //! once, to another member if there is one.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::shard::clock::Clock;
 
 use hadron_engine::AppendError;
 use hadron_engine::pipeline::Completion;
@@ -19,7 +21,7 @@ use super::codec::{
     KIND_FAILED, KIND_OUTPUT, KIND_RETRIED, batch_ranges, encode_named, encode_offset,
 };
 use super::{FailedExecution, PipelineRun, StageAckOf};
-use crate::shard::partition::{Failure, now_ms};
+use crate::shard::partition::Failure;
 
 /// Longest error message kept per stage.
 const ERROR_BYTES_MAX: usize = 1024;
@@ -64,7 +66,7 @@ impl PipelineRun {
         // One batch per chunk that fits the log's limits; the chunks are
         // enqueued back to back and share the group commit.
         let chunks = batch_ranges(&records, self.outputs.config().batch_bytes_max);
-        let now = now_ms();
+        let now = self.source.clock().now_ms();
         let appends = chunks
             .iter()
             .map(|c| self.outputs.append(&records[c.clone()], now));
@@ -205,13 +207,14 @@ impl PipelineRun {
             let stats = &mut st.stats[f.stage as usize];
             stats.errors += 1;
             stats.last_error = Some(message.to_string());
-            stats.last_error_ms = Some(now_ms());
+            stats.last_error_ms = Some(self.source.clock().now_ms());
             let policy = self.plan.stages[f.stage as usize].retry;
             if failures >= policy.max_attempts {
                 (f.root, f.stage, true)
             } else {
                 self.index.borrow_mut().hold(f.root, f.stage as usize);
-                let at = Instant::now() + Duration::from_millis(policy.delay_ms(failures));
+                let at =
+                    self.source.clock().now() + Duration::from_millis(policy.delay_ms(failures));
                 st.retry_at.push((at, f.root, f.stage));
                 (f.root, f.stage, false)
             }
@@ -220,7 +223,7 @@ impl PipelineRun {
             let name = &self.plan.stages[stage as usize].name;
             let record = encode_named(KIND_FAILED, root, name, message.as_bytes());
             self.outputs
-                .append(&[record], now_ms())
+                .append(&[record], self.source.clock().now_ms())
                 .await
                 .map_err(|e| append_failure(&self.plan.name, e))?;
             let mut st = self.state.borrow_mut();
@@ -259,7 +262,10 @@ impl PipelineRun {
             self.state.borrow_mut().retried.insert(r);
             let appended = self
                 .outputs
-                .append(&[encode_offset(KIND_RETRIED, r)], now_ms())
+                .append(
+                    &[encode_offset(KIND_RETRIED, r)],
+                    self.source.clock().now_ms(),
+                )
                 .await;
             if let Err(e) = appended {
                 self.state.borrow_mut().retried.remove(&r);
