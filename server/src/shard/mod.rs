@@ -30,6 +30,7 @@ mod boot;
 pub mod clock;
 pub mod conn;
 mod dispatch;
+mod error;
 pub mod group;
 mod handle;
 mod housekeeping;

@@ -321,15 +321,10 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         let recorded = self.record_appends(&chunks, outcomes, &keys, &untracked, events.len(), now);
         self.appended.notify_all();
         if let Some(e) = recorded.failure {
-            let code = match e {
-                AppendError::Poisoned(_) => ErrorCode::ReadOnly,
-                AppendError::Damaged(_) => ErrorCode::Damaged,
-                AppendError::TooLarge { .. }
-                | AppendError::TooManyRecords { .. }
-                | AppendError::Empty => ErrorCode::InvalidRequest,
-                _ => ErrorCode::StorageError,
-            };
-            return Err((code, format!("{}/{}: {e}", self.stream, self.partition)));
+            return Err((
+                crate::shard::error::append_code(&e),
+                format!("{}/{}: {e}", self.stream, self.partition),
+            ));
         }
         let offsets = recorded.offsets;
         let mut results = Vec::with_capacity(events.len());

@@ -27,12 +27,10 @@ use crate::shard::partition::Failure;
 const ERROR_BYTES_MAX: usize = 1024;
 
 fn append_failure(name: &str, e: AppendError) -> Failure {
-    let code = match e {
-        AppendError::Poisoned(_) => ErrorCode::ReadOnly,
-        AppendError::Damaged(_) => ErrorCode::Damaged,
-        _ => ErrorCode::StorageError,
-    };
-    (code, format!("pipeline {name}: {e}"))
+    (
+        crate::shard::error::append_code(&e),
+        format!("pipeline {name}: {e}"),
+    )
 }
 
 impl PipelineRun {
