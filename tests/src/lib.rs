@@ -1136,3 +1136,21 @@ pub async fn fill_partition(
         }
     }
 }
+
+/// Waits for the marker event at `offset` to arrive on `conn` twice, as
+/// attempt 1 and then attempt 2 after its ack timeout: a barrier showing
+/// that nothing else was delivered meanwhile (`why` says what would have
+/// been).
+pub async fn expect_marker_held_past_its_deadline(conn: &mut RawConn, offset: u64, why: &str) {
+    for attempt in [1, 2] {
+        let d = conn
+            .next_delivery(Duration::from_secs(5))
+            .await
+            .expect("the marker is delivered");
+        assert_eq!(
+            (d.offset, d.attempt, d.event.id.as_str()),
+            (offset, attempt, "marker"),
+            "{why}"
+        );
+    }
+}
