@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Shard {
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Opens the partitions and pipeline runs of `topology` this shard
     /// owns, closes the runs it no longer has, and adopts it.
     pub(super) async fn install(self: &Rc<Self>, topology: Topology) -> Result<(), String> {
@@ -40,7 +40,7 @@ impl Shard {
                 }
                 let p = Partition::open(
                     &self.storage,
-                    SystemClock,
+                    self.runtime.clone(),
                     &config.data_dir,
                     &spec.name,
                     partition,
@@ -126,7 +126,8 @@ impl Shard {
             self.runs
                 .borrow_mut()
                 .insert((name, partition), run.clone());
-            glommio::spawn_local(self.clone().dispatch_pipeline(Rc::downgrade(&run))).detach();
+            self.runtime
+                .spawn(self.clone().dispatch_pipeline(Rc::downgrade(&run)));
         }
         Ok(())
     }
@@ -150,8 +151,9 @@ impl Shard {
         // reader bounds nesting and refuses aliases, so parsing is cheap;
         // still, it runs off the shard's thread so that no document can
         // stall the shard's connections and partitions meanwhile.
-        let parsed = glommio::executor()
-            .spawn_blocking(move || config::parse_documents(&yaml))
+        let parsed = self
+            .runtime
+            .blocking(move || config::parse_documents(&yaml))
             .await;
         let resources = match parsed {
             Ok(r) => r,
@@ -184,7 +186,7 @@ impl Shard {
         if next == current {
             return Reply::Applied(summary);
         }
-        if let Err(e) = persist_resources(&self.settings.config.data_dir, &next.resources()) {
+        if let Err(e) = self.resources.save(&next.resources()) {
             return Reply::Failed(ErrorCode::StorageError, e);
         }
         let installs = (0..self.shards).map(|to| {

@@ -128,7 +128,6 @@ pub(super) async fn shard_main(
         .await
         .map_err(|_| "cannot join the shard mesh".to_string())?;
     let id = senders.peer_id() as u16;
-    let shards = settings.config.shards;
     if failpoint::armed("shard-start-fail", id) {
         return Err(format!("shard {id}: failpoint shard-start-fail"));
     }
@@ -143,24 +142,15 @@ pub(super) async fn shard_main(
                 settings.config.data_dir.display()
             )
         })?;
-    let shard = Rc::new(Shard {
+    let resources = Box::new(FileResources(settings.config.data_dir.clone()));
+    let shard = Rc::new(Shard::new(
         id,
-        shards,
-        settings: settings.clone(),
+        settings.clone(),
         storage,
-        topology: RefCell::new(Topology::default()),
-        partitions: RefCell::new(BTreeMap::new()),
-        runs: RefCell::new(BTreeMap::new()),
-        mesh: senders,
-        pending: RefCell::new(HashMap::new()),
-        next_id: Cell::new(1),
-        conns: RefCell::new(HashMap::new()),
-        subscriptions: RefCell::new(HashMap::new()),
-        deliveries: Rc::new(Deliveries::default()),
-        dropped_deliveries: Cell::new(0),
-        stopping: Cell::new(false),
-        applying: Cell::new(false),
-    });
+        SystemClock,
+        Box::new(senders),
+        resources,
+    ));
     shard.install(settings.topology.clone()).await?;
     for (peer, rx) in receivers.streams() {
         let shard = shard.clone();

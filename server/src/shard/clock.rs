@@ -12,6 +12,10 @@
 //!
 //! and it sleeps ([`Clock::sleep`]) on the monotonic time.
 //!
+//! A [`Runtime`] is a clock that also runs tasks: what a whole shard needs
+//! of its executor (spawning its dispatchers and housekeeping, and running
+//! a parse off its thread). Partitions and groups need only the clock.
+//!
 //! Two implementations: [`SystemClock`] in production (`SystemTime`,
 //! `Instant`, glommio's timer), and, in tests, [`sim::SimClock`], whose
 //! time moves only when the test advances it and whose sleepers wake in
@@ -30,6 +34,18 @@ pub trait Clock: Clone + 'static {
     fn now(&self) -> Duration;
     /// Resolves once `wait` of monotonic time has passed.
     fn sleep(&self, wait: Duration) -> impl Future<Output = ()> + 'static;
+}
+
+/// A clock that also runs the shard's tasks.
+pub trait Runtime: Clock {
+    /// Runs `task` on this shard's executor, detached.
+    fn spawn(&self, task: impl Future<Output = ()> + 'static);
+    /// Runs `work` off the shard's thread (on a real executor) and
+    /// resolves to its result.
+    fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + 'static;
 }
 
 /// The real clock. Every `SystemClock` of the process shares one start, so
@@ -60,6 +76,19 @@ impl Clock for SystemClock {
     }
 }
 
+impl Runtime for SystemClock {
+    fn spawn(&self, task: impl Future<Output = ()> + 'static) {
+        glommio::spawn_local(task).detach();
+    }
+
+    fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + 'static {
+        glommio::executor().spawn_blocking(work)
+    }
+}
+
 #[cfg(test)]
 pub mod sim {
     //! A simulated clock for deterministic tests.
@@ -72,13 +101,18 @@ pub mod sim {
     use std::task::{Context, Poll, Waker};
     use std::time::Duration;
 
-    use super::Clock;
+    use futures::executor::LocalSpawner;
+    use futures::task::LocalSpawnExt;
+
+    use super::{Clock, Runtime};
 
     /// A clock whose time moves only by [`SimClock::advance`]. Clones share
     /// the time and the sleepers.
     #[derive(Debug, Clone)]
     pub struct SimClock {
         inner: Rc<RefCell<Inner>>,
+        /// Where [`Runtime::spawn`] puts tasks (the test's `LocalPool`).
+        spawner: Rc<RefCell<Option<LocalSpawner>>>,
     }
 
     #[derive(Debug)]
@@ -103,7 +137,14 @@ pub mod sim {
                     sleepers: BTreeMap::new(),
                     registrations: 0,
                 })),
+                spawner: Rc::new(RefCell::new(None)),
             }
+        }
+
+        /// Makes [`Runtime::spawn`] run tasks on `spawner`'s pool.
+        #[allow(dead_code, reason = "used by the shard simulation, next")]
+        pub fn set_spawner(&self, spawner: LocalSpawner) {
+            *self.spawner.borrow_mut() = Some(spawner);
         }
 
         /// Moves the time `by` forward, waking the sleepers now due in
@@ -146,6 +187,25 @@ pub mod sim {
                 deadline: self.now().saturating_add(wait),
                 registration: None,
             }
+        }
+    }
+
+    impl Runtime for SimClock {
+        /// Spawns on the pool set by [`SimClock::set_spawner`]; a task
+        /// spawned after the pool is gone (or before one was set) is
+        /// dropped, as a real executor's would be at shutdown.
+        fn spawn(&self, task: impl Future<Output = ()> + 'static) {
+            if let Some(spawner) = self.spawner.borrow().as_ref() {
+                let _ = spawner.spawn_local(task);
+            }
+        }
+
+        /// Runs `work` at once: the simulation has one thread.
+        fn blocking<T: Send + 'static>(
+            &self,
+            work: impl FnOnce() -> T + Send + 'static,
+        ) -> impl Future<Output = T> + 'static {
+            std::future::ready(work())
         }
     }
 

@@ -4,12 +4,12 @@
 
 use super::*;
 
-impl Shard {
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// A group's dispatcher: hands out deliveries until the group closes.
     pub(super) async fn dispatch(
         self: Rc<Self>,
-        group: Weak<GroupPartition>,
-        partition: Weak<Partition>,
+        group: Weak<GroupPartition<R>>,
+        partition: Weak<Partition<S, R>>,
     ) {
         loop {
             let (Some(g), Some(p)) = (group.upgrade(), partition.upgrade()) else {
@@ -66,7 +66,7 @@ impl Shard {
 
     /// A pipeline run's dispatcher: hands out stage deliveries until the
     /// run closes.
-    pub(super) async fn dispatch_pipeline(self: Rc<Self>, run: Weak<PipelineRun>) {
+    pub(super) async fn dispatch_pipeline(self: Rc<Self>, run: Weak<PipelineRun<S, R>>) {
         loop {
             let Some(run) = run.upgrade() else { return };
             if run.closed.get() || self.stopping.get() {
@@ -74,12 +74,11 @@ impl Shard {
             }
             if run.claim_checkpoint() {
                 let run = run.clone();
-                glommio::spawn_local(async move {
+                self.runtime.spawn(async move {
                     if let Err(e) = run.checkpoint().await {
                         tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "checkpoint failed: {e}");
                     }
-                })
-                .detach();
+                });
             }
             let wake_gen = run.wake.generation();
             let data_gen = run.source.appended.generation();
@@ -103,7 +102,7 @@ impl Shard {
                 Box::pin(run.wake.changed_since(wake_gen)),
                 Box::pin(run.source.appended.changed_since(data_gen)),
             );
-            let timer = glommio::timer::sleep(wait.max(Duration::from_millis(1)));
+            let timer = self.runtime.sleep(wait.max(Duration::from_millis(1)));
             match select(Box::pin(woken), Box::pin(timer)).await {
                 Either::Left(_) | Either::Right(_) => {}
             }
@@ -132,7 +131,7 @@ impl Shard {
             conn: member.conn,
             frame,
         };
-        let _ = self.mesh.send_to(member.shard as usize, msg).await;
+        let _ = self.mesh.send_to(member.shard, msg).await;
     }
 
     /// The outbox of connection `conn` of this shard, unless its answers
@@ -158,7 +157,7 @@ impl Shard {
         Some(outbox)
     }
 
-    pub(super) async fn send_deliveries(&self, p: &Partition, out: Vec<Outgoing>) {
+    pub(super) async fn send_deliveries(&self, p: &Partition<S, R>, out: Vec<Outgoing>) {
         for d in out {
             let message = hadron_wire::Message::Delivery(hadron_wire::Delivery {
                 subscription_id: d.member.subscription,

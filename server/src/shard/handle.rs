@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Shard {
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Serves `req`, one request family per method below.
     pub(super) async fn handle(self: Rc<Self>, req: Request) -> Reply {
         match req {
@@ -122,7 +122,8 @@ impl Shard {
         // due, in a task of its own.
         if p.log.write_due() {
             let p = p.clone();
-            glommio::spawn_local(async move { p.log.write_pending().await }).detach();
+            self.runtime
+                .spawn(async move { p.log.write_pending().await });
         }
         reply
     }
@@ -176,7 +177,8 @@ impl Shard {
     /// Pipelines: settles stage acks; the acks of one run are made durable
     /// together, in one append.
     async fn stage_acks(&self, acks: Vec<StageAckOf>, shard: u16, conn: u64) -> Reply {
-        let mut by_run: Vec<(Rc<PipelineRun>, Vec<StageAckOf>)> = Vec::new();
+        type AcksOfRun<S, R> = (Rc<PipelineRun<S, R>>, Vec<StageAckOf>);
+        let mut by_run: Vec<AcksOfRun<S, R>> = Vec::new();
         let mut unsettled = Vec::new();
         for (id, output) in acks {
             // The runs already found first: a burst of acks usually comes
@@ -201,7 +203,7 @@ impl Shard {
 
     /// Pipelines: runs failed executions of `pipeline` here again.
     async fn pipeline_retry(&self, pipeline: &str, execution: Option<(u32, u64)>) -> Reply {
-        let runs: Vec<Rc<PipelineRun>> = self
+        let runs: Vec<Rc<PipelineRun<S, R>>> = self
             .runs
             .borrow()
             .iter()
@@ -260,8 +262,8 @@ impl Shard {
                     p.clock().clone(),
                 );
                 p.groups.borrow_mut().insert(group.to_string(), g.clone());
-                glommio::spawn_local(self.clone().dispatch(Rc::downgrade(&g), Rc::downgrade(&p)))
-                    .detach();
+                self.runtime
+                    .spawn(self.clone().dispatch(Rc::downgrade(&g), Rc::downgrade(&p)));
                 g
             }
         };
@@ -269,7 +271,7 @@ impl Shard {
         Ok(())
     }
 
-    pub(super) fn run_of(&self, delivery_id: u64) -> Result<Rc<PipelineRun>, Failure> {
+    pub(super) fn run_of(&self, delivery_id: u64) -> Result<Rc<PipelineRun<S, R>>, Failure> {
         self.runs
             .borrow()
             .values()
@@ -292,7 +294,7 @@ impl Shard {
 
     /// Detaches members from every group with `detach` (which says whether
     /// members remain), and removes the non-durable groups left empty.
-    pub(super) fn detach_groups(&self, detach: impl Fn(&GroupPartition) -> bool) {
+    pub(super) fn detach_groups(&self, detach: impl Fn(&GroupPartition<R>) -> bool) {
         for p in self.partitions.borrow().values() {
             let mut gone = Vec::new();
             for (name, g) in p.groups.borrow().iter() {
@@ -315,7 +317,7 @@ impl Shard {
     pub(super) fn settle(
         &self,
         id: u64,
-        f: impl Fn(&GroupPartition) -> Result<(), Failure>,
+        f: impl Fn(&GroupPartition<R>) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
         match self.deliveries.group_of(id) {
             Some(g) => f(&g),

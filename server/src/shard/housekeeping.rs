@@ -4,7 +4,7 @@
 use super::*;
 
 /// Runs retention on a partition's log, logging what it deleted.
-pub(super) async fn retain(p: &Partition) {
+pub(super) async fn retain<S: Storage, C: Clock>(p: &Partition<S, C>) {
     match p.log.apply_retention(p.clock().now_ms()).await {
         Ok(r) if r.segments > 0 => tracing::info!(
             stream = %p.stream,
@@ -21,16 +21,16 @@ pub(super) async fn retain(p: &Partition) {
     }
 }
 
-impl Shard {
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     pub(super) fn spawn_housekeeping(self: Rc<Self>) {
         let shard = self.clone();
-        glommio::spawn_local(async move {
+        self.runtime.spawn(async move {
             loop {
-                glommio::timer::sleep(COMMIT_EVERY).await;
+                shard.runtime.sleep(COMMIT_EVERY).await;
                 if shard.stopping.get() {
                     return;
                 }
-                let parts: Vec<Rc<Partition>> =
+                let parts: Vec<Rc<Partition<S, R>>> =
                     shard.partitions.borrow().values().cloned().collect();
                 for p in parts {
                     if let Err(e) = p.commit_offsets().await {
@@ -45,15 +45,15 @@ impl Shard {
                     p.log.write_pending().await;
                 }
             }
-        })
-        .detach();
-        glommio::spawn_local(async move {
+        });
+        let runtime = self.runtime.clone();
+        runtime.spawn(async move {
             loop {
-                glommio::timer::sleep(RETENTION_EVERY).await;
+                self.runtime.sleep(RETENTION_EVERY).await;
                 if self.stopping.get() {
                     return;
                 }
-                let parts: Vec<Rc<Partition>> =
+                let parts: Vec<Rc<Partition<S, R>>> =
                     self.partitions.borrow().values().cloned().collect();
                 for p in parts {
                     // Record how far the log is durable, so that damage
@@ -64,19 +64,18 @@ impl Shard {
                     retain(&p).await;
                 }
             }
-        })
-        .detach();
+        });
     }
 
     /// Makes every log durable and commits group offsets (on shutdown).
     pub(super) async fn flush_all(&self) {
-        let runs: Vec<Rc<PipelineRun>> = self.runs.borrow().values().cloned().collect();
+        let runs: Vec<Rc<PipelineRun<S, R>>> = self.runs.borrow().values().cloned().collect();
         for run in runs {
             if let Err(e) = run.sync().await {
                 tracing::warn!("final pipeline sync failed: {e}");
             }
         }
-        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let parts: Vec<Rc<Partition<S, R>>> = self.partitions.borrow().values().cloned().collect();
         for p in parts {
             if let Err(e) = p.log.sync().await {
                 tracing::warn!(stream = %p.stream, partition = p.partition, "final sync failed: {e}");

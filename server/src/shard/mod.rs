@@ -42,9 +42,9 @@ mod status;
 mod topology;
 
 pub use boot::run;
-pub use protocol::{MeshMsg, Reply, Request};
+pub use protocol::{Mesh, MeshMsg, Reply, Request};
 pub use status::PartitionStatus;
-pub use topology::{Topology, load_resources, persist_resources};
+pub use topology::{FileResources, ResourceStore, Topology, load_resources, persist_resources};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +59,7 @@ use futures::channel::oneshot;
 use futures::future::{Either, select};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use hadron_engine::storage::Storage;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{LogConfig, Retention};
 use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
@@ -66,10 +67,10 @@ use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
 use crate::config::server::ResourceCounts;
 use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
 use crate::failpoint;
-use clock::{Clock, SystemClock};
+use clock::{Clock, Runtime, SystemClock};
 use group::{Deliveries, GroupPartition, GroupStatus, MemberId, Outgoing};
 use outbox::Outbox;
-use partition::{Failure, Partition, Published, now_ms};
+use partition::{Failure, Partition, Published};
 use pipeline::{PipelineRun, RunStatus, StageAckOf};
 
 /// Capacity of each mesh channel, in messages.
@@ -78,6 +79,9 @@ const MESH_CHANNEL_CAPACITY: usize = 1024;
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
 /// How often durable groups' offsets are committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// Things kept per (stream or pipeline name, partition).
+type ByPartition<T> = BTreeMap<(String, u32), T>;
 
 /// Everything a shard needs to start.
 #[derive(Debug, Clone)]
@@ -117,20 +121,26 @@ impl Settings {
     }
 }
 
-/// A shard.
-pub struct Shard {
+/// A shard, on any storage and runtime: the server runs
+/// `Shard<DmaStorage, SystemClock>` on glommio; the shard simulation runs
+/// several on `SimStorage` and `SimClock` in one thread.
+pub struct Shard<S: Storage = DmaStorage, R: Runtime = SystemClock> {
     /// This shard's id (its mesh peer id).
     pub id: u16,
     /// Number of shards.
     pub shards: u16,
     /// Start-up settings.
     pub settings: Arc<Settings>,
-    storage: DmaStorage,
+    storage: S,
+    /// The shard's clock and executor.
+    runtime: R,
+    /// Where shard 0 persists applied resources.
+    resources: Box<dyn ResourceStore>,
     /// The current topology.
     pub topology: RefCell<Topology>,
-    partitions: RefCell<BTreeMap<(String, u32), Rc<Partition>>>,
-    runs: RefCell<BTreeMap<(String, u32), Rc<PipelineRun>>>,
-    mesh: Senders<MeshMsg>,
+    partitions: RefCell<ByPartition<Rc<Partition<S, R>>>>,
+    runs: RefCell<ByPartition<Rc<PipelineRun<S, R>>>>,
+    mesh: Box<dyn Mesh>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: Cell<u64>,
     conns: RefCell<HashMap<u64, Rc<Outbox>>>,
@@ -138,7 +148,7 @@ pub struct Shard {
     /// `conn::reserve_subscription`).
     pub(crate) subscriptions: RefCell<HashMap<u64, u32>>,
     /// Which group holds each outstanding delivery made here.
-    deliveries: Rc<Deliveries>,
+    deliveries: Rc<Deliveries<R>>,
     /// Deliveries dropped because their connection's outbox was full (see
     /// `congestion_checked`).
     dropped_deliveries: Cell<u64>,
@@ -148,13 +158,44 @@ pub struct Shard {
     applying: Cell<bool>,
 }
 
-impl std::fmt::Debug for Shard {
+impl<S: Storage, R: Runtime> std::fmt::Debug for Shard<S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard").field("id", &self.id).finish()
     }
 }
 
-impl Shard {
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
+    /// A shard with no partitions yet (`install` opens them).
+    pub fn new(
+        id: u16,
+        settings: Arc<Settings>,
+        storage: S,
+        runtime: R,
+        mesh: Box<dyn Mesh>,
+        resources: Box<dyn ResourceStore>,
+    ) -> Shard<S, R> {
+        Shard {
+            id,
+            shards: settings.config.shards,
+            settings,
+            storage,
+            runtime,
+            resources,
+            topology: RefCell::new(Topology::default()),
+            partitions: RefCell::new(BTreeMap::new()),
+            runs: RefCell::new(BTreeMap::new()),
+            mesh,
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            conns: RefCell::new(HashMap::new()),
+            subscriptions: RefCell::new(HashMap::new()),
+            deliveries: Rc::new(Deliveries::default()),
+            dropped_deliveries: Cell::new(0),
+            stopping: Cell::new(false),
+            applying: Cell::new(false),
+        }
+    }
+
     fn next_id(&self) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -201,7 +242,7 @@ impl Shard {
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
         let msg = MeshMsg::Request { id, req };
-        if self.mesh.send_to(to as usize, msg).await.is_err() {
+        if self.mesh.send_to(to, msg).await.is_err() {
             self.pending.borrow_mut().remove(&id);
             return Reply::Failed(ErrorCode::ShuttingDown, format!("shard {to} is gone"));
         }
@@ -210,17 +251,15 @@ impl Shard {
         })
     }
 
-    fn on_mesh(self: Rc<Self>, from: u16, msg: MeshMsg) {
+    /// Takes a message another shard sent this one.
+    pub fn on_mesh(self: Rc<Self>, from: u16, msg: MeshMsg) {
         match msg {
             MeshMsg::Request { id, req, .. } => {
-                glommio::spawn_local(async move {
+                let runtime = self.runtime.clone();
+                runtime.spawn(async move {
                     let reply = self.clone().handle(req).await;
-                    let _ = self
-                        .mesh
-                        .send_to(from as usize, MeshMsg::Reply { id, reply })
-                        .await;
-                })
-                .detach();
+                    let _ = self.mesh.send_to(from, MeshMsg::Reply { id, reply }).await;
+                });
             }
             MeshMsg::Reply { id, reply } => {
                 if let Some(tx) = self.pending.borrow_mut().remove(&id) {
@@ -256,7 +295,7 @@ impl Shard {
         futures::future::join_all(calls).await;
     }
 
-    fn partition(&self, stream: &str, partition: u32) -> Result<Rc<Partition>, Failure> {
+    fn partition(&self, stream: &str, partition: u32) -> Result<Rc<Partition<S, R>>, Failure> {
         self.partitions
             .borrow()
             .get(&(stream.to_string(), partition))

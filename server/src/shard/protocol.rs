@@ -2,6 +2,8 @@
 //! for itself), its [`Reply`], and the [`MeshMsg`] that carries both, and
 //! pushed deliveries, over the glommio channel mesh.
 
+use futures::future::LocalBoxFuture;
+
 use super::*;
 
 /// A request one shard serves for another (or for itself).
@@ -133,4 +135,22 @@ pub enum MeshMsg {
     Reply { id: u64, reply: Reply },
     /// A frame to write to connection `conn` of the receiving shard.
     Push { conn: u64, frame: Vec<u8> },
+}
+
+/// A shard's way to the other shards: glommio's channel mesh in the
+/// server, an in-process router in the simulation. Messages between two
+/// shards arrive in the order they were sent.
+pub trait Mesh {
+    /// Sends `msg` to shard `to`; fails when `to` is gone.
+    fn send_to(&self, to: u16, msg: MeshMsg) -> LocalBoxFuture<'_, Result<(), String>>;
+}
+
+impl Mesh for Senders<MeshMsg> {
+    fn send_to(&self, to: u16, msg: MeshMsg) -> LocalBoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            Senders::send_to(self, to as usize, msg)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }

@@ -121,7 +121,7 @@ pub(super) fn pipeline_status(
     })
 }
 
-impl Shard {
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     pub(super) fn run_status(&self) -> Vec<(String, RunStatus)> {
         self.runs
             .borrow()
@@ -131,7 +131,7 @@ impl Shard {
     }
 
     pub(super) fn status(&self) -> Vec<PartitionStatus> {
-        let now = now_ms();
+        let now = self.runtime.now_ms();
         self.partitions
             .borrow()
             .values()

@@ -92,6 +92,24 @@ impl Topology {
     }
 }
 
+/// Where shard 0 keeps the applied resources, so that a restart installs
+/// them again: `<data dir>/resources.yaml` in the server; in memory (that
+/// survives the simulated crashes) in the shard simulation.
+pub trait ResourceStore {
+    /// Makes `resources` durable; `Ok(false)` when they were already.
+    fn save(&self, resources: &[Resource]) -> Result<bool, String>;
+}
+
+/// The resources file in a data directory.
+#[derive(Debug)]
+pub struct FileResources(pub std::path::PathBuf);
+
+impl ResourceStore for FileResources {
+    fn save(&self, resources: &[Resource]) -> Result<bool, String> {
+        persist_resources(&self.0, resources)
+    }
+}
+
 /// Writes the resources file when its content changes (see
 /// [`write_if_changed`]). Returns whether it wrote.
 pub fn persist_resources(data_dir: &Path, resources: &[Resource]) -> Result<bool, String> {

@@ -146,12 +146,6 @@ pub fn report_recovery<S: Storage>(what: &str, log: &Log<S>) {
     }
 }
 
-/// Milliseconds since the Unix epoch, from the [`SystemClock`], for the
-/// shard code that does not take a clock yet.
-pub fn now_ms() -> u64 {
-    SystemClock.now_ms()
-}
-
 fn read_failure(e: ReadError) -> Failure {
     match e {
         ReadError::BeforeStart { .. } | ReadError::BeyondEnd { .. } => {

@@ -29,6 +29,7 @@ use super::codec::{
 };
 use super::replay::Settled;
 use crate::shard::clock::Clock;
+use hadron_engine::storage::Storage;
 
 /// A checkpoint of `settled` (the log below `state_at`, settled at
 /// `watermark`): its record, and the carried records that go before it.
@@ -70,7 +71,7 @@ pub(super) fn checkpoint_records(
     (encode_checkpoint(&checkpoint), carried)
 }
 
-impl PipelineRun {
+impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Whether the outputs log grew by a segment since the last
     /// checkpoint and none is being written; if so, the caller is to run
     /// [`PipelineRun::checkpoint`] (the claim is taken here, synchronously,
@@ -96,14 +97,14 @@ impl PipelineRun {
     pub async fn checkpoint(&self) -> Result<(), String> {
         // Ends the claim even if this future is dropped midway, so that
         // `sync` never waits for a checkpoint nobody is writing.
-        struct Claim<'a>(&'a PipelineRun);
+        struct Claim<'a>(&'a std::cell::Cell<bool>, &'a hadron_engine::notify::Notify);
         impl Drop for Claim<'_> {
             fn drop(&mut self) {
-                self.0.checkpointing.set(false);
-                self.0.checkpoint_ended.notify_all();
+                self.0.set(false);
+                self.1.notify_all();
             }
         }
-        let _claim = Claim(self);
+        let _claim = Claim(&self.checkpointing, &self.checkpoint_ended);
         let result = self.write_checkpoint().await;
         self.checkpoint_bytes.set(self.outputs.stats().bytes);
         result

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::shard::clock::Clock;
+use hadron_engine::storage::Storage;
 
 use super::{CarriedMember, Issued, PipelineRun, RunState, StageMember, StageOutgoing};
 use crate::shard::group::MemberId;
@@ -15,7 +16,7 @@ use crate::shard::partition::Failure;
 /// Bytes of the source read per trigger scan.
 const SCAN_BYTES: u32 = 256 << 10;
 
-impl PipelineRun {
+impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     fn done_mask(st: &RunState, root: u64) -> u64 {
         st.outputs
             .get(&root)

@@ -36,10 +36,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use hadron_engine::notify::Notify;
 use hadron_engine::pipeline::{Dag, ExecutionIndex};
+use hadron_engine::storage::Storage;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{Log, LogConfig};
 use hadron_wire::Limits;
 
+use super::clock::{Clock, SystemClock};
 use super::group::MemberId;
 use super::partition::Partition;
 use crate::config::PipelinePlan;
@@ -141,11 +143,11 @@ struct RunState {
 }
 
 /// A pipeline on one partition.
-pub struct PipelineRun {
+pub struct PipelineRun<S: Storage = DmaStorage, C: Clock = SystemClock> {
     pub plan: PipelinePlan,
-    pub source: Rc<Partition>,
+    pub source: Rc<Partition<S, C>>,
     index: RefCell<ExecutionIndex>,
-    outputs: Log<DmaStorage>,
+    outputs: Log<S>,
     state: RefCell<RunState>,
     limits: Limits,
     /// Wakes the dispatcher.
@@ -160,7 +162,7 @@ pub struct PipelineRun {
     checkpoint_bytes: Cell<u64>,
 }
 
-impl std::fmt::Debug for PipelineRun {
+impl<S: Storage, C: Clock> std::fmt::Debug for PipelineRun<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PipelineRun")
             .field("pipeline", &self.plan.name)
@@ -169,17 +171,17 @@ impl std::fmt::Debug for PipelineRun {
     }
 }
 
-impl PipelineRun {
+impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Opens the run: reads the outputs log, then rescans the source from
     /// the watermark (or the start point) to rebuild the index.
     pub async fn open(
-        storage: &DmaStorage,
+        storage: &S,
         data_dir: &Path,
         plan: PipelinePlan,
-        source: Rc<Partition>,
+        source: Rc<Partition<S, C>>,
         log_config: LogConfig,
         limits: Limits,
-    ) -> Result<PipelineRun, String> {
+    ) -> Result<PipelineRun<S, C>, String> {
         let dir = data_dir
             .join("pipelines")
             .join(&plan.name)

@@ -24,6 +24,7 @@ use super::codec::{
 };
 use super::{FailedExecution, PipelineRun};
 use crate::shard::clock::Clock;
+use hadron_engine::storage::Storage;
 
 /// Bytes of the outputs log read per step of recovery.
 const RECOVERY_READ_BYTES: usize = 1 << 20;
@@ -264,7 +265,7 @@ impl Replay {
 /// Called with each record (offset, bytes) of a stretch of the outputs log.
 type RecordVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
 
-impl PipelineRun {
+impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Calls `f` with each record of the outputs log in `from..to`.
     async fn read_records(
         &self,

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::shard::clock::Clock;
+use hadron_engine::storage::Storage;
 
 use hadron_engine::AppendError;
 use hadron_engine::pipeline::Completion;
@@ -33,7 +34,7 @@ fn append_failure(name: &str, e: AppendError) -> Failure {
     )
 }
 
-impl PipelineRun {
+impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Stage handlers succeeded: `acks` holds (delivery id, output event).
     /// Each ack is settled on its own, as if it came alone; the outputs of
     /// those taken are appended in as few batches as the log allows and

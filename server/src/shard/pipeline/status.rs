@@ -1,6 +1,8 @@
 //! Status of a pipeline on one partition.
 
 use super::PipelineRun;
+use crate::shard::clock::Clock;
+use hadron_engine::storage::Storage;
 
 /// Status of a pipeline on one partition.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,7 +45,7 @@ pub struct FailedStatus {
     pub error: String,
 }
 
-impl PipelineRun {
+impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Whether executions still need work (live, queued or failed).
     pub fn busy(&self) -> usize {
         let st = self.state.borrow();
