@@ -142,7 +142,6 @@ pub mod sim {
         }
 
         /// Makes [`Runtime::spawn`] run tasks on `spawner`'s pool.
-        #[allow(dead_code, reason = "used by the shard simulation, next")]
         pub fn set_spawner(&self, spawner: LocalSpawner) {
             *self.spawner.borrow_mut() = Some(spawner);
         }

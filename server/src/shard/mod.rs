@@ -38,6 +38,8 @@ pub mod outbox;
 pub mod partition;
 pub mod pipeline;
 mod protocol;
+#[cfg(test)]
+mod sim;
 mod status;
 mod topology;
 
