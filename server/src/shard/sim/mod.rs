@@ -26,8 +26,10 @@
 //!   encoded frames a client would read) and answer each: an output, a
 //!   nack, or nothing (held until the ack timeout). Billing handlers always
 //!   refuse doomed events;
-//! - a handler's connection closes (its deliveries go back at once) and a
-//!   new one attaches;
+//! - consumers of a durable group (`audit`, on every partition) ack, nack
+//!   or hold their deliveries;
+//! - a handler's or consumer's connection closes (its deliveries go back
+//!   at once) and a new one attaches;
 //! - applies: the same resources again, resources with one more stream,
 //!   or invalid ones (malformed YAML, a cyclic DAG, an unknown source);
 //! - the clock moves (ack deadlines, retry backoff, commits).
@@ -44,6 +46,9 @@
 //!   stage exactly its dependencies' outputs (by name, byte for byte);
 //! - no stage whose output was acknowledged is delivered again: never after
 //!   a restart, and not within the life (a delivery made after the ack);
+//! - a group's delivery is of the event at its offset; after a restart the
+//!   group's stored offset is not past an offset it never acked; at the end
+//!   the group acked every acknowledged event;
 //! - no `sync` for a doomed execution; at the end every execution of a
 //!   non-doomed event completed, and every doomed one failed at billing;
 //! - a valid apply is answered `Applied` (unless the disk is crashing), an
@@ -95,6 +100,8 @@ const ACK_TIMEOUT_MS: u64 = 1_500;
 /// Rounds of the final drain at most (each moves the clock 200 ms).
 const DRAIN_ROUNDS_MAX: u64 = 2_000;
 const PIPELINE: &str = "service-creation";
+/// The durable consumer group.
+const GROUP: &str = "audit";
 const STREAM: &str = "events";
 
 /// SimStorage's scheduling noise, without faults.
@@ -229,12 +236,15 @@ impl Mesh for SimMesh {
     }
 }
 
-/// A stage handler's connection, on one shard.
+/// A stage handler's or group consumer's connection, on one shard.
 struct Handler {
     shard: u16,
     conn: u64,
     outbox: Rc<Outbox>,
 }
+
+/// Subscription id of the group consumers' members.
+const GROUP_SUBSCRIPTION: u64 = 1_000;
 
 /// What a spawned request came back with.
 enum Outcome {
@@ -242,6 +252,11 @@ enum Outcome {
         client: usize,
         partition: u32,
         batch: Vec<usize>,
+        reply: Reply,
+    },
+    GroupAcked {
+        root: model::Root,
+        id: u64,
         reply: Reply,
     },
     StageAcked {
@@ -289,6 +304,8 @@ struct Coverage {
     outputs: u64,
     nacks: u64,
     held: u64,
+    group_deliveries: u64,
+    group_acks: u64,
     closes: u64,
     applies: u64,
     refused_applies: u64,
@@ -305,6 +322,8 @@ impl std::ops::AddAssign for Coverage {
         self.outputs += o.outputs;
         self.nacks += o.nacks;
         self.held += o.held;
+        self.group_deliveries += o.group_deliveries;
+        self.group_acks += o.group_acks;
         self.closes += o.closes;
         self.applies += o.applies;
         self.refused_applies += o.refused_applies;
@@ -364,6 +383,8 @@ fn shard_sim_keeps_events_and_runs_each_stage_once_across_crashes() {
             ("outputs", c.outputs),
             ("nacks", c.nacks),
             ("held deliveries", c.held),
+            ("group deliveries", c.group_deliveries),
+            ("group acks", c.group_acks),
             ("closed connections", c.closes),
             ("applies", c.applies),
             ("refused applies", c.refused_applies),

@@ -62,6 +62,9 @@ pub struct Model {
     outputs: BTreeMap<(usize, usize), Vec<u8>>,
     /// Streams the applies added (beside `events`).
     pub extra_streams: BTreeSet<String>,
+    /// Offsets the durable group acked (the ack answered `Done`), in any
+    /// life.
+    pub group_acked: BTreeSet<Root>,
 }
 
 impl Model {
@@ -80,6 +83,15 @@ impl Model {
             );
         }
         self.known.insert(root, event);
+    }
+
+    /// The first offset of `partition` the group never acked.
+    pub fn group_unacked_first(&self, partition: u32) -> u64 {
+        let mut first = 0;
+        while self.group_acked.contains(&(partition, first)) {
+            first += 1;
+        }
+        first
     }
 
     /// The output a correct run gives `stage` of an execution of `event`:

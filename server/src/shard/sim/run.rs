@@ -114,6 +114,7 @@ impl Sim {
         for _ in 0..self.rng.below(2) + 1 {
             self.connect(&mut life, STAGES.len());
         }
+        self.connect_group(&mut life);
         self.settle(&mut life);
         life
     }
@@ -143,6 +144,13 @@ impl Sim {
             }
             let records = life.pool.run_until(read_back(&p));
             self.check_log(no, partition, &records);
+            let stored = p.stored_offsets.borrow().get(GROUP).copied().unwrap_or(0);
+            let first = self.model.group_unacked_first(partition);
+            assert!(
+                stored <= first,
+                "life {no}: the group's stored offset on partition {partition} is {stored}, past offset {first}, which it never acked"
+            );
+            self.note(stored);
         }
     }
 
@@ -178,15 +186,8 @@ impl Sim {
     /// A new handler connection on a random shard, attached on every
     /// partition to `stages` stages (all of them, or one at random).
     fn connect(&mut self, life: &mut Life, stages: usize) {
-        self.next_conn += 1;
-        let shard = self.rng.below(u64::from(SHARDS)) as u16;
-        let handler = Handler {
-            shard,
-            conn: self.next_conn,
-            outbox: Rc::new(Outbox::default()),
-        };
-        let on = life.shards[shard as usize].clone();
-        on.register_conn(handler.conn, handler.outbox.clone());
+        let (on, handler) = self.open_conn(life);
+        let shard = handler.shard;
         let chosen: Vec<usize> = if stages >= STAGES.len() {
             (0..STAGES.len()).collect()
         } else {
@@ -212,6 +213,46 @@ impl Sim {
             }
         }
         self.debug(|| format!("conn {} connects on shard {shard}", handler.conn));
+        life.handlers.push(handler);
+    }
+
+    /// A connection on a random shard, registered there.
+    fn open_conn(&mut self, life: &Life) -> (Rc<SimShard>, Handler) {
+        self.next_conn += 1;
+        let shard = self.rng.below(u64::from(SHARDS)) as u16;
+        let handler = Handler {
+            shard,
+            conn: self.next_conn,
+            outbox: Rc::new(Outbox::default()),
+        };
+        let on = life.shards[shard as usize].clone();
+        on.register_conn(handler.conn, handler.outbox.clone());
+        (on, handler)
+    }
+
+    /// A new consumer of the durable group, on every partition.
+    fn connect_group(&mut self, life: &mut Life) {
+        let (on, handler) = self.open_conn(life);
+        for partition in 0..PARTITIONS {
+            let req = Request::Attach {
+                stream: STREAM.into(),
+                partition,
+                group: GROUP.into(),
+                durable: true,
+                start: hadron_wire::StartPoint::Beginning,
+                max_in_flight: self.rng.below(8) as u32 + 1,
+                member: MemberId {
+                    shard: handler.shard,
+                    conn: handler.conn,
+                    subscription: GROUP_SUBSCRIPTION,
+                },
+            };
+            let (on, to) = (on.clone(), on.owner(STREAM, partition));
+            spawn(life, async move {
+                Outcome::Answered("attach", on.call(to, req).await)
+            });
+        }
+        self.debug(|| format!("conn {} joins the group", handler.conn));
         life.handlers.push(handler);
     }
 
@@ -353,12 +394,11 @@ impl Sim {
                 Outcome::Answered("close", Reply::Done)
             });
         }
-        let stages = if self.rng.below(2) == 0 {
-            STAGES.len()
-        } else {
-            1
-        };
-        self.connect(life, stages);
+        match self.rng.below(3) {
+            0 => self.connect(life, STAGES.len()),
+            1 => self.connect(life, 1),
+            _ => self.connect_group(life),
+        }
     }
 
     /// Runs the executor until it stalls, taking outcomes in and letting
@@ -388,6 +428,14 @@ impl Sim {
                 batch,
                 reply,
             } => self.published(no, client, partition, batch, reply),
+            Outcome::GroupAcked { root, id, reply } => match reply {
+                Reply::Done => {
+                    self.coverage.group_acks += 1;
+                    self.model.group_acked.insert(root);
+                    self.note(root.1);
+                }
+                other => self.debug(|| format!("group ack of {id} not taken: {other:?}")),
+            },
             Outcome::StageAcked {
                 root,
                 stage,
@@ -504,20 +552,17 @@ impl Sim {
                 let frame = hadron_wire::decode(body, &Limits::DEFAULT).unwrap_or_else(|e| {
                     panic!("life {}: a frame that does not decode: {e}", life.no)
                 });
-                let Message::StageDelivery(d) = frame.message else {
-                    panic!("life {}: a handler got {}", life.no, frame.message.name());
-                };
-                let (event, stage) = self.model.check_delivery(&d, life.no);
-                self.coverage.deliveries += 1;
-                self.note(d.delivery_id);
-                self.answer(
-                    life,
-                    h,
-                    d.delivery_id,
-                    (d.partition, d.offset),
-                    event,
-                    stage,
-                );
+                match frame.message {
+                    Message::StageDelivery(d) => {
+                        let (event, stage) = self.model.check_delivery(&d, life.no);
+                        self.coverage.deliveries += 1;
+                        self.note(d.delivery_id);
+                        let root = (d.partition, d.offset);
+                        self.answer(life, h, d.delivery_id, root, event, stage);
+                    }
+                    Message::Delivery(d) => self.group_delivery(life, h, &d),
+                    other => panic!("life {}: a handler got {}", life.no, other.name()),
+                }
             }
         }
         any
@@ -573,6 +618,58 @@ impl Sim {
         }
     }
 
+    /// A group delivery against the model, and the consumer's answer.
+    fn group_delivery(&mut self, life: &mut Life, h: usize, d: &hadron_wire::Delivery<'_>) {
+        let what = format!(
+            "life {}: group delivery {} of partition {} offset {}",
+            life.no, d.delivery_id, d.partition, d.offset
+        );
+        assert_eq!(d.stream, STREAM, "{what}");
+        assert_eq!(d.subscription_id, GROUP_SUBSCRIPTION, "{what}");
+        let Some(event) = self.model.event_of(d.event) else {
+            panic!("{what}: an event nobody published");
+        };
+        self.model.learn((d.partition, d.offset), event, &what);
+        self.coverage.group_deliveries += 1;
+        self.note(d.delivery_id);
+        self.answer_group(life, h, d.delivery_id, (d.partition, d.offset));
+    }
+
+    /// A group consumer answers a delivery: an ack, or (before the last
+    /// life) a nack or nothing.
+    fn answer_group(&mut self, life: &mut Life, h: usize, id: u64, root: model::Root) {
+        let last = life.no + 1 == LIVES;
+        let roll = if last { 9 } else { self.rng.below(20) };
+        let (shard, conn) = (life.handlers[h].shard, life.handlers[h].conn);
+        let on = life.shards[shard as usize].clone();
+        let owner = (id >> 48) as u16;
+        match roll {
+            0 | 1 => {
+                let req = Request::Nack {
+                    id,
+                    message: "not now".into(),
+                    shard,
+                    conn,
+                };
+                spawn(life, async move {
+                    Outcome::Answered("nack", on.call(owner, req).await)
+                });
+            }
+            2 | 3 => self.coverage.held += 1,
+            _ => {
+                let req = Request::Ack {
+                    ids: vec![id],
+                    shard,
+                    conn,
+                };
+                spawn(life, async move {
+                    let reply = on.call(owner, req).await;
+                    Outcome::GroupAcked { root, id, reply }
+                });
+            }
+        }
+    }
+
     /// Ends a life: the crash under way, one now, or a clean stop.
     fn end_life(&mut self, mut life: Life) {
         self.storage.disarm_crash();
@@ -609,6 +706,7 @@ impl Sim {
     /// the runs are checked against the model.
     fn final_drain(&mut self, life: &mut Life) {
         self.connect(life, STAGES.len());
+        self.connect_group(life);
         for _ in 0..DRAIN_ROUNDS_MAX {
             self.settle(life);
             if life.running.get() == 0 && self.drained(life) {
@@ -625,7 +723,8 @@ impl Sim {
         (0..PARTITIONS).all(|partition| {
             let status = self.run_status(life, partition);
             let end = self.partition(life, partition).log.visible_offset();
-            status.cursor >= end && status.unfinished.is_empty()
+            let group_done = (0..end).all(|o| self.model.group_acked.contains(&(partition, o)));
+            status.cursor >= end && status.unfinished.is_empty() && group_done
         })
     }
 
