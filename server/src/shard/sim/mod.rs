@@ -83,7 +83,7 @@ use model::Model;
 type SimShard = Shard<SimStorage, SimClock>;
 
 /// Seeds run by default.
-const SEEDS: u64 = 150;
+const SEEDS: u64 = 300;
 /// Lives per seed (each but the last ends in a crash or a stop).
 const LIVES: u64 = 5;
 /// Steps per life at most.
