@@ -29,6 +29,7 @@ mod apply;
 mod boot;
 pub mod clock;
 pub mod conn;
+mod deliver;
 mod dispatch;
 mod error;
 pub mod group;
@@ -56,7 +57,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::channel::oneshot;
-use futures::future::{Either, select};
+use futures::future::select;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hadron_engine::storage::Storage;
