@@ -333,3 +333,192 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use futures::executor::LocalPool;
+    use futures::task::LocalSpawnExt;
+
+    use super::*;
+    use crate::shard::clock::sim::SimClock;
+
+    /// A target whose rounds return what the test queued (then
+    /// `Ok(false)`), and record when they ran.
+    struct Fake {
+        clock: SimClock,
+        wake: Notify,
+        appended: Notify,
+        closed: Cell<bool>,
+        idle: Cell<IdleWait>,
+        results: RefCell<VecDeque<Result<bool, Failure>>>,
+        /// Milliseconds of the clock at each round.
+        rounds: RefCell<Vec<u128>>,
+    }
+
+    impl Dispatched for Rc<Fake> {
+        type Ctx = ();
+        type Weak = Weak<Fake>;
+
+        fn upgrade(weak: &Self::Weak) -> Option<Self> {
+            weak.upgrade()
+        }
+
+        fn closed(&self) -> bool {
+            self.closed.get()
+        }
+
+        fn wake(&self) -> &Notify {
+            &self.wake
+        }
+
+        fn appended(&self) -> &Notify {
+            &self.appended
+        }
+
+        fn now(&self) -> Duration {
+            self.clock.now()
+        }
+
+        fn idle_wait(&self) -> IdleWait {
+            self.idle.get()
+        }
+
+        async fn round(&self, _: &()) -> Result<bool, Failure> {
+            self.rounds.borrow_mut().push(self.clock.now().as_millis());
+            self.results.borrow_mut().pop_front().unwrap_or(Ok(false))
+        }
+
+        fn warn(&self, _: &str) {}
+    }
+
+    /// A fake waiting for `idle`, its loop spawned on `pool` (which sets
+    /// the returned flag when the loop ends).
+    fn start(pool: &LocalPool, idle: IdleWait) -> (Rc<Fake>, Rc<Cell<bool>>) {
+        let clock = SimClock::new(0);
+        let fake = Rc::new(Fake {
+            clock: clock.clone(),
+            wake: Notify::default(),
+            appended: Notify::default(),
+            closed: Cell::new(false),
+            idle: Cell::new(idle),
+            results: RefCell::default(),
+            rounds: RefCell::default(),
+        });
+        let (weak, ended) = (Rc::downgrade(&fake), Rc::new(Cell::new(false)));
+        let done = ended.clone();
+        let task = async move {
+            let stopping = Cell::new(false);
+            run_dispatcher::<Rc<Fake>>(&(), &clock, &stopping, weak).await;
+            done.set(true);
+        };
+        pool.spawner().spawn_local(task).unwrap();
+        (fake, ended)
+    }
+
+    /// Runs `pool` and moves the time to each sleeper's deadline until no
+    /// sleeper is left.
+    fn run_timers(pool: &mut LocalPool, clock: &SimClock) {
+        for _ in 0..100 {
+            pool.run_until_stalled();
+            let Some(t) = clock.next_deadline() else {
+                return;
+            };
+            clock.advance(t.saturating_sub(clock.now()));
+        }
+        panic!("the loop never went idle");
+    }
+
+    fn failure() -> Result<bool, Failure> {
+        Err((hadron_wire::ErrorCode::Internal, "read failed".into()))
+    }
+
+    const NOTHING: IdleWait = IdleWait {
+        appends: false,
+        until: None,
+    };
+
+    /// Failed rounds are retried after 1, 2, 4 ... ms, at most 1 s apart,
+    /// and wakes and appends do not cut a back-off short; a round that
+    /// succeeds resets it to 1 ms.
+    #[test]
+    fn failing_rounds_back_off_exponentially_and_a_success_resets_it() {
+        let mut pool = LocalPool::new();
+        let (fake, ended) = start(&pool, NOTHING);
+        fake.results.borrow_mut().extend((0..12).map(|_| failure()));
+        run_timers(&mut pool, &fake.clock);
+        assert_eq!(
+            *fake.rounds.borrow(),
+            [0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023, 2023, 3023],
+            "the 13th round succeeded"
+        );
+        fake.results.borrow_mut().extend([failure(), failure()]);
+        fake.wake.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 14);
+        fake.wake.notify_all();
+        fake.appended.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 14, "backing off");
+        run_timers(&mut pool, &fake.clock);
+        assert_eq!(fake.rounds.borrow()[13..], [3023, 3024, 3026]);
+        fake.closed.set(true);
+        fake.wake.notify_all();
+        pool.run_until_stalled();
+        assert!(ended.get(), "a closed target ends its loop");
+    }
+
+    /// An idle loop sleeps until its due time (exactly, no tick), wakes for
+    /// an append only when it asked for appends, always for `wake`, and
+    /// runs rounds back to back while they hand something out.
+    #[test]
+    fn an_idle_loop_wakes_only_for_what_it_waits_for() {
+        let mut pool = LocalPool::new();
+        let due = IdleWait {
+            appends: false,
+            until: Some(Duration::from_millis(50)),
+        };
+        let (fake, ended) = start(&pool, due);
+        let clock = fake.clock.clone();
+        pool.run_until_stalled();
+        assert_eq!(*fake.rounds.borrow(), [0]);
+        assert_eq!(clock.next_deadline(), Some(Duration::from_millis(50)));
+        fake.appended.notify_all();
+        clock.advance(Duration::from_millis(49));
+        pool.run_until_stalled();
+        assert_eq!(*fake.rounds.borrow(), [0], "appends were not asked for");
+        fake.idle.set(IdleWait {
+            appends: true,
+            until: None,
+        });
+        clock.advance(Duration::from_millis(1));
+        pool.run_until_stalled();
+        assert_eq!(*fake.rounds.borrow(), [0, 50]);
+        assert_eq!(clock.next_deadline(), None, "nothing due: no timer");
+        fake.results.borrow_mut().extend([Ok(true), Ok(true)]);
+        fake.appended.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(*fake.rounds.borrow(), [0, 50, 50, 50, 50]);
+        fake.idle.set(NOTHING);
+        fake.wake.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 6);
+        fake.appended.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 6, "no appends asked for now");
+        assert!(!ended.get());
+    }
+
+    #[test]
+    fn backoff_doubles_from_1_ms_to_its_cap_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<u128> = (0..13).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(
+            waits,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000, 1000]
+        );
+        b.reset();
+        assert_eq!(b.failed(), BACKOFF_MIN);
+    }
+}
