@@ -8,7 +8,7 @@
 //! - `cursor`: the next offset never delivered;
 //! - `ledger`: the members, and the deliveries made and not yet settled,
 //!   each with its member, offset, attempt and ack deadline (the dispatch
-//!   core of [`deliver`](super::deliver), shared with pipeline stages;
+//!   core of `deliver`, shared with pipeline stages;
 //!   deadlines in order, so a round expires exactly the due ones), and
 //!   `offsets`, the offsets of those deliveries;
 //! - `retry`: nacked, timed out or orphaned by a disconnect, with the time
@@ -494,7 +494,8 @@ impl<C: Clock> GroupPartition<C> {
         let id = st
             .ledger
             .issue(member, delivery_id, deadline, InFlight { offset, attempt });
-        st.offsets.insert(offset);
+        let fresh = st.offsets.insert(offset);
+        debug_assert!(fresh, "offset {offset} out twice");
         self.deliveries.insert(delivery_id, self.me.clone());
         Outgoing {
             member: id,

@@ -1,7 +1,7 @@
 //! Dispatch: executions started from the source (retried ones first, then
 //! triggering events from the cursor on), ready stages handed to stage
 //! members with room (round robin among the stage's members, in the
-//! run's [`Ledger`](crate::shard::deliver::Ledger)), ack deadlines expired
+//! run's `Ledger`, `shard::deliver`), ack deadlines expired
 //! (popped in deadline order, never scanned), and stage members attached
 //! and detached.
 

@@ -19,9 +19,9 @@
 //! [`dispatch`] starts executions and hands ready stages to members,
 //! [`settle`] takes stage acks and nacks (and ack timeouts), and
 //! [`status`] reports it. Stage members and the deliveries they hold, with
-//! their ack deadlines in order, are a [`Ledger`] of the dispatch core
+//! their ack deadlines in order, are a `Ledger` of the dispatch core
 //! shared with consumer groups (`shard::deliver`); held stages wait for
-//! their backoff in [`Timers`].
+//! their backoff in its `Timers`.
 
 mod checkpoint;
 mod codec;
