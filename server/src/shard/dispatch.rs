@@ -1,8 +1,257 @@
-//! The dispatcher loops: one per consumer group and partition, one per
+//! The dispatcher loop, one per consumer group and partition and one per
 //! pipeline run, and the push of deliveries to members' connections (on
 //! this shard or over the mesh).
+//!
+//! **One loop** ([`run_dispatcher`]) drives both: a group and a pipeline
+//! run each implement [`Dispatched`] (a round that hands out and pushes
+//! what it can, what it waits for when idle, whether it is closed), over
+//! the dispatch core of `deliver`. After a round that handed something
+//! out it runs another at once; after one that handed nothing out it
+//! sleeps until something it could act on happens: its `wake` (attach,
+//! detach, settlements, removal), an append to its source partition if
+//! that could give it work, or its next due time (an exact ack deadline or
+//! retry time: no polling tick). A group without members waits for its
+//! `wake` alone, so an idle group costs no CPU.
+//!
+//! **Failures back off.** A round that fails (a read of the log refused,
+//! an append of a pipeline record failed) is logged and retried after
+//! 1 ms, doubling with every failure in a row up to [`BACKOFF_MAX`], and
+//! back to 1 ms after a round that succeeds: a partition whose reads keep
+//! failing costs one round and one warning a second, not a busy loop. The
+//! back-off is not cut short by wakes or appends (they are what a busy
+//! failing partition has plenty of); the round after it sees everything
+//! that happened meanwhile.
+//!
+//! The loop reads time only through the target's clock and sleeps on the
+//! shard's runtime, so the shard simulation drives it on its own clock.
 
+use std::future::Future;
+use std::pin::pin;
+
+use hadron_engine::notify::Notify;
+
+use super::deliver::IdleWait;
 use super::*;
+
+/// The first wait after a failed round; doubles per failure in a row.
+const BACKOFF_MIN: Duration = Duration::from_millis(1);
+/// The longest wait between failing rounds.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The wait before the next round after failed ones: [`BACKOFF_MIN`],
+/// doubling per failure in a row, at most [`BACKOFF_MAX`].
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// A round failed: how long to wait before the next one.
+    fn failed(&mut self) -> Duration {
+        let wait = BACKOFF_MIN
+            .saturating_mul(1 << self.failures.min(20))
+            .min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+
+    /// A round succeeded.
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// What one dispatcher loop drives: a consumer group on a partition, or a
+/// pipeline run. Implemented by strong references, which the loop holds
+/// only for one turn (it keeps [`Dispatched::Weak`] ones in between, so a
+/// removed group or replaced run is dropped).
+pub(super) trait Dispatched: Sized {
+    /// What a round needs besides the target (the shard, to mint ids and
+    /// push).
+    type Ctx;
+    /// The references kept between turns.
+    type Weak;
+    /// The target, unless it is gone.
+    fn upgrade(weak: &Self::Weak) -> Option<Self>;
+    /// Whether it was removed or replaced: the loop ends.
+    fn closed(&self) -> bool;
+    /// Signalled by attach, detach, settlements and removal.
+    fn wake(&self) -> &Notify;
+    /// Signalled by appends to the source partition.
+    fn appended(&self) -> &Notify;
+    /// The monotonic time of the clock its deadlines are on.
+    fn now(&self) -> Duration;
+    /// What to wait for after a round that handed nothing out.
+    fn idle_wait(&self) -> IdleWait;
+    /// One round: hands out what it can and pushes it. Whether it handed
+    /// anything out.
+    fn round(&self, ctx: &Self::Ctx) -> impl Future<Output = Result<bool, Failure>>;
+    /// Logs a failed round.
+    fn warn(&self, message: &str);
+}
+
+/// The dispatcher loop of `target` (see the module header): rounds until
+/// the target is gone or closed or `stopping` is set, sleeping on `clock`.
+pub(super) async fn run_dispatcher<D: Dispatched>(
+    ctx: &D::Ctx,
+    clock: &impl Clock,
+    stopping: &Cell<bool>,
+    target: D::Weak,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(d) = D::upgrade(&target) else { return };
+        if d.closed() || stopping.get() {
+            return;
+        }
+        let wake_gen = d.wake().generation();
+        let data_gen = d.appended().generation();
+        match d.round(ctx).await {
+            Ok(true) => {
+                backoff.reset();
+                continue;
+            }
+            Ok(false) => backoff.reset(),
+            Err((_, message)) => {
+                d.warn(&message);
+                drop(d);
+                clock.sleep(backoff.failed()).await;
+                continue;
+            }
+        }
+        idle(&d, clock, wake_gen, data_gen).await;
+    }
+}
+
+/// Sleeps until `d` could act (see [`Dispatched::idle_wait`]), or its
+/// `wake` or (when it asks) `appended` changed since the generations read
+/// before its round.
+async fn idle<D: Dispatched>(d: &D, clock: &impl Clock, wake_gen: u64, data_gen: u64) {
+    let idle = d.idle_wait();
+    let appended = pin!(async {
+        if idle.appends {
+            d.appended().changed_since(data_gen).await;
+        } else {
+            futures::future::pending::<()>().await;
+        }
+    });
+    let due = pin!(async {
+        match idle.until {
+            // At least 1 ms, so that a time due during the round costs one
+            // more round, not a busy loop.
+            Some(t) => {
+                clock
+                    .sleep(t.saturating_sub(d.now()).max(BACKOFF_MIN))
+                    .await
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    });
+    let woke = pin!(d.wake().changed_since(wake_gen));
+    let woken = select(woke, appended);
+    let _ = select(woken, due).await;
+}
+
+/// A group's dispatcher drives the group and its partition.
+struct GroupDispatch<S: Storage, R: Runtime> {
+    g: Rc<GroupPartition<R>>,
+    p: Rc<Partition<S, R>>,
+}
+
+impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R> {
+    type Ctx = Rc<Shard<S, R>>;
+    type Weak = (Weak<GroupPartition<R>>, Weak<Partition<S, R>>);
+
+    fn upgrade((g, p): &Self::Weak) -> Option<Self> {
+        Some(GroupDispatch {
+            g: g.upgrade()?,
+            p: p.upgrade()?,
+        })
+    }
+
+    fn closed(&self) -> bool {
+        self.g.closed.get()
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.g.wake
+    }
+
+    fn appended(&self) -> &Notify {
+        &self.p.appended
+    }
+
+    fn now(&self) -> Duration {
+        self.g.clock().now()
+    }
+
+    fn idle_wait(&self) -> IdleWait {
+        self.g.idle_wait()
+    }
+
+    async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Failure> {
+        let out = self.g.round(&self.p, &|| shard.unique_id()).await?;
+        let handed = !out.is_empty();
+        shard.send_deliveries(&self.p, out).await;
+        Ok(handed)
+    }
+
+    fn warn(&self, message: &str) {
+        let (g, p) = (&self.g, &self.p);
+        tracing::warn!(group = %g.group, stream = %p.stream, partition = p.partition, "dispatch failed: {message}");
+    }
+}
+
+impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for Rc<PipelineRun<S, R>> {
+    type Ctx = Rc<Shard<S, R>>;
+    type Weak = Weak<PipelineRun<S, R>>;
+
+    fn upgrade(run: &Self::Weak) -> Option<Self> {
+        run.upgrade()
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    fn appended(&self) -> &Notify {
+        &self.source.appended
+    }
+
+    fn now(&self) -> Duration {
+        self.source.clock().now()
+    }
+
+    fn idle_wait(&self) -> IdleWait {
+        PipelineRun::idle_wait(self)
+    }
+
+    /// Also starts a checkpoint of the outputs log when it has grown
+    /// enough (in its own task: dispatch goes on meanwhile).
+    async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Failure> {
+        if self.claim_checkpoint() {
+            let run = self.clone();
+            shard.runtime.spawn(async move {
+                if let Err(e) = run.checkpoint().await {
+                    tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "checkpoint failed: {e}");
+                }
+            });
+        }
+        let out = PipelineRun::round(self, &|| shard.unique_id()).await?;
+        for d in &out {
+            shard.push(d.member, &self.delivery_message(d)).await;
+        }
+        Ok(!out.is_empty())
+    }
+
+    fn warn(&self, message: &str) {
+        tracing::warn!(pipeline = %self.plan.name, partition = self.source.partition, "dispatch failed: {message}");
+    }
+}
 
 impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// A group's dispatcher: hands out deliveries until the group closes.
@@ -11,102 +260,14 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         group: Weak<GroupPartition<R>>,
         partition: Weak<Partition<S, R>>,
     ) {
-        loop {
-            let (Some(g), Some(p)) = (group.upgrade(), partition.upgrade()) else {
-                return;
-            };
-            if g.closed.get() || self.stopping.get() {
-                return;
-            }
-            let wake_gen = g.wake.generation();
-            let data_gen = p.appended.generation();
-            let this = self.clone();
-            // After a failure, wait a tick before trying again.
-            let mut wait_min = Duration::from_millis(1);
-            match g.round(&p, &move || this.unique_id()).await {
-                Ok(out) if !out.is_empty() => {
-                    self.send_deliveries(&p, out).await;
-                    continue;
-                }
-                Ok(_) => {}
-                Err((_, message)) => {
-                    tracing::warn!(group = %g.group, stream = %p.stream, partition = p.partition, "dispatch failed: {message}");
-                    wait_min = group::TICK;
-                }
-            }
-            // Sleep until something this group could act on happens (see
-            // `GroupPartition::idle_wait`): no timer and no append wakes a
-            // group without members.
-            let idle = g.idle_wait();
-            let appended = async {
-                if idle.appends {
-                    p.appended.changed_since(data_gen).await;
-                } else {
-                    futures::future::pending::<()>().await;
-                }
-            };
-            let due = async {
-                match idle.until {
-                    Some(t) => {
-                        let wait = t.saturating_sub(g.clock().now());
-                        g.clock().sleep(wait.max(wait_min)).await;
-                    }
-                    None if wait_min > Duration::from_millis(1) => {
-                        g.clock().sleep(wait_min).await;
-                    }
-                    None => futures::future::pending::<()>().await,
-                }
-            };
-            let woken = select(Box::pin(g.wake.changed_since(wake_gen)), Box::pin(appended));
-            match select(Box::pin(woken), Box::pin(due)).await {
-                Either::Left(_) | Either::Right(_) => {}
-            }
-        }
+        let target = (group, partition);
+        run_dispatcher::<GroupDispatch<S, R>>(&self, &self.runtime, &self.stopping, target).await;
     }
 
     /// A pipeline run's dispatcher: hands out stage deliveries until the
     /// run closes.
     pub(super) async fn dispatch_pipeline(self: Rc<Self>, run: Weak<PipelineRun<S, R>>) {
-        loop {
-            let Some(run) = run.upgrade() else { return };
-            if run.closed.get() || self.stopping.get() {
-                return;
-            }
-            if run.claim_checkpoint() {
-                let run = run.clone();
-                self.runtime.spawn(async move {
-                    if let Err(e) = run.checkpoint().await {
-                        tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "checkpoint failed: {e}");
-                    }
-                });
-            }
-            let wake_gen = run.wake.generation();
-            let data_gen = run.source.appended.generation();
-            let this = self.clone();
-            match run.round(&move || this.unique_id()).await {
-                Ok(out) if !out.is_empty() => {
-                    for d in out {
-                        self.push(d.member, &run.delivery_message(&d)).await;
-                    }
-                    continue;
-                }
-                Ok(_) => {}
-                Err((_, message)) => {
-                    tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "dispatch failed: {message}");
-                }
-            }
-            let wait = run.next_due().map_or(group::TICK, |t| {
-                t.saturating_sub(run.source.clock().now()).min(group::TICK)
-            });
-            let woken = select(
-                Box::pin(run.wake.changed_since(wake_gen)),
-                Box::pin(run.source.appended.changed_since(data_gen)),
-            );
-            let timer = self.runtime.sleep(wait.max(Duration::from_millis(1)));
-            match select(Box::pin(woken), Box::pin(timer)).await {
-                Either::Left(_) | Either::Right(_) => {}
-            }
-        }
+        run_dispatcher::<Rc<PipelineRun<S, R>>>(&self, &self.runtime, &self.stopping, run).await;
     }
 
     /// Sends a push to a member's connection, on whichever shard it is: a
@@ -170,5 +331,194 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             });
             self.push(d.member, &message).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use futures::executor::LocalPool;
+    use futures::task::LocalSpawnExt;
+
+    use super::*;
+    use crate::shard::clock::sim::SimClock;
+
+    /// A target whose rounds return what the test queued (then
+    /// `Ok(false)`), and record when they ran.
+    struct Fake {
+        clock: SimClock,
+        wake: Notify,
+        appended: Notify,
+        closed: Cell<bool>,
+        idle: Cell<IdleWait>,
+        results: RefCell<VecDeque<Result<bool, Failure>>>,
+        /// Milliseconds of the clock at each round.
+        rounds: RefCell<Vec<u128>>,
+    }
+
+    impl Dispatched for Rc<Fake> {
+        type Ctx = ();
+        type Weak = Weak<Fake>;
+
+        fn upgrade(weak: &Self::Weak) -> Option<Self> {
+            weak.upgrade()
+        }
+
+        fn closed(&self) -> bool {
+            self.closed.get()
+        }
+
+        fn wake(&self) -> &Notify {
+            &self.wake
+        }
+
+        fn appended(&self) -> &Notify {
+            &self.appended
+        }
+
+        fn now(&self) -> Duration {
+            self.clock.now()
+        }
+
+        fn idle_wait(&self) -> IdleWait {
+            self.idle.get()
+        }
+
+        async fn round(&self, _: &()) -> Result<bool, Failure> {
+            self.rounds.borrow_mut().push(self.clock.now().as_millis());
+            self.results.borrow_mut().pop_front().unwrap_or(Ok(false))
+        }
+
+        fn warn(&self, _: &str) {}
+    }
+
+    /// A fake waiting for `idle`, its loop spawned on `pool` (which sets
+    /// the returned flag when the loop ends).
+    fn start(pool: &LocalPool, idle: IdleWait) -> (Rc<Fake>, Rc<Cell<bool>>) {
+        let clock = SimClock::new(0);
+        let fake = Rc::new(Fake {
+            clock: clock.clone(),
+            wake: Notify::default(),
+            appended: Notify::default(),
+            closed: Cell::new(false),
+            idle: Cell::new(idle),
+            results: RefCell::default(),
+            rounds: RefCell::default(),
+        });
+        let (weak, ended) = (Rc::downgrade(&fake), Rc::new(Cell::new(false)));
+        let done = ended.clone();
+        let task = async move {
+            let stopping = Cell::new(false);
+            run_dispatcher::<Rc<Fake>>(&(), &clock, &stopping, weak).await;
+            done.set(true);
+        };
+        pool.spawner().spawn_local(task).unwrap();
+        (fake, ended)
+    }
+
+    /// Runs `pool` and moves the time to each sleeper's deadline until no
+    /// sleeper is left.
+    fn run_timers(pool: &mut LocalPool, clock: &SimClock) {
+        for _ in 0..100 {
+            pool.run_until_stalled();
+            let Some(t) = clock.next_deadline() else {
+                return;
+            };
+            clock.advance(t.saturating_sub(clock.now()));
+        }
+        panic!("the loop never went idle");
+    }
+
+    fn failure() -> Result<bool, Failure> {
+        Err((hadron_wire::ErrorCode::Internal, "read failed".into()))
+    }
+
+    const NOTHING: IdleWait = IdleWait {
+        appends: false,
+        until: None,
+    };
+
+    /// Failed rounds are retried after 1, 2, 4 ... ms, at most 1 s apart,
+    /// and wakes and appends do not cut a back-off short; a round that
+    /// succeeds resets it to 1 ms.
+    #[test]
+    fn failing_rounds_back_off_exponentially_and_a_success_resets_it() {
+        let mut pool = LocalPool::new();
+        let (fake, ended) = start(&pool, NOTHING);
+        fake.results.borrow_mut().extend((0..12).map(|_| failure()));
+        run_timers(&mut pool, &fake.clock);
+        assert_eq!(
+            *fake.rounds.borrow(),
+            [0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023, 2023, 3023],
+            "the 13th round succeeded"
+        );
+        fake.results.borrow_mut().extend([failure(), failure()]);
+        fake.wake.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 14);
+        fake.wake.notify_all();
+        fake.appended.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 14, "backing off");
+        run_timers(&mut pool, &fake.clock);
+        assert_eq!(fake.rounds.borrow()[13..], [3023, 3024, 3026]);
+        fake.closed.set(true);
+        fake.wake.notify_all();
+        pool.run_until_stalled();
+        assert!(ended.get(), "a closed target ends its loop");
+    }
+
+    /// An idle loop sleeps until its due time (exactly, no tick), wakes for
+    /// an append only when it asked for appends, always for `wake`, and
+    /// runs rounds back to back while they hand something out.
+    #[test]
+    fn an_idle_loop_wakes_only_for_what_it_waits_for() {
+        let mut pool = LocalPool::new();
+        let due = IdleWait {
+            appends: false,
+            until: Some(Duration::from_millis(50)),
+        };
+        let (fake, ended) = start(&pool, due);
+        let clock = fake.clock.clone();
+        pool.run_until_stalled();
+        assert_eq!(*fake.rounds.borrow(), [0]);
+        assert_eq!(clock.next_deadline(), Some(Duration::from_millis(50)));
+        fake.appended.notify_all();
+        clock.advance(Duration::from_millis(49));
+        pool.run_until_stalled();
+        assert_eq!(*fake.rounds.borrow(), [0], "appends were not asked for");
+        fake.idle.set(IdleWait {
+            appends: true,
+            until: None,
+        });
+        clock.advance(Duration::from_millis(1));
+        pool.run_until_stalled();
+        assert_eq!(*fake.rounds.borrow(), [0, 50]);
+        assert_eq!(clock.next_deadline(), None, "nothing due: no timer");
+        fake.results.borrow_mut().extend([Ok(true), Ok(true)]);
+        fake.appended.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(*fake.rounds.borrow(), [0, 50, 50, 50, 50]);
+        fake.idle.set(NOTHING);
+        fake.wake.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 6);
+        fake.appended.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 6, "no appends asked for now");
+        assert!(!ended.get());
+    }
+
+    #[test]
+    fn backoff_doubles_from_1_ms_to_its_cap_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<u128> = (0..13).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(
+            waits,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000, 1000]
+        );
+        b.reset();
+        assert_eq!(b.failed(), BACKOFF_MIN);
     }
 }

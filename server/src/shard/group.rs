@@ -6,20 +6,23 @@
 //! `max_in_flight` unacknowledged per member and partition. The group keeps
 //!
 //! - `cursor`: the next offset never delivered;
-//! - `in_flight`: delivered, not yet settled, with the member, attempt and
-//!   ack deadline;
+//! - `ledger`: the members, and the deliveries made and not yet settled,
+//!   each with its member, offset, attempt and ack deadline (the dispatch
+//!   core of `deliver`, shared with pipeline stages;
+//!   deadlines in order, so a round expires exactly the due ones), and
+//!   `offsets`, the offsets of those deliveries;
 //! - `retry`: nacked, timed out or orphaned by a disconnect, with the time
 //!   they may go out again (exponential backoff after a nack).
 //!
 //! The committed offset, below which every event was acknowledged, is the
-//! smallest of `cursor` and the keys of `in_flight` and `retry`. Durable
+//! smallest of `cursor`, `offsets` and the keys of `retry`. Durable
 //! groups persist it (see `partition`), so a restarted server resumes there:
 //! delivery is at least once.
 //!
 //! **Finding a delivery.** Every outstanding delivery id of the shard is in
 //! one [`Deliveries`] index, which names the group holding it; a group adds
 //! an id when it hands the delivery out and removes it whenever the delivery
-//! leaves `in_flight` (ack, nack, deadline, disconnect, the group dropped).
+//! leaves the ledger (ack, nack, deadline, disconnect, the group dropped).
 //! An Ack of n ids thus costs n map lookups, whatever the number of groups.
 //! (Scanning every group per id stalled a shard 40 to 50 s for one Ack of a
 //! million ids.)
@@ -37,7 +40,7 @@
 //! clock.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -46,36 +49,23 @@ use hadron_engine::storage::Storage;
 use hadron_wire::ErrorCode;
 
 use super::clock::{Clock, SystemClock};
+use super::deliver::{IdleWait, Ledger};
 use super::partition::{Failure, Partition};
 
-/// Identifies one subscription of one connection, wherever it lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MemberId {
-    /// Shard of the member's connection.
-    pub shard: u16,
-    /// Connection id on that shard.
-    pub conn: u64,
-    /// Subscription id on that connection.
-    pub subscription: u64,
-}
+pub use super::deliver::MemberId;
 
 /// First redelivery delay after a nack; doubles per attempt.
 const NACK_BACKOFF_INITIAL_MS: u64 = 100;
 /// Longest redelivery delay after a nack.
 const NACK_BACKOFF_MAX_MS: u64 = 10_000;
-/// How often a pipeline dispatcher looks at ack deadlines when nothing else
-/// wakes it (group dispatchers sleep until their next deadline instead).
-pub const TICK: Duration = Duration::from_millis(50);
 /// Bytes read from the log per dispatch round.
 const DISPATCH_READ_BYTES: u32 = 256 << 10;
 
+/// What a group's delivery carries (in the ledger).
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
-    delivery_id: u64,
-    member: MemberId,
+    offset: u64,
     attempt: u32,
-    /// On the group's clock.
-    deadline: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,47 +76,24 @@ struct Retry {
     not_before: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Member {
-    id: MemberId,
-    max_in_flight: u32,
-    in_flight: u32,
-}
-
 #[derive(Debug, Default)]
 struct State {
     cursor: u64,
-    in_flight: BTreeMap<u64, InFlight>,
+    /// Members and the deliveries they hold, by delivery id and deadline.
+    ledger: Ledger<(), InFlight>,
+    /// The offsets of the deliveries in `ledger`.
+    offsets: BTreeSet<u64>,
     retry: BTreeMap<u64, Retry>,
-    by_delivery: HashMap<u64, u64>,
-    members: Vec<Member>,
-    next_member: usize,
     nacks: u64,
     last_error: Option<String>,
 }
 
 impl State {
-    /// Index of the next member with room, round robin.
-    fn pick(&mut self) -> Option<usize> {
-        let n = self.members.len();
-        for k in 0..n {
-            let i = (self.next_member + k) % n;
-            if self.members[i].in_flight < self.members[i].max_in_flight {
-                self.next_member = (i + 1) % n;
-                return Some(i);
-            }
-        }
-        None
-    }
-
-    fn has_room(&self) -> bool {
-        self.members.iter().any(|m| m.in_flight < m.max_in_flight)
-    }
-
-    fn release(&mut self, member: MemberId) {
-        if let Some(m) = self.members.iter_mut().find(|m| m.id == member) {
-            m.in_flight = m.in_flight.saturating_sub(1);
-        }
+    /// A delivery left the ledger (`held`, of `delivery_id`): its offset is
+    /// no longer out, and the shard's index forgets it.
+    fn forget<C: Clock>(&mut self, deliveries: &Deliveries<C>, delivery_id: u64, held: InFlight) {
+        self.offsets.remove(&held.offset);
+        deliveries.remove(delivery_id);
     }
 }
 
@@ -164,16 +131,6 @@ impl<C: Clock> Deliveries<C> {
     fn remove(&self, id: u64) {
         self.by_id.borrow_mut().remove(&id);
     }
-}
-
-/// What an idle dispatcher waits for, besides its group's `wake`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdleWait {
-    /// Whether an append could give it work (some member has room).
-    pub appends: bool,
-    /// When a deadline or retry falls due, if any can matter (a monotonic
-    /// time of the group's clock).
-    pub until: Option<Duration>,
 }
 
 /// A delivery ready to be pushed to a member's connection.
@@ -269,7 +226,7 @@ impl<C: Clock> GroupPartition<C> {
     pub fn committed(&self) -> u64 {
         let st = self.state.borrow();
         let mut committed = st.cursor;
-        if let Some((&o, _)) = st.in_flight.iter().next() {
+        if let Some(&o) = st.offsets.first() {
             committed = committed.min(o);
         }
         if let Some((&o, _)) = st.retry.iter().next() {
@@ -280,16 +237,11 @@ impl<C: Clock> GroupPartition<C> {
 
     /// Adds a member (or updates its limit).
     pub fn attach(&self, id: MemberId, max_in_flight: u32) {
-        let mut st = self.state.borrow_mut();
-        match st.members.iter_mut().find(|m| m.id == id) {
-            Some(m) => m.max_in_flight = max_in_flight.max(1),
-            None => st.members.push(Member {
-                id,
-                max_in_flight: max_in_flight.max(1),
-                in_flight: 0,
-            }),
-        }
-        drop(st);
+        self.state
+            .borrow_mut()
+            .ledger
+            .members
+            .attach(id, (), max_in_flight);
         self.wake.notify_all();
     }
 
@@ -308,29 +260,22 @@ impl<C: Clock> GroupPartition<C> {
 
     fn detach_where(&self, gone: impl Fn(&MemberId) -> bool) -> (Vec<u64>, bool) {
         let mut st = self.state.borrow_mut();
-        st.members.retain(|m| !gone(&m.id));
-        let orphaned: Vec<(u64, InFlight)> = st
-            .in_flight
-            .iter()
-            .filter(|(_, f)| gone(&f.member))
-            .map(|(&o, &f)| (o, f))
-            .collect();
+        let orphaned = st.ledger.detach_where(gone);
         let now = self.clock.now();
-        let mut ids = Vec::new();
-        for (offset, f) in orphaned {
-            st.in_flight.remove(&offset);
-            st.by_delivery.remove(&f.delivery_id);
-            self.deliveries.remove(f.delivery_id);
+        let mut ids = Vec::with_capacity(orphaned.len());
+        for (delivery_id, held) in orphaned {
+            let f = held.what;
+            st.forget(&self.deliveries, delivery_id, f);
             st.retry.insert(
-                offset,
+                f.offset,
                 Retry {
                     attempts: f.attempt,
                     not_before: now,
                 },
             );
-            ids.push(f.delivery_id);
+            ids.push(delivery_id);
         }
-        let any = !st.members.is_empty();
+        let any = !st.ledger.members.is_empty();
         drop(st);
         self.wake.notify_all();
         (ids, any)
@@ -339,12 +284,10 @@ impl<C: Clock> GroupPartition<C> {
     /// Settles a delivery as processed.
     pub fn ack(&self, delivery_id: u64, from: (u16, u64)) -> Result<(), Failure> {
         let mut st = self.state.borrow_mut();
-        let offset = Self::owned(&st, delivery_id, from)?;
-        if let Some(f) = st.in_flight.remove(&offset) {
-            st.release(f.member);
+        Self::owned(&st, delivery_id, from)?;
+        if let Some(held) = st.ledger.settle(delivery_id) {
+            st.forget(&self.deliveries, delivery_id, held.what);
         }
-        st.by_delivery.remove(&delivery_id);
-        self.deliveries.remove(delivery_id);
         drop(st);
         self.wake.notify_all();
         Ok(())
@@ -354,10 +297,9 @@ impl<C: Clock> GroupPartition<C> {
     pub fn nack(&self, delivery_id: u64, from: (u16, u64), message: &str) -> Result<(), Failure> {
         let mut st = self.state.borrow_mut();
         let offset = Self::owned(&st, delivery_id, from)?;
-        st.by_delivery.remove(&delivery_id);
-        self.deliveries.remove(delivery_id);
-        if let Some(f) = st.in_flight.remove(&offset) {
-            st.release(f.member);
+        if let Some(held) = st.ledger.settle(delivery_id) {
+            let f = held.what;
+            st.forget(&self.deliveries, delivery_id, f);
             let backoff = NACK_BACKOFF_INITIAL_MS
                 .saturating_mul(1 << f.attempt.saturating_sub(1).min(16))
                 .min(NACK_BACKOFF_MAX_MS);
@@ -383,11 +325,8 @@ impl<C: Clock> GroupPartition<C> {
                 format!("delivery {delivery_id} is not outstanding on this connection"),
             )
         };
-        let offset = *st.by_delivery.get(&delivery_id).ok_or_else(unknown)?;
-        match st.in_flight.get(&offset) {
-            Some(f) if f.delivery_id == delivery_id && (f.member.shard, f.member.conn) == from => {
-                Ok(offset)
-            }
+        match st.ledger.get(delivery_id) {
+            Some(f) if (f.member.shard, f.member.conn) == from => Ok(f.what.offset),
             _ => Err(unknown()),
         }
     }
@@ -401,8 +340,8 @@ impl<C: Clock> GroupPartition<C> {
             durable: self.durable,
             committed,
             lag: visible.saturating_sub(committed),
-            members: st.members.len(),
-            in_flight: st.in_flight.len(),
+            members: st.ledger.members.len(),
+            in_flight: st.ledger.len(),
             nacks: st.nacks,
             last_error: st.last_error.clone(),
         }
@@ -425,23 +364,15 @@ impl<C: Clock> GroupPartition<C> {
         Ok(out)
     }
 
-    /// Deliveries past their ack deadline leave their member and are
-    /// retried at once.
+    /// Deliveries past their ack deadline (at or before `now`) leave their
+    /// member and are retried at once. Pops only the due ones.
     fn expire_deadlines(&self, now: Duration) {
         let mut st = self.state.borrow_mut();
-        let expired: Vec<(u64, InFlight)> = st
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(&o, &f)| (o, f))
-            .collect();
-        for (offset, f) in expired {
-            st.in_flight.remove(&offset);
-            st.by_delivery.remove(&f.delivery_id);
-            self.deliveries.remove(f.delivery_id);
-            st.release(f.member);
+        while let Some((delivery_id, held)) = st.ledger.pop_due(now) {
+            let f = held.what;
+            st.forget(&self.deliveries, delivery_id, f);
             st.retry.insert(
-                offset,
+                f.offset,
                 Retry {
                     attempts: f.attempt,
                     not_before: now,
@@ -467,7 +398,7 @@ impl<C: Clock> GroupPartition<C> {
                     .map(|(&o, &r)| (o, r))
             };
             let Some((offset, retry)) = due else { break };
-            if !self.state.borrow().has_room() {
+            if !self.state.borrow().ledger.members.has_room() {
                 break;
             }
             let event = match partition.event_at(offset).await {
@@ -484,7 +415,9 @@ impl<C: Clock> GroupPartition<C> {
             if !st.retry.contains_key(&offset) {
                 continue;
             }
-            let Some(i) = st.pick() else { break };
+            let Some(i) = st.ledger.members.pick(|_| true) else {
+                break;
+            };
             st.retry.remove(&offset);
             out.push(self.launch(
                 &mut st,
@@ -508,7 +441,7 @@ impl<C: Clock> GroupPartition<C> {
         loop {
             let cursor = {
                 let st = self.state.borrow();
-                if !st.has_room() {
+                if !st.ledger.members.has_room() {
                     break;
                 }
                 st.cursor
@@ -533,7 +466,9 @@ impl<C: Clock> GroupPartition<C> {
                 if offset < st.cursor {
                     continue;
                 }
-                let Some(i) = st.pick() else { break };
+                let Some(i) = st.ledger.members.pick(|_| true) else {
+                    break;
+                };
                 st.cursor = offset + 1;
                 out.push(self.launch(&mut st, i, offset, 1, event, new_delivery_id));
                 launched = true;
@@ -555,19 +490,12 @@ impl<C: Clock> GroupPartition<C> {
         new_delivery_id: &dyn Fn() -> u64,
     ) -> Outgoing {
         let delivery_id = new_delivery_id();
-        let m = &mut st.members[member];
-        m.in_flight += 1;
-        let id = m.id;
-        st.in_flight.insert(
-            offset,
-            InFlight {
-                delivery_id,
-                member: id,
-                attempt,
-                deadline: self.clock.now() + self.ack_timeout,
-            },
-        );
-        st.by_delivery.insert(delivery_id, offset);
+        let deadline = self.clock.now() + self.ack_timeout;
+        let id = st
+            .ledger
+            .issue(member, delivery_id, deadline, InFlight { offset, attempt });
+        let fresh = st.offsets.insert(offset);
+        debug_assert!(fresh, "offset {offset} out twice");
         self.deliveries.insert(delivery_id, self.me.clone());
         Outgoing {
             member: id,
@@ -586,14 +514,14 @@ impl<C: Clock> GroupPartition<C> {
     /// room, appends and the next deadline or retry.
     pub(super) fn idle_wait(&self) -> IdleWait {
         let st = self.state.borrow();
-        if st.members.is_empty() {
+        if st.ledger.members.is_empty() {
             return IdleWait {
                 appends: false,
                 until: None,
             };
         }
-        let deadline = st.in_flight.values().map(|f| f.deadline).min();
-        if !st.has_room() {
+        let deadline = st.ledger.next_deadline();
+        if !st.ledger.members.has_room() {
             return IdleWait {
                 appends: false,
                 until: deadline,
@@ -614,18 +542,25 @@ impl<C: Clock> GroupPartition<C> {
 impl<C: Clock> Drop for GroupPartition<C> {
     /// Takes the group's outstanding deliveries out of the shard's index.
     fn drop(&mut self) {
-        for id in self.state.get_mut().by_delivery.keys() {
-            self.deliveries.remove(*id);
+        for id in self.state.get_mut().ledger.ids() {
+            self.deliveries.remove(id);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::time::Instant;
+
+    use futures::executor::LocalPool;
+    use hadron_engine::LogConfig;
+    use hadron_engine::storage::sim::{SimFaults, SimStorage};
+    use hadron_wire::Limits;
 
     use super::*;
     use crate::shard::clock::sim::SimClock;
+    use crate::shard::partition::DedupLimits;
 
     fn member(conn: u64) -> MemberId {
         MemberId {
@@ -778,7 +713,7 @@ mod tests {
             }
         );
         let ids = launch_n(&g, 0, 0, 2, &next_id);
-        let deadline = g.state.borrow().in_flight[&0].deadline;
+        let deadline = g.state.borrow().ledger.next_deadline().unwrap();
         assert_eq!(
             g.idle_wait(),
             IdleWait {
@@ -805,5 +740,159 @@ mod tests {
         );
         g.detach(0, 1);
         assert_eq!(g.idle_wait(), nothing, "no members: no timer at all");
+    }
+
+    /// A partition on simulated storage and `clock` holding `n` events.
+    fn partition_of(clock: &SimClock, n: u64) -> Partition<SimStorage, SimClock> {
+        let mut pool = LocalPool::new();
+        let storage = SimStorage::new(1, SimFaults::default());
+        let p = pool
+            .run_until(Partition::open(
+                &storage,
+                clock.clone(),
+                Path::new("/group-tests"),
+                "s",
+                0,
+                LogConfig::default(),
+                DedupLimits {
+                    window_ms: 0,
+                    keys_max: 1,
+                },
+                Limits::DEFAULT,
+                16,
+            ))
+            .unwrap();
+        let events: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                hadron_wire::encode_event(&hadron_wire::EventRef {
+                    id: &i.to_string(),
+                    source: "t",
+                    ty: "t",
+                    ..hadron_wire::EventRef::default()
+                })
+            })
+            .collect();
+        pool.run_until(p.publish(&events)).unwrap();
+        assert_eq!(p.log.visible_offset(), n);
+        p
+    }
+
+    /// Runs one dispatch round of `g` on `p`: (member conn, offset,
+    /// attempt, delivery id) of each delivery.
+    fn round_of(
+        g: &GroupPartition<SimClock>,
+        p: &Partition<SimStorage, SimClock>,
+        next_id: &Cell<u64>,
+    ) -> Vec<(u64, u64, u32, u64)> {
+        let mint = || {
+            next_id.set(next_id.get() + 1);
+            next_id.get()
+        };
+        let out = LocalPool::new().run_until(g.round(p, &mint)).unwrap();
+        out.iter()
+            .map(|d| (d.member.conn, d.offset, d.attempt, d.delivery_id))
+            .collect()
+    }
+
+    /// Events go to the members with room in turn; deliveries past their
+    /// ack deadline (exactly those: one issued later is still out) go out
+    /// again in the next round with the next attempt and a new id, the old
+    /// id refused; the committed offset stays below the unacked ones.
+    #[test]
+    fn ack_timeouts_redeliver_exactly_the_expired_deliveries() {
+        let clock = SimClock::new(0);
+        let p = partition_of(&clock, 5);
+        let next_id = Cell::new(0);
+        let timeout = Duration::from_secs(30);
+        let index = Rc::new(Deliveries::default());
+        let g = GroupPartition::new("g", true, 0, timeout, index.clone(), clock.clone());
+        g.attach(member(1), 1);
+        g.attach(member(2), 2);
+        let first = round_of(&g, &p, &next_id);
+        let to: Vec<(u64, u64, u32)> = first.iter().map(|d| (d.0, d.1, d.2)).collect();
+        assert_eq!(
+            to,
+            [(1, 0, 1), (2, 1, 1), (2, 2, 1)],
+            "round robin with room"
+        );
+        assert!(
+            round_of(&g, &p, &next_id).is_empty(),
+            "every member is full"
+        );
+        // Offset 1 is acked at 10 s; offset 3 then goes out, due at 40 s.
+        clock.advance(Duration::from_secs(10));
+        g.ack(first[1].3, (0, 2)).unwrap();
+        let later = round_of(&g, &p, &next_id);
+        assert_eq!(
+            later.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+            [(2, 3)]
+        );
+        assert_eq!(
+            g.idle_wait().until,
+            Some(timeout),
+            "the earliest deadline, exactly"
+        );
+        clock.advance(Duration::from_secs(20));
+        let again = round_of(&g, &p, &next_id);
+        let to: Vec<(u64, u64, u32)> = again.iter().map(|d| (d.0, d.1, d.2)).collect();
+        assert_eq!(
+            to,
+            [(1, 0, 2), (2, 2, 2)],
+            "offsets 0 and 2 expired; offset 3 (due at 40 s) is still out"
+        );
+        assert!(again[0].3 > later[0].3, "a new delivery id");
+        let (code, _) = g.ack(first[0].3, (0, 1)).unwrap_err();
+        assert_eq!(
+            code,
+            ErrorCode::UnknownDelivery,
+            "the expired id is settled"
+        );
+        assert_eq!(g.committed(), 0);
+        g.ack(again[0].3, (0, 1)).unwrap();
+        assert_eq!(g.committed(), 2);
+        let rest = round_of(&g, &p, &next_id);
+        let to: Vec<(u64, u64, u32)> = rest.iter().map(|d| (d.0, d.1, d.2)).collect();
+        assert_eq!(to, [(1, 4, 1)]);
+        assert_eq!(g.idle_wait().until, Some(Duration::from_secs(40)));
+        assert_eq!(g.status(5).in_flight, 3);
+        assert_eq!(index.len(), 3);
+    }
+
+    /// A nacked delivery waits its backoff (100 ms after the first
+    /// attempt), then goes out again with the next attempt; the idle wait
+    /// names exactly when; a disconnect sends a member's deliveries to
+    /// another member at once.
+    #[test]
+    fn nacks_back_off_and_disconnects_redeliver_at_once() {
+        let clock = SimClock::new(0);
+        let p = partition_of(&clock, 2);
+        let next_id = Cell::new(0);
+        let index = Rc::new(Deliveries::default());
+        let g = GroupPartition::new("g", false, 0, Duration::from_secs(30), index, clock.clone());
+        g.attach(member(1), 10);
+        let first = round_of(&g, &p, &next_id);
+        assert_eq!(first.len(), 2);
+        g.nack(first[0].3, (0, 1), "boom").unwrap();
+        assert_eq!(g.status(2).last_error.as_deref(), Some("boom"));
+        assert!(
+            round_of(&g, &p, &next_id).is_empty(),
+            "not before its backoff"
+        );
+        assert_eq!(g.idle_wait().until, Some(Duration::from_millis(100)));
+        clock.advance(Duration::from_millis(100));
+        let again = round_of(&g, &p, &next_id);
+        assert_eq!(
+            again.iter().map(|d| (d.1, d.2)).collect::<Vec<_>>(),
+            [(0, 2)]
+        );
+        g.attach(member(2), 10);
+        let (orphaned, left) = g.detach(0, 1);
+        assert!(left, "member 2 remains");
+        let mut ids = orphaned;
+        ids.sort_unstable();
+        assert_eq!(ids, [first[1].3, again[0].3]);
+        let moved = round_of(&g, &p, &next_id);
+        let to: Vec<(u64, u64, u32)> = moved.iter().map(|d| (d.0, d.1, d.2)).collect();
+        assert_eq!(to, [(2, 0, 3), (2, 1, 2)], "in offset order, next attempts");
     }
 }

@@ -19,16 +19,19 @@
 //!
 //! Layout: `boot` starts the executors and the mesh; `protocol` is the
 //! inter-shard request and reply; `handle` serves a request on the owning
-//! shard; `dispatch` runs the group and pipeline dispatchers and pushes
-//! deliveries; `apply` and `topology` change and keep the resources;
-//! `housekeeping` commits, checkpoints and applies retention; `status`
-//! reports; `conn` and `outbox` are client connections; `partition`,
-//! `group` and `pipeline` are the state machines a shard owns.
+//! shard; `dispatch` runs the one dispatcher loop of groups and pipeline
+//! runs and pushes deliveries; `deliver` is their shared dispatch core
+//! (members, deliveries out and their deadlines); `apply` and `topology`
+//! change and keep the resources; `housekeeping` commits, checkpoints and
+//! applies retention; `status` reports; `conn` and `outbox` are client
+//! connections; `partition`, `group` and `pipeline` are the state machines
+//! a shard owns.
 
 mod apply;
 mod boot;
 pub mod clock;
 pub mod conn;
+mod deliver;
 mod dispatch;
 mod error;
 pub mod group;
@@ -58,7 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::channel::oneshot;
-use futures::future::{Either, select};
+use futures::future::select;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hadron_engine::storage::Storage;

@@ -1,6 +1,8 @@
 //! Dispatch: executions started from the source (retried ones first, then
 //! triggering events from the cursor on), ready stages handed to stage
-//! members with room, ack deadlines expired, and stage members attached
+//! members with room (round robin among the stage's members, in the
+//! run's `Ledger`, `shard::deliver`), ack deadlines expired
+//! (popped in deadline order, never scanned), and stage members attached
 //! and detached.
 
 use std::rc::Rc;
@@ -9,8 +11,8 @@ use std::time::Duration;
 use crate::shard::clock::Clock;
 use hadron_engine::storage::Storage;
 
-use super::{CarriedMember, Issued, PipelineRun, RunState, StageMember, StageOutgoing};
-use crate::shard::group::MemberId;
+use super::{CarriedMember, Issued, PipelineRun, RunState, StageOutgoing};
+use crate::shard::deliver::{Held, IdleWait, MemberId};
 use crate::shard::partition::Failure;
 
 /// Bytes of the source read per trigger scan.
@@ -95,42 +97,31 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     }
 
     /// Counts a failed attempt for every delivery whose ack deadline passed
-    /// by `now`.
+    /// by `now`, earliest deadline first. Each is taken out only when its
+    /// turn comes, so one not reached yet can still be acked meanwhile.
     async fn expire_acks(&self, now: Duration) -> Result<(), Failure> {
-        let expired = self.expired(now);
-        for id in expired {
+        loop {
+            let due = self.state.borrow_mut().ledger.pop_due(now);
+            let Some((_, Held { what: f, .. })) = due else {
+                return Ok(());
+            };
             let timeout = self
                 .plan
                 .stages
-                .get(
-                    self.state
-                        .borrow()
-                        .in_flight
-                        .get(&id)
-                        .map_or(0, |f| f.stage as usize),
-                )
+                .get(f.stage as usize)
                 .map_or(0, |s| s.ack_timeout_ms);
-            self.fail_attempt(
-                id,
-                &format!("no ack within the ack timeout of {timeout} ms"),
-            )
-            .await?;
+            self.fail_issued(f, &format!("no ack within the ack timeout of {timeout} ms"))
+                .await?;
         }
-        Ok(())
     }
 
     /// Releases the held stages whose backoff ended by `now`.
     fn release_retries(&self, now: Duration) {
         let mut st = self.state.borrow_mut();
         let mut index = self.index.borrow_mut();
-        st.retry_at.retain(|&(at, root, stage)| {
-            if at <= now {
-                index.release(root, stage as usize);
-                false
-            } else {
-                true
-            }
-        });
+        while let Some((_, (root, stage))) = st.retry_at.pop_due(now) {
+            index.release(root, stage as usize);
+        }
     }
 
     /// Hands every ready stage of the live executions to a member of its
@@ -151,7 +142,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             while stages != 0 {
                 let s = stages.trailing_zeros() as u8;
                 stages &= stages - 1;
-                let Some(m) = Self::pick(&mut st, s) else {
+                let Some(m) = st.ledger.members.pick(|&stage| stage == s) else {
                     continue;
                 };
                 if !index.dispatch(root, s as usize) {
@@ -199,19 +190,10 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             None => Vec::new(),
         };
         let attempt = st.attempts.get(&(root, s)).copied().unwrap_or(0) + 1;
-        let member = st.members[m].id;
-        st.members[m].in_flight += 1;
         let deadline = now + Duration::from_millis(planned.ack_timeout_ms.max(1));
-        st.in_flight.insert(
-            delivery_id,
-            Issued {
-                root,
-                stage: s,
-                member,
-                deadline,
-            },
-        );
-        st.deadline_min = Some(st.deadline_min.map_or(deadline, |d| d.min(deadline)));
+        let member = st
+            .ledger
+            .issue(m, delivery_id, deadline, Issued { root, stage: s });
         st.issued.insert(delivery_id, (root, s));
         let stages = self.plan.stages.len();
         st.issued_by_root
@@ -221,55 +203,25 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         (member, attempt, inputs)
     }
 
-    fn pick(st: &mut RunState, stage: u8) -> Option<usize> {
-        let n = st.members.len();
-        for k in 0..n {
-            let i = (st.next_member + k) % n;
-            let m = &st.members[i];
-            if m.stage == stage && m.in_flight < m.max_in_flight {
-                st.next_member = (i + 1) % n;
-                return Some(i);
-            }
-        }
-        None
-    }
-
-    pub(super) fn release_member(st: &mut RunState, member: MemberId) {
-        if let Some(m) = st.members.iter_mut().find(|m| m.id == member) {
-            m.in_flight = m.in_flight.saturating_sub(1);
-        }
-    }
-
-    /// The in-flight deliveries whose ack deadline passed by `now`. Scans
-    /// them only when the earliest deadline may have passed, and then
-    /// makes `deadline_min` exact again.
-    fn expired(&self, now: Duration) -> Vec<u64> {
-        let mut st = self.state.borrow_mut();
-        if st.deadline_min.is_none_or(|d| d > now) {
-            return Vec::new();
-        }
-        let mut expired = Vec::new();
-        let mut min: Option<Duration> = None;
-        for (&id, f) in &st.in_flight {
-            if f.deadline <= now {
-                expired.push(id);
-            } else {
-                min = Some(min.map_or(f.deadline, |m| m.min(f.deadline)));
-            }
-        }
-        st.deadline_min = min;
-        expired
-    }
-
-    /// The earliest time something is due (possibly a little early: an
-    /// ack deadline of a delivery settled since).
+    /// The earliest time something is due: an ack deadline or the end of
+    /// a backoff (exact: settled deliveries took their deadlines along).
     pub fn next_due(&self) -> Option<Duration> {
         let st = self.state.borrow();
-        let a = st.deadline_min;
-        let b = st.retry_at.iter().map(|r| r.0).min();
+        let a = st.ledger.next_deadline();
+        let b = st.retry_at.next();
         match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// What the dispatcher waits for after a round that handed nothing
+    /// out, besides `wake`: appends to the source (they may trigger
+    /// executions) and the next due time.
+    pub fn idle_wait(&self) -> IdleWait {
+        IdleWait {
+            appends: true,
+            until: self.next_due(),
         }
     }
 
@@ -280,17 +232,11 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Adds a stage member.
     pub fn attach(&self, id: MemberId, stage: u8, max_in_flight: u32) {
-        let mut st = self.state.borrow_mut();
-        match st.members.iter_mut().find(|m| m.id == id) {
-            Some(m) => m.max_in_flight = max_in_flight.max(1),
-            None => st.members.push(StageMember {
-                id,
-                stage,
-                max_in_flight: max_in_flight.max(1),
-                in_flight: 0,
-            }),
-        }
-        drop(st);
+        self.state
+            .borrow_mut()
+            .ledger
+            .members
+            .attach(id, stage, max_in_flight);
         self.wake.notify_all();
     }
 
@@ -299,12 +245,13 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     pub fn members(&self) -> Vec<CarriedMember> {
         self.state
             .borrow()
+            .ledger
             .members
             .iter()
             .map(|m| {
                 (
                     m.id,
-                    self.plan.stages[m.stage as usize].name.clone(),
+                    self.plan.stages[m.key as usize].name.clone(),
                     m.max_in_flight,
                 )
             })
@@ -313,23 +260,16 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Removes a connection's members; their deliveries go out again at once.
     pub fn detach(&self, shard: u16, conn: u64) {
-        let mut st = self.state.borrow_mut();
-        st.members
-            .retain(|m| !(m.id.shard == shard && m.id.conn == conn));
-        let orphaned: Vec<u64> = st
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.member.shard == shard && f.member.conn == conn)
-            .map(|(&id, _)| id)
-            .collect();
+        let orphaned = self
+            .state
+            .borrow_mut()
+            .ledger
+            .detach_where(|m| m.shard == shard && m.conn == conn);
         let mut index = self.index.borrow_mut();
-        for id in orphaned {
-            if let Some(f) = st.in_flight.remove(&id) {
-                index.release(f.root, f.stage as usize);
-            }
+        for (_, Held { what: f, .. }) in orphaned {
+            index.release(f.root, f.stage as usize);
         }
         drop(index);
-        drop(st);
         self.wake.notify_all();
     }
 

@@ -18,7 +18,10 @@
 //! outputs log on open, [`checkpoint`] folds that log so it stays small,
 //! [`dispatch`] starts executions and hands ready stages to members,
 //! [`settle`] takes stage acks and nacks (and ack timeouts), and
-//! [`status`] reports it.
+//! [`status`] reports it. Stage members and the deliveries they hold, with
+//! their ack deadlines in order, are a `Ledger` of the dispatch core
+//! shared with consumer groups (`shard::deliver`); held stages wait for
+//! their backoff in its `Timers`.
 
 mod checkpoint;
 mod codec;
@@ -31,7 +34,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use hadron_engine::notify::Notify;
@@ -42,7 +44,7 @@ use hadron_engine::{Log, LogConfig};
 use hadron_wire::Limits;
 
 use super::clock::{Clock, SystemClock};
-use super::group::MemberId;
+use super::deliver::{Ledger, MemberId, Timers};
 use super::partition::Partition;
 use crate::config::PipelinePlan;
 
@@ -70,20 +72,11 @@ pub struct StageOutgoing {
     pub inputs: Vec<(u8, Rc<Vec<u8>>)>,
 }
 
+/// What a stage delivery carries (in the ledger).
 #[derive(Debug, Clone, Copy)]
 struct Issued {
     root: u64,
     stage: u8,
-    member: MemberId,
-    deadline: Duration,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct StageMember {
-    id: MemberId,
-    stage: u8,
-    max_in_flight: u32,
-    in_flight: u32,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -110,24 +103,19 @@ struct RunState {
     outputs: HashMap<u64, BTreeMap<u8, Rc<Vec<u8>>>>,
     /// Root events of live executions.
     roots: HashMap<u64, Rc<Vec<u8>>>,
-    /// Deliveries not yet settled, by id.
-    in_flight: HashMap<u64, Issued>,
-    /// At most the earliest deadline in `in_flight`; `None` only when
-    /// `in_flight` is empty. A settled delivery leaves it as it is (still a
-    /// lower bound): the next expiry check recomputes it.
-    deadline_min: Option<Duration>,
+    /// Stage members (keyed by their stage) and the deliveries not yet
+    /// settled, by id and by ack deadline.
+    ledger: Ledger<u8, Issued>,
     /// Every delivery id issued for a live execution (for late acks).
     issued: HashMap<u64, (u64, u8)>,
     /// The same ids by root, to forget them when the execution finishes.
     issued_by_root: HashMap<u64, Vec<u64>>,
     /// Stages whose output is being made durable.
     completing: HashSet<(u64, u8)>,
-    /// Held stages and when they may go out again.
-    retry_at: Vec<(Duration, u64, u8)>,
+    /// Held stages, (root, stage), by when they may go out again.
+    retry_at: Timers<(u64, u8)>,
     /// Failed attempts per stage of live executions.
     attempts: HashMap<(u64, u8), u32>,
-    members: Vec<StageMember>,
-    next_member: usize,
     stats: Vec<StageStats>,
     completed: u64,
     failed: BTreeMap<u64, FailedExecution>,

@@ -21,7 +21,7 @@ use hadron_wire::ErrorCode;
 use super::codec::{
     KIND_FAILED, KIND_OUTPUT, KIND_RETRIED, batch_ranges, encode_named, encode_offset,
 };
-use super::{FailedExecution, PipelineRun, StageAckOf};
+use super::{FailedExecution, Issued, PipelineRun, StageAckOf};
 use crate::shard::partition::Failure;
 
 /// Longest error message kept per stage.
@@ -132,15 +132,14 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 format!("stage delivery {delivery_id} is not outstanding"),
             ));
         };
-        if let Some(f) = st.in_flight.get(&delivery_id).copied() {
+        if let Some(f) = st.ledger.get(delivery_id).copied() {
             if (f.member.shard, f.member.conn) != from {
                 return Err((
                     ErrorCode::UnknownDelivery,
                     format!("stage delivery {delivery_id} was not made to this connection"),
                 ));
             }
-            st.in_flight.remove(&delivery_id);
-            Self::release_member(&mut st, f.member);
+            st.ledger.settle(delivery_id);
         }
         let failed = st.failed.contains_key(&root);
         let done = failed
@@ -171,7 +170,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     ) -> Result<(), Failure> {
         let owned = {
             let st = self.state.borrow();
-            match st.in_flight.get(&delivery_id) {
+            match st.ledger.get(delivery_id) {
                 Some(f) => (f.member.shard, f.member.conn) == from,
                 None => st.issued.contains_key(&delivery_id),
             }
@@ -187,19 +186,21 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Counts a failed attempt of an in-flight delivery: hold it for the
     /// backoff, or fail the execution after the last attempt.
-    pub(super) async fn fail_attempt(
-        &self,
-        delivery_id: u64,
-        message: &str,
-    ) -> Result<(), Failure> {
+    async fn fail_attempt(&self, delivery_id: u64, message: &str) -> Result<(), Failure> {
+        let settled = self.state.borrow_mut().ledger.settle(delivery_id);
+        let Some(held) = settled else {
+            // Settled meanwhile (or a stale delivery): nothing to do.
+            return Ok(());
+        };
+        self.fail_issued(held.what, message).await
+    }
+
+    /// Counts a failed attempt of delivery `f`, already taken out of the
+    /// ledger (nacked, or its ack deadline passed).
+    pub(super) async fn fail_issued(&self, f: Issued, message: &str) -> Result<(), Failure> {
         let message = &message[..message.floor_char_boundary(ERROR_BYTES_MAX)];
         let (root, stage, exhausted) = {
             let mut st = self.state.borrow_mut();
-            let Some(f) = st.in_flight.remove(&delivery_id) else {
-                // Settled meanwhile (or a stale delivery): nothing to do.
-                return Ok(());
-            };
-            Self::release_member(&mut st, f.member);
             let key = (f.root, f.stage);
             let failures = st.attempts.get(&key).copied().unwrap_or(0) + 1;
             st.attempts.insert(key, failures);
@@ -214,7 +215,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 self.index.borrow_mut().hold(f.root, f.stage as usize);
                 let at =
                     self.source.clock().now() + Duration::from_millis(policy.delay_ms(failures));
-                st.retry_at.push((at, f.root, f.stage));
+                st.retry_at.push(at, (f.root, f.stage));
                 (f.root, f.stage, false)
             }
         };
@@ -238,7 +239,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             st.retried.remove(&root);
             st.roots.remove(&root);
             st.attempts.retain(|(r, _), _| *r != root);
-            st.retry_at.retain(|&(_, r, _)| r != root);
+            st.retry_at.retain(|&(r, _)| r != root);
         }
         self.wake.notify_all();
         Ok(())
