@@ -29,8 +29,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     continue;
                 }
                 Ok(_) => {}
-                Err((_, message)) => {
-                    tracing::warn!(group = %g.group, stream = %p.stream, partition = p.partition, "dispatch failed: {message}");
+                Err(e) => {
+                    tracing::warn!(group = %g.group, stream = %p.stream, partition = p.partition, "dispatch failed: {e}");
                     wait_min = group::TICK;
                 }
             }
@@ -91,8 +91,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     continue;
                 }
                 Ok(_) => {}
-                Err((_, message)) => {
-                    tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "dispatch failed: {message}");
+                Err(e) => {
+                    tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "dispatch failed: {e}");
                 }
             }
             let wait = run.next_due().map_or(group::TICK, |t| {

@@ -46,7 +46,8 @@ use hadron_engine::storage::Storage;
 use hadron_wire::ErrorCode;
 
 use super::clock::{Clock, SystemClock};
-use super::partition::{Failure, Partition};
+use super::error::{DeliveryKind, Error};
+use super::partition::Partition;
 
 /// Identifies one subscription of one connection, wherever it lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -337,7 +338,7 @@ impl<C: Clock> GroupPartition<C> {
     }
 
     /// Settles a delivery as processed.
-    pub fn ack(&self, delivery_id: u64, from: (u16, u64)) -> Result<(), Failure> {
+    pub fn ack(&self, delivery_id: u64, from: (u16, u64)) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
         let offset = Self::owned(&st, delivery_id, from)?;
         if let Some(f) = st.in_flight.remove(&offset) {
@@ -351,7 +352,7 @@ impl<C: Clock> GroupPartition<C> {
     }
 
     /// Settles a delivery as failed: it goes out again after a backoff.
-    pub fn nack(&self, delivery_id: u64, from: (u16, u64), message: &str) -> Result<(), Failure> {
+    pub fn nack(&self, delivery_id: u64, from: (u16, u64), message: &str) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
         let offset = Self::owned(&st, delivery_id, from)?;
         st.by_delivery.remove(&delivery_id);
@@ -376,12 +377,11 @@ impl<C: Clock> GroupPartition<C> {
         Ok(())
     }
 
-    fn owned(st: &State, delivery_id: u64, from: (u16, u64)) -> Result<u64, Failure> {
-        let unknown = || {
-            (
-                ErrorCode::UnknownDelivery,
-                format!("delivery {delivery_id} is not outstanding on this connection"),
-            )
+    fn owned(st: &State, delivery_id: u64, from: (u16, u64)) -> Result<u64, Error> {
+        let unknown = || Error::NotOutstanding {
+            delivery: delivery_id,
+            kind: DeliveryKind::Group,
+            on_this_connection: true,
         };
         let offset = *st.by_delivery.get(&delivery_id).ok_or_else(unknown)?;
         match st.in_flight.get(&offset) {
@@ -414,7 +414,7 @@ impl<C: Clock> GroupPartition<C> {
         &self,
         partition: &Partition<S, C>,
         new_delivery_id: &dyn Fn() -> u64,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Outgoing>, Error> {
         let now = self.clock.now();
         let mut out = Vec::new();
         self.expire_deadlines(now);
@@ -457,7 +457,7 @@ impl<C: Clock> GroupPartition<C> {
         now: Duration,
         new_delivery_id: &dyn Fn() -> u64,
         out: &mut Vec<Outgoing>,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         loop {
             let due = {
                 let st = self.state.borrow();
@@ -472,7 +472,7 @@ impl<C: Clock> GroupPartition<C> {
             }
             let event = match partition.event_at(offset).await {
                 Ok(e) => e,
-                Err((ErrorCode::OffsetOutOfRange, _)) => {
+                Err(e) if e.code() == ErrorCode::OffsetOutOfRange => {
                     // Deleted by retention meanwhile: nothing to redeliver.
                     self.state.borrow_mut().retry.remove(&offset);
                     continue;
@@ -504,7 +504,7 @@ impl<C: Clock> GroupPartition<C> {
         partition: &Partition<S, C>,
         new_delivery_id: &dyn Fn() -> u64,
         out: &mut Vec<Outgoing>,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         loop {
             let cursor = {
                 let st = self.state.borrow();
@@ -694,8 +694,8 @@ mod tests {
         let (i, id) = ids[7];
         let found = index.group_of(id).unwrap();
         assert_eq!(found.group, groups[i].group);
-        let (code, _) = found.ack(id, (0, 2)).unwrap_err();
-        assert_eq!(code, ErrorCode::UnknownDelivery);
+        let refused = found.ack(id, (0, 2)).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::UnknownDelivery);
         assert_eq!(index.len() as u64, ids_max);
         // The whole Ack, as the shard settles it.
         let started = Instant::now();

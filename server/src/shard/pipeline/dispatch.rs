@@ -11,7 +11,7 @@ use hadron_engine::storage::Storage;
 
 use super::{CarriedMember, Issued, PipelineRun, RunState, StageMember, StageOutgoing};
 use crate::shard::group::MemberId;
-use crate::shard::partition::Failure;
+use crate::shard::error::Error;
 
 /// Bytes of the source read per trigger scan.
 const SCAN_BYTES: u32 = 256 << 10;
@@ -25,7 +25,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Starts executions while there is room: retried failed ones first,
     /// then triggering events from the cursor on.
-    async fn fill(&self) -> Result<(), Failure> {
+    async fn fill(&self) -> Result<(), Error> {
         loop {
             let retry = {
                 let mut st = self.state.borrow_mut();
@@ -86,7 +86,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     pub async fn round(
         &self,
         new_delivery_id: &dyn Fn() -> u64,
-    ) -> Result<Vec<StageOutgoing>, Failure> {
+    ) -> Result<Vec<StageOutgoing>, Error> {
         let now = self.source.clock().now();
         self.expire_acks(now).await?;
         self.release_retries(now);
@@ -96,7 +96,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Counts a failed attempt for every delivery whose ack deadline passed
     /// by `now`.
-    async fn expire_acks(&self, now: Duration) -> Result<(), Failure> {
+    async fn expire_acks(&self, now: Duration) -> Result<(), Error> {
         let expired = self.expired(now);
         for id in expired {
             let timeout = self
