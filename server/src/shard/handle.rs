@@ -274,7 +274,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .values()
             .find(|r| r.owns(delivery_id))
             .cloned()
-            .ok_or_else(|| Error::NotOutstanding {
+            .ok_or(Error::NotOutstanding {
                 delivery: delivery_id,
                 kind: DeliveryKind::Stage,
                 on_this_connection: false,

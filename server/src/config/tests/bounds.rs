@@ -72,7 +72,10 @@ fn resource_counts_at_their_limits_are_accepted_and_one_more_is_refused_naming_t
         ),
     ];
     for (over, message) in cases {
-        let e = config.check_resource_counts(none, over).unwrap_err().to_string();
+        let e = config
+            .check_resource_counts(none, over)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with(message), "{e}");
         // A server already past a limit (it was lowered) may keep what it
         // has, and shrink, but not grow.

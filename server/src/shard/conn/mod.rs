@@ -28,9 +28,9 @@ use glommio::net::TcpStream;
 use hadron_engine::notify::Notify;
 use hadron_wire::{FrameRef, Message, PLACEMENT_NAME, PROTOCOL_VERSION, StartPoint};
 
+use super::error::{Error, Limit};
 use super::group::MemberId;
 use super::outbox::{self, Outbox};
-use super::error::{Error, Limit};
 use super::pipeline::StageAckOf;
 use super::{Reply, Request, Shard};
 use crate::config::ServerConfig;

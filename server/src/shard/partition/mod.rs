@@ -478,10 +478,7 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         offset: u64,
         max_bytes: u32,
     ) -> Result<(u64, Vec<(u64, Vec<u8>)>), Error> {
-        let read = self
-            .log
-            .read_records(offset, max_bytes as usize)
-            .await?;
+        let read = self.log.read_records(offset, max_bytes as usize).await?;
         let records = read
             .records
             .into_iter()

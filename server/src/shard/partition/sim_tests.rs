@@ -722,14 +722,14 @@ impl Sim {
             let from = (0, held.conn);
             match self.rng.below(10) {
                 0..=4 => {
-                    life.g.ack(id, from).unwrap_or_else(|(_, why)| {
+                    life.g.ack(id, from).unwrap_or_else(|why| {
                         panic!("an outstanding delivery's ack was refused: {why}")
                     });
                     self.model.group_acked.insert(held.offset);
                     self.coverage.acks += 1;
                 }
                 5 | 6 => {
-                    life.g.nack(id, from, "failed").unwrap_or_else(|(_, why)| {
+                    life.g.nack(id, from, "failed").unwrap_or_else(|why| {
                         panic!("an outstanding delivery's nack was refused: {why}")
                     });
                     self.coverage.nacks += 1;
@@ -830,7 +830,7 @@ impl Sim {
                 let held = self.model.held[&id];
                 life.g
                     .ack(id, (0, held.conn))
-                    .unwrap_or_else(|(_, why)| panic!("drain: an ack was refused: {why}"));
+                    .unwrap_or_else(|why| panic!("drain: an ack was refused: {why}"));
                 self.model.group_acked.insert(held.offset);
                 self.model.held.remove(&id);
             }

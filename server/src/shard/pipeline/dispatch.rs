@@ -10,8 +10,8 @@ use crate::shard::clock::Clock;
 use hadron_engine::storage::Storage;
 
 use super::{CarriedMember, Issued, PipelineRun, RunState, StageMember, StageOutgoing};
-use crate::shard::group::MemberId;
 use crate::shard::error::Error;
+use crate::shard::group::MemberId;
 
 /// Bytes of the source read per trigger scan.
 const SCAN_BYTES: u32 = 256 << 10;

@@ -183,11 +183,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Counts a failed attempt of an in-flight delivery: hold it for the
     /// backoff, or fail the execution after the last attempt.
-    pub(super) async fn fail_attempt(
-        &self,
-        delivery_id: u64,
-        message: &str,
-    ) -> Result<(), Error> {
+    pub(super) async fn fail_attempt(&self, delivery_id: u64, message: &str) -> Result<(), Error> {
         let message = &message[..message.floor_char_boundary(ERROR_BYTES_MAX)];
         let (root, stage, exhausted) = {
             let mut st = self.state.borrow_mut();
