@@ -195,7 +195,7 @@ fn load_topology(config: &ServerConfig, declared: Vec<Resource>) -> Result<Topol
     }
     let mut topology = Topology::default();
     for resource in streams.into_iter().chain(pipelines) {
-        topology.put(resource).map_err(|(_, message)| message)?;
+        topology.put(resource).map_err(|e| e.to_string())?;
     }
     // The config file is held to the same limits as an apply; what a data
     // dir already holds is kept even if a limit was lowered since.

@@ -104,7 +104,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             }
             let source = self
                 .partition(&plan.source_stream, partition)
-                .map_err(|(_, m)| m)?;
+                .map_err(|e| e.to_string())?;
             let run = PipelineRun::open(
                 &self.storage,
                 &config.data_dir,
@@ -135,10 +135,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Validates and applies resources (runs on shard 0).
     pub(super) async fn apply(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
         if self.applying.get() {
-            return Reply::Failed(
-                ErrorCode::InvalidRequest,
-                "another apply is in progress; retry".into(),
-            );
+            return Reply::Failed(Error::ApplyInProgress);
         }
         self.applying.set(true);
         let reply = self.apply_inner(yaml, force).await;
@@ -157,7 +154,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .await;
         let resources = match parsed {
             Ok(r) => r,
-            Err(e) => return Reply::Failed(ErrorCode::InvalidConfig, e.to_string()),
+            Err(e) => return Reply::Failed(e.into()),
         };
         let current = self.topology.borrow().clone();
         let mut next = current.clone();
@@ -169,15 +166,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         for resource in streams.into_iter().chain(pipelines) {
             match next.put(resource) {
                 Ok(line) => summary.push(line),
-                Err((code, message)) => return Reply::Failed(code, message),
+                Err(e) => return Reply::Failed(e),
             }
         }
-        if let Err(message) = self
+        if let Err(limit) = self
             .settings
             .config
             .check_resource_counts(current.counts(), next.counts())
         {
-            return Reply::Failed(ErrorCode::LimitExceeded, message);
+            return Reply::Failed(limit.into());
         }
         summary.extend(self.dedup_switches(&current, &next));
         if let Err(failure) = self.check_stage_removals(&current, &next, force).await {
@@ -187,7 +184,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             return Reply::Applied(summary);
         }
         if let Err(e) = self.resources.save(&next.resources()) {
-            return Reply::Failed(ErrorCode::StorageError, e);
+            return Reply::Failed(Error::Storage(e));
         }
         let installs = (0..self.shards).map(|to| {
             self.call(
@@ -198,8 +195,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             )
         });
         for reply in futures::future::join_all(installs).await {
-            if let Reply::Failed(code, message) = reply {
-                return Reply::Failed(code, message);
+            if let Reply::Failed(e) = reply {
+                return Reply::Failed(e);
             }
         }
         Reply::Applied(summary)
@@ -235,7 +232,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         current: &Topology,
         next: &Topology,
         force: bool,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         for (name, spec) in &next.pipelines {
             let Some(old) = current.pipelines.get(name) else {
                 continue;
@@ -263,12 +260,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 .map(|r| if let Reply::Count(n) = r { n } else { 0 })
                 .sum();
             if busy > 0 {
-                return Err((
-                    ErrorCode::InvalidConfig,
-                    format!(
-                        "Pipeline {name:?}: removing stage(s) {removed:?} would drop the work of {busy} unfinished or failed executions; apply with --force to do it anyway"
-                    ),
-                ));
+                return Err(Error::StageRemovalBusy {
+                    pipeline: name.clone(),
+                    removed: removed.into_iter().map(str::to_owned).collect(),
+                    busy,
+                });
             }
         }
         Ok(())

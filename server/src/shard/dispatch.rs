@@ -85,7 +85,7 @@ pub(super) trait Dispatched: Sized {
     fn idle_wait(&self) -> IdleWait;
     /// One round: hands out what it can and pushes it. Whether it handed
     /// anything out.
-    fn round(&self, ctx: &Self::Ctx) -> impl Future<Output = Result<bool, Failure>>;
+    fn round(&self, ctx: &Self::Ctx) -> impl Future<Output = Result<bool, Error>>;
     /// Logs a failed round.
     fn warn(&self, message: &str);
 }
@@ -112,8 +112,8 @@ pub(super) async fn run_dispatcher<D: Dispatched>(
                 continue;
             }
             Ok(false) => backoff.reset(),
-            Err((_, message)) => {
-                d.warn(&message);
+            Err(e) => {
+                d.warn(&e.to_string());
                 drop(d);
                 clock.sleep(backoff.failed()).await;
                 continue;
@@ -189,7 +189,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R
         self.g.idle_wait()
     }
 
-    async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Failure> {
+    async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Error> {
         let out = self.g.round(&self.p, &|| shard.unique_id()).await?;
         let handed = !out.is_empty();
         shard.send_deliveries(&self.p, out).await;
@@ -232,7 +232,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for Rc<PipelineRun<S, 
 
     /// Also starts a checkpoint of the outputs log when it has grown
     /// enough (in its own task: dispatch goes on meanwhile).
-    async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Failure> {
+    async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Error> {
         if self.claim_checkpoint() {
             let run = self.clone();
             shard.runtime.spawn(async move {
@@ -352,7 +352,7 @@ mod tests {
         appended: Notify,
         closed: Cell<bool>,
         idle: Cell<IdleWait>,
-        results: RefCell<VecDeque<Result<bool, Failure>>>,
+        results: RefCell<VecDeque<Result<bool, Error>>>,
         /// Milliseconds of the clock at each round.
         rounds: RefCell<Vec<u128>>,
     }
@@ -385,7 +385,7 @@ mod tests {
             self.idle.get()
         }
 
-        async fn round(&self, _: &()) -> Result<bool, Failure> {
+        async fn round(&self, _: &()) -> Result<bool, Error> {
             self.rounds.borrow_mut().push(self.clock.now().as_millis());
             self.results.borrow_mut().pop_front().unwrap_or(Ok(false))
         }
@@ -430,8 +430,8 @@ mod tests {
         panic!("the loop never went idle");
     }
 
-    fn failure() -> Result<bool, Failure> {
-        Err((hadron_wire::ErrorCode::Internal, "read failed".into()))
+    fn failure() -> Result<bool, Error> {
+        Err(Error::Internal("read failed".into()))
     }
 
     const NOTHING: IdleWait = IdleWait {

@@ -50,7 +50,8 @@ use hadron_wire::ErrorCode;
 
 use super::clock::{Clock, SystemClock};
 use super::deliver::{IdleWait, Ledger};
-use super::partition::{Failure, Partition};
+use super::error::{DeliveryKind, Error};
+use super::partition::Partition;
 
 pub use super::deliver::MemberId;
 
@@ -282,7 +283,7 @@ impl<C: Clock> GroupPartition<C> {
     }
 
     /// Settles a delivery as processed.
-    pub fn ack(&self, delivery_id: u64, from: (u16, u64)) -> Result<(), Failure> {
+    pub fn ack(&self, delivery_id: u64, from: (u16, u64)) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
         Self::owned(&st, delivery_id, from)?;
         if let Some(held) = st.ledger.settle(delivery_id) {
@@ -294,7 +295,7 @@ impl<C: Clock> GroupPartition<C> {
     }
 
     /// Settles a delivery as failed: it goes out again after a backoff.
-    pub fn nack(&self, delivery_id: u64, from: (u16, u64), message: &str) -> Result<(), Failure> {
+    pub fn nack(&self, delivery_id: u64, from: (u16, u64), message: &str) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
         let offset = Self::owned(&st, delivery_id, from)?;
         if let Some(held) = st.ledger.settle(delivery_id) {
@@ -318,12 +319,11 @@ impl<C: Clock> GroupPartition<C> {
         Ok(())
     }
 
-    fn owned(st: &State, delivery_id: u64, from: (u16, u64)) -> Result<u64, Failure> {
-        let unknown = || {
-            (
-                ErrorCode::UnknownDelivery,
-                format!("delivery {delivery_id} is not outstanding on this connection"),
-            )
+    fn owned(st: &State, delivery_id: u64, from: (u16, u64)) -> Result<u64, Error> {
+        let unknown = || Error::NotOutstanding {
+            delivery: delivery_id,
+            kind: DeliveryKind::Group,
+            on_this_connection: true,
         };
         match st.ledger.get(delivery_id) {
             Some(f) if (f.member.shard, f.member.conn) == from => Ok(f.what.offset),
@@ -353,7 +353,7 @@ impl<C: Clock> GroupPartition<C> {
         &self,
         partition: &Partition<S, C>,
         new_delivery_id: &dyn Fn() -> u64,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Outgoing>, Error> {
         let now = self.clock.now();
         let mut out = Vec::new();
         self.expire_deadlines(now);
@@ -388,7 +388,7 @@ impl<C: Clock> GroupPartition<C> {
         now: Duration,
         new_delivery_id: &dyn Fn() -> u64,
         out: &mut Vec<Outgoing>,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         loop {
             let due = {
                 let st = self.state.borrow();
@@ -403,7 +403,7 @@ impl<C: Clock> GroupPartition<C> {
             }
             let event = match partition.event_at(offset).await {
                 Ok(e) => e,
-                Err((ErrorCode::OffsetOutOfRange, _)) => {
+                Err(e) if e.code() == ErrorCode::OffsetOutOfRange => {
                     // Deleted by retention meanwhile: nothing to redeliver.
                     self.state.borrow_mut().retry.remove(&offset);
                     continue;
@@ -437,7 +437,7 @@ impl<C: Clock> GroupPartition<C> {
         partition: &Partition<S, C>,
         new_delivery_id: &dyn Fn() -> u64,
         out: &mut Vec<Outgoing>,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         loop {
             let cursor = {
                 let st = self.state.borrow();
@@ -629,8 +629,8 @@ mod tests {
         let (i, id) = ids[7];
         let found = index.group_of(id).unwrap();
         assert_eq!(found.group, groups[i].group);
-        let (code, _) = found.ack(id, (0, 2)).unwrap_err();
-        assert_eq!(code, ErrorCode::UnknownDelivery);
+        let refused = found.ack(id, (0, 2)).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::UnknownDelivery);
         assert_eq!(index.len() as u64, ids_max);
         // The whole Ack, as the shard settles it.
         let started = Instant::now();
@@ -841,7 +841,7 @@ mod tests {
             "offsets 0 and 2 expired; offset 3 (due at 40 s) is still out"
         );
         assert!(again[0].3 > later[0].3, "a new delivery id");
-        let (code, _) = g.ack(first[0].3, (0, 1)).unwrap_err();
+        let code = g.ack(first[0].3, (0, 1)).unwrap_err().code();
         assert_eq!(
             code,
             ErrorCode::UnknownDelivery,

@@ -3,6 +3,7 @@
 //! requests (apply, status).
 
 use super::*;
+use error::DeliveryKind;
 
 impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Serves `req`, one request family per method below.
@@ -96,7 +97,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             Request::Apply { yaml, force } => self.apply(yaml, force).await,
             Request::Install { topology } => match self.install(topology).await {
                 Ok(()) => Reply::Done,
-                Err(e) => Reply::Failed(ErrorCode::StorageError, e),
+                Err(e) => Reply::Failed(Error::Storage(e)),
             },
         }
     }
@@ -104,10 +105,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Streams: appends `events` to the partition.
     async fn publish(&self, stream: &str, partition: u32, events: &[bytes::Bytes]) -> Reply {
         if self.stopping.get() {
-            return Reply::Failed(
-                ErrorCode::ShuttingDown,
-                "the server is shutting down".into(),
-            );
+            return Reply::Failed(Error::ShuttingDown);
         }
         let p = match self.partition(stream, partition) {
             Ok(p) => p,
@@ -152,24 +150,23 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         stage: &str,
         max_in_flight: u32,
         member: MemberId,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         let run = self
             .runs
             .borrow()
             .get(&(pipeline.to_owned(), partition))
             .cloned()
-            .ok_or_else(|| {
-                (
-                    ErrorCode::UnknownPipeline,
-                    format!("pipeline {pipeline:?} does not run on partition {partition} here"),
-                )
+            .ok_or_else(|| Error::PipelineNotHere {
+                pipeline: pipeline.to_owned(),
+                partition,
             })?;
-        let s = run.plan.stage_index(stage).ok_or_else(|| {
-            (
-                ErrorCode::UnknownStage,
-                format!("pipeline {pipeline:?} has no stage {stage:?}"),
-            )
-        })?;
+        let s = run
+            .plan
+            .stage_index(stage)
+            .ok_or_else(|| Error::UnknownStage {
+                pipeline: pipeline.to_owned(),
+                stage: stage.to_owned(),
+            })?;
         run.attach(member, s, max_in_flight);
         Ok(())
     }
@@ -235,7 +232,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         start: StartPoint,
         max_in_flight: u32,
         member: MemberId,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         let p = self.partition(stream, partition)?;
         let existing = p.groups.borrow().get(group).cloned();
         let g = match existing {
@@ -271,17 +268,16 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         Ok(())
     }
 
-    pub(super) fn run_of(&self, delivery_id: u64) -> Result<Rc<PipelineRun<S, R>>, Failure> {
+    pub(super) fn run_of(&self, delivery_id: u64) -> Result<Rc<PipelineRun<S, R>>, Error> {
         self.runs
             .borrow()
             .values()
             .find(|r| r.owns(delivery_id))
             .cloned()
-            .ok_or_else(|| {
-                (
-                    ErrorCode::UnknownDelivery,
-                    format!("stage delivery {delivery_id} is not outstanding"),
-                )
+            .ok_or(Error::NotOutstanding {
+                delivery: delivery_id,
+                kind: DeliveryKind::Stage,
+                on_this_connection: false,
             })
     }
 
@@ -317,14 +313,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     pub(super) fn settle(
         &self,
         id: u64,
-        f: impl Fn(&GroupPartition<R>) -> Result<(), Failure>,
-    ) -> Result<(), Failure> {
+        f: impl Fn(&GroupPartition<R>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         match self.deliveries.group_of(id) {
             Some(g) => f(&g),
-            None => Err((
-                ErrorCode::UnknownDelivery,
-                format!("delivery {id} is not outstanding"),
-            )),
+            None => Err(Error::NotOutstanding {
+                delivery: id,
+                kind: DeliveryKind::Group,
+                on_this_connection: false,
+            }),
         }
     }
 }

@@ -25,7 +25,8 @@
 //! change and keep the resources; `housekeeping` commits, checkpoints and
 //! applies retention; `status` reports; `conn` and `outbox` are client
 //! connections; `partition`, `group` and `pipeline` are the state machines
-//! a shard owns.
+//! a shard owns; `error` is the [`Error`] every request fails with, and
+//! its wire code.
 
 mod apply;
 mod boot;
@@ -33,7 +34,7 @@ pub mod clock;
 pub mod conn;
 mod deliver;
 mod dispatch;
-mod error;
+pub mod error;
 pub mod group;
 mod handle;
 mod housekeeping;
@@ -47,6 +48,7 @@ mod status;
 mod topology;
 
 pub use boot::run;
+pub use error::Error;
 pub use protocol::{Mesh, MeshMsg, Reply, Request};
 pub use status::PartitionStatus;
 pub use topology::{FileResources, ResourceStore, Topology, load_resources, persist_resources};
@@ -67,7 +69,7 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hadron_engine::storage::Storage;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{LogConfig, Retention};
-use hadron_wire::{ErrorCode, Limits, StartPoint, shard_of};
+use hadron_wire::{Limits, StartPoint, shard_of};
 
 use crate::config::server::ResourceCounts;
 use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
@@ -75,7 +77,7 @@ use crate::failpoint;
 use clock::{Clock, Runtime, SystemClock};
 use group::{Deliveries, GroupPartition, GroupStatus, MemberId, Outgoing};
 use outbox::Outbox;
-use partition::{Failure, Partition, Published};
+use partition::{Partition, Published};
 use pipeline::{PipelineRun, RunStatus, StageAckOf};
 
 /// Capacity of each mesh channel, in messages.
@@ -218,22 +220,19 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     }
 
     /// Checks that a stream and partition exist.
-    pub fn check_partition(&self, stream: &str, partition: u32) -> Result<(), Failure> {
+    pub fn check_partition(&self, stream: &str, partition: u32) -> Result<(), Error> {
         let topology = self.topology.borrow();
         let Some(spec) = topology.streams.get(stream) else {
-            return Err((
-                ErrorCode::UnknownStream,
-                format!("no stream named {stream:?}"),
-            ));
+            return Err(Error::UnknownStream {
+                stream: stream.to_owned(),
+            });
         };
         if partition >= spec.partitions {
-            return Err((
-                ErrorCode::UnknownPartition,
-                format!(
-                    "stream {stream:?} has partitions 0..{}; {partition} does not exist",
-                    spec.partitions
-                ),
-            ));
+            return Err(Error::UnknownPartition {
+                stream: stream.to_owned(),
+                partition,
+                partitions: spec.partitions,
+            });
         }
         Ok(())
     }
@@ -249,10 +248,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         let msg = MeshMsg::Request { id, req };
         if self.mesh.send_to(to, msg).await.is_err() {
             self.pending.borrow_mut().remove(&id);
-            return Reply::Failed(ErrorCode::ShuttingDown, format!("shard {to} is gone"));
+            return Reply::Failed(Error::ShardGone { shard: to });
         }
         rx.await.unwrap_or_else(|_| {
-            Reply::Failed(ErrorCode::Internal, format!("shard {to} dropped a request"))
+            Reply::Failed(Error::Internal(format!("shard {to} dropped a request")))
         })
     }
 
@@ -300,19 +299,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         futures::future::join_all(calls).await;
     }
 
-    fn partition(&self, stream: &str, partition: u32) -> Result<Rc<Partition<S, R>>, Failure> {
+    fn partition(&self, stream: &str, partition: u32) -> Result<Rc<Partition<S, R>>, Error> {
         self.partitions
             .borrow()
             .get(&(stream.to_string(), partition))
             .cloned()
-            .ok_or_else(|| {
-                (
-                    ErrorCode::UnknownPartition,
-                    format!(
-                        "partition {partition} of stream {stream:?} is not on shard {}",
-                        self.id
-                    ),
-                )
+            .ok_or_else(|| Error::PartitionNotHere {
+                stream: stream.to_owned(),
+                partition,
+                shard: self.id,
             })
     }
 }

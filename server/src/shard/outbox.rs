@@ -23,7 +23,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use hadron_engine::notify::Notify;
-use hadron_wire::{EncodeError, Encoder, ErrorCode, ErrorReply, Message};
+use hadron_wire::{EncodeError, Encoder, ErrorReply, Message};
+
+use super::error::Error;
 
 /// Capacity a writer's buffer keeps after it was written; a larger one
 /// (left by a large fetch answer) goes back to the allocator.
@@ -81,10 +83,9 @@ impl Outbox {
     /// without an answer.
     pub fn send(&self, request_id: u64, message: &Message<'_>) {
         if let Err(e) = self.try_send(request_id, message) {
-            self.error(
+            self.fail(
                 request_id,
-                ErrorCode::Internal,
-                &format!("cannot encode the answer: {e}"),
+                &Error::Internal(format!("cannot encode the answer: {e}")),
             );
         }
     }
@@ -109,8 +110,11 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues an `Error` frame.
-    pub fn error(&self, request_id: u64, code: ErrorCode, message: &str) {
+    /// Queues the `Error` frame of `e`: its code and its message. Every
+    /// error a client reads is written here.
+    pub fn fail(&self, request_id: u64, e: &Error) {
+        let (code, message) = (e.code(), e.to_string());
+        let message = message.as_str();
         let reply = Message::Error(ErrorReply { code, message });
         // An error message that does not fit a frame is cut rather than
         // lost.
@@ -230,7 +234,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hadron_wire::{Limits, split_frame};
+    use hadron_wire::{ErrorCode, Limits, split_frame};
 
     /// The request ids of the whole frames in `bytes`, which must hold
     /// nothing else.
@@ -253,7 +257,7 @@ mod tests {
         let outbox = Outbox::default();
         outbox.send(3, &Message::AckOk);
         outbox.send_frame(&encode(9, &Message::Status).unwrap());
-        outbox.error(4, ErrorCode::UnknownDelivery, "no delivery 5");
+        outbox.fail(4, &Error::UnknownDelivery { delivery: 5 });
         let mut batch = Vec::new();
         assert!(futures::executor::block_on(outbox.take(&mut batch)));
         assert_eq!(request_ids(&batch), vec![3, 9, 4]);

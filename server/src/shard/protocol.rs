@@ -106,19 +106,19 @@ pub enum Reply {
     Refused(Vec<u64>),
     /// For `StageAcks`: the acks that were not taken, and why (the others
     /// were).
-    Unsettled(Vec<(u64, Failure)>),
+    Unsettled(Vec<(u64, Error)>),
     /// The request failed.
-    Failed(ErrorCode, String),
+    Failed(Error),
 }
 
-impl From<Failure> for Reply {
-    fn from((code, message): Failure) -> Reply {
-        Reply::Failed(code, message)
+impl From<Error> for Reply {
+    fn from(e: Error) -> Reply {
+        Reply::Failed(e)
     }
 }
 
-impl From<Result<(), Failure>> for Reply {
-    fn from(result: Result<(), Failure>) -> Reply {
+impl From<Result<(), Error>> for Reply {
+    fn from(result: Result<(), Error>) -> Reply {
         match result {
             Ok(()) => Reply::Done,
             Err(f) => f.into(),

@@ -164,7 +164,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     }
 
     /// Gathers every shard's status into the `StatusOk` JSON document.
-    pub async fn status_json(self: &Rc<Self>) -> Result<String, Failure> {
+    pub async fn status_json(self: &Rc<Self>) -> Result<String, Error> {
         let replies =
             futures::future::join_all((0..self.shards).map(|to| self.call(to, Request::Status)))
                 .await;
@@ -176,12 +176,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     all.extend(parts);
                     runs.extend(r);
                 }
-                Reply::Failed(code, message) => return Err((code, message)),
+                Reply::Failed(e) => return Err(e),
                 other => {
-                    return Err((
-                        ErrorCode::Internal,
-                        format!("unexpected status reply {other:?}"),
-                    ));
+                    return Err(Error::Internal(format!(
+                        "unexpected status reply {other:?}"
+                    )));
                 }
             }
         }

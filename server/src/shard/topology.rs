@@ -46,15 +46,15 @@ impl Topology {
 
     /// Adds or replaces a resource, checking what can be checked without
     /// runtime state. Returns a one-line summary.
-    pub fn put(&mut self, resource: Resource) -> Result<String, Failure> {
-        let invalid = |m: String| (ErrorCode::InvalidConfig, m);
+    pub fn put(&mut self, resource: Resource) -> Result<String, Error> {
         match resource {
             Resource::Stream(spec) => match self.streams.get(&spec.name) {
                 Some(old) if old == &spec => Ok(format!("stream/{} unchanged", spec.name)),
-                Some(old) if spec.partitions < old.partitions => Err(invalid(format!(
-                    "Stream {:?}: spec.partitions cannot shrink from {} to {}",
-                    spec.name, old.partitions, spec.partitions
-                ))),
+                Some(old) if spec.partitions < old.partitions => Err(Error::PartitionsShrink {
+                    stream: spec.name.clone(),
+                    from: old.partitions,
+                    to: spec.partitions,
+                }),
                 old => {
                     let verb = if old.is_some() {
                         "configured"
@@ -70,8 +70,7 @@ impl Topology {
                 }
             },
             Resource::Pipeline(spec) => {
-                spec.plan(|s| self.streams.contains_key(s))
-                    .map_err(|e| invalid(e.to_string()))?;
+                spec.plan(|s| self.streams.contains_key(s))?;
                 let line = match self.pipelines.get(&spec.name) {
                     Some(old) if old == &spec => format!("pipeline/{} unchanged", spec.name),
                     Some(_) => format!(

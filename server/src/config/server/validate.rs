@@ -11,6 +11,7 @@ use hadron_engine::storage::IO_ALIGN_BYTES;
 use super::*;
 use crate::config::error::{ConfigError, Problem, ResourceKind};
 use crate::config::stream::{DEDUP_KEYS_MAX_MAX, DEDUP_WINDOW_MS_MAX};
+use crate::shard::error::Limit;
 
 fn out_of_range(path: &str, value: u64, min: u64, max: u64) -> ConfigError {
     ConfigError::new(path, Problem::OutOfRange { value, min, max })
@@ -313,14 +314,14 @@ impl ServerConfig {
 
     /// Refuses an apply's YAML longer than `applyBytesMax`; the message
     /// names the setting and its value.
-    pub fn check_apply_bytes(&self, bytes: usize) -> Result<(), String> {
+    pub fn check_apply_bytes(&self, bytes: usize) -> Result<(), Limit> {
         if bytes <= self.apply_bytes_max {
             return Ok(());
         }
-        Err(format!(
-            "the apply is {bytes} bytes of YAML; applyBytesMax is {}: split it into several applies, or raise applyBytesMax in the server's config",
-            self.apply_bytes_max
-        ))
+        Err(Limit::ApplyBytes {
+            bytes,
+            max: self.apply_bytes_max,
+        })
     }
 
     /// Refuses resources that would grow a count past its limit (`before`
@@ -331,7 +332,7 @@ impl ServerConfig {
         &self,
         before: ResourceCounts,
         after: ResourceCounts,
-    ) -> Result<(), String> {
+    ) -> Result<(), Limit> {
         let checks = [
             (
                 "streamsMax",
@@ -364,9 +365,12 @@ impl ServerConfig {
         ];
         for (setting, max, before, after, what) in checks {
             if after > u64::from(max) && after > before {
-                return Err(format!(
-                    "the server would hold {after} {what}; {setting} is {max}: remove some, or raise {setting} in the server's config"
-                ));
+                return Err(Limit::Resources {
+                    setting,
+                    max,
+                    would_hold: after,
+                    what,
+                });
             }
         }
         Ok(())

@@ -18,6 +18,8 @@ fn apply_bytes_at_the_limit_are_accepted_and_one_more_is_refused_naming_the_sett
     assert_eq!(config.apply_bytes_max, 1 << 20);
     assert_eq!(config.check_apply_bytes(1 << 20), Ok(()));
     let e = config.check_apply_bytes((1 << 20) + 1).unwrap_err();
+    assert_eq!(e.setting(), "applyBytesMax");
+    let e = e.to_string();
     assert!(e.contains("1048577 bytes"), "{e}");
     assert!(e.contains("applyBytesMax is 1048576"), "{e}");
     let small = ServerConfig {
@@ -70,7 +72,10 @@ fn resource_counts_at_their_limits_are_accepted_and_one_more_is_refused_naming_t
         ),
     ];
     for (over, message) in cases {
-        let e = config.check_resource_counts(none, over).unwrap_err();
+        let e = config
+            .check_resource_counts(none, over)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with(message), "{e}");
         // A server already past a limit (it was lowered) may keep what it
         // has, and shrink, but not grow.

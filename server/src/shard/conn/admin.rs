@@ -3,13 +3,13 @@
 use super::*;
 
 /// Applies resources (on shard 0); `applyBytesMax` is checked here, where the request enters.
-pub(super) async fn apply(shard: &Rc<Shard>, yaml: String, force: bool) -> Result<Encode, Failure> {
+pub(super) async fn apply(shard: &Rc<Shard>, yaml: String, force: bool) -> Result<Encode, Error> {
     // Refused here, where it enters, before it crosses the mesh.
     shard
         .settings
         .config
         .check_apply_bytes(yaml.len())
-        .map_err(|m| (ErrorCode::LimitExceeded, m))?;
+        .map_err(Error::from)?;
     match shard.call(0, Request::Apply { yaml, force }).await {
         Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
             let summary = summary.iter().map(String::as_str).collect();
@@ -20,7 +20,7 @@ pub(super) async fn apply(shard: &Rc<Shard>, yaml: String, force: bool) -> Resul
 }
 
 /// The status document of every shard.
-pub(super) async fn status(shard: &Rc<Shard>) -> Result<Encode, Failure> {
+pub(super) async fn status(shard: &Rc<Shard>) -> Result<Encode, Error> {
     let json = shard.status_json().await?;
     Ok(Box::new(move |id, outbox: &Outbox| {
         outbox.send(

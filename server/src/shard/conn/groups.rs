@@ -11,25 +11,16 @@ pub(super) async fn subscribe(
     durable: bool,
     start: StartPoint,
     max_in_flight: u32,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     let partitions = {
         let topology = shard.topology.borrow();
         let Some(spec) = topology.streams.get(&stream) else {
-            return Err((
-                ErrorCode::UnknownStream,
-                format!("no stream named {stream:?}"),
-            ));
+            return Err(Error::UnknownStream { stream });
         };
         spec.partitions
     };
     if group.is_empty() || group.len() > crate::shard::partition::GROUP_NAME_BYTES_MAX {
-        return Err((
-            ErrorCode::InvalidRequest,
-            format!(
-                "group names are 1 to {} bytes",
-                crate::shard::partition::GROUP_NAME_BYTES_MAX
-            ),
-        ));
+        return Err(Error::GroupName { bytes: group.len() });
     }
     reserve_subscription(shard, conn)?;
     let member = new_member(shard, conn);
@@ -71,7 +62,7 @@ pub(super) async fn subscribe(
 }
 
 /// Acks each id on the shard that made its delivery.
-pub(super) async fn ack(shard: &Rc<Shard>, conn: u64, ids: Vec<u64>) -> Result<Encode, Failure> {
+pub(super) async fn ack(shard: &Rc<Shard>, conn: u64, ids: Vec<u64>) -> Result<Encode, Error> {
     check_ack_ids(ids.len(), shard.settings.config.ack_ids_max)?;
     // Each id is acked on its own; the answer names those that
     // were not outstanding, after the others were acked.
@@ -103,7 +94,9 @@ pub(super) async fn ack(shard: &Rc<Shard>, conn: u64, ids: Vec<u64>) -> Result<E
     if refused.is_empty() {
         Ok(ack_ok())
     } else {
-        Err((ErrorCode::UnknownDelivery, refused_message(&refused)))
+        Err(Error::AcksRefused {
+            deliveries: refused,
+        })
     }
 }
 
@@ -113,7 +106,7 @@ pub(super) async fn nack(
     conn: u64,
     delivery: u64,
     message: String,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     let req = |id, message, shard, conn| Request::Nack {
         id,
         message,
@@ -131,6 +124,6 @@ pub(super) async fn settle_nack(
     delivery: u64,
     message: String,
     request: impl FnOnce(u64, String, u16, u64) -> Request,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     settle(shard, delivery, request(delivery, message, shard.id, conn)).await
 }

@@ -26,11 +26,11 @@ use futures::future::{AbortHandle, Abortable, select};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hadron_engine::notify::Notify;
-use hadron_wire::{ErrorCode, FrameRef, Message, PLACEMENT_NAME, PROTOCOL_VERSION, StartPoint};
+use hadron_wire::{FrameRef, Message, PLACEMENT_NAME, PROTOCOL_VERSION, StartPoint};
 
+use super::error::{Error, Limit};
 use super::group::MemberId;
 use super::outbox::{self, Outbox};
-use super::partition::Failure;
 use super::pipeline::StageAckOf;
 use super::{Reply, Request, Shard};
 use crate::config::ServerConfig;
@@ -94,7 +94,7 @@ enum Op {
     PipelineRetry(String, Option<(u32, u64)>),
     /// The streams asked for; empty for all.
     Metadata(Vec<String>),
-    Refuse(ErrorCode, String),
+    Refuse(Error),
 }
 
 impl Op {
@@ -138,10 +138,7 @@ impl Op {
             Message::Nack(n) => Op::Nack(n.delivery_id, n.message.to_string()),
             Message::Apply(a) => Op::Apply(a.yaml.to_string(), a.force),
             Message::Status => Op::Status,
-            Message::Handshake(_) => Op::Refuse(
-                ErrorCode::InvalidRequest,
-                "the handshake was already done on this connection".into(),
-            ),
+            Message::Handshake(_) => Op::Refuse(Error::HandshakeRepeated),
             Message::PipelineSubscribe(p) => Op::PipelineSubscribe {
                 pipeline: p.pipeline.to_string(),
                 stage: p.stage.to_string(),
@@ -157,10 +154,9 @@ impl Op {
             Message::StageNack(n) => Op::StageNack(n.delivery_id, n.message.to_string()),
             Message::PipelineRetry(r) => Op::PipelineRetry(r.pipeline.to_string(), r.execution),
             Message::Metadata(m) => Op::Metadata(m.streams.iter().map(|s| s.to_string()).collect()),
-            other => Op::Refuse(
-                ErrorCode::InvalidRequest,
-                format!("{} is a server-to-client message", other.name()),
-            ),
+            other => Op::Refuse(Error::ServerToClient {
+                message: other.name(),
+            }),
         }
     }
 }
@@ -263,11 +259,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 /// error frame (given at most a second to leave) and closes it.
 async fn refuse(stream: TcpStream, connections_max: u32) {
     let (_, mut writer) = stream.split();
-    let message = format!(
-        "the server holds connectionsMax = {connections_max} connections; retry later or raise connectionsMax"
-    );
+    let e = Error::TooManyConnections { connections_max };
+    let message = e.to_string();
     let reply = Message::Error(hadron_wire::ErrorReply {
-        code: ErrorCode::TooManyConnections,
+        code: e.code(),
         message: &message,
     });
     if let Ok(frame) = outbox::encode(0, &reply) {
@@ -290,13 +285,11 @@ async fn watchdog(shard: Rc<Shard>, state: Rc<ConnState>, outbox: Rc<Outbox>, ab
         glommio::timer::sleep(left.min(IDLE_CHECK_MIN)).await;
     }
     if !state.handshaken.get() {
-        outbox.error(
+        outbox.fail(
             0,
-            ErrorCode::Timeout,
-            &format!(
-                "no handshake within handshakeTimeoutMs = {} ms",
-                config.handshake_timeout_ms
-            ),
+            &Error::HandshakeTimeout {
+                handshake_timeout_ms: config.handshake_timeout_ms,
+            },
         );
         abort.abort();
         return;
@@ -310,13 +303,11 @@ async fn watchdog(shard: Rc<Shard>, state: Rc<ConnState>, outbox: Rc<Outbox>, ab
         let busy =
             state.subscribed.get() || state.serving.get() > 0 || outbox.unwritten_answers() > 0;
         if !busy && idle_for >= idle_max {
-            outbox.error(
+            outbox.fail(
                 0,
-                ErrorCode::Timeout,
-                &format!(
-                    "nothing received for idleTimeoutMs = {} ms with no request in flight and no subscription",
-                    config.idle_timeout_ms
-                ),
+                &Error::IdleTimeout {
+                    idle_timeout_ms: config.idle_timeout_ms,
+                },
             );
             abort.abort();
             return;
@@ -363,7 +354,7 @@ async fn read_loop(
                 Ok(Some((_, consumed))) => consumed,
                 Ok(None) => break,
                 Err(e) => {
-                    outbox.error(0, e.code(), &e.to_string());
+                    outbox.fail(0, &Error::Frame(e));
                     return;
                 }
             };
@@ -407,7 +398,8 @@ async fn serve_frame(
         Ok(f) => f,
         Err(e) => {
             let id = e.request_id().unwrap_or(0);
-            outbox.error(id, e.code(), &e.to_string());
+            let e = Error::Decode(e);
+            outbox.fail(id, &e);
             // Before the handshake nothing but a handshake is read.
             return if e.code().closes_connection() || !state.handshaken.get() {
                 Next::Close
@@ -417,13 +409,11 @@ async fn serve_frame(
         }
     };
     if decoded.request_id == 0 {
-        outbox.error(
+        outbox.fail(
             0,
-            ErrorCode::InvalidRequest,
-            &format!(
-                "{} with request_id 0: 0 is reserved for frames the server sends on its own; number requests from 1",
-                decoded.message.name()
-            ),
+            &Error::RequestIdZero {
+                message: decoded.message.name(),
+            },
         );
         return if state.handshaken.get() {
             Next::Continue
@@ -438,8 +428,8 @@ async fn serve_frame(
                 state.handshaken.set(true);
                 Next::Continue
             }
-            Err((code, message)) => {
-                outbox.error(decoded.request_id, code, &message);
+            Err(e) => {
+                outbox.fail(decoded.request_id, &e);
                 Next::Close
             }
         };
@@ -463,7 +453,7 @@ async fn serve_frame(
     glommio::spawn_local(async move {
         match answer(&shard, conn, op).await {
             Ok(answer) => answer(request_id, &outbox),
-            Err((code, message)) => outbox.error(request_id, code, &message),
+            Err(e) => outbox.fail(request_id, &e),
         }
         outbox.answered();
         state.reserved.set(state.reserved.get() - cost);
@@ -495,41 +485,23 @@ async fn admit(config: &ServerConfig, outbox: &Outbox, state: &ConnState, cost: 
     }
 }
 
-fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Failure> {
+fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Error> {
     let Message::Handshake(h) = &frame.message else {
-        return Err((
-            ErrorCode::HandshakeRequired,
-            format!(
-                "the first frame must be Handshake, not {}",
-                frame.message.name()
-            ),
-        ));
+        return Err(Error::HandshakeRequired {
+            got: frame.message.name(),
+        });
     };
     if h.version != PROTOCOL_VERSION {
-        return Err((
-            ErrorCode::UnsupportedVersion,
-            format!(
-                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
-                h.version
-            ),
-        ));
+        return Err(Error::UnsupportedVersion { version: h.version });
     }
     let config = &shard.settings.config;
     if let Some(token) = &config.token
         && !token.matches(h.token)
     {
-        return Err((
-            ErrorCode::Unauthorized,
-            format!(
-                "the handshake token of client {:?} is {}; this server requires its configured token",
-                h.client_name,
-                if h.token.is_empty() {
-                    "missing"
-                } else {
-                    "wrong"
-                }
-            ),
-        ));
+        return Err(Error::Unauthorized {
+            client: h.client_name.to_owned(),
+            token_missing: h.token.is_empty(),
+        });
     }
     let reply = Message::HandshakeOk(hadron_wire::HandshakeOk {
         version: PROTOCOL_VERSION,
@@ -537,12 +509,8 @@ fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Failure> {
         shard_ports: shard_ports(shard),
         placement: PLACEMENT_NAME,
     });
-    outbox::encode(frame.request_id, &reply).map_err(|e| {
-        (
-            ErrorCode::Internal,
-            format!("cannot encode HandshakeOk: {e}"),
-        )
-    })
+    outbox::encode(frame.request_id, &reply)
+        .map_err(|e| Error::Internal(format!("cannot encode HandshakeOk: {e}")))
 }
 
 /// Each shard's own port, indexed by shard id (`HandshakeOk`, `MetadataOk`);
@@ -566,13 +534,10 @@ fn ack_ok() -> Encode {
     Box::new(|id, outbox| outbox.send(id, &Message::AckOk))
 }
 
-fn unexpected(reply: Reply) -> Failure {
+fn unexpected(reply: Reply) -> Error {
     match reply {
-        Reply::Failed(code, message) => (code, message),
-        other => (
-            ErrorCode::Internal,
-            format!("unexpected internal reply {other:?}"),
-        ),
+        Reply::Failed(e) => e,
+        other => Error::Internal(format!("unexpected internal reply {other:?}")),
     }
 }
 
@@ -594,7 +559,7 @@ async fn attach_everywhere(
     partitions: u32,
     max_in_flight: u32,
     attach: impl Fn(u32, u32) -> Request,
-) -> Result<(), Failure> {
+) -> Result<(), Error> {
     let per_partition = max_in_flight.max(1).div_ceil(partitions.max(1)).max(1);
     let attaches = (0..partitions).map(|partition| {
         shard.call(
@@ -614,17 +579,12 @@ async fn attach_everywhere(
 /// subscriptions (stream or pipeline), before the subscription is attached
 /// anywhere; [`release_subscription`] gives it back when that fails. The
 /// count is kept until the connection closes (there is no unsubscribe).
-fn reserve_subscription(shard: &Shard, conn: u64) -> Result<(), Failure> {
+fn reserve_subscription(shard: &Shard, conn: u64) -> Result<(), Error> {
     let max = shard.settings.config.subscriptions_per_connection_max;
     let mut counts = shard.subscriptions.borrow_mut();
     let count = counts.entry(conn).or_insert(0);
     if *count >= max {
-        return Err((
-            ErrorCode::LimitExceeded,
-            format!(
-                "this connection holds {count} subscriptions, the most subscriptionsPerConnectionMax ({max}) allows; subscribe on another connection"
-            ),
-        ));
+        return Err(Limit::Subscriptions { held: *count, max }.into());
     }
     *count += 1;
     Ok(())
@@ -638,78 +598,25 @@ fn release_subscription(shard: &Shard, conn: u64) {
 
 /// Refuses an Ack (or StageAcks) of more than `ackIdsMax` (`max`) ids,
 /// before any is settled.
-fn check_ack_ids(ids: usize, max: u32) -> Result<(), Failure> {
+fn check_ack_ids(ids: usize, max: u32) -> Result<(), Error> {
     if ids > max as usize {
-        return Err((
-            ErrorCode::LimitExceeded,
-            format!(
-                "an ack of {ids} delivery ids exceeds ackIdsMax ({max}); nothing was acked: split it"
-            ),
-        ));
+        return Err(Limit::AckIds { ids, max }.into());
     }
     Ok(())
 }
 
 /// The shard that made a delivery: its id is in the top 16 bits.
-/// Names the deliveries an `Ack` could not settle (at most a few, then a
-/// count).
-fn refused_message(refused: &[u64]) -> String {
-    const NAMED_MAX: usize = 8;
-    let named: Vec<String> = refused.iter().take(NAMED_MAX).map(u64::to_string).collect();
-    let more = refused.len().saturating_sub(NAMED_MAX);
-    let tail = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
-    };
-    format!(
-        "deliveries {}{tail} are not outstanding on this connection; the other ids were acked",
-        named.join(", ")
-    )
-}
-
-/// The failure of a `StageAcks` some of whose acks were not taken: the
-/// first one's code, and which ones failed and why (at most a few, then a
-/// count).
-fn unsettled_failure(unsettled: &[(u64, Failure)]) -> Failure {
-    const NAMED_MAX: usize = 4;
-    let code = unsettled
-        .first()
-        .map_or(ErrorCode::Internal, |(_, (code, _))| *code);
-    let named: Vec<String> = unsettled
-        .iter()
-        .take(NAMED_MAX)
-        .map(|(id, (_, message))| format!("{id} ({message})"))
-        .collect();
-    let more = unsettled.len().saturating_sub(NAMED_MAX);
-    let tail = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
-    };
-    (
-        code,
-        format!(
-            "stage acks {}{tail} were not taken; the other acks were",
-            named.join(", ")
-        ),
-    )
-}
-
-fn delivery_owner(shard: &Shard, delivery: u64) -> Result<u16, Failure> {
+fn delivery_owner(shard: &Shard, delivery: u64) -> Result<u16, Error> {
     let owner = (delivery >> 48) as u16;
     if owner >= shard.shards {
-        return Err((
-            ErrorCode::UnknownDelivery,
-            format!("no delivery {delivery}"),
-        ));
+        return Err(Error::UnknownDelivery { delivery });
     }
     Ok(owner)
 }
 
 /// Sends a settlement (nack, stage ack, stage nack) to the shard that made
 /// the delivery; `AckOk` when it took it.
-async fn settle(shard: &Rc<Shard>, delivery: u64, req: Request) -> Result<Encode, Failure> {
+async fn settle(shard: &Rc<Shard>, delivery: u64, req: Request) -> Result<Encode, Error> {
     let owner = delivery_owner(shard, delivery)?;
     match shard.call(owner, req).await {
         Reply::Done => Ok(ack_ok()),
@@ -717,7 +624,7 @@ async fn settle(shard: &Rc<Shard>, delivery: u64, req: Request) -> Result<Encode
     }
 }
 
-async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure> {
+async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Error> {
     match op {
         Op::Publish {
             stream,
@@ -754,19 +661,21 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Failure>
         }
         Op::Apply(yaml, force) => admin::apply(shard, yaml, force).await,
         Op::Status => admin::status(shard).await,
-        Op::Refuse(code, message) => Err((code, message)),
+        Op::Refuse(e) => Err(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use hadron_wire::ErrorCode;
+
     use super::*;
 
     #[test]
     fn server_to_client_messages_are_refused_with_a_reason() {
         let op = Op::from_message(&Message::AckOk, &Bytes::new());
         assert!(
-            matches!(op, Op::Refuse(ErrorCode::InvalidRequest, ref m) if m.contains("server-to-client"))
+            matches!(op, Op::Refuse(ref e) if e.code() == ErrorCode::InvalidRequest && e.to_string().contains("server-to-client"))
         );
         let op = Op::from_message(
             &Message::Fetch(hadron_wire::Fetch {
@@ -791,8 +700,9 @@ mod tests {
     fn an_ack_of_more_than_ack_ids_max_ids_is_refused_naming_the_setting() {
         assert_eq!(check_ack_ids(0, 3), Ok(()));
         assert_eq!(check_ack_ids(3, 3), Ok(()));
-        let (code, message) = check_ack_ids(4, 3).unwrap_err();
-        assert_eq!(code, ErrorCode::LimitExceeded);
+        let e = check_ack_ids(4, 3).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::LimitExceeded);
+        let message = e.to_string();
         assert!(
             message.contains("4 delivery ids exceeds ackIdsMax (3)"),
             "{message}"

@@ -10,20 +10,14 @@ pub(super) async fn subscribe(
     pipeline: String,
     stage: String,
     max_in_flight: u32,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     let (partitions, source) = {
         let topology = shard.topology.borrow();
         let Some(spec) = topology.pipelines.get(&pipeline) else {
-            return Err((
-                ErrorCode::UnknownPipeline,
-                format!("no pipeline named {pipeline:?}"),
-            ));
+            return Err(Error::UnknownPipeline { pipeline });
         };
         if !spec.stages.iter().any(|s| s.name == stage) {
-            return Err((
-                ErrorCode::UnknownStage,
-                format!("pipeline {pipeline:?} has no stage {stage:?}"),
-            ));
+            return Err(Error::UnknownStage { pipeline, stage });
         }
         let partitions = topology
             .streams
@@ -56,7 +50,7 @@ pub(super) async fn stage_acks(
     shard: &Rc<Shard>,
     conn: u64,
     acks: Vec<StageAckOf>,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     check_ack_ids(acks.len(), shard.settings.config.ack_ids_max)?;
     // Each ack is settled on its own, by the shard that made its
     // delivery; one request per shard.
@@ -91,7 +85,7 @@ pub(super) async fn stage_acks(
         // A lone `StageAck` gets its own failure as it is.
         Err(unsettled.swap_remove(0).1)
     } else {
-        Err(unsettled_failure(&unsettled))
+        Err(Error::AcksNotTaken { unsettled })
     }
 }
 
@@ -101,7 +95,7 @@ pub(super) async fn stage_nack(
     conn: u64,
     delivery: u64,
     message: String,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     let req = |id, message, shard, conn| Request::StageNack {
         id,
         message,
@@ -116,14 +110,11 @@ pub(super) async fn retry(
     shard: &Rc<Shard>,
     pipeline: String,
     execution: Option<(u32, u64)>,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     let source = {
         let topology = shard.topology.borrow();
         let Some(spec) = topology.pipelines.get(&pipeline) else {
-            return Err((
-                ErrorCode::UnknownPipeline,
-                format!("no pipeline named {pipeline:?}"),
-            ));
+            return Err(Error::UnknownPipeline { pipeline });
         };
         spec.source_stream.clone()
     };
@@ -146,10 +137,11 @@ pub(super) async fn retry(
         }
     }
     if let (Some((p, o)), true) = (execution, lines.is_empty()) {
-        return Err((
-            ErrorCode::InvalidRequest,
-            format!("pipeline {pipeline:?} has no failed execution at partition {p} offset {o}"),
-        ));
+        return Err(Error::NoFailedExecution {
+            pipeline,
+            partition: p,
+            offset: o,
+        });
     }
     Ok(Box::new(move |id, outbox: &Outbox| {
         let summary = lines.iter().map(String::as_str).collect();

@@ -8,7 +8,7 @@ pub(super) async fn publish(
     stream: String,
     partition: u32,
     events: Vec<Bytes>,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     shard.check_partition(&stream, partition)?;
     let owner = shard.owner(&stream, partition);
     match shard
@@ -49,7 +49,7 @@ pub(super) async fn fetch(
     partition: u32,
     offset: u64,
     max_bytes: u32,
-) -> Result<Encode, Failure> {
+) -> Result<Encode, Error> {
     shard.check_partition(&stream, partition)?;
     let owner = shard.owner(&stream, partition);
     let req = Request::Fetch {
@@ -135,13 +135,10 @@ pub(super) fn metadata(shard: &Shard, names: &[String]) -> Encode {
             pipelines,
         });
         if let Err(e) = outbox.try_send(id, &answer) {
-            outbox.error(
-                id,
-                ErrorCode::LimitExceeded,
-                &format!(
-                    "the Metadata answer does not fit in one frame (frameBytesMax): {e}; name fewer streams"
-                ),
-            );
+            let limit = Limit::MetadataAnswer {
+                reason: e.to_string(),
+            };
+            outbox.fail(id, &limit.into());
         }
     })
 }

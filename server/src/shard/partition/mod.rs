@@ -48,19 +48,17 @@ use hadron_engine::log::batch::{
 use hadron_engine::notify::Notify;
 use hadron_engine::storage::Storage;
 use hadron_engine::storage::dma::DmaStorage;
-use hadron_engine::{AppendError, Appended, Log, LogConfig, ReadError};
-use hadron_wire::{ErrorCode, Limits};
+use hadron_engine::{AppendError, Appended, Log, LogConfig};
+use hadron_wire::Limits;
 
 use super::clock::{Clock, SystemClock};
+use super::error::{Error, LogName};
 use super::group::GroupPartition;
 
 pub use dedup::DedupLimits;
 use dedup::{Claim, Dedup, dedup_key};
 pub use offsets::GROUP_NAME_BYTES_MAX;
 use offsets::offsets_batch_bytes_max;
-
-/// An error to send back: a wire code and a message that says what is wrong.
-pub type Failure = (ErrorCode, String);
 
 /// What a publish did, per event and overall.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,15 +141,6 @@ pub fn report_recovery<S: Storage>(what: &str, log: &Log<S>) {
     }
     if let Some(damage) = &recovery.damage {
         tracing::error!("{what}: {damage}");
-    }
-}
-
-fn read_failure(e: ReadError) -> Failure {
-    match e {
-        ReadError::BeforeStart { .. } | ReadError::BeyondEnd { .. } => {
-            (ErrorCode::OffsetOutOfRange, e.to_string())
-        }
-        _ => (ErrorCode::StorageError, e.to_string()),
     }
 }
 
@@ -287,9 +276,9 @@ impl<S: Storage, C: Clock> Partition<S, C> {
 
     /// Appends the events not already present, each verified first; nothing
     /// is written when any event is invalid.
-    pub async fn publish<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Published, Failure> {
+    pub async fn publish<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Published, Error> {
         if events.is_empty() {
-            return Err((ErrorCode::InvalidRequest, "publish with no events".into()));
+            return Err(Error::EmptyPublish);
         }
         let keys = self.keys_of(events)?;
         let now = self.clock.now_ms();
@@ -315,10 +304,11 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         let recorded = self.record_appends(&chunks, outcomes, &keys, &untracked, events.len(), now);
         self.appended.notify_all();
         if let Some(e) = recorded.failure {
-            return Err((
-                crate::shard::error::append_code(&e),
-                format!("{}/{}: {e}", self.stream, self.partition),
-            ));
+            let log = LogName::Partition {
+                stream: self.stream.clone(),
+                partition: self.partition,
+            };
+            return Err(Error::append(log, e));
         }
         let offsets = recorded.offsets;
         let mut results = Vec::with_capacity(events.len());
@@ -338,16 +328,12 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     }
 
     /// The dedup key of each event of a publish.
-    fn keys_of<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Vec<u64>, Failure> {
+    fn keys_of<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Vec<u64>, Error> {
         let mut keys = Vec::with_capacity(events.len());
         for (i, bytes) in events.iter().enumerate() {
             // Verifies the whole event; only the key's fields are read.
-            let event = hadron_wire::verify_event(bytes.as_ref(), &self.limits).map_err(|e| {
-                (
-                    ErrorCode::InvalidEvent,
-                    format!("event {i} of the publish is invalid: {e}"),
-                )
-            })?;
+            let event = hadron_wire::verify_event(bytes.as_ref(), &self.limits)
+                .map_err(|reason| Error::InvalidEvent { index: i, reason })?;
             keys.push((self.key_of)(event.source(), event.id()));
         }
         Ok(keys)
@@ -381,7 +367,7 @@ impl<S: Storage, C: Clock> Partition<S, C> {
                     Ok(stored) => (stored.0.as_str(), stored.1.as_str()) == names(i),
                     // Gone to retention, or unreadable: trust the key, as
                     // the window did before it could confirm.
-                    Err((_, why)) => {
+                    Err(why) => {
                         tracing::warn!(stream = %self.stream, partition = self.partition, offset, "cannot confirm a duplicate: {why}");
                         true
                     }
@@ -491,12 +477,8 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         &self,
         offset: u64,
         max_bytes: u32,
-    ) -> Result<(u64, Vec<(u64, Vec<u8>)>), Failure> {
-        let read = self
-            .log
-            .read_records(offset, max_bytes as usize)
-            .await
-            .map_err(read_failure)?;
+    ) -> Result<(u64, Vec<(u64, Vec<u8>)>), Error> {
+        let read = self.log.read_records(offset, max_bytes as usize).await?;
         let records = read
             .records
             .into_iter()
@@ -545,16 +527,15 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     }
 
     /// The (source, id) of the event at `offset`.
-    async fn names_at(&self, offset: u64) -> Result<(String, String), Failure> {
+    async fn names_at(&self, offset: u64) -> Result<(String, String), Error> {
         let bytes = self.event_at(offset).await?;
-        let event = hadron_wire::verify_event(&bytes, &self.limits).map_err(|e| {
-            (
-                ErrorCode::StorageError,
-                format!(
-                    "{}/{}: the stored event at offset {offset} does not verify: {e}",
-                    self.stream, self.partition
-                ),
-            )
+        let event = hadron_wire::verify_event(&bytes, &self.limits).map_err(|reason| {
+            Error::StoredEventInvalid {
+                stream: self.stream.clone(),
+                partition: self.partition,
+                offset,
+                reason,
+            }
         })?;
         Ok((event.source().to_owned(), event.id().to_owned()))
     }
@@ -570,14 +551,11 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     }
 
     /// The event at `offset`.
-    pub async fn event_at(&self, offset: u64) -> Result<Vec<u8>, Failure> {
+    pub async fn event_at(&self, offset: u64) -> Result<Vec<u8>, Error> {
         let (_, records) = self.fetch(offset, 1).await?;
         match records.into_iter().next() {
             Some((o, bytes)) if o == offset => Ok(bytes),
-            _ => Err((
-                ErrorCode::OffsetOutOfRange,
-                format!("no event at offset {offset}"),
-            )),
+            _ => Err(Error::NoEventAt { offset }),
         }
     }
 }

@@ -35,10 +35,10 @@ use hadron_engine::log::batch::{
 use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use hadron_engine::storage::{IO_ALIGN_BYTES, Storage};
 use hadron_engine::{Durability, LogConfig, Retention};
-use hadron_wire::ErrorCode;
 
-use super::{Failure, Partition};
+use super::Partition;
 use crate::shard::clock::Clock;
+use crate::shard::error::{Error, Limit};
 
 /// Largest group name stored in a snapshot.
 pub const GROUP_NAME_BYTES_MAX: usize = 255;
@@ -160,19 +160,20 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     /// Whether a group named `name` that is not attached here may be
     /// created: a durable group known from disk always may (it is counted
     /// already); another only while fewer than `groups_max` are counted.
-    pub fn admit_group(&self, name: &str, groups_max: u32) -> Result<(), Failure> {
+    pub fn admit_group(&self, name: &str, groups_max: u32) -> Result<(), Error> {
         if self.stored_offsets.borrow().contains_key(name) {
             return Ok(());
         }
         let count = self.groups_count();
         if count >= groups_max as usize {
-            return Err((
-                ErrorCode::LimitExceeded,
-                format!(
-                    "partition {} of stream {:?} holds {count} consumer groups, the most groupsMax ({groups_max}) allows; group {name:?} was not created",
-                    self.partition, self.stream
-                ),
-            ));
+            return Err(Limit::Groups {
+                stream: self.stream.clone(),
+                partition: self.partition,
+                group: name.to_owned(),
+                held: count,
+                max: groups_max,
+            }
+            .into());
         }
         Ok(())
     }
@@ -268,7 +269,7 @@ mod tests {
     use std::rc::Rc;
 
     use hadron_engine::storage::dma::DmaStorage;
-    use hadron_wire::Limits;
+    use hadron_wire::{ErrorCode, Limits};
 
     use super::super::{DedupLimits, partition_dir};
     use super::*;
@@ -398,8 +399,9 @@ mod tests {
                 assert_eq!(p.groups_count(), groups_max as usize);
                 // Full: a new group is refused naming the setting, a known
                 // durable group re-attaches.
-                let (code, message) = p.admit_group("one-more", groups_max).unwrap_err();
-                assert_eq!(code, ErrorCode::LimitExceeded);
+                let e = p.admit_group("one-more", groups_max).unwrap_err();
+                assert_eq!(e.code(), ErrorCode::LimitExceeded);
+                let message = e.to_string();
                 assert!(message.contains("groupsMax (1024)"), "{message}");
                 let known = p.stored_offsets.borrow().keys().next().cloned().unwrap();
                 assert_eq!(p.admit_group(&known, groups_max), Ok(()));
@@ -459,8 +461,9 @@ mod tests {
                 set_groups(&p, &names[..2], |i| i as u64);
                 assert_eq!(p.admit_group(&names[2], 3), Ok(()));
                 set_groups(&p, &names[2..], |_| 0);
-                let (code, message) = p.admit_group("d", 3).unwrap_err();
-                assert_eq!(code, ErrorCode::LimitExceeded);
+                let e = p.admit_group("d", 3).unwrap_err();
+                assert_eq!(e.code(), ErrorCode::LimitExceeded);
+                let message = e.to_string();
                 assert!(message.contains("groupsMax (3)"), "{message}");
                 p.commit_offsets().await.unwrap();
                 drop(p);

@@ -60,7 +60,8 @@ use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 use hadron_engine::{Durability, LogConfig, Retention};
 use hadron_wire::{ErrorCode, Limits};
 
-use super::{DedupLimits, Failure, Partition, Published};
+use super::{DedupLimits, Partition, Published};
+use crate::shard::Error;
 use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
 use crate::shard::group::{Deliveries, GroupPartition, Outgoing};
@@ -189,11 +190,11 @@ enum Outcome {
         client: usize,
         batch: Vec<usize>,
         at_ms: u64,
-        result: Result<Published, Failure>,
+        result: Result<Published, Error>,
     },
     Round {
         at: Duration,
-        result: Result<Vec<Outgoing>, Failure>,
+        result: Result<Vec<Outgoing>, Error>,
     },
     Committed(Result<(), String>),
 }
@@ -567,11 +568,12 @@ impl Sim {
         client: usize,
         batch: Vec<usize>,
         at_ms: u64,
-        result: Result<Published, Failure>,
+        result: Result<Published, Error>,
     ) {
         let published = match result {
             Ok(published) => published,
-            Err((code, why)) => {
+            Err(e) => {
+                let (code, why) = (e.code(), e.to_string());
                 self.debug(|| format!("client {client} publish of {batch:?} failed: {why}"));
                 assert!(
                     matches!(code, ErrorCode::StorageError | ErrorCode::ReadOnly),
@@ -653,7 +655,7 @@ impl Sim {
 
     /// A round ran at `at`: the deliveries whose deadline had passed went
     /// back; what it handed out is the member's.
-    fn on_round(&mut self, life: &Life, at: Duration, result: Result<Vec<Outgoing>, Failure>) {
+    fn on_round(&mut self, life: &Life, at: Duration, result: Result<Vec<Outgoing>, Error>) {
         let expired: Vec<u64> = self
             .model
             .held
@@ -668,8 +670,8 @@ impl Sim {
         }
         let out = match result {
             Ok(out) => out,
-            Err((_, why)) => {
-                self.expect_failure_allowed(life, "a dispatch round", &why);
+            Err(why) => {
+                self.expect_failure_allowed(life, "a dispatch round", &why.to_string());
                 return;
             }
         };
@@ -720,14 +722,14 @@ impl Sim {
             let from = (0, held.conn);
             match self.rng.below(10) {
                 0..=4 => {
-                    life.g.ack(id, from).unwrap_or_else(|(_, why)| {
+                    life.g.ack(id, from).unwrap_or_else(|why| {
                         panic!("an outstanding delivery's ack was refused: {why}")
                     });
                     self.model.group_acked.insert(held.offset);
                     self.coverage.acks += 1;
                 }
                 5 | 6 => {
-                    life.g.nack(id, from, "failed").unwrap_or_else(|(_, why)| {
+                    life.g.nack(id, from, "failed").unwrap_or_else(|why| {
                         panic!("an outstanding delivery's nack was refused: {why}")
                     });
                     self.coverage.nacks += 1;
@@ -743,7 +745,7 @@ impl Sim {
             for &conn in &life.members {
                 let refused = life.g.ack(id, (0, conn));
                 assert!(
-                    matches!(refused, Err((ErrorCode::UnknownDelivery, _))),
+                    matches!(&refused, Err(e) if e.code() == ErrorCode::UnknownDelivery),
                     "a settled or expired delivery {id} was acked again: {refused:?}"
                 );
             }
@@ -828,7 +830,7 @@ impl Sim {
                 let held = self.model.held[&id];
                 life.g
                     .ack(id, (0, held.conn))
-                    .unwrap_or_else(|(_, why)| panic!("drain: an ack was refused: {why}"));
+                    .unwrap_or_else(|why| panic!("drain: an ack was refused: {why}"));
                 self.model.group_acked.insert(held.offset);
                 self.model.held.remove(&id);
             }

@@ -13,7 +13,7 @@ use hadron_engine::storage::Storage;
 
 use super::{CarriedMember, Issued, PipelineRun, RunState, StageOutgoing};
 use crate::shard::deliver::{Held, IdleWait, MemberId};
-use crate::shard::partition::Failure;
+use crate::shard::error::Error;
 
 /// Bytes of the source read per trigger scan.
 const SCAN_BYTES: u32 = 256 << 10;
@@ -27,7 +27,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Starts executions while there is room: retried failed ones first,
     /// then triggering events from the cursor on.
-    async fn fill(&self) -> Result<(), Failure> {
+    async fn fill(&self) -> Result<(), Error> {
         loop {
             let retry = {
                 let mut st = self.state.borrow_mut();
@@ -88,7 +88,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     pub async fn round(
         &self,
         new_delivery_id: &dyn Fn() -> u64,
-    ) -> Result<Vec<StageOutgoing>, Failure> {
+    ) -> Result<Vec<StageOutgoing>, Error> {
         let now = self.source.clock().now();
         self.expire_acks(now).await?;
         self.release_retries(now);
@@ -99,7 +99,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Counts a failed attempt for every delivery whose ack deadline passed
     /// by `now`, earliest deadline first. Each is taken out only when its
     /// turn comes, so one not reached yet can still be acked meanwhile.
-    async fn expire_acks(&self, now: Duration) -> Result<(), Failure> {
+    async fn expire_acks(&self, now: Duration) -> Result<(), Error> {
         loop {
             let due = self.state.borrow_mut().ledger.pop_due(now);
             let Some((_, Held { what: f, .. })) = due else {

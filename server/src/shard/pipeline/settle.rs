@@ -16,22 +16,21 @@ use hadron_engine::storage::Storage;
 
 use hadron_engine::AppendError;
 use hadron_engine::pipeline::Completion;
-use hadron_wire::ErrorCode;
 
 use super::codec::{
     KIND_FAILED, KIND_OUTPUT, KIND_RETRIED, batch_ranges, encode_named, encode_offset,
 };
 use super::{FailedExecution, Issued, PipelineRun, StageAckOf};
-use crate::shard::partition::Failure;
+use crate::shard::error::{DeliveryKind, Error, LogName};
 
 /// Longest error message kept per stage.
 const ERROR_BYTES_MAX: usize = 1024;
 
-fn append_failure(name: &str, e: AppendError) -> Failure {
-    (
-        crate::shard::error::append_code(&e),
-        format!("pipeline {name}: {e}"),
-    )
+fn append_failure(name: &str, e: AppendError) -> Error {
+    let log = LogName::Outputs {
+        pipeline: name.to_owned(),
+    };
+    Error::append(log, e)
 }
 
 impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
@@ -41,7 +40,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// are made durable together before any of their stages counts as done.
     /// Returns the acks that were not taken, and why. A duplicate or late
     /// ack of a completed stage is taken and ignored.
-    pub async fn ack_many(&self, acks: &[StageAckOf], from: (u16, u64)) -> Vec<(u64, Failure)> {
+    pub async fn ack_many(&self, acks: &[StageAckOf], from: (u16, u64)) -> Vec<(u64, Error)> {
         let mut unsettled = Vec::new();
         // (index into `acks`, root, stage) of the acks to make durable.
         let mut taken: Vec<(usize, u64, u8)> = Vec::with_capacity(acks.len());
@@ -118,26 +117,22 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         delivery_id: u64,
         from: (u16, u64),
         output: &[u8],
-    ) -> Result<Option<(u64, u8)>, Failure> {
-        hadron_wire::verify_event(output, &self.limits).map_err(|e| {
-            (
-                ErrorCode::InvalidEvent,
-                format!("the stage output is not a valid event: {e}"),
-            )
-        })?;
+    ) -> Result<Option<(u64, u8)>, Error> {
+        hadron_wire::verify_event(output, &self.limits)
+            .map_err(|reason| Error::InvalidOutput { reason })?;
         let mut st = self.state.borrow_mut();
         let Some(&(root, stage)) = st.issued.get(&delivery_id) else {
-            return Err((
-                ErrorCode::UnknownDelivery,
-                format!("stage delivery {delivery_id} is not outstanding"),
-            ));
+            return Err(Error::NotOutstanding {
+                delivery: delivery_id,
+                kind: DeliveryKind::Stage,
+                on_this_connection: false,
+            });
         };
         if let Some(f) = st.ledger.get(delivery_id).copied() {
             if (f.member.shard, f.member.conn) != from {
-                return Err((
-                    ErrorCode::UnknownDelivery,
-                    format!("stage delivery {delivery_id} was not made to this connection"),
-                ));
+                return Err(Error::NotMadeHere {
+                    delivery: delivery_id,
+                });
             }
             st.ledger.settle(delivery_id);
         }
@@ -167,7 +162,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         delivery_id: u64,
         from: (u16, u64),
         message: &str,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         let owned = {
             let st = self.state.borrow();
             match st.ledger.get(delivery_id) {
@@ -176,17 +171,18 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             }
         };
         if !owned {
-            return Err((
-                ErrorCode::UnknownDelivery,
-                format!("stage delivery {delivery_id} is not outstanding on this connection"),
-            ));
+            return Err(Error::NotOutstanding {
+                delivery: delivery_id,
+                kind: DeliveryKind::Stage,
+                on_this_connection: true,
+            });
         }
         self.fail_attempt(delivery_id, message).await
     }
 
     /// Counts a failed attempt of an in-flight delivery: hold it for the
     /// backoff, or fail the execution after the last attempt.
-    async fn fail_attempt(&self, delivery_id: u64, message: &str) -> Result<(), Failure> {
+    async fn fail_attempt(&self, delivery_id: u64, message: &str) -> Result<(), Error> {
         let settled = self.state.borrow_mut().ledger.settle(delivery_id);
         let Some(held) = settled else {
             // Settled meanwhile (or a stale delivery): nothing to do.
@@ -197,7 +193,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Counts a failed attempt of delivery `f`, already taken out of the
     /// ledger (nacked, or its ack deadline passed).
-    pub(super) async fn fail_issued(&self, f: Issued, message: &str) -> Result<(), Failure> {
+    pub(super) async fn fail_issued(&self, f: Issued, message: &str) -> Result<(), Error> {
         let message = &message[..message.floor_char_boundary(ERROR_BYTES_MAX)];
         let (root, stage, exhausted) = {
             let mut st = self.state.borrow_mut();
@@ -247,7 +243,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
 
     /// Queues failed executions to run again: `root`, or all. Returns the
     /// roots retried.
-    pub async fn retry(&self, root: Option<u64>) -> Result<Vec<u64>, Failure> {
+    pub async fn retry(&self, root: Option<u64>) -> Result<Vec<u64>, Error> {
         let roots: Vec<u64> = {
             let st = self.state.borrow();
             match root {

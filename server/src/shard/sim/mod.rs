@@ -203,8 +203,8 @@ fn topology_of(resources: &[Resource]) -> Topology {
         .cloned()
         .partition(|r| matches!(r, Resource::Stream(_)));
     for r in streams.into_iter().chain(pipelines) {
-        if let Err((_, message)) = topology.put(r) {
-            panic!("persisted resources do not install: {message}");
+        if let Err(e) = topology.put(r) {
+            panic!("persisted resources do not install: {e}");
         }
     }
     topology

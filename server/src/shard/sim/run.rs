@@ -179,7 +179,7 @@ impl Sim {
         let owner = life.shards[0].owner(STREAM, partition);
         match life.shards[owner as usize].partition(STREAM, partition) {
             Ok(p) => p,
-            Err((_, message)) => panic!("life {}: {message}", life.no),
+            Err(e) => panic!("life {}: {e}", life.no),
         }
     }
 
@@ -512,7 +512,7 @@ impl Sim {
         reply: Reply,
     ) {
         match (invalid, reply) {
-            (Some(_), Reply::Failed(ErrorCode::InvalidConfig, _)) => {
+            (Some(_), Reply::Failed(e)) if e.code() == ErrorCode::InvalidConfig => {
                 self.coverage.refused_applies += 1;
             }
             (Some(why), other) => panic!("life {no}: an apply of {why} answered {other:?}"),
