@@ -44,6 +44,8 @@ pub mod pipeline;
 mod protocol;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_support;
 mod status;
 mod topology;
 

@@ -55,7 +55,6 @@ use std::time::Duration;
 
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
-use hadron_engine::log::batch::Batches;
 use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 use hadron_engine::{Durability, LogConfig, Retention};
 use hadron_wire::{ErrorCode, Limits};
@@ -65,6 +64,7 @@ use crate::shard::Error;
 use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
 use crate::shard::group::{Deliveries, GroupPartition, Outgoing};
+use crate::shard::sim_support::{read_back, run_seeds};
 
 type SimPartition = Partition<SimStorage, SimClock>;
 type SimGroup = GroupPartition<SimClock>;
@@ -875,56 +875,12 @@ fn spawn(life: &Life, action: impl Future<Output = Outcome> + 'static) {
         .expect("the pool takes tasks");
 }
 
-/// Every record of the log: (offset, its batch's timestamp, bytes).
-async fn read_back(p: &SimPartition) -> Vec<(u64, u64, Vec<u8>)> {
-    let end = p.log.visible_offset();
-    let mut at = p.log.stats().start_offset;
-    let mut out = Vec::new();
-    while at < end {
-        let read = p
-            .log
-            .read(at, 1 << 20)
-            .await
-            .unwrap_or_else(|e| panic!("reading back offset {at}: {e}"));
-        for batch in Batches::new(&read.bytes) {
-            let batch = batch.unwrap_or_else(|e| panic!("reading back offset {at}: {e}"));
-            let at_ms = batch.header.first_timestamp_ms;
-            for (offset, record) in batch.records() {
-                if offset >= at && offset < end {
-                    out.push((offset, at_ms, record.to_vec()));
-                }
-            }
-        }
-        assert!(read.next_offset > at, "reading back makes progress");
-        at = read.next_offset;
-    }
-    out
-}
-
-/// The seeds to run: `HADRON_SIM_SEED` alone, or `0..SEEDS`.
-fn seeds() -> Vec<u64> {
-    match std::env::var("HADRON_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("HADRON_SIM_SEED must be a number")],
-        Err(_) => (0..SEEDS).collect(),
-    }
-}
-
 /// Runs every seed; the first that fails is named with the command that
 /// replays it.
 #[test]
 fn partition_sim_keeps_acknowledged_events_dedup_and_group_offsets_across_crashes() {
-    let seeds = seeds();
-    let mut total = Coverage::default();
-    for &seed in &seeds {
-        match std::panic::catch_unwind(|| Sim::new(seed).run()) {
-            Ok((_, coverage)) => total += coverage,
-            Err(_) => panic!(
-                "the partition simulation failed for seed {seed}; replay it with\n    HADRON_SIM_SEED={seed} cargo test -p hadron-server partition_sim"
-            ),
-        }
-    }
-    eprintln!("{} seeds: {total:?}", seeds.len());
-    if seeds.len() > 1 {
+    let (seeds, total) = run_seeds("partition_sim", SEEDS, |seed| Sim::new(seed).run().1);
+    if seeds > 1 {
         // Each case the model checks was reached, many times.
         let Coverage {
             crashes,
@@ -946,7 +902,7 @@ fn partition_sim_keeps_acknowledged_events_dedup_and_group_offsets_across_crashe
             ("nacks", nacks),
             ("expired deliveries", expired),
         ] {
-            assert!(n >= seeds.len() as u64 / 10, "only {n} {what}");
+            assert!(n >= seeds as u64 / 10, "only {n} {what}");
         }
     }
 }

@@ -76,6 +76,7 @@ use hadron_engine::storage::sim::{SimFaults, SimRng, SimStorage};
 
 use super::clock::sim::SimClock;
 use super::outbox::Outbox;
+use super::sim_support::run_seeds;
 use super::{Mesh, MeshMsg, Reply, ResourceStore, Settings, Shard, Topology};
 use crate::config::{Resource, ServerConfig};
 use model::Model;
@@ -350,30 +351,12 @@ struct Sim {
     debug: bool,
 }
 
-/// The seeds to run: `HADRON_SIM_SEED` alone, or `0..SEEDS`.
-fn seeds() -> Vec<u64> {
-    match std::env::var("HADRON_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("HADRON_SIM_SEED must be a number")],
-        Err(_) => (0..SEEDS).collect(),
-    }
-}
-
 /// Runs every seed; the first that fails is named with the command that
 /// replays it.
 #[test]
 fn shard_sim_keeps_events_and_runs_each_stage_once_across_crashes() {
-    let seeds = seeds();
-    let mut total = Coverage::default();
-    for &seed in &seeds {
-        match std::panic::catch_unwind(|| Sim::new(seed).run()) {
-            Ok((_, coverage)) => total += coverage,
-            Err(_) => panic!(
-                "the shard simulation failed for seed {seed}; replay it with\n    HADRON_SIM_SEED={seed} cargo test -p hadron-server shard_sim"
-            ),
-        }
-    }
-    eprintln!("{} seeds: {total:?}", seeds.len());
-    if seeds.len() > 1 {
+    let (seeds, total) = run_seeds("shard_sim", SEEDS, |seed| Sim::new(seed).run().1);
+    if seeds > 1 {
         let c = total;
         for (what, n) in [
             ("crashes", c.crashes),
@@ -391,7 +374,7 @@ fn shard_sim_keeps_events_and_runs_each_stage_once_across_crashes() {
             ("failed executions", c.failed_executions),
             ("completed executions", c.completed_executions),
         ] {
-            assert!(n >= seeds.len() as u64 / 10, "only {n} {what}");
+            assert!(n >= seeds as u64 / 10, "only {n} {what}");
         }
     }
 }

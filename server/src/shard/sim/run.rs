@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::task::LocalSpawnExt;
-use hadron_engine::log::batch::Batches;
 use hadron_engine::storage::sim::CrashMode;
 use hadron_wire::{ErrorCode, Limits, Message};
 
@@ -796,25 +795,9 @@ fn spawn(life: &Life, action: impl Future<Output = Outcome> + 'static) {
 
 /// Every record of a partition: (offset, bytes).
 async fn read_back(p: &Partition<SimStorage, SimClock>) -> Vec<(u64, Vec<u8>)> {
-    let end = p.log.visible_offset();
-    let mut at = p.log.stats().start_offset;
-    let mut out = Vec::new();
-    while at < end {
-        let read = p
-            .log
-            .read(at, 1 << 20)
-            .await
-            .unwrap_or_else(|e| panic!("reading back offset {at}: {e}"));
-        for batch in Batches::new(&read.bytes) {
-            let batch = batch.unwrap_or_else(|e| panic!("reading back offset {at}: {e}"));
-            for (offset, record) in batch.records() {
-                if offset >= at && offset < end {
-                    out.push((offset, record.to_vec()));
-                }
-            }
-        }
-        assert!(read.next_offset > at, "reading back makes progress");
-        at = read.next_offset;
-    }
-    out
+    let records = crate::shard::sim_support::read_back(p).await;
+    records
+        .into_iter()
+        .map(|(o, _, bytes)| (o, bytes))
+        .collect()
 }
