@@ -27,7 +27,7 @@ mod serve;
 mod shard;
 
 pub use config::server::{DATA_DIR_DEFAULT, TOKEN_ENV};
-pub use serve::{ACK_TIMEOUT_MS_DEFAULT, ServerArgs, serve};
+pub use serve::{ACK_TIMEOUT_MS_DEFAULT, ServerArgs, check_config, serve};
 
 /// Checks resource documents (the YAML `hadron apply -f` sends) as the
 /// server will, so the command line can name the document and field at

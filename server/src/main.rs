@@ -30,6 +30,17 @@ const URL_DEFAULT: &str = "127.0.0.1:7000";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (colours only on a terminal) or as one JSON
+    /// object a line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written (to standard error).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,6 +67,10 @@ enum Command {
         /// reach the port may then read, publish and apply).
         #[arg(long)]
         insecure_no_token: bool,
+        /// Validate the configuration (file, flags, HADRON_TOKEN) and the
+        /// resources it declares, print a summary and exit: 0 when valid.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Create or change resources from a YAML file (`-` for stdin).
     Apply {
@@ -153,14 +168,25 @@ enum PipelineCommand {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Logs go to standard error, filtered by `RUST_LOG` (default `info`):
+/// text with colours only when standard error is a terminal (so journald
+/// and files get none), or one JSON object a line.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
     if matches!(cli.command, Command::Server { .. }) {
         stop_on_panic();
     }
@@ -172,15 +198,29 @@ fn main() -> ExitCode {
             shards,
             ack_timeout_ms,
             insecure_no_token,
+            check_config,
         } => {
-            let served = hadron_server::serve(ServerArgs {
+            let args = ServerArgs {
                 config,
                 data_dir,
                 listen,
                 shards,
                 ack_timeout_ms,
                 insecure_no_token,
-            });
+            };
+            if check_config {
+                return match hadron_server::check_config(&args) {
+                    Ok(summary) => {
+                        println!("{summary}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("hadron: {e}");
+                        ExitCode::from(2)
+                    }
+                };
+            }
+            let served = hadron_server::serve(args);
             if served.is_ok() {
                 exit_now_without_teardown();
             }

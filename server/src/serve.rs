@@ -184,6 +184,27 @@ fn load_topology(config: &ServerConfig, declared: Vec<Resource>) -> Result<Topol
         }
         None => declared,
     };
+    let (topology, within_limits) = topology_of(config, resources)?;
+    // The config file is held to the same limits as an apply; what a data
+    // dir already holds is kept even if a limit was lowered since.
+    if let Err(message) = within_limits {
+        if seeding {
+            return Err(format!("the config file's resources: {message}"));
+        }
+        tracing::warn!("the resources applied to this data dir exceed a limit: {message}");
+    }
+    // Written only when it changes, so a start that changes nothing needs
+    // no disk space.
+    shard::persist_resources(&config.data_dir, &topology.resources())?;
+    Ok(topology)
+}
+
+/// The topology of `resources` (with the default `events` stream when
+/// they have no stream), and whether it is within the resource limits.
+fn topology_of(
+    config: &ServerConfig,
+    resources: Vec<Resource>,
+) -> Result<(Topology, Result<(), String>), String> {
     let (mut streams, pipelines): (Vec<_>, Vec<_>) = resources
         .into_iter()
         .partition(|r| matches!(r, Resource::Stream(_)));
@@ -197,18 +218,29 @@ fn load_topology(config: &ServerConfig, declared: Vec<Resource>) -> Result<Topol
     for resource in streams.into_iter().chain(pipelines) {
         topology.put(resource).map_err(|e| e.to_string())?;
     }
-    // The config file is held to the same limits as an apply; what a data
-    // dir already holds is kept even if a limit was lowered since.
-    if let Err(message) = config.check_resource_counts(Default::default(), topology.counts()) {
-        if seeding {
-            return Err(format!("the config file's resources: {message}"));
-        }
-        tracing::warn!("the resources applied to this data dir exceed a limit: {message}");
-    }
-    // Written only when it changes, so a start that changes nothing needs
-    // no disk space.
-    shard::persist_resources(&config.data_dir, &topology.resources())?;
-    Ok(topology)
+    let within_limits = config
+        .check_resource_counts(Default::default(), topology.counts())
+        .map_err(|limit| limit.to_string());
+    Ok((topology, within_limits))
+}
+
+/// `hadron server --check-config`: resolves and validates the settings
+/// (the config file, the command line, `HADRON_TOKEN`) and the resources
+/// the file declares, touching no data dir and no port. Returns a summary.
+pub fn check_config(args: &ServerArgs) -> Result<String, String> {
+    let (config, declared) = resolve_config(args)?;
+    let (topology, within_limits) = topology_of(&config, declared)?;
+    within_limits.map_err(|message| format!("the config file's resources: {message}"))?;
+    let counts = topology.counts();
+    Ok(format!(
+        "config ok: {} shards, listening on {}, data in {}; {} streams ({} partitions), {} pipelines",
+        config.shards,
+        config.listen,
+        config.data_dir.display(),
+        counts.streams,
+        counts.partitions,
+        counts.pipelines
+    ))
 }
 
 /// Takes an exclusive lock on `<data dir>/LOCK`, refusing to start when

@@ -29,6 +29,8 @@
 //! handshakeTimeoutMs: 10000   # a connection must complete its handshake by then
 //! idleTimeoutMs: 600000       # close a connection with no subscription and no
 //!                             # request that sent nothing this long (0: never)
+//! drainTimeoutMs: 10000       # on SIGTERM: time connections get to answer what
+//!                             # they read before the logs are flushed
 //! handshakeFrameBytesMax: 65536  # largest frame before the handshake
 //! outboxBytesMax: 33554432    # per connection: answers queued or being written
 //!                             # plus Fetch answers reserved; reading stops above
@@ -132,6 +134,10 @@ pub const CONNECTIONS_MAX_DEFAULT: u32 = 1024;
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// A connection with nothing to do that sent nothing this long is closed.
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 600_000;
+/// On SIGTERM, the time connections get to answer the requests they had
+/// read (durable publishes wait for their fdatasync) before the shards
+/// flush and the process exits.
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// The largest frame accepted before the handshake: a handshake is a
 /// version, a token of at most `TOKEN_BYTES_MAX` and a client name.
 pub const HANDSHAKE_FRAME_BYTES_MAX_DEFAULT: usize = 64 << 10;
@@ -241,6 +247,8 @@ pub struct ServerConfig {
     pub handshake_timeout_ms: u64,
     /// Idle connections are closed after this; 0 never.
     pub idle_timeout_ms: u64,
+    /// On SIGTERM, how long connections may take to answer and close.
+    pub drain_timeout_ms: u64,
     /// Largest frame before the handshake.
     pub handshake_frame_bytes_max: usize,
     /// Per connection: answer bytes queued, being written or reserved.
@@ -319,6 +327,7 @@ impl Default for ServerConfig {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
             handshake_frame_bytes_max: HANDSHAKE_FRAME_BYTES_MAX_DEFAULT,
             outbox_bytes_max: OUTBOX_BYTES_MAX_DEFAULT,
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
@@ -391,6 +400,7 @@ pub(super) struct ServerConfigDoc {
     connections_max: Option<u32>,
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
     handshake_frame_bytes_max: Option<usize>,
     outbox_bytes_max: Option<usize>,
     requests_in_flight_max: Option<u32>,
@@ -460,6 +470,7 @@ impl ServerConfigDoc {
                 .handshake_timeout_ms
                 .unwrap_or(defaults.handshake_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
+            drain_timeout_ms: self.drain_timeout_ms.unwrap_or(defaults.drain_timeout_ms),
             handshake_frame_bytes_max: self
                 .handshake_frame_bytes_max
                 .unwrap_or(defaults.handshake_frame_bytes_max),

@@ -39,6 +39,7 @@ pub fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mesh: MeshBuilder<MeshMsg, Full> = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
     let (events_tx, events) = std::sync::mpsc::channel::<ShardEvent>();
     let shard_stop = stop.clone();
+    let drained = Arc::new(AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Custom(sets))
         .name("hadron-shard")
         .io_memory(settings.config.io_memory_bytes)
@@ -47,8 +48,9 @@ pub fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<(), String> {
             let mesh = mesh.clone();
             let stop = shard_stop.clone();
             let events = events_tx.clone();
+            let drained = drained.clone();
             async move {
-                let ended = shard_main(settings, mesh, stop, &events).await;
+                let ended = shard_main(settings, mesh, stop, &drained, &events).await;
                 // The receiver lives until every shard has ended.
                 let _ = events.send(ShardEvent::Ended(ended.clone()));
                 ended
@@ -121,6 +123,7 @@ pub(super) async fn shard_main(
     settings: Arc<Settings>,
     mesh: MeshBuilder<MeshMsg, Full>,
     stop: Arc<AtomicBool>,
+    drained: &AtomicUsize,
     events: &std::sync::mpsc::Sender<ShardEvent>,
 ) -> Result<(), String> {
     let (senders, mut receivers) = mesh
@@ -175,10 +178,42 @@ pub(super) async fn shard_main(
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    shard.stopping.set(true);
+    drain(&shard, drained).await;
     shard.flush_all().await;
     tracing::info!(shard = id, "shard stopped");
     Ok(())
+}
+
+/// The drain on stop: the shard stops reading and lets its connections
+/// answer what they read and close, then waits for every other shard to
+/// have drained too, serving their forwarded requests meanwhile (a shard
+/// that left early would leave them unanswered), all within
+/// `drainTimeoutMs`.
+async fn drain(shard: &Rc<Shard>, drained: &AtomicUsize) {
+    let config = &shard.settings.config;
+    let started = std::time::Instant::now();
+    let timeout = Duration::from_millis(config.drain_timeout_ms);
+    shard.begin_stop();
+    let open = shard.drain_connections(timeout).await;
+    if open > 0 {
+        tracing::warn!(
+            shard = shard.id,
+            "{open} connections still open after drainTimeoutMs ({} ms); closing them",
+            config.drain_timeout_ms
+        );
+    }
+    drained.fetch_add(1, Ordering::AcqRel);
+    while drained.load(Ordering::Acquire) < usize::from(config.shards) {
+        if started.elapsed() >= timeout {
+            tracing::warn!(
+                shard = shard.id,
+                "other shards still draining after drainTimeoutMs ({} ms)",
+                config.drain_timeout_ms
+            );
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Binds the shared listen address and, with `shardPorts`, this shard's

@@ -61,13 +61,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::select;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use hadron_engine::notify::Notify;
 use hadron_engine::storage::Storage;
 use hadron_engine::storage::dma::DmaStorage;
 use hadron_engine::{LogConfig, Retention};
@@ -163,6 +164,13 @@ pub struct Shard<S: Storage = DmaStorage, R: Runtime = SystemClock> {
     dropped_deliveries: Cell<u64>,
     /// Set when the server is shutting down.
     pub stopping: Cell<bool>,
+    /// Notified when `stopping` is set: connections stop reading.
+    stop_requested: Notify,
+    /// Client connections being served here, until their last answer is
+    /// written (see [`Shard::connection_opened`]).
+    conns_open: Cell<usize>,
+    /// Notified when `conns_open` falls (for the drain on stop).
+    conns_changed: Notify,
     /// Serializes `apply` on shard 0.
     applying: Cell<bool>,
 }
@@ -201,6 +209,9 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             deliveries: Rc::new(Deliveries::default()),
             dropped_deliveries: Cell::new(0),
             stopping: Cell::new(false),
+            stop_requested: Notify::default(),
+            conns_open: Cell::new(0),
+            conns_changed: Notify::default(),
             applying: Cell::new(false),
         }
     }
@@ -283,6 +294,57 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Registers a connection's outbox.
     pub fn register_conn(&self, conn: u64, outbox: Rc<Outbox>) {
         self.conns.borrow_mut().insert(conn, outbox);
+    }
+
+    /// Counts a client connection served here until the guard is dropped,
+    /// after its last answer was written.
+    pub fn connection_opened(self: &Rc<Self>) -> impl Drop + use<S, R> {
+        struct Open<S: Storage + Clone + 'static, R: Runtime>(Rc<Shard<S, R>>);
+        impl<S: Storage + Clone + 'static, R: Runtime> Drop for Open<S, R> {
+            fn drop(&mut self) {
+                let shard = &self.0;
+                shard.conns_open.set(shard.conns_open.get() - 1);
+                shard.conns_changed.notify_all();
+            }
+        }
+        self.conns_open.set(self.conns_open.get() + 1);
+        Open(self.clone())
+    }
+
+    /// Begins a stop: no new connection, publish or delivery, and every
+    /// connection stops reading (see `conn::serve`), answers what it read
+    /// and closes.
+    pub fn begin_stop(&self) {
+        self.stopping.set(true);
+        self.stop_requested.notify_all();
+    }
+
+    /// Resolves once the shard is stopping.
+    pub async fn stop_requested(&self) {
+        loop {
+            let generation = self.stop_requested.generation();
+            if self.stopping.get() {
+                return;
+            }
+            self.stop_requested.changed_since(generation).await;
+        }
+    }
+
+    /// After [`Shard::begin_stop`]: waits until every connection of this
+    /// shard has answered what it read and closed, or `timeout` passed.
+    /// Returns the connections still open.
+    pub async fn drain_connections(&self, timeout: Duration) -> usize {
+        let deadline = self.runtime.now() + timeout;
+        loop {
+            let generation = self.conns_changed.generation();
+            let open = self.conns_open.get();
+            let left = deadline.saturating_sub(self.runtime.now());
+            if open == 0 || left.is_zero() {
+                return open;
+            }
+            let changed = Box::pin(self.conns_changed.changed_since(generation));
+            let _ = select(changed, Box::pin(self.runtime.sleep(left))).await;
+        }
     }
 
     /// Forgets a connection and detaches its members everywhere.

@@ -239,6 +239,14 @@ impl ServerConfig {
                 3_600_000,
             ));
         }
+        if !(1..=600_000).contains(&self.drain_timeout_ms) {
+            errors.push(out_of_range(
+                "drainTimeoutMs",
+                self.drain_timeout_ms,
+                1,
+                600_000,
+            ));
+        }
         if self.idle_timeout_ms > 86_400_000 {
             errors.push(out_of_range(
                 "idleTimeoutMs",

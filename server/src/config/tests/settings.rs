@@ -40,6 +40,7 @@ shardStartTimeoutMs: 5000
 connectionsMax: 77
 handshakeTimeoutMs: 2500
 idleTimeoutMs: 0
+drainTimeoutMs: 1500
 handshakeFrameBytesMax: 16384
 outboxBytesMax: 2097152
 requestsInFlightMax: 9
@@ -76,6 +77,7 @@ deliveriesInFlightMax: 33
             connections_max: 77,
             handshake_timeout_ms: 2500,
             idle_timeout_ms: 0,
+            drain_timeout_ms: 1500,
             handshake_frame_bytes_max: 16 << 10,
             outbox_bytes_max: 2 << 20,
             requests_in_flight_max: 9,

@@ -199,6 +199,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         return;
     }
     let conn = shard.unique_id();
+    // Held until the last answer is written: a stop waits for it.
+    let _open = shard.connection_opened();
     let (mut reader, mut writer) = stream.split();
     let outbox = Rc::new(Outbox::default());
     shard.register_conn(conn, outbox.clone());
@@ -235,8 +237,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         outbox.clone(),
         abort,
     ));
+    // On stop the reader stops reading; what it read is answered below.
+    let reading = Box::pin(read_loop(&shard, conn, &mut reader, &outbox, &state));
     let _ = Abortable::new(
-        read_loop(&shard, conn, &mut reader, &outbox, &state),
+        select(reading, Box::pin(shard.stop_requested())),
         registration,
     )
     .await;
