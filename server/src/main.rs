@@ -73,19 +73,35 @@ enum Command {
         #[command(subcommand)]
         command: PipelineCommand,
     },
-    /// Publish one event; prints {"partition":P,"offset":N}.
+    /// Publish events; prints {"partition":P,"offset":N} for each.
+    ///
+    /// Either describe one event with --type (and --id, --source, --subject,
+    /// --datacontenttype, DATA), or give -f FILE: a CloudEvents JSON event,
+    /// or a JSON array of them (the batch format), as `hadron subscribe`
+    /// prints them (docs/cloudevents.md).
     Publish {
         #[arg(long, default_value = "events")]
         stream: String,
+        /// CloudEvents JSON: one event or an array of events (`-` for
+        /// stdin), published in order.
+        #[arg(short = 'f', long = "file", conflicts_with_all = ["ty", "id", "source", "subject", "datacontenttype", "data"])]
+        file: Option<String>,
         /// Event type.
-        #[arg(long = "type")]
-        ty: String,
+        #[arg(long = "type", required_unless_present = "file")]
+        ty: Option<String>,
         #[arg(long)]
         id: Option<String>,
         #[arg(long)]
         source: Option<String>,
         #[arg(long)]
         subject: Option<String>,
+        /// Media type of DATA (default: application/json when DATA is
+        /// JSON, text/plain; charset=utf-8 when it is other UTF-8 text,
+        /// none otherwise).
+        #[arg(long)]
+        datacontenttype: Option<String>,
+        /// Send every event to this partition (default: the subject's hash,
+        /// else the hash of source and id).
         #[arg(long)]
         partition: Option<u32>,
         /// The event data; read from stdin when absent.
@@ -93,7 +109,8 @@ enum Command {
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
-    /// Consume a stream in a group; prints each event as a JSON line.
+    /// Consume a stream in a group; prints each event as a line of
+    /// CloudEvents JSON, with `partition` and `offset` members.
     Subscribe {
         #[arg(long, default_value = "events")]
         stream: String,
@@ -201,10 +218,12 @@ fn main() -> ExitCode {
         } => block_on(cli::pipeline_retry(&url, &name, partition.zip(offset))),
         Command::Publish {
             stream,
+            file,
             ty,
             id,
             source,
             subject,
+            datacontenttype,
             partition,
             data,
             url,
@@ -212,7 +231,9 @@ fn main() -> ExitCode {
             &url,
             cli::PublishArgs {
                 stream,
+                file,
                 ty,
+                datacontenttype,
                 id,
                 source,
                 subject,
