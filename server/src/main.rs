@@ -76,18 +76,19 @@ enum Command {
     /// Publish events; prints {"partition":P,"offset":N} for each.
     ///
     /// Either describe one event with --type (and --id, --source, --subject,
-    /// --datacontenttype, DATA), or give -f FILE: a CloudEvents JSON event,
-    /// or a JSON array of them (the batch format), as `hadron subscribe`
-    /// prints them (docs/cloudevents.md).
+    /// --datacontenttype, DATA), or give -f FILE of CloudEvents JSON: an
+    /// event, a JSON array of them (the batch format), or lines as `hadron
+    /// subscribe` prints them (docs/cloudevents.md).
     Publish {
         #[arg(long, default_value = "events")]
         stream: String,
-        /// CloudEvents JSON: one event or an array of events (`-` for
-        /// stdin), published in order.
+        /// CloudEvents JSON (`-` for stdin): an event, an array of events,
+        /// or several of either, like the lines `hadron subscribe` prints;
+        /// published in order.
         #[arg(short = 'f', long = "file", conflicts_with_all = ["ty", "id", "source", "subject", "datacontenttype", "data"])]
         file: Option<String>,
         /// Event type.
-        #[arg(long = "type", required_unless_present = "file")]
+        #[arg(long = "type", value_name = "TYPE", required_unless_present = "file")]
         ty: Option<String>,
         #[arg(long)]
         id: Option<String>,

@@ -219,21 +219,34 @@ fn json_string(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-/// The events of `text`: one event in the JSON event format, or a JSON
-/// array of them (the JSON batch format). Errors name the event (in a
-/// batch, by its index from 0) and the attribute.
+/// The events of `text`: one event in the JSON event format, a JSON array
+/// of them (the JSON batch format), or several of either one after another
+/// (so the lines `hadron subscribe` prints read back). Errors name the
+/// event (by its index from 0, unless `text` is one event) and the
+/// attribute.
 pub fn parse_events(text: &str) -> Result<Vec<NewEvent>, String> {
-    if text.trim_start().starts_with('[') {
-        let batch: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|e| format!("not a JSON batch of events: {e}"))?;
-        batch
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| parse_event(raw.get()).map_err(|e| format!("event {i}: {e}")))
-            .collect()
-    } else {
-        Ok(vec![parse_event(text)?])
+    let mut values = Vec::new();
+    for value in serde_json::Deserializer::from_str(text).into_iter::<&RawValue>() {
+        let value =
+            value.map_err(|e| format!("not CloudEvents JSON (an event or an array): {e}"))?;
+        if value.get().starts_with('[') {
+            let batch: Vec<&RawValue> = serde_json::from_str(value.get())
+                .map_err(|e| format!("not a JSON batch of events: {e}"))?;
+            values.extend(batch);
+        } else {
+            values.push(value);
+        }
     }
+    if let [one] = values[..]
+        && !text.trim_start().starts_with('[')
+    {
+        return Ok(vec![parse_event(one.get())?]);
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| parse_event(raw.get()).map_err(|e| format!("event {i}: {e}")))
+        .collect()
 }
 
 /// One event in the JSON event format.
@@ -872,6 +885,34 @@ mod tests {
         assert_eq!(events[2].data, br#"<much wow="xml"/>"#);
         assert_eq!(events[2].attributes, vec![("flag".into(), "true".into())]);
         assert_eq!(parse_events("[]").unwrap(), Vec::new());
+        assert_eq!(parse_events("").unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn parse_reads_the_lines_subscribe_prints() {
+        let events: Vec<Event> = (0..3)
+            .map(|i| Event {
+                id: format!("e-{i}"),
+                ..event(Some("application/json"), b"{\"n\":\n1}")
+            })
+            .collect();
+        let lines: Vec<String> = events.iter().map(|e| event_line(e, 0, 1).0).collect();
+        let parsed = parse_events(&lines.join("\n")).unwrap();
+        let expected: Vec<NewEvent> = events
+            .iter()
+            .map(|e| NewEvent {
+                data: b"{\"n\": 1}".to_vec(),
+                ..e.to_new_event()
+            })
+            .collect();
+        assert_eq!(parsed, expected, "line breaks in JSON data became spaces");
+        let mixed = format!("{}\n[{},{}]", lines[0], lines[1], lines[2]);
+        assert_eq!(parse_events(&mixed).unwrap(), expected);
+        let err = parse_events(&format!("{}\n{{}}", lines[0])).unwrap_err();
+        assert!(
+            err.starts_with("event 1: `specversion` is missing"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -937,7 +978,8 @@ mod tests {
             ),
             (format!(r#"{{{ok},"id":"2"}}"#), "member `id` appears twice"),
             ("[1]".into(), "event 0: not a CloudEvents JSON event"),
-            ("nope".into(), "not a CloudEvents JSON event"),
+            ("nope".into(), "not CloudEvents JSON"),
+            (format!(r#"{{{ok}}} x"#), "not CloudEvents JSON"),
             (
                 format!(r#"[{{{ok}}},{{"id":"1"}}]"#),
                 "event 1: `specversion` is missing",
