@@ -6,6 +6,11 @@
 //! tests/cloudevents_sdk.py is the SDK's side; without python3 or the SDK
 //! these tests fail, they do not skip.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed command or a missing member must fail the test at once"
+)]
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;

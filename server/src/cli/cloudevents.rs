@@ -539,7 +539,7 @@ pub fn base64(data: &[u8]) -> String {
 /// Decodes standard Base64 with padding; errors name the first bad byte.
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
     let b = text.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(format!(
             "{} characters, not a multiple of 4 (padding with `=` is required)",
             b.len()
