@@ -381,3 +381,34 @@ fn publish_refuses_cloudevents_json_naming_the_attribute() {
     assert!(!out.status.success());
     assert!(out.stderr.contains("--type"), "{out:?}");
 }
+
+#[test]
+fn publish_file_with_a_partition_sends_every_event_there() {
+    let server = Server::start();
+    let url = server.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.json");
+    let event = |id: &str| json!({"specversion": "1.0", "id": id, "source": "/p", "type": "t"});
+    // Subjects or ids would spread these over partitions; --partition wins.
+    let text = format!("{}\n{}\n", event("a"), json!([event("b"), event("c")]));
+    std::fs::write(&file, text).unwrap();
+    let out = run_cli(
+        &[
+            "publish",
+            "-f",
+            file.to_str().unwrap(),
+            "--partition",
+            "2",
+            "--url",
+            &url,
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        out.json_lines(),
+        [0, 1, 2]
+            .map(|offset| json!({"partition": 2, "offset": offset}))
+            .to_vec()
+    );
+}
