@@ -47,9 +47,15 @@
 //!   and reconnect and register again after disconnects.
 //! - Every failure is an `Error`; `Error::is_retryable` says whether trying
 //!   again may help.
+//! - With the `cloudevents` feature, `NewEvent`, `Event` and `Delivery`
+//!   convert to and from the CloudEvents SDK's `cloudevents::Event`
+//!   (`cloudevents-sdk` 0.9; `CloudEventError` names an attribute that
+//!   does not convert).
 
 mod batch;
 mod client;
+#[cfg(feature = "cloudevents")]
+mod cloudevents_sdk;
 mod conn;
 mod endpoint;
 mod error;
@@ -59,6 +65,8 @@ mod publish;
 mod subscribe;
 
 pub use client::{Client, ClientOptions, Fetched};
+#[cfg(feature = "cloudevents")]
+pub use cloudevents_sdk::{CloudEventError, OFFSET_EXTENSION, PARTITION_EXTENSION};
 pub use conn::ServerInfo;
 pub use endpoint::DEFAULT_PORT;
 pub use error::Error;

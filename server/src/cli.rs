@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hadron::{Client, ClientOptions, NewEvent, StartPoint, SubscribeOptions};
 
+mod cloudevents;
+
 /// `hadron apply -f FILE`.
 pub async fn apply(url: &str, file: &str, force: bool) -> Result<(), String> {
     let yaml = if file == "-" {
@@ -38,7 +40,11 @@ pub async fn apply(url: &str, file: &str, force: bool) -> Result<(), String> {
 #[derive(Debug)]
 pub struct PublishArgs {
     pub stream: String,
-    pub ty: String,
+    /// CloudEvents JSON (an event or a batch) to publish instead of the
+    /// event the other fields describe; `-` for stdin.
+    pub file: Option<String>,
+    pub ty: Option<String>,
+    pub datacontenttype: Option<String>,
     pub id: Option<String>,
     pub source: Option<String>,
     pub subject: Option<String>,
@@ -46,8 +52,11 @@ pub struct PublishArgs {
     pub data: Option<String>,
 }
 
-/// `hadron publish`: prints `{"partition":P,"offset":N}`.
+/// `hadron publish`: prints `{"partition":P,"offset":N}` for each event.
 pub async fn publish(url: &str, args: PublishArgs) -> Result<(), String> {
+    if let Some(file) = &args.file {
+        return publish_cloudevents(url, &args.stream, args.partition, file).await;
+    }
     let data = match args.data {
         Some(d) => d.into_bytes(),
         None => {
@@ -66,8 +75,11 @@ pub async fn publish(url: &str, args: PublishArgs) -> Result<(), String> {
     let event = NewEvent {
         id: args.id.unwrap_or_default(),
         source: args.source.unwrap_or_else(|| "hadron-cli".into()),
-        ty: args.ty,
+        ty: args.ty.ok_or("--type is required (or -f FILE)")?,
         subject: args.subject,
+        datacontenttype: args
+            .datacontenttype
+            .or_else(|| cloudevents::guess_content_type(&data)),
         data,
         ..NewEvent::default()
     };
@@ -76,38 +88,71 @@ pub async fn publish(url: &str, args: PublishArgs) -> Result<(), String> {
         None => publisher.publish(event).await,
     }
     .map_err(|e| e.to_string())?;
+    print_published(&published);
+    Ok(())
+}
+
+fn print_published(published: &hadron::Published) {
     let mut line =
         serde_json::json!({"partition": published.partition, "offset": published.offset});
     if published.duplicate {
         line["duplicate"] = true.into();
     }
     println!("{line}");
+}
+
+/// `hadron publish -f FILE`: publishes the CloudEvents JSON event, or batch
+/// of events, in `file` (`-`: stdin), in order.
+async fn publish_cloudevents(
+    url: &str,
+    stream: &str,
+    partition: Option<u32>,
+    file: &str,
+) -> Result<(), String> {
+    let limit = cloudevents::JSON_BYTES_MAX;
+    let mut bytes = Vec::new();
+    let read = if file == "-" {
+        std::io::stdin()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut bytes))
+    };
+    read.map_err(|e| format!("cannot read {file}: {e}"))?;
+    if bytes.len() > limit {
+        return Err(format!(
+            "{file}: over {limit} bytes, the most publish -f reads"
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| format!("{file}: not UTF-8: {e}"))?;
+    let events = cloudevents::parse_events(&text).map_err(|e| format!("{file}: {e}"))?;
+    let client = connect(url)?;
+    let publisher = client
+        .publisher_for(stream, "hadron-cli")
+        .await
+        .map_err(|e| e.to_string())?;
+    let published = match partition {
+        None => publisher.publish_batch(events).await,
+        Some(p) => {
+            let mut all = Vec::with_capacity(events.len());
+            for event in events {
+                all.push(
+                    publisher
+                        .publish_to(p, event)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            Ok(all)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    published.iter().for_each(print_published);
     Ok(())
 }
 
-/// Standard base64 with padding, for event data that is not UTF-8.
-pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// `hadron subscribe`: prints each event as one JSON line and acks it.
+/// `hadron subscribe`: prints each event as one line of CloudEvents JSON
+/// (the `cloudevents` module) and acks it.
 pub async fn subscribe(
     url: &str,
     stream: &str,
@@ -142,22 +187,14 @@ pub async fn subscribe(
                     // Past the count: leave it for another member.
                     return Err("subscriber is done");
                 }
-                let e = &delivery.event;
-                let (data, encoding) = match std::str::from_utf8(&e.data) {
-                    Ok(s) => (s.to_string(), "utf8"),
-                    Err(_) => (base64(&e.data), "base64"),
-                };
-                let line = serde_json::json!({
-                    "partition": delivery.partition,
-                    "offset": delivery.offset,
-                    "id": e.id,
-                    "source": e.source,
-                    "type": e.ty,
-                    "subject": e.subject,
-                    "time": e.time_ms,
-                    "data": data,
-                    "data_encoding": encoding,
-                });
+                let (line, left_out) =
+                    cloudevents::event_line(&delivery.event, delivery.partition, delivery.offset);
+                for why in left_out {
+                    eprintln!(
+                        "hadron subscribe: partition {} offset {}: {why}",
+                        delivery.partition, delivery.offset
+                    );
+                }
                 println!("{line}");
                 if count.is_some_and(|c| n >= c) {
                     let _ = done.send(());
@@ -330,24 +367,4 @@ fn connect(url: &str) -> Result<Client, String> {
         ..ClientOptions::default()
     };
     Client::new(url, options).map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64;
-
-    #[test]
-    fn base64_matches_the_rfc_4648_vectors() {
-        for (input, output) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), output);
-        }
-    }
 }

@@ -88,19 +88,36 @@ enum Command {
         #[command(subcommand)]
         command: PipelineCommand,
     },
-    /// Publish one event; prints {"partition":P,"offset":N}.
+    /// Publish events; prints {"partition":P,"offset":N} for each.
+    ///
+    /// Either describe one event with --type (and --id, --source, --subject,
+    /// --datacontenttype, DATA), or give -f FILE of CloudEvents JSON: an
+    /// event, a JSON array of them (the batch format), or lines as `hadron
+    /// subscribe` prints them (docs/cloudevents.md).
     Publish {
         #[arg(long, default_value = "events")]
         stream: String,
+        /// CloudEvents JSON (`-` for stdin): an event, an array of events,
+        /// or several of either, like the lines `hadron subscribe` prints;
+        /// published in order.
+        #[arg(short = 'f', long = "file", conflicts_with_all = ["ty", "id", "source", "subject", "datacontenttype", "data"])]
+        file: Option<String>,
         /// Event type.
-        #[arg(long = "type")]
-        ty: String,
+        #[arg(long = "type", value_name = "TYPE", required_unless_present = "file")]
+        ty: Option<String>,
         #[arg(long)]
         id: Option<String>,
         #[arg(long)]
         source: Option<String>,
         #[arg(long)]
         subject: Option<String>,
+        /// Media type of DATA (default: application/json when DATA is
+        /// JSON, text/plain; charset=utf-8 when it is other UTF-8 text,
+        /// none otherwise).
+        #[arg(long)]
+        datacontenttype: Option<String>,
+        /// Send every event to this partition (default: the subject's hash,
+        /// else the hash of source and id).
         #[arg(long)]
         partition: Option<u32>,
         /// The event data; read from stdin when absent.
@@ -108,7 +125,8 @@ enum Command {
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
-    /// Consume a stream in a group; prints each event as a JSON line.
+    /// Consume a stream in a group; prints each event as a line of
+    /// CloudEvents JSON, with `partition` and `offset` members.
     Subscribe {
         #[arg(long, default_value = "events")]
         stream: String,
@@ -241,10 +259,12 @@ fn main() -> ExitCode {
         } => block_on(cli::pipeline_retry(&url, &name, partition.zip(offset))),
         Command::Publish {
             stream,
+            file,
             ty,
             id,
             source,
             subject,
+            datacontenttype,
             partition,
             data,
             url,
@@ -252,7 +272,9 @@ fn main() -> ExitCode {
             &url,
             cli::PublishArgs {
                 stream,
+                file,
                 ty,
+                datacontenttype,
                 id,
                 source,
                 subject,
