@@ -72,7 +72,7 @@ use hadron_engine::{LogConfig, Retention};
 use hadron_wire::{Limits, StartPoint, shard_of};
 
 use crate::config::server::ResourceCounts;
-use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
+use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec, TokenSpec};
 use crate::failpoint;
 use clock::{Clock, Runtime, SystemClock};
 use group::{Deliveries, GroupPartition, GroupStatus, MemberId, Outgoing};

@@ -1,0 +1,1 @@
+//! Scoped tokens end to end (filled in below).
