@@ -14,8 +14,8 @@
 //! ```
 //!
 //! The server keeps only the SHA-256 of a token's secret; `hadron token
-//! create` draws the secret (32 random bytes from the OS, written
-//! [`SECRET_PREFIX`] + 64 hex digits) on the client and sends only its
+//! create` draws the secret (32 random bytes from the OS, written `hdn_`
+//! and 64 hex digits; see the client's `Client::create_token`) on the client and sends only its
 //! hash, so the secret never crosses the network or reaches the data dir.
 //! A hash of a high-entropy secret needs no salt or slow hash: nobody can
 //! search 2^256 secrets. A handshake's token is hashed and compared in
@@ -38,9 +38,6 @@ pub const EVERY_STREAM: &str = "*";
 /// Streams one `publish` or `subscribe` list may name: a request's check
 /// walks the list.
 pub const TOKEN_STREAMS_MAX: usize = 256;
-/// How secrets drawn by `hadron token create` begin, so that a leaked one is
-/// recognisable (by secret scanners, too).
-pub const SECRET_PREFIX: &str = "hdn_";
 
 /// What a request needs of its connection's token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,8 +208,9 @@ pub fn secret_matches(
     stored.ct_eq(presented).into()
 }
 
-/// Lowercase hex of a hash.
-pub fn to_hex(hash: &[u8; SECRET_SHA256_BYTES]) -> String {
+/// Lowercase hex of a hash (of any bytes: a wrong length then fails
+/// validation with a message).
+pub fn to_hex(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -299,6 +297,42 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(parse_hex(&to_hex(&stored)), Some(stored));
+    }
+
+    #[test]
+    fn a_token_document_reads_and_writes_back_the_same() {
+        let hash = to_hex(&hash_secret("hdn_x"));
+        let yaml = format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: Token\nmetadata: {{name: writer}}\nspec:\n  streams: {{publish: [events], subscribe: ['*']}}\n  admin: true\n  secretSha256: {hash}\n"
+        );
+        let resources = crate::config::parse_documents(&yaml).unwrap();
+        let [crate::config::Resource::Token(t)] = resources.as_slice() else {
+            panic!("{resources:?}");
+        };
+        assert_eq!(t.name, "writer");
+        assert!(t.admin && !t.all);
+        assert_eq!(t.streams.publish, ["events"]);
+        assert_eq!(t.streams.subscribe, ["*"]);
+        assert!(t.allows(Permission::Subscribe, "orders"));
+        let written = crate::config::to_yaml(&resources[0]).unwrap();
+        assert!(written.contains("kind: Token"), "{written}");
+        assert_eq!(crate::config::parse_documents(&written).unwrap(), resources);
+        // `all` alone, and the unknown field that a typo makes, refused.
+        let all = format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: Token\nmetadata: {{name: root}}\nspec: {{all: true, secretSha256: {hash}}}\n"
+        );
+        let parsed = crate::config::parse_documents(&all).unwrap();
+        let [crate::config::Resource::Token(root)] = parsed.as_slice() else {
+            panic!("{parsed:?}");
+        };
+        assert!(root.all && root.allows(Permission::Publish, "any"));
+        let typo = yaml.replace("admin:", "admn:");
+        let e = crate::config::parse_documents(&typo).unwrap_err();
+        assert!(e.to_string().contains("admn"), "{e}");
+        let no_hash =
+            "apiVersion: hadron.rs/v1beta1\nkind: Token\nmetadata: {name: t}\nspec: {all: true}\n";
+        let e = crate::config::parse_documents(no_hash).unwrap_err();
+        assert!(e.to_string().contains("secretSha256"), "{e}");
     }
 
     #[test]

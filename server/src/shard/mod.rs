@@ -49,7 +49,7 @@ mod topology;
 
 pub use boot::run;
 pub use error::Error;
-pub use protocol::{Mesh, MeshMsg, Reply, Request};
+pub use protocol::{Mesh, MeshMsg, Reply, Request, TokenChange};
 pub use status::PartitionStatus;
 pub use topology::{FileResources, ResourceStore, Topology, load_resources, persist_resources};
 
@@ -163,6 +163,8 @@ pub struct Shard<S: Storage = DmaStorage, R: Runtime = SystemClock> {
     pub stopping: Cell<bool>,
     /// Serializes `apply` on shard 0.
     applying: Cell<bool>,
+    /// This shard's connections and their tokens.
+    pub(crate) auth: conn::auth::Registry,
 }
 
 impl<S: Storage, R: Runtime> std::fmt::Debug for Shard<S, R> {
@@ -200,6 +202,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             dropped_deliveries: Cell::new(0),
             stopping: Cell::new(false),
             applying: Cell::new(false),
+            auth: conn::auth::Registry::default(),
         }
     }
 
