@@ -58,6 +58,7 @@ mod metadata;
 mod publish;
 mod subscribe;
 
+pub use client::tokens::{TOKEN_SECRET_PREFIX, TokenInfo, TokenScope};
 pub use client::{Client, ClientOptions, Fetched};
 pub use conn::ServerInfo;
 pub use endpoint::DEFAULT_PORT;

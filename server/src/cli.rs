@@ -1,5 +1,5 @@
 //! The client-side commands of the `hadron` binary: `apply`, `publish`,
-//! `subscribe`, `status`, `pipeline`. They use the `hadron` client crate,
+//! `subscribe`, `status`, `pipeline`, `token` (in `tokens`). They use the `hadron` client crate,
 //! like any application would. A module of the binary, not of the
 //! `hadron_server` library: nothing in the library uses the client.
 
@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hadron::{Client, ClientOptions, NewEvent, StartPoint, SubscribeOptions};
+
+pub mod tokens;
 
 /// `hadron apply -f FILE`.
 pub async fn apply(url: &str, file: &str, force: bool) -> Result<(), String> {

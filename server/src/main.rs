@@ -1,6 +1,6 @@
 //! The `hadron` binary: the server (`hadron server`, `hadron repair`, both
 //! in the `hadron_server` library) and the command-line client (`apply`,
-//! `publish`, `subscribe`, `status`, `pipeline`, in [`cli`]). This file
+//! `publish`, `subscribe`, `status`, `pipeline`, `token`, in [`cli`]). This file
 //! only parses the command line and calls one of them.
 
 mod cli;
@@ -120,6 +120,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Token commands (need a token with admin in HADRON_TOKEN).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Shards, streams, partitions, offsets and group lags.
     Status {
         #[arg(long)]
@@ -148,6 +153,41 @@ enum PipelineCommand {
         partition: Option<u32>,
         #[arg(long, requires = "partition")]
         offset: Option<u64>,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token; prints its secret, this once (the server keeps only
+    /// its SHA-256).
+    Create {
+        name: String,
+        /// A stream it may publish to (`*`: every stream); repeatable.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// A stream it may read, with the stages of its pipelines (`*`:
+        /// every stream); repeatable.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Publish and subscribe on every stream.
+        #[arg(long, conflicts_with_all = ["publish", "subscribe"])]
+        all: bool,
+        /// Apply, pipeline retry and token management.
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Every token's name and scope (never secrets).
+    List {
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Revoke a token: connections using it lose access at once.
+    Revoke {
+        name: String,
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
@@ -231,6 +271,7 @@ fn main() -> ExitCode {
             &url, &stream, &group, &start, count, ephemeral,
         )),
         Command::Status { json, url } => block_on(cli::status(&url, json)),
+        Command::Token { command } => block_on(token(command)),
         Command::Repair { data_dir } => hadron_server::repair::run(
             &data_dir.unwrap_or_else(|| PathBuf::from(hadron_server::DATA_DIR_DEFAULT)),
         ),
@@ -241,6 +282,29 @@ fn main() -> ExitCode {
             eprintln!("hadron: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn token(command: TokenCommand) -> Result<(), String> {
+    match command {
+        TokenCommand::Create {
+            name,
+            publish,
+            subscribe,
+            all,
+            admin,
+            url,
+        } => {
+            let scope = hadron::TokenScope {
+                all,
+                admin,
+                publish,
+                subscribe,
+            };
+            cli::tokens::create(&url, &name, scope).await
+        }
+        TokenCommand::List { url } => cli::tokens::list(&url).await,
+        TokenCommand::Revoke { name, url } => cli::tokens::revoke(&url, &name).await,
     }
 }
 
