@@ -85,7 +85,27 @@ fn stream(name: &str) -> String {
 fn table() -> Vec<(Error, ErrorCode)> {
     let mut rows = connection_and_target_rows();
     rows.extend(settlement_and_storage_rows());
+    rows.extend(token_rows());
     rows
+}
+
+/// The rows of the errors about tokens.
+fn token_rows() -> Vec<(Error, ErrorCode)> {
+    use ErrorCode as C;
+    vec![
+        (
+            Error::Forbidden {
+                token: "t".into(),
+                permission: crate::config::Permission::Publish,
+                stream: Some(stream("s")),
+                request: "Publish",
+            },
+            C::Forbidden,
+        ),
+        (Error::TokenRevoked { token: "t".into() }, C::Forbidden),
+        (Error::TokenExists { token: "t".into() }, C::InvalidConfig),
+        (Error::UnknownToken { token: "t".into() }, C::InvalidRequest),
+    ]
 }
 
 /// The rows of the errors about a connection and a request's target.
@@ -229,18 +249,6 @@ fn settlement_and_storage_rows() -> Vec<(Error, ErrorCode)> {
             C::InvalidRequest,
         ),
         (Error::ApplyInProgress, C::InvalidRequest),
-        (
-            Error::Forbidden {
-                token: "t".into(),
-                permission: crate::config::Permission::Publish,
-                stream: Some(stream("s")),
-                request: "Publish",
-            },
-            C::Forbidden,
-        ),
-        (Error::TokenRevoked { token: "t".into() }, C::Forbidden),
-        (Error::TokenExists { token: "t".into() }, C::InvalidConfig),
-        (Error::UnknownToken { token: "t".into() }, C::InvalidRequest),
         (config.into(), C::InvalidConfig),
         (
             Error::PartitionsShrink {
