@@ -19,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hadron_wire::{ErrorCode, FRAME_BYTES_MAX, Limits, Message, shard_of};
 
 use crate::conn::{Conn, Reply, ServerInfo};
+
+pub(crate) mod tokens;
 use crate::endpoint::Endpoint;
 use crate::{Error, Event, Metadata};
 

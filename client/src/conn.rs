@@ -92,6 +92,7 @@ pub(crate) enum Reply {
     ApplyOk(Vec<String>),
     StatusOk(String),
     MetadataOk(crate::Metadata),
+    TokenListOk(Vec<crate::TokenInfo>),
 }
 
 /// A push from the server, decoded straight from its frame into what the
@@ -533,6 +534,9 @@ async fn read_loop(
                 )),
                 Message::StatusOk(ok) => Ok(Reply::StatusOk(ok.json.to_owned())),
                 Message::MetadataOk(ok) => Ok(Reply::MetadataOk(crate::Metadata::from_wire(&ok))),
+                Message::TokenListOk(ok) => {
+                    Ok(Reply::TokenListOk(crate::client::tokens::token_infos(&ok)))
+                }
                 Message::Error(e) => Err(Error::server(e.code, e.message)),
                 other => Err(Error::Protocol(format!(
                     "unexpected {} as an answer",

@@ -64,6 +64,7 @@ mod metadata;
 mod publish;
 mod subscribe;
 
+pub use client::tokens::{TOKEN_SECRET_PREFIX, TokenInfo, TokenScope};
 pub use client::{Client, ClientOptions, Fetched};
 #[cfg(feature = "cloudevents")]
 pub use cloudevents_sdk::{CloudEventError, OFFSET_EXTENSION, PARTITION_EXTENSION};

@@ -1,5 +1,5 @@
 //! The client-side commands of the `hadron` binary: `apply`, `publish`,
-//! `subscribe`, `status`, `pipeline`. They use the `hadron` client crate,
+//! `subscribe`, `status`, `pipeline`, `token` (in `tokens`). They use the `hadron` client crate,
 //! like any application would. A module of the binary, not of the
 //! `hadron_server` library: nothing in the library uses the client.
 
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hadron::{Client, ClientOptions, NewEvent, StartPoint, SubscribeOptions};
 
 mod cloudevents;
+pub mod tokens;
 
 /// `hadron apply -f FILE`.
 pub async fn apply(url: &str, file: &str, force: bool) -> Result<(), String> {

@@ -1,6 +1,6 @@
 //! The `hadron` binary: the server (`hadron server`, `hadron repair`, both
 //! in the `hadron_server` library) and the command-line client (`apply`,
-//! `publish`, `subscribe`, `status`, `pipeline`, in [`cli`]). This file
+//! `publish`, `subscribe`, `status`, `pipeline`, `token`, in [`cli`]). This file
 //! only parses the command line and calls one of them.
 
 mod cli;
@@ -36,6 +36,68 @@ struct Cli {
     log_format: LogFormat,
 }
 
+/// `hadron server`'s flags.
+#[derive(clap::Args, Debug)]
+struct ServerCommand {
+    /// Configuration file (multi-document YAML: settings, Streams).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (default ./hadron-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client address (default 127.0.0.1:7000).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Number of shards (default: one per CPU).
+    #[arg(long)]
+    shards: Option<u16>,
+    /// Milliseconds a consumer has to ack a delivery before it is
+    /// redelivered.
+    #[arg(long, default_value_t = ACK_TIMEOUT_MS_DEFAULT)]
+    ack_timeout_ms: u64,
+    /// Serve clients beyond loopback with no token (anyone who can
+    /// reach the port may then read, publish and apply).
+    #[arg(long)]
+    insecure_no_token: bool,
+    /// Validate the configuration (file, flags, HADRON_TOKEN) and the
+    /// resources it declares, print a summary and exit: 0 when valid.
+    #[arg(long)]
+    check_config: bool,
+}
+
+impl ServerCommand {
+    /// Runs the server, or only checks its configuration (exit code 2
+    /// when it is invalid).
+    fn run(self) -> ExitCode {
+        let check = self.check_config;
+        let args = ServerArgs {
+            config: self.config,
+            data_dir: self.data_dir,
+            listen: self.listen,
+            shards: self.shards,
+            ack_timeout_ms: self.ack_timeout_ms,
+            insecure_no_token: self.insecure_no_token,
+        };
+        let (result, failed) = if check {
+            let checked = hadron_server::check_config(&args);
+            (
+                checked.map(|summary| println!("{summary}")),
+                ExitCode::from(2),
+            )
+        } else {
+            (hadron_server::serve(args), ExitCode::FAILURE)
+        };
+        match result {
+            Ok(()) if check => ExitCode::SUCCESS,
+            Ok(()) => exit_now_without_teardown(),
+            Err(e) => {
+                eprintln!("hadron: {e}");
+                failed
+            }
+        }
+    }
+}
+
 /// How log lines are written (to standard error).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
@@ -46,32 +108,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
-    Server {
-        /// Configuration file (multi-document YAML: settings, Streams).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Data directory (default ./hadron-data).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Client address (default 127.0.0.1:7000).
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// Number of shards (default: one per CPU).
-        #[arg(long)]
-        shards: Option<u16>,
-        /// Milliseconds a consumer has to ack a delivery before it is
-        /// redelivered.
-        #[arg(long, default_value_t = ACK_TIMEOUT_MS_DEFAULT)]
-        ack_timeout_ms: u64,
-        /// Serve clients beyond loopback with no token (anyone who can
-        /// reach the port may then read, publish and apply).
-        #[arg(long)]
-        insecure_no_token: bool,
-        /// Validate the configuration (file, flags, HADRON_TOKEN) and the
-        /// resources it declares, print a summary and exit: 0 when valid.
-        #[arg(long)]
-        check_config: bool,
-    },
+    Server(ServerCommand),
     /// Create or change resources from a YAML file (`-` for stdin).
     Apply {
         #[arg(short = 'f', long = "file")]
@@ -153,6 +190,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Token commands (need a token with admin in HADRON_TOKEN).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Shards, streams, partitions, offsets and group lags.
     Status {
         #[arg(long)]
@@ -186,6 +228,41 @@ enum PipelineCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token; prints its secret, this once (the server keeps only
+    /// its SHA-256).
+    Create {
+        name: String,
+        /// A stream it may publish to (`*`: every stream); repeatable.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// A stream it may read, with the stages of its pipelines (`*`:
+        /// every stream); repeatable.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Publish and subscribe on every stream.
+        #[arg(long, conflicts_with_all = ["publish", "subscribe"])]
+        all: bool,
+        /// Apply, pipeline retry and token management.
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Every token's name and scope (never secrets).
+    List {
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Revoke a token: connections using it lose access at once.
+    Revoke {
+        name: String,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+}
+
 /// Logs go to standard error, filtered by `RUST_LOG` (default `info`):
 /// text with colours only when standard error is a terminal (so journald
 /// and files get none), or one JSON object a line.
@@ -205,45 +282,11 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if matches!(cli.command, Command::Server { .. }) {
+    if matches!(cli.command, Command::Server(_)) {
         stop_on_panic();
     }
     let result = match cli.command {
-        Command::Server {
-            config,
-            data_dir,
-            listen,
-            shards,
-            ack_timeout_ms,
-            insecure_no_token,
-            check_config,
-        } => {
-            let args = ServerArgs {
-                config,
-                data_dir,
-                listen,
-                shards,
-                ack_timeout_ms,
-                insecure_no_token,
-            };
-            if check_config {
-                return match hadron_server::check_config(&args) {
-                    Ok(summary) => {
-                        println!("{summary}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("hadron: {e}");
-                        ExitCode::from(2)
-                    }
-                };
-            }
-            let served = hadron_server::serve(args);
-            if served.is_ok() {
-                exit_now_without_teardown();
-            }
-            served
-        }
+        Command::Server(server) => return server.run(),
         Command::Apply { file, force, url } => block_on(cli::apply(&url, &file, force)),
         Command::Pipeline {
             command: PipelineCommand::Status { name, json, url },
@@ -293,6 +336,7 @@ fn main() -> ExitCode {
             &url, &stream, &group, &start, count, ephemeral,
         )),
         Command::Status { json, url } => block_on(cli::status(&url, json)),
+        Command::Token { command } => block_on(token(command)),
         Command::Repair { data_dir } => hadron_server::repair::run(
             &data_dir.unwrap_or_else(|| PathBuf::from(hadron_server::DATA_DIR_DEFAULT)),
         ),
@@ -303,6 +347,29 @@ fn main() -> ExitCode {
             eprintln!("hadron: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn token(command: TokenCommand) -> Result<(), String> {
+    match command {
+        TokenCommand::Create {
+            name,
+            publish,
+            subscribe,
+            all,
+            admin,
+            url,
+        } => {
+            let scope = hadron::TokenScope {
+                all,
+                admin,
+                publish,
+                subscribe,
+            };
+            cli::tokens::create(&url, &name, scope).await
+        }
+        TokenCommand::List { url } => cli::tokens::list(&url).await,
+        TokenCommand::Revoke { name, url } => cli::tokens::revoke(&url, &name).await,
     }
 }
 

@@ -82,11 +82,16 @@ pub enum ErrorCode {
     /// checks with valid batches after it). The partition serves reads up
     /// to the damage and refuses writes until `hadron repair`.
     Damaged = 23,
+    /// The connection's token lacks the permission the request needs
+    /// (publish or subscribe on a stream, or admin), or was revoked. The
+    /// message names the token, the permission and the stream. Nothing was
+    /// done; the connection stays open unless the token was revoked.
+    Forbidden = 24,
 }
 
 impl ErrorCode {
     /// Every known code, in numeric order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::FrameTooLarge,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -110,6 +115,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::Timeout,
         ErrorCode::Damaged,
+        ErrorCode::Forbidden,
     ];
 
     /// The number sent on the wire.
@@ -139,6 +145,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => 21,
             ErrorCode::Timeout => 22,
             ErrorCode::Damaged => 23,
+            ErrorCode::Forbidden => 24,
         }
     }
 
@@ -168,6 +175,7 @@ impl ErrorCode {
             21 => ErrorCode::TooManyConnections,
             22 => ErrorCode::Timeout,
             23 => ErrorCode::Damaged,
+            24 => ErrorCode::Forbidden,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -213,6 +221,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "TooManyConnections",
             ErrorCode::Timeout => "Timeout",
             ErrorCode::Damaged => "Damaged",
+            ErrorCode::Forbidden => "Forbidden",
         }
     }
 }
@@ -242,7 +251,7 @@ mod tests {
     #[test]
     fn numbers_are_stable_and_round_trip() {
         // The numbers are the protocol: this table must only ever grow.
-        let expected: [(ErrorCode, u16); 23] = [
+        let expected: [(ErrorCode, u16); 24] = [
             (ErrorCode::FrameTooLarge, 1),
             (ErrorCode::MalformedFrame, 2),
             (ErrorCode::UnsupportedVersion, 3),
@@ -266,6 +275,7 @@ mod tests {
             (ErrorCode::TooManyConnections, 21),
             (ErrorCode::Timeout, 22),
             (ErrorCode::Damaged, 23),
+            (ErrorCode::Forbidden, 24),
         ];
         for (code, n) in expected {
             assert_eq!(code.as_u16(), n, "{code}");
@@ -279,7 +289,7 @@ mod tests {
     #[test]
     fn unknown_numbers_do_not_panic() {
         assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
-        assert_eq!(ErrorCode::from_u16(24), ErrorCode::Unknown(24));
+        assert_eq!(ErrorCode::from_u16(25), ErrorCode::Unknown(25));
         assert_eq!(ErrorCode::from_u16(u16::MAX).as_u16(), u16::MAX);
         assert_eq!(ErrorCode::Unknown(999).to_string(), "Unknown (999)");
     }

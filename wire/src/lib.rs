@@ -40,7 +40,7 @@ pub use message::{
     HandshakeOk, Message, Metadata, MetadataOk, Nack, PartitionInfo, PipelineInfo, PipelineRetry,
     PipelineSubscribe, Publish, PublishOk, PublishResult, Record, StageAck, StageAcks,
     StageDelivery, StageInput, StageNack, StartPoint, StatusOk, StreamInfo, Subscribe, SubscribeOk,
-    encode,
+    TokenCreate, TokenInfo, TokenListOk, TokenRevoke, TokenScope, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -157,7 +157,7 @@ mod tests {
 
     fn random_message<'a>(rng: &mut Rng, pool: &'a Pool) -> Message<'a> {
         let n = rng.below(4);
-        match rng.below(25) {
+        match rng.below(29) {
             0 => Message::Handshake(Handshake {
                 version: rng.next_u64() as u16,
                 token: pool.s(rng),
@@ -297,6 +297,31 @@ mod tests {
             23 => Message::Metadata(Metadata {
                 streams: (0..n).map(|_| pool.s(rng)).collect(),
             }),
+            25 => Message::TokenCreate(TokenCreate {
+                name: pool.s(rng),
+                secret_sha256: pool.b(rng),
+                scope: TokenScope {
+                    all: rng.below(2) == 0,
+                    admin: rng.below(2) == 0,
+                    publish: (0..n).map(|_| pool.s(rng)).collect(),
+                    subscribe: (0..rng.below(3)).map(|_| pool.s(rng)).collect(),
+                },
+            }),
+            26 => Message::TokenList,
+            27 => Message::TokenListOk(TokenListOk {
+                tokens: (0..n)
+                    .map(|_| TokenInfo {
+                        name: pool.s(rng),
+                        scope: TokenScope {
+                            all: rng.below(2) == 0,
+                            admin: rng.below(2) == 0,
+                            publish: (0..rng.below(3)).map(|_| pool.s(rng)).collect(),
+                            subscribe: (0..rng.below(3)).map(|_| pool.s(rng)).collect(),
+                        },
+                    })
+                    .collect(),
+            }),
+            28 => Message::TokenRevoke(TokenRevoke { name: pool.s(rng) }),
             _ => {
                 // Valid as `decode` checks it: owners below `shards`,
                 // partitions listed in order.

@@ -21,7 +21,10 @@ use crate::ErrorCode;
 use crate::frame::{DecodeError, LENGTH_PREFIX_BYTES, Limits};
 use crate::generated as fb;
 
+mod tokens;
 mod write_publish;
+
+pub use tokens::{TokenCreate, TokenInfo, TokenListOk, TokenRevoke, TokenScope};
 
 /// First message on a connection, client to server.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -304,6 +307,10 @@ pub enum Message<'a> {
     StageAcks(StageAcks<'a>),
     Metadata(Metadata<'a>),
     MetadataOk(MetadataOk<'a>),
+    TokenCreate(TokenCreate<'a>),
+    TokenList,
+    TokenListOk(TokenListOk<'a>),
+    TokenRevoke(TokenRevoke<'a>),
 }
 
 impl Message<'_> {
@@ -335,6 +342,10 @@ impl Message<'_> {
             Message::StageAcks(_) => "StageAcks",
             Message::Metadata(_) => "Metadata",
             Message::MetadataOk(_) => "MetadataOk",
+            Message::TokenCreate(_) => "TokenCreate",
+            Message::TokenList => "TokenList",
+            Message::TokenListOk(_) => "TokenListOk",
+            Message::TokenRevoke(_) => "TokenRevoke",
         }
     }
 
@@ -358,6 +369,9 @@ impl Message<'_> {
                 | Message::PipelineRetry(_)
                 | Message::StageAcks(_)
                 | Message::Metadata(_)
+                | Message::TokenCreate(_)
+                | Message::TokenList
+                | Message::TokenRevoke(_)
         )
     }
 }
@@ -627,6 +641,20 @@ impl<'a> Message<'a> {
             fb::Body::MetadataOk => {
                 let b = frame.body_as_metadata_ok().ok_or(missing)?;
                 metadata_ok(request_id, &b)?
+            }
+            fb::Body::TokenCreate => {
+                tokens::token_create(&frame.body_as_token_create().ok_or(missing)?)
+            }
+            fb::Body::TokenList => {
+                frame.body_as_token_list().ok_or(missing)?;
+                Message::TokenList
+            }
+            fb::Body::TokenListOk => {
+                tokens::token_list_ok(&frame.body_as_token_list_ok().ok_or(missing)?)
+            }
+            fb::Body::TokenRevoke => {
+                let b = frame.body_as_token_revoke().ok_or(missing)?;
+                Message::TokenRevoke(TokenRevoke { name: b.name() })
             }
             other => {
                 return Err(DecodeError::UnknownBody {
@@ -1198,6 +1226,10 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
             let t = fb::MetadataOk::create(fbb, &args);
             (fb::Body::MetadataOk, t.as_union_value())
         }
+        Message::TokenCreate(m) => tokens::build_token_create(fbb, m),
+        Message::TokenList => tokens::build_token_list(fbb),
+        Message::TokenListOk(m) => tokens::build_token_list_ok(fbb, m),
+        Message::TokenRevoke(m) => tokens::build_token_revoke(fbb, m),
     }
 }
 
@@ -1364,6 +1396,36 @@ pub(crate) mod tests {
                 streams: vec!["events", "orders"],
             }),
             sample_metadata_ok(),
+            Message::TokenCreate(TokenCreate {
+                name: "writer",
+                secret_sha256: &[7; 32],
+                scope: TokenScope {
+                    all: false,
+                    admin: true,
+                    publish: vec!["events"],
+                    subscribe: vec!["orders", "*"],
+                },
+            }),
+            Message::TokenList,
+            Message::TokenListOk(TokenListOk {
+                tokens: vec![
+                    TokenInfo {
+                        name: "all",
+                        scope: TokenScope {
+                            all: true,
+                            ..TokenScope::default()
+                        },
+                    },
+                    TokenInfo {
+                        name: "writer",
+                        scope: TokenScope {
+                            publish: vec!["events"],
+                            ..TokenScope::default()
+                        },
+                    },
+                ],
+            }),
+            Message::TokenRevoke(TokenRevoke { name: "writer" }),
         ]
     }
 
@@ -1421,7 +1483,7 @@ pub(crate) mod tests {
         let mut names: Vec<&str> = samples.iter().map(Message::name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 25, "one sample per Body member");
+        assert_eq!(names.len(), 29, "one sample per Body member");
 
         let mut encoder = Encoder::default();
         for (i, message) in samples.iter().enumerate() {
@@ -1581,7 +1643,7 @@ pub(crate) mod tests {
             let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
             assert_eq!(root.body_type(), fb::Body(tag), "{}", message.name());
         }
-        assert_eq!(fb::Body::ENUM_MAX, 25);
+        assert_eq!(fb::Body::ENUM_MAX, 29);
     }
 
     #[test]
@@ -1591,7 +1653,7 @@ pub(crate) mod tests {
             .iter()
             .filter(|m| m.is_client_message())
             .count();
-        assert_eq!(clients, 14);
+        assert_eq!(clients, 17);
     }
 
     /// A `MetadataOk` a client could not route by is refused, naming the

@@ -4,7 +4,7 @@
 //!
 //! ```yaml
 //! apiVersion: hadron.rs/v1beta1
-//! kind: Stream | Pipeline
+//! kind: Stream | Pipeline | Token
 //! metadata: { name: NAME }
 //! spec: { ... }
 //! ```
@@ -15,8 +15,10 @@
 //! appear anywhere, once. A config file that declares no Stream gets the
 //! stream `events` with default settings, and its pipelines must read from
 //! streams declared in the same file (or `events`). `hadron apply` input
-//! holds only Streams and Pipelines, and pipelines' source streams are
-//! checked later, against the server's streams.
+//! holds only Streams, Pipelines and Tokens, and pipelines' source streams are
+//! checked later, against the server's streams. A Token's stream names are
+//! not checked against the streams: a token may name a stream before it
+//! exists.
 //!
 //! Documents are numbered from 1 in the order they appear, counting empty
 //! ones, so the number matches what a reader counts between `---` lines.
@@ -33,6 +35,7 @@ use super::error::{ConfigError, Problem, ResourceKind};
 use super::pipeline::PipelineSpec;
 use super::server::{ServerConfig, ServerConfigDoc};
 use super::stream::{DEFAULT_STREAM_NAME, StreamSpec};
+use super::token::TokenSpec;
 use super::yaml;
 
 /// A declared resource.
@@ -40,6 +43,7 @@ use super::yaml;
 pub enum Resource {
     Stream(StreamSpec),
     Pipeline(PipelineSpec),
+    Token(TokenSpec),
 }
 
 impl Resource {
@@ -47,6 +51,7 @@ impl Resource {
         match self {
             Resource::Stream(_) => ResourceKind::Stream,
             Resource::Pipeline(_) => ResourceKind::Pipeline,
+            Resource::Token(_) => ResourceKind::Token,
         }
     }
 
@@ -55,6 +60,7 @@ impl Resource {
         match self {
             Resource::Stream(stream) => &stream.name,
             Resource::Pipeline(pipeline) => &pipeline.name,
+            Resource::Token(token) => &token.name,
         }
     }
 }
@@ -98,6 +104,7 @@ pub(super) enum RawBody {
     Settings(Box<ServerConfigDoc>),
     Stream(Envelope<StreamSpec>),
     Pipeline(Envelope<PipelineSpec>),
+    Token(Envelope<TokenSpec>),
 }
 
 /// A non-empty document and its 1-based number.
@@ -113,6 +120,7 @@ pub(super) struct RawDocument {
 pub(super) enum EnvelopeRef<'a> {
     Stream(Envelope<&'a StreamSpec>),
     Pipeline(Envelope<&'a PipelineSpec>),
+    Token(Envelope<&'a TokenSpec>),
 }
 
 impl Resource {
@@ -124,6 +132,9 @@ impl Resource {
             }
             Resource::Pipeline(p) => {
                 EnvelopeRef::Pipeline(Envelope::wrap(ResourceKind::Pipeline, &p.name, p))
+            }
+            Resource::Token(t) => {
+                EnvelopeRef::Token(Envelope::wrap(ResourceKind::Token, &t.name, t))
             }
         }
     }
@@ -192,6 +203,12 @@ fn resource_of(
                 .map_err(|e| e.in_document(number))?;
             Resource::Pipeline(spec)
         }
+        RawBody::Token(envelope) => {
+            let (name, mut spec) = open_envelope(envelope, number, ResourceKind::Token)?;
+            spec.name = name;
+            spec.validate().map_err(|e| e.in_document(number))?;
+            Resource::Token(spec)
+        }
     };
     Ok(Some(resource))
 }
@@ -215,8 +232,8 @@ fn check_unique(
     Ok(())
 }
 
-/// Parses `hadron apply -f` input: multi-document YAML (or JSON) of Streams
-/// and Pipelines, each validated. Pipelines' source streams are not checked
+/// Parses `hadron apply -f` input: multi-document YAML (or JSON) of Streams,
+/// Pipelines and Tokens, each validated. Pipelines' source streams are not checked
 /// here; check them with [`PipelineSpec::plan`] against the server's streams.
 pub fn parse_documents(input: &str) -> Result<Vec<Resource>, ConfigError> {
     let mut resources = Vec::new();
@@ -226,7 +243,7 @@ pub fn parse_documents(input: &str) -> Result<Vec<Resource>, ConfigError> {
             return Err(ConfigError::new(
                 "kind",
                 Problem::UnexpectedServerConfig {
-                    reason: "server settings belong in the config file given to `hadron server --config`; `hadron apply` takes Streams and Pipelines",
+                    reason: "server settings belong in the config file given to `hadron server --config`; `hadron apply` takes Streams, Pipelines and Tokens",
                 },
             )
             .in_document(document.number)

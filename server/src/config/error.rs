@@ -20,6 +20,8 @@ pub enum ResourceKind {
     Stream,
     /// `kind: Pipeline`.
     Pipeline,
+    /// `kind: Token`.
+    Token,
 }
 
 impl ResourceKind {
@@ -29,6 +31,7 @@ impl ResourceKind {
             ResourceKind::ServerConfig => "ServerConfig",
             ResourceKind::Stream => "Stream",
             ResourceKind::Pipeline => "Pipeline",
+            ResourceKind::Token => "Token",
         }
     }
 
@@ -38,6 +41,7 @@ impl ResourceKind {
             "ServerConfig" => Some(ResourceKind::ServerConfig),
             "Stream" => Some(ResourceKind::Stream),
             "Pipeline" => Some(ResourceKind::Pipeline),
+            "Token" => Some(ResourceKind::Token),
             _ => None,
         }
     }

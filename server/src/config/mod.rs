@@ -1,5 +1,5 @@
-//! Configuration: server settings and resource definitions (Streams and
-//! Pipelines), parsed from YAML, validated, and written back for
+//! Configuration: server settings and resource definitions (Streams,
+//! Pipelines and Tokens), parsed from YAML, validated, and written back for
 //! persistence.
 //!
 //! # The config file
@@ -40,7 +40,7 @@
 //! - `error`: [`ConfigError`], which names document, resource, field and
 //!   position.
 //! - `name`: naming rules.
-//! - `server`, `stream`, `pipeline`, `trigger`: the types, their defaults
+//! - `server`, `stream`, `pipeline`, `trigger`, `token`: the types, their defaults
 //!   and validation; `pipeline` also builds the engine's [`PipelinePlan`].
 //!   The larger two keep their checks beside them: `server/validate.rs`,
 //!   `pipeline/plan.rs`.
@@ -56,6 +56,7 @@ pub mod name;
 pub mod pipeline;
 pub mod server;
 pub mod stream;
+pub mod token;
 pub mod trigger;
 pub mod yaml;
 
@@ -72,5 +73,6 @@ pub use pipeline::{
 };
 pub use server::{FsyncPolicy, ServerConfig};
 pub use stream::{RetentionSpec, StreamSettings, StreamSpec};
+pub use token::{Permission, TokenSpec};
 pub use trigger::TriggerSet;
 pub use yaml::{to_yaml, to_yaml_documents};

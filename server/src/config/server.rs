@@ -42,6 +42,7 @@
 //! partitionsMax: 1024         # stream partitions in all; also pipeline runs
 //!                             # (a pipeline runs once per source partition)
 //! pipelinesMax: 64            # pipelines the server may hold
+//! tokensMax: 1024             # Tokens the server may hold
 //! ```
 //!
 //! The last four bound what one `hadron apply` can make the server do; an
@@ -162,6 +163,12 @@ pub const STREAMS_MAX_DEFAULT: u32 = 256;
 pub const PARTITIONS_MAX_DEFAULT: u32 = 1024;
 /// `pipelinesMax` when the config does not say.
 pub const PIPELINES_MAX_DEFAULT: u32 = 64;
+/// `tokensMax` when the config does not say.
+pub const TOKENS_MAX_DEFAULT: u32 = 1024;
+/// The largest `tokensMax`: a handshake hashes its token once and compares
+/// the hash with every token's (32 bytes each, in constant time), so this
+/// bounds a handshake's cost to about a millisecond.
+pub const TOKENS_MAX_MAX: u32 = 65_536;
 /// The largest value `streamsMax`, `partitionsMax` and `pipelinesMax` take.
 pub const RESOURCES_MAX_MAX: u32 = 1 << 20;
 /// Flush interval for `fsync: interval` when `fsyncIntervalMs` is absent.
@@ -182,6 +189,7 @@ const _: () =
 const _: () = assert!(APPLY_BYTES_MAX_MIN <= APPLY_BYTES_MAX_DEFAULT);
 const _: () = assert!(APPLY_BYTES_MAX_DEFAULT <= hadron_wire::FRAME_BYTES_MAX);
 const _: () = assert!(PARTITIONS_MAX_DEFAULT >= super::stream::PARTITIONS_DEFAULT);
+const _: () = assert!(TOKENS_MAX_DEFAULT <= TOKENS_MAX_MAX);
 
 /// When a publish is acknowledged relative to fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -265,6 +273,8 @@ pub struct ServerConfig {
     pub partitions_max: u32,
     /// The most pipelines.
     pub pipelines_max: u32,
+    /// The most Tokens.
+    pub tokens_max: u32,
 }
 
 /// A handshake token: a shared secret, never printed.
@@ -336,6 +346,7 @@ impl Default for ServerConfig {
             streams_max: STREAMS_MAX_DEFAULT,
             partitions_max: PARTITIONS_MAX_DEFAULT,
             pipelines_max: PIPELINES_MAX_DEFAULT,
+            tokens_max: TOKENS_MAX_DEFAULT,
         }
     }
 }
@@ -360,6 +371,7 @@ pub struct ResourceCounts {
     pub pipelines: u64,
     /// Per pipeline, the partitions of its source stream.
     pub pipeline_runs: u64,
+    pub tokens: u64,
 }
 
 /// `fsync:` values.
@@ -409,6 +421,7 @@ pub(super) struct ServerConfigDoc {
     streams_max: Option<u32>,
     partitions_max: Option<u32>,
     pipelines_max: Option<u32>,
+    tokens_max: Option<u32>,
 }
 
 impl ServerConfigDoc {
@@ -485,6 +498,7 @@ impl ServerConfigDoc {
             streams_max: self.streams_max.unwrap_or(defaults.streams_max),
             partitions_max: self.partitions_max.unwrap_or(defaults.partitions_max),
             pipelines_max: self.pipelines_max.unwrap_or(defaults.pipelines_max),
+            tokens_max: self.tokens_max.unwrap_or(defaults.tokens_max),
         };
         config.validate()?;
         Ok(config)

@@ -55,6 +55,7 @@ use super::error::{ConfigError, Location, Problem, ResourceKind};
 use super::pipeline::PipelineSpec;
 use super::server::ServerConfigDoc;
 use super::stream::StreamSpec;
+use super::token::TokenSpec;
 
 /// What the first reading learned about a non-empty document.
 struct Head {
@@ -111,6 +112,9 @@ pub(super) fn read_documents(
             ResourceKind::Pipeline => {
                 RawBody::Pipeline(Envelope::<PipelineSpec>::deserialize(document).map_err(context)?)
             }
+            ResourceKind::Token => {
+                RawBody::Token(Envelope::<TokenSpec>::deserialize(document).map_err(context)?)
+            }
         };
         documents.push(RawDocument { number, body });
     }
@@ -142,9 +146,9 @@ fn head(
                     Problem::UnknownKind {
                         kind,
                         expected: if settings_allowed {
-                            "ServerConfig, Stream or Pipeline"
+                            "ServerConfig, Stream, Pipeline or Token"
                         } else {
-                            "Stream or Pipeline"
+                            "Stream, Pipeline or Token"
                         },
                     },
                 )));

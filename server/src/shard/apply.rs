@@ -1,5 +1,6 @@
-//! `Apply` on shard 0 (parse on a blocking thread, check limits, persist)
-//! and installing a topology on every shard.
+//! `Apply` and token changes on shard 0 (parse on a blocking thread, check
+//! limits, persist) and installing a topology on every shard (which also
+//! cuts off connections whose token no longer allows what they hold).
 
 use super::*;
 
@@ -10,6 +11,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         self.install_streams(&topology).await?;
         self.install_pipelines(&topology).await?;
         *self.topology.borrow_mut() = topology;
+        // A revoked or narrowed token's connections lose access now.
+        self.auth.revalidate(&self.topology.borrow());
         Ok(())
     }
 
@@ -143,6 +146,42 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         reply
     }
 
+    /// Creates or revokes a token (runs on shard 0, serialized with
+    /// applies): the same checks, persistence and install as an apply.
+    pub(super) async fn change_tokens(self: &Rc<Self>, change: TokenChange) -> Reply {
+        if self.applying.get() {
+            return Reply::Failed(Error::ApplyInProgress);
+        }
+        self.applying.set(true);
+        let current = self.topology.borrow().clone();
+        let mut next = current.clone();
+        let summary = match change {
+            TokenChange::Create(spec) => {
+                if let Err(e) = spec.validate() {
+                    self.applying.set(false);
+                    return Reply::Failed(e.into());
+                }
+                if next.tokens.contains_key(&spec.name) {
+                    self.applying.set(false);
+                    return Reply::Failed(Error::TokenExists { token: spec.name });
+                }
+                let line = format!("token/{} created", spec.name);
+                next.tokens.insert(spec.name.clone(), spec);
+                line
+            }
+            TokenChange::Revoke(name) => {
+                if next.tokens.remove(&name).is_none() {
+                    self.applying.set(false);
+                    return Reply::Failed(Error::UnknownToken { token: name });
+                }
+                format!("token/{name} revoked")
+            }
+        };
+        let reply = self.commit(current, next, vec![summary], false).await;
+        self.applying.set(false);
+        reply
+    }
+
     pub(super) async fn apply_inner(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
         // The connection refused more than `applyBytesMax`, and the YAML
         // reader bounds nesting and refuses aliases, so parsing is cheap;
@@ -169,6 +208,18 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 Err(e) => return Reply::Failed(e),
             }
         }
+        self.commit(current, next, summary, force).await
+    }
+
+    /// Checks the limits and the stages `next` removes, persists it and
+    /// installs it on every shard; `summary` is the answer's lines so far.
+    async fn commit(
+        self: &Rc<Self>,
+        current: Topology,
+        next: Topology,
+        mut summary: Vec<String>,
+        force: bool,
+    ) -> Reply {
         if let Err(limit) = self
             .settings
             .config

@@ -21,7 +21,7 @@ use std::fmt;
 use hadron_engine::{AppendError, ReadError};
 use hadron_wire::{DecodeError, ErrorCode, FrameError, PROTOCOL_VERSION};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Permission};
 
 /// Delivery ids an `Ack` names in its refusal before it counts the rest.
 const REFUSED_NAMED_MAX: usize = 8;
@@ -111,6 +111,20 @@ pub enum Error {
         partition: u32,
         offset: u64,
     },
+    /// The connection's token (named `token`) lacks `permission` (on
+    /// `stream`; none for admin), which a `request` needs.
+    Forbidden {
+        token: String,
+        permission: Permission,
+        stream: Option<String>,
+        request: &'static str,
+    },
+    /// The connection's token was revoked (or replaced by a new secret).
+    TokenRevoked { token: String },
+    /// A token create for a name that exists.
+    TokenExists { token: String },
+    /// A token revoke for a name that does not exist.
+    UnknownToken { token: String },
     /// An apply while another is under way.
     ApplyInProgress,
     /// Applied YAML that does not parse or validate; it names the field.
@@ -252,11 +266,14 @@ impl Error {
             | E::GroupName { .. }
             | E::EmptyPublish
             | E::NoFailedExecution { .. }
-            | E::ApplyInProgress => ErrorCode::InvalidRequest,
+            | E::ApplyInProgress
+            | E::UnknownToken { .. } => ErrorCode::InvalidRequest,
+            E::Forbidden { .. } | E::TokenRevoked { .. } => ErrorCode::Forbidden,
             E::InvalidEvent { .. } | E::InvalidOutput { .. } => ErrorCode::InvalidEvent,
-            E::InvalidConfig(_) | E::PartitionsShrink { .. } | E::StageRemovalBusy { .. } => {
-                ErrorCode::InvalidConfig
-            }
+            E::InvalidConfig(_)
+            | E::PartitionsShrink { .. }
+            | E::StageRemovalBusy { .. }
+            | E::TokenExists { .. } => ErrorCode::InvalidConfig,
             E::Append { failed, .. } => match failed {
                 AppendFailed::Refused(_) => ErrorCode::InvalidRequest,
                 AppendFailed::Poisoned(_) => ErrorCode::ReadOnly,
@@ -494,6 +511,33 @@ impl Error {
                 f,
                 "pipeline {pipeline:?} has no failed execution at partition {partition} offset {offset}"
             ),
+            E::Forbidden {
+                token,
+                permission,
+                stream,
+                request,
+            } => {
+                let permission = permission.as_str();
+                match stream {
+                    Some(stream) => write!(
+                        f,
+                        "forbidden: token {token:?} lacks {permission} on stream {stream:?} (needed for {request})"
+                    ),
+                    None => write!(
+                        f,
+                        "forbidden: token {token:?} lacks {permission} (needed for {request})"
+                    ),
+                }
+            }
+            E::TokenRevoked { token } => write!(
+                f,
+                "forbidden: token {token:?} was revoked; this connection has no access"
+            ),
+            E::TokenExists { token } => write!(
+                f,
+                "token {token:?} exists; revoke it first to give the name a new secret"
+            ),
+            E::UnknownToken { token } => write!(f, "no token named {token:?}"),
             E::ApplyInProgress => write!(f, "another apply is in progress; retry"),
             E::PartitionsShrink { stream, from, to } => write!(
                 f,

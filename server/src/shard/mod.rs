@@ -51,7 +51,7 @@ mod topology;
 
 pub use boot::run;
 pub use error::Error;
-pub use protocol::{Mesh, MeshMsg, Reply, Request};
+pub use protocol::{Mesh, MeshMsg, Reply, Request, TokenChange};
 pub use status::PartitionStatus;
 pub use topology::{FileResources, ResourceStore, Topology, load_resources, persist_resources};
 
@@ -75,7 +75,7 @@ use hadron_engine::{LogConfig, Retention};
 use hadron_wire::{Limits, StartPoint, shard_of};
 
 use crate::config::server::ResourceCounts;
-use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec};
+use crate::config::{self, PipelineSpec, Resource, ServerConfig, StreamSpec, TokenSpec};
 use crate::failpoint;
 use clock::{Clock, Runtime, SystemClock};
 use group::{Deliveries, GroupPartition, GroupStatus, MemberId, Outgoing};
@@ -173,6 +173,8 @@ pub struct Shard<S: Storage = DmaStorage, R: Runtime = SystemClock> {
     conns_changed: Notify,
     /// Serializes `apply` on shard 0.
     applying: Cell<bool>,
+    /// This shard's connections and their tokens.
+    pub(crate) auth: conn::auth::Registry,
 }
 
 impl<S: Storage, R: Runtime> std::fmt::Debug for Shard<S, R> {
@@ -213,6 +215,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             conns_open: Cell::new(0),
             conns_changed: Notify::default(),
             applying: Cell::new(false),
+            auth: conn::auth::Registry::default(),
         }
     }
 

@@ -82,8 +82,19 @@ pub enum Request {
     Status,
     /// Validate, persist and install resources (shard 0 only).
     Apply { yaml: String, force: bool },
+    /// Create or revoke a token, then persist and install (shard 0 only).
+    Tokens(TokenChange),
     /// Adopt a new topology, opening partitions this shard now owns.
     Install { topology: Topology },
+}
+
+/// A change to the tokens (`hadron token create` / `revoke`).
+#[derive(Debug)]
+pub enum TokenChange {
+    /// A new token; refused when one of that name exists.
+    Create(TokenSpec),
+    /// Remove the named token.
+    Revoke(String),
 }
 
 /// The answer to a [`Request`].

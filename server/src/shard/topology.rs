@@ -1,4 +1,4 @@
-//! The streams and pipelines a server serves ([`Topology`]) and the file
+//! The streams, pipelines and tokens a server serves ([`Topology`]) and the file
 //! that keeps applied resources across restarts (`<data dir>/resources.yaml`,
 //! written only when its content changes).
 
@@ -7,13 +7,15 @@ use super::*;
 /// The file that keeps applied resources.
 pub const RESOURCES_FILE: &str = "resources.yaml";
 
-/// The streams and pipelines the server serves.
+/// The streams, pipelines and tokens the server serves.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Topology {
     /// Streams by name.
     pub streams: BTreeMap<String, StreamSpec>,
     /// Pipelines by name.
     pub pipelines: BTreeMap<String, PipelineSpec>,
+    /// Tokens by name (each holds only its secret's hash).
+    pub tokens: BTreeMap<String, TokenSpec>,
 }
 
 impl Topology {
@@ -22,7 +24,8 @@ impl Topology {
     pub fn resources(&self) -> Vec<Resource> {
         let streams = self.streams.values().cloned().map(Resource::Stream);
         let pipelines = self.pipelines.values().cloned().map(Resource::Pipeline);
-        streams.chain(pipelines).collect()
+        let tokens = self.tokens.values().cloned().map(Resource::Token);
+        streams.chain(pipelines).chain(tokens).collect()
     }
 
     /// What these resources cost, for the server's limits.
@@ -41,6 +44,7 @@ impl Topology {
                 .values()
                 .map(|p| partitions_of(&p.source_stream))
                 .sum(),
+            tokens: self.tokens.len() as u64,
         }
     }
 
@@ -85,6 +89,16 @@ impl Topology {
                     ),
                 };
                 self.pipelines.insert(spec.name.clone(), spec);
+                Ok(line)
+            }
+            Resource::Token(spec) => {
+                let verb = match self.tokens.get(&spec.name) {
+                    Some(old) if old == &spec => "unchanged",
+                    Some(_) => "configured",
+                    None => "created",
+                };
+                let line = format!("token/{} {verb}", spec.name);
+                self.tokens.insert(spec.name.clone(), spec);
                 Ok(line)
             }
         }

@@ -190,6 +190,14 @@ impl ServerConfig {
                 ));
             }
         }
+        if !(1..=TOKENS_MAX_MAX).contains(&self.tokens_max) {
+            errors.push(out_of_range(
+                "tokensMax",
+                self.tokens_max.into(),
+                1,
+                TOKENS_MAX_MAX.into(),
+            ));
+        }
         errors
     }
 
@@ -369,6 +377,13 @@ impl ServerConfig {
                 before.pipeline_runs,
                 after.pipeline_runs,
                 "pipeline runs in all (one per pipeline and source partition)",
+            ),
+            (
+                "tokensMax",
+                self.tokens_max,
+                before.tokens,
+                after.tokens,
+                "tokens",
             ),
         ];
         for (setting, max, before, after, what) in checks {

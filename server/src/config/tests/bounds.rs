@@ -37,6 +37,7 @@ fn resource_counts_at_their_limits_are_accepted_and_one_more_is_refused_naming_t
         streams_max: 3,
         partitions_max: 10,
         pipelines_max: 2,
+        tokens_max: 2,
         ..ServerConfig::default()
     };
     let none = ResourceCounts::default();
@@ -45,6 +46,7 @@ fn resource_counts_at_their_limits_are_accepted_and_one_more_is_refused_naming_t
         partitions: 10,
         pipelines: 2,
         pipeline_runs: 10,
+        tokens: 2,
     };
     assert_eq!(config.check_resource_counts(none, at), Ok(()));
     let cases = [
@@ -70,6 +72,10 @@ fn resource_counts_at_their_limits_are_accepted_and_one_more_is_refused_naming_t
             },
             "the server would hold 11 pipeline runs in all (one per pipeline and source partition); partitionsMax is 10",
         ),
+        (
+            ResourceCounts { tokens: 3, ..at },
+            "the server would hold 3 tokens; tokensMax is 2",
+        ),
     ];
     for (over, message) in cases {
         let e = config
@@ -87,7 +93,7 @@ fn resource_counts_at_their_limits_are_accepted_and_one_more_is_refused_naming_t
 #[test]
 fn limit_settings_are_read_from_the_config_file_and_checked() {
     let (config, _) = parse_config_file(
-        "applyBytesMax: 8192\nstreamsMax: 5\npartitionsMax: 40\npipelinesMax: 7\n",
+        "applyBytesMax: 8192\nstreamsMax: 5\npartitionsMax: 40\npipelinesMax: 7\ntokensMax: 9\n",
     )
     .unwrap();
     assert_eq!(
@@ -95,9 +101,10 @@ fn limit_settings_are_read_from_the_config_file_and_checked() {
             config.apply_bytes_max,
             config.streams_max,
             config.partitions_max,
-            config.pipelines_max
+            config.pipelines_max,
+            config.tokens_max
         ),
-        (8192, 5, 40, 7)
+        (8192, 5, 40, 7, 9)
     );
     let defaults = ServerConfig::default();
     assert_eq!(
@@ -114,6 +121,8 @@ fn limit_settings_are_read_from_the_config_file_and_checked() {
         ("streamsMax: 0\n", "streamsMax"),
         ("partitionsMax: 0\n", "partitionsMax"),
         ("pipelinesMax: 1048577\n", "pipelinesMax"),
+        ("tokensMax: 0\n", "tokensMax"),
+        ("tokensMax: 65537\n", "tokensMax"),
     ] {
         let e = parse_config_file(input).unwrap_err();
         assert_eq!(e.path, path, "{e}");

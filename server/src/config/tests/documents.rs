@@ -103,7 +103,7 @@ fn envelope_errors() {
     );
     assert_eq!(
         apply_error(&bad_kind),
-        "document 2 (\"orders\"): kind: unknown kind \"Topic\"; expected Stream or Pipeline"
+        "document 2 (\"orders\"): kind: unknown kind \"Topic\"; expected Stream, Pipeline or Token"
     );
     let no_version = STREAM_DOC.replace("apiVersion: hadron.rs/v1beta1\n", "");
     assert_eq!(

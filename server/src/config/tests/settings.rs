@@ -166,7 +166,7 @@ fn config_file_settings_errors_name_the_field() {
     );
     let message = parse_config_file("kind: Server\n").unwrap_err().to_string();
     assert!(
-        message.contains("expected ServerConfig, Stream or Pipeline"),
+        message.contains("expected ServerConfig, Stream, Pipeline or Token"),
         "{message}"
     );
 }

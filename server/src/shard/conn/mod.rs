@@ -14,7 +14,9 @@
 //!
 //! Each request family is answered by its own module: `streams` (publish,
 //! fetch, metadata), `groups` (subscribe, ack, nack), `pipelines` (stage
-//! subscriptions, acks, nacks, retries) and `admin` (apply, status).
+//! subscriptions, acks, nacks, retries), `admin` (apply, status) and
+//! `tokens` (token create, list, revoke). `auth` checks each request
+//! against the connection's token first.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -32,13 +34,15 @@ use super::error::{Error, Limit};
 use super::group::MemberId;
 use super::outbox::{self, Outbox};
 use super::pipeline::StageAckOf;
-use super::{Reply, Request, Shard};
+use super::{Reply, Request, Shard, TokenChange};
 use crate::config::ServerConfig;
 
 mod admin;
+pub(crate) mod auth;
 mod groups;
 mod pipelines;
 mod streams;
+mod tokens;
 
 /// How long a refused connection's error frame may take to leave.
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -94,6 +98,9 @@ enum Op {
     PipelineRetry(String, Option<(u32, u64)>),
     /// The streams asked for; empty for all.
     Metadata(Vec<String>),
+    TokenCreate(crate::config::TokenSpec),
+    TokenList,
+    TokenRevoke(String),
     Refuse(Error),
 }
 
@@ -154,6 +161,9 @@ impl Op {
             Message::StageNack(n) => Op::StageNack(n.delivery_id, n.message.to_string()),
             Message::PipelineRetry(r) => Op::PipelineRetry(r.pipeline.to_string(), r.execution),
             Message::Metadata(m) => Op::Metadata(m.streams.iter().map(|s| s.to_string()).collect()),
+            Message::TokenCreate(t) => Op::TokenCreate(tokens::spec_of(t)),
+            Message::TokenList => Op::TokenList,
+            Message::TokenRevoke(t) => Op::TokenRevoke(t.name.to_owned()),
             other => Op::Refuse(Error::ServerToClient {
                 message: other.name(),
             }),
@@ -177,6 +187,8 @@ struct ConnState {
     last_read: Cell<Instant>,
     /// Notified when a request settles (its answer was queued).
     settled: Notify,
+    /// The connection's token and what it subscribed to.
+    auth: Rc<auth::ConnAuth>,
 }
 
 /// Closes the connection count's slot when the connection ends.
@@ -222,6 +234,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = writer.flush().await;
         let _ = writer.close().await;
     });
+    let (abort, registration) = AbortHandle::new_pair();
+    let auth = Rc::new(auth::ConnAuth::new(outbox.clone(), abort.clone()));
+    shard.auth.register(conn, auth.clone());
     let state = Rc::new(ConnState {
         serving: Cell::new(0),
         reserved: Cell::new(0),
@@ -229,8 +244,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         subscribed: Cell::new(false),
         last_read: Cell::new(Instant::now()),
         settled: Notify::default(),
+        auth,
     });
-    let (abort, registration) = AbortHandle::new_pair();
     let watchdog = glommio::spawn_local(watchdog(
         shard.clone(),
         state.clone(),
@@ -254,6 +269,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         state.settled.changed_since(generation).await;
     }
+    shard.auth.unregister(conn);
     shard.unregister_conn(conn).await;
     outbox.close();
     writer_task.await;
@@ -427,7 +443,8 @@ async fn serve_frame(
     }
     if !state.handshaken.get() {
         return match handshake(shard, &decoded) {
-            Ok(reply) => {
+            Ok((reply, principal)) => {
+                state.auth.set_principal(principal);
                 outbox.send_frame(&reply);
                 state.handshaken.set(true);
                 Next::Continue
@@ -441,6 +458,10 @@ async fn serve_frame(
     let request_id = decoded.request_id;
     let mut op = Op::from_message(&decoded.message, &frame);
     op.clamp_in_flight(config.deliveries_in_flight_max);
+    if let Err(e) = state.auth.check(&shard.topology.borrow(), &op) {
+        outbox.fail(request_id, &e);
+        return Next::Continue;
+    }
     if matches!(op, Op::Subscribe { .. } | Op::PipelineSubscribe { .. }) {
         state.subscribed.set(true);
     }
@@ -489,7 +510,8 @@ async fn admit(config: &ServerConfig, outbox: &Outbox, state: &ConnState, cost: 
     }
 }
 
-fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Error> {
+/// The `HandshakeOk` frame, and who the connection acts as.
+fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<(Vec<u8>, auth::Principal), Error> {
     let Message::Handshake(h) = &frame.message else {
         return Err(Error::HandshakeRequired {
             got: frame.message.name(),
@@ -499,22 +521,22 @@ fn handshake(shard: &Shard, frame: &FrameRef<'_>) -> Result<Vec<u8>, Error> {
         return Err(Error::UnsupportedVersion { version: h.version });
     }
     let config = &shard.settings.config;
-    if let Some(token) = &config.token
-        && !token.matches(h.token)
-    {
-        return Err(Error::Unauthorized {
-            client: h.client_name.to_owned(),
-            token_missing: h.token.is_empty(),
-        });
-    }
+    let principal =
+        auth::Principal::of(config, &shard.topology.borrow(), h.token).ok_or_else(|| {
+            Error::Unauthorized {
+                client: h.client_name.to_owned(),
+                token_missing: h.token.is_empty(),
+            }
+        })?;
     let reply = Message::HandshakeOk(hadron_wire::HandshakeOk {
         version: PROTOCOL_VERSION,
         shards: shard.shards,
         shard_ports: shard_ports(shard),
         placement: PLACEMENT_NAME,
     });
-    outbox::encode(frame.request_id, &reply)
-        .map_err(|e| Error::Internal(format!("cannot encode HandshakeOk: {e}")))
+    let reply = outbox::encode(frame.request_id, &reply)
+        .map_err(|e| Error::Internal(format!("cannot encode HandshakeOk: {e}")))?;
+    Ok((reply, principal))
 }
 
 /// Each shard's own port, indexed by shard id (`HandshakeOk`, `MetadataOk`);
@@ -665,6 +687,9 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Error> {
         }
         Op::Apply(yaml, force) => admin::apply(shard, yaml, force).await,
         Op::Status => admin::status(shard).await,
+        Op::TokenCreate(spec) => tokens::change(shard, TokenChange::Create(spec)).await,
+        Op::TokenList => Ok(tokens::list(shard)),
+        Op::TokenRevoke(name) => tokens::change(shard, TokenChange::Revoke(name)).await,
         Op::Refuse(e) => Err(e),
     }
 }

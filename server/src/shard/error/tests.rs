@@ -49,9 +49,13 @@ fn variant(e: &Error) -> usize {
         E::ShuttingDown => 37,
         E::ShardGone { .. } => 38,
         E::Internal(_) => 39,
+        E::Forbidden { .. } => 40,
+        E::TokenRevoked { .. } => 41,
+        E::TokenExists { .. } => 42,
+        E::UnknownToken { .. } => 43,
     }
 }
-const VARIANTS: usize = 40;
+const VARIANTS: usize = 44;
 
 fn bad_event() -> DecodeError {
     DecodeError::TooLarge { have: 9, max: 8 }
@@ -81,7 +85,27 @@ fn stream(name: &str) -> String {
 fn table() -> Vec<(Error, ErrorCode)> {
     let mut rows = connection_and_target_rows();
     rows.extend(settlement_and_storage_rows());
+    rows.extend(token_rows());
     rows
+}
+
+/// The rows of the errors about tokens.
+fn token_rows() -> Vec<(Error, ErrorCode)> {
+    use ErrorCode as C;
+    vec![
+        (
+            Error::Forbidden {
+                token: "t".into(),
+                permission: crate::config::Permission::Publish,
+                stream: Some(stream("s")),
+                request: "Publish",
+            },
+            C::Forbidden,
+        ),
+        (Error::TokenRevoked { token: "t".into() }, C::Forbidden),
+        (Error::TokenExists { token: "t".into() }, C::InvalidConfig),
+        (Error::UnknownToken { token: "t".into() }, C::InvalidRequest),
+    ]
 }
 
 /// The rows of the errors about a connection and a request's target.
