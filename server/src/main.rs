@@ -45,6 +45,9 @@ enum Command {
         /// Client address (default 127.0.0.1:7000).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (default: off).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// Number of shards (default: one per CPU).
         #[arg(long)]
         shards: Option<u16>,
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
             config,
             data_dir,
             listen,
+            metrics_listen,
             shards,
             ack_timeout_ms,
             insecure_no_token,
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
                 config,
                 data_dir,
                 listen,
+                metrics_listen,
                 shards,
                 ack_timeout_ms,
                 insecure_no_token,
