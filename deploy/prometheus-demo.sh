@@ -5,7 +5,9 @@
 # scrapes it every second, publishes EVENTS events with the CLI, lets a
 # consumer group take some of them, and asks Prometheus' HTTP API
 # (/api/v1/query) PromQL questions until it answers with every event
-# counted. Exits non-zero when it does not within DEADLINE_S seconds.
+# counted, and evaluates every query of deploy/grafana-dashboard.json.
+# Exits non-zero when Prometheus does not count every event within
+# DEADLINE_S seconds, or a dashboard query fails.
 #
 #   apt-get install prometheus      # ships prometheus and promtool
 #   cargo build --release -p hadron-server --bin hadron
@@ -117,6 +119,33 @@ health=$(curl -sf "http://127.0.0.1:$prom_port/api/v1/targets" |
 t = json.load(sys.stdin)["data"]["activeTargets"][0]
 print(t["health"], repr(t["lastError"]))')
 echo "  scrape target health: $health"
+# Every query of the Grafana dashboard, its variables set to "all", must
+# parse and evaluate (an error fails the demo); count those with data.
+dashboard_check=$(python3 - "$ROOT/deploy/grafana-dashboard.json" "http://127.0.0.1:$prom_port" <<'PY'
+import json, sys, urllib.parse, urllib.request
+dash, base = json.load(open(sys.argv[1])), sys.argv[2]
+bad, with_data, total = [], 0, 0
+for panel in dash["panels"]:
+    for target in panel["targets"]:
+        total += 1
+        q = target["expr"].replace("$__rate_interval", "1m")
+        for v in ("instance", "stream", "pipeline"):
+            q = q.replace("$" + v, ".*")
+        url = base + "/api/v1/query?" + urllib.parse.urlencode({"query": q})
+        try:
+            r = json.load(urllib.request.urlopen(url))
+        except Exception as e:
+            bad.append(f"{panel['title']}: {q}: {e}")
+            continue
+        if r.get("status") != "success":
+            bad.append(f"{panel['title']}: {q}: {r}")
+        elif r["data"]["result"]:
+            with_data += 1
+print(f"{total} queries evaluate, {with_data} with data" if not bad else "FAIL " + "; ".join(bad))
+PY
+)
+echo "  grafana dashboard: $dashboard_check"
+case $dashboard_check in FAIL*) exit 1 ;; esac
 if [ "$got" != "$EVENTS" ]; then
   echo "FAIL: $published answered $got, not $EVENTS, within ${DEADLINE_S}s" >&2
   exit 1
