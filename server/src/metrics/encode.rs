@@ -24,7 +24,7 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::shard::metrics::ShardMetrics;
+use crate::shard::metrics::{ConnTotals, ShardMetrics};
 
 /// Everything one scrape reports.
 #[derive(Debug, Clone, Default)]
@@ -133,11 +133,14 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
+    /// A connection counter summed over the shards.
+    fn total_of(&self, f: fn(&ConnTotals) -> u64) -> Value {
+        Value::Count(self.shards.iter().map(|s| f(&s.conns)).sum())
+    }
+
     fn encode_server(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use Kind::{Counter, Gauge};
         let none = || Labels::new();
-        let total =
-            |f: fn(&ShardMetrics) -> u64| Value::Count(self.shards.iter().map(f).sum::<u64>());
         family(
             e,
             "hadron_shards",
@@ -175,34 +178,43 @@ impl Scrape {
                 (vec![("code", name)], Value::from(n))
             }),
         )?;
-        let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 5] = [
-            (
-                "hadron_frames_received",
-                "Whole frames read from clients.",
-                |s| s.conns.frames_in,
-            ),
-            (
-                "hadron_frames_sent",
-                "Frames queued to clients: answers, errors, deliveries.",
-                |s| s.conns.frames_out,
-            ),
-            ("hadron_received_bytes", "Bytes read from clients.", |s| {
-                s.conns.bytes_in
-            }),
-            (
-                "hadron_sent_bytes",
-                "Bytes of the frames queued to clients.",
-                |s| s.conns.bytes_out,
-            ),
-            (
-                "hadron_deliveries_held_back",
-                "Deliveries held back because their connection's outbox was full.",
-                |s| s.dropped_deliveries,
-            ),
-        ];
-        for (name, help, f) in counters {
-            family(e, name, help, Counter, [(none(), total(f))])?;
-        }
+        let whole = [(none(), self)];
+        figures(
+            e,
+            &whole,
+            vec![
+                (
+                    "hadron_frames_received",
+                    "Whole frames read from clients.",
+                    Counter,
+                    |s| s.total_of(|c| c.frames_in),
+                ),
+                (
+                    "hadron_frames_sent",
+                    "Frames queued to clients: answers, errors, deliveries.",
+                    Counter,
+                    |s| s.total_of(|c| c.frames_out),
+                ),
+                (
+                    "hadron_received_bytes",
+                    "Bytes read from clients.",
+                    Counter,
+                    |s| s.total_of(|c| c.bytes_in),
+                ),
+                (
+                    "hadron_sent_bytes",
+                    "Bytes of the frames queued to clients.",
+                    Counter,
+                    |s| s.total_of(|c| c.bytes_out),
+                ),
+                (
+                    "hadron_deliveries_held_back",
+                    "Deliveries held back because their connection's outbox was full.",
+                    Counter,
+                    |s| Value::Count(s.shards.iter().map(|s| s.dropped_deliveries).sum()),
+                ),
+            ],
+        )?;
         Ok(())
     }
 }
