@@ -323,20 +323,7 @@ impl Scrape {
                 ),
             ],
         )?;
-        histograms(
-            e,
-            "hadron_commit_write_seconds",
-            "Time each group-commit round awaited its writes; the count is the rounds that wrote.",
-            items.iter().map(|(l, p)| (l.clone(), &p.latencies.write)),
-        )?;
-        histograms(
-            e,
-            "hadron_commit_durable_wait_seconds",
-            "Time each durable append (fsync: always) waited until it was durable.",
-            items
-                .iter()
-                .map(|(l, p)| (l.clone(), &p.latencies.durable_wait)),
-        )
+        commit_histograms(e, &items)
     }
 
     fn encode_groups(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -478,6 +465,27 @@ impl Scrape {
             ],
         )
     }
+}
+
+/// The group commit's latency histograms of every partition.
+fn commit_histograms(
+    e: &mut DescriptorEncoder,
+    items: &[(Labels, &crate::shard::metrics::PartitionMetrics)],
+) -> Result<(), std::fmt::Error> {
+    histograms(
+        e,
+        "hadron_commit_write_seconds",
+        "Time each group-commit round awaited its writes; the count is the rounds that wrote.",
+        items.iter().map(|(l, p)| (l.clone(), &p.latencies.write)),
+    )?;
+    histograms(
+        e,
+        "hadron_commit_durable_wait_seconds",
+        "Time each durable append (fsync: always) waited until it was durable.",
+        items
+            .iter()
+            .map(|(l, p)| (l.clone(), &p.latencies.durable_wait)),
+    )
 }
 
 fn partition_labels(stream: &str, partition: u32) -> Labels {
