@@ -22,6 +22,7 @@
 )]
 mod config;
 mod failpoint;
+mod metrics;
 pub mod repair;
 mod serve;
 mod shard;

@@ -48,6 +48,9 @@ struct ServerCommand {
     /// Client address (default 127.0.0.1:7000).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (default: off).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Number of shards (default: one per CPU).
     #[arg(long)]
     shards: Option<u16>,
@@ -74,6 +77,7 @@ impl ServerCommand {
             config: self.config,
             data_dir: self.data_dir,
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             shards: self.shards,
             ack_timeout_ms: self.ack_timeout_ms,
             insecure_no_token: self.insecure_no_token,

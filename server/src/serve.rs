@@ -31,6 +31,8 @@ pub struct ServerArgs {
     pub data_dir: Option<PathBuf>,
     /// The client address (default `127.0.0.1:7000`).
     pub listen: Option<std::net::SocketAddr>,
+    /// Where to serve Prometheus metrics (default: nowhere).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The number of shards (default: one per CPU).
     pub shards: Option<u16>,
     /// Milliseconds a consumer has to ack a delivery before it is
@@ -46,6 +48,7 @@ impl Default for ServerArgs {
             config: None,
             data_dir: None,
             listen: None,
+            metrics_listen: None,
             shards: None,
             ack_timeout_ms: ACK_TIMEOUT_MS_DEFAULT,
             insecure_no_token: false,
@@ -82,15 +85,37 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         config.listen,
         config.data_dir.display()
     );
+    let open_connections = Arc::default();
+    let metrics = start_metrics(&config, &open_connections)?;
     let settings = Settings {
         config,
         ack_timeout: Duration::from_millis(args.ack_timeout_ms.max(1)),
         topology,
-        open_connections: Arc::default(),
+        open_connections,
+        metrics,
     };
     shard::run(settings, stop)?;
     tracing::info!("hadron stopped");
     Ok(())
+}
+
+/// Starts the metrics endpoint when `metricsListen` asks for one: bound
+/// now, so that a taken address fails the start.
+fn start_metrics(
+    config: &ServerConfig,
+    open_connections: &Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<Option<Arc<crate::metrics::Hub>>, String> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let hub = Arc::new(crate::metrics::Hub::default());
+    let sources = crate::metrics::Sources {
+        hub: hub.clone(),
+        open_connections: open_connections.clone(),
+    };
+    let bound = crate::metrics::spawn(addr, sources)?;
+    tracing::info!("serving metrics on http://{bound}/metrics");
+    Ok(Some(hub))
 }
 
 /// The config file's settings with the command line's and `HADRON_TOKEN`
@@ -100,6 +125,7 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
         config: config_file,
         data_dir,
         listen,
+        metrics_listen,
         shards,
         ack_timeout_ms: _,
         insecure_no_token,
@@ -120,6 +146,9 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
     }
     if let Some(s) = shards {
         config.shards = *s;
+    }
+    if let Some(m) = metrics_listen {
+        config.metrics_listen = Some(*m);
     }
     config.insecure_no_token |= *insecure_no_token;
     if config.token.is_none()

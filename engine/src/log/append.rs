@@ -155,8 +155,10 @@ impl<S: Storage> Log<S> {
                 let wait_start = Instant::now();
                 self.wait_durable(appended.last_offset + 1).await?;
                 let mut st = self.state.borrow_mut();
+                let waited_us = elapsed_us(wait_start);
                 st.commits.durable_waits += 1;
-                st.commits.durable_wait_us += elapsed_us(wait_start);
+                st.commits.durable_wait_us += waited_us;
+                st.latencies.durable_wait.record(waited_us);
             }
             // Acknowledged without waiting for a write another append
             // runs (every append once waited for it), and, with write
@@ -567,7 +569,9 @@ impl<S: Storage> Log<S> {
             let mut st = self.state.borrow_mut();
             st.commits.writes += 1;
             st.commits.written_bytes += write_bytes as u64;
-            st.commits.write_us += elapsed_us(write_start);
+            let wrote_us = elapsed_us(write_start);
+            st.commits.write_us += wrote_us;
+            st.latencies.write.record(wrote_us);
         }
         Ok(())
     }

@@ -39,6 +39,7 @@
 mod append;
 pub mod batch;
 pub mod index;
+mod latency;
 pub mod meta;
 mod open;
 mod read;
@@ -46,6 +47,7 @@ mod recovery;
 mod retention;
 mod segment;
 
+pub use latency::{CommitLatencies, LATENCY_BUCKET_BOUNDS_US, LATENCY_BUCKETS, LatencyHistogram};
 pub use recovery::{Damage, Recovery, RepairReport, TailCut};
 
 #[cfg(test)]
@@ -472,6 +474,7 @@ struct State<S: Storage> {
     poisoned: Option<Rc<str>>,
     last_sync: Instant,
     commits: CommitStats,
+    latencies: CommitLatencies,
     /// Retired segment files ready for reuse (`<base>.free`).
     free: Vec<PathBuf>,
     /// Retired files being renamed into `free` right now.
@@ -555,6 +558,11 @@ impl<S: Storage> Log<S> {
             bytes: st.segments.values().map(|s| s.end).sum(),
             commits: st.commits,
         }
+    }
+
+    /// The group commit's latency histograms since the log was opened.
+    pub fn commit_latencies(&self) -> CommitLatencies {
+        self.state.borrow().latencies
     }
 
     /// Its segments, oldest first.

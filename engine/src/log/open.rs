@@ -24,8 +24,8 @@ use super::batch::{self, BATCH_HEADER_BYTES, BatchError, BatchHeader};
 use super::index::{self, IndexEntry};
 use super::segment::{Segment, SegmentIndex, segment_writes, write_index_pages};
 use super::{
-    CommitStats, Damage, FREE_SUFFIX, Log, LogConfig, OpenError, RECYCLED_SEGMENTS_MAX, Recovery,
-    SCAN_CHUNK_BYTES, State, io_err, meta, recovery,
+    CommitLatencies, CommitStats, Damage, FREE_SUFFIX, Log, LogConfig, OpenError,
+    RECYCLED_SEGMENTS_MAX, Recovery, SCAN_CHUNK_BYTES, State, io_err, meta, recovery,
 };
 use crate::notify::Notify;
 use crate::storage::{Storage, StorageFile, Writes, align_down, align_up};
@@ -130,6 +130,7 @@ impl<S: Storage> Log<S> {
                 poisoned: None,
                 last_sync: Instant::now(),
                 commits: CommitStats::default(),
+                latencies: CommitLatencies::default(),
                 free,
                 free_incoming: 0,
                 delete_below: 0,

@@ -262,6 +262,13 @@ fn concurrent_appends_share_write_through_rounds_and_all_are_durable_when_acked(
         commits.writes > 0 && commits.writes <= writes,
         "{commits:?}"
     );
+    // The latency histograms hold one value per round and per durable
+    // append, and their sums are the counters' totals.
+    let latencies = log.commit_latencies();
+    assert_eq!(latencies.durable_wait.count(), commits.durable_waits);
+    assert_eq!(latencies.durable_wait.sum_us, commits.durable_wait_us);
+    assert_eq!(latencies.write.count(), commits.writes);
+    assert_eq!(latencies.write.sum_us, commits.write_us);
     // Everything acknowledged survives a crash that drops unsynced writes.
     sim.crash(CrashMode::DropUnsynced);
     let log = open(&sim, small_config());

@@ -6,6 +6,8 @@
 //! kind: ServerConfig          # optional in the first document
 //! dataDir: ./hadron-data
 //! listen: 127.0.0.1:7000      # IP:port shared by all shards (SO_REUSEPORT)
+//! metricsListen: 127.0.0.1:9464  # serve Prometheus metrics at /metrics
+//!                             # (default: off; see docs/metrics.md)
 //! shards: 4                   # default: the number of CPUs
 //! shardPorts: true            # shard i also listens on listen port + 1 + i
 //! fsync: always               # always | interval | never
@@ -225,6 +227,8 @@ impl FsyncPolicy {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Where `GET /metrics` is served; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub shards: u16,
     pub shard_ports: bool,
     pub fsync: FsyncPolicy,
@@ -319,6 +323,7 @@ impl Default for ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             listen: LISTEN_DEFAULT,
+            metrics_listen: None,
             shards: shards_default(),
             shard_ports: true,
             fsync: FsyncPolicy::Always,
@@ -393,6 +398,7 @@ pub(super) struct ServerConfigDoc {
     kind: Option<String>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     shards: Option<u16>,
     shard_ports: Option<bool>,
     fsync: Option<FsyncMode>,
@@ -459,6 +465,7 @@ impl ServerConfigDoc {
         let config = ServerConfig {
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
             listen: self.listen.unwrap_or(defaults.listen),
+            metrics_listen: self.metrics_listen,
             shards: self.shards.unwrap_or(defaults.shards),
             shard_ports: self.shard_ports.unwrap_or(defaults.shard_ports),
             fsync,

@@ -165,6 +165,9 @@ pub(super) async fn shard_main(
         .detach();
     }
     let listen = spawn_listeners(&shard)?;
+    if let Some(hub) = &settings.metrics {
+        glommio::spawn_local(metrics::answer_snapshots(shard.clone(), hub.register(id))).detach();
+    }
     shard.clone().spawn_housekeeping();
     tracing::info!(shard = id, "shard ready on {listen}");
     let _ = events.send(ShardEvent::Ready(id));

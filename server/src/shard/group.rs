@@ -86,6 +86,9 @@ struct State {
     offsets: BTreeSet<u64>,
     retry: BTreeMap<u64, Retry>,
     nacks: u64,
+    /// Deliveries made again (after a nack, an ack timeout or a
+    /// disconnect).
+    redeliveries: u64,
     last_error: Option<String>,
 }
 
@@ -166,6 +169,9 @@ pub struct GroupStatus {
     pub in_flight: usize,
     /// Nacks received.
     pub nacks: u64,
+    /// Deliveries made again (after a nack, an ack timeout or a
+    /// disconnect) since the server started.
+    pub redeliveries: u64,
     /// The message of the last nack.
     pub last_error: Option<String>,
 }
@@ -343,6 +349,7 @@ impl<C: Clock> GroupPartition<C> {
             members: st.ledger.members.len(),
             in_flight: st.ledger.len(),
             nacks: st.nacks,
+            redeliveries: st.redeliveries,
             last_error: st.last_error.clone(),
         }
     }
@@ -496,6 +503,9 @@ impl<C: Clock> GroupPartition<C> {
             .issue(member, delivery_id, deadline, InFlight { offset, attempt });
         let fresh = st.offsets.insert(offset);
         debug_assert!(fresh, "offset {offset} out twice");
+        if attempt > 1 {
+            st.redeliveries += 1;
+        }
         self.deliveries.insert(delivery_id, self.me.clone());
         Outgoing {
             member: id,
@@ -855,6 +865,7 @@ mod tests {
         assert_eq!(to, [(1, 4, 1)]);
         assert_eq!(g.idle_wait().until, Some(Duration::from_secs(40)));
         assert_eq!(g.status(5).in_flight, 3);
+        assert_eq!(g.status(5).redeliveries, 2, "offsets 0 and 2, once each");
         assert_eq!(index.len(), 3);
     }
 
@@ -894,5 +905,11 @@ mod tests {
         let moved = round_of(&g, &p, &next_id);
         let to: Vec<(u64, u64, u32)> = moved.iter().map(|d| (d.0, d.1, d.2)).collect();
         assert_eq!(to, [(2, 0, 3), (2, 1, 2)], "in offset order, next attempts");
+        let status = g.status(2);
+        assert_eq!(
+            (status.nacks, status.redeliveries),
+            (1, 3),
+            "one nack; offset 0 went out again twice, offset 1 once"
+        );
     }
 }

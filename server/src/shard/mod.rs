@@ -23,7 +23,8 @@
 //! runs and pushes deliveries; `deliver` is their shared dispatch core
 //! (members, deliveries out and their deadlines); `apply` and `topology`
 //! change and keep the resources; `housekeeping` commits, checkpoints and
-//! applies retention; `status` reports; `conn` and `outbox` are client
+//! applies retention; `status` reports (and `metrics`, to the Prometheus
+//! endpoint); `conn` and `outbox` are client
 //! connections; `partition`, `group` and `pipeline` are the state machines
 //! a shard owns; `error` is the [`Error`] every request fails with, and
 //! its wire code.
@@ -38,6 +39,7 @@ pub mod error;
 pub mod group;
 mod handle;
 mod housekeeping;
+pub mod metrics;
 pub mod outbox;
 pub mod partition;
 pub mod pipeline;
@@ -104,6 +106,9 @@ pub struct Settings {
     pub topology: Topology,
     /// Client connections open on all shards, against `connectionsMax`.
     pub open_connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Where each shard registers for the metrics endpoint's snapshot
+    /// requests (`metricsListen`); `None` when metrics are off.
+    pub metrics: Option<Arc<crate::metrics::Hub>>,
 }
 
 impl Settings {

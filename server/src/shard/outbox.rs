@@ -114,6 +114,7 @@ impl Outbox {
     /// error a client reads is written here.
     pub fn fail(&self, request_id: u64, e: &Error) {
         let (code, message) = (e.code(), e.to_string());
+        super::metrics::refused(code);
         let message = message.as_str();
         let reply = Message::Error(ErrorReply { code, message });
         // An error message that does not fit a frame is cut rather than
@@ -145,6 +146,7 @@ impl Outbox {
     }
 
     fn queued(&self, bytes: usize) {
+        super::metrics::frame_sent(bytes);
         self.queued_total
             .set(self.queued_total.get() + bytes as u64);
     }

@@ -135,32 +135,35 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         self.partitions
             .borrow()
             .values()
-            .map(|p| {
-                let stats = p.log.stats();
-                let visible = p.log.visible_offset();
-                let (dedup_keys, dedup_oldest_ms) = p.dedup_window(now);
-                PartitionStatus {
-                    stream: p.stream.clone(),
-                    partition: p.partition,
-                    shard: self.id,
-                    start_offset: stats.start_offset,
-                    next_offset: stats.next_offset,
-                    durable_offset: stats.durable_offset,
-                    segments: stats.segments,
-                    bytes: stats.bytes,
-                    read_only: p.log.poisoned().map(|s| s.to_string()),
-                    commits: CommitStatus::from(stats.commits),
-                    dedup_keys,
-                    dedup_oldest_ms,
-                    groups: p
-                        .groups
-                        .borrow()
-                        .values()
-                        .map(|g| g.status(visible))
-                        .collect(),
-                }
-            })
+            .map(|p| self.partition_status(p, now))
             .collect()
+    }
+
+    /// One partition's status at `now_ms` (wall time).
+    pub(super) fn partition_status(&self, p: &Partition<S, R>, now_ms: u64) -> PartitionStatus {
+        let stats = p.log.stats();
+        let visible = p.log.visible_offset();
+        let (dedup_keys, dedup_oldest_ms) = p.dedup_window(now_ms);
+        PartitionStatus {
+            stream: p.stream.clone(),
+            partition: p.partition,
+            shard: self.id,
+            start_offset: stats.start_offset,
+            next_offset: stats.next_offset,
+            durable_offset: stats.durable_offset,
+            segments: stats.segments,
+            bytes: stats.bytes,
+            read_only: p.log.poisoned().map(|s| s.to_string()),
+            commits: CommitStatus::from(stats.commits),
+            dedup_keys,
+            dedup_oldest_ms,
+            groups: p
+                .groups
+                .borrow()
+                .values()
+                .map(|g| g.status(visible))
+                .collect(),
+        }
     }
 
     /// Gathers every shard's status into the `StatusOk` JSON document.

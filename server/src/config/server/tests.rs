@@ -154,3 +154,31 @@ fn limits_are_checked_with_the_field_named() {
     };
     assert_eq!(ephemeral.validate(), Ok(()));
 }
+
+/// `metricsListen` is read from the file, off by default, and refused (by
+/// name) on the client port or a shard port of the same address.
+#[test]
+fn metrics_listen_is_read_and_must_not_take_a_server_port() {
+    let (config, _) = crate::config::parse_config_file("metricsListen: 127.0.0.1:9464\n").unwrap();
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(ServerConfig::default().metrics_listen, None);
+    let on = |addr: &str, shards: u16| ServerConfig {
+        metrics_listen: Some(addr.parse().unwrap()),
+        shards,
+        ..ServerConfig::default()
+    };
+    for taken in ["127.0.0.1:7000", "127.0.0.1:7002", "0.0.0.0:7001"] {
+        let err = on(taken, 2).validate().unwrap_err();
+        assert_eq!(err.path, "metricsListen", "{taken}");
+        assert!(
+            err.to_string().contains("client port or a shard port"),
+            "{err}"
+        );
+    }
+    for free in ["127.0.0.1:7003", "127.0.0.2:7000", "127.0.0.1:0"] {
+        assert_eq!(on(free, 2).validate(), Ok(()), "{free}");
+    }
+}

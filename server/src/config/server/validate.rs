@@ -76,7 +76,34 @@ impl ServerConfig {
                 ));
             }
         }
+        errors.extend(self.metrics_listen_error());
         errors
+    }
+
+    /// `metricsListen` on a port the client port or a shard port already
+    /// takes (port 0 picks a free one, which is never taken).
+    fn metrics_listen_error(&self) -> Option<ConfigError> {
+        let metrics = self.metrics_listen?;
+        let same_ip = metrics.ip() == self.listen.ip()
+            || metrics.ip().is_unspecified()
+            || self.listen.ip().is_unspecified();
+        let taken = metrics.port() != 0
+            && same_ip
+            && (metrics.port() == self.listen.port()
+                || (0..self.shards).any(|s| self.shard_port(s) == Some(metrics.port())));
+        taken.then(|| {
+            ConfigError::new(
+                "metricsListen",
+                Problem::Invalid {
+                    reason: format!(
+                        "port {} is the client port or a shard port (listen {}, {} shards); pick another",
+                        metrics.port(),
+                        self.listen,
+                        self.shards
+                    ),
+                },
+            )
+        })
     }
 
     /// Problems with how segments are written and frames read.

@@ -285,7 +285,9 @@ async fn refuse(stream: TcpStream, connections_max: u32) {
         code: e.code(),
         message: &message,
     });
+    super::metrics::refused(e.code());
     if let Ok(frame) = outbox::encode(0, &reply) {
+        super::metrics::frame_sent(frame.len());
         let write = Box::pin(writer.write_all(&frame));
         let _ = select(write, Box::pin(glommio::timer::sleep(REFUSE_WRITE_TIMEOUT))).await;
     }
@@ -379,6 +381,7 @@ async fn read_loop(
                 }
             };
             let frame = buf.split_to(consumed).freeze();
+            super::metrics::frame_received();
             if let Next::Close = serve_frame(shard, conn, outbox, state, frame).await {
                 return;
             }
@@ -394,6 +397,7 @@ async fn read_loop(
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                super::metrics::bytes_received(n);
                 state.last_read.set(Instant::now());
                 buf.extend_from_slice(&chunk[..n]);
             }

@@ -113,6 +113,18 @@ pub struct Partition<S: Storage = DmaStorage, C: Clock = SystemClock> {
     committed: Notify,
     /// Where every time the partition reads comes from.
     clock: C,
+    /// Events this partition stored for publishes since it was opened, and
+    /// their bytes (duplicates not counted), for the metrics.
+    published: Cell<PublishedTotals>,
+}
+
+/// What a partition's publishes stored since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishedTotals {
+    /// Events appended.
+    pub events: u64,
+    /// Their bytes (the events as received, without batch framing).
+    pub bytes: u64,
 }
 
 impl<S: Storage, C: Clock> std::fmt::Debug for Partition<S, C> {
@@ -194,6 +206,7 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
             committing: Cell::new(false),
             committed: Notify::default(),
             clock,
+            published: Cell::default(),
         };
         p.load_offsets().await?;
         p.rebuild_dedup().await?;
@@ -205,6 +218,11 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     /// The clock the partition reads the time from (its groups share it).
     pub fn clock(&self) -> &C {
         &self.clock
+    }
+
+    /// What publishes stored here since the partition was opened.
+    pub fn published(&self) -> PublishedTotals {
+        self.published.get()
     }
 
     /// Adopts an applied stream's dedup limits at once, unless they turn
@@ -298,7 +316,13 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         let chunks = self.batch_chunks(events, &fresh);
         let appends = chunks.iter().map(|chunk| {
             let records: Vec<&[u8]> = chunk.iter().map(|&i| events[i].as_ref()).collect();
-            async move { self.log.append(&records, now).await }
+            async move {
+                let appended = self.log.append(&records, now).await;
+                if appended.is_ok() {
+                    self.count_published(&records);
+                }
+                appended
+            }
         });
         let outcomes = futures::future::join_all(appends).await;
         let recorded = self.record_appends(&chunks, outcomes, &keys, &untracked, events.len(), now);
@@ -325,6 +349,14 @@ impl<S: Storage, C: Clock> Partition<S, C> {
             last_offset,
             results,
         })
+    }
+
+    /// Counts the events of one stored batch in `published`.
+    fn count_published(&self, records: &[&[u8]]) {
+        let mut totals = self.published.get();
+        totals.events += records.len() as u64;
+        totals.bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
+        self.published.set(totals);
     }
 
     /// The dedup key of each event of a publish.
