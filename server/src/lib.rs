@@ -24,6 +24,14 @@ mod config;
 mod failpoint;
 mod metrics;
 pub mod repair;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the shard drives replicated logs from step 4 (docs/replication.md)"
+    )
+)]
+mod replication;
 mod serve;
 mod shard;
 

@@ -47,7 +47,7 @@ mod protocol;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
-mod sim_support;
+pub(crate) mod sim_support;
 mod status;
 mod topology;
 

@@ -1,0 +1,499 @@
+//! [`ReplicatedLog`]: one Raft group's `RawNode` and its store, stepped by
+//! the caller's loop as docs/replication.md section 3 says:
+//!
+//! ```text
+//!  per turn:  step(peer messages) ... tick_due() ... propose(payload)*
+//!             turn():  1 ONE MsgPropose with every payload queued this turn
+//!                      2 while has_ready(): handle the Ready
+//!                          - leader: send its messages now
+//!                          - snapshot: install (its index applied once durable)
+//!                          - entries: append to the store (readable at once)
+//!                          - hard state: record it (durable with the round)
+//!                          - committed entries: apply, answer proposals
+//!                          - advance_append_async; hold persisted_messages
+//!  per round: persist_number() -> the caller's fdatasync -> on_persisted(n):
+//!             on_persist_ready(n), send the held messages, run Readies again
+//! ```
+//!
+//! **Invariants kept here:**
+//! - A proposal is answered `Ok(index)` only when its entry is committed
+//!   at that index with the term it was proposed in: a majority has it
+//!   durable (raft-rs counts the leader's own append only after
+//!   `on_persist_ready`). A proposal whose index came back committed with
+//!   another term, or that was pending when leadership moved, is answered
+//!   `NotLeader` (it may or may not commit later; section 5).
+//! - Messages a Ready marks as needing persistence (a follower's append
+//!   responses, votes) leave only after the round that covers that Ready
+//!   is durable.
+//! - A snapshot's index is reported applied only after it is durable
+//!   (section 1, finding 4).
+//! - After a [`GroupError`] the group stops: every waiting proposal is
+//!   answered `Stopped`, and nothing more is stepped.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
+
+use super::slog_drain;
+use super::{
+    CONF_CHANGE_BYTES_MAX, GroupError, GroupSettings, HEARTBEAT_TICKS, INFLIGHT_MESSAGES_MAX,
+    LogStore, MESSAGE_BYTES_MAX, PROPOSALS_QUEUED_MAX, PeerNet, ProposeError, READIES_PER_TURN_MAX,
+    UNCOMMITTED_BYTES_MAX,
+};
+use crate::shard::clock::Clock;
+
+/// The answer to a proposal: its committed index, or why not.
+pub type Proposal = oneshot::Receiver<Result<u64, ProposeError>>;
+type Reply = oneshot::Sender<Result<u64, ProposeError>>;
+
+/// Ticks one [`ReplicatedLog::tick_due`] runs at most: after a longer
+/// stall (a paused node) the missed ticks are skipped, not replayed.
+const TICKS_CAUGHT_UP_MAX: u64 = 4 * super::ELECTION_TICKS as u64;
+
+/// A proposal in the log, waiting for its commit.
+#[derive(Debug)]
+struct Pending {
+    term: u64,
+    reply: Reply,
+}
+
+/// One Raft group's replicated log on this node.
+pub struct ReplicatedLog<S: LogStore, N: PeerNet, C: Clock> {
+    settings: GroupSettings,
+    raw: RawNode<S>,
+    net: N,
+    clock: C,
+    /// When the next tick is due (the clock's monotonic time).
+    next_tick: Duration,
+    /// Proposals for this turn's `MsgPropose`.
+    queued: Vec<(Bytes, Reply)>,
+    /// Proposals in the log, by index.
+    pending: BTreeMap<u64, Pending>,
+    /// Readies handled but not yet durable: (number, messages to send once
+    /// it is).
+    held: VecDeque<(u64, Vec<Message>)>,
+    /// The number of the last Ready handled.
+    last_ready: u64,
+    /// A snapshot installed by Ready `.0`, at index `.1`, not yet durable.
+    snapshot_pending: Option<(u64, u64)>,
+    applied: u64,
+    /// Data entries applied since [`ReplicatedLog::take_applied`].
+    applied_out: Vec<Entry>,
+    /// The term this node leads in, as of the last turn.
+    leading: Option<u64>,
+    stopped: Option<GroupError>,
+}
+
+impl<S: LogStore, N: PeerNet, C: Clock> std::fmt::Debug for ReplicatedLog<S, N, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicatedLog")
+            .field("node", &self.settings.node_id)
+            .field("group", &self.settings.group_id)
+            .field("term", &self.raw.raft.term)
+            .field("role", &self.raw.raft.state)
+            .field("commit", &self.raw.raft.raft_log.committed)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
+    /// Starts the group on `store` (a restart reads its hard state and
+    /// conf state back; entries up to the durable commit count as applied:
+    /// the caller rebuilt its state from them, section 5).
+    pub fn new(settings: GroupSettings, store: S, net: N, clock: C) -> Result<Self, GroupError> {
+        let hs = store.hard_state();
+        let first = store
+            .first_index()
+            .map_err(|e| GroupError::Raft(e.to_string()))?;
+        let applied = hs.commit.max(first - 1);
+        let config = Config {
+            id: settings.node_id,
+            election_tick: super::ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            min_election_tick: settings.election_ticks.start,
+            max_election_tick: settings.election_ticks.end,
+            applied,
+            max_size_per_msg: MESSAGE_BYTES_MAX,
+            max_inflight_msgs: INFLIGHT_MESSAGES_MAX,
+            max_uncommitted_size: UNCOMMITTED_BYTES_MAX,
+            pre_vote: true,
+            check_quorum: true,
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| GroupError::Raft(e.to_string()))?;
+        let logger = slog_drain::logger(settings.node_id, settings.group_id);
+        let raw =
+            RawNode::new(&config, store, &logger).map_err(|e| GroupError::Raft(e.to_string()))?;
+        let next_tick = clock.now() + settings.tick_interval;
+        Ok(ReplicatedLog {
+            settings,
+            raw,
+            net,
+            clock,
+            next_tick,
+            queued: Vec::new(),
+            pending: BTreeMap::new(),
+            held: VecDeque::new(),
+            last_ready: 0,
+            snapshot_pending: None,
+            applied,
+            applied_out: Vec::new(),
+            leading: None,
+            stopped: None,
+        })
+    }
+
+    /// Queues `payload` for this turn's `MsgPropose`. Answered at commit.
+    pub fn propose(&mut self, payload: Bytes) -> Proposal {
+        let (reply, proposal) = oneshot::channel();
+        if let Some(e) = &self.stopped {
+            let _ = reply.send(Err(ProposeError::Stopped(e.to_string())));
+        } else if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+        } else if self.queued.len() >= PROPOSALS_QUEUED_MAX {
+            let _ = reply.send(Err(ProposeError::Busy));
+        } else {
+            self.queued.push((payload, reply));
+        }
+        proposal
+    }
+
+    /// Steps a message from a peer. Messages for another node, local-only
+    /// kinds and proposals (never forwarded between nodes: section 7) are
+    /// ignored, as are those raft-rs refuses (stale, unknown peer).
+    pub fn step(&mut self, msg: Message) {
+        if self.stopped.is_some()
+            || msg.to != self.settings.node_id
+            || msg.get_msg_type() == MessageType::MsgPropose
+        {
+            return;
+        }
+        if let Err(e) = self.raw.step(msg) {
+            tracing::debug!(target: "raft", node = self.settings.node_id, "message refused: {e}");
+        }
+    }
+
+    /// Ticks the group once for every tick interval that passed on the
+    /// clock; returns how many.
+    pub fn tick_due(&mut self) -> u64 {
+        let now = self.clock.now();
+        let mut ticks = 0;
+        while self.next_tick <= now {
+            if ticks < TICKS_CAUGHT_UP_MAX && self.stopped.is_none() {
+                self.raw.tick();
+                ticks += 1;
+            }
+            self.next_tick += self.settings.tick_interval;
+        }
+        ticks
+    }
+
+    /// When the next tick is due (the clock's monotonic time).
+    pub fn next_tick_at(&self) -> Duration {
+        self.next_tick
+    }
+
+    /// Runs the turn: the queued proposals as one `MsgPropose`, then the
+    /// Ready cycle.
+    pub fn turn(&mut self) -> Result<(), GroupError> {
+        if let Some(e) = &self.stopped {
+            return Err(e.clone());
+        }
+        self.flush_proposals();
+        let result = self.run_readies();
+        if let Err(e) = &result {
+            self.stop(e.clone());
+        }
+        result
+    }
+
+    /// The number to report once everything handled so far is durable,
+    /// if anything is not yet.
+    pub fn persist_number(&self) -> Option<u64> {
+        self.held.back().map(|(number, _)| *number)
+    }
+
+    /// The round that covers Readies up to `number` is durable: tells
+    /// raft, sends the messages held for them, and runs the Ready cycle
+    /// (the commit may have moved).
+    pub fn on_persisted(&mut self, number: u64) -> Result<(), GroupError> {
+        if let Some(e) = &self.stopped {
+            return Err(e.clone());
+        }
+        assert!(
+            number <= self.last_ready,
+            "persisted Ready {number} was never handled (last {})",
+            self.last_ready
+        );
+        self.raw.on_persist_ready(number);
+        while self.held.front().is_some_and(|(n, _)| *n <= number) {
+            if let Some((_, messages)) = self.held.pop_front() {
+                for m in messages {
+                    self.net.send(m);
+                }
+            }
+        }
+        if let Some((ready, index)) = self.snapshot_pending
+            && ready <= number
+        {
+            self.snapshot_pending = None;
+            self.applied = self.applied.max(index);
+            self.raw.advance_apply_to(self.applied);
+        }
+        self.turn()
+    }
+
+    /// The data entries applied (committed and durable here) since the
+    /// last call, in index order: what the caller's state machine applies.
+    pub fn take_applied(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.applied_out)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.raw.raft.leader_id).filter(|&id| id != 0)
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn commit(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    fn not_leader(&self) -> ProposeError {
+        ProposeError::NotLeader {
+            leader: self.leader().filter(|&id| id != self.settings.node_id),
+        }
+    }
+
+    /// Steps every queued payload as one `MsgPropose`: one append per
+    /// follower for all of them (section 1, finding 2).
+    fn flush_proposals(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.queued);
+        if !self.is_leader() {
+            let error = self.not_leader();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        let (before, term) = (self.raw.raft.raft_log.last_index(), self.raw.raft.term);
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgPropose);
+        msg.from = self.settings.node_id;
+        msg.to = self.settings.node_id;
+        let mut replies = Vec::with_capacity(batch.len());
+        for (data, reply) in batch {
+            msg.entries.push(Entry {
+                data,
+                ..Entry::default()
+            });
+            replies.push(reply);
+        }
+        let count = replies.len() as u64;
+        let stepped = self.raw.step(msg);
+        if stepped.is_ok() && self.raw.raft.raft_log.last_index() == before + count {
+            for (index, reply) in (before + 1..).zip(replies) {
+                self.pending.insert(index, Pending { term, reply });
+            }
+            return;
+        }
+        // Dropped: a leadership transfer or the uncommitted-bytes limit.
+        let error = match self.raw.raft.lead_transferee {
+            Some(to) => ProposeError::NotLeader { leader: Some(to) },
+            None => ProposeError::Busy,
+        };
+        for reply in replies {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
+    fn run_readies(&mut self) -> Result<(), GroupError> {
+        for _ in 0..READIES_PER_TURN_MAX {
+            if !self.raw.has_ready() {
+                break;
+            }
+            self.handle_ready()?;
+        }
+        self.check_leadership();
+        Ok(())
+    }
+
+    /// One Ready, in section 3's order.
+    fn handle_ready(&mut self) -> Result<(), GroupError> {
+        let mut rd = self.raw.ready();
+        let number = rd.number();
+        // A leader's messages leave before its own write (thesis 10.2.1).
+        let mut snapshots_sent = Vec::new();
+        for m in rd.take_messages() {
+            let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            let sent = self.net.send(m);
+            if snapshot {
+                snapshots_sent.push((to, sent));
+            }
+        }
+        if !rd.snapshot().is_empty() {
+            let index = rd.snapshot().get_metadata().index;
+            self.raw.mut_store().install_snapshot(rd.snapshot());
+            self.snapshot_pending = Some((number, index));
+        }
+        self.fail_overwritten(rd.entries());
+        self.raw
+            .mut_store()
+            .append(rd.entries())
+            .map_err(GroupError::Store)?;
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs);
+        }
+        let committed = rd.take_committed_entries();
+        let persisted = rd.take_persisted_messages();
+        self.raw.advance_append_async(rd);
+        self.held.push_back((number, persisted));
+        self.last_ready = number;
+        self.apply(committed)?;
+        self.raw.advance_apply_to(self.applied);
+        for (to, sent) in snapshots_sent {
+            // A descriptor holds no data to stream: sent is finished.
+            let status = if sent {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            self.raw.report_snapshot(to, status);
+        }
+        Ok(())
+    }
+
+    /// Entries replacing a pending proposal's index with another term mean
+    /// the proposal was overwritten: it will never commit there.
+    fn fail_overwritten(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if self.pending.get(&e.index).is_some_and(|p| p.term != e.term)
+                && let Some(p) = self.pending.remove(&e.index)
+            {
+                let _ = p.reply.send(Err(self.not_leader()));
+            }
+        }
+    }
+
+    /// Applies committed entries: data entries go to the caller, conf
+    /// changes to raft, and proposals at their indexes are answered.
+    fn apply(&mut self, committed: Vec<Entry>) -> Result<(), GroupError> {
+        for e in committed {
+            if e.index <= self.applied {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if !e.data.is_empty() {
+                        self.applied_out.push(e.clone());
+                    }
+                }
+                EntryType::EntryConfChangeV2 => self.apply_conf_change(&e)?,
+                EntryType::EntryConfChange => {
+                    return Err(GroupError::BadEntry {
+                        index: e.index,
+                        why: "a version-1 conf change (Hadron proposes only ConfChangeV2)".into(),
+                    });
+                }
+            }
+            if let Some(p) = self.pending.remove(&e.index) {
+                let answer = if p.term == e.term {
+                    Ok(e.index)
+                } else {
+                    Err(self.not_leader())
+                };
+                let _ = p.reply.send(answer);
+            }
+            self.applied = e.index;
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), GroupError> {
+        let bad = |why: String| GroupError::BadEntry {
+            index: e.index,
+            why,
+        };
+        if e.data.len() > CONF_CHANGE_BYTES_MAX {
+            return Err(bad(format!(
+                "a conf change of {} bytes (at most {CONF_CHANGE_BYTES_MAX})",
+                e.data.len()
+            )));
+        }
+        let mut change = ConfChangeV2::default();
+        change
+            .merge_from_bytes(&e.data)
+            .map_err(|err| bad(format!("conf change does not decode: {err}")))?;
+        let cs = self
+            .raw
+            .apply_conf_change(&change)
+            .map_err(|err| bad(format!("conf change refused: {err}")))?;
+        self.raw.mut_store().set_conf_state(&cs);
+        // raft-rs may not leave a joint config by itself if its leader
+        // stepped down first (section 9): the leader proposes the leave.
+        if self.is_leader() && !cs.voters_outgoing.is_empty() {
+            let _ = self
+                .raw
+                .propose_conf_change(Vec::new(), ConfChangeV2::default());
+        }
+        Ok(())
+    }
+
+    /// Fails every waiting proposal once this node stops leading the term
+    /// it proposed them in.
+    fn check_leadership(&mut self) {
+        let now = self.is_leader().then_some(self.raw.raft.term);
+        if self.leading.is_some() && self.leading != now {
+            let error = self.not_leader();
+            for (_, p) in std::mem::take(&mut self.pending) {
+                let _ = p.reply.send(Err(error.clone()));
+            }
+            for (_, reply) in std::mem::take(&mut self.queued) {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        self.leading = now;
+    }
+
+    fn stop(&mut self, error: GroupError) {
+        tracing::error!(
+            node = self.settings.node_id,
+            group = self.settings.group_id,
+            "raft group stopped: {error}"
+        );
+        let answer = ProposeError::Stopped(error.to_string());
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.reply.send(Err(answer.clone()));
+        }
+        for (_, reply) in std::mem::take(&mut self.queued) {
+            let _ = reply.send(Err(answer.clone()));
+        }
+        self.stopped = Some(error);
+    }
+}
