@@ -166,6 +166,27 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         proposal
     }
 
+    /// Proposes a membership change, answered at commit like a payload.
+    /// raft-rs turns a refused change into an empty entry, so the caller
+    /// checks the applied conf state, not this answer (section 9).
+    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Proposal {
+        let (reply, proposal) = oneshot::channel();
+        if !self.is_leader() || self.stopped.is_some() {
+            let _ = reply.send(Err(self.not_leader()));
+            return proposal;
+        }
+        let (before, term) = (self.raw.raft.raft_log.last_index(), self.raw.raft.term);
+        match self.raw.propose_conf_change(Vec::new(), change) {
+            Ok(()) if self.raw.raft.raft_log.last_index() == before + 1 => {
+                self.pending.insert(before + 1, Pending { term, reply });
+            }
+            _ => {
+                let _ = reply.send(Err(ProposeError::Busy));
+            }
+        }
+        proposal
+    }
+
     /// Steps a message from a peer. Messages for another node, local-only
     /// kinds and proposals (never forwarded between nodes: section 7) are
     /// ignored, as are those raft-rs refuses (stale, unknown peer).
@@ -280,6 +301,11 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
 
     pub fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()
+    }
+
+    /// The conf state as last applied here.
+    pub fn conf_state(&self) -> raft::eraftpb::ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
     }
 
     fn not_leader(&self) -> ProposeError {
