@@ -57,6 +57,14 @@ impl Default for ServerArgs {
 /// from starting, or which shard failed.
 pub fn serve(args: ServerArgs) -> Result<(), String> {
     let (mut config, declared) = resolve_config(&args)?;
+    // Checked before anything is bound or created: a bad file is a
+    // configuration error that names it.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(config::tls::server_config)
+        .transpose()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     // Held until the process exits: two servers on one data dir would
     // corrupt it.
     let _lock = claim_data_dir(&mut config)?;
@@ -76,10 +84,11 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         );
     }
     tracing::info!(
-        "hadron {} starting: {} shards, listening on {}, data in {}",
+        "hadron {} starting: {} shards, listening on {}{}, data in {}",
         env!("CARGO_PKG_VERSION"),
         config.shards,
         config.listen,
+        if tls.is_some() { " (TLS)" } else { "" },
         config.data_dir.display()
     );
     let settings = Settings {
@@ -87,6 +96,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         ack_timeout: Duration::from_millis(args.ack_timeout_ms.max(1)),
         topology,
         open_connections: Arc::default(),
+        tls,
     };
     shard::run(settings, stop)?;
     tracing::info!("hadron stopped");

@@ -40,7 +40,17 @@
 //! partitionsMax: 1024         # stream partitions in all; also pipeline runs
 //!                             # (a pipeline runs once per source partition)
 //! pipelinesMax: 64            # pipelines the server may hold
+//! tls:                        # TLS on the client and shard ports (default: none)
+//!   cert: /etc/hadron/server.pem   # PEM certificate chain, leaf first
+//!   key: /etc/hadron/server.key    # PEM private key of the certificate
+//!   clientCa: /etc/hadron/ca.pem   # optional: require client certificates
+//!                                  # signed by these CAs (mutual TLS)
 //! ```
+//!
+//! With `tls`, every port speaks only TLS (clients use `https://` URLs);
+//! its files are read and checked at start (see `tls.rs`), and the TLS
+//! handshake counts against `connectionsMax` and must end, with the Hadron
+//! handshake after it, within `handshakeTimeoutMs`.
 //!
 //! The last four bound what one `hadron apply` can make the server do; an
 //! apply over one is answered `LimitExceeded` with the setting and its value
@@ -74,6 +84,7 @@ use serde::Deserialize;
 use super::API_VERSION;
 use super::error::{ConfigError, Problem, ResourceKind};
 use super::stream::{DEDUP_WINDOW_MS_MAX, RetentionSpec};
+use super::tls::TlsFiles;
 
 mod validate;
 
@@ -257,6 +268,8 @@ pub struct ServerConfig {
     pub partitions_max: u32,
     /// The most pipelines.
     pub pipelines_max: u32,
+    /// TLS on every port; `None` for plain TCP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// A handshake token: a shared secret, never printed.
@@ -327,6 +340,7 @@ impl Default for ServerConfig {
             streams_max: STREAMS_MAX_DEFAULT,
             partitions_max: PARTITIONS_MAX_DEFAULT,
             pipelines_max: PIPELINES_MAX_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -399,6 +413,7 @@ pub(super) struct ServerConfigDoc {
     streams_max: Option<u32>,
     partitions_max: Option<u32>,
     pipelines_max: Option<u32>,
+    tls: Option<TlsFiles>,
 }
 
 impl ServerConfigDoc {
@@ -474,6 +489,7 @@ impl ServerConfigDoc {
             streams_max: self.streams_max.unwrap_or(defaults.streams_max),
             partitions_max: self.partitions_max.unwrap_or(defaults.partitions_max),
             pipelines_max: self.pipelines_max.unwrap_or(defaults.pipelines_max),
+            tls: self.tls,
         };
         config.validate()?;
         Ok(config)

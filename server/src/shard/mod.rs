@@ -101,6 +101,8 @@ pub struct Settings {
     pub topology: Topology,
     /// Client connections open on all shards, against `connectionsMax`.
     pub open_connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// The TLS every port speaks (`tls:`, loaded); `None` for plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Settings {

@@ -179,6 +179,7 @@ fn settings() -> Arc<Settings> {
         ack_timeout: Duration::from_millis(ACK_TIMEOUT_MS),
         topology: Topology::default(),
         open_connections: Arc::default(),
+        tls: None,
     })
 }
 
