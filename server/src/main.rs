@@ -30,6 +30,17 @@ const URL_DEFAULT: &str = "127.0.0.1:7000";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Client commands with an https:// --url: the PEM certificate of the
+    /// CA that signed the server's (default: the system's trusted CAs).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client commands with an https:// --url: a PEM client certificate,
+    /// for a server that requires one (tls.clientCa); needs --key.
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +174,9 @@ fn main() -> ExitCode {
         .init();
     if matches!(cli.command, Command::Server { .. }) {
         stop_on_panic();
+    } else if let Err(e) = cli::use_tls_files(cli.ca, cli.cert, cli.key) {
+        eprintln!("hadron: {e}");
+        return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Server {
