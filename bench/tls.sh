@@ -3,8 +3,10 @@
 # fresh 1-shard release servers on loopback, the same binary, plain and
 # with `tls:` (a P-256 certificate made here by openssl); loadgen publishes
 # durably (fsync: always) 1 KiB events for DURATION s per run, PAIRS
-# pairs per shape. Prints events/s and p99 (us) per run, then per shape
-# the median ratio TLS/plain. Build first:
+# pairs per shape. Prints per run events/s, p99 (us), and the server's and
+# loadgen's CPU per event (us; CPU time over the run / events/s, which
+# holds up better than throughput when other work shares the machine),
+# then per shape the ratios TLS/plain of the medians. Build first:
 #   cargo build --release -p hadron-server -p hadron-loadgen
 #   bench/tls.sh                       # PAIRS=3 DURATION=6
 # Shapes: batches of 64 x 8 connections (throughput; TLS costs bytes) and
@@ -37,7 +39,12 @@ TLS_CONFIG="tls:\n  cert: $PKI/server.pem\n  key: $PKI/server.key\n"
 run() { # label shape tls(0/1) loadgen-args...
   local label=$1 shape=$2 tls=$3; shift 3
   local d; d=$(mktemp -d)
-  local port=$((24000 + RANDOM % 4000))
+  local port
+  # A port nothing accepts on (other servers may share the machine).
+  for _ in $(seq 1 50); do
+    port=$((24000 + RANDOM % 4000))
+    (echo > /dev/tcp/127.0.0.1/$port) 2> /dev/null || break
+  done
   local url=127.0.0.1:$port extra=()
   if [ "$tls" = 1 ]; then
     printf "%b" "$TLS_CONFIG" > "$d/config.yaml"
@@ -48,12 +55,22 @@ run() { # label shape tls(0/1) loadgen-args...
   fi
   "$BIN" server --config "$d/config.yaml" --data-dir "$d/data" --listen 127.0.0.1:$port --shards 1 > "$d/log" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 100); do grep -q "all 1 shards ready" "$d/log" && break; sleep 0.1; done
+  for _ in $(seq 1 100); do
+    grep -qs "all 1 shards ready" "$d/log" && break
+    kill -0 $pid 2> /dev/null || break
+    sleep 0.1
+  done
   local out
-  out=$("$LG" publish --url "$url" "${extra[@]}" "$@" --durable true --duration "$DURATION" --threads 1 --json 2> "$d/lg.err" | tail -1)
-  kill -TERM $pid; wait $pid 2> /dev/null
+  out=$("$LG" publish --url "$url" "${extra[@]}" "$@" --durable true --duration "$DURATION" --threads 1 --server-pid $pid --json 2> "$d/lg.err" | tail -1)
+  kill -TERM $pid 2> /dev/null; wait $pid 2> /dev/null
   local fig
-  fig=$(echo "$out" | python3 -c 'import sys,json; d=json.load(sys.stdin); print(round(d.get("events_per_sec", d.get("throughput",{}).get("events_per_sec",0))), d.get("latency_us",{}).get("p99","?"))' 2> /dev/null) \
+  fig=$(echo "$out" | python3 -c '
+import sys, json
+d = json.load(sys.stdin)
+eps = d.get("events_per_sec", d.get("throughput", {}).get("events_per_sec", 0))
+cpu = d.get("server_rss") or {}
+per = lambda cores: round(cores * 1e6 / eps, 2) if cores is not None and eps else "nan"
+print(round(eps), d.get("latency_us", {}).get("p99", "?"), per(cpu.get("server_cpu_cores")), per(cpu.get("loadgen_cpu_cores")))' 2> /dev/null) \
     || { echo "$label $shape: no result: $(head -c 300 "$d/lg.err") $(tail -3 "$d/log")" >&2; rm -rf "$d"; return; }
   echo "$label $shape $fig"
   echo "$label $shape $fig" >> "$RESULTS"
@@ -70,11 +87,13 @@ python3 - "$RESULTS" << 'EOF'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 for shape in sorted({r[1] for r in rows}):
-    fig = {k: [(float(r[2]), float(r[3])) for r in rows if r[0] == k and r[1] == shape] for k in ("plain", "tls")}
+    fig = {k: [[float(x) for x in r[2:6]] for r in rows if r[0] == k and r[1] == shape] for k in ("plain", "tls")}
     if not fig["plain"] or not fig["tls"]:
         continue
-    eps = {k: statistics.median(e for e, _ in v) for k, v in fig.items()}
-    p99 = {k: statistics.median(p for _, p in v) for k, v in fig.items()}
-    print(f"{shape}: plain {eps['plain']:.0f} ev/s p99 {p99['plain']:.0f} us; tls {eps['tls']:.0f} ev/s p99 {p99['tls']:.0f} us; "
-          f"TLS/plain events/s {eps['tls'] / eps['plain']:.3f}, p99 {p99['tls'] / p99['plain']:.3f} (medians of {len(fig['plain'])} and {len(fig['tls'])} runs)")
+    med = {k: [statistics.median(run[i] for run in v) for i in range(4)] for k, v in fig.items()}
+    (pe, pp, ps, pl), (te, tp, ts, tl) = med["plain"], med["tls"]
+    print(f"{shape}: plain {pe:.0f} ev/s p99 {pp:.0f} us cpu/event server {ps:.2f} us loadgen {pl:.2f} us; "
+          f"tls {te:.0f} ev/s p99 {tp:.0f} us cpu/event server {ts:.2f} us loadgen {tl:.2f} us")
+    print(f"{shape}: TLS/plain events/s {te / pe:.3f}, p99 {tp / pp:.3f}, server cpu/event {ts / ps:.3f}, "
+          f"loadgen cpu/event {tl / pl:.3f} (medians of {len(fig['plain'])} plain and {len(fig['tls'])} TLS runs)")
 EOF
