@@ -618,3 +618,39 @@ async fn answers_larger_than_the_socket_buffers_arrive_whole_over_tls_to_a_slow_
         }
     }
 }
+
+#[test]
+fn a_server_whose_tls_files_do_not_load_refuses_to_start_naming_the_file() {
+    let pki = Pki::new();
+    for (config, named) in [
+        (
+            format!(
+                "tls: {{cert: {}, key: /nonexistent/server.key}}\n",
+                pki.arg("server.pem")
+            ),
+            "tls.key /nonexistent/server.key: cannot read it".to_owned(),
+        ),
+        (
+            // The client's key is not the server certificate's.
+            format!(
+                "tls: {{cert: {}, key: {}}}\n",
+                pki.arg("server.pem"),
+                pki.arg("client.key")
+            ),
+            "the key does not match the certificate".to_owned(),
+        ),
+    ] {
+        let (status, log) = Server::start_expecting_exit(
+            ServerOptions {
+                config: Some(config),
+                ..ServerOptions::default()
+            },
+            Duration::from_secs(20),
+        );
+        assert!(!status.success(), "{log}");
+        assert!(
+            log.contains("invalid configuration") && log.contains(&named),
+            "{log}"
+        );
+    }
+}
