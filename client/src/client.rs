@@ -22,7 +22,8 @@ use crate::conn::{Conn, Reply, ServerInfo};
 
 pub(crate) mod tokens;
 use crate::endpoint::Endpoint;
-use crate::{Error, Event, Metadata};
+use crate::tls::Connector;
+use crate::{Error, Event, Metadata, TlsOptions};
 
 /// How the client connects and retries. All fields have defaults
 /// (`ClientOptions::default()`); override the ones you need:
@@ -64,6 +65,8 @@ pub struct ClientOptions {
     /// Largest frame the client sends or accepts (the server's
     /// `frame_bytes_max`).
     pub frame_bytes_max: usize,
+    /// Whom to trust, and what to present, for an `https://` URL.
+    pub tls: TlsOptions,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +82,7 @@ impl Default for ClientOptions {
             shard_aware: true,
             publish_attempts_max: 8,
             frame_bytes_max: FRAME_BYTES_MAX,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -124,6 +128,7 @@ struct SlotState {
 enum LastError {
     Io(std::io::ErrorKind, String),
     Server(ErrorCode, String),
+    Tls(String),
 }
 
 impl Slot {
@@ -149,6 +154,12 @@ impl Slot {
                 Some(LastError::Server(code, message)) => {
                     return Err(Error::Server { code, message });
                 }
+                Some(LastError::Tls(reason)) => {
+                    return Err(Error::Tls {
+                        addr: self.endpoint.to_string(),
+                        reason,
+                    });
+                }
                 Some(LastError::Io(kind, message)) => (kind, message),
                 None => (std::io::ErrorKind::Other, "recently failed".to_owned()),
             };
@@ -173,6 +184,7 @@ impl Slot {
                         LastError::Io(source.kind(), source.to_string())
                     }
                     Error::Server { code, message } => LastError::Server(*code, message.clone()),
+                    Error::Tls { reason, .. } => LastError::Tls(reason.clone()),
                     other => LastError::Io(std::io::ErrorKind::Other, other.to_string()),
                 });
                 tracing::debug!(addr = %self.endpoint, error = %e, "connect failed");
@@ -236,10 +248,15 @@ pub struct Fetched {
 
 impl Client {
     /// A client for the server at `url`: `http://host:port`, `host:port` or
-    /// `host` (the scheme is optional and ignored, the port defaults to
-    /// 7000, the host is resolved when connecting). Does no I/O.
+    /// `host` (the scheme is optional, the port defaults to 7000, the host
+    /// is resolved when connecting), or `https://host:port` for TLS, with
+    /// `options.tls` (checked here; without a CA, the platform's trusted
+    /// roots are read here). Does no network I/O.
     pub fn new(url: &str, options: ClientOptions) -> Result<Client, Error> {
-        let endpoint = Endpoint::parse(url)?;
+        let mut endpoint = Endpoint::parse(url)?;
+        if endpoint.https {
+            endpoint.tls = Some(Connector::new(&options.tls)?);
+        }
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());

@@ -35,14 +35,13 @@ use bytes::{Buf, BytesMut};
 use hadron_wire::{
     Encoder, Limits, Message, PLACEMENT_NAME, PROTOCOL_VERSION, PublishOk, SubscribeOk, split_frame,
 };
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::endpoint::Endpoint;
 use crate::subscribe::{Delivery, StageInput};
-use crate::{ClientOptions, Error};
+use crate::{ClientOptions, Error, tls};
 
 /// Bytes read from the socket per `read_buf` call, at least.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -278,89 +277,59 @@ impl Conn {
         push: Option<mpsc::Sender<Push>>,
     ) -> Result<Arc<Conn>, Error> {
         let addr = endpoint.to_string();
-        let connect = TcpStream::connect((endpoint.host.as_str(), endpoint.port));
+        let mut tcp = connect_tcp(endpoint, options, &addr).await?;
+        let Some(tls) = &endpoint.tls else {
+            let (info, buf) = handshake(&mut tcp, options, &addr).await?;
+            let (read, write) = tcp.into_split();
+            return Ok(Conn::start(
+                endpoint,
+                options,
+                info,
+                (read, write, buf),
+                push,
+            ));
+        };
+        let connect = tls.connect(&endpoint.host, &addr, tcp);
         let mut stream = match tokio::time::timeout(options.connect_timeout, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(Error::Connect { addr, source }),
+            Ok(stream) => stream?,
             Err(_) => {
                 return Err(Error::Connect {
                     addr,
                     source: std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        format!("no connection within {:?}", options.connect_timeout),
+                        format!("no TLS handshake within {:?}", options.connect_timeout),
                     ),
                 });
             }
         };
-        stream.set_nodelay(true).map_err(Error::Io)?;
+        let (info, buf) = handshake(&mut stream, options, &addr).await?;
+        let (read, write) = tokio::io::split(stream);
+        Ok(Conn::start(
+            endpoint,
+            options,
+            info,
+            (read, write, buf),
+            push,
+        ))
+    }
+
+    /// Starts the task of a handshaken connection: its read half, write
+    /// half, and the bytes read after the handshake's answer.
+    fn start<R, W>(
+        endpoint: &Endpoint,
+        options: &ClientOptions,
+        info: ServerInfo,
+        (read, write, buf): (R, W, BytesMut),
+        push: Option<mpsc::Sender<Push>>,
+    ) -> Arc<Conn>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = endpoint.to_string();
         let limits = options.limits();
-
-        // The handshake is the only request on the connection until it is
-        // answered, so it is done inline before the task starts.
-        let hello = Message::Handshake(hadron_wire::Handshake {
-            version: PROTOCOL_VERSION,
-            token: options.token.as_deref().unwrap_or_default(),
-            client_name: &options.name,
-        });
-        let frame = hadron_wire::encode(1, &hello)?;
-        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-        let handshake = async {
-            stream.write_all(&frame).await.map_err(Error::Io)?;
-            loop {
-                if let Some((body, total)) =
-                    split_frame(&buf, &limits).map_err(|e| Error::Protocol(e.to_string()))?
-                {
-                    let frame = hadron_wire::decode(body, &limits)?;
-                    let reply = match frame.message {
-                        Message::HandshakeOk(ok) if frame.request_id == 1 => ServerInfo {
-                            version: ok.version,
-                            shards: ok.shards,
-                            shard_ports: ok.shard_ports,
-                            placement: ok.placement.to_owned(),
-                        },
-                        Message::Error(e) => return Err(Error::server(e.code, e.message)),
-                        other => {
-                            return Err(Error::Protocol(format!(
-                                "expected HandshakeOk for request 1, got {} for request {}",
-                                other.name(),
-                                frame.request_id
-                            )));
-                        }
-                    };
-                    buf.advance(total);
-                    return Ok(reply);
-                }
-                buf.reserve(READ_CHUNK_BYTES);
-                if stream.read_buf(&mut buf).await.map_err(Error::Io)? == 0 {
-                    return Err(Error::lost(
-                        "the server closed the connection during the handshake",
-                    ));
-                }
-            }
-        };
-        let info = match tokio::time::timeout(options.request_timeout, handshake).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: "handshake",
-                    after: options.request_timeout,
-                });
-            }
-        };
-        if info.shards == 0
-            || !(info.shard_ports.is_empty() || info.shard_ports.len() == usize::from(info.shards))
-        {
-            return Err(Error::Protocol(format!(
-                "HandshakeOk reports {} shards and {} shard ports",
-                info.shards,
-                info.shard_ports.len()
-            )));
-        }
-        tracing::debug!(%addr, shards = info.shards, ports = ?info.shard_ports, "connected");
-
         let in_flight_max = options.max_in_flight_requests.max(1);
         let shared = Arc::new(Shared::new(&limits));
-        let (read, write) = stream.into_split();
         let task_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let result = tokio::select! {
@@ -374,13 +343,13 @@ impl Conn {
             tracing::debug!(%addr, %reason, "connection ended");
             task_shared.fail_all(&reason);
         });
-        Ok(Arc::new(Conn {
+        Arc::new(Conn {
             shared,
             permits: Arc::new(Semaphore::new(in_flight_max)),
             request_timeout: options.request_timeout,
             info,
             endpoint: endpoint.clone(),
-        }))
+        })
     }
 
     /// Whether the connection can still carry requests.
@@ -430,6 +399,129 @@ impl Conn {
     }
 }
 
+/// Opens the TCP connection to `endpoint` within `connect_timeout`.
+async fn connect_tcp(
+    endpoint: &Endpoint,
+    options: &ClientOptions,
+    addr: &str,
+) -> Result<TcpStream, Error> {
+    let connect = TcpStream::connect((endpoint.host.as_str(), endpoint.port));
+    let stream = match tokio::time::timeout(options.connect_timeout, connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(Error::Connect {
+                addr: addr.to_owned(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(Error::Connect {
+                addr: addr.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", options.connect_timeout),
+                ),
+            });
+        }
+    };
+    stream.set_nodelay(true).map_err(Error::Io)?;
+    Ok(stream)
+}
+
+/// An I/O error during the handshake: `Error::Tls` when TLS refused.
+fn handshake_io(addr: &str, e: std::io::Error) -> Error {
+    tls::tls_failure(addr, e).unwrap_or_else(Error::Io)
+}
+
+/// The Hadron handshake, the only request on the connection until it is
+/// answered, within `request_timeout`: what the server said, and the
+/// bytes read after its answer.
+async fn handshake<S>(
+    stream: &mut S,
+    options: &ClientOptions,
+    addr: &str,
+) -> Result<(ServerInfo, BytesMut), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = options.limits();
+    let hello = Message::Handshake(hadron_wire::Handshake {
+        version: PROTOCOL_VERSION,
+        token: options.token.as_deref().unwrap_or_default(),
+        client_name: &options.name,
+    });
+    let frame = hadron_wire::encode(1, &hello)?;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let handshake = async {
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| handshake_io(addr, e))?;
+        stream.flush().await.map_err(|e| handshake_io(addr, e))?;
+        loop {
+            if let Some((body, total)) =
+                split_frame(&buf, &limits).map_err(|e| Error::Protocol(e.to_string()))?
+            {
+                let frame = hadron_wire::decode(body, &limits)?;
+                let reply = match frame.message {
+                    Message::HandshakeOk(ok) if frame.request_id == 1 => ServerInfo {
+                        version: ok.version,
+                        shards: ok.shards,
+                        shard_ports: ok.shard_ports,
+                        placement: ok.placement.to_owned(),
+                    },
+                    Message::Error(e) => return Err(Error::server(e.code, e.message)),
+                    other => {
+                        return Err(Error::Protocol(format!(
+                            "expected HandshakeOk for request 1, got {} for request {}",
+                            other.name(),
+                            frame.request_id
+                        )));
+                    }
+                };
+                buf.advance(total);
+                return Ok(reply);
+            }
+            buf.reserve(READ_CHUNK_BYTES);
+            let read = stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| handshake_io(addr, e))?;
+            if read == 0 && tls::looks_like_tls(&buf) {
+                return Err(Error::Tls {
+                    addr: addr.to_owned(),
+                    reason: "the server answered in TLS; connect with an https:// URL".into(),
+                });
+            }
+            if read == 0 {
+                return Err(Error::lost(
+                    "the server closed the connection during the handshake",
+                ));
+            }
+        }
+    };
+    let info = match tokio::time::timeout(options.request_timeout, handshake).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(Error::Timeout {
+                what: "handshake",
+                after: options.request_timeout,
+            });
+        }
+    };
+    if info.shards == 0
+        || !(info.shard_ports.is_empty() || info.shard_ports.len() == usize::from(info.shards))
+    {
+        return Err(Error::Protocol(format!(
+            "HandshakeOk reports {} shards and {} shard ports",
+            info.shards,
+            info.shard_ports.len()
+        )));
+    }
+    tracing::debug!(%addr, shards = info.shards, ports = ?info.shard_ports, "connected");
+    Ok((info, buf))
+}
+
 /// Writes what requests queue in the outbox until the last `Conn` handle is
 /// gone (then closes the write side) or the socket fails.
 async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, shared: &Shared) -> Result<(), Error> {
@@ -450,6 +542,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, shared: &Shared) -> Res
         };
         if !batch.is_empty() {
             write.write_all(&batch).await.map_err(Error::Io)?;
+            // Free on a plain socket; TLS may hold back the tail of what
+            // it accepted until flushed.
+            write.flush().await.map_err(Error::Io)?;
             batch.clear();
             if batch.capacity() > OUTBOX_RETAIN_BYTES_MAX {
                 batch = Vec::new();
@@ -464,7 +559,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, shared: &Shared) -> Res
 }
 
 async fn read_loop(
-    mut read: OwnedReadHalf,
+    mut read: impl AsyncRead + Unpin,
     mut buf: BytesMut,
     shared: &Shared,
     push: Option<mpsc::Sender<Push>>,

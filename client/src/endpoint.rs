@@ -1,10 +1,13 @@
 //! Server addresses. The client accepts the seed's form
 //! (`http://events.default:7000`) as well as `host:port` and a bare `host`:
-//! a scheme is optional and ignored, a trailing path is ignored, the port
-//! defaults to 7000, and the host is resolved by DNS each time a connection
-//! is opened (so a restarted server behind a DNS name is found again).
+//! a scheme is optional, a trailing path is ignored, the port defaults to
+//! 7000, and the host is resolved by DNS each time a connection is opened
+//! (so a restarted server behind a DNS name is found again). The scheme
+//! `https` means TLS, on the shard ports too; any other, or none, plain
+//! TCP.
 
 use crate::Error;
+use crate::tls::Connector;
 
 /// The server's default client port.
 pub const DEFAULT_PORT: u16 = 7000;
@@ -15,6 +18,11 @@ pub(crate) struct Endpoint {
     /// Host name, IPv4 literal, or IPv6 literal without brackets.
     pub host: String,
     pub port: u16,
+    /// The URL said `https://`.
+    pub https: bool,
+    /// The TLS of the connections, set by `Client::new` when `https`;
+    /// `None`: plain TCP.
+    pub tls: Option<Connector>,
 }
 
 impl Endpoint {
@@ -25,14 +33,14 @@ impl Endpoint {
             reason,
         };
         let trimmed = url.trim();
-        let rest = match trimmed.split_once("://") {
+        let (https, rest) = match trimmed.split_once("://") {
             Some((scheme, rest)) => {
                 if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric()) {
                     return Err(invalid("the scheme before :// is not a word"));
                 }
-                rest
+                (scheme.eq_ignore_ascii_case("https"), rest)
             }
-            None => trimmed,
+            None => (false, trimmed),
         };
         // Drop a path, query or fragment: only the authority matters.
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -80,14 +88,16 @@ impl Endpoint {
         Ok(Endpoint {
             host: host.to_owned(),
             port,
+            https,
+            tls: None,
         })
     }
 
-    /// The same host on another port (a shard's own port).
+    /// The same host, and TLS, on another port (a shard's own port).
     pub fn with_port(&self, port: u16) -> Endpoint {
         Endpoint {
-            host: self.host.clone(),
             port,
+            ..self.clone()
         }
     }
 }
@@ -129,6 +139,16 @@ mod tests {
         assert_eq!(ok("[::1]"), ("::1".into(), DEFAULT_PORT));
         assert_eq!(ok("::1"), ("::1".into(), DEFAULT_PORT));
         assert_eq!(ok("http://user@host:9"), ("host".into(), 9));
+    }
+
+    #[test]
+    fn only_https_asks_for_tls() {
+        assert!(Endpoint::parse("https://h:1").unwrap().https);
+        assert!(Endpoint::parse("HTTPS://h").unwrap().https);
+        for plain in ["http://h:1", "h:1", "h", "hadron://h"] {
+            assert!(!Endpoint::parse(plain).unwrap().https, "{plain}");
+        }
+        assert!(Endpoint::parse("https://h:1").unwrap().with_port(2).https);
     }
 
     #[test]

@@ -28,6 +28,20 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// The TLS handshake with `addr` failed: its certificate did not
+    /// verify, it refused ours, or one side does not speak TLS.
+    Tls {
+        /// `host:port` the client tried.
+        addr: String,
+        /// What rustls (or the client) said.
+        reason: String,
+    },
+    /// The TLS options cannot be used (`ClientOptions::tls`): a file, a
+    /// certificate or a key.
+    TlsConfig {
+        /// What is wrong.
+        reason: String,
+    },
     /// Reading from or writing to an established connection failed.
     Io(io::Error),
     /// The connection closed or failed before the answer arrived. The
@@ -116,6 +130,11 @@ impl fmt::Display for Error {
                 f,
                 "cannot connect to {addr}: {source}; check that the server runs and the address is right"
             ),
+            Error::Tls { addr, reason } => write!(
+                f,
+                "TLS with {addr} failed: {reason}; check that the URL says https:// only for a server with `tls:`, that the CA given (ClientOptions::tls, hadron --ca) signed the server's certificate, and the client certificate if the server requires one"
+            ),
+            Error::TlsConfig { reason } => write!(f, "TLS options: {reason}"),
             Error::Io(e) => write!(
                 f,
                 "connection I/O failed: {e}; the client reconnects on retry"
@@ -203,6 +222,13 @@ mod tests {
         assert!(!Error::server(ErrorCode::UnknownStream, "no").is_retryable());
         assert!(!Error::server(ErrorCode::ReadOnly, "no").is_retryable());
         assert!(!Error::Closed.is_retryable());
+        // A certificate that does not verify will not verify next time.
+        let tls = Error::Tls {
+            addr: "h:1".into(),
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert!(!tls.is_retryable());
+        assert!(tls.to_string().contains("hadron --ca"), "{tls}");
     }
 
     #[test]

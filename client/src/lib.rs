@@ -33,7 +33,8 @@
 //! ```
 //!
 //! - `Client::new` parses the address (`http://host:port`, `host:port`,
-//!   `host`; port 7000 by default) and does no I/O. Connections open on
+//!   `host`; port 7000 by default; `https://host:port` for TLS, trusting
+//!   `ClientOptions::tls`) and does no network I/O. Connections open on
 //!   first use, reopen after failures, and carry many requests at once.
 //!   With `ClientOptions::shard_aware` (the default), requests for a
 //!   partition go straight to the shard that owns it.
@@ -63,6 +64,7 @@ mod event;
 mod metadata;
 mod publish;
 mod subscribe;
+mod tls;
 
 pub use client::tokens::{TOKEN_SECRET_PREFIX, TokenInfo, TokenScope};
 pub use client::{Client, ClientOptions, Fetched};
@@ -80,3 +82,4 @@ pub use publish::{DEFAULT_STREAM, Published, Publisher};
 pub use subscribe::{
     Delivery, PipelineHandle, PipelineStart, StageInput, StartPoint, SubscribeOptions, Subscription,
 };
+pub use tls::TlsOptions;

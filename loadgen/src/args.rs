@@ -86,9 +86,24 @@ impl Target {
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
 #[command(group(ArgGroup::new("stop").required(true).args(["duration", "count"])))]
 pub struct Args {
-    /// Server address (host:port; Hadron defaults to port 7000, NATS to 4222).
+    /// Server address (host:port; Hadron defaults to port 7000, NATS to
+    /// 4222); `https://host:port` for a Hadron server with `tls:`.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub url: String,
+    /// With an https:// --url: the PEM certificate of the CA that signed
+    /// the server's (default: the system's trusted CAs).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
+    /// With an https:// --url: a PEM client certificate for a server that
+    /// requires one; needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
     /// Client connections (each a separate client with its own sockets).
     #[arg(long, default_value_t = 1)]
     pub connections: u32,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hadron::{
     Client, ClientOptions, Delivery, NewEvent, Publisher, StageInput, StartPoint, SubscribeOptions,
+    TlsOptions,
 };
 use tokio::sync::oneshot;
 
@@ -74,7 +75,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     );
-    let control = Client::new(&args.url, options("loadgen-control", args))?;
+    let control = Client::new(&args.url, options("loadgen-control", args)?)?;
     let status = control
         .status()
         .await
@@ -104,7 +105,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
             let group = format!("{run_id}-e2e");
             for c in 0..args.consumers {
                 let client =
-                    Client::new(&args.url, options(&format!("loadgen-consumer-{c}"), args))?;
+                    Client::new(&args.url, options(&format!("loadgen-consumer-{c}"), args)?)?;
                 let sink = Arc::clone(&sink);
                 let subscription = client
                     .subscribe(
@@ -136,7 +137,8 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
                 eprintln!("loadgen: {line}");
             }
             for c in 0..args.consumers {
-                let client = Client::new(&args.url, options(&format!("loadgen-stages-{c}"), args))?;
+                let client =
+                    Client::new(&args.url, options(&format!("loadgen-stages-{c}"), args)?)?;
                 for (stage, _) in STAGES {
                     let sink = Arc::clone(&sink);
                     // Formatted once per stage, not per run of the stage.
@@ -159,7 +161,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
     let closed_loop = matches!(scenario, Scenario::Pipeline(_)) && args.rate.is_none();
     for c in 0..args.connections {
         let name = format!("loadgen-{c}");
-        let client = Client::new(&args.url, options(&name, args))?;
+        let client = Client::new(&args.url, options(&name, args)?)?;
         let publisher = client.publisher_for(&args.stream, &name).await?;
         for _ in 0..args.in_flight {
             senders.push(HadronSender {
@@ -266,16 +268,24 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
     Ok(report)
 }
 
-fn options(name: &str, args: &Args) -> ClientOptions {
-    ClientOptions {
+/// The client options of every client; `--ca`, `--cert` and `--key` are
+/// read here (errors name the file).
+fn options(name: &str, args: &Args) -> Result<ClientOptions, Error> {
+    let tls = TlsOptions::from_files(
+        args.ca.as_deref(),
+        args.cert.as_deref(),
+        args.key.as_deref(),
+    )?;
+    Ok(ClientOptions {
         name: name.to_owned(),
         max_in_flight_requests: ClientOptions::default()
             .max_in_flight_requests
             .max(args.in_flight as usize),
         // As the `hadron` CLI does: the server's handshake token, if any.
         token: std::env::var("HADRON_TOKEN").ok(),
+        tls,
         ..ClientOptions::default()
-    }
+    })
 }
 
 fn publish_side(published: &Recorder, warmup_end: Instant) -> PublishSide {

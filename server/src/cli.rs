@@ -4,10 +4,27 @@
 //! `hadron_server` library: nothing in the library uses the client.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use hadron::{Client, ClientOptions, NewEvent, StartPoint, SubscribeOptions};
+use hadron::{Client, ClientOptions, NewEvent, StartPoint, SubscribeOptions, TlsOptions};
+
+/// The TLS files of `--ca`, `--cert` and `--key`, read once before the
+/// command runs; used when its `--url` is `https://`.
+static TLS: OnceLock<TlsOptions> = OnceLock::new();
+
+/// Reads the files of `--ca`, `--cert` and `--key` (errors name the file).
+pub fn use_tls_files(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<(), String> {
+    let tls = TlsOptions::from_files(ca.as_deref(), cert.as_deref(), key.as_deref())
+        .map_err(|e| e.to_string())?;
+    let _ = TLS.set(tls);
+    Ok(())
+}
 
 mod cloudevents;
 pub mod tokens;
@@ -365,6 +382,7 @@ fn connect(url: &str) -> Result<Client, String> {
     let options = ClientOptions {
         name: "hadron-cli".into(),
         token: std::env::var(hadron_server::TOKEN_ENV).ok(),
+        tls: TLS.get().cloned().unwrap_or_default(),
         ..ClientOptions::default()
     };
     Client::new(url, options).map_err(|e| e.to_string())

@@ -34,6 +34,17 @@ struct Cli {
     /// object a line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Client commands with an https:// --url: the PEM certificate of the
+    /// CA that signed the server's (default: the system's trusted CAs).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client commands with an https:// --url: a PEM client certificate,
+    /// for a server that requires one (tls.clientCa); needs --key.
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 /// `hadron server`'s flags.
@@ -288,6 +299,9 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     if matches!(cli.command, Command::Server(_)) {
         stop_on_panic();
+    } else if let Err(e) = cli::use_tls_files(cli.ca, cli.cert, cli.key) {
+        eprintln!("hadron: {e}");
+        return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Server(server) => return server.run(),

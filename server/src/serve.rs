@@ -60,6 +60,14 @@ impl Default for ServerArgs {
 /// from starting, or which shard failed.
 pub fn serve(args: ServerArgs) -> Result<(), String> {
     let (mut config, declared) = resolve_config(&args)?;
+    // Checked before anything is bound or created: a bad file is a
+    // configuration error that names it.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(config::tls::server_config)
+        .transpose()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     // Held until the process exits: two servers on one data dir would
     // corrupt it.
     let _lock = claim_data_dir(&mut config)?;
@@ -79,10 +87,11 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         );
     }
     tracing::info!(
-        "hadron {} starting: {} shards, listening on {}, data in {}",
+        "hadron {} starting: {} shards, listening on {}{}, data in {}",
         env!("CARGO_PKG_VERSION"),
         config.shards,
         config.listen,
+        if tls.is_some() { " (TLS)" } else { "" },
         config.data_dir.display()
     );
     let open_connections = Arc::default();
@@ -93,6 +102,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         topology,
         open_connections,
         metrics,
+        tls,
     };
     shard::run(settings, stop)?;
     tracing::info!("hadron stopped");
@@ -254,10 +264,14 @@ fn topology_of(
 }
 
 /// `hadron server --check-config`: resolves and validates the settings
-/// (the config file, the command line, `HADRON_TOKEN`) and the resources
-/// the file declares, touching no data dir and no port. Returns a summary.
+/// (the config file, the command line, `HADRON_TOKEN`), loads the TLS
+/// files when `tls:` names them, and checks the resources the file
+/// declares, touching no data dir and no port. Returns a summary.
 pub fn check_config(args: &ServerArgs) -> Result<String, String> {
     let (config, declared) = resolve_config(args)?;
+    if let Some(files) = &config.tls {
+        config::tls::server_config(files)?;
+    }
     let (topology, within_limits) = topology_of(&config, declared)?;
     within_limits.map_err(|message| format!("the config file's resources: {message}"))?;
     let counts = topology.counts();

@@ -61,6 +61,10 @@ fn check_config_validates_a_file_and_names_what_is_wrong() {
         ("shards: 0\n", "shards"),
         ("drainTimeoutMs: 0\n", "drainTimeoutMs"),
         (
+            "tls: { cert: /nonexistent/server.pem, key: /nonexistent/server.key }\n",
+            "/nonexistent/server.pem",
+        ),
+        (
             "---\napiVersion: hadron.rs/v1beta1\nkind: Pipeline\nmetadata: { name: loop }\nspec:\n  sourceStream: events\n  stages:\n    - { name: a }\n    - { name: b, dependencies: [a, c] }\n    - { name: c, dependencies: [b] }\n",
             "cycle",
         ),

@@ -47,6 +47,8 @@
 //! - `document`: the resource envelope, [`parse_documents`] and
 //!   [`parse_config_file`].
 //! - `yaml`: the only file that uses the YAML library.
+//! - `tls`: the `tls:` setting and its PEM files made a rustls
+//!   configuration.
 //! - `tests/`: whole-module tests by topic (pipelines, documents, settings,
 //!   bounds), sharing the seed's documents in `tests/mod.rs`.
 
@@ -56,6 +58,7 @@ pub mod name;
 pub mod pipeline;
 pub mod server;
 pub mod stream;
+pub mod tls;
 pub mod token;
 pub mod trigger;
 pub mod yaml;

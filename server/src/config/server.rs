@@ -45,7 +45,17 @@
 //!                             # (a pipeline runs once per source partition)
 //! pipelinesMax: 64            # pipelines the server may hold
 //! tokensMax: 1024             # Tokens the server may hold
+//! tls:                        # TLS on the client and shard ports (default: none)
+//!   cert: /etc/hadron/server.pem   # PEM certificate chain, leaf first
+//!   key: /etc/hadron/server.key    # PEM private key of the certificate
+//!   clientCa: /etc/hadron/ca.pem   # optional: require client certificates
+//!                                  # signed by these CAs (mutual TLS)
 //! ```
+//!
+//! With `tls`, every port speaks only TLS (clients use `https://` URLs);
+//! its files are read and checked at start (see `tls.rs`), and the TLS
+//! handshake counts against `connectionsMax` and must end, with the Hadron
+//! handshake after it, within `handshakeTimeoutMs`.
 //!
 //! The last four bound what one `hadron apply` can make the server do; an
 //! apply over one is answered `LimitExceeded` with the setting and its value
@@ -79,6 +89,7 @@ use serde::Deserialize;
 use super::API_VERSION;
 use super::error::{ConfigError, Problem, ResourceKind};
 use super::stream::{DEDUP_WINDOW_MS_MAX, RetentionSpec};
+use super::tls::TlsFiles;
 
 mod validate;
 
@@ -279,6 +290,8 @@ pub struct ServerConfig {
     pub pipelines_max: u32,
     /// The most Tokens.
     pub tokens_max: u32,
+    /// TLS on every port; `None` for plain TCP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// A handshake token: a shared secret, never printed.
@@ -352,6 +365,7 @@ impl Default for ServerConfig {
             partitions_max: PARTITIONS_MAX_DEFAULT,
             pipelines_max: PIPELINES_MAX_DEFAULT,
             tokens_max: TOKENS_MAX_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -428,6 +442,7 @@ pub(super) struct ServerConfigDoc {
     partitions_max: Option<u32>,
     pipelines_max: Option<u32>,
     tokens_max: Option<u32>,
+    tls: Option<TlsFiles>,
 }
 
 impl ServerConfigDoc {
@@ -506,6 +521,7 @@ impl ServerConfigDoc {
             partitions_max: self.partitions_max.unwrap_or(defaults.partitions_max),
             pipelines_max: self.pipelines_max.unwrap_or(defaults.pipelines_max),
             tokens_max: self.tokens_max.unwrap_or(defaults.tokens_max),
+            tls: self.tls,
         };
         config.validate()?;
         Ok(config)

@@ -109,6 +109,8 @@ pub struct Settings {
     /// Where each shard registers for the metrics endpoint's snapshot
     /// requests (`metricsListen`); `None` when metrics are off.
     pub metrics: Option<Arc<crate::metrics::Hub>>,
+    /// The TLS every port speaks (`tls:`, loaded); `None` for plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Settings {

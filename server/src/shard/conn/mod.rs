@@ -17,6 +17,10 @@
 //! subscriptions, acks, nacks, retries), `admin` (apply, status) and
 //! `tokens` (token create, list, revoke). `auth` checks each request
 //! against the connection's token first.
+//!
+//! With `tls:` the connection is TLS from its first byte (`tls`); the code
+//! after the TLS handshake is generic over the stream, so a plain
+//! connection runs the same code on glommio's `TcpStream` directly.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{AbortHandle, Abortable, select};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hadron_engine::notify::Notify;
 use hadron_wire::{FrameRef, Message, PLACEMENT_NAME, PROTOCOL_VERSION, StartPoint};
@@ -42,6 +46,7 @@ pub(crate) mod auth;
 mod groups;
 mod pipelines;
 mod streams;
+mod tls;
 mod tokens;
 
 /// How long a refused connection's error frame may take to leave.
@@ -202,14 +207,36 @@ impl Drop for Slot<'_> {
 
 /// Serves one connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
     let settings = shard.settings.clone();
     let open = &settings.open_connections;
     let _slot = Slot(open);
-    if open.fetch_add(1, Ordering::Relaxed) >= settings.config.connections_max as usize {
-        refuse(stream, settings.config.connections_max).await;
-        return;
+    let connections_max = settings.config.connections_max;
+    let over = open.fetch_add(1, Ordering::Relaxed) >= connections_max as usize;
+    match (&settings.tls, over) {
+        (None, false) => serve_stream(shard, stream, accepted).await,
+        (None, true) => refuse(stream, connections_max).await,
+        (Some(config), false) => {
+            let deadline = accepted + Duration::from_millis(settings.config.handshake_timeout_ms);
+            if let Some(stream) = tls::accept(config, stream, deadline).await {
+                serve_stream(shard, stream, accepted).await;
+            }
+        }
+        (Some(config), true) => {
+            if let Some(stream) = tls::accept_within(config, stream, REFUSE_WRITE_TIMEOUT).await {
+                refuse(stream, connections_max).await;
+            }
+        }
     }
+}
+
+/// Serves a connection (plain, or TLS after its handshake) until it
+/// closes; `accepted` is when it was accepted.
+async fn serve_stream<S>(shard: Rc<Shard>, stream: S, accepted: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let conn = shard.unique_id();
     // Held until the last answer is written: a stop waits for it.
     let _open = shard.connection_opened();
@@ -221,7 +248,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let outbox = writer_outbox;
         let mut batch = Vec::with_capacity(64 << 10);
         while outbox.take(&mut batch).await {
-            if writer.write_all(&batch).await.is_err() {
+            // The flush costs nothing on a plain socket; TLS may hold
+            // back the tail of what it accepted until flushed.
+            if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
                 outbox.kill();
                 return;
             }
@@ -251,6 +280,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         state.clone(),
         outbox.clone(),
         abort,
+        accepted,
     ));
     // On stop the reader stops reading; what it read is answered below.
     let reading = Box::pin(read_loop(&shard, conn, &mut reader, &outbox, &state));
@@ -277,8 +307,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
 /// Answers a connection over `connectionsMax` with one `TooManyConnections`
 /// error frame (given at most a second to leave) and closes it.
-async fn refuse(stream: TcpStream, connections_max: u32) {
-    let (_, mut writer) = stream.split();
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, connections_max: u32) {
     let e = Error::TooManyConnections { connections_max };
     let message = e.to_string();
     let reply = Message::Error(hadron_wire::ErrorReply {
@@ -288,19 +317,27 @@ async fn refuse(stream: TcpStream, connections_max: u32) {
     super::metrics::refused(e.code());
     if let Ok(frame) = outbox::encode(0, &reply) {
         super::metrics::frame_sent(frame.len());
-        let write = Box::pin(writer.write_all(&frame));
+        let write = Box::pin(async {
+            stream.write_all(&frame).await?;
+            stream.flush().await
+        });
         let _ = select(write, Box::pin(glommio::timer::sleep(REFUSE_WRITE_TIMEOUT))).await;
     }
-    let _ = writer.close().await;
+    let _ = stream.close().await;
 }
 
 /// Closes a connection that did not complete its handshake within
-/// `handshakeTimeoutMs`, or that, with no request in flight and no
-/// subscription, sent nothing for `idleTimeoutMs`: it answers `Timeout`
-/// and stops the reader.
-async fn watchdog(shard: Rc<Shard>, state: Rc<ConnState>, outbox: Rc<Outbox>, abort: AbortHandle) {
+/// `handshakeTimeoutMs` of `accepted` (a TLS handshake included), or
+/// that, with no request in flight and no subscription, sent nothing for
+/// `idleTimeoutMs`: it answers `Timeout` and stops the reader.
+async fn watchdog(
+    shard: Rc<Shard>,
+    state: Rc<ConnState>,
+    outbox: Rc<Outbox>,
+    abort: AbortHandle,
+    accepted: Instant,
+) {
     let config = &shard.settings.config;
-    let accepted = Instant::now();
     let handshake_deadline = accepted + Duration::from_millis(config.handshake_timeout_ms);
     while !state.handshaken.get() && Instant::now() < handshake_deadline {
         let left = handshake_deadline.saturating_duration_since(Instant::now());
@@ -349,7 +386,7 @@ enum Next {
 async fn read_loop(
     shard: &Rc<Shard>,
     conn: u64,
-    reader: &mut futures::io::ReadHalf<TcpStream>,
+    reader: &mut (impl AsyncRead + Unpin),
     outbox: &Rc<Outbox>,
     state: &Rc<ConnState>,
 ) {

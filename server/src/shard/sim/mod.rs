@@ -181,6 +181,7 @@ fn settings() -> Arc<Settings> {
         topology: Topology::default(),
         open_connections: Arc::default(),
         metrics: None,
+        tls: None,
     })
 }
 
