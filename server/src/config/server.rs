@@ -45,7 +45,17 @@
 //!                             # (a pipeline runs once per source partition)
 //! pipelinesMax: 64            # pipelines the server may hold
 //! tokensMax: 1024             # Tokens the server may hold
+//! cluster:                    # default: none, a single node (node id 1)
+//!   nodeId: 1                 # this node, one of `peers`
+//!   peers:                    # every node, this one included; ids >= 1,
+//!     - { id: 1, address: "10.0.0.1:7000" }  # unique; addresses distinct;
+//!     - { id: 2, address: "10.0.0.2:7000" }  # at most clusterNodesMax (64)
+//!     - { id: 3, address: "10.0.0.3:7000" }
 //! ```
+//!
+//! Clusters are not built yet: a `cluster:` that lists more than this node
+//! is validated (`--check-config` accepts it) but the server refuses to
+//! start with it. See `cluster.rs` and docs/replication.md.
 //!
 //! The last four bound what one `hadron apply` can make the server do; an
 //! apply over one is answered `LimitExceeded` with the setting and its value
@@ -77,6 +87,7 @@ use hadron_engine::storage::IO_ALIGN_BYTES;
 use serde::Deserialize;
 
 use super::API_VERSION;
+use super::cluster::{ClusterConfig, NODE_ID_SINGLE};
 use super::error::{ConfigError, Problem, ResourceKind};
 use super::stream::{DEDUP_WINDOW_MS_MAX, RetentionSpec};
 
@@ -279,6 +290,8 @@ pub struct ServerConfig {
     pub pipelines_max: u32,
     /// The most Tokens.
     pub tokens_max: u32,
+    /// `cluster:`; `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A handshake token: a shared secret, never printed.
@@ -352,11 +365,36 @@ impl Default for ServerConfig {
             partitions_max: PARTITIONS_MAX_DEFAULT,
             pipelines_max: PIPELINES_MAX_DEFAULT,
             tokens_max: TOKENS_MAX_DEFAULT,
+            cluster: None,
         }
     }
 }
 
 impl ServerConfig {
+    /// This node's id: `cluster.nodeId`, or [`NODE_ID_SINGLE`] without a
+    /// cluster.
+    pub fn node_id(&self) -> u64 {
+        self.cluster.as_ref().map_or(NODE_ID_SINGLE, |c| c.node_id)
+    }
+
+    /// The nodes of the cluster: 1 without one.
+    pub fn cluster_nodes(&self) -> usize {
+        self.cluster.as_ref().map_or(1, ClusterConfig::nodes)
+    }
+
+    /// The problem with `stream`'s `replicas` on this server, if any
+    /// (the Stream's name and `spec.replicas` in the error).
+    pub fn check_stream_replicas(&self, stream: &super::StreamSpec) -> Result<(), ConfigError> {
+        let Some(replicas) = stream.replicas else {
+            return Ok(());
+        };
+        let fsync_always = self.fsync == FsyncPolicy::Always;
+        match super::cluster::replicas_error(replicas, self.cluster_nodes(), fsync_always) {
+            Some(e) => Err(e.in_resource(ResourceKind::Stream, Some(&stream.name))),
+            None => Ok(()),
+        }
+    }
+
     /// The port shard `shard_id` listens on, when `shardPorts` is on.
     pub fn shard_port(&self, shard_id: u16) -> Option<u16> {
         if self.shard_ports {
@@ -428,6 +466,7 @@ pub(super) struct ServerConfigDoc {
     partitions_max: Option<u32>,
     pipelines_max: Option<u32>,
     tokens_max: Option<u32>,
+    cluster: Option<ClusterConfig>,
 }
 
 impl ServerConfigDoc {
@@ -506,6 +545,7 @@ impl ServerConfigDoc {
             partitions_max: self.partitions_max.unwrap_or(defaults.partitions_max),
             pipelines_max: self.pipelines_max.unwrap_or(defaults.pipelines_max),
             tokens_max: self.tokens_max.unwrap_or(defaults.tokens_max),
+            cluster: self.cluster,
         };
         config.validate()?;
         Ok(config)
