@@ -23,7 +23,7 @@ use crate::conn::{Conn, Reply, ServerInfo};
 pub(crate) mod tokens;
 use crate::endpoint::Endpoint;
 use crate::tls::Connector;
-use crate::{Error, Event, Metadata, TlsOptions};
+use crate::{Error, Event, LeaderAddr, Metadata, TlsOptions};
 
 /// How the client connects and retries. All fields have defaults
 /// (`ClientOptions::default()`); override the ones you need:
@@ -204,6 +204,13 @@ pub(crate) struct Inner {
     /// Partition counts by stream name, from `Metadata` (or `Status`, from
     /// a server older than `Metadata`).
     partitions: Mutex<HashMap<String, u32>>,
+    /// Partitions whose leader a `NotLeader` answer (or the Metadata
+    /// refresh after one) named: their requests go there, not by the main
+    /// connection's shard ports. Empty on a single node, which never
+    /// answers `NotLeader`.
+    leaders: Mutex<HashMap<(String, u32), Endpoint>>,
+    /// Connections to leaders, by endpoint.
+    leader_slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Makes generated event ids unique across clients and processes.
     id_prefix: String,
     id_counter: AtomicU64,
@@ -268,6 +275,8 @@ impl Client {
                 options,
                 shards: Mutex::new(HashMap::new()),
                 partitions: Mutex::new(HashMap::new()),
+                leaders: Mutex::new(HashMap::new()),
+                leader_slots: Mutex::new(HashMap::new()),
                 id_prefix,
                 id_counter: AtomicU64::new(0),
             }),
@@ -431,6 +440,46 @@ impl Client {
         })
     }
 
+    /// Records where `stream`/`partition`'s leader is (from a `NotLeader`
+    /// hint or Metadata): its shard port when it has one, else its client
+    /// port; an unspecified IP (a server listening on 0.0.0.0) becomes the
+    /// host this client was given. `None` forgets it, so that requests go
+    /// to the bootstrap address again.
+    pub(crate) fn note_leader(&self, stream: &str, partition: u32, leader: Option<&LeaderAddr>) {
+        let key = (stream.to_owned(), partition);
+        let endpoint = leader.and_then(|l| {
+            let mut endpoint = Endpoint::parse(&l.address).ok()?;
+            if endpoint
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+            {
+                endpoint.host = self.inner.endpoint.host.clone();
+            }
+            if l.shard_port != 0 {
+                endpoint.port = l.shard_port;
+            }
+            Some(endpoint)
+        });
+        let mut leaders = lock(&self.inner.leaders);
+        match endpoint {
+            Some(endpoint) => leaders.insert(key, endpoint),
+            None => leaders.remove(&key),
+        };
+    }
+
+    /// After a `NotLeader` with no hint: asks the bootstrap address for
+    /// `stream`'s leaders and records the ones it knows.
+    pub(crate) async fn refresh_leaders(&self, stream: &str) -> Result<(), Error> {
+        let metadata = self.metadata_for(&[stream]).await?;
+        if let Some(s) = metadata.stream(stream) {
+            for p in &s.partitions {
+                self.note_leader(stream, p.partition, p.leader.as_ref());
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn forget_partitions(&self) {
         lock(&self.inner.partitions).clear();
     }
@@ -453,6 +502,20 @@ impl Client {
     /// The connection for requests about `stream`/`partition`: the owning
     /// shard's when known and reachable, else the main one.
     pub(crate) async fn conn_for(&self, stream: &str, partition: u32) -> Result<Arc<Conn>, Error> {
+        let leader = lock(&self.inner.leaders)
+            .get(&(stream.to_owned(), partition))
+            .cloned();
+        if let Some(endpoint) = leader {
+            let slot = Arc::clone(
+                lock(&self.inner.leader_slots)
+                    .entry(endpoint.to_string())
+                    .or_insert_with(|| Arc::new(Slot::new(endpoint.clone()))),
+            );
+            return slot.get(&self.inner.options).await.inspect_err(|_| {
+                // Unreachable: ask the bootstrap address again next time.
+                lock(&self.inner.leaders).remove(&(stream.to_owned(), partition));
+            });
+        }
         let main = self.main().await?;
         if !self.inner.options.shard_aware || !main.info.shard_aware() {
             return Ok(main);

@@ -632,7 +632,7 @@ async fn read_loop(
                 Message::TokenListOk(ok) => {
                     Ok(Reply::TokenListOk(crate::client::tokens::token_infos(&ok)))
                 }
-                Message::Error(e) => Err(Error::server(e.code, e.message)),
+                Message::Error(e) => Err(Error::from_reply(&e)),
                 other => Err(Error::Protocol(format!(
                     "unexpected {} as an answer",
                     other.name()

@@ -66,6 +66,15 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
+    /// The node asked does not lead the partition (`ErrorCode::NotLeader`,
+    /// a cluster). Nothing was done; the publisher retries at `leader`
+    /// (or, without one, after refreshing Metadata) with the same ids.
+    NotLeader {
+        /// The server's explanation.
+        message: String,
+        /// Where the leader is, when the node knew.
+        leader: Option<LeaderAddr>,
+    },
     /// No answer arrived in time. The outcome is unknown.
     Timeout {
         /// What was being waited for.
@@ -88,7 +97,8 @@ impl Error {
             Error::Connect { .. }
             | Error::Io(_)
             | Error::ConnectionLost { .. }
-            | Error::Timeout { .. } => true,
+            | Error::Timeout { .. }
+            | Error::NotLeader { .. } => true,
             Error::Server { code, .. } => matches!(
                 code,
                 ErrorCode::ShuttingDown | ErrorCode::StorageError | ErrorCode::WrongShard
@@ -101,6 +111,7 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Server { code, .. } => Some(*code),
+            Error::NotLeader { .. } => Some(ErrorCode::NotLeader),
             _ => None,
         }
     }
@@ -167,6 +178,21 @@ impl fmt::Display for Error {
                     _ => Ok(()),
                 }
             }
+            Error::NotLeader { message, leader } => match leader {
+                Some(l) => write!(
+                    f,
+                    "server error {}: {message}; the leader is node {} at {} (shard port {})",
+                    ErrorCode::NotLeader,
+                    l.node_id,
+                    l.address,
+                    l.shard_port
+                ),
+                None => write!(
+                    f,
+                    "server error {}: {message}; no leader known (an election is in progress), retry later",
+                    ErrorCode::NotLeader
+                ),
+            },
             Error::Timeout { what, after } => write!(
                 f,
                 "no answer to {what} within {after:?}; the outcome is unknown, retry or raise ClientOptions::request_timeout"
@@ -189,6 +215,34 @@ impl std::error::Error for Error {
             Error::Encode(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+/// A partition's leader as a `NotLeader` error names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderAddr {
+    /// The leader's node id.
+    pub node_id: u64,
+    /// Its client address, `host:port`.
+    pub address: String,
+    /// The port of the shard holding the partition; 0: none.
+    pub shard_port: u16,
+}
+
+impl Error {
+    /// The client's form of an `Error` frame.
+    pub(crate) fn from_reply(e: &hadron_wire::ErrorReply<'_>) -> Error {
+        if e.code == ErrorCode::NotLeader {
+            return Error::NotLeader {
+                message: e.message.to_owned(),
+                leader: e.leader.map(|l| LeaderAddr {
+                    node_id: l.node_id,
+                    address: l.address.to_owned(),
+                    shard_port: l.shard_port,
+                }),
+            };
+        }
+        Error::server(e.code, e.message)
     }
 }
 

@@ -72,7 +72,7 @@ pub use client::{Client, ClientOptions, Fetched};
 pub use cloudevents_sdk::{CloudEventError, OFFSET_EXTENSION, PARTITION_EXTENSION};
 pub use conn::ServerInfo;
 pub use endpoint::DEFAULT_PORT;
-pub use error::Error;
+pub use error::{Error, LeaderAddr};
 pub use event::{Event, NewEvent};
 pub use hadron_wire::{ErrorCode, FRAME_BYTES_MAX};
 pub use metadata::{Metadata, PartitionInfo, PipelineInfo, StreamInfo};

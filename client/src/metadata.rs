@@ -39,15 +39,19 @@ pub struct StreamInfo {
     pub partitions: Vec<PartitionInfo>,
 }
 
-/// One partition and the shard that owns it.
+/// One partition, the shard that owns it, and its leader.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
     /// The partition's index.
     pub partition: u32,
     /// The owning shard: requests for the partition are served fastest on
     /// `Metadata::shard_ports[shard]`.
     pub shard: u16,
+    /// The partition's leader as the answering node knew it (a server
+    /// with no cluster names itself); `None` during an election or from
+    /// a server older than leaders in Metadata.
+    pub leader: Option<crate::LeaderAddr>,
 }
 
 /// One pipeline.
@@ -89,6 +93,11 @@ impl Metadata {
                         .map(|p| PartitionInfo {
                             partition: p.partition,
                             shard: p.shard,
+                            leader: p.leader.map(|l| crate::LeaderAddr {
+                                node_id: l.node_id,
+                                address: l.address.to_owned(),
+                                shard_port: l.shard_port,
+                            }),
                         })
                         .collect(),
                 })
@@ -131,10 +140,17 @@ mod tests {
                     hadron_wire::PartitionInfo {
                         partition: 0,
                         shard: 1,
+                        leader: Some(hadron_wire::LeaderHint {
+                            node_id: 2,
+                            address: "10.0.0.2:7000",
+                            shard_port: 7002,
+                            term: 4,
+                        }),
                     },
                     hadron_wire::PartitionInfo {
                         partition: 1,
                         shard: 0,
+                        leader: None,
                     },
                 ],
             }],
@@ -155,11 +171,17 @@ mod tests {
             vec![
                 PartitionInfo {
                     partition: 0,
-                    shard: 1
+                    shard: 1,
+                    leader: Some(crate::LeaderAddr {
+                        node_id: 2,
+                        address: "10.0.0.2:7000".into(),
+                        shard_port: 7002,
+                    }),
                 },
                 PartitionInfo {
                     partition: 1,
-                    shard: 0
+                    shard: 0,
+                    leader: None,
                 }
             ]
         );

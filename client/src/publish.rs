@@ -246,6 +246,25 @@ impl Publisher {
         loop {
             match self.send_once(partition, batch, chunk).await {
                 Ok(published) => return Ok(published),
+                // A cluster node that does not lead the partition: go to
+                // the leader it names at once; with no name (an election),
+                // pause, then ask for Metadata. The same encoded events are
+                // resent, so the leader's dedup window keeps them once.
+                Err(Error::NotLeader { leader, message }) if attempt < attempts_max => {
+                    tracing::debug!(
+                        publisher = %self.name, stream = %self.stream, partition, attempt,
+                        ?leader, %message, "not the leader; retrying at the leader"
+                    );
+                    self.client
+                        .note_leader(&self.stream, partition, leader.as_ref());
+                    if leader.is_none() {
+                        tokio::time::sleep(options.backoff(attempt)).await;
+                        if let Err(e) = self.client.refresh_leaders(&self.stream).await {
+                            tracing::debug!(error = %e, "metadata refresh failed");
+                        }
+                    }
+                    attempt += 1;
+                }
                 Err(e) if e.is_retryable() && attempt < attempts_max => {
                     let pause = options.backoff(attempt);
                     tracing::debug!(

@@ -259,6 +259,7 @@ fn log_server() -> Behavior {
             &Message::Error(ErrorReply {
                 code: ErrorCode::InvalidRequest,
                 message: other.name(),
+                leader: None,
             }),
         )],
     })
@@ -513,6 +514,7 @@ fn metadata_ok() -> Message<'static> {
             .map(|partition| PartitionInfo {
                 partition,
                 shard: 0,
+                leader: None,
             })
             .collect()
     };
@@ -549,6 +551,7 @@ async fn partition_counts_come_from_metadata() {
             &Message::Error(ErrorReply {
                 code: ErrorCode::InvalidRequest,
                 message: other.name(),
+                leader: None,
             }),
         )],
     });
@@ -606,6 +609,7 @@ async fn server_errors_are_typed() {
             &Message::Error(ErrorReply {
                 code: ErrorCode::ReadOnly,
                 message: "partition 3 is read-only",
+                leader: None,
             }),
         )],
         _ => Vec::new(),
@@ -972,6 +976,7 @@ async fn pipeline_registration_errors_are_returned() {
             &Message::Error(ErrorReply {
                 code: ErrorCode::UnknownPipeline,
                 message: "no pipeline nope",
+                leader: None,
             }),
         )]
     });
@@ -1031,6 +1036,7 @@ async fn rejected_handshake_is_not_retryable() {
                 &Message::Error(ErrorReply {
                     code: ErrorCode::Unauthorized,
                     message: "bad token",
+                    leader: None,
                 }),
             )
             .unwrap();
@@ -1131,6 +1137,7 @@ fn many_stages_server(refuse_batches: bool) -> Behavior {
                     &Message::Error(ErrorReply {
                         code: ErrorCode::InvalidRequest,
                         message: "frame has unknown body type 23",
+                        leader: None,
                     }),
                 )];
             }
@@ -1458,4 +1465,152 @@ async fn many_deliveries_each_run_once_and_are_each_acked_once() {
         runs.values().all(|&n| n == 1),
         "every event handled exactly once"
     );
+}
+
+/// A cluster node that leads nothing: every Publish is answered
+/// `NotLeader`, naming `leader` (a `host:port`) when given; Metadata names
+/// `leader` as every partition's leader.
+fn follower(leader: Option<String>) -> Behavior {
+    Arc::new(move |_state, f| {
+        let hint = leader.as_deref().map(|address| hadron_wire::LeaderHint {
+            node_id: 2,
+            address,
+            shard_port: 0,
+            term: 3,
+        });
+        match &f.message {
+            Message::Publish(p) => vec![frame(
+                f.request_id,
+                &Message::Error(ErrorReply {
+                    code: ErrorCode::NotLeader,
+                    message: &format!("node 1 does not lead events/{}", p.partition),
+                    leader: hint,
+                }),
+            )],
+            Message::Metadata(_) => {
+                let partitions = (0..4)
+                    .map(|partition| PartitionInfo {
+                        partition,
+                        shard: 0,
+                        leader: leader.as_deref().map(|address| hadron_wire::LeaderHint {
+                            node_id: 2,
+                            address,
+                            shard_port: 0,
+                            term: 3,
+                        }),
+                    })
+                    .collect();
+                vec![frame(
+                    f.request_id,
+                    &Message::MetadataOk(MetadataOk {
+                        shards: 1,
+                        placement: PLACEMENT_NAME,
+                        streams: vec![StreamInfo {
+                            name: "events",
+                            partitions,
+                        }],
+                        ..MetadataOk::default()
+                    }),
+                )]
+            }
+            Message::Status => vec![frame(
+                f.request_id,
+                &Message::StatusOk(StatusOk { json: STATUS_JSON }),
+            )],
+            other => vec![frame(
+                f.request_id,
+                &Message::Error(ErrorReply {
+                    code: ErrorCode::InvalidRequest,
+                    message: other.name(),
+                    leader: None,
+                }),
+            )],
+        }
+    })
+}
+
+/// The `(source, id)` of every event in `mock`'s Publish frames.
+fn published_ids(mock: &Mock) -> Vec<(String, String)> {
+    published_events(mock)
+        .into_iter()
+        .map(|(_, e)| (e.source, e.id))
+        .collect()
+}
+
+#[tokio::test]
+async fn publish_follows_a_not_leader_hint_and_resends_the_same_ids() {
+    let leader = Mock::start(0, log_server()).await;
+    let node = Mock::start(0, follower(Some(leader.url.clone()))).await;
+    let client = hadron::Client::new(&node.url, fast_options()).unwrap();
+    let publisher = client.publisher("router").await.unwrap();
+    let events: Vec<hadron::NewEvent> = (0..3)
+        .map(|i| hadron::NewEvent::new("t", vec![i]).with_subject("same-key"))
+        .collect();
+    let results = publisher.publish_batch(events).await.unwrap();
+    let partition = results[0].partition;
+    assert_eq!(
+        results.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(
+        results
+            .iter()
+            .all(|p| p.partition == partition && !p.duplicate)
+    );
+    // The leader stored the batch once; the node was asked once, with the
+    // same ids.
+    let stored = published_ids(&leader);
+    assert_eq!(stored.len(), 3);
+    assert_eq!(published_ids(&node), stored);
+    // Later publishes to that partition go straight to the leader.
+    let next = publisher
+        .publish(hadron::NewEvent::new("t", vec![9]).with_subject("same-key"))
+        .await
+        .unwrap();
+    assert_eq!((next.partition, next.offset), (partition, 3));
+    assert_eq!(published_ids(&node).len(), 3);
+    assert_eq!(published_ids(&leader).len(), 4);
+}
+
+#[tokio::test]
+async fn publish_without_a_hint_refreshes_metadata_and_finds_the_leader() {
+    let leader = Mock::start(0, log_server()).await;
+    // A node that knows no leader in its NotLeader answers but names it in
+    // Metadata (the election ended in between).
+    let url = leader.url.clone();
+    let hintless = follower(None);
+    let with_metadata = follower(Some(url));
+    let behavior: Behavior = Arc::new(move |state, f| match &f.message {
+        Message::Metadata(_) => with_metadata(state, f),
+        _ => hintless(state, f),
+    });
+    let node = Mock::start(0, behavior).await;
+    let client = hadron::Client::new(&node.url, fast_options()).unwrap();
+    let publisher = client.publisher("router").await.unwrap();
+    let published = publisher
+        .publish(hadron::NewEvent::new("t", vec![1]).with_subject("k"))
+        .await
+        .unwrap();
+    assert_eq!(published.offset, 0);
+    assert_eq!(published_ids(&leader), published_ids(&node));
+    assert_eq!(published_ids(&leader).len(), 1);
+}
+
+#[tokio::test]
+async fn publish_gives_up_after_publish_attempts_max_not_leader_answers() {
+    // A node that names no leader anywhere: an election that never ends.
+    let node = Mock::start(0, follower(None)).await;
+    let options = hadron::ClientOptions {
+        publish_attempts_max: 3,
+        ..fast_options()
+    };
+    let client = hadron::Client::new(&node.url, options).unwrap();
+    let publisher = client.publisher("router").await.unwrap();
+    let e = publisher
+        .publish(hadron::NewEvent::new("t", vec![1]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotLeader));
+    assert!(e.to_string().contains("no leader known"), "{e}");
+    assert_eq!(published_ids(&node).len(), 3, "one publish per attempt");
 }

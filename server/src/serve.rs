@@ -60,6 +60,11 @@ impl Default for ServerArgs {
 /// from starting, or which shard failed.
 pub fn serve(args: ServerArgs) -> Result<(), String> {
     let (mut config, declared) = resolve_config(&args)?;
+    if let Some(cluster) = &config.cluster {
+        cluster
+            .check_startable()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+    }
     // Checked before anything is bound or created: a bad file is a
     // configuration error that names it.
     let tls = config
@@ -252,6 +257,13 @@ fn topology_of(
         streams.push(Resource::Stream(StreamSpec::with_defaults(
             config::stream::DEFAULT_STREAM_NAME,
         )));
+    }
+    for stream in &streams {
+        if let Resource::Stream(spec) = stream {
+            config
+                .check_stream_replicas(spec)
+                .map_err(|e| e.to_string())?;
+        }
     }
     let mut topology = Topology::default();
     for resource in streams.into_iter().chain(pipelines) {

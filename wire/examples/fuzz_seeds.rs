@@ -280,6 +280,7 @@ fn messages<'a>(full: &'a [u8], minimal: &'a [u8]) -> Vec<Message<'a>> {
         Message::Error(ErrorReply {
             code: ErrorCode::UnknownStream,
             message: "no stream named \"evnts\"",
+            leader: None,
         }),
         Message::PipelineSubscribe(PipelineSubscribe {
             pipeline: "service-creation",
@@ -346,10 +347,12 @@ fn messages<'a>(full: &'a [u8], minimal: &'a [u8]) -> Vec<Message<'a>> {
                     hadron_wire::PartitionInfo {
                         partition: 0,
                         shard: 1,
+                        leader: None,
                     },
                     hadron_wire::PartitionInfo {
                         partition: 1,
                         shard: 0,
+                        leader: None,
                     },
                 ],
             }],

@@ -87,11 +87,18 @@ pub enum ErrorCode {
     /// message names the token, the permission and the stream. Nothing was
     /// done; the connection stays open unless the token was revoked.
     Forbidden = 24,
+    /// The node that answered does not lead the partition the request
+    /// names (docs/replication.md section 7). The `Error`'s `leader` says
+    /// where the leader is (node, address, shard port) when the node knows;
+    /// without it an election is in progress: refresh Metadata from any
+    /// node after a backoff. Nothing was done; retry a publish there with
+    /// the same ids. The connection stays open.
+    NotLeader = 25,
 }
 
 impl ErrorCode {
     /// Every known code, in numeric order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::FrameTooLarge,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -116,6 +123,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Damaged,
         ErrorCode::Forbidden,
+        ErrorCode::NotLeader,
     ];
 
     /// The number sent on the wire.
@@ -146,6 +154,7 @@ impl ErrorCode {
             ErrorCode::Timeout => 22,
             ErrorCode::Damaged => 23,
             ErrorCode::Forbidden => 24,
+            ErrorCode::NotLeader => 25,
         }
     }
 
@@ -176,6 +185,7 @@ impl ErrorCode {
             22 => ErrorCode::Timeout,
             23 => ErrorCode::Damaged,
             24 => ErrorCode::Forbidden,
+            25 => ErrorCode::NotLeader,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -222,6 +232,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "Timeout",
             ErrorCode::Damaged => "Damaged",
             ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::NotLeader => "NotLeader",
         }
     }
 }
@@ -251,7 +262,7 @@ mod tests {
     #[test]
     fn numbers_are_stable_and_round_trip() {
         // The numbers are the protocol: this table must only ever grow.
-        let expected: [(ErrorCode, u16); 24] = [
+        let expected: [(ErrorCode, u16); 25] = [
             (ErrorCode::FrameTooLarge, 1),
             (ErrorCode::MalformedFrame, 2),
             (ErrorCode::UnsupportedVersion, 3),
@@ -276,6 +287,7 @@ mod tests {
             (ErrorCode::Timeout, 22),
             (ErrorCode::Damaged, 23),
             (ErrorCode::Forbidden, 24),
+            (ErrorCode::NotLeader, 25),
         ];
         for (code, n) in expected {
             assert_eq!(code.as_u16(), n, "{code}");
@@ -289,7 +301,7 @@ mod tests {
     #[test]
     fn unknown_numbers_do_not_panic() {
         assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
-        assert_eq!(ErrorCode::from_u16(25), ErrorCode::Unknown(25));
+        assert_eq!(ErrorCode::from_u16(26), ErrorCode::Unknown(26));
         assert_eq!(ErrorCode::from_u16(u16::MAX).as_u16(), u16::MAX);
         assert_eq!(ErrorCode::Unknown(999).to_string(), "Unknown (999)");
     }

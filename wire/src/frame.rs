@@ -450,7 +450,8 @@ mod tests {
     }
 
     /// The deepest legal frame, Frame > MetadataOk > StreamInfo >
-    /// PartitionInfo, needs depth 4 and decodes under the default limit.
+    /// PartitionInfo > LeaderHint, needs depth 5 and decodes under the
+    /// default limit.
     #[test]
     fn metadata_ok_is_the_deepest_frame_and_fits_the_default_depth() {
         let frame = frame_of(&Message::MetadataOk(crate::MetadataOk {
@@ -460,12 +461,18 @@ mod tests {
                 partitions: vec![crate::PartitionInfo {
                     partition: 0,
                     shard: 0,
+                    leader: Some(crate::LeaderHint {
+                        node_id: 1,
+                        address: "127.0.0.1:7000",
+                        shard_port: 7001,
+                        term: 1,
+                    }),
                 }],
             }],
             ..crate::MetadataOk::default()
         }));
         let shallow = Limits {
-            depth_max: 3,
+            depth_max: 4,
             ..Limits::DEFAULT
         };
         assert_eq!(
@@ -473,7 +480,7 @@ mod tests {
             DecodeError::Malformed(InvalidFlatbuffer::DepthLimitReached)
         );
         let enough = Limits {
-            depth_max: 4,
+            depth_max: 5,
             ..Limits::DEFAULT
         };
         assert!(decode(&frame[4..], &enough).is_ok());

@@ -37,10 +37,10 @@ pub use frame::{
 pub use generated as fb;
 pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
-    HandshakeOk, Message, Metadata, MetadataOk, Nack, PartitionInfo, PipelineInfo, PipelineRetry,
-    PipelineSubscribe, Publish, PublishOk, PublishResult, Record, StageAck, StageAcks,
-    StageDelivery, StageInput, StageNack, StartPoint, StatusOk, StreamInfo, Subscribe, SubscribeOk,
-    TokenCreate, TokenInfo, TokenListOk, TokenRevoke, TokenScope, encode,
+    HandshakeOk, LeaderHint, Message, Metadata, MetadataOk, Nack, PartitionInfo, PipelineInfo,
+    PipelineRetry, PipelineSubscribe, Publish, PublishOk, PublishResult, Record, StageAck,
+    StageAcks, StageDelivery, StageInput, StageNack, StartPoint, StatusOk, StreamInfo, Subscribe,
+    SubscribeOk, TokenCreate, TokenInfo, TokenListOk, TokenRevoke, TokenScope, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -253,6 +253,12 @@ mod tests {
             16 => Message::Error(ErrorReply {
                 code: ErrorCode::from_u16(rng.next_u64() as u16),
                 message: pool.s(rng),
+                leader: (rng.below(2) == 0).then(|| LeaderHint {
+                    node_id: rng.next_u64(),
+                    address: pool.s(rng),
+                    shard_port: rng.next_u64() as u16,
+                    term: rng.next_u64(),
+                }),
             }),
             17 => Message::PipelineSubscribe(PipelineSubscribe {
                 pipeline: pool.s(rng),
@@ -342,6 +348,12 @@ mod tests {
                                 .map(|partition| PartitionInfo {
                                     partition,
                                     shard: rng.below(usize::from(shards)) as u16,
+                                    leader: (rng.below(2) == 0).then(|| LeaderHint {
+                                        node_id: rng.next_u64(),
+                                        address: pool.s(rng),
+                                        shard_port: rng.next_u64() as u16,
+                                        term: rng.next_u64(),
+                                    }),
                                 })
                                 .collect(),
                         })

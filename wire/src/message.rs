@@ -181,6 +181,43 @@ pub struct StatusOk<'a> {
 pub struct ErrorReply<'a> {
     pub code: ErrorCode,
     pub message: &'a str,
+    /// With `ErrorCode::NotLeader`: the partition's leader, when known.
+    pub leader: Option<LeaderHint<'a>>,
+}
+
+/// Where a partition's leader is: in a `NotLeader` error and in
+/// `PartitionInfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaderHint<'a> {
+    /// The leader's `cluster.nodeId` (1 on a server with no cluster).
+    pub node_id: u64,
+    /// The node's client address, `host:port`.
+    pub address: &'a str,
+    /// The port of the shard holding the partition there; 0: none.
+    pub shard_port: u16,
+    /// The term it leads in; 0 when not known.
+    pub term: u64,
+}
+
+impl<'a> LeaderHint<'a> {
+    fn from_fb(b: &fb::LeaderHint<'a>) -> LeaderHint<'a> {
+        LeaderHint {
+            node_id: b.node_id(),
+            address: b.address(),
+            shard_port: b.shard_port(),
+            term: b.term(),
+        }
+    }
+
+    fn build(&self, fbb: &mut Fbb) -> WIPOffset<fb::LeaderHint<'static>> {
+        let args = fb::LeaderHintArgs {
+            node_id: self.node_id,
+            address: Some(fbb.create_string(self.address)),
+            shard_port: self.shard_port,
+            term: self.term,
+        };
+        fb::LeaderHint::create(fbb, &args)
+    }
 }
 
 /// Register as a handler of one pipeline stage.
@@ -239,12 +276,14 @@ pub struct Metadata<'a> {
     pub streams: Vec<&'a str>,
 }
 
-/// One partition and the shard that owns it.
+/// One partition, the shard that owns it, and its leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PartitionInfo {
+pub struct PartitionInfo<'a> {
     pub partition: u32,
     /// Below `MetadataOk::shards` (checked by `decode`).
     pub shard: u16,
+    /// The leader as the answering node knows it; `None` when not known.
+    pub leader: Option<LeaderHint<'a>>,
 }
 
 /// One stream and its partitions.
@@ -253,7 +292,7 @@ pub struct StreamInfo<'a> {
     pub name: &'a str,
     /// Every partition in order: `partitions[i].partition == i` (checked by
     /// `decode`), so the partition count is the length.
-    pub partitions: Vec<PartitionInfo>,
+    pub partitions: Vec<PartitionInfo<'a>>,
 }
 
 /// One pipeline: its source stream and its stages in declared order.
@@ -562,6 +601,7 @@ impl<'a> Message<'a> {
                 Message::Error(ErrorReply {
                     code: ErrorCode::from_u16(b.code()),
                     message: b.message().unwrap_or_default(),
+                    leader: b.leader().map(|l| LeaderHint::from_fb(&l)),
                 })
             }
             fb::Body::PipelineSubscribe => {
@@ -729,6 +769,7 @@ fn metadata_ok<'a>(request_id: u64, b: &fb::MetadataOk<'a>) -> Result<Message<'a
             partitions.push(PartitionInfo {
                 partition: p.partition(),
                 shard: p.shard(),
+                leader: p.leader().map(|l| LeaderHint::from_fb(&l)),
             });
         }
         streams.push(StreamInfo {
@@ -1084,9 +1125,11 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
             (fb::Body::StatusOk, t.as_union_value())
         }
         Message::Error(m) => {
+            let leader = m.leader.map(|l| l.build(fbb));
             let args = fb::ErrorArgs {
                 code: m.code.as_u16(),
                 message: opt_str(fbb, m.message),
+                leader,
             };
             let t = fb::Error::create(fbb, &args);
             (fb::Body::Error, t.as_union_value())
@@ -1188,9 +1231,11 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
                         .partitions
                         .iter()
                         .map(|p| {
+                            let leader = p.leader.map(|l| l.build(fbb));
                             let args = fb::PartitionInfoArgs {
                                 partition: p.partition,
                                 shard: p.shard,
+                                leader,
                             };
                             fb::PartitionInfo::create(fbb, &args)
                         })
@@ -1339,6 +1384,7 @@ pub(crate) mod tests {
             Message::Error(ErrorReply {
                 code: ErrorCode::UnknownStream,
                 message: "no stream named \"evnts\"",
+                leader: None,
             }),
             Message::PipelineSubscribe(PipelineSubscribe {
                 pipeline: "service-creation",
@@ -1432,11 +1478,18 @@ pub(crate) mod tests {
     /// A `MetadataOk` of two shards: two streams (one of three
     /// partitions, placed as `shard_of` places them) and a pipeline.
     pub(crate) fn sample_metadata_ok() -> Message<'static> {
-        let partitions = |stream: &str, n: u32| -> Vec<PartitionInfo> {
+        let partitions = |stream: &str, n: u32| -> Vec<PartitionInfo<'static>> {
             (0..n)
                 .map(|partition| PartitionInfo {
                     partition,
                     shard: crate::shard_of(stream, partition, 2),
+                    // One partition whose leader is not known (an election).
+                    leader: (partition != 2).then_some(LeaderHint {
+                        node_id: 1,
+                        address: "127.0.0.1:7000",
+                        shard_port: 7001 + crate::shard_of(stream, partition, 2),
+                        term: 1,
+                    }),
                 })
                 .collect()
         };
@@ -1524,6 +1577,12 @@ pub(crate) mod tests {
             Message::Error(ErrorReply {
                 code: ErrorCode::Unknown(4242),
                 message: "",
+                leader: None,
+            }),
+            Message::Error(ErrorReply {
+                code: ErrorCode::NotLeader,
+                message: "",
+                leader: Some(LeaderHint::default()),
             }),
             Message::PipelineSubscribe(PipelineSubscribe::default()),
             Message::StageDelivery(StageDelivery::default()),
@@ -1632,6 +1691,54 @@ pub(crate) mod tests {
             );
             assert_eq!(err.code(), ErrorCode::InvalidRequest);
         }
+    }
+
+    /// `NotLeader` carries the leader when known and decodes without it
+    /// too; an older frame (no `leader` field) reads as `None`.
+    #[test]
+    fn not_leader_error_round_trips_with_and_without_its_hint() {
+        let hint = LeaderHint {
+            node_id: 3,
+            address: "10.0.0.3:7000",
+            shard_port: 7002,
+            term: 7,
+        };
+        for leader in [Some(hint), None] {
+            let message = Message::Error(ErrorReply {
+                code: ErrorCode::NotLeader,
+                message: "node 2 does not lead events/0",
+                leader,
+            });
+            let frame = encode(5, &message).unwrap();
+            let decoded = crate::decode(&frame[4..], &Limits::DEFAULT).unwrap();
+            assert_eq!(decoded.request_id, 5);
+            assert_eq!(decoded.message, message);
+            let Message::Error(e) = decoded.message else {
+                unreachable!()
+            };
+            assert_eq!(e.code.as_u16(), 25);
+            assert_eq!(e.leader.map(|l| l.address), leader.map(|l| l.address));
+        }
+    }
+
+    /// A `MetadataOk` partition's leader round-trips, and its absence (an
+    /// election, or an older server) reads as `None`.
+    #[test]
+    fn metadata_partition_leaders_round_trip() {
+        let message = sample_metadata_ok();
+        let frame = encode(2, &message).unwrap();
+        let decoded = crate::decode(&frame[4..], &Limits::DEFAULT).unwrap();
+        let Message::MetadataOk(ok) = decoded.message else {
+            panic!("not MetadataOk: {:?}", decoded.message)
+        };
+        let orders = &ok.streams[1].partitions;
+        assert_eq!(orders[0].leader.map(|l| l.node_id), Some(1));
+        assert_eq!(
+            orders[1].leader.map(|l| (l.address, l.shard_port, l.term)),
+            Some(("127.0.0.1:7000", 7001 + crate::shard_of("orders", 1, 2), 1))
+        );
+        assert_eq!(orders[2].leader, None);
+        assert_eq!(Message::MetadataOk(ok), message);
     }
 
     #[test]

@@ -52,6 +52,7 @@
 //! - `tests/`: whole-module tests by topic (pipelines, documents, settings,
 //!   bounds), sharing the seed's documents in `tests/mod.rs`.
 
+pub mod cluster;
 pub mod document;
 pub mod error;
 pub mod name;

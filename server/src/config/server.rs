@@ -50,6 +50,12 @@
 //!   key: /etc/hadron/server.key    # PEM private key of the certificate
 //!   clientCa: /etc/hadron/ca.pem   # optional: require client certificates
 //!                                  # signed by these CAs (mutual TLS)
+//! cluster:                    # default: none, a single node (node id 1)
+//!   nodeId: 1                 # this node, one of `peers`
+//!   peers:                    # every node, this one included; ids >= 1,
+//!     - { id: 1, address: "10.0.0.1:7000" }  # unique; addresses distinct;
+//!     - { id: 2, address: "10.0.0.2:7000" }  # at most clusterNodesMax (64)
+//!     - { id: 3, address: "10.0.0.3:7000" }
 //! ```
 //!
 //! With `tls`, every port speaks only TLS (clients use `https://` URLs);
@@ -57,7 +63,12 @@
 //! handshake counts against `connectionsMax` and must end, with the Hadron
 //! handshake after it, within `handshakeTimeoutMs`.
 //!
-//! The last four bound what one `hadron apply` can make the server do; an
+//! Clusters are not built yet: a `cluster:` that lists more than this node
+//! is validated (`--check-config` accepts it) but the server refuses to
+//! start with it. See `cluster.rs` and docs/replication.md.
+//!
+//! `applyBytesMax`, `streamsMax`, `partitionsMax`, `pipelinesMax` and
+//! `tokensMax` bound what one `hadron apply` can make the server do; an
 //! apply over one is answered `LimitExceeded` with the setting and its value
 //! and changes nothing. Their defaults suit a 2-core, 24 GiB machine: 1 MiB
 //! of YAML parses in well under a second; each partition and each pipeline
@@ -87,6 +98,7 @@ use hadron_engine::storage::IO_ALIGN_BYTES;
 use serde::Deserialize;
 
 use super::API_VERSION;
+use super::cluster::{ClusterConfig, NODE_ID_SINGLE};
 use super::error::{ConfigError, Problem, ResourceKind};
 use super::stream::{DEDUP_WINDOW_MS_MAX, RetentionSpec};
 use super::tls::TlsFiles;
@@ -292,6 +304,8 @@ pub struct ServerConfig {
     pub tokens_max: u32,
     /// TLS on every port; `None` for plain TCP.
     pub tls: Option<TlsFiles>,
+    /// `cluster:`; `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A handshake token: a shared secret, never printed.
@@ -366,11 +380,36 @@ impl Default for ServerConfig {
             pipelines_max: PIPELINES_MAX_DEFAULT,
             tokens_max: TOKENS_MAX_DEFAULT,
             tls: None,
+            cluster: None,
         }
     }
 }
 
 impl ServerConfig {
+    /// This node's id: `cluster.nodeId`, or [`NODE_ID_SINGLE`] without a
+    /// cluster.
+    pub fn node_id(&self) -> u64 {
+        self.cluster.as_ref().map_or(NODE_ID_SINGLE, |c| c.node_id)
+    }
+
+    /// The nodes of the cluster: 1 without one.
+    pub fn cluster_nodes(&self) -> usize {
+        self.cluster.as_ref().map_or(1, ClusterConfig::nodes)
+    }
+
+    /// The problem with `stream`'s `replicas` on this server, if any
+    /// (the Stream's name and `spec.replicas` in the error).
+    pub fn check_stream_replicas(&self, stream: &super::StreamSpec) -> Result<(), ConfigError> {
+        let Some(replicas) = stream.replicas else {
+            return Ok(());
+        };
+        let fsync_always = self.fsync == FsyncPolicy::Always;
+        match super::cluster::replicas_error(replicas, self.cluster_nodes(), fsync_always) {
+            Some(e) => Err(e.in_resource(ResourceKind::Stream, Some(&stream.name))),
+            None => Ok(()),
+        }
+    }
+
     /// The port shard `shard_id` listens on, when `shardPorts` is on.
     pub fn shard_port(&self, shard_id: u16) -> Option<u16> {
         if self.shard_ports {
@@ -443,6 +482,7 @@ pub(super) struct ServerConfigDoc {
     pipelines_max: Option<u32>,
     tokens_max: Option<u32>,
     tls: Option<TlsFiles>,
+    cluster: Option<ClusterConfig>,
 }
 
 impl ServerConfigDoc {
@@ -522,6 +562,7 @@ impl ServerConfigDoc {
             pipelines_max: self.pipelines_max.unwrap_or(defaults.pipelines_max),
             tokens_max: self.tokens_max.unwrap_or(defaults.tokens_max),
             tls: self.tls,
+            cluster: self.cluster,
         };
         config.validate()?;
         Ok(config)

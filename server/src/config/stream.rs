@@ -11,6 +11,10 @@
 //!     maxBytes: 10737418240    # per partition
 //!   dedupWindowMs: 120000      # default: the server's `dedupWindowMs`; 0 = off
 //!   dedupKeysMax: 2097152      # default: the server's `dedupKeysMax`
+//!   replicas: 3                # copies of each partition on distinct nodes:
+//!                              # default 1, 3 in a cluster of 3+ nodes; at
+//!                              # most the node count and 5; above 1 needs
+//!                              # `fsync: always` (config/cluster.rs)
 //! ```
 //!
 //! The dedup window remembers the `(source, id)` of each event published in
@@ -73,6 +77,11 @@ pub struct StreamSpec {
     /// server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_keys_max: Option<u64>,
+    /// Copies of each partition, on distinct nodes; `None` takes the
+    /// cluster's default (`cluster::replicas_default`). Checked against
+    /// the server by `ServerConfig::check_stream_replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 /// Which sealed segments of a partition may be deleted. Both limits are
@@ -135,6 +144,7 @@ impl StreamSpec {
             retention: None,
             dedup_window_ms: None,
             dedup_keys_max: None,
+            replicas: None,
         }
     }
 

@@ -203,6 +203,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .into_iter()
             .partition(|r| matches!(r, Resource::Stream(_)));
         for resource in streams.into_iter().chain(pipelines) {
+            if let Resource::Stream(spec) = &resource
+                && let Err(e) = self.settings.config.check_stream_replicas(spec)
+            {
+                return Reply::Failed(Error::InvalidConfig(e));
+            }
             match next.put(resource) {
                 Ok(line) => summary.push(line),
                 Err(e) => return Reply::Failed(e),

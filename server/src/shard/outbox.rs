@@ -116,13 +116,18 @@ impl Outbox {
         let (code, message) = (e.code(), e.to_string());
         super::metrics::refused(code);
         let message = message.as_str();
-        let reply = Message::Error(ErrorReply { code, message });
+        let reply = Message::Error(ErrorReply {
+            code,
+            message,
+            leader: None,
+        });
         // An error message that does not fit a frame is cut rather than
         // lost.
         if self.try_send(request_id, &reply).is_err() {
             let reply = Message::Error(ErrorReply {
                 code,
                 message: &message[..message.floor_char_boundary(1024)],
+                leader: None,
             });
             let _ = self.try_send(request_id, &reply);
         }

@@ -30,6 +30,9 @@ impl ServerConfig {
         errors.extend(self.apply_limit_errors());
         errors.extend(self.token_errors());
         errors.extend(self.connection_errors());
+        if let Some(cluster) = &self.cluster {
+            errors.extend(cluster.errors());
+        }
         errors
             .into_iter()
             .map(|e| e.in_resource(ResourceKind::ServerConfig, None))

@@ -258,6 +258,7 @@ fn rich_resources() -> Vec<Resource> {
         }),
         dedup_window_ms: Some(1000),
         dedup_keys_max: Some(500_000),
+        replicas: None,
     };
     vec![
         Resource::Stream(stream),

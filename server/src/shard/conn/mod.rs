@@ -313,6 +313,7 @@ async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, connections_max: u32) {
     let reply = Message::Error(hadron_wire::ErrorReply {
         code: e.code(),
         message: &message,
+        leader: None,
     });
     super::metrics::refused(e.code());
     if let Ok(frame) = outbox::encode(0, &reply) {

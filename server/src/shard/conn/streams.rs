@@ -106,15 +106,33 @@ pub(super) fn metadata(shard: &Shard, names: &[String]) -> Encode {
         (streams, pipelines)
     };
     let (shards, shard_ports) = (shard.shards, shard_ports(shard));
+    // A server with no cluster leads every partition itself, in term 1
+    // (docs/replication.md section 12): it names itself, by its `listen`
+    // address (a client replaces an unspecified IP with the host it
+    // dialled).
+    let node_id = shard.settings.config.node_id();
+    let address = shard.settings.config.listen.to_string();
     Box::new(move |id, outbox: &Outbox| {
         let streams = streams
             .iter()
             .map(|(name, partitions)| hadron_wire::StreamInfo {
                 name,
                 partitions: (0..*partitions)
-                    .map(|partition| hadron_wire::PartitionInfo {
-                        partition,
-                        shard: hadron_wire::shard_of(name, partition, shards),
+                    .map(|partition| {
+                        let shard = hadron_wire::shard_of(name, partition, shards);
+                        hadron_wire::PartitionInfo {
+                            partition,
+                            shard,
+                            leader: Some(hadron_wire::LeaderHint {
+                                node_id,
+                                address: &address,
+                                shard_port: shard_ports
+                                    .get(usize::from(shard))
+                                    .copied()
+                                    .unwrap_or(0),
+                                term: 1,
+                            }),
+                        }
                     })
                     .collect(),
             })

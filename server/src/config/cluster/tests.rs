@@ -1,0 +1,228 @@
+//! `cluster:` and `replicas:` rules, each with the field its error names.
+
+use super::*;
+use crate::config::{FsyncPolicy, ServerConfig, StreamSpec, parse_config_file};
+
+fn three() -> ClusterConfig {
+    ClusterConfig {
+        node_id: 2,
+        peers: (1..=3)
+            .map(|id| PeerSpec {
+                id,
+                address: format!("10.0.0.{id}:7000"),
+            })
+            .collect(),
+    }
+}
+
+/// The paths of every error, in order.
+fn paths(c: &ClusterConfig) -> Vec<String> {
+    c.errors().into_iter().map(|e| e.path).collect()
+}
+
+#[test]
+fn a_three_node_cluster_from_yaml_is_valid_and_names_its_node() {
+    let yaml = "cluster:\n  nodeId: 2\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n    - { id: 3, address: \"node3.example:7000\" }\n";
+    let (config, _) = parse_config_file(yaml).unwrap();
+    let cluster = config.cluster.as_ref().unwrap();
+    assert_eq!(config.node_id(), 2);
+    assert_eq!(config.cluster_nodes(), 3);
+    assert_eq!(cluster.peers[2].address, "node3.example:7000");
+    assert_eq!(ServerConfig::default().node_id(), NODE_ID_SINGLE);
+    assert_eq!(ServerConfig::default().cluster_nodes(), 1);
+}
+
+#[test]
+fn node_ids_must_be_unique_and_nonzero() {
+    let mut c = three();
+    c.peers[2].id = 1;
+    assert_eq!(paths(&c), ["cluster.peers[2].id"]);
+    assert!(
+        c.errors()[0]
+            .to_string()
+            .contains("node id 1 is also peers[0]'s")
+    );
+    let mut c = three();
+    c.peers[0].id = 0;
+    assert_eq!(paths(&c), ["cluster.peers[0].id"]);
+    let mut c = three();
+    c.node_id = 0;
+    assert_eq!(paths(&c), ["cluster.nodeId"]);
+}
+
+#[test]
+fn own_node_id_must_be_among_the_peers() {
+    let mut c = three();
+    c.node_id = 4;
+    let errors = c.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].path, "cluster.nodeId");
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("node 4 is not among cluster.peers"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn peer_addresses_must_be_distinct_and_host_port() {
+    let mut c = three();
+    c.peers[1].address = "10.0.0.1:7000".into();
+    assert_eq!(paths(&c), ["cluster.peers[1].address"]);
+    for bad in [
+        "10.0.0.2",
+        ":7000",
+        "10.0.0.2:0",
+        "10.0.0.2:70000",
+        "10.0.0.2:x",
+        "a b:7000",
+        "::1:7000",
+        "[]:7000",
+        "[::1:7000",
+    ] {
+        let mut c = three();
+        c.peers[1].address = bad.into();
+        assert_eq!(paths(&c), ["cluster.peers[1].address"], "{bad}");
+    }
+    let mut c = three();
+    c.peers[1].address = "x".repeat(PEER_ADDRESS_BYTES_MAX) + ":7000";
+    assert_eq!(paths(&c), ["cluster.peers[1].address"]);
+    for good in ["[::1]:7001", "localhost:7002", "node-2.example.org:7000"] {
+        let mut c = three();
+        c.peers[1].address = good.into();
+        assert!(c.errors().is_empty(), "{good}: {:?}", c.errors());
+    }
+}
+
+#[test]
+fn at_most_cluster_nodes_max_peers_and_at_least_one() {
+    let mut c = three();
+    c.node_id = 1;
+    c.peers = (1..=CLUSTER_NODES_MAX as u64 + 1)
+        .map(|id| PeerSpec {
+            id,
+            address: format!("10.0.{}.{}:7000", id / 256, id % 256),
+        })
+        .collect();
+    assert_eq!(paths(&c), ["cluster.peers"]);
+    c.peers.pop();
+    assert!(c.errors().is_empty(), "{:?}", c.errors());
+    c.peers.clear();
+    assert_eq!(paths(&c), ["cluster.peers", "cluster.nodeId"]);
+}
+
+#[test]
+fn errors_name_the_server_config_and_unknown_fields_are_refused() {
+    let yaml = "cluster:\n  nodeId: 5\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n";
+    let e = parse_config_file(yaml).unwrap_err();
+    assert_eq!(e.path, "cluster.nodeId");
+    assert!(e.to_string().contains("ServerConfig"), "{e}");
+    let yaml = "cluster:\n  nodeId: 1\n  peers: []\n  extra: 1\n";
+    assert!(parse_config_file(yaml).is_err());
+}
+
+#[test]
+fn a_cluster_of_more_than_one_node_is_refused_at_start_but_one_is_not() {
+    let e = three().check_startable().unwrap_err();
+    assert!(e.contains("clusters are not built yet"), "{e}");
+    assert!(e.contains("--check-config"), "{e}");
+    let mut one = three();
+    one.node_id = 1;
+    one.peers.truncate(1);
+    assert_eq!(one.check_startable(), Ok(()));
+}
+
+#[test]
+fn replicas_default_is_one_below_three_nodes_and_three_from_three() {
+    assert_eq!(replicas_default(1), 1);
+    assert_eq!(replicas_default(2), 1);
+    assert_eq!(replicas_default(3), 3);
+    assert_eq!(replicas_default(7), 3);
+}
+
+fn stream(replicas: Option<u32>) -> StreamSpec {
+    StreamSpec {
+        replicas,
+        ..StreamSpec::with_defaults("orders")
+    }
+}
+
+#[test]
+fn replicas_are_at_most_the_node_count_and_replicas_max() {
+    let single = ServerConfig::default();
+    assert_eq!(single.check_stream_replicas(&stream(None)), Ok(()));
+    assert_eq!(single.check_stream_replicas(&stream(Some(1))), Ok(()));
+    let e = single.check_stream_replicas(&stream(Some(2))).unwrap_err();
+    assert_eq!(e.path, "spec.replicas");
+    assert!(
+        e.to_string()
+            .starts_with("Stream \"orders\": spec.replicas"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("allowed 1 to 1"), "{e}");
+    let e = single.check_stream_replicas(&stream(Some(0))).unwrap_err();
+    assert_eq!(e.path, "spec.replicas");
+    let clustered = ServerConfig {
+        cluster: Some(three()),
+        ..ServerConfig::default()
+    };
+    assert_eq!(clustered.check_stream_replicas(&stream(Some(3))), Ok(()));
+    let e = clustered
+        .check_stream_replicas(&stream(Some(4)))
+        .unwrap_err();
+    assert!(e.to_string().contains("allowed 1 to 3"), "{e}");
+    let mut big = three();
+    big.peers = (1..=7)
+        .map(|id| PeerSpec {
+            id,
+            address: format!("10.0.0.{id}:7000"),
+        })
+        .collect();
+    let seven = ServerConfig {
+        cluster: Some(big),
+        ..ServerConfig::default()
+    };
+    assert_eq!(
+        seven.check_stream_replicas(&stream(Some(REPLICAS_MAX))),
+        Ok(())
+    );
+    let e = seven
+        .check_stream_replicas(&stream(Some(REPLICAS_MAX + 1)))
+        .unwrap_err();
+    assert!(e.to_string().contains("allowed 1 to 5"), "{e}");
+}
+
+#[test]
+fn replicas_above_one_need_fsync_always() {
+    for fsync in [
+        FsyncPolicy::Never,
+        FsyncPolicy::Interval { interval_ms: 100 },
+    ] {
+        let config = ServerConfig {
+            cluster: Some(three()),
+            fsync,
+            ..ServerConfig::default()
+        };
+        let e = config.check_stream_replicas(&stream(Some(3))).unwrap_err();
+        assert_eq!(e.path, "spec.replicas");
+        assert!(e.to_string().contains("fsync: always"), "{e}");
+        assert_eq!(config.check_stream_replicas(&stream(Some(1))), Ok(()));
+    }
+}
+
+#[test]
+fn stream_replicas_parse_and_persist_only_when_set() {
+    let yaml = "{}\n---\napiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: { name: orders }\nspec: { replicas: 3 }\n";
+    let (_, resources) = parse_config_file(yaml).unwrap();
+    let crate::config::Resource::Stream(s) = &resources[0] else {
+        panic!("not a stream: {resources:?}")
+    };
+    assert_eq!(s.replicas, Some(3));
+    let plain = crate::config::to_yaml(&crate::config::Resource::Stream(
+        StreamSpec::with_defaults("orders"),
+    ))
+    .unwrap();
+    assert!(!plain.contains("replicas"), "{plain}");
+}
