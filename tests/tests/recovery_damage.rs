@@ -17,16 +17,21 @@ use hadron_tests::{Server, create_stream, fetch_all, run_cli};
 use hadron_wire::ErrorCode;
 
 /// Where each batch of a segment file starts, up to its zero-filled end
-/// (header: magic "HDRB" at 0, payload bytes as a u32 at 12, 40 bytes long).
+/// (header: magic "HDRB" at 0, the version at 8, payload bytes as a u32 at
+/// 12; 56 bytes long in version 2, 40 in version 1).
 fn batch_positions(segment: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + 40 <= segment.len() && &segment[at..at + 4] == b"HDRB" {
         out.push(at);
         let payload = u32::from_le_bytes(segment[at + 12..at + 16].try_into().unwrap());
-        at += 40 + payload as usize;
+        at += header_bytes(segment, at) + payload as usize;
     }
     out
+}
+
+fn header_bytes(segment: &[u8], at: usize) -> usize {
+    if segment[at + 8] == 1 { 40 } else { 56 }
 }
 
 fn segment_path(log_dir: &Path) -> PathBuf {
@@ -71,7 +76,7 @@ async fn a_flipped_byte_makes_the_partition_read_only_until_hadron_repair() {
     bytes[damaged_at + 60] ^= 0x08;
     std::fs::write(&segment, &bytes).unwrap();
     let data_end = positions[EVENTS as usize - 1]
-        + 40
+        + header_bytes(&bytes, positions[199])
         + u32::from_le_bytes(
             bytes[positions[199] + 12..positions[199] + 16]
                 .try_into()

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::batch::{self, BATCH_RECORDS_MAX};
+use super::batch::{self, BATCH_RECORDS_MAX, BatchKind, BatchStamp};
 use super::index::{self, IndexEntry};
 use super::segment::{Segment, SegmentIndex};
 use super::{AppendError, Appended, Durability, Log, elapsed_us};
@@ -213,14 +213,21 @@ impl<S: Storage> Log<S> {
         let base_offset = st.next_offset;
         let needs_roll = {
             let active = st.segments.values().next_back();
-            active.is_some_and(|s| s.end > 0 && s.end + len as u64 > self.config.segment_bytes)
+            // A version-1 segment (left by an older server) takes no
+            // version-2 batches: each segment holds one version.
+            active.is_some_and(|s| {
+                s.end > 0
+                    && (s.end + len as u64 > self.config.segment_bytes
+                        || s.version != batch::BATCH_VERSION)
+            })
         };
         if needs_roll {
             if let Some(active) = st.segments.values_mut().next_back() {
                 active.sealed = true;
             }
-            st.segments
-                .insert(base_offset, Segment::new(&self.dir, base_offset));
+            let mut segment = Segment::new(&self.dir, base_offset);
+            segment.base_index = st.next_index;
+            st.segments.insert(base_offset, segment);
         }
         let Some(seg) = st.segments.values_mut().next_back() else {
             unreachable!("a log always has an active segment");
@@ -243,7 +250,14 @@ impl<S: Storage> Log<S> {
             }
         }
         let before = seg.buf.len();
-        batch::encode_into(&mut seg.buf, base_offset, timestamp_ms, records);
+        let stamp = BatchStamp {
+            kind: BatchKind::Events,
+            base_offset,
+            first_timestamp_ms: timestamp_ms,
+            term: st.term,
+            raft_index: st.next_index,
+        };
+        batch::encode_into(&mut seg.buf, &stamp, records);
         assert_eq!(seg.buf.len() - before, len);
         seg.end += len as u64;
         assert_eq!(seg.buf_position + seg.buf.len() as u64, seg.end);
@@ -251,6 +265,8 @@ impl<S: Storage> Log<S> {
         seg.next_offset += count;
         seg.max_timestamp_ms = seg.max_timestamp_ms.max(timestamp_ms);
         st.next_offset += count;
+        st.next_index += 1;
+        seg.next_index = st.next_index;
         st.pending_bytes += len;
         Appended {
             base_offset,

@@ -25,16 +25,33 @@
 //!  0      4      8     10    12      16     24            32           40
 //!  +------+------+-----+-----+-------+------+-------------+------------+
 //!  |magic |crc32 |ver  |flags|gaps   |seq   |start_offset |active_base |
-//!  |"HDRM"|      | 1   |     |count  |      |             |            |
+//!  |"HDRM"|      | 2   |     |count  |      |             |            |
 //!  +------+------+-----+-----+-------+------+-------------+------------+
 //!  40                48              56           64               72
 //!  +-----------------+---------------+------------+----------------+
 //!  |durable_position |durable_next   |next_floor  |tear_bytes_max  |
 //!  +-----------------+---------------+------------+----------------+
-//!  72: gaps_count x ( from u64 | to u64 ), then zeros to 4096
+//!  72: gaps_count x ( from u64 | to u64 ), then zeros to 3072
+//!
+//!  version 2 adds the Raft state at 3072 (version 1 ends at the gaps):
+//!  3072   3080   3088    3096          3104              3112
+//!  +------+------+-------+-------------+-----------------+
+//!  |term  |vote  |commit |start_index  |active_base_index|
+//!  +------+------+-------+-------------+-----------------+
+//!  3112: conf_count u16 x 4 (voters, learners, voters_outgoing,
+//!        learners_next, each at most CONF_IDS_MAX), 3120: auto_leave u8,
+//!  3121..3128: zero, 3128: the ids, u64 each, list after list
 //! ```
 //!
-//! - `crc32` (crc32fast) covers bytes 8..(72 + 16 x gaps_count).
+//! - `crc32` (crc32fast) covers bytes 8..(72 + 16 x gaps_count) and, in
+//!   version 2, bytes 3072..(3128 + 8 x ids).
+//! - `term`, `vote`, `commit`: Raft's hard state; the conf state's lists:
+//!   Raft's conf state as of the last conf change applied.
+//! - `start_index`: the Raft index of the log's first batch (0: not known,
+//!   a log whose start holds version-1 batches).
+//! - `active_base_index`: the Raft index of segment `active_base`'s first
+//!   batch, written with `active_base`: the next index of a log whose
+//!   active segment is empty.
 //! - `flags` bit 0: `active_base` is set (a segment file was created).
 //! - `durable_position`/`durable_next`: bytes and the next offset of
 //!   segment `active_base` known durable.
@@ -52,7 +69,14 @@ use crate::storage::{IO_ALIGN_BYTES, Storage, StorageFile, Writes};
 pub const META_FILE: &str = "log.meta";
 /// `b"HDRM"` read as a little-endian `u32`.
 const META_MAGIC: u32 = u32::from_le_bytes(*b"HDRM");
-const META_VERSION: u16 = 1;
+const META_VERSION: u16 = 2;
+const META_VERSION_V1: u16 = 1;
+/// Where version 2's Raft area begins.
+const RAFT_AT: usize = 3072;
+const RAFT_FIXED_BYTES: usize = 56;
+/// Most ids in each list of the conf state (raft-rs's replicas of one
+/// group; Hadron allows at most 7).
+pub const CONF_IDS_MAX: usize = 16;
 const SLOT_BYTES: usize = IO_ALIGN_BYTES as usize;
 const FIXED_BYTES: usize = 72;
 const GAP_BYTES: usize = 16;
@@ -61,7 +85,117 @@ const GAP_BYTES: usize = 16;
 pub const REPAIR_GAPS_MAX: usize = 128;
 const FLAG_ACTIVE: u16 = 1;
 
-const _: () = assert!(FIXED_BYTES + REPAIR_GAPS_MAX * GAP_BYTES <= SLOT_BYTES);
+const _: () = assert!(FIXED_BYTES + REPAIR_GAPS_MAX * GAP_BYTES <= RAFT_AT);
+const _: () = assert!(RAFT_AT + RAFT_FIXED_BYTES + 4 * CONF_IDS_MAX * 8 <= SLOT_BYTES);
+
+/// Raft's state for the log's group, in `log.meta` version 2 (all zero when
+/// read from version 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftMeta {
+    /// Hard state: the current term, the vote in it (0: none), the commit
+    /// index.
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+    /// The Raft index of the log's first batch (0: not known).
+    pub start_index: u64,
+    /// The Raft index of segment `active_base`'s first batch.
+    pub active_base_index: u64,
+    /// Conf state: each list at most [`CONF_IDS_MAX`] ids.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub voters_outgoing: Vec<u64>,
+    pub learners_next: Vec<u64>,
+    pub auto_leave: bool,
+}
+
+impl RaftMeta {
+    fn lists(&self) -> [&Vec<u64>; 4] {
+        [
+            &self.voters,
+            &self.learners,
+            &self.voters_outgoing,
+            &self.learners_next,
+        ]
+    }
+
+    /// Writes the area into `slot` and returns where it ends.
+    fn encode(&self, slot: &mut [u8]) -> usize {
+        for (i, v) in [
+            self.term,
+            self.vote,
+            self.commit,
+            self.start_index,
+            self.active_base_index,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = RAFT_AT + 8 * i;
+            slot[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let mut at = RAFT_AT + RAFT_FIXED_BYTES;
+        for (i, list) in self.lists().into_iter().enumerate() {
+            assert!(list.len() <= CONF_IDS_MAX);
+            let c = RAFT_AT + 40 + 2 * i;
+            slot[c..c + 2].copy_from_slice(&(list.len() as u16).to_le_bytes());
+            for id in list {
+                slot[at..at + 8].copy_from_slice(&id.to_le_bytes());
+                at += 8;
+            }
+        }
+        slot[RAFT_AT + 48] = u8::from(self.auto_leave);
+        at
+    }
+
+    /// Reads the area of `slot`; `None` when a count is over the limit or
+    /// a reserved byte is set. Returns where it ends.
+    fn decode(slot: &[u8]) -> Option<(RaftMeta, usize)> {
+        let u64_at = |at: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&slot[at..at + 8]);
+            u64::from_le_bytes(x)
+        };
+        let mut at = RAFT_AT + RAFT_FIXED_BYTES;
+        let mut lists: [Vec<u64>; 4] = Default::default();
+        for (i, list) in lists.iter_mut().enumerate() {
+            let c = RAFT_AT + 40 + 2 * i;
+            let n = usize::from(u16::from_le_bytes([slot[c], slot[c + 1]]));
+            if n > CONF_IDS_MAX {
+                return None;
+            }
+            for _ in 0..n {
+                list.push(u64_at(at));
+                at += 8;
+            }
+        }
+        let auto_leave = match slot[RAFT_AT + 48] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        if slot[RAFT_AT + 49..RAFT_AT + RAFT_FIXED_BYTES]
+            .iter()
+            .any(|&b| b != 0)
+        {
+            return None;
+        }
+        let [voters, learners, voters_outgoing, learners_next] = lists;
+        let raft = RaftMeta {
+            term: u64_at(RAFT_AT),
+            vote: u64_at(RAFT_AT + 8),
+            commit: u64_at(RAFT_AT + 16),
+            start_index: u64_at(RAFT_AT + 24),
+            active_base_index: u64_at(RAFT_AT + 32),
+            voters,
+            learners,
+            voters_outgoing,
+            learners_next,
+            auto_leave,
+        };
+        Some((raft, at))
+    }
+}
 
 /// What `log.meta` holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,6 +218,8 @@ pub struct LogMeta {
     /// Offset ranges `from..to` that repair skipped: a segment ending at
     /// `from` may be followed by one beginning at `to`.
     pub gaps: Vec<(u64, u64)>,
+    /// Raft's state (version 2).
+    pub raft: RaftMeta,
 }
 
 impl LogMeta {
@@ -116,7 +252,23 @@ impl LogMeta {
             out[at + 8..at + 16].copy_from_slice(&to.to_le_bytes());
             at += GAP_BYTES;
         }
-        let crc = crc32fast::hash(&out[8..at]);
+        let raft_end = self.raft.encode(&mut out);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&out[8..at]);
+        crc.update(&out[RAFT_AT..raft_end]);
+        out[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        out
+    }
+
+    /// Version 1's encoding, as before replication, kept to produce
+    /// version-1 slots for the tests that prove they are still read.
+    #[cfg(test)]
+    pub(super) fn encode_v1(&self) -> Vec<u8> {
+        let mut out = self.encode();
+        out[RAFT_AT..].fill(0);
+        out[8..10].copy_from_slice(&META_VERSION_V1.to_le_bytes());
+        let end = FIXED_BYTES + self.gaps.len() * GAP_BYTES;
+        let crc = crc32fast::hash(&out[8..end]);
         out[4..8].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -128,10 +280,11 @@ impl LogMeta {
             x.copy_from_slice(&slot[at..at + 8]);
             u64::from_le_bytes(x)
         };
-        if slot.len() < SLOT_BYTES
-            || slot[0..4] != META_MAGIC.to_le_bytes()
-            || slot[8..10] != META_VERSION.to_le_bytes()
-        {
+        if slot.len() < SLOT_BYTES || slot[0..4] != META_MAGIC.to_le_bytes() {
+            return None;
+        }
+        let version = u16::from_le_bytes([slot[8], slot[9]]);
+        if version != META_VERSION && version != META_VERSION_V1 {
             return None;
         }
         let flags = u16::from_le_bytes([slot[10], slot[11]]);
@@ -141,7 +294,16 @@ impl LogMeta {
         }
         let end = FIXED_BYTES + gaps * GAP_BYTES;
         let crc = u32::from_le_bytes([slot[4], slot[5], slot[6], slot[7]]);
-        if crc32fast::hash(&slot[8..end]) != crc {
+        let mut computed = crc32fast::Hasher::new();
+        computed.update(&slot[8..end]);
+        let raft = if version == META_VERSION {
+            let (raft, raft_end) = RaftMeta::decode(slot)?;
+            computed.update(&slot[RAFT_AT..raft_end]);
+            raft
+        } else {
+            RaftMeta::default()
+        };
+        if computed.finalize() != crc {
             return None;
         }
         Some(LogMeta {
@@ -158,6 +320,7 @@ impl LogMeta {
                     (u64_at(at), u64_at(at + 8))
                 })
                 .collect(),
+            raft,
         })
     }
 
@@ -240,10 +403,22 @@ mod tests {
             next_floor: 3,
             tear_bytes_max: u64::MAX,
             gaps: vec![(100, 200), (300, 310)],
+            raft: RaftMeta {
+                term: 4,
+                vote: 2,
+                commit: 99,
+                start_index: 1,
+                active_base_index: 57,
+                voters: vec![1, 2, 3],
+                learners: vec![4],
+                voters_outgoing: vec![1, 2, 5],
+                learners_next: vec![],
+                auto_leave: true,
+            },
         };
         let bytes = meta.encode();
         assert_eq!(LogMeta::decode(&bytes), Some(meta.clone()));
-        for at in [0, 5, 9, 20, 33, 72, 90] {
+        for at in [0, 5, 9, 20, 33, 72, 90, 3072, 3100, 3112, 3120, 3130, 3180] {
             let mut bad = bytes.clone();
             bad[at] ^= 0x10;
             assert_eq!(LogMeta::decode(&bad), None, "flip at {at}");
@@ -253,5 +428,37 @@ mod tests {
             ..meta
         };
         assert_eq!(LogMeta::decode(&none.encode()), Some(none));
+    }
+
+    #[test]
+    fn a_version_1_slot_still_reads_with_no_raft_state() {
+        let meta = LogMeta {
+            seq: 3,
+            start_offset: 10,
+            active_base: Some(4711),
+            durable_position: 8192,
+            durable_next: 4800,
+            next_floor: 0,
+            tear_bytes_max: 4096,
+            gaps: vec![(100, 200)],
+            raft: RaftMeta::default(),
+        };
+        let v1 = meta.encode_v1();
+        assert_eq!(&v1[8..10], &[1, 0]);
+        assert_eq!(LogMeta::decode(&v1), Some(meta));
+    }
+
+    #[test]
+    fn a_conf_list_over_its_limit_is_invalid() {
+        let meta = LogMeta {
+            raft: RaftMeta {
+                voters: vec![1],
+                ..RaftMeta::default()
+            },
+            ..LogMeta::default()
+        };
+        let mut bytes = meta.encode();
+        bytes[RAFT_AT + 40..RAFT_AT + 42].copy_from_slice(&(CONF_IDS_MAX as u16 + 1).to_le_bytes());
+        assert_eq!(LogMeta::decode(&bytes), None);
     }
 }

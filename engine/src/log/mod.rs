@@ -76,6 +76,9 @@ pub const SEGMENT_BYTES_MAX: u64 = (u32::MAX as u64) & !(IO_ALIGN_BYTES - 1);
 /// "Recycling" in the header of `log/segment.rs`). Each costs a segment's disk space beyond
 /// what retention keeps.
 pub const RECYCLED_SEGMENTS_MAX: usize = 2;
+/// The Raft term a log of a single node writes its batches at: a cluster
+/// of one is a one-voter Raft log that never holds an election.
+pub const SINGLE_NODE_TERM: u64 = 1;
 /// Suffix of a retired segment file kept for reuse.
 const FREE_SUFFIX: &str = ".free";
 /// Bytes read at a time while scanning a segment in recovery.
@@ -462,6 +465,12 @@ struct State<S: Storage> {
     segments: BTreeMap<u64, Segment<S>>,
     start_offset: u64,
     next_offset: u64,
+    /// The Raft index the next batch takes (consecutive from 1, or from
+    /// where the log's version-2 batches left off).
+    next_index: u64,
+    /// The term batches are written at: [`SINGLE_NODE_TERM`], or the last
+    /// term in the log if higher.
+    term: u64,
     /// Offsets below this are durable.
     durable_next: u64,
     /// Offsets below this are covered by an fdatasync that has been issued
@@ -545,6 +554,13 @@ impl<S: Storage> Log<S> {
     /// pass or roll on (a stream's retention applied while it runs).
     pub fn set_retention(&self, retention: Retention) {
         self.retention.set(retention);
+    }
+
+    /// The Raft index the next batch takes (its batches carry consecutive
+    /// indexes; a cluster of one writes them all at term
+    /// [`SINGLE_NODE_TERM`]).
+    pub fn next_index(&self) -> u64 {
+        self.state.borrow().next_index
     }
 
     /// A summary of its state.

@@ -36,6 +36,14 @@ pub(super) struct Scan {
     pub(super) end: u64,
     pub(super) next_offset: u64,
     pub(super) max_timestamp_ms: u64,
+    /// The version of the first batch scanned, if any.
+    pub(super) version: Option<u8>,
+    /// The Raft index of the first and after the last version-2 batch
+    /// scanned, if any.
+    pub(super) first_index: Option<u64>,
+    pub(super) next_index: Option<u64>,
+    /// The term of the last version-2 batch scanned (0 for none).
+    pub(super) last_term: u64,
     /// Why the scan stopped before the limit, if it did.
     pub(super) stopped: Option<BatchError>,
 }
@@ -75,6 +83,38 @@ fn recovery_report<S: Storage>(
     recovery
 }
 
+/// The Raft index the next batch takes: the one after the active segment's
+/// last version-2 batch; for an active segment with none, the one after
+/// the sealed segment before it (whose tail open scanned), or the one
+/// `log.meta` recorded for the active segment's first batch (the sealed
+/// segments deleted); else 1 (a new log, or one of version-1 batches only).
+/// An active segment of version 2 with no batch yet is given that index as
+/// its base.
+fn next_raft_index<S: Storage>(
+    segments: &mut BTreeMap<u64, Segment<S>>,
+    meta: Option<&meta::LogMeta>,
+) -> u64 {
+    let before = segments
+        .values()
+        .rev()
+        .nth(1)
+        .map_or(0, |s: &Segment<S>| s.next_index);
+    let Some(active) = segments.values_mut().next_back() else {
+        return 1;
+    };
+    if active.next_index > 0 {
+        return active.next_index;
+    }
+    let recorded = meta
+        .filter(|m| m.active_base == Some(active.base))
+        .map_or(0, |m| m.raft.active_base_index);
+    let next = if before > 0 { before } else { recorded.max(1) };
+    if active.version == batch::BATCH_VERSION {
+        active.base_index = next;
+    }
+    next
+}
+
 impl<S: Storage> Log<S> {
     /// Opens (recovering) or creates the log in `dir`.
     pub async fn open(storage: S, dir: &Path, config: LogConfig) -> Result<Log<S>, OpenError> {
@@ -93,8 +133,19 @@ impl<S: Storage> Log<S> {
             Self::check_present(dir, &bases, m)?;
         }
 
-        let (segments, tail) =
+        let (mut segments, tail) =
             Self::recover_segments(&storage, dir, &bases, &config, &meta_before).await?;
+        let next_index = next_raft_index(&mut segments, meta_before.as_ref());
+        // The term batches are written at: never below the last one in the
+        // log, which a scan found (only a cluster writes a term above 1).
+        let term = segments
+            .values()
+            .rev()
+            .take(2)
+            .map(|s| s.last_term)
+            .chain([super::SINGLE_NODE_TERM])
+            .max()
+            .unwrap_or(super::SINGLE_NODE_TERM);
         let start_offset = bases.first().copied().unwrap_or(0);
         let next_offset = segments
             .values()
@@ -105,7 +156,7 @@ impl<S: Storage> Log<S> {
             .values()
             .next_back()
             .filter(|s| s.file.is_some())
-            .map(|s| (s.base, s.end, s.next_offset));
+            .map(|s| (s.base, s.end, s.next_offset, s.base_index));
         let log = Log {
             storage,
             dir: dir.to_path_buf(),
@@ -123,6 +174,8 @@ impl<S: Storage> Log<S> {
                 segments,
                 start_offset,
                 next_offset,
+                next_index,
+                term,
                 durable_next: next_offset,
                 syncing_next: next_offset,
                 pending_bytes: 0,
@@ -145,7 +198,9 @@ impl<S: Storage> Log<S> {
                 m.start_offset = start_offset;
                 m.gaps.retain(|&(_, to)| to > start_offset);
                 m.tear_bytes_max = tear;
-                if let Some((base, end, next)) = active {
+                m.raft.term = m.raft.term.max(super::SINGLE_NODE_TERM);
+                if let Some((base, end, next, base_index)) = active {
+                    m.raft.active_base_index = base_index;
                     m.active_base = Some(base);
                     m.durable_position = end;
                     m.durable_next = next;
@@ -280,23 +335,29 @@ impl<S: Storage> Log<S> {
         last_indexed: &mut u64,
         index_interval: u32,
     ) -> io::Result<Scan> {
-        let mut max_timestamp_ms = 0;
+        let mut seen = Scan {
+            end: position,
+            next_offset: offset,
+            max_timestamp_ms: 0,
+            version: None,
+            first_index: None,
+            next_index: None,
+            last_term: 0,
+            stopped: None,
+        };
         let mut chunk = Bytes::new();
         let mut chunk_position = position;
         loop {
+            seen.end = position;
+            seen.next_offset = offset;
             if position >= limit {
-                return Ok(Scan {
-                    end: position,
-                    next_offset: offset,
-                    max_timestamp_ms,
-                    stopped: None,
-                });
+                return Ok(seen);
             }
             let at = (position - chunk_position) as usize;
             let available = &chunk[at.min(chunk.len())..];
             let need = match batch::parse_header(available) {
                 Ok(h) => h.batch_bytes(),
-                Err(BatchError::Incomplete { .. }) => BATCH_HEADER_BYTES,
+                Err(BatchError::Incomplete { need, .. }) => need,
                 Err(_) => 0,
             };
             if need > available.len() {
@@ -308,45 +369,60 @@ impl<S: Storage> Log<S> {
                 if chunk.len() < need.min(len) || need as u64 > limit - position {
                     // The batch claims to run past the end of the data.
                     let have = chunk.len();
-                    return Ok(Scan {
-                        end: position,
-                        next_offset: offset,
-                        max_timestamp_ms,
-                        stopped: Some(BatchError::Incomplete { need, have }),
-                    });
+                    seen.stopped = Some(BatchError::Incomplete { need, have });
+                    return Ok(seen);
                 }
                 continue;
             }
             let header = match batch::verify(available) {
-                Ok(h) if h.base_offset == offset => h,
-                Ok(h) => {
-                    return Ok(Scan {
-                        end: position,
-                        next_offset: offset,
-                        max_timestamp_ms,
-                        stopped: Some(BatchError::BadMagic(h.base_offset as u32)),
-                    });
+                Ok(h) if h.base_offset != offset => {
+                    seen.stopped = Some(BatchError::BadMagic(h.base_offset as u32));
+                    return Ok(seen);
                 }
+                Ok(h) => h,
                 Err(e) => {
-                    return Ok(Scan {
-                        end: position,
-                        next_offset: offset,
-                        max_timestamp_ms,
-                        stopped: Some(e),
-                    });
+                    seen.stopped = Some(e);
+                    return Ok(seen);
                 }
             };
-            if position > 0 && position - *last_indexed >= u64::from(index_interval) {
+            // Version 2 batches follow each other with consecutive Raft
+            // indexes and terms that never fall; nothing of version 1
+            // follows one.
+            let in_sequence = match (header.version, seen.next_index) {
+                (batch::BATCH_VERSION_V1, next) => next.is_none(),
+                (_, Some(next)) => header.raft_index == next && header.term >= seen.last_term,
+                (_, None) => true,
+            };
+            if !in_sequence {
+                seen.stopped = Some(BatchError::OutOfSequence {
+                    raft_index: header.raft_index,
+                    term: header.term,
+                });
+                return Ok(seen);
+            }
+            if header.version == batch::BATCH_VERSION {
+                seen.first_index.get_or_insert(header.raft_index);
+                seen.next_index = Some(header.raft_index + 1);
+                seen.last_term = header.term;
+            }
+            seen.version.get_or_insert(header.version);
+            // Index entries' offsets strictly increase: a batch sharing
+            // its offset with the last entry's (after control batches) is
+            // not indexed; the scan from that entry reaches it.
+            let relative_offset = (offset - base) as u32;
+            let due = position - *last_indexed >= u64::from(index_interval)
+                && index::last(index).is_none_or(|e| e.relative_offset < relative_offset);
+            if position > 0 && due {
                 index::push(
                     index,
                     IndexEntry {
-                        relative_offset: (offset - base) as u32,
+                        relative_offset,
                         position: position as u32,
                     },
                 );
                 *last_indexed = position;
             }
-            max_timestamp_ms = max_timestamp_ms.max(header.first_timestamp_ms);
+            seen.max_timestamp_ms = seen.max_timestamp_ms.max(header.first_timestamp_ms);
             position += header.batch_bytes() as u64;
             offset = header.next_offset();
         }
@@ -546,6 +622,8 @@ impl<S: Storage> Log<S> {
         seg.file = Some(Rc::new(file));
         seg.end = size;
         seg.next_offset = scan.next_offset;
+        seg.next_index = scan.next_index.unwrap_or(0);
+        seg.last_term = scan.last_term;
         seg.max_timestamp_ms = scan.max_timestamp_ms;
         // All of a sealed segment is read from its file.
         seg.buf_position = size;
@@ -646,6 +724,10 @@ impl<S: Storage> Log<S> {
         seg.idx_file = idx_file;
         seg.end = end;
         seg.next_offset = scan.next_offset;
+        seg.version = scan.version.unwrap_or(batch::BATCH_VERSION);
+        seg.base_index = scan.first_index.unwrap_or(0);
+        seg.next_index = scan.next_index.unwrap_or(0);
+        seg.last_term = scan.last_term;
         seg.max_timestamp_ms = scan.max_timestamp_ms;
         seg.written_end = end;
         seg.durable_end = end;

@@ -116,7 +116,7 @@ impl<S: Storage> Log<S> {
                     continue;
                 }
                 Ok(h) => h.batch_bytes() as u64,
-                Err(BatchError::Incomplete { .. }) => BATCH_HEADER_BYTES as u64,
+                Err(BatchError::Incomplete { need, .. }) => need as u64,
                 Err(reason) => return Err(corrupt(base, position, reason)),
             };
             if fresh && need <= asked {

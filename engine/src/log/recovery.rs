@@ -274,9 +274,9 @@ impl<S: Storage> Log<S> {
                 .values()
                 .next_back()
                 .filter(|s| s.file.is_some())
-                .map(|s| (s.base, s.durable_end, s.durable_next))
+                .map(|s| (s.base, s.durable_end, s.durable_next, s.base_index))
         };
-        let Some((base, position, next)) = mark else {
+        let Some((base, position, next, base_index)) = mark else {
             return Ok(());
         };
         {
@@ -290,6 +290,7 @@ impl<S: Storage> Log<S> {
         }
         self.update_meta(|m| {
             if m.active_base.is_none_or(|b| b <= base) {
+                m.raft.active_base_index = base_index;
                 m.active_base = Some(base);
                 m.durable_position = position;
                 m.durable_next = next;
@@ -555,7 +556,7 @@ impl<S: Storage + Clone> Log<S> {
             file.fdatasync()
                 .await
                 .map_err(io_err("sync segment", &path))?;
-            Self::index_sealed(
+            let next_index = Self::index_sealed(
                 &storage,
                 &file,
                 &path,
@@ -566,6 +567,7 @@ impl<S: Storage + Clone> Log<S> {
             )
             .await?;
             Self::create_empty_segment(&storage, dir, floor).await?;
+            meta.raft.active_base_index = next_index;
             meta.active_base = Some(floor);
             meta.durable_position = 0;
             meta.durable_next = floor;
@@ -638,7 +640,9 @@ impl<S: Storage> Log<S> {
     }
 
     /// Writes the whole index of the segment at `path`, just cut to `end`
-    /// bytes holding offsets `base..next`, for it to stay sealed.
+    /// bytes holding offsets `base..next`, for it to stay sealed. Returns
+    /// the Raft index after its last batch (0 when it holds none of
+    /// version 2).
     async fn index_sealed(
         storage: &S,
         file: &S::File,
@@ -647,7 +651,7 @@ impl<S: Storage> Log<S> {
         end: u64,
         next: u64,
         index_interval_bytes: u32,
-    ) -> Result<(), OpenError> {
+    ) -> Result<u64, OpenError> {
         let mut idx = Vec::new();
         let mut last_indexed = 0;
         let scan = Self::scan(
@@ -679,7 +683,7 @@ impl<S: Storage> Log<S> {
             .fdatasync()
             .await
             .map_err(io_err("sync index", &idx_path))?;
-        Ok(())
+        Ok(scan.next_index.unwrap_or(0))
     }
 
     /// Creates the empty files of a segment beginning at `base`, durably.

@@ -64,6 +64,18 @@ pub(super) struct Segment<S: Storage> {
     pub(super) end: u64,
     /// The offset after the last batch appended.
     pub(super) next_offset: u64,
+    /// The batch version the segment holds (that of its first batch; the
+    /// version written for an empty one). Appends go only to a segment of
+    /// the version written: a version-1 active segment is rolled first.
+    pub(super) version: u8,
+    /// The Raft index its first batch has or will have (0 for a segment
+    /// of version 1).
+    pub(super) base_index: u64,
+    /// The Raft index after its last batch (0 for a segment of version 1
+    /// or one not scanned: only the active segment's is kept).
+    pub(super) next_index: u64,
+    /// The term of its last batch, where scanned (0 otherwise).
+    pub(super) last_term: u64,
     pub(super) max_timestamp_ms: u64,
     pub(super) index: SegmentIndex<S::Map>,
     /// Position of the last batch indexed (0 for none).
@@ -99,6 +111,10 @@ impl<S: Storage> Segment<S> {
             idx_file: None,
             end: 0,
             next_offset: base,
+            version: super::batch::BATCH_VERSION,
+            base_index: 0,
+            next_index: 0,
+            last_term: 0,
             max_timestamp_ms: 0,
             index: SegmentIndex::Memory(Vec::new()),
             last_indexed_position: 0,
@@ -192,7 +208,14 @@ impl<S: Storage> Log<S> {
             seg.writes = self.segment_writes();
         }
         // Now that the file exists durably, a later open must find it.
+        let base_index = self
+            .state
+            .borrow()
+            .segments
+            .get(&base)
+            .map_or(0, |s| s.base_index);
         self.update_meta(|m| {
+            m.raft.active_base_index = base_index;
             m.active_base = Some(base);
             m.durable_position = 0;
             m.durable_next = base;

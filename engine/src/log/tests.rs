@@ -16,6 +16,8 @@ use crate::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 
 type SimLog = Log<SimStorage>;
 
+mod formats;
+
 fn dir() -> PathBuf {
     PathBuf::from("/data/events/0")
 }
@@ -971,7 +973,14 @@ fn recovery_stops_at_zero_fill_and_at_stale_batches_from_an_older_life() {
     let sim = SimStorage::new(17, SimFaults::default());
     let mut image = bytes[..positions[10] as usize].to_vec();
     let mut stale = Vec::new();
-    batch::encode_into(&mut stale, 99, 0, &[record(99, 150)]);
+    let stamp = batch::BatchStamp {
+        kind: batch::BatchKind::Events,
+        base_offset: 99,
+        first_timestamp_ms: 0,
+        term: 1,
+        raft_index: 11,
+    };
+    batch::encode_into(&mut stale, &stamp, &[record(99, 150)]);
     image.extend_from_slice(&stale);
     image.resize(bytes.len(), 0);
     sim.put_file(&seg_path(0), &image);
@@ -1304,7 +1313,7 @@ fn repair_keeps_the_cut_bytes_and_new_appends_get_offsets_above_the_cut_ones() {
     let at = positions[10];
     sim.flip_bit(&seg_path(0), at + 50, 0).unwrap();
     let damaged = sim.durable_bytes(&seg_path(0)).unwrap();
-    let data_end = positions[59] + 194;
+    let data_end = positions[59] + (BATCH_HEADER_BYTES + 4 + 150) as u64;
     let report = block_on(SimLog::repair(sim.clone(), &dir(), small_config()))
         .unwrap()
         .expect("something to repair");
@@ -1484,7 +1493,34 @@ fn check_reopened(log: &SimLog, model: &[Vec<u8>], acked: u64, cycle: usize) -> 
         "cycle {cycle}: records up to {end} back, {acked} acknowledged"
     );
     assert_eq!(log.stats().next_offset, end);
+    check_raft_indexes(log, cycle);
     end
+}
+
+/// Every batch from the log's start carries term 1 and the Raft index one
+/// past the batch before it, and the log's next index follows the last.
+fn check_raft_indexes(log: &SimLog, cycle: usize) {
+    let mut offset = log.stats().start_offset;
+    let end = log.visible_offset();
+    let mut last: Option<u64> = None;
+    while offset < end {
+        let read = block_on(log.read(offset, 1 << 20)).unwrap();
+        for batch in Batches::new(&read.bytes) {
+            let h = batch.unwrap().header;
+            if h.next_offset() <= offset {
+                continue;
+            }
+            assert_eq!((h.version, h.term), (2, 1), "cycle {cycle}: {h:?}");
+            if let Some(last) = last {
+                assert_eq!(h.raft_index, last + 1, "cycle {cycle}: indexes consecutive");
+            }
+            last = Some(h.raft_index);
+        }
+        offset = read.next_offset;
+    }
+    if let Some(last) = last {
+        assert_eq!(log.next_index(), last + 1, "cycle {cycle}: next index");
+    }
 }
 
 /// 1 to 8 batches of 1 to 4 random records of up to 900 bytes.
