@@ -29,15 +29,22 @@ fn batch_encode_and_verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch");
     group.throughput(Throughput::Bytes(len as u64));
     let mut buf = BytesMut::with_capacity(len);
+    let stamp = batch::BatchStamp {
+        kind: batch::BatchKind::Events,
+        base_offset: 42,
+        first_timestamp_ms: 0,
+        term: 1,
+        raft_index: 1,
+    };
     group.bench_function("encode_crc_16x1KiB", |b| {
         b.iter(|| {
             buf.clear();
-            batch::encode_into(&mut buf, black_box(42), 0, black_box(&recs));
+            batch::encode_into(&mut buf, black_box(&stamp), black_box(&recs));
             black_box(&buf);
         })
     });
     let mut encoded = BytesMut::new();
-    batch::encode_into(&mut encoded, 42, 0, &recs);
+    batch::encode_into(&mut encoded, &stamp, &recs);
     group.bench_function("verify_16x1KiB", |b| {
         b.iter(|| black_box(batch::verify(black_box(&encoded)).is_ok()))
     });
