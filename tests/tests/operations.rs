@@ -276,3 +276,38 @@ async fn sigterm_under_load_drains_and_loses_no_acknowledged_event() {
         );
     }
 }
+
+/// A three-node `cluster:` is valid to `--check-config`, but the server,
+/// which cannot replicate yet, refuses to start with it (exit non-zero,
+/// naming why) rather than running as a silent single node; a cluster of
+/// this node alone starts.
+#[test]
+fn a_multi_node_cluster_is_checked_but_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let three = format!(
+        "dataDir: {}\nlisten: 127.0.0.1:7998\ncluster:\n  nodeId: 1\n  peers:\n    - {{ id: 1, address: \"127.0.0.1:7998\" }}\n    - {{ id: 2, address: \"127.0.0.1:8998\" }}\n    - {{ id: 3, address: \"127.0.0.1:9998\" }}\n",
+        data.display()
+    );
+    let (code, stdout, stderr) = check_config(dir.path(), &three);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(stdout.starts_with("config ok:"), "{stdout}");
+    let (status, log) = Server::start_expecting_exit(
+        ServerOptions {
+            config: Some(three.replace(&format!("dataDir: {}\n", data.display()), "")),
+            ..ServerOptions::default()
+        },
+        Duration::from_secs(20),
+    );
+    assert!(!status.success(), "a 3-node cluster started: {log}");
+    assert!(log.contains("clusters are not built yet"), "{log}");
+
+    let mut alone = Server::start_with(ServerOptions {
+        config: Some(
+            "cluster:\n  nodeId: 7\n  peers:\n    - { id: 7, address: \"127.0.0.1:1\" }\n".into(),
+        ),
+        ..ServerOptions::default()
+    });
+    assert!(alone.is_running(), "{}", alone.log());
+    alone.stop();
+}
