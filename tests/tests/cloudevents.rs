@@ -12,10 +12,10 @@
 )]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hadron::NewEvent;
 use hadron_tests::{Server, hadron_bin, run_cli};
@@ -244,30 +244,19 @@ fn publish_stdin(url: &str, input: &[u8]) -> (bool, String, String) {
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publish -f - ran past {CLI_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
+    // Waited for on a thread, so the test waits on the exit itself, with a
+    // deadline, instead of polling.
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let output = exited
+        .recv_timeout(CLI_TIMEOUT)
+        .unwrap_or_else(|_| panic!("publish -f - ran past {CLI_TIMEOUT:?}"))
         .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    let err = String::from_utf8_lossy(&output.stderr).into_owned();
+    let status = output.status;
     (status.success(), out, err)
 }
 
