@@ -19,6 +19,7 @@ use hadron_wire::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// What the mock does after a frame.
 enum Out {
@@ -61,8 +62,13 @@ struct Mock {
     /// Connections whose `serve` ended (the client closed them, or the
     /// behaviour did), by number.
     ended: Arc<Mutex<HashSet<usize>>>,
+    /// Notified whenever a frame is received or a connection ends.
+    changed: Arc<Notify>,
     shard_ports: Vec<u16>,
 }
+
+/// How long a test waits for the client to do what it expects.
+const WAIT_MAX: Duration = Duration::from_secs(5);
 
 impl Mock {
     /// Starts a mock with `shard_listeners` extra ports reported as shard
@@ -81,11 +87,13 @@ impl Mock {
         let url = format!("http://127.0.0.1:{}", ports[0]);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let ended: Arc<Mutex<HashSet<usize>>> = Arc::default();
+        let changed = Arc::new(Notify::new());
         let conns = Arc::new(AtomicUsize::new(0));
         for (index, listener) in listeners.into_iter().enumerate() {
             let behavior = Arc::clone(&behavior);
             let seen = Arc::clone(&seen);
             let ended = Arc::clone(&ended);
+            let changed = Arc::clone(&changed);
             let conns = Arc::clone(&conns);
             let shard_ports = shard_ports.clone();
             tokio::spawn(async move {
@@ -102,12 +110,15 @@ impl Mock {
                         conn,
                         Arc::clone(&behavior),
                         Arc::clone(&seen),
+                        Arc::clone(&changed),
                         shard_ports.clone(),
                     );
                     let ended = Arc::clone(&ended);
+                    let changed = Arc::clone(&changed);
                     tokio::spawn(async move {
                         serving.await;
                         ended.lock().unwrap().insert(conn);
+                        changed.notify_waiters();
                     });
                 }
             });
@@ -116,7 +127,25 @@ impl Mock {
             url,
             seen,
             ended,
+            changed,
             shard_ports,
+        }
+    }
+
+    /// Waits until `check` holds, re-checking whenever a frame arrives or
+    /// a connection ends; panics naming `what` after [`WAIT_MAX`].
+    async fn until(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if check() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("{what}: not within {WAIT_MAX:?}");
+            }
         }
     }
 
@@ -138,14 +167,13 @@ impl Mock {
         n: usize,
         pick: impl Fn(&Seen, &FrameRef<'_>) -> Option<T>,
     ) -> Vec<T> {
-        for _ in 0..500 {
-            let got = self.picked(&pick);
-            if got.len() >= n {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the mock did not receive {n} matching frames in time");
+        let mut got = Vec::new();
+        self.until(&format!("the mock receives {n} matching frames"), || {
+            got = self.picked(&pick);
+            got.len() >= n
+        })
+        .await;
+        got
     }
 
     /// Waits until every connection that carried a frame `pick` accepts
@@ -160,13 +188,10 @@ impl Mock {
             .map(|s| s.conn)
             .collect();
         assert!(!conns.is_empty(), "no connection carried such a frame");
-        for _ in 0..500 {
-            if conns.is_subset(&self.ended.lock().unwrap()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the client did not close connections {conns:?} in time");
+        self.until(&format!("the client closes connections {conns:?}"), || {
+            conns.is_subset(&self.ended.lock().unwrap())
+        })
+        .await;
     }
 }
 
@@ -176,6 +201,7 @@ async fn serve(
     conn: usize,
     behavior: Behavior,
     seen: Arc<Mutex<Vec<Seen>>>,
+    changed: Arc<Notify>,
     shard_ports: Vec<u16>,
 ) {
     let mut buf = BytesMut::new();
@@ -186,6 +212,7 @@ async fn serve(
                 conn,
                 body: body.to_vec(),
             });
+            changed.notify_waiters();
             let f = decode(body, &Limits::DEFAULT).unwrap();
             let outs = match &f.message {
                 Message::Handshake(h) => {
@@ -1257,12 +1284,10 @@ async fn many_stage_deliveries(refuse_batches: bool) -> (Vec<(bool, usize)>, usi
         }
         stage_acks_of(f)
     };
-    let mut tries = 0;
-    while mock.picked(|_, f| taken(f)).concat().len() < MANY as usize {
-        tries += 1;
-        assert!(tries < 500, "the mock did not receive {MANY} acks in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    mock.until(&format!("the mock receives {MANY} acks"), || {
+        mock.picked(|_, f| taken(f)).concat().len() >= MANY as usize
+    })
+    .await;
     let stage_nack = |_: &Seen, f: &FrameRef<'_>| match &f.message {
         Message::StageNack(n) => Some((n.delivery_id, n.message.to_owned())),
         _ => None,
@@ -1412,20 +1437,16 @@ async fn many_deliveries_each_run_once_and_are_each_acked_once() {
         .await
         .unwrap();
 
-    let mut tries = 0;
-    while mock
-        .picked(|_, f| match &f.message {
+    mock.until(&format!("the mock receives {MANY} acks"), || {
+        mock.picked(|_, f| match &f.message {
             Message::Ack(a) => Some(a.delivery_ids.clone()),
             _ => None,
         })
         .concat()
         .len()
-        < MANY as usize
-    {
-        tries += 1;
-        assert!(tries < 500, "the mock did not receive {MANY} acks in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            >= MANY as usize
+    })
+    .await;
     let nack = |_: &Seen, f: &FrameRef<'_>| match &f.message {
         Message::Nack(n) => Some((n.delivery_id, n.message.to_owned())),
         _ => None,
