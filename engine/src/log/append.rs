@@ -227,6 +227,7 @@ impl<S: Storage> Log<S> {
             }
             let mut segment = Segment::new(&self.dir, base_offset);
             segment.base_index = st.next_index;
+            segment.raft = Some(Vec::new());
             st.segments.insert(base_offset, segment);
         }
         let Some(seg) = st.segments.values_mut().next_back() else {
@@ -259,6 +260,18 @@ impl<S: Storage> Log<S> {
         };
         batch::encode_into(&mut seg.buf, &stamp, records);
         assert_eq!(seg.buf.len() - before, len);
+        if seg.raft.is_none() && seg.end == 0 {
+            // An empty segment found at open: its table begins here.
+            seg.raft = Some(Vec::new());
+        }
+        if let Some(slots) = &mut seg.raft {
+            slots.push(super::raft::Slot {
+                position: seg.end,
+                bytes: len as u32,
+                kind: BatchKind::Events,
+                term: st.term,
+            });
+        }
         seg.end += len as u64;
         assert_eq!(seg.buf_position + seg.buf.len() as u64, seg.end);
         let count = records.len() as u64;

@@ -31,6 +31,7 @@
 //!   [`Log::delete_before`].
 //! - `open`: opening a log, checking its sealed segments and scanning the
 //!   active one.
+//! - `raft`: the Raft read side: batches by Raft index, with their terms.
 //! - `recovery`: a torn tail versus damage, the watermarks in `log.meta`
 //!   that tell them apart, and [`Log::repair`].
 //! - [`meta`], [`batch`], [`index`]: the on-disk formats of `log.meta`, a
@@ -42,12 +43,14 @@ pub mod index;
 mod latency;
 pub mod meta;
 mod open;
+mod raft;
 mod read;
 mod recovery;
 mod retention;
 mod segment;
 
 pub use latency::{CommitLatencies, LATENCY_BUCKET_BOUNDS_US, LATENCY_BUCKETS, LatencyHistogram};
+pub use raft::{RaftBatch, RaftReadError};
 pub use recovery::{Damage, Recovery, RepairReport, TailCut};
 
 #[cfg(test)]

@@ -1,0 +1,281 @@
+//! The Raft read side of a log (docs/replication.md section 4, step 2 of
+//! section 15): each record batch of version 2 is one Raft entry, numbered
+//! by its `raft_index`, so the log answers Raft's questions by index:
+//! [`Log::first_index`], [`Log::last_index`], [`Log::term`] and
+//! [`Log::entries`], the latter giving each batch's bytes unchanged with
+//! its (term, index, kind).
+//!
+//! **The index.** Sparse index version 2 (term entries) is not built yet
+//! (§15 step 1), so a segment's batches are found by a per-segment table in
+//! memory, one [`Slot`] (position, length, term, kind: 24 bytes) per batch,
+//! slot `i` holding index `base_index + i` (indexes are consecutive within
+//! a log). A segment begun by this process fills its table as batches are
+//! appended; a segment found at open has none until [`Log::load_raft_index`]
+//! scans it (every segment, once, after open: a read of the whole log,
+//! which the sparse index v2 will replace by reading term runs from the
+//! mapped index). Until then the lookups see only the segments loaded.
+//! Retention drops a segment's table with the segment.
+//!
+//! **Visibility.** Raft reads entries as soon as they are appended, before
+//! they are durable (its own persisted index tells it what is on disk), so
+//! these reads see every appended batch, under every durability mode.
+
+use bytes::Bytes;
+
+use super::batch::{self, BatchError, BatchKind};
+use super::{Log, ReadError, SCAN_CHUNK_BYTES};
+use crate::storage::Storage;
+
+/// One batch of a segment, as its Raft table records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Slot {
+    /// Byte position of the batch in its segment.
+    pub(super) position: u64,
+    /// Its length, header included.
+    pub(super) bytes: u32,
+    /// Its kind.
+    pub(super) kind: BatchKind,
+    /// Its term.
+    pub(super) term: u64,
+}
+
+/// One Raft entry read from the log: a batch, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftBatch {
+    /// Its Raft index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// Events or a control entry.
+    pub kind: BatchKind,
+    /// The whole batch, header included.
+    pub bytes: Bytes,
+}
+
+/// Why [`Log::entries`] could not answer.
+#[derive(Debug)]
+pub enum RaftReadError {
+    /// `index` is below the first index the log holds (retention deleted
+    /// it, or it lies before the Raft log).
+    Compacted { index: u64, first: u64 },
+    /// `index` is beyond the last index appended.
+    Unavailable { index: u64, last: u64 },
+    /// Reading the segment failed, or it does not hold what its table says.
+    Read(ReadError),
+}
+
+impl std::fmt::Display for RaftReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaftReadError::Compacted { index, first } => write!(
+                f,
+                "raft index {index} is below the log's first index {first}"
+            ),
+            RaftReadError::Unavailable { index, last } => write!(
+                f,
+                "raft index {index} is beyond the log's last index {last}"
+            ),
+            RaftReadError::Read(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for RaftReadError {}
+
+impl From<ReadError> for RaftReadError {
+    fn from(e: ReadError) -> Self {
+        RaftReadError::Read(e)
+    }
+}
+
+impl<S: Storage> Log<S> {
+    /// The Raft index of the first batch held: the first loaded segment's
+    /// first version-2 batch, or [`Log::next_index`] when none is held.
+    pub fn first_index(&self) -> u64 {
+        let st = self.state.borrow();
+        st.segments
+            .values()
+            .find_map(|s| match &s.raft {
+                Some(slots) if !slots.is_empty() => Some(s.base_index),
+                _ => None,
+            })
+            .unwrap_or(st.next_index)
+    }
+
+    /// The Raft index of the last batch appended (`first_index() - 1`
+    /// when the log holds none).
+    pub fn last_index(&self) -> u64 {
+        self.state.borrow().next_index - 1
+    }
+
+    /// The term of the batch at `index`, if a loaded segment holds it.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        self.slot(index).map(|(_, slot)| slot.term)
+    }
+
+    /// The segment (base offset) and slot of the batch at `index`.
+    fn slot(&self, index: u64) -> Option<(u64, Slot)> {
+        let st = self.state.borrow();
+        st.segments.values().rev().find_map(|s| {
+            let slots = s.raft.as_ref()?;
+            let i = index.checked_sub(s.base_index)?;
+            if s.base_index == 0 {
+                return None;
+            }
+            slots
+                .get(usize::try_from(i).ok()?)
+                .map(|slot| (s.base, *slot))
+        })
+    }
+
+    /// The batches at indexes `lo..hi`, each whole with its term, index and
+    /// kind: the first always (when `lo < hi`), then more while their bytes
+    /// together stay within `bytes_max` (raft-rs's `limit_size`).
+    pub async fn entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        bytes_max: u64,
+    ) -> Result<Vec<RaftBatch>, RaftReadError> {
+        let (first, last) = (self.first_index(), self.last_index());
+        if lo < first {
+            return Err(RaftReadError::Compacted { index: lo, first });
+        }
+        if hi > last + 1 {
+            return Err(RaftReadError::Unavailable {
+                index: hi - 1,
+                last,
+            });
+        }
+        let mut out: Vec<RaftBatch> = Vec::new();
+        let mut total = 0u64;
+        for index in lo..hi {
+            let Some((base, slot)) = self.slot(index) else {
+                return Err(RaftReadError::Compacted { index, first });
+            };
+            total += u64::from(slot.bytes);
+            if !out.is_empty() && total > bytes_max {
+                break;
+            }
+            let end = slot.position + u64::from(slot.bytes);
+            let bytes = self
+                .read_segment(base, slot.position, u64::from(slot.bytes), end)
+                .await?;
+            let header = batch::verify(&bytes).map_err(|reason| ReadError::Corrupt {
+                segment: base,
+                position: slot.position,
+                reason,
+            })?;
+            if header.raft_index != index || header.term != slot.term {
+                let (raft_index, term) = (header.raft_index, header.term);
+                return Err(RaftReadError::Read(corrupt(
+                    base,
+                    slot.position,
+                    BatchError::OutOfSequence { raft_index, term },
+                )));
+            }
+            out.push(RaftBatch {
+                index,
+                term: slot.term,
+                kind: header.kind,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Builds the Raft table of every segment that has none (those found at
+    /// open) by scanning its batches. Appends may run meanwhile: a segment's
+    /// table is installed only once the scan reached its current end.
+    pub async fn load_raft_index(&self) -> Result<(), ReadError> {
+        let bases: Vec<u64> = {
+            let st = self.state.borrow();
+            st.segments
+                .values()
+                .filter(|s| s.raft.is_none())
+                .map(|s| s.base)
+                .collect()
+        };
+        for base in bases {
+            self.load_segment_raft(base).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_segment_raft(&self, base: u64) -> Result<(), ReadError> {
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut first_index = None;
+        let mut position = 0u64;
+        loop {
+            let end = {
+                let mut st = self.state.borrow_mut();
+                let Some(seg) = st.segments.get_mut(&base) else {
+                    return Ok(()); // retention deleted it meanwhile
+                };
+                if position >= seg.end {
+                    if let Some(first) = first_index {
+                        seg.base_index = first;
+                    }
+                    seg.raft = Some(slots);
+                    return Ok(());
+                }
+                seg.end
+            };
+            let want = (end - position).min(SCAN_CHUNK_BYTES as u64);
+            let mut data = self.read_segment(base, position, want, end).await?;
+            let mut at = 0usize;
+            while at < data.len() {
+                let header = match batch::parse_header(&data[at..]) {
+                    Ok(h) if h.batch_bytes() <= data.len() - at => h,
+                    Ok(_) | Err(BatchError::Incomplete { .. }) if at > 0 => break,
+                    Ok(h) if (h.batch_bytes() as u64) <= end - position => {
+                        // A batch longer than the chunk: read it whole.
+                        data = self
+                            .read_segment(base, position, h.batch_bytes() as u64, end)
+                            .await?;
+                        continue;
+                    }
+                    Ok(h) => {
+                        let need = h.batch_bytes();
+                        let have = data.len();
+                        return Err(corrupt(
+                            base,
+                            position,
+                            BatchError::Incomplete { need, have },
+                        ));
+                    }
+                    Err(reason) => return Err(corrupt(base, position, reason)),
+                };
+                if header.version == batch::BATCH_VERSION {
+                    let expected =
+                        first_index.map_or(header.raft_index, |f| f + slots.len() as u64);
+                    if header.raft_index != expected {
+                        let (raft_index, term) = (header.raft_index, header.term);
+                        return Err(corrupt(
+                            base,
+                            position,
+                            BatchError::OutOfSequence { raft_index, term },
+                        ));
+                    }
+                    first_index.get_or_insert(header.raft_index);
+                    slots.push(Slot {
+                        position,
+                        bytes: header.batch_bytes() as u32,
+                        kind: header.kind,
+                        term: header.term,
+                    });
+                }
+                at += header.batch_bytes();
+                position += header.batch_bytes() as u64;
+            }
+        }
+    }
+}
+
+fn corrupt(segment: u64, position: u64, reason: BatchError) -> ReadError {
+    ReadError::Corrupt {
+        segment,
+        position,
+        reason,
+    }
+}

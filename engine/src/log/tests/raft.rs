@@ -1,0 +1,167 @@
+//! The Raft read side (`log/raft.rs`): batches by Raft index, checked
+//! against what was appended, across rolls, reopen, retention and crashes.
+
+use super::*;
+use crate::log::batch::BatchKind;
+
+/// Whether two runs of entries are the same (compared without printing
+/// them: a failure names the first index that differs).
+fn same(a: &[RaftBatch], b: &[RaftBatch]) -> Result<(), String> {
+    if a.len() != b.len() {
+        return Err(format!("{} entries against {}", a.len(), b.len()));
+    }
+    match a.iter().zip(b).find(|(x, y)| x != y) {
+        Some((x, y)) => Err(format!("index {} differs from index {}", x.index, y.index)),
+        None => Ok(()),
+    }
+}
+
+/// Every entry of the log, read one call at a time with a small limit.
+fn all_entries(log: &SimLog) -> Vec<RaftBatch> {
+    let mut out = Vec::new();
+    let mut lo = log.first_index();
+    let hi = log.last_index() + 1;
+    while lo < hi {
+        let got = block_on(log.entries(lo, hi, 3000)).unwrap();
+        assert!(!got.is_empty(), "at least one entry from {lo}");
+        lo += got.len() as u64;
+        out.extend(got);
+    }
+    out
+}
+
+/// Appends `n` batches of 1-3 records of varied sizes; returns each
+/// batch's records, by Raft index order.
+fn append_batches(log: &SimLog, from: u64, n: u64) -> Vec<Vec<Vec<u8>>> {
+    (from..from + n)
+        .map(|i| {
+            let records: Vec<Vec<u8>> = (0..1 + i % 3)
+                .map(|r| record(i * 3 + r, 200 + (i as usize * 37) % 1500))
+                .collect();
+            block_on(log.append(&records, i)).unwrap();
+            records
+        })
+        .collect()
+}
+
+/// Each entry is a whole batch with its index and term, holding the
+/// records appended as that batch.
+fn check(entries: &[RaftBatch], first: u64, batches: &[Vec<Vec<u8>>]) {
+    assert_eq!(entries.len(), batches.len());
+    for (i, (e, records)) in entries.iter().zip(batches).enumerate() {
+        assert_eq!(e.index, first + i as u64);
+        assert_eq!((e.term, e.kind), (SINGLE_NODE_TERM, BatchKind::Events));
+        let header = batch::verify(&e.bytes).unwrap();
+        assert_eq!(
+            (header.raft_index, header.batch_bytes()),
+            (e.index, e.bytes.len())
+        );
+        let parsed = Batches::new(&e.bytes).next().unwrap().unwrap();
+        let got: Vec<Vec<u8>> = parsed.records().map(|(_, r)| r.to_vec()).collect();
+        assert_eq!(&got, records, "records of index {}", e.index);
+    }
+}
+
+#[test]
+fn entries_by_raft_index_match_what_was_appended_across_rolls_and_reopen() {
+    let sim = SimStorage::new(41, SimFaults::default());
+    let config = small_config();
+    let log = open(&sim, config);
+    assert_eq!((log.first_index(), log.last_index()), (1, 0), "empty");
+    let batches = append_batches(&log, 0, 120);
+    assert!(
+        log.segments().len() > 3,
+        "rolled: {:?}",
+        log.segments().len()
+    );
+    assert_eq!((log.first_index(), log.last_index()), (1, 120));
+    let before = all_entries(&log);
+    check(&before, 1, &batches);
+    assert_eq!(log.term(1), Some(SINGLE_NODE_TERM));
+    assert_eq!(log.term(121), None);
+    // The limit: the first entry always, then only what fits.
+    let one = block_on(log.entries(5, 50, 1)).unwrap();
+    assert_eq!(one.len(), 1);
+    let two = (before[4].bytes.len() + before[5].bytes.len()) as u64;
+    assert_eq!(block_on(log.entries(5, 50, two)).unwrap().len(), 2);
+    assert!(matches!(
+        block_on(log.entries(0, 3, u64::MAX)),
+        Err(RaftReadError::Compacted { index: 0, first: 1 })
+    ));
+    assert!(matches!(
+        block_on(log.entries(100, 122, u64::MAX)),
+        Err(RaftReadError::Unavailable {
+            index: 121,
+            last: 120
+        })
+    ));
+    // Reopened: nothing is found until the open segments are scanned, then
+    // the same bytes come back, and appends go on at the next index.
+    drop(log);
+    let log = open(&sim, config);
+    assert_eq!(log.term(1), None, "not loaded yet");
+    block_on(log.load_raft_index()).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (1, 120));
+    same(&all_entries(&log), &before).unwrap();
+    let more = append_batches(&log, 120, 30);
+    let after = all_entries(&log);
+    same(&after[..120], &before).unwrap();
+    check(&after[120..], 121, &more);
+}
+
+#[test]
+fn retention_moves_the_first_index_to_the_first_segment_kept() {
+    let sim = SimStorage::new(42, SimFaults::default());
+    let log = open(&sim, small_config());
+    append_batches(&log, 0, 120);
+    let segments = log.segments();
+    let keep_from = segments[2].base_offset;
+    let before = all_entries(&log);
+    assert_eq!(block_on(log.delete_before(keep_from)).unwrap().segments, 2);
+    let first = log.first_index();
+    assert!(first > 1, "first index {first}");
+    let first_kept = before
+        .iter()
+        .find(|e| batch::verify(&e.bytes).unwrap().base_offset == keep_from)
+        .unwrap()
+        .index;
+    assert_eq!(first, first_kept);
+    same(&all_entries(&log), &before[(first - 1) as usize..]).unwrap();
+    assert!(matches!(
+        block_on(log.entries(first - 1, first + 1, u64::MAX)),
+        Err(RaftReadError::Compacted { .. })
+    ));
+}
+
+#[test]
+fn after_a_crash_the_entries_are_a_prefix_of_those_appended() {
+    for seed in 0..20u64 {
+        for mode in [CrashMode::DropUnsynced, CrashMode::Torn] {
+            let sim = SimStorage::new(seed, SimFaults::default());
+            let mut config = small_config();
+            config.durability = Durability::Never;
+            let log = open(&sim, config);
+            append_batches(&log, 0, 40 + seed);
+            block_on(log.sync()).unwrap();
+            let synced = log.last_index();
+            append_batches(&log, 40 + seed, 30);
+            let before = all_entries(&log);
+            drop(log);
+            sim.crash(mode);
+            let log = open(&sim, config);
+            block_on(log.load_raft_index()).unwrap();
+            let last = log.last_index();
+            assert!(
+                (synced..=synced + 30).contains(&last),
+                "seed {seed} {mode:?}: last {last}, synced {synced}"
+            );
+            let after = all_entries(&log);
+            same(&after, &before[..last as usize])
+                .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: {e}"));
+            // Appends go on at the next index, readable at once.
+            append_batches(&log, 200, 1);
+            assert_eq!(log.last_index(), last + 1);
+            assert_eq!(log.term(last + 1), Some(SINGLE_NODE_TERM));
+        }
+    }
+}
