@@ -50,7 +50,7 @@ mod retention;
 mod segment;
 
 pub use latency::{CommitLatencies, LATENCY_BUCKET_BOUNDS_US, LATENCY_BUCKETS, LatencyHistogram};
-pub use raft::{RaftBatch, RaftReadError};
+pub use raft::{RaftAppendError, RaftBatch, RaftReadError};
 pub use recovery::{Damage, Recovery, RepairReport, TailCut};
 
 #[cfg(test)]
@@ -293,6 +293,8 @@ pub enum AppendError {
     /// Recovery found damage in the active segment (see [`Damage`]): the log
     /// serves reads up to it and refuses writes until it is repaired.
     Damaged(Rc<str>),
+    /// The operation needs another configuration (the reason says which).
+    Unsupported(&'static str),
 }
 
 impl fmt::Display for AppendError {
@@ -313,6 +315,7 @@ impl fmt::Display for AppendError {
                 "log refuses writes: {why}; restart to recover what is durable"
             ),
             AppendError::Damaged(why) => write!(f, "log is read-only: {why}"),
+            AppendError::Unsupported(why) => write!(f, "not supported: {why}"),
         }
     }
 }

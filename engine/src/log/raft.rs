@@ -23,7 +23,7 @@
 use bytes::Bytes;
 
 use super::batch::{self, BatchError, BatchKind};
-use super::{Log, ReadError, SCAN_CHUNK_BYTES};
+use super::{AppendError, Durability, Log, ReadError, SCAN_CHUNK_BYTES};
 use crate::storage::Storage;
 
 /// One batch of a segment, as its Raft table records it.
@@ -88,7 +88,158 @@ impl From<ReadError> for RaftReadError {
     }
 }
 
+/// Why [`Log::append_entry`] refused a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RaftAppendError {
+    /// The bytes are not one valid batch.
+    Invalid(BatchError),
+    /// A batch of version 1 (it carries no term or index).
+    NotVersion2,
+    /// Its index is not the log's next, or its term is below the log's.
+    OutOfSequence {
+        index: u64,
+        term: u64,
+        next_index: u64,
+        log_term: u64,
+    },
+    /// Its base offset is not the log's next offset.
+    WrongOffset { base_offset: u64, next_offset: u64 },
+    /// The log refuses writes (size, poisoned, damaged).
+    Append(AppendError),
+}
+
+impl std::fmt::Display for RaftAppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaftAppendError::Invalid(e) => write!(f, "raft entry is not a valid batch: {e}"),
+            RaftAppendError::NotVersion2 => {
+                write!(f, "raft entry is a version-1 batch, without term or index")
+            }
+            RaftAppendError::OutOfSequence {
+                index,
+                term,
+                next_index,
+                log_term,
+            } => write!(
+                f,
+                "raft entry at index {index} term {term} does not follow the log (next index {next_index}, term {log_term})"
+            ),
+            RaftAppendError::WrongOffset {
+                base_offset,
+                next_offset,
+            } => write!(
+                f,
+                "raft entry has base offset {base_offset}, the log's next offset is {next_offset}"
+            ),
+            RaftAppendError::Append(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for RaftAppendError {}
+
 impl<S: Storage> Log<S> {
+    /// Appends a batch given whole (a Raft entry as the leader encoded it:
+    /// its header carries its term and index), unchanged, after checking
+    /// it: valid, version 2, at the log's next index and offset, at a term
+    /// not below the log's, within `batch_bytes_max`. Readable at once;
+    /// durable once [`Log::durable_next_index`] passes it (see
+    /// [`Log::sync_index`]). Returns its index. Never awaits: the
+    /// `pending_bytes_max` backpressure of [`Log::append`] is left to the
+    /// caller (Raft's `max_uncommitted_size`, section 3).
+    pub fn append_entry(&self, bytes: &[u8]) -> Result<u64, RaftAppendError> {
+        let header = batch::verify(bytes).map_err(RaftAppendError::Invalid)?;
+        if header.version != batch::BATCH_VERSION {
+            return Err(RaftAppendError::NotVersion2);
+        }
+        if header.batch_bytes() != bytes.len() {
+            return Err(RaftAppendError::Invalid(BatchError::BadCounts));
+        }
+        if bytes.len() > self.config.batch_bytes_max {
+            return Err(RaftAppendError::Append(AppendError::TooLarge {
+                bytes: bytes.len(),
+                max: self.config.batch_bytes_max,
+            }));
+        }
+        if let Some(damage) = &self.recovery.damage {
+            let why = damage.to_string().into();
+            return Err(RaftAppendError::Append(AppendError::Damaged(why)));
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            if let Some(why) = &st.poisoned {
+                return Err(RaftAppendError::Append(AppendError::Poisoned(why.clone())));
+            }
+            if header.raft_index != st.next_index || header.term < st.term {
+                return Err(RaftAppendError::OutOfSequence {
+                    index: header.raft_index,
+                    term: header.term,
+                    next_index: st.next_index,
+                    log_term: st.term,
+                });
+            }
+            if header.base_offset != st.next_offset {
+                return Err(RaftAppendError::WrongOffset {
+                    base_offset: header.base_offset,
+                    next_offset: st.next_offset,
+                });
+            }
+            st.term = header.term;
+        }
+        self.enqueue_batch(
+            bytes.len(),
+            header.offsets_taken(),
+            header.first_timestamp_ms,
+            header.kind,
+            |buf, stamp| {
+                debug_assert_eq!(
+                    (stamp.raft_index, stamp.term, stamp.base_offset),
+                    (header.raft_index, header.term, header.base_offset)
+                );
+                buf.extend_from_slice(bytes);
+            },
+        );
+        Ok(header.raft_index)
+    }
+
+    /// The index after the last durable batch (batches below it are on
+    /// disk); [`Log::first_index`] when none of the loaded ones is known
+    /// durable.
+    pub fn durable_next_index(&self) -> u64 {
+        let st = self.state.borrow();
+        for seg in st.segments.values().rev() {
+            let Some(slots) = &seg.raft else { continue };
+            let n = slots.partition_point(|s| s.position + u64::from(s.bytes) <= seg.durable_end);
+            if n > 0 {
+                return seg.base_index + n as u64;
+            }
+        }
+        drop(st);
+        self.first_index()
+    }
+
+    /// Waits until every batch below index `next` is durable, leading
+    /// flush rounds as [`Log::sync`] does. Only under
+    /// [`Durability::Always`], where a written batch is durable: control
+    /// batches take no offsets, so the offset-based syncs of the relaxed
+    /// modes would not see one at the tail.
+    pub async fn sync_index(&self, next: u64) -> Result<(), AppendError> {
+        if self.config.durability != Durability::Always {
+            return Err(AppendError::Unsupported(
+                "Raft index syncs need durability Always (control batches take no offsets)",
+            ));
+        }
+        loop {
+            if self.durable_next_index() >= next {
+                return Ok(());
+            }
+            if let Some(why) = self.poisoned() {
+                return Err(AppendError::Poisoned(why));
+            }
+            self.flush_round(true).await;
+        }
+    }
+
     /// The Raft index of the first batch held: the first loaded segment's
     /// first version-2 batch, or [`Log::next_index`] when none is held.
     pub fn first_index(&self) -> u64 {

@@ -165,3 +165,122 @@ fn after_a_crash_the_entries_are_a_prefix_of_those_appended() {
         }
     }
 }
+
+/// A control batch (a new leader's empty entry) at `index`, `term`, at the
+/// log's next offset.
+fn empty_entry(log: &SimLog, index: u64, term: u64) -> Vec<u8> {
+    let stamp = batch::BatchStamp {
+        kind: BatchKind::RaftEmpty,
+        base_offset: log.stats().next_offset,
+        first_timestamp_ms: 0,
+        term,
+        raft_index: index,
+    };
+    let mut out = Vec::new();
+    batch::encode_into(&mut out, &stamp, &[b""]);
+    out
+}
+
+#[test]
+fn a_follower_log_holds_the_leaders_batches_byte_for_byte() {
+    let sim = SimStorage::new(43, SimFaults::default());
+    let leader = open(&sim, small_config());
+    let fsim = SimStorage::new(44, SimFaults::default());
+    let follower = open(&fsim, small_config());
+    append_batches(&leader, 0, 30);
+    // A new leader's empty entry at term 2, then events at term 2.
+    let empty = empty_entry(&leader, 31, 2);
+    assert_eq!(leader.append_entry(&empty), Ok(31));
+    let next_offset = leader.stats().next_offset;
+    append_batches(&leader, 30, 30);
+    assert_eq!(leader.term(32), Some(2), "events follow at the new term");
+    let entries = all_entries(&leader);
+    assert_eq!(entries[30].kind, BatchKind::RaftEmpty);
+    assert_eq!(
+        batch::verify(&entries[31].bytes).unwrap().base_offset,
+        next_offset
+    );
+    for e in &entries {
+        assert_eq!(follower.append_entry(&e.bytes), Ok(e.index));
+    }
+    same(&all_entries(&follower), &entries).unwrap();
+    assert_eq!(follower.last_index(), 61);
+    assert!(follower.durable_next_index() < 62, "not all written yet");
+    block_on(follower.sync_index(62)).unwrap();
+    assert_eq!(follower.durable_next_index(), 62);
+    assert_eq!(
+        read_all(&follower),
+        read_all(&leader),
+        "the same events at the same offsets"
+    );
+    // Reopened, the follower holds them still and goes on.
+    drop(follower);
+    fsim.crash(CrashMode::DropUnsynced);
+    let follower = open(&fsim, small_config());
+    block_on(follower.load_raft_index()).unwrap();
+    same(&all_entries(&follower), &entries).unwrap();
+    assert_eq!(follower.durable_next_index(), 62);
+    let empty = empty_entry(&follower, 62, 3);
+    assert_eq!(follower.append_entry(&empty), Ok(62));
+    assert_eq!(follower.durable_next_index(), 62, "not yet written");
+    block_on(follower.sync_index(63)).unwrap();
+    assert_eq!(
+        follower.durable_next_index(),
+        63,
+        "a trailing control batch too"
+    );
+}
+
+#[test]
+fn an_entry_out_of_sequence_is_refused_and_changes_nothing() {
+    let sim = SimStorage::new(45, SimFaults::default());
+    let log = open(&sim, small_config());
+    append_batches(&log, 0, 3);
+    assert_eq!(log.append_entry(&empty_entry(&log, 4, 2)), Ok(4));
+    let next = log.stats().next_offset;
+    assert_eq!(
+        log.append_entry(&empty_entry(&log, 6, 2)),
+        Err(RaftAppendError::OutOfSequence {
+            index: 6,
+            term: 2,
+            next_index: 5,
+            log_term: 2
+        })
+    );
+    assert_eq!(
+        log.append_entry(&empty_entry(&log, 5, 1)),
+        Err(RaftAppendError::OutOfSequence {
+            index: 5,
+            term: 1,
+            next_index: 5,
+            log_term: 2
+        })
+    );
+    let mut wrong_offset = empty_entry(&log, 5, 2);
+    let stamp = batch::BatchStamp {
+        kind: BatchKind::RaftEmpty,
+        base_offset: next + 1,
+        first_timestamp_ms: 0,
+        term: 2,
+        raft_index: 5,
+    };
+    wrong_offset.clear();
+    batch::encode_into(&mut wrong_offset, &stamp, &[b""]);
+    assert_eq!(
+        log.append_entry(&wrong_offset),
+        Err(RaftAppendError::WrongOffset {
+            base_offset: next + 1,
+            next_offset: next
+        })
+    );
+    let mut flipped = empty_entry(&log, 5, 2);
+    flipped[41] ^= 1; // in the term: the CRC covers it
+    assert!(matches!(
+        log.append_entry(&flipped),
+        Err(RaftAppendError::Invalid(_))
+    ));
+    let mut v1 = Vec::new();
+    batch::encode_v1_into(&mut v1, next, 0, &[b"x"]);
+    assert_eq!(log.append_entry(&v1), Err(RaftAppendError::NotVersion2));
+    assert_eq!((log.last_index(), log.stats().next_offset), (4, next));
+}
