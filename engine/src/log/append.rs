@@ -257,18 +257,21 @@ impl<S: Storage> Log<S> {
         };
         assert!(!seg.sealed && seg.next_offset == base_offset);
         assert!(seg.end + len as u64 <= self.config.segment_bytes);
-        // Index entries go at event batches only: a control batch shares its
-        // offset with the next batch, and entries' offsets strictly increase.
-        if offsets > 0
-            && seg.end > 0
+        // Entries' offsets strictly increase, and a control batch shares its
+        // offset with the next batch: an entry goes only where the offset
+        // passed the last entry's (the rule open's scan follows, which may
+        // have indexed a control batch at the offset this batch begins at).
+        let relative_offset = (base_offset - seg.base) as u32;
+        if seg.end > 0
             && seg.end - seg.last_indexed_position >= u64::from(self.config.index_interval_bytes)
             && let SegmentIndex::Memory(idx) = &mut seg.index
+            && index::last(idx).is_none_or(|e| e.relative_offset < relative_offset)
         {
             {
                 index::push(
                     idx,
                     IndexEntry {
-                        relative_offset: (base_offset - seg.base) as u32,
+                        relative_offset,
                         position: seg.end as u32,
                     },
                 );

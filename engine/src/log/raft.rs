@@ -23,6 +23,7 @@
 use bytes::Bytes;
 
 use super::batch::{self, BatchError, BatchKind};
+use super::meta::{CONF_IDS_MAX, RaftMeta};
 use super::{AppendError, Durability, Log, ReadError, SCAN_CHUNK_BYTES};
 use crate::storage::Storage;
 
@@ -238,6 +239,40 @@ impl<S: Storage> Log<S> {
             }
             self.flush_round(true).await;
         }
+    }
+
+    /// Raft's state as `log.meta` last recorded it (all zero for a log that
+    /// never recorded any).
+    pub fn raft_meta(&self) -> RaftMeta {
+        self.meta.borrow().current.raft.clone()
+    }
+
+    /// Records Raft's hard state and conf state in `log.meta`, durably
+    /// (its two-slot write), keeping the log's own fields of the area
+    /// (`start_index`, `active_base_index`). Each conf list holds at most
+    /// [`CONF_IDS_MAX`] ids.
+    pub async fn write_raft_state(&self, state: &RaftMeta) -> std::io::Result<()> {
+        let lists = [
+            &state.voters,
+            &state.learners,
+            &state.voters_outgoing,
+            &state.learners_next,
+        ];
+        if let Some(long) = lists.iter().find(|l| l.len() > CONF_IDS_MAX) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a conf state list of {} ids; log.meta holds at most {CONF_IDS_MAX}",
+                    long.len()
+                ),
+            ));
+        }
+        self.update_meta(|m| {
+            let keep = (m.raft.start_index, m.raft.active_base_index);
+            m.raft = state.clone();
+            (m.raft.start_index, m.raft.active_base_index) = keep;
+        })
+        .await
     }
 
     /// The Raft index of the first batch held: the first loaded segment's

@@ -284,3 +284,39 @@ fn an_entry_out_of_sequence_is_refused_and_changes_nothing() {
     assert_eq!(log.append_entry(&v1), Err(RaftAppendError::NotVersion2));
     assert_eq!((log.last_index(), log.stats().next_offset), (4, next));
 }
+
+/// Regression: open's scan may index a control batch (its offset passed the
+/// last entry's); the event batch appended after it begins at that same
+/// offset and must not be indexed again (index offsets strictly increase).
+#[test]
+fn an_append_after_a_control_batch_indexed_at_open_keeps_the_index_increasing() {
+    let sim = SimStorage::new(46, SimFaults::default());
+    let log = open(&sim, small_config());
+    for i in 0..3 {
+        append(&log, &[record(i, 700)], i);
+    }
+    let next = log.stats().next_offset;
+    let control = |index: u64, len: usize| {
+        let stamp = batch::BatchStamp {
+            kind: BatchKind::ConfChange,
+            base_offset: next,
+            first_timestamp_ms: 0,
+            term: 1,
+            raft_index: index,
+        };
+        let mut out = Vec::new();
+        batch::encode_into(&mut out, &stamp, &[vec![7u8; len]]);
+        out
+    };
+    assert_eq!(log.append_entry(&control(4, 16)), Ok(4));
+    assert_eq!(log.append_entry(&control(5, 600)), Ok(5));
+    block_on(log.sync_index(6)).unwrap();
+    drop(log);
+    let log = open(&sim, small_config());
+    let appended = append(&log, &[record(9, 100)], 9);
+    assert_eq!(appended.base_offset, next);
+    assert_eq!(read_all(&log).last().unwrap(), &(next, record(9, 100)));
+    drop(log);
+    let log = open(&sim, small_config());
+    assert_eq!(read_all(&log).len() as u64, next + 1);
+}
