@@ -230,6 +230,8 @@ impl<S: Storage> Log<S> {
                 "Raft index syncs need durability Always (control batches take no offsets)",
             ));
         }
+        // Nothing beyond the last batch can become durable.
+        let next = next.min(self.next_index());
         loop {
             if self.durable_next_index() >= next {
                 return Ok(());
@@ -335,39 +337,83 @@ impl<S: Storage> Log<S> {
         }
         let mut out: Vec<RaftBatch> = Vec::new();
         let mut total = 0u64;
-        for index in lo..hi {
-            let Some((base, slot)) = self.slot(index) else {
+        let mut index = lo;
+        while index < hi {
+            // The batches from `index` on in its segment that fit: read
+            // with one read.
+            let Some((base, run)) = self.run(index, hi, bytes_max, total, out.is_empty()) else {
                 return Err(RaftReadError::Compacted { index, first });
             };
-            total += u64::from(slot.bytes);
-            if !out.is_empty() && total > bytes_max {
+            let Some((start, last)) = run.first().zip(run.last()) else {
+                break; // the next batch does not fit
+            };
+            let end = last.position + u64::from(last.bytes);
+            let data = self
+                .read_segment(base, start.position, end - start.position, end)
+                .await?;
+            for slot in &run {
+                let at = (slot.position - start.position) as usize;
+                let bytes = data.slice(at..(at + slot.bytes as usize).min(data.len()));
+                let header = batch::verify(&bytes).map_err(|reason| ReadError::Corrupt {
+                    segment: base,
+                    position: slot.position,
+                    reason,
+                })?;
+                if header.raft_index != index || header.term != slot.term {
+                    let (raft_index, term) = (header.raft_index, header.term);
+                    return Err(RaftReadError::Read(corrupt(
+                        base,
+                        slot.position,
+                        BatchError::OutOfSequence { raft_index, term },
+                    )));
+                }
+                total += u64::from(slot.bytes);
+                out.push(RaftBatch {
+                    index,
+                    term: slot.term,
+                    kind: header.kind,
+                    bytes,
+                });
+                index += 1;
+            }
+            if index < hi && total >= bytes_max {
                 break;
             }
-            let end = slot.position + u64::from(slot.bytes);
-            let bytes = self
-                .read_segment(base, slot.position, u64::from(slot.bytes), end)
-                .await?;
-            let header = batch::verify(&bytes).map_err(|reason| ReadError::Corrupt {
-                segment: base,
-                position: slot.position,
-                reason,
-            })?;
-            if header.raft_index != index || header.term != slot.term {
-                let (raft_index, term) = (header.raft_index, header.term);
-                return Err(RaftReadError::Read(corrupt(
-                    base,
-                    slot.position,
-                    BatchError::OutOfSequence { raft_index, term },
-                )));
-            }
-            out.push(RaftBatch {
-                index,
-                term: slot.term,
-                kind: header.kind,
-                bytes,
-            });
         }
         Ok(out)
+    }
+
+    /// The slots of the segment holding `index`, from it on, below `hi`, that
+    /// fit within `bytes_max` after `total` bytes (the first always when
+    /// `first`). `None` when no loaded segment holds `index`.
+    fn run(
+        &self,
+        index: u64,
+        hi: u64,
+        bytes_max: u64,
+        mut total: u64,
+        mut first: bool,
+    ) -> Option<(u64, Vec<Slot>)> {
+        let st = self.state.borrow();
+        let seg = st.segments.values().rev().find(|s| {
+            s.base_index > 0
+                && s.raft
+                    .as_ref()
+                    .is_some_and(|t| (s.base_index..s.base_index + t.len() as u64).contains(&index))
+        })?;
+        let slots = seg.raft.as_ref()?;
+        let from = (index - seg.base_index) as usize;
+        let to = slots.len().min((hi - seg.base_index) as usize);
+        let mut run = Vec::new();
+        for slot in &slots[from..to] {
+            total += u64::from(slot.bytes);
+            if !first && total > bytes_max {
+                break;
+            }
+            first = false;
+            run.push(*slot);
+        }
+        Some((seg.base, run))
     }
 
     /// Builds the Raft table of every segment that has none (those found at

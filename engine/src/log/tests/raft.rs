@@ -84,6 +84,26 @@ fn entries_by_raft_index_match_what_was_appended_across_rolls_and_reopen() {
     assert_eq!(one.len(), 1);
     let two = (before[4].bytes.len() + before[5].bytes.len()) as u64;
     assert_eq!(block_on(log.entries(5, 50, two)).unwrap().len(), 2);
+    // Every limit: the longest prefix within it (the first always), across
+    // segment boundaries, as raft-rs's `limit_size` keeps.
+    let mut rng = SimRng::new(7);
+    for _ in 0..200 {
+        let lo = 1 + rng.below(120);
+        let hi = lo + rng.below(121 - lo) + 1;
+        let max = rng.below(40_000);
+        let mut total = 0u64;
+        let want = before[(lo - 1) as usize..(hi - 1) as usize]
+            .iter()
+            .enumerate()
+            .take_while(|(i, e)| {
+                total += e.bytes.len() as u64;
+                *i == 0 || total <= max
+            })
+            .count();
+        let got = block_on(log.entries(lo, hi, max)).unwrap();
+        same(&got, &before[(lo - 1) as usize..(lo - 1) as usize + want])
+            .unwrap_or_else(|e| panic!("entries({lo}, {hi}, {max}): {e}"));
+    }
     assert!(matches!(
         block_on(log.entries(0, 3, u64::MAX)),
         Err(RaftReadError::Compacted { index: 0, first: 1 })
