@@ -101,7 +101,7 @@ impl<S: Storage> Drop for SyncGuard<'_, S> {
 }
 
 /// Resets leadership if a leader's flush future is dropped midway.
-struct LeaderGuard<'a, S: Storage>(&'a Log<S>);
+pub(super) struct LeaderGuard<'a, S: Storage>(pub(super) &'a Log<S>);
 
 impl<S: Storage> Drop for LeaderGuard<'_, S> {
     fn drop(&mut self) {

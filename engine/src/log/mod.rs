@@ -32,6 +32,7 @@
 //! - `open`: opening a log, checking its sealed segments and scanning the
 //!   active one.
 //! - `raft`: the Raft read side: batches by Raft index, with their terms.
+//! - `raft_cut`: cutting a Raft log's uncommitted suffix.
 //! - `recovery`: a torn tail versus damage, the watermarks in `log.meta`
 //!   that tell them apart, and [`Log::repair`].
 //! - [`meta`], [`batch`], [`index`]: the on-disk formats of `log.meta`, a
@@ -44,6 +45,7 @@ mod latency;
 pub mod meta;
 mod open;
 mod raft;
+mod raft_cut;
 mod read;
 mod recovery;
 mod retention;

@@ -107,6 +107,10 @@ pub enum RaftAppendError {
     WrongOffset { base_offset: u64, next_offset: u64 },
     /// The log refuses writes (size, poisoned, damaged).
     Append(AppendError),
+    /// A cut this version does not make (the reason says which).
+    Unsupported(&'static str),
+    /// Storage failed while cutting.
+    Io(String),
 }
 
 impl std::fmt::Display for RaftAppendError {
@@ -133,6 +137,8 @@ impl std::fmt::Display for RaftAppendError {
                 "raft entry has base offset {base_offset}, the log's next offset is {next_offset}"
             ),
             RaftAppendError::Append(e) => write!(f, "{e}"),
+            RaftAppendError::Unsupported(why) => write!(f, "not supported: {why}"),
+            RaftAppendError::Io(why) => write!(f, "raft log cut failed: {why}"),
         }
     }
 }

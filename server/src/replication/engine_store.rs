@@ -26,13 +26,18 @@
 //!   Raft index since control batches take no offsets), then records a
 //!   changed hard state or conf state in `log.meta`. The log must be
 //!   written with durability `Always`.
-//! - **Not built yet**: replacing an overlapped uncommitted suffix (a new
-//!   leader's conflicting entries) needs the engine primitive
-//!   `Log::truncate_after`; such an append is refused with
-//!   [`StoreError::Unsupported`]. Installing a snapshot (resetting the log
-//!   to begin after it, section 8) likewise: it leaves the store failed,
-//!   and `persist` reports it. The term of the index just before the first
-//!   one held is known only for an empty log's start (0).
+//! - **A conflicting suffix** (a new leader's entries overlapping the log
+//!   above the commit) is cut by [`Log::truncate_after`], which is
+//!   asynchronous while `append` is not: the store cuts its cache at once
+//!   (reads see the new entries) and stages the cut and the entries after
+//!   it; `persist` makes the cut (durable), then writes them. A crash
+//!   before that `persist` leaves the old suffix, as if the leader's
+//!   message had been lost (none of the new entries was reported durable).
+//!   The engine cuts only inside the active segment so far.
+//! - **Not built yet**: installing a snapshot (resetting the log to begin
+//!   after it, section 8) leaves the store failed, and `persist` reports
+//!   it. The term of the index just before the first one held is known
+//!   only for an empty log's start (0).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -65,6 +70,30 @@ struct Inner<S: Storage> {
     recorded: RaftMeta,
     /// Why the store can no longer be used (an unsupported snapshot).
     failed: Option<StoreError>,
+    /// A cut of the log after this index that `persist` makes (the
+    /// engine's cut is asynchronous, `append` is not), and the entries to
+    /// write after it then; reads see them already.
+    pending_cut: Option<u64>,
+    staged: Vec<Entry>,
+}
+
+impl<S: Storage> Inner<S> {
+    /// The last index as reads see it (a pending cut and its entries
+    /// included).
+    fn last(&self) -> u64 {
+        match self.pending_cut {
+            Some(cut) => cut + self.staged.len() as u64,
+            None => self.log.last_index(),
+        }
+    }
+
+    /// Keeps `e` in the cache (the cache holds `cache_first..=last`).
+    fn cache_push(&mut self, e: &Entry) {
+        if self.cache.is_empty() {
+            self.cache_first = e.index;
+        }
+        self.cache.push_back(e.clone());
+    }
 }
 
 /// A [`LogStore`] over an engine log. Clones share it.
@@ -215,6 +244,8 @@ impl<S: Storage> EngineLogStore<S> {
             conf,
             recorded,
             failed: None,
+            pending_cut: None,
+            staged: Vec::new(),
         }))))
     }
 
@@ -223,6 +254,10 @@ impl<S: Storage> EngineLogStore<S> {
     /// The driver calls it where a round's fdatasync goes, then
     /// `on_persisted`.
     pub async fn persist(&self) -> Result<(), StoreError> {
+        if let Err(e) = self.write_cut().await {
+            self.0.borrow_mut().failed = Some(e.clone());
+            return Err(e);
+        }
         let (log, next, wanted) = {
             let inner = self.0.borrow();
             if let Some(e) = &inner.failed {
@@ -262,6 +297,32 @@ impl<S: Storage> EngineLogStore<S> {
         Ok(())
     }
 
+    /// Makes a pending cut (durable when it returns) and writes the
+    /// entries staged after it.
+    async fn write_cut(&self) -> Result<(), StoreError> {
+        let (log, cut) = {
+            let inner = self.0.borrow();
+            match inner.pending_cut {
+                Some(cut) => (inner.log.clone(), cut),
+                None => return Ok(()),
+            }
+        };
+        log.truncate_after(cut)
+            .await
+            .map_err(|e| io_error("cutting the log's uncommitted suffix", e))?;
+        let staged = {
+            let mut inner = self.0.borrow_mut();
+            inner.pending_cut = None;
+            std::mem::take(&mut inner.staged)
+        };
+        for e in &staged {
+            let bytes = batch_of(e, log.stats().next_offset)?;
+            log.append_entry(&bytes)
+                .map_err(|err| StoreError::Rejected(format!("entry {}: {err}", e.index)))?;
+        }
+        Ok(())
+    }
+
     /// Drops the cached entries below `index` (applied ones raft will not
     /// read again but to send them to a follower far behind).
     pub fn release_below(&self, index: u64) {
@@ -288,7 +349,7 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
             return Err(e.clone());
         }
         let first = inner.log.first_index();
-        let last = inner.log.last_index();
+        let last = inner.last();
         if first_new < first {
             return Err(StoreError::BelowFirst { first_new, first });
         }
@@ -302,20 +363,31 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
             });
         }
         if first_new <= last {
-            return Err(StoreError::Unsupported(
-                "replacing an uncommitted suffix needs Log::truncate_after (not built yet)",
-            ));
+            // A new leader's conflicting suffix: cut it (at `persist`).
+            let cut = first_new - 1;
+            inner.pending_cut = Some(inner.pending_cut.map_or(cut, |c| c.min(cut)));
+            let keep_staged = inner.pending_cut.map_or(0, |c| (cut - c) as usize);
+            inner.staged.truncate(keep_staged);
+            if first_new <= inner.cache_first {
+                inner.cache.clear();
+            } else {
+                let keep = (first_new - inner.cache_first) as usize;
+                inner.cache.truncate(keep);
+            }
         }
         for e in entries {
-            let bytes = batch_of(e, inner.log.stats().next_offset)?;
-            inner
-                .log
-                .append_entry(&bytes)
-                .map_err(|err| StoreError::Rejected(format!("entry {}: {err}", e.index)))?;
-            if inner.cache.is_empty() {
-                inner.cache_first = e.index;
+            if inner.pending_cut.is_some() {
+                // Checked now (its stamp), written at `persist`.
+                batch_of(e, 0)?;
+                inner.staged.push(e.clone());
+            } else {
+                let bytes = batch_of(e, inner.log.stats().next_offset)?;
+                inner
+                    .log
+                    .append_entry(&bytes)
+                    .map_err(|err| StoreError::Rejected(format!("entry {}: {err}", e.index)))?;
             }
-            inner.cache.push_back(e.clone());
+            inner.cache_push(e);
         }
         Ok(())
     }
@@ -358,7 +430,7 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
         if low < inner.log.first_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > inner.log.last_index() + 1 {
+        if high > inner.last() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         if low < inner.cache_first {
@@ -390,6 +462,10 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
         {
             return Ok(e.term);
         }
+        if inner.pending_cut.is_some_and(|cut| index > cut) {
+            // Cut: only the cache holds what follows.
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
         inner
             .log
             .term(index)
@@ -401,7 +477,7 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.0.borrow().log.last_index())
+        Ok(self.0.borrow().last())
     }
 
     /// A descriptor (section 8): the point before the first entry held and
@@ -562,8 +638,7 @@ mod tests {
     }
 
     /// What the store refuses: a gap, a cut into the committed prefix, a
-    /// batch stamped with another index, and (not built yet) replacing an
-    /// uncommitted suffix.
+    /// batch stamped with another index.
     #[test]
     fn engine_store_refuses_gaps_cuts_and_mismatched_batches() {
         let sim = SimStorage::new(8, SimFaults::default());
@@ -592,10 +667,6 @@ mod tests {
                 commit: 2
             })
         );
-        assert!(matches!(
-            store.append(&[entry(1, 3, 2, at, 0)]),
-            Err(StoreError::Unsupported(why)) if why.contains("truncate_after")
-        ));
         let mut wrong = entry(0, 4, 1, at, 10);
         wrong.index = 4;
         wrong.term = 2;
@@ -606,9 +677,122 @@ mod tests {
         assert_eq!(store.last_index().unwrap(), 3, "nothing written");
     }
 
-    /// Over random appends (every entry kind, at rising terms), hard-state
-    /// changes, persists, crashes and reopens, the engine store answers as
-    /// `MemLogStore` does: the same bounds, entries, terms and state.
+    /// A new leader's conflicting suffix replaces the uncommitted entries:
+    /// readable at once, made durable by `persist` (a crash before it
+    /// brings the old suffix back), and the log's offsets stay dense.
+    #[test]
+    fn engine_store_replaces_a_conflicting_suffix_at_persist() {
+        for crash_first in [true, false] {
+            let sim = SimStorage::new(9, SimFaults::default());
+            let mut store = open(&sim);
+            let mut old = Vec::new();
+            for i in 1..=6 {
+                let e = entry(i % 2, i, 1, next_offset(&store), 300);
+                store.append(std::slice::from_ref(&e)).unwrap();
+                old.push(e);
+            }
+            let hs = HardState {
+                term: 2,
+                commit: 3,
+                ..HardState::default()
+            };
+            store.set_hard_state(&hs);
+            block_on(store.persist()).unwrap();
+            // The leader's offsets follow its own log: entry 4 begins where
+            // the kept prefix ends.
+            let kept_next = {
+                let log = store.log();
+                let b = block_on(log.entries(4, 5, u64::MAX)).unwrap();
+                batch::parse_header(&b[0].bytes).unwrap().base_offset
+            };
+            let new4 = entry(0, 4, 2, kept_next, 100);
+            let events = batch::parse_header(&new4.data).unwrap().offsets_taken();
+            let new5 = entry(1, 5, 2, kept_next + events, 0);
+            store.append(&[new4.clone(), new5.clone()]).unwrap();
+            let mut want = old[..3].to_vec();
+            want.extend([new4, new5]);
+            assert_eq!(all(&store), want, "readable at once");
+            assert!(matches!(
+                store.term(6),
+                Err(raft::Error::Store(StorageError::Unavailable))
+            ));
+            if crash_first {
+                drop(store);
+                sim.crash(CrashMode::DropUnsynced);
+                let store = open(&sim);
+                assert_eq!(all(&store), old, "not persisted: the old suffix");
+                continue;
+            }
+            block_on(store.persist()).unwrap();
+            assert_eq!(store.log().stats().next_offset, kept_next + events);
+            drop(store);
+            sim.crash(CrashMode::DropUnsynced);
+            let store = open(&sim);
+            assert_eq!(all(&store), want);
+            assert_eq!(store.initial_state().unwrap().hard_state, hs);
+        }
+    }
+
+    /// `count` random entries (every kind) from index `first` at `term`,
+    /// their batches from offset `offset` on.
+    fn random_entries(
+        rng: &mut SimRng,
+        first: u64,
+        count: u64,
+        term: u64,
+        offset: u64,
+    ) -> Vec<Entry> {
+        let mut offset = offset;
+        (first..first + count)
+            .map(|next| {
+                let e = entry(rng.below(3), next, term, offset, rng.below(900) as usize);
+                if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                    offset += batch::parse_header(&e.data).unwrap().offsets_taken();
+                }
+                e
+            })
+            .collect()
+    }
+
+    /// The engine store answers as the model does: bounds, entries (all,
+    /// and a random range under a random limit), terms, hard state.
+    fn assert_same(
+        store: &EngineLogStore<SimStorage>,
+        mem: &MemLogStore,
+        rng: &mut SimRng,
+        ctx: &str,
+    ) {
+        let last = store.last_index().unwrap();
+        assert_eq!(last, mem.last_index().unwrap(), "{ctx}");
+        assert_eq!(
+            store.first_index().unwrap(),
+            mem.first_index().unwrap(),
+            "{ctx}"
+        );
+        assert!(all(store) == all(mem), "{ctx}: entries differ");
+        let (s, m) = (store.initial_state().unwrap(), mem.initial_state().unwrap());
+        assert_eq!(s.hard_state, m.hard_state, "{ctx}");
+        for i in 0..=last {
+            assert_eq!(
+                store.term(i).unwrap(),
+                mem.term(i).unwrap(),
+                "{ctx} term {i}"
+            );
+        }
+        let lo = 1 + rng.below(last + 1);
+        let hi = lo + rng.below(last + 2 - lo);
+        let max = rng.below(3_000);
+        let ctx_e = || GetEntriesContext::empty(false);
+        assert!(
+            store.entries(lo, hi, max, ctx_e()).unwrap()
+                == mem.entries(lo, hi, max, ctx_e()).unwrap(),
+            "{ctx}: entries({lo}, {hi}, {max}) differ"
+        );
+    }
+
+    /// Over random appends (every entry kind at rising terms), conflicting
+    /// suffixes, hard-state changes, persists, crashes and reopens, the
+    /// engine store answers as `MemLogStore` does.
     #[test]
     fn engine_store_matches_mem_log_store_over_random_sequences() {
         for seed in 0..40u64 {
@@ -623,29 +807,38 @@ mod tests {
             mem.sync();
             let mut term = 1;
             for step in 0..60 {
-                match rng.below(10) {
-                    0..=4 => {
+                let (commit, last) = (mem.hard_state().commit, store.last_index().unwrap());
+                match rng.below(12) {
+                    10.. if commit < last => {
+                        // A new leader's conflicting suffix, then persisted
+                        // (`MemLogStore` cuts durably at once, the engine
+                        // store at `persist`); its offsets follow the kept
+                        // prefix.
+                        term += 1;
+                        let first = commit + 1 + rng.below(last - commit);
+                        let log = store.log();
+                        let b = block_on(log.entries(first, first + 1, u64::MAX)).unwrap();
+                        let offset = batch::parse_header(&b[0].bytes).unwrap().base_offset;
+                        let count = 1 + rng.below(3);
+                        let batch = random_entries(&mut rng, first, count, term, offset);
+                        store.append(&batch).unwrap();
+                        mem.append(&batch).unwrap();
+                        block_on(store.persist()).unwrap();
+                        mem.sync();
+                    }
+                    0..=4 | 10.. => {
                         term += u64::from(rng.below(4) == 0);
-                        let first = store.last_index().unwrap() + 1;
-                        let mut batch = Vec::new();
-                        let mut offset = next_offset(&store);
-                        for next in first..first + 1 + rng.below(4) {
-                            let e =
-                                entry(rng.below(3), next, term, offset, rng.below(900) as usize);
-                            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                                offset += batch::parse_header(&e.data).unwrap().offsets_taken();
-                            }
-                            batch.push(e);
-                        }
+                        let count = 1 + rng.below(4);
+                        let batch =
+                            random_entries(&mut rng, last + 1, count, term, next_offset(&store));
                         store.append(&batch).unwrap();
                         mem.append(&batch).unwrap();
                     }
                     5 | 6 => {
-                        let last = store.last_index().unwrap();
                         let hs = HardState {
                             term,
                             vote: rng.below(4),
-                            commit: last.min(mem.hard_state().commit + rng.below(5)),
+                            commit: last.min(commit + rng.below(5)),
                             ..HardState::default()
                         };
                         store.set_hard_state(&hs);
@@ -655,45 +848,14 @@ mod tests {
                         block_on(store.persist()).unwrap();
                         mem.sync();
                     }
-                    _ => {
+                    9 => {
                         drop(store);
                         sim.crash(CrashMode::DropUnsynced);
                         store = open(&sim);
                         mem.crash();
                     }
                 }
-                let ctx = format!("seed {seed} step {step}");
-                assert_eq!(
-                    store.last_index().unwrap(),
-                    mem.last_index().unwrap(),
-                    "{ctx}"
-                );
-                assert_eq!(
-                    store.first_index().unwrap(),
-                    mem.first_index().unwrap(),
-                    "{ctx}"
-                );
-                assert!(all(&store) == all(&mem), "{ctx}: entries differ");
-                let (s, m) = (store.initial_state().unwrap(), mem.initial_state().unwrap());
-                assert_eq!(s.hard_state, m.hard_state, "{ctx}");
-                for i in 0..=store.last_index().unwrap() {
-                    assert_eq!(
-                        store.term(i).unwrap(),
-                        mem.term(i).unwrap(),
-                        "{ctx} term {i}"
-                    );
-                }
-                let lo = 1 + rng.below(store.last_index().unwrap() + 1);
-                let hi = lo + rng.below(store.last_index().unwrap() + 2 - lo);
-                let max = rng.below(3_000);
-                let ctx_e = GetEntriesContext::empty(false);
-                assert!(
-                    store.entries(lo, hi, max, ctx_e).unwrap()
-                        == mem
-                            .entries(lo, hi, max, GetEntriesContext::empty(false))
-                            .unwrap(),
-                    "{ctx}: entries({lo}, {hi}, {max}) differ"
-                );
+                assert_same(&store, &mem, &mut rng, &format!("seed {seed} step {step}"));
             }
         }
     }

@@ -340,3 +340,106 @@ fn an_append_after_a_control_batch_indexed_at_open_keeps_the_index_increasing() 
     let log = open(&sim, small_config());
     assert_eq!(read_all(&log).len() as u64, next + 1);
 }
+
+/// An event batch of one `len`-byte record at `index`, `term`, at the
+/// log's next offset.
+fn event_entry(log: &SimLog, index: u64, term: u64, len: usize) -> Vec<u8> {
+    let stamp = batch::BatchStamp {
+        kind: BatchKind::Events,
+        base_offset: log.stats().next_offset,
+        first_timestamp_ms: index,
+        term,
+        raft_index: index,
+    };
+    let mut out = Vec::new();
+    batch::encode_into(&mut out, &stamp, &[vec![index as u8; len]]);
+    out
+}
+
+/// Appends event entries `from..to` at `term`; returns their bytes.
+fn append_entries(log: &SimLog, from: u64, to: u64, term: u64) -> Vec<Vec<u8>> {
+    (from..to)
+        .map(|i| {
+            let e = event_entry(log, i, term, 300 + (i as usize * 211) % 2000);
+            assert_eq!(log.append_entry(&e), Ok(i));
+            e
+        })
+        .collect()
+}
+
+fn bytes_of(log: &SimLog) -> Vec<Vec<u8>> {
+    all_entries(log)
+        .into_iter()
+        .map(|e| e.bytes.to_vec())
+        .collect()
+}
+
+#[test]
+fn truncate_after_cuts_a_written_suffix_durably_and_the_log_goes_on() {
+    for crash_before_new in [false, true] {
+        let sim = SimStorage::new(47, SimFaults::default());
+        let log = open(&sim, small_config());
+        let mut kept = append_entries(&log, 1, 13, 1);
+        block_on(log.sync_index(13)).unwrap();
+        let cut_offset = batch::verify(&kept[8]).unwrap().base_offset;
+        kept.truncate(8);
+        block_on(log.truncate_after(8)).unwrap();
+        assert_eq!((log.last_index(), log.durable_next_index()), (8, 9));
+        assert_eq!(log.stats().next_offset, cut_offset);
+        assert_eq!(bytes_of(&log), kept);
+        // New entries at indexes 9.. (a lower term than the log had is
+        // possible in Raft; here a higher one).
+        let new = append_entries(&log, 9, 11, 2);
+        if crash_before_new {
+            drop(log);
+            sim.crash(CrashMode::DropUnsynced);
+            let log = open(&sim, small_config());
+            block_on(log.load_raft_index()).unwrap();
+            assert_eq!(bytes_of(&log), kept, "the cut is durable, the new not");
+            continue;
+        }
+        block_on(log.sync_index(11)).unwrap();
+        kept.extend(new);
+        assert_eq!(bytes_of(&log), kept);
+        let events = read_all(&log);
+        drop(log);
+        sim.crash(CrashMode::DropUnsynced);
+        let log = open(&sim, small_config());
+        assert!(log.recovery().cut.is_none() && log.damage().is_none());
+        block_on(log.load_raft_index()).unwrap();
+        assert_eq!(bytes_of(&log), kept);
+        assert_eq!(
+            read_all(&log),
+            events,
+            "the same events at the same offsets"
+        );
+        assert_eq!(log.term(10), Some(2));
+    }
+}
+
+#[test]
+fn truncate_after_cuts_an_unwritten_suffix_and_refuses_a_sealed_segment() {
+    let sim = SimStorage::new(48, SimFaults::default());
+    let log = open(&sim, small_config());
+    let mut kept = append_entries(&log, 1, 4, 1);
+    block_on(log.sync_index(4)).unwrap();
+    kept.extend(append_entries(&log, 4, 7, 1));
+    kept.truncate(4);
+    block_on(log.truncate_after(4)).unwrap();
+    assert_eq!(bytes_of(&log), kept);
+    kept.extend(append_entries(&log, 5, 6, 3));
+    block_on(log.sync_index(6)).unwrap();
+    drop(log);
+    sim.crash(CrashMode::DropUnsynced);
+    let log = open(&sim, small_config());
+    block_on(log.load_raft_index()).unwrap();
+    assert_eq!(bytes_of(&log), kept);
+    // Roll into a second segment; a cut into the first is not built.
+    append_entries(&log, 6, 60, 3);
+    assert!(log.segments().len() > 1);
+    assert!(matches!(
+        block_on(log.truncate_after(5)),
+        Err(RaftAppendError::Unsupported(why)) if why.contains("sealed")
+    ));
+    assert_eq!(log.last_index(), 59);
+}
