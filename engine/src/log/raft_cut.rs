@@ -32,7 +32,9 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> RaftAppendError + '_ {
 
 impl<S: Storage> Log<S> {
     /// Removes every batch after Raft index `index`, durably (see the module
-    /// header). A no-op when `index` is the last index or beyond.
+    /// header). A no-op when `index` is the last index or beyond. The
+    /// caller appends nothing while it runs (a Raft log has one writer, its
+    /// store); [`Log::append`]s wait for it as for a flush round.
     pub async fn truncate_after(&self, index: u64) -> Result<(), RaftAppendError> {
         if index >= self.last_index() {
             return Ok(());
