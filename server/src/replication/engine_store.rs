@@ -14,7 +14,8 @@
 //!   back into exactly the entry raft appended.
 //! - **Reads from memory.** raft-rs reads its `Storage` synchronously, so
 //!   the store keeps the entries from `cache_first` on in memory (all the
-//!   log's entries at open, up to [`CACHE_ENTRIES_MAX`], and every entry
+//!   log's entries at open, up to [`CACHE_ENTRIES_MAX`] and
+//!   [`CACHE_BYTES_MAX`], and every entry
 //!   appended since, until [`EngineLogStore::release_below`] drops those
 //!   applied). `term` falls back to the log's in-memory table. An entry
 //!   below the cache is `LogTemporarilyUnavailable` where raft can wait
@@ -55,6 +56,8 @@ use super::store::{LogStore, StoreError};
 
 /// Entries loaded into the cache at open, at most (the newest).
 pub const CACHE_ENTRIES_MAX: u64 = 65_536;
+/// Bytes of entries loaded into the cache at open, at most (the newest).
+pub const CACHE_BYTES_MAX: usize = 64 << 20;
 /// Bytes of entries read from the log at a time while loading the cache.
 const LOAD_BYTES_MAX: u64 = 4 << 20;
 
@@ -197,6 +200,15 @@ impl<S: Storage> EngineLogStore<S> {
     /// segments for their Raft tables, reads hard and conf state from
     /// `log.meta`, and loads the newest entries into memory.
     pub async fn open(log: Rc<Log<S>>) -> Result<EngineLogStore<S>, StoreError> {
+        Self::open_with_cache(log, CACHE_BYTES_MAX).await
+    }
+
+    /// [`EngineLogStore::open`], loading at most `cache_bytes_max` bytes
+    /// of entries' data into memory.
+    pub async fn open_with_cache(
+        log: Rc<Log<S>>,
+        cache_bytes_max: usize,
+    ) -> Result<EngineLogStore<S>, StoreError> {
         if log.config().durability != Durability::Always {
             return Err(StoreError::Unsupported(
                 "a Raft log is written with durability Always",
@@ -225,6 +237,8 @@ impl<S: Storage> EngineLogStore<S> {
             .first_index()
             .max((last + 1).saturating_sub(CACHE_ENTRIES_MAX));
         let mut cache = VecDeque::new();
+        let mut cache_first = cache_first;
+        let mut cache_bytes = 0usize;
         let mut lo = cache_first;
         while lo <= last {
             let got = log
@@ -232,7 +246,15 @@ impl<S: Storage> EngineLogStore<S> {
                 .await
                 .map_err(|e| io_error("loading Raft entries", e))?;
             for b in &got {
-                cache.push_back(entry_of(b)?);
+                let e = entry_of(b)?;
+                cache_bytes += e.data.len();
+                cache.push_back(e);
+            }
+            // Keep the newest within the byte limit (entries' data).
+            while cache_bytes > cache_bytes_max {
+                let Some(old) = cache.pop_front() else { break };
+                cache_bytes -= old.data.len();
+                cache_first += 1;
             }
             lo += got.len() as u64;
         }
@@ -635,6 +657,34 @@ mod tests {
             Err(raft::Error::Store(StorageError::Unavailable))
         ));
         assert_eq!(store.term(2).unwrap(), 2);
+    }
+
+    /// At open, only the newest entries within the byte limit are loaded
+    /// into memory; older ones are told to wait (asynchronous reads), and
+    /// their terms still come from the log.
+    #[test]
+    fn engine_store_loads_the_newest_entries_within_its_byte_limit() {
+        let sim = SimStorage::new(10, SimFaults::default());
+        let mut store = open(&sim);
+        let mut appended = Vec::new();
+        for i in 1..=10 {
+            let e = entry(0, i, 1, next_offset(&store), 1_000);
+            store.append(std::slice::from_ref(&e)).unwrap();
+            appended.push(e);
+        }
+        block_on(store.persist()).unwrap();
+        let log = store.log();
+        drop(store);
+        let limit = appended[7..].iter().map(|e| e.data.len()).sum::<usize>();
+        let store = block_on(EngineLogStore::open_with_cache(log, limit)).unwrap();
+        let got = store.entries(8, 11, None, GetEntriesContext::empty(false));
+        assert_eq!(got.unwrap(), appended[7..]);
+        assert!(matches!(
+            store.entries(7, 11, None, GetEntriesContext::empty(true)),
+            Err(raft::Error::Store(StorageError::LogTemporarilyUnavailable))
+        ));
+        assert_eq!(store.term(1).unwrap(), 1);
+        assert_eq!(store.first_index().unwrap(), 1);
     }
 
     /// What the store refuses: a gap, a cut into the committed prefix, a
