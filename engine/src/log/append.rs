@@ -101,7 +101,7 @@ impl<S: Storage> Drop for SyncGuard<'_, S> {
 }
 
 /// Resets leadership if a leader's flush future is dropped midway.
-struct LeaderGuard<'a, S: Storage>(&'a Log<S>);
+pub(super) struct LeaderGuard<'a, S: Storage>(pub(super) &'a Log<S>);
 
 impl<S: Storage> Drop for LeaderGuard<'_, S> {
     fn drop(&mut self) {
@@ -208,6 +208,28 @@ impl<S: Storage> Log<S> {
     /// Puts the batch into the active segment's buffer, rolling first if it
     /// does not fit. Never awaits.
     fn enqueue<R: AsRef<[u8]>>(&self, records: &[R], len: usize, timestamp_ms: u64) -> Appended {
+        let count = records.len() as u64;
+        let base_offset =
+            self.enqueue_batch(len, count, timestamp_ms, BatchKind::Events, |buf, stamp| {
+                batch::encode_into(buf, stamp, records)
+            });
+        Appended {
+            base_offset,
+            last_offset: base_offset + count - 1,
+        }
+    }
+
+    /// Puts a batch of `len` bytes taking `offsets` offsets into the active
+    /// segment's buffer, rolling first if it does not fit; `write` appends
+    /// its bytes, stamped as given. Returns its base offset. Never awaits.
+    pub(super) fn enqueue_batch(
+        &self,
+        len: usize,
+        offsets: u64,
+        timestamp_ms: u64,
+        kind: BatchKind,
+        write: impl FnOnce(&mut bytes::BytesMut, &BatchStamp),
+    ) -> u64 {
         let mut guard = self.state.borrow_mut();
         let st = &mut *guard;
         let base_offset = st.next_offset;
@@ -227,6 +249,7 @@ impl<S: Storage> Log<S> {
             }
             let mut segment = Segment::new(&self.dir, base_offset);
             segment.base_index = st.next_index;
+            segment.raft = Some(Vec::new());
             st.segments.insert(base_offset, segment);
         }
         let Some(seg) = st.segments.values_mut().next_back() else {
@@ -234,15 +257,21 @@ impl<S: Storage> Log<S> {
         };
         assert!(!seg.sealed && seg.next_offset == base_offset);
         assert!(seg.end + len as u64 <= self.config.segment_bytes);
+        // Entries' offsets strictly increase, and a control batch shares its
+        // offset with the next batch: an entry goes only where the offset
+        // passed the last entry's (the rule open's scan follows, which may
+        // have indexed a control batch at the offset this batch begins at).
+        let relative_offset = (base_offset - seg.base) as u32;
         if seg.end > 0
             && seg.end - seg.last_indexed_position >= u64::from(self.config.index_interval_bytes)
             && let SegmentIndex::Memory(idx) = &mut seg.index
+            && index::last(idx).is_none_or(|e| e.relative_offset < relative_offset)
         {
             {
                 index::push(
                     idx,
                     IndexEntry {
-                        relative_offset: (base_offset - seg.base) as u32,
+                        relative_offset,
                         position: seg.end as u32,
                     },
                 );
@@ -251,27 +280,35 @@ impl<S: Storage> Log<S> {
         }
         let before = seg.buf.len();
         let stamp = BatchStamp {
-            kind: BatchKind::Events,
+            kind,
             base_offset,
             first_timestamp_ms: timestamp_ms,
             term: st.term,
             raft_index: st.next_index,
         };
-        batch::encode_into(&mut seg.buf, &stamp, records);
+        write(&mut seg.buf, &stamp);
         assert_eq!(seg.buf.len() - before, len);
+        if seg.raft.is_none() && seg.end == 0 {
+            // An empty segment found at open: its table begins here.
+            seg.raft = Some(Vec::new());
+        }
+        if let Some(slots) = &mut seg.raft {
+            slots.push(super::raft::Slot {
+                position: seg.end,
+                bytes: len as u32,
+                kind,
+                term: st.term,
+            });
+        }
         seg.end += len as u64;
         assert_eq!(seg.buf_position + seg.buf.len() as u64, seg.end);
-        let count = records.len() as u64;
-        seg.next_offset += count;
+        seg.next_offset += offsets;
         seg.max_timestamp_ms = seg.max_timestamp_ms.max(timestamp_ms);
-        st.next_offset += count;
+        st.next_offset += offsets;
         st.next_index += 1;
         seg.next_index = st.next_index;
         st.pending_bytes += len;
-        Appended {
-            base_offset,
-            last_offset: base_offset + count - 1,
-        }
+        base_offset
     }
 
     /// Waits until every offset below `next` is durable.
@@ -322,7 +359,7 @@ impl<S: Storage> Log<S> {
 
     /// One round of group commit: lead a flush if none runs, else wait for
     /// the running one to end.
-    async fn flush_round(&self, want_sync: bool) {
+    pub(super) async fn flush_round(&self, want_sync: bool) {
         let generation = self.flushed.generation();
         let lead = {
             let mut st = self.state.borrow_mut();

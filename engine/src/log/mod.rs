@@ -31,6 +31,8 @@
 //!   [`Log::delete_before`].
 //! - `open`: opening a log, checking its sealed segments and scanning the
 //!   active one.
+//! - `raft`: the Raft read side: batches by Raft index, with their terms.
+//! - `raft_cut`: cutting a Raft log's uncommitted suffix.
 //! - `recovery`: a torn tail versus damage, the watermarks in `log.meta`
 //!   that tell them apart, and [`Log::repair`].
 //! - [`meta`], [`batch`], [`index`]: the on-disk formats of `log.meta`, a
@@ -42,12 +44,15 @@ pub mod index;
 mod latency;
 pub mod meta;
 mod open;
+mod raft;
+mod raft_cut;
 mod read;
 mod recovery;
 mod retention;
 mod segment;
 
 pub use latency::{CommitLatencies, LATENCY_BUCKET_BOUNDS_US, LATENCY_BUCKETS, LatencyHistogram};
+pub use raft::{RaftAppendError, RaftBatch, RaftReadError};
 pub use recovery::{Damage, Recovery, RepairReport, TailCut};
 
 #[cfg(test)]
@@ -290,6 +295,8 @@ pub enum AppendError {
     /// Recovery found damage in the active segment (see [`Damage`]): the log
     /// serves reads up to it and refuses writes until it is repaired.
     Damaged(Rc<str>),
+    /// The operation needs another configuration (the reason says which).
+    Unsupported(&'static str),
 }
 
 impl fmt::Display for AppendError {
@@ -310,6 +317,7 @@ impl fmt::Display for AppendError {
                 "log refuses writes: {why}; restart to recover what is durable"
             ),
             AppendError::Damaged(why) => write!(f, "log is read-only: {why}"),
+            AppendError::Unsupported(why) => write!(f, "not supported: {why}"),
         }
     }
 }

@@ -184,7 +184,7 @@ impl<S: Storage> Log<S> {
 
     /// Reads `len` bytes at `position` of segment `base` (fewer where
     /// `readable_end` cuts them), from the tail buffer or the file.
-    async fn read_segment(
+    pub(super) async fn read_segment(
         &self,
         base: u64,
         position: u64,

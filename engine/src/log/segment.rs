@@ -76,6 +76,10 @@ pub(super) struct Segment<S: Storage> {
     pub(super) next_index: u64,
     /// The term of its last batch, where scanned (0 otherwise).
     pub(super) last_term: u64,
+    /// Its Raft table, one slot per version-2 batch from `base_index` on
+    /// (see `log/raft.rs`); `None` for a segment found at open until
+    /// [`Log::load_raft_index`] scans it.
+    pub(super) raft: Option<Vec<super::raft::Slot>>,
     pub(super) max_timestamp_ms: u64,
     pub(super) index: SegmentIndex<S::Map>,
     /// Position of the last batch indexed (0 for none).
@@ -115,6 +119,7 @@ impl<S: Storage> Segment<S> {
             base_index: 0,
             next_index: 0,
             last_term: 0,
+            raft: None,
             max_timestamp_ms: 0,
             index: SegmentIndex::Memory(Vec::new()),
             last_indexed_position: 0,

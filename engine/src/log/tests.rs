@@ -17,6 +17,7 @@ use crate::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 type SimLog = Log<SimStorage>;
 
 mod formats;
+mod raft;
 
 fn dir() -> PathBuf {
     PathBuf::from("/data/events/0")

@@ -21,6 +21,7 @@
 //! Nothing here is wired into the shard yet (step 4); the cluster
 //! simulation (`sim/`) drives it as a shard will.
 
+mod engine_store;
 mod group;
 mod slog_drain;
 mod store;
@@ -33,6 +34,11 @@ use std::time::Duration;
 
 use raft::eraftpb::Message;
 
+#[expect(
+    unused_imports,
+    reason = "used by the shard once it replicates (step 4)"
+)]
+pub use engine_store::EngineLogStore;
 #[cfg_attr(
     not(test),
     expect(

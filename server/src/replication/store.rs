@@ -37,6 +37,13 @@ pub enum StoreError {
     CutCommitted { first_new: u64, commit: u64 },
     /// An append below the log's first index (behind its snapshot).
     BelowFirst { first_new: u64, first: u64 },
+    /// An operation this store does not implement yet (the reason says
+    /// which and why).
+    Unsupported(&'static str),
+    /// An entry the log refused (not a valid batch, out of sequence).
+    Rejected(String),
+    /// The log's storage failed.
+    Io(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -54,6 +61,9 @@ impl std::fmt::Display for StoreError {
                 f,
                 "raft entries from index {first_new} lie below the log's first index {first}"
             ),
+            StoreError::Unsupported(why) => write!(f, "not supported: {why}"),
+            StoreError::Rejected(why) => write!(f, "raft entry refused: {why}"),
+            StoreError::Io(why) => write!(f, "raft log storage failed: {why}"),
         }
     }
 }
