@@ -41,6 +41,12 @@ pub fn run_seeds<C: AddAssign + Default + Debug>(
     (seeds.len(), total)
 }
 
+/// Folds `value` into a run's trace digest (FNV-1a style), so that two
+/// runs of a seed can be compared by one number.
+pub fn fold_trace(trace: u64, value: u64) -> u64 {
+    (trace ^ value).wrapping_mul(0x100_0000_01B3)
+}
+
 /// Every record of a partition's log: (offset, its batch's timestamp,
 /// bytes).
 pub async fn read_back<S: Storage, C: Clock>(p: &Partition<S, C>) -> Vec<(u64, u64, Vec<u8>)> {

@@ -41,7 +41,7 @@ impl Sim {
     }
 
     fn note(&mut self, value: u64) {
-        self.trace = (self.trace ^ value).wrapping_mul(0x100_0000_01B3);
+        self.trace = crate::shard::sim_support::fold_trace(self.trace, value);
     }
 
     /// Runs the seed; returns the trace digest and what it exercised.
