@@ -320,6 +320,40 @@ where
     batch[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Rewrites the base offset, term and Raft index of the version-2 batch
+/// `batch` (as [`encode_into`] wrote it) and its checksum: a replicated
+/// partition's leader encodes a publish's batch before it knows where Raft
+/// will put it, then stamps it once it does (docs/replication.md section
+/// 3). Refuses bytes that are not one whole version-2 batch, or a term or
+/// index of 0.
+pub fn restamp(
+    batch: &mut [u8],
+    base_offset: u64,
+    term: u64,
+    raft_index: u64,
+) -> Result<(), String> {
+    let header = parse_header(batch).map_err(|e| e.to_string())?;
+    if header.version != BATCH_VERSION || header.batch_bytes() != batch.len() {
+        return Err(format!(
+            "restamp takes one whole version-{BATCH_VERSION} batch, got version {} of {} bytes in {} bytes",
+            header.version,
+            header.batch_bytes(),
+            batch.len()
+        ));
+    }
+    if term == 0 || raft_index == 0 {
+        return Err(format!(
+            "a batch is stamped with term and index 1 and up, not term {term} index {raft_index}"
+        ));
+    }
+    batch[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    batch[40..48].copy_from_slice(&term.to_le_bytes());
+    batch[48..56].copy_from_slice(&raft_index.to_le_bytes());
+    let crc = crc32fast::hash(&batch[8..]);
+    batch[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 /// The version-1 encoder as it was before replication, kept to produce
 /// version-1 bytes for the tests that prove they are still read.
 #[cfg(test)]
@@ -583,6 +617,29 @@ mod tests {
         };
         encode_into(&mut out, &stamp, &[record]);
         out
+    }
+
+    #[test]
+    fn restamp_gives_the_bytes_encode_would_have_written_at_that_place() {
+        let mut bytes = sample();
+        restamp(&mut bytes, 1_000, 9, 123).unwrap();
+        let mut expected = Vec::new();
+        let at = BatchStamp {
+            base_offset: 1_000,
+            term: 9,
+            raft_index: 123,
+            ..stamp(0, 1_700_000_000_000)
+        };
+        encode_into(&mut expected, &at, &[&b"alpha"[..], b"", b"gamma!"]);
+        assert_eq!(bytes, expected);
+        assert_eq!(verify(&bytes).unwrap().raft_index, 123);
+        // Not a whole batch, a version-1 batch, or term 0: refused, unchanged.
+        let before = bytes.clone();
+        let short = bytes.len() - 1;
+        assert!(restamp(&mut bytes[..short], 1, 1, 1).is_err());
+        assert!(restamp(&mut bytes, 1, 0, 1).unwrap_err().contains("term 0"));
+        assert_eq!(bytes, before);
+        assert!(restamp(&mut sample_v1(), 1, 1, 1).unwrap_err().contains("version 1"));
     }
 
     #[test]

@@ -433,6 +433,14 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
     fn hard_state(&self) -> HardState {
         self.0.borrow().hs.clone()
     }
+
+    fn next_offset(&self) -> Option<u64> {
+        let inner = self.0.borrow();
+        match inner.pending_cut {
+            Some(_) => None,
+            None => Some(inner.log.stats().next_offset),
+        }
+    }
 }
 
 impl<S: Storage> raft::Storage for EngineLogStore<S> {

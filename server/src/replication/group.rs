@@ -47,9 +47,30 @@ use super::{
 };
 use crate::shard::clock::Clock;
 
-/// The answer to a proposal: its committed index, or why not.
-pub type Proposal = oneshot::Receiver<Result<u64, ProposeError>>;
-type Reply = oneshot::Sender<Result<u64, ProposeError>>;
+/// Where a proposal was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Its Raft index.
+    pub index: u64,
+    /// The first offset of its records, for a batch proposed with
+    /// [`ReplicatedLog::propose_batch`] (0 for other payloads).
+    pub base_offset: u64,
+}
+
+/// The answer to a proposal: where it was committed, or why not.
+pub type Proposal = oneshot::Receiver<Result<Committed, ProposeError>>;
+type Reply = oneshot::Sender<Result<Committed, ProposeError>>;
+
+/// What a proposal carries.
+#[derive(Debug)]
+enum Payload {
+    /// Entry data, as given.
+    Raw(Bytes),
+    /// A version-2 record batch, stamped with its base offset, term and
+    /// index when it is stepped (section 3: "proposal index is known in
+    /// advance").
+    Batch(Vec<u8>),
+}
 
 /// Ticks one [`ReplicatedLog::tick_due`] runs at most: after a longer
 /// stall (a paused node) the missed ticks are skipped, not replayed.
@@ -59,6 +80,7 @@ const TICKS_CAUGHT_UP_MAX: u64 = 4 * super::ELECTION_TICKS as u64;
 #[derive(Debug)]
 struct Pending {
     term: u64,
+    base_offset: u64,
     reply: Reply,
 }
 
@@ -71,7 +93,7 @@ pub struct ReplicatedLog<S: LogStore, N: PeerNet, C: Clock> {
     /// When the next tick is due (the clock's monotonic time).
     next_tick: Duration,
     /// Proposals for this turn's `MsgPropose`.
-    queued: Vec<(Bytes, Reply)>,
+    queued: Vec<(Payload, Reply)>,
     /// Proposals in the log, by index.
     pending: BTreeMap<u64, Pending>,
     /// Readies handled but not yet durable: (number, messages to send once
@@ -153,6 +175,19 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
 
     /// Queues `payload` for this turn's `MsgPropose`. Answered at commit.
     pub fn propose(&mut self, payload: Bytes) -> Proposal {
+        self.queue(Payload::Raw(payload))
+    }
+
+    /// Queues a version-2 record batch of events (as `batch::encode_into`
+    /// wrote it, stamped anything) for this turn's `MsgPropose`; it is
+    /// stamped with the base offset, term and index it takes in the log
+    /// when stepped, so that its bytes are final before any replica sees
+    /// them. Answered at commit, with its base offset.
+    pub fn propose_batch(&mut self, batch: Vec<u8>) -> Proposal {
+        self.queue(Payload::Batch(batch))
+    }
+
+    fn queue(&mut self, payload: Payload) -> Proposal {
         let (reply, proposal) = oneshot::channel();
         if let Some(e) = &self.stopped {
             let _ = reply.send(Err(ProposeError::Stopped(e.to_string())));
@@ -178,7 +213,12 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         let (before, term) = (self.raw.raft.raft_log.last_index(), self.raw.raft.term);
         match self.raw.propose_conf_change(Vec::new(), change) {
             Ok(()) if self.raw.raft.raft_log.last_index() == before + 1 => {
-                self.pending.insert(before + 1, Pending { term, reply });
+                let pending = Pending {
+                    term,
+                    base_offset: 0,
+                    reply,
+                };
+                self.pending.insert(before + 1, pending);
             }
             _ => {
                 let _ = reply.send(Err(ProposeError::Busy));
@@ -334,18 +374,38 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         msg.from = self.settings.node_id;
         msg.to = self.settings.node_id;
         let mut replies = Vec::with_capacity(batch.len());
-        for (data, reply) in batch {
+        let mut next_offset = self.raw.store().next_offset();
+        for (payload, reply) in batch {
+            let index = before + 1 + replies.len() as u64;
+            let (data, base_offset) = match payload {
+                Payload::Raw(data) => (data, 0),
+                Payload::Batch(bytes) => match stamp_batch(bytes, &mut next_offset, term, index) {
+                    Ok(stamped) => stamped,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                },
+            };
             msg.entries.push(Entry {
                 data,
                 ..Entry::default()
             });
-            replies.push(reply);
+            replies.push((base_offset, reply));
+        }
+        if replies.is_empty() {
+            return;
         }
         let count = replies.len() as u64;
         let stepped = self.raw.step(msg);
         if stepped.is_ok() && self.raw.raft.raft_log.last_index() == before + count {
-            for (index, reply) in (before + 1..).zip(replies) {
-                self.pending.insert(index, Pending { term, reply });
+            for (index, (base_offset, reply)) in (before + 1..).zip(replies) {
+                let pending = Pending {
+                    term,
+                    base_offset,
+                    reply,
+                };
+                self.pending.insert(index, pending);
             }
             return;
         }
@@ -354,7 +414,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             Some(to) => ProposeError::NotLeader { leader: Some(to) },
             None => ProposeError::Busy,
         };
-        for reply in replies {
+        for (_, reply) in replies {
             let _ = reply.send(Err(error.clone()));
         }
     }
@@ -450,7 +510,10 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             }
             if let Some(p) = self.pending.remove(&e.index) {
                 let answer = if p.term == e.term {
-                    Ok(e.index)
+                    Ok(Committed {
+                        index: e.index,
+                        base_offset: p.base_offset,
+                    })
                 } else {
                     Err(self.not_leader())
                 };
@@ -522,4 +585,24 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         }
         self.stopped = Some(error);
     }
+}
+
+/// Stamps a proposed batch at `index` of `term`, at `next_offset` (then
+/// moved past its records). `None` for `next_offset`: the store cannot say
+/// now (a cut is pending), so the proposal is refused `Busy`.
+fn stamp_batch(
+    mut bytes: Vec<u8>,
+    next_offset: &mut Option<u64>,
+    term: u64,
+    index: u64,
+) -> Result<(Bytes, u64), ProposeError> {
+    let Some(base) = *next_offset else {
+        return Err(ProposeError::Busy);
+    };
+    let header = hadron_engine::log::batch::parse_header(&bytes)
+        .map_err(|e| ProposeError::Stopped(format!("a proposed batch does not parse: {e}")))?;
+    hadron_engine::log::batch::restamp(&mut bytes, base, term, index)
+        .map_err(|e| ProposeError::Stopped(format!("a proposed batch: {e}")))?;
+    *next_offset = Some(base + header.offsets_taken());
+    Ok((Bytes::from(bytes), base))
 }

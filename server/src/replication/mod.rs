@@ -46,7 +46,7 @@ pub use engine_store::EngineLogStore;
         reason = "used by the shard once it replicates (step 4)"
     )
 )]
-pub use group::{Proposal, ReplicatedLog};
+pub use group::{Committed, Proposal, ReplicatedLog};
 #[cfg_attr(
     not(test),
     expect(

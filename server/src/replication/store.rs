@@ -82,6 +82,12 @@ pub trait LogStore: Storage {
     fn install_snapshot(&mut self, snapshot: &Snapshot);
     /// The hard state as last recorded (what a restart reads back).
     fn hard_state(&self) -> HardState;
+    /// The offset the next data batch appended takes, when the store
+    /// numbers events (an engine log); `None` otherwise, or while it
+    /// cannot say (a cut not yet made). Batches are proposed only with one.
+    fn next_offset(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One image of a [`MemLogStore`].

@@ -41,7 +41,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hadron_engine::storage::sim::SimRng;
 
-use super::{ELECTION_TICKS, GroupSettings, MemLogStore, Proposal, ProposeError, ReplicatedLog};
+use super::{
+    Committed, ELECTION_TICKS, GroupSettings, MemLogStore, Proposal, ProposeError, ReplicatedLog,
+};
 use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
 use crate::shard::sim_support::run_seeds;
@@ -287,7 +289,7 @@ impl Sim {
             for (mut proposal, payload) in waiting {
                 match proposal.try_recv() {
                     Ok(None) => self.clients[c].waiting.push((proposal, payload)),
-                    Ok(Some(Ok(index))) => {
+                    Ok(Some(Ok(Committed { index, .. }))) => {
                         self.model.acked(index, &payload);
                         self.coverage.acked += 1;
                         self.note(index);
@@ -416,7 +418,7 @@ impl Sim {
             {
                 match answer {
                     None => {}
-                    Some(Ok(index)) => {
+                    Some(Ok(Committed { index, .. })) => {
                         self.model.acked(index, payload);
                         fresh_acked = true;
                         fresh = None;
