@@ -35,6 +35,7 @@ mod replication;
 mod serve;
 mod shard;
 
+pub use config::cluster::PeerSpec;
 pub use config::server::{DATA_DIR_DEFAULT, TOKEN_ENV};
 pub use serve::{ACK_TIMEOUT_MS_DEFAULT, ServerArgs, check_config, serve};
 

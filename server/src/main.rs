@@ -77,6 +77,30 @@ struct ServerCommand {
     /// resources it declares, print a summary and exit: 0 when valid.
     #[arg(long)]
     check_config: bool,
+    /// This node's id in a cluster (`cluster.nodeId`).
+    #[arg(long, value_name = "ID")]
+    node_id: Option<u64>,
+    /// A node of the cluster, this one included: `ID=HOST:PORT` (its
+    /// client address; peers connect at port + 100), repeated per node.
+    /// Replaces `cluster.peers` of the config file.
+    #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
+    peers: Vec<hadron_server::PeerSpec>,
+}
+
+/// `ID=HOST:PORT` for `--peer`.
+fn parse_peer(s: &str) -> Result<hadron_server::PeerSpec, String> {
+    let (id, address) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write a peer ID=HOST:PORT, like 2=10.0.0.2:7000"))?;
+    let id = id
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{s:?}: the node id {id:?} is not a number"))?;
+    Ok(hadron_server::PeerSpec {
+        id,
+        address: address.trim().to_owned(),
+        peer_address: None,
+    })
 }
 
 impl ServerCommand {
@@ -92,6 +116,8 @@ impl ServerCommand {
             shards: self.shards,
             ack_timeout_ms: self.ack_timeout_ms,
             insecure_no_token: self.insecure_no_token,
+            node_id: self.node_id,
+            peers: self.peers,
         };
         let (result, failed) = if check {
             let checked = hadron_server::check_config(&args);

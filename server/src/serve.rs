@@ -15,6 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::{self, Resource, ServerConfig, StreamSpec};
+use crate::config::cluster::{ClusterConfig, PeerSpec};
 use crate::shard::{self, Settings, Topology};
 
 /// How long a consumer has to ack a delivery unless `--ack-timeout-ms`
@@ -40,6 +41,11 @@ pub struct ServerArgs {
     pub ack_timeout_ms: u64,
     /// Serve clients beyond loopback with no token.
     pub insecure_no_token: bool,
+    /// `cluster.nodeId` (`--node-id`).
+    pub node_id: Option<u64>,
+    /// `cluster.peers` (`--peer ID=HOST:PORT`, repeated); replaces the
+    /// file's list when given.
+    pub peers: Vec<PeerSpec>,
 }
 
 impl Default for ServerArgs {
@@ -52,6 +58,8 @@ impl Default for ServerArgs {
             shards: None,
             ack_timeout_ms: ACK_TIMEOUT_MS_DEFAULT,
             insecure_no_token: false,
+            node_id: None,
+            peers: Vec::new(),
         }
     }
 }
@@ -60,11 +68,6 @@ impl Default for ServerArgs {
 /// from starting, or which shard failed.
 pub fn serve(args: ServerArgs) -> Result<(), String> {
     let (mut config, declared) = resolve_config(&args)?;
-    if let Some(cluster) = &config.cluster {
-        cluster
-            .check_startable()
-            .map_err(|e| format!("invalid configuration: {e}"))?;
-    }
     // Checked before anything is bound or created: a bad file is a
     // configuration error that names it.
     let tls = config
@@ -108,6 +111,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         open_connections,
         metrics,
         tls,
+        leaders: Arc::default(),
     };
     shard::run(settings, stop)?;
     tracing::info!("hadron stopped");
@@ -144,6 +148,8 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
         shards,
         ack_timeout_ms: _,
         insecure_no_token,
+        node_id,
+        peers,
     } = args;
     let (mut config, declared) = match config_file {
         Some(path) => {
@@ -166,6 +172,19 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
         config.metrics_listen = Some(*m);
     }
     config.insecure_no_token |= *insecure_no_token;
+    if node_id.is_some() || !peers.is_empty() {
+        let file = config.cluster.take();
+        config.cluster = Some(ClusterConfig {
+            node_id: node_id
+                .or(file.as_ref().map(|c| c.node_id))
+                .ok_or("--peer needs --node-id (or cluster.nodeId in the config file)")?,
+            peers: if peers.is_empty() {
+                file.map(|c| c.peers).unwrap_or_default()
+            } else {
+                peers.clone()
+            },
+        });
+    }
     if config.token.is_none()
         && let Ok(secret) = std::env::var(config::server::TOKEN_ENV)
     {

@@ -16,10 +16,12 @@
 //! [`CLUSTER_NODES_MAX`] nodes. No `cluster:` section is a cluster of one:
 //! today's server, node id [`NODE_ID_SINGLE`].
 //!
-//! **Replication is not built yet**: a server whose `cluster:` names more
-//! than itself refuses to start ([`ClusterConfig::check_startable`]);
-//! `hadron server --check-config` validates such a file all the same, so
-//! cluster configs can be written and checked now.
+//! Each node takes peer connections on `peerAddress` (default: the client
+//! address's port + [`PEER_PORT_OFFSET`]), shard `i` on that port + `i`;
+//! every node of a cluster runs the same number of shards, so a
+//! partition's replicas are on the same shard id everywhere. A partition's
+//! replicas are placed by [`ClusterConfig::placement`] (static: the same
+//! answer on every node from the same `peers`).
 //!
 //! A Stream's `replicas:` defaults to 1 with fewer than 3 nodes and 3 from
 //! 3 nodes; it is at most the node count and at most [`REPLICAS_MAX`], and
@@ -59,7 +61,36 @@ pub struct PeerSpec {
     pub id: u64,
     /// The node's client address, `host:port`.
     pub address: String,
+    /// Where the node's shards take peer connections: shard `i` on this
+    /// port + `i`. Default: the client address's host, port + 100.
+    #[serde(default)]
+    pub peer_address: Option<String>,
 }
+
+impl PeerSpec {
+    /// The peer address of the node's shard 0 (`peerAddress`, else the
+    /// client address at port + [`PEER_PORT_OFFSET`]).
+    pub fn peer_address(&self) -> Result<String, String> {
+        if let Some(a) = &self.peer_address {
+            return Ok(a.clone());
+        }
+        let (host, port) = self
+            .address
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("{:?} is not host:port", self.address))?;
+        let peer = port.checked_add(PEER_PORT_OFFSET).ok_or_else(|| {
+            format!(
+                "{:?}: its port + {PEER_PORT_OFFSET} (the default peer port) is over 65535; set peerAddress",
+                self.address
+            )
+        })?;
+        Ok(format!("{host}:{peer}"))
+    }
+}
+
+/// The default peer port is the client port plus this.
+pub const PEER_PORT_OFFSET: u16 = 100;
 
 /// `cluster:` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -106,6 +137,11 @@ impl ClusterConfig {
                     format!("node id {} is also peers[{first}]'s", peer.id),
                 ));
             }
+            if let Some(a) = &peer.peer_address
+                && let Err(reason) = check_address(a)
+            {
+                errors.push(invalid(format!("cluster.peers[{i}].peerAddress"), reason));
+            }
             if let Err(reason) = check_address(&peer.address) {
                 errors.push(invalid(format!("cluster.peers[{i}].address"), reason));
             } else if let Some(first) = self.peers[..i]
@@ -135,17 +171,39 @@ impl ClusterConfig {
         self.peers.len()
     }
 
-    /// Refuses a cluster of more than this node: replication is not built
-    /// yet (docs/replication.md section 15, steps 4 and 5).
-    pub fn check_startable(&self) -> Result<(), String> {
-        if self.nodes() > 1 {
-            return Err(format!(
-                "cluster.peers lists {} nodes, but clusters are not built yet: this server runs as a single node only (remove `cluster:`, or list only this node); `hadron server --check-config` validates cluster configs",
-                self.nodes()
-            ));
-        }
-        Ok(())
+    /// The node `id`, if listed.
+    pub fn peer(&self, id: u64) -> Option<&PeerSpec> {
+        self.peers.iter().find(|p| p.id == id)
     }
+
+    /// The nodes holding `stream`'s `partition` when it has `replicas`
+    /// replicas, the preferred leader first: `replicas` consecutive nodes
+    /// in id order, starting at a node chosen by the partition's hash, so
+    /// that partitions and their preferred leaders spread over the nodes.
+    /// Every node computes the same answer from the same config (static
+    /// placement; a metadata group that moves replicas is step 7 of
+    /// docs/replication.md section 15).
+    pub fn placement(&self, stream: &str, partition: u32, replicas: u32) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        if ids.is_empty() {
+            return ids;
+        }
+        let start = placement_hash(stream, partition) as usize % ids.len();
+        let take = (replicas as usize).clamp(1, ids.len());
+        (0..take).map(|i| ids[(start + i) % ids.len()]).collect()
+    }
+}
+
+/// FNV-1a of the stream name and partition: stable across builds and
+/// machines, as placement must be.
+fn placement_hash(stream: &str, partition: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in stream.bytes().chain(partition.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// `host:port`: a non-empty host of at most [`PEER_ADDRESS_BYTES_MAX`]

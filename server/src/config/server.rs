@@ -55,7 +55,7 @@
 //!   peers:                    # every node, this one included; ids >= 1,
 //!     - { id: 1, address: "10.0.0.1:7000" }  # unique; addresses distinct;
 //!     - { id: 2, address: "10.0.0.2:7000" }  # at most clusterNodesMax (64)
-//!     - { id: 3, address: "10.0.0.3:7000" }
+//!     - { id: 3, address: "10.0.0.3:7000", peerAddress: "10.1.0.3:7100" }
 //! ```
 //!
 //! With `tls`, every port speaks only TLS (clients use `https://` URLs);
@@ -63,9 +63,10 @@
 //! handshake counts against `connectionsMax` and must end, with the Hadron
 //! handshake after it, within `handshakeTimeoutMs`.
 //!
-//! Clusters are not built yet: a `cluster:` that lists more than this node
-//! is validated (`--check-config` accepts it) but the server refuses to
-//! start with it. See `cluster.rs` and docs/replication.md.
+//! A `cluster:` of several nodes replicates Streams with `replicas` above
+//! 1 by Raft (peer connections on each node's `peerAddress`, default the
+//! client port + 100, shard `i` on that port + `i`). See `cluster.rs` and
+//! docs/replication.md.
 //!
 //! `applyBytesMax`, `streamsMax`, `partitionsMax`, `pipelinesMax` and
 //! `tokensMax` bound what one `hadron apply` can make the server do; an
@@ -395,6 +396,20 @@ impl ServerConfig {
     /// The nodes of the cluster: 1 without one.
     pub fn cluster_nodes(&self) -> usize {
         self.cluster.as_ref().map_or(1, ClusterConfig::nodes)
+    }
+
+    /// The replicas of `stream`'s partitions: its `replicas`, else the
+    /// cluster's default (1 unless `fsync` is `always`: a replicated
+    /// publish is durable on a majority's disks, docs/replication.md
+    /// section 5).
+    pub fn stream_replicas(&self, stream: &super::StreamSpec) -> u32 {
+        match stream.replicas {
+            Some(r) => r,
+            None if self.fsync == FsyncPolicy::Always => {
+                super::cluster::replicas_default(self.cluster_nodes())
+            }
+            None => 1,
+        }
     }
 
     /// The problem with `stream`'s `replicas` on this server, if any

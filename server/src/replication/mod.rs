@@ -18,8 +18,8 @@
 //! - Time comes from the shard's [`Clock`](crate::shard::clock::Clock): one
 //!   tick per [`GroupSettings::tick_interval`].
 //!
-//! Nothing here is wired into the shard yet (step 4); the cluster
-//! simulation (`sim/`) drives it as a shard will.
+//! A replicated partition (`shard/partition/replica.rs`) drives one per
+//! partition; the cluster simulation (`sim/`) drives it over memory.
 
 mod engine_store;
 mod group;
@@ -34,27 +34,71 @@ use std::time::Duration;
 
 use raft::eraftpb::Message;
 
-#[expect(
-    unused_imports,
-    reason = "used by the shard once it replicates (step 4)"
-)]
 pub use engine_store::EngineLogStore;
-#[cfg_attr(
-    not(test),
-    expect(
-        unused_imports,
-        reason = "used by the shard once it replicates (step 4)"
-    )
-)]
-pub use group::{Committed, Proposal, ReplicatedLog};
-#[cfg_attr(
-    not(test),
-    expect(
-        unused_imports,
-        reason = "used by the shard once it replicates (step 4)"
-    )
-)]
-pub use store::{LogStore, MemLogStore, StoreError};
+#[cfg(test)]
+pub use group::Committed;
+pub use group::{Proposal, ReplicatedLog};
+#[cfg(test)]
+pub use store::MemLogStore;
+pub use store::{LogStore, StoreError};
+
+/// A shard's links to the same shard on the other nodes: every group of
+/// the shard sends through them (one connection per peer node, messages
+/// of all groups coalesced in its frames).
+pub trait PeerLinks {
+    /// Queues `msg` for node `to`, for the group of `stream`/`partition`
+    /// there, best effort. Returns false when it was dropped.
+    fn send(&self, to: u64, stream: &str, partition: u32, msg: Message) -> bool;
+}
+
+/// One group's [`PeerNet`] over its shard's [`PeerLinks`].
+#[derive(Clone)]
+pub struct GroupNet {
+    pub links: std::rc::Rc<dyn PeerLinks>,
+    pub stream: std::rc::Rc<str>,
+    pub partition: u32,
+}
+
+impl PeerNet for GroupNet {
+    fn send(&self, msg: Message) -> bool {
+        self.links
+            .send(msg.to, &self.stream, self.partition, msg)
+    }
+}
+
+/// The leader of each replicated partition as its owning shard last saw
+/// it, for Metadata answered on any shard: (node id, term).
+#[derive(Debug, Default)]
+pub struct Leaders(std::sync::Mutex<std::collections::HashMap<(String, u32), (u64, u64)>>);
+
+impl Leaders {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u32), (u64, u64)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `stream`/`partition`'s leader (`None`: not known).
+    pub fn set(&self, stream: &str, partition: u32, leader: Option<(u64, u64)>) {
+        let key = (stream.to_owned(), partition);
+        let mut map = self.lock();
+        match leader {
+            Some(l) => {
+                if map.get(&key) != Some(&l) {
+                    map.insert(key, l);
+                }
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+
+    /// `stream`/`partition`'s leader and term, if known.
+    pub fn get(&self, stream: &str, partition: u32) -> Option<(u64, u64)> {
+        self.lock().get(&(stream.to_owned(), partition)).copied()
+    }
+}
 
 /// Sends raft messages to other nodes of the group.
 pub trait PeerNet {

@@ -26,6 +26,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 if self.owner(&spec.name, partition) != self.id {
                     continue;
                 }
+                let replication = match self.placement(spec, partition) {
+                    Placed::Elsewhere => continue,
+                    Placed::Alone => None,
+                    Placed::Replicated(voters) => Some(voters),
+                };
                 let key = (spec.name.clone(), partition);
                 let open = self.partitions.borrow().get(&key).cloned();
                 if let Some(p) = open {
@@ -56,7 +61,16 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     config.groups_max,
                 )
                 .await?;
-                self.partitions.borrow_mut().insert(key, Rc::new(p));
+                let mut p = p;
+                if let Some(voters) = replication {
+                    p.replicate(self.replica_spec(&spec.name, partition, voters)?)
+                        .await?;
+                }
+                let p = Rc::new(p);
+                if p.replica.is_some() {
+                    self.runtime.spawn(p.clone().drive_replication());
+                }
+                self.partitions.borrow_mut().insert(key, p);
             }
         }
         Ok(())
@@ -325,4 +339,74 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         }
         Ok(())
     }
+}
+
+/// Where a partition lives in the cluster, as this node sees it.
+pub(super) enum Placed {
+    /// On other nodes only.
+    Elsewhere,
+    /// Here, unreplicated (a single node, or `replicas: 1`).
+    Alone,
+    /// Here and on the other voters listed.
+    Replicated(Vec<u64>),
+}
+
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
+    /// Where `stream`'s `partition` lives (static placement,
+    /// `ClusterConfig::placement`).
+    pub(super) fn placement(&self, stream: &StreamSpec, partition: u32) -> Placed {
+        let config = &self.settings.config;
+        let Some(cluster) = config.cluster.as_ref().filter(|c| c.nodes() > 1) else {
+            return Placed::Alone;
+        };
+        let replicas = config.stream_replicas(stream);
+        let nodes = cluster.placement(&stream.name, partition, replicas);
+        if !nodes.contains(&cluster.node_id) {
+            Placed::Elsewhere
+        } else if nodes.len() == 1 {
+            Placed::Alone
+        } else {
+            Placed::Replicated(nodes)
+        }
+    }
+
+    /// How a replicated partition's group runs here.
+    fn replica_spec(
+        &self,
+        stream: &str,
+        partition: u32,
+        voters: Vec<u64>,
+    ) -> Result<partition::replica::ReplicaSpec, String> {
+        let config = &self.settings.config;
+        let links = self.peer_links.borrow().clone().ok_or_else(|| {
+            format!("stream {stream} partition {partition} is replicated, but this shard has no peer links")
+        })?;
+        let node_id = config.node_id();
+        let shard = self.id;
+        let leaders_config = config.clone();
+        let leaders = self.settings.leaders.clone();
+        let name: Rc<str> = Rc::from(stream);
+        let reported = name.clone();
+        Ok(partition::replica::ReplicaSpec {
+            group: crate::replication::GroupSettings::new(node_id, group_id(stream, partition)),
+            voters,
+            net: crate::replication::GroupNet {
+                links,
+                stream: name,
+                partition,
+            },
+            leader_at: Rc::new(move |id, term| super::leader_at(&leaders_config, id, term, shard)),
+            on_leader: Rc::new(move |leader| leaders.set(&reported, partition, leader)),
+        })
+    }
+}
+
+/// A group's id in logs: FNV-1a of the stream name and partition.
+fn group_id(stream: &str, partition: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in stream.bytes().chain(partition.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }

@@ -159,6 +159,54 @@ pub enum Error {
     ShardGone { shard: u16 },
     /// A bug in the server; the message says what was unexpected.
     Internal(String),
+    /// This node does not lead the replicated partition (or not yet:
+    /// it was just elected and is rebuilding its dedup window); `leader`
+    /// is where the leader is, when this node knows.
+    NotLeader {
+        stream: String,
+        partition: u32,
+        leader: Option<LeaderAt>,
+    },
+    /// The partition's Raft group has too much proposed and not yet
+    /// committed (its followers are slow or gone).
+    ReplicationBusy { stream: String, partition: u32 },
+    /// The partition's Raft group on this node stopped; `why` says what
+    /// its log refused.
+    ReplicationStopped {
+        stream: String,
+        partition: u32,
+        why: String,
+    },
+}
+
+/// Where a partition's leader is: what a `NotLeader` error tells a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderAt {
+    /// The leader's `cluster.nodeId`.
+    pub node_id: u64,
+    /// Its client address.
+    pub address: String,
+    /// The port of the shard that owns the partition there (0: none).
+    pub shard_port: u16,
+    /// The term it leads in.
+    pub term: u64,
+}
+
+impl Error {
+    /// The leader a `NotLeader` error names, as the wire carries it.
+    pub fn leader_hint(&self) -> Option<hadron_wire::LeaderHint<'_>> {
+        match self {
+            Error::NotLeader {
+                leader: Some(l), ..
+            } => Some(hadron_wire::LeaderHint {
+                node_id: l.node_id,
+                address: &l.address,
+                shard_port: l.shard_port,
+                term: l.term,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Which kind of delivery an id was settled as.
@@ -286,6 +334,9 @@ impl Error {
             }
             E::ShuttingDown | E::ShardGone { .. } => ErrorCode::ShuttingDown,
             E::Internal(_) => ErrorCode::Internal,
+            E::NotLeader { .. } => ErrorCode::NotLeader,
+            E::ReplicationBusy { .. } => ErrorCode::LimitExceeded,
+            E::ReplicationStopped { .. } => ErrorCode::StorageError,
         }
     }
 
@@ -563,6 +614,35 @@ impl Error {
             ),
             E::ShuttingDown => write!(f, "the server is shutting down"),
             E::ShardGone { shard } => write!(f, "shard {shard} is gone"),
+            E::NotLeader {
+                stream,
+                partition,
+                leader,
+            } => match leader {
+                Some(l) => write!(
+                    f,
+                    "{stream}/{partition}: this node does not lead it; node {} at {} does (term {})",
+                    l.node_id, l.address, l.term
+                ),
+                None => write!(
+                    f,
+                    "{stream}/{partition}: this node does not lead it and no leader is known yet (an election is running); retry after a pause"
+                ),
+            },
+            E::ReplicationBusy { stream, partition } => write!(
+                f,
+                "{stream}/{partition}: too much is proposed and not yet committed by a majority of its replicas (at most {} proposals queued, {} bytes uncommitted); retry later",
+                crate::replication::PROPOSALS_QUEUED_MAX,
+                crate::replication::UNCOMMITTED_BYTES_MAX
+            ),
+            E::ReplicationStopped {
+                stream,
+                partition,
+                why,
+            } => write!(
+                f,
+                "{stream}/{partition}: replication on this node stopped: {why}"
+            ),
             // Written by `fmt` and `fmt_request`.
             other => write!(f, "{other:?}"),
         }

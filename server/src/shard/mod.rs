@@ -111,6 +111,8 @@ pub struct Settings {
     pub metrics: Option<Arc<crate::metrics::Hub>>,
     /// The TLS every port speaks (`tls:`, loaded); `None` for plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Each replicated partition's leader as its owning shard last saw it.
+    pub leaders: Arc<crate::replication::Leaders>,
 }
 
 impl Settings {
@@ -182,6 +184,9 @@ pub struct Shard<S: Storage = DmaStorage, R: Runtime = SystemClock> {
     applying: Cell<bool>,
     /// This shard's connections and their tokens.
     pub(crate) auth: conn::auth::Registry,
+    /// Links to this shard on the other nodes of the cluster (set before
+    /// the first install when the cluster has several nodes).
+    peer_links: RefCell<Option<Rc<dyn crate::replication::PeerLinks>>>,
 }
 
 impl<S: Storage, R: Runtime> std::fmt::Debug for Shard<S, R> {
@@ -223,7 +228,13 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             conns_changed: Notify::default(),
             applying: Cell::new(false),
             auth: conn::auth::Registry::default(),
+            peer_links: RefCell::new(None),
         }
+    }
+
+    /// Gives the shard its links to the other nodes (before `install`).
+    pub fn set_peer_links(&self, links: Rc<dyn crate::replication::PeerLinks>) {
+        *self.peer_links.borrow_mut() = Some(links);
     }
 
     fn next_id(&self) -> u64 {
@@ -378,10 +389,66 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .borrow()
             .get(&(stream.to_string(), partition))
             .cloned()
-            .ok_or_else(|| Error::PartitionNotHere {
+            .ok_or_else(|| self.not_here(stream, partition))
+    }
+
+    /// Why a partition of the topology is not open here: placed on other
+    /// nodes of the cluster, or not on this shard.
+    fn not_here(&self, stream: &str, partition: u32) -> Error {
+        let config = &self.settings.config;
+        let placed = config.cluster.as_ref().and_then(|cluster| {
+            let spec = self.topology.borrow().streams.get(stream).cloned()?;
+            let replicas = config.stream_replicas(&spec);
+            let nodes = cluster.placement(stream, partition, replicas);
+            (!nodes.contains(&cluster.node_id)).then_some((nodes, replicas))
+        });
+        match placed {
+            // One replica: it is always the leader.
+            Some((nodes, replicas)) => Error::NotLeader {
+                stream: stream.to_owned(),
+                partition,
+                leader: (replicas == 1)
+                    .then(|| self.leader_at(nodes[0], 1, self.owner(stream, partition)))
+                    .flatten(),
+            },
+            None => Error::PartitionNotHere {
                 stream: stream.to_owned(),
                 partition,
                 shard: self.id,
-            })
+            },
+        }
     }
+
+    /// Where node `node_id`'s shard `shard` takes clients, as a
+    /// `NotLeader` error names it.
+    pub fn leader_at(&self, node_id: u64, term: u64, shard: u16) -> Option<error::LeaderAt> {
+        leader_at(&self.settings.config, node_id, term, shard)
+    }
+}
+
+/// Where node `node_id`'s shard `shard` takes clients: its client address
+/// from `cluster.peers`, and the shard's port (every node runs the same
+/// shards with the same `shardPorts`).
+pub fn leader_at(
+    config: &ServerConfig,
+    node_id: u64,
+    term: u64,
+    shard: u16,
+) -> Option<error::LeaderAt> {
+    let address = match &config.cluster {
+        Some(cluster) => cluster.peer(node_id)?.address.clone(),
+        None => config.listen.to_string(),
+    };
+    let port = address.rsplit_once(':')?.1.parse::<u16>().ok()?;
+    let shard_port = if config.shard_ports {
+        hadron_wire::shard_port(port, shard).unwrap_or(0)
+    } else {
+        0
+    };
+    Some(error::LeaderAt {
+        node_id,
+        address,
+        shard_port,
+        term,
+    })
 }

@@ -119,7 +119,7 @@ impl Outbox {
         let reply = Message::Error(ErrorReply {
             code,
             message,
-            leader: None,
+            leader: e.leader_hint(),
         });
         // An error message that does not fit a frame is cut rather than
         // lost.
@@ -127,7 +127,7 @@ impl Outbox {
             let reply = Message::Error(ErrorReply {
                 code,
                 message: &message[..message.floor_char_boundary(1024)],
-                leader: None,
+                leader: e.leader_hint(),
             });
             let _ = self.try_send(request_id, &reply);
         }

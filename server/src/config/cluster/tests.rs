@@ -10,6 +10,7 @@ fn three() -> ClusterConfig {
             .map(|id| PeerSpec {
                 id,
                 address: format!("10.0.0.{id}:7000"),
+                peer_address: None,
             })
             .collect(),
     }
@@ -124,14 +125,43 @@ fn errors_name_the_server_config_and_unknown_fields_are_refused() {
 }
 
 #[test]
-fn a_cluster_of_more_than_one_node_is_refused_at_start_but_one_is_not() {
-    let e = three().check_startable().unwrap_err();
-    assert!(e.contains("clusters are not built yet"), "{e}");
-    assert!(e.contains("--check-config"), "{e}");
-    let mut one = three();
-    one.node_id = 1;
-    one.peers.truncate(1);
-    assert_eq!(one.check_startable(), Ok(()));
+fn peer_addresses_default_to_the_client_port_plus_100_and_can_be_set() {
+    let mut c = three();
+    assert_eq!(c.peers[0].peer_address().unwrap(), "10.0.0.1:7100");
+    c.peers[1].peer_address = Some("10.9.9.9:9000".into());
+    assert_eq!(c.peers[1].peer_address().unwrap(), "10.9.9.9:9000");
+    assert!(c.errors().is_empty());
+    c.peers[2].peer_address = Some("nowhere".into());
+    assert_eq!(paths(&c), ["cluster.peers[2].peerAddress"]);
+    let high = PeerSpec {
+        id: 1,
+        address: "h:65500".into(),
+        peer_address: None,
+    };
+    assert!(high.peer_address().unwrap_err().contains("set peerAddress"));
+}
+
+#[test]
+fn placement_is_the_same_everywhere_and_spreads_partitions_and_leaders() {
+    let c = three();
+    let mut leaders = [0usize; 4];
+    for p in 0..30 {
+        let nodes = c.placement("events", p, 3);
+        let mut sorted = nodes.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [1, 2, 3], "partition {p}: {nodes:?}");
+        // Consecutive in id order from the preferred leader.
+        assert_eq!(nodes[1], nodes[0] % 3 + 1);
+        leaders[nodes[0] as usize] += 1;
+        // Fewer replicas: a prefix of the same order.
+        assert_eq!(c.placement("events", p, 2), nodes[..2]);
+        // Another node's config (same peers) places the same way.
+        let mut other = three();
+        other.node_id = 3;
+        other.peers.reverse();
+        assert_eq!(other.placement("events", p, 3), nodes);
+    }
+    assert!(leaders[1..].iter().all(|&n| n >= 3), "{leaders:?}");
 }
 
 #[test]

@@ -53,9 +53,12 @@ fn variant(e: &Error) -> usize {
         E::TokenRevoked { .. } => 41,
         E::TokenExists { .. } => 42,
         E::UnknownToken { .. } => 43,
+        E::NotLeader { .. } => 44,
+        E::ReplicationBusy { .. } => 45,
+        E::ReplicationStopped { .. } => 46,
     }
 }
-const VARIANTS: usize = 44;
+const VARIANTS: usize = 47;
 
 fn bad_event() -> DecodeError {
     DecodeError::TooLarge { have: 9, max: 8 }
@@ -300,6 +303,29 @@ fn settlement_and_storage_rows() -> Vec<(Error, ErrorCode)> {
         (Error::ShuttingDown, C::ShuttingDown),
         (Error::ShardGone { shard: 3 }, C::ShuttingDown),
         (Error::Internal("bug".into()), C::Internal),
+        (
+            Error::NotLeader {
+                stream: "s".into(),
+                partition: 0,
+                leader: None,
+            },
+            C::NotLeader,
+        ),
+        (
+            Error::ReplicationBusy {
+                stream: "s".into(),
+                partition: 0,
+            },
+            C::LimitExceeded,
+        ),
+        (
+            Error::ReplicationStopped {
+                stream: "s".into(),
+                partition: 0,
+                why: "EIO".into(),
+            },
+            C::StorageError,
+        ),
     ]
 }
 

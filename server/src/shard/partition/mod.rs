@@ -34,6 +34,7 @@
 
 mod dedup;
 mod offsets;
+pub mod replica;
 #[cfg(test)]
 mod sim_tests;
 
@@ -48,7 +49,7 @@ use hadron_engine::log::batch::{
 use hadron_engine::notify::Notify;
 use hadron_engine::storage::Storage;
 use hadron_engine::storage::dma::DmaStorage;
-use hadron_engine::{AppendError, Appended, Log, LogConfig};
+use hadron_engine::{Log, LogConfig};
 use hadron_wire::Limits;
 
 use super::clock::{Clock, SystemClock};
@@ -56,6 +57,7 @@ use super::error::{Error, LogName};
 use super::group::GroupPartition;
 
 pub use dedup::DedupLimits;
+use replica::{Replica, ReplicaSpec};
 use dedup::{Claim, Dedup, dedup_key};
 pub use offsets::GROUP_NAME_BYTES_MAX;
 use offsets::offsets_batch_bytes_max;
@@ -77,7 +79,7 @@ pub struct Published {
 struct RecordedAppends {
     offsets: Vec<u64>,
     first_last: Option<(u64, u64)>,
-    failure: Option<AppendError>,
+    failure: Option<Error>,
 }
 
 /// A partition owned by this shard, on storage `S`, reading the time from
@@ -87,8 +89,10 @@ pub struct Partition<S: Storage = DmaStorage, C: Clock = SystemClock> {
     pub stream: String,
     /// Partition index.
     pub partition: u32,
-    /// The event log.
-    pub log: Log<S>,
+    /// The event log (shared with its Raft store when replicated).
+    pub log: Rc<Log<S>>,
+    /// Its Raft group on this node, when the stream is replicated.
+    pub replica: Option<Rc<Replica<S, C>>>,
     /// Signalled after every append completes.
     pub appended: Notify,
     /// Consumer groups reading this partition.
@@ -192,7 +196,8 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
         let p = Partition {
             stream: stream.to_string(),
             partition,
-            log,
+            log: Rc::new(log),
+            replica: None,
             appended: Notify::default(),
             groups: RefCell::new(BTreeMap::new()),
             dedup: RefCell::new(Dedup::starting_at(0)),
@@ -215,6 +220,82 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
 }
 
 impl<S: Storage, C: Clock> Partition<S, C> {
+    /// Makes the partition a replica of its Raft group (before it serves
+    /// anything): its log becomes the group's log.
+    pub async fn replicate(&mut self, spec: ReplicaSpec) -> Result<(), String> {
+        let replica = Replica::open(self.log.clone(), spec, self.clock.clone())
+            .await
+            .map_err(|e| {
+                format!(
+                    "stream {} partition {} replication: {e}",
+                    self.stream, self.partition
+                )
+            })?;
+        self.replica = Some(Rc::new(replica));
+        Ok(())
+    }
+
+    /// The end of what readers may read: the high watermark when
+    /// replicated, else what the log shows.
+    pub fn readable_end(&self) -> u64 {
+        match &self.replica {
+            Some(r) => r.high_watermark().min(self.log.visible_offset()),
+            None => self.log.visible_offset(),
+        }
+    }
+
+    /// Refuses a request this node cannot serve for a replicated
+    /// partition (not its leader, or replication stopped).
+    pub fn check_serving(&self) -> Result<(), Error> {
+        match self.replica.as_ref().and_then(|r| r.refusal(&self.stream, self.partition)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends one batch of `records`: to the log, or through Raft when
+    /// replicated (answered at commit). Returns its first and last offsets.
+    async fn append_batch(&self, records: &[&[u8]], now: u64) -> Result<(u64, u64), Error> {
+        let Some(replica) = &self.replica else {
+            return match self.log.append(records, now).await {
+                Ok(a) => Ok((a.base_offset, a.last_offset)),
+                Err(e) => Err(Error::append(
+                    LogName::Partition {
+                        stream: self.stream.clone(),
+                        partition: self.partition,
+                    },
+                    e,
+                )),
+            };
+        };
+        let proposal = replica.propose_batch(replica::encode_batch(records, now));
+        let answer = proposal.await.unwrap_or_else(|_| {
+            Err(crate::replication::ProposeError::Stopped(
+                "the group dropped the proposal".into(),
+            ))
+        });
+        match answer {
+            Ok(c) => Ok((c.base_offset, c.base_offset + records.len() as u64 - 1)),
+            Err(e) => Err(replica.proposal_error(&self.stream, self.partition, e)),
+        }
+    }
+
+    /// Waits until `offset` is committed (below the high watermark), for a
+    /// retry that found its events already in a new leader's log.
+    async fn wait_committed(&self, offset: u64) -> Result<(), Error> {
+        let Some(replica) = &self.replica else {
+            return Ok(());
+        };
+        loop {
+            let generation = self.appended.generation();
+            if replica.high_watermark() > offset {
+                return Ok(());
+            }
+            self.check_serving()?;
+            self.appended.changed_since(generation).await;
+        }
+    }
+
     /// The clock the partition reads the time from (its groups share it).
     pub fn clock(&self) -> &C {
         &self.clock
@@ -298,6 +379,7 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         if events.is_empty() {
             return Err(Error::EmptyPublish);
         }
+        self.check_serving()?;
         let keys = self.keys_of(events)?;
         let now = self.clock.now_ms();
         // Claim the keys, waiting out concurrent publishes of the same ones.
@@ -317,7 +399,7 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         let appends = chunks.iter().map(|chunk| {
             let records: Vec<&[u8]> = chunk.iter().map(|&i| events[i].as_ref()).collect();
             async move {
-                let appended = self.log.append(&records, now).await;
+                let appended = self.append_batch(&records, now).await;
                 if appended.is_ok() {
                     self.count_published(&records);
                 }
@@ -328,11 +410,7 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         let recorded = self.record_appends(&chunks, outcomes, &keys, &untracked, events.len(), now);
         self.appended.notify_all();
         if let Some(e) = recorded.failure {
-            let log = LogName::Partition {
-                stream: self.stream.clone(),
-                partition: self.partition,
-            };
-            return Err(Error::append(log, e));
+            return Err(e);
         }
         let offsets = recorded.offsets;
         let mut results = Vec::with_capacity(events.len());
@@ -344,6 +422,10 @@ impl<S: Storage, C: Clock> Partition<S, C> {
             });
         }
         let (first_offset, last_offset) = recorded.first_last.unwrap_or((0, 0));
+        // Duplicates found in a new leader's log may not be committed yet.
+        if let Some(&(highest, _)) = results.iter().filter(|r| r.1).max() {
+            self.wait_committed(highest).await?;
+        }
         Ok(Published {
             first_offset,
             last_offset,
@@ -450,7 +532,7 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     fn record_appends(
         &self,
         chunks: &[Vec<usize>],
-        outcomes: Vec<Result<Appended, AppendError>>,
+        outcomes: Vec<Result<(u64, u64), Error>>,
         keys: &[u64],
         untracked: &[usize],
         events: usize,
@@ -462,20 +544,20 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         let mut dedup = self.dedup.borrow_mut();
         for (chunk, outcome) in chunks.iter().zip(outcomes) {
             match outcome {
-                Ok(a) => {
+                Ok((base_offset, last_offset)) => {
                     let tracking = self.dedup_limits.get().window_ms > 0;
                     for (n, &i) in chunk.iter().enumerate() {
-                        let offset = a.base_offset + n as u64;
+                        let offset = base_offset + n as u64;
                         offsets[i] = offset;
                         if tracking && !untracked.contains(&i) {
                             dedup.insert_done(keys[i], offset);
                         }
                     }
                     if tracking {
-                        dedup.insert_batch(a.base_offset, chunk.len() as u64, now);
+                        dedup.insert_batch(base_offset, chunk.len() as u64, now);
                     }
-                    let (lo, hi) = first_last.unwrap_or((a.base_offset, a.last_offset));
-                    first_last = Some((lo.min(a.base_offset), hi.max(a.last_offset)));
+                    let (lo, hi) = first_last.unwrap_or((base_offset, last_offset));
+                    first_last = Some((lo.min(base_offset), hi.max(last_offset)));
                 }
                 Err(e) => {
                     for &i in chunk {
@@ -510,13 +592,21 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         offset: u64,
         max_bytes: u32,
     ) -> Result<(u64, Vec<(u64, Vec<u8>)>), Error> {
+        self.check_serving()?;
+        let end = self.readable_end();
+        if self.replica.is_some() && offset >= end {
+            // Not committed yet (or beyond the end): nothing to read, as
+            // at the end of an unreplicated log.
+            return Ok((offset, Vec::new()));
+        }
         let read = self.log.read_records(offset, max_bytes as usize).await?;
-        let records = read
+        let records: Vec<(u64, Vec<u8>)> = read
             .records
             .into_iter()
+            .filter(|(o, _)| *o < end)
             .map(|(o, record)| (o, record.to_vec()))
             .collect();
-        Ok((read.next_offset, records))
+        Ok((read.next_offset.min(end), records))
     }
 
     /// Marks the keys of a publish as pending, unless one of them is pending

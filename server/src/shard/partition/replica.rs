@@ -1,0 +1,409 @@
+//! A replicated partition's Raft group on this node (docs/replication.md
+//! sections 3 to 5): the events log IS the Raft log, through
+//! [`EngineLogStore`]; [`ReplicatedLog`] runs raft-rs; the loop in
+//! [`Partition::drive_replication`] turns it.
+//!
+//! ```text
+//!  publish (leader) --claim keys--> encode batch --propose_batch--> wake
+//!  peer frame --step--> inbox --------------------------------------> wake
+//!  drive loop:  step inbox, tick, turn (ONE MsgPropose; Ready cycle)
+//!               persist (the log's group commit: fdatasync) -> on_persisted
+//!               apply committed batches: high watermark up, readers woken
+//!               newly leader: rebuild the dedup window from the log, then
+//!               take publishes (NotLeader until then)
+//!  publish answered at commit (a majority has the batch durable)
+//! ```
+//!
+//! - **Reads** (fetch) are served by the leader only, and never past the
+//!   **high watermark**: the end of the last committed data batch. A
+//!   follower answers `NotLeader` naming the leader it knows.
+//! - **The dedup window** is rebuilt from the log by a new leader before
+//!   it takes a publish: its log holds every batch of the old leader that
+//!   may have been acknowledged, so a client's retry with the same ids is
+//!   found. A retry that finds its events at offsets not yet committed
+//!   waits for the commit before it is answered.
+//! - A Raft group that stops (its log refused a write) answers every
+//!   request `ReplicationStopped`; the rest of the node goes on.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use hadron_engine::log::batch::{self, BatchKind, BatchStamp};
+use hadron_engine::notify::Notify;
+use hadron_engine::storage::Storage;
+use hadron_engine::Log;
+use raft::eraftpb::{ConfState, Message};
+
+use crate::replication::{
+    EngineLogStore, GroupNet, GroupSettings, LogStore, ProposeError, Proposal, ReplicatedLog,
+};
+use crate::shard::clock::Clock;
+use crate::shard::error::{Error, LeaderAt};
+
+/// Peer messages waiting for the next turn, at most; beyond, they are
+/// dropped (Raft resends what matters).
+pub const INBOX_MESSAGES_MAX: usize = 4_096;
+
+/// How a replicated partition is set up on this node.
+#[derive(Clone)]
+pub struct ReplicaSpec {
+    /// Driving settings (node id, group id, ticks).
+    pub group: GroupSettings,
+    /// The replicas' node ids, from placement (the first voters).
+    pub voters: Vec<u64>,
+    /// Where its messages go.
+    pub net: GroupNet,
+    /// The leader's address as a client reaches it, by node id and term.
+    pub leader_at: Rc<dyn Fn(u64, u64) -> Option<LeaderAt>>,
+    /// Told the leader and term whenever they change (Metadata).
+    pub on_leader: Rc<dyn Fn(Option<(u64, u64)>)>,
+}
+
+impl std::fmt::Debug for ReplicaSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaSpec")
+            .field("group", &self.group)
+            .field("voters", &self.voters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One partition's Raft group on this node.
+pub struct Replica<S: Storage, C: Clock> {
+    group: RefCell<ReplicatedLog<EngineLogStore<S>, GroupNet, C>>,
+    store: EngineLogStore<S>,
+    inbox: RefCell<Vec<Message>>,
+    /// Signalled when there is something for the loop to do.
+    pub wake: Notify,
+    /// The end of the last committed data batch.
+    high_watermark: Cell<u64>,
+    /// The term this node leads in with its dedup window rebuilt.
+    ready_term: Cell<u64>,
+    stopped: RefCell<Option<String>>,
+    leader_at: Rc<dyn Fn(u64, u64) -> Option<LeaderAt>>,
+    on_leader: Rc<dyn Fn(Option<(u64, u64)>)>,
+    reported: Cell<Option<(u64, u64)>>,
+    /// Messages dropped because the inbox was full.
+    dropped: Cell<u64>,
+}
+
+/// What a replica's status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub high_watermark: u64,
+    pub voters: Vec<u64>,
+    pub stopped: Option<String>,
+}
+
+/// The offset after the batch at Raft `index` of `log` (its first offset
+/// when `index` is below the log).
+async fn offset_after<S: Storage>(log: &Log<S>, index: u64) -> Result<u64, String> {
+    if index < log.first_index() || index == 0 {
+        return Ok(log.stats().start_offset);
+    }
+    let got = log
+        .entries(index, index + 1, 0)
+        .await
+        .map_err(|e| format!("reading the batch at Raft index {index}: {e}"))?;
+    let b = got
+        .first()
+        .ok_or_else(|| format!("no batch at Raft index {index}"))?;
+    let header = batch::parse_header(&b.bytes).map_err(|e| e.to_string())?;
+    Ok(header.next_offset())
+}
+
+impl<S: Storage, C: Clock> Replica<S, C> {
+    /// Starts the group on `log` (written with durability `Always`). A
+    /// fresh log starts as a member of `spec.voters` (every replica of a
+    /// new partition does the same, docs/replication.md section 3).
+    pub async fn open(log: Rc<Log<S>>, spec: ReplicaSpec, clock: C) -> Result<Self, String> {
+        let mut store = EngineLogStore::open(log.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let fresh = log.last_index() == 0 && log.raft_meta().voters.is_empty();
+        if fresh {
+            let cs = ConfState {
+                voters: spec.voters.clone(),
+                ..ConfState::default()
+            };
+            store.set_conf_state(&cs);
+            store.persist().await.map_err(|e| e.to_string())?;
+        }
+        let commit = store.hard_state().commit;
+        let high_watermark = offset_after(&log, commit).await?;
+        let group = ReplicatedLog::new(spec.group, store.clone(), spec.net, clock)
+            .map_err(|e| e.to_string())?;
+        Ok(Replica {
+            group: RefCell::new(group),
+            store,
+            inbox: RefCell::new(Vec::new()),
+            wake: Notify::default(),
+            high_watermark: Cell::new(high_watermark),
+            ready_term: Cell::new(0),
+            stopped: RefCell::new(None),
+            leader_at: spec.leader_at,
+            on_leader: spec.on_leader,
+            reported: Cell::new(None),
+            dropped: Cell::new(0),
+        })
+    }
+
+    /// Takes a message from a peer for the next turn.
+    pub fn step(&self, msg: Message) {
+        let mut inbox = self.inbox.borrow_mut();
+        if inbox.len() >= INBOX_MESSAGES_MAX {
+            self.dropped.set(self.dropped.get() + 1);
+            return;
+        }
+        inbox.push(msg);
+        drop(inbox);
+        self.wake.notify_all();
+    }
+
+    /// Proposes a batch of events (encoded at any place; stamped when
+    /// stepped). Answered at commit.
+    pub fn propose_batch(&self, bytes: Vec<u8>) -> Proposal {
+        let proposal = self.group.borrow_mut().propose_batch(bytes);
+        self.wake.notify_all();
+        proposal
+    }
+
+    /// The end of the last committed data batch: readers stop there.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark.get()
+    }
+
+    /// Whether this node leads and takes publishes (its dedup window is
+    /// rebuilt for its term).
+    pub fn serving(&self) -> bool {
+        let group = self.group.borrow();
+        group.is_leader() && self.ready_term.get() == group.term()
+    }
+
+    /// Whether this node leads its current term (whatever its dedup
+    /// window's state).
+    pub fn is_leader(&self) -> bool {
+        self.group.borrow().is_leader()
+    }
+
+    /// The leader this node knows of, and its term.
+    pub fn leader(&self) -> Option<(u64, u64)> {
+        let group = self.group.borrow();
+        group.leader().map(|id| (id, group.term()))
+    }
+
+    /// The error for a request this node cannot serve as leader, or
+    /// `None` when it can.
+    pub fn refusal(&self, stream: &str, partition: u32) -> Option<Error> {
+        if let Some(why) = self.stopped.borrow().clone() {
+            return Some(Error::ReplicationStopped {
+                stream: stream.to_owned(),
+                partition,
+                why,
+            });
+        }
+        if self.serving() {
+            return None;
+        }
+        let leader = self
+            .leader()
+            .filter(|_| !self.is_leader())
+            .and_then(|(id, term)| (self.leader_at)(id, term));
+        Some(Error::NotLeader {
+            stream: stream.to_owned(),
+            partition,
+            leader,
+        })
+    }
+
+    /// The error a failed proposal answers.
+    pub fn proposal_error(&self, stream: &str, partition: u32, e: ProposeError) -> Error {
+        let (stream, partition_) = (stream.to_owned(), partition);
+        match e {
+            ProposeError::NotLeader { leader } => Error::NotLeader {
+                stream,
+                partition: partition_,
+                leader: leader
+                    .and_then(|id| (self.leader_at)(id, self.group.borrow().term())),
+            },
+            ProposeError::Busy => Error::ReplicationBusy {
+                stream,
+                partition: partition_,
+            },
+            ProposeError::Stopped(why) => Error::ReplicationStopped {
+                stream,
+                partition: partition_,
+                why,
+            },
+        }
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let group = self.group.borrow();
+        ReplicaStatus {
+            leader: group.leader(),
+            is_leader: group.is_leader(),
+            term: group.term(),
+            commit: group.commit(),
+            applied: group.applied(),
+            last_index: group.last_index(),
+            high_watermark: self.high_watermark.get(),
+            voters: group.conf_state().voters,
+            stopped: self.stopped.borrow().clone(),
+        }
+    }
+
+    /// One turn: steps the inbox, ticks, runs the Ready cycle, makes its
+    /// writes durable and reports them (repeating while that produced
+    /// more), then applies what committed. Returns whether the high
+    /// watermark moved.
+    async fn turn(&self) -> Result<bool, String> {
+        {
+            let mut group = self.group.borrow_mut();
+            for m in std::mem::take(&mut *self.inbox.borrow_mut()) {
+                group.step(m);
+            }
+            group.tick_due();
+            group.turn().map_err(|e| e.to_string())?;
+        }
+        loop {
+            let Some(number) = self.group.borrow().persist_number() else {
+                break;
+            };
+            self.store.persist().await.map_err(|e| e.to_string())?;
+            self.group
+                .borrow_mut()
+                .on_persisted(number)
+                .map_err(|e| e.to_string())?;
+        }
+        let applied = self.group.borrow_mut().take_applied();
+        let mut moved = false;
+        for e in applied {
+            let header = batch::parse_header(&e.data)
+                .map_err(|err| format!("committed entry {}: {err}", e.index))?;
+            if header.kind == BatchKind::Events && header.next_offset() > self.high_watermark.get()
+            {
+                self.high_watermark.set(header.next_offset());
+                moved = true;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// When the loop must turn again by itself (the next tick).
+    fn next_tick_in(&self, clock: &C) -> std::time::Duration {
+        self.group
+            .borrow()
+            .next_tick_at()
+            .saturating_sub(clock.now())
+    }
+
+    /// Tells `on_leader` when the leader or term changed.
+    fn report_leader(&self) {
+        let now = self.leader();
+        if self.reported.get() != now {
+            self.reported.set(now);
+            (self.on_leader)(now);
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.inbox.borrow().is_empty()
+    }
+
+    fn stop(&self, why: String) {
+        *self.stopped.borrow_mut() = Some(why);
+    }
+
+    /// Records that this node now serves its term as leader.
+    fn set_ready(&self, term: u64) {
+        self.ready_term.set(term);
+    }
+
+    fn needs_dedup_rebuild(&self) -> Option<u64> {
+        let group = self.group.borrow();
+        (group.is_leader() && self.ready_term.get() != group.term()).then(|| group.term())
+    }
+
+    /// Drops entries the group will not read again from memory.
+    fn release_applied(&self) {
+        let applied = self.group.borrow().applied();
+        // Keep some behind the applied index for followers a little
+        // behind; further back, they are read from the log.
+        self.store
+            .release_below(applied.saturating_sub(RELEASE_LAG_ENTRIES));
+    }
+}
+
+/// Entries kept in memory below the applied index for followers a little
+/// behind.
+const RELEASE_LAG_ENTRIES: u64 = 4_096;
+
+/// Encodes `records` as a batch of events stamped at `now`, to be
+/// restamped with its place when proposed.
+pub fn encode_batch(records: &[&[u8]], now: u64) -> Vec<u8> {
+    let stamp = BatchStamp {
+        kind: BatchKind::Events,
+        base_offset: 0,
+        first_timestamp_ms: now,
+        term: 1,
+        raft_index: 1,
+    };
+    let mut out = Vec::with_capacity(batch::encoded_len(records));
+    batch::encode_into(&mut out, &stamp, records);
+    out
+}
+
+impl<S: Storage, C: Clock> super::Partition<S, C> {
+    /// Turns the partition's Raft group until it stops: the loop of the
+    /// module header. The shard spawns it for a replicated partition.
+    pub async fn drive_replication(self: Rc<Self>) {
+        let Some(replica) = self.replica.clone() else {
+            return;
+        };
+        loop {
+            let generation = replica.wake.generation();
+            match replica.turn().await {
+                Ok(moved) => {
+                    if moved {
+                        self.appended.notify_all();
+                    }
+                }
+                Err(why) => {
+                    tracing::error!(stream = %self.stream, partition = self.partition, "replication stopped: {why}");
+                    replica.stop(why);
+                    self.appended.notify_all();
+                    return;
+                }
+            }
+            if let Some(term) = replica.needs_dedup_rebuild() {
+                match self.rebuild_dedup().await {
+                    Ok(()) => {
+                        tracing::info!(stream = %self.stream, partition = self.partition, term, "leading");
+                        replica.set_ready(term);
+                    }
+                    Err(why) => {
+                        tracing::error!(stream = %self.stream, partition = self.partition, "rebuilding the dedup window: {why}");
+                        replica.stop(why);
+                        return;
+                    }
+                }
+                self.appended.notify_all();
+            }
+            replica.report_leader();
+            replica.release_applied();
+            if replica.has_work() {
+                continue;
+            }
+            let wait = replica.next_tick_in(self.clock());
+            let woken = Box::pin(replica.wake.changed_since(generation));
+            let _ = futures::future::select(woken, Box::pin(self.clock().sleep(wait))).await;
+        }
+    }
+}
