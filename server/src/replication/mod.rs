@@ -23,6 +23,7 @@
 
 mod engine_store;
 mod group;
+pub mod peer_frame;
 mod slog_drain;
 mod store;
 

@@ -154,6 +154,9 @@ pub(super) async fn shard_main(
         Box::new(senders),
         resources,
     ));
+    if settings.config.cluster_nodes() > 1 {
+        shard.set_peer_links(conn::peer::links(&shard)?);
+    }
     shard.install(settings.topology.clone()).await?;
     for (peer, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -165,6 +168,9 @@ pub(super) async fn shard_main(
         .detach();
     }
     let listen = spawn_listeners(&shard)?;
+    if let Some(peers) = conn::peer::listen(&shard)? {
+        tracing::info!(shard = id, "taking peer connections on {peers}");
+    }
     if let Some(hub) = &settings.metrics {
         glommio::spawn_local(metrics::answer_snapshots(shard.clone(), hub.register(id))).detach();
     }

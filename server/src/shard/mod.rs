@@ -232,6 +232,22 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         }
     }
 
+    /// Hands a peer's raft message to its partition's group here; dropped
+    /// when the partition is not replicated on this shard (yet).
+    pub fn on_peer_message(&self, stream: &str, partition: u32, msg: raft::eraftpb::Message) {
+        let replica = self
+            .partitions
+            .borrow()
+            .get(&(stream.to_owned(), partition))
+            .and_then(|p| p.replica.clone());
+        match replica {
+            Some(r) => r.step(msg),
+            None => {
+                tracing::debug!(shard = self.id, stream, partition, "raft message for a group not here; dropped");
+            }
+        }
+    }
+
     /// Gives the shard its links to the other nodes (before `install`).
     pub fn set_peer_links(&self, links: Rc<dyn crate::replication::PeerLinks>) {
         *self.peer_links.borrow_mut() = Some(links);

@@ -44,6 +44,7 @@ use crate::config::ServerConfig;
 mod admin;
 pub(crate) mod auth;
 mod groups;
+pub mod peer;
 mod pipelines;
 mod streams;
 mod tls;

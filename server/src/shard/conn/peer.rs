@@ -1,0 +1,318 @@
+//! Peer connections: this shard's links to the same shard on the other
+//! nodes of the cluster, over TCP, in the frames of
+//! `replication/peer_frame.rs`.
+//!
+//! - **Out:** [`Links`] keeps, per peer node, a queue of encoded raft
+//!   messages (bounded by [`LINK_QUEUE_BYTES_MAX`]; beyond it, and while
+//!   the link is down, messages are dropped: Raft resends what matters)
+//!   and one task that dials the node's shard (its `peerAddress` port +
+//!   shard id), says hello, and writes everything queued as one frame per
+//!   write. A failed dial or write drops the queue and retries after a
+//!   backoff from [`DIAL_BACKOFF_MIN`] doubling to [`DIAL_BACKOFF_MAX`].
+//! - **In:** [`listen`] accepts on this shard's peer port; a connection
+//!   must say hello within [`HELLO_TIMEOUT`] naming a node of
+//!   `cluster.peers` other than this one, on the same shard id of the same
+//!   shard count; then each frame's messages go to their partitions'
+//!   groups ([`Shard::on_peer_message`]). A bad frame closes the
+//!   connection (its framing is lost) and costs nothing else.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::select;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use hadron_engine::notify::Notify;
+use raft::eraftpb::Message;
+
+use crate::replication::PeerLinks;
+use crate::replication::peer_frame::{
+    self, Hello, PEER_FRAME_BYTES_MAX, PEER_FRAME_HEADER_BYTES, PeerFrame,
+};
+use crate::shard::Shard;
+
+/// Bytes of encoded messages queued for one peer, at most.
+pub const LINK_QUEUE_BYTES_MAX: usize = 64 << 20;
+/// Bytes gathered into one frame, about (at least one message).
+const FRAME_TARGET_BYTES: usize = 4 << 20;
+/// A new connection's hello must arrive within this.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A dial must connect within this.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first pause after a failed dial or write.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest pause between dials.
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// One peer node's outgoing queue.
+struct Link {
+    node: u64,
+    address: String,
+    queue: RefCell<VecDeque<Vec<u8>>>,
+    bytes: Cell<usize>,
+    ready: Notify,
+    dropped: Cell<u64>,
+}
+
+/// This shard's links to the other nodes.
+pub struct Links {
+    links: HashMap<u64, Rc<Link>>,
+}
+
+impl PeerLinks for Links {
+    fn send(&self, to: u64, stream: &str, partition: u32, msg: Message) -> bool {
+        let Some(link) = self.links.get(&to) else {
+            return false;
+        };
+        let encoded = match peer_frame::encode_message(stream, partition, &msg) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(to, "raft message not sent: {e}");
+                return false;
+            }
+        };
+        if link.bytes.get() + encoded.len() > LINK_QUEUE_BYTES_MAX {
+            link.dropped.set(link.dropped.get() + 1);
+            return false;
+        }
+        link.bytes.set(link.bytes.get() + encoded.len());
+        link.queue.borrow_mut().push_back(encoded);
+        link.ready.notify_all();
+        true
+    }
+}
+
+/// The peer address of `node`'s shard `shard`: its `peerAddress` (or
+/// default) with the port moved up by the shard id.
+fn shard_peer_address(peer: &crate::config::cluster::PeerSpec, shard: u16) -> Result<String, String> {
+    let base = peer.peer_address()?;
+    let (host, port) = base
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| format!("node {}: peer address {base:?} is not host:port", peer.id))?;
+    let port = port
+        .checked_add(shard)
+        .ok_or_else(|| format!("node {}: peer port {port} + shard {shard} overflows", peer.id))?;
+    Ok(format!("{host}:{port}"))
+}
+
+fn resolve(address: &str) -> Option<SocketAddr> {
+    address.parse().ok().or_else(|| address.to_socket_addrs().ok()?.next())
+}
+
+/// Starts this shard's links to every other node and their dialling
+/// tasks.
+pub fn links(shard: &Rc<Shard>) -> Result<Rc<Links>, String> {
+    let config = &shard.settings.config;
+    let Some(cluster) = &config.cluster else {
+        return Ok(Rc::new(Links {
+            links: HashMap::new(),
+        }));
+    };
+    let hello = Hello {
+        node_id: cluster.node_id,
+        shard: shard.id,
+        shards: shard.shards,
+    };
+    let mut links = HashMap::new();
+    for peer in cluster.peers.iter().filter(|p| p.id != cluster.node_id) {
+        let link = Rc::new(Link {
+            node: peer.id,
+            address: shard_peer_address(peer, shard.id)?,
+            queue: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            ready: Notify::default(),
+            dropped: Cell::new(0),
+        });
+        glommio::spawn_local(dial(link.clone(), hello)).detach();
+        links.insert(peer.id, link);
+    }
+    Ok(Rc::new(Links { links }))
+}
+
+/// Keeps `link` connected and writes what is queued.
+async fn dial(link: Rc<Link>, hello: Hello) {
+    let mut backoff = DIAL_BACKOFF_MIN;
+    loop {
+        let connected = match resolve(&link.address) {
+            Some(addr) => {
+                let connect = Box::pin(TcpStream::connect(addr));
+                match select(connect, Box::pin(glommio::timer::sleep(DIAL_TIMEOUT))).await {
+                    futures::future::Either::Left((Ok(stream), _)) => Some(stream),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        if let Some(stream) = connected {
+            backoff = DIAL_BACKOFF_MIN;
+            tracing::debug!(node = link.node, address = %link.address, "peer link up");
+            if let Err(e) = write_queued(&link, stream, hello).await {
+                tracing::debug!(node = link.node, address = %link.address, "peer link down: {e}");
+            }
+        }
+        // Down: what is queued would be stale by the time it got there.
+        link.queue.borrow_mut().clear();
+        link.bytes.set(0);
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
+    }
+}
+
+/// Says hello, then writes what is queued until a write fails.
+async fn write_queued(link: &Link, mut stream: TcpStream, hello: Hello) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    stream.write_all(&peer_frame::encode_hello(hello)).await?;
+    loop {
+        let generation = link.ready.generation();
+        let batch = {
+            let mut queue = link.queue.borrow_mut();
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(m) = queue.front() {
+                if !batch.is_empty() && bytes + m.len() > FRAME_TARGET_BYTES {
+                    break;
+                }
+                bytes += m.len();
+                if let Some(m) = queue.pop_front() {
+                    batch.push(m);
+                }
+            }
+            link.bytes.set(link.bytes.get().saturating_sub(bytes));
+            batch
+        };
+        if batch.is_empty() {
+            link.ready.changed_since(generation).await;
+            continue;
+        }
+        stream.write_all(&peer_frame::encode_raft(&batch)).await?;
+    }
+}
+
+/// Accepts peer connections on this shard's peer port until the process
+/// ends. Returns the address bound.
+pub fn listen(shard: &Rc<Shard>) -> Result<Option<SocketAddr>, String> {
+    let config = &shard.settings.config;
+    let Some(cluster) = config.cluster.as_ref().filter(|c| c.nodes() > 1) else {
+        return Ok(None);
+    };
+    let me = cluster
+        .peer(cluster.node_id)
+        .ok_or_else(|| format!("node {} is not among cluster.peers", cluster.node_id))?;
+    let address = shard_peer_address(me, shard.id)?;
+    let mut bind = resolve(&address)
+        .ok_or_else(|| format!("cannot resolve this node's peer address {address}"))?;
+    if !bind.ip().is_loopback() {
+        // Any interface: the host may name this node by a public name.
+        bind.set_ip(std::net::Ipv4Addr::UNSPECIFIED.into());
+    }
+    let listener = TcpListener::bind(bind)
+        .map_err(|e| format!("shard {}: cannot listen for peers on {bind}: {e}", shard.id))?;
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    glommio::spawn_local(serve_peer(shard.clone(), stream)).detach();
+                }
+                Err(e) => {
+                    tracing::warn!(shard = shard.id, "peer accept failed: {e}");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+    .detach();
+    Ok(Some(bind))
+}
+
+/// Reads one frame.
+async fn read_frame(stream: &mut TcpStream) -> Result<PeerFrame, String> {
+    let mut header = [0u8; PEER_FRAME_HEADER_BYTES];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| format!("reading a peer frame: {e}"))?;
+    let (len, crc) = peer_frame::parse_header(&header)?;
+    debug_assert!(len <= PEER_FRAME_BYTES_MAX);
+    let mut body = vec![0u8; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| format!("reading a peer frame: {e}"))?;
+    peer_frame::decode_body(&body, crc)
+}
+
+/// Serves one incoming peer connection: its hello, then its messages.
+async fn serve_peer(shard: Rc<Shard>, mut stream: TcpStream) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let hello = match select(
+        Box::pin(read_frame(&mut stream)),
+        Box::pin(glommio::timer::sleep(HELLO_TIMEOUT)),
+    )
+    .await
+    {
+        futures::future::Either::Left((Ok(PeerFrame::Hello(h)), _)) => h,
+        futures::future::Either::Left((Ok(_), _)) => {
+            tracing::warn!(shard = shard.id, %peer, "peer connection refused: its first frame is not a hello");
+            return;
+        }
+        futures::future::Either::Left((Err(e), _)) => {
+            tracing::warn!(shard = shard.id, %peer, "peer connection refused: {e}");
+            return;
+        }
+        futures::future::Either::Right(_) => {
+            tracing::warn!(shard = shard.id, %peer, "peer connection refused: no hello within {HELLO_TIMEOUT:?}");
+            return;
+        }
+    };
+    if let Err(why) = check_hello(&shard, hello) {
+        tracing::warn!(shard = shard.id, %peer, "peer connection refused: {why}");
+        return;
+    }
+    loop {
+        match read_frame(&mut stream).await {
+            Ok(PeerFrame::Raft(messages)) => {
+                for m in messages {
+                    if m.msg.from != hello.node_id {
+                        tracing::warn!(shard = shard.id, node = hello.node_id, "peer sent a message from node {}; closing", m.msg.from);
+                        return;
+                    }
+                    shard.on_peer_message(&m.stream, m.partition, m.msg);
+                }
+            }
+            Ok(PeerFrame::Hello(_)) => {
+                tracing::warn!(shard = shard.id, node = hello.node_id, "peer said hello twice; closing");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(shard = shard.id, node = hello.node_id, "peer connection closed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// A hello is from another node of the cluster, to this shard id, with
+/// the same shard count.
+fn check_hello(shard: &Shard, hello: Hello) -> Result<(), String> {
+    let Some(cluster) = &shard.settings.config.cluster else {
+        return Err("this server is not in a cluster".into());
+    };
+    if hello.node_id == cluster.node_id || cluster.peer(hello.node_id).is_none() {
+        return Err(format!(
+            "node {} is not another node of cluster.peers",
+            hello.node_id
+        ));
+    }
+    if hello.shard != shard.id || hello.shards != shard.shards {
+        return Err(format!(
+            "node {} dialled shard {} of {} on shard {} of {}: every node of a cluster runs the same number of shards",
+            hello.node_id, hello.shard, hello.shards, shard.id, shard.shards
+        ));
+    }
+    Ok(())
+}
