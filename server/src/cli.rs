@@ -254,6 +254,26 @@ pub async fn status(url: &str, json: bool) -> Result<(), String> {
                 p["next_offset"],
                 p["durable_offset"]
             );
+            let r = &p["replication"];
+            if r.is_object() {
+                let role = if r["is_leader"].as_bool().unwrap_or(false) {
+                    "leader".to_owned()
+                } else {
+                    format!("follower of {}", r["leader"])
+                };
+                println!(
+                    "    raft: {role}, term {}, voters {}, commit {}, last index {}, high watermark {}{}",
+                    r["term"],
+                    r["voters"],
+                    r["commit"],
+                    r["last_index"],
+                    r["high_watermark"],
+                    r["stopped"]
+                        .as_str()
+                        .map(|why| format!(", STOPPED: {why}"))
+                        .unwrap_or_default()
+                );
+            }
             if let Some(age) = p["dedup_oldest_ms"].as_u64() {
                 println!(
                     "    dedup window: {} keys, the oldest {:.1} s old",

@@ -1,7 +1,8 @@
 //! raft-rs logs through `slog`; Hadron through `tracing`. [`logger`]
 //! gives a `slog::Logger` whose records become `tracing` events of target
 //! `raft` (docs/replication.md section 1, finding 9). Records below the
-//! level `tracing` enables are dropped before they are formatted.
+//! level `tracing` enables are dropped before they are formatted; raft-rs's
+//! info records (every vote, per group) become debug events.
 
 use std::fmt::Write as _;
 
@@ -20,7 +21,7 @@ fn enabled(level: Level) -> bool {
     match level {
         Level::Critical | Level::Error => tracing::enabled!(target: "raft", tracing::Level::ERROR),
         Level::Warning => tracing::enabled!(target: "raft", tracing::Level::WARN),
-        Level::Info => tracing::enabled!(target: "raft", tracing::Level::INFO),
+        Level::Info => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
         Level::Debug => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
         Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
     }
@@ -51,7 +52,10 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => tracing::error!(target: "raft", "{msg}{kv}"),
             Level::Warning => tracing::warn!(target: "raft", "{msg}{kv}"),
-            Level::Info => tracing::info!(target: "raft", "{msg}{kv}"),
+            // raft-rs logs every vote and role change at info, per group:
+            // too much for a server with thousands of groups. The shard
+            // logs each leadership it takes at info itself.
+            Level::Info => tracing::debug!(target: "raft", "{msg}{kv}"),
             Level::Debug => tracing::debug!(target: "raft", "{msg}{kv}"),
             Level::Trace => tracing::trace!(target: "raft", "{msg}{kv}"),
         }

@@ -222,6 +222,12 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             {
                 return Reply::Failed(Error::InvalidConfig(e));
             }
+            if let Resource::Pipeline(spec) = &resource
+                && let Some(source) = next.streams.get(&spec.source_stream)
+                && let Err(e) = self.settings.config.check_pipeline_source(spec, source)
+            {
+                return Reply::Failed(Error::InvalidConfig(e));
+            }
             match next.put(resource) {
                 Ok(line) => summary.push(line),
                 Err(e) => return Reply::Failed(e),

@@ -235,6 +235,12 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         member: MemberId,
     ) -> Result<(), Error> {
         let p = self.partition(stream, partition)?;
+        if p.replica.is_some() {
+            return Err(Error::NotOnReplicated {
+                stream: stream.to_owned(),
+                what: "consumer groups",
+            });
+        }
         let existing = p.groups.borrow().get(group).cloned();
         let g = match existing {
             Some(g) => g,

@@ -74,6 +74,9 @@ pub struct PartitionStatus {
     pub dedup_oldest_ms: Option<u64>,
     /// Consumer groups.
     pub groups: Vec<GroupStatus>,
+    /// Its Raft group on this node, when replicated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<partition::replica::ReplicaStatus>,
 }
 
 /// A pipeline's entry in the status document: totals, per-stage counts
@@ -163,6 +166,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 .values()
                 .map(|g| g.status(visible))
                 .collect(),
+            replication: p.replica.as_ref().map(|r| r.status()),
         }
     }
 
@@ -208,6 +212,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .map(|spec| pipeline_status(spec, &runs))
             .collect();
         let doc = serde_json::json!({
+            "node_id": self.settings.config.node_id(),
             "shards": self.shards,
             "shard_ports": self.settings.config.shard_ports,
             "fsync": format!("{:?}", self.settings.config.fsync),

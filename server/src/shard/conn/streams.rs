@@ -1,6 +1,8 @@
 //! Stream requests from a connection: publish, fetch and metadata.
 
 use super::*;
+use crate::config::StreamSpec;
+use crate::shard::error::LeaderAt;
 
 /// Appends a batch to its partition (on its owner) and answers `PublishOk`.
 pub(super) async fn publish(
@@ -88,11 +90,16 @@ pub(super) fn metadata(shard: &Shard, names: &[String]) -> Encode {
     let wanted: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
     let (streams, pipelines) = {
         let topology = shard.topology.borrow();
-        let streams: Vec<(String, u32)> = topology
+        let streams: Vec<(String, Vec<Option<LeaderAt>>)> = topology
             .streams
             .iter()
             .filter(|(name, _)| wanted.is_empty() || wanted.contains(name.as_str()))
-            .map(|(name, s)| (name.clone(), s.partitions))
+            .map(|(name, s)| {
+                let leaders = (0..s.partitions)
+                    .map(|p| partition_leader(shard, s, p))
+                    .collect();
+                (name.clone(), leaders)
+            })
             .collect();
         let pipelines: Vec<(String, String, Vec<String>)> = topology
             .pipelines
@@ -106,33 +113,22 @@ pub(super) fn metadata(shard: &Shard, names: &[String]) -> Encode {
         (streams, pipelines)
     };
     let (shards, shard_ports) = (shard.shards, shard_ports(shard));
-    // A server with no cluster leads every partition itself, in term 1
-    // (docs/replication.md section 12): it names itself, by its `listen`
-    // address (a client replaces an unspecified IP with the host it
-    // dialled).
-    let node_id = shard.settings.config.node_id();
-    let address = shard.settings.config.listen.to_string();
     Box::new(move |id, outbox: &Outbox| {
         let streams = streams
             .iter()
-            .map(|(name, partitions)| hadron_wire::StreamInfo {
+            .map(|(name, leaders)| hadron_wire::StreamInfo {
                 name,
-                partitions: (0..*partitions)
-                    .map(|partition| {
-                        let shard = hadron_wire::shard_of(name, partition, shards);
-                        hadron_wire::PartitionInfo {
-                            partition,
-                            shard,
-                            leader: Some(hadron_wire::LeaderHint {
-                                node_id,
-                                address: &address,
-                                shard_port: shard_ports
-                                    .get(usize::from(shard))
-                                    .copied()
-                                    .unwrap_or(0),
-                                term: 1,
-                            }),
-                        }
+                partitions: (0u32..)
+                    .zip(leaders)
+                    .map(|(partition, leader)| hadron_wire::PartitionInfo {
+                        partition,
+                        shard: hadron_wire::shard_of(name, partition, shards),
+                        leader: leader.as_ref().map(|l| hadron_wire::LeaderHint {
+                            node_id: l.node_id,
+                            address: &l.address,
+                            shard_port: l.shard_port,
+                            term: l.term,
+                        }),
                     })
                     .collect(),
             })
@@ -159,4 +155,34 @@ pub(super) fn metadata(shard: &Shard, names: &[String]) -> Encode {
             outbox.fail(id, &limit.into());
         }
     })
+}
+
+/// Where `stream`'s `partition` is led, as this node knows: a server with
+/// no cluster leads every partition itself, in term 1 (docs/replication.md
+/// section 12), named by its `listen` address (a client replaces an
+/// unspecified IP with the host it dialled) and the owning shard's port; in
+/// a cluster, a partition with one replica is led by its node, and a
+/// replicated one by the leader its owning shard last saw (none during an
+/// election, or when this node holds no replica).
+fn partition_leader(shard: &Shard, stream: &StreamSpec, partition: u32) -> Option<LeaderAt> {
+    let config = &shard.settings.config;
+    let owner = hadron_wire::shard_of(&stream.name, partition, shard.shards);
+    let Some(cluster) = config.cluster.as_ref().filter(|c| c.nodes() > 1) else {
+        return Some(LeaderAt {
+            node_id: config.node_id(),
+            address: config.listen.to_string(),
+            shard_port: shard_ports(shard)
+                .get(usize::from(owner))
+                .copied()
+                .unwrap_or(0),
+            term: 1,
+        });
+    };
+    let replicas = config.stream_replicas(stream);
+    let (node, term) = if replicas == 1 {
+        (*cluster.placement(&stream.name, partition, 1).first()?, 1)
+    } else {
+        shard.settings.leaders.get(&stream.name, partition)?
+    };
+    crate::shard::leader_at(config, node, term, owner)
 }

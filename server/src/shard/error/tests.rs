@@ -56,9 +56,10 @@ fn variant(e: &Error) -> usize {
         E::NotLeader { .. } => 44,
         E::ReplicationBusy { .. } => 45,
         E::ReplicationStopped { .. } => 46,
+        E::NotOnReplicated { .. } => 47,
     }
 }
-const VARIANTS: usize = 47;
+const VARIANTS: usize = 48;
 
 fn bad_event() -> DecodeError {
     DecodeError::TooLarge { have: 9, max: 8 }
@@ -325,6 +326,13 @@ fn settlement_and_storage_rows() -> Vec<(Error, ErrorCode)> {
                 why: "EIO".into(),
             },
             C::StorageError,
+        ),
+        (
+            Error::NotOnReplicated {
+                stream: "s".into(),
+                what: "consumer groups",
+            },
+            C::InvalidRequest,
         ),
     ]
 }

@@ -87,8 +87,10 @@ pub struct Replica<S: Storage, C: Clock> {
     dropped: Cell<u64>,
 }
 
-/// What a replica's status reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a replica's status reports: the leader it knows, the term, its
+/// Raft log's commit, applied and last indexes, the high watermark, the
+/// voters, and why it stopped, if it did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReplicaStatus {
     pub leader: Option<u64>,
     pub is_leader: bool,
