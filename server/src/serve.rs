@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::config::{self, Resource, ServerConfig, StreamSpec};
 use crate::config::cluster::{ClusterConfig, PeerSpec};
+use crate::config::{self, Resource, ServerConfig, StreamSpec};
 use crate::shard::{self, Settings, Topology};
 
 /// How long a consumer has to ack a delivery unless `--ack-timeout-ms`

@@ -21,8 +21,10 @@
     reason = "test helpers: a failed set-up step must fail the test at once, with its message"
 )]
 
+pub mod cluster;
 #[cfg(test)]
 mod e2e_targets;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -106,7 +108,7 @@ fn random_u64() -> u64 {
 
 /// A base port `p` such that `p ..= p + 1 + shards` are all bindable on
 /// 127.0.0.1 right now. Ports handed out in this process do not repeat.
-fn free_port_range(shards: u16) -> u16 {
+pub fn free_port_range(shards: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let width = shards + 2;
     let span = PORT_HIGH - PORT_LOW;
@@ -155,6 +157,9 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// More environment variables for the server (say `HADRON_FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// The client port, when the test chose it (a cluster's nodes name
+    /// each other's ports in their configs): kept across restarts.
+    pub port: Option<u16>,
 }
 
 impl Default for ServerOptions {
@@ -168,6 +173,7 @@ impl Default for ServerOptions {
             listen_any: false,
             args: Vec::new(),
             env: Vec::new(),
+            port: None,
         }
     }
 }
@@ -201,7 +207,9 @@ impl Server {
                 .prefix("hadron-e2e-logs")
                 .tempdir()
                 .unwrap(),
-            port: free_port_range(options.shards),
+            port: options
+                .port
+                .unwrap_or_else(|| free_port_range(options.shards)),
             options,
             child: None,
             starts: 0,
@@ -371,7 +379,7 @@ impl Server {
                 return;
             }
             self.kill_now();
-            if attempt < START_ATTEMPTS_MAX {
+            if attempt < START_ATTEMPTS_MAX && self.options.port.is_none() {
                 self.port = free_port_range(self.options.shards);
             }
         }
@@ -452,7 +460,7 @@ impl Server {
     pub fn restart(&mut self) {
         let free = (self.port..=self.port + 1 + self.options.shards)
             .all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
-        if !free {
+        if !free && self.options.port.is_none() {
             self.port = free_port_range(self.options.shards);
         }
         self.launch();
@@ -682,6 +690,13 @@ pub enum Frame {
         code: ErrorCode,
         message: String,
     },
+    /// An `Error` with code `NotLeader`, and the leader it names: (node id,
+    /// address, shard port, term).
+    NotLeader {
+        request_id: u64,
+        message: String,
+        leader: Option<(u64, String, u16, u64)>,
+    },
     /// Any other body, by name.
     Other {
         request_id: u64,
@@ -907,6 +922,7 @@ pub fn request_id(frame: &Frame) -> u64 {
         | Frame::AckOk { request_id }
         | Frame::StatusOk { request_id, .. }
         | Frame::Error { request_id, .. }
+        | Frame::NotLeader { request_id, .. }
         | Frame::Other { request_id, .. } => *request_id,
         Frame::Delivery(_) | Frame::StageDelivery(_) => 0,
     }
@@ -964,6 +980,13 @@ fn summarize(body: &[u8]) -> Frame {
         Message::StatusOk(s) => Frame::StatusOk {
             request_id,
             json: s.json.to_owned(),
+        },
+        Message::Error(e) if e.code == ErrorCode::NotLeader => Frame::NotLeader {
+            request_id,
+            message: e.message.to_owned(),
+            leader: e
+                .leader
+                .map(|l| (l.node_id, l.address.to_owned(), l.shard_port, l.term)),
         },
         Message::Error(e) => Frame::Error {
             request_id,

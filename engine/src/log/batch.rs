@@ -639,7 +639,11 @@ mod tests {
         assert!(restamp(&mut bytes[..short], 1, 1, 1).is_err());
         assert!(restamp(&mut bytes, 1, 0, 1).unwrap_err().contains("term 0"));
         assert_eq!(bytes, before);
-        assert!(restamp(&mut sample_v1(), 1, 1, 1).unwrap_err().contains("version 1"));
+        assert!(
+            restamp(&mut sample_v1(), 1, 1, 1)
+                .unwrap_err()
+                .contains("version 1")
+        );
     }
 
     #[test]

@@ -161,6 +161,10 @@ impl<S: Storage> Log<S> {
                 reason,
             })?;
             position += batch.header.batch_bytes() as u64;
+            if batch.header.kind.is_control() {
+                // A Raft entry that is not events: it takes no offsets.
+                continue;
+            }
             for (o, record) in batch.records() {
                 if o < offset {
                     continue;

@@ -427,8 +427,10 @@ impl ServerConfig {
                 source.name,
                 self.stream_replicas(source)
             );
-            return Err(ConfigError::new("spec.sourceStream", Problem::Invalid { reason })
-                .in_resource(ResourceKind::Pipeline, Some(&pipeline.name)));
+            return Err(
+                ConfigError::new("spec.sourceStream", Problem::Invalid { reason })
+                    .in_resource(ResourceKind::Pipeline, Some(&pipeline.name)),
+            );
         }
         Ok(())
     }

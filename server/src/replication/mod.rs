@@ -62,8 +62,7 @@ pub struct GroupNet {
 
 impl PeerNet for GroupNet {
     fn send(&self, msg: Message) -> bool {
-        self.links
-            .send(msg.to, &self.stream, self.partition, msg)
+        self.links.send(msg.to, &self.stream, self.partition, msg)
     }
 }
 

@@ -288,7 +288,10 @@ mod tests {
         for cut in 0..body.len() {
             let short = &body[..cut];
             assert!(decode_body(short, crc).is_err(), "cut at {cut}");
-            assert!(decode_body(short, crc32fast::hash(short)).is_err(), "cut at {cut}");
+            assert!(
+                decode_body(short, crc32fast::hash(short)).is_err(),
+                "cut at {cut}"
+            );
         }
         // A flipped bit: the checksum says so.
         let mut bad = body.to_vec();

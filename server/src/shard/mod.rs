@@ -243,7 +243,12 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         match replica {
             Some(r) => r.step(msg),
             None => {
-                tracing::debug!(shard = self.id, stream, partition, "raft message for a group not here; dropped");
+                tracing::debug!(
+                    shard = self.id,
+                    stream,
+                    partition,
+                    "raft message for a group not here; dropped"
+                );
             }
         }
     }

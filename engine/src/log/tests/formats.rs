@@ -173,6 +173,36 @@ fn control_batches_take_no_offsets_and_the_term_continues() {
     assert_eq!((last.term, last.raft_index, last.base_offset), (2, 6, 4));
 }
 
+/// `read_records` (what fetch, groups and pipelines read through) returns
+/// the records of event batches only: a control batch's record shares the
+/// next event's offset and is no event (a replicated partition's log holds
+/// one at every new leader's term).
+#[test]
+fn read_records_skips_control_batches_from_every_offset() {
+    let sim = SimStorage::new(62, SimFaults::default());
+    let (bytes, _) = raft_segment();
+    put_active(&sim, &bytes);
+    let log = open(&sim, small_config());
+    for from in 0..4 {
+        let read = block_on(log.read_records(from, 1 << 20)).unwrap();
+        let got: Vec<(u64, Vec<u8>)> = read.records.iter().map(|(o, r)| (*o, r.to_vec())).collect();
+        assert_eq!(
+            got,
+            (from..4).map(|o| (o, record(o, 150))).collect::<Vec<_>>(),
+            "from offset {from}"
+        );
+        assert_eq!(read.next_offset, 4);
+    }
+    // One record at a time: each read moves past the control batches.
+    let mut offset = 0;
+    while offset < 4 {
+        let read = block_on(log.read_records(offset, 1)).unwrap();
+        assert_eq!(read.records[0].0, offset);
+        assert_eq!(read.records[0].1.as_ref(), record(offset, 150).as_slice());
+        offset = read.next_offset;
+    }
+}
+
 #[test]
 fn recovery_cuts_a_version_2_tail_torn_at_every_byte() {
     let (bytes, positions) = raft_segment();

@@ -87,20 +87,29 @@ impl PeerLinks for Links {
 
 /// The peer address of `node`'s shard `shard`: its `peerAddress` (or
 /// default) with the port moved up by the shard id.
-fn shard_peer_address(peer: &crate::config::cluster::PeerSpec, shard: u16) -> Result<String, String> {
+fn shard_peer_address(
+    peer: &crate::config::cluster::PeerSpec,
+    shard: u16,
+) -> Result<String, String> {
     let base = peer.peer_address()?;
     let (host, port) = base
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
         .ok_or_else(|| format!("node {}: peer address {base:?} is not host:port", peer.id))?;
-    let port = port
-        .checked_add(shard)
-        .ok_or_else(|| format!("node {}: peer port {port} + shard {shard} overflows", peer.id))?;
+    let port = port.checked_add(shard).ok_or_else(|| {
+        format!(
+            "node {}: peer port {port} + shard {shard} overflows",
+            peer.id
+        )
+    })?;
     Ok(format!("{host}:{port}"))
 }
 
 fn resolve(address: &str) -> Option<SocketAddr> {
-    address.parse().ok().or_else(|| address.to_socket_addrs().ok()?.next())
+    address
+        .parse()
+        .ok()
+        .or_else(|| address.to_socket_addrs().ok()?.next())
 }
 
 /// Starts this shard's links to every other node and their dialling
@@ -248,7 +257,10 @@ async fn read_frame(stream: &mut TcpStream) -> Result<PeerFrame, String> {
 
 /// Serves one incoming peer connection: its hello, then its messages.
 async fn serve_peer(shard: Rc<Shard>, mut stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let hello = match select(
         Box::pin(read_frame(&mut stream)),
         Box::pin(glommio::timer::sleep(HELLO_TIMEOUT)),
@@ -278,18 +290,31 @@ async fn serve_peer(shard: Rc<Shard>, mut stream: TcpStream) {
             Ok(PeerFrame::Raft(messages)) => {
                 for m in messages {
                     if m.msg.from != hello.node_id {
-                        tracing::warn!(shard = shard.id, node = hello.node_id, "peer sent a message from node {}; closing", m.msg.from);
+                        tracing::warn!(
+                            shard = shard.id,
+                            node = hello.node_id,
+                            "peer sent a message from node {}; closing",
+                            m.msg.from
+                        );
                         return;
                     }
                     shard.on_peer_message(&m.stream, m.partition, m.msg);
                 }
             }
             Ok(PeerFrame::Hello(_)) => {
-                tracing::warn!(shard = shard.id, node = hello.node_id, "peer said hello twice; closing");
+                tracing::warn!(
+                    shard = shard.id,
+                    node = hello.node_id,
+                    "peer said hello twice; closing"
+                );
                 return;
             }
             Err(e) => {
-                tracing::debug!(shard = shard.id, node = hello.node_id, "peer connection closed: {e}");
+                tracing::debug!(
+                    shard = shard.id,
+                    node = hello.node_id,
+                    "peer connection closed: {e}"
+                );
                 return;
             }
         }

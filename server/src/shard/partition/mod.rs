@@ -57,10 +57,10 @@ use super::error::{Error, LogName};
 use super::group::GroupPartition;
 
 pub use dedup::DedupLimits;
-use replica::{Replica, ReplicaSpec};
 use dedup::{Claim, Dedup, dedup_key};
 pub use offsets::GROUP_NAME_BYTES_MAX;
 use offsets::offsets_batch_bytes_max;
+use replica::{Replica, ReplicaSpec};
 
 /// What a publish did, per event and overall.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,7 +247,11 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     /// Refuses a request this node cannot serve for a replicated
     /// partition (not its leader, or replication stopped).
     pub fn check_serving(&self) -> Result<(), Error> {
-        match self.replica.as_ref().and_then(|r| r.refusal(&self.stream, self.partition)) {
+        match self
+            .replica
+            .as_ref()
+            .and_then(|r| r.refusal(&self.stream, self.partition))
+        {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -348,6 +352,9 @@ impl<S: Storage, C: Clock> Partition<S, C> {
                 .map_err(|e| format!("rebuilding dedup window: {e}"))?;
             for batch in Batches::new(&read.bytes) {
                 let batch = batch.map_err(|e| format!("rebuilding dedup window: {e}"))?;
+                if batch.header.kind.is_control() {
+                    continue;
+                }
                 let at = batch.header.first_timestamp_ms;
                 for (o, record) in batch.records() {
                     if o < offset || at < since {

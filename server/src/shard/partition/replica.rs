@@ -28,14 +28,14 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use hadron_engine::Log;
 use hadron_engine::log::batch::{self, BatchKind, BatchStamp};
 use hadron_engine::notify::Notify;
 use hadron_engine::storage::Storage;
-use hadron_engine::Log;
 use raft::eraftpb::{ConfState, Message};
 
 use crate::replication::{
-    EngineLogStore, GroupNet, GroupSettings, LogStore, ProposeError, Proposal, ReplicatedLog,
+    EngineLogStore, GroupNet, GroupSettings, LogStore, Proposal, ProposeError, ReplicatedLog,
 };
 use crate::shard::clock::Clock;
 use crate::shard::error::{Error, LeaderAt};
@@ -231,8 +231,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             ProposeError::NotLeader { leader } => Error::NotLeader {
                 stream,
                 partition: partition_,
-                leader: leader
-                    .and_then(|id| (self.leader_at)(id, self.group.borrow().term())),
+                leader: leader.and_then(|id| (self.leader_at)(id, self.group.borrow().term())),
             },
             ProposeError::Busy => Error::ReplicationBusy {
                 stream,
@@ -263,8 +262,10 @@ impl<S: Storage, C: Clock> Replica<S, C> {
 
     /// One turn: steps the inbox, ticks, runs the Ready cycle, makes its
     /// writes durable and reports them (repeating while that produced
-    /// more), then applies what committed. Returns whether the high
-    /// watermark moved.
+    /// more). What committed is applied after every step that may commit,
+    /// before the next await: a publish answered at commit must find the
+    /// high watermark past its events when it next reads. Returns whether
+    /// the high watermark moved.
     async fn turn(&self) -> Result<bool, String> {
         {
             let mut group = self.group.borrow_mut();
@@ -274,6 +275,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             group.tick_due();
             group.turn().map_err(|e| e.to_string())?;
         }
+        let mut moved = self.apply_committed()?;
         loop {
             let Some(number) = self.group.borrow().persist_number() else {
                 break;
@@ -283,7 +285,14 @@ impl<S: Storage, C: Clock> Replica<S, C> {
                 .borrow_mut()
                 .on_persisted(number)
                 .map_err(|e| e.to_string())?;
+            moved |= self.apply_committed()?;
         }
+        Ok(moved)
+    }
+
+    /// Moves the high watermark past the data batches committed since the
+    /// last call. Returns whether it moved.
+    fn apply_committed(&self) -> Result<bool, String> {
         let applied = self.group.borrow_mut().take_applied();
         let mut moved = false;
         for e in applied {

@@ -1,0 +1,190 @@
+//! A cluster of `hadron server` processes on loopback for the replication
+//! tests: node `i` (ids from 1) is [`Cluster::node`]`(i)`, with its own data
+//! dir, client port and peer port; with [`ClusterOptions::proxies`], every
+//! directed peer link (node A dialling node B) goes through its own
+//! [`FaultProxy`], so that a test can cut one direction or isolate a node.
+//!
+//! Each node gets a config file with the `cluster:` section (peer
+//! addresses as that node dials them: through the proxies) and the
+//! test's resources; the nodes are started one after the other (a node is
+//! ready when its shards listen, before any election).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hadron::{Client, ClientOptions};
+
+use crate::proxy::FaultProxy;
+use crate::{Server, ServerOptions, free_port_range};
+
+/// How a cluster is made.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Nodes (ids 1 to `nodes`).
+    pub nodes: usize,
+    /// Resources (YAML documents) every node declares in its config file.
+    pub resources: String,
+    /// Settings added to every node's settings document (YAML lines at
+    /// the top level, say `segmentBytes: 65536`).
+    pub settings: String,
+    /// A [`FaultProxy`] in front of every directed peer link.
+    pub proxies: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            resources: String::new(),
+            settings: String::new(),
+            proxies: false,
+        }
+    }
+}
+
+/// The processes of a cluster, and the proxies between them.
+#[derive(Debug)]
+pub struct Cluster {
+    nodes: Vec<Server>,
+    /// `proxies[a][b]`: node `a + 1`'s link to node `b + 1`.
+    proxies: Vec<Vec<Option<FaultProxy>>>,
+}
+
+impl Cluster {
+    /// Starts every node (one shard each).
+    pub fn start(options: ClusterOptions) -> Cluster {
+        let n = options.nodes;
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port_range(1)).collect();
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port_range(1)).collect();
+        let mut proxies: Vec<Vec<Option<FaultProxy>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        if options.proxies {
+            for (a, row) in proxies.iter_mut().enumerate() {
+                for (b, slot) in row.iter_mut().enumerate() {
+                    if a != b {
+                        let target = SocketAddr::from(([127, 0, 0, 1], peer_ports[b]));
+                        let proxy =
+                            FaultProxy::start(free_port_range(0), target).expect("a proxy port");
+                        *slot = Some(proxy);
+                    }
+                }
+            }
+        }
+        let mut nodes = Vec::with_capacity(n);
+        for a in 0..n {
+            let mut config = format!("cluster:\n  nodeId: {}\n  peers:\n", a + 1);
+            for b in 0..n {
+                let peer_port = match &proxies[a][b] {
+                    Some(p) => p.addr().port(),
+                    None => peer_ports[b],
+                };
+                config.push_str(&format!(
+                    "    - {{ id: {}, address: \"127.0.0.1:{}\", peerAddress: \"127.0.0.1:{}\" }}\n",
+                    b + 1,
+                    client_ports[b],
+                    peer_port
+                ));
+            }
+            config.push_str(&options.settings);
+            if !options.resources.is_empty() {
+                config.push_str("---\n");
+                config.push_str(&options.resources);
+            }
+            nodes.push(Server::start_with(ServerOptions {
+                config: Some(config),
+                port: Some(client_ports[a]),
+                ..ServerOptions::default()
+            }));
+        }
+        Cluster { nodes, proxies }
+    }
+
+    /// Node `id` (from 1).
+    pub fn node(&mut self, id: u64) -> &mut Server {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// The node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64).collect()
+    }
+
+    /// A client bootstrapped at node `id`.
+    pub fn client(&self, id: u64) -> Client {
+        let options = ClientOptions {
+            // Elections take a second or two: keep retrying through them.
+            publish_attempts_max: 40,
+            ..ClientOptions::default()
+        };
+        Client::new(&self.nodes[id as usize - 1].addr(), options).unwrap()
+    }
+
+    /// The node that leads `stream`'s `partition`, as the running nodes'
+    /// status says (the leader of the highest term that claims it).
+    pub async fn leader(&mut self, stream: &str, partition: u32) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for id in self.ids() {
+            let Some(status) = self.replica_status(id, stream, partition).await else {
+                continue;
+            };
+            let term = status["term"].as_u64().unwrap_or(0);
+            if status["is_leader"] == true && best.is_none_or(|(t, _)| term > t) {
+                best = Some((term, id));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Node `id`'s Raft state of `stream`'s `partition` (its status
+    /// document's `replication`), when the node runs and answers.
+    pub async fn replica_status(
+        &mut self,
+        id: u64,
+        stream: &str,
+        partition: u32,
+    ) -> Option<serde_json::Value> {
+        if !self.node(id).is_running() {
+            return None;
+        }
+        let client = self.client(id);
+        let json = tokio::time::timeout(Duration::from_secs(5), client.status())
+            .await
+            .ok()?
+            .ok()?;
+        let doc: serde_json::Value = serde_json::from_str(&json).ok()?;
+        let partitions = doc["streams"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == stream)?["partitions"]
+            .as_array()?
+            .clone();
+        partitions
+            .into_iter()
+            .find(|p| p["partition"] == partition)
+            .map(|p| p["replication"].clone())
+    }
+
+    /// Cuts every link to and from node `id` (needs `proxies`).
+    pub fn isolate(&self, id: u64) {
+        self.each_link_of(id, FaultProxy::cut);
+    }
+
+    /// Heals every link to and from node `id`.
+    pub fn rejoin(&self, id: u64) {
+        self.each_link_of(id, FaultProxy::heal);
+    }
+
+    /// The proxy of node `from`'s link to node `to` (needs `proxies`).
+    pub fn link(&self, from: u64, to: u64) -> &FaultProxy {
+        self.proxies[from as usize - 1][to as usize - 1]
+            .as_ref()
+            .expect("the cluster was started with proxies")
+    }
+
+    fn each_link_of(&self, id: u64, f: fn(&FaultProxy)) {
+        for other in self.ids().into_iter().filter(|&o| o != id) {
+            f(self.link(id, other));
+            f(self.link(other, id));
+        }
+    }
+}
