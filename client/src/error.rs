@@ -107,6 +107,20 @@ impl Error {
         }
     }
 
+    /// Whether the request failed for want of a working connection (it
+    /// could not be opened, broke, or stayed silent), so that another
+    /// node, or the same one reconnected, may answer it: what makes the
+    /// client forget a partition's leader and look for it again.
+    pub(crate) fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::Io(_)
+                | Error::ConnectionLost { .. }
+                | Error::Timeout { .. }
+        )
+    }
+
     /// The server's error code, when the server rejected the request.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {

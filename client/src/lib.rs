@@ -66,6 +66,7 @@ mod publish;
 mod subscribe;
 mod tls;
 
+pub use client::routing::BOOTSTRAP_URLS_MAX;
 pub use client::tokens::{TOKEN_SECRET_PREFIX, TokenInfo, TokenScope};
 pub use client::{Client, ClientOptions, Fetched};
 #[cfg(feature = "cloudevents")]
