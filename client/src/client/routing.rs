@@ -214,7 +214,9 @@ impl Client {
                         self.refresh_leaders_logged(stream).await;
                     }
                 }
-                e if e.is_connection_failure() && (had_leader || self.inner.bootstrap.len() > 1) => {
+                e if e.is_connection_failure()
+                    && (had_leader || self.inner.bootstrap.len() > 1) =>
+                {
                     tracing::debug!(what, stream, partition, attempt, error = %e, ?pause,
                         "no answer from the leader; looking for it again");
                     self.note_leader(stream, partition, None);
