@@ -362,7 +362,7 @@ mod tests {
             if Some(ticket.index) == self.fatal {
                 return Err("refused".into());
             }
-            if ticket.index % 3 == 0 {
+            if ticket.index.is_multiple_of(3) {
                 return Err(BatchFailed(format!("batch {} timed out", ticket.index)).into());
             }
             Ok(Instant::now())
