@@ -67,8 +67,9 @@ pub enum Error {
         message: String,
     },
     /// The node asked does not lead the partition (`ErrorCode::NotLeader`,
-    /// a cluster). Nothing was done; the publisher retries at `leader`
-    /// (or, without one, after refreshing Metadata) with the same ids.
+    /// a cluster). Nothing was done; the publisher and `Client::fetch`
+    /// retry at `leader` (or, without one, after refreshing Metadata), a
+    /// publish with the same ids.
     NotLeader {
         /// The server's explanation.
         message: String,
