@@ -1,18 +1,21 @@
 //! `Client`: options, lazily opened connections, shard-aware routing, and
 //! the plain request/answer calls (status, apply, fetch, metadata).
 //!
-//! Connections: one main connection to the address given to `Client::new`,
-//! opened on first use and reopened when it dies. When the handshake
+//! Connections: one main connection to an address given to `Client::new`
+//! (one, or a comma-separated bootstrap list: see `routing.rs`), opened on
+//! first use and reopened when it dies. When the handshake
 //! reports shard ports (and `ClientOptions::shard_aware` is on), requests
 //! for a partition go to a connection to the owning shard's port on the
 //! same host, opened lazily; if that connection cannot be opened the
-//! request goes to the main connection, which accepts any request.
+//! request goes to the main connection, which accepts any request. In a
+//! cluster, partitions whose leader is known go to the leader
+//! (`routing.rs`).
 //! Subscriptions and pipeline handlers open their own connections (see
 //! `subscribe.rs`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +23,7 @@ use hadron_wire::{ErrorCode, FRAME_BYTES_MAX, Limits, Message, shard_of};
 
 use crate::conn::{Conn, Reply, ServerInfo};
 
+pub(crate) mod routing;
 pub(crate) mod tokens;
 use crate::endpoint::Endpoint;
 use crate::tls::Connector;
@@ -60,7 +64,12 @@ pub struct ClientOptions {
     /// when the server offers shard ports.
     pub shard_aware: bool,
     /// Most attempts for one publish (the first included) when failures
-    /// are retryable.
+    /// are retryable, and for a fetch that follows a partition's leader.
+    /// The pauses between them (`backoff_initial` doubling up to
+    /// `backoff_max`) add up to about 31 s with the defaults (12 attempts,
+    /// 0.1 s to 5 s), enough to ride out a cluster's leader election
+    /// (about 0.5 to 2 s) even when a stale hint costs every other
+    /// attempt; raise it for a cluster that takes longer.
     pub publish_attempts_max: u32,
     /// Largest frame the client sends or accepts (the server's
     /// `frame_bytes_max`).
@@ -80,7 +89,7 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(5),
             max_in_flight_requests: 1024,
             shard_aware: true,
-            publish_attempts_max: 8,
+            publish_attempts_max: 12,
             frame_bytes_max: FRAME_BYTES_MAX,
             tls: TlsOptions::default(),
         }
@@ -196,11 +205,15 @@ impl Slot {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) endpoint: Endpoint,
+    /// The addresses given to `Client::new`, in order; never empty.
+    pub(crate) bootstrap: Vec<Endpoint>,
     pub(crate) options: ClientOptions,
-    main: Slot,
-    /// Connections to shard ports, by port.
-    shards: Mutex<HashMap<u16, Arc<Slot>>>,
+    /// One main-connection slot per bootstrap address.
+    main: Vec<Slot>,
+    /// The bootstrap address the main connection last reached.
+    main_index: AtomicUsize,
+    /// Connections to shard ports, by bootstrap address index and port.
+    shards: Mutex<HashMap<(usize, u16), Arc<Slot>>>,
     /// Partition counts by stream name, from `Metadata` (or `Status`, from
     /// a server older than `Metadata`).
     partitions: Mutex<HashMap<String, u32>>,
@@ -259,10 +272,20 @@ impl Client {
     /// is resolved when connecting), or `https://host:port` for TLS, with
     /// `options.tls` (checked here; without a CA, the platform's trusted
     /// roots are read here). Does no network I/O.
+    ///
+    /// For a cluster, `url` may list several nodes separated by commas
+    /// (`"http://10.0.0.1:7000,http://10.0.0.2:7000"`; at most
+    /// [`BOOTSTRAP_URLS_MAX`](crate::BOOTSTRAP_URLS_MAX), all `https://` or
+    /// none): the client connects to the first that answers and learns
+    /// each partition's leader from the nodes. An address that does not
+    /// parse is refused with `Error::InvalidUrl` naming it.
     pub fn new(url: &str, options: ClientOptions) -> Result<Client, Error> {
-        let mut endpoint = Endpoint::parse(url)?;
-        if endpoint.https {
-            endpoint.tls = Some(Connector::new(&options.tls)?);
+        let mut bootstrap = routing::parse_bootstrap(url)?;
+        if bootstrap.first().is_some_and(|e| e.https) {
+            let tls = Connector::new(&options.tls)?;
+            for endpoint in &mut bootstrap {
+                endpoint.tls = Some(tls.clone());
+            }
         }
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -270,8 +293,9 @@ impl Client {
         let id_prefix = format!("{nanos:x}-{:x}", std::process::id());
         Ok(Client {
             inner: Arc::new(Inner {
-                main: Slot::new(endpoint.clone()),
-                endpoint,
+                main: bootstrap.iter().cloned().map(Slot::new).collect(),
+                main_index: AtomicUsize::new(0),
+                bootstrap,
                 options,
                 shards: Mutex::new(HashMap::new()),
                 partitions: Mutex::new(HashMap::new()),
@@ -290,6 +314,8 @@ impl Client {
 
     /// Connects if needed and returns what the server said in its
     /// handshake.
+    /// With several bootstrap addresses, that of the node the main
+    /// connection reached.
     pub async fn server_info(&self) -> Result<ServerInfo, Error> {
         Ok(self.main().await?.info.clone())
     }
@@ -297,12 +323,7 @@ impl Client {
     /// The server's status document (JSON; its shape is documented with the
     /// server).
     pub async fn status(&self) -> Result<String, Error> {
-        match self
-            .main()
-            .await?
-            .request("status", &Message::Status)
-            .await?
-        {
+        match self.main_request("status", &Message::Status).await? {
             Reply::StatusOk(json) => Ok(json),
             other => Err(unexpected("StatusOk", &other)),
         }
@@ -324,7 +345,7 @@ impl Client {
         let message = Message::Metadata(hadron_wire::Metadata {
             streams: streams.to_vec(),
         });
-        match self.main().await?.request("metadata", &message).await? {
+        match self.main_request("metadata", &message).await? {
             Reply::MetadataOk(metadata) => Ok(metadata),
             other => Err(unexpected("MetadataOk", &other)),
         }
@@ -374,7 +395,10 @@ impl Client {
     }
 
     /// Reads events of `stream`/`partition` from `offset`, at most about
-    /// `max_bytes` of them (at least one when one exists).
+    /// `max_bytes` of them (at least one when one exists). In a cluster
+    /// the request goes to the partition's leader, following `NotLeader`
+    /// answers and a leader's lost connection (at most
+    /// `publish_attempts_max` attempts).
     pub async fn fetch(
         &self,
         stream: &str,
@@ -382,14 +406,24 @@ impl Client {
         offset: u64,
         max_bytes: u32,
     ) -> Result<Fetched, Error> {
-        let message = Message::Fetch(hadron_wire::Fetch {
-            stream,
-            partition,
-            offset,
-            max_bytes,
-        });
-        let conn = self.conn_for(stream, partition).await?;
-        match conn.request("fetch", &message).await? {
+        let reply = self
+            .routed(
+                "fetch",
+                stream,
+                partition,
+                routing::Retry::LeaderChanges,
+                |conn| async move {
+                    let message = Message::Fetch(hadron_wire::Fetch {
+                        stream,
+                        partition,
+                        offset,
+                        max_bytes,
+                    });
+                    conn.request("fetch", &message).await
+                },
+            )
+            .await?;
+        match reply {
             Reply::FetchOk {
                 partition,
                 next_offset,
@@ -443,19 +477,23 @@ impl Client {
     /// Records where `stream`/`partition`'s leader is (from a `NotLeader`
     /// hint or Metadata): its shard port when it has one, else its client
     /// port; an unspecified IP (a server listening on 0.0.0.0) becomes the
-    /// host this client was given. `None` forgets it, so that requests go
-    /// to the bootstrap address again.
+    /// host of the bootstrap address in use. It is dialled with the
+    /// bootstrap list's TLS. `None` forgets it, so that requests go to the
+    /// bootstrap address again.
     pub(crate) fn note_leader(&self, stream: &str, partition: u32, leader: Option<&LeaderAddr>) {
         let key = (stream.to_owned(), partition);
         let endpoint = leader.and_then(|l| {
             let mut endpoint = Endpoint::parse(&l.address).ok()?;
+            let dialled = self.main_endpoint();
             if endpoint
                 .host
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_unspecified())
             {
-                endpoint.host = self.inner.endpoint.host.clone();
+                endpoint.host = dialled.host.clone();
             }
+            endpoint.https = dialled.https;
+            endpoint.tls = dialled.tls.clone();
             if l.shard_port != 0 {
                 endpoint.port = l.shard_port;
             }
@@ -468,8 +506,9 @@ impl Client {
         };
     }
 
-    /// After a `NotLeader` with no hint: asks the bootstrap address for
-    /// `stream`'s leaders and records the ones it knows.
+    /// After a `NotLeader` with no hint, or a leader that stopped
+    /// answering: asks any bootstrap node for `stream`'s leaders and
+    /// records what it knows (forgetting those it knows none for).
     pub(crate) async fn refresh_leaders(&self, stream: &str) -> Result<(), Error> {
         let metadata = self.metadata_for(&[stream]).await?;
         if let Some(s) = metadata.stream(stream) {
@@ -494,18 +533,15 @@ impl Client {
         let _ = write!(out, "{name}-{}-{n}", self.inner.id_prefix);
     }
 
-    /// The main connection, opened if needed.
+    /// The main connection, opened if needed (see `main_indexed`).
     pub(crate) async fn main(&self) -> Result<Arc<Conn>, Error> {
-        self.inner.main.get(&self.inner.options).await
+        Ok(self.main_indexed().await?.1)
     }
 
     /// The connection for requests about `stream`/`partition`: the owning
     /// shard's when known and reachable, else the main one.
     pub(crate) async fn conn_for(&self, stream: &str, partition: u32) -> Result<Arc<Conn>, Error> {
-        let leader = lock(&self.inner.leaders)
-            .get(&(stream.to_owned(), partition))
-            .cloned();
-        if let Some(endpoint) = leader {
+        if let Some(endpoint) = self.leader_of(stream, partition) {
             let slot = Arc::clone(
                 lock(&self.inner.leader_slots)
                     .entry(endpoint.to_string())
@@ -516,7 +552,7 @@ impl Client {
                 lock(&self.inner.leaders).remove(&(stream.to_owned(), partition));
             });
         }
-        let main = self.main().await?;
+        let (index, main) = self.main_indexed().await?;
         if !self.inner.options.shard_aware || !main.info.shard_aware() {
             return Ok(main);
         }
@@ -529,8 +565,8 @@ impl Client {
         }
         let slot = Arc::clone(
             lock(&self.inner.shards)
-                .entry(port)
-                .or_insert_with(|| Arc::new(Slot::new(self.inner.endpoint.with_port(port)))),
+                .entry((index, port))
+                .or_insert_with(|| Arc::new(Slot::new(main.endpoint.with_port(port)))),
         );
         match slot.get(&self.inner.options).await {
             Ok(conn) => Ok(conn),
@@ -626,7 +662,8 @@ mod tests {
     #[test]
     fn new_does_no_io_and_rejects_bad_urls() {
         let client = Client::new("http://events.default:7000", ClientOptions::default()).unwrap();
-        assert_eq!(client.inner.endpoint.port, 7000);
+        assert_eq!(client.inner.bootstrap.len(), 1);
+        assert_eq!(client.inner.bootstrap[0].port, 7000);
         assert!(matches!(
             Client::new("host:notaport", ClientOptions::default()),
             Err(Error::InvalidUrl { .. })

@@ -67,8 +67,9 @@ pub enum Error {
         message: String,
     },
     /// The node asked does not lead the partition (`ErrorCode::NotLeader`,
-    /// a cluster). Nothing was done; the publisher retries at `leader`
-    /// (or, without one, after refreshing Metadata) with the same ids.
+    /// a cluster). Nothing was done; the publisher and `Client::fetch`
+    /// retry at `leader` (or, without one, after refreshing Metadata), a
+    /// publish with the same ids.
     NotLeader {
         /// The server's explanation.
         message: String,
@@ -105,6 +106,20 @@ impl Error {
             ),
             _ => false,
         }
+    }
+
+    /// Whether the request failed for want of a working connection (it
+    /// could not be opened, broke, or stayed silent), so that another
+    /// node, or the same one reconnected, may answer it: what makes the
+    /// client forget a partition's leader and look for it again.
+    pub(crate) fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::Io(_)
+                | Error::ConnectionLost { .. }
+                | Error::Timeout { .. }
+        )
     }
 
     /// The server's error code, when the server rejected the request.

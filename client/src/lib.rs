@@ -38,6 +38,18 @@
 //!   first use, reopen after failures, and carry many requests at once.
 //!   With `ClientOptions::shard_aware` (the default), requests for a
 //!   partition go straight to the shard that owns it.
+//! - A cluster: `Client::new` takes its nodes separated by commas
+//!   (`"http://10.0.0.1:7000,http://10.0.0.2:7000"`, at most
+//!   `BOOTSTRAP_URLS_MAX`). The main connection uses the first node that
+//!   answers and moves to the next when its node goes away. Publish and
+//!   `Client::fetch` go to each partition's leader: on `NotLeader` they
+//!   go where it points (or, during an election, back off and ask any
+//!   node's Metadata); when the leader's connection fails they forget it,
+//!   back off, ask again, and resend the same request (for a publish the
+//!   same encoded events, same ids). All within
+//!   `ClientOptions::publish_attempts_max` attempts (about 30 s of pauses
+//!   by default). Subscriptions and stage handlers register at the bootstrap
+//!   nodes (the next one after each failure) and do not follow leaders yet.
 //! - `Publisher` fills in missing event ids (unique, generated) and sources
 //!   (the publisher's name), picks the partition by the subject's hash (or
 //!   the hash of source and id), and retries retryable failures with the
@@ -66,6 +78,7 @@ mod publish;
 mod subscribe;
 mod tls;
 
+pub use client::routing::BOOTSTRAP_URLS_MAX;
 pub use client::tokens::{TOKEN_SECRET_PREFIX, TokenInfo, TokenScope};
 pub use client::{Client, ClientOptions, Fetched};
 #[cfg(feature = "cloudevents")]

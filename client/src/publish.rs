@@ -7,15 +7,20 @@
 //! chosen once, so every retry sends the same `(source, id)` in the same
 //! bytes to the same partition and the server's idempotent publishing
 //! stores it once (a retry of a stored event comes back with
-//! `duplicate: true` and the original offset). The only re-partitioning
+//! `duplicate: true` and the original offset). That holds across a
+//! cluster's leader changes too: a retry goes to the new leader
+//! (`client/routing.rs`) with the same bytes. The only re-partitioning
 //! happens after `UnknownPartition`/`UnknownStream`, when nothing was
 //! written.
+
+use std::sync::Arc;
 
 use hadron_wire::{Encoder, ErrorCode, Message, PublishOk};
 
 use crate::batch::{EncodedBatch, Placed};
+use crate::client::routing::Retry;
 use crate::client::unexpected;
-use crate::conn::Reply;
+use crate::conn::{Conn, Reply};
 use crate::{Client, Error, NewEvent};
 
 /// The stream `Client::publisher` publishes to.
@@ -234,58 +239,29 @@ impl Publisher {
         Ok(out)
     }
 
+    /// Sends one frame's events with retries: retryable failures, and a
+    /// partition's leader moving or dying, are retried with the same
+    /// encoded events (see `Client::routed`).
     async fn send_with_retry(
         &self,
         partition: u32,
         batch: &EncodedBatch,
         chunk: &[Placed],
     ) -> Result<Vec<Published>, Error> {
-        let options = self.client.options();
-        let attempts_max = options.publish_attempts_max.max(1);
-        let mut attempt = 1;
-        loop {
-            match self.send_once(partition, batch, chunk).await {
-                Ok(published) => return Ok(published),
-                // A cluster node that does not lead the partition: go to
-                // the leader it names at once; with no name (an election),
-                // pause, then ask for Metadata. The same encoded events are
-                // resent, so the leader's dedup window keeps them once.
-                Err(Error::NotLeader { leader, message }) if attempt < attempts_max => {
-                    tracing::debug!(
-                        publisher = %self.name, stream = %self.stream, partition, attempt,
-                        ?leader, %message, "not the leader; retrying at the leader"
-                    );
-                    self.client
-                        .note_leader(&self.stream, partition, leader.as_ref());
-                    if leader.is_none() {
-                        tokio::time::sleep(options.backoff(attempt)).await;
-                        if let Err(e) = self.client.refresh_leaders(&self.stream).await {
-                            tracing::debug!(error = %e, "metadata refresh failed");
-                        }
-                    }
-                    attempt += 1;
-                }
-                Err(e) if e.is_retryable() && attempt < attempts_max => {
-                    let pause = options.backoff(attempt);
-                    tracing::debug!(
-                        publisher = %self.name, stream = %self.stream, partition, attempt,
-                        error = %e, ?pause, "publish failed; retrying"
-                    );
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.client
+            .routed("publish", &self.stream, partition, Retry::Any, |conn| {
+                self.send_on(conn, partition, batch, chunk)
+            })
+            .await
     }
 
-    async fn send_once(
+    async fn send_on(
         &self,
+        conn: Arc<Conn>,
         partition: u32,
         batch: &EncodedBatch,
         chunk: &[Placed],
     ) -> Result<Vec<Published>, Error> {
-        let conn = self.client.conn_for(&self.stream, partition).await?;
         let message = publish_message(&self.stream, partition, batch, chunk);
         let ok: PublishOk = match conn.request("publish", &message).await? {
             Reply::PublishOk(ok) => ok,

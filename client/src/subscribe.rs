@@ -5,8 +5,11 @@
 //!
 //! Each subscription or stage handler has a dedicated connection, so a
 //! disconnect affects only it: the runner reconnects with exponential
-//! backoff and registers again; the server redelivers whatever was not
-//! acknowledged. Handlers run concurrently, at most `max_in_flight` at a
+//! backoff and registers again (with a bootstrap list, at the next node
+//! after each failure); the server redelivers whatever was not
+//! acknowledged. Registrations do not follow a partition's leader: a
+//! registration answered `NotLeader` is retried like a disconnect, except
+//! the first, whose error is returned. Handlers run concurrently, at most `max_in_flight` at a
 //! time (the server sends no more than that unacknowledged), each in its
 //! own task, which also queues the answer: a panicking handler is answered
 //! with a nack. Answers queued together leave together (`Answers`): stage
@@ -858,7 +861,10 @@ async fn run<H: PushHandler>(
     loop {
         let (push_tx, mut pushes) = mpsc::channel(push_capacity);
         let attempt = async {
-            let conn = Conn::open(&client.inner.endpoint, &options, Some(push_tx)).await?;
+            // With a bootstrap list, each failure moves on to the next
+            // node (a cluster's node that died, or leads nothing).
+            let endpoint = client.bootstrap_endpoint(failures);
+            let conn = Conn::open(endpoint, &options, Some(push_tx)).await?;
             let registered = registration.send(&conn).await?;
             Ok::<_, Error>((conn, registered))
         };

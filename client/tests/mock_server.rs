@@ -65,6 +65,8 @@ struct Mock {
     /// Notified whenever a frame is received or a connection ends.
     changed: Arc<Notify>,
     shard_ports: Vec<u16>,
+    /// The listeners' and connections' tasks, for `kill`.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 /// How long a test waits for the client to do what it expects.
@@ -89,6 +91,7 @@ impl Mock {
         let ended: Arc<Mutex<HashSet<usize>>> = Arc::default();
         let changed = Arc::new(Notify::new());
         let conns = Arc::new(AtomicUsize::new(0));
+        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         for (index, listener) in listeners.into_iter().enumerate() {
             let behavior = Arc::clone(&behavior);
             let seen = Arc::clone(&seen);
@@ -96,7 +99,8 @@ impl Mock {
             let changed = Arc::clone(&changed);
             let conns = Arc::clone(&conns);
             let shard_ports = shard_ports.clone();
-            tokio::spawn(async move {
+            let conn_tasks = Arc::clone(&tasks);
+            let accepting = tokio::spawn(async move {
                 loop {
                     let (socket, _) = listener.accept().await.unwrap();
                     let conn = conns.fetch_add(1, Ordering::SeqCst);
@@ -115,13 +119,15 @@ impl Mock {
                     );
                     let ended = Arc::clone(&ended);
                     let changed = Arc::clone(&changed);
-                    tokio::spawn(async move {
+                    let serving = tokio::spawn(async move {
                         serving.await;
                         ended.lock().unwrap().insert(conn);
                         changed.notify_waiters();
                     });
+                    conn_tasks.lock().unwrap().push(serving.abort_handle());
                 }
             });
+            tasks.lock().unwrap().push(accepting.abort_handle());
         }
         Mock {
             url,
@@ -129,6 +135,25 @@ impl Mock {
             ended,
             changed,
             shard_ports,
+            tasks,
+        }
+    }
+
+    /// Stops the node as SIGKILL would: its ports stop listening and its
+    /// open connections close, answering nothing more. Returns once the
+    /// ports refuse connections.
+    async fn kill(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{addr} still accepts connections"
+            );
+            tokio::task::yield_now().await;
         }
     }
 
@@ -1488,7 +1513,7 @@ async fn many_deliveries_each_run_once_and_are_each_acked_once() {
     );
 }
 
-/// A cluster node that leads nothing: every Publish is answered
+/// A cluster node that leads nothing: every Publish and Fetch is answered
 /// `NotLeader`, naming `leader` (a `host:port`) when given; Metadata names
 /// `leader` as every partition's leader.
 fn follower(leader: Option<String>) -> Behavior {
@@ -1500,11 +1525,12 @@ fn follower(leader: Option<String>) -> Behavior {
             term: 3,
         });
         match &f.message {
-            Message::Publish(p) => vec![frame(
+            Message::Publish(hadron_wire::Publish { partition, .. })
+            | Message::Fetch(hadron_wire::Fetch { partition, .. }) => vec![frame(
                 f.request_id,
                 &Message::Error(ErrorReply {
                     code: ErrorCode::NotLeader,
-                    message: &format!("node 1 does not lead events/{}", p.partition),
+                    message: &format!("node 1 does not lead events/{partition}"),
                     leader: hint,
                 }),
             )],
@@ -1634,4 +1660,268 @@ async fn publish_gives_up_after_publish_attempts_max_not_leader_answers() {
     assert_eq!(e.code(), Some(ErrorCode::NotLeader));
     assert!(e.to_string().contains("no leader known"), "{e}");
     assert_eq!(published_ids(&node).len(), 3, "one publish per attempt");
+}
+
+/// A node that took the request and then went silent (it is about to be
+/// killed): Publish and Fetch are never answered; the rest as `inner`.
+fn holding(inner: Behavior) -> Behavior {
+    Arc::new(move |state, f| match &f.message {
+        Message::Publish(_) | Message::Fetch(_) => Vec::new(),
+        _ => inner(state, f),
+    })
+}
+
+/// A leader: stores publishes as `log_server` does and names itself, at
+/// its own address, as every partition's leader in Metadata.
+async fn self_naming_leader() -> Mock {
+    let me: Arc<Mutex<Option<String>>> = Arc::default();
+    let store = log_server();
+    let named = Arc::clone(&me);
+    let behavior: Behavior = Arc::new(move |state, f| match &f.message {
+        Message::Metadata(_) => follower(named.lock().unwrap().clone())(state, f),
+        _ => store(state, f),
+    });
+    let mock = Mock::start(0, behavior).await;
+    *me.lock().unwrap() = Some(mock.url.clone());
+    mock
+}
+
+/// Handshakes `mock` received.
+fn handshakes(mock: &Mock) -> usize {
+    mock.picked(|_, f| matches!(f.message, Message::Handshake(_)).then_some(()))
+        .len()
+}
+
+#[tokio::test]
+async fn a_bootstrap_list_whose_first_node_is_down_uses_the_next() {
+    let down = Mock::start(0, log_server()).await;
+    down.kill().await;
+    let up = Mock::start(0, log_server()).await;
+    let urls = format!("{},{}", down.url, up.url);
+    let client = hadron::Client::new(&urls, fast_options()).unwrap();
+    let publisher = client.publisher("bootstrapper").await.unwrap();
+    let published = publisher
+        .publish_to(1, hadron::NewEvent::new("t", vec![1]).with_id("b-1"))
+        .await
+        .unwrap();
+    assert_eq!((published.partition, published.offset), (1, 0));
+    let status = client.status().await.unwrap();
+    assert_eq!(status, STATUS_JSON);
+    assert_eq!(
+        published_ids(&up),
+        [("bootstrapper".to_owned(), "b-1".to_owned())]
+    );
+    assert_eq!(handshakes(&up), 1, "one main connection, kept");
+    assert!(down.seen().is_empty());
+}
+
+#[tokio::test]
+async fn publish_whose_leader_dies_mid_request_is_resent_to_the_new_leader_with_the_same_ids() {
+    let old = Mock::start(0, holding(log_server())).await;
+    let new = self_naming_leader().await;
+    // The bootstrap node's NotLeader hints stay stale (naming the old
+    // leader); its Metadata names whoever `named` says: only a refresh
+    // finds the new leader.
+    let named: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(Some(old.url.clone())));
+    let stale = follower(Some(old.url.clone()));
+    let current = Arc::clone(&named);
+    let behavior: Behavior = Arc::new(move |state, f| match &f.message {
+        Message::Metadata(_) => follower(current.lock().unwrap().clone())(state, f),
+        _ => stale(state, f),
+    });
+    let node = Mock::start(0, behavior).await;
+    let client = hadron::Client::new(&node.url, fast_options()).unwrap();
+    let publisher = client.publisher("survivor").await.unwrap();
+    let events: Vec<hadron::NewEvent> = (0..3)
+        .map(|i| hadron::NewEvent::new("t", vec![i]).with_subject("same-key"))
+        .collect();
+    let publishing = tokio::spawn(async move { publisher.publish_batch(events).await });
+
+    // The old leader has the batch and will never answer: an election
+    // names the new one, and the old one dies.
+    old.wait_for(1, |_, f| {
+        matches!(f.message, Message::Publish(_)).then_some(())
+    })
+    .await;
+    *named.lock().unwrap() = Some(new.url.clone());
+    old.kill().await;
+
+    let results = publishing.await.unwrap().unwrap();
+    assert_eq!(
+        results.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(results.iter().all(|p| !p.duplicate));
+    let stored = published_ids(&new);
+    assert_eq!(stored.len(), 3, "stored once, by the new leader");
+    assert_eq!(published_ids(&old), stored, "the same ids were resent");
+    assert_eq!(
+        published_ids(&node),
+        stored,
+        "the bootstrap node was asked once"
+    );
+    let refreshes = node.picked(|_, f| match &f.message {
+        Message::Metadata(m) => Some(
+            m.streams
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>(),
+        ),
+        _ => None,
+    });
+    assert!(
+        refreshes.contains(&vec!["events".to_owned()]),
+        "the leaders of `events` were refreshed: {refreshes:?}"
+    );
+}
+
+#[tokio::test]
+async fn publish_whose_bootstrap_node_dies_mid_request_moves_to_the_next() {
+    let first = Mock::start(0, holding(log_server())).await;
+    let second = Mock::start(0, log_server()).await;
+    let urls = format!("{},{}", first.url, second.url);
+    let client = hadron::Client::new(&urls, fast_options()).unwrap();
+    let publisher = client.publisher("mover").await.unwrap();
+    let publishing = tokio::spawn(async move {
+        publisher
+            .publish_to(2, hadron::NewEvent::new("t", vec![7]).with_id("m-1"))
+            .await
+    });
+    first
+        .wait_for(1, |_, f| {
+            matches!(f.message, Message::Publish(_)).then_some(())
+        })
+        .await;
+    first.kill().await;
+    let published = publishing.await.unwrap().unwrap();
+    assert_eq!((published.partition, published.offset), (2, 0));
+    assert_eq!(published_ids(&first), published_ids(&second));
+    assert_eq!(
+        published_ids(&second),
+        [("mover".to_owned(), "m-1".to_owned())]
+    );
+    // Metadata, which any node answers, now comes from the second node.
+    client.status().await.unwrap();
+    assert_eq!(
+        second
+            .picked(|_, f| matches!(f.message, Message::Status).then_some(()))
+            .len(),
+        1
+    );
+}
+
+/// Answers Fetch from `offset` with two records (offsets `offset` and
+/// `offset + 1`, events typed `fetched-{offset}`).
+fn fetch_server() -> Behavior {
+    Arc::new(|_state, f| match &f.message {
+        Message::Fetch(fetch) => {
+            let events: Vec<Vec<u8>> = (0..2)
+                .map(|i| delivery_event(&format!("fetched-{}", fetch.offset + i), &[1]))
+                .collect();
+            let records = events
+                .iter()
+                .enumerate()
+                .map(|(i, event)| hadron_wire::Record {
+                    offset: fetch.offset + i as u64,
+                    event,
+                })
+                .collect();
+            vec![frame(
+                f.request_id,
+                &Message::FetchOk(hadron_wire::FetchOk {
+                    partition: fetch.partition,
+                    next_offset: fetch.offset + 2,
+                    records,
+                }),
+            )]
+        }
+        other => vec![frame(
+            f.request_id,
+            &Message::Error(ErrorReply {
+                code: ErrorCode::InvalidRequest,
+                message: other.name(),
+                leader: None,
+            }),
+        )],
+    })
+}
+
+/// `(partition, offset)` of the Fetch requests `mock` received.
+fn fetches(mock: &Mock) -> Vec<(u32, u64)> {
+    mock.picked(|_, f| match &f.message {
+        Message::Fetch(fetch) => Some((fetch.partition, fetch.offset)),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn fetch_follows_a_not_leader_hint() {
+    let leader = Mock::start(0, fetch_server()).await;
+    let node = Mock::start(0, follower(Some(leader.url.clone()))).await;
+    let client = hadron::Client::new(&node.url, fast_options()).unwrap();
+    let fetched = client.fetch("events", 1, 5, 4096).await.unwrap();
+    assert_eq!((fetched.partition, fetched.next_offset), (1, 7));
+    let got: Vec<(u64, String)> = fetched
+        .records
+        .iter()
+        .map(|(offset, e)| (*offset, e.ty.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [(5, "fetched-5".to_owned()), (6, "fetched-6".to_owned())]
+    );
+    // The next fetch of that partition goes straight to the leader.
+    let next = client.fetch("events", 1, 7, 4096).await.unwrap();
+    assert_eq!(next.records[0].0, 7);
+    assert_eq!(fetches(&node), [(1, 5)]);
+    assert_eq!(fetches(&leader), [(1, 5), (1, 7)]);
+}
+
+#[tokio::test]
+async fn fetch_whose_leader_dies_finds_the_new_one() {
+    let old = Mock::start(0, holding(fetch_server())).await;
+    let new = Mock::start(0, fetch_server()).await;
+    let named: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(Some(old.url.clone())));
+    let current = Arc::clone(&named);
+    let behavior: Behavior =
+        Arc::new(move |state, f| follower(current.lock().unwrap().clone())(state, f));
+    let node = Mock::start(0, behavior).await;
+    let client = hadron::Client::new(&node.url, fast_options()).unwrap();
+    let fetching = tokio::spawn(async move { client.fetch("events", 0, 3, 4096).await });
+    old.wait_for(1, |_, f| {
+        matches!(f.message, Message::Fetch(_)).then_some(())
+    })
+    .await;
+    *named.lock().unwrap() = Some(new.url.clone());
+    old.kill().await;
+    let fetched = fetching.await.unwrap().unwrap();
+    assert_eq!(fetched.next_offset, 5);
+    assert_eq!(fetches(&old), [(0, 3)]);
+    assert_eq!(fetches(&new), [(0, 3)]);
+}
+
+#[tokio::test]
+async fn fetch_from_a_single_unreachable_server_fails_at_once() {
+    let down = Mock::start(0, fetch_server()).await;
+    down.kill().await;
+    let client = hadron::Client::new(&down.url, fast_options()).unwrap();
+    let e = client.fetch("events", 0, 0, 4096).await.unwrap_err();
+    assert!(matches!(e, hadron::Error::Connect { .. }), "{e}");
+}
+
+#[test]
+fn a_bad_address_in_a_bootstrap_list_is_refused_by_name() {
+    let e = hadron::Client::new(
+        "http://127.0.0.1:7000,http://127.0.0.1:notaport,http://127.0.0.1:7020",
+        fast_options(),
+    )
+    .unwrap_err();
+    match &e {
+        hadron::Error::InvalidUrl { url, .. } => assert_eq!(url, "http://127.0.0.1:notaport"),
+        other => panic!("{other}"),
+    }
+    assert!(e.to_string().contains("127.0.0.1:notaport"), "{e}");
+    let many = vec!["127.0.0.1:7000"; hadron::BOOTSTRAP_URLS_MAX + 1].join(",");
+    let e = hadron::Client::new(&many, fast_options()).unwrap_err();
+    assert!(e.to_string().contains("BOOTSTRAP_URLS_MAX"), "{e}");
 }

@@ -87,7 +87,10 @@ impl Target {
 #[command(group(ArgGroup::new("stop").required(true).args(["duration", "count"])))]
 pub struct Args {
     /// Server address (host:port; Hadron defaults to port 7000, NATS to
-    /// 4222); `https://host:port` for a Hadron server with `tls:`.
+    /// 4222); `https://host:port` for a Hadron server with `tls:`. For a
+    /// Hadron cluster, its nodes separated by commas
+    /// (host:port,host:port): the client uses the first that answers and
+    /// follows each partition's leader.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub url: String,
     /// With an https:// --url: the PEM certificate of the CA that signed

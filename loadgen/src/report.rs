@@ -108,6 +108,11 @@ pub struct Report {
     /// timeout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undelivered: Option<u64>,
+    /// Hadron: events whose publish failed even after the client's
+    /// retries (a cluster without a leader for longer than they cover);
+    /// the run went on without them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_events: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineSide>,
     /// Pipeline: the same as `pipeline.executions_per_sec`, at the top for
@@ -157,6 +162,7 @@ impl Report {
             },
             publish: None,
             undelivered: None,
+            failed_events: None,
             pipeline: None,
             executions_per_sec: None,
             stage_completions_per_sec: None,
@@ -239,6 +245,9 @@ impl Report {
                 "published", publish.events, publish.events_per_sec
             ));
             line(latency_line("latency to ack (us)", &publish.latency_us));
+        }
+        if let Some(n) = self.failed_events {
+            line(format!("  {:<26} {n}", "failed (after retries)"));
         }
         if let Some(n) = self.undelivered {
             line(format!("  {:<26} {n}", "undelivered"));
@@ -328,6 +337,7 @@ mod tests {
         })
         .with_encoded_size(180);
         report.server_fsync = Some("Always".into());
+        report.failed_events = Some(64);
         report.server_rss = Some(RssReport {
             pid: 7,
             start_kb: 1000,
@@ -352,6 +362,7 @@ mod tests {
         assert_eq!(v["server_fsync"], "Always");
         assert_eq!(v["latency_from"], "send");
         assert_eq!(v["latency_to"], "ack");
+        assert_eq!(v["failed_events"], 64);
         let l = &v["latency_us"];
         assert_eq!(l["p50"], 500);
         assert_eq!(l["p99"], 990);
@@ -385,6 +396,7 @@ mod tests {
             table.contains("server CPU") && table.contains("90.00 us per event"),
             "{table}"
         );
+        assert!(table.contains("failed (after retries)     64"), "{table}");
         for absent in ["executions_per_sec", "pipeline", "publish", "undelivered"] {
             assert!(v.get(absent).is_none(), "{absent} only for other scenarios");
         }

@@ -14,6 +14,21 @@ use crate::schedule::{Plan, Recorder, Stop, Ticket, Tickets};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// A batch a target could not get acknowledged even after its client's
+/// own retries, for a reason that may pass (a cluster electing a leader, a
+/// node restarting): the worker counts its events in `Shared::failed` and
+/// goes on, where any other error halts the run.
+#[derive(Debug)]
+pub struct BatchFailed(pub String);
+
+impl std::fmt::Display for BatchFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BatchFailed {}
+
 /// How often the progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -38,6 +53,8 @@ pub struct Shared {
     pub tickets: Tickets,
     /// Events acknowledged so far, warmup included (for progress).
     pub acked: AtomicU64,
+    /// Events of batches that failed with `BatchFailed`, warmup included.
+    pub failed: AtomicU64,
 }
 
 impl Shared {
@@ -45,6 +62,7 @@ impl Shared {
         Arc::new(Shared {
             tickets: Tickets::new(start, plan),
             acked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         })
     }
 
@@ -70,7 +88,8 @@ pub trait BatchSender: Send + 'static {
 }
 
 /// Claims and sends tickets until the run ends; records ack latency of the
-/// measured ones. A failed send halts every worker.
+/// measured ones. A `BatchFailed` send is counted (the first one said on
+/// stderr); any other failed send halts every worker.
 pub async fn worker<S: BatchSender>(shared: Arc<Shared>, mut sender: S) -> Result<Recorder, Error> {
     let mut recorder = Recorder::new()?;
     loop {
@@ -85,6 +104,15 @@ pub async fn worker<S: BatchSender>(shared: Arc<Shared>, mut sender: S) -> Resul
         let acked = match sender.send(&ticket, shared.stamp(sent)).await {
             Ok(at) => at,
             Err(e) => {
+                if let Some(failed) = e.downcast_ref::<BatchFailed>() {
+                    let before = shared
+                        .failed
+                        .fetch_add(u64::from(ticket.events), Ordering::Relaxed);
+                    if before == 0 {
+                        eprintln!("loadgen: a batch failed, counted and going on: {failed}");
+                    }
+                    continue;
+                }
                 shared.tickets.halt();
                 return Err(e);
             }
@@ -321,6 +349,51 @@ mod tests {
         assert_eq!(r.events, 1001);
         assert_eq!(r.latency_us.len(), 1001);
         assert_eq!(shared.acked.load(Ordering::Relaxed), 1001);
+    }
+
+    /// Fails every third batch as `BatchFailed`, and batch `fatal` (if
+    /// any) with another error.
+    struct Flaky {
+        fatal: Option<u64>,
+    }
+
+    impl BatchSender for Flaky {
+        async fn send(&mut self, ticket: &Ticket, _: u64) -> Result<Instant, Error> {
+            if Some(ticket.index) == self.fatal {
+                return Err("refused".into());
+            }
+            if ticket.index.is_multiple_of(3) {
+                return Err(BatchFailed(format!("batch {} timed out", ticket.index)).into());
+            }
+            Ok(Instant::now())
+        }
+    }
+
+    fn count_plan(events: u64) -> Plan {
+        Plan {
+            warmup: Duration::ZERO,
+            stop: Stop::Count(events),
+            rate: None,
+            batch: 10,
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_failed_after_retries_are_counted_and_the_run_goes_on() {
+        let shared = Shared::new(Instant::now(), count_plan(90));
+        let r = drive(&shared, (0..2).map(|_| Flaky { fatal: None }).collect())
+            .await
+            .unwrap();
+        // Batches 0, 3 and 6 of 0..9 failed.
+        assert_eq!(shared.failed.load(Ordering::Relaxed), 30);
+        assert_eq!(shared.acked.load(Ordering::Relaxed), 60);
+        assert_eq!(r.events, 60);
+
+        let shared = Shared::new(Instant::now(), count_plan(90));
+        let e = drive(&shared, vec![Flaky { fatal: Some(4) }])
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "refused", "any other error halts the run");
     }
 
     #[tokio::test]

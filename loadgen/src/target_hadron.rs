@@ -200,6 +200,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
     };
     let progress = Progress::start(&shared, scenario.name(), extra);
     let published = run::drive(&shared, senders).await;
+    let failed = shared.failed.load(std::sync::atomic::Ordering::Relaxed);
     let published = match published {
         Ok(p) => p,
         Err(e) => {
@@ -241,6 +242,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, Error> {
     report.durable = Some(server.fsync == "Always");
     report.server_fsync = Some(server.fsync);
     report.server_rss = server_rss;
+    report.failed_events = Some(failed);
     if !matches!(scenario, Scenario::Publish(_)) {
         report.publish = Some(publish_side(&published, warmup_end));
     }
@@ -425,7 +427,17 @@ impl BatchSender for HadronSender {
             }
             None => Vec::new(),
         };
-        self.publisher.publish_slice(events).await?;
+        match self.publisher.publish_slice(events).await {
+            Ok(_) => {}
+            // The client retried it (following leader changes) as long as
+            // its options allow: the cluster was without a leader for
+            // longer. Counted, not fatal; a refusal (an unknown stream, a
+            // bad token) still halts the run.
+            Err(e) if e.is_retryable() => {
+                return Err(run::BatchFailed(format!("batch {}: {e}", ticket.index)).into());
+            }
+            Err(e) => return Err(e.into()),
+        }
         let acked = Instant::now();
         if let Some((_, timeout)) = &self.wait_for {
             for (id, rx) in waits {

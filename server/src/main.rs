@@ -158,6 +158,8 @@ enum Command {
         /// unfinished executions still need).
         #[arg(long)]
         force: bool,
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
@@ -200,6 +202,8 @@ enum Command {
         partition: Option<u32>,
         /// The event data; read from stdin when absent.
         data: Option<String>,
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
@@ -219,6 +223,8 @@ enum Command {
         /// Do not persist the group's offsets.
         #[arg(long)]
         ephemeral: bool,
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
@@ -240,6 +246,8 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
@@ -253,6 +261,8 @@ enum PipelineCommand {
         name: String,
         #[arg(long)]
         json: bool,
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
@@ -264,6 +274,8 @@ enum PipelineCommand {
         partition: Option<u32>,
         #[arg(long, requires = "partition")]
         offset: Option<u64>,
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
@@ -288,17 +300,23 @@ enum TokenCommand {
         /// Apply, pipeline retry and token management.
         #[arg(long)]
         admin: bool,
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
     /// Every token's name and scope (never secrets).
     List {
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
     /// Revoke a token: connections using it lose access at once.
     Revoke {
         name: String,
+        /// The server: host:port, or a cluster's nodes separated by commas
+        /// (host:port,host:port; the first that answers is used).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },

@@ -348,3 +348,51 @@ async fn the_default_relative_data_dir_takes_writes_and_keeps_them() {
         assert_eq!(stored[0].1.data, format!("rel-{p}").into_bytes());
     }
 }
+
+/// `--url` takes a cluster's comma-separated bootstrap list: with the
+/// first node down, publish and status go to the next.
+#[test]
+fn the_cli_takes_a_bootstrap_list_and_uses_the_node_that_answers() {
+    let server = Server::start();
+    // A loopback port nobody listens on: bound, read, closed.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let urls = format!("http://{down},http://{}", server.addr());
+    let out = run_cli(
+        &[
+            "publish",
+            "--url",
+            &urls,
+            "--type",
+            "cli.test",
+            "--id",
+            "boot-1",
+            "--source",
+            "cli-e2e",
+            "--partition",
+            "2",
+            "{}",
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(out.status.success(), "publish failed: {out:?}");
+    let line = &out.json_lines()[0];
+    assert_eq!(
+        (line["partition"].as_u64(), line["offset"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let out = run_cli(&["status", "--json", "--url", &urls], CLI_TIMEOUT);
+    assert!(out.status.success(), "status failed: {out:?}");
+
+    let out = run_cli(
+        &["status", "--url", &format!("{urls},http://h:x")],
+        CLI_TIMEOUT,
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("\"http://h:x\""),
+        "the bad entry is named: {out:?}"
+    );
+}
