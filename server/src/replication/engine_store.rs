@@ -54,6 +54,11 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::store::{LogStore, StoreError};
 
+mod fetch;
+
+use fetch::Fetches;
+pub use fetch::{FETCHED_BYTES_MAX, FETCHES_MAX, Fetch, read_fetches};
+
 /// Entries loaded into the cache at open, at most (the newest).
 pub const CACHE_ENTRIES_MAX: u64 = 65_536;
 /// Bytes of entries loaded into the cache at open, at most (the newest).
@@ -78,6 +83,8 @@ struct Inner<S: Storage> {
     /// write after it then; reads see them already.
     pending_cut: Option<u64>,
     staged: Vec<Entry>,
+    /// Catch-up reads of entries below the cache (`fetch.rs`).
+    fetches: Fetches,
 }
 
 impl<S: Storage> Inner<S> {
@@ -268,6 +275,7 @@ impl<S: Storage> EngineLogStore<S> {
             failed: None,
             pending_cut: None,
             staged: Vec::new(),
+            fetches: Fetches::default(),
         }))))
     }
 
@@ -390,6 +398,7 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
             inner.pending_cut = Some(inner.pending_cut.map_or(cut, |c| c.min(cut)));
             let keep_staged = inner.pending_cut.map_or(0, |c| (cut - c) as usize);
             inner.staged.truncate(keep_staged);
+            inner.fetches.cut(first_new);
             if first_new <= inner.cache_first {
                 inner.cache.clear();
             } else {
@@ -448,7 +457,8 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
         max_size: impl Into<Option<u64>>,
         context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let inner = self.0.borrow();
+        let max_size = max_size.into();
+        let mut inner = self.0.borrow_mut();
         if low < inner.log.first_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -456,16 +466,24 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         if low < inner.cache_first {
-            return Err(raft::Error::Store(if context.can_async() {
-                StorageError::LogTemporarilyUnavailable
-            } else {
-                StorageError::Unavailable
-            }));
+            // Below the cache: what a catch-up read brought, else one is
+            // asked for where raft can wait (`fetch.rs`).
+            if let Some(run) = inner.fetches.serve(low, high, max_size) {
+                return Ok(run);
+            }
+            if !context.can_async() {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+            let to = high.min(inner.cache_first);
+            inner
+                .fetches
+                .request(low, to, max_size.unwrap_or(u64::MAX), context);
+            return Err(raft::Error::Store(StorageError::LogTemporarilyUnavailable));
         }
         let from = (low - inner.cache_first) as usize;
         let to = (high - inner.cache_first) as usize;
         let mut out: Vec<Entry> = inner.cache.range(from..to).cloned().collect();
-        raft::util::limit_size(&mut out, max_size.into());
+        raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
 
@@ -517,5 +535,7 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
     }
 }
 
+#[cfg(test)]
+mod catch_up_tests;
 #[cfg(test)]
 mod tests;

@@ -38,7 +38,7 @@ use raft::eraftpb::Message;
     unused_imports,
     reason = "used by the shard once it replicates (step 4)"
 )]
-pub use engine_store::EngineLogStore;
+pub use engine_store::{EngineLogStore, FETCHED_BYTES_MAX, FETCHES_MAX, Fetch, read_fetches};
 #[cfg_attr(
     not(test),
     expect(

@@ -11,7 +11,7 @@ use raft::Storage as _;
 use super::*;
 use crate::replication::MemLogStore;
 
-fn config() -> LogConfig {
+pub(super) fn config() -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 10,
         index_interval_bytes: 512,
@@ -22,14 +22,14 @@ fn config() -> LogConfig {
     }
 }
 
-fn open(sim: &SimStorage) -> EngineLogStore<SimStorage> {
+pub(super) fn open(sim: &SimStorage) -> EngineLogStore<SimStorage> {
     let log = block_on(Log::open(sim.clone(), Path::new("/data/raft/0"), config())).unwrap();
     block_on(EngineLogStore::open(Rc::new(log))).unwrap()
 }
 
 /// An entry of `kind` (0 events, 1 empty, 2 conf change) at `index`,
 /// `term`, for a log whose next offset is `next_offset`.
-fn entry(kind: u64, index: u64, term: u64, next_offset: u64, size: usize) -> Entry {
+pub(super) fn entry(kind: u64, index: u64, term: u64, next_offset: u64, size: usize) -> Entry {
     let mut e = Entry {
         index,
         term,
@@ -60,11 +60,11 @@ fn entry(kind: u64, index: u64, term: u64, next_offset: u64, size: usize) -> Ent
     e
 }
 
-fn next_offset(store: &EngineLogStore<SimStorage>) -> u64 {
+pub(super) fn next_offset(store: &EngineLogStore<SimStorage>) -> u64 {
     store.log().stats().next_offset
 }
 
-fn all(store: &impl raft::Storage) -> Vec<Entry> {
+pub(super) fn all(store: &impl raft::Storage) -> Vec<Entry> {
     let (first, last) = (store.first_index().unwrap(), store.last_index().unwrap());
     store
         .entries(first, last + 1, None, GetEntriesContext::empty(false))
@@ -124,7 +124,7 @@ fn engine_store_reads_back_entries_and_state_across_reopen_and_crash() {
         store.term(6),
         Err(raft::Error::Store(StorageError::Unavailable))
     ));
-    // Released entries are read from the log asynchronously (not built):
+    // Released entries are read from the log asynchronously (`fetch.rs`):
     // raft is told to wait where it can, and terms still come from the
     // log's table.
     store.release_below(4);
@@ -271,7 +271,7 @@ fn random_entries(rng: &mut SimRng, first: u64, count: u64, term: u64, offset: u
     let mut offset = offset;
     (first..first + count)
         .map(|next| {
-            let e = entry(rng.below(3), next, term, offset, rng.below(900) as usize);
+            let e = entry(rng.below(3), next, term, offset, rng.below(4_000) as usize);
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 offset += batch::parse_header(&e.data).unwrap().offsets_taken();
             }
@@ -311,10 +311,13 @@ fn assert_same(store: &EngineLogStore<SimStorage>, mem: &MemLogStore, rng: &mut 
 }
 
 /// Over random appends (every entry kind at rising terms), conflicting
-/// suffixes, hard-state changes, persists, crashes and reopens, the
-/// engine store answers as `MemLogStore` does.
+/// suffixes (some reaching back across segment rolls), hard-state changes,
+/// persists, crashes and reopens, the engine store answers as
+/// `MemLogStore` does.
 #[test]
 fn engine_store_matches_mem_log_store_over_random_sequences() {
+    // Cuts that reached into a sealed segment (the log had rolled).
+    let mut sealed_cuts = 0;
     for seed in 0..40u64 {
         let mut rng = SimRng::new(seed);
         let sim = SimStorage::new(seed, SimFaults::default());
@@ -326,7 +329,7 @@ fn engine_store_matches_mem_log_store_over_random_sequences() {
         mem.set_hard_state(&store.hard_state());
         mem.sync();
         let mut term = 1;
-        for step in 0..60 {
+        for step in 0..100 {
             let (commit, last) = (mem.hard_state().commit, store.last_index().unwrap());
             match rng.below(12) {
                 10.. if commit < last => {
@@ -341,10 +344,14 @@ fn engine_store_matches_mem_log_store_over_random_sequences() {
                     let offset = batch::parse_header(&b[0].bytes).unwrap().base_offset;
                     let count = 1 + rng.below(3);
                     let batch = random_entries(&mut rng, first, count, term, offset);
+                    let segments = log.segments().len();
                     store.append(&batch).unwrap();
                     mem.append(&batch).unwrap();
                     block_on(store.persist()).unwrap();
                     mem.sync();
+                    if log.segments().len() < segments {
+                        sealed_cuts += 1;
+                    }
                 }
                 0..=4 | 10.. => {
                     term += u64::from(rng.below(4) == 0);
@@ -378,4 +385,8 @@ fn engine_store_matches_mem_log_store_over_random_sequences() {
             assert_same(&store, &mem, &mut rng, &format!("seed {seed} step {step}"));
         }
     }
+    assert!(
+        sealed_cuts >= 10,
+        "cuts into sealed segments: {sealed_cuts}"
+    );
 }
