@@ -19,8 +19,8 @@
 //!   appended since, until [`EngineLogStore::release_below`] drops those
 //!   applied). `term` falls back to the log's in-memory table. An entry
 //!   below the cache is `LogTemporarilyUnavailable` where raft can wait
-//!   (a `SendAppend`), else `Unavailable`: asynchronous catch-up reads
-//!   (`on_entries_fetched`) are not built yet.
+//!   (a `SendAppend`: a follower far behind), else `Unavailable`; the
+//!   former is read asynchronously (`fetch.rs`, below).
 //! - **Durability.** Appends are readable at once; [`EngineLogStore::persist`]
 //!   (the round's fdatasync of the driver's cycle) waits for the log's group
 //!   commit to make every appended batch durable ([`Log::sync_index`], by
@@ -34,11 +34,32 @@
 //!   it; `persist` makes the cut (durable), then writes them. A crash
 //!   before that `persist` leaves the old suffix, as if the leader's
 //!   message had been lost (none of the new entries was reported durable).
-//!   The engine cuts only inside the active segment so far.
+//!   The cut may reach back into sealed segments (the engine deletes the
+//!   later ones and reopens the one cut as active).
+//! - **Catch-up reads** (`fetch.rs`): raft's requests below the cache are
+//!   recorded (bounded: [`FETCHES_MAX`], [`FETCHED_BYTES_MAX`]), read from
+//!   the log by the owning loop, and served once from a side buffer.
 //! - **Not built yet**: installing a snapshot (resetting the log to begin
 //!   after it, section 8) leaves the store failed, and `persist` reports
 //!   it. The term of the index just before the first one held is known
 //!   only for an empty log's start (0).
+//!
+//! **What the owning loop (the shard) calls**, per group, in section 3's
+//! turn:
+//!
+//! ```text
+//!  group.turn() / on_persisted(n) / entries_fetched(ctx)   (Ready cycles)
+//!  store.persist().await -> group.on_persisted(persist_number)
+//!  fetches = group.store().take_fetches()       (after any of the above)
+//!    if any: spawn { read_fetches(&store, fetches).await } -> contexts
+//!    back in the loop, each: group.entries_fetched(context)
+//!  after applying: store.release_below(group.applied() + 1)
+//! ```
+//!
+//! A [`Fetch`] taken holds its slot until read or dropped; a failed read
+//! is logged and dropped (raft asks again at the follower's next
+//! heartbeat response). `release_below` must not pass `applied + 1`:
+//! raft reads committed entries from there synchronously.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
