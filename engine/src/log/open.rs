@@ -635,7 +635,7 @@ impl<S: Storage> Log<S> {
         seg
     }
 
-    async fn recover_active(
+    pub(super) async fn recover_active(
         storage: &S,
         dir: &Path,
         base: u64,

@@ -35,6 +35,7 @@ fn partition(stream: &str, partition: u32, next: u64) -> PartitionMetrics {
                 redeliveries: 1,
                 last_error: None,
             }],
+            replication: None,
         },
         published: PublishedTotals {
             events: next,

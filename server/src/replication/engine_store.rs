@@ -19,8 +19,8 @@
 //!   appended since, until [`EngineLogStore::release_below`] drops those
 //!   applied). `term` falls back to the log's in-memory table. An entry
 //!   below the cache is `LogTemporarilyUnavailable` where raft can wait
-//!   (a `SendAppend`), else `Unavailable`: asynchronous catch-up reads
-//!   (`on_entries_fetched`) are not built yet.
+//!   (a `SendAppend`: a follower far behind), else `Unavailable`; the
+//!   former is read asynchronously (`fetch.rs`, below).
 //! - **Durability.** Appends are readable at once; [`EngineLogStore::persist`]
 //!   (the round's fdatasync of the driver's cycle) waits for the log's group
 //!   commit to make every appended batch durable ([`Log::sync_index`], by
@@ -34,11 +34,32 @@
 //!   it; `persist` makes the cut (durable), then writes them. A crash
 //!   before that `persist` leaves the old suffix, as if the leader's
 //!   message had been lost (none of the new entries was reported durable).
-//!   The engine cuts only inside the active segment so far.
+//!   The cut may reach back into sealed segments (the engine deletes the
+//!   later ones and reopens the one cut as active).
+//! - **Catch-up reads** (`fetch.rs`): raft's requests below the cache are
+//!   recorded (bounded: [`fetch::FETCHES_MAX`], [`fetch::FETCHED_BYTES_MAX`]), read from
+//!   the log by the owning loop, and served once from a side buffer.
 //! - **Not built yet**: installing a snapshot (resetting the log to begin
 //!   after it, section 8) leaves the store failed, and `persist` reports
 //!   it. The term of the index just before the first one held is known
 //!   only for an empty log's start (0).
+//!
+//! **What the owning loop (the shard) calls**, per group, in section 3's
+//! turn:
+//!
+//! ```text
+//!  group.turn() / on_persisted(n) / entries_fetched(ctx)   (Ready cycles)
+//!  store.persist().await -> group.on_persisted(persist_number)
+//!  fetches = group.store().take_fetches()       (after any of the above)
+//!    if any: spawn { read_fetches(&store, fetches).await } -> contexts
+//!    back in the loop, each: group.entries_fetched(context)
+//!  after applying: store.release_below(group.applied() + 1)
+//! ```
+//!
+//! A [`fetch::Fetch`] taken holds its slot until read or dropped; a failed read
+//! is logged and dropped (raft asks again at the follower's next
+//! heartbeat response). `release_below` must not pass `applied + 1`:
+//! raft reads committed entries from there synchronously.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -53,6 +74,13 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::store::{LogStore, StoreError};
+
+mod fetch;
+
+use fetch::Fetches;
+pub use fetch::read_fetches;
+#[cfg(test)]
+use fetch::FETCHES_MAX;
 
 /// Entries loaded into the cache at open, at most (the newest).
 pub const CACHE_ENTRIES_MAX: u64 = 65_536;
@@ -78,6 +106,8 @@ struct Inner<S: Storage> {
     /// write after it then; reads see them already.
     pending_cut: Option<u64>,
     staged: Vec<Entry>,
+    /// Catch-up reads of entries below the cache (`fetch.rs`).
+    fetches: Fetches,
 }
 
 impl<S: Storage> Inner<S> {
@@ -268,6 +298,7 @@ impl<S: Storage> EngineLogStore<S> {
             failed: None,
             pending_cut: None,
             staged: Vec::new(),
+            fetches: Fetches::default(),
         }))))
     }
 
@@ -390,6 +421,7 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
             inner.pending_cut = Some(inner.pending_cut.map_or(cut, |c| c.min(cut)));
             let keep_staged = inner.pending_cut.map_or(0, |c| (cut - c) as usize);
             inner.staged.truncate(keep_staged);
+            inner.fetches.cut(first_new);
             if first_new <= inner.cache_first {
                 inner.cache.clear();
             } else {
@@ -456,7 +488,8 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
         max_size: impl Into<Option<u64>>,
         context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let inner = self.0.borrow();
+        let max_size = max_size.into();
+        let mut inner = self.0.borrow_mut();
         if low < inner.log.first_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -464,16 +497,24 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         if low < inner.cache_first {
-            return Err(raft::Error::Store(if context.can_async() {
-                StorageError::LogTemporarilyUnavailable
-            } else {
-                StorageError::Unavailable
-            }));
+            // Below the cache: what a catch-up read brought, else one is
+            // asked for where raft can wait (`fetch.rs`).
+            if let Some(run) = inner.fetches.serve(low, high, max_size) {
+                return Ok(run);
+            }
+            if !context.can_async() {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+            let to = high.min(inner.cache_first);
+            inner
+                .fetches
+                .request(low, to, max_size.unwrap_or(u64::MAX), context);
+            return Err(raft::Error::Store(StorageError::LogTemporarilyUnavailable));
         }
         let from = (low - inner.cache_first) as usize;
         let to = (high - inner.cache_first) as usize;
         let mut out: Vec<Entry> = inner.cache.range(from..to).cloned().collect();
-        raft::util::limit_size(&mut out, max_size.into());
+        raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
 
@@ -526,395 +567,6 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use futures::executor::block_on;
-    use hadron_engine::log::LogConfig;
-    use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
-    use raft::Storage as _;
-
-    use super::*;
-    use crate::replication::MemLogStore;
-
-    fn config() -> LogConfig {
-        LogConfig {
-            segment_bytes: 64 << 10,
-            index_interval_bytes: 512,
-            write_bytes_max: 8 << 10,
-            pending_bytes_max: 128 << 10,
-            batch_bytes_max: 16 << 10,
-            ..LogConfig::default()
-        }
-    }
-
-    fn open(sim: &SimStorage) -> EngineLogStore<SimStorage> {
-        let log = block_on(Log::open(sim.clone(), Path::new("/data/raft/0"), config())).unwrap();
-        block_on(EngineLogStore::open(Rc::new(log))).unwrap()
-    }
-
-    /// An entry of `kind` (0 events, 1 empty, 2 conf change) at `index`,
-    /// `term`, for a log whose next offset is `next_offset`.
-    fn entry(kind: u64, index: u64, term: u64, next_offset: u64, size: usize) -> Entry {
-        let mut e = Entry {
-            index,
-            term,
-            ..Entry::default()
-        };
-        match kind {
-            0 => {
-                let stamp = BatchStamp {
-                    kind: BatchKind::Events,
-                    base_offset: next_offset,
-                    first_timestamp_ms: 1_000 + index,
-                    term,
-                    raft_index: index,
-                };
-                let records: Vec<Vec<u8>> = (0..1 + index % 3)
-                    .map(|r| vec![(index + r) as u8; size])
-                    .collect();
-                let mut out = Vec::new();
-                batch::encode_into(&mut out, &stamp, &records);
-                e.data = Bytes::from(out);
-            }
-            1 => {}
-            _ => {
-                e.set_entry_type(EntryType::EntryConfChangeV2);
-                e.data = Bytes::from(vec![index as u8; 12]);
-            }
-        }
-        e
-    }
-
-    fn next_offset(store: &EngineLogStore<SimStorage>) -> u64 {
-        store.log().stats().next_offset
-    }
-
-    fn all(store: &impl raft::Storage) -> Vec<Entry> {
-        let (first, last) = (store.first_index().unwrap(), store.last_index().unwrap());
-        store
-            .entries(first, last + 1, None, GetEntriesContext::empty(false))
-            .unwrap()
-    }
-
-    /// Entries of every kind come back as raft appended them, from memory
-    /// and after a reopen, with the hard and conf state persisted; a crash
-    /// keeps what `persist` covered and nothing else.
-    #[test]
-    fn engine_store_reads_back_entries_and_state_across_reopen_and_crash() {
-        let sim = SimStorage::new(7, SimFaults::default());
-        let mut store = open(&sim);
-        assert_eq!(
-            (store.first_index().unwrap(), store.last_index().unwrap()),
-            (1, 0)
-        );
-        assert_eq!(store.term(0).unwrap(), 0);
-        let mut appended = Vec::new();
-        for (i, kind) in [1, 0, 2, 0, 0].into_iter().enumerate() {
-            let e = entry(kind, i as u64 + 1, 2, next_offset(&store), 100);
-            store.append(std::slice::from_ref(&e)).unwrap();
-            appended.push(e);
-        }
-        assert_eq!(all(&store), appended, "readable at once");
-        let hs = HardState {
-            term: 2,
-            vote: 3,
-            commit: 3,
-            ..HardState::default()
-        };
-        store.set_hard_state(&hs);
-        let cs = ConfState {
-            voters: vec![1, 2, 3],
-            learners: vec![4],
-            ..ConfState::default()
-        };
-        store.set_conf_state(&cs);
-        block_on(store.persist()).unwrap();
-        // Not persisted: one more entry and a later commit.
-        let extra = entry(0, 6, 2, next_offset(&store), 50);
-        store.append(std::slice::from_ref(&extra)).unwrap();
-        store.set_hard_state(&HardState {
-            commit: 5,
-            ..hs.clone()
-        });
-        assert_eq!(store.last_index().unwrap(), 6);
-        drop(store);
-        sim.crash(CrashMode::DropUnsynced);
-        let store = open(&sim);
-        assert_eq!(all(&store), appended, "the persisted entries, no more");
-        let state = store.initial_state().unwrap();
-        assert_eq!(state.hard_state, hs);
-        assert_eq!(state.conf_state, cs);
-        assert_eq!(store.term(5).unwrap(), 2);
-        assert!(matches!(
-            store.term(6),
-            Err(raft::Error::Store(StorageError::Unavailable))
-        ));
-        // Released entries are read from the log asynchronously (not built):
-        // raft is told to wait where it can, and terms still come from the
-        // log's table.
-        store.release_below(4);
-        let got = store.entries(4, 6, None, GetEntriesContext::empty(false));
-        assert_eq!(got.unwrap(), appended[3..]);
-        assert!(matches!(
-            store.entries(2, 6, None, GetEntriesContext::empty(true)),
-            Err(raft::Error::Store(StorageError::LogTemporarilyUnavailable))
-        ));
-        assert!(matches!(
-            store.entries(2, 6, None, GetEntriesContext::empty(false)),
-            Err(raft::Error::Store(StorageError::Unavailable))
-        ));
-        assert_eq!(store.term(2).unwrap(), 2);
-    }
-
-    /// At open, only the newest entries within the byte limit are loaded
-    /// into memory; older ones are told to wait (asynchronous reads), and
-    /// their terms still come from the log.
-    #[test]
-    fn engine_store_loads_the_newest_entries_within_its_byte_limit() {
-        let sim = SimStorage::new(10, SimFaults::default());
-        let mut store = open(&sim);
-        let mut appended = Vec::new();
-        for i in 1..=10 {
-            let e = entry(0, i, 1, next_offset(&store), 1_000);
-            store.append(std::slice::from_ref(&e)).unwrap();
-            appended.push(e);
-        }
-        block_on(store.persist()).unwrap();
-        let log = store.log();
-        drop(store);
-        let limit = appended[7..].iter().map(|e| e.data.len()).sum::<usize>();
-        let store = block_on(EngineLogStore::open_with_cache(log, limit)).unwrap();
-        let got = store.entries(8, 11, None, GetEntriesContext::empty(false));
-        assert_eq!(got.unwrap(), appended[7..]);
-        assert!(matches!(
-            store.entries(7, 11, None, GetEntriesContext::empty(true)),
-            Err(raft::Error::Store(StorageError::LogTemporarilyUnavailable))
-        ));
-        assert_eq!(store.term(1).unwrap(), 1);
-        assert_eq!(store.first_index().unwrap(), 1);
-    }
-
-    /// What the store refuses: a gap, a cut into the committed prefix, a
-    /// batch stamped with another index.
-    #[test]
-    fn engine_store_refuses_gaps_cuts_and_mismatched_batches() {
-        let sim = SimStorage::new(8, SimFaults::default());
-        let mut store = open(&sim);
-        for i in 1..=3 {
-            let e = entry(0, i, 1, next_offset(&store), 10);
-            store.append(&[e]).unwrap();
-        }
-        store.set_hard_state(&HardState {
-            term: 1,
-            commit: 2,
-            ..HardState::default()
-        });
-        let at = next_offset(&store);
-        assert_eq!(
-            store.append(&[entry(0, 5, 1, at, 10)]),
-            Err(StoreError::Gap {
-                first_new: 5,
-                last: 3
-            })
-        );
-        assert_eq!(
-            store.append(&[entry(1, 2, 2, at, 0)]),
-            Err(StoreError::CutCommitted {
-                first_new: 2,
-                commit: 2
-            })
-        );
-        let mut wrong = entry(0, 4, 1, at, 10);
-        wrong.index = 4;
-        wrong.term = 2;
-        assert!(matches!(
-            store.append(&[wrong]),
-            Err(StoreError::Rejected(why)) if why.contains("stamped index 4 term 1")
-        ));
-        assert_eq!(store.last_index().unwrap(), 3, "nothing written");
-    }
-
-    /// A new leader's conflicting suffix replaces the uncommitted entries:
-    /// readable at once, made durable by `persist` (a crash before it
-    /// brings the old suffix back), and the log's offsets stay dense.
-    #[test]
-    fn engine_store_replaces_a_conflicting_suffix_at_persist() {
-        for crash_first in [true, false] {
-            let sim = SimStorage::new(9, SimFaults::default());
-            let mut store = open(&sim);
-            let mut old = Vec::new();
-            for i in 1..=6 {
-                let e = entry(i % 2, i, 1, next_offset(&store), 300);
-                store.append(std::slice::from_ref(&e)).unwrap();
-                old.push(e);
-            }
-            let hs = HardState {
-                term: 2,
-                commit: 3,
-                ..HardState::default()
-            };
-            store.set_hard_state(&hs);
-            block_on(store.persist()).unwrap();
-            // The leader's offsets follow its own log: entry 4 begins where
-            // the kept prefix ends.
-            let kept_next = {
-                let log = store.log();
-                let b = block_on(log.entries(4, 5, u64::MAX)).unwrap();
-                batch::parse_header(&b[0].bytes).unwrap().base_offset
-            };
-            let new4 = entry(0, 4, 2, kept_next, 100);
-            let events = batch::parse_header(&new4.data).unwrap().offsets_taken();
-            let new5 = entry(1, 5, 2, kept_next + events, 0);
-            store.append(&[new4.clone(), new5.clone()]).unwrap();
-            let mut want = old[..3].to_vec();
-            want.extend([new4, new5]);
-            assert_eq!(all(&store), want, "readable at once");
-            assert!(matches!(
-                store.term(6),
-                Err(raft::Error::Store(StorageError::Unavailable))
-            ));
-            if crash_first {
-                drop(store);
-                sim.crash(CrashMode::DropUnsynced);
-                let store = open(&sim);
-                assert_eq!(all(&store), old, "not persisted: the old suffix");
-                continue;
-            }
-            block_on(store.persist()).unwrap();
-            assert_eq!(store.log().stats().next_offset, kept_next + events);
-            drop(store);
-            sim.crash(CrashMode::DropUnsynced);
-            let store = open(&sim);
-            assert_eq!(all(&store), want);
-            assert_eq!(store.initial_state().unwrap().hard_state, hs);
-        }
-    }
-
-    /// `count` random entries (every kind) from index `first` at `term`,
-    /// their batches from offset `offset` on.
-    fn random_entries(
-        rng: &mut SimRng,
-        first: u64,
-        count: u64,
-        term: u64,
-        offset: u64,
-    ) -> Vec<Entry> {
-        let mut offset = offset;
-        (first..first + count)
-            .map(|next| {
-                let e = entry(rng.below(3), next, term, offset, rng.below(900) as usize);
-                if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                    offset += batch::parse_header(&e.data).unwrap().offsets_taken();
-                }
-                e
-            })
-            .collect()
-    }
-
-    /// The engine store answers as the model does: bounds, entries (all,
-    /// and a random range under a random limit), terms, hard state.
-    fn assert_same(
-        store: &EngineLogStore<SimStorage>,
-        mem: &MemLogStore,
-        rng: &mut SimRng,
-        ctx: &str,
-    ) {
-        let last = store.last_index().unwrap();
-        assert_eq!(last, mem.last_index().unwrap(), "{ctx}");
-        assert_eq!(
-            store.first_index().unwrap(),
-            mem.first_index().unwrap(),
-            "{ctx}"
-        );
-        assert!(all(store) == all(mem), "{ctx}: entries differ");
-        let (s, m) = (store.initial_state().unwrap(), mem.initial_state().unwrap());
-        assert_eq!(s.hard_state, m.hard_state, "{ctx}");
-        for i in 0..=last {
-            assert_eq!(
-                store.term(i).unwrap(),
-                mem.term(i).unwrap(),
-                "{ctx} term {i}"
-            );
-        }
-        let lo = 1 + rng.below(last + 1);
-        let hi = lo + rng.below(last + 2 - lo);
-        let max = rng.below(3_000);
-        let ctx_e = || GetEntriesContext::empty(false);
-        assert!(
-            store.entries(lo, hi, max, ctx_e()).unwrap()
-                == mem.entries(lo, hi, max, ctx_e()).unwrap(),
-            "{ctx}: entries({lo}, {hi}, {max}) differ"
-        );
-    }
-
-    /// Over random appends (every entry kind at rising terms), conflicting
-    /// suffixes, hard-state changes, persists, crashes and reopens, the
-    /// engine store answers as `MemLogStore` does.
-    #[test]
-    fn engine_store_matches_mem_log_store_over_random_sequences() {
-        for seed in 0..40u64 {
-            let mut rng = SimRng::new(seed);
-            let sim = SimStorage::new(seed, SimFaults::default());
-            let mut store = open(&sim);
-            let mut mem = MemLogStore::new_empty();
-            // A new engine log records term 1 in log.meta (a cluster of
-            // one's term); the model starts there too.
-            assert_eq!(store.hard_state().term, 1);
-            mem.set_hard_state(&store.hard_state());
-            mem.sync();
-            let mut term = 1;
-            for step in 0..60 {
-                let (commit, last) = (mem.hard_state().commit, store.last_index().unwrap());
-                match rng.below(12) {
-                    10.. if commit < last => {
-                        // A new leader's conflicting suffix, then persisted
-                        // (`MemLogStore` cuts durably at once, the engine
-                        // store at `persist`); its offsets follow the kept
-                        // prefix.
-                        term += 1;
-                        let first = commit + 1 + rng.below(last - commit);
-                        let log = store.log();
-                        let b = block_on(log.entries(first, first + 1, u64::MAX)).unwrap();
-                        let offset = batch::parse_header(&b[0].bytes).unwrap().base_offset;
-                        let count = 1 + rng.below(3);
-                        let batch = random_entries(&mut rng, first, count, term, offset);
-                        store.append(&batch).unwrap();
-                        mem.append(&batch).unwrap();
-                        block_on(store.persist()).unwrap();
-                        mem.sync();
-                    }
-                    0..=4 | 10.. => {
-                        term += u64::from(rng.below(4) == 0);
-                        let count = 1 + rng.below(4);
-                        let batch =
-                            random_entries(&mut rng, last + 1, count, term, next_offset(&store));
-                        store.append(&batch).unwrap();
-                        mem.append(&batch).unwrap();
-                    }
-                    5 | 6 => {
-                        let hs = HardState {
-                            term,
-                            vote: rng.below(4),
-                            commit: last.min(commit + rng.below(5)),
-                            ..HardState::default()
-                        };
-                        store.set_hard_state(&hs);
-                        mem.set_hard_state(&hs);
-                    }
-                    7 | 8 => {
-                        block_on(store.persist()).unwrap();
-                        mem.sync();
-                    }
-                    9 => {
-                        drop(store);
-                        sim.crash(CrashMode::DropUnsynced);
-                        store = open(&sim);
-                        mem.crash();
-                    }
-                }
-                assert_same(&store, &mem, &mut rng, &format!("seed {seed} step {step}"));
-            }
-        }
-    }
-}
+mod catch_up_tests;
+#[cfg(test)]
+mod tests;

@@ -312,6 +312,22 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         self.turn()
     }
 
+    /// Entries the store read asynchronously for a follower far behind
+    /// have landed (the store's catch-up reads, section 4): raft sends the
+    /// append it held back, and the Ready cycle runs.
+    pub fn entries_fetched(&mut self, context: raft::GetEntriesContext) -> Result<(), GroupError> {
+        if let Some(e) = &self.stopped {
+            return Err(e.clone());
+        }
+        self.raw.on_entries_fetched(context);
+        self.turn()
+    }
+
+    /// The store (its catch-up reads are taken from it).
+    pub fn store(&self) -> &S {
+        self.raw.store()
+    }
+
     /// The data entries applied (committed and durable here) since the
     /// last call, in index order: what the caller's state machine applies.
     pub fn take_applied(&mut self) -> Vec<Entry> {

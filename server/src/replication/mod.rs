@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use raft::eraftpb::Message;
 
-pub use engine_store::EngineLogStore;
+pub use engine_store::{EngineLogStore, read_fetches};
 #[cfg(test)]
 pub use group::Committed;
 pub use group::{Proposal, ReplicatedLog};

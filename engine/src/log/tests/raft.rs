@@ -418,7 +418,7 @@ fn truncate_after_cuts_a_written_suffix_durably_and_the_log_goes_on() {
 }
 
 #[test]
-fn truncate_after_cuts_an_unwritten_suffix_and_refuses_a_sealed_segment() {
+fn truncate_after_cuts_an_unwritten_suffix_then_into_a_sealed_segment() {
     let sim = SimStorage::new(48, SimFaults::default());
     let log = open(&sim, small_config());
     let mut kept = append_entries(&log, 1, 4, 1);
@@ -434,12 +434,115 @@ fn truncate_after_cuts_an_unwritten_suffix_and_refuses_a_sealed_segment() {
     let log = open(&sim, small_config());
     block_on(log.load_raft_index()).unwrap();
     assert_eq!(bytes_of(&log), kept);
-    // Roll into a second segment; a cut into the first is not built.
+    // Roll into a second segment, unwritten: a cut into the first writes
+    // everything first, then cuts the sealed segment.
     append_entries(&log, 6, 60, 3);
     assert!(log.segments().len() > 1);
-    assert!(matches!(
-        block_on(log.truncate_after(5)),
-        Err(RaftAppendError::Unsupported(why)) if why.contains("sealed")
-    ));
-    assert_eq!(log.last_index(), 59);
+    block_on(log.truncate_after(5)).unwrap();
+    assert_eq!((log.last_index(), log.segments().len()), (5, 1));
+    assert_eq!(bytes_of(&log), kept);
+}
+
+/// The Raft index of each segment's first batch (event entries of one
+/// record each: a segment's base is its first batch's base offset).
+fn segment_first_indexes(log: &SimLog) -> Vec<u64> {
+    let bases: Vec<u64> = log.segments().iter().map(|s| s.base_offset).collect();
+    all_entries(log)
+        .iter()
+        .filter(|e| bases.contains(&batch::verify(&e.bytes).unwrap().base_offset))
+        .map(|e| e.index)
+        .collect()
+}
+
+/// Cuts reaching back one segment, two segments, and to a segment's first
+/// batch: the log ends at the cut (durably), goes on at the next index and
+/// offset, and reopens with the same bytes and events.
+#[test]
+fn truncate_after_cuts_across_sealed_segments_and_the_log_goes_on() {
+    // (segments back from the active one, entries into that segment)
+    for (back, into) in [(1, 3), (2, 5), (1, 0), (2, 0), (3, 1)] {
+        let case = format!("{back} back, {into} in");
+        let sim = SimStorage::new(50 + back * 10 + into, SimFaults::default());
+        let log = open(&sim, small_config());
+        let mut kept = append_entries(&log, 1, 200, 1);
+        block_on(log.sync_index(200)).unwrap();
+        let firsts = segment_first_indexes(&log);
+        assert!(firsts.len() > back as usize + 1, "{case}: rolled");
+        let first_cut = firsts[firsts.len() - 1 - back as usize] + into;
+        let index = first_cut - 1;
+        let cut_offset = batch::verify(&kept[index as usize]).unwrap().base_offset;
+        kept.truncate(index as usize);
+        let segments = log.segments().len() - back as usize;
+        block_on(log.truncate_after(index)).unwrap();
+        assert_eq!(log.last_index(), index, "{case}");
+        assert_eq!(log.durable_next_index(), index + 1, "{case}");
+        assert_eq!(log.stats().next_offset, cut_offset, "{case}");
+        assert_eq!(log.segments().len(), segments, "{case}: later ones gone");
+        assert_eq!(bytes_of(&log), kept, "{case}");
+        // The log goes on from the cut, rolling again.
+        kept.extend(append_entries(&log, index + 1, index + 80, 2));
+        block_on(log.sync_index(index + 80)).unwrap();
+        assert_eq!(bytes_of(&log), kept, "{case}");
+        let events = read_all(&log);
+        drop(log);
+        sim.crash(CrashMode::DropUnsynced);
+        let log = open(&sim, small_config());
+        assert!(log.recovery().cut.is_none() && log.damage().is_none());
+        block_on(log.load_raft_index()).unwrap();
+        assert_eq!(bytes_of(&log), kept, "{case}: after reopen");
+        assert_eq!(read_all(&log), events, "{case}: events after reopen");
+        assert_eq!(log.term(index + 1), Some(2));
+        kept.extend(append_entries(&log, index + 80, index + 82, 3));
+        block_on(log.sync_index(index + 82)).unwrap();
+        assert_eq!(bytes_of(&log), kept, "{case}");
+    }
+}
+
+/// A crash at every storage operation of a cut two segments back leaves a
+/// log that opens without damage and holds a prefix of the old entries, at
+/// least those kept; it goes on at its next index.
+#[test]
+fn a_crash_during_a_sealed_cut_leaves_a_log_that_opens_with_a_prefix() {
+    let mut completed = false;
+    // The last index found after each crash: every stage was crashed in.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut index = 0;
+    for ops in 1..200u64 {
+        let mode = [CrashMode::DropUnsynced, CrashMode::Torn][ops as usize % 2];
+        let sim = SimStorage::new(60 + ops, SimFaults::default());
+        let log = open(&sim, small_config());
+        let old = append_entries(&log, 1, 200, 1);
+        block_on(log.sync_index(200)).unwrap();
+        let firsts = segment_first_indexes(&log);
+        index = firsts[firsts.len() - 3] + 2;
+        sim.crash_after_ops(ops);
+        let cut = block_on(log.truncate_after(index));
+        if cut.is_ok() && !sim.is_frozen() {
+            completed = true;
+            break;
+        }
+        assert!(cut.is_err() || sim.is_frozen(), "ops {ops}");
+        drop(log);
+        sim.restart(mode);
+        let log = open(&sim, small_config());
+        assert!(log.damage().is_none(), "ops {ops}: {:?}", log.damage());
+        block_on(log.load_raft_index()).unwrap();
+        let now = bytes_of(&log);
+        let last = log.last_index();
+        assert!(
+            (index..=200).contains(&last),
+            "ops {ops}: last {last}, cut after {index}"
+        );
+        assert!(now == old[..last as usize], "ops {ops}: not a prefix");
+        seen.insert(last);
+        // It goes on: a cut to the same point, then new entries.
+        block_on(log.truncate_after(index)).unwrap();
+        append_entries(&log, index + 1, index + 3, 2);
+        block_on(log.sync_index(index + 3)).unwrap();
+        assert_eq!(log.last_index(), index + 2, "ops {ops}");
+    }
+    assert!(completed, "the cut completed within the operations tried");
+    // The old log, the active segment deleted, the next one, the cut.
+    assert!(seen.len() >= 4, "stages crashed in: {seen:?}");
+    assert!(seen.contains(&199) && seen.contains(&index), "{seen:?}");
 }

@@ -105,6 +105,7 @@ fn at_most_cluster_nodes_max_peers_and_at_least_one() {
         .map(|id| PeerSpec {
             id,
             address: format!("10.0.{}.{}:7000", id / 256, id % 256),
+            peer_address: None,
         })
         .collect();
     assert_eq!(paths(&c), ["cluster.peers"]);
@@ -208,6 +209,7 @@ fn replicas_are_at_most_the_node_count_and_replicas_max() {
         .map(|id| PeerSpec {
             id,
             address: format!("10.0.0.{id}:7000"),
+            peer_address: None,
         })
         .collect();
     let seven = ServerConfig {

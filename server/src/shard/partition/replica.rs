@@ -8,6 +8,7 @@
 //!  peer frame --step--> inbox --------------------------------------> wake
 //!  drive loop:  step inbox, tick, turn (ONE MsgPropose; Ready cycle)
 //!               persist (the log's group commit: fdatasync) -> on_persisted
+//!               catch-up reads for followers behind the cache -> raft
 //!               apply committed batches: high watermark up, readers woken
 //!               newly leader: rebuild the dedup window from the log, then
 //!               take publishes (NotLeader until then)
@@ -35,7 +36,7 @@ use hadron_engine::storage::Storage;
 use raft::eraftpb::{ConfState, Message};
 
 use crate::replication::{
-    EngineLogStore, GroupNet, GroupSettings, LogStore, Proposal, ProposeError, ReplicatedLog,
+    EngineLogStore, GroupNet, read_fetches, GroupSettings, LogStore, Proposal, ProposeError, ReplicatedLog,
 };
 use crate::shard::clock::Clock;
 use crate::shard::error::{Error, LeaderAt};
@@ -277,17 +278,28 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         }
         let mut moved = self.apply_committed()?;
         loop {
-            let Some(number) = self.group.borrow().persist_number() else {
-                break;
-            };
-            self.store.persist().await.map_err(|e| e.to_string())?;
-            self.group
-                .borrow_mut()
-                .on_persisted(number)
-                .map_err(|e| e.to_string())?;
-            moved |= self.apply_committed()?;
+            while let Some(number) = self.group.borrow().persist_number() {
+                self.store.persist().await.map_err(|e| e.to_string())?;
+                self.group
+                    .borrow_mut()
+                    .on_persisted(number)
+                    .map_err(|e| e.to_string())?;
+                moved |= self.apply_committed()?;
+            }
+            // Entries for followers behind the in-memory cache: read from
+            // the log, then handed to raft, which sends them.
+            let fetches = self.store.take_fetches();
+            if fetches.is_empty() {
+                return Ok(moved);
+            }
+            for context in read_fetches(&self.store, fetches).await {
+                self.group
+                    .borrow_mut()
+                    .entries_fetched(context)
+                    .map_err(|e| e.to_string())?;
+                moved |= self.apply_committed()?;
+            }
         }
-        Ok(moved)
     }
 
     /// Moves the high watermark past the data batches committed since the
