@@ -278,7 +278,11 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         }
         let mut moved = self.apply_committed()?;
         loop {
-            while let Some(number) = self.group.borrow().persist_number() {
+            loop {
+                // Bound first: a borrow in a `while let` scrutinee would
+                // live through the body.
+                let due = self.group.borrow().persist_number();
+                let Some(number) = due else { break };
                 self.store.persist().await.map_err(|e| e.to_string())?;
                 self.group
                     .borrow_mut()
