@@ -77,10 +77,10 @@ use super::store::{LogStore, StoreError};
 
 mod fetch;
 
-use fetch::Fetches;
-pub use fetch::read_fetches;
 #[cfg(test)]
 use fetch::FETCHES_MAX;
+use fetch::Fetches;
+pub use fetch::read_fetches;
 
 /// Entries loaded into the cache at open, at most (the newest).
 pub const CACHE_ENTRIES_MAX: u64 = 65_536;

@@ -61,6 +61,9 @@ pub async fn read_back<S: Storage, C: Clock>(p: &Partition<S, C>) -> Vec<(u64, u
             .unwrap_or_else(|e| panic!("reading back offset {at}: {e}"));
         for batch in Batches::new(&read.bytes) {
             let batch = batch.unwrap_or_else(|e| panic!("reading back offset {at}: {e}"));
+            if batch.header.kind.is_control() {
+                continue;
+            }
             let at_ms = batch.header.first_timestamp_ms;
             for (offset, record) in batch.records() {
                 if offset >= at && offset < end {

@@ -36,6 +36,8 @@ mod dedup;
 mod offsets;
 pub mod replica;
 #[cfg(test)]
+mod replica_sim;
+#[cfg(test)]
 mod sim_tests;
 
 use std::cell::{Cell, RefCell};

@@ -36,7 +36,8 @@ use hadron_engine::storage::Storage;
 use raft::eraftpb::{ConfState, Message};
 
 use crate::replication::{
-    EngineLogStore, GroupNet, read_fetches, GroupSettings, LogStore, Proposal, ProposeError, ReplicatedLog,
+    EngineLogStore, GroupNet, GroupSettings, LogStore, Proposal, ProposeError, ReplicatedLog,
+    read_fetches,
 };
 use crate::shard::clock::Clock;
 use crate::shard::error::{Error, LeaderAt};
@@ -348,6 +349,14 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         *self.stopped.borrow_mut() = Some(why);
     }
 
+    /// Stops the group on this node (its loop ends at its next wake-up):
+    /// the simulation's crash.
+    #[cfg(test)]
+    pub fn halt(&self) {
+        self.stop("halted".into());
+        self.wake.notify_all();
+    }
+
     /// Records that this node now serves its term as leader.
     fn set_ready(&self, term: u64) {
         self.ready_term.set(term);
@@ -395,6 +404,9 @@ impl<S: Storage, C: Clock> super::Partition<S, C> {
             return;
         };
         loop {
+            if replica.stopped.borrow().is_some() {
+                return;
+            }
             let generation = replica.wake.generation();
             match replica.turn().await {
                 Ok(moved) => {

@@ -1,0 +1,733 @@
+//! The seeded simulation of a replicated partition: three nodes, each a
+//! real [`Partition`] with its Raft group (`replica.rs`) on its own
+//! `SimStorage`, one `SimClock`, and a seeded network between them, driven
+//! by clients that publish batches with fixed ids and retry them (same
+//! ids) until acknowledged, following `NotLeader` hints.
+//!
+//! **Faults** (rates drawn per seed): messages dropped, duplicated and
+//! delayed (so reordered); directed links cut and healed; nodes crashed,
+//! between steps or in the middle of a write (the storage stops at an
+//! operation chosen by the seed), their unsynced writes lost or torn, and
+//! restarted later; at most one down at a time or, sometimes, two (no
+//! quorum for a while).
+//!
+//! **Checked** against a model, after everything healed and a fresh
+//! publish committed:
+//! - every acknowledged event is in the leader's log once, at the offset
+//!   it was acknowledged at (and every later answer for its id agrees);
+//! - every node's log is byte for byte the same up to the commit: no
+//!   offset holds two different events on two nodes;
+//! - offsets are dense and every stored event is one a client sent.
+//!
+//! Replay one seed: `HADRON_SIM_SEED=N cargo test -p hadron-server
+//! replica_sim`; `HADRON_SIM_DEBUG=1` narrates the faults.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::executor::LocalPool;
+use futures::task::LocalSpawnExt;
+use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
+use hadron_engine::{Durability, LogConfig, Retention};
+use hadron_wire::Limits;
+use raft::eraftpb::Message;
+
+use super::replica::ReplicaSpec;
+use super::{DedupLimits, Partition};
+use crate::replication::{GroupNet, GroupSettings, PeerLinks};
+use crate::shard::Error;
+use crate::shard::clock::Clock;
+use crate::shard::clock::sim::SimClock;
+use crate::shard::error::LeaderAt;
+use crate::shard::sim_support::{fold_trace, run_seeds};
+
+const SEEDS: u64 = 200;
+const NODES: u64 = 3;
+/// Simulated steps of [`STEP`] each, with faults.
+const STEPS: u64 = 1_200;
+const STEP: Duration = Duration::from_millis(10);
+/// Steps the final healing may take.
+const HEAL_STEPS_MAX: u64 = 3_000;
+const CLIENTS: usize = 3;
+/// A client gives up waiting for an answer after this and retries the
+/// same events elsewhere (the answer may still come).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+const DIR: &str = "/sim";
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+type SimPartition = Partition<SimStorage, SimClock>;
+
+fn log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 << 10,
+        index_interval_bytes: 512,
+        durability: Durability::Always,
+        retention: Retention::default(),
+        write_bytes_max: 8 << 10,
+        pending_bytes_max: 64 << 10,
+        batch_bytes_max: 4 << 10,
+    }
+}
+
+/// What the simulation exercised, summed over seeds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Coverage {
+    crashes: u64,
+    leaders: u64,
+    acked: u64,
+    duplicates: u64,
+    not_leader: u64,
+    timeouts: u64,
+    dropped: u64,
+    duplicated: u64,
+    cuts: u64,
+}
+
+impl std::ops::AddAssign for Coverage {
+    fn add_assign(&mut self, o: Coverage) {
+        self.crashes += o.crashes;
+        self.leaders += o.leaders;
+        self.acked += o.acked;
+        self.duplicates += o.duplicates;
+        self.not_leader += o.not_leader;
+        self.timeouts += o.timeouts;
+        self.dropped += o.dropped;
+        self.duplicated += o.duplicated;
+        self.cuts += o.cuts;
+    }
+}
+
+/// A message on its way.
+struct InFlight {
+    due: Duration,
+    seq: u64,
+    to: u64,
+    msg: Message,
+}
+
+/// The seeded network.
+struct Net {
+    clock: SimClock,
+    rng: RefCell<SimRng>,
+    queue: RefCell<Vec<InFlight>>,
+    seq: Cell<u64>,
+    cut: RefCell<BTreeSet<(u64, u64)>>,
+    drop_ppm: u32,
+    dup_ppm: u32,
+    delay_steps_max: u64,
+    dropped: Cell<u64>,
+    duplicated: Cell<u64>,
+}
+
+impl Net {
+    fn push(&self, to: u64, msg: Message) {
+        let delay = STEP * self.rng.borrow_mut().below(self.delay_steps_max + 1) as u32;
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        self.queue.borrow_mut().push(InFlight {
+            due: self.clock.now() + delay,
+            seq,
+            to,
+            msg,
+        });
+    }
+
+    /// The messages due now, in (due, seq) order.
+    fn due(&self) -> Vec<InFlight> {
+        let now = self.clock.now();
+        let mut queue = self.queue.borrow_mut();
+        let (mut due, later): (Vec<_>, Vec<_>) = queue.drain(..).partition(|m| m.due <= now);
+        *queue = later;
+        due.sort_by_key(|m| (m.due, m.seq));
+        due
+    }
+}
+
+/// One node's links: through the network, unless cut.
+struct SimLinks {
+    from: u64,
+    net: Rc<Net>,
+}
+
+impl PeerLinks for SimLinks {
+    fn send(&self, to: u64, _stream: &str, _partition: u32, msg: Message) -> bool {
+        let net = &self.net;
+        if net.cut.borrow().contains(&(self.from, to)) {
+            return false;
+        }
+        if net.rng.borrow_mut().chance_ppm(net.drop_ppm) {
+            net.dropped.set(net.dropped.get() + 1);
+            return true;
+        }
+        if net.rng.borrow_mut().chance_ppm(net.dup_ppm) {
+            net.duplicated.set(net.duplicated.get() + 1);
+            net.push(to, msg.clone());
+        }
+        net.push(to, msg);
+        true
+    }
+}
+
+/// What a publish attempt came back with.
+type Answer = Rc<RefCell<Option<Result<Vec<(u64, bool)>, Error>>>>;
+
+/// A client: its batch (event ids and bytes) until acknowledged, the node
+/// it believes leads, and the attempt under way.
+struct ClientState {
+    batch: Vec<(String, Vec<u8>)>,
+    leader: u64,
+    attempt: Option<(Answer, Duration)>,
+    next_batch: u64,
+}
+
+struct Node {
+    storage: SimStorage,
+    partition: Option<Rc<SimPartition>>,
+    /// The step it comes back at, while down.
+    back_at: Option<u64>,
+}
+
+struct Sim {
+    seed: u64,
+    debug: bool,
+    rng: SimRng,
+    clock: SimClock,
+    pool: LocalPool,
+    net: Rc<Net>,
+    nodes: Vec<Node>,
+    clients: Vec<ClientState>,
+    /// Acknowledged ids and their offsets.
+    acked: BTreeMap<String, u64>,
+    /// Every event bytes a client made, by id.
+    made: BTreeMap<String, Vec<u8>>,
+    crash_ppm: u32,
+    cut_ppm: u32,
+    /// Directed cuts and the step they heal at.
+    cuts: Vec<((u64, u64), u64)>,
+    terms_led: BTreeSet<(u64, u64)>,
+    coverage: Coverage,
+    trace: u64,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = SimRng::new(seed ^ 0x5eed_7e91);
+        let clock = SimClock::new(EPOCH_MS);
+        let pool = LocalPool::new();
+        clock.set_spawner(pool.spawner());
+        let net = Rc::new(Net {
+            clock: clock.clone(),
+            rng: RefCell::new(SimRng::new(seed.wrapping_mul(31) ^ 7)),
+            queue: RefCell::new(Vec::new()),
+            seq: Cell::new(0),
+            cut: RefCell::new(BTreeSet::new()),
+            drop_ppm: rng.below(50_001) as u32,
+            dup_ppm: rng.below(30_001) as u32,
+            delay_steps_max: rng.below(4),
+            dropped: Cell::new(0),
+            duplicated: Cell::new(0),
+        });
+        let nodes = (0..NODES)
+            .map(|i| Node {
+                storage: SimStorage::new(seed * 10 + i, SimFaults::default()),
+                partition: None,
+                back_at: None,
+            })
+            .collect();
+        let clients = (0..CLIENTS)
+            .map(|_| ClientState {
+                batch: Vec::new(),
+                leader: 1,
+                attempt: None,
+                next_batch: 0,
+            })
+            .collect();
+        Sim {
+            seed,
+            debug: std::env::var("HADRON_SIM_DEBUG").is_ok(),
+            crash_ppm: 1_000 + rng.below(4_000) as u32,
+            cut_ppm: rng.below(4_000) as u32,
+            rng,
+            clock,
+            pool,
+            net,
+            nodes,
+            clients,
+            acked: BTreeMap::new(),
+            made: BTreeMap::new(),
+            cuts: Vec::new(),
+            terms_led: BTreeSet::new(),
+            coverage: Coverage::default(),
+            trace: 0,
+        }
+    }
+
+    fn say(&self, what: impl FnOnce() -> String) {
+        if self.debug {
+            eprintln!("[seed {} t={:?}] {}", self.seed, self.clock.now(), what());
+        }
+    }
+
+    /// Opens node `id`'s partition (recovering it) and starts its group.
+    fn open(&mut self, id: u64) {
+        let node = &self.nodes[id as usize - 1];
+        let net = GroupNet {
+            links: Rc::new(SimLinks {
+                from: id,
+                net: self.net.clone(),
+            }),
+            stream: Rc::from("s"),
+            partition: 0,
+        };
+        // A one-value election range per node, varied by seed: raft-rs
+        // draws the timeout with an unseedable RNG (section 1, finding 6).
+        let ticks = 10 + ((self.seed + id * 7) % 9) as usize;
+        let spec = ReplicaSpec {
+            group: GroupSettings {
+                node_id: id,
+                group_id: 0,
+                tick_interval: Duration::from_millis(50),
+                election_ticks: ticks..ticks + 1,
+            },
+            voters: (1..=NODES).collect(),
+            net,
+            leader_at: Rc::new(|node_id, term| {
+                Some(LeaderAt {
+                    node_id,
+                    address: format!("node-{node_id}:7000"),
+                    shard_port: 0,
+                    term,
+                })
+            }),
+            on_leader: Rc::new(|_| {}),
+        };
+        let (storage, clock) = (node.storage.clone(), self.clock.clone());
+        let p = self.pool.run_until(async move {
+            let mut p = Partition::open(
+                &storage,
+                clock,
+                Path::new(DIR),
+                "s",
+                0,
+                log_config(),
+                DedupLimits {
+                    window_ms: 600_000,
+                    keys_max: 1 << 20,
+                },
+                Limits::DEFAULT,
+                crate::config::server::GROUPS_MAX_DEFAULT,
+            )
+            .await?;
+            p.replicate(spec).await?;
+            Ok::<_, String>(Rc::new(p))
+        });
+        let p = p.unwrap_or_else(|e| panic!("seed {}: node {id} does not open: {e}", self.seed));
+        let _ = self
+            .pool
+            .spawner()
+            .spawn_local(p.clone().drive_replication());
+        self.nodes[id as usize - 1].partition = Some(p);
+    }
+
+    /// Node `id` crashes: its group stops, its unsynced writes are lost
+    /// (or torn), and it is back some steps later. `frozen`: its storage
+    /// already stopped at an armed operation (mid-write).
+    fn crash(&mut self, id: u64, step: u64) {
+        let torn = self.rng.below(2) == 0;
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(p) = node.partition.take()
+            && let Some(r) = &p.replica
+        {
+            r.halt();
+        }
+        let mode = if torn {
+            CrashMode::Torn
+        } else {
+            CrashMode::DropUnsynced
+        };
+        if node.storage.is_frozen() {
+            node.storage.restart(mode);
+        } else {
+            node.storage.crash(mode);
+        }
+        node.storage.disarm_crash();
+        node.back_at = Some(step + 20 + self.rng.below(200));
+        self.coverage.crashes += 1;
+        self.trace = fold_trace(self.trace, 1_000 + id);
+        self.say(|| format!("node {id} crashes (torn: {torn})"));
+    }
+
+    fn down(&self) -> usize {
+        self.nodes.iter().filter(|n| n.partition.is_none()).count()
+    }
+
+    /// Random faults of one step, and their ends.
+    fn faults(&mut self, step: u64) {
+        for i in 0..NODES as usize {
+            if self.nodes[i].back_at.is_some_and(|at| at <= step) {
+                self.nodes[i].back_at = None;
+                self.say(|| format!("node {} restarts", i + 1));
+                self.open(i as u64 + 1);
+            }
+        }
+        // At most one node down, or two now and then (no quorum).
+        let may_crash = self.down() == 0 || (self.down() == 1 && self.rng.below(4) == 0);
+        if may_crash && self.rng.chance_ppm(self.crash_ppm) {
+            let id = 1 + self.rng.below(NODES);
+            let node = &self.nodes[id as usize - 1];
+            if node.partition.is_some() {
+                if self.rng.below(2) == 0 {
+                    // Mid-write: the storage stops at one of its next
+                    // operations (a persist, a cut, a meta write).
+                    node.storage.crash_after_ops(1 + self.rng.below(30));
+                } else {
+                    self.crash(id, step);
+                }
+            }
+        }
+        for id in 1..=NODES {
+            let node = &self.nodes[id as usize - 1];
+            if node.partition.is_some() && node.storage.is_frozen() {
+                self.crash(id, step);
+            }
+        }
+        if self.rng.chance_ppm(self.cut_ppm) {
+            let from = 1 + self.rng.below(NODES);
+            let to = 1 + (from + self.rng.below(NODES - 1)) % NODES;
+            let until = step + 10 + self.rng.below(150);
+            self.net.cut.borrow_mut().insert((from, to));
+            self.cuts.push(((from, to), until));
+            self.coverage.cuts += 1;
+            self.say(|| format!("link {from}->{to} cut until step {until}"));
+        }
+        let (healed, kept): (Vec<_>, Vec<_>) = self.cuts.drain(..).partition(|c| c.1 <= step);
+        self.cuts = kept;
+        for (link, _) in healed {
+            if !self.cuts.iter().any(|c| c.0 == link) {
+                self.net.cut.borrow_mut().remove(&link);
+            }
+        }
+    }
+
+    /// Delivers the messages due to the nodes that are up.
+    fn deliver(&mut self) {
+        for m in self.net.due() {
+            self.trace = fold_trace(self.trace, m.msg.get_msg_type() as u64 ^ (m.to << 8));
+            if let Some(r) = self.nodes[m.to as usize - 1]
+                .partition
+                .as_ref()
+                .and_then(|p| p.replica.clone())
+            {
+                r.step(m.msg);
+            }
+        }
+    }
+
+    /// A fresh batch for client `c`.
+    fn new_batch(&mut self, c: usize) {
+        let n = self.clients[c].next_batch;
+        self.clients[c].next_batch += 1;
+        let count = 1 + self.rng.below(3);
+        let batch: Vec<(String, Vec<u8>)> = (0..count)
+            .map(|i| {
+                let id = format!("c{c}-{n}-{i}");
+                let data = format!("{id}:{}", self.rng.below(1 << 20));
+                let bytes = hadron_wire::encode_event(&hadron_wire::EventRef {
+                    id: &id,
+                    source: "sim",
+                    ty: "t",
+                    data: data.as_bytes(),
+                    ..hadron_wire::EventRef::default()
+                });
+                (id, bytes)
+            })
+            .collect();
+        for (id, bytes) in &batch {
+            self.made.insert(id.clone(), bytes.clone());
+        }
+        self.clients[c].batch = batch;
+    }
+
+    /// Starts client `c`'s attempt at the node it believes leads.
+    fn attempt(&mut self, c: usize) {
+        let answer: Answer = Rc::new(RefCell::new(None));
+        let target = self.clients[c].leader;
+        if let Some(p) = self.nodes[target as usize - 1].partition.clone() {
+            let events: Vec<Vec<u8>> = self.clients[c].batch.iter().map(|b| b.1.clone()).collect();
+            let slot = answer.clone();
+            let _ = self.pool.spawner().spawn_local(async move {
+                let result = p.publish(&events).await.map(|published| published.results);
+                *slot.borrow_mut() = Some(result);
+            });
+        } else {
+            // Node down: as a refused connection.
+            self.clients[c].leader = 1 + self.rng.below(NODES);
+            return;
+        }
+        self.clients[c].attempt = Some((answer, self.clock.now() + CLIENT_TIMEOUT));
+    }
+
+    /// Records what client `c`'s attempt answered, if it did.
+    fn settle(&mut self, c: usize) {
+        let Some((answer, deadline)) = self.clients[c].attempt.clone() else {
+            return;
+        };
+        let result = answer.borrow_mut().take();
+        match result {
+            None if self.clock.now() >= deadline => {
+                self.coverage.timeouts += 1;
+                self.clients[c].attempt = None;
+                self.clients[c].leader = 1 + self.rng.below(NODES);
+            }
+            None => {}
+            Some(Ok(results)) => {
+                let batch = std::mem::take(&mut self.clients[c].batch);
+                assert_eq!(
+                    results.len(),
+                    batch.len(),
+                    "seed {}: one result per event",
+                    self.seed
+                );
+                for ((id, _), (offset, duplicate)) in batch.iter().zip(results) {
+                    if duplicate {
+                        self.coverage.duplicates += 1;
+                    }
+                    match self.acked.get(id) {
+                        Some(&first) => assert_eq!(
+                            first, offset,
+                            "seed {}: event {id} acknowledged at {first} and again at {offset}",
+                            self.seed
+                        ),
+                        None => {
+                            self.acked.insert(id.clone(), offset);
+                        }
+                    }
+                    self.coverage.acked += 1;
+                    self.trace = fold_trace(self.trace, offset);
+                }
+                self.clients[c].attempt = None;
+            }
+            Some(Err(Error::NotLeader { leader, .. })) => {
+                self.coverage.not_leader += 1;
+                self.clients[c].leader = match leader {
+                    Some(l) => l.node_id,
+                    None => 1 + self.rng.below(NODES),
+                };
+                self.clients[c].attempt = None;
+            }
+            Some(Err(e)) => {
+                self.say(|| format!("client {c}: {e}"));
+                self.clients[c].attempt = None;
+                self.clients[c].leader = 1 + self.rng.below(NODES);
+            }
+        }
+    }
+
+    fn clients(&mut self, publishing: bool) {
+        for c in 0..CLIENTS {
+            self.settle(c);
+            if self.clients[c].attempt.is_some() {
+                continue;
+            }
+            if self.clients[c].batch.is_empty() {
+                if !publishing || self.rng.below(3) != 0 {
+                    continue;
+                }
+                self.new_batch(c);
+            }
+            self.attempt(c);
+        }
+    }
+
+    fn note_leaders(&mut self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(r) = n.partition.as_ref().and_then(|p| p.replica.as_ref())
+                && r.is_leader()
+            {
+                let term = r.status().term;
+                if self.terms_led.insert((term, i as u64 + 1)) {
+                    self.coverage.leaders += 1;
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.clock.advance(STEP);
+        self.pool.run_until_stalled();
+        self.deliver();
+        self.pool.run_until_stalled();
+        self.note_leaders();
+    }
+
+    fn run(mut self) -> (u64, Coverage) {
+        for id in 1..=NODES {
+            self.open(id);
+        }
+        for step in 0..STEPS {
+            self.faults(step);
+            self.clients(true);
+            self.step();
+        }
+        self.heal();
+        self.check();
+        self.coverage.dropped = self.net.dropped.get();
+        self.coverage.duplicated = self.net.duplicated.get();
+        (self.trace, self.coverage)
+    }
+
+    /// Everything heals and restarts; the clients finish their batches;
+    /// then steps run until every node has applied the same last index.
+    fn heal(&mut self) {
+        self.cuts.clear();
+        self.net.cut.borrow_mut().clear();
+        for i in 0..NODES as usize {
+            if self.nodes[i].partition.is_none() {
+                self.nodes[i].back_at = None;
+                self.open(i as u64 + 1);
+            }
+        }
+        for _ in 0..HEAL_STEPS_MAX {
+            self.clients(false);
+            self.step();
+            let idle = self.clients.iter().all(|c| c.batch.is_empty());
+            if idle && self.converged() {
+                return;
+            }
+        }
+        panic!(
+            "seed {}: the cluster did not settle in {HEAL_STEPS_MAX} steps after healing: {:?}",
+            self.seed,
+            self.statuses()
+        );
+    }
+
+    fn statuses(&self) -> Vec<super::replica::ReplicaStatus> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.partition.as_ref()?.replica.as_ref().map(|r| r.status()))
+            .collect()
+    }
+
+    fn converged(&self) -> bool {
+        let s = self.statuses();
+        s.len() == NODES as usize
+            && s.iter().filter(|r| r.is_leader).count() == 1
+            && s.iter().all(|r| {
+                (r.commit, r.applied, r.last_index, r.high_watermark)
+                    == (
+                        s[0].last_index,
+                        s[0].last_index,
+                        s[0].last_index,
+                        s[0].high_watermark,
+                    )
+            })
+    }
+
+    /// The model's checks (module header).
+    fn check(&mut self) {
+        let seed = self.seed;
+        let logs: Vec<Vec<(u64, Vec<u8>)>> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let p = n.partition.clone().expect("every node is up after healing");
+                self.pool.run_until(async move {
+                    let log = p.log.clone();
+                    let last = log.last_index();
+                    let mut out = Vec::new();
+                    let mut at = log.first_index();
+                    while at <= last {
+                        let got = log
+                            .entries(at, last + 1, 1 << 20)
+                            .await
+                            .unwrap_or_else(|e| panic!("seed {seed}: reading entry {at}: {e}"));
+                        for b in &got {
+                            out.push((b.index, b.bytes.to_vec()));
+                        }
+                        at += got.len() as u64;
+                    }
+                    out
+                })
+            })
+            .collect();
+        for (i, log) in logs.iter().enumerate().skip(1) {
+            assert!(
+                *log == logs[0],
+                "seed {seed}: node {} holds another log than node 1 ({} and {} entries)",
+                i + 1,
+                log.len(),
+                logs[0].len()
+            );
+        }
+        let leader = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.partition.clone())
+            .find(|p| p.replica.as_ref().is_some_and(|r| r.is_leader()))
+            .expect("a leader after healing");
+        let records = self
+            .pool
+            .run_until(async move { crate::shard::sim_support::read_back(&leader).await });
+        let mut stored: BTreeMap<String, u64> = BTreeMap::new();
+        for (i, (offset, _, bytes)) in records.iter().enumerate() {
+            assert_eq!(*offset, i as u64, "seed {seed}: offsets are dense");
+            let event = hadron_wire::decode_event(bytes, &Limits::DEFAULT)
+                .unwrap_or_else(|e| panic!("seed {seed}: offset {offset} holds no event: {e}"));
+            assert_eq!(
+                self.made.get(event.id),
+                Some(bytes),
+                "seed {seed}: offset {offset} holds an event no client sent"
+            );
+            if let Some(first) = stored.insert(event.id.to_owned(), *offset) {
+                panic!(
+                    "seed {seed}: event {} stored twice, at {first} and {offset}",
+                    event.id
+                );
+            }
+        }
+        for (id, offset) in &self.acked {
+            assert_eq!(
+                stored.get(id),
+                Some(offset),
+                "seed {seed}: acknowledged event {id} is not at offset {offset}"
+            );
+        }
+    }
+}
+
+/// Every seed: the checks of the module header; and a few of each fault
+/// over all seeds, so that a change that stops the simulation from
+/// reaching them is noticed.
+#[test]
+fn replica_sim_keeps_every_acknowledged_event_once_on_every_node() {
+    let (seeds, total) = run_seeds("replica_sim", SEEDS, |seed| Sim::new(seed).run().1);
+    let per = |n: u64| n as f64 / seeds as f64;
+    assert!(per(total.crashes) >= 1.0, "{total:?}");
+    assert!(per(total.leaders) >= 2.0, "{total:?}");
+    assert!(per(total.acked) >= 50.0, "{total:?}");
+    assert!(
+        total.not_leader > 0 && total.duplicates > 0 && total.timeouts > 0,
+        "{total:?}"
+    );
+    assert!(
+        total.cuts > 0 && total.dropped > 0 && total.duplicated > 0,
+        "{total:?}"
+    );
+}
+
+/// A seed replays exactly: the same trace of deliveries, crashes and
+/// acknowledged offsets.
+#[test]
+fn replica_sim_replays_a_seed_identically() {
+    for seed in [3, 11] {
+        assert_eq!(
+            Sim::new(seed).run().0,
+            Sim::new(seed).run().0,
+            "seed {seed}"
+        );
+    }
+}
