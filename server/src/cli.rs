@@ -27,6 +27,7 @@ pub fn use_tls_files(
 }
 
 mod cloudevents;
+pub mod cluster;
 pub mod tokens;
 
 /// `hadron apply -f FILE`.
@@ -398,7 +399,7 @@ pub async fn pipeline_retry(
     Ok(())
 }
 
-fn connect(url: &str) -> Result<Client, String> {
+pub(crate) fn connect(url: &str) -> Result<Client, String> {
     let options = ClientOptions {
         name: "hadron-cli".into(),
         token: std::env::var(hadron_server::TOKEN_ENV).ok(),

@@ -237,6 +237,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Cluster commands.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Token commands (need a token with admin in HADRON_TOKEN).
     Token {
         #[command(subcommand)]
@@ -282,6 +287,20 @@ enum PipelineCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Every node's state, each replicated partition's leader and term,
+    /// and each replica's lag behind its leader.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Every node to ask, separated by commas (host:port,host:port):
+        /// each is asked on its own.
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Create a token; prints its secret, this once (the server keeps only
     /// its SHA-256).
@@ -399,6 +418,9 @@ fn main() -> ExitCode {
         )),
         Command::Status { json, url } => block_on(cli::status(&url, json)),
         Command::Token { command } => block_on(token(command)),
+        Command::Cluster {
+            command: ClusterCommand::Status { json, url },
+        } => block_on(cli::cluster::status(&url, json)),
         Command::Repair { data_dir } => hadron_server::repair::run(
             &data_dir.unwrap_or_else(|| PathBuf::from(hadron_server::DATA_DIR_DEFAULT)),
         ),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hadron::{Client, Error, NewEvent};
 use hadron_tests::cluster::{Cluster, ClusterOptions};
-use hadron_tests::{Frame, RawConn, fetch_all};
+use hadron_tests::{Frame, RawConn, fetch_all, run_cli};
 use hadron_wire::{ErrorCode, Message};
 
 const STREAM: &str = "orders";
@@ -189,6 +189,43 @@ async fn three_nodes_replicate_publishes_and_followers_name_the_leader() {
     let ids: Vec<&str> = records.iter().map(|(_, e)| e.id.as_str()).collect();
     let expected: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
     assert_eq!(ids, expected);
+
+    // `hadron cluster status` asks every node: one leader, no lag.
+    let urls: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.node(id).addr())
+        .collect();
+    let out = run_cli(
+        &["cluster", "status", "--json", "--url", &urls.join(",")],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let p0 = doc["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["stream"] == STREAM && p["partition"] == 0)
+        .unwrap();
+    assert_eq!(p0["leader"], leader);
+    let lags: Vec<u64> = p0["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["lag"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lags, [0, 0, 0], "{doc}");
+    let text = run_cli(
+        &["cluster", "status", "--url", &urls.join(",")],
+        Duration::from_secs(30),
+    );
+    assert!(
+        text.stdout
+            .contains(&format!("{STREAM}/0: leader node {leader}")),
+        "{}",
+        text.stdout
+    );
 
     // A follower: NotLeader, naming the leader.
     let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
