@@ -91,9 +91,11 @@ const LOAD_BYTES_MAX: u64 = 4 << 20;
 
 struct Inner<S: Storage> {
     log: Rc<Log<S>>,
-    /// The log's entries from `cache_first` to its last index.
+    /// The log's entries from `cache_first` to its last index, and the
+    /// bytes of their data.
     cache: VecDeque<Entry>,
     cache_first: u64,
+    cache_bytes: usize,
     /// Hard state and conf state as recorded by the Ready cycle (live) and
     /// as `log.meta` holds them (durable).
     hs: HardState,
@@ -125,7 +127,27 @@ impl<S: Storage> Inner<S> {
         if self.cache.is_empty() {
             self.cache_first = e.index;
         }
+        self.cache_bytes += e.data.len();
         self.cache.push_back(e.clone());
+    }
+
+    /// Drops the oldest cached entry.
+    fn cache_pop(&mut self) -> bool {
+        match self.cache.pop_front() {
+            Some(e) => {
+                self.cache_bytes -= e.data.len();
+                self.cache_first += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps the first `keep` cached entries.
+    fn cache_truncate(&mut self, keep: usize) {
+        let dropped: usize = self.cache.iter().skip(keep).map(|e| e.data.len()).sum();
+        self.cache_bytes -= dropped;
+        self.cache.truncate(keep);
     }
 }
 
@@ -292,6 +314,7 @@ impl<S: Storage> EngineLogStore<S> {
             log,
             cache,
             cache_first,
+            cache_bytes,
             hs,
             conf,
             recorded,
@@ -380,10 +403,24 @@ impl<S: Storage> EngineLogStore<S> {
     /// read again but to send them to a follower far behind).
     pub fn release_below(&self, index: u64) {
         let mut inner = self.0.borrow_mut();
-        while inner.cache_first < index && !inner.cache.is_empty() {
-            inner.cache.pop_front();
-            inner.cache_first += 1;
-        }
+        while inner.cache_first < index && inner.cache_pop() {}
+    }
+
+    /// Drops applied entries (those up to `applied`) from the cache,
+    /// keeping the newest `lag_entries` of them for followers a little
+    /// behind, and fewer when the cache holds over `bytes_max` bytes:
+    /// followers further back are served by catch-up reads.
+    pub fn release_applied(&self, applied: u64, lag_entries: u64, bytes_max: usize) {
+        let mut inner = self.0.borrow_mut();
+        while inner.cache_first <= applied
+            && (inner.cache_first + lag_entries <= applied || inner.cache_bytes > bytes_max)
+            && inner.cache_pop()
+        {}
+    }
+
+    /// Bytes of entry data in the cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.0.borrow().cache_bytes
     }
 
     /// The log under the store.
@@ -423,10 +460,10 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
             inner.staged.truncate(keep_staged);
             inner.fetches.cut(first_new);
             if first_new <= inner.cache_first {
-                inner.cache.clear();
+                inner.cache_truncate(0);
             } else {
                 let keep = (first_new - inner.cache_first) as usize;
-                inner.cache.truncate(keep);
+                inner.cache_truncate(keep);
             }
         }
         for e in entries {

@@ -169,6 +169,50 @@ fn engine_store_loads_the_newest_entries_within_its_byte_limit() {
     assert_eq!(store.first_index().unwrap(), 1);
 }
 
+/// Applied entries leave the cache, keeping the newest `lag_entries` of
+/// them unless they take more than `bytes_max`; unapplied ones stay
+/// whatever their size; a cut keeps the byte count right.
+#[test]
+fn engine_store_releases_applied_entries_by_count_and_bytes() {
+    let sim = SimStorage::new(12, SimFaults::default());
+    let mut store = open(&sim);
+    let mut appended = vec![Entry::default()];
+    for i in 1..=20 {
+        let e = entry(0, i, 1, next_offset(&store), 1_000);
+        store.append(std::slice::from_ref(&e)).unwrap();
+        appended.push(e);
+    }
+    let bytes = |from: usize, to: usize| {
+        appended[from..=to]
+            .iter()
+            .map(|e| e.data.len())
+            .sum::<usize>()
+    };
+    assert_eq!(store.cache_bytes(), bytes(1, 20));
+    let cached_from = |s: &EngineLogStore<SimStorage>| {
+        (1..=20)
+            .find(|&i| {
+                s.entries(i, 21, None, GetEntriesContext::empty(false))
+                    .is_ok()
+            })
+            .unwrap()
+    };
+    // 15 applied, keep 4 of them: entries from 12 on stay.
+    store.release_applied(15, 4, usize::MAX);
+    assert_eq!(cached_from(&store), 12);
+    assert_eq!(store.cache_bytes(), bytes(12, 20));
+    // Over the byte limit: applied ones go even within the lag, never
+    // the unapplied 16..=20.
+    store.release_applied(15, 4, bytes(19, 20));
+    assert_eq!(cached_from(&store), 16);
+    assert_eq!(store.cache_bytes(), bytes(16, 20));
+    // A conflicting suffix from 19: the bytes of 19 and 20 leave too.
+    let e = entry(0, 19, 2, 0, 10);
+    block_on(store.persist()).unwrap();
+    store.append(std::slice::from_ref(&e)).unwrap();
+    assert_eq!(store.cache_bytes(), bytes(16, 18) + e.data.len());
+}
+
 /// What the store refuses: a gap, a cut into the committed prefix, a
 /// batch stamped with another index.
 #[test]

@@ -367,19 +367,20 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         (group.is_leader() && self.ready_term.get() != group.term()).then(|| group.term())
     }
 
-    /// Drops entries the group will not read again from memory.
+    /// Drops applied entries from memory, keeping a few for followers a
+    /// little behind (further back, catch-up reads serve them).
     fn release_applied(&self) {
         let applied = self.group.borrow().applied();
-        // Keep some behind the applied index for followers a little
-        // behind; further back, they are read from the log.
         self.store
-            .release_below(applied.saturating_sub(RELEASE_LAG_ENTRIES));
+            .release_applied(applied, RELEASE_LAG_ENTRIES, RELEASE_KEEP_BYTES_MAX);
     }
 }
 
-/// Entries kept in memory below the applied index for followers a little
-/// behind.
-const RELEASE_LAG_ENTRIES: u64 = 4_096;
+/// Applied entries kept in memory for followers a little behind, at most
+/// this many ...
+const RELEASE_LAG_ENTRIES: u64 = 1_024;
+/// ... and while the in-memory entries take at most this many bytes.
+const RELEASE_KEEP_BYTES_MAX: usize = 32 << 20;
 
 /// Encodes `records` as a batch of events stamped at `now`, to be
 /// restamped with its place when proposed.
