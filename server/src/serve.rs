@@ -179,10 +179,12 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
                 .or(file.as_ref().map(|c| c.node_id))
                 .ok_or("--peer needs --node-id (or cluster.nodeId in the config file)")?,
             peers: if peers.is_empty() {
-                file.map(|c| c.peers).unwrap_or_default()
+                file.as_ref().map(|c| c.peers.clone()).unwrap_or_default()
             } else {
                 peers.clone()
             },
+            secret_file: file.and_then(|c| c.secret_file),
+            secret: Default::default(),
         });
     }
     if config.token.is_none()
@@ -194,6 +196,11 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
         .validate()
         .and_then(|()| config.check_exposure())
         .map_err(|e| format!("invalid configuration: {e}"))?;
+    if let Some(cluster) = &mut config.cluster {
+        cluster
+            .load_secret()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+    }
     Ok((config, declared))
 }
 

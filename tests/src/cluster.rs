@@ -29,6 +29,9 @@ pub struct ClusterOptions {
     pub settings: String,
     /// A [`FaultProxy`] in front of every directed peer link.
     pub proxies: bool,
+    /// Per node (by index), the cluster secret written to its
+    /// `cluster.secretFile`; none when empty.
+    pub secrets: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -38,6 +41,7 @@ impl Default for ClusterOptions {
             resources: String::new(),
             settings: String::new(),
             proxies: false,
+            secrets: Vec::new(),
         }
     }
 }
@@ -48,6 +52,8 @@ pub struct Cluster {
     nodes: Vec<Server>,
     /// `proxies[a][b]`: node `a + 1`'s link to node `b + 1`.
     proxies: Vec<Vec<Option<FaultProxy>>>,
+    /// The secret files, kept while the nodes may restart.
+    _secrets: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -71,8 +77,15 @@ impl Cluster {
             }
         }
         let mut nodes = Vec::with_capacity(n);
+        let secrets = tempfile::tempdir().expect("a temporary directory");
         for a in 0..n {
-            let mut config = format!("cluster:\n  nodeId: {}\n  peers:\n", a + 1);
+            let mut config = format!("cluster:\n  nodeId: {}\n", a + 1);
+            if let Some(secret) = options.secrets.get(a) {
+                let path = secrets.path().join(format!("secret-{}", a + 1));
+                std::fs::write(&path, secret).expect("the secret file");
+                config.push_str(&format!("  secretFile: {}\n", path.display()));
+            }
+            config.push_str("  peers:\n");
             for b in 0..n {
                 let peer_port = match &proxies[a][b] {
                     Some(p) => p.addr().port(),
@@ -96,7 +109,11 @@ impl Cluster {
                 ..ServerOptions::default()
             }));
         }
-        Cluster { nodes, proxies }
+        Cluster {
+            nodes,
+            proxies,
+            _secrets: secrets,
+        }
     }
 
     /// Node `id` (from 1).

@@ -435,3 +435,62 @@ async fn a_node_cut_off_from_the_rest_refuses_publishes_with_not_leader() {
     cluster.rejoin(lonely);
     await_converged(&mut cluster, 0).await;
 }
+
+/// Peers prove the cluster secret: two nodes sharing it form a majority
+/// and serve; a third with another secret is refused by both (their log
+/// says why) and never learns of any entry. A cluster whose peers go
+/// beyond loopback with no secret does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_cluster_secret_is_refused() {
+    let good = "0123456789abcdef0123456789abcdef";
+    let mut cluster = Cluster::start(ClusterOptions {
+        resources: resources(1),
+        secrets: vec![
+            good.into(),
+            good.into(),
+            "another secret, 32 bytes long!!".into(),
+        ],
+        ..ClusterOptions::default()
+    });
+    let leader = await_leader(&mut cluster, 0, None).await;
+    assert_ne!(leader, 3, "the node without the secret cannot lead");
+    let publisher = cluster
+        .client(leader)
+        .publisher_for(STREAM, "app")
+        .await
+        .unwrap();
+    for i in 0..5 {
+        assert_eq!(
+            publisher
+                .publish_to(0, event(&format!("s{i}")))
+                .await
+                .unwrap()
+                .offset,
+            i
+        );
+    }
+    let outsider = cluster.replica_status(3, STREAM, 0).await.unwrap();
+    assert_eq!(outsider["last_index"], 0, "{outsider}");
+    let log = cluster.node(leader).log();
+    assert!(log.contains("does not prove the cluster secret"), "{log}");
+
+    let out = run_cli(
+        &[
+            "server",
+            "--check-config",
+            "--node-id",
+            "1",
+            "--peer",
+            "1=127.0.0.1:7000",
+            "--peer",
+            "2=10.0.0.2:7000",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no cluster secret is set"),
+        "{}",
+        out.stderr
+    );
+}

@@ -100,6 +100,36 @@ pub struct ClusterConfig {
     pub node_id: u64,
     /// Every node, this one included.
     pub peers: Vec<PeerSpec>,
+    /// A file holding the secret every node shares (its bytes, trailing
+    /// whitespace cut), read at start; [`CLUSTER_SECRET_ENV`] instead.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The secret, once read (never from YAML).
+    #[serde(skip)]
+    pub secret: ClusterSecret,
+}
+
+/// The environment variable that holds the cluster secret when
+/// `cluster.secretFile` is not given.
+pub const CLUSTER_SECRET_ENV: &str = "HADRON_CLUSTER_SECRET";
+/// The shortest secret accepted, in bytes.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
+/// The longest secret file read.
+pub const CLUSTER_SECRET_BYTES_MAX: usize = 4096;
+
+/// The secret peers prove they know (HMAC of a challenge, see
+/// `replication/peer_frame.rs`); empty when none is set. Never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClusterSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("ClusterSecret(none)")
+        } else {
+            f.write_str("ClusterSecret(..)")
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -171,6 +201,54 @@ impl ClusterConfig {
         self.peers.len()
     }
 
+    /// Reads the secret: `secretFile`, else [`CLUSTER_SECRET_ENV`]. Then
+    /// refuses a cluster whose peer addresses go beyond loopback with no
+    /// secret, or a secret shorter than [`CLUSTER_SECRET_BYTES_MIN`].
+    pub fn load_secret(&mut self) -> Result<(), String> {
+        let secret = match &self.secret_file {
+            Some(path) => {
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| format!("cluster.secretFile {}: {e}", path.display()))?;
+                if meta.len() > CLUSTER_SECRET_BYTES_MAX as u64 {
+                    return Err(format!(
+                        "cluster.secretFile {}: {} bytes (at most {CLUSTER_SECRET_BYTES_MAX})",
+                        path.display(),
+                        meta.len()
+                    ));
+                }
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("cluster.secretFile {}: {e}", path.display()))?;
+                let end = bytes
+                    .iter()
+                    .rposition(|b| !b.is_ascii_whitespace())
+                    .map_or(0, |i| i + 1);
+                bytes[..end].to_vec()
+            }
+            None => std::env::var(CLUSTER_SECRET_ENV)
+                .map(String::into_bytes)
+                .unwrap_or_default(),
+        };
+        if !secret.is_empty() && secret.len() < CLUSTER_SECRET_BYTES_MIN {
+            return Err(format!(
+                "cluster secret: {} bytes, at least {CLUSTER_SECRET_BYTES_MIN} (say `openssl rand -hex 32`)",
+                secret.len()
+            ));
+        }
+        if secret.is_empty() && self.nodes() > 1 {
+            for peer in &self.peers {
+                let address = peer.peer_address()?;
+                if !is_loopback(&address) {
+                    return Err(format!(
+                        "cluster.peers: node {} takes peer connections at {address}, beyond loopback, and no cluster secret is set: any host reaching it could speak Raft to it; set cluster.secretFile (or {CLUSTER_SECRET_ENV}) on every node",
+                        peer.id
+                    ));
+                }
+            }
+        }
+        self.secret = ClusterSecret(secret);
+        Ok(())
+    }
+
     /// The node `id`, if listed.
     pub fn peer(&self, id: u64) -> Option<&PeerSpec> {
         self.peers.iter().find(|p| p.id == id)
@@ -204,6 +282,17 @@ fn placement_hash(stream: &str, partition: u32) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// Whether `host:port` names this machine's loopback (an IP in
+/// 127.0.0.0/8 or ::1, or `localhost`).
+fn is_loopback(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `host:port`: a non-empty host of at most [`PEER_ADDRESS_BYTES_MAX`]

@@ -4,8 +4,12 @@
 //! ```text
 //!  frame  := u32 body_len | u32 crc32(body) | body        (little-endian)
 //!  body   := u8 kind | ...
-//!  kind 1, hello (first frame of a connection, from the dialling side):
-//!           "HDRPEER1" | u64 node_id | u16 shard | u16 shards
+//!  kind 3, challenge (first frame, from the accepting side):
+//!           32 random bytes
+//!  kind 1, hello (the dialling side's answer):
+//!           "HDRPEER1" | u64 node_id | u16 shard | u16 shards | mac[32]
+//!           mac = HMAC-SHA256(cluster secret, "HDRPEER1" | challenge
+//!                             | node_id | shard | shards)
 //!  kind 2, raft messages (any number of groups):
 //!           u32 count | count x ( u16 stream_len | stream | u32 partition
 //!                                 | u32 msg_len | raft Message, protobuf )
@@ -13,13 +17,17 @@
 //!
 //! - `body_len` is at most [`PEER_FRAME_BYTES_MAX`]: checked before the body
 //!   is read, so a peer costs at most one frame of memory.
+//! - **Authentication**: the dialling node proves it knows the cluster
+//!   secret (`cluster.secretFile`) by the MAC of a fresh challenge, so a
+//!   hello cannot be replayed; the accepting side checks it in constant
+//!   time before it decodes anything else. A cluster whose peers are all on
+//!   loopback may run without a secret (the MAC is then keyed by nothing).
 //! - The raft `Message` is raft-rs's own protobuf encoding. protobuf 2.28
 //!   has an advisory about deep recursion on untrusted input
 //!   (RUSTSEC-2024-0437): a message is decoded only from a connection whose
-//!   hello named a node of `cluster.peers` on the same shard, inside a
-//!   bounded frame whose checksum matched, and raft's `Message` nests at
-//!   most four levels. Peers are not authenticated by a secret yet: bind
-//!   `peerAddress` to a private network (docs/operations.md).
+//!   hello proved the secret and named a node of `cluster.peers` on the
+//!   same shard, inside a bounded frame whose checksum matched, and raft's
+//!   `Message` nests at most four levels.
 //! - Connections carry one direction: each node dials every other for the
 //!   messages it sends, so a cut of one direction is one connection.
 
@@ -40,13 +48,66 @@ pub const PEER_STREAM_BYTES_MAX: usize = 255;
 const HELLO_MAGIC: &[u8; 8] = b"HDRPEER1";
 const KIND_HELLO: u8 = 1;
 const KIND_RAFT: u8 = 2;
+const KIND_CHALLENGE: u8 = 3;
+/// Bytes of a challenge and of a MAC.
+pub const CHALLENGE_BYTES: usize = 32;
 
-/// The first frame of a peer connection.
+/// The dialling side's first frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     pub node_id: u64,
     pub shard: u16,
     pub shards: u16,
+    /// HMAC-SHA256 of the challenge and the fields above ([`hello_mac`]).
+    pub mac: [u8; CHALLENGE_BYTES],
+}
+
+/// What a hello's MAC covers.
+fn mac_input(challenge: &[u8; CHALLENGE_BYTES], node_id: u64, shard: u16, shards: u16) -> Vec<u8> {
+    let mut m = Vec::with_capacity(8 + CHALLENGE_BYTES + 12);
+    m.put_slice(HELLO_MAGIC);
+    m.put_slice(challenge);
+    m.put_u64_le(node_id);
+    m.put_u16_le(shard);
+    m.put_u16_le(shards);
+    m
+}
+
+/// The hello of node `node_id`'s shard `shard` (of `shards`) answering
+/// `challenge`, keyed by the cluster `secret`.
+pub fn hello_mac(
+    secret: &[u8],
+    challenge: &[u8; CHALLENGE_BYTES],
+    node_id: u64,
+    shard: u16,
+    shards: u16,
+) -> Hello {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, &mac_input(challenge, node_id, shard, shards));
+    let mut mac = [0u8; CHALLENGE_BYTES];
+    mac.copy_from_slice(tag.as_ref());
+    Hello {
+        node_id,
+        shard,
+        shards,
+        mac,
+    }
+}
+
+/// Whether `hello` answers `challenge` with the cluster `secret`
+/// (compared in constant time).
+pub fn hello_verifies(secret: &[u8], challenge: &[u8; CHALLENGE_BYTES], hello: &Hello) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let input = mac_input(challenge, hello.node_id, hello.shard, hello.shards);
+    ring::hmac::verify(&key, &input, &hello.mac).is_ok()
+}
+
+/// A fresh challenge.
+pub fn challenge() -> Result<[u8; CHALLENGE_BYTES], String> {
+    let mut c = [0u8; CHALLENGE_BYTES];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut c)
+        .map_err(|_| "no random bytes for a peer challenge".to_string())?;
+    Ok(c)
 }
 
 /// One raft message for the group of `stream`/`partition`.
@@ -60,8 +121,17 @@ pub struct Addressed {
 /// A decoded frame body.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerFrame {
+    Challenge([u8; CHALLENGE_BYTES]),
     Hello(Hello),
     Raft(Vec<Addressed>),
+}
+
+/// The challenge frame.
+pub fn encode_challenge(challenge: &[u8; CHALLENGE_BYTES]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(1 + CHALLENGE_BYTES);
+    body.put_u8(KIND_CHALLENGE);
+    body.put_slice(challenge);
+    frame(&body)
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
@@ -74,12 +144,13 @@ fn frame(body: &[u8]) -> Vec<u8> {
 
 /// The hello frame.
 pub fn encode_hello(hello: Hello) -> Vec<u8> {
-    let mut body = Vec::with_capacity(21);
+    let mut body = Vec::with_capacity(21 + CHALLENGE_BYTES);
     body.put_u8(KIND_HELLO);
     body.put_slice(HELLO_MAGIC);
     body.put_u64_le(hello.node_id);
     body.put_u16_le(hello.shard);
     body.put_u16_le(hello.shards);
+    body.put_slice(&hello.mac);
     frame(&body)
 }
 
@@ -165,15 +236,28 @@ pub fn decode_body(body: &[u8], crc: u32) -> Result<PeerFrame, String> {
             if take(&mut b, 8, "the hello")? != HELLO_MAGIC {
                 return Err("a peer hello without the HDRPEER1 magic".into());
             }
-            let hello = Hello {
-                node_id: u64_of(&mut b, "the hello")?,
-                shard: u16_of(&mut b, "the hello")?,
-                shards: u16_of(&mut b, "the hello")?,
-            };
+            let node_id = u64_of(&mut b, "the hello")?;
+            let shard = u16_of(&mut b, "the hello")?;
+            let shards = u16_of(&mut b, "the hello")?;
+            let mut mac = [0u8; CHALLENGE_BYTES];
+            mac.copy_from_slice(take(&mut b, CHALLENGE_BYTES, "the hello's MAC")?);
             if !b.is_empty() {
                 return Err(format!("{} bytes after a peer hello", b.len()));
             }
-            Ok(PeerFrame::Hello(hello))
+            Ok(PeerFrame::Hello(Hello {
+                node_id,
+                shard,
+                shards,
+                mac,
+            }))
+        }
+        KIND_CHALLENGE => {
+            let mut c = [0u8; CHALLENGE_BYTES];
+            c.copy_from_slice(take(&mut b, CHALLENGE_BYTES, "the challenge")?);
+            if !b.is_empty() {
+                return Err(format!("{} bytes after a peer challenge", b.len()));
+            }
+            Ok(PeerFrame::Challenge(c))
         }
         KIND_RAFT => {
             let count = u32_of(&mut b, "the message count")? as usize;
@@ -243,17 +327,36 @@ mod tests {
     }
 
     #[test]
-    fn hello_and_messages_round_trip() {
-        let hello = Hello {
-            node_id: 3,
-            shard: 1,
-            shards: 4,
-        };
+    fn a_hello_proves_the_secret_for_its_challenge_only() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let c = challenge().unwrap();
+        assert_ne!(c, challenge().unwrap(), "fresh challenges differ");
+        let hello = hello_mac(secret, &c, 3, 1, 4);
+        let f = encode_challenge(&c);
+        let (_, crc, body) = split(&f);
+        assert_eq!(decode_body(body, crc).unwrap(), PeerFrame::Challenge(c));
         let f = encode_hello(hello);
         let (len, crc, body) = split(&f);
         assert_eq!(len, body.len());
-        assert_eq!(decode_body(body, crc).unwrap(), PeerFrame::Hello(hello));
+        let PeerFrame::Hello(got) = decode_body(body, crc).unwrap() else {
+            panic!("not a hello");
+        };
+        assert_eq!(got, hello);
+        assert!(hello_verifies(secret, &c, &got));
+        // Another secret, another challenge (a replay), another claimed
+        // node or shard: refused.
+        assert!(!hello_verifies(
+            b"another secret of enough bytes!!",
+            &c,
+            &got
+        ));
+        assert!(!hello_verifies(secret, &challenge().unwrap(), &got));
+        assert!(!hello_verifies(secret, &c, &Hello { node_id: 2, ..got }));
+        assert!(!hello_verifies(secret, &c, &Hello { shard: 0, ..got }));
+    }
 
+    #[test]
+    fn messages_round_trip() {
         let mut heartbeat = Message::default();
         heartbeat.set_msg_type(MessageType::MsgHeartbeat);
         heartbeat.to = 3;
@@ -301,6 +404,8 @@ mod tests {
         let e = |b: &[u8]| decode_body(b, crc32fast::hash(b)).unwrap_err();
         assert!(e(&[9]).contains("unknown kind 9"));
         assert!(e(b"\x01HDRPEER2aaaaaaaaaaaa").contains("magic"));
+        assert!(e(&[KIND_CHALLENGE, 1, 2, 3]).contains("challenge"));
+        assert!(e(b"\x01HDRPEER1aaaaaaaaaaaa").contains("MAC"));
         let mut many = vec![KIND_RAFT];
         many.extend_from_slice(&((PEER_FRAME_MESSAGES_MAX + 1) as u32).to_le_bytes());
         assert!(e(&many).contains("messages"));

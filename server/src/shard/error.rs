@@ -617,39 +617,10 @@ impl Error {
             ),
             E::ShuttingDown => write!(f, "the server is shutting down"),
             E::ShardGone { shard } => write!(f, "shard {shard} is gone"),
-            E::NotLeader {
-                stream,
-                partition,
-                leader,
-            } => match leader {
-                Some(l) => write!(
-                    f,
-                    "{stream}/{partition}: this node does not lead it; node {} at {} does (term {})",
-                    l.node_id, l.address, l.term
-                ),
-                None => write!(
-                    f,
-                    "{stream}/{partition}: this node does not lead it and no leader is known yet (an election is running); retry after a pause"
-                ),
-            },
-            E::NotOnReplicated { stream, what } => write!(
-                f,
-                "stream {stream:?} is replicated, and {what} on replicated streams are not built yet (their state would not survive a failover); use fetch, or a stream with replicas: 1"
-            ),
-            E::ReplicationBusy { stream, partition } => write!(
-                f,
-                "{stream}/{partition}: too much is proposed and not yet committed by a majority of its replicas (at most {} proposals queued, {} bytes uncommitted); retry later",
-                crate::replication::PROPOSALS_QUEUED_MAX,
-                crate::replication::UNCOMMITTED_BYTES_MAX
-            ),
-            E::ReplicationStopped {
-                stream,
-                partition,
-                why,
-            } => write!(
-                f,
-                "{stream}/{partition}: replication on this node stopped: {why}"
-            ),
+            E::NotLeader { .. }
+            | E::NotOnReplicated { .. }
+            | E::ReplicationBusy { .. }
+            | E::ReplicationStopped { .. } => self.fmt_replication(f),
             // Written by `fmt` and `fmt_request`.
             other => write!(f, "{other:?}"),
         }
@@ -734,3 +705,46 @@ impl fmt::Display for AppendFailed {
 
 #[cfg(test)]
 mod tests;
+
+impl Error {
+    /// The messages of the errors about replicated partitions.
+    fn fmt_replication(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Error as E;
+        match self {
+            E::NotLeader {
+                stream,
+                partition,
+                leader,
+            } => match leader {
+                Some(l) => write!(
+                    f,
+                    "{stream}/{partition}: this node does not lead it; node {} at {} does (term {})",
+                    l.node_id, l.address, l.term
+                ),
+                None => write!(
+                    f,
+                    "{stream}/{partition}: this node does not lead it and no leader is known yet (an election is running); retry after a pause"
+                ),
+            },
+            E::NotOnReplicated { stream, what } => write!(
+                f,
+                "stream {stream:?} is replicated, and {what} on replicated streams are not built yet (their state would not survive a failover); use fetch, or a stream with replicas: 1"
+            ),
+            E::ReplicationBusy { stream, partition } => write!(
+                f,
+                "{stream}/{partition}: too much is proposed and not yet committed by a majority of its replicas (at most {} proposals queued, {} bytes uncommitted); retry later",
+                crate::replication::PROPOSALS_QUEUED_MAX,
+                crate::replication::UNCOMMITTED_BYTES_MAX
+            ),
+            E::ReplicationStopped {
+                stream,
+                partition,
+                why,
+            } => write!(
+                f,
+                "{stream}/{partition}: replication on this node stopped: {why}"
+            ),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}

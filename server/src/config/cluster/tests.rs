@@ -13,6 +13,8 @@ fn three() -> ClusterConfig {
                 peer_address: None,
             })
             .collect(),
+        secret_file: None,
+        secret: ClusterSecret::default(),
     }
 }
 
@@ -257,4 +259,32 @@ fn stream_replicas_parse_and_persist_only_when_set() {
     ))
     .unwrap();
     assert!(!plain.contains("replicas"), "{plain}");
+}
+
+#[test]
+fn a_cluster_beyond_loopback_needs_a_secret_of_16_bytes_or_more() {
+    let mut c = three();
+    let e = c.load_secret().unwrap_err();
+    assert!(
+        e.contains("beyond loopback") && e.contains("cluster.secretFile"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, "short\n").unwrap();
+    c.secret_file = Some(path.clone());
+    assert!(c.load_secret().unwrap_err().contains("at least 16"));
+    std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+    c.load_secret().unwrap();
+    assert_eq!(c.secret.0, b"0123456789abcdef0123");
+    assert_eq!(format!("{:?}", c.secret), "ClusterSecret(..)");
+    c.secret_file = Some(dir.path().join("missing"));
+    assert!(c.load_secret().unwrap_err().contains("missing"));
+    // All on loopback: no secret needed.
+    let mut local = three();
+    for p in &mut local.peers {
+        p.address = format!("127.0.0.1:70{}0", p.id);
+    }
+    local.load_secret().unwrap();
+    assert!(local.secret.0.is_empty());
 }

@@ -9,12 +9,14 @@
 //!   shard id), says hello, and writes everything queued as one frame per
 //!   write. A failed dial or write drops the queue and retries after a
 //!   backoff from [`DIAL_BACKOFF_MIN`] doubling to [`DIAL_BACKOFF_MAX`].
-//! - **In:** [`listen`] accepts on this shard's peer port; a connection
-//!   must say hello within [`HELLO_TIMEOUT`] naming a node of
-//!   `cluster.peers` other than this one, on the same shard id of the same
-//!   shard count; then each frame's messages go to their partitions'
-//!   groups ([`Shard::on_peer_message`]). A bad frame closes the
-//!   connection (its framing is lost) and costs nothing else.
+//! - **In:** [`listen`] accepts on this shard's peer port and sends a
+//!   fresh challenge; the connection must answer with a hello within
+//!   [`HELLO_TIMEOUT`] whose MAC proves the cluster secret for that
+//!   challenge, naming a node of `cluster.peers` other than this one, on
+//!   the same shard id of the same shard count; then each frame's messages
+//!   go to their partitions' groups ([`Shard::on_peer_message`]). A bad
+//!   frame closes the connection (its framing is lost) and costs nothing
+//!   else.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +53,7 @@ pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 struct Link {
     node: u64,
     address: String,
+    secret: Rc<[u8]>,
     queue: RefCell<VecDeque<Vec<u8>>>,
     bytes: Cell<usize>,
     ready: Notify,
@@ -121,29 +124,28 @@ pub fn links(shard: &Rc<Shard>) -> Result<Rc<Links>, String> {
             links: HashMap::new(),
         }));
     };
-    let hello = Hello {
-        node_id: cluster.node_id,
-        shard: shard.id,
-        shards: shard.shards,
-    };
+    let me = (cluster.node_id, shard.id, shard.shards);
+    let secret: Rc<[u8]> = Rc::from(cluster.secret.0.as_slice());
     let mut links = HashMap::new();
     for peer in cluster.peers.iter().filter(|p| p.id != cluster.node_id) {
         let link = Rc::new(Link {
             node: peer.id,
             address: shard_peer_address(peer, shard.id)?,
+            secret: secret.clone(),
             queue: RefCell::new(VecDeque::new()),
             bytes: Cell::new(0),
             ready: Notify::default(),
             dropped: Cell::new(0),
         });
-        glommio::spawn_local(dial(link.clone(), hello)).detach();
+        glommio::spawn_local(dial(link.clone(), me)).detach();
         links.insert(peer.id, link);
     }
     Ok(Rc::new(Links { links }))
 }
 
-/// Keeps `link` connected and writes what is queued.
-async fn dial(link: Rc<Link>, hello: Hello) {
+/// Keeps `link` connected and writes what is queued; `me` is this
+/// node's id, shard id and shard count.
+async fn dial(link: Rc<Link>, me: (u64, u16, u16)) {
     let mut backoff = DIAL_BACKOFF_MIN;
     loop {
         let connected = match resolve(&link.address) {
@@ -159,7 +161,7 @@ async fn dial(link: Rc<Link>, hello: Hello) {
         if let Some(stream) = connected {
             backoff = DIAL_BACKOFF_MIN;
             tracing::debug!(node = link.node, address = %link.address, "peer link up");
-            if let Err(e) = write_queued(&link, stream, hello).await {
+            if let Err(e) = write_queued(&link, stream, me).await {
                 tracing::debug!(node = link.node, address = %link.address, "peer link down: {e}");
             }
         }
@@ -171,10 +173,35 @@ async fn dial(link: Rc<Link>, hello: Hello) {
     }
 }
 
-/// Says hello, then writes what is queued until a write fails.
-async fn write_queued(link: &Link, mut stream: TcpStream, hello: Hello) -> std::io::Result<()> {
+/// Answers the peer's challenge with a hello, then writes what is queued
+/// until a write fails.
+async fn write_queued(
+    link: &Link,
+    mut stream: TcpStream,
+    me: (u64, u16, u16),
+) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
-    stream.write_all(&peer_frame::encode_hello(hello)).await?;
+    let challenge = match select(
+        Box::pin(read_frame(&mut stream)),
+        Box::pin(glommio::timer::sleep(HELLO_TIMEOUT)),
+    )
+    .await
+    {
+        futures::future::Either::Left((Ok(PeerFrame::Challenge(c)), _)) => c,
+        futures::future::Either::Left((Ok(_), _)) => {
+            return Err("the peer did not begin with a challenge".into());
+        }
+        futures::future::Either::Left((Err(e), _)) => return Err(e),
+        futures::future::Either::Right(_) => {
+            return Err(format!("no challenge within {HELLO_TIMEOUT:?}"));
+        }
+    };
+    let hello = peer_frame::hello_mac(&link.secret, &challenge, me.0, me.1, me.2);
+    let io = |e: std::io::Error| format!("writing to the peer: {e}");
+    stream
+        .write_all(&peer_frame::encode_hello(hello))
+        .await
+        .map_err(io)?;
     loop {
         let generation = link.ready.generation();
         let batch = {
@@ -197,7 +224,10 @@ async fn write_queued(link: &Link, mut stream: TcpStream, hello: Hello) -> std::
             link.ready.changed_since(generation).await;
             continue;
         }
-        stream.write_all(&peer_frame::encode_raft(&batch)).await?;
+        stream
+            .write_all(&peer_frame::encode_raft(&batch))
+            .await
+            .map_err(io)?;
     }
 }
 
@@ -255,12 +285,27 @@ async fn read_frame(stream: &mut TcpStream) -> Result<PeerFrame, String> {
     peer_frame::decode_body(&body, crc)
 }
 
-/// Serves one incoming peer connection: its hello, then its messages.
+/// Serves one incoming peer connection: a challenge, its hello, then its
+/// messages.
 async fn serve_peer(shard: Rc<Shard>, mut stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let challenge = match peer_frame::challenge() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(shard = shard.id, %peer, "peer connection refused: {e}");
+            return;
+        }
+    };
+    if let Err(e) = stream
+        .write_all(&peer_frame::encode_challenge(&challenge))
+        .await
+    {
+        tracing::debug!(shard = shard.id, %peer, "peer connection lost: {e}");
+        return;
+    }
     let hello = match select(
         Box::pin(read_frame(&mut stream)),
         Box::pin(glommio::timer::sleep(HELLO_TIMEOUT)),
@@ -281,7 +326,7 @@ async fn serve_peer(shard: Rc<Shard>, mut stream: TcpStream) {
             return;
         }
     };
-    if let Err(why) = check_hello(&shard, hello) {
+    if let Err(why) = check_hello(&shard, &challenge, hello) {
         tracing::warn!(shard = shard.id, %peer, "peer connection refused: {why}");
         return;
     }
@@ -301,11 +346,11 @@ async fn serve_peer(shard: Rc<Shard>, mut stream: TcpStream) {
                     shard.on_peer_message(&m.stream, m.partition, m.msg);
                 }
             }
-            Ok(PeerFrame::Hello(_)) => {
+            Ok(PeerFrame::Hello(_) | PeerFrame::Challenge(_)) => {
                 tracing::warn!(
                     shard = shard.id,
                     node = hello.node_id,
-                    "peer said hello twice; closing"
+                    "peer sent a second handshake frame; closing"
                 );
                 return;
             }
@@ -321,12 +366,23 @@ async fn serve_peer(shard: Rc<Shard>, mut stream: TcpStream) {
     }
 }
 
-/// A hello is from another node of the cluster, to this shard id, with
-/// the same shard count.
-fn check_hello(shard: &Shard, hello: Hello) -> Result<(), String> {
+/// A hello proves the cluster secret for this connection's challenge, and
+/// is from another node of the cluster, to this shard id, with the same
+/// shard count.
+fn check_hello(
+    shard: &Shard,
+    challenge: &[u8; peer_frame::CHALLENGE_BYTES],
+    hello: Hello,
+) -> Result<(), String> {
     let Some(cluster) = &shard.settings.config.cluster else {
         return Err("this server is not in a cluster".into());
     };
+    if !peer_frame::hello_verifies(&cluster.secret.0, challenge, &hello) {
+        return Err(format!(
+            "the hello claiming node {} does not prove the cluster secret (cluster.secretFile differs between the nodes?)",
+            hello.node_id
+        ));
+    }
     if hello.node_id == cluster.node_id || cluster.peer(hello.node_id).is_none() {
         return Err(format!(
             "node {} is not another node of cluster.peers",

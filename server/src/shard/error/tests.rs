@@ -90,7 +90,45 @@ fn table() -> Vec<(Error, ErrorCode)> {
     let mut rows = connection_and_target_rows();
     rows.extend(settlement_and_storage_rows());
     rows.extend(token_rows());
+    rows.extend(replication_rows());
     rows
+}
+
+/// The rows of the errors about replicated partitions.
+fn replication_rows() -> Vec<(Error, ErrorCode)> {
+    use ErrorCode as C;
+    vec![
+        (
+            Error::NotLeader {
+                stream: "s".into(),
+                partition: 0,
+                leader: None,
+            },
+            C::NotLeader,
+        ),
+        (
+            Error::ReplicationBusy {
+                stream: "s".into(),
+                partition: 0,
+            },
+            C::LimitExceeded,
+        ),
+        (
+            Error::ReplicationStopped {
+                stream: "s".into(),
+                partition: 0,
+                why: "EIO".into(),
+            },
+            C::StorageError,
+        ),
+        (
+            Error::NotOnReplicated {
+                stream: "s".into(),
+                what: "consumer groups",
+            },
+            C::InvalidRequest,
+        ),
+    ]
 }
 
 /// The rows of the errors about tokens.
@@ -304,36 +342,6 @@ fn settlement_and_storage_rows() -> Vec<(Error, ErrorCode)> {
         (Error::ShuttingDown, C::ShuttingDown),
         (Error::ShardGone { shard: 3 }, C::ShuttingDown),
         (Error::Internal("bug".into()), C::Internal),
-        (
-            Error::NotLeader {
-                stream: "s".into(),
-                partition: 0,
-                leader: None,
-            },
-            C::NotLeader,
-        ),
-        (
-            Error::ReplicationBusy {
-                stream: "s".into(),
-                partition: 0,
-            },
-            C::LimitExceeded,
-        ),
-        (
-            Error::ReplicationStopped {
-                stream: "s".into(),
-                partition: 0,
-                why: "EIO".into(),
-            },
-            C::StorageError,
-        ),
-        (
-            Error::NotOnReplicated {
-                stream: "s".into(),
-                what: "consumer groups",
-            },
-            C::InvalidRequest,
-        ),
     ]
 }
 
