@@ -52,6 +52,8 @@
 //!                                  # signed by these CAs (mutual TLS)
 //! cluster:                    # default: none, a single node (node id 1)
 //!   nodeId: 1                 # this node, one of `peers`
+//!   secretFile: /etc/hadron/cluster.secret  # shared by every node; needed
+//!                             # when peers are beyond loopback
 //!   peers:                    # every node, this one included; ids >= 1,
 //!     - { id: 1, address: "10.0.0.1:7000" }  # unique; addresses distinct;
 //!     - { id: 2, address: "10.0.0.2:7000" }  # at most clusterNodesMax (64)
