@@ -5,7 +5,8 @@
 //! holds the same log.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hadron::{Client, Error, NewEvent};
@@ -87,12 +88,12 @@ async fn await_converged(cluster: &mut Cluster, partition: u32) -> u64 {
 async fn publish_until(
     clients: Vec<Client>,
     worker: usize,
-    stop: Arc<Mutex<bool>>,
+    stop: Arc<AtomicBool>,
 ) -> BTreeMap<String, u64> {
     let mut acked = BTreeMap::new();
     let mut at = worker % clients.len();
     let mut n = 0;
-    while !*stop.lock().unwrap() {
+    while !stop.load(Ordering::Relaxed) {
         let id = format!("w{worker}-{n}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -290,7 +291,7 @@ async fn repeated_leader_sigkills_under_durable_load_lose_no_acknowledged_event(
         resources: resources(1),
         ..ClusterOptions::default()
     });
-    let stop = Arc::new(Mutex::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<Client> = cluster
         .ids()
         .into_iter()
@@ -311,7 +312,7 @@ async fn repeated_leader_sigkills_under_durable_load_lose_no_acknowledged_event(
         cluster.node(leader).restart();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    *stop.lock().unwrap() = true;
+    stop.store(true, Ordering::Relaxed);
     let mut acked = BTreeMap::new();
     for w in workers {
         acked.extend(w.await.unwrap());
@@ -340,7 +341,7 @@ async fn cut_links_isolate_the_leader_and_the_rest_go_on_without_loss() {
         proxies: true,
         ..ClusterOptions::default()
     });
-    let stop = Arc::new(Mutex::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<Client> = cluster
         .ids()
         .into_iter()
@@ -379,7 +380,7 @@ async fn cut_links_isolate_the_leader_and_the_rest_go_on_without_loss() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     cluster.link(next, follower).heal();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    *stop.lock().unwrap() = true;
+    stop.store(true, Ordering::Relaxed);
     let mut acked = BTreeMap::new();
     for w in workers {
         acked.extend(w.await.unwrap());

@@ -46,6 +46,12 @@ use crate::shard::error::{Error, LeaderAt};
 /// dropped (Raft resends what matters).
 pub const INBOX_MESSAGES_MAX: usize = 4_096;
 
+/// Told a partition's leader and its term (`None`: not known) when they
+/// change.
+pub type OnLeader = Rc<dyn Fn(Option<(u64, u64)>)>;
+/// Where a node's shard takes clients, by node id and term.
+pub type LeaderAtFn = Rc<dyn Fn(u64, u64) -> Option<LeaderAt>>;
+
 /// How a replicated partition is set up on this node.
 #[derive(Clone)]
 pub struct ReplicaSpec {
@@ -56,9 +62,9 @@ pub struct ReplicaSpec {
     /// Where its messages go.
     pub net: GroupNet,
     /// The leader's address as a client reaches it, by node id and term.
-    pub leader_at: Rc<dyn Fn(u64, u64) -> Option<LeaderAt>>,
+    pub leader_at: LeaderAtFn,
     /// Told the leader and term whenever they change (Metadata).
-    pub on_leader: Rc<dyn Fn(Option<(u64, u64)>)>,
+    pub on_leader: OnLeader,
 }
 
 impl std::fmt::Debug for ReplicaSpec {
@@ -82,8 +88,8 @@ pub struct Replica<S: Storage, C: Clock> {
     /// The term this node leads in with its dedup window rebuilt.
     ready_term: Cell<u64>,
     stopped: RefCell<Option<String>>,
-    leader_at: Rc<dyn Fn(u64, u64) -> Option<LeaderAt>>,
-    on_leader: Rc<dyn Fn(Option<(u64, u64)>)>,
+    leader_at: LeaderAtFn,
+    on_leader: OnLeader,
     reported: Cell<Option<(u64, u64)>>,
     /// Messages dropped because the inbox was full.
     dropped: Cell<u64>,
