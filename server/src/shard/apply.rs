@@ -40,8 +40,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                         window_ms: stream_settings.dedup_window_ms,
                         keys_max: stream_settings.dedup_keys_max,
                     });
-                    if p.log.retention() != stream_settings.retention {
-                        p.log.set_retention(stream_settings.retention);
+                    if p.set_retention(stream_settings.retention) {
                         housekeeping::retain(&p).await;
                     }
                     continue;

@@ -225,6 +225,19 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     /// Makes the partition a replica of its Raft group (before it serves
     /// anything): its log becomes the group's log.
     pub async fn replicate(&mut self, spec: ReplicaSpec) -> Result<(), String> {
+        // Retention would strand a follower behind the deleted segments:
+        // raft would send it a snapshot, and installing one is not built
+        // yet (docs/replication.md section 8). Replicated logs keep
+        // everything until it is.
+        let retention = self.log.retention();
+        if retention != hadron_engine::Retention::default() {
+            tracing::warn!(
+                stream = %self.stream,
+                partition = self.partition,
+                "retention ({retention:?}) is not applied to replicated streams yet: this partition keeps all its events"
+            );
+            self.log.set_retention(hadron_engine::Retention::default());
+        }
         let replica = Replica::open(self.log.clone(), spec, self.clock.clone())
             .await
             .map_err(|e| {
@@ -235,6 +248,16 @@ impl<S: Storage, C: Clock> Partition<S, C> {
             })?;
         self.replica = Some(Rc::new(replica));
         Ok(())
+    }
+
+    /// Adopts an applied stream's retention, unless the partition is
+    /// replicated (see [`Partition::replicate`]). Returns whether it did.
+    pub fn set_retention(&self, retention: hadron_engine::Retention) -> bool {
+        if self.replica.is_some() || self.log.retention() == retention {
+            return false;
+        }
+        self.log.set_retention(retention);
+        true
     }
 
     /// The end of what readers may read: the high watermark when

@@ -60,12 +60,18 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 
 type SimPartition = Partition<SimStorage, SimClock>;
 
+/// Small segments, so that they roll and a cut crosses them; a retention
+/// that would delete most of them, which a replicated partition must not
+/// apply (a follower behind it would need a snapshot).
 fn log_config() -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 10,
         index_interval_bytes: 512,
         durability: Durability::Always,
-        retention: Retention::default(),
+        retention: Retention {
+            max_age_ms: None,
+            max_bytes: Some(128 << 10),
+        },
         write_bytes_max: 8 << 10,
         pending_bytes_max: 64 << 10,
         batch_bytes_max: 4 << 10,
