@@ -495,3 +495,54 @@ async fn a_node_without_the_cluster_secret_is_refused() {
         out.stderr
     );
 }
+
+/// Leadership goes back to the replica placement prefers once it is
+/// caught up: after its SIGKILL another node leads; restarted, it catches
+/// up and leads again, so leaders stay spread as placement spread them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_the_preferred_replica_after_it_restarts() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        resources: resources(1),
+        ..ClusterOptions::default()
+    });
+    let status = cluster.replica_status(1, STREAM, 0).await.unwrap();
+    let preferred = status["preferred"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while await_leader(&mut cluster, 0, None).await != preferred {
+        assert!(
+            Instant::now() < deadline,
+            "node {preferred} never took the lead"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publisher = cluster
+        .client(preferred)
+        .publisher_for(STREAM, "app")
+        .await
+        .unwrap();
+    publisher.publish_to(0, event("before")).await.unwrap();
+    cluster.node(preferred).kill_now();
+    let other = await_leader(&mut cluster, 0, Some(preferred)).await;
+    assert_ne!(other, preferred);
+    let publisher = cluster
+        .client(other)
+        .publisher_for(STREAM, "app")
+        .await
+        .unwrap();
+    publisher.publish_to(0, event("during")).await.unwrap();
+    cluster.node(preferred).restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if cluster.leader(STREAM, 0).await == Some(preferred) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leadership did not return to node {preferred}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = fetch_all(&cluster.client(preferred), STREAM, 0).await;
+    let ids: Vec<&str> = records.iter().map(|(_, e)| e.id.as_str()).collect();
+    assert_eq!(ids, ["before", "during"]);
+}

@@ -359,6 +359,33 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         self.raw.raft.raft_log.last_index()
     }
 
+    /// Hands leadership to `to` when this node leads, `to` is a voter
+    /// other than itself, and `to` has every entry of the log (so the
+    /// transfer takes one round: raft-rs sends it `MsgTimeoutNow`).
+    /// Returns whether a transfer started. Proposals made while it runs
+    /// are refused `NotLeader` naming `to`.
+    pub fn transfer_to_if_caught_up(&mut self, to: u64) -> bool {
+        if !self.is_leader() || to == self.settings.node_id || self.stopped.is_some() {
+            return false;
+        }
+        if self.raw.raft.lead_transferee.is_some() {
+            return false;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let caught_up = self
+            .raw
+            .raft
+            .prs()
+            .get(to)
+            .is_some_and(|p| p.matched == last);
+        let voter = self.raw.raft.prs().conf().voters().contains(to);
+        if caught_up && voter {
+            self.raw.transfer_leader(to);
+            return true;
+        }
+        false
+    }
+
     /// The conf state as last applied here.
     pub fn conf_state(&self) -> raft::eraftpb::ConfState {
         self.raw.raft.prs().conf().to_conf_state()

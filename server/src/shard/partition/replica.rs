@@ -88,6 +88,12 @@ pub struct Replica<S: Storage, C: Clock> {
     /// The term this node leads in with its dedup window rebuilt.
     ready_term: Cell<u64>,
     stopped: RefCell<Option<String>>,
+    /// The replica placement prefers as leader (the first voter): leaders
+    /// go back to it once it is caught up, so that they stay spread over
+    /// the nodes as placement spread them.
+    preferred: u64,
+    /// When leadership was last offered to `preferred`.
+    offered_at: Cell<Option<std::time::Duration>>,
     leader_at: LeaderAtFn,
     on_leader: OnLeader,
     reported: Cell<Option<(u64, u64)>>,
@@ -108,6 +114,7 @@ pub struct ReplicaStatus {
     pub last_index: u64,
     pub high_watermark: u64,
     pub voters: Vec<u64>,
+    pub preferred: u64,
     pub stopped: Option<String>,
 }
 
@@ -147,6 +154,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         }
         let commit = store.hard_state().commit;
         let high_watermark = offset_after(&log, commit).await?;
+        let preferred = spec.voters.first().copied().unwrap_or(0);
         let group = ReplicatedLog::new(spec.group, store.clone(), spec.net, clock)
             .map_err(|e| e.to_string())?;
         Ok(Replica {
@@ -157,6 +165,8 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             high_watermark: Cell::new(high_watermark),
             ready_term: Cell::new(0),
             stopped: RefCell::new(None),
+            preferred,
+            offered_at: Cell::new(None),
             leader_at: spec.leader_at,
             on_leader: spec.on_leader,
             reported: Cell::new(None),
@@ -264,6 +274,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             last_index: group.last_index(),
             high_watermark: self.high_watermark.get(),
             voters: group.conf_state().voters,
+            preferred: self.preferred,
             stopped: self.stopped.borrow().clone(),
         }
     }
@@ -338,6 +349,29 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             .saturating_sub(clock.now())
     }
 
+    /// On a leader that is not the preferred replica: offers leadership to
+    /// the preferred one once it is caught up, at most once per
+    /// [`PREFERRED_OFFER_EVERY`] (a transfer that did not happen is
+    /// retried then).
+    fn offer_to_preferred(&self, clock: &C) {
+        let now = clock.now();
+        let due = self
+            .offered_at
+            .get()
+            .is_none_or(|at| now >= at + PREFERRED_OFFER_EVERY);
+        if !due || !self.is_leader() {
+            return;
+        }
+        if self
+            .group
+            .borrow_mut()
+            .transfer_to_if_caught_up(self.preferred)
+        {
+            self.offered_at.set(Some(now));
+            self.wake.notify_all();
+        }
+    }
+
     /// Tells `on_leader` when the leader or term changed.
     fn report_leader(&self) {
         let now = self.leader();
@@ -381,6 +415,10 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             .release_applied(applied, RELEASE_LAG_ENTRIES, RELEASE_KEEP_BYTES_MAX);
     }
 }
+
+/// How often a leader that is not the preferred replica offers it
+/// leadership back, at most.
+const PREFERRED_OFFER_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Applied entries kept in memory for followers a little behind, at most
 /// this many ...
@@ -442,6 +480,7 @@ impl<S: Storage, C: Clock> super::Partition<S, C> {
                 }
                 self.appended.notify_all();
             }
+            replica.offer_to_preferred(self.clock());
             replica.report_leader();
             replica.release_applied();
             if replica.has_work() {
