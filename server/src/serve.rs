@@ -79,6 +79,8 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
     // Held until the process exits: two servers on one data dir would
     // corrupt it.
     let _lock = claim_data_dir(&mut config)?;
+    config::cluster::check_members(&config.data_dir, config.cluster.as_ref())
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     let topology = load_topology(&config, declared)?;
 
     raise_memlock(3 * config.io_memory_bytes as u64 * u64::from(config.shards) + (16 << 20));

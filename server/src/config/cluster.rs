@@ -273,6 +273,102 @@ impl ClusterConfig {
     }
 }
 
+/// The file in a data dir that records the cluster it belongs to.
+pub const MEMBERS_FILE: &str = "cluster.members";
+
+/// What [`MEMBERS_FILE`] holds: `node N` and `peers A,B,C` lines.
+fn members_text(node_id: u64, peers: &[u64]) -> String {
+    let ids: Vec<String> = peers.iter().map(u64::to_string).collect();
+    format!("node {node_id}\npeers {}\n", ids.join(","))
+}
+
+/// Reads [`MEMBERS_FILE`]'s (node id, sorted peer ids).
+fn parse_members(text: &str) -> Option<(u64, Vec<u64>)> {
+    let mut node = None;
+    let mut peers = None;
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("node", n)) => node = n.trim().parse().ok(),
+            Some(("peers", list)) => {
+                peers = list
+                    .split(',')
+                    .map(|id| id.trim().parse::<u64>().ok())
+                    .collect::<Option<Vec<u64>>>();
+            }
+            _ => return None,
+        }
+    }
+    Some((node?, peers?))
+}
+
+/// Holds a data dir to the cluster membership it was created with.
+/// Replica sets are placed from `peers`, and each partition's Raft voters
+/// are fixed when it is created: a node restarted with another node id or
+/// another set of peer ids would place partitions differently and could
+/// form a second majority of a group (two leaders in one term). Changing
+/// membership online (`hadron cluster add-node`) is not built yet, so such
+/// a start is refused, naming both memberships. A fresh data dir records
+/// the cluster's (a cluster of one records nothing); a data dir that a
+/// single node already used does not join a cluster (its logs have no
+/// Raft voters).
+pub fn check_members(
+    data_dir: &std::path::Path,
+    cluster: Option<&ClusterConfig>,
+) -> Result<(), String> {
+    let path = data_dir.join(MEMBERS_FILE);
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(parse_members(&text).ok_or_else(|| {
+            format!("{}: not `node N` and `peers A,B,...` lines", path.display())
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let wanted = cluster.filter(|c| c.nodes() > 1).map(|c| {
+        let mut ids: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        (c.node_id, ids)
+    });
+    match (recorded, wanted) {
+        (None, None) => Ok(()),
+        (Some((node, peers)), None) => Err(format!(
+            "{} says this data dir is node {node} of the cluster of nodes {peers:?}; start it with that cluster: (a data dir does not leave its cluster)",
+            path.display()
+        )),
+        (Some(had), Some(want)) if had == want => Ok(()),
+        (Some((node, peers)), Some((want_node, want_peers))) => Err(format!(
+            "{} says this data dir is node {node} of the cluster of nodes {peers:?}, but the configuration makes it node {want_node} of nodes {want_peers:?}: changing a cluster's members (cluster add-node/remove-node) is not built yet; start it with its recorded membership",
+            path.display()
+        )),
+        (None, Some((node, peers))) => {
+            if data_dir.join("resources.yaml").exists() {
+                return Err(format!(
+                    "{} holds data a single server wrote; a used data dir cannot join a cluster yet (its partitions have no Raft voters): start the cluster node on a fresh data dir",
+                    data_dir.display()
+                ));
+            }
+            write_members(&path, &members_text(node, &peers))
+        }
+    }
+}
+
+/// Writes [`MEMBERS_FILE`] durably (a temporary file, fsync, rename, fsync
+/// of the directory).
+fn write_members(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 /// FNV-1a of the stream name and partition: stable across builds and
 /// machines, as placement must be.
 fn placement_hash(stream: &str, partition: u32) -> u64 {

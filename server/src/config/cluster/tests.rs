@@ -288,3 +288,59 @@ fn a_cluster_beyond_loopback_needs_a_secret_of_16_bytes_or_more() {
     local.load_secret().unwrap();
     assert!(local.secret.0.is_empty());
 }
+
+#[test]
+fn a_data_dir_keeps_the_membership_it_was_created_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let c = three();
+    // Fresh: recorded; the same again: fine.
+    check_members(data, Some(&c)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(data.join(MEMBERS_FILE)).unwrap(),
+        "node 2\npeers 1,2,3\n"
+    );
+    check_members(data, Some(&c)).unwrap();
+    // Addresses may change; the ids may not.
+    let mut moved = three();
+    moved.peers[0].address = "10.9.9.9:7000".into();
+    check_members(data, Some(&moved)).unwrap();
+    let mut four = three();
+    four.peers.push(PeerSpec {
+        id: 4,
+        address: "10.0.0.4:7000".into(),
+        peer_address: None,
+    });
+    let e = check_members(data, Some(&four)).unwrap_err();
+    assert!(
+        e.contains("node 2 of the cluster of nodes [1, 2, 3]") && e.contains("[1, 2, 3, 4]"),
+        "{e}"
+    );
+    let mut other = three();
+    other.node_id = 3;
+    assert!(
+        check_members(data, Some(&other))
+            .unwrap_err()
+            .contains("node 3 of nodes")
+    );
+    // Without a cluster: refused too.
+    assert!(
+        check_members(data, None)
+            .unwrap_err()
+            .contains("does not leave its cluster")
+    );
+    // A single server's data dir records nothing, and does not join one.
+    let single = tempfile::tempdir().unwrap();
+    check_members(single.path(), None).unwrap();
+    assert!(!single.path().join(MEMBERS_FILE).exists());
+    std::fs::write(single.path().join("resources.yaml"), "").unwrap();
+    let e = check_members(single.path(), Some(&c)).unwrap_err();
+    assert!(e.contains("cannot join a cluster"), "{e}");
+    // A damaged file is named.
+    std::fs::write(data.join(MEMBERS_FILE), "garbage").unwrap();
+    assert!(
+        check_members(data, Some(&c))
+            .unwrap_err()
+            .contains(MEMBERS_FILE)
+    );
+}
