@@ -76,6 +76,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         .map(config::tls::server_config)
         .transpose()
         .map_err(|e| format!("invalid configuration: {e}"))?;
+    let peer_tls = peer_tls(&config).map_err(|e| format!("invalid configuration: {e}"))?;
     // Held until the process exits: two servers on one data dir would
     // corrupt it.
     let _lock = claim_data_dir(&mut config)?;
@@ -113,6 +114,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         open_connections,
         metrics,
         tls,
+        peer_tls,
         leaders: Arc::default(),
     };
     shard::run(settings, stop)?;
@@ -185,7 +187,8 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
             } else {
                 peers.clone()
             },
-            secret_file: file.and_then(|c| c.secret_file),
+            secret_file: file.as_ref().and_then(|c| c.secret_file.clone()),
+            peer_ca: file.and_then(|c| c.peer_ca),
             secret: Default::default(),
         });
     }
@@ -310,6 +313,28 @@ fn topology_of(
     Ok((topology, within_limits))
 }
 
+/// How a cluster node with `tls:` dials its peers: TLS, trusting
+/// `cluster.peerCa` (else `tls.clientCa`), presenting its own certificate.
+/// `None` without `tls:` or without a cluster of several nodes.
+fn peer_tls(config: &ServerConfig) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    let (Some(files), Some(cluster)) = (&config.tls, &config.cluster) else {
+        return Ok(None);
+    };
+    if cluster.nodes() < 2 {
+        return Ok(None);
+    }
+    let (ca, setting) = match (&cluster.peer_ca, &files.client_ca) {
+        (Some(ca), _) => (ca, "cluster.peerCa"),
+        (None, Some(ca)) => (ca, "tls.clientCa"),
+        (None, None) => {
+            return Err(
+                "cluster.peerCa: a cluster with tls: speaks TLS between its nodes too, and needs the CA that signed the nodes' certificates (cluster.peerCa, or tls.clientCa)".into(),
+            );
+        }
+    };
+    config::tls::peer_client_config(files, ca, setting).map(Some)
+}
+
 /// `hadron server --check-config`: resolves and validates the settings
 /// (the config file, the command line, `HADRON_TOKEN`), loads the TLS
 /// files when `tls:` names them, and checks the resources the file
@@ -319,6 +344,7 @@ pub fn check_config(args: &ServerArgs) -> Result<String, String> {
     if let Some(files) = &config.tls {
         config::tls::server_config(files)?;
     }
+    peer_tls(&config)?;
     let (topology, within_limits) = topology_of(&config, declared)?;
     within_limits.map_err(|message| format!("the config file's resources: {message}"))?;
     let counts = topology.counts();

@@ -546,3 +546,88 @@ async fn leadership_returns_to_the_preferred_replica_after_it_restarts() {
     let ids: Vec<&str> = records.iter().map(|(_, e)| e.id.as_str()).collect();
     assert_eq!(ids, ["before", "during"]);
 }
+
+/// A CA and one certificate for every node (127.0.0.1 and localhost, for
+/// serving and as a client), written as `ca.pem`, `node.pem`, `node.key`.
+#[expect(
+    clippy::unwrap_used,
+    reason = "test set-up: a failed step must fail the test at once"
+)]
+fn cluster_pki(dir: &std::path::Path) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "hadron cluster test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    leaf.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("node.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
+}
+
+/// With `tls:` (client certificates required), the nodes' peer links are
+/// TLS too, each node checking the others' certificates against the CA:
+/// publishes through any node replicate and commit, and a follower names
+/// the leader to a TLS client, which follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_nodes_replicate_over_tls() {
+    let pki = tempfile::tempdir().unwrap();
+    cluster_pki(pki.path());
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    let mut cluster = Cluster::start(ClusterOptions {
+        resources: resources(1),
+        settings: format!(
+            "tls:\n  cert: {}\n  key: {}\n  clientCa: {}\n",
+            p("node.pem"),
+            p("node.key"),
+            p("ca.pem")
+        ),
+        ..ClusterOptions::default()
+    });
+    let tls = hadron::TlsOptions::from_files(
+        Some(pki.path().join("ca.pem").as_path()),
+        Some(pki.path().join("node.pem").as_path()),
+        Some(pki.path().join("node.key").as_path()),
+    )
+    .unwrap();
+    let client = |id: u64, c: &mut Cluster| {
+        Client::new(
+            &format!("https://{}", c.node(id).addr()),
+            hadron::ClientOptions {
+                tls: tls.clone(),
+                publish_attempts_max: 40,
+                ..hadron::ClientOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let publisher = client(1, &mut cluster)
+        .publisher_for(STREAM, "app")
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let published = publisher
+            .publish_to(0, event(&format!("t{i}")))
+            .await
+            .unwrap();
+        assert_eq!(published.offset, i);
+    }
+    // Committed means a majority wrote it: the peer links work over TLS.
+    for id in cluster.ids() {
+        let log = cluster.node(id).log();
+        assert!(!log.contains("peer connection refused"), "node {id}: {log}");
+        assert!(log.contains("(TLS)"), "node {id} serves TLS: {log}");
+    }
+    let records = fetch_all(&client(2, &mut cluster), STREAM, 0).await;
+    assert_eq!(records.len(), 10);
+}

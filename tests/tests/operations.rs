@@ -277,12 +277,12 @@ async fn sigterm_under_load_drains_and_loses_no_acknowledged_event() {
     }
 }
 
-/// A three-node `cluster:` is valid to `--check-config`, but the server,
-/// which cannot replicate yet, refuses to start with it (exit non-zero,
-/// naming why) rather than running as a silent single node; a cluster of
-/// this node alone starts.
+/// A three-node `cluster:` is valid to `--check-config`; one whose peers
+/// are beyond loopback with no cluster secret is refused at start (exit
+/// non-zero, naming the setting) rather than serving Raft to anyone; a
+/// cluster of this node alone starts as a single server.
 #[test]
-fn a_multi_node_cluster_is_checked_but_refused_at_start() {
+fn a_multi_node_cluster_beyond_loopback_needs_its_secret_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let three = format!(
@@ -292,15 +292,19 @@ fn a_multi_node_cluster_is_checked_but_refused_at_start() {
     let (code, stdout, stderr) = check_config(dir.path(), &three);
     assert_eq!(code, Some(0), "stderr: {stderr}");
     assert!(stdout.starts_with("config ok:"), "{stdout}");
+    let exposed = "cluster:\n  nodeId: 1\n  peers:\n    - { id: 1, address: \"127.0.0.1:7998\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n";
     let (status, log) = Server::start_expecting_exit(
         ServerOptions {
-            config: Some(three.replace(&format!("dataDir: {}\n", data.display()), "")),
+            config: Some(exposed.into()),
             ..ServerOptions::default()
         },
         Duration::from_secs(20),
     );
-    assert!(!status.success(), "a 3-node cluster started: {log}");
-    assert!(log.contains("clusters are not built yet"), "{log}");
+    assert!(
+        !status.success(),
+        "a cluster beyond loopback started without a secret: {log}"
+    );
+    assert!(log.contains("no cluster secret is set"), "{log}");
 
     let mut alone = Server::start_with(ServerOptions {
         config: Some(

@@ -104,6 +104,10 @@ pub struct ClusterConfig {
     /// whitespace cut), read at start; [`CLUSTER_SECRET_ENV`] instead.
     #[serde(default)]
     pub secret_file: Option<std::path::PathBuf>,
+    /// With `tls:`, the PEM CA that signed the nodes' certificates, which
+    /// a node checks its peers against (default: `tls.clientCa`).
+    #[serde(default)]
+    pub peer_ca: Option<std::path::PathBuf>,
     /// The secret, once read (never from YAML).
     #[serde(skip)]
     pub secret: ClusterSecret,

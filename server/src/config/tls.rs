@@ -139,6 +139,39 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, Stri
     Ok(Arc::new(config))
 }
 
+/// The rustls client configuration a node dials its peers with when it
+/// has `tls:`: it trusts the CAs of `peer_ca` (`cluster.peerCa`, else
+/// `tls.clientCa`: the CA that signed the nodes' certificates) and
+/// presents its own `tls.cert` (peers that ask for client certificates
+/// check it). Errors name the setting and the file.
+pub fn peer_client_config(
+    files: &TlsFiles,
+    peer_ca: &Path,
+    setting: &str,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(setting, peer_ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{setting} {}: not a usable CA: {e}", peer_ca.display()))?;
+    }
+    let certs = certificates("tls.cert", &files.cert)?;
+    let key = private_key("tls.key", &files.key)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| {
+            format!(
+                "tls.key {} and tls.cert {} as a peer's client certificate: {e}",
+                files.key.display(),
+                files.cert.display()
+            )
+        })?;
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,9 @@ pub struct Settings {
     pub metrics: Option<Arc<crate::metrics::Hub>>,
     /// The TLS every port speaks (`tls:`, loaded); `None` for plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How this node dials its peers when it has `tls:` (a cluster's
+    /// links are TLS too); `None`: plain TCP.
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// Each replicated partition's leader as its owning shard last saw it.
     pub leaders: Arc<crate::replication::Leaders>,
 }

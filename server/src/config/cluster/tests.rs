@@ -14,6 +14,7 @@ fn three() -> ClusterConfig {
             })
             .collect(),
         secret_file: None,
+        peer_ca: None,
         secret: ClusterSecret::default(),
     }
 }

@@ -9,6 +9,11 @@
 //!   shard id), says hello, and writes everything queued as one frame per
 //!   write. A failed dial or write drops the queue and retries after a
 //!   backoff from [`DIAL_BACKOFF_MIN`] doubling to [`DIAL_BACKOFF_MAX`].
+//! - **TLS**: a node with `tls:` speaks TLS on its peer links too: it
+//!   accepts with its server configuration (client certificates checked
+//!   when `tls.clientCa` is set) and dials trusting `cluster.peerCa` (else
+//!   `tls.clientCa`), presenting its own certificate, the peer address's
+//!   host being the name checked. The challenge and hello run inside it.
 //! - **In:** [`listen`] accepts on this shard's peer port and sends a
 //!   fresh challenge; the connection must answer with a hello within
 //!   [`HELLO_TIMEOUT`] whose MAC proves the cluster secret for that
@@ -25,7 +30,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::future::select;
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use hadron_engine::notify::Notify;
 use raft::eraftpb::Message;
@@ -54,6 +59,12 @@ struct Link {
     node: u64,
     address: String,
     secret: Rc<[u8]>,
+    /// TLS to the peer (when this node has `tls:`), and the name its
+    /// certificate must carry: the peer address's host.
+    tls: Option<(
+        futures_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     queue: RefCell<VecDeque<Vec<u8>>>,
     bytes: Cell<usize>,
     ready: Notify,
@@ -128,10 +139,24 @@ pub fn links(shard: &Rc<Shard>) -> Result<Rc<Links>, String> {
     let secret: Rc<[u8]> = Rc::from(cluster.secret.0.as_slice());
     let mut links = HashMap::new();
     for peer in cluster.peers.iter().filter(|p| p.id != cluster.node_id) {
+        let address = shard_peer_address(peer, shard.id)?;
+        let tls = match &shard.settings.peer_tls {
+            Some(config) => {
+                let host = address
+                    .rsplit_once(':')
+                    .map_or(address.as_str(), |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| format!("node {}: peer host {host:?}: {e}", peer.id))?;
+                Some((futures_rustls::TlsConnector::from(config.clone()), name))
+            }
+            None => None,
+        };
         let link = Rc::new(Link {
             node: peer.id,
-            address: shard_peer_address(peer, shard.id)?,
+            address,
             secret: secret.clone(),
+            tls,
             queue: RefCell::new(VecDeque::new()),
             bytes: Cell::new(0),
             ready: Notify::default(),
@@ -159,9 +184,26 @@ async fn dial(link: Rc<Link>, me: (u64, u16, u16)) {
             None => None,
         };
         if let Some(stream) = connected {
+            let _ = stream.set_nodelay(true);
+            let served = match &link.tls {
+                None => write_queued(&link, stream, me).await,
+                Some((connector, name)) => {
+                    let handshake = Box::pin(connector.connect(name.clone(), stream));
+                    match select(handshake, Box::pin(glommio::timer::sleep(HELLO_TIMEOUT))).await {
+                        futures::future::Either::Left((Ok(tls), _)) => {
+                            write_queued(&link, tls, me).await
+                        }
+                        futures::future::Either::Left((Err(e), _)) => {
+                            Err(format!("TLS handshake: {e}"))
+                        }
+                        futures::future::Either::Right(_) => {
+                            Err(format!("TLS handshake not done within {HELLO_TIMEOUT:?}"))
+                        }
+                    }
+                }
+            };
             backoff = DIAL_BACKOFF_MIN;
-            tracing::debug!(node = link.node, address = %link.address, "peer link up");
-            if let Err(e) = write_queued(&link, stream, me).await {
+            if let Err(e) = served {
                 tracing::debug!(node = link.node, address = %link.address, "peer link down: {e}");
             }
         }
@@ -175,12 +217,11 @@ async fn dial(link: Rc<Link>, me: (u64, u16, u16)) {
 
 /// Answers the peer's challenge with a hello, then writes what is queued
 /// until a write fails.
-async fn write_queued(
+async fn write_queued<S: AsyncRead + AsyncWrite + Unpin>(
     link: &Link,
-    mut stream: TcpStream,
+    mut stream: S,
     me: (u64, u16, u16),
 ) -> Result<(), String> {
-    let _ = stream.set_nodelay(true);
     let challenge = match select(
         Box::pin(read_frame(&mut stream)),
         Box::pin(glommio::timer::sleep(HELLO_TIMEOUT)),
@@ -269,7 +310,7 @@ pub fn listen(shard: &Rc<Shard>) -> Result<Option<SocketAddr>, String> {
 }
 
 /// Reads one frame.
-async fn read_frame(stream: &mut TcpStream) -> Result<PeerFrame, String> {
+async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R) -> Result<PeerFrame, String> {
     let mut header = [0u8; PEER_FRAME_HEADER_BYTES];
     stream
         .read_exact(&mut header)
@@ -285,13 +326,31 @@ async fn read_frame(stream: &mut TcpStream) -> Result<PeerFrame, String> {
     peer_frame::decode_body(&body, crc)
 }
 
-/// Serves one incoming peer connection: a challenge, its hello, then its
-/// messages.
-async fn serve_peer(shard: Rc<Shard>, mut stream: TcpStream) {
+/// Serves one incoming peer connection: TLS first when this node has
+/// `tls:`, then [`serve_peer_on`].
+async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    match shard.settings.tls.clone() {
+        None => serve_peer_on(shard, stream, peer).await,
+        Some(config) => {
+            let deadline = std::time::Instant::now() + HELLO_TIMEOUT;
+            if let Some(tls) = super::tls::accept(&config, stream, deadline).await {
+                serve_peer_on(shard, tls, peer).await;
+            }
+        }
+    }
+}
+
+/// A challenge, the peer's hello, then its messages.
+async fn serve_peer_on<S: AsyncRead + AsyncWrite + Unpin>(
+    shard: Rc<Shard>,
+    mut stream: S,
+    peer: String,
+) {
     let challenge = match peer_frame::challenge() {
         Ok(c) => c,
         Err(e) => {

@@ -182,6 +182,7 @@ fn settings() -> Arc<Settings> {
         open_connections: Arc::default(),
         metrics: None,
         tls: None,
+        peer_tls: None,
         leaders: Arc::default(),
     })
 }
