@@ -109,6 +109,9 @@ pub struct ReplicatedLog<S: LogStore, N: PeerNet, C: Clock> {
     /// The term this node leads in, as of the last turn.
     leading: Option<u64>,
     stopped: Option<GroupError>,
+    /// Grants no vote and never campaigns (a replica refilling a damaged
+    /// log: `shard/partition/replica_repair.rs`).
+    abstaining: bool,
 }
 
 impl<S: LogStore, N: PeerNet, C: Clock> std::fmt::Debug for ReplicatedLog<S, N, C> {
@@ -170,6 +173,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             applied_out: Vec::new(),
             leading: None,
             stopped: None,
+            abstaining: false,
         })
     }
 
@@ -237,6 +241,22 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         {
             return;
         }
+        if self.abstaining
+            && matches!(
+                msg.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            // No answer: the candidate counts this node as absent.
+            return;
+        }
+        let mut msg = msg;
+        if self.abstaining && msg.get_msg_type() == MessageType::MsgHeartbeat {
+            // A leader whose view of this replica predates the loss of its
+            // tail may name a commit past its log, which raft-rs treats as
+            // a broken log: hold it to what the log has.
+            msg.commit = msg.commit.min(self.raw.raft.raft_log.last_index());
+        }
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(target: "raft", node = self.settings.node_id, "message refused: {e}");
         }
@@ -248,7 +268,8 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         let now = self.clock.now();
         let mut ticks = 0;
         while self.next_tick <= now {
-            if ticks < TICKS_CAUGHT_UP_MAX && self.stopped.is_none() {
+            // An abstaining follower never times out into a campaign.
+            if ticks < TICKS_CAUGHT_UP_MAX && self.stopped.is_none() && !self.abstaining {
                 self.raw.tick();
                 ticks += 1;
             }
@@ -357,6 +378,40 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
 
     pub fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()
+    }
+
+    /// While abstaining: asks the leader, if one is known and it leads a
+    /// term up to `stale_through`, to hand leadership to another voter.
+    /// A leader of such a term may think this replica holds entries it
+    /// lost (raft-rs then ignores its rejections and never resends them);
+    /// a new leader starts from what the replica has. Returns whether it
+    /// asked.
+    pub fn ask_stale_leader_to_move(&mut self, stale_through: u64) -> bool {
+        if !self.abstaining || self.is_leader() || self.term() > stale_through {
+            return false;
+        }
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let me = self.settings.node_id;
+        let other = self
+            .conf_state()
+            .voters
+            .into_iter()
+            .find(|&id| id != me && id != leader);
+        match other {
+            Some(to) => {
+                self.raw.transfer_leader(to);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes this node grant no vote and never campaign (`true`), or a
+    /// voter again (`false`).
+    pub fn set_abstaining(&mut self, abstaining: bool) {
+        self.abstaining = abstaining;
     }
 
     /// Hands leadership to `to` when this node leads, `to` is a voter

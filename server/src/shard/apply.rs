@@ -45,6 +45,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     }
                     continue;
                 }
+                let dedup = partition::DedupLimits {
+                    window_ms: stream_settings.dedup_window_ms,
+                    keys_max: stream_settings.dedup_keys_max,
+                };
                 let p = Partition::open(
                     &self.storage,
                     self.runtime.clone(),
@@ -52,9 +56,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     &spec.name,
                     partition,
                     self.settings.log_config(stream_settings.retention),
+                    // A replicated partition's window is rebuilt by each
+                    // new leader (`Partition::replicate`).
                     partition::DedupLimits {
-                        window_ms: stream_settings.dedup_window_ms,
-                        keys_max: stream_settings.dedup_keys_max,
+                        window_ms: if replication.is_some() {
+                            0
+                        } else {
+                            dedup.window_ms
+                        },
+                        ..dedup
                     },
                     self.settings.limits(),
                     config.groups_max,
@@ -62,8 +72,12 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 .await?;
                 let mut p = p;
                 if let Some(voters) = replication {
-                    p.replicate(self.replica_spec(&spec.name, partition, voters)?)
-                        .await?;
+                    p.replicate(
+                        self.replica_spec(&spec.name, partition, voters)?,
+                        &self.storage,
+                        dedup,
+                    )
+                    .await?;
                 }
                 let p = Rc::new(p);
                 if p.replica.is_some() {

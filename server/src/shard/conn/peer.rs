@@ -393,7 +393,11 @@ async fn serve_peer_on<S: AsyncRead + AsyncWrite + Unpin>(
         match read_frame(&mut stream).await {
             Ok(PeerFrame::Raft(messages)) => {
                 for m in messages {
-                    if m.msg.from != hello.node_id {
+                    // A follower forwards a leadership transfer it was
+                    // asked for, naming the transferee as its sender.
+                    let forwarded =
+                        m.msg.get_msg_type() == raft::eraftpb::MessageType::MsgTransferLeader;
+                    if m.msg.from != hello.node_id && !forwarded {
                         tracing::warn!(
                             shard = shard.id,
                             node = hello.node_id,

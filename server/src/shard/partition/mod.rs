@@ -35,6 +35,7 @@
 mod dedup;
 mod offsets;
 pub mod replica;
+mod replica_repair;
 #[cfg(test)]
 mod replica_sim;
 #[cfg(test)]
@@ -224,7 +225,20 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
 impl<S: Storage, C: Clock> Partition<S, C> {
     /// Makes the partition a replica of its Raft group (before it serves
     /// anything): its log becomes the group's log.
-    pub async fn replicate(&mut self, spec: ReplicaSpec) -> Result<(), String> {
+    ///
+    /// Open such a partition with a dedup window of 0 and pass the stream's
+    /// limits here: the window is rebuilt by each new leader (from a log
+    /// verified, and repaired when damaged, first), not at open.
+    pub async fn replicate(
+        &mut self,
+        spec: ReplicaSpec,
+        storage: &S,
+        dedup: DedupLimits,
+    ) -> Result<(), String>
+    where
+        S: Clone,
+    {
+        self.dedup_limits.set(dedup);
         // Retention would strand a follower behind the deleted segments:
         // raft would send it a snapshot, and installing one is not built
         // yet (docs/replication.md section 8). Replicated logs keep
@@ -238,7 +252,19 @@ impl<S: Storage, C: Clock> Partition<S, C> {
             );
             self.log.set_retention(hadron_engine::Retention::default());
         }
-        let replica = Replica::open(self.log.clone(), spec, self.clock.clone())
+        let named = |e: String| {
+            format!(
+                "stream {} partition {} replication: {e}",
+                self.stream, self.partition
+            )
+        };
+        // A damaged log is cut and refilled from the leader, the replica
+        // abstaining from elections meanwhile (`replica_repair.rs`).
+        let recovery = replica_repair::repair_at_open(storage, &self.log)
+            .await
+            .map_err(named)?
+            .map(|target| (storage.clone(), target));
+        let replica = Replica::open(self.log.clone(), spec, self.clock.clone(), recovery)
             .await
             .map_err(|e| {
                 format!(

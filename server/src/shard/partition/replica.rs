@@ -99,6 +99,14 @@ pub struct Replica<S: Storage, C: Clock> {
     reported: Cell<Option<(u64, u64)>>,
     /// Messages dropped because the inbox was full.
     dropped: Cell<u64>,
+    /// While refilling a damaged log: the storage of its marker and the
+    /// commit index that ends the recovery (`replica_repair.rs`).
+    recovery: RefCell<Option<(S, u64)>>,
+    /// The term known at open: a leader of this term or older may hold a
+    /// stale view of a recovering replica.
+    term_at_open: u64,
+    /// When a recovering replica last asked such a leader to move.
+    asked_at: Cell<Option<std::time::Duration>>,
 }
 
 /// What a replica's status reports: the leader it knows, the term, its
@@ -115,6 +123,8 @@ pub struct ReplicaStatus {
     pub high_watermark: u64,
     pub voters: Vec<u64>,
     pub preferred: u64,
+    /// Refilling a damaged log: abstains from elections meanwhile.
+    pub recovering: bool,
     pub stopped: Option<String>,
 }
 
@@ -139,7 +149,12 @@ impl<S: Storage, C: Clock> Replica<S, C> {
     /// Starts the group on `log` (written with durability `Always`). A
     /// fresh log starts as a member of `spec.voters` (every replica of a
     /// new partition does the same, docs/replication.md section 3).
-    pub async fn open(log: Rc<Log<S>>, spec: ReplicaSpec, clock: C) -> Result<Self, String> {
+    pub async fn open(
+        log: Rc<Log<S>>,
+        spec: ReplicaSpec,
+        clock: C,
+        recovery: Option<(S, u64)>,
+    ) -> Result<Self, String> {
         let mut store = EngineLogStore::open(log.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -153,10 +168,12 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             store.persist().await.map_err(|e| e.to_string())?;
         }
         let commit = store.hard_state().commit;
+        let hs_term = store.hard_state().term;
         let high_watermark = offset_after(&log, commit).await?;
         let preferred = spec.voters.first().copied().unwrap_or(0);
-        let group = ReplicatedLog::new(spec.group, store.clone(), spec.net, clock)
+        let mut group = ReplicatedLog::new(spec.group, store.clone(), spec.net, clock)
             .map_err(|e| e.to_string())?;
+        group.set_abstaining(recovery.is_some());
         Ok(Replica {
             group: RefCell::new(group),
             store,
@@ -171,6 +188,9 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             on_leader: spec.on_leader,
             reported: Cell::new(None),
             dropped: Cell::new(0),
+            recovery: RefCell::new(recovery),
+            term_at_open: hs_term,
+            asked_at: Cell::new(None),
         })
     }
 
@@ -275,6 +295,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             high_watermark: self.high_watermark.get(),
             voters: group.conf_state().voters,
             preferred: self.preferred,
+            recovering: self.recovering(),
             stopped: self.stopped.borrow().clone(),
         }
     }
@@ -370,6 +391,57 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             self.offered_at.set(Some(now));
             self.wake.notify_all();
         }
+    }
+
+    /// Ends a recovery once the commit reached its target: the marker goes,
+    /// and the replica votes again.
+    async fn end_recovery(&self) -> Result<(), String> {
+        let done = match &*self.recovery.borrow() {
+            Some((_, target)) => self.group.borrow().commit() >= *target,
+            None => false,
+        };
+        if !done {
+            return Ok(());
+        }
+        let taken = self.recovery.borrow_mut().take();
+        if let Some((storage, target)) = taken {
+            super::replica_repair::recovered(&storage, &self.store.log()).await?;
+            self.group.borrow_mut().set_abstaining(false);
+            tracing::info!(
+                log = %self.store.log().dir().display(),
+                "recovered: the commit reached {target}; voting again"
+            );
+        }
+        Ok(())
+    }
+
+    /// While recovering under a leader elected before this replica's loss:
+    /// asks it to move (at most every [`PREFERRED_OFFER_EVERY`]).
+    fn unstick_recovery(&self, clock: &C) {
+        if !self.recovering() {
+            return;
+        }
+        let now = clock.now();
+        if self
+            .asked_at
+            .get()
+            .is_some_and(|at| now < at + PREFERRED_OFFER_EVERY)
+        {
+            return;
+        }
+        if self
+            .group
+            .borrow_mut()
+            .ask_stale_leader_to_move(self.term_at_open)
+        {
+            self.asked_at.set(Some(now));
+            self.wake.notify_all();
+        }
+    }
+
+    /// Whether the replica is refilling a damaged log (and abstains).
+    pub fn recovering(&self) -> bool {
+        self.recovery.borrow().is_some()
     }
 
     /// Tells `on_leader` when the leader or term changed.
@@ -480,6 +552,12 @@ impl<S: Storage, C: Clock> super::Partition<S, C> {
                 }
                 self.appended.notify_all();
             }
+            if let Err(why) = replica.end_recovery().await {
+                tracing::error!(stream = %self.stream, partition = self.partition, "ending the recovery: {why}");
+                replica.stop(why);
+                return;
+            }
+            replica.unstick_recovery(self.clock());
             replica.offer_to_preferred(self.clock());
             replica.report_leader();
             replica.release_applied();

@@ -9,7 +9,10 @@
 //! between steps or in the middle of a write (the storage stops at an
 //! operation chosen by the seed), their unsynced writes lost or torn, and
 //! restarted later; at most one down at a time or, sometimes, two (no
-//! quorum for a while).
+//! quorum for a while); and, at a restart now and then, a bit flipped in a
+//! stored event batch of the restarting node's log (one node at a time:
+//! recovery needs one good copy), which it must find, cut and refill from
+//! the leader (`replica_repair.rs`).
 //!
 //! **Checked** against a model, after everything healed and a fresh
 //! publish committed:
@@ -90,6 +93,10 @@ struct Coverage {
     dropped: u64,
     duplicated: u64,
     cuts: u64,
+    /// Logs damaged (a bit flipped in a stored event batch) before a
+    /// restart, and recoveries that ended (the replica voting again).
+    damaged: u64,
+    recovered: u64,
 }
 
 impl std::ops::AddAssign for Coverage {
@@ -103,6 +110,8 @@ impl std::ops::AddAssign for Coverage {
         self.dropped += o.dropped;
         self.duplicated += o.duplicated;
         self.cuts += o.cuts;
+        self.damaged += o.damaged;
+        self.recovered += o.recovered;
     }
 }
 
@@ -214,6 +223,8 @@ struct Sim {
     /// Directed cuts and the step they heal at.
     cuts: Vec<((u64, u64), u64)>,
     terms_led: BTreeSet<(u64, u64)>,
+    /// Per node, whether its replica was recovering at the last step.
+    recovering_seen: Vec<bool>,
     coverage: Coverage,
     trace: u64,
 }
@@ -266,6 +277,7 @@ impl Sim {
             made: BTreeMap::new(),
             cuts: Vec::new(),
             terms_led: BTreeSet::new(),
+            recovering_seen: vec![false; NODES as usize],
             coverage: Coverage::default(),
             trace: 0,
         }
@@ -320,14 +332,18 @@ impl Sim {
                 0,
                 log_config(),
                 DedupLimits {
-                    window_ms: 600_000,
+                    window_ms: 0,
                     keys_max: 1 << 20,
                 },
                 Limits::DEFAULT,
                 crate::config::server::GROUPS_MAX_DEFAULT,
             )
             .await?;
-            p.replicate(spec).await?;
+            let dedup = DedupLimits {
+                window_ms: 600_000,
+                keys_max: 1 << 20,
+            };
+            p.replicate(spec, &storage, dedup).await?;
             Ok::<_, String>(Rc::new(p))
         });
         let p = p.unwrap_or_else(|e| panic!("seed {}: node {id} does not open: {e}", self.seed));
@@ -366,6 +382,60 @@ impl Sim {
         self.say(|| format!("node {id} crashes (torn: {torn})"));
     }
 
+    /// Whether a node is refilling a damaged log (its marker is there):
+    /// damage stays on a minority, one replica at a time, as the recovery
+    /// needs one good copy of every acknowledged batch.
+    fn any_recovering(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            n.storage
+                .paths()
+                .iter()
+                .any(|p| p.ends_with(super::replica_repair::RECOVERING_FILE))
+        })
+    }
+
+    /// Flips a bit in the payload of a durable event batch in a sealed
+    /// segment of node `i`'s log: acknowledged data gone bad, found by the
+    /// checksum at open.
+    fn damage(&mut self, i: usize) {
+        let storage = &self.nodes[i].storage;
+        // Sealed segments only: the engine itself handles damage in the
+        // active segment (a tail past its durable watermark is cut as torn;
+        // below it, the log opens read-only), which recovery does not
+        // cover yet (`replica_repair.rs`).
+        let mut segments: Vec<_> = storage
+            .paths()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        segments.sort();
+        segments.pop();
+        let mut targets = Vec::new();
+        for path in &segments {
+            let bytes = storage.durable_bytes(path).unwrap_or_default();
+            let mut at = 0usize;
+            for batch in hadron_engine::log::batch::Batches::new(&bytes) {
+                let Ok(batch) = batch else { break };
+                let len = batch.header.batch_bytes();
+                if batch.header.kind == hadron_engine::log::batch::BatchKind::Events {
+                    let header = batch.header.header_bytes();
+                    targets.push((path.clone(), at + header, len - header));
+                }
+                at += len;
+            }
+        }
+        if targets.is_empty() {
+            return;
+        }
+        let (path, from, len) = targets[self.rng.below(targets.len() as u64) as usize].clone();
+        let pos = from as u64 + self.rng.below(len as u64);
+        let bit = self.rng.below(8) as u8;
+        if storage.flip_bit(&path, pos, bit).is_ok() {
+            self.coverage.damaged += 1;
+            self.say(|| format!("node {} damaged: {} byte {pos}", i + 1, path.display()));
+        }
+    }
+
     fn down(&self) -> usize {
         self.nodes.iter().filter(|n| n.partition.is_none()).count()
     }
@@ -375,6 +445,9 @@ impl Sim {
         for i in 0..NODES as usize {
             if self.nodes[i].back_at.is_some_and(|at| at <= step) {
                 self.nodes[i].back_at = None;
+                if self.rng.below(3) == 0 && !self.any_recovering() {
+                    self.damage(i);
+                }
                 self.say(|| format!("node {} restarts", i + 1));
                 self.open(i as u64 + 1);
             }
@@ -550,6 +623,15 @@ impl Sim {
 
     fn note_leaders(&mut self) {
         for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(r) = n.partition.as_ref().and_then(|p| p.replica.as_ref()) {
+                let now = r.recovering();
+                if self.recovering_seen[i] && !now {
+                    self.coverage.recovered += 1;
+                }
+                self.recovering_seen[i] = now;
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
             if let Some(r) = n.partition.as_ref().and_then(|p| p.replica.as_ref())
                 && r.is_leader()
             {
@@ -590,6 +672,15 @@ impl Sim {
     fn heal(&mut self) {
         self.cuts.clear();
         self.net.cut.borrow_mut().clear();
+        // A crash armed mid-write that has not struck yet: now or never.
+        for id in 1..=NODES {
+            let node = &self.nodes[id as usize - 1];
+            if node.partition.is_some() && node.storage.is_frozen() {
+                self.crash(id, STEPS);
+            } else {
+                node.storage.disarm_crash();
+            }
+        }
         for i in 0..NODES as usize {
             if self.nodes[i].partition.is_none() {
                 self.nodes[i].back_at = None;
