@@ -48,6 +48,7 @@ mod raft;
 mod raft_cut;
 mod read;
 mod recovery;
+mod restart;
 mod retention;
 mod segment;
 
