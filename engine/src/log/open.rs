@@ -197,6 +197,7 @@ impl<S: Storage> Log<S> {
                 free,
                 free_incoming: 0,
                 delete_below: 0,
+                retain_from_index: None,
             }),
             flushed: Notify::default(),
         };

@@ -10,7 +10,8 @@
 //! ```text
 //!  1 log.meta: restarting (flags bit 1), start_offset = the next offset,
 //!    start_index = index + 1, start_term = the snapshot's term,
-//!    active_base_index = index + 1, no active_base (a crash from here on:
+//!    active_base_index = index + 1, the hard state's commit raised to
+//!    index (and its term to the snapshot's), no active_base (a crash from here on:
 //!    open finishes the restart itself, see below)
 //!  2 delete every segment file, its index and the recycled files, then
 //!    sync the directory
@@ -240,6 +241,11 @@ fn mark_restart(m: &mut LogMeta, index: u64, term: u64, next_offset: u64) {
     m.raft.start_index = index + 1;
     m.raft.start_term = term;
     m.raft.active_base_index = index + 1;
+    // A snapshot's point is committed; the hard state must not name a
+    // commit below the log's first index, nor a term below the point's
+    // (raft refuses to start from either).
+    m.raft.commit = m.raft.commit.max(index);
+    m.raft.term = m.raft.term.max(term);
 }
 
 /// Step 4's `log.meta`: the empty segment at `start` exists.

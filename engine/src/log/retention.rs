@@ -14,8 +14,25 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use super::segment::Segment;
 use super::{FREE_SUFFIX, Log, RECYCLED_SEGMENTS_MAX, Retention, RetentionReport};
 use crate::storage::Storage;
+
+/// Whether every Raft entry of `seg` lies below `keep_from` (always, for
+/// no bound or a segment of version 1; never, for one whose last index is
+/// not known).
+fn below_retained<S: Storage>(seg: &Segment<S>, keep_from: Option<u64>) -> bool {
+    let Some(keep) = keep_from else {
+        return true;
+    };
+    if seg.version != super::batch::BATCH_VERSION {
+        return true;
+    }
+    match &seg.raft {
+        Some(slots) => seg.base_index + slots.len() as u64 <= keep,
+        None => seg.next_index > 0 && seg.next_index <= keep,
+    }
+}
 
 impl<S: Storage> Log<S> {
     /// Deletes whole sealed segments, oldest first, that the retention
@@ -39,6 +56,15 @@ impl<S: Storage> Log<S> {
             st.delete_below = st.delete_below.max(offset);
         }
         self.retire(0).await
+    }
+
+    /// Bounds retention (and [`Log::delete_before`]) for a Raft log: a
+    /// segment holding an entry at or above Raft index `index` is kept.
+    /// Its group sets it to one past its commit, so that only committed
+    /// entries are deleted: everything below a snapshot's point must be
+    /// committed (docs/replication.md section 8). Not persisted.
+    pub fn retain_from_index(&self, index: u64) {
+        self.state.borrow_mut().retain_from_index = Some(index);
     }
 
     /// [`apply_retention`](Log::apply_retention), and what
@@ -70,7 +96,7 @@ impl<S: Storage> Log<S> {
                 let too_old =
                     max_age_ms.is_some_and(|age| seg.max_timestamp_ms.saturating_add(age) < now_ms);
                 let unwanted = seg.next_offset <= st.delete_below;
-                if !(too_big || too_old || unwanted) {
+                if !(too_big || too_old || unwanted) || !below_retained(seg, st.retain_from_index) {
                     break;
                 }
                 total -= seg.end;

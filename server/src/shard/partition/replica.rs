@@ -153,6 +153,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             store.persist().await.map_err(|e| e.to_string())?;
         }
         let commit = store.hard_state().commit;
+        log.retain_from_index(commit + 1);
         let high_watermark = offset_after(&log, commit).await?;
         let preferred = spec.voters.first().copied().unwrap_or(0);
         let group = ReplicatedLog::new(spec.group, store.clone(), spec.net, clock)
@@ -192,6 +193,12 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         let proposal = self.group.borrow_mut().propose_batch(bytes);
         self.wake.notify_all();
         proposal
+    }
+
+    /// Snapshots this replica installed since it opened (its log restarted
+    /// after the leader's retention point).
+    pub fn snapshots_installed(&self) -> u64 {
+        self.store.snapshots_installed()
     }
 
     /// The end of the last committed data batch: readers stop there.
@@ -337,6 +344,17 @@ impl<S: Storage, C: Clock> Replica<S, C> {
                 self.high_watermark.set(header.next_offset());
                 moved = true;
             }
+        }
+        // A snapshot applied (its index, once the log restarted after it):
+        // everything below the log's start is committed.
+        let log = self.store.log();
+        let applied = self.group.borrow().applied();
+        // Retention deletes committed entries only.
+        log.retain_from_index(applied + 1);
+        let start = log.stats().start_offset;
+        if applied + 1 >= log.first_index() && start > self.high_watermark.get() {
+            self.high_watermark.set(start);
+            moved = true;
         }
         Ok(moved)
     }
