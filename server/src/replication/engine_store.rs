@@ -724,4 +724,6 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
 #[cfg(test)]
 mod catch_up_tests;
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;
