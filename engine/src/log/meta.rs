@@ -510,7 +510,7 @@ mod tests {
         assert_eq!(LogMeta::decode(&bytes).unwrap().raft.start_term, 0);
         let with = LogMeta {
             raft: RaftMeta {
-                start_term: 0x0102_0304_0506_07,
+                start_term: 0x0001_0203_0405_0607,
                 ..meta.raft.clone()
             },
             ..meta

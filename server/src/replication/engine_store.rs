@@ -711,8 +711,10 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
             Some(r) => r.next_offset,
             None => inner.log.stats().start_offset,
         };
-        let mut snapshot = Snapshot::default();
-        snapshot.data = next_offset.to_le_bytes().to_vec().into();
+        let mut snapshot = Snapshot {
+            data: next_offset.to_le_bytes().to_vec().into(),
+            ..Snapshot::default()
+        };
         let meta = snapshot.mut_metadata();
         meta.index = first - 1;
         meta.term = term;

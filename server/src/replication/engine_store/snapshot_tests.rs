@@ -36,8 +36,10 @@ fn leader_after_retention(sim: &SimStorage, n: u64) -> EngineLogStore<SimStorage
 }
 
 fn descriptor(index: u64, term: u64, data: Vec<u8>) -> Snapshot {
-    let mut s = Snapshot::default();
-    s.data = data.into();
+    let mut s = Snapshot {
+        data: data.into(),
+        ..Snapshot::default()
+    };
     s.mut_metadata().index = index;
     s.mut_metadata().term = term;
     s.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];

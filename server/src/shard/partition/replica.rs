@@ -196,7 +196,8 @@ impl<S: Storage, C: Clock> Replica<S, C> {
     }
 
     /// Snapshots this replica installed since it opened (its log restarted
-    /// after the leader's retention point).
+    /// after the leader's retention point). The simulation counts them.
+    #[cfg(test)]
     pub fn snapshots_installed(&self) -> u64 {
         self.store.snapshots_installed()
     }
