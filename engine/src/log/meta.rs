@@ -40,7 +40,8 @@
 //!  +------+------+-------+-------------+-----------------+
 //!  3112: conf_count u16 x 4 (voters, learners, voters_outgoing,
 //!        learners_next, each at most CONF_IDS_MAX), 3120: auto_leave u8,
-//!  3121..3128: zero, 3128: the ids, u64 each, list after list
+//!  3121..3128: start_term, 7 bytes little-endian (at most RAFT_TERM_MAX),
+//!  3128: the ids, u64 each, list after list
 //! ```
 //!
 //! - `crc32` (crc32fast) covers bytes 8..(72 + 16 x gaps_count) and, in
@@ -49,10 +50,19 @@
 //!   Raft's conf state as of the last conf change applied.
 //! - `start_index`: the Raft index of the log's first batch (0: not known,
 //!   a log whose start holds version-1 batches).
+//! - `start_term`: the term of the batch at `start_index - 1` (0: not
+//!   known): set by retention from the last batch it deletes, and by
+//!   [`Log::restart_at`](super::Log::restart_at) to the snapshot's term.
+//!   Written before it existed as reserved zeros, so older version-2 files
+//!   read as 0 (not known).
 //! - `active_base_index`: the Raft index of segment `active_base`'s first
 //!   batch, written with `active_base`: the next index of a log whose
 //!   active segment is empty.
 //! - `flags` bit 0: `active_base` is set (a segment file was created).
+//!   Bit 1: a restart is under way ([`Log::restart_at`](super::Log::restart_at)):
+//!   every segment file is discarded and the log begins empty at
+//!   `start_offset`, its next Raft index `active_base_index`; open finishes
+//!   it (deletes every segment file, creates the empty one) and clears it.
 //! - `durable_position`/`durable_next`: bytes and the next offset of
 //!   segment `active_base` known durable.
 //! - `tear_bytes_max`: `u64::MAX` when the segment was written buffered
@@ -84,6 +94,14 @@ const GAP_BYTES: usize = 16;
 /// below the log's start are forgotten). A repair past it is refused.
 pub const REPAIR_GAPS_MAX: usize = 128;
 const FLAG_ACTIVE: u16 = 1;
+const FLAG_RESTART: u16 = 2;
+/// The largest term `log.meta` holds as `start_term` (7 bytes): Raft terms
+/// grow by one per election and never come near it.
+pub const RAFT_TERM_MAX: u64 = (1 << 56) - 1;
+/// Where `start_term` lies in the Raft area, and its width.
+const START_TERM_AT: usize = RAFT_AT + 49;
+const START_TERM_BYTES: usize = 7;
+const _: () = assert!(START_TERM_AT + START_TERM_BYTES == RAFT_AT + RAFT_FIXED_BYTES);
 
 const _: () = assert!(FIXED_BYTES + REPAIR_GAPS_MAX * GAP_BYTES <= RAFT_AT);
 const _: () = assert!(RAFT_AT + RAFT_FIXED_BYTES + 4 * CONF_IDS_MAX * 8 <= SLOT_BYTES);
@@ -99,6 +117,9 @@ pub struct RaftMeta {
     pub commit: u64,
     /// The Raft index of the log's first batch (0: not known).
     pub start_index: u64,
+    /// The term of the batch at `start_index - 1` (0: not known); at most
+    /// [`RAFT_TERM_MAX`].
+    pub start_term: u64,
     /// The Raft index of segment `active_base`'s first batch.
     pub active_base_index: u64,
     /// Conf state: each list at most [`CONF_IDS_MAX`] ids.
@@ -145,6 +166,9 @@ impl RaftMeta {
             }
         }
         slot[RAFT_AT + 48] = u8::from(self.auto_leave);
+        assert!(self.start_term <= RAFT_TERM_MAX, "start_term over 7 bytes");
+        slot[START_TERM_AT..START_TERM_AT + START_TERM_BYTES]
+            .copy_from_slice(&self.start_term.to_le_bytes()[..START_TERM_BYTES]);
         at
     }
 
@@ -174,18 +198,16 @@ impl RaftMeta {
             1 => true,
             _ => return None,
         };
-        if slot[RAFT_AT + 49..RAFT_AT + RAFT_FIXED_BYTES]
-            .iter()
-            .any(|&b| b != 0)
-        {
-            return None;
-        }
+        let mut term = [0u8; 8];
+        term[..START_TERM_BYTES]
+            .copy_from_slice(&slot[START_TERM_AT..START_TERM_AT + START_TERM_BYTES]);
         let [voters, learners, voters_outgoing, learners_next] = lists;
         let raft = RaftMeta {
             term: u64_at(RAFT_AT),
             vote: u64_at(RAFT_AT + 8),
             commit: u64_at(RAFT_AT + 16),
             start_index: u64_at(RAFT_AT + 24),
+            start_term: u64::from_le_bytes(term),
             active_base_index: u64_at(RAFT_AT + 32),
             voters,
             learners,
@@ -220,6 +242,9 @@ pub struct LogMeta {
     pub gaps: Vec<(u64, u64)>,
     /// Raft's state (version 2).
     pub raft: RaftMeta,
+    /// A restart is under way: open discards every segment file and
+    /// begins the log empty at `start_offset` (flags bit 1).
+    pub restarting: bool,
 }
 
 impl LogMeta {
@@ -232,7 +257,7 @@ impl LogMeta {
             FLAG_ACTIVE
         } else {
             0
-        };
+        } | if self.restarting { FLAG_RESTART } else { 0 };
         out[10..12].copy_from_slice(&flags.to_le_bytes());
         out[12..16].copy_from_slice(&(self.gaps.len() as u32).to_le_bytes());
         for (at, v) in [
@@ -321,6 +346,7 @@ impl LogMeta {
                 })
                 .collect(),
             raft,
+            restarting: flags & FLAG_RESTART != 0,
         })
     }
 
@@ -408,6 +434,7 @@ mod tests {
                 vote: 2,
                 commit: 99,
                 start_index: 1,
+                start_term: RAFT_TERM_MAX,
                 active_base_index: 57,
                 voters: vec![1, 2, 3],
                 learners: vec![4],
@@ -415,10 +442,13 @@ mod tests {
                 learners_next: vec![],
                 auto_leave: true,
             },
+            restarting: true,
         };
         let bytes = meta.encode();
         assert_eq!(LogMeta::decode(&bytes), Some(meta.clone()));
-        for at in [0, 5, 9, 20, 33, 72, 90, 3072, 3100, 3112, 3120, 3130, 3180] {
+        for at in [
+            0, 5, 9, 10, 20, 33, 72, 90, 3072, 3100, 3112, 3120, 3121, 3127, 3130, 3180,
+        ] {
             let mut bad = bytes.clone();
             bad[at] ^= 0x10;
             assert_eq!(LogMeta::decode(&bad), None, "flip at {at}");
@@ -442,6 +472,7 @@ mod tests {
             tear_bytes_max: 4096,
             gaps: vec![(100, 200)],
             raft: RaftMeta::default(),
+            restarting: false,
         };
         let v1 = meta.encode_v1();
         assert_eq!(&v1[8..10], &[1, 0]);
@@ -460,5 +491,45 @@ mod tests {
         let mut bytes = meta.encode();
         bytes[RAFT_AT + 40..RAFT_AT + 42].copy_from_slice(&(CONF_IDS_MAX as u16 + 1).to_le_bytes());
         assert_eq!(LogMeta::decode(&bytes), None);
+    }
+
+    /// `start_term` took over bytes that version 2 wrote as zeros: a slot
+    /// written before it existed reads as "not known" (0), and one byte
+    /// of it is a little-endian 7-byte integer.
+    #[test]
+    fn start_term_lies_in_the_formerly_reserved_bytes_and_reads_0_from_older_slots() {
+        let meta = LogMeta {
+            raft: RaftMeta {
+                start_index: 8,
+                ..RaftMeta::default()
+            },
+            ..LogMeta::default()
+        };
+        let bytes = meta.encode();
+        assert!(bytes[RAFT_AT + 49..RAFT_AT + 56].iter().all(|&b| b == 0));
+        assert_eq!(LogMeta::decode(&bytes).unwrap().raft.start_term, 0);
+        let with = LogMeta {
+            raft: RaftMeta {
+                start_term: 0x0001_0203_0405_0607,
+                ..meta.raft.clone()
+            },
+            ..meta
+        };
+        let bytes = with.encode();
+        assert_eq!(&bytes[RAFT_AT + 49..RAFT_AT + 56], &[7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(LogMeta::decode(&bytes), Some(with));
+    }
+
+    #[test]
+    #[should_panic(expected = "start_term over 7 bytes")]
+    fn a_start_term_over_7_bytes_is_never_written() {
+        let meta = LogMeta {
+            raft: RaftMeta {
+                start_term: RAFT_TERM_MAX + 1,
+                ..RaftMeta::default()
+            },
+            ..LogMeta::default()
+        };
+        meta.encode();
     }
 }

@@ -48,6 +48,7 @@ mod raft;
 mod raft_cut;
 mod read;
 mod recovery;
+mod restart;
 mod retention;
 mod segment;
 
@@ -499,6 +500,9 @@ struct State<S: Storage> {
     /// Records below this offset are no longer wanted (see
     /// [`Log::delete_before`]).
     delete_below: u64,
+    /// Retention keeps every segment holding a Raft index at or above
+    /// this (see [`Log::retain_from_index`]); `None`: no such bound.
+    retain_from_index: Option<u64>,
 }
 
 /// A partition log. Hold it in an `Rc` and call it from any task of its core.

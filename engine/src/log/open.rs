@@ -126,9 +126,18 @@ impl<S: Storage> Log<S> {
         let (bases, free) = Self::list_files(&storage, dir).await?;
 
         let meta_path = meta::meta_path(dir);
-        let meta_before = meta::read(&storage, dir)
+        let mut meta_before = meta::read(&storage, dir)
             .await
             .map_err(io_err("read metadata", &meta_path))?;
+        // A restart after a snapshot that a crash interrupted: finish it
+        // (see `restart`).
+        let (bases, free) = match meta_before.as_mut().filter(|m| m.restarting) {
+            Some(m) => (
+                Self::finish_interrupted_restart(&storage, dir, &bases, &free, m).await?,
+                Vec::new(),
+            ),
+            None => (bases, free),
+        };
         if let Some(m) = &meta_before {
             Self::check_present(dir, &bases, m)?;
         }
@@ -144,6 +153,7 @@ impl<S: Storage> Log<S> {
             .take(2)
             .map(|s| s.last_term)
             .chain([super::SINGLE_NODE_TERM])
+            .chain(meta_before.as_ref().map(|m| m.raft.start_term))
             .max()
             .unwrap_or(super::SINGLE_NODE_TERM);
         let start_offset = bases.first().copied().unwrap_or(0);
@@ -187,6 +197,7 @@ impl<S: Storage> Log<S> {
                 free,
                 free_incoming: 0,
                 delete_below: 0,
+                retain_from_index: None,
             }),
             flushed: Notify::default(),
         };

@@ -23,7 +23,7 @@
 use bytes::Bytes;
 
 use super::batch::{self, BatchError, BatchKind};
-use super::meta::{CONF_IDS_MAX, RaftMeta};
+use super::meta::{CONF_IDS_MAX, RAFT_TERM_MAX, RaftMeta};
 use super::{AppendError, Durability, Log, ReadError, SCAN_CHUNK_BYTES};
 use crate::storage::Storage;
 
@@ -111,6 +111,8 @@ pub enum RaftAppendError {
     Unsupported(&'static str),
     /// Storage failed while cutting.
     Io(String),
+    /// A term above [`RAFT_TERM_MAX`], which `log.meta` cannot record.
+    TermOverMax { term: u64 },
 }
 
 impl std::fmt::Display for RaftAppendError {
@@ -139,6 +141,10 @@ impl std::fmt::Display for RaftAppendError {
             RaftAppendError::Append(e) => write!(f, "{e}"),
             RaftAppendError::Unsupported(why) => write!(f, "not supported: {why}"),
             RaftAppendError::Io(why) => write!(f, "raft log cut failed: {why}"),
+            RaftAppendError::TermOverMax { term } => write!(
+                f,
+                "raft term {term} is over the largest log.meta records ({RAFT_TERM_MAX})"
+            ),
         }
     }
 }
@@ -161,6 +167,9 @@ impl<S: Storage> Log<S> {
         }
         if header.batch_bytes() != bytes.len() {
             return Err(RaftAppendError::Invalid(BatchError::BadCounts));
+        }
+        if header.term > RAFT_TERM_MAX {
+            return Err(RaftAppendError::TermOverMax { term: header.term });
         }
         if bytes.len() > self.config.batch_bytes_max {
             return Err(RaftAppendError::Append(AppendError::TooLarge {
@@ -257,8 +266,8 @@ impl<S: Storage> Log<S> {
 
     /// Records Raft's hard state and conf state in `log.meta`, durably
     /// (its two-slot write), keeping the log's own fields of the area
-    /// (`start_index`, `active_base_index`). Each conf list holds at most
-    /// [`CONF_IDS_MAX`] ids.
+    /// (`start_index`, `start_term`, `active_base_index`). Each conf list
+    /// holds at most [`CONF_IDS_MAX`] ids.
     pub async fn write_raft_state(&self, state: &RaftMeta) -> std::io::Result<()> {
         let lists = [
             &state.voters,
@@ -276,9 +285,17 @@ impl<S: Storage> Log<S> {
             ));
         }
         self.update_meta(|m| {
-            let keep = (m.raft.start_index, m.raft.active_base_index);
+            let keep = (
+                m.raft.start_index,
+                m.raft.start_term,
+                m.raft.active_base_index,
+            );
             m.raft = state.clone();
-            (m.raft.start_index, m.raft.active_base_index) = keep;
+            (
+                m.raft.start_index,
+                m.raft.start_term,
+                m.raft.active_base_index,
+            ) = keep;
         })
         .await
     }
@@ -302,9 +319,18 @@ impl<S: Storage> Log<S> {
         self.state.borrow().next_index - 1
     }
 
-    /// The term of the batch at `index`, if a loaded segment holds it.
+    /// The term of the batch at `index`, if a loaded segment holds it;
+    /// for the index just before the first batch held, the term
+    /// `log.meta` recorded for it (retention and [`Log::restart_at`] keep
+    /// it), if known.
     pub fn term(&self, index: u64) -> Option<u64> {
-        self.slot(index).map(|(_, slot)| slot.term)
+        if let Some((_, slot)) = self.slot(index) {
+            return Some(slot.term);
+        }
+        let m = self.meta.borrow();
+        let r = &m.current.raft;
+        (r.start_term > 0 && index + 1 == r.start_index && index + 1 == self.first_index())
+            .then_some(r.start_term)
     }
 
     /// The segment (base offset) and slot of the batch at `index`.

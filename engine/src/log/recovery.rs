@@ -687,7 +687,11 @@ impl<S: Storage> Log<S> {
     }
 
     /// Creates the empty files of a segment beginning at `base`, durably.
-    async fn create_empty_segment(storage: &S, dir: &Path, base: u64) -> Result<(), OpenError> {
+    pub(super) async fn create_empty_segment(
+        storage: &S,
+        dir: &Path,
+        base: u64,
+    ) -> Result<(), OpenError> {
         let next = dir.join(format!("{base:020}.log"));
         storage
             .create(&next)

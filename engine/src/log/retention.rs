@@ -14,8 +14,25 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use super::segment::Segment;
 use super::{FREE_SUFFIX, Log, RECYCLED_SEGMENTS_MAX, Retention, RetentionReport};
 use crate::storage::Storage;
+
+/// Whether every Raft entry of `seg` lies below `keep_from` (always, for
+/// no bound or a segment of version 1; never, for one whose last index is
+/// not known).
+fn below_retained<S: Storage>(seg: &Segment<S>, keep_from: Option<u64>) -> bool {
+    let Some(keep) = keep_from else {
+        return true;
+    };
+    if seg.version != super::batch::BATCH_VERSION {
+        return true;
+    }
+    match &seg.raft {
+        Some(slots) => seg.base_index + slots.len() as u64 <= keep,
+        None => seg.next_index > 0 && seg.next_index <= keep,
+    }
+}
 
 impl<S: Storage> Log<S> {
     /// Deletes whole sealed segments, oldest first, that the retention
@@ -41,6 +58,15 @@ impl<S: Storage> Log<S> {
         self.retire(0).await
     }
 
+    /// Bounds retention (and [`Log::delete_before`]) for a Raft log: a
+    /// segment holding an entry at or above Raft index `index` is kept.
+    /// Its group sets it to one past its commit, so that only committed
+    /// entries are deleted: everything below a snapshot's point must be
+    /// committed (docs/replication.md section 8). Not persisted.
+    pub fn retain_from_index(&self, index: u64) {
+        self.state.borrow_mut().retain_from_index = Some(index);
+    }
+
     /// [`apply_retention`](Log::apply_retention), and what
     /// [`delete_before`](Log::delete_before) asked for.
     pub(super) async fn retire(&self, now_ms: u64) -> io::Result<RetentionReport> {
@@ -52,6 +78,9 @@ impl<S: Storage> Log<S> {
             max_age_ms,
             max_bytes,
         } = self.retention.get();
+        // (Raft index of the first batch kept, term of the one before it):
+        // (0, 0) when not known.
+        let mut raft_start = (0u64, 0u64);
         // (log path, index path, bytes, whether its file is reused)
         let victims: Vec<(PathBuf, PathBuf, u64, bool)> = {
             let mut guard = self.state.borrow_mut();
@@ -67,7 +96,7 @@ impl<S: Storage> Log<S> {
                 let too_old =
                     max_age_ms.is_some_and(|age| seg.max_timestamp_ms.saturating_add(age) < now_ms);
                 let unwanted = seg.next_offset <= st.delete_below;
-                if !(too_big || too_old || unwanted) {
+                if !(too_big || too_old || unwanted) || !below_retained(seg, st.retain_from_index) {
                     break;
                 }
                 total -= seg.end;
@@ -77,6 +106,20 @@ impl<S: Storage> Log<S> {
             for base in bases {
                 let Some(seg) = st.segments.remove(&base) else {
                     continue;
+                };
+                // The Raft point before the new start: the last deleted
+                // batch's index and term (from its table; unknown for a
+                // segment of version 1 or one whose table was never built).
+                raft_start = match &seg.raft {
+                    _ if seg.version != super::batch::BATCH_VERSION || seg.base_index == 0 => {
+                        (0, 0)
+                    }
+                    Some(slots) => match slots.last() {
+                        Some(last) => (seg.base_index + slots.len() as u64, last.term),
+                        None => raft_start,
+                    },
+                    None if seg.next_index > 0 => (seg.next_index, seg.last_term),
+                    None => (0, 0),
                 };
                 // A reader that still holds the file would read the new
                 // segment's bytes in place of the old ones: delete it then.
@@ -88,8 +131,11 @@ impl<S: Storage> Log<S> {
                 victims.push((seg.log_path, seg.idx_path, seg.end, reuse));
                 // `seg` drops here, closing its file and unmapping its index.
             }
-            if let Some(&first) = st.segments.keys().next() {
+            if let Some((&first, kept)) = st.segments.iter().next() {
                 st.start_offset = first;
+                if kept.base_index > 0 && raft_start.0 != kept.base_index {
+                    raft_start = (kept.base_index, 0);
+                }
             }
             victims
         };
@@ -97,12 +143,22 @@ impl<S: Storage> Log<S> {
         let mut failed = None;
         if !victims.is_empty() {
             // The new start is durable before any file goes, so that a
-            // missing first segment is never taken for one retention deleted.
+            // missing first segment is never taken for one retention deleted;
+            // with it the Raft point before it (the term of `first_index -
+            // 1`, which raft asks for as a snapshot's term).
             let start = self.state.borrow().start_offset;
+            let (start_index, start_term) = raft_start;
+            let start_term = if start_term > super::meta::RAFT_TERM_MAX {
+                0
+            } else {
+                start_term
+            };
             if let Err(e) = self
                 .update_meta(|m| {
                     m.start_offset = m.start_offset.max(start);
                     m.gaps.retain(|&(_, to)| to > start);
+                    m.raft.start_index = start_index;
+                    m.raft.start_term = start_term;
                 })
                 .await
             {

@@ -18,6 +18,7 @@ type SimLog = Log<SimStorage>;
 
 mod formats;
 mod raft;
+mod restart;
 
 fn dir() -> PathBuf {
     PathBuf::from("/data/events/0")

@@ -39,10 +39,16 @@
 //! - **Catch-up reads** (`fetch.rs`): raft's requests below the cache are
 //!   recorded (bounded: [`fetch::FETCHES_MAX`], [`fetch::FETCHED_BYTES_MAX`]), read from
 //!   the log by the owning loop, and served once from a side buffer.
-//! - **Not built yet**: installing a snapshot (resetting the log to begin
-//!   after it, section 8) leaves the store failed, and `persist` reports
-//!   it. The term of the index just before the first one held is known
-//!   only for an empty log's start (0).
+//! - **Snapshots are descriptors** (section 8): [`raft::Storage::snapshot`]
+//!   answers the point just before the first entry held (its index, the
+//!   term `log.meta` recorded for it, the conf state) with `data` the
+//!   8-byte little-endian next offset there (the log's start offset).
+//!   Installing one stages a restart of the log after it, as a cut is
+//!   staged: reads see an empty log after the point at once; `persist`
+//!   restarts the engine log ([`Log::restart_at`], durable), then writes
+//!   the entries staged after it. The follower then catches up from the
+//!   leader's first entry by ordinary appends. A snapshot whose data is
+//!   not exactly [`SNAPSHOT_DATA_BYTES`] fails the store, naming it.
 //!
 //! **What the owning loop (the shard) calls**, per group, in section 3's
 //! turn:
@@ -88,6 +94,30 @@ pub const CACHE_ENTRIES_MAX: u64 = 65_536;
 pub const CACHE_BYTES_MAX: usize = 64 << 20;
 /// Bytes of entries read from the log at a time while loading the cache.
 const LOAD_BYTES_MAX: u64 = 4 << 20;
+/// A snapshot descriptor's `data`: the next event offset after its index,
+/// little-endian.
+pub const SNAPSHOT_DATA_BYTES: usize = 8;
+
+/// A log restart staged by an installed snapshot (written at `persist`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Restart {
+    index: u64,
+    term: u64,
+    next_offset: u64,
+}
+
+/// The next offset a snapshot descriptor's `data` holds; an error naming
+/// what is wrong otherwise.
+pub fn snapshot_next_offset(snapshot: &Snapshot) -> Result<u64, StoreError> {
+    let (index, data) = (snapshot.get_metadata().index, &snapshot.data);
+    let bytes: [u8; SNAPSHOT_DATA_BYTES] = data.as_ref().try_into().map_err(|_| {
+        StoreError::Rejected(format!(
+            "snapshot at index {index} carries {} bytes of data; a descriptor carries exactly {SNAPSHOT_DATA_BYTES} (its next offset)",
+            data.len()
+        ))
+    })?;
+    Ok(u64::from_le_bytes(bytes))
+}
 
 struct Inner<S: Storage> {
     log: Rc<Log<S>>,
@@ -107,7 +137,12 @@ struct Inner<S: Storage> {
     /// engine's cut is asynchronous, `append` is not), and the entries to
     /// write after it then; reads see them already.
     pending_cut: Option<u64>,
+    /// A restart of the log after an installed snapshot that `persist`
+    /// makes; `staged` then holds the entries to write after it.
+    pending_restart: Option<Restart>,
     staged: Vec<Entry>,
+    /// Snapshots installed (their restarts made durable) since open.
+    restarts: u64,
     /// Catch-up reads of entries below the cache (`fetch.rs`).
     fetches: Fetches,
 }
@@ -116,10 +151,24 @@ impl<S: Storage> Inner<S> {
     /// The last index as reads see it (a pending cut and its entries
     /// included).
     fn last(&self) -> u64 {
-        match self.pending_cut {
-            Some(cut) => cut + self.staged.len() as u64,
-            None => self.log.last_index(),
+        match (self.pending_restart, self.pending_cut) {
+            (Some(r), _) => r.index + self.staged.len() as u64,
+            (None, Some(cut)) => cut + self.staged.len() as u64,
+            (None, None) => self.log.last_index(),
         }
+    }
+
+    /// The first index as reads see it (after a pending restart's point).
+    pub(super) fn first(&self) -> u64 {
+        match self.pending_restart {
+            Some(r) => r.index + 1,
+            None => self.log.first_index(),
+        }
+    }
+
+    /// Entries go to `staged` (written at `persist`) rather than the log.
+    fn staging(&self) -> bool {
+        self.pending_cut.is_some() || self.pending_restart.is_some()
     }
 
     /// Keeps `e` in the cache (the cache holds `cache_first..=last`).
@@ -320,7 +369,9 @@ impl<S: Storage> EngineLogStore<S> {
             recorded,
             failed: None,
             pending_cut: None,
+            pending_restart: None,
             staged: Vec::new(),
+            restarts: 0,
             fetches: Fetches::default(),
         }))))
     }
@@ -373,22 +424,34 @@ impl<S: Storage> EngineLogStore<S> {
         Ok(())
     }
 
-    /// Makes a pending cut (durable when it returns) and writes the
-    /// entries staged after it.
+    /// Makes a pending restart or cut (durable when it returns) and
+    /// writes the entries staged after it.
     async fn write_cut(&self) -> Result<(), StoreError> {
-        let (log, cut) = {
+        let (log, restart, cut) = {
             let inner = self.0.borrow();
-            match inner.pending_cut {
-                Some(cut) => (inner.log.clone(), cut),
-                None => return Ok(()),
+            if inner.failed.is_some() {
+                return Ok(()); // `persist` reports it
             }
+            (inner.log.clone(), inner.pending_restart, inner.pending_cut)
         };
-        log.truncate_after(cut)
-            .await
-            .map_err(|e| io_error("cutting the log's uncommitted suffix", e))?;
+        if let Some(r) = restart {
+            log.restart_at(r.index, r.term, r.next_offset)
+                .await
+                .map_err(|e| io_error("restarting the log after a snapshot", e))?;
+            // The restart raised the recorded commit (and term) to its point.
+            self.0.borrow_mut().recorded = log.raft_meta();
+        } else if let Some(cut) = cut {
+            log.truncate_after(cut)
+                .await
+                .map_err(|e| io_error("cutting the log's uncommitted suffix", e))?;
+        } else {
+            return Ok(());
+        }
         let staged = {
             let mut inner = self.0.borrow_mut();
+            inner.restarts += u64::from(inner.pending_restart.is_some());
             inner.pending_cut = None;
+            inner.pending_restart = None;
             std::mem::take(&mut inner.staged)
         };
         for e in &staged {
@@ -418,6 +481,11 @@ impl<S: Storage> EngineLogStore<S> {
         {}
     }
 
+    /// Snapshots installed since open whose restart of the log is durable.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.0.borrow().restarts
+    }
+
     /// Bytes of entry data in the cache.
     pub fn cache_bytes(&self) -> usize {
         self.0.borrow().cache_bytes
@@ -438,7 +506,7 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
         if let Some(e) = &inner.failed {
             return Err(e.clone());
         }
-        let first = inner.log.first_index();
+        let first = inner.first();
         let last = inner.last();
         if first_new < first {
             return Err(StoreError::BelowFirst { first_new, first });
@@ -452,7 +520,13 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
                 commit: inner.hs.commit,
             });
         }
-        if first_new <= last {
+        if first_new <= last && inner.pending_restart.is_some() {
+            // Over entries staged after a restart: they are replaced.
+            let keep = (first_new - first) as usize;
+            inner.staged.truncate(keep);
+            let keep = (first_new - inner.cache_first) as usize;
+            inner.cache_truncate(keep);
+        } else if first_new <= last {
             // A new leader's conflicting suffix: cut it (at `persist`).
             let cut = first_new - 1;
             inner.pending_cut = Some(inner.pending_cut.map_or(cut, |c| c.min(cut)));
@@ -467,7 +541,7 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
             }
         }
         for e in entries {
-            if inner.pending_cut.is_some() {
+            if inner.staging() {
                 // Checked now (its stamp), written at `persist`.
                 batch_of(e, 0)?;
                 inner.staged.push(e.clone());
@@ -492,11 +566,32 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) {
-        let index = snapshot.get_metadata().index;
-        self.0.borrow_mut().failed = Some(StoreError::Unsupported(
-            "installing a snapshot needs the engine to reset the log after it (not built yet)",
-        ));
-        tracing::error!(index, "snapshot install is not built for engine logs yet");
+        let meta = snapshot.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let mut inner = self.0.borrow_mut();
+        let next_offset = match snapshot_next_offset(snapshot) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(index, "refusing a snapshot: {e}");
+                inner.failed = Some(e);
+                return;
+            }
+        };
+        // The log restarts after the point (at `persist`); reads see an
+        // empty log there now.
+        inner.pending_restart = Some(Restart {
+            index,
+            term,
+            next_offset,
+        });
+        inner.pending_cut = None;
+        inner.staged.clear();
+        inner.cache_truncate(0);
+        inner.cache_first = index + 1;
+        inner.fetches.below(index + 1);
+        inner.conf = meta.get_conf_state().clone();
+        inner.hs.commit = inner.hs.commit.max(index);
+        inner.hs.term = inner.hs.term.max(term);
     }
 
     fn hard_state(&self) -> HardState {
@@ -505,9 +600,9 @@ impl<S: Storage> LogStore for EngineLogStore<S> {
 
     fn next_offset(&self) -> Option<u64> {
         let inner = self.0.borrow();
-        match inner.pending_cut {
-            Some(_) => None,
-            None => Some(inner.log.stats().next_offset),
+        match inner.staging() {
+            true => None,
+            false => Some(inner.log.stats().next_offset),
         }
     }
 }
@@ -527,7 +622,7 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into();
         let mut inner = self.0.borrow_mut();
-        if low < inner.log.first_index() {
+        if low < inner.first() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > inner.last() + 1 {
@@ -557,9 +652,20 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
 
     fn term(&self, index: u64) -> raft::Result<u64> {
         let inner = self.0.borrow();
-        let first = inner.log.first_index();
+        let first = inner.first();
         if index == 0 || (index + 1 == first && first == 1) {
             return Ok(0);
+        }
+        if let Some(r) = inner.pending_restart
+            && index == r.index
+        {
+            return Ok(r.term);
+        }
+        if index + 1 == first
+            && let Some(term) = inner.log.term(index)
+        {
+            // The point before the first entry: `log.meta` knows its term.
+            return Ok(term);
         }
         if index < first {
             return Err(raft::Error::Store(StorageError::Compacted));
@@ -570,8 +676,8 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
         {
             return Ok(e.term);
         }
-        if inner.pending_cut.is_some_and(|cut| index > cut) {
-            // Cut: only the cache holds what follows.
+        if inner.pending_restart.is_some() || inner.pending_cut.is_some_and(|cut| index > cut) {
+            // Cut or restarted: only the cache holds what follows.
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         inner
@@ -581,20 +687,34 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.0.borrow().log.first_index())
+        Ok(self.0.borrow().first())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self.0.borrow().last())
     }
 
-    /// A descriptor (section 8): the point before the first entry held and
-    /// the conf state; no data.
+    /// A descriptor (section 8): the point before the first entry held,
+    /// its term, the conf state, and as `data` the next offset there (the
+    /// log's start). Temporarily unavailable while that point's term is not
+    /// known or lies above the commit (everything below the first entry
+    /// must be committed: a follower installing it counts it so).
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let first = self.first_index()?;
-        let term = self.term(first - 1).unwrap_or(0);
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let term = self.term(first - 1).map_err(|_| unavailable())?;
         let inner = self.0.borrow();
-        let mut snapshot = Snapshot::default();
+        if term == 0 || first - 1 > inner.hs.commit {
+            return Err(unavailable());
+        }
+        let next_offset = match inner.pending_restart {
+            Some(r) => r.next_offset,
+            None => inner.log.stats().start_offset,
+        };
+        let mut snapshot = Snapshot {
+            data: next_offset.to_le_bytes().to_vec().into(),
+            ..Snapshot::default()
+        };
         let meta = snapshot.mut_metadata();
         meta.index = first - 1;
         meta.term = term;
@@ -605,5 +725,7 @@ impl<S: Storage> raft::Storage for EngineLogStore<S> {
 
 #[cfg(test)]
 mod catch_up_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

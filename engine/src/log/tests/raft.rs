@@ -153,6 +153,46 @@ fn retention_moves_the_first_index_to_the_first_segment_kept() {
     ));
 }
 
+/// Retention records the term of the last batch it deleted with the new
+/// start (raft asks for `term(first_index - 1)` as a snapshot's term), and
+/// a reopen still knows it.
+#[test]
+fn after_retention_the_term_before_the_first_index_is_known_across_reopen() {
+    let sim = SimStorage::new(43, SimFaults::default());
+    let log = open(&sim, small_config());
+    append_entries(&log, 1, 60, 3);
+    append_entries(&log, 60, 140, 5);
+    block_on(log.sync_index(140)).unwrap();
+    let firsts = segment_first_indexes(&log);
+    // Delete up to a segment whose predecessor ends in term 5.
+    let keep = *firsts.iter().find(|&&f| f > 62).unwrap();
+    let keep_offset = log.segments()[firsts.iter().position(|&f| f == keep).unwrap()].base_offset;
+    block_on(log.delete_before(keep_offset)).unwrap();
+    assert_eq!(log.first_index(), keep);
+    assert_eq!(log.term(keep - 1), Some(5), "the last deleted batch's term");
+    assert_eq!(log.term(keep - 2), None, "below it: compacted");
+    assert_eq!(
+        (log.raft_meta().start_index, log.raft_meta().start_term),
+        (keep, 5)
+    );
+    drop(log);
+    let log = open(&sim, small_config());
+    block_on(log.load_raft_index()).unwrap();
+    assert_eq!(log.first_index(), keep);
+    assert_eq!(log.term(keep - 1), Some(5), "after a reopen");
+    // Deleting up to a segment whose predecessor ends in term 3.
+    let sim = SimStorage::new(44, SimFaults::default());
+    let log = open(&sim, small_config());
+    append_entries(&log, 1, 60, 3);
+    append_entries(&log, 60, 140, 5);
+    block_on(log.sync_index(140)).unwrap();
+    let firsts = segment_first_indexes(&log);
+    let at = firsts.iter().position(|&f| f > 10).unwrap();
+    assert!(firsts[at] < 60, "{firsts:?}");
+    block_on(log.delete_before(log.segments()[at].base_offset)).unwrap();
+    assert_eq!(log.term(firsts[at] - 1), Some(3));
+}
+
 #[test]
 fn after_a_crash_the_entries_are_a_prefix_of_those_appended() {
     for seed in 0..20u64 {
@@ -343,7 +383,7 @@ fn an_append_after_a_control_batch_indexed_at_open_keeps_the_index_increasing() 
 
 /// An event batch of one `len`-byte record at `index`, `term`, at the
 /// log's next offset.
-fn event_entry(log: &SimLog, index: u64, term: u64, len: usize) -> Vec<u8> {
+pub(super) fn event_entry(log: &SimLog, index: u64, term: u64, len: usize) -> Vec<u8> {
     let stamp = batch::BatchStamp {
         kind: BatchKind::Events,
         base_offset: log.stats().next_offset,
@@ -357,7 +397,7 @@ fn event_entry(log: &SimLog, index: u64, term: u64, len: usize) -> Vec<u8> {
 }
 
 /// Appends event entries `from..to` at `term`; returns their bytes.
-fn append_entries(log: &SimLog, from: u64, to: u64, term: u64) -> Vec<Vec<u8>> {
+pub(super) fn append_entries(log: &SimLog, from: u64, to: u64, term: u64) -> Vec<Vec<u8>> {
     (from..to)
         .map(|i| {
             let e = event_entry(log, i, term, 300 + (i as usize * 211) % 2000);
@@ -367,7 +407,7 @@ fn append_entries(log: &SimLog, from: u64, to: u64, term: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn bytes_of(log: &SimLog) -> Vec<Vec<u8>> {
+pub(super) fn bytes_of(log: &SimLog) -> Vec<Vec<u8>> {
     all_entries(log)
         .into_iter()
         .map(|e| e.bytes.to_vec())
@@ -445,7 +485,7 @@ fn truncate_after_cuts_an_unwritten_suffix_then_into_a_sealed_segment() {
 
 /// The Raft index of each segment's first batch (event entries of one
 /// record each: a segment's base is its first batch's base offset).
-fn segment_first_indexes(log: &SimLog) -> Vec<u64> {
+pub(super) fn segment_first_indexes(log: &SimLog) -> Vec<u64> {
     let bases: Vec<u64> = log.segments().iter().map(|s| s.base_offset).collect();
     all_entries(log)
         .iter()

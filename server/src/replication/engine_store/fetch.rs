@@ -158,6 +158,15 @@ impl Fetches {
 
     /// Drops what was read from `first_new` on (a conflicting suffix was
     /// cut there).
+    /// Drops the requests and runs read below `first` (a snapshot
+    /// installed: the log begins after it). Reads under way are dropped
+    /// when they land.
+    pub(super) fn below(&mut self, first: u64) {
+        self.waiting.retain(|r| r.low >= first);
+        self.read.retain(|(low, _)| *low >= first);
+        self.read_bytes = self.read.iter().map(|(_, run)| bytes_of(run)).sum();
+    }
+
     pub(super) fn cut(&mut self, first_new: u64) {
         for (_, run) in &mut self.read {
             run.retain(|e| e.index < first_new);
@@ -232,6 +241,10 @@ impl<S: Storage> EngineLogStore<S> {
             }
         };
         let mut inner = self.0.borrow_mut();
+        if low < inner.first() {
+            // A snapshot installed meanwhile: the log begins after it.
+            return None;
+        }
         let cache_first = inner.cache_first;
         let run: Vec<Entry> = run
             .into_iter()

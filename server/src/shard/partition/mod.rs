@@ -239,19 +239,9 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         S: Clone,
     {
         self.dedup_limits.set(dedup);
-        // Retention would strand a follower behind the deleted segments:
-        // raft would send it a snapshot, and installing one is not built
-        // yet (docs/replication.md section 8). Replicated logs keep
-        // everything until it is.
-        let retention = self.log.retention();
-        if retention != hadron_engine::Retention::default() {
-            tracing::warn!(
-                stream = %self.stream,
-                partition = self.partition,
-                "retention ({retention:?}) is not applied to replicated streams yet: this partition keeps all its events"
-            );
-            self.log.set_retention(hadron_engine::Retention::default());
-        }
+        // Retention applies as on a single node: a follower behind the
+        // leader's deleted segments installs a snapshot descriptor and
+        // restarts its log after it (docs/replication.md section 8).
         let named = |e: String| {
             format!(
                 "stream {} partition {} replication: {e}",
@@ -276,10 +266,9 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         Ok(())
     }
 
-    /// Adopts an applied stream's retention, unless the partition is
-    /// replicated (see [`Partition::replicate`]). Returns whether it did.
+    /// Adopts an applied stream's retention. Returns whether it changed.
     pub fn set_retention(&self, retention: hadron_engine::Retention) -> bool {
-        if self.replica.is_some() || self.log.retention() == retention {
+        if self.log.retention() == retention {
             return false;
         }
         self.log.set_retention(retention);
@@ -396,11 +385,16 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         let mut offset = first.max(self.log.stats().start_offset);
         let mut dedup = Dedup::starting_at(offset);
         while offset < end {
-            let read = self
-                .log
-                .read(offset, 1 << 20)
-                .await
-                .map_err(|e| format!("rebuilding dedup window: {e}"))?;
+            let read = match self.log.read(offset, 1 << 20).await {
+                Ok(read) => read,
+                // Retention (or a restart after a snapshot) moved the
+                // log's start meanwhile: what it deleted left the window.
+                Err(hadron_engine::log::ReadError::BeforeStart { start, .. }) if start > offset => {
+                    offset = start;
+                    continue;
+                }
+                Err(e) => return Err(format!("rebuilding dedup window: {e}")),
+            };
             for batch in Batches::new(&read.bytes) {
                 let batch = batch.map_err(|e| format!("rebuilding dedup window: {e}"))?;
                 if batch.header.kind.is_control() {

@@ -169,6 +169,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         }
         let commit = store.hard_state().commit;
         let hs_term = store.hard_state().term;
+        log.retain_from_index(commit + 1);
         let high_watermark = offset_after(&log, commit).await?;
         let preferred = spec.voters.first().copied().unwrap_or(0);
         let mut group = ReplicatedLog::new(spec.group, store.clone(), spec.net, clock)
@@ -212,6 +213,13 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         let proposal = self.group.borrow_mut().propose_batch(bytes);
         self.wake.notify_all();
         proposal
+    }
+
+    /// Snapshots this replica installed since it opened (its log restarted
+    /// after the leader's retention point). The simulation counts them.
+    #[cfg(test)]
+    pub fn snapshots_installed(&self) -> u64 {
+        self.store.snapshots_installed()
     }
 
     /// The end of the last committed data batch: readers stop there.
@@ -358,6 +366,17 @@ impl<S: Storage, C: Clock> Replica<S, C> {
                 self.high_watermark.set(header.next_offset());
                 moved = true;
             }
+        }
+        // A snapshot applied (its index, once the log restarted after it):
+        // everything below the log's start is committed.
+        let log = self.store.log();
+        let applied = self.group.borrow().applied();
+        // Retention deletes committed entries only.
+        log.retain_from_index(applied + 1);
+        let start = log.stats().start_offset;
+        if applied + 1 >= log.first_index() && start > self.high_watermark.get() {
+            self.high_watermark.set(start);
+            moved = true;
         }
         Ok(moved)
     }

@@ -28,8 +28,10 @@
 //! torn tail; the replica then recovers up to its recorded commit only,
 //! and entries it acknowledged past that commit are not protected; below
 //! the watermark the log opens read-only and the start fails, naming the
-//! damage); damage to a batch header that keeps the log's Raft index from
-//! loading (the start fails, naming the segment and byte); damage to
+//! damage); damage in a sealed segment's tail, which the engine's open
+//! verifies itself and refuses (the start fails, naming the segment and
+//! byte); damage to a batch header that keeps the log's Raft index from
+//! loading (likewise); damage to
 //! `log.meta`; and damage on every replica of a batch (recovery needs one
 //! good copy).
 
