@@ -631,3 +631,120 @@ async fn with_tls_the_nodes_replicate_over_tls() {
     let records = fetch_all(&client(2, &mut cluster), STREAM, 0).await;
     assert_eq!(records.len(), 10);
 }
+
+/// A stream of one partition, 3 replicas, 64 KiB segments (so that they
+/// roll), and `retention` when given.
+fn small_segments(retention: &str) -> ClusterOptions {
+    ClusterOptions {
+        resources: format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: {STREAM} }}\nspec: {{ partitions: 1, replicas: 3{retention} }}\n"
+        ),
+        settings: "segmentBytes: 65536\n".into(),
+        ..ClusterOptions::default()
+    }
+}
+
+/// Publishes `n` events of `size` bytes of `fill` with ids `{prefix}{i}`
+/// through node `via`; returns id -> offset.
+async fn publish_many(
+    cluster: &Cluster,
+    via: u64,
+    prefix: &str,
+    n: usize,
+    size: usize,
+    fill: u8,
+) -> BTreeMap<String, u64> {
+    let publisher = cluster
+        .client(via)
+        .publisher_for(STREAM, "bulk")
+        .await
+        .unwrap();
+    let mut acked = BTreeMap::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let batch: Vec<NewEvent> = chunk
+            .iter()
+            .map(|i| NewEvent {
+                id: format!("{prefix}{i}"),
+                ty: "t".into(),
+                data: vec![fill; size],
+                ..NewEvent::default()
+            })
+            .collect();
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        let published = publisher.publish_batch(batch).await.unwrap();
+        for (id, p) in ids.into_iter().zip(published) {
+            acked.insert(id, p.offset);
+        }
+    }
+    acked
+}
+
+/// The leader's retention deletes segments while a follower is down; the
+/// restarted follower, behind the leader's first index, installs a
+/// snapshot descriptor, restarts its log at the leader's start and
+/// catches up: the same events from there on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_retention_installs_a_snapshot() {
+    let mut cluster = Cluster::start(small_segments(", retention: { maxBytes: 200000 }"));
+    let leader = await_leader(&mut cluster, 0, None).await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    publish_many(&cluster, leader, "a", 20, 1_000, b'x').await;
+    await_converged(&mut cluster, 0).await;
+    cluster.node(follower).kill_now();
+    // About 1 MB: far past the 200 kB the partition keeps.
+    let acked = publish_many(&cluster, leader, "b", 500, 2_000, b'y').await;
+    let lead = cluster.replica_status(leader, STREAM, 0).await.unwrap();
+    cluster.node(follower).restart();
+    let hw = await_converged(&mut cluster, 0).await;
+    let leader = await_leader(&mut cluster, 0, None).await;
+    let start = start_offset(&cluster, leader).await;
+    assert!(
+        start > 20,
+        "the leader's retention deleted the segments the follower had: {lead}"
+    );
+    let records = fetch_from_start(&cluster.client(leader), start).await;
+    assert_eq!(records.first().map(|r| r.0), Some(start));
+    assert_eq!(records.last().map(|r| r.0 + 1), Some(hw));
+    for (id, offset) in &acked {
+        if *offset >= start {
+            let (o, e) = &records[(*offset - start) as usize];
+            assert_eq!((o, e.id.as_str()), (offset, id.as_str()));
+        }
+    }
+    let theirs = start_offset(&cluster, follower).await;
+    assert!(
+        theirs >= start,
+        "the follower's log restarts at the leader's start {start} (a snapshot), not {theirs}"
+    );
+}
+
+/// Every record from the partition's first retained offset, which `from`
+/// names.
+async fn fetch_from_start(client: &Client, from: u64) -> Vec<(u64, hadron::Event)> {
+    let mut offset = from;
+    let mut out = Vec::new();
+    loop {
+        let page = client
+            .fetch(STREAM, 0, offset, 64 << 10)
+            .await
+            .unwrap_or_else(|e| panic!("fetch at {offset}: {e}"));
+        if page.records.is_empty() {
+            return out;
+        }
+        offset = page.next_offset;
+        out.extend(page.records);
+    }
+}
+
+/// `start_offset` of partition 0 of the stream on node `id`.
+async fn start_offset(cluster: &Cluster, id: u64) -> u64 {
+    let status = status_of(cluster, id).await;
+    hadron_tests::stream_partitions(&status, STREAM)[0]["start_offset"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn status_of(cluster: &Cluster, id: u64) -> serde_json::Value {
+    let json = cluster.client(id).status().await.unwrap();
+    serde_json::from_str(&json).unwrap()
+}

@@ -28,9 +28,11 @@
 //! torn tail; the replica then recovers up to its recorded commit only,
 //! and entries it acknowledged past that commit are not protected; below
 //! the watermark the log opens read-only and the start fails, naming the
-//! damage); damage in a sealed segment's tail, which the engine's open
-//! verifies itself and refuses (the start fails, naming the segment and
-//! byte); damage to a batch header that keeps the log's Raft index from
+//! damage); damage the engine's open finds itself in a sealed segment
+//! (it verifies a sealed segment's tail, and all of it when its index
+//! file is not usable, as after a crash that cut the index short): the
+//! start fails, naming the segment and byte, as on a single node; damage
+//! to a batch header that keeps the log's Raft index from
 //! loading (likewise); damage to
 //! `log.meta`; and damage on every replica of a batch (recovery needs one
 //! good copy).
