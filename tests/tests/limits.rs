@@ -320,6 +320,12 @@ async fn a_subscriber_that_does_not_read_stops_receiving_until_it_drains() {
     let pid = server.pid().unwrap();
     let client = server.client();
     hadron_tests::create_stream(&client, "wide", 1).await;
+    // The same publishes to a stream no one reads first: the server's
+    // allocator then holds what publishing 36 MB takes, and the growth
+    // measured below is what the stuck subscriber costs (without it, the
+    // figure swung from 4 to 25 MiB with the machine's load).
+    hadron_tests::create_stream(&client, "warm", 1).await;
+    hadron_tests::fill_partition(&client, "warm", 0, "w", EVENTS as usize, 60 << 10).await;
     let mut slow = RawConn::handshaken(server.port()).await;
     slow.subscribe("wide", "slow-readers", false, 1000).await;
     let (_, hwm_before) = memory_kib(pid);
