@@ -4,6 +4,11 @@
 //! leader, once, at the offset it was acknowledged at, and every replica
 //! holds the same log.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed set-up step must fail the test at once"
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -549,10 +554,6 @@ async fn leadership_returns_to_the_preferred_replica_after_it_restarts() {
 
 /// A CA and one certificate for every node (127.0.0.1 and localhost, for
 /// serving and as a client), written as `ca.pem`, `node.pem`, `node.key`.
-#[expect(
-    clippy::unwrap_used,
-    reason = "test set-up: a failed step must fail the test at once"
-)]
 fn cluster_pki(dir: &std::path::Path) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
