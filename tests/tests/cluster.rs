@@ -87,6 +87,44 @@ async fn await_converged(cluster: &mut Cluster, partition: u32) -> u64 {
     }
 }
 
+/// How many publishes the workers had acknowledged, and a wake-up on each.
+#[derive(Default)]
+struct Progress {
+    acked: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn count(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    fn add(&self) {
+        self.acked.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `more` publishes beyond now were acknowledged: the load
+    /// runs (through the current leader) before the next fault.
+    async fn wait_for(&self, more: u64, what: &str) {
+        let target = self.count() + more;
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                if self.count() >= target {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{more} more publishes not acknowledged within 30 s {what}")
+            });
+    }
+}
+
 /// A publisher that keeps publishing distinct events to partition 0 with
 /// fixed ids, moving to another node's client when one fails, and retrying
 /// the same event (same id) until it is acknowledged. Returns id -> offset.
@@ -94,6 +132,7 @@ async fn publish_until(
     clients: Vec<Client>,
     worker: usize,
     stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
 ) -> BTreeMap<String, u64> {
     let mut acked = BTreeMap::new();
     let mut at = worker % clients.len();
@@ -110,6 +149,7 @@ async fn publish_until(
             match result {
                 Ok(p) => {
                     acked.insert(id.clone(), p.offset);
+                    progress.add();
                     break;
                 }
                 Err(e) => {
@@ -302,21 +342,30 @@ async fn repeated_leader_sigkills_under_durable_load_lose_no_acknowledged_event(
         .into_iter()
         .map(|id| cluster.client(id))
         .collect();
+    let progress = Arc::new(Progress::default());
     let workers: Vec<_> = (0..3)
-        .map(|w| tokio::spawn(publish_until(clients.clone(), w, stop.clone())))
+        .map(|w| {
+            tokio::spawn(publish_until(
+                clients.clone(),
+                w,
+                stop.clone(),
+                progress.clone(),
+            ))
+        })
         .collect();
     let mut killed = Vec::new();
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    for round in 0..3 {
+        progress.wait_for(20, &format!("before kill {round}")).await;
         let leader = await_leader(&mut cluster, 0, None).await;
         cluster.node(leader).kill_now();
         let next = await_leader(&mut cluster, 0, Some(leader)).await;
         assert_ne!(next, leader);
         killed.push(leader);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The survivors serve while the killed node is down.
+        progress.wait_for(10, &format!("after kill {round}")).await;
         cluster.node(leader).restart();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    progress.wait_for(10, "after the last restart").await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = BTreeMap::new();
     for w in workers {
@@ -352,10 +401,18 @@ async fn cut_links_isolate_the_leader_and_the_rest_go_on_without_loss() {
         .into_iter()
         .map(|id| cluster.client(id))
         .collect();
+    let progress = Arc::new(Progress::default());
     let workers: Vec<_> = (0..3)
-        .map(|w| tokio::spawn(publish_until(clients.clone(), w, stop.clone())))
+        .map(|w| {
+            tokio::spawn(publish_until(
+                clients.clone(),
+                w,
+                stop.clone(),
+                progress.clone(),
+            ))
+        })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    progress.wait_for(20, "before the cut").await;
     let old = await_leader(&mut cluster, 0, None).await;
     cluster.isolate(old);
     // The rest elect another; the cut-off one steps down (check_quorum).
@@ -373,7 +430,10 @@ async fn cut_links_isolate_the_leader_and_the_rest_go_on_without_loss() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The others serve while the old leader is cut off.
+    progress
+        .wait_for(10, "while the old leader is isolated")
+        .await;
     cluster.rejoin(old);
     // One direction: the new leader's messages to one follower are lost.
     let follower = cluster
@@ -382,9 +442,9 @@ async fn cut_links_isolate_the_leader_and_the_rest_go_on_without_loss() {
         .find(|&id| id != next && id != old)
         .unwrap();
     cluster.link(next, follower).cut();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    progress.wait_for(20, "with one direction cut").await;
     cluster.link(next, follower).heal();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    progress.wait_for(10, "after healing").await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = BTreeMap::new();
     for w in workers {
