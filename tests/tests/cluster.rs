@@ -125,6 +125,50 @@ impl Progress {
     }
 }
 
+/// Three [`publish_until`] workers, one bootstrapped at each node.
+struct Publishers {
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    workers: Vec<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
+}
+
+impl Publishers {
+    fn start(cluster: &Cluster) -> Publishers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
+        let clients: Vec<Client> = cluster
+            .ids()
+            .into_iter()
+            .map(|id| cluster.client(id))
+            .collect();
+        let workers = (0..3)
+            .map(|w| {
+                tokio::spawn(publish_until(
+                    clients.clone(),
+                    w,
+                    stop.clone(),
+                    progress.clone(),
+                ))
+            })
+            .collect();
+        Publishers {
+            stop,
+            progress,
+            workers,
+        }
+    }
+
+    /// Stops the workers; every event acknowledged, id -> offset.
+    async fn stop(self) -> BTreeMap<String, u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut acked = BTreeMap::new();
+        for w in self.workers {
+            acked.extend(w.await.unwrap());
+        }
+        acked
+    }
+}
+
 /// A publisher that keeps publishing distinct events to partition 0 with
 /// fixed ids, moving to another node's client when one fails, and retrying
 /// the same event (same id) until it is acknowledged. Returns id -> offset.
@@ -336,23 +380,8 @@ async fn repeated_leader_sigkills_under_durable_load_lose_no_acknowledged_event(
         resources: resources(1),
         ..ClusterOptions::default()
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<Client> = cluster
-        .ids()
-        .into_iter()
-        .map(|id| cluster.client(id))
-        .collect();
-    let progress = Arc::new(Progress::default());
-    let workers: Vec<_> = (0..3)
-        .map(|w| {
-            tokio::spawn(publish_until(
-                clients.clone(),
-                w,
-                stop.clone(),
-                progress.clone(),
-            ))
-        })
-        .collect();
+    let publishers = Publishers::start(&cluster);
+    let progress = publishers.progress.clone();
     let mut killed = Vec::new();
     for round in 0..3 {
         progress.wait_for(20, &format!("before kill {round}")).await;
@@ -366,11 +395,7 @@ async fn repeated_leader_sigkills_under_durable_load_lose_no_acknowledged_event(
         cluster.node(leader).restart();
     }
     progress.wait_for(10, "after the last restart").await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = BTreeMap::new();
-    for w in workers {
-        acked.extend(w.await.unwrap());
-    }
+    let acked = publishers.stop().await;
     assert!(
         acked.len() >= 30,
         "only {} events acknowledged",
@@ -395,23 +420,8 @@ async fn cut_links_isolate_the_leader_and_the_rest_go_on_without_loss() {
         proxies: true,
         ..ClusterOptions::default()
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<Client> = cluster
-        .ids()
-        .into_iter()
-        .map(|id| cluster.client(id))
-        .collect();
-    let progress = Arc::new(Progress::default());
-    let workers: Vec<_> = (0..3)
-        .map(|w| {
-            tokio::spawn(publish_until(
-                clients.clone(),
-                w,
-                stop.clone(),
-                progress.clone(),
-            ))
-        })
-        .collect();
+    let publishers = Publishers::start(&cluster);
+    let progress = publishers.progress.clone();
     progress.wait_for(20, "before the cut").await;
     let old = await_leader(&mut cluster, 0, None).await;
     cluster.isolate(old);
@@ -445,11 +455,7 @@ async fn cut_links_isolate_the_leader_and_the_rest_go_on_without_loss() {
     progress.wait_for(20, "with one direction cut").await;
     cluster.link(next, follower).heal();
     progress.wait_for(10, "after healing").await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = BTreeMap::new();
-    for w in workers {
-        acked.extend(w.await.unwrap());
-    }
+    let acked = publishers.stop().await;
     assert!(
         acked.len() >= 20,
         "only {} events acknowledged",

@@ -56,6 +56,26 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> RaftAppendError + '_ {
 }
 
 impl<S: Storage> Log<S> {
+    /// Takes the group commit's leadership, waiting for a round under way:
+    /// no round writes until the guard drops. Refused on a poisoned log.
+    /// What a cut or a restart holds while it rewrites the log's files.
+    pub(super) async fn hold_group_commit(&self) -> Result<LeaderGuard<'_, S>, RaftAppendError> {
+        loop {
+            let generation = self.flushed.generation();
+            {
+                let mut st = self.state.borrow_mut();
+                if let Some(why) = &st.poisoned {
+                    return Err(RaftAppendError::Io(format!("log poisoned: {why}")));
+                }
+                if !st.flushing {
+                    st.flushing = true;
+                    return Ok(LeaderGuard(self));
+                }
+            }
+            self.flushed.changed_since(generation).await;
+        }
+    }
+
     /// Removes every batch after Raft index `index`, durably (see the module
     /// header). A no-op when `index` is the last index or beyond. The
     /// caller appends nothing while it runs (a Raft log has one writer, its
@@ -88,22 +108,7 @@ impl<S: Storage> Log<S> {
                 .await
                 .map_err(RaftAppendError::Append)?;
         }
-        // Hold the group commit's leadership: no round writes meanwhile.
-        loop {
-            let generation = self.flushed.generation();
-            {
-                let mut st = self.state.borrow_mut();
-                if let Some(why) = &st.poisoned {
-                    return Err(RaftAppendError::Io(format!("log poisoned: {why}")));
-                }
-                if !st.flushing {
-                    st.flushing = true;
-                    break;
-                }
-            }
-            self.flushed.changed_since(generation).await;
-        }
-        let _guard = LeaderGuard(self);
+        let _guard = self.hold_group_commit().await?;
         let (base, cut) = match self.cut_point(index)? {
             Cut::Active(base, cut) => (base, cut),
             Cut::Sealed(base, cut) => {

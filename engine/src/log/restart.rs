@@ -32,7 +32,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::append::LeaderGuard;
 use super::meta::{self, LogMeta, RAFT_TERM_MAX};
 use super::raft::RaftAppendError;
 use super::segment::Segment;
@@ -81,22 +80,7 @@ impl<S: Storage> Log<S> {
             let why = damage.to_string().into();
             return Err(RaftAppendError::Append(super::AppendError::Damaged(why)));
         }
-        // Hold the group commit's leadership: no round writes meanwhile.
-        loop {
-            let generation = self.flushed.generation();
-            {
-                let mut st = self.state.borrow_mut();
-                if let Some(why) = &st.poisoned {
-                    return Err(RaftAppendError::Io(format!("log poisoned: {why}")));
-                }
-                if !st.flushing {
-                    st.flushing = true;
-                    break;
-                }
-            }
-            self.flushed.changed_since(generation).await;
-        }
-        let _guard = LeaderGuard(self);
+        let _guard = self.hold_group_commit().await?;
         let result = self.restart_steps(index, term, next_offset).await;
         if let Err(e) = &result {
             let mut st = self.state.borrow_mut();

@@ -374,8 +374,8 @@ fn write_members(path: &std::path::Path, text: &str) -> Result<(), String> {
 }
 
 /// FNV-1a of the stream name and partition: stable across builds and
-/// machines, as placement must be.
-fn placement_hash(stream: &str, partition: u32) -> u64 {
+/// machines, as placement must be (also a Raft group's id in logs).
+pub fn placement_hash(stream: &str, partition: u32) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in stream.bytes().chain(partition.to_le_bytes()) {
         h ^= u64::from(b);

@@ -407,7 +407,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         let name: Rc<str> = Rc::from(stream);
         let reported = name.clone();
         Ok(partition::replica::ReplicaSpec {
-            group: crate::replication::GroupSettings::new(node_id, group_id(stream, partition)),
+            group: crate::replication::GroupSettings::new(
+                node_id,
+                crate::config::cluster::placement_hash(stream, partition),
+            ),
             voters,
             net: crate::replication::GroupNet {
                 links,
@@ -418,14 +421,4 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             on_leader: Rc::new(move |leader| leaders.set(&reported, partition, leader)),
         })
     }
-}
-
-/// A group's id in logs: FNV-1a of the stream name and partition.
-fn group_id(stream: &str, partition: u32) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in stream.bytes().chain(partition.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
