@@ -104,16 +104,9 @@ async fn publisher(
 }
 
 async fn leader(cluster: &mut Cluster, not: Option<u64>) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(id) = cluster.leader(STREAM, 0).await
-            && Some(id) != not
-        {
-            return id;
-        }
-        assert!(Instant::now() < deadline, "no leader within 30 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster
+        .await_leader_where(STREAM, 0, Duration::from_secs(30), |id| Some(id) != not)
+        .await
 }
 
 /// Waits until node `id`'s last index is the leader's; returns when.

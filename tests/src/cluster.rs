@@ -152,6 +152,31 @@ impl Cluster {
         best.map(|(_, id)| id)
     }
 
+    /// Waits until a node that `accept` takes leads `stream`'s `partition`
+    /// (as [`Cluster::leader`] sees it), polling the nodes' status every
+    /// 50 ms; panics after `timeout`. Returns the node.
+    pub async fn await_leader_where(
+        &mut self,
+        stream: &str,
+        partition: u32,
+        timeout: Duration,
+        accept: impl Fn(u64) -> bool,
+    ) -> u64 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.leader(stream, partition).await
+                && accept(id)
+            {
+                return id;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no accepted leader of {stream}/{partition} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Node `id`'s Raft state of `stream`'s `partition` (its status
     /// document's `replication`), when the node runs and answers.
     pub async fn replica_status(

@@ -36,21 +36,13 @@ fn event(id: &str) -> NewEvent {
     }
 }
 
-/// The leader of `partition`, once one is known and serving.
+/// The leader of `partition` (other than `not`), once one is known.
 async fn await_leader(cluster: &mut Cluster, partition: u32, not: Option<u64>) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(id) = cluster.leader(STREAM, partition).await
-            && Some(id) != not
-        {
-            return id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader of {STREAM}/{partition} (other than {not:?}) within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster
+        .await_leader_where(STREAM, partition, Duration::from_secs(20), |id| {
+            Some(id) != not
+        })
+        .await
 }
 
 /// Waits until every running node's replica of `partition` has applied the
@@ -426,20 +418,7 @@ async fn cut_links_isolate_the_leader_and_the_rest_go_on_without_loss() {
     let old = await_leader(&mut cluster, 0, None).await;
     cluster.isolate(old);
     // The rest elect another; the cut-off one steps down (check_quorum).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let next = 'found: loop {
-        for id in cluster.ids().into_iter().filter(|&id| id != old) {
-            let status = cluster.replica_status(id, STREAM, 0).await;
-            if status.is_some_and(|s| s["is_leader"] == true) {
-                break 'found id;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader among the others within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let next = await_leader(&mut cluster, 0, Some(old)).await;
     // The others serve while the old leader is cut off.
     progress
         .wait_for(10, "while the old leader is isolated")
@@ -578,14 +557,10 @@ async fn leadership_returns_to_the_preferred_replica_after_it_restarts() {
     });
     let status = cluster.replica_status(1, STREAM, 0).await.unwrap();
     let preferred = status["preferred"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while await_leader(&mut cluster, 0, None).await != preferred {
-        assert!(
-            Instant::now() < deadline,
-            "node {preferred} never took the lead"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let twenty = Duration::from_secs(20);
+    cluster
+        .await_leader_where(STREAM, 0, twenty, |id| id == preferred)
+        .await;
     let publisher = cluster
         .client(preferred)
         .publisher_for(STREAM, "app")
@@ -602,17 +577,10 @@ async fn leadership_returns_to_the_preferred_replica_after_it_restarts() {
         .unwrap();
     publisher.publish_to(0, event("during")).await.unwrap();
     cluster.node(preferred).restart();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if cluster.leader(STREAM, 0).await == Some(preferred) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leadership did not return to node {preferred}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Leadership returns once the restarted node has caught up.
+    cluster
+        .await_leader_where(STREAM, 0, twenty, |id| id == preferred)
+        .await;
     let records = fetch_all(&cluster.client(preferred), STREAM, 0).await;
     let ids: Vec<&str> = records.iter().map(|(_, e)| e.id.as_str()).collect();
     assert_eq!(ids, ["before", "during"]);

@@ -68,7 +68,6 @@ struct Link {
     queue: RefCell<VecDeque<Vec<u8>>>,
     bytes: Cell<usize>,
     ready: Notify,
-    dropped: Cell<u64>,
 }
 
 /// This shard's links to the other nodes.
@@ -89,7 +88,12 @@ impl PeerLinks for Links {
             }
         };
         if link.bytes.get() + encoded.len() > LINK_QUEUE_BYTES_MAX {
-            link.dropped.set(link.dropped.get() + 1);
+            tracing::debug!(
+                to,
+                stream,
+                partition,
+                "peer link queue full; raft message dropped"
+            );
             return false;
         }
         link.bytes.set(link.bytes.get() + encoded.len());
@@ -160,7 +164,6 @@ pub fn links(shard: &Rc<Shard>) -> Result<Rc<Links>, String> {
             queue: RefCell::new(VecDeque::new()),
             bytes: Cell::new(0),
             ready: Notify::default(),
-            dropped: Cell::new(0),
         });
         glommio::spawn_local(dial(link.clone(), me)).detach();
         links.insert(peer.id, link);

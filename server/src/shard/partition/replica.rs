@@ -125,6 +125,9 @@ pub struct ReplicaStatus {
     pub preferred: u64,
     /// Refilling a damaged log: abstains from elections meanwhile.
     pub recovering: bool,
+    /// Peer messages dropped because its inbox was full
+    /// ([`INBOX_MESSAGES_MAX`]) since the replica opened.
+    pub inbox_dropped: u64,
     pub stopped: Option<String>,
 }
 
@@ -304,6 +307,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             voters: group.conf_state().voters,
             preferred: self.preferred,
             recovering: self.recovering(),
+            inbox_dropped: self.dropped.get(),
             stopped: self.stopped.borrow().clone(),
         }
     }
