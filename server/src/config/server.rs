@@ -414,29 +414,6 @@ impl ServerConfig {
         }
     }
 
-    /// Refuses a pipeline whose source stream is replicated on this
-    /// cluster: pipeline state (executions, stage outputs) is not
-    /// replicated yet (docs/replication.md section 6), and a failover
-    /// would run completed stages again.
-    pub fn check_pipeline_source(
-        &self,
-        pipeline: &super::PipelineSpec,
-        source: &super::StreamSpec,
-    ) -> Result<(), ConfigError> {
-        if self.cluster_nodes() > 1 && self.stream_replicas(source) > 1 {
-            let reason = format!(
-                "stream {:?} is replicated ({} replicas), and pipelines over replicated streams are not built yet (their stage outputs would not survive a failover); read a stream with replicas: 1",
-                source.name,
-                self.stream_replicas(source)
-            );
-            return Err(
-                ConfigError::new("spec.sourceStream", Problem::Invalid { reason })
-                    .in_resource(ResourceKind::Pipeline, Some(&pipeline.name)),
-            );
-        }
-        Ok(())
-    }
-
     /// The problem with `stream`'s `replicas` on this server, if any
     /// (the Stream's name and `spec.replicas` in the error).
     pub fn check_stream_replicas(&self, stream: &super::StreamSpec) -> Result<(), ConfigError> {

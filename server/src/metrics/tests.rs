@@ -60,6 +60,7 @@ fn scrape() -> Scrape {
         }],
         unfinished: Vec::new(),
         failed_executions: Vec::new(),
+        replication: None,
     };
     let shard = |partitions, runs, refused| ShardMetrics {
         partitions,

@@ -102,7 +102,9 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 continue;
             };
             for partition in 0..stream.partitions {
-                if self.owner(&stream.name, partition) == self.id {
+                if self.owner(&stream.name, partition) == self.id
+                    && !matches!(self.placement(stream, partition), Placed::Elsewhere)
+                {
                     wanted.insert((plan.name.clone(), partition), plan.clone());
                 }
             }
@@ -126,6 +128,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 if let Err(e) = run.sync().await {
                     tracing::warn!("closing pipeline {} partition {}: {e}", key.0, key.1);
                 }
+                // Its log is the replacing run's: the group stops first.
+                run.close_replication().await;
             }
         }
         for ((name, partition), plan) in wanted {
@@ -135,6 +139,16 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             let source = self
                 .partition(&plan.source_stream, partition)
                 .map_err(|e| e.to_string())?;
+            let placed = topology
+                .streams
+                .get(&plan.source_stream)
+                .map(|stream| self.placement(stream, partition));
+            let replication = match placed {
+                Some(Placed::Replicated(voters)) if source.replica.is_some() => {
+                    Some(self.replica_spec(&pipeline::outputs_group(&name), partition, voters)?)
+                }
+                _ => None,
+            };
             let run = PipelineRun::open(
                 &self.storage,
                 &config.data_dir,
@@ -142,9 +156,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 source,
                 self.settings.log_config(Retention::default()),
                 self.settings.limits(),
+                replication,
             )
             .await?;
             let run = Rc::new(run);
+            self.runtime.spawn(run.clone().drive_replication());
             for (member, stage, max_in_flight) in carried
                 .remove(&(name.clone(), partition))
                 .unwrap_or_default()
@@ -232,12 +248,6 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         for resource in streams.into_iter().chain(pipelines) {
             if let Resource::Stream(spec) = &resource
                 && let Err(e) = self.settings.config.check_stream_replicas(spec)
-            {
-                return Reply::Failed(Error::InvalidConfig(e));
-            }
-            if let Resource::Pipeline(spec) = &resource
-                && let Some(source) = next.streams.get(&spec.source_stream)
-                && let Err(e) = self.settings.config.check_pipeline_source(spec, source)
             {
                 return Reply::Failed(Error::InvalidConfig(e));
             }

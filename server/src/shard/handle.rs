@@ -156,11 +156,18 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .runs
             .borrow()
             .get(&(pipeline.to_owned(), partition))
-            .cloned()
-            .ok_or_else(|| Error::PipelineNotHere {
+            .cloned();
+        let Some(run) = run else {
+            // A partition of a cluster placed on other nodes: its runs
+            // are theirs, and nothing is attached here.
+            if self.placed_elsewhere(pipeline, partition) {
+                return Ok(());
+            }
+            return Err(Error::PipelineNotHere {
                 pipeline: pipeline.to_owned(),
                 partition,
-            })?;
+            });
+        };
         let s = run
             .plan
             .stage_index(stage)
@@ -170,6 +177,21 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             })?;
         run.attach(member, s, max_in_flight);
         Ok(())
+    }
+
+    /// Whether `pipeline`'s source `partition` has no replica on this node.
+    fn placed_elsewhere(&self, pipeline: &str, partition: u32) -> bool {
+        let topology = self.topology.borrow();
+        let source = topology
+            .pipelines
+            .get(pipeline)
+            .and_then(|p| topology.streams.get(&p.source_stream));
+        source.is_some_and(|stream| {
+            matches!(
+                self.placement(stream, partition),
+                super::apply::Placed::Elsewhere
+            )
+        })
     }
 
     /// Pipelines: settles stage acks; the acks of one run are made durable

@@ -238,11 +238,18 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Hands a peer's raft message to its partition's group here; dropped
     /// when the partition is not replicated on this shard (yet).
     pub fn on_peer_message(&self, stream: &str, partition: u32, msg: raft::eraftpb::Message) {
-        let replica = self
-            .partitions
-            .borrow()
-            .get(&(stream.to_owned(), partition))
-            .and_then(|p| p.replica.clone());
+        let replica = match stream.strip_prefix(pipeline::OUTPUTS_GROUP_PREFIX) {
+            Some(name) => self
+                .runs
+                .borrow()
+                .get(&(name.to_owned(), partition))
+                .and_then(|r| r.replica()),
+            None => self
+                .partitions
+                .borrow()
+                .get(&(stream.to_owned(), partition))
+                .and_then(|p| p.replica.clone()),
+        };
         match replica {
             Some(r) => r.step(msg),
             None => {

@@ -35,7 +35,7 @@
 mod dedup;
 mod offsets;
 pub mod replica;
-mod replica_repair;
+pub mod replica_repair;
 #[cfg(test)]
 mod replica_sim;
 #[cfg(test)]
@@ -645,6 +645,17 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         max_bytes: u32,
     ) -> Result<(u64, Vec<(u64, Vec<u8>)>), Error> {
         self.check_serving()?;
+        self.read_committed(offset, max_bytes).await
+    }
+
+    /// [`Partition::fetch`] on any replica: what this node's log holds
+    /// below the high watermark it knows (a pipeline run led here reads
+    /// its source so, wherever the partition's leader is).
+    pub async fn read_committed(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<(u64, Vec<(u64, Vec<u8>)>), Error> {
         let end = self.readable_end();
         if self.replica.is_some() && offset >= end {
             // Not committed yet (or beyond the end): nothing to read, as
@@ -726,7 +737,7 @@ impl<S: Storage, C: Clock> Partition<S, C> {
 
     /// The event at `offset`.
     pub async fn event_at(&self, offset: u64) -> Result<Vec<u8>, Error> {
-        let (_, records) = self.fetch(offset, 1).await?;
+        let (_, records) = self.read_committed(offset, 1).await?;
         match records.into_iter().next() {
             Some((o, bytes)) if o == offset => Ok(bytes),
             _ => Err(Error::NoEventAt { offset }),

@@ -107,7 +107,16 @@ pub struct Replica<S: Storage, C: Clock> {
     term_at_open: u64,
     /// When a recovering replica last asked such a leader to move.
     asked_at: Cell<Option<std::time::Duration>>,
+    /// Told the data of each committed batch of events (a pipeline's
+    /// follower finds its checkpoints there).
+    on_applied: RefCell<Option<OnApplied>>,
+    /// Set when its loop ended.
+    ended: Cell<bool>,
+    ended_notify: Notify,
 }
+
+/// Told each committed batch of events, as its bytes.
+pub type OnApplied = Box<dyn Fn(&[u8])>;
 
 /// What a replica's status reports: the leader it knows, the term, its
 /// Raft log's commit, applied and last indexes, the high watermark, the
@@ -195,6 +204,9 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             recovery: RefCell::new(recovery),
             term_at_open: hs_term,
             asked_at: Cell::new(None),
+            on_applied: RefCell::new(None),
+            ended: Cell::new(false),
+            ended_notify: Notify::default(),
         })
     }
 
@@ -365,6 +377,11 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         for e in applied {
             let header = batch::parse_header(&e.data)
                 .map_err(|err| format!("committed entry {}: {err}", e.index))?;
+            if header.kind == BatchKind::Events
+                && let Some(f) = &*self.on_applied.borrow()
+            {
+                f(&e.data);
+            }
             if header.kind == BatchKind::Events && header.next_offset() > self.high_watermark.get()
             {
                 self.high_watermark.set(header.next_offset());
@@ -484,6 +501,11 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         *self.stopped.borrow_mut() = Some(why);
     }
 
+    /// Tells `f` the bytes of each batch of events committed from now on.
+    pub fn set_on_applied(&self, f: OnApplied) {
+        *self.on_applied.borrow_mut() = Some(f);
+    }
+
     /// Stops the group on this node (its loop ends at its next wake-up):
     /// the simulation's crash.
     #[cfg(test)]
@@ -536,60 +558,128 @@ pub fn encode_batch(records: &[&[u8]], now: u64) -> Vec<u8> {
     out
 }
 
+/// What a replica's loop does for the state it replicates, besides
+/// turning Raft: the events partition (its dedup window) and a pipeline's
+/// outputs (its run) each implement it.
+pub trait ReplicaDuty {
+    /// Names the group in logs.
+    fn name(&self) -> String;
+    /// The high watermark moved: wake the readers.
+    fn moved(&self);
+    /// This node leads `term`: get ready to serve it (the replica serves
+    /// once this returns `Ok`).
+    fn lead(&self, term: u64) -> impl std::future::Future<Output = Result<(), String>>;
+    /// This node served as leader and no longer leads.
+    fn follow(&self) {}
+    /// Work after each turn (a follower folding its log).
+    fn after_turn(&self) -> impl std::future::Future<Output = Result<(), String>> {
+        std::future::ready(Ok(()))
+    }
+    /// Whether the loop is to end (the owner was closed).
+    fn closed(&self) -> bool {
+        false
+    }
+}
+
+/// Turns `replica` until it stops or `duty` is closed: the loop of the
+/// module header.
+pub async fn drive<S: Storage, C: Clock, D: ReplicaDuty>(
+    replica: Rc<Replica<S, C>>,
+    clock: &C,
+    duty: &D,
+) {
+    loop {
+        if replica.stopped.borrow().is_some() || duty.closed() {
+            replica.ended.set(true);
+            replica.ended_notify.notify_all();
+            return;
+        }
+        let generation = replica.wake.generation();
+        if let Err(why) = turn_once(&replica, clock, duty).await {
+            tracing::error!(group = %duty.name(), "replication stopped: {why}");
+            replica.stop(why);
+            duty.moved();
+            continue;
+        }
+        if replica.has_work() {
+            continue;
+        }
+        let wait = replica.next_tick_in(clock);
+        let woken = Box::pin(replica.wake.changed_since(generation));
+        let _ = futures::future::select(woken, Box::pin(clock.sleep(wait))).await;
+    }
+}
+
+/// One pass of [`drive`]'s loop.
+async fn turn_once<S: Storage, C: Clock, D: ReplicaDuty>(
+    replica: &Replica<S, C>,
+    clock: &C,
+    duty: &D,
+) -> Result<(), String> {
+    if replica.turn().await? {
+        duty.moved();
+    }
+    if let Some(term) = replica.needs_dedup_rebuild() {
+        duty.lead(term)
+            .await
+            .map_err(|why| format!("getting ready to lead term {term}: {why}"))?;
+        tracing::info!(group = %duty.name(), term, "leading");
+        replica.set_ready(term);
+        duty.moved();
+    } else if replica.ready_term.get() != 0 && !replica.is_leader() {
+        replica.set_ready(0);
+        duty.follow();
+        duty.moved();
+    }
+    replica
+        .end_recovery()
+        .await
+        .map_err(|why| format!("ending the recovery: {why}"))?;
+    duty.after_turn().await?;
+    replica.unstick_recovery(clock);
+    replica.offer_to_preferred(clock);
+    replica.report_leader();
+    replica.release_applied();
+    Ok(())
+}
+
+impl<S: Storage, C: Clock> Replica<S, C> {
+    /// Stops the group on this node and waits until its loop ended (a
+    /// run replaced on an apply, whose log the next one opens).
+    pub async fn close(&self) {
+        self.stop("closed".into());
+        self.wake.notify_all();
+        loop {
+            let generation = self.ended_notify.generation();
+            if self.ended.get() {
+                return;
+            }
+            self.ended_notify.changed_since(generation).await;
+        }
+    }
+}
+
+impl<S: Storage, C: Clock> ReplicaDuty for super::Partition<S, C> {
+    fn name(&self) -> String {
+        format!("stream {} partition {}", self.stream, self.partition)
+    }
+
+    fn moved(&self) {
+        self.appended.notify_all();
+    }
+
+    async fn lead(&self, _term: u64) -> Result<(), String> {
+        self.rebuild_dedup().await
+    }
+}
+
 impl<S: Storage, C: Clock> super::Partition<S, C> {
-    /// Turns the partition's Raft group until it stops: the loop of the
-    /// module header. The shard spawns it for a replicated partition.
+    /// Turns the partition's Raft group until it stops. The shard spawns
+    /// it for a replicated partition.
     pub async fn drive_replication(self: Rc<Self>) {
         let Some(replica) = self.replica.clone() else {
             return;
         };
-        loop {
-            if replica.stopped.borrow().is_some() {
-                return;
-            }
-            let generation = replica.wake.generation();
-            match replica.turn().await {
-                Ok(moved) => {
-                    if moved {
-                        self.appended.notify_all();
-                    }
-                }
-                Err(why) => {
-                    tracing::error!(stream = %self.stream, partition = self.partition, "replication stopped: {why}");
-                    replica.stop(why);
-                    self.appended.notify_all();
-                    return;
-                }
-            }
-            if let Some(term) = replica.needs_dedup_rebuild() {
-                match self.rebuild_dedup().await {
-                    Ok(()) => {
-                        tracing::info!(stream = %self.stream, partition = self.partition, term, "leading");
-                        replica.set_ready(term);
-                    }
-                    Err(why) => {
-                        tracing::error!(stream = %self.stream, partition = self.partition, "rebuilding the dedup window: {why}");
-                        replica.stop(why);
-                        return;
-                    }
-                }
-                self.appended.notify_all();
-            }
-            if let Err(why) = replica.end_recovery().await {
-                tracing::error!(stream = %self.stream, partition = self.partition, "ending the recovery: {why}");
-                replica.stop(why);
-                return;
-            }
-            replica.unstick_recovery(self.clock());
-            replica.offer_to_preferred(self.clock());
-            replica.report_leader();
-            replica.release_applied();
-            if replica.has_work() {
-                continue;
-            }
-            let wait = replica.next_tick_in(self.clock());
-            let woken = Box::pin(replica.wake.changed_since(generation));
-            let _ = futures::future::select(woken, Box::pin(self.clock().sleep(wait))).await;
-        }
+        drive(replica, &self.clock().clone(), &*self).await;
     }
 }

@@ -77,7 +77,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// [`PipelineRun::checkpoint`] (the claim is taken here, synchronously,
     /// so that two callers never both start one).
     pub fn claim_checkpoint(&self) -> bool {
-        if self.checkpointing.get() || self.closed.get() {
+        if self.checkpointing.get() || self.closed.get() || !self.active.get() {
             return false;
         }
         let grown = self
@@ -141,15 +141,16 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             return Ok(());
         }
         let now = self.source.clock().now_ms();
+        let epoch = self.epoch.get();
         for range in batch_ranges(&carried, batch_max) {
-            self.outputs
-                .append(&carried[range], now)
+            self.append_records(&carried[range], now)
                 .await
                 .map_err(|e| format!("pipeline {name}: checkpoint: {e}"))?;
         }
-        self.outputs
-            .append(&[marker], now)
+        self.append_records(&[marker], now)
             .await
+            .map_err(|e| format!("pipeline {name}: checkpoint: {e}"))?;
+        self.check_epoch(epoch)
             .map_err(|e| format!("pipeline {name}: checkpoint: {e}"))?;
         // Nothing is deleted before the checkpoint is durable.
         self.outputs
@@ -179,16 +180,19 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Persists the watermark if it moved.
     pub async fn commit_watermark(&self) -> Result<(), String> {
         let wm = self.watermark_now();
-        if wm == self.state.borrow().watermark {
+        if wm == self.state.borrow().watermark || !self.active.get() {
             return Ok(());
         }
-        self.outputs
-            .append(
-                &[encode_offset(KIND_WATERMARK, wm)],
-                self.source.clock().now_ms(),
-            )
-            .await
-            .map_err(|e| format!("pipeline {}: {e}", self.plan.name))?;
+        let epoch = self.epoch.get();
+        self.append_records(
+            &[encode_offset(KIND_WATERMARK, wm)],
+            self.source.clock().now_ms(),
+        )
+        .await
+        .map_err(|e| format!("pipeline {}: {e}", self.plan.name))?;
+        if self.epoch.get() != epoch {
+            return Ok(());
+        }
         self.state.borrow_mut().watermark = wm;
         Ok(())
     }

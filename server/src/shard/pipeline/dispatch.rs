@@ -37,7 +37,9 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 st.retry_queue.pop()
             };
             let Some(root) = retry else { break };
+            let epoch = self.epoch.get();
             let event = self.source.event_at(root).await?;
+            self.check_epoch(epoch)?;
             let mut st = self.state.borrow_mut();
             let done = Self::done_mask(&st, root);
             if self.index.borrow_mut().start(root, done).is_some() {
@@ -46,10 +48,12 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         }
         loop {
             let cursor = self.state.borrow().cursor;
-            if !self.index.borrow().has_room() || cursor >= self.source.log.visible_offset() {
+            if !self.index.borrow().has_room() || cursor >= self.source.readable_end() {
                 return Ok(());
             }
-            let (_, records) = self.source.fetch(cursor, SCAN_BYTES).await?;
+            let epoch = self.epoch.get();
+            let (_, records) = self.source.read_committed(cursor, SCAN_BYTES).await?;
+            self.check_epoch(epoch)?;
             if records.is_empty() {
                 return Ok(());
             }
@@ -89,6 +93,9 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         &self,
         new_delivery_id: &dyn Fn() -> u64,
     ) -> Result<Vec<StageOutgoing>, Error> {
+        if !self.ready_to_dispatch().await? {
+            return Ok(Vec::new());
+        }
         let now = self.source.clock().now();
         self.expire_acks(now).await?;
         self.release_retries(now);
@@ -219,6 +226,13 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// out, besides `wake`: appends to the source (they may trigger
     /// executions) and the next due time.
     pub fn idle_wait(&self) -> IdleWait {
+        if !self.active.get() {
+            // A follower's run: woken when it begins to lead.
+            return IdleWait {
+                appends: false,
+                until: None,
+            };
+        }
         IdleWait {
             appends: true,
             until: self.next_due(),

@@ -27,6 +27,7 @@ mod checkpoint;
 mod codec;
 mod dispatch;
 mod replay;
+mod replicated;
 mod settle;
 mod status;
 
@@ -46,8 +47,10 @@ use hadron_wire::Limits;
 use super::clock::{Clock, SystemClock};
 use super::deliver::{Ledger, MemberId, Timers};
 use super::partition::Partition;
+use super::partition::replica::{Replica, ReplicaSpec};
 use crate::config::PipelinePlan;
 
+pub use replicated::{OUTPUTS_GROUP_PREFIX, outputs_group};
 pub use status::{RunStatus, StageStatus};
 
 /// A stage member carried to a replacing run: who, which stage (by name),
@@ -135,8 +138,24 @@ pub struct PipelineRun<S: Storage = DmaStorage, C: Clock = SystemClock> {
     pub plan: PipelinePlan,
     pub source: Rc<Partition<S, C>>,
     index: RefCell<ExecutionIndex>,
-    outputs: Log<S>,
+    outputs: Rc<Log<S>>,
     state: RefCell<RunState>,
+    /// The outputs' Raft group when the source stream is replicated
+    /// ([`replicated`]): the run serves only where it leads.
+    replica: Option<Rc<Replica<S, C>>>,
+    /// Whether this run dispatches and settles: always when unreplicated;
+    /// when replicated, while this node leads the outputs group and the
+    /// run was rebuilt from its log for that term.
+    active: Cell<bool>,
+    /// Bumped whenever the state is rebuilt: a task that awaited across
+    /// a rebuild must not apply what it learnt before to the new state.
+    epoch: Cell<u64>,
+    /// A follower's outputs log may be folded below this offset (the
+    /// last committed checkpoint's `state_at`), and was up to the second.
+    fold: Rc<Cell<(u64, u64)>>,
+    /// Set by a new leadership: the epoch whose state the dispatcher is to
+    /// rebuild from the log.
+    lead_at: Cell<Option<u64>>,
     limits: Limits,
     /// Wakes the dispatcher.
     pub wake: Notify,
@@ -169,14 +188,19 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         source: Rc<Partition<S, C>>,
         log_config: LogConfig,
         limits: Limits,
+        replication: Option<ReplicaSpec>,
     ) -> Result<PipelineRun<S, C>, String> {
         let dir = data_dir
             .join("pipelines")
             .join(&plan.name)
             .join(format!("{:05}", source.partition));
-        let outputs = Log::open(storage.clone(), &dir, log_config)
-            .await
-            .map_err(|e| format!("pipeline {} partition {}: {e}", plan.name, source.partition))?;
+        let outputs = Rc::new(
+            Log::open(storage.clone(), &dir, log_config)
+                .await
+                .map_err(|e| {
+                    format!("pipeline {} partition {}: {e}", plan.name, source.partition)
+                })?,
+        );
         super::partition::report_recovery(
             &format!("pipeline {} partition {}", plan.name, source.partition),
             &outputs,
@@ -195,6 +219,13 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 ..StageStats::default()
             })
             .collect();
+        let replica = match replication {
+            Some(spec) => Some(Rc::new(
+                replicated::open_replica(storage, &outputs, spec, source.clock().clone(), &plan)
+                    .await?,
+            )),
+            None => None,
+        };
         let run = PipelineRun {
             index: RefCell::new(ExecutionIndex::new(dag, plan.max_parallel.max(1) as usize)),
             plan,
@@ -204,6 +235,11 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 stats,
                 ..RunState::default()
             }),
+            active: Cell::new(replica.is_none()),
+            replica,
+            epoch: Cell::new(0),
+            fold: Rc::new(Cell::new((0, 0))),
+            lead_at: Cell::new(None),
             limits,
             wake: Notify::default(),
             closed: Cell::new(false),
@@ -211,7 +247,11 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             checkpoint_ended: Notify::default(),
             checkpoint_bytes: Cell::new(0),
         };
-        run.recover().await?;
+        if run.replica.is_none() {
+            run.recover().await?;
+        } else {
+            run.watch_checkpoints();
+        }
         Ok(run)
     }
 

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
-use hadron_engine::log::batch::Batches;
+use hadron_engine::log::batch::{BatchKind, Batches};
 
 use super::codec::{
     Checkpoint, KIND_CHECKPOINT, KIND_WATERMARK, OutputRecord, decode_record, encode_offset,
@@ -288,6 +288,11 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             }
             for batch in Batches::new(&read.bytes) {
                 let batch = batch.map_err(|e| format!("pipeline {name}: {e}"))?;
+                // Raft's own entries (a replicated run's log) hold no
+                // records of the run.
+                if batch.header.kind != BatchKind::Events {
+                    continue;
+                }
                 for (o, record) in batch.records() {
                     if o < offset || o >= to {
                         continue;
@@ -329,17 +334,16 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             None => {
                 let start = match self.plan.start_point {
                     crate::config::StartPoint::Beginning => stats.start_offset,
-                    crate::config::StartPoint::Latest => self.source.log.visible_offset(),
+                    crate::config::StartPoint::Latest => self.source.readable_end(),
                     crate::config::StartPoint::Offset(o) => o,
                 };
                 // Remember where a new pipeline started, durably.
-                self.outputs
-                    .append(
-                        &[encode_offset(KIND_WATERMARK, start)],
-                        self.source.clock().now_ms(),
-                    )
-                    .await
-                    .map_err(|e| format!("pipeline {name}: {e}"))?;
+                self.append_records(
+                    &[encode_offset(KIND_WATERMARK, start)],
+                    self.source.clock().now_ms(),
+                )
+                .await
+                .map_err(|e| format!("pipeline {name}: {e}"))?;
                 start
             }
         };

@@ -26,7 +26,7 @@ use crate::shard::error::{DeliveryKind, Error, LogName};
 /// Longest error message kept per stage.
 const ERROR_BYTES_MAX: usize = 1024;
 
-fn append_failure(name: &str, e: AppendError) -> Error {
+pub(super) fn append_failure(name: &str, e: AppendError) -> Error {
     let log = LogName::Outputs {
         pipeline: name.to_owned(),
     };
@@ -41,6 +41,9 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Returns the acks that were not taken, and why. A duplicate or late
     /// ack of a completed stage is taken and ignored.
     pub async fn ack_many(&self, acks: &[StageAckOf], from: (u16, u64)) -> Vec<(u64, Error)> {
+        if let Err(e) = self.check_active() {
+            return acks.iter().map(|(id, _)| (*id, e.clone())).collect();
+        }
         let mut unsettled = Vec::new();
         // (index into `acks`, root, stage) of the acks to make durable.
         let mut taken: Vec<(usize, u64, u8)> = Vec::with_capacity(acks.len());
@@ -65,10 +68,17 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         // enqueued back to back and share the group commit.
         let chunks = batch_ranges(&records, self.outputs.config().batch_bytes_max);
         let now = self.source.clock().now_ms();
+        let epoch = self.epoch.get();
         let appends = chunks
             .iter()
-            .map(|c| self.outputs.append(&records[c.clone()], now));
+            .map(|c| self.append_records(&records[c.clone()], now));
         let appended = futures::future::join_all(appends).await;
+        if let Err(e) = self.check_epoch(epoch) {
+            // Rebuilt meanwhile (leadership moved): the new state knows
+            // nothing of these acks.
+            unsettled.extend(taken.iter().map(|&(i, ..)| (acks[i].0, e.clone())));
+            return unsettled;
+        }
         let mut st = self.state.borrow_mut();
         let mut index = self.index.borrow_mut();
         for (chunk, result) in chunks.into_iter().zip(appended) {
@@ -76,7 +86,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 st.completing.remove(&(root, stage));
                 if let Err(e) = &result {
                     index.release(root, stage as usize);
-                    unsettled.push((acks[i].0, append_failure(&self.plan.name, e.clone())));
+                    unsettled.push((acks[i].0, e.clone()));
                     continue;
                 }
                 st.stats[stage as usize].completed += 1;
@@ -163,6 +173,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         from: (u16, u64),
         message: &str,
     ) -> Result<(), Error> {
+        self.check_active()?;
         let owned = {
             let st = self.state.borrow();
             match st.ledger.get(delivery_id) {
@@ -218,10 +229,10 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         if exhausted {
             let name = &self.plan.stages[stage as usize].name;
             let record = encode_named(KIND_FAILED, root, name, message.as_bytes());
-            self.outputs
-                .append(&[record], self.source.clock().now_ms())
-                .await
-                .map_err(|e| append_failure(&self.plan.name, e))?;
+            let epoch = self.epoch.get();
+            self.append_records(&[record], self.source.clock().now_ms())
+                .await?;
+            self.check_epoch(epoch)?;
             let mut st = self.state.borrow_mut();
             self.index.borrow_mut().remove(root);
             st.failed.insert(
@@ -244,6 +255,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Queues failed executions to run again: `root`, or all. Returns the
     /// roots retried.
     pub async fn retry(&self, root: Option<u64>) -> Result<Vec<u64>, Error> {
+        self.check_active()?;
         let roots: Vec<u64> = {
             let st = self.state.borrow();
             match root {
@@ -256,16 +268,17 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             // Before the record is appended: a checkpoint taken meanwhile
             // must not move the watermark as if the execution were done.
             self.state.borrow_mut().retried.insert(r);
+            let epoch = self.epoch.get();
             let appended = self
-                .outputs
-                .append(
+                .append_records(
                     &[encode_offset(KIND_RETRIED, r)],
                     self.source.clock().now_ms(),
                 )
                 .await;
+            self.check_epoch(epoch)?;
             if let Err(e) = appended {
                 self.state.borrow_mut().retried.remove(&r);
-                return Err(append_failure(&self.plan.name, e));
+                return Err(e);
             }
             let mut st = self.state.borrow_mut();
             if let Some(f) = st.failed.remove(&r)

@@ -15,6 +15,9 @@ pub struct RunStatus {
     pub stages: Vec<StageStatus>,
     pub unfinished: Vec<ExecutionStatus>,
     pub failed_executions: Vec<FailedStatus>,
+    /// The outputs group on this node, when the source is replicated
+    /// (only its leader runs the pipeline; a follower's counts are 0).
+    pub replication: Option<crate::shard::partition::replica::ReplicaStatus>,
 }
 
 /// Per stage on one partition.
@@ -110,6 +113,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                     error: f.error.clone(),
                 })
                 .collect(),
+            replication: self.replication(),
         }
     }
 }
