@@ -783,8 +783,12 @@ impl Client {
         let handler = Arc::new(StageHandler { handler });
         let client = self.clone();
         let begin = move || {
-            let (mut runners, readys) =
-                nodes::start(&client, &registration, &handler, &nodes::Assigned::default());
+            let (mut runners, readys) = nodes::start(
+                &client,
+                &registration,
+                &handler,
+                &nodes::Assigned::default(),
+            );
             async move {
                 runners.ready(readys).await?;
                 Ok(PipelineHandle { runners })

@@ -147,8 +147,10 @@ impl Runners {
         }
         // Every runner has ended, or (unpinned) is about to: make sure.
         self.cancel();
-        let mut tasks: Vec<Option<JoinHandle<Result<(), Error>>>> =
-            std::mem::take(&mut self.tasks).into_iter().map(Some).collect();
+        let mut tasks: Vec<Option<JoinHandle<Result<(), Error>>>> = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .map(Some)
+            .collect();
         let mut first: Option<Error> = None;
         for (i, error) in ended {
             let error = match error {
