@@ -3,27 +3,34 @@
 //! run the application's handler for each push, and answer it with
 //! `Ack`/`Nack` or `StageAck`/`StageNack`.
 //!
-//! Each subscription or stage handler has a dedicated connection, so a
-//! disconnect affects only it: the runner reconnects with exponential
-//! backoff and registers again (with a bootstrap list, at the next node
-//! after each failure); the server redelivers whatever was not
-//! acknowledged. Registrations do not follow a partition's leader: a
-//! registration answered `NotLeader` is retried like a disconnect, except
-//! the first, whose error is returned. Handlers run concurrently, at most `max_in_flight` at a
-//! time (the server sends no more than that unacknowledged), each in its
-//! own task, which also queues the answer: a panicking handler is answered
-//! with a nack. Answers queued together leave together (`Answers`): stage
-//! acks as one `StageAcks`, subscription acks as one `Ack`.
+//! Each subscription or stage handler runs one runner per node (`nodes`):
+//! with one server, one runner, whose first registration's error is
+//! returned and which moves along the bootstrap list after failures; with
+//! a bootstrap list of several nodes, one runner per listed node, pinned
+//! to it, because in a cluster each partition's deliveries are pushed by
+//! the node that leads it, and leaders move on failover. Every runner has
+//! a dedicated connection, so a disconnect affects only it: it reconnects
+//! with exponential backoff and registers again (a pinned runner with its
+//! own node, also after a `NotLeader` answer); the server redelivers
+//! whatever was not acknowledged. Each runner's handlers run concurrently,
+//! at most `max_in_flight` at a time (the server sends no more than that
+//! unacknowledged on one connection; a cluster may so run up to nodes x
+//! `max_in_flight` at once, but only while leadership is split between
+//! them), each in its own task, which also queues the answer: a panicking
+//! handler is answered with a nack. Answers go back on the connection the
+//! push came from, and answers queued together leave together (`Answers`):
+//! stage acks as one `StageAcks`, subscription acks as one `Ack`.
 //!
 //! The connection's reader decodes each push straight into the `Delivery`
 //! or `StageInput` its handler receives (`from_wire`), copying each field
 //! once; an event that fails verification is nacked without running the
 //! handler.
 //!
-//! Lifetime: the runner keeps going until `cancel`/`stop` is called or a
-//! non-retryable error ends it (for example the stream was deleted).
-//! Dropping a `Subscription` or `PipelineHandle` detaches it; the runner
-//! keeps running in the background.
+//! Lifetime: each runner keeps going until `cancel`/`stop` is called or a
+//! non-retryable error ends it (for example the stream was deleted); the
+//! handle's `closed` waits for all of them. Dropping a `Subscription` or
+//! `PipelineHandle` detaches it; the runners keep running in the
+//! background.
 
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
@@ -692,6 +699,19 @@ impl Client {
     /// `options.max_in_flight` handlers run concurrently, so events of one
     /// partition may be handled out of order unless `max_in_flight` is 1.
     ///
+    /// With a bootstrap list of several nodes (a cluster), the subscription
+    /// is registered on every listed node, each by its own runner that
+    /// stays with that node (reconnecting and resubscribing there, also
+    /// after `NotLeader`), so that each partition's leader, wherever it
+    /// moves, pushes to this member. List every node that may lead. This
+    /// returns once the first node accepted (a node that is down keeps
+    /// being retried in the background; while none answers, it waits), and
+    /// fails only when every node refused, with the first refusal, naming
+    /// its node. `max_in_flight` holds per node: while leadership is split
+    /// across nodes, up to nodes x `max_in_flight` handlers may run at
+    /// once. `Subscription::id` is the first accepting node's id and
+    /// `Subscription::partitions` the union of the nodes' assignments.
+    ///
     /// ```no_run
     /// # async fn example(client: hadron::Client) -> Result<(), hadron::Error> {
     /// let subscription = client
@@ -743,6 +763,18 @@ impl Client {
     /// accepted the registration and gives a handle to stop it. Handlers
     /// run concurrently, at most 50 at a time (the default `maxParallel`).
     ///
+    /// With a bootstrap list of several nodes (a cluster), the handler is
+    /// registered on every listed node, each by its own runner that stays
+    /// with that node (reconnecting and registering again there, also
+    /// after `NotLeader`), so that whichever node leads the pipeline's
+    /// partitions after a failover has it attached; each delivery is
+    /// answered on the connection it came from. The start resolves once
+    /// the first node accepted (a node that is down keeps being retried in
+    /// the background; while none answers, it waits) and fails only when
+    /// every node refused, with the first refusal, naming its node. The
+    /// limit on handlers holds per node: while leadership is split across
+    /// nodes, up to nodes x the limit may run at once.
+    ///
     /// ```no_run
     /// async fn deploy_handler(input: hadron::StageInput) -> Result<hadron::NewEvent, std::io::Error> {
     ///     Ok(hadron::NewEvent::new("service.deployed", input.root.data.clone()))
@@ -762,7 +794,8 @@ impl Client {
         self.pipeline_with(pipeline, stage, PIPELINE_IN_FLIGHT_DEFAULT, handler)
     }
 
-    /// `pipeline` with an explicit limit on concurrently running handlers.
+    /// `pipeline` with an explicit limit on concurrently running handlers
+    /// (per node with a bootstrap list of several; see `pipeline`).
     pub fn pipeline_with<F, Fut, E>(
         &self,
         pipeline: &str,
