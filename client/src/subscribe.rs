@@ -3,27 +3,34 @@
 //! run the application's handler for each push, and answer it with
 //! `Ack`/`Nack` or `StageAck`/`StageNack`.
 //!
-//! Each subscription or stage handler has a dedicated connection, so a
-//! disconnect affects only it: the runner reconnects with exponential
-//! backoff and registers again (with a bootstrap list, at the next node
-//! after each failure); the server redelivers whatever was not
-//! acknowledged. Registrations do not follow a partition's leader: a
-//! registration answered `NotLeader` is retried like a disconnect, except
-//! the first, whose error is returned. Handlers run concurrently, at most `max_in_flight` at a
-//! time (the server sends no more than that unacknowledged), each in its
-//! own task, which also queues the answer: a panicking handler is answered
-//! with a nack. Answers queued together leave together (`Answers`): stage
-//! acks as one `StageAcks`, subscription acks as one `Ack`.
+//! Each subscription or stage handler runs one runner per node (`nodes`):
+//! with one server, one runner, whose first registration's error is
+//! returned and which moves along the bootstrap list after failures; with
+//! a bootstrap list of several nodes, one runner per listed node, pinned
+//! to it, because in a cluster each partition's deliveries are pushed by
+//! the node that leads it, and leaders move on failover. Every runner has
+//! a dedicated connection, so a disconnect affects only it: it reconnects
+//! with exponential backoff and registers again (a pinned runner with its
+//! own node, also after a `NotLeader` answer); the server redelivers
+//! whatever was not acknowledged. Each runner's handlers run concurrently,
+//! at most `max_in_flight` at a time (the server sends no more than that
+//! unacknowledged on one connection; a cluster may so run up to nodes x
+//! `max_in_flight` at once, but only while leadership is split between
+//! them), each in its own task, which also queues the answer: a panicking
+//! handler is answered with a nack. Answers go back on the connection the
+//! push came from, and answers queued together leave together (`Answers`):
+//! stage acks as one `StageAcks`, subscription acks as one `Ack`.
 //!
 //! The connection's reader decodes each push straight into the `Delivery`
 //! or `StageInput` its handler receives (`from_wire`), copying each field
 //! once; an event that fails verification is nacked without running the
 //! handler.
 //!
-//! Lifetime: the runner keeps going until `cancel`/`stop` is called or a
-//! non-retryable error ends it (for example the stream was deleted).
-//! Dropping a `Subscription` or `PipelineHandle` detaches it; the runner
-//! keeps running in the background.
+//! Lifetime: each runner keeps going until `cancel`/`stop` is called or a
+//! non-retryable error ends it (for example the stream was deleted); the
+//! handle's `closed` waits for all of them. Dropping a `Subscription` or
+//! `PipelineHandle` detaches it; the runners keep running in the
+//! background.
 
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
@@ -39,10 +46,13 @@ use hadron_wire::{ErrorCode, Limits, Message};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use self::nodes::Runners;
 use crate::client::unexpected;
 use crate::conn::{Conn, Push, Reply};
 use crate::event::with_event_encoder;
 use crate::{Client, Error, Event, NewEvent};
+
+mod nodes;
 
 /// Where a consumer group with no committed offset starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -175,34 +185,43 @@ impl StageInput {
 
 /// A running subscription. Dropping it detaches the runner (it keeps
 /// running); call `cancel` or `stop` to end it.
+///
+/// With a bootstrap list of several nodes it covers one runner per node
+/// (see `Client::subscribe`).
 #[derive(Debug)]
 pub struct Subscription {
-    cancel: watch::Sender<bool>,
-    task: JoinHandle<Result<(), Error>>,
+    runners: Runners,
     subscription_id: u64,
-    partitions: Vec<u32>,
+    partitions: nodes::Assigned,
 }
 
 impl Subscription {
-    /// The id the server gave the (first) subscription.
+    /// The id the server gave the (first) subscription; with several
+    /// nodes, the id the first node to accept gave (each node numbers its
+    /// own subscriptions).
     pub fn id(&self) -> u64 {
         self.subscription_id
     }
 
-    /// Partitions first assigned to this member.
-    pub fn partitions(&self) -> &[u32] {
-        &self.partitions
+    /// Partitions first assigned to this member, sorted; with several
+    /// nodes, the union of each accepting node's first assignment (a node
+    /// that accepts later adds its own).
+    pub fn partitions(&self) -> Vec<u32> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Asks the runner to stop; handlers already running finish.
+    /// Asks the runners to stop; handlers already running finish.
     pub fn cancel(&self) {
-        let _ = self.cancel.send(true);
+        self.runners.cancel();
     }
 
-    /// Waits until the runner ends: `Ok` after `cancel`, the error that
-    /// ended it otherwise.
+    /// Waits until every runner ends: `Ok` after `cancel`, else the first
+    /// error that ended one.
     pub async fn closed(self) -> Result<(), Error> {
-        join(self.task).await
+        self.runners.closed().await
     }
 
     /// `cancel`, then `closed`.
@@ -213,23 +232,24 @@ impl Subscription {
 }
 
 /// A running pipeline stage handler. Dropping it detaches the runner (it
-/// keeps running); call `cancel` or `stop` to end it.
+/// keeps running); call `cancel` or `stop` to end it. With a bootstrap
+/// list of several nodes it covers one runner per node (see
+/// `Client::pipeline`).
 #[derive(Debug)]
 pub struct PipelineHandle {
-    cancel: watch::Sender<bool>,
-    task: JoinHandle<Result<(), Error>>,
+    runners: Runners,
 }
 
 impl PipelineHandle {
-    /// Asks the runner to stop; handlers already running finish.
+    /// Asks the runners to stop; handlers already running finish.
     pub fn cancel(&self) {
-        let _ = self.cancel.send(true);
+        self.runners.cancel();
     }
 
-    /// Waits until the runner ends: `Ok` after `cancel`, the error that
-    /// ended it otherwise.
+    /// Waits until every runner ends: `Ok` after `cancel`, else the first
+    /// error that ended one.
     pub async fn closed(self) -> Result<(), Error> {
-        join(self.task).await
+        self.runners.closed().await
     }
 
     /// `cancel`, then `closed`.
@@ -679,6 +699,19 @@ impl Client {
     /// `options.max_in_flight` handlers run concurrently, so events of one
     /// partition may be handled out of order unless `max_in_flight` is 1.
     ///
+    /// With a bootstrap list of several nodes (a cluster), the subscription
+    /// is registered on every listed node, each by its own runner that
+    /// stays with that node (reconnecting and resubscribing there, also
+    /// after `NotLeader`), so that each partition's leader, wherever it
+    /// moves, pushes to this member. List every node that may lead. This
+    /// returns once the first node accepted (a node that is down keeps
+    /// being retried in the background; while none answers, it waits), and
+    /// fails only when every node refused, with the first refusal, naming
+    /// its node. `max_in_flight` holds per node: while leadership is split
+    /// across nodes, up to nodes x `max_in_flight` handlers may run at
+    /// once. `Subscription::id` is the first accepting node's id and
+    /// `Subscription::partitions` the union of the nodes' assignments.
+    ///
     /// ```no_run
     /// # async fn example(client: hadron::Client) -> Result<(), hadron::Error> {
     /// let subscription = client
@@ -709,11 +742,11 @@ impl Client {
             options,
         };
         let handler = Arc::new(DeliveryHandler { handler });
-        let (cancel, task, ready) = start(self.clone(), registration, handler);
-        let (subscription_id, partitions) = ready_or_task_error(ready, &cancel).await?;
+        let partitions = nodes::Assigned::default();
+        let (mut runners, readys) = nodes::start(self, &registration, &handler, &partitions);
+        let subscription_id = runners.ready(readys).await?;
         Ok(Subscription {
-            cancel,
-            task,
+            runners,
             subscription_id,
             partitions,
         })
@@ -729,6 +762,18 @@ impl Client {
     /// runtime; awaiting the returned future waits until the server
     /// accepted the registration and gives a handle to stop it. Handlers
     /// run concurrently, at most 50 at a time (the default `maxParallel`).
+    ///
+    /// With a bootstrap list of several nodes (a cluster), the handler is
+    /// registered on every listed node, each by its own runner that stays
+    /// with that node (reconnecting and registering again there, also
+    /// after `NotLeader`), so that whichever node leads the pipeline's
+    /// partitions after a failover has it attached; each delivery is
+    /// answered on the connection it came from. The start resolves once
+    /// the first node accepted (a node that is down keeps being retried in
+    /// the background; while none answers, it waits) and fails only when
+    /// every node refused, with the first refusal, naming its node. The
+    /// limit on handlers holds per node: while leadership is split across
+    /// nodes, up to nodes x the limit may run at once.
     ///
     /// ```no_run
     /// async fn deploy_handler(input: hadron::StageInput) -> Result<hadron::NewEvent, std::io::Error> {
@@ -749,7 +794,8 @@ impl Client {
         self.pipeline_with(pipeline, stage, PIPELINE_IN_FLIGHT_DEFAULT, handler)
     }
 
-    /// `pipeline` with an explicit limit on concurrently running handlers.
+    /// `pipeline` with an explicit limit on concurrently running handlers
+    /// (per node with a bootstrap list of several; see `pipeline`).
     pub fn pipeline_with<F, Fut, E>(
         &self,
         pipeline: &str,
@@ -770,10 +816,15 @@ impl Client {
         let handler = Arc::new(StageHandler { handler });
         let client = self.clone();
         let begin = move || {
-            let (cancel, task, ready) = start(client, registration, handler);
+            let (mut runners, readys) = nodes::start(
+                &client,
+                &registration,
+                &handler,
+                &nodes::Assigned::default(),
+            );
             async move {
-                ready_or_task_error(ready, &cancel).await?;
-                Ok(PipelineHandle { cancel, task })
+                runners.ready(readys).await?;
+                Ok(PipelineHandle { runners })
             }
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -802,34 +853,6 @@ impl Client {
 /// `maxParallel`).
 const PIPELINE_IN_FLIGHT_DEFAULT: u32 = 50;
 
-type Ready = oneshot::Receiver<Result<(u64, Vec<u32>), Error>>;
-
-fn start<H: PushHandler>(
-    client: Client,
-    registration: Registration,
-    handler: Arc<H>,
-) -> (watch::Sender<bool>, JoinHandle<Result<(), Error>>, Ready) {
-    let (cancel, cancel_rx) = watch::channel(false);
-    let (ready_tx, ready) = oneshot::channel();
-    let task = tokio::spawn(run(client, registration, handler, cancel_rx, ready_tx));
-    (cancel, task, ready)
-}
-
-async fn ready_or_task_error(
-    ready: Ready,
-    cancel: &watch::Sender<bool>,
-) -> Result<(u64, Vec<u32>), Error> {
-    match ready.await {
-        Ok(result) => {
-            if result.is_err() {
-                let _ = cancel.send(true);
-            }
-            result
-        }
-        Err(_) => Err(Error::Closed),
-    }
-}
-
 /// Resolves when `cancel` becomes true; never if its sender is dropped
 /// (a dropped handle detaches the runner).
 async fn cancelled(cancel: &mut watch::Receiver<bool>) {
@@ -839,14 +862,21 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
 }
 
 /// The runner: connect, register, handle pushes; on disconnect, back off
-/// and do it again. The first registration's outcome goes to `ready`; if it
-/// fails the runner ends.
+/// and do it again. `node`, when set, pins it to that bootstrap node (see
+/// `nodes`); unpinned, each failure moves it to the next. The first
+/// accepted registration's id goes to `ready` and its partitions to
+/// `assigned`. Unpinned, a failed first registration goes to `ready` and
+/// ends the runner; pinned, only a non-retryable one ends it (with that
+/// error, naming the node), and a retryable one (`NotLeader`, a node that
+/// is down) is retried.
 async fn run<H: PushHandler>(
     client: Client,
     registration: Registration,
     handler: Arc<H>,
+    node: Option<usize>,
     mut cancel: watch::Receiver<bool>,
-    ready: oneshot::Sender<Result<(u64, Vec<u32>), Error>>,
+    ready: oneshot::Sender<Result<u64, Error>>,
+    assigned: nodes::Assigned,
 ) -> Result<(), Error> {
     let options = client.options().clone();
     let in_flight_max = registration.max_in_flight();
@@ -860,10 +890,13 @@ async fn run<H: PushHandler>(
     let mut failures: u32 = 0;
     loop {
         let (push_tx, mut pushes) = mpsc::channel(push_capacity);
+        // Unpinned, with a bootstrap list, each failure moves on to the
+        // next node (a cluster's node that died, or leads nothing).
+        let endpoint = match node.and_then(|i| client.bootstrap_list().get(i)) {
+            Some(pinned) => pinned,
+            None => client.bootstrap_endpoint(failures),
+        };
         let attempt = async {
-            // With a bootstrap list, each failure moves on to the next
-            // node (a cluster's node that died, or leads nothing).
-            let endpoint = client.bootstrap_endpoint(failures);
             let conn = Conn::open(endpoint, &options, Some(push_tx)).await?;
             let registered = registration.send(&conn).await?;
             Ok::<_, Error>((conn, registered))
@@ -873,16 +906,23 @@ async fn run<H: PushHandler>(
             outcome = attempt => outcome,
         };
         let conn = match outcome {
-            Ok((conn, registered)) => {
+            Ok((conn, (subscription_id, partitions))) => {
                 failures = 0;
-                tracing::debug!(?registration, "registered");
+                tracing::debug!(?registration, node = %endpoint, "registered");
                 if let Some(ready) = ready.take() {
-                    let _ = ready.send(Ok(registered));
+                    nodes::assign(&assigned, &partitions);
+                    let _ = ready.send(Ok(subscription_id));
                 }
                 conn
             }
             Err(e) => {
-                if let Some(ready) = ready.take() {
+                let e = match node {
+                    Some(_) => nodes::at_node(e, endpoint),
+                    None => e,
+                };
+                if node.is_none()
+                    && let Some(ready) = ready.take()
+                {
                     let _ = ready.send(Err(e));
                     return Err(Error::Closed);
                 }
@@ -892,7 +932,7 @@ async fn run<H: PushHandler>(
                 }
                 failures = failures.saturating_add(1);
                 let pause = options.backoff(failures);
-                tracing::warn!(?registration, error = %e, ?pause, "reconnecting");
+                tracing::warn!(?registration, node = %endpoint, error = %e, ?pause, "reconnecting");
                 tokio::select! {
                     () = cancelled(&mut cancel) => return Ok(()),
                     () = tokio::time::sleep(pause) => continue,
@@ -944,7 +984,7 @@ async fn run<H: PushHandler>(
         }
         failures = failures.saturating_add(1);
         let pause = options.backoff(failures);
-        tracing::warn!(?registration, ?pause, "connection lost; reconnecting");
+        tracing::warn!(?registration, node = %endpoint, ?pause, "connection lost; reconnecting");
         tokio::select! {
             () = cancelled(&mut cancel) => return Ok(()),
             () = tokio::time::sleep(pause) => {}

@@ -1925,3 +1925,395 @@ fn a_bad_address_in_a_bootstrap_list_is_refused_by_name() {
     let e = hadron::Client::new(&many, fast_options()).unwrap_err();
     assert!(e.to_string().contains("BOOTSTRAP_URLS_MAX"), "{e}");
 }
+
+// --- Handlers on a cluster: one runner per bootstrap node ---------------
+
+/// A cluster node for stage handlers: answers its first `not_leader`
+/// PipelineSubscribes `NotLeader`, the next with AckOk followed by one
+/// stage delivery (id 5 on every node, so that only the connection tells
+/// the answers apart) whose root is `delivery_event(root_ty, root_data)`
+/// at `partition`/`offset`; answers stage acks and nacks with AckOk.
+fn stage_node(root_ty: &'static str, partition: u32, offset: u64, not_leader: usize) -> Behavior {
+    let registrations = Arc::new(AtomicUsize::new(0));
+    Arc::new(move |_state, f| match &f.message {
+        Message::PipelineSubscribe(_) => {
+            if registrations.fetch_add(1, Ordering::SeqCst) < not_leader {
+                return vec![frame(
+                    f.request_id,
+                    &Message::Error(ErrorReply {
+                        code: ErrorCode::NotLeader,
+                        message: "node 1 leads no partition of the pipeline's stream yet",
+                        leader: None,
+                    }),
+                )];
+            }
+            let root = delivery_event(root_ty, format!("{root_ty}-data").as_bytes());
+            vec![
+                frame(f.request_id, &Message::AckOk),
+                frame(
+                    0,
+                    &Message::StageDelivery(StageDelivery {
+                        delivery_id: 5,
+                        pipeline: "service-creation",
+                        stage: "setup-billing",
+                        partition,
+                        offset,
+                        attempt: 1,
+                        root: &root,
+                        inputs: Vec::new(),
+                    }),
+                ),
+            ]
+        }
+        Message::StageAck(_) | Message::StageAcks(_) | Message::StageNack(_) => {
+            vec![frame(f.request_id, &Message::AckOk)]
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// A stage handler that reports each input's (root id, root data,
+/// partition, offset) on the returned channel and outputs the root's data
+/// followed by `!`.
+#[expect(
+    clippy::type_complexity,
+    reason = "a test handler and its channel, returned together"
+)]
+fn echo_stage_handler() -> (
+    impl Fn(hadron::StageInput) -> std::future::Ready<Result<hadron::NewEvent, std::io::Error>>
+    + Send
+    + Sync
+    + 'static,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, u32, u64)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |input: hadron::StageInput| {
+        let mut data = input.root.data.clone();
+        data.push(b'!');
+        tx.send((
+            input.root.id.clone(),
+            input.root.data.clone(),
+            input.partition,
+            input.offset,
+        ))
+        .unwrap();
+        std::future::ready(Ok(hadron::NewEvent::new("service.billed", data)))
+    };
+    (handler, rx)
+}
+
+/// Receives `n` reports from `echo_stage_handler`, sorted.
+async fn handled(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, u32, u64)>,
+    n: usize,
+) -> Vec<(String, Vec<u8>, u32, u64)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let input = tokio::time::timeout(WAIT_MAX, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the handler runs within {WAIT_MAX:?}"))
+            .unwrap();
+        got.push(input);
+    }
+    got.sort();
+    got
+}
+
+fn is_pipeline_subscribe(f: &FrameRef<'_>) -> bool {
+    matches!(f.message, Message::PipelineSubscribe(_))
+}
+
+/// Every stage ack `mock` received: (delivery id, output data, output id).
+fn stage_acks(mock: &Mock) -> Vec<(u64, Vec<u8>, String)> {
+    mock.picked(|_, f| stage_acks_of(f))
+        .into_iter()
+        .flatten()
+        .map(|(id, output)| (id, output.data, output.id))
+        .collect()
+}
+
+/// A mock whose port refuses connections: a cluster node that is down.
+async fn down_node() -> Mock {
+    let down = Mock::start(0, log_server()).await;
+    down.kill().await;
+    down
+}
+
+#[tokio::test]
+async fn a_stage_handler_given_a_node_list_registers_on_every_node_and_answers_each_push_where_it_came_from()
+ {
+    let a = Mock::start(0, stage_node("root-a", 0, 10, 0)).await;
+    let b = Mock::start(0, stage_node("root-b", 1, 20, 0)).await;
+    let client = hadron::Client::new(&format!("{},{}", a.url, b.url), fast_options()).unwrap();
+    let (handler, mut rx) = echo_stage_handler();
+    let handle = client
+        .pipeline("service-creation", "setup-billing", handler)
+        .await
+        .unwrap();
+
+    for node in [&a, &b] {
+        let registered = node
+            .wait_for(1, |_, f| match &f.message {
+                Message::PipelineSubscribe(p) => {
+                    Some((p.pipeline.to_owned(), p.stage.to_owned(), p.max_in_flight))
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(
+            registered,
+            [(
+                "service-creation".to_owned(),
+                "setup-billing".to_owned(),
+                50
+            )]
+        );
+    }
+    assert_eq!(
+        handled(&mut rx, 2).await,
+        [
+            ("id-root-a".to_owned(), b"root-a-data".to_vec(), 0, 10),
+            ("id-root-b".to_owned(), b"root-b-data".to_vec(), 1, 20),
+        ]
+    );
+    a.wait_for(1, |_, f| stage_acks_of(f)).await;
+    b.wait_for(1, |_, f| stage_acks_of(f)).await;
+
+    handle.stop().await.unwrap();
+    a.wait_ended(is_pipeline_subscribe).await;
+    b.wait_ended(is_pipeline_subscribe).await;
+    // Both deliveries are id 5: each node got the answer to its own.
+    assert_eq!(
+        stage_acks(&a),
+        [(
+            5,
+            b"root-a-data!".to_vec(),
+            "service-creation/setup-billing/0/10".to_owned()
+        )]
+    );
+    assert_eq!(
+        stage_acks(&b),
+        [(
+            5,
+            b"root-b-data!".to_vec(),
+            "service-creation/setup-billing/1/20".to_owned()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_stage_handler_starts_while_a_listed_node_is_down_and_runs_the_others_deliveries() {
+    let down = down_node().await;
+    let up = Mock::start(0, stage_node("root-up", 2, 30, 0)).await;
+    let client = hadron::Client::new(&format!("{},{}", down.url, up.url), fast_options()).unwrap();
+    let (handler, mut rx) = echo_stage_handler();
+    let handle = client
+        .pipeline("service-creation", "setup-billing", handler)
+        .await
+        .unwrap();
+    assert_eq!(
+        handled(&mut rx, 1).await,
+        [("id-root-up".to_owned(), b"root-up-data".to_vec(), 2, 30)]
+    );
+    up.wait_for(1, |_, f| stage_acks_of(f)).await;
+    handle.stop().await.unwrap();
+    up.wait_ended(is_pipeline_subscribe).await;
+    assert_eq!(
+        stage_acks(&up),
+        [(
+            5,
+            b"root-up-data!".to_vec(),
+            "service-creation/setup-billing/2/30".to_owned()
+        )]
+    );
+    assert!(down.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_stage_registration_answered_not_leader_is_retried_on_that_node() {
+    // The other node is down: the start waits for the node that answered
+    // NotLeader to accept on its runner's retry.
+    let down = down_node().await;
+    let follower = Mock::start(0, stage_node("root-f", 3, 40, 1)).await;
+    let client =
+        hadron::Client::new(&format!("{},{}", down.url, follower.url), fast_options()).unwrap();
+    let (handler, mut rx) = echo_stage_handler();
+    let handle = client
+        .pipeline("service-creation", "setup-billing", handler)
+        .await
+        .unwrap();
+    let registrations = follower
+        .wait_for(2, |s, f| is_pipeline_subscribe(f).then_some(s.conn))
+        .await;
+    assert_eq!(registrations.len(), 2, "registered again after NotLeader");
+    assert_ne!(
+        registrations[0], registrations[1],
+        "on a new connection to the same node"
+    );
+    assert_eq!(
+        handled(&mut rx, 1).await,
+        [("id-root-f".to_owned(), b"root-f-data".to_vec(), 3, 40)]
+    );
+    follower.wait_for(1, |_, f| stage_acks_of(f)).await;
+    handle.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stage_handler_refused_by_every_node_returns_the_first_refusal_naming_its_node() {
+    let refusing: Behavior = Arc::new(|_state, f| {
+        vec![frame(
+            f.request_id,
+            &Message::Error(ErrorReply {
+                code: ErrorCode::UnknownPipeline,
+                message: "no pipeline nope",
+                leader: None,
+            }),
+        )]
+    });
+    let a = Mock::start(0, Arc::clone(&refusing)).await;
+    let b = Mock::start(0, refusing).await;
+    let client = hadron::Client::new(&format!("{},{}", a.url, b.url), fast_options()).unwrap();
+    let err = client
+        .pipeline("nope", "stage", billing_handler)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownPipeline), "{err}");
+    let a_addr = a.url.trim_start_matches("http://");
+    let b_addr = b.url.trim_start_matches("http://");
+    let shown = err.to_string();
+    assert!(
+        shown.contains(&format!("node {a_addr}: no pipeline nope"))
+            || shown.contains(&format!("node {b_addr}: no pipeline nope")),
+        "{shown}"
+    );
+    // Each node was asked once: a refusal is not retried.
+    for node in [&a, &b] {
+        assert_eq!(
+            node.picked(|_, f| is_pipeline_subscribe(f).then_some(()))
+                .len(),
+            1
+        );
+    }
+}
+
+/// A cluster node for subscriptions: answers Subscribe with SubscribeOk
+/// (`subscription_id`, `partitions`) and pushes one delivery (id 3, type
+/// `ty`, on the first of `partitions`); answers Ack and Nack with AckOk.
+fn subscribe_node(subscription_id: u64, partitions: Vec<u32>, ty: &'static str) -> Behavior {
+    Arc::new(move |_state, f| match &f.message {
+        Message::Subscribe(_) => {
+            let event = delivery_event(ty, b"payload");
+            vec![
+                frame(
+                    f.request_id,
+                    &Message::SubscribeOk(SubscribeOk {
+                        subscription_id,
+                        partitions: partitions.clone(),
+                    }),
+                ),
+                frame(
+                    0,
+                    &Message::Delivery(hadron_wire::Delivery {
+                        subscription_id,
+                        delivery_id: 3,
+                        stream: "events",
+                        partition: partitions[0],
+                        offset: 8,
+                        attempt: 1,
+                        event: &event,
+                    }),
+                ),
+            ]
+        }
+        Message::Ack(_) | Message::Nack(_) => vec![frame(f.request_id, &Message::AckOk)],
+        _ => Vec::new(),
+    })
+}
+
+#[tokio::test]
+async fn a_subscription_given_a_node_list_registers_on_every_node_and_reports_the_union_of_partitions()
+ {
+    let a = Mock::start(0, subscribe_node(77, vec![0, 2], "from-a")).await;
+    let b = Mock::start(0, subscribe_node(78, vec![2, 1], "from-b")).await;
+    let client = hadron::Client::new(&format!("{},{}", a.url, b.url), fast_options()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = client
+        .subscribe(
+            "events",
+            "billing",
+            hadron::SubscribeOptions::default(),
+            move |d: hadron::Delivery| {
+                tx.send((d.event.ty.clone(), d.subscription_id, d.partition))
+                    .unwrap();
+                std::future::ready(Ok::<(), std::io::Error>(()))
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        [77, 78].contains(&subscription.id()),
+        "the first accepting node's id: {}",
+        subscription.id()
+    );
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            tokio::time::timeout(WAIT_MAX, rx.recv())
+                .await
+                .expect("both nodes' deliveries are handled")
+                .unwrap(),
+        );
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [("from-a".to_owned(), 77, 0), ("from-b".to_owned(), 78, 2)]
+    );
+    // A node's deliveries run only after its acceptance was recorded.
+    assert_eq!(subscription.partitions(), [0, 1, 2]);
+    for node in [&a, &b] {
+        let acks = node
+            .wait_for(1, |_, f| match &f.message {
+                Message::Ack(ack) => Some(ack.delivery_ids.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(acks, [vec![3]]);
+        let subscribes = node.picked(|_, f| match &f.message {
+            Message::Subscribe(s) => Some((s.stream.to_owned(), s.group.to_owned())),
+            _ => None,
+        });
+        assert_eq!(subscribes, [("events".to_owned(), "billing".to_owned())]);
+    }
+    subscription.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn stopping_a_cluster_handler_closes_its_connection_to_every_node() {
+    let nodes = [
+        Mock::start(0, stage_node("r1", 0, 1, 0)).await,
+        Mock::start(0, stage_node("r2", 1, 2, 0)).await,
+        Mock::start(0, stage_node("r3", 2, 3, 0)).await,
+    ];
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    let client = hadron::Client::new(&urls.join(","), fast_options()).unwrap();
+    let (handler, mut rx) = echo_stage_handler();
+    let handle = client
+        .pipeline("service-creation", "setup-billing", handler)
+        .await
+        .unwrap();
+    assert_eq!(handled(&mut rx, 3).await.len(), 3);
+    for node in &nodes {
+        node.wait_for(1, |_, f| stage_acks_of(f)).await;
+    }
+    handle.stop().await.unwrap();
+    for node in &nodes {
+        node.wait_ended(is_pipeline_subscribe).await;
+        assert_eq!(
+            node.picked(|_, f| is_pipeline_subscribe(f).then_some(()))
+                .len(),
+            1,
+            "registered once, and not again after the stop"
+        );
+    }
+}

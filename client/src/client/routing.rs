@@ -134,6 +134,13 @@ impl Client {
         &bootstrap[index]
     }
 
+    /// The bootstrap list as given to `Client::new` (never empty): where
+    /// a cluster's subscription and stage handler runners are pinned, one
+    /// per node.
+    pub(crate) fn bootstrap_list(&self) -> &[Endpoint] {
+        &self.inner.bootstrap
+    }
+
     /// The address the main connection uses (or will try first).
     pub(crate) fn main_endpoint(&self) -> &Endpoint {
         self.bootstrap_endpoint(0)
