@@ -177,14 +177,27 @@ impl Cluster {
         }
     }
 
-    /// Node `id`'s Raft state of `stream`'s `partition` (its status
-    /// document's `replication`), when the node runs and answers.
-    pub async fn replica_status(
-        &mut self,
-        id: u64,
-        stream: &str,
-        partition: u32,
-    ) -> Option<serde_json::Value> {
+    /// Node `id`'s client address (`http://127.0.0.1:PORT`).
+    pub fn client_addr(&self, id: u64) -> String {
+        self.nodes[id as usize - 1].addr()
+    }
+
+    /// A client that knows every node (the bootstrap list).
+    pub fn client_of_all(&self) -> Client {
+        let urls: Vec<String> = self
+            .ids()
+            .into_iter()
+            .map(|id| self.client_addr(id))
+            .collect();
+        let options = ClientOptions {
+            publish_attempts_max: 40,
+            ..ClientOptions::default()
+        };
+        Client::new(&urls.join(","), options).unwrap()
+    }
+
+    /// Node `id`'s status document, when the node runs and answers.
+    pub async fn status_doc(&mut self, id: u64) -> Option<serde_json::Value> {
         if !self.node(id).is_running() {
             return None;
         }
@@ -193,7 +206,18 @@ impl Cluster {
             .await
             .ok()?
             .ok()?;
-        let doc: serde_json::Value = serde_json::from_str(&json).ok()?;
+        serde_json::from_str(&json).ok()
+    }
+
+    /// Node `id`'s Raft state of `stream`'s `partition` (its status
+    /// document's `replication`), when the node runs and answers.
+    pub async fn replica_status(
+        &mut self,
+        id: u64,
+        stream: &str,
+        partition: u32,
+    ) -> Option<serde_json::Value> {
+        let doc = self.status_doc(id).await?;
         let partitions = doc["streams"]
             .as_array()?
             .iter()

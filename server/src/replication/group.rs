@@ -112,7 +112,21 @@ pub struct ReplicatedLog<S: LogStore, N: PeerNet, C: Clock> {
     /// Grants no vote and never campaigns (a replica refilling a damaged
     /// log: `shard/partition/replica_repair.rs`).
     abstaining: bool,
+    /// Grants no vote before this time (the clock's): a replica that
+    /// restarts may have acknowledged a leader's heartbeat just before,
+    /// and that leader's lease counts on it (see [`ReplicatedLog::has_lease`]).
+    quiet_until: Duration,
+    /// This node's lease as leader: until then no other node can have
+    /// been elected.
+    lease_until: Option<Duration>,
+    /// When the lease's pending renewal (a read-index round) was sent.
+    lease_asked: Option<Duration>,
 }
+
+/// How much shorter a lease is than the election timeout it rests on:
+/// room for the clocks of two nodes running at slightly different rates
+/// and for a tick taken late.
+const LEASE_MARGIN_TICKS: u32 = 2;
 
 impl<S: LogStore, N: PeerNet, C: Clock> std::fmt::Debug for ReplicatedLog<S, N, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,6 +172,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         let raw =
             RawNode::new(&config, store, &logger).map_err(|e| GroupError::Raft(e.to_string()))?;
         let next_tick = clock.now() + settings.tick_interval;
+        let quiet_until = clock.now() + settings.tick_interval * super::ELECTION_TICKS as u32;
         Ok(ReplicatedLog {
             settings,
             raw,
@@ -174,6 +189,9 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             leading: None,
             stopped: None,
             abstaining: false,
+            quiet_until,
+            lease_until: None,
+            lease_asked: None,
         })
     }
 
@@ -241,7 +259,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         {
             return;
         }
-        if self.abstaining
+        if (self.abstaining || self.clock.now() < self.quiet_until)
             && matches!(
                 msg.get_msg_type(),
                 MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
@@ -408,6 +426,64 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         }
     }
 
+    /// Whether this node leads under a lease: a majority acknowledged a
+    /// heartbeat it sent less than an election timeout (less a margin)
+    /// ago, so no other node can have been elected since (each of them
+    /// refuses votes for an election timeout after hearing from a leader,
+    /// raft-rs's `check_quorum`, and for one after its own start), and no
+    /// leadership transfer is under way. A leader hands out work that must
+    /// not run twice (pipeline stages) only under its lease.
+    pub fn has_lease(&self) -> bool {
+        self.is_leader()
+            && self.raw.raft.lead_transferee.is_none()
+            && self
+                .lease_until
+                .is_some_and(|until| self.clock.now() < until)
+    }
+
+    /// On a leader: starts a lease renewal (a read-index round, its
+    /// context the time it was sent) when none is under way and the lease
+    /// has less than half its length left.
+    pub fn renew_lease(&mut self) {
+        if !self.is_leader() || self.stopped.is_some() {
+            return;
+        }
+        let now = self.clock.now();
+        let length = self.lease_length();
+        let due = self
+            .lease_until
+            .is_none_or(|until| until < now + length / 2);
+        // A round whose answer never came (a message lost) is asked again
+        // after a lease's length.
+        let asked = self.lease_asked.is_some_and(|at| now < at + length);
+        if !due || asked {
+            return;
+        }
+        self.lease_asked = Some(now);
+        let sent = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        self.raw.read_index(sent.to_le_bytes().to_vec());
+    }
+
+    fn lease_length(&self) -> Duration {
+        let ticks = (super::ELECTION_TICKS as u32).saturating_sub(LEASE_MARGIN_TICKS);
+        self.settings.tick_interval * ticks
+    }
+
+    /// A read-index round answered: the lease runs from when it was sent.
+    fn on_read_states(&mut self, states: &[raft::ReadState]) {
+        for rs in states {
+            let Ok(sent) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            let sent = Duration::from_nanos(u64::from_le_bytes(sent));
+            let until = sent + self.lease_length();
+            if self.is_leader() && self.lease_until.is_none_or(|u| u < until) {
+                self.lease_until = Some(until);
+            }
+            self.lease_asked = None;
+        }
+    }
+
     /// Makes this node grant no vote and never campaign (`true`), or a
     /// voter again (`false`).
     pub fn set_abstaining(&mut self, abstaining: bool) {
@@ -554,6 +630,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs);
         }
+        self.on_read_states(rd.read_states());
         let committed = rd.take_committed_entries();
         let persisted = rd.take_persisted_messages();
         self.raw.advance_append_async(rd);
@@ -656,6 +733,11 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
     /// it proposed them in.
     fn check_leadership(&mut self) {
         let now = self.is_leader().then_some(self.raw.raft.term);
+        if self.leading != now {
+            // A lease is for one term.
+            self.lease_until = None;
+            self.lease_asked = None;
+        }
         if self.leading.is_some() && self.leading != now {
             let error = self.not_leader();
             for (_, p) in std::mem::take(&mut self.pending) {

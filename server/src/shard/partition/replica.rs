@@ -110,6 +110,8 @@ pub struct Replica<S: Storage, C: Clock> {
     /// Told the data of each committed batch of events (a pipeline's
     /// follower finds its checkpoints there).
     on_applied: RefCell<Option<OnApplied>>,
+    /// Keeps a leader's lease renewed ([`Replica::has_lease`]).
+    wants_lease: Cell<bool>,
     /// Set when its loop ended.
     ended: Cell<bool>,
     ended_notify: Notify,
@@ -205,6 +207,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             term_at_open: hs_term,
             asked_at: Cell::new(None),
             on_applied: RefCell::new(None),
+            wants_lease: Cell::new(false),
             ended: Cell::new(false),
             ended_notify: Notify::default(),
         })
@@ -337,6 +340,9 @@ impl<S: Storage, C: Clock> Replica<S, C> {
                 group.step(m);
             }
             group.tick_due();
+            if self.wants_lease.get() {
+                group.renew_lease();
+            }
             group.turn().map_err(|e| e.to_string())?;
         }
         let mut moved = self.apply_committed()?;
@@ -501,6 +507,19 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         *self.stopped.borrow_mut() = Some(why);
     }
 
+    /// Keeps this replica's lease renewed while it leads: a pipeline
+    /// run hands out stages only under it.
+    pub fn want_lease(&self) {
+        self.wants_lease.set(true);
+        self.wake.notify_all();
+    }
+
+    /// Whether this node leads under a lease (`ReplicatedLog::has_lease`):
+    /// no other node can have been elected meanwhile.
+    pub fn has_lease(&self) -> bool {
+        self.group.borrow().has_lease()
+    }
+
     /// Tells `f` the bytes of each batch of events committed from now on.
     pub fn set_on_applied(&self, f: OnApplied) {
         *self.on_applied.borrow_mut() = Some(f);
@@ -616,7 +635,8 @@ async fn turn_once<S: Storage, C: Clock, D: ReplicaDuty>(
     clock: &C,
     duty: &D,
 ) -> Result<(), String> {
-    if replica.turn().await? {
+    let leased = replica.has_lease();
+    if replica.turn().await? || replica.has_lease() != leased {
         duty.moved();
     }
     if let Some(term) = replica.needs_dedup_rebuild() {

@@ -23,6 +23,16 @@
 //! - **Losing the lead.** The state is dropped at once (members kept):
 //!   outstanding deliveries are forgotten, their acks refused, and the new
 //!   leader delivers them again.
+//! - **Under a lease.** A leader cut off from the others keeps leading
+//!   until it notices, while another may already have been elected and
+//!   completed a stage this one would deliver again. So the run hands out
+//!   stages only while the outputs group's leader holds a lease
+//!   (`ReplicatedLog::has_lease`): a majority acknowledged a heartbeat it
+//!   sent less than an election timeout (less a margin) ago. Raft's
+//!   `check_quorum` makes those nodes refuse votes for an election timeout
+//!   after hearing from a leader, and a restarted node refuses votes for
+//!   one after its start, so no other leader can exist meanwhile; a
+//!   leadership transfer ends the lease at once.
 //! - **Epochs.** Every rebuild bumps the run's epoch. A task that awaited
 //!   (an append, a source read) across a rebuild finds the epoch moved and
 //!   drops what it learnt: its answer is `NotLeader`.
@@ -163,8 +173,12 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     /// Before a dispatch round: rebuilds the run from its log when this
     /// node began to lead. Returns whether the run is active.
     pub(super) async fn ready_to_dispatch(&self) -> Result<bool, Error> {
+        // Under the outputs group's lease only: a node that lost the lead
+        // without knowing yet must not hand out a stage the new leader
+        // may have completed.
+        let leased = self.replica.as_ref().is_none_or(|r| r.has_lease());
         let Some(epoch) = self.lead_at.take() else {
-            return Ok(self.active.get());
+            return Ok(self.active.get() && leased);
         };
         if epoch != self.epoch.get() {
             return Ok(false);
@@ -178,13 +192,14 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         if epoch == self.epoch.get() {
             self.active.set(true);
         }
-        Ok(self.active.get())
+        Ok(self.active.get() && self.replica.as_ref().is_none_or(|r| r.has_lease()))
     }
 
     /// Records each committed checkpoint's `state_at`: a follower's log
     /// folds below it as the leader's did.
     pub(super) fn watch_checkpoints(&self) {
         let Some(replica) = &self.replica else { return };
+        replica.want_lease();
         let fold = self.fold.clone();
         replica.set_on_applied(Box::new(move |bytes| {
             for batch in Batches::new(bytes).flatten() {
