@@ -91,6 +91,8 @@ const WATERMARK_EVERY_STEPS: u64 = 25;
 
 type SimPartition = Partition<SimStorage, SimClock>;
 type SimRun = PipelineRun<SimStorage, SimClock>;
+/// Deliveries returned by rounds: the node, its run, the delivery.
+type Outbox = Rc<RefCell<Vec<(u64, Rc<SimRun>, StageOutgoing)>>>;
 
 /// Small segments: the outputs log is checkpointed every segment.
 fn log_config() -> LogConfig {
@@ -289,7 +291,7 @@ struct Sim {
     publisher: Publisher,
     model: Rc<RefCell<Model>>,
     /// Deliveries the rounds returned, not yet taken by a handler.
-    outbox: Rc<RefCell<Vec<(u64, Rc<SimRun>, StageOutgoing)>>>,
+    outbox: Outbox,
     held: Vec<Held>,
     ids: Rc<Cell<u64>>,
     crash_ppm: u32,
@@ -562,7 +564,7 @@ impl Sim {
                     }
                 });
             }
-            if step % WATERMARK_EVERY_STEPS == 0 {
+            if step.is_multiple_of(WATERMARK_EVERY_STEPS) {
                 let run = run.clone();
                 let _ = spawner.spawn_local(async move {
                     let _ = run.commit_watermark().await;
