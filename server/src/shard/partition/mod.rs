@@ -39,6 +39,8 @@ pub mod replica_repair;
 #[cfg(test)]
 mod replica_sim;
 #[cfg(test)]
+pub(crate) mod replica_sim_support;
+#[cfg(test)]
 mod sim_tests;
 
 use std::cell::{Cell, RefCell};

@@ -32,7 +32,7 @@
 //! Replay one seed: `HADRON_SIM_SEED=N cargo test -p hadron-server
 //! replica_sim`; `HADRON_SIM_DEBUG=1` narrates the faults.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::rc::Rc;
@@ -43,15 +43,12 @@ use futures::task::LocalSpawnExt;
 use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 use hadron_engine::{Durability, LogConfig, Retention};
 use hadron_wire::Limits;
-use raft::eraftpb::Message;
 
-use super::replica::ReplicaSpec;
+use super::replica_sim_support::{Net, replica_spec};
 use super::{DedupLimits, Partition};
-use crate::replication::{GroupNet, GroupSettings, PeerLinks};
 use crate::shard::Error;
 use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
-use crate::shard::error::LeaderAt;
 use crate::shard::sim_support::{fold_trace, run_seeds};
 
 const SEEDS: u64 = 200;
@@ -131,77 +128,6 @@ impl std::ops::AddAssign for Coverage {
     }
 }
 
-/// A message on its way.
-struct InFlight {
-    due: Duration,
-    seq: u64,
-    to: u64,
-    msg: Message,
-}
-
-/// The seeded network.
-struct Net {
-    clock: SimClock,
-    rng: RefCell<SimRng>,
-    queue: RefCell<Vec<InFlight>>,
-    seq: Cell<u64>,
-    cut: RefCell<BTreeSet<(u64, u64)>>,
-    drop_ppm: u32,
-    dup_ppm: u32,
-    delay_steps_max: u64,
-    dropped: Cell<u64>,
-    duplicated: Cell<u64>,
-}
-
-impl Net {
-    fn push(&self, to: u64, msg: Message) {
-        let delay = STEP * self.rng.borrow_mut().below(self.delay_steps_max + 1) as u32;
-        let seq = self.seq.get() + 1;
-        self.seq.set(seq);
-        self.queue.borrow_mut().push(InFlight {
-            due: self.clock.now() + delay,
-            seq,
-            to,
-            msg,
-        });
-    }
-
-    /// The messages due now, in (due, seq) order.
-    fn due(&self) -> Vec<InFlight> {
-        let now = self.clock.now();
-        let mut queue = self.queue.borrow_mut();
-        let (mut due, later): (Vec<_>, Vec<_>) = queue.drain(..).partition(|m| m.due <= now);
-        *queue = later;
-        due.sort_by_key(|m| (m.due, m.seq));
-        due
-    }
-}
-
-/// One node's links: through the network, unless cut.
-struct SimLinks {
-    from: u64,
-    net: Rc<Net>,
-}
-
-impl PeerLinks for SimLinks {
-    fn send(&self, to: u64, _stream: &str, _partition: u32, msg: Message) -> bool {
-        let net = &self.net;
-        if net.cut.borrow().contains(&(self.from, to)) {
-            return false;
-        }
-        if net.rng.borrow_mut().chance_ppm(net.drop_ppm) {
-            net.dropped.set(net.dropped.get() + 1);
-            return true;
-        }
-        if net.rng.borrow_mut().chance_ppm(net.dup_ppm) {
-            net.duplicated.set(net.duplicated.get() + 1);
-            net.push(to, msg.clone());
-        }
-        net.push(to, msg);
-        true
-    }
-}
-
 /// What a publish attempt came back with.
 type Answer = Rc<RefCell<Option<Result<Vec<(u64, bool)>, Error>>>>;
 
@@ -253,18 +179,7 @@ impl Sim {
         let clock = SimClock::new(EPOCH_MS);
         let pool = LocalPool::new();
         clock.set_spawner(pool.spawner());
-        let net = Rc::new(Net {
-            clock: clock.clone(),
-            rng: RefCell::new(SimRng::new(seed.wrapping_mul(31) ^ 7)),
-            queue: RefCell::new(Vec::new()),
-            seq: Cell::new(0),
-            cut: RefCell::new(BTreeSet::new()),
-            drop_ppm: rng.below(50_001) as u32,
-            dup_ppm: rng.below(30_001) as u32,
-            delay_steps_max: rng.below(4),
-            dropped: Cell::new(0),
-            duplicated: Cell::new(0),
-        });
+        let net = Rc::new(Net::new(clock.clone(), seed, &mut rng, STEP));
         let nodes = (0..NODES)
             .map(|i| Node {
                 storage: SimStorage::new(seed * 10 + i, SimFaults::default()),
@@ -311,36 +226,9 @@ impl Sim {
     /// Opens node `id`'s partition (recovering it) and starts its group.
     fn open(&mut self, id: u64) {
         let node = &self.nodes[id as usize - 1];
-        let net = GroupNet {
-            links: Rc::new(SimLinks {
-                from: id,
-                net: self.net.clone(),
-            }),
-            stream: Rc::from("s"),
-            partition: 0,
-        };
-        // A one-value election range per node, varied by seed: raft-rs
-        // draws the timeout with an unseedable RNG (section 1, finding 6).
+        // An election timeout per node, varied by seed.
         let ticks = 10 + ((self.seed + id * 7) % 9) as usize;
-        let spec = ReplicaSpec {
-            group: GroupSettings {
-                node_id: id,
-                group_id: 0,
-                tick_interval: Duration::from_millis(50),
-                election_ticks: ticks..ticks + 1,
-            },
-            voters: (1..=NODES).collect(),
-            net,
-            leader_at: Rc::new(|node_id, term| {
-                Some(LeaderAt {
-                    node_id,
-                    address: format!("node-{node_id}:7000"),
-                    shard_port: 0,
-                    term,
-                })
-            }),
-            on_leader: Rc::new(|_| {}),
-        };
+        let spec = replica_spec(&self.net, id, NODES, "s", ticks);
         let (storage, clock) = (node.storage.clone(), self.clock.clone());
         let p = self.pool.run_until(async move {
             let mut p = Partition::open(

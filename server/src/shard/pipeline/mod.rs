@@ -27,6 +27,8 @@ mod checkpoint;
 mod codec;
 mod dispatch;
 mod replay;
+#[cfg(test)]
+mod replica_sim;
 mod replicated;
 mod settle;
 mod status;

@@ -158,9 +158,20 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                     .borrow()
                     .get(root)
                     .is_none_or(|e| e.done & (1 << stage) != 0));
-        if done || !st.completing.insert((root, stage)) {
+        if done {
             // A duplicate or late ack of a completed stage: ignored.
             return Ok(None);
+        }
+        if !st.completing.insert((root, stage)) {
+            // Another ack's output for this stage is being made durable:
+            // answering this one OK now would claim a completion that is
+            // not committed yet, and never is if that append fails (a
+            // replicated run losing its lead), when the stage runs again.
+            return Err(Error::NotOutstanding {
+                delivery: delivery_id,
+                kind: DeliveryKind::Stage,
+                on_this_connection: false,
+            });
         }
         self.index.borrow_mut().hold(root, stage as usize);
         Ok(Some((root, stage)))

@@ -1,0 +1,151 @@
+//! What the seeded simulations of replicated state (`replica_sim.rs`
+//! here, `pipeline/replica_sim.rs`) share: the seeded network between
+//! the nodes (drops, duplicates, delays, directed cuts) and the Raft
+//! settings of one node's group.
+//!
+//! A message carries the name of the group it belongs to (a stream's, or
+//! a pipeline's outputs group, `pipeline::outputs_group`), as the peer
+//! frames do, so that a node holding several groups routes it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hadron_engine::storage::sim::SimRng;
+use raft::eraftpb::Message;
+
+use super::replica::ReplicaSpec;
+use crate::replication::{GroupNet, GroupSettings, PeerLinks};
+use crate::shard::clock::Clock;
+use crate::shard::clock::sim::SimClock;
+use crate::shard::error::LeaderAt;
+
+/// A message on its way.
+pub struct InFlight {
+    pub due: Duration,
+    pub seq: u64,
+    pub to: u64,
+    /// The group's peer name (a stream's, or an outputs group's).
+    pub group: Rc<str>,
+    pub msg: Message,
+}
+
+/// The seeded network: every message is delayed by up to
+/// `delay_steps_max` steps of `step`, and dropped or duplicated at the
+/// seed's rates; a cut directed link refuses it.
+pub struct Net {
+    pub clock: SimClock,
+    pub rng: RefCell<SimRng>,
+    pub queue: RefCell<Vec<InFlight>>,
+    pub seq: Cell<u64>,
+    pub cut: RefCell<BTreeSet<(u64, u64)>>,
+    pub drop_ppm: u32,
+    pub dup_ppm: u32,
+    pub delay_steps_max: u64,
+    pub step: Duration,
+    pub dropped: Cell<u64>,
+    pub duplicated: Cell<u64>,
+}
+
+impl Net {
+    /// The network of `seed`, its rates drawn from `rng` (drop, duplicate,
+    /// delay, in that order).
+    pub fn new(clock: SimClock, seed: u64, rng: &mut SimRng, step: Duration) -> Net {
+        Net {
+            clock,
+            rng: RefCell::new(SimRng::new(seed.wrapping_mul(31) ^ 7)),
+            queue: RefCell::new(Vec::new()),
+            seq: Cell::new(0),
+            cut: RefCell::new(BTreeSet::new()),
+            drop_ppm: rng.below(50_001) as u32,
+            dup_ppm: rng.below(30_001) as u32,
+            delay_steps_max: rng.below(4),
+            step,
+            dropped: Cell::new(0),
+            duplicated: Cell::new(0),
+        }
+    }
+
+    fn push(&self, to: u64, group: &str, msg: Message) {
+        let delay = self.step * self.rng.borrow_mut().below(self.delay_steps_max + 1) as u32;
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        self.queue.borrow_mut().push(InFlight {
+            due: self.clock.now() + delay,
+            seq,
+            to,
+            group: Rc::from(group),
+            msg,
+        });
+    }
+
+    /// The messages due now, in (due, seq) order.
+    pub fn due(&self) -> Vec<InFlight> {
+        let now = self.clock.now();
+        let mut queue = self.queue.borrow_mut();
+        let (mut due, later): (Vec<_>, Vec<_>) = queue.drain(..).partition(|m| m.due <= now);
+        *queue = later;
+        due.sort_by_key(|m| (m.due, m.seq));
+        due
+    }
+}
+
+/// One node's links: through the network, unless cut.
+pub struct SimLinks {
+    pub from: u64,
+    pub net: Rc<Net>,
+}
+
+impl PeerLinks for SimLinks {
+    fn send(&self, to: u64, group: &str, _partition: u32, msg: Message) -> bool {
+        let net = &self.net;
+        if net.cut.borrow().contains(&(self.from, to)) {
+            return false;
+        }
+        if net.rng.borrow_mut().chance_ppm(net.drop_ppm) {
+            net.dropped.set(net.dropped.get() + 1);
+            return true;
+        }
+        if net.rng.borrow_mut().chance_ppm(net.dup_ppm) {
+            net.duplicated.set(net.duplicated.get() + 1);
+            net.push(to, group, msg.clone());
+        }
+        net.push(to, group, msg);
+        true
+    }
+}
+
+/// Node `id`'s spec for the group named `group` (partition 0) among
+/// `nodes` voters, with an election timeout of `ticks` ticks.
+pub fn replica_spec(net: &Rc<Net>, id: u64, nodes: u64, group: &str, ticks: usize) -> ReplicaSpec {
+    let net = GroupNet {
+        links: Rc::new(SimLinks {
+            from: id,
+            net: net.clone(),
+        }),
+        stream: Rc::from(group),
+        partition: 0,
+    };
+    // A one-value election range per node: raft-rs draws the timeout
+    // with an unseedable RNG (docs/replication.md section 1, finding 6).
+    ReplicaSpec {
+        group: GroupSettings {
+            node_id: id,
+            group_id: 0,
+            tick_interval: Duration::from_millis(50),
+            election_ticks: ticks..ticks + 1,
+        },
+        voters: (1..=nodes).collect(),
+        net,
+        leader_at: Rc::new(|node_id, term| {
+            Some(LeaderAt {
+                node_id,
+                address: format!("node-{node_id}:7000"),
+                shard_port: 0,
+                term,
+            })
+        }),
+        on_leader: Rc::new(|_| {}),
+    }
+}
