@@ -8,6 +8,7 @@
 //! A disconnect is not the handler's failure: the stage goes out again at
 //! once, to another member if there is one.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -47,10 +48,25 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         let mut unsettled = Vec::new();
         // (index into `acks`, root, stage) of the acks to make durable.
         let mut taken: Vec<(usize, u64, u8)> = Vec::with_capacity(acks.len());
+        // Acks of a stage taken earlier in this frame: answered as that one is.
+        let mut mirrors: Vec<(u64, (u64, u8))> = Vec::new();
         for (i, (delivery_id, output)) in acks.iter().enumerate() {
+            let same_frame = self
+                .state
+                .borrow()
+                .issued
+                .get(delivery_id)
+                .copied()
+                .filter(|&key| taken.iter().any(|&(_, r, s)| (r, s) == key));
             match self.take_ack(*delivery_id, from, output) {
                 Ok(Some((root, stage))) => taken.push((i, root, stage)),
                 Ok(None) => {}
+                Err(Error::NotOutstanding {
+                    on_this_connection: false,
+                    ..
+                }) if same_frame.is_some() => {
+                    mirrors.extend(same_frame.map(|key| (*delivery_id, key)));
+                }
                 Err(failure) => unsettled.push((*delivery_id, failure)),
             }
         }
@@ -77,8 +93,10 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             // Rebuilt meanwhile (leadership moved): the new state knows
             // nothing of these acks.
             unsettled.extend(taken.iter().map(|&(i, ..)| (acks[i].0, e.clone())));
+            unsettled.extend(mirrors.iter().map(|&(id, _)| (id, e.clone())));
             return unsettled;
         }
+        let mut failed: HashMap<(u64, u8), Error> = HashMap::new();
         let mut st = self.state.borrow_mut();
         let mut index = self.index.borrow_mut();
         for (chunk, result) in chunks.into_iter().zip(appended) {
@@ -87,6 +105,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 if let Err(e) = &result {
                     index.release(root, stage as usize);
                     unsettled.push((acks[i].0, e.clone()));
+                    failed.insert((root, stage), e.clone());
                     continue;
                 }
                 st.stats[stage as usize].completed += 1;
@@ -114,6 +133,11 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         }
         drop(index);
         drop(st);
+        for (id, key) in mirrors {
+            if let Some(e) = failed.get(&key) {
+                unsettled.push((id, e.clone()));
+            }
+        }
         self.wake.notify_all();
         unsettled
     }
