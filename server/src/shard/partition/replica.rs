@@ -91,7 +91,7 @@ pub struct Replica<S: Storage, C: Clock> {
     /// The replica placement prefers as leader (the first voter): leaders
     /// go back to it once it is caught up, so that they stay spread over
     /// the nodes as placement spread them.
-    preferred: u64,
+    preferred: Cell<u64>,
     /// When leadership was last offered to `preferred`.
     offered_at: Cell<Option<std::time::Duration>>,
     leader_at: LeaderAtFn,
@@ -197,7 +197,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             high_watermark: Cell::new(high_watermark),
             ready_term: Cell::new(0),
             stopped: RefCell::new(None),
-            preferred,
+            preferred: Cell::new(preferred),
             offered_at: Cell::new(None),
             leader_at: spec.leader_at,
             on_leader: spec.on_leader,
@@ -320,7 +320,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             last_index: group.last_index(),
             high_watermark: self.high_watermark.get(),
             voters: group.conf_state().voters,
-            preferred: self.preferred,
+            preferred: self.preferred.get(),
             recovering: self.recovering(),
             inbox_dropped: self.dropped.get(),
             stopped: self.stopped.borrow().clone(),
@@ -432,7 +432,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         if self
             .group
             .borrow_mut()
-            .transfer_to_if_caught_up(self.preferred)
+            .transfer_to_if_caught_up(self.preferred.get())
         {
             self.offered_at.set(Some(now));
             self.wake.notify_all();
@@ -518,6 +518,12 @@ impl<S: Storage, C: Clock> Replica<S, C> {
     /// no other node can have been elected meanwhile.
     pub fn has_lease(&self) -> bool {
         self.group.borrow().has_lease()
+    }
+
+    /// Makes `node` the replica leadership goes back to (a sibling group
+    /// following its partition's leader).
+    pub fn set_preferred(&self, node: u64) {
+        self.preferred.set(node);
     }
 
     /// Tells `f` the bytes of each batch of events committed from now on.
@@ -689,7 +695,12 @@ impl<S: Storage, C: Clock> ReplicaDuty for super::Partition<S, C> {
     }
 
     async fn lead(&self, _term: u64) -> Result<(), String> {
-        self.rebuild_dedup().await
+        self.rebuild_dedup().await?;
+        self.restart_groups(true).await
+    }
+
+    fn follow(&self) {
+        self.restart_groups_here();
     }
 }
 
