@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use hadron::{Client, NewEvent, StageInput};
 use hadron_tests::cluster::{Cluster, ClusterOptions};
+use hadron_tests::run_cli;
 
 const PIPELINE: &str = "service-creation";
 
@@ -220,6 +221,28 @@ async fn the_walkthrough_pipeline_completes_each_stage_once_across_leader_kills_
 
     let runs = runs_of(&recorder);
     check_runs(&runs, &roots);
+
+    // `hadron cluster status` lists the outputs group with its leader.
+    let leader = await_pipeline_leader(&mut cluster, None).await;
+    let urls: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.client_addr(id))
+        .collect();
+    let out = run_cli(
+        &["cluster", "status", "--json", "--url", &urls.join(",")],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let outputs = doc["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["stream"] == format!("pipelines/{PIPELINE}") && p["partition"] == 0)
+        .unwrap_or_else(|| panic!("no outputs group in {doc}"));
+    assert_eq!(outputs["leader"], leader, "{doc}");
+    assert_eq!(outputs["replicas"].as_array().unwrap().len(), 3, "{doc}");
     eprintln!(
         "pipeline leaders {leaders:?}; {} executions, {} handler runs",
         roots.len(),

@@ -1,7 +1,10 @@
 //! `hadron cluster status --url A,B,C`: asks every node listed for its
 //! status (each on its own, not the first that answers) and prints the
-//! nodes, then per replicated partition its leader and term and each
-//! replica's Raft state and lag behind the leader (in log entries).
+//! nodes, then per Raft group its leader and term and each replica's Raft
+//! state and lag behind the leader (in log entries): every replicated
+//! partition (`STREAM/P`), its consumer groups' offsets
+//! (`offsets/STREAM/P`) and each pipeline's outputs on it
+//! (`pipelines/NAME/P`).
 //!
 //! The lag is the leader's last index minus the replica's, from status
 //! documents taken one after the other, so it is approximate under load;
@@ -37,19 +40,30 @@ type Replicas = BTreeMap<(String, u64), Vec<(u64, Value)>>;
 
 fn replicas(nodes: &[NodeStatus]) -> Replicas {
     let mut out: Replicas = BTreeMap::new();
+    let mut add = |name: String, p: &Value, r: &Value, id: u64| {
+        if r.is_object() {
+            let partition = p["partition"].as_u64().unwrap_or(0);
+            out.entry((name, partition))
+                .or_default()
+                .push((id, r.clone()));
+        }
+    };
     for node in nodes {
         let Ok(doc) = &node.doc else { continue };
         let id = doc["node_id"].as_u64().unwrap_or(0);
         for stream in doc["streams"].as_array().into_iter().flatten() {
-            let name = stream["name"].as_str().unwrap_or("?").to_owned();
+            let name = stream["name"].as_str().unwrap_or("?");
             for p in stream["partitions"].as_array().into_iter().flatten() {
-                let r = &p["replication"];
-                if r.is_object() {
-                    let partition = p["partition"].as_u64().unwrap_or(0);
-                    out.entry((name.clone(), partition))
-                        .or_default()
-                        .push((id, r.clone()));
-                }
+                add(name.to_owned(), p, &p["replication"], id);
+                // Its consumer groups' offsets group.
+                add(format!("offsets/{name}"), p, &p["offsets_replication"], id);
+            }
+        }
+        // Each pipeline run's outputs group.
+        for pipeline in doc["pipelines"].as_array().into_iter().flatten() {
+            let name = pipeline["name"].as_str().unwrap_or("?");
+            for p in pipeline["partitions"].as_array().into_iter().flatten() {
+                add(format!("pipelines/{name}"), p, &p["replication"], id);
             }
         }
     }
