@@ -63,7 +63,7 @@ use crate::shard::sim_support::{fold_trace, read_back, run_seeds};
 
 mod publisher;
 
-const SEEDS: u64 = 60;
+const SEEDS: u64 = 140;
 const NODES: u64 = 3;
 /// Simulated steps of [`STEP`] each, with faults.
 const STEPS: u64 = 1_000;
@@ -204,8 +204,24 @@ struct Model {
 }
 
 impl Model {
-    fn saw_snapshot(&mut self, value: u64, step: u64, by: impl FnOnce() -> String) {
-        self.snapshots.entry(value).or_insert_with(|| (step, by()));
+    /// Records a value of `g` seen in a snapshot at `step`; a new one is
+    /// checked at once against the events delivered so far (the whole
+    /// check 2 runs at the end, when every event is known).
+    fn saw_snapshot(&mut self, seed: u64, value: u64, step: u64, by: impl FnOnce() -> String) {
+        if self.snapshots.contains_key(&value) {
+            return;
+        }
+        let by = by();
+        if let Some((offset, id)) = self
+            .delivered
+            .range(..value)
+            .find(|(o, _)| !self.acked_at.contains_key(o))
+        {
+            panic!(
+                "seed {seed}: {by} holds offset {value} at step {step}, but event {id} at offset {offset} below it was never acknowledged"
+            );
+        }
+        self.snapshots.insert(value, (step, by));
     }
 }
 
@@ -354,7 +370,7 @@ impl Sim {
         g.attach(member, 1 + self.rng.below(8) as u32);
         if let Some(v) = stored {
             let by = || format!("node {id} at open");
-            self.model.saw_snapshot(v, self.step_now(), by);
+            self.model.saw_snapshot(self.seed, v, self.step_now(), by);
         }
         let node = &mut self.nodes[id as usize - 1];
         node.life = life;
@@ -669,8 +685,9 @@ impl Sim {
                 self.coverage.offsets_leaders += 1;
             }
             if let Some(v) = p.persisted_offset(GROUP) {
-                self.model
-                    .saw_snapshot(v, step, || format!("node {id}'s persisted offset"));
+                self.model.saw_snapshot(self.seed, v, step, || {
+                    format!("node {id}'s persisted offset")
+                });
             }
         }
         if step % COMMIT_EVERY_STEPS == COMMIT_EVERY_STEPS / 2 {
@@ -688,7 +705,7 @@ impl Sim {
                 let bytes = storage.written_bytes(&path).unwrap_or_default();
                 for v in snapshots_in(&bytes) {
                     let by = || format!("node {}'s {}", i + 1, path.display());
-                    self.model.saw_snapshot(v, step, by);
+                    self.model.saw_snapshot(self.seed, v, step, by);
                 }
             }
         }
