@@ -33,6 +33,8 @@
 //! `DmaStorage` and `SystemClock`.
 
 mod dedup;
+#[cfg(test)]
+mod group_replica_sim;
 mod offsets;
 pub mod replica;
 pub mod replica_offsets;
