@@ -196,6 +196,21 @@ impl Cluster {
         Client::new(&urls.join(","), options).unwrap()
     }
 
+    /// `hadron cluster status --json` over every node, parsed.
+    pub fn cluster_status_json(&self) -> serde_json::Value {
+        let urls: Vec<String> = self
+            .ids()
+            .into_iter()
+            .map(|id| self.client_addr(id))
+            .collect();
+        let out = crate::run_cli(
+            &["cluster", "status", "--json", "--url", &urls.join(",")],
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", out.stderr);
+        serde_json::from_str(out.stdout.trim()).expect("cluster status --json prints JSON")
+    }
+
     /// Node `id`'s status document, when the node runs and answers.
     pub async fn status_doc(&mut self, id: u64) -> Option<serde_json::Value> {
         if !self.node(id).is_running() {

@@ -277,12 +277,7 @@ async fn three_nodes_replicate_publishes_and_followers_name_the_leader() {
         .into_iter()
         .map(|id| cluster.node(id).addr())
         .collect();
-    let out = run_cli(
-        &["cluster", "status", "--json", "--url", &urls.join(",")],
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success(), "{}", out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let doc = cluster.cluster_status_json();
     let p0 = doc["partitions"]
         .as_array()
         .unwrap()

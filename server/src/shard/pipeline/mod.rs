@@ -135,6 +135,24 @@ struct RunState {
     watermark: u64,
 }
 
+impl RunState {
+    /// The state of a run that knows nothing yet: counts at zero.
+    fn fresh(plan: &PipelinePlan) -> RunState {
+        let stats = plan
+            .stages
+            .iter()
+            .map(|s| StageStats {
+                name: s.name.clone(),
+                ..StageStats::default()
+            })
+            .collect();
+        RunState {
+            stats,
+            ..RunState::default()
+        }
+    }
+}
+
 /// A pipeline on one partition.
 pub struct PipelineRun<S: Storage = DmaStorage, C: Clock = SystemClock> {
     pub plan: PipelinePlan,
@@ -213,14 +231,6 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             .map(|s| s.dependencies.iter().map(|&d| d as usize).collect())
             .collect();
         let dag = Dag::new(&deps).map_err(|e| format!("pipeline {}: {e}", plan.name))?;
-        let stats = plan
-            .stages
-            .iter()
-            .map(|s| StageStats {
-                name: s.name.clone(),
-                ..StageStats::default()
-            })
-            .collect();
         let replica = match replication {
             Some(spec) => Some(Rc::new(
                 replicated::open_replica(storage, &outputs, spec, source.clock().clone(), &plan)
@@ -230,13 +240,10 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         };
         let run = PipelineRun {
             index: RefCell::new(ExecutionIndex::new(dag, plan.max_parallel.max(1) as usize)),
+            state: RefCell::new(RunState::fresh(&plan)),
             plan,
             source,
             outputs,
-            state: RefCell::new(RunState {
-                stats,
-                ..RunState::default()
-            }),
             active: Cell::new(replica.is_none()),
             replica,
             epoch: Cell::new(0),

@@ -44,7 +44,7 @@ use hadron_engine::log::batch::Batches;
 use hadron_engine::storage::Storage;
 
 use super::codec::{OutputRecord, decode_record};
-use super::{PipelineRun, RunState, StageStats};
+use super::{PipelineRun, RunState};
 use crate::config::PipelinePlan;
 use crate::shard::clock::Clock;
 use crate::shard::error::Error;
@@ -138,19 +138,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         self.active.set(false);
         self.epoch.set(self.epoch.get() + 1);
         let members = self.members();
-        let stats = self
-            .plan
-            .stages
-            .iter()
-            .map(|s| StageStats {
-                name: s.name.clone(),
-                ..StageStats::default()
-            })
-            .collect();
-        *self.state.borrow_mut() = RunState {
-            stats,
-            ..RunState::default()
-        };
+        *self.state.borrow_mut() = RunState::fresh(&self.plan);
         let fresh = {
             let index = self.index.borrow();
             hadron_engine::pipeline::ExecutionIndex::new(
