@@ -63,9 +63,9 @@ struct Recorder {
 
 /// Registers a handler for every stage with a client that knows every
 /// node; each run is recorded and answers `stage@root#n`.
-async fn start_handlers(cluster: &Cluster, recorder: &Arc<Mutex<Recorder>>) {
+async fn start_handlers(cluster: &Cluster, recorder: &Arc<Mutex<Recorder>>, stages: &[&str]) {
     let client = cluster.client_of_all();
-    for stage in STAGES {
+    for &stage in stages {
         let recorder = recorder.clone();
         let handler = move |input: StageInput| {
             let recorder = recorder.clone();
@@ -194,7 +194,7 @@ async fn the_walkthrough_pipeline_completes_each_stage_once_across_leader_kills_
         ..ClusterOptions::default()
     });
     let recorder = Arc::new(Mutex::new(Recorder::default()));
-    start_handlers(&cluster, &recorder).await;
+    start_handlers(&cluster, &recorder, &STAGES).await;
     let publisher = cluster.client_of_all();
     let mut roots = BTreeSet::new();
     let mut published = 0;
@@ -311,5 +311,65 @@ fn check_runs(runs: &[Run], roots: &BTreeSet<u64>) {
                 "{stage} of {root} ran again (runs {later:?}) after its run {n} completed"
             );
         }
+    }
+}
+
+/// The walkthrough's own flow on a cluster: the pipeline starts with
+/// `deploy-service` alone; executions complete; then the five-stage
+/// version is applied to every node (there is no metadata group: each
+/// node takes the apply) and the runs are replaced on every replica. The
+/// first stage's outputs made before the update are the ones the new
+/// stages receive (never run again), and new triggers run all five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_update_adds_stages_on_every_node_without_running_a_completed_one_again() {
+    let one_stage = {
+        let mut yaml = String::new();
+        for line in hadron_tests::SERVICE_CREATION_PIPELINE.lines() {
+            if line.trim_start().starts_with("- name: setup-billing") {
+                break;
+            }
+            yaml.push_str(line);
+            yaml.push('\n');
+        }
+        yaml
+    };
+    let mut cluster = Cluster::start(ClusterOptions {
+        resources: format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: events }}\nspec: {{ partitions: 1, replicas: 3 }}\n---{one_stage}"
+        ),
+        ..ClusterOptions::default()
+    });
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    start_handlers(&cluster, &recorder, &STAGES[..1]).await;
+    let publisher = cluster.client_of_all();
+    let first: BTreeSet<u64> = publish(&publisher, 0, 10).await.into_iter().collect();
+    // Every first execution completed (its one stage's output committed).
+    await_completed(&mut cluster, &first).await;
+
+    for id in cluster.ids() {
+        let lines = cluster
+            .client(id)
+            .apply(hadron_tests::SERVICE_CREATION_PIPELINE)
+            .await
+            .unwrap();
+        assert!(
+            lines.iter().any(|l| l.contains("service-creation")),
+            "node {id}: {lines:?}"
+        );
+    }
+    start_handlers(&cluster, &recorder, &STAGES[1..]).await;
+    let second: BTreeSet<u64> = publish(&publisher, 10, 10).await.into_iter().collect();
+    let roots: BTreeSet<u64> = first.union(&second).copied().collect();
+    await_completed(&mut cluster, &roots).await;
+    let runs = runs_of(&recorder);
+    check_runs(&runs, &roots);
+    // deploy-service ran once per execution: its outputs from before the
+    // update were kept by every replica's replaced run.
+    for root in &first {
+        let deploys = runs
+            .iter()
+            .filter(|r| r.root == *root && r.stage == "deploy-service")
+            .count();
+        assert_eq!(deploys, 1, "deploy-service of {root} ran {deploys} times");
     }
 }

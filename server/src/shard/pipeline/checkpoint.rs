@@ -208,7 +208,12 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             }
             self.checkpoint_ended.changed_since(generation).await;
         }
-        self.commit_watermark().await?;
+        // A replicated run's watermark is a proposal that needs a quorum;
+        // the next leader rescans from the last committed one instead (it
+        // knows the executions finished since from their outputs).
+        if self.replica.is_none() {
+            self.commit_watermark().await?;
+        }
         self.outputs.sync().await.map_err(|e| e.to_string())
     }
 }

@@ -271,7 +271,6 @@ impl<S: Storage + Clone + 'static, C: Clock> ReplicaDuty for PipelineRun<S, C> {
         Ok(())
     }
 
-    fn closed(&self) -> bool {
-        self.closed.get()
-    }
+    // Not `closed`: a run closed for a replacement still syncs through its
+    // group; `close_replication` ends the loop once it has.
 }
