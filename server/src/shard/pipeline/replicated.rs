@@ -137,6 +137,11 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     fn reset(&self) {
         self.active.set(false);
         self.epoch.set(self.epoch.get() + 1);
+        self.clear_state();
+    }
+
+    /// A fresh state and execution index, the stage members kept.
+    fn clear_state(&self) {
         let members = self.members();
         *self.state.borrow_mut() = RunState::fresh(&self.plan);
         let fresh = {
@@ -171,6 +176,9 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         if epoch != self.epoch.get() {
             return Ok(false);
         }
+        // A recovery of an earlier epoch that a new lead cut short may have
+        // written into this epoch's state: start from a clean one.
+        self.clear_state();
         if let Err(why) = self.recover().await {
             // Not leading any more, or the log could not be read: the
             // next leadership tries again.
