@@ -35,6 +35,7 @@
 mod dedup;
 mod offsets;
 pub mod replica;
+pub mod replica_move;
 pub mod replica_repair;
 #[cfg(test)]
 mod replica_sim;

@@ -1,0 +1,211 @@
+//! Membership changes in [`ReplicatedLog`] (docs/replication.md section 9):
+//! what the replica-move reconciler (`shard/partition/replica_move.rs`)
+//! needs from the group, and three rules that make a conf change apply
+//! the same way on every replica, whatever that replica's conf state was:
+//!
+//! - **A conf change carries the conf state it applies to** (its
+//!   `context`: the proposer's applied conf state, protobuf-encoded; the
+//!   leader proposes one only when none is pending, so that is the conf
+//!   state every replica reaches just before the entry). A replica whose
+//!   conf state differs first resets to it. Two replicas differ: an ADDED
+//!   replica that starts empty, with no conf state (the genesis voters are
+//!   in `log.meta`, not in the log), replaying from index 1; and one that
+//!   installed a descriptor (section 8), which carries the leader's
+//!   current conf state, newer than the entries replayed after it.
+//!   A leave (an empty change, no context) on a conf state that is not
+//!   joint is such a replay too, and is skipped.
+//! - **The commit recorded stays below an unapplied conf change.** A
+//!   restart counts everything up to the recorded commit as applied; a
+//!   follower's Ready often records a commit past entries it has not
+//!   applied yet (not yet durable here). Past a conf change, the restart
+//!   would never apply it. So the hard state written holds the commit
+//!   below the first conf-change entry not yet applied.
+//! - **Removal notices.** A replica removed by a change whose commit it
+//!   never heard of (the leader forgets it once the change applies) would
+//!   wait forever. Any replica that receives a message from a node its
+//!   applied conf state does not list answers with a notice (a message of
+//!   the local-only kind `MsgUnreachable`, never sent by raft-rs between
+//!   nodes) naming its applied index; the receiver records it
+//!   ([`ReplicatedLog::removal_notice`]) and its owner decides (a notice
+//!   from a node whose applied index is past the receiver's proves the
+//!   receiver was removed in between, or never added).
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message,
+    MessageType,
+};
+use raft::{Changer, GetEntriesContext, ProgressTracker};
+
+use super::{INFLIGHT_MESSAGES_MAX, LogStore, PeerNet, ReplicatedLog};
+use crate::shard::clock::Clock;
+
+/// Whether `cs` lists `id` (voter, outgoing voter or learner).
+pub fn lists(cs: &ConfState, id: u64) -> bool {
+    cs.voters
+        .iter()
+        .chain(&cs.voters_outgoing)
+        .chain(&cs.learners)
+        .chain(&cs.learners_next)
+        .any(|&v| v == id)
+}
+
+/// Whether two conf states name the same members (in any order).
+fn same_conf(a: &ConfState, b: &ConfState) -> bool {
+    let sorted = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v
+    };
+    sorted(&a.voters) == sorted(&b.voters)
+        && sorted(&a.learners) == sorted(&b.learners)
+        && sorted(&a.voters_outgoing) == sorted(&b.voters_outgoing)
+        && sorted(&a.learners_next) == sorted(&b.learners_next)
+}
+
+impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
+    /// At start: the conf-change entries above the recorded commit.
+    pub(super) fn with_conf_unapplied(mut self) -> Self {
+        let from = self.raw.raft.raft_log.committed + 1;
+        let last = self.raw.raft.raft_log.last_index();
+        if from <= last {
+            match self
+                .raw
+                .store()
+                .entries(from, last + 1, None, GetEntriesContext::empty(false))
+            {
+                Ok(entries) => self.note_conf_entries(&entries),
+                Err(e) => tracing::warn!(
+                    node = self.settings.node_id,
+                    "conf changes above the commit not scanned: {e}"
+                ),
+            }
+        }
+        self
+    }
+
+    /// Entries appended (replacing any from their first index on).
+    pub(super) fn note_conf_entries(&mut self, entries: &[Entry]) {
+        if let Some(first) = entries.first() {
+            self.conf_unapplied.split_off(&first.index);
+        }
+        for e in entries {
+            if e.get_entry_type() == EntryType::EntryConfChangeV2 && e.index > self.applied {
+                self.conf_unapplied.insert(e.index);
+            }
+        }
+    }
+
+    /// The commit to record: below the first unapplied conf change.
+    pub(super) fn commit_to_record(&self, commit: u64) -> u64 {
+        match self.conf_unapplied.first() {
+            Some(&index) => commit.min(index - 1).max(self.applied.min(commit)),
+            None => commit,
+        }
+    }
+
+    /// Raises the recorded commit once the conf changes that held it
+    /// back were applied.
+    pub(super) fn record_commit_past_conf_changes(&mut self) {
+        let want = self.commit_to_record(self.raw.raft.raft_log.committed);
+        let mut hs = self.raw.store().hard_state();
+        if hs.commit < want {
+            hs.commit = want;
+            self.raw.mut_store().set_hard_state(&hs);
+        }
+    }
+
+    /// Before applying `change`: resets raft's conf state to the one it
+    /// applies to (its context), where this replica's differs. Returns
+    /// whether to apply it (`false`: a leave of a joint config already
+    /// left).
+    pub(super) fn conf_before(&mut self, change: &ConfChangeV2) -> Result<bool, String> {
+        let current = self.conf_state();
+        if change.leave_joint() {
+            return Ok(!current.voters_outgoing.is_empty());
+        }
+        if change.context.is_empty() {
+            return Ok(true);
+        }
+        let mut before = ConfState::default();
+        before
+            .merge_from_bytes(&change.context)
+            .map_err(|e| format!("a conf change's context does not decode: {e}"))?;
+        if same_conf(&before, &current) {
+            return Ok(true);
+        }
+        if !before.voters_outgoing.is_empty() || before.voters.is_empty() || self.is_leader() {
+            return Err(format!(
+                "a conf change applies to {before:?}, this replica has {current:?}"
+            ));
+        }
+        let mut tracker = ProgressTracker::new(INFLIGHT_MESSAGES_MAX);
+        let next = self.raw.raft.raft_log.last_index() + 1;
+        let singles = before
+            .voters
+            .iter()
+            .map(|&id| (ConfChangeType::AddNode, id))
+            .chain(
+                before
+                    .learners
+                    .iter()
+                    .map(|&id| (ConfChangeType::AddLearnerNode, id)),
+            );
+        for (kind, id) in singles {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(kind);
+            single.node_id = id;
+            let (cfg, changes) = Changer::new(&tracker)
+                .simple(&[single])
+                .map_err(|e| format!("rebuilding the conf state {before:?}: {e}"))?;
+            tracker.apply_conf(cfg, changes, next);
+        }
+        *self.raw.raft.mut_prs() = tracker;
+        self.raw.raft.post_conf_change();
+        Ok(true)
+    }
+
+    /// A removal notice is recorded (and not stepped); a message from a
+    /// node this replica's conf state does not list is answered with one.
+    /// Returns whether `msg` was a notice.
+    pub(super) fn removal_noticed(&mut self, msg: &Message) -> bool {
+        if msg.get_msg_type() == MessageType::MsgUnreachable {
+            self.removal_notice = Some(self.removal_notice.unwrap_or(0).max(msg.index));
+            return true;
+        }
+        let cs = self.conf_state();
+        if !cs.voters.is_empty() && !lists(&cs, msg.from) {
+            let mut notice = Message::default();
+            notice.set_msg_type(MessageType::MsgUnreachable);
+            notice.from = self.settings.node_id;
+            notice.to = msg.from;
+            notice.term = self.raw.raft.term;
+            notice.index = self.applied;
+            self.net.send(notice);
+        }
+        false
+    }
+
+    /// The highest applied index of a peer that did not list this node
+    /// there, as its notices said.
+    pub fn removal_notice(&self) -> Option<u64> {
+        self.removal_notice
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.settings.node_id
+    }
+
+    /// On a leader: the index up to which `id`'s log matches its own
+    /// (raft-rs's progress tracker), if it tracks `id`.
+    pub fn matched(&self, id: u64) -> Option<u64> {
+        self.raw.raft.prs().get(id).map(|p| p.matched)
+    }
+
+    /// Whether a conf change is in the log and not yet applied (raft-rs
+    /// refuses another meanwhile).
+    pub fn conf_change_pending(&self) -> bool {
+        self.raw.raft.pending_conf_index > self.applied || !self.conf_unapplied.is_empty()
+    }
+}
