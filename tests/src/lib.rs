@@ -1177,3 +1177,33 @@ pub async fn expect_marker_held_past_its_deadline(conn: &mut RawConn, offset: u6
         );
     }
 }
+
+/// The walkthrough's five-stage pipeline (`shared/seed/service-provisioning.md`)
+/// on the stream `events`.
+pub const SERVICE_CREATION_PIPELINE: &str = r#"
+apiVersion: hadron.rs/v1beta1
+kind: Pipeline
+metadata:
+  name: service-creation
+spec:
+  sourceStream: events
+  triggers:
+    - service.created
+  startPoint:
+    location: beginning
+  maxParallel: 50
+  stages:
+    - name: deploy-service
+    - name: setup-billing
+      dependencies: ["deploy-service"]
+    - name: setup-monitoring
+      dependencies: ["deploy-service"]
+    - name: notify-user
+      dependencies: ["deploy-service"]
+    - name: sync
+      dependencies:
+        - deploy-service
+        - setup-billing
+        - setup-monitoring
+        - notify-user
+"#;

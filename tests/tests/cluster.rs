@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hadron::{Client, Error, NewEvent};
 use hadron_tests::cluster::{Cluster, ClusterOptions};
 use hadron_tests::{Frame, RawConn, fetch_all, run_cli};
-use hadron_wire::{ErrorCode, Message};
+use hadron_wire::Message;
 
 const STREAM: &str = "orders";
 
@@ -239,8 +239,7 @@ async fn check_log(cluster: &mut Cluster, acked: &BTreeMap<String, u64>) -> usiz
 
 /// Three nodes elect a leader per partition; a publish through any node
 /// is stored on every replica; a follower refuses a fetch with
-/// `NotLeader` naming the leader's node and shard port; consumer groups
-/// on a replicated stream are refused by name.
+/// `NotLeader` naming the leader's node and shard port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_publishes_and_followers_name_the_leader() {
     let mut cluster = Cluster::start(ClusterOptions {
@@ -340,26 +339,6 @@ async fn three_nodes_replicate_publishes_and_followers_name_the_leader() {
     let metadata = cluster.client(follower).metadata().await.unwrap();
     let p0 = &metadata.stream(STREAM).unwrap().partitions[0];
     assert_eq!(p0.leader.as_ref().map(|l| l.node_id), Some(leader));
-
-    // Consumer groups are refused on a replicated stream, by name.
-    let mut conn = RawConn::handshaken(cluster.node(leader).port()).await;
-    let refused = conn
-        .request(
-            &Message::Subscribe(hadron_wire::Subscribe {
-                stream: STREAM,
-                group: "g",
-                durable: true,
-                start: hadron_wire::StartPoint::Beginning,
-                max_in_flight: 8,
-            }),
-            &mut Vec::new(),
-        )
-        .await;
-    let Frame::Error { code, message, .. } = &refused else {
-        panic!("a group on a replicated stream was accepted: {refused:?}");
-    };
-    assert_eq!(*code, ErrorCode::InvalidRequest);
-    assert!(message.contains("not built yet"), "{message}");
 }
 
 /// Durable publishes from three workers while the leader of the partition

@@ -26,37 +26,13 @@ use hadron_tests::cluster::{Cluster, ClusterOptions};
 
 const PIPELINE: &str = "service-creation";
 
-const RESOURCES: &str = r#"apiVersion: hadron.rs/v1beta1
-kind: Stream
-metadata: { name: events }
-spec: { partitions: 1, replicas: 3 }
----
-apiVersion: hadron.rs/v1beta1
-kind: Pipeline
-metadata:
-  name: service-creation
-spec:
-  sourceStream: events
-  triggers:
-    - service.created
-  startPoint:
-    location: beginning
-  maxParallel: 50
-  stages:
-    - name: deploy-service
-    - name: setup-billing
-      dependencies: ["deploy-service"]
-    - name: setup-monitoring
-      dependencies: ["deploy-service"]
-    - name: notify-user
-      dependencies: ["deploy-service"]
-    - name: sync
-      dependencies:
-        - deploy-service
-        - setup-billing
-        - setup-monitoring
-        - notify-user
-"#;
+/// The stream, then the walkthrough's pipeline on it.
+fn resources() -> String {
+    format!(
+        "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: events }}\nspec: {{ partitions: 1, replicas: 3 }}\n---{}",
+        hadron_tests::SERVICE_CREATION_PIPELINE
+    )
+}
 
 const STAGES: [&str; 5] = [
     "deploy-service",
@@ -80,6 +56,8 @@ struct Run {
 struct Recorder {
     runs: Vec<Run>,
     counts: BTreeMap<(u64, String), u32>,
+    /// Told of every run recorded.
+    recorded: Arc<tokio::sync::Notify>,
 }
 
 /// Registers a handler for every stage with a client that knows every
@@ -110,6 +88,7 @@ async fn start_handlers(cluster: &Cluster, recorder: &Arc<Mutex<Recorder>>) {
                         n,
                         inputs,
                     });
+                    r.recorded.notify_waiters();
                     n
                 };
                 // Some work, so that runs are in flight when a node dies.
@@ -209,7 +188,7 @@ async fn await_completed(cluster: &mut Cluster, roots: &BTreeSet<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_walkthrough_pipeline_completes_each_stage_once_across_leader_kills_and_cuts() {
     let mut cluster = Cluster::start(ClusterOptions {
-        resources: RESOURCES.into(),
+        resources: resources(),
         proxies: true,
         ..ClusterOptions::default()
     });
@@ -250,11 +229,19 @@ async fn the_walkthrough_pipeline_completes_each_stage_once_across_leader_kills_
 
 /// Waits until at least `n` handler runs were recorded.
 async fn eventually_runs(recorder: &Arc<Mutex<Recorder>>, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while recorder.lock().unwrap().runs.len() < n {
-        assert!(Instant::now() < deadline, "fewer than {n} handler runs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let recorded = recorder.lock().unwrap().recorded.clone();
+    let wait = async {
+        loop {
+            let next = recorded.notified();
+            if recorder.lock().unwrap().runs.len() >= n {
+                return;
+            }
+            next.await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("fewer than {n} handler runs"));
 }
 
 /// The checks of the module header.

@@ -53,33 +53,7 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a single client request (apply, registration, publish) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-const SERVICE_CREATION: &str = r#"
-apiVersion: hadron.rs/v1beta1
-kind: Pipeline
-metadata:
-  name: service-creation
-spec:
-  sourceStream: events
-  triggers:
-    - service.created
-  startPoint:
-    location: beginning
-  maxParallel: 50
-  stages:
-    - name: deploy-service
-    - name: setup-billing
-      dependencies: ["deploy-service"]
-    - name: setup-monitoring
-      dependencies: ["deploy-service"]
-    - name: notify-user
-      dependencies: ["deploy-service"]
-    - name: sync
-      dependencies:
-        - deploy-service
-        - setup-billing
-        - setup-monitoring
-        - notify-user
-"#;
+use hadron_tests::SERVICE_CREATION_PIPELINE as SERVICE_CREATION;
 
 /// The seed's stages and their dependencies, in document order.
 const SEED_STAGES: [(&str, &[&str]); 5] = [

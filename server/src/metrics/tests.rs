@@ -34,8 +34,10 @@ fn partition(stream: &str, partition: u32, next: u64) -> PartitionMetrics {
                 nacks: 1,
                 redeliveries: 1,
                 last_error: None,
+                persisted: None,
             }],
             replication: None,
+            offsets_replication: None,
         },
         published: PublishedTotals {
             events: next,

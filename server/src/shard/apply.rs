@@ -72,8 +72,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 .await?;
                 let mut p = p;
                 if let Some(voters) = replication {
+                    let offsets = partition::replica_offsets::offsets_group(&spec.name);
                     p.replicate(
-                        self.replica_spec(&spec.name, partition, voters)?,
+                        self.replica_spec(&spec.name, partition, voters.clone())?,
+                        Some(self.replica_spec(&offsets, partition, voters)?),
                         &self.storage,
                         dedup,
                     )
@@ -82,6 +84,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 let p = Rc::new(p);
                 if p.replica.is_some() {
                     self.runtime.spawn(p.clone().drive_replication());
+                    self.runtime.spawn(p.clone().drive_offsets());
                 }
                 self.partitions.borrow_mut().insert(key, p);
             }

@@ -276,6 +276,14 @@ impl<K, T> Ledger<K, T> {
         held
     }
 
+    /// Takes back every delivery out (members kept, their room freed).
+    pub fn drain_deliveries(&mut self) -> Vec<(u64, Held<T>)> {
+        let ids: Vec<u64> = self.by_id.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.settle(id)?)))
+            .collect()
+    }
+
     /// Deliveries out.
     pub fn len(&self) -> usize {
         self.by_id.len()

@@ -167,8 +167,6 @@ pub enum Error {
         partition: u32,
         leader: Option<LeaderAt>,
     },
-    /// A feature not built for replicated streams yet (`what`).
-    NotOnReplicated { stream: String, what: &'static str },
     /// The partition's Raft group has too much proposed and not yet
     /// committed (its followers are slow or gone).
     ReplicationBusy { stream: String, partition: u32 },
@@ -338,7 +336,6 @@ impl Error {
             E::Internal(_) => ErrorCode::Internal,
             E::NotLeader { .. } => ErrorCode::NotLeader,
             E::ReplicationBusy { .. } => ErrorCode::LimitExceeded,
-            E::NotOnReplicated { .. } => ErrorCode::InvalidRequest,
             E::ReplicationStopped { .. } => ErrorCode::StorageError,
         }
     }
@@ -617,10 +614,9 @@ impl Error {
             ),
             E::ShuttingDown => write!(f, "the server is shutting down"),
             E::ShardGone { shard } => write!(f, "shard {shard} is gone"),
-            E::NotLeader { .. }
-            | E::NotOnReplicated { .. }
-            | E::ReplicationBusy { .. }
-            | E::ReplicationStopped { .. } => self.fmt_replication(f),
+            E::NotLeader { .. } | E::ReplicationBusy { .. } | E::ReplicationStopped { .. } => {
+                self.fmt_replication(f)
+            }
             // Written by `fmt` and `fmt_request`.
             other => write!(f, "{other:?}"),
         }
@@ -726,10 +722,6 @@ impl Error {
                     "{stream}/{partition}: this node does not lead it and no leader is known yet (an election is running); retry after a pause"
                 ),
             },
-            E::NotOnReplicated { stream, what } => write!(
-                f,
-                "stream {stream:?} is replicated, and {what} on replicated streams are not built yet (their state would not survive a failover); use fetch, or a stream with replicas: 1"
-            ),
             E::ReplicationBusy { stream, partition } => write!(
                 f,
                 "{stream}/{partition}: too much is proposed and not yet committed by a majority of its replicas (at most {} proposals queued, {} bytes uncommitted); retry later",

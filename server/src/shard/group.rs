@@ -174,6 +174,9 @@ pub struct GroupStatus {
     pub redeliveries: u64,
     /// The message of the last nack.
     pub last_error: Option<String>,
+    /// Its offset in the last snapshot written (committed, when
+    /// replicated): where the group resumes after a restart or failover.
+    pub persisted: Option<u64>,
 }
 
 /// A group on one partition, on the partition's clock `C`.
@@ -240,6 +243,21 @@ impl<C: Clock> GroupPartition<C> {
             committed = committed.min(o);
         }
         committed
+    }
+
+    /// Forgets every delivery (members kept) and reads on from `cursor`:
+    /// a replicated partition's leadership moved, and what the group had
+    /// out is redelivered by whichever node leads (at least once).
+    pub fn restart_at(&self, cursor: u64) {
+        let mut st = self.state.borrow_mut();
+        for (delivery_id, _) in st.ledger.drain_deliveries() {
+            self.deliveries.remove(delivery_id);
+        }
+        st.offsets.clear();
+        st.retry.clear();
+        st.cursor = cursor;
+        drop(st);
+        self.wake.notify_all();
     }
 
     /// Adds a member (or updates its limit).
@@ -351,6 +369,7 @@ impl<C: Clock> GroupPartition<C> {
             nacks: st.nacks,
             redeliveries: st.redeliveries,
             last_error: st.last_error.clone(),
+            persisted: None,
         }
     }
 
@@ -361,6 +380,10 @@ impl<C: Clock> GroupPartition<C> {
         partition: &Partition<S, C>,
         new_delivery_id: &dyn Fn() -> u64,
     ) -> Result<Vec<Outgoing>, Error> {
+        if partition.check_serving().is_err() {
+            // A replicated partition delivers where it leads only.
+            return Ok(Vec::new());
+        }
         let now = self.clock.now();
         let mut out = Vec::new();
         self.expire_deadlines(now);
@@ -460,7 +483,7 @@ impl<C: Clock> GroupPartition<C> {
             } else {
                 cursor
             };
-            if cursor >= partition.log.visible_offset() {
+            if cursor >= partition.readable_end() {
                 break;
             }
             let (_, records) = partition.fetch(cursor, DISPATCH_READ_BYTES).await?;

@@ -256,13 +256,26 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         max_in_flight: u32,
         member: MemberId,
     ) -> Result<(), Error> {
-        let p = self.partition(stream, partition)?;
-        if p.replica.is_some() {
-            return Err(Error::NotOnReplicated {
-                stream: stream.to_owned(),
-                what: "consumer groups",
-            });
-        }
+        let p = match self.partition(stream, partition) {
+            Ok(p) => p,
+            // A partition of a cluster placed on other nodes: its groups
+            // are theirs, and nothing is attached here.
+            Err(e @ Error::NotLeader { .. }) => {
+                let elsewhere = self
+                    .topology
+                    .borrow()
+                    .streams
+                    .get(stream)
+                    .is_some_and(|spec| {
+                        matches!(
+                            self.placement(spec, partition),
+                            super::apply::Placed::Elsewhere
+                        )
+                    });
+                return if elsewhere { Ok(()) } else { Err(e) };
+            }
+            Err(e) => return Err(e),
+        };
         let existing = p.groups.borrow().get(group).cloned();
         let g = match existing {
             Some(g) => g,
@@ -276,7 +289,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 let stats = p.log.stats();
                 let cursor = stored.unwrap_or(match start {
                     StartPoint::Beginning => stats.start_offset,
-                    StartPoint::Latest => p.log.visible_offset(),
+                    StartPoint::Latest => p.readable_end(),
                     StartPoint::Offset(o) => o.clamp(stats.start_offset, stats.next_offset),
                 });
                 let g = GroupPartition::new(

@@ -238,17 +238,22 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Hands a peer's raft message to its partition's group here; dropped
     /// when the partition is not replicated on this shard (yet).
     pub fn on_peer_message(&self, stream: &str, partition: u32, msg: raft::eraftpb::Message) {
-        let replica = match stream.strip_prefix(pipeline::OUTPUTS_GROUP_PREFIX) {
-            Some(name) => self
-                .runs
+        let offsets = partition::replica_offsets::OFFSETS_GROUP_PREFIX;
+        let replica = if let Some(name) = stream.strip_prefix(pipeline::OUTPUTS_GROUP_PREFIX) {
+            self.runs
                 .borrow()
                 .get(&(name.to_owned(), partition))
-                .and_then(|r| r.replica()),
-            None => self
-                .partitions
+                .and_then(|r| r.replica())
+        } else if let Some(name) = stream.strip_prefix(offsets) {
+            self.partitions
+                .borrow()
+                .get(&(name.to_owned(), partition))
+                .and_then(|p| p.offsets_replica.clone())
+        } else {
+            self.partitions
                 .borrow()
                 .get(&(stream.to_owned(), partition))
-                .and_then(|p| p.replica.clone()),
+                .and_then(|p| p.replica.clone())
         };
         match replica {
             Some(r) => r.step(msg),

@@ -77,6 +77,9 @@ pub struct PartitionStatus {
     /// Its Raft group on this node, when replicated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<partition::replica::ReplicaStatus>,
+    /// Its offsets group on this node, when replicated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsets_replication: Option<partition::replica::ReplicaStatus>,
 }
 
 /// A pipeline's entry in the status document: totals, per-stage counts
@@ -164,9 +167,13 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 .groups
                 .borrow()
                 .values()
-                .map(|g| g.status(visible))
+                .map(|g| GroupStatus {
+                    persisted: p.persisted_offset(&g.group),
+                    ..g.status(visible)
+                })
                 .collect(),
             replication: p.replica.as_ref().map(|r| r.status()),
+            offsets_replication: p.offsets_replica.as_ref().map(|r| r.status()),
         }
     }
 

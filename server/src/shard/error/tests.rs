@@ -56,10 +56,9 @@ fn variant(e: &Error) -> usize {
         E::NotLeader { .. } => 44,
         E::ReplicationBusy { .. } => 45,
         E::ReplicationStopped { .. } => 46,
-        E::NotOnReplicated { .. } => 47,
     }
 }
-const VARIANTS: usize = 48;
+const VARIANTS: usize = 47;
 
 fn bad_event() -> DecodeError {
     DecodeError::TooLarge { have: 9, max: 8 }
@@ -120,13 +119,6 @@ fn replication_rows() -> Vec<(Error, ErrorCode)> {
                 why: "EIO".into(),
             },
             C::StorageError,
-        ),
-        (
-            Error::NotOnReplicated {
-                stream: "s".into(),
-                what: "consumer groups",
-            },
-            C::InvalidRequest,
         ),
     ]
 }

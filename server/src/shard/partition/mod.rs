@@ -36,6 +36,7 @@ mod dedup;
 mod offsets;
 pub mod replica;
 pub mod replica_move;
+pub mod replica_offsets;
 pub mod replica_repair;
 #[cfg(test)]
 mod replica_sim;
@@ -110,7 +111,12 @@ pub struct Partition<S: Storage = DmaStorage, C: Clock = SystemClock> {
     /// need collisions.
     key_of: fn(&str, &str) -> u64,
     limits: Limits,
-    offsets: Log<S>,
+    /// The durable groups' offsets log (shared with its Raft store when
+    /// replicated).
+    offsets: Rc<Log<S>>,
+    /// The offsets log's Raft group on this node, when the stream is
+    /// replicated (`replica_offsets.rs`).
+    pub offsets_replica: Option<Rc<Replica<S, C>>>,
     /// Committed offsets of durable groups found on open, for groups that
     /// have not re-attached yet.
     pub stored_offsets: RefCell<HashMap<String, u64>>,
@@ -210,7 +216,8 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
             dedup_limits: Cell::new(dedup_limits),
             key_of: dedup_key,
             limits,
-            offsets,
+            offsets: Rc::new(offsets),
+            offsets_replica: None,
             stored_offsets: RefCell::new(HashMap::new()),
             last_snapshot: RefCell::new(BTreeMap::new()),
             offsets_batch_bytes_max,
@@ -232,9 +239,12 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     /// Open such a partition with a dedup window of 0 and pass the stream's
     /// limits here: the window is rebuilt by each new leader (from a log
     /// verified, and repaired when damaged, first), not at open.
+    /// `offsets_spec` makes the durable groups' offsets log a Raft group
+    /// too (`replica_offsets.rs`); without it they stay on this node.
     pub async fn replicate(
         &mut self,
         spec: ReplicaSpec,
+        offsets_spec: Option<ReplicaSpec>,
         storage: &S,
         dedup: DedupLimits,
     ) -> Result<(), String>
@@ -266,6 +276,29 @@ impl<S: Storage, C: Clock> Partition<S, C> {
                 )
             })?;
         self.replica = Some(Rc::new(replica));
+        // The simulations of the partition and its pipelines run no
+        // consumer groups, and no offsets group.
+        let Some(offsets_spec) = offsets_spec else {
+            return Ok(());
+        };
+        let recovery = replica_repair::repair_at_open(storage, &self.offsets)
+            .await
+            .map_err(named)?
+            .map(|target| (storage.clone(), target));
+        let offsets = Replica::open(
+            self.offsets.clone(),
+            offsets_spec,
+            self.clock.clone(),
+            recovery,
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "stream {} partition {} group offsets replication: {e}",
+                self.stream, self.partition
+            )
+        })?;
+        self.offsets_replica = Some(Rc::new(offsets));
         Ok(())
     }
 

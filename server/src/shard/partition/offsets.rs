@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hadron_engine::log::batch::{
-    BATCH_BYTES_MAX, BATCH_HEADER_BYTES, Batches, RECORD_PREFIX_BYTES,
+    BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BatchKind, Batches, RECORD_PREFIX_BYTES,
 };
 use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use hadron_engine::storage::{IO_ALIGN_BYTES, Storage};
@@ -114,6 +114,10 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         let mut last = None;
         for batch in Batches::new(&read.bytes) {
             let batch = batch.map_err(|e| format!("reading group offsets: {e}"))?;
+            // Raft's own entries (a replicated partition's) are no snapshots.
+            if batch.header.kind != BatchKind::Events {
+                continue;
+            }
             for (o, record) in batch.records() {
                 if o == next - 1 {
                     last = Some(record.to_vec());
@@ -147,6 +151,11 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         *self.last_snapshot.borrow_mut() = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
         *self.stored_offsets.borrow_mut() = map;
         Ok(())
+    }
+
+    /// `group`'s offset in the last snapshot written (or loaded).
+    pub fn persisted_offset(&self, group: &str) -> Option<u64> {
+        self.last_snapshot.borrow().get(group).copied()
     }
 
     /// Groups this partition counts against `groupsMax`: those attached and
@@ -191,6 +200,10 @@ impl<S: Storage, C: Clock> Partition<S, C> {
             }
             self.committed.changed_since(generation).await;
         }
+        // A replicated partition's groups commit where it leads.
+        if self.offsets_replica.is_some() && self.check_serving().is_err() {
+            return Ok(());
+        }
         // Most rounds nothing moved: find that out without copying names.
         let changed = {
             let last = self.last_snapshot.borrow();
@@ -216,10 +229,21 @@ impl<S: Storage, C: Clock> Partition<S, C> {
         }
         self.committing.set(true);
         let record = encode_snapshot(snapshot.iter().map(|(k, v)| (k.as_str(), *v)));
-        let result = self.offsets.append(&[record], self.clock.now_ms()).await;
+        let result = if self.offsets_replica.is_some() {
+            self.propose_offsets(record).await
+        } else {
+            self.offsets
+                .append(&[record], self.clock.now_ms())
+                .await
+                .map(|_| true)
+                .map_err(|e| e.to_string())
+        };
         self.committing.set(false);
         self.committed.notify_all();
-        result.map_err(|e| format!("committing group offsets: {e}"))?;
+        if !result.map_err(|e| format!("committing group offsets: {e}"))? {
+            // Not proposed or not committed: the next interval tries again.
+            return Ok(());
+        }
         *self.last_snapshot.borrow_mut() = snapshot;
         let _ = self.offsets.apply_retention(self.clock.now_ms()).await;
         Ok(())

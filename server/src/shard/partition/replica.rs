@@ -91,7 +91,7 @@ pub struct Replica<S: Storage, C: Clock> {
     /// The replica placement prefers as leader (the first voter): leaders
     /// go back to it once it is caught up, so that they stay spread over
     /// the nodes as placement spread them.
-    pub(super) preferred: Cell<u64>,
+    preferred: Cell<u64>,
     /// The wanted voters and the reconciler's state (`replica_move.rs`).
     pub(super) moves: RefCell<super::replica_move::Moves>,
     /// When leadership was last offered to `preferred`.
@@ -529,6 +529,12 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         self.group.borrow().has_lease()
     }
 
+    /// Makes `node` the replica leadership goes back to (a sibling group
+    /// following its partition's leader).
+    pub fn set_preferred(&self, node: u64) {
+        self.preferred.set(node);
+    }
+
     /// Tells `f` the bytes of each batch of events committed from now on.
     pub fn set_on_applied(&self, f: OnApplied) {
         *self.on_applied.borrow_mut() = Some(f);
@@ -699,7 +705,12 @@ impl<S: Storage, C: Clock> ReplicaDuty for super::Partition<S, C> {
     }
 
     async fn lead(&self, _term: u64) -> Result<(), String> {
-        self.rebuild_dedup().await
+        self.rebuild_dedup().await?;
+        self.restart_groups(true).await
+    }
+
+    fn follow(&self) {
+        self.restart_groups_here();
     }
 }
 

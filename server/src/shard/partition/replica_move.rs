@@ -133,7 +133,7 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
     /// again after a restart.
     pub fn set_target_voters(&self, voters: Vec<u64>) -> Result<(), String> {
         check_target(&voters)?;
-        self.preferred.set(voters[0]);
+        self.set_preferred(voters[0]);
         self.moves.borrow_mut().target = Some(voters);
         self.wake.notify_all();
         Ok(())

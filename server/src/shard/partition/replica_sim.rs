@@ -267,7 +267,7 @@ impl Sim {
                 window_ms: 600_000,
                 keys_max: 1 << 20,
             };
-            p.replicate(spec, &storage, dedup).await?;
+            p.replicate(spec, None, &storage, dedup).await?;
             Ok::<_, String>(Rc::new(p))
         });
         let p = p.unwrap_or_else(|e| panic!("seed {}: node {id} does not open: {e}", self.seed));

@@ -405,7 +405,7 @@ impl Sim {
                 crate::config::server::GROUPS_MAX_DEFAULT,
             )
             .await?;
-            p.replicate(source_spec, &storage, dedup).await?;
+            p.replicate(source_spec, None, &storage, dedup).await?;
             let p = Rc::new(p);
             let run = PipelineRun::open(
                 &storage,
