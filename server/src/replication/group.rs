@@ -129,9 +129,9 @@ pub struct ReplicatedLog<S: LogStore, N: PeerNet, C: Clock> {
     /// restart (which counts everything up to the recorded commit as
     /// applied) applies them again (section 9, `membership.rs`).
     conf_unapplied: std::collections::BTreeSet<u64>,
-    /// The highest applied index a peer's removal notice named (its conf
-    /// state there did not list this node), if any.
-    removal_notice: Option<u64>,
+    /// Removal notices heard, and this replica's probes for them
+    /// (`membership.rs`).
+    removal: membership::RemovalWatch,
 }
 
 /// How much shorter a lease is than the election timeout it rests on:
@@ -204,7 +204,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             lease_until: None,
             lease_asked: None,
             conf_unapplied: std::collections::BTreeSet::new(),
-            removal_notice: None,
+            removal: membership::RemovalWatch::default(),
         }
         .with_conf_unapplied())
     }
@@ -310,6 +310,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             }
             self.next_tick += self.settings.tick_interval;
         }
+        self.probe_if_silent();
         ticks
     }
 

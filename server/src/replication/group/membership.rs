@@ -28,7 +28,16 @@
 //!   nodes) naming its applied index; the receiver records it
 //!   ([`ReplicatedLog::removal_notice`]) and its owner decides (a notice
 //!   from a node whose applied index is past the receiver's proves the
-//!   receiver was removed in between, or never added).
+//!   receiver was removed in between, or never added: both applied
+//!   prefixes are of the one committed log).
+//! - **Silent replicas probe.** A voter left behind campaigns after an
+//!   election timeout, and its (pre-)vote requests draw the notices. A
+//!   replica that never campaigns (abstaining: refilling a damaged log, or
+//!   joining; or a learner) would never send anything: once it heard from
+//!   no leader for [`SILENT_TICKS_MAX`] ticks, it sends a probe (also a
+//!   `MsgUnreachable`, `reject` set; never stepped into raft-rs) to every
+//!   node its conf state lists, every [`SILENT_TICKS_MAX`] ticks, and
+//!   those that do not list it answer with a notice.
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -39,6 +48,24 @@ use raft::{Changer, GetEntriesContext, ProgressTracker};
 
 use super::{INFLIGHT_MESSAGES_MAX, LogStore, PeerNet, ReplicatedLog};
 use crate::shard::clock::Clock;
+
+/// Ticks without a message from a leader after which a replica that
+/// never campaigns probes its peers for a removal notice (twice the
+/// longest default election timeout).
+pub const SILENT_TICKS_MAX: u32 = 4 * super::super::ELECTION_TICKS as u32;
+
+/// Removal notices heard, and this replica's probes for them.
+#[derive(Debug, Default)]
+pub(super) struct RemovalWatch {
+    /// The highest applied index a peer's removal notice named (its conf
+    /// state there did not list this node), if any.
+    notice: Option<u64>,
+    /// When a leader (of this replica's term or later) last sent an
+    /// append, a heartbeat or a snapshot; `None`: not since open.
+    heard_at: Option<std::time::Duration>,
+    /// When this replica last probed.
+    probed_at: Option<std::time::Duration>,
+}
 
 /// Whether `cs` lists `id` (voter, outgoing voter or learner).
 pub fn lists(cs: &ConfState, id: u64) -> bool {
@@ -165,13 +192,22 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         Ok(true)
     }
 
-    /// A removal notice is recorded (and not stepped); a message from a
-    /// node this replica's conf state does not list is answered with one.
-    /// Returns whether `msg` was a notice.
+    /// A removal notice is recorded and a probe answered (neither is
+    /// stepped); a message from a node this replica's conf state does not
+    /// list is answered with a notice. Returns whether `msg` was a notice
+    /// or a probe.
     pub(super) fn removal_noticed(&mut self, msg: &Message) -> bool {
-        if msg.get_msg_type() == MessageType::MsgUnreachable {
-            self.removal_notice = Some(self.removal_notice.unwrap_or(0).max(msg.index));
+        let unreachable = msg.get_msg_type() == MessageType::MsgUnreachable;
+        if unreachable && !msg.reject {
+            self.removal.notice = Some(self.removal.notice.unwrap_or(0).max(msg.index));
             return true;
+        }
+        if matches!(
+            msg.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        ) && msg.term >= self.raw.raft.term
+        {
+            self.removal.heard_at = Some(self.clock.now());
         }
         let cs = self.conf_state();
         if !cs.voters.is_empty() && !lists(&cs, msg.from) {
@@ -183,13 +219,49 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             notice.index = self.applied;
             self.net.send(notice);
         }
-        false
+        unreachable
+    }
+
+    /// A replica that never campaigns (abstaining, or a learner) and heard
+    /// from no leader for [`SILENT_TICKS_MAX`] ticks probes every node its
+    /// conf state lists (module header), at most that often.
+    pub(super) fn probe_if_silent(&mut self) {
+        let now = self.clock.now();
+        let silence = self.settings.tick_interval * SILENT_TICKS_MAX;
+        let heard_at = *self.removal.heard_at.get_or_insert(now);
+        let campaigns = !self.abstaining && self.raw.raft.promotable();
+        let probed_lately = (self.removal.probed_at).is_some_and(|at| now < at + silence);
+        if campaigns || self.is_leader() || now < heard_at + silence || probed_lately {
+            return;
+        }
+        self.removal.probed_at = Some(now);
+        let cs = self.conf_state();
+        let me = self.settings.node_id;
+        let mut peers: Vec<u64> = (cs.voters.iter())
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners)
+            .chain(&cs.learners_next)
+            .copied()
+            .filter(|&id| id != me)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        for to in peers {
+            let mut probe = Message::default();
+            probe.set_msg_type(MessageType::MsgUnreachable);
+            probe.from = me;
+            probe.to = to;
+            probe.term = self.raw.raft.term;
+            probe.index = self.applied;
+            probe.reject = true;
+            self.net.send(probe);
+        }
     }
 
     /// The highest applied index of a peer that did not list this node
     /// there, as its notices said.
     pub fn removal_notice(&self) -> Option<u64> {
-        self.removal_notice
+        self.removal.notice
     }
 
     /// This node's id.

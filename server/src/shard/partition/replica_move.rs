@@ -4,7 +4,9 @@
 //! after every turn, one idempotent step at a time:
 //!
 //! ```text
-//!  applied conf state joint (voters_outgoing)  -> propose the leave (empty ConfChangeV2)
+//!  applied conf state joint (voters_outgoing)  -> propose the leave (empty ConfChangeV2);
+//!                                                 a leader outside the incoming voters
+//!                                                 hands over instead
 //!  a wanted node not in it                     -> AddLearnerNode (one per change)
 //!  a wanted learner behind the commit by more
 //!    than CATCH_UP_LAG_ENTRIES_MAX             -> wait (it catches up: appends, descriptor)
@@ -29,7 +31,11 @@
 //!   time out. So an unwanted leader first hands leadership to a wanted
 //!   voter whose log matches its own (`transfer_to_if_caught_up`); with no
 //!   wanted voter yet, it makes the joint change keeping itself, and hands
-//!   over on the next step.
+//!   over on the next step. The leave counts too: a leader elected in the
+//!   joint config by its outgoing half alone hands over to an incoming
+//!   voter before the leave (else it would commit the leave, stop as
+//!   removed, and leave the others joint, not knowing the commit, with
+//!   no outgoing majority to elect a new leader: seed 198 of 400 once).
 //! - The preferred leader (leader balance, `replica.rs`) follows the
 //!   wanted set's first node.
 //! - **The target is held in memory**, on every replica: the caller (the
@@ -58,8 +64,10 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Message};
 
 use super::replica::Replica;
-use crate::replication::conf_lists;
+use crate::replication::{EngineLogStore, GroupNet, ReplicatedLog, conf_lists};
 use crate::shard::clock::Clock;
+
+type Group<S, C> = ReplicatedLog<EngineLogStore<S>, GroupNet, C>;
 
 /// How far (in entries) a learner's matched index may be behind the
 /// leader's commit for the reconciler to promote it: close enough that
@@ -218,6 +226,21 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
         true
     }
 
+    /// On a leader the next step would remove: offers leadership to the
+    /// first wanted voter (of the incoming config) whose log matches its
+    /// own, if any.
+    fn hand_over(&self, group: &mut Group<S, C>, target: &[u64], cs: &ConfState, now: Duration) {
+        let me = group.node_id();
+        let handed = target
+            .iter()
+            .filter(|&&id| id != me && cs.voters.contains(&id))
+            .any(|&id| group.transfer_to_if_caught_up(id));
+        if handed {
+            self.moves.borrow_mut().proposed_at = Some(now);
+            self.wake.notify_all();
+        }
+    }
+
     /// The leader's next step toward the target (module header).
     fn reconcile(&self, clock: &C) {
         let Some(target) = self.moves.borrow().target.clone() else {
@@ -239,7 +262,14 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
         let cs = group.conf_state();
         let me = group.node_id();
         let proposal = if !cs.voters_outgoing.is_empty() {
-            Some(ConfChangeV2::default())
+            // A leader elected in the joint config from its outgoing half
+            // only would remove itself with the leave: hand over first.
+            if cs.voters.contains(&me) {
+                Some(ConfChangeV2::default())
+            } else {
+                self.hand_over(&mut group, &target, &cs, now);
+                None
+            }
         } else if let Some(&new) = target.iter().find(|&&id| !conf_lists(&cs, id)) {
             Some(change(&[(ConfChangeType::AddLearnerNode, new)], &cs))
         } else if sorted(&target) == sorted(&cs.voters) && cs.learners.is_empty() {
@@ -257,13 +287,7 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
                 None
             } else if !target.contains(&me) && cs.voters.iter().any(stays) {
                 // Hand over first: a leader never removes itself.
-                let to = target.iter().find(|id| stays(id)).copied();
-                if let Some(to) = to
-                    && group.transfer_to_if_caught_up(to)
-                {
-                    self.moves.borrow_mut().proposed_at = Some(now);
-                    self.wake.notify_all();
-                }
+                self.hand_over(&mut group, &target, &cs, now);
                 None
             } else {
                 let mut singles: Vec<(ConfChangeType, u64)> = target
