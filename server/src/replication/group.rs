@@ -129,9 +129,9 @@ pub struct ReplicatedLog<S: LogStore, N: PeerNet, C: Clock> {
     /// restart (which counts everything up to the recorded commit as
     /// applied) applies them again (section 9, `membership.rs`).
     conf_unapplied: std::collections::BTreeSet<u64>,
-    /// Removal notices heard, and this replica's probes for them
-    /// (`membership.rs`).
-    removal: membership::RemovalWatch,
+    /// Removal notices heard, this replica's probes for them, and whether
+    /// its conf state is in step with its log (`membership.rs`).
+    membership: membership::MemberWatch,
 }
 
 /// How much shorter a lease is than the election timeout it rests on:
@@ -204,7 +204,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             lease_until: None,
             lease_asked: None,
             conf_unapplied: std::collections::BTreeSet::new(),
-            removal: membership::RemovalWatch::default(),
+            membership: membership::MemberWatch::default(),
         }
         .with_conf_unapplied())
     }
@@ -640,6 +640,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             self.raw.mut_store().install_snapshot(rd.snapshot());
             self.snapshot_pending = Some((number, index));
             self.conf_unapplied = self.conf_unapplied.split_off(&(index + 1));
+            self.conf_from_descriptor();
         }
         self.fail_overwritten(rd.entries());
         self.note_conf_entries(rd.entries());
@@ -739,8 +740,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             .map_err(|err| bad(format!("conf change does not decode: {err}")))?;
         self.conf_unapplied.remove(&e.index);
         if !self.conf_before(&change).map_err(bad)? {
-            // A leave of a joint config this replica's conf state (from a
-            // descriptor, newer than this entry) already left.
+            // A leave of a joint config this replica already left.
             return Ok(());
         }
         let cs = self
@@ -750,10 +750,16 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         self.raw.mut_store().set_conf_state(&cs);
         // raft-rs may not leave a joint config by itself if its leader
         // stepped down first (section 9): the leader proposes the leave.
-        if self.is_leader() && !cs.voters_outgoing.is_empty() {
-            let _ = self
-                .raw
-                .propose_conf_change(Vec::new(), ConfChangeV2::default());
+        // One outside the incoming voters hands over first (it would
+        // remove itself: `replica_move.rs`); the leave carries the conf
+        // state it applies to (`membership.rs`).
+        if self.is_leader()
+            && cs.voters.contains(&self.settings.node_id)
+            && !cs.voters_outgoing.is_empty()
+        {
+            let mut leave = ConfChangeV2::default();
+            leave.context = cs.write_to_bytes().unwrap_or_default().into();
+            let _ = self.raw.propose_conf_change(Vec::new(), leave);
         }
         Ok(())
     }

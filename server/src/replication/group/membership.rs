@@ -4,16 +4,33 @@
 //! the same way on every replica, whatever that replica's conf state was:
 //!
 //! - **A conf change carries the conf state it applies to** (its
-//!   `context`: the proposer's applied conf state, protobuf-encoded; the
-//!   leader proposes one only when none is pending, so that is the conf
-//!   state every replica reaches just before the entry). A replica whose
-//!   conf state differs first resets to it. Two replicas differ: an ADDED
-//!   replica that starts empty, with no conf state (the genesis voters are
-//!   in `log.meta`, not in the log), replaying from index 1; and one that
-//!   installed a descriptor (section 8), which carries the leader's
-//!   current conf state, newer than the entries replayed after it.
-//!   A leave (an empty change, no context) on a conf state that is not
-//!   joint is such a replay too, and is skipped.
+//!   `context`: the proposer's applied conf state, protobuf-encoded), and
+//!   a replica whose conf state may be out of step resets to it first.
+//!   *Why the context is right:* call CS(i) the conf state the log's
+//!   entries up to index i imply. The reconciler (and the leader leaving
+//!   a joint config as it applies it) proposes only when no conf change
+//!   is pending (raft-rs's `pending_conf_index`, set to the last index at
+//!   election, is applied, and no conf-change entry lies above the applied
+//!   index), so the leader's applied conf state is CS(last), and the entry
+//!   is appended at last + 1 in the same call. By Log Matching, every
+//!   replica that holds that entry (same index, same term) holds the same
+//!   entries below it: the context is CS(i - 1) on every replica that
+//!   will ever apply the entry. *Where a reset is allowed:* only where a
+//!   replica's conf state may differ from CS(applied) for a known reason:
+//!   an ADDED replica that starts empty (no voters, no learners: the
+//!   genesis voters are in `log.meta`, never in the log) replaying from
+//!   index 1; one that installed a descriptor (section 8), whose conf
+//!   state is the leader's latest, newer than the entries replayed after
+//!   it; and one just opened (it may have installed one before its
+//!   restart). Each is in step once it applied one change carrying its
+//!   conf state (or reset to one); a replica in step whose conf state
+//!   differs from a change's context has diverged: an error that stops
+//!   the group, never a silent reset. A leader never resets (its
+//!   progress would go). Changes without a context (the cluster
+//!   simulation's own, raft-rs's automatic leave) apply as raft-rs would,
+//!   a leave on a conf state no longer joint skipped as a replay; the
+//!   reconciler's joint changes are `Explicit`, so raft-rs never proposes
+//!   such a leave for them.
 //! - **The commit recorded stays below an unapplied conf change.** A
 //!   restart counts everything up to the recorded commit as applied; a
 //!   follower's Ready often records a commit past entries it has not
@@ -54,9 +71,10 @@ use crate::shard::clock::Clock;
 /// longest default election timeout).
 pub const SILENT_TICKS_MAX: u32 = 4 * super::super::ELECTION_TICKS as u32;
 
-/// Removal notices heard, and this replica's probes for them.
+/// Removal notices heard, this replica's probes for them, and whether
+/// its conf state is known to be the one its log implies.
 #[derive(Debug, Default)]
-pub(super) struct RemovalWatch {
+pub(super) struct MemberWatch {
     /// The highest applied index a peer's removal notice named (its conf
     /// state there did not list this node), if any.
     notice: Option<u64>,
@@ -65,6 +83,9 @@ pub(super) struct RemovalWatch {
     heard_at: Option<std::time::Duration>,
     /// When this replica last probed.
     probed_at: Option<std::time::Duration>,
+    /// Whether it applied a conf change carrying its conf state (or reset
+    /// to one) since it opened or installed a descriptor.
+    conf_in_step: bool,
 }
 
 /// Whether `cs` lists `id` (voter, outgoing voter or learner).
@@ -88,6 +109,47 @@ fn same_conf(a: &ConfState, b: &ConfState) -> bool {
         && sorted(&a.learners) == sorted(&b.learners)
         && sorted(&a.voters_outgoing) == sorted(&b.voters_outgoing)
         && sorted(&a.learners_next) == sorted(&b.learners_next)
+}
+
+/// Builds `cs` in an empty `tracker`, as raft-rs does at start
+/// (`confchange::restore`, private in raft-rs 0.7): the outgoing voters
+/// one by one, then the incoming config as one joint change over them.
+fn restore(tracker: &mut ProgressTracker, next: u64, cs: &ConfState) -> raft::Result<()> {
+    let single = |kind: ConfChangeType, node_id: u64| {
+        let mut s = ConfChangeSingle::default();
+        s.set_change_type(kind);
+        s.node_id = node_id;
+        s
+    };
+    let outgoing: Vec<_> = (cs.voters_outgoing.iter())
+        .map(|&id| single(ConfChangeType::AddNode, id))
+        .collect();
+    let incoming: Vec<_> = (cs.voters_outgoing.iter())
+        .map(|&id| single(ConfChangeType::RemoveNode, id))
+        .chain(
+            cs.voters
+                .iter()
+                .map(|&id| single(ConfChangeType::AddNode, id)),
+        )
+        .chain(
+            (cs.learners.iter().chain(&cs.learners_next))
+                .map(|&id| single(ConfChangeType::AddLearnerNode, id)),
+        )
+        .collect();
+    if outgoing.is_empty() {
+        for s in incoming {
+            let (cfg, changes) = Changer::new(tracker).simple(&[s])?;
+            tracker.apply_conf(cfg, changes, next);
+        }
+        return Ok(());
+    }
+    for s in outgoing {
+        let (cfg, changes) = Changer::new(tracker).simple(&[s])?;
+        tracker.apply_conf(cfg, changes, next);
+    }
+    let (cfg, changes) = Changer::new(tracker).enter_joint(cs.auto_leave, &incoming)?;
+    tracker.apply_conf(cfg, changes, next);
+    Ok(())
 }
 
 impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
@@ -142,54 +204,47 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         }
     }
 
-    /// Before applying `change`: resets raft's conf state to the one it
-    /// applies to (its context), where this replica's differs. Returns
-    /// whether to apply it (`false`: a leave of a joint config already
-    /// left).
+    /// Before applying `change`: where this replica's conf state may not
+    /// be the one the log implies (module header: empty, or from a
+    /// descriptor or a restart) and differs from the one `change` carries,
+    /// resets raft's conf state to it; a replica in step that differs has
+    /// diverged, an error. Returns whether to apply it (`false`: a leave
+    /// without context of a joint config already left).
     pub(super) fn conf_before(&mut self, change: &ConfChangeV2) -> Result<bool, String> {
         let current = self.conf_state();
-        if change.leave_joint() {
-            return Ok(!current.voters_outgoing.is_empty());
-        }
         if change.context.is_empty() {
-            return Ok(true);
+            // Not proposed by the reconciler (a simulation's own changes,
+            // raft-rs's automatic leave): applied as raft-rs would.
+            return Ok(!change.leave_joint() || !current.voters_outgoing.is_empty());
         }
         let mut before = ConfState::default();
         before
             .merge_from_bytes(&change.context)
             .map_err(|e| format!("a conf change's context does not decode: {e}"))?;
+        let in_step = std::mem::replace(&mut self.membership.conf_in_step, true);
         if same_conf(&before, &current) {
             return Ok(true);
         }
-        if !before.voters_outgoing.is_empty() || before.voters.is_empty() || self.is_leader() {
+        let empty = current.voters.is_empty() && current.learners.is_empty();
+        if (in_step && !empty) || before.voters.is_empty() || self.is_leader() {
+            self.membership.conf_in_step = in_step;
             return Err(format!(
                 "a conf change applies to {before:?}, this replica has {current:?}"
             ));
         }
         let mut tracker = ProgressTracker::new(INFLIGHT_MESSAGES_MAX);
         let next = self.raw.raft.raft_log.last_index() + 1;
-        let singles = before
-            .voters
-            .iter()
-            .map(|&id| (ConfChangeType::AddNode, id))
-            .chain(
-                before
-                    .learners
-                    .iter()
-                    .map(|&id| (ConfChangeType::AddLearnerNode, id)),
-            );
-        for (kind, id) in singles {
-            let mut single = ConfChangeSingle::default();
-            single.set_change_type(kind);
-            single.node_id = id;
-            let (cfg, changes) = Changer::new(&tracker)
-                .simple(&[single])
-                .map_err(|e| format!("rebuilding the conf state {before:?}: {e}"))?;
-            tracker.apply_conf(cfg, changes, next);
-        }
+        restore(&mut tracker, next, &before)
+            .map_err(|e| format!("rebuilding the conf state {before:?}: {e}"))?;
         *self.raw.raft.mut_prs() = tracker;
         self.raw.raft.post_conf_change();
         Ok(true)
+    }
+
+    /// A descriptor was installed: its conf state is the leader's latest,
+    /// newer than the entries replayed after it (module header).
+    pub(super) fn conf_from_descriptor(&mut self) {
+        self.membership.conf_in_step = false;
     }
 
     /// A removal notice is recorded and a probe answered (neither is
@@ -199,7 +254,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
     pub(super) fn removal_noticed(&mut self, msg: &Message) -> bool {
         let unreachable = msg.get_msg_type() == MessageType::MsgUnreachable;
         if unreachable && !msg.reject {
-            self.removal.notice = Some(self.removal.notice.unwrap_or(0).max(msg.index));
+            self.membership.notice = Some(self.membership.notice.unwrap_or(0).max(msg.index));
             return true;
         }
         if matches!(
@@ -207,7 +262,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
         ) && msg.term >= self.raw.raft.term
         {
-            self.removal.heard_at = Some(self.clock.now());
+            self.membership.heard_at = Some(self.clock.now());
         }
         let cs = self.conf_state();
         if !cs.voters.is_empty() && !lists(&cs, msg.from) {
@@ -228,13 +283,13 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
     pub(super) fn probe_if_silent(&mut self) {
         let now = self.clock.now();
         let silence = self.settings.tick_interval * SILENT_TICKS_MAX;
-        let heard_at = *self.removal.heard_at.get_or_insert(now);
+        let heard_at = *self.membership.heard_at.get_or_insert(now);
         let campaigns = !self.abstaining && self.raw.raft.promotable();
-        let probed_lately = (self.removal.probed_at).is_some_and(|at| now < at + silence);
+        let probed_lately = (self.membership.probed_at).is_some_and(|at| now < at + silence);
         if campaigns || self.is_leader() || now < heard_at + silence || probed_lately {
             return;
         }
-        self.removal.probed_at = Some(now);
+        self.membership.probed_at = Some(now);
         let cs = self.conf_state();
         let me = self.settings.node_id;
         let mut peers: Vec<u64> = (cs.voters.iter())
@@ -261,7 +316,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
     /// The highest applied index of a peer that did not list this node
     /// there, as its notices said.
     pub fn removal_notice(&self) -> Option<u64> {
-        self.removal.notice
+        self.membership.notice
     }
 
     /// This node's id.
