@@ -757,8 +757,10 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             && cs.voters.contains(&self.settings.node_id)
             && !cs.voters_outgoing.is_empty()
         {
-            let mut leave = ConfChangeV2::default();
-            leave.context = cs.write_to_bytes().unwrap_or_default().into();
+            let leave = ConfChangeV2 {
+                context: cs.write_to_bytes().unwrap_or_default().into(),
+                ..ConfChangeV2::default()
+            };
             let _ = self.raw.propose_conf_change(Vec::new(), leave);
         }
         Ok(())
