@@ -47,6 +47,9 @@ use super::{
 };
 use crate::shard::clock::Clock;
 
+mod membership;
+pub use membership::lists;
+
 /// Where a proposal was committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
@@ -121,6 +124,14 @@ pub struct ReplicatedLog<S: LogStore, N: PeerNet, C: Clock> {
     lease_until: Option<Duration>,
     /// When the lease's pending renewal (a read-index round) was sent.
     lease_asked: Option<Duration>,
+    /// Conf-change entries in the log above the applied index: the hard
+    /// state recorded holds its commit below the first of them, so that a
+    /// restart (which counts everything up to the recorded commit as
+    /// applied) applies them again (section 9, `membership.rs`).
+    conf_unapplied: std::collections::BTreeSet<u64>,
+    /// Removal notices heard, this replica's probes for them, and whether
+    /// its conf state is in step with its log (`membership.rs`).
+    membership: membership::MemberWatch,
 }
 
 /// How much shorter a lease is than the election timeout it rests on:
@@ -173,7 +184,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             RawNode::new(&config, store, &logger).map_err(|e| GroupError::Raft(e.to_string()))?;
         let next_tick = clock.now() + settings.tick_interval;
         let quiet_until = clock.now() + settings.tick_interval * super::ELECTION_TICKS as u32;
-        Ok(ReplicatedLog {
+        Ok(Self {
             settings,
             raw,
             net,
@@ -192,7 +203,10 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             quiet_until,
             lease_until: None,
             lease_asked: None,
-        })
+            conf_unapplied: std::collections::BTreeSet::new(),
+            membership: membership::MemberWatch::default(),
+        }
+        .with_conf_unapplied())
     }
 
     /// Queues `payload` for this turn's `MsgPropose`. Answered at commit.
@@ -259,6 +273,9 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         {
             return;
         }
+        if self.removal_noticed(&msg) {
+            return;
+        }
         if (self.abstaining || self.clock.now() < self.quiet_until)
             && matches!(
                 msg.get_msg_type(),
@@ -293,6 +310,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             }
             self.next_tick += self.settings.tick_interval;
         }
+        self.probe_if_silent();
         ticks
     }
 
@@ -621,14 +639,19 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
             let index = rd.snapshot().get_metadata().index;
             self.raw.mut_store().install_snapshot(rd.snapshot());
             self.snapshot_pending = Some((number, index));
+            self.conf_unapplied = self.conf_unapplied.split_off(&(index + 1));
+            self.conf_from_descriptor();
         }
         self.fail_overwritten(rd.entries());
+        self.note_conf_entries(rd.entries());
         self.raw
             .mut_store()
             .append(rd.entries())
             .map_err(GroupError::Store)?;
         if let Some(hs) = rd.hs() {
-            self.raw.mut_store().set_hard_state(hs);
+            let mut hs = hs.clone();
+            hs.commit = self.commit_to_record(hs.commit);
+            self.raw.mut_store().set_hard_state(&hs);
         }
         self.on_read_states(rd.read_states());
         let committed = rd.take_committed_entries();
@@ -638,6 +661,7 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         self.last_ready = number;
         self.apply(committed)?;
         self.raw.advance_apply_to(self.applied);
+        self.record_commit_past_conf_changes();
         for (to, sent) in snapshots_sent {
             // A descriptor holds no data to stream: sent is finished.
             let status = if sent {
@@ -714,6 +738,11 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         change
             .merge_from_bytes(&e.data)
             .map_err(|err| bad(format!("conf change does not decode: {err}")))?;
+        self.conf_unapplied.remove(&e.index);
+        if !self.conf_before(&change).map_err(bad)? {
+            // A leave of a joint config this replica already left.
+            return Ok(());
+        }
         let cs = self
             .raw
             .apply_conf_change(&change)
@@ -721,10 +750,18 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         self.raw.mut_store().set_conf_state(&cs);
         // raft-rs may not leave a joint config by itself if its leader
         // stepped down first (section 9): the leader proposes the leave.
-        if self.is_leader() && !cs.voters_outgoing.is_empty() {
-            let _ = self
-                .raw
-                .propose_conf_change(Vec::new(), ConfChangeV2::default());
+        // One outside the incoming voters hands over first (it would
+        // remove itself: `replica_move.rs`); the leave carries the conf
+        // state it applies to (`membership.rs`).
+        if self.is_leader()
+            && cs.voters.contains(&self.settings.node_id)
+            && !cs.voters_outgoing.is_empty()
+        {
+            let leave = ConfChangeV2 {
+                context: cs.write_to_bytes().unwrap_or_default().into(),
+                ..ConfChangeV2::default()
+            };
+            let _ = self.raw.propose_conf_change(Vec::new(), leave);
         }
         Ok(())
     }

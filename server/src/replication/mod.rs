@@ -38,7 +38,7 @@ use raft::eraftpb::Message;
 pub use engine_store::{EngineLogStore, read_fetches};
 #[cfg(test)]
 pub use group::Committed;
-pub use group::{Proposal, ReplicatedLog};
+pub use group::{Proposal, ReplicatedLog, lists as conf_lists};
 #[cfg(test)]
 pub use store::MemLogStore;
 pub use store::{LogStore, StoreError};

@@ -78,7 +78,7 @@ impl std::fmt::Debug for ReplicaSpec {
 
 /// One partition's Raft group on this node.
 pub struct Replica<S: Storage, C: Clock> {
-    group: RefCell<ReplicatedLog<EngineLogStore<S>, GroupNet, C>>,
+    pub(super) group: RefCell<ReplicatedLog<EngineLogStore<S>, GroupNet, C>>,
     store: EngineLogStore<S>,
     inbox: RefCell<Vec<Message>>,
     /// Signalled when there is something for the loop to do.
@@ -92,6 +92,8 @@ pub struct Replica<S: Storage, C: Clock> {
     /// go back to it once it is caught up, so that they stay spread over
     /// the nodes as placement spread them.
     preferred: Cell<u64>,
+    /// The wanted voters and the reconciler's state (`replica_move.rs`).
+    pub(super) moves: RefCell<super::replica_move::Moves>,
     /// When leadership was last offered to `preferred`.
     offered_at: Cell<Option<std::time::Duration>>,
     leader_at: LeaderAtFn,
@@ -139,6 +141,8 @@ pub struct ReplicaStatus {
     /// Peer messages dropped because its inbox was full
     /// ([`INBOX_MESSAGES_MAX`]) since the replica opened.
     pub inbox_dropped: u64,
+    /// Removed from the group (`replica_move.rs`): its loop stopped.
+    pub removed: bool,
     pub stopped: Option<String>,
 }
 
@@ -186,9 +190,11 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         log.retain_from_index(commit + 1);
         let high_watermark = offset_after(&log, commit).await?;
         let preferred = spec.voters.first().copied().unwrap_or(0);
+        // An added replica: no voters, an empty log (`replica_move.rs`).
+        let joining = fresh && spec.voters.is_empty();
         let mut group = ReplicatedLog::new(spec.group, store.clone(), spec.net, clock)
             .map_err(|e| e.to_string())?;
-        group.set_abstaining(recovery.is_some());
+        group.set_abstaining(recovery.is_some() || joining);
         Ok(Replica {
             group: RefCell::new(group),
             store,
@@ -198,6 +204,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             ready_term: Cell::new(0),
             stopped: RefCell::new(None),
             preferred: Cell::new(preferred),
+            moves: RefCell::new(super::replica_move::Moves::new(joining)),
             offered_at: Cell::new(None),
             leader_at: spec.leader_at,
             on_leader: spec.on_leader,
@@ -215,6 +222,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
 
     /// Takes a message from a peer for the next turn.
     pub fn step(&self, msg: Message) {
+        self.note_message(&msg);
         let mut inbox = self.inbox.borrow_mut();
         if inbox.len() >= INBOX_MESSAGES_MAX {
             self.dropped.set(self.dropped.get() + 1);
@@ -323,6 +331,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             preferred: self.preferred.get(),
             recovering: self.recovering(),
             inbox_dropped: self.dropped.get(),
+            removed: self.removed(),
             stopped: self.stopped.borrow().clone(),
         }
     }
@@ -503,7 +512,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         !self.inbox.borrow().is_empty()
     }
 
-    fn stop(&self, why: String) {
+    pub(super) fn stop(&self, why: String) {
         *self.stopped.borrow_mut() = Some(why);
     }
 
@@ -664,6 +673,7 @@ async fn turn_once<S: Storage, C: Clock, D: ReplicaDuty>(
     duty.after_turn().await?;
     replica.unstick_recovery(clock);
     replica.offer_to_preferred(clock);
+    replica.membership_turn(clock);
     replica.report_leader();
     replica.release_applied();
     Ok(())

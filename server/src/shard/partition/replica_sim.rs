@@ -171,16 +171,29 @@ struct Sim {
     recovering_seen: Vec<bool>,
     coverage: Coverage,
     trace: u64,
+    /// Nodes in the net (the partition's replicas and spares).
+    n: u64,
+    /// The replicas checked after healing (the final target of a run with
+    /// moves).
+    members: Vec<u64>,
+    /// Replica moves, in a run with them (`replica_sim/moves.rs`).
+    moves: Option<moves::MoveRun>,
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with_nodes(seed, NODES)
+    }
+
+    /// The simulation over `n` nodes, the partition on the first
+    /// [`NODES`].
+    fn with_nodes(seed: u64, n: u64) -> Sim {
         let mut rng = SimRng::new(seed ^ 0x5eed_7e91);
         let clock = SimClock::new(EPOCH_MS);
         let pool = LocalPool::new();
         clock.set_spawner(pool.spawner());
         let net = Rc::new(Net::new(clock.clone(), seed, &mut rng, STEP));
-        let nodes = (0..NODES)
+        let nodes = (0..n)
             .map(|i| Node {
                 storage: SimStorage::new(seed * 10 + i, SimFaults::default()),
                 partition: None,
@@ -211,9 +224,12 @@ impl Sim {
             made: BTreeMap::new(),
             cuts: Vec::new(),
             terms_led: BTreeSet::new(),
-            recovering_seen: vec![false; NODES as usize],
+            recovering_seen: vec![false; n as usize],
             coverage: Coverage::default(),
             trace: 0,
+            n,
+            members: (1..=NODES).collect(),
+            moves: None,
         }
     }
 
@@ -225,10 +241,11 @@ impl Sim {
 
     /// Opens node `id`'s partition (recovering it) and starts its group.
     fn open(&mut self, id: u64) {
-        let node = &self.nodes[id as usize - 1];
         // An election timeout per node, varied by seed.
         let ticks = 10 + ((self.seed + id * 7) % 9) as usize;
-        let spec = replica_spec(&self.net, id, NODES, "s", ticks);
+        let mut spec = replica_spec(&self.net, id, NODES, "s", ticks);
+        let target = self.moves_open(id, &mut spec);
+        let node = &self.nodes[id as usize - 1];
         let (storage, clock) = (node.storage.clone(), self.clock.clone());
         let p = self.pool.run_until(async move {
             let mut p = Partition::open(
@@ -254,6 +271,10 @@ impl Sim {
             Ok::<_, String>(Rc::new(p))
         });
         let p = p.unwrap_or_else(|e| panic!("seed {}: node {id} does not open: {e}", self.seed));
+        if let (Some(t), Some(r)) = (target, &p.replica) {
+            r.set_target_voters(t)
+                .unwrap_or_else(|e| panic!("seed {}: {e}", self.seed));
+        }
         let _ = self
             .pool
             .spawner()
@@ -361,7 +382,7 @@ impl Sim {
 
     /// Random faults of one step, and their ends.
     fn faults(&mut self, step: u64) {
-        for i in 0..NODES as usize {
+        for i in 0..self.n as usize {
             if self.nodes[i].back_at.is_some_and(|at| at <= step) {
                 self.nodes[i].back_at = None;
                 if self.rng.below(3) == 0 && !self.any_recovering() {
@@ -374,7 +395,7 @@ impl Sim {
         // At most one node down, or two now and then (no quorum).
         let may_crash = self.down() == 0 || (self.down() == 1 && self.rng.below(4) == 0);
         if may_crash && self.rng.chance_ppm(self.crash_ppm) {
-            let id = 1 + self.rng.below(NODES);
+            let id = 1 + self.rng.below(self.n);
             let node = &self.nodes[id as usize - 1];
             if node.partition.is_some() {
                 if self.rng.below(2) == 0 {
@@ -386,15 +407,15 @@ impl Sim {
                 }
             }
         }
-        for id in 1..=NODES {
+        for id in 1..=self.n {
             let node = &self.nodes[id as usize - 1];
             if node.partition.is_some() && node.storage.is_frozen() {
                 self.crash(id, step);
             }
         }
         if self.rng.chance_ppm(self.cut_ppm) {
-            let from = 1 + self.rng.below(NODES);
-            let to = 1 + (from + self.rng.below(NODES - 1)) % NODES;
+            let from = 1 + self.rng.below(self.n);
+            let to = 1 + (from + self.rng.below(self.n - 1)) % self.n;
             let until = step + 10 + self.rng.below(150);
             self.net.cut.borrow_mut().insert((from, to));
             self.cuts.push(((from, to), until));
@@ -464,7 +485,7 @@ impl Sim {
             });
         } else {
             // Node down: as a refused connection.
-            self.clients[c].leader = 1 + self.rng.below(NODES);
+            self.clients[c].leader = 1 + self.rng.below(self.n);
             return;
         }
         self.clients[c].attempt = Some((answer, self.clock.now() + CLIENT_TIMEOUT));
@@ -480,7 +501,7 @@ impl Sim {
             None if self.clock.now() >= deadline => {
                 self.coverage.timeouts += 1;
                 self.clients[c].attempt = None;
-                self.clients[c].leader = 1 + self.rng.below(NODES);
+                self.clients[c].leader = 1 + self.rng.below(self.n);
             }
             None => {}
             Some(Ok(results)) => {
@@ -514,14 +535,14 @@ impl Sim {
                 self.coverage.not_leader += 1;
                 self.clients[c].leader = match leader {
                     Some(l) => l.node_id,
-                    None => 1 + self.rng.below(NODES),
+                    None => 1 + self.rng.below(self.n),
                 };
                 self.clients[c].attempt = None;
             }
             Some(Err(e)) => {
                 self.say(|| format!("client {c}: {e}"));
                 self.clients[c].attempt = None;
-                self.clients[c].leader = 1 + self.rng.below(NODES);
+                self.clients[c].leader = 1 + self.rng.below(self.n);
             }
         }
     }
@@ -571,6 +592,7 @@ impl Sim {
         self.pool.run_until_stalled();
         self.note_leaders();
         self.count_installs();
+        self.count_moves();
     }
 
     fn count_installs(&mut self) {
@@ -584,16 +606,18 @@ impl Sim {
     }
 
     fn run(mut self) -> (u64, Coverage) {
-        for id in 1..=NODES {
+        for id in 1..=self.n {
             self.open(id);
         }
         for step in 0..STEPS {
             self.faults(step);
+            self.move_step(step);
             self.clients(true);
             self.step();
         }
         self.heal();
         self.check();
+        self.check_moves();
         self.coverage.dropped = self.net.dropped.get();
         self.coverage.duplicated = self.net.duplicated.get();
         (self.trace, self.coverage)
@@ -605,7 +629,7 @@ impl Sim {
         self.cuts.clear();
         self.net.cut.borrow_mut().clear();
         // A crash armed mid-write that has not struck yet: now or never.
-        for id in 1..=NODES {
+        for id in 1..=self.n {
             let node = &self.nodes[id as usize - 1];
             if node.partition.is_some() && node.storage.is_frozen() {
                 self.crash(id, STEPS);
@@ -613,7 +637,7 @@ impl Sim {
                 node.storage.disarm_crash();
             }
         }
-        for i in 0..NODES as usize {
+        for i in 0..self.n as usize {
             if self.nodes[i].partition.is_none() {
                 self.nodes[i].back_at = None;
                 self.open(i as u64 + 1);
@@ -630,20 +654,27 @@ impl Sim {
         panic!(
             "seed {}: the cluster did not settle in {HEAL_STEPS_MAX} steps after healing: {:?}",
             self.seed,
-            self.statuses()
+            (1..=self.n)
+                .map(|id| self.nodes[id as usize - 1]
+                    .partition
+                    .as_ref()?
+                    .replica
+                    .as_ref()
+                    .map(|r| r.status()))
+                .collect::<Vec<_>>()
         );
     }
 
     fn statuses(&self) -> Vec<super::replica::ReplicaStatus> {
-        self.nodes
-            .iter()
+        self.member_nodes()
             .filter_map(|n| n.partition.as_ref()?.replica.as_ref().map(|r| r.status()))
             .collect()
     }
 
     fn converged(&self) -> bool {
         let s = self.statuses();
-        s.len() == NODES as usize
+        s.len() == self.members.len()
+            && self.moves_settled()
             && s.iter().filter(|r| r.is_leader).count() == 1
             && s.iter().all(|r| {
                 (r.commit, r.applied, r.last_index, r.high_watermark)
@@ -656,14 +687,19 @@ impl Sim {
             })
     }
 
+    /// The nodes of the replicas checked after healing.
+    fn member_nodes(&self) -> impl Iterator<Item = &Node> {
+        self.members.iter().map(|&id| &self.nodes[id as usize - 1])
+    }
+
     /// The model's checks (module header).
     fn check(&mut self) {
         let seed = self.seed;
-        let logs: Vec<Vec<(u64, Vec<u8>)>> = self
-            .nodes
-            .iter()
-            .map(|n| {
-                let p = n.partition.clone().expect("every node is up after healing");
+        let parts: Vec<_> = self.member_nodes().map(|n| n.partition.clone()).collect();
+        let logs: Vec<Vec<(u64, Vec<u8>)>> = parts
+            .into_iter()
+            .map(|p| {
+                let p = p.expect("every node is up after healing");
                 self.pool.run_until(async move {
                     let log = p.log.clone();
                     let last = log.last_index();
@@ -708,8 +744,7 @@ impl Sim {
             );
         }
         let leader = self
-            .nodes
-            .iter()
+            .member_nodes()
             .filter_map(|n| n.partition.clone())
             .find(|p| p.replica.as_ref().is_some_and(|r| r.is_leader()))
             .expect("a leader after healing");
@@ -751,6 +786,8 @@ impl Sim {
 /// Every seed: the checks of the module header; and a few of each fault
 /// over all seeds, so that a change that stops the simulation from
 /// reaching them is noticed.
+mod moves;
+
 #[test]
 fn replica_sim_keeps_every_acknowledged_event_once_on_every_node() {
     let (seeds, total) = run_seeds("replica_sim", SEEDS, |seed| Sim::new(seed).run().1);
