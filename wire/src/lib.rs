@@ -37,10 +37,10 @@ pub use frame::{
 pub use generated as fb;
 pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
-    HandshakeOk, LeaderHint, Message, Metadata, MetadataOk, Nack, PartitionInfo, PipelineInfo,
-    PipelineRetry, PipelineSubscribe, Publish, PublishOk, PublishResult, Record, StageAck,
-    StageAcks, StageDelivery, StageInput, StageNack, StartPoint, StatusOk, StreamInfo, Subscribe,
-    SubscribeOk, TokenCreate, TokenInfo, TokenListOk, TokenRevoke, TokenScope, encode,
+    HandshakeOk, LeaderHint, Message, Metadata, MetadataOk, Nack, PartitionInfo, PartitionMove,
+    PipelineInfo, PipelineRetry, PipelineSubscribe, Publish, PublishOk, PublishResult, Record,
+    StageAck, StageAcks, StageDelivery, StageInput, StageNack, StartPoint, StatusOk, StreamInfo,
+    Subscribe, SubscribeOk, TokenCreate, TokenInfo, TokenListOk, TokenRevoke, TokenScope, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -157,7 +157,7 @@ mod tests {
 
     fn random_message<'a>(rng: &mut Rng, pool: &'a Pool) -> Message<'a> {
         let n = rng.below(4);
-        match rng.below(29) {
+        match rng.below(30) {
             0 => Message::Handshake(Handshake {
                 version: rng.next_u64() as u16,
                 token: pool.s(rng),
@@ -328,6 +328,11 @@ mod tests {
                     .collect(),
             }),
             28 => Message::TokenRevoke(TokenRevoke { name: pool.s(rng) }),
+            29 => Message::PartitionMove(PartitionMove {
+                stream: pool.s(rng),
+                partition: rng.below(8) as u32,
+                voters: (0..n).map(|_| rng.below(8) as u64).collect(),
+            }),
             _ => {
                 // Valid as `decode` checks it: owners below `shards`,
                 // partitions listed in order.

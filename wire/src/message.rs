@@ -268,6 +268,14 @@ pub struct StageAcks<'a> {
     pub acks: Vec<StageAck<'a>>,
 }
 
+/// Move a replicated partition's replicas to `voters` (admin).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PartitionMove<'a> {
+    pub stream: &'a str,
+    pub partition: u32,
+    pub voters: Vec<u64>,
+}
+
 /// Ask for the server's streams (with each partition's owning shard) and
 /// pipelines. Empty `streams`: all of them; otherwise only the streams
 /// named and the pipelines reading from them.
@@ -350,6 +358,7 @@ pub enum Message<'a> {
     TokenList,
     TokenListOk(TokenListOk<'a>),
     TokenRevoke(TokenRevoke<'a>),
+    PartitionMove(PartitionMove<'a>),
 }
 
 impl Message<'_> {
@@ -385,6 +394,7 @@ impl Message<'_> {
             Message::TokenList => "TokenList",
             Message::TokenListOk(_) => "TokenListOk",
             Message::TokenRevoke(_) => "TokenRevoke",
+            Message::PartitionMove(_) => "PartitionMove",
         }
     }
 
@@ -411,6 +421,7 @@ impl Message<'_> {
                 | Message::TokenCreate(_)
                 | Message::TokenList
                 | Message::TokenRevoke(_)
+                | Message::PartitionMove(_)
         )
     }
 }
@@ -695,6 +706,14 @@ impl<'a> Message<'a> {
             fb::Body::TokenRevoke => {
                 let b = frame.body_as_token_revoke().ok_or(missing)?;
                 Message::TokenRevoke(TokenRevoke { name: b.name() })
+            }
+            fb::Body::PartitionMove => {
+                let b = frame.body_as_partition_move().ok_or(missing)?;
+                Message::PartitionMove(PartitionMove {
+                    stream: b.stream(),
+                    partition: b.partition(),
+                    voters: b.voters().map(|v| v.iter().collect()).unwrap_or_default(),
+                })
             }
             other => {
                 return Err(DecodeError::UnknownBody {
@@ -1275,6 +1294,15 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
         Message::TokenList => tokens::build_token_list(fbb),
         Message::TokenListOk(m) => tokens::build_token_list_ok(fbb, m),
         Message::TokenRevoke(m) => tokens::build_token_revoke(fbb, m),
+        Message::PartitionMove(m) => {
+            let args = fb::PartitionMoveArgs {
+                stream: Some(fbb.create_string(m.stream)),
+                partition: m.partition,
+                voters: (!m.voters.is_empty()).then(|| fbb.create_vector(&m.voters)),
+            };
+            let t = fb::PartitionMove::create(fbb, &args);
+            (fb::Body::PartitionMove, t.as_union_value())
+        }
     }
 }
 
@@ -1472,6 +1500,11 @@ pub(crate) mod tests {
                 ],
             }),
             Message::TokenRevoke(TokenRevoke { name: "writer" }),
+            Message::PartitionMove(PartitionMove {
+                stream: "orders",
+                partition: 2,
+                voters: vec![1, 2, 4],
+            }),
         ]
     }
 
@@ -1536,7 +1569,7 @@ pub(crate) mod tests {
         let mut names: Vec<&str> = samples.iter().map(Message::name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 29, "one sample per Body member");
+        assert_eq!(names.len(), 30, "one sample per Body member");
 
         let mut encoder = Encoder::default();
         for (i, message) in samples.iter().enumerate() {
@@ -1750,7 +1783,7 @@ pub(crate) mod tests {
             let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
             assert_eq!(root.body_type(), fb::Body(tag), "{}", message.name());
         }
-        assert_eq!(fb::Body::ENUM_MAX, 29);
+        assert_eq!(fb::Body::ENUM_MAX, 30);
     }
 
     #[test]
@@ -1760,7 +1793,7 @@ pub(crate) mod tests {
             .iter()
             .filter(|m| m.is_client_message())
             .count();
-        assert_eq!(clients, 17);
+        assert_eq!(clients, 18);
     }
 
     /// A `MetadataOk` a client could not route by is refused, naming the
