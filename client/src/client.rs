@@ -23,6 +23,7 @@ use hadron_wire::{ErrorCode, FRAME_BYTES_MAX, Limits, Message, shard_of};
 
 use crate::conn::{Conn, Reply, ServerInfo};
 
+mod cluster;
 pub(crate) mod routing;
 pub(crate) mod tokens;
 use crate::endpoint::Endpoint;

@@ -298,6 +298,19 @@ enum ClusterCommand {
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
+    /// Move a replicated partition's replicas to other nodes (needs
+    /// admin): sent to every node listed, which must be every node.
+    Move {
+        stream: String,
+        partition: u32,
+        /// The target node ids, separated by commas (the first is the
+        /// preferred leader): as many as the stream's replicas.
+        #[arg(long)]
+        to: String,
+        /// Every node of the cluster, separated by commas.
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,6 +434,15 @@ fn main() -> ExitCode {
         Command::Cluster {
             command: ClusterCommand::Status { json, url },
         } => block_on(cli::cluster::status(&url, json)),
+        Command::Cluster {
+            command:
+                ClusterCommand::Move {
+                    stream,
+                    partition,
+                    to,
+                    url,
+                },
+        } => block_on(cli::cluster::move_partition(&url, &stream, partition, &to)),
         Command::Repair { data_dir } => hadron_server::repair::run(
             &data_dir.unwrap_or_else(|| PathBuf::from(hadron_server::DATA_DIR_DEFAULT)),
         ),

@@ -107,6 +107,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
     );
     let open_connections = Arc::default();
     let metrics = start_metrics(&config, &open_connections)?;
+    let placements = crate::config::placement::Overrides::load(&config.data_dir)?;
     let settings = Settings {
         config,
         ack_timeout: Duration::from_millis(args.ack_timeout_ms.max(1)),
@@ -116,6 +117,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
         tls,
         peer_tls,
         leaders: Arc::default(),
+        placements: Arc::new(placements),
     };
     shard::run(settings, stop)?;
     tracing::info!("hadron stopped");

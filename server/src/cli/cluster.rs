@@ -101,6 +101,7 @@ fn summary(nodes: &[NodeStatus]) -> Value {
                         "high_watermark": r["high_watermark"],
                         "lag": leader_last.map(|l| l.saturating_sub(last)),
                         "stopped": r["stopped"],
+                        "voters": r["voters"],
                     })
                 })
                 .collect();
@@ -116,8 +117,54 @@ fn summary(nodes: &[NodeStatus]) -> Value {
     json!({"nodes": node_rows, "partitions": partitions})
 }
 
-/// `hadron cluster status`.
-pub async fn status(urls: &str, as_json: bool) -> Result<(), String> {
+/// `hadron cluster move STREAM PARTITION --to 1,2,4`: sends the move to
+/// every node listed (each on its own) and prints each one's answer;
+/// fails when any node refused it or did not answer (send it again: a
+/// move is idempotent).
+pub async fn move_partition(
+    urls: &str,
+    stream: &str,
+    partition: u32,
+    to: &str,
+) -> Result<(), String> {
+    let voters = to
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|e| format!("--to {to:?}: node id {v:?}: {e}"))
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
+    let list = node_urls(urls)?;
+    let voters = &voters;
+    let answers = futures::future::join_all(list.iter().map(|url| async move {
+        let client = super::connect(url)?;
+        client
+            .move_partition(stream, partition, voters)
+            .await
+            .map_err(|e| e.to_string())
+    }))
+    .await;
+    let mut failed = 0;
+    for (url, answer) in list.iter().zip(answers) {
+        match answer {
+            Ok(lines) => lines.iter().for_each(|l| println!("{url}: {l}")),
+            Err(e) => {
+                failed += 1;
+                println!("{url}: FAILED: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!(
+            "{failed} of {} node(s) did not take the move; send it again",
+            list.len()
+        ));
+    }
+    Ok(())
+}
+
+fn node_urls(urls: &str) -> Result<Vec<&str>, String> {
     let list: Vec<&str> = urls
         .split(',')
         .map(str::trim)
@@ -126,6 +173,12 @@ pub async fn status(urls: &str, as_json: bool) -> Result<(), String> {
     if list.is_empty() {
         return Err("--url lists no node".into());
     }
+    Ok(list)
+}
+
+/// `hadron cluster status`.
+pub async fn status(urls: &str, as_json: bool) -> Result<(), String> {
+    let list = node_urls(urls)?;
     let nodes = futures::future::join_all(list.iter().map(|u| node_status(u))).await;
     let doc = summary(&nodes);
     if as_json {
@@ -162,13 +215,20 @@ pub async fn status(urls: &str, as_json: bool) -> Result<(), String> {
                 Some(l) => format!("lag {l}"),
                 None => "lag ?".into(),
             };
+            let voters: Vec<String> = r["voters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Value::to_string)
+                .collect();
             println!(
-                "  node {:<3} {:<8} commit {:<8} last index {:<8} high watermark {:<8} {lag}{}",
+                "  node {:<3} {:<8} commit {:<8} last index {:<8} high watermark {:<8} {lag}  voters {}{}",
                 r["node_id"],
                 r["role"].as_str().unwrap_or("?"),
                 r["commit"],
                 r["last_index"],
                 r["high_watermark"],
+                voters.join(","),
                 r["stopped"]
                     .as_str()
                     .map(|why| format!("  STOPPED: {why}"))

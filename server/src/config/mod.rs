@@ -57,6 +57,7 @@ pub mod document;
 pub mod error;
 pub mod name;
 pub mod pipeline;
+pub mod placement;
 pub mod server;
 pub mod stream;
 pub mod tls;

@@ -11,6 +11,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         self.install_streams(&topology).await?;
         self.install_pipelines(&topology).await?;
         *self.topology.borrow_mut() = topology;
+        self.say_targets();
         // A revoked or narrowed token's connections lose access now.
         self.auth.revalidate(&self.topology.borrow());
         Ok(())
@@ -148,6 +149,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 .map(|stream| self.placement(stream, partition));
             let replication = match placed {
                 Some(Placed::Replicated(voters)) if source.replica.is_some() => {
+                    let stream = &topology.streams[&plan.source_stream];
+                    let voters = self.run_voters(stream, partition, &source, voters);
                     Some(self.replica_spec(&pipeline::outputs_group(&name), partition, voters)?)
                 }
                 _ => None,
@@ -379,26 +382,46 @@ pub(super) enum Placed {
     Elsewhere,
     /// Here, unreplicated (a single node, or `replicas: 1`).
     Alone,
-    /// Here and on the other voters listed.
+    /// Here and on the other voters listed: the voters a fresh group
+    /// starts with. Empty for a partition `hadron cluster move` placed
+    /// (a replica added by a move learns its voters from the leader, and
+    /// a replica that was there already has them in its log).
     Replicated(Vec<u64>),
 }
 
 impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
-    /// Where `stream`'s `partition` lives (static placement,
-    /// `ClusterConfig::placement`).
+    /// Where `stream`'s `partition` lives: where `hadron cluster move`
+    /// put it (`config::placement`), else the static placement
+    /// (`ClusterConfig::placement`).
     pub(super) fn placement(&self, stream: &StreamSpec, partition: u32) -> Placed {
         let config = &self.settings.config;
         let Some(cluster) = config.cluster.as_ref().filter(|c| c.nodes() > 1) else {
             return Placed::Alone;
         };
-        let replicas = config.stream_replicas(stream);
-        let nodes = cluster.placement(&stream.name, partition, replicas);
+        let moved = self.settings.placements.get(&stream.name, partition);
+        let nodes = self.placed_nodes(stream, partition);
         if !nodes.contains(&cluster.node_id) {
             Placed::Elsewhere
         } else if nodes.len() == 1 {
             Placed::Alone
+        } else if moved.is_some() {
+            Placed::Replicated(Vec::new())
         } else {
             Placed::Replicated(nodes)
+        }
+    }
+
+    /// The nodes `stream`'s `partition` is placed on: moved, or static.
+    pub(super) fn placed_nodes(&self, stream: &StreamSpec, partition: u32) -> Vec<u64> {
+        let config = &self.settings.config;
+        if let Some(moved) = self.settings.placements.get(&stream.name, partition) {
+            return moved;
+        }
+        match &config.cluster {
+            Some(cluster) => {
+                cluster.placement(&stream.name, partition, config.stream_replicas(stream))
+            }
+            None => vec![config.node_id()],
         }
     }
 

@@ -96,6 +96,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             Request::Status => Reply::Status(self.status(), self.run_status()),
             Request::Apply { yaml, force } => self.apply(yaml, force).await,
             Request::Tokens(change) => self.change_tokens(change).await,
+            Request::Move {
+                stream,
+                partition,
+                voters,
+            } => self.move_partition(stream, partition, voters).await,
             Request::Install { topology } => match self.install(topology).await {
                 Ok(()) => Reply::Done,
                 Err(e) => Reply::Failed(Error::Storage(e)),

@@ -40,6 +40,7 @@ pub mod group;
 mod handle;
 mod housekeeping;
 pub mod metrics;
+mod moves;
 pub mod outbox;
 pub mod partition;
 pub mod pipeline;
@@ -116,6 +117,8 @@ pub struct Settings {
     pub peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// Each replicated partition's leader as its owning shard last saw it.
     pub leaders: Arc<crate::replication::Leaders>,
+    /// Where `hadron cluster move` placed partitions (`cluster.placement`).
+    pub placements: Arc<crate::config::placement::Overrides>,
 }
 
 impl Settings {
@@ -435,7 +438,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         let placed = config.cluster.as_ref().and_then(|cluster| {
             let spec = self.topology.borrow().streams.get(stream).cloned()?;
             let replicas = config.stream_replicas(&spec);
-            let nodes = cluster.placement(stream, partition, replicas);
+            // Moved (`hadron cluster move`) or static.
+            let nodes = self.placed_nodes(&spec, partition);
             (!nodes.contains(&cluster.node_id)).then_some((nodes, replicas))
         });
         match placed {

@@ -86,6 +86,13 @@ pub enum Request {
     Tokens(TokenChange),
     /// Adopt a new topology, opening partitions this shard now owns.
     Install { topology: Topology },
+    /// Move a replicated partition's replicas (`hadron cluster move`;
+    /// shard 0 only): check, persist, install on the owner.
+    Move {
+        stream: String,
+        partition: u32,
+        voters: Vec<u64>,
+    },
 }
 
 /// A change to the tokens (`hadron token create` / `revoke`).

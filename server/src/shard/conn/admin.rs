@@ -19,6 +19,28 @@ pub(super) async fn apply(shard: &Rc<Shard>, yaml: String, force: bool) -> Resul
     }
 }
 
+/// Moves a replicated partition's replicas (on shard 0, which persists
+/// the placement and installs it on the owning shard).
+pub(super) async fn move_partition(
+    shard: &Rc<Shard>,
+    stream: String,
+    partition: u32,
+    voters: Vec<u64>,
+) -> Result<Encode, Error> {
+    let req = Request::Move {
+        stream,
+        partition,
+        voters,
+    };
+    match shard.call(0, req).await {
+        Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
+            let summary = summary.iter().map(String::as_str).collect();
+            outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The status document of every shard.
 pub(super) async fn status(shard: &Rc<Shard>) -> Result<Encode, Error> {
     let json = shard.status_json().await?;

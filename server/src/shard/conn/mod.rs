@@ -107,6 +107,8 @@ enum Op {
     TokenCreate(crate::config::TokenSpec),
     TokenList,
     TokenRevoke(String),
+    /// `hadron cluster move`: stream, partition, target voters.
+    PartitionMove(String, u32, Vec<u64>),
     Refuse(Error),
 }
 
@@ -170,6 +172,9 @@ impl Op {
             Message::TokenCreate(t) => Op::TokenCreate(tokens::spec_of(t)),
             Message::TokenList => Op::TokenList,
             Message::TokenRevoke(t) => Op::TokenRevoke(t.name.to_owned()),
+            Message::PartitionMove(m) => {
+                Op::PartitionMove(m.stream.to_owned(), m.partition, m.voters.clone())
+            }
             other => Op::Refuse(Error::ServerToClient {
                 message: other.name(),
             }),
@@ -733,6 +738,9 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Error> {
         Op::TokenCreate(spec) => tokens::change(shard, TokenChange::Create(spec)).await,
         Op::TokenList => Ok(tokens::list(shard)),
         Op::TokenRevoke(name) => tokens::change(shard, TokenChange::Revoke(name)).await,
+        Op::PartitionMove(stream, partition, voters) => {
+            admin::move_partition(shard, stream, partition, voters).await
+        }
         Op::Refuse(e) => Err(e),
     }
 }

@@ -141,10 +141,6 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
     /// preferred leader). The leader reconciles toward them; every replica
     /// uses them to tell whether it was removed. Held in memory: said
     /// again after a restart.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "said by the metadata group, not wired yet")
-    )]
     pub fn set_target_voters(&self, voters: Vec<u64>) -> Result<(), String> {
         check_target(&voters)?;
         self.set_preferred(voters[0]);
@@ -160,10 +156,6 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
     }
 
     /// The conf state as applied here.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "read by the metadata group, not wired yet")
-    )]
     pub fn conf_state(&self) -> ConfState {
         self.group.borrow().conf_state()
     }

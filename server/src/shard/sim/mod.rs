@@ -184,6 +184,7 @@ fn settings() -> Arc<Settings> {
         tls: None,
         peer_tls: None,
         leaders: Arc::default(),
+        placements: Arc::default(),
     })
 }
 
