@@ -3,7 +3,8 @@
 //! replicas move to the 4th node. Afterwards every node reports the target
 //! voters, every acknowledged event is readable from the leader once at
 //! its offset, the new replica holds the leader's high watermark, and the
-//! node moved away from answers `NotLeader`.
+//! node moved away from answers `NotLeader` and deleted its replica. A
+//! second move takes the leader's replica away, back to the emptied node.
 
 #![expect(
     clippy::unwrap_used,
@@ -172,6 +173,21 @@ async fn answers_not_leader(cluster: &mut Cluster, id: u64) {
     .await;
 }
 
+/// Node `id`'s directory of the partition is deleted (the replica a move
+/// removed is reaped).
+async fn await_deleted(cluster: &mut Cluster, id: u64) {
+    let dir = cluster
+        .node(id)
+        .data_dir()
+        .join("streams")
+        .join(STREAM)
+        .join("00000");
+    eventually(WAIT, "the removed replica's directory deleted", || async {
+        (!dir.exists()).then_some(())
+    })
+    .await;
+}
+
 /// Every acknowledged event once, at its offset, from the leader; the
 /// other target replicas at the leader's high watermark.
 async fn check_log(cluster: &mut Cluster, target: &[u64], acked: &BTreeMap<String, u64>) {
@@ -289,10 +305,28 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
     await_moved(&mut cluster, &target).await;
     await_more_acks(&count, 50).await;
     answers_not_leader(&mut cluster, from).await;
+    await_deleted(&mut cluster, from).await;
+
+    // Then the leader's replica, back to the node just emptied.
+    let leader = cluster.leader(STREAM, 0).await.unwrap();
+    let second: Vec<u64> = target
+        .iter()
+        .map(|&id| if id == leader { from } else { id })
+        .collect();
+    let said = move_to(&cluster, &second);
+    assert!(
+        said.contains(&format!("node {from} opened an empty replica")),
+        "{said}"
+    );
+    let now = await_moved(&mut cluster, &second).await;
+    assert_ne!(now, leader);
+    await_more_acks(&count, 50).await;
+    answers_not_leader(&mut cluster, leader).await;
+    await_deleted(&mut cluster, leader).await;
 
     stop.store(true, Ordering::Relaxed);
     let acked = publisher.await.unwrap();
-    check_log(&mut cluster, &target, &acked).await;
+    check_log(&mut cluster, &second, &acked).await;
     // The cluster status prints each replica's voters.
     let text = run_cli(
         &["cluster", "status", "--url", &urls(&cluster)],

@@ -84,7 +84,12 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 }
                 let p = Rc::new(p);
                 if p.replica.is_some() {
-                    self.runtime.spawn(p.clone().drive_replication());
+                    // A replica a move removed is reaped when its loop ends.
+                    let (shard, key, driven) = (self.clone(), key.clone(), p.clone());
+                    self.runtime.spawn(async move {
+                        driven.drive_replication().await;
+                        shard.reap_if_removed(key).await;
+                    });
                     self.runtime.spawn(p.clone().drive_offsets());
                 }
                 self.partitions.borrow_mut().insert(key, p);

@@ -150,6 +150,58 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         }
     }
 
+    /// After a partition's events group loop ended: when the group removed
+    /// this replica and placement no longer names this node, closes the
+    /// partition and its pipeline runs here and deletes their directories;
+    /// requests for it then answer `NotLeader`, as for a partition placed
+    /// elsewhere.
+    pub(super) async fn reap_if_removed(self: Rc<Self>, key: (String, u32)) {
+        let (stream, partition) = (&key.0, key.1);
+        let Some(p) = self.partitions.borrow().get(&key).cloned() else {
+            return;
+        };
+        let spec = self.topology.borrow().streams.get(stream).cloned();
+        let node = self.settings.config.node_id();
+        let removed = p.replica.as_ref().is_some_and(|r| r.removed());
+        if !removed || spec.is_none_or(|s| self.placed_nodes(&s, partition).contains(&node)) {
+            return;
+        }
+        let data_dir = &self.settings.config.data_dir;
+        let runs: Vec<(String, u32)> = self
+            .runs
+            .borrow()
+            .iter()
+            .filter(|((_, at), run)| *at == partition && run.plan.source_stream == *stream)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut dirs = Vec::new();
+        for run_key in runs {
+            let removed = self.runs.borrow_mut().remove(&run_key);
+            if let Some(run) = removed {
+                run.closed.set(true);
+                run.wake.notify_all();
+                run.close_replication().await;
+                dirs.push(
+                    data_dir
+                        .join("pipelines")
+                        .join(&run_key.0)
+                        .join(format!("{partition:05}")),
+                );
+            }
+        }
+        if let Some(offsets) = &p.offsets_replica {
+            offsets.close().await;
+        }
+        self.partitions.borrow_mut().remove(&key);
+        dirs.push(partition::partition_dir(data_dir, stream, partition));
+        for dir in dirs {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!("moved away: deleted {}", dir.display()),
+                Err(e) => tracing::warn!("moved away: deleting {}: {e}", dir.display()),
+            }
+        }
+    }
+
     /// The voters a new pipeline run's outputs group starts with, for a
     /// source placed `voters` (see `Placed::Replicated`): a moved
     /// partition whose events group here already counts this node a voter
