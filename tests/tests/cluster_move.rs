@@ -4,7 +4,9 @@
 //! voters, every acknowledged event is readable from the leader once at
 //! its offset, the new replica holds the leader's high watermark, and the
 //! node moved away from answers `NotLeader` and deleted its replica. A
-//! second move takes the leader's replica away, back to the emptied node.
+//! second move takes the leader's replica away, back to the emptied node;
+//! then the node moved onto and the node moved away from are SIGKILLed
+//! and restarted: the moved placement holds across restarts.
 
 #![expect(
     clippy::unwrap_used,
@@ -321,6 +323,18 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
     let now = await_moved(&mut cluster, &second).await;
     assert_ne!(now, leader);
     await_more_acks(&count, 50).await;
+    answers_not_leader(&mut cluster, leader).await;
+    await_deleted(&mut cluster, leader).await;
+
+    // Restarts keep the moved placement (`cluster.placement`): the node
+    // moved onto reopens its replica and the group goes on; the node moved
+    // away from opens none and still answers NotLeader.
+    for id in [new, leader] {
+        cluster.node(id).kill_now();
+        cluster.node(id).restart();
+    }
+    await_moved(&mut cluster, &second).await;
+    await_more_acks(&count, 30).await;
     answers_not_leader(&mut cluster, leader).await;
     await_deleted(&mut cluster, leader).await;
 
