@@ -241,8 +241,6 @@ struct Sim {
     model: Model,
     crash_ppm: u32,
     cut_ppm: u32,
-    /// Directed cuts and the step they heal at.
-    cuts: Vec<((u64, u64), u64)>,
     events_terms: BTreeSet<(u64, u64)>,
     offsets_terms: BTreeSet<(u64, u64)>,
     /// Snapshots committed, counted by the commit tasks.
@@ -288,7 +286,6 @@ impl Sim {
             answers: Vec::new(),
             next_delivery_id: Rc::new(Cell::new(0)),
             model: Model::default(),
-            cuts: Vec::new(),
             events_terms: BTreeSet::new(),
             offsets_terms: BTreeSet::new(),
             snapshots: Rc::new(Cell::new(0)),
@@ -448,21 +445,12 @@ impl Sim {
                 self.crash(id, step);
             }
         }
-        if self.rng.chance_ppm(self.cut_ppm) {
-            let from = 1 + self.rng.below(NODES);
-            let to = 1 + (from + self.rng.below(NODES - 1)) % NODES;
-            let until = step + 10 + self.rng.below(150);
-            self.net.cut.borrow_mut().insert((from, to));
-            self.cuts.push(((from, to), until));
+        let cut = self
+            .net
+            .cut_and_heal(&mut self.rng, self.cut_ppm, step, NODES);
+        if let Some(((from, to), until)) = cut {
             self.coverage.cuts += 1;
             self.say(|| format!("link {from}->{to} cut until step {until}"));
-        }
-        let (healed, kept): (Vec<_>, Vec<_>) = self.cuts.drain(..).partition(|c| c.1 <= step);
-        self.cuts = kept;
-        for (link, _) in healed {
-            if !self.cuts.iter().any(|c| c.0 == link) {
-                self.net.cut.borrow_mut().remove(&link);
-            }
         }
     }
 
@@ -747,8 +735,7 @@ impl Sim {
     /// and every node's offsets log holds that snapshot. Returns the end.
     fn heal(&mut self) -> u64 {
         self.healing = true;
-        self.cuts.clear();
-        self.net.cut.borrow_mut().clear();
+        self.net.heal_all();
         // A crash armed mid-write that has not struck yet: now or never.
         for id in 1..=NODES {
             let node = self.node(id);

@@ -164,8 +164,6 @@ struct Sim {
     made: BTreeMap<String, Vec<u8>>,
     crash_ppm: u32,
     cut_ppm: u32,
-    /// Directed cuts and the step they heal at.
-    cuts: Vec<((u64, u64), u64)>,
     terms_led: BTreeSet<(u64, u64)>,
     /// Per node, whether its replica was recovering at the last step.
     recovering_seen: Vec<bool>,
@@ -222,7 +220,6 @@ impl Sim {
             clients,
             acked: BTreeMap::new(),
             made: BTreeMap::new(),
-            cuts: Vec::new(),
             terms_led: BTreeSet::new(),
             recovering_seen: vec![false; n as usize],
             coverage: Coverage::default(),
@@ -413,21 +410,12 @@ impl Sim {
                 self.crash(id, step);
             }
         }
-        if self.rng.chance_ppm(self.cut_ppm) {
-            let from = 1 + self.rng.below(self.n);
-            let to = 1 + (from + self.rng.below(self.n - 1)) % self.n;
-            let until = step + 10 + self.rng.below(150);
-            self.net.cut.borrow_mut().insert((from, to));
-            self.cuts.push(((from, to), until));
+        let cut = self
+            .net
+            .cut_and_heal(&mut self.rng, self.cut_ppm, step, self.n);
+        if let Some(((from, to), until)) = cut {
             self.coverage.cuts += 1;
             self.say(|| format!("link {from}->{to} cut until step {until}"));
-        }
-        let (healed, kept): (Vec<_>, Vec<_>) = self.cuts.drain(..).partition(|c| c.1 <= step);
-        self.cuts = kept;
-        for (link, _) in healed {
-            if !self.cuts.iter().any(|c| c.0 == link) {
-                self.net.cut.borrow_mut().remove(&link);
-            }
         }
     }
 
@@ -626,8 +614,7 @@ impl Sim {
     /// Everything heals and restarts; the clients finish their batches;
     /// then steps run until every node has applied the same last index.
     fn heal(&mut self) {
-        self.cuts.clear();
-        self.net.cut.borrow_mut().clear();
+        self.net.heal_all();
         // A crash armed mid-write that has not struck yet: now or never.
         for id in 1..=self.n {
             let node = &self.nodes[id as usize - 1];

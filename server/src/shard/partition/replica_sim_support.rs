@@ -40,6 +40,8 @@ pub struct Net {
     pub queue: RefCell<Vec<InFlight>>,
     pub seq: Cell<u64>,
     pub cut: RefCell<BTreeSet<(u64, u64)>>,
+    /// The cuts made by [`Net::cut_and_heal`] and the step each heals at.
+    cuts: RefCell<Vec<((u64, u64), u64)>>,
     pub drop_ppm: u32,
     pub dup_ppm: u32,
     pub delay_steps_max: u64,
@@ -49,6 +51,43 @@ pub struct Net {
 }
 
 impl Net {
+    /// One step's link faults among `nodes` nodes: now and then (`cut_ppm`,
+    /// drawn from the caller's `rng`) a directed link is cut for 10 to 159
+    /// steps; the cuts due by `step` heal. Returns the new cut and the
+    /// step it heals at, for the caller's coverage and narration.
+    pub fn cut_and_heal(
+        &self,
+        rng: &mut SimRng,
+        cut_ppm: u32,
+        step: u64,
+        nodes: u64,
+    ) -> Option<((u64, u64), u64)> {
+        let mut made = None;
+        if rng.chance_ppm(cut_ppm) {
+            let from = 1 + rng.below(nodes);
+            let to = 1 + (from + rng.below(nodes - 1)) % nodes;
+            let until = step + 10 + rng.below(150);
+            self.cut.borrow_mut().insert((from, to));
+            self.cuts.borrow_mut().push(((from, to), until));
+            made = Some(((from, to), until));
+        }
+        let (healed, kept): (Vec<_>, Vec<_>) =
+            self.cuts.borrow_mut().drain(..).partition(|c| c.1 <= step);
+        *self.cuts.borrow_mut() = kept;
+        for (link, _) in healed {
+            if !self.cuts.borrow().iter().any(|c| c.0 == link) {
+                self.cut.borrow_mut().remove(&link);
+            }
+        }
+        made
+    }
+
+    /// Heals every link.
+    pub fn heal_all(&self) {
+        self.cuts.borrow_mut().clear();
+        self.cut.borrow_mut().clear();
+    }
+
     /// The network of `seed`, its rates drawn from `rng` (drop, duplicate,
     /// delay, in that order).
     pub fn new(clock: SimClock, seed: u64, rng: &mut SimRng, step: Duration) -> Net {
@@ -58,6 +97,7 @@ impl Net {
             queue: RefCell::new(Vec::new()),
             seq: Cell::new(0),
             cut: RefCell::new(BTreeSet::new()),
+            cuts: RefCell::new(Vec::new()),
             drop_ppm: rng.below(50_001) as u32,
             dup_ppm: rng.below(30_001) as u32,
             delay_steps_max: rng.below(4),

@@ -290,7 +290,6 @@ struct Sim {
     ids: Rc<Cell<u64>>,
     crash_ppm: u32,
     cut_ppm: u32,
-    cuts: Vec<((u64, u64), u64)>,
     terms_led: BTreeSet<(u64, u64)>,
     /// Handlers answer every delivery at once (the final healing).
     healing: bool,
@@ -358,7 +357,6 @@ impl Sim {
             outbox: Rc::default(),
             held: Vec::new(),
             ids: Rc::new(Cell::new(0)),
-            cuts: Vec::new(),
             terms_led: BTreeSet::new(),
             healing: false,
             coverage: Coverage::default(),
@@ -505,21 +503,12 @@ impl Sim {
                 self.crash(id, step);
             }
         }
-        if self.rng.chance_ppm(self.cut_ppm) {
-            let from = 1 + self.rng.below(NODES);
-            let to = 1 + (from + self.rng.below(NODES - 1)) % NODES;
-            let until = step + 10 + self.rng.below(150);
-            self.net.cut.borrow_mut().insert((from, to));
-            self.cuts.push(((from, to), until));
+        let cut = self
+            .net
+            .cut_and_heal(&mut self.rng, self.cut_ppm, step, NODES);
+        if let Some(((from, to), until)) = cut {
             self.coverage.cuts += 1;
             self.say(|| format!("link {from}->{to} cut until step {until}"));
-        }
-        let (healed, kept): (Vec<_>, Vec<_>) = self.cuts.drain(..).partition(|c| c.1 <= step);
-        self.cuts = kept;
-        for (link, _) in healed {
-            if !self.cuts.iter().any(|c| c.0 == link) {
-                self.net.cut.borrow_mut().remove(&link);
-            }
         }
     }
 
@@ -786,8 +775,7 @@ impl Sim {
     /// the publisher publishes what is left; then steps run until the
     /// outputs group's leader has run every execution.
     fn heal(&mut self) {
-        self.cuts.clear();
-        self.net.cut.borrow_mut().clear();
+        self.net.heal_all();
         for id in 1..=NODES {
             if self.node(id).run.is_some() && self.node(id).storage.is_frozen() {
                 self.crash(id, STEPS);
