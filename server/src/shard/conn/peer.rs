@@ -285,7 +285,7 @@ pub fn listen(shard: &Rc<Shard>) -> Result<Option<SocketAddr>, String> {
     let me = cluster
         .peer(cluster.node_id)
         .ok_or_else(|| format!("node {} is not among cluster.peers", cluster.node_id))?;
-    let address = shard_peer_address(me, shard.id)?;
+    let address = shard_peer_address(&me, shard.id)?;
     let mut bind = resolve(&address)
         .ok_or_else(|| format!("cannot resolve this node's peer address {address}"))?;
     if !bind.ip().is_loopback() {
