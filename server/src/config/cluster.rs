@@ -474,7 +474,7 @@ fn is_loopback(address: &str) -> bool {
 /// `host:port`: a non-empty host of at most [`PEER_ADDRESS_BYTES_MAX`]
 /// bytes with no whitespace, and a port from 1 to 65535. IPv6 hosts are
 /// bracketed (`[::1]:7000`).
-fn check_address(address: &str) -> Result<(), String> {
+pub(crate) fn check_address(address: &str) -> Result<(), String> {
     let how = "write it host:port, like 10.0.0.2:7000 or node2.example:7000";
     if address.len() > PEER_ADDRESS_BYTES_MAX {
         return Err(format!("longer than {PEER_ADDRESS_BYTES_MAX} bytes; {how}"));
