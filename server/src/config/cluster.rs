@@ -21,7 +21,10 @@
 //! every node of a cluster runs the same number of shards, so a
 //! partition's replicas are on the same shard id everywhere. A partition's
 //! replicas are placed by [`ClusterConfig::placement`] (static: the same
-//! answer on every node from the same `peers`).
+//! answer on every node from the same founders: the nodes the cluster was
+//! first started with, recorded in `cluster.members`; a node joining a
+//! running cluster says them in `founders:`, and nodes added later, see
+//! `config::registry`, move nothing).
 //!
 //! A Stream's `replicas:` defaults to 1 with fewer than 3 nodes and 3 from
 //! 3 nodes; it is at most the node count and at most [`REPLICAS_MAX`], and
@@ -462,7 +465,7 @@ pub fn placement_hash(stream: &str, partition: u32) -> u64 {
 
 /// Whether `host:port` names this machine's loopback (an IP in
 /// 127.0.0.0/8 or ::1, or `localhost`).
-fn is_loopback(address: &str) -> bool {
+pub(crate) fn is_loopback(address: &str) -> bool {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")

@@ -91,19 +91,6 @@ impl Registry {
         })
     }
 
-    /// A registry of `configured` only, persisting nothing (tests, a
-    /// cluster before its data dir is checked).
-    pub fn of(configured: &[PeerSpec]) -> Registry {
-        let mut state = State {
-            loaded: true,
-            ..State::default()
-        };
-        state.rebuild(configured);
-        Registry {
-            state: Arc::new(Mutex::new(state)),
-        }
-    }
-
     /// Whether it was loaded (else it is empty).
     pub fn loaded(&self) -> bool {
         self.lock().loaded

@@ -50,6 +50,12 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         let peer_address = peer.peer_address.clone().unwrap_or_default();
         crate::config::cluster::check_address(&peer_address)
             .map_err(|e| invalid(format!("peer address: {e}")))?;
+        if cluster.secret.0.is_empty() && !crate::config::cluster::is_loopback(&peer_address) {
+            return Err(invalid(format!(
+                "node {} takes peer connections at {peer_address}, beyond loopback, and no cluster secret is set: set cluster.secretFile on every node first",
+                peer.id
+            )));
+        }
         let id = peer.id;
         let added = cluster
             .registry

@@ -9,6 +9,9 @@
 //!   shard id), says hello, and writes everything queued as one frame per
 //!   write. A failed dial or write drops the queue and retries after a
 //!   backoff from [`DIAL_BACKOFF_MIN`] doubling to [`DIAL_BACKOFF_MAX`].
+//!   A node added at runtime (`hadron cluster add-node`) gets its link at
+//!   the first message to it; a removed node's link ends, and so does a
+//!   connection from it (checked at each frame).
 //! - **TLS**: a node with `tls:` speaks TLS on its peer links too: it
 //!   accepts with its server configuration (client certificates checked
 //!   when `tls.clientCa` is set) and dials trusting `cluster.peerCa` (else
@@ -17,7 +20,8 @@
 //! - **In:** [`listen`] accepts on this shard's peer port and sends a
 //!   fresh challenge; the connection must answer with a hello within
 //!   [`HELLO_TIMEOUT`] whose MAC proves the cluster secret for that
-//!   challenge, naming a node of `cluster.peers` other than this one, on
+//!   challenge, naming another node of the cluster now (the peer
+//!   registry: `cluster.peers` and nodes added at runtime), on
 //!   the same shard id of the same shard count; then each frame's messages
 //!   go to their partitions' groups ([`Shard::on_peer_message`]). A bad
 //!   frame closes the connection (its framing is lost) and costs nothing
