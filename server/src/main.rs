@@ -311,6 +311,30 @@ enum ClusterCommand {
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
+    /// Add a node to the running cluster (needs admin): start it first
+    /// with `cluster.founders`; sent to every node listed.
+    AddNode {
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// Its client address, host:port.
+        #[arg(long)]
+        address: String,
+        /// Where its shard 0 takes peer connections, host:port.
+        #[arg(long)]
+        peer_address: String,
+        /// Every node of the cluster, separated by commas.
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Remove a node no partition is placed on (needs admin); sent to
+    /// every node listed.
+    RemoveNode {
+        id: u64,
+        /// Every node of the cluster, separated by commas.
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +467,18 @@ fn main() -> ExitCode {
                     url,
                 },
         } => block_on(cli::cluster::move_partition(&url, &stream, partition, &to)),
+        Command::Cluster {
+            command:
+                ClusterCommand::AddNode {
+                    id,
+                    address,
+                    peer_address,
+                    url,
+                },
+        } => block_on(cli::cluster::add_node(&url, id, &address, &peer_address)),
+        Command::Cluster {
+            command: ClusterCommand::RemoveNode { id, url },
+        } => block_on(cli::cluster::remove_node(&url, id)),
         Command::Repair { data_dir } => hadron_server::repair::run(
             &data_dir.unwrap_or_else(|| PathBuf::from(hadron_server::DATA_DIR_DEFAULT)),
         ),

@@ -80,7 +80,7 @@ pub fn serve(args: ServerArgs) -> Result<(), String> {
     // Held until the process exits: two servers on one data dir would
     // corrupt it.
     let _lock = claim_data_dir(&mut config)?;
-    config::cluster::check_members(&config.data_dir, config.cluster.as_ref())
+    config::cluster::check_members(&config.data_dir, config.cluster.as_mut())
         .map_err(|e| format!("invalid configuration: {e}"))?;
     let topology = load_topology(&config, declared)?;
 
@@ -190,8 +190,10 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
                 peers.clone()
             },
             secret_file: file.as_ref().and_then(|c| c.secret_file.clone()),
+            founders: file.as_ref().and_then(|c| c.founders.clone()),
             peer_ca: file.and_then(|c| c.peer_ca),
             secret: Default::default(),
+            registry: Default::default(),
         });
     }
     if config.token.is_none()

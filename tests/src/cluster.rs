@@ -54,6 +54,10 @@ pub struct Cluster {
     proxies: Vec<Vec<Option<FaultProxy>>>,
     /// The secret files, kept while the nodes may restart.
     _secrets: tempfile::TempDir,
+    /// Each node's (client port, peer port).
+    ports: Vec<(u16, u16)>,
+    /// How the cluster was made (for [`Cluster::add_node`]).
+    options: ClusterOptions,
 }
 
 impl Cluster {
@@ -113,7 +117,50 @@ impl Cluster {
             nodes,
             proxies,
             _secrets: secrets,
+            ports: client_ports.into_iter().zip(peer_ports).collect(),
+            options,
         }
+    }
+
+    /// Starts one more node to join the running cluster (ids from 1 to
+    /// the current count are the others): its config lists every node,
+    /// itself included, with the cluster's first nodes as
+    /// `cluster.founders`. Returns its id; `hadron cluster add-node` then
+    /// tells the others. Not with proxies or secrets.
+    pub fn add_node(&mut self) -> u64 {
+        assert!(
+            !self.options.proxies && self.options.secrets.is_empty(),
+            "add_node: a cluster without proxies or secrets"
+        );
+        self.ports.push((free_port_range(1), free_port_range(1)));
+        let id = self.ports.len() as u64;
+        let founders: Vec<String> = (1..=self.options.nodes).map(|i| i.to_string()).collect();
+        let mut config = format!(
+            "cluster:\n  nodeId: {id}\n  founders: [{}]\n  peers:\n",
+            founders.join(", ")
+        );
+        for (b, (client, peer)) in self.ports.iter().enumerate() {
+            config.push_str(&format!(
+                "    - {{ id: {}, address: \"127.0.0.1:{client}\", peerAddress: \"127.0.0.1:{peer}\" }}\n",
+                b + 1
+            ));
+        }
+        config.push_str(&self.options.settings);
+        if !self.options.resources.is_empty() {
+            config.push_str("---\n");
+            config.push_str(&self.options.resources);
+        }
+        self.nodes.push(Server::start_with(ServerOptions {
+            config: Some(config),
+            port: Some(self.ports[id as usize - 1].0),
+            ..ServerOptions::default()
+        }));
+        id
+    }
+
+    /// Node `id`'s peer address (`127.0.0.1:PORT`).
+    pub fn peer_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[id as usize - 1].1)
     }
 
     /// Node `id` (from 1).

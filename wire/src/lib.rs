@@ -37,10 +37,11 @@ pub use frame::{
 pub use generated as fb;
 pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
-    HandshakeOk, LeaderHint, Message, Metadata, MetadataOk, Nack, PartitionInfo, PartitionMove,
-    PipelineInfo, PipelineRetry, PipelineSubscribe, Publish, PublishOk, PublishResult, Record,
-    StageAck, StageAcks, StageDelivery, StageInput, StageNack, StartPoint, StatusOk, StreamInfo,
-    Subscribe, SubscribeOk, TokenCreate, TokenInfo, TokenListOk, TokenRevoke, TokenScope, encode,
+    HandshakeOk, LeaderHint, Message, Metadata, MetadataOk, Nack, NodeAdd, PartitionInfo,
+    PartitionMove, PipelineInfo, PipelineRetry, PipelineSubscribe, Publish, PublishOk,
+    PublishResult, Record, StageAck, StageAcks, StageDelivery, StageInput, StageNack, StartPoint,
+    StatusOk, StreamInfo, Subscribe, SubscribeOk, TokenCreate, TokenInfo, TokenListOk, TokenRevoke,
+    TokenScope, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -157,7 +158,7 @@ mod tests {
 
     fn random_message<'a>(rng: &mut Rng, pool: &'a Pool) -> Message<'a> {
         let n = rng.below(4);
-        match rng.below(30) {
+        match rng.below(32) {
             0 => Message::Handshake(Handshake {
                 version: rng.next_u64() as u16,
                 token: pool.s(rng),
@@ -328,6 +329,12 @@ mod tests {
                     .collect(),
             }),
             28 => Message::TokenRevoke(TokenRevoke { name: pool.s(rng) }),
+            30 => Message::NodeAdd(NodeAdd {
+                id: rng.below(8) as u64,
+                address: pool.s(rng),
+                peer_address: pool.s(rng),
+            }),
+            31 => Message::NodeRemove(rng.below(8) as u64),
             29 => Message::PartitionMove(PartitionMove {
                 stream: pool.s(rng),
                 partition: rng.below(8) as u32,

@@ -276,6 +276,14 @@ pub struct PartitionMove<'a> {
     pub voters: Vec<u64>,
 }
 
+/// Add node `id` to the running cluster (admin).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeAdd<'a> {
+    pub id: u64,
+    pub address: &'a str,
+    pub peer_address: &'a str,
+}
+
 /// Ask for the server's streams (with each partition's owning shard) and
 /// pipelines. Empty `streams`: all of them; otherwise only the streams
 /// named and the pipelines reading from them.
@@ -359,6 +367,9 @@ pub enum Message<'a> {
     TokenListOk(TokenListOk<'a>),
     TokenRevoke(TokenRevoke<'a>),
     PartitionMove(PartitionMove<'a>),
+    NodeAdd(NodeAdd<'a>),
+    /// Remove node `id` from the running cluster (admin).
+    NodeRemove(u64),
 }
 
 impl Message<'_> {
@@ -395,6 +406,8 @@ impl Message<'_> {
             Message::TokenListOk(_) => "TokenListOk",
             Message::TokenRevoke(_) => "TokenRevoke",
             Message::PartitionMove(_) => "PartitionMove",
+            Message::NodeAdd(_) => "NodeAdd",
+            Message::NodeRemove(_) => "NodeRemove",
         }
     }
 
@@ -422,6 +435,8 @@ impl Message<'_> {
                 | Message::TokenList
                 | Message::TokenRevoke(_)
                 | Message::PartitionMove(_)
+                | Message::NodeAdd(_)
+                | Message::NodeRemove(_)
         )
     }
 }
@@ -714,6 +729,18 @@ impl<'a> Message<'a> {
                     partition: b.partition(),
                     voters: b.voters().map(|v| v.iter().collect()).unwrap_or_default(),
                 })
+            }
+            fb::Body::NodeAdd => {
+                let b = frame.body_as_node_add().ok_or(missing)?;
+                Message::NodeAdd(NodeAdd {
+                    id: b.id(),
+                    address: b.address(),
+                    peer_address: b.peer_address(),
+                })
+            }
+            fb::Body::NodeRemove => {
+                let b = frame.body_as_node_remove().ok_or(missing)?;
+                Message::NodeRemove(b.id())
             }
             other => {
                 return Err(DecodeError::UnknownBody {
@@ -1303,6 +1330,19 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
             let t = fb::PartitionMove::create(fbb, &args);
             (fb::Body::PartitionMove, t.as_union_value())
         }
+        Message::NodeAdd(m) => {
+            let args = fb::NodeAddArgs {
+                id: m.id,
+                address: Some(fbb.create_string(m.address)),
+                peer_address: Some(fbb.create_string(m.peer_address)),
+            };
+            let t = fb::NodeAdd::create(fbb, &args);
+            (fb::Body::NodeAdd, t.as_union_value())
+        }
+        Message::NodeRemove(id) => {
+            let t = fb::NodeRemove::create(fbb, &fb::NodeRemoveArgs { id: *id });
+            (fb::Body::NodeRemove, t.as_union_value())
+        }
     }
 }
 
@@ -1505,6 +1545,12 @@ pub(crate) mod tests {
                 partition: 2,
                 voters: vec![1, 2, 4],
             }),
+            Message::NodeAdd(NodeAdd {
+                id: 4,
+                address: "10.0.0.4:7000",
+                peer_address: "10.0.0.4:7100",
+            }),
+            Message::NodeRemove(4),
         ]
     }
 
@@ -1569,7 +1615,7 @@ pub(crate) mod tests {
         let mut names: Vec<&str> = samples.iter().map(Message::name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 30, "one sample per Body member");
+        assert_eq!(names.len(), 32, "one sample per Body member");
 
         let mut encoder = Encoder::default();
         for (i, message) in samples.iter().enumerate() {
@@ -1783,7 +1829,7 @@ pub(crate) mod tests {
             let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
             assert_eq!(root.body_type(), fb::Body(tag), "{}", message.name());
         }
-        assert_eq!(fb::Body::ENUM_MAX, 30);
+        assert_eq!(fb::Body::ENUM_MAX, 32);
     }
 
     #[test]
@@ -1793,7 +1839,7 @@ pub(crate) mod tests {
             .iter()
             .filter(|m| m.is_client_message())
             .count();
-        assert_eq!(clients, 18);
+        assert_eq!(clients, 20);
     }
 
     /// A `MetadataOk` a client could not route by is refused, naming the

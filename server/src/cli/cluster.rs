@@ -164,6 +164,63 @@ pub async fn move_partition(
     Ok(())
 }
 
+/// `hadron cluster add-node --id N --address A --peer-address P`: sends
+/// it to every node listed; fails when any refused it or did not answer
+/// (send it again: adding a node is idempotent).
+pub async fn add_node(
+    urls: &str,
+    id: u64,
+    address: &str,
+    peer_address: &str,
+) -> Result<(), String> {
+    let list = node_urls(urls)?;
+    let answers = futures::future::join_all(list.iter().map(|url| async move {
+        let client = super::connect(url)?;
+        client
+            .add_node(id, address, peer_address)
+            .await
+            .map_err(|e| e.to_string())
+    }))
+    .await;
+    report(&list, answers, "add")
+}
+
+/// `hadron cluster remove-node N`: sends it to every node listed.
+pub async fn remove_node(urls: &str, id: u64) -> Result<(), String> {
+    let list = node_urls(urls)?;
+    let answers = futures::future::join_all(list.iter().map(|url| async move {
+        let client = super::connect(url)?;
+        client.remove_node(id).await.map_err(|e| e.to_string())
+    }))
+    .await;
+    report(&list, answers, "removal")
+}
+
+/// Prints each node's answer; an error when any failed.
+fn report(
+    list: &[&str],
+    answers: Vec<Result<Vec<String>, String>>,
+    what: &str,
+) -> Result<(), String> {
+    let mut failed = 0;
+    for (url, answer) in list.iter().zip(answers) {
+        match answer {
+            Ok(lines) => lines.iter().for_each(|l| println!("{url}: {l}")),
+            Err(e) => {
+                failed += 1;
+                println!("{url}: FAILED: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!(
+            "{failed} of {} node(s) did not take the {what}",
+            list.len()
+        ));
+    }
+    Ok(())
+}
+
 fn node_urls(urls: &str) -> Result<Vec<&str>, String> {
     let list: Vec<&str> = urls
         .split(',')

@@ -21,7 +21,10 @@
 //! every node of a cluster runs the same number of shards, so a
 //! partition's replicas are on the same shard id everywhere. A partition's
 //! replicas are placed by [`ClusterConfig::placement`] (static: the same
-//! answer on every node from the same `peers`).
+//! answer on every node from the same founders: the nodes the cluster was
+//! first started with, recorded in `cluster.members`; a node joining a
+//! running cluster says them in `founders:`, and nodes added later, see
+//! `config::registry`, move nothing).
 //!
 //! A Stream's `replicas:` defaults to 1 with fewer than 3 nodes and 3 from
 //! 3 nodes; it is at most the node count and at most [`REPLICAS_MAX`], and
@@ -108,9 +111,20 @@ pub struct ClusterConfig {
     /// a node checks its peers against (default: `tls.clientCa`).
     #[serde(default)]
     pub peer_ca: Option<std::path::PathBuf>,
+    /// The nodes the cluster was started with, whose ids static
+    /// placement hashes over (nodes added later do not move partitions).
+    /// A node joining a running cluster says them (its `peers` list every
+    /// node, itself included); otherwise every peer is a founder. Set from
+    /// `<data dir>/cluster.members` at start.
+    #[serde(default)]
+    pub founders: Option<Vec<u64>>,
     /// The secret, once read (never from YAML).
     #[serde(skip)]
     pub secret: ClusterSecret,
+    /// The nodes now (`peers` with what `cluster add-node` and
+    /// `remove-node` changed), loaded at start; shared by the shards.
+    #[serde(skip)]
+    pub registry: super::registry::Registry,
 }
 
 /// The environment variable that holds the cluster secret when
@@ -188,6 +202,9 @@ impl ClusterConfig {
                 ));
             }
         }
+        if let Some(founders) = &self.founders {
+            errors.extend(self.founders_errors(founders));
+        }
         if self.node_id != 0 && !self.peers.iter().any(|p| p.id == self.node_id) {
             errors.push(invalid(
                 "cluster.nodeId".into(),
@@ -196,6 +213,33 @@ impl ClusterConfig {
                     self.node_id
                 ),
             ));
+        }
+        errors
+    }
+
+    /// `founders`: some, distinct, each among `peers`.
+    fn founders_errors(&self, founders: &[u64]) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let invalid =
+            |path: String, reason: String| ConfigError::new(path, Problem::Invalid { reason });
+        if founders.is_empty() {
+            errors.push(invalid(
+                "cluster.founders".into(),
+                "empty: list the ids of the nodes the cluster was started with".into(),
+            ));
+        }
+        for (i, id) in founders.iter().enumerate() {
+            if founders[..i].contains(id) {
+                errors.push(invalid(
+                    format!("cluster.founders[{i}]"),
+                    format!("node {id} is listed twice"),
+                ));
+            } else if self.peers.iter().all(|p| p.id != *id) {
+                errors.push(invalid(
+                    format!("cluster.founders[{i}]"),
+                    format!("node {id} is not among cluster.peers; list every node"),
+                ));
+            }
         }
         errors
     }
@@ -253,21 +297,44 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// The node `id`, if listed.
-    pub fn peer(&self, id: u64) -> Option<&PeerSpec> {
-        self.peers.iter().find(|p| p.id == id)
+    /// The node `id`, if it is one of the cluster now (the registry once
+    /// loaded, else `peers`).
+    pub fn peer(&self, id: u64) -> Option<PeerSpec> {
+        if self.registry.loaded() {
+            return self.registry.get(id);
+        }
+        self.peers.iter().find(|p| p.id == id).cloned()
+    }
+
+    /// Every node now, in id order.
+    pub fn current_peers(&self) -> Vec<PeerSpec> {
+        if self.registry.loaded() {
+            return self.registry.peers();
+        }
+        let mut peers = self.peers.clone();
+        peers.sort_unstable_by_key(|p| p.id);
+        peers
+    }
+
+    /// The founders' ids, sorted (every peer when not said).
+    pub fn founder_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = match &self.founders {
+            Some(f) => f.clone(),
+            None => self.peers.iter().map(|p| p.id).collect(),
+        };
+        ids.sort_unstable();
+        ids
     }
 
     /// The nodes holding `stream`'s `partition` when it has `replicas`
     /// replicas, the preferred leader first: `replicas` consecutive nodes
     /// in id order, starting at a node chosen by the partition's hash, so
     /// that partitions and their preferred leaders spread over the nodes.
-    /// Every node computes the same answer from the same config (static
-    /// placement; a metadata group that moves replicas is step 7 of
-    /// docs/replication.md section 15).
+    /// Every node computes the same answer from the same founders
+    /// (static placement, over the founders only: adding a node moves
+    /// nothing; `hadron cluster move` does).
     pub fn placement(&self, stream: &str, partition: u32, replicas: u32) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
-        ids.sort_unstable();
+        let ids = self.founder_ids();
         if ids.is_empty() {
             return ids;
         }
@@ -305,19 +372,20 @@ fn parse_members(text: &str) -> Option<(u64, Vec<u64>)> {
     Some((node?, peers?))
 }
 
-/// Holds a data dir to the cluster membership it was created with.
-/// Replica sets are placed from `peers`, and each partition's Raft voters
-/// are fixed when it is created: a node restarted with another node id or
-/// another set of peer ids would place partitions differently and could
-/// form a second majority of a group (two leaders in one term). Changing
-/// membership online (`hadron cluster add-node`) is not built yet, so such
-/// a start is refused, naming both memberships. A fresh data dir records
-/// the cluster's (a cluster of one records nothing); a data dir that a
-/// single node already used does not join a cluster (its logs have no
-/// Raft voters).
+/// Holds a data dir to the cluster it was created in: its node id and
+/// the cluster's founders (`peers A,B,C`), whose ids static placement
+/// hashes over. A node restarted with another node id, or told other
+/// founders, would place partitions differently and could form a second
+/// majority of a group (two leaders in one term), so such a start is
+/// refused, naming both. The configured peers may differ from the
+/// founders: nodes added since (`hadron cluster add-node`). A fresh data
+/// dir records the config's founders (a cluster of one records nothing);
+/// a data dir that a single node already used does not join a cluster
+/// (its logs have no Raft voters). Then sets `cluster.founders` to the
+/// recorded ones and loads the peer registry (`config::registry`).
 pub fn check_members(
     data_dir: &std::path::Path,
-    cluster: Option<&ClusterConfig>,
+    cluster: Option<&mut ClusterConfig>,
 ) -> Result<(), String> {
     let path = data_dir.join(MEMBERS_FILE);
     let recorded = match std::fs::read_to_string(&path) {
@@ -327,32 +395,43 @@ pub fn check_members(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let wanted = cluster.filter(|c| c.nodes() > 1).map(|c| {
-        let mut ids: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
-        ids.sort_unstable();
-        (c.node_id, ids)
-    });
-    match (recorded, wanted) {
-        (None, None) => Ok(()),
-        (Some((node, peers)), None) => Err(format!(
-            "{} says this data dir is node {node} of the cluster of nodes {peers:?}; start it with that cluster: (a data dir does not leave its cluster)",
-            path.display()
-        )),
-        (Some(had), Some(want)) if had == want => Ok(()),
-        (Some((node, peers)), Some((want_node, want_peers))) => Err(format!(
-            "{} says this data dir is node {node} of the cluster of nodes {peers:?}, but the configuration makes it node {want_node} of nodes {want_peers:?}: changing a cluster's members (cluster add-node/remove-node) is not built yet; start it with its recorded membership",
-            path.display()
-        )),
-        (None, Some((node, peers))) => {
+    let Some(cluster) = cluster.filter(|c| c.nodes() > 1) else {
+        return match recorded {
+            None => Ok(()),
+            Some((node, peers)) => Err(format!(
+                "{} says this data dir is node {node} of the cluster of nodes {peers:?}; start it with that cluster: (a data dir does not leave its cluster)",
+                path.display()
+            )),
+        };
+    };
+    let (want_node, want_founders) = (cluster.node_id, cluster.founder_ids());
+    match recorded {
+        Some((node, founders)) if node != want_node => {
+            return Err(format!(
+                "{} says this data dir is node {node} of the cluster of nodes {founders:?}, but the configuration makes it node {want_node}: start it with its recorded node id",
+                path.display()
+            ));
+        }
+        Some((node, founders)) if cluster.founders.is_some() && founders != want_founders => {
+            return Err(format!(
+                "{} says this data dir is node {node} of the cluster founded by nodes {founders:?}, but cluster.founders says {want_founders:?}: drop cluster.founders or say the recorded ones",
+                path.display()
+            ));
+        }
+        Some((_, founders)) => cluster.founders = Some(founders),
+        None => {
             if data_dir.join("resources.yaml").exists() {
                 return Err(format!(
                     "{} holds data a single server wrote; a used data dir cannot join a cluster yet (its partitions have no Raft voters): start the cluster node on a fresh data dir",
                     data_dir.display()
                 ));
             }
-            write_members(&path, &members_text(node, &peers))
+            write_members(&path, &members_text(want_node, &want_founders))?;
+            cluster.founders = Some(want_founders);
         }
     }
+    cluster.registry = super::registry::Registry::load(data_dir, &cluster.peers)?;
+    Ok(())
 }
 
 /// Writes [`MEMBERS_FILE`] durably (a temporary file, fsync, rename, fsync
@@ -386,7 +465,7 @@ pub fn placement_hash(stream: &str, partition: u32) -> u64 {
 
 /// Whether `host:port` names this machine's loopback (an IP in
 /// 127.0.0.0/8 or ::1, or `localhost`).
-fn is_loopback(address: &str) -> bool {
+pub(crate) fn is_loopback(address: &str) -> bool {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
@@ -398,7 +477,7 @@ fn is_loopback(address: &str) -> bool {
 /// `host:port`: a non-empty host of at most [`PEER_ADDRESS_BYTES_MAX`]
 /// bytes with no whitespace, and a port from 1 to 65535. IPv6 hosts are
 /// bracketed (`[::1]:7000`).
-fn check_address(address: &str) -> Result<(), String> {
+pub(crate) fn check_address(address: &str) -> Result<(), String> {
     let how = "write it host:port, like 10.0.0.2:7000 or node2.example:7000";
     if address.len() > PEER_ADDRESS_BYTES_MAX {
         return Err(format!("longer than {PEER_ADDRESS_BYTES_MAX} bytes; {how}"));

@@ -58,6 +58,7 @@ pub mod error;
 pub mod name;
 pub mod pipeline;
 pub mod placement;
+pub mod registry;
 pub mod server;
 pub mod stream;
 pub mod tls;

@@ -96,6 +96,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             Request::Status => Reply::Status(self.status(), self.run_status()),
             Request::Apply { yaml, force } => self.apply(yaml, force).await,
             Request::Tokens(change) => self.change_tokens(change).await,
+            Request::Nodes(change) => self.change_nodes(change).await,
             Request::Move {
                 stream,
                 partition,

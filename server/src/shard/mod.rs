@@ -41,6 +41,7 @@ mod handle;
 mod housekeeping;
 pub mod metrics;
 mod moves;
+mod nodes;
 pub mod outbox;
 pub mod partition;
 pub mod pipeline;
@@ -54,7 +55,7 @@ mod topology;
 
 pub use boot::run;
 pub use error::Error;
-pub use protocol::{Mesh, MeshMsg, Reply, Request, TokenChange};
+pub use protocol::{Mesh, MeshMsg, NodeChange, Reply, Request, TokenChange};
 pub use status::PartitionStatus;
 pub use topology::{FileResources, ResourceStore, Topology, load_resources, persist_resources};
 

@@ -93,6 +93,28 @@ pub enum Request {
         partition: u32,
         voters: Vec<u64>,
     },
+    /// Add or remove a node of the cluster (`hadron cluster add-node` /
+    /// `remove-node`; shard 0 only).
+    Nodes(NodeChange),
+}
+
+/// A change to the cluster's nodes.
+#[derive(Debug)]
+pub enum NodeChange {
+    /// Add this node (its peer address set).
+    Add(crate::config::cluster::PeerSpec),
+    /// Remove the node of this id.
+    Remove(u64),
+}
+
+impl NodeChange {
+    /// The wire message that asked for it.
+    pub fn message(&self) -> &'static str {
+        match self {
+            NodeChange::Add(_) => "NodeAdd",
+            NodeChange::Remove(_) => "NodeRemove",
+        }
+    }
 }
 
 /// A change to the tokens (`hadron token create` / `revoke`).

@@ -15,7 +15,9 @@ fn three() -> ClusterConfig {
             .collect(),
         secret_file: None,
         peer_ca: None,
+        founders: None,
         secret: ClusterSecret::default(),
+        registry: Default::default(),
     }
 }
 
@@ -291,39 +293,43 @@ fn a_cluster_beyond_loopback_needs_a_secret_of_16_bytes_or_more() {
 }
 
 #[test]
-fn a_data_dir_keeps_the_membership_it_was_created_with() {
+fn a_data_dir_keeps_the_node_id_and_founders_it_was_created_with() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let c = three();
+    let mut c = three();
     // Fresh: recorded; the same again: fine.
-    check_members(data, Some(&c)).unwrap();
+    check_members(data, Some(&mut c)).unwrap();
     assert_eq!(
         std::fs::read_to_string(data.join(MEMBERS_FILE)).unwrap(),
         "node 2\npeers 1,2,3\n"
     );
-    check_members(data, Some(&c)).unwrap();
+    assert_eq!(c.founders, Some(vec![1, 2, 3]));
+    check_members(data, Some(&mut three())).unwrap();
     // Addresses may change; the ids may not.
     let mut moved = three();
     moved.peers[0].address = "10.9.9.9:7000".into();
-    check_members(data, Some(&moved)).unwrap();
+    check_members(data, Some(&mut moved)).unwrap();
+    // A node added since may be configured: the founders stay recorded,
+    // and placement hashes over them only.
     let mut four = three();
-    four.peers.push(PeerSpec {
-        id: 4,
-        address: "10.0.0.4:7000".into(),
-        peer_address: None,
-    });
-    let e = check_members(data, Some(&four)).unwrap_err();
+    four.peers.push(four_spec());
+    let before = three().placement("orders", 5, 3);
+    check_members(data, Some(&mut four)).unwrap();
+    assert_eq!(four.founders, Some(vec![1, 2, 3]));
+    assert_eq!(four.placement("orders", 5, 3), before);
+    assert_eq!(four.peer(4).map(|p| p.id), Some(4));
+    // Other founders said: refused, naming both.
+    let mut wrong = three();
+    wrong.founders = Some(vec![1, 2]);
+    let e = check_members(data, Some(&mut wrong)).unwrap_err();
     assert!(
-        e.contains("node 2 of the cluster of nodes [1, 2, 3]") && e.contains("[1, 2, 3, 4]"),
+        e.contains("founded by nodes [1, 2, 3]") && e.contains("cluster.founders says [1, 2]"),
         "{e}"
     );
     let mut other = three();
     other.node_id = 3;
-    assert!(
-        check_members(data, Some(&other))
-            .unwrap_err()
-            .contains("node 3 of nodes")
-    );
+    let e = check_members(data, Some(&mut other)).unwrap_err();
+    assert!(e.contains("makes it node 3"), "{e}");
     // Without a cluster: refused too.
     assert!(
         check_members(data, None)
@@ -335,13 +341,54 @@ fn a_data_dir_keeps_the_membership_it_was_created_with() {
     check_members(single.path(), None).unwrap();
     assert!(!single.path().join(MEMBERS_FILE).exists());
     std::fs::write(single.path().join("resources.yaml"), "").unwrap();
-    let e = check_members(single.path(), Some(&c)).unwrap_err();
+    let e = check_members(single.path(), Some(&mut three())).unwrap_err();
     assert!(e.contains("cannot join a cluster"), "{e}");
     // A damaged file is named.
     std::fs::write(data.join(MEMBERS_FILE), "garbage").unwrap();
     assert!(
-        check_members(data, Some(&c))
+        check_members(data, Some(&mut three()))
             .unwrap_err()
             .contains(MEMBERS_FILE)
     );
+}
+
+fn four_spec() -> PeerSpec {
+    PeerSpec {
+        id: 4,
+        address: "10.0.0.4:7000".into(),
+        peer_address: None,
+    }
+}
+
+#[test]
+fn a_joining_node_records_the_founders_it_is_told_and_places_as_they_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut joining = three();
+    joining.node_id = 4;
+    joining.peers.push(four_spec());
+    joining.founders = Some(vec![3, 1, 2]);
+    assert!(joining.errors().is_empty(), "{:?}", joining.errors());
+    check_members(dir.path(), Some(&mut joining)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(MEMBERS_FILE)).unwrap(),
+        "node 4\npeers 1,2,3\n"
+    );
+    for partition in 0..16 {
+        assert_eq!(
+            joining.placement("orders", partition, 3),
+            three().placement("orders", partition, 3)
+        );
+    }
+}
+
+#[test]
+fn founders_must_be_distinct_peers() {
+    let mut c = three();
+    c.founders = Some(vec![1, 1, 9]);
+    assert_eq!(paths(&c), ["cluster.founders[1]", "cluster.founders[2]"]);
+    c.founders = Some(vec![]);
+    assert_eq!(paths(&c), ["cluster.founders"]);
+    let yaml = "cluster:\n  nodeId: 4\n  founders: [1, 2, 3]\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n    - { id: 3, address: \"10.0.0.3:7000\" }\n    - { id: 4, address: \"10.0.0.4:7000\" }\n";
+    let (config, _) = parse_config_file(yaml).unwrap();
+    assert_eq!(config.cluster.unwrap().founders, Some(vec![1, 2, 3]));
 }

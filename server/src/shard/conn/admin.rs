@@ -41,6 +41,27 @@ pub(super) async fn move_partition(
     }
 }
 
+/// The node change of a `NodeAdd`.
+pub(super) fn node_add(m: &hadron_wire::NodeAdd<'_>) -> NodeChange {
+    NodeChange::Add(crate::config::cluster::PeerSpec {
+        id: m.id,
+        address: m.address.to_owned(),
+        peer_address: Some(m.peer_address.to_owned()),
+    })
+}
+
+/// Adds or removes a node of the cluster (on shard 0, serialized with
+/// applies and moves).
+pub(super) async fn change_nodes(shard: &Rc<Shard>, change: NodeChange) -> Result<Encode, Error> {
+    match shard.call(0, Request::Nodes(change)).await {
+        Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
+            let summary = summary.iter().map(String::as_str).collect();
+            outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The status document of every shard.
 pub(super) async fn status(shard: &Rc<Shard>) -> Result<Encode, Error> {
     let json = shard.status_json().await?;

@@ -38,7 +38,7 @@ use super::error::{Error, Limit};
 use super::group::MemberId;
 use super::outbox::{self, Outbox};
 use super::pipeline::StageAckOf;
-use super::{Reply, Request, Shard, TokenChange};
+use super::{NodeChange, Reply, Request, Shard, TokenChange};
 use crate::config::ServerConfig;
 
 mod admin;
@@ -109,6 +109,8 @@ enum Op {
     TokenRevoke(String),
     /// `hadron cluster move`: stream, partition, target voters.
     PartitionMove(String, u32, Vec<u64>),
+    /// `hadron cluster add-node` / `remove-node`.
+    Nodes(NodeChange),
     Refuse(Error),
 }
 
@@ -175,6 +177,8 @@ impl Op {
             Message::PartitionMove(m) => {
                 Op::PartitionMove(m.stream.to_owned(), m.partition, m.voters.clone())
             }
+            Message::NodeAdd(m) => Op::Nodes(admin::node_add(m)),
+            Message::NodeRemove(id) => Op::Nodes(NodeChange::Remove(*id)),
             other => Op::Refuse(Error::ServerToClient {
                 message: other.name(),
             }),
@@ -741,6 +745,7 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Error> {
         Op::PartitionMove(stream, partition, voters) => {
             admin::move_partition(shard, stream, partition, voters).await
         }
+        Op::Nodes(change) => admin::change_nodes(shard, change).await,
         Op::Refuse(e) => Err(e),
     }
 }

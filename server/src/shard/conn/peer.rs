@@ -9,6 +9,9 @@
 //!   shard id), says hello, and writes everything queued as one frame per
 //!   write. A failed dial or write drops the queue and retries after a
 //!   backoff from [`DIAL_BACKOFF_MIN`] doubling to [`DIAL_BACKOFF_MAX`].
+//!   A node added at runtime (`hadron cluster add-node`) gets its link at
+//!   the first message to it; a removed node's link ends, and so does a
+//!   connection from it (checked at each frame).
 //! - **TLS**: a node with `tls:` speaks TLS on its peer links too: it
 //!   accepts with its server configuration (client certificates checked
 //!   when `tls.clientCa` is set) and dials trusting `cluster.peerCa` (else
@@ -17,7 +20,8 @@
 //! - **In:** [`listen`] accepts on this shard's peer port and sends a
 //!   fresh challenge; the connection must answer with a hello within
 //!   [`HELLO_TIMEOUT`] whose MAC proves the cluster secret for that
-//!   challenge, naming a node of `cluster.peers` other than this one, on
+//!   challenge, naming another node of the cluster now (the peer
+//!   registry: `cluster.peers` and nodes added at runtime), on
 //!   the same shard id of the same shard count; then each frame's messages
 //!   go to their partitions' groups ([`Shard::on_peer_message`]). A bad
 //!   frame closes the connection (its framing is lost) and costs nothing
@@ -68,16 +72,65 @@ struct Link {
     queue: RefCell<VecDeque<Vec<u8>>>,
     bytes: Cell<usize>,
     ready: Notify,
+    /// The cluster, to see that the node is still one of it (a node
+    /// `hadron cluster remove-node` removed: the link ends).
+    cluster: crate::config::cluster::ClusterConfig,
+    /// Set when the link ended (its node was removed).
+    closed: Cell<bool>,
 }
 
-/// This shard's links to the other nodes.
+impl Link {
+    fn removed(&self) -> bool {
+        self.cluster.peer(self.node).is_none()
+    }
+}
+
+/// What a link to a node needs besides the node: this node's id, shard
+/// id and shard count, the secret, the peer TLS.
+struct Maker {
+    cluster: crate::config::cluster::ClusterConfig,
+    me: (u64, u16, u16),
+    secret: Rc<[u8]>,
+    peer_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// This shard's links to the other nodes: those of the registry at start,
+/// and a node added at runtime (`hadron cluster add-node`) at the first
+/// message to it.
 pub struct Links {
-    links: HashMap<u64, Rc<Link>>,
+    links: RefCell<HashMap<u64, Rc<Link>>>,
+    maker: Option<Maker>,
+}
+
+impl Links {
+    /// The link to `to`: the one running, else a new one when `to` is
+    /// another node of the cluster now.
+    fn link(&self, to: u64) -> Option<Rc<Link>> {
+        if let Some(link) = self.links.borrow().get(&to).filter(|l| !l.closed.get()) {
+            return Some(link.clone());
+        }
+        let maker = self.maker.as_ref()?;
+        if to == maker.me.0 {
+            return None;
+        }
+        let peer = maker.cluster.peer(to)?;
+        match new_link(maker, &peer) {
+            Ok(link) => {
+                glommio::spawn_local(dial(link.clone(), maker.me)).detach();
+                self.links.borrow_mut().insert(to, link.clone());
+                Some(link)
+            }
+            Err(e) => {
+                tracing::warn!(to, "no peer link: {e}");
+                None
+            }
+        }
+    }
 }
 
 impl PeerLinks for Links {
     fn send(&self, to: u64, stream: &str, partition: u32, msg: Message) -> bool {
-        let Some(link) = self.links.get(&to) else {
+        let Some(link) = self.link(to) else {
             return false;
         };
         let encoded = match peer_frame::encode_message(stream, partition, &msg) {
@@ -130,45 +183,64 @@ fn resolve(address: &str) -> Option<SocketAddr> {
         .or_else(|| address.to_socket_addrs().ok()?.next())
 }
 
-/// Starts this shard's links to every other node and their dialling
-/// tasks.
+/// Starts this shard's links to every other node of the cluster now and
+/// their dialling tasks.
 pub fn links(shard: &Rc<Shard>) -> Result<Rc<Links>, String> {
     let config = &shard.settings.config;
     let Some(cluster) = &config.cluster else {
         return Ok(Rc::new(Links {
-            links: HashMap::new(),
+            links: RefCell::default(),
+            maker: None,
         }));
     };
-    let me = (cluster.node_id, shard.id, shard.shards);
-    let secret: Rc<[u8]> = Rc::from(cluster.secret.0.as_slice());
+    let maker = Maker {
+        cluster: cluster.clone(),
+        me: (cluster.node_id, shard.id, shard.shards),
+        secret: Rc::from(cluster.secret.0.as_slice()),
+        peer_tls: shard.settings.peer_tls.clone(),
+    };
     let mut links = HashMap::new();
-    for peer in cluster.peers.iter().filter(|p| p.id != cluster.node_id) {
-        let address = shard_peer_address(peer, shard.id)?;
-        let tls = match &shard.settings.peer_tls {
-            Some(config) => {
-                let host = address
-                    .rsplit_once(':')
-                    .map_or(address.as_str(), |(h, _)| h);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                    .map_err(|e| format!("node {}: peer host {host:?}: {e}", peer.id))?;
-                Some((futures_rustls::TlsConnector::from(config.clone()), name))
-            }
-            None => None,
-        };
-        let link = Rc::new(Link {
-            node: peer.id,
-            address,
-            secret: secret.clone(),
-            tls,
-            queue: RefCell::new(VecDeque::new()),
-            bytes: Cell::new(0),
-            ready: Notify::default(),
-        });
-        glommio::spawn_local(dial(link.clone(), me)).detach();
+    for peer in cluster
+        .current_peers()
+        .iter()
+        .filter(|p| p.id != cluster.node_id)
+    {
+        let link = new_link(&maker, peer)?;
+        glommio::spawn_local(dial(link.clone(), maker.me)).detach();
         links.insert(peer.id, link);
     }
-    Ok(Rc::new(Links { links }))
+    Ok(Rc::new(Links {
+        links: RefCell::new(links),
+        maker: Some(maker),
+    }))
+}
+
+/// A link to `peer`'s shard of this shard's id (not dialling yet).
+fn new_link(maker: &Maker, peer: &crate::config::cluster::PeerSpec) -> Result<Rc<Link>, String> {
+    let address = shard_peer_address(peer, maker.me.1)?;
+    let tls = match &maker.peer_tls {
+        Some(config) => {
+            let host = address
+                .rsplit_once(':')
+                .map_or(address.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("node {}: peer host {host:?}: {e}", peer.id))?;
+            Some((futures_rustls::TlsConnector::from(config.clone()), name))
+        }
+        None => None,
+    };
+    Ok(Rc::new(Link {
+        node: peer.id,
+        address,
+        secret: maker.secret.clone(),
+        tls,
+        queue: RefCell::new(VecDeque::new()),
+        bytes: Cell::new(0),
+        ready: Notify::default(),
+        cluster: maker.cluster.clone(),
+        closed: Cell::new(false),
+    }))
 }
 
 /// Keeps `link` connected and writes what is queued; `me` is this
@@ -176,6 +248,13 @@ pub fn links(shard: &Rc<Shard>) -> Result<Rc<Links>, String> {
 async fn dial(link: Rc<Link>, me: (u64, u16, u16)) {
     let mut backoff = DIAL_BACKOFF_MIN;
     loop {
+        if link.removed() {
+            tracing::info!(node = link.node, "peer link closed: the node was removed");
+            link.closed.set(true);
+            link.queue.borrow_mut().clear();
+            link.bytes.set(0);
+            return;
+        }
         let connected = match resolve(&link.address) {
             Some(addr) => {
                 let connect = Box::pin(TcpStream::connect(addr));
@@ -264,8 +343,16 @@ async fn write_queued<S: AsyncRead + AsyncWrite + Unpin>(
             link.bytes.set(link.bytes.get().saturating_sub(bytes));
             batch
         };
+        if link.removed() {
+            return Err("the node was removed".into());
+        }
         if batch.is_empty() {
-            link.ready.changed_since(generation).await;
+            // Woken at least every backoff period to see a removal.
+            let _ = select(
+                Box::pin(link.ready.changed_since(generation)),
+                Box::pin(glommio::timer::sleep(DIAL_BACKOFF_MAX)),
+            )
+            .await;
             continue;
         }
         stream
@@ -285,7 +372,7 @@ pub fn listen(shard: &Rc<Shard>) -> Result<Option<SocketAddr>, String> {
     let me = cluster
         .peer(cluster.node_id)
         .ok_or_else(|| format!("node {} is not among cluster.peers", cluster.node_id))?;
-    let address = shard_peer_address(me, shard.id)?;
+    let address = shard_peer_address(&me, shard.id)?;
     let mut bind = resolve(&address)
         .ok_or_else(|| format!("cannot resolve this node's peer address {address}"))?;
     if !bind.ip().is_loopback() {
@@ -393,7 +480,16 @@ async fn serve_peer_on<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     loop {
-        match read_frame(&mut stream).await {
+        let frame = read_frame(&mut stream).await;
+        if shard_cluster_lacks(&shard, hello.node_id) {
+            tracing::info!(
+                shard = shard.id,
+                node = hello.node_id,
+                "peer connection closed: the node was removed"
+            );
+            return;
+        }
+        match frame {
             Ok(PeerFrame::Raft(messages)) => {
                 for m in messages {
                     // A follower forwards a leadership transfer it was
@@ -430,6 +526,16 @@ async fn serve_peer_on<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Whether `node` is no longer a node of this shard's cluster.
+fn shard_cluster_lacks(shard: &Shard, node: u64) -> bool {
+    shard
+        .settings
+        .config
+        .cluster
+        .as_ref()
+        .is_none_or(|c| c.peer(node).is_none())
 }
 
 /// A hello proves the cluster secret for this connection's challenge, and

@@ -1,0 +1,138 @@
+//! `hadron cluster add-node` / `remove-node`: changing the nodes of a
+//! running cluster (docs/replication.md section 9, step 7). Until a
+//! metadata group holds membership, the client sends the change to every
+//! node; each checks it and records it in its peer registry
+//! (`config::registry`, persisted before it applies), which every shard
+//! shares: a shard's links dial an added node at the first message to it
+//! and accept its hellos; a removed node's links end and its hellos are
+//! refused. An added node holds no partition until `hadron cluster move`
+//! puts one there (static placement hashes over the founders only).
+
+use super::*;
+use crate::config::cluster::PeerSpec;
+use crate::config::error::{ConfigError, Problem};
+use crate::config::registry::Added;
+
+/// The most partitions a refused removal names (then a count).
+const NAMED_PARTITIONS_MAX: usize = 10;
+
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
+    /// Checks, persists and applies a node change (runs on shard 0,
+    /// serialized with applies and moves); answers what this node did.
+    pub(super) async fn change_nodes(self: &Rc<Self>, change: NodeChange) -> Reply {
+        if self.applying.get() {
+            return Reply::Failed(Error::ApplyInProgress);
+        }
+        self.applying.set(true);
+        let (path, result) = match change {
+            NodeChange::Add(peer) => (format!("add-node {}", peer.id), self.add_node(peer)),
+            NodeChange::Remove(id) => (format!("remove-node {id}"), self.remove_node(id)),
+        };
+        self.applying.set(false);
+        match result {
+            Ok(line) => Reply::Applied(vec![line]),
+            Err(NodeError::Invalid(reason)) => Reply::Failed(Error::InvalidConfig(
+                ConfigError::new(path, Problem::Invalid { reason }),
+            )),
+            Err(NodeError::Storage(e)) => Reply::Failed(Error::Storage(e)),
+        }
+    }
+
+    fn add_node(&self, peer: PeerSpec) -> Result<String, NodeError> {
+        let config = &self.settings.config;
+        let cluster = clustered(config)?;
+        let invalid = NodeError::Invalid;
+        if peer.id == 0 {
+            return Err(invalid("node ids start at 1 (Raft reserves 0)".into()));
+        }
+        crate::config::cluster::check_address(&peer.address)
+            .map_err(|e| invalid(format!("address: {e}")))?;
+        let peer_address = peer.peer_address.clone().unwrap_or_default();
+        crate::config::cluster::check_address(&peer_address)
+            .map_err(|e| invalid(format!("peer address: {e}")))?;
+        if cluster.secret.0.is_empty() && !crate::config::cluster::is_loopback(&peer_address) {
+            return Err(invalid(format!(
+                "node {} takes peer connections at {peer_address}, beyond loopback, and no cluster secret is set: set cluster.secretFile on every node first",
+                peer.id
+            )));
+        }
+        let id = peer.id;
+        let added = cluster
+            .registry
+            .add(&config.data_dir, &cluster.peers, peer)
+            .map_err(|e| {
+                if e.starts_with("writing") {
+                    NodeError::Storage(e)
+                } else {
+                    invalid(e)
+                }
+            })?;
+        let node = cluster.node_id;
+        Ok(match added {
+            Added::New => format!("node {node} added node {id}: links to it dial it"),
+            Added::Known => format!("node {node} already has node {id}"),
+        })
+    }
+
+    fn remove_node(&self, id: u64) -> Result<String, NodeError> {
+        let config = &self.settings.config;
+        let cluster = clustered(config)?;
+        let node = cluster.node_id;
+        let placed = self.partitions_placed_on(id);
+        if !placed.is_empty() {
+            let mut named: Vec<String> =
+                placed.iter().take(NAMED_PARTITIONS_MAX).cloned().collect();
+            if placed.len() > NAMED_PARTITIONS_MAX {
+                named.push(format!("and {} more", placed.len() - NAMED_PARTITIONS_MAX));
+            }
+            return Err(NodeError::Invalid(format!(
+                "node {id} still holds partitions {}: move them off it first (hadron cluster move)",
+                named.join(", ")
+            )));
+        }
+        if id == node {
+            return Ok(format!(
+                "node {node} is the node removed: it holds no partition; stop it"
+            ));
+        }
+        let removed = cluster
+            .registry
+            .remove(&config.data_dir, &cluster.peers, id)
+            .map_err(NodeError::Storage)?;
+        Ok(if removed {
+            format!("node {node} removed node {id}: its links closed")
+        } else {
+            format!("node {node} has no node {id}")
+        })
+    }
+
+    /// `stream/partition` of every partition whose placement (moved or
+    /// static) names node `id`.
+    fn partitions_placed_on(&self, id: u64) -> Vec<String> {
+        let topology = self.topology.borrow();
+        let mut placed = Vec::new();
+        for (name, spec) in &topology.streams {
+            for partition in 0..spec.partitions {
+                if self.placed_nodes(spec, partition).contains(&id) {
+                    placed.push(format!("{name}/{partition}"));
+                }
+            }
+        }
+        placed
+    }
+}
+
+enum NodeError {
+    Invalid(String),
+    Storage(String),
+}
+
+fn clustered(config: &ServerConfig) -> Result<&crate::config::cluster::ClusterConfig, NodeError> {
+    config
+        .cluster
+        .as_ref()
+        .filter(|c| c.nodes() > 1)
+        .ok_or_else(|| {
+            NodeError::Invalid("this server is not a node of a cluster of several nodes".into())
+        })
+}
