@@ -8,23 +8,18 @@
 //! then the node moved onto and the node moved away from are SIGKILLed
 //! and restarted: the moved placement holds across restarts.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers: a failed set-up step must fail the test at once"
-)]
-
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hadron::{Client, NewEvent};
 use hadron_tests::cluster::{Cluster, ClusterOptions};
-use hadron_tests::{Frame, RawConn, eventually, fetch_all, run_cli};
+use hadron_tests::moves::{
+    WAIT, await_more_acks, await_moved, check_log, publish_until, voters_of,
+};
+use hadron_tests::{Frame, RawConn, eventually, run_cli};
 use hadron_wire::Message;
 
 const STREAM: &str = "orders";
-const WAIT: Duration = Duration::from_secs(60);
 
 fn options() -> ClusterOptions {
     ClusterOptions {
@@ -34,69 +29,6 @@ fn options() -> ClusterOptions {
         ),
         ..ClusterOptions::default()
     }
-}
-
-/// Publishes events with fixed ids until stopped, retrying each until
-/// acknowledged; id -> offset.
-async fn publish_until(
-    client: Client,
-    stop: Arc<AtomicBool>,
-    acked_count: Arc<AtomicU64>,
-) -> BTreeMap<String, u64> {
-    let mut acked = BTreeMap::new();
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let id = format!("e{n}");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let event = NewEvent {
-                id: id.clone(),
-                ty: "order.created".into(),
-                data: id.as_bytes().to_vec(),
-                ..NewEvent::default()
-            };
-            let result = match client.publisher_for(STREAM, "move-e2e").await {
-                Ok(p) => p.publish_to(0, event).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(p) => {
-                    acked.insert(id.clone(), p.offset);
-                    acked_count.fetch_add(1, Ordering::SeqCst);
-                    break;
-                }
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "event {id} not acknowledged: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-        n += 1;
-    }
-    acked
-}
-
-async fn await_more_acks(count: &AtomicU64, more: u64) {
-    let target = count.load(Ordering::SeqCst) + more;
-    eventually(WAIT, "more publishes acknowledged", || async {
-        (count.load(Ordering::SeqCst) >= target).then_some(())
-    })
-    .await;
-}
-
-fn sorted(mut v: Vec<u64>) -> Vec<u64> {
-    v.sort_unstable();
-    v
-}
-
-fn voters_of(replica: &serde_json::Value) -> Option<Vec<u64>> {
-    let v = replica["voters"].as_array()?;
-    Some(sorted(
-        v.iter().filter_map(serde_json::Value::as_u64).collect(),
-    ))
 }
 
 fn urls(cluster: &Cluster) -> String {
@@ -126,28 +58,6 @@ fn move_to(cluster: &Cluster, target: &[u64]) -> String {
     );
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     out.stdout
-}
-
-/// Waits until every node of `target` reports the target voters, and
-/// returns the leader (which leads with them).
-async fn await_moved(cluster: &mut Cluster, target: &[u64]) -> u64 {
-    let want = sorted(target.to_vec());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut seen = Vec::new();
-        for &id in target {
-            let r = cluster.replica_status(id, STREAM, 0).await;
-            seen.push((id, r.as_ref().and_then(voters_of)));
-        }
-        if seen.iter().all(|(_, v)| v.as_ref() == Some(&want))
-            && let Some(leader) = cluster.leader(STREAM, 0).await
-            && target.contains(&leader)
-        {
-            return leader;
-        }
-        assert!(Instant::now() < deadline, "voters not {want:?}: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A fetch at node `id` answers `NotLeader`.
@@ -190,44 +100,6 @@ async fn await_deleted(cluster: &mut Cluster, id: u64) {
     .await;
 }
 
-/// Every acknowledged event once, at its offset, from the leader; the
-/// other target replicas at the leader's high watermark.
-async fn check_log(cluster: &mut Cluster, target: &[u64], acked: &BTreeMap<String, u64>) {
-    let leader = await_moved(cluster, target).await;
-    let deadline = Instant::now() + WAIT;
-    let hw = loop {
-        let mut marks = Vec::new();
-        for &id in target {
-            let r = cluster.replica_status(id, STREAM, 0).await.unwrap();
-            marks.push(r["high_watermark"].as_u64());
-        }
-        if marks.iter().all(|m| m.is_some() && *m == marks[0]) {
-            break marks[0].unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "high watermarks differ: {marks:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let records = fetch_all(&cluster.client(leader), STREAM, 0).await;
-    assert_eq!(
-        records.len() as u64,
-        hw,
-        "the leader's log up to its high watermark"
-    );
-    let mut at: HashMap<String, u64> = HashMap::new();
-    for (offset, e) in &records {
-        assert_eq!(e.data, e.id.as_bytes());
-        if let Some(first) = at.insert(e.id.clone(), *offset) {
-            panic!("event {} stored twice: at {first} and {offset}", e.id);
-        }
-    }
-    for (id, offset) in acked {
-        assert_eq!(at.get(id), Some(offset), "acknowledged event {id}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
     let mut cluster = Cluster::start(options());
@@ -245,6 +117,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
     let count = Arc::new(AtomicU64::new(0));
     let publisher = tokio::spawn(publish_until(
         cluster.client_of_all(),
+        STREAM,
         stop.clone(),
         count.clone(),
     ));
@@ -304,7 +177,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         said.contains(&format!("node {from} hosts it until")),
         "{said}"
     );
-    await_moved(&mut cluster, &target).await;
+    await_moved(&mut cluster, STREAM, &target).await;
     await_more_acks(&count, 50).await;
     answers_not_leader(&mut cluster, from).await;
     await_deleted(&mut cluster, from).await;
@@ -320,7 +193,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         said.contains(&format!("node {from} opened an empty replica")),
         "{said}"
     );
-    let now = await_moved(&mut cluster, &second).await;
+    let now = await_moved(&mut cluster, STREAM, &second).await;
     assert_ne!(now, leader);
     await_more_acks(&count, 50).await;
     answers_not_leader(&mut cluster, leader).await;
@@ -333,14 +206,14 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         cluster.node(id).kill_now();
         cluster.node(id).restart();
     }
-    await_moved(&mut cluster, &second).await;
+    await_moved(&mut cluster, STREAM, &second).await;
     await_more_acks(&count, 30).await;
     answers_not_leader(&mut cluster, leader).await;
     await_deleted(&mut cluster, leader).await;
 
     stop.store(true, Ordering::Relaxed);
     let acked = publisher.await.unwrap();
-    check_log(&mut cluster, &second, &acked).await;
+    check_log(&mut cluster, STREAM, &second, &acked).await;
     // The cluster status prints each replica's voters.
     let text = run_cli(
         &["cluster", "status", "--url", &urls(&cluster)],

@@ -85,14 +85,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 pipeline,
                 execution,
             } => self.pipeline_retry(&pipeline, execution).await,
-            Request::PipelineBusy { pipeline } => Reply::Count(
-                self.runs
-                    .borrow()
-                    .iter()
-                    .filter(|((name, _), _)| *name == pipeline)
-                    .map(|(_, r)| r.busy())
-                    .sum(),
-            ),
+            Request::PipelineBusy { pipeline } => Reply::Count(self.pipeline_busy(&pipeline)),
             Request::Status => Reply::Status(self.status(), self.run_status()),
             Request::Apply { yaml, force } => self.apply(yaml, force).await,
             Request::Tokens(change) => self.change_tokens(change).await,
@@ -107,6 +100,16 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 Err(e) => Reply::Failed(Error::Storage(e)),
             },
         }
+    }
+
+    /// Pipelines: executions of `pipeline` still needing work here.
+    fn pipeline_busy(&self, pipeline: &str) -> usize {
+        self.runs
+            .borrow()
+            .iter()
+            .filter(|((name, _), _)| name == pipeline)
+            .map(|(_, r)| r.busy())
+            .sum()
     }
 
     /// Streams: appends `events` to the partition.

@@ -1,0 +1,146 @@
+//! Helpers of the replica-move tests (`cluster_move.rs`, `cluster_add.rs`):
+//! a publisher with fixed ids running under the moves, waits on the
+//! voters every node reports, and the check of the log afterwards (all on
+//! partition 0 of the stream named).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hadron::{Client, NewEvent};
+
+use crate::cluster::Cluster;
+use crate::{eventually, fetch_all};
+
+/// How long a move, or an acknowledgement, may take.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Publishes events with fixed ids until stopped, retrying each until
+/// acknowledged; id -> offset.
+pub async fn publish_until(
+    client: Client,
+    stream: &'static str,
+    stop: Arc<AtomicBool>,
+    acked_count: Arc<AtomicU64>,
+) -> BTreeMap<String, u64> {
+    let mut acked = BTreeMap::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let id = format!("e{n}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let event = NewEvent {
+                id: id.clone(),
+                ty: "order.created".into(),
+                data: id.as_bytes().to_vec(),
+                ..NewEvent::default()
+            };
+            let result = match client.publisher_for(stream, "moves").await {
+                Ok(p) => p.publish_to(0, event).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(p) => {
+                    acked.insert(id.clone(), p.offset);
+                    acked_count.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "event {id} not acknowledged: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        n += 1;
+    }
+    acked
+}
+
+pub async fn await_more_acks(count: &AtomicU64, more: u64) {
+    let target = count.load(Ordering::SeqCst) + more;
+    eventually(WAIT, "more publishes acknowledged", || async {
+        (count.load(Ordering::SeqCst) >= target).then_some(())
+    })
+    .await;
+}
+
+pub fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+    v.sort_unstable();
+    v
+}
+
+pub fn voters_of(replica: &serde_json::Value) -> Option<Vec<u64>> {
+    let v = replica["voters"].as_array()?;
+    Some(sorted(
+        v.iter().filter_map(serde_json::Value::as_u64).collect(),
+    ))
+}
+
+/// Waits until every node of `target` reports the target voters, and
+/// returns the leader (which leads with them).
+pub async fn await_moved(cluster: &mut Cluster, stream: &str, target: &[u64]) -> u64 {
+    let want = sorted(target.to_vec());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut seen = Vec::new();
+        for &id in target {
+            let r = cluster.replica_status(id, stream, 0).await;
+            seen.push((id, r.as_ref().and_then(voters_of)));
+        }
+        if seen.iter().all(|(_, v)| v.as_ref() == Some(&want))
+            && let Some(leader) = cluster.leader(stream, 0).await
+            && target.contains(&leader)
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "voters not {want:?}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every acknowledged event once, at its offset, from the leader; the
+/// other target replicas at the leader's high watermark.
+pub async fn check_log(
+    cluster: &mut Cluster,
+    stream: &str,
+    target: &[u64],
+    acked: &BTreeMap<String, u64>,
+) {
+    let leader = await_moved(cluster, stream, target).await;
+    let deadline = Instant::now() + WAIT;
+    let hw = loop {
+        let mut marks = Vec::new();
+        for &id in target {
+            let r = cluster.replica_status(id, stream, 0).await.unwrap();
+            marks.push(r["high_watermark"].as_u64());
+        }
+        if marks.iter().all(|m| m.is_some() && *m == marks[0]) {
+            break marks[0].unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "high watermarks differ: {marks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let records = fetch_all(&cluster.client(leader), stream, 0).await;
+    assert_eq!(
+        records.len() as u64,
+        hw,
+        "the leader's log up to its high watermark"
+    );
+    let mut at: HashMap<String, u64> = HashMap::new();
+    for (offset, e) in &records {
+        assert_eq!(e.data, e.id.as_bytes());
+        if let Some(first) = at.insert(e.id.clone(), *offset) {
+            panic!("event {} stored twice: at {first} and {offset}", e.id);
+        }
+    }
+    for (id, offset) in acked {
+        assert_eq!(at.get(id), Some(offset), "acknowledged event {id}");
+    }
+}
