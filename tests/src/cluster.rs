@@ -60,6 +60,24 @@ pub struct Cluster {
     options: ClusterOptions,
 }
 
+/// A proxy to `target` on a free port: another port is drawn when the one
+/// found free was taken before the proxy bound it (a port can be seen free
+/// and then used by a process of another test).
+fn start_proxy(target: SocketAddr) -> FaultProxy {
+    let mut last = None;
+    for _ in 0..PROXY_BIND_TRIES {
+        match FaultProxy::start(free_port_range(0), target) {
+            Ok(proxy) => return proxy,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => panic!("a proxy to {target}: {e}"),
+        }
+    }
+    panic!("no free port for a proxy to {target}: {last:?}")
+}
+
+/// Ports tried for one proxy.
+const PROXY_BIND_TRIES: usize = 10;
+
 impl Cluster {
     /// Starts every node (one shard each).
     pub fn start(options: ClusterOptions) -> Cluster {
@@ -73,9 +91,7 @@ impl Cluster {
                 for (b, slot) in row.iter_mut().enumerate() {
                     if a != b {
                         let target = SocketAddr::from(([127, 0, 0, 1], peer_ports[b]));
-                        let proxy =
-                            FaultProxy::start(free_port_range(0), target).expect("a proxy port");
-                        *slot = Some(proxy);
+                        *slot = Some(start_proxy(target));
                     }
                 }
             }
