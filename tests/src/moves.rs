@@ -13,6 +13,14 @@ use hadron::{Client, NewEvent};
 use crate::cluster::Cluster;
 use crate::{eventually, fetch_all};
 
+/// `hadron cluster move STREAM 0 --to TO --url URLS`: its output.
+pub fn move_cli(stream: &str, to: &str, urls: &str) -> crate::CliOutput {
+    crate::run_cli(
+        &["cluster", "move", stream, "0", "--to", to, "--url", urls],
+        Duration::from_secs(30),
+    )
+}
+
 /// How long a move, or an acknowledgement, may take.
 pub const WAIT: Duration = Duration::from_secs(60);
 

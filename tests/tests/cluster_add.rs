@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hadron_tests::cluster::{Cluster, ClusterOptions};
-use hadron_tests::moves::{WAIT, await_more_acks, await_moved, check_log, publish_until};
+use hadron_tests::moves::{WAIT, await_more_acks, await_moved, check_log, move_cli, publish_until};
 use hadron_tests::run_cli;
 
 const STREAM: &str = "orders";
@@ -56,19 +56,7 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
         .collect();
     let to: Vec<String> = target.iter().map(u64::to_string).collect();
     let all = urls(&cluster, &[1, 2, 3, 4]);
-    let out = run_cli(
-        &[
-            "cluster",
-            "move",
-            STREAM,
-            "0",
-            "--to",
-            &to.join(","),
-            "--url",
-            &urls(&cluster, &founders),
-        ],
-        CLI,
-    );
+    let out = move_cli(STREAM, &to.join(","), &urls(&cluster, &founders));
     assert!(!out.status.success(), "{}", out.stdout);
     assert!(
         out.stdout.contains("node 4 is not a node of this cluster"),
@@ -124,19 +112,7 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
     );
 
     // Move one founder's replica onto node 4, under load.
-    let out = run_cli(
-        &[
-            "cluster",
-            "move",
-            STREAM,
-            "0",
-            "--to",
-            &to.join(","),
-            "--url",
-            &all,
-        ],
-        CLI,
-    );
+    let out = move_cli(STREAM, &to.join(","), &all);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     await_moved(&mut cluster, STREAM, &target).await;
     await_more_acks(&count, 50).await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hadron_tests::cluster::{Cluster, ClusterOptions};
 use hadron_tests::moves::{
-    WAIT, await_more_acks, await_moved, check_log, publish_until, voters_of,
+    WAIT, await_more_acks, await_moved, check_log, move_cli, publish_until, voters_of,
 };
 use hadron_tests::{Frame, RawConn, eventually, run_cli};
 use hadron_wire::Message;
@@ -43,19 +43,7 @@ fn urls(cluster: &Cluster) -> String {
 /// `hadron cluster move` to `target`, sent to every node.
 fn move_to(cluster: &Cluster, target: &[u64]) -> String {
     let to: Vec<String> = target.iter().map(u64::to_string).collect();
-    let out = run_cli(
-        &[
-            "cluster",
-            "move",
-            STREAM,
-            "0",
-            "--to",
-            &to.join(","),
-            "--url",
-            &urls(cluster),
-        ],
-        Duration::from_secs(30),
-    );
+    let out = move_cli(STREAM, &to.join(","), &urls(cluster));
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     out.stdout
 }
@@ -124,19 +112,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
     await_more_acks(&count, 50).await;
 
     // A move naming too few voters, or an unknown node, is refused.
-    let out = run_cli(
-        &[
-            "cluster",
-            "move",
-            STREAM,
-            "0",
-            "--to",
-            &format!("{leader},{new}"),
-            "--url",
-            &urls(&cluster),
-        ],
-        Duration::from_secs(30),
-    );
+    let out = move_cli(STREAM, &format!("{leader},{new}"), &urls(&cluster));
     assert!(!out.status.success());
     assert!(
         out.stdout
@@ -144,19 +120,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         "{}",
         out.stdout
     );
-    let out = run_cli(
-        &[
-            "cluster",
-            "move",
-            STREAM,
-            "0",
-            "--to",
-            "1,2,9",
-            "--url",
-            &urls(&cluster),
-        ],
-        Duration::from_secs(30),
-    );
+    let out = move_cli(STREAM, "1,2,9", &urls(&cluster));
     assert!(
         out.stdout.contains("node 9 is not a node of this cluster"),
         "{}",
