@@ -7,6 +7,9 @@
 //! offset, and the new node's replica holds the leader's high watermark.
 //! Then `hadron cluster remove-node` of the node moved away from
 //! succeeds, and of a node still placed is refused naming the partition.
+//! Last, each node of the target is SIGKILLed and restarted in turn: the
+//! added node is known from `cluster.peers` (the founders' configs do not
+//! list it), and the group goes on and takes a publish.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -152,4 +155,22 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
             "node {id}: {text}"
         );
     }
+
+    // The registry holds across restarts: the founders' configs do not
+    // list node 4, their `cluster.peers` does. Each node of the target is
+    // SIGKILLed and restarted in turn, and the group goes on with node 4.
+    for &id in &target {
+        cluster.node(id).kill_now();
+        cluster.node(id).restart();
+        await_moved(&mut cluster, STREAM, &target).await;
+    }
+    let client = cluster.client(4);
+    let publisher = client
+        .publisher_for(STREAM, "after-restarts")
+        .await
+        .unwrap();
+    let mut event = hadron::NewEvent::new("order.created", b"late".to_vec());
+    event.id = "late".into();
+    let late = publisher.publish_to(0, event).await.unwrap();
+    assert!(late.offset >= acked.len() as u64, "{late:?}");
 }
