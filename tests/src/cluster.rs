@@ -32,6 +32,10 @@ pub struct ClusterOptions {
     /// Per node (by index), the cluster secret written to its
     /// `cluster.secretFile`; none when empty.
     pub secrets: Vec<String>,
+    /// A directory of [`crate::pki::cluster_pki`]'s certificates: every
+    /// node serves TLS with them (its peer links too), and this harness's
+    /// clients and [`Cluster::cli`] use them.
+    pub tls: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -42,6 +46,7 @@ impl Default for ClusterOptions {
             settings: String::new(),
             proxies: false,
             secrets: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -80,7 +85,10 @@ const PROXY_BIND_TRIES: usize = 10;
 
 impl Cluster {
     /// Starts every node (one shard each).
-    pub fn start(options: ClusterOptions) -> Cluster {
+    pub fn start(mut options: ClusterOptions) -> Cluster {
+        if let Some(dir) = &options.tls {
+            options.settings.push_str(&crate::pki::tls_settings(dir));
+        }
         let n = options.nodes;
         let client_ports: Vec<u16> = (0..n).map(|_| free_port_range(1)).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port_range(1)).collect();
@@ -194,9 +202,10 @@ impl Cluster {
         let options = ClientOptions {
             // Elections take a second or two: keep retrying through them.
             publish_attempts_max: 40,
+            tls: self.client_tls(),
             ..ClientOptions::default()
         };
-        Client::new(&self.nodes[id as usize - 1].addr(), options).unwrap()
+        Client::new(&self.client_addr(id), options).unwrap()
     }
 
     /// The node that leads `stream`'s `partition`, as the running nodes'
@@ -240,9 +249,41 @@ impl Cluster {
         }
     }
 
-    /// Node `id`'s client address (`http://127.0.0.1:PORT`).
+    /// Node `id`'s client URL (`127.0.0.1:PORT`, `https://127.0.0.1:PORT`
+    /// with [`ClusterOptions::tls`]).
     pub fn client_addr(&self, id: u64) -> String {
-        self.nodes[id as usize - 1].addr()
+        let addr = self.nodes[id as usize - 1].addr();
+        match &self.options.tls {
+            Some(_) => format!("https://{addr}"),
+            None => addr,
+        }
+    }
+
+    /// The client TLS options of [`ClusterOptions::tls`] (none without).
+    fn client_tls(&self) -> hadron::TlsOptions {
+        self.options
+            .tls
+            .as_deref()
+            .map(crate::pki::client_tls)
+            .unwrap_or_default()
+    }
+
+    /// [`crate::run_cli`], with `--ca`, `--cert` and `--key` of
+    /// [`ClusterOptions::tls`].
+    pub fn cli(&self, args: &[&str], timeout: Duration) -> crate::CliOutput {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if let Some(dir) = &self.options.tls {
+            for (flag, file) in [
+                ("--ca", "ca.pem"),
+                ("--cert", "node.pem"),
+                ("--key", "node.key"),
+            ] {
+                all.push(flag.to_owned());
+                all.push(dir.join(file).display().to_string());
+            }
+        }
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        crate::run_cli(&all, timeout)
     }
 
     /// A client that knows every node (the bootstrap list).
@@ -254,6 +295,7 @@ impl Cluster {
             .collect();
         let options = ClientOptions {
             publish_attempts_max: 40,
+            tls: self.client_tls(),
             ..ClientOptions::default()
         };
         Client::new(&urls.join(","), options).unwrap()
@@ -266,7 +308,7 @@ impl Cluster {
             .into_iter()
             .map(|id| self.client_addr(id))
             .collect();
-        let out = crate::run_cli(
+        let out = self.cli(
             &["cluster", "status", "--json", "--url", &urls.join(",")],
             Duration::from_secs(30),
         );

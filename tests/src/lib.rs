@@ -25,6 +25,7 @@ pub mod cluster;
 #[cfg(test)]
 mod e2e_targets;
 pub mod moves;
+pub mod pki;
 pub mod proxy;
 
 use std::collections::BTreeMap;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use hadron::{Client, Error, NewEvent};
 use hadron_tests::cluster::{Cluster, ClusterOptions};
+use hadron_tests::pki::{client_tls, cluster_pki};
 use hadron_tests::{Frame, RawConn, fetch_all, run_cli};
 use hadron_wire::Message;
 
@@ -560,30 +561,6 @@ async fn leadership_returns_to_the_preferred_replica_after_it_restarts() {
     assert_eq!(ids, ["before", "during"]);
 }
 
-/// A CA and one certificate for every node (127.0.0.1 and localhost, for
-/// serving and as a client), written as `ca.pem`, `node.pem`, `node.key`.
-fn cluster_pki(dir: &std::path::Path) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "hadron cluster test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap();
-    leaf.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join("node.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
-}
-
 /// With `tls:` (client certificates required), the nodes' peer links are
 /// TLS too, each node checking the others' certificates against the CA:
 /// publishes through any node replicate and commit, and a follower names
@@ -592,23 +569,12 @@ fn cluster_pki(dir: &std::path::Path) {
 async fn with_tls_the_nodes_replicate_over_tls() {
     let pki = tempfile::tempdir().unwrap();
     cluster_pki(pki.path());
-    let p = |f: &str| pki.path().join(f).display().to_string();
     let mut cluster = Cluster::start(ClusterOptions {
         resources: resources(1),
-        settings: format!(
-            "tls:\n  cert: {}\n  key: {}\n  clientCa: {}\n",
-            p("node.pem"),
-            p("node.key"),
-            p("ca.pem")
-        ),
+        tls: Some(pki.path().to_path_buf()),
         ..ClusterOptions::default()
     });
-    let tls = hadron::TlsOptions::from_files(
-        Some(pki.path().join("ca.pem").as_path()),
-        Some(pki.path().join("node.pem").as_path()),
-        Some(pki.path().join("node.key").as_path()),
-    )
-    .unwrap();
+    let tls = client_tls(pki.path());
     let client = |id: u64, c: &mut Cluster| {
         Client::new(
             &format!("https://{}", c.node(id).addr()),
