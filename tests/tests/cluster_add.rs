@@ -10,6 +10,10 @@
 //! Last, each node of the target is SIGKILLed and restarted in turn: the
 //! added node is known from `cluster.peers` (the founders' configs do not
 //! list it), and the group goes on and takes a publish.
+//!
+//! The same with `tls:` on every node: the added node's peer links are
+//! TLS, and a removed node restarted with its old config has its hellos
+//! refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -167,6 +171,127 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
     let client = cluster.client(4);
     let publisher = client
         .publisher_for(STREAM, "after-restarts")
+        .await
+        .unwrap();
+    let mut event = hadron::NewEvent::new("order.created", b"late".to_vec());
+    event.id = "late".into();
+    let late = publisher.publish_to(0, event).await.unwrap();
+    assert!(late.offset >= acked.len() as u64, "{late:?}");
+}
+
+/// With `tls:` on every node, a node added online links over TLS too (the
+/// peer ports take TLS only, and the nodes check each other's
+/// certificates): a partition moved onto it replicates, its replica
+/// reaching the leader's high watermark with every acknowledged event at
+/// its offset. Then the node moved away from is removed, and restarted on
+/// a fresh data dir with its old config (a founder placing the stream on
+/// nodes 1 to 3): its hellos are refused by the others, whose group goes
+/// on with the target voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_an_added_node_replicates_over_tls_and_a_removed_node_is_refused() {
+    let pki = tempfile::tempdir().unwrap();
+    hadron_tests::pki::cluster_pki(pki.path());
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        resources: format!(
+            "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: {STREAM} }}\nspec: {{ partitions: 1, replicas: 3 }}\n"
+        ),
+        tls: Some(pki.path().to_path_buf()),
+        ..ClusterOptions::default()
+    });
+    let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let publisher = tokio::spawn(publish_until(
+        cluster.client_of_all(),
+        STREAM,
+        stop.clone(),
+        count.clone(),
+    ));
+    await_more_acks(&count, 20).await;
+
+    let founders = [1, 2, 3];
+    let new = cluster.add_node();
+    let from = *founders.iter().find(|&&id| id != leader).unwrap();
+    let target: Vec<u64> = founders
+        .iter()
+        .map(|&id| if id == from { new } else { id })
+        .collect();
+    let to: Vec<String> = target.iter().map(u64::to_string).collect();
+    let all = urls(&cluster, &[1, 2, 3, 4]);
+    let address = cluster.node(new).addr();
+    let peer = cluster.peer_addr(new);
+    let out = cluster.cli(
+        &[
+            "cluster",
+            "add-node",
+            "--id",
+            &new.to_string(),
+            "--address",
+            &address,
+            "--peer-address",
+            &peer,
+            "--url",
+            &urls(&cluster, &founders),
+        ],
+        CLI,
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let out = cluster.cli(
+        &[
+            "cluster",
+            "move",
+            STREAM,
+            "0",
+            "--to",
+            &to.join(","),
+            "--url",
+            &all,
+        ],
+        CLI,
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    await_moved(&mut cluster, STREAM, &target).await;
+    await_more_acks(&count, 20).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = publisher.await.unwrap();
+    check_log(&mut cluster, STREAM, &target, &acked).await;
+    for id in cluster.ids() {
+        let log = cluster.node(id).log();
+        assert!(log.contains("(TLS)"), "node {id} serves TLS: {log}");
+        // Only node 4's hellos before add-node were refused.
+        let before_add = format!("peer connection refused: node {new} is not another node");
+        for line in log
+            .lines()
+            .filter(|l| l.contains("peer connection refused"))
+        {
+            assert!(line.contains(&before_add), "node {id}: {line}");
+        }
+    }
+
+    let out = cluster.cli(
+        &["cluster", "remove-node", &from.to_string(), "--url", &all],
+        CLI,
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    cluster.node(from).stop();
+    let data = cluster.node(from).data_dir();
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    cluster.node(from).restart();
+    let refused = format!("peer connection refused: node {from} is not another node");
+    let kept: Vec<u64> = target.iter().copied().filter(|&id| id != new).collect();
+    let logs = hadron_tests::eventually(WAIT, "the removed node's hellos refused", || {
+        let logs: Vec<String> = kept.iter().map(|&id| cluster.node(id).log()).collect();
+        let done = logs.iter().all(|l| l.contains(&refused));
+        async move { done.then_some(logs) }
+    })
+    .await;
+    assert_eq!(logs.len(), 2);
+    await_moved(&mut cluster, STREAM, &target).await;
+    let publisher = cluster
+        .client(new)
+        .publisher_for(STREAM, "after-removal")
         .await
         .unwrap();
     let mut event = hadron::NewEvent::new("order.created", b"late".to_vec());
