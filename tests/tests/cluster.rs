@@ -723,3 +723,37 @@ async fn status_of(cluster: &Cluster, id: u64) -> serde_json::Value {
     let json = cluster.client(id).status().await.unwrap();
     serde_json::from_str(&json).unwrap()
 }
+
+/// A node whose certificates come from another CA than its peers' (here:
+/// restarted after the CA files were replaced, the others keeping the
+/// old ones) cannot link to them: its dials fail the TLS handshake, and
+/// it says so at warn level, naming the peer, where an operator sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_certificates_of_another_ca_reports_the_failed_peer_handshake() {
+    let pki = tempfile::tempdir().unwrap();
+    cluster_pki(pki.path());
+    let mut cluster = Cluster::start(ClusterOptions {
+        resources: resources(1),
+        tls: Some(pki.path().to_path_buf()),
+        ..ClusterOptions::default()
+    });
+    await_leader(&mut cluster, 0, None).await;
+    // A new CA and certificate in the same files: only a restarted node
+    // reads them.
+    cluster_pki(pki.path());
+    cluster.node(3).kill_now();
+    cluster.node(3).restart();
+    hadron_tests::eventually(
+        Duration::from_secs(30),
+        "node 3 reports a failed peer handshake",
+        || {
+            let log = cluster.node(3).log();
+            async move {
+                log.lines()
+                    .find(|l| l.contains("WARN") && l.contains("TLS handshake failed"))
+                    .map(str::to_owned)
+            }
+        },
+    )
+    .await;
+}

@@ -276,6 +276,10 @@ async fn dial(link: Rc<Link>, me: (u64, u16, u16)) {
                             write_queued(&link, tls, me).await
                         }
                         futures::future::Either::Left((Err(e), _)) => {
+                            // Unlike a peer that is down, a refused
+                            // handshake (a certificate, a CA) needs an
+                            // operator: said at warn, once per dial.
+                            tracing::warn!(node = link.node, address = %link.address, "peer link: TLS handshake failed: {e}");
                             Err(format!("TLS handshake: {e}"))
                         }
                         futures::future::Either::Right(_) => {
