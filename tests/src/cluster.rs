@@ -210,7 +210,7 @@ impl Cluster {
 
     /// The node that leads `stream`'s `partition`, as the running nodes'
     /// status says (the leader of the highest term that claims it).
-    pub async fn leader(&mut self, stream: &str, partition: u32) -> Option<u64> {
+    pub async fn leader(&self, stream: &str, partition: u32) -> Option<u64> {
         let mut best: Option<(u64, u64)> = None;
         for id in self.ids() {
             let Some(status) = self.replica_status(id, stream, partition).await else {
@@ -317,8 +317,8 @@ impl Cluster {
     }
 
     /// Node `id`'s status document, when the node runs and answers.
-    pub async fn status_doc(&mut self, id: u64) -> Option<serde_json::Value> {
-        if !self.node(id).is_running() {
+    pub async fn status_doc(&self, id: u64) -> Option<serde_json::Value> {
+        if !self.nodes[id as usize - 1].is_alive() {
             return None;
         }
         let client = self.client(id);
@@ -332,7 +332,7 @@ impl Cluster {
     /// Node `id`'s Raft state of `stream`'s `partition` (its status
     /// document's `replication`), when the node runs and answers.
     pub async fn replica_status(
-        &mut self,
+        &self,
         id: u64,
         stream: &str,
         partition: u32,

@@ -316,6 +316,21 @@ impl Server {
         }
     }
 
+    /// Whether the process runs, without reaping it (for `&self`
+    /// callers): started, not stopped by the harness, and not a zombie.
+    pub fn is_alive(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state is the field after the parenthesised name.
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
     /// The server's log (stderr) of every start so far.
     pub fn log(&self) -> String {
         let mut all = String::new();

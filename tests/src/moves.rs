@@ -90,51 +90,45 @@ pub fn voters_of(replica: &serde_json::Value) -> Option<Vec<u64>> {
 
 /// Waits until every node of `target` reports the target voters, and
 /// returns the leader (which leads with them).
-pub async fn await_moved(cluster: &mut Cluster, stream: &str, target: &[u64]) -> u64 {
+pub async fn await_moved(cluster: &Cluster, stream: &str, target: &[u64]) -> u64 {
     let want = sorted(target.to_vec());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut seen = Vec::new();
-        for &id in target {
-            let r = cluster.replica_status(id, stream, 0).await;
-            seen.push((id, r.as_ref().and_then(voters_of)));
+    let what = format!("every node of {target:?} reporting the voters {want:?}");
+    eventually(WAIT, &what, || {
+        let want = want.clone();
+        async move {
+            for &id in target {
+                let r = cluster.replica_status(id, stream, 0).await;
+                if r.as_ref().and_then(voters_of) != Some(want.clone()) {
+                    return None;
+                }
+            }
+            cluster
+                .leader(stream, 0)
+                .await
+                .filter(|l| target.contains(l))
         }
-        if seen.iter().all(|(_, v)| v.as_ref() == Some(&want))
-            && let Some(leader) = cluster.leader(stream, 0).await
-            && target.contains(&leader)
-        {
-            return leader;
-        }
-        assert!(Instant::now() < deadline, "voters not {want:?}: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Every acknowledged event once, at its offset, from the leader; the
 /// other target replicas at the leader's high watermark.
 pub async fn check_log(
-    cluster: &mut Cluster,
+    cluster: &Cluster,
     stream: &str,
     target: &[u64],
     acked: &BTreeMap<String, u64>,
 ) {
     let leader = await_moved(cluster, stream, target).await;
-    let deadline = Instant::now() + WAIT;
-    let hw = loop {
+    let what = format!("the same high watermark on every node of {target:?}");
+    let hw = eventually(WAIT, &what, || async move {
         let mut marks = Vec::new();
         for &id in target {
-            let r = cluster.replica_status(id, stream, 0).await.unwrap();
-            marks.push(r["high_watermark"].as_u64());
+            marks.push(cluster.replica_status(id, stream, 0).await?["high_watermark"].as_u64()?);
         }
-        if marks.iter().all(|m| m.is_some() && *m == marks[0]) {
-            break marks[0].unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "high watermarks differ: {marks:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        marks.iter().all(|&m| m == marks[0]).then(|| marks[0])
+    })
+    .await;
     let records = fetch_all(&cluster.client(leader), stream, 0).await;
     assert_eq!(
         records.len() as u64,

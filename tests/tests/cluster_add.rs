@@ -121,11 +121,11 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
     // Move one founder's replica onto node 4, under load.
     let out = move_cli(STREAM, &to.join(","), &all);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    await_moved(&mut cluster, STREAM, &target).await;
+    await_moved(&cluster, STREAM, &target).await;
     await_more_acks(&count, 50).await;
     stop.store(true, Ordering::Relaxed);
     let acked = publisher.await.unwrap();
-    check_log(&mut cluster, STREAM, &target, &acked).await;
+    check_log(&cluster, STREAM, &target, &acked).await;
 
     // A node still placed is refused, naming the partition; the node
     // moved away from is removed everywhere.
@@ -166,7 +166,7 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
     for &id in &target {
         cluster.node(id).kill_now();
         cluster.node(id).restart();
-        await_moved(&mut cluster, STREAM, &target).await;
+        await_moved(&cluster, STREAM, &target).await;
     }
     let client = cluster.client(4);
     let publisher = client
@@ -251,11 +251,11 @@ async fn with_tls_an_added_node_replicates_over_tls_and_a_removed_node_is_refuse
         CLI,
     );
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    await_moved(&mut cluster, STREAM, &target).await;
+    await_moved(&cluster, STREAM, &target).await;
     await_more_acks(&count, 20).await;
     stop.store(true, Ordering::Relaxed);
     let acked = publisher.await.unwrap();
-    check_log(&mut cluster, STREAM, &target, &acked).await;
+    check_log(&cluster, STREAM, &target, &acked).await;
     for id in cluster.ids() {
         let log = cluster.node(id).log();
         assert!(log.contains("(TLS)"), "node {id} serves TLS: {log}");
@@ -288,7 +288,7 @@ async fn with_tls_an_added_node_replicates_over_tls_and_a_removed_node_is_refuse
     })
     .await;
     assert_eq!(logs.len(), 2);
-    await_moved(&mut cluster, STREAM, &target).await;
+    await_moved(&cluster, STREAM, &target).await;
     let publisher = cluster
         .client(new)
         .publisher_for(STREAM, "after-removal")

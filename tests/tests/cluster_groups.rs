@@ -15,10 +15,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hadron::{Client, Delivery, NewEvent, SubscribeOptions};
 use hadron_tests::cluster::{Cluster, ClusterOptions};
+use hadron_tests::eventually;
 
 const STREAM: &str = "orders";
 const GROUP: &str = "billing";
@@ -99,45 +100,35 @@ async fn await_leader(cluster: &mut Cluster, not: Option<u64>) -> u64 {
 /// Waits until the leader's last committed offsets snapshot holds
 /// `committed` for the group and every node's offsets group applied the
 /// same index as the leader's (so every log holds that snapshot).
-async fn await_offsets_replicated(cluster: &mut Cluster, leader: u64, committed: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut applied = Vec::new();
-        let mut at_leader = None;
-        for id in cluster.ids() {
-            let Some(doc) = cluster.status_doc(id).await else {
-                continue;
-            };
-            let Some(p) = doc["streams"]
-                .as_array()
-                .and_then(|s| s.iter().find(|s| s["name"] == STREAM))
+async fn await_offsets_replicated(cluster: &Cluster, leader: u64, committed: u64) {
+    let what = format!("the group's persisted offset {committed} applied on every node");
+    eventually(Duration::from_secs(30), &what, || async move {
+        let partition = |doc: serde_json::Value| {
+            doc["streams"]
+                .as_array()?
+                .iter()
+                .find(|s| s["name"] == STREAM)
                 .map(|s| s["partitions"][0].clone())
-            else {
-                continue;
-            };
-            let index = p["offsets_replication"]["applied"].as_u64();
-            if id == leader {
-                applied.insert(0, index);
-            } else {
-                applied.push(index);
-            }
-            if id == leader {
-                at_leader = p["groups"]
-                    .as_array()
-                    .and_then(|g| g.iter().find(|g| g["group"] == GROUP))
-                    .and_then(|g| g["persisted"].as_u64());
+        };
+        let at_leader = partition(cluster.status_doc(leader).await?)?;
+        let persisted = at_leader["groups"]
+            .as_array()?
+            .iter()
+            .find(|g| g["group"] == GROUP)?["persisted"]
+            .as_u64();
+        let applied = at_leader["offsets_replication"]["applied"].as_u64()?;
+        if persisted != Some(committed) {
+            return None;
+        }
+        for id in cluster.ids() {
+            let p = partition(cluster.status_doc(id).await?)?;
+            if p["offsets_replication"]["applied"].as_u64() != Some(applied) {
+                return None;
             }
         }
-        let same = applied.len() == 3 && applied.iter().all(|a| a.is_some() && *a == applied[0]);
-        if same && at_leader == Some(committed) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "group offsets not replicated: applied {applied:?}, leader's committed {at_leader:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +155,7 @@ async fn a_durable_group_on_a_replicated_stream_resumes_on_the_next_leader() {
 
     // Everything acknowledged: the committed offset reaches every replica.
     let leader = await_leader(&mut cluster, None).await;
-    await_offsets_replicated(&mut cluster, leader, end).await;
+    await_offsets_replicated(&cluster, leader, end).await;
     subscription.stop().await.unwrap();
     cluster.node(leader).kill_now();
     await_leader(&mut cluster, Some(leader)).await;

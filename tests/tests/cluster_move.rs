@@ -141,7 +141,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         said.contains(&format!("node {from} hosts it until")),
         "{said}"
     );
-    await_moved(&mut cluster, STREAM, &target).await;
+    await_moved(&cluster, STREAM, &target).await;
     await_more_acks(&count, 50).await;
     answers_not_leader(&mut cluster, from).await;
     await_deleted(&mut cluster, from).await;
@@ -157,7 +157,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         said.contains(&format!("node {from} opened an empty replica")),
         "{said}"
     );
-    let now = await_moved(&mut cluster, STREAM, &second).await;
+    let now = await_moved(&cluster, STREAM, &second).await;
     assert_ne!(now, leader);
     await_more_acks(&count, 50).await;
     answers_not_leader(&mut cluster, leader).await;
@@ -170,14 +170,14 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         cluster.node(id).kill_now();
         cluster.node(id).restart();
     }
-    await_moved(&mut cluster, STREAM, &second).await;
+    await_moved(&cluster, STREAM, &second).await;
     await_more_acks(&count, 30).await;
     answers_not_leader(&mut cluster, leader).await;
     await_deleted(&mut cluster, leader).await;
 
     stop.store(true, Ordering::Relaxed);
     let acked = publisher.await.unwrap();
-    check_log(&mut cluster, STREAM, &second, &acked).await;
+    check_log(&cluster, STREAM, &second, &acked).await;
     // The cluster status prints each replica's voters.
     let text = run_cli(
         &["cluster", "status", "--url", &urls(&cluster)],

@@ -19,10 +19,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hadron::{Client, NewEvent, StageInput};
 use hadron_tests::cluster::{Cluster, ClusterOptions};
+use hadron_tests::eventually;
 use hadron_tests::run_cli;
 
 const PIPELINE: &str = "service-creation";
@@ -104,7 +105,7 @@ async fn start_handlers(cluster: &Cluster, recorder: &Arc<Mutex<Recorder>>, stag
 
 /// The node whose run of the pipeline leads its outputs group (the one
 /// of the highest term that claims it), per the nodes' status.
-async fn pipeline_leader(cluster: &mut Cluster) -> Option<u64> {
+async fn pipeline_leader(cluster: &Cluster) -> Option<u64> {
     let mut best: Option<(u64, u64)> = None;
     for id in cluster.ids() {
         let Some(doc) = cluster.status_doc(id).await else {
@@ -125,20 +126,12 @@ async fn pipeline_leader(cluster: &mut Cluster) -> Option<u64> {
     best.map(|(_, id)| id)
 }
 
-async fn await_pipeline_leader(cluster: &mut Cluster, not: Option<u64>) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(id) = pipeline_leader(cluster).await
-            && Some(id) != not
-        {
-            return id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no pipeline leader other than {not:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn await_pipeline_leader(cluster: &Cluster, not: Option<u64>) -> u64 {
+    let what = format!("a pipeline leader other than {not:?}");
+    eventually(Duration::from_secs(30), &what, || async move {
+        pipeline_leader(cluster).await.filter(|&id| Some(id) != not)
+    })
+    .await
 }
 
 /// Publishes `count` triggers (ids `svc-{from}`..), each until
@@ -165,25 +158,24 @@ fn runs_of(recorder: &Arc<Mutex<Recorder>>) -> Vec<Run> {
 
 /// Waits until every execution of `roots` had its `sync` stage run and the
 /// pipeline's leader counts them all completed.
-async fn await_completed(cluster: &mut Cluster, roots: &BTreeSet<u64>) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(leader) = pipeline_leader(cluster).await
-            && let Some(doc) = cluster.status_doc(leader).await
-            && let Some(p) = doc["pipelines"]
-                .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["name"] == PIPELINE))
-            && p["executions"]["completed"].as_u64() == Some(roots.len() as u64)
-            && p["executions"]["active"].as_u64() == Some(0)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the executions did not all complete"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn await_completed(cluster: &Cluster, roots: &BTreeSet<u64>) {
+    let want = roots.len() as u64;
+    eventually(
+        Duration::from_secs(90),
+        "every execution completed on the pipeline's leader",
+        || async move {
+            let doc = cluster.status_doc(pipeline_leader(cluster).await?).await?;
+            let p = doc["pipelines"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == PIPELINE)?
+                .clone();
+            (p["executions"]["completed"].as_u64() == Some(want)
+                && p["executions"]["active"].as_u64() == Some(0))
+            .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,28 +194,28 @@ async fn the_walkthrough_pipeline_completes_each_stage_once_across_leader_kills_
     for round in 0..3 {
         roots.extend(publish(&publisher, published, 15).await);
         published += 15;
-        let leader = await_pipeline_leader(&mut cluster, None).await;
+        let leader = await_pipeline_leader(&cluster, None).await;
         // Kill it while its stages are in flight.
         eventually_runs(&recorder, 5 * (round + 1)).await;
         cluster.node(leader).kill_now();
         leaders.push(leader);
-        await_pipeline_leader(&mut cluster, Some(leader)).await;
+        await_pipeline_leader(&cluster, Some(leader)).await;
         cluster.node(leader).restart();
     }
     // The pipeline's node cut off from the others, then healed.
     roots.extend(publish(&publisher, published, 15).await);
-    let cut = await_pipeline_leader(&mut cluster, None).await;
+    let cut = await_pipeline_leader(&cluster, None).await;
     cluster.isolate(cut);
-    let next = await_pipeline_leader(&mut cluster, Some(cut)).await;
+    let next = await_pipeline_leader(&cluster, Some(cut)).await;
     cluster.rejoin(cut);
     leaders.extend([cut, next]);
-    await_completed(&mut cluster, &roots).await;
+    await_completed(&cluster, &roots).await;
 
     let runs = runs_of(&recorder);
     check_runs(&runs, &roots);
 
     // `hadron cluster status` lists the outputs group with its leader.
-    let leader = await_pipeline_leader(&mut cluster, None).await;
+    let leader = await_pipeline_leader(&cluster, None).await;
     let urls: Vec<String> = cluster
         .ids()
         .into_iter()
@@ -333,7 +325,7 @@ async fn the_walkthrough_update_adds_stages_on_every_node_without_running_a_comp
         }
         yaml
     };
-    let mut cluster = Cluster::start(ClusterOptions {
+    let cluster = Cluster::start(ClusterOptions {
         resources: format!(
             "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: events }}\nspec: {{ partitions: 1, replicas: 3 }}\n---{one_stage}"
         ),
@@ -344,7 +336,7 @@ async fn the_walkthrough_update_adds_stages_on_every_node_without_running_a_comp
     let publisher = cluster.client_of_all();
     let first: BTreeSet<u64> = publish(&publisher, 0, 10).await.into_iter().collect();
     // Every first execution completed (its one stage's output committed).
-    await_completed(&mut cluster, &first).await;
+    await_completed(&cluster, &first).await;
 
     for id in cluster.ids() {
         let lines = cluster
@@ -360,7 +352,7 @@ async fn the_walkthrough_update_adds_stages_on_every_node_without_running_a_comp
     start_handlers(&cluster, &recorder, &STAGES[1..]).await;
     let second: BTreeSet<u64> = publish(&publisher, 10, 10).await.into_iter().collect();
     let roots: BTreeSet<u64> = first.union(&second).copied().collect();
-    await_completed(&mut cluster, &roots).await;
+    await_completed(&cluster, &roots).await;
     let runs = runs_of(&recorder);
     check_runs(&runs, &roots);
     // deploy-service ran once per execution: its outputs from before the
