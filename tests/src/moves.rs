@@ -21,6 +21,39 @@ pub fn move_cli(stream: &str, to: &str, urls: &str) -> crate::CliOutput {
     )
 }
 
+/// A stream of one partition with 3 replicas, as a resources document.
+pub fn one_partition_stream(stream: &str) -> String {
+    format!(
+        "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: {stream} }}\nspec: {{ partitions: 1, replicas: 3 }}\n"
+    )
+}
+
+/// [`publish_until`] running in a task: its acknowledged count, and a stop
+/// that gives id -> offset of every acknowledged event.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    /// Events acknowledged so far.
+    pub count: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<BTreeMap<String, u64>>,
+}
+
+impl Load {
+    /// Starts publishing to `stream` through `client`.
+    pub fn start(client: Client, stream: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(publish_until(client, stream, stop.clone(), count.clone()));
+        Load { stop, count, task }
+    }
+
+    /// Stops publishing; every acknowledged id and its offset.
+    pub async fn stop(self) -> BTreeMap<String, u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the publisher task")
+    }
+}
+
 /// How long a move, or an acknowledgement, may take.
 pub const WAIT: Duration = Duration::from_secs(60);
 

@@ -15,12 +15,12 @@
 //! TLS, and a removed node restarted with its old config has its hellos
 //! refused.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hadron_tests::cluster::{Cluster, ClusterOptions};
-use hadron_tests::moves::{WAIT, await_more_acks, await_moved, check_log, move_cli, publish_until};
+use hadron_tests::moves::{
+    Load, WAIT, await_more_acks, await_moved, check_log, move_cli, one_partition_stream,
+};
 use hadron_tests::run_cli;
 
 const STREAM: &str = "orders";
@@ -35,21 +35,12 @@ fn urls(cluster: &Cluster, ids: &[u64]) -> String {
 async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_is_removed() {
     let mut cluster = Cluster::start(ClusterOptions {
         nodes: 3,
-        resources: format!(
-            "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: {STREAM} }}\nspec: {{ partitions: 1, replicas: 3 }}\n"
-        ),
+        resources: one_partition_stream(STREAM),
         ..ClusterOptions::default()
     });
     let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish_until(
-        cluster.client_of_all(),
-        STREAM,
-        stop.clone(),
-        count.clone(),
-    ));
-    await_more_acks(&count, 50).await;
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    await_more_acks(&load.count, 50).await;
 
     // Before add-node, the founders do not know node 4: a move onto it
     // is refused.
@@ -122,9 +113,8 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
     let out = move_cli(STREAM, &to.join(","), &all);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     await_moved(&cluster, STREAM, &target).await;
-    await_more_acks(&count, 50).await;
-    stop.store(true, Ordering::Relaxed);
-    let acked = publisher.await.unwrap();
+    await_more_acks(&load.count, 50).await;
+    let acked = load.stop().await;
     check_log(&cluster, STREAM, &target, &acked).await;
 
     // A node still placed is refused, naming the partition; the node
@@ -193,22 +183,13 @@ async fn with_tls_an_added_node_replicates_over_tls_and_a_removed_node_is_refuse
     hadron_tests::pki::cluster_pki(pki.path());
     let mut cluster = Cluster::start(ClusterOptions {
         nodes: 3,
-        resources: format!(
-            "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: {STREAM} }}\nspec: {{ partitions: 1, replicas: 3 }}\n"
-        ),
+        resources: one_partition_stream(STREAM),
         tls: Some(pki.path().to_path_buf()),
         ..ClusterOptions::default()
     });
     let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish_until(
-        cluster.client_of_all(),
-        STREAM,
-        stop.clone(),
-        count.clone(),
-    ));
-    await_more_acks(&count, 20).await;
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    await_more_acks(&load.count, 20).await;
 
     let founders = [1, 2, 3];
     let new = cluster.add_node();
@@ -252,9 +233,8 @@ async fn with_tls_an_added_node_replicates_over_tls_and_a_removed_node_is_refuse
     );
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     await_moved(&cluster, STREAM, &target).await;
-    await_more_acks(&count, 20).await;
-    stop.store(true, Ordering::Relaxed);
-    let acked = publisher.await.unwrap();
+    await_more_acks(&load.count, 20).await;
+    let acked = load.stop().await;
     check_log(&cluster, STREAM, &target, &acked).await;
     for id in cluster.ids() {
         let log = cluster.node(id).log();

@@ -8,13 +8,11 @@
 //! then the node moved onto and the node moved away from are SIGKILLed
 //! and restarted: the moved placement holds across restarts.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hadron_tests::cluster::{Cluster, ClusterOptions};
 use hadron_tests::moves::{
-    WAIT, await_more_acks, await_moved, check_log, move_cli, publish_until, voters_of,
+    Load, WAIT, await_more_acks, await_moved, check_log, move_cli, one_partition_stream, voters_of,
 };
 use hadron_tests::{Frame, RawConn, eventually, run_cli};
 use hadron_wire::Message;
@@ -24,9 +22,7 @@ const STREAM: &str = "orders";
 fn options() -> ClusterOptions {
     ClusterOptions {
         nodes: 4,
-        resources: format!(
-            "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: {STREAM} }}\nspec: {{ partitions: 1, replicas: 3 }}\n"
-        ),
+        resources: one_partition_stream(STREAM),
         ..ClusterOptions::default()
     }
 }
@@ -101,15 +97,8 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         .unwrap();
     let from = *placed.iter().find(|&&id| id != leader).unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish_until(
-        cluster.client_of_all(),
-        STREAM,
-        stop.clone(),
-        count.clone(),
-    ));
-    await_more_acks(&count, 50).await;
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    await_more_acks(&load.count, 50).await;
 
     // A move naming too few voters, or an unknown node, is refused.
     let out = move_cli(STREAM, &format!("{leader},{new}"), &urls(&cluster));
@@ -142,7 +131,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         "{said}"
     );
     await_moved(&cluster, STREAM, &target).await;
-    await_more_acks(&count, 50).await;
+    await_more_acks(&load.count, 50).await;
     answers_not_leader(&mut cluster, from).await;
     await_deleted(&mut cluster, from).await;
 
@@ -159,7 +148,7 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
     );
     let now = await_moved(&cluster, STREAM, &second).await;
     assert_ne!(now, leader);
-    await_more_acks(&count, 50).await;
+    await_more_acks(&load.count, 50).await;
     answers_not_leader(&mut cluster, leader).await;
     await_deleted(&mut cluster, leader).await;
 
@@ -171,12 +160,11 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         cluster.node(id).restart();
     }
     await_moved(&cluster, STREAM, &second).await;
-    await_more_acks(&count, 30).await;
+    await_more_acks(&load.count, 30).await;
     answers_not_leader(&mut cluster, leader).await;
     await_deleted(&mut cluster, leader).await;
 
-    stop.store(true, Ordering::Relaxed);
-    let acked = publisher.await.unwrap();
+    let acked = load.stop().await;
     check_log(&cluster, STREAM, &second, &acked).await;
     // The cluster status prints each replica's voters.
     let text = run_cli(
