@@ -10,10 +10,14 @@ use hadron_engine::storage::Storage;
 use super::clock::Clock;
 use super::partition::Partition;
 
-/// The seeds to run: `HADRON_SIM_SEED` alone, or `0..default`.
+/// The seeds to run: `HADRON_SIM_SEED` alone, else `0..HADRON_SIM_SEEDS`
+/// (a longer soak than CI's), else `0..default`.
 pub fn seeds(default: u64) -> Vec<u64> {
-    match std::env::var("HADRON_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("HADRON_SIM_SEED must be a number")],
+    if let Ok(s) = std::env::var("HADRON_SIM_SEED") {
+        return vec![s.parse().expect("HADRON_SIM_SEED must be a number")];
+    }
+    match std::env::var("HADRON_SIM_SEEDS") {
+        Ok(n) => (0..n.parse().expect("HADRON_SIM_SEEDS must be a number")).collect(),
         Err(_) => (0..default).collect(),
     }
 }

@@ -82,6 +82,23 @@ impl Net {
         made
     }
 
+    /// Cuts every link to and from `node` (of `nodes`) until `step`
+    /// `until`: a leader so isolated leads on until check-quorum steps it
+    /// down, while the others may elect another.
+    pub fn isolate(&self, node: u64, nodes: u64, until: u64) {
+        for other in (1..=nodes).filter(|&o| o != node) {
+            self.cut_both(node, other, until);
+        }
+    }
+
+    /// Cuts the links between `a` and `b`, both ways, until step `until`.
+    pub fn cut_both(&self, a: u64, b: u64, until: u64) {
+        for link in [(a, b), (b, a)] {
+            self.cut.borrow_mut().insert(link);
+            self.cuts.borrow_mut().push((link, until));
+        }
+    }
+
     /// Heals every link.
     pub fn heal_all(&self) {
         self.cuts.borrow_mut().clear();

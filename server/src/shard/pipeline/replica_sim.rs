@@ -35,6 +35,19 @@
 //!    record per (root, stage) (a leader replays its whole log before it
 //!    serves, so it never runs a stage its log holds an output of; carried
 //!    copies of checkpoints must equal it).
+//! 4. What check 1 rests on, at every step: while a node holds the
+//!    outputs group's lease, no other node leads in its term or a later
+//!    one, or holds a lease (a deposed leader of an earlier term may not
+//!    know it yet: it holds no lease), and every delivery a round returns was made under
+//!    the lease. The faults make these windows on purpose (an outputs
+//!    leader isolated, or cut from one follower while the other restarts).
+//!    Planted bugs, 100 seeds: a run that hands out stages without the
+//!    lease fails check 4 at seed 0 and check 1 (a stage answered OK
+//!    delivered again) at seed 31 (before these faults, 1,000 seeds missed
+//!    it); a lease three times too long fails check 4 at seed 2. Not
+//!    caught (300 seeds): a node that votes as soon as it starts (no quiet
+//!    time): the follower that could then win is behind the leader's log
+//!    in these runs, whose outputs log is rarely idle for long.
 //!
 //! Replay one seed: `HADRON_SIM_SEED=N cargo test -p hadron-server
 //! pipeline::replica_sim`; `HADRON_SIM_DEBUG=1` narrates the faults.
@@ -132,109 +145,8 @@ fn plan() -> PipelinePlan {
     .expect("the simulation's pipeline is valid")
 }
 
-/// What the simulation exercised, summed over seeds.
-#[derive(Debug, Default, Clone, Copy)]
-struct Coverage {
-    crashes: u64,
-    /// (term, node) pairs in which a node led the outputs group.
-    outputs_leaders: u64,
-    triggers: u64,
-    deliveries: u64,
-    /// Deliveries by a node that no longer led (check 1).
-    acks_ok: u64,
-    acks_not_leader: u64,
-    acks_refused_other: u64,
-    nacks: u64,
-    unanswered: u64,
-    checkpoints: u64,
-    completed: u64,
-    dropped: u64,
-    duplicated: u64,
-    cuts: u64,
-}
-
-impl std::ops::AddAssign for Coverage {
-    fn add_assign(&mut self, o: Coverage) {
-        self.crashes += o.crashes;
-        self.outputs_leaders += o.outputs_leaders;
-        self.triggers += o.triggers;
-        self.deliveries += o.deliveries;
-        self.acks_ok += o.acks_ok;
-        self.acks_not_leader += o.acks_not_leader;
-        self.acks_refused_other += o.acks_refused_other;
-        self.nacks += o.nacks;
-        self.unanswered += o.unanswered;
-        self.checkpoints += o.checkpoints;
-        self.completed += o.completed;
-        self.dropped += o.dropped;
-        self.duplicated += o.duplicated;
-        self.cuts += o.cuts;
-    }
-}
-
-/// The model the run is checked against, updated by the tasks as they
-/// see answers and deliveries (one thread: in the order they happen).
-#[derive(Default)]
-struct Model {
-    seed: u64,
-    /// Narrates deliveries and answers (`HADRON_SIM_DEBUG`).
-    debug: bool,
-    /// (root, stage) answered OK, and the term of the node that answered.
-    answered: BTreeMap<(u64, u8), u64>,
-    /// Every output a handler sent, by (root, stage).
-    sent: BTreeMap<(u64, u8), BTreeSet<Vec<u8>>>,
-    /// The output every delivery got as input for (root, dependency).
-    inputs: BTreeMap<(u64, u8), Vec<u8>>,
-    dependencies: Vec<Vec<u8>>,
-    coverage: Coverage,
-    trace: u64,
-}
-
-impl Model {
-    /// Checks 1 and 2 for deliveries that node `node` made while its
-    /// outputs replica was (`leading`, `term`).
-    fn delivered(&mut self, node: u64, leading: bool, term: u64, out: &[StageOutgoing]) {
-        let seed = self.seed;
-        for d in out {
-            self.coverage.deliveries += 1;
-            if self.debug {
-                eprintln!(
-                    "[seed {seed}] node {node} (leading: {leading}, term {term}) delivers {} of root {} as {} attempt {}",
-                    d.stage, d.root, d.delivery_id, d.attempt
-                );
-            }
-            self.trace = fold_trace(self.trace, d.root << 8 | u64::from(d.stage) ^ node << 40);
-            if let Some(&at) = self.answered.get(&(d.root, d.stage)) {
-                panic!(
-                    "seed {seed}: node {node} (leading: {leading}, term {term}) delivers stage {} of root {} again, answered OK in term {at}",
-                    d.stage, d.root
-                );
-            }
-            let deps: Vec<u8> = d.inputs.iter().map(|i| i.0).collect();
-            assert_eq!(
-                deps, self.dependencies[d.stage as usize],
-                "seed {seed}: stage {} of root {} gets the inputs of other stages",
-                d.stage, d.root
-            );
-            for (dep, event) in &d.inputs {
-                let key = (d.root, *dep);
-                assert!(
-                    self.sent.get(&key).is_some_and(|s| s.contains(&**event)),
-                    "seed {seed}: stage {} of root {} gets an input for stage {dep} no handler sent",
-                    d.stage,
-                    d.root
-                );
-                let first = self.inputs.entry(key).or_insert_with(|| event.to_vec());
-                assert!(
-                    *first == **event,
-                    "seed {seed}: node {node} gives stage {} of root {} another output of stage {dep} than an earlier delivery",
-                    d.stage,
-                    d.root
-                );
-            }
-        }
-    }
-}
+mod model;
+use model::{Coverage, Model};
 
 /// A delivery a handler holds: answered at `due` unless its node went down.
 struct Held {
@@ -290,6 +202,9 @@ struct Sim {
     ids: Rc<Cell<u64>>,
     crash_ppm: u32,
     cut_ppm: u32,
+    isolate_ppm: u32,
+    /// A node to crash and restart at once at a step (`cut_off_leader`).
+    bounce: Option<(u64, u64)>,
     terms_led: BTreeSet<(u64, u64)>,
     /// Handlers answer every delivery at once (the final healing).
     healing: bool,
@@ -337,6 +252,8 @@ impl Sim {
             debug: std::env::var("HADRON_SIM_DEBUG").is_ok(),
             crash_ppm: 1_000 + rng.below(4_000) as u32,
             cut_ppm: rng.below(4_000) as u32,
+            isolate_ppm: rng.below(3_000) as u32,
+            bounce: None,
             rng,
             clock,
             pool,
@@ -510,6 +427,57 @@ impl Sim {
             self.coverage.cuts += 1;
             self.say(|| format!("link {from}->{to} cut until step {until}"));
         }
+        if self.rng.chance_ppm(self.isolate_ppm)
+            && let Some(leader) = self.outputs_leader()
+        {
+            self.cut_off_leader(leader, step);
+        }
+        if let Some((id, at)) = self.bounce
+            && at <= step
+        {
+            self.bounce = None;
+            if self.node(id).run.is_some() {
+                self.crash(id, step);
+                self.nodes[id as usize - 1].back_at = Some(step + 1 + self.rng.below(10));
+                self.say(|| format!("node {id} bounced"));
+            }
+        }
+    }
+
+    /// The windows check 4 watches: the outputs leader cut off from
+    /// everyone for one to four election timeouts; or cut off from one
+    /// follower, which campaigns after its election timeout, while the
+    /// other (which keeps the leader's lease up) restarts then at once: it
+    /// forgot hearing the leader, and only its start's quiet time keeps it
+    /// from electing the first while the lease runs.
+    fn cut_off_leader(&mut self, leader: u64, step: u64) {
+        let until = step + 50 + self.rng.below(150);
+        self.coverage.isolations += 1;
+        if self.rng.below(2) == 0 || self.down() > 0 || self.bounce.is_some() {
+            self.net.isolate(leader, NODES, until);
+            self.say(|| format!("node {leader} isolated until step {until}"));
+            return;
+        }
+        let cut = 1 + (leader + self.rng.below(NODES - 1)) % NODES;
+        let bounced = (1..=NODES)
+            .find(|&id| id != leader && id != cut)
+            .unwrap_or(cut);
+        self.net.cut_both(leader, cut, until);
+        let at = step + 50 + self.rng.below(50);
+        self.bounce = Some((bounced, at));
+        self.say(|| format!("node {leader} cut from {cut} until step {until}; node {bounced} bounces at step {at}"));
+    }
+
+    /// The node that takes itself for the outputs group's leader in the
+    /// newest term.
+    fn outputs_leader(&self) -> Option<u64> {
+        (1..=NODES)
+            .filter_map(|id| {
+                let r = self.node(id).run.as_ref()?.replica()?;
+                r.is_leader().then(|| (r.status().term, id))
+            })
+            .max()
+            .map(|(_, id)| id)
     }
 
     /// Delivers the messages due to the nodes that are up, each to the
@@ -569,9 +537,14 @@ impl Sim {
                 if out.is_empty() {
                     return;
                 }
-                let (leading, term) = run
-                    .replica()
-                    .map_or((false, 0), |r| (r.is_leader(), r.status().term));
+                let (leading, term, leased) = run.replica().map_or((false, 0, false), |r| {
+                    (r.is_leader(), r.status().term, r.has_lease())
+                });
+                assert!(
+                    leased,
+                    "seed {}: node {id} (leading: {leading}, term {term}) hands out stages without the outputs lease",
+                    model.borrow().seed
+                );
                 model.borrow_mut().delivered(id, leading, term, &out);
                 let mut outbox = outbox.borrow_mut();
                 outbox.extend(out.into_iter().map(|d| (id, run.clone(), d)));
@@ -728,14 +701,34 @@ impl Sim {
         self.publisher.attempt = Some((answer, self.clock.now() + CLIENT_TIMEOUT));
     }
 
+    /// Counts the terms led, and checks 4 of the module header: a node
+    /// holding the outputs group's lease is its only leader.
     fn note_leaders(&mut self) {
+        let mut leaders = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(r) = n.run.as_ref().and_then(|r| r.replica())
                 && r.is_leader()
-                && self.terms_led.insert((r.status().term, i as u64 + 1))
             {
-                self.coverage.outputs_leaders += 1;
+                let term = r.status().term;
+                leaders.push((i as u64 + 1, term, r.has_lease()));
+                if self.terms_led.insert((term, i as u64 + 1)) {
+                    self.coverage.outputs_leaders += 1;
+                }
             }
+        }
+        let newest = leaders.iter().map(|l| l.1).max().unwrap_or(0);
+        if leaders.iter().any(|l| l.1 < newest) {
+            self.coverage.stale_leader_steps += 1;
+        }
+        for &(node, term, leased) in &leaders {
+            // Another node may still take itself for the leader of an
+            // earlier term (unleased); none of a later one.
+            let rival = leaders.iter().any(|l| l.0 != node && (l.1 >= term || l.2));
+            assert!(
+                !leased || !rival,
+                "seed {}: node {node} holds the outputs lease in term {term} while {leaders:?} (node, term, leased) lead",
+                self.seed
+            );
         }
     }
 
