@@ -118,9 +118,9 @@ fn summary(nodes: &[NodeStatus]) -> Value {
 }
 
 /// `hadron cluster move STREAM PARTITION --to 1,2,4`: sends the move to
-/// every node listed (each on its own) and prints each one's answer;
-/// fails when any node refused it or did not answer (send it again: a
-/// move is idempotent).
+/// the first node listed that answers, which the client follows to the
+/// metadata group's leader (`Client::move_partition`); prints the
+/// leader's answer (what it did).
 pub async fn move_partition(
     urls: &str,
     stream: &str,
@@ -135,89 +135,37 @@ pub async fn move_partition(
                 .map_err(|e| format!("--to {to:?}: node id {v:?}: {e}"))
         })
         .collect::<Result<Vec<u64>, String>>()?;
-    let list = node_urls(urls)?;
-    let voters = &voters;
-    let answers = futures::future::join_all(list.iter().map(|url| async move {
-        let client = super::connect(url)?;
-        client
-            .move_partition(stream, partition, voters)
-            .await
-            .map_err(|e| e.to_string())
-    }))
-    .await;
-    let mut failed = 0;
-    for (url, answer) in list.iter().zip(answers) {
-        match answer {
-            Ok(lines) => lines.iter().for_each(|l| println!("{url}: {l}")),
-            Err(e) => {
-                failed += 1;
-                println!("{url}: FAILED: {e}");
-            }
-        }
-    }
-    if failed > 0 {
-        return Err(format!(
-            "{failed} of {} node(s) did not take the move; send it again",
-            list.len()
-        ));
-    }
+    let client = super::connect(&node_urls(urls)?.join(","))?;
+    let lines = client
+        .move_partition(stream, partition, &voters)
+        .await
+        .map_err(|e| e.to_string())?;
+    lines.iter().for_each(|l| println!("{l}"));
     Ok(())
 }
 
-/// `hadron cluster add-node --id N --address A --peer-address P`: sends
-/// it to every node listed; fails when any refused it or did not answer
-/// (send it again: adding a node is idempotent).
+/// `hadron cluster add-node --id N --address A --peer-address P`: sent
+/// like a move (to the metadata group's leader, by any node listed).
 pub async fn add_node(
     urls: &str,
     id: u64,
     address: &str,
     peer_address: &str,
 ) -> Result<(), String> {
-    let list = node_urls(urls)?;
-    let answers = futures::future::join_all(list.iter().map(|url| async move {
-        let client = super::connect(url)?;
-        client
-            .add_node(id, address, peer_address)
-            .await
-            .map_err(|e| e.to_string())
-    }))
-    .await;
-    report(&list, answers, "add")
+    let client = super::connect(&node_urls(urls)?.join(","))?;
+    let lines = client
+        .add_node(id, address, peer_address)
+        .await
+        .map_err(|e| e.to_string())?;
+    lines.iter().for_each(|l| println!("{l}"));
+    Ok(())
 }
 
-/// `hadron cluster remove-node N`: sends it to every node listed.
+/// `hadron cluster remove-node N`: sent like a move.
 pub async fn remove_node(urls: &str, id: u64) -> Result<(), String> {
-    let list = node_urls(urls)?;
-    let answers = futures::future::join_all(list.iter().map(|url| async move {
-        let client = super::connect(url)?;
-        client.remove_node(id).await.map_err(|e| e.to_string())
-    }))
-    .await;
-    report(&list, answers, "removal")
-}
-
-/// Prints each node's answer; an error when any failed.
-fn report(
-    list: &[&str],
-    answers: Vec<Result<Vec<String>, String>>,
-    what: &str,
-) -> Result<(), String> {
-    let mut failed = 0;
-    for (url, answer) in list.iter().zip(answers) {
-        match answer {
-            Ok(lines) => lines.iter().for_each(|l| println!("{url}: {l}")),
-            Err(e) => {
-                failed += 1;
-                println!("{url}: FAILED: {e}");
-            }
-        }
-    }
-    if failed > 0 {
-        return Err(format!(
-            "{failed} of {} node(s) did not take the {what}",
-            list.len()
-        ));
-    }
+    let client = super::connect(&node_urls(urls)?.join(","))?;
+    let lines = client.remove_node(id).await.map_err(|e| e.to_string())?;
+    lines.iter().for_each(|l| println!("{l}"));
     Ok(())
 }
 
