@@ -126,20 +126,26 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             applied,
         ));
         *self.meta.borrow_mut() = Some(meta.clone());
-        self.say_meta_target();
+        self.say_meta_target(None);
         tracing::info!(applied, "metadata group open");
         self.runtime.spawn(meta.drive());
         Ok(())
     }
 
-    /// Tells the metadata group its voters: the registry's nodes now.
-    fn say_meta_target(&self) {
+    /// Tells the metadata group its voters: the registry's nodes now,
+    /// less `removed` (this node, removed: its own registry keeps it).
+    fn say_meta_target(&self, removed: Option<u64>) {
         let (Some(meta), Some(cluster)) =
             (self.meta_group(), self.settings.config.cluster.as_ref())
         else {
             return;
         };
-        let mut nodes: Vec<u64> = cluster.current_peers().iter().map(|p| p.id).collect();
+        let mut nodes: Vec<u64> = cluster
+            .current_peers()
+            .iter()
+            .map(|p| p.id)
+            .filter(|&id| Some(id) != removed)
+            .collect();
         if nodes.len() > PLACEMENT_VOTERS_MAX {
             tracing::warn!(
                 "{} nodes: the metadata group's voters are the first {PLACEMENT_VOTERS_MAX}",
@@ -222,12 +228,12 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             } => self.move_inner(stream, partition, voters).await,
             Command::NodeAdd(peer) => {
                 let reply = self.change_nodes_now(NodeChange::Add(peer));
-                self.say_meta_target();
+                self.say_meta_target(None);
                 reply
             }
             Command::NodeRemove(id) => {
                 let reply = self.change_nodes_now(NodeChange::Remove(id));
-                self.say_meta_target();
+                self.say_meta_target(Some(id));
                 reply
             }
         }
