@@ -57,6 +57,8 @@ use super::partition::replica::{Replica, ReplicaDuty, encode_batch};
 
 pub mod command;
 mod shard;
+#[cfg(test)]
+mod sim;
 
 pub use command::Command;
 pub(crate) use shard::ShardMeta;
@@ -126,11 +128,6 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
     /// The last entry applied here.
     pub fn applied(&self) -> u64 {
         self.applied.get()
-    }
-
-    /// The state the commands change.
-    pub fn state(&self) -> &M {
-        &self.state
     }
 
     /// Whether this node may take a change now: it leads, committed an
