@@ -87,6 +87,18 @@ async fn an_apply_sent_to_a_follower_reaches_every_node_and_a_node_down_gets_it_
     })
     .await;
     assert!(applied >= 2, "an empty entry and the apply: {applied}");
+    // `hadron cluster status` lists the group like the others.
+    let status = cluster.cluster_status_json();
+    let meta = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["stream"] == "cluster/meta")
+        .unwrap_or_else(|| panic!("no cluster/meta row: {status}"));
+    assert_eq!(meta["leader"], leader);
+    let rows = meta["replicas"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{meta}");
+    assert!(rows.iter().all(|r| r["meta_applied"] == applied), "{meta}");
 
     // A node down misses a change; restarted, it applies it from the log.
     let down = cluster

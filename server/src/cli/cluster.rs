@@ -3,8 +3,9 @@
 //! nodes, then per Raft group its leader and term and each replica's Raft
 //! state and lag behind the leader (in log entries): every replicated
 //! partition (`STREAM/P`), its consumer groups' offsets
-//! (`offsets/STREAM/P`) and each pipeline's outputs on it
-//! (`pipelines/NAME/P`).
+//! (`offsets/STREAM/P`), each pipeline's outputs on it
+//! (`pipelines/NAME/P`) and the metadata group (`cluster/meta/0`, with
+//! the index each node applied).
 //!
 //! The lag is the leader's last index minus the replica's, from status
 //! documents taken one after the other, so it is approximate under load;
@@ -66,6 +67,15 @@ fn replicas(nodes: &[NodeStatus]) -> Replicas {
                 add(format!("pipelines/{name}"), p, &p["replication"], id);
             }
         }
+        // The metadata group, with the index this node applied.
+        let meta = &doc["meta"];
+        if meta.is_object() {
+            let mut r = meta["replication"].clone();
+            if let Some(o) = r.as_object_mut() {
+                o.insert("meta_applied".into(), meta["applied"].clone());
+            }
+            add("cluster/meta".into(), &json!({"partition": 0}), &r, id);
+        }
     }
     out
 }
@@ -102,6 +112,7 @@ fn summary(nodes: &[NodeStatus]) -> Value {
                         "lag": leader_last.map(|l| l.saturating_sub(last)),
                         "stopped": r["stopped"],
                         "voters": r["voters"],
+                        "meta_applied": r["meta_applied"],
                     })
                 })
                 .collect();
@@ -226,8 +237,12 @@ pub async fn status(urls: &str, as_json: bool) -> Result<(), String> {
                 .flatten()
                 .map(Value::to_string)
                 .collect();
+            let applied = r["meta_applied"]
+                .as_u64()
+                .map(|a| format!("  applied {a}"))
+                .unwrap_or_default();
             println!(
-                "  node {:<3} {:<8} commit {:<8} last index {:<8} high watermark {:<8} {lag}  voters {}{}",
+                "  node {:<3} {:<8} commit {:<8} last index {:<8} high watermark {:<8} {lag}  voters {}{applied}{}",
                 r["node_id"],
                 r["role"].as_str().unwrap_or("?"),
                 r["commit"],
@@ -266,6 +281,25 @@ mod tests {
                 ]}]
             })),
         }
+    }
+
+    #[test]
+    fn the_summary_lists_the_metadata_group_with_each_nodes_applied_index() {
+        let meta = |id: u64, leader: bool, applied: u64| NodeStatus {
+            url: format!("127.0.0.1:70{id}0"),
+            doc: Ok(json!({
+                "node_id": id,
+                "meta": {"group": "cluster/meta", "applied": applied, "replication": {
+                    "is_leader": leader, "term": 2, "commit": 9, "last_index": 9,
+                    "voters": [1, 2], "stopped": null
+                }}
+            })),
+        };
+        let doc = summary(&[meta(1, true, 9), meta(2, false, 7)]);
+        let p = &doc["partitions"][0];
+        assert_eq!(p["stream"], "cluster/meta");
+        assert_eq!(p["leader"], 1);
+        assert_eq!(p["replicas"][1]["meta_applied"], 7);
     }
 
     #[test]
