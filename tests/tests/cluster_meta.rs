@@ -26,9 +26,9 @@ fn urls(cluster: &Cluster, ids: &[u64]) -> String {
 
 /// `hadron apply -f FILE --url URLS` of `yaml`: its output.
 fn apply_cli(cluster: &Cluster, yaml: &str, urls: &str) -> hadron_tests::CliOutput {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary directory: {e}"));
     let file = dir.path().join("resources.yaml");
-    std::fs::write(&file, yaml).unwrap();
+    std::fs::write(&file, yaml).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     cluster.cli(
         &["apply", "-f", &file.display().to_string(), "--url", urls],
         CLI,
@@ -127,8 +127,7 @@ async fn an_apply_sent_to_a_follower_reaches_every_node_and_a_node_down_gets_it_
     let log = cluster.node(down).log();
     let opened = log
         .lines()
-        .filter(|l| l.contains("metadata group open"))
-        .last()
+        .rfind(|l| l.contains("metadata group open"))
         .unwrap_or_default();
     assert!(
         opened.contains(&format!("applied={before}")),

@@ -267,7 +267,12 @@ impl Sim {
                 }
                 None => return,
                 Some(Ok(lines)) => {
-                    assert_eq!(lines, [id.clone()], "seed {}: {id}'s answer", self.seed);
+                    assert_eq!(
+                        lines,
+                        std::slice::from_ref(&id),
+                        "seed {}: {id}'s answer",
+                        self.seed
+                    );
                     self.coverage.acked += 1;
                     self.trace = fold_trace(self.trace, self.next_command);
                     self.acked.insert(id);
