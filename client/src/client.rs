@@ -363,7 +363,7 @@ impl Client {
     /// unfinished executions still need.
     pub async fn apply_with(&self, yaml: &str, force: bool) -> Result<Vec<String>, Error> {
         let message = Message::Apply(hadron_wire::Apply { yaml, force });
-        match self.main().await?.request("apply", &message).await? {
+        match self.admin_request("apply", &message).await? {
             Reply::ApplyOk(summary) => {
                 self.forget_partitions();
                 Ok(summary)

@@ -299,7 +299,8 @@ enum ClusterCommand {
         url: String,
     },
     /// Move a replicated partition's replicas to other nodes (needs
-    /// admin): sent to every node listed, which must be every node.
+    /// admin): sent to the metadata group's leader, found from any node
+    /// listed.
     Move {
         stream: String,
         partition: u32,
@@ -307,12 +308,13 @@ enum ClusterCommand {
         /// preferred leader): as many as the stream's replicas.
         #[arg(long)]
         to: String,
-        /// Every node of the cluster, separated by commas.
+        /// Nodes of the cluster, separated by commas (any that answer).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
     /// Add a node to the running cluster (needs admin): start it first
-    /// with `cluster.founders`; sent to every node listed.
+    /// with `cluster.founders`; sent to the metadata group's leader,
+    /// found from any node listed.
     AddNode {
         /// The new node's id.
         #[arg(long)]
@@ -323,15 +325,15 @@ enum ClusterCommand {
         /// Where its shard 0 takes peer connections, host:port.
         #[arg(long)]
         peer_address: String,
-        /// Every node of the cluster, separated by commas.
+        /// Nodes of the cluster, separated by commas (any that answer).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
     /// Remove a node no partition is placed on (needs admin); sent to
-    /// every node listed.
+    /// the metadata group's leader, found from any node listed.
     RemoveNode {
         id: u64,
-        /// Every node of the cluster, separated by commas.
+        /// Nodes of the cluster, separated by commas (any that answer).
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },

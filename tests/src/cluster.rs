@@ -350,6 +350,30 @@ impl Cluster {
             .map(|p| p["replication"].clone())
     }
 
+    /// Node `id`'s metadata group (its status document's `meta`:
+    /// `replication` and `applied`), when the node runs and answers.
+    pub async fn meta_status(&self, id: u64) -> Option<serde_json::Value> {
+        let doc = self.status_doc(id).await?;
+        Some(doc["meta"].clone()).filter(serde_json::Value::is_object)
+    }
+
+    /// The node leading the metadata group, as the running nodes' status
+    /// says (the leader of the highest term that claims it).
+    pub async fn meta_leader(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for id in self.ids() {
+            let Some(meta) = self.meta_status(id).await else {
+                continue;
+            };
+            let r = &meta["replication"];
+            let term = r["term"].as_u64().unwrap_or(0);
+            if r["is_leader"] == true && best.is_none_or(|(t, _)| term > t) {
+                best = Some((term, id));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
     /// Cuts every link to and from node `id` (needs `proxies`).
     pub fn isolate(&self, id: u64) {
         self.each_link_of(id, FaultProxy::cut);

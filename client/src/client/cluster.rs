@@ -1,15 +1,88 @@
 //! Cluster administration: moving a replicated partition's replicas,
-//! adding and removing nodes.
+//! adding and removing nodes; and how every admin change (these, apply,
+//! tokens) reaches a cluster's metadata group leader.
+//!
+//! A node of a cluster of several nodes takes an admin change only when
+//! it leads the metadata group (`cluster/meta`); another answers
+//! `NotLeader`, naming the leader when it knows it. [`Client::admin_request`]
+//! sends the change by the main connection (the first bootstrap node that
+//! answers), follows a named leader at once, and without one (an
+//! election) backs off and asks the next bootstrap node; a node that
+//! cannot be reached is skipped the same way. Nothing was done by a
+//! `NotLeader` or a refused connection, so resending is safe. It gives up
+//! after [`ADMIN_LEADER_WAIT`] with the last error. A single server never
+//! answers `NotLeader`: one attempt.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hadron_wire::Message;
 
 use super::{Client, unexpected};
 use crate::Error;
 use crate::conn::Reply;
 
+/// The metadata group, as its `NotLeader` answers name it.
+const META_GROUP: &str = "cluster/meta";
+/// How long an admin change looks for the metadata group's leader
+/// (elections, nodes down) before it fails with the last error: longer
+/// than a few elections (about 0.5 to 2 s each).
+pub const ADMIN_LEADER_WAIT: Duration = Duration::from_secs(30);
+
 impl Client {
-    /// Asks the node this client talks to to move `stream`'s `partition`
-    /// to the replica set `voters` (needs `admin`). Until the metadata
-    /// group exists, send it to every node of the cluster; the answer says
-    /// what this node did.
+    /// Sends an admin change where the metadata group's leader is, as
+    /// the module header says.
+    pub(crate) async fn admin_request(
+        &self,
+        what: &'static str,
+        message: &Message<'_>,
+    ) -> Result<Reply, Error> {
+        let deadline = tokio::time::Instant::now() + ADMIN_LEADER_WAIT;
+        let mut failures = 0;
+        loop {
+            let conn = if self.leader_of(META_GROUP, 0).is_some() {
+                self.conn_for(META_GROUP, 0).await
+            } else {
+                self.main().await
+            };
+            let e = match conn {
+                Ok(conn) => match conn.request(what, message).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(e);
+            }
+            failures += 1;
+            let pause = self.inner.options.backoff(failures).min(deadline - now);
+            match &e {
+                Error::NotLeader {
+                    leader: Some(l), ..
+                } => {
+                    tracing::debug!(what, leader = l.node_id, "following the metadata leader");
+                    self.note_leader(META_GROUP, 0, Some(l));
+                }
+                Error::NotLeader { leader: None, .. } | Error::Connect { .. } => {
+                    tracing::debug!(what, error = %e, ?pause, "no metadata leader here; trying the next node");
+                    self.note_leader(META_GROUP, 0, None);
+                    let next = self.inner.main_index.load(Ordering::Relaxed) + 1;
+                    self.inner
+                        .main_index
+                        .store(next % self.inner.bootstrap.len(), Ordering::Relaxed);
+                    tokio::time::sleep(pause).await;
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Asks the cluster to move `stream`'s `partition` to the replica set
+    /// `voters` (needs `admin`): the metadata group's leader takes it
+    /// (followed from any node, see the module header); the answer says
+    /// what the leader did.
     pub async fn move_partition(
         &self,
         stream: &str,
@@ -21,12 +94,7 @@ impl Client {
             partition,
             voters: voters.to_vec(),
         });
-        match self
-            .main()
-            .await?
-            .request("partition move", &message)
-            .await?
-        {
+        match self.admin_request("partition move", &message).await? {
             Reply::ApplyOk(summary) => Ok(summary),
             other => Err(unexpected("ApplyOk", &other)),
         }
@@ -34,9 +102,9 @@ impl Client {
 }
 
 impl Client {
-    /// Asks the node this client talks to to add node `id` to the
-    /// running cluster, at client address `address` and peer address
-    /// `peer_address` (needs `admin`); send it to every node. Adding a
+    /// Asks the cluster to add node `id`, at client address `address`
+    /// and peer address `peer_address` (needs `admin`; the metadata
+    /// group's leader takes it, see the module header). Adding a
     /// node already known with the same addresses changes nothing.
     pub async fn add_node(
         &self,
@@ -52,9 +120,9 @@ impl Client {
         self.node_change("node add", &message).await
     }
 
-    /// Asks the node this client talks to to remove node `id` from the
-    /// cluster (needs `admin`); refused while a partition is placed on
-    /// it. Send it to every node.
+    /// Asks the cluster to remove node `id` (needs `admin`; the metadata
+    /// group's leader takes it); refused while a partition is placed on
+    /// it.
     pub async fn remove_node(&self, id: u64) -> Result<Vec<String>, Error> {
         let message = hadron_wire::Message::NodeRemove(id);
         self.node_change("node remove", &message).await
@@ -65,7 +133,7 @@ impl Client {
         what: &'static str,
         message: &hadron_wire::Message<'_>,
     ) -> Result<Vec<String>, Error> {
-        match self.main().await?.request(what, message).await? {
+        match self.admin_request(what, message).await? {
             Reply::ApplyOk(summary) => Ok(summary),
             other => Err(unexpected("ApplyOk", &other)),
         }

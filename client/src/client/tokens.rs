@@ -87,7 +87,7 @@ impl Client {
                 subscribe: scope.subscribe.iter().map(String::as_str).collect(),
             },
         });
-        match self.main().await?.request("token create", &message).await? {
+        match self.admin_request("token create", &message).await? {
             Reply::ApplyOk(_) => Ok(secret),
             other => Err(unexpected("ApplyOk", &other)),
         }
@@ -105,7 +105,7 @@ impl Client {
     /// Revokes token `name`: connections using it lose access at once.
     pub async fn revoke_token(&self, name: &str) -> Result<Vec<String>, Error> {
         let message = hadron_wire::Message::TokenRevoke(hadron_wire::TokenRevoke { name });
-        match self.main().await?.request("token revoke", &message).await? {
+        match self.admin_request("token revoke", &message).await? {
             Reply::ApplyOk(summary) => Ok(summary),
             other => Err(unexpected("ApplyOk", &other)),
         }

@@ -3,8 +3,9 @@
 //! nodes, then per Raft group its leader and term and each replica's Raft
 //! state and lag behind the leader (in log entries): every replicated
 //! partition (`STREAM/P`), its consumer groups' offsets
-//! (`offsets/STREAM/P`) and each pipeline's outputs on it
-//! (`pipelines/NAME/P`).
+//! (`offsets/STREAM/P`), each pipeline's outputs on it
+//! (`pipelines/NAME/P`) and the metadata group (`cluster/meta/0`, with
+//! the index each node applied).
 //!
 //! The lag is the leader's last index minus the replica's, from status
 //! documents taken one after the other, so it is approximate under load;
@@ -66,6 +67,15 @@ fn replicas(nodes: &[NodeStatus]) -> Replicas {
                 add(format!("pipelines/{name}"), p, &p["replication"], id);
             }
         }
+        // The metadata group, with the index this node applied.
+        let meta = &doc["meta"];
+        if meta.is_object() {
+            let mut r = meta["replication"].clone();
+            if let Some(o) = r.as_object_mut() {
+                o.insert("meta_applied".into(), meta["applied"].clone());
+            }
+            add("cluster/meta".into(), &json!({"partition": 0}), &r, id);
+        }
     }
     out
 }
@@ -102,6 +112,7 @@ fn summary(nodes: &[NodeStatus]) -> Value {
                         "lag": leader_last.map(|l| l.saturating_sub(last)),
                         "stopped": r["stopped"],
                         "voters": r["voters"],
+                        "meta_applied": r["meta_applied"],
                     })
                 })
                 .collect();
@@ -118,9 +129,9 @@ fn summary(nodes: &[NodeStatus]) -> Value {
 }
 
 /// `hadron cluster move STREAM PARTITION --to 1,2,4`: sends the move to
-/// every node listed (each on its own) and prints each one's answer;
-/// fails when any node refused it or did not answer (send it again: a
-/// move is idempotent).
+/// the first node listed that answers, which the client follows to the
+/// metadata group's leader (`Client::move_partition`); prints the
+/// leader's answer (what it did).
 pub async fn move_partition(
     urls: &str,
     stream: &str,
@@ -135,89 +146,37 @@ pub async fn move_partition(
                 .map_err(|e| format!("--to {to:?}: node id {v:?}: {e}"))
         })
         .collect::<Result<Vec<u64>, String>>()?;
-    let list = node_urls(urls)?;
-    let voters = &voters;
-    let answers = futures::future::join_all(list.iter().map(|url| async move {
-        let client = super::connect(url)?;
-        client
-            .move_partition(stream, partition, voters)
-            .await
-            .map_err(|e| e.to_string())
-    }))
-    .await;
-    let mut failed = 0;
-    for (url, answer) in list.iter().zip(answers) {
-        match answer {
-            Ok(lines) => lines.iter().for_each(|l| println!("{url}: {l}")),
-            Err(e) => {
-                failed += 1;
-                println!("{url}: FAILED: {e}");
-            }
-        }
-    }
-    if failed > 0 {
-        return Err(format!(
-            "{failed} of {} node(s) did not take the move; send it again",
-            list.len()
-        ));
-    }
+    let client = super::connect(&node_urls(urls)?.join(","))?;
+    let lines = client
+        .move_partition(stream, partition, &voters)
+        .await
+        .map_err(|e| e.to_string())?;
+    lines.iter().for_each(|l| println!("{l}"));
     Ok(())
 }
 
-/// `hadron cluster add-node --id N --address A --peer-address P`: sends
-/// it to every node listed; fails when any refused it or did not answer
-/// (send it again: adding a node is idempotent).
+/// `hadron cluster add-node --id N --address A --peer-address P`: sent
+/// like a move (to the metadata group's leader, by any node listed).
 pub async fn add_node(
     urls: &str,
     id: u64,
     address: &str,
     peer_address: &str,
 ) -> Result<(), String> {
-    let list = node_urls(urls)?;
-    let answers = futures::future::join_all(list.iter().map(|url| async move {
-        let client = super::connect(url)?;
-        client
-            .add_node(id, address, peer_address)
-            .await
-            .map_err(|e| e.to_string())
-    }))
-    .await;
-    report(&list, answers, "add")
+    let client = super::connect(&node_urls(urls)?.join(","))?;
+    let lines = client
+        .add_node(id, address, peer_address)
+        .await
+        .map_err(|e| e.to_string())?;
+    lines.iter().for_each(|l| println!("{l}"));
+    Ok(())
 }
 
-/// `hadron cluster remove-node N`: sends it to every node listed.
+/// `hadron cluster remove-node N`: sent like a move.
 pub async fn remove_node(urls: &str, id: u64) -> Result<(), String> {
-    let list = node_urls(urls)?;
-    let answers = futures::future::join_all(list.iter().map(|url| async move {
-        let client = super::connect(url)?;
-        client.remove_node(id).await.map_err(|e| e.to_string())
-    }))
-    .await;
-    report(&list, answers, "removal")
-}
-
-/// Prints each node's answer; an error when any failed.
-fn report(
-    list: &[&str],
-    answers: Vec<Result<Vec<String>, String>>,
-    what: &str,
-) -> Result<(), String> {
-    let mut failed = 0;
-    for (url, answer) in list.iter().zip(answers) {
-        match answer {
-            Ok(lines) => lines.iter().for_each(|l| println!("{url}: {l}")),
-            Err(e) => {
-                failed += 1;
-                println!("{url}: FAILED: {e}");
-            }
-        }
-    }
-    if failed > 0 {
-        return Err(format!(
-            "{failed} of {} node(s) did not take the {what}",
-            list.len()
-        ));
-    }
+    let client = super::connect(&node_urls(urls)?.join(","))?;
+    let lines = client.remove_node(id).await.map_err(|e| e.to_string())?;
+    lines.iter().for_each(|l| println!("{l}"));
     Ok(())
 }
 
@@ -278,8 +237,12 @@ pub async fn status(urls: &str, as_json: bool) -> Result<(), String> {
                 .flatten()
                 .map(Value::to_string)
                 .collect();
+            let applied = r["meta_applied"]
+                .as_u64()
+                .map(|a| format!("  applied {a}"))
+                .unwrap_or_default();
             println!(
-                "  node {:<3} {:<8} commit {:<8} last index {:<8} high watermark {:<8} {lag}  voters {}{}",
+                "  node {:<3} {:<8} commit {:<8} last index {:<8} high watermark {:<8} {lag}  voters {}{applied}{}",
                 r["node_id"],
                 r["role"].as_str().unwrap_or("?"),
                 r["commit"],
@@ -318,6 +281,25 @@ mod tests {
                 ]}]
             })),
         }
+    }
+
+    #[test]
+    fn the_summary_lists_the_metadata_group_with_each_nodes_applied_index() {
+        let meta = |id: u64, leader: bool, applied: u64| NodeStatus {
+            url: format!("127.0.0.1:70{id}0"),
+            doc: Ok(json!({
+                "node_id": id,
+                "meta": {"group": "cluster/meta", "applied": applied, "replication": {
+                    "is_leader": leader, "term": 2, "commit": 9, "last_index": 9,
+                    "voters": [1, 2], "stopped": null
+                }}
+            })),
+        };
+        let doc = summary(&[meta(1, true, 9), meta(2, false, 7)]);
+        let p = &doc["partitions"][0];
+        assert_eq!(p["stream"], "cluster/meta");
+        assert_eq!(p["leader"], 1);
+        assert_eq!(p["replicas"][1]["meta_applied"], 7);
     }
 
     #[test]

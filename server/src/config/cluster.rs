@@ -436,7 +436,7 @@ pub fn check_members(
 
 /// Writes [`MEMBERS_FILE`] durably (a temporary file, fsync, rename, fsync
 /// of the directory).
-pub(super) fn write_members(path: &std::path::Path, text: &str) -> Result<(), String> {
+pub(crate) fn write_members(path: &std::path::Path, text: &str) -> Result<(), String> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
     let io = |e: std::io::Error| format!("writing {}: {e}", path.display());

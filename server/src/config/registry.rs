@@ -115,34 +115,8 @@ impl Registry {
         peer: PeerSpec,
     ) -> Result<Added, String> {
         let mut state = self.lock();
-        if let Some(had) = state.peers.get(&peer.id) {
-            let same = had.address.eq_ignore_ascii_case(&peer.address)
-                && had.peer_address().ok() == peer.peer_address().ok();
-            return if same {
-                Ok(Added::Known)
-            } else {
-                Err(format!(
-                    "node {} is already a node of this cluster, at {} (peer address {}): remove it first to give it other addresses",
-                    peer.id,
-                    had.address,
-                    had.peer_address().unwrap_or_default()
-                ))
-            };
-        }
-        if let Some(other) = state
-            .peers
-            .values()
-            .find(|p| p.address.eq_ignore_ascii_case(&peer.address))
-        {
-            return Err(format!(
-                "address {} is node {}'s already",
-                peer.address, other.id
-            ));
-        }
-        if state.peers.len() >= CLUSTER_NODES_MAX {
-            return Err(format!(
-                "the cluster has {CLUSTER_NODES_MAX} nodes, the most it may have"
-            ));
+        if check_add(&state, &peer)? == Added::Known {
+            return Ok(Added::Known);
         }
         let mut next = state.clone();
         next.removed.retain(|&id| id != peer.id);
@@ -151,6 +125,12 @@ impl Registry {
         super::cluster::write_members(&data_dir.join(PEERS_FILE), &render(&next))?;
         *state = next;
         Ok(Added::New)
+    }
+
+    /// What [`Registry::add`] would do with `peer`, changing nothing:
+    /// the metadata group's leader checks a change before proposing it.
+    pub fn check_add(&self, peer: &PeerSpec) -> Result<Added, String> {
+        check_add(&self.lock(), peer)
     }
 
     /// Removes node `id` (persisted in `data_dir` first); true when it
@@ -179,6 +159,42 @@ impl Registry {
         // Every change replaces the whole state at once: still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Whether `peer` can be added to `state`: new, known with the same
+/// addresses, or refused (another address for its id, its address
+/// another node's, the cluster full).
+fn check_add(state: &State, peer: &PeerSpec) -> Result<Added, String> {
+    if let Some(had) = state.peers.get(&peer.id) {
+        let same = had.address.eq_ignore_ascii_case(&peer.address)
+            && had.peer_address().ok() == peer.peer_address().ok();
+        return if same {
+            Ok(Added::Known)
+        } else {
+            Err(format!(
+                "node {} is already a node of this cluster, at {} (peer address {}): remove it first to give it other addresses",
+                peer.id,
+                had.address,
+                had.peer_address().unwrap_or_default()
+            ))
+        };
+    }
+    if let Some(other) = state
+        .peers
+        .values()
+        .find(|p| p.address.eq_ignore_ascii_case(&peer.address))
+    {
+        return Err(format!(
+            "address {} is node {}'s already",
+            peer.address, other.id
+        ));
+    }
+    if state.peers.len() >= CLUSTER_NODES_MAX {
+        return Err(format!(
+            "the cluster has {CLUSTER_NODES_MAX} nodes, the most it may have"
+        ));
+    }
+    Ok(Added::New)
 }
 
 impl State {

@@ -408,6 +408,13 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         self.raw.raft.raft_log.committed
     }
 
+    /// Whether the commit is an entry of the current term: a leader then
+    /// knows every entry committed before it was elected (the metadata
+    /// group answers only then).
+    pub fn commit_in_term(&self) -> bool {
+        self.raw.raft.commit_to_current_term()
+    }
+
     pub fn applied(&self) -> u64 {
         self.applied
     }

@@ -191,6 +191,9 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
 
     /// Validates and applies resources (runs on shard 0).
     pub(super) async fn apply(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
+        if self.meta_group().is_some() {
+            return self.meta_change(meta::Command::Apply { yaml, force }).await;
+        }
         if self.applying.get() {
             return Reply::Failed(Error::ApplyInProgress);
         }
@@ -203,21 +206,50 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Creates or revokes a token (runs on shard 0, serialized with
     /// applies): the same checks, persistence and install as an apply.
     pub(super) async fn change_tokens(self: &Rc<Self>, change: TokenChange) -> Reply {
+        if self.meta_group().is_some() {
+            let command = match change {
+                TokenChange::Create(spec) => meta::Command::TokenCreate(spec),
+                TokenChange::Revoke(name) => meta::Command::TokenRevoke(name),
+            };
+            return self.meta_change(command).await;
+        }
         if self.applying.get() {
             return Reply::Failed(Error::ApplyInProgress);
         }
         self.applying.set(true);
+        let reply = match self.plan_tokens(change, false) {
+            Ok((current, next, summary)) => self.commit(current, next, summary, false).await,
+            Err(e) => Reply::Failed(e),
+        };
+        self.applying.set(false);
+        reply
+    }
+
+    /// The topology a token change makes (current, next, summary).
+    /// `replay`: the change was committed by the metadata group, so
+    /// creating a token that exists as specified, or revoking one that is
+    /// gone, is what an application interrupted before its index was
+    /// recorded left: nothing to do.
+    pub(super) fn plan_tokens(
+        &self,
+        change: TokenChange,
+        replay: bool,
+    ) -> Result<(Topology, Topology, Vec<String>), Error> {
         let current = self.topology.borrow().clone();
         let mut next = current.clone();
         let summary = match change {
             TokenChange::Create(spec) => {
-                if let Err(e) = spec.validate() {
-                    self.applying.set(false);
-                    return Reply::Failed(e.into());
-                }
-                if next.tokens.contains_key(&spec.name) {
-                    self.applying.set(false);
-                    return Reply::Failed(Error::TokenExists { token: spec.name });
+                spec.validate()?;
+                match next.tokens.get(&spec.name) {
+                    Some(had) if replay && *had == spec => {
+                        return Ok((
+                            current,
+                            next,
+                            vec![format!("token/{} unchanged", spec.name)],
+                        ));
+                    }
+                    Some(_) => return Err(Error::TokenExists { token: spec.name }),
+                    None => {}
                 }
                 let line = format!("token/{} created", spec.name);
                 next.tokens.insert(spec.name.clone(), spec);
@@ -225,30 +257,38 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             }
             TokenChange::Revoke(name) => {
                 if next.tokens.remove(&name).is_none() {
-                    self.applying.set(false);
-                    return Reply::Failed(Error::UnknownToken { token: name });
+                    if replay {
+                        return Ok((current, next, vec![format!("token/{name} revoked")]));
+                    }
+                    return Err(Error::UnknownToken { token: name });
                 }
                 format!("token/{name} revoked")
             }
         };
-        let reply = self.commit(current, next, vec![summary], false).await;
-        self.applying.set(false);
-        reply
+        Ok((current, next, vec![summary]))
     }
 
     pub(super) async fn apply_inner(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
+        match self.plan_apply(yaml).await {
+            Ok((current, next, summary)) => self.commit(current, next, summary, force).await,
+            Err(e) => Reply::Failed(e),
+        }
+    }
+
+    /// The topology an apply makes (current, next, summary), checked
+    /// resource by resource; nothing changes yet.
+    pub(super) async fn plan_apply(
+        self: &Rc<Self>,
+        yaml: String,
+    ) -> Result<(Topology, Topology, Vec<String>), Error> {
         // The connection refused more than `applyBytesMax`, and the YAML
         // reader bounds nesting and refuses aliases, so parsing is cheap;
         // still, it runs off the shard's thread so that no document can
         // stall the shard's connections and partitions meanwhile.
-        let parsed = self
+        let resources = self
             .runtime
             .blocking(move || config::parse_documents(&yaml))
-            .await;
-        let resources = match parsed {
-            Ok(r) => r,
-            Err(e) => return Reply::Failed(e.into()),
-        };
+            .await?;
         let current = self.topology.borrow().clone();
         let mut next = current.clone();
         let mut summary = Vec::new();
@@ -257,39 +297,44 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .into_iter()
             .partition(|r| matches!(r, Resource::Stream(_)));
         for resource in streams.into_iter().chain(pipelines) {
-            if let Resource::Stream(spec) = &resource
-                && let Err(e) = self.settings.config.check_stream_replicas(spec)
-            {
-                return Reply::Failed(Error::InvalidConfig(e));
+            if let Resource::Stream(spec) = &resource {
+                self.settings
+                    .config
+                    .check_stream_replicas(spec)
+                    .map_err(Error::InvalidConfig)?;
             }
-            match next.put(resource) {
-                Ok(line) => summary.push(line),
-                Err(e) => return Reply::Failed(e),
-            }
+            summary.push(next.put(resource)?);
         }
-        self.commit(current, next, summary, force).await
+        Ok((current, next, summary))
+    }
+
+    /// The checks of `commit`, changing nothing: the resource limits, and
+    /// the stages `next` removes (unless forced).
+    pub(super) async fn check_change(
+        self: &Rc<Self>,
+        current: &Topology,
+        next: &Topology,
+        force: bool,
+    ) -> Result<(), Error> {
+        self.settings
+            .config
+            .check_resource_counts(current.counts(), next.counts())?;
+        self.check_stage_removals(current, next, force).await
     }
 
     /// Checks the limits and the stages `next` removes, persists it and
     /// installs it on every shard; `summary` is the answer's lines so far.
-    async fn commit(
+    pub(super) async fn commit(
         self: &Rc<Self>,
         current: Topology,
         next: Topology,
         mut summary: Vec<String>,
         force: bool,
     ) -> Reply {
-        if let Err(limit) = self
-            .settings
-            .config
-            .check_resource_counts(current.counts(), next.counts())
-        {
-            return Reply::Failed(limit.into());
-        }
-        summary.extend(self.dedup_switches(&current, &next));
-        if let Err(failure) = self.check_stage_removals(&current, &next, force).await {
+        if let Err(failure) = self.check_change(&current, &next, force).await {
             return failure.into();
         }
+        summary.extend(self.dedup_switches(&current, &next));
         if next == current {
             return Reply::Applied(summary);
         }
@@ -431,7 +476,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     }
 
     /// How a replicated partition's group runs here.
-    fn replica_spec(
+    pub(super) fn replica_spec(
         &self,
         stream: &str,
         partition: u32,

@@ -158,6 +158,7 @@ pub(super) async fn shard_main(
         shard.set_peer_links(conn::peer::links(&shard)?);
     }
     shard.install(settings.topology.clone()).await?;
+    shard.open_meta().await?;
     for (peer, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {

@@ -87,6 +87,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             } => self.pipeline_retry(&pipeline, execution).await,
             Request::PipelineBusy { pipeline } => Reply::Count(self.pipeline_busy(&pipeline)),
             Request::Status => Reply::Status(self.status(), self.run_status()),
+            Request::MetaStatus => Reply::Meta(self.meta_status()),
             Request::Apply { yaml, force } => self.apply(yaml, force).await,
             Request::Tokens(change) => self.change_tokens(change).await,
             Request::Nodes(change) => self.change_nodes(change).await,

@@ -39,6 +39,7 @@ pub mod error;
 pub mod group;
 mod handle;
 mod housekeeping;
+pub mod meta;
 pub mod metrics;
 mod moves;
 mod nodes;
@@ -194,6 +195,9 @@ pub struct Shard<S: Storage = DmaStorage, R: Runtime = SystemClock> {
     /// Links to this shard on the other nodes of the cluster (set before
     /// the first install when the cluster has several nodes).
     peer_links: RefCell<Option<Rc<dyn crate::replication::PeerLinks>>>,
+    /// The metadata group (`meta`): on shard 0 of a node of a cluster of
+    /// several nodes.
+    meta: RefCell<Option<Rc<meta::ShardMeta<S, R>>>>,
 }
 
 impl<S: Storage, R: Runtime> std::fmt::Debug for Shard<S, R> {
@@ -236,6 +240,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             applying: Cell::new(false),
             auth: conn::auth::Registry::default(),
             peer_links: RefCell::new(None),
+            meta: RefCell::new(None),
         }
     }
 
@@ -243,7 +248,9 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// when the partition is not replicated on this shard (yet).
     pub fn on_peer_message(&self, stream: &str, partition: u32, msg: raft::eraftpb::Message) {
         let offsets = partition::replica_offsets::OFFSETS_GROUP_PREFIX;
-        let replica = if let Some(name) = stream.strip_prefix(pipeline::OUTPUTS_GROUP_PREFIX) {
+        let replica = if stream == meta::META_GROUP {
+            self.meta_group().map(|m| m.replica.clone())
+        } else if let Some(name) = stream.strip_prefix(pipeline::OUTPUTS_GROUP_PREFIX) {
             self.runs
                 .borrow()
                 .get(&(name.to_owned(), partition))

@@ -30,6 +30,14 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         partition: u32,
         voters: Vec<u64>,
     ) -> Reply {
+        if self.meta_group().is_some() {
+            let command = meta::Command::Move {
+                stream,
+                partition,
+                voters,
+            };
+            return self.meta_change(command).await;
+        }
         if self.applying.get() {
             return Reply::Failed(Error::ApplyInProgress);
         }
@@ -39,7 +47,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         reply
     }
 
-    async fn move_inner(
+    /// Checks, persists and applies a move (the caller serializes it).
+    pub(super) async fn move_inner(
         self: &Rc<Self>,
         stream: String,
         partition: u32,
@@ -48,12 +57,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         let topology = self.topology.borrow().clone();
         let spec = match self.check_move(&topology, &stream, partition, &voters) {
             Ok(spec) => spec,
-            Err(reason) => {
-                return Reply::Failed(Error::InvalidConfig(ConfigError::new(
-                    format!("move of {stream}/{partition}"),
-                    Problem::Invalid { reason },
-                )));
-            }
+            Err(reason) => return Reply::Failed(Self::move_refused(&stream, partition, reason)),
         };
         let node = self.settings.config.node_id();
         let was = self.placed_nodes(&spec, partition);
@@ -82,9 +86,17 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         )])
     }
 
+    /// The error of a move refused for `reason`.
+    pub(super) fn move_refused(stream: &str, partition: u32, reason: String) -> Error {
+        Error::InvalidConfig(ConfigError::new(
+            format!("move of {stream}/{partition}"),
+            Problem::Invalid { reason },
+        ))
+    }
+
     /// The stream of a valid move: a replicated stream of this cluster,
     /// a partition of it, and `replicas` distinct node ids of the cluster.
-    fn check_move(
+    pub(super) fn check_move(
         &self,
         topology: &Topology,
         stream: &str,

@@ -20,25 +20,72 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Checks, persists and applies a node change (runs on shard 0,
     /// serialized with applies and moves); answers what this node did.
     pub(super) async fn change_nodes(self: &Rc<Self>, change: NodeChange) -> Reply {
+        if self.meta_group().is_some() {
+            let command = match change {
+                NodeChange::Add(peer) => meta::Command::NodeAdd(peer),
+                NodeChange::Remove(id) => meta::Command::NodeRemove(id),
+            };
+            return self.meta_change(command).await;
+        }
         if self.applying.get() {
             return Reply::Failed(Error::ApplyInProgress);
         }
         self.applying.set(true);
+        let reply = self.change_nodes_now(change);
+        self.applying.set(false);
+        reply
+    }
+
+    /// Checks and applies a node change (the caller serializes it).
+    pub(super) fn change_nodes_now(&self, change: NodeChange) -> Reply {
         let (path, result) = match change {
             NodeChange::Add(peer) => (format!("add-node {}", peer.id), self.add_node(peer)),
             NodeChange::Remove(id) => (format!("remove-node {id}"), self.remove_node(id)),
         };
-        self.applying.set(false);
         match result {
             Ok(line) => Reply::Applied(vec![line]),
-            Err(NodeError::Invalid(reason)) => Reply::Failed(Error::InvalidConfig(
-                ConfigError::new(path, Problem::Invalid { reason }),
-            )),
-            Err(NodeError::Storage(e)) => Reply::Failed(Error::Storage(e)),
+            Err(e) => Reply::Failed(e.into_error(path)),
+        }
+    }
+
+    /// Checks a node change without applying it (the metadata group's
+    /// leader, before proposing it).
+    pub(super) fn check_node_change(&self, change: &NodeChange) -> Result<(), Error> {
+        match change {
+            NodeChange::Add(peer) => self
+                .check_node_add(peer)
+                .map(|_| ())
+                .map_err(|e| e.into_error(format!("add-node {}", peer.id))),
+            NodeChange::Remove(id) => self
+                .check_node_remove(*id)
+                .map_err(|e| e.into_error(format!("remove-node {id}"))),
         }
     }
 
     fn add_node(&self, peer: PeerSpec) -> Result<String, NodeError> {
+        self.check_node_add(&peer)?;
+        let config = &self.settings.config;
+        let cluster = clustered(config)?;
+        let id = peer.id;
+        let added = cluster
+            .registry
+            .add(&config.data_dir, &cluster.peers, peer)
+            .map_err(|e| {
+                if e.starts_with("writing") {
+                    NodeError::Storage(e)
+                } else {
+                    NodeError::Invalid(e)
+                }
+            })?;
+        let node = cluster.node_id;
+        Ok(match added {
+            Added::New => format!("node {node} added node {id}: links to it dial it"),
+            Added::Known => format!("node {node} already has node {id}"),
+        })
+    }
+
+    /// The checks of `add_node`, changing nothing.
+    fn check_node_add(&self, peer: &PeerSpec) -> Result<Added, NodeError> {
         let config = &self.settings.config;
         let cluster = clustered(config)?;
         let invalid = NodeError::Invalid;
@@ -56,40 +103,14 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 peer.id
             )));
         }
-        let id = peer.id;
-        let added = cluster
-            .registry
-            .add(&config.data_dir, &cluster.peers, peer)
-            .map_err(|e| {
-                if e.starts_with("writing") {
-                    NodeError::Storage(e)
-                } else {
-                    invalid(e)
-                }
-            })?;
-        let node = cluster.node_id;
-        Ok(match added {
-            Added::New => format!("node {node} added node {id}: links to it dial it"),
-            Added::Known => format!("node {node} already has node {id}"),
-        })
+        cluster.registry.check_add(peer).map_err(invalid)
     }
 
     fn remove_node(&self, id: u64) -> Result<String, NodeError> {
+        self.check_node_remove(id)?;
         let config = &self.settings.config;
         let cluster = clustered(config)?;
         let node = cluster.node_id;
-        let placed = self.partitions_placed_on(id);
-        if !placed.is_empty() {
-            let mut named: Vec<String> =
-                placed.iter().take(NAMED_PARTITIONS_MAX).cloned().collect();
-            if placed.len() > NAMED_PARTITIONS_MAX {
-                named.push(format!("and {} more", placed.len() - NAMED_PARTITIONS_MAX));
-            }
-            return Err(NodeError::Invalid(format!(
-                "node {id} still holds partitions {}: move them off it first (hadron cluster move)",
-                named.join(", ")
-            )));
-        }
         if id == node {
             return Ok(format!(
                 "node {node} is the node removed: it holds no partition; stop it"
@@ -104,6 +125,25 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         } else {
             format!("node {node} has no node {id}")
         })
+    }
+
+    /// The checks of `remove_node`, changing nothing: no partition placed
+    /// on the node.
+    fn check_node_remove(&self, id: u64) -> Result<(), NodeError> {
+        clustered(&self.settings.config)?;
+        let placed = self.partitions_placed_on(id);
+        if !placed.is_empty() {
+            let mut named: Vec<String> =
+                placed.iter().take(NAMED_PARTITIONS_MAX).cloned().collect();
+            if placed.len() > NAMED_PARTITIONS_MAX {
+                named.push(format!("and {} more", placed.len() - NAMED_PARTITIONS_MAX));
+            }
+            return Err(NodeError::Invalid(format!(
+                "node {id} still holds partitions {}: move them off it first (hadron cluster move)",
+                named.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// `stream/partition` of every partition whose placement (moved or
@@ -125,6 +165,17 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
 enum NodeError {
     Invalid(String),
     Storage(String),
+}
+
+impl NodeError {
+    fn into_error(self, path: String) -> Error {
+        match self {
+            NodeError::Invalid(reason) => {
+                Error::InvalidConfig(ConfigError::new(path, Problem::Invalid { reason }))
+            }
+            NodeError::Storage(e) => Error::Storage(e),
+        }
+    }
 }
 
 fn clustered(config: &ServerConfig) -> Result<&crate::config::cluster::ClusterConfig, NodeError> {

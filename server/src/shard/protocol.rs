@@ -80,6 +80,8 @@ pub enum Request {
     PipelineBusy { pipeline: String },
     /// This shard's partitions and pipeline runs, for `status`.
     Status,
+    /// The metadata group's status (shard 0).
+    MetaStatus,
     /// Validate, persist and install resources (shard 0 only).
     Apply { yaml: String, force: bool },
     /// Create or revoke a token, then persist and install (shard 0 only).
@@ -139,6 +141,8 @@ pub enum Reply {
     Status(Vec<PartitionStatus>, Vec<(String, RunStatus)>),
     /// A count (for `PipelineBusy`).
     Count(usize),
+    /// For `MetaStatus`: the document's `meta` object.
+    Meta(serde_json::Value),
     /// For `Apply`: one line per resource.
     Applied(Vec<String>),
     /// For `Ack`: the ids that were not outstanding (the others were

@@ -198,6 +198,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 }
             }
         }
+        let meta = match self.call(0, Request::MetaStatus).await {
+            Reply::Meta(meta) => meta,
+            _ => serde_json::Value::Null,
+        };
         let topology = self.topology.borrow().clone();
         let streams: Vec<serde_json::Value> = topology
             .streams
@@ -225,6 +229,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             "fsync": format!("{:?}", self.settings.config.fsync),
             "streams": streams,
             "pipelines": pipelines,
+            "meta": meta,
         });
         Ok(doc.to_string())
     }

@@ -266,6 +266,13 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         self.group.borrow().is_leader()
     }
 
+    /// Whether this node leads and has committed an entry of its term
+    /// (so it knows every entry committed before).
+    pub fn leads_committed_term(&self) -> bool {
+        let group = self.group.borrow();
+        group.is_leader() && group.commit_in_term()
+    }
+
     /// The leader this node knows of, and its term.
     pub fn leader(&self) -> Option<(u64, u64)> {
         let group = self.group.borrow();

@@ -1,0 +1,390 @@
+//! The metadata group's commands: one record of one entry each, a small
+//! versioned binary encoding with every length bounded.
+//!
+//! ```text
+//!  u8 version (1) | u8 kind | fields
+//!  kind 1 Apply        u8 force | str yaml
+//!  kind 2 TokenCreate  str name | u8 all | u8 admin | list publish | list subscribe | str secret_sha256
+//!  kind 3 TokenRevoke  str name
+//!  kind 4 Move         str stream | u32 partition | u32 n | n x u64 voters
+//!  kind 5 NodeAdd      u64 id | str address | u8 has_peer | [str peer_address]
+//!  kind 6 NodeRemove   u64 id
+//!  str:  u32 length | UTF-8 bytes        list: u32 count | count x str
+//! ```
+//!
+//! Integers are little-endian. A record that does not decode (a version
+//! or kind unknown, a length past the end, bytes left over, text that is
+//! not UTF-8, a count over its bound) is a [`DecodeError`] naming the
+//! offset; the caller names the Raft index.
+
+use crate::config::TokenSpec;
+use crate::config::cluster::PeerSpec;
+use crate::config::token::StreamGrants;
+
+/// The encoding's version byte.
+pub const COMMAND_VERSION: u8 = 1;
+/// Most items in a list (a token's stream grants, a move's voters).
+pub const COMMAND_LIST_ITEMS_MAX: usize = 4_096;
+
+const KIND_APPLY: u8 = 1;
+const KIND_TOKEN_CREATE: u8 = 2;
+const KIND_TOKEN_REVOKE: u8 = 3;
+const KIND_MOVE: u8 = 4;
+const KIND_NODE_ADD: u8 = 5;
+const KIND_NODE_REMOVE: u8 = 6;
+
+/// A change to the cluster's metadata, as the group's log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `hadron apply`: resources (YAML), forced or not.
+    Apply { yaml: String, force: bool },
+    /// `hadron token create`.
+    TokenCreate(TokenSpec),
+    /// `hadron token revoke`.
+    TokenRevoke(String),
+    /// `hadron cluster move`.
+    Move {
+        stream: String,
+        partition: u32,
+        voters: Vec<u64>,
+    },
+    /// `hadron cluster add-node`.
+    NodeAdd(PeerSpec),
+    /// `hadron cluster remove-node`.
+    NodeRemove(u64),
+}
+
+/// Why a record is not a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// Where in the record.
+    pub offset: usize,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "metadata command: {} at byte {}",
+            self.reason, self.offset
+        )
+    }
+}
+
+impl Command {
+    /// What it is, for logs and answers.
+    pub fn describe(&self) -> String {
+        match self {
+            Command::Apply { force, .. } => {
+                format!("apply{}", if *force { " --force" } else { "" })
+            }
+            Command::TokenCreate(t) => format!("token create {}", t.name),
+            Command::TokenRevoke(name) => format!("token revoke {name}"),
+            Command::Move {
+                stream,
+                partition,
+                voters,
+            } => format!("move {stream}/{partition} to {voters:?}"),
+            Command::NodeAdd(p) => format!("add-node {}", p.id),
+            Command::NodeRemove(id) => format!("remove-node {id}"),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![COMMAND_VERSION];
+        match self {
+            Command::Apply { yaml, force } => {
+                out.push(KIND_APPLY);
+                out.push(u8::from(*force));
+                put_str(&mut out, yaml);
+            }
+            Command::TokenCreate(t) => {
+                out.push(KIND_TOKEN_CREATE);
+                put_str(&mut out, &t.name);
+                out.push(u8::from(t.all));
+                out.push(u8::from(t.admin));
+                put_list(&mut out, &t.streams.publish);
+                put_list(&mut out, &t.streams.subscribe);
+                put_str(&mut out, &t.secret_sha256);
+            }
+            Command::TokenRevoke(name) => {
+                out.push(KIND_TOKEN_REVOKE);
+                put_str(&mut out, name);
+            }
+            Command::Move {
+                stream,
+                partition,
+                voters,
+            } => {
+                out.push(KIND_MOVE);
+                put_str(&mut out, stream);
+                out.extend_from_slice(&partition.to_le_bytes());
+                put_len(&mut out, voters.len());
+                for v in voters {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            Command::NodeAdd(p) => {
+                out.push(KIND_NODE_ADD);
+                out.extend_from_slice(&p.id.to_le_bytes());
+                put_str(&mut out, &p.address);
+                out.push(u8::from(p.peer_address.is_some()));
+                if let Some(a) = &p.peer_address {
+                    put_str(&mut out, a);
+                }
+            }
+            Command::NodeRemove(id) => {
+                out.push(KIND_NODE_REMOVE);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.u8()? != COMMAND_VERSION {
+            return Err(r.error_at(0, "unknown version"));
+        }
+        let command = match r.u8()? {
+            KIND_APPLY => {
+                let force = r.flag()?;
+                Command::Apply {
+                    yaml: r.string()?,
+                    force,
+                }
+            }
+            KIND_TOKEN_CREATE => {
+                let name = r.string()?;
+                let (all, admin) = (r.flag()?, r.flag()?);
+                let publish = r.list()?;
+                let subscribe = r.list()?;
+                Command::TokenCreate(TokenSpec {
+                    name,
+                    all,
+                    streams: StreamGrants { publish, subscribe },
+                    admin,
+                    secret_sha256: r.string()?,
+                })
+            }
+            KIND_TOKEN_REVOKE => Command::TokenRevoke(r.string()?),
+            KIND_MOVE => {
+                let stream = r.string()?;
+                let partition = r.u32()?;
+                let n = r.count()?;
+                let voters = (0..n).map(|_| r.u64()).collect::<Result<_, _>>()?;
+                Command::Move {
+                    stream,
+                    partition,
+                    voters,
+                }
+            }
+            KIND_NODE_ADD => {
+                let id = r.u64()?;
+                let address = r.string()?;
+                let peer_address = if r.flag()? { Some(r.string()?) } else { None };
+                Command::NodeAdd(PeerSpec {
+                    id,
+                    address,
+                    peer_address,
+                })
+            }
+            KIND_NODE_REMOVE => Command::NodeRemove(r.u64()?),
+            _ => return Err(r.error_at(1, "unknown kind")),
+        };
+        if r.at != bytes.len() {
+            return Err(r.error_at(r.at, "bytes after the command"));
+        }
+        Ok(command)
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    // Every length encoded is of a request the connection bounded by its
+    // frame (`frameBytesMax` < 4 GiB).
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[String]) {
+    put_len(out, items.len());
+    for s in items {
+        put_str(out, s);
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn error_at(&self, offset: usize, reason: &'static str) -> DecodeError {
+        DecodeError { offset, reason }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or(DecodeError {
+                offset: self.at,
+                reason: "a field runs past the end",
+            })?;
+        let got = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(got)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.error_at(self.at - 1, "a flag neither 0 nor 1")),
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn count(&mut self) -> Result<usize, DecodeError> {
+        let at = self.at;
+        let n = self.u32()? as usize;
+        if n > COMMAND_LIST_ITEMS_MAX {
+            return Err(self.error_at(at, "a list longer than COMMAND_LIST_ITEMS_MAX"));
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let at = self.at;
+        let n = self.u32()? as usize;
+        let bytes = self.take(n)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.error_at(at, "text that is not UTF-8"))
+    }
+
+    fn list(&mut self) -> Result<Vec<String>, DecodeError> {
+        let n = self.count()?;
+        (0..n).map(|_| self.string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn samples() -> Vec<Command> {
+        vec![
+            Command::Apply {
+                yaml: "kind: Stream\n".into(),
+                force: true,
+            },
+            Command::TokenCreate(TokenSpec {
+                name: "ops".into(),
+                all: false,
+                streams: StreamGrants {
+                    publish: vec!["a".into(), "b".into()],
+                    subscribe: vec!["*".into()],
+                },
+                admin: true,
+                secret_sha256: "ab".repeat(32),
+            }),
+            Command::TokenRevoke("ops".into()),
+            Command::Move {
+                stream: "orders".into(),
+                partition: 3,
+                voters: vec![1, 2, 4],
+            },
+            Command::NodeAdd(PeerSpec {
+                id: 4,
+                address: "127.0.0.1:7000".into(),
+                peer_address: Some("127.0.0.1:7100".into()),
+            }),
+            Command::NodeAdd(PeerSpec {
+                id: 5,
+                address: "h:1".into(),
+                peer_address: None,
+            }),
+            Command::NodeRemove(3),
+        ]
+    }
+
+    #[test]
+    fn every_command_decodes_to_itself() {
+        for c in samples() {
+            assert_eq!(Command::decode(&c.encode()), Ok(c.clone()), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_command_is_an_error_at_every_length() {
+        for c in samples() {
+            let bytes = c.encode();
+            for len in 0..bytes.len() {
+                let e = Command::decode(&bytes[..len]).unwrap_err();
+                assert!(e.offset <= len, "{c:?} cut at {len}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_versions_kinds_flags_and_trailing_bytes_are_refused_by_offset() {
+        let mut bytes = Command::NodeRemove(1).encode();
+        bytes[0] = 9;
+        assert_eq!(
+            Command::decode(&bytes).unwrap_err().to_string(),
+            "metadata command: unknown version at byte 0"
+        );
+        bytes[0] = COMMAND_VERSION;
+        bytes[1] = 77;
+        assert_eq!(Command::decode(&bytes).unwrap_err().reason, "unknown kind");
+        let mut apply = Command::Apply {
+            yaml: String::new(),
+            force: false,
+        }
+        .encode();
+        apply[2] = 2;
+        let e = Command::decode(&apply).unwrap_err();
+        assert_eq!((e.offset, e.reason), (2, "a flag neither 0 nor 1"));
+        let mut long = Command::NodeRemove(1).encode();
+        long.push(0);
+        let e = Command::decode(&long).unwrap_err();
+        assert_eq!((e.offset, e.reason), (10, "bytes after the command"));
+    }
+
+    #[test]
+    fn a_list_over_its_bound_and_text_not_utf8_are_refused() {
+        let mut bytes = vec![COMMAND_VERSION, KIND_MOVE];
+        put_str(&mut bytes, "s");
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        put_len(&mut bytes, COMMAND_LIST_ITEMS_MAX + 1);
+        let e = Command::decode(&bytes).unwrap_err();
+        assert_eq!(e.reason, "a list longer than COMMAND_LIST_ITEMS_MAX");
+        let mut bad = vec![COMMAND_VERSION, KIND_TOKEN_REVOKE];
+        bad.extend_from_slice(&2u32.to_le_bytes());
+        bad.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(
+            Command::decode(&bad).unwrap_err().reason,
+            "text that is not UTF-8"
+        );
+    }
+}

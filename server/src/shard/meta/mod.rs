@@ -1,0 +1,288 @@
+//! The metadata group (docs/replication.md section 2): one Raft group,
+//! `cluster/meta`, on shard 0 of every node of a cluster of several nodes,
+//! through which every admin change passes, in one order, on every node.
+//!
+//! ```text
+//!  admin request -> shard 0 of any node
+//!    a follower:  NotLeader naming the meta leader (when known)
+//!    the leader:  once it committed an entry of its term and applied all
+//!                 it committed: today's checks on its state (nothing
+//!                 changes), propose the command, wait for its commit and
+//!                 its own application, answer that application's summary
+//!  every node, after each turn of the group (the duty's after_turn):
+//!    read the entries past the applied index from the log, in order;
+//!    apply each command through today's local code (forced: the checks
+//!    on local state ran on the leader); record the index durably
+//! ```
+//!
+//! - **State.** The group holds commands, not state: resources (`Apply`,
+//!   tokens), placement (`Move`) and the registry (`NodeAdd`,
+//!   `NodeRemove`). A node applies them to its own files
+//!   (`resources.yaml`, `cluster.placement`, `cluster.peers`); the
+//!   applied index is recorded in `<data dir>/cluster/meta.applied`
+//!   AFTER those are saved, so a restart applies only later entries (the
+//!   Raft log's own applied index counts everything up to its recorded
+//!   commit as applied: that is not this one).
+//! - **Idempotence.** A crash between saving the state and recording the
+//!   index applies the last command again. Every command is harmless
+//!   twice: an apply of the same resources changes nothing; a token
+//!   created as specified, or revoked and gone, is left as it is; a move
+//!   sets the same placement; adding a known node with the same addresses,
+//!   or removing one that is gone, does nothing.
+//! - **Failures.** A committed command a node cannot apply (it fails a
+//!   check that depends only on replicated state, so it fails the same
+//!   everywhere) is logged at error with its index and reason, and the
+//!   node goes on. A record that does not decode is the same kind of
+//!   error, naming the index; never a panic.
+//! - **Membership.** Genesis voters: the founders. A node added later
+//!   opens its replica joining (no voters) and learns everything from the
+//!   log. The target voters are the registry's nodes (at most
+//!   `TARGET_VOTERS_MAX`), said again after every node change: adding or
+//!   removing a node is a membership change of this group too.
+//! - **Size.** The log is not compacted: it grows by one entry per change
+//!   (at most `applyBytesMax` each).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use hadron_engine::Log;
+use hadron_engine::log::batch::{BatchKind, Batches};
+use hadron_engine::notify::Notify;
+use hadron_engine::storage::Storage;
+
+use super::clock::Clock;
+use super::error::Error;
+use super::partition::replica::{Replica, ReplicaDuty, encode_batch};
+
+pub mod command;
+mod shard;
+#[cfg(test)]
+mod sim;
+
+pub use command::Command;
+pub(crate) use shard::ShardMeta;
+
+/// The group's name between peers (a `/`: no stream is named so).
+pub const META_GROUP: &str = "cluster/meta";
+/// Its log, under the data directory.
+pub const META_DIR: &str = "cluster/meta";
+/// The applied index, under the data directory.
+pub const META_APPLIED_FILE: &str = "cluster/meta.applied";
+/// Bytes of entries one read of the log takes while applying (at least
+/// one entry).
+pub const APPLY_READ_BYTES_MAX: u64 = 4 << 20;
+/// Answers kept for proposers, by index, at most (the oldest go first).
+pub const ANSWERS_KEPT_MAX: usize = 64;
+
+/// What the group's commands change on a node.
+pub trait MetaState {
+    /// Applies the committed `command` at `index`; the answer its
+    /// proposer gets.
+    fn apply(
+        &self,
+        index: u64,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, Error>>;
+    /// Records durably that every entry through `index` is applied (after
+    /// the state they changed was saved).
+    fn applied_through(&self, index: u64) -> Result<(), String>;
+}
+
+/// The metadata group on this node: its replica, and the state machine
+/// that applies its log.
+pub struct Meta<S: Storage, C: Clock, M> {
+    pub replica: Rc<Replica<S, C>>,
+    log: Rc<Log<S>>,
+    state: M,
+    clock: C,
+    /// The last entry applied here (and recorded).
+    applied: Cell<u64>,
+    /// The answers of the last entries applied, by index.
+    answers: RefCell<BTreeMap<u64, Result<Vec<String>, Error>>>,
+    /// Signalled when `applied` moves or the group stops.
+    applied_notify: Notify,
+}
+
+impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
+    /// The group over `replica` (opened on `log`), whose entries through
+    /// `applied` are applied here already.
+    pub fn new(
+        replica: Rc<Replica<S, C>>,
+        log: Rc<Log<S>>,
+        state: M,
+        clock: C,
+        applied: u64,
+    ) -> Self {
+        Meta {
+            replica,
+            log,
+            state,
+            clock,
+            applied: Cell::new(applied),
+            answers: RefCell::new(BTreeMap::new()),
+            applied_notify: Notify::default(),
+        }
+    }
+
+    /// The last entry applied here.
+    pub fn applied(&self) -> u64 {
+        self.applied.get()
+    }
+
+    /// Whether this node may take a change now: it leads, committed an
+    /// entry of its term, and has applied everything it committed (it
+    /// waits for that). Else the error to answer.
+    pub async fn ready(&self) -> Result<(), Error> {
+        if let Some(refusal) = self.replica.refusal(META_GROUP, 0) {
+            return Err(refusal);
+        }
+        if !self.replica.leads_committed_term() {
+            // Just elected: its first entry is not committed yet.
+            return Err(Error::NotLeader {
+                stream: META_GROUP.into(),
+                partition: 0,
+                leader: None,
+            });
+        }
+        let commit = self.replica.status().commit;
+        self.wait_applied(commit).await.map(|_| ())
+    }
+
+    /// Proposes `command`, waits for its commit and its application here,
+    /// and answers that application's summary.
+    pub async fn propose(&self, command: &Command) -> Result<Vec<String>, Error> {
+        let batch = encode_batch(&[&command.encode()], self.clock.now_ms());
+        let proposal = self.replica.propose_batch(batch);
+        let committed = match proposal.await {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(e)) => return Err(self.replica.proposal_error(META_GROUP, 0, e)),
+            Err(_) => return Err(self.stopped("the group dropped the proposal".into())),
+        };
+        self.wait_applied(committed.index).await
+    }
+
+    /// Waits until the entry at `index` is applied here; its answer.
+    async fn wait_applied(&self, index: u64) -> Result<Vec<String>, Error> {
+        loop {
+            let generation = self.applied_notify.generation();
+            if self.applied.get() >= index {
+                return self
+                    .answers
+                    .borrow_mut()
+                    .remove(&index)
+                    .unwrap_or(Ok(Vec::new()));
+            }
+            if let Some(why) = self.replica.status().stopped {
+                return Err(self.stopped(why));
+            }
+            self.applied_notify.changed_since(generation).await;
+        }
+    }
+
+    fn stopped(&self, why: String) -> Error {
+        Error::ReplicationStopped {
+            stream: META_GROUP.into(),
+            partition: 0,
+            why,
+        }
+    }
+
+    /// Applies the entries the group applied past this state machine's
+    /// index, in order, recording each index once applied.
+    async fn apply_committed(&self) -> Result<(), String> {
+        let target = self.replica.status().applied;
+        while self.applied.get() < target {
+            let from = self.applied.get() + 1;
+            if from < self.log.first_index() {
+                return Err(format!(
+                    "the metadata log starts at index {}, past {from}, the next to apply here: it was compacted, which the metadata group never does",
+                    self.log.first_index()
+                ));
+            }
+            let batches = self
+                .log
+                .entries(from, target + 1, APPLY_READ_BYTES_MAX)
+                .await
+                .map_err(|e| format!("reading metadata entries from {from}: {e:?}"))?;
+            if batches.is_empty() {
+                return Err(format!("no metadata entry at index {from}"));
+            }
+            for b in batches {
+                let answer = if b.kind == BatchKind::Events {
+                    self.apply_entry(b.index, &b.bytes).await
+                } else {
+                    Ok(Vec::new())
+                };
+                self.state
+                    .applied_through(b.index)
+                    .map_err(|e| format!("recording metadata entry {} as applied: {e}", b.index))?;
+                self.applied.set(b.index);
+                let mut answers = self.answers.borrow_mut();
+                answers.insert(b.index, answer);
+                while answers.len() > ANSWERS_KEPT_MAX {
+                    answers.pop_first();
+                }
+                drop(answers);
+                self.applied_notify.notify_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the commands of the batch at `index`; a command that does
+    /// not decode or apply is logged at error, and the node goes on.
+    async fn apply_entry(&self, index: u64, bytes: &[u8]) -> Result<Vec<String>, Error> {
+        let batch = match Batches::new(bytes).next() {
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => return Err(refused(index, format!("not a batch: {e:?}"))),
+            None => return Err(refused(index, "an empty entry".into())),
+        };
+        let mut lines = Vec::new();
+        for (_, record) in batch.records() {
+            let command = Command::decode(record).map_err(|e| refused(index, e.to_string()))?;
+            let what = command.describe();
+            match self.state.apply(index, command).await {
+                Ok(more) => lines.extend(more),
+                Err(e) => {
+                    tracing::error!(index, "metadata entry {index} ({what}) not applied: {e}");
+                    return Err(e);
+                }
+            }
+        }
+        Ok(lines)
+    }
+}
+
+/// The error for a committed entry that cannot be applied (logged).
+fn refused(index: u64, why: String) -> Error {
+    tracing::error!(index, "metadata entry {index} not applied: {why}");
+    Error::Internal(format!("metadata entry {index}: {why}"))
+}
+
+impl<S: Storage, C: Clock, M: MetaState> ReplicaDuty for Meta<S, C, M> {
+    fn name(&self) -> String {
+        META_GROUP.into()
+    }
+
+    fn moved(&self) {
+        self.applied_notify.notify_all();
+    }
+
+    async fn lead(&self, _term: u64) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn after_turn(&self) -> Result<(), String> {
+        self.apply_committed().await
+    }
+}
+
+impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
+    /// Turns the group until it stops.
+    pub async fn drive(self: Rc<Self>) {
+        let clock = self.clock.clone();
+        super::partition::replica::drive(self.replica.clone(), &clock, &*self).await;
+        self.applied_notify.notify_all();
+    }
+}

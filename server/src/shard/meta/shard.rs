@@ -1,0 +1,261 @@
+//! The metadata group on a shard: opened on shard 0 of a node of a
+//! cluster of several nodes, admin requests routed through it, and its
+//! commands applied through the shard's own code (`apply.rs`,
+//! `moves.rs`, `nodes.rs`), split there into checks and application.
+
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+
+use super::{Command, META_APPLIED_FILE, META_DIR, META_GROUP, Meta, MetaState};
+use crate::config::placement::PLACEMENT_VOTERS_MAX;
+use crate::shard::partition::replica::Replica;
+use hadron_engine::storage::Storage;
+use hadron_engine::{Durability, Log, LogConfig, Retention};
+
+use crate::shard::clock::Runtime;
+use crate::shard::{Error, NodeChange, Reply, Shard, TokenChange};
+
+/// The metadata group as a shard runs it.
+pub(crate) type ShardMeta<S, R> = Meta<S, R, ShardState<S, R>>;
+
+/// Applies commands to a shard's node (through shard 0).
+pub(crate) struct ShardState<S: Storage, R: Runtime> {
+    shard: Weak<Shard<S, R>>,
+    applied_path: PathBuf,
+}
+
+impl<S: Storage + Clone + 'static, R: Runtime> MetaState for ShardState<S, R> {
+    async fn apply(&self, index: u64, command: Command) -> Result<Vec<String>, Error> {
+        let Some(shard) = self.shard.upgrade() else {
+            return Err(Error::Internal(format!(
+                "metadata entry {index}: the shard stopped"
+            )));
+        };
+        match shard.apply_command(command).await {
+            Reply::Applied(lines) => Ok(lines),
+            Reply::Failed(e) => Err(e),
+            other => Err(Error::Internal(format!(
+                "metadata entry {index}: unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    fn applied_through(&self, index: u64) -> Result<(), String> {
+        crate::config::cluster::write_members(&self.applied_path, &format!("applied {index}\n"))
+    }
+}
+
+/// Largest applied-index file read at start.
+const APPLIED_FILE_BYTES_MAX: u64 = 256;
+
+/// The index recorded in `path` (0 when there is none yet).
+fn read_applied(path: &Path) -> Result<u64, String> {
+    let text = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        Ok(m) if m.len() > APPLIED_FILE_BYTES_MAX => {
+            return Err(format!(
+                "{}: {} bytes, more than {APPLIED_FILE_BYTES_MAX}",
+                path.display(),
+                m.len()
+            ));
+        }
+        Ok(_) => {
+            std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?
+        }
+    };
+    text.trim()
+        .strip_prefix("applied ")
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "{}: {text:?} is not `applied N`: restore it or remove it (every entry is then applied again, harmlessly)",
+                path.display()
+            )
+        })
+}
+
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
+    /// The metadata group, on shard 0 of a node of a cluster of several
+    /// nodes.
+    pub(crate) fn meta_group(&self) -> Option<Rc<ShardMeta<S, R>>> {
+        self.meta.borrow().clone()
+    }
+
+    /// Opens the metadata group (shard 0 of a cluster of several nodes,
+    /// after the first install) and starts its loop.
+    pub(crate) async fn open_meta(self: &Rc<Self>) -> Result<(), String> {
+        let config = &self.settings.config;
+        let Some(cluster) = config.cluster.as_ref().filter(|c| c.nodes() > 1) else {
+            return Ok(());
+        };
+        if self.id != 0 {
+            return Ok(());
+        }
+        let log_config = LogConfig {
+            durability: Durability::Always,
+            ..self.settings.log_config(Retention::default())
+        };
+        let dir = config.data_dir.join(META_DIR);
+        let log = Log::open(self.storage.clone(), &dir, log_config)
+            .await
+            .map_err(|e| format!("the metadata log {}: {e}", dir.display()))?;
+        let log = Rc::new(log);
+        // Founders start as its voters; a node added later joins.
+        let founders = cluster.founder_ids();
+        let voters = if founders.contains(&cluster.node_id) {
+            founders
+        } else {
+            Vec::new()
+        };
+        let spec = self.replica_spec(META_GROUP, 0, voters)?;
+        let replica = Replica::open(log.clone(), spec, self.runtime.clone(), None)
+            .await
+            .map_err(|e| format!("the metadata group: {e}"))?;
+        let applied_path = config.data_dir.join(META_APPLIED_FILE);
+        let applied = read_applied(&applied_path)?;
+        let state = ShardState {
+            shard: Rc::downgrade(self),
+            applied_path,
+        };
+        let meta = Rc::new(Meta::new(
+            Rc::new(replica),
+            log,
+            state,
+            self.runtime.clone(),
+            applied,
+        ));
+        *self.meta.borrow_mut() = Some(meta.clone());
+        self.say_meta_target(None);
+        tracing::info!(applied, "metadata group open");
+        self.runtime.spawn(meta.drive());
+        Ok(())
+    }
+
+    /// Tells the metadata group its voters: the registry's nodes now,
+    /// less `removed` (this node, removed: its own registry keeps it).
+    fn say_meta_target(&self, removed: Option<u64>) {
+        let (Some(meta), Some(cluster)) =
+            (self.meta_group(), self.settings.config.cluster.as_ref())
+        else {
+            return;
+        };
+        let mut nodes: Vec<u64> = cluster
+            .current_peers()
+            .iter()
+            .map(|p| p.id)
+            .filter(|&id| Some(id) != removed)
+            .collect();
+        if nodes.len() > PLACEMENT_VOTERS_MAX {
+            tracing::warn!(
+                "{} nodes: the metadata group's voters are the first {PLACEMENT_VOTERS_MAX}",
+                nodes.len()
+            );
+            nodes.truncate(PLACEMENT_VOTERS_MAX);
+        }
+        if let Err(e) = meta.replica.set_target_voters(nodes) {
+            tracing::warn!("the metadata group's target: {e}");
+        }
+    }
+
+    /// An admin change on a node of a cluster: checked here and proposed
+    /// when this node leads the metadata group, answered with its
+    /// application here; one at a time.
+    pub(crate) async fn meta_change(self: &Rc<Self>, command: Command) -> Reply {
+        let Some(meta) = self.meta_group() else {
+            return Reply::Failed(Error::Internal("no metadata group here".into()));
+        };
+        if self.applying.get() {
+            return Reply::Failed(Error::ApplyInProgress);
+        }
+        self.applying.set(true);
+        let result = async {
+            meta.ready().await?;
+            self.check_command(&command).await?;
+            meta.propose(&command).await
+        }
+        .await;
+        self.applying.set(false);
+        match result {
+            Ok(lines) => Reply::Applied(lines),
+            Err(e) => Reply::Failed(e),
+        }
+    }
+
+    /// Today's checks of a command against this node's state, changing
+    /// nothing (the stages in flight included: they are local state).
+    async fn check_command(self: &Rc<Self>, command: &Command) -> Result<(), Error> {
+        match command {
+            Command::Apply { yaml, force } => {
+                let (current, next, _) = self.plan_apply(yaml.clone()).await?;
+                self.check_change(&current, &next, *force).await
+            }
+            Command::TokenCreate(spec) => {
+                let change = TokenChange::Create(spec.clone());
+                let (current, next, _) = self.plan_tokens(change, false)?;
+                self.check_change(&current, &next, false).await
+            }
+            Command::TokenRevoke(name) => {
+                let change = TokenChange::Revoke(name.clone());
+                self.plan_tokens(change, false).map(|_| ())
+            }
+            Command::Move {
+                stream,
+                partition,
+                voters,
+            } => {
+                let topology = self.topology.borrow().clone();
+                self.check_move(&topology, stream, *partition, voters)
+                    .map(|_| ())
+                    .map_err(|reason| Self::move_refused(stream, *partition, reason))
+            }
+            Command::NodeAdd(peer) => self.check_node_change(&NodeChange::Add(peer.clone())),
+            Command::NodeRemove(id) => self.check_node_change(&NodeChange::Remove(*id)),
+        }
+    }
+
+    /// Applies a committed command here, forced (the leader checked what
+    /// depends on local state before proposing it).
+    async fn apply_command(self: &Rc<Self>, command: Command) -> Reply {
+        match command {
+            Command::Apply { yaml, .. } => self.apply_inner(yaml, true).await,
+            Command::TokenCreate(spec) => self.apply_tokens(TokenChange::Create(spec)).await,
+            Command::TokenRevoke(name) => self.apply_tokens(TokenChange::Revoke(name)).await,
+            Command::Move {
+                stream,
+                partition,
+                voters,
+            } => self.move_inner(stream, partition, voters).await,
+            Command::NodeAdd(peer) => {
+                let reply = self.change_nodes_now(NodeChange::Add(peer));
+                self.say_meta_target(None);
+                reply
+            }
+            Command::NodeRemove(id) => {
+                let reply = self.change_nodes_now(NodeChange::Remove(id));
+                self.say_meta_target(Some(id));
+                reply
+            }
+        }
+    }
+
+    async fn apply_tokens(self: &Rc<Self>, change: TokenChange) -> Reply {
+        match self.plan_tokens(change, true) {
+            Ok((current, next, summary)) => self.commit(current, next, summary, true).await,
+            Err(e) => Reply::Failed(e),
+        }
+    }
+
+    /// The metadata group's part of the status document: its replica's
+    /// state and the index applied here.
+    pub(crate) fn meta_status(&self) -> serde_json::Value {
+        match self.meta_group() {
+            Some(meta) => serde_json::json!({
+                "group": META_GROUP,
+                "replication": meta.replica.status(),
+                "applied": meta.applied(),
+            }),
+            None => serde_json::Value::Null,
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! A seeded simulation of the metadata group in one process: 3 nodes on
+//! the seeded network of `replica_sim_support` (drops, duplicates,
+//! delays, directed cuts), nodes crashing (unsynced writes dropped or
+//! torn) and restarting, and clients proposing commands at random nodes
+//! (following `NotLeader`). Each node's state machine is a model: the
+//! commands it applied, in order, with their indexes, and its recorded
+//! applied index, both durable (they survive its crashes, as the node's
+//! files do).
+//!
+//! Checked, after everything healed and every node caught up:
+//! - every node's applied sequence is a prefix of one sequence (the
+//!   longest), and all are equal once caught up;
+//! - every command answered OK was applied on every node;
+//! - no node applied an index twice or a command twice, across restarts;
+//! - an OK answer is the proposer's own command's application.
+//!
+//! `HADRON_SIM_SEED=N` replays one seed; `HADRON_SIM_DEBUG=1` narrates.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::executor::LocalPool;
+use futures::task::LocalSpawnExt;
+use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
+use hadron_engine::{Durability, Log, LogConfig, Retention};
+
+use super::{Command, META_GROUP, Meta, MetaState};
+use crate::shard::clock::Clock;
+use crate::shard::clock::sim::SimClock;
+use crate::shard::error::Error;
+use crate::shard::partition::replica::Replica;
+use crate::shard::partition::replica_sim_support::{Net, replica_spec};
+use crate::shard::sim_support::{fold_trace, run_seeds};
+
+const SEEDS: u64 = 100;
+const NODES: u64 = 3;
+const STEPS: u64 = 600;
+const STEP: Duration = Duration::from_millis(10);
+const HEAL_STEPS_MAX: u64 = 3_000;
+/// A proposer gives up waiting after this (the answer may still come).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+const DIR: &str = "/meta";
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// What a node's state machine keeps durably: the commands applied, by
+/// index, and the applied index recorded.
+#[derive(Default)]
+struct Durable {
+    applied: RefCell<Vec<(u64, String)>>,
+    recorded: Cell<u64>,
+}
+
+#[derive(Clone)]
+struct Model(Rc<Durable>);
+
+impl MetaState for Model {
+    async fn apply(&self, index: u64, command: Command) -> Result<Vec<String>, Error> {
+        let Command::Apply { yaml, .. } = command else {
+            return Err(Error::Internal(
+                "the simulation proposes applies only".into(),
+            ));
+        };
+        self.0.applied.borrow_mut().push((index, yaml.clone()));
+        Ok(vec![yaml])
+    }
+
+    fn applied_through(&self, index: u64) -> Result<(), String> {
+        self.0.recorded.set(index);
+        Ok(())
+    }
+}
+
+type SimMeta = Meta<SimStorage, SimClock, Model>;
+type Answer = Rc<RefCell<Option<Result<Vec<String>, Error>>>>;
+
+struct Node {
+    storage: SimStorage,
+    durable: Rc<Durable>,
+    meta: Option<Rc<SimMeta>>,
+    back_at: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Coverage {
+    crashes: u64,
+    proposed: u64,
+    acked: u64,
+    not_leader: u64,
+    timeouts: u64,
+    cuts: u64,
+}
+
+impl std::ops::AddAssign for Coverage {
+    fn add_assign(&mut self, o: Coverage) {
+        self.crashes += o.crashes;
+        self.proposed += o.proposed;
+        self.acked += o.acked;
+        self.not_leader += o.not_leader;
+        self.timeouts += o.timeouts;
+        self.cuts += o.cuts;
+    }
+}
+
+struct Sim {
+    seed: u64,
+    debug: bool,
+    rng: SimRng,
+    clock: SimClock,
+    pool: LocalPool,
+    net: Rc<Net>,
+    nodes: Vec<Node>,
+    /// The command in flight: its id, answer, deadline.
+    attempt: Option<(String, Answer, Duration)>,
+    /// Where the client sends next.
+    target: u64,
+    next_command: u64,
+    acked: BTreeSet<String>,
+    crash_ppm: u32,
+    cut_ppm: u32,
+    coverage: Coverage,
+    trace: u64,
+}
+
+fn log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 << 10,
+        index_interval_bytes: 512,
+        durability: Durability::Always,
+        retention: Retention::default(),
+        write_bytes_max: 8 << 10,
+        pending_bytes_max: 64 << 10,
+        batch_bytes_max: 4 << 10,
+    }
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = SimRng::new(seed ^ 0x3e7a_0001);
+        let clock = SimClock::new(EPOCH_MS);
+        let pool = LocalPool::new();
+        clock.set_spawner(pool.spawner());
+        let net = Rc::new(Net::new(clock.clone(), seed, &mut rng, STEP));
+        let nodes = (0..NODES)
+            .map(|i| Node {
+                storage: SimStorage::new(seed * 10 + i, SimFaults::default()),
+                durable: Rc::default(),
+                meta: None,
+                back_at: None,
+            })
+            .collect();
+        Sim {
+            seed,
+            debug: std::env::var("HADRON_SIM_DEBUG").is_ok(),
+            crash_ppm: 1_000 + rng.below(6_000) as u32,
+            cut_ppm: rng.below(4_000) as u32,
+            rng,
+            clock,
+            pool,
+            net,
+            nodes,
+            attempt: None,
+            target: 1,
+            next_command: 0,
+            acked: BTreeSet::new(),
+            coverage: Coverage::default(),
+            trace: 0,
+        }
+    }
+
+    fn say(&self, what: impl FnOnce() -> String) {
+        if self.debug {
+            eprintln!("[seed {} t={:?}] {}", self.seed, self.clock.now(), what());
+        }
+    }
+
+    /// Opens node `id`'s group on its log, its model at its recorded index.
+    fn open(&mut self, id: u64) {
+        let ticks = 10 + ((self.seed + id * 7) % 9) as usize;
+        let spec = replica_spec(&self.net, id, NODES, META_GROUP, ticks);
+        let node = &self.nodes[id as usize - 1];
+        let (storage, clock) = (node.storage.clone(), self.clock.clone());
+        let model = Model(node.durable.clone());
+        let applied = node.durable.recorded.get();
+        let meta = self.pool.run_until(async move {
+            let log = Rc::new(
+                Log::open(storage, Path::new(DIR), log_config())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            let replica = Replica::open(log.clone(), spec, clock.clone(), None).await?;
+            Ok::<_, String>(Rc::new(Meta::new(
+                Rc::new(replica),
+                log,
+                model,
+                clock,
+                applied,
+            )))
+        });
+        let meta = meta.unwrap_or_else(|e| panic!("seed {}: node {id} opens: {e}", self.seed));
+        let _ = self.pool.spawner().spawn_local(meta.clone().drive());
+        self.nodes[id as usize - 1].meta = Some(meta);
+    }
+
+    fn crash(&mut self, id: u64, step: u64) {
+        let torn = self.rng.below(2) == 0;
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(meta) = node.meta.take() {
+            meta.replica.halt();
+        }
+        node.storage.crash(if torn {
+            CrashMode::Torn
+        } else {
+            CrashMode::DropUnsynced
+        });
+        node.back_at = Some(step + 20 + self.rng.below(200));
+        self.coverage.crashes += 1;
+        self.trace = fold_trace(self.trace, 1_000 + id);
+        self.say(|| format!("node {id} crashes (torn: {torn})"));
+    }
+
+    fn faults(&mut self, step: u64) {
+        for id in 1..=NODES {
+            if self.nodes[id as usize - 1]
+                .back_at
+                .is_some_and(|at| at <= step)
+            {
+                self.nodes[id as usize - 1].back_at = None;
+                self.say(|| format!("node {id} restarts"));
+                self.open(id);
+            }
+        }
+        let down = self.nodes.iter().filter(|n| n.meta.is_none()).count();
+        if down == 0 && self.rng.chance_ppm(self.crash_ppm) {
+            let id = 1 + self.rng.below(NODES);
+            self.crash(id, step);
+        }
+        if let Some(((from, to), until)) =
+            self.net
+                .cut_and_heal(&mut self.rng, self.cut_ppm, step, NODES)
+        {
+            self.coverage.cuts += 1;
+            self.say(|| format!("link {from}->{to} cut until step {until}"));
+        }
+    }
+
+    fn deliver(&mut self) {
+        for m in self.net.due() {
+            self.trace = fold_trace(self.trace, m.msg.get_msg_type() as u64 ^ (m.to << 8));
+            if let Some(meta) = &self.nodes[m.to as usize - 1].meta {
+                meta.replica.step(m.msg);
+            }
+        }
+    }
+
+    /// The client: settles its attempt, or proposes a new command at the
+    /// node it believes leads.
+    fn client(&mut self, proposing: bool) {
+        if let Some((id, answer, deadline)) = self.attempt.clone() {
+            let result = answer.borrow_mut().take();
+            match result {
+                None if self.clock.now() >= deadline => {
+                    self.coverage.timeouts += 1;
+                    self.target = 1 + self.rng.below(NODES);
+                }
+                None => return,
+                Some(Ok(lines)) => {
+                    assert_eq!(
+                        lines,
+                        std::slice::from_ref(&id),
+                        "seed {}: {id}'s answer",
+                        self.seed
+                    );
+                    self.coverage.acked += 1;
+                    self.trace = fold_trace(self.trace, self.next_command);
+                    self.acked.insert(id);
+                }
+                Some(Err(Error::NotLeader { leader, .. })) => {
+                    self.coverage.not_leader += 1;
+                    self.target = match leader {
+                        Some(l) => l.node_id,
+                        None => 1 + self.rng.below(NODES),
+                    };
+                }
+                Some(Err(e)) => {
+                    self.say(|| format!("{id}: {e}"));
+                    self.target = 1 + self.rng.below(NODES);
+                }
+            }
+            self.attempt = None;
+        }
+        if !proposing || self.rng.below(4) != 0 {
+            return;
+        }
+        let Some(meta) = self.nodes[self.target as usize - 1].meta.clone() else {
+            self.target = 1 + self.rng.below(NODES);
+            return;
+        };
+        let id = format!("cmd-{}", self.next_command);
+        self.next_command += 1;
+        self.coverage.proposed += 1;
+        let answer: Answer = Rc::default();
+        let slot = answer.clone();
+        let command = Command::Apply {
+            yaml: id.clone(),
+            force: false,
+        };
+        let _ = self.pool.spawner().spawn_local(async move {
+            let result = match meta.ready().await {
+                Ok(()) => meta.propose(&command).await,
+                Err(e) => Err(e),
+            };
+            *slot.borrow_mut() = Some(result);
+        });
+        self.attempt = Some((id, answer, self.clock.now() + CLIENT_TIMEOUT));
+    }
+
+    fn step(&mut self) {
+        self.clock.advance(STEP);
+        self.pool.run_until_stalled();
+        self.deliver();
+        self.pool.run_until_stalled();
+    }
+
+    fn caught_up(&self) -> bool {
+        let metas: Vec<&Rc<SimMeta>> = self.nodes.iter().filter_map(|n| n.meta.as_ref()).collect();
+        if metas.len() != NODES as usize || self.attempt.is_some() {
+            return false;
+        }
+        let s: Vec<_> = metas.iter().map(|m| m.replica.status()).collect();
+        s.iter().filter(|r| r.is_leader).count() == 1
+            && metas
+                .iter()
+                .zip(&s)
+                .all(|(m, r)| r.commit == s[0].last_index && m.applied() == s[0].last_index)
+    }
+
+    fn run(mut self) -> (u64, Coverage) {
+        for id in 1..=NODES {
+            self.open(id);
+        }
+        for step in 0..STEPS {
+            self.faults(step);
+            self.client(true);
+            self.step();
+        }
+        self.net.heal_all();
+        for id in 1..=NODES {
+            if self.nodes[id as usize - 1].meta.is_none() {
+                self.open(id);
+            }
+        }
+        let mut settled = false;
+        for _ in 0..HEAL_STEPS_MAX {
+            self.client(false);
+            self.step();
+            if self.caught_up() {
+                settled = true;
+                break;
+            }
+        }
+        assert!(
+            settled,
+            "seed {}: not caught up after healing: {:?}",
+            self.seed,
+            self.nodes
+                .iter()
+                .map(|n| n.meta.as_ref().map(|m| (m.applied(), m.replica.status())))
+                .collect::<Vec<_>>()
+        );
+        self.check();
+        (self.trace, self.coverage)
+    }
+
+    /// The checks of the module header.
+    fn check(&self) {
+        let seed = self.seed;
+        let sequences: Vec<Vec<(u64, String)>> = self
+            .nodes
+            .iter()
+            .map(|n| n.durable.applied.borrow().clone())
+            .collect();
+        let longest = sequences
+            .iter()
+            .max_by_key(|s| s.len())
+            .cloned()
+            .unwrap_or_default();
+        for (i, s) in sequences.iter().enumerate() {
+            assert!(
+                longest.starts_with(s),
+                "seed {seed}: node {}'s applied sequence is no prefix of the longest",
+                i + 1
+            );
+            assert_eq!(s.len(), longest.len(), "seed {seed}: node {} behind", i + 1);
+            let indexes: BTreeSet<u64> = s.iter().map(|e| e.0).collect();
+            let ids: BTreeSet<&String> = s.iter().map(|e| &e.1).collect();
+            assert_eq!(
+                indexes.len(),
+                s.len(),
+                "seed {seed}: an index applied twice"
+            );
+            assert_eq!(ids.len(), s.len(), "seed {seed}: a command applied twice");
+            assert!(
+                s.windows(2).all(|w| w[0].0 < w[1].0),
+                "seed {seed}: node {} applied out of order",
+                i + 1
+            );
+        }
+        let applied: BTreeMap<&String, u64> = longest.iter().map(|(i, id)| (id, *i)).collect();
+        for id in &self.acked {
+            assert!(
+                applied.contains_key(id),
+                "seed {seed}: {id} was answered OK and is not applied"
+            );
+        }
+    }
+}
+
+#[test]
+fn meta_group_sim_applies_one_sequence_on_every_node() {
+    let (seeds, coverage) = run_seeds("meta_group_sim", SEEDS, |seed| Sim::new(seed).run().1);
+    if seeds as u64 == SEEDS {
+        assert!(coverage.acked > SEEDS, "{coverage:?}");
+        assert!(
+            coverage.crashes > 0 && coverage.not_leader > 0,
+            "{coverage:?}"
+        );
+    }
+}
+
+#[test]
+fn meta_group_sim_replays_a_seed_bit_for_bit() {
+    for seed in [3, 17] {
+        assert_eq!(
+            Sim::new(seed).run().0,
+            Sim::new(seed).run().0,
+            "seed {seed}"
+        );
+    }
+}
