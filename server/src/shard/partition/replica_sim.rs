@@ -745,8 +745,10 @@ fn replica_sim_keeps_every_acknowledged_event_once_on_every_node() {
         "replica_sim: {} damaged logs (per kind: sealed payload, sealed without index, header, active below / past the watermark: {:?}), {} recoveries ended",
         total.damaged, total.damage_kinds.0, total.recovered
     );
+    // Over every seed (not one replayed alone).
     assert!(
-        total.damage_kinds.0.iter().all(|&n| n > 0) && total.recovered > 0,
+        seeds < SEEDS as usize
+            || (total.damage_kinds.0.iter().all(|&n| n > 0) && total.recovered > 0),
         "every kind of damage, and recoveries: {total:?}"
     );
 }
