@@ -53,10 +53,12 @@ fn data_end(bytes: &[u8]) -> usize {
 
 /// Flips every bit of byte `at` of `path`; returns the byte it held.
 fn flip(path: &Path, at: usize) -> u8 {
-    let mut bytes = std::fs::read(path).unwrap();
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let was = bytes[at];
     bytes[at] ^= 0xff;
-    std::fs::write(path, &bytes).unwrap();
+    if let Err(e) = std::fs::write(path, &bytes) {
+        panic!("{}: {e}", path.display());
+    }
     was
 }
 
