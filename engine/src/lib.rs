@@ -18,7 +18,7 @@ pub mod pipeline;
 pub mod storage;
 
 pub use log::{
-    AppendError, Appended, CommitLatencies, CommitStats, Damage, Durability, Log, LogConfig,
-    LogStats, OpenError, ReadBatches, ReadError, ReadRecords, Recovery, RepairReport, Retention,
-    RetentionReport, TailCut,
+    AppendError, Appended, CommitLatencies, CommitStats, Damage, DamageFound, Durability, Log,
+    LogConfig, LogStats, OpenError, ReadBatches, ReadError, ReadRecords, Recovery, RepairReport,
+    Retention, RetentionReport, TailCut,
 };

@@ -35,11 +35,15 @@
 //! - `raft_cut`: cutting a Raft log's uncommitted suffix.
 //! - `recovery`: a torn tail versus damage, the watermarks in `log.meta`
 //!   that tell them apart, and [`Log::repair`].
+//! - `damage_cut`: a replicated log's open that cuts it before damage
+//!   anywhere ([`Log::find_damage`], [`Log::open_cut`]), its peers holding
+//!   what was cut.
 //! - [`meta`], [`batch`], [`index`]: the on-disk formats of `log.meta`, a
 //!   record batch and a segment's sparse index.
 
 mod append;
 pub mod batch;
+mod damage_cut;
 pub mod index;
 mod latency;
 pub mod meta;
@@ -52,6 +56,7 @@ mod restart;
 mod retention;
 mod segment;
 
+pub use damage_cut::DamageFound;
 pub use latency::{CommitLatencies, LATENCY_BUCKET_BOUNDS_US, LATENCY_BUCKETS, LatencyHistogram};
 pub use raft::{RaftAppendError, RaftBatch, RaftReadError};
 pub use recovery::{Damage, Recovery, RepairReport, TailCut};

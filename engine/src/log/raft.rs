@@ -296,8 +296,39 @@ impl<S: Storage> Log<S> {
                 m.raft.start_term,
                 m.raft.active_base_index,
             ) = keep;
+            self.raise_watermark(m);
         })
         .await
+    }
+
+    /// Moves `m`'s durable watermark up to what the active segment holds
+    /// durable now, as [`Log::checkpoint`] does: a Raft log records it with
+    /// each hard state, so that whatever a replica acknowledged lies below
+    /// it, and damage there is told from a torn tail (`recovery`). Never on
+    /// a damaged or poisoned log; never lowers it (a cut lowers it first).
+    fn raise_watermark(&self, m: &mut super::meta::LogMeta) {
+        if self.damage().is_some() {
+            return;
+        }
+        let st = self.state.borrow();
+        if st.poisoned.is_some() {
+            return;
+        }
+        let Some(seg) = st
+            .segments
+            .values()
+            .next_back()
+            .filter(|s| s.file.is_some())
+        else {
+            return;
+        };
+        if m.active_base == Some(seg.base)
+            && seg.durable_end >= m.durable_position
+            && seg.durable_next >= m.durable_next
+        {
+            m.durable_position = seg.durable_end;
+            m.durable_next = seg.durable_next;
+        }
     }
 
     /// The Raft index of the first batch held: the first loaded segment's

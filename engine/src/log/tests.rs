@@ -16,6 +16,7 @@ use crate::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 
 type SimLog = Log<SimStorage>;
 
+mod damage_cut;
 mod formats;
 mod raft;
 mod restart;

@@ -420,6 +420,14 @@ impl<S: Storage> EngineLogStore<S> {
                 .await
                 .map_err(|e| io_error("writing Raft state to log.meta", e))?;
             self.0.borrow_mut().recorded = log.raft_meta();
+        } else {
+            // The entries synced lie below log.meta's durable watermark
+            // before they are acknowledged (with the hard state above, or
+            // here), so that damage to them is told from a torn tail
+            // (`replica_repair.rs`).
+            log.checkpoint()
+                .await
+                .map_err(|e| io_error("recording the durable watermark in log.meta", e))?;
         }
         Ok(())
     }

@@ -190,7 +190,9 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
         groups_max: u32,
     ) -> Result<Partition<S, C>, String> {
         let dir = partition_dir(data_dir, stream, partition);
-        let log = Log::open(storage.clone(), &dir.join("log"), log_config)
+        // A replicated log damaged anywhere is cut and refilled from the
+        // leader (`replica_repair.rs`); a single node's opens as before.
+        let log = replica_repair::open_log(storage, &dir.join("log"), log_config)
             .await
             .map_err(|e| format!("stream {stream} partition {partition}: {e}"))?;
         report_recovery(&format!("stream {stream} partition {partition}"), &log);
@@ -200,7 +202,7 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
         log.set_write_behind(true);
         let offsets_batch_bytes_max = offsets_batch_bytes_max(groups_max);
         let offsets_config = offsets::log_config(groups_max);
-        let offsets = Log::open(storage.clone(), &dir.join("groups"), offsets_config)
+        let offsets = replica_repair::open_log(storage, &dir.join("groups"), offsets_config)
             .await
             .map_err(|e| format!("stream {stream} partition {partition} group offsets: {e}"))?;
         report_recovery(

@@ -102,11 +102,10 @@ pub struct Replica<S: Storage, C: Clock> {
     /// Messages dropped because the inbox was full.
     dropped: Cell<u64>,
     /// While refilling a damaged log: the storage of its marker and the
-    /// commit index that ends the recovery (`replica_repair.rs`).
+    /// term T a committed entry must pass to end the recovery
+    /// (`replica_repair.rs`); a leader of term T or older cannot end it
+    /// (and may hold a stale view of the replica).
     recovery: RefCell<Option<(S, u64)>>,
-    /// The term known at open: a leader of this term or older may hold a
-    /// stale view of a recovering replica.
-    term_at_open: u64,
     /// When a recovering replica last asked such a leader to move.
     asked_at: Cell<Option<std::time::Duration>>,
     /// Told the data of each committed batch of events (a pipeline's
@@ -186,7 +185,6 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             store.persist().await.map_err(|e| e.to_string())?;
         }
         let commit = store.hard_state().commit;
-        let hs_term = store.hard_state().term;
         log.retain_from_index(commit + 1);
         let high_watermark = offset_after(&log, commit).await?;
         let preferred = spec.voters.first().copied().unwrap_or(0);
@@ -211,7 +209,6 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             reported: Cell::new(None),
             dropped: Cell::new(0),
             recovery: RefCell::new(recovery),
-            term_at_open: hs_term,
             asked_at: Cell::new(None),
             on_applied: RefCell::new(None),
             wants_lease: Cell::new(false),
@@ -455,11 +452,15 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         }
     }
 
-    /// Ends a recovery once the commit reached its target: the marker goes,
-    /// and the replica votes again.
+    /// Ends a recovery once the log holds a committed entry of a term
+    /// above T: the marker goes, and the replica votes again.
     async fn end_recovery(&self) -> Result<(), String> {
         let done = match &*self.recovery.borrow() {
-            Some((_, target)) => self.group.borrow().commit() >= *target,
+            Some((_, past)) => super::replica_repair::recovery_done(
+                &self.store.log(),
+                self.group.borrow().commit(),
+                *past,
+            ),
             None => false,
         };
         if !done {
@@ -471,18 +472,19 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             self.group.borrow_mut().set_abstaining(false);
             tracing::info!(
                 log = %self.store.log().dir().display(),
-                "recovered: the commit reached {target}; voting again"
+                "recovered: a committed entry of a term above {target} is in the log; voting again"
             );
         }
         Ok(())
     }
 
-    /// While recovering under a leader elected before this replica's loss:
-    /// asks it to move (at most every [`PREFERRED_OFFER_EVERY`]).
+    /// While recovering under a leader of a term at most T (which cannot
+    /// end the recovery): asks it to move (at most every
+    /// [`PREFERRED_OFFER_EVERY`]).
     fn unstick_recovery(&self, clock: &C) {
-        if !self.recovering() {
+        let Some(past) = self.recovery.borrow().as_ref().map(|(_, t)| *t) else {
             return;
-        }
+        };
         let now = clock.now();
         if self
             .asked_at
@@ -491,11 +493,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         {
             return;
         }
-        if self
-            .group
-            .borrow_mut()
-            .ask_stale_leader_to_move(self.term_at_open)
-        {
+        if self.group.borrow_mut().ask_stale_leader_to_move(past) {
             self.asked_at.set(Some(now));
             self.wake.notify_all();
         }

@@ -1,91 +1,137 @@
 //! Recovery of a replica whose log is damaged (docs/replication.md
-//! section 10, a first form): the replica repairs the damaged range from
-//! its peers instead of refusing to start, without ever helping to elect a
-//! leader that lacks what it had acknowledged.
+//! section 10): the replica repairs the damaged range from its peers
+//! instead of refusing to start, without ever helping to elect a leader
+//! that lacks what it had acknowledged.
 //!
 //! ```text
-//!  open: verify every batch (checksums)         damage at index D
-//!        write raft.recovering = R (last index before the cut), durable
-//!        commit in log.meta lowered to min(commit, D - 1)
-//!        cut the log after D - 1 (across segments)
-//!  run:  abstain while commit < R: no vote or pre-vote granted, no
-//!        campaign; appends from the leader refill the log
-//!        commit >= R: raft.recovering removed, a voter again
+//!  open (a replicated log, `open_log`):
+//!    find the first damaged batch anywhere     Log::find_damage: sealed or
+//!      (every batch verified, index files        active segment, header or
+//!      ignored; a torn tail is not damage)       payload, index unusable
+//!    T = max(hard-state term in log.meta, every term in the log, past
+//!        the damage too, the T of a marker already there)
+//!    write raft.recovering = T, durably        before anything is cut
+//!    cut the log before the damage             Log::open_cut (crash-safe)
+//!  replicate (`repair_at_open`): the commit in log.meta lowered to the
+//!    log's end; damage the open could not see (a log opened as a single
+//!    node's) cut the same way, marker first
+//!  run: abstain while the log holds no COMMITTED entry of a term > T:
+//!    no vote or pre-vote granted, no campaign, a heartbeat's commit held
+//!    to its own log, a leader of a term <= T asked to hand over
+//!    term(commit) > T: raft.recovering removed, a voter again
 //! ```
 //!
-//! **Why it is safe.** Every entry this replica may have acknowledged lies
-//! at or below R. While it abstains, a leader can only be elected by a
-//! majority of the *other* voters; any entry committed with this replica's
-//! help is also on a majority, so every such majority has a voter holding
-//! it, and Raft's up-to-date check keeps a candidate without it from
-//! winning. If too few of those voters are up, no leader is elected: the
-//! group waits (safety over availability) rather than losing an
-//! acknowledged event. The marker is written before the cut, so a crash in
-//! the middle resumes abstaining at the next start.
+//! **Why it is safe.** Let N be the voters, this replica r among them, and
+//! e an entry r acknowledged before the loss, at index i and term t. r's
+//! term only grows and is recorded before it acknowledges anything, so
+//! t <= T; and every leader of a term <= T led before r's loss or while r
+//! abstained.
 //!
-//! **Not covered yet**: damage in the active segment, which the engine's
-//! own recovery handles first (past its durable watermark it is cut as a
-//! torn tail; the replica then recovers up to its recorded commit only,
-//! and entries it acknowledged past that commit are not protected; below
-//! the watermark the log opens read-only and the start fails, naming the
-//! damage); damage the engine's open finds itself in a sealed segment
-//! (it verifies a sealed segment's tail, and all of it when its index
-//! file is not usable, as after a crash that cut the index short): the
-//! start fails, naming the segment and byte, as on a single node; damage
-//! to a batch header that keeps the log's Raft index from
-//! loading (likewise); damage to
-//! `log.meta`; and damage on every replica of a batch (recovery needs one
-//! good copy).
+//! 1. *While r abstains* (from its restart until it leaves), every leader
+//!    is elected without r's vote, by a majority M of the other N - 1
+//!    voters. A commit majority Q (which may have counted r) still has
+//!    |Q| - 1 members other than r, and |M| + |Q| - 1 > N - 1, so M holds
+//!    a voter of Q: Raft's up-to-date check then makes every such leader
+//!    hold every entry committed before its term, r's lost copies
+//!    notwithstanding.
+//! 2. *r leaves* once its commit index c has term T' = term(c) > T. The
+//!    entry at c was committed by a leader L of term T' (r's commit never
+//!    passes an entry the leader told it is committed and r holds; raft's
+//!    consistency check makes r's log up to c equal L's).
+//! 3. *Each e at i <= c*: if e was committed, by 1 L holds it at i, so r's
+//!    log holds e again at i. If it was not, what r holds at i is L's
+//!    entry, committed: r acknowledged nothing that was, or will ever be,
+//!    committed with another value.
+//! 4. *Each e at i > c* can never be committed: L's log holds term T' at
+//!    c, so every entry after c in it has a term >= T' > t; every later
+//!    leader holds the entry at c (committed, by 1 and the normal Raft
+//!    argument after r votes again) and so no entry of term t after it.
+//!
+//! So nothing r acknowledged is lost or given a second value, and from then
+//! on r's log holds everything committed up to c: it votes again as any
+//! replica. If too few other voters are up, no leader is elected: the
+//! group waits (safety over availability). The marker is written before
+//! the cut, so a crash in the middle resumes abstaining at the next start;
+//! a marker of the first form (`HDRREC01`, holding an index) is read as the
+//! term known at this start, which is at least the term at its writing.
+//!
+//! A **torn tail** (the end of the last write round, never acknowledged
+//! durable) is not damage and leaves no marker: after a crash of every
+//! replica each would otherwise abstain and none would lead. Damage within
+//! one write round of the end of the active segment, past its watermark,
+//! cannot be told from a torn tail (`engine/src/log/recovery.rs`): an entry
+//! there this replica acknowledged past its recorded commit is not
+//! protected. Damage on every replica of a batch is not repairable
+//! (recovery needs one good copy), nor is damage to `log.meta` itself (the
+//! hard state: its vote must never be guessed).
 
 use std::path::{Path, PathBuf};
 
 use bytes::BufMut;
-use hadron_engine::Log;
 use hadron_engine::log::{RaftReadError, ReadError};
 use hadron_engine::storage::{IO_ALIGN_BYTES, Storage, StorageFile};
+use hadron_engine::{Log, LogConfig};
 
 /// The marker file in the log's directory.
 pub const RECOVERING_FILE: &str = "raft.recovering";
-const MARKER_MAGIC: &[u8; 8] = b"HDRREC01";
+/// The marker: magic, then the term T (u64 little-endian), in one page.
+const MARKER_MAGIC: &[u8; 8] = b"HDRREC02";
+/// The first form's marker: magic, then an index (read, never written).
+const MARKER_MAGIC_V1: &[u8; 8] = b"HDRREC01";
+const MARKER_BYTES: usize = 16;
 /// Bytes of entries verified per read.
 const VERIFY_READ_BYTES: u64 = 4 << 20;
 
-fn marker_path<S: Storage>(log: &Log<S>) -> PathBuf {
-    log.dir().join(RECOVERING_FILE)
+fn marker_path(dir: &Path) -> PathBuf {
+    dir.join(RECOVERING_FILE)
 }
 
-/// The index recovery must reach, from the marker, if there is one.
-async fn read_marker<S: Storage>(storage: &S, path: &Path) -> Result<Option<u64>, String> {
+/// A marker left by an earlier start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    /// The term T to pass.
+    Term(u64),
+    /// The first form's: T is the term known now (at least that known
+    /// when it was written).
+    FirstForm,
+}
+
+async fn read_marker<S: Storage>(storage: &S, path: &Path) -> Result<Option<Marker>, String> {
     let file = match storage.open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let bytes = file
-        .read_at(0, 16)
+        .read_at(0, MARKER_BYTES)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() < 16 || &bytes[..8] != MARKER_MAGIC {
-        return Err(format!(
-            "{}: not a recovery marker (remove it only if this replica's log is whole)",
-            path.display()
-        ));
+    let mut value = [0u8; 8];
+    if bytes.len() >= MARKER_BYTES {
+        value.copy_from_slice(&bytes[8..MARKER_BYTES]);
     }
-    let mut r = [0u8; 8];
-    r.copy_from_slice(&bytes[8..16]);
-    Ok(Some(u64::from_le_bytes(r)))
+    match bytes.get(..8) {
+        _ if bytes.len() < MARKER_BYTES => {}
+        Some(m) if m == MARKER_MAGIC => return Ok(Some(Marker::Term(u64::from_le_bytes(value)))),
+        Some(m) if m == MARKER_MAGIC_V1 => return Ok(Some(Marker::FirstForm)),
+        _ => {}
+    }
+    Err(format!(
+        "{}: not a recovery marker (remove it only if this replica's log is whole)",
+        path.display()
+    ))
 }
 
 /// Writes the marker durably: the file, then its directory entry.
-async fn write_marker<S: Storage>(storage: &S, path: &Path, recover_to: u64) -> Result<(), String> {
+async fn write_marker<S: Storage>(storage: &S, path: &Path, term: u64) -> Result<(), String> {
     let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
     let file = storage.create(path).await.map_err(io)?;
     let mut buf = file.alloc_buf(IO_ALIGN_BYTES as usize);
     let b = buf.as_mut();
     b.fill(0);
-    let mut at = &mut b[..16];
+    let mut at = &mut b[..MARKER_BYTES];
     at.put_slice(MARKER_MAGIC);
-    at.put_u64_le(recover_to);
+    at.put_u64_le(term);
     file.write_at(buf, 0).await.map_err(io)?;
     file.fdatasync().await.map_err(io)?;
     drop(file);
@@ -93,6 +139,53 @@ async fn write_marker<S: Storage>(storage: &S, path: &Path, recover_to: u64) -> 
         storage.sync_dir(dir).await.map_err(io)?;
     }
     Ok(())
+}
+
+/// Whether the log in `dir` belongs to a Raft group: its `log.meta`
+/// records a configuration, or a recovery is under way.
+async fn is_replicated<S: Storage>(storage: &S, dir: &Path) -> Result<bool, String> {
+    if read_marker(storage, &marker_path(dir)).await?.is_some() {
+        return Ok(true);
+    }
+    let meta = hadron_engine::log::meta::read(storage, dir)
+        .await
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    Ok(meta.is_some_and(|m| {
+        let r = &m.raft;
+        !(r.voters.is_empty() && r.learners.is_empty() && r.voters_outgoing.is_empty())
+    }))
+}
+
+/// Opens the log in `dir`. A replicated one (see [`is_replicated`]) that
+/// is damaged anywhere is cut before the damage, the marker written first
+/// (module header); a single node's opens as [`Log::open`] does (damage
+/// refuses the open or leaves the log read-only, for `hadron repair`).
+pub async fn open_log<S: Storage + Clone>(
+    storage: &S,
+    dir: &Path,
+    config: LogConfig,
+) -> Result<Log<S>, String> {
+    let opened = |r: Result<Log<S>, hadron_engine::OpenError>| r.map_err(|e| e.to_string());
+    if !is_replicated(storage, dir).await? {
+        return opened(Log::open(storage.clone(), dir, config).await);
+    }
+    let found = Log::find_damage(storage, dir, &config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(found) = found else {
+        return opened(Log::open(storage.clone(), dir, config).await);
+    };
+    let path = marker_path(dir);
+    let term = match read_marker(storage, &path).await? {
+        Some(Marker::Term(t)) => t.max(found.term_max),
+        Some(Marker::FirstForm) | None => found.term_max,
+    };
+    tracing::error!(
+        log = %dir.display(),
+        "{found}: cutting the log there and refilling it from the leader; this replica abstains from elections until it holds a committed entry of a term above {term}"
+    );
+    write_marker(storage, &path, term).await?;
+    opened(Log::open_cut(storage.clone(), dir, config, &found).await)
 }
 
 /// The first Raft index of `log` whose batch fails its checks, if any.
@@ -120,12 +213,24 @@ async fn first_damaged<S: Storage>(log: &Log<S>) -> Result<Option<u64>, String> 
     Ok(None)
 }
 
-/// Verifies a replicated log at open and repairs damage as the module
-/// header says. Returns the index the replica must reach before it votes
-/// again, when it must abstain (damage found now, or a marker left by an
-/// earlier start).
+/// The highest term `log` knew: its hard state's, its last entry's, and a
+/// marker's.
+fn term_known<S: Storage>(log: &Log<S>, pending: Option<Marker>) -> u64 {
+    let marked = match pending {
+        Some(Marker::Term(t)) => t,
+        _ => 0,
+    };
+    let last = log.term(log.last_index()).unwrap_or(0);
+    log.raft_meta().term.max(last).max(marked)
+}
+
+/// Checks a replicated log once open (by [`open_log`]) and repairs what is
+/// left as the module header says. Returns the term T the replica must see
+/// committed past before it votes again, when it must abstain (damage found
+/// now or at open, a log ending below its recorded commit, or a marker
+/// left by an earlier start).
 pub async fn repair_at_open<S: Storage>(storage: &S, log: &Log<S>) -> Result<Option<u64>, String> {
-    let path = marker_path(log);
+    let path = marker_path(log.dir());
     let pending = read_marker(storage, &path).await?;
     log.load_raft_index()
         .await
@@ -133,30 +238,34 @@ pub async fn repair_at_open<S: Storage>(storage: &S, log: &Log<S>) -> Result<Opt
     let Some(damaged) = first_damaged(log).await? else {
         let commit = log.raft_meta().commit;
         if commit <= log.last_index() {
-            return Ok(pending);
+            return Ok(match pending {
+                Some(Marker::Term(t)) => Some(t),
+                Some(Marker::FirstForm) => Some(term_known(log, pending)),
+                None => None,
+            });
         }
         // Committed entries missing without damage in what is left: the
-        // engine's recovery cut a tail it could not tell from a torn write
-        // (a damaged batch past its durable watermark), or an earlier
+        // open cut damage (the marker is there), or the engine's recovery
+        // cut a tail it could not tell from a torn write, or an earlier
         // start cut the log and ended before lowering the commit. Raft
-        // refuses a commit past the log: recover up to it.
-        let recover_to = pending.unwrap_or(0).max(commit);
+        // refuses a commit past the log: recover as from damage.
+        let term = term_known(log, pending);
         tracing::error!(
             log = %log.dir().display(),
-            "the log ends at Raft index {} below its recorded commit {commit}: refilling it from the leader; this replica abstains from elections until its commit reaches {recover_to}",
+            "the log ends at Raft index {} below its recorded commit {commit}: refilling it from the leader; this replica abstains from elections until it holds a committed entry of a term above {term}",
             log.last_index()
         );
-        write_marker(storage, &path, recover_to).await?;
+        write_marker(storage, &path, term).await?;
         clamp_commit(log).await?;
-        return Ok(Some(recover_to));
+        return Ok(Some(term));
     };
-    let recover_to = pending.unwrap_or(0).max(log.last_index());
+    let term = term_known(log, pending);
     tracing::error!(
         log = %log.dir().display(),
-        "Raft index {damaged} is damaged: cutting the log after {} and refilling it from the leader; this replica abstains from elections until its commit reaches {recover_to}",
+        "Raft index {damaged} is damaged: cutting the log after {} and refilling it from the leader; this replica abstains from elections until it holds a committed entry of a term above {term}",
         damaged - 1
     );
-    write_marker(storage, &path, recover_to).await?;
+    write_marker(storage, &path, term).await?;
     let mut meta = log.raft_meta();
     if meta.commit >= damaged {
         meta.commit = damaged - 1;
@@ -168,7 +277,7 @@ pub async fn repair_at_open<S: Storage>(storage: &S, log: &Log<S>) -> Result<Opt
         .await
         .map_err(|e| format!("cutting the damaged log after {}: {e}", damaged - 1))?;
     clamp_commit(log).await?;
-    Ok(Some(recover_to))
+    Ok(Some(term))
 }
 
 /// Lowers the commit recorded in `log.meta` to the log's last index.
@@ -183,9 +292,15 @@ async fn clamp_commit<S: Storage>(log: &Log<S>) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a recovery that must pass term `past` is over: the entry at
+/// the commit index is in the log with a higher term.
+pub fn recovery_done<S: Storage>(log: &Log<S>, commit: u64, past: u64) -> bool {
+    commit > 0 && log.term(commit).is_some_and(|t| t > past)
+}
+
 /// Ends a recovery: the marker goes (durably).
 pub async fn recovered<S: Storage>(storage: &S, log: &Log<S>) -> Result<(), String> {
-    let path = marker_path(log);
+    let path = marker_path(log.dir());
     storage
         .remove(&path)
         .await

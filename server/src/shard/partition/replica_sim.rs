@@ -9,10 +9,12 @@
 //! between steps or in the middle of a write (the storage stops at an
 //! operation chosen by the seed), their unsynced writes lost or torn, and
 //! restarted later; at most one down at a time or, sometimes, two (no
-//! quorum for a while); and, at a restart now and then, a bit flipped in a
-//! stored event batch of the restarting node's log (one node at a time:
-//! recovery needs one good copy), which it must find, cut and refill from
-//! the leader (`replica_repair.rs`).
+//! quorum for a while); and, at a restart now and then, damage to the
+//! restarting node's log (one node at a time: recovery needs one good
+//! copy): a bit flipped in a sealed segment's batch (its index file kept,
+//! removed or cut short), in a batch header, or in the active segment
+//! below or past its durable watermark (`damage.rs`), which it must find,
+//! cut and refill from the leader (`replica_repair.rs`).
 //!
 //! **Retention** runs on every node (128 KiB over 64 KiB segments, of
 //! about 500 KiB written per seed: most segments go), so a follower that was down or cut off often finds its
@@ -65,9 +67,6 @@ const EVENT_PAD_BYTES: usize = 300;
 /// same events elsewhere (the answer may still come).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const DIR: &str = "/sim";
-/// The tail of a sealed segment the engine verifies at open (past its
-/// last index entry, every `index_interval_bytes`), with room to spare.
-const TAIL_SCANNED_BYTES: usize = 4 << 10;
 const EPOCH_MS: u64 = 1_700_000_000_000;
 
 type SimPartition = Partition<SimStorage, SimClock>;
@@ -106,6 +105,8 @@ struct Coverage {
     /// restart, and recoveries that ended (the replica voting again).
     damaged: u64,
     recovered: u64,
+    /// Of those damaged, per kind (`damage.rs`).
+    damage_kinds: damage::DamageCounts,
     /// Snapshots installed (a follower's log restarted after the leader's
     /// retention point).
     installs: u64,
@@ -124,6 +125,7 @@ impl std::ops::AddAssign for Coverage {
         self.cuts += o.cuts;
         self.damaged += o.damaged;
         self.recovered += o.recovered;
+        self.damage_kinds += o.damage_kinds;
         self.installs += o.installs;
     }
 }
@@ -318,59 +320,6 @@ impl Sim {
                 .iter()
                 .any(|p| p.ends_with(super::replica_repair::RECOVERING_FILE))
         })
-    }
-
-    /// Flips a bit in the payload of a durable event batch in a sealed
-    /// segment of node `i`'s log: acknowledged data gone bad, found by the
-    /// checksum at open.
-    fn damage(&mut self, i: usize) {
-        let storage = &self.nodes[i].storage;
-        // Sealed segments only: the engine itself handles damage in the
-        // active segment (a tail past its durable watermark is cut as torn;
-        // below it, the log opens read-only), which recovery does not
-        // cover yet (`replica_repair.rs`).
-        let mut segments: Vec<_> = storage
-            .paths()
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .collect();
-        segments.sort();
-        segments.pop();
-        let mut targets = Vec::new();
-        for path in &segments {
-            let bytes = storage.durable_bytes(path).unwrap_or_default();
-            let mut at = 0usize;
-            let mut found = Vec::new();
-            for batch in hadron_engine::log::batch::Batches::new(&bytes) {
-                let Ok(batch) = batch else { break };
-                let len = batch.header.batch_bytes();
-                if batch.header.kind == hadron_engine::log::batch::BatchKind::Events {
-                    let header = batch.header.header_bytes();
-                    found.push((path.clone(), at + header, len - header, at + len));
-                }
-                at += len;
-            }
-            // Not in the segment's tail, which the engine's open verifies
-            // itself (past its last index entry) and refuses to open
-            // damaged: that case is not covered yet (`replica_repair.rs`).
-            let tail = at.saturating_sub(TAIL_SCANNED_BYTES);
-            targets.extend(
-                found
-                    .into_iter()
-                    .filter(|t| t.3 <= tail)
-                    .map(|(p, from, len, _)| (p, from, len)),
-            );
-        }
-        if targets.is_empty() {
-            return;
-        }
-        let (path, from, len) = targets[self.rng.below(targets.len() as u64) as usize].clone();
-        let pos = from as u64 + self.rng.below(len as u64);
-        let bit = self.rng.below(8) as u8;
-        if storage.flip_bit(&path, pos, bit).is_ok() {
-            self.coverage.damaged += 1;
-            self.say(|| format!("node {} damaged: {} byte {pos}", i + 1, path.display()));
-        }
     }
 
     fn down(&self) -> usize {
@@ -773,6 +722,7 @@ impl Sim {
 /// Every seed: the checks of the module header; and a few of each fault
 /// over all seeds, so that a change that stops the simulation from
 /// reaching them is noticed.
+mod damage;
 mod moves;
 
 #[test]
@@ -791,6 +741,16 @@ fn replica_sim_keeps_every_acknowledged_event_once_on_every_node() {
         "{total:?}"
     );
     assert!(per(total.installs) >= 0.1, "snapshots installed: {total:?}");
+    eprintln!(
+        "replica_sim: {} damaged logs (per kind: sealed payload, sealed without index, header, active below / past the watermark: {:?}), {} recoveries ended",
+        total.damaged, total.damage_kinds.0, total.recovered
+    );
+    // Over every seed (not one replayed alone).
+    assert!(
+        seeds < SEEDS as usize
+            || (total.damage_kinds.0.iter().all(|&n| n > 0) && total.recovered > 0),
+        "every kind of damage, and recoveries: {total:?}"
+    );
 }
 
 /// A seed replays exactly: the same trace of deliveries, crashes and

@@ -215,7 +215,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             .join(&plan.name)
             .join(format!("{:05}", source.partition));
         let outputs = Rc::new(
-            Log::open(storage.clone(), &dir, log_config)
+            super::partition::replica_repair::open_log(storage, &dir, log_config)
                 .await
                 .map_err(|e| {
                     format!("pipeline {} partition {}: {e}", plan.name, source.partition)

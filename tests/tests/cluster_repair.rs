@@ -1,0 +1,155 @@
+//! A follower's damaged log repaired from its peers across real processes
+//! (docs/replication.md section 10): 3 nodes, one partition of 3 replicas
+//! on 64 KiB segments, durable publishes throughout. A follower is
+//! SIGKILLed and a byte of its log flipped, (a) in its first sealed
+//! segment, the segment's index file removed (so that the engine's open
+//! scans it whole, as after a crash), then (b) in its active segment below
+//! the durable watermark; each time it restarts, cuts its log before the
+//! damage, refills it from the leader and votes again (no `recovering` in
+//! its status), the flipped byte back as it was. Afterwards every
+//! acknowledged event is read back once at its offset, and the repaired
+//! node's segment files are byte for byte another replica's.
+
+use std::path::{Path, PathBuf};
+
+use hadron_tests::cluster::{Cluster, ClusterOptions};
+use hadron_tests::eventually;
+use hadron_tests::moves::{Load, WAIT, await_more_acks, check_log, one_partition_stream};
+
+const STREAM: &str = "orders";
+
+fn options() -> ClusterOptions {
+    ClusterOptions {
+        resources: one_partition_stream(STREAM),
+        settings: "segmentBytes: 65536\n".into(),
+        ..ClusterOptions::default()
+    }
+}
+
+fn log_dir(cluster: &mut Cluster, id: u64) -> PathBuf {
+    cluster
+        .node(id)
+        .data_dir()
+        .join("streams")
+        .join(STREAM)
+        .join("00000")
+        .join("log")
+}
+
+/// The segment files of a log directory, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    files.sort();
+    files
+}
+
+/// Where a segment's data ends: after its last nonzero byte.
+fn data_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+/// Flips every bit of byte `at` of `path`; returns the byte it held.
+fn flip(path: &Path, at: usize) -> u8 {
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let was = bytes[at];
+    bytes[at] ^= 0xff;
+    if let Err(e) = std::fs::write(path, &bytes) {
+        panic!("{}: {e}", path.display());
+    }
+    was
+}
+
+/// Node `id` recovered: its replica votes again and holds the leader's
+/// high watermark, and byte `at` of `path` is `byte` again.
+async fn await_repaired(cluster: &Cluster, id: u64, path: &Path, at: usize, byte: u8) {
+    eventually(WAIT, "the damaged follower repaired", || async move {
+        let mine = cluster.replica_status(id, STREAM, 0).await?;
+        let leader = cluster.leader(STREAM, 0).await?;
+        let theirs = cluster.replica_status(leader, STREAM, 0).await?;
+        let caught_up = mine["last_index"].as_u64()? >= theirs["commit"].as_u64()?;
+        let whole = std::fs::read(path).ok()?.get(at) == Some(&byte);
+        (mine["recovering"] == false && caught_up && whole).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_damaged_in_a_sealed_and_its_active_segment_repairs_from_its_peers() {
+    let mut cluster = Cluster::start(options());
+    let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
+    let follower = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    let dir = log_dir(&mut cluster, follower);
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    eventually(WAIT, "three segments on the follower", || async {
+        (segments(&dir).len() >= 3).then_some(())
+    })
+    .await;
+
+    // (a) The first sealed segment, its index file gone.
+    cluster.node(follower).kill_now();
+    let first = segments(&dir)[0].clone();
+    let len = data_end(&std::fs::read(&first).unwrap());
+    let at = len / 2;
+    let byte = flip(&first, at);
+    std::fs::remove_file(first.with_extension("idx")).unwrap();
+    cluster.node(follower).restart();
+    await_repaired(&cluster, follower, &first, at, byte).await;
+    await_more_acks(&load.count, 30).await;
+
+    // (b) The active segment, below its durable watermark: the first
+    // batch of a segment with several kilobytes of data acknowledged.
+    eventually(WAIT, "data in the follower's active segment", || async {
+        let active = segments(&dir).pop()?;
+        (data_end(&std::fs::read(active).ok()?) > 8 << 10).then_some(())
+    })
+    .await;
+    cluster.node(follower).kill_now();
+    let active = segments(&dir).pop().unwrap();
+    let at = 100;
+    let byte = flip(&active, at);
+    cluster.node(follower).restart();
+    await_repaired(&cluster, follower, &active, at, byte).await;
+    await_more_acks(&load.count, 30).await;
+
+    // Each start found the damage and cut there (`replica_repair.rs`).
+    let said = cluster.node(follower).log();
+    assert_eq!(
+        said.matches("cutting the log there and refilling it from the leader")
+            .count(),
+        2,
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{} is damaged at byte", first.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{} is damaged at byte", active.display())),
+        "{said}"
+    );
+
+    let acked = load.stop().await;
+    let voters = cluster.ids();
+    check_log(&cluster, STREAM, &voters, &acked).await;
+    let other = *voters.iter().find(|&&id| id != follower).unwrap();
+    let theirs = log_dir(&mut cluster, other);
+    let mine = segments(&dir);
+    let names = |v: &[PathBuf]| -> Vec<_> {
+        v.iter()
+            .map(|p| p.file_name().map(|n| n.to_owned()))
+            .collect()
+    };
+    assert_eq!(names(&mine), names(&segments(&theirs)), "the same segments");
+    for path in &mine {
+        let a = std::fs::read(path).unwrap();
+        let b = std::fs::read(theirs.join(path.file_name().unwrap())).unwrap();
+        assert!(
+            a[..data_end(&a)] == b[..data_end(&b)],
+            "{} differs from node {other}'s",
+            path.display()
+        );
+    }
+}
