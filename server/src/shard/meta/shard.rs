@@ -9,8 +9,9 @@ use std::rc::{Rc, Weak};
 use super::{Command, META_APPLIED_FILE, META_DIR, META_GROUP, Meta, MetaState};
 use crate::config::placement::PLACEMENT_VOTERS_MAX;
 use crate::shard::partition::replica::Replica;
+use crate::shard::partition::replica_repair;
 use hadron_engine::storage::Storage;
-use hadron_engine::{Durability, Log, LogConfig, Retention};
+use hadron_engine::{Durability, LogConfig, Retention};
 
 use crate::shard::clock::Runtime;
 use crate::shard::{Error, NodeChange, Reply, Shard, TokenChange};
@@ -97,7 +98,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             ..self.settings.log_config(Retention::default())
         };
         let dir = config.data_dir.join(META_DIR);
-        let log = Log::open(self.storage.clone(), &dir, log_config)
+        // Damage is cut and refilled from the peers, as for partitions.
+        let log = replica_repair::open_log(&self.storage, &dir, log_config)
             .await
             .map_err(|e| format!("the metadata log {}: {e}", dir.display()))?;
         let log = Rc::new(log);
