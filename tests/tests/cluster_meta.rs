@@ -9,7 +9,10 @@
 //!   every URL succeeds on the new leader;
 //! - `add-node` through one URL: the new node learns the resources from
 //!   the log (it serves the stream's metadata) and becomes a voter of
-//!   `cluster/meta`.
+//!   `cluster/meta`;
+//! - a follower whose metadata log was damaged while it was down cuts it
+//!   before the damage at start, abstains until refilled from its peers,
+//!   applies nothing twice, and takes changes again.
 
 use std::time::Duration;
 
@@ -225,4 +228,87 @@ async fn an_added_node_learns_the_resources_from_the_log_and_votes_in_the_meta_g
         },
     )
     .await;
+}
+
+/// Flips every bit of byte `at` of `path`; returns the byte it held.
+fn flip(path: &std::path::Path, at: usize) -> u8 {
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let was = bytes[at];
+    bytes[at] ^= 0xff;
+    std::fs::write(path, &bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    was
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_metadata_log_is_damaged_cuts_it_and_refills_it_from_its_peers() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = await_meta_leader(&cluster).await;
+    let all = urls(&cluster, &cluster.ids());
+    for name in ["a", "b", "c"] {
+        let out = apply_cli(&cluster, &stream_yaml(name, 1), &all);
+        assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    }
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let applied = eventually(
+        WAIT,
+        "the follower at the leader's applied index",
+        || async {
+            let at_leader = cluster.meta_status(leader).await?["applied"].as_u64()?;
+            let mine = cluster.meta_status(follower).await?["applied"].as_u64()?;
+            (mine == at_leader).then_some(mine)
+        },
+    )
+    .await;
+
+    // A byte in the middle of the follower's metadata log (the entries of
+    // the applies: below its durable watermark) flipped while it is down.
+    cluster.node(follower).kill_now();
+    let dir = cluster
+        .node(follower)
+        .data_dir()
+        .join("cluster")
+        .join("meta");
+    let mut logs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    let segment = logs
+        .first()
+        .unwrap_or_else(|| panic!("no segment in {}", dir.display()));
+    let bytes = std::fs::read(segment).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let at = end / 2;
+    let byte = flip(segment, at);
+    cluster.node(follower).restart();
+
+    // It starts, cuts before the damage, abstains until refilled, and
+    // applies nothing twice (its applied index went on from where it was).
+    eventually(WAIT, "the follower's metadata log repaired", || async {
+        let meta = cluster.meta_status(follower).await?;
+        let whole = std::fs::read(segment).ok()?.get(at) == Some(&byte);
+        let done = meta["replication"]["recovering"] == false;
+        (done && whole && meta["applied"].as_u64()? >= applied).then_some(())
+    })
+    .await;
+    let said = cluster.node(follower).log();
+    assert!(
+        said.contains("cutting the log there and refilling it from the leader"),
+        "{said}"
+    );
+    assert!(!said.contains("not applied"), "{said}");
+
+    // A change through it reaches every node, itself included.
+    let out = apply_cli(
+        &cluster,
+        &stream_yaml("d", 2),
+        &cluster.client_addr(follower),
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    for id in cluster.ids() {
+        for (name, partitions) in [("a", 1), ("b", 1), ("c", 1), ("d", 2)] {
+            await_stream(&cluster, id, name, partitions).await;
+        }
+    }
 }

@@ -39,6 +39,10 @@
 //!   log. The target voters are the registry's nodes (at most
 //!   `TARGET_VOTERS_MAX`), said again after every node change: adding or
 //!   removing a node is a membership change of this group too.
+//! - **Damage.** The log opens as a partition's does
+//!   (`replica_repair`): damage found at start is cut, and the replica
+//!   abstains until refilled from its peers; the applied index then goes
+//!   on from where it was, so nothing is applied twice.
 //! - **Size.** The log is not compacted: it grows by one entry per change
 //!   (at most `applyBytesMax` each).
 

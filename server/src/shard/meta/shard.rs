@@ -111,7 +111,13 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             Vec::new()
         };
         let spec = self.replica_spec(META_GROUP, 0, voters)?;
-        let replica = Replica::open(log.clone(), spec, self.runtime.clone(), None)
+        // A log cut at open (or damaged past what the open saw) makes this
+        // replica abstain until refilled, as a partition's does.
+        let recovery = replica_repair::repair_at_open(&self.storage, &log)
+            .await
+            .map_err(|e| format!("the metadata group: {e}"))?
+            .map(|target| (self.storage.clone(), target));
+        let replica = Replica::open(log.clone(), spec, self.runtime.clone(), recovery)
             .await
             .map_err(|e| format!("the metadata group: {e}"))?;
         let applied_path = config.data_dir.join(META_APPLIED_FILE);
