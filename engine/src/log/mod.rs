@@ -528,6 +528,8 @@ pub struct Log<S: Storage> {
     meta_idle: Notify,
     /// `config.retention` until `set_retention` changes it.
     retention: Cell<Retention>,
+    /// Every batch was verified since the open (`mark_verified`).
+    verified: Cell<bool>,
 }
 
 impl<S: Storage> fmt::Debug for Log<S> {

@@ -173,6 +173,7 @@ impl<S: Storage> Log<S> {
             config,
             write_behind: Cell::new(false),
             retention: Cell::new(config.retention),
+            verified: Cell::new(false),
             recovery,
             meta: RefCell::new(recovery::MetaState {
                 file: None,

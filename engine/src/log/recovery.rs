@@ -255,6 +255,18 @@ impl<S: Storage> Log<S> {
         &self.recovery
     }
 
+    /// Records that its owner verified every batch of the log at open
+    /// (`Log::find_damage`), so that a later check may skip reading it
+    /// whole again.
+    pub fn mark_verified(&self) {
+        self.verified.set(true);
+    }
+
+    /// Whether [`Log::mark_verified`] was called since the open.
+    pub fn verified(&self) -> bool {
+        self.verified.get()
+    }
+
     /// The damage that keeps the log read-only, if any.
     pub fn damage(&self) -> Option<&Damage> {
         self.recovery.damage.as_ref()

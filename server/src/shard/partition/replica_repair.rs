@@ -173,7 +173,9 @@ pub async fn open_log<S: Storage + Clone>(
         .await
         .map_err(|e| e.to_string())?;
     let Some(found) = found else {
-        return opened(Log::open(storage.clone(), dir, config).await);
+        let log = opened(Log::open(storage.clone(), dir, config).await)?;
+        log.mark_verified();
+        return Ok(log);
     };
     let path = marker_path(dir);
     let term = match read_marker(storage, &path).await? {
@@ -185,7 +187,9 @@ pub async fn open_log<S: Storage + Clone>(
         "{found}: cutting the log there and refilling it from the leader; this replica abstains from elections until it holds a committed entry of a term above {term}"
     );
     write_marker(storage, &path, term).await?;
-    opened(Log::open_cut(storage.clone(), dir, config, &found).await)
+    let log = opened(Log::open_cut(storage.clone(), dir, config, &found).await)?;
+    log.mark_verified();
+    Ok(log)
 }
 
 /// The first Raft index of `log` whose batch fails its checks, if any.
@@ -235,7 +239,14 @@ pub async fn repair_at_open<S: Storage>(storage: &S, log: &Log<S>) -> Result<Opt
     log.load_raft_index()
         .await
         .map_err(|e| format!("loading the Raft index: {e}"))?;
-    let Some(damaged) = first_damaged(log).await? else {
+    // `open_log` verified it whole already, unless it opened it as a
+    // single node's.
+    let damaged = if log.verified() {
+        None
+    } else {
+        first_damaged(log).await?
+    };
+    let Some(damaged) = damaged else {
         let commit = log.raft_meta().commit;
         if commit <= log.last_index() {
             return Ok(match pending {
