@@ -72,6 +72,13 @@ pub struct ClientOptions {
     /// (about 0.5 to 2 s) even when a stale hint costs every other
     /// attempt; raise it for a cluster that takes longer.
     pub publish_attempts_max: u32,
+    /// The longest one publish (or leader-following fetch) keeps retrying,
+    /// from its first attempt: no retry starts past it, whatever attempts
+    /// are left (as Kafka's `delivery.timeout.ms` bounds `retries`), so
+    /// that attempts each waiting up to `request_timeout` cannot add up to
+    /// minutes. A retry is the same request, so a publish retried here is
+    /// stored once (the leader's idempotency window).
+    pub publish_retry_deadline: Duration,
     /// Largest frame the client sends or accepts (the server's
     /// `frame_bytes_max`).
     pub frame_bytes_max: usize,
@@ -91,6 +98,7 @@ impl Default for ClientOptions {
             max_in_flight_requests: 1024,
             shard_aware: true,
             publish_attempts_max: 12,
+            publish_retry_deadline: Duration::from_secs(60),
             frame_bytes_max: FRAME_BYTES_MAX,
             tls: TlsOptions::default(),
         }

@@ -48,8 +48,9 @@
 //!   back off, ask again, and resend the same request (for a publish the
 //!   same encoded events, same ids). All within
 //!   `ClientOptions::publish_attempts_max` attempts (about 30 s of pauses
-//!   by default). Subscriptions and stage handlers register at the bootstrap
-//!   nodes (the next one after each failure) and do not follow leaders yet.
+//!   by default), none started past `ClientOptions::publish_retry_deadline`
+//!   (60 s by default) from the first. Subscriptions and stage handlers
+//!   register on every bootstrap node (see `subscribe`).
 //! - `Publisher` fills in missing event ids (unique, generated) and sources
 //!   (the publisher's name), picks the partition by the subject's hash (or
 //!   the hash of source and id), and retries retryable failures with the

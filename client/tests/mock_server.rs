@@ -1662,6 +1662,28 @@ async fn publish_gives_up_after_publish_attempts_max_not_leader_answers() {
     assert_eq!(published_ids(&node).len(), 3, "one publish per attempt");
 }
 
+#[tokio::test]
+async fn publish_stops_retrying_at_its_retry_deadline_with_attempts_left() {
+    // An election that never ends, attempts without bound: the deadline
+    // ends the retries. Pauses are at least 10 ms each, so no more than
+    // 1 + 2 s / 10 ms attempts fit before it.
+    let node = Mock::start(0, follower(None)).await;
+    let options = hadron::ClientOptions {
+        publish_attempts_max: u32::MAX,
+        publish_retry_deadline: Duration::from_secs(2),
+        ..fast_options()
+    };
+    let client = hadron::Client::new(&node.url, options).unwrap();
+    let publisher = client.publisher("router").await.unwrap();
+    let e = publisher
+        .publish(hadron::NewEvent::new("t", vec![1]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotLeader));
+    let attempts = published_ids(&node).len();
+    assert!((2..=201).contains(&attempts), "{attempts} attempts");
+}
+
 /// A node that took the request and then went silent (it is about to be
 /// killed): Publish and Fetch are never answered; the rest as `inner`.
 fn holding(inner: Behavior) -> Behavior {

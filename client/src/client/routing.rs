@@ -23,7 +23,8 @@
 //! Every resend is the caller's same request (for a publish, the same
 //! encoded batch with the same ids, so the new leader's dedup window keeps
 //! it once), and every attempt counts against
-//! `ClientOptions::publish_attempts_max`.
+//! `ClientOptions::publish_attempts_max`; no retry starts past
+//! `ClientOptions::publish_retry_deadline` from the first attempt.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -180,7 +181,7 @@ impl Client {
     /// Runs `request` on `stream`/`partition`'s connection (see
     /// `conn_for`), following leader changes as the module header says,
     /// and retrying per `retry`, at most `publish_attempts_max` attempts
-    /// in all. `request` is called once per attempt and must send the
+    /// in all, none starting past `publish_retry_deadline`. `request` is called once per attempt and must send the
     /// same request each time.
     pub(crate) async fn routed<T, F, Fut>(
         &self,
@@ -196,6 +197,7 @@ impl Client {
     {
         let options = &self.inner.options;
         let attempts_max = options.publish_attempts_max.max(1);
+        let deadline = tokio::time::Instant::now() + options.publish_retry_deadline;
         let mut attempt = 1;
         loop {
             let had_leader = self.leader_of(stream, partition).is_some();
@@ -207,10 +209,10 @@ impl Client {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e,
             };
-            if attempt >= attempts_max {
+            let pause = options.backoff(attempt);
+            if attempt >= attempts_max || tokio::time::Instant::now() + pause >= deadline {
                 return Err(e);
             }
-            let pause = options.backoff(attempt);
             match &e {
                 Error::NotLeader { leader, message } => {
                     tracing::debug!(what, stream, partition, attempt, ?leader, %message,
