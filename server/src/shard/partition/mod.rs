@@ -39,6 +39,7 @@ mod offsets;
 pub mod replica;
 pub mod replica_move;
 pub mod replica_offsets;
+mod replica_persist;
 pub mod replica_repair;
 #[cfg(test)]
 mod replica_sim;
