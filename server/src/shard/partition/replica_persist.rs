@@ -34,10 +34,13 @@ use super::replica::Replica;
 use crate::replication::StoreError;
 use crate::shard::clock::Clock;
 
+/// A `log.meta` watermark write.
+type MarkWrite = Pin<Box<dyn Future<Output = Result<(), StoreError>>>>;
+
 /// A watermark write in flight for the rounds up to `number`.
 pub(super) struct Mark {
     number: u64,
-    write: Option<Pin<Box<dyn Future<Output = Result<(), StoreError>>>>>,
+    write: Option<MarkWrite>,
     done: Option<Result<(), StoreError>>,
 }
 
