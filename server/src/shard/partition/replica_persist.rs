@@ -10,8 +10,8 @@
 //!                              │    -> on_persisted(N)
 //!                              └─ unchanged: watermark write W(N) starts,
 //!                                   held in flight; the turn goes on
-//!  round N+1:  sync entries N+1 ‖ W(N); W(N) done -> on_persisted(N)
-//!              (even while N+1 syncs); then as round N
+//!  round N+1:  sync entries N+1 ‖ W(N)  (both awaited) -> on_persisted(N)
+//!              then as round N (a hard state written covers N+1 and N)
 //!  idle:       the drive loop waits on W(N) too -> on_persisted(N)
 //! ```
 //!
@@ -28,7 +28,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::future::Either;
 use hadron_engine::storage::Storage;
 
 use super::replica::Replica;
@@ -62,30 +61,17 @@ impl<S: Storage, C: Clock> Replica<S, C> {
                 self.mark_written().await;
                 moved |= self.report_mark()?;
             }
-            // The entries' sync and the hard state captured when it begins
-            // (a round reported later, by its number, covers only the
-            // Readies handled before).
-            let entries = std::pin::pin!(self.store.persist_entries());
-            // Bound first: a borrow in the scrutinee would live through it.
             let in_flight = self.mark.borrow().is_some();
             let wrote_state = match in_flight {
                 true => {
-                    let mark = std::pin::pin!(self.mark_written());
-                    match futures::future::select(entries, mark).await {
-                        Either::Left((entries, _)) => entries,
-                        Either::Right(((), entries)) => {
-                            // The previous round reported while this one
-                            // syncs.
-                            moved |= self.report_mark()?;
-                            entries.await
-                        }
-                    }
+                    let (entries, ()) =
+                        futures::future::join(self.store.persist_entries(), self.mark_written())
+                            .await;
+                    entries
                 }
-                false => entries.await,
+                false => self.store.persist_entries().await,
             }
             .map_err(|e| e.to_string())?;
-            // Rounds are reported in order: the previous one first.
-            self.mark_written().await;
             moved |= self.report_mark()?;
             if wrote_state {
                 moved |= self.report(number)?;
