@@ -34,13 +34,10 @@ use super::replica::Replica;
 use crate::replication::StoreError;
 use crate::shard::clock::Clock;
 
-/// A `log.meta` watermark write.
-type MarkWrite = Pin<Box<dyn Future<Output = Result<(), StoreError>>>>;
-
 /// A watermark write in flight for the rounds up to `number`.
 pub(super) struct Mark {
     number: u64,
-    write: Option<MarkWrite>,
+    write: Option<Pin<Box<dyn Future<Output = Result<(), StoreError>>>>>,
     done: Option<Result<(), StoreError>>,
 }
 
