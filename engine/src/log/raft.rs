@@ -301,56 +301,6 @@ impl<S: Storage> Log<S> {
         .await
     }
 
-    /// Records in `log.meta` how far the active segment is durable now
-    /// (as [`Log::checkpoint`] does), unless it records that much already:
-    /// a Raft log's watermark write for a round whose hard state did not
-    /// change. The position is read when the write begins (after any
-    /// `log.meta` write before it), so a write queued behind another never
-    /// lowers it; the caller keeps it apart from a cut, which lowers it.
-    pub async fn write_watermark(&self) -> std::io::Result<()> {
-        if self.damage().is_some() || self.poisoned().is_some() {
-            return Ok(());
-        }
-        let covered = {
-            let st = self.state.borrow();
-            let m = self.meta.borrow();
-            st.segments
-                .values()
-                .next_back()
-                .filter(|s| s.file.is_some())
-                .is_none_or(|s| {
-                    m.current.active_base == Some(s.base)
-                        && m.current.durable_position >= s.durable_end
-                        && m.current.durable_next >= s.durable_next
-                })
-        };
-        if covered {
-            return Ok(());
-        }
-        self.update_meta(|m| {
-            let st = self.state.borrow();
-            let Some(seg) = st
-                .segments
-                .values()
-                .next_back()
-                .filter(|s| s.file.is_some())
-            else {
-                return;
-            };
-            if m.active_base.is_none_or(|b| b < seg.base) {
-                // A segment `log.meta` does not know as active yet.
-                m.raft.active_base_index = seg.base_index;
-                m.active_base = Some(seg.base);
-                m.durable_position = seg.durable_end;
-                m.durable_next = seg.durable_next;
-            } else if m.active_base == Some(seg.base) {
-                m.durable_position = m.durable_position.max(seg.durable_end);
-                m.durable_next = m.durable_next.max(seg.durable_next);
-            }
-        })
-        .await
-    }
-
     /// Moves `m`'s durable watermark up to what the active segment holds
     /// durable now, as [`Log::checkpoint`] does: a Raft log records it with
     /// each hard state, so that whatever a replica acknowledged lies below

@@ -64,13 +64,12 @@ pub const fn align_up(value: u64) -> u64 {
     align_down(value + IO_ALIGN_BYTES - 1)
 }
 
-/// A file system the log keeps its segments in. Owned (`'static`): a
-/// replica keeps a `log.meta` write of its log in flight across turns.
+/// A file system the log keeps its segments in.
 #[expect(
     async_fn_in_trait,
     reason = "thread-per-core: storage futures never move to another thread"
 )]
-pub trait Storage: 'static {
+pub trait Storage {
     /// An open file.
     type File: StorageFile;
     /// A read-only view of a whole file (a memory map in production).

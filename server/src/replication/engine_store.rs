@@ -377,27 +377,10 @@ impl<S: Storage> EngineLogStore<S> {
     }
 
     /// Makes everything recorded durable: every appended batch (the log's
-    /// group commit), then a changed hard state or conf state (`log.meta`),
-    /// else `log.meta`'s durable watermark alone. The driver calls it where
-    /// a round's fdatasync goes, then `on_persisted`. A driver that
-    /// overlaps the watermark with its next round calls the two halves,
-    /// [`EngineLogStore::persist_entries`] and
-    /// [`EngineLogStore::persist_watermark`], itself.
+    /// group commit), then a changed hard state or conf state (`log.meta`).
+    /// The driver calls it where a round's fdatasync goes, then
+    /// `on_persisted`.
     pub async fn persist(&self) -> Result<(), StoreError> {
-        if !self.persist_entries().await? {
-            self.persist_watermark().await?;
-        }
-        Ok(())
-    }
-
-    /// A round's first half: a staged cut or restart, every appended batch
-    /// (the log's group commit), then a changed hard state or conf state
-    /// with the durable watermark (`log.meta`). Returns whether it wrote
-    /// that; if not, the entries synced are acknowledged only after
-    /// [`EngineLogStore::persist_watermark`] (`replica_repair.rs`: what a
-    /// replica acknowledged lies below the watermark, so that damage to it
-    /// is told from a torn tail).
-    pub async fn persist_entries(&self) -> Result<bool, StoreError> {
         if let Err(e) = self.write_cut().await {
             self.0.borrow_mut().failed = Some(e.clone());
             return Err(e);
@@ -432,31 +415,21 @@ impl<S: Storage> EngineLogStore<S> {
                 },
             ) == wanted
         };
-        if same {
-            return Ok(false);
+        if !same {
+            log.write_raft_state(&wanted)
+                .await
+                .map_err(|e| io_error("writing Raft state to log.meta", e))?;
+            self.0.borrow_mut().recorded = log.raft_meta();
+        } else {
+            // The entries synced lie below log.meta's durable watermark
+            // before they are acknowledged (with the hard state above, or
+            // here), so that damage to them is told from a torn tail
+            // (`replica_repair.rs`).
+            log.checkpoint()
+                .await
+                .map_err(|e| io_error("recording the durable watermark in log.meta", e))?;
         }
-        log.write_raft_state(&wanted)
-            .await
-            .map_err(|e| io_error("writing Raft state to log.meta", e))?;
-        self.0.borrow_mut().recorded = log.raft_meta();
-        Ok(true)
-    }
-
-    /// A round's second half: records in `log.meta` the durable watermark
-    /// over every batch synced so far (nothing when it records that much).
-    /// Never run alongside a staged cut or restart
-    /// ([`EngineLogStore::cut_staged`]): a cut lowers the watermark.
-    pub async fn persist_watermark(&self) -> Result<(), StoreError> {
-        let log = self.0.borrow().log.clone();
-        log.write_watermark()
-            .await
-            .map_err(|e| io_error("recording the durable watermark in log.meta", e))
-    }
-
-    /// Whether the next [`EngineLogStore::persist_entries`] makes a cut or
-    /// restart of the log.
-    pub fn cut_staged(&self) -> bool {
-        self.0.borrow().staging()
+        Ok(())
     }
 
     /// Makes a pending restart or cut (durable when it returns) and

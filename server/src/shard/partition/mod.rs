@@ -39,7 +39,6 @@ mod offsets;
 pub mod replica;
 pub mod replica_move;
 pub mod replica_offsets;
-mod replica_persist;
 pub mod replica_repair;
 #[cfg(test)]
 mod replica_sim;

@@ -79,9 +79,7 @@ impl std::fmt::Debug for ReplicaSpec {
 /// One partition's Raft group on this node.
 pub struct Replica<S: Storage, C: Clock> {
     pub(super) group: RefCell<ReplicatedLog<EngineLogStore<S>, GroupNet, C>>,
-    pub(super) store: EngineLogStore<S>,
-    /// The watermark write in flight (`replica_persist.rs`).
-    pub(super) mark: RefCell<Option<super::replica_persist::Mark>>,
+    store: EngineLogStore<S>,
     inbox: RefCell<Vec<Message>>,
     /// Signalled when there is something for the loop to do.
     pub wake: Notify,
@@ -198,7 +196,6 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         Ok(Replica {
             group: RefCell::new(group),
             store,
-            mark: RefCell::new(None),
             inbox: RefCell::new(Vec::new()),
             wake: Notify::default(),
             high_watermark: Cell::new(high_watermark),
@@ -363,8 +360,18 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         }
         let mut moved = self.apply_committed()?;
         loop {
-            // The watermark write of the last round may stay in flight.
-            moved |= self.persist_due().await?;
+            loop {
+                // Bound first: a borrow in a `while let` scrutinee would
+                // live through the body.
+                let due = self.group.borrow().persist_number();
+                let Some(number) = due else { break };
+                self.store.persist().await.map_err(|e| e.to_string())?;
+                self.group
+                    .borrow_mut()
+                    .on_persisted(number)
+                    .map_err(|e| e.to_string())?;
+                moved |= self.apply_committed()?;
+            }
             // Entries for followers behind the in-memory cache: read from
             // the log, then handed to raft, which sends them.
             let fetches = self.store.take_fetches();
@@ -383,7 +390,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
 
     /// Moves the high watermark past the data batches committed since the
     /// last call. Returns whether it moved.
-    pub(super) fn apply_committed(&self) -> Result<bool, String> {
+    fn apply_committed(&self) -> Result<bool, String> {
         let applied = self.group.borrow_mut().take_applied();
         let mut moved = false;
         for e in applied {
@@ -622,8 +629,6 @@ pub async fn drive<S: Storage, C: Clock, D: ReplicaDuty>(
 ) {
     loop {
         if replica.stopped.borrow().is_some() || duty.closed() {
-            // Not dropped mid-write: the next open reads log.meta.
-            replica.mark_written().await;
             replica.ended.set(true);
             replica.ended_notify.notify_all();
             return;
@@ -640,7 +645,6 @@ pub async fn drive<S: Storage, C: Clock, D: ReplicaDuty>(
         }
         let wait = replica.next_tick_in(clock);
         let woken = Box::pin(replica.wake.changed_since(generation));
-        let woken = futures::future::select(woken, Box::pin(replica.mark_finishing()));
         let _ = futures::future::select(woken, Box::pin(clock.sleep(wait))).await;
     }
 }
