@@ -217,3 +217,30 @@ fn a_crash_during_the_cut_leaves_a_log_that_opens_as_before_or_as_cut() {
         "crashed before ({before}) and after ({cut}) the cut"
     );
 }
+
+/// A Raft log's per-round checkpoint (`EngineLogStore::persist` when the
+/// hard state did not change) puts the entries synced below the
+/// watermark, so damage to them is found, and claims none of the bytes
+/// not synced: a torn tail after them is cut as such.
+#[test]
+fn the_round_checkpoint_covers_the_synced_entries_and_claims_no_unsynced_byte() {
+    let sim = SimStorage::new(76, SimFaults::default());
+    replicated_log(&sim);
+    let log = open(&sim, small_config());
+    block_on(log.load_raft_index()).unwrap();
+    append_entries(&log, 200, 210, 3);
+    block_on(log.sync_index(210)).unwrap();
+    append_entries(&log, 210, 215, 3);
+    block_on(log.checkpoint()).unwrap();
+    drop(log);
+    sim.restart(CrashMode::Torn);
+    assert_eq!(find(&sim), None, "the tail not synced is a torn tail");
+    let active = *bases(&sim).last().unwrap();
+    let (pos, _) = batches_in(&sim, active)
+        .into_iter()
+        .find(|&(_, index)| index == 205)
+        .unwrap();
+    sim.flip_bit(&seg_path(active), pos + 70, 1).unwrap();
+    let found = find(&sim).unwrap();
+    assert_eq!((found.raft_index, found.sealed), (205, false));
+}
