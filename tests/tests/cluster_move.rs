@@ -6,7 +6,9 @@
 //! node moved away from answers `NotLeader` and deleted its replica. A
 //! second move takes the leader's replica away, back to the emptied node;
 //! then the node moved onto and the node moved away from are SIGKILLed
-//! and restarted: the moved placement holds across restarts.
+//! and restarted: the moved placement holds across restarts. A replica
+//! moved away from a node that stopped before its group removed it is
+//! opened at the node's restart, removed and deleted (it was left behind).
 
 use std::time::Duration;
 
@@ -170,4 +172,58 @@ async fn a_partition_moves_to_a_new_node_under_durable_load_without_loss() {
         Duration::from_secs(30),
     );
     assert!(text.stdout.contains("voters "), "{}", text.stdout);
+}
+
+/// Node `id`'s metadata group applied index.
+async fn meta_applied(cluster: &Cluster, id: u64) -> Option<u64> {
+    cluster.meta_status(id).await?["applied"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moved_away_whose_node_stopped_before_its_removal_is_deleted_at_restart() {
+    let mut cluster = Cluster::start(options());
+    let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
+    let placed = voters_of(&cluster.replica_status(leader, STREAM, 0).await.unwrap()).unwrap();
+    let new = cluster
+        .ids()
+        .into_iter()
+        .find(|id| !placed.contains(id))
+        .unwrap();
+    let from = *placed.iter().find(|&&id| id != leader).unwrap();
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    await_more_acks(&load.count, 30).await;
+
+    // The node moved onto is down, so the group cannot remove `from` yet;
+    // `from` records the move (its placement no longer names it) and stops
+    // while still a member.
+    cluster.node(new).kill_now();
+    let target: Vec<u64> = placed
+        .iter()
+        .map(|&id| if id == from { new } else { id })
+        .collect();
+    move_to(&cluster, &target);
+    eventually(
+        WAIT,
+        "the node moved away from applied the move",
+        || async {
+            let meta_leader = cluster.meta_leader().await?;
+            let theirs = meta_applied(&cluster, meta_leader).await?;
+            (meta_applied(&cluster, from).await? >= theirs).then_some(())
+        },
+    )
+    .await;
+    let voters = voters_of(&cluster.replica_status(from, STREAM, 0).await.unwrap()).unwrap();
+    assert!(voters.contains(&from), "still a voter: {voters:?}");
+    cluster.node(from).kill_now();
+
+    // The move completes without it; restarted, it opens its leftover
+    // replica, learns it was removed, and deletes it.
+    cluster.node(new).restart();
+    await_moved(&cluster, STREAM, &target).await;
+    cluster.node(from).restart();
+    await_deleted(&mut cluster, from).await;
+    answers_not_leader(&mut cluster, from).await;
+    await_more_acks(&load.count, 30).await;
+    let acked = load.stop().await;
+    check_log(&cluster, STREAM, &target, &acked).await;
 }

@@ -451,7 +451,17 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         let moved = self.settings.placements.get(&stream.name, partition);
         let nodes = self.placed_nodes(stream, partition);
         if !nodes.contains(&cluster.node_id) {
-            Placed::Elsewhere
+            // A replica moved away whose directory is still here (its node
+            // stopped before its group removed it, or before the reap) is a
+            // member by its own log: it opens, its group tells it it was
+            // removed (or removes it), and it is reaped (`moves.rs`).
+            let config = &self.settings.config;
+            let left = partition::partition_dir(&config.data_dir, &stream.name, partition);
+            if moved.is_some() && left.exists() {
+                Placed::Replicated(Vec::new())
+            } else {
+                Placed::Elsewhere
+            }
         } else if nodes.len() == 1 {
             Placed::Alone
         } else if moved.is_some() {
