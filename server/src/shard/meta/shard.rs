@@ -268,13 +268,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     }
 
     /// The metadata group's part of the status document: its replica's
-    /// state and the index applied here.
+    /// state, the index applied here and its log's first index (past 1
+    /// once compacted).
     pub(crate) fn meta_status(&self) -> serde_json::Value {
         match self.meta_group() {
             Some(meta) => serde_json::json!({
                 "group": META_GROUP,
                 "replication": meta.replica.status(),
                 "applied": meta.applied(),
+                "first_index": meta.log.first_index(),
             }),
             None => serde_json::Value::Null,
         }
