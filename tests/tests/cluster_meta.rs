@@ -12,7 +12,12 @@
 //!   `cluster/meta`;
 //! - a follower whose metadata log was damaged while it was down cuts it
 //!   before the damage at start, abstains until refilled from its peers,
-//!   applies nothing twice, and takes changes again.
+//!   applies nothing twice, and takes changes again;
+//! - with `metaCompactEveryEntries: 3`, the metadata log is compacted
+//!   (its first index passes 1) while a node is down for 10 applies; the
+//!   node, restarted behind the leader's first index, catches up by a
+//!   snapshot descriptor and the `State` entry, and ends with every
+//!   stream.
 
 use std::time::Duration;
 
@@ -311,4 +316,73 @@ async fn a_follower_whose_metadata_log_is_damaged_cuts_it_and_refills_it_from_it
             await_stream(&cluster, id, name, partitions).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_past_the_metadata_logs_compaction_catches_up_from_its_state_entry() {
+    // Small segments and big applies (a comment pads each), so that the
+    // log rolls segments and compaction deletes the first ones.
+    let mut cluster = Cluster::start(ClusterOptions {
+        settings: "segmentBytes: 65536\nmetaCompactEveryEntries: 3\n".into(),
+        ..ClusterOptions::default()
+    });
+    let leader = await_meta_leader(&cluster).await;
+    let down = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let out = apply_cli(
+        &cluster,
+        &stream_yaml("first", 1),
+        &urls(&cluster, &cluster.ids()),
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    await_stream(&cluster, down, "first", 1).await;
+    cluster.node(down).stop();
+    let up: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != down).collect();
+    let pad = format!("# {}\n", "x".repeat(12 << 10));
+    for i in 0..10 {
+        let yaml = format!("{pad}{}", stream_yaml(&format!("s{i}"), 1));
+        let out = apply_cli(&cluster, &yaml, &urls(&cluster, &up));
+        assert!(
+            out.status.success(),
+            "apply {i}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    for &id in &up {
+        let first = eventually(
+            WAIT,
+            &format!("node {id}'s metadata log compacted"),
+            || async {
+                let first = cluster.meta_status(id).await?["first_index"].as_u64()?;
+                (first > 1).then_some(first)
+            },
+        )
+        .await;
+        assert!(
+            first > 3,
+            "node {id}'s log starts at {first}, past the node down's"
+        );
+    }
+    cluster.node(down).restart();
+    for i in 0..10 {
+        await_stream(&cluster, down, &format!("s{i}"), 1).await;
+    }
+    await_stream(&cluster, down, "first", 1).await;
+    // It caught up past the others' first index: its own log restarted
+    // there (a snapshot descriptor), and it applied the State entry.
+    let meta = cluster.meta_status(down).await.unwrap();
+    assert!(meta["first_index"].as_u64().unwrap() > 1, "{meta}");
+    let log = cluster.node(down).log();
+    assert!(
+        log.contains("skipping to its first State"),
+        "node {down} skipped to a State entry:\n{log}"
+    );
+    // And it takes changes again.
+    let out = apply_cli(
+        &cluster,
+        &stream_yaml("after", 2),
+        &urls(&cluster, &cluster.ids()),
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    await_stream(&cluster, down, "after", 2).await;
 }

@@ -61,6 +61,15 @@ impl Overrides {
         self.lock().get(&(stream.to_owned(), partition)).cloned()
     }
 
+    /// Every override, in (stream, partition) order (the metadata group's
+    /// `State` carries them).
+    pub fn all(&self) -> Vec<(String, u32, Vec<u64>)> {
+        self.lock()
+            .iter()
+            .map(|((stream, partition), voters)| (stream.clone(), *partition, voters.clone()))
+            .collect()
+    }
+
     /// Persists `voters` for `stream`'s `partition` in `data_dir`, then
     /// holds it (a failed write changes nothing).
     pub fn set(

@@ -106,6 +106,16 @@ impl Registry {
         self.lock().peers.values().cloned().collect()
     }
 
+    /// What changed at runtime (the file's lines): the nodes added, by
+    /// id, and the ids removed (the metadata group's `State` carries them).
+    pub fn changes(&self) -> (Vec<PeerSpec>, Vec<u64>) {
+        let state = self.lock();
+        (
+            state.added.values().cloned().collect(),
+            state.removed.clone(),
+        )
+    }
+
     /// Adds `peer` (persisted in `data_dir` first). Known with the same
     /// addresses: nothing to do; known with others: refused.
     pub fn add(

@@ -45,6 +45,8 @@
 //!                             # (a pipeline runs once per source partition)
 //! pipelinesMax: 64            # pipelines the server may hold
 //! tokensMax: 1024             # Tokens the server may hold
+//! metaCompactEveryEntries: 1000  # a cluster's metadata log: entries between
+//!                             # the State entries it is compacted to
 //! tls:                        # TLS on the client and shard ports (default: none)
 //!   cert: /etc/hadron/server.pem   # PEM certificate chain, leaf first
 //!   key: /etc/hadron/server.key    # PEM private key of the certificate
@@ -191,6 +193,13 @@ pub const STREAMS_MAX_DEFAULT: u32 = 256;
 pub const PARTITIONS_MAX_DEFAULT: u32 = 1024;
 /// `pipelinesMax` when the config does not say.
 pub const PIPELINES_MAX_DEFAULT: u32 = 64;
+/// `metaCompactEveryEntries` when the config does not say: a State entry
+/// (the whole metadata, up to about `applyBytesMax` of resources) per
+/// thousand changes costs little, and a node far behind replays at most
+/// this many changes after it.
+pub const META_COMPACT_EVERY_ENTRIES_DEFAULT: u64 = 1_000;
+/// The largest `metaCompactEveryEntries`: the metadata log's bound.
+pub const META_COMPACT_EVERY_ENTRIES_MAX: u64 = 1_000_000;
 /// `tokensMax` when the config does not say.
 pub const TOKENS_MAX_DEFAULT: u32 = 1024;
 /// The largest `tokensMax`: a handshake hashes its token once and compares
@@ -218,6 +227,7 @@ const _: () = assert!(APPLY_BYTES_MAX_MIN <= APPLY_BYTES_MAX_DEFAULT);
 const _: () = assert!(APPLY_BYTES_MAX_DEFAULT <= hadron_wire::FRAME_BYTES_MAX);
 const _: () = assert!(PARTITIONS_MAX_DEFAULT >= super::stream::PARTITIONS_DEFAULT);
 const _: () = assert!(TOKENS_MAX_DEFAULT <= TOKENS_MAX_MAX);
+const _: () = assert!(META_COMPACT_EVERY_ENTRIES_DEFAULT <= META_COMPACT_EVERY_ENTRIES_MAX);
 
 /// When a publish is acknowledged relative to fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -305,6 +315,9 @@ pub struct ServerConfig {
     pub pipelines_max: u32,
     /// The most Tokens.
     pub tokens_max: u32,
+    /// The metadata group's leader proposes a State entry (and its log is
+    /// compacted to it) after this many entries.
+    pub meta_compact_every_entries: u64,
     /// TLS on every port; `None` for plain TCP.
     pub tls: Option<TlsFiles>,
     /// `cluster:`; `None`: a single node.
@@ -382,6 +395,7 @@ impl Default for ServerConfig {
             partitions_max: PARTITIONS_MAX_DEFAULT,
             pipelines_max: PIPELINES_MAX_DEFAULT,
             tokens_max: TOKENS_MAX_DEFAULT,
+            meta_compact_every_entries: META_COMPACT_EVERY_ENTRIES_DEFAULT,
             tls: None,
             cluster: None,
         }
@@ -498,6 +512,7 @@ pub(super) struct ServerConfigDoc {
     partitions_max: Option<u32>,
     pipelines_max: Option<u32>,
     tokens_max: Option<u32>,
+    meta_compact_every_entries: Option<u64>,
     tls: Option<TlsFiles>,
     cluster: Option<ClusterConfig>,
 }
@@ -578,6 +593,9 @@ impl ServerConfigDoc {
             partitions_max: self.partitions_max.unwrap_or(defaults.partitions_max),
             pipelines_max: self.pipelines_max.unwrap_or(defaults.pipelines_max),
             tokens_max: self.tokens_max.unwrap_or(defaults.tokens_max),
+            meta_compact_every_entries: self
+                .meta_compact_every_entries
+                .unwrap_or(defaults.meta_compact_every_entries),
             tls: self.tls,
             cluster: self.cluster,
         };

@@ -220,6 +220,14 @@ impl ServerConfig {
                 ));
             }
         }
+        if !(1..=META_COMPACT_EVERY_ENTRIES_MAX).contains(&self.meta_compact_every_entries) {
+            errors.push(out_of_range(
+                "metaCompactEveryEntries",
+                self.meta_compact_every_entries,
+                1,
+                META_COMPACT_EVERY_ENTRIES_MAX,
+            ));
+        }
         if !(1..=TOKENS_MAX_MAX).contains(&self.tokens_max) {
             errors.push(out_of_range(
                 "tokensMax",

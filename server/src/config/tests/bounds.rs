@@ -106,6 +106,10 @@ fn limit_settings_are_read_from_the_config_file_and_checked() {
         ),
         (8192, 5, 40, 7, 9)
     );
+    let (config, _) = parse_config_file("metaCompactEveryEntries: 3\n").unwrap();
+    assert_eq!(config.meta_compact_every_entries, 3);
+    let (defaults, _) = parse_config_file("").unwrap();
+    assert_eq!(defaults.meta_compact_every_entries, 1_000);
     let defaults = ServerConfig::default();
     assert_eq!(
         (
@@ -123,6 +127,11 @@ fn limit_settings_are_read_from_the_config_file_and_checked() {
         ("pipelinesMax: 1048577\n", "pipelinesMax"),
         ("tokensMax: 0\n", "tokensMax"),
         ("tokensMax: 65537\n", "tokensMax"),
+        ("metaCompactEveryEntries: 0\n", "metaCompactEveryEntries"),
+        (
+            "metaCompactEveryEntries: 1000001\n",
+            "metaCompactEveryEntries",
+        ),
     ] {
         let e = parse_config_file(input).unwrap_err();
         assert_eq!(e.path, path, "{e}");

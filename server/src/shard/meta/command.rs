@@ -9,8 +9,19 @@
 //!  kind 4 Move         str stream | u32 partition | u32 n | n x u64 voters
 //!  kind 5 NodeAdd      u64 id | str address | u8 has_peer | [str peer_address]
 //!  kind 6 NodeRemove   u64 id
+//!  kind 7 State        str resources_yaml
+//!                      | u32 n | n x (str stream | u32 partition | u32 m | m x u64 voter)
+//!                      | u32 a | a x (u64 id | str address | u8 has_peer | [str peer_address])
+//!                      | u32 r | r x u64 removed_id
 //!  str:  u32 length | UTF-8 bytes        list: u32 count | count x str
 //! ```
+//!
+//! `State` is the node's whole metadata (docs/replication.md section 2,
+//! "Compaction"): the resources as `resources.yaml` holds them (streams,
+//! pipelines, tokens), the placement overrides (`cluster.placement`) and
+//! the registry's changes (`cluster.peers`: nodes added, nodes removed).
+//! Its lists are bounded by [`STATE_ITEMS_MAX`], a move's voters by
+//! [`COMMAND_LIST_ITEMS_MAX`].
 //!
 //! Integers are little-endian. A record that does not decode (a version
 //! or kind unknown, a length past the end, bytes left over, text that is
@@ -32,6 +43,25 @@ const KIND_TOKEN_REVOKE: u8 = 3;
 const KIND_MOVE: u8 = 4;
 const KIND_NODE_ADD: u8 = 5;
 const KIND_NODE_REMOVE: u8 = 6;
+const KIND_STATE: u8 = 7;
+/// Most items in one of a `State`'s lists (placement overrides, nodes
+/// added, nodes removed): at least every partition the server may hold
+/// (`partitionsMax` is at most `RESOURCES_MAX_MAX`).
+pub const STATE_ITEMS_MAX: usize = 1 << 20;
+const _: () = assert!(STATE_ITEMS_MAX >= crate::config::server::RESOURCES_MAX_MAX as usize);
+
+/// A node's whole metadata, as a `State` command carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaSnapshot {
+    /// The resources, as `resources.yaml` holds them.
+    pub resources: String,
+    /// Placement overrides: (stream, partition, voters), in order.
+    pub placement: Vec<(String, u32, Vec<u64>)>,
+    /// Nodes added at runtime (the registry's `peer` lines).
+    pub added: Vec<PeerSpec>,
+    /// Nodes removed at runtime (its `removed` lines).
+    pub removed: Vec<u64>,
+}
 
 /// A change to the cluster's metadata, as the group's log holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +82,10 @@ pub enum Command {
     NodeAdd(PeerSpec),
     /// `hadron cluster remove-node`.
     NodeRemove(u64),
+    /// The whole metadata state, proposed by the leader every
+    /// `metaCompactEveryEntries` entries: applying it replaces a node's
+    /// state, and the log before it may go.
+    State(MetaSnapshot),
 }
 
 /// Why a record is not a command.
@@ -88,7 +122,20 @@ impl Command {
             } => format!("move {stream}/{partition} to {voters:?}"),
             Command::NodeAdd(p) => format!("add-node {}", p.id),
             Command::NodeRemove(id) => format!("remove-node {id}"),
+            Command::State(s) => format!(
+                "state ({} bytes of resources, {} placements, {} nodes added, {} removed)",
+                s.resources.len(),
+                s.placement.len(),
+                s.added.len(),
+                s.removed.len()
+            ),
         }
+    }
+
+    /// Whether `record` is a `State` (its version and kind), without
+    /// decoding it.
+    pub fn is_state(record: &[u8]) -> bool {
+        record.get(..2) == Some(&[COMMAND_VERSION, KIND_STATE])
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -127,16 +174,15 @@ impl Command {
             }
             Command::NodeAdd(p) => {
                 out.push(KIND_NODE_ADD);
-                out.extend_from_slice(&p.id.to_le_bytes());
-                put_str(&mut out, &p.address);
-                out.push(u8::from(p.peer_address.is_some()));
-                if let Some(a) = &p.peer_address {
-                    put_str(&mut out, a);
-                }
+                put_peer(&mut out, p);
             }
             Command::NodeRemove(id) => {
                 out.push(KIND_NODE_REMOVE);
                 out.extend_from_slice(&id.to_le_bytes());
+            }
+            Command::State(s) => {
+                out.push(KIND_STATE);
+                put_state(&mut out, s);
             }
         }
         out
@@ -180,17 +226,9 @@ impl Command {
                     voters,
                 }
             }
-            KIND_NODE_ADD => {
-                let id = r.u64()?;
-                let address = r.string()?;
-                let peer_address = if r.flag()? { Some(r.string()?) } else { None };
-                Command::NodeAdd(PeerSpec {
-                    id,
-                    address,
-                    peer_address,
-                })
-            }
+            KIND_NODE_ADD => Command::NodeAdd(r.peer()?),
             KIND_NODE_REMOVE => Command::NodeRemove(r.u64()?),
+            KIND_STATE => Command::State(r.state()?),
             _ => return Err(r.error_at(1, "unknown kind")),
         };
         if r.at != bytes.len() {
@@ -209,6 +247,36 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_len(out, s.len());
     out.extend_from_slice(s.as_bytes());
+}
+
+fn put_peer(out: &mut Vec<u8>, p: &PeerSpec) {
+    out.extend_from_slice(&p.id.to_le_bytes());
+    put_str(out, &p.address);
+    out.push(u8::from(p.peer_address.is_some()));
+    if let Some(a) = &p.peer_address {
+        put_str(out, a);
+    }
+}
+
+fn put_state(out: &mut Vec<u8>, s: &MetaSnapshot) {
+    put_str(out, &s.resources);
+    put_len(out, s.placement.len());
+    for (stream, partition, voters) in &s.placement {
+        put_str(out, stream);
+        out.extend_from_slice(&partition.to_le_bytes());
+        put_len(out, voters.len());
+        for v in voters {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    put_len(out, s.added.len());
+    for p in &s.added {
+        put_peer(out, p);
+    }
+    put_len(out, s.removed.len());
+    for id in &s.removed {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
 }
 
 fn put_list(out: &mut Vec<u8>, items: &[String]) {
@@ -275,6 +343,54 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    fn state_count(&mut self) -> Result<usize, DecodeError> {
+        let at = self.at;
+        let n = self.u32()? as usize;
+        if n > STATE_ITEMS_MAX {
+            return Err(self.error_at(at, "a list longer than STATE_ITEMS_MAX"));
+        }
+        Ok(n)
+    }
+
+    fn peer(&mut self) -> Result<PeerSpec, DecodeError> {
+        let id = self.u64()?;
+        let address = self.string()?;
+        let peer_address = if self.flag()? {
+            Some(self.string()?)
+        } else {
+            None
+        };
+        Ok(PeerSpec {
+            id,
+            address,
+            peer_address,
+        })
+    }
+
+    fn state(&mut self) -> Result<MetaSnapshot, DecodeError> {
+        let resources = self.string()?;
+        let n = self.state_count()?;
+        let placement = (0..n)
+            .map(|_| {
+                let stream = self.string()?;
+                let partition = self.u32()?;
+                let m = self.count()?;
+                let voters = (0..m).map(|_| self.u64()).collect::<Result<_, _>>()?;
+                Ok((stream, partition, voters))
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        let a = self.state_count()?;
+        let added = (0..a).map(|_| self.peer()).collect::<Result<_, _>>()?;
+        let r = self.state_count()?;
+        let removed = (0..r).map(|_| self.u64()).collect::<Result<_, _>>()?;
+        Ok(MetaSnapshot {
+            resources,
+            placement,
+            added,
+            removed,
+        })
+    }
+
     fn string(&mut self) -> Result<String, DecodeError> {
         let at = self.at;
         let n = self.u32()? as usize;
@@ -325,6 +441,17 @@ mod tests {
                 peer_address: None,
             }),
             Command::NodeRemove(3),
+            Command::State(MetaSnapshot::default()),
+            Command::State(MetaSnapshot {
+                resources: "kind: Stream\nname: orders\n".into(),
+                placement: vec![("orders".into(), 0, vec![2, 3]), ("x".into(), 7, vec![1])],
+                added: vec![PeerSpec {
+                    id: 4,
+                    address: "127.0.0.1:7000".into(),
+                    peer_address: Some("127.0.0.1:7100".into()),
+                }],
+                removed: vec![2, 9],
+            }),
         ]
     }
 
@@ -369,6 +496,19 @@ mod tests {
         long.push(0);
         let e = Command::decode(&long).unwrap_err();
         assert_eq!((e.offset, e.reason), (10, "bytes after the command"));
+    }
+
+    #[test]
+    fn a_state_list_over_its_bound_is_refused_by_offset() {
+        let mut bytes = vec![COMMAND_VERSION, KIND_STATE];
+        put_str(&mut bytes, "");
+        let at = bytes.len();
+        put_len(&mut bytes, STATE_ITEMS_MAX + 1);
+        let e = Command::decode(&bytes).unwrap_err();
+        assert_eq!(
+            (e.offset, e.reason),
+            (at, "a list longer than STATE_ITEMS_MAX")
+        );
     }
 
     #[test]

@@ -43,8 +43,26 @@
 //!   (`replica_repair`): damage found at start is cut, and the replica
 //!   abstains until refilled from its peers; the applied index then goes
 //!   on from where it was, so nothing is applied twice.
-//! - **Size.** The log is not compacted: it grows by one entry per change
-//!   (at most `applyBytesMax` each).
+//! - **Compaction.** The leader proposes a `State` entry (the node's
+//!   whole metadata, [`command::MetaSnapshot`]) once
+//!   `metaCompactEveryEntries` entries were applied since the last one,
+//!   and only while nothing else is in flight: it leads a committed
+//!   term, has applied its whole log, and no proposal of this node waits
+//!   (so the state it reads is the state just before the entry's index).
+//!   Applying a `State` REPLACES a node's metadata (idempotent). Once a
+//!   node applied the `State` at index s, its log before s may go
+//!   ([`Log::delete_before`] the entry's offset; the replica bounds
+//!   retention to committed entries): whole sealed segments go, so the
+//!   log keeps at most the segment holding s and the entries after it,
+//!   about `metaCompactEveryEntries` plus one segment's worth.
+//! - **Catch-up.** A follower whose next index is below the leader's
+//!   first index installs the partitions' snapshot descriptor
+//!   (`engine_store.rs`): its log restarts at the leader's first index,
+//!   which is at or before a `State`. Here the next index to apply is
+//!   then below the log's first: the entries before the first `State` in
+//!   the log are not applied (that `State` replaces everything before
+//!   it), and the applied index jumps to it. Until that `State` is in the
+//!   log and committed here, nothing is applied.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -63,8 +81,9 @@ pub mod command;
 mod shard;
 #[cfg(test)]
 mod sim;
+mod state;
 
-pub use command::Command;
+pub use command::{Command, MetaSnapshot};
 pub(crate) use shard::ShardMeta;
 
 /// The group's name between peers (a `/`: no stream is named so).
@@ -91,6 +110,8 @@ pub trait MetaState {
     /// Records durably that every entry through `index` is applied (after
     /// the state they changed was saved).
     fn applied_through(&self, index: u64) -> Result<(), String>;
+    /// The node's whole metadata now, for a `State` entry.
+    fn snapshot(&self) -> Result<MetaSnapshot, Error>;
 }
 
 /// The metadata group on this node: its replica, and the state machine
@@ -106,19 +127,52 @@ pub struct Meta<S: Storage, C: Clock, M> {
     answers: RefCell<BTreeMap<u64, Result<Vec<String>, Error>>>,
     /// Signalled when `applied` moves or the group stops.
     applied_notify: Notify,
+    /// `metaCompactEveryEntries`: entries applied between `State`s.
+    compact_every: u64,
+    /// The index of the last `State` applied here (0: none since open).
+    state_at: Cell<u64>,
+    /// The last `State` this node proposed: its term and the applied
+    /// index it was read at (not proposed again in that term until as
+    /// many entries passed: it was lost).
+    state_proposed: Cell<Option<(u64, u64)>>,
+    /// This node's proposals waiting for their commit.
+    in_flight: Rc<Cell<u64>>,
+}
+
+/// Counts a proposal in flight while it lives.
+struct InFlight(Rc<Cell<u64>>);
+
+impl InFlight {
+    fn new(count: &Rc<Cell<u64>>) -> InFlight {
+        count.set(count.get() + 1);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
     /// The group over `replica` (opened on `log`), whose entries through
-    /// `applied` are applied here already.
+    /// `applied` are applied here already; its leader proposes a `State`
+    /// every `compact_every` entries (at least 1).
     pub fn new(
         replica: Rc<Replica<S, C>>,
         log: Rc<Log<S>>,
         state: M,
         clock: C,
         applied: u64,
+        compact_every: u64,
     ) -> Self {
+        assert!(compact_every >= 1, "metaCompactEveryEntries is at least 1");
         Meta {
+            compact_every,
+            state_at: Cell::new(0),
+            state_proposed: Cell::new(None),
+            in_flight: Rc::default(),
             replica,
             log,
             state,
@@ -157,6 +211,7 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
     /// and answers that application's summary.
     pub async fn propose(&self, command: &Command) -> Result<Vec<String>, Error> {
         let batch = encode_batch(&[&command.encode()], self.clock.now_ms());
+        let _in_flight = InFlight::new(&self.in_flight);
         let proposal = self.replica.propose_batch(batch);
         let committed = match proposal.await {
             Ok(Ok(committed)) => committed,
@@ -193,16 +248,18 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
     }
 
     /// Applies the entries the group applied past this state machine's
-    /// index, in order, recording each index once applied.
+    /// index, in order, recording each index once applied. Past a
+    /// compaction (the next index below the log's first), it starts at
+    /// the first `State` in the log, or waits for one.
     async fn apply_committed(&self) -> Result<(), String> {
         let target = self.replica.status().applied;
         while self.applied.get() < target {
-            let from = self.applied.get() + 1;
+            let mut from = self.applied.get() + 1;
             if from < self.log.first_index() {
-                return Err(format!(
-                    "the metadata log starts at index {}, past {from}, the next to apply here: it was compacted, which the metadata group never does",
-                    self.log.first_index()
-                ));
+                match self.first_state(target).await? {
+                    Some(index) => from = index,
+                    None => return Ok(()),
+                }
             }
             let batches = self
                 .log
@@ -213,6 +270,7 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
                 return Err(format!("no metadata entry at index {from}"));
             }
             for b in batches {
+                let state = b.kind == BatchKind::Events && holds_state(&b.bytes);
                 let answer = if b.kind == BatchKind::Events {
                     self.apply_entry(b.index, &b.bytes).await
                 } else {
@@ -222,6 +280,9 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
                     .applied_through(b.index)
                     .map_err(|e| format!("recording metadata entry {} as applied: {e}", b.index))?;
                 self.applied.set(b.index);
+                if state && answer.is_ok() {
+                    self.compacted_at(b.index, &b.bytes).await;
+                }
                 let mut answers = self.answers.borrow_mut();
                 answers.insert(b.index, answer);
                 while answers.len() > ANSWERS_KEPT_MAX {
@@ -232,6 +293,98 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
             }
         }
         Ok(())
+    }
+
+    /// The index of the first `State` entry in the log through `target`
+    /// (the log starts past the next index to apply: a snapshot was
+    /// installed, or this node's own compaction passed a restart's
+    /// recorded index). `None`: none is there yet.
+    async fn first_state(&self, target: u64) -> Result<Option<u64>, String> {
+        let mut from = self.log.first_index();
+        while from <= target {
+            let batches = self
+                .log
+                .entries(from, target + 1, APPLY_READ_BYTES_MAX)
+                .await
+                .map_err(|e| format!("reading metadata entries from {from}: {e:?}"))?;
+            let Some(last) = batches.last().map(|b| b.index) else {
+                return Err(format!("no metadata entry at index {from}"));
+            };
+            if let Some(b) = batches
+                .iter()
+                .find(|b| b.kind == BatchKind::Events && holds_state(&b.bytes))
+            {
+                tracing::info!(
+                    applied = self.applied.get(),
+                    state = b.index,
+                    "the metadata log starts past the next entry to apply: skipping to its first State"
+                );
+                return Ok(Some(b.index));
+            }
+            from = last + 1;
+        }
+        Ok(None)
+    }
+
+    /// After the `State` at `index` (entry `bytes`) applied here: the log
+    /// before it may go (whole sealed segments; the replica keeps what is
+    /// not committed).
+    async fn compacted_at(&self, index: u64, bytes: &[u8]) {
+        self.state_at.set(index);
+        let offset = match hadron_engine::log::batch::parse_header(bytes) {
+            Ok(header) => header.base_offset,
+            Err(e) => {
+                tracing::error!(index, "metadata State entry {index}: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.log.delete_before(offset).await {
+            tracing::warn!(
+                index,
+                "compacting the metadata log before entry {index}: {e}"
+            );
+        }
+    }
+
+    /// On the leader, once `compact_every` entries were applied since the
+    /// last `State` and nothing else is in flight: proposes a `State` (its
+    /// answer is not awaited: it is applied like any entry).
+    fn propose_state(&self) {
+        let status = self.replica.status();
+        let applied = self.applied.get();
+        let quiet = self.in_flight.get() == 0
+            && applied == status.last_index
+            && status.commit == status.last_index
+            && self.replica.leads_committed_term();
+        let due = applied.saturating_sub(self.state_at.get()) >= self.compact_every
+            && self
+                .state_proposed
+                .get()
+                .is_none_or(|(term, at)| term != status.term || applied >= at + self.compact_every);
+        if !quiet || !due {
+            return;
+        }
+        self.state_proposed.set(Some((status.term, applied)));
+        let snapshot = match self.state.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("reading this node's metadata for a State entry: {e}");
+                return;
+            }
+        };
+        let record = Command::State(snapshot).encode();
+        let batch = encode_batch(&[&record], self.clock.now_ms());
+        let batch_bytes_max = self.log.config().batch_bytes_max;
+        if batch.len() > batch_bytes_max {
+            tracing::error!(
+                "a State entry of {} bytes is over the metadata log's batch limit of {batch_bytes_max}: the log is not compacted",
+                batch.len()
+            );
+            return;
+        }
+        tracing::info!(applied, "proposing a metadata State entry");
+        // Answered at commit; applied as every entry is.
+        drop(self.replica.propose_batch(batch));
     }
 
     /// Applies the commands of the batch at `index`; a command that does
@@ -258,6 +411,17 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
     }
 }
 
+/// Whether the entry `bytes` (a batch of events) holds a `State`.
+fn holds_state(bytes: &[u8]) -> bool {
+    match Batches::new(bytes).next() {
+        Some(Ok(batch)) => batch
+            .records()
+            .next()
+            .is_some_and(|(_, record)| Command::is_state(record)),
+        _ => false,
+    }
+}
+
 /// The error for a committed entry that cannot be applied (logged).
 fn refused(index: u64, why: String) -> Error {
     tracing::error!(index, "metadata entry {index} not applied: {why}");
@@ -278,7 +442,9 @@ impl<S: Storage, C: Clock, M: MetaState> ReplicaDuty for Meta<S, C, M> {
     }
 
     async fn after_turn(&self) -> Result<(), String> {
-        self.apply_committed().await
+        self.apply_committed().await?;
+        self.propose_state();
+        Ok(())
     }
 }
 

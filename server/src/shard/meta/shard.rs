@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 
-use super::{Command, META_APPLIED_FILE, META_DIR, META_GROUP, Meta, MetaState};
+use super::{Command, META_APPLIED_FILE, META_DIR, META_GROUP, Meta, MetaSnapshot, MetaState};
 use crate::config::placement::PLACEMENT_VOTERS_MAX;
 use crate::shard::partition::replica::Replica;
 use crate::shard::partition::replica_repair;
@@ -43,6 +43,13 @@ impl<S: Storage + Clone + 'static, R: Runtime> MetaState for ShardState<S, R> {
 
     fn applied_through(&self, index: u64) -> Result<(), String> {
         crate::config::cluster::write_members(&self.applied_path, &format!("applied {index}\n"))
+    }
+
+    fn snapshot(&self) -> Result<MetaSnapshot, Error> {
+        match self.shard.upgrade() {
+            Some(shard) => shard.meta_snapshot(),
+            None => Err(Error::Internal("the shard stopped".into())),
+        }
     }
 }
 
@@ -132,6 +139,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             state,
             self.runtime.clone(),
             applied,
+            config.meta_compact_every_entries,
         ));
         *self.meta.borrow_mut() = Some(meta.clone());
         self.say_meta_target(None);
@@ -142,7 +150,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
 
     /// Tells the metadata group its voters: the registry's nodes now,
     /// less `removed` (this node, removed: its own registry keeps it).
-    fn say_meta_target(&self, removed: Option<u64>) {
+    pub(super) fn say_meta_target(&self, removed: Option<u64>) {
         let (Some(meta), Some(cluster)) =
             (self.meta_group(), self.settings.config.cluster.as_ref())
         else {
@@ -219,6 +227,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             }
             Command::NodeAdd(peer) => self.check_node_change(&NodeChange::Add(peer.clone())),
             Command::NodeRemove(id) => self.check_node_change(&NodeChange::Remove(*id)),
+            // Proposed by the group's leader itself, never by a client.
+            Command::State(_) => Err(Error::Internal(
+                "a State entry is not an admin change".into(),
+            )),
         }
     }
 
@@ -244,6 +256,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 self.say_meta_target(Some(id));
                 reply
             }
+            Command::State(state) => self.apply_state(state).await,
         }
     }
 
@@ -255,13 +268,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     }
 
     /// The metadata group's part of the status document: its replica's
-    /// state and the index applied here.
+    /// state, the index applied here and its log's first index (past 1
+    /// once compacted).
     pub(crate) fn meta_status(&self) -> serde_json::Value {
         match self.meta_group() {
             Some(meta) => serde_json::json!({
                 "group": META_GROUP,
                 "replication": meta.replica.status(),
                 "applied": meta.applied(),
+                "first_index": meta.log.first_index(),
             }),
             None => serde_json::Value::Null,
         }

@@ -7,12 +7,22 @@
 //! applied index, both durable (they survive its crashes, as the node's
 //! files do).
 //!
+//! The leader compacts the log every [`COMPACT_EVERY`] entries (a `State`
+//! entry holding the model's applied sequence; commands are padded so
+//! that segments roll), and a crashed node stays down long, now and then,
+//! so that it comes back behind the leader's first index and installs a
+//! snapshot descriptor.
+//!
 //! Checked, after everything healed and every node caught up:
 //! - every node's applied sequence is a prefix of one sequence (the
 //!   longest), and all are equal once caught up;
 //! - every command answered OK was applied on every node;
 //! - no node applied an index twice or a command twice, across restarts;
-//! - an OK answer is the proposer's own command's application.
+//! - an OK answer is the proposer's own command's application;
+//! - a `State` applied by a node that applied every entry before it holds
+//!   exactly that node's sequence (the leader read it with nothing in
+//!   flight); every node's final state equals the leader's;
+//! - every node's log holds at most [`LOG_ENTRIES_MAX`] entries.
 //!
 //! `HADRON_SIM_SEED=N` replays one seed; `HADRON_SIM_DEBUG=1` narrates.
 
@@ -27,7 +37,7 @@ use futures::task::LocalSpawnExt;
 use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 use hadron_engine::{Durability, Log, LogConfig, Retention};
 
-use super::{Command, META_GROUP, Meta, MetaState};
+use super::{Command, META_GROUP, Meta, MetaSnapshot, MetaState};
 use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
 use crate::shard::error::Error;
@@ -44,6 +54,20 @@ const HEAL_STEPS_MAX: u64 = 3_000;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const DIR: &str = "/meta";
 const EPOCH_MS: u64 = 1_700_000_000_000;
+/// Entries between `State`s.
+const COMPACT_EVERY: u64 = 6;
+/// Padding of each command, so that a 64 KiB segment holds about 20.
+const PAD_BYTES: usize = 3_000;
+/// Entries one segment holds at most (commands and `State`s are at least
+/// `PAD_BYTES` / a few hundred bytes; control entries are small, so
+/// leave room for an election's worth).
+const SEGMENT_ENTRIES_MAX: u64 = (64 << 10) / PAD_BYTES as u64 + 16;
+/// The log's bound: the segment holding the last `State` and the
+/// entries after it.
+const LOG_ENTRIES_MAX: u64 = 2 * COMPACT_EVERY + SEGMENT_ENTRIES_MAX;
+/// A crash keeps its node down this long, one time in three: long enough
+/// for the others to compact past it.
+const LONG_DOWN_STEPS: u64 = 250;
 
 /// What a node's state machine keeps durably: the commands applied, by
 /// index, and the applied index recorded.
@@ -51,6 +75,8 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 struct Durable {
     applied: RefCell<Vec<(u64, String)>>,
     recorded: Cell<u64>,
+    /// `State`s applied.
+    states: Cell<u64>,
 }
 
 #[derive(Clone)]
@@ -58,19 +84,59 @@ struct Model(Rc<Durable>);
 
 impl MetaState for Model {
     async fn apply(&self, index: u64, command: Command) -> Result<Vec<String>, Error> {
-        let Command::Apply { yaml, .. } = command else {
-            return Err(Error::Internal(
-                "the simulation proposes applies only".into(),
-            ));
-        };
-        self.0.applied.borrow_mut().push((index, yaml.clone()));
-        Ok(vec![yaml])
+        match command {
+            Command::Apply { yaml, .. } => {
+                let id = yaml.lines().next().unwrap_or_default().to_owned();
+                self.0.applied.borrow_mut().push((index, id.clone()));
+                Ok(vec![id])
+            }
+            Command::State(state) => {
+                let sequence = parse_sequence(&state.resources);
+                if self.0.recorded.get() + 1 == index {
+                    assert_eq!(
+                        *self.0.applied.borrow(),
+                        sequence,
+                        "the State at {index} is not the state of the entries before it"
+                    );
+                }
+                self.0.states.set(self.0.states.get() + 1);
+                *self.0.applied.borrow_mut() = sequence;
+                Ok(Vec::new())
+            }
+            other => Err(Error::Internal(format!(
+                "the simulation proposes applies only, not {other:?}"
+            ))),
+        }
     }
 
     fn applied_through(&self, index: u64) -> Result<(), String> {
         self.0.recorded.set(index);
         Ok(())
     }
+
+    fn snapshot(&self) -> Result<MetaSnapshot, Error> {
+        let resources = self
+            .0
+            .applied
+            .borrow()
+            .iter()
+            .map(|(index, id)| format!("{index} {id}\n"))
+            .collect();
+        Ok(MetaSnapshot {
+            resources,
+            ..MetaSnapshot::default()
+        })
+    }
+}
+
+/// The sequence a `State` of the model holds.
+fn parse_sequence(text: &str) -> Vec<(u64, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let (index, id) = line.split_once(' ')?;
+            Some((index.parse().ok()?, id.to_owned()))
+        })
+        .collect()
 }
 
 type SimMeta = Meta<SimStorage, SimClock, Model>;
@@ -91,6 +157,8 @@ struct Coverage {
     not_leader: u64,
     timeouts: u64,
     cuts: u64,
+    states: u64,
+    snapshots: u64,
 }
 
 impl std::ops::AddAssign for Coverage {
@@ -101,6 +169,8 @@ impl std::ops::AddAssign for Coverage {
         self.not_leader += o.not_leader;
         self.timeouts += o.timeouts;
         self.cuts += o.cuts;
+        self.states += o.states;
+        self.snapshots += o.snapshots;
     }
 }
 
@@ -197,6 +267,7 @@ impl Sim {
                 model,
                 clock,
                 applied,
+                COMPACT_EVERY,
             )))
         });
         let meta = meta.unwrap_or_else(|e| panic!("seed {}: node {id} opens: {e}", self.seed));
@@ -208,6 +279,7 @@ impl Sim {
         let torn = self.rng.below(2) == 0;
         let node = &mut self.nodes[id as usize - 1];
         if let Some(meta) = node.meta.take() {
+            self.coverage.snapshots += meta.replica.snapshots_installed();
             meta.replica.halt();
         }
         node.storage.crash(if torn {
@@ -215,7 +287,9 @@ impl Sim {
         } else {
             CrashMode::DropUnsynced
         });
-        node.back_at = Some(step + 20 + self.rng.below(200));
+        let long = self.rng.below(3) == 0;
+        let down = if long { LONG_DOWN_STEPS } else { 20 };
+        node.back_at = Some(step + down + self.rng.below(200));
         self.coverage.crashes += 1;
         self.trace = fold_trace(self.trace, 1_000 + id);
         self.say(|| format!("node {id} crashes (torn: {torn})"));
@@ -304,7 +378,7 @@ impl Sim {
         let answer: Answer = Rc::default();
         let slot = answer.clone();
         let command = Command::Apply {
-            yaml: id.clone(),
+            yaml: format!("{id}\n#{}", "x".repeat(PAD_BYTES)),
             force: false,
         };
         let _ = self.pool.spawner().spawn_local(async move {
@@ -371,6 +445,12 @@ impl Sim {
                 .collect::<Vec<_>>()
         );
         self.check();
+        for node in &self.nodes {
+            self.coverage.states += node.durable.states.get();
+            if let Some(meta) = &node.meta {
+                self.coverage.snapshots += meta.replica.snapshots_installed();
+            }
+        }
         (self.trace, self.coverage)
     }
 
@@ -408,6 +488,28 @@ impl Sim {
                 i + 1
             );
         }
+        let leader = self
+            .nodes
+            .iter()
+            .position(|n| n.meta.as_ref().is_some_and(|m| m.replica.is_leader()))
+            .unwrap_or_else(|| panic!("seed {seed}: no leader"));
+        for (i, n) in self.nodes.iter().enumerate() {
+            assert_eq!(
+                sequences[i],
+                sequences[leader],
+                "seed {seed}: node {}'s state is not the leader's",
+                i + 1
+            );
+            let log = &n.meta.as_ref().expect("caught up: open").log;
+            let held = log.last_index() + 1 - log.first_index();
+            assert!(
+                held <= LOG_ENTRIES_MAX,
+                "seed {seed}: node {}'s log holds {held} entries ({}..={}), more than {LOG_ENTRIES_MAX}",
+                i + 1,
+                log.first_index(),
+                log.last_index()
+            );
+        }
         let applied: BTreeMap<&String, u64> = longest.iter().map(|(i, id)| (id, *i)).collect();
         for id in &self.acked {
             assert!(
@@ -425,6 +527,11 @@ fn meta_group_sim_applies_one_sequence_on_every_node() {
         assert!(coverage.acked > SEEDS, "{coverage:?}");
         assert!(
             coverage.crashes > 0 && coverage.not_leader > 0,
+            "{coverage:?}"
+        );
+        // Compaction ran, and nodes far behind caught up by a snapshot.
+        assert!(
+            coverage.states > SEEDS && coverage.snapshots > 0,
             "{coverage:?}"
         );
     }

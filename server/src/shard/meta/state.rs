@@ -1,0 +1,107 @@
+//! A node's whole metadata as the metadata group's `State` entry carries
+//! it ([`MetaSnapshot`]): read from the shard's state, and applied by
+//! REPLACING it, through today's code paths (install the topology, set
+//! the placement overrides that differ, add and remove nodes). Applying
+//! the same `State` twice changes nothing the second time.
+
+use std::rc::Rc;
+
+use super::MetaSnapshot;
+use crate::config::{self, Resource};
+use crate::shard::clock::Runtime;
+use crate::shard::topology::Topology;
+use crate::shard::{Error, NodeChange, Reply, Shard};
+use hadron_engine::storage::Storage;
+
+impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
+    /// This node's metadata now: its resources (as `resources.yaml`
+    /// holds them), placement overrides and registry changes.
+    pub(super) fn meta_snapshot(&self) -> Result<MetaSnapshot, Error> {
+        let resources = self.topology.borrow().resources();
+        let resources = config::to_yaml_documents(&resources)
+            .map_err(|e| Error::Internal(format!("the resources as YAML: {e}")))?;
+        let (added, removed) = self
+            .settings
+            .config
+            .cluster
+            .as_ref()
+            .map(|c| c.registry.changes())
+            .unwrap_or_default();
+        Ok(MetaSnapshot {
+            resources,
+            placement: self.settings.placements.all(),
+            added,
+            removed,
+        })
+    }
+
+    /// Replaces this node's metadata by `state` (forced, as every
+    /// committed command is applied); the answer's lines.
+    pub(super) async fn apply_state(self: &Rc<Self>, state: MetaSnapshot) -> Reply {
+        let mut lines = Vec::new();
+        // Resources: the topology the State holds, whole.
+        let yaml = state.resources;
+        let parsed = self
+            .runtime
+            .blocking(move || config::parse_documents(&yaml))
+            .await;
+        let resources = match parsed {
+            Ok(r) => r,
+            Err(e) => return Reply::Failed(e.into()),
+        };
+        let mut next = Topology::default();
+        let (streams, rest): (Vec<_>, Vec<_>) = resources
+            .into_iter()
+            .partition(|r| matches!(r, Resource::Stream(_)));
+        for resource in streams.into_iter().chain(rest) {
+            if let Err(e) = next.put(resource) {
+                return Reply::Failed(e);
+            }
+        }
+        let current = self.topology.borrow().clone();
+        match self.commit(current, next, Vec::new(), true).await {
+            Reply::Applied(more) => lines.extend(more),
+            other => return other,
+        }
+        // Placement: the overrides that differ, as moves.
+        for (stream, partition, voters) in state.placement {
+            if self.settings.placements.get(&stream, partition).as_ref() == Some(&voters) {
+                continue;
+            }
+            match self.move_inner(stream, partition, voters).await {
+                Reply::Applied(more) => lines.extend(more),
+                other => return other,
+            }
+        }
+        // Registry: the nodes added, then those removed.
+        let node = self.settings.config.node_id();
+        let known = |id: u64| {
+            self.settings
+                .config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.peer(id))
+        };
+        for peer in state.added {
+            if known(peer.id).as_ref() == Some(&peer) {
+                continue;
+            }
+            match self.change_nodes_now(NodeChange::Add(peer)) {
+                Reply::Applied(more) => lines.extend(more),
+                other => return other,
+            }
+        }
+        for &id in &state.removed {
+            if known(id).is_none() {
+                continue;
+            }
+            match self.change_nodes_now(NodeChange::Remove(id)) {
+                Reply::Applied(more) => lines.extend(more),
+                other => return other,
+            }
+        }
+        let removed_here = state.removed.contains(&node).then_some(node);
+        self.say_meta_target(removed_here);
+        Reply::Applied(lines)
+    }
+}
