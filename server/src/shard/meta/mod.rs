@@ -54,7 +54,8 @@
 //!   ([`Log::delete_before`] the entry's offset; the replica bounds
 //!   retention to committed entries): whole sealed segments go, so the
 //!   log keeps at most the segment holding s and the entries after it,
-//!   about `metaCompactEveryEntries` plus one segment's worth.
+//!   about `metaCompactEveryEntries` plus one segment's worth (its
+//!   segments are at most `META_SEGMENT_BYTES_MAX`, 8 MiB).
 //! - **Catch-up.** A follower whose next index is below the leader's
 //!   first index installs the partitions' snapshot descriptor
 //!   (`engine_store.rs`): its log restarts at the leader's first index,

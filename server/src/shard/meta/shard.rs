@@ -53,6 +53,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> MetaState for ShardState<S, R> {
     }
 }
 
+/// Largest segment of the metadata log (twice the largest batch, so a
+/// `State` entry of the largest size still fits).
+pub const META_SEGMENT_BYTES_MAX: u64 = 8 << 20;
+
 /// Largest applied-index file read at start.
 const APPLIED_FILE_BYTES_MAX: u64 = 256;
 
@@ -100,9 +104,13 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         if self.id != 0 {
             return Ok(());
         }
+        let defaults = self.settings.log_config(Retention::default());
         let log_config = LogConfig {
             durability: Durability::Always,
-            ..self.settings.log_config(Retention::default())
+            // Compaction drops whole segments: small ones keep the log
+            // near `metaCompactEveryEntries` entries.
+            segment_bytes: defaults.segment_bytes.min(META_SEGMENT_BYTES_MAX),
+            ..defaults
         };
         let dir = config.data_dir.join(META_DIR);
         // Damage is cut and refilled from the peers, as for partitions.
