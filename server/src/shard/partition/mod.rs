@@ -231,7 +231,7 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
         let offsets =
             replica_repair::open_log_as(storage, &dir.join("groups"), offsets_config, replicated)
                 .await
-            .map_err(|e| format!("stream {stream} partition {partition} group offsets: {e}"))?;
+                .map_err(|e| format!("stream {stream} partition {partition} group offsets: {e}"))?;
         report_recovery(
             &format!("stream {stream} partition {partition} group offsets"),
             &offsets,

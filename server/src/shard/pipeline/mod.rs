@@ -222,9 +222,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 replication.is_some(),
             )
             .await
-                .map_err(|e| {
-                    format!("pipeline {} partition {}: {e}", plan.name, source.partition)
-                })?,
+            .map_err(|e| format!("pipeline {} partition {}: {e}", plan.name, source.partition))?,
         );
         super::partition::report_recovery(
             &format!("pipeline {} partition {}", plan.name, source.partition),

@@ -193,7 +193,10 @@ impl Sim {
         let image = |s: &SimStorage| -> Vec<(PathBuf, Option<Vec<u8>>)> {
             let mut paths = s.paths();
             paths.sort();
-            paths.into_iter().map(|p| (p.clone(), s.durable_bytes(&p))).collect()
+            paths
+                .into_iter()
+                .map(|p| (p.clone(), s.durable_bytes(&p)))
+                .collect()
         };
         let before = image(&storage);
         let (opening, clock) = (storage.clone(), self.clock.clone());
@@ -220,13 +223,19 @@ impl Sim {
         });
         let seed = self.seed;
         let Err(e) = got else {
-            panic!("seed {seed}: node {} opened with both log.meta slots bad", i + 1);
+            panic!(
+                "seed {seed}: node {} opened with both log.meta slots bad",
+                i + 1
+            );
         };
         assert!(
             e.contains("neither of its two slots is valid") && e.contains(&*path.to_string_lossy()),
             "seed {seed}: {e}"
         );
-        assert!(image(&storage) == before, "seed {seed}: the refused start changed files");
+        assert!(
+            image(&storage) == before,
+            "seed {seed}: the refused start changed files"
+        );
         self.say(|| format!("node {} refused its start (log.meta lost): {e}", i + 1));
         storage.put_file(&path, &good);
         true
