@@ -380,6 +380,43 @@ pub async fn read<S: Storage>(storage: &S, dir: &Path) -> io::Result<Option<LogM
     Ok(slots.into_iter().flatten().max_by_key(|m| m.seq))
 }
 
+/// What `dir`'s `log.meta` holds, for a caller that must not take a lost
+/// file for a new one ([`read`] answers `None` for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaState {
+    /// No file: a new log, or one from before the file existed.
+    Absent,
+    /// A valid slot.
+    Valid,
+    /// Neither slot valid and the first slot never written (all zeros):
+    /// the file's first write (into the second slot, `seq` 1) was torn by
+    /// a crash, so it never recorded anything.
+    FirstWriteTorn,
+    /// Neither slot valid although both were written: what the file
+    /// recorded (for a Raft log, the term and vote) is lost.
+    Lost,
+}
+
+/// Tells apart the states of `dir`'s metadata file (see [`MetaState`]).
+pub async fn state<S: Storage>(storage: &S, dir: &Path) -> io::Result<MetaState> {
+    let file = match storage.open(&meta_path(dir)).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(MetaState::Absent),
+        Err(e) => return Err(e),
+    };
+    let bytes = file.read_at(0, 2 * SLOT_BYTES).await?;
+    let first = bytes.get(..SLOT_BYTES.min(bytes.len())).unwrap_or(&[]);
+    let second = bytes.get(SLOT_BYTES..).unwrap_or(&[]);
+    if LogMeta::decode(first).is_some() || LogMeta::decode(second).is_some() {
+        return Ok(MetaState::Valid);
+    }
+    Ok(if first.iter().all(|&b| b == 0) {
+        MetaState::FirstWriteTorn
+    } else {
+        MetaState::Lost
+    })
+}
+
 /// Writes `meta` (whose `seq` the caller has bumped) into its slot of the
 /// open file `file` (opened write-through), or creates the file when there
 /// is none, durably. Returns the file, to be kept for the next write.

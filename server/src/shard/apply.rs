@@ -50,25 +50,30 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     window_ms: stream_settings.dedup_window_ms,
                     keys_max: stream_settings.dedup_keys_max,
                 };
-                let p = Partition::open(
+                let p = Partition::open_as(
                     &self.storage,
                     self.runtime.clone(),
                     &config.data_dir,
                     &spec.name,
                     partition,
-                    self.settings.log_config(stream_settings.retention),
-                    // A replicated partition's window is rebuilt by each
-                    // new leader (`Partition::replicate`).
-                    partition::DedupLimits {
-                        window_ms: if replication.is_some() {
-                            0
-                        } else {
-                            dedup.window_ms
+                    (
+                        self.settings.log_config(stream_settings.retention),
+                        // A replicated partition's window is rebuilt by
+                        // each new leader (`Partition::replicate`).
+                        partition::DedupLimits {
+                            window_ms: if replication.is_some() {
+                                0
+                            } else {
+                                dedup.window_ms
+                            },
+                            ..dedup
                         },
-                        ..dedup
-                    },
-                    self.settings.limits(),
-                    config.groups_max,
+                        self.settings.limits(),
+                        config.groups_max,
+                    ),
+                    // Placement knows: a replicated log whose log.meta
+                    // records no configuration yet is one too.
+                    replication.is_some(),
                 )
                 .await?;
                 let mut p = p;

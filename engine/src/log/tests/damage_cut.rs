@@ -244,3 +244,57 @@ fn the_round_checkpoint_covers_the_synced_entries_and_claims_no_unsynced_byte() 
     let found = find(&sim).unwrap();
     assert_eq!((found.raft_index, found.sealed), (205, false));
 }
+
+/// Both slots of `log.meta` bad is told from a missing file and from a
+/// torn first write (`meta::state`), which `meta::read` answers alike.
+#[test]
+fn both_log_meta_slots_bad_is_lost_and_not_a_torn_first_write() {
+    let sim = SimStorage::new(79, SimFaults::default());
+    assert_eq!(
+        block_on(meta::state(&sim, &dir())).unwrap(),
+        meta::MetaState::Absent
+    );
+    replicated_log(&sim);
+    assert_eq!(
+        block_on(meta::state(&sim, &dir())).unwrap(),
+        meta::MetaState::Valid
+    );
+    let path = meta::meta_path(&dir());
+    let good = sim.durable_bytes(&path).unwrap();
+    assert_eq!(good.len(), 8192, "two slots written");
+    // One slot bad: the other is read.
+    sim.flip_bit(&path, 5, 3).unwrap();
+    assert_eq!(
+        block_on(meta::state(&sim, &dir())).unwrap(),
+        meta::MetaState::Valid
+    );
+    // Both bad: lost, and `read` cannot tell it from no file.
+    sim.flip_bit(&path, 4096 + 5, 3).unwrap();
+    assert_eq!(
+        block_on(meta::state(&sim, &dir())).unwrap(),
+        meta::MetaState::Lost
+    );
+    assert!(block_on(meta::read(&sim, &dir())).unwrap().is_none());
+    // Garbage over the whole file: lost.
+    sim.put_file(&path, &[0xA5; 8192]);
+    assert_eq!(
+        block_on(meta::state(&sim, &dir())).unwrap(),
+        meta::MetaState::Lost
+    );
+    // The first write (the second slot) torn, the first slot never
+    // written: nothing was recorded.
+    let mut torn = vec![0u8; 8192];
+    torn[4096..6000].copy_from_slice(&good[4096..6000]);
+    sim.put_file(&path, &torn);
+    assert_eq!(
+        block_on(meta::state(&sim, &dir())).unwrap(),
+        meta::MetaState::FirstWriteTorn
+    );
+    let mut short = vec![0u8; 4096 + 512];
+    short[4096..].copy_from_slice(&good[4096..4096 + 512]);
+    sim.put_file(&path, &short);
+    assert_eq!(
+        block_on(meta::state(&sim, &dir())).unwrap(),
+        meta::MetaState::FirstWriteTorn
+    );
+}

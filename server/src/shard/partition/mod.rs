@@ -177,6 +177,7 @@ pub fn report_recovery<S: Storage>(what: &str, log: &Log<S>) {
 impl<S: Storage + Clone, C: Clock> Partition<S, C> {
     /// Opens (recovering) the partition's logs and rebuilds its dedup
     /// window; its offsets log takes snapshots of up to `groups_max` groups.
+    #[cfg(test)]
     #[expect(clippy::too_many_arguments, reason = "each is a separate setting")]
     pub async fn open(
         storage: &S,
@@ -189,10 +190,35 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
         limits: Limits,
         groups_max: u32,
     ) -> Result<Partition<S, C>, String> {
+        Self::open_as(
+            storage,
+            clock,
+            data_dir,
+            stream,
+            partition,
+            (log_config, dedup_limits, limits, groups_max),
+            false,
+        )
+        .await
+    }
+
+    /// [`Partition::open`] of a partition its caller knows is replicated
+    /// (`replicated`) or not: a replicated one's logs open as
+    /// `replica_repair::open_log_as` says, even before they record a
+    /// configuration.
+    pub async fn open_as(
+        storage: &S,
+        clock: C,
+        data_dir: &Path,
+        stream: &str,
+        partition: u32,
+        (log_config, dedup_limits, limits, groups_max): (LogConfig, DedupLimits, Limits, u32),
+        replicated: bool,
+    ) -> Result<Partition<S, C>, String> {
         let dir = partition_dir(data_dir, stream, partition);
         // A replicated log damaged anywhere is cut and refilled from the
         // leader (`replica_repair.rs`); a single node's opens as before.
-        let log = replica_repair::open_log(storage, &dir.join("log"), log_config)
+        let log = replica_repair::open_log_as(storage, &dir.join("log"), log_config, replicated)
             .await
             .map_err(|e| format!("stream {stream} partition {partition}: {e}"))?;
         report_recovery(&format!("stream {stream} partition {partition}"), &log);
@@ -202,9 +228,10 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
         log.set_write_behind(true);
         let offsets_batch_bytes_max = offsets_batch_bytes_max(groups_max);
         let offsets_config = offsets::log_config(groups_max);
-        let offsets = replica_repair::open_log(storage, &dir.join("groups"), offsets_config)
-            .await
-            .map_err(|e| format!("stream {stream} partition {partition} group offsets: {e}"))?;
+        let offsets =
+            replica_repair::open_log_as(storage, &dir.join("groups"), offsets_config, replicated)
+                .await
+                .map_err(|e| format!("stream {stream} partition {partition} group offsets: {e}"))?;
         report_recovery(
             &format!("stream {stream} partition {partition} group offsets"),
             &offsets,

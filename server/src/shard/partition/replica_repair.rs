@@ -62,8 +62,38 @@
 //! cannot be told from a torn tail (`engine/src/log/recovery.rs`): an entry
 //! there this replica acknowledged past its recorded commit is not
 //! protected. Damage on every replica of a batch is not repairable
-//! (recovery needs one good copy), nor is damage to `log.meta` itself (the
-//! hard state: its vote must never be guessed).
+//! (recovery needs one good copy).
+//!
+//! **A lost `log.meta`** (both slots bad, `meta::state` = `Lost`; one bad
+//! slot is survived by the other) refuses the start of a replicated log,
+//! changing nothing: the hard state is gone, so the highest term t this
+//! replica r held, and voted or acknowledged in, is unknown. Rebuilding r
+//! under its id on an empty log with no voters (as a moved-in replica) is
+//! not safe, whatever term bound the log or the leader's messages give:
+//!
+//! - *A stale leader.* Say r led term t with voter a (N = 3), and b still
+//!   leads an older term t' < t, not yet knowing t. r, rebuilt at term 0,
+//!   accepts b's appends (t' is above its term) and acknowledges them; b,
+//!   still listing r as a voter, commits with {b, r} an entry at an index
+//!   where r and a had committed another one at t. Abstaining from votes
+//!   does not help: the acknowledgement is the fault. `check_quorum`
+//!   steps b down within about two election timeouts without a quorum, so
+//!   a rebuild that stayed silent that long would be safe, but only under
+//!   a timing assumption nothing else in this module makes.
+//! - *A second vote.* r voted for L1 in t (L1 won); rebuilt, it learns a
+//!   term T <= t from the leader's messages and, once past T, may grant a
+//!   vote in t to another candidate that a majority without L1's other
+//!   voters elects: two leaders in t. The terms in r's log (kept aside)
+//!   bound only what it acknowledged, not what it voted in; a safe bound
+//!   needs the current terms of a majority of the other voters (a poll no
+//!   message here carries).
+//!
+//! So the operator restores the directory, or moves the replica off the
+//! node (a conf change removing r is committed by the others; r, down,
+//! acknowledges nothing meanwhile). A log its caller knows is replicated
+//! (`open_log_as`) is handled so even before its `log.meta` records a
+//! configuration (a joining replica before its first conf change), and a
+//! torn first write of `log.meta` (never recorded anything) opens as new.
 
 use std::path::{Path, PathBuf};
 
@@ -156,18 +186,54 @@ async fn is_replicated<S: Storage>(storage: &S, dir: &Path) -> Result<bool, Stri
     }))
 }
 
-/// Opens the log in `dir`. A replicated one (see [`is_replicated`]) that
-/// is damaged anywhere is cut before the damage, the marker written first
-/// (module header); a single node's opens as [`Log::open`] does (damage
-/// refuses the open or leaves the log read-only, for `hadron repair`).
+/// Opens the log in `dir`, as [`open_log_as`] does for a log its caller
+/// does not know to be replicated.
 pub async fn open_log<S: Storage + Clone>(
     storage: &S,
     dir: &Path,
     config: LogConfig,
 ) -> Result<Log<S>, String> {
+    open_log_as(storage, dir, config, false).await
+}
+
+/// The refusal to start a replica whose `log.meta` is lost (module
+/// header, "A lost `log.meta`").
+fn lost_meta_error(dir: &Path) -> String {
+    format!(
+        "{}: neither of its two slots is valid, so this replica's Raft term and vote are lost; \
+         it must not rejoin its group under a guessed term (it could vote twice in one term, \
+         or help a stale leader commit over entries it had acknowledged), so the start is \
+         refused and nothing was changed. Restore the directory from a copy taken while this \
+         node was down, or move the partition's replica off this node (the reconciler refills \
+         a new one from the leader) and then delete {}",
+        hadron_engine::log::meta::meta_path(dir).display(),
+        dir.display()
+    )
+}
+
+/// Opens the log in `dir`. A replicated one (`replicated`: its caller
+/// knows it is, or see [`is_replicated`]) that is damaged anywhere is cut
+/// before the damage, the marker written first (module header), and one
+/// whose `log.meta` is lost refuses to open; a single node's opens as
+/// [`Log::open`] does (damage refuses the open or leaves the log
+/// read-only, for `hadron repair`).
+pub async fn open_log_as<S: Storage + Clone>(
+    storage: &S,
+    dir: &Path,
+    config: LogConfig,
+    replicated: bool,
+) -> Result<Log<S>, String> {
     let opened = |r: Result<Log<S>, hadron_engine::OpenError>| r.map_err(|e| e.to_string());
-    if !is_replicated(storage, dir).await? {
+    if !(replicated || is_replicated(storage, dir).await?) {
         return opened(Log::open(storage.clone(), dir, config).await);
+    }
+    let state = hadron_engine::log::meta::state(storage, dir)
+        .await
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    if state == hadron_engine::log::meta::MetaState::Lost {
+        let e = lost_meta_error(dir);
+        tracing::error!("{e}");
+        return Err(e);
     }
     let found = Log::find_damage(storage, dir, &config)
         .await

@@ -247,19 +247,22 @@ impl Sim {
         let node = &self.nodes[id as usize - 1];
         let (storage, clock) = (node.storage.clone(), self.clock.clone());
         let p = self.pool.run_until(async move {
-            let mut p = Partition::open(
+            let mut p = Partition::open_as(
                 &storage,
                 clock,
                 Path::new(DIR),
                 "s",
                 0,
-                log_config(),
-                DedupLimits {
-                    window_ms: 0,
-                    keys_max: 1 << 20,
-                },
-                Limits::DEFAULT,
-                crate::config::server::GROUPS_MAX_DEFAULT,
+                (
+                    log_config(),
+                    DedupLimits {
+                        window_ms: 0,
+                        keys_max: 1 << 20,
+                    },
+                    Limits::DEFAULT,
+                    crate::config::server::GROUPS_MAX_DEFAULT,
+                ),
+                true,
             )
             .await?;
             let dedup = DedupLimits {
@@ -742,7 +745,7 @@ fn replica_sim_keeps_every_acknowledged_event_once_on_every_node() {
     );
     assert!(per(total.installs) >= 0.1, "snapshots installed: {total:?}");
     eprintln!(
-        "replica_sim: {} damaged logs (per kind: sealed payload, sealed without index, header, active below / past the watermark: {:?}), {} recoveries ended",
+        "replica_sim: {} damaged logs (per kind: sealed payload, sealed without index, header, active below / past the watermark, log.meta lost: {:?}), {} recoveries ended",
         total.damaged, total.damage_kinds.0, total.recovered
     );
     // Over every seed (not one replayed alone).

@@ -215,11 +215,14 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             .join(&plan.name)
             .join(format!("{:05}", source.partition));
         let outputs = Rc::new(
-            super::partition::replica_repair::open_log(storage, &dir, log_config)
-                .await
-                .map_err(|e| {
-                    format!("pipeline {} partition {}: {e}", plan.name, source.partition)
-                })?,
+            super::partition::replica_repair::open_log_as(
+                storage,
+                &dir,
+                log_config,
+                replication.is_some(),
+            )
+            .await
+            .map_err(|e| format!("pipeline {} partition {}: {e}", plan.name, source.partition))?,
         );
         super::partition::report_recovery(
             &format!("pipeline {} partition {}", plan.name, source.partition),

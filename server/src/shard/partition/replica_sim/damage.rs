@@ -16,13 +16,15 @@
 //!   cut as a torn tail with no marker (the recovery cannot tell it from
 //!   one), or as damage when later batches prove it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures::executor::block_on;
 use hadron_engine::log::batch::{BatchKind, Batches};
 use hadron_engine::storage::sim::SimStorage;
 
-use super::{DIR, Sim};
+use hadron_wire::Limits;
+
+use super::{DIR, DedupLimits, Partition, Sim, log_config};
 
 /// The kinds of damage, as counted in [`DamageCounts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,19 +34,23 @@ pub(super) enum DamageKind {
     Header,
     ActiveBelowWatermark,
     ActivePastWatermark,
+    /// Both slots of `log.meta` bad: the start refuses, changing nothing;
+    /// the operator then restores the file (a copy from while it was down).
+    MetaLost,
 }
 
-const KINDS: [DamageKind; 5] = [
+const KINDS: [DamageKind; 6] = [
     DamageKind::SealedPayload,
     DamageKind::SealedIndexGone,
     DamageKind::Header,
     DamageKind::ActiveBelowWatermark,
     DamageKind::ActivePastWatermark,
+    DamageKind::MetaLost,
 ];
 
 /// Damaged logs per kind, in the order of [`DamageKind`].
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct DamageCounts(pub(super) [u64; 5]);
+pub(super) struct DamageCounts(pub(super) [u64; 6]);
 
 impl std::ops::AddAssign for DamageCounts {
     fn add_assign(&mut self, o: DamageCounts) {
@@ -102,6 +108,13 @@ impl Sim {
     pub(super) fn damage(&mut self, i: usize) {
         let kind = KINDS[self.rng.below(KINDS.len() as u64) as usize];
         let storage = self.nodes[i].storage.clone();
+        if kind == DamageKind::MetaLost {
+            if self.lose_meta(i) {
+                self.coverage.damaged += 1;
+                self.coverage.damage_kinds.0[kind as usize] += 1;
+            }
+            return;
+        }
         let mut segs = segments(&storage);
         let Some((active_path, active)) = segs.pop() else {
             return;
@@ -127,6 +140,7 @@ impl Sim {
                 .iter()
                 .filter(|f| f.events && f.at >= watermark)
                 .collect(),
+            DamageKind::MetaLost => Vec::new(),
         };
         if targets.is_empty() {
             return;
@@ -159,5 +173,71 @@ impl Sim {
                 path.display()
             )
         });
+    }
+}
+
+impl Sim {
+    /// Overwrites both slots of node `i`'s partition `log.meta` with
+    /// garbage and checks that its start refuses, naming the file, and
+    /// changes nothing on disk; then restores the file. Returns whether
+    /// there was a file to damage.
+    fn lose_meta(&mut self, i: usize) -> bool {
+        let storage = self.nodes[i].storage.clone();
+        let dir = crate::shard::partition::partition_dir(Path::new(DIR), "s", 0).join("log");
+        let path = hadron_engine::log::meta::meta_path(&dir);
+        let Some(good) = storage.durable_bytes(&path).filter(|b| !b.is_empty()) else {
+            return false;
+        };
+        let garbage: Vec<u8> = (0..8192).map(|_| 1 | self.rng.below(256) as u8).collect();
+        storage.put_file(&path, &garbage);
+        let image = |s: &SimStorage| -> Vec<(PathBuf, Option<Vec<u8>>)> {
+            let mut paths = s.paths();
+            paths.sort();
+            paths
+                .into_iter()
+                .map(|p| (p.clone(), s.durable_bytes(&p)))
+                .collect()
+        };
+        let before = image(&storage);
+        let (opening, clock) = (storage.clone(), self.clock.clone());
+        let got = self.pool.run_until(async move {
+            Partition::open_as(
+                &opening,
+                clock,
+                Path::new(DIR),
+                "s",
+                0,
+                (
+                    log_config(),
+                    DedupLimits {
+                        window_ms: 0,
+                        keys_max: 1 << 20,
+                    },
+                    Limits::DEFAULT,
+                    crate::config::server::GROUPS_MAX_DEFAULT,
+                ),
+                true,
+            )
+            .await
+            .map(|_| ())
+        });
+        let seed = self.seed;
+        let Err(e) = got else {
+            panic!(
+                "seed {seed}: node {} opened with both log.meta slots bad",
+                i + 1
+            );
+        };
+        assert!(
+            e.contains("neither of its two slots is valid") && e.contains(&*path.to_string_lossy()),
+            "seed {seed}: {e}"
+        );
+        assert!(
+            image(&storage) == before,
+            "seed {seed}: the refused start changed files"
+        );
+        self.say(|| format!("node {} refused its start (log.meta lost): {e}", i + 1));
+        storage.put_file(&path, &good);
+        true
     }
 }
