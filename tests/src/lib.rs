@@ -465,6 +465,28 @@ impl Server {
         }
     }
 
+    /// Starts the server again on the same data dir expecting it to
+    /// refuse to start: waits (up to the start timeout) for the process to
+    /// exit, and returns its exit status and this start's log. Panics if
+    /// it is still running then.
+    pub fn restart_refused(&mut self) -> (std::process::ExitStatus, String) {
+        assert!(self.child.is_none(), "the server is already running");
+        let mut child = self.spawn();
+        let path = self.logs.path().join(format!("server-{}.log", self.starts));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, std::fs::read_to_string(&path).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not refuse to start; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Like [`Server::restart`], with another shard count.
     pub fn restart_with_shards(&mut self, shards: u16) {
         self.options.shards = shards;

@@ -9,6 +9,10 @@
 //! its status), the flipped byte back as it was. Afterwards every
 //! acknowledged event is read back once at its offset, and the repaired
 //! node's segment files are byte for byte another replica's.
+//!
+//! A follower whose `log.meta` is lost (both slots bad) refuses to start
+//! naming the file and what to do, changing no file; restored, it
+//! rejoins.
 
 use std::path::{Path, PathBuf};
 
@@ -152,4 +156,64 @@ async fn a_follower_damaged_in_a_sealed_and_its_active_segment_repairs_from_its_
             path.display()
         );
     }
+}
+
+/// Every file of `dir` (not recursive) and its bytes.
+fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, bytes)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_meta_is_lost_refuses_to_start_and_changes_nothing() {
+    let mut cluster = Cluster::start(options());
+    let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
+    let follower = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    let dir = log_dir(&mut cluster, follower);
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    await_more_acks(&load.count, 30).await;
+
+    // Both slots of the follower's log.meta overwritten while it is down:
+    // its Raft term and vote are gone.
+    cluster.node(follower).kill_now();
+    let meta = dir.join("log.meta");
+    let kept = std::fs::read(&meta).unwrap();
+    std::fs::write(&meta, vec![0xa5; kept.len()]).unwrap();
+    let before = files_of(&dir);
+    let (status, said) = cluster.node(follower).restart_refused();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{}: neither of its two slots is valid",
+            meta.display()
+        )),
+        "{said}"
+    );
+    assert!(said.contains("Restore the directory"), "{said}");
+    assert!(
+        before == files_of(&dir),
+        "the refused start changed no file"
+    );
+
+    // The operator restores it (a copy taken while the node was down): the
+    // follower starts, catches up, and nothing acknowledged was lost.
+    std::fs::write(&meta, &kept).unwrap();
+    cluster.node(follower).restart();
+    eventually(WAIT, "the restored follower caught up", || async {
+        let mine = cluster.replica_status(follower, STREAM, 0).await?;
+        let leader = cluster.leader(STREAM, 0).await?;
+        let theirs = cluster.replica_status(leader, STREAM, 0).await?;
+        (mine["last_index"].as_u64()? >= theirs["commit"].as_u64()?).then_some(())
+    })
+    .await;
+    await_more_acks(&load.count, 30).await;
+    let acked = load.stop().await;
+    check_log(&cluster, STREAM, &cluster.ids(), &acked).await;
 }

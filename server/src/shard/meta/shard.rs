@@ -114,7 +114,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         };
         let dir = config.data_dir.join(META_DIR);
         // Damage is cut and refilled from the peers, as for partitions.
-        let log = replica_repair::open_log(&self.storage, &dir, log_config)
+        let log = replica_repair::open_log_as(&self.storage, &dir, log_config, true)
             .await
             .map_err(|e| format!("the metadata log {}: {e}", dir.display()))?;
         let log = Rc::new(log);
