@@ -4,7 +4,7 @@
 //! that lacks what it had acknowledged.
 //!
 //! ```text
-//!  open (a replicated log, `open_log`):
+//!  open (a replicated log, `open_log_as`):
 //!    find the first damaged batch anywhere     Log::find_damage: sealed or
 //!      (every batch verified, index files        active segment, header or
 //!      ignored; a torn tail is not damage)       payload, index unusable
@@ -186,16 +186,6 @@ async fn is_replicated<S: Storage>(storage: &S, dir: &Path) -> Result<bool, Stri
     }))
 }
 
-/// Opens the log in `dir`, as [`open_log_as`] does for a log its caller
-/// does not know to be replicated.
-pub async fn open_log<S: Storage + Clone>(
-    storage: &S,
-    dir: &Path,
-    config: LogConfig,
-) -> Result<Log<S>, String> {
-    open_log_as(storage, dir, config, false).await
-}
-
 /// The refusal to start a replica whose `log.meta` is lost (module
 /// header, "A lost `log.meta`").
 fn lost_meta_error(dir: &Path) -> String {
@@ -294,7 +284,7 @@ fn term_known<S: Storage>(log: &Log<S>, pending: Option<Marker>) -> u64 {
     log.raft_meta().term.max(last).max(marked)
 }
 
-/// Checks a replicated log once open (by [`open_log`]) and repairs what is
+/// Checks a replicated log once open (by [`open_log_as`]) and repairs what is
 /// left as the module header says. Returns the term T the replica must see
 /// committed past before it votes again, when it must abstain (damage found
 /// now or at open, a log ending below its recorded commit, or a marker
@@ -305,7 +295,7 @@ pub async fn repair_at_open<S: Storage>(storage: &S, log: &Log<S>) -> Result<Opt
     log.load_raft_index()
         .await
         .map_err(|e| format!("loading the Raft index: {e}"))?;
-    // `open_log` verified it whole already, unless it opened it as a
+    // `open_log_as` verified it whole already, unless it opened it as a
     // single node's.
     let damaged = if log.verified() {
         None
