@@ -526,3 +526,46 @@ async fn revoking_or_narrowing_a_token_cuts_its_open_connections_off() {
     let reply = publishing.request(&publish, &mut pushed).await;
     assert!(matches!(reply, Frame::PublishOk { .. }), "{reply:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_create_sent_again_with_the_same_secret_is_answered_unchanged() {
+    let server = server_with(None);
+    let mut raw = raw_as(&server, BOOT).await;
+    let hash: [u8; 32] = Sha256::digest(b"hdn_the-same-secret-twice").into();
+    let create = |secret_sha256| {
+        Message::TokenCreate(hadron_wire::TokenCreate {
+            name: "retried",
+            secret_sha256,
+            scope: hadron_wire::TokenScope {
+                all: true,
+                ..hadron_wire::TokenScope::default()
+            },
+        })
+    };
+    // The retry of a create whose answer was lost: the same request.
+    for _ in 0..2 {
+        let reply = raw.request(&create(&hash), &mut Vec::new()).await;
+        assert!(
+            matches!(
+                reply,
+                Frame::Other {
+                    name: "ApplyOk",
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+    }
+    // Another secret under the same name is a second create: refused.
+    let other: [u8; 32] = Sha256::digest(b"hdn_another-secret").into();
+    let reply = raw.request(&create(&other), &mut Vec::new()).await;
+    match reply {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::InvalidConfig);
+            assert!(message.contains("token \"retried\" exists"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let out = cli(&server, BOOT, &["token", "list"]);
+    assert_eq!(out.stdout, "retried: all\n", "{out:?}");
+}

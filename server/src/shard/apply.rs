@@ -231,9 +231,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     }
 
     /// The topology a token change makes (current, next, summary).
-    /// `replay`: the change was committed by the metadata group, so
-    /// creating a token that exists as specified, or revoking one that is
-    /// gone, is what an application interrupted before its index was
+    /// Creating a token that exists exactly as specified (its secret hash
+    /// included) is a retry: answered unchanged. `replay`: the change was
+    /// committed by the metadata group, so revoking a token that is
+    /// gone is what an application interrupted before its index was
     /// recorded left: nothing to do.
     pub(super) fn plan_tokens(
         &self,
@@ -245,8 +246,12 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         let summary = match change {
             TokenChange::Create(spec) => {
                 spec.validate()?;
+                // The same name, scope and secret hash again: a retry of
+                // this create (a client that lost the answer, or whose
+                // meta leader lost the lead after proposing it), whatever
+                // `replay` says; a new create draws a new secret.
                 match next.tokens.get(&spec.name) {
-                    Some(had) if replay && *had == spec => {
+                    Some(had) if *had == spec => {
                         return Ok((
                             current,
                             next,
