@@ -10,6 +10,10 @@
 //! - `add-node` through one URL: the new node learns the resources from
 //!   the log (it serves the stream's metadata) and becomes a voter of
 //!   `cluster/meta`;
+//! - the node leading the metadata group, drained and removed: the others
+//!   (which stop talking to it once they apply the removal) elect one of
+//!   themselves, which removes it from the group's voters, and go on as a
+//!   group of three;
 //! - a follower whose metadata log was damaged while it was down cuts it
 //!   before the damage at start, abstains until refilled from its peers,
 //!   applies nothing twice, and takes changes again;
@@ -22,6 +26,7 @@
 use std::time::Duration;
 
 use hadron_tests::cluster::{Cluster, ClusterOptions};
+use hadron_tests::moves::{await_moved, move_cli, one_partition_stream};
 use hadron_tests::{eventually, stream_yaml};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -385,4 +390,71 @@ async fn a_node_down_past_the_metadata_logs_compaction_catches_up_from_its_state
     );
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     await_stream(&cluster, down, "after", 2).await;
+}
+
+/// The metadata group's voters as node `id` knows them, in id order.
+async fn meta_voters(cluster: &Cluster, id: u64) -> Option<Vec<u64>> {
+    let meta = cluster.meta_status(id).await?;
+    let voters = meta["replication"]["voters"].as_array()?;
+    let mut ids: Vec<u64> = voters
+        .iter()
+        .map(serde_json::Value::as_u64)
+        .collect::<Option<_>>()?;
+    ids.sort_unstable();
+    Some(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_node_that_leads_the_metadata_group_leaves_a_group_of_the_others() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        resources: one_partition_stream("orders"),
+        ..ClusterOptions::default()
+    });
+    let leader = await_meta_leader(&cluster).await;
+    let rest: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    // Drained first: a node still placed is refused.
+    let to: Vec<String> = rest.iter().map(u64::to_string).collect();
+    let out = move_cli("orders", &to.join(","), &urls(&cluster, &cluster.ids()));
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    await_moved(&cluster, "orders", &rest).await;
+    let out = cluster.cli(
+        &[
+            "cluster",
+            "remove-node",
+            &leader.to_string(),
+            "--url",
+            &urls(&cluster, &cluster.ids()),
+        ],
+        CLI,
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+
+    // The others go on without it: one of them leads, and the group's
+    // voters are the three of them on each.
+    eventually(
+        WAIT,
+        "the metadata group without the removed node",
+        || async {
+            for &id in &rest {
+                if meta_voters(&cluster, id).await? != rest {
+                    return None;
+                }
+            }
+            let now = cluster.meta_leader().await?;
+            (now != leader).then_some(())
+        },
+    )
+    .await;
+
+    // A change through the others reaches each of them.
+    let out = apply_cli(&cluster, &stream_yaml("after", 1), &urls(&cluster, &rest));
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    for &id in &rest {
+        await_stream(&cluster, id, "after", 1).await;
+    }
 }
