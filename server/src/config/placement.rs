@@ -4,11 +4,15 @@
 //! per moved partition, in (stream, partition) order:
 //!
 //! ```text
-//! STREAM PARTITION V1,V2,V3
+//! STREAM PARTITION V1,V2,V3 [created]
 //! ```
 //!
 //! The voters are in preference order (the first is the preferred
-//! leader). A partition with no line is placed statically
+//! leader). `created` marks a partition the metadata group's leader
+//! placed when its stream was created or grew (`Overrides::place`): its
+//! replicas start a fresh group with these voters, as under static
+//! placement; a moved one's new replicas join from the group's leader
+//! instead. A partition with no line is placed statically
 //! (`ClusterConfig::placement`). The file is rewritten whole, durably (a
 //! temporary file, fsync, rename, fsync of the directory), before a move
 //! is applied, so a restart says the same target again.
@@ -24,8 +28,11 @@ pub const PLACEMENT_FILE_BYTES_MAX: u64 = 16 << 20;
 /// Most voters one override names (the reconciler's limit too).
 pub const PLACEMENT_VOTERS_MAX: usize = 7;
 
-/// (stream, partition) -> voters.
-type Map = BTreeMap<(String, u32), Vec<u64>>;
+/// The word that marks a placement made at creation.
+const CREATED: &str = "created";
+
+/// (stream, partition) -> (voters, placed at creation).
+type Map = BTreeMap<(String, u32), (Vec<u64>, bool)>;
 
 /// This node's overrides, shared by its shards.
 #[derive(Debug, Default)]
@@ -58,7 +65,17 @@ impl Overrides {
 
     /// The voters `stream`'s `partition` was moved to, if it was.
     pub fn get(&self, stream: &str, partition: u32) -> Option<Vec<u64>> {
-        self.lock().get(&(stream.to_owned(), partition)).cloned()
+        self.lock()
+            .get(&(stream.to_owned(), partition))
+            .map(|(voters, _)| voters.clone())
+    }
+
+    /// Whether `stream`'s `partition` was placed at its creation (and not
+    /// moved since): its fresh replicas start with its voters.
+    pub fn created(&self, stream: &str, partition: u32) -> bool {
+        self.lock()
+            .get(&(stream.to_owned(), partition))
+            .is_some_and(|(_, created)| *created)
     }
 
     /// Every override, in (stream, partition) order (the metadata group's
@@ -66,7 +83,16 @@ impl Overrides {
     pub fn all(&self) -> Vec<(String, u32, Vec<u64>)> {
         self.lock()
             .iter()
-            .map(|((stream, partition), voters)| (stream.clone(), *partition, voters.clone()))
+            .map(|((stream, partition), (voters, _))| (stream.clone(), *partition, voters.clone()))
+            .collect()
+    }
+
+    /// The partitions placed at creation, in (stream, partition) order.
+    pub fn all_created(&self) -> Vec<(String, u32)> {
+        self.lock()
+            .iter()
+            .filter(|(_, (_, created))| *created)
+            .map(|(key, _)| key.clone())
             .collect()
     }
 
@@ -79,10 +105,34 @@ impl Overrides {
         partition: u32,
         voters: Vec<u64>,
     ) -> Result<(), String> {
-        check_voters(&voters)?;
+        let placed = [(stream.to_owned(), partition, voters)];
+        self.write(data_dir, &placed, false)
+    }
+
+    /// Persists the placements of new partitions (`created`: see the
+    /// module header) in `data_dir` in one write, then holds them (a
+    /// failed write changes nothing).
+    pub fn place(&self, data_dir: &Path, placed: &[(String, u32, Vec<u64>)]) -> Result<(), String> {
+        self.write(data_dir, placed, true)
+    }
+
+    fn write(
+        &self,
+        data_dir: &Path,
+        placed: &[(String, u32, Vec<u64>)],
+        created: bool,
+    ) -> Result<(), String> {
+        for (stream, partition, voters) in placed {
+            check_voters(voters).map_err(|e| format!("{stream}/{partition}: {e}"))?;
+        }
         let mut map = self.lock();
         let mut next = map.clone();
-        next.insert((stream.to_owned(), partition), voters);
+        for (stream, partition, voters) in placed {
+            next.insert((stream.clone(), *partition), (voters.clone(), created));
+        }
+        if next == *map {
+            return Ok(());
+        }
         super::cluster::write_members(&data_dir.join(PLACEMENT_FILE), &render(&next))?;
         *map = next;
         Ok(())
@@ -120,10 +170,14 @@ fn parse(text: &str) -> Result<Map, String> {
         if fields.is_empty() {
             continue;
         }
-        let [stream, partition, voters] = fields[..] else {
-            return Err(bad(format!(
-                "expected `STREAM PARTITION V1,V2,..`, found {line:?}"
-            )));
+        let (stream, partition, voters, created) = match fields[..] {
+            [stream, partition, voters] => (stream, partition, voters, false),
+            [stream, partition, voters, CREATED] => (stream, partition, voters, true),
+            _ => {
+                return Err(bad(format!(
+                    "expected `STREAM PARTITION V1,V2,.. [{CREATED}]`, found {line:?}"
+                )));
+            }
         };
         let partition = partition
             .parse::<u32>()
@@ -136,16 +190,20 @@ fn parse(text: &str) -> Result<Map, String> {
             })
             .collect::<Result<Vec<u64>, String>>()?;
         check_voters(&voters).map_err(bad)?;
-        map.insert((stream.to_owned(), partition), voters);
+        map.insert((stream.to_owned(), partition), (voters, created));
     }
     Ok(map)
 }
 
 fn render(map: &Map) -> String {
     let mut text = String::new();
-    for ((stream, partition), voters) in map {
+    for ((stream, partition), (voters, created)) in map {
         let voters: Vec<String> = voters.iter().map(u64::to_string).collect();
-        text.push_str(&format!("{stream} {partition} {}\n", voters.join(",")));
+        let mark = if *created { " created" } else { "" };
+        text.push_str(&format!(
+            "{stream} {partition} {}{mark}\n",
+            voters.join(",")
+        ));
     }
     text
 }
@@ -172,6 +230,30 @@ mod tests {
         assert_eq!(again.get("orders", 0), Some(vec![2, 4, 3]));
         assert_eq!(again.get("orders", 3), Some(vec![4, 3]));
         assert_eq!(again.get("orders", 1), None);
+    }
+
+    #[test]
+    fn placements_at_creation_are_read_back_marked_and_a_move_clears_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides::load(dir.path()).unwrap();
+        let placed = vec![
+            ("orders".into(), 0, vec![4, 1, 2]),
+            ("orders".into(), 1, vec![2, 3, 4]),
+        ];
+        overrides.place(dir.path(), &placed).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(PLACEMENT_FILE)).unwrap();
+        assert_eq!(text, "orders 0 4,1,2 created\norders 1 2,3,4 created\n");
+        let again = Overrides::load(dir.path()).unwrap();
+        assert_eq!(again.get("orders", 0), Some(vec![4, 1, 2]));
+        assert!(again.created("orders", 0) && again.created("orders", 1));
+        assert!(!again.created("orders", 2));
+        again.set(dir.path(), "orders", 1, vec![1, 3, 4]).unwrap();
+        assert!(!again.created("orders", 1));
+        assert_eq!(again.all_created(), vec![("orders".to_owned(), 0)]);
+        let bad = vec![("orders".into(), 5, vec![1, 1])];
+        let e = again.place(dir.path(), &bad).unwrap_err();
+        assert!(e.starts_with("orders/5: voters [1, 1]"), "{e}");
+        assert_eq!(again.get("orders", 5), None);
     }
 
     #[test]

@@ -197,7 +197,13 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Validates and applies resources (runs on shard 0).
     pub(super) async fn apply(self: &Rc<Self>, yaml: String, force: bool) -> Reply {
         if self.meta_group().is_some() {
-            return self.meta_change(meta::Command::Apply { yaml, force }).await;
+            let placement = Vec::new();
+            let command = meta::Command::Apply {
+                yaml,
+                force,
+                placement,
+            };
+            return self.meta_change(command).await;
         }
         if self.applying.get() {
             return Reply::Failed(Error::ApplyInProgress);
@@ -451,8 +457,10 @@ pub(super) enum Placed {
 
 impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Where `stream`'s `partition` lives: where `hadron cluster move`
-    /// put it (`config::placement`), else the static placement
-    /// (`ClusterConfig::placement`).
+    /// put it, or the metadata leader placed it at its creation
+    /// (`config::placement`), else the static placement
+    /// (`ClusterConfig::placement`). A partition placed at creation
+    /// starts its fresh groups with its voters, as a static one does.
     pub(super) fn placement(&self, stream: &StreamSpec, partition: u32) -> Placed {
         let config = &self.settings.config;
         let Some(cluster) = config.cluster.as_ref().filter(|c| c.nodes() > 1) else {
@@ -474,7 +482,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             }
         } else if nodes.len() == 1 {
             Placed::Alone
-        } else if moved.is_some() {
+        } else if moved.is_some() && !self.settings.placements.created(&stream.name, partition) {
             Placed::Replicated(Vec::new())
         } else {
             Placed::Replicated(nodes)

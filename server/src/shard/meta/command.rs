@@ -13,8 +13,17 @@
 //!                      | u32 n | n x (str stream | u32 partition | u32 m | m x u64 voter)
 //!                      | u32 a | a x (u64 id | str address | u8 has_peer | [str peer_address])
 //!                      | u32 r | r x u64 removed_id
+//!  kind 8 Apply placed u8 force | str yaml
+//!                      | u32 n | n x (str stream | u32 partition | u32 m | m x u64 voter)
+//!  kind 9 State placed the fields of kind 7 | u32 c | c x (str stream | u32 partition)
 //!  str:  u32 length | UTF-8 bytes        list: u32 count | count x str
 //! ```
+//!
+//! An `Apply` that creates replicated partitions carries where the
+//! leader placed them (kind 8; kind 1 when it places nothing, as before
+//! placement was decided by the leader); a `State` whose placement
+//! overrides include some made at creation names those (kind 9; kind 7
+//! otherwise). Records of kinds 1 and 7 decode as they always did.
 //!
 //! `State` is the node's whole metadata (docs/replication.md section 2,
 //! "Compaction"): the resources as `resources.yaml` holds them (streams,
@@ -44,6 +53,8 @@ const KIND_MOVE: u8 = 4;
 const KIND_NODE_ADD: u8 = 5;
 const KIND_NODE_REMOVE: u8 = 6;
 const KIND_STATE: u8 = 7;
+const KIND_APPLY_PLACED: u8 = 8;
+const KIND_STATE_PLACED: u8 = 9;
 /// Most items in one of a `State`'s lists (placement overrides, nodes
 /// added, nodes removed): at least every partition the server may hold
 /// (`partitionsMax` is at most `RESOURCES_MAX_MAX`).
@@ -61,13 +72,25 @@ pub struct MetaSnapshot {
     pub added: Vec<PeerSpec>,
     /// Nodes removed at runtime (its `removed` lines).
     pub removed: Vec<u64>,
+    /// The overrides of `placement` made when their stream was created
+    /// or grew (`Overrides::place`), in order.
+    pub created: Vec<(String, u32)>,
 }
+
+/// Where the leader placed new replicated partitions: (stream,
+/// partition, voters, the preferred leader first).
+pub type Placements = Vec<(String, u32, Vec<u64>)>;
 
 /// A change to the cluster's metadata, as the group's log holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `hadron apply`: resources (YAML), forced or not.
-    Apply { yaml: String, force: bool },
+    /// `hadron apply`: resources (YAML), forced or not, and where the
+    /// leader placed the replicated partitions it creates.
+    Apply {
+        yaml: String,
+        force: bool,
+        placement: Placements,
+    },
     /// `hadron token create`.
     TokenCreate(TokenSpec),
     /// `hadron token revoke`.
@@ -135,16 +158,31 @@ impl Command {
     /// Whether `record` is a `State` (its version and kind), without
     /// decoding it.
     pub fn is_state(record: &[u8]) -> bool {
-        record.get(..2) == Some(&[COMMAND_VERSION, KIND_STATE])
+        matches!(
+            record.get(..2),
+            Some(&[COMMAND_VERSION, KIND_STATE | KIND_STATE_PLACED])
+        )
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![COMMAND_VERSION];
         match self {
-            Command::Apply { yaml, force } => {
-                out.push(KIND_APPLY);
+            Command::Apply {
+                yaml,
+                force,
+                placement,
+            } => {
+                let placed = !placement.is_empty();
+                out.push(if placed {
+                    KIND_APPLY_PLACED
+                } else {
+                    KIND_APPLY
+                });
                 out.push(u8::from(*force));
                 put_str(&mut out, yaml);
+                if placed {
+                    put_placement(&mut out, placement);
+                }
             }
             Command::TokenCreate(t) => {
                 out.push(KIND_TOKEN_CREATE);
@@ -181,8 +219,20 @@ impl Command {
                 out.extend_from_slice(&id.to_le_bytes());
             }
             Command::State(s) => {
-                out.push(KIND_STATE);
+                let placed = !s.created.is_empty();
+                out.push(if placed {
+                    KIND_STATE_PLACED
+                } else {
+                    KIND_STATE
+                });
                 put_state(&mut out, s);
+                if placed {
+                    put_len(&mut out, s.created.len());
+                    for (stream, partition) in &s.created {
+                        put_str(&mut out, stream);
+                        out.extend_from_slice(&partition.to_le_bytes());
+                    }
+                }
             }
         }
         out
@@ -194,11 +244,18 @@ impl Command {
             return Err(r.error_at(0, "unknown version"));
         }
         let command = match r.u8()? {
-            KIND_APPLY => {
+            kind @ (KIND_APPLY | KIND_APPLY_PLACED) => {
                 let force = r.flag()?;
+                let yaml = r.string()?;
+                let placement = if kind == KIND_APPLY_PLACED {
+                    r.placement()?
+                } else {
+                    Vec::new()
+                };
                 Command::Apply {
-                    yaml: r.string()?,
+                    yaml,
                     force,
+                    placement,
                 }
             }
             KIND_TOKEN_CREATE => {
@@ -229,6 +286,14 @@ impl Command {
             KIND_NODE_ADD => Command::NodeAdd(r.peer()?),
             KIND_NODE_REMOVE => Command::NodeRemove(r.u64()?),
             KIND_STATE => Command::State(r.state()?),
+            KIND_STATE_PLACED => {
+                let mut state = r.state()?;
+                let c = r.state_count()?;
+                state.created = (0..c)
+                    .map(|_| Ok((r.string()?, r.u32()?)))
+                    .collect::<Result<_, DecodeError>>()?;
+                Command::State(state)
+            }
             _ => return Err(r.error_at(1, "unknown kind")),
         };
         if r.at != bytes.len() {
@@ -258,10 +323,9 @@ fn put_peer(out: &mut Vec<u8>, p: &PeerSpec) {
     }
 }
 
-fn put_state(out: &mut Vec<u8>, s: &MetaSnapshot) {
-    put_str(out, &s.resources);
-    put_len(out, s.placement.len());
-    for (stream, partition, voters) in &s.placement {
+fn put_placement(out: &mut Vec<u8>, placement: &[(String, u32, Vec<u64>)]) {
+    put_len(out, placement.len());
+    for (stream, partition, voters) in placement {
         put_str(out, stream);
         out.extend_from_slice(&partition.to_le_bytes());
         put_len(out, voters.len());
@@ -269,6 +333,11 @@ fn put_state(out: &mut Vec<u8>, s: &MetaSnapshot) {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
+}
+
+fn put_state(out: &mut Vec<u8>, s: &MetaSnapshot) {
+    put_str(out, &s.resources);
+    put_placement(out, &s.placement);
     put_len(out, s.added.len());
     for p in &s.added {
         put_peer(out, p);
@@ -367,10 +436,10 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn state(&mut self) -> Result<MetaSnapshot, DecodeError> {
-        let resources = self.string()?;
+    /// (stream, partition, voters) entries, at most [`STATE_ITEMS_MAX`].
+    fn placement(&mut self) -> Result<Placements, DecodeError> {
         let n = self.state_count()?;
-        let placement = (0..n)
+        (0..n)
             .map(|_| {
                 let stream = self.string()?;
                 let partition = self.u32()?;
@@ -378,7 +447,12 @@ impl<'a> Reader<'a> {
                 let voters = (0..m).map(|_| self.u64()).collect::<Result<_, _>>()?;
                 Ok((stream, partition, voters))
             })
-            .collect::<Result<_, DecodeError>>()?;
+            .collect()
+    }
+
+    fn state(&mut self) -> Result<MetaSnapshot, DecodeError> {
+        let resources = self.string()?;
+        let placement = self.placement()?;
         let a = self.state_count()?;
         let added = (0..a).map(|_| self.peer()).collect::<Result<_, _>>()?;
         let r = self.state_count()?;
@@ -388,6 +462,7 @@ impl<'a> Reader<'a> {
             placement,
             added,
             removed,
+            created: Vec::new(),
         })
     }
 
@@ -413,6 +488,15 @@ mod tests {
             Command::Apply {
                 yaml: "kind: Stream\n".into(),
                 force: true,
+                placement: Vec::new(),
+            },
+            Command::Apply {
+                yaml: "kind: Stream\nname: orders\n".into(),
+                force: false,
+                placement: vec![
+                    ("orders".into(), 0, vec![4, 1, 2]),
+                    ("orders".into(), 1, vec![2, 3, 4]),
+                ],
             },
             Command::TokenCreate(TokenSpec {
                 name: "ops".into(),
@@ -451,6 +535,13 @@ mod tests {
                     peer_address: Some("127.0.0.1:7100".into()),
                 }],
                 removed: vec![2, 9],
+                created: Vec::new(),
+            }),
+            Command::State(MetaSnapshot {
+                resources: "kind: Stream\nname: orders\n".into(),
+                placement: vec![("orders".into(), 0, vec![2, 3])],
+                created: vec![("orders".into(), 0), ("x".into(), 7)],
+                ..MetaSnapshot::default()
             }),
         ]
     }
@@ -487,6 +578,7 @@ mod tests {
         let mut apply = Command::Apply {
             yaml: String::new(),
             force: false,
+            placement: Vec::new(),
         }
         .encode();
         apply[2] = 2;
@@ -496,6 +588,43 @@ mod tests {
         long.push(0);
         let e = Command::decode(&long).unwrap_err();
         assert_eq!((e.offset, e.reason), (10, "bytes after the command"));
+    }
+
+    #[test]
+    fn an_apply_places_only_when_it_carries_placement_and_an_old_apply_decodes_as_before() {
+        // An Apply as written before placement by the leader: kind 1.
+        let mut old = vec![COMMAND_VERSION, KIND_APPLY, 1];
+        put_str(&mut old, "kind: Stream\n");
+        let unplaced = Command::Apply {
+            yaml: "kind: Stream\n".into(),
+            force: true,
+            placement: Vec::new(),
+        };
+        assert_eq!(unplaced.encode(), old);
+        assert_eq!(Command::decode(&old), Ok(unplaced));
+        let placed = Command::Apply {
+            yaml: String::new(),
+            force: false,
+            placement: vec![("s".into(), 0, vec![1, 2])],
+        };
+        let bytes = placed.encode();
+        assert_eq!(bytes[1], KIND_APPLY_PLACED);
+        assert!(!Command::is_state(&bytes));
+        let state = Command::State(MetaSnapshot {
+            created: vec![("s".into(), 0)],
+            ..MetaSnapshot::default()
+        });
+        assert!(Command::is_state(&state.encode()));
+        // A placement list over its bound.
+        let mut long = vec![COMMAND_VERSION, KIND_APPLY_PLACED, 0];
+        put_str(&mut long, "");
+        let at = long.len();
+        put_len(&mut long, STATE_ITEMS_MAX + 1);
+        let e = Command::decode(&long).unwrap_err();
+        assert_eq!(
+            (e.offset, e.reason),
+            (at, "a list longer than STATE_ITEMS_MAX")
+        );
     }
 
     #[test]

@@ -79,6 +79,7 @@ use super::error::Error;
 use super::partition::replica::{Replica, ReplicaDuty, encode_batch};
 
 pub mod command;
+mod place;
 mod shard;
 #[cfg(test)]
 mod sim;

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 
+use super::command::Placements;
 use super::{Command, META_APPLIED_FILE, META_DIR, META_GROUP, Meta, MetaSnapshot, MetaState};
 use crate::config::placement::PLACEMENT_VOTERS_MAX;
 use crate::shard::partition::replica::Replica;
@@ -195,7 +196,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         self.applying.set(true);
         let result = async {
             meta.ready().await?;
-            self.check_command(&command).await?;
+            let placed = self.check_command(&command).await?;
+            let command = match command {
+                Command::Apply { yaml, force, .. } => Command::Apply {
+                    yaml,
+                    force,
+                    placement: placed,
+                },
+                other => other,
+            };
             meta.propose(&command).await
         }
         .await;
@@ -207,21 +216,24 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     }
 
     /// Today's checks of a command against this node's state, changing
-    /// nothing (the stages in flight included: they are local state).
-    async fn check_command(self: &Rc<Self>, command: &Command) -> Result<(), Error> {
+    /// nothing (the stages in flight included: they are local state);
+    /// for an `Apply`, where its new replicated partitions go (`place.rs`).
+    async fn check_command(self: &Rc<Self>, command: &Command) -> Result<Placements, Error> {
         match command {
-            Command::Apply { yaml, force } => {
+            Command::Apply { yaml, force, .. } => {
                 let (current, next, _) = self.plan_apply(yaml.clone()).await?;
-                self.check_change(&current, &next, *force).await
+                self.check_change(&current, &next, *force).await?;
+                self.place_new(&current, &next)
             }
             Command::TokenCreate(spec) => {
                 let change = TokenChange::Create(spec.clone());
                 let (current, next, _) = self.plan_tokens(change, false)?;
-                self.check_change(&current, &next, false).await
+                self.check_change(&current, &next, false).await?;
+                Ok(Vec::new())
             }
             Command::TokenRevoke(name) => {
                 let change = TokenChange::Revoke(name.clone());
-                self.plan_tokens(change, false).map(|_| ())
+                self.plan_tokens(change, false).map(|_| Vec::new())
             }
             Command::Move {
                 stream,
@@ -230,11 +242,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             } => {
                 let topology = self.topology.borrow().clone();
                 self.check_move(&topology, stream, *partition, voters)
-                    .map(|_| ())
+                    .map(|_| Vec::new())
                     .map_err(|reason| Self::move_refused(stream, *partition, reason))
             }
-            Command::NodeAdd(peer) => self.check_node_change(&NodeChange::Add(peer.clone())),
-            Command::NodeRemove(id) => self.check_node_change(&NodeChange::Remove(*id)),
+            Command::NodeAdd(peer) => self
+                .check_node_change(&NodeChange::Add(peer.clone()))
+                .map(|()| Vec::new()),
+            Command::NodeRemove(id) => self
+                .check_node_change(&NodeChange::Remove(*id))
+                .map(|()| Vec::new()),
             // Proposed by the group's leader itself, never by a client.
             Command::State(_) => Err(Error::Internal(
                 "a State entry is not an admin change".into(),
@@ -246,7 +262,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// depends on local state before proposing it).
     async fn apply_command(self: &Rc<Self>, command: Command) -> Reply {
         match command {
-            Command::Apply { yaml, .. } => self.apply_inner(yaml, true).await,
+            Command::Apply {
+                yaml, placement, ..
+            } => {
+                // Recorded first: the new partitions open with these voters.
+                if let Err(e) = self.record_placement(&placement) {
+                    return Reply::Failed(e);
+                }
+                self.apply_inner(yaml, true).await
+            }
             Command::TokenCreate(spec) => self.apply_tokens(TokenChange::Create(spec)).await,
             Command::TokenRevoke(name) => self.apply_tokens(TokenChange::Revoke(name)).await,
             Command::Move {

@@ -380,6 +380,7 @@ impl Sim {
         let command = Command::Apply {
             yaml: format!("{id}\n#{}", "x".repeat(PAD_BYTES)),
             force: false,
+            placement: Vec::new(),
         };
         let _ = self.pool.spawner().spawn_local(async move {
             let result = match meta.ready().await {

@@ -32,6 +32,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             placement: self.settings.placements.all(),
             added,
             removed,
+            created: self.settings.placements.all_created(),
         })
     }
 
@@ -58,6 +59,22 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 return Reply::Failed(e);
             }
         }
+        // Placements made at creation first: partitions the topology adds
+        // open with their voters.
+        let created: Vec<_> = state
+            .placement
+            .iter()
+            .filter(|(stream, partition, voters)| {
+                state.created.contains(&(stream.clone(), *partition))
+                    && !(self.settings.placements.created(stream, *partition)
+                        && self.settings.placements.get(stream, *partition).as_ref()
+                            == Some(voters))
+            })
+            .cloned()
+            .collect();
+        if let Err(e) = self.record_placement(&created) {
+            return Reply::Failed(e);
+        }
         let current = self.topology.borrow().clone();
         match self.commit(current, next, Vec::new(), true).await {
             Reply::Applied(more) => lines.extend(more),
@@ -65,7 +82,9 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         }
         // Placement: the overrides that differ, as moves.
         for (stream, partition, voters) in state.placement {
-            if self.settings.placements.get(&stream, partition).as_ref() == Some(&voters) {
+            if self.settings.placements.get(&stream, partition).as_ref() == Some(&voters)
+                || state.created.contains(&(stream.clone(), partition))
+            {
                 continue;
             }
             match self.move_inner(stream, partition, voters).await {
