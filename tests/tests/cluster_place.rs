@@ -154,3 +154,36 @@ async fn a_stream_applied_after_a_node_was_added_is_placed_on_it_too_the_same_on
         assert_eq!(ack.offset, 0, "{STREAM}/{partition}: {ack:?}");
     }
 }
+
+/// A client whose only bootstrap node holds no replica of a partition
+/// still publishes to it: that node's `NotLeader` names one of the
+/// partition's replicas (another at each refusal), which knows the leader;
+/// with that replica's node killed, the next refusal names another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_node_holding_no_replica_publishes_through_its_hints() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        resources: hadron_tests::moves::one_partition_stream("lone"),
+        ..ClusterOptions::default()
+    });
+    let leader = cluster.await_leader_where("lone", 0, WAIT, |_| true).await;
+    let voters = voters_of(&cluster.replica_status(leader, "lone", 0).await.unwrap()).unwrap();
+    let outsider = cluster
+        .ids()
+        .into_iter()
+        .find(|id| !voters.contains(id))
+        .unwrap();
+    let publisher = cluster
+        .client(outsider)
+        .publisher_for("lone", "outsider")
+        .await
+        .unwrap();
+    let mut first = hadron::NewEvent::new("t", b"first".to_vec());
+    first.id = "first".into();
+    assert_eq!(publisher.publish_to(0, first).await.unwrap().offset, 0);
+
+    cluster.node(leader).kill_now();
+    let mut second = hadron::NewEvent::new("t", b"second".to_vec());
+    second.id = "second".into();
+    assert_eq!(publisher.publish_to(0, second).await.unwrap().offset, 1);
+}

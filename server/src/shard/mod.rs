@@ -190,6 +190,9 @@ pub struct Shard<S: Storage = DmaStorage, R: Runtime = SystemClock> {
     conns_changed: Notify,
     /// Serializes `apply` on shard 0.
     applying: Cell<bool>,
+    /// Turns the replica a `NotLeader` from a node holding none names
+    /// (`not_here`).
+    hints: Cell<u64>,
     /// This shard's connections and their tokens.
     pub(crate) auth: conn::auth::Registry,
     /// Links to this shard on the other nodes of the cluster (set before
@@ -238,6 +241,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             conns_open: Cell::new(0),
             conns_changed: Notify::default(),
             applying: Cell::new(false),
+            hints: Cell::new(0),
             auth: conn::auth::Registry::default(),
             peer_links: RefCell::new(None),
             meta: RefCell::new(None),
@@ -451,14 +455,27 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             (!nodes.contains(&cluster.node_id)).then_some((nodes, replicas))
         });
         match placed {
-            // One replica: it is always the leader.
-            Some((nodes, replicas)) => Error::NotLeader {
-                stream: stream.to_owned(),
-                partition,
-                leader: (replicas == 1)
-                    .then(|| self.leader_at(nodes[0], 1, self.owner(stream, partition)))
-                    .flatten(),
-            },
+            // One replica: it is always the leader. Several: this node
+            // does not know which leads, so it names one of them (term 0:
+            // a hint), another at each refusal, so that a client whose
+            // bootstrap list holds no replica reaches one that knows
+            // (one that is down is passed over at the next refusal).
+            Some((nodes, replicas)) => {
+                let hint = if replicas == 1 {
+                    self.leader_at(nodes[0], 1, self.owner(stream, partition))
+                } else {
+                    let turn = self.hints.get();
+                    self.hints.set(turn.wrapping_add(1));
+                    nodes
+                        .get((turn % nodes.len().max(1) as u64) as usize)
+                        .and_then(|&n| self.leader_at(n, 0, self.owner(stream, partition)))
+                };
+                Error::NotLeader {
+                    stream: stream.to_owned(),
+                    partition,
+                    leader: hint,
+                }
+            }
             None => Error::PartitionNotHere {
                 stream: stream.to_owned(),
                 partition,
