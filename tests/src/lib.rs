@@ -109,9 +109,14 @@ fn random_u64() -> u64 {
 }
 
 /// A base port `p` such that `p ..= p + 1 + shards` are all bindable on
-/// 127.0.0.1 right now. Ports handed out in this process do not repeat.
+/// 127.0.0.1 right now. Ports handed out in this process do not repeat:
+/// a range is handed out at most once (a port handed out but not yet bound,
+/// say a cluster node's peer port before its server starts, passes the
+/// bind check, so the check alone cannot tell).
 pub fn free_port_range(shards: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    static HANDED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let width = shards + 2;
     let span = PORT_HIGH - PORT_LOW;
     let _ = NEXT.compare_exchange(
@@ -120,15 +125,23 @@ pub fn free_port_range(shards: u16) -> u16 {
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    for _ in 0..200 {
+    for _ in 0..4_000 {
         let mut base = NEXT.fetch_add(width + 3, Ordering::SeqCst);
         if base < PORT_LOW || base + width >= PORT_HIGH {
-            base = PORT_LOW + (random_u64() % u64::from(span - width)) as u16;
+            // Wrap around; ranges handed out are skipped below.
+            base = PORT_LOW;
             NEXT.store(base + width + 3, Ordering::SeqCst);
         }
-        let all_free =
-            (base..=base + 1 + shards).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+        let ports = base..=base + 1 + shards;
+        let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+        if ports.clone().any(|p| handed.contains(&p)) {
+            continue;
+        }
+        let all_free = ports
+            .clone()
+            .all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
         if all_free {
+            handed.extend(ports);
             return base;
         }
     }
