@@ -327,7 +327,12 @@ async fn a_subscriber_that_does_not_read_stops_receiving_until_it_drains() {
     hadron_tests::create_stream(&client, "warm", 1).await;
     hadron_tests::fill_partition(&client, "warm", 0, "w", EVENTS as usize, 60 << 10).await;
     let mut slow = RawConn::handshaken(server.port()).await;
-    slow.subscribe("wide", "slow-readers", false, 1000).await;
+    // At most 100 deliveries out (6 MB): each ack timeout the server
+    // reads the deliveries it held back again, up to the subscriber's
+    // in-flight window (bounded by `deliveriesInFlightMax`, not by the
+    // outbox), so with a window of 1,000 (60 MB) the peak grew by 3 to 28
+    // MiB with the machine's load; with 100, by 2 to 3 MiB.
+    slow.subscribe("wide", "slow-readers", false, 100).await;
     let (_, hwm_before) = memory_kib(pid);
     hadron_tests::fill_partition(&client, "wide", 0, "w", EVENTS as usize, 60 << 10).await;
     // Everything is published and the dispatcher has had its turns: the
