@@ -66,16 +66,35 @@ fn flip(path: &Path, at: usize) -> u8 {
     was
 }
 
-/// Node `id` recovered: its replica votes again and holds the leader's
-/// high watermark, and byte `at` of `path` is `byte` again.
+/// The leader's commit index now (a target: under load it moves on, so a
+/// follower compared with it at each read may trail it at every read).
+async fn leader_commit(cluster: &Cluster) -> u64 {
+    eventually(WAIT, "the leader's commit index", || async {
+        let leader = cluster.leader(STREAM, 0).await?;
+        cluster.replica_status(leader, STREAM, 0).await?["commit"].as_u64()
+    })
+    .await
+}
+
+/// Node `id` holds every entry through `target` (a commit index of the
+/// leader's).
+async fn await_caught_up(cluster: &Cluster, id: u64, target: u64) {
+    eventually(WAIT, "the follower caught up", || async move {
+        let mine = cluster.replica_status(id, STREAM, 0).await?;
+        (mine["last_index"].as_u64()? >= target).then_some(())
+    })
+    .await;
+}
+
+/// Node `id` recovered: its replica votes again and holds what the
+/// leader had committed, and byte `at` of `path` is `byte` again.
 async fn await_repaired(cluster: &Cluster, id: u64, path: &Path, at: usize, byte: u8) {
+    let target = leader_commit(cluster).await;
+    await_caught_up(cluster, id, target).await;
     eventually(WAIT, "the damaged follower repaired", || async move {
         let mine = cluster.replica_status(id, STREAM, 0).await?;
-        let leader = cluster.leader(STREAM, 0).await?;
-        let theirs = cluster.replica_status(leader, STREAM, 0).await?;
-        let caught_up = mine["last_index"].as_u64()? >= theirs["commit"].as_u64()?;
         let whole = std::fs::read(path).ok()?.get(at) == Some(&byte);
-        (mine["recovering"] == false && caught_up && whole).then_some(())
+        (mine["recovering"] == false && whole).then_some(())
     })
     .await;
 }
@@ -206,13 +225,8 @@ async fn a_follower_whose_log_meta_is_lost_refuses_to_start_and_changes_nothing(
     // follower starts, catches up, and nothing acknowledged was lost.
     std::fs::write(&meta, &kept).unwrap();
     cluster.node(follower).restart();
-    eventually(WAIT, "the restored follower caught up", || async {
-        let mine = cluster.replica_status(follower, STREAM, 0).await?;
-        let leader = cluster.leader(STREAM, 0).await?;
-        let theirs = cluster.replica_status(leader, STREAM, 0).await?;
-        (mine["last_index"].as_u64()? >= theirs["commit"].as_u64()?).then_some(())
-    })
-    .await;
+    let target = leader_commit(&cluster).await;
+    await_caught_up(&cluster, follower, target).await;
     await_more_acks(&load.count, 30).await;
     let acked = load.stop().await;
     check_log(&cluster, STREAM, &cluster.ids(), &acked).await;
