@@ -270,6 +270,27 @@ impl Cluster {
 
     /// [`crate::run_cli`], with `--ca`, `--cert` and `--key` of
     /// [`ClusterOptions::tls`].
+    /// `hadron cluster add-node` of node `id` at its client and peer
+    /// addresses (or `address` instead of its client one), sent through
+    /// `urls`.
+    pub fn add_node_cli(&self, id: u64, address: Option<&str>, urls: &str) -> crate::CliOutput {
+        let own = self.nodes[id as usize - 1].addr();
+        let peer = self.peer_addr(id);
+        let args = [
+            "cluster",
+            "add-node",
+            "--id",
+            &id.to_string(),
+            "--address",
+            address.unwrap_or(&own),
+            "--peer-address",
+            &peer,
+            "--url",
+            urls,
+        ];
+        self.cli(&args, Duration::from_secs(60))
+    }
+
     pub fn cli(&self, args: &[&str], timeout: Duration) -> crate::CliOutput {
         let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         if let Some(dir) = &self.options.tls {

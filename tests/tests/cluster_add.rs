@@ -64,44 +64,11 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
 
     // add-node through the founders (the metadata group's leader takes
     // it), twice (idempotent); another address for the same id is refused.
-    let peer = cluster.peer_addr(new);
-    let address = cluster
-        .client_addr(new)
-        .trim_start_matches("http://")
-        .to_owned();
     for _ in 0..2 {
-        let out = run_cli(
-            &[
-                "cluster",
-                "add-node",
-                "--id",
-                "4",
-                "--address",
-                &address,
-                "--peer-address",
-                &peer,
-                "--url",
-                &urls(&cluster, &founders),
-            ],
-            CLI,
-        );
+        let out = cluster.add_node_cli(new, None, &urls(&cluster, &founders));
         assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     }
-    let out = run_cli(
-        &[
-            "cluster",
-            "add-node",
-            "--id",
-            "4",
-            "--address",
-            "127.0.0.1:1",
-            "--peer-address",
-            &peer,
-            "--url",
-            &urls(&cluster, &founders),
-        ],
-        CLI,
-    );
+    let out = cluster.add_node_cli(new, Some("127.0.0.1:1"), &urls(&cluster, &founders));
     assert!(!out.status.success());
     assert!(
         out.stderr.contains("node 4 is already a node"),
@@ -199,23 +166,7 @@ async fn with_tls_an_added_node_replicates_over_tls_and_a_removed_node_is_refuse
         .collect();
     let to: Vec<String> = target.iter().map(u64::to_string).collect();
     let all = urls(&cluster, &[1, 2, 3, 4]);
-    let address = cluster.node(new).addr();
-    let peer = cluster.peer_addr(new);
-    let out = cluster.cli(
-        &[
-            "cluster",
-            "add-node",
-            "--id",
-            &new.to_string(),
-            "--address",
-            &address,
-            "--peer-address",
-            &peer,
-            "--url",
-            &urls(&cluster, &founders),
-        ],
-        CLI,
-    );
+    let out = cluster.add_node_cli(new, None, &urls(&cluster, &founders));
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     let out = cluster.cli(
         &[

@@ -191,23 +191,7 @@ async fn an_added_node_learns_the_resources_from_the_log_and_votes_in_the_meta_g
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
 
     let new = cluster.add_node();
-    let address = cluster.node(new).addr();
-    let peer = cluster.peer_addr(new);
-    let out = cluster.cli(
-        &[
-            "cluster",
-            "add-node",
-            "--id",
-            &new.to_string(),
-            "--address",
-            &address,
-            "--peer-address",
-            &peer,
-            "--url",
-            &cluster.client_addr(2),
-        ],
-        CLI,
-    );
+    let out = cluster.add_node_cli(new, None, &cluster.client_addr(2));
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stdout.contains(&format!("added node {new}")),

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hadron_tests::cluster::{Cluster, ClusterOptions};
+use hadron_tests::eventually;
 use hadron_tests::moves::voters_of;
-use hadron_tests::{eventually, run_cli};
 
 const STREAM: &str = "placed";
 const PARTITIONS: u32 = 4;
@@ -53,26 +53,7 @@ async fn a_stream_applied_after_a_node_was_added_is_placed_on_it_too_the_same_on
     let founders = [1, 2, 3];
     let new = cluster.add_node();
     assert_eq!(new, 4);
-    let peer = cluster.peer_addr(new);
-    let address = cluster
-        .client_addr(new)
-        .trim_start_matches("http://")
-        .to_owned();
-    let out = run_cli(
-        &[
-            "cluster",
-            "add-node",
-            "--id",
-            "4",
-            "--address",
-            &address,
-            "--peer-address",
-            &peer,
-            "--url",
-            &urls(&cluster, &founders),
-        ],
-        CLI,
-    );
+    let out = cluster.add_node_cli(new, None, &urls(&cluster, &founders));
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
 
     let dir = tempfile::tempdir().unwrap();
