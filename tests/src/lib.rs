@@ -485,18 +485,22 @@ impl Server {
     pub fn restart_refused(&mut self) -> (std::process::ExitStatus, String) {
         assert!(self.child.is_none(), "the server is already running");
         let mut child = self.spawn();
+        let pid = child.id();
         let path = self.logs.path().join(format!("server-{}.log", self.starts));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return (status, std::fs::read_to_string(&path).unwrap_or_default());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+        // The exit, as a blocking wait on its own thread reports it.
+        let (exited, exit) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = exited.send(child.wait());
+        });
+        match exit.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(status)) => (status, std::fs::read_to_string(&path).unwrap_or_default()),
+            Ok(Err(e)) => panic!("waiting for the server: {e}"),
+            Err(_) => {
+                if let Ok(raw) = i32::try_from(pid) {
+                    let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+                }
                 panic!("the server did not refuse to start; log:\n{}", self.log());
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

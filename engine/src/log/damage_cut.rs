@@ -257,14 +257,7 @@ impl<S: Storage> Log<S> {
             .list(dir)
             .await
             .map_err(io_err("list directory", dir))?;
-        let mut bases: Vec<u64> = names
-            .iter()
-            .filter_map(|n| n.strip_suffix(".log"))
-            .filter(|stem| stem.len() == 20)
-            .filter_map(|stem| stem.parse().ok())
-            .collect();
-        bases.sort_unstable();
-        Ok(bases)
+        Ok(super::open::segment_bases_of(&names))
     }
 
     async fn open_for_survey(storage: &S, path: &Path) -> Result<(S::File, u64), OpenError> {

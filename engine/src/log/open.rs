@@ -232,13 +232,7 @@ impl<S: Storage> Log<S> {
             .list(dir)
             .await
             .map_err(io_err("list directory", dir))?;
-        let mut bases: Vec<u64> = names
-            .iter()
-            .filter_map(|n| n.strip_suffix(".log"))
-            .filter(|stem| stem.len() == 20)
-            .filter_map(|stem| stem.parse().ok())
-            .collect();
-        bases.sort_unstable();
+        let bases = segment_bases_of(&names);
         let mut free: Vec<PathBuf> = names
             .iter()
             .filter(|n| {
@@ -746,4 +740,17 @@ impl<S: Storage> Log<S> {
         seg.durable_next = scan.next_offset;
         Ok((seg, found))
     }
+}
+
+/// The bases of the segment files among `names` (`<20 digits>.log`), in
+/// order.
+pub(super) fn segment_bases_of(names: &[String]) -> Vec<u64> {
+    let mut bases: Vec<u64> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".log"))
+        .filter(|stem| stem.len() == 20)
+        .filter_map(|stem| stem.parse().ok())
+        .collect();
+    bases.sort_unstable();
+    bases
 }
