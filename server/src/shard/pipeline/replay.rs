@@ -380,7 +380,12 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 .await
                 .map_err(|e| format!("pipeline {name}: deleting checkpointed outputs: {e}"))?;
         }
-        self.checkpoint_bytes.set(self.outputs.stats().bytes);
+        // The size the log had at its last checkpoint is not persisted:
+        // count from zero, so that a log holding more than a segment is
+        // checkpointed at once rather than after another segment's growth
+        // (which let a restarted log keep a segment more than it would
+        // have without the restart).
+        self.checkpoint_bytes.set(0);
         Ok(())
     }
 }
