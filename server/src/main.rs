@@ -337,6 +337,26 @@ enum ClusterCommand {
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
+    /// Move replicas so that every node holds, and leads, about as many
+    /// replicated partitions as the others (needs admin), after a node
+    /// was added; with --drain, first move every replica off those nodes
+    /// (before remove-node). Prints the moves; the partitions then move
+    /// on their own (`cluster status` shows them).
+    Rebalance {
+        /// Node ids to empty, separated by commas.
+        #[arg(long, default_value = "")]
+        drain: String,
+        /// The most partitions to move in this call (the rest: run it
+        /// again); the server's default (64) when left out.
+        #[arg(long)]
+        max_moves: Option<u32>,
+        /// Plan and print the moves, making none.
+        #[arg(long)]
+        dry_run: bool,
+        /// Nodes of the cluster, separated by commas (any that answer).
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -457,30 +477,7 @@ fn main() -> ExitCode {
         )),
         Command::Status { json, url } => block_on(cli::status(&url, json)),
         Command::Token { command } => block_on(token(command)),
-        Command::Cluster {
-            command: ClusterCommand::Status { json, url },
-        } => block_on(cli::cluster::status(&url, json)),
-        Command::Cluster {
-            command:
-                ClusterCommand::Move {
-                    stream,
-                    partition,
-                    to,
-                    url,
-                },
-        } => block_on(cli::cluster::move_partition(&url, &stream, partition, &to)),
-        Command::Cluster {
-            command:
-                ClusterCommand::AddNode {
-                    id,
-                    address,
-                    peer_address,
-                    url,
-                },
-        } => block_on(cli::cluster::add_node(&url, id, &address, &peer_address)),
-        Command::Cluster {
-            command: ClusterCommand::RemoveNode { id, url },
-        } => block_on(cli::cluster::remove_node(&url, id)),
+        Command::Cluster { command } => block_on(cluster(command)),
         Command::Repair { data_dir } => hadron_server::repair::run(
             &data_dir.unwrap_or_else(|| PathBuf::from(hadron_server::DATA_DIR_DEFAULT)),
         ),
@@ -491,6 +488,31 @@ fn main() -> ExitCode {
             eprintln!("hadron: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn cluster(command: ClusterCommand) -> Result<(), String> {
+    match command {
+        ClusterCommand::Status { json, url } => cli::cluster::status(&url, json).await,
+        ClusterCommand::Move {
+            stream,
+            partition,
+            to,
+            url,
+        } => cli::cluster::move_partition(&url, &stream, partition, &to).await,
+        ClusterCommand::AddNode {
+            id,
+            address,
+            peer_address,
+            url,
+        } => cli::cluster::add_node(&url, id, &address, &peer_address).await,
+        ClusterCommand::RemoveNode { id, url } => cli::cluster::remove_node(&url, id).await,
+        ClusterCommand::Rebalance {
+            drain,
+            max_moves,
+            dry_run,
+            url,
+        } => cli::cluster::rebalance(&url, &drain, max_moves, dry_run).await,
     }
 }
 

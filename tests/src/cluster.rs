@@ -228,7 +228,7 @@ impl Cluster {
     /// (as [`Cluster::leader`] sees it), polling the nodes' status every
     /// 50 ms; panics after `timeout`. Returns the node.
     pub async fn await_leader_where(
-        &mut self,
+        &self,
         stream: &str,
         partition: u32,
         timeout: Duration,

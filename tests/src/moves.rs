@@ -124,19 +124,30 @@ pub fn voters_of(replica: &serde_json::Value) -> Option<Vec<u64>> {
 /// Waits until every node of `target` reports the target voters, and
 /// returns the leader (which leads with them).
 pub async fn await_moved(cluster: &Cluster, stream: &str, target: &[u64]) -> u64 {
+    await_partition_moved(cluster, stream, 0, target).await
+}
+
+/// [`await_moved`] for partition `partition`.
+pub async fn await_partition_moved(
+    cluster: &Cluster,
+    stream: &str,
+    partition: u32,
+    target: &[u64],
+) -> u64 {
     let want = sorted(target.to_vec());
-    let what = format!("every node of {target:?} reporting the voters {want:?}");
+    let what =
+        format!("every node of {target:?} reporting the voters {want:?} of {stream}/{partition}");
     eventually(WAIT, &what, || {
         let want = want.clone();
         async move {
             for &id in target {
-                let r = cluster.replica_status(id, stream, 0).await;
+                let r = cluster.replica_status(id, stream, partition).await;
                 if r.as_ref().and_then(voters_of) != Some(want.clone()) {
                     return None;
                 }
             }
             cluster
-                .leader(stream, 0)
+                .leader(stream, partition)
                 .await
                 .filter(|l| target.contains(l))
         }

@@ -39,9 +39,9 @@ pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
     HandshakeOk, LeaderHint, Message, Metadata, MetadataOk, Nack, NodeAdd, PartitionInfo,
     PartitionMove, PipelineInfo, PipelineRetry, PipelineSubscribe, Publish, PublishOk,
-    PublishResult, Record, StageAck, StageAcks, StageDelivery, StageInput, StageNack, StartPoint,
-    StatusOk, StreamInfo, Subscribe, SubscribeOk, TokenCreate, TokenInfo, TokenListOk, TokenRevoke,
-    TokenScope, encode,
+    PublishResult, Rebalance, Record, StageAck, StageAcks, StageDelivery, StageInput, StageNack,
+    StartPoint, StatusOk, StreamInfo, Subscribe, SubscribeOk, TokenCreate, TokenInfo, TokenListOk,
+    TokenRevoke, TokenScope, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -158,7 +158,7 @@ mod tests {
 
     fn random_message<'a>(rng: &mut Rng, pool: &'a Pool) -> Message<'a> {
         let n = rng.below(4);
-        match rng.below(32) {
+        match rng.below(33) {
             0 => Message::Handshake(Handshake {
                 version: rng.next_u64() as u16,
                 token: pool.s(rng),
@@ -335,6 +335,11 @@ mod tests {
                 peer_address: pool.s(rng),
             }),
             31 => Message::NodeRemove(rng.below(8) as u64),
+            32 => Message::Rebalance(Rebalance {
+                drain: (0..n).map(|_| rng.below(8) as u64).collect(),
+                moves_max: rng.next_u64() as u32,
+                dry_run: rng.below(2) == 0,
+            }),
             29 => Message::PartitionMove(PartitionMove {
                 stream: pool.s(rng),
                 partition: rng.below(8) as u32,

@@ -276,6 +276,16 @@ pub struct PartitionMove<'a> {
     pub voters: Vec<u64>,
 }
 
+/// Rebalance the cluster's replicated partitions (admin): move replicas
+/// off the nodes in `drain`, then even out replicas and leaders; at most
+/// `moves_max` moves (0: the server's default); `dry_run` only plans.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rebalance {
+    pub drain: Vec<u64>,
+    pub moves_max: u32,
+    pub dry_run: bool,
+}
+
 /// Add node `id` to the running cluster (admin).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeAdd<'a> {
@@ -370,6 +380,7 @@ pub enum Message<'a> {
     NodeAdd(NodeAdd<'a>),
     /// Remove node `id` from the running cluster (admin).
     NodeRemove(u64),
+    Rebalance(Rebalance),
 }
 
 impl Message<'_> {
@@ -408,6 +419,7 @@ impl Message<'_> {
             Message::PartitionMove(_) => "PartitionMove",
             Message::NodeAdd(_) => "NodeAdd",
             Message::NodeRemove(_) => "NodeRemove",
+            Message::Rebalance(_) => "Rebalance",
         }
     }
 
@@ -437,6 +449,7 @@ impl Message<'_> {
                 | Message::PartitionMove(_)
                 | Message::NodeAdd(_)
                 | Message::NodeRemove(_)
+                | Message::Rebalance(_)
         )
     }
 }
@@ -741,6 +754,14 @@ impl<'a> Message<'a> {
             fb::Body::NodeRemove => {
                 let b = frame.body_as_node_remove().ok_or(missing)?;
                 Message::NodeRemove(b.id())
+            }
+            fb::Body::Rebalance => {
+                let b = frame.body_as_rebalance().ok_or(missing)?;
+                Message::Rebalance(Rebalance {
+                    drain: b.drain().map(|v| v.iter().collect()).unwrap_or_default(),
+                    moves_max: b.moves_max(),
+                    dry_run: b.dry_run(),
+                })
             }
             other => {
                 return Err(DecodeError::UnknownBody {
@@ -1343,6 +1364,15 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
             let t = fb::NodeRemove::create(fbb, &fb::NodeRemoveArgs { id: *id });
             (fb::Body::NodeRemove, t.as_union_value())
         }
+        Message::Rebalance(m) => {
+            let args = fb::RebalanceArgs {
+                drain: (!m.drain.is_empty()).then(|| fbb.create_vector(&m.drain)),
+                moves_max: m.moves_max,
+                dry_run: m.dry_run,
+            };
+            let t = fb::Rebalance::create(fbb, &args);
+            (fb::Body::Rebalance, t.as_union_value())
+        }
     }
 }
 
@@ -1551,6 +1581,11 @@ pub(crate) mod tests {
                 peer_address: "10.0.0.4:7100",
             }),
             Message::NodeRemove(4),
+            Message::Rebalance(Rebalance {
+                drain: vec![2, 5],
+                moves_max: 16,
+                dry_run: true,
+            }),
         ]
     }
 
@@ -1615,7 +1650,7 @@ pub(crate) mod tests {
         let mut names: Vec<&str> = samples.iter().map(Message::name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 32, "one sample per Body member");
+        assert_eq!(names.len(), 33, "one sample per Body member");
 
         let mut encoder = Encoder::default();
         for (i, message) in samples.iter().enumerate() {
@@ -1829,7 +1864,7 @@ pub(crate) mod tests {
             let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
             assert_eq!(root.body_type(), fb::Body(tag), "{}", message.name());
         }
-        assert_eq!(fb::Body::ENUM_MAX, 32);
+        assert_eq!(fb::Body::ENUM_MAX, 33);
     }
 
     #[test]
@@ -1839,7 +1874,7 @@ pub(crate) mod tests {
             .iter()
             .filter(|m| m.is_client_message())
             .count();
-        assert_eq!(clients, 20);
+        assert_eq!(clients, 21);
     }
 
     /// A `MetadataOk` a client could not route by is refused, naming the

@@ -128,6 +128,26 @@ impl Client {
         self.node_change("node remove", &message).await
     }
 
+    /// Asks the cluster to rebalance its replicated partitions (needs
+    /// `admin`; the metadata group's leader takes it): every replica
+    /// moves off the nodes in `drain`, then replicas and preferred
+    /// leaders are evened out over the nodes; at most `moves_max`
+    /// partitions move (0: the server's default, 64). With `dry_run`
+    /// the moves are only planned. The answer has a line per move.
+    pub async fn rebalance(
+        &self,
+        drain: &[u64],
+        moves_max: u32,
+        dry_run: bool,
+    ) -> Result<Vec<String>, Error> {
+        let message = hadron_wire::Message::Rebalance(hadron_wire::Rebalance {
+            drain: drain.to_vec(),
+            moves_max,
+            dry_run,
+        });
+        self.node_change("rebalance", &message).await
+    }
+
     async fn node_change(
         &self,
         what: &'static str,

@@ -180,6 +180,36 @@ pub async fn remove_node(urls: &str, id: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// `hadron cluster rebalance [--drain 2,3] [--max-moves N] [--dry-run]`:
+/// sent like a move; prints the moves the leader planned (and made,
+/// unless a dry run).
+pub async fn rebalance(
+    urls: &str,
+    drain: &str,
+    max_moves: Option<u32>,
+    dry_run: bool,
+) -> Result<(), String> {
+    let drain = drain
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|e| format!("--drain {drain:?}: node id {v:?}: {e}"))
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
+    if max_moves == Some(0) {
+        return Err("--max-moves 0: name at least 1".into());
+    }
+    let client = super::connect(&node_urls(urls)?.join(","))?;
+    let lines = client
+        .rebalance(&drain, max_moves.unwrap_or(0), dry_run)
+        .await
+        .map_err(|e| e.to_string())?;
+    lines.iter().for_each(|l| println!("{l}"));
+    Ok(())
+}
+
 fn node_urls(urls: &str) -> Result<Vec<&str>, String> {
     let list: Vec<&str> = urls
         .split(',')

@@ -96,6 +96,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 partition,
                 voters,
             } => self.move_partition(stream, partition, voters).await,
+            Request::Rebalance(asked) => self.rebalance(asked).await,
             Request::Install { topology } => match self.install(topology).await {
                 Ok(()) => Reply::Done,
                 Err(e) => Reply::Failed(Error::Storage(e)),

@@ -98,6 +98,9 @@ pub enum Request {
     /// Add or remove a node of the cluster (`hadron cluster add-node` /
     /// `remove-node`; shard 0 only).
     Nodes(NodeChange),
+    /// Rebalance the replicated partitions (`hadron cluster rebalance`;
+    /// shard 0 only).
+    Rebalance(super::meta::rebalance::Asked),
 }
 
 /// A change to the cluster's nodes.

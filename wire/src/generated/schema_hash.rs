@@ -1,7 +1,7 @@
 // Written by wire/regen.sh together with hadron_generated.rs; do not edit.
 
 /// FNV-1a 64 of `wire/schema/hadron.fbs` when the generated code was produced.
-pub const SCHEMA_FNV1A64: u64 = 0x9f8eeb01779385ed;
+pub const SCHEMA_FNV1A64: u64 = 0x501ed67bfe612530;
 
 /// SHA-256 of `wire/schema/hadron.fbs` when the generated code was produced.
-pub const SCHEMA_SHA256: &str = "0d234c01bbeaf4d99d7869273fa539ef89b6aa05c6ddd805f4d2f77311aa43f1";
+pub const SCHEMA_SHA256: &str = "f33d82c73adf57e65542cb3c65946ff239b5afd995174eb8035a534065db560c";

@@ -41,6 +41,28 @@ pub(super) async fn move_partition(
     }
 }
 
+/// Rebalances the cluster's replicated partitions (on shard 0, where the
+/// metadata group is).
+pub(super) async fn rebalance(
+    shard: &Rc<Shard>,
+    drain: Vec<u64>,
+    moves_max: u32,
+    dry_run: bool,
+) -> Result<Encode, Error> {
+    let req = Request::Rebalance(crate::shard::meta::rebalance::Asked {
+        drain,
+        moves_max,
+        dry_run,
+    });
+    match shard.call(0, req).await {
+        Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
+            let summary = summary.iter().map(String::as_str).collect();
+            outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The node change of a `NodeAdd`.
 pub(super) fn node_add(m: &hadron_wire::NodeAdd<'_>) -> NodeChange {
     NodeChange::Add(crate::config::cluster::PeerSpec {

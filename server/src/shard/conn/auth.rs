@@ -20,7 +20,7 @@
 //! | Ack, Nack | subscribe on every stream this connection subscribed to |
 //! | PipelineSubscribe | subscribe on the pipeline's source stream |
 //! | StageAck(s), StageNack | subscribe on the source stream of every pipeline this connection subscribed to |
-//! | Apply, PipelineRetry, TokenCreate, TokenList, TokenRevoke, PartitionMove, NodeAdd, NodeRemove | admin |
+//! | Apply, PipelineRetry, TokenCreate, TokenList, TokenRevoke, PartitionMove, NodeAdd, NodeRemove, Rebalance | admin |
 //! | Status, Metadata | any token (names and counts, no events) |
 //!
 //! An ack only settles deliveries made to this connection's own
@@ -172,6 +172,7 @@ impl ConnAuth {
             Op::TokenRevoke(_) => vec![(Permission::Admin, None, "TokenRevoke")],
             Op::PartitionMove(..) => vec![(Permission::Admin, None, "PartitionMove")],
             Op::Nodes(change) => vec![(Permission::Admin, None, change.message())],
+            Op::Rebalance(..) => vec![(Permission::Admin, None, "Rebalance")],
             Op::Status | Op::Metadata(_) | Op::Refuse(_) => Vec::new(),
         };
         check_needs(spec, &needs)

@@ -111,6 +111,9 @@ enum Op {
     PartitionMove(String, u32, Vec<u64>),
     /// `hadron cluster add-node` / `remove-node`.
     Nodes(NodeChange),
+    /// `hadron cluster rebalance`: nodes to drain, moves at most (0: the
+    /// default), dry run.
+    Rebalance(Vec<u64>, u32, bool),
     Refuse(Error),
 }
 
@@ -179,6 +182,7 @@ impl Op {
             }
             Message::NodeAdd(m) => Op::Nodes(admin::node_add(m)),
             Message::NodeRemove(id) => Op::Nodes(NodeChange::Remove(*id)),
+            Message::Rebalance(m) => Op::Rebalance(m.drain.clone(), m.moves_max, m.dry_run),
             other => Op::Refuse(Error::ServerToClient {
                 message: other.name(),
             }),
@@ -746,6 +750,9 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Error> {
             admin::move_partition(shard, stream, partition, voters).await
         }
         Op::Nodes(change) => admin::change_nodes(shard, change).await,
+        Op::Rebalance(drain, moves_max, dry_run) => {
+            admin::rebalance(shard, drain, moves_max, dry_run).await
+        }
         Op::Refuse(e) => Err(e),
     }
 }

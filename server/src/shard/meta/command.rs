@@ -16,6 +16,7 @@
 //!  kind 8 Apply placed u8 force | str yaml
 //!                      | u32 n | n x (str stream | u32 partition | u32 m | m x u64 voter)
 //!  kind 9 State placed the fields of kind 7 | u32 c | c x (str stream | u32 partition)
+//!  kind 10 Moves       u32 n | n x (str stream | u32 partition | u32 m | m x u64 voter)
 //!  str:  u32 length | UTF-8 bytes        list: u32 count | count x str
 //! ```
 //!
@@ -55,6 +56,7 @@ const KIND_NODE_REMOVE: u8 = 6;
 const KIND_STATE: u8 = 7;
 const KIND_APPLY_PLACED: u8 = 8;
 const KIND_STATE_PLACED: u8 = 9;
+const KIND_MOVES: u8 = 10;
 /// Most items in one of a `State`'s lists (placement overrides, nodes
 /// added, nodes removed): at least every partition the server may hold
 /// (`partitionsMax` is at most `RESOURCES_MAX_MAX`).
@@ -101,6 +103,9 @@ pub enum Command {
         partition: u32,
         voters: Vec<u64>,
     },
+    /// `hadron cluster rebalance`: the moves its leader planned
+    /// (`rebalance.rs`), applied in order as `Move`s are.
+    Moves(Placements),
     /// `hadron cluster add-node`.
     NodeAdd(PeerSpec),
     /// `hadron cluster remove-node`.
@@ -143,6 +148,7 @@ impl Command {
                 partition,
                 voters,
             } => format!("move {stream}/{partition} to {voters:?}"),
+            Command::Moves(moves) => format!("rebalance ({} moves)", moves.len()),
             Command::NodeAdd(p) => format!("add-node {}", p.id),
             Command::NodeRemove(id) => format!("remove-node {id}"),
             Command::State(s) => format!(
@@ -209,6 +215,10 @@ impl Command {
                 for v in voters {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
+            }
+            Command::Moves(moves) => {
+                out.push(KIND_MOVES);
+                put_placement(&mut out, moves);
             }
             Command::NodeAdd(p) => {
                 out.push(KIND_NODE_ADD);
@@ -283,6 +293,7 @@ impl Command {
                     voters,
                 }
             }
+            KIND_MOVES => Command::Moves(r.placement()?),
             KIND_NODE_ADD => Command::NodeAdd(r.peer()?),
             KIND_NODE_REMOVE => Command::NodeRemove(r.u64()?),
             KIND_STATE => Command::State(r.state()?),
@@ -514,6 +525,11 @@ mod tests {
                 partition: 3,
                 voters: vec![1, 2, 4],
             },
+            Command::Moves(vec![
+                ("orders".into(), 0, vec![4, 2, 3]),
+                ("logs".into(), 7, vec![1, 4]),
+            ]),
+            Command::Moves(Vec::new()),
             Command::NodeAdd(PeerSpec {
                 id: 4,
                 address: "127.0.0.1:7000".into(),

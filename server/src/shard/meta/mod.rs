@@ -16,7 +16,8 @@
 //! ```
 //!
 //! - **State.** The group holds commands, not state: resources (`Apply`,
-//!   tokens), placement (`Move`) and the registry (`NodeAdd`,
+//!   tokens), placement (`Move`, and `Moves`, a rebalance's plan:
+//!   `rebalance.rs`) and the registry (`NodeAdd`,
 //!   `NodeRemove`). A node applies them to its own files
 //!   (`resources.yaml`, `cluster.placement`, `cluster.peers`); the
 //!   applied index is recorded in `<data dir>/cluster/meta.applied`
@@ -27,7 +28,7 @@
 //!   index applies the last command again. Every command is harmless
 //!   twice: an apply of the same resources changes nothing; a token
 //!   created as specified, or revoked and gone, is left as it is; a move
-//!   sets the same placement; adding a known node with the same addresses,
+//!   (or a rebalance's moves) sets the same placement; adding a known node with the same addresses,
 //!   or removing one that is gone, does nothing.
 //! - **Failures.** A committed command a node cannot apply (it fails a
 //!   check that depends only on replicated state, so it fails the same
@@ -80,6 +81,7 @@ use super::partition::replica::{Replica, ReplicaDuty, encode_batch};
 
 pub mod command;
 mod place;
+pub(crate) mod rebalance;
 mod shard;
 #[cfg(test)]
 mod sim;

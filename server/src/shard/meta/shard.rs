@@ -245,6 +245,14 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     .map(|_| Vec::new())
                     .map_err(|reason| Self::move_refused(stream, *partition, reason))
             }
+            Command::Moves(moves) => {
+                let topology = self.topology.borrow().clone();
+                for (stream, partition, voters) in moves {
+                    self.check_move(&topology, stream, *partition, voters)
+                        .map_err(|reason| Self::move_refused(stream, *partition, reason))?;
+                }
+                Ok(Vec::new())
+            }
             Command::NodeAdd(peer) => self
                 .check_node_change(&NodeChange::Add(peer.clone()))
                 .map(|()| Vec::new()),
@@ -278,6 +286,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 partition,
                 voters,
             } => self.move_inner(stream, partition, voters).await,
+            Command::Moves(moves) => self.apply_moves(moves).await,
             Command::NodeAdd(peer) => {
                 let reply = self.change_nodes_now(NodeChange::Add(peer));
                 self.say_meta_target(None);
