@@ -7,6 +7,8 @@
 //! that placement; the added node, holding nothing before, holds a
 //! replica of every new partition (the founders hold the harness's
 //! `events` stream); and a publish to every partition is acknowledged.
+//! The stream then grows by 2 partitions: only those are placed, the same
+//! on every node, on the nodes holding fewest, and take publishes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -56,29 +58,13 @@ async fn a_stream_applied_after_a_node_was_added_is_placed_on_it_too_the_same_on
     let out = cluster.add_node_cli(new, None, &urls(&cluster, &founders));
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
 
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("resources.yaml");
-    let yaml = format!(
-        "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: {STREAM} }}\nspec: {{ partitions: {PARTITIONS}, replicas: 3 }}\n"
-    );
-    std::fs::write(&file, yaml).unwrap();
-    let all = urls(&cluster, &[1, 2, 3, 4]);
-    let out = cluster.cli(
-        &["apply", "-f", &file.display().to_string(), "--url", &all],
-        CLI,
-    );
-    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    apply_partitions(&cluster, PARTITIONS);
 
     // Every node, the added one included, records the same placement.
     let dirs: Vec<PathBuf> = (1..=4)
         .map(|id| cluster.node(id).data_dir().to_path_buf())
         .collect();
-    let placement = eventually(WAIT, "the placement on every node", || {
-        let got: Vec<_> = dirs.iter().map(|d| placed_on(d)).collect();
-        let same = got.iter().all(|p| *p == got[0]) && got[0].len() == PARTITIONS as usize;
-        async move { same.then(|| got[0].clone()) }
-    })
-    .await;
+    let placement = await_placement(&dirs, PARTITIONS).await;
     // Fewest partitions first: the founders hold the 4 partitions of 3
     // replicas of the harness's `events` stream (4 each), node 4 none, so
     // node 4 is in every new partition and leads at least one; the other
@@ -134,6 +120,53 @@ async fn a_stream_applied_after_a_node_was_added_is_placed_on_it_too_the_same_on
         let ack = publisher.publish_to(*partition, event).await.unwrap();
         assert_eq!(ack.offset, 0, "{STREAM}/{partition}: {ack:?}");
     }
+
+    // The stream grows by 2 partitions: only they are placed, on the
+    // nodes holding the fewest (node 4, with 4 replicas against the
+    // founders' 6 or 7, is in both); the first 4 keep their voters.
+    apply_partitions(&cluster, PARTITIONS + 2);
+    let grown = await_placement(&dirs, PARTITIONS + 2).await;
+    assert_eq!(grown[..PARTITIONS as usize], placement[..], "{grown:?}");
+    for (partition, voters) in &grown[PARTITIONS as usize..] {
+        assert!(voters.contains(&new), "{partition}: {voters:?}");
+        let publisher = cluster
+            .client(voters[0])
+            .publisher_for(STREAM, "placed-publisher")
+            .await
+            .unwrap();
+        let mut event = hadron::NewEvent::new("order.created", b"e".to_vec());
+        event.id = format!("grown-{partition}");
+        let ack = publisher.publish_to(*partition, event).await.unwrap();
+        assert_eq!(ack.offset, 0, "{STREAM}/{partition}: {ack:?}");
+    }
+}
+
+/// `hadron apply` of `STREAM` with `partitions` partitions of 3 replicas,
+/// through every node's URL.
+fn apply_partitions(cluster: &Cluster, partitions: u32) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("a temp dir: {e}"));
+    let file = dir.path().join("resources.yaml");
+    let yaml = format!(
+        "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: {{ name: {STREAM} }}\nspec: {{ partitions: {partitions}, replicas: 3 }}\n"
+    );
+    std::fs::write(&file, yaml).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let all = urls(cluster, &[1, 2, 3, 4]);
+    let out = cluster.cli(
+        &["apply", "-f", &file.display().to_string(), "--url", &all],
+        CLI,
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+}
+
+/// Waits until every data dir of `dirs` records the same placement of
+/// `partitions` partitions of `STREAM`; that placement.
+async fn await_placement(dirs: &[PathBuf], partitions: u32) -> Vec<(u32, Vec<u64>)> {
+    eventually(WAIT, "the placement on every node", || {
+        let got: Vec<_> = dirs.iter().map(|d| placed_on(d)).collect();
+        let same = got.iter().all(|p| *p == got[0]) && got[0].len() == partitions as usize;
+        async move { same.then(|| got[0].clone()) }
+    })
+    .await
 }
 
 /// A client whose only bootstrap node holds no replica of a partition
