@@ -51,7 +51,8 @@ pub struct Member<K> {
 }
 
 impl<K> Member<K> {
-    fn has_room(&self) -> bool {
+    /// Whether it holds fewer deliveries than its `max_in_flight`.
+    pub fn has_room(&self) -> bool {
         self.in_flight < self.max_in_flight
     }
 }
@@ -91,10 +92,16 @@ impl<K> Members<K> {
     /// The index of the next member with room whose key `fits`, round
     /// robin: the search starts after the last member picked.
     pub fn pick(&mut self, fits: impl Fn(&K) -> bool) -> Option<usize> {
+        self.pick_member(|m| fits(&m.key))
+    }
+
+    /// [`pick`](Self::pick) by what `fits` says of the whole member (its
+    /// id too: a group skips members whose connection has no room).
+    pub fn pick_member(&mut self, fits: impl Fn(&Member<K>) -> bool) -> Option<usize> {
         let n = self.list.len();
         for k in 0..n {
             let i = (self.next + k) % n;
-            if self.list[i].has_room() && fits(&self.list[i].key) {
+            if self.list[i].has_room() && fits(&self.list[i]) {
                 self.next = (i + 1) % n;
                 return Some(i);
             }
@@ -103,6 +110,7 @@ impl<K> Members<K> {
     }
 
     /// Whether any member has room.
+    #[cfg(test)]
     pub fn has_room(&self) -> bool {
         self.list.iter().any(Member::has_room)
     }

@@ -11,7 +11,10 @@
 //! detach, settlements, removal), an append to its source partition if
 //! that could give it work, or its next due time (an exact ack deadline or
 //! retry time: no polling tick). A group without members waits for its
-//! `wake` alone, so an idle group costs no CPU.
+//! `wake` alone, so an idle group costs no CPU. A group whose round held
+//! deliveries back for a member whose connection had no room (its outbox
+//! full, see `group::room`) also waits for that connection to write
+//! ([`Dispatched::drained`]).
 //!
 //! **Failures back off.** A round that fails (a read of the log refused,
 //! an append of a pipeline record failed) is logged and retried after
@@ -88,6 +91,11 @@ pub(super) trait Dispatched: Sized {
     fn round(&self, ctx: &Self::Ctx) -> impl Future<Output = Result<bool, Error>>;
     /// Logs a failed round.
     fn warn(&self, message: &str);
+    /// Resolves when a connection the last round held deliveries back from
+    /// (its outbox full) wrote since; never, when there is none.
+    fn drained(&self) -> impl Future<Output = ()> {
+        futures::future::pending()
+    }
 }
 
 /// The dispatcher loop of `target` (see the module header): rounds until
@@ -148,7 +156,8 @@ async fn idle<D: Dispatched>(d: &D, clock: &impl Clock, wake_gen: u64, data_gen:
         }
     });
     let woke = pin!(d.wake().changed_since(wake_gen));
-    let woken = select(woke, appended);
+    let drained = pin!(d.drained());
+    let woken = select(select(woke, appended), drained);
     let _ = select(woken, due).await;
 }
 
@@ -156,6 +165,35 @@ async fn idle<D: Dispatched>(d: &D, clock: &impl Clock, wake_gen: u64, data_gen:
 struct GroupDispatch<S: Storage, R: Runtime> {
     g: Rc<GroupPartition<R>>,
     p: Rc<Partition<S, R>>,
+    /// The outboxes the last round held deliveries back from, with their
+    /// written generation when the round read their room.
+    held_back: RefCell<Vec<(Rc<Outbox>, u64)>>,
+}
+
+/// The room of this shard's connections for one group round: what each
+/// member's outbox can take below `outboxBytesMax` (unknown for a member
+/// on another shard; nothing for a connection gone). Keeps the outboxes it
+/// was asked about, with their written generation, so that the dispatcher
+/// can wait for a blocked one to write.
+struct OutboxRoom<'a, S: Storage, R: Runtime> {
+    shard: &'a Shard<S, R>,
+    asked: RefCell<Vec<(MemberId, Rc<Outbox>, u64)>>,
+}
+
+impl<S: Storage, R: Runtime> group::ConnRoom for OutboxRoom<'_, S, R> {
+    fn free_bytes(&self, member: MemberId) -> u64 {
+        if member.shard != self.shard.id {
+            return u64::MAX;
+        }
+        let Some(outbox) = self.shard.conns.borrow().get(&member.conn).cloned() else {
+            return 0;
+        };
+        let generation = outbox.written_generation();
+        let max = self.shard.settings.config.outbox_bytes_max as u64;
+        let free = max.saturating_sub(outbox.pending_bytes());
+        self.asked.borrow_mut().push((member, outbox, generation));
+        free
+    }
 }
 
 impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R> {
@@ -166,6 +204,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R
         Some(GroupDispatch {
             g: g.upgrade()?,
             p: p.upgrade()?,
+            held_back: RefCell::default(),
         })
     }
 
@@ -190,7 +229,16 @@ impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R
     }
 
     async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Error> {
-        let out = self.g.round(&self.p, &|| shard.unique_id()).await?;
+        let room = OutboxRoom {
+            shard,
+            asked: RefCell::default(),
+        };
+        let out = self.g.round(&self.p, &|| shard.unique_id(), &room).await?;
+        let blocked = self.g.room_blocked();
+        *self.held_back.borrow_mut() = (room.asked.into_inner().into_iter())
+            .filter(|(member, _, _)| blocked.contains(member))
+            .map(|(_, outbox, generation)| (outbox, generation))
+            .collect();
         let handed = !out.is_empty();
         shard.send_deliveries(&self.p, out).await;
         Ok(handed)
@@ -199,6 +247,19 @@ impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R
     fn warn(&self, message: &str) {
         let (g, p) = (&self.g, &self.p);
         tracing::warn!(group = %g.group, stream = %p.stream, partition = p.partition, "dispatch failed: {message}");
+    }
+
+    fn drained(&self) -> impl Future<Output = ()> {
+        let held_back = self.held_back.borrow().clone();
+        async move {
+            if held_back.is_empty() {
+                return futures::future::pending().await;
+            }
+            let writes = held_back
+                .iter()
+                .map(|(outbox, generation)| Box::pin(outbox.written_since(*generation)));
+            futures::future::select_all(writes).await;
+        }
     }
 }
 
@@ -355,6 +416,12 @@ mod tests {
         results: RefCell<VecDeque<Result<bool, Error>>>,
         /// Milliseconds of the clock at each round.
         rounds: RefCell<Vec<u128>>,
+        /// Stands for the writes of a connection the rounds held
+        /// deliveries back from, when `holding_back` is set.
+        written: Notify,
+        holding_back: Cell<bool>,
+        /// `written`'s generation when the last round ran.
+        written_gen: Cell<u64>,
     }
 
     impl Dispatched for Rc<Fake> {
@@ -386,11 +453,19 @@ mod tests {
         }
 
         async fn round(&self, _: &()) -> Result<bool, Error> {
+            self.written_gen.set(self.written.generation());
             self.rounds.borrow_mut().push(self.clock.now().as_millis());
             self.results.borrow_mut().pop_front().unwrap_or(Ok(false))
         }
 
         fn warn(&self, _: &str) {}
+
+        async fn drained(&self) {
+            if !self.holding_back.get() {
+                return futures::future::pending().await;
+            }
+            self.written.changed_since(self.written_gen.get()).await;
+        }
     }
 
     /// A fake waiting for `idle`, its loop spawned on `pool` (which sets
@@ -405,6 +480,9 @@ mod tests {
             idle: Cell::new(idle),
             results: RefCell::default(),
             rounds: RefCell::default(),
+            written: Notify::default(),
+            holding_back: Cell::new(false),
+            written_gen: Cell::new(0),
         });
         let (weak, ended) = (Rc::downgrade(&fake), Rc::new(Cell::new(false)));
         let done = ended.clone();
@@ -507,6 +585,29 @@ mod tests {
         fake.appended.notify_all();
         pool.run_until_stalled();
         assert_eq!(fake.rounds.borrow().len(), 6, "no appends asked for now");
+        assert!(!ended.get());
+    }
+
+    /// A loop whose round held deliveries back for a full connection
+    /// runs its next round when that connection writes, with no timer; a
+    /// write it was not waiting for wakes nothing.
+    #[test]
+    fn an_idle_loop_wakes_when_a_held_back_connection_writes() {
+        let mut pool = LocalPool::new();
+        let (fake, ended) = start(&pool, NOTHING);
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 1);
+        fake.written.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 1, "nothing was held back");
+        fake.holding_back.set(true);
+        fake.wake.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 2);
+        assert_eq!(fake.clock.next_deadline(), None, "no timer");
+        fake.written.notify_all();
+        pool.run_until_stalled();
+        assert_eq!(fake.rounds.borrow().len(), 3, "the write woke it");
         assert!(!ended.get());
     }
 

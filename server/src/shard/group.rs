@@ -34,6 +34,11 @@
 //! with room listens for appends and retry times. (Waking every 50 ms, 5,000
 //! member-less durable groups kept a shard at 80% CPU.)
 //!
+//! **Room.** A round reads the log for a member only as far as its
+//! connection can take the deliveries now (`room`): what a member whose
+//! outbox is full cannot take stays here as offsets, never as event bytes,
+//! until its connection writes.
+//!
 //! **Time.** Deadlines and retry times are monotonic times of the group's
 //! [`Clock`] (the partition's), never read from anywhere else, so that
 //! `partition::sim_tests` drives ack timeouts by advancing a simulated
@@ -49,11 +54,18 @@ use hadron_engine::storage::Storage;
 use hadron_wire::ErrorCode;
 
 use super::clock::{Clock, SystemClock};
-use super::deliver::{IdleWait, Ledger};
+use super::deliver::{IdleWait, Ledger, Member};
 use super::error::{DeliveryKind, Error};
 use super::partition::Partition;
 
 pub use super::deliver::MemberId;
+pub use room::ConnRoom;
+#[cfg(test)]
+pub use room::Unlimited;
+
+mod room;
+
+use room::Budgets;
 
 /// First redelivery delay after a nack; doubles per attempt.
 const NACK_BACKOFF_INITIAL_MS: u64 = 100;
@@ -90,6 +102,9 @@ struct State {
     /// disconnect).
     redeliveries: u64,
     last_error: Option<String>,
+    /// The members the last round left waiting for room on their
+    /// connection (see `room`).
+    room_blocked: Vec<MemberId>,
 }
 
 impl State {
@@ -374,24 +389,37 @@ impl<C: Clock> GroupPartition<C> {
     }
 
     /// One dispatch round: expire deadlines, then hand out due retries and
-    /// new events to members with room. `new_delivery_id` mints ids.
+    /// new events to members with room, in their window and on their
+    /// connection (`room`, see the `room` module). `new_delivery_id` mints
+    /// ids.
     pub(super) async fn round<S: Storage>(
         &self,
         partition: &Partition<S, C>,
         new_delivery_id: &dyn Fn() -> u64,
+        room: &dyn ConnRoom,
     ) -> Result<Vec<Outgoing>, Error> {
         if partition.check_serving().is_err() {
             // A replicated partition delivers where it leads only.
+            self.state.borrow_mut().room_blocked.clear();
             return Ok(Vec::new());
         }
         let now = self.clock.now();
         let mut out = Vec::new();
+        let mut budgets = Budgets::new(room);
         self.expire_deadlines(now);
-        self.launch_due_retries(partition, now, new_delivery_id, &mut out)
+        self.launch_due_retries(partition, now, new_delivery_id, &mut budgets, &mut out)
             .await?;
-        self.launch_new_events(partition, new_delivery_id, &mut out)
+        self.launch_new_events(partition, new_delivery_id, &mut budgets, &mut out)
             .await?;
+        let mut st = self.state.borrow_mut();
+        st.room_blocked = budgets.blocked(&st.ledger.members);
         Ok(out)
+    }
+
+    /// The members the last round left waiting for room on their
+    /// connection: the dispatcher waits for those connections to write.
+    pub(super) fn room_blocked(&self) -> Vec<MemberId> {
+        self.state.borrow().room_blocked.clone()
     }
 
     /// Deliveries past their ack deadline (at or before `now`) leave their
@@ -417,6 +445,7 @@ impl<C: Clock> GroupPartition<C> {
         partition: &Partition<S, C>,
         now: Duration,
         new_delivery_id: &dyn Fn() -> u64,
+        budgets: &mut Budgets<'_>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), Error> {
         loop {
@@ -428,7 +457,7 @@ impl<C: Clock> GroupPartition<C> {
                     .map(|(&o, &r)| (o, r))
             };
             let Some((offset, retry)) = due else { break };
-            if !self.state.borrow().ledger.members.has_room() {
+            if !budgets.any_can_take(&self.state.borrow().ledger.members) {
                 break;
             }
             let event = match partition.event_at(offset).await {
@@ -445,18 +474,20 @@ impl<C: Clock> GroupPartition<C> {
             if !st.retry.contains_key(&offset) {
                 continue;
             }
-            let Some(i) = st.ledger.members.pick(|_| true) else {
+            let Some(i) = st.ledger.members.pick_member(|m| budgets.can_take(m)) else {
                 break;
             };
             st.retry.remove(&offset);
-            out.push(self.launch(
+            let d = self.launch(
                 &mut st,
                 i,
                 offset,
                 retry.attempts + 1,
                 event,
                 new_delivery_id,
-            ));
+            );
+            budgets.spend(d.member, d.event.len());
+            out.push(d);
         }
         Ok(())
     }
@@ -466,15 +497,17 @@ impl<C: Clock> GroupPartition<C> {
         &self,
         partition: &Partition<S, C>,
         new_delivery_id: &dyn Fn() -> u64,
+        budgets: &mut Budgets<'_>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), Error> {
         loop {
-            let cursor = {
+            let (cursor, read_bytes) = {
                 let st = self.state.borrow();
-                if !st.ledger.members.has_room() {
+                if !budgets.any_can_take(&st.ledger.members) {
                     break;
                 }
-                st.cursor
+                let members = &st.ledger.members;
+                (st.cursor, budgets.read_bytes(members, DISPATCH_READ_BYTES))
             };
             let start = partition.log.stats().start_offset;
             let cursor = if cursor < start {
@@ -486,7 +519,7 @@ impl<C: Clock> GroupPartition<C> {
             if cursor >= partition.readable_end() {
                 break;
             }
-            let (_, records) = partition.fetch(cursor, DISPATCH_READ_BYTES).await?;
+            let (_, records) = partition.fetch(cursor, read_bytes).await?;
             if records.is_empty() {
                 break;
             }
@@ -496,11 +529,13 @@ impl<C: Clock> GroupPartition<C> {
                 if offset < st.cursor {
                     continue;
                 }
-                let Some(i) = st.ledger.members.pick(|_| true) else {
+                let Some(i) = st.ledger.members.pick_member(|m| budgets.can_take(m)) else {
                     break;
                 };
                 st.cursor = offset + 1;
-                out.push(self.launch(&mut st, i, offset, 1, event, new_delivery_id));
+                let d = self.launch(&mut st, i, offset, 1, event, new_delivery_id);
+                budgets.spend(d.member, d.event.len());
+                out.push(d);
                 launched = true;
             }
             if !launched {
@@ -543,7 +578,9 @@ impl<C: Clock> GroupPartition<C> {
     /// for besides `wake` (which attach, detach, ack, nack and removal
     /// signal). With no member, nothing else: an idle group costs no CPU.
     /// With every member full, only the next ack deadline (a retry cannot go
-    /// out before a member has room, and a settlement signals `wake`). With
+    /// out before a member has room, and a settlement signals `wake`); a
+    /// member whose connection had no room in the last round counts as
+    /// full (the dispatcher also waits for its connection to write). With
     /// room, appends and the next deadline or retry.
     pub(super) fn idle_wait(&self) -> IdleWait {
         let st = self.state.borrow();
@@ -554,7 +591,9 @@ impl<C: Clock> GroupPartition<C> {
             };
         }
         let deadline = st.ledger.next_deadline();
-        if !st.ledger.members.has_room() {
+        let blocked = &st.room_blocked;
+        let can_take = |m: &Member<()>| m.has_room() && !blocked.contains(&m.id);
+        if !st.ledger.members.iter().any(can_take) {
             return IdleWait {
                 appends: false,
                 until: deadline,
@@ -595,7 +634,7 @@ mod tests {
     use crate::shard::clock::sim::SimClock;
     use crate::shard::partition::DedupLimits;
 
-    fn member(conn: u64) -> MemberId {
+    pub(super) fn member(conn: u64) -> MemberId {
         MemberId {
             shard: 0,
             conn,
@@ -777,6 +816,17 @@ mod tests {
 
     /// A partition on simulated storage and `clock` holding `n` events.
     fn partition_of(clock: &SimClock, n: u64) -> Partition<SimStorage, SimClock> {
+        partition_with(clock, n, 0)
+    }
+
+    /// A partition on simulated storage and `clock` holding `n` events of
+    /// `data_bytes` of data each.
+    pub(super) fn partition_with(
+        clock: &SimClock,
+        n: u64,
+        data_bytes: usize,
+    ) -> Partition<SimStorage, SimClock> {
+        let data = vec![7u8; data_bytes];
         let mut pool = LocalPool::new();
         let storage = SimStorage::new(1, SimFaults::default());
         let p = pool
@@ -801,11 +851,14 @@ mod tests {
                     id: &i.to_string(),
                     source: "t",
                     ty: "t",
+                    data: &data,
                     ..hadron_wire::EventRef::default()
                 })
             })
             .collect();
-        pool.run_until(p.publish(&events)).unwrap();
+        for batch in events.chunks(8) {
+            pool.run_until(p.publish(batch)).unwrap();
+        }
         assert_eq!(p.log.visible_offset(), n);
         p
     }
@@ -821,7 +874,9 @@ mod tests {
             next_id.set(next_id.get() + 1);
             next_id.get()
         };
-        let out = LocalPool::new().run_until(g.round(p, &mint)).unwrap();
+        let out = LocalPool::new()
+            .run_until(g.round(p, &mint, &Unlimited))
+            .unwrap();
         out.iter()
             .map(|d| (d.member.conn, d.offset, d.attempt, d.delivery_id))
             .collect()

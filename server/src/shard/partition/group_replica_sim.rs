@@ -58,7 +58,7 @@ use super::{DedupLimits, Partition, partition_dir};
 use crate::shard::Error;
 use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
-use crate::shard::group::{Deliveries, GroupPartition, MemberId};
+use crate::shard::group::{Deliveries, GroupPartition, MemberId, Unlimited};
 use crate::shard::sim_support::{fold_trace, read_back, run_seeds};
 
 mod publisher;
@@ -512,7 +512,7 @@ impl Sim {
                     ids.set(ids.get() + 1);
                     ids.get()
                 };
-                let out = g.round(&p, &mint).await;
+                let out = g.round(&p, &mint, &Unlimited).await;
                 busy.set(false);
                 let Ok(out) = out else { return };
                 let Some(r) = &p.replica else { return };

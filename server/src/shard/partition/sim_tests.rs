@@ -63,7 +63,7 @@ use super::{DedupLimits, Partition, Published};
 use crate::shard::Error;
 use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
-use crate::shard::group::{Deliveries, GroupPartition, Outgoing};
+use crate::shard::group::{Deliveries, GroupPartition, Outgoing, Unlimited};
 use crate::shard::sim_support::{read_back, run_seeds};
 
 type SimPartition = Partition<SimStorage, SimClock>;
@@ -647,7 +647,7 @@ impl Sim {
                 next.set(next.get() + 1);
                 next.get()
             };
-            let result = g.round(&p, &mint).await;
+            let result = g.round(&p, &mint, &Unlimited).await;
             dispatching.set(false);
             Outcome::Round { at, result }
         });
