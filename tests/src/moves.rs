@@ -109,6 +109,28 @@ pub async fn await_more_acks(count: &AtomicU64, more: u64) {
     .await;
 }
 
+/// The moves `hadron cluster rebalance` printed: (stream, partition,
+/// voters with the preferred leader first), from its lines
+/// `STREAM/P: [old] -> [new]`.
+pub fn rebalance_moves(stdout: &str) -> Vec<(String, u32, Vec<u64>)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let (stream, rest) = line.split_once('/')?;
+            let (partition, rest) = rest.split_once(": [")?;
+            let (_, to) = rest.split_once("-> ")?;
+            let voters = to
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(',')
+                .map(|v| v.trim().parse().ok())
+                .collect::<Option<Vec<u64>>>()?;
+            Some((stream.to_owned(), partition.parse().ok()?, voters))
+        })
+        .collect()
+}
+
 pub fn sorted(mut v: Vec<u64>) -> Vec<u64> {
     v.sort_unstable();
     v

@@ -17,6 +17,10 @@
 //! - a follower whose metadata log was damaged while it was down cuts it
 //!   before the damage at start, abstains until refilled from its peers,
 //!   applies nothing twice, and takes changes again;
+//! - with `metaVoters: 3`, a 4th node added learns the metadata log as a
+//!   learner of `cluster/meta` (takes changes sent to it, has them
+//!   applied) without voting; once a voter is drained and removed, it is
+//!   promoted: the group is three voters again;
 //! - with `metaCompactEveryEntries: 3`, the metadata log is compacted
 //!   (its first index passes 1) while a node is down for 10 applies; the
 //!   node, restarted behind the leader's first index, catches up by a
@@ -26,7 +30,9 @@
 use std::time::Duration;
 
 use hadron_tests::cluster::{Cluster, ClusterOptions};
-use hadron_tests::moves::{await_moved, move_cli, one_partition_stream};
+use hadron_tests::moves::{
+    await_moved, await_partition_moved, move_cli, one_partition_stream, rebalance_moves,
+};
 use hadron_tests::{eventually, stream_yaml};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -384,14 +390,108 @@ async fn a_node_down_past_the_metadata_logs_compaction_catches_up_from_its_state
 
 /// The metadata group's voters as node `id` knows them, in id order.
 async fn meta_voters(cluster: &Cluster, id: u64) -> Option<Vec<u64>> {
+    meta_members(cluster, id, "voters").await
+}
+
+/// The metadata group's `voters` or `learners` as node `id` knows them,
+/// in id order.
+async fn meta_members(cluster: &Cluster, id: u64, which: &str) -> Option<Vec<u64>> {
     let meta = cluster.meta_status(id).await?;
-    let voters = meta["replication"]["voters"].as_array()?;
-    let mut ids: Vec<u64> = voters
+    let members = meta["replication"][which].as_array()?;
+    let mut ids: Vec<u64> = members
         .iter()
         .map(serde_json::Value::as_u64)
         .collect::<Option<_>>()?;
     ids.sort_unstable();
     Some(ids)
+}
+
+/// Waits until every node of `on` knows the metadata group's voters and
+/// learners as `voters` and `learners`.
+async fn await_meta_members(cluster: &Cluster, on: &[u64], voters: &[u64], learners: &[u64]) {
+    let what = format!("cluster/meta voters {voters:?} and learners {learners:?} on {on:?}");
+    eventually(WAIT, &what, || async {
+        for &id in on {
+            let v = meta_members(cluster, id, "voters").await?;
+            let l = meta_members(cluster, id, "learners").await?;
+            if (v.as_slice(), l.as_slice()) != (voters, learners) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_past_meta_voters_learns_the_log_and_is_promoted_when_a_voter_is_removed() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        resources: one_partition_stream("orders"),
+        settings: "metaVoters: 3\n".into(),
+        ..ClusterOptions::default()
+    });
+    let leader = await_meta_leader(&cluster).await;
+    let new = cluster.add_node();
+    let out = cluster.add_node_cli(new, None, &cluster.client_addr(leader));
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let all = cluster.ids();
+    await_meta_members(&cluster, &all, &[1, 2, 3], &[new]).await;
+
+    // The learner takes a change (it follows NotLeader to the leader) and
+    // applies it from the log.
+    let out = apply_cli(
+        &cluster,
+        &stream_yaml("later", 2),
+        &cluster.client_addr(new),
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    for &id in &all {
+        await_stream(&cluster, id, "later", 2).await;
+    }
+    assert_eq!(meta_voters(&cluster, new).await, Some(vec![1, 2, 3]));
+
+    // A voter other than the leader, drained and removed: the learner is
+    // promoted.
+    let gone = all
+        .iter()
+        .copied()
+        .find(|&id| id != leader && id != new)
+        .unwrap_or_else(|| panic!("a founder not leading in {all:?}"));
+    let rest: Vec<u64> = all.iter().copied().filter(|&id| id != gone).collect();
+    let out = cluster.cli(
+        &[
+            "cluster",
+            "rebalance",
+            "--drain",
+            &gone.to_string(),
+            "--url",
+            &urls(&cluster, &all),
+        ],
+        CLI,
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let moves = rebalance_moves(&out.stdout);
+    assert!(!moves.is_empty(), "{}", out.stdout);
+    for (stream, partition, voters) in &moves {
+        await_partition_moved(&cluster, stream, *partition, voters).await;
+    }
+    let out = cluster.cli(
+        &[
+            "cluster",
+            "remove-node",
+            &gone.to_string(),
+            "--url",
+            &urls(&cluster, &all),
+        ],
+        CLI,
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    await_meta_members(&cluster, &rest, &rest, &[]).await;
+    let out = apply_cli(&cluster, &stream_yaml("after", 1), &urls(&cluster, &rest));
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    for &id in &rest {
+        await_stream(&cluster, id, "after", 1).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use hadron::NewEvent;
 use hadron_tests::cluster::{Cluster, ClusterOptions};
-use hadron_tests::moves::{Load, WAIT, await_more_acks, await_partition_moved, check_log};
+use hadron_tests::moves::{
+    Load, WAIT, await_more_acks, await_partition_moved, check_log, rebalance_moves,
+};
 use hadron_tests::{eventually, fetch_all};
 
 const STREAM: &str = "orders";
@@ -30,24 +32,13 @@ fn urls(cluster: &Cluster, ids: &[u64]) -> String {
     all.join(",")
 }
 
-/// The moves a rebalance printed: partition -> voters (the preferred
-/// leader first), from lines `orders/P: [..] -> [a, b, c]`.
+/// The moves of `STREAM` a rebalance printed: partition -> voters (the
+/// preferred leader first).
 fn moves_of(stdout: &str) -> BTreeMap<u32, Vec<u64>> {
-    stdout
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(&format!("{STREAM}/"))?;
-            let (partition, rest) = rest.split_once(':')?;
-            let (_, to) = rest.split_once("-> ")?;
-            let voters = to
-                .trim()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .split(',')
-                .map(|v| v.trim().parse().ok())
-                .collect::<Option<Vec<u64>>>()?;
-            Some((partition.parse().ok()?, voters))
-        })
+    rebalance_moves(stdout)
+        .into_iter()
+        .filter(|(stream, _, _)| stream == STREAM)
+        .map(|(_, partition, voters)| (partition, voters))
         .collect()
 }
 

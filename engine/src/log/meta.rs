@@ -39,7 +39,7 @@
 //!  |term  |vote  |commit |start_index  |active_base_index|
 //!  +------+------+-------+-------------+-----------------+
 //!  3112: conf_count u16 x 4 (voters, learners, voters_outgoing,
-//!        learners_next, each at most CONF_IDS_MAX), 3120: auto_leave u8,
+//!        learners_next, at most CONF_IDS_MAX in all), 3120: auto_leave u8,
 //!  3121..3128: start_term, 7 bytes little-endian (at most RAFT_TERM_MAX),
 //!  3128: the ids, u64 each, list after list
 //! ```
@@ -84,10 +84,11 @@ const META_VERSION_V1: u16 = 1;
 /// Where version 2's Raft area begins.
 const RAFT_AT: usize = 3072;
 const RAFT_FIXED_BYTES: usize = 56;
-/// Most ids in each list of the conf state (raft-rs's replicas of one
-/// group; Hadron allows at most 7).
-pub const CONF_IDS_MAX: usize = 16;
 const SLOT_BYTES: usize = IO_ALIGN_BYTES as usize;
+/// Most ids in the conf state's four lists together (raft-rs's replicas of
+/// one group: a partition has at most 7 voters; the metadata group up to
+/// 7 voters and a learner per other node): what fits in the slot.
+pub const CONF_IDS_MAX: usize = (SLOT_BYTES - RAFT_AT - RAFT_FIXED_BYTES) / 8;
 const FIXED_BYTES: usize = 72;
 const GAP_BYTES: usize = 16;
 /// Most offset ranges skipped by repairs that a log remembers (ranges
@@ -104,7 +105,7 @@ const START_TERM_BYTES: usize = 7;
 const _: () = assert!(START_TERM_AT + START_TERM_BYTES == RAFT_AT + RAFT_FIXED_BYTES);
 
 const _: () = assert!(FIXED_BYTES + REPAIR_GAPS_MAX * GAP_BYTES <= RAFT_AT);
-const _: () = assert!(RAFT_AT + RAFT_FIXED_BYTES + 4 * CONF_IDS_MAX * 8 <= SLOT_BYTES);
+const _: () = assert!(RAFT_AT + RAFT_FIXED_BYTES + CONF_IDS_MAX * 8 <= SLOT_BYTES);
 
 /// Raft's state for the log's group, in `log.meta` version 2 (all zero when
 /// read from version 1).
@@ -156,8 +157,9 @@ impl RaftMeta {
             slot[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
         let mut at = RAFT_AT + RAFT_FIXED_BYTES;
+        let total: usize = self.lists().iter().map(|l| l.len()).sum();
+        assert!(total <= CONF_IDS_MAX);
         for (i, list) in self.lists().into_iter().enumerate() {
-            assert!(list.len() <= CONF_IDS_MAX);
             let c = RAFT_AT + 40 + 2 * i;
             slot[c..c + 2].copy_from_slice(&(list.len() as u16).to_le_bytes());
             for id in list {
@@ -182,10 +184,12 @@ impl RaftMeta {
         };
         let mut at = RAFT_AT + RAFT_FIXED_BYTES;
         let mut lists: [Vec<u64>; 4] = Default::default();
+        let mut total = 0;
         for (i, list) in lists.iter_mut().enumerate() {
             let c = RAFT_AT + 40 + 2 * i;
             let n = usize::from(u16::from_le_bytes([slot[c], slot[c + 1]]));
-            if n > CONF_IDS_MAX {
+            total += n;
+            if total > CONF_IDS_MAX {
                 return None;
             }
             for _ in 0..n {
@@ -514,6 +518,33 @@ mod tests {
         let v1 = meta.encode_v1();
         assert_eq!(&v1[8..10], &[1, 0]);
         assert_eq!(LogMeta::decode(&v1), Some(meta));
+    }
+
+    /// A metadata group of 64 nodes mid-change (5 voters, 59 learners, 5
+    /// outgoing voters, 5 learners next) fits; one id past the slot's room
+    /// in all is refused as it is read.
+    #[test]
+    fn a_conf_state_of_a_large_clusters_learners_round_trips() {
+        let meta = LogMeta {
+            raft: RaftMeta {
+                voters: (1..=5).collect(),
+                learners: (6..=64).collect(),
+                voters_outgoing: (1..=5).collect(),
+                learners_next: (60..=64).collect(),
+                ..RaftMeta::default()
+            },
+            ..LogMeta::default()
+        };
+        assert_eq!(LogMeta::decode(&meta.encode()), Some(meta.clone()));
+        // The counts are checked before the ids are read (the checksum
+        // after): a total past the slot's room is refused, not read past
+        // the slot's end.
+        let mut bytes = meta.encode();
+        let room = (CONF_IDS_MAX - 74 + 59) as u16;
+        bytes[RAFT_AT + 42..RAFT_AT + 44].copy_from_slice(&room.to_le_bytes());
+        assert!(RaftMeta::decode(&bytes).is_some());
+        bytes[RAFT_AT + 42..RAFT_AT + 44].copy_from_slice(&(room + 1).to_le_bytes());
+        assert_eq!(RaftMeta::decode(&bytes), None);
     }
 
     #[test]

@@ -266,8 +266,8 @@ impl<S: Storage> Log<S> {
 
     /// Records Raft's hard state and conf state in `log.meta`, durably
     /// (its two-slot write), keeping the log's own fields of the area
-    /// (`start_index`, `start_term`, `active_base_index`). Each conf list
-    /// holds at most [`CONF_IDS_MAX`] ids.
+    /// (`start_index`, `start_term`, `active_base_index`). The conf state's
+    /// lists hold at most [`CONF_IDS_MAX`] ids in all.
     pub async fn write_raft_state(&self, state: &RaftMeta) -> std::io::Result<()> {
         let lists = [
             &state.voters,
@@ -275,13 +275,11 @@ impl<S: Storage> Log<S> {
             &state.voters_outgoing,
             &state.learners_next,
         ];
-        if let Some(long) = lists.iter().find(|l| l.len() > CONF_IDS_MAX) {
+        let total: usize = lists.iter().map(|l| l.len()).sum();
+        if total > CONF_IDS_MAX {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a conf state list of {} ids; log.meta holds at most {CONF_IDS_MAX}",
-                    long.len()
-                ),
+                format!("a conf state of {total} ids; log.meta holds at most {CONF_IDS_MAX}"),
             ));
         }
         self.update_meta(|m| {

@@ -112,6 +112,7 @@ fn summary(nodes: &[NodeStatus]) -> Value {
                         "lag": leader_last.map(|l| l.saturating_sub(last)),
                         "stopped": r["stopped"],
                         "voters": r["voters"],
+                        "learners": r["learners"],
                         "meta_applied": r["meta_applied"],
                     })
                 })
@@ -271,8 +272,19 @@ pub async fn status(urls: &str, as_json: bool) -> Result<(), String> {
                 .as_u64()
                 .map(|a| format!("  applied {a}"))
                 .unwrap_or_default();
+            let learners: Vec<String> = r["learners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Value::to_string)
+                .collect();
+            let learners = if learners.is_empty() {
+                String::new()
+            } else {
+                format!("  learners {}", learners.join(","))
+            };
             println!(
-                "  node {:<3} {:<8} commit {:<8} last index {:<8} high watermark {:<8} {lag}  voters {}{applied}{}",
+                "  node {:<3} {:<8} commit {:<8} last index {:<8} high watermark {:<8} {lag}  voters {}{learners}{applied}{}",
                 r["node_id"],
                 r["role"].as_str().unwrap_or("?"),
                 r["commit"],

@@ -47,6 +47,8 @@
 //! tokensMax: 1024             # Tokens the server may hold
 //! metaCompactEveryEntries: 1000  # a cluster's metadata log: entries between
 //!                             # the State entries it is compacted to
+//! metaVoters: 5               # a cluster's metadata group: its voters (1 to 7,
+//!                             # the same on every node); other nodes learn
 //! tls:                        # TLS on the client and shard ports (default: none)
 //!   cert: /etc/hadron/server.pem   # PEM certificate chain, leaf first
 //!   key: /etc/hadron/server.key    # PEM private key of the certificate
@@ -200,6 +202,12 @@ pub const PIPELINES_MAX_DEFAULT: u32 = 64;
 pub const META_COMPACT_EVERY_ENTRIES_DEFAULT: u64 = 1_000;
 /// The largest `metaCompactEveryEntries`: the metadata log's bound.
 pub const META_COMPACT_EVERY_ENTRIES_MAX: u64 = 1_000_000;
+/// `metaVoters` when the config does not say: five voters ride out two
+/// nodes down, and every change waits for three disks only (etcd's and
+/// KRaft's advice); the other nodes are learners of the metadata log.
+pub const META_VOTERS_DEFAULT: u32 = 5;
+/// The largest `metaVoters`: a Raft group's voters, at most.
+pub const META_VOTERS_MAX: u32 = 7;
 /// `tokensMax` when the config does not say.
 pub const TOKENS_MAX_DEFAULT: u32 = 1024;
 /// The largest `tokensMax`: a handshake hashes its token once and compares
@@ -318,6 +326,9 @@ pub struct ServerConfig {
     /// The metadata group's leader proposes a State entry (and its log is
     /// compacted to it) after this many entries.
     pub meta_compact_every_entries: u64,
+    /// Voters of the metadata group (the first nodes of the cluster's
+    /// registry, current voters kept); the other nodes are its learners.
+    pub meta_voters: u32,
     /// TLS on every port; `None` for plain TCP.
     pub tls: Option<TlsFiles>,
     /// `cluster:`; `None`: a single node.
@@ -396,6 +407,7 @@ impl Default for ServerConfig {
             pipelines_max: PIPELINES_MAX_DEFAULT,
             tokens_max: TOKENS_MAX_DEFAULT,
             meta_compact_every_entries: META_COMPACT_EVERY_ENTRIES_DEFAULT,
+            meta_voters: META_VOTERS_DEFAULT,
             tls: None,
             cluster: None,
         }
@@ -513,6 +525,7 @@ pub(super) struct ServerConfigDoc {
     pipelines_max: Option<u32>,
     tokens_max: Option<u32>,
     meta_compact_every_entries: Option<u64>,
+    meta_voters: Option<u32>,
     tls: Option<TlsFiles>,
     cluster: Option<ClusterConfig>,
 }
@@ -596,6 +609,7 @@ impl ServerConfigDoc {
             meta_compact_every_entries: self
                 .meta_compact_every_entries
                 .unwrap_or(defaults.meta_compact_every_entries),
+            meta_voters: self.meta_voters.unwrap_or(defaults.meta_voters),
             tls: self.tls,
             cluster: self.cluster,
         };

@@ -228,6 +228,14 @@ impl ServerConfig {
                 META_COMPACT_EVERY_ENTRIES_MAX,
             ));
         }
+        if !(1..=META_VOTERS_MAX).contains(&self.meta_voters) {
+            errors.push(out_of_range(
+                "metaVoters",
+                self.meta_voters.into(),
+                1,
+                META_VOTERS_MAX.into(),
+            ));
+        }
         if !(1..=TOKENS_MAX_MAX).contains(&self.tokens_max) {
             errors.push(out_of_range(
                 "tokensMax",

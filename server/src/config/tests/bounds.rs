@@ -110,6 +110,9 @@ fn limit_settings_are_read_from_the_config_file_and_checked() {
     assert_eq!(config.meta_compact_every_entries, 3);
     let (defaults, _) = parse_config_file("").unwrap();
     assert_eq!(defaults.meta_compact_every_entries, 1_000);
+    assert_eq!(defaults.meta_voters, 5);
+    let (config, _) = parse_config_file("metaVoters: 3\n").unwrap();
+    assert_eq!(config.meta_voters, 3);
     let defaults = ServerConfig::default();
     assert_eq!(
         (
@@ -128,6 +131,8 @@ fn limit_settings_are_read_from_the_config_file_and_checked() {
         ("tokensMax: 0\n", "tokensMax"),
         ("tokensMax: 65537\n", "tokensMax"),
         ("metaCompactEveryEntries: 0\n", "metaCompactEveryEntries"),
+        ("metaVoters: 0\n", "metaVoters"),
+        ("metaVoters: 8\n", "metaVoters"),
         (
             "metaCompactEveryEntries: 1000001\n",
             "metaCompactEveryEntries",

@@ -37,9 +37,13 @@
 //!   error, naming the index; never a panic.
 //! - **Membership.** Genesis voters: the founders. A node added later
 //!   opens its replica joining (no voters) and learns everything from the
-//!   log. The target voters are the registry's nodes (at most
-//!   `TARGET_VOTERS_MAX`), said again after every node change: adding or
-//!   removing a node is a membership change of this group too.
+//!   log. The target is the registry's nodes, said again after every node
+//!   change (adding or removing a node is a membership change of this
+//!   group too): `metaVoters` of them (default 5) vote, the current
+//!   voters kept first, and the others are **learners**, which receive
+//!   and apply the log without voting (`shard.rs` `meta_target`).
+//!   Removing a voter promotes a learner; the reconciler demotes a voter
+//!   past `metaVoters` (`replica_move.rs`).
 //! - **Damage.** The log opens as a partition's does
 //!   (`replica_repair`): damage found at start is cut, and the replica
 //!   abstains until refilled from its peers; the applied index then goes

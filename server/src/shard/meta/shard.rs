@@ -8,7 +8,6 @@ use std::rc::{Rc, Weak};
 
 use super::command::Placements;
 use super::{Command, META_APPLIED_FILE, META_DIR, META_GROUP, Meta, MetaSnapshot, MetaState};
-use crate::config::placement::PLACEMENT_VOTERS_MAX;
 use crate::shard::partition::replica::Replica;
 use crate::shard::partition::replica_repair;
 use hadron_engine::storage::Storage;
@@ -57,6 +56,39 @@ impl<S: Storage + Clone + 'static, R: Runtime> MetaState for ShardState<S, R> {
 /// Largest segment of the metadata log (twice the largest batch, so a
 /// `State` entry of the largest size still fits).
 pub const META_SEGMENT_BYTES_MAX: u64 = 8 << 20;
+
+/// The metadata group's voters and learners over `nodes` (in id order):
+/// the current voters still among them (the lowest ids if more than
+/// `voters_max`), then other nodes in id order up to `voters_max`; the
+/// rest learn. Keeping the current voters means adding a node never
+/// demotes one; removing a voter promotes a learner.
+pub(crate) fn meta_target(
+    nodes: &[u64],
+    current: &[u64],
+    voters_max: usize,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut voters: Vec<u64> = nodes
+        .iter()
+        .copied()
+        .filter(|id| current.contains(id))
+        .take(voters_max)
+        .collect();
+    for &id in nodes {
+        if voters.len() >= voters_max {
+            break;
+        }
+        if !voters.contains(&id) {
+            voters.push(id);
+        }
+    }
+    voters.sort_unstable();
+    let learners = nodes
+        .iter()
+        .copied()
+        .filter(|id| !voters.contains(id))
+        .collect();
+    (voters, learners)
+}
 
 /// Largest applied-index file read at start.
 const APPLIED_FILE_BYTES_MAX: u64 = 256;
@@ -157,28 +189,24 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         Ok(())
     }
 
-    /// Tells the metadata group its voters: the registry's nodes now,
-    /// less `removed` (this node, removed: its own registry keeps it).
+    /// Tells the metadata group its members: the registry's nodes now,
+    /// less `removed` (this node, removed: its own registry keeps it),
+    /// `metaVoters` of them voters and the others learners
+    /// ([`meta_target`]).
     pub(super) fn say_meta_target(&self, removed: Option<u64>) {
-        let (Some(meta), Some(cluster)) =
-            (self.meta_group(), self.settings.config.cluster.as_ref())
-        else {
+        let config = &self.settings.config;
+        let (Some(meta), Some(cluster)) = (self.meta_group(), config.cluster.as_ref()) else {
             return;
         };
-        let mut nodes: Vec<u64> = cluster
+        let nodes: Vec<u64> = cluster
             .current_peers()
             .iter()
             .map(|p| p.id)
             .filter(|&id| Some(id) != removed)
             .collect();
-        if nodes.len() > PLACEMENT_VOTERS_MAX {
-            tracing::warn!(
-                "{} nodes: the metadata group's voters are the first {PLACEMENT_VOTERS_MAX}",
-                nodes.len()
-            );
-            nodes.truncate(PLACEMENT_VOTERS_MAX);
-        }
-        if let Err(e) = meta.replica.set_target_voters(nodes) {
+        let current = meta.replica.conf_state().voters;
+        let (voters, learners) = meta_target(&nodes, &current, config.meta_voters as usize);
+        if let Err(e) = meta.replica.set_target(voters, learners) {
             tracing::warn!("the metadata group's target: {e}");
         }
     }
@@ -321,5 +349,42 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             }),
             None => serde_json::Value::Null,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::meta_target;
+
+    #[test]
+    fn the_metadata_groups_voters_are_kept_and_the_nodes_past_them_learn() {
+        // Three founders, five voters wanted: every node votes.
+        assert_eq!(
+            meta_target(&[1, 2, 3], &[1, 2, 3], 5),
+            (vec![1, 2, 3], vec![])
+        );
+        // Nodes 4 to 7 added: 4 and 5 vote, 6 and 7 learn.
+        assert_eq!(
+            meta_target(&[1, 2, 3, 4, 5, 6, 7], &[1, 2, 3], 5),
+            (vec![1, 2, 3, 4, 5], vec![6, 7])
+        );
+        // A node with a lower id added later does not demote a voter.
+        assert_eq!(
+            meta_target(&[1, 2, 3, 4, 5, 6, 9], &[2, 3, 4, 6, 9], 5),
+            (vec![2, 3, 4, 6, 9], vec![1, 5])
+        );
+        // A voter removed: a learner is promoted, the lowest id first.
+        assert_eq!(
+            meta_target(&[1, 3, 4, 5, 6, 7], &[1, 2, 3, 4, 5], 5),
+            (vec![1, 3, 4, 5, 6], vec![7])
+        );
+        // More voters than wanted (seven founders, five wanted): the
+        // lowest ids stay voters.
+        assert_eq!(
+            meta_target(&[1, 2, 3, 4, 5, 6, 7], &[1, 2, 3, 4, 5, 6, 7], 5),
+            (vec![1, 2, 3, 4, 5], vec![6, 7])
+        );
+        // A joining node knows no voters yet: the lowest ids.
+        assert_eq!(meta_target(&[1, 2, 3, 4], &[], 3), (vec![1, 2, 3], vec![4]));
     }
 }

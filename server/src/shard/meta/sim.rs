@@ -1,8 +1,11 @@
-//! A seeded simulation of the metadata group in one process: 3 nodes on
-//! the seeded network of `replica_sim_support` (drops, duplicates,
-//! delays, directed cuts), nodes crashing (unsynced writes dropped or
-//! torn) and restarting, and clients proposing commands at random nodes
-//! (following `NotLeader`). Each node's state machine is a model: the
+//! A seeded simulation of the metadata group in one process: 3 voters
+//! and a learner (node 4, added as a learner by the leader's reconciler,
+//! as a node past `metaVoters` is) on the seeded network of
+//! `replica_sim_support` (drops, duplicates, delays, directed cuts),
+//! nodes crashing (unsynced writes dropped or torn) and restarting, and
+//! clients proposing commands at random nodes (following `NotLeader`).
+//! At a seeded step the roles change: node 4 is promoted and a random
+//! voter demoted to a learner, in one joint change. Each node's state machine is a model: the
 //! commands it applied, in order, with their indexes, and its recorded
 //! applied index, both durable (they survive its crashes, as the node's
 //! files do).
@@ -14,6 +17,8 @@
 //! snapshot descriptor.
 //!
 //! Checked, after everything healed and every node caught up:
+//! - the leader's conf state is the last target: its voters and its
+//!   learners, not joint;
 //! - every node's applied sequence is a prefix of one sequence (the
 //!   longest), and all are equal once caught up;
 //! - every command answered OK was applied on every node;
@@ -46,7 +51,9 @@ use crate::shard::partition::replica_sim_support::{Net, replica_spec};
 use crate::shard::sim_support::{fold_trace, run_seeds};
 
 const SEEDS: u64 = 100;
-const NODES: u64 = 3;
+const NODES: u64 = 4;
+/// The genesis voters: nodes 1 to 3; node 4 joins as a learner.
+const VOTERS: u64 = 3;
 const STEPS: u64 = 600;
 const STEP: Duration = Duration::from_millis(10);
 const HEAL_STEPS_MAX: u64 = 3_000;
@@ -159,6 +166,8 @@ struct Coverage {
     cuts: u64,
     states: u64,
     snapshots: u64,
+    /// Runs whose roles changed (node 4 promoted, a voter demoted).
+    swaps: u64,
 }
 
 impl std::ops::AddAssign for Coverage {
@@ -171,6 +180,7 @@ impl std::ops::AddAssign for Coverage {
         self.cuts += o.cuts;
         self.states += o.states;
         self.snapshots += o.snapshots;
+        self.swaps += o.swaps;
     }
 }
 
@@ -192,6 +202,10 @@ struct Sim {
     cut_ppm: u32,
     coverage: Coverage,
     trace: u64,
+    /// The members wanted (voters, learners), told to every node.
+    roles: (Vec<u64>, Vec<u64>),
+    /// The step the roles change at.
+    swap_at: u64,
 }
 
 fn log_config() -> LogConfig {
@@ -226,6 +240,7 @@ impl Sim {
             debug: std::env::var("HADRON_SIM_DEBUG").is_ok(),
             crash_ppm: 1_000 + rng.below(6_000) as u32,
             cut_ppm: rng.below(4_000) as u32,
+            swap_at: 150 + rng.below(250),
             rng,
             clock,
             pool,
@@ -237,6 +252,7 @@ impl Sim {
             acked: BTreeSet::new(),
             coverage: Coverage::default(),
             trace: 0,
+            roles: ((1..=VOTERS).collect(), vec![NODES]),
         }
     }
 
@@ -249,7 +265,11 @@ impl Sim {
     /// Opens node `id`'s group on its log, its model at its recorded index.
     fn open(&mut self, id: u64) {
         let ticks = 10 + ((self.seed + id * 7) % 9) as usize;
-        let spec = replica_spec(&self.net, id, NODES, META_GROUP, ticks);
+        let mut spec = replica_spec(&self.net, id, VOTERS, META_GROUP, ticks);
+        if id > VOTERS {
+            // Added to a running group: it learns its conf state.
+            spec.voters = Vec::new();
+        }
         let node = &self.nodes[id as usize - 1];
         let (storage, clock) = (node.storage.clone(), self.clock.clone());
         let model = Model(node.durable.clone());
@@ -271,8 +291,31 @@ impl Sim {
             )))
         });
         let meta = meta.unwrap_or_else(|e| panic!("seed {}: node {id} opens: {e}", self.seed));
+        let (voters, learners) = self.roles.clone();
+        meta.replica
+            .set_target(voters, learners)
+            .unwrap_or_else(|e| panic!("seed {}: node {id}'s target: {e}", self.seed));
         let _ = self.pool.spawner().spawn_local(meta.clone().drive());
         self.nodes[id as usize - 1].meta = Some(meta);
+    }
+
+    /// Promotes node 4 and demotes a random voter, told to every node up
+    /// (the others at their next open).
+    fn swap_roles(&mut self) {
+        let demoted = 1 + self.rng.below(VOTERS);
+        let mut voters: Vec<u64> = (1..=NODES).filter(|&id| id != demoted).collect();
+        voters.sort_unstable();
+        self.roles = (voters, vec![demoted]);
+        self.coverage.swaps += 1;
+        self.say(|| format!("roles: voters and learners {:?}", self.roles));
+        for node in &self.nodes {
+            if let Some(meta) = &node.meta {
+                let (voters, learners) = self.roles.clone();
+                meta.replica
+                    .set_target(voters, learners)
+                    .unwrap_or_else(|e| panic!("seed {}: a target: {e}", self.seed));
+            }
+        }
     }
 
     fn crash(&mut self, id: u64, step: u64) {
@@ -405,7 +448,16 @@ impl Sim {
             return false;
         }
         let s: Vec<_> = metas.iter().map(|m| m.replica.status()).collect();
-        s.iter().filter(|r| r.is_leader).count() == 1
+        let reconciled = metas.iter().any(|m| {
+            let cs = m.replica.conf_state();
+            let mut voters = cs.voters.clone();
+            voters.sort_unstable();
+            m.replica.is_leader()
+                && cs.voters_outgoing.is_empty()
+                && (voters, cs.learners) == self.roles
+        });
+        reconciled
+            && s.iter().filter(|r| r.is_leader).count() == 1
             && metas
                 .iter()
                 .zip(&s)
@@ -417,6 +469,9 @@ impl Sim {
             self.open(id);
         }
         for step in 0..STEPS {
+            if step == self.swap_at {
+                self.swap_roles();
+            }
             self.faults(step);
             self.client(true);
             self.step();
@@ -458,6 +513,24 @@ impl Sim {
     /// The checks of the module header.
     fn check(&self) {
         let seed = self.seed;
+        let leader_conf = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.meta.as_ref())
+            .find(|m| m.replica.is_leader())
+            .map(|m| m.replica.conf_state())
+            .unwrap_or_else(|| panic!("seed {seed}: no leader"));
+        let mut voters = leader_conf.voters.clone();
+        voters.sort_unstable();
+        assert_eq!(
+            (
+                voters,
+                leader_conf.learners.clone(),
+                leader_conf.voters_outgoing.is_empty()
+            ),
+            (self.roles.0.clone(), self.roles.1.clone(), true),
+            "seed {seed}: the leader's conf state is not the last target"
+        );
         let sequences: Vec<Vec<(u64, String)>> = self
             .nodes
             .iter()
@@ -535,6 +608,7 @@ fn meta_group_sim_applies_one_sequence_on_every_node() {
             coverage.states > SEEDS && coverage.snapshots > 0,
             "{coverage:?}"
         );
+        assert_eq!(coverage.swaps, SEEDS, "{coverage:?}");
     }
 }
 

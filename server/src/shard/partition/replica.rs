@@ -134,6 +134,9 @@ pub struct ReplicaStatus {
     pub last_index: u64,
     pub high_watermark: u64,
     pub voters: Vec<u64>,
+    /// Members that receive the log without voting (the metadata group's
+    /// nodes past `metaVoters`; a replica being added, until promoted).
+    pub learners: Vec<u64>,
     pub preferred: u64,
     /// Refilling a damaged log: abstains from elections meanwhile.
     pub recovering: bool,
@@ -332,6 +335,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             last_index: group.last_index(),
             high_watermark: self.high_watermark.get(),
             voters: group.conf_state().voters,
+            learners: group.conf_state().learners,
             preferred: self.preferred.get(),
             recovering: self.recovering(),
             inbox_dropped: self.dropped.get(),

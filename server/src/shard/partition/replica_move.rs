@@ -7,14 +7,21 @@
 //!  applied conf state joint (voters_outgoing)  -> propose the leave (no changes);
 //!                                                 a leader outside the incoming voters
 //!                                                 hands over instead
-//!  a wanted node not in it                     -> AddLearnerNode (one per change)
+//!  a wanted node (voter or learner) not in it  -> AddLearnerNode (one per change)
 //!  a wanted learner behind the commit by more
 //!    than CATCH_UP_LAG_ENTRIES_MAX             -> wait (it catches up: appends, descriptor)
 //!  the leader itself unwanted                  -> hand leadership to a wanted voter first
-//!  else, voters != wanted                      -> ONE ConfChangeV2, transition Explicit:
-//!                                                 AddNode (learners promoted), RemoveNode
+//!  else, voters or learners != wanted          -> ONE ConfChangeV2, transition Explicit:
+//!                                                 AddNode (learners promoted),
+//!                                                 AddLearnerNode (voters wanted as
+//!                                                 learners: demoted), RemoveNode
 //!                                                 (voters and learners unwanted)
 //! ```
+//!
+//! A target names voters and, for the metadata group of a cluster larger
+//! than its voters, **learners**: nodes that receive and apply the log but
+//! do not vote or count for the commit ([`Replica::set_target`]).
+//! Partitions' targets have none.
 //!
 //! - Nothing is proposed while a conf change is in the log unapplied
 //!   (raft-rs refuses one, silently: it becomes an empty entry), and a step
@@ -78,13 +85,34 @@ pub const CATCH_UP_LAG_ENTRIES_MAX: u64 = 64;
 /// A reconciler step whose change did not apply is proposed again after
 /// this (a refused change is an empty entry in raft-rs).
 pub const MOVE_RETRY_INTERVAL: Duration = Duration::from_millis(500);
-/// Voters a target may name, at most (`log.meta`'s lists hold 16).
+/// Voters a target may name, at most.
 pub const TARGET_VOTERS_MAX: usize = 7;
+/// Learners a target may name, at most: every other node of the largest
+/// cluster (`log.meta`'s conf state holds 121 ids in all).
+pub const TARGET_LEARNERS_MAX: usize = crate::config::cluster::CLUSTER_NODES_MAX;
+const _: () = assert!(
+    2 * TARGET_VOTERS_MAX + TARGET_LEARNERS_MAX + TARGET_VOTERS_MAX
+        <= hadron_engine::log::meta::CONF_IDS_MAX
+);
+
+/// The replicas a group is to have: voters in preference order (the first
+/// is the preferred leader) and learners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+impl Target {
+    fn wants(&self, id: u64) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+}
 
 /// The reconciler's state on one replica.
 #[derive(Debug, Default)]
 pub struct Moves {
-    target: Option<Vec<u64>>,
+    target: Option<Target>,
     /// When the reconciler last proposed a change or a transfer.
     proposed_at: Option<Duration>,
     /// Whether the applied conf state ever listed this node.
@@ -125,12 +153,21 @@ fn sorted(ids: &[u64]) -> Vec<u64> {
     ids
 }
 
-/// Checks a target: 1 to [`TARGET_VOTERS_MAX`] distinct non-zero ids.
-fn check_target(voters: &[u64]) -> Result<(), String> {
+/// Checks a target: 1 to [`TARGET_VOTERS_MAX`] distinct non-zero voter
+/// ids, and at most [`TARGET_LEARNERS_MAX`] learners, distinct, non-zero
+/// and none a voter.
+fn check_target(voters: &[u64], learners: &[u64]) -> Result<(), String> {
     let unique = sorted(voters).windows(2).all(|w| w[0] != w[1]);
     if voters.is_empty() || voters.len() > TARGET_VOTERS_MAX || !unique || voters.contains(&0) {
         return Err(format!(
             "target voters {voters:?}: 1 to {TARGET_VOTERS_MAX} distinct node ids (from 1)"
+        ));
+    }
+    let all: Vec<u64> = voters.iter().chain(learners).copied().collect();
+    let unique = sorted(&all).windows(2).all(|w| w[0] != w[1]);
+    if learners.len() > TARGET_LEARNERS_MAX || !unique || learners.contains(&0) {
+        return Err(format!(
+            "target learners {learners:?} of voters {voters:?}: at most {TARGET_LEARNERS_MAX} distinct node ids (from 1), none a voter"
         ));
     }
     Ok(())
@@ -142,9 +179,16 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
     /// uses them to tell whether it was removed. Held in memory: said
     /// again after a restart.
     pub fn set_target_voters(&self, voters: Vec<u64>) -> Result<(), String> {
-        check_target(&voters)?;
+        self.set_target(voters, Vec::new())
+    }
+
+    /// [`Replica::set_target_voters`] with learners too: nodes that
+    /// receive the log without voting (the metadata group's nodes past
+    /// its voters).
+    pub fn set_target(&self, voters: Vec<u64>, learners: Vec<u64>) -> Result<(), String> {
+        check_target(&voters, &learners)?;
         self.set_preferred(voters[0]);
-        self.moves.borrow_mut().target = Some(voters);
+        self.moves.borrow_mut().target = Some(Target { voters, learners });
         self.wake.notify_all();
         Ok(())
     }
@@ -206,7 +250,7 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
         let (me, cs) = (group.node_id(), group.conf_state());
         let listed = conf_lists(&cs, me);
         moves.member_seen |= listed;
-        let wanted = moves.target.as_ref().map(|t| t.contains(&me));
+        let wanted = moves.target.as_ref().map(|t| t.wants(me));
         let left_out = !cs.voters.is_empty()
             && !listed
             && (wanted == Some(false) || (wanted.is_none() && moves.member_seen));
@@ -269,50 +313,39 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
             if cs.voters.contains(&me) {
                 Some(change(&[], &cs))
             } else {
-                self.hand_over(&mut group, &target, &cs, now);
+                self.hand_over(&mut group, &target.voters, &cs, now);
                 None
             }
-        } else if let Some(&new) = target.iter().find(|&&id| !conf_lists(&cs, id)) {
+        } else if let Some(&new) = target
+            .voters
+            .iter()
+            .chain(&target.learners)
+            .find(|&&id| !conf_lists(&cs, id))
+        {
             Some(change(&[(ConfChangeType::AddLearnerNode, new)], &cs))
-        } else if sorted(&target) == sorted(&cs.voters) && cs.learners.is_empty() {
+        } else if sorted(&target.voters) == sorted(&cs.voters)
+            && sorted(&target.learners) == sorted(&cs.learners)
+        {
             None
         } else {
+            let voters = &target.voters;
             let commit = group.commit();
-            let behind = target.iter().any(|id| {
+            let behind = voters.iter().any(|id| {
                 !cs.voters.contains(id)
                     && group
                         .matched(*id)
                         .is_none_or(|m| m + CATCH_UP_LAG_ENTRIES_MAX < commit)
             });
-            let stays = |id: &u64| target.contains(id) && cs.voters.contains(id);
+            let stays = |id: &u64| voters.contains(id) && cs.voters.contains(id);
             if behind {
                 None
-            } else if !target.contains(&me) && cs.voters.iter().any(stays) {
-                // Hand over first: a leader never removes itself.
-                self.hand_over(&mut group, &target, &cs, now);
+            } else if !voters.contains(&me) && cs.voters.iter().any(stays) {
+                // Hand over first: a leader never removes (or demotes)
+                // itself.
+                self.hand_over(&mut group, voters, &cs, now);
                 None
             } else {
-                let mut singles: Vec<(ConfChangeType, u64)> = target
-                    .iter()
-                    .filter(|id| !cs.voters.contains(id))
-                    .map(|&id| (ConfChangeType::AddNode, id))
-                    .collect();
-                singles.extend(
-                    cs.voters
-                        .iter()
-                        .chain(&cs.learners)
-                        .filter(|&&id| !target.contains(&id) && id != me)
-                        .map(|&id| (ConfChangeType::RemoveNode, id)),
-                );
-                (!singles.is_empty()).then(|| {
-                    // Left by this reconciler (or the leader applying it),
-                    // never by raft-rs itself: its automatic leave carries
-                    // no conf state, and would be proposed by a leader the
-                    // leave removes.
-                    let mut cc = change(&singles, &cs);
-                    cc.set_transition(ConfChangeTransition::Explicit);
-                    cc
-                })
+                joint_step(&target, &cs, me)
             }
         };
         if let Some(cc) = proposal {
@@ -324,16 +357,96 @@ impl<S: hadron_engine::storage::Storage, C: Clock> Replica<S, C> {
     }
 }
 
+/// The joint change from `cs` to `target` (never removing or demoting
+/// `me`, the leader); none when there is nothing to change.
+fn joint_step(target: &Target, cs: &ConfState, me: u64) -> Option<ConfChangeV2> {
+    let mut singles: Vec<(ConfChangeType, u64)> = target
+        .voters
+        .iter()
+        .filter(|id| !cs.voters.contains(id))
+        .map(|&id| (ConfChangeType::AddNode, id))
+        .collect();
+    singles.extend(
+        target
+            .learners
+            .iter()
+            .filter(|&&id| cs.voters.contains(&id) && id != me)
+            .map(|&id| (ConfChangeType::AddLearnerNode, id)),
+    );
+    singles.extend(
+        cs.voters
+            .iter()
+            .chain(&cs.learners)
+            .filter(|&&id| !target.wants(id) && id != me)
+            .map(|&id| (ConfChangeType::RemoveNode, id)),
+    );
+    (!singles.is_empty()).then(|| {
+        // Left by this reconciler (or the leader applying it), never
+        // by raft-rs itself: its automatic leave carries no conf
+        // state, and would be proposed by a leader the leave removes.
+        let mut cc = change(&singles, cs);
+        cc.set_transition(ConfChangeTransition::Explicit);
+        cc
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_target_is_one_to_seven_distinct_node_ids() {
-        assert!(check_target(&[4, 2, 3]).is_ok());
+        assert!(check_target(&[4, 2, 3], &[]).is_ok());
         for bad in [vec![], vec![1, 1], vec![0, 2], (1..=8).collect()] {
-            let err = check_target(&bad).unwrap_err();
+            let err = check_target(&bad, &[]).unwrap_err();
             assert!(err.contains("distinct node ids"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_targets_learners_are_distinct_and_none_is_a_voter() {
+        assert!(check_target(&[1, 2, 3], &[4, 9]).is_ok());
+        let many: Vec<u64> = (10..10 + TARGET_LEARNERS_MAX as u64 + 1).collect();
+        for bad in [vec![2], vec![4, 4], vec![0], many] {
+            let err = check_target(&[1, 2, 3], &bad).unwrap_err();
+            assert!(err.contains("none a voter"), "{bad:?}: {err}");
+        }
+    }
+
+    fn conf(voters: &[u64], learners: &[u64]) -> ConfState {
+        ConfState {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            ..ConfState::default()
+        }
+    }
+
+    fn singles(cc: &ConfChangeV2) -> Vec<(ConfChangeType, u64)> {
+        cc.changes
+            .iter()
+            .map(|c| (c.get_change_type(), c.node_id))
+            .collect()
+    }
+
+    #[test]
+    fn a_joint_step_promotes_demotes_and_removes_but_never_the_leader() {
+        use ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
+        let target = Target {
+            voters: vec![1, 2, 6],
+            learners: vec![3, 7],
+        };
+        // 6 is a learner to promote, 3 a voter to demote, 5 unwanted; 7
+        // already a learner stays one.
+        let cc = joint_step(&target, &conf(&[1, 2, 3, 5], &[6, 7]), 1).unwrap();
+        assert_eq!(
+            singles(&cc),
+            vec![(AddNode, 6), (AddLearnerNode, 3), (RemoveNode, 5)]
+        );
+        assert_eq!(cc.get_transition(), ConfChangeTransition::Explicit);
+        // The leader (3) wanted as a learner is not demoted by its own step.
+        let cc = joint_step(&target, &conf(&[1, 2, 3], &[6, 7]), 3).unwrap();
+        assert_eq!(singles(&cc), vec![(AddNode, 6)]);
+        // Reached: nothing to do.
+        assert!(joint_step(&target, &conf(&[1, 2, 6], &[3, 7]), 1).is_none());
     }
 }
