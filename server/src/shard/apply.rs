@@ -136,7 +136,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             for partition in 0..stream.partitions {
                 if self.owner(&stream.name, partition) == self.id
                     && !self.is_offline(&stream.name, partition)
-                    && !self.offline_runs.borrow().contains_key(&(plan.name.clone(), partition))
+                    && !self
+                        .offline_runs
+                        .borrow()
+                        .contains_key(&(plan.name.clone(), partition))
                     && !matches!(self.placement(stream, partition), Placed::Elsewhere)
                 {
                     wanted.insert((plan.name.clone(), partition), plan.clone());

@@ -758,7 +758,10 @@ impl Error {
                 why,
                 leader,
             } => {
-                write!(f, "{stream}/{partition}: this node's replica is offline: {why}")?;
+                write!(
+                    f,
+                    "{stream}/{partition}: this node's replica is offline: {why}"
+                )?;
                 match leader {
                     Some(l) => write!(f, "; ask node {} at {}", l.node_id, l.address),
                     None => write!(f, "; ask another replica"),

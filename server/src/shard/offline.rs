@@ -237,7 +237,10 @@ fn delete_dirs(dirs: &[PathBuf]) {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => tracing::info!("offline replica moved away: deleted {}", dir.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("offline replica moved away: deleting {}: {e}", dir.display()),
+            Err(e) => tracing::warn!(
+                "offline replica moved away: deleting {}: {e}",
+                dir.display()
+            ),
         }
     }
 }
