@@ -406,3 +406,58 @@ async fn a_follower_whose_log_meta_is_restored_rejoins_at_its_restart() {
     let acked = load.stop().await;
     check_log(&cluster, STREAM, &cluster.ids(), &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_lost_log_meta_moved_off_while_its_node_was_down_is_deleted_after_its_start()
+ {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        ..options()
+    });
+    let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
+    let replicas = hosts(&cluster, STREAM, 3).await;
+    let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
+    let dir = partition_dir(&mut cluster, follower, STREAM);
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    await_more_acks(&load.count, 30).await;
+
+    // Lost while the node is down, and moved off meanwhile.
+    cluster.node(follower).kill_now();
+    lose_log_meta(&dir.join("log"));
+    let spare = *cluster
+        .ids()
+        .iter()
+        .find(|id| !replicas.contains(id))
+        .unwrap();
+    let mut target: Vec<u64> = replicas
+        .iter()
+        .copied()
+        .filter(|&id| id != follower)
+        .collect();
+    target.push(spare);
+    let to: Vec<String> = target.iter().map(u64::to_string).collect();
+    let urls: Vec<String> = target.iter().map(|&id| cluster.client_addr(id)).collect();
+    let out = move_cli(STREAM, &to.join(","), &urls.join(","));
+    assert!(out.status.success(), "{}", out.stderr);
+    await_moved(&cluster, STREAM, &target).await;
+
+    // Started, the node learns the move and deletes the replica: no
+    // restore needed, nothing of it served.
+    cluster.node(follower).restart();
+    eventually(WAIT, "the offline replica's directory deleted", || async {
+        (!dir.exists()).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the replica gone from the node's status", || async {
+        cluster.status_doc(follower).await?;
+        cluster
+            .replica_status(follower, STREAM, 0)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    await_more_acks(&load.count, 30).await;
+    let acked = load.stop().await;
+    check_log(&cluster, STREAM, &target, &acked).await;
+}
