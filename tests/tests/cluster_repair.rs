@@ -218,8 +218,10 @@ fn partition_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
 /// term and vote are gone. Returns the file's path and its bytes before.
 fn lose_log_meta(dir: &Path) -> (PathBuf, Vec<u8>) {
     let meta = dir.join("log.meta");
-    let kept = std::fs::read(&meta).unwrap();
-    std::fs::write(&meta, vec![0xa5; kept.len()]).unwrap();
+    let kept = std::fs::read(&meta).unwrap_or_else(|e| panic!("{}: {e}", meta.display()));
+    if let Err(e) = std::fs::write(&meta, vec![0xa5; kept.len()]) {
+        panic!("{}: {e}", meta.display());
+    }
     (meta, kept)
 }
 
