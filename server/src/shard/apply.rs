@@ -136,10 +136,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             for partition in 0..stream.partitions {
                 if self.owner(&stream.name, partition) == self.id
                     && !self.is_offline(&stream.name, partition)
-                    && !self
-                        .offline_runs
-                        .borrow()
-                        .contains_key(&(plan.name.clone(), partition))
+                    && !self.is_run_offline(&plan.name, partition)
                     && !matches!(self.placement(stream, partition), Placed::Elsewhere)
                 {
                     wanted.insert((plan.name.clone(), partition), plan.clone());

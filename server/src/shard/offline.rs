@@ -106,6 +106,13 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .contains_key(&(stream.to_owned(), partition))
     }
 
+    /// Whether pipeline `name`'s run on `partition` is offline here.
+    pub(super) fn is_run_offline(&self, name: &str, partition: u32) -> bool {
+        self.offline_runs
+            .borrow()
+            .contains_key(&(name.to_owned(), partition))
+    }
+
     /// The refusal of a request for an offline partition, naming another
     /// of its replicas (another at each refusal, as `not_here` does).
     pub(super) fn offline_error(&self, stream: &str, partition: u32) -> Option<Error> {
@@ -261,14 +268,34 @@ mod tests {
 
     #[test]
     fn an_offline_replica_reaps_its_partition_and_its_pipeline_runs() {
-        let data = Path::new("/data");
-        let dirs = replica_dirs(data, "orders", 3, &["bill".to_owned()]);
+        let data = tempfile::tempdir().unwrap();
+        let data = data.path();
+        let pipelines = ["bill".to_owned(), "never-ran".to_owned()];
+        let dirs = replica_dirs(data, "orders", 3, &pipelines);
         assert_eq!(
             dirs,
             vec![
                 partition::partition_dir(data, "orders", 3),
-                PathBuf::from("/data/pipelines/bill/00003"),
+                data.join("pipelines/bill/00003"),
+                data.join("pipelines/never-ran/00003"),
             ]
         );
+        // The replica's logs, a run's, and what must stay: the same
+        // partition of another stream, another partition's run.
+        let kept = [
+            partition::partition_dir(data, "orders", 2),
+            partition::partition_dir(data, "other", 3),
+            data.join("pipelines/bill/00002"),
+        ];
+        for dir in [&dirs[0].join("log"), &dirs[0].join("groups"), &dirs[1]]
+            .into_iter()
+            .chain(&kept)
+        {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("log.meta"), b"x").unwrap();
+        }
+        delete_dirs(&dirs);
+        assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+        assert!(kept.iter().all(|d| d.join("log.meta").exists()), "{kept:?}");
     }
 }
