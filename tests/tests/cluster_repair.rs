@@ -10,15 +10,21 @@
 //! acknowledged event is read back once at its offset, and the repaired
 //! node's segment files are byte for byte another replica's.
 //!
-//! A follower whose `log.meta` is lost (both slots bad) refuses to start
-//! naming the file and what to do, changing no file; restored, it
-//! rejoins.
+//! A follower whose `log.meta` is lost (both slots bad) starts with that
+//! replica offline (`server/src/shard/offline.rs`), naming the file and
+//! what to do, changing no file: it serves its other partition, the group
+//! goes on with the other two replicas, and a move of the partition off
+//! the node makes the node delete the replica's directory. Restored
+//! instead, it rejoins at its restart.
 
 use std::path::{Path, PathBuf};
 
+use hadron::NewEvent;
 use hadron_tests::cluster::{Cluster, ClusterOptions};
-use hadron_tests::eventually;
-use hadron_tests::moves::{Load, WAIT, await_more_acks, check_log, one_partition_stream};
+use hadron_tests::moves::{
+    Load, WAIT, await_more_acks, await_moved, check_log, move_cli, one_partition_stream,
+};
+use hadron_tests::{eventually, fetch_all};
 
 const STREAM: &str = "orders";
 
@@ -190,8 +196,188 @@ fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
         .collect()
 }
 
+/// Node `id`'s partition 0 directory of `stream`.
+fn partition_dir(cluster: &mut Cluster, id: u64, stream: &str) -> PathBuf {
+    cluster
+        .node(id)
+        .data_dir()
+        .join("streams")
+        .join(stream)
+        .join("00000")
+}
+
+/// Every file of a partition's `log` and `groups` directories, and its
+/// bytes.
+fn partition_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut all = files_of(&dir.join("log"));
+    all.extend(files_of(&dir.join("groups")));
+    all
+}
+
+/// Overwrites both slots of `dir`'s `log.meta` (its node down): its Raft
+/// term and vote are gone. Returns the file's path and its bytes before.
+fn lose_log_meta(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let meta = dir.join("log.meta");
+    let kept = std::fs::read(&meta).unwrap_or_else(|e| panic!("{}: {e}", meta.display()));
+    if let Err(e) = std::fs::write(&meta, vec![0xa5; kept.len()]) {
+        panic!("{}: {e}", meta.display());
+    }
+    (meta, kept)
+}
+
+/// Node `id` shows its replica of `STREAM`/0 offline, naming the lost file.
+async fn await_offline(cluster: &Cluster, id: u64, meta: &Path) -> String {
+    let why = eventually(WAIT, "the replica offline in the node's status", || async {
+        let r = cluster.replica_status(id, STREAM, 0).await?;
+        r["stopped"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(why.starts_with("offline on this node: "), "{why}");
+    assert!(
+        why.contains(&format!(
+            "{}: neither of its two slots is valid",
+            meta.display()
+        )),
+        "{why}"
+    );
+    why
+}
+
+/// The nodes whose status lists `stream`'s partition 0 (its replicas).
+async fn hosts(cluster: &Cluster, stream: &str, replicas: usize) -> Vec<u64> {
+    eventually(WAIT, "every replica listed", || async {
+        let mut found = Vec::new();
+        for id in cluster.ids() {
+            if cluster.replica_status(id, stream, 0).await.is_some() {
+                found.push(id);
+            }
+        }
+        (found.len() == replicas).then_some(found)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_whose_log_meta_is_lost_refuses_to_start_and_changes_nothing() {
+async fn a_follower_whose_log_meta_is_lost_takes_only_that_partition_offline_until_moved_off() {
+    const OTHER: &str = "other";
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        resources: format!(
+            "{}---\n{}",
+            one_partition_stream(STREAM),
+            one_partition_stream(OTHER)
+        ),
+        ..options()
+    });
+    let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
+    let replicas = hosts(&cluster, STREAM, 3).await;
+    let others = hosts(&cluster, OTHER, 3).await;
+    // Two sets of 3 of 4 nodes share 2: one of them does not lead STREAM.
+    let follower = *replicas
+        .iter()
+        .find(|&&id| id != leader && others.contains(&id))
+        .unwrap();
+    let dir = partition_dir(&mut cluster, follower, STREAM);
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    await_more_acks(&load.count, 30).await;
+
+    cluster.node(follower).kill_now();
+    let (meta, _) = lose_log_meta(&dir.join("log"));
+    let before = partition_files(&dir);
+    cluster.node(follower).restart();
+    await_offline(&cluster, follower, &meta).await;
+    let said = cluster.node(follower).log();
+    let line = "stream orders partition 0 is offline on this node";
+    assert_eq!(said.matches(line).count(), 1, "one error line: {said}");
+    assert!(said.contains("Restore the directory"), "{said}");
+    // `hadron cluster status` shows it too.
+    let doc = cluster.cluster_status_json();
+    let rows = doc["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["stream"] == STREAM)
+        .unwrap()["replicas"]
+        .clone();
+    let mine = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node_id"] == follower)
+        .unwrap();
+    assert!(
+        mine["stopped"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("offline on this node")),
+        "{rows}"
+    );
+
+    // The node serves its other partition: published through it, read
+    // back at the offset acknowledged.
+    let client = cluster.client(follower);
+    let event = NewEvent {
+        id: "served".into(),
+        ty: "t".into(),
+        data: b"served".to_vec(),
+        ..NewEvent::default()
+    };
+    let publisher = client.publisher_for(OTHER, "offline-test").await.unwrap();
+    let at = publisher.publish_to(0, event).await.unwrap().offset;
+    let read = fetch_all(&client, OTHER, 0).await;
+    assert!(
+        read.iter()
+            .any(|(o, e)| *o == at && e.id == "served" && e.data == b"served"),
+        "{read:?}"
+    );
+    // The offline partition stays available through the other two (the
+    // client asking the node is sent to another replica).
+    await_more_acks(&load.count, 30).await;
+    let event = NewEvent {
+        id: "redirected".into(),
+        ty: "t".into(),
+        data: b"redirected".to_vec(),
+        ..NewEvent::default()
+    };
+    let publisher = client.publisher_for(STREAM, "offline-test").await.unwrap();
+    publisher.publish_to(0, event).await.unwrap();
+    assert!(
+        before == partition_files(&dir),
+        "the offline replica's files are unchanged"
+    );
+
+    // Moved off the node: the node deletes the directory, no restart.
+    let spare = *cluster
+        .ids()
+        .iter()
+        .find(|id| !replicas.contains(id))
+        .unwrap();
+    let mut target: Vec<u64> = replicas
+        .iter()
+        .copied()
+        .filter(|&id| id != follower)
+        .collect();
+    target.push(spare);
+    let to: Vec<String> = target.iter().map(u64::to_string).collect();
+    let urls: Vec<String> = cluster
+        .ids()
+        .iter()
+        .map(|&id| cluster.client_addr(id))
+        .collect();
+    let out = move_cli(STREAM, &to.join(","), &urls.join(","));
+    assert!(out.status.success(), "{}", out.stderr);
+    eventually(WAIT, "the offline replica's directory deleted", || async {
+        (!dir.exists()).then_some(())
+    })
+    .await;
+    assert!(cluster.replica_status(follower, STREAM, 0).await.is_none());
+    await_moved(&cluster, STREAM, &target).await;
+    await_more_acks(&load.count, 30).await;
+    let acked = load.stop().await;
+    check_log(&cluster, STREAM, &target, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_meta_is_restored_rejoins_at_its_restart() {
     let mut cluster = Cluster::start(options());
     let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
     let follower = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
@@ -199,30 +385,21 @@ async fn a_follower_whose_log_meta_is_lost_refuses_to_start_and_changes_nothing(
     let load = Load::start(cluster.client_of_all(), STREAM);
     await_more_acks(&load.count, 30).await;
 
-    // Both slots of the follower's log.meta overwritten while it is down:
-    // its Raft term and vote are gone.
     cluster.node(follower).kill_now();
-    let meta = dir.join("log.meta");
-    let kept = std::fs::read(&meta).unwrap();
-    std::fs::write(&meta, vec![0xa5; kept.len()]).unwrap();
+    let (meta, kept) = lose_log_meta(&dir);
     let before = files_of(&dir);
-    let (status, said) = cluster.node(follower).restart_refused();
-    assert!(!status.success(), "{said}");
-    assert!(
-        said.contains(&format!(
-            "{}: neither of its two slots is valid",
-            meta.display()
-        )),
-        "{said}"
-    );
-    assert!(said.contains("Restore the directory"), "{said}");
+    cluster.node(follower).restart();
+    await_offline(&cluster, follower, &meta).await;
+    await_more_acks(&load.count, 30).await;
     assert!(
         before == files_of(&dir),
-        "the refused start changed no file"
+        "the offline replica changed no file"
     );
 
-    // The operator restores it (a copy taken while the node was down): the
-    // follower starts, catches up, and nothing acknowledged was lost.
+    // The operator restores it (a copy taken while the node was down) and
+    // restarts the node: the replica opens, catches up, and nothing
+    // acknowledged was lost.
+    cluster.node(follower).kill_now();
     std::fs::write(&meta, &kept).unwrap();
     cluster.node(follower).restart();
     let target = leader_commit(&cluster).await;
@@ -230,4 +407,59 @@ async fn a_follower_whose_log_meta_is_lost_refuses_to_start_and_changes_nothing(
     await_more_acks(&load.count, 30).await;
     let acked = load.stop().await;
     check_log(&cluster, STREAM, &cluster.ids(), &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_lost_log_meta_moved_off_while_its_node_was_down_is_deleted_after_its_start()
+ {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        ..options()
+    });
+    let leader = cluster.await_leader_where(STREAM, 0, WAIT, |_| true).await;
+    let replicas = hosts(&cluster, STREAM, 3).await;
+    let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
+    let dir = partition_dir(&mut cluster, follower, STREAM);
+    let load = Load::start(cluster.client_of_all(), STREAM);
+    await_more_acks(&load.count, 30).await;
+
+    // Lost while the node is down, and moved off meanwhile.
+    cluster.node(follower).kill_now();
+    lose_log_meta(&dir.join("log"));
+    let spare = *cluster
+        .ids()
+        .iter()
+        .find(|id| !replicas.contains(id))
+        .unwrap();
+    let mut target: Vec<u64> = replicas
+        .iter()
+        .copied()
+        .filter(|&id| id != follower)
+        .collect();
+    target.push(spare);
+    let to: Vec<String> = target.iter().map(u64::to_string).collect();
+    let urls: Vec<String> = target.iter().map(|&id| cluster.client_addr(id)).collect();
+    let out = move_cli(STREAM, &to.join(","), &urls.join(","));
+    assert!(out.status.success(), "{}", out.stderr);
+    await_moved(&cluster, STREAM, &target).await;
+
+    // Started, the node learns the move and deletes the replica: no
+    // restore needed, nothing of it served.
+    cluster.node(follower).restart();
+    eventually(WAIT, "the offline replica's directory deleted", || async {
+        (!dir.exists()).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the replica gone from the node's status", || async {
+        cluster.status_doc(follower).await?;
+        cluster
+            .replica_status(follower, STREAM, 0)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    await_more_acks(&load.count, 30).await;
+    let acked = load.stop().await;
+    check_log(&cluster, STREAM, &target, &acked).await;
 }

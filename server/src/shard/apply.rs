@@ -9,6 +9,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// owns, closes the runs it no longer has, and adopts it.
     pub(super) async fn install(self: &Rc<Self>, topology: Topology) -> Result<(), String> {
         self.install_streams(&topology).await?;
+        // Before the runs: a run of a partition deleted here is not wanted.
+        self.reap_offline(&topology);
         self.install_pipelines(&topology).await?;
         *self.topology.borrow_mut() = topology;
         self.say_targets();
@@ -33,6 +35,9 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     Placed::Replicated(voters) => Some(voters),
                 };
                 let key = (spec.name.clone(), partition);
+                if self.is_offline(&spec.name, partition) {
+                    continue;
+                }
                 let open = self.partitions.borrow().get(&key).cloned();
                 if let Some(p) = open {
                     // An applied change to the stream: at once (turning
@@ -50,7 +55,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     window_ms: stream_settings.dedup_window_ms,
                     keys_max: stream_settings.dedup_keys_max,
                 };
-                let p = Partition::open_as(
+                let opened = Partition::open_as(
                     &self.storage,
                     self.runtime.clone(),
                     &config.data_dir,
@@ -75,17 +80,30 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     // records no configuration yet is one too.
                     replication.is_some(),
                 )
-                .await?;
-                let mut p = p;
+                .await;
+                let mut p = match opened {
+                    Ok(p) => p,
+                    // The only copy of a single node's log: the start is
+                    // refused. A replica's group goes on without it.
+                    Err(e) if replication.is_some() => {
+                        self.take_offline(&spec.name, partition, e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if let Some(voters) = replication {
                     let offsets = partition::replica_offsets::offsets_group(&spec.name);
-                    p.replicate(
+                    let replicated = p.replicate(
                         self.replica_spec(&spec.name, partition, voters.clone())?,
                         Some(self.replica_spec(&offsets, partition, voters)?),
                         &self.storage,
                         dedup,
-                    )
-                    .await?;
+                    );
+                    if let Err(e) = replicated.await {
+                        let e = format!("stream {} partition {partition}: {e}", spec.name);
+                        self.take_offline(&spec.name, partition, e);
+                        continue;
+                    }
                 }
                 let p = Rc::new(p);
                 if p.replica.is_some() {
@@ -117,6 +135,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             };
             for partition in 0..stream.partitions {
                 if self.owner(&stream.name, partition) == self.id
+                    && !self.is_offline(&stream.name, partition)
+                    && !self.is_run_offline(&plan.name, partition)
                     && !matches!(self.placement(stream, partition), Placed::Elsewhere)
                 {
                     wanted.insert((plan.name.clone(), partition), plan.clone());
@@ -165,7 +185,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 }
                 _ => None,
             };
-            let run = PipelineRun::open(
+            let replicated = replication.is_some();
+            let opened = PipelineRun::open(
                 &self.storage,
                 &config.data_dir,
                 plan,
@@ -174,7 +195,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 self.settings.limits(),
                 replication,
             )
-            .await?;
+            .await;
+            let run = match opened {
+                Ok(run) => run,
+                Err(e) if replicated => {
+                    self.take_run_offline(&name, partition, e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let run = Rc::new(run);
             self.runtime.spawn(run.clone().drive_replication());
             for (member, stage, max_in_flight) in carried

@@ -177,6 +177,16 @@ pub enum Error {
         partition: u32,
         why: String,
     },
+    /// This node's replica of the replicated partition could not open
+    /// (its `log.meta` lost, say: `why`) and is offline here
+    /// (`shard/offline.rs`); `leader` names another replica to ask, as
+    /// a `NotLeader` from a node holding none does.
+    ReplicaOffline {
+        stream: String,
+        partition: u32,
+        why: String,
+        leader: Option<LeaderAt>,
+    },
 }
 
 /// Where a partition's leader is: what a `NotLeader` error tells a client.
@@ -197,6 +207,9 @@ impl Error {
     pub fn leader_hint(&self) -> Option<hadron_wire::LeaderHint<'_>> {
         match self {
             Error::NotLeader {
+                leader: Some(l), ..
+            }
+            | Error::ReplicaOffline {
                 leader: Some(l), ..
             } => Some(hadron_wire::LeaderHint {
                 node_id: l.node_id,
@@ -337,6 +350,8 @@ impl Error {
             E::NotLeader { .. } => ErrorCode::NotLeader,
             E::ReplicationBusy { .. } => ErrorCode::LimitExceeded,
             E::ReplicationStopped { .. } => ErrorCode::StorageError,
+            // A client follows it to another replica, as a `NotLeader`.
+            E::ReplicaOffline { .. } => ErrorCode::NotLeader,
         }
     }
 
@@ -614,9 +629,10 @@ impl Error {
             ),
             E::ShuttingDown => write!(f, "the server is shutting down"),
             E::ShardGone { shard } => write!(f, "shard {shard} is gone"),
-            E::NotLeader { .. } | E::ReplicationBusy { .. } | E::ReplicationStopped { .. } => {
-                self.fmt_replication(f)
-            }
+            E::NotLeader { .. }
+            | E::ReplicationBusy { .. }
+            | E::ReplicationStopped { .. }
+            | E::ReplicaOffline { .. } => self.fmt_replication(f),
             // Written by `fmt` and `fmt_request`.
             other => write!(f, "{other:?}"),
         }
@@ -736,6 +752,21 @@ impl Error {
                 f,
                 "{stream}/{partition}: replication on this node stopped: {why}"
             ),
+            E::ReplicaOffline {
+                stream,
+                partition,
+                why,
+                leader,
+            } => {
+                write!(
+                    f,
+                    "{stream}/{partition}: this node's replica is offline: {why}"
+                )?;
+                match leader {
+                    Some(l) => write!(f, "; ask node {} at {}", l.node_id, l.address),
+                    None => write!(f, "; ask another replica"),
+                }
+            }
             other => write!(f, "{other:?}"),
         }
     }

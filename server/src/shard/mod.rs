@@ -43,6 +43,7 @@ pub mod meta;
 pub mod metrics;
 mod moves;
 mod nodes;
+mod offline;
 pub mod outbox;
 pub mod partition;
 pub mod pipeline;
@@ -167,6 +168,10 @@ pub struct Shard<S: Storage = DmaStorage, R: Runtime = SystemClock> {
     pub topology: RefCell<Topology>,
     partitions: RefCell<ByPartition<Rc<Partition<S, R>>>>,
     runs: RefCell<ByPartition<Rc<PipelineRun<S, R>>>>,
+    /// Replicated partitions, and pipeline runs, whose logs could not open
+    /// here, and why (`offline.rs`).
+    offline: RefCell<ByPartition<String>>,
+    offline_runs: RefCell<ByPartition<String>>,
     mesh: Box<dyn Mesh>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: Cell<u64>,
@@ -229,6 +234,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             topology: RefCell::new(Topology::default()),
             partitions: RefCell::new(BTreeMap::new()),
             runs: RefCell::new(BTreeMap::new()),
+            offline: RefCell::new(BTreeMap::new()),
+            offline_runs: RefCell::new(BTreeMap::new()),
             mesh,
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
@@ -440,7 +447,10 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .borrow()
             .get(&(stream.to_string(), partition))
             .cloned()
-            .ok_or_else(|| self.not_here(stream, partition))
+            .ok_or_else(|| {
+                self.offline_error(stream, partition)
+                    .unwrap_or_else(|| self.not_here(stream, partition))
+            })
     }
 
     /// Why a partition of the topology is not open here: placed on other

@@ -133,6 +133,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .borrow()
             .iter()
             .map(|((name, _), run)| (name.clone(), run.status()))
+            .chain(self.offline_run_status())
             .collect()
     }
 
@@ -142,6 +143,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .borrow()
             .values()
             .map(|p| self.partition_status(p, now))
+            .chain(self.offline_status())
             .collect()
     }
 

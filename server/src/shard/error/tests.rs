@@ -56,9 +56,10 @@ fn variant(e: &Error) -> usize {
         E::NotLeader { .. } => 44,
         E::ReplicationBusy { .. } => 45,
         E::ReplicationStopped { .. } => 46,
+        E::ReplicaOffline { .. } => 47,
     }
 }
-const VARIANTS: usize = 47;
+const VARIANTS: usize = 48;
 
 fn bad_event() -> DecodeError {
     DecodeError::TooLarge { have: 9, max: 8 }
@@ -119,6 +120,15 @@ fn replication_rows() -> Vec<(Error, ErrorCode)> {
                 why: "EIO".into(),
             },
             C::StorageError,
+        ),
+        (
+            Error::ReplicaOffline {
+                stream: "s".into(),
+                partition: 0,
+                why: "log.meta lost".into(),
+                leader: None,
+            },
+            C::NotLeader,
         ),
     ]
 }
@@ -465,4 +475,29 @@ fn each_limit_names_its_setting_in_its_message() {
         assert_eq!(e.code(), ErrorCode::LimitExceeded);
         assert!(e.to_string().contains(limit.setting()), "{e}");
     }
+}
+
+/// An offline replica's refusal says why and names another replica, which
+/// the wire carries as a `NotLeader` hint a client follows.
+#[test]
+fn an_offline_replica_names_its_reason_and_another_replica() {
+    let leader = LeaderAt {
+        node_id: 3,
+        address: "127.0.0.1:7003".into(),
+        shard_port: 0,
+        term: 0,
+    };
+    let e = Error::ReplicaOffline {
+        stream: stream("orders"),
+        partition: 2,
+        why: "log.meta lost".into(),
+        leader: Some(leader),
+    };
+    assert_eq!(
+        e.to_string(),
+        "orders/2: this node's replica is offline: log.meta lost; ask node 3 at 127.0.0.1:7003"
+    );
+    assert_eq!(e.code(), ErrorCode::NotLeader);
+    let hint = e.leader_hint().map(|h| (h.node_id, h.address.to_owned()));
+    assert_eq!(hint, Some((3, "127.0.0.1:7003".to_owned())));
 }

@@ -65,7 +65,7 @@
 //! (recovery needs one good copy).
 //!
 //! **A lost `log.meta`** (both slots bad, `meta::state` = `Lost`; one bad
-//! slot is survived by the other) refuses the start of a replicated log,
+//! slot is survived by the other) refuses to open a replicated log,
 //! changing nothing: the hard state is gone, so the highest term t this
 //! replica r held, and voted or acknowledged in, is unknown. Rebuilding r
 //! under its id on an empty log with no voters (as a moved-in replica) is
@@ -88,9 +88,12 @@
 //!   needs the current terms of a majority of the other voters (a poll no
 //!   message here carries).
 //!
-//! So the operator restores the directory, or moves the replica off the
-//! node (a conf change removing r is committed by the others; r, down,
-//! acknowledges nothing meanwhile). A log its caller knows is replicated
+//! So the replica stays down: a partition's (or a pipeline run's) is
+//! offline on its node, which serves everything else (`shard/offline.rs`;
+//! the metadata log's refuses the node's start). The operator restores the
+//! directory and restarts the node, or moves the replica off the node (a
+//! conf change removing r is committed by the others; r, down,
+//! acknowledges nothing meanwhile), and the node then deletes it. A log its caller knows is replicated
 //! (`open_log_as`) is handled so even before its `log.meta` records a
 //! configuration (a joining replica before its first conf change), and a
 //! torn first write of `log.meta` (never recorded anything) opens as new.
@@ -186,16 +189,17 @@ async fn is_replicated<S: Storage>(storage: &S, dir: &Path) -> Result<bool, Stri
     }))
 }
 
-/// The refusal to start a replica whose `log.meta` is lost (module
+/// The refusal to open a replica whose `log.meta` is lost (module
 /// header, "A lost `log.meta`").
 fn lost_meta_error(dir: &Path) -> String {
     format!(
         "{}: neither of its two slots is valid, so this replica's Raft term and vote are lost; \
          it must not rejoin its group under a guessed term (it could vote twice in one term, \
-         or help a stale leader commit over entries it had acknowledged), so the start is \
-         refused and nothing was changed. Restore the directory from a copy taken while this \
-         node was down, or move the partition's replica off this node (the reconciler refills \
-         a new one from the leader) and then delete {}",
+         or help a stale leader commit over entries it had acknowledged), so it is not opened \
+         and nothing was changed. Restore the directory from a copy taken while this node was \
+         down and restart the node, or move this replica off the node (hadron cluster move, \
+         or hadron cluster rebalance --drain): the group refills a new one from the leader, \
+         and this node then deletes {}",
         hadron_engine::log::meta::meta_path(dir).display(),
         dir.display()
     )
@@ -204,7 +208,9 @@ fn lost_meta_error(dir: &Path) -> String {
 /// Opens the log in `dir`. A replicated one (`replicated`: its caller
 /// knows it is, or see [`is_replicated`]) that is damaged anywhere is cut
 /// before the damage, the marker written first (module header), and one
-/// whose `log.meta` is lost refuses to open; a single node's opens as
+/// whose `log.meta` is lost refuses to open, changing nothing (its caller
+/// says so once: a partition goes offline on this node, the metadata log
+/// refuses the start); a single node's opens as
 /// [`Log::open`] does (damage refuses the open or leaves the log
 /// read-only, for `hadron repair`).
 pub async fn open_log_as<S: Storage + Clone>(
@@ -221,9 +227,7 @@ pub async fn open_log_as<S: Storage + Clone>(
         .await
         .map_err(|e| format!("reading {}: {e}", dir.display()))?;
     if state == hadron_engine::log::meta::MetaState::Lost {
-        let e = lost_meta_error(dir);
-        tracing::error!("{e}");
-        return Err(e);
+        return Err(lost_meta_error(dir));
     }
     let found = Log::find_damage(storage, dir, &config)
         .await
