@@ -45,6 +45,7 @@ pub(super) fn offline_replica_status(why: &str) -> partition::replica::ReplicaSt
         last_index: 0,
         high_watermark: 0,
         voters: Vec::new(),
+        learners: Vec::new(),
         preferred: 0,
         recovering: false,
         inbox_dropped: 0,
