@@ -110,15 +110,7 @@ async fn a_stream_applied_after_a_node_was_added_is_placed_on_it_too_the_same_on
     // through a node hosting it (a node holding no replica of a partition
     // does not know its leader).
     for (partition, voters) in &placement {
-        let publisher = cluster
-            .client(voters[0])
-            .publisher_for(STREAM, "placed-publisher")
-            .await
-            .unwrap();
-        let mut event = hadron::NewEvent::new("order.created", b"e".to_vec());
-        event.id = format!("e-{partition}");
-        let ack = publisher.publish_to(*partition, event).await.unwrap();
-        assert_eq!(ack.offset, 0, "{STREAM}/{partition}: {ack:?}");
+        publish_first(&cluster, voters[0], *partition, "e").await;
     }
 
     // The stream grows by 2 partitions: only they are placed, on the
@@ -129,16 +121,25 @@ async fn a_stream_applied_after_a_node_was_added_is_placed_on_it_too_the_same_on
     assert_eq!(grown[..PARTITIONS as usize], placement[..], "{grown:?}");
     for (partition, voters) in &grown[PARTITIONS as usize..] {
         assert!(voters.contains(&new), "{partition}: {voters:?}");
-        let publisher = cluster
-            .client(voters[0])
-            .publisher_for(STREAM, "placed-publisher")
-            .await
-            .unwrap();
-        let mut event = hadron::NewEvent::new("order.created", b"e".to_vec());
-        event.id = format!("grown-{partition}");
-        let ack = publisher.publish_to(*partition, event).await.unwrap();
-        assert_eq!(ack.offset, 0, "{STREAM}/{partition}: {ack:?}");
+        publish_first(&cluster, voters[0], *partition, "grown").await;
     }
+}
+
+/// Publishes the first event of `STREAM`'s `partition` through node
+/// `via` (which hosts it): acknowledged at offset 0.
+async fn publish_first(cluster: &Cluster, via: u64, partition: u32, tag: &str) {
+    let publisher = cluster
+        .client(via)
+        .publisher_for(STREAM, "placed-publisher")
+        .await
+        .unwrap_or_else(|e| panic!("a publisher at node {via}: {e}"));
+    let mut event = hadron::NewEvent::new("order.created", b"e".to_vec());
+    event.id = format!("{tag}-{partition}");
+    let ack = publisher
+        .publish_to(partition, event)
+        .await
+        .unwrap_or_else(|e| panic!("{STREAM}/{partition}: {e}"));
+    assert_eq!(ack.offset, 0, "{STREAM}/{partition}: {ack:?}");
 }
 
 /// `hadron apply` of `STREAM` with `partitions` partitions of 3 replicas,

@@ -105,6 +105,18 @@ async fn await_repaired(cluster: &Cluster, id: u64, path: &Path, at: usize, byte
     .await;
 }
 
+/// `replicas` with `out` replaced by a node holding none of them.
+fn replaced(cluster: &Cluster, replicas: &[u64], out: u64) -> Vec<u64> {
+    let spare = cluster
+        .ids()
+        .into_iter()
+        .find(|id| !replicas.contains(id))
+        .unwrap_or_else(|| panic!("a node outside {replicas:?}"));
+    let mut target: Vec<u64> = replicas.iter().copied().filter(|&id| id != out).collect();
+    target.push(spare);
+    target
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_damaged_in_a_sealed_and_its_active_segment_repairs_from_its_peers() {
     let mut cluster = Cluster::start(options());
@@ -346,17 +358,7 @@ async fn a_follower_whose_log_meta_is_lost_takes_only_that_partition_offline_unt
     );
 
     // Moved off the node: the node deletes the directory, no restart.
-    let spare = *cluster
-        .ids()
-        .iter()
-        .find(|id| !replicas.contains(id))
-        .unwrap();
-    let mut target: Vec<u64> = replicas
-        .iter()
-        .copied()
-        .filter(|&id| id != follower)
-        .collect();
-    target.push(spare);
+    let target = replaced(&cluster, &replicas, follower);
     let to: Vec<String> = target.iter().map(u64::to_string).collect();
     let urls: Vec<String> = cluster
         .ids()
@@ -426,17 +428,7 @@ async fn a_replica_with_a_lost_log_meta_moved_off_while_its_node_was_down_is_del
     // Lost while the node is down, and moved off meanwhile.
     cluster.node(follower).kill_now();
     lose_log_meta(&dir.join("log"));
-    let spare = *cluster
-        .ids()
-        .iter()
-        .find(|id| !replicas.contains(id))
-        .unwrap();
-    let mut target: Vec<u64> = replicas
-        .iter()
-        .copied()
-        .filter(|&id| id != follower)
-        .collect();
-    target.push(spare);
+    let target = replaced(&cluster, &replicas, follower);
     let to: Vec<String> = target.iter().map(u64::to_string).collect();
     let urls: Vec<String> = target.iter().map(|&id| cluster.client_addr(id)).collect();
     let out = move_cli(STREAM, &to.join(","), &urls.join(","));

@@ -211,6 +211,15 @@ pub async fn rebalance(
     Ok(())
 }
 
+/// A list of node ids in a status document, as text.
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(Value::to_string)
+        .collect()
+}
+
 fn node_urls(urls: &str) -> Result<Vec<&str>, String> {
     let list: Vec<&str> = urls
         .split(',')
@@ -262,22 +271,12 @@ pub async fn status(urls: &str, as_json: bool) -> Result<(), String> {
                 Some(l) => format!("lag {l}"),
                 None => "lag ?".into(),
             };
-            let voters: Vec<String> = r["voters"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(Value::to_string)
-                .collect();
+            let voters = ids(&r["voters"]);
             let applied = r["meta_applied"]
                 .as_u64()
                 .map(|a| format!("  applied {a}"))
                 .unwrap_or_default();
-            let learners: Vec<String> = r["learners"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(Value::to_string)
-                .collect();
+            let learners = ids(&r["learners"]);
             let learners = if learners.is_empty() {
                 String::new()
             } else {

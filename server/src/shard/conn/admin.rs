@@ -10,13 +10,7 @@ pub(super) async fn apply(shard: &Rc<Shard>, yaml: String, force: bool) -> Resul
         .config
         .check_apply_bytes(yaml.len())
         .map_err(Error::from)?;
-    match shard.call(0, Request::Apply { yaml, force }).await {
-        Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
-            let summary = summary.iter().map(String::as_str).collect();
-            outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
-        })),
-        other => Err(unexpected(other)),
-    }
+    applied(shard.call(0, Request::Apply { yaml, force }).await)
 }
 
 /// Moves a replicated partition's replicas (on shard 0, which persists
@@ -32,13 +26,7 @@ pub(super) async fn move_partition(
         partition,
         voters,
     };
-    match shard.call(0, req).await {
-        Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
-            let summary = summary.iter().map(String::as_str).collect();
-            outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
-        })),
-        other => Err(unexpected(other)),
-    }
+    applied(shard.call(0, req).await)
 }
 
 /// Rebalances the cluster's replicated partitions (on shard 0, where the
@@ -54,7 +42,12 @@ pub(super) async fn rebalance(
         moves_max,
         dry_run,
     });
-    match shard.call(0, req).await {
+    applied(shard.call(0, req).await)
+}
+
+/// An admin change's answer: `ApplyOk` with the lines of what was done.
+pub(super) fn applied(reply: Reply) -> Result<Encode, Error> {
+    match reply {
         Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
             let summary = summary.iter().map(String::as_str).collect();
             outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
@@ -75,13 +68,7 @@ pub(super) fn node_add(m: &hadron_wire::NodeAdd<'_>) -> NodeChange {
 /// Adds or removes a node of the cluster (on shard 0, serialized with
 /// applies and moves).
 pub(super) async fn change_nodes(shard: &Rc<Shard>, change: NodeChange) -> Result<Encode, Error> {
-    match shard.call(0, Request::Nodes(change)).await {
-        Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
-            let summary = summary.iter().map(String::as_str).collect();
-            outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
-        })),
-        other => Err(unexpected(other)),
-    }
+    applied(shard.call(0, Request::Nodes(change)).await)
 }
 
 /// The status document of every shard.

@@ -24,13 +24,7 @@ pub(super) fn spec_of(t: &hadron_wire::TokenCreate<'_>) -> TokenSpec {
 
 /// Creates or revokes a token; answered with `ApplyOk`.
 pub(super) async fn change(shard: &Rc<Shard>, change: TokenChange) -> Result<Encode, Error> {
-    match shard.call(0, Request::Tokens(change)).await {
-        Reply::Applied(summary) => Ok(Box::new(move |id, outbox: &Outbox| {
-            let summary = summary.iter().map(String::as_str).collect();
-            outbox.send(id, &Message::ApplyOk(hadron_wire::ApplyOk { summary }))
-        })),
-        other => Err(unexpected(other)),
-    }
+    super::admin::applied(shard.call(0, Request::Tokens(change)).await)
 }
 
 /// The tokens' names and scopes, in name order.
