@@ -65,7 +65,7 @@ pub use room::Unlimited;
 
 mod room;
 
-use room::Budgets;
+pub(super) use room::Budgets;
 
 /// First redelivery delay after a nack; doubles per attempt.
 const NACK_BACKOFF_INITIAL_MS: u64 = 100;
