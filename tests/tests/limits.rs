@@ -444,7 +444,10 @@ async fn pipeline_totals(server: &Server, name: &str) -> ((u64, u64, u64), Vec<(
         .unwrap_or_else(|| panic!("no pipeline {name} in {doc}"));
     let e = &p["executions"];
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{v} in {p}"));
-    let stages = p["stages"].as_array().unwrap().iter();
+    let stages = p["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stages in {p}"));
+    let stages = stages.iter();
     let stages = stages
         .map(|s| (n(&s["completed"]), n(&s["errors"])))
         .collect();
