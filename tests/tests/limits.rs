@@ -385,31 +385,6 @@ fn stage_a_output(root_id: &str) -> Vec<u8> {
     )
 }
 
-/// A raw member of `stage` of `pipeline` with room for `max_in_flight`.
-async fn raw_stage_member(
-    server: &Server,
-    pipeline: &str,
-    stage: &str,
-    max_in_flight: u32,
-) -> RawConn {
-    let mut member = RawConn::handshaken(server.port()).await;
-    let reply = member
-        .request(
-            &Message::PipelineSubscribe(hadron_wire::PipelineSubscribe {
-                pipeline,
-                stage,
-                max_in_flight,
-            }),
-            &mut Vec::new(),
-        )
-        .await;
-    assert!(
-        matches!(reply, Frame::AckOk { .. }),
-        "PipelineSubscribe: {reply:?}"
-    );
-    member
-}
-
 /// Acks a stage delivery without waiting for the answer (the handler's
 /// loop reads it later).
 async fn send_stage_ack(member: &mut RawConn, delivery_id: u64, output: &[u8]) {
@@ -469,7 +444,10 @@ async fn pipeline_totals(server: &Server, name: &str) -> ((u64, u64, u64), Vec<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_handler_that_does_not_read_stops_receiving_until_it_drains() {
     const ROOTS: u64 = 200;
-    const ACK_TIMEOUT_MS: u64 = 300;
+    // Long enough for a loaded machine to read what the socket holds
+    // (about 75 deliveries) once the handler reads again: at 300 ms, with
+    // 3 copies of this test at once, deliveries timed out over and over.
+    const ACK_TIMEOUT_MS: u64 = 1000;
     const MAX_ATTEMPTS: u64 = 10;
     /// Ack timeouts the handler does not read for.
     const STUCK_TIMEOUTS: u64 = 4;
@@ -488,8 +466,8 @@ async fn a_stage_handler_that_does_not_read_stops_receiving_until_it_drains() {
          - {{ name: a }}\n    - {{ name: b, dependencies: [a], ackTimeoutMs: 30000 }}\n"
     );
     client.apply(&yaml).await.unwrap();
-    let mut slow = raw_stage_member(&server, "stuck", "a", 1000).await;
-    let mut b_member = raw_stage_member(&server, "stuck", "b", 1000).await;
+    let mut slow = RawConn::stage_member(server.port(), "stuck", "a", 1000).await;
+    let mut b_member = RawConn::stage_member(server.port(), "stuck", "b", 1000).await;
     let (_, hwm_before) = memory_kib(pid);
     hadron_tests::fill_partition(&client, "wide", 0, "w", ROOTS as usize, 60 << 10).await;
     serves_another_client(&server, "after-wide").await;
@@ -517,16 +495,19 @@ async fn a_stage_handler_that_does_not_read_stops_receiving_until_it_drains() {
     // for its live executions, with 1 or 3 copies of this test at once;
     // the same before stage deliveries were bounded by the outbox (a
     // delivery to a full outbox was dropped before it was encoded), which
-    // bounded the timeouts instead: 72 to 78 here, against 850 to 964.
+    // bounded the timeouts instead: 74 here, against 793 to 829.
     assert!(
         grew_mib < 20,
         "peak RSS grew {grew_mib} MiB ({hwm_before} -> {hwm_held} KiB) while the stage handler did not read"
     );
-    // Now both handlers read and ack: `b` records what it received.
+    // Now both handlers read and ack: `b` records what it received, until
+    // it saw every root and its acks were answered (it keeps its
+    // connection: an ack not read yet when it closed would not count).
     let b_task = tokio::spawn(async move {
         let mut got: std::collections::BTreeMap<String, Vec<(u32, String, Vec<u8>)>> =
             Default::default();
-        while (got.len() as u64) < ROOTS {
+        let (mut acked, mut answered) = (0, 0);
+        while (got.len() as u64) < ROOTS || answered < acked {
             match b_member.recv_within(Duration::from_secs(30)).await {
                 Some(Some(Frame::StageDelivery(d))) => {
                     let input = d.inputs.get("a").map(|e| (e.id.clone(), e.data.clone()));
@@ -541,8 +522,12 @@ async fn a_stage_handler_that_does_not_read_stops_receiving_until_it_drains() {
                         b"",
                     );
                     send_stage_ack(&mut b_member, d.delivery_id, &output).await;
+                    acked += 1;
                 }
-                Some(Some(frame)) => expect_stage_ack_answer(&frame),
+                Some(Some(frame)) => {
+                    expect_stage_ack_answer(&frame);
+                    answered += 1;
+                }
                 None => break,
                 other => panic!(
                     "stage b: expected a frame, got {other:?} after {} roots",
@@ -550,7 +535,7 @@ async fn a_stage_handler_that_does_not_read_stops_receiving_until_it_drains() {
                 ),
             }
         }
-        got
+        (got, b_member)
     });
     let mut a_roots = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -570,7 +555,7 @@ async fn a_stage_handler_that_does_not_read_stops_receiving_until_it_drains() {
             Some(None) => panic!("stage a: the server closed the connection"),
         }
     }
-    let b_got = b_task.await.unwrap();
+    let (b_got, _b_member) = b_task.await.unwrap();
     if (b_got.len() as u64) < ROOTS {
         let doc = hadron_tests::status(&server.client()).await;
         panic!(

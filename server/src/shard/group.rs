@@ -61,7 +61,7 @@ use super::partition::Partition;
 pub use super::deliver::MemberId;
 pub use room::ConnRoom;
 #[cfg(test)]
-pub use room::Unlimited;
+pub use room::{TestRoom, Unlimited};
 
 mod room;
 
@@ -621,7 +621,7 @@ impl<C: Clock> Drop for GroupPartition<C> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
     use std::time::Instant;
 
@@ -821,7 +821,7 @@ mod tests {
 
     /// A partition on simulated storage and `clock` holding `n` events of
     /// `data_bytes` of data each.
-    pub(super) fn partition_with(
+    pub(in crate::shard) fn partition_with(
         clock: &SimClock,
         n: u64,
         data_bytes: usize,

@@ -64,6 +64,37 @@ impl ConnRoom for Unlimited {
     }
 }
 
+/// The room a test gives each member's connection, by connection
+/// (unlimited when not set).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct TestRoom {
+    free: RefCell<HashMap<u64, u64>>,
+}
+
+#[cfg(test)]
+impl TestRoom {
+    /// Connection `conn` can take `bytes`.
+    pub fn set(&self, conn: u64, bytes: u64) {
+        self.free.borrow_mut().insert(conn, bytes);
+    }
+
+    /// `bytes` were pushed to connection `conn` (its outbox fills).
+    pub fn spend(&self, conn: u64, bytes: u64) {
+        if let Some(free) = self.free.borrow_mut().get_mut(&conn) {
+            *free = free.saturating_sub(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+impl ConnRoom for TestRoom {
+    fn free_bytes(&self, member: MemberId) -> u64 {
+        let free = self.free.borrow();
+        free.get(&member.conn).copied().unwrap_or(u64::MAX)
+    }
+}
+
 /// One round's room: each member's connection's, asked once per round
 /// (when the member is first considered), and the round's own
 /// [`ROUND_EVENT_BYTES_MAX`]; spent as events are handed out.

@@ -4,8 +4,7 @@
 //! timeouts pass; what it could not take goes to another member of the
 //! stage, or to it once it drained, and every execution completes once.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,8 +19,9 @@ use super::super::{PipelineRun, StageOutgoing};
 use crate::config::{PipelineSpec, RetrySpec, StageSpec, StartPoint};
 use crate::shard::clock::sim::SimClock;
 use crate::shard::deliver::MemberId;
-use crate::shard::group::ConnRoom;
-use crate::shard::partition::{DedupLimits, Partition};
+use crate::shard::group::TestRoom;
+use crate::shard::group::tests::partition_with;
+use crate::shard::partition::Partition;
 
 type SimRun = PipelineRun<SimStorage, SimClock>;
 
@@ -41,33 +41,10 @@ const B_CONN: u64 = 2;
 /// Another member of stage `a`.
 const OTHER: u64 = 3;
 
-/// The room the test gives each member's connection, by connection
-/// (unlimited when not set), less what the deliveries pushed to it since
-/// take (the outbox fills).
-#[derive(Default)]
-struct TestRoom {
-    free: RefCell<HashMap<u64, u64>>,
-}
-
-impl TestRoom {
-    fn set(&self, conn: u64, bytes: u64) {
-        self.free.borrow_mut().insert(conn, bytes);
-    }
-
-    /// `out` was pushed to its members' connections.
-    fn pushed(&self, out: &[StageOutgoing]) {
-        for d in out {
-            if let Some(free) = self.free.borrow_mut().get_mut(&d.member.conn) {
-                *free = free.saturating_sub(bytes(std::slice::from_ref(d)) as u64);
-            }
-        }
-    }
-}
-
-impl ConnRoom for TestRoom {
-    fn free_bytes(&self, member: MemberId) -> u64 {
-        let free = self.free.borrow();
-        free.get(&member.conn).copied().unwrap_or(u64::MAX)
+/// `out` was pushed to its members' connections: `room` fills.
+fn pushed(room: &TestRoom, out: &[StageOutgoing]) {
+    for d in out {
+        room.spend(d.member.conn, bytes(std::slice::from_ref(d)) as u64);
     }
 }
 
@@ -80,43 +57,8 @@ fn member(conn: u64) -> MemberId {
 }
 
 /// A source partition holding [`ROOTS`] trigger events.
-fn source(
-    pool: &mut LocalPool,
-    storage: &SimStorage,
-    clock: &SimClock,
-) -> Rc<Partition<SimStorage, SimClock>> {
-    let p = pool
-        .run_until(Partition::open(
-            storage,
-            clock.clone(),
-            Path::new("/pipeline-room"),
-            "s",
-            0,
-            LogConfig::default(),
-            DedupLimits {
-                window_ms: 0,
-                keys_max: 1,
-            },
-            Limits::DEFAULT,
-            16,
-        ))
-        .unwrap();
-    let data = vec![7u8; ROOT_DATA_BYTES];
-    let events: Vec<Vec<u8>> = (0..ROOTS)
-        .map(|i| {
-            hadron_wire::encode_event(&hadron_wire::EventRef {
-                id: &i.to_string(),
-                source: "t",
-                ty: "t",
-                data: &data,
-                ..hadron_wire::EventRef::default()
-            })
-        })
-        .collect();
-    for batch in events.chunks(8) {
-        pool.run_until(p.publish(batch)).unwrap();
-    }
-    Rc::new(p)
+fn source(clock: &SimClock) -> Rc<Partition<SimStorage, SimClock>> {
+    Rc::new(partition_with(clock, ROOTS, ROOT_DATA_BYTES))
 }
 
 /// Pipeline `name` on `source`: `a`, then `b` with `a`'s output; every
@@ -173,7 +115,7 @@ fn rounds(
         if out.is_empty() {
             return all;
         }
-        room.pushed(&out);
+        pushed(room, &out);
         all.extend(out);
     }
 }
@@ -230,7 +172,7 @@ fn a_stage_member_whose_connection_is_full_gets_nothing_built_across_ack_timeout
     let mut pool = LocalPool::new();
     let clock = SimClock::new(EPOCH_MS);
     let storage = SimStorage::new(1, SimFaults::default());
-    let p = source(&mut pool, &storage, &clock);
+    let p = source(&clock);
     let root_bytes = pool.run_until(p.event_at(0)).unwrap().len();
     let (stuck, unchecked) = (
         open_run(&mut pool, &storage, &p, "stuck"),
@@ -327,7 +269,7 @@ fn held_back_stages_go_to_a_member_of_the_stage_whose_connection_has_room() {
     let mut pool = LocalPool::new();
     let clock = SimClock::new(EPOCH_MS);
     let storage = SimStorage::new(1, SimFaults::default());
-    let p = source(&mut pool, &storage, &clock);
+    let p = source(&clock);
     let run = open_run(&mut pool, &storage, &p, "moved");
     run.attach(member(STUCK), 0, 100);
     run.attach(member(OTHER), 0, 100);
