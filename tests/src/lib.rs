@@ -942,6 +942,38 @@ impl RawConn {
         }
     }
 
+    /// A connection to `127.0.0.1:port`, handshaken, that is a member of
+    /// `stage` of `pipeline` with room for `max_in_flight` deliveries.
+    pub async fn stage_member(
+        port: u16,
+        pipeline: &str,
+        stage: &str,
+        max_in_flight: u32,
+    ) -> RawConn {
+        let mut member = RawConn::handshaken(port).await;
+        member
+            .pipeline_subscribe(pipeline, stage, max_in_flight)
+            .await;
+        member
+    }
+
+    /// Subscribes as a member of `stage` of `pipeline` with room for
+    /// `max_in_flight` deliveries.
+    pub async fn pipeline_subscribe(&mut self, pipeline: &str, stage: &str, max_in_flight: u32) {
+        let subscribe = hadron_wire::PipelineSubscribe {
+            pipeline,
+            stage,
+            max_in_flight,
+        };
+        let reply = self
+            .request(&Message::PipelineSubscribe(subscribe), &mut Vec::new())
+            .await;
+        assert!(
+            matches!(reply, Frame::AckOk { .. }),
+            "PipelineSubscribe: {reply:?}"
+        );
+    }
+
     /// The next delivery within `timeout`; `None` when none came.
     pub async fn next_delivery(&mut self, timeout: Duration) -> Option<RawDelivery> {
         match self.recv_within(timeout).await {

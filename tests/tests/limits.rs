@@ -1,8 +1,10 @@
 //! Connection limits, each at its boundary: connections in all, the
 //! handshake and idle timeouts, the frame limit before the handshake, and a
 //! connection's outbox budget (a client that pipelines large Fetches and
-//! never reads costs only its own budget). Each case checks the answer and
-//! that the server still serves another client afterwards.
+//! never reads costs only its own budget; a group subscriber or a stage
+//! handler that stops reading gets nothing more until it drains). Each
+//! case checks the answer and that the server still serves another client
+//! afterwards.
 
 use std::time::Duration;
 
@@ -371,4 +373,211 @@ async fn a_subscriber_that_does_not_read_stops_receiving_until_it_drains() {
         }
     }
     assert_eq!(seen.len() as u64, EVENTS);
+}
+
+/// Stage `a`'s output for the root event `root_id`.
+fn stage_a_output(root_id: &str) -> Vec<u8> {
+    hadron_tests::event_bytes(
+        &format!("{root_id}/a"),
+        "stage-a",
+        "a.done",
+        root_id.as_bytes(),
+    )
+}
+
+/// Acks a stage delivery without waiting for the answer (the handler's
+/// loop reads it later).
+async fn send_stage_ack(member: &mut RawConn, delivery_id: u64, output: &[u8]) {
+    let ack = hadron_wire::StageAck {
+        delivery_id,
+        output,
+    };
+    member.send(&Message::StageAck(ack)).await;
+}
+
+/// An answer to a stage ack: OK, or, for a late copy of a stage that
+/// completed since (a delivery that waited in the socket past its ack
+/// timeout), `UnknownDelivery`.
+fn expect_stage_ack_answer(frame: &Frame) {
+    match frame {
+        Frame::AckOk { .. } => {}
+        Frame::Error {
+            code: ErrorCode::UnknownDelivery,
+            ..
+        } => {}
+        other => panic!("expected an answer to a stage ack, got {other:?}"),
+    }
+}
+
+/// The totals of pipeline `name` in the status document: (active,
+/// completed, failed), and each stage's (completed, errors).
+async fn pipeline_totals(server: &Server, name: &str) -> ((u64, u64, u64), Vec<(u64, u64)>) {
+    let doc = hadron_tests::status(&server.client()).await;
+    let p = doc["pipelines"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no pipeline {name} in {doc}"));
+    let e = &p["executions"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{v} in {p}"));
+    let stages = p["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stages in {p}"));
+    let stages = stages.iter();
+    let stages = stages
+        .map(|s| (n(&s["completed"]), n(&s["errors"])))
+        .collect();
+    (
+        (n(&e["active"]), n(&e["completed"]), n(&e["failed"])),
+        stages,
+    )
+}
+
+/// A stage handler that does not read its socket gets no stage delivery
+/// built for it once its outbox is full: 200 root events of 60 KiB whose
+/// stage `a` goes to a handler with a window of 1,000 that stops reading
+/// for four ack timeouts leave the server's peak RSS near where it was
+/// (beyond the 12 MB of root events the run holds), and time out only the
+/// deliveries that were already on their way, not every ready stage again
+/// at every ack timeout (which also burnt an attempt of every execution
+/// each time). Once it reads again, every execution completes once: `b`
+/// gets each root once, with `a`'s output for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_handler_that_does_not_read_stops_receiving_until_it_drains() {
+    const ROOTS: u64 = 200;
+    // Long enough for a loaded machine to read what the socket holds
+    // (about 75 deliveries) once the handler reads again: at 300 ms, with
+    // 3 copies of this test at once, deliveries timed out over and over.
+    const ACK_TIMEOUT_MS: u64 = 1000;
+    const MAX_ATTEMPTS: u64 = 10;
+    /// Ack timeouts the handler does not read for.
+    const STUCK_TIMEOUTS: u64 = 4;
+    let server = server_with("frameBytesMax: 262144\noutboxBytesMax: 524288\n");
+    let pid = server.pid().unwrap();
+    let client = server.client();
+    hadron_tests::create_stream(&client, "wide", 1).await;
+    // The same publishes to a stream no one reads first (see
+    // `a_subscriber_that_does_not_read_stops_receiving_until_it_drains`).
+    hadron_tests::create_stream(&client, "warm", 1).await;
+    hadron_tests::fill_partition(&client, "warm", 0, "w", ROOTS as usize, 60 << 10).await;
+    let yaml = format!(
+        "apiVersion: hadron.rs/v1beta1\nkind: Pipeline\nmetadata: {{ name: stuck }}\nspec:\n  \
+         sourceStream: wide\n  maxParallel: {ROOTS}\n  ackTimeoutMs: {ACK_TIMEOUT_MS}\n  \
+         retry: {{ initialDelayMs: 1, maxDelayMs: 1, maxAttempts: {MAX_ATTEMPTS} }}\n  stages:\n    \
+         - {{ name: a }}\n    - {{ name: b, dependencies: [a], ackTimeoutMs: 30000 }}\n"
+    );
+    client.apply(&yaml).await.unwrap();
+    let mut slow = RawConn::stage_member(server.port(), "stuck", "a", 1000).await;
+    let mut b_member = RawConn::stage_member(server.port(), "stuck", "b", 1000).await;
+    let (_, hwm_before) = memory_kib(pid);
+    hadron_tests::fill_partition(&client, "wide", 0, "w", ROOTS as usize, 60 << 10).await;
+    serves_another_client(&server, "after-wide").await;
+    // The handler does not read for a few ack timeouts. (The pause is the
+    // scenario, not a wait for the server.)
+    tokio::time::sleep(Duration::from_millis(STUCK_TIMEOUTS * ACK_TIMEOUT_MS)).await;
+    serves_another_client(&server, "after-timeouts").await;
+    let (_, hwm_held) = memory_kib(pid);
+    let grew_mib = hwm_held.saturating_sub(hwm_before) / 1024;
+    eprintln!("peak RSS grew {grew_mib} MiB while the stage handler did not read");
+    let (totals, stages) = pipeline_totals(&server, "stuck").await;
+    assert_eq!(totals.2, 0, "no execution failed: {totals:?}");
+    // Timed out: what the socket and the outbox took before the handler
+    // stopped (each root at most once, about 75 of 200 here), and now and then
+    // the oldest stage again when the socket took a few more bytes; when
+    // every ready stage went out again at every ack timeout, at least
+    // `ROOTS` per timeout.
+    let errors = stages[0].1;
+    eprintln!("stage a: {errors} deliveries timed out while its handler did not read");
+    assert!(
+        errors < 2 * ROOTS,
+        "{errors} stage deliveries timed out for a handler that did not read"
+    );
+    // Measured: 13 to 14 MiB, 12 of them the root events the run holds
+    // for its live executions, with 1 or 3 copies of this test at once;
+    // the same before stage deliveries were bounded by the outbox (a
+    // delivery to a full outbox was dropped before it was encoded), which
+    // bounded the timeouts instead: 74 here, against 793 to 829.
+    assert!(
+        grew_mib < 20,
+        "peak RSS grew {grew_mib} MiB ({hwm_before} -> {hwm_held} KiB) while the stage handler did not read"
+    );
+    // Now both handlers read and ack: `b` records what it received, until
+    // it saw every root and its acks were answered (it keeps its
+    // connection: an ack not read yet when it closed would not count).
+    let b_task = tokio::spawn(async move {
+        let mut got: std::collections::BTreeMap<String, Vec<(u32, String, Vec<u8>)>> =
+            Default::default();
+        let (mut acked, mut answered) = (0, 0);
+        while (got.len() as u64) < ROOTS || answered < acked {
+            match b_member.recv_within(Duration::from_secs(30)).await {
+                Some(Some(Frame::StageDelivery(d))) => {
+                    let input = d.inputs.get("a").map(|e| (e.id.clone(), e.data.clone()));
+                    let (input_id, input_data) = input.unwrap_or_default();
+                    got.entry(d.root.id.clone())
+                        .or_default()
+                        .push((d.attempt, input_id, input_data));
+                    let output = hadron_tests::event_bytes(
+                        &format!("{}/b", d.root.id),
+                        "stage-b",
+                        "b.done",
+                        b"",
+                    );
+                    send_stage_ack(&mut b_member, d.delivery_id, &output).await;
+                    acked += 1;
+                }
+                Some(Some(frame)) => {
+                    expect_stage_ack_answer(&frame);
+                    answered += 1;
+                }
+                None => break,
+                other => panic!(
+                    "stage b: expected a frame, got {other:?} after {} roots",
+                    got.len()
+                ),
+            }
+        }
+        (got, b_member)
+    });
+    let mut a_roots = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !b_task.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stage a: only {} roots in 60 s",
+            a_roots.len()
+        );
+        match slow.recv_within(Duration::from_millis(100)).await {
+            None => {}
+            Some(Some(Frame::StageDelivery(d))) => {
+                a_roots.insert(d.root.id.clone());
+                send_stage_ack(&mut slow, d.delivery_id, &stage_a_output(&d.root.id)).await;
+            }
+            Some(Some(frame)) => expect_stage_ack_answer(&frame),
+            Some(None) => panic!("stage a: the server closed the connection"),
+        }
+    }
+    let (b_got, _b_member) = b_task.await.unwrap();
+    if (b_got.len() as u64) < ROOTS {
+        let doc = hadron_tests::status(&server.client()).await;
+        panic!(
+            "b got {} roots; a got {}; status {doc}",
+            b_got.len(),
+            a_roots.len()
+        );
+    }
+    assert_eq!(a_roots.len() as u64, ROOTS);
+    for (root, got) in &b_got {
+        let want = (1, format!("{root}/a"), root.as_bytes().to_vec());
+        assert_eq!(got, &[want], "what b received for {root}");
+    }
+    let expected = (0, ROOTS, 0);
+    eventually(
+        Duration::from_secs(20),
+        "every execution completed",
+        || async {
+            let (totals, stages) = pipeline_totals(&server, "stuck").await;
+            let completed: Vec<u64> = stages.iter().map(|s| s.0).collect();
+            (totals == expected && completed == [ROOTS, ROOTS]).then_some(())
+        },
+    )
+    .await;
 }

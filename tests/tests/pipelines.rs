@@ -665,23 +665,7 @@ async fn raw_stage_member_with_room(
     stage: &str,
     max_in_flight: u32,
 ) -> RawConn {
-    let mut member = RawConn::handshaken(server.port()).await;
-    let mut pushed = Vec::new();
-    let reply = member
-        .request(
-            &Message::PipelineSubscribe(hadron_wire::PipelineSubscribe {
-                pipeline,
-                stage,
-                max_in_flight,
-            }),
-            &mut pushed,
-        )
-        .await;
-    assert!(
-        matches!(reply, Frame::AckOk { .. }),
-        "PipelineSubscribe: {reply:?}"
-    );
-    member
+    RawConn::stage_member(server.port(), pipeline, stage, max_in_flight).await
 }
 
 /// Acks stage delivery `delivery_id` with `output` on a raw member and

@@ -91,12 +91,14 @@ impl<K> Members<K> {
 
     /// The index of the next member with room whose key `fits`, round
     /// robin: the search starts after the last member picked.
+    #[cfg(test)]
     pub fn pick(&mut self, fits: impl Fn(&K) -> bool) -> Option<usize> {
         self.pick_member(|m| fits(&m.key))
     }
 
     /// [`pick`](Self::pick) by what `fits` says of the whole member (its
-    /// id too: a group skips members whose connection has no room).
+    /// id too: a group or a pipeline run skips members whose connection
+    /// has no room).
     pub fn pick_member(&mut self, fits: impl Fn(&Member<K>) -> bool) -> Option<usize> {
         let n = self.list.len();
         for k in 0..n {

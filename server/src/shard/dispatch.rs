@@ -11,10 +11,10 @@
 //! detach, settlements, removal), an append to its source partition if
 //! that could give it work, or its next due time (an exact ack deadline or
 //! retry time: no polling tick). A group without members waits for its
-//! `wake` alone, so an idle group costs no CPU. A group whose round held
-//! deliveries back for a member whose connection had no room (its outbox
-//! full, see `group::room`) also waits for that connection to write
-//! ([`Dispatched::drained`]).
+//! `wake` alone, so an idle group costs no CPU. A group or a pipeline run
+//! whose round held deliveries back for a member whose connection had no
+//! room (its outbox full, see `group::room`) also waits for that
+//! connection to write ([`Dispatched::drained`], kept by [`HeldBack`]).
 //!
 //! **Failures back off.** A round that fails (a read of the log refused,
 //! an append of a pipeline record failed) is logged and retried after
@@ -165,12 +165,47 @@ async fn idle<D: Dispatched>(d: &D, clock: &impl Clock, wake_gen: u64, data_gen:
 struct GroupDispatch<S: Storage, R: Runtime> {
     g: Rc<GroupPartition<R>>,
     p: Rc<Partition<S, R>>,
-    /// The outboxes the last round held deliveries back from, with their
-    /// written generation when the round read their room.
-    held_back: RefCell<Vec<(Rc<Outbox>, u64)>>,
+    held_back: HeldBack,
 }
 
-/// The room of this shard's connections for one group round: what each
+/// A pipeline run's dispatcher drives the run.
+struct PipelineDispatch<S: Storage, R: Runtime> {
+    run: Rc<PipelineRun<S, R>>,
+    held_back: HeldBack,
+}
+
+/// The outboxes the last round held deliveries back from, with their
+/// written generation when the round read their room: what
+/// [`Dispatched::drained`] waits on.
+#[derive(Default)]
+struct HeldBack(RefCell<Vec<(Rc<Outbox>, u64)>>);
+
+impl HeldBack {
+    /// Keeps the outboxes `room` was asked about of the members the round
+    /// left `blocked`.
+    fn keep<S: Storage, R: Runtime>(&self, room: OutboxRoom<'_, S, R>, blocked: &[MemberId]) {
+        *self.0.borrow_mut() = (room.asked.into_inner().into_iter())
+            .filter(|(member, _, _)| blocked.contains(member))
+            .map(|(_, outbox, generation)| (outbox, generation))
+            .collect();
+    }
+
+    /// Resolves when one of them wrote since; never, when there is none.
+    fn drained(&self) -> impl Future<Output = ()> + use<> {
+        let held_back = self.0.borrow().clone();
+        async move {
+            if held_back.is_empty() {
+                return futures::future::pending().await;
+            }
+            let writes = held_back
+                .iter()
+                .map(|(outbox, generation)| Box::pin(outbox.written_since(*generation)));
+            futures::future::select_all(writes).await;
+        }
+    }
+}
+
+/// The room of this shard's connections for one round: what each
 /// member's outbox can take below `outboxBytesMax` (unknown for a member
 /// on another shard; nothing for a connection gone). Keeps the outboxes it
 /// was asked about, with their written generation, so that the dispatcher
@@ -178,6 +213,15 @@ struct GroupDispatch<S: Storage, R: Runtime> {
 struct OutboxRoom<'a, S: Storage, R: Runtime> {
     shard: &'a Shard<S, R>,
     asked: RefCell<Vec<(MemberId, Rc<Outbox>, u64)>>,
+}
+
+impl<'a, S: Storage, R: Runtime> OutboxRoom<'a, S, R> {
+    fn new(shard: &'a Shard<S, R>) -> Self {
+        OutboxRoom {
+            shard,
+            asked: RefCell::default(),
+        }
+    }
 }
 
 impl<S: Storage, R: Runtime> group::ConnRoom for OutboxRoom<'_, S, R> {
@@ -190,10 +234,33 @@ impl<S: Storage, R: Runtime> group::ConnRoom for OutboxRoom<'_, S, R> {
         };
         let generation = outbox.written_generation();
         let max = self.shard.settings.config.outbox_bytes_max as u64;
-        let free = max.saturating_sub(outbox.pending_bytes());
+        let free = delivery_room(outbox.pending_bytes(), max);
         self.asked.borrow_mut().push((member, outbox, generation));
         free
     }
+}
+
+/// A connection's outbox takes deliveries again only once what is queued
+/// fell to this percentage of `outboxBytesMax`.
+///
+/// A request (an ack among them) is admitted only while its answer fits
+/// the outbox (`conn::admit`), and a round runs at every write of a
+/// connection it held deliveries back from: topping the outbox up to the
+/// limit at every write kept the answers out, so a stage handler that
+/// sent its acks without waiting for each answer had them read only after
+/// their deliveries' ack timeouts, over and over (one execution out of 200
+/// failed after 10 attempts in the limits test). Between this mark and the
+/// limit, each write lets requests in.
+const OUTBOX_REFILL_PERCENT: u64 = 50;
+const _: () = assert!(OUTBOX_REFILL_PERCENT < 100);
+
+/// The bytes of deliveries an outbox holding `pending` bytes can take,
+/// with a limit of `max`: nothing above [`OUTBOX_REFILL_PERCENT`] of it.
+fn delivery_room(pending: u64, max: u64) -> u64 {
+    if pending.saturating_mul(100) > max.saturating_mul(OUTBOX_REFILL_PERCENT) {
+        return 0;
+    }
+    max - pending
 }
 
 impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R> {
@@ -204,7 +271,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R
         Some(GroupDispatch {
             g: g.upgrade()?,
             p: p.upgrade()?,
-            held_back: RefCell::default(),
+            held_back: HeldBack::default(),
         })
     }
 
@@ -229,16 +296,9 @@ impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R
     }
 
     async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Error> {
-        let room = OutboxRoom {
-            shard,
-            asked: RefCell::default(),
-        };
+        let room = OutboxRoom::new(shard);
         let out = self.g.round(&self.p, &|| shard.unique_id(), &room).await?;
-        let blocked = self.g.room_blocked();
-        *self.held_back.borrow_mut() = (room.asked.into_inner().into_iter())
-            .filter(|(member, _, _)| blocked.contains(member))
-            .map(|(_, outbox, generation)| (outbox, generation))
-            .collect();
+        self.held_back.keep(room, &self.g.room_blocked());
         let handed = !out.is_empty();
         shard.send_deliveries(&self.p, out).await;
         Ok(handed)
@@ -250,67 +310,68 @@ impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for GroupDispatch<S, R
     }
 
     fn drained(&self) -> impl Future<Output = ()> {
-        let held_back = self.held_back.borrow().clone();
-        async move {
-            if held_back.is_empty() {
-                return futures::future::pending().await;
-            }
-            let writes = held_back
-                .iter()
-                .map(|(outbox, generation)| Box::pin(outbox.written_since(*generation)));
-            futures::future::select_all(writes).await;
-        }
+        self.held_back.drained()
     }
 }
 
-impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for Rc<PipelineRun<S, R>> {
+impl<S: Storage + Clone + 'static, R: Runtime> Dispatched for PipelineDispatch<S, R> {
     type Ctx = Rc<Shard<S, R>>;
     type Weak = Weak<PipelineRun<S, R>>;
 
     fn upgrade(run: &Self::Weak) -> Option<Self> {
-        run.upgrade()
+        Some(PipelineDispatch {
+            run: run.upgrade()?,
+            held_back: HeldBack::default(),
+        })
     }
 
     fn closed(&self) -> bool {
-        self.closed.get()
+        self.run.closed.get()
     }
 
     fn wake(&self) -> &Notify {
-        &self.wake
+        &self.run.wake
     }
 
     fn appended(&self) -> &Notify {
-        &self.source.appended
+        &self.run.source.appended
     }
 
     fn now(&self) -> Duration {
-        self.source.clock().now()
+        self.run.source.clock().now()
     }
 
     fn idle_wait(&self) -> IdleWait {
-        PipelineRun::idle_wait(self)
+        self.run.idle_wait()
     }
 
     /// Also starts a checkpoint of the outputs log when it has grown
     /// enough (in its own task: dispatch goes on meanwhile).
     async fn round(&self, shard: &Rc<Shard<S, R>>) -> Result<bool, Error> {
-        if self.claim_checkpoint() {
-            let run = self.clone();
+        if self.run.claim_checkpoint() {
+            let run = self.run.clone();
             shard.runtime.spawn(async move {
                 if let Err(e) = run.checkpoint().await {
                     tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "checkpoint failed: {e}");
                 }
             });
         }
-        let out = PipelineRun::round(self, &|| shard.unique_id()).await?;
+        let room = OutboxRoom::new(shard);
+        let out = self.run.round(&|| shard.unique_id(), &room).await?;
+        self.held_back.keep(room, &self.run.room_blocked());
         for d in &out {
-            shard.push(d.member, &self.delivery_message(d)).await;
+            shard.push(d.member, &self.run.delivery_message(d)).await;
         }
         Ok(!out.is_empty())
     }
 
     fn warn(&self, message: &str) {
-        tracing::warn!(pipeline = %self.plan.name, partition = self.source.partition, "dispatch failed: {message}");
+        let run = &self.run;
+        tracing::warn!(pipeline = %run.plan.name, partition = run.source.partition, "dispatch failed: {message}");
+    }
+
+    fn drained(&self) -> impl Future<Output = ()> {
+        self.held_back.drained()
     }
 }
 
@@ -328,7 +389,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// A pipeline run's dispatcher: hands out stage deliveries until the
     /// run closes.
     pub(super) async fn dispatch_pipeline(self: Rc<Self>, run: Weak<PipelineRun<S, R>>) {
-        run_dispatcher::<Rc<PipelineRun<S, R>>>(&self, &self.runtime, &self.stopping, run).await;
+        run_dispatcher::<PipelineDispatch<S, R>>(&self, &self.runtime, &self.stopping, run).await;
     }
 
     /// Sends a push to a member's connection, on whichever shard it is: a
@@ -609,6 +670,22 @@ mod tests {
         pool.run_until_stalled();
         assert_eq!(fake.rounds.borrow().len(), 3, "the write woke it");
         assert!(!ended.get());
+    }
+
+    /// An outbox takes deliveries up to its limit once it is at most half
+    /// full, and none above that, so that answers get in between.
+    #[test]
+    fn an_outbox_takes_deliveries_again_only_once_half_drained() {
+        const MAX: u64 = 1 << 20;
+        assert_eq!(delivery_room(0, MAX), MAX);
+        assert_eq!(delivery_room(MAX / 2, MAX), MAX / 2);
+        assert_eq!(delivery_room(MAX / 2 + 1, MAX), 0);
+        assert_eq!(delivery_room(MAX, MAX), 0);
+        assert_eq!(
+            delivery_room(MAX + (60 << 10), MAX),
+            0,
+            "overshot by a frame"
+        );
     }
 
     #[test]

@@ -61,11 +61,11 @@ use super::partition::Partition;
 pub use super::deliver::MemberId;
 pub use room::ConnRoom;
 #[cfg(test)]
-pub use room::Unlimited;
+pub use room::{TestRoom, Unlimited};
 
 mod room;
 
-use room::Budgets;
+pub(super) use room::Budgets;
 
 /// First redelivery delay after a nack; doubles per attempt.
 const NACK_BACKOFF_INITIAL_MS: u64 = 100;
@@ -621,7 +621,7 @@ impl<C: Clock> Drop for GroupPartition<C> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
     use std::time::Instant;
 
@@ -821,7 +821,7 @@ mod tests {
 
     /// A partition on simulated storage and `clock` holding `n` events of
     /// `data_bytes` of data each.
-    pub(super) fn partition_with(
+    pub(in crate::shard) fn partition_with(
         clock: &SimClock,
         n: u64,
         data_bytes: usize,

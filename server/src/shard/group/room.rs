@@ -27,6 +27,11 @@
 //! (its pushes are checked when they arrive there), and a round's
 //! deliveries are held together until they are pushed. The dispatcher runs
 //! the next round at once after one that handed something out.
+//!
+//! A pipeline run's round hands out stage deliveries by the same
+//! [`Budgets`] (`pipeline::dispatch`): a stage delivery's bytes are its
+//! root event's and its inputs', and a ready stage its member's connection
+//! cannot take stays ready in the run's execution index.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -59,17 +64,48 @@ impl ConnRoom for Unlimited {
     }
 }
 
+/// The room a test gives each member's connection, by connection
+/// (unlimited when not set).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct TestRoom {
+    free: RefCell<HashMap<u64, u64>>,
+}
+
+#[cfg(test)]
+impl TestRoom {
+    /// Connection `conn` can take `bytes`.
+    pub fn set(&self, conn: u64, bytes: u64) {
+        self.free.borrow_mut().insert(conn, bytes);
+    }
+
+    /// `bytes` were pushed to connection `conn` (its outbox fills).
+    pub fn spend(&self, conn: u64, bytes: u64) {
+        if let Some(free) = self.free.borrow_mut().get_mut(&conn) {
+            *free = free.saturating_sub(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+impl ConnRoom for TestRoom {
+    fn free_bytes(&self, member: MemberId) -> u64 {
+        let free = self.free.borrow();
+        free.get(&member.conn).copied().unwrap_or(u64::MAX)
+    }
+}
+
 /// One round's room: each member's connection's, asked once per round
 /// (when the member is first considered), and the round's own
 /// [`ROUND_EVENT_BYTES_MAX`]; spent as events are handed out.
-pub(super) struct Budgets<'a> {
+pub(in crate::shard) struct Budgets<'a> {
     room: &'a dyn ConnRoom,
     by_member: RefCell<HashMap<MemberId, u64>>,
     round_left: u64,
 }
 
 impl<'a> Budgets<'a> {
-    pub(super) fn new(room: &'a dyn ConnRoom) -> Self {
+    pub(in crate::shard) fn new(room: &'a dyn ConnRoom) -> Self {
         Budgets {
             room,
             by_member: RefCell::new(HashMap::new()),
@@ -88,17 +124,17 @@ impl<'a> Budgets<'a> {
 
     /// Whether `m` may get one more delivery this round: it has room in
     /// its window, its connection has room, and the round has.
-    pub(super) fn can_take(&self, m: &Member<()>) -> bool {
+    pub(in crate::shard) fn can_take<K>(&self, m: &Member<K>) -> bool {
         self.round_left > 0 && m.has_room() && self.free(m.id) > 0
     }
 
     /// Whether any of `members` may get one more delivery this round.
-    pub(super) fn any_can_take(&self, members: &Members<()>) -> bool {
+    pub(in crate::shard) fn any_can_take<K>(&self, members: &Members<K>) -> bool {
         members.iter().any(|m| self.can_take(m))
     }
 
     /// `bytes` of an event were handed to `id`.
-    pub(super) fn spend(&mut self, id: MemberId, bytes: usize) {
+    pub(in crate::shard) fn spend(&mut self, id: MemberId, bytes: usize) {
         let bytes = bytes as u64;
         let left = self.free(id).saturating_sub(bytes);
         self.by_member.borrow_mut().insert(id, left);
@@ -120,7 +156,7 @@ impl<'a> Budgets<'a> {
 
     /// The members with room in their window whose connection has none:
     /// deliveries wait for those connections to write.
-    pub(super) fn blocked(&self, members: &Members<()>) -> Vec<MemberId> {
+    pub(in crate::shard) fn blocked<K>(&self, members: &Members<K>) -> Vec<MemberId> {
         members
             .iter()
             .filter(|m| m.has_room() && self.free(m.id) == 0)

@@ -4,6 +4,15 @@
 //! run's `Ledger`, `shard::deliver`), ack deadlines expired
 //! (popped in deadline order, never scanned), and stage members attached
 //! and detached.
+//!
+//! **Room.** A ready stage goes to a member only while that member's
+//! connection can take the delivery now (`group::room`'s [`Budgets`],
+//! spent by the root event's and the inputs' bytes): a stage handler
+//! that stops reading its socket gets no delivery built for it, and so
+//! burns no attempt at its ack timeouts; what it cannot take stays ready
+//! in the execution index and goes to another member of the stage with
+//! room, or to it once its connection wrote
+//! ([`PipelineRun::room_blocked`] says whose connection to wait for).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -12,8 +21,9 @@ use crate::shard::clock::Clock;
 use hadron_engine::storage::Storage;
 
 use super::{CarriedMember, Issued, PipelineRun, RunState, StageOutgoing};
-use crate::shard::deliver::{Held, IdleWait, MemberId};
+use crate::shard::deliver::{Held, IdleWait, Member, MemberId};
 use crate::shard::error::Error;
+use crate::shard::group::{Budgets, ConnRoom};
 
 /// Bytes of the source read per trigger scan.
 const SCAN_BYTES: u32 = 256 << 10;
@@ -88,19 +98,32 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     }
 
     /// One dispatch round: expire ack deadlines, release due retries, start
-    /// executions, and hand ready stages to members with room.
+    /// executions, and hand ready stages to members with room, in their
+    /// window and on their connection (`room`, see the module header).
     pub async fn round(
         &self,
         new_delivery_id: &dyn Fn() -> u64,
+        room: &dyn ConnRoom,
     ) -> Result<Vec<StageOutgoing>, Error> {
         if !self.ready_to_dispatch().await? {
+            self.state.borrow_mut().room_blocked.clear();
             return Ok(Vec::new());
         }
         let now = self.source.clock().now();
         self.expire_acks(now).await?;
         self.release_retries(now);
         self.fill().await?;
-        Ok(self.issue_ready(now, new_delivery_id))
+        let mut budgets = Budgets::new(room);
+        let out = self.issue_ready(now, new_delivery_id, &mut budgets);
+        let mut st = self.state.borrow_mut();
+        st.room_blocked = budgets.blocked(&st.ledger.members);
+        Ok(out)
+    }
+
+    /// The stage members the last round left waiting for room on their
+    /// connection: the dispatcher waits for those connections to write.
+    pub fn room_blocked(&self) -> Vec<MemberId> {
+        self.state.borrow().room_blocked.clone()
     }
 
     /// Counts a failed attempt for every delivery whose ack deadline passed
@@ -132,8 +155,15 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
     }
 
     /// Hands every ready stage of the live executions to a member of its
-    /// stage with room, and returns the deliveries to push.
-    fn issue_ready(&self, now: Duration, new_delivery_id: &dyn Fn() -> u64) -> Vec<StageOutgoing> {
+    /// stage with room in its window and on its connection (`budgets`),
+    /// and returns the deliveries to push. A stage no member can take
+    /// stays ready.
+    fn issue_ready(
+        &self,
+        now: Duration,
+        new_delivery_id: &dyn Fn() -> u64,
+        budgets: &mut Budgets<'_>,
+    ) -> Vec<StageOutgoing> {
         let mut out = Vec::new();
         let mut st = self.state.borrow_mut();
         let mut index = self.index.borrow_mut();
@@ -149,7 +179,8 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
             while stages != 0 {
                 let s = stages.trailing_zeros() as u8;
                 stages &= stages - 1;
-                let Some(m) = st.ledger.members.pick(|&stage| stage == s) else {
+                let fits = |m: &Member<u8>| m.key == s && budgets.can_take(m);
+                let Some(m) = st.ledger.members.pick_member(fits) else {
                     continue;
                 };
                 if !index.dispatch(root, s as usize) {
@@ -160,6 +191,8 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                 };
                 let delivery_id = new_delivery_id();
                 let (member, attempt, inputs) = self.issue(&mut st, m, root, s, delivery_id, now);
+                let bytes = inputs.iter().map(|(_, e)| e.len()).sum::<usize>();
+                budgets.spend(member, root_event.len() + bytes);
                 out.push(StageOutgoing {
                     member,
                     delivery_id,
@@ -309,3 +342,6 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -117,6 +117,9 @@ struct RunState {
     issued_by_root: HashMap<u64, Vec<u64>>,
     /// Stages whose output is being made durable.
     completing: HashSet<(u64, u8)>,
+    /// The stage members the last round left waiting for room on their
+    /// connection (see `dispatch`).
+    room_blocked: Vec<MemberId>,
     /// Held stages, (root, stage), by when they may go out again.
     retry_at: Timers<(u64, u8)>,
     /// Failed attempts per stage of live executions.

@@ -74,6 +74,7 @@ use crate::shard::Error;
 use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
 use crate::shard::deliver::MemberId;
+use crate::shard::group::Unlimited;
 use crate::shard::partition::replica_sim_support::{Net, replica_spec};
 use crate::shard::partition::{DedupLimits, Partition};
 use crate::shard::sim_support::{fold_trace, run_seeds};
@@ -561,7 +562,7 @@ impl Sim {
                     ids.set(ids.get() + 1);
                     ids.get()
                 };
-                let out = run.round(&new_id).await.unwrap_or_default();
+                let out = run.round(&new_id, &Unlimited).await.unwrap_or_default();
                 rounding.set(false);
                 if out.is_empty() {
                     return;

@@ -3,8 +3,7 @@
 //! not event bytes, however many ack timeouts pass; nothing it could not
 //! take is lost.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,32 +12,13 @@ use hadron_engine::storage::sim::SimStorage;
 
 use super::super::tests::{member, partition_with};
 use super::super::{Deliveries, GroupPartition, Outgoing, Unlimited};
+use super::TestRoom;
 use super::*;
 use crate::shard::clock::sim::SimClock;
 use crate::shard::deliver::IdleWait;
 use crate::shard::partition::Partition;
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The room the test gives each member's connection, by connection
-/// (unlimited when not set).
-#[derive(Default)]
-struct TestRoom {
-    free: RefCell<HashMap<u64, u64>>,
-}
-
-impl TestRoom {
-    fn set(&self, conn: u64, bytes: u64) {
-        self.free.borrow_mut().insert(conn, bytes);
-    }
-}
-
-impl ConnRoom for TestRoom {
-    fn free_bytes(&self, member: MemberId) -> u64 {
-        let free = self.free.borrow();
-        free.get(&member.conn).copied().unwrap_or(u64::MAX)
-    }
-}
 
 fn group(clock: &SimClock) -> Rc<GroupPartition<SimClock>> {
     let index = Rc::new(Deliveries::default());
