@@ -28,7 +28,7 @@ use super::{
     RECYCLED_SEGMENTS_MAX, Recovery, SCAN_CHUNK_BYTES, State, io_err, meta, recovery,
 };
 use crate::notify::Notify;
-use crate::storage::{Storage, StorageFile, Writes, align_down, align_up};
+use crate::storage::{Storage, StorageFile, Writes, align_down};
 
 /// What a scan of a segment found.
 pub(super) struct Scan {
@@ -635,6 +635,7 @@ impl<S: Storage> Log<S> {
         seg.buf_position = size;
         seg.written_end = size;
         seg.durable_end = size;
+        seg.allocated = size;
         seg.durable_next = scan.next_offset;
         seg.sealed = true;
         seg.finalized = true;
@@ -685,13 +686,15 @@ impl<S: Storage> Log<S> {
         let end = scan.end;
         let idx_file = if matches!(found, recovery::Tail::Damaged(_)) {
             // Read-only until repaired: nothing on disk changes.
+            seg.allocated = size;
             None
         } else {
             // Cut the garbage and zero-fill again, so that nothing after the
             // end can ever pass for a batch; then rewrite the index to match.
             let cut = io_err("truncate segment", &seg.log_path);
             file.truncate(end).await.map_err(cut)?;
-            file.preallocate(config.segment_bytes.max(align_up(end)))
+            seg.allocated = config.allocation_for(end);
+            file.preallocate(seg.allocated)
                 .await
                 .map_err(io_err("preallocate segment", &seg.log_path))?;
             file.fdatasync()

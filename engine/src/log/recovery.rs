@@ -584,7 +584,7 @@ impl<S: Storage + Clone> Log<S> {
             meta.durable_position = 0;
             meta.durable_next = floor;
         } else {
-            file.preallocate(config.segment_bytes.max(align_up(b)))
+            file.preallocate(config.allocation_for(b))
                 .await
                 .map_err(io_err("preallocate segment", &path))?;
             file.fdatasync()
