@@ -18,6 +18,7 @@ type SimLog = Log<SimStorage>;
 
 mod damage_cut;
 mod formats;
+mod prealloc;
 mod raft;
 mod restart;
 
