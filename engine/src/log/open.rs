@@ -4,8 +4,10 @@
 //! **Recovery.** On open, sealed segments are checked (index validated, the
 //! tail from the last index entry verified, exact end); the last segment is
 //! scanned whole, its index rebuilt, and cut at the first short, zero,
-//! CRC-failing or out-of-sequence batch, then zero-filled again past that
-//! point so no stale batch can be resurrected by later appends. That cut is
+//! CRC-failing or out-of-sequence batch (or the end of the file: the segment
+//! is allocated in steps, see `segment`), then allocated again from that
+//! point, zero-filled, so no stale batch can be resurrected by later
+//! appends. That cut is
 //! made only for a torn tail; damage (below the durable watermark in
 //! `log.meta`, or followed by valid batches beyond one write round's reach)
 //! leaves the log read-only until [`Log::repair`] (see `recovery`). Missing
