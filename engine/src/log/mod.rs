@@ -199,7 +199,9 @@ impl LogConfig {
         }
         if !(SEGMENT_PREALLOCATE_BYTES_MIN..=SEGMENT_PREALLOCATE_BYTES_MAX)
             .contains(&self.segment_preallocate_bytes)
-            || !self.segment_preallocate_bytes.is_multiple_of(IO_ALIGN_BYTES)
+            || !self
+                .segment_preallocate_bytes
+                .is_multiple_of(IO_ALIGN_BYTES)
         {
             return Err(format!(
                 "segment_preallocate_bytes {} must be a multiple of {IO_ALIGN_BYTES} in \

@@ -97,7 +97,11 @@ fn a_crash_that_loses_an_extension_keeps_every_durable_batch_and_cuts_only_a_tor
         sim.crash(mode);
 
         let log = open(&sim, config);
-        assert_eq!(log.damage(), None, "seed {seed}: a lost extension is no damage");
+        assert_eq!(
+            log.damage(),
+            None,
+            "seed {seed}: a lost extension is no damage"
+        );
         let got = read_all(&log);
         assert!(got.len() >= acked, "seed {seed}: lost a durable batch");
         assert_eq!(got[..], model[..got.len()], "seed {seed}");
@@ -181,8 +185,14 @@ fn an_active_segment_whose_file_ends_below_the_watermark_is_damage() {
     let (image, last_start) = written_segment(&sim, 20, true);
     sim.put_file(&seg_path(0), &image[..image.len() - 100]);
     let log = open(&sim, small_config());
-    let damage = log.damage().expect("a file cut below its watermark is damage");
-    assert_eq!((damage.position, damage.offset), (last_start, 19), "{damage}");
+    let damage = log
+        .damage()
+        .expect("a file cut below its watermark is damage");
+    assert_eq!(
+        (damage.position, damage.offset),
+        (last_start, 19),
+        "{damage}"
+    );
     // Read-only: nothing on disk changed.
     assert_eq!(file_len(&sim, 0), image.len() as u64 - 100);
 }

@@ -179,8 +179,9 @@ fn segment_preallocate_bytes_defaults_to_4_mib_or_a_smaller_segment() {
     assert_eq!(small.segment_preallocate_bytes, 1 << 20);
     let e = parse("segmentBytes: 1048576\nsegmentPreallocateBytes: 2097152\n").unwrap_err();
     assert!(
-        e.to_string()
-            .contains("segmentPreallocateBytes: 2097152 is out of range; allowed: 65536 to 1048576"),
+        e.to_string().contains(
+            "segmentPreallocateBytes: 2097152 is out of range; allowed: 65536 to 1048576"
+        ),
         "{e}"
     );
 }
