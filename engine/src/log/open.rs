@@ -688,36 +688,9 @@ impl<S: Storage> Log<S> {
         let end = scan.end;
         let idx_file = if matches!(found, recovery::Tail::Damaged(_)) {
             // Read-only until repaired: nothing on disk changes.
-            seg.allocated = size;
             None
         } else {
-            // Cut the garbage and zero-fill again, so that nothing after the
-            // end can ever pass for a batch; then rewrite the index to match.
-            let cut = io_err("truncate segment", &seg.log_path);
-            file.truncate(end).await.map_err(cut)?;
-            seg.allocated = config.allocation_for(end);
-            file.preallocate(seg.allocated)
-                .await
-                .map_err(io_err("preallocate segment", &seg.log_path))?;
-            file.fdatasync()
-                .await
-                .map_err(io_err("sync segment", &seg.log_path))?;
-            let idx_file = storage
-                .create(&seg.idx_path)
-                .await
-                .map_err(io_err("create index", &seg.idx_path))?;
-            write_index_pages(&idx_file, &idx, 0)
-                .await
-                .map_err(io_err("write index", &seg.idx_path))?;
-            idx_file
-                .fdatasync()
-                .await
-                .map_err(io_err("sync index", &seg.idx_path))?;
-            storage
-                .sync_dir(dir)
-                .await
-                .map_err(io_err("sync directory", dir))?;
-            Some(Rc::new(idx_file))
+            Some(Self::cut_tail(storage, dir, &seg, &file, end, &idx, config).await?)
         };
 
         let buf_position = align_down(end);
@@ -732,6 +705,9 @@ impl<S: Storage> Log<S> {
         seg.index = SegmentIndex::Memory(idx);
         seg.last_indexed_position = last_indexed;
         seg.file = Some(Rc::new(file));
+        seg.allocated = idx_file
+            .as_ref()
+            .map_or(size, |_| config.allocation_for(end));
         seg.idx_file = idx_file;
         seg.end = end;
         seg.next_offset = scan.next_offset;
@@ -744,6 +720,45 @@ impl<S: Storage> Log<S> {
         seg.durable_end = end;
         seg.durable_next = scan.next_offset;
         Ok((seg, found))
+    }
+
+    /// Cuts the active segment's garbage at `end` and allocates it again
+    /// from there, zero-filled, so that nothing after the end can ever pass
+    /// for a batch; then writes its index `idx` afresh. Returns the index
+    /// file.
+    async fn cut_tail(
+        storage: &S,
+        dir: &Path,
+        seg: &Segment<S>,
+        file: &S::File,
+        end: u64,
+        idx: &[u8],
+        config: &LogConfig,
+    ) -> Result<Rc<S::File>, OpenError> {
+        let cut = io_err("truncate segment", &seg.log_path);
+        file.truncate(end).await.map_err(cut)?;
+        file.preallocate(config.allocation_for(end))
+            .await
+            .map_err(io_err("preallocate segment", &seg.log_path))?;
+        file.fdatasync()
+            .await
+            .map_err(io_err("sync segment", &seg.log_path))?;
+        let idx_file = storage
+            .create(&seg.idx_path)
+            .await
+            .map_err(io_err("create index", &seg.idx_path))?;
+        write_index_pages(&idx_file, idx, 0)
+            .await
+            .map_err(io_err("write index", &seg.idx_path))?;
+        idx_file
+            .fdatasync()
+            .await
+            .map_err(io_err("sync index", &seg.idx_path))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(io_err("sync directory", dir))?;
+        Ok(Rc::new(idx_file))
     }
 }
 
