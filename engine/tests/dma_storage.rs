@@ -362,7 +362,9 @@ fn an_idle_log_holds_one_preallocation_step_of_disk_and_grows_by_steps() {
         // 6 MiB more: extended to two steps, not to the segment.
         let big = vec![7u8; 1 << 20];
         for i in 1..=6u64 {
-            log.append(&[big.clone()], i).await.expect("append");
+            log.append(std::slice::from_ref(&big), i)
+                .await
+                .expect("append");
         }
         let len = std::fs::metadata(&segment).expect("stat").len();
         assert_eq!(len, 2 * step);

@@ -4,11 +4,6 @@
 //! open (Raft's first entries written) holds about a step per log per node.
 //! Measured as allocated blocks (`st_blocks`), not file lengths.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers: a failed set-up step must fail the test at once"
-)]
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
