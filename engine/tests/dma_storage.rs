@@ -332,3 +332,51 @@ fn concurrent_probes_on_a_fresh_dir_never_break_reads() {
         );
     }
 }
+
+/// Disk the active segment's file holds (allocated blocks, not its length).
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat segment").blocks() * 512
+}
+
+#[test]
+fn an_idle_log_holds_one_preallocation_step_of_disk_and_grows_by_steps() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_path_buf();
+    on_executor(move || async move {
+        let dir = root.join("events").join("0");
+        let storage = DmaStorage::new(&root).await.expect("probe");
+        // The server's sizes: 128 MiB segments allocated 4 MiB at a time.
+        let config = LogConfig::default();
+        let step = config.segment_preallocate_bytes;
+        assert_eq!((config.segment_bytes, step), (128 << 20, 4 << 20));
+        let segment = dir.join(format!("{:020}.log", 0));
+        let log = Log::open(storage.clone(), &dir, config)
+            .await
+            .expect("open");
+        log.append(&[record(0)], 0).await.expect("append");
+        let len = std::fs::metadata(&segment).expect("stat").len();
+        assert_eq!(len, step, "created one step long");
+        let held = allocated_bytes(&segment);
+        assert!(held <= step, "an idle log holds {held} bytes of disk");
+        // 6 MiB more: extended to two steps, not to the segment.
+        let big = vec![7u8; 1 << 20];
+        for i in 1..=6u64 {
+            log.append(std::slice::from_ref(&big), i)
+                .await
+                .expect("append");
+        }
+        let len = std::fs::metadata(&segment).expect("stat").len();
+        assert_eq!(len, 2 * step);
+        assert!(allocated_bytes(&segment) <= 2 * step);
+        drop(log);
+        // Reopened: allocated from the data's end, the data all there.
+        let log = Log::open(storage.clone(), &dir, config)
+            .await
+            .expect("reopen");
+        assert_eq!(log.recovery(), &hadron_engine::log::Recovery::default());
+        assert_eq!(log.visible_offset(), 7);
+        assert_eq!(std::fs::metadata(&segment).expect("stat").len(), 2 * step);
+        assert!(allocated_bytes(&segment) <= 2 * step);
+    });
+}

@@ -500,6 +500,13 @@ impl<S: Storage> Log<S> {
         } = work;
         let wrote = !writes.is_empty();
         let path = self.segment_path(base);
+        let write_end = writes
+            .iter()
+            .map(|(buf, position)| position + buf.as_ref().len() as u64)
+            .max();
+        if let Some(write_end) = write_end {
+            self.allocate_for_write(base, &file, write_end).await?;
+        }
         self.write_pages(&file, writes, &path).await?;
         if let (Some((buf, position, full)), Some(idx_file)) = (idx_pages, idx_file.as_ref()) {
             // The index is a hint that recovery checks, so it is written but

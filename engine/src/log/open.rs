@@ -4,8 +4,10 @@
 //! **Recovery.** On open, sealed segments are checked (index validated, the
 //! tail from the last index entry verified, exact end); the last segment is
 //! scanned whole, its index rebuilt, and cut at the first short, zero,
-//! CRC-failing or out-of-sequence batch, then zero-filled again past that
-//! point so no stale batch can be resurrected by later appends. That cut is
+//! CRC-failing or out-of-sequence batch (or the end of the file: the segment
+//! is allocated in steps, see `segment`), then allocated again from that
+//! point, zero-filled, so no stale batch can be resurrected by later
+//! appends. That cut is
 //! made only for a torn tail; damage (below the durable watermark in
 //! `log.meta`, or followed by valid batches beyond one write round's reach)
 //! leaves the log read-only until [`Log::repair`] (see `recovery`). Missing
@@ -28,7 +30,7 @@ use super::{
     RECYCLED_SEGMENTS_MAX, Recovery, SCAN_CHUNK_BYTES, State, io_err, meta, recovery,
 };
 use crate::notify::Notify;
-use crate::storage::{Storage, StorageFile, Writes, align_down, align_up};
+use crate::storage::{Storage, StorageFile, Writes, align_down};
 
 /// What a scan of a segment found.
 pub(super) struct Scan {
@@ -635,6 +637,7 @@ impl<S: Storage> Log<S> {
         seg.buf_position = size;
         seg.written_end = size;
         seg.durable_end = size;
+        seg.allocated = size;
         seg.durable_next = scan.next_offset;
         seg.sealed = true;
         seg.finalized = true;
@@ -687,32 +690,7 @@ impl<S: Storage> Log<S> {
             // Read-only until repaired: nothing on disk changes.
             None
         } else {
-            // Cut the garbage and zero-fill again, so that nothing after the
-            // end can ever pass for a batch; then rewrite the index to match.
-            let cut = io_err("truncate segment", &seg.log_path);
-            file.truncate(end).await.map_err(cut)?;
-            file.preallocate(config.segment_bytes.max(align_up(end)))
-                .await
-                .map_err(io_err("preallocate segment", &seg.log_path))?;
-            file.fdatasync()
-                .await
-                .map_err(io_err("sync segment", &seg.log_path))?;
-            let idx_file = storage
-                .create(&seg.idx_path)
-                .await
-                .map_err(io_err("create index", &seg.idx_path))?;
-            write_index_pages(&idx_file, &idx, 0)
-                .await
-                .map_err(io_err("write index", &seg.idx_path))?;
-            idx_file
-                .fdatasync()
-                .await
-                .map_err(io_err("sync index", &seg.idx_path))?;
-            storage
-                .sync_dir(dir)
-                .await
-                .map_err(io_err("sync directory", dir))?;
-            Some(Rc::new(idx_file))
+            Some(Self::cut_tail(storage, dir, &seg, &file, end, &idx, config).await?)
         };
 
         let buf_position = align_down(end);
@@ -727,6 +705,9 @@ impl<S: Storage> Log<S> {
         seg.index = SegmentIndex::Memory(idx);
         seg.last_indexed_position = last_indexed;
         seg.file = Some(Rc::new(file));
+        seg.allocated = idx_file
+            .as_ref()
+            .map_or(size, |_| config.allocation_for(end));
         seg.idx_file = idx_file;
         seg.end = end;
         seg.next_offset = scan.next_offset;
@@ -739,6 +720,45 @@ impl<S: Storage> Log<S> {
         seg.durable_end = end;
         seg.durable_next = scan.next_offset;
         Ok((seg, found))
+    }
+
+    /// Cuts the active segment's garbage at `end` and allocates it again
+    /// from there, zero-filled, so that nothing after the end can ever pass
+    /// for a batch; then writes its index `idx` afresh. Returns the index
+    /// file.
+    async fn cut_tail(
+        storage: &S,
+        dir: &Path,
+        seg: &Segment<S>,
+        file: &S::File,
+        end: u64,
+        idx: &[u8],
+        config: &LogConfig,
+    ) -> Result<Rc<S::File>, OpenError> {
+        let cut = io_err("truncate segment", &seg.log_path);
+        file.truncate(end).await.map_err(cut)?;
+        file.preallocate(config.allocation_for(end))
+            .await
+            .map_err(io_err("preallocate segment", &seg.log_path))?;
+        file.fdatasync()
+            .await
+            .map_err(io_err("sync segment", &seg.log_path))?;
+        let idx_file = storage
+            .create(&seg.idx_path)
+            .await
+            .map_err(io_err("create index", &seg.idx_path))?;
+        write_index_pages(&idx_file, idx, 0)
+            .await
+            .map_err(io_err("write index", &seg.idx_path))?;
+        idx_file
+            .fdatasync()
+            .await
+            .map_err(io_err("sync index", &seg.idx_path))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(io_err("sync directory", dir))?;
+        Ok(Rc::new(idx_file))
     }
 }
 

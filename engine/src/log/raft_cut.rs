@@ -43,7 +43,7 @@ use super::index::INDEX_ENTRY_BYTES;
 use super::raft::{RaftAppendError, Slot};
 use super::segment::SegmentIndex;
 use super::{Log, index};
-use crate::storage::{Storage, StorageFile, align_down, align_up};
+use crate::storage::{Storage, StorageFile, align_down};
 
 /// Where a cut's first batch lies: (segment base, its slot).
 enum Cut {
@@ -154,9 +154,13 @@ impl<S: Storage> Log<S> {
             file.truncate(at)
                 .await
                 .map_err(io("truncating the segment"))?;
-            file.preallocate(self.config.segment_bytes.max(align_up(at)))
+            let allocated = self.config.allocation_for(at);
+            file.preallocate(allocated)
                 .await
                 .map_err(io("preallocating the segment"))?;
+            if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
+                seg.allocated = allocated;
+            }
             file.fdatasync().await.map_err(io("syncing the segment"))?;
         }
         self.drop_suffix(base, index, at, next_offset, term, head);

@@ -31,6 +31,20 @@
 //!    may be torn (a crash may keep a later write and lose an earlier one),
 //!    so only the watermark tells damage there.
 //!
+//! **The end of the file** is read like the zeros of the preallocated
+//! space. The active segment is allocated in steps (see "Preallocation" in
+//! `segment`), and an extension is made durable only by the write or
+//! fdatasync after it, so a crash can leave the file ending anywhere at or
+//! after its durable data, never before it (a write-through write or an
+//! fdatasync makes the file's length durable with the data). A scan that
+//! reaches the end of the file between batches has found the clean end; one
+//! that reaches it inside a batch stops there as `Incomplete`, a bad point
+//! like any other, judged by the two rules above: below the watermark the
+//! file was cut short (damage); above it, a torn round (cut). Neither rule
+//! needed the file to be longer than its data: rule 1 compares with the
+//! watermark only, and rule 2 looks for evidence only inside the file, where
+//! a shorter file simply holds less of it.
+//!
 //! Within `tear_bytes_max` of the data's end after a crash, damage cannot be
 //! told from a torn round and is cut as one; the [`TailCut`] then names the
 //! later offsets seen. A watermark is recorded at open and at a clean
@@ -584,7 +598,7 @@ impl<S: Storage + Clone> Log<S> {
             meta.durable_position = 0;
             meta.durable_next = floor;
         } else {
-            file.preallocate(config.segment_bytes.max(align_up(b)))
+            file.preallocate(config.allocation_for(b))
                 .await
                 .map_err(io_err("preallocate segment", &path))?;
             file.fdatasync()

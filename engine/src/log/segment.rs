@@ -23,6 +23,24 @@
 //! in a recycled file all hold offsets below the segment's base, so a scan
 //! in recovery stops at the first of them as out of sequence, exactly as it
 //! stops at zeros. A file some reader still holds is deleted, never reused.
+//!
+//! **Preallocation.** The active segment's file is allocated in steps of
+//! `segment_preallocate_bytes` (at most `segment_bytes`), not whole: it is
+//! created one step long, and a flush whose writes would end past the
+//! allocation first extends it to the writes' end rounded up to whole
+//! steps (never past `segment_bytes`). Cuts, recovery and repairs allocate
+//! the same way from the data's end. A log that exists but holds little
+//! (every replicated partition opens its logs at once, for Raft's first
+//! entries) so costs a step of disk, not a segment: with 128 MiB segments,
+//! 256 partitions x 2 logs took 64 GiB per node before any event. Writes
+//! into the allocation stay writes into blocks the file system already
+//! holds, so the reason for preallocating at all (no block allocation on
+//! the write path) keeps for all but one flush per step, which adds one
+//! `fallocate`. A recycled file keeps its length (all of it allocated) and
+//! is extended only past it. After a crash the file may end anywhere at or
+//! after the durable data (an extension not yet synced is lost like any
+//! unsynced write); recovery reads the end of the file as it reads the
+//! zeros of the allocation: a clean end (see `recovery`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -94,6 +112,9 @@ pub(super) struct Segment<S: Storage> {
     pub(super) written_end: u64,
     /// Bytes of the file durable.
     pub(super) durable_end: u64,
+    /// Bytes of the file allocated: its length since it was created,
+    /// recovered or last extended (see "Preallocation" above).
+    pub(super) allocated: u64,
     /// The offset after the batches below `durable_end`.
     pub(super) durable_next: u64,
     /// No more appends go here.
@@ -128,6 +149,7 @@ impl<S: Storage> Segment<S> {
             buf: BytesMut::new(),
             written_end: 0,
             durable_end: 0,
+            allocated: 0,
             durable_next: base,
             sealed: false,
             finalized: false,
@@ -180,10 +202,10 @@ impl<S: Storage> Log<S> {
             },
             None => None,
         };
-        let file = match recycled {
-            Some(file) => {
+        let (file, allocated) = match recycled {
+            Some(recycled) => {
                 self.state.borrow_mut().commits.segments_recycled += 1;
-                file
+                recycled
             }
             None => {
                 // Whatever a failed reuse left at `log_path` is truncated.
@@ -192,10 +214,11 @@ impl<S: Storage> Log<S> {
                     .create_with(&log_path, self.segment_writes())
                     .await
                     .map_err(|e| fail("create", &log_path, e))?;
-                file.preallocate(self.config.segment_bytes)
+                let allocated = self.config.allocation_for(0);
+                file.preallocate(allocated)
                     .await
                     .map_err(|e| fail("preallocate", &log_path, e))?;
-                file
+                (file, allocated)
             }
         };
         let idx = self
@@ -211,6 +234,7 @@ impl<S: Storage> Log<S> {
             seg.file = Some(Rc::new(file));
             seg.idx_file = Some(Rc::new(idx));
             seg.writes = self.segment_writes();
+            seg.allocated = allocated;
         }
         // Now that the file exists durably, a later open must find it.
         let base_index = self
@@ -238,19 +262,56 @@ impl<S: Storage> Log<S> {
     }
 
     /// Opens a retired file just renamed to `log_path` and sizes it for a
-    /// segment. Its old contents stay: recovery tells them apart by their
+    /// segment: cut to `segment_bytes` if longer, allocated to at least one
+    /// step, and otherwise kept as long as it is (all of it is allocated
+    /// already). Its old contents stay: recovery tells them apart by their
     /// offsets (see the module header). The caller's `sync_dir` makes the
-    /// rename durable before anything is written.
-    async fn size_recycled(&self, log_path: &Path) -> io::Result<S::File> {
+    /// rename durable before anything is written. Returns the file and its
+    /// allocated length.
+    async fn size_recycled(&self, log_path: &Path) -> io::Result<(S::File, u64)> {
         let file = self
             .storage
             .open_with(log_path, self.segment_writes())
             .await?;
-        if file.size().await? > self.config.segment_bytes {
+        let mut size = file.size().await?;
+        if size > self.config.segment_bytes {
             file.truncate(self.config.segment_bytes).await?;
+            size = self.config.segment_bytes;
         }
-        file.preallocate(self.config.segment_bytes).await?;
-        Ok(file)
+        let allocated = size.max(self.config.allocation_for(0));
+        if allocated > size {
+            file.preallocate(allocated).await?;
+        }
+        Ok((file, allocated))
+    }
+
+    /// Extends the allocation of segment `base`'s file so that a write can
+    /// end at `write_end` (see "Preallocation" in the module header). Only
+    /// the flush round's leader writes, so no other extension runs at once.
+    pub(super) async fn allocate_for_write(
+        &self,
+        base: u64,
+        file: &S::File,
+        write_end: u64,
+    ) -> Result<(), String> {
+        let allocated = match self.state.borrow().segments.get(&base) {
+            Some(seg) => seg.allocated,
+            None => return Ok(()),
+        };
+        if write_end <= allocated {
+            return Ok(());
+        }
+        let target = self.config.allocation_for(write_end);
+        file.preallocate(target).await.map_err(|e| {
+            format!(
+                "preallocate of {} to {target} bytes failed: {e}",
+                self.segment_path(base).display()
+            )
+        })?;
+        if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
+            seg.allocated = seg.allocated.max(target);
+        }
+        Ok(())
     }
 
     /// Truncates a fully durable sealed segment to its data, writes its index

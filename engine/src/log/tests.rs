@@ -18,6 +18,7 @@ type SimLog = Log<SimStorage>;
 
 mod damage_cut;
 mod formats;
+mod prealloc;
 mod raft;
 mod restart;
 
@@ -36,6 +37,8 @@ fn idx_path(base: u64) -> PathBuf {
 fn small_config() -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 10,
+        // Four steps a segment: every workload extends its files.
+        segment_preallocate_bytes: 16 << 10,
         index_interval_bytes: 512,
         durability: Durability::Always,
         retention: Retention::default(),
@@ -1826,6 +1829,7 @@ fn an_append_dropped_at_any_point_leaves_the_log_able_to_commit() {
 fn large_batch_config(durability: Durability) -> LogConfig {
     LogConfig {
         segment_bytes: 4 << 20,
+        segment_preallocate_bytes: 1 << 20,
         index_interval_bytes: 4096,
         durability,
         retention: Retention::default(),

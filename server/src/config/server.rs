@@ -13,6 +13,11 @@
 //! fsync: always               # always | interval | never
 //! fsyncIntervalMs: 100        # only with `fsync: interval`
 //! segmentBytes: 134217728     # 128 MiB
+//! segmentPreallocateBytes: 4194304  # the active segment's file grows in
+//!                             # steps of this (64 KiB to segmentBytes; a
+//!                             # multiple of 4 KiB): every log holds at least
+//!                             # a step of disk (default 4 MiB, or
+//!                             # segmentBytes if smaller)
 //! ioMemoryBytes: 8388608      # glommio io_memory per shard, 8 MiB
 //! frameBytesMax: 16777216     # largest wire frame accepted
 //! dedupWindowMs: 120000       # default for streams
@@ -79,7 +84,8 @@
 //! apply over one is answered `LimitExceeded` with the setting and its value
 //! and changes nothing. Their defaults suit a 2-core, 24 GiB machine: 1 MiB
 //! of YAML parses in well under a second; each partition and each pipeline
-//! run opens its own log (a preallocated `segmentBytes` file, and memory
+//! run opens its own log (a `segmentPreallocateBytes` step of disk at its
+//! first write, two for a replicated partition at once, and memory
 //! for its buffers and dedup window), so partitions are the costly count
 //! (idle, 1,024 partitions took a one-shard server from 24 to 42 MiB of
 //! RSS; a full dedup window costs up to 110 MiB per partition). A
@@ -100,7 +106,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+use hadron_engine::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_PREALLOCATE_BYTES_DEFAULT};
 use hadron_engine::storage::IO_ALIGN_BYTES;
 use serde::Deserialize;
 
@@ -120,6 +126,10 @@ pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub const SHARDS_MAX: u16 = 256;
 /// Segment size when the config does not say.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 128 << 20;
+/// The smallest `segmentPreallocateBytes`: below it a log written in
+/// small rounds would extend its file (a `fallocate`, a metadata change)
+/// every few rounds. The largest is `segmentBytes`.
+pub const SEGMENT_PREALLOCATE_BYTES_MIN: u64 = 64 << 10;
 /// glommio `io_memory` per shard when the config does not say.
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 8 << 20;
 /// glommio refuses less.
@@ -224,6 +234,10 @@ pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(IO_ALIGN_BYTES));
+const _: () = assert!(SEGMENT_PREALLOCATE_BYTES_MIN.is_multiple_of(IO_ALIGN_BYTES));
+const _: () = assert!(SEGMENT_PREALLOCATE_BYTES_MIN <= SEGMENT_BYTES_MIN);
+const _: () = assert!(SEGMENT_PREALLOCATE_BYTES_DEFAULT >= SEGMENT_PREALLOCATE_BYTES_MIN);
+const _: () = assert!(SEGMENT_PREALLOCATE_BYTES_DEFAULT <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(IO_MEMORY_BYTES_DEFAULT >= IO_MEMORY_BYTES_MIN);
 const _: () = assert!(FRAME_BYTES_MIN <= hadron_wire::FRAME_BYTES_MAX);
 const _: () = assert!(DEDUP_WINDOW_MS_DEFAULT <= DEDUP_WINDOW_MS_MAX);
@@ -277,6 +291,9 @@ pub struct ServerConfig {
     pub shard_ports: bool,
     pub fsync: FsyncPolicy,
     pub segment_bytes: u64,
+    /// The step the active segment's file is allocated in
+    /// (`segmentPreallocateBytes`).
+    pub segment_preallocate_bytes: u64,
     pub io_memory_bytes: usize,
     pub frame_bytes_max: usize,
     /// Default for streams that do not set `dedupWindowMs`; 0 is off.
@@ -382,6 +399,7 @@ impl Default for ServerConfig {
             shard_ports: true,
             fsync: FsyncPolicy::Always,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
+            segment_preallocate_bytes: SEGMENT_PREALLOCATE_BYTES_DEFAULT,
             io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
             frame_bytes_max: hadron_wire::FRAME_BYTES_MAX,
             dedup_window_ms: DEDUP_WINDOW_MS_DEFAULT,
@@ -500,6 +518,7 @@ pub(super) struct ServerConfigDoc {
     fsync: Option<FsyncMode>,
     fsync_interval_ms: Option<u64>,
     segment_bytes: Option<u64>,
+    segment_preallocate_bytes: Option<u64>,
     io_memory_bytes: Option<usize>,
     frame_bytes_max: Option<usize>,
     dedup_window_ms: Option<u64>,
@@ -562,6 +581,7 @@ impl ServerConfigDoc {
             }
         };
         let defaults = ServerConfig::default();
+        let segment_bytes = self.segment_bytes.unwrap_or(defaults.segment_bytes);
         let config = ServerConfig {
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
             listen: self.listen.unwrap_or(defaults.listen),
@@ -569,7 +589,11 @@ impl ServerConfigDoc {
             shards: self.shards.unwrap_or(defaults.shards),
             shard_ports: self.shard_ports.unwrap_or(defaults.shard_ports),
             fsync,
-            segment_bytes: self.segment_bytes.unwrap_or(defaults.segment_bytes),
+            segment_bytes,
+            // Small segments take a smaller step by default, not an error.
+            segment_preallocate_bytes: self
+                .segment_preallocate_bytes
+                .unwrap_or(defaults.segment_preallocate_bytes.min(segment_bytes)),
             io_memory_bytes: self.io_memory_bytes.unwrap_or(defaults.io_memory_bytes),
             frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
             dedup_window_ms: self.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),

@@ -140,6 +140,7 @@ impl Settings {
             .min(self.config.segment_bytes as usize);
         LogConfig {
             segment_bytes: self.config.segment_bytes,
+            segment_preallocate_bytes: self.config.segment_preallocate_bytes,
             durability: self.config.fsync.durability(),
             retention,
             batch_bytes_max,

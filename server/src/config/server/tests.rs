@@ -12,6 +12,7 @@ fn defaults_are_the_documented_ones_and_valid() {
     assert!(c.shard_ports);
     assert_eq!(c.fsync, FsyncPolicy::Always);
     assert_eq!(c.segment_bytes, 128 << 20);
+    assert_eq!(c.segment_preallocate_bytes, 4 << 20);
     assert_eq!(c.io_memory_bytes, 8 << 20);
     assert_eq!(c.frame_bytes_max, hadron_wire::FRAME_BYTES_MAX);
     assert_eq!(c.dedup_window_ms, 120_000);
@@ -114,6 +115,18 @@ fn limits_are_checked_with_the_field_named() {
         (with(|c| c.shards = SHARDS_MAX + 1), "shards"),
         (with(|c| c.segment_bytes = 4096), "segmentBytes"),
         (with(|c| c.segment_bytes = (1 << 20) + 1), "segmentBytes"),
+        (
+            with(|c| c.segment_preallocate_bytes = 4096),
+            "segmentPreallocateBytes",
+        ),
+        (
+            with(|c| c.segment_preallocate_bytes = c.segment_bytes + 4096),
+            "segmentPreallocateBytes",
+        ),
+        (
+            with(|c| c.segment_preallocate_bytes = (1 << 20) + 512),
+            "segmentPreallocateBytes",
+        ),
         (with(|c| c.io_memory_bytes = 1024), "ioMemoryBytes"),
         (with(|c| c.frame_bytes_max = 100), "frameBytesMax"),
         (with(|c| c.dedup_window_ms = u64::MAX), "dedupWindowMs"),
@@ -153,6 +166,24 @@ fn limits_are_checked_with_the_field_named() {
         ..base
     };
     assert_eq!(ephemeral.validate(), Ok(()));
+}
+
+/// `segmentPreallocateBytes` is read from the file; left out, it is 4 MiB,
+/// or the segment when that is smaller, so small segments need no step set.
+#[test]
+fn segment_preallocate_bytes_defaults_to_4_mib_or_a_smaller_segment() {
+    let parse = |yaml: &str| crate::config::parse_config_file(yaml).map(|(c, _)| c);
+    let read = parse("segmentPreallocateBytes: 16777216\n").unwrap();
+    assert_eq!(read.segment_preallocate_bytes, 16 << 20);
+    let small = parse("segmentBytes: 1048576\n").unwrap();
+    assert_eq!(small.segment_preallocate_bytes, 1 << 20);
+    let e = parse("segmentBytes: 1048576\nsegmentPreallocateBytes: 2097152\n").unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "segmentPreallocateBytes: 2097152 is out of range; allowed: 65536 to 1048576"
+        ),
+        "{e}"
+    );
 }
 
 /// `metricsListen` is read from the file, off by default, and refused (by

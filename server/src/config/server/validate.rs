@@ -140,6 +140,7 @@ impl ServerConfig {
                 },
             ));
         }
+        self.validate_preallocate(&mut errors);
         if !(IO_MEMORY_BYTES_MIN..=IO_MEMORY_BYTES_MAX).contains(&self.io_memory_bytes) {
             errors.push(out_of_range(
                 "ioMemoryBytes",
@@ -160,6 +161,29 @@ impl ServerConfig {
     }
 
     /// Problems with the defaults streams take and the bounds on their readers.
+    /// `segmentPreallocateBytes`: a multiple of the I/O alignment from
+    /// [`SEGMENT_PREALLOCATE_BYTES_MIN`] to `segmentBytes`.
+    fn validate_preallocate(&self, errors: &mut Vec<ConfigError>) {
+        let (step, max) = (self.segment_preallocate_bytes, self.segment_bytes);
+        if !(SEGMENT_PREALLOCATE_BYTES_MIN..=max).contains(&step) {
+            errors.push(out_of_range(
+                "segmentPreallocateBytes",
+                step,
+                SEGMENT_PREALLOCATE_BYTES_MIN,
+                max,
+            ));
+        } else if !step.is_multiple_of(IO_ALIGN_BYTES) {
+            errors.push(ConfigError::new(
+                "segmentPreallocateBytes",
+                Problem::Invalid {
+                    reason: format!(
+                        "{step} is not a multiple of {IO_ALIGN_BYTES} (files are extended in whole pages)"
+                    ),
+                },
+            ));
+        }
+    }
+
     fn stream_default_errors(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         if self.dedup_window_ms > DEDUP_WINDOW_MS_MAX {

@@ -60,6 +60,8 @@ deliveriesInFlightMax: 33
             shard_ports: false,
             fsync: FsyncPolicy::Interval { interval_ms: 20 },
             segment_bytes: 1 << 20,
+            // Not set: the default step, lowered to the smaller segment.
+            segment_preallocate_bytes: 1 << 20,
             io_memory_bytes: 4 << 20,
             frame_bytes_max: 1 << 20,
             dedup_window_ms: 5000,

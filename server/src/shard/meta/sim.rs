@@ -211,6 +211,8 @@ struct Sim {
 fn log_config() -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 10,
+        // Four allocation steps a segment: files are extended as written.
+        segment_preallocate_bytes: 16 << 10,
         index_interval_bytes: 512,
         durability: Durability::Always,
         retention: Retention::default(),

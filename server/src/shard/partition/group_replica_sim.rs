@@ -92,6 +92,8 @@ type SimGroup = GroupPartition<SimClock>;
 fn log_config() -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 10,
+        // Four allocation steps a segment: files are extended as written.
+        segment_preallocate_bytes: 16 << 10,
         index_interval_bytes: 512,
         durability: Durability::Always,
         retention: Retention::default(),

@@ -227,7 +227,10 @@ impl<S: Storage + Clone, C: Clock> Partition<S, C> {
         // task of its own when one is due (see `Shard::handle`).
         log.set_write_behind(true);
         let offsets_batch_bytes_max = offsets_batch_bytes_max(groups_max);
-        let offsets_config = offsets::log_config(groups_max);
+        let offsets_config = LogConfig {
+            segment_preallocate_bytes: log_config.segment_preallocate_bytes,
+            ..offsets::log_config(groups_max)
+        };
         let offsets =
             replica_repair::open_log_as(storage, &dir.join("groups"), offsets_config, replicated)
                 .await

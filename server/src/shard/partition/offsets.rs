@@ -76,6 +76,7 @@ pub(super) fn log_config(groups_max: u32) -> LogConfig {
     let offsets_segment_bytes = offsets_segment_bytes(groups_max);
     LogConfig {
         segment_bytes: offsets_segment_bytes,
+        segment_preallocate_bytes: hadron_engine::log::SEGMENT_PREALLOCATE_BYTES_DEFAULT,
         durability: Durability::Always,
         retention: Retention {
             max_age_ms: None,

@@ -77,6 +77,8 @@ type SimPartition = Partition<SimStorage, SimClock>;
 fn log_config() -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 10,
+        // Four allocation steps a segment: files are extended as written.
+        segment_preallocate_bytes: 16 << 10,
         index_interval_bytes: 512,
         durability: Durability::Always,
         retention: Retention {

@@ -115,6 +115,8 @@ type Outbox = Rc<RefCell<Vec<(u64, Rc<SimRun>, StageOutgoing)>>>;
 fn log_config() -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 10,
+        // Four allocation steps a segment: files are extended as written.
+        segment_preallocate_bytes: 16 << 10,
         index_interval_bytes: 512,
         durability: Durability::Always,
         retention: Retention::default(),
