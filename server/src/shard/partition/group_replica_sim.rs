@@ -53,7 +53,7 @@ use hadron_wire::Limits;
 use self::publisher::Publisher;
 use self::snapshots::{last_snapshot, snapshots_in};
 use super::replica_offsets::offsets_group;
-use super::replica_sim_support::{Net, replica_spec};
+use super::replica_sim_support::{Faulted, Net, node_faults, replica_spec};
 use super::{DedupLimits, Partition, partition_dir};
 use crate::shard::Error;
 use crate::shard::clock::Clock;
@@ -414,45 +414,11 @@ impl Sim {
         self.say(|| format!("node {id} crashes (torn: {torn})"));
     }
 
-    fn down(&self) -> usize {
-        self.nodes.iter().filter(|n| n.partition.is_none()).count()
-    }
-
     /// Random faults of one step, and their ends.
     fn faults(&mut self, step: u64) {
-        for i in 0..NODES as usize {
-            if self.nodes[i].back_at.is_some_and(|at| at <= step) {
-                self.nodes[i].back_at = None;
-                self.say(|| format!("node {} restarts", i + 1));
-                self.open(i as u64 + 1);
-            }
-        }
-        // At most one node down, or two now and then (no quorum).
-        let may_crash = self.down() == 0 || (self.down() == 1 && self.rng.below(4) == 0);
-        if may_crash && self.rng.chance_ppm(self.crash_ppm) {
-            let id = 1 + self.rng.below(NODES);
-            if self.node(id).partition.is_some() {
-                if self.rng.below(2) == 0 {
-                    // Mid-write: the storage stops at one of its next
-                    // operations (a persist, a cut, a meta write).
-                    let ops = 1 + self.rng.below(30);
-                    self.node(id).storage.crash_after_ops(ops);
-                } else {
-                    self.crash(id, step);
-                }
-            }
-        }
-        for id in 1..=NODES {
-            if self.node(id).partition.is_some() && self.node(id).storage.is_frozen() {
-                self.crash(id, step);
-            }
-        }
-        let cut = self
-            .net
-            .cut_and_heal(&mut self.rng, self.cut_ppm, step, NODES);
-        if let Some(((from, to), until)) = cut {
+        let (net, crash_ppm, cut_ppm) = (self.net.clone(), self.crash_ppm, self.cut_ppm);
+        if node_faults(self, &net, step, crash_ppm, cut_ppm).is_some() {
             self.coverage.cuts += 1;
-            self.say(|| format!("link {from}->{to} cut until step {until}"));
         }
     }
 
@@ -937,4 +903,38 @@ fn group_replica_sim_replays_a_seed_identically() {
         Sim::new(seed).run().0,
         "seed {seed}"
     );
+}
+
+impl Faulted for Sim {
+    fn node_count(&self) -> u64 {
+        NODES
+    }
+
+    fn is_up(&self, id: u64) -> bool {
+        self.nodes[id as usize - 1].partition.is_some()
+    }
+
+    fn storage_of(&self, id: u64) -> &SimStorage {
+        &self.nodes[id as usize - 1].storage
+    }
+
+    fn back_at_mut(&mut self, id: u64) -> &mut Option<u64> {
+        &mut self.nodes[id as usize - 1].back_at
+    }
+
+    fn rng_mut(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+
+    fn open_node(&mut self, id: u64) {
+        self.open(id);
+    }
+
+    fn crash_node(&mut self, id: u64, step: u64) {
+        self.crash(id, step);
+    }
+
+    fn narrate(&self, what: &dyn Fn() -> String) {
+        self.say(what);
+    }
 }

@@ -46,7 +46,7 @@ use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 use hadron_engine::{Durability, LogConfig, Retention};
 use hadron_wire::Limits;
 
-use super::replica_sim_support::{Net, replica_spec};
+use super::replica_sim_support::{Faulted, Net, node_faults, replica_spec};
 use super::{DedupLimits, Partition};
 use crate::shard::Error;
 use crate::shard::clock::Clock;
@@ -327,49 +327,11 @@ impl Sim {
         })
     }
 
-    fn down(&self) -> usize {
-        self.nodes.iter().filter(|n| n.partition.is_none()).count()
-    }
-
     /// Random faults of one step, and their ends.
     fn faults(&mut self, step: u64) {
-        for i in 0..self.n as usize {
-            if self.nodes[i].back_at.is_some_and(|at| at <= step) {
-                self.nodes[i].back_at = None;
-                if self.rng.below(3) == 0 && !self.any_recovering() {
-                    self.damage(i);
-                }
-                self.say(|| format!("node {} restarts", i + 1));
-                self.open(i as u64 + 1);
-            }
-        }
-        // At most one node down, or two now and then (no quorum).
-        let may_crash = self.down() == 0 || (self.down() == 1 && self.rng.below(4) == 0);
-        if may_crash && self.rng.chance_ppm(self.crash_ppm) {
-            let id = 1 + self.rng.below(self.n);
-            let node = &self.nodes[id as usize - 1];
-            if node.partition.is_some() {
-                if self.rng.below(2) == 0 {
-                    // Mid-write: the storage stops at one of its next
-                    // operations (a persist, a cut, a meta write).
-                    node.storage.crash_after_ops(1 + self.rng.below(30));
-                } else {
-                    self.crash(id, step);
-                }
-            }
-        }
-        for id in 1..=self.n {
-            let node = &self.nodes[id as usize - 1];
-            if node.partition.is_some() && node.storage.is_frozen() {
-                self.crash(id, step);
-            }
-        }
-        let cut = self
-            .net
-            .cut_and_heal(&mut self.rng, self.cut_ppm, step, self.n);
-        if let Some(((from, to), until)) = cut {
+        let (net, crash_ppm, cut_ppm) = (self.net.clone(), self.crash_ppm, self.cut_ppm);
+        if node_faults(self, &net, step, crash_ppm, cut_ppm).is_some() {
             self.coverage.cuts += 1;
-            self.say(|| format!("link {from}->{to} cut until step {until}"));
         }
     }
 
@@ -768,5 +730,45 @@ fn replica_sim_replays_a_seed_identically() {
             Sim::new(seed).run().0,
             "seed {seed}"
         );
+    }
+}
+
+impl Faulted for Sim {
+    fn node_count(&self) -> u64 {
+        self.n
+    }
+
+    fn is_up(&self, id: u64) -> bool {
+        self.nodes[id as usize - 1].partition.is_some()
+    }
+
+    fn storage_of(&self, id: u64) -> &SimStorage {
+        &self.nodes[id as usize - 1].storage
+    }
+
+    fn back_at_mut(&mut self, id: u64) -> &mut Option<u64> {
+        &mut self.nodes[id as usize - 1].back_at
+    }
+
+    fn rng_mut(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+
+    fn open_node(&mut self, id: u64) {
+        self.open(id);
+    }
+
+    fn crash_node(&mut self, id: u64, step: u64) {
+        self.crash(id, step);
+    }
+
+    fn narrate(&self, what: &dyn Fn() -> String) {
+        self.say(what);
+    }
+
+    fn before_restart(&mut self, id: u64) {
+        if self.rng.below(3) == 0 && !self.any_recovering() {
+            self.damage(id as usize - 1);
+        }
     }
 }

@@ -206,3 +206,71 @@ pub fn replica_spec(net: &Rc<Net>, id: u64, nodes: u64, group: &str, ticks: usiz
         on_leader: Rc::new(|_| {}),
     }
 }
+
+/// What the shared fault schedule ([`node_faults`]) needs of a
+/// simulation: its nodes (ids 1 to [`Faulted::node_count`]), whether each
+/// is up, its storage and restart step, and how it opens and crashes one.
+pub trait Faulted {
+    fn node_count(&self) -> u64;
+    fn is_up(&self, id: u64) -> bool;
+    fn storage_of(&self, id: u64) -> &hadron_engine::storage::sim::SimStorage;
+    fn back_at_mut(&mut self, id: u64) -> &mut Option<u64>;
+    fn rng_mut(&mut self) -> &mut SimRng;
+    fn open_node(&mut self, id: u64);
+    fn crash_node(&mut self, id: u64, step: u64);
+    /// Narrates (under `HADRON_SIM_DEBUG`).
+    fn narrate(&self, what: &dyn Fn() -> String);
+    /// Before node `id` restarts (the damage simulation damages its files
+    /// now and then).
+    fn before_restart(&mut self, _id: u64) {}
+}
+
+/// The node faults of one step every replicated-state simulation shares,
+/// in one order (a seed replays the same): the nodes due restart; at most
+/// one node is down, or two now and then (no quorum), a crash coming at
+/// `crash_ppm` per step, between steps or mid-write (its storage stops at
+/// one of its next operations, the next steps crash it); and a directed
+/// link is cut or healed at `cut_ppm` (returned when cut: the link and
+/// the step it heals at).
+pub fn node_faults(
+    sim: &mut impl Faulted,
+    net: &Net,
+    step: u64,
+    crash_ppm: u32,
+    cut_ppm: u32,
+) -> Option<((u64, u64), u64)> {
+    let n = sim.node_count();
+    for id in 1..=n {
+        if sim.back_at_mut(id).is_some_and(|at| at <= step) {
+            *sim.back_at_mut(id) = None;
+            sim.before_restart(id);
+            sim.narrate(&|| format!("node {id} restarts"));
+            sim.open_node(id);
+        }
+    }
+    let down = (1..=n).filter(|&id| !sim.is_up(id)).count();
+    let may_crash = down == 0 || (down == 1 && sim.rng_mut().below(4) == 0);
+    if may_crash && sim.rng_mut().chance_ppm(crash_ppm) {
+        let id = 1 + sim.rng_mut().below(n);
+        if sim.is_up(id) {
+            if sim.rng_mut().below(2) == 0 {
+                // Mid-write: the storage stops at one of its next
+                // operations (a persist, a cut, a meta write).
+                let ops = 1 + sim.rng_mut().below(30);
+                sim.storage_of(id).crash_after_ops(ops);
+            } else {
+                sim.crash_node(id, step);
+            }
+        }
+    }
+    for id in 1..=n {
+        if sim.is_up(id) && sim.storage_of(id).is_frozen() {
+            sim.crash_node(id, step);
+        }
+    }
+    let cut = net.cut_and_heal(sim.rng_mut(), cut_ppm, step, n);
+    if let Some(((from, to), until)) = cut {
+        sim.narrate(&|| format!("link {from}->{to} cut until step {until}"));
+    }
+    cut
+}
