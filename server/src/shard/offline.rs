@@ -51,6 +51,7 @@ pub(super) fn offline_replica_status(why: &str) -> partition::replica::ReplicaSt
         inbox_dropped: 0,
         removed: false,
         stopped: Some(offline_reason(why)),
+        disk_full: None,
     }
 }
 
