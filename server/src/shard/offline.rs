@@ -203,6 +203,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 start_offset: 0,
                 next_offset: 0,
                 durable_offset: 0,
+                disk_full: None,
                 segments: 0,
                 bytes: 0,
                 read_only: Some(offline_reason(why)),
