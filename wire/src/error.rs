@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn unknown_numbers_do_not_panic() {
         assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
-        assert_eq!(ErrorCode::from_u16(26), ErrorCode::Unknown(26));
+        assert_eq!(ErrorCode::from_u16(27), ErrorCode::Unknown(27));
         assert_eq!(ErrorCode::from_u16(u16::MAX).as_u16(), u16::MAX);
         assert_eq!(ErrorCode::Unknown(999).to_string(), "Unknown (999)");
     }
