@@ -102,7 +102,10 @@ impl Error {
             | Error::NotLeader { .. } => true,
             Error::Server { code, .. } => matches!(
                 code,
-                ErrorCode::ShuttingDown | ErrorCode::StorageError | ErrorCode::WrongShard
+                ErrorCode::ShuttingDown
+                    | ErrorCode::StorageError
+                    | ErrorCode::WrongShard
+                    | ErrorCode::DiskFull
             ),
             _ => false,
         }
@@ -290,6 +293,7 @@ mod tests {
         assert!(Error::server(ErrorCode::ShuttingDown, "bye").is_retryable());
         assert!(!Error::server(ErrorCode::UnknownStream, "no").is_retryable());
         assert!(!Error::server(ErrorCode::ReadOnly, "no").is_retryable());
+        assert!(Error::server(ErrorCode::DiskFull, "disk full").is_retryable());
         assert!(!Error::Closed.is_retryable());
         // A certificate that does not verify will not verify next time.
         let tls = Error::Tls {

@@ -272,6 +272,9 @@ pub async fn status(url: &str, json: bool) -> Result<(), String> {
                     r["stopped"]
                         .as_str()
                         .map(|why| format!(", STOPPED: {why}"))
+                        .or_else(|| r["disk_full"]
+                            .as_str()
+                            .map(|why| format!(", DISK FULL: {why}")))
                         .unwrap_or_default()
                 );
             }

@@ -94,11 +94,19 @@ pub enum ErrorCode {
     /// node after a backoff. Nothing was done; retry a publish there with
     /// the same ids. The connection stays open.
     NotLeader = 25,
+    /// The node's disk is full (ENOSPC or EDQUOT): the partition's log could
+    /// not allocate space and wrote nothing of its last round, without
+    /// failing for good. A publish answered with it may still be written
+    /// (the events stay staged and are written once space is freed): the
+    /// outcome is unknown, as after a timeout. Retry after a backoff with
+    /// the same ids, which the dedup window keeps once. The connection
+    /// stays open.
+    DiskFull = 26,
 }
 
 impl ErrorCode {
     /// Every known code, in numeric order.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::FrameTooLarge,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -124,6 +132,7 @@ impl ErrorCode {
         ErrorCode::Damaged,
         ErrorCode::Forbidden,
         ErrorCode::NotLeader,
+        ErrorCode::DiskFull,
     ];
 
     /// The number sent on the wire.
@@ -155,6 +164,7 @@ impl ErrorCode {
             ErrorCode::Damaged => 23,
             ErrorCode::Forbidden => 24,
             ErrorCode::NotLeader => 25,
+            ErrorCode::DiskFull => 26,
         }
     }
 
@@ -186,6 +196,7 @@ impl ErrorCode {
             23 => ErrorCode::Damaged,
             24 => ErrorCode::Forbidden,
             25 => ErrorCode::NotLeader,
+            26 => ErrorCode::DiskFull,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -233,6 +244,7 @@ impl ErrorCode {
             ErrorCode::Damaged => "Damaged",
             ErrorCode::Forbidden => "Forbidden",
             ErrorCode::NotLeader => "NotLeader",
+            ErrorCode::DiskFull => "DiskFull",
         }
     }
 }
@@ -262,7 +274,7 @@ mod tests {
     #[test]
     fn numbers_are_stable_and_round_trip() {
         // The numbers are the protocol: this table must only ever grow.
-        let expected: [(ErrorCode, u16); 25] = [
+        let expected: [(ErrorCode, u16); 26] = [
             (ErrorCode::FrameTooLarge, 1),
             (ErrorCode::MalformedFrame, 2),
             (ErrorCode::UnsupportedVersion, 3),
@@ -288,6 +300,7 @@ mod tests {
             (ErrorCode::Damaged, 23),
             (ErrorCode::Forbidden, 24),
             (ErrorCode::NotLeader, 25),
+            (ErrorCode::DiskFull, 26),
         ];
         for (code, n) in expected {
             assert_eq!(code.as_u16(), n, "{code}");
@@ -301,7 +314,7 @@ mod tests {
     #[test]
     fn unknown_numbers_do_not_panic() {
         assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
-        assert_eq!(ErrorCode::from_u16(26), ErrorCode::Unknown(26));
+        assert_eq!(ErrorCode::from_u16(27), ErrorCode::Unknown(27));
         assert_eq!(ErrorCode::from_u16(u16::MAX).as_u16(), u16::MAX);
         assert_eq!(ErrorCode::Unknown(999).to_string(), "Unknown (999)");
     }

@@ -39,7 +39,22 @@
 //! later append fails with [`AppendError::Poisoned`] until the log is opened
 //! again. An fdatasync is never retried, since after a failure the kernel may
 //! have dropped the dirty pages it could not write.
+//!
+//! **Disk full.** An allocation that fails with ENOSPC or EDQUOT (the
+//! active segment's preallocation step, creating a new segment's files)
+//! does not poison: it comes before any byte of the segment's round is
+//! written, so no page is in an unknown state, and it changes nothing the
+//! log tracks. The round ends there with [`AppendError::DiskFull`] (what
+//! it finished before, such as sealing an earlier segment, stays done),
+//! its batches stay staged with their offsets, and the next round (a later
+//! append, a sync) allocates again and, once space was freed, writes and
+//! syncs them as usual. Appenders that led or awaited the failed round get
+//! the error, so nobody spins on a full disk; what can stay staged
+//! meanwhile is bounded by `pending_bytes_max`, past which appends get the
+//! same error instead of being queued. Any other allocation error, and
+//! every write, fdatasync or `log.meta` failure, still poisons.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
@@ -49,6 +64,40 @@ use super::index::{self, IndexEntry};
 use super::segment::{Segment, SegmentIndex};
 use super::{AppendError, Appended, Durability, Log, elapsed_us};
 use crate::storage::{Storage, StorageFile, Writes, align_down, align_up};
+
+/// Why a flush round ended early.
+pub(super) enum FlushError {
+    /// A write, an fdatasync or anything after data went out failed: the
+    /// log is poisoned with this reason.
+    Poison(String),
+    /// An allocation found the disk full before the segment's round wrote
+    /// anything: an [`AppendError::DiskFull`], and the log stays writable.
+    DiskFull(AppendError),
+}
+
+impl From<String> for FlushError {
+    fn from(why: String) -> Self {
+        FlushError::Poison(why)
+    }
+}
+
+impl FlushError {
+    /// The error of an allocation (`what` of `path`, asking for `needed`
+    /// bytes): [`FlushError::DiskFull`] for ENOSPC and EDQUOT, whose
+    /// failed allocation wrote nothing; a poison for anything else.
+    pub(super) fn from_allocation(what: &str, path: &Path, needed: u64, e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                FlushError::DiskFull(AppendError::DiskFull {
+                    path: path.to_path_buf(),
+                    needed,
+                    why: format!("{what} {} failed: {e}", path.display()).into(),
+                })
+            }
+            _ => FlushError::Poison(format!("{what} {} failed: {e}", path.display())),
+        }
+    }
+}
 
 /// An fdatasync a flush round still has to issue for the active segment,
 /// and what it makes durable.
@@ -136,7 +185,9 @@ impl<S: Storage> Log<S> {
         if let Some(damage) = &self.recovery.damage {
             return Err(AppendError::Damaged(damage.to_string().into()));
         }
-        // Backpressure: wait while too much is waiting to be written.
+        // Backpressure: wait while too much is waiting to be written; on a
+        // full disk, refuse rather than queue past the bound.
+        let mut tried = false;
         loop {
             {
                 let st = self.state.borrow();
@@ -146,8 +197,12 @@ impl<S: Storage> Log<S> {
                 if st.pending_bytes + len <= self.config.pending_bytes_max {
                     break;
                 }
+                if let (true, Some(full)) = (tried, &st.disk_full) {
+                    return Err(full.clone());
+                }
             }
             self.flush_round(false).await;
+            tried = true;
         }
         let appended = self.enqueue(records, len, timestamp_ms);
         match self.config.durability {
@@ -202,6 +257,10 @@ impl<S: Storage> Log<S> {
     pub async fn write_pending(&self) {
         while self.write_due() {
             self.flush_round(false).await;
+            if self.state.borrow().disk_full.is_some() {
+                // Tried once; the next append or sync tries again.
+                return;
+            }
         }
     }
 
@@ -311,8 +370,11 @@ impl<S: Storage> Log<S> {
         base_offset
     }
 
-    /// Waits until every offset below `next` is durable.
+    /// Waits until every offset below `next` is durable; fails with
+    /// [`AppendError::DiskFull`] when a round it led or awaited found the
+    /// disk full (what it waited for stays staged).
     async fn wait_durable(&self, next: u64) -> Result<(), AppendError> {
+        let mut tried = false;
         loop {
             let generation = self.flushed.generation();
             let covered = {
@@ -323,6 +385,9 @@ impl<S: Storage> Log<S> {
                 if let Some(why) = &st.poisoned {
                     return Err(AppendError::Poisoned(why.clone()));
                 }
+                if let (true, Some(full)) = (tried, &st.disk_full) {
+                    return Err(full.clone());
+                }
                 st.syncing_next >= next
             };
             if covered {
@@ -330,6 +395,7 @@ impl<S: Storage> Log<S> {
                 self.flushed.changed_since(generation).await;
             } else {
                 self.flush_round(true).await;
+                tried = true;
             }
         }
     }
@@ -382,7 +448,7 @@ impl<S: Storage> Log<S> {
             Ok(Some(sync)) => {
                 // Let the next round write while this fdatasync runs.
                 drop(guard);
-                self.finish_sync(sync).await
+                self.finish_sync(sync).await.map_err(FlushError::Poison)
             }
             Ok(None) => {
                 drop(guard);
@@ -390,10 +456,16 @@ impl<S: Storage> Log<S> {
             }
             Err(why) => Err(why),
         };
-        if let Err(why) = result {
+        {
             let mut st = self.state.borrow_mut();
-            if st.poisoned.is_none() {
-                st.poisoned = Some(why.into());
+            match result {
+                Ok(()) => st.disk_full = None,
+                Err(FlushError::DiskFull(full)) => st.disk_full = Some(full),
+                Err(FlushError::Poison(why)) => {
+                    if st.poisoned.is_none() {
+                        st.poisoned = Some(why.into());
+                    }
+                }
             }
         }
         self.flushed.notify_all();
@@ -435,7 +507,7 @@ impl<S: Storage> Log<S> {
     /// Returns the fdatasync the last segment still needs when it is the
     /// active one: the caller issues it after handing over the leader's
     /// turn, so that the next round's writes overlap it.
-    async fn flush_all(&self, want_sync: bool) -> Result<Option<PendingSync<S>>, String> {
+    async fn flush_all(&self, want_sync: bool) -> Result<Option<PendingSync<S>>, FlushError> {
         loop {
             let (base, is_last) = {
                 let st = self.state.borrow();
@@ -468,7 +540,7 @@ impl<S: Storage> Log<S> {
         &self,
         base: u64,
         want_sync: bool,
-    ) -> Result<Option<PendingSync<S>>, String> {
+    ) -> Result<Option<PendingSync<S>>, FlushError> {
         // Create the file on first use, durably, before any data goes in.
         let needs_file = self
             .state

@@ -18,7 +18,8 @@
 //! segments and keeps a few of their files for new segments to begin in.
 //! Opening a log checks what is on disk and tells a torn tail, which it
 //! cuts, from damage, which leaves the log read-only until repaired. The
-//! first failed write or fdatasync poisons the log.
+//! first failed write or fdatasync poisons the log; a full disk met while
+//! allocating, before anything is written, does not (see `append`).
 //!
 //! Each part lives in a module whose header gives its design and the
 //! reasons for it, measured where a choice was made for speed:
@@ -350,6 +351,22 @@ pub enum AppendError {
     /// Recovery found damage in the active segment (see [`Damage`]): the log
     /// serves reads up to it and refuses writes until it is repaired.
     Damaged(Rc<str>),
+    /// The disk is full (ENOSPC) or the quota spent (EDQUOT): a flush round
+    /// could not allocate space, wrote nothing and left what it was to
+    /// write staged, without poisoning the log (see "Disk full" in the
+    /// header of `log/append.rs`). Retryable: a later flush round (an
+    /// append, a sync) allocates again and, once space was freed, writes
+    /// and syncs what is staged. An append that got this error was
+    /// staged unless `pending_bytes_max` refused it first, so it may
+    /// still be written: its outcome is unknown, as after a timeout.
+    DiskFull {
+        /// The file the allocation was for.
+        path: PathBuf,
+        /// Bytes the allocation asked for.
+        needed: u64,
+        /// The error the file system gave.
+        why: Rc<str>,
+    },
     /// The operation needs another configuration (the reason says which).
     Unsupported(&'static str),
 }
@@ -372,6 +389,13 @@ impl fmt::Display for AppendError {
                 "log refuses writes: {why}; restart to recover what is durable"
             ),
             AppendError::Damaged(why) => write!(f, "log is read-only: {why}"),
+            AppendError::DiskFull { path, needed, why } => write!(
+                f,
+                "disk full: could not allocate {needed} bytes for {} ({why}); the log \
+                 writes nothing until space is freed, then writes what it holds, so \
+                 the append may still be written",
+                path.display()
+            ),
             AppendError::Unsupported(why) => write!(f, "not supported: {why}"),
         }
     }
@@ -544,6 +568,10 @@ struct State<S: Storage> {
     /// Whether a flush is running.
     flushing: bool,
     poisoned: Option<Rc<str>>,
+    /// The last flush round failed to allocate space (always an
+    /// [`AppendError::DiskFull`]); cleared by the next round that gets
+    /// past its allocations.
+    disk_full: Option<AppendError>,
     last_sync: Instant,
     commits: CommitStats,
     latencies: CommitLatencies,
@@ -681,5 +709,11 @@ impl<S: Storage> Log<S> {
     /// Why the log refuses writes, if it does.
     pub fn poisoned(&self) -> Option<Rc<str>> {
         self.state.borrow().poisoned.clone()
+    }
+
+    /// The [`AppendError::DiskFull`] the last flush round ended with, while
+    /// no later round got past its allocations.
+    pub fn disk_full(&self) -> Option<AppendError> {
+        self.state.borrow().disk_full.clone()
     }
 }

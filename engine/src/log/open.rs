@@ -194,6 +194,7 @@ impl<S: Storage> Log<S> {
                 pending_bytes: 0,
                 flushing: false,
                 poisoned: None,
+                disk_full: None,
                 last_sync: Instant::now(),
                 commits: CommitStats::default(),
                 latencies: CommitLatencies::default(),

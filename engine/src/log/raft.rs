@@ -247,6 +247,7 @@ impl<S: Storage> Log<S> {
         }
         // Nothing beyond the last batch can become durable.
         let next = next.min(self.next_index());
+        let mut tried = false;
         loop {
             if self.durable_next_index() >= next {
                 return Ok(());
@@ -254,7 +255,13 @@ impl<S: Storage> Log<S> {
             if let Some(why) = self.poisoned() {
                 return Err(AppendError::Poisoned(why));
             }
+            // A round found the disk full: the batches stay staged, and the
+            // caller retries (see "Disk full" in `log/append.rs`).
+            if let (true, Some(full)) = (tried, self.disk_full()) {
+                return Err(full);
+            }
             self.flush_round(true).await;
+            tried = true;
         }
     }
 

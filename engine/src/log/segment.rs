@@ -48,6 +48,7 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 
+use super::append::FlushError;
 use super::{Durability, Log, meta};
 use crate::storage::{Storage, StorageFile, Writes, align_up};
 
@@ -171,11 +172,16 @@ impl<S: Storage> Log<S> {
         self.dir.join(format!("{base:020}.log"))
     }
 
-    pub(super) async fn create_segment_files(&self, base: u64) -> Result<(), String> {
+    /// Creates segment `base`'s files (or begins it in a recycled one),
+    /// allocated one step, durably. A full disk met creating or allocating
+    /// them is [`FlushError::DiskFull`]: no data was written, and a later
+    /// round creates them again (a file left at the path is truncated).
+    pub(super) async fn create_segment_files(&self, base: u64) -> Result<(), FlushError> {
         let log_path = self.segment_path(base);
         let idx_path = self.dir.join(format!("{base:020}.idx"));
+        let first_step = self.config.allocation_for(0);
         let fail = |what: &str, path: &Path, e: io::Error| {
-            format!("{what} {} failed: {e}", path.display())
+            FlushError::from_allocation(what, path, first_step, e)
         };
         // Retention runs now, so that the new segment can begin in the file
         // of one it retires. Ages count to the newest batch appended (the
@@ -214,7 +220,7 @@ impl<S: Storage> Log<S> {
                     .create_with(&log_path, self.segment_writes())
                     .await
                     .map_err(|e| fail("create", &log_path, e))?;
-                let allocated = self.config.allocation_for(0);
+                let allocated = first_step;
                 file.preallocate(allocated)
                     .await
                     .map_err(|e| fail("preallocate", &log_path, e))?;
@@ -226,6 +232,10 @@ impl<S: Storage> Log<S> {
             .create(&idx_path)
             .await
             .map_err(|e| fail("create", &idx_path, e))?;
+        // Past the allocations, any failure poisons.
+        let fail = |what: &str, path: &Path, e: io::Error| {
+            FlushError::Poison(format!("{what} {} failed: {e}", path.display()))
+        };
         self.storage
             .sync_dir(&self.dir)
             .await
@@ -293,7 +303,7 @@ impl<S: Storage> Log<S> {
         base: u64,
         file: &S::File,
         write_end: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), FlushError> {
         let allocated = match self.state.borrow().segments.get(&base) {
             Some(seg) => seg.allocated,
             None => return Ok(()),
@@ -303,10 +313,8 @@ impl<S: Storage> Log<S> {
         }
         let target = self.config.allocation_for(write_end);
         file.preallocate(target).await.map_err(|e| {
-            format!(
-                "preallocate of {} to {target} bytes failed: {e}",
-                self.segment_path(base).display()
-            )
+            let what = format!("preallocate to {target} bytes of");
+            FlushError::from_allocation(&what, &self.segment_path(base), target - allocated, e)
         })?;
         if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
             seg.allocated = seg.allocated.max(target);

@@ -17,6 +17,7 @@ use crate::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 type SimLog = Log<SimStorage>;
 
 mod damage_cut;
+mod disk_full;
 mod formats;
 mod prealloc;
 mod raft;

@@ -81,6 +81,19 @@ pub struct SimFaults {
     pub sync_fail_ppm: u32,
     /// Each operation returns `Pending` up to this many times first.
     pub yields_max: u32,
+    /// The disk is full: every allocation fails with `StorageFull`
+    /// (ENOSPC), having changed nothing: a `preallocate` that would grow
+    /// a file, and a `create_with` of a file that does not exist yet.
+    /// Writes are not refused (the log writes only into space it
+    /// allocated first).
+    pub disk_full: bool,
+}
+
+fn disk_full_error(what: &str, path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        format!("simulated ENOSPC: {what} {}", path.display()),
+    )
 }
 
 /// What a crash does to each write that was not yet fdatasynced.
@@ -479,6 +492,9 @@ impl Storage for SimStorage {
     async fn create_with(&self, path: &Path, writes: Writes) -> io::Result<SimFileHandle> {
         let generation = self
             .op(|fs| {
+                if fs.faults.disk_full && !fs.files.contains_key(path) {
+                    return Err(disk_full_error("create", path));
+                }
                 match fs.files.get_mut(path) {
                     Some(file) => {
                         file.written.clear();
@@ -707,8 +723,12 @@ impl StorageFile for SimFileHandle {
     async fn preallocate(&self, len: u64) -> io::Result<()> {
         self.storage
             .op(|fs| {
+                let full = fs.faults.disk_full;
                 let file = self.file(fs)?;
                 if (file.written.len() as u64) < len {
+                    if full {
+                        return Err(disk_full_error("preallocate", &self.path));
+                    }
                     file.written.resize(len as usize, 0);
                 }
                 Ok(())
@@ -1014,6 +1034,7 @@ mod tests {
                 write_fail_ppm: 1_000_000,
                 sync_fail_ppm: 1_000_000,
                 yields_max: 3,
+                disk_full: false,
             },
         );
         block_on(async {
@@ -1022,5 +1043,31 @@ mod tests {
             assert!(f.fdatasync().await.is_err());
         });
         assert!(sim.durable_bytes(Path::new("/f")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_full_disk_fails_allocations_with_enospc_and_changes_nothing() {
+        let sim = SimStorage::new(6, SimFaults::default());
+        block_on(async {
+            let f = sim.create(Path::new("/f")).await.unwrap();
+            f.preallocate(8192).await.unwrap();
+            sim.set_faults(SimFaults {
+                disk_full: true,
+                ..SimFaults::default()
+            });
+            let e = f.preallocate(16384).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+            assert_eq!(f.size().await.unwrap(), 8192);
+            // Within the allocation nothing is refused.
+            f.preallocate(4096).await.unwrap();
+            f.write_at(page(7), 4096).await.unwrap();
+            let e = sim.create(Path::new("/g")).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+            assert!(sim.written_bytes(Path::new("/g")).is_none());
+            sim.set_faults(SimFaults::default());
+            f.preallocate(16384).await.unwrap();
+            assert_eq!(f.size().await.unwrap(), 16384);
+            sim.create(Path::new("/g")).await.unwrap();
+        });
     }
 }

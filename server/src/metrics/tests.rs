@@ -21,6 +21,7 @@ fn partition(stream: &str, partition: u32, next: u64) -> PartitionMetrics {
             segments: 1,
             bytes: 4096,
             read_only: None,
+            disk_full: None,
             commits: hadron_engine::CommitStats::default().into(),
             dedup_keys: next,
             dedup_oldest_ms: Some(1500),

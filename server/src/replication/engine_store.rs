@@ -72,6 +72,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use hadron_engine::AppendError;
 use hadron_engine::log::batch::{self, BatchKind, BatchStamp};
 use hadron_engine::log::meta::RaftMeta;
 use hadron_engine::log::{Durability, Log, RaftBatch};
@@ -393,9 +394,14 @@ impl<S: Storage> EngineLogStore<S> {
             let wanted = meta_of(&inner.hs, &inner.conf);
             (inner.log.clone(), inner.log.last_index() + 1, wanted)
         };
-        log.sync_index(next)
-            .await
-            .map_err(|e| io_error("syncing Raft entries", e))?;
+        log.sync_index(next).await.map_err(|e| match e {
+            // Retryable: the entries stay staged in the log (see "Disk
+            // full" in the engine's `log/append.rs`).
+            AppendError::DiskFull { .. } => {
+                StoreError::DiskFull(format!("syncing Raft entries: {e}"))
+            }
+            e => io_error("syncing Raft entries", e),
+        })?;
         let same = {
             let r = &self.0.borrow().recorded;
             meta_of(

@@ -44,6 +44,10 @@ pub enum StoreError {
     Rejected(String),
     /// The log's storage failed.
     Io(String),
+    /// The disk is full: nothing of the entries was written and the log
+    /// stays writable; the caller retries the persist after a backoff
+    /// (nothing is acknowledged meanwhile).
+    DiskFull(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -64,6 +68,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Unsupported(why) => write!(f, "not supported: {why}"),
             StoreError::Rejected(why) => write!(f, "raft entry refused: {why}"),
             StoreError::Io(why) => write!(f, "raft log storage failed: {why}"),
+            StoreError::DiskFull(why) => write!(f, "raft log storage is full: {why}"),
         }
     }
 }

@@ -283,6 +283,9 @@ pub enum AppendFailed {
     Poisoned(String),
     /// The log's data is damaged; writes wait for `hadron repair`.
     Damaged(String),
+    /// The disk is full: the log wrote nothing of its last round and
+    /// writes it once space is freed, so the append may still be written.
+    DiskFull(String),
     /// A failure the engine added after this mapping.
     Other(String),
 }
@@ -339,6 +342,7 @@ impl Error {
                 AppendFailed::Refused(_) => ErrorCode::InvalidRequest,
                 AppendFailed::Poisoned(_) => ErrorCode::ReadOnly,
                 AppendFailed::Damaged(_) => ErrorCode::Damaged,
+                AppendFailed::DiskFull(_) => ErrorCode::DiskFull,
                 AppendFailed::Other(_) => ErrorCode::StorageError,
             },
             E::Read(ReadFailed::OutOfRange(_)) | E::NoEventAt { .. } => ErrorCode::OffsetOutOfRange,
@@ -399,6 +403,7 @@ impl From<AppendError> for AppendFailed {
             | AppendError::TooLarge { .. } => AppendFailed::Refused(message),
             AppendError::Poisoned(_) => AppendFailed::Poisoned(message),
             AppendError::Damaged(_) => AppendFailed::Damaged(message),
+            AppendError::DiskFull { .. } => AppendFailed::DiskFull(message),
             // A variant added to the engine later: a storage problem until
             // it gets its own line here.
             _ => AppendFailed::Other(message),
@@ -710,6 +715,7 @@ impl fmt::Display for AppendFailed {
             AppendFailed::Refused(m)
             | AppendFailed::Poisoned(m)
             | AppendFailed::Damaged(m)
+            | AppendFailed::DiskFull(m)
             | AppendFailed::Other(m) => f.write_str(m),
         }
     }

@@ -51,6 +51,7 @@ pub(super) fn offline_replica_status(why: &str) -> partition::replica::ReplicaSt
         inbox_dropped: 0,
         removed: false,
         stopped: Some(offline_reason(why)),
+        disk_full: None,
     }
 }
 
@@ -202,6 +203,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 start_offset: 0,
                 next_offset: 0,
                 durable_offset: 0,
+                disk_full: None,
                 segments: 0,
                 bytes: 0,
                 read_only: Some(offline_reason(why)),

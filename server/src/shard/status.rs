@@ -65,6 +65,9 @@ pub struct PartitionStatus {
     pub bytes: u64,
     /// Why the partition refuses writes, if it does.
     pub read_only: Option<String>,
+    /// `"disk full: ..."` while its log found the disk full and waits for
+    /// space (writes refused, nothing lost); `None` otherwise.
+    pub disk_full: Option<String>,
     /// Group-commit counters of its log since the server started.
     pub commits: CommitStatus,
     /// Offsets the dedup window spans (its keys, and the slots of appends
@@ -162,6 +165,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             segments: stats.segments,
             bytes: stats.bytes,
             read_only: p.log.poisoned().map(|s| s.to_string()),
+            disk_full: p.log.disk_full().map(|e| e.to_string()),
             commits: CommitStatus::from(stats.commits),
             dedup_keys,
             dedup_oldest_ms,

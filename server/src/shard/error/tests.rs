@@ -380,6 +380,14 @@ fn each_append_failure_has_one_code() {
         ),
         (AppendError::Poisoned("EIO".into()), ErrorCode::ReadOnly),
         (AppendError::Damaged("byte 4096".into()), ErrorCode::Damaged),
+        (
+            AppendError::DiskFull {
+                path: "/data/events/0/00000000000000000000.log".into(),
+                needed: 4 << 20,
+                why: "No space left on device (os error 28)".into(),
+            },
+            ErrorCode::DiskFull,
+        ),
     ];
     for (e, code) in cases {
         let message = e.to_string();

@@ -37,6 +37,7 @@ mod dedup;
 mod group_replica_sim;
 mod offsets;
 pub mod replica;
+pub mod replica_disk_full;
 pub mod replica_move;
 pub mod replica_offsets;
 pub mod replica_repair;

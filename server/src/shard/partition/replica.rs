@@ -24,7 +24,8 @@
 //!   found. A retry that finds its events at offsets not yet committed
 //!   waits for the commit before it is answered.
 //! - A Raft group that stops (its log refused a write) answers every
-//!   request `ReplicationStopped`; the rest of the node goes on.
+//!   request `ReplicationStopped`; the rest of the node goes on. A full
+//!   disk does not stop it: the persist is retried (`replica_disk_full.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -79,7 +80,7 @@ impl std::fmt::Debug for ReplicaSpec {
 /// One partition's Raft group on this node.
 pub struct Replica<S: Storage, C: Clock> {
     pub(super) group: RefCell<ReplicatedLog<EngineLogStore<S>, GroupNet, C>>,
-    store: EngineLogStore<S>,
+    pub(super) store: EngineLogStore<S>,
     inbox: RefCell<Vec<Message>>,
     /// Signalled when there is something for the loop to do.
     pub wake: Notify,
@@ -116,6 +117,8 @@ pub struct Replica<S: Storage, C: Clock> {
     /// Set when its loop ended.
     ended: Cell<bool>,
     ended_notify: Notify,
+    /// A persist found the disk full (`replica_disk_full.rs`).
+    pub(super) disk_full: RefCell<super::replica_disk_full::DiskFull>,
 }
 
 /// Told each committed batch of events, as its bytes.
@@ -146,6 +149,8 @@ pub struct ReplicaStatus {
     /// Removed from the group (`replica_move.rs`): its loop stopped.
     pub removed: bool,
     pub stopped: Option<String>,
+    /// Its log found the disk full and waits for space, retrying.
+    pub disk_full: Option<String>,
 }
 
 /// The offset after the batch at Raft `index` of `log` (its first offset
@@ -217,6 +222,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             wants_lease: Cell::new(false),
             ended: Cell::new(false),
             ended_notify: Notify::default(),
+            disk_full: RefCell::default(),
         })
     }
 
@@ -341,6 +347,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             inbox_dropped: self.dropped.get(),
             removed: self.removed(),
             stopped: self.stopped.borrow().clone(),
+            disk_full: self.disk_full(),
         }
     }
 
@@ -350,7 +357,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
     /// before the next await: a publish answered at commit must find the
     /// high watermark past its events when it next reads. Returns whether
     /// the high watermark moved.
-    async fn turn(&self) -> Result<bool, String> {
+    async fn turn(&self, clock: &C) -> Result<bool, String> {
         {
             let mut group = self.group.borrow_mut();
             for m in std::mem::take(&mut *self.inbox.borrow_mut()) {
@@ -369,7 +376,9 @@ impl<S: Storage, C: Clock> Replica<S, C> {
                 // live through the body.
                 let due = self.group.borrow().persist_number();
                 let Some(number) = due else { break };
-                self.store.persist().await.map_err(|e| e.to_string())?;
+                if !self.persist_unless_full(clock).await? {
+                    break; // the disk is full: retried after a backoff
+                }
                 self.group
                     .borrow_mut()
                     .on_persisted(number)
@@ -427,10 +436,13 @@ impl<S: Storage, C: Clock> Replica<S, C> {
 
     /// When the loop must turn again by itself (the next tick).
     fn next_tick_in(&self, clock: &C) -> std::time::Duration {
-        self.group
+        let tick = self
+            .group
             .borrow()
             .next_tick_at()
-            .saturating_sub(clock.now())
+            .saturating_sub(clock.now());
+        let retry = self.disk_full.borrow().wait(clock.now());
+        retry.map_or(tick, |retry| tick.min(retry))
     }
 
     /// On a leader that is not the preferred replica: offers leadership to
@@ -660,7 +672,7 @@ async fn turn_once<S: Storage, C: Clock, D: ReplicaDuty>(
     duty: &D,
 ) -> Result<(), String> {
     let leased = replica.has_lease();
-    if replica.turn().await? || replica.has_lease() != leased {
+    if replica.turn(clock).await? || replica.has_lease() != leased {
         duty.moved();
     }
     if let Some(term) = replica.needs_dedup_rebuild() {

@@ -690,6 +690,7 @@ impl Sim {
 /// over all seeds, so that a change that stops the simulation from
 /// reaching them is noticed.
 mod damage;
+mod disk_full;
 mod moves;
 
 #[test]

@@ -238,6 +238,7 @@ const QUIET: SimFaults = SimFaults {
     write_fail_ppm: 0,
     sync_fail_ppm: 0,
     yields_max: 2,
+    disk_full: false,
 };
 
 impl Sim {

@@ -110,6 +110,7 @@ const QUIET: SimFaults = SimFaults {
     write_fail_ppm: 0,
     sync_fail_ppm: 0,
     yields_max: 2,
+    disk_full: false,
 };
 
 /// The resources of every run: the stream and the seed's pipeline.
