@@ -43,6 +43,14 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     // full buffer or a sync started) and that no publish
                     // has started since.
                     p.log.write_pending().await;
+                    // A single node's log that found its disk full holds
+                    // its staged batches until a round gets past the
+                    // allocation: try one, so that they are written once
+                    // space is freed even if nobody appends (a replicated
+                    // log's replica retries its own persist).
+                    if p.replica.is_none() && p.log.disk_full().is_some() {
+                        let _ = p.log.sync().await;
+                    }
                 }
             }
         });

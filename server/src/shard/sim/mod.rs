@@ -61,6 +61,8 @@
 //! where order does not matter, the run reads no real time and spawns no
 //! thread, so a seed replays identically (a test checks it does).
 
+#[cfg(test)]
+mod disk_full;
 mod model;
 mod run;
 

@@ -61,7 +61,7 @@ impl Sim {
     /// Starts every shard on the disk as the last life left it, installs
     /// the persisted resources (the first life applies them), checks the
     /// logs, and connects a handler or two.
-    fn open_life(&mut self, no: u64) -> Life {
+    pub(super) fn open_life(&mut self, no: u64) -> Life {
         let pool = LocalPool::new();
         self.clock.set_spawner(pool.spawner());
         let registry = Rc::new(RefCell::new(Vec::new()));
@@ -174,7 +174,11 @@ impl Sim {
         }
     }
 
-    fn partition(&self, life: &Life, partition: u32) -> Rc<Partition<SimStorage, SimClock>> {
+    pub(super) fn partition(
+        &self,
+        life: &Life,
+        partition: u32,
+    ) -> Rc<Partition<SimStorage, SimClock>> {
         let owner = life.shards[0].owner(STREAM, partition);
         match life.shards[owner as usize].partition(STREAM, partition) {
             Ok(p) => p,
