@@ -6,9 +6,10 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hadron_tests::cluster::{Cluster, ClusterOptions};
+use hadron_tests::eventually;
 
 const STREAM: &str = "orders";
 const PARTITIONS: u32 = 4;
@@ -55,17 +56,14 @@ async fn an_idle_replicated_partition_holds_about_a_preallocation_step_per_log()
         .map(|id| cluster.node(id).data_dir().join("streams").join(STREAM))
         .collect();
     let logs_per_node = 2 * PARTITIONS as usize;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while streams
-        .iter()
-        .any(|dir| segment_files(dir).len() < logs_per_node)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not every node opened its {logs_per_node} partition logs"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("every node opening its {logs_per_node} partition logs");
+    eventually(Duration::from_secs(30), &what, || async {
+        let opened = streams
+            .iter()
+            .all(|dir| segment_files(dir).len() >= logs_per_node);
+        opened.then_some(())
+    })
+    .await;
     for dir in &streams {
         let files = segment_files(dir);
         assert_eq!(files.len(), logs_per_node, "{files:?}");

@@ -253,10 +253,21 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// are left.
     pub(crate) async fn rebalance(self: &Rc<Self>, asked: Asked) -> Reply {
         let Asked {
-            drain,
+            mut drain,
             moves_max,
             dry_run,
         } = asked;
+        // Each id once; more ids than a cluster has nodes cannot all be
+        // nodes (the frame bounds the list; this bounds the work).
+        drain.sort_unstable();
+        drain.dedup();
+        if drain.len() > crate::config::cluster::CLUSTER_NODES_MAX {
+            return Reply::Failed(refused(format!(
+                "{} nodes to drain: a cluster has at most {}",
+                drain.len(),
+                crate::config::cluster::CLUSTER_NODES_MAX
+            )));
+        }
         let moves_max = match moves_max {
             0 => REBALANCE_MOVES_DEFAULT,
             n => n,

@@ -182,6 +182,32 @@ struct Sim {
     moves: Option<moves::MoveRun>,
 }
 
+/// The simulated partition `s/0` on `storage`, opened (recovering it) as
+/// a replicated partition's log is, before its groups start.
+async fn open_partition(
+    storage: &SimStorage,
+    clock: SimClock,
+) -> Result<Partition<SimStorage, SimClock>, String> {
+    Partition::open_as(
+        storage,
+        clock,
+        Path::new(DIR),
+        "s",
+        0,
+        (
+            log_config(),
+            DedupLimits {
+                window_ms: 0,
+                keys_max: 1 << 20,
+            },
+            Limits::DEFAULT,
+            crate::config::server::GROUPS_MAX_DEFAULT,
+        ),
+        true,
+    )
+    .await
+}
+
 impl Sim {
     fn new(seed: u64) -> Sim {
         Sim::with_nodes(seed, NODES)
@@ -249,24 +275,7 @@ impl Sim {
         let node = &self.nodes[id as usize - 1];
         let (storage, clock) = (node.storage.clone(), self.clock.clone());
         let p = self.pool.run_until(async move {
-            let mut p = Partition::open_as(
-                &storage,
-                clock,
-                Path::new(DIR),
-                "s",
-                0,
-                (
-                    log_config(),
-                    DedupLimits {
-                        window_ms: 0,
-                        keys_max: 1 << 20,
-                    },
-                    Limits::DEFAULT,
-                    crate::config::server::GROUPS_MAX_DEFAULT,
-                ),
-                true,
-            )
-            .await?;
+            let mut p = open_partition(&storage, clock).await?;
             let dedup = DedupLimits {
                 window_ms: 600_000,
                 keys_max: 1 << 20,

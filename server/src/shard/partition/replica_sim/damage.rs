@@ -22,9 +22,7 @@ use futures::executor::block_on;
 use hadron_engine::log::batch::{BatchKind, Batches};
 use hadron_engine::storage::sim::SimStorage;
 
-use hadron_wire::Limits;
-
-use super::{DIR, DedupLimits, Partition, Sim, log_config};
+use super::{DIR, Sim};
 
 /// The kinds of damage, as counted in [`DamageCounts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,27 +198,9 @@ impl Sim {
         };
         let before = image(&storage);
         let (opening, clock) = (storage.clone(), self.clock.clone());
-        let got = self.pool.run_until(async move {
-            Partition::open_as(
-                &opening,
-                clock,
-                Path::new(DIR),
-                "s",
-                0,
-                (
-                    log_config(),
-                    DedupLimits {
-                        window_ms: 0,
-                        keys_max: 1 << 20,
-                    },
-                    Limits::DEFAULT,
-                    crate::config::server::GROUPS_MAX_DEFAULT,
-                ),
-                true,
-            )
-            .await
-            .map(|_| ())
-        });
+        let got = self
+            .pool
+            .run_until(async move { super::open_partition(&opening, clock).await.map(|_| ()) });
         let seed = self.seed;
         let Err(e) = got else {
             panic!(
