@@ -2,10 +2,12 @@
 //! and a learner (node 4, added as a learner by the leader's reconciler,
 //! as a node past `metaVoters` is) on the seeded network of
 //! `replica_sim_support` (drops, duplicates, delays, directed cuts),
-//! nodes crashing (unsynced writes dropped or torn) and restarting, and
-//! clients proposing commands at random nodes (following `NotLeader`).
-//! At a seeded step the roles change: node 4 is promoted and a random
-//! voter demoted to a learner, in one joint change. Each node's state machine is a model: the
+//! nodes crashing (between steps, unsynced writes dropped or torn, or
+//! mid-write: the schedule the replication simulations share,
+//! `node_faults`) and restarting, and clients proposing commands at
+//! random nodes (following `NotLeader`). At a seeded step the roles
+//! change: node 4 is promoted and a random voter demoted to a learner, in
+//! one joint change. Each node's state machine is a model: the
 //! commands it applied, in order, with their indexes, and its recorded
 //! applied index, both durable (they survive its crashes, as the node's
 //! files do).
@@ -47,7 +49,7 @@ use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
 use crate::shard::error::Error;
 use crate::shard::partition::replica::Replica;
-use crate::shard::partition::replica_sim_support::{Net, replica_spec};
+use crate::shard::partition::replica_sim_support::{Faulted, Net, node_faults, replica_spec};
 use crate::shard::sim_support::{fold_trace, run_seeds};
 
 const SEEDS: u64 = 100;
@@ -341,27 +343,9 @@ impl Sim {
     }
 
     fn faults(&mut self, step: u64) {
-        for id in 1..=NODES {
-            if self.nodes[id as usize - 1]
-                .back_at
-                .is_some_and(|at| at <= step)
-            {
-                self.nodes[id as usize - 1].back_at = None;
-                self.say(|| format!("node {id} restarts"));
-                self.open(id);
-            }
-        }
-        let down = self.nodes.iter().filter(|n| n.meta.is_none()).count();
-        if down == 0 && self.rng.chance_ppm(self.crash_ppm) {
-            let id = 1 + self.rng.below(NODES);
-            self.crash(id, step);
-        }
-        if let Some(((from, to), until)) =
-            self.net
-                .cut_and_heal(&mut self.rng, self.cut_ppm, step, NODES)
-        {
+        let (net, crash_ppm, cut_ppm) = (self.net.clone(), self.crash_ppm, self.cut_ppm);
+        if node_faults(self, &net, step, crash_ppm, cut_ppm).is_some() {
             self.coverage.cuts += 1;
-            self.say(|| format!("link {from}->{to} cut until step {until}"));
         }
     }
 
@@ -479,8 +463,18 @@ impl Sim {
             self.step();
         }
         self.net.heal_all();
+        // A crash armed mid-write that has not struck yet: now or never.
+        for id in 1..=NODES {
+            let node = &self.nodes[id as usize - 1];
+            if node.meta.is_some() && node.storage.is_frozen() {
+                self.crash(id, STEPS);
+            } else {
+                node.storage.disarm_crash();
+            }
+        }
         for id in 1..=NODES {
             if self.nodes[id as usize - 1].meta.is_none() {
+                self.nodes[id as usize - 1].back_at = None;
                 self.open(id);
             }
         }
@@ -622,5 +616,39 @@ fn meta_group_sim_replays_a_seed_bit_for_bit() {
             Sim::new(seed).run().0,
             "seed {seed}"
         );
+    }
+}
+
+impl Faulted for Sim {
+    fn node_count(&self) -> u64 {
+        NODES
+    }
+
+    fn is_up(&self, id: u64) -> bool {
+        self.nodes[id as usize - 1].meta.is_some()
+    }
+
+    fn storage_of(&self, id: u64) -> &SimStorage {
+        &self.nodes[id as usize - 1].storage
+    }
+
+    fn back_at_mut(&mut self, id: u64) -> &mut Option<u64> {
+        &mut self.nodes[id as usize - 1].back_at
+    }
+
+    fn rng_mut(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+
+    fn open_node(&mut self, id: u64) {
+        self.open(id);
+    }
+
+    fn crash_node(&mut self, id: u64, step: u64) {
+        self.crash(id, step);
+    }
+
+    fn narrate(&self, what: &dyn Fn() -> String) {
+        self.say(what);
     }
 }
