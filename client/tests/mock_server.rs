@@ -2339,3 +2339,48 @@ async fn stopping_a_cluster_handler_closes_its_connection_to_every_node() {
         );
     }
 }
+
+/// A node killed as an admin change reached it (its connection closes
+/// before an answer): the change goes to the next bootstrap node, which
+/// answers it (every admin change is idempotent, so a resend is safe).
+#[tokio::test]
+async fn an_admin_change_whose_connection_breaks_goes_to_the_next_node() {
+    let dying: Behavior = Arc::new(|_state, f| match &f.message {
+        Message::Apply(_) => vec![Out::Close],
+        _ => vec![frame(
+            f.request_id,
+            &Message::Error(ErrorReply {
+                code: ErrorCode::InvalidRequest,
+                message: f.message.name(),
+                leader: None,
+            }),
+        )],
+    });
+    let applying: Behavior = Arc::new(|_state, f| match &f.message {
+        Message::Apply(_) => vec![frame(
+            f.request_id,
+            &Message::ApplyOk(hadron_wire::ApplyOk {
+                summary: vec!["stream/orders created"],
+            }),
+        )],
+        _ => vec![frame(
+            f.request_id,
+            &Message::Error(ErrorReply {
+                code: ErrorCode::InvalidRequest,
+                message: f.message.name(),
+                leader: None,
+            }),
+        )],
+    });
+    let first = Mock::start(0, dying).await;
+    let second = Mock::start(0, applying).await;
+    let urls = format!("{},{}", first.url, second.url);
+    let client = hadron::Client::new(&urls, fast_options()).unwrap();
+    let summary = client.apply("kind: Stream\n").await.unwrap();
+    assert_eq!(summary, vec!["stream/orders created".to_owned()]);
+    let applies = |mock: &Mock| {
+        mock.picked(|_, f| matches!(f.message, Message::Apply(_)).then_some(()))
+            .len()
+    };
+    assert_eq!((applies(&first), applies(&second)), (1, 1));
+}

@@ -8,8 +8,10 @@
 //! sends the change by the main connection (the first bootstrap node that
 //! answers), follows a named leader at once, and without one (an
 //! election) backs off and asks the next bootstrap node; a node that
-//! cannot be reached is skipped the same way. Nothing was done by a
-//! `NotLeader` or a refused connection, so resending is safe. It gives up
+//! cannot be reached, or whose connection breaks or stays silent (a node
+//! killed as the request reached it), is skipped the same way. Nothing
+//! was done by a `NotLeader` or a refused connection, and every admin
+//! change is idempotent, so resending is safe. It gives up
 //! after [`ADMIN_LEADER_WAIT`] with the last error. A single server never
 //! answers `NotLeader`: one attempt.
 
@@ -65,7 +67,13 @@ impl Client {
                     tracing::debug!(what, leader = l.node_id, "following the metadata leader");
                     self.note_leader(META_GROUP, 0, Some(l));
                 }
-                Error::NotLeader { leader: None, .. } | Error::Connect { .. } => {
+                // A connection that failed, broke or stayed silent: the
+                // next node (every change is idempotent, so one the node
+                // applied before the connection broke is answered
+                // `unchanged` or the same when resent).
+                e if matches!(e, Error::NotLeader { leader: None, .. })
+                    || e.is_connection_failure() =>
+                {
                     tracing::debug!(what, error = %e, ?pause, "no metadata leader here; trying the next node");
                     self.note_leader(META_GROUP, 0, None);
                     let next = self.inner.main_index.load(Ordering::Relaxed) + 1;
