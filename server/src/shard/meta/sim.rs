@@ -49,7 +49,7 @@ use crate::shard::clock::Clock;
 use crate::shard::clock::sim::SimClock;
 use crate::shard::error::Error;
 use crate::shard::partition::replica::Replica;
-use crate::shard::partition::replica_sim_support::{Faulted, Net, node_faults, replica_spec};
+use crate::shard::partition::replica_sim_support::{Net, faulted_sim, node_faults, replica_spec};
 use crate::shard::sim_support::{fold_trace, run_seeds};
 
 const SEEDS: u64 = 100;
@@ -619,36 +619,4 @@ fn meta_group_sim_replays_a_seed_bit_for_bit() {
     }
 }
 
-impl Faulted for Sim {
-    fn node_count(&self) -> u64 {
-        NODES
-    }
-
-    fn is_up(&self, id: u64) -> bool {
-        self.nodes[id as usize - 1].meta.is_some()
-    }
-
-    fn storage_of(&self, id: u64) -> &SimStorage {
-        &self.nodes[id as usize - 1].storage
-    }
-
-    fn back_at_mut(&mut self, id: u64) -> &mut Option<u64> {
-        &mut self.nodes[id as usize - 1].back_at
-    }
-
-    fn rng_mut(&mut self) -> &mut SimRng {
-        &mut self.rng
-    }
-
-    fn open_node(&mut self, id: u64) {
-        self.open(id);
-    }
-
-    fn crash_node(&mut self, id: u64, step: u64) {
-        self.crash(id, step);
-    }
-
-    fn narrate(&self, what: &dyn Fn() -> String) {
-        self.say(what);
-    }
-}
+faulted_sim!(up: meta, count: |_s| NODES);

@@ -53,7 +53,7 @@ use hadron_wire::Limits;
 use self::publisher::Publisher;
 use self::snapshots::{last_snapshot, snapshots_in};
 use super::replica_offsets::offsets_group;
-use super::replica_sim_support::{Faulted, Net, node_faults, replica_spec};
+use super::replica_sim_support::{Net, faulted_sim, node_faults, replica_spec};
 use super::{DedupLimits, Partition, partition_dir};
 use crate::shard::Error;
 use crate::shard::clock::Clock;
@@ -905,36 +905,4 @@ fn group_replica_sim_replays_a_seed_identically() {
     );
 }
 
-impl Faulted for Sim {
-    fn node_count(&self) -> u64 {
-        NODES
-    }
-
-    fn is_up(&self, id: u64) -> bool {
-        self.nodes[id as usize - 1].partition.is_some()
-    }
-
-    fn storage_of(&self, id: u64) -> &SimStorage {
-        &self.nodes[id as usize - 1].storage
-    }
-
-    fn back_at_mut(&mut self, id: u64) -> &mut Option<u64> {
-        &mut self.nodes[id as usize - 1].back_at
-    }
-
-    fn rng_mut(&mut self) -> &mut SimRng {
-        &mut self.rng
-    }
-
-    fn open_node(&mut self, id: u64) {
-        self.open(id);
-    }
-
-    fn crash_node(&mut self, id: u64, step: u64) {
-        self.crash(id, step);
-    }
-
-    fn narrate(&self, what: &dyn Fn() -> String) {
-        self.say(what);
-    }
-}
+faulted_sim!(up: partition, count: |_s| NODES);

@@ -46,7 +46,7 @@ use hadron_engine::storage::sim::{CrashMode, SimFaults, SimRng, SimStorage};
 use hadron_engine::{Durability, LogConfig, Retention};
 use hadron_wire::Limits;
 
-use super::replica_sim_support::{Faulted, Net, node_faults, replica_spec};
+use super::replica_sim_support::{Net, faulted_sim, node_faults, replica_spec};
 use super::{DedupLimits, Partition};
 use crate::shard::Error;
 use crate::shard::clock::Clock;
@@ -263,6 +263,14 @@ impl Sim {
     fn say(&self, what: impl FnOnce() -> String) {
         if self.debug {
             eprintln!("[seed {} t={:?}] {}", self.seed, self.clock.now(), what());
+        }
+    }
+
+    /// Before node `id` restarts: its files are damaged now and then
+    /// (`damage.rs`), never while a replica is still recovering.
+    fn damage_at_restart(&mut self, id: u64) {
+        if self.rng.below(3) == 0 && !self.any_recovering() {
+            self.damage(id as usize - 1);
         }
     }
 
@@ -743,42 +751,4 @@ fn replica_sim_replays_a_seed_identically() {
     }
 }
 
-impl Faulted for Sim {
-    fn node_count(&self) -> u64 {
-        self.n
-    }
-
-    fn is_up(&self, id: u64) -> bool {
-        self.nodes[id as usize - 1].partition.is_some()
-    }
-
-    fn storage_of(&self, id: u64) -> &SimStorage {
-        &self.nodes[id as usize - 1].storage
-    }
-
-    fn back_at_mut(&mut self, id: u64) -> &mut Option<u64> {
-        &mut self.nodes[id as usize - 1].back_at
-    }
-
-    fn rng_mut(&mut self) -> &mut SimRng {
-        &mut self.rng
-    }
-
-    fn open_node(&mut self, id: u64) {
-        self.open(id);
-    }
-
-    fn crash_node(&mut self, id: u64, step: u64) {
-        self.crash(id, step);
-    }
-
-    fn narrate(&self, what: &dyn Fn() -> String) {
-        self.say(what);
-    }
-
-    fn before_restart(&mut self, id: u64) {
-        if self.rng.below(3) == 0 && !self.any_recovering() {
-            self.damage(id as usize - 1);
-        }
-    }
-}
+faulted_sim!(up: partition, count: |s| s.n, before_restart: damage_at_restart);

@@ -274,3 +274,52 @@ pub fn node_faults(
     }
     cut
 }
+
+/// Implements [`Faulted`] for a simulation `Sim` whose `nodes[id - 1]`
+/// hold `storage`, `back_at` and an `Option` named `$up` (`Some` while
+/// the node runs), with `rng`, `open`, `crash` and `say`; `$count` gives
+/// its node count from `$s` (the simulation), and `before_restart =
+/// method` names its hook, if any.
+macro_rules! faulted_sim {
+    (up: $up:ident, count: |$s:ident| $count:expr $(, before_restart: $hook:ident)?) => {
+        impl $crate::shard::partition::replica_sim_support::Faulted for Sim {
+            fn node_count(&self) -> u64 {
+                let $s = self;
+                $count
+            }
+
+            fn is_up(&self, id: u64) -> bool {
+                self.nodes[id as usize - 1].$up.is_some()
+            }
+
+            fn storage_of(&self, id: u64) -> &hadron_engine::storage::sim::SimStorage {
+                &self.nodes[id as usize - 1].storage
+            }
+
+            fn back_at_mut(&mut self, id: u64) -> &mut Option<u64> {
+                &mut self.nodes[id as usize - 1].back_at
+            }
+
+            fn rng_mut(&mut self) -> &mut hadron_engine::storage::sim::SimRng {
+                &mut self.rng
+            }
+
+            fn open_node(&mut self, id: u64) {
+                self.open(id);
+            }
+
+            fn crash_node(&mut self, id: u64, step: u64) {
+                self.crash(id, step);
+            }
+
+            fn narrate(&self, what: &dyn Fn() -> String) {
+                self.say(what);
+            }
+
+            $(fn before_restart(&mut self, id: u64) {
+                self.$hook(id);
+            })?
+        }
+    };
+}
+pub(crate) use faulted_sim;
