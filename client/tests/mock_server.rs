@@ -2340,6 +2340,19 @@ async fn stopping_a_cluster_handler_closes_its_connection_to_every_node() {
     }
 }
 
+/// `InvalidRequest` naming the message: what a mock answers to anything
+/// its scenario does not handle.
+fn unsupported(f: &FrameRef<'_>) -> Vec<Out> {
+    vec![frame(
+        f.request_id,
+        &Message::Error(ErrorReply {
+            code: ErrorCode::InvalidRequest,
+            message: f.message.name(),
+            leader: None,
+        }),
+    )]
+}
+
 /// A node killed as an admin change reached it (its connection closes
 /// before an answer): the change goes to the next bootstrap node, which
 /// answers it (every admin change is idempotent, so a resend is safe).
@@ -2347,14 +2360,7 @@ async fn stopping_a_cluster_handler_closes_its_connection_to_every_node() {
 async fn an_admin_change_whose_connection_breaks_goes_to_the_next_node() {
     let dying: Behavior = Arc::new(|_state, f| match &f.message {
         Message::Apply(_) => vec![Out::Close],
-        _ => vec![frame(
-            f.request_id,
-            &Message::Error(ErrorReply {
-                code: ErrorCode::InvalidRequest,
-                message: f.message.name(),
-                leader: None,
-            }),
-        )],
+        _ => unsupported(f),
     });
     let applying: Behavior = Arc::new(|_state, f| match &f.message {
         Message::Apply(_) => vec![frame(
@@ -2363,14 +2369,7 @@ async fn an_admin_change_whose_connection_breaks_goes_to_the_next_node() {
                 summary: vec!["stream/orders created"],
             }),
         )],
-        _ => vec![frame(
-            f.request_id,
-            &Message::Error(ErrorReply {
-                code: ErrorCode::InvalidRequest,
-                message: f.message.name(),
-                leader: None,
-            }),
-        )],
+        _ => unsupported(f),
     });
     let first = Mock::start(0, dying).await;
     let second = Mock::start(0, applying).await;
