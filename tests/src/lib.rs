@@ -49,6 +49,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts to start a server on a fresh port range when a start fails.
 const START_ATTEMPTS_MAX: u32 = 5;
+/// The first wait before starting again on the same fixed ports; it
+/// doubles with each attempt.
+const START_RETRY_WAIT: Duration = Duration::from_millis(200);
 /// Default wait for one raw frame.
 pub const RAW_RECV_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ports are drawn from this range (below the usual ephemeral range).
@@ -106,6 +109,24 @@ fn random_u64() -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The TCP sockets (`ss -tanp`, with their processes) whose local address
+/// `log` names, for a failed start's report: a server that could not
+/// listen names the address, so this shows whoever holds it.
+fn tcp_sockets_named_in(log: &str) -> String {
+    let out = match Command::new("ss").arg("-tanp").output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => return format!("(ss -tanp could not run: {e})"),
+    };
+    out.lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .nth(3)
+                .is_some_and(|local| log.contains(local))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A base port `p` such that `p ..= p + 1 + shards` are all bindable on
@@ -409,13 +430,23 @@ impl Server {
                 return;
             }
             self.kill_now();
-            if attempt < START_ATTEMPTS_MAX && self.options.port.is_none() {
+            if attempt == START_ATTEMPTS_MAX {
+                break;
+            }
+            if self.options.port.is_none() {
                 self.port = free_port_range(self.options.shards);
+            } else {
+                // The ports are fixed (a cluster node's are named in the
+                // other nodes' configs): whoever holds one may let go, so
+                // wait longer each time (0.2 s, then 0.4, 0.8, 1.6).
+                std::thread::sleep(START_RETRY_WAIT * 2u32.pow(attempt - 1));
             }
         }
+        let log = self.log();
         panic!(
-            "the server did not start in {START_ATTEMPTS_MAX} attempts; log:\n{}",
-            self.log()
+            "the server did not start in {START_ATTEMPTS_MAX} attempts; log:\n{log}\n\
+             TCP sockets on the addresses it names (ss -tanp):\n{}",
+            tcp_sockets_named_in(&log)
         );
     }
 

@@ -145,3 +145,50 @@ async fn listening_beyond_loopback_with_a_token_starts() {
     let status = hadron_tests::status(&server.client()).await;
     assert!(status["streams"].is_array() || status["streams"].is_object());
 }
+
+/// A cluster node's ports are fixed (the other nodes' configs name them),
+/// so the harness cannot move it to fresh ports when one is taken: it waits
+/// for the holder to let go. CI once saw a node fail five starts within
+/// 0.3 s on a peer port someone held; the waits between starts now add up
+/// to 3 s. Here a listener holds the node's peer port for 1 s.
+#[test]
+fn a_node_whose_peer_port_is_held_for_a_second_starts_once_it_is_let_go() {
+    let client = hadron_tests::free_port_range(1);
+    let peer = hadron_tests::free_port_range(1);
+    let others = [
+        hadron_tests::free_port_range(1),
+        hadron_tests::free_port_range(1),
+    ];
+    let holder = std::net::TcpListener::bind(("127.0.0.1", peer)).expect("hold the peer port");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        drop(holder);
+    });
+    let config = format!(
+        "cluster:\n  nodeId: 1\n  peers:\n\
+         \x20   - {{ id: 1, address: \"127.0.0.1:{client}\", peerAddress: \"127.0.0.1:{peer}\" }}\n\
+         \x20   - {{ id: 2, address: \"127.0.0.1:{}\", peerAddress: \"127.0.0.1:{}\" }}\n\
+         \x20   - {{ id: 3, address: \"127.0.0.1:{}\", peerAddress: \"127.0.0.1:{}\" }}\n",
+        others[0],
+        others[0] + 100,
+        others[1],
+        others[1] + 100,
+    );
+    let server = Server::start_with(ServerOptions {
+        config: Some(config),
+        port: Some(client),
+        ..ServerOptions::default()
+    });
+    release.join().expect("the holder's thread");
+    let log = server.log();
+    assert!(
+        log.contains(&format!("cannot listen for peers on 127.0.0.1:{peer}")),
+        "the first start met the held port; log:\n{log}"
+    );
+    assert_eq!(server.port(), client);
+    let listening = std::net::TcpStream::connect(("127.0.0.1", peer));
+    assert!(
+        listening.is_ok(),
+        "the node listens on its peer port: {listening:?}"
+    );
+}
