@@ -388,6 +388,88 @@ async fn a_node_down_past_the_metadata_logs_compaction_catches_up_from_its_state
     await_stream(&cluster, down, "after", 2).await;
 }
 
+/// A pipeline on `wide` of 64 stages with names of 63 bytes: several
+/// KiB of the metadata each.
+fn wide_pipeline(name: &str) -> String {
+    let mut yaml = format!(
+        "apiVersion: hadron.rs/v1beta1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  \
+         sourceStream: wide\n  triggers:\n    - {name}.created\n  stages:\n"
+    );
+    for stage in 0..64 {
+        yaml.push_str(&format!("    - name: s{stage:02}-{}\n", "x".repeat(59)));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_would_make_the_metadata_too_large_for_one_state_entry_is_refused() {
+    // With 64 KiB segments the metadata log's entries hold 64 KiB: its
+    // `State` entries (the whole metadata) must fit, or it could never
+    // be compacted again (it used to go on taking changes, logging that
+    // the State was over the limit, and grow for good).
+    let mut cluster = Cluster::start(ClusterOptions {
+        settings: "segmentBytes: 65536\nmetaCompactEveryEntries: 2\n".into(),
+        ..ClusterOptions::default()
+    });
+    let all = urls(&cluster, &cluster.ids());
+    let out = apply_cli(&cluster, &stream_yaml("wide", 1), &all);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let mut refused = None;
+    for i in 0..40 {
+        let out = apply_cli(&cluster, &wide_pipeline(&format!("p{i}")), &all);
+        if !out.status.success() {
+            refused = Some((i, out));
+            break;
+        }
+    }
+    let (refused, out) = refused.expect("an apply refused before 40 pipelines of several KiB");
+    assert!(
+        refused >= 2,
+        "pipelines p0 and p1 fit: refused at p{refused}"
+    );
+    assert!(
+        out.stderr.contains("the cluster's metadata")
+            && out.stderr.contains("over the 65536")
+            && out.stderr.contains("segmentBytes")
+            && out.stderr.contains("nothing was changed"),
+        "{}",
+        out.stderr
+    );
+    // Nothing changed: no node has the refused pipeline; each has the last
+    // one accepted. The log was compacted meanwhile, with no State over
+    // its limit.
+    for id in cluster.ids() {
+        let last = format!("p{}", refused - 1);
+        eventually(WAIT, &format!("node {id} has pipeline {last}"), || async {
+            let doc = cluster.status_doc(id).await?;
+            let names: Vec<String> = doc["pipelines"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| p["name"].as_str().map(String::from))
+                .collect();
+            names.contains(&last).then_some(names)
+        })
+        .await;
+        let doc = cluster.status_doc(id).await.unwrap();
+        let text = doc["pipelines"].to_string();
+        assert!(!text.contains(&format!("\"p{refused}\"")), "{text}");
+        let first = cluster.meta_status(id).await.unwrap()["first_index"].as_u64();
+        assert!(
+            first > Some(1),
+            "node {id}'s metadata log compacted: {first:?}"
+        );
+        let log = cluster.node(id).log();
+        assert!(
+            !log.contains("over the metadata log's batch limit"),
+            "{log}"
+        );
+    }
+    // A smaller change still goes through.
+    let out = apply_cli(&cluster, &stream_yaml("after", 1), &all);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    await_stream(&cluster, 1, "after", 1).await;
+}
+
 /// The metadata group's voters as node `id` knows them, in id order.
 async fn meta_voters(cluster: &Cluster, id: u64) -> Option<Vec<u64>> {
     meta_members(cluster, id, "voters").await

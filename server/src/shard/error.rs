@@ -58,6 +58,10 @@ pub enum Error {
     TooManyConnections { connections_max: u32 },
     /// A request over a configured limit; nothing was changed.
     LimitExceeded(Limit),
+    /// A cluster change after which the whole metadata, as one `State`
+    /// entry of the metadata log, would be `bytes`, over the `max` such
+    /// an entry may be (the log compacts into one); nothing was changed.
+    MetadataTooLarge { bytes: usize, max: usize },
     /// No stream of that name.
     UnknownStream { stream: String },
     /// The stream has `partitions` partitions, fewer than `partition + 1`.
@@ -311,7 +315,7 @@ impl Error {
             E::Unauthorized { .. } => ErrorCode::Unauthorized,
             E::HandshakeTimeout { .. } | E::IdleTimeout { .. } => ErrorCode::Timeout,
             E::TooManyConnections { .. } => ErrorCode::TooManyConnections,
-            E::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            E::LimitExceeded(_) | E::MetadataTooLarge { .. } => ErrorCode::LimitExceeded,
             E::UnknownStream { .. } => ErrorCode::UnknownStream,
             E::UnknownPartition { .. } | E::PartitionNotHere { .. } => ErrorCode::UnknownPartition,
             E::UnknownPipeline { .. } | E::PipelineNotHere { .. } => ErrorCode::UnknownPipeline,
@@ -502,6 +506,10 @@ impl Error {
             E::TooManyConnections { connections_max } => write!(
                 f,
                 "the server holds connectionsMax = {connections_max} connections; retry later or raise connectionsMax"
+            ),
+            E::MetadataTooLarge { bytes, max } => write!(
+                f,
+                "after this change the cluster's metadata (resources, placement, nodes) would be {bytes} bytes, over the {max} one entry of its metadata log holds (segmentBytes, at most 16 MiB), so the log could no longer be compacted; nothing was changed: remove resources or make them smaller (a pipeline's YAML, say), or raise segmentBytes"
             ),
             E::UnknownStream { stream } => write!(f, "no stream named {stream:?}"),
             E::UnknownPartition {

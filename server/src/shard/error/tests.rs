@@ -57,9 +57,10 @@ fn variant(e: &Error) -> usize {
         E::ReplicationBusy { .. } => 45,
         E::ReplicationStopped { .. } => 46,
         E::ReplicaOffline { .. } => 47,
+        E::MetadataTooLarge { .. } => 48,
     }
 }
-const VARIANTS: usize = 48;
+const VARIANTS: usize = 49;
 
 fn bad_event() -> DecodeError {
     DecodeError::TooLarge { have: 9, max: 8 }
@@ -110,6 +111,13 @@ fn replication_rows() -> Vec<(Error, ErrorCode)> {
             Error::ReplicationBusy {
                 stream: "s".into(),
                 partition: 0,
+            },
+            C::LimitExceeded,
+        ),
+        (
+            Error::MetadataTooLarge {
+                bytes: 17 << 20,
+                max: 16 << 20,
             },
             C::LimitExceeded,
         ),

@@ -60,7 +60,12 @@
 //!   retention to committed entries): whole sealed segments go, so the
 //!   log keeps at most the segment holding s and the entries after it,
 //!   about `metaCompactEveryEntries` plus one segment's worth (its
-//!   segments are at most `META_SEGMENT_BYTES_MAX`, 8 MiB).
+//!   segments are `segmentBytes` up to `META_SEGMENT_BYTES_MAX`, 32 MiB,
+//!   allocated in steps). A `State` must fit in one entry (a segment up
+//!   to the engine's largest batch, 16 MiB: 16 MiB with the default
+//!   `segmentBytes`), so the leader refuses an apply or token change
+//!   after which it would not ([`Error::MetadataTooLarge`]): the log
+//!   could never be compacted again.
 //! - **Catch-up.** A follower whose next index is below the leader's
 //!   first index installs the partitions' snapshot descriptor
 //!   (`engine_store.rs`): its log restarts at the leader's first index,
@@ -457,6 +462,11 @@ impl<S: Storage, C: Clock, M: MetaState> ReplicaDuty for Meta<S, C, M> {
 }
 
 impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
+    /// The largest entry, `State` included, the metadata log takes.
+    pub fn entry_bytes_max(&self) -> usize {
+        self.log.config().batch_bytes_max
+    }
+
     /// Turns the group until it stops.
     pub async fn drive(self: Rc<Self>) {
         let clock = self.clock.clone();

@@ -10,6 +10,7 @@ use super::command::Placements;
 use super::{Command, META_APPLIED_FILE, META_DIR, META_GROUP, Meta, MetaSnapshot, MetaState};
 use crate::shard::partition::replica::Replica;
 use crate::shard::partition::replica_repair;
+use hadron_engine::log::batch::BATCH_BYTES_MAX;
 use hadron_engine::storage::Storage;
 use hadron_engine::{Durability, LogConfig, Retention};
 
@@ -53,9 +54,14 @@ impl<S: Storage + Clone + 'static, R: Runtime> MetaState for ShardState<S, R> {
     }
 }
 
-/// Largest segment of the metadata log (twice the largest batch, so a
-/// `State` entry of the largest size still fits).
-pub const META_SEGMENT_BYTES_MAX: u64 = 8 << 20;
+/// The metadata log's largest segment: twice the engine's largest batch,
+/// so that a `State` entry (the whole metadata) of up to that fits. Its
+/// segments are the streams' `segmentBytes` up to this; they are
+/// allocated in steps (`segmentPreallocateBytes`), so a small log takes
+/// little disk. Its largest entry is a segment's size up to the engine's
+/// largest batch: a change after which the metadata would not fit in one
+/// entry is refused ([`Error::MetadataTooLarge`]).
+pub const META_SEGMENT_BYTES_MAX: u64 = 2 * BATCH_BYTES_MAX as u64;
 
 /// The metadata group's voters and learners over `nodes` (in id order):
 /// the current voters still among them (the lowest ids if more than
@@ -138,11 +144,19 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             return Ok(());
         }
         let defaults = self.settings.log_config(Retention::default());
+        let segment_bytes = config.segment_bytes.min(META_SEGMENT_BYTES_MAX);
+        let entry_bytes_max = usize::try_from(segment_bytes)
+            .unwrap_or(BATCH_BYTES_MAX)
+            .min(BATCH_BYTES_MAX);
         let log_config = LogConfig {
             durability: Durability::Always,
             // Compaction drops whole segments: small ones keep the log
             // near `metaCompactEveryEntries` entries.
-            segment_bytes: defaults.segment_bytes.min(META_SEGMENT_BYTES_MAX),
+            segment_bytes,
+            // Its largest entry, a `State`, may be a whole segment (the
+            // streams' batches stop at 4 MiB).
+            batch_bytes_max: entry_bytes_max,
+            pending_bytes_max: defaults.pending_bytes_max.max(entry_bytes_max),
             ..defaults
         };
         let dir = config.data_dir.join(META_DIR);
@@ -224,7 +238,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         self.applying.set(true);
         let result = async {
             meta.ready().await?;
-            let placed = self.check_command(&command).await?;
+            let placed = self.check_command(&command, meta.entry_bytes_max()).await?;
             let command = match command {
                 Command::Apply { yaml, force, .. } => Command::Apply {
                     yaml,
@@ -246,17 +260,24 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
     /// Today's checks of a command against this node's state, changing
     /// nothing (the stages in flight included: they are local state);
     /// for an `Apply`, where its new replicated partitions go (`place.rs`).
-    async fn check_command(self: &Rc<Self>, command: &Command) -> Result<Placements, Error> {
+    async fn check_command(
+        self: &Rc<Self>,
+        command: &Command,
+        entry_bytes_max: usize,
+    ) -> Result<Placements, Error> {
         match command {
             Command::Apply { yaml, force, .. } => {
                 let (current, next, _) = self.plan_apply(yaml.clone()).await?;
                 self.check_change(&current, &next, *force).await?;
-                self.place_new(&current, &next)
+                let placed = self.place_new(&current, &next)?;
+                self.check_state_bytes(&next, &placed, entry_bytes_max)?;
+                Ok(placed)
             }
             Command::TokenCreate(spec) => {
                 let change = TokenChange::Create(spec.clone());
                 let (current, next, _) = self.plan_tokens(change, false)?;
                 self.check_change(&current, &next, false).await?;
+                self.check_state_bytes(&next, &Vec::new(), entry_bytes_max)?;
                 Ok(Vec::new())
             }
             Command::TokenRevoke(name) => {

@@ -6,9 +6,11 @@
 
 use std::rc::Rc;
 
-use super::MetaSnapshot;
+use super::command::Placements;
+use super::{Command, MetaSnapshot};
 use crate::config::{self, Resource};
 use crate::shard::clock::Runtime;
+use crate::shard::partition::replica::encode_batch;
 use crate::shard::topology::Topology;
 use crate::shard::{Error, NodeChange, Reply, Shard};
 use hadron_engine::storage::Storage;
@@ -34,6 +36,34 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             removed,
             created: self.settings.placements.all_created(),
         })
+    }
+
+    /// Refuses a change after which this node's metadata (resources
+    /// `next`, `placed` new replicated partitions) would, as one `State`
+    /// entry, be over `entry_bytes_max`: the metadata log could no longer
+    /// be compacted (its `State` entries would be refused), so it would
+    /// grow with every change for good.
+    pub(super) fn check_state_bytes(
+        &self,
+        next: &Topology,
+        placed: &Placements,
+        entry_bytes_max: usize,
+    ) -> Result<(), Error> {
+        let mut state = self.meta_snapshot()?;
+        state.resources = config::to_yaml_documents(&next.resources())
+            .map_err(|e| Error::Internal(format!("the resources as YAML: {e}")))?;
+        state.placement.extend(placed.iter().cloned());
+        state
+            .created
+            .extend(placed.iter().map(|(stream, p, _)| (stream.clone(), *p)));
+        let bytes = encode_batch(&[&Command::State(state).encode()], 0).len();
+        if bytes > entry_bytes_max {
+            return Err(Error::MetadataTooLarge {
+                bytes,
+                max: entry_bytes_max,
+            });
+        }
+        Ok(())
     }
 
     /// Replaces this node's metadata by `state` (forced, as every
