@@ -216,8 +216,11 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
                 leader: None,
             });
         }
+        // Only waits: the answer of the entry at `commit` (a `State` this
+        // leader proposed, whose application may have failed here) is not
+        // this change's.
         let commit = self.replica.status().commit;
-        self.wait_applied(commit).await.map(|_| ())
+        self.wait_applied_through(commit).await
     }
 
     /// Proposes `command`, waits for its commit and its application here,
@@ -236,14 +239,19 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
 
     /// Waits until the entry at `index` is applied here; its answer.
     async fn wait_applied(&self, index: u64) -> Result<Vec<String>, Error> {
+        self.wait_applied_through(index).await?;
+        self.answers
+            .borrow_mut()
+            .remove(&index)
+            .unwrap_or(Ok(Vec::new()))
+    }
+
+    /// Waits until every entry through `index` is applied here.
+    async fn wait_applied_through(&self, index: u64) -> Result<(), Error> {
         loop {
             let generation = self.applied_notify.generation();
             if self.applied.get() >= index {
-                return self
-                    .answers
-                    .borrow_mut()
-                    .remove(&index)
-                    .unwrap_or(Ok(Vec::new()));
+                return Ok(());
             }
             if let Some(why) = self.replica.status().stopped {
                 return Err(self.stopped(why));
