@@ -807,6 +807,16 @@ impl<S: LogStore, N: PeerNet, C: Clock> ReplicatedLog<S, N, C> {
         self.leading = now;
     }
 
+    /// Stops the group for a reason of its driver's (its log failed
+    /// outside a Ready, its state machine could not apply): every
+    /// proposal waiting is answered [`ProposeError::Stopped`], as when
+    /// the group stops itself. Nothing once stopped.
+    pub fn halt(&mut self, why: String) {
+        if self.stopped.is_none() {
+            self.stop(GroupError::Halted(why));
+        }
+    }
+
     fn stop(&mut self, error: GroupError) {
         tracing::error!(
             node = self.settings.node_id,

@@ -202,6 +202,8 @@ pub enum GroupError {
     Raft(String),
     /// A committed entry this driver never proposes or cannot decode.
     BadEntry { index: u64, why: String },
+    /// Its driver stopped it ([`ReplicatedLog::halt`]).
+    Halted(String),
 }
 
 impl std::fmt::Display for GroupError {
@@ -212,6 +214,7 @@ impl std::fmt::Display for GroupError {
             GroupError::BadEntry { index, why } => {
                 write!(f, "committed raft entry {index}: {why}")
             }
+            GroupError::Halted(why) => write!(f, "{why}"),
         }
     }
 }

@@ -174,17 +174,11 @@ pub enum Error {
     /// The partition's Raft group has too much proposed and not yet
     /// committed (its followers are slow or gone).
     ReplicationBusy { stream: String, partition: u32 },
-    /// The partition's Raft group on this node stopped; `why` says what
-    /// its log refused.
-    ReplicationStopped {
-        stream: String,
-        partition: u32,
-        why: String,
-    },
     /// This node's replica of the replicated partition could not open
     /// (its `log.meta` lost, say: `why`) and is offline here
-    /// (`shard/offline.rs`); `leader` names another replica to ask, as
-    /// a `NotLeader` from a node holding none does.
+    /// (`shard/offline.rs`), or its Raft group stopped here (its log
+    /// refused a write); `leader` names another replica to ask, as a
+    /// `NotLeader` from a node holding none does.
     ReplicaOffline {
         stream: String,
         partition: u32,
@@ -357,7 +351,6 @@ impl Error {
             E::Internal(_) => ErrorCode::Internal,
             E::NotLeader { .. } => ErrorCode::NotLeader,
             E::ReplicationBusy { .. } => ErrorCode::LimitExceeded,
-            E::ReplicationStopped { .. } => ErrorCode::StorageError,
             // A client follows it to another replica, as a `NotLeader`.
             E::ReplicaOffline { .. } => ErrorCode::NotLeader,
         }
@@ -642,10 +635,9 @@ impl Error {
             ),
             E::ShuttingDown => write!(f, "the server is shutting down"),
             E::ShardGone { shard } => write!(f, "shard {shard} is gone"),
-            E::NotLeader { .. }
-            | E::ReplicationBusy { .. }
-            | E::ReplicationStopped { .. }
-            | E::ReplicaOffline { .. } => self.fmt_replication(f),
+            E::NotLeader { .. } | E::ReplicationBusy { .. } | E::ReplicaOffline { .. } => {
+                self.fmt_replication(f)
+            }
             // Written by `fmt` and `fmt_request`.
             other => write!(f, "{other:?}"),
         }
@@ -757,14 +749,6 @@ impl Error {
                 "{stream}/{partition}: too much is proposed and not yet committed by a majority of its replicas (at most {} proposals queued, {} bytes uncommitted); retry later",
                 crate::replication::PROPOSALS_QUEUED_MAX,
                 crate::replication::UNCOMMITTED_BYTES_MAX
-            ),
-            E::ReplicationStopped {
-                stream,
-                partition,
-                why,
-            } => write!(
-                f,
-                "{stream}/{partition}: replication on this node stopped: {why}"
             ),
             E::ReplicaOffline {
                 stream,

@@ -55,12 +55,11 @@ fn variant(e: &Error) -> usize {
         E::UnknownToken { .. } => 43,
         E::NotLeader { .. } => 44,
         E::ReplicationBusy { .. } => 45,
-        E::ReplicationStopped { .. } => 46,
+        E::MetadataTooLarge { .. } => 46,
         E::ReplicaOffline { .. } => 47,
-        E::MetadataTooLarge { .. } => 48,
     }
 }
-const VARIANTS: usize = 49;
+const VARIANTS: usize = 48;
 
 fn bad_event() -> DecodeError {
     DecodeError::TooLarge { have: 9, max: 8 }
@@ -120,14 +119,6 @@ fn replication_rows() -> Vec<(Error, ErrorCode)> {
                 max: 16 << 20,
             },
             C::LimitExceeded,
-        ),
-        (
-            Error::ReplicationStopped {
-                stream: "s".into(),
-                partition: 0,
-                why: "EIO".into(),
-            },
-            C::StorageError,
         ),
         (
             Error::ReplicaOffline {

@@ -260,11 +260,14 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
         }
     }
 
+    /// The metadata group stopped here: another node may take the change
+    /// (a `NotLeader` the admin client follows).
     fn stopped(&self, why: String) -> Error {
-        Error::ReplicationStopped {
+        Error::ReplicaOffline {
             stream: META_GROUP.into(),
             partition: 0,
-            why,
+            why: format!("its replication stopped: {why}"),
+            leader: None,
         }
     }
 

@@ -23,9 +23,12 @@
 //!   may have been acknowledged, so a client's retry with the same ids is
 //!   found. A retry that finds its events at offsets not yet committed
 //!   waits for the commit before it is answered.
-//! - A Raft group that stops (its log refused a write) answers every
-//!   request `ReplicationStopped`; the rest of the node goes on. A full
-//!   disk does not stop it: the persist is retried (`replica_disk_full.rs`).
+//! - A Raft group that stops (its log refused a write, an entry did not
+//!   apply) answers every proposal waiting and every later request
+//!   `ReplicaOffline` naming another voter (a `NotLeader` a client
+//!   follows), reports no leader here, and the rest of the node goes on.
+//!   A full disk does not stop it: the persist is retried
+//!   (`replica_disk_full.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -100,6 +103,9 @@ pub struct Replica<S: Storage, C: Clock> {
     leader_at: LeaderAtFn,
     on_leader: OnLeader,
     reported: Cell<Option<(u64, u64)>>,
+    /// Refusals answered since the group stopped (they name the other
+    /// voters in turn).
+    hints: Cell<u64>,
     /// Messages dropped because the inbox was full.
     dropped: Cell<u64>,
     /// While refilling a damaged log: the storage of its marker and the
@@ -215,6 +221,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
             leader_at: spec.leader_at,
             on_leader: spec.on_leader,
             reported: Cell::new(None),
+            hints: Cell::new(0),
             dropped: Cell::new(0),
             recovery: RefCell::new(recovery),
             asked_at: Cell::new(None),
@@ -289,11 +296,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
     /// `None` when it can.
     pub fn refusal(&self, stream: &str, partition: u32) -> Option<Error> {
         if let Some(why) = self.stopped.borrow().clone() {
-            return Some(Error::ReplicationStopped {
-                stream: stream.to_owned(),
-                partition,
-                why,
-            });
+            return Some(self.stopped_error(stream, partition, why));
         }
         if self.serving() {
             return None;
@@ -322,11 +325,7 @@ impl<S: Storage, C: Clock> Replica<S, C> {
                 stream,
                 partition: partition_,
             },
-            ProposeError::Stopped(why) => Error::ReplicationStopped {
-                stream,
-                partition: partition_,
-                why,
-            },
+            ProposeError::Stopped(why) => self.stopped_error(&stream, partition_, why),
         }
     }
 
@@ -533,8 +532,40 @@ impl<S: Storage, C: Clock> Replica<S, C> {
         !self.inbox.borrow().is_empty()
     }
 
+    /// Stops the group on this node: every proposal waiting is answered
+    /// (the group's `halt`), and this node reports no leader, so that its
+    /// metadata sends clients elsewhere.
     pub(super) fn stop(&self, why: String) {
+        self.group.borrow_mut().halt(why.clone());
         *self.stopped.borrow_mut() = Some(why);
+        if self.reported.get().is_some() {
+            self.reported.set(None);
+            (self.on_leader)(None);
+        }
+    }
+
+    /// The refusal of a request once the group stopped here: this replica
+    /// is out of service, so the client is sent to another voter (another
+    /// at each refusal; whichever leads answers, the others name it).
+    fn stopped_error(&self, stream: &str, partition: u32, why: String) -> Error {
+        let me = self.group.borrow().node_id();
+        let others: Vec<u64> = self
+            .conf_state()
+            .voters
+            .into_iter()
+            .filter(|&id| id != me)
+            .collect();
+        let turn = self.hints.get();
+        self.hints.set(turn.wrapping_add(1));
+        let leader = others
+            .get((turn % others.len().max(1) as u64) as usize)
+            .and_then(|&id| (self.leader_at)(id, 0));
+        Error::ReplicaOffline {
+            stream: stream.to_owned(),
+            partition,
+            why: format!("its replication stopped: {why}"),
+            leader,
+        }
     }
 
     /// Keeps this replica's lease renewed while it leads: a pipeline
@@ -562,10 +593,11 @@ impl<S: Storage, C: Clock> Replica<S, C> {
     }
 
     /// Stops the group on this node (its loop ends at its next wake-up):
-    /// the simulation's crash.
+    /// the simulation's crash, so nothing waiting is answered (a crashed
+    /// node's clients hear nothing; they time out).
     #[cfg(test)]
     pub fn halt(&self) {
-        self.stop("halted".into());
+        *self.stopped.borrow_mut() = Some("halted".into());
         self.wake.notify_all();
     }
 

@@ -709,6 +709,7 @@ impl Sim {
 mod damage;
 mod disk_full;
 mod moves;
+mod stop;
 
 #[test]
 fn replica_sim_keeps_every_acknowledged_event_once_on_every_node() {
