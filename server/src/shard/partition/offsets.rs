@@ -95,7 +95,11 @@ impl<S: Storage, C: Clock> Partition<S, C> {
     /// batch comes back whatever its size.
     pub(super) async fn load_offsets(&self) -> Result<(), String> {
         let next = self.offsets.visible_offset();
-        if next == 0 {
+        // None written, or none here since the log restarted past them (a
+        // follower that installed a snapshot descriptor: its log starts at
+        // the leader's first offset, and the entries after it are still
+        // coming): nothing to load, as for a new group.
+        if next <= self.offsets.stats().start_offset {
             return Ok(());
         }
         let window = self

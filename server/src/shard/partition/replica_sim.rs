@@ -709,6 +709,7 @@ impl Sim {
 mod damage;
 mod disk_full;
 mod moves;
+mod offsets_restart;
 mod stop;
 
 #[test]
