@@ -521,6 +521,89 @@ async fn a_node_without_the_cluster_secret_is_refused() {
     );
 }
 
+/// Whoever reaches a peer port without the secret costs the node little:
+/// a handshake frame is refused by its length before its body is
+/// allocated (a header claiming 32 MiB is closed at once, not read), and
+/// at most `PEER_UNAUTHENTICATED_MAX` (64) connections per shard may sit
+/// in their handshake; past it a new one is closed without a challenge.
+/// The cluster serves throughout, and the slots free when they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_peer_connections_are_bounded_in_size_and_number() {
+    use std::io::{Read, Write};
+    let mut cluster = Cluster::start(ClusterOptions {
+        resources: resources(1),
+        ..ClusterOptions::default()
+    });
+    let leader = await_leader(&mut cluster, 0, None).await;
+    let peer_addr = cluster.peer_addr(leader);
+    let connect = || {
+        let c = std::net::TcpStream::connect(&peer_addr).expect("the peer port");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    };
+    // The challenge, as the node's first frame (a header of its length
+    // and checksum, then its body).
+    let challenged = |c: &mut std::net::TcpStream| {
+        let mut header = [0u8; 8];
+        if c.read_exact(&mut header).is_err() {
+            return false;
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let mut body = vec![0u8; len as usize];
+        len <= 256 && c.read_exact(&mut body).is_ok()
+    };
+    let mut big = connect();
+    assert!(challenged(&mut big));
+    let claims_32_mib = [&(32u32 << 20).to_le_bytes()[..], &[0u8; 4]].concat();
+    big.write_all(&claims_32_mib).unwrap();
+    let mut rest = Vec::new();
+    let closed = big.read_to_end(&mut rest);
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?} {rest:?}");
+    // (The close may come before the log line is written.)
+    let refused = "a peer handshake frame of 33554432 bytes (at most 256)";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.node(leader).log().contains(refused) {
+        assert!(Instant::now() < deadline, "{}", cluster.node(leader).log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut idle: Vec<std::net::TcpStream> = (0..64).map(|_| connect()).collect();
+    for c in &mut idle {
+        assert!(challenged(c), "one of the first 64 gets a challenge");
+    }
+    let mut over = connect();
+    let mut byte = [0u8; 1];
+    let read = over.read(&mut byte);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the 65th is closed: {read:?}"
+    );
+    let log = cluster.node(leader).log();
+    assert!(
+        log.contains("64 others are still in their handshake"),
+        "{log}"
+    );
+    // Meanwhile the established links serve: publishes are acknowledged.
+    let publisher = cluster
+        .client(leader)
+        .publisher_for(STREAM, "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        publisher
+            .publish_to(0, event("during"))
+            .await
+            .unwrap()
+            .offset,
+        0
+    );
+    drop(idle);
+    hadron_tests::eventually(Duration::from_secs(10), "a slot freed", || async {
+        let mut c = connect();
+        challenged(&mut c).then_some(())
+    })
+    .await;
+}
+
 /// Leadership goes back to the replica placement prefers once it is
 /// caught up: after its SIGKILL another node leads; restarted, it catches
 /// up and leads again, so leaders stay spread as placement spread them.

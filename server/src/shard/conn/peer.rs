@@ -53,6 +53,16 @@ const FRAME_TARGET_BYTES: usize = 4 << 20;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A dial must connect within this.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Peer connections of one shard not yet authenticated (before their
+/// hello is verified), at most: past it a new one is closed at once, so
+/// that whoever can reach the peer port holds only this many handshake
+/// buffers of [`PEER_HANDSHAKE_FRAME_BYTES_MAX`] for [`HELLO_TIMEOUT`].
+pub const PEER_UNAUTHENTICATED_MAX: usize = 64;
+/// The largest handshake frame read (a hello or a challenge; both are
+/// well under it): the frame's length is checked before its body is
+/// allocated, so an unauthenticated peer cannot make this node allocate a
+/// whole Raft frame's 32 MiB.
+pub const PEER_HANDSHAKE_FRAME_BYTES_MAX: usize = 256;
 /// The first pause after a failed dial or write.
 pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// The longest pause between dials.
@@ -309,7 +319,7 @@ async fn write_queued<S: AsyncRead + AsyncWrite + Unpin>(
     me: (u64, u16, u16),
 ) -> Result<(), String> {
     let challenge = match select(
-        Box::pin(read_frame(&mut stream)),
+        Box::pin(read_frame(&mut stream, PEER_HANDSHAKE_FRAME_BYTES_MAX)),
         Box::pin(glommio::timer::sleep(HELLO_TIMEOUT)),
     )
     .await
@@ -387,10 +397,18 @@ pub fn listen(shard: &Rc<Shard>) -> Result<Option<SocketAddr>, String> {
         .map_err(|e| format!("shard {}: cannot listen for peers on {bind}: {e}", shard.id))?;
     let shard = shard.clone();
     glommio::spawn_local(async move {
+        let unauthenticated = Rc::new(Cell::new(0usize));
         loop {
             match listener.accept().await {
                 Ok(stream) => {
-                    glommio::spawn_local(serve_peer(shard.clone(), stream)).detach();
+                    let Some(pending) = Unauthenticated::take(&unauthenticated) else {
+                        tracing::warn!(
+                            shard = shard.id,
+                            "peer connection refused: {PEER_UNAUTHENTICATED_MAX} others are still in their handshake"
+                        );
+                        continue;
+                    };
+                    glommio::spawn_local(serve_peer(shard.clone(), stream, pending)).detach();
                 }
                 Err(e) => {
                     tracing::warn!(shard = shard.id, "peer accept failed: {e}");
@@ -403,8 +421,30 @@ pub fn listen(shard: &Rc<Shard>) -> Result<Option<SocketAddr>, String> {
     Ok(Some(bind))
 }
 
-/// Reads one frame.
-async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R) -> Result<PeerFrame, String> {
+/// A peer connection counted among its shard's unauthenticated ones
+/// until dropped (its hello verified, or the connection gone).
+struct Unauthenticated(Rc<Cell<usize>>);
+
+impl Unauthenticated {
+    /// One more, unless [`PEER_UNAUTHENTICATED_MAX`] are pending.
+    fn take(count: &Rc<Cell<usize>>) -> Option<Unauthenticated> {
+        if count.get() >= PEER_UNAUTHENTICATED_MAX {
+            return None;
+        }
+        count.set(count.get() + 1);
+        Some(Unauthenticated(count.clone()))
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Reads one frame of at most `max` body bytes (checked before its body
+/// is allocated).
+async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R, max: usize) -> Result<PeerFrame, String> {
     let mut header = [0u8; PEER_FRAME_HEADER_BYTES];
     stream
         .read_exact(&mut header)
@@ -412,6 +452,11 @@ async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R) -> Result<PeerFrame, S
         .map_err(|e| format!("reading a peer frame: {e}"))?;
     let (len, crc) = peer_frame::parse_header(&header)?;
     debug_assert!(len <= PEER_FRAME_BYTES_MAX);
+    if len > max {
+        return Err(format!(
+            "a peer handshake frame of {len} bytes (at most {max})"
+        ));
+    }
     let mut body = vec![0u8; len];
     stream
         .read_exact(&mut body)
@@ -422,18 +467,18 @@ async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R) -> Result<PeerFrame, S
 
 /// Serves one incoming peer connection: TLS first when this node has
 /// `tls:`, then [`serve_peer_on`].
-async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
+async fn serve_peer(shard: Rc<Shard>, stream: TcpStream, pending: Unauthenticated) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     match shard.settings.tls.clone() {
-        None => serve_peer_on(shard, stream, peer).await,
+        None => serve_peer_on(shard, stream, peer, pending).await,
         Some(config) => {
             let deadline = std::time::Instant::now() + HELLO_TIMEOUT;
             if let Some(tls) = super::tls::accept(&config, stream, deadline).await {
-                serve_peer_on(shard, tls, peer).await;
+                serve_peer_on(shard, tls, peer, pending).await;
             }
         }
     }
@@ -444,6 +489,7 @@ async fn serve_peer_on<S: AsyncRead + AsyncWrite + Unpin>(
     shard: Rc<Shard>,
     mut stream: S,
     peer: String,
+    pending: Unauthenticated,
 ) {
     let challenge = match peer_frame::challenge() {
         Ok(c) => c,
@@ -460,7 +506,7 @@ async fn serve_peer_on<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     let hello = match select(
-        Box::pin(read_frame(&mut stream)),
+        Box::pin(read_frame(&mut stream, PEER_HANDSHAKE_FRAME_BYTES_MAX)),
         Box::pin(glommio::timer::sleep(HELLO_TIMEOUT)),
     )
     .await
@@ -483,8 +529,9 @@ async fn serve_peer_on<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::warn!(shard = shard.id, %peer, "peer connection refused: {why}");
         return;
     }
+    drop(pending);
     loop {
-        let frame = read_frame(&mut stream).await;
+        let frame = read_frame(&mut stream, PEER_FRAME_BYTES_MAX).await;
         if shard_cluster_lacks(&shard, hello.node_id) {
             tracing::info!(
                 shard = shard.id,
