@@ -106,6 +106,7 @@ impl Error {
                     | ErrorCode::StorageError
                     | ErrorCode::WrongShard
                     | ErrorCode::DiskFull
+                    | ErrorCode::Busy
             ),
             _ => false,
         }
@@ -294,6 +295,8 @@ mod tests {
         assert!(!Error::server(ErrorCode::UnknownStream, "no").is_retryable());
         assert!(!Error::server(ErrorCode::ReadOnly, "no").is_retryable());
         assert!(Error::server(ErrorCode::DiskFull, "disk full").is_retryable());
+        assert!(Error::server(ErrorCode::Busy, "too much proposed").is_retryable());
+        assert!(!Error::server(ErrorCode::LimitExceeded, "ackIdsMax").is_retryable());
         assert!(!Error::Closed.is_retryable());
         // A certificate that does not verify will not verify next time.
         let tls = Error::Tls {

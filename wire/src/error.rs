@@ -102,11 +102,16 @@ pub enum ErrorCode {
     /// the same ids, which the dedup window keeps once. The connection
     /// stays open.
     DiskFull = 26,
+    /// The partition's Raft group has as much proposed and not yet
+    /// committed by a majority as it holds (its leader is cut off from the
+    /// others, say, or they are slow): nothing was done. Retry after a
+    /// backoff with the same ids. The connection stays open.
+    Busy = 27,
 }
 
 impl ErrorCode {
     /// Every known code, in numeric order.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::FrameTooLarge,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -133,6 +138,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::NotLeader,
         ErrorCode::DiskFull,
+        ErrorCode::Busy,
     ];
 
     /// The number sent on the wire.
@@ -165,6 +171,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 24,
             ErrorCode::NotLeader => 25,
             ErrorCode::DiskFull => 26,
+            ErrorCode::Busy => 27,
         }
     }
 
@@ -197,6 +204,7 @@ impl ErrorCode {
             24 => ErrorCode::Forbidden,
             25 => ErrorCode::NotLeader,
             26 => ErrorCode::DiskFull,
+            27 => ErrorCode::Busy,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -245,6 +253,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "Forbidden",
             ErrorCode::NotLeader => "NotLeader",
             ErrorCode::DiskFull => "DiskFull",
+            ErrorCode::Busy => "Busy",
         }
     }
 }
@@ -274,7 +283,7 @@ mod tests {
     #[test]
     fn numbers_are_stable_and_round_trip() {
         // The numbers are the protocol: this table must only ever grow.
-        let expected: [(ErrorCode, u16); 26] = [
+        let expected: [(ErrorCode, u16); 27] = [
             (ErrorCode::FrameTooLarge, 1),
             (ErrorCode::MalformedFrame, 2),
             (ErrorCode::UnsupportedVersion, 3),
@@ -301,6 +310,7 @@ mod tests {
             (ErrorCode::Forbidden, 24),
             (ErrorCode::NotLeader, 25),
             (ErrorCode::DiskFull, 26),
+            (ErrorCode::Busy, 27),
         ];
         for (code, n) in expected {
             assert_eq!(code.as_u16(), n, "{code}");
@@ -314,7 +324,7 @@ mod tests {
     #[test]
     fn unknown_numbers_do_not_panic() {
         assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
-        assert_eq!(ErrorCode::from_u16(27), ErrorCode::Unknown(27));
+        assert_eq!(ErrorCode::from_u16(28), ErrorCode::Unknown(28));
         assert_eq!(ErrorCode::from_u16(u16::MAX).as_u16(), u16::MAX);
         assert_eq!(ErrorCode::Unknown(999).to_string(), "Unknown (999)");
     }

@@ -350,7 +350,7 @@ impl Error {
             E::ShuttingDown | E::ShardGone { .. } => ErrorCode::ShuttingDown,
             E::Internal(_) => ErrorCode::Internal,
             E::NotLeader { .. } => ErrorCode::NotLeader,
-            E::ReplicationBusy { .. } => ErrorCode::LimitExceeded,
+            E::ReplicationBusy { .. } => ErrorCode::Busy,
             // A client follows it to another replica, as a `NotLeader`.
             E::ReplicaOffline { .. } => ErrorCode::NotLeader,
         }

@@ -111,7 +111,7 @@ fn replication_rows() -> Vec<(Error, ErrorCode)> {
                 stream: "s".into(),
                 partition: 0,
             },
-            C::LimitExceeded,
+            C::Busy,
         ),
         (
             Error::MetadataTooLarge {
