@@ -201,6 +201,7 @@ fn encode_meta(e: &mut DescriptorEncoder, meta: &MetaMetrics) -> Result<(), std:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::partition::replica::ReplicaStatus;
     use crate::shard::replica_metrics::{FollowerMetrics, ReplicationMetrics};
 
     fn shard(replication: Option<ReplicationMetrics>) -> ShardMetrics {
@@ -252,8 +253,6 @@ mod tests {
             followers: Vec::new(),
         }
     }
-
-    use crate::shard::partition::replica::ReplicaStatus;
 
     /// A single node's shards report no groups: none of the replication
     /// families is written.
