@@ -5,7 +5,10 @@
 //! exactly those figures, agrees with `status`, passes `promtool check
 //! metrics` (Debian's `prometheus` package; `.ci/run` installs it, and
 //! this test fails without it), serves OpenMetrics to a client that asks
-//! for it, and answers other paths 404.
+//! for it, and answers other paths 404. A 3-node cluster's endpoints
+//! report one leader per partition in one term, commits advancing, and a
+//! stopped follower's growing lag on its leader, which then counts the
+//! partition under-replicated.
 
 #![expect(
     clippy::unwrap_used,
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hadron::{Client, NewEvent, SubscribeOptions};
+use hadron_tests::cluster::{Cluster, ClusterOptions};
 use hadron_tests::{Frame, RawConn, Server, ServerOptions, eventually, status, stream_partitions};
 use hadron_wire::{ErrorCode, Message};
 
@@ -306,6 +310,10 @@ async fn metrics_report_offsets_totals_lag_and_pipelines_and_pass_promtool() {
     );
 
     promtool_check(&text);
+    // A single node has no Raft groups: no replication family at all.
+    for family in ["hadron_replica", "hadron_meta_"] {
+        assert!(!text.contains(family), "{family} on a single node:\n{text}");
+    }
 
     // Prometheus asks for OpenMetrics, and gets it.
     let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
@@ -349,4 +357,155 @@ fn an_oversized_request_is_refused_and_the_endpoint_keeps_serving() {
         &answer[..answer.len().min(200)]
     );
     assert_eq!(http_get(&addr, "/metrics", None).0, "HTTP/1.1 200 OK");
+}
+
+/// Every node's scrape (off the runtime: the HTTP client blocks).
+async fn scrape_nodes(addrs: &[(u64, String)]) -> Vec<(u64, BTreeMap<String, f64>)> {
+    let addrs = addrs.to_vec();
+    tokio::task::spawn_blocking(move || {
+        addrs
+            .into_iter()
+            .map(|(id, addr)| (id, scrape(&addr)))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Publishes `count` events to orders/0 one at a time (one Raft entry
+/// each).
+async fn publish_entries(client: &Client, from: u64, count: u64) {
+    let publisher = client.publisher_for("orders", "metrics-e2e").await.unwrap();
+    for i in from..from + count {
+        let id = format!("order-{i}");
+        let event = NewEvent::new("order.created", id.clone().into_bytes()).with_id(&id);
+        tokio::time::timeout(REQUEST_TIMEOUT, publisher.publish_to(0, event))
+            .await
+            .expect("publish timed out")
+            .unwrap();
+    }
+}
+
+/// The events group of orders/0 on one node.
+const ORDERS_0: [&str; 3] = ["stream=\"orders\"", "partition=\"0\"", "kind=\"events\""];
+
+/// Three nodes, a stream with 3 replicas: each node's endpoint reports
+/// the partition's group, exactly one of them as its leader, all in one
+/// term, nothing under-replicated, and the metadata group's one leader;
+/// publishes move every node's commit index; a follower stopped, its
+/// lag on the leader grows by what was published since, and the leader
+/// counts the partition under-replicated. promtool takes the leader's
+/// output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_metrics_name_one_leader_advance_commits_and_show_a_stopped_followers_lag() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        resources: "apiVersion: hadron.rs/v1beta1\nkind: Stream\nmetadata: { name: orders }\nspec: { partitions: 1, replicas: 3 }\n".into(),
+        settings: "metricsListen: \"127.0.0.1:0\"\n".into(),
+        ..ClusterOptions::default()
+    });
+    let addrs: Vec<(u64, String)> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| (id, metrics_addr(cluster.node(id))))
+        .collect();
+
+    let leader_of = |all: &[(u64, BTreeMap<String, f64>)], name: &str, with: &[&str]| {
+        let leaders: Vec<u64> = all
+            .iter()
+            .filter(|(_, m)| sum(m, name, with) == 1.0)
+            .map(|(id, _)| *id)
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    };
+    let (leader, commit) = eventually(WAIT, "one agreed leader of orders/0, all caught up", || {
+        let addrs = addrs.clone();
+        async move {
+            let all = scrape_nodes(&addrs).await;
+            let reported = all.iter().all(|(_, m)| {
+                m.keys().any(|k| {
+                    k.starts_with("hadron_replica_leader{")
+                        && ORDERS_0.iter().all(|w| k.contains(w))
+                })
+            });
+            let terms: std::collections::BTreeSet<u64> = all
+                .iter()
+                .map(|(_, m)| sum(m, "hadron_replica_term", &ORDERS_0) as u64)
+                .collect();
+            let meta_terms: std::collections::BTreeSet<u64> = all
+                .iter()
+                .map(|(_, m)| sum(m, "hadron_meta_term", &[]) as u64)
+                .collect();
+            let calm = all
+                .iter()
+                .all(|(_, m)| sum(m, "hadron_replicas_under_replicated", &[]) == 0.0);
+            let leader = leader_of(&all, "hadron_replica_leader", &ORDERS_0)?;
+            leader_of(&all, "hadron_meta_leader", &[])?;
+            let m = &all.iter().find(|(id, _)| *id == leader)?.1;
+            let commit = sum(m, "hadron_replica_commit_index", &ORDERS_0);
+            (reported && terms.len() == 1 && meta_terms.len() == 1 && calm)
+                .then_some((leader, commit))
+        }
+    })
+    .await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+
+    // 20 publishes: 20 entries, committed and known committed everywhere.
+    const PUBLISHES: u64 = 20;
+    let client = cluster.client(leader);
+    publish_entries(&client, 0, PUBLISHES).await;
+    eventually(WAIT, "every node's commit index past the publishes", || {
+        let addrs = addrs.clone();
+        async move {
+            let all = scrape_nodes(&addrs).await;
+            let commits: Vec<f64> = all
+                .iter()
+                .map(|(_, m)| sum(m, "hadron_replica_commit_index", &ORDERS_0))
+                .collect();
+            commits
+                .iter()
+                .all(|&c| c >= commit + PUBLISHES as f64 && c == commits[0])
+                .then_some(())
+        }
+    })
+    .await;
+
+    // The follower stops; 100 more entries it never gets.
+    const WHILE_DOWN: u64 = 100;
+    cluster.node(follower).stop();
+    let up: Vec<(u64, String)> = addrs
+        .iter()
+        .filter(|(id, _)| *id != follower)
+        .cloned()
+        .collect();
+    publish_entries(&client, PUBLISHES, WHILE_DOWN).await;
+    let lag_of = format!("follower=\"{follower}\"");
+    let (lagging, text) = eventually(
+        WAIT,
+        "the leader to show the stopped follower's lag",
+        || {
+            let up = up.clone();
+            let lag_of = lag_of.clone();
+            async move {
+                let all = scrape_nodes(&up).await;
+                let leader = leader_of(&all, "hadron_replica_leader", &ORDERS_0)?;
+                let m = &all.iter().find(|(id, _)| *id == leader)?.1;
+                let mut with = ORDERS_0.to_vec();
+                with.push(&lag_of);
+                let lag = sum(m, "hadron_replica_follower_lag_entries", &with);
+                let under = sum(m, "hadron_replicas_under_replicated", &["kind=\"events\""]);
+                if lag < WHILE_DOWN as f64 || under < 1.0 {
+                    return None;
+                }
+                let addr = up.iter().find(|(id, _)| *id == leader)?.1.clone();
+                let (_, _, text) =
+                    tokio::task::spawn_blocking(move || http_get(&addr, "/metrics", None))
+                        .await
+                        .unwrap();
+                Some((lag, text))
+            }
+        },
+    )
+    .await;
+    assert!(lagging >= WHILE_DOWN as f64, "lag {lagging}");
+    promtool_check(&text);
 }

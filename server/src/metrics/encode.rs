@@ -26,6 +26,8 @@ use prometheus_client::registry::Registry;
 
 use crate::shard::metrics::{ConnTotals, ShardMetrics};
 
+mod replication;
+
 /// Everything one scrape reports.
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
@@ -128,6 +130,7 @@ impl Collector for Scrape {
         self.encode_partitions(&mut encoder)?;
         self.encode_groups(&mut encoder)?;
         self.encode_pipelines(&mut encoder)?;
+        self.encode_replication(&mut encoder)?;
         Ok(())
     }
 }

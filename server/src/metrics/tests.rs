@@ -76,6 +76,7 @@ fn scrape() -> Scrape {
             refused,
         },
         dropped_deliveries: 0,
+        replication: None,
     };
     Scrape {
         shards: vec![

@@ -50,6 +50,12 @@ pub trait PeerLinks {
     /// Queues `msg` for node `to`, for the group of `stream`/`partition`
     /// there, best effort. Returns false when it was dropped.
     fn send(&self, to: u64, stream: &str, partition: u32, msg: Message) -> bool;
+
+    /// Whether the link to node `to` is connected now (for the metrics'
+    /// under-replicated count). Links that do not track it say yes.
+    fn connected(&self, _to: u64) -> bool {
+        true
+    }
 }
 
 /// One group's [`PeerNet`] over its shard's [`PeerLinks`].

@@ -42,6 +42,8 @@ pub struct ShardMetrics {
     pub conns: ConnTotals,
     /// Deliveries held back from connections whose outbox was full.
     pub dropped_deliveries: u64,
+    /// Its Raft groups, on a node of a cluster (`replica_metrics`).
+    pub replication: Option<super::replica_metrics::ReplicationMetrics>,
 }
 
 /// One partition's figures: its status, and the counters status does not
@@ -150,6 +152,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             runs: self.run_status(),
             conns: conn_totals(),
             dropped_deliveries: self.dropped_deliveries.get(),
+            replication: self.replication_metrics(),
         }
     }
 }

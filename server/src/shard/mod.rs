@@ -48,6 +48,7 @@ pub mod outbox;
 pub mod partition;
 pub mod pipeline;
 mod protocol;
+pub mod replica_metrics;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

@@ -87,6 +87,8 @@ struct Link {
     cluster: crate::config::cluster::ClusterConfig,
     /// Set when the link ended (its node was removed).
     closed: Cell<bool>,
+    /// Set while a connection is up: from its hello until a write fails.
+    connected: Cell<bool>,
 }
 
 impl Link {
@@ -163,6 +165,13 @@ impl PeerLinks for Links {
         link.queue.borrow_mut().push_back(encoded);
         link.ready.notify_all();
         true
+    }
+
+    fn connected(&self, to: u64) -> bool {
+        self.links
+            .borrow()
+            .get(&to)
+            .is_some_and(|l| l.connected.get())
     }
 }
 
@@ -250,6 +259,7 @@ fn new_link(maker: &Maker, peer: &crate::config::cluster::PeerSpec) -> Result<Rc
         ready: Notify::default(),
         cluster: maker.cluster.clone(),
         closed: Cell::new(false),
+        connected: Cell::new(false),
     }))
 }
 
@@ -298,6 +308,7 @@ async fn dial(link: Rc<Link>, me: (u64, u16, u16)) {
                     }
                 }
             };
+            link.connected.set(false);
             backoff = DIAL_BACKOFF_MIN;
             if let Err(e) = served {
                 tracing::debug!(node = link.node, address = %link.address, "peer link down: {e}");
@@ -339,6 +350,7 @@ async fn write_queued<S: AsyncRead + AsyncWrite + Unpin>(
         .write_all(&peer_frame::encode_hello(hello))
         .await
         .map_err(io)?;
+    link.connected.set(true);
     loop {
         let generation = link.ready.generation();
         let batch = {

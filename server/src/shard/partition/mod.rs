@@ -38,6 +38,7 @@ mod group_replica_sim;
 mod offsets;
 pub mod replica;
 pub mod replica_disk_full;
+mod replica_metrics;
 pub mod replica_move;
 pub mod replica_offsets;
 pub mod replica_repair;
