@@ -383,6 +383,11 @@ impl Client {
     /// Runs failed executions of `pipeline` again: the one whose root event
     /// is at `execution` = (partition, offset), or every failed one. Returns
     /// one line per execution retried.
+    ///
+    /// In a cluster, one execution goes to the node that runs its
+    /// partition, following `NotLeader` answers as a fetch does; all go to
+    /// one node, which retries those it runs and answers a line for each
+    /// partition it does not (`hadron pipeline retry` asks every node).
     pub async fn retry_pipeline(
         &self,
         pipeline: &str,
@@ -392,12 +397,30 @@ impl Client {
             pipeline,
             execution,
         });
-        match self
-            .main()
-            .await?
-            .request("pipeline retry", &message)
-            .await?
-        {
+        let reply = match execution {
+            None => {
+                self.main()
+                    .await?
+                    .request("pipeline retry", &message)
+                    .await?
+            }
+            Some((partition, _)) => {
+                // Leaders noted under the outputs group's name (never a
+                // stream's: streams have no `/`), whose leader may not be
+                // the source partition's.
+                let key = format!("pipelines/{pipeline}");
+                let message = &message;
+                self.routed(
+                    "pipeline retry",
+                    &key,
+                    partition,
+                    routing::Retry::LeaderChanges,
+                    |conn| async move { conn.request("pipeline retry", message).await },
+                )
+                .await?
+            }
+        };
+        match reply {
             Reply::ApplyOk(summary) => Ok(summary),
             other => Err(unexpected("ApplyOk", &other)),
         }

@@ -28,6 +28,7 @@ pub fn use_tls_files(
 
 mod cloudevents;
 pub mod cluster;
+mod pipeline_admin;
 pub mod tokens;
 
 /// `hadron apply -f FILE`.
@@ -314,20 +315,10 @@ pub async fn status(url: &str, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `hadron pipeline status NAME`.
+/// `hadron pipeline status NAME`: over every node of `url`, each
+/// partition's counts from the node that runs it (`pipeline_admin`).
 pub async fn pipeline_status(url: &str, name: &str, json: bool) -> Result<(), String> {
-    let client = connect(url)?;
-    let doc = client.status().await.map_err(|e| e.to_string())?;
-    let v: serde_json::Value =
-        serde_json::from_str(&doc).map_err(|e| format!("bad status JSON: {e}"))?;
-    let Some(p) = v["pipelines"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == name)
-    else {
-        return Err(format!("no pipeline named {name:?}"));
-    };
+    let p = &pipeline_admin::merged_status(url, name).await?;
     if json {
         println!("{p}");
         return Ok(());
@@ -379,15 +370,27 @@ pub async fn pipeline_status(url: &str, name: &str, json: bool) -> Result<(), St
             );
         }
     }
+    for u in p["unled"].as_array().into_iter().flatten() {
+        let by = match u["leader"].as_u64() {
+            Some(id) => format!("led by node {id}, which was not asked (list it in --url)"),
+            None => "no leader known; not counted".into(),
+        };
+        println!("  partition {}: {by}", u["partition"]);
+    }
     Ok(())
 }
 
-/// `hadron pipeline retry NAME [--partition P --offset N]`.
+/// `hadron pipeline retry NAME [--partition P --offset N]`: one execution
+/// by the node that runs it (the client follows `NotLeader`), or every
+/// failed one by every node of `url`, merged (`pipeline_admin`).
 pub async fn pipeline_retry(
     url: &str,
     name: &str,
     execution: Option<(u32, u64)>,
 ) -> Result<(), String> {
+    if execution.is_none() {
+        return pipeline_admin::retry_all(url, name).await;
+    }
     let client = connect(url)?;
     let lines = client
         .retry_pipeline(name, execution)

@@ -32,6 +32,7 @@ pub mod repair;
     )
 )]
 mod replication;
+pub mod retry_lines;
 mod serve;
 mod shard;
 

@@ -267,7 +267,8 @@ enum PipelineCommand {
         #[arg(long)]
         json: bool,
         /// The server: host:port, or a cluster's nodes separated by commas
-        /// (host:port,host:port; the first that answers is used).
+        /// (host:port,host:port): each is asked, and each partition is
+        /// counted from the node that runs it.
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },
@@ -280,7 +281,9 @@ enum PipelineCommand {
         #[arg(long, requires = "partition")]
         offset: Option<u64>,
         /// The server: host:port, or a cluster's nodes separated by commas
-        /// (host:port,host:port; the first that answers is used).
+        /// (host:port,host:port): without --partition each is asked and
+        /// retries the runs it leads; with it, the node that runs the
+        /// partition is found from any of them.
         #[arg(long, default_value = URL_DEFAULT)]
         url: String,
     },

@@ -17,12 +17,13 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 /// One node's answer.
-struct NodeStatus {
-    url: String,
-    doc: Result<Value, String>,
+pub(super) struct NodeStatus {
+    pub(super) url: String,
+    pub(super) doc: Result<Value, String>,
 }
 
-async fn node_status(url: &str) -> NodeStatus {
+/// Node `url`'s status document, parsed (its own connection).
+pub(super) async fn node_status(url: &str) -> NodeStatus {
     let doc = match super::connect(url) {
         Ok(client) => match client.status().await {
             Ok(json) => serde_json::from_str(&json).map_err(|e| format!("bad status JSON: {e}")),
@@ -220,7 +221,7 @@ fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-fn node_urls(urls: &str) -> Result<Vec<&str>, String> {
+pub(super) fn node_urls(urls: &str) -> Result<Vec<&str>, String> {
     let list: Vec<&str> = urls
         .split(',')
         .map(str::trim)

@@ -63,6 +63,7 @@ fn scrape() -> Scrape {
         }],
         unfinished: Vec::new(),
         failed_executions: Vec::new(),
+        leading: true,
         replication: None,
     };
     let shard = |partitions, runs, refused| ShardMetrics {

@@ -3,6 +3,7 @@
 //! requests (apply, status).
 
 use super::*;
+use crate::retry_lines::RetryLine;
 use error::DeliveryKind;
 
 impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
@@ -232,7 +233,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         Reply::Unsettled(unsettled)
     }
 
-    /// Pipelines: runs failed executions of `pipeline` here again.
+    /// Pipelines: runs failed executions of `pipeline` here again. One
+    /// (`execution`): refused as its run refuses (`NotLeader` naming the
+    /// leader on a follower). All: each run retries on its own, and one
+    /// this node does not lead, or whose retry fails, only answers a line
+    /// saying so (`retry_lines`): it never stops the others.
     async fn pipeline_retry(&self, pipeline: &str, execution: Option<(u32, u64)>) -> Reply {
         let runs: Vec<Rc<PipelineRun<S, R>>> = self
             .runs
@@ -241,19 +246,84 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .filter(|((name, p), _)| name == pipeline && execution.is_none_or(|(ep, _)| ep == *p))
             .map(|(_, r)| r.clone())
             .collect();
+        if let (Some((partition, _)), true) = (execution, runs.is_empty())
+            && self.placed_elsewhere(pipeline, partition)
+        {
+            // No replica here: the refusal names a node that has one.
+            return self.retry_not_here(pipeline, partition).into();
+        }
+        // A node of a cluster answers for every partition, so that whoever
+        // asked every node knows which leaders answered.
+        let clustered = self.settings.config.cluster_nodes() > 1;
         let mut lines = Vec::new();
+        if clustered && execution.is_none() {
+            lines.extend(self.retry_partitions_not_here(pipeline));
+        }
         for run in runs {
-            match run.retry(execution.map(|(_, o)| o)).await {
-                Ok(roots) => lines.extend(roots.into_iter().map(|o| {
-                    format!(
-                        "pipeline/{pipeline} partition {} offset {o} retried",
-                        run.source.partition
-                    )
-                })),
-                Err(f) => return f.into(),
-            }
+            let partition = run.source.partition;
+            let line =
+                match run.retry(execution.map(|(_, o)| o)).await {
+                    Err(f) if execution.is_some() => return f.into(),
+                    Ok(roots) => {
+                        lines.extend(roots.iter().map(|&offset| {
+                            RetryLine::Retried { partition, offset }.to_line(pipeline)
+                        }));
+                        if !roots.is_empty() || !clustered {
+                            continue;
+                        }
+                        RetryLine::NoneFailed { partition }
+                    }
+                    Err(Error::NotLeader { leader, .. } | Error::ReplicaOffline { leader, .. }) => {
+                        RetryLine::LedElsewhere {
+                            partition,
+                            leader: leader.map(|l| l.node_id),
+                        }
+                    }
+                    Err(e) => RetryLine::Failed {
+                        partition,
+                        error: e.to_string(),
+                    },
+                };
+            lines.push(line.to_line(pipeline));
         }
         Reply::Applied(lines)
+    }
+
+    /// The `NotLeader` a retry of one execution of `pipeline`'s
+    /// `partition` gets from a node with no replica of it.
+    fn retry_not_here(&self, pipeline: &str, partition: u32) -> Error {
+        let source = self
+            .topology
+            .borrow()
+            .pipelines
+            .get(pipeline)
+            .map(|p| p.source_stream.clone());
+        match source {
+            Some(source) => self.not_here(&source, partition),
+            None => Error::UnknownPipeline {
+                pipeline: pipeline.to_owned(),
+            },
+        }
+    }
+
+    /// A line for each partition of `pipeline`'s source that this shard
+    /// owns and that has no replica on this node.
+    fn retry_partitions_not_here(&self, pipeline: &str) -> Vec<String> {
+        let partitions = {
+            let topology = self.topology.borrow();
+            let Some(source) = topology.pipelines.get(pipeline).map(|p| &p.source_stream) else {
+                return Vec::new();
+            };
+            let count = topology.streams.get(source).map_or(0, |s| s.partitions);
+            (0..count)
+                .filter(|&p| self.owner(source, p) == self.id)
+                .collect::<Vec<u32>>()
+        };
+        partitions
+            .into_iter()
+            .filter(|&p| self.placed_elsewhere(pipeline, p))
+            .map(|partition| RetryLine::NotHere { partition }.to_line(pipeline))
+            .collect()
     }
 
     #[expect(clippy::too_many_arguments, reason = "mirrors the Attach request")]

@@ -232,6 +232,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     stages: Vec::new(),
                     unfinished: Vec::new(),
                     failed_executions: Vec::new(),
+                    leading: false,
                     replication: Some(offline_replica_status(why)),
                 };
                 (name.clone(), run)

@@ -15,6 +15,10 @@ pub struct RunStatus {
     pub stages: Vec<StageStatus>,
     pub unfinished: Vec<ExecutionStatus>,
     pub failed_executions: Vec<FailedStatus>,
+    /// Whether this node runs the pipeline on this partition (a replicated
+    /// source: it leads the outputs group and rebuilt the run; always
+    /// true otherwise): only then are the counts above the run's own.
+    pub leading: bool,
     /// The outputs group on this node, when the source is replicated
     /// (only its leader runs the pipeline; a follower's counts are 0).
     pub replication: Option<crate::shard::partition::replica::ReplicaStatus>,
@@ -113,6 +117,7 @@ impl<S: Storage + Clone + 'static, C: Clock> PipelineRun<S, C> {
                     error: f.error.clone(),
                 })
                 .collect(),
+            leading: self.active.get(),
             replication: self.replication(),
         }
     }
