@@ -28,7 +28,7 @@ fn paths(c: &ClusterConfig) -> Vec<String> {
 
 #[test]
 fn a_three_node_cluster_from_yaml_is_valid_and_names_its_node() {
-    let yaml = "cluster:\n  nodeId: 2\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n    - { id: 3, address: \"node3.example:7000\" }\n";
+    let yaml = "listen: 0.0.0.0:7000\ncluster:\n  nodeId: 2\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n    - { id: 3, address: \"node3.example:7000\" }\n";
     let (config, _) = parse_config_file(yaml).unwrap();
     let cluster = config.cluster.as_ref().unwrap();
     assert_eq!(config.node_id(), 2);
@@ -388,7 +388,32 @@ fn founders_must_be_distinct_peers() {
     assert_eq!(paths(&c), ["cluster.founders[1]", "cluster.founders[2]"]);
     c.founders = Some(vec![]);
     assert_eq!(paths(&c), ["cluster.founders"]);
-    let yaml = "cluster:\n  nodeId: 4\n  founders: [1, 2, 3]\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n    - { id: 3, address: \"10.0.0.3:7000\" }\n    - { id: 4, address: \"10.0.0.4:7000\" }\n";
+    let yaml = "listen: 0.0.0.0:7000\ncluster:\n  nodeId: 4\n  founders: [1, 2, 3]\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n    - { id: 3, address: \"10.0.0.3:7000\" }\n    - { id: 4, address: \"10.0.0.4:7000\" }\n";
     let (config, _) = parse_config_file(yaml).unwrap();
     assert_eq!(config.cluster.unwrap().founders, Some(vec![1, 2, 3]));
+}
+
+/// Every node's `NotLeader` hints and Metadata answers name a node by its
+/// `cluster.peers` address: a node known by a non-loopback one but
+/// listening on loopback (the default `listen`) is unreachable to clients
+/// on other hosts, so it does not start.
+#[test]
+fn a_node_known_beyond_loopback_must_listen_beyond_it() {
+    let peers = "cluster:\n  nodeId: 2\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n    - { id: 2, address: \"10.0.0.2:7100\" }\n";
+    let e = parse_config_file(peers).unwrap_err();
+    assert_eq!(e.path, "listen");
+    let text = e.to_string();
+    assert!(
+        text.contains("names this node (id 2) at 10.0.0.2:7100")
+            && text.contains("127.0.0.1:7000 (loopback)")
+            && text.contains("listen: 0.0.0.0:7100"),
+        "{text}"
+    );
+    for listen in ["0.0.0.0:7100", "10.0.0.2:7100"] {
+        let yaml = format!("listen: {listen}\n{peers}");
+        assert!(parse_config_file(&yaml).is_ok(), "{listen}");
+    }
+    // A node known by a loopback address may listen there.
+    let local = "cluster:\n  nodeId: 1\n  peers:\n    - { id: 1, address: \"localhost:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n";
+    assert!(parse_config_file(local).is_ok());
 }

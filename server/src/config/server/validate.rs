@@ -32,11 +32,43 @@ impl ServerConfig {
         errors.extend(self.connection_errors());
         if let Some(cluster) = &self.cluster {
             errors.extend(cluster.errors());
+            errors.extend(self.cluster_listen_error());
         }
         errors
             .into_iter()
             .map(|e| e.in_resource(ResourceKind::ServerConfig, None))
             .collect()
+    }
+
+    /// A node that other hosts know by a non-loopback address (its own
+    /// `cluster.peers` entry: what every node's `NotLeader` hints and
+    /// Metadata answers name) but that listens for clients on loopback:
+    /// no client on another host could reach it.
+    fn cluster_listen_error(&self) -> Option<ConfigError> {
+        let cluster = self.cluster.as_ref().filter(|c| c.nodes() > 1)?;
+        let me = cluster.peer(cluster.node_id)?;
+        let host = me
+            .address
+            .rsplit_once(':')
+            .map_or(me.address.as_str(), |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let named_loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if named_loopback || !self.listen.ip().is_loopback() {
+            return None;
+        }
+        let port = me.address.rsplit_once(':').map_or("7000", |(_, p)| p);
+        Some(ConfigError::new(
+            "listen",
+            Problem::Invalid {
+                reason: format!(
+                    "cluster.peers names this node (id {}) at {}, but it listens for clients on {} (loopback): clients on other hosts, sent there by the other nodes, could not reach it; set `listen: 0.0.0.0:{port}` (flag --listen) with a token",
+                    cluster.node_id, me.address, self.listen
+                ),
+            },
+        ))
     }
 
     /// Problems with where the server keeps data and listens.
