@@ -98,6 +98,28 @@ async fn a_node_added_online_takes_a_moved_replica_and_the_node_moved_away_from_
         "{}",
         out.stderr
     );
+    // A node that was never in the cluster (a typo) is refused by name.
+    let out = run_cli(&["cluster", "remove-node", "99", "--url", &all], CLI);
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("there is no node 99 in the cluster (its nodes: 1, 2, 3, 4)"),
+        "{}",
+        out.stderr
+    );
+    let out = run_cli(
+        &["cluster", "remove-node", &from.to_string(), "--url", &all],
+        CLI,
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("once `hadron cluster status` shows it in no group"),
+        "{}",
+        out.stdout
+    );
+    // Sent again (as the client resends a change whose answer was lost),
+    // the removal succeeds: it was done.
     let out = run_cli(
         &["cluster", "remove-node", &from.to_string(), "--url", &all],
         CLI,

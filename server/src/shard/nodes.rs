@@ -113,7 +113,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         let node = cluster.node_id;
         if id == node {
             return Ok(format!(
-                "node {node} is the node removed: it holds no partition; stop it"
+                "node {node} is the node removed: no partition is placed on it; stop it once `hadron cluster status` shows it in no group (replicas moved off it are still being copied until then)"
             ));
         }
         let removed = cluster
@@ -121,16 +121,33 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             .remove(&config.data_dir, &cluster.peers, id)
             .map_err(NodeError::Storage)?;
         Ok(if removed {
-            format!("node {node} removed node {id}: its links closed")
+            format!(
+                "node {node} removed node {id}: its links closed; stop node {id} once `hadron cluster status` shows it in no group"
+            )
         } else {
-            format!("node {node} has no node {id}")
+            format!("node {node} had removed node {id} already")
         })
     }
 
     /// The checks of `remove_node`, changing nothing: no partition placed
     /// on the node.
     fn check_node_remove(&self, id: u64) -> Result<(), NodeError> {
-        clustered(&self.settings.config)?;
+        let cluster = clustered(&self.settings.config)?;
+        // A node removed already is not an error (a resent removal must
+        // succeed); one never in the cluster is a typo.
+        let (_, removed) = cluster.registry.changes();
+        if cluster.registry.get(id).is_none() && !removed.contains(&id) {
+            let nodes: Vec<String> = cluster
+                .registry
+                .peers()
+                .iter()
+                .map(|p| p.id.to_string())
+                .collect();
+            return Err(NodeError::Invalid(format!(
+                "there is no node {id} in the cluster (its nodes: {})",
+                nodes.join(", ")
+            )));
+        }
         let placed = self.partitions_placed_on(id);
         if !placed.is_empty() {
             let mut named: Vec<String> =
@@ -139,7 +156,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 named.push(format!("and {} more", placed.len() - NAMED_PARTITIONS_MAX));
             }
             return Err(NodeError::Invalid(format!(
-                "node {id} still holds partitions {}: move them off it first (hadron cluster move)",
+                "node {id} still holds partitions {}: move them off it first (hadron cluster rebalance --drain {id}, or hadron cluster move)",
                 named.join(", ")
             )));
         }
