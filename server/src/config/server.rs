@@ -63,6 +63,10 @@
 //!   nodeId: 1                 # this node, one of `peers`
 //!   secretFile: /etc/hadron/cluster.secret  # shared by every node; needed
 //!                             # when peers are beyond loopback
+//!   founders: [1, 2, 3]       # a node added later: the ids the cluster was
+//!                             # first started with (default: every peer)
+//!   peerCa: /etc/hadron/ca.pem  # with tls: the CA peers' certificates are
+//!                             # checked against (default: tls.clientCa)
 //!   peers:                    # every node, this one included; ids >= 1,
 //!     - { id: 1, address: "10.0.0.1:7000" }  # unique; addresses distinct;
 //!     - { id: 2, address: "10.0.0.2:7000" }  # at most clusterNodesMax (64)
