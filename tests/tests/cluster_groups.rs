@@ -13,13 +13,12 @@
     reason = "test helpers: a failed set-up step must fail the test at once"
 )]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hadron::{Client, Delivery, NewEvent, SubscribeOptions};
 use hadron_tests::cluster::{Cluster, ClusterOptions};
-use hadron_tests::eventually;
 
 const STREAM: &str = "orders";
 const GROUP: &str = "billing";
@@ -101,34 +100,42 @@ async fn await_leader(cluster: &mut Cluster, not: Option<u64>) -> u64 {
 /// `committed` for the group and every node's offsets group applied the
 /// same index as the leader's (so every log holds that snapshot).
 async fn await_offsets_replicated(cluster: &Cluster, leader: u64, committed: u64) {
-    let what = format!("the group's persisted offset {committed} applied on every node");
-    eventually(Duration::from_secs(30), &what, || async move {
-        let partition = |doc: serde_json::Value| {
-            doc["streams"]
-                .as_array()?
-                .iter()
-                .find(|s| s["name"] == STREAM)
-                .map(|s| s["partitions"][0].clone())
-        };
-        let at_leader = partition(cluster.status_doc(leader).await?)?;
-        let persisted = at_leader["groups"]
+    let partition = |doc: serde_json::Value| {
+        doc["streams"]
             .as_array()?
             .iter()
-            .find(|g| g["group"] == GROUP)?["persisted"]
-            .as_u64();
-        let applied = at_leader["offsets_replication"]["applied"].as_u64()?;
-        if persisted != Some(committed) {
-            return None;
-        }
+            .find(|s| s["name"] == STREAM)
+            .map(|s| s["partitions"][0].clone())
+    };
+    // What each node last said (its partition's status), for the failure.
+    let mut seen = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
         for id in cluster.ids() {
-            let p = partition(cluster.status_doc(id).await?)?;
-            if p["offsets_replication"]["applied"].as_u64() != Some(applied) {
-                return None;
+            if let Some(p) = cluster.status_doc(id).await.and_then(partition) {
+                seen.insert(id, p);
             }
         }
-        Some(())
-    })
-    .await;
+        let at_leader = seen.get(&leader);
+        let persisted = at_leader
+            .and_then(|p| p["groups"].as_array().cloned())
+            .and_then(|g| g.into_iter().find(|g| g["group"] == GROUP))
+            .and_then(|g| g["persisted"].as_u64());
+        let applied = at_leader.and_then(|p| p["offsets_replication"]["applied"].as_u64());
+        let everywhere = cluster.ids().iter().all(|id| {
+            seen.get(id)
+                .is_some_and(|p| p["offsets_replication"]["applied"].as_u64() == applied)
+        });
+        if persisted == Some(committed) && applied.is_some() && everywhere {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group's persisted offset {committed} was not applied on every node in 30 s; \
+             leader {leader}, each node's partition status: {seen:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
