@@ -198,9 +198,11 @@ impl fmt::Display for Error {
                 }
             }
             Error::NotLeader { message, leader } => match leader {
+                // The server's message says whether the node it names
+                // leads or is only a replica that knows the leader.
                 Some(l) => write!(
                     f,
-                    "server error {}: {message}; the leader is node {} at {} (shard port {})",
+                    "server error {}: {message}; ask node {} at {} (shard port {})",
                     ErrorCode::NotLeader,
                     l.node_id,
                     l.address,
@@ -208,7 +210,7 @@ impl fmt::Display for Error {
                 ),
                 None => write!(
                     f,
-                    "server error {}: {message}; no leader known (an election is in progress), retry later",
+                    "server error {}: {message}; no leader named, retry later",
                     ErrorCode::NotLeader
                 ),
             },

@@ -734,6 +734,12 @@ impl Error {
                 partition,
                 leader,
             } => match leader {
+                // Term 0: a replica named by a node that holds none.
+                Some(l) if l.term == 0 => write!(
+                    f,
+                    "{stream}/{partition}: this node holds no replica of it; ask node {} at {}, which does",
+                    l.node_id, l.address
+                ),
                 Some(l) => write!(
                     f,
                     "{stream}/{partition}: this node does not lead it; node {} at {} does (term {})",
@@ -741,7 +747,7 @@ impl Error {
                 ),
                 None => write!(
                     f,
-                    "{stream}/{partition}: this node does not lead it and no leader is known yet (an election is running); retry after a pause"
+                    "{stream}/{partition}: this node cannot serve it yet: no leader is known (an election is running), or this node was just elected and is getting ready; retry after a pause"
                 ),
             },
             E::ReplicationBusy { stream, partition } => write!(

@@ -508,3 +508,33 @@ fn an_offline_replica_names_its_reason_and_another_replica() {
     let hint = e.leader_hint().map(|h| (h.node_id, h.address.to_owned()));
     assert_eq!(hint, Some((3, "127.0.0.1:7003".to_owned())));
 }
+
+/// A `NotLeader` says what the node it names is: the leader (with its
+/// term), or, with term 0, a replica named by a node that holds none; and
+/// without one, that no leader is known or this node is getting ready.
+#[test]
+fn not_leader_says_what_the_named_node_is() {
+    let at = |term| LeaderAt {
+        node_id: 2,
+        address: "127.0.0.1:7002".into(),
+        shard_port: 0,
+        term,
+    };
+    let refusal = |leader| Error::NotLeader {
+        stream: "orders".into(),
+        partition: 1,
+        leader,
+    };
+    let text = refusal(Some(at(7))).to_string();
+    assert!(
+        text.contains("node 2 at 127.0.0.1:7002 does (term 7)"),
+        "{text}"
+    );
+    let text = refusal(Some(at(0))).to_string();
+    assert!(
+        text.contains("holds no replica of it; ask node 2 at 127.0.0.1:7002"),
+        "{text}"
+    );
+    let text = refusal(None).to_string();
+    assert!(text.contains("just elected and is getting ready"), "{text}");
+}
