@@ -204,6 +204,7 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
     config
         .validate()
         .and_then(|()| config.check_exposure())
+        .and_then(|()| config.check_cluster_listen())
         .map_err(|e| format!("invalid configuration: {e}"))?;
     if let Some(cluster) = &mut config.cluster {
         cluster

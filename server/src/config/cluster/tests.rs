@@ -400,7 +400,8 @@ fn founders_must_be_distinct_peers() {
 #[test]
 fn a_node_known_beyond_loopback_must_listen_beyond_it() {
     let peers = "cluster:\n  nodeId: 2\n  peers:\n    - { id: 1, address: \"10.0.0.1:7000\" }\n    - { id: 2, address: \"10.0.0.2:7100\" }\n";
-    let e = parse_config_file(peers).unwrap_err();
+    let check = |yaml: &str| parse_config_file(yaml).unwrap().0.check_cluster_listen();
+    let e = check(peers).unwrap_err();
     assert_eq!(e.path, "listen");
     let text = e.to_string();
     assert!(
@@ -411,9 +412,9 @@ fn a_node_known_beyond_loopback_must_listen_beyond_it() {
     );
     for listen in ["0.0.0.0:7100", "10.0.0.2:7100"] {
         let yaml = format!("listen: {listen}\n{peers}");
-        assert!(parse_config_file(&yaml).is_ok(), "{listen}");
+        assert_eq!(check(&yaml), Ok(()), "{listen}");
     }
     // A node known by a loopback address may listen there.
     let local = "cluster:\n  nodeId: 1\n  peers:\n    - { id: 1, address: \"localhost:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n";
-    assert!(parse_config_file(local).is_ok());
+    assert_eq!(check(local), Ok(()));
 }

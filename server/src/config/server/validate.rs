@@ -32,7 +32,6 @@ impl ServerConfig {
         errors.extend(self.connection_errors());
         if let Some(cluster) = &self.cluster {
             errors.extend(cluster.errors());
-            errors.extend(self.cluster_listen_error());
         }
         errors
             .into_iter()
@@ -40,10 +39,19 @@ impl ServerConfig {
             .collect()
     }
 
-    /// A node that other hosts know by a non-loopback address (its own
-    /// `cluster.peers` entry: what every node's `NotLeader` hints and
-    /// Metadata answers name) but that listens for clients on loopback:
-    /// no client on another host could reach it.
+    /// Refuses a node that other hosts know by a non-loopback address
+    /// (its own `cluster.peers` entry: what every node's `NotLeader` hints
+    /// and Metadata answers name) but that listens for clients on
+    /// loopback: no client on another host could reach it. Checked once
+    /// the flags are applied (`--listen` may set what the file does not),
+    /// so not part of [`Self::validate`].
+    pub fn check_cluster_listen(&self) -> Result<(), ConfigError> {
+        match self.cluster_listen_error() {
+            Some(e) => Err(e.in_resource(ResourceKind::ServerConfig, None)),
+            None => Ok(()),
+        }
+    }
+
     fn cluster_listen_error(&self) -> Option<ConfigError> {
         let cluster = self.cluster.as_ref().filter(|c| c.nodes() > 1)?;
         let me = cluster.peer(cluster.node_id)?;
