@@ -89,11 +89,12 @@ pub use endpoint::DEFAULT_PORT;
 pub use error::{Error, LeaderAddr};
 pub use event::{Event, NewEvent};
 pub use hadron_wire::{ErrorCode, FRAME_BYTES_MAX};
-pub use metadata::{Metadata, PartitionInfo, PipelineInfo, StreamInfo};
+pub use metadata::{Metadata, NodeInfo, PartitionInfo, PipelineInfo, StreamInfo};
 #[doc(hidden)]
 pub use publish::encode_publish_frames;
 pub use publish::{DEFAULT_STREAM, Published, Publisher};
 pub use subscribe::{
-    Delivery, PipelineHandle, PipelineStart, StageInput, StartPoint, SubscribeOptions, Subscription,
+    Delivery, NODES_REFRESH_INTERVAL, PipelineHandle, PipelineStart, StageInput, StartPoint,
+    SubscribeOptions, Subscription,
 };
 pub use tls::TlsOptions;

@@ -49,10 +49,13 @@ use tokio::task::JoinHandle;
 use self::nodes::Runners;
 use crate::client::unexpected;
 use crate::conn::{Conn, Push, Reply};
+use crate::endpoint::Endpoint;
 use crate::event::with_event_encoder;
 use crate::{Client, Error, Event, NewEvent};
 
 mod nodes;
+
+pub use self::nodes::NODES_REFRESH_INTERVAL;
 
 /// Where a consumer group with no committed offset starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -862,10 +865,11 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
 }
 
 /// The runner: connect, register, handle pushes; on disconnect, back off
-/// and do it again. `node`, when set, pins it to that bootstrap node (see
-/// `nodes`); unpinned, each failure moves it to the next. The first
+/// and do it again. `node`, when set, pins it to that node (see `nodes`);
+/// unpinned, each failure moves it to the next bootstrap node. The first
 /// accepted registration's id goes to `ready` and its partitions to
-/// `assigned`. Unpinned, a failed first registration goes to `ready` and
+/// `shared.assigned`; each failed registration and broken connection
+/// notifies `shared.rediscover`. Unpinned, a failed first registration goes to `ready` and
 /// ends the runner; pinned, only a non-retryable one ends it (with that
 /// error, naming the node), and a retryable one (`NotLeader`, a node that
 /// is down) is retried.
@@ -873,10 +877,10 @@ async fn run<H: PushHandler>(
     client: Client,
     registration: Registration,
     handler: Arc<H>,
-    node: Option<usize>,
+    node: Option<Endpoint>,
     mut cancel: watch::Receiver<bool>,
     ready: oneshot::Sender<Result<u64, Error>>,
-    assigned: nodes::Assigned,
+    shared: nodes::Shared,
 ) -> Result<(), Error> {
     let options = client.options().clone();
     let in_flight_max = registration.max_in_flight();
@@ -892,7 +896,7 @@ async fn run<H: PushHandler>(
         let (push_tx, mut pushes) = mpsc::channel(push_capacity);
         // Unpinned, with a bootstrap list, each failure moves on to the
         // next node (a cluster's node that died, or leads nothing).
-        let endpoint = match node.and_then(|i| client.bootstrap_list().get(i)) {
+        let endpoint = match node.as_ref() {
             Some(pinned) => pinned,
             None => client.bootstrap_endpoint(failures),
         };
@@ -910,7 +914,7 @@ async fn run<H: PushHandler>(
                 failures = 0;
                 tracing::debug!(?registration, node = %endpoint, "registered");
                 if let Some(ready) = ready.take() {
-                    nodes::assign(&assigned, &partitions);
+                    nodes::assign(&shared.assigned, &partitions);
                     let _ = ready.send(Ok(subscription_id));
                 }
                 conn
@@ -930,6 +934,7 @@ async fn run<H: PushHandler>(
                     tracing::error!(?registration, error = %e, "registration refused; stopping");
                     return Err(e);
                 }
+                shared.rediscover.notify_one();
                 failures = failures.saturating_add(1);
                 let pause = options.backoff(failures);
                 tracing::warn!(?registration, node = %endpoint, error = %e, ?pause, "reconnecting");
@@ -982,6 +987,7 @@ async fn run<H: PushHandler>(
                 }
             });
         }
+        shared.rediscover.notify_one();
         failures = failures.saturating_add(1);
         let pause = options.backoff(failures);
         tracing::warn!(?registration, node = %endpoint, ?pause, "connection lost; reconnecting");

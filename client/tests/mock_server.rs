@@ -589,6 +589,7 @@ fn metadata_ok() -> Message<'static> {
             source_stream: "orders",
             stages: vec!["reserve", "ship"],
         }],
+        nodes: Vec::new(),
     })
 }
 

@@ -38,11 +38,10 @@ pub use generated as fb;
 pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
     HandshakeOk, LeaderHint, METADATA_NODES_MAX, Message, Metadata, MetadataOk, Nack, NodeAdd,
-    NodeInfo, PartitionInfo,
-    PartitionMove, PipelineInfo, PipelineRetry, PipelineSubscribe, Publish, PublishOk,
-    PublishResult, Rebalance, Record, StageAck, StageAcks, StageDelivery, StageInput, StageNack,
-    StartPoint, StatusOk, StreamInfo, Subscribe, SubscribeOk, TokenCreate, TokenInfo, TokenListOk,
-    TokenRevoke, TokenScope, encode,
+    NodeInfo, PartitionInfo, PartitionMove, PipelineInfo, PipelineRetry, PipelineSubscribe,
+    Publish, PublishOk, PublishResult, Rebalance, Record, StageAck, StageAcks, StageDelivery,
+    StageInput, StageNack, StartPoint, StatusOk, StreamInfo, Subscribe, SubscribeOk, TokenCreate,
+    TokenInfo, TokenListOk, TokenRevoke, TokenScope, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 

@@ -1924,7 +1924,10 @@ pub(crate) mod tests {
             panic!("not MetadataOk: {:?}", decoded.message)
         };
         assert_eq!(
-            back.nodes.iter().map(|n| (n.node_id, n.address)).collect::<Vec<_>>(),
+            back.nodes
+                .iter()
+                .map(|n| (n.node_id, n.address))
+                .collect::<Vec<_>>(),
             vec![(1, "127.0.0.1:7000"), (3, "127.0.0.3:7000")]
         );
         ok.nodes.clear();
