@@ -5,10 +5,11 @@
 //!
 //! Each subscription or stage handler runs one runner per node (`nodes`):
 //! with one server, one runner, whose first registration's error is
-//! returned and which moves along the bootstrap list after failures; with
-//! a bootstrap list of several nodes, one runner per listed node, pinned
-//! to it, because in a cluster each partition's deliveries are pushed by
-//! the node that leads it, and leaders move on failover. Every runner has
+//! returned and which moves along the bootstrap list after failures; in a
+//! cluster, one runner per node, pinned to it, because each partition's
+//! deliveries are pushed by the node that leads it, and leaders move on
+//! failover. The nodes are the bootstrap list's and those Metadata names,
+//! asked again periodically, so one URL reaches the whole cluster. Every runner has
 //! a dedicated connection, so a disconnect affects only it: it reconnects
 //! with exponential backoff and registers again (a pinned runner with its
 //! own node, also after a `NotLeader` answer); the server redelivers
@@ -702,12 +703,16 @@ impl Client {
     /// `options.max_in_flight` handlers run concurrently, so events of one
     /// partition may be handled out of order unless `max_in_flight` is 1.
     ///
-    /// With a bootstrap list of several nodes (a cluster), the subscription
-    /// is registered on every listed node, each by its own runner that
-    /// stays with that node (reconnecting and resubscribing there, also
-    /// after `NotLeader`), so that each partition's leader, wherever it
-    /// moves, pushes to this member. List every node that may lead. This
-    /// returns once the first node accepted (a node that is down keeps
+    /// In a cluster, the subscription is registered on every node, each
+    /// by its own runner that stays with that node (reconnecting and
+    /// resubscribing there, also after `NotLeader`), so that each
+    /// partition's leader, wherever it moves, pushes to this member. The
+    /// nodes are those of the bootstrap list and those the cluster's
+    /// Metadata names (asked once registered, every
+    /// [`NODES_REFRESH_INTERVAL`](crate::NODES_REFRESH_INTERVAL) and after
+    /// a failure), so one node's URL is enough: a node added later gets a
+    /// runner, a node removed loses it. This returns once the first node
+    /// accepted (a node that is down keeps
     /// being retried in the background; while none answers, it waits), and
     /// fails only when every node refused, with the first refusal, naming
     /// its node. `max_in_flight` holds per node: while leadership is split
@@ -766,12 +771,14 @@ impl Client {
     /// accepted the registration and gives a handle to stop it. Handlers
     /// run concurrently, at most 50 at a time (the default `maxParallel`).
     ///
-    /// With a bootstrap list of several nodes (a cluster), the handler is
-    /// registered on every listed node, each by its own runner that stays
-    /// with that node (reconnecting and registering again there, also
-    /// after `NotLeader`), so that whichever node leads the pipeline's
-    /// partitions after a failover has it attached; each delivery is
-    /// answered on the connection it came from. The start resolves once
+    /// In a cluster, the handler is registered on every node (those of
+    /// the bootstrap list and those the cluster's Metadata names, asked
+    /// again every [`NODES_REFRESH_INTERVAL`](crate::NODES_REFRESH_INTERVAL);
+    /// one node's URL is enough), each by its own runner that stays with
+    /// that node (reconnecting and registering again there, also after
+    /// `NotLeader`), so that whichever node leads the pipeline's
+    /// partitions, after a failover or a rebalance, has it attached; each
+    /// delivery is answered on the connection it came from. The start resolves once
     /// the first node accepted (a node that is down keeps being retried in
     /// the background; while none answers, it waits) and fails only when
     /// every node refused, with the first refusal, naming its node. The

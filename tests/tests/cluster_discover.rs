@@ -28,6 +28,9 @@ use hadron_tests::cluster::{Cluster, ClusterOptions};
 use hadron_tests::eventually;
 
 const PARTITIONS: u32 = 4;
+/// What a stage received, per execution (partition, offset), each run.
+type Reported = Arc<Mutex<BTreeMap<(u32, u64), Vec<String>>>>;
+
 /// Events published to each partition.
 const PER_PARTITION: usize = 3;
 
@@ -127,7 +130,7 @@ async fn stage_handlers_given_one_url_complete_executions_on_every_leader() {
     assert_eq!(nodes, want);
 
     // What `report` received from `work`, per execution, each run.
-    let reported: Arc<Mutex<BTreeMap<(u32, u64), Vec<String>>>> = Arc::default();
+    let reported: Reported = Arc::default();
     let work = |input: StageInput| async move {
         let data = String::from_utf8_lossy(&input.root.data).into_owned();
         Ok::<NewEvent, std::io::Error>(NewEvent::new(
