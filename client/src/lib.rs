@@ -50,7 +50,11 @@
 //!   `ClientOptions::publish_attempts_max` attempts (about 30 s of pauses
 //!   by default), none started past `ClientOptions::publish_retry_deadline`
 //!   (60 s by default) from the first. Subscriptions and stage handlers
-//!   register on every bootstrap node (see `subscribe`).
+//!   follow the cluster's nodes, even from one URL (a Kubernetes Service
+//!   name): they ask Metadata for every node and register on each, and
+//!   ask again every `NODES_REFRESH_INTERVAL` (and after a failure), so a
+//!   node added later is registered on without a restart (see
+//!   `subscribe`).
 //! - `Publisher` fills in missing event ids (unique, generated) and sources
 //!   (the publisher's name), picks the partition by the subject's hash (or
 //!   the hash of source and id), and retries retryable failures with the
@@ -89,11 +93,12 @@ pub use endpoint::DEFAULT_PORT;
 pub use error::{Error, LeaderAddr};
 pub use event::{Event, NewEvent};
 pub use hadron_wire::{ErrorCode, FRAME_BYTES_MAX};
-pub use metadata::{Metadata, PartitionInfo, PipelineInfo, StreamInfo};
+pub use metadata::{Metadata, NodeInfo, PartitionInfo, PipelineInfo, StreamInfo};
 #[doc(hidden)]
 pub use publish::encode_publish_frames;
 pub use publish::{DEFAULT_STREAM, Published, Publisher};
 pub use subscribe::{
-    Delivery, PipelineHandle, PipelineStart, StageInput, StartPoint, SubscribeOptions, Subscription,
+    Delivery, NODES_REFRESH_INTERVAL, PipelineHandle, PipelineStart, StageInput, StartPoint,
+    SubscribeOptions, Subscription,
 };
 pub use tls::TlsOptions;

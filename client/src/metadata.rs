@@ -27,6 +27,20 @@ pub struct Metadata {
     pub streams: Vec<StreamInfo>,
     /// Pipelines in name order.
     pub pipelines: Vec<PipelineInfo>,
+    /// Every node of the cluster, in id order (at most 64); empty from a
+    /// server with no cluster, a cluster of one, or a server older than
+    /// node lists. Subscriptions and stage handlers register on each.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// One node of a cluster.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's `cluster.nodeId`.
+    pub node_id: u64,
+    /// Its client address, `host:port`.
+    pub address: String,
 }
 
 /// One stream and where its partitions live.
@@ -111,6 +125,14 @@ impl Metadata {
                     stages: p.stages.iter().map(|s| (*s).to_owned()).collect(),
                 })
                 .collect(),
+            nodes: m
+                .nodes
+                .iter()
+                .map(|n| NodeInfo {
+                    node_id: n.node_id,
+                    address: n.address.to_owned(),
+                })
+                .collect(),
         }
     }
 }
@@ -159,6 +181,10 @@ mod tests {
                 source_stream: "orders",
                 stages: vec!["a", "b"],
             }],
+            nodes: vec![hadron_wire::NodeInfo {
+                node_id: 2,
+                address: "10.0.0.2:7000",
+            }],
         };
         let m = Metadata::from_wire(&wire);
         assert_eq!(m.shards, 2);
@@ -189,5 +215,12 @@ mod tests {
         let p = m.pipeline("p").unwrap();
         assert_eq!(p.source_stream, "orders");
         assert_eq!(p.stages, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(
+            m.nodes,
+            vec![NodeInfo {
+                node_id: 2,
+                address: "10.0.0.2:7000".into(),
+            }]
+        );
     }
 }

@@ -5,10 +5,11 @@
 //!
 //! Each subscription or stage handler runs one runner per node (`nodes`):
 //! with one server, one runner, whose first registration's error is
-//! returned and which moves along the bootstrap list after failures; with
-//! a bootstrap list of several nodes, one runner per listed node, pinned
-//! to it, because in a cluster each partition's deliveries are pushed by
-//! the node that leads it, and leaders move on failover. Every runner has
+//! returned and which moves along the bootstrap list after failures; in a
+//! cluster, one runner per node, pinned to it, because each partition's
+//! deliveries are pushed by the node that leads it, and leaders move on
+//! failover. The nodes are the bootstrap list's and those Metadata names,
+//! asked again periodically, so one URL reaches the whole cluster. Every runner has
 //! a dedicated connection, so a disconnect affects only it: it reconnects
 //! with exponential backoff and registers again (a pinned runner with its
 //! own node, also after a `NotLeader` answer); the server redelivers
@@ -49,10 +50,13 @@ use tokio::task::JoinHandle;
 use self::nodes::Runners;
 use crate::client::unexpected;
 use crate::conn::{Conn, Push, Reply};
+use crate::endpoint::Endpoint;
 use crate::event::with_event_encoder;
 use crate::{Client, Error, Event, NewEvent};
 
 mod nodes;
+
+pub use self::nodes::NODES_REFRESH_INTERVAL;
 
 /// Where a consumer group with no committed offset starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -699,12 +703,16 @@ impl Client {
     /// `options.max_in_flight` handlers run concurrently, so events of one
     /// partition may be handled out of order unless `max_in_flight` is 1.
     ///
-    /// With a bootstrap list of several nodes (a cluster), the subscription
-    /// is registered on every listed node, each by its own runner that
-    /// stays with that node (reconnecting and resubscribing there, also
-    /// after `NotLeader`), so that each partition's leader, wherever it
-    /// moves, pushes to this member. List every node that may lead. This
-    /// returns once the first node accepted (a node that is down keeps
+    /// In a cluster, the subscription is registered on every node, each
+    /// by its own runner that stays with that node (reconnecting and
+    /// resubscribing there, also after `NotLeader`), so that each
+    /// partition's leader, wherever it moves, pushes to this member. The
+    /// nodes are those of the bootstrap list and those the cluster's
+    /// Metadata names (asked once registered, every
+    /// [`NODES_REFRESH_INTERVAL`](crate::NODES_REFRESH_INTERVAL) and after
+    /// a failure), so one node's URL is enough: a node added later gets a
+    /// runner, a node removed loses it. This returns once the first node
+    /// accepted (a node that is down keeps
     /// being retried in the background; while none answers, it waits), and
     /// fails only when every node refused, with the first refusal, naming
     /// its node. `max_in_flight` holds per node: while leadership is split
@@ -763,12 +771,14 @@ impl Client {
     /// accepted the registration and gives a handle to stop it. Handlers
     /// run concurrently, at most 50 at a time (the default `maxParallel`).
     ///
-    /// With a bootstrap list of several nodes (a cluster), the handler is
-    /// registered on every listed node, each by its own runner that stays
-    /// with that node (reconnecting and registering again there, also
-    /// after `NotLeader`), so that whichever node leads the pipeline's
-    /// partitions after a failover has it attached; each delivery is
-    /// answered on the connection it came from. The start resolves once
+    /// In a cluster, the handler is registered on every node (those of
+    /// the bootstrap list and those the cluster's Metadata names, asked
+    /// again every [`NODES_REFRESH_INTERVAL`](crate::NODES_REFRESH_INTERVAL);
+    /// one node's URL is enough), each by its own runner that stays with
+    /// that node (reconnecting and registering again there, also after
+    /// `NotLeader`), so that whichever node leads the pipeline's
+    /// partitions, after a failover or a rebalance, has it attached; each
+    /// delivery is answered on the connection it came from. The start resolves once
     /// the first node accepted (a node that is down keeps being retried in
     /// the background; while none answers, it waits) and fails only when
     /// every node refused, with the first refusal, naming its node. The
@@ -862,10 +872,11 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
 }
 
 /// The runner: connect, register, handle pushes; on disconnect, back off
-/// and do it again. `node`, when set, pins it to that bootstrap node (see
-/// `nodes`); unpinned, each failure moves it to the next. The first
+/// and do it again. `node`, when set, pins it to that node (see `nodes`);
+/// unpinned, each failure moves it to the next bootstrap node. The first
 /// accepted registration's id goes to `ready` and its partitions to
-/// `assigned`. Unpinned, a failed first registration goes to `ready` and
+/// `shared.assigned`; each failed registration and broken connection
+/// notifies `shared.rediscover`. Unpinned, a failed first registration goes to `ready` and
 /// ends the runner; pinned, only a non-retryable one ends it (with that
 /// error, naming the node), and a retryable one (`NotLeader`, a node that
 /// is down) is retried.
@@ -873,10 +884,10 @@ async fn run<H: PushHandler>(
     client: Client,
     registration: Registration,
     handler: Arc<H>,
-    node: Option<usize>,
+    node: Option<Endpoint>,
     mut cancel: watch::Receiver<bool>,
     ready: oneshot::Sender<Result<u64, Error>>,
-    assigned: nodes::Assigned,
+    shared: nodes::Shared,
 ) -> Result<(), Error> {
     let options = client.options().clone();
     let in_flight_max = registration.max_in_flight();
@@ -892,7 +903,7 @@ async fn run<H: PushHandler>(
         let (push_tx, mut pushes) = mpsc::channel(push_capacity);
         // Unpinned, with a bootstrap list, each failure moves on to the
         // next node (a cluster's node that died, or leads nothing).
-        let endpoint = match node.and_then(|i| client.bootstrap_list().get(i)) {
+        let endpoint = match node.as_ref() {
             Some(pinned) => pinned,
             None => client.bootstrap_endpoint(failures),
         };
@@ -910,7 +921,7 @@ async fn run<H: PushHandler>(
                 failures = 0;
                 tracing::debug!(?registration, node = %endpoint, "registered");
                 if let Some(ready) = ready.take() {
-                    nodes::assign(&assigned, &partitions);
+                    nodes::assign(&shared.assigned, &partitions);
                     let _ = ready.send(Ok(subscription_id));
                 }
                 conn
@@ -930,6 +941,7 @@ async fn run<H: PushHandler>(
                     tracing::error!(?registration, error = %e, "registration refused; stopping");
                     return Err(e);
                 }
+                shared.rediscover.notify_one();
                 failures = failures.saturating_add(1);
                 let pause = options.backoff(failures);
                 tracing::warn!(?registration, node = %endpoint, error = %e, ?pause, "reconnecting");
@@ -982,6 +994,7 @@ async fn run<H: PushHandler>(
                 }
             });
         }
+        shared.rediscover.notify_one();
         failures = failures.saturating_add(1);
         let pause = options.backoff(failures);
         tracing::warn!(?registration, node = %endpoint, ?pause, "connection lost; reconnecting");

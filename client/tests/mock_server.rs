@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use hadron_wire::{
-    ErrorCode, ErrorReply, FrameRef, HandshakeOk, Limits, Message, MetadataOk, PLACEMENT_NAME,
-    PartitionInfo, PipelineInfo, PublishOk, PublishResult, StageDelivery, StageInput, StatusOk,
-    StreamInfo, SubscribeOk, decode, decode_event, encode, fnv1a64, shard_of, split_frame,
+    ErrorCode, ErrorReply, FrameRef, HandshakeOk, Limits, Message, MetadataOk, NodeInfo,
+    PLACEMENT_NAME, PartitionInfo, PipelineInfo, PublishOk, PublishResult, StageDelivery,
+    StageInput, StatusOk, StreamInfo, SubscribeOk, decode, decode_event, encode, fnv1a64, shard_of,
+    split_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -589,6 +590,7 @@ fn metadata_ok() -> Message<'static> {
             source_stream: "orders",
             stages: vec!["reserve", "ship"],
         }],
+        nodes: Vec::new(),
     })
 }
 
@@ -2382,4 +2384,83 @@ async fn an_admin_change_whose_connection_breaks_goes_to_the_next_node() {
             .len()
     };
     assert_eq!((applies(&first), applies(&second)), (1, 1));
+}
+
+/// Answers `Metadata` with the nodes in `addresses` (node ids 1, 2, ...)
+/// and everything else as `pipeline_server`: a node of a cluster.
+fn cluster_node(addresses: Arc<Mutex<Vec<String>>>) -> Behavior {
+    let pipeline = pipeline_server();
+    Arc::new(move |state, f| match &f.message {
+        Message::Metadata(_) => {
+            let addresses = addresses.lock().unwrap().clone();
+            let nodes = (1u64..)
+                .zip(&addresses)
+                .map(|(node_id, address)| NodeInfo { node_id, address })
+                .collect();
+            let ok = MetadataOk {
+                shards: 1,
+                placement: PLACEMENT_NAME,
+                nodes,
+                ..MetadataOk::default()
+            };
+            vec![frame(f.request_id, &Message::MetadataOk(ok))]
+        }
+        _ => pipeline(state, f),
+    })
+}
+
+/// A stage handler given one node's URL registers on every node the
+/// cluster's Metadata names, so a node it was never told of delivers to
+/// it; a node removed from the cluster loses the registration (its
+/// connection is closed).
+#[tokio::test]
+async fn a_stage_handler_given_one_url_registers_on_every_node_metadata_names() {
+    let addresses: Arc<Mutex<Vec<String>>> = Arc::default();
+    let a = Mock::start(0, cluster_node(Arc::clone(&addresses))).await;
+    let b = Mock::start(0, cluster_node(Arc::clone(&addresses))).await;
+    let c = Mock::start(0, cluster_node(Arc::clone(&addresses))).await;
+    let address = |m: &Mock| m.url.trim_start_matches("http://").to_owned();
+    *addresses.lock().unwrap() = vec![address(&a), address(&b), address(&c)];
+    let client = hadron::Client::new(&a.url, fast_options()).unwrap();
+    let handle = client
+        .pipeline("service-creation", "setup-billing", billing_handler)
+        .await
+        .unwrap();
+    for node in [&b, &c] {
+        let acks = node
+            .wait_for(1, |_, f| match &f.message {
+                Message::StageAck(a) => Some(a.delivery_id),
+                _ => None,
+            })
+            .await;
+        assert_eq!(acks, vec![9], "the delivery of a node given by Metadata");
+    }
+    // Node 3 leaves the cluster: the handler's runner there stops after a
+    // later ask (a failed registration elsewhere asks at once; here the
+    // periodic one is waited for).
+    addresses.lock().unwrap().pop();
+    let registered: HashSet<usize> = c
+        .seen()
+        .iter()
+        .filter(|s| matches!(s.frame().message, Message::PipelineSubscribe(_)))
+        .map(|s| s.conn)
+        .collect();
+    assert_eq!(registered.len(), 1, "one runner on node 3");
+    let deadline = tokio::time::Instant::now() + hadron::NODES_REFRESH_INTERVAL * 2;
+    loop {
+        let notified = c.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if registered.is_subset(&c.ended.lock().unwrap()) {
+            break;
+        }
+        assert!(
+            tokio::time::timeout_at(deadline, notified).await.is_ok(),
+            "node 3's registration was not dropped within two refreshes"
+        );
+    }
+    let b_registrations =
+        b.picked(|_, f| matches!(f.message, Message::PipelineSubscribe(_)).then_some(()));
+    assert_eq!(b_registrations.len(), 1, "node 2 keeps its one runner");
+    handle.stop().await.unwrap();
 }

@@ -361,6 +361,16 @@ fn messages<'a>(full: &'a [u8], minimal: &'a [u8]) -> Vec<Message<'a>> {
                 source_stream: "events",
                 stages: vec!["deploy-service", "setup-billing"],
             }],
+            nodes: vec![
+                hadron_wire::NodeInfo {
+                    node_id: 1,
+                    address: "10.0.0.1:7000",
+                },
+                hadron_wire::NodeInfo {
+                    node_id: 2,
+                    address: "10.0.0.2:7000",
+                },
+            ],
         }),
         Message::Publish(Publish::default()),
         Message::FetchOk(FetchOk::default()),

@@ -37,11 +37,11 @@ pub use frame::{
 pub use generated as fb;
 pub use message::{
     Ack, Apply, ApplyOk, Delivery, EncodeError, Encoder, ErrorReply, Fetch, FetchOk, Handshake,
-    HandshakeOk, LeaderHint, Message, Metadata, MetadataOk, Nack, NodeAdd, PartitionInfo,
-    PartitionMove, PipelineInfo, PipelineRetry, PipelineSubscribe, Publish, PublishOk,
-    PublishResult, Rebalance, Record, StageAck, StageAcks, StageDelivery, StageInput, StageNack,
-    StartPoint, StatusOk, StreamInfo, Subscribe, SubscribeOk, TokenCreate, TokenInfo, TokenListOk,
-    TokenRevoke, TokenScope, encode,
+    HandshakeOk, LeaderHint, METADATA_NODES_MAX, Message, Metadata, MetadataOk, Nack, NodeAdd,
+    NodeInfo, PartitionInfo, PartitionMove, PipelineInfo, PipelineRetry, PipelineSubscribe,
+    Publish, PublishOk, PublishResult, Rebalance, Record, StageAck, StageAcks, StageDelivery,
+    StageInput, StageNack, StartPoint, StatusOk, StreamInfo, Subscribe, SubscribeOk, TokenCreate,
+    TokenInfo, TokenListOk, TokenRevoke, TokenScope, encode,
 };
 pub use placement::{PLACEMENT_NAME, fnv1a64, shard_of, shard_port};
 
@@ -380,6 +380,12 @@ mod tests {
                             name: pool.s(rng),
                             source_stream: pool.s(rng),
                             stages: (0..rng.below(4)).map(|_| pool.s(rng)).collect(),
+                        })
+                        .collect(),
+                    nodes: (0..rng.below(4))
+                        .map(|_| NodeInfo {
+                            node_id: rng.next_u64(),
+                            address: pool.s(rng),
                         })
                         .collect(),
                 })

@@ -341,6 +341,23 @@ pub struct MetadataOk<'a> {
     pub placement: &'a str,
     pub streams: Vec<StreamInfo<'a>>,
     pub pipelines: Vec<PipelineInfo<'a>>,
+    /// The cluster's nodes in id order; empty from a server with no
+    /// cluster or a cluster of one. At most `METADATA_NODES_MAX` (checked
+    /// by `decode`).
+    pub nodes: Vec<NodeInfo<'a>>,
+}
+
+/// Most nodes a `MetadataOk` lists: a cluster's node limit
+/// (`CLUSTER_NODES_MAX` in the server's config).
+pub const METADATA_NODES_MAX: usize = 64;
+
+/// One node of a cluster, in `MetadataOk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeInfo<'a> {
+    /// The node's `cluster.nodeId`.
+    pub node_id: u64,
+    /// The node's client address, `host:port`.
+    pub address: &'a str,
 }
 
 /// Every frame body.
@@ -854,12 +871,28 @@ fn metadata_ok<'a>(request_id: u64, b: &fb::MetadataOk<'a>) -> Result<Message<'a
             stages: p.stages().map(|v| v.iter().collect()).unwrap_or_default(),
         })
         .collect();
+    let nodes = b.nodes().unwrap_or_default();
+    if nodes.len() > METADATA_NODES_MAX {
+        return Err(DecodeError::InvalidField {
+            request_id,
+            field: "MetadataOk.nodes",
+            reason: "lists more than METADATA_NODES_MAX (64) nodes",
+        });
+    }
+    let nodes = nodes
+        .iter()
+        .map(|n| NodeInfo {
+            node_id: n.node_id(),
+            address: n.address(),
+        })
+        .collect();
     Ok(Message::MetadataOk(MetadataOk {
         shards,
         shard_ports,
         placement: b.placement().unwrap_or_default(),
         streams,
         pipelines,
+        nodes,
     }))
 }
 
@@ -1328,12 +1361,24 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
                     fb::PipelineInfo::create(fbb, &args)
                 })
                 .collect();
+            let nodes: Vec<_> = m
+                .nodes
+                .iter()
+                .map(|n| {
+                    let args = fb::NodeInfoArgs {
+                        node_id: n.node_id,
+                        address: Some(fbb.create_string(n.address)),
+                    };
+                    fb::NodeInfo::create(fbb, &args)
+                })
+                .collect();
             let args = fb::MetadataOkArgs {
                 shards: m.shards,
                 shard_ports: (!m.shard_ports.is_empty()).then(|| fbb.create_vector(&m.shard_ports)),
                 placement: opt_str(fbb, m.placement),
                 streams: (!streams.is_empty()).then(|| fbb.create_vector(&streams)),
                 pipelines: (!pipelines.is_empty()).then(|| fbb.create_vector(&pipelines)),
+                nodes: (!nodes.is_empty()).then(|| fbb.create_vector(&nodes)),
             };
             let t = fb::MetadataOk::create(fbb, &args);
             (fb::Body::MetadataOk, t.as_union_value())
@@ -1626,6 +1671,16 @@ pub(crate) mod tests {
                 source_stream: "events",
                 stages: vec!["deploy-service", "setup-billing", "sync"],
             }],
+            nodes: vec![
+                NodeInfo {
+                    node_id: 1,
+                    address: "127.0.0.1:7000",
+                },
+                NodeInfo {
+                    node_id: 3,
+                    address: "127.0.0.3:7000",
+                },
+            ],
         })
     }
 
@@ -1855,6 +1910,43 @@ pub(crate) mod tests {
         assert_eq!(Message::MetadataOk(ok), message);
     }
 
+    /// A `MetadataOk`'s nodes round-trip, and a frame without them (a
+    /// single server, or one older than the field) reads as none; a
+    /// cluster's whole node limit fits.
+    #[test]
+    fn metadata_nodes_round_trip_and_are_absent_from_a_single_server() {
+        let Message::MetadataOk(mut ok) = sample_metadata_ok() else {
+            unreachable!()
+        };
+        let frame = encode(3, &Message::MetadataOk(ok.clone())).unwrap();
+        let decoded = crate::decode(&frame[4..], &Limits::DEFAULT).unwrap();
+        let Message::MetadataOk(back) = decoded.message else {
+            panic!("not MetadataOk: {:?}", decoded.message)
+        };
+        assert_eq!(
+            back.nodes
+                .iter()
+                .map(|n| (n.node_id, n.address))
+                .collect::<Vec<_>>(),
+            vec![(1, "127.0.0.1:7000"), (3, "127.0.0.3:7000")]
+        );
+        ok.nodes.clear();
+        let frame = encode(4, &Message::MetadataOk(ok.clone())).unwrap();
+        let root = crate::verify_frame(&frame[4..], &Limits::DEFAULT).unwrap();
+        let fb_ok = root.body_as_metadata_ok().unwrap();
+        assert!(fb_ok.nodes().is_none(), "no nodes: the field is left out");
+        let addresses: Vec<String> = (0..METADATA_NODES_MAX)
+            .map(|i| format!("10.0.{}.{}:7000", i / 256, i % 256))
+            .collect();
+        ok.nodes = (1u64..)
+            .zip(&addresses)
+            .map(|(node_id, address)| NodeInfo { node_id, address })
+            .collect();
+        let frame = encode(5, &Message::MetadataOk(ok.clone())).unwrap();
+        let decoded = crate::decode(&frame[4..], &Limits::DEFAULT).unwrap();
+        assert_eq!(decoded.message, Message::MetadataOk(ok));
+    }
+
     #[test]
     fn body_tags_are_stable() {
         // docs/protocol.md section 3 lists these; they never change.
@@ -1896,7 +1988,16 @@ pub(crate) mod tests {
         gap.streams[1].partitions.remove(1);
         let mut order = good.clone();
         order.streams[1].partitions.swap(0, 1);
+        let addresses: Vec<String> = (0..=METADATA_NODES_MAX)
+            .map(|i| format!("127.0.0.1:{}", 7000 + i))
+            .collect();
+        let mut too_many_nodes = good.clone();
+        too_many_nodes.nodes = (1u64..)
+            .zip(&addresses)
+            .map(|(node_id, address)| NodeInfo { node_id, address })
+            .collect();
         let cases = [
+            (too_many_nodes, "MetadataOk.nodes"),
             (no_shards, "MetadataOk.shards"),
             (ports, "MetadataOk.shard_ports"),
             (owner, "PartitionInfo.shard"),

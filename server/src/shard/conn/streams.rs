@@ -113,6 +113,7 @@ pub(super) fn metadata(shard: &Shard, names: &[String]) -> Encode {
         (streams, pipelines)
     };
     let (shards, shard_ports) = (shard.shards, shard_ports(shard));
+    let nodes = cluster_nodes(shard);
     Box::new(move |id, outbox: &Outbox| {
         let streams = streams
             .iter()
@@ -147,6 +148,13 @@ pub(super) fn metadata(shard: &Shard, names: &[String]) -> Encode {
             placement: PLACEMENT_NAME,
             streams,
             pipelines,
+            nodes: nodes
+                .iter()
+                .map(|(node_id, address)| hadron_wire::NodeInfo {
+                    node_id: *node_id,
+                    address,
+                })
+                .collect(),
         });
         if let Err(e) = outbox.try_send(id, &answer) {
             let limit = Limit::MetadataAnswer {
@@ -155,6 +163,27 @@ pub(super) fn metadata(shard: &Shard, names: &[String]) -> Encode {
             outbox.fail(id, &limit.into());
         }
     })
+}
+
+// Every node of a cluster fits one `MetadataOk`.
+const _: () = assert!(crate::config::cluster::CLUSTER_NODES_MAX <= hadron_wire::METADATA_NODES_MAX);
+
+/// The cluster's nodes for `MetadataOk`, in id order, as the registry has
+/// them now (founders, plus added, less removed): none on a server with no
+/// cluster or a cluster of one, where a client keeps its one connection.
+fn cluster_nodes(shard: &Shard) -> Vec<(u64, String)> {
+    let Some(cluster) = shard.settings.config.cluster.as_ref() else {
+        return Vec::new();
+    };
+    let peers = cluster.current_peers();
+    if peers.len() <= 1 {
+        return Vec::new();
+    }
+    peers
+        .into_iter()
+        .take(hadron_wire::METADATA_NODES_MAX)
+        .map(|p| (p.id, p.address))
+        .collect()
 }
 
 /// Where `stream`'s `partition` is led, as this node knows: a server with
