@@ -27,6 +27,13 @@ mod cluster;
 pub(crate) mod routing;
 pub(crate) mod tokens;
 use crate::endpoint::Endpoint;
+
+/// How long a cluster's client asks again for a stream the node it asked
+/// does not know yet ([`Client::partitions`]): nodes apply a change a
+/// moment after its metadata leader answered it.
+pub const STREAM_PROPAGATION_WAIT: Duration = Duration::from_secs(2);
+/// How often it asks meanwhile.
+const STREAM_PROPAGATION_POLL: Duration = Duration::from_millis(50);
 use crate::tls::Connector;
 use crate::{Error, Event, LeaderAddr, Metadata, TlsOptions};
 
@@ -481,29 +488,50 @@ impl Client {
     /// `UnknownPartition`/`UnknownStream` errors). A server older than the
     /// `Metadata` request answers it `InvalidRequest`; the counts then come
     /// from its status document.
+    ///
+    /// In a cluster (a Metadata answer naming several nodes), a stream the
+    /// node asked does not know is asked for again for up to
+    /// [`STREAM_PROPAGATION_WAIT`]: an apply is answered once the
+    /// metadata group's leader applied it, and the other nodes apply it a
+    /// moment later.
     pub async fn partitions(&self, stream: &str) -> Result<u32, Error> {
-        if let Some(n) = lock(&self.inner.partitions).get(stream) {
-            return Ok(*n);
+        let deadline = Instant::now() + STREAM_PROPAGATION_WAIT;
+        loop {
+            if let Some(n) = lock(&self.inner.partitions).get(stream) {
+                return Ok(*n);
+            }
+            let (counts, clustered): (Vec<(String, u32)>, bool) = match self.metadata().await {
+                Ok(metadata) => (
+                    metadata
+                        .streams
+                        .iter()
+                        .map(|s| (s.name.clone(), s.partition_count()))
+                        .filter(|(_, count)| *count > 0)
+                        .collect(),
+                    metadata.nodes.len() > 1,
+                ),
+                Err(Error::Server {
+                    code: ErrorCode::InvalidRequest,
+                    ..
+                }) => (parse_partition_counts(&self.status().await?)?, false),
+                Err(e) => return Err(e),
+            };
+            let known = {
+                let mut cache = lock(&self.inner.partitions);
+                cache.extend(counts);
+                cache.get(stream).copied()
+            };
+            if let Some(n) = known {
+                return Ok(n);
+            }
+            if !clustered || Instant::now() >= deadline {
+                return Err(Error::Server {
+                    code: ErrorCode::UnknownStream,
+                    message: format!("the server has no stream {stream:?}"),
+                });
+            }
+            tokio::time::sleep(STREAM_PROPAGATION_POLL).await;
         }
-        let counts = match self.metadata().await {
-            Ok(metadata) => metadata
-                .streams
-                .iter()
-                .map(|s| (s.name.clone(), s.partition_count()))
-                .filter(|(_, count)| *count > 0)
-                .collect(),
-            Err(Error::Server {
-                code: ErrorCode::InvalidRequest,
-                ..
-            }) => parse_partition_counts(&self.status().await?)?,
-            Err(e) => return Err(e),
-        };
-        let mut cache = lock(&self.inner.partitions);
-        cache.extend(counts);
-        cache.get(stream).copied().ok_or_else(|| Error::Server {
-            code: ErrorCode::UnknownStream,
-            message: format!("the server has no stream {stream:?}"),
-        })
     }
 
     /// Records where `stream`/`partition`'s leader is (from a `NotLeader`

@@ -85,7 +85,7 @@ mod tls;
 
 pub use client::routing::BOOTSTRAP_URLS_MAX;
 pub use client::tokens::{TOKEN_SECRET_PREFIX, TokenInfo, TokenScope};
-pub use client::{Client, ClientOptions, Fetched};
+pub use client::{Client, ClientOptions, Fetched, STREAM_PROPAGATION_WAIT};
 #[cfg(feature = "cloudevents")]
 pub use cloudevents_sdk::{CloudEventError, OFFSET_EXTENSION, PARTITION_EXTENSION};
 pub use conn::ServerInfo;

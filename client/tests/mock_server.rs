@@ -2464,3 +2464,73 @@ async fn a_stage_handler_given_one_url_registers_on_every_node_metadata_names() 
     assert_eq!(b_registrations.len(), 1, "node 2 keeps its one runner");
     handle.stop().await.unwrap();
 }
+
+/// A node of a cluster that has not yet applied a stream its metadata
+/// leader just created (nodes apply a change a moment after the leader
+/// answered it): its first two Metadata answers lack `orders`, the third
+/// has it. When `cluster` is false it names no nodes (a single server).
+fn lagging_node(asked: Arc<AtomicUsize>, cluster: bool) -> Behavior {
+    Arc::new(move |_, f| match &f.message {
+        Message::Metadata(_) => {
+            let n = asked.fetch_add(1, Ordering::SeqCst);
+            let partitions = (0..3)
+                .map(|partition| PartitionInfo {
+                    partition,
+                    shard: 0,
+                    leader: None,
+                })
+                .collect();
+            let streams = if n >= 2 {
+                vec![StreamInfo {
+                    name: "orders",
+                    partitions,
+                }]
+            } else {
+                Vec::new()
+            };
+            let nodes = if cluster {
+                vec![
+                    NodeInfo {
+                        node_id: 1,
+                        address: "127.0.0.1:1",
+                    },
+                    NodeInfo {
+                        node_id: 2,
+                        address: "127.0.0.1:2",
+                    },
+                ]
+            } else {
+                Vec::new()
+            };
+            let ok = MetadataOk {
+                shards: 1,
+                placement: PLACEMENT_NAME,
+                streams,
+                nodes,
+                ..MetadataOk::default()
+            };
+            vec![frame(f.request_id, &Message::MetadataOk(ok))]
+        }
+        _ => unsupported(f),
+    })
+}
+
+/// In a cluster, a stream the node asked does not know yet is asked for
+/// again (for up to `STREAM_PROPAGATION_WAIT`), so that an apply followed
+/// at once by a publish through another node works; a single server's
+/// answer stands at once.
+#[tokio::test]
+async fn a_cluster_node_that_has_not_applied_a_new_stream_yet_is_asked_again() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let node = Mock::start(0, lagging_node(Arc::clone(&asked), true)).await;
+    let client = hadron::Client::new(&node.url, fast_options()).unwrap();
+    assert_eq!(client.partitions("orders").await.unwrap(), 3);
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
+
+    let asked = Arc::new(AtomicUsize::new(0));
+    let single = Mock::start(0, lagging_node(Arc::clone(&asked), false)).await;
+    let client = hadron::Client::new(&single.url, fast_options()).unwrap();
+    let e = client.partitions("orders").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::UnknownStream), "{e}");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
