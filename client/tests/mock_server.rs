@@ -1660,7 +1660,7 @@ async fn publish_gives_up_after_publish_attempts_max_not_leader_answers() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NotLeader));
-    assert!(e.to_string().contains("no leader known"), "{e}");
+    assert!(e.to_string().contains("no leader named"), "{e}");
     assert_eq!(published_ids(&node).len(), 3, "one publish per attempt");
 }
 
