@@ -540,20 +540,29 @@ impl Client {
     /// host of the bootstrap address in use. It is dialled with the
     /// bootstrap list's TLS. `None` forgets it, so that requests go to the
     /// bootstrap address again.
+    /// Where to dial a node whose client address a server gave
+    /// (`address`): an unspecified IP (a server listening on 0.0.0.0)
+    /// becomes the host of the bootstrap address in use, with the
+    /// bootstrap list's TLS. `None` when it does not parse.
+    pub(crate) fn node_endpoint(&self, address: &str) -> Option<Endpoint> {
+        let mut endpoint = Endpoint::parse(address).ok()?;
+        let dialled = self.main_endpoint();
+        if endpoint
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+        {
+            endpoint.host = dialled.host.clone();
+        }
+        endpoint.https = dialled.https;
+        endpoint.tls = dialled.tls.clone();
+        Some(endpoint)
+    }
+
     pub(crate) fn note_leader(&self, stream: &str, partition: u32, leader: Option<&LeaderAddr>) {
         let key = (stream.to_owned(), partition);
         let endpoint = leader.and_then(|l| {
-            let mut endpoint = Endpoint::parse(&l.address).ok()?;
-            let dialled = self.main_endpoint();
-            if endpoint
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_unspecified())
-            {
-                endpoint.host = dialled.host.clone();
-            }
-            endpoint.https = dialled.https;
-            endpoint.tls = dialled.tls.clone();
+            let mut endpoint = self.node_endpoint(&l.address)?;
             if l.shard_port != 0 {
                 endpoint.port = l.shard_port;
             }

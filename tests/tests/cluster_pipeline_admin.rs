@@ -164,6 +164,16 @@ fn retried(pipeline_out: &str) -> BTreeSet<Execution> {
         .collect()
 }
 
+/// `hadron pipeline status PIPELINE --json --url ALL`: the status merged
+/// over the nodes, when it printed JSON.
+fn merged_status(cluster: &Cluster, all: &str) -> Option<serde_json::Value> {
+    let out = cli(
+        cluster,
+        &["pipeline", "status", PIPELINE, "--json", "--url", all],
+    );
+    serde_json::from_str(out.stdout.trim()).ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_status_and_retry_cover_the_runs_every_node_leads() {
     let cluster = Cluster::start(ClusterOptions {
@@ -207,11 +217,7 @@ async fn pipeline_status_and_retry_cover_the_runs_every_node_leads() {
             let all = all.clone();
             let cluster = &cluster;
             async move {
-                let out = cli(
-                    cluster,
-                    &["pipeline", "status", PIPELINE, "--json", "--url", &all],
-                );
-                let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).ok()?;
+                let doc = merged_status(cluster, &all)?;
                 let e = &doc["executions"];
                 (e["failed"].as_u64() == Some(want_failed) && e["completed"].as_u64() == Some(4))
                     .then_some(doc)
@@ -328,11 +334,7 @@ async fn pipeline_status_and_retry_cover_the_runs_every_node_leads() {
             let all = all.clone();
             let cluster = &cluster;
             async move {
-                let out = cli(
-                    cluster,
-                    &["pipeline", "status", PIPELINE, "--json", "--url", &all],
-                );
-                let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).ok()?;
+                let doc = merged_status(cluster, &all)?;
                 let e = &doc["executions"];
                 (e["failed"].as_u64() == Some(0)
                     && e["active"].as_u64() == Some(0)

@@ -418,28 +418,10 @@ impl Supervision {
             .nodes
             .iter()
             .take(METADATA_NODES_MAX)
-            .filter_map(|n| node_endpoint(&self.client, &n.address))
+            .filter_map(|n| self.client.node_endpoint(&n.address))
             .collect();
         Some(nodes)
     }
-}
-
-/// Where to dial a node's client `address`: as `Client::note_leader` dials
-/// a leader (an unspecified IP becomes the host of the bootstrap address
-/// in use; the bootstrap list's TLS). `None` when it does not parse.
-fn node_endpoint(client: &Client, address: &str) -> Option<Endpoint> {
-    let mut endpoint = Endpoint::parse(address).ok()?;
-    let dialled = client.main_endpoint();
-    if endpoint
-        .host
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_unspecified())
-    {
-        endpoint.host = dialled.host.clone();
-    }
-    endpoint.https = dialled.https;
-    endpoint.tls = dialled.tls.clone();
-    Some(endpoint)
 }
 
 /// The runners of one subscription or stage handler by key, and which
