@@ -96,10 +96,12 @@ async fn await_leader(cluster: &mut Cluster, not: Option<u64>) -> u64 {
         .await
 }
 
-/// Waits until the leader's last committed offsets snapshot holds
-/// `committed` for the group and every node's offsets group applied the
-/// same index as the leader's (so every log holds that snapshot).
-async fn await_offsets_replicated(cluster: &Cluster, leader: u64, committed: u64) {
+/// Waits until the partition's leader (whichever node leads it now:
+/// leadership may move back to the preferred replica meanwhile) has
+/// persisted `committed` for the group and every node's offsets group
+/// applied the same index as the leader's (so every log holds that
+/// snapshot). Returns that leader.
+async fn await_offsets_replicated(cluster: &Cluster, committed: u64) -> u64 {
     let partition = |doc: serde_json::Value| {
         doc["streams"]
             .as_array()?
@@ -111,12 +113,17 @@ async fn await_offsets_replicated(cluster: &Cluster, leader: u64, committed: u64
     let mut seen = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
+        seen.clear();
         for id in cluster.ids() {
             if let Some(p) = cluster.status_doc(id).await.and_then(partition) {
                 seen.insert(id, p);
             }
         }
-        let at_leader = seen.get(&leader);
+        let leader = seen
+            .iter()
+            .find(|(id, p)| p["replication"]["leader"].as_u64() == Some(**id))
+            .map(|(id, _)| *id);
+        let at_leader = leader.and_then(|id| seen.get(&id));
         let persisted = at_leader
             .and_then(|p| p["groups"].as_array().cloned())
             .and_then(|g| g.into_iter().find(|g| g["group"] == GROUP))
@@ -126,13 +133,17 @@ async fn await_offsets_replicated(cluster: &Cluster, leader: u64, committed: u64
             seen.get(id)
                 .is_some_and(|p| p["offsets_replication"]["applied"].as_u64() == applied)
         });
-        if persisted == Some(committed) && applied.is_some() && everywhere {
-            return;
+        if let Some(leader) = leader
+            && persisted == Some(committed)
+            && applied.is_some()
+            && everywhere
+        {
+            return leader;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the group's persisted offset {committed} was not applied on every node in 30 s; \
-             leader {leader}, each node's partition status: {seen:#?}"
+             leader {leader:?}, each node's partition status: {seen:#?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -161,8 +172,7 @@ async fn a_durable_group_on_a_replicated_stream_resumes_on_the_next_leader() {
     let end = published.last().copied().unwrap() + 1;
 
     // Everything acknowledged: the committed offset reaches every replica.
-    let leader = await_leader(&mut cluster, None).await;
-    await_offsets_replicated(&cluster, leader, end).await;
+    let leader = await_offsets_replicated(&cluster, end).await;
     subscription.stop().await.unwrap();
     cluster.node(leader).kill_now();
     await_leader(&mut cluster, Some(leader)).await;
