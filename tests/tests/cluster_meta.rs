@@ -470,6 +470,58 @@ async fn a_change_that_would_make_the_metadata_too_large_for_one_state_entry_is_
     await_stream(&cluster, 1, "after", 1).await;
 }
 
+/// A token revoke carries the client's change id: sent again after the
+/// metadata group applied it (its answer lost, or its leader's lead lost
+/// after proposing it, as the client then resends), it is answered as it
+/// was instead of `UnknownToken`; a revoke of the same name under another
+/// id is a new change, refused as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoke_sent_again_with_its_change_id_is_answered_as_it_was() {
+    use hadron_tests::{Frame, RawConn};
+    use hadron_wire::{ErrorCode, Message};
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = await_meta_leader(&cluster).await;
+    let mut raw = RawConn::handshaken(cluster.node(leader).port()).await;
+    let hash = [7u8; 32];
+    let create = Message::TokenCreate(hadron_wire::TokenCreate {
+        name: "ops",
+        secret_sha256: &hash,
+        scope: hadron_wire::TokenScope {
+            all: true,
+            ..hadron_wire::TokenScope::default()
+        },
+    });
+    let applied = |f: &Frame| {
+        matches!(
+            f,
+            Frame::Other {
+                name: "ApplyOk",
+                ..
+            }
+        )
+    };
+    let reply = raw.request(&create, &mut Vec::new()).await;
+    assert!(applied(&reply), "{reply:?}");
+    let revoke = |change_id| {
+        Message::TokenRevoke(hadron_wire::TokenRevoke {
+            name: "ops",
+            change_id,
+        })
+    };
+    for attempt in 0..2 {
+        let reply = raw.request(&revoke(0x5eed), &mut Vec::new()).await;
+        assert!(applied(&reply), "attempt {attempt}: {reply:?}");
+    }
+    let reply = raw.request(&revoke(0x5eee), &mut Vec::new()).await;
+    match reply {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::InvalidRequest, "{message}");
+            assert!(message.contains("no token named \"ops\""), "{message}");
+        }
+        other => panic!("a new revoke of a revoked token: {other:?}"),
+    }
+}
+
 /// The metadata group's voters as node `id` knows them, in id order.
 async fn meta_voters(cluster: &Cluster, id: u64) -> Option<Vec<u64>> {
     meta_members(cluster, id, "voters").await

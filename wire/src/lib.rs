@@ -328,7 +328,10 @@ mod tests {
                     })
                     .collect(),
             }),
-            28 => Message::TokenRevoke(TokenRevoke { name: pool.s(rng) }),
+            28 => Message::TokenRevoke(TokenRevoke {
+                name: pool.s(rng),
+                change_id: rng.next_u64(),
+            }),
             30 => Message::NodeAdd(NodeAdd {
                 id: rng.below(8) as u64,
                 address: pool.s(rng),
@@ -339,6 +342,7 @@ mod tests {
                 drain: (0..n).map(|_| rng.below(8) as u64).collect(),
                 moves_max: rng.next_u64() as u32,
                 dry_run: rng.below(2) == 0,
+                change_id: rng.next_u64(),
             }),
             29 => Message::PartitionMove(PartitionMove {
                 stream: pool.s(rng),

@@ -279,11 +279,14 @@ pub struct PartitionMove<'a> {
 /// Rebalance the cluster's replicated partitions (admin): move replicas
 /// off the nodes in `drain`, then even out replicas and leaders; at most
 /// `moves_max` moves (0: the server's default); `dry_run` only plans.
+/// `change_id` (0: none) is drawn by the client and sent again with a
+/// resend, so that a rebalance applied already is answered as it was.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rebalance {
     pub drain: Vec<u64>,
     pub moves_max: u32,
     pub dry_run: bool,
+    pub change_id: u64,
 }
 
 /// Add node `id` to the running cluster (admin).
@@ -750,7 +753,10 @@ impl<'a> Message<'a> {
             }
             fb::Body::TokenRevoke => {
                 let b = frame.body_as_token_revoke().ok_or(missing)?;
-                Message::TokenRevoke(TokenRevoke { name: b.name() })
+                Message::TokenRevoke(TokenRevoke {
+                    name: b.name(),
+                    change_id: b.change_id(),
+                })
             }
             fb::Body::PartitionMove => {
                 let b = frame.body_as_partition_move().ok_or(missing)?;
@@ -778,6 +784,7 @@ impl<'a> Message<'a> {
                     drain: b.drain().map(|v| v.iter().collect()).unwrap_or_default(),
                     moves_max: b.moves_max(),
                     dry_run: b.dry_run(),
+                    change_id: b.change_id(),
                 })
             }
             other => {
@@ -1414,6 +1421,7 @@ fn build_body(fbb: &mut Fbb, message: &Message<'_>) -> (fb::Body, Union) {
                 drain: (!m.drain.is_empty()).then(|| fbb.create_vector(&m.drain)),
                 moves_max: m.moves_max,
                 dry_run: m.dry_run,
+                change_id: m.change_id,
             };
             let t = fb::Rebalance::create(fbb, &args);
             (fb::Body::Rebalance, t.as_union_value())
@@ -1614,7 +1622,10 @@ pub(crate) mod tests {
                     },
                 ],
             }),
-            Message::TokenRevoke(TokenRevoke { name: "writer" }),
+            Message::TokenRevoke(TokenRevoke {
+                name: "writer",
+                change_id: 0x5eed_0001,
+            }),
             Message::PartitionMove(PartitionMove {
                 stream: "orders",
                 partition: 2,
@@ -1630,6 +1641,7 @@ pub(crate) mod tests {
                 drain: vec![2, 5],
                 moves_max: 16,
                 dry_run: true,
+                change_id: u64::MAX,
             }),
         ]
     }

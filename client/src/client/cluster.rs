@@ -11,7 +11,11 @@
 //! cannot be reached, or whose connection breaks or stays silent (a node
 //! killed as the request reached it), is skipped the same way. Nothing
 //! was done by a `NotLeader` or a refused connection, and every admin
-//! change is idempotent, so resending is safe. It gives up
+//! change is idempotent, so resending is safe: an apply, a move, a node
+//! change or a token create sent again is answered unchanged; a token
+//! revoke and a rebalance carry a change id ([`change_id`]) that the
+//! metadata group remembers, so a resend of one it applied is answered
+//! as it was (not `UnknownToken`, not a second batch of moves). It gives up
 //! after [`ADMIN_LEADER_WAIT`] with the last error. A single server never
 //! answers `NotLeader`: one attempt.
 
@@ -30,6 +34,17 @@ const META_GROUP: &str = "cluster/meta";
 /// (elections, nodes down) before it fails with the last error: longer
 /// than a few elections (about 0.5 to 2 s each).
 pub const ADMIN_LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// A fresh id for an admin change that is not idempotent by its content
+/// (a token revoke, a rebalance): the same in every resend of the change,
+/// so that a metadata leader that applied it answers as it did. Nonzero
+/// (0 means none).
+pub(crate) fn change_id() -> Result<u64, Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Io(std::io::Error::other(format!("no random bytes: {e}"))))?;
+    Ok(u64::from_le_bytes(bytes).max(1))
+}
 
 impl Client {
     /// Sends an admin change where the metadata group's leader is, as
@@ -152,6 +167,7 @@ impl Client {
             drain: drain.to_vec(),
             moves_max,
             dry_run,
+            change_id: change_id()?,
         });
         self.node_change("rebalance", &message).await
     }

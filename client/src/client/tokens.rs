@@ -104,7 +104,10 @@ impl Client {
 
     /// Revokes token `name`: connections using it lose access at once.
     pub async fn revoke_token(&self, name: &str) -> Result<Vec<String>, Error> {
-        let message = hadron_wire::Message::TokenRevoke(hadron_wire::TokenRevoke { name });
+        let message = hadron_wire::Message::TokenRevoke(hadron_wire::TokenRevoke {
+            name,
+            change_id: super::cluster::change_id()?,
+        });
         match self.admin_request("token revoke", &message).await? {
             Reply::ApplyOk(summary) => Ok(summary),
             other => Err(unexpected("ApplyOk", &other)),

@@ -249,7 +249,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         if self.meta_group().is_some() {
             let command = match change {
                 TokenChange::Create(spec) => meta::Command::TokenCreate(spec),
-                TokenChange::Revoke(name) => meta::Command::TokenRevoke(name),
+                TokenChange::Revoke(name, change) => meta::Command::TokenRevoke { name, change },
             };
             return self.meta_change(command).await;
         }
@@ -300,7 +300,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 next.tokens.insert(spec.name.clone(), spec);
                 line
             }
-            TokenChange::Revoke(name) => {
+            TokenChange::Revoke(name, _) => {
                 if next.tokens.remove(&name).is_none() {
                     if replay {
                         return Ok((current, next, vec![format!("token/{name} revoked")]));

@@ -127,8 +127,8 @@ impl NodeChange {
 pub enum TokenChange {
     /// A new token; refused when one of that name exists.
     Create(TokenSpec),
-    /// Remove the named token.
-    Revoke(String),
+    /// Remove the named token; the client's change id (0: none).
+    Revoke(String, u64),
 }
 
 /// The answer to a [`Request`].

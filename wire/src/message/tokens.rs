@@ -43,10 +43,13 @@ pub struct TokenListOk<'a> {
     pub tokens: Vec<TokenInfo<'a>>,
 }
 
-/// Revoke a token.
+/// Revoke a token. `change_id` (0: none) is drawn by the client and sent
+/// again with a resend, so that a revoke applied already is answered as
+/// it was.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TokenRevoke<'a> {
     pub name: &'a str,
+    pub change_id: u64,
 }
 
 fn strings<'a>(v: Option<Vector<'a, ForwardsUOffset<&'a str>>>) -> Vec<&'a str> {
@@ -136,6 +139,7 @@ pub(super) fn build_token_list_ok(fbb: &mut Fbb, m: &TokenListOk<'_>) -> (fb::Bo
 pub(super) fn build_token_revoke(fbb: &mut Fbb, m: &TokenRevoke<'_>) -> (fb::Body, Union) {
     let args = fb::TokenRevokeArgs {
         name: Some(fbb.create_string(m.name)),
+        change_id: m.change_id,
     };
     let t = fb::TokenRevoke::create(fbb, &args);
     (fb::Body::TokenRevoke, t.as_union_value())

@@ -33,16 +33,9 @@ pub(super) async fn move_partition(
 /// metadata group is).
 pub(super) async fn rebalance(
     shard: &Rc<Shard>,
-    drain: Vec<u64>,
-    moves_max: u32,
-    dry_run: bool,
+    asked: crate::shard::meta::rebalance::Asked,
 ) -> Result<Encode, Error> {
-    let req = Request::Rebalance(crate::shard::meta::rebalance::Asked {
-        drain,
-        moves_max,
-        dry_run,
-    });
-    applied(shard.call(0, req).await)
+    applied(shard.call(0, Request::Rebalance(asked)).await)
 }
 
 /// An admin change's answer: `ApplyOk` with the lines of what was done.

@@ -169,7 +169,7 @@ impl ConnAuth {
             Op::PipelineRetry(..) => vec![(Permission::Admin, None, "PipelineRetry")],
             Op::TokenCreate(_) => vec![(Permission::Admin, None, "TokenCreate")],
             Op::TokenList => vec![(Permission::Admin, None, "TokenList")],
-            Op::TokenRevoke(_) => vec![(Permission::Admin, None, "TokenRevoke")],
+            Op::TokenRevoke(..) => vec![(Permission::Admin, None, "TokenRevoke")],
             Op::PartitionMove(..) => vec![(Permission::Admin, None, "PartitionMove")],
             Op::Nodes(change) => vec![(Permission::Admin, None, change.message())],
             Op::Rebalance(..) => vec![(Permission::Admin, None, "Rebalance")],

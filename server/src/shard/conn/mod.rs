@@ -106,14 +106,15 @@ enum Op {
     Metadata(Vec<String>),
     TokenCreate(crate::config::TokenSpec),
     TokenList,
-    TokenRevoke(String),
+    /// The token's name and the client's change id (0: none).
+    TokenRevoke(String, u64),
     /// `hadron cluster move`: stream, partition, target voters.
     PartitionMove(String, u32, Vec<u64>),
     /// `hadron cluster add-node` / `remove-node`.
     Nodes(NodeChange),
     /// `hadron cluster rebalance`: nodes to drain, moves at most (0: the
-    /// default), dry run.
-    Rebalance(Vec<u64>, u32, bool),
+    /// default), dry run, the client's change id.
+    Rebalance(crate::shard::meta::rebalance::Asked),
     Refuse(Error),
 }
 
@@ -176,13 +177,18 @@ impl Op {
             Message::Metadata(m) => Op::Metadata(m.streams.iter().map(|s| s.to_string()).collect()),
             Message::TokenCreate(t) => Op::TokenCreate(tokens::spec_of(t)),
             Message::TokenList => Op::TokenList,
-            Message::TokenRevoke(t) => Op::TokenRevoke(t.name.to_owned()),
+            Message::TokenRevoke(t) => Op::TokenRevoke(t.name.to_owned(), t.change_id),
             Message::PartitionMove(m) => {
                 Op::PartitionMove(m.stream.to_owned(), m.partition, m.voters.clone())
             }
             Message::NodeAdd(m) => Op::Nodes(admin::node_add(m)),
             Message::NodeRemove(id) => Op::Nodes(NodeChange::Remove(*id)),
-            Message::Rebalance(m) => Op::Rebalance(m.drain.clone(), m.moves_max, m.dry_run),
+            Message::Rebalance(m) => Op::Rebalance(crate::shard::meta::rebalance::Asked {
+                drain: m.drain.clone(),
+                moves_max: m.moves_max,
+                dry_run: m.dry_run,
+                change: m.change_id,
+            }),
             other => Op::Refuse(Error::ServerToClient {
                 message: other.name(),
             }),
@@ -745,14 +751,14 @@ async fn answer(shard: &Rc<Shard>, conn: u64, op: Op) -> Result<Encode, Error> {
         Op::Status => admin::status(shard).await,
         Op::TokenCreate(spec) => tokens::change(shard, TokenChange::Create(spec)).await,
         Op::TokenList => Ok(tokens::list(shard)),
-        Op::TokenRevoke(name) => tokens::change(shard, TokenChange::Revoke(name)).await,
+        Op::TokenRevoke(name, change) => {
+            tokens::change(shard, TokenChange::Revoke(name, change)).await
+        }
         Op::PartitionMove(stream, partition, voters) => {
             admin::move_partition(shard, stream, partition, voters).await
         }
         Op::Nodes(change) => admin::change_nodes(shard, change).await,
-        Op::Rebalance(drain, moves_max, dry_run) => {
-            admin::rebalance(shard, drain, moves_max, dry_run).await
-        }
+        Op::Rebalance(asked) => admin::rebalance(shard, asked).await,
         Op::Refuse(e) => Err(e),
     }
 }

@@ -57,6 +57,10 @@ const KIND_STATE: u8 = 7;
 const KIND_APPLY_PLACED: u8 = 8;
 const KIND_STATE_PLACED: u8 = 9;
 const KIND_MOVES: u8 = 10;
+/// A token revoke or a rebalance's moves with the client's change id (a
+/// u64 after the kind), so that a resend is answered as it was.
+const KIND_TOKEN_REVOKE_CHANGE: u8 = 11;
+const KIND_MOVES_CHANGE: u8 = 12;
 /// Most items in one of a `State`'s lists (placement overrides, nodes
 /// added, nodes removed): at least every partition the server may hold
 /// (`partitionsMax` is at most `RESOURCES_MAX_MAX`).
@@ -95,8 +99,8 @@ pub enum Command {
     },
     /// `hadron token create`.
     TokenCreate(TokenSpec),
-    /// `hadron token revoke`.
-    TokenRevoke(String),
+    /// `hadron token revoke`, with the client's change id (0: none).
+    TokenRevoke { name: String, change: u64 },
     /// `hadron cluster move`.
     Move {
         stream: String,
@@ -104,8 +108,9 @@ pub enum Command {
         voters: Vec<u64>,
     },
     /// `hadron cluster rebalance`: the moves its leader planned
-    /// (`rebalance.rs`), applied in order as `Move`s are.
-    Moves(Placements),
+    /// (`rebalance.rs`), applied in order as `Move`s are, with the
+    /// client's change id (0: none).
+    Moves { moves: Placements, change: u64 },
     /// `hadron cluster add-node`.
     NodeAdd(PeerSpec),
     /// `hadron cluster remove-node`.
@@ -142,13 +147,13 @@ impl Command {
                 format!("apply{}", if *force { " --force" } else { "" })
             }
             Command::TokenCreate(t) => format!("token create {}", t.name),
-            Command::TokenRevoke(name) => format!("token revoke {name}"),
+            Command::TokenRevoke { name, .. } => format!("token revoke {name}"),
             Command::Move {
                 stream,
                 partition,
                 voters,
             } => format!("move {stream}/{partition} to {voters:?}"),
-            Command::Moves(moves) => format!("rebalance ({} moves)", moves.len()),
+            Command::Moves { moves, .. } => format!("rebalance ({} moves)", moves.len()),
             Command::NodeAdd(p) => format!("add-node {}", p.id),
             Command::NodeRemove(id) => format!("remove-node {id}"),
             Command::State(s) => format!(
@@ -158,6 +163,15 @@ impl Command {
                 s.added.len(),
                 s.removed.len()
             ),
+        }
+    }
+
+    /// The client's change id of a change that is not idempotent by its
+    /// content (a token revoke, a rebalance), 0 for the others.
+    pub fn change_id(&self) -> u64 {
+        match self {
+            Command::TokenRevoke { change, .. } | Command::Moves { change, .. } => *change,
+            _ => 0,
         }
     }
 
@@ -199,8 +213,13 @@ impl Command {
                 put_list(&mut out, &t.streams.subscribe);
                 put_str(&mut out, &t.secret_sha256);
             }
-            Command::TokenRevoke(name) => {
-                out.push(KIND_TOKEN_REVOKE);
+            Command::TokenRevoke { name, change } => {
+                if *change == 0 {
+                    out.push(KIND_TOKEN_REVOKE);
+                } else {
+                    out.push(KIND_TOKEN_REVOKE_CHANGE);
+                    out.extend_from_slice(&change.to_le_bytes());
+                }
                 put_str(&mut out, name);
             }
             Command::Move {
@@ -216,8 +235,13 @@ impl Command {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
-            Command::Moves(moves) => {
-                out.push(KIND_MOVES);
+            Command::Moves { moves, change } => {
+                if *change == 0 {
+                    out.push(KIND_MOVES);
+                } else {
+                    out.push(KIND_MOVES_CHANGE);
+                    out.extend_from_slice(&change.to_le_bytes());
+                }
                 put_placement(&mut out, moves);
             }
             Command::NodeAdd(p) => {
@@ -281,7 +305,17 @@ impl Command {
                     secret_sha256: r.string()?,
                 })
             }
-            KIND_TOKEN_REVOKE => Command::TokenRevoke(r.string()?),
+            KIND_TOKEN_REVOKE => Command::TokenRevoke {
+                name: r.string()?,
+                change: 0,
+            },
+            KIND_TOKEN_REVOKE_CHANGE => {
+                let change = r.u64()?;
+                Command::TokenRevoke {
+                    name: r.string()?,
+                    change,
+                }
+            }
             KIND_MOVE => {
                 let stream = r.string()?;
                 let partition = r.u32()?;
@@ -293,7 +327,17 @@ impl Command {
                     voters,
                 }
             }
-            KIND_MOVES => Command::Moves(r.placement()?),
+            KIND_MOVES => Command::Moves {
+                moves: r.placement()?,
+                change: 0,
+            },
+            KIND_MOVES_CHANGE => {
+                let change = r.u64()?;
+                Command::Moves {
+                    moves: r.placement()?,
+                    change,
+                }
+            }
             KIND_NODE_ADD => Command::NodeAdd(r.peer()?),
             KIND_NODE_REMOVE => Command::NodeRemove(r.u64()?),
             KIND_STATE => Command::State(r.state()?),
@@ -519,17 +563,30 @@ mod tests {
                 admin: true,
                 secret_sha256: "ab".repeat(32),
             }),
-            Command::TokenRevoke("ops".into()),
+            Command::TokenRevoke {
+                name: "ops".into(),
+                change: 0,
+            },
+            Command::TokenRevoke {
+                name: "ops".into(),
+                change: u64::MAX,
+            },
             Command::Move {
                 stream: "orders".into(),
                 partition: 3,
                 voters: vec![1, 2, 4],
             },
-            Command::Moves(vec![
-                ("orders".into(), 0, vec![4, 2, 3]),
-                ("logs".into(), 7, vec![1, 4]),
-            ]),
-            Command::Moves(Vec::new()),
+            Command::Moves {
+                moves: vec![
+                    ("orders".into(), 0, vec![4, 2, 3]),
+                    ("logs".into(), 7, vec![1, 4]),
+                ],
+                change: 0,
+            },
+            Command::Moves {
+                moves: Vec::new(),
+                change: 0x5eed,
+            },
             Command::NodeAdd(PeerSpec {
                 id: 4,
                 address: "127.0.0.1:7000".into(),
@@ -567,6 +624,27 @@ mod tests {
         for c in samples() {
             assert_eq!(Command::decode(&c.encode()), Ok(c.clone()), "{c:?}");
         }
+    }
+
+    #[test]
+    fn a_change_id_is_kept_and_an_entry_without_one_decodes_as_before() {
+        // Written before change ids: kind 3 (token revoke), kind 10 (moves).
+        let mut old = vec![COMMAND_VERSION, KIND_TOKEN_REVOKE];
+        put_str(&mut old, "ops");
+        let revoke = Command::decode(&old).unwrap();
+        assert_eq!(revoke.change_id(), 0);
+        assert_eq!(revoke.encode(), old, "an id of 0 encodes as before");
+        let mut old = vec![COMMAND_VERSION, KIND_MOVES];
+        put_placement(&mut old, &[("orders".into(), 1, vec![1, 2, 3])]);
+        assert_eq!(Command::decode(&old).unwrap().encode(), old);
+        let with = Command::TokenRevoke {
+            name: "ops".into(),
+            change: 42,
+        };
+        let bytes = with.encode();
+        assert_eq!(bytes[1], KIND_TOKEN_REVOKE_CHANGE);
+        assert_eq!(Command::decode(&bytes).unwrap().change_id(), 42);
+        assert_eq!(Command::NodeRemove(3).change_id(), 0);
     }
 
     #[test]

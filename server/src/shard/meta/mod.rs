@@ -110,6 +110,13 @@ pub const META_APPLIED_FILE: &str = "cluster/meta.applied";
 pub const APPLY_READ_BYTES_MAX: u64 = 4 << 20;
 /// Answers kept for proposers, by index, at most (the oldest go first).
 pub const ANSWERS_KEPT_MAX: usize = 64;
+/// What applying an entry answered: its lines, or why it was not applied.
+type Answer = Result<Vec<String>, Error>;
+
+/// Changes with a client's change id whose answers a node keeps, at most
+/// (a token revoke or a rebalance each; a client resends within
+/// `ADMIN_LEADER_WAIT`, 30 s).
+pub const CHANGES_KEPT_MAX: usize = 1_024;
 
 /// What the group's commands change on a node.
 pub trait MetaState {
@@ -137,7 +144,13 @@ pub struct Meta<S: Storage, C: Clock, M> {
     /// The last entry applied here (and recorded).
     applied: Cell<u64>,
     /// The answers of the last entries applied, by index.
-    answers: RefCell<BTreeMap<u64, Result<Vec<String>, Error>>>,
+    answers: RefCell<BTreeMap<u64, Answer>>,
+    /// The answers of the last [`CHANGES_KEPT_MAX`] changes applied here
+    /// that carried a client's change id, oldest first: a resend of one
+    /// is answered with it (`answered_change`). Every node applies the
+    /// same entries, so a new leader has them too; they are not kept
+    /// across a restart or in a `State`.
+    changes: RefCell<std::collections::VecDeque<(u64, Answer)>>,
     /// Signalled when `applied` moves or the group stops.
     applied_notify: Notify,
     /// `metaCompactEveryEntries`: entries applied between `State`s.
@@ -192,6 +205,7 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
             clock,
             applied: Cell::new(applied),
             answers: RefCell::new(BTreeMap::new()),
+            changes: RefCell::new(std::collections::VecDeque::new()),
             applied_notify: Notify::default(),
         }
     }
@@ -420,18 +434,49 @@ impl<S: Storage, C: Clock, M: MetaState> Meta<S, C, M> {
             None => return Err(refused(index, "an empty entry".into())),
         };
         let mut lines = Vec::new();
+        let mut change = 0;
         for (_, record) in batch.records() {
             let command = Command::decode(record).map_err(|e| refused(index, e.to_string()))?;
             let what = command.describe();
+            change = command.change_id().max(change);
             match self.state.apply(index, command).await {
                 Ok(more) => lines.extend(more),
                 Err(e) => {
                     tracing::error!(index, "metadata entry {index} ({what}) not applied: {e}");
+                    self.remember_change(change, Err(e.clone()));
                     return Err(e);
                 }
             }
         }
+        self.remember_change(change, Ok(lines.clone()));
         Ok(lines)
+    }
+
+    /// Keeps the answer of a change applied with the client's `change`
+    /// id (none for 0), dropping the oldest past [`CHANGES_KEPT_MAX`].
+    fn remember_change(&self, change: u64, answer: Answer) {
+        if change == 0 {
+            return;
+        }
+        let mut changes = self.changes.borrow_mut();
+        changes.push_back((change, answer));
+        while changes.len() > CHANGES_KEPT_MAX {
+            changes.pop_front();
+        }
+    }
+
+    /// The answer of the change with the client's `change` id, when this
+    /// node applied it (`None` for 0 or a change it does not know).
+    pub fn answered_change(&self, change: u64) -> Option<Answer> {
+        if change == 0 {
+            return None;
+        }
+        self.changes
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == change)
+            .map(|(_, answer)| answer.clone())
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Asked {
     pub moves_max: u32,
     /// Plan only.
     pub dry_run: bool,
+    /// The client's change id (0: none): a resend of a rebalance the
+    /// metadata group applied is answered with what it did.
+    pub change: u64,
 }
 
 /// Each replicated partition's voters before a plan.
@@ -256,6 +259,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
             mut drain,
             moves_max,
             dry_run,
+            change,
         } = asked;
         // Each id once; more ids than a cluster has nodes cannot all be
         // nodes (the frame bounds the list; this bounds the work).
@@ -288,6 +292,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         self.applying.set(true);
         let result = async {
             meta.ready().await?;
+            if let Some(answer) = meta.answered_change(change) {
+                let mut lines = vec!["this rebalance was applied already; it moved:".into()];
+                lines.extend(answer?);
+                return Ok(lines);
+            }
             let (plan, before) = self.plan_rebalance(&drain, moves_max as usize)?;
             let mut lines: Vec<String> = plan
                 .moves
@@ -305,7 +314,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     plan.moves.len()
                 ));
             } else {
-                let applied = meta.propose(&Command::Moves(plan.moves)).await?;
+                let moves = Command::Moves {
+                    moves: plan.moves,
+                    change,
+                };
+                let applied = meta.propose(&moves).await?;
                 lines.extend(applied);
             }
             if plan.left > 0 {

@@ -238,6 +238,11 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
         self.applying.set(true);
         let result = async {
             meta.ready().await?;
+            // A resend of a change the group applied (its answer was lost,
+            // or its leader lost the lead after proposing it): as it was.
+            if let Some(answer) = meta.answered_change(command.change_id()) {
+                return answer;
+            }
             let placed = self.check_command(&command, meta.entry_bytes_max()).await?;
             let command = match command {
                 Command::Apply { yaml, force, .. } => Command::Apply {
@@ -280,8 +285,8 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 self.check_state_bytes(&next, &Vec::new(), entry_bytes_max)?;
                 Ok(Vec::new())
             }
-            Command::TokenRevoke(name) => {
-                let change = TokenChange::Revoke(name.clone());
+            Command::TokenRevoke { name, change } => {
+                let change = TokenChange::Revoke(name.clone(), *change);
                 self.plan_tokens(change, false).map(|_| Vec::new())
             }
             Command::Move {
@@ -294,7 +299,7 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                     .map(|_| Vec::new())
                     .map_err(|reason| Self::move_refused(stream, *partition, reason))
             }
-            Command::Moves(moves) => {
+            Command::Moves { moves, .. } => {
                 let topology = self.topology.borrow().clone();
                 for (stream, partition, voters) in moves {
                     self.check_move(&topology, stream, *partition, voters)
@@ -329,13 +334,15 @@ impl<S: Storage + Clone + 'static, R: Runtime> Shard<S, R> {
                 self.apply_inner(yaml, true).await
             }
             Command::TokenCreate(spec) => self.apply_tokens(TokenChange::Create(spec)).await,
-            Command::TokenRevoke(name) => self.apply_tokens(TokenChange::Revoke(name)).await,
+            Command::TokenRevoke { name, change } => {
+                self.apply_tokens(TokenChange::Revoke(name, change)).await
+            }
             Command::Move {
                 stream,
                 partition,
                 voters,
             } => self.move_inner(stream, partition, voters).await,
-            Command::Moves(moves) => self.apply_moves(moves).await,
+            Command::Moves { moves, .. } => self.apply_moves(moves).await,
             Command::NodeAdd(peer) => {
                 let reply = self.change_nodes_now(NodeChange::Add(peer));
                 self.say_meta_target(None);
