@@ -378,6 +378,30 @@ impl Cluster {
         Some(doc["meta"].clone()).filter(serde_json::Value::is_object)
     }
 
+    /// Sends `message` (an admin change, as one raw frame) to the node
+    /// leading the metadata group and returns its answer; a `NotLeader`
+    /// (the lead moved meanwhile) sends the same frame again to the node
+    /// leading then, as the client does, for up to 30 s.
+    pub async fn meta_request(&self, message: &hadron_wire::Message<'_>) -> crate::Frame {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(leader) = self.meta_leader().await {
+                let port = self.nodes[leader as usize - 1].port();
+                let mut raw = crate::RawConn::handshaken(port).await;
+                let reply = raw.request(message, &mut Vec::new()).await;
+                let moved = matches!(reply, crate::Frame::NotLeader { .. });
+                if !moved || tokio::time::Instant::now() >= deadline {
+                    return reply;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no metadata leader for 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The node leading the metadata group, as the running nodes' status
     /// says (the leader of the highest term that claims it).
     pub async fn meta_leader(&self) -> Option<u64> {

@@ -477,11 +477,10 @@ async fn a_change_that_would_make_the_metadata_too_large_for_one_state_entry_is_
 /// id is a new change, refused as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoke_sent_again_with_its_change_id_is_answered_as_it_was() {
-    use hadron_tests::{Frame, RawConn};
+    use hadron_tests::Frame;
     use hadron_wire::{ErrorCode, Message};
-    let mut cluster = Cluster::start(ClusterOptions::default());
-    let leader = await_meta_leader(&cluster).await;
-    let mut raw = RawConn::handshaken(cluster.node(leader).port()).await;
+    let cluster = Cluster::start(ClusterOptions::default());
+    await_meta_leader(&cluster).await;
     let hash = [7u8; 32];
     let create = Message::TokenCreate(hadron_wire::TokenCreate {
         name: "ops",
@@ -500,7 +499,7 @@ async fn a_token_revoke_sent_again_with_its_change_id_is_answered_as_it_was() {
             }
         )
     };
-    let reply = raw.request(&create, &mut Vec::new()).await;
+    let reply = cluster.meta_request(&create).await;
     assert!(applied(&reply), "{reply:?}");
     let revoke = |change_id| {
         Message::TokenRevoke(hadron_wire::TokenRevoke {
@@ -509,10 +508,10 @@ async fn a_token_revoke_sent_again_with_its_change_id_is_answered_as_it_was() {
         })
     };
     for attempt in 0..2 {
-        let reply = raw.request(&revoke(0x5eed), &mut Vec::new()).await;
+        let reply = cluster.meta_request(&revoke(0x5eed)).await;
         assert!(applied(&reply), "attempt {attempt}: {reply:?}");
     }
-    let reply = raw.request(&revoke(0x5eee), &mut Vec::new()).await;
+    let reply = cluster.meta_request(&revoke(0x5eee)).await;
     match reply {
         Frame::Error { code, message, .. } => {
             assert_eq!(code, ErrorCode::InvalidRequest, "{message}");

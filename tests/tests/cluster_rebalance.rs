@@ -222,12 +222,6 @@ async fn a_node_added_takes_its_share_by_rebalance_and_a_drained_node_can_be_rem
     // same change id, as the client resends one whose answer was lost:
     // the second is answered with what the first did and moves nothing
     // more, so a dry run still plans node 1's other two.
-    let meta = eventually(WAIT, "a metadata leader", || cluster.meta_leader()).await;
-    let port = cluster
-        .client_addr(meta)
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok());
-    let mut raw = hadron_tests::RawConn::handshaken(port.expect("a client port")).await;
     let drain_one = hadron_wire::Message::Rebalance(hadron_wire::Rebalance {
         drain: vec![1],
         moves_max: 1,
@@ -235,7 +229,7 @@ async fn a_node_added_takes_its_share_by_rebalance_and_a_drained_node_can_be_rem
         change_id: 0x5eed,
     });
     for attempt in 0..2 {
-        let reply = raw.request(&drain_one, &mut Vec::new()).await;
+        let reply = cluster.meta_request(&drain_one).await;
         assert!(
             matches!(
                 reply,

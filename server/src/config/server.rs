@@ -451,12 +451,16 @@ impl ServerConfig {
     /// The replicas of `stream`'s partitions: its `replicas`, else the
     /// cluster's default (1 unless `fsync` is `always`: a replicated
     /// publish is durable on a majority's disks, docs/replication.md
-    /// section 5).
+    /// section 5). The default counts the cluster's founders, which every
+    /// node records alike, not its own `peers` list, which a node added
+    /// later may list longer than the others: nodes that computed
+    /// different defaults placed and moved the same stream differently.
     pub fn stream_replicas(&self, stream: &super::StreamSpec) -> u32 {
         match stream.replicas {
             Some(r) => r,
             None if self.fsync == FsyncPolicy::Always => {
-                super::cluster::replicas_default(self.cluster_nodes())
+                let founders = self.cluster.as_ref().map_or(1, |c| c.founder_ids().len());
+                super::cluster::replicas_default(founders)
             }
             None => 1,
         }
@@ -469,7 +473,10 @@ impl ServerConfig {
             return Ok(());
         };
         let fsync_always = self.fsync == FsyncPolicy::Always;
-        match super::cluster::replicas_error(replicas, self.cluster_nodes(), fsync_always) {
+        // The nodes now (the registry, applied alike on every node), not
+        // this node's `peers` list.
+        let nodes = self.cluster.as_ref().map_or(1, |c| c.current_peers().len());
+        match super::cluster::replicas_error(replicas, nodes, fsync_always) {
             Some(e) => Err(e.in_resource(ResourceKind::Stream, Some(&stream.name))),
             None => Ok(()),
         }

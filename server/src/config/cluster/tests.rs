@@ -418,3 +418,26 @@ fn a_node_known_beyond_loopback_must_listen_beyond_it() {
     let local = "cluster:\n  nodeId: 1\n  peers:\n    - { id: 1, address: \"localhost:7000\" }\n    - { id: 2, address: \"10.0.0.2:7000\" }\n";
     assert_eq!(check(local), Ok(()));
 }
+
+/// A stream's default replicas count the founders, which every node
+/// records alike: a node added later whose `peers` list names 4 nodes
+/// takes the default of a 2-node cluster's founders, as nodes 1 and 2
+/// (whose lists name 2) do, and not 3.
+#[test]
+fn the_default_replicas_count_the_founders_not_this_nodes_peers() {
+    let mut fourth = three();
+    fourth.node_id = 3;
+    fourth.founders = Some(vec![1, 2]);
+    let config = |cluster: ClusterConfig| ServerConfig {
+        fsync: FsyncPolicy::Always,
+        cluster: Some(cluster),
+        ..ServerConfig::default()
+    };
+    assert_eq!(config(fourth.clone()).stream_replicas(&stream(None)), 1);
+    let mut founders_two = three();
+    founders_two.peers.truncate(2);
+    assert_eq!(config(founders_two).stream_replicas(&stream(None)), 1);
+    // Three founders: 3, and an explicit value stands.
+    assert_eq!(config(three()).stream_replicas(&stream(None)), 3);
+    assert_eq!(config(fourth).stream_replicas(&stream(Some(2))), 2);
+}
