@@ -85,6 +85,11 @@ struct ServerCommand {
     /// Replaces `cluster.peers` of the config file.
     #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
     peers: Vec<hadron_server::PeerSpec>,
+    /// A node added to a running cluster: the ids the cluster was first
+    /// started with, comma-separated (`cluster.founders`; default: every
+    /// peer, right only for the nodes that started it).
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    founders: Vec<u64>,
 }
 
 /// `ID=HOST:PORT` for `--peer`.
@@ -118,6 +123,7 @@ impl ServerCommand {
             insecure_no_token: self.insecure_no_token,
             node_id: self.node_id,
             peers: self.peers,
+            founders: self.founders,
         };
         let (result, failed) = if check {
             let checked = hadron_server::check_config(&args);

@@ -46,6 +46,9 @@ pub struct ServerArgs {
     /// `cluster.peers` (`--peer ID=HOST:PORT`, repeated); replaces the
     /// file's list when given.
     pub peers: Vec<PeerSpec>,
+    /// `cluster.founders` (`--founders 1,2,3`); replaces the file's when
+    /// given.
+    pub founders: Vec<u64>,
 }
 
 impl Default for ServerArgs {
@@ -60,6 +63,7 @@ impl Default for ServerArgs {
             insecure_no_token: false,
             node_id: None,
             peers: Vec::new(),
+            founders: Vec::new(),
         }
     }
 }
@@ -156,6 +160,7 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
         insecure_no_token,
         node_id,
         peers,
+        founders,
     } = args;
     let (mut config, declared) = match config_file {
         Some(path) => {
@@ -178,7 +183,7 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
         config.metrics_listen = Some(*m);
     }
     config.insecure_no_token |= *insecure_no_token;
-    if node_id.is_some() || !peers.is_empty() {
+    if node_id.is_some() || !peers.is_empty() || !founders.is_empty() {
         let file = config.cluster.take();
         config.cluster = Some(ClusterConfig {
             node_id: node_id
@@ -190,7 +195,11 @@ fn resolve_config(args: &ServerArgs) -> Result<(ServerConfig, Vec<Resource>), St
                 peers.clone()
             },
             secret_file: file.as_ref().and_then(|c| c.secret_file.clone()),
-            founders: file.as_ref().and_then(|c| c.founders.clone()),
+            founders: if founders.is_empty() {
+                file.as_ref().and_then(|c| c.founders.clone())
+            } else {
+                Some(founders.clone())
+            },
             peer_ca: file.and_then(|c| c.peer_ca),
             secret: Default::default(),
             registry: Default::default(),
@@ -346,8 +355,25 @@ pub fn check_config(args: &ServerArgs) -> Result<String, String> {
     let (topology, within_limits) = topology_of(&config, declared)?;
     within_limits.map_err(|message| format!("the config file's resources: {message}"))?;
     let counts = topology.counts();
+    let cluster = match config.cluster.as_ref().filter(|c| c.nodes() > 1) {
+        Some(c) => {
+            let ids = |ids: Vec<u64>| {
+                ids.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let peers = ids(c.peers.iter().map(|p| p.id).collect());
+            format!(
+                "; node {} of a cluster of nodes {peers}, founded by {}",
+                c.node_id,
+                ids(c.founder_ids())
+            )
+        }
+        None => String::new(),
+    };
     Ok(format!(
-        "config ok: {} shards, listening on {}, data in {}; {} streams ({} partitions), {} pipelines",
+        "config ok: {} shards, listening on {}, data in {}; {} streams ({} partitions), {} pipelines{cluster}",
         config.shards,
         config.listen,
         config.data_dir.display(),

@@ -521,6 +521,46 @@ async fn a_node_without_the_cluster_secret_is_refused() {
     );
 }
 
+/// A node added to a running cluster names the cluster's founders with
+/// `--founders` (without it, it would take every peer as a founder); the
+/// check names them, and a founder that is not a peer is refused by its
+/// place in the list.
+#[test]
+fn founders_are_given_by_flag_and_checked() {
+    let peers = [
+        "--peer",
+        "1=127.0.0.1:7000",
+        "--peer",
+        "2=127.0.0.1:7010",
+        "--peer",
+        "3=127.0.0.1:7020",
+        "--peer",
+        "4=127.0.0.1:7030",
+    ];
+    let check = |founders: &str| {
+        let mut args = vec!["server", "--check-config", "--node-id", "4"];
+        args.extend_from_slice(&peers);
+        args.extend_from_slice(&["--founders", founders]);
+        run_cli(&args, Duration::from_secs(30))
+    };
+    let out = check("1,2,3");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("node 4 of a cluster of nodes 1, 2, 3, 4, founded by 1, 2, 3"),
+        "{}",
+        out.stdout
+    );
+    let out = check("1,9");
+    assert_eq!(out.status.code(), Some(2), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("cluster.founders[1]: node 9 is not among cluster.peers"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// Whoever reaches a peer port without the secret costs the node little:
 /// a handshake frame is refused by its length before its body is
 /// allocated (a header claiming 32 MiB is closed at once, not read), and
