@@ -30,7 +30,7 @@ pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -129,7 +129,30 @@ fn tcp_sockets_named_in(log: &str) -> String {
         .join("\n")
 }
 
-/// A base port `p` such that `p ..= p + 1 + shards` are all bindable on
+/// Whether a listener could bind 127.0.0.1:`port` now, as the server's
+/// do: a plain socket (no SO_REUSEADDR, no SO_REUSEPORT) bound to it.
+/// std's listeners set SO_REUSEADDR and bind over a socket left in
+/// TIME_WAIT on the port, but the server's (glommio's) set only
+/// SO_REUSEPORT and do not: a port a proxy of an earlier test closed
+/// connections on is taken for up to a minute. CI once failed a cluster
+/// node's five starts on such a port (its TIME_WAIT sockets listed).
+pub fn port_bindable(port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, socket};
+    let Ok(fd) = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let [a, b, c, d] = Ipv4Addr::LOCALHOST.octets();
+    bind(fd.as_raw_fd(), &SockaddrIn::new(a, b, c, d, port)).is_ok()
+}
+
+/// A base port `p` such that `p ..= p + 1 + shards` are all bindable ([`port_bindable`]) on
 /// 127.0.0.1 right now. Ports handed out in this process do not repeat:
 /// a range is handed out at most once (a port handed out but not yet bound,
 /// say a cluster node's peer port before its server starts, passes the
@@ -158,9 +181,7 @@ pub fn free_port_range(shards: u16) -> u16 {
         if ports.clone().any(|p| handed.contains(&p)) {
             continue;
         }
-        let all_free = ports
-            .clone()
-            .all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+        let all_free = ports.clone().all(port_bindable);
         if all_free {
             handed.extend(ports);
             return base;
@@ -545,8 +566,7 @@ impl Server {
     /// when they are still free). Clients must be created anew with
     /// [`Server::addr`], which may have changed.
     pub fn restart(&mut self) {
-        let free = (self.port..=self.port + 1 + self.options.shards)
-            .all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+        let free = (self.port..=self.port + 1 + self.options.shards).all(port_bindable);
         if !free && self.options.port.is_none() {
             self.port = free_port_range(self.options.shards);
         }

@@ -192,3 +192,38 @@ fn a_node_whose_peer_port_is_held_for_a_second_starts_once_it_is_let_go() {
         "the node listens on its peer port: {listening:?}"
     );
 }
+
+/// A port where connections a std listener accepted were closed from its
+/// side holds sockets in TIME_WAIT for a minute: std's listeners bind over
+/// them (SO_REUSEADDR) but the server's do not (glommio sets SO_REUSEPORT
+/// only), so the harness checks ports as the server binds them. CI once
+/// failed a cluster node's five starts on a port a proxy of an earlier
+/// test had left so.
+#[test]
+fn a_port_left_in_time_wait_is_not_handed_out_since_the_server_cannot_bind_it() {
+    use std::io::Read;
+    let port = hadron_tests::free_port_range(0);
+    {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        // This side closes first, so its socket waits in TIME_WAIT.
+        drop(accepted);
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest);
+    }
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "std binds over TIME_WAIT"
+    );
+    assert!(!hadron_tests::port_bindable(port));
+    let (status, log) = Server::start_expecting_exit(
+        ServerOptions {
+            port: Some(port),
+            ..ServerOptions::default()
+        },
+        EXIT_WITHIN,
+    );
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("Address already in use"), "{log}");
+}
